@@ -1,0 +1,176 @@
+"""``carn-stream`` command line: stats, eval, upscale-image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from carn_stream import __version__
+from carn_stream.settings import Settings
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CLIError(Exception):
+    """An error the user can act on: printed as one line, exit code 1."""
+
+
+def _scale(text: str) -> int:
+    from model import SUPPORTED_SCALES
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value not in SUPPORTED_SCALES:
+        raise argparse.ArgumentTypeError(
+            f"unsupported scale {text!r}: choose one of {', '.join(map(str, SUPPORTED_SCALES))}"
+        )
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights", type=Path, help="weights file (default: CARN_WEIGHTS, cache, download)"
+    )
+    p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="carn-stream",
+        description="Real-time video super-resolution with CARN-M.",
+    )
+    parser.add_argument("--version", action="version", version=f"carn-stream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("stats", help="parameters and Mult-Adds per scale (paper convention)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_stats)
+
+    p = sub.add_parser("eval", help="PSNR/SSIM on a folder of HR images (standard SR protocol)")
+    _add_model_options(p)
+    p.add_argument("--data", type=Path, required=True, help="folder of HR images")
+    p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("upscale-image", help="upscale one image file (written as PNG)")
+    _add_model_options(p)
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
+    p.set_defaults(run=cmd_upscale_image)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env().with_overrides(
+        weights=getattr(args, "weights", None), device=getattr(args, "device", None)
+    )
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from model.complexity import describe_published_models
+
+    rows = describe_published_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print("Mult-Adds for a 1280x720 output, convolutions only (the paper's Table 1 convention)")
+    print(f"{'model':<8}{'':<7}{'params':>12}{'weights only':>14}{'x2':>9}{'x3':>9}{'x4':>9}")
+    for row in rows:
+        for source, counts in (("here", row), ("paper", row["paper"])):
+            macs = "".join(f"{counts['mult_adds'][str(s)] / 1e9:>8.1f}G" for s in (2, 3, 4))
+            only = f"{counts['params_weights_only']:>14,}" if source == "here" else " " * 14
+            print(f"{row['model']:<8}{source:<7}{counts['params']:>12,}{only}{macs}")
+    print(
+        "params: multi-scale network with x2/x3/x4 upsamplers, fixed mean shift excluded;\n"
+        "the paper's CARN-M figure (412K) counts conv weights without biases, its CARN figure\n"
+        "(1,592K) counts weights and biases (see docs/MODEL.md)."
+    )
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from carn_stream.loading import load_model
+    from carn_stream.progress import ProgressBar
+    from model.evaluation import evaluate
+    from model.inference import upscale_rgb
+    from pipeline.images import IMAGE_SUFFIXES, iter_images
+
+    if not args.data.is_dir():
+        raise CLIError(f"--data {args.data}: not a folder")
+    count = sum(1 for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    model = load_model(_settings(args))
+    bar = ProgressBar(count, f"eval x{args.scale}", unit="img")
+    report = evaluate(
+        iter_images(args.data),
+        lambda lr, s: upscale_rgb(model, lr, s),
+        args.scale,
+        on_image=lambda score: bar.update(note=f"{score.name} {score.psnr:.2f} dB"),
+    )
+    bar.close()
+    summary = report.summary()
+    if args.json:
+        print(json.dumps(summary))
+        return EXIT_OK
+    print(f"{'image':<16}{'PSNR':>8}{'SSIM':>8}{'bicubic PSNR':>14}{'SSIM':>8}")
+    for s in report.scores:
+        print(
+            f"{s.name:<16}{s.psnr:>8.2f}{s.ssim:>8.4f}{s.bicubic_psnr:>14.2f}{s.bicubic_ssim:>8.4f}"
+        )
+    print(
+        f"{'mean':<16}{summary['psnr']:>8.2f}{summary['ssim']:>8.4f}"
+        f"{summary['bicubic_psnr']:>14.2f}{summary['bicubic_ssim']:>8.4f}"
+    )
+    return EXIT_OK
+
+
+def cmd_upscale_image(args: argparse.Namespace) -> int:
+    from carn_stream.loading import load_model
+    from model.inference import upscale_rgb
+    from pipeline.images import read_rgb, write_png
+
+    if args.output.suffix.lower() != ".png":
+        raise CLIError(f"output {args.output} must be a .png file")
+    if not args.output.parent.is_dir():
+        raise CLIError(f"output folder {args.output.parent} does not exist")
+    image = read_rgb(args.input)
+    model = load_model(_settings(args))
+    out = upscale_rgb(model, image, args.scale)
+    write_png(args.output, out)
+    h, w = image.shape[:2]
+    print(f"{args.input} {w}x{h} -> {args.output} {out.shape[1]}x{out.shape[0]}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from model.weights import WeightsError
+    from pipeline.images import ImageError
+
+    return (CLIError, WeightsError, ImageError, ValueError, RuntimeError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
+    if run is None:
+        parser.print_help()
+        return EXIT_OK
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("carn-stream: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        print(f"carn-stream {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

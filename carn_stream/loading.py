@@ -1,0 +1,31 @@
+"""Build the CARN-M the settings ask for, with its weights resolved and loaded."""
+
+from __future__ import annotations
+
+import sys
+
+from carn_stream.settings import Settings
+from model import CARN, CARNMWeights, carn_m, load_weights
+from model.inference import pick_device
+
+
+def _download_progress(done: int, total: int | None) -> None:
+    size = f"/{total / 1e6:.1f}" if total else ""
+    sys.stderr.write(f"\rdownloading CARN-M weights: {done / 1e6:.1f}{size} MB")
+    if total and done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def load_model(settings: Settings) -> CARN:
+    """Multi-scale CARN-M (group 4) in eval mode on the settings' device."""
+    model = carn_m()
+    load_weights(
+        model,
+        settings.weights if settings.weights is not None else CARNMWeights.DEFAULT,
+        cache_dir=settings.cache_dir,
+        url=settings.weights_url,
+        allow_download=settings.allow_download,
+        progress=_download_progress,
+    )
+    return model.eval().to(pick_device(settings.device))

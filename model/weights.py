@@ -1,0 +1,266 @@
+"""Weights registry, resolution (path -> cache -> download) and strict loading.
+
+Weights are data: each registry entry carries where the file lives, its checksum, what input
+the network expects and what it measured. Numbers in the docs are generated from ``meta``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ProgressCallback = Callable[[int, int | None], None]
+
+#: Input contract shared by every CARN checkpoint here.
+RGB_UNIT_RANGE = "RGB float in [0, 1], shape (N, 3, H, W); output clamped to [0, 1]"
+
+#: Table 1 of the paper (PSNR/SSIM), CARN-M.
+PAPER_CARN_M = {
+    "Set5": {2: (37.53, 0.9583), 3: (33.99, 0.9236), 4: (31.92, 0.8903)},
+    "Set14": {2: (33.26, 0.9141), 3: (30.08, 0.8367), 4: (28.42, 0.7762)},
+    "B100": {2: (31.92, 0.8960), 3: (28.91, 0.8000), 4: (27.44, 0.7304)},
+    "Urban100": {2: (31.23, 0.9193), 3: (27.55, 0.8385), 4: (25.62, 0.7694)},
+}
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing, corrupt, or does not fit the network."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One published weights file."""
+
+    url: str
+    sha256: str
+    transforms: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        stem = Path(self.url).stem
+        return f"{stem}-{self.sha256[:8]}.pth"
+
+
+class CARNMWeights(Enum):
+    """Weights for :func:`model.carn.carn_m`."""
+
+    OFFICIAL = Weights(
+        url="https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn_m.pth",
+        sha256="d48a759a84509351facb6b7c6d5bd6edec98b98519b8c464ee4ab44d2ba964ff",
+        transforms=RGB_UNIT_RANGE,
+        meta={
+            "name": "carn_m official",
+            "architecture": "carn_m",
+            "group": 4,
+            "scales": (2, 3, 4),
+            "num_params_file": 414_811,
+            "license": "MIT (c) 2018 Namhyuk Ahn",
+            "recipe": "https://github.com/nmhkahn/CARN-pytorch",
+            "paper": PAPER_CARN_M,
+            # Measured by `carn-stream eval` (protocol in docs/MODEL.md); PSNR dB / SSIM on Y.
+            "metrics": {
+                "Set5": {2: (37.62, 0.9586), 3: (34.03, 0.9238), 4: (31.86, 0.8899)},
+                "Set14": {2: (33.28, 0.9145), 3: (30.09, 0.8370), 4: (28.40, 0.7764)},
+            },
+        },
+    )
+    DEFAULT = OFFICIAL
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(
+    url: str,
+    sha256: str,
+    dest: Path,
+    *,
+    timeout: float = 30.0,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Stream ``url`` to ``dest``; the file appears only once its checksum is verified."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=dest.name, suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = resp.headers.get("Content-Length")
+            total_bytes = int(total) if total and total.isdigit() else None
+            done = 0
+            for chunk in iter(lambda: resp.read(1 << 16), b""):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total_bytes)
+        if digest.hexdigest() != sha256:
+            raise WeightsError(
+                f"checksum mismatch for {url}: expected sha256 {sha256}, "
+                f"got {digest.hexdigest()}; the download was discarded"
+            )
+        tmp.replace(dest)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_weights_file(
+    weights: Weights,
+    *,
+    path: Path | None = None,
+    cache_dir: Path,
+    url: str | None = None,
+    allow_download: bool = True,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Find a weights file: explicit path -> cache -> verified download -> a clear error.
+
+    ``path`` is what the user named (flag or environment); ``url`` overrides the registry's
+    address (a mirror) but never its checksum.
+    """
+    if path is not None:
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} does not exist")
+        return path
+    cached = cache_dir / weights.filename
+    if cached.is_file():
+        return cached
+    source = url or weights.url
+    if allow_download:
+        try:
+            return download(source, weights.sha256, cached, progress=progress)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = f"downloading {source} failed ({exc})"
+    else:
+        reason = "downloading is disabled"
+    raise WeightsError(
+        f"no weights found: none given, none cached at {cached}, and {reason}. "
+        f"Download {weights.url} (sha256 {weights.sha256}) and pass --weights PATH "
+        f"or set CARN_WEIGHTS=PATH, or place it at {cached}."
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Read a checkpoint file safely (tensors only), with a clear error when it is unusable."""
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"weights file {path} is corrupt or not a checkpoint: {exc}") from exc
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"weights file {path} holds no state dict of tensors")
+    return dict(obj)
+
+
+_OFFICIAL_KEY_RULES = [
+    (re.compile(r"^b(\d)\.b(\d)\.(body\..*)$"), "body.stages.{0}.stages.{1}.{2}"),
+    (re.compile(r"^b(\d)\.c(\d)\.body\.0\.(.*)$"), "body.stages.{0}.fusions.{1}.0.{2}"),
+    (re.compile(r"^c(\d)\.body\.0\.(.*)$"), "body.fusions.{0}.0.{1}"),
+]
+
+
+def is_official_format(state_dict: Mapping[str, Tensor]) -> bool:
+    return "sub_mean.shifter.weight" in state_dict
+
+
+def convert_official(state_dict: Mapping[str, Tensor], scales: tuple[int, ...]) -> dict:
+    """Map the authors' checkpoint layout onto this package's module names.
+
+    Their mean shift is a frozen identity 1x1 conv with bias -/+ mean; it becomes our
+    ``rgb_mean`` buffer after checking it really is that.
+    """
+    sd = dict(state_dict)
+    try:
+        sub_w, sub_b = sd.pop("sub_mean.shifter.weight"), sd.pop("sub_mean.shifter.bias")
+        add_w, add_b = sd.pop("add_mean.shifter.weight"), sd.pop("add_mean.shifter.bias")
+    except KeyError as exc:
+        raise WeightsError(f"official checkpoint lacks mean-shift entry {exc}") from exc
+    eye = torch.eye(3).view(3, 3, 1, 1)
+    if not (torch.equal(sub_w, eye) and torch.equal(add_w, eye) and torch.equal(sub_b, -add_b)):
+        raise WeightsError("official checkpoint's mean shift is not an identity -/+ mean")
+    out: dict[str, Tensor] = {"rgb_mean": add_b.view(1, 3, 1, 1).clone()}
+    for key, value in sd.items():
+        out[_official_key(key, scales)] = value
+    return out
+
+
+def _official_key(key: str, scales: tuple[int, ...]) -> str:
+    for pattern, template in _OFFICIAL_KEY_RULES:
+        m = pattern.match(key)
+        if m:
+            groups = [str(int(g) - 1) if g.isdigit() else g for g in m.groups()]
+            return template.format(*groups)
+    m = re.match(r"^upsample\.up(\d?)\.body\.(.*)$", key)
+    if m:
+        scale = m.group(1) or (str(scales[0]) if len(scales) == 1 else "?")
+        return f"upsamplers.x{scale}.{m.group(2)}"
+    return key  # entry.*, exit.*: same names; anything else is reported by the strict load
+
+
+def load_weights(model: nn.Module, weights: CARNMWeights | Weights | Path | str, **resolve) -> None:
+    """Load a registry entry or a file into ``model``; any key or shape mismatch raises.
+
+    ``resolve`` is passed to :func:`resolve_weights_file` for registry entries
+    (``cache_dir`` defaults to ``~/.cache/carn-stream``).
+    """
+    if isinstance(weights, CARNMWeights):
+        weights = weights.value
+    if isinstance(weights, Weights):
+        resolve.setdefault("cache_dir", Path.home() / ".cache" / "carn-stream")
+        path = resolve_weights_file(weights, **resolve)
+    else:
+        path = Path(weights)
+    load_state_dict_strict(model, read_state_dict(path), source=str(path))
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    if is_official_format(state_dict):
+        state_dict = convert_official(state_dict, tuple(getattr(model, "scales", ())))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if state_dict[k].shape != expected[k].shape
+    )
+    if missing or unexpected or wrong_shape:
+        details = "; ".join(
+            f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
+            for label, items in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape mismatch", wrong_shape),
+            )
+            if items
+        )
+        raise WeightsError(f"weights {source} do not fit the network: {details}")
+    model.load_state_dict(state_dict, strict=True)

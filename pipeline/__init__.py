@@ -1,0 +1,1 @@
+"""Decode -> batch -> infer -> encode: the video pipeline and still-image I/O."""

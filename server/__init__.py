@@ -1,0 +1,1 @@
+"""HTTP API, job store, WebRTC live mode, metrics and web pages."""

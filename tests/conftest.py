@@ -1,0 +1,46 @@
+"""Shared fixtures: the ground-truth data beside the repo and the official CARN-M."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("CARN_STREAM_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def official_weights_path() -> Path:
+    return Path(os.environ.get("CARN_WEIGHTS", DATA_DIR / "weights" / "carn_m.pth"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.fail(f"test data not found at {DATA_DIR} (set CARN_STREAM_TEST_DATA)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def weights_path(data_dir: Path) -> Path:
+    path = official_weights_path()
+    if not path.is_file():
+        pytest.fail(f"official CARN-M weights not found at {path} (set CARN_WEIGHTS)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def official_carn_m(weights_path: Path):
+    from model import carn_m, load_weights
+
+    model = carn_m().eval()
+    load_weights(model, weights_path)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _no_user_cache(tmp_path_factory, monkeypatch):
+    """Keep tests off the user's cache and off the network."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("CARN_STREAM_ALLOW_DOWNLOAD", "0")

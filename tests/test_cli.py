@@ -1,0 +1,154 @@
+"""The ``carn-stream`` command line: eval, upscale-image and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carn_stream.cli import main
+from pipeline.images import read_rgb, write_png
+
+EVAL_KEYS = {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images", "scale"}
+
+
+@pytest.fixture()
+def small_hr_folder(data_dir, tmp_path) -> Path:
+    """Two 60x60 crops of Set5 images (fast to evaluate)."""
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    for name in ("bird.png", "head.png"):
+        image = read_rgb(data_dir / "images" / "Set5" / name)
+        write_png(folder / name, image[100:160, 100:160])
+    (folder / "notes.txt").write_text("ignored: not an image")
+    return folder
+
+
+def test_eval_json_has_the_documented_schema(small_hr_folder, weights_path, capsys):
+    code = main(
+        [
+            "eval",
+            "--weights",
+            str(weights_path),
+            "--data",
+            str(small_hr_folder),
+            "--scale",
+            "3",
+            "--json",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == EVAL_KEYS
+    assert summary["images"] == 2 and summary["scale"] == 3
+    assert 0 < summary["ssim"] <= 1 and 0 < summary["bicubic_ssim"] <= 1
+    assert summary["psnr"] > summary["bicubic_psnr"]
+
+
+def test_eval_table_prints_model_and_bicubic_side_by_side(small_hr_folder, weights_path, capsys):
+    assert (
+        main(
+            ["eval", "--weights", str(weights_path), "--data", str(small_hr_folder), "--scale", "2"]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "bicubic PSNR" in captured.out and "bird.png" in captured.out
+    assert "mean" in captured.out
+    assert "eval x2" in captured.err  # progress on stderr, results on stdout
+
+
+def test_upscale_image_writes_a_png_of_scale_times_the_input(data_dir, weights_path, tmp_path):
+    src = tmp_path / "in.png"
+    write_png(src, read_rgb(data_dir / "images" / "Set5" / "head.png")[:37, :51])
+    out = tmp_path / "out.png"
+    assert (
+        main(["upscale-image", str(src), str(out), "--scale", "4", "--weights", str(weights_path)])
+        == 0
+    )
+    assert read_rgb(out).shape == (148, 204, 3)
+
+
+def test_weights_come_from_carn_weights_when_no_flag(data_dir, weights_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("CARN_WEIGHTS", str(weights_path))
+    src = tmp_path / "in.png"
+    write_png(src, np.full((9, 7, 3), 128, np.uint8))
+    assert main(["upscale-image", str(src), str(tmp_path / "o.png"), "--scale", "2"]) == 0
+    monkeypatch.setenv("CARN_WEIGHTS", str(tmp_path / "absent.pth"))
+    assert main(["upscale-image", str(src), str(tmp_path / "o2.png"), "--scale", "2"]) == 1
+    assert not (tmp_path / "o2.png").exists()
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "carn_stream.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["upscale-image", "{missing}", "{out}", "--scale", "2"], "no such file"),
+        (["upscale-image", "{text}", "{out}", "--scale", "2"], "not a readable image"),
+        (["upscale-image", "{image}", "{out}", "--scale", "2", "--weights", "{text}"], "corrupt"),
+        (
+            ["upscale-image", "{image}", "{out}", "--scale", "2", "--weights", "{missing}"],
+            "does not exist",
+        ),
+        (["upscale-image", "{image}", "{out}", "--scale", "2"], "CARN_WEIGHTS"),
+        (["upscale-image", "{image}", "{tmp}/o.jpg", "--scale", "2"], "must be a .png"),
+        (
+            ["eval", "--data", "{tmp}/empty", "--scale", "2", "--weights", "{weights}"],
+            "holds no image files",
+        ),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_exit_1(args, message, tmp_path, weights_path):
+    (tmp_path / "empty").mkdir()
+    text = tmp_path / "text.png"
+    text.write_text("hello")
+    image = tmp_path / "image.png"
+    write_png(image, np.zeros((8, 8, 3), np.uint8))
+    names = {
+        "missing": tmp_path / "missing.png",
+        "out": tmp_path / "out.png",
+        "text": text,
+        "image": image,
+        "tmp": tmp_path,
+        "weights": weights_path,
+    }
+    argv = [a.format(**names) for a in args]
+    result = run_cli(
+        *argv,
+        env={
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "CARN_STREAM_ALLOW_DOWNLOAD": "0",
+            "CARN_WEIGHTS": "",
+        },
+    )
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_unsupported_scale_is_a_usage_error():
+    result = run_cli("eval", "--data", ".", "--scale", "8")
+    assert result.returncode == 2 and "unsupported scale '8'" in result.stderr
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        ["carn-stream", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout.startswith("carn-stream ")

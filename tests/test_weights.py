@@ -1,0 +1,160 @@
+"""Official checkpoint loading, the weights registry and how a weights file is found."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from carn_stream.settings import Settings
+from model import CARNMWeights, WeightsError, carn, carn_m, load_weights
+from model.weights import download, read_state_dict, resolve_weights_file, sha256_of
+from tests.helpers import serve_directory
+
+OFFICIAL = CARNMWeights.OFFICIAL.value
+
+
+def test_official_file_is_the_registered_one(weights_path):
+    assert sha256_of(weights_path) == OFFICIAL.sha256
+    state = read_state_dict(weights_path)
+    assert sum(t.numel() for t in state.values()) == OFFICIAL.meta["num_params_file"] == 414_811
+
+
+def test_official_checkpoint_loads_strictly_and_accounts_for_every_value(weights_path):
+    model = carn_m()
+    load_weights(model, weights_path)
+    file_state = read_state_dict(weights_path)
+    # 58 tensors in the file: 4 mean-shift tensors become the 3-value rgb_mean buffer.
+    assert len(file_state) == 58 and len(model.state_dict()) == 55
+    learnable = sum(p.numel() for p in model.parameters())
+    assert learnable + 24 == 414_811  # two frozen 3x3 identity + bias mean shifts
+    assert torch.allclose(model.rgb_mean.flatten(), torch.tensor([0.4488, 0.4371, 0.4040]))
+    assert torch.equal(model.entry.weight, file_state["entry.weight"])
+    assert torch.equal(model.upsamplers["x4"][3].weight, file_state["upsample.up4.body.3.weight"])
+    assert torch.equal(model.body.fusions[2][0].bias, file_state["c3.body.0.bias"])
+
+
+def test_registry_entry_carries_url_checksum_license_and_metrics():
+    assert (
+        OFFICIAL.url == "https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn_m.pth"
+    )
+    assert OFFICIAL.sha256 == "d48a759a84509351facb6b7c6d5bd6edec98b98519b8c464ee4ab44d2ba964ff"
+    assert "MIT" in OFFICIAL.meta["license"]
+    assert set(OFFICIAL.meta["metrics"]) == {"Set5", "Set14"}
+    assert CARNMWeights.DEFAULT is CARNMWeights.OFFICIAL
+
+
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: carn(), "missing"),  # plain residual blocks: other keys
+        (lambda: carn_m(group=2), "shape mismatch"),  # other group size: other shapes
+        (lambda: carn_m(recursive=False), "missing"),  # three units per block expected
+        (lambda: carn_m(scales=(2,)), "unexpected"),  # the file has x3/x4 branches too
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_fails_loudly(weights_path, build, message):
+    with pytest.raises(WeightsError, match=message):
+        load_weights(build(), weights_path)
+
+
+def test_a_tampered_checkpoint_fails_loudly(weights_path, tmp_path):
+    state = read_state_dict(weights_path)
+    state["b1.b9.body.0.weight"] = state.pop("b1.b1.body.0.weight")
+    bad = tmp_path / "renamed.pth"
+    torch.save(state, bad)
+    with pytest.raises(WeightsError, match=r"unexpected: body\.stages\.0\.stages\.8"):
+        load_weights(carn_m(), bad)
+    state = read_state_dict(weights_path)
+    state["sub_mean.shifter.weight"] = state["sub_mean.shifter.weight"] * 2
+    torch.save(state, bad)
+    with pytest.raises(WeightsError, match="mean shift"):
+        load_weights(carn_m(), bad)
+
+
+def test_missing_and_corrupt_files_give_clear_errors(weights_path, tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_weights(carn_m(), tmp_path / "nope.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(weights_path.read_bytes()[:5000])
+    with pytest.raises(WeightsError, match="corrupt"):
+        load_weights(carn_m(), truncated)
+    text = tmp_path / "text.pth"
+    text.write_text("not a checkpoint")
+    with pytest.raises(WeightsError, match="corrupt"):
+        load_weights(carn_m(), text)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def test_explicit_path_wins_over_the_cache(weights_path, tmp_path):
+    cached = tmp_path / OFFICIAL.filename
+    cached.write_bytes(b"stale")
+    assert resolve_weights_file(OFFICIAL, path=weights_path, cache_dir=tmp_path) == weights_path
+
+
+def test_cache_is_used_without_downloading(weights_path, tmp_path):
+    cached = tmp_path / OFFICIAL.filename
+    shutil.copy(weights_path, cached)
+    found = resolve_weights_file(
+        OFFICIAL, cache_dir=tmp_path, url="http://127.0.0.1:9/unreachable", allow_download=True
+    )
+    assert found == cached
+
+
+def test_download_verifies_the_checksum_and_lands_in_the_cache(weights_path, tmp_path):
+    served = tmp_path / "www"
+    served.mkdir()
+    shutil.copy(weights_path, served / "carn_m.pth")
+    cache = tmp_path / "cache"
+    seen: list[int] = []
+    with serve_directory(served) as base:
+        found = resolve_weights_file(
+            OFFICIAL,
+            cache_dir=cache,
+            url=f"{base}/carn_m.pth",
+            progress=lambda done, total: seen.append(done),
+        )
+    assert found == cache / OFFICIAL.filename
+    assert sha256_of(found) == OFFICIAL.sha256
+    assert seen[-1] == weights_path.stat().st_size
+    assert list(cache.iterdir()) == [found]  # no partial files left behind
+
+
+def test_a_download_with_the_wrong_checksum_is_discarded(weights_path, tmp_path):
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "carn_m.pth").write_bytes(weights_path.read_bytes()[:-10] + b"0123456789")
+    cache = tmp_path / "cache"
+    with serve_directory(served) as base, pytest.raises(WeightsError, match="checksum mismatch"):
+        download(f"{base}/carn_m.pth", OFFICIAL.sha256, cache / OFFICIAL.filename)
+    assert list(cache.iterdir()) == []
+
+
+def test_no_weights_anywhere_tells_the_user_what_to_do(tmp_path):
+    with serve_directory(tmp_path) as base, pytest.raises(WeightsError) as info:
+        resolve_weights_file(OFFICIAL, cache_dir=tmp_path / "cache", url=f"{base}/missing.pth")
+    message = str(info.value)
+    assert "404" in message and "--weights" in message and "CARN_WEIGHTS" in message
+    assert OFFICIAL.url in message and OFFICIAL.sha256 in message
+    with pytest.raises(WeightsError, match="downloading is disabled"):
+        resolve_weights_file(OFFICIAL, cache_dir=tmp_path / "cache", allow_download=False)
+
+
+def test_settings_read_carn_weights_and_the_prefixed_variables(tmp_path):
+    env = {
+        "CARN_WEIGHTS": "/w/a.pth",
+        "CARN_STREAM_CACHE_DIR": str(tmp_path),
+        "CARN_STREAM_ALLOW_DOWNLOAD": "false",
+        "CARN_STREAM_DEVICE": "cpu",
+    }
+    s = Settings.from_env(env)
+    assert s.weights == Path("/w/a.pth") and s.cache_dir == tmp_path
+    assert s.allow_download is False and s.device == "cpu"
+    assert Settings.from_env({**env, "CARN_STREAM_WEIGHTS": "/w/b.pth"}).weights == Path("/w/b.pth")
+    assert Settings.from_env({"XDG_CACHE_HOME": "/c"}).cache_dir == Path("/c/carn-stream")
+    with pytest.raises(ValueError, match="CARN_STREAM_ALLOW_DOWNLOAD"):
+        Settings.from_env({"CARN_STREAM_ALLOW_DOWNLOAD": "maybe"})
