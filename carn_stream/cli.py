@@ -1,9 +1,10 @@
-"""``carn-stream`` command line: stats, eval, upscale-image."""
+"""``carn-stream`` command line: stats, eval, upscale, upscale-image."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +30,16 @@ def _scale(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"unsupported scale {text!r}: choose one of {', '.join(map(str, SUPPORTED_SCALES))}"
         )
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return value
 
 
@@ -58,6 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=cmd_eval)
 
+    p = sub.add_parser("upscale", help="upscale a video file to MP4 or HLS")
+    _add_model_options(p)
+    p.add_argument("input", help="video file (any container/codec FFmpeg reads)")
+    p.add_argument("output", type=Path, help="MP4 file, or folder for HLS (index.m3u8)")
+    p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
+    p.add_argument("--format", choices=("mp4", "hls"), help="default: hls if OUTPUT has no suffix")
+    p.add_argument("--codec", default="h264", help="h264 (default), hevc, h264_nvenc, hevc_nvenc")
+    p.add_argument("--crf", type=int, default=18, help="quality, 0 (lossless) to 51; default 18")
+    p.add_argument("--preset", help="encoder preset (default veryfast; p4 for nvenc)")
+    p.add_argument(
+        "--batch", type=_positive, help="frames per inference batch (default: 1 on CPU, 8 on CUDA)"
+    )
+    p.add_argument("--tile", type=_positive, help="LR tile side for frames too large for memory")
+    p.add_argument("--precision", help="auto (default), fp32, fp16 (CUDA), bf16")
+    p.add_argument("--segment-seconds", type=float, default=2.0, help="HLS segment duration")
+    p.set_defaults(run=cmd_upscale)
+
     p = sub.add_parser("upscale-image", help="upscale one image file (written as PNG)")
     _add_model_options(p)
     p.add_argument("input", type=Path)
@@ -69,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env().with_overrides(
-        weights=getattr(args, "weights", None), device=getattr(args, "device", None)
+        weights=getattr(args, "weights", None),
+        device=getattr(args, "device", None),
+        precision=getattr(args, "precision", None),
     )
 
 
@@ -130,6 +160,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_upscale(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from carn_stream.loading import start_worker
+    from carn_stream.progress import ProgressBar
+    from pipeline.encode import EncoderOptions, codec_settings
+    from pipeline.run import PipelineOptions, run_pipeline
+
+    fmt = args.format or ("mp4" if args.output.suffix else "hls")
+    encoder = EncoderOptions(args.codec, args.crf, args.preset, args.segment_seconds)
+    codec_settings(encoder)  # refuse a bad codec or crf before loading anything
+    source = args.input
+    if "://" not in source and not Path(source).is_file():
+        raise CLIError(f"{source}: no such file")
+    worker = start_worker(_settings(args), tile=args.tile)
+    signal.signal(signal.SIGTERM, _interrupt)  # clean up the partial output as on Ctrl-C
+    try:
+        batch = args.batch or (8 if worker.device.type == "cuda" else 1)
+        options = PipelineOptions(scale=args.scale, fmt=fmt, encoder=encoder, batch_size=batch)
+        bar: ProgressBar | None = None
+
+        def on_frame(report) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = ProgressBar(report.total or None, f"upscale x{args.scale}", unit="frames")
+            bar.update()
+
+        src = source if "://" in source else Path(source)
+        result = asyncio.run(run_pipeline(src, args.output, options, worker, on_frame))
+        if bar is not None:
+            bar.close()
+    finally:
+        worker.close()
+    info = result.info
+    print(
+        f"{source} {info.width}x{info.height} -> {result.output} x{args.scale}: "
+        f"{result.frames} frames in {result.seconds:.1f}s ({result.fps:.2f} fps, {worker.device})",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_upscale_image(args: argparse.Namespace) -> int:
     from carn_stream.loading import load_model
     from model.inference import upscale_rgb
@@ -150,14 +226,18 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from model.weights import WeightsError
+    from pipeline.errors import PipelineError
     from pipeline.images import ImageError
 
-    return (CLIError, WeightsError, ImageError, ValueError, RuntimeError, OSError)
+    return (CLIError, WeightsError, ImageError, PipelineError, ValueError, RuntimeError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from carn_stream.allocator import tune_allocator
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
     if run is None:
         parser.print_help()

@@ -7,6 +7,7 @@ import sys
 from carn_stream.settings import Settings
 from model import CARN, CARNMWeights, carn_m, load_weights
 from model.inference import pick_device
+from pipeline.infer import Engine, EngineConfig, InferenceWorker
 
 
 def _download_progress(done: int, total: int | None) -> None:
@@ -29,3 +30,10 @@ def load_model(settings: Settings) -> CARN:
         progress=_download_progress,
     )
     return model.eval().to(pick_device(settings.device))
+
+
+def start_worker(settings: Settings, tile: int | None = None) -> InferenceWorker:
+    """Load the model and start the inference worker thread that owns it."""
+    model = load_model(settings.with_overrides(device="cpu"))
+    config = EngineConfig(device=settings.device, precision=settings.precision, tile=tile)
+    return InferenceWorker(Engine(model, config))

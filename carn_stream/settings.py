@@ -41,6 +41,8 @@ class Settings:
     allow_download: bool = True
     #: Inference device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
     device: str = "auto"
+    #: Inference precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+    precision: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -1,0 +1,22 @@
+"""Non-learned upscalers with the networks' calling convention, for baselines and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from model.carn import SUPPORTED_SCALES
+from model.imresize import imresize
+
+
+class Bicubic(nn.Module):
+    """MATLAB-style bicubic upscaling: ``forward(x, scale)`` like :class:`model.carn.CARN`."""
+
+    def __init__(self, scales: Sequence[int] = SUPPORTED_SCALES) -> None:
+        super().__init__()
+        self.scales = tuple(scales)
+
+    def forward(self, x: Tensor, scale: int | None = None) -> Tensor:
+        scale = scale or self.scales[0]
+        return imresize(x, scale=float(scale)).to(x.dtype)

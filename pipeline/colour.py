@@ -1,0 +1,112 @@
+"""Colour: which YUV matrix and range a stream uses, and YUV <-> RGB on the inference device.
+
+Conversions run as tensor ops wherever the model runs (GPU or CPU), so decode and encode only
+move planes. Decoded frames keep their native planar layout and bit depth; the output is
+8-bit 4:2:0 in the input's matrix (limited range), tagged explicitly so players need not guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# FFmpeg AVColorSpace codes -> (Kr, Kb)
+MATRICES = {
+    1: (0.2126, 0.0722),  # BT.709
+    4: (0.30, 0.11),  # FCC
+    5: (0.299, 0.114),  # BT.470BG (BT.601 625)
+    6: (0.299, 0.114),  # SMPTE 170M (BT.601 525)
+    7: (0.212, 0.087),  # SMPTE 240M
+    9: (0.2627, 0.0593),  # BT.2020 non-constant luminance
+    10: (0.2627, 0.0593),  # BT.2020 constant luminance (treated as NCL)
+}
+BT601, BT709 = 6, 1
+RANGE_UNSPECIFIED, RANGE_LIMITED, RANGE_FULL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ColourSpec:
+    """How to read (or write) one stream's samples."""
+
+    layout: str  #: "yuv" (planar Y, U, V), "gray" (Y only) or "rgb" (HxWx3)
+    bits: int = 8
+    matrix: int = BT601  #: FFmpeg colorspace code actually used
+    full_range: bool = False
+    primaries: int = 2  #: tags copied through (2 = unspecified)
+    transfer: int = 2
+
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        return MATRICES.get(self.matrix, MATRICES[BT601])
+
+
+def effective_matrix(colorspace: int, height: int) -> int:
+    """The matrix a tagged stream uses; untagged streams get the usual guess (HD -> BT.709)."""
+    if colorspace in MATRICES:
+        return colorspace
+    return BT709 if height >= 720 else BT601
+
+
+def is_full_range(color_range: int, pix_fmt: str) -> bool:
+    return color_range == RANGE_FULL or pix_fmt.startswith("yuvj")
+
+
+def _levels(bits: int, full_range: bool) -> tuple[float, float, float, float]:
+    """(luma offset, luma span, chroma centre, chroma span) in code values."""
+    if full_range:
+        top = float((1 << bits) - 1)
+        return 0.0, top, float(1 << (bits - 1)), top
+    step = float(1 << (bits - 8))
+    return 16 * step, 219 * step, 128 * step, 224 * step
+
+
+def yuv_to_rgb(y: Tensor, u: Tensor | None, v: Tensor | None, spec: ColourSpec) -> Tensor:
+    """Planes (N, H, W) and (N, h, w) in code values -> RGB float (N, 3, H, W) in [0, 1]."""
+    y_off, y_span, c_mid, c_span = _levels(spec.bits, spec.full_range)
+    luma = (y.float() - y_off) / y_span
+    if u is None or v is None:
+        return luma.clamp(0, 1).unsqueeze(1).expand(-1, 3, -1, -1)
+    size = y.shape[-2:]
+    chroma = torch.stack([u, v], dim=1).float()
+    if chroma.shape[-2:] != size:
+        chroma = F.interpolate(chroma, size=size, mode="bilinear", align_corners=False)
+    cb, cr = ((chroma - c_mid) / c_span).unbind(1)
+    kr, kb = spec.coefficients
+    kg = 1.0 - kr - kb
+    r = luma + 2 * (1 - kr) * cr
+    b = luma + 2 * (1 - kb) * cb
+    g = (luma - kr * r - kb * b) / kg
+    return torch.stack([r, g, b], dim=1).clamp(0, 1)
+
+
+def rgb_to_yuv420(rgb: Tensor, spec: ColourSpec) -> tuple[Tensor, Tensor, Tensor]:
+    """RGB float (N, 3, H, W) in [0, 1], H and W even -> 8-bit limited-range Y, U, V planes.
+
+    Chroma is the mean of each 2x2 block (centre siting).
+    """
+    kr, kb = spec.coefficients
+    kg = 1.0 - kr - kb
+    r, g, b = rgb.float().unbind(1)
+    luma = kr * r + kg * g + kb * b
+    cb = (b - luma) / (2 * (1 - kb))
+    cr = (r - luma) / (2 * (1 - kr))
+    chroma = F.avg_pool2d(torch.stack([cb, cr], dim=1), 2)
+    y = (16 + 219 * luma).round_().clamp_(16, 235).to(torch.uint8)
+    uv = (128 + 224 * chroma).round_().clamp_(16, 240).to(torch.uint8)
+    return y, uv[:, 0], uv[:, 1]
+
+
+def rgb8_to_float(rgb: Tensor, bits: int = 8) -> Tensor:
+    """(N, H, W, 3) integer RGB -> (N, 3, H, W) float in [0, 1]."""
+    return rgb.permute(0, 3, 1, 2).float() / float((1 << bits) - 1)
+
+
+def output_spec(source: ColourSpec, out_height: int) -> ColourSpec:
+    """The output's colour: the source's matrix and tags (RGB sources get the usual choice for
+    the output size), always 8-bit limited range."""
+    guessed = BT709 if out_height >= 720 else BT601
+    matrix = guessed if source.layout == "rgb" else source.matrix
+    return ColourSpec("yuv", 8, matrix, False, source.primaries, source.transfer)

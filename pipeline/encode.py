@@ -1,0 +1,234 @@
+"""Encode upscaled frames and mux them with the input's audio into MP4 or HLS.
+
+Video keeps the source's timestamps and time base (variable frame rate stays variable),
+display rotation and colour tags. Audio packets are copied untouched where the output container
+can hold the codec, otherwise transcoded to AAC. A sink starts with the first video frame
+(rotation is known then) and keeps earlier audio until that moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from pipeline.colour import RANGE_LIMITED, ColourSpec
+from pipeline.decode import AudioItem
+from pipeline.errors import OutputError
+from pipeline.frames import UpscaledFrame
+from pipeline.hls import PLAYLIST_NAME, hls_muxer_options
+
+CODECS = {
+    "h264": "libx264",
+    "hevc": "libx265",
+    "h264_nvenc": "h264_nvenc",
+    "hevc_nvenc": "hevc_nvenc",
+}
+#: Audio codecs each output container takes as they are.
+COPYABLE_AUDIO = {
+    "mp4": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"},
+    "hls": {"aac", "mp3", "ac3", "eac3"},
+}
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    codec: str = "h264"
+    crf: int = 18
+    preset: str | None = None  #: None = the codec's choice below
+    segment_seconds: float = 2.0  #: HLS target segment duration
+
+
+def codec_settings(options: EncoderOptions) -> tuple[str, dict[str, str]]:
+    """FFmpeg encoder name and its private options for ``options``."""
+    if options.codec not in CODECS:
+        raise OutputError(f"unknown codec {options.codec!r}; choose one of {', '.join(CODECS)}")
+    name = CODECS[options.codec]
+    try:
+        av.codec.Codec(name, "w")
+    except Exception as exc:
+        raise OutputError(f"encoder {name} is not available in this FFmpeg build") from exc
+    if not 0 <= options.crf <= 51:
+        raise OutputError(f"crf must be between 0 and 51, got {options.crf}")
+    if name.endswith("nvenc"):
+        opts = {"preset": options.preset or "p4", "rc": "vbr", "cq": str(options.crf), "b": "0"}
+    else:
+        opts = {"crf": str(options.crf), "preset": options.preset or "veryfast"}
+        if name == "libx265":
+            opts["x265-params"] = "log-level=error"
+    return name, opts
+
+
+class VideoSink:
+    """One output (an MP4 file or an HLS folder); used from one thread."""
+
+    def __init__(
+        self,
+        target: Path,
+        fmt: str,
+        options: EncoderOptions,
+        frame_rate: Fraction | None,
+        audio_streams: list[av.audio.stream.AudioStream],
+    ) -> None:
+        if fmt not in ("mp4", "hls"):
+            raise OutputError(f"unknown output format {fmt!r}; choose mp4 or hls")
+        self.codec_name, self.codec_options = codec_settings(options)
+        self.target, self.fmt, self.options = target, fmt, options
+        self.frame_rate = frame_rate or Fraction(25)
+        self._audio_in = audio_streams
+        self._container: av.container.OutputContainer | None = None
+        self._video: av.video.stream.VideoStream | None = None
+        self._audio_out: dict[int, av.stream.Stream] = {}
+        self._transcoders: dict[int, _AudioTranscoder] = {}
+        self._pending_audio: list[AudioItem] = []
+        self.frames_written = 0
+        self._created_dir = False
+        if fmt == "mp4":
+            if not target.parent.is_dir():
+                raise OutputError(f"output folder {target.parent} does not exist")
+            self._path = target.with_name(f".{target.name}.part")
+        else:
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise OutputError(f"HLS output {target} exists and is not an empty folder")
+            self._created_dir = not target.exists()
+            target.mkdir(parents=True, exist_ok=True)
+            self._path = target / PLAYLIST_NAME
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def transcoded_audio(self) -> set[int]:
+        """Input audio stream indexes that need decoding (their codec cannot be copied)."""
+        copyable = COPYABLE_AUDIO[self.fmt]
+        return {s.index for s in self._audio_in if s.codec_context.name not in copyable}
+
+    def _start(self, first: UpscaledFrame, out: ColourSpec, rotation: int) -> None:
+        if self.fmt == "mp4":
+            container = av.open(
+                str(self._path), "w", format="mp4", options={"movflags": "+faststart"}
+            )
+        else:
+            container = av.open(
+                str(self._path),
+                "w",
+                format="hls",
+                options=hls_muxer_options(self.target, self.options.segment_seconds),
+            )
+        self._container = container
+        video = container.add_stream(self.codec_name, rate=self.frame_rate)
+        h, w = first.y.shape
+        video.width, video.height = w, h
+        video.pix_fmt = "yuv420p"
+        video.time_base = first.time_base
+        ctx = video.codec_context
+        ctx.time_base = first.time_base
+        ctx.colorspace = out.matrix
+        ctx.color_range = RANGE_LIMITED
+        ctx.color_primaries = out.primaries
+        ctx.color_trc = out.transfer
+        if self.fmt == "hls":
+            ctx.gop_size = max(1, round(float(self.frame_rate) * self.options.segment_seconds))
+        ctx.options = dict(self.codec_options)
+        if rotation:
+            video.set_display_rotation(rotation)
+        self._video = video
+        for stream in self._audio_in:
+            if stream.index in self.transcoded_audio:
+                self._transcoders[stream.index] = _AudioTranscoder(container, stream)
+                self._audio_out[stream.index] = self._transcoders[stream.index].stream
+            else:
+                self._audio_out[stream.index] = container.add_stream_from_template(stream)
+        self._out_spec = out
+
+    # ------------------------------------------------------------------ writing
+
+    def write_frame(self, frame: UpscaledFrame, out: ColourSpec, rotation: int = 0) -> None:
+        if self._container is None:
+            self._start(frame, out, rotation)
+            for item in self._pending_audio:
+                self._mux_audio(item)
+            self._pending_audio.clear()
+        assert self._video is not None and self._container is not None
+        vf = av.VideoFrame.from_ndarray(frame.yuv420_stacked(), format="yuv420p")
+        vf.pts = frame.pts if frame.pts is not None else frame.index
+        vf.time_base = frame.time_base
+        vf.colorspace = self._out_spec.matrix
+        vf.color_range = RANGE_LIMITED
+        self._container.mux(self._video.encode(vf))
+        self.frames_written += 1
+
+    def write_audio(self, item: AudioItem) -> None:
+        """Audio from the decoder: copied or transcoded."""
+        if self._container is None:
+            self._pending_audio.append(item)
+        else:
+            self._mux_audio(item)
+
+    def _mux_audio(self, item: AudioItem) -> None:
+        assert self._container is not None
+        if item.packet is not None:
+            item.packet.stream = self._audio_out[item.stream_index]
+            self._container.mux(item.packet)
+        elif item.frames:
+            self._container.mux(self._transcoders[item.stream_index].encode(item.frames))
+
+    def close(self) -> Path:
+        """Flush the encoders, finish the container and publish the output."""
+        if self._container is None:
+            raise OutputError("no video frame was decoded, nothing to write")
+        assert self._video is not None
+        self._container.mux(self._video.encode(None))
+        for transcoder in self._transcoders.values():
+            self._container.mux(transcoder.encode(None))
+        self._container.close()
+        self._container = None
+        if self.fmt == "mp4":
+            self._path.replace(self.target)
+        return self.target
+
+    def abort(self) -> None:
+        """Close without publishing; remove what was written."""
+        if self._container is not None:
+            with contextlib.suppress(av.FFmpegError):
+                self._container.close()
+            self._container = None
+        if self.fmt == "mp4":
+            self._path.unlink(missing_ok=True)
+            return
+        for path in self.target.iterdir():
+            if path.name.startswith((PLAYLIST_NAME, "segment_")):
+                path.unlink(missing_ok=True)
+        if self._created_dir:
+            with contextlib.suppress(OSError):
+                self.target.rmdir()
+
+
+class _AudioTranscoder:
+    """Decoded audio frames -> AAC at the source's rate and layout."""
+
+    def __init__(self, container: av.container.OutputContainer, source) -> None:
+        ctx = source.codec_context
+        rate = ctx.sample_rate if ctx.sample_rate in _AAC_RATES else 48000
+        self.stream = container.add_stream("aac", rate=rate)
+        # A named layout (AAC refuses "2 channels" of unspecified order); more than two: downmix.
+        self.stream.layout = "mono" if ctx.layout.nb_channels == 1 else "stereo"
+        self.resampler = av.AudioResampler(
+            format="fltp", layout=self.stream.layout, rate=rate, frame_size=1024
+        )
+
+    def encode(self, frames) -> list[av.Packet]:
+        packets: list[av.Packet] = []
+        for frame in [None] if frames is None else frames:
+            if frame is not None:
+                frame.pts = None  # the resampler times its output by sample count
+            for chunk in self.resampler.resample(frame):
+                packets += self.stream.encode(chunk)
+        if frames is None:
+            packets += self.stream.encode(None)
+        return packets
+
+
+_AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}

@@ -1,0 +1,70 @@
+"""What travels between stages: frames with their index and timestamps, and batches of them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from pipeline.colour import ColourSpec
+
+
+@dataclass
+class SourceFrame:
+    """One decoded frame, planes in their native layout and bit depth."""
+
+    index: int
+    pts: int | None
+    time_base: Fraction
+    planes: tuple[np.ndarray, ...]  #: (Y, U, V), (Y,), or (RGB HxWx3,)
+    spec: ColourSpec
+    rotation: int = 0  #: display rotation in degrees (counter-clockwise), from side data
+    decoded_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)"""
+        return self.planes[0].shape[:2]
+
+    @property
+    def shape_key(self) -> tuple:
+        """Frames with equal keys can share a batch."""
+        return (self.spec, *(p.shape for p in self.planes), self.planes[0].dtype.str)
+
+
+@dataclass
+class UpscaledFrame:
+    """One output frame: 8-bit 4:2:0 planes plus the source frame's timestamps."""
+
+    index: int
+    pts: int | None
+    time_base: Fraction
+    y: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    timings: dict[str, float]
+
+    def yuv420_stacked(self) -> np.ndarray:
+        """Planes stacked as PyAV's ``from_ndarray(format="yuv420p")`` wants them."""
+        h, w = self.y.shape
+        return np.concatenate([self.y.ravel(), self.u.ravel(), self.v.ravel()]).reshape(
+            h * 3 // 2, w
+        )
+
+
+@dataclass
+class FrameBatch:
+    """Consecutive frames of one shape, in order."""
+
+    frames: list[SourceFrame]
+    formed_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def spec(self) -> ColourSpec:
+        return self.frames[0].spec
+
+    def stacked(self) -> list[np.ndarray]:
+        """Each plane stacked over the batch: (N, ...) arrays."""
+        return [np.stack(planes) for planes in zip(*(f.planes for f in self.frames), strict=True)]

@@ -1,0 +1,391 @@
+"""The video pipeline on real clips: frames, timestamps, audio, HLS, formats, tiling, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from model import carn_m, load_weights
+from model.baselines import Bicubic
+from pipeline.encode import EncoderOptions
+from pipeline.errors import InputError, OutputError
+from pipeline.hls import is_complete
+from pipeline.infer import Engine, EngineConfig, InferenceWorker
+from pipeline.run import PipelineOptions, run_pipeline
+from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def clips(data_dir, tmp_path_factory) -> dict[str, Path]:
+    """Small clips cut from the real videos."""
+    video = data_dir / "video"
+    d = tmp_path_factory.mktemp("clips")
+    carphone = decode_rgb(video / "carphone_pristine.mp4", 10)
+    bunny = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 25), (160, 90))
+    return {
+        "carphone": write_clip(d / "carphone10.mp4", carphone, rate=Fraction(30000, 1001)),
+        "bunny_audio": write_clip(
+            d / "bunny.mp4", bunny, audio_from=video / "bigbuckbunny.mp4", audio_seconds=1.0
+        ),
+        "vfr": write_clip(
+            d / "vfr.mp4", bunny[:8], pts=[0, 1, 3, 4, 9, 10, 11, 20], time_base=Fraction(1, 25)
+        ),
+        "odd": write_clip(
+            d / "odd.mkv", [f[:27, :35] for f in carphone[:4]], codec="ffv1", pix_fmt="yuv444p"
+        ),
+        "rotated": write_clip(d / "rotated.mp4", bunny[:4], rotation=90),
+        "ten_bit": write_clip(d / "ten.mkv", bunny[:4], codec="ffv1", pix_fmt="yuv420p10le"),
+        "eight_bit": write_clip(d / "eight.mkv", bunny[:4], codec="ffv1", pix_fmt="yuv420p"),
+    }
+
+
+@pytest.fixture(scope="module")
+def carn_worker(weights_path):
+    model = carn_m()
+    load_weights(model, weights_path)
+    worker = InferenceWorker(Engine(model, EngineConfig(device="cpu")))
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="module")
+def bicubic_worker():
+    worker = InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu")))
+    yield worker
+    worker.close()
+
+
+def upscale(source, target, worker, scale=2, **kwargs):
+    options = PipelineOptions(scale=scale, **kwargs)
+    return asyncio.run(run_pipeline(source, target, options, worker))
+
+
+# --------------------------------------------------------------------------- correctness
+
+
+def test_mp4_has_scaled_frames_with_the_same_timestamps(clips, carn_worker, tmp_path):
+    src = facts(clips["carphone"])
+    reports = []
+    out = tmp_path / "out.mp4"
+    options = PipelineOptions(scale=2, batch_size=3)
+    result = asyncio.run(run_pipeline(clips["carphone"], out, options, carn_worker, reports.append))
+    got = facts(out)
+    assert (got.width, got.height) == (2 * src.width, 2 * src.height) == (352, 288)
+    assert got.pts == src.pts and len(got.pts) == 10 == result.frames
+    assert got.time_base == src.time_base
+    assert abs(got.duration - src.duration) <= 1001 / 30000
+    assert [r.index for r in reports] == list(range(10))  # in order, none dropped
+    assert set(reports[0].timings) == {"decode", "queue_wait", "inference", "encode", "total"}
+    assert all(r.timings["inference"] > 0 for r in reports)
+    assert list(tmp_path.iterdir()) == [out]  # the temporary file was renamed
+
+
+def test_audio_packets_are_copied_bit_identical(clips, bicubic_worker, tmp_path):
+    out = tmp_path / "out.mp4"
+    upscale(clips["bunny_audio"], out, bicubic_worker)
+    src, got = facts(clips["bunny_audio"]), facts(out)
+    assert got.audio_codec == src.audio_codec == "aac"
+    assert len(src.audio_packets) > 40
+    assert got.audio_packets == src.audio_packets
+    assert len(got.pts) == 25 and (got.width, got.height) == (320, 180)
+
+
+def test_audio_the_container_cannot_hold_is_transcoded_to_aac(clips, bicubic_worker, tmp_path):
+    src = tmp_path / "pcm.mkv"
+    with av.open(str(clips["bunny_audio"])) as c, av.open(str(src), "w") as out:
+        v_out = out.add_stream_from_template(c.streams.video[0])
+        a_out = out.add_stream("pcm_s16le", rate=48000)
+        a_out.layout = "stereo"
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+        for packet in c.demux():
+            if packet.stream.type == "video" and packet.dts is not None:
+                packet.stream = v_out
+                out.mux(packet)
+            elif packet.stream.type == "audio":
+                for frame in packet.decode():
+                    for chunk in resampler.resample(frame):
+                        out.mux(a_out.encode(chunk))
+        out.mux(a_out.encode(None))
+    dst = tmp_path / "out.mp4"
+    upscale(src, dst, bicubic_worker)
+    with av.open(str(dst)) as c:
+        audio = c.streams.audio[0]
+        assert audio.codec_context.name == "aac"
+        samples = sum(f.samples for f in c.decode(audio))
+    assert samples == pytest.approx(48000, rel=0.05)  # about the one second of the source
+
+
+def test_hls_playlist_is_valid_and_every_segment_decodes(clips, carn_worker, tmp_path):
+    out = tmp_path / "hls"
+    upscale(
+        clips["bunny_audio"],
+        out,
+        carn_worker,
+        fmt="hls",
+        encoder=EncoderOptions(segment_seconds=0.4),
+    )
+    playlist = (out / "index.m3u8").read_text()
+    assert playlist.startswith("#EXTM3U") and playlist.rstrip().endswith("#EXT-X-ENDLIST")
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in playlist
+    durations = [float(d) for d in re.findall(r"#EXTINF:([\d.]+)", playlist)]
+    segments = [line for line in playlist.splitlines() if line and not line.startswith("#")]
+    assert len(segments) == len(durations) >= 2
+    assert sum(durations) == pytest.approx(1.0, abs=0.05)
+    frames = 0
+    for name in segments:
+        with av.open(str(out / name)) as c:
+            assert c.streams.audio, "audio travels in every segment"
+            decoded = list(c.decode(video=0))
+            assert decoded[0].key_frame  # each segment starts on a keyframe
+            assert (decoded[0].width, decoded[0].height) == (320, 180)
+            frames += len(decoded)
+    assert frames == 25
+    assert is_complete(out)
+    assert not list(out.glob("*.tmp"))
+
+
+def test_variable_frame_rate_stays_variable(clips, bicubic_worker, tmp_path):
+    out = tmp_path / "vfr.mp4"
+    upscale(clips["vfr"], out, bicubic_worker)
+    src, got = facts(clips["vfr"]), facts(out)
+    assert got.pts == src.pts
+    gaps = {b - a for a, b in zip(got.pts, got.pts[1:], strict=False)}
+    assert len(gaps) > 2  # irregular spacing survived
+
+
+@pytest.mark.parametrize("scale,expected", [(2, (70, 54)), (3, (104, 80)), (4, (140, 108))])
+def test_odd_input_sizes(clips, bicubic_worker, tmp_path, scale, expected):
+    # 35x27 input: x3 would be 105x81; 4:2:0 needs even sides, so one row/column is cropped.
+    out = tmp_path / "odd.mp4"
+    upscale(clips["odd"], out, bicubic_worker, scale=scale)
+    got = facts(out)
+    assert (got.width, got.height) == expected and len(got.pts) == 4
+
+
+def test_rotation_metadata_is_kept(clips, bicubic_worker, tmp_path):
+    out = tmp_path / "rot.mp4"
+    upscale(clips["rotated"], out, bicubic_worker)
+    assert facts(clips["rotated"]).rotation == facts(out).rotation == 90
+
+
+def test_ten_bit_input_matches_eight_bit_input(clips, bicubic_worker, tmp_path):
+    a, b = tmp_path / "ten.mp4", tmp_path / "eight.mp4"
+    upscale(clips["ten_bit"], a, bicubic_worker, encoder=EncoderOptions(crf=0))
+    upscale(clips["eight_bit"], b, bicubic_worker, encoder=EncoderOptions(crf=0))
+    ya, yb = np.stack(decode_y(a)).astype(int), np.stack(decode_y(b)).astype(int)
+    # Same pictures; the 10-bit source only differs by its extra precision.
+    assert np.abs(ya - yb).mean() < 0.6 and np.abs(ya - yb).max() <= 3
+
+
+@pytest.mark.parametrize("colorspace", [1, 5])  # BT.709, BT.601
+def test_colour_matrix_is_respected_and_tagged(tmp_path, bicubic_worker, colorspace):
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32] = (200, 40, 60)  # saturated colours tell the matrices apart
+    rgb[:, 32:] = (30, 160, 220)
+    src = write_clip(
+        tmp_path / "in.mkv", [rgb] * 2, codec="ffv1", pix_fmt="yuv444p", colorspace=colorspace
+    )
+    out = tmp_path / "out.mp4"
+    upscale(src, out, bicubic_worker, encoder=EncoderOptions(crf=0))
+    got = facts(out)
+    assert got.colorspace == colorspace and got.color_range == 1
+    with av.open(str(out)) as c:
+        frame = next(c.decode(video=0))
+        back = frame.reformat(format="rgb24", src_colorspace=colorspace).to_ndarray()
+    assert np.abs(back[8:-8, 8:56].astype(int) - (200, 40, 60)).max() <= 4
+    assert np.abs(back[8:-8, 72:120].astype(int) - (30, 160, 220)).max() <= 4
+
+
+# --------------------------------------------------------------------------- tiling, memory
+
+
+def test_tiled_output_equals_untiled_output(data_dir, weights_path):
+    model = carn_m()
+    load_weights(model, weights_path)
+    frame = decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 1)[0][:72, :88]
+    planes = [frame[None]]
+    from pipeline.colour import ColourSpec
+
+    spec = ColourSpec("rgb")
+    out_spec = ColourSpec("yuv")
+    whole = Engine(model, EngineConfig(device="cpu")).upscale(planes, spec, 2, out_spec)
+    tiled_engine = Engine(model, EngineConfig(device="cpu", tile=24, tile_overlap=24))
+    tiled = tiled_engine.upscale(planes, spec, 2, out_spec)
+    for a, b in zip(whole, tiled, strict=True):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.001  # equal up to rounding
+    # In float, the stitched result matches to within float32 noise.
+    from pipeline.tiling import tiled_forward
+
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ref = model(x, 3)
+        assert (tiled_forward(model, x, 3, 20, 24) - ref).abs().max() < 1e-4
+
+
+class _SmallMemory(torch.nn.Module):
+    """A network that runs out of memory above a pixel budget, like a small GPU would."""
+
+    def __init__(self, inner: torch.nn.Module, budget: int) -> None:
+        super().__init__()
+        self.inner, self.budget, self.scales = inner, budget, inner.scales
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x, scale):
+        self.calls.append(tuple(x.shape))
+        if x.shape[0] * x.shape[-2] * x.shape[-1] > self.budget:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x, scale)
+
+
+def test_out_of_memory_splits_then_tiles_and_never_drops_a_frame(clips, tmp_path):
+    reference, retried = tmp_path / "ref.mp4", tmp_path / "oom.mp4"
+    plain = InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu")))
+    small = _SmallMemory(Bicubic(), budget=60 * 60)  # less than one 160x90 frame
+    tight = InferenceWorker(Engine(small, EngineConfig(device="cpu", tile_overlap=8)))
+    try:
+        upscale(clips["bunny_audio"], reference, plain, batch_size=4, encoder=EncoderOptions(crf=0))
+        upscale(clips["bunny_audio"], retried, tight, batch_size=4, encoder=EncoderOptions(crf=0))
+    finally:
+        plain.close()
+        tight.close()
+    assert tight.engine.oom_retries > 0
+    assert any(shape[0] == 1 for shape in small.calls)  # the batch was split
+    assert any(shape[-1] < 90 for shape in small.calls)  # then frames were tiled
+    a, b = np.stack(decode_y(reference)), np.stack(decode_y(retried))
+    assert a.shape == b.shape and a.shape[0] == 25
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # bicubic's support is 2 px
+
+
+def test_memory_stays_bounded_when_a_stage_is_slow(clips, tmp_path, monkeypatch):
+    """Decode runs ahead of encode by at most the queues' capacity."""
+    import pipeline.run as run_module
+
+    decoded = 0
+    original = run_module._next_frame
+
+    def counting(items):
+        nonlocal decoded
+        audio, frame, seconds = original(items)
+        decoded += frame is not None
+        return audio, frame, seconds
+
+    monkeypatch.setattr(run_module, "_next_frame", counting)
+
+    class Slow(Bicubic):
+        def forward(self, x, scale=None):
+            import time
+
+            time.sleep(0.05)
+            return super().forward(x, scale)
+
+    ahead = []
+    worker = InferenceWorker(Engine(Slow(), EngineConfig(device="cpu")))
+    options = PipelineOptions(scale=2, batch_size=2, queue_frames=3, in_flight_batches=1)
+    try:
+        asyncio.run(
+            run_pipeline(
+                clips["bunny_audio"],
+                tmp_path / "o.mp4",
+                options,
+                worker,
+                lambda r: ahead.append(decoded - r.done),
+            )
+        )
+    finally:
+        worker.close()
+    # Frames decoded but not yet muxed: frame queue 3, batcher's group 2 + 1 held back, batch
+    # queue 1 x 2, results queue 1 x 2, the batch being encoded 2, one waiting in the decoder.
+    # The bound depends on the options only, never on the length of the video.
+    assert max(ahead) <= 3 + 3 + 2 + 2 + 2 + 1
+    assert len(ahead) == 25
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_cancelling_a_run_leaves_no_output(clips, tmp_path):
+    class Slow(Bicubic):
+        def forward(self, x, scale=None):
+            import time
+
+            time.sleep(0.2)
+            return super().forward(x, scale)
+
+    worker = InferenceWorker(Engine(Slow(), EngineConfig(device="cpu")))
+    out = tmp_path / "cancelled.mp4"
+
+    async def main():
+        task = asyncio.create_task(
+            run_pipeline(clips["bunny_audio"], out, PipelineOptions(scale=2, batch_size=1), worker)
+        )
+        await asyncio.sleep(0.8)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        worker.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_model_fails_the_run_and_removes_partial_hls(clips, tmp_path):
+    class Broken(Bicubic):
+        calls = 0
+
+        def forward(self, x, scale=None):
+            Broken.calls += 1
+            if Broken.calls > 3:
+                raise ValueError("model exploded")
+            return super().forward(x, scale)
+
+    worker = InferenceWorker(Engine(Broken(), EngineConfig(device="cpu")))
+    out = tmp_path / "hls"
+    try:
+        with pytest.raises(ValueError, match="model exploded"):
+            upscale(clips["bunny_audio"], out, worker, batch_size=1)
+    finally:
+        worker.close()
+    assert not out.exists()
+
+
+def test_inputs_that_are_not_videos_fail_clearly(tmp_path, bicubic_worker, data_dir):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    with pytest.raises(InputError, match="not a video file"):
+        upscale(text, tmp_path / "a.mp4", bicubic_worker)
+    with pytest.raises(InputError, match="no such file"):
+        upscale(tmp_path / "missing.mp4", tmp_path / "b.mp4", bicubic_worker)
+    audio_only = tmp_path / "audio.m4a"
+    with (
+        av.open(str(data_dir / "video" / "bigbuckbunny.mp4")) as c,
+        av.open(str(audio_only), "w") as out,
+    ):
+        a_out = out.add_stream_from_template(c.streams.audio[0])
+        for packet in c.demux(c.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = a_out
+                out.mux(packet)
+    with pytest.raises(InputError, match="no video stream"):
+        upscale(audio_only, tmp_path / "c.mp4", bicubic_worker)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio.m4a", "notes.mp4"]
+
+
+def test_a_non_empty_hls_folder_is_never_overwritten(clips, bicubic_worker, tmp_path):
+    (tmp_path / "keep.txt").write_text("user data")
+    with pytest.raises(OutputError, match="not an empty folder"):
+        upscale(clips["carphone"], tmp_path, bicubic_worker, fmt="hls")
+    with pytest.raises(OutputError, match="does not exist"):
+        upscale(clips["carphone"], tmp_path / "no" / "o.mp4", bicubic_worker)
+    assert (tmp_path / "keep.txt").read_text() == "user data"
