@@ -12,7 +12,7 @@ import ctypes
 import ctypes.util
 import sys
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _LARGE = 2**31 - 1
 
 
@@ -26,7 +26,10 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(
-        mallopt(_M_MMAP_THRESHOLD, _LARGE)
+        # One arena: threads' own arenas are capped at 64 MB heaps, so frame-sized buffers
+        # allocated by the inference thread would be mmap'ed whatever the threshold.
+        mallopt(_M_ARENA_MAX, 1)
+        and mallopt(_M_MMAP_THRESHOLD, _LARGE)
         and mallopt(_M_TRIM_THRESHOLD, _LARGE)
         and mallopt(_M_TOP_PAD, 1 << 28)
     )

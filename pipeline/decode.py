@@ -121,12 +121,16 @@ class AudioItem:
 
 
 def demux_frames(
-    container: av.container.InputContainer, decode_audio: frozenset[int] = frozenset()
+    container: av.container.InputContainer,
+    decode_audio: frozenset[int] = frozenset(),
+    threads: int = 0,
 ) -> Iterator[SourceFrame | AudioItem]:
     """Decode the first video stream in presentation order; audio passes through as packets,
-    or as decoded frames for the stream indexes in ``decode_audio``."""
+    or as decoded frames for the stream indexes in ``decode_audio``. ``threads``: decoder
+    threads, 0 = FFmpeg's choice."""
     video = container.streams.video[0]
     video.thread_type = "AUTO"
+    video.codec_context.thread_count = threads
     streams = [video, *container.streams.audio]
     index = 0
     for packet in container.demux(streams):

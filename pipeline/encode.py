@@ -72,12 +72,14 @@ class VideoSink:
         options: EncoderOptions,
         frame_rate: Fraction | None,
         audio_streams: list[av.audio.stream.AudioStream],
+        threads: int = 0,
     ) -> None:
         if fmt not in ("mp4", "hls"):
             raise OutputError(f"unknown output format {fmt!r}; choose mp4 or hls")
         self.codec_name, self.codec_options = codec_settings(options)
         self.target, self.fmt, self.options = target, fmt, options
         self.frame_rate = frame_rate or Fraction(25)
+        self.threads = threads  #: encoder threads, 0 = FFmpeg's choice
         self._audio_in = audio_streams
         self._container: av.container.OutputContainer | None = None
         self._video: av.video.stream.VideoStream | None = None
@@ -132,6 +134,7 @@ class VideoSink:
         if self.fmt == "hls":
             ctx.gop_size = max(1, round(float(self.frame_rate) * self.options.segment_seconds))
         ctx.options = dict(self.codec_options)
+        ctx.thread_count = self.threads
         if rotation:
             video.set_display_rotation(rotation)
         self._video = video

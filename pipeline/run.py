@@ -38,6 +38,10 @@ class PipelineOptions:
     queue_frames: int = 16  #: decoded frames buffered ahead of batching
     in_flight_batches: int = 2  #: batches queued at the worker or awaiting encode
     priority: int = InferenceWorker.JOB_PRIORITY
+    #: Decoder and encoder threads. None: 1 when the model runs on the CPU (the model needs
+    #: every core, and spinning OpenMP threads suffer badly from oversubscription), else
+    #: FFmpeg's choice.
+    codec_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,9 @@ async def run_pipeline(
     if options.scale not in scales:
         raise ValueError(f"scale {options.scale} not supported by the model ({scales})")
     started = time.monotonic()
+    threads = options.codec_threads
+    if threads is None:
+        threads = 1 if worker.device.type == "cpu" else 0
     decoder, encoder = _StageThread("decode"), _StageThread("encode")
     container = None
     sink: VideoSink | None = None
@@ -116,13 +123,14 @@ async def run_pipeline(
             options.encoder,
             info.frame_rate,
             list(container.streams.audio),
+            threads,
         )
         frames_q: asyncio.Queue = asyncio.Queue(options.queue_frames)
         batches_q: asyncio.Queue = asyncio.Queue(1)
         results_q: asyncio.Queue = asyncio.Queue(max(1, options.in_flight_batches))
         audio: collections.deque[AudioItem] = collections.deque()
         decode_seconds: dict[int, float] = {}
-        items = demux_frames(container, frozenset(sink.transcoded_audio))
+        items = demux_frames(container, frozenset(sink.transcoded_audio), threads)
 
         async def decode() -> None:
             while True:

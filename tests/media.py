@@ -22,9 +22,14 @@ def decode_rgb(path: Path, limit: int | None = None) -> list[np.ndarray]:
 
 
 def decode_y(path: Path) -> list[np.ndarray]:
-    """The luma plane of every frame, as stored."""
+    """The luma plane of every 8-bit YUV frame, as stored (no range conversion)."""
     with av.open(str(path)) as c:
-        return [f.to_ndarray(format="gray") for f in c.decode(video=0)]
+        out = []
+        for f in c.decode(video=0):
+            plane = f.planes[0]
+            rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+            out.append(rows[:, : plane.width].copy())
+        return out
 
 
 @dataclass

@@ -152,3 +152,104 @@ def test_console_script_is_installed():
         ["carn-stream", "--version"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and result.stdout.startswith("carn-stream ")
+
+
+@pytest.fixture()
+def tiny_clip(data_dir, tmp_path) -> Path:
+    from fractions import Fraction
+
+    from tests.media import decode_rgb, write_clip
+
+    frames = [f[:48, :64] for f in decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 6)]
+    return write_clip(tmp_path / "tiny.mp4", frames, rate=Fraction(30000, 1001))
+
+
+def test_upscale_writes_mp4_and_shows_progress(tiny_clip, weights_path, tmp_path):
+    from tests.media import facts
+
+    out = tmp_path / "up.mp4"
+    result = run_cli(
+        "upscale",
+        str(tiny_clip),
+        str(out),
+        "--scale",
+        "3",
+        "--weights",
+        str(weights_path),
+        "--crf",
+        "20",
+        "--preset",
+        "ultrafast",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "upscale x3" in result.stderr and "6/6" in result.stderr and "ETA" in result.stderr
+    got = facts(out)
+    assert (got.width, got.height) == (192, 144) and len(got.pts) == 6
+
+
+def test_upscale_to_hls_folder(tiny_clip, weights_path, tmp_path):
+    out = tmp_path / "hls"
+    result = run_cli(
+        "upscale",
+        str(tiny_clip),
+        str(out),
+        "--scale",
+        "2",
+        "--weights",
+        str(weights_path),
+        "--format",
+        "hls",
+        "--tile",
+        "20",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--codec", "vp9"], "unknown codec 'vp9'"),
+        (["--crf", "70"], "crf must be between 0 and 51"),
+        (["--device", "cuda"], "CUDA"),
+    ],
+)
+def test_upscale_refuses_bad_options_without_output(
+    tiny_clip, weights_path, tmp_path, extra, message
+):
+    out = tmp_path / "o.mp4"
+    result = run_cli(
+        "upscale", str(tiny_clip), str(out), "--scale", "2", "--weights", str(weights_path), *extra
+    )
+    assert result.returncode == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "audio_only"])
+def test_upscale_bad_input_exits_1_with_one_line(kind, data_dir, weights_path, tmp_path):
+    import av
+
+    src = tmp_path / "in.mp4"
+    if kind == "text":
+        src.write_text("hello")
+    elif kind == "audio_only":
+        with (
+            av.open(str(data_dir / "video" / "bigbuckbunny.mp4")) as c,
+            av.open(str(src), "w") as o,
+        ):
+            a = o.add_stream_from_template(c.streams.audio[0])
+            for packet in c.demux(c.streams.audio[0]):
+                if packet.dts is not None:
+                    packet.stream = a
+                    o.mux(packet)
+    out = tmp_path / "out.mp4"
+    result = run_cli("upscale", str(src), str(out), "--scale", "2", "--weights", str(weights_path))
+    expected = {
+        "missing": "no such file",
+        "text": "not a video file",
+        "audio_only": "no video stream",
+    }[kind]
+    assert result.returncode == 1 and expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.mp4*"))

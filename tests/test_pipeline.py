@@ -389,3 +389,32 @@ def test_a_non_empty_hls_folder_is_never_overwritten(clips, bicubic_worker, tmp_
     with pytest.raises(OutputError, match="does not exist"):
         upscale(clips["carphone"], tmp_path / "no" / "o.mp4", bicubic_worker)
     assert (tmp_path / "keep.txt").read_text() == "user data"
+
+
+# --------------------------------------------------------------------------- quality
+
+
+@pytest.mark.slow
+def test_carn_m_beats_bicubic_on_real_video(data_dir, carn_worker, bicubic_worker, tmp_path):
+    """carphone (176x144, 120 frames) downscaled x2 with bicubic, upscaled back, Y-PSNR against
+    the original's stored luma. Both outputs lossless (crf 0, yuv420p) through the same
+    conversion, so only the upscaler differs. Measured: CARN-M 36.59 dB, bicubic 30.42 dB."""
+    from model.imresize import bicubic_uint8
+    from model.metrics import psnr
+
+    source = data_dir / "video" / "carphone_pristine.mp4"
+    truth = decode_y(source)
+    low = [bicubic_uint8(frame, scale=0.5) for frame in decode_rgb(source)]
+    lr = write_clip(
+        tmp_path / "lr.mkv", low, rate=Fraction(30000, 1001), codec="ffv1", pix_fmt="bgr0"
+    )
+    scores = {}
+    for name, worker in (("carn", carn_worker), ("bicubic", bicubic_worker)):
+        out = tmp_path / f"{name}.mp4"
+        upscale(lr, out, worker, encoder=EncoderOptions(crf=0))
+        frames = decode_y(out)
+        assert len(frames) == len(truth) == 120
+        scores[name] = np.mean([psnr(a, b) for a, b in zip(frames, truth, strict=True)])
+    assert scores["carn"] >= 36.4
+    assert scores["bicubic"] <= 30.6
+    assert scores["carn"] - scores["bicubic"] >= 6.0

@@ -1,0 +1,176 @@
+"""Pipeline throughput: model-only vs the pipelined end-to-end run vs a naive sequential loop.
+
+    python bench/pipeline.py [--device auto|cpu|cuda] [--frames N] [--markdown FILE]
+
+Each case decodes a real clip cut to the case's LR size, then measures in one run:
+- model only: the inference engine (upload, colour conversion, CARN-M, download) on frames
+  decoded beforehand;
+- end to end: ``run_pipeline`` from the file to an MP4 (decode, batch, infer, encode, mux);
+- naive: decode one frame -> RGB -> CARN-M -> encode -> next, all on one thread.
+The ratio end-to-end / model-only shows what the pipeline costs on top of the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from carn_stream.allocator import tune_allocator  # noqa: E402
+from model import carn_m, load_weights  # noqa: E402
+from model.inference import upscale_rgb  # noqa: E402
+from pipeline.colour import ColourSpec, output_spec  # noqa: E402
+from pipeline.decode import frame_planes  # noqa: E402
+from pipeline.encode import EncoderOptions  # noqa: E402
+from pipeline.infer import Engine, EngineConfig, InferenceWorker, output_size  # noqa: E402
+from pipeline.run import PipelineOptions, run_pipeline  # noqa: E402
+
+DATA = Path(os.environ.get("CARN_STREAM_TEST_DATA", ROOT.parent / "shared" / "data"))
+CASES = [  # (label, source clip, LR width, LR height, scale)
+    ("176x144 x2", "carphone_pristine.mp4", 176, 144, 2),
+    ("320x180 x4", "bigbuckbunny.mp4", 320, 180, 4),
+]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def make_clip(source: Path, width: int, height: int, frames: int, dest: Path) -> Path:
+    """The first ``frames`` frames of ``source`` at width x height, H.264 (crf 10)."""
+    with av.open(str(source)) as src, av.open(str(dest), "w") as out:
+        in_stream = src.streams.video[0]
+        stream = out.add_stream("libx264", rate=in_stream.average_rate or 25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.options = {"crf": "10", "preset": "veryfast"}
+        for i, frame in enumerate(src.decode(in_stream)):
+            if i >= frames:
+                break
+            small = frame.reformat(
+                width=width, height=height, format="yuv420p", interpolation="AREA"
+            )
+            small.pts = None
+            out.mux(stream.encode(small))
+        out.mux(stream.encode(None))
+    return dest
+
+
+def model_only(engine: Engine, clip: Path, scale: int, batch: int) -> float:
+    with av.open(str(clip)) as c:
+        decoded = [frame_planes(f) for f in c.decode(video=0)]
+    spec: ColourSpec = decoded[0][1]
+    h, w = decoded[0][0][0].shape
+    out = output_spec(spec, output_size(h, w, scale)[0])
+    groups = [decoded[i : i + batch] for i in range(0, len(decoded), batch)]
+    stacked = [[np.stack(p) for p in zip(*(d[0] for d in g), strict=True)] for g in groups]
+    engine.upscale(stacked[0], spec, scale, out)  # warm-up
+    start = time.perf_counter()
+    for planes in stacked:
+        engine.upscale(planes, spec, scale, out)
+    return len(decoded) / (time.perf_counter() - start)
+
+
+def end_to_end(worker: InferenceWorker, clip: Path, scale: int, batch: int, tmp: Path) -> float:
+    options = PipelineOptions(scale=scale, batch_size=batch, encoder=EncoderOptions())
+    result = asyncio.run(run_pipeline(clip, tmp / "e2e.mp4", options, worker))
+    return result.fps
+
+
+def naive(model: torch.nn.Module, clip: Path, scale: int, tmp: Path) -> float:
+    start = time.perf_counter()
+    frames = 0
+    with av.open(str(clip)) as src, av.open(str(tmp / "naive.mp4"), "w") as out:
+        in_stream = src.streams.video[0]
+        stream = None
+        for frame in src.decode(in_stream):
+            sr = upscale_rgb(model, frame.to_ndarray(format="rgb24"), scale)
+            if stream is None:
+                stream = out.add_stream("libx264", rate=in_stream.average_rate or 25)
+                stream.height, stream.width = (sr.shape[0] // 2 * 2, sr.shape[1] // 2 * 2)
+                stream.pix_fmt = "yuv420p"
+                stream.codec_context.options = {"crf": "18", "preset": "veryfast"}
+            vf = av.VideoFrame.from_ndarray(sr, format="rgb24").reformat(format="yuv420p")
+            out.mux(stream.encode(vf))
+            frames += 1
+        out.mux(stream.encode(None))
+    return frames / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--frames", type=int, default=0, help="frames per case (default: by size)")
+    parser.add_argument("--batch", type=int, default=0, help="default: 1 on CPU, 8 on CUDA")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    tune_allocator()
+    weights = Path(os.environ.get("CARN_WEIGHTS", DATA / "weights" / "carn_m.pth"))
+    model = carn_m()
+    load_weights(model, weights)
+    engine = Engine(model, EngineConfig(device=args.device))
+    cuda = engine.device.type == "cuda"
+    batch = args.batch or (8 if cuda else 1)
+    worker = InferenceWorker(engine)
+    naive_model = carn_m()
+    load_weights(naive_model, weights)
+    naive_model = naive_model.eval().to(engine.device)
+    device = torch.cuda.get_device_name(engine.device) if cuda else cpu_name()
+    header = (
+        f"device: {engine.device} ({device}), precision {engine.precision}, batch {batch}, "
+        f"torch {torch.__version__}, {os.cpu_count()} CPU threads"
+    )
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            for label, name, w, h, scale in CASES:
+                frames = args.frames or (240 if cuda else (24 if w * h < 40000 else 8))
+                clip = make_clip(DATA / "video" / name, w, h, frames, tmp / f"{w}x{h}.mp4")
+                m = model_only(engine, clip, scale, batch)
+                e = end_to_end(worker, clip, scale, batch, tmp)
+                n = naive(naive_model, clip, scale, tmp)
+                rows.append((label, frames, m, e, n))
+                print(
+                    f"  {label}: model {m:.2f} fps, e2e {e:.2f} fps, naive {n:.2f} fps",
+                    file=sys.stderr,
+                )
+    finally:
+        worker.close()
+    lines = [
+        header,
+        "",
+        "| case | frames | model only fps | end-to-end fps | naive loop fps | e2e / model "
+        "| e2e / naive |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, frames, m, e, n in rows:
+        lines.append(
+            f"| {label} | {frames} | {m:.2f} | {e:.2f} | {n:.2f} | {e / m:.2f} | {e / n:.2f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
