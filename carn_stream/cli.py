@@ -58,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"carn-stream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    p = sub.add_parser("serve", help="run the HTTP service (jobs API, pages, metrics)")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8000)")
+    p.add_argument("--data-dir", type=Path, help="job database and outputs")
+    p.add_argument(
+        "--weights", type=Path, help="weights file (default: CARN_WEIGHTS, cache, download)"
+    )
+    p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    p.set_defaults(run=cmd_serve)
+
     p = sub.add_parser("stats", help="parameters and Mult-Adds per scale (paper convention)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_stats)
@@ -101,6 +111,25 @@ def _settings(args: argparse.Namespace) -> Settings:
         device=getattr(args, "device", None),
         precision=getattr(args, "precision", None),
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from carn_stream.loading import start_worker
+    from server.app import create_app
+
+    settings = _settings(args).with_overrides(
+        host=args.host, port=args.port, data_dir=args.data_dir
+    )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings, lambda: start_worker(settings))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    return EXIT_OK
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

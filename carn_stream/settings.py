@@ -44,6 +44,35 @@ class Settings:
     #: Inference precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
     precision: str = "auto"
 
+    # ---- service
+    #: Address and port ``carn-stream serve`` listens on.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Job database and outputs.
+    data_dir: Path = Path("carn-stream-data")
+    #: When set, mutating endpoints need ``Authorization: Bearer <token>``.
+    api_token: str | None = None
+    #: Non-public addresses that input URLs may still reach (comma-separated IPs).
+    allowed_private_hosts: tuple[str, ...] = ()
+    #: Accept ``file://`` URLs and plain paths as job inputs.
+    allow_local_files: bool = False
+    #: Jobs running at the same time (they share one model).
+    max_concurrent_jobs: int = 2
+    #: Input limits: bytes downloaded, seconds of video, output pixels per frame.
+    max_input_bytes: int = 2 * 1024**3
+    max_duration_seconds: float = 3600.0
+    max_output_pixels: int = 3840 * 2160
+    #: Input fetching: seconds without progress before giving up; redirects followed.
+    fetch_timeout_seconds: float = 20.0
+    max_redirects: int = 5
+    #: A job interrupted by a crash is run again this many times, then marked failed.
+    max_attempts: int = 2
+    #: Finished jobs and their outputs are deleted after this many hours (0 = never).
+    retention_hours: float = 168.0
+    #: Frames per inference batch (0 = 1 on CPU, 8 on CUDA) and HLS segment duration.
+    batch_size: int = 0
+    segment_seconds: float = 2.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -67,8 +96,15 @@ class Settings:
 
 
 def _parse(name: str, raw: str) -> object:
-    if name == "cache_dir":
+    kind = next(f.type for f in fields(Settings) if f.name == name)
+    if kind.startswith("Path"):
         return Path(raw)
-    if name == "allow_download":
+    if kind == "bool":
         return _flag(raw)
-    return raw
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw or None if "None" in kind else raw

@@ -52,6 +52,8 @@ class FrameReport:
     done: int
     total: int  #: expected frame count (0 when unknown)
     timings: dict[str, float]
+    batch_frames: int = 1  #: size of the inference batch the frame travelled in
+    batch_start: bool = True  #: the first frame of its batch (count each batch once)
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,9 @@ async def run_pipeline(
                 backlog = [audio.popleft() for _ in range(len(audio))]
                 await encoder.call(_write, sink, frames, out, backlog, item.frames[0].rotation)
                 muxed = time.monotonic()
-                for frame, source_frame in zip(frames, item.frames, strict=True):
+                for position, (frame, source_frame) in enumerate(
+                    zip(frames, item.frames, strict=True)
+                ):
                     done += 1
                     timings = {
                         "decode": decode_seconds.pop(frame.index, 0.0),
@@ -198,7 +202,11 @@ async def run_pipeline(
                     }
                     timings["total"] = muxed - source_frame.decoded_at + timings["decode"]
                     if on_frame:
-                        on_frame(FrameReport(frame.index, done, info.frames, timings))
+                        on_frame(
+                            FrameReport(
+                                frame.index, done, info.frames, timings, len(frames), position == 0
+                            )
+                        )
             await encoder.call(_write, sink, [], None, list(audio), 0)
             audio.clear()
 

@@ -1,0 +1,28 @@
+"""Liveness and readiness for orchestrators."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up and serving."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """Ready to run jobs: the model is loaded and the job store is writable."""
+    state = request.app.state
+    checks = {
+        "model_loaded": state.worker_holder.worker is not None,
+        "store_writable": state.store.writable(),
+    }
+    if state.worker_holder.error:
+        checks["model_error"] = state.worker_holder.error
+    ready = checks["model_loaded"] and checks["store_writable"]
+    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

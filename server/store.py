@@ -1,0 +1,221 @@
+"""Persistent job state in SQLite (WAL): survives restarts, including ``kill -9``."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    state TEXT NOT NULL,
+    url TEXT NOT NULL,
+    params TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_total INTEGER NOT NULL DEFAULT 0,
+    fps REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    state: str
+    url: str
+    params: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    frames_done: int = 0
+    frames_total: int = 0
+    fps: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.state != "running" or self.fps <= 0 or self.frames_total <= 0:
+            return None
+        return max(self.frames_total - self.frames_done, 0) / self.fps
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    """All job state; safe to use from several threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def writable(self) -> bool:
+        try:
+            with self._tx() as db:
+                db.execute("CREATE TABLE IF NOT EXISTS probe (x)")
+            return True
+        except sqlite3.Error:
+            return False
+
+    # ------------------------------------------------------------------ reads
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        data = dict(row)
+        data.pop("seq")
+        data["params"] = json.loads(data["params"])
+        return Job(**data)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def list(
+        self, offset: int = 0, limit: int = 50, state: str | None = None
+    ) -> tuple[list[Job], int]:
+        """Newest first; returns (page, total)."""
+        where, args = ("WHERE state = ?", [state]) if state else ("", [])
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+        return [self._job(r) for r in rows], total
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    # ------------------------------------------------------------------ writes
+
+    def create(self, url: str, params: dict[str, Any]) -> Job:
+        job = Job(new_job_id(), "queued", url, params, time.time())
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, state, url, params, created_at) VALUES (?, ?, ?, ?, ?)",
+                (job.id, job.state, url, json.dumps(params), job.created_at),
+            )
+        return job
+
+    def claim_next(self) -> Job | None:
+        """The oldest queued job, now running (first in, first out)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1, "
+                "frames_done = 0, fps = 0 WHERE id = ?",
+                (time.time(), row["id"]),
+            )
+        return self.get(row["id"])
+
+    def progress(self, job_id: str, done: int, total: int, fps: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET frames_done = ?, frames_total = ?, fps = ? "
+                "WHERE id = ? AND state = 'running'",
+                (done, total, fps, job_id),
+            )
+
+    def finish(self, job_id: str, state: str, error: str | None = None) -> bool:
+        """Move a running or queued job to a final state; False if it had already ended."""
+        assert state in FINISHED
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, error = ?, finished_at = ?, "
+                "frames_done = CASE WHEN ? = 'succeeded' THEN frames_total ELSE frames_done END "
+                "WHERE id = ? AND state IN ('queued', 'running')",
+                (state, error, time.time(), state, job_id),
+            )
+        return cur.rowcount == 1
+
+    def requeue(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'running'", (job_id,)
+            )
+
+    def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
+        """After a restart: interrupted jobs run again, or fail once out of attempts.
+
+        Returns (requeued ids, failed ids).
+        """
+        with self._tx() as db:
+            rows = db.execute("SELECT id, attempts FROM jobs WHERE state = 'running'").fetchall()
+            again = [r["id"] for r in rows if r["attempts"] < max_attempts]
+            failed = [r["id"] for r in rows if r["attempts"] >= max_attempts]
+            for job_id in again:
+                db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (job_id,))
+            for job_id in failed:
+                db.execute(
+                    "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                    (
+                        time.time(),
+                        f"interrupted by a server restart {max_attempts} times; giving up",
+                        job_id,
+                    ),
+                )
+        return again, failed
+
+    def expired(self, before: float) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') "
+                "AND finished_at < ?",
+                (before,),
+            ).fetchall()
+        return [r["id"] for r in rows]
+
+    def delete(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
