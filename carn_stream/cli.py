@@ -195,11 +195,14 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from carn_stream.loading import start_worker
     from carn_stream.progress import ProgressBar
     from pipeline.encode import EncoderOptions, codec_settings
+    from pipeline.hls import hls_muxer_options
     from pipeline.run import PipelineOptions, run_pipeline
 
     fmt = args.format or ("mp4" if args.output.suffix else "hls")
     encoder = EncoderOptions(args.codec, args.crf, args.preset, args.segment_seconds)
-    codec_settings(encoder)  # refuse a bad codec or crf before loading anything
+    codec_settings(encoder)  # refuse a bad codec, crf or segment duration before loading anything
+    if fmt == "hls":
+        hls_muxer_options(args.output, args.segment_seconds)
     source = args.input
     if "://" not in source and not Path(source).is_file():
         raise CLIError(f"{source}: no such file")

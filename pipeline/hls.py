@@ -16,8 +16,10 @@ SEGMENT_NAME_RE = re.compile(r"^segment_\d{5,}\.ts$")
 
 
 def hls_muxer_options(folder: Path, segment_seconds: float) -> dict[str, str]:
-    if segment_seconds <= 0:
-        raise ValueError("segment duration must be positive")
+    if segment_seconds < 1:
+        # HLS target durations are whole seconds and FFmpeg rounds them: shorter segments
+        # would announce a target duration of 0, which players refuse for a growing playlist.
+        raise ValueError("HLS segment duration must be at least 1 second")
     return {
         "hls_time": f"{segment_seconds:g}",
         "hls_list_size": "0",

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from carn_stream.settings import Settings
+from pipeline.hls import hls_muxer_options
 from pipeline.infer import InferenceWorker
 from server import api_health, api_jobs, pages
 from server.fetch import FetchPolicy
@@ -62,6 +63,7 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
 
 def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]) -> FastAPI:
     """The service. ``worker_factory`` loads the model and starts its inference worker."""
+    hls_muxer_options(settings.data_dir, settings.segment_seconds)  # fail at start, not per job
     metrics = Metrics()
 
     @asynccontextmanager

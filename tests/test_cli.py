@@ -212,6 +212,7 @@ def test_upscale_to_hls_folder(tiny_clip, weights_path, tmp_path):
         (["--codec", "vp9"], "unknown codec 'vp9'"),
         (["--crf", "70"], "crf must be between 0 and 51"),
         (["--device", "cuda"], "CUDA"),
+        (["--format", "hls", "--segment-seconds", "0.5"], "at least 1 second"),
     ],
 )
 def test_upscale_refuses_bad_options_without_output(

@@ -158,3 +158,13 @@ def test_settings_read_carn_weights_and_the_prefixed_variables(tmp_path):
     assert Settings.from_env({"XDG_CACHE_HOME": "/c"}).cache_dir == Path("/c/carn-stream")
     with pytest.raises(ValueError, match="CARN_STREAM_ALLOW_DOWNLOAD"):
         Settings.from_env({"CARN_STREAM_ALLOW_DOWNLOAD": "maybe"})
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from dataclasses import fields
+
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    for f in fields(Settings):
+        assert f"`CARN_STREAM_{f.name.upper()}`" in readme, f.name

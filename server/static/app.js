@@ -25,8 +25,17 @@ async function play(job) {
     return;
   }
   const url = job.links.playlist;
-  const probe = await fetch(url, { method: "GET" });
+  const probe = await fetch(url, { method: "GET", cache: "no-store" });
   if (!probe.ok) { wanted = job.id; playerStatus.textContent = "Waiting for the first segment…"; return; }
+  // A growing playlist is played from 3 segments on (players start 3 target durations from
+  // its end; Chromium refuses fewer); a finished one right away.
+  const text = await probe.text();
+  const segments = text.split("\n").filter((line) => line && !line.startsWith("#")).length;
+  if (!text.includes("#EXT-X-ENDLIST") && segments < 3) {
+    wanted = job.id;
+    playerStatus.textContent = "Waiting for segments (" + segments + " of 3)…";
+    return;
+  }
   wanted = null;
   playing = job.id;
   player.src = url;

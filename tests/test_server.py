@@ -1,0 +1,381 @@
+"""The service end to end: a real ``carn-stream serve`` and a real media server, on loopback."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.fetch import FetchError, FetchPolicy, check_address, validate_url
+from tests.media import decode_rgb, downscale_frames, facts, write_clip
+from tests.service import ServerProcess, free_port, media_server, request, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def media(data_dir, tmp_path_factory):
+    """A file server on 127.0.0.1 with small real clips (and one non-video)."""
+    root = tmp_path_factory.mktemp("media")
+    video = data_dir / "video"
+    bunny = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 50), (160, 90))
+    write_clip(root / "bunny.mp4", bunny, audio_from=video / "bigbuckbunny.mp4", audio_seconds=2.0)
+    carphone = decode_rgb(video / "carphone_pristine.mp4", 90)
+    write_clip(root / "carphone.mp4", [f[:72, :88] for f in carphone], rate=Fraction(30000, 1001))
+    (root / "notes.mp4").write_text("this is not a video")
+    with media_server(root) as base:
+        yield base, root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = ServerProcess(tmp_path_factory.mktemp("service") / "data",
+                         CARN_STREAM_MAX_CONCURRENT_JOBS="3",
+                         CARN_STREAM_MAX_INPUT_BYTES=str(20 * 1024**2))  # fmt: skip
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def submit(server: ServerProcess, url: str, **fields) -> dict:
+    response = server.call("POST", "/jobs", {"url": url, **fields})
+    assert response.status == 201, response.body
+    return response.json()
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+def test_health_and_readiness(server):
+    assert server.call("GET", "/healthz").json() == {"status": "ok"}
+    ready = server.call("GET", "/readyz").json()
+    assert ready == {"ready": True, "model_loaded": True, "store_writable": True}
+    assert server.call("GET", "/openapi.json").json()["paths"]["/jobs"]
+
+
+def test_hls_job_plays_before_it_finishes_and_keeps_everything(server, media, tmp_path):
+    base, _ = media
+    job = submit(server, f"{base}/bunny.mp4", scale=2, output="hls")
+    assert job["state"] == "queued" and job["links"]["playlist"].endswith("/hls/index.m3u8")
+    playlist_url = job["links"]["playlist"]
+
+    def early_playlist():
+        state = server.job(job["id"])["state"]
+        response = server.call("GET", playlist_url)
+        return response.status == 200 and state == "running" and response
+
+    early = wait_for(early_playlist, 60, "a playlist while the job runs")
+    assert b"#EXT-X-ENDLIST" not in early.body  # still growing
+    assert early.headers["content-type"] == "application/vnd.apple.mpegurl"
+
+    done = server.wait_job(job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done["error"]
+    assert done["progress"]["frames_done"] == done["progress"]["frames_total"] == 50
+    playlist = server.call("GET", playlist_url).body.decode()
+    assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
+    segments = [line for line in playlist.splitlines() if line and not line.startswith("#")]
+    frames, joined = 0, tmp_path / "all.ts"
+    with open(joined, "wb") as out:
+        for name in segments:
+            response = server.call("GET", f"/jobs/{job['id']}/hls/{name}")
+            assert response.status == 200 and response.headers["content-type"] == "video/mp2t"
+            out.write(response.body)
+    with av.open(str(joined)) as c:
+        assert c.streams.audio, "audio kept"
+        decoded = list(c.decode(video=0))
+    frames = len(decoded)
+    assert (decoded[0].width, decoded[0].height) == (320, 180) and frames == 50
+
+
+def test_mp4_job_serves_range_requests(server, media, tmp_path):
+    base, root = media
+    job = submit(server, f"{base}/bunny.mp4", scale=3, output="mp4")
+    assert server.call("GET", f"/jobs/{job['id']}/output.mp4").status == 404  # not yet
+    done = server.wait_job(job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done["error"]
+    url = done["links"]["mp4"]
+    part = server.call("GET", url, headers={"Range": "bytes=100-199"})
+    assert part.status == 206 and len(part.body) == 100
+    whole = server.call("GET", url)
+    assert whole.status == 200 and whole.body[100:200] == part.body
+    (tmp_path / "out.mp4").write_bytes(whole.body)
+    got, src = facts(tmp_path / "out.mp4"), facts(root / "bunny.mp4")
+    assert (got.width, got.height) == (480, 270)
+    assert got.pts == src.pts and got.audio_packets == src.audio_packets
+
+
+def test_cancel_stops_a_running_job_and_frees_its_files(server, media):
+    base, _ = media
+    job = submit(server, f"{base}/bunny.mp4", scale=4, output="hls")
+    wait_for(lambda: server.job(job["id"])["progress"]["frames_done"] > 0, 60, "progress")
+    started = time.monotonic()
+    response = server.call("DELETE", f"/jobs/{job['id']}")
+    assert response.status == 200
+    assert response.json()["state"] == "cancelled"
+    assert time.monotonic() - started < 1.0  # the running pipeline stopped within a second
+    assert server.call("GET", job["links"]["playlist"]).status == 404
+    assert not (server.data_dir / "jobs" / job["id"] / "hls").exists()
+    assert server.call("DELETE", f"/jobs/{job['id']}").status == 409
+
+
+def test_three_concurrent_jobs_all_succeed(server, media):
+    base, _ = media
+    jobs = [submit(server, f"{base}/carphone.mp4", scale=2, output="mp4") for _ in range(3)]
+
+    def running_together():
+        return server.call("GET", "/jobs?state=running").json()["total"] >= 3
+
+    wait_for(running_together, 60, "three jobs running at once", interval=0.05)
+    for job in jobs:
+        done = server.wait_job(job["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded", done["error"]
+        assert done["progress"]["frames_done"] == 90
+
+
+def test_jobs_are_listed_newest_first_with_pagination(server, media):
+    page = server.call("GET", "/jobs?limit=2").json()
+    assert len(page["items"]) == 2 and page["total"] >= 5
+    assert page["items"][0]["created_at"] >= page["items"][1]["created_at"]
+    second = server.call("GET", "/jobs?limit=2&offset=2").json()
+    assert {j["id"] for j in second["items"]}.isdisjoint({j["id"] for j in page["items"]})
+    assert server.call("GET", "/jobs?limit=0").status == 422
+
+
+def test_metrics_count_every_frame(server):
+    text = server.call("GET", "/metrics").body.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    frames = sum(s.value for s in families["carn_stream_frames"].samples
+                 if s.name == "carn_stream_frames_total")  # fmt: skip
+    assert frames >= 50 * 2 + 90 * 3
+    for stage in ("decode", "queue_wait", "inference", "encode"):
+        wanted = {"stage": stage, "mode": "job"}
+        count = next(s.value for s in families["carn_stream_stage_seconds"].samples
+                     if s.name.endswith("_count") and s.labels == wanted)  # fmt: skip
+        assert count == frames
+    e2e = next(s.value for s in families["carn_stream_frame_seconds"].samples
+               if s.name.endswith("_count"))  # fmt: skip
+    assert e2e == frames
+    states = {s.labels["state"]: s.value for s in families["carn_stream_jobs"].samples}
+    assert states["succeeded"] >= 5 and states["cancelled"] >= 1
+    routes = {s.labels["route"] for s in families["carn_stream_http_requests"].samples}
+    assert "/jobs/{job_id}" in routes
+    assert not any(re.search(r"[0-9a-f]{32}", r) for r in routes)  # no ids in labels
+    assert "carn_stream_queue_depth" in families and "carn_stream_fps" in families
+    assert "carn_stream_inference_batch_frames" in families
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "path,reason",
+    [
+        ("/notes.mp4", "not a video file"),
+        ("/missing.mp4", "HTTP 404"),
+        ("/slow/bunny.mp4", "timed out"),
+        ("/big", "over the limit"),
+        ("/redirect?to=http://127.0.0.2:9/x.mp4", "127.0.0.2 is not public"),
+    ],
+)
+def test_inputs_that_cannot_be_used_fail_the_job_with_a_reason(server, media, path, reason):
+    base, _ = media
+    job = submit(server, base + path)
+    done = server.wait_job(job["id"], ("succeeded", "failed"), timeout=60)
+    assert done["state"] == "failed" and reason in done["error"], done
+
+
+def test_connection_refused_fails_the_job(server):
+    job = submit(server, f"http://127.0.0.1:{free_port()}/clip.mp4")
+    done = server.wait_job(job["id"], ("succeeded", "failed"), timeout=60)
+    assert done["state"] == "failed" and "connection refused" in done["error"]
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"url": "http://127.0.0.2/clip.mp4"}, "127.0.0.2 is not public"),
+        ({"url": "http://[::1]/clip.mp4"}, "::1 is not public"),
+        ({"url": "file:///etc/passwd"}, "unsupported URL scheme 'file'"),
+        ({"url": "ftp://127.0.0.1/x"}, "unsupported URL scheme"),
+        ({"url": "http://user:pw@127.0.0.1/x"}, "credentials"),
+        ({"url": "http://127.0.0.1/x", "scale": 5}, "scale"),
+        ({"url": "http://127.0.0.1/x", "crf": 99}, "crf"),
+        ({"url": "http://127.0.0.1/x", "colour": "blue"}, "colour"),
+        ({"scale": 2}, "url"),
+    ],
+)
+def test_requests_that_can_be_judged_at_once_get_422(server, body, message):
+    response = server.call("POST", "/jobs", body)
+    assert response.status == 422
+    assert message in response.body.decode()
+
+
+def test_malformed_json_gets_422(server):
+    response = server.call("POST", "/jobs", raw=b'{"url": "http://127.0.0.1/x", ')
+    assert response.status == 422 and "JSON" in response.body.decode()
+
+
+def test_ids_and_segment_names_cannot_escape_the_job_folder(server, media):
+    for path in (
+        "/jobs/..%2F..%2Fjobs.sqlite3",
+        "/jobs/0123/hls/index.m3u8",
+        f"/jobs/{'a' * 32}/hls/..%2F..%2Fjobs.sqlite3",
+        f"/jobs/{'a' * 32}/hls/segment_1.ts",
+    ):
+        response = server.call("GET", path)
+        assert response.status == 404, path
+        assert b"SQLite" not in response.body
+
+
+# --------------------------------------------------------------------------- address checks
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+     "127.0.0.2", "0.0.0.0", "224.0.0.1", "fc00::1", "fd12:3456::1", "fe80::1", "::1",
+     "::ffff:10.0.0.1", "::ffff:127.0.0.1"],
+)  # fmt: skip
+def test_non_public_addresses_are_refused_without_connecting(address):
+    with pytest.raises(FetchError, match="not public"):
+        check_address(address, FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"})))
+
+
+def test_public_and_allow_listed_addresses_pass_the_check():
+    policy = FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"}))
+    for address in ("8.8.8.8", "2001:4860:4860::8888", "127.0.0.1"):
+        check_address(address, policy)  # no exception, and no connection is made
+    assert validate_url("http://127.0.0.1:1/x.mp4", policy)
+    with pytest.raises(FetchError):
+        validate_url("http://localhost:1/x.mp4", FetchPolicy())  # resolves to loopback
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_token_limits_and_local_files(tmp_path, media, data_dir):
+    base, root = media
+    proc = ServerProcess(tmp_path / "data", CARN_STREAM_API_TOKEN="s3cret",
+                         CARN_STREAM_MAX_OUTPUT_PIXELS="50000",
+                         CARN_STREAM_ALLOW_LOCAL_FILES="1").start()  # fmt: skip
+    try:
+        body = {"url": f"{base}/bunny.mp4"}
+        assert proc.call("POST", "/jobs", body).status == 401
+        wrong = proc.call("POST", "/jobs", body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status == 401 and "API token" in wrong.body.decode()
+        auth = {"Authorization": "Bearer s3cret"}
+        job = proc.call("POST", "/jobs", body, headers=auth).json()
+        assert proc.call("GET", f"/jobs/{job['id']}").status == 200  # reads need no token
+        done = proc.wait_job(job["id"], ("succeeded", "failed"))
+        assert done["state"] == "failed" and "over the limit of 50000 pixels" in done["error"]
+        local = proc.call("POST", "/jobs", {"url": f"file://{root / 'carphone.mp4'}",
+                                            "output": "mp4"}, headers=auth).json()  # fmt: skip
+        done = proc.wait_job(local["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded", done["error"]
+        assert (root / "carphone.mp4").exists()  # a local input is read, never removed
+        assert proc.call("DELETE", f"/jobs/{local['id']}").status == 401
+    finally:
+        proc.stop()
+
+
+def test_a_killed_server_resumes_its_jobs_after_restart(tmp_path, media):
+    base, _ = media
+    data = tmp_path / "data"
+    first = ServerProcess(data, CARN_STREAM_MAX_CONCURRENT_JOBS="1").start()
+    job = submit(first, f"{base}/bunny.mp4", scale=2, output="mp4")
+    queued = submit(first, f"{base}/carphone.mp4", scale=2, output="mp4")
+    wait_for(lambda: first.job(job["id"])["progress"]["frames_done"] > 0, 60, "progress")
+    first.kill()  # kill -9 in the middle of the job
+    second = ServerProcess(data, CARN_STREAM_MAX_CONCURRENT_JOBS="1")
+    second.port = first.port
+    second.start()
+    try:
+        done = second.wait_job(job["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded" and done["attempts"] == 2
+        other = second.wait_job(queued["id"], ("succeeded", "failed"))
+        assert other["state"] == "succeeded" and other["attempts"] == 1
+        assert second.call("GET", done["links"]["mp4"]).status == 200
+        leftovers = [p.name for p in (data / "jobs" / job["id"]).iterdir()]
+        assert leftovers == ["output.mp4"]  # the input and partial files are gone
+    finally:
+        second.stop()
+
+
+def test_retention_removes_old_jobs_and_their_files(tmp_path):
+    from server.jobs import JobRunner
+    from server.metrics import Metrics
+    from server.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    runner = JobRunner(store, tmp_path, FetchPolicy(), Metrics(), max_concurrent=1,
+                       max_duration=10, max_output_pixels=10, batch_size=1, segment_seconds=1,
+                       retention_seconds=60)  # fmt: skip
+    old, fresh = store.create("http://x/a", {}), store.create("http://x/b", {})
+    for job in (old, fresh):
+        runner.job_dir(job.id).mkdir(parents=True)
+        store.finish(job.id, "succeeded")
+    store._db.execute("UPDATE jobs SET finished_at = finished_at - 3600 WHERE id = ?", (old.id,))
+    runner.remove_expired()
+    assert store.get(old.id) is None and not runner.job_dir(old.id).exists()
+    assert store.get(fresh.id) is not None and runner.job_dir(fresh.id).exists()
+    store.close()
+
+
+def test_store_recovery_after_a_crash(tmp_path):
+    from server.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    a, b = store.create("http://x/a", {}), store.create("http://x/b", {})
+    assert store.claim_next().id == a.id  # first in, first out
+    assert store.claim_next().id == b.id
+    store._db.execute("UPDATE jobs SET attempts = 2 WHERE id = ?", (b.id,))
+    store.close()
+    store = JobStore(tmp_path / "jobs.sqlite3")  # as after kill -9: both still "running"
+    requeued, failed = store.recover(max_attempts=2)
+    assert requeued == [a.id] and failed == [b.id]
+    assert store.get(a.id).state == "queued"
+    assert "restart" in store.get(b.id).error
+    store.close()
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_jobs_page_in_chromium_submits_and_plays(server, media, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base, _ = media
+    artifacts = Path(__file__).resolve().parents[1] / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--autoplay-policy=no-user-gesture-required"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            assert page.title() == "carn-stream"
+            page.fill("#url", f"{base}/bunny.mp4")
+            page.select_option("#scale", "2")
+            page.click("#submit")
+            page.wait_for_function(
+                "document.getElementById('player').currentTime > 1.0", timeout=90_000
+            )
+            width = page.evaluate("document.getElementById('player').videoWidth")
+            assert width == 320
+            page.wait_for_selector("td.state-succeeded", timeout=90_000)
+            page.screenshot(path=str(artifacts / "jobs-page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert request(server.port, "GET", "/jobs?limit=1").json()["items"][0]["state"] == "succeeded"
