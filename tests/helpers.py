@@ -10,16 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep test output clean
         pass
 
 
 @contextlib.contextmanager
-def serve_directory(root: Path) -> Iterator[str]:
+def serve_directory(root: Path, handler_class: type = QuietHandler) -> Iterator[str]:
     """Serve ``root`` on 127.0.0.1 on a free port; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
+    handler = functools.partial(handler_class, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

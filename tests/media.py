@@ -138,3 +138,14 @@ def downscale_frames(frames: list[np.ndarray], size: tuple[int, int]) -> list[np
         vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         out.append(vf.reformat(width=size[0], height=size[1], interpolation="AREA").to_ndarray())
     return out
+
+
+def write_audio_only(source: Path, dest: Path) -> Path:
+    """Copy the first audio stream of ``source`` into ``dest`` (a file with no video)."""
+    with av.open(str(source)) as src, av.open(str(dest), "w") as out:
+        stream = out.add_stream_from_template(src.streams.audio[0])
+        for packet in src.demux(src.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return dest

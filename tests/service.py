@@ -3,8 +3,6 @@ both on 127.0.0.1, with bounded waits."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import http.client
 import http.server
 import json
@@ -13,14 +11,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO_ROOT, official_weights_path
+from tests.helpers import QuietHandler, serve_directory
 
 
 def free_port() -> int:
@@ -129,11 +127,8 @@ class ServerProcess:
         self.process.wait(timeout=10)
 
 
-class _MediaHandler(http.server.SimpleHTTPRequestHandler):
+class _MediaHandler(QuietHandler):
     """Static files, plus /slow/NAME (stalls), /big (claims a huge body), /redirect?to=URL."""
-
-    def log_message(self, *args) -> None:
-        pass
 
     def do_GET(self) -> None:
         parsed = urllib.parse.urlsplit(self.path)
@@ -157,15 +152,6 @@ class _MediaHandler(http.server.SimpleHTTPRequestHandler):
             super().do_GET()
 
 
-@contextlib.contextmanager
-def media_server(root: Path) -> Iterator[str]:
-    handler = functools.partial(_MediaHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def media_server(root: Path):
+    """The media file server: a context manager yielding its base URL."""
+    return serve_directory(root, _MediaHandler)

@@ -229,21 +229,13 @@ def test_upscale_refuses_bad_options_without_output(
 
 @pytest.mark.parametrize("kind", ["missing", "text", "audio_only"])
 def test_upscale_bad_input_exits_1_with_one_line(kind, data_dir, weights_path, tmp_path):
-    import av
+    from tests.media import write_audio_only
 
     src = tmp_path / "in.mp4"
     if kind == "text":
         src.write_text("hello")
     elif kind == "audio_only":
-        with (
-            av.open(str(data_dir / "video" / "bigbuckbunny.mp4")) as c,
-            av.open(str(src), "w") as o,
-        ):
-            a = o.add_stream_from_template(c.streams.audio[0])
-            for packet in c.demux(c.streams.audio[0]):
-                if packet.dts is not None:
-                    packet.stream = a
-                    o.mux(packet)
+        write_audio_only(data_dir / "video" / "bigbuckbunny.mp4", src)
     out = tmp_path / "out.mp4"
     result = run_cli("upscale", str(src), str(out), "--scale", "2", "--weights", str(weights_path))
     expected = {

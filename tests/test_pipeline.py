@@ -19,7 +19,14 @@ from pipeline.errors import InputError, OutputError
 from pipeline.hls import is_complete
 from pipeline.infer import Engine, EngineConfig, InferenceWorker
 from pipeline.run import PipelineOptions, run_pipeline
-from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
+from tests.media import (
+    decode_rgb,
+    decode_y,
+    downscale_frames,
+    facts,
+    write_audio_only,
+    write_clip,
+)
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -367,16 +374,7 @@ def test_inputs_that_are_not_videos_fail_clearly(tmp_path, bicubic_worker, data_
         upscale(text, tmp_path / "a.mp4", bicubic_worker)
     with pytest.raises(InputError, match="no such file"):
         upscale(tmp_path / "missing.mp4", tmp_path / "b.mp4", bicubic_worker)
-    audio_only = tmp_path / "audio.m4a"
-    with (
-        av.open(str(data_dir / "video" / "bigbuckbunny.mp4")) as c,
-        av.open(str(audio_only), "w") as out,
-    ):
-        a_out = out.add_stream_from_template(c.streams.audio[0])
-        for packet in c.demux(c.streams.audio[0]):
-            if packet.dts is not None:
-                packet.stream = a_out
-                out.mux(packet)
+    audio_only = write_audio_only(data_dir / "video" / "bigbuckbunny.mp4", tmp_path / "audio.m4a")
     with pytest.raises(InputError, match="no video stream"):
         upscale(audio_only, tmp_path / "c.mp4", bicubic_worker)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audio.m4a", "notes.mp4"]
