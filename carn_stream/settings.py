@@ -73,6 +73,19 @@ class Settings:
     batch_size: int = 0
     segment_seconds: float = 2.0
 
+    # ---- live mode (WebRTC)
+    #: Live sessions open at once.
+    live_max_sessions: int = 4
+    #: Inference time per frame above which live input is shrunk (seconds).
+    live_max_latency: float = 0.5
+    #: Shrink the input (down to half size) while inference is slower than the budget.
+    live_adaptive: bool = True
+    #: Live encoder bitrate: bits per output pixel per frame at 30 fps, and its upper bound.
+    live_bits_per_pixel: float = 0.1
+    live_max_bitrate: int = 20_000_000
+    #: Gather WebRTC ICE candidates only on these addresses (comma-separated; empty = all).
+    live_ice_hosts: tuple[str, ...] = ()
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env

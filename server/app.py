@@ -18,9 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from carn_stream.settings import Settings
 from pipeline.hls import hls_muxer_options
 from pipeline.infer import InferenceWorker
-from server import api_health, api_jobs, pages
+from server import api_health, api_jobs, api_live, pages
 from server.fetch import FetchPolicy
 from server.jobs import JobRunner
+from server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
 from server.metrics import Metrics
 from server.store import JobStore
 
@@ -87,12 +88,22 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             retention_seconds=settings.retention_hours * 3600,
         )
         holder = WorkerHolder(worker_factory)
+        restrict_ice_hosts(settings.live_ice_hosts)
+        live = LiveSessions(
+            metrics,
+            settings.live_max_sessions,
+            BitratePolicy(bits_per_pixel=settings.live_bits_per_pixel,
+                          ceiling=settings.live_max_bitrate),
+            LatencyPolicy(settings.live_max_latency, settings.live_adaptive),
+        )  # fmt: skip
+        app.state.live = live
         app.state.settings, app.state.store, app.state.runner = settings, store, runner
         app.state.worker_holder, app.state.metrics = holder, metrics
         scheduler = asyncio.create_task(runner.run_forever(lambda: holder.worker))
         try:
             yield
         finally:
+            await live.close_all()
             await runner.shutdown()
             scheduler.cancel()
             await asyncio.gather(scheduler, return_exceptions=True)
@@ -106,6 +117,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
     )
     app.include_router(api_jobs.router)
     app.include_router(api_health.router)
+    app.include_router(api_live.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -50,10 +50,14 @@ class Metrics:
         self.queue_depth = Gauge("carn_stream_queue_depth", "Jobs waiting to run", registry=r)
         # Live mode (WebRTC sessions): sessions open now, and frames skipped to keep latency low.
         self.live_sessions = Gauge(
-            "carn_stream_live_sessions", "Live upscaling sessions open", registry=r)
+            "carn_stream_live_sessions", "Live upscaling sessions open", registry=r
+        )
         self.dropped_frames = Counter(
-            "carn_stream_dropped_frames", "Frames skipped to keep live latency bounded",
-            ["mode"], registry=r)
+            "carn_stream_dropped_frames",
+            "Frames skipped to keep live latency bounded",
+            ["mode"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "carn_stream_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
         )

@@ -15,3 +15,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 def jobs_page() -> FileResponse:
     """Submit a URL, follow jobs, play an HLS output."""
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/live")
+def live_page() -> FileResponse:
+    """Live upscaling of the camera, original and upscaled side by side."""
+    return FileResponse(STATIC_DIR / "live.html", media_type="text/html")

@@ -1,0 +1,299 @@
+"""Live mode: WebRTC sessions whose video track returns the source upscaled.
+
+The upscaling track keeps latency bounded when inference is slower than the source: only the
+newest source frame is kept (the others are dropped and counted), and an adaptive policy
+shrinks the input while inference takes longer than the latency budget, growing it back when
+there is room. Inference runs on the shared worker with priority over batch jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import aioice.ice
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.codecs import h264, vpx
+from aiortc.mediastreams import MediaStreamError
+
+from pipeline.colour import output_spec
+from pipeline.decode import frame_planes
+from pipeline.infer import InferenceWorker, output_size
+from pipeline.run import FrameReport
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def restrict_ice_hosts(addresses: tuple[str, ...]) -> None:
+    """Gather ICE host candidates only on ``addresses`` (process-wide; empty = all interfaces)."""
+    if not addresses:
+        return
+    chosen = list(addresses)
+
+    def only_configured(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = only_configured
+
+
+@dataclass(frozen=True)
+class BitratePolicy:
+    """Encoder bitrate for a live output: ``bits_per_pixel`` x pixels x frame rate."""
+
+    bits_per_pixel: float = 0.1
+    frame_rate: float = 30.0
+    floor: int = 300_000
+    ceiling: int = 20_000_000
+
+    def target(self, width: int, height: int) -> int:
+        wanted = int(self.bits_per_pixel * width * height * self.frame_rate)
+        return max(self.floor, min(self.ceiling, wanted))
+
+    def apply(self, target: int) -> None:
+        """Lift aiortc's encoder limits (H.264 3 Mbps, VP8 1.5 Mbps by default) to ``target``.
+
+        The minimum is raised too, so receiver estimates (REMB) cannot pull the stream below
+        the target. aiortc reads these per call, process-wide: the newest session sets them.
+        """
+        for codec in (vpx, h264):
+            codec.MAX_BITRATE = max(self.ceiling, target)
+            codec.DEFAULT_BITRATE = target
+            codec.MIN_BITRATE = target
+
+
+@dataclass(frozen=True)
+class LatencyPolicy:
+    max_latency: float = 0.5  #: inference seconds per frame before the input is shrunk
+    adaptive: bool = True
+    min_fraction: float = 0.5  #: smallest input size, as a fraction of the source's
+
+
+@dataclass
+class LiveStats:
+    frames: int = 0
+    dropped: int = 0
+    input_size: tuple[int, int] = (0, 0)
+    output_size: tuple[int, int] = (0, 0)
+    latency: float = 0.0  #: seconds from a source frame's arrival to its upscaled frame
+    input_fraction: float = 1.0
+    started: float = field(default_factory=time.monotonic)
+    recent: list[float] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        now = time.monotonic()
+        self.recent[:] = [t for t in self.recent if t > now - 3.0]
+        return len(self.recent) / 3.0
+
+
+class UpscaleTrack(MediaStreamTrack):
+    """A video track returning ``source`` upscaled by ``scale``, newest frame first."""
+
+    kind = "video"
+
+    def __init__(
+        self,
+        source: MediaStreamTrack,
+        worker: InferenceWorker,
+        scale: int,
+        metrics: Metrics,
+        latency: LatencyPolicy,
+        on_size: Callable[[int, int], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.source, self.worker, self.scale, self.metrics = source, worker, scale, metrics
+        self.policy = latency
+        self.stats = LiveStats()
+        self._on_size = on_size
+        self._latest: tuple[av.VideoFrame, float] | None = None
+        self._arrived = asyncio.Event()
+        self._ended = False
+        self._pump = asyncio.ensure_future(self._read_source())
+
+    async def _read_source(self) -> None:
+        try:
+            while True:
+                frame = await self.source.recv()
+                if self._latest is not None:
+                    self.stats.dropped += 1
+                    self.metrics.dropped_frames.labels("live").inc()
+                self._latest = (frame, time.monotonic())
+                self._arrived.set()
+        except MediaStreamError:
+            pass
+        finally:
+            self._ended = True
+            self._arrived.set()
+
+    async def recv(self) -> av.VideoFrame:
+        while self._latest is None:
+            if self._ended:
+                self.stop()
+                raise MediaStreamError
+            self._arrived.clear()
+            await self._arrived.wait()
+        frame, arrived = self._latest
+        self._latest = None
+        source_size = (frame.width, frame.height)
+        frame = self._shrink(frame)
+        planes, spec = frame_planes(frame)
+        h, w = planes[0].shape[:2]
+        out = output_spec(spec, output_size(h, w, self.scale)[0])
+        result = await self.worker.submit(
+            [p[None] for p in planes], spec, out, self.scale, InferenceWorker.LIVE_PRIORITY
+        )
+        y, u, v = result.y[0], result.u[0], result.v[0]
+        stacked = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(-1, y.shape[1])
+        upscaled = av.VideoFrame.from_ndarray(stacked, format="yuv420p")
+        upscaled.pts, upscaled.time_base = frame.pts, frame.time_base or Fraction(1, 90000)
+        done = time.monotonic()
+        self._record(source_size, (y.shape[1], y.shape[0]), arrived, result, done)
+        return upscaled
+
+    def _shrink(self, frame: av.VideoFrame) -> av.VideoFrame:
+        fraction = self.stats.input_fraction
+        if fraction >= 1.0:
+            return frame
+        width = max(2, int(frame.width * fraction) // 2 * 2)
+        height = max(2, int(frame.height * fraction) // 2 * 2)
+        small = frame.reformat(width=width, height=height, interpolation="AREA")
+        small.pts, small.time_base = frame.pts, frame.time_base
+        return small
+
+    def _record(self, source_size, out_size, arrived: float, result, done: float) -> None:
+        s = self.stats
+        s.frames += 1
+        s.input_size, s.output_size = source_size, out_size
+        s.latency = done - arrived
+        s.recent.append(done)
+        inference = result.finished - result.started
+        timings = {
+            "decode": 0.0,
+            "queue_wait": max(0.0, result.started - arrived),
+            "inference": inference,
+            "encode": max(0.0, done - result.finished),
+            "total": done - arrived,
+        }
+        self.metrics.observe_frame(FrameReport(s.frames - 1, s.frames, 0, timings), "live")
+        if self._on_size is not None:
+            self._on_size(*out_size)
+        if self.policy.adaptive:
+            if inference > self.policy.max_latency and s.input_fraction > self.policy.min_fraction:
+                s.input_fraction = max(self.policy.min_fraction, s.input_fraction * 0.8)
+            elif inference < self.policy.max_latency / 3 and s.input_fraction < 1.0:
+                s.input_fraction = min(1.0, s.input_fraction / 0.8)
+
+    def stop(self) -> None:
+        super().stop()
+        self._pump.cancel()
+
+
+@dataclass
+class Session:
+    id: str
+    pc: RTCPeerConnection
+    scale: int
+    track: UpscaleTrack | None = None
+    bitrate: int = 0
+    created: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> dict:
+        stats = self.track.stats if self.track else LiveStats()
+        encoder_bitrate = None
+        for sender in self.pc.getSenders():
+            encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+            if sender.track is self.track and encoder is not None:
+                encoder_bitrate = getattr(encoder, "target_bitrate", None)
+        return {
+            "id": self.id,
+            "state": self.pc.connectionState,
+            "scale": self.scale,
+            "frames": stats.frames,
+            "dropped": stats.dropped,
+            "fps": round(stats.fps, 2),
+            "latency_ms": round(stats.latency * 1000, 1),
+            "input": list(stats.input_size),
+            "output": list(stats.output_size),
+            "input_fraction": round(stats.input_fraction, 3),
+            "target_bitrate": self.bitrate,
+            "encoder_bitrate": encoder_bitrate,
+        }
+
+
+class LiveSessions:
+    """Open peer connections, a limit on how many, and their clean teardown."""
+
+    def __init__(
+        self, metrics: Metrics, limit: int, bitrate: BitratePolicy, latency: LatencyPolicy
+    ) -> None:
+        self.metrics, self.limit, self.bitrate, self.latency = metrics, limit, bitrate, latency
+        self.sessions: dict[str, Session] = {}
+
+    def full(self) -> bool:
+        return len(self.sessions) >= self.limit
+
+    async def open(self, sdp: str, kind: str, scale: int, worker: InferenceWorker):
+        from aiortc import RTCSessionDescription
+
+        pc = RTCPeerConnection()
+        session = Session(uuid.uuid4().hex, pc, scale)
+        self.sessions[session.id] = session
+        self.metrics.live_sessions.set(len(self.sessions))
+
+        def on_size(width: int, height: int) -> None:
+            target = self.bitrate.target(width, height)
+            if target != session.bitrate:
+                session.bitrate = target
+                self.bitrate.apply(target)
+                for sender in pc.getSenders():
+                    encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+                    if encoder is not None and hasattr(encoder, "target_bitrate"):
+                        encoder.target_bitrate = target
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind != "video":
+                return
+            session.track = UpscaleTrack(track, worker, scale, self.metrics, self.latency, on_size)
+            pc.addTrack(session.track)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session.id)
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            if session.track is None:
+                raise ValueError("the offer carries no video track to upscale")
+            # Size the bitrate for the source the offer negotiated before any frame flows.
+            self.bitrate.apply(self.bitrate.floor)
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception:
+            await self.close(session.id)
+            raise
+        return session, pc.localDescription
+
+    async def close(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        self.metrics.live_sessions.set(len(self.sessions))
+        if session is None:
+            return
+        if session.track is not None:
+            session.track.stop()
+        with contextlib.suppress(Exception):
+            await session.pc.close()
+        log.info("live session %s closed", session_id)
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close(sid) for sid in list(self.sessions)))

@@ -1,0 +1,222 @@
+"""Live mode over real WebRTC: an aiortc client and headless Chromium against the server.
+
+Media must stay on loopback: these tests run in a network namespace that has only ``lo``
+(``scripts/test.sh`` starts them with ``unshare -rn``) and both peers gather ICE candidates on
+127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import ifaddr
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+
+from server.live import restrict_ice_hosts
+from tests.media import decode_rgb, downscale_frames
+from tests.service import ServerProcess, request, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def only_loopback() -> bool:
+    return all(a.name == "lo" for a in ifaddr.get_adapters())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loopback_only_namespace():
+    if not only_loopback():
+        pytest.fail("live tests must run in a network namespace with only lo: use scripts/test.sh")
+    restrict_ice_hosts(("127.0.0.1",))  # this process is the client peer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("live") / "data",
+        CARN_STREAM_LIVE_ICE_HOSTS="127.0.0.1",
+        CARN_STREAM_LIVE_MAX_SESSIONS="2",
+        CARN_STREAM_LIVE_BITS_PER_PIXEL="1.0",  # 320x240 x 30 fps x 1.0 = 2.3 Mbps > VP8's cap
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def camera_frames(data_dir) -> list[np.ndarray]:
+    """Real video as a 160x120 camera would send it."""
+    frames = decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 60)
+    return downscale_frames(frames, (160, 120))
+
+
+class ClipTrack(VideoStreamTrack):
+    """A camera-like track that plays real frames at 15 fps, numbering them by pts."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        super().__init__()
+        self.frames, self.index, self.sent_at = frames, 0, {}
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.sleep(1 / 15)
+        rgb = self.frames[self.index % len(self.frames)]
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        frame.pts, frame.time_base = self.index * 6000, Fraction(1, 90000)
+        self.sent_at[frame.pts] = time.monotonic()
+        self.index += 1
+        return frame
+
+
+async def connect(port: int, track: VideoStreamTrack, scale: int = 2):
+    pc = RTCPeerConnection()
+    pc.addTransceiver(track, direction="sendrecv")
+    received: asyncio.Queue = asyncio.Queue()
+    pullers: list[asyncio.Future] = []
+
+    @pc.on("track")
+    def on_track(remote) -> None:
+        async def pull() -> None:
+            while True:
+                try:
+                    frame = await remote.recv()
+                except Exception:
+                    return
+                await received.put((frame, time.monotonic()))
+
+        pullers.append(asyncio.ensure_future(pull()))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    body = {"sdp": pc.localDescription.sdp, "type": "offer", "scale": scale}
+    response = await asyncio.to_thread(request, port, "POST", "/webrtc/offer", body)
+    assert response.status == 200, response.body
+    answer = response.json()
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+    return pc, answer["session_id"], received
+
+
+def test_aiortc_client_gets_upscaled_frames_with_bounded_latency(server, camera_frames):
+    async def run():
+        track = ClipTrack(camera_frames)
+        pc, session_id, received = await connect(server.port, track)
+        latencies, sizes = [], set()
+        deadline = time.monotonic() + 60
+        while len(latencies) < 30 and time.monotonic() < deadline:
+            frame, at = await asyncio.wait_for(received.get(), 30)
+            sizes.add((frame.width, frame.height))
+            sent = track.sent_at.get(frame.pts)
+            if sent is not None:
+                latencies.append(at - sent)
+        stats = (await asyncio.to_thread(request, server.port, "GET", "/webrtc/sessions")).json()
+        await pc.close()
+        return latencies, sizes, session_id, stats
+
+    latencies, sizes, session_id, stats = asyncio.run(run())
+    assert sizes == {(320, 240)}
+    assert len(latencies) >= 30
+    # Measured here (2 CPU cores, 160x120 -> 320x240): median about 0.2 s; allow 1.5 s.
+    assert statistics.median(latencies) < 1.5, latencies
+    session = next(s for s in stats if s["id"] == session_id)
+    assert session["output"] == [320, 240] and session["frames"] >= 30
+    # The bitrate cap is really lifted: 320x240 at 1.0 bit/pixel/frame x 30 fps.
+    assert session["target_bitrate"] == 320 * 240 * 30
+    assert session["encoder_bitrate"] >= 2_000_000 > 1_500_000  # VP8's default maximum
+    wait_for(
+        lambda: request(server.port, "GET", "/webrtc/sessions").json() == [],
+        10,
+        "the session to be torn down after the peer closed",
+    )
+
+
+def test_session_limit_and_clean_teardown(server, camera_frames):
+    async def run():
+        peers = [await connect(server.port, ClipTrack(camera_frames)) for _ in range(2)]
+        for _, _, received in peers:
+            await asyncio.wait_for(received.get(), 30)  # both flow
+        pc = RTCPeerConnection()
+        pc.addTransceiver(ClipTrack(camera_frames), direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+        third = await asyncio.to_thread(request, server.port, "POST", "/webrtc/offer", body)
+        await pc.close()
+        for peer, _, _ in peers:
+            await peer.close()
+        return third
+
+    third = asyncio.run(run())
+    assert third.status == 503 and "live sessions are in use" in third.json()["detail"]
+    wait_for(lambda: request(server.port, "GET", "/webrtc/sessions").json() == [], 10, "teardown")
+    metrics = request(server.port, "GET", "/metrics").body.decode()
+    assert "carn_stream_live_sessions 0.0" in metrics
+    assert 'carn_stream_stage_seconds_count{mode="live",stage="inference"}' in metrics
+
+
+def test_offer_without_video_is_refused(server):
+    async def run():
+        pc = RTCPeerConnection()
+        pc.createDataChannel("x")
+        await pc.setLocalDescription(await pc.createOffer())
+        body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+        response = await asyncio.to_thread(request, server.port, "POST", "/webrtc/offer", body)
+        await pc.close()
+        return response
+
+    response = asyncio.run(run())
+    assert response.status == 422 and "no video track" in response.body.decode()
+    assert (
+        request(server.port, "POST", "/webrtc/offer", {"sdp": "x", "type": "answer"}).status == 422
+    )
+
+
+def test_live_page_in_chromium_shows_the_upscaled_camera(server):
+    from playwright.sync_api import sync_playwright
+
+    artifacts = Path(__file__).resolve().parents[1] / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--use-fake-device-for-media-stream",
+                  "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection",
+                  "--autoplay-policy=no-user-gesture-required"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/live")
+            page.select_option("#size", "160x120")
+            page.select_option("#scale", "2")
+            page.click("#start")
+            page.wait_for_function(
+                "document.getElementById('upscaled').videoWidth === 320", timeout=60_000
+            )
+            first = page.evaluate("document.getElementById('upscaled').currentTime")
+            page.wait_for_function(
+                f"document.getElementById('upscaled').currentTime > {first} + 1", timeout=30_000
+            )
+            page.wait_for_function(
+                "document.getElementById('fps').textContent !== '-'", timeout=10_000
+            )
+            page.screenshot(path=str(artifacts / "live-page.png"), full_page=True)
+            dims = page.evaluate(
+                "['original', 'upscaled'].map(id => [document.getElementById(id).videoWidth, "
+                "document.getElementById(id).videoHeight])"
+            )
+            sessions = request(server.port, "GET", "/webrtc/sessions").json()
+            print(dims, sessions)
+            source = sessions[0]["input"]
+            assert dims[1] == [2 * source[0], 2 * source[1]]
+            assert source[0] == 160
+            page.click("#stop")
+        finally:
+            browser.close()
+    wait_for(lambda: request(server.port, "GET", "/webrtc/sessions").json() == [], 15, "teardown")
