@@ -85,6 +85,8 @@ class Settings:
     live_max_bitrate: int = 20_000_000
     #: Gather WebRTC ICE candidates only on these addresses (comma-separated; empty = all).
     live_ice_hosts: tuple[str, ...] = ()
+    #: Folder of video files the live page can play as a live source (unset = camera only).
+    live_samples_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 router = APIRouter(prefix="/webrtc", tags=["live"])
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".ts", ".avi"}
 
 
 class Offer(BaseModel):
@@ -16,6 +18,9 @@ class Offer(BaseModel):
     sdp: str = Field(min_length=1, max_length=100_000)
     type: Literal["offer"]
     scale: Literal[2, 3, 4] = 2
+    #: ``camera``: upscale the peer's own video track; ``sample``: play a server-side file.
+    source: Literal["camera", "sample"] = "camera"
+    sample: str | None = Field(None, max_length=255)
 
 
 class Answer(BaseModel):
@@ -39,11 +44,37 @@ async def offer(body: Offer, request: Request) -> Answer:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"all {live.limit} live sessions are in use"
         )
+    sample = _sample_path(request, body.sample) if body.source == "sample" else None
     try:
-        session, answer = await live.open(body.sdp, body.type, body.scale, worker)
+        session, answer = await live.open(body.sdp, body.type, body.scale, worker, sample)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
     return Answer(sdp=answer.sdp, type=answer.type, session_id=session.id)
+
+
+def _samples(request: Request) -> dict[str, Path]:
+    folder = request.app.state.settings.live_samples_dir
+    if folder is None or not folder.is_dir():
+        return {}
+    return {
+        p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in VIDEO_SUFFIXES
+    }
+
+
+def _sample_path(request: Request, name: str | None) -> Path:
+    samples = _samples(request)
+    if name not in samples:  # names only: never a path the client chose
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            f"no sample {name!r}; available: {', '.join(samples) or 'none'}",
+        )
+    return samples[name]
+
+
+@router.get("/samples")
+def list_samples(request: Request) -> list[str]:
+    """Server-side clips the live page can play as a live source."""
+    return list(_samples(request))
 
 
 @router.get("/sessions")

@@ -16,12 +16,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import aioice.ice
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.codecs import h264, vpx
+from aiortc.contrib.media import MediaPlayer, MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
 from pipeline.colour import output_spec
@@ -203,6 +205,7 @@ class Session:
     pc: RTCPeerConnection
     scale: int
     track: UpscaleTrack | None = None
+    player: MediaPlayer | None = None
     bitrate: int = 0
     created: float = field(default_factory=time.monotonic)
 
@@ -241,7 +244,12 @@ class LiveSessions:
     def full(self) -> bool:
         return len(self.sessions) >= self.limit
 
-    async def open(self, sdp: str, kind: str, scale: int, worker: InferenceWorker):
+    async def open(
+        self, sdp: str, kind: str, scale: int, worker: InferenceWorker, sample: Path | None = None
+    ):
+        """Answer an offer. Without ``sample`` the peer's video track is the source; with it,
+        the file plays as a live source and the peer receives the original and the upscaled
+        track (in that order)."""
         from aiortc import RTCSessionDescription
 
         pc = RTCPeerConnection()
@@ -259,12 +267,21 @@ class LiveSessions:
                     if encoder is not None and hasattr(encoder, "target_bitrate"):
                         encoder.target_bitrate = target
 
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            if track.kind != "video":
-                return
-            session.track = UpscaleTrack(track, worker, scale, self.metrics, self.latency, on_size)
-            pc.addTrack(session.track)
+        def upscaled(source: MediaStreamTrack) -> UpscaleTrack:
+            session.track = UpscaleTrack(source, worker, scale, self.metrics, self.latency, on_size)
+            return session.track
+
+        if sample is not None:
+            session.player = MediaPlayer(str(sample), loop=True)
+            relay = MediaRelay()
+            pc.addTrack(relay.subscribe(session.player.video))
+            pc.addTrack(upscaled(relay.subscribe(session.player.video)))
+        else:
+
+            @pc.on("track")
+            def on_track(track: MediaStreamTrack) -> None:
+                if track.kind == "video":
+                    pc.addTrack(upscaled(track))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -275,6 +292,15 @@ class LiveSessions:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
             if session.track is None:
                 raise ValueError("the offer carries no video track to upscale")
+            if (
+                sample is not None
+                and sum(
+                    t.kind == "video" and t.direction in ("recvonly", "sendrecv")
+                    for t in pc.getTransceivers()
+                )
+                < 2
+            ):
+                raise ValueError("a sample source needs an offer that receives two video tracks")
             # Size the bitrate for the source the offer negotiated before any frame flows.
             self.bitrate.apply(self.bitrate.floor)
             answer = await pc.createAnswer()
@@ -291,6 +317,8 @@ class LiveSessions:
             return
         if session.track is not None:
             session.track.stop()
+        if session.player is not None and session.player.video is not None:
+            session.player.video.stop()
         with contextlib.suppress(Exception):
             await session.pc.close()
         log.info("live session %s closed", session_id)

@@ -8,8 +8,10 @@ Media must stay on loopback: these tests run in a network namespace that has onl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import statistics
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from server.live import restrict_ice_hosts
-from tests.media import decode_rgb, downscale_frames
+from tests.media import decode_rgb, downscale_frames, write_clip
 from tests.service import ServerProcess, request, wait_for
 
 pytestmark = pytest.mark.slow
@@ -39,9 +41,15 @@ def loopback_only_namespace():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, data_dir):
+    samples = tmp_path_factory.mktemp("samples")
+    frames = downscale_frames(
+        decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 60), (160, 120)
+    )
+    write_clip(samples / "carphone.mp4", frames, rate=Fraction(15))
     proc = ServerProcess(
         tmp_path_factory.mktemp("live") / "data",
+        CARN_STREAM_LIVE_SAMPLES_DIR=str(samples),
         CARN_STREAM_LIVE_ICE_HOSTS="127.0.0.1",
         CARN_STREAM_LIVE_MAX_SESSIONS="2",
         CARN_STREAM_LIVE_BITS_PER_PIXEL="1.0",  # 320x240 x 30 fps x 1.0 = 2.3 Mbps > VP8's cap
@@ -119,9 +127,10 @@ def test_aiortc_client_gets_upscaled_frames_with_bounded_latency(server, camera_
         return latencies, sizes, session_id, stats
 
     latencies, sizes, session_id, stats = asyncio.run(run())
+    print(f"live latency: median {statistics.median(latencies):.3f} s, max {max(latencies):.3f} s")
     assert sizes == {(320, 240)}
     assert len(latencies) >= 30
-    # Measured here (2 CPU cores, 160x120 -> 320x240): median about 0.2 s; allow 1.5 s.
+    # Measured here (2 CPU cores, 160x120 -> 320x240, 15 fps): median 0.59 s, max 0.76 s.
     assert statistics.median(latencies) < 1.5, latencies
     session = next(s for s in stats if s["id"] == session_id)
     assert session["output"] == [320, 240] and session["frames"] >= 30
@@ -156,6 +165,45 @@ def test_session_limit_and_clean_teardown(server, camera_frames):
     metrics = request(server.port, "GET", "/metrics").body.decode()
     assert "carn_stream_live_sessions 0.0" in metrics
     assert 'carn_stream_stage_seconds_count{mode="live",stage="inference"}' in metrics
+
+
+def test_a_server_side_sample_plays_as_a_live_source(server):
+    assert request(server.port, "GET", "/webrtc/samples").json() == ["carphone.mp4"]
+
+    async def run():
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        sizes: dict[str, set] = {}
+        pullers = []
+
+        @pc.on("track")
+        def on_track(remote) -> None:
+            async def pull() -> None:
+                with contextlib.suppress(Exception):
+                    for _ in range(15):
+                        frame = await remote.recv()
+                        sizes.setdefault(remote.id, set()).add((frame.width, frame.height))
+
+            pullers.append(asyncio.ensure_future(pull()))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        body = {"sdp": pc.localDescription.sdp, "type": "offer", "source": "sample",
+                "sample": "carphone.mp4"}  # fmt: skip
+        response = await asyncio.to_thread(request, server.port, "POST", "/webrtc/offer", body)
+        assert response.status == 200, response.body
+        answer = response.json()
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        await asyncio.wait_for(asyncio.gather(*pullers), 60)
+        await pc.close()
+        return sorted(sizes.values(), key=lambda s: min(s))
+
+    original, upscaled = asyncio.run(run())
+    assert original == {(160, 120)} and upscaled == {(320, 240)}
+    bad = {"sdp": "v=0", "type": "offer", "source": "sample", "sample": "../jobs.sqlite3"}
+    response = request(server.port, "POST", "/webrtc/offer", bad)
+    assert response.status == 422 and "no sample" in response.json()["detail"]
+    wait_for(lambda: request(server.port, "GET", "/webrtc/sessions").json() == [], 10, "teardown")
 
 
 def test_offer_without_video_is_refused(server):
@@ -196,8 +244,12 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
             page.select_option("#size", "160x120")
             page.select_option("#scale", "2")
             page.click("#start")
+            # The camera sends 160x120 (the page asks the sender to keep its resolution);
+            # early frames may come smaller while the connection ramps up.
             page.wait_for_function(
-                "document.getElementById('upscaled').videoWidth === 320", timeout=60_000
+                "document.getElementById('upscaled').videoWidth === 320 && "
+                "document.getElementById('upscaled').videoHeight === 240",
+                timeout=60_000,
             )
             first = page.evaluate("document.getElementById('upscaled').currentTime")
             page.wait_for_function(
@@ -207,16 +259,108 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
                 "document.getElementById('fps').textContent !== '-'", timeout=10_000
             )
             page.screenshot(path=str(artifacts / "live-page.png"), full_page=True)
-            dims = page.evaluate(
-                "['original', 'upscaled'].map(id => [document.getElementById(id).videoWidth, "
-                "document.getElementById(id).videoHeight])"
+            wait_for(
+                lambda: (
+                    [s["input"] for s in request(server.port, "GET", "/webrtc/sessions").json()]
+                    == [[160, 120]]
+                ),
+                10,
+                "the server to see the 160x120 camera",
             )
-            sessions = request(server.port, "GET", "/webrtc/sessions").json()
-            print(dims, sessions)
-            source = sessions[0]["input"]
-            assert dims[1] == [2 * source[0], 2 * source[1]]
-            assert source[0] == 160
+            page.click("#stop")
+            # The server-side sample as the source: both videos come from the server.
+            page.select_option("#source", "sample:carphone.mp4")
+            page.click("#start")
+            page.wait_for_function(
+                "document.getElementById('upscaled').videoWidth === 320 && "
+                "document.getElementById('original').videoWidth === 160",
+                timeout=60_000,
+            )
             page.click("#stop")
         finally:
             browser.close()
     wait_for(lambda: request(server.port, "GET", "/webrtc/sessions").json() == [], 15, "teardown")
+
+
+# --------------------------------------------------------------------------- in process
+
+
+async def _in_process_session(model, frames, seconds: float, latency_policy):
+    """A server-side session and an aiortc client in this event loop; returns stats and leaks."""
+    from pipeline.infer import Engine, EngineConfig, InferenceWorker
+    from server.live import BitratePolicy, LiveSessions
+    from server.metrics import Metrics
+
+    worker = InferenceWorker(Engine(model, EngineConfig(device="cpu")))
+    threads_before = {t.ident for t in threading.enumerate()}
+    tasks_before = asyncio.all_tasks()
+    live = LiveSessions(Metrics(), 2, BitratePolicy(), latency_policy)
+    client = RTCPeerConnection()
+    client.addTransceiver(ClipTrack(frames), direction="sendrecv")
+    sizes: list[tuple[int, int]] = []
+
+    @client.on("track")
+    def on_track(remote) -> None:
+        async def pull() -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    frame = await remote.recv()
+                    sizes.append((frame.width, frame.height))
+
+        pullers.append(asyncio.ensure_future(pull()))
+
+    pullers: list[asyncio.Future] = []
+    await client.setLocalDescription(await client.createOffer())
+    session, answer = await live.open(client.localDescription.sdp, "offer", 2, worker)
+    await client.setRemoteDescription(answer)
+    await asyncio.sleep(seconds)
+    stats = session.track.stats
+    await client.close()
+    await asyncio.sleep(0.5)
+    for p in pullers:
+        p.cancel()
+    await asyncio.wait_for(_closed(live), 10)
+    await asyncio.sleep(0.5)
+    leaked = [t for t in asyncio.all_tasks() - tasks_before if not t.done()]
+    leaked = [t for t in leaked if t is not asyncio.current_task()]
+    worker.close()
+    threads_after = {t.ident for t in threading.enumerate() if t.is_alive()}
+    return stats, sizes, live, leaked, threads_after - threads_before
+
+
+async def _closed(live) -> None:
+    while live.sessions:
+        await asyncio.sleep(0.05)
+
+
+def test_teardown_leaves_no_tasks_and_no_threads(camera_frames):
+    from model.baselines import Bicubic
+    from server.live import LatencyPolicy
+
+    stats, sizes, live, leaked, new_threads = asyncio.run(
+        _in_process_session(Bicubic(), camera_frames, 3.0, LatencyPolicy())
+    )
+    assert stats.frames > 10 and set(sizes) == {(320, 240)}
+    assert live.sessions == {}
+    assert leaked == [], leaked
+    # aiortc/asyncio executor threads may idle on; none of ours (inference, pump) survives
+    assert not any(
+        t.name.startswith("carn-") for t in threading.enumerate() if t.ident in new_threads
+    )
+
+
+def test_slow_inference_drops_stale_frames_and_shrinks_the_input(camera_frames):
+    from model.baselines import Bicubic
+    from server.live import LatencyPolicy
+
+    class Slow(Bicubic):
+        def forward(self, x, scale=None):
+            time.sleep(0.25)  # slower than the 15 fps source and than the 0.1 s budget
+            return super().forward(x, scale)
+
+    stats, sizes, *_ = asyncio.run(
+        _in_process_session(Slow(), camera_frames, 5.0, LatencyPolicy(max_latency=0.1))
+    )
+    assert stats.dropped > 10  # latest frame wins: stale frames were skipped
+    assert stats.input_fraction == 0.5  # shrunk to the floor
+    assert sizes[0] == (320, 240) and sizes[-1] == (160, 120)  # half-size input, x2

@@ -17,30 +17,57 @@ function iceGatheringDone(connection) {
   });
 }
 
+async function loadSamples() {
+  const r = await fetch("/webrtc/samples");
+  if (!r.ok) return;
+  const select = document.getElementById("source");
+  for (const name of await r.json()) {
+    const option = document.createElement("option");
+    option.value = "sample:" + name;
+    option.textContent = "Sample: " + name;
+    select.append(option);
+  }
+}
+
 async function start(event) {
   event.preventDefault();
   const [width, height] = document.getElementById("size").value.split("x").map(Number);
   const scale = Number(document.getElementById("scale").value);
-  statusLine.textContent = "Opening the camera…";
-  const stream = await navigator.mediaDevices.getUserMedia({
-    video: { width: { exact: width }, height: { exact: height } }, audio: false,
-  });
-  original.srcObject = stream;
+  const choice = document.getElementById("source").value;
+  const body = { type: "offer", scale, source: "camera" };
   pc = new RTCPeerConnection();
-  const transceiver = pc.addTransceiver(stream.getVideoTracks()[0], { direction: "sendrecv" });
-  try {  // the server scales what it receives: keep the camera's size, drop frames instead
-    const params = transceiver.sender.getParameters();
-    params.degradationPreference = "maintain-resolution";
-    await transceiver.sender.setParameters(params);
-  } catch (e) { /* not supported: the browser may lower the resolution under load */ }
-  pc.ontrack = (e) => { upscaled.srcObject = new MediaStream([e.track]); };
+  if (choice.startsWith("sample:")) {
+    // The server plays the clip: receive the original and the upscaled track, in that order.
+    body.source = "sample";
+    body.sample = choice.slice("sample:".length);
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.ontrack = (e) => {
+      const target = e.transceiver === pc.getTransceivers()[0] ? original : upscaled;
+      target.srcObject = new MediaStream([e.track]);
+    };
+  } else {
+    statusLine.textContent = "Opening the camera…";
+    const stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { exact: width }, height: { exact: height } }, audio: false,
+    });
+    original.srcObject = stream;
+    const transceiver = pc.addTransceiver(stream.getVideoTracks()[0], { direction: "sendrecv" });
+    try {  // the server scales what it receives: keep the camera's size, drop frames instead
+      const params = transceiver.sender.getParameters();
+      params.degradationPreference = "maintain-resolution";
+      await transceiver.sender.setParameters(params);
+    } catch (e) { /* not supported: the browser may lower the resolution under load */ }
+    pc.ontrack = (e) => { upscaled.srcObject = new MediaStream([e.track]); };
+  }
   pc.onconnectionstatechange = () => { statusLine.textContent = "Connection " + pc.connectionState; };
   await pc.setLocalDescription(await pc.createOffer());
   await iceGatheringDone(pc);
+  body.sdp = pc.localDescription.sdp;
   const response = await fetch("/webrtc/offer", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", scale }),
+    body: JSON.stringify(body),
   });
   const answer = await response.json();
   if (!response.ok) { statusLine.textContent = "Refused: " + answer.detail; stop(); return; }
@@ -67,6 +94,8 @@ function stop() {
   clearInterval(statsTimer);
   if (pc) pc.close();
   if (original.srcObject) original.srcObject.getTracks().forEach((t) => t.stop());
+  original.srcObject = null;
+  upscaled.srcObject = null;
   if (sessionId) fetch("/webrtc/sessions/" + sessionId, { method: "DELETE" });
   pc = null;
   sessionId = null;
@@ -78,4 +107,5 @@ document.getElementById("live-form").addEventListener("submit", (e) => start(e).
   statusLine.textContent = "Error: " + err;
 }));
 document.getElementById("stop").addEventListener("click", stop);
+loadSamples();
 window.addEventListener("pagehide", stop);
