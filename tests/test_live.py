@@ -187,15 +187,17 @@ def test_a_server_side_sample_plays_as_a_live_source(server):
 
             pullers.append(asyncio.ensure_future(pull()))
 
-        await pc.setLocalDescription(await pc.createOffer())
-        body = {"sdp": pc.localDescription.sdp, "type": "offer", "source": "sample",
-                "sample": "carphone.mp4"}  # fmt: skip
-        response = await asyncio.to_thread(request, server.port, "POST", "/webrtc/offer", body)
-        assert response.status == 200, response.body
-        answer = response.json()
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        await asyncio.wait_for(asyncio.gather(*pullers), 60)
-        await pc.close()
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            body = {"sdp": pc.localDescription.sdp, "type": "offer", "source": "sample",
+                    "sample": "carphone.mp4"}  # fmt: skip
+            response = await asyncio.to_thread(request, server.port, "POST", "/webrtc/offer", body)
+            assert response.status == 200, response.body
+            answer = response.json()
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+            await asyncio.wait_for(asyncio.gather(*pullers), 60)
+        finally:
+            await pc.close()  # a failure here must not leave a session to the next test
         return sorted(sizes.values(), key=lambda s: min(s))
 
     original, upscaled = asyncio.run(run())
