@@ -120,7 +120,7 @@ class JobRunner:
 
     async def _run(self, job: Job, cancelled: threading.Event) -> None:
         folder = self.job_dir(job.id)
-        source = folder / "input"
+        download = source = folder / "input"
         try:
             await asyncio.to_thread(_fresh_dir, folder)
             source = await asyncio.to_thread(fetch, job.url, source, self.policy, cancelled)
@@ -145,8 +145,7 @@ class JobRunner:
             await asyncio.to_thread(_clear_outputs, folder)
             self.store.finish(job.id, "failed", f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            if source.name == "input":
-                source.unlink(missing_ok=True)
+            download.unlink(missing_ok=True)  # our copy only, never a local input file
             self._running.pop(job.id, None)
             self._cancel_flags.pop(job.id, None)
             self.refresh_gauges()
