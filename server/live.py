@@ -90,11 +90,15 @@ class LiveStats:
     started: float = field(default_factory=time.monotonic)
     recent: list[float] = field(default_factory=list)
 
+    def mark(self, at: float) -> None:
+        """Record a frame delivered at ``at``; keep only the last 3 s."""
+        self.recent.append(at)
+        while self.recent and self.recent[0] < at - 3.0:
+            self.recent.pop(0)
+
     @property
     def fps(self) -> float:
-        now = time.monotonic()
-        self.recent[:] = [t for t in self.recent if t > now - 3.0]
-        return len(self.recent) / 3.0
+        return sum(t > time.monotonic() - 3.0 for t in self.recent) / 3.0
 
 
 class UpscaleTrack(MediaStreamTrack):
@@ -176,7 +180,7 @@ class UpscaleTrack(MediaStreamTrack):
         s.frames += 1
         s.input_size, s.output_size = source_size, out_size
         s.latency = done - arrived
-        s.recent.append(done)
+        s.mark(done)
         inference = result.finished - result.started
         timings = {
             "decode": 0.0,
