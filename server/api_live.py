@@ -8,6 +8,8 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import PipelineError
+
 router = APIRouter(prefix="/webrtc", tags=["live"])
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".ts", ".avi"}
 
@@ -47,7 +49,7 @@ async def offer(body: Offer, request: Request) -> Answer:
     sample = _sample_path(request, body.sample) if body.source == "sample" else None
     try:
         session, answer = await live.open(body.sdp, body.type, body.scale, worker, sample)
-    except ValueError as exc:
+    except (ValueError, PipelineError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
     return Answer(sdp=answer.sdp, type=answer.type, session_id=session.id)
 

@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -23,11 +24,10 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.codecs import h264, vpx
-from aiortc.contrib.media import MediaPlayer, MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
 from pipeline.colour import output_spec
-from pipeline.decode import frame_planes
+from pipeline.decode import frame_planes, open_input
 from pipeline.infer import InferenceWorker, output_size
 from pipeline.run import FrameReport
 from server.metrics import Metrics
@@ -101,6 +101,90 @@ class LiveStats:
         return sum(t > time.monotonic() - 3.0 for t in self.recent) / 3.0
 
 
+class FileTrack(MediaStreamTrack):
+    """A video file played in a loop at its own frame rate, as a live source.
+
+    Decoding runs on one thread of its own, which also closes the file: the container is never
+    touched by two threads. Timestamps keep increasing across loops.
+    """
+
+    kind = "video"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        with open_input(path) as probe_container:
+            rate = probe_container.streams.video[0].average_rate or 25
+        self.path, self._period = path, 1.0 / float(rate)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="carn-live-file")
+        self._container: av.container.InputContainer | None = None
+        self._frames = None
+        self._index = 0
+        self._start: float | None = None
+
+    def _decode_next(self) -> av.VideoFrame:
+        for _ in range(2):  # at the end of the file, start again once
+            if self._frames is None:
+                self._container = av.open(str(self.path))
+                self._frames = self._container.decode(video=0)
+            try:
+                return next(self._frames)
+            except StopIteration:
+                self._close()
+        raise MediaStreamError
+
+    def _close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container, self._frames = None, None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self._index * self._period
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        loop = asyncio.get_running_loop()
+        frame = await loop.run_in_executor(self._pool, self._decode_next)
+        frame.pts = round(self._index * self._period * 90000)
+        frame.time_base = Fraction(1, 90000)
+        self._index += 1
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._pool.submit(self._close)
+        self._pool.shutdown(wait=False)
+
+
+class LatestFrameTrack(MediaStreamTrack):
+    """Passes on the newest frame it is offered (the original beside the upscaled track)."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frame: av.VideoFrame | None = None
+        self._offered = asyncio.Event()
+
+    def offer(self, frame: av.VideoFrame) -> None:
+        self._frame = frame
+        self._offered.set()
+
+    async def recv(self) -> av.VideoFrame:
+        while self._frame is None:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._offered.clear()
+            await self._offered.wait()
+        frame, self._frame = self._frame, None
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._offered.set()
+
+
 class UpscaleTrack(MediaStreamTrack):
     """A video track returning ``source`` upscaled by ``scale``, newest frame first."""
 
@@ -114,8 +198,10 @@ class UpscaleTrack(MediaStreamTrack):
         metrics: Metrics,
         latency: LatencyPolicy,
         on_size: Callable[[int, int], None] | None = None,
+        mirror: LatestFrameTrack | None = None,
     ) -> None:
         super().__init__()
+        self.mirror = mirror
         self.source, self.worker, self.scale, self.metrics = source, worker, scale, metrics
         self.policy = latency
         self.stats = LiveStats()
@@ -129,6 +215,8 @@ class UpscaleTrack(MediaStreamTrack):
         try:
             while True:
                 frame = await self.source.recv()
+                if self.mirror is not None:
+                    self.mirror.offer(frame)
                 if self._latest is not None:
                     self.stats.dropped += 1
                     self.metrics.dropped_frames.labels("live").inc()
@@ -139,6 +227,8 @@ class UpscaleTrack(MediaStreamTrack):
         finally:
             self._ended = True
             self._arrived.set()
+            if self.mirror is not None:
+                self.mirror.stop()
 
     async def recv(self) -> av.VideoFrame:
         while self._latest is None:
@@ -209,7 +299,7 @@ class Session:
     pc: RTCPeerConnection
     scale: int
     track: UpscaleTrack | None = None
-    player: MediaPlayer | None = None
+    source: FileTrack | None = None
     bitrate: int = 0
     created: float = field(default_factory=time.monotonic)
 
@@ -271,15 +361,21 @@ class LiveSessions:
                     if encoder is not None and hasattr(encoder, "target_bitrate"):
                         encoder.target_bitrate = target
 
-        def upscaled(source: MediaStreamTrack) -> UpscaleTrack:
-            session.track = UpscaleTrack(source, worker, scale, self.metrics, self.latency, on_size)
+        def upscaled(source: MediaStreamTrack, mirror=None) -> UpscaleTrack:
+            session.track = UpscaleTrack(
+                source, worker, scale, self.metrics, self.latency, on_size, mirror
+            )
             return session.track
 
         if sample is not None:
-            session.player = MediaPlayer(str(sample), loop=True)
-            relay = MediaRelay()
-            pc.addTrack(relay.subscribe(session.player.video))
-            pc.addTrack(upscaled(relay.subscribe(session.player.video)))
+            try:
+                session.source = FileTrack(sample)
+            except Exception:
+                await self.close(session.id)
+                raise
+            original = LatestFrameTrack()
+            pc.addTrack(original)
+            pc.addTrack(upscaled(session.source, original))
         else:
 
             @pc.on("track")
@@ -321,8 +417,8 @@ class LiveSessions:
             return
         if session.track is not None:
             session.track.stop()
-        if session.player is not None and session.player.video is not None:
-            session.player.video.stop()
+        if session.source is not None:
+            session.source.stop()
         with contextlib.suppress(Exception):
             await session.pc.close()
         log.info("live session %s closed", session_id)
