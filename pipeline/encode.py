@@ -155,7 +155,7 @@ class VideoSink:
                 self._mux_audio(item)
             self._pending_audio.clear()
         assert self._video is not None and self._container is not None
-        vf = av.VideoFrame.from_ndarray(frame.yuv420_stacked(), format="yuv420p")
+        vf = frame.to_video_frame()
         vf.pts = frame.pts if frame.pts is not None else frame.index
         vf.time_base = frame.time_base
         vf.colorspace = self._out_spec.matrix

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import av
 import numpy as np
 
 from pipeline.colour import ColourSpec
@@ -44,14 +45,16 @@ class UpscaledFrame:
     y: np.ndarray
     u: np.ndarray
     v: np.ndarray
-    timings: dict[str, float]
 
-    def yuv420_stacked(self) -> np.ndarray:
-        """Planes stacked as PyAV's ``from_ndarray(format="yuv420p")`` wants them."""
-        h, w = self.y.shape
-        return np.concatenate([self.y.ravel(), self.u.ravel(), self.v.ravel()]).reshape(
-            h * 3 // 2, w
-        )
+    def to_video_frame(self) -> av.VideoFrame:
+        return yuv420_video_frame(self.y, self.u, self.v)
+
+
+def yuv420_video_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFrame:
+    """A PyAV ``yuv420p`` frame from 8-bit Y (H x W) and U, V (H/2 x W/2) planes."""
+    h, w = y.shape
+    stacked = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(h * 3 // 2, w)
+    return av.VideoFrame.from_ndarray(stacked, format="yuv420p")
 
 
 @dataclass

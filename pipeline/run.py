@@ -227,7 +227,7 @@ async def run_pipeline(
 
 def _upscaled(batch: FrameBatch, result: BatchResult) -> list[UpscaledFrame]:
     return [
-        UpscaledFrame(f.index, f.pts, f.time_base, result.y[i], result.u[i], result.v[i], {})
+        UpscaledFrame(f.index, f.pts, f.time_base, result.y[i], result.u[i], result.v[i])
         for i, f in enumerate(batch.frames)
     ]
 

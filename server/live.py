@@ -21,13 +21,13 @@ from pathlib import Path
 
 import aioice.ice
 import av
-import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.codecs import h264, vpx
 from aiortc.mediastreams import MediaStreamError
 
 from pipeline.colour import output_spec
 from pipeline.decode import frame_planes, open_input
+from pipeline.frames import yuv420_video_frame
 from pipeline.infer import InferenceWorker, output_size
 from pipeline.run import FrameReport
 from server.metrics import Metrics
@@ -248,8 +248,7 @@ class UpscaleTrack(MediaStreamTrack):
             [p[None] for p in planes], spec, out, self.scale, InferenceWorker.LIVE_PRIORITY
         )
         y, u, v = result.y[0], result.u[0], result.v[0]
-        stacked = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(-1, y.shape[1])
-        upscaled = av.VideoFrame.from_ndarray(stacked, format="yuv420p")
+        upscaled = yuv420_video_frame(y, u, v)
         upscaled.pts, upscaled.time_base = frame.pts, frame.time_base or Fraction(1, 90000)
         done = time.monotonic()
         self._record(source_size, (y.shape[1], y.shape[0]), arrived, result, done)

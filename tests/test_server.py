@@ -80,7 +80,7 @@ def test_hls_job_plays_before_it_finishes_and_keeps_everything(server, media, tm
     playlist = server.call("GET", playlist_url).body.decode()
     assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
     segments = [line for line in playlist.splitlines() if line and not line.startswith("#")]
-    frames, joined = 0, tmp_path / "all.ts"
+    joined = tmp_path / "all.ts"
     with open(joined, "wb") as out:
         for name in segments:
             response = server.call("GET", f"/jobs/{job['id']}/hls/{name}")
