@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,33 +24,26 @@ import av
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from carn_stream.allocator import tune_allocator  # noqa: E402
-from model import carn_m, load_weights  # noqa: E402
-from model.inference import upscale_rgb  # noqa: E402
-from pipeline.colour import ColourSpec, output_spec  # noqa: E402
-from pipeline.decode import frame_planes  # noqa: E402
-from pipeline.encode import EncoderOptions  # noqa: E402
-from pipeline.infer import Engine, EngineConfig, InferenceWorker, output_size  # noqa: E402
-from pipeline.run import PipelineOptions, run_pipeline  # noqa: E402
+from common import DATA, cpu_name, official_model
 
-DATA = Path(os.environ.get("CARN_STREAM_TEST_DATA", ROOT.parent / "shared" / "data"))
+from carn_stream.allocator import tune_allocator
+from model.inference import upscale_rgb
+from pipeline.colour import ColourSpec, output_spec
+from pipeline.decode import frame_planes
+from pipeline.encode import EncoderOptions
+from pipeline.infer import Engine, EngineConfig, InferenceWorker, output_size
+from pipeline.run import PipelineOptions, run_pipeline
+
 CASES = [  # (label, source clip, LR width, LR height, scale)
     ("176x144 x2", "carphone_pristine.mp4", 176, 144, 2),
     ("320x180 x4", "bigbuckbunny.mp4", 320, 180, 4),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+GPU_CASES = [  # 1080p out
+    ("480x270 x4", "bigbuckbunny.mp4", 480, 270, 4),
+    ("960x540 x2", "bigbuckbunny.mp4", 960, 540, 2),
+]
 
 
 def make_clip(source: Path, width: int, height: int, frames: int, dest: Path) -> Path:
@@ -119,19 +111,15 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--frames", type=int, default=0, help="frames per case (default: by size)")
     parser.add_argument("--batch", type=int, default=0, help="default: 1 on CPU, 8 on CUDA")
+    parser.add_argument("--precision", default="auto", help="engine precision (default auto)")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
     tune_allocator()
-    weights = Path(os.environ.get("CARN_WEIGHTS", DATA / "weights" / "carn_m.pth"))
-    model = carn_m()
-    load_weights(model, weights)
-    engine = Engine(model, EngineConfig(device=args.device))
+    engine = Engine(official_model(), EngineConfig(device=args.device, precision=args.precision))
     cuda = engine.device.type == "cuda"
     batch = args.batch or (8 if cuda else 1)
     worker = InferenceWorker(engine)
-    naive_model = carn_m()
-    load_weights(naive_model, weights)
-    naive_model = naive_model.eval().to(engine.device)
+    naive_model = official_model().to(engine.device)
     device = torch.cuda.get_device_name(engine.device) if cuda else cpu_name()
     header = (
         f"device: {engine.device} ({device}), precision {engine.precision}, batch {batch}, "
@@ -141,7 +129,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
-            for label, name, w, h, scale in CASES:
+            for label, name, w, h, scale in CASES + (GPU_CASES if cuda else []):
                 frames = args.frames or (240 if cuda else (24 if w * h < 40000 else 8))
                 clip = make_clip(DATA / "video" / name, w, h, frames, tmp / f"{w}x{h}.mp4")
                 m = model_only(engine, clip, scale, batch)

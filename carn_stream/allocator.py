@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
@@ -18,7 +19,7 @@ _LARGE = 2**31 - 1
 
 def tune_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; False where not glibc."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or jemalloc_loaded():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -33,3 +34,46 @@ def tune_allocator() -> bool:
         and mallopt(_M_TRIM_THRESHOLD, _LARGE)
         and mallopt(_M_TOP_PAD, 1 << 28)
     )
+
+
+#: Where Debian/Ubuntu (any architecture) and most distributions install jemalloc.
+JEMALLOC_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib64/libjemalloc.so.2",
+    "/usr/lib/libjemalloc.so.2",
+    "/usr/local/lib/libjemalloc.so.2",
+)
+#: jemalloc options: transparent huge pages for the large activation buffers, background purging.
+JEMALLOC_CONF = "background_thread:true,metadata_thp:auto,thp:always,dirty_decay_ms:30000"
+ALLOCATORS = ("auto", "jemalloc", "glibc")
+
+
+def find_jemalloc() -> str | None:
+    return next((p for p in JEMALLOC_PATHS if os.path.isfile(p)), None)
+
+
+def jemalloc_loaded() -> bool:
+    return "jemalloc" in os.environ.get("LD_PRELOAD", "")
+
+
+def relaunch_with_jemalloc(choice: str, argv: list[str]) -> None:
+    """Re-execute this command with jemalloc preloaded, the faster allocator for PyTorch's CPU
+    kernels (docs/PERFORMANCE.md). ``auto`` uses it when installed; ``glibc`` never; ``jemalloc``
+    insists. Returns only when no relaunch happens."""
+    if choice not in ALLOCATORS:
+        raise ValueError(f"allocator must be one of {ALLOCATORS}, got {choice!r}")
+    if choice == "glibc" or jemalloc_loaded() or not sys.platform.startswith("linux"):
+        return
+    library = find_jemalloc()
+    if library is None:
+        if choice == "jemalloc":
+            raise RuntimeError(
+                "CARN_STREAM_ALLOCATOR=jemalloc but libjemalloc.so.2 is not installed "
+                "(Debian/Ubuntu: apt-get install libjemalloc2)"
+            )
+        return
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD", "")]))
+    env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
+    os.execve(sys.executable, [sys.executable, "-m", "carn_stream.cli", *argv], env)

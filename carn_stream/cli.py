@@ -1,4 +1,4 @@
-"""``carn-stream`` command line: stats, eval, upscale, upscale-image."""
+"""``carn-stream`` command line: serve, stats, eval, upscale, upscale-image, train, tune."""
 
 from __future__ import annotations
 
@@ -76,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--data", type=Path, required=True, help="folder of HR images")
     p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="one mode or a comma-separated list: fp32 (default), bf16, fp16 (CUDA), int8, auto",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="int8: HR images or a video to calibrate on (never the evaluation images)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=cmd_eval)
 
@@ -92,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=_positive, help="frames per inference batch (default: 1 on CPU, 8 on CUDA)"
     )
     p.add_argument("--tile", type=_positive, help="LR tile side for frames too large for memory")
-    p.add_argument("--precision", help="auto (default), fp32, fp16 (CUDA), bf16")
+    p.add_argument("--precision", help="auto (default), fp32, bf16, fp16 (CUDA), int8 (CPU)")
     p.add_argument("--segment-seconds", type=float, default=2.0, help="HLS segment duration")
     p.set_defaults(run=cmd_upscale)
 
@@ -102,6 +112,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path)
     p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
     p.set_defaults(run=cmd_upscale_image)
+
+    from carn_stream.train_commands import FRAMES_PER_VIDEO, add_config_options
+
+    p = sub.add_parser(
+        "train",
+        help="train CARN-M (the paper's recipe by default; resumable)",
+        description="Train a multi-scale CARN-M on HR images and/or videos. LR inputs are made "
+        "with the evaluation's bicubic. Every recipe value can be set by flag or --config.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="folder of HR images and/or videos (repeatable)",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        required=True,
+        help="folder for config.json, log.jsonl, checkpoint.pt, weights.pth",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--init", help="start from weights: 'official' or a file (default: random)")
+    p.add_argument("--val", type=Path, help="validation folder (default: hold out images)")
+    p.add_argument(
+        "--holdout-every",
+        type=int,
+        default=20,
+        help="without --val, every Nth image validates instead of training",
+    )
+    p.add_argument("--frames-per-video", type=_positive, default=FRAMES_PER_VIDEO)
+    p.add_argument("--weights", type=Path, help="weights file for --init official")
+    p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    add_config_options(p)
+    p.set_defaults(run=cmd_train)
+
+    from model.training import TUNE_DEFAULTS
+
+    p = sub.add_parser(
+        "tune",
+        help="fine-tune CARN-M on one video (content-aware weights)",
+        description="Fine-tune on frames of one HR video, hold some frames out, and report "
+        "their PSNR before and after. Writes OUTPUT (.pth) and OUTPUT.json (the report).",
+    )
+    p.add_argument("video", help="HR video file")
+    p.add_argument("output", type=Path, help="weights file to write (.pth)")
+    p.add_argument("--scale", type=_scale, default=4, help="2, 3 or 4 (default 4)")
+    p.add_argument("--frames", type=_positive, default=77, help="frames sampled (default 77)")
+    p.add_argument(
+        "--holdout-every",
+        type=int,
+        default=7,
+        help="every Nth sampled frame is held out for validation (default 7)",
+    )
+    p.add_argument("--init", default="official", help="'official' (default) or a weights file")
+    p.add_argument("--run-dir", type=Path, help="keep the run folder here")
+    _add_model_options(p)
+    add_config_options(p, TUNE_DEFAULTS)
+    p.set_defaults(run=cmd_tune)
     return parser
 
 
@@ -158,35 +228,82 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from carn_stream.loading import load_model
     from carn_stream.progress import ProgressBar
     from model.evaluation import evaluate
-    from model.inference import upscale_rgb
     from pipeline.images import IMAGE_SUFFIXES, iter_images
+    from pipeline.infer import PRECISIONS, Engine, EngineConfig
 
     if not args.data.is_dir():
         raise CLIError(f"--data {args.data}: not a folder")
-    count = sum(1 for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    model = load_model(_settings(args))
-    bar = ProgressBar(count, f"eval x{args.scale}", unit="img")
-    report = evaluate(
-        iter_images(args.data),
-        lambda lr, s: upscale_rgb(model, lr, s),
-        args.scale,
-        on_image=lambda score: bar.update(note=f"{score.name} {score.psnr:.2f} dB"),
-    )
-    bar.close()
-    summary = report.summary()
-    if args.json:
-        print(json.dumps(summary))
-        return EXIT_OK
-    print(f"{'image':<16}{'PSNR':>8}{'SSIM':>8}{'bicubic PSNR':>14}{'SSIM':>8}")
-    for s in report.scores:
-        print(
-            f"{s.name:<16}{s.psnr:>8.2f}{s.ssim:>8.4f}{s.bicubic_psnr:>14.2f}{s.bicubic_ssim:>8.4f}"
+    modes = [m.strip() for m in args.precision.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in PRECISIONS]
+    if unknown or not modes:
+        raise CLIError(f"--precision {args.precision}: choose from {', '.join(PRECISIONS)}")
+    if "int8" in modes and args.calibration is None:
+        raise CLIError(
+            "--precision int8 needs --calibration PATH (HR images or a video, not the "
+            "evaluation set) to set its activation ranges"
         )
-    print(
-        f"{'mean':<16}{summary['psnr']:>8.2f}{summary['ssim']:>8.4f}"
-        f"{summary['bicubic_psnr']:>14.2f}{summary['bicubic_ssim']:>8.4f}"
-    )
+    count = sum(1 for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    settings = _settings(args)
+    model = load_model(settings)
+    reports = []
+    for mode in modes:
+        engine = Engine(
+            model,
+            EngineConfig(device=settings.device, precision=mode, cache_dir=settings.cache_dir),
+        )
+        if engine.precision == "int8":
+            _calibrate(engine, args.calibration, args.scale)
+        bar = ProgressBar(count, f"eval x{args.scale} {engine.precision}", unit="img")
+        report = evaluate(
+            iter_images(args.data),
+            engine.upscale_rgb,
+            args.scale,
+            on_image=lambda score, bar=bar: bar.update(note=f"{score.name} {score.psnr:.2f} dB"),
+        )
+        bar.close()
+        reports.append((engine.precision, report))
+    summaries = [{**report.summary(), "precision": mode} for mode, report in reports]
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries))
+        return EXIT_OK
+    for (mode, report), summary in zip(reports, summaries, strict=True):
+        print(f"{'image':<16}{'PSNR':>8}{'SSIM':>8}{'bicubic PSNR':>14}{'SSIM':>8}   [{mode}]")
+        for s in report.scores:
+            print(
+                f"{s.name:<16}{s.psnr:>8.2f}{s.ssim:>8.4f}"
+                f"{s.bicubic_psnr:>14.2f}{s.bicubic_ssim:>8.4f}"
+            )
+        print(
+            f"{'mean':<16}{summary['psnr']:>8.2f}{summary['ssim']:>8.4f}"
+            f"{summary['bicubic_psnr']:>14.2f}{summary['bicubic_ssim']:>8.4f}"
+        )
+    if len(summaries) > 1:
+        base = summaries[0]
+        for summary in summaries[1:]:
+            print(
+                f"{summary['precision']} vs {base['precision']}: "
+                f"{summary['psnr'] - base['psnr']:+.3f} dB PSNR, "
+                f"{summary['ssim'] - base['ssim']:+.4f} SSIM"
+            )
     return EXIT_OK
+
+
+def _calibrate(engine, source: Path, scale: int) -> None:
+    """int8 activation ranges from LR versions (benchmark bicubic) of ``source``'s images."""
+    from carn_stream.train_commands import gather_images
+    from model.evaluation import crop_to_multiple, degrade
+
+    if source.is_dir():
+        items = gather_images([source], frames_per_video=8)
+    else:
+        from pipeline.sampling import sample_frames
+
+        items = [(f"frame{i}", f) for i, f in enumerate(sample_frames(source, 8))]
+    frames = [degrade(crop_to_multiple(image, scale), scale) for _, image in items[:16]]
+    import hashlib
+
+    where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
+    engine.calibrate(scale, frames, f"{source.name}-{where}-{len(frames)}")
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
@@ -234,6 +351,18 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from carn_stream.train_commands import cmd_train as run
+
+    return run(args, _settings(args))
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from carn_stream.train_commands import cmd_tune as run
+
+    return run(args, _settings(args))
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -257,18 +386,35 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from carn_stream.train_commands import TrainingError
     from model.weights import WeightsError
     from pipeline.errors import PipelineError
     from pipeline.images import ImageError
 
-    return (CLIError, WeightsError, ImageError, PipelineError, ValueError, RuntimeError, OSError)
+    return (
+        CLIError,
+        TrainingError,
+        WeightsError,
+        ImageError,
+        PipelineError,
+        ValueError,
+        RuntimeError,
+        OSError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from carn_stream.allocator import tune_allocator
+    from carn_stream.allocator import relaunch_with_jemalloc, tune_allocator
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "command", None) in ("serve", "upscale"):
+        try:
+            choice = Settings.from_env().allocator
+            relaunch_with_jemalloc(choice, list(sys.argv[1:] if argv is None else argv))
+        except (ValueError, RuntimeError) as exc:
+            print(f"carn-stream {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     tune_allocator()
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
     if run is None:

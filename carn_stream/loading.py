@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from carn_stream.settings import Settings
 from model import CARN, CARNMWeights, carn_m, load_weights
 from model.inference import pick_device
 from pipeline.infer import Engine, EngineConfig, InferenceWorker
+
+log = logging.getLogger(__name__)
 
 
 def _download_progress(done: int, total: int | None) -> None:
@@ -18,22 +21,47 @@ def _download_progress(done: int, total: int | None) -> None:
     sys.stderr.flush()
 
 
+def _warn(message: str) -> None:
+    log.warning("%s", message)
+    if not logging.getLogger().handlers:  # the CLI: say it on stderr
+        print(f"carn-stream: warning: {message}", file=sys.stderr)
+
+
 def load_model(settings: Settings) -> CARN:
-    """Multi-scale CARN-M (group 4) in eval mode on the settings' device."""
+    """Multi-scale CARN-M (group 4) in eval mode on the settings' device.
+
+    ``model.weights_file`` tells which file was loaded and ``model.weights_warning`` why, when
+    the bundled weights stand in for the official ones.
+    """
     model = carn_m()
-    load_weights(
+    notes: list[str] = []
+
+    def on_fallback(message: str) -> None:
+        notes.append(message)
+        _warn(message)
+
+    fallback = CARNMWeights.BUNDLED.value if settings.allow_bundled_weights else None
+    model.weights_file = load_weights(
         model,
         settings.weights if settings.weights is not None else CARNMWeights.DEFAULT,
         cache_dir=settings.cache_dir,
         url=settings.weights_url,
         allow_download=settings.allow_download,
         progress=_download_progress,
+        fallback=fallback,
+        on_fallback=on_fallback,
     )
+    model.weights_warning = notes[0] if notes else None
     return model.eval().to(pick_device(settings.device))
 
 
 def start_worker(settings: Settings, tile: int | None = None) -> InferenceWorker:
     """Load the model and start the inference worker thread that owns it."""
     model = load_model(settings.with_overrides(device="cpu"))
-    config = EngineConfig(device=settings.device, precision=settings.precision, tile=tile)
+    config = EngineConfig(
+        device=settings.device,
+        precision=settings.precision,
+        tile=tile,
+        cache_dir=settings.cache_dir,
+    )
     return InferenceWorker(Engine(model, config))

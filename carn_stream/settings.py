@@ -39,10 +39,17 @@ class Settings:
     weights_url: str | None = None
     #: Allow downloading weights when they are not cached.
     allow_download: bool = True
+    #: Without the official weights, use the bundled ones (lower quality; a warning says so).
+    allow_bundled_weights: bool = True
     #: Inference device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
     device: str = "auto"
-    #: Inference precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+    #: Inference precision: ``auto`` (fp16 on CUDA; bf16 on CPUs with native bf16, else fp32),
+    #: ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU, needs the ``int8`` extra).
     precision: str = "auto"
+
+    #: Memory allocator for ``serve`` and ``upscale``: ``auto`` (jemalloc when installed,
+    #: else glibc tuned for large buffers), ``jemalloc`` or ``glibc``.
+    allocator: str = "auto"
 
     # ---- service
     #: Address and port ``carn-stream serve`` listens on.

@@ -35,6 +35,19 @@ PAPER_CARN_M = {
 }
 
 
+#: The bundled weights: file checksum, and the numbers ``carn-stream eval`` measured on them.
+BUNDLED_SHA256 = "0" * 64
+BUNDLED_META: Mapping[str, Any] = {
+    "name": "carn_m carn-stream SunHays80",
+    "architecture": "carn_m",
+    "group": 4,
+    "scales": (2, 3, 4),
+    "license": "MIT",
+    "recipe": "docs/TRAINING.md",
+    "metrics": {},
+}
+
+
 class WeightsError(RuntimeError):
     """A weights file is missing, corrupt, or does not fit the network."""
 
@@ -47,11 +60,29 @@ class Weights:
     sha256: str
     transforms: str
     meta: Mapping[str, Any] = field(default_factory=dict)
+    bundled: str | None = None  #: file name inside the package's ``model/bundled`` folder
 
     @property
     def filename(self) -> str:
-        stem = Path(self.url).stem
+        stem = Path(self.url or self.bundled or "weights").stem
         return f"{stem}-{self.sha256[:8]}.pth"
+
+    @property
+    def bundled_path(self) -> Path | None:
+        return BUNDLED_DIR / self.bundled if self.bundled else None
+
+    def quality(self) -> str:
+        """Measured Set5/Set14 PSNR per scale, as one line for messages."""
+        metrics = self.meta.get("metrics", {})
+        parts = [
+            f"{name} " + "/".join(f"{metrics[name][s][0]:.2f}" for s in sorted(metrics[name]))
+            for name in metrics
+        ]
+        scales = "/".join(f"x{s}" for s in self.meta.get("scales", ()))
+        return f"{', '.join(parts)} dB PSNR at {scales}" if parts else "quality not measured"
+
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 
 class CARNMWeights(Enum):
@@ -76,6 +107,15 @@ class CARNMWeights(Enum):
                 "Set14": {2: (33.28, 0.9145), 3: (30.09, 0.8370), 4: (28.40, 0.7764)},
             },
         },
+    )
+    #: Trained by this project (``carn-stream train``, docs/TRAINING.md) and shipped in the
+    #: package: used when the official weights cannot be had, with a warning.
+    BUNDLED = Weights(
+        url="",
+        sha256=BUNDLED_SHA256,
+        transforms=RGB_UNIT_RANGE,
+        bundled="carn_m_sunhays80.pth",
+        meta=BUNDLED_META,
     )
     DEFAULT = OFFICIAL
 
@@ -134,8 +174,11 @@ def resolve_weights_file(
     url: str | None = None,
     allow_download: bool = True,
     progress: ProgressCallback | None = None,
+    fallback: Weights | None = None,
+    on_fallback: Callable[[str], None] | None = None,
 ) -> Path:
-    """Find a weights file: explicit path -> cache -> verified download -> a clear error.
+    """Find a weights file: explicit path -> cache -> verified download -> ``fallback``
+    (bundled weights, announced through ``on_fallback``) -> a clear error.
 
     ``path`` is what the user named (flag or environment); ``url`` overrides the registry's
     address (a mirror) but never its checksum.
@@ -155,11 +198,30 @@ def resolve_weights_file(
             reason = f"downloading {source} failed ({exc})"
     else:
         reason = "downloading is disabled"
+    if fallback is not None and fallback.bundled_path is not None:
+        bundled = bundled_file(fallback)
+        if on_fallback:
+            on_fallback(
+                f"the official weights are unavailable ({reason}); using the bundled "
+                f"{fallback.meta.get('name', fallback.bundled)} weights, which measure "
+                f"{fallback.quality()} (the official weights: {weights.quality()})"
+            )
+        return bundled
     raise WeightsError(
         f"no weights found: none given, none cached at {cached}, and {reason}. "
         f"Download {weights.url} (sha256 {weights.sha256}) and pass --weights PATH "
         f"or set CARN_WEIGHTS=PATH, or place it at {cached}."
     )
+
+
+def bundled_file(weights: Weights) -> Path:
+    """The packaged weights file, checked against its registry checksum."""
+    path = weights.bundled_path
+    if path is None or not path.is_file():
+        raise WeightsError(f"bundled weights {weights.bundled} are missing from the package")
+    if sha256_of(path) != weights.sha256:
+        raise WeightsError(f"bundled weights {path} do not match their checksum")
+    return path
 
 
 # --------------------------------------------------------------------------- loading
@@ -225,20 +287,26 @@ def _official_key(key: str, scales: tuple[int, ...]) -> str:
     return key  # entry.*, exit.*: same names; anything else is reported by the strict load
 
 
-def load_weights(model: nn.Module, weights: CARNMWeights | Weights | Path | str, **resolve) -> None:
+def load_weights(
+    model: nn.Module, weights: CARNMWeights | Weights | Path | str, **resolve
+) -> Path:
     """Load a registry entry or a file into ``model``; any key or shape mismatch raises.
 
     ``resolve`` is passed to :func:`resolve_weights_file` for registry entries
-    (``cache_dir`` defaults to ``~/.cache/carn-stream``).
+    (``cache_dir`` defaults to ``~/.cache/carn-stream``). Returns the file loaded.
     """
     if isinstance(weights, CARNMWeights):
         weights = weights.value
     if isinstance(weights, Weights):
         resolve.setdefault("cache_dir", Path.home() / ".cache" / "carn-stream")
-        path = resolve_weights_file(weights, **resolve)
+        if weights.bundled_path is not None and not weights.url:
+            path = bundled_file(weights)
+        else:
+            path = resolve_weights_file(weights, **resolve)
     else:
         path = Path(weights)
     load_state_dict_strict(model, read_state_dict(path), source=str(path))
+    return path
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:

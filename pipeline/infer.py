@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,21 +21,25 @@ from torch import Tensor, nn
 
 from model.inference import pick_device
 from pipeline.colour import ColourSpec, rgb8_to_float, rgb_to_yuv420, yuv_to_rgb
+from pipeline.runners import CudaGraphRunner, TorchRunner
 from pipeline.tiling import tiled_forward
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     device: str = "auto"
-    precision: str = "auto"  #: auto = fp16 on CUDA, fp32 on CPU
+    precision: str = "auto"  #: see :func:`default_precision`
     tile: int | None = None  #: LR tile side; None = whole frames (tiles only on OOM)
     tile_overlap: int = 24  #: LR pixels; above CARN-M's receptive field radius
     min_tile: int = 32
+    cuda_graphs: bool = True  #: replay one CUDA graph per input shape (CUDA only)
+    int8_backend: str = "auto"  #: openvino (when installed) or onnxruntime
+    cache_dir: Path | None = None  #: where quantized models are cached (int8)
 
 
 @dataclass
@@ -44,6 +49,25 @@ class BatchResult:
     v: np.ndarray
     started: float
     finished: float
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is
+    emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+def default_precision(device: torch.device) -> str:
+    """The fastest mode within 0.05 dB (Set5) of fp32 on this hardware, as measured in
+    docs/PERFORMANCE.md: fp16 on CUDA; bf16 on CPUs with native bf16; otherwise fp32.
+    int8 loses more than that bound, so it is only used when asked for."""
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -60,8 +84,21 @@ def output_size(height: int, width: int, scale: int) -> tuple[int, int]:
     return (height * scale) // 2 * 2, (width * scale) // 2 * 2
 
 
+@dataclass
+class Pending:
+    """A batch launched on the device whose planes are still on their way back."""
+
+    planes: list[Tensor]
+    started: float
+    ready: torch.cuda.Event | None = None
+
+
 class Engine:
-    """Runs a network on one device; thread-confined (use it from one thread)."""
+    """Runs a network on one device; thread-confined (use it from one thread).
+
+    On CUDA, uploads and downloads go through pinned host buffers on a copy stream of their
+    own, so :meth:`launch` of the next batch overlaps the compute of the previous one.
+    """
 
     def __init__(self, model: nn.Module, config: EngineConfig = EngineConfig()) -> None:
         self.config = config
@@ -70,42 +107,71 @@ class Engine:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else "fp32"
+            precision = default_precision(self.device)
         if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+            raise ValueError("fp16 needs a CUDA device; use fp32, bf16 or int8 on CPU")
+        if precision == "int8" and self.device.type != "cpu":
+            raise ValueError("int8 runs on the CPU; use fp16 or bf16 on CUDA")
         self.precision = precision
-        self.dtype = _DTYPES[precision]
-        self.model = model.eval().to(self.device, self.dtype)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.runner = self._make_runner(model, precision)
+        self.cuda = self.device.type == "cuda"
         self._pinned: dict[tuple, Tensor] = {}
+        self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.oom_retries = 0
+        self._launches = 0
+
+    def _make_runner(self, model: nn.Module, precision: str):
+        if precision == "int8":
+            from pipeline.int8 import Int8Runner
+
+            cache = self.config.cache_dir or Path.home() / ".cache" / "carn-stream"
+            return Int8Runner(model, cache, self.config.int8_backend)
+        # channels_last pays off on CUDA and for bf16 on CPU; fp32 on CPU measured no gain.
+        channels_last = self.device.type == "cuda" or precision == "bf16"
+        eager = TorchRunner(model, self.device, _DTYPES[precision], channels_last)
+        if self.device.type == "cuda" and self.config.cuda_graphs:
+            return CudaGraphRunner(eager)
+        return eager
 
     # ------------------------------------------------------------------ transfers
+
+    def _pinned_buffer(self, shape: tuple, dtype: torch.dtype, role: str) -> Tensor:
+        key = (role, shape, dtype)
+        buf = self._pinned.get(key)
+        if buf is None:
+            if len(self._pinned) > 32:  # many shapes came and went: start over
+                self._pinned.clear()
+            buf = self._pinned[key] = torch.empty(shape, dtype=dtype).pin_memory()
+        return buf
 
     def _to_device(self, array: np.ndarray) -> Tensor:
         if array.dtype == np.uint16:
             array = array.astype(np.int32)  # torch has few uint16 kernels
         host = torch.from_numpy(array)
-        if self.device.type != "cuda":
+        if not self.cuda:
             return host
-        key = (array.shape, array.dtype.str)
-        buf = self._pinned.get(key)
-        if buf is None:
-            buf = self._pinned[key] = torch.empty(host.shape, dtype=host.dtype).pin_memory()
+        buf = self._pinned_buffer(tuple(host.shape), host.dtype, f"in{self._launches % 2}")
         buf.copy_(host)
-        return buf.to(self.device, non_blocking=True)
-
-    def _to_host(self, tensors: list[Tensor]) -> list[np.ndarray]:
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
-        return [t.cpu().numpy() for t in tensors]
+        with torch.cuda.stream(self._copy_stream):
+            on_device = buf.to(self.device, non_blocking=True)
+        torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
+        on_device.record_stream(torch.cuda.current_stream(self.device))
+        return on_device
 
     # ------------------------------------------------------------------ compute
 
-    @torch.inference_mode()
     def upscale(self, planes: list[np.ndarray], spec: ColourSpec, scale: int, out: ColourSpec):
         """Stacked input planes -> 8-bit 4:2:0 output planes (N, ...) in ``out``'s matrix."""
+        return self.finish(self.launch(planes, spec, scale, out))
+
+    @torch.inference_mode()
+    def launch(
+        self, planes: list[np.ndarray], spec: ColourSpec, scale: int, out: ColourSpec
+    ) -> Pending:
+        """Start a batch; on CUDA this returns before the device is done."""
+        started = time.monotonic()
+        self._launches += 1  # alternates the pinned buffers: one batch in flight, one landing
         tensors = [self._to_device(p) for p in planes]
         if spec.layout == "rgb":
             rgb = rgb8_to_float(tensors[0], spec.bits)
@@ -113,19 +179,50 @@ class Engine:
             rgb = yuv_to_rgb(tensors[0], None, None, spec)
         else:
             rgb = yuv_to_rgb(tensors[0], tensors[1], tensors[2], spec)
-        x = rgb.to(self.dtype)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        sr = self._forward(rgb, scale, self.config.tile).float().clamp_(0, 1)
+        h, w = output_size(rgb.shape[-2], rgb.shape[-1], scale)
+        yuv = list(rgb_to_yuv420(sr[..., :h, :w], out))
+        if not self.cuda:
+            return Pending(yuv, started)
+        compute = torch.cuda.current_stream(self.device)
+        self._copy_stream.wait_stream(compute)
+        host = []
+        with torch.cuda.stream(self._copy_stream):
+            for i, t in enumerate(yuv):
+                buf = self._pinned_buffer(tuple(t.shape), t.dtype, f"out{i}-{self._launches % 2}")
+                buf.copy_(t, non_blocking=True)
+                t.record_stream(self._copy_stream)
+                host.append(buf)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        return Pending(host, started, ready)
+
+    @torch.inference_mode()
+    def upscale_rgb(self, image: np.ndarray, scale: int) -> np.ndarray:
+        """One HxWx3 uint8 RGB image -> (scale*H)x(scale*W)x3 uint8 RGB (evaluation)."""
+        x = rgb8_to_float(self._to_device(np.ascontiguousarray(image)[None]))
         sr = self._forward(x, scale, self.config.tile).float().clamp_(0, 1)
-        h, w = output_size(x.shape[-2], x.shape[-1], scale)
-        y, u, v = rgb_to_yuv420(sr[..., :h, :w], out)
-        return self._to_host([y, u, v])
+        out = sr.mul_(255).round_().to(torch.uint8)[0].permute(1, 2, 0)
+        return out.cpu().numpy()
+
+    def calibrate(self, scale: int, frames: list[np.ndarray], calibration_id: str) -> None:
+        """int8 only: set the activation ranges for ``scale`` from these LR frames
+        (HxWx3 uint8) instead of the first frames upscaled."""
+        if self.precision == "int8":
+            self.runner.prepare(scale, frames, calibration_id)
+
+    def finish(self, pending: Pending) -> list[np.ndarray]:
+        """Wait for a launched batch and hand its planes over as arrays."""
+        if pending.ready is not None:
+            pending.ready.synchronize()
+            return [t.numpy().copy() for t in pending.planes]  # the pinned buffers get reused
+        return [t.numpy() for t in pending.planes]
 
     def _forward(self, x: Tensor, scale: int, tile: int | None) -> Tensor:
         try:
             if tile is None or (tile >= x.shape[-2] and tile >= x.shape[-1]):
-                return self.model(x, scale)
-            return tiled_forward(self.model, x, scale, tile, self.config.tile_overlap)
+                return self.runner(x, scale)
+            return tiled_forward(self.runner, x, scale, tile, self.config.tile_overlap)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -199,26 +296,45 @@ class InferenceWorker:
         return future
 
     def _run(self) -> None:
+        # On CUDA one batch may be in flight while the next is launched, so uploads and
+        # downloads overlap compute; on the CPU each batch is finished before the next.
+        overlap = self.engine.cuda
+        in_flight: tuple[_Request, Pending] | None = None
         while True:
-            request = self._queue.get()
-            if request.future is None:  # close() sentinel
+            try:
+                request = self._queue.get(block=in_flight is None)
+            except queue.Empty:
+                request = None
+            if request is not None and request.future is None:  # close() sentinel
+                if in_flight:
+                    self._finish(*in_flight)
                 return
-            if request.future.cancelled():
-                continue
-            started = time.monotonic()
-            try:
-                y, u, v = self.engine.upscale(
-                    request.planes, request.spec, request.scale, request.out
-                )
-                outcome: BatchResult | BaseException = BatchResult(
-                    y, u, v, started, time.monotonic()
-                )
-            except Exception as exc:
-                outcome = exc
-            try:
-                request.loop.call_soon_threadsafe(_resolve, request.future, outcome)
-            except RuntimeError:  # the submitting loop has closed: nobody waits any more
-                log.debug("dropping a result for a closed event loop")
+            launched = None
+            if request is not None and not request.future.cancelled():
+                try:
+                    pending = self.engine.launch(
+                        request.planes, request.spec, request.scale, request.out
+                    )
+                    launched = (request, pending)
+                except Exception as exc:
+                    _deliver(request, exc)
+            if in_flight:
+                self._finish(*in_flight)
+                in_flight = None
+            if launched and overlap:
+                in_flight = launched
+            elif launched:
+                self._finish(*launched)
+
+    def _finish(self, request: _Request, pending: Pending) -> None:
+        try:
+            y, u, v = self.engine.finish(pending)
+            outcome: BatchResult | BaseException = BatchResult(
+                y, u, v, pending.started, time.monotonic()
+            )
+        except Exception as exc:
+            outcome = exc
+        _deliver(request, outcome)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop after the batches already queued; waits for the thread."""
@@ -227,6 +343,13 @@ class InferenceWorker:
         self._stopping = True
         self._queue.put(_Request(1 << 30, next(self._seq)))
         self._thread.join(timeout)
+
+
+def _deliver(request: _Request, outcome: BatchResult | BaseException) -> None:
+    try:
+        request.loop.call_soon_threadsafe(_resolve, request.future, outcome)
+    except RuntimeError:  # the submitting loop has closed: nobody waits any more
+        log.debug("dropping a result for a closed event loop")
 
 
 def _resolve(future: asyncio.Future, outcome: BatchResult | BaseException) -> None:

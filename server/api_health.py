@@ -24,5 +24,11 @@ def readyz(request: Request) -> JSONResponse:
     }
     if state.worker_holder.error:
         checks["model_error"] = state.worker_holder.error
+    worker = state.worker_holder.worker
+    if worker is not None:
+        model = worker.engine.model
+        checks["weights"] = str(getattr(model, "weights_file", "") or "") or None
+        if getattr(model, "weights_warning", None):
+            checks["weights_warning"] = model.weights_warning
     ready = checks["model_loaded"] and checks["store_writable"]
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

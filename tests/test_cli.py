@@ -14,7 +14,7 @@ import pytest
 from carn_stream.cli import main
 from pipeline.images import read_rgb, write_png
 
-EVAL_KEYS = {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images", "scale"}
+EVAL_KEYS = {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images", "scale", "precision"}
 
 
 @pytest.fixture()

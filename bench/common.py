@@ -1,0 +1,56 @@
+"""What the benchmarks share: the machine's description, the official model, real frames."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DATA = Path(os.environ.get("CARN_STREAM_TEST_DATA", ROOT.parent / "shared" / "data"))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
+
+
+def official_model() -> torch.nn.Module:
+    from model import carn_m, load_weights
+
+    model = carn_m()
+    load_weights(model, Path(os.environ.get("CARN_WEIGHTS", DATA / "weights" / "carn_m.pth")))
+    return model.eval()
+
+
+def real_frames(width: int, height: int, count: int, clip: str = "bigbuckbunny.mp4"):
+    """``count`` RGB frames (HxWx3 uint8) of a real clip, area-downscaled to width x height,
+    taken a few frames apart so they differ."""
+    frames = []
+    with av.open(str(DATA / "video" / clip)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % 7 == 3:
+                small = frame.reformat(width=width, height=height, interpolation="AREA")
+                frames.append(small.to_ndarray(format="rgb24"))
+            if len(frames) == count:
+                break
+    return [np.ascontiguousarray(f) for f in frames]

@@ -1,0 +1,181 @@
+"""Inference speed per precision mode against a reference-style eager fp32 loop, side by side.
+
+    python bench/infer.py [--device auto|cpu|cuda] [--sizes 320x180x4,...] [--repeats N]
+                          [--modes fp32,bf16,int8] [--markdown FILE]
+
+For each size, real frames (a clip area-downscaled to the LR size) go through:
+- reference: the authors' style of inference, one frame at a time: uint8 HWC -> float tensor
+  -> CARN-M in fp32 (contiguous, default allocator settings aside) -> clamp -> uint8 on the host;
+- the project's engine in each mode: upload, colour conversion, network, 4:2:0 conversion
+  and download, as the pipeline runs it.
+Printed per row: median and p99 latency per frame, fps, ratio reference / mode, and PSNR of
+the mode's luma against the engine's fp32 luma. On CUDA also batched fps, peak GPU memory
+and the fraction of the measured fp16 matmul peak reached (CARN-M Mult-Adds x 2 / time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import device_name, official_model, real_frames
+
+from carn_stream.allocator import tune_allocator
+from model.complexity import mult_adds
+from model.inference import pick_device
+from pipeline.colour import ColourSpec
+from pipeline.infer import Engine, EngineConfig
+
+SIZES = ["176x144x2", "320x180x4", "640x360x2", "480x270x4", "960x540x2"]
+RGB, OUT = ColourSpec("rgb"), ColourSpec("yuv", bits=8, matrix=1)
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    w, h, s = (int(v) for v in text.lower().split("x"))
+    return w, h, s
+
+
+def timed(call, items: list, repeats: int, sync) -> list[float]:
+    """Seconds per ``call(item)``, cycling through ``items``, after one warm-up call (which
+    also covers int8 quantization and CUDA graph capture)."""
+    call(items[0])
+    sync()
+    times = []
+    for k in range(repeats):
+        start = time.perf_counter()
+        call(items[k % len(items)])
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def reference(model: torch.nn.Module, device: torch.device):
+    """The reference implementation's loop: plain fp32 eager, per frame, host round trip."""
+
+    @torch.no_grad()
+    def run(frame: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(frame.transpose(2, 0, 1).astype(np.float32) / 255)[None]
+        y = model(x.to(device), run.scale)
+        return (y.clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).cpu().numpy()
+
+    return run
+
+
+def upscale(engine: Engine, scale: int, planes: list[np.ndarray]) -> list[np.ndarray]:
+    return engine.upscale(planes, RGB, scale, OUT)
+
+
+def luma_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def peak_flops(device: torch.device) -> float:
+    """Measured dense fp16 matmul throughput (FLOP/s): the roofline's compute ceiling."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.float16)
+    b = torch.randn(n, n, device=device, dtype=torch.float16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--modes", help="default: fp32,bf16,int8 on CPU; fp32,bf16,fp16 on CUDA")
+    parser.add_argument("--repeats", type=int, default=0, help="default 3 on CPU, 50 on CUDA")
+    parser.add_argument("--batch", type=int, default=8, help="batched fps on CUDA")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    tune_allocator()
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    modes = (args.modes or ("fp32,bf16,fp16" if cuda else "fp32,bf16,int8")).split(",")
+    repeats = args.repeats or (50 if cuda else 3)
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    model = official_model()
+    ref = reference(official_model().to(device), device)
+    peak = peak_flops(device) if cuda else None
+    header = f"device: {device} ({device_name(device)}), torch {torch.__version__}"
+    if peak:
+        header += f", measured fp16 matmul peak {peak / 1e12:.0f} TFLOP/s"
+    print(header, file=sys.stderr)
+    rows = []
+    for size in args.sizes.split(","):
+        w, h, scale = parse_size(size)
+        frames = real_frames(w, h, 4)
+        ref.scale = scale
+        ref_times = timed(ref, frames, repeats, sync)
+        ref_ms = statistics.median(ref_times) * 1000
+        macs = mult_adds(model, scale, (h * scale, w * scale))
+        fp32_y = None
+        for mode in modes:
+            try:
+                engine = Engine(model, EngineConfig(device=str(device), precision=mode))
+            except (ValueError, RuntimeError) as exc:
+                print(f"  {size} {mode}: skipped ({exc})", file=sys.stderr)
+                continue
+            call = partial(upscale, engine, scale)
+            times = timed(call, [[f[None]] for f in frames], repeats, sync)
+            y = call([frames[0][None]])[0]
+            if mode == "fp32":
+                fp32_y = y
+            ms = statistics.median(times) * 1000
+            p99 = float(np.percentile(times, 99)) * 1000
+            row = {
+                "size": f"{w}x{h} x{scale}",
+                "mode": mode,
+                "ref_ms": ref_ms,
+                "ms": ms,
+                "p99_ms": p99,
+                "fps": 1000 / ms,
+                "speedup": ref_ms / ms,
+                "psnr": luma_psnr(y, fp32_y) if fp32_y is not None else float("nan"),
+            }
+            if cuda:
+                batch = [np.stack([frames[k % 4] for k in range(args.batch)])]
+                torch.cuda.reset_peak_memory_stats(device)
+                btimes = timed(call, [batch], 10, sync)
+                row["batch_fps"] = args.batch / statistics.median(btimes)
+                row["mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                row["roofline"] = 2 * macs * row["batch_fps"] / peak
+            rows.append(row)
+            print(f"  {row}", file=sys.stderr)
+    lines = [header, ""]
+    cols = "| size | mode | reference ms | mode ms p50 | p99 | fps | x reference | PSNR vs fp32 |"
+    if cuda:
+        cols += f" fps batch {args.batch} | GPU mem GiB | roofline |"
+    lines += [cols, "|" + "---|" * (cols.count("|") - 1)]
+    for r in rows:
+        line = (
+            f"| {r['size']} | {r['mode']} | {r['ref_ms']:.1f} | {r['ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['fps']:.1f} | {r['speedup']:.2f} | {r['psnr']:.1f} dB |"
+        )
+        if cuda:
+            line += f" {r['batch_fps']:.0f} | {r['mem_gib']:.2f} | {r['roofline']:.1%} |"
+        lines.append(line)
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

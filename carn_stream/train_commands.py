@@ -1,0 +1,227 @@
+"""``carn-stream train`` and ``carn-stream tune``: data gathering, options, reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carn_stream.progress import ProgressBar
+from carn_stream.settings import Settings
+
+#: Frames taken from each video found in a training folder.
+FRAMES_PER_VIDEO = 32
+
+
+class TrainingError(Exception):
+    """A training request that cannot be run as given."""
+
+
+# --------------------------------------------------------------------------- options
+
+
+def add_config_options(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """One flag per :class:`model.training.TrainConfig` field (``--batch-size`` ...)."""
+    from model.training import TrainConfig
+
+    p.add_argument("--config", type=Path, help="JSON file of training settings")
+    group = p.add_argument_group("training settings (override --config and the defaults)")
+    base = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = (defaults or {}).get(f.name, getattr(base, f.name))
+        if f.name == "init":
+            continue  # the weights to start from are --init
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "scales":
+            group.add_argument(flag, type=_scales, help=f"comma-separated (default {default})")
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            group.add_argument(flag, type=kind, help=f"default {default}")
+
+
+def _scales(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected scales like 2,3,4, got {text!r}") from exc
+
+
+def build_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None):
+    from model.training import TrainConfig
+
+    config = TrainConfig.from_dict(defaults or {})
+    if getattr(args, "config", None):
+        config = TrainConfig.from_dict({**config.to_dict(), **_read_json(args.config)})
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+    overrides.pop("init")
+    return config.with_overrides(**overrides)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"--config {path}: not a readable JSON file ({exc})") from exc
+
+
+# --------------------------------------------------------------------------- data
+
+
+def gather_images(folders: Sequence[Path], frames_per_video: int) -> list[tuple[str, np.ndarray]]:
+    """Every image in the folders, plus evenly spaced frames of every video in them."""
+    from pipeline.images import IMAGE_SUFFIXES, read_rgb
+    from pipeline.sampling import VIDEO_SUFFIXES, sample_frames
+
+    items: list[tuple[str, np.ndarray]] = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise TrainingError(f"--data {folder}: not a folder")
+        for path in sorted(folder.iterdir()):
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_SUFFIXES:
+                items.append((path.name, read_rgb(path)))
+            elif suffix in VIDEO_SUFFIXES:
+                for i, frame in enumerate(sample_frames(path, frames_per_video)):
+                    items.append((f"{path.name}#{i}", frame))
+    if not items:
+        raise TrainingError(f"no images or videos found in {', '.join(map(str, folders))}")
+    return items
+
+
+def split_holdout(items: list, every: int) -> tuple[list, list]:
+    """Every ``every``-th item (starting in the middle of the first stride) is held out."""
+    if every < 2:
+        return items, []
+    held = [i for i in range(len(items)) if i % every == every // 2]
+    keep = [x for i, x in enumerate(items) if i not in held]
+    return keep, [items[i] for i in held]
+
+
+def _start_model(settings: Settings, init: str | None, seed: int):
+    import torch
+
+    from carn_stream.loading import load_model
+    from model import carn_m
+    from model.training import init_uniform
+
+    if init is None:
+        torch.manual_seed(seed)
+        model = carn_m()
+        init_uniform(model)
+        return model
+    weights = None if init == "official" else Path(init)
+    return load_model(settings.with_overrides(weights=weights, device="cpu"))
+
+
+class _TrainProgress:
+    def __init__(self, label: str, total: int, start: int) -> None:
+        self.bar = ProgressBar(total - start, label, unit="steps")
+
+    def __call__(self, p) -> None:
+        val = "  ".join(f"val {k} {v:.2f} dB" for k, v in p.validation.items())
+        self.bar.update(note=f"step {p.step} loss {p.loss:.4f} lr {p.lr:.2e} {val}".rstrip())
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from model.inference import pick_device
+    from model.training import CHECKPOINT_FILE, Trainer
+
+    run_dir: Path = args.run_dir
+    if args.resume:
+        if not (run_dir / CHECKPOINT_FILE).is_file():
+            raise TrainingError(f"--resume: {run_dir} holds no {CHECKPOINT_FILE}")
+        config = Trainer.resume_config(run_dir).with_overrides(steps=args.steps)
+    else:
+        if (run_dir / CHECKPOINT_FILE).exists():
+            raise TrainingError(
+                f"{run_dir} already holds a run; pass --resume to continue it or pick a new "
+                "--run-dir"
+            )
+        config = build_config(args)
+    items = gather_images(args.data, args.frames_per_video)
+    if args.val:
+        train_items, val_items = items, gather_images([args.val], args.frames_per_video)
+    else:
+        train_items, val_items = split_holdout(items, args.holdout_every)
+    print(
+        f"training on {len(train_items)} images, validating on {len(val_items)}; "
+        f"{config.steps} steps of {config.batch_size} x {config.patch_size}px "
+        f"at x{'/x'.join(map(str, config.scales))} -> {run_dir}",
+        file=sys.stderr,
+    )
+    model = _start_model(settings, args.init, config.seed)
+    device = pick_device(settings.device)
+    trainer = Trainer(model, config, run_dir, [im for _, im in train_items], val_items, device)
+    trainer.load_checkpoint()
+    trainer.on_progress = _TrainProgress("train", config.steps, trainer.step)
+    summary = trainer.run()
+    trainer.on_progress.bar.close()
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
+    """Fine-tune on one video's frames; report held-out PSNR against the starting weights."""
+    import torch
+
+    from model.evaluation import evaluate
+    from model.inference import pick_device, upscale_rgb
+    from model.training import TUNE_DEFAULTS, WEIGHTS_FILE, Trainer
+
+    if args.output.suffix != ".pth":
+        raise TrainingError(f"output {args.output} must end in .pth")
+    if not args.output.parent.is_dir():
+        raise TrainingError(f"output folder {args.output.parent} does not exist")
+    config = build_config(args, {**TUNE_DEFAULTS, "scales": (args.scale,)})
+    from pipeline.sampling import sample_frames
+
+    frames = sample_frames(args.video, args.frames)
+    train, held = split_holdout(list(enumerate(frames)), args.holdout_every)
+    if not held or not train:
+        raise TrainingError(f"{args.video}: too few frames ({len(frames)}) to hold some out")
+    val = [(f"frame{i}", f) for i, f in held]
+    device = pick_device(settings.device)
+    model = _start_model(settings, args.init, config.seed).to(device)
+
+    def score() -> dict[str, float]:
+        model.eval()
+        return evaluate(val, lambda im, s: upscale_rgb(model, im, s), args.scale).summary()
+
+    before = score()
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="carn-tune-"))
+    trainer = Trainer(model, config, run_dir, [f for _, f in train], (), device)
+    trainer.on_progress = _TrainProgress(f"tune x{args.scale}", config.steps, 0)
+    trainer.run()
+    trainer.on_progress.bar.close()
+    after = score()
+    state = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    torch.save(state, args.output)
+    report = {
+        "video": str(args.video),
+        "scale": args.scale,
+        "train_frames": len(train),
+        "heldout_frames": len(held),
+        "steps": config.steps,
+        "generic_psnr": round(before["psnr"], 3),
+        "tuned_psnr": round(after["psnr"], 3),
+        "bicubic_psnr": round(after["bicubic_psnr"], 3),
+        "gain_db": round(after["psnr"] - before["psnr"], 3),
+        "weights": str(args.output),
+        "weights_bytes": args.output.stat().st_size,
+        "config": config.to_dict(),
+    }
+    args.output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}))
+    return 0

@@ -1,0 +1,372 @@
+"""Training CARN-M: the paper's recipe as the default configuration, resumable runs.
+
+A run lives in one folder: ``config.json`` (every value used), ``log.jsonl`` (one JSON object
+per logged step or validation), ``checkpoint.pt`` (model, optimizer, scheduler, RNG and step:
+a resumed run continues the same curve) and ``weights.pth`` (the model alone, loadable
+anywhere a weights file is accepted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from model.carn import CARN
+from model.evaluation import evaluate
+from model.inference import upscale_rgb
+from model.training_data import PatchBatches, make_pairs
+
+CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE, WEIGHTS_FILE = (
+    "config.json",
+    "log.jsonl",
+    "checkpoint.pt",
+    "weights.pth",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters; the defaults are the paper's recipe (Sec. 4.1)."""
+
+    steps: int = 600_000
+    batch_size: int = 64
+    patch_size: int = 64  #: LR patch side
+    scales: tuple[int, ...] = (2, 3, 4)  #: one scale per batch, drawn uniformly
+    lr: float = 1e-4
+    lr_decay_steps: int = 400_000  #: the learning rate is halved every this many steps
+    lr_decay_factor: float = 0.5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    loss: str = "l1"  #: l1 or l2
+    clip_grad_norm: float = 10.0  #: 0 = off (the authors' training code clips at 10)
+    augment: bool = True  #: random horizontal flips and 90-degree rotations
+    init: str = "uniform"  #: U(-k, k), k = 1/sqrt(fan_in); ignored when starting from weights
+    seed: int = 0
+    amp: str = "auto"  #: auto (bf16 on CUDA, off on CPU), off, bf16, fp16
+    workers: int = -1  #: data-loader processes; -1 = 4 on CUDA, 0 on CPU
+    log_every: int = 100
+    val_every: int = 5_000  #: 0 = only at the end
+    checkpoint_every: int = 1_000
+    val_max_side: int = 512  #: validation images are centre-cropped to this HR side
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "patch_size": self.patch_size >= 8,
+            "scales": bool(self.scales) and set(self.scales) <= {2, 3, 4},
+            "lr": self.lr > 0,
+            "lr_decay_steps": self.lr_decay_steps >= 1,
+            "loss": self.loss in ("l1", "l2"),
+            "init": self.init == "uniform",
+            "amp": self.amp in ("auto", "off", "bf16", "fp16"),
+            "log_every": self.log_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
+            raise ValueError(f"invalid training setting: {values}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        values = dict(data)
+        if "scales" in values:
+            values["scales"] = tuple(int(s) for s in values["scales"])
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainConfig:
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
+
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+#: Fine-tuning one video's model from existing weights (``carn-stream tune``).
+TUNE_DEFAULTS = {
+    "steps": 200,
+    "batch_size": 16,
+    "patch_size": 48,
+    "lr": 5e-5,
+    "lr_decay_steps": 1_000_000,
+    "log_every": 10,
+    "val_every": 0,
+    "checkpoint_every": 100,
+}
+
+
+def init_uniform(model: nn.Module) -> None:
+    """The paper's initialisation: every conv weight and bias ~ U(-k, k), k = 1/sqrt(fan_in).
+
+    ``fan_in`` counts what one output value sees: input channels per group x kernel area.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            k = 1.0 / math.sqrt(fan_in(module))
+            nn.init.uniform_(module.weight, -k, k)
+            if module.bias is not None:
+                nn.init.uniform_(module.bias, -k, k)
+
+
+def fan_in(conv: nn.Conv2d) -> int:
+    return conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+
+
+@dataclass
+class Progress:
+    """What the trainer reports after every step (for a progress bar)."""
+
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    steps_per_second: float
+    eta_seconds: float
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains ``model`` on HR images into ``run_dir``; :meth:`run` resumes from a checkpoint."""
+
+    def __init__(
+        self,
+        model: CARN,
+        config: TrainConfig,
+        run_dir: Path,
+        train_images: Sequence[np.ndarray],
+        val_images: Sequence[tuple[str, np.ndarray]] = (),
+        device: torch.device | str = "cpu",
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        missing = sorted(set(config.scales) - set(model.scales))
+        if missing:
+            raise ValueError(f"the network has no upsampler for scale(s) {missing}")
+        self.config, self.run_dir = config, run_dir
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.on_progress = on_progress
+        self.val_images = [(n, _centre_crop(im, config.val_max_side)) for n, im in val_images]
+        self.pairs = make_pairs(train_images, config.scales, config.patch_size)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(),
+            lr=config.lr,
+            betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_eps,
+        )
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, config.lr_decay_steps, config.lr_decay_factor
+        )
+        self.step = 0
+        self._restored = False
+        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.loss_fn = nn.L1Loss() if config.loss == "l1" else nn.MSELoss()
+
+    # ------------------------------------------------------------------ run folder
+
+    @classmethod
+    def resume_config(cls, run_dir: Path) -> TrainConfig:
+        return TrainConfig.from_file(run_dir / CONFIG_FILE)
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "config": self.config.to_dict(),
+        }
+        path = self.run_dir / CHECKPOINT_FILE
+        _atomic_save(state, path)
+        _atomic_save(self.model.state_dict(), self.run_dir / WEIGHTS_FILE)
+        return path
+
+    def load_checkpoint(self) -> bool:
+        """Restore the run folder's checkpoint, if any; later log lines are discarded."""
+        path = self.run_dir / CHECKPOINT_FILE
+        if self._restored or not path.is_file():
+            return self._restored
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if _without_steps(state["config"]) != _without_steps(self.config.to_dict()):
+            raise ValueError(f"{path} was written with another configuration")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.step = state["step"]
+        self._restored = True
+        _truncate_log(self.run_dir / LOG_FILE, self.step)
+        return True
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / LOG_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ training
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``config.steps`` (from the checkpoint when there is one)."""
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        self.load_checkpoint()
+        if self.step >= cfg.steps:
+            return {"step": self.step, "weights": str(self.run_dir / WEIGHTS_FILE), "val": {}}
+        batches = PatchBatches(self.pairs, cfg.batch_size, cfg.patch_size, cfg.seed, cfg.augment)
+        workers = cfg.workers if cfg.workers >= 0 else (4 if self.device.type == "cuda" else 0)
+        loader = DataLoader(
+            batches,
+            batch_size=None,
+            sampler=range(self.step, cfg.steps),
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        self.model.train()
+        started, first_step = time.monotonic(), self.step
+        window: list[float] = []
+        for scale, lr, hr in loader:
+            step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+            loss = self._train_step(scale, lr, hr)
+            self.step += 1
+            window.append(loss)
+            rate = (self.step - first_step) / max(time.monotonic() - started, 1e-9)
+            progress = Progress(
+                self.step,
+                cfg.steps,
+                loss,
+                step_lr,
+                rate,
+                (cfg.steps - self.step) / rate if rate > 0 else math.inf,
+            )
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self._log(
+                    {
+                        "step": self.step,
+                        "loss": float(np.mean(window)),
+                        "lr": progress.lr,
+                        "steps_per_second": round(rate, 4),
+                        "eta_seconds": round(progress.eta_seconds, 1),
+                    }
+                )
+                window.clear()
+            if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.steps:
+                progress.validation = self.validate()
+            if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                self.save_checkpoint()
+            if self.on_progress:
+                self.on_progress(progress)
+        return self._finish()
+
+    def _train_step(self, scale: int, lr: torch.Tensor, hr: torch.Tensor) -> float:
+        cfg = self.config
+        x = lr.to(self.device, non_blocking=True).float().div_(255)
+        y = hr.to(self.device, non_blocking=True).float().div_(255)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
+        ):
+            out = self.model(x, scale)
+        loss = self.loss_fn(out.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def validate(self) -> dict[str, float]:
+        """PSNR/SSIM per scale on the validation images (the evaluation protocol)."""
+        if not self.val_images:
+            return {}
+        self.model.eval()
+        record: dict[str, Any] = {"step": self.step, "validation": {}}
+        for scale in self.config.scales:
+            summary = evaluate(
+                self.val_images, lambda im, s: upscale_rgb(self.model, im, s), scale
+            ).summary()
+            record["validation"][f"x{scale}"] = {
+                k: round(summary[k], 4) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
+            }
+        self.model.train()
+        self._log(record)
+        return {k: v["psnr"] for k, v in record["validation"].items()}
+
+    def _finish(self) -> dict[str, Any]:
+        validation = self.validate()
+        self.save_checkpoint()
+        return {"step": self.step, "weights": str(self.run_dir / WEIGHTS_FILE), "val": validation}
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _without_steps(config: dict[str, Any]) -> dict[str, Any]:
+    """A run may be extended: its configuration otherwise stays what it was."""
+    return {k: v for k, v in config.items() if k != "steps"}
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _centre_crop(image: np.ndarray, side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    top, left = max((h - side) // 2, 0), max((w - side) // 2, 0)
+    return image[top : top + side, left : left + side]
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,115 @@
+"""Ways to run the network on a device: eager PyTorch in a chosen dtype and memory format, and
+CUDA graphs replayed per input shape. A runner is called as ``runner(x, scale)`` with ``x``
+float RGB in [0, 1], (N, 3, H, W), on its device; it returns the network's output.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from model.carn import CARN
+
+log = logging.getLogger(__name__)
+
+
+class MixedPrecisionCARN(nn.Module):
+    """A CARN whose body and upsamplers run in a 16-bit dtype while the image-facing convs
+    (entry and exit) and the mean shift stay fp32: 8-bit pixels are not exactly representable
+    in bf16 (8 significant bits), and its rounding at the input and output alone costs more
+    than every layer in between."""
+
+    def __init__(self, model: CARN, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.entry, self.exit = model.entry.float(), model.exit.float()
+        self.body, self.upsamplers = model.body.to(dtype), model.upsamplers.to(dtype)
+        self.register_buffer("rgb_mean", model.rgb_mean.float())
+        self.scales = model.scales
+
+    def forward(self, x: Tensor, scale: int) -> Tensor:
+        if scale not in self.scales:
+            raise ValueError(f"scale {scale} not supported by this network ({self.scales})")
+        x = x.float()
+        out = self.entry(x - self.rgb_mean).to(self.dtype)
+        out = self.upsamplers[f"x{scale}"](self.body(out))
+        return self.exit(out.float()) + self.rgb_mean
+
+
+class TorchRunner:
+    """Eager PyTorch with the weights in ``dtype`` and, optionally, channels-last layout.
+
+    Works on its own copy of ``model``, so engines of different precisions can share one."""
+
+    def __init__(
+        self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool
+    ) -> None:
+        model = copy.deepcopy(model).eval().to(device)
+        if dtype != torch.float32 and isinstance(model, CARN):
+            self.model: nn.Module = MixedPrecisionCARN(model, dtype)
+            dtype = torch.float32  # the wrapper takes fp32 input
+        else:
+            self.model = model.to(dtype)
+        self.dtype, self.channels_last = dtype, channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, x: Tensor, scale: int) -> Tensor:
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x, scale)
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    static_in: Tensor
+    static_out: Tensor
+
+
+class CudaGraphRunner:
+    """Captures one CUDA graph per (input shape, scale) and replays it: no per-layer launch
+    overhead for the fixed shapes of a video. Shapes past ``max_graphs`` evict the oldest.
+
+    The returned tensor is the graph's static output: use it before the next call.
+    """
+
+    def __init__(self, eager: TorchRunner, max_graphs: int = 8, warmup: int = 2) -> None:
+        self.eager, self.max_graphs, self.warmup = eager, max_graphs, warmup
+        self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self.captures = 0
+
+    def __call__(self, x: Tensor, scale: int) -> Tensor:
+        key = (tuple(x.shape), x.dtype, scale)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(x, scale)
+            self._graphs[key] = entry
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        entry.static_in.copy_(x)
+        entry.graph.replay()
+        return entry.static_out
+
+    def _capture(self, x: Tensor, scale: int) -> _Graph:
+        static_in = x.clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up runs pick kernels and allocate outside capture
+            for _ in range(self.warmup):
+                self.eager(static_in, scale)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.eager(static_in, scale)
+        self.captures += 1
+        log.info("captured a CUDA graph for %s at x%d", tuple(x.shape), scale)
+        return _Graph(graph, static_in, static_out)

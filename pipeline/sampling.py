@@ -1,0 +1,59 @@
+"""Sample evenly spaced RGB frames from a video (training and per-video fine-tuning data).
+
+Frames become RGB with the same colour conversion the inference worker applies (the stream's
+own matrix and range), so a model tuned on them sees what it will see when upscaling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.colour import rgb8_to_float, yuv_to_rgb
+from pipeline.decode import demux_frames, describe, open_input
+from pipeline.errors import InputError
+from pipeline.frames import SourceFrame
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".y4m", ".mpg"}
+
+
+def frame_to_rgb(frame: SourceFrame) -> np.ndarray:
+    """A decoded frame as HxWx3 uint8 RGB."""
+    planes = [
+        torch.from_numpy(p.astype(np.int32) if p.dtype != np.uint8 else p)[None]
+        for p in frame.planes
+    ]
+    spec = frame.spec
+    if spec.layout == "rgb":
+        rgb = rgb8_to_float(planes[0], spec.bits)
+    elif spec.layout == "gray":
+        rgb = yuv_to_rgb(planes[0], None, None, spec)
+    else:
+        rgb = yuv_to_rgb(planes[0], planes[1], planes[2], spec)
+    out = rgb[0].mul(255).round_().to(torch.uint8).permute(1, 2, 0)
+    return np.ascontiguousarray(out.numpy())
+
+
+def sample_frames(source: str | Path, count: int) -> list[np.ndarray]:
+    """``count`` frames spread evenly over the whole video (all of them if it has fewer)."""
+    if count < 1:
+        raise ValueError(f"frame count must be positive, got {count}")
+    with open_input(source) as container:
+        total = describe(container).frames
+        if total <= 0:  # unknown length: count the frames first
+            total = sum(1 for _ in container.decode(video=0))
+            container.seek(0)
+        wanted = set(np.linspace(0, max(total - 1, 0), min(count, total)).round().astype(int))
+        frames: list[np.ndarray] = []
+        for item in demux_frames(container):
+            if not isinstance(item, SourceFrame):
+                continue
+            if item.index in wanted:
+                frames.append(frame_to_rgb(item))
+            if item.index >= max(wanted):
+                break
+    if not frames:
+        raise InputError(f"{source}: no frame could be decoded")
+    return frames
