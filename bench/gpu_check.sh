@@ -14,24 +14,31 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 - <<'PY' 2>&1 | tee "$out/cuda_checks.txt"
 import os, sys, numpy as np, torch
-sys.path.insert(0, ".")
-from pathlib import Path
-from model import carn_m, load_weights
+sys.path.insert(0, "bench")
+from common import official_model, real_frames
 from pipeline.colour import ColourSpec
 from pipeline.infer import Engine, EngineConfig
-data = Path(os.environ.get("CARN_STREAM_TEST_DATA", "../shared/data"))
-model = carn_m(); load_weights(model, Path(os.environ.get("CARN_WEIGHTS", data / "weights/carn_m.pth")))
-rng = np.random.default_rng(0)
-frames = [rng.integers(0, 256, (4, 90, 160, 3), dtype=np.uint8)]
-cpu = Engine(model, EngineConfig(device="cpu")).upscale(frames, ColourSpec("rgb"), 4, ColourSpec("yuv"))
+rgb, yuv = ColourSpec("rgb"), ColourSpec("yuv")
+model = official_model()
+frames = [np.stack(real_frames(160, 90, 4))]
+cpu = Engine(model, EngineConfig(device="cpu", precision="fp32")).upscale(frames, rgb, 4, yuv)
+def diff(a, b):
+    return max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(a, b))
 for precision in ("fp32", "fp16", "bf16"):
-    gpu = Engine(model, EngineConfig(device="cuda", precision=precision)).upscale(
-        frames, ColourSpec("rgb"), 4, ColourSpec("yuv"))
-    diff = max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(cpu, gpu))
-    mean = np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(cpu, gpu)])
-    print(f"cuda {precision}: max |cpu - gpu| {diff}, mean {mean:.4f}")
-tiled = Engine(model, EngineConfig(device="cuda", precision="fp32", tile=48)).upscale(
-    frames, ColourSpec("rgb"), 4, ColourSpec("yuv"))
-print("cuda tiled vs cpu max diff", max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(cpu, tiled)))
+    for graphs in (False, True):
+        engine = Engine(model, EngineConfig(device="cuda", precision=precision, cuda_graphs=graphs))
+        first = engine.upscale(frames, rgb, 4, yuv)
+        again = engine.upscale(frames, rgb, 4, yuv)  # a graph replay when graphs are on
+        print(f"cuda {precision} graphs={graphs}: max |cpu - gpu| {diff(cpu, first)}, "
+              f"replay identical {diff(first, again) == 0}")
+tiled = Engine(model, EngineConfig(device="cuda", precision="fp32", tile=48)).upscale(frames, rgb, 4, yuv)
+print("cuda tiled fp32 vs cpu max diff", diff(cpu, tiled))
 PY
-python3 bench/pipeline.py --device cuda --markdown "$out/pipeline.md"
+data=${CARN_STREAM_TEST_DATA:-../shared/data}
+for scale in 2 4; do
+  python3 -m carn_stream.cli eval --device cuda --data "$data/images/Set5" --scale $scale \
+    --precision fp32,fp16,bf16 --weights "${CARN_WEIGHTS:-$data/weights/carn_m.pth}" \
+    | tail -n 2 | tee -a "$out/precision_set5.txt"
+done
+python3 bench/infer.py --device cuda --markdown "$out/infer.md"
+python3 bench/pipeline.py --device cuda --precision fp16 --markdown "$out/pipeline.md"
