@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from carn_stream.settings import Settings
-from model import CARN, CARNMWeights, carn_m, load_weights
+from model import CARN, CARNMWeights, WeightsError, carn_m, load_weights
 from model.inference import pick_device
 from pipeline.infer import Engine, EngineConfig, InferenceWorker
 
@@ -55,6 +56,30 @@ def load_model(settings: Settings) -> CARN:
     return model.eval().to(pick_device(settings.device))
 
 
+def named_weights_loader(settings: Settings):
+    """``name -> CARN-M`` for weights files in ``settings.models_dir`` (None when unset)."""
+    folder = settings.models_dir
+    if folder is None:
+        return None
+
+    def load(name: str) -> CARN:
+        path = weights_in_folder(folder, name)
+        model = carn_m()
+        load_weights(model, path)
+        model.weights_file = path
+        return model.eval()
+
+    return load
+
+
+def weights_in_folder(folder: Path, name: str) -> Path:
+    """The file ``name`` directly inside ``folder``; anything else is refused."""
+    path = folder / name
+    if Path(name).name != name or path.suffix != ".pth" or not path.is_file():
+        raise WeightsError(f"no weights file {name!r} in the models folder")
+    return path
+
+
 def start_worker(settings: Settings, tile: int | None = None) -> InferenceWorker:
     """Load the model and start the inference worker thread that owns it."""
     model = load_model(settings.with_overrides(device="cpu"))
@@ -64,4 +89,4 @@ def start_worker(settings: Settings, tile: int | None = None) -> InferenceWorker
         tile=tile,
         cache_dir=settings.cache_dir,
     )
-    return InferenceWorker(Engine(model, config))
+    return InferenceWorker(Engine(model, config), named_weights_loader(settings))

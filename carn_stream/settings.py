@@ -33,6 +33,8 @@ class Settings:
 
     #: Weights file to use instead of the registry (also read from ``CARN_WEIGHTS``).
     weights: Path | None = None
+    #: Folder of further weights files (e.g. from ``carn-stream tune``) that a job may name.
+    models_dir: Path | None = None
     #: Where downloaded weights are cached.
     cache_dir: Path = Path.home() / ".cache" / "carn-stream"
     #: Mirror for the official weights (the registry's checksum still applies).

@@ -12,6 +12,8 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,6 +259,7 @@ class _Request:
     scale: int = 0
     future: asyncio.Future = None  # type: ignore[assignment]
     loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+    weights: str | None = None
 
 
 class InferenceWorker:
@@ -268,8 +271,19 @@ class InferenceWorker:
 
     JOB_PRIORITY, LIVE_PRIORITY = 10, 0
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        load_weights: Callable[[str], nn.Module] | None = None,
+        max_engines: int = 4,
+    ) -> None:
+        """``load_weights(name)`` builds the network for a batch submitted with ``weights=name``
+        (e.g. a per-video model); such engines are made on the worker thread, with ``engine``'s
+        settings, and the ``max_engines`` most recently used are kept."""
         self.engine = engine
+        self._load_weights = load_weights
+        self._max_engines = max_engines
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._queue: queue.PriorityQueue[_Request] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._thread = threading.Thread(target=self._run, name="carn-inference", daemon=True)
@@ -287,19 +301,37 @@ class InferenceWorker:
         out: ColourSpec,
         scale: int,
         priority: int = JOB_PRIORITY,
+        weights: str | None = None,
     ) -> asyncio.Future[BatchResult]:
         if self._stopping:
             raise RuntimeError("inference worker is closed")
+        if weights is not None and self._load_weights is None:
+            raise ValueError("this worker runs one model; it cannot load other weights")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[BatchResult] = loop.create_future()
-        self._queue.put(_Request(priority, next(self._seq), planes, spec, out, scale, future, loop))
+        self._queue.put(
+            _Request(priority, next(self._seq), planes, spec, out, scale, future, loop, weights)
+        )
         return future
+
+    def _engine_for(self, weights: str | None) -> Engine:
+        if weights is None:
+            return self.engine
+        engine = self._engines.get(weights)
+        if engine is None:
+            assert self._load_weights is not None
+            engine = Engine(self._load_weights(weights), self.engine.config)
+            self._engines[weights] = engine
+            while len(self._engines) > self._max_engines:
+                self._engines.popitem(last=False)
+        self._engines.move_to_end(weights)
+        return engine
 
     def _run(self) -> None:
         # On CUDA one batch may be in flight while the next is launched, so uploads and
         # downloads overlap compute; on the CPU each batch is finished before the next.
         overlap = self.engine.cuda
-        in_flight: tuple[_Request, Pending] | None = None
+        in_flight: tuple[_Request, Engine, Pending] | None = None
         while True:
             try:
                 request = self._queue.get(block=in_flight is None)
@@ -312,10 +344,11 @@ class InferenceWorker:
             launched = None
             if request is not None and not request.future.cancelled():
                 try:
-                    pending = self.engine.launch(
+                    engine = self._engine_for(request.weights)
+                    pending = engine.launch(
                         request.planes, request.spec, request.scale, request.out
                     )
-                    launched = (request, pending)
+                    launched = (request, engine, pending)
                 except Exception as exc:
                     _deliver(request, exc)
             if in_flight:
@@ -326,9 +359,9 @@ class InferenceWorker:
             elif launched:
                 self._finish(*launched)
 
-    def _finish(self, request: _Request, pending: Pending) -> None:
+    def _finish(self, request: _Request, engine: Engine, pending: Pending) -> None:
         try:
-            y, u, v = self.engine.finish(pending)
+            y, u, v = engine.finish(pending)
             outcome: BatchResult | BaseException = BatchResult(
                 y, u, v, pending.started, time.monotonic()
             )

@@ -38,6 +38,7 @@ class PipelineOptions:
     queue_frames: int = 16  #: decoded frames buffered ahead of batching
     in_flight_batches: int = 2  #: batches queued at the worker or awaiting encode
     priority: int = InferenceWorker.JOB_PRIORITY
+    weights: str | None = None  #: named weights the worker loads (None: its own model)
     #: Decoder and encoder threads. None: 1 when the model runs on the CPU (the model needs
     #: every core, and spinning OpenMP threads suffer badly from oversubscription), else
     #: FFmpeg's choice.
@@ -174,8 +175,9 @@ async def run_pipeline(
                 h, w = item.frames[0].size
                 out = output_spec(item.spec, output_size(h, w, options.scale)[0])
                 future = worker.submit(
-                    item.stacked(), item.spec, out, options.scale, options.priority
-                )
+                    item.stacked(), item.spec, out, options.scale, options.priority,
+                    options.weights,
+                )  # fmt: skip
                 await results_q.put((item, out, future))
             await results_q.put(_END)
 

@@ -36,6 +36,13 @@ class JobCreate(BaseModel):
     codec: Literal["h264", "hevc", "h264_nvenc", "hevc_nvenc"] = "h264"
     crf: int = Field(18, ge=0, le=51)
     preset: Literal[PRESETS] | None = None  # type: ignore[valid-type]
+    weights: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.pth$",
+        description="a weights file in the service's models folder (CARN_STREAM_MODELS_DIR), "
+        "e.g. a per-video model from `carn-stream tune`; default: the service's model",
+        examples=["clip-x4.pth"],
+    )
 
 
 class JobProgress(BaseModel):
@@ -55,6 +62,7 @@ class JobOut(BaseModel):
     started_at: float | None
     finished_at: float | None
     attempts: int
+    weights: str | None
     progress: JobProgress
     error: str | None
     links: dict[str, str]
@@ -76,6 +84,7 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             attempts=job.attempts,
+            weights=job.params.get("weights"),
             progress=JobProgress(
                 frames_done=job.frames_done,
                 frames_total=job.frames_total,
@@ -115,6 +124,14 @@ async def create_job(body: JobCreate, request: Request, store: Store, runner: Ru
         await asyncio.to_thread(validate_url, body.url, runner.policy)
     except FetchError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    if body.weights is not None:
+        folder = request.app.state.settings.models_dir
+        if folder is None or not (folder / body.weights).is_file():
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                f"no weights file {body.weights!r} in the service's models folder"
+                + ("" if folder else " (CARN_STREAM_MODELS_DIR is not set)"),
+            )
     params = body.model_dump(exclude={"url"})
     job = store.create(body.url, params)
     runner.wake()

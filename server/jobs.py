@@ -176,6 +176,7 @@ class JobRunner:
                 params["codec"], params["crf"], params.get("preset"), self.segment_seconds
             ),
             batch_size=batch,
+            weights=params.get("weights"),
         )
         started = time.monotonic()
         last_write = 0.0

@@ -9,11 +9,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.fetch import FetchError, FetchPolicy, check_address, validate_url
-from tests.media import decode_rgb, downscale_frames, facts, write_clip
+from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
 
 pytestmark = pytest.mark.slow
@@ -34,9 +35,26 @@ def media(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def models_dir(tmp_path_factory, weights_path) -> Path:
+    """A models folder holding ``bright.pth``: CARN-M whose output is 0.1 brighter."""
+    import torch
+
+    from model import carn_m, load_weights
+
+    folder = tmp_path_factory.mktemp("models")
+    model = carn_m()
+    load_weights(model, weights_path)
+    state = model.state_dict()
+    state["exit.bias"] = state["exit.bias"] + 0.1
+    torch.save(state, folder / "bright.pth")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir):
     proc = ServerProcess(tmp_path_factory.mktemp("service") / "data",
                          CARN_STREAM_MAX_CONCURRENT_JOBS="3",
+                         CARN_STREAM_MODELS_DIR=str(models_dir),
                          CARN_STREAM_MAX_INPUT_BYTES=str(20 * 1024**2))  # fmt: skip
     proc.start()
     yield proc
@@ -108,6 +126,22 @@ def test_mp4_job_serves_range_requests(server, media, tmp_path):
     got, src = facts(tmp_path / "out.mp4"), facts(root / "bunny.mp4")
     assert (got.width, got.height) == (480, 270)
     assert got.pts == src.pts and got.audio_packets == src.audio_packets
+
+
+def test_a_job_can_name_a_model_from_the_models_folder(server, media, tmp_path):
+    base, _ = media
+    plain = submit(server, f"{base}/carphone.mp4", scale=2, output="mp4")
+    bright = submit(server, f"{base}/carphone.mp4", scale=2, output="mp4", weights="bright.pth")
+    assert (plain["weights"], bright["weights"]) == (None, "bright.pth")
+    means = []
+    for job in (plain, bright):
+        done = server.wait_job(job["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded", done["error"]
+        path = tmp_path / f"{job['id']}.mp4"
+        path.write_bytes(server.call("GET", done["links"]["mp4"]).body)
+        means.append(np.mean([y.mean() for y in decode_y(path)]))
+    # +0.1 on every RGB channel is +0.1 * 219 = 22 luma codes (limited range).
+    assert means[1] - means[0] == pytest.approx(22, abs=3)
 
 
 def test_cancel_stops_a_running_job_and_frees_its_files(server, media):
@@ -208,6 +242,8 @@ def test_connection_refused_fails_the_job(server):
         ({"url": "http://127.0.0.1/x", "crf": 99}, "crf"),
         ({"url": "http://127.0.0.1/x", "colour": "blue"}, "colour"),
         ({"scale": 2}, "url"),
+        ({"url": "http://127.0.0.1/x", "weights": "missing.pth"}, "no weights file 'missing.pth'"),
+        ({"url": "http://127.0.0.1/x", "weights": "../bright.pth"}, "weights"),
     ],
 )
 def test_requests_that_can_be_judged_at_once_get_422(server, body, message):
