@@ -5,7 +5,8 @@
 
 For each size, real frames (a clip area-downscaled to the LR size) go through:
 - reference: the authors' style of inference, one frame at a time: uint8 HWC -> float tensor
-  -> CARN-M in fp32 (contiguous, default allocator settings aside) -> clamp -> uint8 on the host;
+  -> CARN-M in fp32 (eager, contiguous) -> clamp -> uint8 on the host, in a separate process
+  with the default allocator, as users of the reference code run it;
 - the project's engine in each mode: upload, colour conversion, network, 4:2:0 conversion
   and download, as the pipeline runs it.
 Printed per row: median and p99 latency per frame, fps, ratio reference / mode, and PSNR of
@@ -16,7 +17,10 @@ and the fraction of the measured fp16 matmul peak reached (CARN-M Mult-Adds x 2 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from functools import partial
@@ -58,16 +62,35 @@ def timed(call, items: list, repeats: int, sync) -> list[float]:
     return times
 
 
-def reference(model: torch.nn.Module, device: torch.device):
-    """The reference implementation's loop: plain fp32 eager, per frame, host round trip."""
+def reference_times(device: str, size: tuple[int, int, int], repeats: int) -> list[float]:
+    """The reference implementation's loop (plain fp32 eager, one frame at a time, host round
+    trip), timed in a fresh process as its users run it: the C library's default allocator,
+    nothing preloaded, no tuning."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    w, h, s = size
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]);"
+        "from infer import reference_loop; print(json.dumps(reference_loop(*sys.argv[2:])))"
+    )
+    args = [str(Path(__file__).parent), device, str(w), str(h), str(s), str(repeats)]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def reference_loop(device: str, w: str, h: str, scale: str, repeats: str) -> list[float]:
+    dev = torch.device(device)
+    model = official_model().to(dev)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
     @torch.no_grad()
     def run(frame: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(frame.transpose(2, 0, 1).astype(np.float32) / 255)[None]
-        y = model(x.to(device), run.scale)
+        y = model(x.to(dev), int(scale))
         return (y.clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).cpu().numpy()
 
-    return run
+    return timed(run, real_frames(int(w), int(h), 4), int(repeats), sync)
 
 
 def upscale(engine: Engine, scale: int, planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -101,18 +124,22 @@ def main() -> int:
     parser.add_argument("--modes", help="default: fp32,bf16,int8 on CPU; fp32,bf16,fp16 on CUDA")
     parser.add_argument("--repeats", type=int, default=0, help="default 3 on CPU, 50 on CUDA")
     parser.add_argument("--batch", type=int, default=8, help="batched fps on CUDA")
+    parser.add_argument("--int8-backend", default="auto", help="openvino or onnxruntime")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
-    tune_allocator()
+    tune_allocator()  # what `carn-stream` does (unless jemalloc is preloaded)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     modes = (args.modes or ("fp32,bf16,fp16" if cuda else "fp32,bf16,int8")).split(",")
     repeats = args.repeats or (50 if cuda else 3)
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     model = official_model()
-    ref = reference(official_model().to(device), device)
     peak = peak_flops(device) if cuda else None
-    header = f"device: {device} ({device_name(device)}), torch {torch.__version__}"
+    allocator = "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc tuned"
+    header = (
+        f"device: {device} ({device_name(device)}), torch {torch.__version__}; engine "
+        f"allocator: {allocator}; reference: separate process, default allocator"
+    )
     if peak:
         header += f", measured fp16 matmul peak {peak / 1e12:.0f} TFLOP/s"
     print(header, file=sys.stderr)
@@ -120,14 +147,16 @@ def main() -> int:
     for size in args.sizes.split(","):
         w, h, scale = parse_size(size)
         frames = real_frames(w, h, 4)
-        ref.scale = scale
-        ref_times = timed(ref, frames, repeats, sync)
+        ref_times = reference_times(str(device), (w, h, scale), repeats)
         ref_ms = statistics.median(ref_times) * 1000
         macs = mult_adds(model, scale, (h * scale, w * scale))
         fp32_y = None
         for mode in modes:
             try:
-                engine = Engine(model, EngineConfig(device=str(device), precision=mode))
+                config = EngineConfig(
+                    device=str(device), precision=mode, int8_backend=args.int8_backend
+                )
+                engine = Engine(model, config)
             except (ValueError, RuntimeError) as exc:
                 print(f"  {size} {mode}: skipped ({exc})", file=sys.stderr)
                 continue

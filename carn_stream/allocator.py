@@ -46,7 +46,7 @@ JEMALLOC_PATHS = (
 )
 #: jemalloc options: transparent huge pages for the large activation buffers, background purging.
 JEMALLOC_CONF = "background_thread:true,metadata_thp:auto,thp:always,dirty_decay_ms:30000"
-ALLOCATORS = ("auto", "jemalloc", "glibc")
+ALLOCATORS = ("glibc", "jemalloc")
 
 
 def find_jemalloc() -> str | None:
@@ -58,21 +58,21 @@ def jemalloc_loaded() -> bool:
 
 
 def relaunch_with_jemalloc(choice: str, argv: list[str]) -> None:
-    """Re-execute this command with jemalloc preloaded, the faster allocator for PyTorch's CPU
-    kernels (docs/PERFORMANCE.md). ``auto`` uses it when installed; ``glibc`` never; ``jemalloc``
-    insists. Returns only when no relaunch happens."""
+    """With ``jemalloc``, re-execute this command with jemalloc preloaded (and transparent huge
+    pages); with ``glibc`` keep glibc's malloc, tuned by :func:`tune_allocator`. Measured on
+    2 cores (docs/PERFORMANCE.md) the tuned glibc is as fast or faster, and OpenVINO's int8
+    path crashes under a preloaded jemalloc, so glibc is the default. Returns only when no
+    relaunch happens."""
     if choice not in ALLOCATORS:
         raise ValueError(f"allocator must be one of {ALLOCATORS}, got {choice!r}")
     if choice == "glibc" or jemalloc_loaded() or not sys.platform.startswith("linux"):
         return
     library = find_jemalloc()
     if library is None:
-        if choice == "jemalloc":
-            raise RuntimeError(
-                "CARN_STREAM_ALLOCATOR=jemalloc but libjemalloc.so.2 is not installed "
-                "(Debian/Ubuntu: apt-get install libjemalloc2)"
-            )
-        return
+        raise RuntimeError(
+            "CARN_STREAM_ALLOCATOR=jemalloc but libjemalloc.so.2 is not installed "
+            "(Debian/Ubuntu: apt-get install libjemalloc2)"
+        )
     env = dict(os.environ)
     env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD", "")]))
     env.setdefault("MALLOC_CONF", JEMALLOC_CONF)

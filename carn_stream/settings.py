@@ -49,9 +49,9 @@ class Settings:
     #: ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU, needs the ``int8`` extra).
     precision: str = "auto"
 
-    #: Memory allocator for ``serve`` and ``upscale``: ``auto`` (jemalloc when installed,
-    #: else glibc tuned for large buffers), ``jemalloc`` or ``glibc``.
-    allocator: str = "auto"
+    #: Memory allocator for ``serve`` and ``upscale``: ``glibc`` (tuned for large buffers) or
+    #: ``jemalloc`` (preloaded by relaunching; not with int8).
+    allocator: str = "glibc"
 
     # ---- service
     #: Address and port ``carn-stream serve`` listens on.

@@ -287,9 +287,7 @@ def _official_key(key: str, scales: tuple[int, ...]) -> str:
     return key  # entry.*, exit.*: same names; anything else is reported by the strict load
 
 
-def load_weights(
-    model: nn.Module, weights: CARNMWeights | Weights | Path | str, **resolve
-) -> Path:
+def load_weights(model: nn.Module, weights: CARNMWeights | Weights | Path | str, **resolve) -> Path:
     """Load a registry entry or a file into ``model``; any key or shape mismatch raises.
 
     ``resolve`` is passed to :func:`resolve_weights_file` for registry entries

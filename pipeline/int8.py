@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ BACKENDS = ("auto", "openvino", "onnxruntime")
 RECIPE_VERSION = 1
 CALIBRATION_CROP = 96  #: LR side of calibration crops
 CALIBRATION_CROPS = 16
+MAX_COMPILED = 8  #: compiled models kept, one per (scale, input shape)
 
 
 class Int8Unavailable(RuntimeError):
@@ -182,7 +184,7 @@ class Int8Runner:
         self.cache_dir = cache_dir / "int8"
         self.threads = threads or torch.get_num_threads()
         self._models: dict[int, Path] = {}
-        self._compiled: dict[tuple, object] = {}
+        self._compiled: OrderedDict[tuple, object] = OrderedDict()
         self._core = None
 
     # ------------------------------------------------------------------ preparation
@@ -226,6 +228,9 @@ class Int8Runner:
         run = self._compiled.get(key)
         if run is None:
             run = self._compiled[key] = self._compile(self._models[scale], shape)
+            while len(self._compiled) > MAX_COMPILED:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(key)
         return run
 
     def _compile(self, path: Path, shape: tuple[int, ...]):

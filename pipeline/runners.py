@@ -44,12 +44,17 @@ class MixedPrecisionCARN(nn.Module):
 class TorchRunner:
     """Eager PyTorch with the weights in ``dtype`` and, optionally, channels-last layout.
 
-    Works on its own copy of ``model``, so engines of different precisions can share one."""
+    Converts a copy of ``model`` (never the caller's), so engines of different precisions and
+    devices can share one; an fp32 CPU model is used as it is."""
 
     def __init__(
         self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool
     ) -> None:
-        model = copy.deepcopy(model).eval().to(device)
+        param = next(model.parameters(), None)
+        same = param is None or (param.device == device and param.dtype == dtype)
+        if not same or channels_last:
+            model = copy.deepcopy(model)
+        model = model.eval().to(device)
         if dtype != torch.float32 and isinstance(model, CARN):
             self.model: nn.Module = MixedPrecisionCARN(model, dtype)
             dtype = torch.float32  # the wrapper takes fp32 input

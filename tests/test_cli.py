@@ -132,6 +132,7 @@ def test_bad_input_gives_one_clear_line_and_exit_1(args, message, tmp_path, weig
         env={
             "XDG_CACHE_HOME": str(tmp_path / "cache"),
             "CARN_STREAM_ALLOW_DOWNLOAD": "0",
+            "CARN_STREAM_ALLOW_BUNDLED_WEIGHTS": "0",
             "CARN_WEIGHTS": "",
         },
     )

@@ -103,6 +103,13 @@ def test_official_carn_m_reproduces_the_paper_on_set14(official_carn_m, data_dir
     _check_against_paper(official_carn_m, data_dir, "Set14", scale)
 
 
+def test_docs_bundled_weights_table_is_generated_from_the_registry():
+    from model.report import bundled_table
+    from tests.conftest import REPO_ROOT
+
+    assert bundled_table() in (REPO_ROOT / "docs" / "TRAINING.md").read_text()
+
+
 def test_docs_metrics_table_is_generated_from_the_registry():
     from model.report import metrics_table
     from tests.conftest import REPO_ROOT

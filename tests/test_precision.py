@@ -77,6 +77,10 @@ def test_int8_quantizes_once_per_weights_and_calibration_and_stays_close(
     again.calibrate(2, frames[:2], "carphone-test")
     assert cached[0].stat().st_mtime_ns == stamp
     assert np.array_equal(again.upscale([frames[2][None]], RGB, 2, OUT)[0], b)
+    # Another input size runs the same quantized model, compiled for that shape.
+    small = again.upscale([frames[2][None, :48, :64]], RGB, 2, OUT)[0]
+    assert small.shape == (1, 96, 128)
+    assert luma_psnr(fp32.upscale([frames[2][None, :48, :64]], RGB, 2, OUT)[0], small) > 42
 
 
 def test_engine_rgb_path_matches_the_evaluation_upscaler(official_carn_m, frames):

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.fetch import FetchError, FetchPolicy, check_address, validate_url
+from tests.conftest import official_weights_path
 from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
 
@@ -73,7 +74,8 @@ def submit(server: ServerProcess, url: str, **fields) -> dict:
 def test_health_and_readiness(server):
     assert server.call("GET", "/healthz").json() == {"status": "ok"}
     ready = server.call("GET", "/readyz").json()
-    assert ready == {"ready": True, "model_loaded": True, "store_writable": True}
+    assert ready == {"ready": True, "model_loaded": True, "store_writable": True,
+                     "weights": str(official_weights_path())}  # fmt: skip
     assert server.call("GET", "/openapi.json").json()["paths"]["/jobs"]
 
 

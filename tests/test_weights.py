@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -168,3 +169,72 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (REPO_ROOT / "README.md").read_text()
     for f in fields(Settings):
         assert f"`CARN_STREAM_{f.name.upper()}`" in readme, f.name
+
+
+# --------------------------------------------------------------------------- bundled weights
+
+BUNDLED = CARNMWeights.BUNDLED.value
+
+
+def test_bundled_weights_ship_in_the_package_small_checked_and_loadable():
+    from model.weights import bundled_file
+
+    path = bundled_file(BUNDLED)  # checks the registry's sha256
+    assert path.stat().st_size <= 2_000_000
+    model = carn_m()
+    load_weights(model, CARNMWeights.BUNDLED)
+    assert BUNDLED.meta["scales"] == (2, 3, 4)
+    assert set(BUNDLED.meta["metrics"]) == {"Set5", "Set14"}
+
+
+@pytest.mark.slow
+def test_bundled_weights_measure_what_their_metadata_says(data_dir):
+    from model.evaluation import evaluate
+    from model.inference import upscale_rgb
+    from pipeline.images import iter_images
+
+    model = carn_m().eval()
+    load_weights(model, CARNMWeights.BUNDLED)
+    for scale in (2, 4):
+        summary = evaluate(
+            iter_images(data_dir / "images" / "Set5"),
+            lambda im, s: upscale_rgb(model, im, s),
+            scale,
+        ).summary()
+        psnr, ssim = BUNDLED.meta["metrics"]["Set5"][scale]
+        assert summary["psnr"] == pytest.approx(psnr, abs=0.01)
+        assert summary["ssim"] == pytest.approx(ssim, abs=0.0001)
+        assert summary["psnr"] > summary["bicubic_psnr"]  # honest, but still worth shipping
+
+
+def test_without_the_official_weights_the_bundled_ones_stand_in_with_a_warning(tmp_path):
+    notes: list[str] = []
+    found = resolve_weights_file(
+        OFFICIAL, cache_dir=tmp_path, allow_download=False, fallback=BUNDLED,
+        on_fallback=notes.append,
+    )  # fmt: skip
+    assert found == BUNDLED.bundled_path
+    (note,) = notes
+    assert "downloading is disabled" in note and "bundled" in note
+    set5 = BUNDLED.meta["metrics"]["Set5"]
+    assert f"{set5[2][0]:.2f}" in note and "37.62" in note  # its quality and the official one
+
+
+def test_cli_upscales_with_the_bundled_weights_and_says_so(data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.images import read_rgb, write_png
+
+    image = tmp_path / "in.png"
+    write_png(image, read_rgb(data_dir / "images" / "Set5" / "bird.png")[:24, :24])
+    env = {**os.environ, "CARN_WEIGHTS": "", "CARN_STREAM_ALLOW_DOWNLOAD": "0",
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "carn_stream.cli", "upscale-image", str(image),
+         str(tmp_path / "out.png"), "--scale", "2"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "warning: the official weights are unavailable" in result.stderr
+    assert read_rgb(tmp_path / "out.png").shape == (48, 48, 3)
