@@ -54,3 +54,10 @@ def real_frames(width: int, height: int, count: int, clip: str = "bigbuckbunny.m
             if len(frames) == count:
                 break
     return [np.ascontiguousarray(f) for f in frames]
+
+
+def emit_table(table: str, markdown: Path | None) -> None:
+    """Print a result table, and write it to ``markdown`` when given."""
+    print(table)
+    if markdown:
+        markdown.write_text(table + "\n")

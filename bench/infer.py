@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_name, official_model, real_frames
+from common import device_name, emit_table, official_model, real_frames
 
 from carn_stream.allocator import tune_allocator
 from model.complexity import mult_adds
@@ -199,10 +199,7 @@ def main() -> int:
         if cuda:
             line += f" {r['batch_fps']:.0f} | {r['mem_gib']:.2f} | {r['roofline']:.1%} |"
         lines.append(line)
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
+    emit_table("\n".join(lines), args.markdown)
     return 0
 
 

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA, cpu_name, official_model
+from common import DATA, cpu_name, emit_table, official_model
 
 from carn_stream.allocator import tune_allocator
 from model.inference import upscale_rgb
@@ -153,10 +153,7 @@ def main() -> int:
         lines.append(
             f"| {label} | {frames} | {m:.2f} | {e:.2f} | {n:.2f} | {e / m:.2f} | {e / n:.2f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
+    emit_table("\n".join(lines), args.markdown)
     return 0
 
 

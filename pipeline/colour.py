@@ -82,6 +82,15 @@ def yuv_to_rgb(y: Tensor, u: Tensor | None, v: Tensor | None, spec: ColourSpec) 
     return torch.stack([r, g, b], dim=1).clamp(0, 1)
 
 
+def planes_to_rgb(planes: list[Tensor], spec: ColourSpec) -> Tensor:
+    """A frame's (stacked) planes in their own layout -> RGB float (N, 3, H, W) in [0, 1]."""
+    if spec.layout == "rgb":
+        return rgb8_to_float(planes[0], spec.bits)
+    if spec.layout == "gray":
+        return yuv_to_rgb(planes[0], None, None, spec)
+    return yuv_to_rgb(planes[0], planes[1], planes[2], spec)
+
+
 def rgb_to_yuv420(rgb: Tensor, spec: ColourSpec) -> tuple[Tensor, Tensor, Tensor]:
     """RGB float (N, 3, H, W) in [0, 1], H and W even -> 8-bit limited-range Y, U, V planes.
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from model.inference import pick_device
-from pipeline.colour import ColourSpec, rgb8_to_float, rgb_to_yuv420, yuv_to_rgb
+from pipeline.colour import ColourSpec, planes_to_rgb, rgb8_to_float, rgb_to_yuv420
 from pipeline.runners import CudaGraphRunner, TorchRunner
 from pipeline.tiling import tiled_forward
 
@@ -174,13 +174,7 @@ class Engine:
         """Start a batch; on CUDA this returns before the device is done."""
         started = time.monotonic()
         self._launches += 1  # alternates the pinned buffers: one batch in flight, one landing
-        tensors = [self._to_device(p) for p in planes]
-        if spec.layout == "rgb":
-            rgb = rgb8_to_float(tensors[0], spec.bits)
-        elif spec.layout == "gray":
-            rgb = yuv_to_rgb(tensors[0], None, None, spec)
-        else:
-            rgb = yuv_to_rgb(tensors[0], tensors[1], tensors[2], spec)
+        rgb = planes_to_rgb([self._to_device(p) for p in planes], spec)
         sr = self._forward(rgb, scale, self.config.tile).float().clamp_(0, 1)
         h, w = output_size(rgb.shape[-2], rgb.shape[-1], scale)
         yuv = list(rgb_to_yuv420(sr[..., :h, :w], out))

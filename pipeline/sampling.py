@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.colour import rgb8_to_float, yuv_to_rgb
+from pipeline.colour import planes_to_rgb
 from pipeline.decode import demux_frames, describe, open_input
 from pipeline.errors import InputError
 from pipeline.frames import SourceFrame
@@ -25,14 +25,7 @@ def frame_to_rgb(frame: SourceFrame) -> np.ndarray:
         torch.from_numpy(p.astype(np.int32) if p.dtype != np.uint8 else p)[None]
         for p in frame.planes
     ]
-    spec = frame.spec
-    if spec.layout == "rgb":
-        rgb = rgb8_to_float(planes[0], spec.bits)
-    elif spec.layout == "gray":
-        rgb = yuv_to_rgb(planes[0], None, None, spec)
-    else:
-        rgb = yuv_to_rgb(planes[0], planes[1], planes[2], spec)
-    out = rgb[0].mul(255).round_().to(torch.uint8).permute(1, 2, 0)
+    out = planes_to_rgb(planes, frame.spec)[0].mul(255).round_().to(torch.uint8).permute(1, 2, 0)
     return np.ascontiguousarray(out.numpy())
 
 
