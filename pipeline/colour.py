@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -80,6 +81,13 @@ def yuv_to_rgb(y: Tensor, u: Tensor | None, v: Tensor | None, spec: ColourSpec) 
     b = luma + 2 * (1 - kb) * cb
     g = (luma - kr * r - kb * b) / kg
     return torch.stack([r, g, b], dim=1).clamp(0, 1)
+
+
+def plane_tensor(array: np.ndarray) -> Tensor:
+    """A plane as a CPU tensor; 16-bit samples widen to int32 (torch has few uint16 kernels)."""
+    if array.dtype == np.uint16:
+        array = array.astype(np.int32)
+    return torch.from_numpy(array)
 
 
 def planes_to_rgb(planes: list[Tensor], spec: ColourSpec) -> Tensor:

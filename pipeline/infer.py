@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from model.inference import pick_device
-from pipeline.colour import ColourSpec, planes_to_rgb, rgb8_to_float, rgb_to_yuv420
+from pipeline.colour import ColourSpec, plane_tensor, planes_to_rgb, rgb8_to_float, rgb_to_yuv420
 from pipeline.runners import CudaGraphRunner, TorchRunner
 from pipeline.tiling import tiled_forward
 
@@ -148,9 +148,7 @@ class Engine:
         return buf
 
     def _to_device(self, array: np.ndarray) -> Tensor:
-        if array.dtype == np.uint16:
-            array = array.astype(np.int32)  # torch has few uint16 kernels
-        host = torch.from_numpy(array)
+        host = plane_tensor(array)
         if not self.cuda:
             return host
         buf = self._pinned_buffer(tuple(host.shape), host.dtype, f"in{self._launches % 2}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.colour import planes_to_rgb
+from pipeline.colour import plane_tensor, planes_to_rgb
 from pipeline.decode import demux_frames, describe, open_input
 from pipeline.errors import InputError
 from pipeline.frames import SourceFrame
@@ -21,10 +21,7 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".y4m"
 
 def frame_to_rgb(frame: SourceFrame) -> np.ndarray:
     """A decoded frame as HxWx3 uint8 RGB."""
-    planes = [
-        torch.from_numpy(p.astype(np.int32) if p.dtype != np.uint8 else p)[None]
-        for p in frame.planes
-    ]
+    planes = [plane_tensor(p)[None] for p in frame.planes]
     out = planes_to_rgb(planes, frame.spec)[0].mul(255).round_().to(torch.uint8).permute(1, 2, 0)
     return np.ascontiguousarray(out.numpy())
 
