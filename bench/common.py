@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from pathlib import Path
 
 import av
@@ -12,8 +11,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 DATA = Path(os.environ.get("CARN_STREAM_TEST_DATA", ROOT.parent / "shared" / "data"))
 
@@ -35,7 +32,7 @@ def device_name(device: torch.device) -> str:
 
 
 def official_model() -> torch.nn.Module:
-    from model import carn_m, load_weights
+    from carn_stream.model import carn_m, load_weights
 
     model = carn_m()
     load_weights(model, Path(os.environ.get("CARN_WEIGHTS", DATA / "weights" / "carn_m.pth")))

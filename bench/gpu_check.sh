@@ -11,13 +11,18 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# carn_stream as it installs (the rooms inside one package), without a build step.
+stage=$(mktemp -d)
+cp -r carn_stream "$stage/carn_stream"
+for room in model pipeline server; do ln -s "$PWD/$room" "$stage/carn_stream/$room"; done
+export PYTHONPATH=$stage:$PYTHONPATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 - <<'PY' 2>&1 | tee "$out/cuda_checks.txt"
 import os, sys, numpy as np, torch
 sys.path.insert(0, "bench")
 from common import official_model, real_frames
-from pipeline.colour import ColourSpec
-from pipeline.infer import Engine, EngineConfig
+from carn_stream.pipeline.colour import ColourSpec
+from carn_stream.pipeline.infer import Engine, EngineConfig
 rgb, yuv = ColourSpec("rgb"), ColourSpec("yuv")
 model = official_model()
 frames = [np.stack(real_frames(160, 90, 4))]

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, emit_table, official_model, real_frames
 
 from carn_stream.allocator import tune_allocator
-from model.complexity import mult_adds
-from model.inference import pick_device
-from pipeline.colour import ColourSpec
-from pipeline.infer import Engine, EngineConfig
+from carn_stream.model.complexity import mult_adds
+from carn_stream.model.inference import pick_device
+from carn_stream.pipeline.colour import ColourSpec
+from carn_stream.pipeline.infer import Engine, EngineConfig
 
 SIZES = ["176x144x2", "320x180x4", "640x360x2", "480x270x4", "960x540x2"]
 RGB, OUT = ColourSpec("rgb"), ColourSpec("yuv", bits=8, matrix=1)

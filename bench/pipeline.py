@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, cpu_name, emit_table, official_model
 
 from carn_stream.allocator import tune_allocator
-from model.inference import upscale_rgb
-from pipeline.colour import ColourSpec, output_spec
-from pipeline.decode import frame_planes
-from pipeline.encode import EncoderOptions
-from pipeline.infer import Engine, EngineConfig, InferenceWorker, output_size
-from pipeline.run import PipelineOptions, run_pipeline
+from carn_stream.model.inference import upscale_rgb
+from carn_stream.pipeline.colour import ColourSpec, output_spec
+from carn_stream.pipeline.decode import frame_planes
+from carn_stream.pipeline.encode import EncoderOptions
+from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker, output_size
+from carn_stream.pipeline.run import PipelineOptions, run_pipeline
 
 CASES = [  # (label, source clip, LR width, LR height, scale)
     ("176x144 x2", "carphone_pristine.mp4", 176, 144, 2),

@@ -20,7 +20,7 @@ class CLIError(Exception):
 
 
 def _scale(text: str) -> int:
-    from model import SUPPORTED_SCALES
+    from carn_stream.model import SUPPORTED_SCALES
 
     try:
         value = int(text)
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p)
     p.set_defaults(run=cmd_train)
 
-    from model.training import TUNE_DEFAULTS
+    from carn_stream.model.training import TUNE_DEFAULTS
 
     p = sub.add_parser(
         "tune",
@@ -189,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from carn_stream.loading import start_worker
-    from server.app import create_app
+    from carn_stream.server.app import create_app
 
     settings = _settings(args).with_overrides(
         host=args.host, port=args.port, data_dir=args.data_dir
@@ -203,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from model.complexity import describe_published_models
+    from carn_stream.model.complexity import describe_published_models
 
     rows = describe_published_models()
     if args.json:
@@ -226,10 +226,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from carn_stream.loading import load_model
+    from carn_stream.model.evaluation import evaluate
+    from carn_stream.pipeline.images import IMAGE_SUFFIXES, iter_images
+    from carn_stream.pipeline.infer import PRECISIONS, Engine, EngineConfig
     from carn_stream.progress import ProgressBar
-    from model.evaluation import evaluate
-    from pipeline.images import IMAGE_SUFFIXES, iter_images
-    from pipeline.infer import PRECISIONS, Engine, EngineConfig
 
     if not args.data.is_dir():
         raise CLIError(f"--data {args.data}: not a folder")
@@ -290,13 +290,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _calibrate(engine, source: Path, scale: int) -> None:
     """int8 activation ranges from LR versions (benchmark bicubic) of ``source``'s images."""
+    from carn_stream.model.evaluation import crop_to_multiple, degrade
     from carn_stream.train_commands import gather_images
-    from model.evaluation import crop_to_multiple, degrade
 
     if source.is_dir():
         items = gather_images([source], frames_per_video=8)
     else:
-        from pipeline.sampling import sample_frames
+        from carn_stream.pipeline.sampling import sample_frames
 
         items = [(f"frame{i}", f) for i, f in enumerate(sample_frames(source, 8))]
     frames = [degrade(crop_to_multiple(image, scale), scale) for _, image in items[:16]]
@@ -310,10 +310,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     import asyncio
 
     from carn_stream.loading import start_worker
+    from carn_stream.pipeline.encode import EncoderOptions, codec_settings
+    from carn_stream.pipeline.hls import hls_muxer_options
+    from carn_stream.pipeline.run import PipelineOptions, run_pipeline
     from carn_stream.progress import ProgressBar
-    from pipeline.encode import EncoderOptions, codec_settings
-    from pipeline.hls import hls_muxer_options
-    from pipeline.run import PipelineOptions, run_pipeline
 
     fmt = args.format or ("mp4" if args.output.suffix else "hls")
     encoder = EncoderOptions(args.codec, args.crf, args.preset, args.segment_seconds)
@@ -369,8 +369,8 @@ def _interrupt(signum, frame) -> None:
 
 def cmd_upscale_image(args: argparse.Namespace) -> int:
     from carn_stream.loading import load_model
-    from model.inference import upscale_rgb
-    from pipeline.images import read_rgb, write_png
+    from carn_stream.model.inference import upscale_rgb
+    from carn_stream.pipeline.images import read_rgb, write_png
 
     if args.output.suffix.lower() != ".png":
         raise CLIError(f"output {args.output} must be a .png file")
@@ -386,10 +386,10 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from carn_stream.model.weights import WeightsError
+    from carn_stream.pipeline.errors import PipelineError
+    from carn_stream.pipeline.images import ImageError
     from carn_stream.train_commands import TrainingError
-    from model.weights import WeightsError
-    from pipeline.errors import PipelineError
-    from pipeline.images import ImageError
 
     return (
         CLIError,

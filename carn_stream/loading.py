@@ -6,10 +6,10 @@ import logging
 import sys
 from pathlib import Path
 
+from carn_stream.model import CARN, CARNMWeights, WeightsError, carn_m, load_weights
+from carn_stream.model.inference import pick_device
+from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.settings import Settings
-from model import CARN, CARNMWeights, WeightsError, carn_m, load_weights
-from model.inference import pick_device
-from pipeline.infer import Engine, EngineConfig, InferenceWorker
 
 log = logging.getLogger(__name__)
 

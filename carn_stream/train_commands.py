@@ -28,8 +28,8 @@ class TrainingError(Exception):
 
 
 def add_config_options(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
-    """One flag per :class:`model.training.TrainConfig` field (``--batch-size`` ...)."""
-    from model.training import TrainConfig
+    """One flag per :class:`carn_stream.model.training.TrainConfig` field (``--batch-size`` ...)."""
+    from carn_stream.model.training import TrainConfig
 
     p.add_argument("--config", type=Path, help="JSON file of training settings")
     group = p.add_argument_group("training settings (override --config and the defaults)")
@@ -56,7 +56,7 @@ def _scales(text: str) -> tuple[int, ...]:
 
 
 def build_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None):
-    from model.training import TrainConfig
+    from carn_stream.model.training import TrainConfig
 
     config = TrainConfig.from_dict(defaults or {})
     if getattr(args, "config", None):
@@ -78,8 +78,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def gather_images(folders: Sequence[Path], frames_per_video: int) -> list[tuple[str, np.ndarray]]:
     """Every image in the folders, plus evenly spaced frames of every video in them."""
-    from pipeline.images import IMAGE_SUFFIXES, read_rgb
-    from pipeline.sampling import VIDEO_SUFFIXES, sample_frames
+    from carn_stream.pipeline.images import IMAGE_SUFFIXES, read_rgb
+    from carn_stream.pipeline.sampling import VIDEO_SUFFIXES, sample_frames
 
     items: list[tuple[str, np.ndarray]] = []
     for folder in folders:
@@ -110,8 +110,8 @@ def _start_model(settings: Settings, init: str | None, seed: int):
     import torch
 
     from carn_stream.loading import load_model
-    from model import carn_m
-    from model.training import init_uniform
+    from carn_stream.model import carn_m
+    from carn_stream.model.training import init_uniform
 
     if init is None:
         torch.manual_seed(seed)
@@ -135,8 +135,8 @@ class _TrainProgress:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from model.inference import pick_device
-    from model.training import CHECKPOINT_FILE, Trainer
+    from carn_stream.model.inference import pick_device
+    from carn_stream.model.training import CHECKPOINT_FILE, Trainer
 
     run_dir: Path = args.run_dir
     if args.resume:
@@ -176,16 +176,16 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     """Fine-tune on one video's frames; report held-out PSNR against the starting weights."""
     import torch
 
-    from model.evaluation import evaluate
-    from model.inference import pick_device, upscale_rgb
-    from model.training import TUNE_DEFAULTS, WEIGHTS_FILE, Trainer
+    from carn_stream.model.evaluation import evaluate
+    from carn_stream.model.inference import pick_device, upscale_rgb
+    from carn_stream.model.training import TUNE_DEFAULTS, WEIGHTS_FILE, Trainer
 
     if args.output.suffix != ".pth":
         raise TrainingError(f"output {args.output} must end in .pth")
     if not args.output.parent.is_dir():
         raise TrainingError(f"output folder {args.output.parent} does not exist")
     config = build_config(args, {**TUNE_DEFAULTS, "scales": (args.scale,)})
-    from pipeline.sampling import sample_frames
+    from carn_stream.pipeline.sampling import sample_frames
 
     frames = sample_frames(args.video, args.frames)
     train, held = split_holdout(list(enumerate(frames)), args.holdout_every)

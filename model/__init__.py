@@ -1,7 +1,15 @@
 """CARN / CARN-M networks, weights, complexity counts and the evaluation protocol."""
 
-from model.carn import CARN, SUPPORTED_SCALES, carn, carn_m, carn_ng, carn_nl, resnet_baseline
-from model.weights import CARNMWeights, Weights, WeightsError, load_weights
+from carn_stream.model.carn import (
+    CARN,
+    SUPPORTED_SCALES,
+    carn,
+    carn_m,
+    carn_ng,
+    carn_nl,
+    resnet_baseline,
+)
+from carn_stream.model.weights import CARNMWeights, Weights, WeightsError, load_weights
 
 __all__ = [
     "CARN",

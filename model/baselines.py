@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from model.carn import SUPPORTED_SCALES
-from model.imresize import imresize
+from carn_stream.model.carn import SUPPORTED_SCALES
+from carn_stream.model.imresize import imresize
 
 
 class Bicubic(nn.Module):
-    """MATLAB-style bicubic upscaling: ``forward(x, scale)`` like :class:`model.carn.CARN`."""
+    """MATLAB-style bicubic upscaling: ``forward(x, scale)`` like :class:`~.carn.CARN`."""
 
     def __init__(self, scales: Sequence[int] = SUPPORTED_SCALES) -> None:
         super().__init__()

@@ -213,7 +213,7 @@ def carn_m(
 ) -> CARN:
     """CARN-M: residual-E blocks with group convs, recursive blocks, group-conv upsampler.
 
-    ``weights`` takes a :class:`model.weights.CARNMWeights` entry or a path.
+    ``weights`` takes a :class:`carn_stream.model.weights.CARNMWeights` entry or a path.
     """
     if weights is not None:
         scales = getattr(weights, "meta", {}).get("scales", scales)
@@ -240,7 +240,7 @@ def resnet_baseline(**kwargs) -> CARN:
 def _with_weights(model: CARN, weights: object) -> CARN:
     if weights is None:
         return model
-    from model.weights import load_weights  # local import: weights imports this module
+    from carn_stream.model.weights import load_weights  # local import: weights imports this module
 
     load_weights(model, weights)
     return model

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from model.imresize import bicubic_uint8
-from model.metrics import psnr, rgb_to_y, shave, ssim
+from carn_stream.model.imresize import bicubic_uint8
+from carn_stream.model.metrics import psnr, rgb_to_y, shave, ssim
 
 Upscaler = Callable[[np.ndarray, int], np.ndarray]
 

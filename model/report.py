@@ -1,4 +1,4 @@
-"""Markdown tables generated from the weights registry (``python -m model.report``).
+"""Markdown tables generated from the weights registry (``python -m carn_stream.model.report``).
 
 docs/MODEL.md and docs/TRAINING.md embed this output; tests keep them equal, so numbers live
 in one place.
@@ -6,7 +6,7 @@ in one place.
 
 from __future__ import annotations
 
-from model.weights import CARNMWeights
+from carn_stream.model.weights import CARNMWeights
 
 
 def metrics_table(entry: CARNMWeights = CARNMWeights.OFFICIAL) -> str:

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from model.carn import CARN
-from model.evaluation import evaluate
-from model.inference import upscale_rgb
-from model.training_data import PatchBatches, make_pairs
+from carn_stream.model.carn import CARN
+from carn_stream.model.evaluation import evaluate
+from carn_stream.model.inference import upscale_rgb
+from carn_stream.model.training_data import PatchBatches, make_pairs
 
 CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE, WEIGHTS_FILE = (
     "config.json",

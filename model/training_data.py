@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.evaluation import crop_to_multiple, degrade
+from carn_stream.model.evaluation import crop_to_multiple, degrade
 
 
 @dataclass(frozen=True)

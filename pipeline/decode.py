@@ -10,9 +10,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.colour import ColourSpec, effective_matrix, is_full_range
-from pipeline.errors import InputError
-from pipeline.frames import SourceFrame
+from carn_stream.pipeline.colour import ColourSpec, effective_matrix, is_full_range
+from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.frames import SourceFrame
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import av
 
-from pipeline.colour import RANGE_LIMITED, ColourSpec
-from pipeline.decode import AudioItem
-from pipeline.errors import OutputError
-from pipeline.frames import UpscaledFrame
-from pipeline.hls import PLAYLIST_NAME, hls_muxer_options
+from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec
+from carn_stream.pipeline.decode import AudioItem
+from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.frames import UpscaledFrame
+from carn_stream.pipeline.hls import PLAYLIST_NAME, hls_muxer_options
 
 CODECS = {
     "h264": "libx264",

@@ -9,7 +9,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from pipeline.colour import ColourSpec
+from carn_stream.pipeline.colour import ColourSpec
 
 
 @dataclass

@@ -21,10 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.inference import pick_device
-from pipeline.colour import ColourSpec, plane_tensor, planes_to_rgb, rgb8_to_float, rgb_to_yuv420
-from pipeline.runners import CudaGraphRunner, TorchRunner
-from pipeline.tiling import tiled_forward
+from carn_stream.model.inference import pick_device
+from carn_stream.pipeline.colour import (
+    ColourSpec,
+    plane_tensor,
+    planes_to_rgb,
+    rgb8_to_float,
+    rgb_to_yuv420,
+)
+from carn_stream.pipeline.runners import CudaGraphRunner, TorchRunner
+from carn_stream.pipeline.tiling import tiled_forward
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +131,7 @@ class Engine:
 
     def _make_runner(self, model: nn.Module, precision: str):
         if precision == "int8":
-            from pipeline.int8 import Int8Runner
+            from carn_stream.pipeline.int8 import Int8Runner
 
             cache = self.config.cache_dir or Path.home() / ".cache" / "carn-stream"
             return Int8Runner(model, cache, self.config.int8_backend)

@@ -3,8 +3,8 @@
 Stages are joined by bounded queues, so memory stays bounded however long the input is and a
 slow stage slows its producers. Blocking PyAV work runs on one thread per stage (a container
 is only ever touched by its own thread); model work runs on the shared
-:class:`~pipeline.infer.InferenceWorker`. The first error or a cancellation stops every stage,
-closes both containers and removes the partial output.
+:class:`~carn_stream.pipeline.infer.InferenceWorker`. The first error or a cancellation stops
+every stage, closes both containers and removes the partial output.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.colour import output_spec
-from pipeline.decode import AudioItem, VideoInfo, demux_frames, describe, open_input
-from pipeline.encode import EncoderOptions, VideoSink
-from pipeline.errors import InputError
-from pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
-from pipeline.infer import BatchResult, InferenceWorker, output_size
+from carn_stream.pipeline.colour import output_spec
+from carn_stream.pipeline.decode import AudioItem, VideoInfo, demux_frames, describe, open_input
+from carn_stream.pipeline.encode import EncoderOptions, VideoSink
+from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
+from carn_stream.pipeline.infer import BatchResult, InferenceWorker, output_size
 
 STAGES = ("decode", "queue_wait", "inference", "encode")
 _END = object()

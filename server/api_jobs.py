@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
-from server.deps import get_runner, get_store, require_token
-from server.fetch import FetchError, validate_url
-from server.jobs import JobRunner
-from server.store import STATES, Job, JobStore
+from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
+from carn_stream.server.deps import get_runner, get_store, require_token
+from carn_stream.server.fetch import FetchError, validate_url
+from carn_stream.server.jobs import JobRunner
+from carn_stream.server.store import STATES, Job, JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

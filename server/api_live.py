@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import PipelineError
+from carn_stream.pipeline.errors import PipelineError
 
 router = APIRouter(prefix="/webrtc", tags=["live"])
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".ts", ".avi"}

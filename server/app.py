@@ -15,15 +15,15 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from carn_stream.pipeline.hls import hls_muxer_options
+from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.server import api_health, api_jobs, api_live, pages
+from carn_stream.server.fetch import FetchPolicy
+from carn_stream.server.jobs import JobRunner
+from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
+from carn_stream.server.metrics import Metrics
+from carn_stream.server.store import JobStore
 from carn_stream.settings import Settings
-from pipeline.hls import hls_muxer_options
-from pipeline.infer import InferenceWorker
-from server import api_health, api_jobs, api_live, pages
-from server.fetch import FetchPolicy
-from server.jobs import JobRunner
-from server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
-from server.metrics import Metrics
-from server.store import JobStore
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"

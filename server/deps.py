@@ -6,9 +6,9 @@ import hmac
 
 from fastapi import HTTPException, Request, status
 
+from carn_stream.server.jobs import JobRunner
+from carn_stream.server.store import JobStore
 from carn_stream.settings import Settings
-from server.jobs import JobRunner
-from server.store import JobStore
 
 
 def get_settings(request: Request) -> Settings:

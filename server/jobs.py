@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.decode import probe
-from pipeline.encode import EncoderOptions
-from pipeline.errors import PipelineError
-from pipeline.infer import InferenceWorker
-from pipeline.run import FrameReport, PipelineOptions, run_pipeline
-from server.fetch import FetchError, FetchPolicy, fetch
-from server.metrics import Metrics
-from server.store import Job, JobStore
+from carn_stream.pipeline.decode import probe
+from carn_stream.pipeline.encode import EncoderOptions
+from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.pipeline.run import FrameReport, PipelineOptions, run_pipeline
+from carn_stream.server.fetch import FetchError, FetchPolicy, fetch
+from carn_stream.server.metrics import Metrics
+from carn_stream.server.store import Job, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.codecs import h264, vpx
 from aiortc.mediastreams import MediaStreamError
 
-from pipeline.colour import output_spec
-from pipeline.decode import frame_planes, open_input
-from pipeline.frames import yuv420_video_frame
-from pipeline.infer import InferenceWorker, output_size
-from pipeline.run import FrameReport
-from server.metrics import Metrics
+from carn_stream.pipeline.colour import output_spec
+from carn_stream.pipeline.decode import frame_planes, open_input
+from carn_stream.pipeline.frames import yuv420_video_frame
+from carn_stream.pipeline.infer import InferenceWorker, output_size
+from carn_stream.pipeline.run import FrameReport
+from carn_stream.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

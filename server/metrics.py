@@ -11,7 +11,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from pipeline.run import STAGES, FrameReport
+from carn_stream.pipeline.run import STAGES, FrameReport
 
 #: Frame latencies run from milliseconds (GPU) to many seconds (large frames on a CPU).
 FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

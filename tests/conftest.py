@@ -32,7 +32,7 @@ def weights_path(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def official_carn_m(weights_path: Path):
-    from model import carn_m, load_weights
+    from carn_stream.model import carn_m, load_weights
 
     model = carn_m().eval()
     load_weights(model, weights_path)

@@ -7,8 +7,13 @@ import json
 import pytest
 
 from carn_stream.cli import main
-from model import carn, carn_m
-from model.complexity import PAPER_TABLE_1, ParameterCount, describe_published_models, mult_adds
+from carn_stream.model import carn, carn_m
+from carn_stream.model.complexity import (
+    PAPER_TABLE_1,
+    ParameterCount,
+    describe_published_models,
+    mult_adds,
+)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluation import crop_to_multiple, degrade, evaluate
-from model.imresize import bicubic_uint8, imresize, resize_matrix
-from model.inference import upscale_rgb
-from model.metrics import psnr, rgb_to_y, ssim
-from model.weights import PAPER_CARN_M, CARNMWeights
-from pipeline.images import iter_images
+from carn_stream.model.evaluation import crop_to_multiple, degrade, evaluate
+from carn_stream.model.imresize import bicubic_uint8, imresize, resize_matrix
+from carn_stream.model.inference import upscale_rgb
+from carn_stream.model.metrics import psnr, rgb_to_y, ssim
+from carn_stream.model.weights import PAPER_CARN_M, CARNMWeights
+from carn_stream.pipeline.images import iter_images
 
 
 def test_luma_follows_matlab_rgb2ycbcr_on_8_bit_images():
@@ -104,14 +104,14 @@ def test_official_carn_m_reproduces_the_paper_on_set14(official_carn_m, data_dir
 
 
 def test_docs_bundled_weights_table_is_generated_from_the_registry():
-    from model.report import bundled_table
+    from carn_stream.model.report import bundled_table
     from tests.conftest import REPO_ROOT
 
     assert bundled_table() in (REPO_ROOT / "docs" / "TRAINING.md").read_text()
 
 
 def test_docs_metrics_table_is_generated_from_the_registry():
-    from model.report import metrics_table
+    from carn_stream.model.report import metrics_table
     from tests.conftest import REPO_ROOT
 
     assert metrics_table() in (REPO_ROOT / "docs" / "MODEL.md").read_text()

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
-from server.live import restrict_ice_hosts
+from carn_stream.server.live import restrict_ice_hosts
 from tests.media import decode_rgb, downscale_frames, write_clip
 from tests.service import ServerProcess, request, wait_for
 
@@ -289,9 +289,9 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
 
 async def _in_process_session(model, frames, seconds: float, latency_policy):
     """A server-side session and an aiortc client in this event loop; returns stats and leaks."""
-    from pipeline.infer import Engine, EngineConfig, InferenceWorker
-    from server.live import BitratePolicy, LiveSessions
-    from server.metrics import Metrics
+    from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+    from carn_stream.server.live import BitratePolicy, LiveSessions
+    from carn_stream.server.metrics import Metrics
 
     worker = InferenceWorker(Engine(model, EngineConfig(device="cpu")))
     threads_before = {t.ident for t in threading.enumerate()}
@@ -336,8 +336,8 @@ async def _closed(live) -> None:
 
 
 def test_teardown_leaves_no_tasks_and_no_threads(camera_frames):
-    from model.baselines import Bicubic
-    from server.live import LatencyPolicy
+    from carn_stream.model.baselines import Bicubic
+    from carn_stream.server.live import LatencyPolicy
 
     stats, sizes, live, leaked, new_threads = asyncio.run(
         _in_process_session(Bicubic(), camera_frames, 3.0, LatencyPolicy())
@@ -352,8 +352,8 @@ def test_teardown_leaves_no_tasks_and_no_threads(camera_frames):
 
 
 def test_slow_inference_drops_stale_frames_and_shrinks_the_input(camera_frames):
-    from model.baselines import Bicubic
-    from server.live import LatencyPolicy
+    from carn_stream.model.baselines import Bicubic
+    from carn_stream.server.live import LatencyPolicy
 
     class Slow(Bicubic):
         def forward(self, x, scale=None):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import CARN, carn, carn_m, carn_ng, carn_nl, resnet_baseline
-from model.complexity import ParameterCount
+from carn_stream.model import CARN, carn, carn_m, carn_ng, carn_nl, resnet_baseline
+from carn_stream.model.complexity import ParameterCount
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from model import carn_m, load_weights
-from model.baselines import Bicubic
-from pipeline.encode import EncoderOptions
-from pipeline.errors import InputError, OutputError
-from pipeline.hls import is_complete
-from pipeline.infer import Engine, EngineConfig, InferenceWorker
-from pipeline.run import PipelineOptions, run_pipeline
+from carn_stream.model import carn_m, load_weights
+from carn_stream.model.baselines import Bicubic
+from carn_stream.pipeline.encode import EncoderOptions
+from carn_stream.pipeline.errors import InputError, OutputError
+from carn_stream.pipeline.hls import is_complete
+from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.run import PipelineOptions, run_pipeline
 from tests.media import (
     decode_rgb,
     decode_y,
@@ -220,7 +220,7 @@ def test_tiled_output_equals_untiled_output(data_dir, weights_path):
     load_weights(model, weights_path)
     frame = decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 1)[0][:72, :88]
     planes = [frame[None]]
-    from pipeline.colour import ColourSpec
+    from carn_stream.pipeline.colour import ColourSpec
 
     spec = ColourSpec("rgb")
     out_spec = ColourSpec("yuv")
@@ -231,7 +231,7 @@ def test_tiled_output_equals_untiled_output(data_dir, weights_path):
         diff = np.abs(a.astype(int) - b.astype(int))
         assert diff.max() <= 1 and (diff > 0).mean() < 0.001  # equal up to rounding
     # In float, the stitched result matches to within float32 noise.
-    from pipeline.tiling import tiled_forward
+    from carn_stream.pipeline.tiling import tiled_forward
 
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():
@@ -275,7 +275,7 @@ def test_out_of_memory_splits_then_tiles_and_never_drops_a_frame(clips, tmp_path
 
 def test_memory_stays_bounded_when_a_stage_is_slow(clips, tmp_path, monkeypatch):
     """Decode runs ahead of encode by at most the queues' capacity."""
-    import pipeline.run as run_module
+    import carn_stream.pipeline.run as run_module
 
     decoded = 0
     original = run_module._next_frame
@@ -397,8 +397,8 @@ def test_carn_m_beats_bicubic_on_real_video(data_dir, carn_worker, bicubic_worke
     """carphone (176x144, 120 frames) downscaled x2 with bicubic, upscaled back, Y-PSNR against
     the original's stored luma. Both outputs lossless (crf 0, yuv420p) through the same
     conversion, so only the upscaler differs. Measured: CARN-M 36.59 dB, bicubic 30.42 dB."""
-    from model.imresize import bicubic_uint8
-    from model.metrics import psnr
+    from carn_stream.model.imresize import bicubic_uint8
+    from carn_stream.model.metrics import psnr
 
     source = data_dir / "video" / "carphone_pristine.mp4"
     truth = decode_y(source)

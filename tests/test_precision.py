@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import infer
-from pipeline.colour import ColourSpec
-from pipeline.infer import Engine, EngineConfig, default_precision
+from carn_stream.pipeline import infer
+from carn_stream.pipeline.colour import ColourSpec
+from carn_stream.pipeline.infer import Engine, EngineConfig, default_precision
 from tests.media import decode_rgb
 
 RGB, OUT = ColourSpec("rgb"), ColourSpec("yuv", bits=8, matrix=1)
@@ -84,7 +84,7 @@ def test_int8_quantizes_once_per_weights_and_calibration_and_stays_close(
 
 
 def test_engine_rgb_path_matches_the_evaluation_upscaler(official_carn_m, frames):
-    from model.inference import upscale_rgb
+    from carn_stream.model.inference import upscale_rgb
 
     engine = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32"))
     ours = engine.upscale_rgb(frames[0], 3).astype(int)
@@ -96,7 +96,7 @@ def test_engine_rgb_path_matches_the_evaluation_upscaler(official_carn_m, frames
 
 def test_eval_reports_each_precision(tmp_path, data_dir, weights_path, capsys):
     from carn_stream.cli import main
-    from pipeline.images import read_rgb, write_png
+    from carn_stream.pipeline.images import read_rgb, write_png
 
     folder = tmp_path / "hr"
     folder.mkdir()

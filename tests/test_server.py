@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.fetch import FetchError, FetchPolicy, check_address, validate_url
+from carn_stream.server.fetch import FetchError, FetchPolicy, check_address, validate_url
 from tests.conftest import official_weights_path
 from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
@@ -40,7 +40,7 @@ def models_dir(tmp_path_factory, weights_path) -> Path:
     """A models folder holding ``bright.pth``: CARN-M whose output is 0.1 brighter."""
     import torch
 
-    from model import carn_m, load_weights
+    from carn_stream.model import carn_m, load_weights
 
     folder = tmp_path_factory.mktemp("models")
     model = carn_m()
@@ -346,9 +346,9 @@ def test_a_killed_server_resumes_its_jobs_after_restart(tmp_path, media):
 
 
 def test_retention_removes_old_jobs_and_their_files(tmp_path):
-    from server.jobs import JobRunner
-    from server.metrics import Metrics
-    from server.store import JobStore
+    from carn_stream.server.jobs import JobRunner
+    from carn_stream.server.metrics import Metrics
+    from carn_stream.server.store import JobStore
 
     store = JobStore(tmp_path / "jobs.sqlite3")
     runner = JobRunner(store, tmp_path, FetchPolicy(), Metrics(), max_concurrent=1,
@@ -366,7 +366,7 @@ def test_retention_removes_old_jobs_and_their_files(tmp_path):
 
 
 def test_store_recovery_after_a_crash(tmp_path):
-    from server.store import JobStore
+    from carn_stream.server.store import JobStore
 
     store = JobStore(tmp_path / "jobs.sqlite3")
     a, b = store.create("http://x/a", {}), store.create("http://x/b", {})

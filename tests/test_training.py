@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from model import carn_m
-from model.training import TrainConfig, Trainer, init_uniform, read_log
-from model.training_data import Pair, PatchBatches, augment, make_pairs
+from carn_stream.model import carn_m
+from carn_stream.model.training import TrainConfig, Trainer, init_uniform, read_log
+from carn_stream.model.training_data import Pair, PatchBatches, augment, make_pairs
 
 
 @pytest.fixture(scope="module")
 def train_images(data_dir: Path) -> list[np.ndarray]:
     """Six SunHays80 photos, centre 192x192 crops (training data, never Set5/Set14)."""
-    from pipeline.images import iter_images
+    from carn_stream.pipeline.images import iter_images
 
     images = []
     for _, image in list(iter_images(data_dir / "train" / "SunHays80"))[:6]:
@@ -95,7 +95,7 @@ def test_augment_gives_the_eight_dihedral_variants():
 
 
 def test_pairs_use_the_evaluation_bicubic_and_skip_small_images(train_images):
-    from model.evaluation import degrade
+    from carn_stream.model.evaluation import degrade
 
     pairs = make_pairs([train_images[0], np.zeros((20, 20, 3), np.uint8)], (2, 4), 32)
     assert [len(p) for p in pairs.values()] == [1, 1]
@@ -156,7 +156,7 @@ def test_learning_rate_halves_on_schedule(train_images, tmp_path):
 
 
 def test_sample_frames_spreads_over_the_whole_clip(data_dir):
-    from pipeline.sampling import sample_frames
+    from carn_stream.pipeline.sampling import sample_frames
     from tests.media import decode_rgb
 
     clip = data_dir / "video" / "carphone_pristine.mp4"  # 120 frames
@@ -173,7 +173,7 @@ def small_data(train_images, data_dir, tmp_path) -> Path:
     """Two small photos and a short real clip: a training folder of both kinds."""
     from fractions import Fraction
 
-    from pipeline.images import write_png
+    from carn_stream.pipeline.images import write_png
     from tests.media import decode_rgb, write_clip
 
     folder = tmp_path / "data"
@@ -225,7 +225,7 @@ def test_tune_improves_heldout_psnr_and_its_weights_work_in_the_pipeline(
     data_dir, weights_path, tmp_path, capsys
 ):
     from carn_stream.cli import main
-    from model import load_weights
+    from carn_stream.model import load_weights
 
     out = tmp_path / "carphone.pth"
     code = main(["tune", str(data_dir / "video" / "carphone_pristine.mp4"), str(out),
@@ -242,7 +242,7 @@ def test_tune_improves_heldout_psnr_and_its_weights_work_in_the_pipeline(
     assert json.loads(out.with_suffix(".json").read_text())["gain_db"] == report["gain_db"]
     load_weights(carn_m(), out)  # strict: the file fits the network
     image = tmp_path / "in.png"
-    from pipeline.images import read_rgb, write_png
+    from carn_stream.pipeline.images import read_rgb, write_png
 
     write_png(image, read_rgb(data_dir / "images" / "Set5" / "bird.png")[:32, :32])
     assert main(["upscale-image", str(image), str(tmp_path / "o.png"), "--scale", "2",
@@ -255,9 +255,9 @@ def test_short_cpu_run_from_scratch_learns_and_beats_bicubic_on_set5_x2(data_dir
     """800 steps of 8 x 32px patches at x2 from the paper's initialisation, on all of
     SunHays80 (a few minutes on 2 cores). Measured: loss 0.073 -> 0.020, Set5 x2 34.20 dB
     against bicubic's 33.65 (700 steps on a quarter of the photos fell short: 33.63)."""
-    from model.evaluation import evaluate
-    from model.inference import upscale_rgb
-    from pipeline.images import iter_images
+    from carn_stream.model.evaluation import evaluate
+    from carn_stream.model.inference import upscale_rgb
+    from carn_stream.pipeline.images import iter_images
 
     images = [im for _, im in iter_images(data_dir / "train" / "SunHays80")]
     config = TrainConfig(steps=800, batch_size=8, patch_size=32, scales=(2,), lr=1e-3,

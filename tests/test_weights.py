@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from carn_stream.model import CARNMWeights, WeightsError, carn, carn_m, load_weights
+from carn_stream.model.weights import download, read_state_dict, resolve_weights_file, sha256_of
 from carn_stream.settings import Settings
-from model import CARNMWeights, WeightsError, carn, carn_m, load_weights
-from model.weights import download, read_state_dict, resolve_weights_file, sha256_of
 from tests.helpers import serve_directory
 
 OFFICIAL = CARNMWeights.OFFICIAL.value
@@ -177,7 +177,7 @@ BUNDLED = CARNMWeights.BUNDLED.value
 
 
 def test_bundled_weights_ship_in_the_package_small_checked_and_loadable():
-    from model.weights import bundled_file
+    from carn_stream.model.weights import bundled_file
 
     path = bundled_file(BUNDLED)  # checks the registry's sha256
     assert path.stat().st_size <= 2_000_000
@@ -189,9 +189,9 @@ def test_bundled_weights_ship_in_the_package_small_checked_and_loadable():
 
 @pytest.mark.slow
 def test_bundled_weights_measure_what_their_metadata_says(data_dir):
-    from model.evaluation import evaluate
-    from model.inference import upscale_rgb
-    from pipeline.images import iter_images
+    from carn_stream.model.evaluation import evaluate
+    from carn_stream.model.inference import upscale_rgb
+    from carn_stream.pipeline.images import iter_images
 
     model = carn_m().eval()
     load_weights(model, CARNMWeights.BUNDLED)
@@ -224,7 +224,7 @@ def test_cli_upscales_with_the_bundled_weights_and_says_so(data_dir, tmp_path):
     import subprocess
     import sys
 
-    from pipeline.images import read_rgb, write_png
+    from carn_stream.pipeline.images import read_rgb, write_png
 
     image = tmp_path / "in.png"
     write_png(image, read_rgb(data_dir / "images" / "Set5" / "bird.png")[:24, :24])
