@@ -20,7 +20,7 @@ class CLIError(Exception):
 
 
 def _scale(text: str) -> int:
-    from carn_stream.model import SUPPORTED_SCALES
+    from carn_stream.model.scales import SUPPORTED_SCALES
 
     try:
         value = int(text)
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p)
     p.set_defaults(run=cmd_train)
 
-    from carn_stream.model.training import TUNE_DEFAULTS
+    from carn_stream.model.recipe import TUNE_DEFAULTS
 
     p = sub.add_parser(
         "tune",

@@ -29,7 +29,7 @@ class TrainingError(Exception):
 
 def add_config_options(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
     """One flag per :class:`carn_stream.model.training.TrainConfig` field (``--batch-size`` ...)."""
-    from carn_stream.model.training import TrainConfig
+    from carn_stream.model.recipe import TrainConfig
 
     p.add_argument("--config", type=Path, help="JSON file of training settings")
     group = p.add_argument_group("training settings (override --config and the defaults)")
@@ -56,7 +56,7 @@ def _scales(text: str) -> tuple[int, ...]:
 
 
 def build_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None):
-    from carn_stream.model.training import TrainConfig
+    from carn_stream.model.recipe import TrainConfig
 
     config = TrainConfig.from_dict(defaults or {})
     if getattr(args, "config", None):

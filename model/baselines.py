@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from carn_stream.model.carn import SUPPORTED_SCALES
 from carn_stream.model.imresize import imresize
+from carn_stream.model.networks import SUPPORTED_SCALES
 
 
 class Bicubic(nn.Module):
-    """MATLAB-style bicubic upscaling: ``forward(x, scale)`` like :class:`~.carn.CARN`."""
+    """MATLAB-style bicubic upscaling: ``forward(x, scale)`` like :class:`~.networks.CARN`."""
 
     def __init__(self, scales: Sequence[int] = SUPPORTED_SCALES) -> None:
         super().__init__()

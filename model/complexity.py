@@ -61,7 +61,7 @@ PAPER_TABLE_1 = {
 
 def describe_published_models() -> list[dict]:
     """Counts of the multi-scale CARN and CARN-M next to the paper's Table 1."""
-    from carn_stream.model.carn import carn, carn_m
+    from carn_stream.model.networks import carn, carn_m
 
     rows = []
     for name, build in (("CARN", carn), ("CARN-M", carn_m)):

@@ -95,7 +95,7 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 
 class CARNMWeights(Enum):
-    """Weights for :func:`carn_stream.model.carn.carn_m`."""
+    """Weights for :func:`carn_stream.model.networks.carn_m`."""
 
     OFFICIAL = Weights(
         url="https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn_m.pth",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from carn_stream.model.carn import CARN
+from carn_stream.model.networks import CARN
 
 log = logging.getLogger(__name__)
 

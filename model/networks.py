@@ -11,10 +11,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from carn_stream.model.scales import SUPPORTED_SCALES
+
 #: Mean RGB of the DIV2K training set, subtracted at the input and added back at the output.
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
-SUPPORTED_SCALES = (2, 3, 4)
 
 
 def fuse_1x1(in_channels: int, out_channels: int) -> nn.Sequential:

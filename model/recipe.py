@@ -1,0 +1,96 @@
+"""Training settings: the paper's recipe as a dataclass, and the fine-tuning defaults.
+
+Torch-free, so that the command line can build its options without loading PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from carn_stream.model.scales import SUPPORTED_SCALES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters; the defaults are the paper's recipe (Sec. 4.1)."""
+
+    steps: int = 600_000
+    batch_size: int = 64
+    patch_size: int = 64  #: LR patch side
+    scales: tuple[int, ...] = SUPPORTED_SCALES  #: one scale per batch, drawn uniformly
+    lr: float = 1e-4
+    lr_decay_steps: int = 400_000  #: the learning rate is halved every this many steps
+    lr_decay_factor: float = 0.5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    loss: str = "l1"  #: l1 or l2
+    clip_grad_norm: float = 10.0  #: 0 = off (the authors' training code clips at 10)
+    augment: bool = True  #: random horizontal flips and 90-degree rotations
+    init: str = "uniform"  #: U(-k, k), k = 1/sqrt(fan_in); ignored when starting from weights
+    seed: int = 0
+    amp: str = "auto"  #: auto (bf16 on CUDA, off on CPU), off, bf16, fp16
+    workers: int = -1  #: data-loader processes; -1 = 4 on CUDA, 0 on CPU
+    log_every: int = 100
+    val_every: int = 5_000  #: 0 = only at the end
+    checkpoint_every: int = 1_000
+    val_max_side: int = 512  #: validation images are centre-cropped to this HR side
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "patch_size": self.patch_size >= 8,
+            "scales": bool(self.scales) and set(self.scales) <= set(SUPPORTED_SCALES),
+            "lr": self.lr > 0,
+            "lr_decay_steps": self.lr_decay_steps >= 1,
+            "loss": self.loss in ("l1", "l2"),
+            "init": self.init == "uniform",
+            "amp": self.amp in ("auto", "off", "bf16", "fp16"),
+            "log_every": self.log_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
+            raise ValueError(f"invalid training setting: {values}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        values = dict(data)
+        if "scales" in values:
+            values["scales"] = tuple(int(s) for s in values["scales"])
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainConfig:
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
+
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+#: Fine-tuning one video's model from existing weights (``carn-stream tune``).
+TUNE_DEFAULTS = {
+    "steps": 200,
+    "batch_size": 16,
+    "patch_size": 48,
+    "lr": 5e-5,
+    "lr_decay_steps": 1_000_000,
+    "log_every": 10,
+    "val_every": 0,
+    "checkpoint_every": 100,
+}
