@@ -13,6 +13,8 @@ import ctypes.util
 import os
 import sys
 
+from carn_stream.settings import ALLOCATORS
+
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _LARGE = 2**31 - 1
 
@@ -46,7 +48,6 @@ JEMALLOC_PATHS = (
 )
 #: jemalloc options: transparent huge pages for the large activation buffers, background purging.
 JEMALLOC_CONF = "background_thread:true,metadata_thp:auto,thp:always,dirty_decay_ms:30000"
-ALLOCATORS = ("glibc", "jemalloc")
 
 
 def find_jemalloc() -> str | None:
@@ -63,7 +64,7 @@ def relaunch_with_jemalloc(choice: str, argv: list[str]) -> None:
     2 cores (docs/PERFORMANCE.md) the tuned glibc is as fast or faster, and OpenVINO's int8
     path crashes under a preloaded jemalloc, so glibc is the default. Returns only when no
     relaunch happens."""
-    if choice not in ALLOCATORS:
+    if choice not in ALLOCATORS:  # settings refuse it first; a direct caller may not
         raise ValueError(f"allocator must be one of {ALLOCATORS}, got {choice!r}")
     if choice == "glibc" or jemalloc_loaded() or not sys.platform.startswith("linux"):
         return

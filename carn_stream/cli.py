@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +51,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from carn_stream.pipeline.formats import FORMAT_NAMES
+
     parser = argparse.ArgumentParser(
         prog="carn-stream",
         description="Real-time video super-resolution with CARN-M.",
@@ -94,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="video file (any container/codec FFmpeg reads)")
     p.add_argument("output", type=Path, help="MP4 file, or folder for HLS (index.m3u8)")
     p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
-    p.add_argument("--format", choices=("mp4", "hls"), help="default: hls if OUTPUT has no suffix")
+    p.add_argument(
+        "--format", choices=FORMAT_NAMES, help="default: mp4 for a .mp4 OUTPUT, hls for a folder"
+    )
     p.add_argument("--codec", default="h264", help="h264 (default), hevc, h264_nvenc, hevc_nvenc")
     p.add_argument("--crf", type=int, default=18, help="quality, 0 (lossless) to 51; default 18")
     p.add_argument("--preset", help="encoder preset (default veryfast; p4 for nvenc)")
@@ -103,7 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tile", type=_positive, help="LR tile side for frames too large for memory")
     p.add_argument("--precision", help="auto (default), fp32, bf16, fp16 (CUDA), int8 (CPU)")
-    p.add_argument("--segment-seconds", type=float, default=2.0, help="HLS segment duration")
+    p.add_argument(
+        "--segment-seconds",
+        type=float,
+        help="target segment duration, at least 1 (default: CARN_STREAM_SEGMENT_SECONDS, 4)",
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keeps finished segments so that running the command again resumes "
+        "(default: .OUTPUT.carn-stream beside OUTPUT)",
+    )
     p.set_defaults(run=cmd_upscale)
 
     p = sub.add_parser("upscale-image", help="upscale one image file (written as PNG)")
@@ -197,7 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings, lambda: start_worker(settings))
+    app = create_app(settings, functools.partial(start_worker, settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return EXIT_OK
 
@@ -307,48 +321,9 @@ def _calibrate(engine, source: Path, scale: int) -> None:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    import asyncio
+    from carn_stream.upscale_command import cmd_upscale as run
 
-    from carn_stream.loading import start_worker
-    from carn_stream.pipeline.encode import EncoderOptions, codec_settings
-    from carn_stream.pipeline.hls import hls_muxer_options
-    from carn_stream.pipeline.run import PipelineOptions, run_pipeline
-    from carn_stream.progress import ProgressBar
-
-    fmt = args.format or ("mp4" if args.output.suffix else "hls")
-    encoder = EncoderOptions(args.codec, args.crf, args.preset, args.segment_seconds)
-    codec_settings(encoder)  # refuse a bad codec, crf or segment duration before loading anything
-    if fmt == "hls":
-        hls_muxer_options(args.output, args.segment_seconds)
-    source = args.input
-    if "://" not in source and not Path(source).is_file():
-        raise CLIError(f"{source}: no such file")
-    worker = start_worker(_settings(args), tile=args.tile)
-    signal.signal(signal.SIGTERM, _interrupt)  # clean up the partial output as on Ctrl-C
-    try:
-        batch = args.batch or (8 if worker.device.type == "cuda" else 1)
-        options = PipelineOptions(scale=args.scale, fmt=fmt, encoder=encoder, batch_size=batch)
-        bar: ProgressBar | None = None
-
-        def on_frame(report) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = ProgressBar(report.total or None, f"upscale x{args.scale}", unit="frames")
-            bar.update()
-
-        src = source if "://" in source else Path(source)
-        result = asyncio.run(run_pipeline(src, args.output, options, worker, on_frame))
-        if bar is not None:
-            bar.close()
-    finally:
-        worker.close()
-    info = result.info
-    print(
-        f"{source} {info.width}x{info.height} -> {result.output} x{args.scale}: "
-        f"{result.frames} frames in {result.seconds:.1f}s ({result.fps:.2f} fps, {worker.device})",
-        file=sys.stderr,
-    )
-    return EXIT_OK
+    return run(args, _settings(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -390,9 +365,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from carn_stream.pipeline.errors import PipelineError
     from carn_stream.pipeline.images import ImageError
     from carn_stream.train_commands import TrainingError
+    from carn_stream.upscale_command import UpscaleError
 
     return (
         CLIError,
+        UpscaleError,
         TrainingError,
         WeightsError,
         ImageError,

@@ -81,7 +81,11 @@ def weights_in_folder(folder: Path, name: str) -> Path:
 
 
 def start_worker(settings: Settings, tile: int | None = None) -> InferenceWorker:
-    """Load the model and start the inference worker thread that owns it."""
+    """Load the model and start the inference worker thread that owns it (also the factory a
+    worker process calls, so it sets up the allocator as the command line does)."""
+    from carn_stream.allocator import tune_allocator
+
+    tune_allocator()
     model = load_model(settings.with_overrides(device="cpu"))
     config = EngineConfig(
         device=settings.device,

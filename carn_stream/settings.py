@@ -7,11 +7,19 @@ environment itself.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 PREFIX = "CARN_STREAM_"
+ALLOCATORS = ("glibc", "jemalloc")
+EXECUTORS = ("process", "inprocess")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class SettingsError(ValueError):
+    """A setting with a value that cannot work; the message names the variable."""
 
 
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
@@ -78,9 +86,20 @@ class Settings:
     max_attempts: int = 2
     #: Finished jobs and their outputs are deleted after this many hours (0 = never).
     retention_hours: float = 168.0
-    #: Frames per inference batch (0 = 1 on CPU, 8 on CUDA) and HLS segment duration.
+    #: Frames per inference batch (0 = 1 on CPU, 8 on CUDA).
     batch_size: int = 0
-    segment_seconds: float = 2.0
+    #: Target duration of a segment, the unit of work (cut on keyframes near it; at least 1).
+    segment_seconds: float = 4.0
+    #: Where segments run: ``process`` (a supervised worker process that owns its own model:
+    #: a crash on a hostile input ends that process, not the service) or ``inprocess``.
+    executor: str = "process"
+    #: Segments the executor works on at once (decode of one overlaps encode of another).
+    worker_slots: int = 2
+    #: Open files a worker process may hold.
+    worker_max_open_files: int = 1024
+    #: A segment whose worker crashed (or that failed unexpectedly) runs again up to this many
+    #: times before its job fails.
+    segment_attempts: int = 3
 
     # ---- live mode (WebRTC)
     #: Live sessions open at once.
@@ -111,8 +130,32 @@ class Settings:
             try:
                 values[f.name] = _parse(f.name, raw)
             except ValueError as exc:
-                raise ValueError(f"{PREFIX}{f.name.upper()}: {exc}") from exc
+                raise SettingsError(f"{PREFIX}{f.name.upper()}: {exc}") from exc
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work, naming the variable and what it accepts."""
+        checks: dict[str, tuple[bool, str]] = {
+            "device": (bool(_DEVICE.fullmatch(self.device)), "auto, cpu, cuda or cuda:N"),
+            "allocator": (self.allocator in ALLOCATORS, ", ".join(ALLOCATORS)),
+            "executor": (self.executor in EXECUTORS, ", ".join(EXECUTORS)),
+            "port": (0 <= self.port <= 65535, "a port number, 0 to 65535"),
+            "max_concurrent_jobs": (self.max_concurrent_jobs >= 1, "1 or more"),
+            "max_attempts": (self.max_attempts >= 1, "1 or more"),
+            "segment_attempts": (self.segment_attempts >= 1, "1 or more"),
+            "worker_slots": (self.worker_slots >= 1, "1 or more"),
+            "worker_max_open_files": (self.worker_max_open_files >= 64, "64 or more"),
+            "batch_size": (self.batch_size >= 0, "0 (automatic) or more"),
+            "segment_seconds": (self.segment_seconds >= 1, "at least 1 (seconds)"),
+            "max_input_bytes": (self.max_input_bytes > 0, "a positive number of bytes"),
+            "max_output_pixels": (self.max_output_pixels > 0, "a positive number of pixels"),
+            "live_max_sessions": (self.live_max_sessions >= 0, "0 or more"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise SettingsError(
+                    f"{PREFIX}{name.upper()}={getattr(self, name)!r} is not valid: use {allowed}"
+                )
 
     def with_overrides(self, **overrides: object) -> Settings:
         """A copy with the given fields replaced; ``None`` leaves a field as it is."""

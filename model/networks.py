@@ -17,7 +17,6 @@ from carn_stream.model.scales import SUPPORTED_SCALES
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
-
 def fuse_1x1(in_channels: int, out_channels: int) -> nn.Sequential:
     """The 1x1 convolution + ReLU that merges a cascade of concatenated features."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True))

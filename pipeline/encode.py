@@ -1,14 +1,20 @@
-"""Encode upscaled frames and mux them with the input's audio into MP4 or HLS.
+"""Encode upscaled frames and mux them with the input's audio into MP4, HLS or a segment.
 
 Video keeps the source's timestamps and time base (variable frame rate stays variable),
 display rotation and colour tags. Audio packets are copied untouched where the output container
 can hold the codec, otherwise transcoded to AAC. A sink starts with the first video frame
 (rotation is known then) and keeps earlier audio until that moment.
+
+A *segment* is one piece of a segmented run: MPEG-TS (self-contained: parameter sets travel
+in-band, so segments made by separate encoders, processes or machines play back to back and
+concatenate by remuxing), timestamps kept as in the input plus :data:`SEGMENT_OFFSET_SECONDS`
+(so that the decode delay of B-frames never makes a timestamp negative).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,17 +27,59 @@ from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.frames import UpscaledFrame
 from carn_stream.pipeline.hls import PLAYLIST_NAME, hls_muxer_options
 
-CODECS = {
-    "h264": "libx264",
-    "hevc": "libx265",
-    "h264_nvenc": "h264_nvenc",
-    "hevc_nvenc": "hevc_nvenc",
+_X26X_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+    "veryslow",
+)  # fmt: skip
+_NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
+
+
+@dataclass(frozen=True)
+class VideoCodec:
+    encoder: str  #: FFmpeg's encoder
+    presets: tuple[str, ...]
+    default_preset: str
+
+
+#: Video codecs by the name users give; the API's and the command line's choices.
+CODECS: dict[str, VideoCodec] = {
+    "h264": VideoCodec("libx264", _X26X_PRESETS, "veryfast"),
+    "hevc": VideoCodec("libx265", _X26X_PRESETS, "veryfast"),
+    "h264_nvenc": VideoCodec("h264_nvenc", _NVENC_PRESETS, "p4"),
+    "hevc_nvenc": VideoCodec("hevc_nvenc", _NVENC_PRESETS, "p4"),
 }
-#: Audio codecs each output container takes as they are.
+CODEC_NAMES: tuple[str, ...] = tuple(CODECS)
+PRESETS: tuple[str, ...] = (*_X26X_PRESETS, *_NVENC_PRESETS)
+
+
+@functools.cache
+def encoder_works(encoder: str) -> bool:
+    """Whether this host can really encode with ``encoder`` (NVENC needs an NVIDIA GPU)."""
+    try:
+        ctx = av.CodecContext.create(encoder, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 64, 64, "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        if encoder == "libx265":
+            ctx.options = {"x265-params": "log-level=none"}
+        ctx.open()
+        frame = av.VideoFrame(64, 64, "yuv420p")
+        frame.pts = 0
+        ctx.encode(frame)
+        ctx.encode(None)
+        return True
+    except Exception:
+        return False
+
+
+#: Audio codecs each container takes as they are.
 COPYABLE_AUDIO = {
-    "mp4": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"},
-    "hls": {"aac", "mp3", "ac3", "eac3"},
+    "mp4": frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"}),
+    "hls": frozenset({"aac", "mp3", "ac3", "eac3"}),
+    "segment": frozenset({"aac", "mp3", "ac3", "eac3"}),
 }
+#: Added to every timestamp written into a segment, and taken off again when segments are
+#: joined into an MP4.
+SEGMENT_OFFSET_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -42,21 +90,34 @@ class EncoderOptions:
     segment_seconds: float = 2.0  #: HLS target segment duration
 
 
+def check_codec(codec: str, preset: str | None) -> VideoCodec:
+    """The codec, if it exists here and takes ``preset``; else OutputError saying what would."""
+    if codec not in CODECS:
+        raise OutputError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    spec = CODECS[codec]
+    if preset is not None and preset not in spec.presets:
+        raise OutputError(
+            f"preset {preset!r} does not apply to {codec}; use one of {', '.join(spec.presets)}"
+        )
+    if not encoder_works(spec.encoder):
+        working = [name for name, c in CODECS.items() if encoder_works(c.encoder)]
+        raise OutputError(
+            f"codec {codec} ({spec.encoder}) cannot encode on this host; "
+            f"available: {', '.join(working)}"
+        )
+    return spec
+
+
 def codec_settings(options: EncoderOptions) -> tuple[str, dict[str, str]]:
     """FFmpeg encoder name and its private options for ``options``."""
-    if options.codec not in CODECS:
-        raise OutputError(f"unknown codec {options.codec!r}; choose one of {', '.join(CODECS)}")
-    name = CODECS[options.codec]
-    try:
-        av.codec.Codec(name, "w")
-    except Exception as exc:
-        raise OutputError(f"encoder {name} is not available in this FFmpeg build") from exc
+    spec = check_codec(options.codec, options.preset)
     if not 0 <= options.crf <= 51:
         raise OutputError(f"crf must be between 0 and 51, got {options.crf}")
+    name, preset = spec.encoder, options.preset or spec.default_preset
     if name.endswith("nvenc"):
-        opts = {"preset": options.preset or "p4", "rc": "vbr", "cq": str(options.crf), "b": "0"}
+        opts = {"preset": preset, "rc": "vbr", "cq": str(options.crf), "b": "0"}
     else:
-        opts = {"crf": str(options.crf), "preset": options.preset or "veryfast"}
+        opts = {"crf": str(options.crf), "preset": preset}
         if name == "libx265":
             opts["x265-params"] = "log-level=error"
     return name, opts
@@ -74,8 +135,10 @@ class VideoSink:
         audio_streams: list[av.audio.stream.AudioStream],
         threads: int = 0,
     ) -> None:
-        if fmt not in ("mp4", "hls"):
-            raise OutputError(f"unknown output format {fmt!r}; choose mp4 or hls")
+        if fmt not in COPYABLE_AUDIO:
+            raise OutputError(
+                f"unknown container {fmt!r}; choose one of {', '.join(COPYABLE_AUDIO)}"
+            )
         self.codec_name, self.codec_options = codec_settings(options)
         self.target, self.fmt, self.options = target, fmt, options
         self.frame_rate = frame_rate or Fraction(25)
@@ -86,9 +149,9 @@ class VideoSink:
         self._audio_out: dict[int, av.stream.Stream] = {}
         self._transcoders: dict[int, _AudioTranscoder] = {}
         self._pending_audio: list[AudioItem] = []
-        self.frames_written = 0
         self._created_dir = False
-        if fmt == "mp4":
+        self._offset = Fraction(SEGMENT_OFFSET_SECONDS)
+        if fmt in ("mp4", "segment"):
             if not target.parent.is_dir():
                 raise OutputError(f"output folder {target.parent} does not exist")
             self._path = target.with_name(f".{target.name}.part")
@@ -112,6 +175,8 @@ class VideoSink:
             container = av.open(
                 str(self._path), "w", format="mp4", options={"movflags": "+faststart"}
             )
+        elif self.fmt == "segment":
+            container = av.open(str(self._path), "w", format="mpegts", options=_SEGMENT_MUXER)
         else:
             container = av.open(
                 str(self._path),
@@ -140,7 +205,9 @@ class VideoSink:
         self._video = video
         for stream in self._audio_in:
             if stream.index in self.transcoded_audio:
-                self._transcoders[stream.index] = _AudioTranscoder(container, stream)
+                self._transcoders[stream.index] = _AudioTranscoder(
+                    container, stream, self._offset if self.fmt == "segment" else None
+                )
                 self._audio_out[stream.index] = self._transcoders[stream.index].stream
             else:
                 self._audio_out[stream.index] = container.add_stream_from_template(stream)
@@ -157,11 +224,12 @@ class VideoSink:
         assert self._video is not None and self._container is not None
         vf = frame.to_video_frame()
         vf.pts = frame.pts if frame.pts is not None else frame.index
+        if self.fmt == "segment":
+            vf.pts += round(self._offset / frame.time_base)
         vf.time_base = frame.time_base
         vf.colorspace = self._out_spec.matrix
         vf.color_range = RANGE_LIMITED
         self._container.mux(self._video.encode(vf))
-        self.frames_written += 1
 
     def write_audio(self, item: AudioItem) -> None:
         """Audio from the decoder: copied or transcoded."""
@@ -173,8 +241,13 @@ class VideoSink:
     def _mux_audio(self, item: AudioItem) -> None:
         assert self._container is not None
         if item.packet is not None:
-            item.packet.stream = self._audio_out[item.stream_index]
-            self._container.mux(item.packet)
+            packet = item.packet
+            if self.fmt == "segment":
+                shift = round(self._offset / packet.time_base)
+                packet.pts = None if packet.pts is None else packet.pts + shift
+                packet.dts = None if packet.dts is None else packet.dts + shift
+            packet.stream = self._audio_out[item.stream_index]
+            self._container.mux(packet)
         elif item.frames:
             self._container.mux(self._transcoders[item.stream_index].encode(item.frames))
 
@@ -188,7 +261,7 @@ class VideoSink:
             self._container.mux(transcoder.encode(None))
         self._container.close()
         self._container = None
-        if self.fmt == "mp4":
+        if self.fmt != "hls":
             self._path.replace(self.target)
         return self.target
 
@@ -198,7 +271,7 @@ class VideoSink:
             with contextlib.suppress(av.FFmpegError):
                 self._container.close()
             self._container = None
-        if self.fmt == "mp4":
+        if self.fmt != "hls":
             self._path.unlink(missing_ok=True)
             return
         for path in self.target.iterdir():
@@ -210,9 +283,15 @@ class VideoSink:
 
 
 class _AudioTranscoder:
-    """Decoded audio frames -> AAC at the source's rate and layout."""
+    """Decoded audio frames -> AAC at the source's rate and layout.
 
-    def __init__(self, container: av.container.OutputContainer, source) -> None:
+    ``offset``: None times the output from zero by sample count (a whole file); seconds to
+    add to the first frame's own time otherwise (a segment starts where its audio starts).
+    """
+
+    def __init__(
+        self, container: av.container.OutputContainer, source, offset: Fraction | None = None
+    ) -> None:
         ctx = source.codec_context
         rate = ctx.sample_rate if ctx.sample_rate in _AAC_RATES else 48000
         self.stream = container.add_stream("aac", rate=rate)
@@ -221,9 +300,15 @@ class _AudioTranscoder:
         self.resampler = av.AudioResampler(
             format="fltp", layout=self.stream.layout, rate=rate, frame_size=1024
         )
+        self.rate, self.offset = rate, offset
+        self._shift: int | None = None if offset is not None else 0
 
     def encode(self, frames) -> list[av.Packet]:
         packets: list[av.Packet] = []
+        if self._shift is None and frames:
+            first = frames[0]
+            start = (first.pts or 0) * first.time_base + (self.offset or 0)
+            self._shift = round(start * self.rate)
         for frame in [None] if frames is None else frames:
             if frame is not None:
                 frame.pts = None  # the resampler times its output by sample count
@@ -231,7 +316,15 @@ class _AudioTranscoder:
                 packets += self.stream.encode(chunk)
         if frames is None:
             packets += self.stream.encode(None)
+        for packet in packets:
+            if self._shift and packet.pts is not None:
+                packet.pts += self._shift
+                packet.dts = None if packet.dts is None else packet.dts + self._shift
         return packets
 
 
+_SEGMENT_MUXER = {
+    "mpegts_copyts": "1",  # timestamps as given (the offset is ours, and known)
+    "mpegts_flags": "resend_headers",
+}
 _AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}

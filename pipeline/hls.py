@@ -1,18 +1,56 @@
-"""HLS output: FFmpeg's HLS muxer writing a playlist and MPEG-TS segments progressively.
+"""HLS output: playlists written from a segment plan, and FFmpeg's HLS muxer for whole runs.
 
-Segments are written under a temporary name and renamed when complete, the playlist is an
-EVENT playlist that grows while the job runs (a player can start early) and gains
-``#EXT-X-ENDLIST`` when the encoder is closed.
+A segmented run publishes ``segment_NNNNN.ts`` files by rename; its playlist is generated
+from the plan and the segments done so far, in order and without gaps: an EVENT playlist
+while segments are missing (a player can start early), ``#EXT-X-ENDLIST`` once all are done.
+Durations are the plan's exact ones.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 PLAYLIST_NAME = "index.m3u8"
 SEGMENT_PATTERN = "segment_%05d.ts"
 SEGMENT_NAME_RE = re.compile(r"^segment_\d{5,}\.ts$")
+
+
+def segment_name(index: int) -> str:
+    return SEGMENT_PATTERN % index
+
+
+def playlist_text(durations: Iterable[float], target: float, complete: bool) -> str:
+    """An HLS media playlist for consecutive segments of the given durations (seconds).
+
+    ``target`` is the longest segment of the whole plan, so the announced target duration
+    never changes while the playlist grows.
+    """
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:3",
+        f"#EXT-X-TARGETDURATION:{max(1, math.ceil(target))}",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-PLAYLIST-TYPE:EVENT",  # a type never changes; ENDLIST closes it
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+    ]
+    for index, seconds in enumerate(durations):
+        lines += [f"#EXTINF:{seconds:.6f},", segment_name(index)]
+    if complete:
+        lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
+
+
+def write_playlist(folder: Path, durations: list[float], target: float, complete: bool) -> Path:
+    """Replace ``folder/index.m3u8`` atomically (a reader never sees half a playlist)."""
+    path = folder / PLAYLIST_NAME
+    part = folder / f".{PLAYLIST_NAME}.part"
+    part.write_text(playlist_text(durations, target, complete))
+    os.replace(part, path)
+    return path
 
 
 def hls_muxer_options(folder: Path, segment_seconds: float) -> dict[str, str]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 from carn_stream.pipeline.colour import output_spec
@@ -23,6 +25,7 @@ from carn_stream.pipeline.encode import EncoderOptions, VideoSink
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
 from carn_stream.pipeline.infer import BatchResult, InferenceWorker, output_size
+from carn_stream.pipeline.segments import Segment, segment_audio, segment_frames
 
 STAGES = ("decode", "queue_wait", "inference", "encode")
 _END = object()
@@ -31,7 +34,9 @@ _END = object()
 @dataclass(frozen=True)
 class PipelineOptions:
     scale: int
-    fmt: str = "mp4"  #: "mp4" (a file) or "hls" (a folder with index.m3u8)
+    #: "mp4" (a file), "hls" (a folder with index.m3u8, FFmpeg's HLS muxer) or "segment"
+    #: (one MPEG-TS piece of a segmented run)
+    container: str = "mp4"
     encoder: EncoderOptions = field(default_factory=EncoderOptions)
     batch_size: int = 4
     max_wait: float = 0.05  #: seconds a partial batch waits for more frames
@@ -63,6 +68,7 @@ class RunResult:
     frames: int
     seconds: float
     info: VideoInfo
+    rotation: int = 0  #: display rotation of the frames (degrees)
 
     @property
     def fps(self) -> float:
@@ -97,6 +103,15 @@ def _next_frame(items: Iterator) -> tuple[list[AudioItem], SourceFrame | None, f
     return audio, None, time.monotonic() - started
 
 
+@dataclass(frozen=True)
+class SegmentSource:
+    """Which part of the input a run covers: one segment of a plan (None: the whole input)."""
+
+    segment: Segment
+    time_base: Fraction  #: the plan's video time base
+    last: bool  #: the plan's last segment (takes the audio after the last frame)
+
+
 async def run_pipeline(
     source: str | Path,
     target: Path,
@@ -104,127 +119,176 @@ async def run_pipeline(
     worker: InferenceWorker,
     on_frame: Callable[[FrameReport], None] | None = None,
     input_options: dict[str, str] | None = None,
+    part: SegmentSource | None = None,
 ) -> RunResult:
-    """Upscale ``source`` into ``target``; returns when the output is complete and published."""
+    """Upscale ``source`` (or one segment of it) into ``target``; returns when the output is
+    complete and published."""
     scales = getattr(worker.engine.model, "scales", (options.scale,))
     if options.scale not in scales:
         raise ValueError(f"scale {options.scale} not supported by the model ({scales})")
-    started = time.monotonic()
-    threads = options.codec_threads
-    if threads is None:
-        threads = 1 if worker.device.type == "cpu" else 0
-    decoder, encoder = _StageThread("decode"), _StageThread("encode")
-    container = None
-    sink: VideoSink | None = None
-    try:
-        container = await decoder.call(open_input, source, input_options)
-        info = describe(container)
-        sink = await encoder.call(
-            VideoSink,
-            target,
-            options.fmt,
-            options.encoder,
-            info.frame_rate,
-            list(container.streams.audio),
-            threads,
-        )
-        frames_q: asyncio.Queue = asyncio.Queue(options.queue_frames)
-        batches_q: asyncio.Queue = asyncio.Queue(1)
-        results_q: asyncio.Queue = asyncio.Queue(max(1, options.in_flight_batches))
-        audio: collections.deque[AudioItem] = collections.deque()
-        decode_seconds: dict[int, float] = {}
-        items = demux_frames(container, frozenset(sink.transcoded_audio), threads)
+    run = _PipelineRun(source, target, options, worker, on_frame, input_options, part)
+    return await run.execute()
 
-        async def decode() -> None:
-            while True:
-                new_audio, frame, seconds = await decoder.call(_next_frame, items)
-                audio.extend(new_audio)
-                if frame is None:
-                    break
-                decode_seconds[frame.index] = seconds
-                await frames_q.put(frame)
-            await frames_q.put(_END)
 
-        async def batch() -> None:
-            pending: SourceFrame | None = None
-            while True:
-                first = pending or await frames_q.get()
-                pending = None
-                if first is _END:
+class _PipelineRun:
+    """One run's state; each stage is a method, joined by bounded queues in a TaskGroup."""
+
+    def __init__(
+        self,
+        source: str | Path,
+        target: Path,
+        options: PipelineOptions,
+        worker: InferenceWorker,
+        on_frame: Callable[[FrameReport], None] | None,
+        input_options: dict[str, str] | None,
+        part: SegmentSource | None,
+    ) -> None:
+        self.source, self.target, self.options, self.worker = source, target, options, worker
+        self.on_frame, self.input_options, self.part = on_frame, input_options, part
+        threads = options.codec_threads
+        if threads is None:
+            threads = 1 if worker.device.type == "cpu" else 0
+        self.threads = threads
+        self.decoder, self.encoder = _StageThread("decode"), _StageThread("encode")
+        self.frames_q: asyncio.Queue = asyncio.Queue(options.queue_frames)
+        self.batches_q: asyncio.Queue = asyncio.Queue(1)
+        self.results_q: asyncio.Queue = asyncio.Queue(max(1, options.in_flight_batches))
+        self.audio: collections.deque[AudioItem] = collections.deque()
+        self.decode_seconds: dict[int, float] = {}
+        self.done = 0
+        self.expected = 0
+        self.rotation = 0
+
+    async def execute(self) -> RunResult:
+        started = time.monotonic()
+        container = None
+        self.sink: VideoSink | None = None
+        try:
+            container = await self.decoder.call(open_input, self.source, self.input_options)
+            info = describe(container)
+            self.expected = self.part.segment.frames if self.part else info.frames
+            self.sink = await self.encoder.call(
+                VideoSink,
+                self.target,
+                self.options.container,
+                self.options.encoder,
+                info.frame_rate,
+                list(container.streams.audio),
+                self.threads,
+            )
+            self.items = await self.decoder.call(self._items, container)
+            async with asyncio.TaskGroup() as tg:
+                for stage in (self.decode, self.batch, self.infer, self.encode):
+                    tg.create_task(stage(), name=f"pipeline-{stage.__name__}")
+            if self.done == 0:
+                raise InputError(f"{self.source}: no video frame could be decoded")
+            output = await self.encoder.call(self.sink.close)
+            self.sink = None
+            seconds = time.monotonic() - started
+            return RunResult(output, self.done, seconds, info, self.rotation)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        finally:
+            await self.decoder.finish(container.close if container is not None else None)
+            sink = self.sink
+            await self.encoder.finish(sink.abort if sink is not None else None)
+
+    def _items(self, container) -> Iterator[SourceFrame | AudioItem]:
+        """What the decode stage reads: the whole input's frames and audio, or one segment's
+        frames after its audio (read from a second handle on the input)."""
+        assert self.sink is not None
+        transcoded = frozenset(self.sink.transcoded_audio)
+        if self.part is None:
+            return demux_frames(container, transcoded, self.threads)
+        part = self.part
+        audio: list[AudioItem] = []
+        if container.streams.audio:
+            with open_input(self.source, self.input_options) as second:
+                audio = list(
+                    segment_audio(second, part.segment, part.time_base, part.last, transcoded)
+                )
+        return itertools.chain(audio, segment_frames(container, part.segment, self.threads))
+
+    async def decode(self) -> None:
+        while True:
+            new_audio, frame, seconds = await self.decoder.call(_next_frame, self.items)
+            self.audio.extend(new_audio)
+            if frame is None:
+                break
+            self.decode_seconds[frame.index] = seconds
+            await self.frames_q.put(frame)
+        await self.frames_q.put(_END)
+
+    async def batch(self) -> None:
+        options = self.options
+        pending: SourceFrame | None = None
+        while True:
+            first = pending or await self.frames_q.get()
+            pending = None
+            if first is _END:
+                break
+            group = [first]
+            deadline = time.monotonic() + options.max_wait
+            while len(group) < options.batch_size:
+                try:
+                    nxt = await asyncio.wait_for(
+                        self.frames_q.get(), max(0.0, deadline - time.monotonic())
+                    )
+                except TimeoutError:
                     break
-                group = [first]
-                deadline = time.monotonic() + options.max_wait
-                while len(group) < options.batch_size:
-                    try:
-                        nxt = await asyncio.wait_for(
-                            frames_q.get(), max(0.0, deadline - time.monotonic())
+                if nxt is _END or nxt.shape_key != first.shape_key:
+                    pending = nxt
+                    break
+                group.append(nxt)
+            await self.batches_q.put(FrameBatch(group))
+            if pending is _END:
+                break
+        await self.batches_q.put(_END)
+
+    async def infer(self) -> None:
+        options = self.options
+        while (item := await self.batches_q.get()) is not _END:
+            h, w = item.frames[0].size
+            out = output_spec(item.spec, output_size(h, w, options.scale)[0])
+            future = self.worker.submit(
+                item.stacked(), item.spec, out, options.scale, options.priority, options.weights
+            )
+            await self.results_q.put((item, out, future))
+        await self.results_q.put(_END)
+
+    async def encode(self) -> None:
+        assert self.sink is not None
+        sink = self.sink
+        while (entry := await self.results_q.get()) is not _END:
+            item, out, future = entry
+            result: BatchResult = await future
+            frames = _upscaled(item, result)
+            self.rotation = item.frames[0].rotation
+            backlog = [self.audio.popleft() for _ in range(len(self.audio))]
+            await self.encoder.call(_write, sink, frames, out, backlog, item.frames[0].rotation)
+            muxed = time.monotonic()
+            for position, (frame, source_frame) in enumerate(zip(frames, item.frames, strict=True)):
+                self.done += 1
+                timings = {
+                    "decode": self.decode_seconds.pop(frame.index, 0.0),
+                    "queue_wait": result.started - source_frame.decoded_at,
+                    "inference": result.finished - result.started,
+                    "encode": muxed - result.finished,
+                }
+                timings["total"] = muxed - source_frame.decoded_at + timings["decode"]
+                if self.on_frame:
+                    self.on_frame(
+                        FrameReport(
+                            frame.index,
+                            self.done,
+                            self.expected,
+                            timings,
+                            len(frames),
+                            position == 0,
                         )
-                    except TimeoutError:
-                        break
-                    if nxt is _END or nxt.shape_key != first.shape_key:
-                        pending = nxt
-                        break
-                    group.append(nxt)
-                await batches_q.put(FrameBatch(group))
-                if pending is _END:
-                    break
-            await batches_q.put(_END)
-
-        async def infer() -> None:
-            while (item := await batches_q.get()) is not _END:
-                h, w = item.frames[0].size
-                out = output_spec(item.spec, output_size(h, w, options.scale)[0])
-                future = worker.submit(
-                    item.stacked(), item.spec, out, options.scale, options.priority,
-                    options.weights,
-                )  # fmt: skip
-                await results_q.put((item, out, future))
-            await results_q.put(_END)
-
-        done = 0
-
-        async def encode() -> None:
-            nonlocal done
-            while (entry := await results_q.get()) is not _END:
-                item, out, future = entry
-                result: BatchResult = await future
-                frames = _upscaled(item, result)
-                backlog = [audio.popleft() for _ in range(len(audio))]
-                await encoder.call(_write, sink, frames, out, backlog, item.frames[0].rotation)
-                muxed = time.monotonic()
-                for position, (frame, source_frame) in enumerate(
-                    zip(frames, item.frames, strict=True)
-                ):
-                    done += 1
-                    timings = {
-                        "decode": decode_seconds.pop(frame.index, 0.0),
-                        "queue_wait": result.started - source_frame.decoded_at,
-                        "inference": result.finished - result.started,
-                        "encode": muxed - result.finished,
-                    }
-                    timings["total"] = muxed - source_frame.decoded_at + timings["decode"]
-                    if on_frame:
-                        on_frame(
-                            FrameReport(
-                                frame.index, done, info.frames, timings, len(frames), position == 0
-                            )
-                        )
-            await encoder.call(_write, sink, [], None, list(audio), 0)
-            audio.clear()
-
-        async with asyncio.TaskGroup() as tg:
-            for stage in (decode, batch, infer, encode):
-                tg.create_task(stage(), name=f"pipeline-{stage.__name__}")
-        if done == 0:
-            raise InputError(f"{source}: no video frame could be decoded")
-        output = await encoder.call(sink.close)
-        sink = None
-        return RunResult(output, done, time.monotonic() - started, info)
-    except BaseExceptionGroup as group:
-        raise _first_error(group) from None
-    finally:
-        await decoder.finish(container.close if container is not None else None)
-        await encoder.finish(sink.abort if sink is not None else None)
+                    )
+        await self.encoder.call(_write, sink, [], None, list(self.audio), 0)
+        self.audio.clear()
 
 
 def _upscaled(batch: FrameBatch, result: BatchResult) -> list[UpscaledFrame]:
@@ -243,11 +307,11 @@ def _write(
         sink.write_frame(frame, out, rotation)
 
 
-def _first_error(group: BaseExceptionGroup) -> BaseException:
+def first_error(group: BaseExceptionGroup) -> BaseException:
     """The root cause of a TaskGroup failure (not the cancellations it caused)."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
+            return first_error(exc)
         if not isinstance(exc, asyncio.CancelledError):
             return exc
     return group.exceptions[0]

@@ -16,19 +16,23 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """Ready to run jobs: the model is loaded and the job store is writable."""
+    """Ready to run jobs: the model is loaded, segments can run, the job store is writable."""
     state = request.app.state
     checks = {
         "model_loaded": state.worker_holder.worker is not None,
+        "executor": state.settings.executor,
+        "executor_ready": state.executors.get() is not None,
         "store_writable": state.store.writable(),
     }
     if state.worker_holder.error:
         checks["model_error"] = state.worker_holder.error
+    if state.executors.error:
+        checks["executor_error"] = state.executors.error
     worker = state.worker_holder.worker
     if worker is not None:
         model = worker.engine.model
         checks["weights"] = str(getattr(model, "weights_file", "") or "") or None
         if getattr(model, "weights_warning", None):
             checks["weights_warning"] = model.weights_warning
-    ready = checks["model_loaded"] and checks["store_writable"]
+    ready = checks["model_loaded"] and checks["executor_ready"] and checks["store_writable"]
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

@@ -10,86 +10,99 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from carn_stream.pipeline.encode import check_codec
+from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
 from carn_stream.server.deps import get_runner, get_store, require_token
 from carn_stream.server.fetch import FetchError, validate_url
+from carn_stream.server.job_params import JobParams
 from carn_stream.server.jobs import JobRunner
-from carn_stream.server.store import STATES, Job, JobStore
+from carn_stream.server.store import SEGMENT_STATES, STATES, Job, JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-    "veryslow", "p1", "p2", "p3", "p4", "p5", "p6", "p7",
-)  # fmt: skip
 
 
-class JobCreate(BaseModel):
+class JobCreate(JobParams):
     """A request to upscale the video at ``url``."""
 
-    model_config = ConfigDict(extra="forbid")
-
     url: str = Field(min_length=1, max_length=4096, examples=["https://example.com/clip.mp4"])
-    scale: Literal[2, 3, 4] = 2
-    output: Literal["hls", "mp4"] = "hls"
-    codec: Literal["h264", "hevc", "h264_nvenc", "hevc_nvenc"] = "h264"
-    crf: int = Field(18, ge=0, le=51)
-    preset: Literal[PRESETS] | None = None  # type: ignore[valid-type]
-    weights: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.pth$",
-        description="a weights file in the service's models folder (CARN_STREAM_MODELS_DIR), "
-        "e.g. a per-video model from `carn-stream tune`; default: the service's model",
-        examples=["clip-x4.pth"],
-    )
 
 
 class JobProgress(BaseModel):
     frames_done: int
     frames_total: int
-    fps: float
+    fps: float = Field(description="frames per second over the last few seconds")
     eta_seconds: float | None
 
 
-class JobOut(BaseModel):
+class SegmentCounts(BaseModel):
+    total: int
+    done: int
+    running: int
+    failed: int
+
+
+class SegmentOut(BaseModel):
+    index: int
+    state: Literal[SEGMENT_STATES]  # type: ignore[valid-type]
+    start: float = Field(description="seconds from the start of the video")
+    duration: float
+    frames: int
+    attempts: int
+    seconds: float | None = Field(description="time the segment took to make")
+    bytes: int | None
+    node: str | None = Field(description="where it was made")
+    error: str | None
+
+
+class JobOut(JobParams):
+    """A job: its parameters, state, progress and links."""
+
+    model_config = ConfigDict(extra="forbid")
+
     id: str
     state: Literal[STATES]  # type: ignore[valid-type]
     url: str
-    scale: int
-    output: str
     created_at: float
     started_at: float | None
     finished_at: float | None
     attempts: int
-    weights: str | None
     progress: JobProgress
+    segments: SegmentCounts
     error: str | None
     links: dict[str, str]
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
-        links = {"self": f"/jobs/{job.id}"}
-        if job.params["output"] == "hls":
-            links["playlist"] = f"/jobs/{job.id}/hls/{PLAYLIST_NAME}"
-        else:
-            links["mp4"] = f"/jobs/{job.id}/output.mp4"
+    def of(cls, job: Job, counts: dict[str, int] | None = None) -> JobOut:
+        counts = counts or dict.fromkeys(SEGMENT_STATES, 0)
+        links = {"self": f"/jobs/{job.id}", "segments": f"/jobs/{job.id}/segments"}
+        if job.state in ("queued", "running", "succeeded"):
+            if job.params.format == "hls":
+                links["playlist"] = f"/jobs/{job.id}/hls/{PLAYLIST_NAME}"
+            elif job.state == "succeeded":
+                links["mp4"] = f"/jobs/{job.id}/output.mp4"
         return cls(
+            **job.params.model_dump(),
             id=job.id,
             state=job.state,
             url=job.url,
-            scale=job.params["scale"],
-            output=job.params["output"],
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
             attempts=job.attempts,
-            weights=job.params.get("weights"),
             progress=JobProgress(
                 frames_done=job.frames_done,
                 frames_total=job.frames_total,
                 fps=round(job.fps, 3),
                 eta_seconds=job.eta_seconds,
+            ),
+            segments=SegmentCounts(
+                total=sum(counts.values()),
+                done=counts["done"],
+                running=counts["running"],
+                failed=counts["failed"],
             ),
             error=job.error,
             links=links,
@@ -125,14 +138,18 @@ async def create_job(body: JobCreate, request: Request, store: Store, runner: Ru
     except FetchError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
     if body.weights is not None:
-        folder = request.app.state.settings.models_dir
+        folder = runner.settings.models_dir
         if folder is None or not (folder / body.weights).is_file():
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_ENTITY,
                 f"no weights file {body.weights!r} in the service's models folder"
                 + ("" if folder else " (CARN_STREAM_MODELS_DIR is not set)"),
             )
-    params = body.model_dump(exclude={"url"})
+    params = JobParams(**body.model_dump(exclude={"url"}))
+    try:
+        check_codec(params.codec, params.preset)
+    except OutputError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
     job = store.create(body.url, params)
     runner.wake()
     return JobOut.of(job)
@@ -147,12 +164,25 @@ def list_jobs(
 ) -> JobPage:
     """Jobs, newest first."""
     jobs, total = store.list(offset, limit, state)
-    return JobPage(items=[JobOut.of(j) for j in jobs], total=total, offset=offset, limit=limit)
+    counts = store.segment_counts([j.id for j in jobs])
+    items = [JobOut.of(j, counts[j.id]) for j in jobs]
+    return JobPage(items=items, total=total, offset=offset, limit=limit)
+
+
+def _job_out(store: JobStore, job: Job) -> JobOut:
+    return JobOut.of(job, store.segment_counts([job.id])[job.id])
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, store: Store) -> JobOut:
-    return JobOut.of(_job_or_404(store, job_id))
+    return _job_out(store, _job_or_404(store, job_id))
+
+
+@router.get("/{job_id}/segments", response_model=list[SegmentOut])
+def get_segments(job_id: str, store: Store) -> list[SegmentOut]:
+    """The job's segments in order: state, attempts, time taken and where each was made."""
+    job = _job_or_404(store, job_id)
+    return [SegmentOut(**vars(s)) for s in store.segments(job.id)]
 
 
 @router.delete("/{job_id}", response_model=JobOut, dependencies=[Depends(require_token)])
@@ -161,7 +191,7 @@ async def cancel_job(job_id: str, store: Store, runner: Runner) -> JobOut:
     job = _job_or_404(store, job_id)
     if not await runner.cancel(job.id):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.state}")
-    return JobOut.of(_job_or_404(store, job_id))
+    return _job_out(store, _job_or_404(store, job_id))
 
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import threading
 import time
@@ -15,10 +14,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from carn_stream.pipeline.hls import hls_muxer_options
+from carn_stream.pipeline.executors import InProcessExecutor, SegmentExecutor
 from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.pipeline.worker_process import ProcessExecutor, ProcessLimits
 from carn_stream.server import api_health, api_jobs, api_live, pages
-from carn_stream.server.fetch import FetchPolicy
 from carn_stream.server.jobs import JobRunner
 from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
@@ -51,20 +50,50 @@ class WorkerHolder:
             self.worker.close()
 
 
-def fetch_policy(settings: Settings) -> FetchPolicy:
-    allowed = frozenset(str(ipaddress.ip_address(h)) for h in settings.allowed_private_hosts)
-    return FetchPolicy(
-        allowed_hosts=allowed,
-        allow_local_files=settings.allow_local_files,
-        max_bytes=settings.max_input_bytes,
-        timeout=settings.fetch_timeout_seconds,
-        max_redirects=settings.max_redirects,
-    )
+class ExecutorHolder:
+    """The job runner's segment executor, as the settings ask: a supervised worker process
+    (started in the background) or this process's own inference worker."""
+
+    def __init__(
+        self, settings: Settings, worker_factory: Callable[[], InferenceWorker], local: WorkerHolder
+    ) -> None:
+        self.settings, self.local = settings, local
+        self.error: str | None = None
+        self._executor: SegmentExecutor | None = None
+        self._process: ProcessExecutor | None = None
+        self._starting: asyncio.Task | None = None
+        if settings.executor == "process":
+            limits = ProcessLimits(max_open_files=settings.worker_max_open_files)
+            self._process = ProcessExecutor(worker_factory, settings.worker_slots, limits)
+            self._starting = asyncio.create_task(self._start(self._process))
+
+    async def _start(self, executor: ProcessExecutor) -> None:
+        try:
+            await executor.start()
+            self._executor = executor
+        except Exception as exc:
+            log.exception("starting the worker process failed")
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def get(self) -> SegmentExecutor | None:
+        """The executor once it can take work."""
+        if self._executor is None and self._process is None and self.local.worker is not None:
+            self._executor = InProcessExecutor(self.local.worker, self.settings.worker_slots)
+        return self._executor
+
+    async def close(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
+        if self._executor is not None:
+            await self._executor.close()
+        elif self._process is not None:
+            await self._process.close()
 
 
 def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]) -> FastAPI:
-    """The service. ``worker_factory`` loads the model and starts its inference worker."""
-    hls_muxer_options(settings.data_dir, settings.segment_seconds)  # fail at start, not per job
+    """The service. ``worker_factory`` loads the model and starts an inference worker; with the
+    ``process`` executor it runs in the worker process too, so it must be picklable."""
     metrics = Metrics()
 
     @asynccontextmanager
@@ -75,19 +104,9 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         requeued, failed = store.recover(settings.max_attempts)
         if requeued or failed:
             log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
-        runner = JobRunner(
-            store,
-            data_dir,
-            fetch_policy(settings),
-            metrics,
-            max_concurrent=settings.max_concurrent_jobs,
-            max_duration=settings.max_duration_seconds,
-            max_output_pixels=settings.max_output_pixels,
-            batch_size=settings.batch_size,
-            segment_seconds=settings.segment_seconds,
-            retention_seconds=settings.retention_hours * 3600,
-        )
         holder = WorkerHolder(worker_factory)
+        executors = ExecutorHolder(settings, worker_factory, holder)
+        runner = JobRunner(store, settings, metrics, executors.get)
         restrict_ice_hosts(settings.live_ice_hosts)
         live = LiveSessions(
             metrics,
@@ -99,7 +118,8 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         app.state.live = live
         app.state.settings, app.state.store, app.state.runner = settings, store, runner
         app.state.worker_holder, app.state.metrics = holder, metrics
-        scheduler = asyncio.create_task(runner.run_forever(lambda: holder.worker))
+        app.state.executors = executors
+        scheduler = asyncio.create_task(runner.run_forever())
         try:
             yield
         finally:
@@ -107,6 +127,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             await runner.shutdown()
             scheduler.cancel()
             await asyncio.gather(scheduler, return_exceptions=True)
+            await executors.close()
             await asyncio.to_thread(holder.close)
             store.close()
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from carn_stream.settings import Settings
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -205,3 +207,15 @@ def _stream_body(response, dest: Path, policy: FetchPolicy, total, cancelled, on
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """The fetching rules the settings ask for."""
+    allowed = frozenset(str(ipaddress.ip_address(h)) for h in settings.allowed_private_hosts)
+    return FetchPolicy(
+        allowed_hosts=allowed,
+        allow_local_files=settings.allow_local_files,
+        max_bytes=settings.max_input_bytes,
+        timeout=settings.fetch_timeout_seconds,
+        max_redirects=settings.max_redirects,
+    )

@@ -1,8 +1,11 @@
-"""Run queued jobs: fetch the input, check the limits, run the pipeline, record the outcome.
+"""Run queued jobs: fetch the input, plan it as segments, make the segments, finish the output.
 
-Jobs are claimed first in, first out, at most ``max_concurrent_jobs`` at a time; they share the
-one inference worker. A cancelled job stops within a second (the pipeline is cancelled, the
-download checks a flag between chunks) and its files are removed.
+Jobs are claimed first in, first out, at most ``max_concurrent_jobs`` at a time. Their segments
+go to one :class:`~carn_stream.pipeline.executors.SegmentExecutor` (by default a supervised
+worker process, so a hostile input can crash only that process) and take turns at its slots.
+Every published segment is recorded in the store, so a job interrupted by a crash or a restart
+continues from the segments that are not done; a graceful stop does not count as an attempt.
+A cancelled or failed job keeps no output: nothing half-made is served.
 """
 
 from __future__ import annotations
@@ -16,43 +19,66 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from carn_stream.pipeline.decode import probe
 from carn_stream.pipeline.encode import EncoderOptions
 from carn_stream.pipeline.errors import PipelineError
-from carn_stream.pipeline.infer import InferenceWorker
-from carn_stream.pipeline.run import FrameReport, PipelineOptions, run_pipeline
-from carn_stream.server.fetch import FetchError, FetchPolicy, fetch
+from carn_stream.pipeline.executors import PlanRequest, SegmentExecutor, SegmentResult
+from carn_stream.pipeline.formats import FORMATS
+from carn_stream.pipeline.hls import segment_name
+from carn_stream.pipeline.run import FrameReport, PipelineOptions
+from carn_stream.pipeline.segmented import SegmentedRun
+from carn_stream.pipeline.segments import SegmentPlan
+from carn_stream.server.fetch import FetchError, fetch, fetch_policy
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.store import Job, JobStore
+from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+INPUT_NAME, WORK_NAME = "input", "work"
 
 
 class LimitError(Exception):
     """The input is over one of the service's limits."""
 
 
+class RecentRate:
+    """Events per second over the last few seconds (an exponentially weighted rate)."""
+
+    def __init__(self, half_life: float = 3.0, clock: Callable[[], float] = time.monotonic):
+        self.half_life, self.clock = half_life, clock
+        self.rate = 0.0
+        self._last: float | None = None
+        self._pending = 0
+
+    def add(self, n: int = 1) -> None:
+        now = self.clock()
+        if self._last is None:
+            self._last = now
+            return
+        elapsed = now - self._last
+        self._pending += n
+        if elapsed <= 0:
+            return
+        n, self._pending = self._pending, 0
+        weight = 0.5 ** (elapsed / self.half_life)
+        self.rate = weight * self.rate + (1 - weight) * (n / elapsed)
+        self._last = now
+
+
 class JobRunner:
     def __init__(
         self,
         store: JobStore,
-        data_dir: Path,
-        policy: FetchPolicy,
+        settings: Settings,
         metrics: Metrics,
-        *,
-        max_concurrent: int,
-        max_duration: float,
-        max_output_pixels: int,
-        batch_size: int,
-        segment_seconds: float,
-        retention_seconds: float,
+        executor: Callable[[], SegmentExecutor | None],
     ) -> None:
-        self.store, self.data_dir, self.policy, self.metrics = store, data_dir, policy, metrics
-        self.max_concurrent = max_concurrent
-        self.max_duration, self.max_output_pixels = max_duration, max_output_pixels
-        self.batch_size, self.segment_seconds = batch_size, segment_seconds
-        self.retention_seconds = retention_seconds
-        self.worker: InferenceWorker | None = None
+        """``executor()`` gives the segment executor once it is ready (None until then)."""
+        self.store, self.settings, self.metrics = store, settings, metrics
+        self.data_dir = settings.data_dir
+        self.policy = fetch_policy(settings)
+        self._executor = executor
+        self._slots: asyncio.Semaphore | None = None
         self._running: dict[str, asyncio.Task] = {}
         self._cancel_flags: dict[str, threading.Event] = {}
         self._wake = asyncio.Event()
@@ -60,6 +86,9 @@ class JobRunner:
 
     def job_dir(self, job_id: str) -> Path:
         return self.data_dir / "jobs" / job_id
+
+    def output_path(self, job: Job) -> Path:
+        return self.job_dir(job.id) / FORMATS[job.params.format].output_name()
 
     def wake(self) -> None:
         self._wake.set()
@@ -72,20 +101,22 @@ class JobRunner:
 
     # ------------------------------------------------------------------ scheduling
 
-    async def run_forever(self, worker_ready: Callable[[], InferenceWorker | None]) -> None:
+    async def run_forever(self) -> None:
         last_cleanup = 0.0
         while not self._stopping:
-            self.worker = worker_ready()
+            executor = self._executor()
             if time.monotonic() - last_cleanup > 600:
                 last_cleanup = time.monotonic()
                 await asyncio.to_thread(self.remove_expired)
-            if self.worker is not None:
-                while len(self._running) < self.max_concurrent:
+            if executor is not None:
+                if self._slots is None:
+                    self._slots = asyncio.Semaphore(executor.slots)
+                while len(self._running) < self.settings.max_concurrent_jobs:
                     job = self.store.claim_next()
                     if job is None:
                         break
                     flag = self._cancel_flags[job.id] = threading.Event()
-                    task = asyncio.create_task(self._run(job, flag), name=f"job-{job.id}")
+                    task = asyncio.create_task(self._run(job, executor, flag), name=f"job-{job.id}")
                     self._running[job.id] = task
             self.refresh_gauges()
             self._wake.clear()
@@ -104,8 +135,8 @@ class JobRunner:
         await asyncio.wait({task}, timeout=5)
         return True
 
-    async def shutdown(self) -> None:
-        """Stop the scheduler; running jobs go back to the queue for the next start."""
+    async def shutdown(self, timeout: float = 10) -> None:
+        """Stop the scheduler; running jobs go back to the queue, their finished segments kept."""
         self._stopping = True
         self.wake()
         tasks = list(self._running.values())
@@ -114,100 +145,173 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=10)
+            await asyncio.wait(tasks, timeout=timeout)
 
     # ------------------------------------------------------------------ one job
 
-    async def _run(self, job: Job, cancelled: threading.Event) -> None:
+    async def _run(self, job: Job, executor: SegmentExecutor, cancelled: threading.Event) -> None:
         folder = self.job_dir(job.id)
-        download = source = folder / "input"
+        fmt = FORMATS[job.params.format]
+        output = self.output_path(job)
+        download = folder / INPUT_NAME
+        finished = False
         try:
-            await asyncio.to_thread(_fresh_dir, folder)
-            source = await asyncio.to_thread(fetch, job.url, source, self.policy, cancelled)
-            info = await asyncio.to_thread(probe, source)
-            self._check_limits(info, job.params["scale"])
-            self.store.progress(job.id, 0, info.frames, 0.0)
-            await self._upscale(job, source, folder, info.frames)
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            source = download
+            if not download.is_file():
+                source = await asyncio.to_thread(fetch, job.url, download, self.policy, cancelled)
+            plan = job.plan
+            if plan is None:
+                plan, _ = await executor.plan(PlanRequest(source, self.settings.segment_seconds))
+                self._check_limits(plan, job.params.scale)
+                self.store.save_plan(job.id, plan)
+            else:
+                self.store.reset_unfinished_segments(job.id)
+            await self._make(job, plan, source, output, folder / WORK_NAME, executor)
             self.store.finish(job.id, "succeeded")
+            finished = True
             log.info("job %s succeeded", job.id)
         except asyncio.CancelledError:
-            await asyncio.to_thread(_clear_outputs, folder)
             if self._stopping:
-                self.store.requeue(job.id)
+                self.store.requeue(job.id)  # finished segments stay for the next start
             else:
+                await asyncio.to_thread(_discard, fmt, output, folder)
                 self.store.finish(job.id, "cancelled", "cancelled by request")
+                finished = True
         except (FetchError, PipelineError, LimitError, ValueError) as exc:
-            await asyncio.to_thread(_clear_outputs, folder)
+            await asyncio.to_thread(_discard, fmt, output, folder)
             self.store.finish(job.id, "failed", str(exc))
+            finished = True
             log.info("job %s failed: %s", job.id, exc)
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job.id)
-            await asyncio.to_thread(_clear_outputs, folder)
+            await asyncio.to_thread(_discard, fmt, output, folder)
             self.store.finish(job.id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            finished = True
         finally:
-            download.unlink(missing_ok=True)  # our copy only, never a local input file
+            if finished:  # our copy of the input only, never a local input file
+                download.unlink(missing_ok=True)
+                shutil.rmtree(folder / WORK_NAME, ignore_errors=True)
             self._running.pop(job.id, None)
             self._cancel_flags.pop(job.id, None)
             self.refresh_gauges()
             self.wake()
 
-    def _check_limits(self, info, scale: int) -> None:
-        if info.duration is not None and info.duration > self.max_duration:
+    def _check_limits(self, plan: SegmentPlan, scale: int) -> None:
+        settings = self.settings
+        if plan.duration > settings.max_duration_seconds:
             raise LimitError(
-                f"input is {info.duration:.0f} s long, over the limit of {self.max_duration:g} s"
+                f"input is {plan.duration:.0f} s long, over the limit of "
+                f"{settings.max_duration_seconds:g} s"
             )
-        pixels = info.width * info.height * scale * scale
-        if pixels > self.max_output_pixels:
+        pixels = plan.width * plan.height * scale * scale
+        if pixels > settings.max_output_pixels:
             raise LimitError(
-                f"output would be {info.width * scale}x{info.height * scale}, over the limit of "
-                f"{self.max_output_pixels} pixels per frame"
+                f"output would be {plan.width * scale}x{plan.height * scale}, over the limit of "
+                f"{settings.max_output_pixels} pixels per frame"
             )
 
-    async def _upscale(self, job: Job, source: Path, folder: Path, total: int) -> None:
-        assert self.worker is not None
+    def _options(self, job: Job, executor: SegmentExecutor) -> PipelineOptions:
         params = job.params
-        fmt = params["output"]
-        target = folder / ("hls" if fmt == "hls" else "output.mp4")
-        batch = self.batch_size or (8 if self.worker.device.type == "cuda" else 1)
-        options = PipelineOptions(
-            scale=params["scale"],
-            fmt=fmt,
-            encoder=EncoderOptions(
-                params["codec"], params["crf"], params.get("preset"), self.segment_seconds
-            ),
+        device = getattr(executor, "device", None) or ""
+        batch = self.settings.batch_size or (8 if str(device).startswith("cuda") else 1)
+        return PipelineOptions(
+            scale=params.scale,
+            encoder=EncoderOptions(params.codec, params.crf, params.preset),
             batch_size=batch,
-            weights=params.get("weights"),
+            weights=params.weights,
         )
-        started = time.monotonic()
+
+    async def _make(
+        self,
+        job: Job,
+        plan: SegmentPlan,
+        source: Path,
+        output: Path,
+        work_dir: Path,
+        executor: SegmentExecutor,
+    ) -> None:
+        fmt = FORMATS[job.params.format]
+        done: dict[int, SegmentResult] = {}
+        for record in self.store.segments(job.id):
+            result = record.result()
+            path = fmt.segment_dir(output, work_dir) / segment_name(record.index)
+            if result is not None and path.is_file() and path.stat().st_size == result.bytes:
+                done[record.index] = result
+        frames_done = sum(r.frames for r in done.values())
+        in_flight: dict[int, int] = {}
+        rate = RecentRate()
         last_write = 0.0
 
-        def on_frame(report: FrameReport) -> None:
+        def write_progress(force: bool = False) -> None:
             nonlocal last_write
-            self.metrics.observe_frame(report, "job")
             now = time.monotonic()
-            if now - last_write >= 0.5:
+            if force or now - last_write >= 0.5:
                 last_write = now
-                fps = report.done / max(now - started, 1e-6)
-                self.store.progress(job.id, report.done, max(total, report.done), fps)
+                frames = frames_done + sum(in_flight.values())
+                self.store.progress(job.id, frames, plan.frames, rate.rate)
 
-        result = await run_pipeline(source, target, options, self.worker, on_frame)
-        self.store.progress(job.id, result.frames, result.frames, result.fps)
+        def on_frame(report: FrameReport) -> None:
+            self.metrics.observe_frame(report, "job")
+            index = _segment_of(plan, report.index)
+            in_flight[index] = in_flight.get(index, 0) + 1
+            rate.add()
+            write_progress()
+
+        def on_start(index: int, attempt: int) -> None:
+            in_flight[index] = 0
+            self.store.segment_started(job.id, index)
+
+        def on_done(result: SegmentResult) -> None:
+            nonlocal frames_done
+            in_flight.pop(result.index, None)
+            frames_done += result.frames
+            self.store.segment_done(job.id, result)
+            write_progress(force=True)
+
+        run = SegmentedRun(
+            source=source,
+            plan=plan,
+            fmt=fmt,
+            output=output,
+            work_dir=work_dir,
+            options=self._options(job, executor),
+            executor=executor,
+            done=done,
+            max_attempts=self.settings.segment_attempts,
+            in_flight=executor.slots,
+            slots=self._slots,
+            on_frame=on_frame,
+            on_start=on_start,
+            on_done=on_done,
+            on_retry=lambda index, reason: in_flight.pop(index, None),
+        )
+        try:
+            await run.execute()
+        except PipelineError as exc:
+            failed = getattr(exc, "segment", None)
+            if failed is not None:
+                self.store.segment_failed(job.id, failed.index, str(exc))
+            raise
+        self.store.progress(job.id, plan.frames, plan.frames, rate.rate)
 
     def remove_expired(self) -> None:
-        if self.retention_seconds <= 0:
+        hours = self.settings.retention_hours
+        if hours <= 0:
             return
-        for job_id in self.store.expired(time.time() - self.retention_seconds):
+        for job_id in self.store.expired(time.time() - hours * 3600):
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             self.store.delete(job_id)
 
 
-def _fresh_dir(folder: Path) -> None:
-    """An empty job folder (a re-run after a crash starts from scratch)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+def _segment_of(plan: SegmentPlan, frame_index: int) -> int:
+    for segment in plan.segments:
+        if frame_index < segment.first_frame + segment.frames:
+            return segment.index
+    return plan.segments[-1].index
 
 
-def _clear_outputs(folder: Path) -> None:
-    shutil.rmtree(folder / "hls", ignore_errors=True)
-    for leftover in folder.glob("*output.mp4*"):
-        leftover.unlink(missing_ok=True)
+def _discard(fmt, output: Path, folder: Path) -> None:
+    """A job that did not succeed keeps no output and no work files."""
+    fmt.discard(output)
+    shutil.rmtree(folder / WORK_NAME, ignore_errors=True)

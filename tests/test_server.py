@@ -27,7 +27,9 @@ def media(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("media")
     video = data_dir / "video"
     bunny = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 50), (160, 90))
-    write_clip(root / "bunny.mp4", bunny, audio_from=video / "bigbuckbunny.mp4", audio_seconds=2.0)
+    # A keyframe each second: two segments of 1 s (the tests' segment duration).
+    write_clip(root / "bunny.mp4", bunny, audio_from=video / "bigbuckbunny.mp4", audio_seconds=2.0,
+               options={"crf": "12", "preset": "veryfast", "g": "25"})  # fmt: skip
     carphone = decode_rgb(video / "carphone_pristine.mp4", 90)
     write_clip(root / "carphone.mp4", [f[:72, :88] for f in carphone], rate=Fraction(30000, 1001))
     (root / "notes.mp4").write_text("this is not a video")
@@ -75,6 +77,7 @@ def test_health_and_readiness(server):
     assert server.call("GET", "/healthz").json() == {"status": "ok"}
     ready = server.call("GET", "/readyz").json()
     assert ready == {"ready": True, "model_loaded": True, "store_writable": True,
+                     "executor": "process", "executor_ready": True,
                      "weights": str(official_weights_path())}  # fmt: skip
     assert server.call("GET", "/openapi.json").json()["paths"]["/jobs"]
 
@@ -346,19 +349,19 @@ def test_a_killed_server_resumes_its_jobs_after_restart(tmp_path, media):
 
 
 def test_retention_removes_old_jobs_and_their_files(tmp_path):
+    from carn_stream.server.job_params import JobParams
     from carn_stream.server.jobs import JobRunner
     from carn_stream.server.metrics import Metrics
     from carn_stream.server.store import JobStore
+    from carn_stream.settings import Settings
 
     store = JobStore(tmp_path / "jobs.sqlite3")
-    runner = JobRunner(store, tmp_path, FetchPolicy(), Metrics(), max_concurrent=1,
-                       max_duration=10, max_output_pixels=10, batch_size=1, segment_seconds=1,
-                       retention_seconds=60)  # fmt: skip
-    old, fresh = store.create("http://x/a", {}), store.create("http://x/b", {})
-    for job in (old, fresh):
+    settings = Settings(data_dir=tmp_path, retention_hours=1)
+    runner = JobRunner(store, settings, Metrics(), lambda: None)
+    old, fresh = store.create("http://x/a", JobParams()), store.create("http://x/b", JobParams())
+    for job, age in ((old, 3700), (fresh, 60)):
         runner.job_dir(job.id).mkdir(parents=True)
-        store.finish(job.id, "succeeded")
-    store._db.execute("UPDATE jobs SET finished_at = finished_at - 3600 WHERE id = ?", (old.id,))
+        store.finish(job.id, "succeeded", at=time.time() - age)
     runner.remove_expired()
     assert store.get(old.id) is None and not runner.job_dir(old.id).exists()
     assert store.get(fresh.id) is not None and runner.job_dir(fresh.id).exists()
@@ -366,19 +369,26 @@ def test_retention_removes_old_jobs_and_their_files(tmp_path):
 
 
 def test_store_recovery_after_a_crash(tmp_path):
+    from carn_stream.server.job_params import JobParams
     from carn_stream.server.store import JobStore
 
     store = JobStore(tmp_path / "jobs.sqlite3")
-    a, b = store.create("http://x/a", {}), store.create("http://x/b", {})
+    a, b = store.create("http://x/a", JobParams()), store.create("http://x/b", JobParams())
     assert store.claim_next().id == a.id  # first in, first out
     assert store.claim_next().id == b.id
-    store._db.execute("UPDATE jobs SET attempts = 2 WHERE id = ?", (b.id,))
-    store.close()
-    store = JobStore(tmp_path / "jobs.sqlite3")  # as after kill -9: both still "running"
+    store.requeue(b.id)  # a graceful stop: not an attempt
+    assert store.get(b.id).attempts == 0
+    assert store.claim_next().id == b.id and store.get(b.id).attempts == 1
+    store.close()  # as after kill -9: both still "running"
+    store = JobStore(tmp_path / "jobs.sqlite3")
     requeued, failed = store.recover(max_attempts=2)
-    assert requeued == [a.id] and failed == [b.id]
-    assert store.get(a.id).state == "queued"
-    assert "restart" in store.get(b.id).error
+    assert requeued == [a.id, b.id] and failed == []
+    assert store.claim_next().id == a.id and store.claim_next().id == b.id  # attempt 2 each
+    store.close()
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    requeued, failed = store.recover(max_attempts=2)
+    assert requeued == [] and failed == [a.id, b.id]
+    assert store.get(a.id).state == "failed" and "restart" in store.get(b.id).error
     store.close()
 
 

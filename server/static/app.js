@@ -103,7 +103,7 @@ document.getElementById("job-form").addEventListener("submit", async (event) => 
   const body = {
     url: document.getElementById("url").value,
     scale: Number(document.getElementById("scale").value),
-    output: document.getElementById("output").value,
+    format: document.getElementById("output").value,
   };
   formStatus.textContent = "Submitting…";
   const r = await fetch("/jobs", { method: "POST", headers: headers(), body: JSON.stringify(body) });
@@ -113,7 +113,7 @@ document.getElementById("job-form").addEventListener("submit", async (event) => 
     return;
   }
   formStatus.textContent = "Job " + data.id.slice(0, 8) + " queued";
-  if (data.output === "hls") wanted = data.id;
+  if (data.format === "hls") wanted = data.id;
   refresh();
 });
 

@@ -1,0 +1,77 @@
+"""A job's parameters: one typed model for the API's request and response, the store and the
+runner. Stored rows are read back through it, so rows written by older versions get today's
+defaults (and their old field names) without any caller reading a dict by string keys.
+
+Adding a job field means adding it here (and using it where it takes effect).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from carn_stream.model.scales import SUPPORTED_SCALES
+from carn_stream.pipeline.encode import CODEC_NAMES, CODECS, PRESETS
+from carn_stream.pipeline.formats import FORMAT_NAMES
+
+
+def _supported_scale(value: int) -> int:
+    if value not in SUPPORTED_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(map(str, SUPPORTED_SCALES))}")
+    return value
+
+
+Scale = Annotated[
+    int,
+    AfterValidator(_supported_scale),
+    Field(json_schema_extra={"enum": list(SUPPORTED_SCALES)}),
+]
+
+
+class JobParams(BaseModel):
+    """What to make of the input video."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    scale: Scale = Field(2, description="upscaling factor")
+    format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
+        "hls",
+        validation_alias=AliasChoices("format", "output"),
+        description="hls: a playlist that plays while the job runs; mp4: one file at the end "
+        "(`output` is accepted as the field's older name)",
+    )
+    codec: Literal[CODEC_NAMES] = "h264"  # type: ignore[valid-type]
+    crf: int = Field(18, ge=0, le=51, description="quality, 0 (lossless) to 51")
+    preset: Literal[PRESETS] | None = Field(  # type: ignore[valid-type]
+        None, description="encoder preset; default: the codec's own (veryfast, p4 for NVENC)"
+    )
+    weights: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.pth$",
+        description="a weights file in the service's models folder (CARN_STREAM_MODELS_DIR), "
+        "e.g. a per-video model from `carn-stream tune`; default: the service's model",
+        examples=["clip-x4.pth"],
+    )
+
+    @model_validator(mode="after")
+    def _preset_fits_codec(self) -> JobParams:
+        if self.preset is not None and self.preset not in CODECS[self.codec].presets:
+            allowed = ", ".join(CODECS[self.codec].presets)
+            raise ValueError(f"preset {self.preset!r} does not apply to {self.codec}; {allowed}")
+        return self
+
+    @classmethod
+    def from_stored(cls, text: str) -> JobParams:
+        """A stored row's parameters (older rows: missing fields take their defaults)."""
+        return cls.model_validate_json(text)
+
+    def to_stored(self) -> str:
+        return self.model_dump_json()
