@@ -34,7 +34,7 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     encoder = EncoderOptions(args.codec, args.crf, args.preset)
     codec_settings(encoder)  # refuse a bad codec or crf before loading anything
     if seconds < 1:
-        raise UpscaleError("--segment-seconds must be at least 1")
+        raise UpscaleError("--segment-seconds must be at least 1 second")
     work = args.work_dir or default_work_dir(args.output)
     if not fmt.is_folder and not args.output.parent.is_dir():
         raise UpscaleError(f"output folder {args.output.parent} does not exist")

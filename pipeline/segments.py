@@ -162,7 +162,7 @@ def _video_packets(container: av.container.InputContainer) -> list[_Packet]:
 
 
 def _cut_points(
-    pts: list[int], keys: list[int], tb: Fraction, target: float, minimum: float
+    pts: list[int], end: int, keys: list[int], tb: Fraction, target: float, minimum: float
 ) -> list[int]:
     """Segment starts: keyframes near ``target`` seconds apart, none closer than ``minimum``."""
     starts = [pts[0]]
@@ -175,12 +175,15 @@ def _cut_points(
         while j < len(candidates) and (candidates[j] - base) * tb < target:
             j += 1
         options = [c for c in candidates[max(i, j - 1) : j + 1] if (c - base) * tb >= minimum]
+        if j == len(candidates):
+            options.append(end)  # no keyframe reaches the target: not cutting is an option
         if not options:
             break
         best = min(options, key=lambda c: abs(float((c - base) * tb) - target))
+        if best == end:
+            break
         starts.append(best)
         i = candidates.index(best) + 1
-    end = pts[-1]
     if len(starts) > 1 and (end - starts[-1]) * tb < minimum:
         starts.pop()  # a short tail joins the segment before it
     return starts
@@ -204,10 +207,11 @@ def plan_segments(
     if len(set(pts)) != len(pts):
         raise InputError("the video stream has frames with the same timestamp")
     keys = [p.pts for p in packets if p.key]
-    starts = _cut_points(pts, keys, tb, target_seconds, minimum_seconds)
     last = packets[-1]
     step = last.duration or (round(1 / (info.frame_rate * tb)) if info.frame_rate else 1)
-    ends = [*starts[1:], last.pts + max(step, 1)]
+    end = last.pts + max(step, 1)
+    starts = _cut_points(pts, end, keys, tb, target_seconds, minimum_seconds)
+    ends = [*starts[1:], end]
     segments = []
     first = 0
     position = 0
@@ -254,7 +258,15 @@ def segment_frames(
     last = segment.first_frame + segment.frames
     try:
         for packet in container.demux(video):
-            for frame in packet.decode():
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                if packet.pts is None or packet.pts < segment.end_pts:
+                    raise
+                # Damage past the segment's end is the next segment's business: flush what
+                # the decoder still holds of this one.
+                frames = video.codec_context.decode(None)
+            for frame in frames:
                 if frame.pts is None or frame.pts < segment.start_pts:
                     continue  # before the segment (or a leading picture of an open GOP)
                 if frame.pts >= segment.end_pts:

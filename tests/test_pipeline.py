@@ -137,7 +137,7 @@ def test_hls_playlist_is_valid_and_every_segment_decodes(clips, carn_worker, tmp
         clips["bunny_audio"],
         out,
         carn_worker,
-        fmt="hls",
+        container="hls",
         encoder=EncoderOptions(segment_seconds=1),
     )
     playlist = (out / "index.m3u8").read_text()
@@ -383,7 +383,7 @@ def test_inputs_that_are_not_videos_fail_clearly(tmp_path, bicubic_worker, data_
 def test_a_non_empty_hls_folder_is_never_overwritten(clips, bicubic_worker, tmp_path):
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(OutputError, match="not an empty folder"):
-        upscale(clips["carphone"], tmp_path, bicubic_worker, fmt="hls")
+        upscale(clips["carphone"], tmp_path, bicubic_worker, container="hls")
     with pytest.raises(OutputError, match="does not exist"):
         upscale(clips["carphone"], tmp_path / "no" / "o.mp4", bicubic_worker)
     assert (tmp_path / "keep.txt").read_text() == "user data"

@@ -1,0 +1,311 @@
+"""Segments as the unit of work: exact plans, segment-by-segment output, resuming, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from carn_stream.model.baselines import Bicubic
+from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest
+from carn_stream.pipeline.formats import FORMATS
+from carn_stream.pipeline.hls import PLAYLIST_NAME
+from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.run import PipelineOptions
+from carn_stream.pipeline.segmented import SegmentedRun, SegmentFailed
+from carn_stream.pipeline.segments import SegmentPlan, plan_segments, segment_frames
+from tests.conftest import REPO_ROOT, official_weights_path
+from tests.media import decode_rgb, downscale_frames, facts, write_clip
+from tests.service import ServerProcess, media_server, wait_for
+
+X264 = {"crf": "20", "preset": "veryfast"}
+
+
+@pytest.fixture(scope="module")
+def clips(data_dir, tmp_path_factory) -> dict[str, Path]:
+    """Clips made from the real videos, each with a property segmenting must survive."""
+    video = data_dir / "video"
+    d = tmp_path_factory.mktemp("segment-clips")
+    carphone = decode_rgb(video / "carphone_pristine.mp4", 120)
+    small = [f[:72, :88] for f in carphone]
+    bunny = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 100), (96, 54))
+    gop = {**X264, "x264-params": "keyint=25:min-keyint=25:scenecut=0"}
+    steps = [1, 2, 1, 3, 1, 1, 2, 1] * 10  # irregular frame durations (1/25 s units)
+    vfr_pts = [sum(steps[:i]) for i in range(len(steps))]
+    return {
+        # B-frames (x264 veryfast uses 3) and a keyframe each second; audio from the real clip
+        "bframes": write_clip(d / "bframes.mp4", bunny, options=gop,
+                              audio_from=video / "bigbuckbunny.mp4", audio_seconds=4.0),
+        # open GOPs: the pictures before each I-frame in display order follow it in decode order
+        "open_gop": write_clip(d / "open.mp4", small[:100],
+                               options={**X264, "x264-params": "open-gop=1:keyint=25:"
+                                        "min-keyint=25:scenecut=0"}),
+        "vfr": write_clip(d / "vfr.mp4", small[:80], pts=vfr_pts, time_base=Fraction(1, 25),
+                          options={**X264, "g": "10"}),
+        "one_keyframe": write_clip(d / "one.mp4", small[:60], options={**X264, "g": "1000"}),
+    }  # fmt: skip
+
+
+def all_pts(path: Path) -> list[int]:
+    with av.open(str(path)) as c:
+        return [f.pts for f in c.decode(video=0)]
+
+
+def is_open_gop(path: Path) -> bool:
+    """Some packet after a keyframe (in decode order) is shown before it."""
+    with av.open(str(path)) as c:
+        key_pts = None
+        for packet in c.demux(video=0):
+            if packet.pts is None:
+                continue
+            if packet.is_keyframe:
+                key_pts = packet.pts
+            elif key_pts is not None and packet.pts < key_pts:
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@pytest.mark.parametrize("name", ["bframes", "open_gop", "vfr", "one_keyframe"])
+def test_every_frame_is_in_exactly_one_segment_in_order(clips, name):
+    plan, info = plan_segments(clips[name], target_seconds=1.0)
+    plan.check()
+    expected = all_pts(clips[name])
+    got = []
+    for segment in plan.segments:
+        with av.open(str(clips[name])) as container:
+            frames = list(segment_frames(container, segment))
+        assert [f.index for f in frames] == list(
+            range(segment.first_frame, segment.first_frame + segment.frames)
+        )
+        got += [f.pts for f in frames]
+    assert got == expected  # every frame once, in order, with its own timestamp
+    assert plan.frames == len(expected) == info.frames or info.frames == 0
+    durations = sum(s.duration for s in plan.segments)
+    assert abs(durations - facts(clips[name]).duration) < 1e-6
+
+
+def test_plans_cut_on_keyframes_near_the_target(clips):
+    assert is_open_gop(clips["open_gop"])  # the clip really has open GOPs
+    plan, _ = plan_segments(clips["bframes"], target_seconds=2.0)
+    assert [s.frames for s in plan.segments] == [50, 50]  # keyframes every 25 frames (1 s)
+    assert [round(s.duration, 6) for s in plan.segments] == [2.0, 2.0]
+    plan, _ = plan_segments(clips["bframes"], target_seconds=1.0)
+    assert len(plan.segments) == 4
+    one, _ = plan_segments(clips["one_keyframe"], target_seconds=1.0)
+    assert len(one.segments) == 1 and one.segments[0].frames == 60
+
+
+def test_a_plan_survives_the_store_and_refuses_damage(clips):
+    plan, _ = plan_segments(clips["vfr"], target_seconds=1.0)
+    assert SegmentPlan.from_dict(plan.to_dict()) == plan
+    broken = plan.to_dict()
+    broken["segments"][1]["start_pts"] += 1
+    with pytest.raises(ValueError, match="does not start where"):
+        SegmentPlan.from_dict(broken)
+
+
+def test_segments_shorter_than_one_second_are_avoided(tmp_path, clips):
+    frames = decode_rgb(clips["bframes"], 40)
+    # keyframes every 10 frames (0.4 s): segments must still last at least a second
+    clip = write_clip(tmp_path / "short-gop.mp4", frames, options={**X264, "g": "10"})
+    plan, _ = plan_segments(clip, target_seconds=1.0)
+    assert all(s.duration >= 1.0 for s in plan.segments[:-1])
+    assert plan.segments[-1].duration >= 1.0 or len(plan.segments) == 1
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@pytest.fixture(scope="module")
+def bicubic_worker():
+    worker = InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
+    yield worker
+    worker.close()
+
+
+def make(source: Path, output: Path, fmt: str, worker, seconds=1.0, **kwargs) -> SegmentedRun:
+    async def go() -> SegmentedRun:
+        executor = InProcessExecutor(worker)
+        plan, _ = await executor.plan(PlanRequest(source, seconds))
+        run = SegmentedRun(source=source, plan=plan, fmt=FORMATS[fmt], output=output,
+                           work_dir=output.parent / f".{output.name}.work",
+                           options=PipelineOptions(scale=2, batch_size=2), executor=executor,
+                           **kwargs)  # fmt: skip
+        await run.execute()
+        await executor.close()
+        return run
+
+    return asyncio.run(go())
+
+
+def test_segmented_mp4_keeps_every_frame_timestamp_and_audio_packet(clips, bicubic_worker,
+                                                                     tmp_path):  # fmt: skip
+    out = tmp_path / "out.mp4"
+    run = make(clips["bframes"], out, "mp4", bicubic_worker)
+    assert len(run.plan.segments) == 4 and len(run.done) == 4
+    src, got = facts(clips["bframes"]), facts(out)
+    assert (got.width, got.height) == (192, 108)
+    assert got.pts == src.pts and got.time_base == src.time_base  # exact, B-frames and all
+    assert got.audio_packets == src.audio_packets and got.audio_codec == "aac"  # bit for bit
+    assert not list(tmp_path.rglob("*.ts"))  # the segments were joined, then removed
+
+
+def test_segmented_vfr_stays_vfr(clips, bicubic_worker, tmp_path):
+    out = tmp_path / "vfr.mp4"
+    make(clips["vfr"], out, "mp4", bicubic_worker)
+    assert facts(out).pts == facts(clips["vfr"]).pts
+
+
+def test_segmented_hls_lists_exact_durations_and_decodes_to_the_input_frames(
+    clips, bicubic_worker, tmp_path
+):
+    out = tmp_path / "hls"
+    run = make(clips["bframes"], out, "hls", bicubic_worker)
+    playlist = (out / PLAYLIST_NAME).read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in playlist and playlist.rstrip().endswith("ENDLIST")
+    assert "#EXT-X-TARGETDURATION:1\n" in playlist
+    durations = [float(line[8:-1]) for line in playlist.splitlines() if line.startswith("#EXTINF")]
+    assert durations == [s.duration for s in run.plan.segments]
+    names = [line for line in playlist.splitlines() if line.startswith("segment_")]
+    joined = tmp_path / "all.ts"
+    joined.write_bytes(b"".join((out / name).read_bytes() for name in names))
+    with av.open(str(joined)) as c:
+        stream = c.streams.video[0]
+        times = [f.pts * stream.time_base for f in c.decode(video=0)]
+    src = facts(clips["bframes"])
+    offset = times[0] - src.pts[0] * src.time_base
+    assert [t - offset for t in times] == [p * src.time_base for p in src.pts]
+    with av.open(str(joined)) as c:
+        packets = [bytes(p) for p in c.demux(audio=0) if p.size]
+    assert len(packets) == len(src.audio_packets)  # every audio packet, none twice
+
+
+@pytest.mark.slow
+def test_segmented_hls_plays_to_the_end_in_chromium(clips, bicubic_worker, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "hls"
+    make(clips["bframes"], out, "hls", bicubic_worker)
+    (out / "page.html").write_text('<video id="v" src="index.m3u8" muted autoplay></video>')
+    with media_server(out) as base, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--autoplay-policy=no-user-gesture-required"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/page.html")
+            page.wait_for_function("document.getElementById('v').ended", timeout=30_000)
+            played = page.evaluate("document.getElementById('v').currentTime")
+            width = page.evaluate("document.getElementById('v').videoWidth")
+        finally:
+            browser.close()
+    assert width == 192 and abs(played - 4.0) < 0.1
+
+
+def test_a_corrupt_stretch_fails_its_segment_by_time_range(clips, bicubic_worker, tmp_path):
+    source = tmp_path / "corrupt.mp4"
+    shutil.copy(clips["bframes"], source)
+    plan, _ = plan_segments(source, 1.0)
+    second = plan.segments[1]
+    with av.open(str(source)) as c:  # blank the second segment's packets but its keyframe
+        spans = [(p.pos, p.size) for p in c.demux(video=0) if p.pts is not None
+                 and not p.is_keyframe and second.start_pts <= p.pts < second.end_pts]  # fmt: skip
+    with open(source, "r+b") as f:
+        for pos, size in spans:
+            f.seek(pos)
+            f.write(b"\0" * size)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(SegmentFailed, match=r"segment 1 \(1\.00-2\.00 s\) failed"):
+        make(source, out, "mp4", bicubic_worker)
+    assert not out.exists()
+
+
+def test_a_plan_of_a_file_without_video_frames_is_refused(tmp_path):
+    (tmp_path / "text.mp4").write_text("not a video")
+    with pytest.raises(InputError):
+        plan_segments(tmp_path / "text.mp4")
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "CARN_WEIGHTS": str(official_weights_path())}
+    return subprocess.Popen(
+        [sys.executable, "-m", "carn_stream.cli", *args], cwd=REPO_ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+    )  # fmt: skip
+
+
+def segment_files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("segment_*.ts")}
+
+
+@pytest.mark.slow
+def test_the_cli_resumes_after_being_killed(clips, tmp_path):
+    out = tmp_path / "out.mp4"
+    work = tmp_path / "work"
+    args = ("upscale", str(clips["bframes"]), str(out), "--scale", "2", "--precision", "fp32",
+            "--segment-seconds", "1", "--work-dir", str(work))  # fmt: skip
+    first = cli(*args)
+    manifest = work / "segments.jsonl"
+    try:
+        wait_for(lambda: manifest.is_file() and manifest.read_text().count("\n") >= 1, 120,
+                 "a finished segment")  # fmt: skip
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+    kept = segment_files(work / "segments")
+    assert kept and not out.exists()
+    second = cli(*args)
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    assert "resuming" in stderr and f"{len(kept)} of 4 segments" in stderr
+    assert facts(out).pts == facts(clips["bframes"]).pts
+    assert not work.exists()  # removed once the output is complete
+
+
+@pytest.mark.slow
+def test_the_service_resumes_a_killed_job_from_its_done_segments(clips, tmp_path):
+    data = tmp_path / "data"
+    with media_server(clips["bframes"].parent) as base:
+        first = ServerProcess(data, CARN_STREAM_PRECISION="fp32").start()
+        try:
+            job = first.call("POST", "/jobs", {"url": f"{base}/bframes.mp4", "format": "hls"})
+            job = job.json()
+            wait_for(lambda: first.job(job["id"])["segments"]["done"] >= 1, 120, "a segment")
+        finally:
+            first.kill()
+        folder = data / "jobs" / job["id"] / "hls"
+        kept = segment_files(folder)
+        assert kept
+        second = ServerProcess(data, CARN_STREAM_PRECISION="fp32").start()
+        try:
+            done = second.wait_job(job["id"], ("succeeded", "failed"), timeout=300)
+            assert done["state"] == "succeeded", done["error"]
+            assert done["segments"] == {"total": 4, "done": 4, "running": 0, "failed": 0}
+            segments = second.call("GET", f"/jobs/{job['id']}/segments").json()
+        finally:
+            second.stop()
+    now = segment_files(folder)
+    assert {name: now[name] for name in kept} == kept  # the done segments were not redone
+    assert all(s["state"] == "done" and s["node"] for s in segments)
+    joined = tmp_path / "all.ts"
+    names = sorted(now)
+    joined.write_bytes(b"".join((folder / n).read_bytes() for n in names))
+    assert len(all_pts(joined)) == 100
