@@ -1,0 +1,101 @@
+"""Isolation: segments in a supervised worker process; a crash fails only what caused it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carn_stream.pipeline.executors import PlanRequest, SegmentTask, WorkerCrashed
+from carn_stream.pipeline.formats import FORMATS
+from carn_stream.pipeline.run import PipelineOptions
+from carn_stream.pipeline.segmented import SegmentedRun, SegmentFailed
+from carn_stream.pipeline.worker_process import ProcessExecutor
+from tests.crashing import crashing_worker
+from tests.media import facts, write_clip
+
+X264 = {"crf": "20", "preset": "ultrafast", "g": "25"}  # two segments of 1 s each
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("isolation")
+    rng = np.random.default_rng(0)
+    dark = [rng.integers(0, 80, (48, 64, 3), dtype=np.uint8) for _ in range(50)]
+    white = [np.full((48, 64, 3), 250, np.uint8) for _ in range(50)]
+    return {
+        "innocent": write_clip(d / "innocent.mp4", dark, options=X264),
+        "hostile": write_clip(d / "hostile.mp4", white, options=X264),
+    }
+
+
+def run_both(clips, tmp_path, executor):
+    async def one(name: str):
+        plan, _ = await executor.plan(PlanRequest(clips[name], 1.0))
+        task = SegmentTask.of(clips[name], plan, 0, tmp_path / f"{name}.ts",
+                              PipelineOptions(scale=2))  # fmt: skip
+        return await executor.run(task, None)
+
+    async def go():
+        await executor.start()
+        try:
+            return await asyncio.gather(one("innocent"), one("hostile"), return_exceptions=True)
+        finally:
+            await executor.close()
+
+    return asyncio.run(go())
+
+
+def test_a_crash_fails_only_the_segment_that_caused_it(clips, tmp_path):
+    executor = ProcessExecutor(crashing_worker, slots=2)
+    innocent, hostile = run_both(clips, tmp_path, executor)
+    assert isinstance(hostile, WorkerCrashed) and "SIGSEGV" in str(hostile)
+    assert not isinstance(innocent, BaseException), innocent
+    assert innocent.frames == 25 and innocent.node.startswith("process:")
+    assert (tmp_path / "innocent.ts").is_file() and not (tmp_path / "hostile.ts").exists()
+    assert executor.restarts >= 1  # a fresh worker process took over after each crash
+
+
+def test_a_crashing_segment_is_retried_a_bounded_number_of_times(clips, tmp_path):
+    attempts: list[int] = []
+
+    async def go():
+        executor = ProcessExecutor(crashing_worker, slots=1)
+        plan, _ = await executor.plan(PlanRequest(clips["hostile"], 1.0))
+        run = SegmentedRun(source=clips["hostile"], plan=plan, fmt=FORMATS["mp4"],
+                           output=tmp_path / "out.mp4", work_dir=tmp_path / "work",
+                           options=PipelineOptions(scale=2), executor=executor,
+                           max_attempts=2, in_flight=1,
+                           on_start=lambda index, attempt: attempts.append(attempt))  # fmt: skip
+        try:
+            await run.execute()
+        finally:
+            await executor.close()
+
+    with pytest.raises(
+        SegmentFailed, match=r"segment 0 .* crashed \(SIGSEGV\) \(after 2 attempts\)"
+    ):
+        asyncio.run(go())
+    assert attempts == [1, 2] and not (tmp_path / "out.mp4").exists()
+
+
+def test_the_worker_process_makes_the_same_segments_as_this_process(clips, tmp_path):
+    executor = ProcessExecutor(crashing_worker, slots=2)
+
+    async def go():
+        plan, _ = await executor.plan(PlanRequest(clips["innocent"], 1.0))
+        run = SegmentedRun(source=clips["innocent"], plan=plan, fmt=FORMATS["mp4"],
+                           output=tmp_path / "out.mp4", work_dir=tmp_path / "work",
+                           options=PipelineOptions(scale=2), executor=executor)  # fmt: skip
+        try:
+            await run.execute()
+        finally:
+            await executor.close()
+        return plan
+
+    plan = asyncio.run(go())
+    assert len(plan.segments) == 2
+    got = facts(tmp_path / "out.mp4")
+    assert got.pts == facts(clips["innocent"]).pts and (got.width, got.height) == (128, 96)
