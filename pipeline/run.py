@@ -17,12 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from carn_stream.pipeline.colour import output_spec
 from carn_stream.pipeline.decode import AudioItem, VideoInfo, demux_frames, describe, open_input
 from carn_stream.pipeline.encode import EncoderOptions, VideoSink
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
-from carn_stream.pipeline.infer import BatchResult, InferenceWorker, output_size
+from carn_stream.pipeline.infer import BatchResult, InferenceWorker
 
 STAGES = ("decode", "queue_wait", "inference", "encode")
 _END = object()
@@ -172,13 +171,10 @@ async def run_pipeline(
 
         async def infer() -> None:
             while (item := await batches_q.get()) is not _END:
-                h, w = item.frames[0].size
-                out = output_spec(item.spec, output_size(h, w, options.scale)[0])
                 future = worker.submit(
-                    item.stacked(), item.spec, out, options.scale, options.priority,
-                    options.weights,
-                )  # fmt: skip
-                await results_q.put((item, out, future))
+                    item.stacked(), item.spec, options.scale, options.priority, options.weights
+                )
+                await results_q.put((item, future))
             await results_q.put(_END)
 
         done = 0
@@ -186,11 +182,13 @@ async def run_pipeline(
         async def encode() -> None:
             nonlocal done
             while (entry := await results_q.get()) is not _END:
-                item, out, future = entry
+                item, future = entry
                 result: BatchResult = await future
                 frames = _upscaled(item, result)
                 backlog = [audio.popleft() for _ in range(len(audio))]
-                await encoder.call(_write, sink, frames, out, backlog, item.frames[0].rotation)
+                await encoder.call(
+                    _write, sink, frames, result.out, backlog, item.frames[0].rotation
+                )
                 muxed = time.monotonic()
                 for position, (frame, source_frame) in enumerate(
                     zip(frames, item.frames, strict=True)
