@@ -58,7 +58,9 @@ def test_impossible_modes_are_refused_with_a_reason(official_carn_m):
 
 def test_precision_setting_is_checked_when_read():
     assert Settings.from_env({"CARN_STREAM_PRECISION": "ov-bf16"}).precision == "ov-bf16"
-    with pytest.raises(ValueError, match="CARN_STREAM_PRECISION: unknown precision 'bf8'.*ov-fp32"):
+    with pytest.raises(
+        ValueError, match=r"CARN_STREAM_PRECISION: unknown precision 'bf8'.*ov-fp32"
+    ):
         Settings.from_env({"CARN_STREAM_PRECISION": "bf8"})
 
 
@@ -153,7 +155,8 @@ def test_auto_never_picks_a_lossy_mode_however_fast(official_carn_m, frames, tmp
     assert trials["fast-lossy"].loss_db > 1 and trials["slow-lossy"].loss_db > 1
     assert "loses more than" in trials["fast-lossy"].note
     assert trials["missing"].note.startswith("unavailable")
-    assert np.array_equal(out, Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32")).upscale([frames[0][None]], RGB, 2, OUT)[0])  # fmt: skip
+    plain = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32"))
+    assert np.array_equal(out, plain.upscale([frames[0][None]], RGB, 2, OUT)[0])
 
 
 def test_auto_picks_the_fastest_mode_within_the_bound_and_caches_it(
