@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from carn_stream.model.evaluation import crop_to_multiple, degrade, luma_scores
+from carn_stream.model.evaluation import crop_to_multiple, degrade
+from carn_stream.model.metrics import psnr, rgb_to_y, shave
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ SLOWER_BY = 1.5
 #: The probe's input has at most this many pixels (a centre crop of large frames): the ranking
 #: of convolution backends holds across sizes, and a large frame would make first use slow.
 PROBE_PIXELS = 25_000
+MIN_PROBE_SIDE = 8  #: smaller inputs (in LR pixels) run the reference mode unmeasured
 
 
 @dataclass
@@ -69,7 +71,8 @@ def _to_uint8(x: Tensor) -> np.ndarray:
 
 def _probe_psnr(runner: Runner, lr: Tensor, hr: np.ndarray, scale: int) -> float:
     """PSNR of the mode's upscale of ``lr``; its first call, so also its warm-up."""
-    return luma_scores(_to_uint8(runner(lr, scale)), hr, scale)[0]
+    sr = _to_uint8(runner(lr, scale))
+    return psnr(shave(rgb_to_y(sr), scale), shave(rgb_to_y(hr), scale))
 
 
 def centre_crop(frame: Tensor, pixels: int) -> Tensor:
@@ -113,6 +116,8 @@ def measure(
     best so far, for its share of ``budget_s``.
     """
     hr = crop_to_multiple(_to_uint8(centre_crop(frame, PROBE_PIXELS * scale * scale)), scale)
+    if min(hr.shape[:2]) < MIN_PROBE_SIDE * scale:
+        return Decision(reference, [Trial(reference, note="input too small to measure")])
     lr_array = degrade(hr, scale)
     lr = frame.new_tensor(lr_array).permute(2, 0, 1)[None].float() / 255
     trials: dict[str, Trial] = {}
