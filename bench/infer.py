@@ -1,7 +1,7 @@
 """Inference speed per precision mode against a reference-style eager fp32 loop, side by side.
 
     python bench/infer.py [--device auto|cpu|cuda] [--sizes 320x180x4,...] [--repeats N]
-                          [--modes fp32,bf16,int8] [--markdown FILE]
+                          [--modes fp32,bf16,ov-bf16,auto] [--markdown FILE]
 
 For each size, real frames (a clip area-downscaled to the LR size) go through:
 - reference: the authors' style of inference, one frame at a time: uint8 HWC -> float tensor
@@ -10,8 +10,10 @@ For each size, real frames (a clip area-downscaled to the LR size) go through:
 - the project's engine in each mode: upload, colour conversion, network, 4:2:0 conversion
   and download, as the pipeline runs it.
 Printed per row: median and p99 latency per frame, fps, ratio reference / mode, and PSNR of
-the mode's luma against the engine's fp32 luma. On CUDA also batched fps, peak GPU memory
-and the fraction of the measured fp16 matmul peak reached (CARN-M Mult-Adds x 2 / time).
+the mode's luma against the engine's fp32 luma; ``auto`` also names the mode it chose (its
+measurement counts as warm-up, not in the times). The header names the CPU features found.
+On CUDA also batched fps, peak GPU memory and the fraction of the measured fp16 matmul peak
+reached (CARN-M Mult-Adds x 2 / time).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -37,6 +40,7 @@ from carn_stream.allocator import tune_allocator
 from carn_stream.model.complexity import mult_adds
 from carn_stream.model.inference import pick_device
 from carn_stream.pipeline.colour import ColourSpec
+from carn_stream.pipeline.cpu import cpu_features
 from carn_stream.pipeline.infer import Engine, EngineConfig
 
 SIZES = ["176x144x2", "320x180x4", "640x360x2", "480x270x4", "960x540x2"]
@@ -121,7 +125,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", default=",".join(SIZES))
-    parser.add_argument("--modes", help="default: fp32,bf16,int8 on CPU; fp32,bf16,fp16 on CUDA")
+    parser.add_argument(
+        "--modes",
+        help="default: fp32,bf16,ov-fp32,ov-bf16,ov-fp16,int8,auto on CPU; fp32,bf16,fp16 on CUDA",
+    )
     parser.add_argument("--repeats", type=int, default=0, help="default 3 on CPU, 50 on CUDA")
     parser.add_argument("--batch", type=int, default=8, help="batched fps on CUDA")
     parser.add_argument("--int8-backend", default="auto", help="openvino or onnxruntime")
@@ -130,7 +137,8 @@ def main() -> int:
     tune_allocator()  # what `carn-stream` does (unless jemalloc is preloaded)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    modes = (args.modes or ("fp32,bf16,fp16" if cuda else "fp32,bf16,int8")).split(",")
+    cpu_modes = "fp32,bf16,ov-fp32,ov-bf16,ov-fp16,int8,auto"
+    modes = (args.modes or ("fp32,bf16,fp16" if cuda else cpu_modes)).split(",")
     repeats = args.repeats or (50 if cuda else 3)
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     model = official_model()
@@ -140,10 +148,13 @@ def main() -> int:
         f"device: {device} ({device_name(device)}), torch {torch.__version__}; engine "
         f"allocator: {allocator}; reference: separate process, default allocator"
     )
+    if not cuda:
+        header += f"; CPU features: {', '.join(cpu_features()) or 'none of note'}"
     if peak:
         header += f", measured fp16 matmul peak {peak / 1e12:.0f} TFLOP/s"
     print(header, file=sys.stderr)
     rows = []
+    cache_dir = Path(tempfile.mkdtemp(prefix="carn-bench-"))
     for size in args.sizes.split(","):
         w, h, scale = parse_size(size)
         frames = real_frames(w, h, 4)
@@ -154,10 +165,13 @@ def main() -> int:
         for mode in modes:
             try:
                 config = EngineConfig(
-                    device=str(device), precision=mode, int8_backend=args.int8_backend
+                    device=str(device),
+                    precision=mode,
+                    int8_backend=args.int8_backend,
+                    cache_dir=cache_dir,  # auto measures afresh, int8 calibrates on these frames
                 )
                 engine = Engine(model, config)
-            except (ValueError, RuntimeError) as exc:
+            except (ValueError, RuntimeError) as exc:  # e.g. ov-fp16 without FP16 arithmetic
                 print(f"  {size} {mode}: skipped ({exc})", file=sys.stderr)
                 continue
             call = partial(upscale, engine, scale)
@@ -165,11 +179,14 @@ def main() -> int:
             y = call([frames[0][None]])[0]
             if mode == "fp32":
                 fp32_y = y
+            label = mode
+            if engine.choices:
+                label = f"auto ({next(iter(engine.choices.values())).mode})"
             ms = statistics.median(times) * 1000
             p99 = float(np.percentile(times, 99)) * 1000
             row = {
                 "size": f"{w}x{h} x{scale}",
-                "mode": mode,
+                "mode": label,
                 "ref_ms": ref_ms,
                 "ms": ms,
                 "p99_ms": p99,

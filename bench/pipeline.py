@@ -30,10 +30,10 @@ from common import DATA, cpu_name, emit_table, official_model
 
 from carn_stream.allocator import tune_allocator
 from carn_stream.model.inference import upscale_rgb
-from carn_stream.pipeline.colour import ColourSpec, output_spec
+from carn_stream.pipeline.colour import ColourSpec
 from carn_stream.pipeline.decode import frame_planes
 from carn_stream.pipeline.encode import EncoderOptions
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker, output_size
+from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.run import PipelineOptions, run_pipeline
 
 CASES = [  # (label, source clip, LR width, LR height, scale)
@@ -69,14 +69,12 @@ def model_only(engine: Engine, clip: Path, scale: int, batch: int) -> float:
     with av.open(str(clip)) as c:
         decoded = [frame_planes(f) for f in c.decode(video=0)]
     spec: ColourSpec = decoded[0][1]
-    h, w = decoded[0][0][0].shape
-    out = output_spec(spec, output_size(h, w, scale)[0])
     groups = [decoded[i : i + batch] for i in range(0, len(decoded), batch)]
     stacked = [[np.stack(p) for p in zip(*(d[0] for d in g), strict=True)] for g in groups]
-    engine.upscale(stacked[0], spec, scale, out)  # warm-up
+    engine.upscale(stacked[0], spec, scale)  # warm-up
     start = time.perf_counter()
     for planes in stacked:
-        engine.upscale(planes, spec, scale, out)
+        engine.upscale(planes, spec, scale)
     return len(decoded) / (time.perf_counter() - start)
 
 

@@ -43,6 +43,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def _precision_option(p: argparse.ArgumentParser) -> None:
+    from carn_stream.precisions import NAMES, describe
+
+    p.add_argument("--precision", choices=NAMES, metavar="MODE", help=f"{describe()}; default auto")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", type=Path, help="weights file (default: CARN_WEIGHTS, cache, download)"
@@ -78,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--data", type=Path, required=True, help="folder of HR images")
     p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
+    from carn_stream.precisions import describe
+
     p.add_argument(
         "--precision",
         default="fp32",
-        help="one mode or a comma-separated list: fp32 (default), bf16, fp16 (CUDA), int8, auto",
+        help=f"one mode or a comma-separated list (default fp32): {describe()}",
     )
     p.add_argument(
         "--calibration",
@@ -106,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=_positive, help="frames per inference batch (default: 1 on CPU, 8 on CUDA)"
     )
     p.add_argument("--tile", type=_positive, help="LR tile side for frames too large for memory")
-    p.add_argument("--precision", help="auto (default), fp32, bf16, fp16 (CUDA), int8 (CPU)")
+    _precision_option(p)
     p.add_argument(
         "--segment-seconds",
         type=float,
@@ -125,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
+    p.add_argument("--tile", type=_positive, help="LR tile side for images too large for memory")
+    _precision_option(p)
     p.set_defaults(run=cmd_upscale_image)
 
     from carn_stream.train_commands import FRAMES_PER_VIDEO, add_config_options
@@ -241,6 +251,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from carn_stream.loading import load_model
     from carn_stream.model.evaluation import evaluate
+    from carn_stream.pipeline.calibration import calibrate_from
     from carn_stream.pipeline.images import IMAGE_SUFFIXES, iter_images
     from carn_stream.pipeline.infer import PRECISIONS, Engine, EngineConfig
     from carn_stream.progress import ProgressBar
@@ -266,7 +277,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             EngineConfig(device=settings.device, precision=mode, cache_dir=settings.cache_dir),
         )
         if engine.precision == "int8":
-            _calibrate(engine, args.calibration, args.scale)
+            calibrate_from(engine, args.calibration, args.scale)
         bar = ProgressBar(count, f"eval x{args.scale} {engine.precision}", unit="img")
         report = evaluate(
             iter_images(args.data),
@@ -302,24 +313,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _calibrate(engine, source: Path, scale: int) -> None:
-    """int8 activation ranges from LR versions (benchmark bicubic) of ``source``'s images."""
-    from carn_stream.model.evaluation import crop_to_multiple, degrade
-    from carn_stream.train_commands import gather_images
-
-    if source.is_dir():
-        items = gather_images([source], frames_per_video=8)
-    else:
-        from carn_stream.pipeline.sampling import sample_frames
-
-        items = [(f"frame{i}", f) for i, f in enumerate(sample_frames(source, 8))]
-    frames = [degrade(crop_to_multiple(image, scale), scale) for _, image in items[:16]]
-    import hashlib
-
-    where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
-    engine.calibrate(scale, frames, f"{source.name}-{where}-{len(frames)}")
-
-
 def cmd_upscale(args: argparse.Namespace) -> int:
     from carn_stream.upscale_command import cmd_upscale as run
 
@@ -344,19 +337,30 @@ def _interrupt(signum, frame) -> None:
 
 def cmd_upscale_image(args: argparse.Namespace) -> int:
     from carn_stream.loading import load_model
-    from carn_stream.model.inference import upscale_rgb
     from carn_stream.pipeline.images import read_rgb, write_png
+    from carn_stream.pipeline.infer import Engine, EngineConfig
 
     if args.output.suffix.lower() != ".png":
         raise CLIError(f"output {args.output} must be a .png file")
     if not args.output.parent.is_dir():
         raise CLIError(f"output folder {args.output.parent} does not exist")
     image = read_rgb(args.input)
-    model = load_model(_settings(args))
-    out = upscale_rgb(model, image, args.scale)
+    settings = _settings(args)
+    config = EngineConfig(
+        device=settings.device,
+        precision=settings.precision,
+        tile=args.tile,
+        cache_dir=settings.cache_dir,
+    )
+    engine = Engine(load_model(settings.with_overrides(device="cpu")), config)
+    out = engine.upscale_rgb(image, args.scale)
     write_png(args.output, out)
     h, w = image.shape[:2]
-    print(f"{args.input} {w}x{h} -> {args.output} {out.shape[1]}x{out.shape[0]}", file=sys.stderr)
+    print(
+        f"{args.input} {w}x{h} -> {args.output} {out.shape[1]}x{out.shape[0]} "
+        f"(precision {engine.describe_precision()}, {engine.device})",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

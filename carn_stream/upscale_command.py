@@ -93,6 +93,14 @@ async def _upscale(args, settings, fmt, encoder, seconds, work, executor) -> int
     options = PipelineOptions(scale=args.scale, encoder=encoder, batch_size=batch)
     bar = ProgressBar(plan.frames, f"upscale x{args.scale}", unit="frames")
     bar.done = sum(r.frames for r in done.values())
+    said: list[bool] = []
+
+    def on_frame(report) -> None:
+        if not said:  # auto decides on the first frame
+            said.append(True)
+            print(f"precision {executor.worker.engine.describe_precision()}", file=sys.stderr)
+        bar.update()
+
     run = SegmentedRun(
         source=source,
         plan=plan,
@@ -103,7 +111,7 @@ async def _upscale(args, settings, fmt, encoder, seconds, work, executor) -> int
         executor=executor,
         done=done,
         in_flight=executor.slots,
-        on_frame=lambda report: bar.update(),
+        on_frame=on_frame,
         on_done=lambda result: folder.record(result, run.segment_path(result.index)),
     )
     output = await run.execute()

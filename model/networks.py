@@ -183,7 +183,15 @@ class CARN(nn.Module):
         )
         self.exit = nn.Conv2d(channels, 3, 3, padding=1)
 
-    def forward(self, x: Tensor, scale: int | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, scale: int | None = None, body_dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """``x`` (N, 3, H, W) in [0, 1] -> (N, 3, s*H, s*W).
+
+        With ``body_dtype`` the body and upsampler run in that dtype (their weights must be in
+        it, see :mod:`carn_stream.model.mixed`) while the mean shift and the image-facing entry
+        and exit convs run in ``x``'s dtype.
+        """
         if scale is None:
             if len(self.scales) > 1:
                 raise ValueError(f"multi-scale network: pass scale, one of {self.scales}")
@@ -192,9 +200,11 @@ class CARN(nn.Module):
             raise ValueError(f"scale {scale} not supported by this network ({self.scales})")
         mean = self.rgb_mean.to(x.dtype)
         out = self.entry(x - mean)
+        if body_dtype is not None:
+            out = out.to(body_dtype)
         out = self.body(out)
         out = self.upsamplers[f"x{scale}"](out)
-        return self.exit(out) + mean
+        return self.exit(out.to(x.dtype)) + mean
 
 
 def carn(weights: object = None, *, scales: Sequence[int] = SUPPORTED_SCALES, **kwargs) -> CARN:

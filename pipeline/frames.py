@@ -62,7 +62,6 @@ class FrameBatch:
     """Consecutive frames of one shape, in order."""
 
     frames: list[SourceFrame]
-    formed_at: float = field(default_factory=time.monotonic)
 
     @property
     def spec(self) -> ColourSpec:

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +23,23 @@ import torch
 from torch import Tensor, nn
 
 from carn_stream.model.inference import pick_device
+from carn_stream.pipeline.autoselect import Decision, DecisionCache, Runner, measure
 from carn_stream.pipeline.colour import (
     ColourSpec,
+    output_spec,
     plane_tensor,
     planes_to_rgb,
     rgb8_to_float,
     rgb_to_yuv420,
 )
+from carn_stream.pipeline.cpu import cpu_has_native_bf16, cpu_name
 from carn_stream.pipeline.runners import CudaGraphRunner, TorchRunner
 from carn_stream.pipeline.tiling import tiled_forward
+from carn_stream.precisions import CPU_AUTO_CANDIDATES, NAMES, precision
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+PRECISIONS = NAMES
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -47,7 +52,12 @@ class EngineConfig:
     min_tile: int = 32
     cuda_graphs: bool = True  #: replay one CUDA graph per input shape (CUDA only)
     int8_backend: str = "auto"  #: openvino (when installed) or onnxruntime
-    cache_dir: Path | None = None  #: where quantized models are cached (int8)
+    #: where ONNX exports, int8 models and auto's decisions are cached
+    cache_dir: Path | None = None
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or Path.home() / ".cache" / "carn-stream"
 
 
 @dataclass
@@ -57,25 +67,37 @@ class BatchResult:
     v: np.ndarray
     started: float
     finished: float
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is
-    emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+    out: ColourSpec  #: the planes' colour (matrix, tags), chosen by the engine
 
 
 def default_precision(device: torch.device) -> str:
-    """The fastest mode within 0.05 dB (Set5) of fp32 on this hardware, as measured in
-    docs/PERFORMANCE.md: fp16 on CUDA; bf16 on CPUs with native bf16; otherwise fp32.
-    int8 loses more than that bound, so it is only used when asked for."""
-    if device.type == "cuda":
-        return "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    """What ``auto`` means before anything is measured: fp16 on CUDA (measured in
+    docs/PERFORMANCE.md); on a CPU ``auto`` stays, and the engine measures each mode on the
+    first frame of every input size (see :mod:`carn_stream.pipeline.autoselect`)."""
+    return "fp16" if device.type == "cuda" else "auto"
+
+
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    """Why precision ``name`` cannot run on ``device`` here, or None when it can."""
+    mode = precision(name)
+    if device.type not in mode.devices:
+        where = " or ".join(d.upper() for d in mode.devices)
+        return f"{name} runs on {where} only"
+    if name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return "this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX); it would be emulated"
+    if mode.backend == "openvino":
+        from carn_stream.pipeline.openvino_float import unavailable_reason as ov_reason
+
+        if name == "ov-bf16" and not cpu_has_native_bf16():
+            return "this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX)"
+        return ov_reason(name)
+    return None
+
+
+def output_geometry(spec: ColourSpec, height: int, width: int, scale: int) -> ColourSpec:
+    """The output colour for an input of ``spec`` and size: 8-bit 4:2:0, the source's matrix
+    (RGB sources get the usual one for the output height)."""
+    return output_spec(spec, output_size(height, width, scale)[0])
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -98,6 +120,7 @@ class Pending:
 
     planes: list[Tensor]
     started: float
+    out: ColourSpec
     ready: torch.cuda.Event | None = None
 
 
@@ -111,36 +134,115 @@ class Engine:
     def __init__(self, model: nn.Module, config: EngineConfig = EngineConfig()) -> None:
         self.config = config
         self.device = pick_device(config.device)
-        precision = config.precision
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if precision == "auto":
-            precision = default_precision(self.device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("fp16 needs a CUDA device; use fp32, bf16 or int8 on CPU")
-        if precision == "int8" and self.device.type != "cpu":
+        name = config.precision
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
+        if name == "auto":
+            name = default_precision(self.device)
+        elif name == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 needs a CUDA device; use fp32, bf16, ov-* or int8 on CPU")
+        elif name == "int8" and self.device.type != "cpu":
             raise ValueError("int8 runs on the CPU; use fp16 or bf16 on CUDA")
-        self.precision = precision
+        elif precision(name).backend == "openvino":
+            reason = unavailable_reason(name, self.device)
+            if reason:
+                raise ValueError(f"precision {name}: {reason}")
+        self.precision = name
         self.model = model
-        self.runner = self._make_runner(model, precision)
+        self._runners: dict[str, Runner] = {}
+        #: auto's decisions per (scale, input height, input width)
+        self.choices: dict[tuple[int, int, int], Decision] = {}
+        self._digest: str | None = None
+        self.runner = None if name == "auto" else self._runner(name)
         self.cuda = self.device.type == "cuda"
         self._pinned: dict[tuple, Tensor] = {}
         self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.oom_retries = 0
         self._launches = 0
 
-    def _make_runner(self, model: nn.Module, precision: str):
+    def _runner(self, name: str) -> Runner:
+        runner = self._runners.get(name)
+        if runner is None:
+            runner = self._runners[name] = self._make_runner(self.model, name)
+        return runner
+
+    def _make_runner(self, model: nn.Module, precision: str) -> Runner:
         if precision == "int8":
             from carn_stream.pipeline.int8 import Int8Runner
 
-            cache = self.config.cache_dir or Path.home() / ".cache" / "carn-stream"
-            return Int8Runner(model, cache, self.config.int8_backend)
+            return Int8Runner(model, self.config.cache, self.config.int8_backend)
+        if precision.startswith("ov-"):
+            from carn_stream.pipeline.openvino_float import OpenVinoRunner
+
+            return OpenVinoRunner(model, precision, self.config.cache)
         # channels_last pays off on CUDA and for bf16 on CPU; fp32 on CPU measured no gain.
         channels_last = self.device.type == "cuda" or precision == "bf16"
         eager = TorchRunner(model, self.device, _DTYPES[precision], channels_last)
         if self.device.type == "cuda" and self.config.cuda_graphs:
             return CudaGraphRunner(eager)
         return eager
+
+    # ------------------------------------------------------------------ auto precision
+
+    def auto_candidates(self) -> dict[str, Callable[[], Runner]]:
+        """The modes ``auto`` measures on this CPU: name -> runner factory (unavailable ones
+        raise when made, and are reported as such)."""
+        return {name: partial(self._checked_runner, name) for name in CPU_AUTO_CANDIDATES}
+
+    def _checked_runner(self, name: str) -> Runner:
+        reason = unavailable_reason(name, self.device)
+        if reason:
+            raise RuntimeError(reason)
+        return self._runner(name)
+
+    def _decision_key(self, scale: int, height: int, width: int) -> str:
+        if self._digest is None:
+            from carn_stream.pipeline.onnx_models import state_digest
+
+            self._digest = state_digest(self.model)
+        return (
+            f"{cpu_name()} | {torch.get_num_threads()} threads | weights {self._digest[:16]} "
+            f"| x{scale} {width}x{height}"
+        )
+
+    def _choose(self, x: Tensor, scale: int) -> Runner:
+        """The runner for this input: the fixed mode, or auto's (measured once per size)."""
+        if self.runner is not None:
+            return self.runner
+        size = (scale, x.shape[-2], x.shape[-1])
+        decision = self.choices.get(size)
+        if decision is None:
+            decision = self.choices[size] = self._decide(x, scale)
+        return self._runner(decision.mode)
+
+    def _decide(self, x: Tensor, scale: int) -> Decision:
+        cache = DecisionCache(self.config.cache / "precision-choices.json")
+        key = self._decision_key(scale, x.shape[-2], x.shape[-1])
+        decision = cache.get(key)
+        if decision is not None and unavailable_reason(decision.mode, self.device) is None:
+            log.info("precision auto: %s (decided earlier for %s)", decision.mode, key)
+            return decision
+        started = time.monotonic()
+        decision = measure(self.auto_candidates(), x[:1], scale)
+        log.info(
+            "precision auto: %s for %s, measured in %.1f s:\n%s",
+            decision.mode,
+            key,
+            time.monotonic() - started,
+            decision.table(),
+        )
+        cache.put(key, decision)
+        return decision
+
+    def describe_precision(self) -> str:
+        """The configured mode and, for auto, what it chose per size so far."""
+        if not self.choices:
+            return self.precision
+        picks = ", ".join(
+            f"{d.mode} at x{s} {w}x{h}" + (" (cached)" if d.cached else " (measured)")
+            for (s, h, w), d in self.choices.items()
+        )
+        return f"{self.precision}: {picks}"
 
     # ------------------------------------------------------------------ transfers
 
@@ -167,23 +269,36 @@ class Engine:
 
     # ------------------------------------------------------------------ compute
 
-    def upscale(self, planes: list[np.ndarray], spec: ColourSpec, scale: int, out: ColourSpec):
-        """Stacked input planes -> 8-bit 4:2:0 output planes (N, ...) in ``out``'s matrix."""
+    def upscale(
+        self,
+        planes: list[np.ndarray],
+        spec: ColourSpec,
+        scale: int,
+        out: ColourSpec | None = None,
+    ) -> list[np.ndarray]:
+        """Stacked input planes -> 8-bit 4:2:0 output planes (N, ...) in ``out``'s matrix
+        (default: :func:`output_geometry`'s)."""
         return self.finish(self.launch(planes, spec, scale, out))
 
     @torch.inference_mode()
     def launch(
-        self, planes: list[np.ndarray], spec: ColourSpec, scale: int, out: ColourSpec
+        self,
+        planes: list[np.ndarray],
+        spec: ColourSpec,
+        scale: int,
+        out: ColourSpec | None = None,
     ) -> Pending:
         """Start a batch; on CUDA this returns before the device is done."""
         started = time.monotonic()
         self._launches += 1  # alternates the pinned buffers: one batch in flight, one landing
         rgb = planes_to_rgb([self._to_device(p) for p in planes], spec)
+        if out is None:
+            out = output_geometry(spec, rgb.shape[-2], rgb.shape[-1], scale)
         sr = self._forward(rgb, scale, self.config.tile).float().clamp_(0, 1)
         h, w = output_size(rgb.shape[-2], rgb.shape[-1], scale)
         yuv = list(rgb_to_yuv420(sr[..., :h, :w], out))
         if not self.cuda:
-            return Pending(yuv, started)
+            return Pending(yuv, started, out)
         compute = torch.cuda.current_stream(self.device)
         self._copy_stream.wait_stream(compute)
         host = []
@@ -195,7 +310,7 @@ class Engine:
                 host.append(buf)
             ready = torch.cuda.Event()
             ready.record(self._copy_stream)
-        return Pending(host, started, ready)
+        return Pending(host, started, out, ready)
 
     @torch.inference_mode()
     def upscale_rgb(self, image: np.ndarray, scale: int) -> np.ndarray:
@@ -209,6 +324,9 @@ class Engine:
         """int8 only: set the activation ranges for ``scale`` from these LR frames
         (HxWx3 uint8) instead of the first frames upscaled."""
         if self.precision == "int8":
+            from carn_stream.pipeline.int8 import Int8Runner
+
+            assert isinstance(self.runner, Int8Runner)
             self.runner.prepare(scale, frames, calibration_id)
 
     def finish(self, pending: Pending) -> list[np.ndarray]:
@@ -219,10 +337,11 @@ class Engine:
         return [t.numpy() for t in pending.planes]
 
     def _forward(self, x: Tensor, scale: int, tile: int | None) -> Tensor:
+        runner = self._choose(x, scale)
         try:
             if tile is None or (tile >= x.shape[-2] and tile >= x.shape[-1]):
-                return self.runner(x, scale)
-            return tiled_forward(self.runner, x, scale, tile, self.config.tile_overlap)
+                return runner(x, scale)
+            return tiled_forward(runner, x, scale, tile, self.config.tile_overlap)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -247,17 +366,21 @@ class Engine:
         return self._forward(x, scale, smaller)
 
 
-@dataclass(order=True)
+@dataclass
 class _Request:
-    priority: int
-    seq: int
-    planes: list[np.ndarray] = None  # type: ignore[assignment]
-    spec: ColourSpec = None  # type: ignore[assignment]
-    out: ColourSpec = None  # type: ignore[assignment]
-    scale: int = 0
-    future: asyncio.Future = None  # type: ignore[assignment]
-    loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+    planes: list[np.ndarray]
+    spec: ColourSpec
+    scale: int
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
     weights: str | None = None
+
+
+class _Stop:
+    """Queued by :meth:`InferenceWorker.close`: the worker ends after what came before it."""
+
+
+_STOP = _Stop()
 
 
 class InferenceWorker:
@@ -282,7 +405,8 @@ class InferenceWorker:
         self._load_weights = load_weights
         self._max_engines = max_engines
         self._engines: OrderedDict[str, Engine] = OrderedDict()
-        self._queue: queue.PriorityQueue[_Request] = queue.PriorityQueue()
+        #: (priority, submission number, request): lower priorities first, then in order
+        self._queue: queue.PriorityQueue[tuple[int, int, _Request | _Stop]] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._thread = threading.Thread(target=self._run, name="carn-inference", daemon=True)
         self._stopping = False
@@ -296,20 +420,20 @@ class InferenceWorker:
         self,
         planes: list[np.ndarray],
         spec: ColourSpec,
-        out: ColourSpec,
         scale: int,
         priority: int = JOB_PRIORITY,
         weights: str | None = None,
     ) -> asyncio.Future[BatchResult]:
+        """Queue stacked planes for upscaling; the result carries the output planes and their
+        colour (:attr:`BatchResult.out`)."""
         if self._stopping:
             raise RuntimeError("inference worker is closed")
         if weights is not None and self._load_weights is None:
             raise ValueError("this worker runs one model; it cannot load other weights")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[BatchResult] = loop.create_future()
-        self._queue.put(
-            _Request(priority, next(self._seq), planes, spec, out, scale, future, loop, weights)
-        )
+        request = _Request(planes, spec, scale, future, loop, weights)
+        self._queue.put((priority, next(self._seq), request))
         return future
 
     def _engine_for(self, weights: str | None) -> Engine:
@@ -332,10 +456,10 @@ class InferenceWorker:
         in_flight: tuple[_Request, Engine, Pending] | None = None
         while True:
             try:
-                request = self._queue.get(block=in_flight is None)
+                request = self._queue.get(block=in_flight is None)[2]
             except queue.Empty:
                 request = None
-            if request is not None and request.future is None:  # close() sentinel
+            if isinstance(request, _Stop):
                 if in_flight:
                     self._finish(*in_flight)
                 return
@@ -343,9 +467,7 @@ class InferenceWorker:
             if request is not None and not request.future.cancelled():
                 try:
                     engine = self._engine_for(request.weights)
-                    pending = engine.launch(
-                        request.planes, request.spec, request.scale, request.out
-                    )
+                    pending = engine.launch(request.planes, request.spec, request.scale)
                     launched = (request, engine, pending)
                 except Exception as exc:
                     _deliver(request, exc)
@@ -361,7 +483,7 @@ class InferenceWorker:
         try:
             y, u, v = engine.finish(pending)
             outcome: BatchResult | BaseException = BatchResult(
-                y, u, v, pending.started, time.monotonic()
+                y, u, v, pending.started, time.monotonic(), pending.out
             )
         except Exception as exc:
             outcome = exc
@@ -372,7 +494,7 @@ class InferenceWorker:
         if self._stopping:
             return
         self._stopping = True
-        self._queue.put(_Request(1 << 30, next(self._seq)))
+        self._queue.put((1 << 30, next(self._seq), _STOP))
         self._thread.join(timeout)
 
 

@@ -13,19 +13,27 @@ calibration source; compiled models are kept per input shape. Needs the ``int8``
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import hashlib
 import logging
 import os
 import tempfile
-import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from carn_stream.pipeline.onnx_models import (
+    MAX_COMPILED,
+    BackendUnavailable,
+    OpenVinoCompiler,
+    cached_onnx,
+    state_digest,
+    to_array,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +42,10 @@ BACKENDS = ("auto", "openvino", "onnxruntime")
 RECIPE_VERSION = 1
 CALIBRATION_CROP = 96  #: LR side of calibration crops
 CALIBRATION_CROPS = 16
-MAX_COMPILED = 8  #: compiled models kept, one per (scale, input shape)
 
 
-class Int8Unavailable(RuntimeError):
+class Int8Unavailable(BackendUnavailable):
     """The int8 extra (ONNX, ONNX Runtime, OpenVINO) is not installed."""
-
-
-def state_digest(model: nn.Module) -> str:
-    """sha256 over the model's tensors (names, shapes, values): the weights' identity."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def calibration_crops(
@@ -65,33 +62,6 @@ def calibration_crops(
         crop = frame[y : y + ch, x : x + cw].transpose(2, 0, 1)[None]
         crops.append(np.ascontiguousarray(crop, dtype=np.float32) / 255.0)
     return crops
-
-
-class _AtScale(nn.Module):
-    def __init__(self, model: nn.Module, scale: int) -> None:
-        super().__init__()
-        self.model, self.scale = model, scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, self.scale)
-
-
-def export_onnx(model: nn.Module, scale: int, path: Path) -> None:
-    """The float network at ``scale`` as ONNX, batch and spatial sizes dynamic."""
-    wrapper = _AtScale(model.float().eval(), scale)
-    example = torch.rand(1, 3, 64, 64)
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            input_names=["lr"],
-            output_names=["sr"],
-            dynamic_axes={"lr": {0: "n", 2: "h", 3: "w"}, "sr": {0: "n", 2: "sh", 3: "sw"}},
-            opset_version=17,
-            dynamo=False,
-        )
 
 
 def float_conv_nodes(onnx_path: Path) -> list[str]:
@@ -126,8 +96,7 @@ def quantize(onnx_path: Path, out_path: Path, crops: Sequence[np.ndarray]) -> No
             item = next(self._items, None)
             return None if item is None else {"lr": item}
 
-    logging.getLogger().disabled, was = True, logging.getLogger().disabled
-    try:
+    with _quiet_onnxruntime():
         quantize_static(
             str(onnx_path),
             str(out_path),
@@ -138,8 +107,29 @@ def quantize(onnx_path: Path, out_path: Path, crops: Sequence[np.ndarray]) -> No
             weight_type=QuantType.QInt8,
             nodes_to_exclude=float_conv_nodes(onnx_path),
         )
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """Drop the per-tensor chatter ONNX Runtime's quantizer logs through the root logger (and
+    its own loggers) while it runs; everyone else's records pass."""
+    import onnxruntime
+
+    package = os.path.dirname(onnxruntime.__file__)
+    ours = logging.getLogger("onnxruntime")
+
+    def not_onnxruntime(record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(package)
+
+    root = logging.getLogger()
+    root.addFilter(not_onnxruntime)
+    level = ours.level
+    ours.setLevel(logging.ERROR)
+    try:
+        yield
     finally:
-        logging.getLogger().disabled = was
+        root.removeFilter(not_onnxruntime)
+        ours.setLevel(level)
 
 
 def pick_backend(name: str = "auto") -> str:
@@ -185,7 +175,7 @@ class Int8Runner:
         self.threads = threads or torch.get_num_threads()
         self._models: dict[int, Path] = {}
         self._compiled: OrderedDict[tuple, object] = OrderedDict()
-        self._core = None
+        self._openvino = OpenVinoCompiler(self.threads) if self.backend == "openvino" else None
 
     # ------------------------------------------------------------------ preparation
 
@@ -200,9 +190,8 @@ class Int8Runner:
         if not path.is_file():
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             log.info("quantizing CARN-M x%d to int8 (calibration: %s)", scale, calibration_id)
+            float_path = cached_onnx(self.model, self.digest, scale, self.cache_dir.parent)
             with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
-                float_path = Path(tmp) / "float.onnx"
-                export_onnx(self.model, scale, float_path)
                 quantized = Path(tmp) / "int8.onnx"
                 quantize(float_path, quantized, calibration_crops(frames))
                 os.replace(quantized, path)
@@ -219,7 +208,9 @@ class Int8Runner:
             ]
             h, w = x.shape[-2:]
             self.prepare(scale, frames, f"first-frames-{h}x{w}")
-        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        array = to_array(x)
+        if self._openvino is not None:
+            return torch.from_numpy(self._openvino.get(self._models[scale], array.shape)(array))
         run = self._compiled_for(scale, array.shape)
         return torch.from_numpy(run(array))
 
@@ -234,16 +225,6 @@ class Int8Runner:
         return run
 
     def _compile(self, path: Path, shape: tuple[int, ...]):
-        if self.backend == "openvino":
-            import openvino as ov
-
-            if self._core is None:
-                self._core = ov.Core()
-                self._core.set_property("CPU", {"INFERENCE_NUM_THREADS": self.threads})
-            model = self._core.read_model(str(path))
-            model.reshape({"lr": list(shape)})
-            request = self._core.compile_model(model, "CPU").create_infer_request()
-            return lambda a: np.array(request.infer({0: a})[0], copy=True)
         import onnxruntime as ort
 
         options = ort.SessionOptions()

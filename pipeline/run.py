@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from carn_stream.pipeline.colour import output_spec
 from carn_stream.pipeline.decode import AudioItem, VideoInfo, demux_frames, describe, open_input
 from carn_stream.pipeline.encode import EncoderOptions, VideoSink
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
-from carn_stream.pipeline.infer import BatchResult, InferenceWorker, output_size
+from carn_stream.pipeline.infer import BatchResult, InferenceWorker
 from carn_stream.pipeline.segments import Segment, segment_audio, segment_frames
 
 STAGES = ("decode", "queue_wait", "inference", "encode")
@@ -248,24 +247,24 @@ class _PipelineRun:
     async def infer(self) -> None:
         options = self.options
         while (item := await self.batches_q.get()) is not _END:
-            h, w = item.frames[0].size
-            out = output_spec(item.spec, output_size(h, w, options.scale)[0])
             future = self.worker.submit(
-                item.stacked(), item.spec, out, options.scale, options.priority, options.weights
+                item.stacked(), item.spec, options.scale, options.priority, options.weights
             )
-            await self.results_q.put((item, out, future))
+            await self.results_q.put((item, future))
         await self.results_q.put(_END)
 
     async def encode(self) -> None:
         assert self.sink is not None
         sink = self.sink
         while (entry := await self.results_q.get()) is not _END:
-            item, out, future = entry
+            item, future = entry
             result: BatchResult = await future
             frames = _upscaled(item, result)
             self.rotation = item.frames[0].rotation
             backlog = [self.audio.popleft() for _ in range(len(self.audio))]
-            await self.encoder.call(_write, sink, frames, out, backlog, item.frames[0].rotation)
+            await self.encoder.call(
+                _write, sink, frames, result.out, backlog, item.frames[0].rotation
+            )
             muxed = time.monotonic()
             for position, (frame, source_frame) in enumerate(zip(frames, item.frames, strict=True)):
                 self.done += 1

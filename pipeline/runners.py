@@ -13,32 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from carn_stream.model.mixed import MixedPrecisionCARN
 from carn_stream.model.networks import CARN
 
 log = logging.getLogger(__name__)
-
-
-class MixedPrecisionCARN(nn.Module):
-    """A CARN whose body and upsamplers run in a 16-bit dtype while the image-facing convs
-    (entry and exit) and the mean shift stay fp32: 8-bit pixels are not exactly representable
-    in bf16 (8 significant bits), and its rounding at the input and output alone costs more
-    than every layer in between."""
-
-    def __init__(self, model: CARN, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.dtype = dtype
-        self.entry, self.exit = model.entry.float(), model.exit.float()
-        self.body, self.upsamplers = model.body.to(dtype), model.upsamplers.to(dtype)
-        self.register_buffer("rgb_mean", model.rgb_mean.float())
-        self.scales = model.scales
-
-    def forward(self, x: Tensor, scale: int) -> Tensor:
-        if scale not in self.scales:
-            raise ValueError(f"scale {scale} not supported by this network ({self.scales})")
-        x = x.float()
-        out = self.entry(x - self.rgb_mean).to(self.dtype)
-        out = self.upsamplers[f"x{scale}"](self.body(out))
-        return self.exit(out.float()) + self.rgb_mean
 
 
 class TorchRunner:
@@ -50,16 +28,16 @@ class TorchRunner:
     def __init__(
         self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool
     ) -> None:
-        param = next(model.parameters(), None)
-        same = param is None or (param.device == device and param.dtype == dtype)
-        if not same or channels_last:
-            model = copy.deepcopy(model)
-        model = model.eval().to(device)
         if dtype != torch.float32 and isinstance(model, CARN):
-            self.model: nn.Module = MixedPrecisionCARN(model, dtype)
+            # CARN's own forward with its body in ``dtype`` (a converted copy).
+            self.model: nn.Module = MixedPrecisionCARN(model, dtype).eval().to(device)
             dtype = torch.float32  # the wrapper takes fp32 input
         else:
-            self.model = model.to(dtype)
+            param = next(model.parameters(), None)
+            same = param is None or (param.device == device and param.dtype == dtype)
+            if not same or channels_last:
+                model = copy.deepcopy(model)
+            self.model = model.eval().to(device).to(dtype)
         self.dtype, self.channels_last = dtype, channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

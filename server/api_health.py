@@ -31,6 +31,7 @@ def readyz(request: Request) -> JSONResponse:
     worker = state.worker_holder.worker
     if worker is not None:
         model = worker.engine.model
+        checks["precision"] = worker.engine.describe_precision()
         checks["weights"] = str(getattr(model, "weights_file", "") or "") or None
         if getattr(model, "weights_warning", None):
             checks["weights_warning"] = model.weights_warning

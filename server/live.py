@@ -25,10 +25,9 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.codecs import h264, vpx
 from aiortc.mediastreams import MediaStreamError
 
-from carn_stream.pipeline.colour import output_spec
 from carn_stream.pipeline.decode import frame_planes, open_input
 from carn_stream.pipeline.frames import yuv420_video_frame
-from carn_stream.pipeline.infer import InferenceWorker, output_size
+from carn_stream.pipeline.infer import InferenceWorker
 from carn_stream.pipeline.run import FrameReport
 from carn_stream.server.metrics import Metrics
 
@@ -242,10 +241,8 @@ class UpscaleTrack(MediaStreamTrack):
         source_size = (frame.width, frame.height)
         frame = self._shrink(frame)
         planes, spec = frame_planes(frame)
-        h, w = planes[0].shape[:2]
-        out = output_spec(spec, output_size(h, w, self.scale)[0])
         result = await self.worker.submit(
-            [p[None] for p in planes], spec, out, self.scale, InferenceWorker.LIVE_PRIORITY
+            [p[None] for p in planes], spec, self.scale, InferenceWorker.LIVE_PRIORITY
         )
         y, u, v = result.y[0], result.u[0], result.v[0]
         upscaled = yuv420_video_frame(y, u, v)

@@ -75,6 +75,10 @@ class ServerProcess:
             "CARN_STREAM_ALLOWED_PRIVATE_HOSTS": "127.0.0.1",
             "CARN_STREAM_FETCH_TIMEOUT_SECONDS": "2",
             "CARN_STREAM_SEGMENT_SECONDS": "1",
+            # The mode the tests mean on any CPU (auto would measure, and differ by CPU), and
+            # a cache of this server's own.
+            "CARN_STREAM_PRECISION": "fp32",
+            "CARN_STREAM_CACHE_DIR": str(data_dir.parent / f"cache-{data_dir.name}"),
             **env,
         }
         self.log = data_dir.parent / f"server-{self.port}.log"

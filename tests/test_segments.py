@@ -284,7 +284,7 @@ def test_the_cli_resumes_after_being_killed(clips, tmp_path):
 def test_the_service_resumes_a_killed_job_from_its_done_segments(clips, tmp_path):
     data = tmp_path / "data"
     with media_server(clips["bframes"].parent) as base:
-        first = ServerProcess(data, CARN_STREAM_PRECISION="fp32").start()
+        first = ServerProcess(data).start()
         try:
             job = first.call("POST", "/jobs", {"url": f"{base}/bframes.mp4", "format": "hls"})
             job = job.json()
@@ -294,7 +294,7 @@ def test_the_service_resumes_a_killed_job_from_its_done_segments(clips, tmp_path
         folder = data / "jobs" / job["id"] / "hls"
         kept = segment_files(folder)
         assert kept
-        second = ServerProcess(data, CARN_STREAM_PRECISION="fp32").start()
+        second = ServerProcess(data).start()
         try:
             done = second.wait_job(job["id"], ("succeeded", "failed"), timeout=300)
             assert done["state"] == "succeeded", done["error"]

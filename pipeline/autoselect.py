@@ -1,0 +1,183 @@
+"""``auto`` precision on a CPU: time each available mode on a real frame, drop the ones that
+lose quality, keep the fastest, and remember the decision per CPU, weights and input size.
+
+The probe treats (the centre of) the frame as the high-resolution truth: its bicubic
+downscale (the benchmarks' degradation) is upscaled by every mode; a mode is dropped when its
+luma PSNR against the frame falls more than ``bound_db`` below the reference mode's (fp32).
+The same low-resolution probe is then timed, so each mode compiles and warms up once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from carn_stream.model.evaluation import crop_to_multiple, degrade
+from carn_stream.model.metrics import psnr, rgb_to_y, shave
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[Tensor, int], Tensor]
+QUALITY_BOUND_DB = 0.05  #: largest PSNR loss against fp32 that auto accepts
+TIME_BUDGET_S = 1.0  #: timed runs, all modes together (first runs and compiles come on top)
+MAX_RUNS = 10
+#: A mode whose first timed run is this much slower than the best median so far is not
+#: timed further.
+SLOWER_BY = 1.5
+#: The probe's input has at most this many pixels (a centre crop of large frames): the ranking
+#: of convolution backends holds across sizes, and a large frame would make first use slow.
+PROBE_PIXELS = 25_000
+MIN_PROBE_SIDE = 8  #: smaller inputs (in LR pixels) run the reference mode unmeasured
+
+
+@dataclass
+class Trial:
+    mode: str
+    ms: float | None = None  #: median milliseconds per call on the probe
+    loss_db: float | None = None  #: PSNR lost against the reference mode on the probe
+    note: str = ""  #: why a mode was left out
+
+
+@dataclass
+class Decision:
+    mode: str
+    trials: list[Trial] = field(default_factory=list)
+    cached: bool = False
+
+    def table(self) -> str:
+        lines = [f"{'mode':<10}{'ms':>10}{'loss dB':>10}  note"]
+        for t in self.trials:
+            ms = f"{t.ms:.1f}" if t.ms is not None else "-"
+            loss = f"{t.loss_db:.3f}" if t.loss_db is not None else "-"
+            note = "chosen" if t.mode == self.mode else t.note
+            lines.append(f"{t.mode:<10}{ms:>10}{loss:>10}  {note}")
+        return "\n".join(lines)
+
+
+def _to_uint8(x: Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] -> HxWx3 uint8 on the host."""
+    return (x[0].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def _probe_psnr(runner: Runner, lr: Tensor, hr: np.ndarray, scale: int) -> float:
+    """PSNR of the mode's upscale of ``lr``; its first call, so also its warm-up."""
+    sr = _to_uint8(runner(lr, scale))
+    return psnr(shave(rgb_to_y(sr), scale), shave(rgb_to_y(hr), scale))
+
+
+def centre_crop(frame: Tensor, pixels: int) -> Tensor:
+    """The centre of ``frame`` (N, C, H, W), same aspect, at most ``pixels`` per image."""
+    h, w = frame.shape[-2:]
+    if h * w <= pixels:
+        return frame
+    f = (pixels / (h * w)) ** 0.5
+    ch, cw = max(int(h * f), 1), max(int(w * f), 1)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return frame[..., y : y + ch, x : x + cw]
+
+
+def _seconds(runner: Runner, x: Tensor, scale: int) -> float:
+    start = time.perf_counter()
+    runner(x, scale)
+    return time.perf_counter() - start
+
+
+def _median_ms(runner: Runner, x: Tensor, scale: int, seconds: float) -> float:
+    times = [_seconds(runner, x, scale)]
+    while sum(times) < seconds and len(times) < MAX_RUNS:
+        times.append(_seconds(runner, x, scale))
+    return statistics.median(times) * 1000
+
+
+def measure(
+    candidates: Mapping[str, Callable[[], Runner]],
+    frame: Tensor,
+    scale: int,
+    reference: str = "fp32",
+    bound_db: float = QUALITY_BOUND_DB,
+    budget_s: float = TIME_BUDGET_S,
+) -> Decision:
+    """Pick the fastest of ``candidates`` (name -> runner factory, the likely fastest first) on
+    ``frame`` (1, 3, H, W), float in [0, 1], on the runners' device. ``reference`` must be
+    among the candidates; a factory that raises is reported as unavailable.
+
+    After the probe (each mode's warm-up), every mode within the quality bound is timed once
+    more on the probe's input and, unless that run is :data:`SLOWER_BY` times slower than the
+    best so far, for its share of ``budget_s``.
+    """
+    hr = crop_to_multiple(_to_uint8(centre_crop(frame, PROBE_PIXELS * scale * scale)), scale)
+    if min(hr.shape[:2]) < MIN_PROBE_SIDE * scale:
+        return Decision(reference, [Trial(reference, note="input too small to measure")])
+    lr_array = degrade(hr, scale)
+    lr = frame.new_tensor(lr_array).permute(2, 0, 1)[None].float() / 255
+    trials: dict[str, Trial] = {}
+    runners: dict[str, Runner] = {}
+    for name, make in candidates.items():
+        try:
+            runners[name] = make()
+        except (ImportError, RuntimeError, ValueError) as exc:
+            trials[name] = Trial(name, note=f"unavailable: {exc}")
+    if reference not in runners:
+        raise RuntimeError(f"auto precision needs the {reference} mode as its reference")
+    base = _probe_psnr(runners[reference], lr, hr, scale)
+    fit = []
+    for name, runner in runners.items():
+        loss = base - _probe_psnr(runner, lr, hr, scale)
+        trials[name] = Trial(name, loss_db=loss)
+        if loss > bound_db:
+            trials[name].note = f"loses more than {bound_db} dB"
+        else:
+            fit.append(name)
+    best, chosen = float("inf"), fit[0]
+    for name in fit:
+        first = _seconds(runners[name], lr, scale) * 1000
+        if first > SLOWER_BY * best:
+            trials[name].ms, trials[name].note = first, "slower (one run)"
+            continue
+        ms = trials[name].ms = _median_ms(runners[name], lr, scale, budget_s / len(fit))
+        if ms < best:
+            best, chosen = ms, name
+    ordered = [trials[name] for name in candidates]
+    return Decision(chosen, ordered)
+
+
+class DecisionCache:
+    """Decisions kept in a small JSON file, keyed by whatever identifies the measurement."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def get(self, key: str) -> Decision | None:
+        entry = self._load().get(key)
+        if not isinstance(entry, dict) or "mode" not in entry:
+            return None
+        trials = [Trial(**t) for t in entry.get("trials", []) if isinstance(t, dict)]
+        return Decision(entry["mode"], trials, cached=True)
+
+    def put(self, key: str, decision: Decision) -> None:
+        entries = self._load()
+        entries[key] = {"mode": decision.mode, "trials": [asdict(t) for t in decision.trials]}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".precision-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only cache only costs a new measurement next time
+            log.warning("could not save the precision choice to %s: %s", self.path, exc)

@@ -1,0 +1,136 @@
+"""What the OpenVINO backends (float and int8) share: the network exported to ONNX and cached
+on disk by the weights' digest and scale, and compiled models kept per input shape.
+
+Needs the ``int8`` extra (``pip install 'carn-stream[int8]'``: onnx, onnxruntime, openvino).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+#: Bump when the export recipe changes: old cache entries are then ignored.
+EXPORT_VERSION = 1
+MAX_COMPILED = 8  #: compiled models kept per runner, one per (scale, input shape)
+
+Compiled = Callable[[np.ndarray], np.ndarray]
+
+
+class BackendUnavailable(RuntimeError):
+    """The ONNX/OpenVINO packages (the ``int8`` extra) are not installed, or the CPU lacks what
+    a mode needs."""
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 over the model's tensors (names, shapes, values): the weights' identity."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _AtScale(nn.Module):
+    def __init__(self, model: nn.Module, scale: int) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, self.scale)
+
+
+def export_onnx(model: nn.Module, scale: int, path: Path) -> None:
+    """The float network at ``scale`` as ONNX, batch and spatial sizes dynamic."""
+    wrapper = _AtScale(model.float().eval(), scale)
+    example = torch.rand(1, 3, 64, 64)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            input_names=["lr"],
+            output_names=["sr"],
+            dynamic_axes={"lr": {0: "n", 2: "h", 3: "w"}, "sr": {0: "n", 2: "sh", 3: "sw"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def cached_onnx(model: nn.Module, digest: str, scale: int, cache_dir: Path) -> Path:
+    """The float ONNX export of ``model`` at ``scale``, made once per weights and kept in
+    ``cache_dir/onnx`` (written under a temporary name, then renamed)."""
+    folder = cache_dir / "onnx"
+    path = folder / f"carn-{digest[:16]}-x{scale}-e{EXPORT_VERSION}.onnx"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            part = Path(tmp) / "float.onnx"
+            export_onnx(model, scale, part)
+            os.replace(part, path)
+    return path
+
+
+def require_openvino():
+    """The ``openvino`` module, or :class:`BackendUnavailable` saying how to install it."""
+    try:
+        import openvino
+
+        return openvino
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"OpenVINO modes need the int8 extra: pip install 'carn-stream[int8]' ({exc})"
+        ) from exc
+
+
+def openvino_capabilities() -> tuple[str, ...]:
+    """What OpenVINO's CPU plugin can compute here (e.g. FP32, BF16, FP16, INT8); empty
+    without OpenVINO."""
+    try:
+        ov = require_openvino()
+    except BackendUnavailable:
+        return ()
+    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+class OpenVinoCompiler:
+    """Compiles ONNX files for the CPU, one compiled model per (file, input shape), keeping the
+    :data:`MAX_COMPILED` most recently used."""
+
+    def __init__(self, threads: int, properties: dict[str, object] | None = None) -> None:
+        ov = require_openvino()
+        self._core = ov.Core()
+        self._core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
+        self.properties = dict(properties or {})
+        self._compiled: OrderedDict[tuple, Compiled] = OrderedDict()
+
+    def get(self, path: Path, shape: tuple[int, ...]) -> Compiled:
+        key = (str(path), shape)
+        run = self._compiled.get(key)
+        if run is None:
+            run = self._compiled[key] = self._compile(path, shape)
+            while len(self._compiled) > MAX_COMPILED:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(key)
+        return run
+
+    def _compile(self, path: Path, shape: tuple[int, ...]) -> Compiled:
+        model = self._core.read_model(str(path))
+        model.reshape({model.inputs[0].any_name: list(shape)})
+        request = self._core.compile_model(model, "CPU", self.properties).create_infer_request()
+        return lambda a: np.array(request.infer({0: a})[0], copy=True)
+
+
+def to_array(x: Tensor) -> np.ndarray:
+    """A runner's input as the contiguous float32 array the compiled models take."""
+    return np.ascontiguousarray(x.detach().float().cpu().numpy())
