@@ -58,3 +58,25 @@ def emit_table(table: str, markdown: Path | None) -> None:
     print(table)
     if markdown:
         markdown.write_text(table + "\n")
+
+
+def make_clip(source: Path, width: int, height: int, frames: int, dest: Path) -> Path:
+    """The first ``frames`` frames of ``source`` at width x height, H.264 (crf 10), a keyframe
+    each second."""
+    with av.open(str(source)) as src, av.open(str(dest), "w") as out:
+        in_stream = src.streams.video[0]
+        rate = in_stream.average_rate or 25
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        gop = f"keyint={round(rate)}:min-keyint={round(rate)}:scenecut=0"
+        stream.codec_context.options = {"crf": "10", "preset": "veryfast", "x264-params": gop}
+        for i, frame in enumerate(src.decode(in_stream)):
+            if i >= frames:
+                break
+            small = frame.reformat(
+                width=width, height=height, format="yuv420p", interpolation="AREA"
+            )
+            small.pts = None
+            out.mux(stream.encode(small))
+        out.mux(stream.encode(None))
+    return dest

@@ -1,19 +1,27 @@
-"""Pipeline throughput: model-only vs the pipelined end-to-end run vs a naive sequential loop.
+"""Pipeline throughput: model-only vs the pipelined end-to-end run vs a naive sequential loop,
+and the same end-to-end run made of segments.
 
     python bench/pipeline.py [--device auto|cpu|cuda] [--frames N] [--markdown FILE]
 
-Each case decodes a real clip cut to the case's LR size, then measures in one run:
+Each case decodes a real clip cut to the case's LR size (a keyframe each second), then
+measures in one run:
 - model only: the inference engine (upload, colour conversion, CARN-M, download) on frames
   decoded beforehand;
-- end to end: ``run_pipeline`` from the file to an MP4 (decode, batch, infer, encode, mux);
+- end to end: ``run_pipeline`` from the file to an MP4 (decode, batch, infer, encode, mux),
+  the whole input as one run (monolithic);
+- segmented: the same input planned as 1 s segments, each its own pipeline run (two in
+  flight, so one's decode overlaps another's encode), joined into an MP4 by remuxing; once on
+  this process's worker, once in a supervised worker process (the service's default);
 - naive: decode one frame -> RGB -> CARN-M -> encode -> next, all on one thread.
-The ratio end-to-end / model-only shows what the pipeline costs on top of the model.
+The ratio end-to-end / model-only shows what the pipeline costs on top of the model;
+segmented / end-to-end what cutting the work into segments costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 import tempfile
@@ -26,15 +34,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA, cpu_name, emit_table, official_model
+from common import DATA, cpu_name, emit_table, make_clip, official_model
 
 from carn_stream.allocator import tune_allocator
 from carn_stream.model.inference import upscale_rgb
 from carn_stream.pipeline.colour import ColourSpec
 from carn_stream.pipeline.decode import frame_planes
 from carn_stream.pipeline.encode import EncoderOptions
+from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest
+from carn_stream.pipeline.formats import FORMATS
 from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.run import PipelineOptions, run_pipeline
+from carn_stream.pipeline.segmented import SegmentedRun
+from carn_stream.pipeline.worker_process import ProcessExecutor
 
 CASES = [  # (label, source clip, LR width, LR height, scale)
     ("176x144 x2", "carphone_pristine.mp4", 176, 144, 2),
@@ -44,25 +56,6 @@ GPU_CASES = [  # 1080p out
     ("480x270 x4", "bigbuckbunny.mp4", 480, 270, 4),
     ("960x540 x2", "bigbuckbunny.mp4", 960, 540, 2),
 ]
-
-
-def make_clip(source: Path, width: int, height: int, frames: int, dest: Path) -> Path:
-    """The first ``frames`` frames of ``source`` at width x height, H.264 (crf 10)."""
-    with av.open(str(source)) as src, av.open(str(dest), "w") as out:
-        in_stream = src.streams.video[0]
-        stream = out.add_stream("libx264", rate=in_stream.average_rate or 25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.options = {"crf": "10", "preset": "veryfast"}
-        for i, frame in enumerate(src.decode(in_stream)):
-            if i >= frames:
-                break
-            small = frame.reformat(
-                width=width, height=height, format="yuv420p", interpolation="AREA"
-            )
-            small.pts = None
-            out.mux(stream.encode(small))
-        out.mux(stream.encode(None))
-    return dest
 
 
 def model_only(engine: Engine, clip: Path, scale: int, batch: int) -> float:
@@ -82,6 +75,43 @@ def end_to_end(worker: InferenceWorker, clip: Path, scale: int, batch: int, tmp:
     options = PipelineOptions(scale=scale, batch_size=batch, encoder=EncoderOptions())
     result = asyncio.run(run_pipeline(clip, tmp / "e2e.mp4", options, worker))
     return result.fps
+
+
+def bench_worker(device: str, precision: str) -> InferenceWorker:
+    """The worker a worker process builds (module level: the process imports it)."""
+    tune_allocator()
+    return InferenceWorker(Engine(official_model(), EngineConfig(device=device,
+                                                                 precision=precision)))  # fmt: skip
+
+
+async def _segmented_fps(executor, clip: Path, scale: int, batch: int, tmp: Path):
+    """Frames per second of a segmented run (plan, segments, join), and its segment count."""
+    start = time.perf_counter()
+    plan, _ = await executor.plan(PlanRequest(clip, 1.0))
+    run = SegmentedRun(
+        source=clip, plan=plan, fmt=FORMATS["mp4"], output=tmp / "segmented.mp4",
+        work_dir=tmp / "work",
+        options=PipelineOptions(scale=scale, batch_size=batch, encoder=EncoderOptions()),
+        executor=executor, in_flight=executor.slots,
+    )  # fmt: skip
+    await run.execute()
+    return plan.frames / (time.perf_counter() - start), len(plan.segments)
+
+
+def segmented(worker: InferenceWorker, clip: Path, scale: int, batch: int, tmp: Path):
+    return asyncio.run(_segmented_fps(InProcessExecutor(worker), clip, scale, batch, tmp))
+
+
+def in_worker_process(factory, clip: Path, scale: int, batch: int, tmp: Path) -> float:
+    async def go() -> float:
+        executor = ProcessExecutor(factory)
+        await executor.start()  # the worker's start-up is not part of a job
+        try:
+            return (await _segmented_fps(executor, clip, scale, batch, tmp))[0]
+        finally:
+            await executor.close()
+
+    return asyncio.run(go())
 
 
 def naive(model: torch.nn.Module, clip: Path, scale: int, tmp: Path) -> float:
@@ -111,6 +141,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=0, help="default: 1 on CPU, 8 on CUDA")
     parser.add_argument("--precision", default="auto", help="engine precision (default auto)")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--no-process", action="store_true", help="skip the worker-process column")
     args = parser.parse_args()
     tune_allocator()
     engine = Engine(official_model(), EngineConfig(device=args.device, precision=args.precision))
@@ -128,14 +159,18 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             for label, name, w, h, scale in CASES + (GPU_CASES if cuda else []):
-                frames = args.frames or (240 if cuda else (24 if w * h < 40000 else 8))
+                frames = args.frames or (240 if cuda else (72 if w * h < 40000 else 48))
                 clip = make_clip(DATA / "video" / name, w, h, frames, tmp / f"{w}x{h}.mp4")
                 m = model_only(engine, clip, scale, batch)
                 e = end_to_end(worker, clip, scale, batch, tmp)
+                s, count = segmented(worker, clip, scale, batch, tmp)
+                factory = functools.partial(bench_worker, args.device, engine.precision)
+                p = 0.0 if args.no_process else in_worker_process(factory, clip, scale, batch, tmp)
                 n = naive(naive_model, clip, scale, tmp)
-                rows.append((label, frames, m, e, n))
+                rows.append((label, frames, count, m, e, s, p, n))
                 print(
-                    f"  {label}: model {m:.2f} fps, e2e {e:.2f} fps, naive {n:.2f} fps",
+                    f"  {label}: model {m:.2f} fps, e2e {e:.2f} fps, segmented {s:.2f} fps "
+                    f"({count} segments), worker process {p:.2f} fps, naive {n:.2f} fps",
                     file=sys.stderr,
                 )
     finally:
@@ -143,13 +178,15 @@ def main() -> int:
     lines = [
         header,
         "",
-        "| case | frames | model only fps | end-to-end fps | naive loop fps | e2e / model "
-        "| e2e / naive |",
-        "|---|---|---|---|---|---|---|",
+        "| case | frames | segments | model only fps | end-to-end fps | segmented fps "
+        "| worker process fps | naive loop fps | e2e / model | segmented / e2e "
+        "| process / e2e | e2e / naive |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, frames, m, e, n in rows:
+    for label, frames, count, m, e, s, p, n in rows:
         lines.append(
-            f"| {label} | {frames} | {m:.2f} | {e:.2f} | {n:.2f} | {e / m:.2f} | {e / n:.2f} |"
+            f"| {label} | {frames} | {count} | {m:.2f} | {e:.2f} | {s:.2f} | {p:.2f} | {n:.2f} "
+            f"| {e / m:.2f} | {s / e:.2f} | {p / e:.2f} | {e / n:.2f} |"
         )
     emit_table("\n".join(lines), args.markdown)
     return 0

@@ -57,15 +57,26 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from carn_stream.pipeline.formats import FORMAT_NAMES
-
     parser = argparse.ArgumentParser(
         prog="carn-stream",
         description="Real-time video super-resolution with CARN-M.",
     )
     parser.add_argument("--version", action="version", version=f"carn-stream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (
+        _serve_command,
+        _stats_command,
+        _eval_command,
+        _upscale_command,
+        _upscale_image_command,
+        _train_command,
+        _tune_command,
+    ):
+        add(sub)
+    return parser
 
+
+def _serve_command(sub) -> None:
     p = sub.add_parser("serve", help="run the HTTP service (jobs API, pages, metrics)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8000)")
@@ -76,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     p.set_defaults(run=cmd_serve)
 
+
+def _stats_command(sub) -> None:
     p = sub.add_parser("stats", help="parameters and Mult-Adds per scale (paper convention)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_stats)
 
+
+def _eval_command(sub) -> None:
     p = sub.add_parser("eval", help="PSNR/SSIM on a folder of HR images (standard SR protocol)")
     _add_model_options(p)
     p.add_argument("--data", type=Path, required=True, help="folder of HR images")
@@ -99,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=cmd_eval)
 
+
+def _upscale_command(sub) -> None:
+    from carn_stream.pipeline.codecs import CODEC_NAMES, PRESETS
+    from carn_stream.pipeline.formats import FORMAT_NAMES
+
     p = sub.add_parser("upscale", help="upscale a video file to MP4 or HLS")
     _add_model_options(p)
     p.add_argument("input", help="video file (any container/codec FFmpeg reads)")
@@ -107,9 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format", choices=FORMAT_NAMES, help="default: mp4 for a .mp4 OUTPUT, hls for a folder"
     )
-    p.add_argument("--codec", default="h264", help="h264 (default), hevc, h264_nvenc, hevc_nvenc")
+    p.add_argument("--codec", default="h264", choices=CODEC_NAMES, help="default h264")
     p.add_argument("--crf", type=int, default=18, help="quality, 0 (lossless) to 51; default 18")
-    p.add_argument("--preset", help="encoder preset (default veryfast; p4 for nvenc)")
+    p.add_argument(
+        "--preset", choices=PRESETS, metavar="PRESET",
+        help="encoder preset: ultrafast ... veryslow for h264/hevc (default veryfast), "
+        "p1 ... p7 for NVENC (default p4)",
+    )  # fmt: skip
     p.add_argument(
         "--batch", type=_positive, help="frames per inference batch (default: 1 on CPU, 8 on CUDA)"
     )
@@ -128,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=cmd_upscale)
 
+
+def _upscale_image_command(sub) -> None:
     p = sub.add_parser("upscale-image", help="upscale one image file (written as PNG)")
     _add_model_options(p)
     p.add_argument("input", type=Path)
@@ -137,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     _precision_option(p)
     p.set_defaults(run=cmd_upscale_image)
 
+
+def _train_command(sub) -> None:
     from carn_stream.train_commands import FRAMES_PER_VIDEO, add_config_options
 
     p = sub.add_parser(
@@ -173,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p)
     p.set_defaults(run=cmd_train)
 
+
+def _tune_command(sub) -> None:
     from carn_stream.model.recipe import TUNE_DEFAULTS
+    from carn_stream.train_commands import add_config_options
 
     p = sub.add_parser(
         "tune",
@@ -196,7 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     add_config_options(p, TUNE_DEFAULTS)
     p.set_defaults(run=cmd_tune)
-    return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:

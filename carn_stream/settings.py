@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 PREFIX = "CARN_STREAM_"
@@ -22,7 +22,10 @@ class SettingsError(ValueError):
     """A setting with a value that cannot work; the message names the variable."""
 
 
-def _default_cache_dir(env: Mapping[str, str]) -> Path:
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where downloaded weights and compiled models are kept unless ``CARN_STREAM_CACHE_DIR``
+    says otherwise: ``$XDG_CACHE_HOME/carn-stream`` or ``~/.cache/carn-stream``."""
+    env = os.environ if env is None else env
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "carn-stream"
 
@@ -44,7 +47,7 @@ class Settings:
     #: Folder of further weights files (e.g. from ``carn-stream tune``) that a job may name.
     models_dir: Path | None = None
     #: Where downloaded weights are cached.
-    cache_dir: Path = Path.home() / ".cache" / "carn-stream"
+    cache_dir: Path = field(default_factory=default_cache_dir)
     #: Mirror for the official weights (the registry's checksum still applies).
     weights_url: str | None = None
     #: Allow downloading weights when they are not cached.
@@ -119,7 +122,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        values: dict[str, object] = {"cache_dir": _default_cache_dir(env)}
+        values: dict[str, object] = {"cache_dir": default_cache_dir(env)}
         weights = env.get(f"{PREFIX}WEIGHTS") or env.get("CARN_WEIGHTS")
         if weights:
             values["weights"] = Path(weights)

@@ -9,7 +9,7 @@ side by side.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,9 +46,6 @@ class EvaluationReport:
             "images": len(self.scores),
             "scale": self.scale,
         }
-
-    def per_image(self) -> list[dict]:
-        return [asdict(s) for s in self.scores]
 
 
 def crop_to_multiple(image: np.ndarray, scale: int) -> np.ndarray:

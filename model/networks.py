@@ -7,6 +7,7 @@ A multi-scale network holds one upsampler branch per scale and picks it per call
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 
 import torch
 from torch import Tensor, nn
@@ -226,7 +227,8 @@ def carn_m(
     ``weights`` takes a :class:`carn_stream.model.weights.CARNMWeights` entry or a path.
     """
     if weights is not None:
-        scales = getattr(weights, "meta", {}).get("scales", scales)
+        entry = weights.value if isinstance(weights, Enum) else weights  # a registry member
+        scales = tuple((getattr(entry, "meta", None) or {}).get("scales", scales))
     kwargs.setdefault("upsample_group", group)
     model = CARN(scales, efficient=True, group=group, recursive=recursive, **kwargs)
     return _with_weights(model, weights)

@@ -178,9 +178,9 @@ class Trainer:
         self.model.train()
         started, first_step = time.monotonic(), self.step
         window: list[float] = []
-        for scale, lr, hr in loader:
-            step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
-            loss = self._train_step(scale, lr, hr)
+        for scale, low, high in loader:
+            learning_rate = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+            loss = self._train_step(scale, low, high)
             self.step += 1
             window.append(loss)
             rate = (self.step - first_step) / max(time.monotonic() - started, 1e-9)
@@ -188,7 +188,7 @@ class Trainer:
                 self.step,
                 cfg.steps,
                 loss,
-                step_lr,
+                learning_rate,
                 rate,
                 (cfg.steps - self.step) / rate if rate > 0 else math.inf,
             )
@@ -211,10 +211,11 @@ class Trainer:
                 self.on_progress(progress)
         return self._finish()
 
-    def _train_step(self, scale: int, lr: torch.Tensor, hr: torch.Tensor) -> float:
+    def _train_step(self, scale: int, low: torch.Tensor, high: torch.Tensor) -> float:
+        """One optimiser step on a batch of low-resolution inputs and their HR targets."""
         cfg = self.config
-        x = lr.to(self.device, non_blocking=True).float().div_(255)
-        y = hr.to(self.device, non_blocking=True).float().div_(255)
+        x = low.to(self.device, non_blocking=True).float().div_(255)
+        y = high.to(self.device, non_blocking=True).float().div_(255)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
         ):

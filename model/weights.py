@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from carn_stream.settings import default_cache_dir
+
 ProgressCallback = Callable[[int, int | None], None]
 
 #: Input contract shared by every CARN checkpoint here.
-RGB_UNIT_RANGE = "RGB float in [0, 1], shape (N, 3, H, W); output clamped to [0, 1]"
 
 #: Table 1 of the paper (PSNR/SSIM), CARN-M.
 PAPER_CARN_M = {
@@ -67,7 +68,6 @@ class Weights:
 
     url: str
     sha256: str
-    transforms: str
     meta: Mapping[str, Any] = field(default_factory=dict)
     bundled: str | None = None  #: file name inside the package's ``model/bundled`` folder
 
@@ -100,7 +100,6 @@ class CARNMWeights(Enum):
     OFFICIAL = Weights(
         url="https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn_m.pth",
         sha256="d48a759a84509351facb6b7c6d5bd6edec98b98519b8c464ee4ab44d2ba964ff",
-        transforms=RGB_UNIT_RANGE,
         meta={
             "name": "carn_m official",
             "architecture": "carn_m",
@@ -122,7 +121,6 @@ class CARNMWeights(Enum):
     BUNDLED = Weights(
         url="",
         sha256=BUNDLED_SHA256,
-        transforms=RGB_UNIT_RANGE,
         bundled="carn_m_sunhays80.pth",
         meta=BUNDLED_META,
     )
@@ -300,12 +298,12 @@ def load_weights(model: nn.Module, weights: CARNMWeights | Weights | Path | str,
     """Load a registry entry or a file into ``model``; any key or shape mismatch raises.
 
     ``resolve`` is passed to :func:`resolve_weights_file` for registry entries
-    (``cache_dir`` defaults to ``~/.cache/carn-stream``). Returns the file loaded.
+    (``cache_dir`` defaults to the settings' default cache folder). Returns the file loaded.
     """
-    if isinstance(weights, CARNMWeights):
+    if isinstance(weights, Enum):  # a registry member
         weights = weights.value
     if isinstance(weights, Weights):
-        resolve.setdefault("cache_dir", Path.home() / ".cache" / "carn-stream")
+        resolve.setdefault("cache_dir", default_cache_dir())
         if weights.bundled_path is not None and not weights.url:
             path = bundled_file(weights)
         else:

@@ -27,7 +27,7 @@ from carn_stream.model.metrics import psnr, rgb_to_y, shave
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[Tensor, int], Tensor]
+Backend = Callable[[Tensor, int], Tensor]
 QUALITY_BOUND_DB = 0.05  #: largest PSNR loss against fp32 that auto accepts
 TIME_BUDGET_S = 1.0  #: timed runs, all modes together (first runs and compiles come on top)
 MAX_RUNS = 10
@@ -69,9 +69,9 @@ def _to_uint8(x: Tensor) -> np.ndarray:
     return (x[0].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def _probe_psnr(runner: Runner, lr: Tensor, hr: np.ndarray, scale: int) -> float:
+def _probe_psnr(backend: Backend, lr: Tensor, hr: np.ndarray, scale: int) -> float:
     """PSNR of the mode's upscale of ``lr``; its first call, so also its warm-up."""
-    sr = _to_uint8(runner(lr, scale))
+    sr = _to_uint8(backend(lr, scale))
     return psnr(shave(rgb_to_y(sr), scale), shave(rgb_to_y(hr), scale))
 
 
@@ -86,29 +86,29 @@ def centre_crop(frame: Tensor, pixels: int) -> Tensor:
     return frame[..., y : y + ch, x : x + cw]
 
 
-def _seconds(runner: Runner, x: Tensor, scale: int) -> float:
+def _seconds(backend: Backend, x: Tensor, scale: int) -> float:
     start = time.perf_counter()
-    runner(x, scale)
+    backend(x, scale)
     return time.perf_counter() - start
 
 
-def _median_ms(runner: Runner, x: Tensor, scale: int, seconds: float) -> float:
-    times = [_seconds(runner, x, scale)]
+def _median_ms(backend: Backend, x: Tensor, scale: int, seconds: float) -> float:
+    times = [_seconds(backend, x, scale)]
     while sum(times) < seconds and len(times) < MAX_RUNS:
-        times.append(_seconds(runner, x, scale))
+        times.append(_seconds(backend, x, scale))
     return statistics.median(times) * 1000
 
 
 def measure(
-    candidates: Mapping[str, Callable[[], Runner]],
+    candidates: Mapping[str, Callable[[], Backend]],
     frame: Tensor,
     scale: int,
     reference: str = "fp32",
     bound_db: float = QUALITY_BOUND_DB,
     budget_s: float = TIME_BUDGET_S,
 ) -> Decision:
-    """Pick the fastest of ``candidates`` (name -> runner factory, the likely fastest first) on
-    ``frame`` (1, 3, H, W), float in [0, 1], on the runners' device. ``reference`` must be
+    """Pick the fastest of ``candidates`` (name -> backend factory, the likely fastest first) on
+    ``frame`` (1, 3, H, W), float in [0, 1], on the backends' device. ``reference`` must be
     among the candidates; a factory that raises is reported as unavailable.
 
     After the probe (each mode's warm-up), every mode within the quality bound is timed once
@@ -121,18 +121,18 @@ def measure(
     lr_array = degrade(hr, scale)
     lr = frame.new_tensor(lr_array).permute(2, 0, 1)[None].float() / 255
     trials: dict[str, Trial] = {}
-    runners: dict[str, Runner] = {}
+    backends: dict[str, Backend] = {}
     for name, make in candidates.items():
         try:
-            runners[name] = make()
+            backends[name] = make()
         except (ImportError, RuntimeError, ValueError) as exc:
             trials[name] = Trial(name, note=f"unavailable: {exc}")
-    if reference not in runners:
+    if reference not in backends:
         raise RuntimeError(f"auto precision needs the {reference} mode as its reference")
-    base = _probe_psnr(runners[reference], lr, hr, scale)
+    base = _probe_psnr(backends[reference], lr, hr, scale)
     fit = []
-    for name, runner in runners.items():
-        loss = base - _probe_psnr(runner, lr, hr, scale)
+    for name, backend in backends.items():
+        loss = base - _probe_psnr(backend, lr, hr, scale)
         trials[name] = Trial(name, loss_db=loss)
         if loss > bound_db:
             trials[name].note = f"loses more than {bound_db} dB"
@@ -140,11 +140,11 @@ def measure(
             fit.append(name)
     best, chosen = float("inf"), fit[0]
     for name in fit:
-        first = _seconds(runners[name], lr, scale) * 1000
+        first = _seconds(backends[name], lr, scale) * 1000
         if first > SLOWER_BY * best:
             trials[name].ms, trials[name].note = first, "slower (one run)"
             continue
-        ms = trials[name].ms = _median_ms(runners[name], lr, scale, budget_s / len(fit))
+        ms = trials[name].ms = _median_ms(backends[name], lr, scale, budget_s / len(fit))
         if ms < best:
             best, chosen = ms, name
     ordered = [trials[name] for name in candidates]

@@ -8,7 +8,7 @@ the format decides where they go and what the user finally gets:
 - ``mp4``: one file; the segments are kept in a work folder and joined by remuxing (no
   re-encoding) when all are done, with the input's audio copied bit for bit.
 
-Adding a format means adding one entry here; the API, the command line and the job runner
+Adding a format means adding one entry here; the API, the command line and the job backend
 read their choices from :data:`FORMATS`.
 """
 

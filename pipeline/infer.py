@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from carn_stream.model.inference import pick_device
-from carn_stream.pipeline.autoselect import Decision, DecisionCache, Runner, measure
+from carn_stream.pipeline.autoselect import Backend, Decision, DecisionCache, measure
+from carn_stream.pipeline.backends import CudaGraphBackend, TorchBackend
 from carn_stream.pipeline.colour import (
     ColourSpec,
     output_spec,
@@ -33,9 +34,9 @@ from carn_stream.pipeline.colour import (
     rgb_to_yuv420,
 )
 from carn_stream.pipeline.cpu import cpu_has_native_bf16, cpu_name
-from carn_stream.pipeline.runners import CudaGraphRunner, TorchRunner
 from carn_stream.pipeline.tiling import tiled_forward
 from carn_stream.precisions import CPU_AUTO_CANDIDATES, NAMES, precision
+from carn_stream.settings import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class EngineConfig:
 
     @property
     def cache(self) -> Path:
-        return self.cache_dir or Path.home() / ".cache" / "carn-stream"
+        return self.cache_dir or default_cache_dir()
 
 
 @dataclass
@@ -149,51 +150,51 @@ class Engine:
                 raise ValueError(f"precision {name}: {reason}")
         self.precision = name
         self.model = model
-        self._runners: dict[str, Runner] = {}
+        self._backends: dict[str, Backend] = {}
         #: auto's decisions per (scale, input height, input width)
         self.choices: dict[tuple[int, int, int], Decision] = {}
         self._digest: str | None = None
-        self.runner = None if name == "auto" else self._runner(name)
+        self.backend = None if name == "auto" else self._backend(name)
         self.cuda = self.device.type == "cuda"
         self._pinned: dict[tuple, Tensor] = {}
         self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.oom_retries = 0
         self._launches = 0
 
-    def _runner(self, name: str) -> Runner:
-        runner = self._runners.get(name)
-        if runner is None:
-            runner = self._runners[name] = self._make_runner(self.model, name)
-        return runner
+    def _backend(self, name: str) -> Backend:
+        backend = self._backends.get(name)
+        if backend is None:
+            backend = self._backends[name] = self._make_backend(self.model, name)
+        return backend
 
-    def _make_runner(self, model: nn.Module, precision: str) -> Runner:
+    def _make_backend(self, model: nn.Module, precision: str) -> Backend:
         if precision == "int8":
-            from carn_stream.pipeline.int8 import Int8Runner
+            from carn_stream.pipeline.int8 import Int8Backend
 
-            return Int8Runner(model, self.config.cache, self.config.int8_backend)
+            return Int8Backend(model, self.config.cache, self.config.int8_backend)
         if precision.startswith("ov-"):
-            from carn_stream.pipeline.openvino_float import OpenVinoRunner
+            from carn_stream.pipeline.openvino_float import OpenVinoBackend
 
-            return OpenVinoRunner(model, precision, self.config.cache)
+            return OpenVinoBackend(model, precision, self.config.cache)
         # channels_last pays off on CUDA and for bf16 on CPU; fp32 on CPU measured no gain.
         channels_last = self.device.type == "cuda" or precision == "bf16"
-        eager = TorchRunner(model, self.device, _DTYPES[precision], channels_last)
+        eager = TorchBackend(model, self.device, _DTYPES[precision], channels_last)
         if self.device.type == "cuda" and self.config.cuda_graphs:
-            return CudaGraphRunner(eager)
+            return CudaGraphBackend(eager)
         return eager
 
     # ------------------------------------------------------------------ auto precision
 
-    def auto_candidates(self) -> dict[str, Callable[[], Runner]]:
-        """The modes ``auto`` measures on this CPU: name -> runner factory (unavailable ones
+    def auto_candidates(self) -> dict[str, Callable[[], Backend]]:
+        """The modes ``auto`` measures on this CPU: name -> backend factory (unavailable ones
         raise when made, and are reported as such)."""
-        return {name: partial(self._checked_runner, name) for name in CPU_AUTO_CANDIDATES}
+        return {name: partial(self._checked_backend, name) for name in CPU_AUTO_CANDIDATES}
 
-    def _checked_runner(self, name: str) -> Runner:
+    def _checked_backend(self, name: str) -> Backend:
         reason = unavailable_reason(name, self.device)
         if reason:
             raise RuntimeError(reason)
-        return self._runner(name)
+        return self._backend(name)
 
     def _decision_key(self, scale: int, height: int, width: int) -> str:
         if self._digest is None:
@@ -205,15 +206,15 @@ class Engine:
             f"| x{scale} {width}x{height}"
         )
 
-    def _choose(self, x: Tensor, scale: int) -> Runner:
-        """The runner for this input: the fixed mode, or auto's (measured once per size)."""
-        if self.runner is not None:
-            return self.runner
+    def _choose(self, x: Tensor, scale: int) -> Backend:
+        """The backend for this input: the fixed mode, or auto's (measured once per size)."""
+        if self.backend is not None:
+            return self.backend
         size = (scale, x.shape[-2], x.shape[-1])
         decision = self.choices.get(size)
         if decision is None:
             decision = self.choices[size] = self._decide(x, scale)
-        return self._runner(decision.mode)
+        return self._backend(decision.mode)
 
     def _decide(self, x: Tensor, scale: int) -> Decision:
         cache = DecisionCache(self.config.cache / "precision-choices.json")
@@ -324,10 +325,10 @@ class Engine:
         """int8 only: set the activation ranges for ``scale`` from these LR frames
         (HxWx3 uint8) instead of the first frames upscaled."""
         if self.precision == "int8":
-            from carn_stream.pipeline.int8 import Int8Runner
+            from carn_stream.pipeline.int8 import Int8Backend
 
-            assert isinstance(self.runner, Int8Runner)
-            self.runner.prepare(scale, frames, calibration_id)
+            assert isinstance(self.backend, Int8Backend)
+            self.backend.prepare(scale, frames, calibration_id)
 
     def finish(self, pending: Pending) -> list[np.ndarray]:
         """Wait for a launched batch and hand its planes over as arrays."""
@@ -337,11 +338,11 @@ class Engine:
         return [t.numpy() for t in pending.planes]
 
     def _forward(self, x: Tensor, scale: int, tile: int | None) -> Tensor:
-        runner = self._choose(x, scale)
+        backend = self._choose(x, scale)
         try:
             if tile is None or (tile >= x.shape[-2] and tile >= x.shape[-1]):
-                return runner(x, scale)
-            return tiled_forward(runner, x, scale, tile, self.config.tile_overlap)
+                return backend(x, scale)
+            return tiled_forward(backend, x, scale, tile, self.config.tile_overlap)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -154,7 +154,7 @@ def pick_backend(name: str = "auto") -> str:
     return "onnxruntime"
 
 
-class Int8Runner:
+class Int8Backend:
     """Runs a quantized CARN on the CPU; see the module docstring.
 
     Scales are prepared on first use, calibrated on that call's own frames, unless

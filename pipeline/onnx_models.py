@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 #: Bump when the export recipe changes: old cache entries are then ignored.
 EXPORT_VERSION = 1
-MAX_COMPILED = 8  #: compiled models kept per runner, one per (scale, input shape)
+MAX_COMPILED = 8  #: compiled models kept per backend, one per (scale, input shape)
 
 Compiled = Callable[[np.ndarray], np.ndarray]
 
@@ -132,5 +132,5 @@ class OpenVinoCompiler:
 
 
 def to_array(x: Tensor) -> np.ndarray:
-    """A runner's input as the contiguous float32 array the compiled models take."""
+    """A backend's input as the contiguous float32 array the compiled models take."""
     return np.ascontiguousarray(x.detach().float().cpu().numpy())

@@ -38,7 +38,7 @@ def unavailable_reason(precision: str) -> str | None:
     return None
 
 
-class OpenVinoRunner:
+class OpenVinoBackend:
     """Runs a network in ``precision`` (a key of :data:`HINTS`) through OpenVINO on the CPU."""
 
     def __init__(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from carn_stream.pipeline.encode import check_codec
+from carn_stream.pipeline.codecs import check_codec
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
 from carn_stream.server.deps import get_runner, get_store, require_token

@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from carn_stream.model.scales import SUPPORTED_SCALES
-from carn_stream.pipeline.encode import CODEC_NAMES, CODECS, PRESETS
+from carn_stream.pipeline.codecs import CODEC_NAMES, CODECS, PRESETS
 from carn_stream.pipeline.formats import FORMAT_NAMES
 
 

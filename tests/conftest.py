@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("CARN_STREAM_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
-def official_weights_path() -> Path:
-    return Path(os.environ.get("CARN_WEIGHTS", DATA_DIR / "weights" / "carn_m.pth"))
+from tests.helpers import DATA_DIR, official_weights_path
 
 
 @pytest.fixture(scope="session")

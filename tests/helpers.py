@@ -1,13 +1,22 @@
-"""Test helpers: a loopback HTTP file server."""
+"""Test helpers: where the repository and the ground-truth data are; a loopback file server."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("CARN_STREAM_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def official_weights_path() -> Path:
+    """The official CARN-M checkpoint (``CARN_WEIGHTS`` overrides)."""
+    return Path(os.environ.get("CARN_WEIGHTS", DATA_DIR / "weights" / "carn_m.pth"))
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

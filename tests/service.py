@@ -17,8 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO_ROOT, official_weights_path
-from tests.helpers import QuietHandler, serve_directory
+from tests.helpers import REPO_ROOT, QuietHandler, official_weights_path, serve_directory
 
 
 def free_port() -> int:

@@ -210,7 +210,7 @@ def test_upscale_to_hls_folder(tiny_clip, weights_path, tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--codec", "vp9"], "unknown codec 'vp9'"),
+        (["--preset", "p7"], "preset 'p7' does not apply to h264"),
         (["--crf", "70"], "crf must be between 0 and 51"),
         (["--device", "cuda"], "CUDA"),
         (["--format", "hls", "--segment-seconds", "0.5"], "at least 1 second"),
@@ -247,3 +247,21 @@ def test_upscale_bad_input_exits_1_with_one_line(kind, data_dir, weights_path, t
     assert result.returncode == 1 and expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.mp4*"))
+
+
+@pytest.mark.parametrize(
+    "variable,value,allowed",
+    [
+        ("CARN_STREAM_DEVICE", "gpu", "auto, cpu, cuda or cuda:N"),
+        ("CARN_STREAM_PRECISION", "fp8", "auto, fp32"),
+        ("CARN_STREAM_EXECUTOR", "threads", "process, inprocess"),
+        ("CARN_STREAM_SEGMENT_SECONDS", "0.5", "at least 1"),
+        ("CARN_STREAM_MAX_CONCURRENT_JOBS", "many", "invalid literal"),
+    ],
+)
+def test_serve_refuses_a_bad_setting_at_once_naming_it(variable, value, allowed, tmp_path):
+    result = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path), env={variable: value})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0] and allowed in lines[0], result.stderr
+    assert not (tmp_path / "jobs.sqlite3").exists()  # nothing started

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 from tests.service import ServerProcess
 
 DOCKER = REPO_ROOT / "docker"

@@ -65,13 +65,20 @@ def test_protocol_crops_hr_to_a_multiple_of_the_scale():
 # 28.42. They check the degradation, the luma and the shave independently of any network.
 @pytest.mark.parametrize("scale,expected", [(2, 33.66), (3, 30.39), (4, 28.42)])
 def test_bicubic_baseline_on_set5_matches_the_published_figures(data_dir, scale, expected):
-    report = evaluate(iter_images(data_dir / "images" / "Set5"), bicubic_upscaler, scale)
+    report = evaluate(iter_images(data_dir / "images" / "Set5"), nearest_upscaler, scale)
     assert report.summary()["bicubic_psnr"] == pytest.approx(expected, abs=0.03)
-    assert report.summary()["psnr"] == pytest.approx(report.summary()["bicubic_psnr"])
 
 
-def bicubic_upscaler(lr: np.ndarray, scale: int) -> np.ndarray:
-    return bicubic_uint8(lr, scale=float(scale))
+# The upscaler under test is scored apart from the bicubic baseline: pixel repetition scores
+# 30.84 / 27.92 / 26.25 dB on Set5 (measured), 2.2-2.8 dB below bicubic.
+@pytest.mark.parametrize("scale,expected", [(2, 30.84), (3, 27.92), (4, 26.25)])
+def test_the_upscaler_under_test_is_scored_apart_from_bicubic(data_dir, scale, expected):
+    report = evaluate(iter_images(data_dir / "images" / "Set5"), nearest_upscaler, scale)
+    assert report.summary()["psnr"] == pytest.approx(expected, abs=0.01)
+
+
+def nearest_upscaler(lr: np.ndarray, scale: int) -> np.ndarray:
+    return np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
 
 
 def _check_against_paper(model, data_dir, dataset, scale):
@@ -105,13 +112,13 @@ def test_official_carn_m_reproduces_the_paper_on_set14(official_carn_m, data_dir
 
 def test_docs_bundled_weights_table_is_generated_from_the_registry():
     from carn_stream.model.report import bundled_table
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     assert bundled_table() in (REPO_ROOT / "docs" / "TRAINING.md").read_text()
 
 
 def test_docs_metrics_table_is_generated_from_the_registry():
     from carn_stream.model.report import metrics_table
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     assert metrics_table() in (REPO_ROOT / "docs" / "MODEL.md").read_text()

@@ -293,7 +293,7 @@ def test_out_of_memory_splits_then_tiles_and_never_drops_a_frame(clips, tmp_path
         plain.close()
         tight.close()
     assert tight.engine.oom_retries > 0
-    calls = tight.engine.runner.model.calls  # the network the engine runs (maybe a copy)
+    calls = tight.engine.backend.model.calls  # the network the engine runs (maybe a copy)
     assert any(shape[0] == 1 for shape in calls)  # the batch was split
     assert any(shape[-1] < 90 for shape in calls)  # then frames were tiled
     a, b = np.stack(decode_y(reference)), np.stack(decode_y(retried))

@@ -46,7 +46,7 @@ def frames(data_dir) -> list[np.ndarray]:
 def test_auto_is_fp16_on_cuda_and_measured_on_a_cpu():
     assert default_precision(torch.device("cuda")) == "fp16"
     assert default_precision(CPU) == "auto"
-    assert Engine(torch.nn.Identity(), EngineConfig(device="cpu")).runner is None
+    assert Engine(torch.nn.Identity(), EngineConfig(device="cpu")).backend is None
 
 
 def test_impossible_modes_are_refused_with_a_reason(official_carn_m):
@@ -84,9 +84,9 @@ def test_bf16_stays_close_to_fp32(official_carn_m, frames):
     b = bf16.upscale([frames[0][None]], RGB, 2, OUT)[0]
     # Measured 60.9 dB on carphone at x2 (54.6 dB with the image-facing convs in bf16 too).
     assert luma_psnr(a, b) > 55
-    assert bf16.runner.channels_last
-    assert bf16.runner.model.body.fusions[0][0].weight.dtype == torch.bfloat16
-    assert bf16.runner.model.exit.weight.dtype == torch.float32
+    assert bf16.backend.channels_last
+    assert bf16.backend.model.body.fusions[0][0].weight.dtype == torch.bfloat16
+    assert bf16.backend.model.exit.weight.dtype == torch.float32
     assert next(official_carn_m.parameters()).dtype == torch.float32  # the shared one untouched
 
 
@@ -120,12 +120,12 @@ def test_openvino_export_is_cached_across_engines(official_carn_m, frames, mode,
     assert np.array_equal(first, again)
 
 
-def _noisy(runner, delay: float, noise: float):
+def _noisy(backend, delay: float, noise: float):
     """A fake mode: the real one plus noise (lossy), after ``delay`` seconds."""
 
     def run(x, scale):
         time.sleep(delay)
-        out = runner(x, scale)
+        out = backend(x, scale)
         return out + noise * torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
 
     return run
@@ -133,7 +133,7 @@ def _noisy(runner, delay: float, noise: float):
 
 def test_auto_never_picks_a_lossy_mode_however_fast(official_carn_m, frames, tmp_path):
     engine = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
-    fp32 = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32")).runner
+    fp32 = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32")).backend
 
     def candidates():
         def missing():

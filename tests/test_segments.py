@@ -23,7 +23,7 @@ from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.run import PipelineOptions
 from carn_stream.pipeline.segmented import SegmentedRun, SegmentFailed
 from carn_stream.pipeline.segments import SegmentPlan, plan_segments, segment_frames
-from tests.conftest import REPO_ROOT, official_weights_path
+from tests.helpers import REPO_ROOT, official_weights_path
 from tests.media import decode_rgb, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, media_server, wait_for
 

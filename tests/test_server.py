@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from carn_stream.precisions import NAMES
 from carn_stream.server.fetch import FetchError, FetchPolicy, check_address, validate_url
-from tests.conftest import official_weights_path
+from tests.helpers import official_weights_path
 from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
 
@@ -188,27 +188,38 @@ def test_jobs_are_listed_newest_first_with_pagination(server, media):
     assert server.call("GET", "/jobs?limit=0").status == 422
 
 
-def test_metrics_count_every_frame(server):
+def scrape(server: ServerProcess) -> dict:
     text = server.call("GET", "/metrics").body.decode()
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    frames = sum(s.value for s in families["carn_stream_frames"].samples
-                 if s.name == "carn_stream_frames_total")  # fmt: skip
-    assert frames >= 50 * 2 + 90 * 3
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def sample(families: dict, family: str, name: str, **labels) -> float:
+    """The sum of ``name`` samples of ``family`` whose labels include ``labels`` (0 if none)."""
+    return sum(s.value for s in families[family].samples if s.name == name
+               and all(s.labels.get(k) == v for k, v in labels.items()))  # fmt: skip
+
+
+def test_metrics_count_every_frame(server, media):
+    before = scrape(server)
+    base, _ = media
+    job = submit(server, f"{base}/bunny.mp4", scale=2, format="mp4")
+    assert server.wait_job(job["id"], ("succeeded", "failed"))["state"] == "succeeded"
+    after = scrape(server)
+
+    def grew(family: str, name: str, **labels) -> float:
+        return sample(after, family, name, **labels) - sample(before, family, name, **labels)
+
+    assert grew("carn_stream_frames", "carn_stream_frames_total") == 50  # this job's frames
     for stage in ("decode", "queue_wait", "inference", "encode"):
-        wanted = {"stage": stage, "mode": "job"}
-        count = next(s.value for s in families["carn_stream_stage_seconds"].samples
-                     if s.name.endswith("_count") and s.labels == wanted)  # fmt: skip
-        assert count == frames
-    e2e = next(s.value for s in families["carn_stream_frame_seconds"].samples
-               if s.name.endswith("_count"))  # fmt: skip
-    assert e2e == frames
-    states = {s.labels["state"]: s.value for s in families["carn_stream_jobs"].samples}
-    assert states["succeeded"] >= 5 and states["cancelled"] >= 1
-    routes = {s.labels["route"] for s in families["carn_stream_http_requests"].samples}
+        assert grew("carn_stream_stage_seconds", "carn_stream_stage_seconds_count",
+                    stage=stage, mode="job") == 50  # fmt: skip
+    assert grew("carn_stream_frame_seconds", "carn_stream_frame_seconds_count") == 50
+    assert sample(after, "carn_stream_jobs", "carn_stream_jobs", state="succeeded") >= 1
+    routes = {s.labels["route"] for s in after["carn_stream_http_requests"].samples}
     assert "/jobs/{job_id}" in routes
     assert not any(re.search(r"[0-9a-f]{32}", r) for r in routes)  # no ids in labels
-    assert "carn_stream_queue_depth" in families and "carn_stream_fps" in families
-    assert "carn_stream_inference_batch_frames" in families
+    assert "carn_stream_queue_depth" in after and "carn_stream_fps" in after
+    assert "carn_stream_inference_batch_frames" in after
 
 
 # --------------------------------------------------------------------------- bad input

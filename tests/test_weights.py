@@ -164,7 +164,7 @@ def test_settings_read_carn_weights_and_the_prefixed_variables(tmp_path):
 def test_every_setting_is_documented_in_the_readme():
     from dataclasses import fields
 
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text()
     for f in fields(Settings):
@@ -238,3 +238,28 @@ def test_cli_upscales_with_the_bundled_weights_and_says_so(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "warning: the official weights are unavailable" in result.stderr
     assert read_rgb(tmp_path / "out.png").shape == (48, 48, 3)
+
+
+def test_a_registry_member_builds_the_scales_its_weights_hold(tmp_path, monkeypatch):
+    """carn_m(weights=<enum member>) reads the member's meta, not the default scales."""
+    from enum import Enum
+
+    from carn_stream.model.weights import Weights
+    from carn_stream.settings import default_cache_dir
+
+    only_x2 = carn_m(scales=(2,))
+    path = tmp_path / "x2.pth"
+    torch.save(only_x2.state_dict(), path)
+    entry = Weights(url="https://example.invalid/carn_m_x2.pth", sha256=sha256_of(path),
+                    meta={"scales": (2,)})  # fmt: skip
+
+    class X2Weights(Enum):
+        ONLY_X2 = entry
+
+    cache = default_cache_dir()  # the test's own (conftest points XDG_CACHE_HOME at tmp)
+    cache.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, cache / entry.filename)
+    model = carn_m(weights=X2Weights.ONLY_X2)
+    assert model.scales == (2,) and set(model.upsamplers) == {"x2"}
+    with pytest.raises(WeightsError):  # the default three-scale network cannot take it
+        load_weights(carn_m(), path)

@@ -1,5 +1,5 @@
 """Ways to run the network on a device: eager PyTorch in a chosen dtype and memory format, and
-CUDA graphs replayed per input shape. A runner is called as ``runner(x, scale)`` with ``x``
+CUDA graphs replayed per input shape. A backend is called as ``backend(x, scale)`` with ``x``
 float RGB in [0, 1], (N, 3, H, W), on its device; it returns the network's output.
 """
 
@@ -19,7 +19,7 @@ from carn_stream.model.networks import CARN
 log = logging.getLogger(__name__)
 
 
-class TorchRunner:
+class TorchBackend:
     """Eager PyTorch with the weights in ``dtype`` and, optionally, channels-last layout.
 
     Converts a copy of ``model`` (never the caller's), so engines of different precisions and
@@ -56,14 +56,14 @@ class _Graph:
     static_out: Tensor
 
 
-class CudaGraphRunner:
+class CudaGraphBackend:
     """Captures one CUDA graph per (input shape, scale) and replays it: no per-layer launch
     overhead for the fixed shapes of a video. Shapes past ``max_graphs`` evict the oldest.
 
     The returned tensor is the graph's static output: use it before the next call.
     """
 
-    def __init__(self, eager: TorchRunner, max_graphs: int = 8, warmup: int = 2) -> None:
+    def __init__(self, eager: TorchBackend, max_graphs: int = 8, warmup: int = 2) -> None:
         self.eager, self.max_graphs, self.warmup = eager, max_graphs, warmup
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self.captures = 0

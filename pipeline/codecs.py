@@ -1,0 +1,73 @@
+"""Video codecs by the name users give, with their presets: the one list the API's schema,
+the command line's choices and the encoder read. Torch-free (``--help`` stays light)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from fractions import Fraction
+
+from carn_stream.pipeline.errors import OutputError
+
+_X26X_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+    "veryslow",
+)  # fmt: skip
+_NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
+
+
+@dataclass(frozen=True)
+class VideoCodec:
+    encoder: str  #: FFmpeg's encoder
+    presets: tuple[str, ...]
+    default_preset: str
+
+
+#: Video codecs by the name users give; the API's and the command line's choices.
+CODECS: dict[str, VideoCodec] = {
+    "h264": VideoCodec("libx264", _X26X_PRESETS, "veryfast"),
+    "hevc": VideoCodec("libx265", _X26X_PRESETS, "veryfast"),
+    "h264_nvenc": VideoCodec("h264_nvenc", _NVENC_PRESETS, "p4"),
+    "hevc_nvenc": VideoCodec("hevc_nvenc", _NVENC_PRESETS, "p4"),
+}
+CODEC_NAMES: tuple[str, ...] = tuple(CODECS)
+PRESETS: tuple[str, ...] = (*_X26X_PRESETS, *_NVENC_PRESETS)
+
+
+@functools.cache
+def encoder_works(encoder: str) -> bool:
+    """Whether this host can really encode with ``encoder`` (NVENC needs an NVIDIA GPU)."""
+    import av
+
+    try:
+        ctx = av.CodecContext.create(encoder, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 64, 64, "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        if encoder == "libx265":
+            ctx.options = {"x265-params": "log-level=none"}
+        ctx.open()
+        frame = av.VideoFrame(64, 64, "yuv420p")
+        frame.pts = 0
+        ctx.encode(frame)
+        ctx.encode(None)
+        return True
+    except Exception:
+        return False
+
+
+def check_codec(codec: str, preset: str | None) -> VideoCodec:
+    """The codec, if it exists here and takes ``preset``; else OutputError saying what would."""
+    if codec not in CODECS:
+        raise OutputError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    spec = CODECS[codec]
+    if preset is not None and preset not in spec.presets:
+        raise OutputError(
+            f"preset {preset!r} does not apply to {codec}; use one of {', '.join(spec.presets)}"
+        )
+    if not encoder_works(spec.encoder):
+        working = [name for name, c in CODECS.items() if encoder_works(c.encoder)]
+        raise OutputError(
+            f"codec {codec} ({spec.encoder}) cannot encode on this host; "
+            f"available: {', '.join(working)}"
+        )
+    return spec
