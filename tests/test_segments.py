@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -309,3 +310,28 @@ def test_the_service_resumes_a_killed_job_from_its_done_segments(clips, tmp_path
     names = sorted(now)
     joined.write_bytes(b"".join((folder / n).read_bytes() for n in names))
     assert len(all_pts(joined)) == 100
+
+
+@pytest.mark.slow
+def test_a_graceful_stop_is_quick_and_costs_no_attempt(clips, tmp_path):
+    data = tmp_path / "data"
+    with media_server(clips["bframes"].parent) as base:
+        first = ServerProcess(data).start()
+        try:
+            job = first.call("POST", "/jobs", {"url": f"{base}/bframes.mp4", "format": "mp4"})
+            job = job.json()
+            wait_for(lambda: first.job(job["id"])["progress"]["frames_done"] > 0, 120, "work")
+        finally:
+            started = time.monotonic()
+            first.stop()  # SIGTERM, as docker stop and orchestrators send
+            stopped_in = time.monotonic() - started
+        # uvicorn re-raises the signal once it has shut down cleanly
+        assert "Application shutdown complete" in first.log.read_text()
+        assert stopped_in < 10  # inside Docker's default grace period, with a job running
+        second = ServerProcess(data).start()
+        try:
+            done = second.wait_job(job["id"], ("succeeded", "failed"), timeout=300)
+        finally:
+            second.stop()
+    assert done["state"] == "succeeded", done["error"]
+    assert done["attempts"] == 1  # the stopped run did not count
