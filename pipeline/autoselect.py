@@ -4,7 +4,9 @@ lose quality, keep the fastest, and remember the decision per CPU, weights and i
 The probe treats (the centre of) the frame as the high-resolution truth: its bicubic
 downscale (the benchmarks' degradation) is upscaled by every mode; a mode is dropped when its
 luma PSNR against the frame falls more than ``bound_db`` below the reference mode's (fp32).
-The same low-resolution probe is then timed, so each mode compiles and warms up once.
+The modes that keep the quality are then timed on the frame itself (its centre, up to
+:data:`TIMING_PIXELS`): which backend is fastest depends on the size, so a small probe would
+mislead.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SLOWER_BY = 1.5
 #: of convolution backends holds across sizes, and a large frame would make first use slow.
 PROBE_PIXELS = 25_000
 MIN_PROBE_SIDE = 8  #: smaller inputs (in LR pixels) run the reference mode unmeasured
+#: Modes are timed on (the centre of) the real input, at most this many pixels.
+TIMING_PIXELS = 120_000
 
 
 @dataclass
@@ -111,8 +115,8 @@ def measure(
     ``frame`` (1, 3, H, W), float in [0, 1], on the backends' device. ``reference`` must be
     among the candidates; a factory that raises is reported as unavailable.
 
-    After the probe (each mode's warm-up), every mode within the quality bound is timed once
-    more on the probe's input and, unless that run is :data:`SLOWER_BY` times slower than the
+    Every mode within the quality bound then runs once on the real input's size (its warm-up
+    there), is timed once more and, unless that run is :data:`SLOWER_BY` times slower than the
     best so far, for its share of ``budget_s``.
     """
     hr = crop_to_multiple(_to_uint8(centre_crop(frame, PROBE_PIXELS * scale * scale)), scale)
@@ -138,13 +142,15 @@ def measure(
             trials[name].note = f"loses more than {bound_db} dB"
         else:
             fit.append(name)
+    timed = centre_crop(frame, TIMING_PIXELS)
     best, chosen = float("inf"), fit[0]
     for name in fit:
-        first = _seconds(backends[name], lr, scale) * 1000
+        _seconds(backends[name], timed, scale)  # first use of this size (compiles, warms up)
+        first = _seconds(backends[name], timed, scale) * 1000
         if first > SLOWER_BY * best:
             trials[name].ms, trials[name].note = first, "slower (one run)"
             continue
-        ms = trials[name].ms = _median_ms(backends[name], lr, scale, budget_s / len(fit))
+        ms = trials[name].ms = _median_ms(backends[name], timed, scale, budget_s / len(fit))
         if ms < best:
             best, chosen = ms, name
     ordered = [trials[name] for name in candidates]
