@@ -38,3 +38,27 @@ def serve_directory(root: Path, handler_class: type = QuietHandler) -> Iterator[
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+#: Headless Chromium as these machines run it: no sandbox (root), no GPU, nothing reaching out.
+CHROMIUM_FLAGS = (
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+)  # fmt: skip
+#: What a live page needs on top: a fake camera, and WebRTC allowed on loopback.
+LIVE_FLAGS = (
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+)  # fmt: skip
+
+
+def launch_chromium(playwright, *extra: str):
+    """Debian's Chromium through Playwright (its own browser download is never used)."""
+    import shutil
+
+    return playwright.chromium.launch(
+        executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+        headless=True,
+        args=[*CHROMIUM_FLAGS, *extra],
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import statistics
 import threading
 import time
@@ -23,6 +22,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from carn_stream.server.live import restrict_ice_hosts
+from tests.helpers import LIVE_FLAGS, launch_chromium
 from tests.media import decode_rgb, downscale_frames, write_clip
 from tests.service import ServerProcess, request, wait_for
 
@@ -231,15 +231,7 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
     artifacts = Path(__file__).resolve().parents[1] / "artifacts"
     artifacts.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--use-fake-device-for-media-stream",
-                  "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection",
-                  "--autoplay-policy=no-user-gesture-required"],
-        )  # fmt: skip
+        browser = launch_chromium(p, *LIVE_FLAGS)
         try:
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{server.port}/live")

@@ -24,7 +24,7 @@ from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.run import PipelineOptions
 from carn_stream.pipeline.segmented import SegmentedRun, SegmentFailed
 from carn_stream.pipeline.segments import SegmentPlan, plan_segments, segment_frames
-from tests.helpers import REPO_ROOT, official_weights_path
+from tests.helpers import REPO_ROOT, launch_chromium, official_weights_path
 from tests.media import decode_rgb, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, media_server, wait_for
 
@@ -201,12 +201,7 @@ def test_segmented_hls_plays_to_the_end_in_chromium(clips, bicubic_worker, tmp_p
     make(clips["bframes"], out, "hls", bicubic_worker)
     (out / "page.html").write_text('<video id="v" src="index.m3u8" muted autoplay></video>')
     with media_server(out) as base, sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--autoplay-policy=no-user-gesture-required"],
-        )  # fmt: skip
+        browser = launch_chromium(p)
         try:
             page = browser.new_page()
             page.goto(f"{base}/page.html")

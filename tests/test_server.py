@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -15,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from carn_stream.precisions import NAMES
 from carn_stream.server.fetch import FetchError, FetchPolicy, check_address, validate_url
-from tests.helpers import official_weights_path
+from tests.helpers import launch_chromium, official_weights_path
 from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
 
@@ -414,15 +413,8 @@ def test_jobs_page_in_chromium_submits_and_plays(server, media, tmp_path):
     base, _ = media
     artifacts = Path(__file__).resolve().parents[1] / "artifacts"
     artifacts.mkdir(exist_ok=True)
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--autoplay-policy=no-user-gesture-required"],
-        )  # fmt: skip
+        browser = launch_chromium(p)
         try:
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{server.port}/")
