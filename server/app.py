@@ -6,22 +6,23 @@ import asyncio
 import ipaddress
 import logging
 import threading
-import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from carn_stream.pipeline.hls import hls_muxer_options
 from carn_stream.pipeline.infer import InferenceWorker
 from carn_stream.server import api_health, api_jobs, api_live, pages
+from carn_stream.server.blocking import BlockingPool
 from carn_stream.server.fetch import FetchPolicy
 from carn_stream.server.jobs import JobRunner
 from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
+from carn_stream.server.middleware import Gate, RequestMetrics
 from carn_stream.server.store import JobStore
 from carn_stream.settings import Settings
 
@@ -59,6 +60,8 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
         max_bytes=settings.max_input_bytes,
         timeout=settings.fetch_timeout_seconds,
         max_redirects=settings.max_redirects,
+        max_seconds=settings.fetch_max_seconds,
+        min_rate=settings.fetch_min_bytes_per_second,
     )
 
 
@@ -75,6 +78,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         requeued, failed = store.recover(settings.max_attempts)
         if requeued or failed:
             log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
+        blocking = BlockingPool(settings.max_concurrent_jobs + 2)
         runner = JobRunner(
             store,
             data_dir,
@@ -86,6 +90,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             batch_size=settings.batch_size,
             segment_seconds=settings.segment_seconds,
             retention_seconds=settings.retention_hours * 3600,
+            offload=blocking.run,
         )
         holder = WorkerHolder(worker_factory)
         restrict_ice_hosts(settings.live_ice_hosts)
@@ -95,6 +100,8 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             BitratePolicy(bits_per_pixel=settings.live_bits_per_pixel,
                           ceiling=settings.live_max_bitrate),
             LatencyPolicy(settings.live_max_latency, settings.live_adaptive),
+            connect_seconds=settings.live_connect_seconds,
+            max_output_pixels=settings.max_output_pixels,
         )  # fmt: skip
         app.state.live = live
         app.state.settings, app.state.store, app.state.runner = settings, store, runner
@@ -108,6 +115,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             scheduler.cancel()
             await asyncio.gather(scheduler, return_exceptions=True)
             await asyncio.to_thread(holder.close)
+            blocking.close()
             store.close()
 
     app = FastAPI(
@@ -126,20 +134,6 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         """Prometheus exposition of every metric of this process's service."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", None) or _mounted_prefix(request.url.path)
-        metrics.http_requests.labels(
-            request.method, template, f"{response.status_code // 100}xx"
-        ).inc()
-        metrics.http_seconds.labels(request.method, template).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(Gate, token=lambda: settings.api_token)  # type: ignore[arg-type]
+    app.add_middleware(RequestMetrics, metrics=metrics)  # type: ignore[arg-type]  # outermost
     return app
-
-
-def _mounted_prefix(path: str) -> str:
-    return "/static" if path.startswith("/static/") else "unmatched"

@@ -13,7 +13,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from carn_stream.pipeline.decode import probe
@@ -21,6 +21,7 @@ from carn_stream.pipeline.encode import EncoderOptions
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.infer import InferenceWorker
 from carn_stream.pipeline.run import FrameReport, PipelineOptions, run_pipeline
+from carn_stream.server.exposure import redact_paths
 from carn_stream.server.fetch import FetchError, FetchPolicy, fetch
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.store import Job, JobStore
@@ -46,12 +47,14 @@ class JobRunner:
         batch_size: int,
         segment_seconds: float,
         retention_seconds: float,
+        offload: Callable[..., Awaitable] | None = None,
     ) -> None:
         self.store, self.data_dir, self.policy, self.metrics = store, data_dir, policy, metrics
         self.max_concurrent = max_concurrent
         self.max_duration, self.max_output_pixels = max_duration, max_output_pixels
         self.batch_size, self.segment_seconds = batch_size, segment_seconds
         self.retention_seconds = retention_seconds
+        self.offload = offload or asyncio.to_thread  #: runs downloads and probes
         self.worker: InferenceWorker | None = None
         self._running: dict[str, asyncio.Task] = {}
         self._cancel_flags: dict[str, threading.Event] = {}
@@ -123,9 +126,9 @@ class JobRunner:
         download = source = folder / "input"
         try:
             await asyncio.to_thread(_fresh_dir, folder)
-            source = await asyncio.to_thread(fetch, job.url, source, self.policy, cancelled)
-            info = await asyncio.to_thread(probe, source)
-            self._check_limits(info, job.params["scale"])
+            source = await self.offload(fetch, job.url, source, self.policy, cancelled)
+            scale = job.params["scale"]
+            info = await self.offload(probe, source, lambda i: self._check_limits(i, scale))
             self.store.progress(job.id, 0, info.frames, 0.0)
             await self._upscale(job, source, folder, info.frames)
             self.store.finish(job.id, "succeeded")
@@ -138,12 +141,13 @@ class JobRunner:
                 self.store.finish(job.id, "cancelled", "cancelled by request")
         except (FetchError, PipelineError, LimitError, ValueError) as exc:
             await asyncio.to_thread(_clear_outputs, folder)
-            self.store.finish(job.id, "failed", str(exc))
+            self.store.finish(job.id, "failed", redact_paths(str(exc), folder, job.url))
             log.info("job %s failed: %s", job.id, exc)
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job.id)
             await asyncio.to_thread(_clear_outputs, folder)
-            self.store.finish(job.id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            reason = redact_paths(f"internal error: {type(exc).__name__}: {exc}", folder, job.url)
+            self.store.finish(job.id, "failed", reason)
         finally:
             download.unlink(missing_ok=True)  # our copy only, never a local input file
             self._running.pop(job.id, None)
