@@ -50,9 +50,9 @@ class FetchPolicy:
 #: 6to4 relays (192.88.99.0/24) forward to whatever 6to4 address they are given.
 _SIX_TO_FOUR_RELAY = ipaddress.ip_network("192.88.99.0/24")
 #: Prefixes whose last 32 bits are an IPv4 address: NAT64 (64:ff9b::/96), IPv4-translated
-#: (::ffff:0:0/96) and IPv4-compatible (::/96).
+#: (::ffff:0:0:0/96) and IPv4-compatible (::/96).
 _LOW_32_EMBEDDING = tuple(
-    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::ffff:0:0/96", "::/96")
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96")
 )
 #: Local-use NAT64 (RFC 8215): never global, whatever it embeds.
 _LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")

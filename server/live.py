@@ -190,6 +190,15 @@ class LatestFrameTrack(MediaStreamTrack):
         self._offered.set()
 
 
+def size_cap(width: int, height: int, scale: int, max_output_pixels: int) -> float:
+    """The largest input fraction whose upscaled frame stays within ``max_output_pixels``
+    (0: no limit). Inputs are shrunk to even sizes by rounding down, so the cap holds."""
+    pixels = width * height * scale * scale
+    if not max_output_pixels or pixels <= max_output_pixels:
+        return 1.0
+    return math.sqrt(max_output_pixels / pixels)
+
+
 class UpscaleTrack(MediaStreamTrack):
     """A video track returning ``source`` upscaled by ``scale``, newest frame first."""
 
@@ -260,15 +269,9 @@ class UpscaleTrack(MediaStreamTrack):
         self._record(source_size, (y.shape[1], y.shape[0]), arrived, result, done)
         return upscaled
 
-    def size_cap(self, width: int, height: int) -> float:
-        """The largest input fraction whose output stays within ``max_output_pixels``."""
-        pixels = width * height * self.scale * self.scale
-        if not self.max_output_pixels or pixels <= self.max_output_pixels:
-            return 1.0
-        return math.sqrt(self.max_output_pixels / pixels)
-
     def _shrink(self, frame: av.VideoFrame) -> av.VideoFrame:
-        fraction = min(self.stats.input_fraction, self.size_cap(frame.width, frame.height))
+        cap = size_cap(frame.width, frame.height, self.scale, self.max_output_pixels)
+        fraction = min(self.stats.input_fraction, cap)
         if fraction >= 1.0:
             return frame
         width = max(2, int(frame.width * fraction) // 2 * 2)

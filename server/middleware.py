@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Callable
 
-from starlette.exceptions import HTTPException
+from fastapi import HTTPException  # re-raised as such by FastAPI while it reads a body
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carn_stream.server import media_links
