@@ -70,8 +70,11 @@ class Settings:
     port: int = 8000
     #: Job database and outputs.
     data_dir: Path = Path("carn-stream-data")
-    #: When set, mutating endpoints need ``Authorization: Bearer <token>``.
+    #: When set, every endpoint but health, readiness, metrics and the page shell needs
+    #: ``Authorization: Bearer <token>`` (media links are signed with it instead).
     api_token: str | None = None
+    #: Lifetime of the signed media links (HLS, MP4) a job hands out when a token is set.
+    media_link_seconds: float = 3600.0
     #: Non-public addresses that input URLs may still reach (comma-separated IPs).
     allowed_private_hosts: tuple[str, ...] = ()
     #: Accept ``file://`` URLs and plain paths as job inputs.
@@ -85,6 +88,14 @@ class Settings:
     #: Input fetching: seconds without progress before giving up; redirects followed.
     fetch_timeout_seconds: float = 20.0
     max_redirects: int = 5
+    #: Input fetching: seconds for the whole download, and the average rate it must keep
+    #: (bytes per second, from ``fetch_timeout_seconds`` on; 0 = no minimum).
+    fetch_max_seconds: float = 900.0
+    fetch_min_bytes_per_second: int = 10_000
+    #: New jobs are refused (507) while the data folder's disk has less free space (bytes).
+    min_free_disk_bytes: int = 1024**3
+    #: New jobs are refused (503) while this many jobs wait in the queue.
+    max_queued_jobs: int = 100
     #: A job interrupted by a crash is run again this many times, then marked failed.
     max_attempts: int = 2
     #: Finished jobs and their outputs are deleted after this many hours (0 = never).
@@ -107,6 +118,8 @@ class Settings:
     # ---- live mode (WebRTC)
     #: Live sessions open at once.
     live_max_sessions: int = 4
+    #: A live session whose peer has not connected within this many seconds is closed.
+    live_connect_seconds: float = 30.0
     #: Inference time per frame above which live input is shrunk (seconds).
     live_max_latency: float = 0.5
     #: Shrink the input (down to half size) while inference is slower than the budget.

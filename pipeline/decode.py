@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -13,6 +13,13 @@ import numpy as np
 from carn_stream.pipeline.colour import ColourSpec, effective_matrix, is_full_range
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import SourceFrame
+from carn_stream.pipeline.input_formats import (
+    ALLOWED_DEMUXERS,
+    check_scheme,
+    detect_format,
+    is_allowed,
+    open_options,
+)
 
 
 @dataclass(frozen=True)
@@ -31,17 +38,47 @@ class VideoInfo:
 def open_input(
     source: str | Path, options: dict[str, str] | None = None
 ) -> av.container.InputContainer:
-    """Open a file or URL for demuxing; failures become :class:`InputError`."""
+    """Open a file or URL for demuxing, confined to the allowed formats and protocols
+    (:mod:`formats`); failures become :class:`InputError`."""
     if isinstance(source, Path) and not source.is_file():
         raise InputError(f"{source}: no such file")
     try:
-        container = av.open(str(source), mode="r", options=options or {})
+        check_scheme(source)
+    except ValueError as exc:
+        raise InputError(f"{source}: {exc}") from exc
+    try:
+        container = av.open(
+            str(source), mode="r", options={**(options or {}), **open_options(source)}
+        )
     except (av.FFmpegError, UnicodeDecodeError) as exc:
+        refused = _refused_format(source)
+        if refused:
+            raise InputError(refused) from exc
         raise InputError(f"{source}: not a video file FFmpeg can read ({exc})") from exc
+    if not is_allowed(container.format.name):  # what FFmpeg enforced, checked once more
+        container.close()
+        raise InputError(_refusal(source, container.format.name))
     if not container.streams.video:
         container.close()
         raise InputError(f"{source}: has no video stream")
     return container
+
+
+def _refused_format(source: str | Path) -> str | None:
+    """The refusal message when ``source`` is a local file in a format not on the list."""
+    if isinstance(source, str) and "://" in source and not source.startswith("file://"):
+        return None
+    detected = detect_format(Path(str(source).removeprefix("file://")))
+    if detected is None or is_allowed(detected):
+        return None
+    return _refusal(source, detected)
+
+
+def _refusal(source: str | Path, detected: str) -> str:
+    return (
+        f"{source}: input format {detected!r} is not accepted (it can name other files or "
+        f"URLs, or is not a video container); accepted: {', '.join(ALLOWED_DEMUXERS)}"
+    )
 
 
 def describe(container: av.container.InputContainer) -> VideoInfo:
@@ -67,10 +104,13 @@ def describe(container: av.container.InputContainer) -> VideoInfo:
     )
 
 
-def probe(source: str | Path) -> VideoInfo:
-    """Check that ``source`` holds decodable video and describe it."""
+def probe(source: str | Path, check: Callable[[VideoInfo], None] | None = None) -> VideoInfo:
+    """Check that ``source`` holds decodable video and describe it. ``check`` judges the
+    description from the stream headers (size, duration) before any frame is decoded."""
     with open_input(source) as container:
         info = describe(container)
+        if check is not None:
+            check(info)
         try:
             next(container.decode(video=0))
         except (StopIteration, av.FFmpegError) as exc:

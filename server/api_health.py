@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
+
+from carn_stream.server.admission import data_dir_writable
+from carn_stream.server.deps import get_executors, get_settings, get_store, get_worker_holder
+from carn_stream.server.store import JobStore
+from carn_stream.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -15,25 +22,32 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(request: Request) -> JSONResponse:
-    """Ready to run jobs: the model is loaded, segments can run, the job store is writable."""
-    state = request.app.state
+def readyz(
+    settings: Annotated[Settings, Depends(get_settings)],
+    store: Annotated[JobStore, Depends(get_store)],
+    holder=Depends(get_worker_holder),
+    executors=Depends(get_executors),
+) -> JSONResponse:
+    """Ready to run jobs: the model is loaded, segments can run, the job store is writable and
+    the data folder takes a real write (create, fsync, delete)."""
     checks = {
-        "model_loaded": state.worker_holder.worker is not None,
-        "executor": state.settings.executor,
-        "executor_ready": state.executors.get() is not None,
-        "store_writable": state.store.writable(),
+        "model_loaded": holder.worker is not None,
+        "executor": settings.executor,
+        "executor_ready": executors.get() is not None,
+        "store_writable": store.writable(),
+        "data_dir_writable": data_dir_writable(settings.data_dir),
     }
-    if state.worker_holder.error:
-        checks["model_error"] = state.worker_holder.error
-    if state.executors.error:
-        checks["executor_error"] = state.executors.error
-    worker = state.worker_holder.worker
+    if holder.error:
+        checks["model_error"] = holder.error
+    if executors.error:
+        checks["executor_error"] = executors.error
+    worker = holder.worker
     if worker is not None:
         model = worker.engine.model
         checks["precision"] = worker.engine.describe_precision()
         checks["weights"] = str(getattr(model, "weights_file", "") or "") or None
         if getattr(model, "weights_warning", None):
             checks["weights_warning"] = model.weights_warning
-    ready = checks["model_loaded"] and checks["executor_ready"] and checks["store_writable"]
+    required = ("model_loaded", "executor_ready", "store_writable", "data_dir_writable")
+    ready = all(checks[name] for name in required)
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -13,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from carn_stream.pipeline.codecs import check_codec
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
-from carn_stream.server.deps import get_runner, get_store, require_token
+from carn_stream.server.admission import check_admission
+from carn_stream.server.deps import get_runner, get_store, link_signer, require_token
+from carn_stream.server.exposure import public_url
 from carn_stream.server.fetch import FetchError, validate_url
 from carn_stream.server.job_params import JobParams
 from carn_stream.server.jobs import JobRunner
@@ -75,19 +78,23 @@ class JobOut(JobParams):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, job: Job, counts: dict[str, int] | None = None) -> JobOut:
+    def of(
+        cls, job: Job, counts: dict[str, int] | None = None, sign: Callable[[str], str] = str
+    ) -> JobOut:
+        """The job as the API shows it: its URL without secrets, media links signed by
+        ``sign`` (when the server has a token)."""
         counts = counts or dict.fromkeys(SEGMENT_STATES, 0)
         links = {"self": f"/jobs/{job.id}", "segments": f"/jobs/{job.id}/segments"}
         if job.state in ("queued", "running", "succeeded"):
             if job.params.format == "hls":
-                links["playlist"] = f"/jobs/{job.id}/hls/{PLAYLIST_NAME}"
+                links["playlist"] = sign(f"/jobs/{job.id}/hls/{PLAYLIST_NAME}")
             elif job.state == "succeeded":
-                links["mp4"] = f"/jobs/{job.id}/output.mp4"
+                links["mp4"] = sign(f"/jobs/{job.id}/output.mp4")
         return cls(
             **job.params.model_dump(),
             id=job.id,
             state=job.state,
-            url=job.url,
+            url=public_url(job.url),
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -118,6 +125,7 @@ class JobPage(BaseModel):
 
 Store = Annotated[JobStore, Depends(get_store)]
 Runner = Annotated[JobRunner, Depends(get_runner)]
+Signer = Annotated[Callable[[str], str], Depends(link_signer)]
 
 
 def _job_or_404(store: JobStore, job_id: str) -> Job:
@@ -131,8 +139,11 @@ def _job_or_404(store: JobStore, job_id: str) -> Job:
     "", status_code=status.HTTP_201_CREATED, response_model=JobOut,
     dependencies=[Depends(require_token)],
 )  # fmt: skip
-async def create_job(body: JobCreate, request: Request, store: Store, runner: Runner) -> JobOut:
+async def create_job(
+    body: JobCreate, request: Request, store: Store, runner: Runner, sign: Signer
+) -> JobOut:
     """Queue a job. The URL's scheme and host addresses are checked now; the rest when it runs."""
+    check_admission(request.app.state.settings, store)
     try:
         await asyncio.to_thread(validate_url, body.url, runner.policy)
     except FetchError as exc:
@@ -152,12 +163,13 @@ async def create_job(body: JobCreate, request: Request, store: Store, runner: Ru
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
     job = store.create(body.url, params)
     runner.wake()
-    return JobOut.of(job)
+    return JobOut.of(job, sign=sign)
 
 
 @router.get("", response_model=JobPage)
 def list_jobs(
     store: Store,
+    sign: Signer,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     state: Literal[STATES] | None = None,  # type: ignore[valid-type]
@@ -165,17 +177,17 @@ def list_jobs(
     """Jobs, newest first."""
     jobs, total = store.list(offset, limit, state)
     counts = store.segment_counts([j.id for j in jobs])
-    items = [JobOut.of(j, counts[j.id]) for j in jobs]
+    items = [JobOut.of(j, counts[j.id], sign) for j in jobs]
     return JobPage(items=items, total=total, offset=offset, limit=limit)
 
 
-def _job_out(store: JobStore, job: Job) -> JobOut:
-    return JobOut.of(job, store.segment_counts([job.id])[job.id])
+def _job_out(store: JobStore, job: Job, sign: Callable[[str], str]) -> JobOut:
+    return JobOut.of(job, store.segment_counts([job.id])[job.id], sign)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, store: Store) -> JobOut:
-    return _job_out(store, _job_or_404(store, job_id))
+def get_job(job_id: str, store: Store, sign: Signer) -> JobOut:
+    return _job_out(store, _job_or_404(store, job_id), sign)
 
 
 @router.get("/{job_id}/segments", response_model=list[SegmentOut])
@@ -186,12 +198,12 @@ def get_segments(job_id: str, store: Store) -> list[SegmentOut]:
 
 
 @router.delete("/{job_id}", response_model=JobOut, dependencies=[Depends(require_token)])
-async def cancel_job(job_id: str, store: Store, runner: Runner) -> JobOut:
+async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) -> JobOut:
     """Cancel a queued or running job (its outputs are removed). 409 if it already ended."""
     job = _job_or_404(store, job_id)
     if not await runner.cancel(job.id):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.state}")
-    return _job_out(store, _job_or_404(store, job_id))
+    return _job_out(store, _job_or_404(store, job_id), sign)
 
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse)

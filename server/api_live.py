@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from carn_stream.pipeline.errors import PipelineError
+from carn_stream.server.live import SdpError
 
 router = APIRouter(prefix="/webrtc", tags=["live"])
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".ts", ".avi"}
@@ -17,7 +18,7 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".ts", ".avi"}
 class Offer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sdp: str = Field(min_length=1, max_length=100_000)
+    sdp: str = Field(min_length=1, max_length=60_000)  # the body is capped at 64 KiB
     type: Literal["offer"]
     scale: Literal[2, 3, 4] = 2
     #: ``camera``: upscale the peer's own video track; ``sample``: play a server-side file.
@@ -49,6 +50,8 @@ async def offer(body: Offer, request: Request) -> Answer:
     sample = _sample_path(request, body.sample) if body.source == "sample" else None
     try:
         session, answer = await live.open(body.sdp, body.type, body.scale, worker, sample)
+    except SdpError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     except (ValueError, PipelineError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
     return Answer(sdp=answer.sdp, type=answer.type, session_id=session.id)

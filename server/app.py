@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,9 +17,11 @@ from carn_stream.pipeline.executors import InProcessExecutor, SegmentExecutor
 from carn_stream.pipeline.infer import InferenceWorker
 from carn_stream.pipeline.worker_process import ProcessExecutor, ProcessLimits
 from carn_stream.server import api_health, api_jobs, api_live, pages
+from carn_stream.server.blocking import BlockingPool
 from carn_stream.server.jobs import JobRunner
 from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
+from carn_stream.server.middleware import Gate, RequestMetrics
 from carn_stream.server.store import JobStore
 from carn_stream.settings import Settings
 
@@ -104,9 +105,10 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         requeued, failed = store.recover(settings.max_attempts)
         if requeued or failed:
             log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
+        blocking = BlockingPool(settings.max_concurrent_jobs + 2)
         holder = WorkerHolder(worker_factory)
         executors = ExecutorHolder(settings, worker_factory, holder)
-        runner = JobRunner(store, settings, metrics, executors.get)
+        runner = JobRunner(store, settings, metrics, executors.get, offload=blocking.run)
         restrict_ice_hosts(settings.live_ice_hosts)
         live = LiveSessions(
             metrics,
@@ -114,6 +116,8 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             BitratePolicy(bits_per_pixel=settings.live_bits_per_pixel,
                           ceiling=settings.live_max_bitrate),
             LatencyPolicy(settings.live_max_latency, settings.live_adaptive),
+            connect_seconds=settings.live_connect_seconds,
+            max_output_pixels=settings.max_output_pixels,
         )  # fmt: skip
         app.state.live = live
         app.state.settings, app.state.store, app.state.runner = settings, store, runner
@@ -129,6 +133,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             await asyncio.gather(scheduler, return_exceptions=True)
             await executors.close()
             await asyncio.to_thread(holder.close)
+            blocking.close()
             store.close()
 
     app = FastAPI(
@@ -147,20 +152,6 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         """Prometheus exposition of every metric of this process's service."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", None) or _mounted_prefix(request.url.path)
-        metrics.http_requests.labels(
-            request.method, template, f"{response.status_code // 100}xx"
-        ).inc()
-        metrics.http_seconds.labels(request.method, template).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(Gate, token=lambda: settings.api_token)  # type: ignore[arg-type]
+    app.add_middleware(RequestMetrics, metrics=metrics)  # type: ignore[arg-type]  # outermost
     return app
-
-
-def _mounted_prefix(path: str) -> str:
-    return "/static" if path.startswith("/static/") else "unmatched"

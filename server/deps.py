@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from fastapi import HTTPException, Request, status
 
+from carn_stream.server import media_links
 from carn_stream.server.jobs import JobRunner
 from carn_stream.server.store import JobStore
 from carn_stream.settings import Settings
@@ -23,14 +25,34 @@ def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
+def get_worker_holder(request: Request):
+    """The service's own inference worker (live sessions), loaded in the background."""
+    return request.app.state.worker_holder
+
+
+def get_executors(request: Request):
+    """The job runner's segment executor, once it is ready."""
+    return request.app.state.executors
+
+
+def link_signer(request: Request) -> Callable[[str], str]:
+    """Turns a media path into the link a job hands out: signed when a token is set."""
+    settings = get_settings(request)
+    if not settings.api_token:
+        return lambda path: path
+    return lambda path: media_links.sign(path, settings.api_token, settings.media_link_seconds)
+
+
 def require_token(request: Request) -> None:
-    """When a token is configured, mutating endpoints need ``Authorization: Bearer <token>``."""
-    expected = request.app.state.settings.api_token
+    """When a token is configured, ``Authorization: Bearer <token>`` (the gate in
+    ``middleware`` checks every request first; this guards the routes themselves too)."""
+    expected = get_settings(request).api_token
     if not expected:
         return
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), expected):
+    given_bytes = given.strip().encode("latin-1", "replace")  # headers arrive as latin-1
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected.encode()):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "this server needs an API token: send 'Authorization: Bearer <token>'",

@@ -16,7 +16,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from carn_stream.pipeline.encode import EncoderOptions
@@ -27,6 +27,7 @@ from carn_stream.pipeline.hls import segment_name
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.pipeline.segmented import SegmentedRun
 from carn_stream.pipeline.segments import SegmentPlan
+from carn_stream.server.exposure import redact_paths
 from carn_stream.server.fetch import FetchError, fetch, fetch_policy
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.store import Job, JobStore
@@ -72,13 +73,16 @@ class JobRunner:
         settings: Settings,
         metrics: Metrics,
         executor: Callable[[], SegmentExecutor | None],
+        offload: Callable[..., Awaitable] | None = None,
     ) -> None:
-        """``executor()`` gives the segment executor once it is ready (None until then)."""
+        """``executor()`` gives the segment executor once it is ready (None until then);
+        ``offload`` runs downloads (default: asyncio's thread pool)."""
         self.store, self.settings, self.metrics = store, settings, metrics
         self.data_dir = settings.data_dir
         self.policy = fetch_policy(settings)
         self._executor = executor
         self._slots: asyncio.Semaphore | None = None
+        self.offload = offload or asyncio.to_thread
         self._running: dict[str, asyncio.Task] = {}
         self._cancel_flags: dict[str, threading.Event] = {}
         self._wake = asyncio.Event()
@@ -159,7 +163,7 @@ class JobRunner:
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             source = download
             if not download.is_file():
-                source = await asyncio.to_thread(fetch, job.url, download, self.policy, cancelled)
+                source = await self.offload(fetch, job.url, download, self.policy, cancelled)
             plan = job.plan
             if plan is None:
                 plan, _ = await executor.plan(PlanRequest(source, self.settings.segment_seconds))
@@ -180,13 +184,14 @@ class JobRunner:
                 finished = True
         except (FetchError, PipelineError, LimitError, ValueError) as exc:
             await asyncio.to_thread(_discard, fmt, output, folder)
-            self.store.finish(job.id, "failed", str(exc))
+            self.store.finish(job.id, "failed", redact_paths(str(exc), folder, job.url))
             finished = True
             log.info("job %s failed: %s", job.id, exc)
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job.id)
             await asyncio.to_thread(_discard, fmt, output, folder)
-            self.store.finish(job.id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            reason = redact_paths(f"internal error: {type(exc).__name__}: {exc}", folder, job.url)
+            self.store.finish(job.id, "failed", reason)
             finished = True
         finally:
             if finished:  # our copy of the input only, never a local input file

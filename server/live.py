@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,10 @@ from carn_stream.pipeline.run import FrameReport
 from carn_stream.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class SdpError(ValueError):
+    """The offer's SDP cannot be parsed."""
 
 
 def restrict_ice_hosts(addresses: tuple[str, ...]) -> None:
@@ -123,7 +128,7 @@ class FileTrack(MediaStreamTrack):
     def _decode_next(self) -> av.VideoFrame:
         for _ in range(2):  # at the end of the file, start again once
             if self._frames is None:
-                self._container = av.open(str(self.path))
+                self._container = open_input(self.path)
                 self._frames = self._container.decode(video=0)
             try:
                 return next(self._frames)
@@ -184,6 +189,15 @@ class LatestFrameTrack(MediaStreamTrack):
         self._offered.set()
 
 
+def size_cap(width: int, height: int, scale: int, max_output_pixels: int) -> float:
+    """The largest input fraction whose upscaled frame stays within ``max_output_pixels``
+    (0: no limit). Inputs are shrunk to even sizes by rounding down, so the cap holds."""
+    pixels = width * height * scale * scale
+    if not max_output_pixels or pixels <= max_output_pixels:
+        return 1.0
+    return math.sqrt(max_output_pixels / pixels)
+
+
 class UpscaleTrack(MediaStreamTrack):
     """A video track returning ``source`` upscaled by ``scale``, newest frame first."""
 
@@ -198,9 +212,10 @@ class UpscaleTrack(MediaStreamTrack):
         latency: LatencyPolicy,
         on_size: Callable[[int, int], None] | None = None,
         mirror: LatestFrameTrack | None = None,
+        max_output_pixels: int = 0,
     ) -> None:
         super().__init__()
-        self.mirror = mirror
+        self.mirror, self.max_output_pixels = mirror, max_output_pixels
         self.source, self.worker, self.scale, self.metrics = source, worker, scale, metrics
         self.policy = latency
         self.stats = LiveStats()
@@ -252,7 +267,8 @@ class UpscaleTrack(MediaStreamTrack):
         return upscaled
 
     def _shrink(self, frame: av.VideoFrame) -> av.VideoFrame:
-        fraction = self.stats.input_fraction
+        cap = size_cap(frame.width, frame.height, self.scale, self.max_output_pixels)
+        fraction = min(self.stats.input_fraction, cap)
         if fraction >= 1.0:
             return frame
         width = max(2, int(frame.width * fraction) // 2 * 2)
@@ -298,6 +314,7 @@ class Session:
     source: FileTrack | None = None
     bitrate: int = 0
     created: float = field(default_factory=time.monotonic)
+    reaper: asyncio.TimerHandle | None = None
 
     def describe(self) -> dict:
         stats = self.track.stats if self.track else LiveStats()
@@ -326,10 +343,19 @@ class LiveSessions:
     """Open peer connections, a limit on how many, and their clean teardown."""
 
     def __init__(
-        self, metrics: Metrics, limit: int, bitrate: BitratePolicy, latency: LatencyPolicy
+        self,
+        metrics: Metrics,
+        limit: int,
+        bitrate: BitratePolicy,
+        latency: LatencyPolicy,
+        *,
+        connect_seconds: float = 30.0,
+        max_output_pixels: int = 0,
     ) -> None:
         self.metrics, self.limit, self.bitrate, self.latency = metrics, limit, bitrate, latency
+        self.connect_seconds, self.max_output_pixels = connect_seconds, max_output_pixels
         self.sessions: dict[str, Session] = {}
+        self._reaping: set[asyncio.Task] = set()
 
     def full(self) -> bool:
         return len(self.sessions) >= self.limit
@@ -359,8 +385,9 @@ class LiveSessions:
 
         def upscaled(source: MediaStreamTrack, mirror=None) -> UpscaleTrack:
             session.track = UpscaleTrack(
-                source, worker, scale, self.metrics, self.latency, on_size, mirror
-            )
+                source, worker, scale, self.metrics, self.latency, on_size, mirror,
+                self.max_output_pixels,
+            )  # fmt: skip
             return session.track
 
         if sample is not None:
@@ -385,7 +412,10 @@ class LiveSessions:
                 await self.close(session.id)
 
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            except Exception as exc:
+                raise SdpError(f"malformed SDP offer: {type(exc).__name__}: {exc}") from exc
             if session.track is None:
                 raise ValueError("the offer carries no video track to upscale")
             if (
@@ -404,13 +434,32 @@ class LiveSessions:
         except Exception:
             await self.close(session.id)
             raise
+        loop = asyncio.get_running_loop()
+        session.reaper = loop.call_later(self.connect_seconds, self._reap_later, session.id)
         return session, pc.localDescription
+
+    def _reap_later(self, session_id: str) -> None:
+        task = asyncio.ensure_future(self.reap_unconnected(session_id))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    async def reap_unconnected(self, session_id: str) -> None:
+        """Close a session whose peer has not connected within ``connect_seconds``."""
+        session = self.sessions.get(session_id)
+        if session is not None and session.pc.connectionState != "connected":
+            log.info(
+                "live session %s not connected after %g s (%s); closing it",
+                session_id, self.connect_seconds, session.pc.connectionState,
+            )  # fmt: skip
+            await self.close(session_id)
 
     async def close(self, session_id: str) -> None:
         session = self.sessions.pop(session_id, None)
         self.metrics.live_sessions.set(len(self.sessions))
         if session is None:
             return
+        if session.reaper is not None:
+            session.reaper.cancel()
         if session.track is not None:
             session.track.stop()
         if session.source is not None:

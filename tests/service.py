@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tests.helpers import REPO_ROOT, QuietHandler, official_weights_path, serve_directory
 
@@ -82,6 +82,7 @@ class ServerProcess:
         }
         self.log = data_dir.parent / f"server-{self.port}.log"
         self.process: subprocess.Popen | None = None
+        self.headers: dict[str, str] = {}  #: sent with every call (e.g. the API token)
 
     def start(self, timeout: float = 90) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +104,7 @@ class ServerProcess:
             return False
 
     def call(self, method: str, path: str, body: Any = None, **kwargs) -> Response:
+        kwargs["headers"] = {**self.headers, **(kwargs.get("headers") or {})}
         return request(self.port, method, path, body, **kwargs)
 
     def job(self, job_id: str) -> dict:
@@ -131,11 +133,38 @@ class ServerProcess:
 
 
 class _MediaHandler(QuietHandler):
-    """Static files, plus /slow/NAME (stalls), /big (claims a huge body), /redirect?to=URL."""
+    """Static files, plus /slow/NAME (stalls), /big (claims a huge body), /redirect?to=URL, and
+    hostile sources: /trickle (a byte every 2 s), /drip (fast enough, but never ends) and
+    /liar (claims 1 MB, sends 100 bytes). ``closed_at`` records when a download of a hostile
+    source was dropped by the client."""
+
+    closed_at: ClassVar[dict[str, float]] = {}
+
+    def _endless(self, chunk: bytes, interval: float) -> None:
+        self.send_response(200)  # no length: the body ends when the connection does
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                time.sleep(interval)
+        except OSError:
+            type(self).closed_at[self.path] = time.monotonic()
 
     def do_GET(self) -> None:
         parsed = urllib.parse.urlsplit(self.path)
-        if parsed.path == "/redirect":
+        if parsed.path == "/trickle":
+            self._endless(b"\0", 2.0)
+        elif parsed.path == "/drip":
+            self._endless(b"\0" * 8192, 0.1)
+        elif parsed.path == "/liar":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"\0" * 100)
+            self.wfile.flush()
+            self.close_connection = True
+        elif parsed.path == "/redirect":
             target = urllib.parse.parse_qs(parsed.query)["to"][0]
             self.send_response(302)
             self.send_header("Location", target)

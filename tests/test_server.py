@@ -79,6 +79,7 @@ def test_health_and_readiness(server):
     assert ready.pop("precision").split(":")[0] in NAMES  # "auto: ov-bf16 at x2 ..." once chosen
     assert ready == {"ready": True, "model_loaded": True, "store_writable": True,
                      "executor": "process", "executor_ready": True, "precision": "fp32",
+                     "data_dir_writable": True,
                      "weights": str(official_weights_path())}  # fmt: skip
     assert server.call("GET", "/openapi.json").json()["paths"]["/jobs"]
 
@@ -324,7 +325,9 @@ def test_token_limits_and_local_files(tmp_path, media, data_dir):
         assert wrong.status == 401 and "API token" in wrong.body.decode()
         auth = {"Authorization": "Bearer s3cret"}
         job = proc.call("POST", "/jobs", body, headers=auth).json()
-        assert proc.call("GET", f"/jobs/{job['id']}").status == 200  # reads need no token
+        assert proc.call("GET", f"/jobs/{job['id']}").status == 401  # reads need it too
+        assert proc.call("DELETE", f"/jobs/{job['id']}").status == 401
+        proc.headers = auth
         done = proc.wait_job(job["id"], ("succeeded", "failed"))
         assert done["state"] == "failed" and "over the limit of 50000 pixels" in done["error"]
         local = proc.call("POST", "/jobs", {"url": f"file://{root / 'carphone.mp4'}",
@@ -332,7 +335,7 @@ def test_token_limits_and_local_files(tmp_path, media, data_dir):
         done = proc.wait_job(local["id"], ("succeeded", "failed"))
         assert done["state"] == "succeeded", done["error"]
         assert (root / "carphone.mp4").exists()  # a local input is read, never removed
-        assert proc.call("DELETE", f"/jobs/{local['id']}").status == 401
+        assert done["url"] == "carphone.mp4"  # a local path is shown by its name only
     finally:
         proc.stop()
 

@@ -9,10 +9,7 @@ let playing = null;   // id of the job in the player
 let wanted = null;    // id of a job to play as soon as its playlist exists
 
 function headers() {
-  const h = { "Content-Type": "application/json" };
-  const token = document.getElementById("token").value.trim();
-  if (token) h.Authorization = "Bearer " + token;
-  return h;
+  return apiHeaders(true);
 }
 
 function canPlayHls() {
@@ -93,7 +90,7 @@ function render(jobs) {
 
 async function refresh() {
   try {
-    const r = await fetch("/jobs?limit=50");
+    const r = await fetch("/jobs?limit=50", { headers: apiHeaders(false) });
     if (r.ok) render((await r.json()).items);
   } catch (e) { /* the next refresh retries */ }
 }

@@ -18,7 +18,7 @@ function iceGatheringDone(connection) {
 }
 
 async function loadSamples() {
-  const r = await fetch("/webrtc/samples");
+  const r = await fetch("/webrtc/samples", { headers: apiHeaders(false) });
   if (!r.ok) return;
   const select = document.getElementById("source");
   for (const name of await r.json()) {
@@ -66,7 +66,7 @@ async function start(event) {
   body.sdp = pc.localDescription.sdp;
   const response = await fetch("/webrtc/offer", {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: apiHeaders(true),
     body: JSON.stringify(body),
   });
   const answer = await response.json();
@@ -80,7 +80,7 @@ async function start(event) {
 
 async function showStats() {
   if (!sessionId) return;
-  const r = await fetch("/webrtc/sessions/" + sessionId);
+  const r = await fetch("/webrtc/sessions/" + sessionId, { headers: apiHeaders(false) });
   if (!r.ok) return;
   const s = await r.json();
   document.getElementById("fps").textContent = s.fps.toFixed(1);
@@ -96,7 +96,7 @@ function stop() {
   if (original.srcObject) original.srcObject.getTracks().forEach((t) => t.stop());
   original.srcObject = null;
   upscaled.srcObject = null;
-  if (sessionId) fetch("/webrtc/sessions/" + sessionId, { method: "DELETE" });
+  if (sessionId) fetch("/webrtc/sessions/" + sessionId, { method: "DELETE", headers: apiHeaders(false) });
   pc = null;
   sessionId = null;
   document.getElementById("start").disabled = false;

@@ -1,0 +1,57 @@
+"""Signed media links: HLS and MP4 URLs a native ``<video>`` can open without a header.
+
+A link is ``/media/<expiry>/<signature><path>``; the signature is an HMAC-SHA256, keyed with
+the API token, of the link's scope and expiry. An HLS link's scope is the job's ``hls/``
+folder, so the segments the playlist names relatively carry the same signature in their
+path; an MP4 link's scope is the file itself. The signature sits in the path, not in a query
+string, because players resolve segment URIs against the playlist's path and drop its query.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import time
+
+PREFIX = "/media/"
+_MEDIA_RE = re.compile(r"^(/jobs/[0-9a-f]{32}/)(hls/[^/]+|output\.mp4)$")
+_LINK_RE = re.compile(r"^/media/(\d{1,12})/([A-Za-z0-9_-]{43})(/.*)$")
+
+
+def media_scope(path: str) -> str | None:
+    """What a signature for ``path`` covers; None for paths that are not media."""
+    match = _MEDIA_RE.match(path)
+    if match is None:
+        return None
+    folder, rest = match.groups()
+    return folder + "hls/" if rest.startswith("hls/") else path
+
+
+def _signature(token: str, scope: str, expires: int) -> str:
+    digest = hmac.new(token.encode(), f"{scope}\n{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def sign(path: str, token: str, lifetime: float, now: float | None = None) -> str:
+    """The signed link to the media file at ``path``."""
+    scope = media_scope(path)
+    if scope is None:
+        raise ValueError(f"{path} is not a media path")
+    expires = int((time.time() if now is None else now) + lifetime)
+    return f"{PREFIX}{expires}/{_signature(token, scope, expires)}{path}"
+
+
+def verify(link: str, token: str, now: float | None = None) -> str | None:
+    """The media path a signed link opens, or None when it is malformed, forged or expired."""
+    match = _LINK_RE.match(link)
+    if match is None:
+        return None
+    expires, signature, path = int(match[1]), match[2], match[3]
+    scope = media_scope(path)
+    if scope is None or expires < (time.time() if now is None else now):
+        return None
+    if not hmac.compare_digest(signature, _signature(token, scope, expires)):
+        return None
+    return path

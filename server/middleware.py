@@ -1,0 +1,148 @@
+"""Pure ASGI middleware: the gate every request passes first (token, body size, signed media
+links), and the HTTP metrics, whose labels come from closed sets."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Callable
+
+from fastapi import HTTPException  # re-raised as such by FastAPI while it reads a body
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from carn_stream.server import media_links
+from carn_stream.server.metrics import Metrics
+
+#: Paths anyone may open, token or not: health, readiness, metrics and the page shell.
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/", "/live", "/docs", "/docs/oauth2-redirect",
+     "/redoc", "/openapi.json"}
+)  # fmt: skip
+PUBLIC_PREFIXES = ("/static/",)
+#: Request body limits in bytes: an SDP offer (a browser's is 3-10 KB), and every other body
+#: (a job request is a URL of at most 4096 characters and a few fields).
+OFFER_BODY_LIMIT = 64 * 1024
+BODY_LIMIT = 16 * 1024
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def body_limit(path: str) -> int:
+    return OFFER_BODY_LIMIT if path == "/webrtc/offer" else BODY_LIMIT
+
+
+async def _send_error(send: Send, status: int, detail: str, headers=()) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), *headers],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+class Gate:
+    """Checks what can be checked before a request's body is read: the token (or a signed
+    media link), and the body's declared size; a body that grows past its limit while being
+    read ends with 413 too. Nothing behind it parses a body it has not let through."""
+
+    def __init__(self, app: ASGIApp, token: Callable[[], str | None], now=time.time) -> None:
+        self.app, self._token, self._now = app, token, now
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = self._token()
+        path: str = scope["path"]
+        if token and path.startswith(media_links.PREFIX):
+            opened = media_links.verify(path, token, self._now())
+            if opened is None or scope["method"] not in ("GET", "HEAD"):
+                await _send_error(send, 401, "this media link is invalid or has expired; "
+                                  "get fresh links from GET /jobs/{id}")  # fmt: skip
+                return
+            scope["path"], scope["raw_path"] = opened, opened.encode()
+        elif token and not self._public(path) and not self._bearer_ok(scope, token):
+            await _send_error(
+                send, 401, "this server needs an API token: send 'Authorization: Bearer <token>'",
+                [(b"www-authenticate", b"Bearer")],
+            )  # fmt: skip
+            return
+        limit = body_limit(scope["path"])
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _send_error(send, 413, f"request body over the limit of {limit} bytes")
+            return
+        await self.app(scope, _capped(receive, limit), send)
+
+    @staticmethod
+    def _public(path: str) -> bool:
+        return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+    @staticmethod
+    def _bearer_ok(scope: Scope, token: str) -> bool:
+        value = _header(scope, b"authorization") or b""
+        scheme, _, given = value.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(
+            given.strip(), token.encode("utf-8")
+        )
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    received = 0
+
+    async def wrapped() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, f"request body over the limit of {limit} bytes")
+        return message
+
+    return wrapped
+
+
+class RequestMetrics:
+    """Counts requests and their latency by method (a fixed set, else ``other``), route
+    template (``unmatched`` when none) and status class."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            route = _route_template(scope)
+            self.metrics.http_requests.labels(method, route, f"{status // 100}xx").inc()
+            self.metrics.http_seconds.labels(method, route).observe(time.perf_counter() - started)
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if template:
+        return template
+    return "/static" if scope["path"].startswith("/static/") else "unmatched"
