@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from carn_stream.server.admission import data_dir_writable
 from carn_stream.server.deps import get_executors, get_settings, get_store, get_worker_holder
 from carn_stream.server.store import JobStore
+from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
 
 router = APIRouter(tags=["health"])
@@ -25,8 +26,8 @@ def healthz() -> dict[str, str]:
 def readyz(
     settings: Annotated[Settings, Depends(get_settings)],
     store: Annotated[JobStore, Depends(get_store)],
-    holder=Depends(get_worker_holder),
-    executors=Depends(get_executors),
+    holder: Annotated[WorkerHolder, Depends(get_worker_holder)],
+    executors: Annotated[ExecutorHolder, Depends(get_executors)],
 ) -> JSONResponse:
     """Ready to run jobs: the model is loaded, segments can run, the job store is writable and
     the data folder takes a real write (create, fsync, delete)."""

@@ -10,6 +10,7 @@ from fastapi import HTTPException, Request, status
 from carn_stream.server import media_links
 from carn_stream.server.jobs import JobRunner
 from carn_stream.server.store import JobStore
+from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
 
 
@@ -25,12 +26,12 @@ def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
-def get_worker_holder(request: Request):
+def get_worker_holder(request: Request) -> WorkerHolder:
     """The service's own inference worker (live sessions), loaded in the background."""
     return request.app.state.worker_holder
 
 
-def get_executors(request: Request):
+def get_executors(request: Request) -> ExecutorHolder:
     """The job runner's segment executor, once it is ready."""
     return request.app.state.executors
 
