@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -139,11 +139,9 @@ def _job_or_404(store: JobStore, job_id: str) -> Job:
     "", status_code=status.HTTP_201_CREATED, response_model=JobOut,
     dependencies=[Depends(require_token)],
 )  # fmt: skip
-async def create_job(
-    body: JobCreate, request: Request, store: Store, runner: Runner, sign: Signer
-) -> JobOut:
+async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer) -> JobOut:
     """Queue a job. The URL's scheme and host addresses are checked now; the rest when it runs."""
-    check_admission(request.app.state.settings, store)
+    check_admission(runner.settings, store)
     try:
         await asyncio.to_thread(validate_url, body.url, runner.policy)
     except FetchError as exc:

@@ -366,12 +366,33 @@ class LiveSessions:
         """Answer an offer. Without ``sample`` the peer's video track is the source; with it,
         the file plays as a live source and the peer receives the original and the upscaled
         track (in that order)."""
-        from aiortc import RTCSessionDescription
-
         pc = RTCPeerConnection()
         session = Session(uuid.uuid4().hex, pc, scale)
         self.sessions[session.id] = session
         self.metrics.live_sessions.set(len(self.sessions))
+        try:
+            self._wire_tracks(session, worker, sample)
+        except Exception:
+            await self.close(session.id)
+            raise
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session.id)
+
+        try:
+            await self._answer(session, sdp, kind, sample is not None)
+        except Exception:
+            await self.close(session.id)
+            raise
+        loop = asyncio.get_running_loop()
+        session.reaper = loop.call_later(self.connect_seconds, self._reap_later, session.id)
+        return session, pc.localDescription
+
+    def _wire_tracks(self, session: Session, worker: InferenceWorker, sample: Path | None) -> None:
+        """The upscaling track, fed by the peer's video or by a sample file played live."""
+        pc, scale = session.pc, session.scale
 
         def on_size(width: int, height: int) -> None:
             target = self.bitrate.target(width, height)
@@ -391,52 +412,38 @@ class LiveSessions:
             return session.track
 
         if sample is not None:
-            try:
-                session.source = FileTrack(sample)
-            except Exception:
-                await self.close(session.id)
-                raise
+            session.source = FileTrack(sample)
             original = LatestFrameTrack()
             pc.addTrack(original)
             pc.addTrack(upscaled(session.source, original))
-        else:
+            return
 
-            @pc.on("track")
-            def on_track(track: MediaStreamTrack) -> None:
-                if track.kind == "video":
-                    pc.addTrack(upscaled(track))
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "video":
+                pc.addTrack(upscaled(track))
 
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                await self.close(session.id)
+    async def _answer(self, session: Session, sdp: str, kind: str, sample: bool) -> None:
+        """Take the offer, check it brings what the session needs, and make the answer."""
+        from aiortc import RTCSessionDescription
 
+        pc = session.pc
         try:
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-            except Exception as exc:
-                raise SdpError(f"malformed SDP offer: {type(exc).__name__}: {exc}") from exc
-            if session.track is None:
-                raise ValueError("the offer carries no video track to upscale")
-            if (
-                sample is not None
-                and sum(
-                    t.kind == "video" and t.direction in ("recvonly", "sendrecv")
-                    for t in pc.getTransceivers()
-                )
-                < 2
-            ):
-                raise ValueError("a sample source needs an offer that receives two video tracks")
-            # Size the bitrate for the source the offer negotiated before any frame flows.
-            self.bitrate.apply(self.bitrate.floor)
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
-        except Exception:
-            await self.close(session.id)
-            raise
-        loop = asyncio.get_running_loop()
-        session.reaper = loop.call_later(self.connect_seconds, self._reap_later, session.id)
-        return session, pc.localDescription
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except Exception as exc:
+            raise SdpError(f"malformed SDP offer: {type(exc).__name__}: {exc}") from exc
+        if session.track is None:
+            raise ValueError("the offer carries no video track to upscale")
+        receiving = sum(
+            t.kind == "video" and t.direction in ("recvonly", "sendrecv")
+            for t in pc.getTransceivers()
+        )
+        if sample and receiving < 2:
+            raise ValueError("a sample source needs an offer that receives two video tracks")
+        # Size the bitrate for the source the offer negotiated before any frame flows.
+        self.bitrate.apply(self.bitrate.floor)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
 
     def _reap_later(self, session_id: str) -> None:
         task = asyncio.ensure_future(self.reap_unconnected(session_id))
