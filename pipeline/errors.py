@@ -11,3 +11,7 @@ class InputError(PipelineError):
 
 class OutputError(PipelineError):
     """The output cannot be written as asked (codec, container, path)."""
+
+
+class LimitError(InputError):
+    """The input is over one of the limits the caller set (size, duration)."""

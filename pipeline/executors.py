@@ -22,7 +22,7 @@ from typing import Protocol
 from carn_stream.pipeline.decode import VideoInfo
 from carn_stream.pipeline.infer import InferenceWorker
 from carn_stream.pipeline.run import FrameReport, PipelineOptions, SegmentSource, run_pipeline
-from carn_stream.pipeline.segments import Segment, SegmentPlan, plan_segments
+from carn_stream.pipeline.segments import InputLimits, Segment, SegmentPlan, plan_segments
 
 FrameCallback = Callable[[FrameReport], None]
 
@@ -35,6 +35,7 @@ class WorkerCrashed(Exception):
 class PlanRequest:
     source: Path
     target_seconds: float
+    limits: InputLimits | None = None  #: checked from the header before the plan is made
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class SegmentExecutor(Protocol):
     async def close(self) -> None: ...
 
 
+def plan_for(request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
+    """The plan a request asks for (what every executor runs, wherever it runs)."""
+    return plan_segments(request.source, request.target_seconds, limits=request.limits)
+
+
 async def upscale_segment(
     task: SegmentTask, worker: InferenceWorker, on_frame: FrameCallback | None, node: str
 ) -> SegmentResult:
@@ -110,9 +116,7 @@ class InProcessExecutor:
 
     async def plan(self, request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._threads, plan_segments, request.source, request.target_seconds
-        )
+        return await loop.run_in_executor(self._threads, plan_for, request)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await upscale_segment(task, self.worker, on_frame, self.node)

@@ -26,7 +26,7 @@ from carn_stream.pipeline.decode import (
     frame_planes,
     open_input,
 )
-from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.errors import InputError, LimitError
 from carn_stream.pipeline.frames import SourceFrame
 
 #: Segments are never shorter than this unless the input has no closer keyframe.
@@ -135,6 +135,26 @@ class SegmentPlan:
 
 
 @dataclass(frozen=True)
+class InputLimits:
+    """What an input may be, checked from its header before anything is decoded."""
+
+    scale: int
+    max_output_pixels: int
+    max_duration: float  #: seconds
+
+    def check(self, width: int, height: int, duration: float | None) -> None:
+        if width * height * self.scale**2 > self.max_output_pixels:
+            raise LimitError(
+                f"output would be {width * self.scale}x{height * self.scale}, over the limit of "
+                f"{self.max_output_pixels} pixels per frame"
+            )
+        if duration is not None and duration > self.max_duration:
+            raise LimitError(
+                f"input is {duration:.0f} s long, over the limit of {self.max_duration:g} s"
+            )
+
+
+@dataclass(frozen=True)
 class _Packet:
     pts: int
     duration: int
@@ -194,12 +214,16 @@ def plan_segments(
     target_seconds: float = 4.0,
     minimum_seconds: float = MIN_SEGMENT_SECONDS,
     input_options: dict[str, str] | None = None,
+    limits: InputLimits | None = None,
 ) -> tuple[SegmentPlan, VideoInfo]:
-    """Plan ``source`` as keyframe-aligned segments of about ``target_seconds``."""
+    """Plan ``source`` as keyframe-aligned segments of about ``target_seconds``; ``limits``
+    are checked on the stream's header first, and on the plan's duration."""
     if target_seconds < minimum_seconds:
         raise ValueError(f"segment duration must be at least {minimum_seconds:g} s")
     with open_input(source, input_options) as container:
         info = describe(container)
+        if limits is not None:
+            limits.check(info.width, info.height, info.duration)
         tb = container.streams.video[0].time_base
         packets = _video_packets(container)
         has_audio = bool(container.streams.audio)
@@ -242,6 +266,8 @@ def plan_segments(
         has_audio=has_audio,
     )
     plan.check()
+    if limits is not None:
+        limits.check(plan.width, plan.height, plan.duration)
     return plan, info
 
 

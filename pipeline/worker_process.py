@@ -31,10 +31,11 @@ from carn_stream.pipeline.executors import (
     SegmentResult,
     SegmentTask,
     WorkerCrashed,
+    plan_for,
     upscale_segment,
 )
 from carn_stream.pipeline.infer import InferenceWorker
-from carn_stream.pipeline.segments import SegmentPlan, plan_segments
+from carn_stream.pipeline.segments import SegmentPlan
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,7 @@ async def _serve(conn, worker: InferenceWorker) -> None:
     async def handle(call_id: int, kind: str, payload: Any) -> None:
         try:
             if kind == "plan":
-                result = await asyncio.to_thread(
-                    plan_segments, payload.source, payload.target_seconds
-                )
+                result = await asyncio.to_thread(plan_for, payload)
             else:
                 result = await upscale_segment(
                     payload, worker, lambda report: send(("frame", call_id, report)), node

@@ -26,7 +26,7 @@ from carn_stream.pipeline.formats import FORMATS
 from carn_stream.pipeline.hls import segment_name
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.pipeline.segmented import SegmentedRun
-from carn_stream.pipeline.segments import SegmentPlan
+from carn_stream.pipeline.segments import InputLimits, SegmentPlan
 from carn_stream.server.exposure import redact_paths
 from carn_stream.server.fetch import FetchError, fetch, fetch_policy
 from carn_stream.server.metrics import Metrics
@@ -36,10 +36,6 @@ from carn_stream.settings import Settings
 log = logging.getLogger(__name__)
 
 INPUT_NAME, WORK_NAME = "input", "work"
-
-
-class LimitError(Exception):
-    """The input is over one of the service's limits."""
 
 
 class RecentRate:
@@ -166,8 +162,9 @@ class JobRunner:
                 source = await self.offload(fetch, job.url, download, self.policy, cancelled)
             plan = job.plan
             if plan is None:
-                plan, _ = await executor.plan(PlanRequest(source, self.settings.segment_seconds))
-                self._check_limits(plan, job.params.scale)
+                limits = input_limits(self.settings, job.params.scale)
+                request = PlanRequest(source, self.settings.segment_seconds, limits)
+                plan, _ = await executor.plan(request)
                 self.store.save_plan(job.id, plan)
             else:
                 self.store.reset_unfinished_segments(job.id)
@@ -182,7 +179,7 @@ class JobRunner:
                 await asyncio.to_thread(_discard, fmt, output, folder)
                 self.store.finish(job.id, "cancelled", "cancelled by request")
                 finished = True
-        except (FetchError, PipelineError, LimitError, ValueError) as exc:
+        except (FetchError, PipelineError, ValueError) as exc:
             await asyncio.to_thread(_discard, fmt, output, folder)
             self.store.finish(job.id, "failed", redact_paths(str(exc), folder, job.url))
             finished = True
@@ -201,20 +198,6 @@ class JobRunner:
             self._cancel_flags.pop(job.id, None)
             self.refresh_gauges()
             self.wake()
-
-    def _check_limits(self, plan: SegmentPlan, scale: int) -> None:
-        settings = self.settings
-        if plan.duration > settings.max_duration_seconds:
-            raise LimitError(
-                f"input is {plan.duration:.0f} s long, over the limit of "
-                f"{settings.max_duration_seconds:g} s"
-            )
-        pixels = plan.width * plan.height * scale * scale
-        if pixels > settings.max_output_pixels:
-            raise LimitError(
-                f"output would be {plan.width * scale}x{plan.height * scale}, over the limit of "
-                f"{settings.max_output_pixels} pixels per frame"
-            )
 
     def _options(self, job: Job, executor: SegmentExecutor) -> PipelineOptions:
         params = job.params
@@ -307,6 +290,11 @@ class JobRunner:
         for job_id in self.store.expired(time.time() - hours * 3600):
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             self.store.delete(job_id)
+
+
+def input_limits(settings: Settings, scale: int) -> InputLimits:
+    """The service's limits on an input to be upscaled ``scale`` times."""
+    return InputLimits(scale, settings.max_output_pixels, settings.max_duration_seconds)
 
 
 def _segment_of(plan: SegmentPlan, frame_index: int) -> int:

@@ -20,6 +20,7 @@ from carn_stream.server import media_links
 from carn_stream.server.admission import check_admission, data_dir_writable
 from carn_stream.server.exposure import public_url, redact_paths
 from carn_stream.server.fetch import FetchError, FetchPolicy, Target, check_address, validate_url
+from carn_stream.server.job_params import JobParams
 from carn_stream.server.live import size_cap
 from carn_stream.server.middleware import METHODS
 from carn_stream.server.store import JobStore
@@ -194,7 +195,7 @@ def test_new_jobs_are_refused_below_the_disk_floor_and_with_a_full_queue(tmp_pat
             check_admission(low, store)
         assert refused.value.status_code == 507 and "low on disk space" in refused.value.detail
         for _ in range(2):
-            store.create("http://example.com/a.mp4", {"scale": 2, "output": "mp4"})
+            store.create("http://example.com/a.mp4", JobParams(format="mp4"))
         with pytest.raises(HTTPException) as full:
             check_admission(settings, store)
         assert full.value.status_code == 503 and "2 jobs waiting" in full.value.detail
