@@ -307,13 +307,12 @@ def _calibrate(engine, source: Path, scale: int) -> None:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    import asyncio
-
     from carn_stream.loading import start_worker
     from carn_stream.pipeline.encode import EncoderOptions, codec_settings
     from carn_stream.pipeline.hls import hls_muxer_options
     from carn_stream.pipeline.run import PipelineOptions, run_pipeline
     from carn_stream.progress import ProgressBar
+    from carn_stream.stopping import run_stoppable
 
     fmt = args.format or ("mp4" if args.output.suffix else "hls")
     encoder = EncoderOptions(args.codec, args.crf, args.preset, args.segment_seconds)
@@ -337,7 +336,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             bar.update()
 
         src = source if "://" in source else Path(source)
-        result = asyncio.run(run_pipeline(src, args.output, options, worker, on_frame))
+        result = run_stoppable(
+            run_pipeline(src, args.output, options, worker, on_frame),
+            "abandoning the batch in progress, removing the partial output",
+        )
         if bar is not None:
             bar.close()
     finally:
