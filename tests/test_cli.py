@@ -186,7 +186,9 @@ def test_upscale_writes_mp4_and_shows_progress(tiny_clip, weights_path, tmp_path
         "ultrafast",
     )
     assert result.returncode == 0, result.stderr
-    assert "upscale x3" in result.stderr and "6/6" in result.stderr and "ETA" in result.stderr
+    assert "upscale x3" in result.stderr and "6/6" in result.stderr
+    # The first line measures nothing yet: no rate, no ETA (was "1/6 40556.43 frames/s ETA 0s").
+    assert "1/6 measuring speed" in result.stderr
     got = facts(out)
     assert (got.width, got.height) == (192, 144) and len(got.pts) == 6
 
@@ -301,3 +303,76 @@ def test_upscale_stops_promptly_on_a_signal(signum, slow_clip, weights_path, tmp
     assert "stopping: abandoning the batch in progress, removing the partial output" in text
     assert "terminate called" not in text and "Traceback" not in text
     assert list(tmp_path.glob("out.mp4*")) == [] and list(tmp_path.glob(".out.mp4*")) == []
+
+
+def test_bundled_weights_fallback_is_one_warning_with_the_fix(tiny_clip, tmp_path):
+    cache = tmp_path / "cache"
+    result = run_cli(
+        "upscale",
+        str(tiny_clip),
+        str(tmp_path / "up.mp4"),
+        "--scale",
+        "2",
+        env={"CARN_WEIGHTS": "", "CARN_STREAM_ALLOW_DOWNLOAD": "0", "XDG_CACHE_HOME": str(cache)},
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "CARN-M weights" in line]
+    # Was printed twice (once bare by logging's last-resort handler, once prefixed).
+    assert len(warnings) == 1, result.stderr
+    (warning,) = warnings
+    assert warning.startswith("carn-stream: warning: using the bundled CARN-M weights")
+    assert "downloading is disabled" in warning and "37.62 dB" in warning
+    for fix in (
+        "https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn_m.pth",
+        "sha256 d48a759a84509351facb6b7c6d5bd6edec98b98519b8c464ee4ab44d2ba964ff",
+        "--weights PATH",
+        "CARN_WEIGHTS=PATH",
+        str(cache / "carn-stream" / "carn_m-d48a759a.pth"),
+    ):
+        assert fix in warning
+
+
+def test_a_file_that_is_not_weights_is_named_in_one_line(tiny_clip, tmp_path):
+    license_file = Path(__file__).resolve().parents[1] / "LICENSE"
+    result = run_cli(
+        "upscale",
+        str(tiny_clip),
+        str(tmp_path / "up.mp4"),
+        "--scale",
+        "2",
+        "--weights",
+        str(license_file),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"carn-stream upscale: error: weights file {license_file} is not a PyTorch checkpoint "
+        "(corrupt, or another kind of file); expected a CARN-M state dict of tensors (.pth)"
+    )
+    assert not (tmp_path / "up.mp4").exists()
+
+
+def test_a_weights_download_is_announced_before_the_host_answers(tmp_path, caplog):
+    import logging
+    import socket
+
+    from carn_stream.model.weights import WeightsError, download
+
+    calls: list[tuple[float, int, int | None]] = []
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/carn_m.pth"
+        started = time.monotonic()
+        caplog.set_level(logging.INFO, logger="carn_stream.model.weights")
+        with pytest.raises((OSError, WeightsError)):
+            download(
+                url,
+                "0" * 64,
+                tmp_path / "w.pth",
+                timeout=1.0,
+                progress=lambda done, total: calls.append((time.monotonic(), done, total)),
+            )
+    assert calls and calls[0][1:] == (0, None) and calls[0][0] - started < 0.5
+    (record,) = [r for r in caplog.records if "downloading" in r.getMessage()]
+    assert url in record.getMessage() and record.created - (time.time() - 5) > 0
+    assert list(tmp_path.iterdir()) == []  # no partial file left
