@@ -123,12 +123,12 @@ async def create_job(body: JobCreate, request: Request, store: Store, runner: Ru
     try:
         await asyncio.to_thread(validate_url, body.url, runner.policy)
     except FetchError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     if body.weights is not None:
         folder = request.app.state.settings.models_dir
         if folder is None or not (folder / body.weights).is_file():
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"no weights file {body.weights!r} in the service's models folder"
                 + ("" if folder else " (CARN_STREAM_MODELS_DIR is not set)"),
             )
@@ -180,7 +180,7 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileRespon
     return FileResponse(path, media_type="video/mp2t")
 
 
-@router.get("/{job_id}/output.mp4", response_class=FileResponse)
+@router.api_route("/{job_id}/output.mp4", methods=["GET", "HEAD"], response_class=FileResponse)
 def mp4_file(job_id: str, store: Store, runner: Runner) -> FileResponse:
     """The finished MP4 (HTTP Range requests supported)."""
     job = _job_or_404(store, job_id)

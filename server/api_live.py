@@ -50,7 +50,7 @@ async def offer(body: Offer, request: Request) -> Answer:
     try:
         session, answer = await live.open(body.sdp, body.type, body.scale, worker, sample)
     except (ValueError, PipelineError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return Answer(sdp=answer.sdp, type=answer.type, session_id=session.id)
 
 
@@ -67,7 +67,7 @@ def _sample_path(request: Request, name: str | None) -> Path:
     samples = _samples(request)
     if name not in samples:  # names only: never a path the client chose
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"no sample {name!r}; available: {', '.join(samples) or 'none'}",
         )
     return samples[name]

@@ -20,7 +20,9 @@ from carn_stream.pipeline.decode import probe
 from carn_stream.pipeline.encode import EncoderOptions
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.infer import InferenceWorker
-from carn_stream.pipeline.run import FrameReport, PipelineOptions, run_pipeline
+from carn_stream.pipeline.progress_rate import RateMeter
+from carn_stream.pipeline.run import FrameReport, PipelineOptions, RunResult, run_pipeline
+from carn_stream.server.compare import save_comparison
 from carn_stream.server.fetch import FetchError, FetchPolicy, fetch
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.store import Job, JobStore
@@ -127,7 +129,8 @@ class JobRunner:
             info = await asyncio.to_thread(probe, source)
             self._check_limits(info, job.params["scale"])
             self.store.progress(job.id, 0, info.frames, 0.0)
-            await self._upscale(job, source, folder, info.frames)
+            result = await self._upscale(job, source, folder, info.frames)
+            await asyncio.to_thread(save_comparison, source, result.output, folder, result.frames)
             self.store.finish(job.id, "succeeded")
             log.info("job %s succeeded", job.id)
         except asyncio.CancelledError:
@@ -163,7 +166,7 @@ class JobRunner:
                 f"{self.max_output_pixels} pixels per frame"
             )
 
-    async def _upscale(self, job: Job, source: Path, folder: Path, total: int) -> None:
+    async def _upscale(self, job: Job, source: Path, folder: Path, total: int) -> RunResult:
         assert self.worker is not None
         params = job.params
         fmt = params["output"]
@@ -178,20 +181,22 @@ class JobRunner:
             batch_size=batch,
             weights=params.get("weights"),
         )
-        started = time.monotonic()
+        meter = RateMeter()  # recent fps: the average since the start misled the ETA
         last_write = 0.0
 
         def on_frame(report: FrameReport) -> None:
             nonlocal last_write
             self.metrics.observe_frame(report, "job")
+            meter.add()
             now = time.monotonic()
             if now - last_write >= 0.5:
                 last_write = now
-                fps = report.done / max(now - started, 1e-6)
+                fps = meter.rate() or 0.0
                 self.store.progress(job.id, report.done, max(total, report.done), fps)
 
         result = await run_pipeline(source, target, options, self.worker, on_frame)
         self.store.progress(job.id, result.frames, result.frames, result.fps)
+        return result
 
     def remove_expired(self) -> None:
         if self.retention_seconds <= 0:
