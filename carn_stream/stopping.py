@@ -26,7 +26,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _say(text: str) -> None:
-    sys.stderr.write(f"\ncarn-stream: {text}\n")
+    start = "\n" if sys.stderr.isatty() else ""  # end a progress line redrawn in place
+    sys.stderr.write(f"{start}carn-stream: {text}\n")
     sys.stderr.flush()
 
 
