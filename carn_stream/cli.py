@@ -361,10 +361,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return run(args, _settings(args))
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_upscale_image(args: argparse.Namespace) -> int:
     from carn_stream.loading import load_model
     from carn_stream.pipeline.images import read_rgb, write_png

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 from carn_stream.model import CARN, CARNMWeights, WeightsError, carn_m, load_weights
@@ -14,17 +15,38 @@ from carn_stream.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _download_progress(done: int, total: int | None) -> None:
-    size = f"/{total / 1e6:.1f}" if total else ""
-    sys.stderr.write(f"\rdownloading CARN-M weights: {done / 1e6:.1f}{size} MB")
-    if total and done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class DownloadReport:
+    """Download progress: redrawn in place on the CLI's stderr, or logged (the service) at
+    the start, every ``interval`` seconds and at the end."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._last: float | None = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        size = f"{done / 1e6:.1f}" + (f"/{total / 1e6:.1f}" if total else "") + " MB"
+        if not _logging_configured():
+            sys.stderr.write(f"\rdownloading the official CARN-M weights: {size}")
+            if total and done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+            return
+        now = time.monotonic()
+        finished = bool(total and done >= total)
+        if self._last is None or finished or now - self._last >= self.interval:
+            self._last = now
+            log.info("downloading the official CARN-M weights: %s", size)
+
+
+def _logging_configured() -> bool:
+    return bool(logging.getLogger().handlers)
 
 
 def _warn(message: str) -> None:
-    log.warning("%s", message)
-    if not logging.getLogger().handlers:  # the CLI: say it on stderr
+    """Once: logged where logging is set up (the service), else on stderr (the CLI)."""
+    if _logging_configured():
+        log.warning("%s", message)
+    else:
         print(f"carn-stream: warning: {message}", file=sys.stderr)
 
 
@@ -48,7 +70,7 @@ def load_model(settings: Settings) -> CARN:
         cache_dir=settings.cache_dir,
         url=settings.weights_url,
         allow_download=settings.allow_download,
-        progress=_download_progress,
+        progress=DownloadReport(),
         fallback=fallback,
         on_fallback=on_fallback,
     )

@@ -1,14 +1,21 @@
-"""A dependency-free progress bar for long CLI work (count, rate, ETA) on stderr."""
+"""A dependency-free progress bar for long CLI work (count, recent rate, ETA) on stderr."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+from carn_stream.pipeline.progress_rate import RateMeter
 
 
 class ProgressBar:
-    """Redraws in place on a terminal; elsewhere prints a line at most every ``interval`` s."""
+    """Redraws in place on a terminal; elsewhere prints a line at most every ``interval`` s.
+
+    Rate and ETA come from a :class:`RateMeter` (the last few seconds), and are left out
+    until there is enough to measure; the last line gives the average rate instead.
+    """
 
     def __init__(
         self,
@@ -17,42 +24,48 @@ class ProgressBar:
         unit: str = "it",
         stream: TextIO | None = None,
         interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total, self.label, self.unit = total, label, unit
         self.stream = stream or sys.stderr
         self.interval = interval
         self.done = 0
-        self.started = time.monotonic()
-        self._last_draw = 0.0
+        self._clock = clock
+        self.meter = RateMeter(clock=clock)
+        self._last_draw: float | None = None
         self._tty = self.stream.isatty()
 
     def update(self, n: int = 1, note: str = "") -> None:
         self.done += n
-        now = time.monotonic()
+        self.meter.add(n)
+        now = self._clock()
         finished = self.total is not None and self.done >= self.total
-        if self._tty or finished or now - self._last_draw >= self.interval:
+        due = self._last_draw is None or now - self._last_draw >= self.interval
+        if self._tty or finished or due:
             self._last_draw = now
-            self._draw(now, note)
+            self.stream.write(self._line(now, finished, note))
+            self.stream.flush()
 
-    def _draw(self, now: float, note: str) -> None:
-        elapsed = max(now - self.started, 1e-9)
-        rate = self.done / elapsed
-        if self.total:
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(frac * 24)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            eta_text = f"ETA {eta:5.0f}s" if eta != float("inf") else "ETA    ?"
-            text = (
-                f"{self.label} [{bar:<24}] {self.done}/{self.total} "
-                f"{rate:6.2f} {self.unit}/s {eta_text}"
-            )
+    def _line(self, now: float, finished: bool, note: str) -> str:
+        rate = self.meter.rate()
+        if finished:
+            average = self.meter.average()
+            speed = "" if average is None else f"{average:.2f} {self.unit}/s on average"
+        elif rate is None:
+            speed = "measuring speed"
         else:
-            text = f"{self.label} {self.done} {self.unit} {rate:6.2f} {self.unit}/s"
+            speed = f"{rate:.2f} {self.unit}/s"
+            eta = self.meter.eta(self.total - self.done) if self.total else None
+            if eta is not None:
+                speed += f" ETA {eta:.0f}s"
+        if self.total:
+            bar = "#" * int(min(self.done / self.total, 1.0) * 24)
+            text = f"{self.label} [{bar:<24}] {self.done}/{self.total} {speed}".rstrip()
+        else:
+            text = f"{self.label} {self.done} {self.unit} {speed}".rstrip()
         if note:
             text += f"  {note}"
-        end = "" if self._tty else "\n"
-        self.stream.write(("\r\x1b[2K" if self._tty else "") + text + end)
-        self.stream.flush()
+        return ("\r\x1b[2K" + text) if self._tty else text + "\n"
 
     def close(self) -> None:
         if self._tty:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +23,7 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.pipeline.encode import EncoderOptions, codec_settings
     from carn_stream.pipeline.executors import InProcessExecutor
     from carn_stream.pipeline.formats import format_for_path
+    from carn_stream.stopping import run_stoppable
 
     source = Path(args.input)
     if not source.is_file():
@@ -39,17 +38,13 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     if not fmt.is_folder and not args.output.parent.is_dir():
         raise UpscaleError(f"output folder {args.output.parent} does not exist")
     worker = start_worker(settings, tile=args.tile)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C
     executor = InProcessExecutor(worker)
     try:
-        return asyncio.run(_upscale(args, settings, fmt, encoder, seconds, work, executor))
-    except KeyboardInterrupt:
-        print(
-            f"carn-stream: interrupted; finished segments are kept in {work}: "
-            "run the same command again to resume",
-            file=sys.stderr,
+        return run_stoppable(
+            _upscale(args, settings, fmt, encoder, seconds, work, executor),
+            f"abandoning the segments in progress; finished ones stay in {work} "
+            "(run the same command again to resume)",
         )
-        return 130
     finally:
         worker.close()
 
@@ -125,7 +120,3 @@ async def _upscale(args, settings, fmt, encoder, seconds, work, executor) -> int
         file=sys.stderr,
     )
     return 0
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

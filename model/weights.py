@@ -7,11 +7,13 @@ the network expects and what it measured. Numbers in the docs are generated from
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from carn_stream.settings import default_cache_dir
 
 ProgressCallback = Callable[[int, int | None], None]
+log = logging.getLogger(__name__)
 
 #: Input contract shared by every CARN checkpoint here.
 
@@ -151,6 +154,9 @@ def download(
     fd, tmp_name = tempfile.mkstemp(prefix=dest.name, suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     digest = hashlib.sha256()
+    log.info("downloading %s to %s (no answer within %g s fails)", url, dest, timeout)
+    if progress:
+        progress(0, None)  # announced before connecting: a silent host is not silence here
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = resp.headers.get("Content-Length")
@@ -168,6 +174,7 @@ def download(
                 f"got {digest.hexdigest()}; the download was discarded"
             )
         tmp.replace(dest)
+        log.info("downloaded %s (%.1f MB, checksum verified)", dest, done / 1e6)
         return dest
     finally:
         tmp.unlink(missing_ok=True)
@@ -209,16 +216,28 @@ def resolve_weights_file(
         bundled = bundled_file(fallback)
         if on_fallback:
             on_fallback(
-                f"the official weights are unavailable ({reason}); using the bundled "
-                f"{fallback.meta.get('name', fallback.bundled)} weights, which measure "
-                f"{fallback.quality()} (the official weights: {weights.quality()})"
+                f"using the bundled CARN-M weights (Set5 x2 {_set5_x2(fallback)}, official "
+                f"{_set5_x2(weights)}) because the official ones are unavailable: {reason}. "
+                f"{how_to_get(weights, cached)}"
             )
         return bundled
     raise WeightsError(
         f"no weights found: none given, none cached at {cached}, and {reason}. "
-        f"Download {weights.url} (sha256 {weights.sha256}) and pass --weights PATH "
-        f"or set CARN_WEIGHTS=PATH, or place it at {cached}."
+        f"{how_to_get(weights, cached)}"
     )
+
+
+def how_to_get(weights: Weights, cached: Path) -> str:
+    """One sentence: where the file is, its checksum, and the ways to hand it over."""
+    return (
+        f"To use them: download {weights.url} (sha256 {weights.sha256}) and pass "
+        f"--weights PATH or set CARN_WEIGHTS=PATH, or save it as {cached}."
+    )
+
+
+def _set5_x2(weights: Weights) -> str:
+    score = weights.meta.get("metrics", {}).get("Set5", {}).get(2)
+    return f"{score[0]:.2f} dB" if score else "not measured"
 
 
 def bundled_file(weights: Weights) -> Path:
@@ -241,7 +260,13 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"weights file {path} is corrupt or not a checkpoint: {exc}") from exc
+        if zipfile.is_zipfile(path):
+            what = "a PyTorch checkpoint holding Python objects besides tensors"
+        else:
+            what = "not a PyTorch checkpoint (corrupt, or another kind of file)"
+        raise WeightsError(
+            f"weights file {path} is {what}; expected a CARN-M state dict of tensors (.pth)"
+        ) from exc
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -62,6 +62,7 @@ class FrameBatch:
     """Consecutive frames of one shape, in order."""
 
     frames: list[SourceFrame]
+    formed_at: float = field(default_factory=time.monotonic)  #: when the batch was complete
 
     @property
     def spec(self) -> ColourSpec:

@@ -26,7 +26,7 @@ from carn_stream.pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
 from carn_stream.pipeline.infer import BatchResult, InferenceWorker
 from carn_stream.pipeline.segments import Segment, segment_audio, segment_frames
 
-STAGES = ("decode", "queue_wait", "inference", "encode")
+STAGES = ("decode", "wait", "inference", "encode")  #: defined in docs/SERVICE.md, Metrics
 _END = object()
 
 
@@ -266,15 +266,15 @@ class _PipelineRun:
                 _write, sink, frames, result.out, backlog, item.frames[0].rotation
             )
             muxed = time.monotonic()
-            for position, (frame, source_frame) in enumerate(zip(frames, item.frames, strict=True)):
+            for position, frame in enumerate(frames):
                 self.done += 1
                 timings = {
                     "decode": self.decode_seconds.pop(frame.index, 0.0),
-                    "queue_wait": result.started - source_frame.decoded_at,
+                    "wait": max(0.0, result.started - item.formed_at),
                     "inference": result.finished - result.started,
                     "encode": muxed - result.finished,
-                }
-                timings["total"] = muxed - source_frame.decoded_at + timings["decode"]
+                }  # read-ahead (decoded, not yet batched) is backpressure, not latency
+                timings["total"] = timings["decode"] + muxed - item.formed_at
                 if self.on_frame:
                     self.on_frame(
                         FrameReport(

@@ -88,6 +88,7 @@ class JobOut(JobParams):
         if job.state in ("queued", "running", "succeeded"):
             if job.params.format == "hls":
                 links["playlist"] = sign(f"/jobs/{job.id}/hls/{PLAYLIST_NAME}")
+                links["preview"] = sign(f"/jobs/{job.id}/preview.m3u8")
             elif job.state == "succeeded":
                 links["mp4"] = sign(f"/jobs/{job.id}/output.mp4")
         return cls(
@@ -145,12 +146,12 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
     try:
         await asyncio.to_thread(validate_url, body.url, runner.policy)
     except FetchError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     if body.weights is not None:
         folder = runner.settings.models_dir
         if folder is None or not (folder / body.weights).is_file():
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"no weights file {body.weights!r} in the service's models folder"
                 + ("" if folder else " (CARN_STREAM_MODELS_DIR is not set)"),
             )
@@ -220,7 +221,7 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileRespon
     return FileResponse(path, media_type="video/mp2t")
 
 
-@router.get("/{job_id}/output.mp4", response_class=FileResponse)
+@router.api_route("/{job_id}/output.mp4", methods=["GET", "HEAD"], response_class=FileResponse)
 def mp4_file(job_id: str, store: Store, runner: Runner) -> FileResponse:
     """The finished MP4 (HTTP Range requests supported)."""
     job = _job_or_404(store, job_id)

@@ -65,7 +65,7 @@ async def offer(
     except SdpError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     except (ValueError, PipelineError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return Answer(sdp=answer.sdp, type=answer.type, session_id=session.id)
 
 
@@ -84,7 +84,7 @@ def _sample_path(settings: Settings, name: str | None) -> Path:
     samples = _samples(settings)
     if name not in samples:  # names only: never a path the client chose
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"no sample {name!r}; available: {', '.join(samples) or 'none'}",
         )
     return samples[name]

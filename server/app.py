@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from carn_stream.pipeline.infer import InferenceWorker
-from carn_stream.server import api_health, api_jobs, api_live, pages
+from carn_stream.server import api_health, api_jobs, api_live, api_watch, pages
 from carn_stream.server.blocking import BlockingPool
 from carn_stream.server.jobs import JobRunner
 from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
@@ -75,8 +75,11 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         title="carn-stream",
         summary="Real-time video super-resolution with CARN-M",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: server/pages.py, with local assets
+        redoc_url=None,
     )
     app.include_router(api_jobs.router)
+    app.include_router(api_watch.router)
     app.include_router(api_health.router)
     app.include_router(api_live.router)
     app.include_router(pages.router)

@@ -24,9 +24,11 @@ from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.executors import PlanRequest, SegmentExecutor, SegmentResult
 from carn_stream.pipeline.formats import FORMATS
 from carn_stream.pipeline.hls import segment_name
+from carn_stream.pipeline.progress_rate import RateMeter
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.pipeline.segmented import SegmentedRun
 from carn_stream.pipeline.segments import InputLimits, SegmentPlan
+from carn_stream.server.compare import save_comparison
 from carn_stream.server.exposure import redact_paths
 from carn_stream.server.fetch import FetchError, fetch, fetch_policy
 from carn_stream.server.metrics import Metrics
@@ -36,30 +38,6 @@ from carn_stream.settings import Settings
 log = logging.getLogger(__name__)
 
 INPUT_NAME, WORK_NAME = "input", "work"
-
-
-class RecentRate:
-    """Events per second over the last few seconds (an exponentially weighted rate)."""
-
-    def __init__(self, half_life: float = 3.0, clock: Callable[[], float] = time.monotonic):
-        self.half_life, self.clock = half_life, clock
-        self.rate = 0.0
-        self._last: float | None = None
-        self._pending = 0
-
-    def add(self, n: int = 1) -> None:
-        now = self.clock()
-        if self._last is None:
-            self._last = now
-            return
-        elapsed = now - self._last
-        self._pending += n
-        if elapsed <= 0:
-            return
-        n, self._pending = self._pending, 0
-        weight = 0.5 ** (elapsed / self.half_life)
-        self.rate = weight * self.rate + (1 - weight) * (n / elapsed)
-        self._last = now
 
 
 class JobRunner:
@@ -169,6 +147,8 @@ class JobRunner:
             else:
                 self.store.reset_unfinished_segments(job.id)
             await self._make(job, plan, source, output, folder / WORK_NAME, executor)
+            # a few frames kept for comparing CARN-M with bicubic (the input goes next)
+            await self.offload(save_comparison, source, output, folder, plan.frames)
             self.store.finish(job.id, "succeeded")
             finished = True
             log.info("job %s succeeded", job.id)
@@ -228,7 +208,7 @@ class JobRunner:
                 done[record.index] = result
         frames_done = sum(r.frames for r in done.values())
         in_flight: dict[int, int] = {}
-        rate = RecentRate()
+        rate = RateMeter()  # recent fps: the average since the start misled the ETA
         last_write = 0.0
 
         def write_progress(force: bool = False) -> None:
@@ -237,7 +217,7 @@ class JobRunner:
             if force or now - last_write >= 0.5:
                 last_write = now
                 frames = frames_done + sum(in_flight.values())
-                self.store.progress(job.id, frames, plan.frames, rate.rate)
+                self.store.progress(job.id, frames, plan.frames, rate.rate() or 0.0)
 
         def on_frame(report: FrameReport) -> None:
             self.metrics.observe_frame(report, "job")
@@ -281,7 +261,7 @@ class JobRunner:
             if failed is not None:
                 self.store.segment_failed(job.id, failed.index, str(exc))
             raise
-        self.store.progress(job.id, plan.frames, plan.frames, rate.rate)
+        self.store.progress(job.id, plan.frames, plan.frames, rate.average() or rate.rate() or 0.0)
 
     def remove_expired(self) -> None:
         hours = self.settings.retention_hours

@@ -91,6 +91,7 @@ class LiveStats:
     output_size: tuple[int, int] = (0, 0)
     latency: float = 0.0  #: seconds from a source frame's arrival to its upscaled frame
     input_fraction: float = 1.0
+    overloaded: bool = False  #: inference too slow even at the smallest useful input
     started: float = field(default_factory=time.monotonic)
     recent: list[float] = field(default_factory=list)
 
@@ -271,8 +272,7 @@ class UpscaleTrack(MediaStreamTrack):
         fraction = min(self.stats.input_fraction, cap)
         if fraction >= 1.0:
             return frame
-        width = max(2, int(frame.width * fraction) // 2 * 2)
-        height = max(2, int(frame.height * fraction) // 2 * 2)
+        width, height = _shrunk(frame.width, frame.height, fraction)
         small = frame.reformat(width=width, height=height, interpolation="AREA")
         small.pts, small.time_base = frame.pts, frame.time_base
         return small
@@ -284,9 +284,8 @@ class UpscaleTrack(MediaStreamTrack):
         s.latency = done - arrived
         s.mark(done)
         inference = result.finished - result.started
-        timings = {
-            "decode": 0.0,
-            "queue_wait": max(0.0, result.started - arrived),
+        timings = {  # no "decode": the WebRTC stack decodes before the frame arrives
+            "wait": max(0.0, result.started - arrived),
             "inference": inference,
             "encode": max(0.0, done - result.finished),
             "total": done - arrived,
@@ -294,15 +293,26 @@ class UpscaleTrack(MediaStreamTrack):
         self.metrics.observe_frame(FrameReport(s.frames - 1, s.frames, 0, timings), "live")
         if self._on_size is not None:
             self._on_size(*out_size)
+        slow = inference > self.policy.max_latency
         if self.policy.adaptive:
-            if inference > self.policy.max_latency and s.input_fraction > self.policy.min_fraction:
-                s.input_fraction = max(self.policy.min_fraction, s.input_fraction * 0.8)
+            smaller = max(self.policy.min_fraction, s.input_fraction * 0.8)
+            # Never shrink so far that the "upscaled" picture is no bigger than the source.
+            w, h = _shrunk(*source_size, smaller)
+            bigger = w * self.scale > source_size[0] and h * self.scale > source_size[1]
+            if slow and smaller < s.input_fraction and bigger:
+                s.input_fraction, slow = smaller, False
             elif inference < self.policy.max_latency / 3 and s.input_fraction < 1.0:
                 s.input_fraction = min(1.0, s.input_fraction / 0.8)
+        s.overloaded = slow  # too slow with no smaller input left to try
 
     def stop(self) -> None:
         super().stop()
         self._pump.cancel()
+
+
+def _shrunk(width: int, height: int, fraction: float) -> tuple[int, int]:
+    """The even-sized input the policy's ``fraction`` gives for a ``width`` x ``height`` source."""
+    return max(2, int(width * fraction) // 2 * 2), max(2, int(height * fraction) // 2 * 2)
 
 
 @dataclass
@@ -334,6 +344,7 @@ class Session:
             "input": list(stats.input_size),
             "output": list(stats.output_size),
             "input_fraction": round(stats.input_fraction, 3),
+            "keeping_up": not stats.overloaded,
             "target_bitrate": self.bitrate,
             "encoder_bitrate": encoder_bitrate,
         }

@@ -1,9 +1,9 @@
 """Signed media links: HLS and MP4 URLs a native ``<video>`` can open without a header.
 
 A link is ``/media/<expiry>/<signature><path>``; the signature is an HMAC-SHA256, keyed with
-the API token, of the link's scope and expiry. An HLS link's scope is the job's ``hls/``
-folder, so the segments the playlist names relatively carry the same signature in their
-path; an MP4 link's scope is the file itself. The signature sits in the path, not in a query
+the API token, of the link's scope and expiry. The scope is the job's media: its HLS folder,
+its preview playlist, its MP4 and its comparison frames, so the segments a playlist names
+relatively carry the same signature in their path. The signature sits in the path, not in a query
 string, because players resolve segment URIs against the playlist's path and drop its query.
 """
 
@@ -16,7 +16,9 @@ import re
 import time
 
 PREFIX = "/media/"
-_MEDIA_RE = re.compile(r"^(/jobs/[0-9a-f]{32}/)(hls/[^/]+|output\.mp4)$")
+_MEDIA_RE = re.compile(
+    r"^(/jobs/[0-9a-f]{32}/)(hls/[^/]+|output\.mp4|preview\.m3u8|compare/\d{1,9}\.png)$"
+)
 _LINK_RE = re.compile(r"^/media/(\d{1,12})/([A-Za-z0-9_-]{43})(/.*)$")
 
 
@@ -25,8 +27,7 @@ def media_scope(path: str) -> str | None:
     match = _MEDIA_RE.match(path)
     if match is None:
         return None
-    folder, rest = match.groups()
-    return folder + "hls/" if rest.startswith("hls/") else path
+    return match[1]
 
 
 def _signature(token: str, scope: str, expires: int) -> str:

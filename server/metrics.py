@@ -1,17 +1,29 @@
 """Every Prometheus metric of the service, defined once (``carn_stream_<thing>_<unit>``).
 
 Labels come from small fixed sets: ``stage``, ``mode`` (job/live), ``state``, ``method``,
-``route`` (the route template, never a job id) and ``status`` class.
+``route`` (the route template, never a job id) and ``status`` class. The stages (a frame's
+time, per frame; docs/SERVICE.md):
+
+- ``decode``: demuxing and decoding the frame (jobs; live frames arrive decoded);
+- ``wait``: from its batch being formed (live: from its arrival) to the model starting on
+  it, i.e. how long the frame waited for the model;
+- ``inference``: the model's work on the frame's batch, colour conversion included;
+- ``encode``: from the model's result to the frame being muxed (live: handed to WebRTC).
+
+``carn_stream_frame_seconds`` is decode + (batch formed to muxed): a frame's own latency.
+Time a decoded frame spends in the read-ahead buffer before it is batched is left out: it is
+backpressure (the decoder running ahead of the model), not latency.
 """
 
 from __future__ import annotations
 
-import collections
-import time
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
+from carn_stream.pipeline.progress_rate import RateMeter
 from carn_stream.pipeline.run import STAGES, FrameReport
+
+# One `_created` series per labelled child doubled the exposition for no use (process-wide).
+disable_created_metrics()
 
 #: Frame latencies run from milliseconds (GPU) to many seconds (large frames on a CPU).
 FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -24,14 +36,14 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.stage_seconds = Histogram(
             "carn_stream_stage_seconds",
-            "Per-frame time spent in each pipeline stage",
+            "Per-frame seconds: decode, wait (for the model), inference, encode (to muxed)",
             ["stage", "mode"],
             buckets=FRAME_BUCKETS,
             registry=r,
         )
         self.frame_seconds = Histogram(
             "carn_stream_frame_seconds",
-            "End-to-end latency per frame, decode to muxed",
+            "Latency per frame: decode, then batch formed to muxed (read-ahead excluded)",
             ["mode"],
             buckets=FRAME_BUCKETS,
             registry=r,
@@ -44,7 +56,7 @@ class Metrics:
         )
         self.frames = Counter("carn_stream_frames", "Frames upscaled", ["mode"], registry=r)
         self.fps = Gauge(
-            "carn_stream_fps", "Frames per second over the last few seconds", ["mode"], registry=r
+            "carn_stream_fps", "Frames per second, weighted over the last 5 s", ["mode"], registry=r
         )
         self.jobs = Gauge("carn_stream_jobs", "Jobs by state", ["state"], registry=r)
         self.queue_depth = Gauge("carn_stream_queue_depth", "Jobs waiting to run", registry=r)
@@ -62,27 +74,22 @@ class Metrics:
             "carn_stream_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
         )
         self.http_seconds = Histogram(
-            "carn_stream_http_request_seconds",
-            "HTTP request latency",
+            "carn_stream_http_request_duration_seconds",
+            "HTTP request latency, to the response's start",
             ["method", "route"],
             registry=r,
         )
-        self._rate: dict[str, collections.deque[float]] = {}
+        self._rate: dict[str, RateMeter] = {}
 
     def observe_frame(self, report: FrameReport, mode: str = "job") -> None:
         for stage in STAGES:
-            self.stage_seconds.labels(stage, mode).observe(report.timings[stage])
+            if stage in report.timings:  # live frames have no decode stage of ours
+                self.stage_seconds.labels(stage, mode).observe(report.timings[stage])
         self.frame_seconds.labels(mode).observe(report.timings["total"])
         self.frames.labels(mode).inc()
         if report.batch_start:
             self.batch_frames.observe(report.batch_frames)
         if mode not in self._rate:
-            self._rate[mode] = collections.deque()
-            self.fps.labels(mode).set_function(lambda: self._recent_rate(mode))
-        self._rate[mode].append(time.monotonic())
-
-    def _recent_rate(self, mode: str, window: float = 5.0) -> float:
-        stamps = self._rate[mode]
-        while stamps and stamps[0] < time.monotonic() - window:
-            stamps.popleft()
-        return len(stamps) / window
+            meter = self._rate[mode] = RateMeter()
+            self.fps.labels(mode).set_function(lambda: meter.rate() or 0.0)
+        self._rate[mode].add()

@@ -1,14 +1,29 @@
-"""Web pages: the jobs page at ``/``."""
+"""Web pages: the jobs page at ``/``, the live page, and the API docs served without a CDN."""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 STATIC_DIR = Path(__file__).parent / "static"
+
+#: Swagger UI and ReDoc as shipped by the ``fastapi-offline`` package (a dependency), so the
+#: docs work on a machine without internet access.
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
+
+
+def docs_assets_dir() -> Path:
+    return Path(str(files("fastapi_offline") / "static"))
 
 
 @router.get("/")
@@ -21,3 +36,39 @@ def jobs_page() -> FileResponse:
 def live_page() -> FileResponse:
     """Live upscaling of the camera, original and upscaled side by side."""
     return FileResponse(STATIC_DIR / "live.html", media_type="text/html")
+
+
+def _asset(request: Request, name: str) -> str:
+    return f"{request.scope.get('root_path', '')}/docs-assets/{name}"
+
+
+@router.get("/docs")
+def swagger_docs(request: Request) -> HTMLResponse:
+    """The interactive API reference (Swagger UI)."""
+    return get_swagger_ui_html(
+        openapi_url=request.scope.get("root_path", "") + request.app.openapi_url,
+        title=f"{request.app.title} API",
+        swagger_js_url=_asset(request, "swagger-ui-bundle.js"),
+        swagger_css_url=_asset(request, "swagger-ui.css"),
+        swagger_favicon_url=_asset(request, "favicon.png"),
+    )
+
+
+@router.get("/redoc")
+def redoc_docs(request: Request) -> HTMLResponse:
+    """The API reference as one page (ReDoc)."""
+    return get_redoc_html(
+        openapi_url=request.scope.get("root_path", "") + request.app.openapi_url,
+        title=f"{request.app.title} API",
+        redoc_js_url=_asset(request, "redoc.standalone.js"),
+        redoc_favicon_url=_asset(request, "favicon.png"),
+        with_google_fonts=False,
+    )
+
+
+@router.get("/docs-assets/{name}")
+def docs_asset(name: str) -> FileResponse:
+    """A file of Swagger UI or ReDoc."""
+    if name not in DOCS_ASSETS:
+        raise HTTPException(404, f"no docs asset {name!r}")
+    return FileResponse(docs_assets_dir() / name, media_type=DOCS_ASSETS[name])

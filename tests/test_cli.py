@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +186,9 @@ def test_upscale_writes_mp4_and_shows_progress(tiny_clip, weights_path, tmp_path
         "ultrafast",
     )
     assert result.returncode == 0, result.stderr
-    assert "upscale x3" in result.stderr and "6/6" in result.stderr and "ETA" in result.stderr
+    assert "upscale x3" in result.stderr and "6/6" in result.stderr
+    # The first line measures nothing yet: no rate, no ETA (was "1/6 40556.43 frames/s ETA 0s").
+    assert "1/6 measuring speed" in result.stderr
     got = facts(out)
     assert (got.width, got.height) == (192, 144) and len(got.pts) == 6
 
@@ -265,3 +270,127 @@ def test_serve_refuses_a_bad_setting_at_once_naming_it(variable, value, allowed,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0] and allowed in lines[0], result.stderr
     assert not (tmp_path / "jobs.sqlite3").exists()  # nothing started
+
+
+@pytest.fixture()
+def slow_clip(data_dir, tmp_path) -> Path:
+    """12 frames of Big Buck Bunny at 640x360: at x4 one frame takes seconds on a CPU."""
+    from tests.media import decode_rgb, downscale_frames, write_clip
+
+    frames = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 12), (640, 360))
+    return write_clip(tmp_path / "slow.mp4", frames)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_upscale_stops_promptly_on_a_signal(signum, slow_clip, weights_path, tmp_path):
+    out = tmp_path / "out.mp4"
+    command = [sys.executable, "-m", "carn_stream.cli", "upscale", str(slow_clip), str(out)]
+    command += ["--scale", "4", "--precision", "fp32", "--weights", str(weights_path)]
+    proc = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    first_frame = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "1/12" in line:
+                first_frame.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert first_frame.wait(120), "".join(lines)
+        # The next frame is now in the model: before this fix the process waited for it and
+        # the batches queued behind it (14-25 s at 720p), and sometimes aborted (exit 134).
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        code = proc.wait(30)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.wait()
+    reader.join(5)
+    text = "".join(lines)
+    assert code == 130, text
+    assert took < 2.5, f"took {took:.1f} s to stop"
+    assert "stopping: abandoning the segments in progress; finished ones stay in" in text
+    assert "terminate called" not in text and "Traceback" not in text
+    assert not out.exists() and not list(tmp_path.rglob("*.part"))  # nothing half-written
+
+
+def test_bundled_weights_fallback_is_one_warning_with_the_fix(tiny_clip, tmp_path):
+    cache = tmp_path / "cache"
+    result = run_cli(
+        "upscale",
+        str(tiny_clip),
+        str(tmp_path / "up.mp4"),
+        "--scale",
+        "2",
+        env={"CARN_WEIGHTS": "", "CARN_STREAM_ALLOW_DOWNLOAD": "0", "XDG_CACHE_HOME": str(cache)},
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "CARN-M weights" in line]
+    # Was printed twice (once bare by logging's last-resort handler, once prefixed).
+    assert len(warnings) == 1, result.stderr
+    (warning,) = warnings
+    assert warning.startswith("carn-stream: warning: using the bundled CARN-M weights")
+    assert "downloading is disabled" in warning and "37.62 dB" in warning
+    for fix in (
+        "https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn_m.pth",
+        "sha256 d48a759a84509351facb6b7c6d5bd6edec98b98519b8c464ee4ab44d2ba964ff",
+        "--weights PATH",
+        "CARN_WEIGHTS=PATH",
+        str(cache / "carn-stream" / "carn_m-d48a759a.pth"),
+    ):
+        assert fix in warning
+
+
+def test_a_file_that_is_not_weights_is_named_in_one_line(tiny_clip, tmp_path):
+    license_file = Path(__file__).resolve().parents[1] / "LICENSE"
+    result = run_cli(
+        "upscale",
+        str(tiny_clip),
+        str(tmp_path / "up.mp4"),
+        "--scale",
+        "2",
+        "--weights",
+        str(license_file),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"carn-stream upscale: error: weights file {license_file} is not a PyTorch checkpoint "
+        "(corrupt, or another kind of file); expected a CARN-M state dict of tensors (.pth)"
+    )
+    assert not (tmp_path / "up.mp4").exists()
+
+
+def test_a_weights_download_is_announced_before_the_host_answers(tmp_path, caplog):
+    import logging
+    import socket
+
+    from carn_stream.model.weights import WeightsError, download
+
+    calls: list[tuple[float, int, int | None]] = []
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/carn_m.pth"
+        started = time.monotonic()
+        caplog.set_level(logging.INFO, logger="carn_stream.model.weights")
+        with pytest.raises((OSError, WeightsError)):
+            download(
+                url,
+                "0" * 64,
+                tmp_path / "w.pth",
+                timeout=1.0,
+                progress=lambda done, total: calls.append((time.monotonic(), done, total)),
+            )
+    assert calls and calls[0][1:] == (0, None) and calls[0][0] - started < 0.5
+    (record,) = [r for r in caplog.records if "downloading" in r.getMessage()]
+    assert url in record.getMessage() and record.created - (time.time() - 5) > 0
+    assert list(tmp_path.iterdir()) == []  # no partial file left

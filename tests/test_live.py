@@ -226,7 +226,7 @@ def test_offer_without_video_is_refused(server):
 
 
 def test_live_page_in_chromium_shows_the_upscaled_camera(server):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     artifacts = Path(__file__).resolve().parents[1] / "artifacts"
     artifacts.mkdir(exist_ok=True)
@@ -252,7 +252,38 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
             page.wait_for_function(
                 "document.getElementById('fps').textContent !== '-'", timeout=10_000
             )
+            # The wipe: the original upscaled by the canvas (bicubic) under the CARN-M video,
+            # both at the upscaled size and shown in the same box.
+            page.wait_for_function(
+                "(() => { const c = document.getElementById('bicubic');"
+                " const v = document.getElementById('upscaled');"
+                " if (c.width < 160 || c.width !== v.videoWidth || c.height !== v.videoHeight)"
+                "   return false;"  # the output's size (smaller if the server shrank the input)
+                " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                " let sum = 0; for (let i = 0; i < d.length; i += 4) sum += d[i + 1];"
+                " return sum > 0; })()",
+                timeout=20_000,
+            )
+            boxes = [page.locator(f"#{i}").bounding_box() for i in ("bicubic", "upscaled")]
+            assert boxes[0] == boxes[1] and boxes[0]["width"] > 300
+            page.fill("#wipe-position", "40")
+            clip = page.evaluate("getComputedStyle(document.getElementById('bicubic')).clipPath")
+            assert clip == "inset(0px 60% 0px 0px)"  # bicubic on the left 40 %
+            expect(page.locator("#overload")).to_be_hidden()
             page.screenshot(path=str(artifacts / "live-page.png"), full_page=True)
+
+            # When the server says it cannot keep up, the page says so and what would help.
+            def overloaded(route):
+                answer = route.fetch().json()
+                route.fulfill(json={**answer, "keeping_up": False, "input_fraction": 0.64})
+
+            page.route("**/webrtc/sessions/*", overloaded)
+            expect(page.locator("#overload")).to_be_visible(timeout=5_000)
+            expect(page.locator("#overload")).to_contain_text("cannot keep up at this size")
+            for remedy in ("smaller input size", "lower scale", "GPU"):
+                expect(page.locator("#overload")).to_contain_text(remedy)
+            page.screenshot(path=str(artifacts / "live-overloaded.png"), full_page=True)
+            page.unroute("**/webrtc/sessions/*")
             wait_for(
                 lambda: (
                     [s["input"] for s in request(server.port, "GET", "/webrtc/sessions").json()]
@@ -262,15 +293,27 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
                 "the server to see the 160x120 camera",
             )
             page.click("#stop")
-            # The server-side sample as the source: both videos come from the server.
+            # Stopped: the status says so and the old numbers are gone.
+            expect(page.locator("#status")).to_have_text("Stopped")
+            page.wait_for_timeout(1_500)  # a stats poll in flight must not bring them back
+            for stat in ("fps", "latency", "dropped", "resolution"):
+                expect(page.locator(f"#{stat}")).to_have_text("-")
+            expect(page.locator("#overload")).to_be_hidden()
+            page.screenshot(path=str(artifacts / "live-stopped.png"), full_page=True)
+            # The server-side sample as the source: both videos come from the server, and the
+            # camera size does not apply.
+            expect(page.locator("#size-field")).to_be_visible()
             page.select_option("#source", "sample:carphone.mp4")
+            expect(page.locator("#size-field")).to_be_hidden()
             page.click("#start")
             page.wait_for_function(
                 "document.getElementById('upscaled').videoWidth === 320 && "
                 "document.getElementById('original').videoWidth === 160",
                 timeout=60_000,
             )
+            page.screenshot(path=str(artifacts / "live-sample.png"), full_page=True)
             page.click("#stop")
+            expect(page.locator("#status")).to_have_text("Stopped")
         finally:
             browser.close()
     wait_for(lambda: request(server.port, "GET", "/webrtc/sessions").json() == [], 15, "teardown")
@@ -356,5 +399,8 @@ def test_slow_inference_drops_stale_frames_and_shrinks_the_input(camera_frames):
         _in_process_session(Slow(), camera_frames, 5.0, LatencyPolicy(max_latency=0.1))
     )
     assert stats.dropped > 10  # latest frame wins: stale frames were skipped
-    assert stats.input_fraction == 0.5  # shrunk to the floor
-    assert sizes[0] == (320, 240) and sizes[-1] == (160, 120)  # half-size input, x2
+    # Shrunk 1 -> 0.8 -> 0.64 and no further: at 0.512 the 160x120 camera would become
+    # 80x60 in, 160x120 out, no bigger than the original (it went down to 0.5 before).
+    assert stats.input_fraction == pytest.approx(0.64)
+    assert sizes[0] == (320, 240) and sizes[-1] == (204, 152)  # 102x76 input, x2
+    assert stats.overloaded  # still too slow: the page says the machine cannot keep up

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from carn_stream.pipeline.images import read_rgb
 from carn_stream.server.fetch import FetchError, FetchPolicy, check_address, validate_url
 from tests.helpers import launch_chromium, official_weights_path
 from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
@@ -97,6 +98,13 @@ def test_hls_job_plays_before_it_finishes_and_keeps_everything(server, media, tm
     early = wait_for(early_playlist, 60, "a playlist while the job runs")
     assert b"#EXT-X-ENDLIST" not in early.body  # still growing
     assert early.headers["content-type"] == "application/vnd.apple.mpegurl"
+    # The page plays what exists so far as a finished playlist, segments under hls/.
+    preview = server.call("GET", f"/jobs/{job['id']}/preview.m3u8")
+    assert preview.status == 200 and preview.headers["cache-control"] == "no-store"
+    text = preview.body.decode()
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in text and text.rstrip().endswith("#EXT-X-ENDLIST")
+    uris = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert uris and all(u.startswith("hls/segment_") for u in uris)
 
     done = server.wait_job(job["id"], ("succeeded", "failed"))
     assert done["state"] == "succeeded", done["error"]
@@ -128,6 +136,27 @@ def test_mp4_job_serves_range_requests(server, media, tmp_path):
     assert part.status == 206 and len(part.body) == 100
     whole = server.call("GET", url)
     assert whole.status == 200 and whole.body[100:200] == part.body
+    head = server.call("HEAD", url)  # players and download managers ask first
+    assert head.status == 200 and head.body == b""
+    assert int(head.headers["content-length"]) == len(whole.body)
+    assert head.headers["accept-ranges"] == "bytes"
+    # Frames kept to compare: CARN-M from the output, bicubic made from the kept source frame.
+    compare = server.call("GET", f"/jobs/{job['id']}/compare").json()
+    assert compare["frames"] == [6, 18, 31, 43]  # 4 spread over the 50 frames
+    for n in compare["frames"][:2]:
+        link = compare["links"][str(n)]
+        carn = server.call("GET", f"{link}?kind=carn")
+        bicubic = server.call("GET", f"{link}?kind=bicubic")
+        assert carn.headers["content-type"] == bicubic.headers["content-type"] == "image/png"
+        (tmp_path / "carn.png").write_bytes(carn.body)
+        (tmp_path / "bicubic.png").write_bytes(bicubic.body)
+        a, b = read_rgb(tmp_path / "carn.png"), read_rgb(tmp_path / "bicubic.png")
+        assert a.shape == b.shape == (270, 480, 3)
+        # The same picture (bunny at x3), upscaled two ways: close, but not identical.
+        difference = np.abs(a.astype(int) - b.astype(int)).mean()
+        assert 0.5 < difference < 20, difference
+    assert server.call("GET", f"{compare['links']['6']}?kind=nearest").status == 422
+    assert server.call("GET", f"/jobs/{job['id']}/compare/7.png").status == 404
     (tmp_path / "out.mp4").write_bytes(whole.body)
     got, src = facts(tmp_path / "out.mp4"), facts(root / "bunny.mp4")
     assert (got.width, got.height) == (480, 270)
@@ -209,10 +238,18 @@ def test_metrics_count_every_frame(server, media):
         return sample(after, family, name, **labels) - sample(before, family, name, **labels)
 
     assert grew("carn_stream_frames", "carn_stream_frames_total") == 50  # this job's frames
-    for stage in ("decode", "queue_wait", "inference", "encode"):
+    for stage in ("decode", "wait", "inference", "encode"):
         assert grew("carn_stream_stage_seconds", "carn_stream_stage_seconds_count",
                     stage=stage, mode="job") == 50  # fmt: skip
     assert grew("carn_stream_frame_seconds", "carn_stream_frame_seconds_count") == 50
+    # A frame's latency is exactly its four stages: no read-ahead buffer hidden in it.
+    stage_sum = sum(grew("carn_stream_stage_seconds", "carn_stream_stage_seconds_sum",
+                         stage=stage, mode="job")
+                    for stage in ("decode", "wait", "inference", "encode"))  # fmt: skip
+    e2e_sum = grew("carn_stream_frame_seconds", "carn_stream_frame_seconds_sum")
+    assert e2e_sum == pytest.approx(stage_sum, rel=1e-6)
+    assert not [s.name for f in after.values() for s in f.samples if s.name.endswith("_created")]
+    assert "carn_stream_http_request_duration_seconds" in after
     assert sample(after, "carn_stream_jobs", "carn_stream_jobs", state="succeeded") >= 1
     routes = {s.labels["route"] for s in after["carn_stream_http_requests"].samples}
     assert "/jobs/{job_id}" in routes
@@ -357,7 +394,8 @@ def test_a_killed_server_resumes_its_jobs_after_restart(tmp_path, media):
         assert other["state"] == "succeeded" and other["attempts"] == 1
         assert second.call("GET", done["links"]["mp4"]).status == 200
         leftovers = [p.name for p in (data / "jobs" / job["id"]).iterdir()]
-        assert leftovers == ["output.mp4"]  # the input and partial files are gone
+        # The input and partial files are gone; frames kept to compare remain.
+        assert sorted(leftovers) == ["compare", "output.mp4"]
     finally:
         second.stop()
 
@@ -409,8 +447,8 @@ def test_store_recovery_after_a_crash(tmp_path):
 # --------------------------------------------------------------------------- the page
 
 
-def test_jobs_page_in_chromium_submits_and_plays(server, media, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_jobs_page_in_chromium_submits_plays_and_compares(server, media, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
 
     base, _ = media
     artifacts = Path(__file__).resolve().parents[1] / "artifacts"
@@ -418,19 +456,65 @@ def test_jobs_page_in_chromium_submits_and_plays(server, media, tmp_path):
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(f"http://127.0.0.1:{server.port}/")
             assert page.title() == "carn-stream"
-            page.fill("#url", f"{base}/bunny.mp4")
+            expect(page.locator("#live-link")).to_have_attribute("href", "/live")
+            page.fill("#url", f"{base}/bunny.mp4?signature=secret")
             page.select_option("#scale", "2")
             page.click("#submit")
+            row = page.locator("#jobs tr").first
+            expect(row.locator("td.input")).to_have_text("bunny.mp4")  # no query string
+            expect(row.locator("td.output")).to_have_text("HLS")
+            expect(row.locator("td.created")).not_to_be_empty()
+            # Plays from the first segment (the clip is 2 s: one segment while it runs).
             page.wait_for_function(
-                "document.getElementById('player').currentTime > 1.0", timeout=90_000
+                "document.getElementById('player').currentTime > 0.5", timeout=90_000
             )
-            width = page.evaluate("document.getElementById('player').videoWidth")
-            assert width == 320
-            page.wait_for_selector("td.state-succeeded", timeout=90_000)
-            page.screenshot(path=str(artifacts / "jobs-page.png"), full_page=True)
+            assert page.evaluate("document.getElementById('player').videoWidth") == 320
+            expect(page.locator("#player-status")).to_contain_text("bunny.mp4 x2")
+            page.screenshot(path=str(artifacts / "jobs-playing.png"), full_page=True)
+            # The status follows the player: not "Playing" once the video has ended.
+            page.wait_for_function("document.getElementById('player').ended", timeout=60_000)
+            expect(page.locator("#player-status")).to_have_text(
+                "Finished playing bunny.mp4 x2", timeout=20_000
+            )
+            page.wait_for_selector("#jobs tr:first-child td.state-succeeded", timeout=90_000)
+            assert "secret" not in page.locator("#jobs").inner_html()
+            page.screenshot(path=str(artifacts / "jobs-finished.png"), full_page=True)
+            # Compare: bicubic and CARN-M of one frame, one above the other, at the same size.
+            page.locator("#jobs tr:first-child button.compare").click()
+            expect(page.locator("#compare")).to_be_visible()
+            expect(page.locator("#compare-frames button")).to_have_count(4)
+            page.wait_for_function(
+                "['wipe-bicubic', 'wipe-carn'].every(id => "
+                "document.getElementById(id).complete && "
+                "document.getElementById(id).naturalWidth === 320)",
+                timeout=30_000,
+            )
+            boxes = [page.locator(f"#{i}").bounding_box() for i in ("wipe-bicubic", "wipe-carn")]
+            assert boxes[0] == boxes[1] and boxes[0]["width"] > 300
+            page.fill("#wipe-position", "30")
+            clip = page.evaluate("getComputedStyle(document.getElementById('wipe-carn')).clipPath")
+            assert clip == "inset(0px 0px 0px 30%)"
+            page.locator("#compare").screenshot(path=str(artifacts / "jobs-compare.png"))
+            # A queued job offers no Play button.
+            page.route("**/jobs?limit=50", lambda route: route.fulfill(
+                json={"items": [{**server.job(_first_job_id(server)), "state": "queued"}],
+                      "total": 1}))  # fmt: skip
+            page.wait_for_selector("#jobs td.state-queued", timeout=5_000)
+            expect(page.locator("#jobs button.play")).to_have_count(0)
+            page.unroute("**/jobs?limit=50")
+            # The API docs render without a CDN (this test's network has only loopback).
+            page.goto(f"http://127.0.0.1:{server.port}/docs")
+            page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+            page.screenshot(path=str(artifacts / "docs.png"))
+            page.goto(f"http://127.0.0.1:{server.port}/redoc")
+            page.wait_for_selector("redoc [role=menuitem], .menu-content", timeout=30_000)
         finally:
             browser.close()
     assert request(server.port, "GET", "/jobs?limit=1").json()["items"][0]["state"] == "succeeded"
+
+
+def _first_job_id(server: ServerProcess) -> str:
+    return server.call("GET", "/jobs?limit=1").json()["items"][0]["id"]

@@ -236,7 +236,7 @@ def test_cli_upscales_with_the_bundled_weights_and_says_so(data_dir, tmp_path):
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "warning: the official weights are unavailable" in result.stderr
+    assert "warning: using the bundled CARN-M weights" in result.stderr
     assert read_rgb(tmp_path / "out.png").shape == (48, 48, 3)
 
 

@@ -1,12 +1,14 @@
-// The jobs page: submit a URL, follow progress, play HLS natively where the browser can.
+// The jobs page: submit a URL, follow progress, play HLS natively where the browser can
+// (from the first segment on), and compare CARN-M with bicubic on frames of a finished job.
 "use strict";
 
 const jobsBody = document.getElementById("jobs");
 const player = document.getElementById("player");
 const playerStatus = document.getElementById("player-status");
 const formStatus = document.getElementById("form-status");
-let playing = null;   // id of the job in the player
-let wanted = null;    // id of a job to play as soon as its playlist exists
+let wanted = null;    // id of a job to play as soon as its first segment exists
+let playing = null;   // { job, finished, segments } of the job in the player
+let jobsById = new Map();
 
 function headers() {
   return apiHeaders(true);
@@ -16,53 +18,158 @@ function canPlayHls() {
   return player.canPlayType("application/vnd.apple.mpegurl") !== "";
 }
 
+// The input as a person knows it: its file name; never the query string (it may hold keys).
+function inputName(url) {
+  try {
+    const u = new URL(url);
+    const name = decodeURIComponent(u.pathname.split("/").filter(Boolean).pop() || "");
+    return { name: name || u.host, title: u.origin + u.pathname };
+  } catch (e) {
+    return { name: url.split(/[?#]/)[0].split("/").pop(), title: url.split(/[?#]/)[0] };
+  }
+}
+
+function label(job) {
+  return inputName(job.url).name + " x" + job.scale;
+}
+
+async function readPlaylist(job) {
+  const r = await fetch(job.links.playlist, { cache: "no-store" });
+  if (!r.ok) return null;
+  const text = await r.text();
+  return {
+    finished: text.includes("#EXT-X-ENDLIST"),
+    segments: text.split("\n").filter((line) => line && !line.startsWith("#")).length,
+  };
+}
+
+// A growing playlist is played as a snapshot of its segments so far (a finished playlist
+// that the server makes on request): Chromium starts a growing one only from 3 segments on.
+function load(job, list, at) {
+  playing = { job, finished: list.finished, segments: list.segments };
+  const url = list.finished ? job.links.playlist : job.links.preview + "?n=" + list.segments;
+  player.src = url;
+  if (at > 0) player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
+  player.play().catch(() => { playerStatus.textContent = "Ready: press play"; });
+}
+
 async function play(job) {
   if (!canPlayHls()) {
-    playerStatus.textContent = "This browser cannot play HLS; download the MP4 of an MP4 job instead.";
+    playerStatus.textContent = "This browser cannot play HLS; choose MP4 output and download it instead.";
     return;
   }
-  const url = job.links.playlist;
-  const probe = await fetch(url, { method: "GET", cache: "no-store" });
-  if (!probe.ok) { wanted = job.id; playerStatus.textContent = "Waiting for the first segment…"; return; }
-  // A growing playlist is played from 3 segments on (players start 3 target durations from
-  // its end; Chromium refuses fewer); a finished one right away.
-  const text = await probe.text();
-  const segments = text.split("\n").filter((line) => line && !line.startsWith("#")).length;
-  if (!text.includes("#EXT-X-ENDLIST") && segments < 3) {
+  const list = await readPlaylist(job);
+  if (!list || list.segments === 0) {
     wanted = job.id;
-    playerStatus.textContent = "Waiting for segments (" + segments + " of 3)…";
+    playerStatus.textContent = "Waiting for the first segment of " + label(job) + "…";
     return;
   }
   wanted = null;
-  playing = job.id;
-  player.src = url;
-  playerStatus.textContent = "Playing job " + job.id.slice(0, 8) + (job.state === "running" ? " (still running)" : "");
-  try { await player.play(); } catch (e) { playerStatus.textContent += " — press play"; }
+  playerStatus.textContent = "Loading " + label(job) + "…";
+  load(job, list, 0);
 }
 
-function cell(text, cls) {
+player.addEventListener("playing", () => {
+  if (!playing) return;
+  playerStatus.textContent = "Playing " + label(playing.job) + (playing.finished ? "" : " (still upscaling)");
+});
+player.addEventListener("pause", () => {
+  if (playing && !player.ended) playerStatus.textContent = "Paused: " + label(playing.job);
+});
+player.addEventListener("waiting", () => {
+  if (playing) playerStatus.textContent = "Buffering " + label(playing.job) + "…";
+});
+player.addEventListener("error", () => {
+  playerStatus.textContent = "Cannot play this output (media error " + (player.error ? player.error.code : "?") + ")";
+});
+player.addEventListener("ended", () => { continueOrFinish(); });
+
+async function continueOrFinish() {
+  if (!playing) return;
+  const { job } = playing;
+  if (playing.finished) {
+    playerStatus.textContent = "Finished playing " + label(job);
+    return;
+  }
+  const list = await readPlaylist(job);
+  if (list && (list.segments > playing.segments || list.finished)) {
+    playerStatus.textContent = "Loading the next segments of " + label(job) + "…";
+    load(job, list, player.currentTime);
+    return;
+  }
+  const state = (jobsById.get(job.id) || job).state;
+  if (state === "failed" || state === "cancelled") {
+    playerStatus.textContent = "Stopped: job " + label(job) + " " + state;
+    return;
+  }
+  playerStatus.textContent = "Waiting for the next segment of " + label(job) + "…";
+  setTimeout(continueOrFinish, 1000);
+}
+
+async function showCompare(job) {
+  const r = await fetch("/jobs/" + job.id + "/compare", { headers: apiHeaders(false) });
+  const section = document.getElementById("compare");
+  if (!r.ok) return;
+  const data = await r.json();
+  section.hidden = false;
+  const frames = document.getElementById("compare-frames");
+  frames.replaceChildren();
+  if (!data.frames.length) {
+    document.getElementById("compare-title").textContent = label(job) + ": no frames were kept for comparison.";
+    return;
+  }
+  const pick = (n) => {
+    document.getElementById("compare-title").textContent =
+      label(job) + ", frame " + n + ": the same frame upscaled by plain bicubic and by CARN-M, shown at the same size.";
+    document.getElementById("wipe-bicubic").src = data.links[n] + "?kind=bicubic";
+    document.getElementById("wipe-carn").src = data.links[n] + "?kind=carn";
+    for (const b of frames.children) b.setAttribute("aria-pressed", String(b.dataset.frame === String(n)));
+  };
+  for (const n of data.frames) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.frame = n;
+    b.textContent = "Frame " + n;
+    b.onclick = () => pick(n);
+    frames.append(b);
+  }
+  pick(data.frames[0]);
+}
+
+function cell(text, cls, title) {
   const td = document.createElement("td");
   td.textContent = text;
   if (cls) td.className = cls;
+  if (title) td.title = title;
   return td;
 }
 
+function button(text, cls, onclick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.className = cls;
+  b.onclick = onclick;
+  return b;
+}
+
 function render(jobs) {
+  jobsById = new Map(jobs.map((j) => [j.id, j]));
   jobsBody.replaceChildren();
   for (const job of jobs) {
     const tr = document.createElement("tr");
     tr.dataset.id = job.id;
     const p = job.progress;
     const pct = p.frames_total ? Math.floor(100 * p.frames_done / p.frames_total) + "%" : "";
-    tr.append(cell(job.id.slice(0, 8)), cell(job.state, "state state-" + job.state), cell("x" + job.scale),
-              cell(p.frames_done + (p.frames_total ? " / " + p.frames_total : "") + " " + pct),
+    const input = inputName(job.url);
+    tr.append(cell(input.name, "input", input.title), cell(job.state, "state state-" + job.state),
+              cell("x" + job.scale), cell(job.format.toUpperCase(), "output"),
+              cell(new Date(job.created_at * 1000).toLocaleString(), "created"),
+              cell(job.state === "queued" ? "" : p.frames_done + (p.frames_total ? " / " + p.frames_total : "") + " " + pct),
               cell(p.fps ? p.fps.toFixed(2) : ""), cell(p.eta_seconds != null ? Math.ceil(p.eta_seconds) + " s" : ""));
     const actions = document.createElement("td");
-    if (job.links.playlist && job.state !== "failed" && job.state !== "cancelled") {
-      const b = document.createElement("button");
-      b.textContent = "Play";
-      b.onclick = () => play(job);
-      actions.append(b);
+    if (job.links.playlist && (job.state === "running" || job.state === "succeeded")) {
+      actions.append(button("Play", "play", () => play(job)));
     }
     if (job.links.mp4 && job.state === "succeeded") {
       const a = document.createElement("a");
@@ -70,11 +177,12 @@ function render(jobs) {
       a.textContent = "MP4";
       actions.append(a);
     }
+    if (job.state === "succeeded") actions.append(button("Compare", "compare", () => showCompare(job)));
     if (job.state === "queued" || job.state === "running") {
-      const c = document.createElement("button");
-      c.textContent = "Cancel";
-      c.onclick = async () => { await fetch("/jobs/" + job.id, { method: "DELETE", headers: headers() }); refresh(); };
-      actions.append(c);
+      actions.append(button("Cancel", "cancel", async () => {
+        await fetch("/jobs/" + job.id, { method: "DELETE", headers: headers() });
+        refresh();
+      }));
     }
     if (job.error) {
       const e = document.createElement("div");
@@ -84,7 +192,7 @@ function render(jobs) {
     }
     tr.append(actions);
     jobsBody.append(tr);
-    if (wanted === job.id) play(job);
+    if (wanted === job.id && job.state !== "queued") play(job);
   }
 }
 
@@ -109,10 +217,12 @@ document.getElementById("job-form").addEventListener("submit", async (event) => 
     formStatus.textContent = "Refused: " + (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
     return;
   }
-  formStatus.textContent = "Job " + data.id.slice(0, 8) + " queued";
+  formStatus.textContent = "Job " + label(data) + " queued";
   if (data.format === "hls") wanted = data.id;
   refresh();
 });
 
+setupWipe(document.getElementById("wipe"), document.getElementById("wipe-position"),
+          document.getElementById("wipe-carn"), "right");
 refresh();
 setInterval(refresh, 1000);

@@ -1,12 +1,41 @@
-// Live page: send the camera over WebRTC, show the original and the upscaled stream with stats.
+// Live page: send the camera (or play a sample on the server) over WebRTC; show the upscaled
+// stream in a wipe against the original upscaled by this browser's bicubic, with stats.
 "use strict";
 
 const original = document.getElementById("original");
 const upscaled = document.getElementById("upscaled");
+const bicubic = document.getElementById("bicubic");
 const statusLine = document.getElementById("status");
+const overload = document.getElementById("overload");
+const STAT_IDS = ["fps", "latency", "dropped", "resolution"];
 let pc = null;
 let sessionId = null;
 let statsTimer = null;
+let drawing = null;
+
+// The original, drawn at the upscaled video's size with the canvas's best smoothing (bicubic
+// or better, depending on the browser): what a player's own scaling would show.
+function drawBicubic() {
+  const w = upscaled.videoWidth, h = upscaled.videoHeight;
+  if (w && h && original.videoWidth) {
+    if (bicubic.width !== w || bicubic.height !== h) { bicubic.width = w; bicubic.height = h; }
+    const ctx = bicubic.getContext("2d");
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(original, 0, 0, w, h);
+  }
+  drawing = requestAnimationFrame(drawBicubic);
+}
+
+function showSizeChoice() {
+  const sample = document.getElementById("source").value.startsWith("sample:");
+  document.getElementById("size-field").hidden = sample;  // a sample has its own size
+}
+
+function clearStats() {
+  for (const id of STAT_IDS) document.getElementById(id).textContent = "-";
+  overload.hidden = true;
+}
 
 function iceGatheringDone(connection) {
   if (connection.iceGatheringState === "complete") return Promise.resolve();
@@ -60,7 +89,10 @@ async function start(event) {
     } catch (e) { /* not supported: the browser may lower the resolution under load */ }
     pc.ontrack = (e) => { upscaled.srcObject = new MediaStream([e.track]); };
   }
-  pc.onconnectionstatechange = () => { statusLine.textContent = "Connection " + pc.connectionState; };
+  const connection = pc;
+  connection.onconnectionstatechange = () => {
+    if (pc === connection) statusLine.textContent = "Connection " + connection.connectionState;
+  };
   await pc.setLocalDescription(await pc.createOffer());
   await iceGatheringDone(pc);
   body.sdp = pc.localDescription.sdp;
@@ -76,22 +108,35 @@ async function start(event) {
   document.getElementById("start").disabled = true;
   document.getElementById("stop").disabled = false;
   statsTimer = setInterval(showStats, 1000);
+  if (drawing === null) drawing = requestAnimationFrame(drawBicubic);
 }
 
 async function showStats() {
-  if (!sessionId) return;
-  const r = await fetch("/webrtc/sessions/" + sessionId, { headers: apiHeaders(false) });
-  if (!r.ok) return;
+  const id = sessionId;
+  if (!id) return;
+  const r = await fetch("/webrtc/sessions/" + id, { headers: apiHeaders(false) });
+  if (!r.ok || id !== sessionId) return;  // stopped meanwhile: keep the cleared numbers
   const s = await r.json();
   document.getElementById("fps").textContent = s.fps.toFixed(1);
   document.getElementById("latency").textContent = s.latency_ms.toFixed(0) + " ms";
   document.getElementById("dropped").textContent = s.dropped;
+  const sent = s.input.join("x"), out = s.output.join("x");
   document.getElementById("resolution").textContent =
-    s.input.join("x") + " → " + s.output.join("x") + (s.input_fraction < 1 ? " (input reduced)" : "");
+    sent + " → " + out + (s.input_fraction < 1 ? " (input reduced to " + Math.round(100 * s.input_fraction) + "%)" : "");
+  overload.hidden = s.keeping_up !== false;
+  if (!overload.hidden) {
+    overload.textContent = "This machine cannot keep up at this size: upscaling one frame takes longer " +
+      "than the latency budget even with the input reduced as far as still makes sense (" + sent +
+      " sent, " + out + " out), so frames are being skipped. A smaller input size, a lower scale " +
+      "or a server with a GPU would keep up.";
+  }
 }
 
 function stop() {
+  const wasRunning = pc !== null;
   clearInterval(statsTimer);
+  if (drawing !== null) cancelAnimationFrame(drawing);
+  drawing = null;
   if (pc) pc.close();
   if (original.srcObject) original.srcObject.getTracks().forEach((t) => t.stop());
   original.srcObject = null;
@@ -101,11 +146,16 @@ function stop() {
   sessionId = null;
   document.getElementById("start").disabled = false;
   document.getElementById("stop").disabled = true;
+  clearStats();
+  bicubic.getContext("2d").clearRect(0, 0, bicubic.width, bicubic.height);
+  if (wasRunning && !statusLine.textContent.startsWith("Refused")) statusLine.textContent = "Stopped";
 }
 
 document.getElementById("live-form").addEventListener("submit", (e) => start(e).catch((err) => {
   statusLine.textContent = "Error: " + err;
 }));
 document.getElementById("stop").addEventListener("click", stop);
+document.getElementById("source").addEventListener("change", showSizeChoice);
+setupWipe(document.getElementById("wipe"), document.getElementById("wipe-position"), bicubic, "left");
 loadSamples();
 window.addEventListener("pagehide", stop);
