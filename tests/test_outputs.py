@@ -337,3 +337,66 @@ def test_ten_bit_stays_ten_bit_with_its_colour(clips, worker, tmp_path, clip, co
     assert pix8 == "yuv420p"  # 8-bit stays 8-bit
     # The same picture (the 8-bit clip came from the same RGB through BT.601): close in level.
     assert abs(y.mean() / 4 - y8.mean()) < 3
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@pytest.mark.slow
+def test_a_folder_of_videos_at_once_skips_finished_outputs_on_rerun(clips, data_dir, tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    frames = [f[:48, :64] for f in decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 6)]
+    write_clip(inputs / "a.mp4", frames)
+    write_clip(inputs / "b.mkv", frames[:4], codec="ffv1", pix_fmt="yuv420p")
+    (inputs / "broken.mov").write_text("not a video")
+    (inputs / "notes.txt").write_text("not a video suffix: ignored")
+    args = ("upscale", str(inputs), str(outputs), "--scale", "2", "--precision", "fp32")
+    first = cli(*args)
+    assert first.returncode == 1, first.stderr  # one input failed; the others were made
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.mp4", "b.mkv"]  # their containers
+    assert len(facts(outputs / "a.mp4").pts) == 6 and len(facts(outputs / "b.mkv").pts) == 4
+    assert "upscale x2 2 files" in first.stderr and "10/10" in first.stderr  # one overall line
+    rows = first.stdout.strip().splitlines()
+    assert rows[0].split() == ["file", "frames", "seconds", "fps", "result"]
+    table = {row.split()[0]: row.split()[1:] for row in rows[1:]}
+    assert table["a.mp4"][0] == "6" and table["a.mp4"][3] == "done"
+    assert table["b.mkv"][0] == "4" and table["b.mkv"][3] == "done"
+    assert table["broken.mov"][3] == "failed:" and "not a video file" in rows[3]
+    stamps = {p.name: p.stat().st_mtime_ns for p in outputs.iterdir()}
+    again = cli(*args)
+    assert again.returncode == 1  # the broken input still fails
+    rows = again.stdout.strip().splitlines()
+    assert [row.split()[-2:] for row in rows[1:3]] == [["skipped", "(exists)"]] * 2
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in outputs.iterdir()}
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@pytest.mark.slow
+def test_a_job_serves_its_own_container_to_get_and_head(clips, tmp_path):
+    from tests.service import ServerProcess, media_server
+
+    with media_server(clips["rich"].parent) as base:
+        server = ServerProcess(tmp_path / "data").start()
+        try:
+            job = server.call("POST", "/jobs", {"url": f"{base}/rich.mkv", "format": "mkv"})
+            assert job.status == 201, job.body
+            done = server.wait_job(job.json()["id"], ("succeeded", "failed"))
+            assert done["state"] == "succeeded", done["error"]
+            url = done["links"]["mkv"]
+            assert url == f"/jobs/{done['id']}/output.mkv"
+            head = server.call("HEAD", url)
+            assert head.status == 200 and head.body == b""
+            assert head.headers["content-type"] == "video/x-matroska"
+            whole = server.call("GET", url)
+            assert int(head.headers["content-length"]) == len(whole.body) > 0
+            assert server.call("GET", f"/jobs/{done['id']}/output.mp4").status == 404
+            assert server.call("HEAD", f"/jobs/{done['id']}/output.mp4").status == 404
+        finally:
+            server.stop()
+    (tmp_path / "out.mkv").write_bytes(whole.body)
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert c.format.name == "matroska,webm" and c.metadata["title"] == "A rich test clip"
+        assert len(c.streams.subtitles) == 1 and len(c.streams.attachments) == 1
