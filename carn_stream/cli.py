@@ -119,15 +119,30 @@ def _upscale_command(sub) -> None:
     from carn_stream.pipeline.codecs import CODEC_NAMES, PRESETS
     from carn_stream.pipeline.formats import FORMAT_NAMES
 
-    p = sub.add_parser("upscale", help="upscale a video file to MP4 or HLS")
+    p = sub.add_parser("upscale", help="upscale a video file (or a folder of them)")
     _add_model_options(p)
-    p.add_argument("input", help="video file (any container/codec FFmpeg reads)")
-    p.add_argument("output", type=Path, help="MP4 file, or folder for HLS (index.m3u8)")
+    p.add_argument(
+        "input", help="video file (any container/codec FFmpeg reads), or a folder of them"
+    )
+    p.add_argument(
+        "output", type=Path,
+        help="a .mp4, .mkv or .mov file (the suffix picks the container), or a folder for HLS; "
+        "for a folder INPUT, the folder for the outputs",
+    )  # fmt: skip
     p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
     p.add_argument(
-        "--format", choices=FORMAT_NAMES, help="default: mp4 for a .mp4 OUTPUT, hls for a folder"
-    )
-    p.add_argument("--codec", default="h264", choices=CODEC_NAMES, help="default h264")
+        "--format", choices=FORMAT_NAMES,
+        help="default: OUTPUT's suffix (none: hls); for a folder INPUT, each input's own "
+        "container where it is one of these, else mp4",
+    )  # fmt: skip
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing output (default: refuse it; a folder INPUT skips it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--codec", default="h264", choices=CODEC_NAMES,
+        help="default h264; 10-bit inputs stay 10-bit (h264: High10, hevc: Main10)",
+    )  # fmt: skip
     p.add_argument("--crf", type=int, default=18, help="quality, 0 (lossless) to 51; default 18")
     p.add_argument(
         "--preset", choices=PRESETS, metavar="PRESET",

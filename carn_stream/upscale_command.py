@@ -1,10 +1,19 @@
-"""``carn-stream upscale``: a video file in segments, resumable from its work folder."""
+"""``carn-stream upscale``: a video file, or every video in a folder, in segments, resumable
+from each output's work folder.
+
+One output rule for every format: an existing output is refused unless ``--overwrite``
+(a folder run skips it instead), and missing parent folders are created. An output that is an
+earlier, interrupted run of the same command is not "existing": it is resumed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from carn_stream.settings import Settings
 
@@ -18,50 +27,111 @@ def default_work_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.carn-stream"
 
 
+@dataclass
+class Item:
+    """One input -> output of this command, and how it went."""
+
+    source: Path
+    output: Path
+    fmt: Any  #: OutputFormat
+    work: Path
+    identity: dict[str, Any] = field(default_factory=dict)
+    resumed: tuple | None = None  #: (plan, done segments) of an interrupted run
+    plan: Any = None  #: SegmentPlan
+    frames: int = 0
+    seconds: float = 0.0
+    result: str = "pending"
+
+
 def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.loading import start_worker
     from carn_stream.pipeline.encode import EncoderOptions, codec_settings
     from carn_stream.pipeline.executors import InProcessExecutor
-    from carn_stream.pipeline.formats import format_for_path
     from carn_stream.stopping import run_stoppable
 
     source = Path(args.input)
-    if not source.is_file():
-        raise UpscaleError(f"{source}: no such file")
-    fmt = format_for_path(args.output, args.format)
     seconds = args.segment_seconds or settings.segment_seconds
     encoder = EncoderOptions(args.codec, args.crf, args.preset)
+    folder_run = source.is_dir()
+    if folder_run:
+        items = _folder_items(source, args.output, args)
+    elif not source.is_file():
+        raise UpscaleError(f"{source}: no such file")
+    else:
+        items = [_item(source, args.output, args.format, args)]
     codec_settings(encoder)  # refuse a bad codec or crf before loading anything
     if seconds < 1:
         raise UpscaleError("--segment-seconds must be at least 1 second")
-    work = args.work_dir or default_work_dir(args.output)
-    if not fmt.is_folder and not args.output.parent.is_dir():
-        raise UpscaleError(f"output folder {args.output.parent} does not exist")
+    for item in items:
+        _identify(item, args, settings, encoder, seconds)
+        _claim(item, args.overwrite, skip_existing=folder_run)
     worker = start_worker(settings, tile=args.tile)
     executor = InProcessExecutor(worker)
+    where = items[0].work if not folder_run else "each output's work folder"
     try:
         return run_stoppable(
-            _upscale(args, settings, fmt, encoder, seconds, work, executor),
-            f"abandoning the segments in progress; finished ones stay in {work} "
+            _upscale(args, items, encoder, seconds, executor, folder_run),
+            f"abandoning the segments in progress; finished ones stay in {where} "
             "(run the same command again to resume)",
         )
     finally:
         worker.close()
 
 
-async def _upscale(args, settings, fmt, encoder, seconds, work, executor) -> int:
-    from carn_stream.pipeline.executors import PlanRequest
-    from carn_stream.pipeline.run import PipelineOptions
-    from carn_stream.pipeline.segmented import SegmentedRun
-    from carn_stream.pipeline.workdir import WorkDir, run_identity
-    from carn_stream.progress import ProgressBar
+# --------------------------------------------------------------------------- what to make
 
-    source: Path = Path(args.input)
-    folder = WorkDir(work)
-    identity = run_identity(
-        source,
+
+def _item(source: Path, output: Path, format_name: str | None, args) -> Item:
+    from carn_stream.pipeline.formats import format_for_path
+
+    fmt = format_for_path(output, format_name)
+    work = args.work_dir if args.work_dir is not None else default_work_dir(output)
+    return Item(source, output, fmt, work)
+
+
+def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
+    """Every video in ``folder`` (by suffix, not recursive) -> one output each in ``out_dir``:
+    the format asked for, else the input's own container where it is one we write, else MP4."""
+    from carn_stream.pipeline.formats import FORMATS, SUFFIXES
+    from carn_stream.pipeline.sampling import VIDEO_SUFFIXES
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UpscaleError(f"{out_dir} is not a folder (a folder of inputs needs one for outputs)")
+    sources = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+    )
+    if not sources:
+        raise UpscaleError(f"{folder}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    items: list[Item] = []
+    taken: dict[Path, Path] = {}
+    for source in sources:
+        if args.format is not None:
+            fmt = FORMATS[args.format]
+        else:
+            fmt = SUFFIXES.get(source.suffix.lower(), FORMATS["mp4"])
+        output = out_dir / (source.stem + fmt.suffix)
+        if output in taken:
+            raise UpscaleError(
+                f"{taken[output].name} and {source.name} would both be written to {output}"
+            )
+        if output.resolve() == source.resolve():
+            raise UpscaleError(f"{source} would be replaced by its own output; use another folder")
+        taken[output] = source
+        work = default_work_dir(output)
+        if args.work_dir is not None:
+            work = args.work_dir / f"{output.name}.carn-stream"
+        items.append(Item(source, output, fmt, work))
+    return items
+
+
+def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> None:
+    """What makes the run resumable, and an interrupted run of it if there is one."""
+    from carn_stream.pipeline.workdir import WorkDir, run_identity
+
+    item.identity = run_identity(
+        item.source,
         scale=args.scale,
-        format=fmt.name,
+        format=item.fmt.name,
         codec=encoder.codec,
         crf=encoder.crf,
         preset=encoder.preset,
@@ -70,38 +140,111 @@ async def _upscale(args, settings, fmt, encoder, seconds, work, executor) -> int
         precision=settings.precision,
     )
     try:
-        plan, done = folder.resume(identity)
-        frames_done = sum(r.frames for r in done.values())
-        print(
-            f"carn-stream: resuming from {work}: {len(done)} of {len(plan.segments)} segments "
-            f"({frames_done} frames) already done",
-            file=sys.stderr,
-        )
+        item.resumed = WorkDir(item.work).resume(item.identity)
     except LookupError:
-        output = args.output
-        if fmt.is_folder and output.exists() and (not output.is_dir() or any(output.iterdir())):
-            raise UpscaleError(f"HLS output {output} exists and is not an empty folder") from None
-        plan, _ = await executor.plan(PlanRequest(source, seconds))
-        folder.start(identity, plan)
-        done = {}
+        item.resumed = None
+
+
+def _claim(item: Item, overwrite: bool, skip_existing: bool) -> None:
+    """The one output rule (see :meth:`OutputFormat.claim`); a folder run skips outputs that
+    exist instead of refusing them."""
+    from carn_stream.pipeline.errors import OutputError
+
+    resuming = item.resumed is not None
+    if skip_existing and not overwrite and not resuming and item.fmt.existing(item.output):
+        item.result = "skipped (exists)"
+        return
+    try:
+        item.fmt.claim(item.output, overwrite, resuming)
+    except OutputError as exc:
+        if not skip_existing:
+            raise
+        item.result = f"failed: {exc}"
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_run) -> int:
+    from carn_stream.pipeline.errors import PipelineError
+    from carn_stream.pipeline.executors import PlanRequest
+    from carn_stream.pipeline.workdir import WorkDir
+    from carn_stream.progress import ProgressBar
+
+    todo = [item for item in items if item.result == "pending"]
+    for item in todo:
+        if item.resumed is not None:
+            item.plan, done = item.resumed
+            frames_done = sum(r.frames for r in done.values())
+            print(
+                f"carn-stream: resuming {item.output} from {item.work}: {len(done)} of "
+                f"{len(item.plan.segments)} segments ({frames_done} frames) already done",
+                file=sys.stderr,
+            )
+            continue
+        try:
+            item.plan, _ = await executor.plan(PlanRequest(item.source, seconds))
+        except (PipelineError, ValueError) as exc:
+            if not folder_run:
+                raise
+            item.result = f"failed: {exc}"
+            continue
+        WorkDir(item.work).start(item.identity, item.plan)
+    todo = [item for item in todo if item.result == "pending"]
+    total = sum(item.plan.frames for item in todo)
+    label = f"upscale x{args.scale}" + (f" {len(todo)} files" if folder_run else "")
+    bar = ProgressBar(total, label, unit="frames")
+    bar.done = sum(sum(r.frames for r in item.resumed[1].values()) for item in todo if item.resumed)
+    for item in todo:
+        started = time.monotonic()
+        try:
+            await _upscale_one(args, item, encoder, executor, bar, folder_run)
+        except PipelineError as exc:
+            if not folder_run:
+                raise
+            item.result = f"failed: {exc}"
+        else:
+            item.result = "resumed, done" if item.resumed else "done"
+            item.frames = item.plan.frames
+        item.seconds = time.monotonic() - started
+    bar.close()
+    if folder_run:
+        print(summary_table(items))
+        return 1 if any(item.result.startswith("failed") for item in items) else 0
+    item = items[0]
+    print(
+        f"{item.source} {item.plan.width}x{item.plan.height} -> {item.output} x{args.scale}: "
+        f"{item.plan.frames} frames in {len(item.plan.segments)} segments "
+        f"({executor.worker.device}, {item.seconds:.1f} s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: bool) -> None:
+    from carn_stream.pipeline.run import PipelineOptions
+    from carn_stream.pipeline.segmented import SegmentedRun
+    from carn_stream.pipeline.workdir import WorkDir
+
+    folder = WorkDir(item.work)
+    done = dict(item.resumed[1]) if item.resumed else {}
     batch = args.batch or (8 if executor.worker.device.type == "cuda" else 1)
     options = PipelineOptions(scale=args.scale, encoder=encoder, batch_size=batch)
-    bar = ProgressBar(plan.frames, f"upscale x{args.scale}", unit="frames")
-    bar.done = sum(r.frames for r in done.values())
     said: list[bool] = []
+    note = item.source.name if folder_run else ""
 
     def on_frame(report) -> None:
-        if not said:  # auto decides on the first frame
+        if not said and not folder_run:  # auto decides on the first frame
             said.append(True)
             print(f"precision {executor.worker.engine.describe_precision()}", file=sys.stderr)
-        bar.update()
+        bar.update(note=note)
 
     run = SegmentedRun(
-        source=source,
-        plan=plan,
-        fmt=fmt,
-        output=args.output,
-        work_dir=work,
+        source=item.source,
+        plan=item.plan,
+        fmt=item.fmt,
+        output=item.output,
+        work_dir=item.work,
         options=options,
         executor=executor,
         done=done,
@@ -109,14 +252,17 @@ async def _upscale(args, settings, fmt, encoder, seconds, work, executor) -> int
         on_frame=on_frame,
         on_done=lambda result: folder.record(result, run.segment_path(result.index)),
     )
-    output = await run.execute()
-    bar.close()
+    await run.execute()
     folder.remove()
-    seconds_taken = sum(r.seconds for r in run.done.values())
-    print(
-        f"{source} {plan.width}x{plan.height} -> {output} x{args.scale}: {plan.frames} frames "
-        f"in {len(plan.segments)} segments ({executor.worker.device}, "
-        f"{seconds_taken:.1f} s of segment work)",
-        file=sys.stderr,
-    )
-    return 0
+
+
+def summary_table(items: list[Item]) -> str:
+    """One row per input: file, frames, seconds, fps, result."""
+    width = max(len("file"), *(len(item.source.name) for item in items))
+    lines = [f"{'file':<{width}}  {'frames':>7}  {'seconds':>8}  {'fps':>7}  result"]
+    for item in items:
+        fps = f"{item.frames / item.seconds:7.2f}" if item.frames and item.seconds else f"{'-':>7}"
+        seconds = f"{item.seconds:8.1f}" if item.seconds else f"{'-':>8}"
+        frames = f"{item.frames:7d}" if item.frames else f"{'-':>7}"
+        lines.append(f"{item.source.name:<{width}}  {frames}  {seconds}  {fps}  {item.result}")
+    return "\n".join(lines)

@@ -55,6 +55,22 @@ def encoder_works(encoder: str) -> bool:
         return False
 
 
+@functools.cache
+def pixel_format(encoder: str, bits: int) -> str:
+    """The 4:2:0 pixel format ``encoder`` takes for ``bits``-bit samples: ``yuv420p``, or for
+    10 bits ``yuv420p10le`` (x264 High10, x265 Main10) or ``p010le`` (NVENC); ``yuv420p`` where
+    the encoder has no 10-bit 4:2:0 at all."""
+    if bits <= 8:
+        return "yuv420p"
+    import av
+
+    formats = {f.name for f in av.Codec(encoder, "w").video_formats or ()}
+    for name in ("yuv420p10le", "p010le"):
+        if name in formats:
+            return name
+    return "yuv420p"
+
+
 def check_codec(codec: str, preset: str | None) -> VideoCodec:
     """The codec, if it exists here and takes ``preset``; else OutputError saying what would."""
     if codec not in CODECS:

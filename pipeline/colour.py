@@ -2,7 +2,8 @@
 
 Conversions run as tensor ops wherever the model runs (GPU or CPU), so decode and encode only
 move planes. Decoded frames keep their native planar layout and bit depth; the output is
-8-bit 4:2:0 in the input's matrix (limited range), tagged explicitly so players need not guess.
+4:2:0 in the input's matrix (limited range), tagged explicitly so players need not guess: 8-bit
+for 8-bit inputs, 10-bit (16-bit samples in [64, 940]) for inputs of more than 8 bits.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def planes_to_rgb(planes: list[Tensor], spec: ColourSpec) -> Tensor:
 
 
 def rgb_to_yuv420(rgb: Tensor, spec: ColourSpec) -> tuple[Tensor, Tensor, Tensor]:
-    """RGB float (N, 3, H, W) in [0, 1], H and W even -> 8-bit limited-range Y, U, V planes.
+    """RGB float (N, 3, H, W) in [0, 1], H and W even -> limited-range Y, U, V planes of
+    ``spec.bits``: uint8 for 8 bits, uint16 above (10 bits: Y in [64, 940]).
 
     Chroma is the mean of each 2x2 block (centre siting).
     """
@@ -111,8 +113,10 @@ def rgb_to_yuv420(rgb: Tensor, spec: ColourSpec) -> tuple[Tensor, Tensor, Tensor
     cb = (b - luma) / (2 * (1 - kb))
     cr = (r - luma) / (2 * (1 - kr))
     chroma = F.avg_pool2d(torch.stack([cb, cr], dim=1), 2)
-    y = (16 + 219 * luma).round_().clamp_(16, 235).to(torch.uint8)
-    uv = (128 + 224 * chroma).round_().clamp_(16, 240).to(torch.uint8)
+    step = float(1 << (spec.bits - 8))
+    dtype = torch.uint8 if spec.bits <= 8 else torch.uint16
+    y = ((16 + 219 * luma) * step).round_().clamp_(16 * step, 235 * step).to(dtype)
+    uv = ((128 + 224 * chroma) * step).round_().clamp_(16 * step, 240 * step).to(dtype)
     return y, uv[:, 0], uv[:, 1]
 
 
@@ -121,9 +125,15 @@ def rgb8_to_float(rgb: Tensor, bits: int = 8) -> Tensor:
     return rgb.permute(0, 3, 1, 2).float() / float((1 << bits) - 1)
 
 
+def output_bits(source: ColourSpec) -> int:
+    """The output's bit depth: 8 for 8-bit sources, 10 for anything deeper."""
+    return 8 if source.bits <= 8 else 10
+
+
 def output_spec(source: ColourSpec, out_height: int) -> ColourSpec:
     """The output's colour: the source's matrix and tags (RGB sources get the usual choice for
-    the output size), always 8-bit limited range."""
+    the output size), limited range, 8 or 10 bits (:func:`output_bits`)."""
     guessed = BT709 if out_height >= 720 else BT601
     matrix = guessed if source.layout == "rgb" else source.matrix
-    return ColourSpec("yuv", 8, matrix, False, source.primaries, source.transfer)
+    bits = output_bits(source)
+    return ColourSpec("yuv", bits, matrix, False, source.primaries, source.transfer)

@@ -33,6 +33,7 @@ class VideoInfo:
     codec: str
     pix_fmt: str
     audio_codecs: tuple[str, ...]
+    sample_aspect_ratio: Fraction | None = None  #: None when unset (square pixels)
 
 
 def open_input(
@@ -101,7 +102,16 @@ def describe(container: av.container.InputContainer) -> VideoInfo:
         codec=ctx.name,
         pix_fmt=ctx.pix_fmt or "",
         audio_codecs=tuple(a.codec_context.name for a in container.streams.audio),
+        sample_aspect_ratio=stream_sample_aspect_ratio(stream),
     )
+
+
+def stream_sample_aspect_ratio(stream) -> Fraction | None:
+    """The container's sample aspect ratio, else the codec's; None when unset."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar is not None and sar > 0:
+            return Fraction(sar)
+    return None
 
 
 def probe(source: str | Path, check: Callable[[VideoInfo], None] | None = None) -> VideoInfo:

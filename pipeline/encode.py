@@ -1,9 +1,10 @@
 """Encode upscaled frames and mux them with the input's audio into MP4, HLS or a segment.
 
 Video keeps the source's timestamps and time base (variable frame rate stays variable),
-display rotation and colour tags. Audio packets are copied untouched where the output container
-can hold the codec, otherwise transcoded to AAC. A sink starts with the first video frame
-(rotation is known then) and keeps earlier audio until that moment.
+display rotation, sample aspect ratio, bit depth (8 or 10, as the engine's output planes) and
+colour tags (matrix, primaries, transfer: PQ and HLG included). Audio packets are copied
+untouched where the output container can hold the codec, otherwise transcoded to AAC. A sink
+starts with the first video frame (rotation is known then) and keeps earlier audio until then.
 
 A *segment* is one piece of a segmented run: MPEG-TS (self-contained: parameter sets travel
 in-band, so segments made by separate encoders, processes or machines play back to back and
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import av
 
-from carn_stream.pipeline.codecs import check_codec
+from carn_stream.pipeline.codecs import check_codec, pixel_format
 from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec
 from carn_stream.pipeline.decode import AudioItem
 from carn_stream.pipeline.errors import OutputError
@@ -72,6 +73,7 @@ class VideoSink:
         frame_rate: Fraction | None,
         audio_streams: list[av.audio.stream.AudioStream],
         threads: int = 0,
+        sample_aspect_ratio: Fraction | None = None,
     ) -> None:
         if fmt not in COPYABLE_AUDIO:
             raise OutputError(
@@ -81,6 +83,8 @@ class VideoSink:
         self.target, self.fmt, self.options = target, fmt, options
         self.frame_rate = frame_rate or Fraction(25)
         self.threads = threads  #: encoder threads, 0 = FFmpeg's choice
+        self.sample_aspect_ratio = sample_aspect_ratio
+        self._pix_fmt = "yuv420p"
         self._audio_in = audio_streams
         self._container: av.container.OutputContainer | None = None
         self._video: av.video.stream.VideoStream | None = None
@@ -90,8 +94,7 @@ class VideoSink:
         self._created_dir = False
         self._offset = Fraction(SEGMENT_OFFSET_SECONDS)
         if fmt in ("mp4", "segment"):
-            if not target.parent.is_dir():
-                raise OutputError(f"output folder {target.parent} does not exist")
+            target.parent.mkdir(parents=True, exist_ok=True)  # as for HLS folders
             self._path = target.with_name(f".{target.name}.part")
         else:
             if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -126,7 +129,8 @@ class VideoSink:
         video = container.add_stream(self.codec_name, rate=self.frame_rate)
         h, w = first.y.shape
         video.width, video.height = w, h
-        video.pix_fmt = "yuv420p"
+        self._pix_fmt = pixel_format(self.codec_name, 8 if first.y.dtype == "uint8" else 10)
+        video.pix_fmt = self._pix_fmt
         video.time_base = first.time_base
         ctx = video.codec_context
         ctx.time_base = first.time_base
@@ -134,6 +138,8 @@ class VideoSink:
         ctx.color_range = RANGE_LIMITED
         ctx.color_primaries = out.primaries
         ctx.color_trc = out.transfer
+        if self.sample_aspect_ratio:
+            ctx.sample_aspect_ratio = self.sample_aspect_ratio
         if self.fmt == "hls":
             ctx.gop_size = max(1, round(float(self.frame_rate) * self.options.segment_seconds))
         ctx.options = dict(self.codec_options)
@@ -149,6 +155,8 @@ class VideoSink:
                 self._audio_out[stream.index] = self._transcoders[stream.index].stream
             else:
                 self._audio_out[stream.index] = container.add_stream_from_template(stream)
+            if language := stream.metadata.get("language"):
+                self._audio_out[stream.index].metadata["language"] = language
         self._out_spec = out
 
     # ------------------------------------------------------------------ writing
@@ -161,6 +169,8 @@ class VideoSink:
             self._pending_audio.clear()
         assert self._video is not None and self._container is not None
         vf = frame.to_video_frame()
+        if vf.format.name != self._pix_fmt:  # NVENC's p010le, or an encoder without 10 bits
+            vf = vf.reformat(format=self._pix_fmt)
         vf.pts = frame.pts if frame.pts is not None else frame.index
         if self.fmt == "segment":
             vf.pts += round(self._offset / frame.time_base)

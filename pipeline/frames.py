@@ -37,7 +37,8 @@ class SourceFrame:
 
 @dataclass
 class UpscaledFrame:
-    """One output frame: 8-bit 4:2:0 planes plus the source frame's timestamps."""
+    """One output frame: 4:2:0 planes (uint8, or uint16 for 10 bits) plus the source frame's
+    timestamps."""
 
     index: int
     pts: int | None
@@ -51,10 +52,12 @@ class UpscaledFrame:
 
 
 def yuv420_video_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFrame:
-    """A PyAV ``yuv420p`` frame from 8-bit Y (H x W) and U, V (H/2 x W/2) planes."""
+    """A PyAV frame from Y (H x W) and U, V (H/2 x W/2) planes: ``yuv420p`` from uint8 planes,
+    ``yuv420p10le`` from uint16 ones."""
     h, w = y.shape
     stacked = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(h * 3 // 2, w)
-    return av.VideoFrame.from_ndarray(stacked, format="yuv420p")
+    fmt = "yuv420p" if y.dtype == np.uint8 else "yuv420p10le"
+    return av.VideoFrame.from_ndarray(stacked, format=fmt)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The inference engine (model + device + precision) and the worker thread that owns it.
 
-Colour conversion and float <-> uint8 happen on the inference device. When the device runs out
-of memory a batch is split, then tiled with ever smaller tiles: a frame is never dropped.
+Colour conversion and float <-> integer samples (8 or 10 bits) happen on the inference device.
+When the device runs out of memory a batch is split, then tiled with ever smaller tiles: a
+frame is never dropped.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class EngineConfig:
 
 @dataclass
 class BatchResult:
-    y: np.ndarray  #: (N, H, W) uint8
+    y: np.ndarray  #: (N, H, W) uint8, or uint16 when ``out.bits`` > 8
     u: np.ndarray  #: (N, H/2, W/2)
     v: np.ndarray
     started: float
@@ -96,8 +97,8 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
 
 
 def output_geometry(spec: ColourSpec, height: int, width: int, scale: int) -> ColourSpec:
-    """The output colour for an input of ``spec`` and size: 8-bit 4:2:0, the source's matrix
-    (RGB sources get the usual one for the output height)."""
+    """The output colour for an input of ``spec`` and size: 4:2:0, the source's matrix (RGB
+    sources get the usual one for the output height), 10 bits for inputs deeper than 8."""
     return output_spec(spec, output_size(height, width, scale)[0])
 
 
@@ -277,8 +278,8 @@ class Engine:
         scale: int,
         out: ColourSpec | None = None,
     ) -> list[np.ndarray]:
-        """Stacked input planes -> 8-bit 4:2:0 output planes (N, ...) in ``out``'s matrix
-        (default: :func:`output_geometry`'s)."""
+        """Stacked input planes -> 4:2:0 output planes (N, ...) in ``out``'s matrix and bit
+        depth (default: :func:`output_geometry`'s)."""
         return self.finish(self.launch(planes, spec, scale, out))
 
     @torch.inference_mode()

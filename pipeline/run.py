@@ -174,6 +174,7 @@ class _PipelineRun:
                 info.frame_rate,
                 list(container.streams.audio),
                 self.threads,
+                info.sample_aspect_ratio,
             )
             self.items = await self.decoder.call(self._items, container)
             async with asyncio.TaskGroup() as tg:

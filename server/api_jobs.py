@@ -1,4 +1,4 @@
-"""``/jobs``: submit, inspect, list, cancel, and fetch outputs (HLS while running, MP4)."""
+"""``/jobs``: submit, inspect, list, cancel, and fetch outputs (HLS while running, files)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from carn_stream.pipeline.codecs import check_codec
 from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.formats import FORMATS
 from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
 from carn_stream.server.admission import check_admission
 from carn_stream.server.deps import get_runner, get_store, link_signer, require_token
@@ -89,8 +90,9 @@ class JobOut(JobParams):
             if job.params.format == "hls":
                 links["playlist"] = sign(f"/jobs/{job.id}/hls/{PLAYLIST_NAME}")
                 links["preview"] = sign(f"/jobs/{job.id}/preview.m3u8")
-            elif job.state == "succeeded":
-                links["mp4"] = sign(f"/jobs/{job.id}/output.mp4")
+            elif job.state == "succeeded":  # e.g. links["mkv"]: /jobs/{id}/output.mkv
+                name = FORMATS[job.params.format].output_name()
+                links[job.params.format] = sign(f"/jobs/{job.id}/{name}")
         return cls(
             **job.params.model_dump(),
             id=job.id,
@@ -221,11 +223,13 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileRespon
     return FileResponse(path, media_type="video/mp2t")
 
 
-@router.api_route("/{job_id}/output.mp4", methods=["GET", "HEAD"], response_class=FileResponse)
-def mp4_file(job_id: str, store: Store, runner: Runner) -> FileResponse:
-    """The finished MP4 (HTTP Range requests supported)."""
+@router.api_route("/{job_id}/output.{ext}", methods=["GET", "HEAD"], response_class=FileResponse)
+def output_file(job_id: str, ext: str, store: Store, runner: Runner) -> FileResponse:
+    """The finished file of a job's own format (output.mp4, output.mkv, output.mov); HTTP Range
+    requests and HEAD supported."""
     job = _job_or_404(store, job_id)
-    path = runner.job_dir(job.id) / "output.mp4"
-    if job.state != "succeeded" or not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no MP4 output")
-    return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
+    fmt = FORMATS[job.params.format]
+    path = runner.job_dir(job.id) / fmt.output_name()
+    if fmt.is_folder or fmt.suffix != f".{ext}" or job.state != "succeeded" or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no .{ext} output")
+    return FileResponse(path, media_type=fmt.media_type, filename=f"{job.id}{fmt.suffix}")

@@ -20,7 +20,7 @@ from pydantic import (
 
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.codecs import CODEC_NAMES, CODECS, PRESETS
-from carn_stream.pipeline.formats import FORMAT_NAMES
+from carn_stream.pipeline.formats import FORMAT_NAMES, FORMATS
 
 
 def _supported_scale(value: int) -> int:
@@ -45,8 +45,8 @@ class JobParams(BaseModel):
     format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
         "hls",
         validation_alias=AliasChoices("format", "output"),
-        description="hls: a playlist that plays while the job runs; mp4: one file at the end "
-        "(`output` is accepted as the field's older name)",
+        description="; ".join(f"{f.name}: {f.summary}" for f in FORMATS.values())
+        + " (`output` is accepted as the field's older name)",
     )
     codec: Literal[CODEC_NAMES] = "h264"  # type: ignore[valid-type]
     crf: int = Field(18, ge=0, le=51, description="quality, 0 (lossless) to 51")

@@ -17,7 +17,7 @@ import time
 
 PREFIX = "/media/"
 _MEDIA_RE = re.compile(
-    r"^(/jobs/[0-9a-f]{32}/)(hls/[^/]+|output\.mp4|preview\.m3u8|compare/\d{1,9}\.png)$"
+    r"^(/jobs/[0-9a-f]{32}/)(hls/[^/]+|output\.[a-z0-9]{2,4}|preview\.m3u8|compare/\d{1,9}\.png)$"
 )
 _LINK_RE = re.compile(r"^/media/(\d{1,12})/([A-Za-z0-9_-]{43})(/.*)$")
 

@@ -21,14 +21,17 @@ def decode_rgb(path: Path, limit: int | None = None) -> list[np.ndarray]:
         return out
 
 
-def decode_y(path: Path) -> list[np.ndarray]:
-    """The luma plane of every 8-bit YUV frame, as stored (no range conversion)."""
+def decode_y(path: Path, bits: int = 8) -> list[np.ndarray]:
+    """The luma plane of every YUV frame of ``bits`` (8, or 10 for 16-bit samples), as stored
+    (no range conversion)."""
+    dtype = np.uint8 if bits == 8 else np.dtype("<u2")
     with av.open(str(path)) as c:
         out = []
         for f in c.decode(video=0):
             plane = f.planes[0]
-            rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-            out.append(rows[:, : plane.width].copy())
+            assert (f.format.name == "yuv420p") == (bits == 8), f.format.name
+            rows = np.frombuffer(plane, dtype).reshape(plane.height, -1)
+            out.append(rows[:, : plane.width].astype(int))
         return out
 
 
@@ -149,3 +152,64 @@ def write_audio_only(source: Path, dest: Path) -> Path:
                 packet.stream = stream
                 out.mux(packet)
     return dest
+
+
+def write_rich_mkv(
+    path: Path,
+    frames: list[np.ndarray],
+    *,
+    audio_from: Path,
+    audio_seconds: float,
+    sample_aspect_ratio: Fraction = Fraction(4, 3),
+    rate: Fraction = Fraction(25),
+) -> Path:
+    """An MKV holding more than video and audio: a title, a SubRip subtitle stream (English,
+    default and forced) with two cues, two chapters, a font attachment, language tags (video
+    ``jpn``, audio ``fra``) and an anamorphic sample aspect ratio."""
+    h, w = frames[0].shape[:2]
+    seconds = Fraction(len(frames)) / rate
+    with av.open(str(audio_from)) as src, av.open(str(path), "w", format="matroska") as out:
+        out.metadata["title"] = "A rich test clip"
+        video = out.add_stream("libx264", rate=rate)
+        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+        video.codec_context.sample_aspect_ratio = sample_aspect_ratio
+        video.codec_context.options = {"crf": "12", "preset": "veryfast", "g": "10"}
+        video.metadata["language"] = "jpn"
+        a_in = src.streams.audio[0]
+        audio = out.add_stream_from_template(a_in)
+        audio.metadata["language"] = "fra"
+        subs = out.add_mux_stream("subrip")
+        subs.metadata.update({"language": "eng", "title": "English"})
+        subs.disposition = av.stream.Disposition.default | av.stream.Disposition.forced
+        out.add_attachment("font.ttf", "application/x-truetype-font", b"\x00\x01\x00\x00" * 64)
+        half = seconds / 2
+        out.set_chapters([
+            {"id": 1, "start": 0, "end": int(half * 1000), "time_base": Fraction(1, 1000),
+             "metadata": {"title": "Opening"}},
+            {"id": 2, "start": int(half * 1000), "end": int(seconds * 1000),
+             "time_base": Fraction(1, 1000), "metadata": {"title": "Ending"}},
+        ])  # fmt: skip
+        cues = [(Fraction(1, 10), "Hello <i>there</i>"), (half, "Second cue")]
+        pending = list(cues)
+        for i, rgb in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf.pts = i
+            vf.time_base = 1 / rate
+            out.mux(video.encode(vf))
+            while pending and pending[0][0] <= i / rate:
+                at, text = pending.pop(0)
+                packet = av.Packet(text.encode())
+                packet.pts = packet.dts = int(at * 1000)
+                packet.duration = 400
+                packet.time_base = Fraction(1, 1000)
+                packet.stream = subs
+                out.mux(packet)
+        out.mux(video.encode(None))
+        for packet in src.demux(a_in):
+            if packet.dts is None:
+                continue
+            if packet.pts * a_in.time_base > audio_seconds:
+                break
+            packet.stream = audio
+            out.mux(packet)
+    return path

@@ -206,9 +206,10 @@ def test_ten_bit_input_matches_eight_bit_input(clips, bicubic_worker, tmp_path):
     a, b = tmp_path / "ten.mp4", tmp_path / "eight.mp4"
     upscale(clips["ten_bit"], a, bicubic_worker, encoder=EncoderOptions(crf=0))
     upscale(clips["eight_bit"], b, bicubic_worker, encoder=EncoderOptions(crf=0))
-    ya, yb = np.stack(decode_y(a)).astype(int), np.stack(decode_y(b)).astype(int)
-    # Same pictures; the 10-bit source only differs by its extra precision.
-    assert np.abs(ya - yb).mean() < 0.6 and np.abs(ya - yb).max() <= 3
+    ya, yb = np.stack(decode_y(a, bits=10)) / 4, np.stack(decode_y(b)).astype(int)
+    # Same pictures; the 10-bit output (10-bit in, 10-bit out) only adds precision (and x264's
+    # CRF 0 is not lossless at 10 bits: 3.75 of 255 at most was measured).
+    assert np.abs(ya - yb).mean() < 0.6 and np.abs(ya - yb).max() <= 4.5
 
 
 @pytest.mark.parametrize("colorspace", [1, 5])  # BT.709, BT.601
@@ -412,9 +413,9 @@ def test_a_non_empty_hls_folder_is_never_overwritten(clips, bicubic_worker, tmp_
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(OutputError, match="not an empty folder"):
         upscale(clips["carphone"], tmp_path, bicubic_worker, container="hls")
-    with pytest.raises(OutputError, match="does not exist"):
-        upscale(clips["carphone"], tmp_path / "no" / "o.mp4", bicubic_worker)
     assert (tmp_path / "keep.txt").read_text() == "user data"
+    upscale(clips["carphone"], tmp_path / "no" / "o.mp4", bicubic_worker)  # as HLS: created
+    assert (tmp_path / "no" / "o.mp4").is_file()
 
 
 # --------------------------------------------------------------------------- quality

@@ -171,10 +171,11 @@ function render(jobs) {
     if (job.links.playlist && (job.state === "running" || job.state === "succeeded")) {
       actions.append(button("Play", "play", () => play(job)));
     }
-    if (job.links.mp4 && job.state === "succeeded") {
+    const file = job.links[job.format];  // the finished file of an MP4, MKV or MOV job
+    if (file && job.format !== "hls" && job.state === "succeeded") {
       const a = document.createElement("a");
-      a.href = job.links.mp4;
-      a.textContent = "MP4";
+      a.href = file;
+      a.textContent = job.format.toUpperCase();
       actions.append(a);
     }
     if (job.state === "succeeded") actions.append(button("Compare", "compare", () => showCompare(job)));

@@ -1,0 +1,402 @@
+"""Outputs the way people expect: the container the suffix names, one overwrite rule, the whole
+file kept (subtitles, chapters, metadata, attachments, aspect ratio), 10-bit kept 10-bit, and
+folders of videos at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from carn_stream.model.baselines import Bicubic
+from carn_stream.pipeline.encode import EncoderOptions
+from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest
+from carn_stream.pipeline.formats import FORMATS, format_for_path
+from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.keep import subtitle_payload, subtitle_text
+from carn_stream.pipeline.run import PipelineOptions
+from carn_stream.pipeline.segmented import SegmentedRun
+from tests.helpers import REPO_ROOT, official_weights_path
+from tests.media import decode_rgb, downscale_frames, facts, write_clip, write_rich_mkv
+from tests.service import wait_for
+
+X264 = {"crf": "12", "preset": "veryfast", "g": "25"}
+
+
+@pytest.fixture(scope="module")
+def clips(data_dir, tmp_path_factory) -> dict[str, Path]:
+    video = data_dir / "video"
+    d = tmp_path_factory.mktemp("clips")
+    bunny = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 40), (160, 90))
+    rich = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 40), (320, 180))
+    return {
+        # a keyframe each second: two segments of 1 s
+        "bunny": write_clip(
+            d / "bunny.mp4",
+            bunny,
+            audio_from=video / "bigbuckbunny.mp4",
+            audio_seconds=1.6,
+            options=X264,
+        ),
+        "rich": write_rich_mkv(
+            d / "rich.mkv", rich, audio_from=video / "bigbuckbunny.mp4", audio_seconds=1.6
+        ),
+        "ten_pq": _deep_clip(d / "ten_pq.mkv", bunny[:4], transfer=16),
+        "ten_hlg": _deep_clip(d / "ten_hlg.mkv", bunny[:4], transfer=18),
+        "eight": write_clip(d / "eight.mkv", bunny[:4], codec="ffv1", pix_fmt="yuv420p"),
+    }
+
+
+def _deep_clip(path: Path, frames: list[np.ndarray], transfer: int) -> Path:
+    """A lossless 10-bit clip tagged BT.2020 (primaries, matrix) with ``transfer`` (16: PQ,
+    18: HLG)."""
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p10le"
+        ctx = stream.codec_context
+        ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range = 9, transfer, 9, 1
+        for i, rgb in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf = vf.reformat(format="yuv420p10le", dst_colorspace=9)
+            vf.pts = i
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker():
+    worker = InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
+    yield worker
+    worker.close()
+
+
+def make(source: Path, output: Path, worker, fmt: str | None = None, codec: str = "h264",
+         crf: int = 18) -> Path:  # fmt: skip
+    """A segmented run (segments of 1 s) of ``source`` into ``output``, as the CLI makes it."""
+    chosen = format_for_path(output, fmt)
+
+    async def go() -> Path:
+        executor = InProcessExecutor(worker)
+        plan, _ = await executor.plan(PlanRequest(source, 1.0))
+        options = PipelineOptions(scale=2, batch_size=2, encoder=EncoderOptions(codec, crf))
+        run = SegmentedRun(source=source, plan=plan, fmt=chosen, output=output,
+                           work_dir=output.parent / f".{output.name}.work", options=options,
+                           executor=executor)  # fmt: skip
+        try:
+            return await run.execute()
+        finally:
+            await executor.close()
+
+    return asyncio.run(go())
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CARN_WEIGHTS": str(official_weights_path()), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "carn_stream.cli", *args], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=300, **kwargs,
+    )  # fmt: skip
+
+
+def brand(path: Path) -> str:
+    with av.open(str(path)) as c:
+        return c.metadata.get("major_brand", "")
+
+
+# --------------------------------------------------------------------------- containers
+
+
+@pytest.mark.parametrize(
+    "suffix,demuxer,major_brand",
+    [(".mkv", "matroska,webm", ""), (".mov", "mov,mp4,m4a,3gp,3g2,mj2", "qt  "),
+     (".mp4", "mov,mp4,m4a,3gp,3g2,mj2", "isom")],
+)  # fmt: skip
+def test_the_suffix_picks_the_container(clips, worker, tmp_path, suffix, demuxer, major_brand):
+    out = make(clips["bunny"], tmp_path / f"out{suffix}", worker)
+    with av.open(str(out)) as c:
+        assert c.format.name == demuxer
+    assert brand(out) == major_brand  # MOV and MP4 share a demuxer; their brands differ
+    src, got = facts(clips["bunny"]), facts(out)
+    assert (got.width, got.height) == (320, 180)
+    # the same presentation times (Matroska counts in milliseconds, MP4 and MOV in the input's
+    # own time base)
+    assert [p * got.time_base for p in got.pts] == [p * src.time_base for p in src.pts]
+    assert got.audio_packets == src.audio_packets and got.audio_codec == "aac"
+
+
+def test_an_unknown_suffix_is_refused_with_the_allowed_ones():
+    with pytest.raises(OutputError, match=r"'\.avi'; use \.mp4, \.mkv, \.mov, or a folder"):
+        format_for_path(Path("out.avi"))
+    with pytest.raises(OutputError, match=r"a mkv output needs a name ending in \.mkv"):
+        format_for_path(Path("out.mp4"), "mkv")  # never MKV data in a .mp4 file
+    assert format_for_path(Path("OUT.MKV")).name == "mkv"
+    assert format_for_path(Path("folder")).name == "hls"
+    assert format_for_path(Path("out.mp4"), "hls").name == "hls"  # HLS takes any folder name
+
+
+def test_the_cli_refuses_an_unknown_suffix_in_one_line(tmp_path, clips):
+    result = cli("upscale", str(clips["eight"]), str(tmp_path / "o.avi"), "--scale", "2")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"carn-stream upscale: error: output {tmp_path / 'o.avi'}: unsupported suffix '.avi'; "
+        "use .mp4, .mkv, .mov, or a folder (no suffix) for HLS"
+    ]
+
+
+# --------------------------------------------------------------------------- overwriting
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.mkv", "hls"])
+def test_one_overwrite_rule_for_files_and_folders(tmp_path, name):
+    fmt = format_for_path(Path(name))
+    output = tmp_path / "new" / "deeper" / name
+    fmt.claim(output, overwrite=False)  # missing parents are created, for both kinds
+    assert output.parent.is_dir()
+    if fmt.is_folder:
+        output.mkdir()
+        (output / "index.m3u8").write_text("#EXTM3U\n")
+        (output / "segment_00000.ts").write_bytes(b"old")
+    else:
+        output.write_bytes(b"old")
+    with pytest.raises(OutputError, match="use --overwrite to replace it"):
+        fmt.claim(output, overwrite=False)
+    fmt.claim(output, overwrite=True)
+    if fmt.is_folder:  # the old playlist and segments are gone; the folder is reused
+        assert output.is_dir() and not any(output.iterdir())
+    else:  # a file is only replaced when the new one is complete
+        assert output.read_bytes() == b"old"
+    fmt.claim(output, overwrite=False, resuming=True)  # the run's own output: no refusal
+
+
+def test_overwrite_never_deletes_what_is_not_an_output(tmp_path):
+    hls = FORMATS["hls"]
+    (tmp_path / "keep.txt").write_text("user data")
+    (tmp_path / "index.m3u8").write_text("#EXTM3U\n")
+    with pytest.raises(OutputError, match="holds other files"):
+        hls.claim(tmp_path, overwrite=True)
+    assert (tmp_path / "keep.txt").read_text() == "user data"
+    (tmp_path / "a.mp4").mkdir()
+    with pytest.raises(OutputError, match="is a folder; a mp4 output is one file"):
+        FORMATS["mp4"].claim(tmp_path / "a.mp4", overwrite=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["out.mp4", "hls"])
+def test_the_cli_refuses_an_existing_output_unless_asked(clips, tmp_path, name):
+    output = tmp_path / "missing-parent" / name
+    args = ("upscale", str(clips["eight"]), str(output), "--scale", "2", "--precision", "fp32")
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    stamp = {p.name: p.stat().st_mtime_ns for p in ([output] if output.is_file() else
+                                                   output.iterdir())}  # fmt: skip
+    again = cli(*args)
+    assert again.returncode == 1 and "exists" in again.stderr and "--overwrite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    forced = cli(*args, "--overwrite")
+    assert forced.returncode == 0, forced.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in ([output] if output.is_file() else
+                                                   output.iterdir())}  # fmt: skip
+    assert after.keys() == stamp.keys() and all(after[k] != stamp[k] for k in stamp)
+
+
+@pytest.mark.slow
+def test_an_interrupted_hls_run_resumes_into_its_own_folder(clips, tmp_path):
+    out = tmp_path / "hls"
+    args = ("upscale", str(clips["bunny"]), str(out), "--scale", "2", "--precision", "fp32",
+            "--segment-seconds", "1", "--batch", "1")  # fmt: skip
+    env = {**os.environ, "CARN_WEIGHTS": str(official_weights_path())}
+    first = subprocess.Popen([sys.executable, "-m", "carn_stream.cli", *args], cwd=REPO_ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_for(lambda: (out / "segment_00000.ts").is_file(), 120, "a finished segment")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+    assert not (out / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
+    second = cli(*args)  # no --overwrite: the folder holds this run's own segments
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stderr
+    assert (out / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
+
+
+# --------------------------------------------------------------------------- the whole file
+
+
+def streams_of(path: Path) -> dict[str, list]:
+    with av.open(str(path)) as c:
+        return {
+            kind: [(s.codec_context.name if s.codec_context else None, dict(s.metadata),
+                    s.disposition) for s in getattr(c.streams, kind)]
+            for kind in ("video", "audio", "subtitles")
+        }  # fmt: skip
+
+
+def cues(path: Path) -> list[tuple[Fraction, bytes]]:
+    with av.open(str(path)) as c:
+        stream = c.streams.subtitles[0]
+        return [(p.pts * p.time_base, bytes(p)) for p in c.demux(stream) if p.size > 2]
+
+
+def test_mkv_keeps_subtitles_chapters_metadata_attachments_and_aspect(clips, worker, tmp_path):
+    src = clips["rich"]
+    out = make(src, tmp_path / "out.mkv", worker)
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        assert b.metadata["title"] == "A rich test clip"
+        assert [(c["start"] * c["time_base"], c["metadata"]) for c in b.chapters()] == [
+            (c["start"] * c["time_base"], c["metadata"]) for c in a.chapters()
+        ] and len(b.chapters()) == 2
+        assert b.streams.video[0].sample_aspect_ratio == Fraction(4, 3)  # anamorphic stays so
+        (font,) = b.streams.attachments
+        assert (font.name, font.mimetype) == ("font.ttf", "application/x-truetype-font")
+        assert bytes(font.data) == bytes(a.streams.attachments[0].data)
+    got = streams_of(out)
+    assert got["video"][0][1]["language"] == "jpn" and got["audio"][0][1]["language"] == "fra"
+    (codec, tags, disposition), = got["subtitles"]  # fmt: skip
+    assert codec in ("subrip", "srt") and tags["language"] == "eng" and tags["title"] == "English"
+    assert disposition == av.stream.Disposition.default | av.stream.Disposition.forced
+    assert cues(out) == cues(src) == [(Fraction(1, 10), b"Hello <i>there</i>"),
+                                     (Fraction(4, 5), b"Second cue")]  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_mp4_and_mov_take_text_subtitles_as_mov_text(clips, worker, tmp_path, suffix):
+    out = make(clips["rich"], tmp_path / f"out{suffix}", worker)
+    with av.open(str(out)) as c:
+        assert c.metadata["title"] == "A rich test clip"
+        assert [ch["metadata"]["title"] for ch in c.chapters()] == ["Opening", "Ending"]
+        assert c.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
+        assert not c.streams.attachments  # neither container holds attachments
+    got = streams_of(out)
+    assert got["video"][0][1]["language"] == "jpn" and got["audio"][0][1]["language"] == "fra"
+    (codec, tags, _), = got["subtitles"]  # fmt: skip
+    assert codec == "mov_text" and tags["language"] == "eng"
+    assert cues(out) == [(Fraction(1, 10), b"\x00\x0bHello there"),
+                         (Fraction(4, 5), b"\x00\x0aSecond cue")]  # fmt: skip
+
+
+def test_hls_segments_keep_the_aspect_ratio_and_audio_language(clips, worker, tmp_path):
+    out = make(clips["rich"], tmp_path / "hls", worker)
+    for segment in sorted(out.glob("segment_*.ts")):
+        with av.open(str(segment)) as c:
+            assert c.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
+            assert c.streams.audio[0].metadata["language"] == "fra"
+
+
+@pytest.mark.parametrize(
+    "codec,data,text",
+    [("mov_text", b"\x00\x05Hello\x00\x00", "Hello"),
+     ("ass", b"0,0,Default,,0,0,0,,{\\i1}Two{\\i0}\\Nlines", "Two\nlines"),
+     ("subrip", b"<b>Bold</b> move", "Bold move")],
+)  # fmt: skip
+def test_text_subtitles_convert_as_plain_text(codec, data, text):
+    assert subtitle_text(codec, data) == text
+    assert subtitle_text("mov_text", subtitle_payload("mov_text", text)) == text
+
+
+# --------------------------------------------------------------------------- bit depth
+
+
+def video_facts(path: Path) -> tuple[str, str, int, int, int, np.ndarray]:
+    """(pix_fmt, profile, primaries, transfer, matrix, first frame's Y as stored)."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        frame = next(c.decode(video=0))
+        dtype = np.uint8 if frame.format.name == "yuv420p" else np.dtype("<u2")
+        plane = frame.planes[0]
+        rows = np.frombuffer(plane, dtype).reshape(plane.height, -1)[:, : plane.width]
+        return (frame.format.name, stream.codec_context.profile, int(frame.color_primaries),
+                int(frame.color_trc), int(frame.colorspace), rows.astype(int))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "clip,codec,profile,transfer",
+    [("ten_pq", "h264", "High 10", 16), ("ten_hlg", "hevc", "Main 10", 18)],
+)  # fmt: skip
+def test_ten_bit_stays_ten_bit_with_its_colour(clips, worker, tmp_path, clip, codec, profile,
+                                               transfer):  # fmt: skip
+    out = make(clips[clip], tmp_path / "out.mkv", worker, codec=codec, crf=0)
+    pix_fmt, got_profile, primaries, trc, matrix, y = video_facts(out)
+    assert (pix_fmt, got_profile) == ("yuv420p10le", profile)
+    assert (primaries, trc, matrix) == (9, transfer, 9)  # BT.2020, PQ or HLG, BT.2020 NCL
+    # 10-bit limited-range codes ([64, 940], give or take the encoder: x264's CRF 0 is not
+    # lossless at 10 bits; 63 was seen)
+    assert y.min() >= 56 and y.max() <= 948 and y.max() > 255
+    eight = make(clips["eight"], tmp_path / "eight.mkv", worker, codec=codec, crf=0)
+    pix8, *_, y8 = video_facts(eight)
+    assert pix8 == "yuv420p"  # 8-bit stays 8-bit
+    # The same picture (the 8-bit clip came from the same RGB through BT.601): close in level.
+    assert abs(y.mean() / 4 - y8.mean()) < 3
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@pytest.mark.slow
+def test_a_folder_of_videos_at_once_skips_finished_outputs_on_rerun(clips, data_dir, tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    frames = [f[:48, :64] for f in decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 6)]
+    write_clip(inputs / "a.mp4", frames)
+    write_clip(inputs / "b.mkv", frames[:4], codec="ffv1", pix_fmt="yuv420p")
+    (inputs / "broken.mov").write_text("not a video")
+    (inputs / "notes.txt").write_text("not a video suffix: ignored")
+    args = ("upscale", str(inputs), str(outputs), "--scale", "2", "--precision", "fp32")
+    first = cli(*args)
+    assert first.returncode == 1, first.stderr  # one input failed; the others were made
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.mp4", "b.mkv"]  # their containers
+    assert len(facts(outputs / "a.mp4").pts) == 6 and len(facts(outputs / "b.mkv").pts) == 4
+    assert "upscale x2 2 files" in first.stderr and "10/10" in first.stderr  # one overall line
+    rows = first.stdout.strip().splitlines()
+    assert rows[0].split() == ["file", "frames", "seconds", "fps", "result"]
+    table = {row.split()[0]: row.split()[1:] for row in rows[1:]}
+    assert table["a.mp4"][0] == "6" and table["a.mp4"][3] == "done"
+    assert table["b.mkv"][0] == "4" and table["b.mkv"][3] == "done"
+    assert table["broken.mov"][3] == "failed:" and "not a video file" in rows[3]
+    stamps = {p.name: p.stat().st_mtime_ns for p in outputs.iterdir()}
+    again = cli(*args)
+    assert again.returncode == 1  # the broken input still fails
+    rows = again.stdout.strip().splitlines()
+    assert [row.split()[-2:] for row in rows[1:3]] == [["skipped", "(exists)"]] * 2
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in outputs.iterdir()}
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@pytest.mark.slow
+def test_a_job_serves_its_own_container_to_get_and_head(clips, tmp_path):
+    from tests.service import ServerProcess, media_server
+
+    with media_server(clips["rich"].parent) as base:
+        server = ServerProcess(tmp_path / "data").start()
+        try:
+            job = server.call("POST", "/jobs", {"url": f"{base}/rich.mkv", "format": "mkv"})
+            assert job.status == 201, job.body
+            done = server.wait_job(job.json()["id"], ("succeeded", "failed"))
+            assert done["state"] == "succeeded", done["error"]
+            url = done["links"]["mkv"]
+            assert url == f"/jobs/{done['id']}/output.mkv"
+            head = server.call("HEAD", url)
+            assert head.status == 200 and head.body == b""
+            assert head.headers["content-type"] == "video/x-matroska"
+            whole = server.call("GET", url)
+            assert int(head.headers["content-length"]) == len(whole.body) > 0
+            assert server.call("GET", f"/jobs/{done['id']}/output.mp4").status == 404
+            assert server.call("HEAD", f"/jobs/{done['id']}/output.mp4").status == 404
+        finally:
+            server.stop()
+    (tmp_path / "out.mkv").write_bytes(whole.body)
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert c.format.name == "matroska,webm" and c.metadata["title"] == "A rich test clip"
+        assert len(c.streams.subtitles) == 1 and len(c.streams.attachments) == 1
