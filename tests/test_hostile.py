@@ -179,8 +179,12 @@ def test_media_links_are_signed_scoped_and_expire():
     assert media_links.verify(link, "other-token", now=1030) is None
     other = link.replace(job, "f" * 32)
     assert media_links.verify(other, TOKEN, now=1030) is None  # another job's files
+    # One signature covers one job's media (its HLS folder, preview, file and comparison
+    # frames), nothing outside them.
     mp4 = media_links.sign(f"/jobs/{job}/output.mp4", TOKEN, 60, now=1000)
-    assert media_links.verify(mp4.replace("output.mp4", "hls/index.m3u8"), TOKEN, 1030) is None
+    assert media_links.verify(mp4.replace("output.mp4", "hls/index.m3u8"), TOKEN, 1030)
+    assert media_links.verify(mp4.replace("output.mp4", "input"), TOKEN, 1030) is None
+    assert media_links.verify(mp4.replace("output.mp4", "jobs.sqlite3"), TOKEN, 1030) is None
     with pytest.raises(ValueError):
         media_links.sign("/jobs", TOKEN, 60)
 
