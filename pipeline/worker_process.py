@@ -34,6 +34,7 @@ from carn_stream.pipeline.executors import (
     upscale_segment,
 )
 from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.pipeline.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.segments import SegmentPlan, plan_segments
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ async def _serve(conn, worker: InferenceWorker) -> None:
                 result = await asyncio.to_thread(
                     plan_segments, payload.source, payload.target_seconds
                 )
+            elif kind == "remux":
+                result = await asyncio.to_thread(remux_segment, payload)
             else:
                 result = await upscale_segment(
                     payload, worker, lambda report: send(("frame", call_id, report)), node
@@ -202,6 +205,9 @@ class ProcessExecutor:
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await self._call("run", task, on_frame)
+
+    async def remux(self, task: RemuxTask) -> int:
+        return await self._call("remux", task, None)
 
     async def close(self) -> None:
         self._closed = True

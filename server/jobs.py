@@ -28,17 +28,15 @@ from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.pipeline.segmented import SegmentedRun
 from carn_stream.pipeline.segments import SegmentPlan
 from carn_stream.server.fetch import FetchError, fetch, fetch_policy
+from carn_stream.server.limits import LimitError, check_limits
 from carn_stream.server.metrics import Metrics
+from carn_stream.server.slots import PrioritySlots
 from carn_stream.server.store import Job, JobStore
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME, WORK_NAME = "input", "work"
-
-
-class LimitError(Exception):
-    """The input is over one of the service's limits."""
 
 
 class RecentRate:
@@ -72,13 +70,15 @@ class JobRunner:
         settings: Settings,
         metrics: Metrics,
         executor: Callable[[], SegmentExecutor | None],
+        slots: PrioritySlots | None = None,
     ) -> None:
-        """``executor()`` gives the segment executor once it is ready (None until then)."""
+        """``executor()`` gives the segment executor once it is ready (None until then);
+        ``slots``, its slots when shared with other users (else the runner's own)."""
         self.store, self.settings, self.metrics = store, settings, metrics
         self.data_dir = settings.data_dir
         self.policy = fetch_policy(settings)
         self._executor = executor
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: asyncio.Semaphore | PrioritySlots | None = slots
         self._running: dict[str, asyncio.Task] = {}
         self._cancel_flags: dict[str, threading.Event] = {}
         self._wake = asyncio.Event()
@@ -163,7 +163,7 @@ class JobRunner:
             plan = job.plan
             if plan is None:
                 plan, _ = await executor.plan(PlanRequest(source, self.settings.segment_seconds))
-                self._check_limits(plan, job.params.scale)
+                check_limits(plan, job.params.scale, self.settings)
                 self.store.save_plan(job.id, plan)
             else:
                 self.store.reset_unfinished_segments(job.id)
@@ -197,24 +197,9 @@ class JobRunner:
             self.refresh_gauges()
             self.wake()
 
-    def _check_limits(self, plan: SegmentPlan, scale: int) -> None:
-        settings = self.settings
-        if plan.duration > settings.max_duration_seconds:
-            raise LimitError(
-                f"input is {plan.duration:.0f} s long, over the limit of "
-                f"{settings.max_duration_seconds:g} s"
-            )
-        pixels = plan.width * plan.height * scale * scale
-        if pixels > settings.max_output_pixels:
-            raise LimitError(
-                f"output would be {plan.width * scale}x{plan.height * scale}, over the limit of "
-                f"{settings.max_output_pixels} pixels per frame"
-            )
-
     def _options(self, job: Job, executor: SegmentExecutor) -> PipelineOptions:
         params = job.params
-        device = getattr(executor, "device", None) or ""
-        batch = self.settings.batch_size or (8 if str(device).startswith("cuda") else 1)
+        batch = batch_size(self.settings, executor)
         return PipelineOptions(
             scale=params.scale,
             encoder=EncoderOptions(params.codec, params.crf, params.preset),
@@ -302,6 +287,12 @@ class JobRunner:
         for job_id in self.store.expired(time.time() - hours * 3600):
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             self.store.delete(job_id)
+
+
+def batch_size(settings: Settings, executor: SegmentExecutor) -> int:
+    """Frames per inference batch: the setting, else 8 on CUDA and 1 on a CPU."""
+    device = getattr(executor, "device", None) or ""
+    return settings.batch_size or (8 if str(device).startswith("cuda") else 1)
 
 
 def _segment_of(plan: SegmentPlan, frame_index: int) -> int:
