@@ -35,7 +35,9 @@ class VideoCreate(BaseModel):
         [2], min_length=1, max_length=len(SUPPORTED_SCALES), description="upscaled renditions"
     )
     tune: bool = Field(
-        False, description="fine-tune a model on this video in the background and switch to it"
+        False,
+        description="fine-tune a model on this video in the background and switch to it "
+        "(not available yet: true is refused)",
     )
 
     @field_validator("scales")
@@ -143,10 +145,11 @@ def _video_or_404(videos: VideoManager, video_id: str) -> Video:
 )  # fmt: skip
 async def create_video(body: VideoCreate, videos: Videos) -> VideoOut:
     """Fetch and plan a video (no upscaling yet); it can be played as soon as this returns."""
-    if body.tune and videos.settings.models_dir is None:
+    if body.tune:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_ENTITY,
-            "tuning needs a models folder: set CARN_STREAM_MODELS_DIR",
+            "fine-tuning on ingest is not available yet: run `carn-stream tune` and name its "
+            "weights in a job",
         )
     try:
         video = await videos.ingest(body.url, body.scales, body.tune)
