@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -76,7 +77,7 @@ def make_clip(source: Path, width: int, height: int, frames: int, dest: Path) ->
             small = frame.reformat(
                 width=width, height=height, format="yuv420p", interpolation="AREA"
             )
-            small.pts = None
+            small.pts, small.time_base = i, 1 / Fraction(rate)  # one frame per tick
             out.mux(stream.encode(small))
         out.mux(stream.encode(None))
     return dest

@@ -114,6 +114,10 @@ class Settings:
     #: A segment whose worker crashed (or that failed unexpectedly) runs again up to this many
     #: times before its job fails.
     segment_attempts: int = 3
+    #: Videos served on request (``/videos``): disk budget of their segment cache in bytes
+    #: (least recently used segments are evicted), and segments made ahead of a player.
+    vod_cache_bytes: int = 10 * 1024**3
+    vod_prefetch_segments: int = 2
 
     # ---- live mode (WebRTC)
     #: Live sessions open at once.
@@ -166,6 +170,8 @@ class Settings:
             "max_input_bytes": (self.max_input_bytes > 0, "a positive number of bytes"),
             "max_output_pixels": (self.max_output_pixels > 0, "a positive number of pixels"),
             "live_max_sessions": (self.live_max_sessions >= 0, "0 or more"),
+            "vod_cache_bytes": (self.vod_cache_bytes > 0, "a positive number of bytes"),
+            "vod_prefetch_segments": (self.vod_prefetch_segments >= 0, "0 or more"),
         }
         for name, (ok, allowed) in checks.items():
             if not ok:

@@ -117,7 +117,7 @@ class VideoSink:
                 str(self._path), "w", format="mp4", options={"movflags": "+faststart"}
             )
         elif self.fmt == "segment":
-            container = av.open(str(self._path), "w", format="mpegts", options=_SEGMENT_MUXER)
+            container = av.open(str(self._path), "w", format="mpegts", options=SEGMENT_MUXER)
         else:
             container = av.open(
                 str(self._path),
@@ -271,7 +271,7 @@ class _AudioTranscoder:
         return packets
 
 
-_SEGMENT_MUXER = {
+SEGMENT_MUXER = {
     "mpegts_copyts": "1",  # timestamps as given (the offset is ours, and known)
     "mpegts_flags": "resend_headers",
 }

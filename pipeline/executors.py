@@ -21,6 +21,7 @@ from typing import Protocol
 
 from carn_stream.pipeline.decode import VideoInfo
 from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.pipeline.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.run import FrameReport, PipelineOptions, SegmentSource, run_pipeline
 from carn_stream.pipeline.segments import InputLimits, Segment, SegmentPlan, plan_segments
 
@@ -82,6 +83,10 @@ class SegmentExecutor(Protocol):
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult: ...
 
+    async def remux(self, task: RemuxTask) -> int:
+        """Copy a segment without upscaling (the original rendition); returns its bytes."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -120,6 +125,10 @@ class InProcessExecutor:
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await upscale_segment(task, self.worker, on_frame, self.node)
+
+    async def remux(self, task: RemuxTask) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, remux_segment, task)
 
     async def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)

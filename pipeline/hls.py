@@ -12,6 +12,7 @@ import math
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 PLAYLIST_NAME = "index.m3u8"
@@ -23,18 +24,21 @@ def segment_name(index: int) -> str:
     return SEGMENT_PATTERN % index
 
 
-def playlist_text(durations: Iterable[float], target: float, complete: bool) -> str:
+def playlist_text(
+    durations: Iterable[float], target: float, complete: bool, kind: str = "EVENT"
+) -> str:
     """An HLS media playlist for consecutive segments of the given durations (seconds).
 
     ``target`` is the longest segment of the whole plan, so the announced target duration
-    never changes while the playlist grows.
+    never changes while the playlist grows. ``kind``: ``EVENT`` (a playlist that grows) or
+    ``VOD`` (complete from the start).
     """
     lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:3",
         f"#EXT-X-TARGETDURATION:{max(1, math.ceil(target))}",
         "#EXT-X-MEDIA-SEQUENCE:0",
-        "#EXT-X-PLAYLIST-TYPE:EVENT",  # a type never changes; ENDLIST closes it
+        f"#EXT-X-PLAYLIST-TYPE:{kind}",  # a type never changes; ENDLIST closes it
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
     for index, seconds in enumerate(durations):
@@ -72,3 +76,30 @@ def is_complete(folder: Path) -> bool:
     """True once the playlist is final (ends with ``#EXT-X-ENDLIST``)."""
     playlist = folder / PLAYLIST_NAME
     return playlist.is_file() and "#EXT-X-ENDLIST" in playlist.read_text()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One rendition in a master playlist."""
+
+    uri: str  #: its media playlist, relative to the master
+    bandwidth: int  #: peak bits per second
+    width: int
+    height: int
+    codecs: str  #: RFC 6381 codec strings, comma-separated
+    frame_rate: float | None = None
+
+
+def master_playlist_text(variants: Iterable[Variant]) -> str:
+    """An HLS master playlist; players start with the first variant."""
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    for v in variants:
+        attributes = [
+            f"BANDWIDTH={max(1, v.bandwidth)}",
+            f"RESOLUTION={v.width}x{v.height}",
+            f'CODECS="{v.codecs}"',
+        ]
+        if v.frame_rate:
+            attributes.append(f"FRAME-RATE={v.frame_rate:.3f}")
+        lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]
+    return "\n".join(lines) + "\n"

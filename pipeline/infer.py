@@ -388,11 +388,13 @@ _STOP = _Stop()
 class InferenceWorker:
     """One thread that owns an :class:`Engine`; pipelines submit batches from the event loop.
 
-    Lower ``priority`` values run first (live sessions ahead of batch jobs); equal priorities
-    run in submission order.
+    Lower ``priority`` values run first (live sessions, then segments a player waits for,
+    then segments fetched ahead of a player, then batch jobs); equal priorities run in
+    submission order.
     """
 
     JOB_PRIORITY, LIVE_PRIORITY = 10, 0
+    WAITED_PRIORITY, PREFETCH_PRIORITY = 3, 6
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ from carn_stream.pipeline.executors import (
     upscale_segment,
 )
 from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.pipeline.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.segments import SegmentPlan
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ async def _serve(conn, worker: InferenceWorker) -> None:
         try:
             if kind == "plan":
                 result = await asyncio.to_thread(plan_for, payload)
+            elif kind == "remux":
+                result = await asyncio.to_thread(remux_segment, payload)
             else:
                 result = await upscale_segment(
                     payload, worker, lambda report: send(("frame", call_id, report)), node
@@ -201,6 +204,9 @@ class ProcessExecutor:
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await self._call("run", task, on_frame)
+
+    async def remux(self, task: RemuxTask) -> int:
+        return await self._call("remux", task, None)
 
     async def close(self) -> None:
         self._closed = True

@@ -13,13 +13,16 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from carn_stream.pipeline.infer import InferenceWorker
-from carn_stream.server import api_health, api_jobs, api_live, api_watch, pages
+from carn_stream.server import api_health, api_jobs, api_live, api_videos, api_watch, pages
 from carn_stream.server.blocking import BlockingPool
 from carn_stream.server.jobs import JobRunner
 from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.middleware import Gate, RequestMetrics
+from carn_stream.server.slots import PrioritySlots
 from carn_stream.server.store import JobStore
+from carn_stream.server.video_store import VideoStore
+from carn_stream.server.vod import VideoManager
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
 
@@ -43,7 +46,13 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         blocking = BlockingPool(settings.max_concurrent_jobs + 2)
         holder = WorkerHolder(worker_factory)
         executors = ExecutorHolder(settings, worker_factory, holder)
-        runner = JobRunner(store, settings, metrics, executors.get, offload=blocking.run)
+        slots = PrioritySlots(settings.worker_slots)  # jobs and videos share the executor
+        runner = JobRunner(
+            store, settings, metrics, executors.get, offload=blocking.run, slots=slots
+        )
+        video_store = VideoStore(data_dir / "jobs.sqlite3")
+        videos = VideoManager(video_store, settings, metrics, executors.get, slots)
+        app.state.videos = videos
         restrict_ice_hosts(settings.live_ice_hosts)
         live = LiveSessions(
             metrics,
@@ -63,6 +72,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             yield
         finally:
             await live.close_all()
+            await videos.close()
             await runner.shutdown()
             scheduler.cancel()
             await asyncio.gather(scheduler, return_exceptions=True)
@@ -70,6 +80,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             await asyncio.to_thread(holder.close)
             blocking.close()
             store.close()
+            video_store.close()
 
     app = FastAPI(
         title="carn-stream",
@@ -82,6 +93,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
     app.include_router(api_watch.router)
     app.include_router(api_health.router)
     app.include_router(api_live.router)
+    app.include_router(api_videos.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -32,6 +32,7 @@ from carn_stream.server.compare import save_comparison
 from carn_stream.server.exposure import redact_paths
 from carn_stream.server.fetch import FetchError, fetch, fetch_policy
 from carn_stream.server.metrics import Metrics
+from carn_stream.server.slots import PrioritySlots
 from carn_stream.server.store import Job, JobStore
 from carn_stream.settings import Settings
 
@@ -48,14 +49,16 @@ class JobRunner:
         metrics: Metrics,
         executor: Callable[[], SegmentExecutor | None],
         offload: Callable[..., Awaitable] | None = None,
+        slots: PrioritySlots | None = None,
     ) -> None:
         """``executor()`` gives the segment executor once it is ready (None until then);
-        ``offload`` runs downloads (default: asyncio's thread pool)."""
+        ``offload`` runs downloads (default: asyncio's thread pool); ``slots``, the executor's
+        slots when shared with other users (else the runner's own)."""
         self.store, self.settings, self.metrics = store, settings, metrics
         self.data_dir = settings.data_dir
         self.policy = fetch_policy(settings)
         self._executor = executor
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: asyncio.Semaphore | PrioritySlots | None = slots
         self.offload = offload or asyncio.to_thread
         self._running: dict[str, asyncio.Task] = {}
         self._cancel_flags: dict[str, threading.Event] = {}
@@ -181,8 +184,7 @@ class JobRunner:
 
     def _options(self, job: Job, executor: SegmentExecutor) -> PipelineOptions:
         params = job.params
-        device = getattr(executor, "device", None) or ""
-        batch = self.settings.batch_size or (8 if str(device).startswith("cuda") else 1)
+        batch = batch_size(self.settings, executor)
         return PipelineOptions(
             scale=params.scale,
             encoder=EncoderOptions(params.codec, params.crf, params.preset),
@@ -275,6 +277,12 @@ class JobRunner:
 def input_limits(settings: Settings, scale: int) -> InputLimits:
     """The service's limits on an input to be upscaled ``scale`` times."""
     return InputLimits(scale, settings.max_output_pixels, settings.max_duration_seconds)
+
+
+def batch_size(settings: Settings, executor: SegmentExecutor) -> int:
+    """Frames per inference batch: the setting, else 8 on CUDA and 1 on a CPU."""
+    device = getattr(executor, "device", None) or ""
+    return settings.batch_size or (8 if str(device).startswith("cuda") else 1)
 
 
 def _segment_of(plan: SegmentPlan, frame_index: int) -> int:

@@ -80,6 +80,54 @@ class Metrics:
             registry=r,
         )
         self._rate: dict[str, RateMeter] = {}
+        self._add_vod(r)
+
+    def _add_vod(self, r: CollectorRegistry) -> None:
+        """Videos served on request: segments made when players ask (``rendition`` label:
+        ``original``, ``x2``, ``x3``, ``x4``)."""
+        self.vod_realtime_factor = Histogram(
+            "carn_stream_vod_realtime_factor",
+            "Time to make a segment over its duration (below 1 keeps up with playback)",
+            ["rendition"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 4, 8, 16),
+            registry=r,
+        )
+        self.vod_first_segment_seconds = Histogram(
+            "carn_stream_vod_first_segment_seconds",
+            "Time from a player's request to the segment that starts its playback or its seek",
+            ["rendition"],
+            buckets=FRAME_BUCKETS,
+            registry=r,
+        )
+        self.vod_cache_hits = Counter(
+            "carn_stream_vod_cache_hits", "Segment requests served from the cache", ["rendition"],
+            registry=r,
+        )  # fmt: skip
+        self.vod_cache_misses = Counter(
+            "carn_stream_vod_cache_misses", "Segment requests not in the cache", ["rendition"],
+            registry=r,
+        )  # fmt: skip
+        self.vod_cache_evictions = Counter(
+            "carn_stream_vod_cache_evictions", "Segments evicted to keep the cache in budget",
+            registry=r,
+        )  # fmt: skip
+        self.vod_shared_requests = Counter(
+            "carn_stream_vod_shared_requests",
+            "Segment requests that joined a computation already under way",
+            ["rendition"],
+            registry=r,
+        )
+        self.vod_segments_made = Counter(
+            "carn_stream_vod_segments_made", "Segments made (upscaled or remuxed)",
+            ["rendition", "reason"], registry=r,
+        )  # fmt: skip
+        self.vod_prefetch_depth = Gauge(
+            "carn_stream_vod_prefetch_depth", "Segments queued or being made ahead of players",
+            registry=r,
+        )  # fmt: skip
+        self.vod_cache_bytes = Gauge(
+            "carn_stream_vod_cache_bytes", "Bytes of segments in the cache", registry=r
+        )
 
     def observe_frame(self, report: FrameReport, mode: str = "job") -> None:
         for stage in STAGES:

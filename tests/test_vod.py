@@ -1,0 +1,317 @@
+"""Videos served on request, through a real ``carn-stream serve`` (fp32 on the CPU, 1 s segments):
+ingest, playlists, segments made when asked and then cached, shared work, seeks, eviction,
+deletion, and ingest errors that match the jobs'."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.media import decode_rgb, downscale_frames, facts, write_clip
+from tests.service import ServerProcess, media_server, wait_for
+
+# 5 s of the real clip at 96x54, a keyframe each second (so five 1 s segments), with its audio.
+FRAMES, SEGMENTS = 125, 5
+
+
+@pytest.fixture(scope="module")
+def media(data_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("vod-media")
+    video = data_dir / "video" / "bigbuckbunny.mp4"
+    frames = downscale_frames(decode_rgb(video, FRAMES), (96, 54))
+    write_clip(folder / "clip.mp4", frames, options={"crf": "20", "preset": "veryfast", "g": "25"},
+               audio_from=video, audio_seconds=5.0)  # fmt: skip
+    (folder / "notes.txt").write_text("not a video")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base(media):
+    with media_server(media) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, base):
+    """One executor slot (so prefetch work queues behind a player's segment), 2 ahead, and an
+    output limit that x2 of the clip fits and x4 does not."""
+    data = tmp_path_factory.mktemp("vod-server") / "data"
+    process = ServerProcess(data, CARN_STREAM_WORKER_SLOTS="1",
+                            CARN_STREAM_VOD_PREFETCH_SEGMENTS="2",
+                            CARN_STREAM_MAX_OUTPUT_PIXELS=str(192 * 108 * 2)).start()  # fmt: skip
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def ingest(server: ServerProcess, base: str, scales=(2,)) -> dict:
+    response = server.call("POST", "/videos", {"url": f"{base}/clip.mp4", "scales": list(scales)})
+    assert response.status == 201, response.body
+    return response.json()
+
+
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``."""
+    text = server.call("GET", "/metrics").body.decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def settle(server: ServerProcess) -> None:
+    """Wait until no prefetch work of earlier tests is queued or running."""
+    wait_for(lambda: metric(server, "carn_stream_vod_prefetch_depth") == 0, 120,
+             "prefetch work to finish")  # fmt: skip
+
+
+def cached(server: ServerProcess, video_id: str) -> dict[str, list[int]]:
+    video = server.call("GET", f"/videos/{video_id}").json()
+    return {r["name"]: r["cached"] for r in video["renditions"]}
+
+
+def get_segment(server: ServerProcess, video_id: str, rendition: str, index: int) -> bytes:
+    response = server.call("GET", f"/videos/{video_id}/{rendition}/segment_{index:05d}.ts",
+                           timeout=120)  # fmt: skip
+    assert response.status == 200, response.body
+    assert response.headers["content-type"] == "video/mp2t"
+    return response.body
+
+
+def segment_frames(data: bytes, tmp_path: Path) -> tuple[tuple[int, int], list[float]]:
+    path = tmp_path / f"segment-{time.monotonic_ns()}.ts"
+    path.write_bytes(data)
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    return (frames[0].width, frames[0].height), [float(f.pts * f.time_base) for f in frames]
+
+
+def playlist_entries(text: str) -> list[tuple[float, str]]:
+    lines = text.splitlines()
+    return [(float(re.match(r"#EXTINF:([\d.]+),", line)[1]), lines[i + 1])
+            for i, line in enumerate(lines) if line.startswith("#EXTINF:")]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- ingest, playlists
+
+
+def test_an_ingested_video_has_complete_playlists_before_any_segment_is_made(server, base, media):
+    video = ingest(server, base)
+    assert video["frames"] == FRAMES and len(video["segments"]) == SEGMENTS
+    assert [r["name"] for r in video["renditions"]] == ["original", "x2"]
+    assert all(r["cached"] == [] for r in video["renditions"])
+
+    master = server.call("GET", video["links"]["master"])
+    assert master.status == 200 and master.headers["content-type"].startswith(
+        "application/vnd.apple.mpegurl"
+    )
+    lines = master.body.decode().splitlines()
+    assert lines[0] == "#EXTM3U"
+    attributes = re.compile(r'([A-Z-]+)=("[^"]*"|[^,]*)')
+    variants = [(dict(attributes.findall(line.split(":", 1)[1])), lines[i + 1])
+                for i, line in enumerate(lines) if line.startswith("#EXT-X-STREAM")]  # fmt: skip
+    assert [uri for _, uri in variants] == ["original/index.m3u8", "x2/index.m3u8"]
+    (original, _), (x2, _) = variants
+    assert original["RESOLUTION"] == "96x54" and x2["RESOLUTION"] == "192x108"
+    with av.open(str(media / "clip.mp4")) as c:  # the source's own profile and level (avcC)
+        avcc = bytes(c.streams.video[0].codec_context.extradata)
+    assert original["CODECS"] == f'"avc1.{avcc[1]:02x}{avcc[2]:02x}{avcc[3]:02x},mp4a.40.2"'
+    # libx264 picks High profile (0x64) and, for 192x108 at 25 fps, level 1.1 (0x0b)
+    assert x2["CODECS"] == '"avc1.64000b,mp4a.40.2"'
+    assert 0 < int(original["BANDWIDTH"]) < int(x2["BANDWIDTH"])
+
+    duration = facts(media / "clip.mp4").duration
+    for rendition in ("original", "x2"):
+        text = server.call("GET", f"/videos/{video['id']}/{rendition}/index.m3u8").body.decode()
+        assert "#EXT-X-PLAYLIST-TYPE:VOD" in text and text.rstrip().endswith("#EXT-X-ENDLIST")
+        entries = playlist_entries(text)
+        assert [name for _, name in entries] == [f"segment_{i:05d}.ts" for i in range(SEGMENTS)]
+        assert abs(sum(d for d, _ in entries) - duration) < 1 / 25
+        target = int(re.search(r"#EXT-X-TARGETDURATION:(\d+)", text)[1])
+        assert all(round(d) <= target for d, _ in entries)
+    assert all(not names for names in cached(server, video["id"]).values())
+    listed = server.call("GET", "/videos").json()
+    assert video["id"] in [v["id"] for v in listed["items"]]
+
+
+# --------------------------------------------------------------------------- segments
+
+
+def test_a_cold_segment_is_made_then_served_from_the_cache(server, base, tmp_path):
+    video = ingest(server, base)
+    hits, misses = (metric(server, f"carn_stream_vod_cache_{n}_total", rendition="x2")
+                    for n in ("hits", "misses"))  # fmt: skip
+    first = get_segment(server, video["id"], "x2", 1)
+    assert metric(server, "carn_stream_vod_cache_misses_total", rendition="x2") == misses + 1
+    again = get_segment(server, video["id"], "x2", 1)
+    assert again == first
+    assert metric(server, "carn_stream_vod_cache_hits_total", rendition="x2") == hits + 1
+    assert metric(server, "carn_stream_vod_cache_misses_total", rendition="x2") == misses + 1
+    # The upscaled and the original segment hold the same frames at the same times (the
+    # segments' +10 s offset), so a player can switch between them.
+    size, times = segment_frames(first, tmp_path)
+    original_size, original_times = segment_frames(get_segment(server, video["id"], "original", 1),
+                                                   tmp_path)  # fmt: skip
+    assert size == (192, 108) and original_size == (96, 54)
+    assert times == original_times and len(times) == 25 and times[0] == pytest.approx(11.0)
+    assert metric(server, "carn_stream_vod_realtime_factor_count", rendition="x2") >= 1
+
+
+def test_two_clients_asking_for_one_segment_share_one_computation(server, base):
+    video = ingest(server, base)
+    shared = metric(server, "carn_stream_vod_shared_requests_total", rendition="x2")
+    made = metric(server, "carn_stream_vod_segments_made_total", rendition="x2", reason="request")
+    bodies: list[bytes] = []
+
+    def ask() -> None:
+        bodies.append(get_segment(server, video["id"], "x2", 2))
+
+    clients = [threading.Thread(target=ask) for _ in range(2)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(timeout=120)
+    assert len(bodies) == 2 and bodies[0] == bodies[1]
+    assert metric(server, "carn_stream_vod_shared_requests_total", rendition="x2") == shared + 1
+    made_now = metric(server, "carn_stream_vod_segments_made_total", rendition="x2",
+                      reason="request")  # fmt: skip
+    assert made_now == made + 1
+
+
+def test_a_seek_starts_work_at_the_seek_point_and_drops_prefetch_behind_it(server, base):
+    settle(server)
+    video = ingest(server, base)
+    starts = metric(server, "carn_stream_vod_first_segment_seconds_count", rendition="x2")
+    get_segment(server, video["id"], "x2", 0)
+    # Segment 0 made; prefetch: 1 holds the one slot, 2 waits for it. A seek to 3 now takes the
+    # slot kept for waiting players, drops 2 (not started) and prefetches 4.
+    get_segment(server, video["id"], "x2", 3)
+    settle(server)
+    assert cached(server, video["id"])["x2"] == [0, 1, 3, 4]
+    assert metric(server, "carn_stream_vod_first_segment_seconds_count", rendition="x2") == (
+        starts + 2  # the start of the playback, and the seek
+    )
+
+
+@pytest.mark.slow
+def test_chromium_plays_the_master_playlist_and_keeps_playing_after_a_seek(server, base, media):
+    from playwright.sync_api import sync_playwright
+
+    settle(server)
+    video = ingest(server, base)
+    master = f"http://127.0.0.1:{server.port}{video['links']['master']}"
+    (media / "player.html").write_text(f'<video id="v" src="{master}" muted autoplay></video>')
+    seek = 3.0
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--autoplay-policy=no-user-gesture-required"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/player.html")
+            now = "document.getElementById('v').currentTime"
+            page.wait_for_function(f"{now} > 0.3", timeout=60_000)
+            page.evaluate(f"document.getElementById('v').currentTime = {seek}")
+            page.wait_for_function(f"{now} > {seek + 0.5}", timeout=120_000)
+            played = page.evaluate(now)
+        finally:
+            browser.close()
+    assert played > seek + 0.5
+    made = cached(server, video["id"])
+    assert made["x2"] or made["original"]
+    # Work started at the seek point: the segments before it were not all upscaled.
+    assert not set(range(int(seek))) <= set(made["x2"])
+
+
+# --------------------------------------------------------------------------- cache, deletion
+
+
+def test_the_cache_evicts_the_least_recently_used_segments_beyond_its_budget(tmp_path, base):
+    data = tmp_path / "data"
+    tiny = ServerProcess(data, CARN_STREAM_VOD_CACHE_BYTES="1",
+                         CARN_STREAM_VOD_PREFETCH_SEGMENTS="0").start()  # fmt: skip
+    try:
+        video = ingest(tiny, base)
+        for index in range(3):
+            get_segment(tiny, video["id"], "original", index)
+        assert tiny.call("GET", "/metrics").status == 200
+        assert metric(tiny, "carn_stream_vod_cache_evictions_total") == 2
+        assert cached(tiny, video["id"])["original"] == [2]  # the newest stays
+        folder = data / "videos" / video["id"] / "original"
+        assert sorted(p.name for p in folder.glob("segment_*")) == ["segment_00002.ts"]
+        get_segment(tiny, video["id"], "original", 0)
+        assert metric(tiny, "carn_stream_vod_cache_misses_total", rendition="original") == 4
+    finally:
+        tiny.stop()
+
+
+def test_a_deleted_video_and_its_segments_are_gone(server, base):
+    video = ingest(server, base)
+    get_segment(server, video["id"], "original", 0)
+    folder = server.data_dir / "videos" / video["id"]
+    assert (folder / "original" / "segment_00000.ts").is_file()
+    assert server.call("DELETE", f"/videos/{video['id']}").status == 204
+    assert not folder.exists()
+    for path in ("", "/master.m3u8", "/original/index.m3u8", "/original/segment_00000.ts"):
+        assert server.call("GET", f"/videos/{video['id']}{path}").status == 404
+    assert video["id"] not in [v["id"] for v in server.call("GET", "/videos").json()["items"]]
+    assert server.call("DELETE", f"/videos/{video['id']}").status == 404
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def job_error(server: ServerProcess, body: dict) -> str:
+    response = server.call("POST", "/jobs", body)
+    if response.status != 201:
+        return response.json()["detail"]
+    return server.wait_job(response.json()["id"], ("failed", "succeeded"), timeout=60)["error"]
+
+
+def without_paths(message: str) -> str:
+    """Messages about a downloaded input name its copy, which differs for a job and a video."""
+    return re.sub(r"[^\s']*/input\b", "<input>", message)
+
+
+@pytest.mark.parametrize(
+    ("url", "scales", "message"),
+    [
+        ("ftp://127.0.0.1/clip.mp4", [2], "unsupported URL scheme 'ftp'"),
+        ("{base}/missing.mp4", [2], "answered HTTP 404"),
+        ("{base}/notes.txt", [2], "not a video file FFmpeg can read"),
+        ("{base}/clip.mp4", [4], "output would be 384x216, over the limit"),
+    ],
+)
+def test_bad_ingest_input_gets_the_same_clean_errors_as_jobs(server, base, url, scales, message):
+    url = url.format(base=base)
+    folders = set((server.data_dir / "videos").iterdir())
+    response = server.call("POST", "/videos", {"url": url, "scales": scales})
+    assert response.status == 422
+    detail = response.json()["detail"]
+    assert message in detail
+    assert without_paths(job_error(server, {"url": url, "scale": max(scales)})) == without_paths(
+        detail
+    )
+    assert set((server.data_dir / "videos").iterdir()) == folders  # nothing of it was kept
+
+
+def test_ingest_refuses_unsupported_scales_and_unknown_fields(server, base):
+    for body in ({"url": f"{base}/clip.mp4", "scales": [5]},
+                 {"url": f"{base}/clip.mp4", "scales": []},
+                 {"url": f"{base}/clip.mp4", "colour": "red"},
+                 {"url": f"{base}/clip.mp4", "tune": True}):  # fmt: skip
+        response = server.call("POST", "/videos", body)
+        assert response.status == 422, body
