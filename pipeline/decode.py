@@ -11,7 +11,7 @@ import av
 import numpy as np
 
 from carn_stream.pipeline.colour import ColourSpec, effective_matrix, is_full_range
-from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.errors import InputError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame
 from carn_stream.pipeline.input_formats import (
     ALLOWED_DEMUXERS,
@@ -55,7 +55,9 @@ def open_input(
         refused = _refused_format(source)
         if refused:
             raise InputError(refused) from exc
-        raise InputError(f"{source}: not a video file FFmpeg can read ({exc})") from exc
+        raise InputError(
+            f"{source}: not a video file FFmpeg can read ({ffmpeg_reason(exc)})"
+        ) from exc
     if not is_allowed(container.format.name):  # what FFmpeg enforced, checked once more
         container.close()
         raise InputError(_refusal(source, container.format.name))

@@ -1,6 +1,12 @@
 """Errors the pipeline raises for inputs and outputs a user can fix."""
 
 
+def ffmpeg_reason(exc: BaseException) -> str:
+    """What FFmpeg said went wrong, without its errno number or file name."""
+    reason = getattr(exc, "strerror", None)
+    return str(reason) if reason else str(exc)
+
+
 class PipelineError(Exception):
     """Base class: a message a user can act on."""
 

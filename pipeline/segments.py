@@ -26,7 +26,7 @@ from carn_stream.pipeline.decode import (
     frame_planes,
     open_input,
 )
-from carn_stream.pipeline.errors import InputError, LimitError
+from carn_stream.pipeline.errors import InputError, LimitError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame
 
 #: Segments are never shorter than this unless the input has no closer keyframe.
@@ -175,7 +175,7 @@ def _video_packets(container: av.container.InputContainer) -> list[_Packet]:
                 )
             packets.append(_Packet(pts, packet.duration or 0, packet.is_keyframe))
     except av.FFmpegError as exc:
-        raise InputError(f"the input could not be read to the end ({exc})") from exc
+        raise InputError(f"the input could not be read to the end ({ffmpeg_reason(exc)})") from exc
     if not packets:
         raise InputError("the input's video stream holds no frames")
     return sorted(packets, key=lambda p: p.pts)
@@ -304,7 +304,7 @@ def segment_frames(
                 if index == last:
                     return
     except av.FFmpegError as exc:
-        raise InputError(f"decoding {segment.describe()} failed: {exc}") from exc
+        raise InputError(f"decoding {segment.describe()} failed: {ffmpeg_reason(exc)}") from exc
     if index != last:
         raise InputError(
             f"{segment.describe()}: decoded {index - segment.first_frame} of "

@@ -34,6 +34,7 @@ from carn_stream.pipeline.renditions import (
 )
 from carn_stream.pipeline.run import PipelineOptions
 from carn_stream.pipeline.segments import SegmentPlan
+from carn_stream.server.exposure import redact_paths
 from carn_stream.server.fetch import fetch, fetch_policy, validate_url
 from carn_stream.server.jobs import INPUT_NAME, batch_size, input_limits
 from carn_stream.server.metrics import Metrics
@@ -123,8 +124,10 @@ class VideoManager:
                 describe_renditions, source, plan, scales, self.encoder
             )
             video = self.store.create(url, source, plan, renditions, tune, video_id)
-        except BaseException:
+        except BaseException as exc:
             await asyncio.to_thread(shutil.rmtree, folder, True)
+            if isinstance(exc, Exception) and exc.args:  # the user's URL, never our paths
+                exc.args = (redact_paths(str(exc), folder, url), *exc.args[1:])
             raise
         self._videos[video.id] = video
         log.info("video %s ingested: %d segments, %.1f s", video.id, len(plan.segments),

@@ -480,6 +480,10 @@ def test_jobs_page_in_chromium_submits_plays_and_compares(server, media, tmp_pat
                 "Finished playing bunny.mp4 x2", timeout=20_000
             )
             page.wait_for_selector("#jobs tr:first-child td.state-succeeded", timeout=90_000)
+            # 50 frames with a keyframe each second, 1 s segments: two of them
+            expect(page.locator("#jobs tr:first-child td.progress")).to_contain_text(
+                "segments 2 / 2"
+            )
             assert "secret" not in page.locator("#jobs").inner_html()
             page.screenshot(path=str(artifacts / "jobs-finished.png"), full_page=True)
             # Compare: bicubic and CARN-M of one frame, one above the other, at the same size.

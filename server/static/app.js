@@ -165,7 +165,8 @@ function render(jobs) {
     tr.append(cell(input.name, "input", input.title), cell(job.state, "state state-" + job.state),
               cell("x" + job.scale), cell(job.format.toUpperCase(), "output"),
               cell(new Date(job.created_at * 1000).toLocaleString(), "created"),
-              cell(job.state === "queued" ? "" : p.frames_done + (p.frames_total ? " / " + p.frames_total : "") + " " + pct),
+              cell(job.state === "queued" ? "" : p.frames_done + (p.frames_total ? " / " + p.frames_total : "") + " " + pct
+                   + (job.segments.total ? " · segments " + job.segments.done + " / " + job.segments.total : ""), "progress"),
               cell(p.fps ? p.fps.toFixed(2) : ""), cell(p.eta_seconds != null ? Math.ceil(p.eta_seconds) + " s" : ""));
     const actions = document.createElement("td");
     if (job.links.playlist && (job.state === "running" || job.state === "succeeded")) {
