@@ -64,11 +64,12 @@ def node_name(node_id: str) -> str:
 
 
 class SegmentObserver(Protocol):
-    """Told when a segment attempt starts and ends on a node (seconds is None: it was lost)."""
+    """Told when a segment attempt starts and ends on a node (``seconds`` is None when it did
+    not complete; ``lost`` when it went down with its actor or node)."""
 
     def started(self, node: str) -> None: ...
 
-    def finished(self, node: str, seconds: float | None) -> None: ...
+    def finished(self, node: str, seconds: float | None, lost: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,12 @@ class RayOptions:
 class SegmentActor:
     """One engine on one GPU (or CPU slot); an async actor, so it runs several segments."""
 
-    def __init__(self, factory: Callable[[], InferenceWorker]) -> None:
+    def __init__(self, factory: Callable[[], InferenceWorker], share: int = 1) -> None:
+        # Ray limits a worker process to one OpenMP thread; a CPU engine gets its share of the
+        # node's cores instead (``share``: the engines on this node).
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // share))
         self.worker = factory()
         self.node = node_name(ray.get_runtime_context().get_node_id())
 
@@ -206,6 +212,7 @@ class RayExecutor:
         if self.observer is not None:
             self.observer.started(actor.node)
         seconds: float | None = None
+        lost = False
         try:
             # The actor never sees the head's paths: it reads its copy and writes beside it.
             remote = replace(task, source=Path(task.source.name), target=Path(task.target.name))
@@ -217,12 +224,13 @@ class RayExecutor:
                 raise
             seconds = time.monotonic() - started
         except _LOST as exc:
+            lost = True
             await self._lost(actor)
             raise WorkerCrashed(f"{segment.describe()} was lost with {actor.node}: {exc}") from None
         finally:
             await self._release(actor)
             if self.observer is not None:
-                self.observer.finished(actor.node, seconds)
+                self.observer.finished(actor.node, seconds, lost)
         await asyncio.to_thread(_publish, task.target, encoded)
         if on_frame is not None:
             for report in reports:
@@ -328,9 +336,9 @@ class RayExecutor:
             want, claim = self._capacity(resources)
             have = sum(1 for a in self._actors if a.node_id == node_id and not a.dead)
             for _ in range(want - have):
-                self._spawn(node_id, claim)
+                self._spawn(node_id, claim, want)
 
-    def _spawn(self, node_id: str, claim: dict[str, Any]) -> None:
+    def _spawn(self, node_id: str, claim: dict[str, Any], share: int) -> None:
         handle = (
             ray.remote(SegmentActor)
             .options(
@@ -339,7 +347,7 @@ class RayExecutor:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 **claim,
             )
-            .remote(self._factory)
+            .remote(self._factory, share)
         )
         actor = _Actor(handle, node_id)
         self._actors.append(actor)

@@ -11,6 +11,7 @@ progress (a work folder's manifest, or the job store).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Callable
@@ -41,6 +42,54 @@ class SegmentFailed(PipelineError):
         self.segment = segment
 
 
+class Slots:
+    """A first-in, first-out semaphore whose size follows ``capacity()`` (a cluster grows and
+    shrinks): waiters are served in arrival order, so runs that share it take turns."""
+
+    def __init__(self, capacity: Callable[[], int], recheck: float = 1.0) -> None:
+        self.capacity, self.recheck = capacity, recheck
+        self.taken = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    async def acquire(self) -> None:
+        if not self._waiters and self.taken < max(1, self.capacity()):
+            self.taken += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            while not waiter.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), self.recheck)
+                self._wake()  # the capacity may have grown meanwhile
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted as we were cancelled: pass it on
+            else:
+                waiter.cancel()
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def release(self) -> None:
+        self.taken -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.taken < max(1, self.capacity()):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.taken += 1
+                waiter.set_result(None)
+
+
 @dataclass
 class SegmentedRun:
     source: Path
@@ -52,9 +101,10 @@ class SegmentedRun:
     executor: SegmentExecutor
     done: dict[int, SegmentResult] = field(default_factory=dict)  #: already made (resume)
     max_attempts: int = 3
-    in_flight: int = 2  #: this run's segments at the executor at once
+    #: this run's segments at the executor at once (a callable: follows a growing cluster)
+    in_flight: int | Callable[[], int] = 2
     #: shared by the runs of one service, so that their segments take turns at the executor
-    slots: asyncio.Semaphore | None = None
+    slots: asyncio.Semaphore | Slots | None = None
     on_frame: FrameCallback | None = None
     on_start: Callable[[int, int], None] | None = None  #: (segment index, attempt)
     on_done: Callable[[SegmentResult], None] | None = None
@@ -71,7 +121,8 @@ class SegmentedRun:
         """Make every missing segment, then the output; returns the output's path."""
         self.fmt.prepare(self.output, self.work_dir)
         self.fmt.progress(self.output, self.plan, set(self.done))
-        own = asyncio.Semaphore(max(1, self.in_flight))
+        in_flight = self.in_flight
+        own = Slots(in_flight if callable(in_flight) else lambda: in_flight)
         try:
             async with asyncio.TaskGroup() as group:
                 for segment in self.plan.segments:
@@ -86,7 +137,7 @@ class SegmentedRun:
             self.fmt.finish, self.output, self.work_dir, self.plan, self.source, rotation
         )
 
-    async def _one(self, segment: Segment, own: asyncio.Semaphore) -> None:
+    async def _one(self, segment: Segment, own: Slots) -> None:
         try:
             task = SegmentTask.of(
                 self.source, self.plan, segment.index, self.segment_path(segment.index),

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
@@ -23,6 +24,9 @@ from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions, 
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.store import JobStore
 from carn_stream.settings import Settings
+
+if TYPE_CHECKING:  # Ray is an optional extra, imported only when a cluster is configured
+    from carn_stream.pipeline.ray_executor import RayExecutor
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -51,28 +55,44 @@ class WorkerHolder:
 
 
 class ExecutorHolder:
-    """The job runner's segment executor, as the settings ask: a supervised worker process
-    (started in the background) or this process's own inference worker."""
+    """The job runner's segment executor, as the settings ask: actors on a Ray cluster, a
+    supervised worker process (both started in the background) or this process's own inference
+    worker."""
 
     def __init__(
-        self, settings: Settings, worker_factory: Callable[[], InferenceWorker], local: WorkerHolder
+        self,
+        settings: Settings,
+        worker_factory: Callable[[], InferenceWorker],
+        local: WorkerHolder,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings, self.local = settings, local
         self.error: str | None = None
         self._executor: SegmentExecutor | None = None
-        self._process: ProcessExecutor | None = None
+        self._process: ProcessExecutor | RayExecutor | None = None
         self._starting: asyncio.Task | None = None
-        if settings.executor == "process":
+        if settings.ray_address:
+            from carn_stream.pipeline.ray_executor import RayExecutor, RayOptions
+
+            options = RayOptions(
+                address=settings.ray_address,
+                segments_per_actor=settings.ray_segments_per_actor,
+                cpu_resource=settings.ray_cpu_resource,
+            )
+            observer = metrics.cluster if metrics is not None else None
+            self._process = RayExecutor(worker_factory, options, observer)
+            self._starting = asyncio.create_task(self._start(self._process))
+        elif settings.executor == "process":
             limits = ProcessLimits(max_open_files=settings.worker_max_open_files)
             self._process = ProcessExecutor(worker_factory, settings.worker_slots, limits)
             self._starting = asyncio.create_task(self._start(self._process))
 
-    async def _start(self, executor: ProcessExecutor) -> None:
+    async def _start(self, executor: ProcessExecutor | RayExecutor) -> None:
         try:
             await executor.start()
             self._executor = executor
         except Exception as exc:
-            log.exception("starting the worker process failed")
+            log.exception("starting the segment executor failed")
             self.error = f"{type(exc).__name__}: {exc}"
 
     def get(self) -> SegmentExecutor | None:
@@ -105,7 +125,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         if requeued or failed:
             log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
         holder = WorkerHolder(worker_factory)
-        executors = ExecutorHolder(settings, worker_factory, holder)
+        executors = ExecutorHolder(settings, worker_factory, holder, metrics)
         runner = JobRunner(store, settings, metrics, executors.get)
         restrict_ice_hosts(settings.live_ice_hosts)
         live = LiveSessions(

@@ -25,7 +25,7 @@ from carn_stream.pipeline.executors import PlanRequest, SegmentExecutor, Segment
 from carn_stream.pipeline.formats import FORMATS
 from carn_stream.pipeline.hls import segment_name
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
-from carn_stream.pipeline.segmented import SegmentedRun
+from carn_stream.pipeline.segmented import SegmentedRun, Slots
 from carn_stream.pipeline.segments import SegmentPlan
 from carn_stream.server.fetch import FetchError, fetch, fetch_policy
 from carn_stream.server.metrics import Metrics
@@ -78,7 +78,7 @@ class JobRunner:
         self.data_dir = settings.data_dir
         self.policy = fetch_policy(settings)
         self._executor = executor
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: Slots | None = None
         self._running: dict[str, asyncio.Task] = {}
         self._cancel_flags: dict[str, threading.Event] = {}
         self._wake = asyncio.Event()
@@ -110,7 +110,7 @@ class JobRunner:
                 await asyncio.to_thread(self.remove_expired)
             if executor is not None:
                 if self._slots is None:
-                    self._slots = asyncio.Semaphore(executor.slots)
+                    self._slots = Slots(lambda ex=executor: ex.slots)  # a cluster grows, shrinks
                 while len(self._running) < self.settings.max_concurrent_jobs:
                     job = self.store.claim_next()
                     if job is None:
@@ -269,6 +269,10 @@ class JobRunner:
             self.store.segment_done(job.id, result)
             write_progress(force=True)
 
+        def on_retry(index: int, reason: str) -> None:
+            in_flight.pop(index, None)
+            self.metrics.segment_retries.inc()
+
         run = SegmentedRun(
             source=source,
             plan=plan,
@@ -279,12 +283,12 @@ class JobRunner:
             executor=executor,
             done=done,
             max_attempts=self.settings.segment_attempts,
-            in_flight=executor.slots,
+            in_flight=lambda: executor.slots,
             slots=self._slots,
             on_frame=on_frame,
             on_start=on_start,
             on_done=on_done,
-            on_retry=lambda index, reason: in_flight.pop(index, None),
+            on_retry=on_retry,
         )
         try:
             await run.execute()
