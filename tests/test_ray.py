@@ -21,7 +21,7 @@ from carn_stream.loading import start_worker
 from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest, SegmentResult
 from carn_stream.pipeline.formats import FORMATS
 from carn_stream.pipeline.run import PipelineOptions
-from carn_stream.pipeline.segmented import SegmentedRun
+from carn_stream.pipeline.segmented import SegmentedRun, Slots
 from carn_stream.settings import Settings
 from tests.helpers import REPO_ROOT
 from tests.media import decode_rgb, downscale_frames, facts, write_clip
@@ -133,6 +133,30 @@ async def segmented(executor, clip: Path, out: Path, record: Record) -> Path:
 def ray_executor(cluster: Cluster, factory, observer=None, per_actor: int = 2) -> RayExecutor:
     options = RayOptions(address=cluster.address, segments_per_actor=per_actor, poll_seconds=0.5)
     return RayExecutor(factory, options, observer)
+
+
+def test_shared_slots_follow_a_growing_pool_and_serve_jobs_in_turn():
+    capacity = [1]
+    order: list[str] = []
+
+    async def go():
+        slots = Slots(lambda: capacity[0], recheck=0.05)
+        await slots.acquire()  # a long job holds the only slot
+        waiters = [asyncio.create_task(slots.acquire()) for _ in range(2)]  # more of it
+        await asyncio.sleep(0)
+        short = asyncio.create_task(slots.acquire())  # a short job, submitted after them
+        for name, task in (("long", waiters[0]), ("long", waiters[1]), ("short", short)):
+            task.add_done_callback(lambda _, name=name: order.append(name))
+        await asyncio.sleep(0.2)
+        assert order == [] and slots.taken == 1
+        capacity[0] = 3  # two actors joined: the first two waiters get in, in order
+        await asyncio.sleep(0.2)
+        assert order == ["long", "long"] and slots.taken == 3
+        slots.release()
+        await asyncio.sleep(0.1)
+        assert order == ["long", "long", "short"]
+
+    asyncio.run(go())
 
 
 def test_segments_spread_over_both_nodes_and_match_the_in_process_output(
