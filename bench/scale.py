@@ -92,7 +92,7 @@ def make_clip(tmp: Path, seconds: int, size: tuple[int, int]) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=4, help="clip length (1 s segments)")
-    parser.add_argument("--size", default="320x180", help="input size WxH (x2 output)")
+    parser.add_argument("--size", default="160x90", help="input size WxH (x2 output)")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
     if {name for _, name in socket.if_nameindex()} - {"lo"}:
@@ -122,6 +122,7 @@ def main() -> int:
                 worker.close()
 
         before = asyncio.run(local())
+        print(f"in-process (before): {before}", flush=True)
         node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
         cluster = Cluster(initialize_head=True,
                           head_node_args={**node_args, "include_dashboard": False})  # fmt: skip
@@ -134,12 +135,12 @@ def main() -> int:
                 try:
                     while len(executor.actors) < nodes:
                         await asyncio.sleep(0.2)
-                    await segmented(executor, clip, Path(tempfile.mkdtemp(dir=tmp)), 2)  # warm
                     return await measure(executor, clip, tmp)
                 finally:
                     await executor.close()
 
             rows["Ray, 1 worker node"] = asyncio.run(on_ray(1))
+            print(f"Ray, 1 worker node: {rows['Ray, 1 worker node']}", flush=True)
             cluster.add_node(resources={"carn_worker": 1}, **node_args)
             rows["Ray, 2 worker nodes"] = asyncio.run(on_ray(2))
         finally:

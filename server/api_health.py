@@ -20,7 +20,7 @@ def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks = {
         "model_loaded": state.worker_holder.worker is not None,
-        "executor": state.settings.executor,
+        "executor": "ray" if state.settings.ray_address else state.settings.executor,
         "executor_ready": state.executors.get() is not None,
         "store_writable": state.store.writable(),
     }
@@ -28,6 +28,9 @@ def readyz(request: Request) -> JSONResponse:
         checks["model_error"] = state.worker_holder.error
     if state.executors.error:
         checks["executor_error"] = state.executors.error
+    actors = getattr(state.executors.get(), "actors", None)
+    if actors is not None:  # on a cluster: ready engines per node
+        checks["cluster_actors"] = actors
     worker = state.worker_holder.worker
     if worker is not None:
         model = worker.engine.model

@@ -25,6 +25,7 @@ from carn_stream.pipeline.segmented import SegmentedRun, Slots
 from carn_stream.settings import Settings
 from tests.helpers import REPO_ROOT
 from tests.media import decode_rgb, downscale_frames, facts, write_clip
+from tests.service import ServerProcess, media_server, wait_for
 from tests.slow_worker import slow_worker
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra '.[ray]' (in the test extra)")
@@ -193,6 +194,35 @@ def test_segments_spread_over_both_nodes_and_match_the_in_process_output(
     assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
     assert facts(ray_out).pts == facts(local_out).pts == facts(clip).pts
     assert facts(ray_out).audio_packets == facts(clip).audio_packets
+
+
+def test_the_service_runs_a_job_on_the_cluster_and_records_each_segments_node(
+    cluster, clip, tmp_path
+):
+    while len(cluster.worker_nodes) < 2:
+        add_worker_node(cluster)
+    nodes = set(worker_nodes(cluster))
+    server = ServerProcess(tmp_path / "data", CARN_STREAM_RAY_ADDRESS=cluster.address)
+    try:
+        server.start(timeout=240)
+        wait_for(lambda: len(server.call("GET", "/readyz").json()["cluster_actors"]) == 2, 120,
+                 "an engine on each worker node")  # fmt: skip
+        with media_server(clip.parent) as base:
+            job = server.call(
+                "POST", "/jobs", {"url": f"{base}/{clip.name}", "format": "mp4"}
+            ).json()
+            done = server.wait_job(job["id"], ("succeeded", "failed"), timeout=300)
+        assert done["state"] == "succeeded", done["error"]
+        segments = server.call("GET", f"/jobs/{job['id']}/segments").json()
+        assert {s["node"] for s in segments} == nodes  # 4 segments, 2 engines
+        assert all(s["state"] == "done" and s["attempts"] == 1 for s in segments)
+        output = tmp_path / "data" / "jobs" / job["id"] / "output.mp4"
+        assert facts(output).pts == facts(clip).pts
+        scrape = server.call("GET", "/metrics").body.decode()
+        assert all(f'carn_stream_cluster_segment_seconds_count{{node="{n}"}}' in scrape
+                   for n in nodes)  # fmt: skip
+    finally:
+        server.stop()
 
 
 def test_a_node_killed_mid_run_loses_no_frame(cluster, clip, tmp_path):
