@@ -31,12 +31,12 @@ class Model:
     segment_seconds: float = 4.0
     in_mbit_s: float = 8.0  #: 1080p H.264 input bitrate (modelled)
     out_mbit_s: float = 40.0  #: 2160p H.264 output at CRF 18 (modelled)
-    remux_s_per_mb: float = 0.004  #: head remux seconds per input MB (measured)
+    remux_s_per_mb: float = 0.048  #: head remux seconds per input MB (measured)
     remux_cores: int = 4  #: head cores remuxing at once (modelled)
     link_gbit_s: float = 10.0  #: the head's network link, each direction (modelled)
     gpu_s_per_frame: float = 0.025  #: CARN-M x2, 1080p in, on one GPU, fp16 (modelled)
     decode_s_per_frame: float = 0.002  #: 1080p H.264 decode (NVDEC or one core) (modelled)
-    encode_core_s_per_mpix: float = 0.03  #: x264 seconds per output megapixel per core (measured)
+    encode_core_s_per_mpix: float = 0.0247  #: x264 core-seconds per output megapixel (measured)
     encode_cores: int = 8  #: CPU cores beside each GPU for encoding (modelled)
     overhead_s: float = 0.05  #: Ray's fixed cost per segment (measured)
     out_mpix: float = 3840 * 2160 / 1e6
