@@ -32,8 +32,8 @@ from common import DATA, cpu_name, emit_table, make_clip, official_model
 from carn_stream.allocator import tune_allocator
 from carn_stream.pipeline.executors import InProcessExecutor
 from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.slots import Slots
 from carn_stream.server.metrics import Metrics
-from carn_stream.server.slots import PrioritySlots
 from carn_stream.server.video_store import VideoStore
 from carn_stream.server.vod import VideoManager
 from carn_stream.settings import Settings
@@ -50,7 +50,7 @@ async def measure(worker: InferenceWorker, clip: Path, scale: int, tmp: Path) ->
     store = VideoStore(settings.data_dir / "videos.sqlite3")
     executor = InProcessExecutor(worker, settings.worker_slots)
     manager = VideoManager(store, settings, Metrics(), lambda: executor,
-                           PrioritySlots(settings.worker_slots))  # fmt: skip
+                           Slots(settings.worker_slots, urgent_extra=1))  # fmt: skip
     try:
         began = time.perf_counter()
         video = await manager.ingest(str(clip), [scale])

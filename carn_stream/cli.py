@@ -85,6 +85,9 @@ def _serve_command(sub) -> None:
         "--weights", type=Path, help="weights file (default: CARN_WEIGHTS, cache, download)"
     )
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    p.add_argument(
+        "--ray", metavar="ADDRESS", help="run segments on this Ray cluster ('auto': this machine's)"
+    )
     p.set_defaults(run=cmd_serve)
 
 
@@ -261,7 +264,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from carn_stream.server.app import create_app
 
     settings = _settings(args).with_overrides(
-        host=args.host, port=args.port, data_dir=args.data_dir
+        host=args.host, port=args.port, data_dir=args.data_dir, ray_address=args.ray
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

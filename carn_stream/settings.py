@@ -118,6 +118,13 @@ class Settings:
     #: (least recently used segments are evicted), and segments made ahead of a player.
     vod_cache_bytes: int = 10 * 1024**3
     vod_prefetch_segments: int = 2
+    #: A Ray cluster to run segments on (``auto``: the cluster started on this machine with
+    #: ``ray start``); when set, it replaces ``executor``.
+    ray_address: str | None = None
+    #: Segments one Ray actor (one per GPU) works on at once, so transfers overlap compute.
+    ray_segments_per_actor: int = 2
+    #: On nodes without GPUs, one CPU actor per unit of this custom resource.
+    ray_cpu_resource: str = "carn_worker"
 
     # ---- live mode (WebRTC)
     #: Live sessions open at once.
@@ -163,6 +170,8 @@ class Settings:
             "max_concurrent_jobs": (self.max_concurrent_jobs >= 1, "1 or more"),
             "max_attempts": (self.max_attempts >= 1, "1 or more"),
             "segment_attempts": (self.segment_attempts >= 1, "1 or more"),
+            "ray_segments_per_actor": (self.ray_segments_per_actor >= 1, "1 or more"),
+            "ray_cpu_resource": (bool(self.ray_cpu_resource), "a resource name"),
             "worker_slots": (self.worker_slots >= 1, "1 or more"),
             "worker_max_open_files": (self.worker_max_open_files >= 64, "64 or more"),
             "batch_size": (self.batch_size >= 0, "0 (automatic) or more"),

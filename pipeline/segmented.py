@@ -29,6 +29,7 @@ from carn_stream.pipeline.formats import OutputFormat
 from carn_stream.pipeline.hls import segment_name
 from carn_stream.pipeline.run import PipelineOptions, first_error
 from carn_stream.pipeline.segments import Segment, SegmentPlan
+from carn_stream.pipeline.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ class SegmentedRun:
     executor: SegmentExecutor
     done: dict[int, SegmentResult] = field(default_factory=dict)  #: already made (resume)
     max_attempts: int = 3
-    in_flight: int = 2  #: this run's segments at the executor at once
+    #: this run's segments at the executor at once (a callable: follows a growing cluster)
+    in_flight: int | Callable[[], int] = 2
     #: shared by the runs of one service, so that their segments take turns at the executor
-    slots: asyncio.Semaphore | None = None
+    slots: asyncio.Semaphore | Slots | None = None
     on_frame: FrameCallback | None = None
     on_start: Callable[[int, int], None] | None = None  #: (segment index, attempt)
     on_done: Callable[[SegmentResult], None] | None = None
@@ -71,7 +73,8 @@ class SegmentedRun:
         """Make every missing segment, then the output; returns the output's path."""
         self.fmt.prepare(self.output, self.work_dir)
         self.fmt.progress(self.output, self.plan, set(self.done))
-        own = asyncio.Semaphore(max(1, self.in_flight))
+        in_flight = self.in_flight
+        own = Slots(in_flight if callable(in_flight) else lambda: in_flight)
         try:
             async with asyncio.TaskGroup() as group:
                 for segment in self.plan.segments:
@@ -86,7 +89,7 @@ class SegmentedRun:
             self.fmt.finish, self.output, self.work_dir, self.plan, self.source, rotation
         )
 
-    async def _one(self, segment: Segment, own: asyncio.Semaphore) -> None:
+    async def _one(self, segment: Segment, own: Slots) -> None:
         try:
             task = SegmentTask.of(
                 self.source, self.plan, segment.index, self.segment_path(segment.index),

@@ -7,24 +7,28 @@ import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.pipeline.slots import Slots
 from carn_stream.server import api_health, api_jobs, api_live, api_videos, api_watch, pages
 from carn_stream.server.blocking import BlockingPool
 from carn_stream.server.jobs import JobRunner
 from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.middleware import Gate, RequestMetrics
-from carn_stream.server.slots import PrioritySlots
 from carn_stream.server.store import JobStore
 from carn_stream.server.video_store import VideoStore
 from carn_stream.server.vod import VideoManager
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
+
+if TYPE_CHECKING:  # Ray is an optional extra, imported only when a cluster is configured
+    pass
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -45,8 +49,9 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
             log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
         blocking = BlockingPool(settings.max_concurrent_jobs + 2)
         holder = WorkerHolder(worker_factory)
-        executors = ExecutorHolder(settings, worker_factory, holder)
-        slots = PrioritySlots(settings.worker_slots)  # jobs and videos share the executor
+        executors = ExecutorHolder(settings, worker_factory, holder, metrics)
+        # Jobs and videos share the executor's slots, which follow it (a cluster grows).
+        slots = Slots(lambda: executors.slots(settings.worker_slots), urgent_extra=1)
         runner = JobRunner(
             store, settings, metrics, executors.get, offload=blocking.run, slots=slots
         )

@@ -28,11 +28,11 @@ from carn_stream.pipeline.progress_rate import RateMeter
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.pipeline.segmented import SegmentedRun
 from carn_stream.pipeline.segments import InputLimits, SegmentPlan
+from carn_stream.pipeline.slots import Slots
 from carn_stream.server.compare import save_comparison
 from carn_stream.server.exposure import redact_paths
 from carn_stream.server.fetch import FetchError, fetch, fetch_policy
 from carn_stream.server.metrics import Metrics
-from carn_stream.server.slots import PrioritySlots
 from carn_stream.server.store import Job, JobStore
 from carn_stream.settings import Settings
 
@@ -49,7 +49,7 @@ class JobRunner:
         metrics: Metrics,
         executor: Callable[[], SegmentExecutor | None],
         offload: Callable[..., Awaitable] | None = None,
-        slots: PrioritySlots | None = None,
+        slots: Slots | None = None,
     ) -> None:
         """``executor()`` gives the segment executor once it is ready (None until then);
         ``offload`` runs downloads (default: asyncio's thread pool); ``slots``, the executor's
@@ -58,7 +58,7 @@ class JobRunner:
         self.data_dir = settings.data_dir
         self.policy = fetch_policy(settings)
         self._executor = executor
-        self._slots: asyncio.Semaphore | PrioritySlots | None = slots
+        self._slots: Slots | None = slots
         self.offload = offload or asyncio.to_thread
         self._running: dict[str, asyncio.Task] = {}
         self._cancel_flags: dict[str, threading.Event] = {}
@@ -91,7 +91,7 @@ class JobRunner:
                 await asyncio.to_thread(self.remove_expired)
             if executor is not None:
                 if self._slots is None:
-                    self._slots = asyncio.Semaphore(executor.slots)
+                    self._slots = Slots(lambda ex=executor: ex.slots)  # a cluster grows, shrinks
                 while len(self._running) < self.settings.max_concurrent_jobs:
                     job = self.store.claim_next()
                     if job is None:
@@ -239,6 +239,10 @@ class JobRunner:
             self.store.segment_done(job.id, result)
             write_progress(force=True)
 
+        def on_retry(index: int, reason: str) -> None:
+            in_flight.pop(index, None)
+            self.metrics.segment_retries.inc()
+
         run = SegmentedRun(
             source=source,
             plan=plan,
@@ -249,12 +253,12 @@ class JobRunner:
             executor=executor,
             done=done,
             max_attempts=self.settings.segment_attempts,
-            in_flight=executor.slots,
+            in_flight=lambda: executor.slots,
             slots=self._slots,
             on_frame=on_frame,
             on_start=on_start,
             on_done=on_done,
-            on_retry=lambda index, reason: in_flight.pop(index, None),
+            on_retry=on_retry,
         )
         try:
             await run.execute()

@@ -80,6 +80,12 @@ class Metrics:
             registry=r,
         )
         self._rate: dict[str, RateMeter] = {}
+        self.segment_retries = Counter(
+            "carn_stream_segment_retries",
+            "Segment attempts that failed and were run again (a worker or node was lost)",
+            registry=r,
+        )
+        self.cluster = ClusterMetrics(r)
         self._add_vod(r)
 
     def _add_vod(self, r: CollectorRegistry) -> None:
@@ -141,3 +147,47 @@ class Metrics:
             meter = self._rate[mode] = RateMeter()
             self.fps.labels(mode).set_function(lambda: meter.rate() or 0.0)
         self._rate[mode].add()
+
+
+# ---- cluster (segments on Ray actors) -------------------------------------------------------
+
+#: A segment takes seconds (GPU) to minutes (a long segment on a CPU).
+SEGMENT_BUCKETS = (0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+
+class ClusterMetrics:
+    """Per-node segment metrics; ``node`` labels are Ray node names (bounded by the cluster).
+
+    It is the Ray executor's observer: told when a segment starts and ends on a node.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.segment_seconds = Histogram(
+            "carn_stream_cluster_segment_seconds",
+            "Seconds from handing a segment to a node's actor until its encoded segment is back",
+            ["node"],
+            buckets=SEGMENT_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "carn_stream_cluster_segments_in_flight",
+            "Segments at a node's actors now",
+            ["node"],
+            registry=registry,
+        )
+        self.lost = Counter(
+            "carn_stream_cluster_segments_lost",
+            "Segment attempts lost with their actor or node",
+            ["node"],
+            registry=registry,
+        )
+
+    def started(self, node: str) -> None:
+        self.in_flight.labels(node).inc()
+
+    def finished(self, node: str, seconds: float | None, lost: bool) -> None:
+        self.in_flight.labels(node).dec()
+        if lost:
+            self.lost.labels(node).inc()
+        elif seconds is not None:
+            self.segment_seconds.labels(node).observe(seconds)

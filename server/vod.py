@@ -34,11 +34,11 @@ from carn_stream.pipeline.renditions import (
 )
 from carn_stream.pipeline.run import PipelineOptions
 from carn_stream.pipeline.segments import SegmentPlan
+from carn_stream.pipeline.slots import Slots, Ticket
 from carn_stream.server.exposure import redact_paths
 from carn_stream.server.fetch import fetch, fetch_policy, validate_url
 from carn_stream.server.jobs import INPUT_NAME, batch_size, input_limits
 from carn_stream.server.metrics import Metrics
-from carn_stream.server.slots import PrioritySlots, Ticket
 from carn_stream.server.video_store import Rendition, Video, VideoStore, rendition_name
 from carn_stream.server.vod_cache import Key, SegmentCache
 from carn_stream.settings import Settings
@@ -76,7 +76,7 @@ class VideoManager:
         settings: Settings,
         metrics: Metrics,
         executor: Callable[[], SegmentExecutor | None],
-        slots: PrioritySlots,
+        slots: Slots,
     ) -> None:
         self.store, self.settings, self.metrics = store, settings, metrics
         self.policy = fetch_policy(settings)

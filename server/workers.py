@@ -7,10 +7,15 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from carn_stream.pipeline.executors import InProcessExecutor, SegmentExecutor
 from carn_stream.pipeline.infer import InferenceWorker
 from carn_stream.pipeline.worker_process import ProcessExecutor, ProcessLimits
+
+if TYPE_CHECKING:
+    from carn_stream.pipeline.ray_executor import RayExecutor
+from carn_stream.server.metrics import Metrics
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,29 +44,50 @@ class WorkerHolder:
 
 
 class ExecutorHolder:
-    """The job runner's segment executor, as the settings ask: a supervised worker process
-    (started in the background) or this process's own inference worker."""
+    """The job runner's segment executor, as the settings ask: actors on a Ray cluster, a
+    supervised worker process (both started in the background) or this process's own inference
+    worker."""
 
     def __init__(
-        self, settings: Settings, worker_factory: Callable[[], InferenceWorker], local: WorkerHolder
+        self,
+        settings: Settings,
+        worker_factory: Callable[[], InferenceWorker],
+        local: WorkerHolder,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings, self.local = settings, local
         self.error: str | None = None
         self._executor: SegmentExecutor | None = None
-        self._process: ProcessExecutor | None = None
+        self._process: ProcessExecutor | RayExecutor | None = None
         self._starting: asyncio.Task | None = None
-        if settings.executor == "process":
+        if settings.ray_address:
+            from carn_stream.pipeline.ray_executor import RayExecutor, RayOptions
+
+            options = RayOptions(
+                address=settings.ray_address,
+                segments_per_actor=settings.ray_segments_per_actor,
+                cpu_resource=settings.ray_cpu_resource,
+            )
+            observer = metrics.cluster if metrics is not None else None
+            self._process = RayExecutor(worker_factory, options, observer)
+            self._starting = asyncio.create_task(self._start(self._process))
+        elif settings.executor == "process":
             limits = ProcessLimits(max_open_files=settings.worker_max_open_files)
             self._process = ProcessExecutor(worker_factory, settings.worker_slots, limits)
             self._starting = asyncio.create_task(self._start(self._process))
 
-    async def _start(self, executor: ProcessExecutor) -> None:
+    async def _start(self, executor: ProcessExecutor | RayExecutor) -> None:
         try:
             await executor.start()
             self._executor = executor
         except Exception as exc:
-            log.exception("starting the worker process failed")
+            log.exception("starting the segment executor failed")
             self.error = f"{type(exc).__name__}: {exc}"
+
+    def slots(self, default: int) -> int:
+        """Segments the executor takes at once (a cluster's grow with it)."""
+        executor = self.get()
+        return executor.slots if executor is not None else default
 
     def get(self) -> SegmentExecutor | None:
         """The executor once it can take work."""

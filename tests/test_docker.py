@@ -62,9 +62,16 @@ def compose_cpu(compose) -> dict:
     return merge(compose, load_compose(DOCKER / "compose.cpu.yaml"))
 
 
-def test_compose_files_validate_against_the_compose_specification(schema, compose, compose_cpu):
+@pytest.fixture(scope="module")
+def compose_ray(compose) -> dict:
+    return merge(compose, load_compose(DOCKER / "compose.ray.yaml"))
+
+
+def test_compose_files_validate_against_the_compose_specification(
+    schema, compose, compose_cpu, compose_ray
+):
     validator = jsonschema.Draft201909Validator(schema)
-    for document in (compose, compose_cpu):
+    for document in (compose, compose_cpu, compose_ray):
         errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(document)]
         assert errors == []
     broken = merge(compose, {"services": {"carn-stream": {"ports": "8000"}}})
@@ -82,6 +89,26 @@ def test_service_reserves_a_gpu_keeps_data_on_volumes_and_checks_health(compose,
     assert "/healthz" in " ".join(app["healthcheck"]["test"])
     cpu = compose_cpu["services"]["carn-stream"]
     assert "deploy" not in cpu and cpu["environment"]["CARN_STREAM_DEVICE"] == "cpu"
+
+
+def test_ray_compose_has_a_head_one_gpu_per_worker_and_the_api_pointed_at_the_head(compose_ray):
+    services = compose_ray["services"]
+    head = services["ray-head"]
+    assert head["command"][:2] == ["start", "--head"] and "--num-gpus=0" in head["command"]
+    port = next(a.split("=")[1] for a in head["command"] if a.startswith("--port="))
+    workers = {name: svc for name, svc in services.items() if name.startswith("ray-gpu-")}
+    assert len(workers) >= 2
+    gpus = []
+    for worker in workers.values():
+        assert {f"--address=ray-head:{port}", "--num-gpus=1"} <= set(worker["command"])
+        (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        gpus += device["device_ids"]
+        assert worker["environment"]["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert len(set(gpus)) == len(gpus) == len(workers)  # one GPU each, none shared
+    api = services["carn-stream"]
+    assert api["environment"]["CARN_STREAM_RAY_ADDRESS"] == f"ray-head:{port}"
+    assert "deploy" not in api and api["build"]["args"]["EXTRAS"] == "ray"
+    assert {svc["image"] for svc in (api, head, *workers.values())} == {api["image"]}
 
 
 def test_dockerfile_lints_clean_and_follows_the_house_rules():

@@ -1,0 +1,24 @@
+"""A worker for the cluster tests: bicubic upscaling that takes a fixed time per batch, so that a
+segment is still running when a test removes or adds a node. Module-level, so that a Ray actor
+on another node can build it."""
+
+from __future__ import annotations
+
+import time
+
+from torch import Tensor
+
+from carn_stream.model.baselines import Bicubic
+from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+
+SECONDS_PER_BATCH = 0.08
+
+
+class SlowBicubic(Bicubic):
+    def forward(self, x: Tensor, scale: int | None = None) -> Tensor:
+        time.sleep(SECONDS_PER_BATCH)
+        return super().forward(x, scale)
+
+
+def slow_worker() -> InferenceWorker:
+    return InferenceWorker(Engine(SlowBicubic(), EngineConfig(device="cpu", precision="fp32")))
