@@ -24,7 +24,7 @@ import av
 
 from carn_stream.pipeline.decode import open_input
 from carn_stream.pipeline.errors import InputError
-from carn_stream.pipeline.segments import Segment
+from carn_stream.pipeline.segments import Segment, audio_packets
 
 FORMAT = "mov"
 SUFFIX = ".mov"
@@ -60,7 +60,9 @@ def cut_segment(source: Path, segment: Segment, time_base: Fraction, last: bool)
                 for packet in _video_packets(video_in, segment):
                     packet.stream = out_video
                     out.mux(packet)
-                for packet in _audio_packets(audio_in, segment, time_base, last):
+                for packet in audio_packets(
+                    audio_in, segment, time_base, last, AUDIO_MARGIN_SECONDS
+                ):
                     packet.stream = out_audio[packet.stream.index]
                     out.mux(packet)
         except (av.FFmpegError, ValueError) as exc:
@@ -84,29 +86,6 @@ def _video_packets(container: av.container.InputContainer, segment: Segment):
             covered += 1
             if covered == segment.frames:
                 return
-
-
-def _audio_packets(
-    container: av.container.InputContainer, segment: Segment, time_base: Fraction, last: bool
-):
-    streams = list(container.streams.audio)
-    if not streams:
-        return
-    start = segment.start_pts * time_base - AUDIO_MARGIN_SECONDS
-    end = segment.end_pts * time_base + AUDIO_MARGIN_SECONDS
-    if segment.index > 0:
-        container.seek(max(0, math.floor(start * 1_000_000)), backward=True)
-    for packet in container.demux(streams):
-        if packet.dts is None or packet.size == 0:
-            continue
-        at = (packet.pts if packet.pts is not None else packet.dts) * packet.stream.time_base
-        if segment.index > 0 and at < start:
-            continue
-        if not last and at >= end:
-            if at >= end + AUDIO_MARGIN_SECONDS:
-                return
-            continue
-        yield packet
 
 
 def write_copy(data: bytes, folder: Path) -> Path:

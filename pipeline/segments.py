@@ -312,22 +312,29 @@ def segment_frames(
         )
 
 
-def segment_audio(
+#: Audio interleaves loosely with video: reading starts this much before the audio wanted and
+#: goes this much past it (seconds).
+AUDIO_READ_AHEAD = 2
+
+
+def audio_packets(
     container: av.container.InputContainer,
     segment: Segment,
     time_base: Fraction,
     last: bool,
-    decode_streams: frozenset[int] = frozenset(),
-) -> Iterator[AudioItem]:
-    """Audio packets whose time falls in the segment; the first and the last segment also take
-    what lies before the first frame and after the last one."""
+    margin: float = 0,
+) -> Iterator[av.Packet]:
+    """The audio packets whose time falls in the segment, widened by ``margin`` seconds each
+    side; the first segment also takes what lies before its first frame, the last what follows
+    its last one."""
     streams = list(container.streams.audio)
     if not streams:
         return
-    start = segment.start_pts * time_base
-    end = segment.end_pts * time_base
+    start = segment.start_pts * time_base - margin
+    end = segment.end_pts * time_base + margin
     if segment.index > 0:
-        container.seek(max(0, math.floor((start - 2) * 1_000_000)), backward=True)
+        seek_to = max(0, math.floor((start - AUDIO_READ_AHEAD) * 1_000_000))
+        container.seek(seek_to, backward=True)
     for packet in container.demux(streams):
         if packet.dts is None or packet.size == 0:
             continue
@@ -335,9 +342,22 @@ def segment_audio(
         if segment.index > 0 and at < start:
             continue
         if not last and at >= end:
-            if at >= end + 2:  # interleaving is loose: read a little past the end, then stop
+            if at >= end + AUDIO_READ_AHEAD:
                 return
             continue
+        yield packet
+
+
+def segment_audio(
+    container: av.container.InputContainer,
+    segment: Segment,
+    time_base: Fraction,
+    last: bool,
+    decode_streams: frozenset[int] = frozenset(),
+) -> Iterator[AudioItem]:
+    """The segment's audio (:func:`audio_packets`): packets to copy, or decoded frames for the
+    stream indexes in ``decode_streams``."""
+    for packet in audio_packets(container, segment, time_base, last):
         sid = packet.stream.index
         if sid in decode_streams:
             yield AudioItem(sid, frames=tuple(packet.decode()))

@@ -52,8 +52,10 @@ class Slots:
     def ticket(self, priority: int = InferenceWorker.JOB_PRIORITY) -> Ticket:
         return Ticket(priority, next(self._seq))
 
-    async def acquire(self, ticket: Ticket) -> None:
-        """Wait for a slot; give it back with :meth:`release`."""
+    async def acquire(self, ticket: Ticket | None = None) -> None:
+        """Wait for a slot (at a job's priority unless ``ticket`` says otherwise); give it
+        back with :meth:`release`."""
+        ticket = ticket or self.ticket()
         ticket.granted = asyncio.get_running_loop().create_future()
         self._waiting.append(ticket)
         self._grant()
@@ -93,7 +95,7 @@ class Slots:
 
     # A batch job's segments hold a slot with ``async with slots:``.
     async def __aenter__(self) -> Slots:
-        await self.acquire(self.ticket())
+        await self.acquire()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
