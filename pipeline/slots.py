@@ -12,7 +12,6 @@ waiter's priority can be raised while it waits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,8 +60,9 @@ class Slots:
         self._grant()
         try:
             while not ticket.granted.done():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(ticket.granted), self.recheck)
+                # (asyncio.wait, not wait_for: a cancellation arriving as the slot is granted
+                # must not be lost)
+                await asyncio.wait({ticket.granted}, timeout=self.recheck)
                 self._grant()  # the capacity may have grown meanwhile
         except BaseException:
             if ticket in self._waiting:
