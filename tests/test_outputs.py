@@ -36,7 +36,7 @@ X264 = {"crf": "12", "preset": "veryfast", "g": "25"}
 def clips(data_dir, tmp_path_factory) -> dict[str, Path]:
     video = data_dir / "video"
     d = tmp_path_factory.mktemp("clips")
-    bunny = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 40), (160, 90))
+    bunny = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 50), (160, 90))
     rich = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 40), (320, 180))
     return {
         # a keyframe each second: two segments of 1 s
@@ -44,7 +44,7 @@ def clips(data_dir, tmp_path_factory) -> dict[str, Path]:
             d / "bunny.mp4",
             bunny,
             audio_from=video / "bigbuckbunny.mp4",
-            audio_seconds=1.6,
+            audio_seconds=2.0,
             options=X264,
         ),
         "rich": write_rich_mkv(

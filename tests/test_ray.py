@@ -150,10 +150,10 @@ def test_shared_slots_follow_a_growing_pool_and_serve_jobs_in_turn():
         for name, task in (("long", waiters[0]), ("long", waiters[1]), ("short", short)):
             task.add_done_callback(lambda _, name=name: order.append(name))
         await asyncio.sleep(0.2)
-        assert order == [] and slots.taken == 1
+        assert order == [] and slots.busy == 1
         capacity[0] = 3  # two actors joined: the first two waiters get in, in order
         await asyncio.sleep(0.2)
-        assert order == ["long", "long"] and slots.taken == 3
+        assert order == ["long", "long"] and slots.busy == 3
         slots.release()
         await asyncio.sleep(0.1)
         assert order == ["long", "long", "short"]
