@@ -328,7 +328,7 @@ async def _in_process_session(model, frames, seconds: float, latency_policy):
     from carn_stream.server.live import BitratePolicy, LiveSessions
     from carn_stream.server.metrics import Metrics
 
-    worker = InferenceWorker(Engine(model, EngineConfig(device="cpu")))
+    worker = InferenceWorker(Engine(model, EngineConfig(device="cpu", precision="fp32")))
     threads_before = {t.ident for t in threading.enumerate()}
     tasks_before = asyncio.all_tasks()
     live = LiveSessions(Metrics(), 2, BitratePolicy(), latency_policy)
