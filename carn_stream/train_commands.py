@@ -178,7 +178,8 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 
     from carn_stream.model.evaluation import evaluate
     from carn_stream.model.inference import pick_device, upscale_rgb
-    from carn_stream.model.training import TUNE_DEFAULTS, WEIGHTS_FILE, Trainer
+    from carn_stream.model.recipe import TUNE_DEFAULTS
+    from carn_stream.model.training import WEIGHTS_FILE, Trainer
 
     if args.output.suffix != ".pth":
         raise TrainingError(f"output {args.output} must end in .pth")

@@ -211,9 +211,12 @@ def test_the_cli_refuses_an_existing_output_unless_asked(clips, tmp_path, name):
 
 
 @pytest.mark.slow
-def test_an_interrupted_hls_run_resumes_into_its_own_folder(clips, tmp_path):
+def test_an_interrupted_hls_run_resumes_into_its_own_folder(data_dir, tmp_path):
+    # Five 1 s segments: killed once the first is published, at most two of them are done.
+    frames = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 125), (96, 54))
+    clip = write_clip(tmp_path / "five.mp4", frames, options=X264)
     out = tmp_path / "hls"
-    args = ("upscale", str(clips["bunny"]), str(out), "--scale", "2", "--precision", "fp32",
+    args = ("upscale", str(clip), str(out), "--scale", "2", "--precision", "fp32",
             "--segment-seconds", "1", "--batch", "1")  # fmt: skip
     env = {**os.environ, "CARN_WEIGHTS": str(official_weights_path())}
     first = subprocess.Popen([sys.executable, "-m", "carn_stream.cli", *args], cwd=REPO_ROOT,

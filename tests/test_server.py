@@ -26,10 +26,14 @@ def media(data_dir, tmp_path_factory):
     """A file server on 127.0.0.1 with small real clips (and one non-video)."""
     root = tmp_path_factory.mktemp("media")
     video = data_dir / "video"
-    bunny = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 50), (160, 90))
-    # A keyframe each second: two segments of 1 s (the tests' segment duration).
-    write_clip(root / "bunny.mp4", bunny, audio_from=video / "bigbuckbunny.mp4", audio_seconds=2.0,
-               options={"crf": "12", "preset": "veryfast", "g": "25"})  # fmt: skip
+    frames = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 125), (160, 90))
+    gop = {"crf": "12", "preset": "veryfast", "g": "25"}
+    # A keyframe each second: two segments of 1 s (the tests' segment duration) ...
+    write_clip(root / "bunny.mp4", frames[:50], audio_from=video / "bigbuckbunny.mp4",
+               audio_seconds=2.0, options=gop)  # fmt: skip
+    # ... and five, more than the executor works on at once.
+    write_clip(root / "long.mp4", frames, audio_from=video / "bigbuckbunny.mp4",
+               audio_seconds=5.0, options=gop)  # fmt: skip
     carphone = decode_rgb(video / "carphone_pristine.mp4", 90)
     write_clip(root / "carphone.mp4", [f[:72, :88] for f in carphone], rate=Fraction(30000, 1001))
     (root / "notes.mp4").write_text("this is not a video")
@@ -86,16 +90,17 @@ def test_health_and_readiness(server):
 
 def test_hls_job_plays_before_it_finishes_and_keeps_everything(server, media, tmp_path):
     base, _ = media
-    job = submit(server, f"{base}/bunny.mp4", scale=2, output="hls")
+    job = submit(server, f"{base}/long.mp4", scale=2, output="hls")
     assert job["state"] == "queued" and job["links"]["playlist"].endswith("/hls/index.m3u8")
     playlist_url = job["links"]["playlist"]
 
     def early_playlist():
         state = server.job(job["id"])["state"]
         response = server.call("GET", playlist_url)
-        return response.status == 200 and state == "running" and response
+        listed = response.status == 200 and b"segment_" in response.body
+        return listed and state == "running" and response
 
-    early = wait_for(early_playlist, 60, "a playlist while the job runs")
+    early = wait_for(early_playlist, 60, "a playlist listing a segment while the job runs")
     assert b"#EXT-X-ENDLIST" not in early.body  # still growing
     assert early.headers["content-type"] == "application/vnd.apple.mpegurl"
     # The page plays what exists so far as a finished playlist, segments under hls/.
@@ -108,7 +113,7 @@ def test_hls_job_plays_before_it_finishes_and_keeps_everything(server, media, tm
 
     done = server.wait_job(job["id"], ("succeeded", "failed"))
     assert done["state"] == "succeeded", done["error"]
-    assert done["progress"]["frames_done"] == done["progress"]["frames_total"] == 50
+    assert done["progress"]["frames_done"] == done["progress"]["frames_total"] == 125
     playlist = server.call("GET", playlist_url).body.decode()
     assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
     segments = [line for line in playlist.splitlines() if line and not line.startswith("#")]
@@ -122,7 +127,7 @@ def test_hls_job_plays_before_it_finishes_and_keeps_everything(server, media, tm
         assert c.streams.audio, "audio kept"
         decoded = list(c.decode(video=0))
     frames = len(decoded)
-    assert (decoded[0].width, decoded[0].height) == (320, 180) and frames == 50
+    assert (decoded[0].width, decoded[0].height) == (320, 180) and frames == 125
 
 
 def test_mp4_job_serves_range_requests(server, media, tmp_path):
