@@ -71,15 +71,21 @@ def pixel_format(encoder: str, bits: int) -> str:
     return "yuv420p"
 
 
+def preset_problem(codec: str, preset: str | None) -> str | None:
+    """Why ``preset`` does not apply to ``codec`` (None when it does, or is not given)."""
+    presets = CODECS[codec].presets
+    if preset is None or preset in presets:
+        return None
+    return f"preset {preset!r} does not apply to {codec}; use one of {', '.join(presets)}"
+
+
 def check_codec(codec: str, preset: str | None) -> VideoCodec:
     """The codec, if it exists here and takes ``preset``; else OutputError saying what would."""
     if codec not in CODECS:
         raise OutputError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     spec = CODECS[codec]
-    if preset is not None and preset not in spec.presets:
-        raise OutputError(
-            f"preset {preset!r} does not apply to {codec}; use one of {', '.join(spec.presets)}"
-        )
+    if problem := preset_problem(codec, preset):
+        raise OutputError(problem)
     if not encoder_works(spec.encoder):
         working = [name for name, c in CODECS.items() if encoder_works(c.encoder)]
         raise OutputError(

@@ -1,7 +1,9 @@
 """Segments on a Ray cluster: one actor per GPU (or per CPU worker slot), each with a warm engine.
 
 The head (this process) plans the input and, for every segment, remuxes the packets it needs
-into a small MOV file in memory (:mod:`carn_stream.pipeline.remux`: compressed, no decoding).
+into a small MOV file in memory (:mod:`carn_stream.pipeline.segment_transport`: compressed, no
+decoding). The original rendition of a video served on request is a remux too, so the head
+makes it itself (no upscaling, nothing to send).
 An actor writes it to a temporary file, decodes, upscales and encodes it with the same
 :func:`~carn_stream.pipeline.executors.upscale_segment` every executor uses, and returns the
 encoded MPEG-TS segment, which the head publishes by rename. Neither decoded frames nor a shared
@@ -39,11 +41,13 @@ from carn_stream.pipeline.executors import (
     SegmentResult,
     SegmentTask,
     WorkerCrashed,
+    plan_for,
     upscale_segment,
 )
 from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.pipeline.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.segment_transport import cut_segment, localize, write_copy
-from carn_stream.pipeline.segments import SegmentPlan, plan_segments
+from carn_stream.pipeline.segments import SegmentPlan
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +206,7 @@ class RayExecutor:
                     await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
 
     async def plan(self, request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
-        return await asyncio.to_thread(plan_segments, request.source, request.target_seconds)
+        return await asyncio.to_thread(plan_for, request)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         segment = task.segment
@@ -236,6 +240,9 @@ class RayExecutor:
             for report in reports:
                 on_frame(report)
         return replace(result, bytes=len(encoded))
+
+    async def remux(self, task: RemuxTask) -> int:
+        return await asyncio.to_thread(remux_segment, task)
 
     async def close(self) -> None:
         self._closed = True

@@ -14,9 +14,9 @@ from carn_stream.server.store import JobStore
 from carn_stream.settings import Settings
 
 
-def check_admission(settings: Settings, store: JobStore) -> None:
-    """Refuse a new job with 507 when the data folder's disk is below its floor, with 503
-    when the queue is full."""
+def check_disk(settings: Settings) -> None:
+    """Refuse new work (a job, a video) with 507 when the data folder's disk is below its
+    floor."""
     free = shutil.disk_usage(settings.data_dir).free
     if free < settings.min_free_disk_bytes:
         raise HTTPException(
@@ -24,6 +24,12 @@ def check_admission(settings: Settings, store: JobStore) -> None:
             f"the server is low on disk space ({free // 2**20} MiB free, needs "
             f"{settings.min_free_disk_bytes // 2**20} MiB); try again later",
         )
+
+
+def check_admission(settings: Settings, store: JobStore) -> None:
+    """Refuse a new job with 507 when the data folder's disk is below its floor, with 503
+    when the queue is full."""
+    check_disk(settings)
     queued = store.count_by_state()["queued"]
     if queued >= settings.max_queued_jobs:
         raise HTTPException(

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,12 +16,25 @@ from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.formats import FORMATS
 from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
 from carn_stream.server.admission import check_admission
-from carn_stream.server.deps import get_runner, get_store, link_signer, require_token
+from carn_stream.server.deps import (
+    Limit,
+    Offset,
+    Signer,
+    get_runner,
+    get_store,
+    require_token,
+)
 from carn_stream.server.exposure import public_url
 from carn_stream.server.fetch import FetchError, validate_url
 from carn_stream.server.job_params import JobParams
 from carn_stream.server.jobs import JobRunner
-from carn_stream.server.store import SEGMENT_STATES, STATES, Job, JobStore
+from carn_stream.server.store import (
+    ENDED_WITHOUT_OUTPUT,
+    SEGMENT_STATES,
+    STATES,
+    Job,
+    JobStore,
+)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -128,7 +141,6 @@ class JobPage(BaseModel):
 
 Store = Annotated[JobStore, Depends(get_store)]
 Runner = Annotated[JobRunner, Depends(get_runner)]
-Signer = Annotated[Callable[[str], str], Depends(link_signer)]
 
 
 def _job_or_404(store: JobStore, job_id: str) -> Job:
@@ -161,7 +173,7 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
     try:
         check_codec(params.codec, params.preset)
     except OutputError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     job = store.create(body.url, params)
     runner.wake()
     return JobOut.of(job, sign=sign)
@@ -171,8 +183,8 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
 def list_jobs(
     store: Store,
     sign: Signer,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Offset = 0,
+    limit: Limit = 50,
     state: Literal[STATES] | None = None,  # type: ignore[valid-type]
 ) -> JobPage:
     """Jobs, newest first."""
@@ -211,6 +223,8 @@ async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) ->
 def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileResponse:
     """The playlist and its segments; available while the job runs."""
     job = _job_or_404(store, job_id)
+    if job.state in ENDED_WITHOUT_OUTPUT:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
     if name != PLAYLIST_NAME and not SEGMENT_NAME_RE.match(name):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no HLS file {name!r}")
     path = runner.job_dir(job.id) / "hls" / name

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
-from carn_stream.server.deps import require_token
+from carn_stream.server.admission import check_disk
+from carn_stream.server.deps import Limit, Offset, Signer, require_token
+from carn_stream.server.exposure import public_url
 from carn_stream.server.fetch import FetchError
 from carn_stream.server.job_params import Scale
 from carn_stream.server.video_store import TUNE_STATES, Rendition, Video
@@ -82,19 +85,23 @@ class VideoOut(BaseModel):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, video: Video, cached: dict[str, dict[int, int]]) -> VideoOut:
+    def of(
+        cls, video: Video, cached: dict[str, dict[int, int]], sign: Callable[[str], str] = str
+    ) -> VideoOut:
+        """The video as the API shows it: its URL without secrets, playlist links signed by
+        ``sign`` (when the server has a token)."""
         plan = video.plan
         base = f"/videos/{video.id}"
         renditions = []
         for r in video.renditions:
             made = cached.get(r.name, {})
             renditions.append(RenditionOut(
-                **r.model_dump(), playlist=f"{base}/{r.name}/{PLAYLIST_NAME}",
+                **r.model_dump(), playlist=sign(f"{base}/{r.name}/{PLAYLIST_NAME}"),
                 segments_cached=len(made), bytes_cached=sum(made.values()), cached=sorted(made),
             ))  # fmt: skip
         return cls(
             id=video.id,
-            url=video.url,
+            url=public_url(video.url),
             created_at=video.created_at,
             duration=plan.duration,
             frames=plan.frames,
@@ -113,7 +120,7 @@ class VideoOut(BaseModel):
                 psnr_tuned=video.psnr_tuned,
                 error=video.tune_error,
             ),
-            links={"self": base, "master": f"{base}/{MASTER_NAME}"},
+            links={"self": base, "master": sign(f"{base}/{MASTER_NAME}")},
         )
 
 
@@ -142,11 +149,12 @@ def _video_or_404(videos: VideoManager, video_id: str) -> Video:
     "", status_code=status.HTTP_201_CREATED, response_model=VideoOut,
     dependencies=[Depends(require_token)],
 )  # fmt: skip
-async def create_video(body: VideoCreate, videos: Videos) -> VideoOut:
+async def create_video(body: VideoCreate, videos: Videos, sign: Signer) -> VideoOut:
     """Fetch and plan a video (no upscaling yet); it can be played as soon as this returns."""
+    check_disk(videos.settings)
     if body.tune:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             "fine-tuning on ingest is not available yet: run `carn-stream tune` and name its "
             "weights in a job",
         )
@@ -155,27 +163,28 @@ async def create_video(body: VideoCreate, videos: Videos) -> VideoOut:
     except NotReady as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     except (FetchError, PipelineError, ValueError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
-    return VideoOut.of(video, {})
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return VideoOut.of(video, {}, sign)
 
 
 @router.get("", response_model=VideoPage)
 def list_videos(
     videos: Videos,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    sign: Signer,
+    offset: Offset = 0,
+    limit: Limit = 50,
 ) -> VideoPage:
     """Videos, newest first."""
     items, total = videos.store.list(offset, limit)
-    out = [VideoOut.of(v, videos.cached(v.id)) for v in items]
+    out = [VideoOut.of(v, videos.cached(v.id), sign) for v in items]
     return VideoPage(items=out, total=total, offset=offset, limit=limit)
 
 
 @router.get("/{video_id}", response_model=VideoOut)
-def get_video(video_id: str, videos: Videos) -> VideoOut:
+def get_video(video_id: str, videos: Videos, sign: Signer) -> VideoOut:
     """Duration, segments, renditions with what of each is cached, and the fine-tune's state."""
     video = _video_or_404(videos, video_id)
-    return VideoOut.of(video, videos.cached(video.id))
+    return VideoOut.of(video, videos.cached(video.id), sign)
 
 
 @router.delete(

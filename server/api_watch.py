@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
@@ -13,9 +12,9 @@ from pydantic import BaseModel
 
 from carn_stream.pipeline.hls import PLAYLIST_NAME
 from carn_stream.server.compare import compared_frames, comparison_png
-from carn_stream.server.deps import get_runner, get_store, link_signer
+from carn_stream.server.deps import Signer, get_runner, get_store
 from carn_stream.server.jobs import JobRunner
-from carn_stream.server.store import JobStore
+from carn_stream.server.store import ENDED_WITHOUT_OUTPUT, JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -30,6 +29,8 @@ def _folder(job_id: str, store: JobStore, runner: JobRunner):
     job = store.get(job_id) if _JOB_ID.match(job_id) else None
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+    if job.state in ENDED_WITHOUT_OUTPUT:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
     return runner.job_dir(job.id)
 
 
@@ -38,7 +39,7 @@ def list_comparison(
     job_id: str,
     store: Annotated[JobStore, Depends(get_store)],
     runner: Annotated[JobRunner, Depends(get_runner)],
-    sign: Annotated[Callable[[str], str], Depends(link_signer)],
+    sign: Signer,
 ) -> Comparison:
     """Frames of a finished job kept for comparison (none before it has succeeded); links
     signed like the job's other media when the server has a token."""

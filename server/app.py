@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,7 +22,7 @@ from carn_stream.pipeline.slots import Slots
 from carn_stream.server import api_health, api_jobs, api_live, api_videos, api_watch, pages
 from carn_stream.server.blocking import BlockingPool
 from carn_stream.server.jobs import JobRunner
-from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions, restrict_ice_hosts
+from carn_stream.server.live import LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.middleware import Gate, RequestMetrics
 from carn_stream.server.store import JobStore
@@ -27,11 +31,78 @@ from carn_stream.server.vod import VideoManager
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
 
-if TYPE_CHECKING:  # Ray is an optional extra, imported only when a cluster is configured
-    pass
-
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+@dataclass
+class Services:
+    """What the service runs between start-up and shutdown."""
+
+    store: JobStore
+    video_store: VideoStore
+    blocking: BlockingPool
+    holder: WorkerHolder
+    executors: ExecutorHolder
+    runner: JobRunner
+    videos: VideoManager
+    live: LiveSessions
+
+
+async def start_services(
+    settings: Settings, worker_factory: Callable[[], InferenceWorker], metrics: Metrics
+) -> Services:
+    """Open the store (interrupted jobs re-queued, or failed and cleaned up once out of
+    attempts), and build the workers, the executor, the job runner, videos and live sessions."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(settings.data_dir / "jobs.sqlite3")
+    requeued, failed = store.recover(settings.max_attempts)
+    if requeued or failed:
+        log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
+    blocking = BlockingPool(settings.max_concurrent_jobs + 2)
+    holder = WorkerHolder(worker_factory)
+    executors = ExecutorHolder(settings, worker_factory, holder, metrics)
+    # Jobs and videos share the executor's slots, which follow it (a cluster grows).
+    slots = Slots(lambda: executors.slots(settings.worker_slots), urgent_extra=1)
+    runner = JobRunner(store, settings, metrics, executors.get, offload=blocking.run, slots=slots)
+    await asyncio.to_thread(runner.discard_files, failed)  # failed jobs serve nothing
+    video_store = VideoStore(settings.data_dir / "jobs.sqlite3")
+    videos = VideoManager(video_store, settings, metrics, executors.get, slots, blocking.run)
+    restrict_ice_hosts(settings.live_ice_hosts)
+    live = LiveSessions.from_settings(metrics, settings)
+    return Services(store, video_store, blocking, holder, executors, runner, videos, live)
+
+
+async def stop_services(services: Services, scheduler: asyncio.Task) -> None:
+    """Close live sessions, then videos and jobs (running jobs re-queued), then the workers."""
+    await services.live.close_all()
+    await services.videos.close()
+    await services.runner.shutdown()
+    scheduler.cancel()
+    await asyncio.gather(scheduler, return_exceptions=True)
+    await services.executors.close()
+    await asyncio.to_thread(services.holder.close)
+    services.blocking.close()
+    services.store.close()
+    services.video_store.close()
+
+
+def _json_safe(value):
+    """``value`` with numbers JSON cannot carry (inf, NaN) written as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with pydantic's list of errors, also for inputs such as ``1e400`` (read as inf),
+    which FastAPI's own handler cannot encode."""
+    detail = _json_safe(jsonable_encoder(exc.errors()))
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]) -> FastAPI:
@@ -41,51 +112,17 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        store = JobStore(data_dir / "jobs.sqlite3")
-        requeued, failed = store.recover(settings.max_attempts)
-        if requeued or failed:
-            log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
-        blocking = BlockingPool(settings.max_concurrent_jobs + 2)
-        holder = WorkerHolder(worker_factory)
-        executors = ExecutorHolder(settings, worker_factory, holder, metrics)
-        # Jobs and videos share the executor's slots, which follow it (a cluster grows).
-        slots = Slots(lambda: executors.slots(settings.worker_slots), urgent_extra=1)
-        runner = JobRunner(
-            store, settings, metrics, executors.get, offload=blocking.run, slots=slots
-        )
-        video_store = VideoStore(data_dir / "jobs.sqlite3")
-        videos = VideoManager(video_store, settings, metrics, executors.get, slots)
-        app.state.videos = videos
-        restrict_ice_hosts(settings.live_ice_hosts)
-        live = LiveSessions(
-            metrics,
-            settings.live_max_sessions,
-            BitratePolicy(bits_per_pixel=settings.live_bits_per_pixel,
-                          ceiling=settings.live_max_bitrate),
-            LatencyPolicy(settings.live_max_latency, settings.live_adaptive),
-            connect_seconds=settings.live_connect_seconds,
-            max_output_pixels=settings.max_output_pixels,
-        )  # fmt: skip
-        app.state.live = live
-        app.state.settings, app.state.store, app.state.runner = settings, store, runner
-        app.state.worker_holder, app.state.metrics = holder, metrics
-        app.state.executors = executors
-        scheduler = asyncio.create_task(runner.run_forever())
+        services = await start_services(settings, worker_factory, metrics)
+        state = app.state  # what the routes' dependencies read (server/deps.py)
+        state.settings, state.metrics = settings, metrics
+        state.store, state.runner, state.videos = services.store, services.runner, services.videos
+        state.live, state.worker_holder = services.live, services.holder
+        state.executors = services.executors
+        scheduler = asyncio.create_task(services.runner.run_forever())
         try:
             yield
         finally:
-            await live.close_all()
-            await videos.close()
-            await runner.shutdown()
-            scheduler.cancel()
-            await asyncio.gather(scheduler, return_exceptions=True)
-            await executors.close()
-            await asyncio.to_thread(holder.close)
-            blocking.close()
-            store.close()
-            video_store.close()
+            await stop_services(services, scheduler)
 
     app = FastAPI(
         title="carn-stream",
@@ -94,6 +131,7 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         docs_url=None,  # /docs and /redoc: server/pages.py, with local assets
         redoc_url=None,
     )
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.include_router(api_jobs.router)
     app.include_router(api_watch.router)
     app.include_router(api_health.router)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 
 from carn_stream.server import media_links
 from carn_stream.server.jobs import JobRunner
 from carn_stream.server.store import JobStore
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
+
+#: Paging of listings: an offset past the end gives an empty page (SQLite takes 64-bit offsets).
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
+Limit = Annotated[int, Query(ge=1, le=200)]
 
 
 def get_settings(request: Request) -> Settings:
@@ -42,6 +47,10 @@ def link_signer(request: Request) -> Callable[[str], str]:
     if not settings.api_token:
         return lambda path: path
     return lambda path: media_links.sign(path, settings.api_token, settings.media_link_seconds)
+
+
+#: A route's link signer (see :func:`link_signer`).
+Signer = Annotated[Callable[[str], str], Depends(link_signer)]
 
 
 def require_token(request: Request) -> None:

@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,14 +241,13 @@ def fetch(
     dest: Path,
     policy: FetchPolicy,
     cancelled: threading.Event | None = None,
-    on_bytes: Callable[[int, int | None], None] | None = None,
 ) -> Path:
     """Download ``url`` (or copy a permitted local file) to ``dest``."""
     if policy.allow_local_files and (url.startswith("file://") or url.startswith("/")):
         return Path(validate_url(url, policy).removeprefix("file://"))
     watchdog = _Watchdog(policy, cancelled)
     try:
-        return _fetch(url, dest, policy, watchdog, on_bytes)
+        return _fetch(url, dest, policy, watchdog)
     except FetchError:
         watchdog.check()  # the watchdog's reason explains a closed connection best
         raise
@@ -256,7 +255,7 @@ def fetch(
         watchdog.close()
 
 
-def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog, on_bytes) -> Path:
+def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> Path:
     current = url
     for _hop in range(policy.max_redirects + 1):
         watchdog.check()
@@ -278,7 +277,7 @@ def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog, on_by
             total = int(length) if length and length.isdigit() else None
             if total is not None and total > policy.max_bytes:
                 raise FetchError(f"input is {total} bytes, over the limit of {policy.max_bytes}")
-            _stream_body(response, dest, policy, total, watchdog, on_bytes)
+            _stream_body(response, dest, policy, total, watchdog)
             return dest
         finally:
             conn.close()
@@ -296,8 +295,12 @@ def _request(target: Target, addresses: Iterable[IPAddress], policy: FetchPolicy
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             watchdog.check()
-            errors.append(f"{address}: {_describe(exc)}")
-    raise FetchError(f"cannot fetch from {target.host}: {'; '.join(errors)}")
+            errors.append((str(address), _describe(exc)))
+    where = f"{target.host}:{target.port}"
+    if len(errors) == 1 and errors[0][0] == target.host.strip("[]"):
+        raise FetchError(f"cannot connect to {where}: {errors[0][1]}")
+    tried = "; ".join(f"{address}: {reason}" for address, reason in errors)
+    raise FetchError(f"cannot connect to {where} (tried {tried})")
 
 
 def _describe(exc: BaseException) -> str:
@@ -308,7 +311,7 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog, on_bytes) -> None:
+def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog) -> None:
     done = 0
     tmp = dest.with_name(dest.name + ".part")
     try:
@@ -331,8 +334,6 @@ def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog, on_
                 if done > policy.max_bytes:
                     raise FetchError(f"input is over the limit of {policy.max_bytes} bytes")
                 out.write(chunk)
-                if on_bytes:
-                    on_bytes(done, total)
         if total is not None and done < total:
             raise FetchError(f"download ended early: {done} of {total} bytes")
         tmp.replace(dest)

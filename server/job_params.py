@@ -7,6 +7,7 @@ Adding a job field means adding it here (and using it where it takes effect).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -19,7 +20,7 @@ from pydantic import (
 )
 
 from carn_stream.model.scales import SUPPORTED_SCALES
-from carn_stream.pipeline.codecs import CODEC_NAMES, CODECS, PRESETS
+from carn_stream.pipeline.codecs import CODEC_NAMES, PRESETS, preset_problem
 from carn_stream.pipeline.formats import FORMAT_NAMES, FORMATS
 
 
@@ -63,15 +64,17 @@ class JobParams(BaseModel):
 
     @model_validator(mode="after")
     def _preset_fits_codec(self) -> JobParams:
-        if self.preset is not None and self.preset not in CODECS[self.codec].presets:
-            allowed = ", ".join(CODECS[self.codec].presets)
-            raise ValueError(f"preset {self.preset!r} does not apply to {self.codec}; {allowed}")
+        if problem := preset_problem(self.codec, self.preset):
+            raise ValueError(problem)
         return self
 
     @classmethod
     def from_stored(cls, text: str) -> JobParams:
-        """A stored row's parameters (older rows: missing fields take their defaults)."""
-        return cls.model_validate_json(text)
+        """A stored row's parameters: older rows' missing fields take their defaults, and
+        fields no longer known are dropped (the API refuses unknown fields, the store not)."""
+        stored = json.loads(text)
+        known = {"output"} | set(cls.model_fields)
+        return cls.model_validate({k: v for k, v in stored.items() if k in known})
 
     def to_stored(self) -> str:
         return self.model_dump_json()

@@ -74,6 +74,16 @@ class JobRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    def discard_files(self, job_ids: list[str]) -> None:
+        """Remove what jobs that ended without success left (output, work files, our copy of
+        the input): jobs failed at start-up after too many interrupted runs."""
+        for job_id in job_ids:
+            job = self.store.get(job_id)
+            if job is None:
+                continue
+            _discard(FORMATS[job.params.format], self.output_path(job), self.job_dir(job_id))
+            (self.job_dir(job_id) / INPUT_NAME).unlink(missing_ok=True)
+
     def refresh_gauges(self) -> None:
         counts = self.store.count_by_state()
         for state, n in counts.items():
@@ -265,7 +275,8 @@ class JobRunner:
         except PipelineError as exc:
             failed = getattr(exc, "segment", None)
             if failed is not None:
-                self.store.segment_failed(job.id, failed.index, str(exc))
+                reason = redact_paths(str(exc), self.job_dir(job.id), job.url)
+                self.store.segment_failed(job.id, failed.index, reason)
             raise
         self.store.progress(job.id, plan.frames, plan.frames, rate.average() or rate.rate() or 0.0)
 

@@ -31,6 +31,7 @@ from carn_stream.pipeline.frames import yuv420_video_frame
 from carn_stream.pipeline.infer import InferenceWorker
 from carn_stream.pipeline.run import FrameReport
 from carn_stream.server.metrics import Metrics
+from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,21 @@ class LiveSessions:
         self.connect_seconds, self.max_output_pixels = connect_seconds, max_output_pixels
         self.sessions: dict[str, Session] = {}
         self._reaping: set[asyncio.Task] = set()
+
+    @classmethod
+    def from_settings(cls, metrics: Metrics, settings: Settings) -> LiveSessions:
+        """The service's sessions, with the limits and policies its settings name."""
+        bitrate = BitratePolicy(
+            bits_per_pixel=settings.live_bits_per_pixel, ceiling=settings.live_max_bitrate
+        )
+        return cls(
+            metrics,
+            settings.live_max_sessions,
+            bitrate,
+            LatencyPolicy(settings.live_max_latency, settings.live_adaptive),
+            connect_seconds=settings.live_connect_seconds,
+            max_output_pixels=settings.max_output_pixels,
+        )
 
     def full(self) -> bool:
         return len(self.sessions) >= self.limit

@@ -1,9 +1,10 @@
 """Signed media links: HLS and MP4 URLs a native ``<video>`` can open without a header.
 
 A link is ``/media/<expiry>/<signature><path>``; the signature is an HMAC-SHA256, keyed with
-the API token, of the link's scope and expiry. The scope is the job's media: its HLS folder,
-its preview playlist, its MP4 and its comparison frames, so the segments a playlist names
-relatively carry the same signature in their path. The signature sits in the path, not in a query
+the API token, of the link's scope and expiry. The scope is a job's media (its HLS folder, its
+preview playlist, its output file and its comparison frames) or a video's playlists and
+segments, so the playlists and segments a playlist names relatively carry the same signature
+in their path. The signature sits in the path, not in a query
 string, because players resolve segment URIs against the playlist's path and drop its query.
 """
 
@@ -18,6 +19,7 @@ import time
 PREFIX = "/media/"
 _MEDIA_RE = re.compile(
     r"^(/jobs/[0-9a-f]{32}/)(hls/[^/]+|output\.[a-z0-9]{2,4}|preview\.m3u8|compare/\d{1,9}\.png)$"
+    r"|^(/videos/[0-9a-f]{32}/)(master\.m3u8|[a-z0-9]{1,12}/[^/]+)$"
 )
 _LINK_RE = re.compile(r"^/media/(\d{1,12})/([A-Za-z0-9_-]{43})(/.*)$")
 
@@ -27,7 +29,7 @@ def media_scope(path: str) -> str | None:
     match = _MEDIA_RE.match(path)
     if match is None:
         return None
-    return match[1]
+    return match[1] or match[3]
 
 
 def _signature(token: str, scope: str, expires: int) -> str:

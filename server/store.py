@@ -23,6 +23,8 @@ from carn_stream.server.job_params import JobParams
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
+#: Jobs that ended without success: none of their media is served.
+ENDED_WITHOUT_OUTPUT = ("failed", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,11 @@ class VideoManager:
         metrics: Metrics,
         executor: Callable[[], SegmentExecutor | None],
         slots: Slots,
+        offload: Callable[..., Awaitable] | None = None,
     ) -> None:
+        """``offload`` runs downloads and probes (default: asyncio's thread pool)."""
         self.store, self.settings, self.metrics = store, settings, metrics
+        self.offload = offload or asyncio.to_thread
         self.policy = fetch_policy(settings)
         self.encoder = EncoderOptions()
         self.slots = slots
@@ -110,21 +114,23 @@ class VideoManager:
         executor = self._executor()
         if executor is None:
             raise NotReady("the model is still loading; try again in a moment")
-        await asyncio.to_thread(validate_url, url, self.policy)
+        await self.offload(validate_url, url, self.policy)
         video_id = uuid.uuid4().hex
         folder = self.cache.folder(video_id)
         await asyncio.to_thread(folder.mkdir, parents=True)
+        cancelled = threading.Event()  # a request cut short stops its download
         try:
-            source = await asyncio.to_thread(fetch, url, folder / INPUT_NAME, self.policy)
+            source = await self.offload(fetch, url, folder / INPUT_NAME, self.policy, cancelled)
             limits = input_limits(self.settings, max(scales))
             plan, _ = await executor.plan(
                 PlanRequest(source, self.settings.segment_seconds, limits)
             )
-            renditions = await asyncio.to_thread(
+            renditions = await self.offload(
                 describe_renditions, source, plan, scales, self.encoder
             )
             video = self.store.create(url, source, plan, renditions, tune, video_id)
         except BaseException as exc:
+            cancelled.set()
             await asyncio.to_thread(shutil.rmtree, folder, True)
             if isinstance(exc, Exception) and exc.args:  # the user's URL, never our paths
                 exc.args = (redact_paths(str(exc), folder, url), *exc.args[1:])

@@ -187,6 +187,14 @@ def test_media_links_are_signed_scoped_and_expire():
     assert media_links.verify(mp4.replace("output.mp4", "jobs.sqlite3"), TOKEN, 1030) is None
     with pytest.raises(ValueError):
         media_links.sign("/jobs", TOKEN, 60)
+    # A video's signature covers its playlists and segments, resolved relative to the master.
+    video = "fedcba9876543210fedcba9876543210"
+    master = media_links.sign(f"/videos/{video}/master.m3u8", TOKEN, 60, now=1000)
+    for inside in ("x2/index.m3u8", "original/segment_00003.ts"):
+        opened = media_links.verify(master.replace("master.m3u8", inside), TOKEN, 1030)
+        assert opened == f"/videos/{video}/{inside}"
+    assert media_links.verify(master.replace(video, job), TOKEN, 1030) is None
+    assert media_links.verify(master.replace("master.m3u8", "x2/../../x"), TOKEN, 1030) is None
 
 
 def test_new_jobs_are_refused_below_the_disk_floor_and_with_a_full_queue(tmp_path):
@@ -291,6 +299,61 @@ def test_the_token_guards_everything_but_health_metrics_and_the_page_shell(serve
         assert conn.getresponse().status == 401, bad
         conn.close()
     assert server.call("GET", "/jobs", headers=AUTH).status == 200
+    # The API docs page works with a token too: its scripts and styles are part of the shell.
+    docs = server.call("GET", "/docs").body.decode()
+    for asset in re.findall(r'(?:src|href)="(/docs-assets/[^"]+)"', docs):
+        assert server.call("GET", asset).status == 200, asset
+
+
+@pytest.mark.slow
+def test_videos_play_through_signed_links_and_hide_their_urls(server, media):
+    base, _ = media
+    created = server.call(
+        "POST", "/videos", {"url": f"{base}/bunny.mp4?sig=SECRET-QUERY", "scales": [2]},
+        headers=AUTH,
+    )  # fmt: skip
+    assert created.status == 201, created.body
+    video = created.json()
+    assert video["url"] == f"{base}/bunny.mp4"  # no query string
+    master = video["links"]["master"]
+    assert master.startswith("/media/") and master.endswith(f"/videos/{video['id']}/master.m3u8")
+    assert server.call("GET", f"/videos/{video['id']}/master.m3u8").status == 401
+    # A player with only the link (no header) reaches every playlist and segment it names.
+    text = server.call("GET", master).body.decode()
+    variant = next(line for line in text.splitlines() if line.endswith("index.m3u8"))
+    folder = master.rsplit("/", 1)[0]
+    playlist = server.call("GET", f"{folder}/{variant}")
+    assert playlist.status == 200 and "#EXT-X-ENDLIST" in playlist.body.decode()
+    first = next(line for line in playlist.body.decode().splitlines() if line.endswith(".ts"))
+    segment = server.call("GET", f"{folder}/{variant.rsplit('/', 1)[0]}/{first}")
+    assert segment.status == 200 and segment.body[:1] == b"G"  # MPEG-TS sync byte
+    listing = server.call("GET", "/videos", headers=AUTH).body.decode()
+    assert "SECRET-QUERY" not in listing
+    assert server.call("DELETE", f"/videos/{video['id']}", headers=AUTH).status == 204
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("POST", "/jobs", '{"url": "http://127.0.0.1:9/a.mp4", "crf": 1e400}'),
+        ("POST", "/jobs", '{"url": "http://127.0.0.1:9/a.mp4", "crf": NaN}'),
+        ("POST", "/jobs", '{"url": "http://127.0.0.1:9/a.mp4", "scale": 1e400}'),
+        ("GET", "/jobs?offset=1000000000000000000000000000000", None),
+        ("GET", "/videos?offset=99999999999999999999", None),
+        ("GET", "/jobs?limit=1e400", None),
+    ],
+)
+def test_odd_numbers_get_422_not_500(server, method, path, body):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        headers = {**AUTH, "Content-Type": "application/json"}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        detail = response.read()
+    finally:
+        conn.close()
+    assert response.status == 422, detail
 
 
 @pytest.mark.slow
