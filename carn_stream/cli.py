@@ -232,7 +232,10 @@ def _tune_command(sub) -> None:
     )
     p.add_argument("video", help="HR video file")
     p.add_argument("output", type=Path, help="weights file to write (.pth)")
-    p.add_argument("--scale", type=_scale, default=4, help="2, 3 or 4 (default 4)")
+    p.add_argument(
+        "--scale", type=_scale, nargs="+", default=[4],
+        help="2, 3 or 4, or several (one model for all: each batch at one of them; default 4)",
+    )  # fmt: skip
     p.add_argument("--frames", type=_positive, default=77, help="frames sampled (default 77)")
     p.add_argument(
         "--holdout-every",

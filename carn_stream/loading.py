@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 
-from carn_stream.model import CARN, CARNMWeights, WeightsError, carn_m, load_weights
+from carn_stream.model import CARN, CARNMWeights, carn_m, load_weights
 from carn_stream.model.inference import pick_device
 from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.named_weights import weights_file
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,27 +79,16 @@ def load_model(settings: Settings) -> CARN:
 
 
 def named_weights_loader(settings: Settings):
-    """``name -> CARN-M`` for weights files in ``settings.models_dir`` (None when unset)."""
-    folder = settings.models_dir
-    if folder is None:
-        return None
+    """``name -> CARN-M`` for the weights jobs and videos name (:mod:`named_weights`)."""
 
     def load(name: str) -> CARN:
-        path = weights_in_folder(folder, name)
+        path = weights_file(name, settings.models_dir, settings.data_dir)
         model = carn_m()
         load_weights(model, path)
         model.weights_file = path
         return model.eval()
 
     return load
-
-
-def weights_in_folder(folder: Path, name: str) -> Path:
-    """The file ``name`` directly inside ``folder``; anything else is refused."""
-    path = folder / name
-    if Path(name).name != name or path.suffix != ".pth" or not path.is_file():
-        raise WeightsError(f"no weights file {name!r} in the models folder")
-    return path
 
 
 def start_worker(settings: Settings, tile: int | None = None) -> InferenceWorker:

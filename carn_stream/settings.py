@@ -118,6 +118,10 @@ class Settings:
     #: (least recently used segments are evicted), and segments made ahead of a player.
     vod_cache_bytes: int = 10 * 1024**3
     vod_prefetch_segments: int = 2
+    #: A video ingested with ``"tune": true`` is fine-tuned on this many of its frames for
+    #: this many steps (in a child process), then served with its own weights.
+    vod_tune_frames: int = 77
+    vod_tune_steps: int = 200
     #: A Ray cluster to run segments on (``auto``: the cluster started on this machine with
     #: ``ray start``); when set, it replaces ``executor``.
     ray_address: str | None = None
@@ -162,7 +166,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the variable and what it accepts."""
+        from carn_stream.precisions import NAMES as PRECISIONS
+
         checks: dict[str, tuple[bool, str]] = {
+            "precision": (self.precision in PRECISIONS, ", ".join(PRECISIONS)),
             "device": (bool(_DEVICE.fullmatch(self.device)), "auto, cpu, cuda or cuda:N"),
             "allocator": (self.allocator in ALLOCATORS, ", ".join(ALLOCATORS)),
             "executor": (self.executor in EXECUTORS, ", ".join(EXECUTORS)),
@@ -181,6 +188,21 @@ class Settings:
             "live_max_sessions": (self.live_max_sessions >= 0, "0 or more"),
             "vod_cache_bytes": (self.vod_cache_bytes > 0, "a positive number of bytes"),
             "vod_prefetch_segments": (self.vod_prefetch_segments >= 0, "0 or more"),
+            "vod_tune_frames": (self.vod_tune_frames >= 4, "4 or more"),
+            "vod_tune_steps": (self.vod_tune_steps >= 1, "1 or more"),
+            "media_link_seconds": (self.media_link_seconds > 0, "a positive number of seconds"),
+            "max_duration_seconds": (self.max_duration_seconds > 0, "a positive number"),
+            "fetch_timeout_seconds": (self.fetch_timeout_seconds > 0, "a positive number"),
+            "fetch_max_seconds": (self.fetch_max_seconds > 0, "a positive number"),
+            "fetch_min_bytes_per_second": (self.fetch_min_bytes_per_second >= 0, "0 or more"),
+            "max_redirects": (self.max_redirects >= 0, "0 or more"),
+            "min_free_disk_bytes": (self.min_free_disk_bytes >= 0, "0 or more bytes"),
+            "max_queued_jobs": (self.max_queued_jobs >= 1, "1 or more"),
+            "retention_hours": (self.retention_hours >= 0, "0 (keep) or more hours"),
+            "live_connect_seconds": (self.live_connect_seconds > 0, "a positive number"),
+            "live_max_latency": (self.live_max_latency > 0, "a positive number of seconds"),
+            "live_bits_per_pixel": (self.live_bits_per_pixel > 0, "a positive number"),
+            "live_max_bitrate": (self.live_max_bitrate > 0, "a positive number of bits/s"),
         }
         for name, (ok, allowed) in checks.items():
             if not ok:

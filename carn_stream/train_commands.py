@@ -7,7 +7,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +185,15 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
         raise TrainingError(f"output {args.output} must end in .pth")
     if not args.output.parent.is_dir():
         raise TrainingError(f"output folder {args.output.parent} does not exist")
-    config = build_config(args, {**TUNE_DEFAULTS, "scales": (args.scale,)})
+    scales = tuple(sorted(set(args.scale)))
+    config = build_config(args, {**TUNE_DEFAULTS, "scales": scales})
     from carn_stream.pipeline.sampling import sample_frames
 
     frames = sample_frames(args.video, args.frames)
+    fits = min((min(f.shape[:2]) for f in frames), default=0) // max(scales)
+    if getattr(args, "patch_size", None) is None and 8 <= fits < config.patch_size:
+        # A small video: the default patch shrinks to fit its frames (a given one does not).
+        config = replace(config, patch_size=fits)
     train, held = split_holdout(list(enumerate(frames)), args.holdout_every)
     if not held or not train:
         raise TrainingError(f"{args.video}: too few frames ({len(frames)}) to hold some out")
@@ -196,29 +201,44 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     device = pick_device(settings.device)
     model = _start_model(settings, args.init, config.seed).to(device)
 
-    def score() -> dict[str, float]:
+    def score() -> dict[int, dict[str, float]]:
         model.eval()
-        return evaluate(val, lambda im, s: upscale_rgb(model, im, s), args.scale).summary()
+        upscale = lambda im, s: upscale_rgb(model, im, s)  # noqa: E731
+        return {s: evaluate(val, upscale, s).summary() for s in scales}
 
     before = score()
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="carn-tune-"))
     trainer = Trainer(model, config, run_dir, [f for _, f in train], (), device)
-    trainer.on_progress = _TrainProgress(f"tune x{args.scale}", config.steps, 0)
+    trainer.on_progress = _TrainProgress(f"tune x{'/x'.join(map(str, scales))}", config.steps, 0)
     trainer.run()
     trainer.on_progress.bar.close()
     after = score()
     state = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     torch.save(state, args.output)
+    per_scale = {
+        str(s): {
+            "generic_psnr": round(before[s]["psnr"], 3),
+            "tuned_psnr": round(after[s]["psnr"], 3),
+            "bicubic_psnr": round(after[s]["bicubic_psnr"], 3),
+        }
+        for s in scales
+    }
+
+    def mean(key: str) -> float:
+        return round(float(np.mean([v[key] for v in per_scale.values()])), 3)
+
     report = {
         "video": str(args.video),
-        "scale": args.scale,
+        "scales": list(scales),
         "train_frames": len(train),
         "heldout_frames": len(held),
         "steps": config.steps,
-        "generic_psnr": round(before["psnr"], 3),
-        "tuned_psnr": round(after["psnr"], 3),
-        "bicubic_psnr": round(after["bicubic_psnr"], 3),
-        "gain_db": round(after["psnr"] - before["psnr"], 3),
+        # over the scales (each one's figures in per_scale)
+        "generic_psnr": mean("generic_psnr"),
+        "tuned_psnr": mean("tuned_psnr"),
+        "bicubic_psnr": mean("bicubic_psnr"),
+        "gain_db": round(mean("tuned_psnr") - mean("generic_psnr"), 3),
+        "per_scale": per_scale,
         "weights": str(args.output),
         "weights_bytes": args.output.stat().st_size,
         "config": config.to_dict(),

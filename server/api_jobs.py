@@ -11,10 +11,12 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from carn_stream.model import WeightsError
 from carn_stream.pipeline.codecs import check_codec
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.formats import FORMATS
 from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
+from carn_stream.pipeline.named_weights import weights_file
 from carn_stream.server.admission import check_admission
 from carn_stream.server.deps import (
     Limit,
@@ -162,13 +164,10 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
     except FetchError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     if body.weights is not None:
-        folder = runner.settings.models_dir
-        if folder is None or not (folder / body.weights).is_file():
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"no weights file {body.weights!r} in the service's models folder"
-                + ("" if folder else " (CARN_STREAM_MODELS_DIR is not set)"),
-            )
+        try:
+            weights_file(body.weights, runner.settings.models_dir, runner.settings.data_dir)
+        except WeightsError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     params = JobParams(**body.model_dump(exclude={"url"}))
     try:
         check_codec(params.codec, params.preset)

@@ -38,8 +38,9 @@ class VideoCreate(BaseModel):
     )
     tune: bool = Field(
         False,
-        description="fine-tune a model on this video in the background and switch to it "
-        "(not available yet: true is refused)",
+        description="also fine-tune a model on this video's own frames in the background "
+        "(`carn-stream tune`, every requested scale) and serve its upscaled segments with it "
+        "once done; `tune` in the response follows it",
     )
 
     @field_validator("scales")
@@ -65,8 +66,10 @@ class RenditionOut(Rendition):
 class TuneOut(BaseModel):
     state: str = Field(json_schema_extra={"enum": list(TUNE_STATES)})
     weights: str | None
-    psnr_generic: float | None = Field(description="Y-PSNR (dB) of the service's model")
-    psnr_tuned: float | None = Field(description="Y-PSNR (dB) of the video's own model")
+    psnr_generic: float | None = Field(
+        description="Y-PSNR (dB) of the service's model on held-out frames of the video"
+    )
+    psnr_tuned: float | None = Field(description="Y-PSNR (dB) of the video's own model on them")
     error: str | None
 
 
@@ -152,12 +155,6 @@ def _video_or_404(videos: VideoManager, video_id: str) -> Video:
 async def create_video(body: VideoCreate, videos: Videos, sign: Signer) -> VideoOut:
     """Fetch and plan a video (no upscaling yet); it can be played as soon as this returns."""
     check_disk(videos.settings)
-    if body.tune:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            "fine-tuning on ingest is not available yet: run `carn-stream tune` and name its "
-            "weights in a job",
-        )
     try:
         video = await videos.ingest(body.url, body.scales, body.tune)
     except NotReady as exc:

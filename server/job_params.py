@@ -22,6 +22,7 @@ from pydantic import (
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.codecs import CODEC_NAMES, PRESETS, preset_problem
 from carn_stream.pipeline.formats import FORMAT_NAMES, FORMATS
+from carn_stream.pipeline.named_weights import MODELS_NAME
 
 
 def _supported_scale(value: int) -> int:
@@ -56,7 +57,7 @@ class JobParams(BaseModel):
     )
     weights: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.pth$",
+        pattern=f"^{MODELS_NAME.pattern}$",
         description="a weights file in the service's models folder (CARN_STREAM_MODELS_DIR), "
         "e.g. a per-video model from `carn-stream tune`; default: the service's model",
         examples=["clip-x4.pth"],

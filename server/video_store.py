@@ -134,6 +134,14 @@ class VideoStore:
         with self._lock:
             return self._db.execute("DELETE FROM videos WHERE id = ?", (video_id,)).rowcount > 0
 
+    def unfinished_tunes(self) -> list[str]:
+        """Videos whose fine-tune was queued or running (when the service stopped)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM videos WHERE tune_state IN ('queued', 'running')"
+            ).fetchall()
+        return [r["id"] for r in rows]
+
     def set_tune(self, video_id: str, state: str, **values: object) -> None:
         """Record the fine-tune's state and any of weights, psnr_generic, psnr_tuned, tune_error."""
         allowed = {"weights", "psnr_generic", "psnr_tuned", "tune_error"}

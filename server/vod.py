@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -27,6 +30,7 @@ from carn_stream.pipeline.encode import EncoderOptions
 from carn_stream.pipeline.executors import PlanRequest, SegmentExecutor, SegmentTask
 from carn_stream.pipeline.hls import Variant, master_playlist_text, playlist_text
 from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.pipeline.named_weights import tuned_name
 from carn_stream.pipeline.remux import RemuxTask
 from carn_stream.pipeline.renditions import (
     encoder_tag,
@@ -93,7 +97,10 @@ class VideoManager:
         self._work: dict[Key, _Work] = {}
         self._playheads: dict[tuple[str, str], int] = {}  #: last segment each rendition served
         self._videos: dict[str, Video] = {}
+        self._tunes: dict[str, asyncio.Task] = {}
         metrics.vod_cache_bytes.set(self.cache.bytes)
+        for video_id in store.unfinished_tunes():  # cut short by a stop: not resumed
+            store.set_tune(video_id, "failed", tune_error="interrupted by a server restart")
 
     # ------------------------------------------------------------------ videos
 
@@ -138,16 +145,21 @@ class VideoManager:
         self._videos[video.id] = video
         log.info("video %s ingested: %d segments, %.1f s", video.id, len(plan.segments),
                  plan.duration)  # fmt: skip
+        if tune:
+            task = asyncio.create_task(self._tune(video), name=f"tune-{video.id}")
+            self._tunes[video.id] = task
+            task.add_done_callback(lambda _: self._tunes.pop(video.id, None))
         return video
 
     async def delete(self, video_id: str) -> bool:
-        """Remove a video, its work in flight and its cached segments."""
-        works = [w for k, w in self._work.items() if k.video == video_id]
-        for work in works:
-            assert work.task is not None
-            work.task.cancel()
-        if works:
-            await asyncio.wait([w.task for w in works if w.task is not None], timeout=10)
+        """Remove a video, its work in flight (its fine-tune too) and its cached segments."""
+        tasks = [w.task for k, w in self._work.items() if k.video == video_id and w.task]
+        if video_id in self._tunes:
+            tasks.append(self._tunes[video_id])
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
         self._videos.pop(video_id, None)
         for playhead in [p for p in self._playheads if p[0] == video_id]:
             del self._playheads[playhead]
@@ -159,10 +171,63 @@ class VideoManager:
 
     async def close(self) -> None:
         tasks = [w.task for w in self._work.values() if w.task is not None]
+        tasks += self._tunes.values()
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+
+    # ------------------------------------------------------------------ fine-tune
+
+    async def _tune(self, video: Video) -> None:
+        """Fine-tune a model on the video's own frames in a child process (``carn-stream
+        tune``, at a lower CPU priority than playback), then serve the video with it."""
+        name = tuned_name(video.id)
+        weights = self.settings.data_dir / name
+        scales = [str(r.scale) for r in video.renditions if r.scale > 1]
+        command = [
+            sys.executable, "-m", "carn_stream.cli", "tune", str(video.source), str(weights),
+            "--scale", *scales, "--frames", str(self.settings.vod_tune_frames),
+            "--steps", str(self.settings.vod_tune_steps), "--device", self.settings.device,
+        ]  # fmt: skip
+        if self.settings.weights is not None:
+            command += ["--weights", str(self.settings.weights)]
+        self.store.set_tune(video.id, "running")
+        self._videos.pop(video.id, None)
+        log_path = weights.with_name("tune.log")
+        try:
+            with open(log_path, "wb") as log_file:
+                child = await asyncio.create_subprocess_exec(
+                    *command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
+                    stderr=log_file, preexec_fn=_lower_priority,
+                )  # fmt: skip
+                try:
+                    code = await child.wait()
+                finally:
+                    if child.returncode is None:  # cancelled: the video was deleted
+                        child.kill()
+                        await child.wait()
+            if code != 0:
+                raise RuntimeError(_last_line(log_path) or f"exit status {code}")
+            report = json.loads(weights.with_suffix(".json").read_text())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = redact_paths(str(exc), self.cache.folder(video.id), video.url)
+            log.warning("video %s: fine-tune failed: %s", video.id, reason)
+            self.store.set_tune(video.id, "failed", tune_error=reason)
+            self._videos.pop(video.id, None)
+            return
+        psnr = {"psnr_generic": report["generic_psnr"], "psnr_tuned": report["tuned_psnr"]}
+        self.store.set_tune(video.id, "done", weights=name, **psnr)
+        self._videos.pop(video.id, None)
+        # Segments made with the service's model make way for the video's own.
+        for rendition in video.renditions:
+            if rendition.scale > 1:
+                self.cache.drop(video.id, rendition.name)
+        self.metrics.vod_cache_bytes.set(self.cache.bytes)
+        log.info("video %s tuned: %.2f -> %.2f dB on held-out frames", video.id,
+                 report["generic_psnr"], report["tuned_psnr"])  # fmt: skip
 
     # ------------------------------------------------------------------ playlists
 
@@ -263,10 +328,12 @@ class VideoManager:
         key = work.key
         segment = video.plan.segments[key.index]
         target = self.cache.path(key)
-        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        # The slot first: work takes slots in the order of its tickets, not of a thread's
+        # finishing the folder.
         await self.slots.acquire(work.ticket)
         try:
             work.started = True
+            await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
             executor = self._executor()
             if executor is None:
                 raise NotReady("the model is still loading; try again in a moment")
@@ -287,6 +354,10 @@ class VideoManager:
         reason = "prefetch" if work.prefetch else "request"
         self.metrics.vod_segments_made.labels(key.rendition, reason).inc()
         data = target.read_bytes()
+        current = self.get(video.id)
+        if current is not None and current.weights != video.weights:
+            target.unlink(missing_ok=True)  # made with weights the video no longer uses
+            return data
         evicted = self.cache.add(key, len(data))
         if evicted:
             self.metrics.vod_cache_evictions.inc(len(evicted))
@@ -308,6 +379,19 @@ class VideoManager:
         )
         task = SegmentTask.of(video.source, video.plan, index, target, options)
         return await executor.run(task, None)
+
+
+def _lower_priority() -> None:
+    """In a fine-tune's child process: yield the CPU to playback and live sessions."""
+    os.nice(10)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("carn-stream tune: error: ") if lines else ""
 
 
 def _read_cached(cache: SegmentCache, key: Key) -> bytes | None:

@@ -90,6 +90,14 @@ class SegmentCache:
                 out.setdefault(key.rendition, {})[key.index] = size
         return out
 
+    def drop(self, video: str, rendition: str) -> int:
+        """Remove every cached segment of one rendition of ``video``; returns how many."""
+        keys = [k for k in self._entries if (k.video, k.rendition) == (video, rendition)]
+        for key in keys:
+            self.bytes -= self._entries.pop(key)
+            self.path(key).unlink(missing_ok=True)
+        return len(keys)
+
     def forget(self, video: str) -> None:
         """Forget every segment of ``video`` (the caller removes its folder)."""
         for key in [k for k in self._entries if k.video == video]:
