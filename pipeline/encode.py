@@ -25,15 +25,13 @@ from carn_stream.pipeline.codecs import check_codec, pixel_format
 from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec
 from carn_stream.pipeline.decode import AudioItem
 from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.formats import MP4_AUDIO
 from carn_stream.pipeline.frames import UpscaledFrame
-from carn_stream.pipeline.hls import PLAYLIST_NAME, hls_muxer_options
+from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_AUDIO, hls_muxer_options
 
-#: Audio codecs each container takes as they are.
-COPYABLE_AUDIO = {
-    "mp4": frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"}),
-    "hls": frozenset({"aac", "mp3", "ac3", "eac3"}),
-    "segment": frozenset({"aac", "mp3", "ac3", "eac3"}),
-}
+#: The containers a sink writes (a whole run's MP4 or HLS, or one segment of a segmented run)
+#: and the audio codecs each takes as they are (the output formats' own lists).
+COPYABLE_AUDIO = {"mp4": MP4_AUDIO, "hls": SEGMENT_AUDIO, "segment": SEGMENT_AUDIO}
 #: Added to every timestamp written into a segment, and taken off again when segments are
 #: joined into an MP4.
 SEGMENT_OFFSET_SECONDS = 10

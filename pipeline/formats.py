@@ -28,14 +28,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from carn_stream.pipeline.errors import OutputError
-from carn_stream.pipeline.hls import PLAYLIST_NAME, SEGMENT_NAME_RE, segment_name, write_playlist
+from carn_stream.pipeline.hls import (
+    PLAYLIST_NAME,
+    SEGMENT_AUDIO,
+    SEGMENT_NAME_RE,
+    segment_name,
+    write_playlist,
+)
 
 if TYPE_CHECKING:  # the command line reads FORMAT_NAMES without loading the pipeline
     from carn_stream.pipeline.segments import SegmentPlan
 
 log = logging.getLogger(__name__)
 
-_MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"})
+MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"})
 _MKV_SUBTITLES = frozenset(
     {"subrip", "srt", "ass", "ssa", "webvtt", "hdmv_pgs_subtitle", "dvd_subtitle", "dvb_subtitle"}
 )
@@ -163,14 +169,14 @@ FORMATS: dict[str, OutputFormat] = {
             summary="a folder with index.m3u8 and MPEG-TS segments, playable while it grows",
             is_folder=True,
             suffix="",
-            copyable_audio=frozenset({"aac", "mp3", "ac3", "eac3"}),
+            copyable_audio=SEGMENT_AUDIO,
         ),
         OutputFormat(
             name="mp4",
             summary="one MP4 file (faststart), audio copied as it is, text subtitles as mov_text",
             is_folder=False,
             suffix=".mp4",
-            copyable_audio=_MP4_AUDIO,
+            copyable_audio=MP4_AUDIO,
             muxer="mp4",
             media_type="video/mp4",
             copyable_subtitles=frozenset({"mov_text", "dvd_subtitle"}),
@@ -181,7 +187,7 @@ FORMATS: dict[str, OutputFormat] = {
             summary="one Matroska file: audio, subtitles (text and bitmap) and attachments kept",
             is_folder=False,
             suffix=".mkv",
-            copyable_audio=_MP4_AUDIO | _PCM | {"vorbis", "dts", "truehd", "mp2"},
+            copyable_audio=MP4_AUDIO | _PCM | {"vorbis", "dts", "truehd", "mp2"},
             muxer="matroska",
             media_type="video/x-matroska",
             copyable_subtitles=_MKV_SUBTITLES,
@@ -251,6 +257,7 @@ def join_segments(
     import av
 
     from carn_stream.pipeline import keep
+    from carn_stream.pipeline.decode import open_input
     from carn_stream.pipeline.encode import SEGMENT_OFFSET_SECONDS
 
     part = target.with_name(f".{target.name}.part")
@@ -259,7 +266,7 @@ def join_segments(
     try:
         with (
             av.open(str(paths[0])) as first,
-            av.open(str(source)) as src,
+            open_input(source) as src,  # the user's file: the allow-lists apply
             av.open(str(part), "w", format=fmt.muxer, options=options) as out,
         ):
             src_video = src.streams.video[0]

@@ -18,6 +18,8 @@ from pathlib import Path
 PLAYLIST_NAME = "index.m3u8"
 SEGMENT_PATTERN = "segment_%05d.ts"
 SEGMENT_NAME_RE = re.compile(r"^segment_\d{5,}\.ts$")
+#: Audio codecs MPEG-TS segments carry as they are (the rest is transcoded to AAC).
+SEGMENT_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3"})
 
 
 def segment_name(index: int) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from carn_stream.pipeline.input_formats import IMAGE_OPEN_OPTIONS
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -20,7 +22,7 @@ def read_rgb(path: Path) -> np.ndarray:
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), options=IMAGE_OPEN_OPTIONS) as container:
             if not container.streams.video:
                 raise ImageError(f"{path}: holds no image")
             frame = next(container.decode(video=0))

@@ -21,6 +21,16 @@ ALLOWED_DEMUXERS: tuple[str, ...] = (
     "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "mpegts", "mpeg", "avi",
     "flv", "ogg", "yuv4mpegpipe", "h264", "hevc", "obu", "m4v",
 )  # fmt: skip
+#: Still images (``upscale-image``, evaluation sets): single files, never sequences.
+IMAGE_DEMUXERS: tuple[str, ...] = (
+    "image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe", "tiff_pipe", "ppm_pipe",
+    "pgm_pipe", "pgmyuv_pipe", "pam_pipe", "qoi_pipe", "gif", "gif_pipe",
+)  # fmt: skip
+IMAGE_OPEN_OPTIONS = {
+    "format_whitelist": ",".join(IMAGE_DEMUXERS),
+    "protocol_whitelist": "file",
+    "pattern_type": "none",  # a name with % or * is one file, not a sequence
+}
 LOCAL_PROTOCOLS = "file"
 URL_PROTOCOLS = "http,https,tcp,tls"
 URL_SCHEMES = ("http", "https")

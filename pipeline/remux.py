@@ -17,8 +17,9 @@ from pathlib import Path
 import av
 
 from carn_stream.pipeline.decode import open_input
-from carn_stream.pipeline.encode import COPYABLE_AUDIO, SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
+from carn_stream.pipeline.encode import SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.hls import SEGMENT_AUDIO
 from carn_stream.pipeline.segments import Segment, SegmentPlan, segment_audio
 
 #: Video codecs whose packets MPEG-TS segments carry as they are.
@@ -59,7 +60,7 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
     if stream.codec_context.name not in REMUXABLE_VIDEO:
         raise InputError(f"{stream.codec_context.name} video cannot be remuxed into MPEG-TS")
     segment = task.segment
-    copyable = COPYABLE_AUDIO["segment"]
+    copyable = SEGMENT_AUDIO
     audio = [s for s in audio_in.streams.audio if s.codec_context.name in copyable]
     kept = {s.index for s in audio}
     packets: list[tuple[Fraction, av.Packet]] = []

@@ -13,8 +13,9 @@ import av
 import numpy as np
 
 from carn_stream.pipeline.decode import open_input
-from carn_stream.pipeline.encode import COPYABLE_AUDIO, EncoderOptions, codec_settings
+from carn_stream.pipeline.encode import EncoderOptions, codec_settings
 from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.hls import SEGMENT_AUDIO
 
 #: AAC profiles as FFmpeg names them -> MPEG-4 audio object types.
 _AAC_OBJECT_TYPES = {"LC": 2, "HE-AAC": 5, "HE-AACv2": 29, "Main": 1, "LTP": 4}
@@ -63,7 +64,7 @@ def upscaled_audio_tag(source) -> str | None:
     with open_input(source) as container:
         for stream in container.streams.audio:
             ctx = stream.codec_context
-            if ctx.name in COPYABLE_AUDIO["segment"]:
+            if ctx.name in SEGMENT_AUDIO:
                 return audio_tag(ctx.name, ctx.profile)
             return "mp4a.40.2"
     return None

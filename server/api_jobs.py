@@ -101,13 +101,13 @@ class JobOut(JobParams):
         ``sign`` (when the server has a token)."""
         counts = counts or dict.fromkeys(SEGMENT_STATES, 0)
         links = {"self": f"/jobs/{job.id}", "segments": f"/jobs/{job.id}/segments"}
-        if job.state in ("queued", "running", "succeeded"):
-            if job.params.format == "hls":
-                links["playlist"] = sign(f"/jobs/{job.id}/hls/{PLAYLIST_NAME}")
+        fmt = FORMATS[job.params.format]
+        if job.state not in ENDED_WITHOUT_OUTPUT:
+            if fmt.is_folder:  # playable while it runs
+                links["playlist"] = sign(f"/jobs/{job.id}/{fmt.output_name()}/{PLAYLIST_NAME}")
                 links["preview"] = sign(f"/jobs/{job.id}/preview.m3u8")
             elif job.state == "succeeded":  # e.g. links["mkv"]: /jobs/{id}/output.mkv
-                name = FORMATS[job.params.format].output_name()
-                links[job.params.format] = sign(f"/jobs/{job.id}/{name}")
+                links[fmt.name] = sign(f"/jobs/{job.id}/{fmt.output_name()}")
         return cls(
             **job.params.model_dump(),
             id=job.id,
@@ -226,7 +226,7 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileRespon
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
     if name != PLAYLIST_NAME and not SEGMENT_NAME_RE.match(name):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no HLS file {name!r}")
-    path = runner.job_dir(job.id) / "hls" / name
+    path = runner.job_dir(job.id) / FORMATS["hls"].output_name() / name
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is not available (yet)")
     if name == PLAYLIST_NAME:

@@ -16,6 +16,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from carn_stream.pipeline.decode import open_input
+from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.hls import PLAYLIST_NAME
 from carn_stream.pipeline.images import read_rgb, write_png
 
@@ -44,7 +46,7 @@ def _video_files(output: Path) -> list[Path]:
 def _frames_at(files: list[Path], wanted: set[int]) -> Iterator[tuple[int, np.ndarray]]:
     index = 0
     for path in files:
-        with av.open(str(path)) as container:
+        with open_input(path) as container:  # the job's input, then its segments
             for frame in container.decode(video=0):
                 if index in wanted:
                     yield index, frame.to_ndarray(format="rgb24")
@@ -68,7 +70,7 @@ def save_comparison(source: Path, output: Path, job_folder: Path, total: int) ->
             write_png(folder / f"{index}-source.png", rgb)
         for index, rgb in _frames_at(_video_files(output), wanted):
             write_png(folder / f"{index}-carn.png", rgb)
-    except (av.FFmpegError, OSError, ValueError) as exc:
+    except (av.FFmpegError, OSError, ValueError, PipelineError) as exc:
         log.warning("keeping comparison frames of %s failed: %s", job_folder.name, exc)
     return compared_frames(job_folder)
 

@@ -243,9 +243,10 @@ def test_a_plan_of_a_file_without_video_frames_is_refused(tmp_path):
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "CARN_WEIGHTS": str(official_weights_path())}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
     return subprocess.Popen(
-        [sys.executable, "-m", "carn_stream.cli", *args], cwd=REPO_ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+        [sys.executable, "-m", "carn_stream.cli", *args], cwd=REPO_ROOT, env=env, text=True,
+        **pipes,
     )  # fmt: skip
 
 
@@ -269,9 +270,21 @@ def test_the_cli_resumes_after_being_killed(clips, tmp_path):
         first.communicate(timeout=10)
     kept = segment_files(work / "segments")
     assert kept and not out.exists()
-    second = cli(*args)
-    _, stderr = second.communicate(timeout=300)
+    log = tmp_path / "second.log"
+    second = cli(*args, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    # While it runs: once it has published a segment of its own, the kept ones are still the
+    # very same files (same inode and modification time), not made again.
+    seen_after_new = False
+    while second.poll() is None:
+        lines = manifest.read_text().count("\n") if manifest.is_file() else 0
+        now = segment_files(work / "segments") if (work / "segments").is_dir() else {}
+        assert all(now[name] == kept[name] for name in kept if name in now)
+        seen_after_new |= lines > len(kept) and set(kept) <= set(now)
+        time.sleep(0.05)
+    second.wait(timeout=300)
+    stderr = log.read_text()
     assert second.returncode == 0, stderr
+    assert seen_after_new  # the check above ran after the resumed run had made a segment
     assert "resuming" in stderr and f"{len(kept)} of 4 segments" in stderr
     assert facts(out).pts == facts(clips["bframes"]).pts
     assert not work.exists()  # removed once the output is complete

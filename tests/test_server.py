@@ -193,7 +193,9 @@ def test_cancel_stops_a_running_job_and_frees_its_files(server, media):
     assert response.status == 200
     assert response.json()["state"] == "cancelled"
     assert time.monotonic() - started < 1.0  # the running pipeline stopped within a second
+    assert set(response.json()["links"]) == {"self", "segments"}  # no playlist advertised
     assert server.call("GET", job["links"]["playlist"]).status == 404
+    assert server.call("GET", job["links"]["preview"]).status == 404
     assert not (server.data_dir / "jobs" / job["id"] / "hls").exists()
     assert server.call("DELETE", f"/jobs/{job['id']}").status == 409
 
