@@ -175,6 +175,7 @@ class _PipelineRun:
                 list(container.streams.audio),
                 self.threads,
                 info.sample_aspect_ratio,
+                self.part.segment.frames if self.part else None,
             )
             self.items = await self.decoder.call(self._items, container)
             async with asyncio.TaskGroup() as tg:

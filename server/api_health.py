@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -49,7 +50,8 @@ def readyz(
     if worker is not None:
         model = worker.engine.model
         checks["precision"] = worker.engine.describe_precision()
-        checks["weights"] = str(getattr(model, "weights_file", "") or "") or None
+        weights = getattr(model, "weights_file", None)
+        checks["weights"] = Path(weights).name if weights else None  # public: no server path
         if getattr(model, "weights_warning", None):
             checks["weights_warning"] = model.weights_warning
     required = ("model_loaded", "executor_ready", "store_writable", "data_dir_writable")

@@ -236,7 +236,8 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileRespon
     return FileResponse(path, media_type="video/mp2t")
 
 
-@router.api_route("/{job_id}/output.{ext}", methods=["GET", "HEAD"], response_class=FileResponse)
+@router.get("/{job_id}/output.{ext}", response_class=FileResponse)
+@router.head("/{job_id}/output.{ext}", response_class=FileResponse, include_in_schema=False)
 def output_file(job_id: str, ext: str, store: Store, runner: Runner) -> FileResponse:
     """The finished file of a job's own format (output.mp4, output.mkv, output.mov); HTTP Range
     requests and HEAD supported."""
