@@ -1,7 +1,8 @@
 """Pipeline throughput: model-only vs the pipelined end-to-end run vs a naive sequential loop,
 and the same end-to-end run made of segments.
 
-    python bench/pipeline.py [--device auto|cpu|cuda] [--frames N] [--markdown FILE]
+    python bench/pipeline.py [--device auto|cpu|cuda] [--frames N] [--segment-seconds S]
+                             [--markdown FILE]
 
 Each case decodes a real clip cut to the case's LR size (a keyframe each second), then
 measures in one run:
@@ -9,7 +10,8 @@ measures in one run:
   decoded beforehand;
 - end to end: ``run_pipeline`` from the file to an MP4 (decode, batch, infer, encode, mux),
   the whole input as one run (monolithic);
-- segmented: the same input planned as 1 s segments, each its own pipeline run (two in
+- segmented: the same input planned as segments (1 s by default: the worst case, as the
+  clips are short; the service's default is 4 s), each its own pipeline run (two in
   flight, so one's decode overlaps another's encode), joined into an MP4 by remuxing; once on
   this process's worker, once in a supervised worker process (the service's default);
 - naive: decode one frame -> RGB -> CARN-M -> encode -> next, all on one thread.
@@ -84,10 +86,13 @@ def bench_worker(device: str, precision: str) -> InferenceWorker:
                                                                  precision=precision)))  # fmt: skip
 
 
+SEGMENT_SECONDS = 1.0  #: --segment-seconds
+
+
 async def _segmented_fps(executor, clip: Path, scale: int, batch: int, tmp: Path):
     """Frames per second of a segmented run (plan, segments, join), and its segment count."""
     start = time.perf_counter()
-    plan, _ = await executor.plan(PlanRequest(clip, 1.0))
+    plan, _ = await executor.plan(PlanRequest(clip, SEGMENT_SECONDS))
     run = SegmentedRun(
         source=clip, plan=plan, fmt=FORMATS["mp4"], output=tmp / "segmented.mp4",
         work_dir=tmp / "work",
@@ -142,7 +147,10 @@ def main() -> int:
     parser.add_argument("--precision", default="auto", help="engine precision (default auto)")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--no-process", action="store_true", help="skip the worker-process column")
+    parser.add_argument("--segment-seconds", type=float, default=1.0, help="default 1")
     args = parser.parse_args()
+    global SEGMENT_SECONDS
+    SEGMENT_SECONDS = args.segment_seconds
     tune_allocator()
     engine = Engine(official_model(), EngineConfig(device=args.device, precision=args.precision))
     cuda = engine.device.type == "cuda"

@@ -250,11 +250,13 @@ def _tune_command(sub) -> None:
     p.set_defaults(run=cmd_tune)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, precision: bool = True) -> Settings:
+    """The settings with the command's model options over them (``precision=False``: the
+    command's --precision is not the setting, e.g. eval's list of modes)."""
     return Settings.from_env().with_overrides(
         weights=getattr(args, "weights", None),
         device=getattr(args, "device", None),
-        precision=getattr(args, "precision", None),
+        precision=getattr(args, "precision", None) if precision else None,
     )
 
 
@@ -300,6 +302,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Set5-style evaluation in one or several precision modes (a comma-separated list, which
+    is the command's own option, not a setting)."""
     from carn_stream.loading import load_model
     from carn_stream.model.evaluation import evaluate
     from carn_stream.pipeline.calibration import calibrate_from
@@ -319,7 +323,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "evaluation set) to set its activation ranges"
         )
     count = sum(1 for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    settings = _settings(args)
+    settings = _settings(args, precision=False)
     model = load_model(settings)
     reports = []
     for mode in modes:

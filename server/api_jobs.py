@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from typing import Annotated, Literal
@@ -160,7 +159,7 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
     """Queue a job. The URL's scheme and host addresses are checked now; the rest when it runs."""
     check_admission(runner.settings, store)
     try:
-        await asyncio.to_thread(validate_url, body.url, runner.policy)
+        await runner.offload(validate_url, body.url, runner.policy)  # DNS: off the default pool
     except FetchError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     if body.weights is not None:

@@ -345,8 +345,9 @@ class VideoManager:
             except Exception as exc:
                 log.warning("video %s: %s (%s) failed: %s", video.id, segment.describe(),
                             key.rendition, exc)  # fmt: skip
+                reason = redact_paths(str(exc), self.cache.folder(video.id), video.url)
                 raise SegmentError(f"{segment.describe()} of {key.rendition} could not be "
-                                   f"made: {exc}") from exc  # fmt: skip
+                                   f"made: {reason}") from exc  # fmt: skip
             seconds = time.monotonic() - began
         finally:
             self.slots.release()

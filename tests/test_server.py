@@ -328,6 +328,15 @@ def test_requests_that_can_be_judged_at_once_get_422(server, body, message):
     assert message in response.body.decode()
 
 
+def test_a_scale_sent_as_text_as_forms_do_is_read_as_a_number(server):
+    response = server.call("POST", "/jobs", {"url": f"http://127.0.0.1:{free_port()}/x.mp4",
+                                             "scale": "4", "format": "mp4"})  # fmt: skip
+    assert response.status == 201, response.body
+    assert response.json()["scale"] == 4
+    words = server.call("POST", "/jobs", {"url": "http://127.0.0.1/x", "scale": "four"})
+    assert words.status == 422
+
+
 def test_malformed_json_gets_422(server):
     response = server.call("POST", "/jobs", raw=b'{"url": "http://127.0.0.1/x", ')
     assert response.status == 422 and "JSON" in response.body.decode()
@@ -420,6 +429,37 @@ def test_a_killed_server_resumes_its_jobs_after_restart(tmp_path, media):
         assert sorted(leftovers) == ["compare", "output.mp4"]
     finally:
         second.stop()
+
+
+@pytest.mark.slow
+def test_a_job_failed_at_start_up_keeps_and_serves_nothing(tmp_path):
+    from carn_stream.server.job_params import JobParams
+    from carn_stream.server.store import JobStore
+
+    data = tmp_path / "data"
+    data.mkdir()
+    store = JobStore(data / "jobs.sqlite3")
+    job = store.create("http://127.0.0.1/a.mp4", JobParams(format="hls"))
+    for _ in range(2):  # two runs cut short by crashes: the default max_attempts
+        assert store.claim_next().id == job.id
+        store.recover(max_attempts=99)
+    assert store.claim_next().id == job.id
+    store.close()
+    folder = data / "jobs" / job.id
+    (folder / "hls").mkdir(parents=True)
+    (folder / "hls" / "index.m3u8").write_text("#EXTM3U\n")  # what the last run left
+    (folder / "hls" / "segment_00000.ts").write_bytes(b"G" * 188)
+    (folder / "input").write_bytes(b"partial download")
+    server = ServerProcess(data).start()
+    try:
+        done = server.job(job.id)
+        assert done["state"] == "failed" and "restart" in done["error"]
+        assert set(done["links"]) == {"self", "segments"}
+        for path in ("hls/index.m3u8", "hls/segment_00000.ts", "preview.m3u8"):
+            assert server.call("GET", f"/jobs/{job.id}/{path}").status == 404, path
+    finally:
+        server.stop()
+    assert not (folder / "hls").exists() and not (folder / "input").exists()
 
 
 def test_retention_removes_old_jobs_and_their_files(tmp_path):
