@@ -153,7 +153,7 @@ def main() -> int:
         sizes = _segment_bytes(clip)
 
     lines = [
-        f"CPU: {cpu_name()}, {os.cpu_count()} cores (shared machine); CARN-M fp32 x2, "
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores; CARN-M fp32 x2, "
         f"{args.seconds} s clip at {width}x{height}, 1 s segments",
         f"in-process before / after: {before[0]:.2f} / {after[0]:.2f} s end-to-end",
         f"head remux per segment: {sizes[0] * 1000:.1f} ms, {sizes[1] / 1e3:.0f} kB sent",
