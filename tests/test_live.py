@@ -165,6 +165,8 @@ def test_session_limit_and_clean_teardown(server, camera_frames):
     metrics = request(server.port, "GET", "/metrics").body.decode()
     assert "carn_stream_live_sessions 0.0" in metrics
     assert 'carn_stream_stage_seconds_count{mode="live",stage="inference"}' in metrics
+    # Live frames arrive decoded by the WebRTC stack: no decode stage is reported for them.
+    assert 'mode="live",stage="decode"' not in metrics
 
 
 def test_a_server_side_sample_plays_as_a_live_source(server):
