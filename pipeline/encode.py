@@ -49,8 +49,9 @@ class EncoderOptions:
 #: encoder that starts at a segment's IDR frame spends on it as on a scene start (the first
 #: frame came out 2-3 dB above its neighbours), and the last frames, which no later frame
 #: references, get the least (1-2 dB below). The first frame's bitrate is scaled by HEAD, the
-#: last TAIL_FRAMES frames' by TAIL: measured on carphone and Big Buck Bunny, the mean
-#: boundary offset went from 2.0 to 0.2-0.3 dB for 5-7% more bytes (docs/PIPELINE.md).
+#: last TAIL_FRAMES frames' by TAIL: measured on carphone and Big Buck Bunny through the
+#: pipeline (1 s segments), the mean boundary offset went from 2.1-2.3 to 0.12-0.43 dB for
+#: about 8% more bytes at 0.15-0.24 dB higher quality (docs/PIPELINE.md, "Seams").
 SEGMENT_ZONE_HEAD, SEGMENT_ZONE_TAIL, SEGMENT_TAIL_FRAMES = 0.75, 1.5, 4
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 #: A models-folder file name (what a job may name).
 MODELS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.pth")
-_TUNED = re.compile(r"videos/[0-9a-f]{32}/tuned\.pth")
+_TUNED_NAME = "videos/{}/tuned.pth"
+_TUNED = re.compile(re.escape(_TUNED_NAME).replace(r"\{\}", "[0-9a-f]{32}"))
 
 
 def tuned_name(video_id: str) -> str:
     """The name of a video's fine-tuned weights (relative to the data folder)."""
-    return f"videos/{video_id}/tuned.pth"
+    return _TUNED_NAME.format(video_id)
 
 
 def weights_file(name: str, models_dir: Path | None, data_dir: Path) -> Path:

@@ -192,8 +192,7 @@ class VideoManager:
         ]  # fmt: skip
         if self.settings.weights is not None:
             command += ["--weights", str(self.settings.weights)]
-        self.store.set_tune(video.id, "running")
-        self._videos.pop(video.id, None)
+        self._record_tune(video, "running")
         log_path = weights.with_name("tune.log")
         try:
             with open(log_path, "wb") as log_file:
@@ -215,12 +214,10 @@ class VideoManager:
         except Exception as exc:
             reason = redact_paths(str(exc), self.cache.folder(video.id), video.url)
             log.warning("video %s: fine-tune failed: %s", video.id, reason)
-            self.store.set_tune(video.id, "failed", tune_error=reason)
-            self._videos.pop(video.id, None)
+            self._record_tune(video, "failed", tune_error=reason)
             return
         psnr = {"psnr_generic": report["generic_psnr"], "psnr_tuned": report["tuned_psnr"]}
-        self.store.set_tune(video.id, "done", weights=name, **psnr)
-        self._videos.pop(video.id, None)
+        self._record_tune(video, "done", weights=name, **psnr)
         # Segments made with the service's model make way for the video's own.
         for rendition in video.renditions:
             if rendition.scale > 1:
@@ -228,6 +225,11 @@ class VideoManager:
         self.metrics.vod_cache_bytes.set(self.cache.bytes)
         log.info("video %s tuned: %.2f -> %.2f dB on held-out frames", video.id,
                  report["generic_psnr"], report["tuned_psnr"])  # fmt: skip
+
+    def _record_tune(self, video: Video, state: str, **values: object) -> None:
+        """Store the fine-tune's state; the video is read afresh from the store next time."""
+        self.store.set_tune(video.id, state, **values)
+        self._videos.pop(video.id, None)
 
     # ------------------------------------------------------------------ playlists
 
