@@ -22,7 +22,7 @@ import os, sys, numpy as np, torch
 sys.path.insert(0, "bench")
 from common import official_model, real_frames
 from carn_stream.pipeline.colour import ColourSpec
-from carn_stream.pipeline.infer import Engine, EngineConfig
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig
 rgb, yuv = ColourSpec("rgb"), ColourSpec("yuv")
 model = official_model()
 frames = [np.stack(real_frames(160, 90, 4))]

@@ -40,8 +40,8 @@ from carn_stream.allocator import tune_allocator
 from carn_stream.model.complexity import mult_adds
 from carn_stream.model.inference import pick_device
 from carn_stream.pipeline.colour import ColourSpec
-from carn_stream.pipeline.cpu import cpu_features
-from carn_stream.pipeline.infer import Engine, EngineConfig
+from carn_stream.pipeline.engine.cpu import cpu_features
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig
 
 SIZES = ["176x144x2", "320x180x4", "640x360x2", "480x270x4", "960x540x2"]
 RGB, OUT = ColourSpec("rgb"), ColourSpec("yuv", bits=8, matrix=1)

@@ -41,14 +41,14 @@ from common import DATA, cpu_name, emit_table, make_clip, official_model
 from carn_stream.allocator import tune_allocator
 from carn_stream.model.inference import upscale_rgb
 from carn_stream.pipeline.colour import ColourSpec
-from carn_stream.pipeline.decode import frame_planes, probe
-from carn_stream.pipeline.encode import EncoderOptions
-from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest
-from carn_stream.pipeline.formats import FORMATS
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest
+from carn_stream.pipeline.execution.segmented import SegmentedRun
+from carn_stream.pipeline.execution.worker_process import ProcessExecutor
+from carn_stream.pipeline.media.decode import frame_planes, probe
+from carn_stream.pipeline.media.encode import EncoderOptions
+from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.run import PipelineOptions, run_pipeline
-from carn_stream.pipeline.segmented import SegmentedRun
-from carn_stream.pipeline.worker_process import ProcessExecutor
 
 CASES = [  # (label, source clip, LR width, LR height, scale)
     ("176x144 x2", "carphone_pristine.mp4", 176, 144, 2),

@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import DATA, cpu_name, emit_table  # noqa: E402
 from carn_stream.loading import start_worker  # noqa: E402
-from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest  # noqa: E402
-from carn_stream.pipeline.formats import FORMATS  # noqa: E402
+from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest  # noqa: E402
+from carn_stream.pipeline.execution.segment_transport import cut_segment  # noqa: E402
+from carn_stream.pipeline.execution.segmented import SegmentedRun  # noqa: E402
+from carn_stream.pipeline.media.formats import FORMATS  # noqa: E402
 from carn_stream.pipeline.run import PipelineOptions  # noqa: E402
-from carn_stream.pipeline.segment_transport import cut_segment  # noqa: E402
-from carn_stream.pipeline.segmented import SegmentedRun  # noqa: E402
 from carn_stream.settings import Settings  # noqa: E402
 from tests.media import decode_rgb, downscale_frames, write_clip  # noqa: E402
 
@@ -102,7 +102,7 @@ def main() -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from carn_stream.pipeline.ray_executor import RayExecutor, RayOptions
+    from carn_stream.pipeline.execution.ray_executor import RayExecutor, RayOptions
 
     width, height = map(int, args.size.split("x"))
     settings = Settings(device="cpu", precision="fp32", allow_download=False,
@@ -171,7 +171,7 @@ def main() -> int:
 
 def _segment_bytes(clip: Path) -> tuple[float, float]:
     """Mean seconds and bytes of the head's remux of one segment."""
-    from carn_stream.pipeline.segments import plan_segments
+    from carn_stream.pipeline.media.segments import plan_segments
 
     plan, _ = plan_segments(clip, 1.0)
     times, sizes = [], []

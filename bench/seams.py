@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, cpu_name, emit_table, make_clip, official_model
 
 from carn_stream.allocator import tune_allocator
-from carn_stream.pipeline.encode import EncoderOptions
-from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest
-from carn_stream.pipeline.formats import FORMATS
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest
+from carn_stream.pipeline.execution.segmented import SegmentedRun
+from carn_stream.pipeline.media.encode import EncoderOptions
+from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.run import PipelineOptions, run_pipeline
-from carn_stream.pipeline.segmented import SegmentedRun
 
 CLIPS = [("carphone 176x144", "carphone_pristine.mp4", 176, 144, 120),
          ("bigbuckbunny 320x180", "bigbuckbunny.mp4", 320, 180, 132)]  # fmt: skip

@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, cpu_name, emit_table, make_clip, official_model
 
 from carn_stream.allocator import tune_allocator
-from carn_stream.pipeline.executors import InProcessExecutor
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
-from carn_stream.pipeline.slots import Slots
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.execution.executors import InProcessExecutor
+from carn_stream.pipeline.execution.slots import Slots
 from carn_stream.server.metrics import Metrics
-from carn_stream.server.video_store import VideoStore
-from carn_stream.server.vod import VideoManager
+from carn_stream.server.vod.manager import VideoManager
+from carn_stream.server.vod.store import VideoStore
 from carn_stream.settings import Settings
 
 CPU_CASES = [("160x90 x2", 160, 90, 2), ("320x180 x2", 320, 180, 2)]

@@ -119,8 +119,8 @@ def _eval_command(sub) -> None:
 
 
 def _upscale_command(sub) -> None:
-    from carn_stream.pipeline.codecs import CODEC_NAMES, PRESETS
-    from carn_stream.pipeline.formats import FORMAT_NAMES
+    from carn_stream.pipeline.media.codecs import CODEC_NAMES, PRESETS
+    from carn_stream.pipeline.media.formats import FORMAT_NAMES
 
     p = sub.add_parser("upscale", help="upscale a video file (or a folder of them)")
     _add_model_options(p)
@@ -307,8 +307,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from carn_stream.loading import load_model
     from carn_stream.model.evaluation import evaluate
     from carn_stream.pipeline.calibration import calibrate_from
-    from carn_stream.pipeline.images import IMAGE_SUFFIXES, iter_images
-    from carn_stream.pipeline.infer import PRECISIONS, Engine, EngineConfig
+    from carn_stream.pipeline.engine.infer import PRECISIONS, Engine, EngineConfig
+    from carn_stream.pipeline.media.images import IMAGE_SUFFIXES, iter_images
     from carn_stream.progress import ProgressBar
 
     if not args.data.is_dir():
@@ -388,8 +388,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_upscale_image(args: argparse.Namespace) -> int:
     from carn_stream.loading import load_model
-    from carn_stream.pipeline.images import read_rgb, write_png
-    from carn_stream.pipeline.infer import Engine, EngineConfig
+    from carn_stream.pipeline.engine.infer import Engine, EngineConfig
+    from carn_stream.pipeline.media.images import read_rgb, write_png
 
     if args.output.suffix.lower() != ".png":
         raise CLIError(f"output {args.output} must be a .png file")
@@ -418,7 +418,7 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from carn_stream.model.weights import WeightsError
     from carn_stream.pipeline.errors import PipelineError
-    from carn_stream.pipeline.images import ImageError
+    from carn_stream.pipeline.media.images import ImageError
     from carn_stream.train_commands import TrainingError
     from carn_stream.upscale_command import UpscaleError
 

@@ -8,8 +8,8 @@ import time
 
 from carn_stream.model import CARN, CARNMWeights, carn_m, load_weights
 from carn_stream.model.inference import pick_device
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
-from carn_stream.pipeline.named_weights import weights_file
+from carn_stream.model.named_weights import weights_file
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from carn_stream.pipeline.progress_rate import RateMeter
+from carn_stream.progress_rate import RateMeter
 
 
 class ProgressBar:

@@ -45,8 +45,8 @@ class Item:
 
 def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.loading import start_worker
-    from carn_stream.pipeline.encode import EncoderOptions, codec_settings
-    from carn_stream.pipeline.executors import InProcessExecutor
+    from carn_stream.pipeline.execution.executors import InProcessExecutor
+    from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
     from carn_stream.stopping import run_stoppable
 
     source = Path(args.input)
@@ -82,7 +82,7 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _item(source: Path, output: Path, format_name: str | None, args) -> Item:
-    from carn_stream.pipeline.formats import format_for_path
+    from carn_stream.pipeline.media.formats import format_for_path
 
     fmt = format_for_path(output, format_name)
     work = args.work_dir if args.work_dir is not None else default_work_dir(output)
@@ -92,7 +92,7 @@ def _item(source: Path, output: Path, format_name: str | None, args) -> Item:
 def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
     """Every video in ``folder`` (by suffix, not recursive) -> one output each in ``out_dir``:
     the format asked for, else the input's own container where it is one we write, else MP4."""
-    from carn_stream.pipeline.formats import FORMATS, SUFFIXES
+    from carn_stream.pipeline.media.formats import FORMATS, SUFFIXES
     from carn_stream.pipeline.sampling import VIDEO_SUFFIXES
 
     if out_dir.exists() and not out_dir.is_dir():
@@ -126,7 +126,7 @@ def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
 
 def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> None:
     """What makes the run resumable, and an interrupted run of it if there is one."""
-    from carn_stream.pipeline.workdir import WorkDir, run_identity
+    from carn_stream.pipeline.execution.workdir import WorkDir, run_identity
 
     item.identity = run_identity(
         item.source,
@@ -167,8 +167,8 @@ def _claim(item: Item, overwrite: bool, skip_existing: bool) -> None:
 
 async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_run) -> int:
     from carn_stream.pipeline.errors import PipelineError
-    from carn_stream.pipeline.executors import PlanRequest
-    from carn_stream.pipeline.workdir import WorkDir
+    from carn_stream.pipeline.execution.executors import PlanRequest
+    from carn_stream.pipeline.execution.workdir import WorkDir
     from carn_stream.progress import ProgressBar
 
     todo = [item for item in items if item.result == "pending"]
@@ -222,9 +222,9 @@ async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_r
 
 
 async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: bool) -> None:
+    from carn_stream.pipeline.execution.segmented import SegmentedRun
+    from carn_stream.pipeline.execution.workdir import WorkDir
     from carn_stream.pipeline.run import PipelineOptions
-    from carn_stream.pipeline.segmented import SegmentedRun
-    from carn_stream.pipeline.workdir import WorkDir
 
     folder = WorkDir(item.work)
     done = dict(item.resumed[1]) if item.resumed else {}

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from carn_stream.model.evaluation import crop_to_multiple, degrade
-from carn_stream.pipeline.images import IMAGE_SUFFIXES, ImageError, read_rgb
-from carn_stream.pipeline.infer import Engine
+from carn_stream.pipeline.engine.infer import Engine
+from carn_stream.pipeline.media.images import IMAGE_SUFFIXES, ImageError, read_rgb
 from carn_stream.pipeline.sampling import VIDEO_SUFFIXES, sample_frames
 
 MAX_IMAGES = 16

@@ -3,7 +3,7 @@
 Stages are joined by bounded queues, so memory stays bounded however long the input is and a
 slow stage slows its producers. Blocking PyAV work runs on one thread per stage (a container
 is only ever touched by its own thread); model work runs on the shared
-:class:`~carn_stream.pipeline.infer.InferenceWorker`. The first error or a cancellation stops
+:class:`~carn_stream.pipeline.engine.infer.InferenceWorker`. The first error or a cancellation stops
 every stage, closes both containers and removes the partial output.
 """
 
@@ -19,12 +19,18 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from carn_stream.pipeline.decode import AudioItem, VideoInfo, demux_frames, describe, open_input
-from carn_stream.pipeline.encode import EncoderOptions, VideoSink
+from carn_stream.pipeline.engine.infer import BatchResult, InferenceWorker
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
-from carn_stream.pipeline.infer import BatchResult, InferenceWorker
-from carn_stream.pipeline.segments import Segment, segment_audio, segment_frames
+from carn_stream.pipeline.media.decode import (
+    AudioItem,
+    VideoInfo,
+    demux_frames,
+    describe,
+    open_input,
+)
+from carn_stream.pipeline.media.encode import EncoderOptions, VideoSink
+from carn_stream.pipeline.media.segments import Segment, segment_audio, segment_frames
 
 STAGES = ("decode", "wait", "inference", "encode")  #: defined in docs/SERVICE.md, Metrics
 _END = object()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import HTTPException, status
 
-from carn_stream.server.store import JobStore
+from carn_stream.server.jobs.store import JobStore
 from carn_stream.settings import Settings
 
 

@@ -17,17 +17,22 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from carn_stream.pipeline.infer import InferenceWorker
-from carn_stream.pipeline.slots import Slots
-from carn_stream.server import api_health, api_jobs, api_live, api_videos, api_watch, pages
+from carn_stream.pipeline.engine.infer import InferenceWorker
+from carn_stream.pipeline.execution.slots import Slots
+from carn_stream.server import pages
+from carn_stream.server.api import health as health_api
+from carn_stream.server.api import jobs as jobs_api
+from carn_stream.server.api import live as live_api
+from carn_stream.server.api import videos as videos_api
+from carn_stream.server.api import watch as watch_api
 from carn_stream.server.blocking import BlockingPool
-from carn_stream.server.jobs import JobRunner
+from carn_stream.server.jobs.runner import JobRunner
+from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.live import LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.middleware import Gate, RequestMetrics
-from carn_stream.server.store import JobStore
-from carn_stream.server.video_store import VideoStore
-from carn_stream.server.vod import VideoManager
+from carn_stream.server.vod.manager import VideoManager
+from carn_stream.server.vod.store import VideoStore
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
 
@@ -132,11 +137,11 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         redoc_url=None,
     )
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
-    app.include_router(api_jobs.router)
-    app.include_router(api_watch.router)
-    app.include_router(api_health.router)
-    app.include_router(api_live.router)
-    app.include_router(api_videos.router)
+    app.include_router(jobs_api.router)
+    app.include_router(watch_api.router)
+    app.include_router(health_api.router)
+    app.include_router(live_api.router)
+    app.include_router(videos_api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request, status
 
 from carn_stream.server import media_links
-from carn_stream.server.jobs import JobRunner
-from carn_stream.server.store import JobStore
+from carn_stream.server.jobs.runner import JobRunner
+from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
 

@@ -26,9 +26,9 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.codecs import h264, vpx
 from aiortc.mediastreams import MediaStreamError
 
-from carn_stream.pipeline.decode import frame_planes, open_input
+from carn_stream.pipeline.engine.infer import InferenceWorker
 from carn_stream.pipeline.frames import yuv420_video_frame
-from carn_stream.pipeline.infer import InferenceWorker
+from carn_stream.pipeline.media.decode import frame_planes, open_input
 from carn_stream.pipeline.run import FrameReport
 from carn_stream.server.metrics import Metrics
 from carn_stream.settings import Settings

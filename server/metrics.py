@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-from carn_stream.pipeline.progress_rate import RateMeter
 from carn_stream.pipeline.run import STAGES, FrameReport
+from carn_stream.progress_rate import RateMeter
 
 # One `_created` series per labelled child doubled the exposition for no use (process-wide).
 disable_created_metrics()

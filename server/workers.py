@@ -9,12 +9,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from carn_stream.pipeline.executors import InProcessExecutor, SegmentExecutor
-from carn_stream.pipeline.infer import InferenceWorker
-from carn_stream.pipeline.worker_process import ProcessExecutor, ProcessLimits
+from carn_stream.pipeline.engine.infer import InferenceWorker
+from carn_stream.pipeline.execution.executors import InProcessExecutor, SegmentExecutor
+from carn_stream.pipeline.execution.worker_process import ProcessExecutor, ProcessLimits
 
 if TYPE_CHECKING:
-    from carn_stream.pipeline.ray_executor import RayExecutor
+    from carn_stream.pipeline.execution.ray_executor import RayExecutor
 from carn_stream.server.metrics import Metrics
 from carn_stream.settings import Settings
 
@@ -61,7 +61,7 @@ class ExecutorHolder:
         self._process: ProcessExecutor | RayExecutor | None = None
         self._starting: asyncio.Task | None = None
         if settings.ray_address:
-            from carn_stream.pipeline.ray_executor import RayExecutor, RayOptions
+            from carn_stream.pipeline.execution.ray_executor import RayExecutor, RayOptions
 
             options = RayOptions(
                 address=settings.ray_address,

@@ -10,7 +10,7 @@ import signal
 from torch import Tensor
 
 from carn_stream.model.baselines import Bicubic
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 
 
 class CrashOnWhite(Bicubic):

@@ -9,7 +9,7 @@ import time
 from torch import Tensor
 
 from carn_stream.model.baselines import Bicubic
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 
 SECONDS_PER_BATCH = 0.08
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from carn_stream.cli import main
-from carn_stream.pipeline.images import read_rgb, write_png
+from carn_stream.pipeline.media.images import read_rgb, write_png
 
 EVAL_KEYS = {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images", "scale", "precision"}
 

@@ -13,7 +13,7 @@ from carn_stream.model.imresize import bicubic_uint8, imresize, resize_matrix
 from carn_stream.model.inference import upscale_rgb
 from carn_stream.model.metrics import psnr, rgb_to_y, ssim
 from carn_stream.model.weights import PAPER_CARN_M, CARNMWeights
-from carn_stream.pipeline.images import iter_images
+from carn_stream.pipeline.media.images import iter_images
 
 
 def test_luma_follows_matlab_rgb2ycbcr_on_8_bit_images():

@@ -14,16 +14,22 @@ from pathlib import Path
 import pytest
 from fastapi import HTTPException
 
-from carn_stream.pipeline.decode import probe
 from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.media.decode import probe
 from carn_stream.server import media_links
 from carn_stream.server.admission import check_admission, data_dir_writable
-from carn_stream.server.exposure import public_url, redact_paths
-from carn_stream.server.fetch import FetchError, FetchPolicy, Target, check_address, validate_url
-from carn_stream.server.job_params import JobParams
+from carn_stream.server.inputs.exposure import public_url, redact_paths
+from carn_stream.server.inputs.fetch import (
+    FetchError,
+    FetchPolicy,
+    Target,
+    check_address,
+    validate_url,
+)
+from carn_stream.server.jobs.params import JobParams
+from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.live import size_cap
 from carn_stream.server.middleware import METHODS
-from carn_stream.server.store import JobStore
 from carn_stream.settings import Settings
 from tests.media import decode_rgb, downscale_frames, write_clip
 from tests.service import ServerProcess, media_server, wait_for
@@ -54,7 +60,7 @@ def hostile_files(folder: Path) -> dict[str, Path]:
 OPEN_IN_SUBPROCESS = """
 import sys
 from pathlib import Path
-from carn_stream.pipeline.decode import probe
+from carn_stream.pipeline.media.decode import probe
 from carn_stream.pipeline.errors import InputError
 try:
     probe(Path(sys.argv[1]))

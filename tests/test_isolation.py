@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carn_stream.pipeline.executors import PlanRequest, SegmentTask, WorkerCrashed
-from carn_stream.pipeline.formats import FORMATS
+from carn_stream.pipeline.execution.executors import PlanRequest, SegmentTask, WorkerCrashed
+from carn_stream.pipeline.execution.segmented import SegmentedRun, SegmentFailed
+from carn_stream.pipeline.execution.worker_process import ProcessExecutor
+from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.run import PipelineOptions
-from carn_stream.pipeline.segmented import SegmentedRun, SegmentFailed
-from carn_stream.pipeline.worker_process import ProcessExecutor
 from tests.crashing import crashing_worker
 from tests.media import facts, write_clip
 

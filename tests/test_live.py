@@ -326,7 +326,7 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
 
 async def _in_process_session(model, frames, seconds: float, latency_policy):
     """A server-side session and an aiortc client in this event loop; returns stats and leaks."""
-    from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+    from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
     from carn_stream.server.live import BitratePolicy, LiveSessions
     from carn_stream.server.metrics import Metrics
 

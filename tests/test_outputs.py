@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 
 from carn_stream.model.baselines import Bicubic
-from carn_stream.pipeline.encode import EncoderOptions
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.errors import OutputError
-from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest
-from carn_stream.pipeline.formats import FORMATS, format_for_path
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
-from carn_stream.pipeline.keep import subtitle_payload, subtitle_text
+from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest
+from carn_stream.pipeline.execution.segmented import SegmentedRun
+from carn_stream.pipeline.media.encode import EncoderOptions
+from carn_stream.pipeline.media.formats import FORMATS, format_for_path
+from carn_stream.pipeline.media.keep import subtitle_payload, subtitle_text
 from carn_stream.pipeline.run import PipelineOptions
-from carn_stream.pipeline.segmented import SegmentedRun
 from tests.helpers import REPO_ROOT, official_weights_path
 from tests.media import decode_rgb, downscale_frames, facts, write_clip, write_rich_mkv
 from tests.service import wait_for

@@ -15,10 +15,15 @@ import torch
 
 from carn_stream.model import carn_m, load_weights
 from carn_stream.model.baselines import Bicubic
-from carn_stream.pipeline.encode import EncoderOptions
+from carn_stream.pipeline.engine.infer import (
+    Engine,
+    EngineConfig,
+    InferenceWorker,
+    unavailable_reason,
+)
 from carn_stream.pipeline.errors import InputError, OutputError
-from carn_stream.pipeline.hls import is_complete
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker, unavailable_reason
+from carn_stream.pipeline.media.encode import EncoderOptions
+from carn_stream.pipeline.media.hls import is_complete
 from carn_stream.pipeline.run import PipelineOptions, run_pipeline
 from tests.media import (
     decode_rgb,
@@ -256,7 +261,7 @@ def test_tiled_output_equals_untiled_output(data_dir, weights_path, mode, tmp_pa
     if mode != "fp32":
         return
     # In float, the stitched result matches to within float32 noise.
-    from carn_stream.pipeline.tiling import tiled_forward
+    from carn_stream.pipeline.engine.tiling import tiled_forward
 
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():

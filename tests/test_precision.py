@@ -11,10 +11,15 @@ import torch
 
 from carn_stream.model.evaluation import evaluate
 from carn_stream.model.mixed import MixedPrecisionCARN
-from carn_stream.pipeline import autoselect
 from carn_stream.pipeline.colour import ColourSpec
-from carn_stream.pipeline.images import iter_images, read_rgb, write_png
-from carn_stream.pipeline.infer import Engine, EngineConfig, default_precision, unavailable_reason
+from carn_stream.pipeline.engine import autoselect
+from carn_stream.pipeline.engine.infer import (
+    Engine,
+    EngineConfig,
+    default_precision,
+    unavailable_reason,
+)
+from carn_stream.pipeline.media.images import iter_images, read_rgb, write_png
 from carn_stream.precisions import CPU_AUTO_CANDIDATES
 from carn_stream.settings import Settings
 from tests.media import decode_rgb
@@ -180,7 +185,7 @@ def test_auto_picks_the_fastest_mode_within_the_bound_and_caches_it(
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr("carn_stream.pipeline.infer.measure", no_measuring)
+    monkeypatch.setattr("carn_stream.pipeline.engine.infer.measure", no_measuring)
     again = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
     again.upscale([frames[1][None]], RGB, 2, OUT)
     assert again.choices[(2, 80, 96)].mode == decision.mode

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from carn_stream.pipeline.progress_rate import RateMeter
 from carn_stream.progress import ProgressBar
+from carn_stream.progress_rate import RateMeter
 
 
 class FakeClock:

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from carn_stream.loading import start_worker
-from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest, SegmentResult
-from carn_stream.pipeline.formats import FORMATS
+from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest, SegmentResult
+from carn_stream.pipeline.execution.segmented import SegmentedRun
+from carn_stream.pipeline.execution.slots import Slots
+from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.run import PipelineOptions
-from carn_stream.pipeline.segmented import SegmentedRun
-from carn_stream.pipeline.slots import Slots
 from carn_stream.settings import Settings
 from tests.helpers import REPO_ROOT
 from tests.media import decode_rgb, downscale_frames, facts, write_clip
@@ -32,7 +32,7 @@ from tests.slow_worker import slow_worker
 ray = pytest.importorskip("ray", reason="Ray is the optional extra '.[ray]' (in the test extra)")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from carn_stream.pipeline.ray_executor import RayExecutor, RayOptions, node_name  # noqa: E402
+from carn_stream.pipeline.execution.ray_executor import RayExecutor, RayOptions, node_name  # noqa: E402
 
 pytestmark = pytest.mark.slow
 RESOURCE = {"carn_worker": 1}

@@ -17,15 +17,15 @@ import av
 import pytest
 
 from carn_stream.model.baselines import Bicubic
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.errors import InputError
-from carn_stream.pipeline.executors import InProcessExecutor, PlanRequest
-from carn_stream.pipeline.formats import FORMATS
-from carn_stream.pipeline.hls import PLAYLIST_NAME, segment_name
-from carn_stream.pipeline.infer import Engine, EngineConfig, InferenceWorker
+from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest
+from carn_stream.pipeline.execution.segmented import SegmentedRun, SegmentFailed
+from carn_stream.pipeline.media.formats import FORMATS
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_name
+from carn_stream.pipeline.media.segments import SegmentPlan, plan_segments, segment_frames
 from carn_stream.pipeline.run import PipelineOptions
-from carn_stream.pipeline.segmented import SegmentedRun, SegmentFailed
-from carn_stream.pipeline.segments import SegmentPlan, plan_segments, segment_frames
-from carn_stream.server.store import JobStore
+from carn_stream.server.jobs.store import JobStore
 from tests.helpers import REPO_ROOT, launch_chromium, official_weights_path
 from tests.media import decode_rgb, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, media_server, wait_for

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from carn_stream.pipeline.images import read_rgb
-from carn_stream.server.fetch import FetchError, FetchPolicy, check_address, validate_url
+from carn_stream.pipeline.media.images import read_rgb
+from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, check_address, validate_url
 from tests.helpers import launch_chromium, official_weights_path
 from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
@@ -433,8 +433,8 @@ def test_a_killed_server_resumes_its_jobs_after_restart(tmp_path, media):
 
 @pytest.mark.slow
 def test_a_job_failed_at_start_up_keeps_and_serves_nothing(tmp_path):
-    from carn_stream.server.job_params import JobParams
-    from carn_stream.server.store import JobStore
+    from carn_stream.server.jobs.params import JobParams
+    from carn_stream.server.jobs.store import JobStore
 
     data = tmp_path / "data"
     data.mkdir()
@@ -463,10 +463,10 @@ def test_a_job_failed_at_start_up_keeps_and_serves_nothing(tmp_path):
 
 
 def test_retention_removes_old_jobs_and_their_files(tmp_path):
-    from carn_stream.server.job_params import JobParams
-    from carn_stream.server.jobs import JobRunner
+    from carn_stream.server.jobs.params import JobParams
+    from carn_stream.server.jobs.runner import JobRunner
+    from carn_stream.server.jobs.store import JobStore
     from carn_stream.server.metrics import Metrics
-    from carn_stream.server.store import JobStore
     from carn_stream.settings import Settings
 
     store = JobStore(tmp_path / "jobs.sqlite3")
@@ -483,8 +483,8 @@ def test_retention_removes_old_jobs_and_their_files(tmp_path):
 
 
 def test_store_recovery_after_a_crash(tmp_path):
-    from carn_stream.server.job_params import JobParams
-    from carn_stream.server.store import JobStore
+    from carn_stream.server.jobs.params import JobParams
+    from carn_stream.server.jobs.store import JobStore
 
     store = JobStore(tmp_path / "jobs.sqlite3")
     a, b = store.create("http://x/a", JobParams()), store.create("http://x/b", JobParams())

@@ -19,7 +19,7 @@ from carn_stream.model.training_data import Pair, PatchBatches, augment, make_pa
 @pytest.fixture(scope="module")
 def train_images(data_dir: Path) -> list[np.ndarray]:
     """Six SunHays80 photos, centre 192x192 crops (training data, never Set5/Set14)."""
-    from carn_stream.pipeline.images import iter_images
+    from carn_stream.pipeline.media.images import iter_images
 
     images = []
     for _, image in list(iter_images(data_dir / "train" / "SunHays80"))[:6]:
@@ -173,7 +173,7 @@ def small_data(train_images, data_dir, tmp_path) -> Path:
     """Two small photos and a short real clip: a training folder of both kinds."""
     from fractions import Fraction
 
-    from carn_stream.pipeline.images import write_png
+    from carn_stream.pipeline.media.images import write_png
     from tests.media import decode_rgb, write_clip
 
     folder = tmp_path / "data"
@@ -242,7 +242,7 @@ def test_tune_improves_heldout_psnr_and_its_weights_work_in_the_pipeline(
     assert json.loads(out.with_suffix(".json").read_text())["gain_db"] == report["gain_db"]
     load_weights(carn_m(), out)  # strict: the file fits the network
     image = tmp_path / "in.png"
-    from carn_stream.pipeline.images import read_rgb, write_png
+    from carn_stream.pipeline.media.images import read_rgb, write_png
 
     write_png(image, read_rgb(data_dir / "images" / "Set5" / "bird.png")[:32, :32])
     assert main(["upscale-image", str(image), str(tmp_path / "o.png"), "--scale", "2",
@@ -257,7 +257,7 @@ def test_short_cpu_run_from_scratch_learns_and_beats_bicubic_on_set5_x2(data_dir
     against bicubic's 33.65 (700 steps on a quarter of the photos fell short: 33.63)."""
     from carn_stream.model.evaluation import evaluate
     from carn_stream.model.inference import upscale_rgb
-    from carn_stream.pipeline.images import iter_images
+    from carn_stream.pipeline.media.images import iter_images
 
     images = [im for _, im in iter_images(data_dir / "train" / "SunHays80")]
     config = TrainConfig(steps=800, batch_size=8, patch_size=32, scales=(2,), lr=1e-3,

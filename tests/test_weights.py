@@ -191,7 +191,7 @@ def test_bundled_weights_ship_in_the_package_small_checked_and_loadable():
 def test_bundled_weights_measure_what_their_metadata_says(data_dir):
     from carn_stream.model.evaluation import evaluate
     from carn_stream.model.inference import upscale_rgb
-    from carn_stream.pipeline.images import iter_images
+    from carn_stream.pipeline.media.images import iter_images
 
     model = carn_m().eval()
     load_weights(model, CARNMWeights.BUNDLED)
@@ -224,7 +224,7 @@ def test_cli_upscales_with_the_bundled_weights_and_says_so(data_dir, tmp_path):
     import subprocess
     import sys
 
-    from carn_stream.pipeline.images import read_rgb, write_png
+    from carn_stream.pipeline.media.images import read_rgb, write_png
 
     image = tmp_path / "in.png"
     write_png(image, read_rgb(data_dir / "images" / "Set5" / "bird.png")[:24, :24])

@@ -1,0 +1,133 @@
+"""Where a segment runs: one small interface, and the in-process implementation.
+
+A :class:`SegmentExecutor` plans inputs and upscales segments. Implementations differ only in where
+the work happens: in this process on a shared inference worker (:class:`InProcessExecutor`), in a
+supervised worker process that owns its own engine
+(:class:`carn_stream.pipeline.execution.worker_process.ProcessExecutor`: a crash while decoding a
+hostile input kills that process, not the caller), or on a cluster. Tasks and results are plain,
+picklable dataclasses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol
+
+from carn_stream.pipeline.engine.infer import InferenceWorker
+from carn_stream.pipeline.media.decode import VideoInfo
+from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
+from carn_stream.pipeline.media.segments import InputLimits, Segment, SegmentPlan, plan_segments
+from carn_stream.pipeline.run import FrameReport, PipelineOptions, SegmentSource, run_pipeline
+
+FrameCallback = Callable[[FrameReport], None]
+
+
+class WorkerCrashed(Exception):
+    """The process that ran a segment died; the segment may be retried."""
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    source: Path
+    target_seconds: float
+    limits: InputLimits | None = None  #: checked from the header before the plan is made
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    """Upscale one segment of ``source`` into the MPEG-TS file ``target`` (published by rename)."""
+
+    source: Path
+    segment: Segment
+    time_base: Fraction
+    last: bool  #: the plan's last segment
+    target: Path
+    options: PipelineOptions
+
+    @classmethod
+    def of(
+        cls, source: Path, plan: SegmentPlan, index: int, target: Path, options: PipelineOptions
+    ) -> SegmentTask:
+        return cls(
+            source=source,
+            segment=plan.segments[index],
+            time_base=plan.time_base,
+            last=index == len(plan.segments) - 1,
+            target=target,
+            options=replace(options, container="segment"),
+        )
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    index: int
+    frames: int
+    bytes: int
+    seconds: float
+    rotation: int
+    node: str  #: where it ran
+
+
+class SegmentExecutor(Protocol):
+    """Plans inputs and upscales segments, ``slots`` segments at a time."""
+
+    slots: int
+
+    async def plan(self, request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]: ...
+
+    async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult: ...
+
+    async def remux(self, task: RemuxTask) -> int:
+        """Copy a segment without upscaling (the original rendition); returns its bytes."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def plan_for(request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
+    """The plan a request asks for (what every executor runs, wherever it runs)."""
+    return plan_segments(request.source, request.target_seconds, limits=request.limits)
+
+
+async def upscale_segment(
+    task: SegmentTask, worker: InferenceWorker, on_frame: FrameCallback | None, node: str
+) -> SegmentResult:
+    """Run the decode -> batch -> infer -> encode pipeline over one segment."""
+    part = SegmentSource(task.segment, task.time_base, task.last)
+    result = await run_pipeline(task.source, task.target, task.options, worker, on_frame, part=part)
+    return SegmentResult(
+        index=task.segment.index,
+        frames=result.frames,
+        bytes=task.target.stat().st_size,
+        seconds=result.seconds,
+        rotation=result.rotation,
+        node=node,
+    )
+
+
+class InProcessExecutor:
+    """Segments run in this process on ``worker`` (shared with other pipelines)."""
+
+    def __init__(self, worker: InferenceWorker, slots: int = 2) -> None:
+        self.worker, self.slots = worker, slots
+        self._threads = ThreadPoolExecutor(2, thread_name_prefix="carn-plan")
+        self.node = f"local:{os.getpid()}"
+
+    async def plan(self, request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, plan_for, request)
+
+    async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
+        return await upscale_segment(task, self.worker, on_frame, self.node)
+
+    async def remux(self, task: RemuxTask) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, remux_segment, task)
+
+    async def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)

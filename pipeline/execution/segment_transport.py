@@ -1,0 +1,111 @@
+"""A segment's input packets cut into a small container, without decoding, to travel elsewhere.
+
+The head of a cluster sends each worker only the compressed packets a segment needs: the video
+packets from the keyframe at or before the segment's start, in decode order, until every frame
+of the segment is covered (open-GOP leading pictures included), and the audio packets of its
+time range with a margin (the first segment also takes what precedes it, the last what follows).
+The container is QuickTime/MOV: it keeps each stream's time base, B-frame timestamps (edit
+lists) and the display rotation. Its movie time scale is a common multiple of the streams'
+clocks, so edit lists do not round a stream's start, and timestamps read back exactly as they
+were. Where the muxer stores a coarser clock as a finer one, the timestamps are scaled by a
+whole factor: :func:`localize` adapts a task to the copy it reads.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.segments import Segment, audio_packets
+
+FORMAT = "mov"
+SUFFIX = ".mov"
+AUDIO_MARGIN_SECONDS = 2  #: audio read either side of a segment (as the segment decoder does)
+_MAX_TIMESCALE = 2**31 - 1
+
+
+def _movie_timescale(streams: list[av.stream.Stream]) -> int | None:
+    scale = 1
+    for stream in streams:
+        scale = math.lcm(scale, stream.time_base.denominator)
+    return scale if scale <= _MAX_TIMESCALE else None
+
+
+def cut_segment(source: Path, segment: Segment, time_base: Fraction, last: bool) -> bytes:
+    """The packets ``segment`` of ``source`` needs, remuxed into one MOV file in memory."""
+    with open_input(source) as video_in, open_input(source) as audio_in:
+        video = video_in.streams.video[0]
+        audio = list(audio_in.streams.audio)
+        options = {}
+        timescale = _movie_timescale([video, *audio])
+        if timescale is not None:
+            options["movie_timescale"] = str(timescale)
+        buffer = io.BytesIO()
+        try:
+            with av.open(buffer, "w", format=FORMAT, options=options) as out:
+                out_video = out.add_stream_from_template(video)
+                out_video.time_base = video.time_base
+                out_audio = {}
+                for stream in audio:
+                    out_audio[stream.index] = out.add_stream_from_template(stream)
+                    out_audio[stream.index].time_base = stream.time_base
+                for packet in _video_packets(video_in, segment):
+                    packet.stream = out_video
+                    out.mux(packet)
+                for packet in audio_packets(
+                    audio_in, segment, time_base, last, AUDIO_MARGIN_SECONDS
+                ):
+                    packet.stream = out_audio[packet.stream.index]
+                    out.mux(packet)
+        except (av.FFmpegError, ValueError) as exc:
+            raise InputError(
+                f"{segment.describe()}: its packets cannot be copied for a cluster worker ({exc})"
+            ) from exc
+    return buffer.getvalue()
+
+
+def _video_packets(container: av.container.InputContainer, segment: Segment):
+    video = container.streams.video[0]
+    if segment.index > 0:
+        container.seek(segment.start_pts, stream=video, backward=True, any_frame=False)
+    covered = 0
+    for packet in container.demux(video):
+        if packet.size == 0 or (packet.dts is None and packet.pts is None):
+            continue
+        yield packet
+        pts = packet.pts if packet.pts is not None else packet.dts
+        if segment.start_pts <= pts < segment.end_pts:
+            covered += 1
+            if covered == segment.frames:
+                return
+
+
+def write_copy(data: bytes, folder: Path) -> Path:
+    """Write a received segment container into ``folder``; returns its path."""
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=SUFFIX, delete=False) as handle:
+        handle.write(data)
+    return Path(handle.name)
+
+
+def localize(segment: Segment, time_base: Fraction, copy: Path) -> tuple[Segment, Fraction]:
+    """The segment and time base as ``copy`` (made by :func:`cut_segment`) stores them."""
+    with open_input(copy) as container:
+        stored = container.streams.video[0].time_base
+    if stored == time_base:
+        return segment, time_base
+    factor = time_base / stored
+    if factor.denominator != 1:
+        raise InputError(
+            f"{segment.describe()}: the copied video clock {stored} is not a whole multiple "
+            f"of the input's {time_base}"
+        )
+    k = factor.numerator
+    return replace(segment, start_pts=segment.start_pts * k, end_pts=segment.end_pts * k), stored

@@ -1,0 +1,125 @@
+"""A segmented run: a plan's missing segments through an executor, then the final output.
+
+Segments start in index order with a bounded number in flight (so decoding segment i+1
+overlaps encoding segment i), each is published by rename into the format's segment folder,
+and a segment that fails for a reason worth retrying (its worker crashed, an unexpected error)
+runs again up to ``max_attempts`` times. Segments already done (a resumed run) are skipped.
+The command line and the job runner both drive this; they differ in where they record
+progress (a work folder's manifest, or the job store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.execution.executors import (
+    FrameCallback,
+    SegmentExecutor,
+    SegmentResult,
+    SegmentTask,
+    WorkerCrashed,
+)
+from carn_stream.pipeline.execution.slots import Slots
+from carn_stream.pipeline.media.formats import OutputFormat
+from carn_stream.pipeline.media.hls import segment_name
+from carn_stream.pipeline.media.segments import Segment, SegmentPlan
+from carn_stream.pipeline.run import PipelineOptions, first_error
+
+log = logging.getLogger(__name__)
+
+
+class SegmentFailed(PipelineError):
+    """A segment could not be made; the message names its time range and the reason."""
+
+    def __init__(self, segment: Segment, reason: str) -> None:
+        super().__init__(f"{segment.describe()} failed: {reason}")
+        self.segment = segment
+
+
+@dataclass
+class SegmentedRun:
+    source: Path
+    plan: SegmentPlan
+    fmt: OutputFormat
+    output: Path
+    work_dir: Path
+    options: PipelineOptions
+    executor: SegmentExecutor
+    done: dict[int, SegmentResult] = field(default_factory=dict)  #: already made (resume)
+    max_attempts: int = 3
+    #: this run's segments at the executor at once (a callable: follows a growing cluster)
+    in_flight: int | Callable[[], int] = 2
+    #: shared by the runs of one service, so that their segments take turns at the executor
+    slots: asyncio.Semaphore | Slots | None = None
+    on_frame: FrameCallback | None = None
+    on_start: Callable[[int, int], None] | None = None  #: (segment index, attempt)
+    on_done: Callable[[SegmentResult], None] | None = None
+    on_retry: Callable[[int, str], None] | None = None  #: (segment index, reason)
+
+    @property
+    def segment_dir(self) -> Path:
+        return self.fmt.segment_dir(self.output, self.work_dir)
+
+    def segment_path(self, index: int) -> Path:
+        return self.segment_dir / segment_name(index)
+
+    async def execute(self) -> Path:
+        """Make every missing segment, then the output; returns the output's path."""
+        self.fmt.prepare(self.output, self.work_dir)
+        self.fmt.progress(self.output, self.plan, set(self.done))
+        in_flight = self.in_flight
+        own = Slots(in_flight if callable(in_flight) else lambda: in_flight)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for segment in self.plan.segments:
+                    if segment.index in self.done:
+                        continue
+                    await own.acquire()  # start segments in order, a few at a time
+                    group.create_task(self._one(segment, own), name=f"segment-{segment.index}")
+        except BaseExceptionGroup as errors:
+            raise first_error(errors) from None
+        rotation = self.done[0].rotation if 0 in self.done else 0
+        return await asyncio.to_thread(
+            self.fmt.finish, self.output, self.work_dir, self.plan, self.source, rotation
+        )
+
+    async def _one(self, segment: Segment, own: Slots) -> None:
+        try:
+            task = SegmentTask.of(
+                self.source, self.plan, segment.index, self.segment_path(segment.index),
+                self.options,
+            )  # fmt: skip
+            result = await self._attempts(task)
+            self.done[segment.index] = result
+            if self.on_done is not None:
+                self.on_done(result)
+            self.fmt.progress(self.output, self.plan, set(self.done))
+        finally:
+            own.release()
+
+    async def _attempts(self, task: SegmentTask) -> SegmentResult:
+        segment = task.segment
+        attempt = 0
+        while True:
+            attempt += 1
+            if self.on_start is not None:
+                self.on_start(segment.index, attempt)
+            try:
+                async with self.slots if self.slots is not None else contextlib.nullcontext():
+                    return await self.executor.run(task, self.on_frame)
+            except PipelineError as exc:  # the input or the output is at fault: no retry
+                raise SegmentFailed(segment, str(exc)) from exc
+            except (WorkerCrashed, RuntimeError, OSError) as exc:
+                reason = str(exc) or type(exc).__name__
+                if attempt >= self.max_attempts:
+                    raise SegmentFailed(segment, f"{reason} (after {attempt} attempts)") from exc
+                log.warning("%s: attempt %d failed (%s); retrying", segment.describe(), attempt,
+                            reason)  # fmt: skip
+                if self.on_retry is not None:
+                    self.on_retry(segment.index, reason)

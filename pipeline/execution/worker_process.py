@@ -1,0 +1,373 @@
+"""Segments in a supervised worker process: untrusted input is parsed and decoded away from the
+service, so a crash (a demuxer bug, a hostile file) ends that process, not the service.
+
+The worker process owns its own inference engine (built by a picklable factory), runs several
+segments at once on it and streams per-frame reports back over a pipe. When it dies, the segments it
+was working on fail with :class:`~carn_stream.pipeline.execution.executors.WorkerCrashed` and a
+fresh process is started for what comes next. A crash while several segments were in flight does not
+blame them all: each is run again *alone*, and only a segment that crashes the worker on its own is
+reported as crashed (so an innocent job running beside a hostile one succeeds). The process runs
+with a cap on open files and no core dumps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from carn_stream.pipeline.engine.infer import InferenceWorker
+from carn_stream.pipeline.execution.executors import (
+    FrameCallback,
+    PlanRequest,
+    SegmentResult,
+    SegmentTask,
+    WorkerCrashed,
+    plan_for,
+    upscale_segment,
+)
+from carn_stream.pipeline.media.decode import VideoInfo
+from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
+from carn_stream.pipeline.media.segments import SegmentPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProcessLimits:
+    max_open_files: int = 1024
+    start_timeout: float = 180.0  #: seconds for a new worker process to load its model
+    stop_timeout: float = 3.0  #: seconds a stopping worker gets before it is killed
+
+
+# --------------------------------------------------------------------------- the worker side
+
+
+def _apply_limits(limits: ProcessLimits) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = (
+        limits.max_open_files
+        if hard == resource.RLIM_INFINITY
+        else min(hard, limits.max_open_files)
+    )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, cap), cap))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _worker_main(conn, factory: Callable[[], InferenceWorker], limits: ProcessLimits) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process stops
+    try:
+        _apply_limits(limits)
+        worker = factory()
+    except BaseException as exc:  # report why the worker could not start, then stop
+        conn.send(("failed", None, f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None, str(worker.device)))
+    try:
+        asyncio.run(_serve(conn, worker))
+    finally:
+        worker.close(timeout=limits.stop_timeout)
+
+
+async def _serve(conn, worker: InferenceWorker) -> None:
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
+    node = f"process:{os.getpid()}"
+
+    def read() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                message = ("stop", None, None)
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+            if message[0] == "stop":
+                return
+
+    threading.Thread(target=read, name="carn-worker-inbox", daemon=True).start()
+    tasks: dict[int, asyncio.Task] = {}
+
+    def send(message: tuple) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the parent has gone; "stop" follows
+            conn.send(message)
+
+    async def handle(call_id: int, kind: str, payload: Any) -> None:
+        try:
+            if kind == "plan":
+                result = await asyncio.to_thread(plan_for, payload)
+            elif kind == "remux":
+                result = await asyncio.to_thread(remux_segment, payload)
+            else:
+                result = await upscale_segment(
+                    payload, worker, lambda report: send(("frame", call_id, report)), node
+                )
+            send(("done", call_id, result))
+        except asyncio.CancelledError:
+            send(("cancelled", call_id, None))
+        except Exception as exc:
+            send(("error", call_id, _portable(exc)))
+        finally:
+            tasks.pop(call_id, None)
+
+    while True:
+        kind, call_id, payload = await inbox.get()
+        if kind == "stop":
+            break
+        if kind == "cancel":
+            task = tasks.get(call_id)
+            if task is not None:
+                task.cancel()
+            continue
+        tasks[call_id] = asyncio.create_task(handle(call_id, kind, payload))
+    for task in list(tasks.values()):
+        task.cancel()
+    if tasks:
+        await asyncio.wait(list(tasks.values()), timeout=2)
+
+
+def _portable(exc: Exception) -> Exception:
+    """The exception itself when it survives pickling, else a RuntimeError with its text."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- the service side
+
+
+@dataclass
+class _Call:
+    future: asyncio.Future
+    on_frame: FrameCallback | None
+    child: _Child
+
+
+class _Crash(Exception):
+    def __init__(self, how: str, alone: bool) -> None:
+        super().__init__(how)
+        self.how, self.alone = how, alone
+
+
+@dataclass
+class _Child:
+    process: Any
+    conn: Any
+    calls: dict[int, _Call] = field(default_factory=dict)
+    dead: bool = False
+
+
+class ProcessExecutor:
+    """Segments run in one supervised worker process (restarted when it dies)."""
+
+    def __init__(
+        self,
+        worker_factory: Callable[[], InferenceWorker],
+        slots: int = 2,
+        limits: ProcessLimits = ProcessLimits(),
+    ) -> None:
+        self.slots, self.limits = slots, limits
+        self._factory = worker_factory
+        self._context = multiprocessing.get_context("spawn")
+        self._child: _Child | None = None
+        self._starting: asyncio.Lock | None = None
+        self._ids = itertools.count()
+        self._active = 0  #: calls running in shared mode
+        self._solo = False  #: a call runs alone
+        self._solo_waiting = 0
+        self._turn: asyncio.Condition | None = None
+        self._closed = False
+        self.device: str | None = None
+        self.restarts = 0
+
+    # ------------------------------------------------------------------ interface
+
+    async def start(self) -> None:
+        """Start the worker process now (else it starts with the first call)."""
+        await self._ensure_child()
+
+    async def plan(self, request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
+        return await self._call("plan", request, None)
+
+    async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
+        return await self._call("run", task, on_frame)
+
+    async def remux(self, task: RemuxTask) -> int:
+        return await self._call("remux", task, None)
+
+    async def close(self) -> None:
+        self._closed = True
+        child, self._child = self._child, None
+        if child is not None:
+            await asyncio.to_thread(self._stop, child)
+
+    # ------------------------------------------------------------------ calls
+
+    async def _call(self, kind: str, payload: Any, on_frame: FrameCallback | None) -> Any:
+        alone = False
+        while True:
+            mode = alone
+            await self._enter(mode)
+            try:
+                return await self._attempt(kind, payload, on_frame)
+            except _Crash as crash:
+                if crash.alone:
+                    raise WorkerCrashed(f"the worker process {crash.how}") from None
+                log.warning("worker process %s; re-running its work one at a time", crash.how)
+                alone = True
+            finally:
+                await self._leave(mode)
+
+    async def _attempt(self, kind: str, payload: Any, on_frame: FrameCallback | None) -> Any:
+        child = await self._ensure_child()
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        child.calls[call_id] = _Call(future, on_frame, child)
+        with contextlib.suppress(OSError, ValueError):  # a dead process fails the call anyway
+            child.conn.send((kind, call_id, payload))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError, ValueError):
+                child.conn.send(("cancel", call_id, None))
+            # Return once the worker has stopped (and cleaned up), so that the caller may
+            # remove what the call was writing.
+            await asyncio.wait({future}, timeout=self.limits.stop_timeout)
+            raise
+        finally:
+            child.calls.pop(call_id, None)
+
+    async def _enter(self, alone: bool) -> None:
+        if self._turn is None:
+            self._turn = asyncio.Condition()
+        async with self._turn:
+            if alone:
+                self._solo_waiting += 1
+                await self._turn.wait_for(lambda: not self._solo and self._active == 0)
+                self._solo_waiting -= 1
+                self._solo = True
+            else:
+                await self._turn.wait_for(lambda: not self._solo and not self._solo_waiting)
+                self._active += 1
+
+    async def _leave(self, alone: bool) -> None:
+        assert self._turn is not None
+        async with self._turn:
+            if alone and self._solo:
+                self._solo = False
+            elif not alone:
+                self._active -= 1
+            self._turn.notify_all()
+
+    # ------------------------------------------------------------------ the process
+
+    async def _ensure_child(self) -> _Child:
+        if self._closed:
+            raise RuntimeError("the worker process pool is closed")
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._child is not None and not self._child.dead:
+                return self._child
+            if self._child is not None:
+                self.restarts += 1
+            self._child = await asyncio.to_thread(self._spawn)
+            loop = asyncio.get_running_loop()
+            threading.Thread(
+                target=self._read, args=(self._child, loop), name="carn-worker-outbox", daemon=True
+            ).start()
+            return self._child
+
+    def _spawn(self) -> _Child:
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child_end, self._factory, self.limits),
+            name="carn-stream-worker",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        if not parent_end.poll(self.limits.start_timeout):
+            process.kill()
+            raise RuntimeError("the worker process did not start in time")
+        try:
+            kind, _, detail = parent_end.recv()
+        except (EOFError, OSError):
+            process.join(1)
+            raise RuntimeError(
+                f"the worker process {_how_it_ended(process.exitcode)} while starting"
+            ) from None
+        if kind != "ready":
+            process.join(self.limits.stop_timeout)
+            raise RuntimeError(f"the worker process could not start: {detail}")
+        self.device = detail
+        log.info("worker process %d ready on %s", process.pid, detail)
+        return _Child(process, parent_end)
+
+    def _read(self, child: _Child, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                message = child.conn.recv()
+            except (EOFError, OSError):
+                break
+            loop.call_soon_threadsafe(self._deliver, child, message)
+        child.process.join(self.limits.stop_timeout)
+        loop.call_soon_threadsafe(self._died, child, _how_it_ended(child.process.exitcode))
+
+    def _deliver(self, child: _Child, message: tuple) -> None:
+        kind, call_id, payload = message
+        call = child.calls.get(call_id)
+        if call is None or call.future.done():
+            return
+        if kind == "frame":
+            if call.on_frame is not None:
+                call.on_frame(payload)
+        elif kind == "done":
+            call.future.set_result(payload)
+        elif kind == "error":
+            call.future.set_exception(payload)
+        elif kind == "cancelled":
+            call.future.cancel()
+
+    def _died(self, child: _Child, how: str) -> None:
+        child.dead = True
+        if self._closed:
+            how = "was stopped"
+        pending = [c for c in child.calls.values() if not c.future.done()]
+        if pending:
+            log.error("worker process %s with %d call(s) in flight", how, len(pending))
+        for call in pending:
+            call.future.set_exception(_Crash(how, alone=len(pending) == 1))
+
+    def _stop(self, child: _Child) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            child.conn.send(("stop", None, None))
+        child.process.join(self.limits.stop_timeout)
+        if child.process.is_alive():
+            child.process.kill()
+            child.process.join(1)
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"crashed ({name})"
+    return f"exited with code {exitcode}"

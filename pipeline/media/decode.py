@@ -1,0 +1,204 @@
+"""Open and probe an input with PyAV; turn its packets into frames and passthrough packets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from carn_stream.pipeline.colour import ColourSpec, effective_matrix, is_full_range
+from carn_stream.pipeline.errors import InputError, ffmpeg_reason
+from carn_stream.pipeline.frames import SourceFrame
+from carn_stream.pipeline.media.input_formats import (
+    ALLOWED_DEMUXERS,
+    check_scheme,
+    detect_format,
+    is_allowed,
+    open_options,
+)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    time_base: Fraction
+    frame_rate: Fraction | None
+    frames: int  #: from the container, or estimated from the duration; 0 when unknown
+    duration: float | None  #: seconds
+    codec: str
+    pix_fmt: str
+    audio_codecs: tuple[str, ...]
+    sample_aspect_ratio: Fraction | None = None  #: None when unset (square pixels)
+
+
+def open_input(
+    source: str | Path, options: dict[str, str] | None = None
+) -> av.container.InputContainer:
+    """Open a file or URL for demuxing, confined to the allowed formats and protocols
+    (:mod:`formats`); failures become :class:`InputError`."""
+    if isinstance(source, Path) and not source.is_file():
+        raise InputError(f"{source}: no such file")
+    try:
+        check_scheme(source)
+    except ValueError as exc:
+        raise InputError(f"{source}: {exc}") from exc
+    try:
+        container = av.open(
+            str(source), mode="r", options={**(options or {}), **open_options(source)}
+        )
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        refused = _refused_format(source)
+        if refused:
+            raise InputError(refused) from exc
+        raise InputError(
+            f"{source}: not a video file FFmpeg can read ({ffmpeg_reason(exc)})"
+        ) from exc
+    if not is_allowed(container.format.name):  # what FFmpeg enforced, checked once more
+        container.close()
+        raise InputError(_refusal(source, container.format.name))
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{source}: has no video stream")
+    return container
+
+
+def _refused_format(source: str | Path) -> str | None:
+    """The refusal message when ``source`` is a local file in a format not on the list."""
+    if isinstance(source, str) and "://" in source and not source.startswith("file://"):
+        return None
+    detected = detect_format(Path(str(source).removeprefix("file://")))
+    if detected is None or is_allowed(detected):
+        return None
+    return _refusal(source, detected)
+
+
+def _refusal(source: str | Path, detected: str) -> str:
+    return (
+        f"{source}: input format {detected!r} is not accepted (it can name other files or "
+        f"URLs, or is not a video container); accepted: {', '.join(ALLOWED_DEMUXERS)}"
+    )
+
+
+def describe(container: av.container.InputContainer) -> VideoInfo:
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    rate = stream.average_rate or stream.guessed_rate
+    duration = None
+    if stream.duration is not None and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    frames = stream.frames or (round(duration * rate) if duration and rate else 0)
+    return VideoInfo(
+        width=ctx.width,
+        height=ctx.height,
+        time_base=stream.time_base,
+        frame_rate=Fraction(rate) if rate else None,
+        frames=frames,
+        duration=duration,
+        codec=ctx.name,
+        pix_fmt=ctx.pix_fmt or "",
+        audio_codecs=tuple(a.codec_context.name for a in container.streams.audio),
+        sample_aspect_ratio=stream_sample_aspect_ratio(stream),
+    )
+
+
+def stream_sample_aspect_ratio(stream) -> Fraction | None:
+    """The container's sample aspect ratio, else the codec's; None when unset."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar is not None and sar > 0:
+            return Fraction(sar)
+    return None
+
+
+def probe(source: str | Path, check: Callable[[VideoInfo], None] | None = None) -> VideoInfo:
+    """Check that ``source`` holds decodable video and describe it. ``check`` judges the
+    description from the stream headers (size, duration) before any frame is decoded."""
+    with open_input(source) as container:
+        info = describe(container)
+        if check is not None:
+            check(info)
+        try:
+            next(container.decode(video=0))
+        except (StopIteration, av.FFmpegError) as exc:
+            raise InputError(f"{source}: its video stream holds no decodable frame") from exc
+        return info
+
+
+def _plane_array(plane, dtype: np.dtype) -> np.ndarray:
+    itemsize = np.dtype(dtype).itemsize
+    rows = np.frombuffer(plane, dtype=dtype).reshape(plane.height, plane.line_size // itemsize)
+    return np.ascontiguousarray(rows[:, : plane.width])
+
+
+def frame_planes(frame: av.VideoFrame) -> tuple[tuple[np.ndarray, ...], ColourSpec]:
+    """A decoded frame's samples, in its own layout where that is planar, and how to read them."""
+    fmt = frame.format
+    matrix = effective_matrix(int(frame.colorspace), frame.height)
+    full = is_full_range(int(frame.color_range), fmt.name)
+    tags = {"primaries": int(frame.color_primaries), "transfer": int(frame.color_trc)}
+    bits = max(c.bits for c in fmt.components)
+    if fmt.is_rgb or fmt.has_palette:
+        name = "rgb24" if bits <= 8 else "rgb48le"
+        rgb = frame.to_ndarray(format=name)
+        return (rgb,), ColourSpec("rgb", bits=8 if bits <= 8 else 16, **tags)
+    big_endian = fmt.is_big_endian
+    n = len(fmt.components)
+    planar_yuv = fmt.is_planar and n == 3 and len(frame.planes) == 3 and not big_endian
+    gray = n == 1 and not big_endian
+    if not (planar_yuv or gray) or bits not in (8, 9, 10, 12, 14, 16):
+        # Semi-planar, packed, alpha or odd layouts: repack (no matrix change) to planar 4:4:4.
+        target = "yuv444p" if bits <= 8 else "yuv444p16le"
+        frame = frame.reformat(format=target)
+        bits = 8 if bits <= 8 else 16
+        n = 3
+    dtype = np.uint8 if bits <= 8 else np.dtype("<u2")
+    planes = tuple(_plane_array(frame.planes[i], dtype) for i in range(n))
+    layout = "gray" if n == 1 else "yuv"
+    return planes, ColourSpec(layout, bits=bits, matrix=matrix, full_range=full, **tags)
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    """Audio on its way to the output: a packet to copy, or decoded frames to transcode."""
+
+    stream_index: int
+    packet: av.Packet | None = None
+    frames: tuple[av.AudioFrame, ...] = ()
+
+
+def demux_frames(
+    container: av.container.InputContainer,
+    decode_audio: frozenset[int] = frozenset(),
+    threads: int = 0,
+) -> Iterator[SourceFrame | AudioItem]:
+    """Decode the first video stream in presentation order; audio passes through as packets,
+    or as decoded frames for the stream indexes in ``decode_audio``. ``threads``: decoder
+    threads, 0 = FFmpeg's choice."""
+    video = container.streams.video[0]
+    video.thread_type = "AUTO"
+    video.codec_context.thread_count = threads
+    streams = [video, *container.streams.audio]
+    index = 0
+    for packet in container.demux(streams):
+        if packet.stream.type == "audio":
+            sid = packet.stream.index
+            if sid in decode_audio:
+                yield AudioItem(sid, frames=tuple(packet.decode()))
+            elif packet.dts is not None:
+                yield AudioItem(sid, packet=packet)
+            continue
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as exc:
+            raise InputError(f"decoding frame {index} failed: {exc}") from exc
+        for frame in frames:
+            planes, spec = frame_planes(frame)
+            tb = frame.time_base or video.time_base
+            yield SourceFrame(index, frame.pts, tb, planes, spec, rotation=int(frame.rotation))
+            index += 1

@@ -1,0 +1,302 @@
+"""Encode upscaled frames and mux them with the input's audio into MP4, HLS or a segment.
+
+Video keeps the source's timestamps and time base (variable frame rate stays variable),
+display rotation, sample aspect ratio, bit depth (8 or 10, as the engine's output planes) and
+colour tags (matrix, primaries, transfer: PQ and HLG included). Audio packets are copied
+untouched where the output container can hold the codec, otherwise transcoded to AAC. A sink
+starts with the first video frame (rotation is known then) and keeps earlier audio until then.
+
+A *segment* is one piece of a segmented run: MPEG-TS (self-contained: parameter sets travel
+in-band, so segments made by separate encoders, processes or machines play back to back and
+concatenate by remuxing), timestamps kept as in the input plus :data:`SEGMENT_OFFSET_SECONDS`
+(so that the decode delay of B-frames never makes a timestamp negative).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec
+from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.frames import UpscaledFrame
+from carn_stream.pipeline.media.codecs import check_codec, pixel_format
+from carn_stream.pipeline.media.decode import AudioItem
+from carn_stream.pipeline.media.formats import MP4_AUDIO
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME, SEGMENT_AUDIO, hls_muxer_options
+
+#: The containers a sink writes (a whole run's MP4 or HLS, or one segment of a segmented run)
+#: and the audio codecs each takes as they are (the output formats' own lists).
+COPYABLE_AUDIO = {"mp4": MP4_AUDIO, "hls": SEGMENT_AUDIO, "segment": SEGMENT_AUDIO}
+#: Added to every timestamp written into a segment, and taken off again when segments are
+#: joined into an MP4.
+SEGMENT_OFFSET_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    codec: str = "h264"
+    crf: int = 18
+    preset: str | None = None  #: None = the codec's choice below
+    segment_seconds: float = 2.0  #: HLS target segment duration
+
+
+#: Rate-control zones that keep a segment's ends level with its middle (x264 and x265): an
+#: encoder that starts at a segment's IDR frame spends on it as on a scene start (the first
+#: frame came out 2-3 dB above its neighbours), and the last frames, which no later frame
+#: references, get the least (1-2 dB below). The first frame's bitrate is scaled by HEAD, the
+#: last TAIL_FRAMES frames' by TAIL: measured on carphone and Big Buck Bunny through the
+#: pipeline (1 s segments), the mean boundary offset went from 2.1-2.3 to 0.12-0.43 dB for
+#: about 8% more bytes at 0.15-0.24 dB higher quality (docs/PIPELINE.md, "Seams").
+SEGMENT_ZONE_HEAD, SEGMENT_ZONE_TAIL, SEGMENT_TAIL_FRAMES = 0.75, 1.5, 4
+
+
+def segment_zones(frames: int) -> str | None:
+    """The zones of a segment of ``frames`` frames (None when it is too short to have ends)."""
+    if frames < 3 * SEGMENT_TAIL_FRAMES:
+        return None
+    tail = frames - SEGMENT_TAIL_FRAMES
+    return f"0,0,b={SEGMENT_ZONE_HEAD}/{tail},{frames - 1},b={SEGMENT_ZONE_TAIL}"
+
+
+def codec_settings(options: EncoderOptions) -> tuple[str, dict[str, str]]:
+    """FFmpeg encoder name and its private options for ``options``."""
+    spec = check_codec(options.codec, options.preset)
+    if not 0 <= options.crf <= 51:
+        raise OutputError(f"crf must be between 0 and 51, got {options.crf}")
+    name, preset = spec.encoder, options.preset or spec.default_preset
+    if name.endswith("nvenc"):
+        opts = {"preset": preset, "rc": "vbr", "cq": str(options.crf), "b": "0"}
+    else:
+        opts = {"crf": str(options.crf), "preset": preset}
+        if name == "libx265":
+            opts["x265-params"] = "log-level=error"
+    return name, opts
+
+
+class VideoSink:
+    """One output (an MP4 file or an HLS folder); used from one thread."""
+
+    def __init__(
+        self,
+        target: Path,
+        fmt: str,
+        options: EncoderOptions,
+        frame_rate: Fraction | None,
+        audio_streams: list[av.audio.stream.AudioStream],
+        threads: int = 0,
+        sample_aspect_ratio: Fraction | None = None,
+        segment_frames: int | None = None,
+    ) -> None:
+        """``segment_frames``: the frames of the segment a ``segment`` sink writes (its ends
+        are given rate-control zones, see :func:`segment_zones`)."""
+        if fmt not in COPYABLE_AUDIO:
+            raise OutputError(
+                f"unknown container {fmt!r}; choose one of {', '.join(COPYABLE_AUDIO)}"
+            )
+        self.codec_name, self.codec_options = codec_settings(options)
+        zones = segment_zones(segment_frames) if fmt == "segment" and segment_frames else None
+        if zones and self.codec_name in ("libx264", "libx265"):
+            key = "x264-params" if self.codec_name == "libx264" else "x265-params"
+            given = self.codec_options.get(key)
+            self.codec_options[key] = f"{given}:zones={zones}" if given else f"zones={zones}"
+        self.target, self.fmt, self.options = target, fmt, options
+        self.frame_rate = frame_rate or Fraction(25)
+        self.threads = threads  #: encoder threads, 0 = FFmpeg's choice
+        self.sample_aspect_ratio = sample_aspect_ratio
+        self._pix_fmt = "yuv420p"
+        self._audio_in = audio_streams
+        self._container: av.container.OutputContainer | None = None
+        self._video: av.video.stream.VideoStream | None = None
+        self._audio_out: dict[int, av.stream.Stream] = {}
+        self._transcoders: dict[int, _AudioTranscoder] = {}
+        self._pending_audio: list[AudioItem] = []
+        self._created_dir = False
+        self._offset = Fraction(SEGMENT_OFFSET_SECONDS)
+        if fmt in ("mp4", "segment"):
+            target.parent.mkdir(parents=True, exist_ok=True)  # as for HLS folders
+            self._path = target.with_name(f".{target.name}.part")
+        else:
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise OutputError(f"HLS output {target} exists and is not an empty folder")
+            self._created_dir = not target.exists()
+            target.mkdir(parents=True, exist_ok=True)
+            self._path = target / PLAYLIST_NAME
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def transcoded_audio(self) -> set[int]:
+        """Input audio stream indexes that need decoding (their codec cannot be copied)."""
+        copyable = COPYABLE_AUDIO[self.fmt]
+        return {s.index for s in self._audio_in if s.codec_context.name not in copyable}
+
+    def _start(self, first: UpscaledFrame, out: ColourSpec, rotation: int) -> None:
+        if self.fmt == "mp4":
+            container = av.open(
+                str(self._path), "w", format="mp4", options={"movflags": "+faststart"}
+            )
+        elif self.fmt == "segment":
+            container = av.open(str(self._path), "w", format="mpegts", options=SEGMENT_MUXER)
+        else:
+            container = av.open(
+                str(self._path),
+                "w",
+                format="hls",
+                options=hls_muxer_options(self.target, self.options.segment_seconds),
+            )
+        self._container = container
+        video = container.add_stream(self.codec_name, rate=self.frame_rate)
+        h, w = first.y.shape
+        video.width, video.height = w, h
+        self._pix_fmt = pixel_format(self.codec_name, 8 if first.y.dtype == "uint8" else 10)
+        video.pix_fmt = self._pix_fmt
+        video.time_base = first.time_base
+        ctx = video.codec_context
+        ctx.time_base = first.time_base
+        ctx.colorspace = out.matrix
+        ctx.color_range = RANGE_LIMITED
+        ctx.color_primaries = out.primaries
+        ctx.color_trc = out.transfer
+        if self.sample_aspect_ratio:
+            ctx.sample_aspect_ratio = self.sample_aspect_ratio
+        if self.fmt == "hls":
+            ctx.gop_size = max(1, round(float(self.frame_rate) * self.options.segment_seconds))
+        ctx.options = dict(self.codec_options)
+        ctx.thread_count = self.threads
+        if rotation:
+            video.set_display_rotation(rotation)
+        self._video = video
+        for stream in self._audio_in:
+            if stream.index in self.transcoded_audio:
+                self._transcoders[stream.index] = _AudioTranscoder(
+                    container, stream, self._offset if self.fmt == "segment" else None
+                )
+                self._audio_out[stream.index] = self._transcoders[stream.index].stream
+            else:
+                self._audio_out[stream.index] = container.add_stream_from_template(stream)
+            if language := stream.metadata.get("language"):
+                self._audio_out[stream.index].metadata["language"] = language
+        self._out_spec = out
+
+    # ------------------------------------------------------------------ writing
+
+    def write_frame(self, frame: UpscaledFrame, out: ColourSpec, rotation: int = 0) -> None:
+        if self._container is None:
+            self._start(frame, out, rotation)
+            for item in self._pending_audio:
+                self._mux_audio(item)
+            self._pending_audio.clear()
+        assert self._video is not None and self._container is not None
+        vf = frame.to_video_frame()
+        if vf.format.name != self._pix_fmt:  # NVENC's p010le, or an encoder without 10 bits
+            vf = vf.reformat(format=self._pix_fmt)
+        vf.pts = frame.pts if frame.pts is not None else frame.index
+        if self.fmt == "segment":
+            vf.pts += round(self._offset / frame.time_base)
+        vf.time_base = frame.time_base
+        vf.colorspace = self._out_spec.matrix
+        vf.color_range = RANGE_LIMITED
+        self._container.mux(self._video.encode(vf))
+
+    def write_audio(self, item: AudioItem) -> None:
+        """Audio from the decoder: copied or transcoded."""
+        if self._container is None:
+            self._pending_audio.append(item)
+        else:
+            self._mux_audio(item)
+
+    def _mux_audio(self, item: AudioItem) -> None:
+        assert self._container is not None
+        if item.packet is not None:
+            packet = item.packet
+            if self.fmt == "segment":
+                shift = round(self._offset / packet.time_base)
+                packet.pts = None if packet.pts is None else packet.pts + shift
+                packet.dts = None if packet.dts is None else packet.dts + shift
+            packet.stream = self._audio_out[item.stream_index]
+            self._container.mux(packet)
+        elif item.frames:
+            self._container.mux(self._transcoders[item.stream_index].encode(item.frames))
+
+    def close(self) -> Path:
+        """Flush the encoders, finish the container and publish the output."""
+        if self._container is None:
+            raise OutputError("no video frame was decoded, nothing to write")
+        assert self._video is not None
+        self._container.mux(self._video.encode(None))
+        for transcoder in self._transcoders.values():
+            self._container.mux(transcoder.encode(None))
+        self._container.close()
+        self._container = None
+        if self.fmt != "hls":
+            self._path.replace(self.target)
+        return self.target
+
+    def abort(self) -> None:
+        """Close without publishing; remove what was written."""
+        if self._container is not None:
+            with contextlib.suppress(av.FFmpegError):
+                self._container.close()
+            self._container = None
+        if self.fmt != "hls":
+            self._path.unlink(missing_ok=True)
+            return
+        for path in self.target.iterdir():
+            if path.name.startswith((PLAYLIST_NAME, "segment_")):
+                path.unlink(missing_ok=True)
+        if self._created_dir:
+            with contextlib.suppress(OSError):
+                self.target.rmdir()
+
+
+class _AudioTranscoder:
+    """Decoded audio frames -> AAC at the source's rate and layout.
+
+    ``offset``: None times the output from zero by sample count (a whole file); seconds to
+    add to the first frame's own time otherwise (a segment starts where its audio starts).
+    """
+
+    def __init__(
+        self, container: av.container.OutputContainer, source, offset: Fraction | None = None
+    ) -> None:
+        ctx = source.codec_context
+        rate = ctx.sample_rate if ctx.sample_rate in _AAC_RATES else 48000
+        self.stream = container.add_stream("aac", rate=rate)
+        # A named layout (AAC refuses "2 channels" of unspecified order); more than two: downmix.
+        self.stream.layout = "mono" if ctx.layout.nb_channels == 1 else "stereo"
+        self.resampler = av.AudioResampler(
+            format="fltp", layout=self.stream.layout, rate=rate, frame_size=1024
+        )
+        self.rate, self.offset = rate, offset
+        self._shift: int | None = None if offset is not None else 0
+
+    def encode(self, frames) -> list[av.Packet]:
+        packets: list[av.Packet] = []
+        if self._shift is None and frames:
+            first = frames[0]
+            start = (first.pts or 0) * first.time_base + (self.offset or 0)
+            self._shift = round(start * self.rate)
+        for frame in [None] if frames is None else frames:
+            if frame is not None:
+                frame.pts = None  # the resampler times its output by sample count
+            for chunk in self.resampler.resample(frame):
+                packets += self.stream.encode(chunk)
+        if frames is None:
+            packets += self.stream.encode(None)
+        for packet in packets:
+            if self._shift and packet.pts is not None:
+                packet.pts += self._shift
+                packet.dts = None if packet.dts is None else packet.dts + self._shift
+        return packets
+
+
+SEGMENT_MUXER = {
+    "mpegts_copyts": "1",  # timestamps as given (the offset is ours, and known)
+    "mpegts_flags": "resend_headers",
+}
+_AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}

@@ -1,0 +1,353 @@
+"""Output formats, one registry: what each writes, where, with which audio, how it is finished.
+
+A segmented run publishes MPEG-TS segments one by one (see
+:mod:`carn_stream.pipeline.media.encode`); the format decides where they go and what the user
+finally gets:
+
+- ``hls``: a folder; the segments *are* the output, beside a playlist generated from the plan
+  that grows while segments are done and is closed when all are.
+- ``mp4``, ``mkv``, ``mov``: one file of that container; the segments are kept in a work folder
+  and joined by remuxing (no re-encoding) when all are done, with the input's audio copied bit
+  for bit where the container takes it, and the rest of the input kept where it can be:
+  subtitles, chapters, metadata, attachments (see :mod:`carn_stream.pipeline.media.keep`).
+
+One rule for every format: an existing output is refused unless overwriting is asked for, and
+missing parent folders are created. Adding a format means adding one entry here; the API, the
+command line and the job backend read their choices from :data:`FORMATS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.media.hls import (
+    PLAYLIST_NAME,
+    SEGMENT_AUDIO,
+    SEGMENT_NAME_RE,
+    segment_name,
+    write_playlist,
+)
+
+if TYPE_CHECKING:  # the command line reads FORMAT_NAMES without loading the pipeline
+    from carn_stream.pipeline.media.segments import SegmentPlan
+
+log = logging.getLogger(__name__)
+
+MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"})
+_MKV_SUBTITLES = frozenset(
+    {"subrip", "srt", "ass", "ssa", "webvtt", "hdmv_pgs_subtitle", "dvd_subtitle", "dvb_subtitle"}
+)
+_PCM = frozenset({"pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_f32le", "pcm_s32le"})
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    name: str
+    summary: str
+    is_folder: bool  #: the output is a folder (else one file)
+    suffix: str  #: a file output's suffix ("" for folders)
+    copyable_audio: frozenset[str]  #: audio codecs the final output keeps as they are
+    muxer: str = ""  #: FFmpeg's muxer for a file output
+    media_type: str = ""  #: what HTTP calls a file output
+    #: subtitle codecs the container keeps as they are
+    copyable_subtitles: frozenset[str] = frozenset()
+    text_subtitle: str | None = None  #: what other text subtitles become (None: dropped)
+    attachments: bool = False  #: keeps attached files (fonts)
+
+    def output_name(self) -> str:
+        """The output's name inside a job folder."""
+        return "hls" if self.is_folder else f"output{self.suffix}"
+
+    def segment_dir(self, output: Path, work_dir: Path) -> Path:
+        """Where segments are published: the output folder itself, or the work folder."""
+        return output if self.is_folder else work_dir / "segments"
+
+    def existing(self, output: Path) -> str | None:
+        """Why ``output`` counts as an existing output (None when it is free to write).
+
+        An empty folder is free for HLS; a folder holding only this format's own segments and
+        playlist is an earlier run's output (the caller decides whether it is being resumed).
+        """
+        if self.is_folder:
+            if output.exists() and not output.is_dir():
+                return f"{output} exists and is not a folder"
+            if output.is_dir() and any(output.iterdir()):
+                return f"HLS output {output} exists and is not an empty folder"
+            return None
+        if output.is_dir():
+            return f"{output} is a folder; a {self.name} output is one file"
+        if output.exists():
+            return f"{output} exists"
+        return None
+
+    def claim(self, output: Path, overwrite: bool, resuming: bool = False) -> None:
+        """Apply the one output rule before any work: refuse an existing output unless
+        ``overwrite`` (then an HLS folder loses its old segments and playlist; a file is
+        replaced when the new one is complete), and create missing parent folders.
+        ``resuming``: the output is this run's own, partly made (an HLS folder of its segments).
+        """
+        reason = None if resuming else self.existing(output)
+        if reason is not None:
+            clash = output.is_dir() != self.is_folder
+            if clash or not overwrite:
+                hint = "" if clash else "; use --overwrite to replace it"
+                raise OutputError(reason + hint)
+            if self.is_folder:
+                self._remove_hls_files(output)
+                if any(output.iterdir()):
+                    raise OutputError(
+                        f"HLS output {output} holds other files than an earlier HLS output; "
+                        "choose an empty or new folder"
+                    )
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {output.parent}: {exc}") from exc
+
+    def prepare(self, output: Path, work_dir: Path) -> Path:
+        """Create the segment folder; returns it."""
+        folder = self.segment_dir(output, work_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def progress(self, output: Path, plan: SegmentPlan, done: set[int]) -> None:
+        """Called after each published segment (HLS: the playlist grows)."""
+        if self.is_folder:
+            durations = []
+            for segment in plan.segments:
+                if segment.index not in done:
+                    break
+                durations.append(segment.duration)
+            write_playlist(output, durations, plan.max_duration, complete=False)
+
+    def finish(
+        self, output: Path, work_dir: Path, plan: SegmentPlan, source: Path, rotation: int
+    ) -> Path:
+        """Make the final output from all the published segments."""
+        folder = self.segment_dir(output, work_dir)
+        if self.is_folder:
+            durations = [s.duration for s in plan.segments]
+            write_playlist(output, durations, plan.max_duration, complete=True)
+            return output
+        paths = [folder / segment_name(s.index) for s in plan.segments]
+        join_segments(paths, plan.time_base, source, output, self, rotation)
+        shutil.rmtree(folder, ignore_errors=True)
+        return output
+
+    def discard(self, output: Path) -> None:
+        """Remove a (partial) output: nothing half-made is ever served."""
+        if self.is_folder:
+            if output.is_dir():
+                self._remove_hls_files(output)
+                with contextlib.suppress(OSError):
+                    output.rmdir()
+            return
+        output.unlink(missing_ok=True)
+        output.with_name(f".{output.name}.part").unlink(missing_ok=True)
+
+    @staticmethod
+    def _remove_hls_files(folder: Path) -> None:
+        for path in folder.iterdir():
+            name = path.name.lstrip(".")
+            if SEGMENT_NAME_RE.match(name.removesuffix(".part")) or name.startswith(PLAYLIST_NAME):
+                path.unlink(missing_ok=True)
+
+
+FORMATS: dict[str, OutputFormat] = {
+    f.name: f
+    for f in (
+        OutputFormat(
+            name="hls",
+            summary="a folder with index.m3u8 and MPEG-TS segments, playable while it grows",
+            is_folder=True,
+            suffix="",
+            copyable_audio=SEGMENT_AUDIO,
+        ),
+        OutputFormat(
+            name="mp4",
+            summary="one MP4 file (faststart), audio copied as it is, text subtitles as mov_text",
+            is_folder=False,
+            suffix=".mp4",
+            copyable_audio=MP4_AUDIO,
+            muxer="mp4",
+            media_type="video/mp4",
+            copyable_subtitles=frozenset({"mov_text", "dvd_subtitle"}),
+            text_subtitle="mov_text",
+        ),
+        OutputFormat(
+            name="mkv",
+            summary="one Matroska file: audio, subtitles (text and bitmap) and attachments kept",
+            is_folder=False,
+            suffix=".mkv",
+            copyable_audio=MP4_AUDIO | _PCM | {"vorbis", "dts", "truehd", "mp2"},
+            muxer="matroska",
+            media_type="video/x-matroska",
+            copyable_subtitles=_MKV_SUBTITLES,
+            text_subtitle="subrip",
+            attachments=True,
+        ),
+        OutputFormat(
+            name="mov",
+            summary="one QuickTime file (faststart), text subtitles as mov_text",
+            is_folder=False,
+            suffix=".mov",
+            copyable_audio=frozenset({"aac", "mp3", "ac3", "eac3", "alac"}) | _PCM,
+            muxer="mov",
+            media_type="video/quicktime",
+            copyable_subtitles=frozenset({"mov_text"}),
+            text_subtitle="mov_text",
+        ),
+    )
+}
+FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
+#: File formats by their suffix.
+SUFFIXES: dict[str, OutputFormat] = {f.suffix: f for f in FORMATS.values() if not f.is_folder}
+
+
+def output_format(name: str) -> OutputFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise OutputError(
+            f"unknown output format {name!r}; choose one of {', '.join(FORMAT_NAMES)}"
+        ) from None
+
+
+def format_for_path(path: Path, name: str | None = None) -> OutputFormat:
+    """The format a path's suffix names (a suffix-less path is an HLS folder); a format asked
+    for by ``name`` must agree with the suffix (HLS takes any folder name)."""
+    suffix = path.suffix.lower()
+    allowed = f"{', '.join(SUFFIXES)}, or a folder (no suffix) for HLS"
+    if name is not None:
+        fmt = output_format(name)
+        if fmt.is_folder or suffix == fmt.suffix:
+            return fmt
+        raise OutputError(f"output {path}: a {fmt.name} output needs a name ending in {fmt.suffix}")
+    if suffix in SUFFIXES:
+        return SUFFIXES[suffix]
+    if not suffix:
+        return FORMATS["hls"]
+    raise OutputError(f"output {path}: unsupported suffix {path.suffix!r}; use {allowed}")
+
+
+# --------------------------------------------------------------------------- joining
+
+
+def join_segments(
+    paths: list[Path],
+    time_base: Fraction,
+    source: Path,
+    target: Path,
+    fmt: OutputFormat,
+    rotation: int = 0,
+) -> Path:
+    """Remux segments (in order) into one file of ``fmt`` at ``target``: no re-encoding, the
+    input's timestamps and time base back, its audio copied where the container takes it (else
+    the segments' AAC), and what else of the input the container can hold: subtitles, chapters,
+    metadata, dispositions, attachments, the sample aspect ratio. Written under a temporary
+    name, then renamed."""
+    import av
+
+    from carn_stream.pipeline.media import keep
+    from carn_stream.pipeline.media.decode import open_input
+    from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
+
+    part = target.with_name(f".{target.name}.part")
+    offset = Fraction(SEGMENT_OFFSET_SECONDS)
+    options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
+    try:
+        with (
+            av.open(str(paths[0])) as first,
+            open_input(source) as src,  # the user's file: the allow-lists apply
+            av.open(str(part), "w", format=fmt.muxer, options=options) as out,
+        ):
+            src_video = src.streams.video[0]
+            video_out = out.add_stream_from_template(first.streams.video[0])
+            video_out.time_base = time_base
+            if rotation:
+                video_out.set_display_rotation(rotation)
+            keep.copy_stream_facts(src_video, video_out)
+            keep.copy_sample_aspect_ratio(src_video, video_out)
+            src_audio = list(src.streams.audio)
+            from_source = all(a.codec_context.name in fmt.copyable_audio for a in src_audio)
+            audio_map: dict[int, object] = {}
+            if from_source:
+                for stream in src_audio:
+                    audio_map[stream.index] = out.add_stream_from_template(stream)
+                    keep.copy_stream_facts(stream, audio_map[stream.index])
+            else:
+                for stream, original in zip(first.streams.audio, src_audio, strict=False):
+                    audio_map[stream.index] = out.add_stream_from_template(stream)
+                    keep.copy_stream_facts(original, audio_map[stream.index])
+            subtitles = keep.subtitle_streams(src, out, fmt)
+            keep.copy_container_facts(src, out, fmt)
+
+            def video_packets() -> Iterator[tuple[Fraction, int, object]]:
+                for n, path in enumerate(paths):
+                    with av.open(str(path)) as seg:
+                        for packet in seg.demux(seg.streams.video[0]):
+                            if packet.dts is None or packet.size == 0:
+                                continue
+                            tb = packet.time_base
+                            packet.pts = round((packet.pts * tb - offset) / time_base)
+                            packet.dts = round((packet.dts * tb - offset) / time_base)
+                            packet.time_base = time_base
+                            packet.stream = video_out
+                            yield packet.dts * time_base, n, packet
+
+            def source_packets() -> Iterator[tuple[Fraction, int, object]]:
+                """The input's audio (when copied) and subtitles, in the input's order."""
+                wanted = [*(src_audio if from_source else []), *subtitles.streams]
+                if not wanted:
+                    return
+                for packet in src.demux(wanted):
+                    if packet.dts is None and packet.pts is None:
+                        continue
+                    if packet.stream.type == "subtitle":
+                        converted = subtitles.convert(packet)
+                        if converted is not None:
+                            at = converted.pts * converted.time_base
+                            yield at, -1, converted
+                        continue
+                    if packet.size == 0:
+                        continue
+                    packet.stream = audio_map[packet.stream.index]
+                    yield packet.dts * packet.time_base, -1, packet
+
+            def segment_audio() -> Iterator[tuple[Fraction, int, object]]:
+                if from_source:
+                    return
+                for path in paths:
+                    with av.open(str(path)) as seg:
+                        streams = list(seg.streams.audio)
+                        if not streams:
+                            continue
+                        for packet in seg.demux(streams):
+                            if packet.dts is None or packet.size == 0:
+                                continue
+                            tb = packet.time_base
+                            at = packet.dts * tb - offset
+                            packet.pts = round((packet.pts * tb - offset) / tb)
+                            packet.dts = round(at / tb)
+                            packet.stream = audio_map[packet.stream.index]
+                            yield at, -1, packet
+
+            merged = heapq.merge(
+                video_packets(), source_packets(), segment_audio(), key=lambda e: (e[0], e[1])
+            )
+            for _, _, packet in merged:
+                out.mux(packet)
+    except (av.FFmpegError, OSError) as exc:
+        part.unlink(missing_ok=True)
+        raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
+    part.replace(target)
+    return target

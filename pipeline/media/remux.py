@@ -1,0 +1,111 @@
+"""The original rendition of a segment: its packets remuxed into MPEG-TS, nothing decoded.
+
+A remuxed segment holds the video packets from the segment's keyframe up to the next
+segment's keyframe (decode order) and the audio of its time range, with every timestamp moved
+by :data:`~carn_stream.pipeline.media.encode.SEGMENT_OFFSET_SECONDS` exactly as upscaled segments
+are, so a player can switch between the original and an upscaled rendition at any segment.
+Audio that MPEG-TS cannot carry as it is is left out. Written under a temporary name and
+published by rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.encode import SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
+from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
+from carn_stream.pipeline.media.segments import Segment, SegmentPlan, segment_audio
+
+#: Video codecs whose packets MPEG-TS segments carry as they are.
+REMUXABLE_VIDEO = frozenset({"h264", "hevc"})
+
+
+@dataclass(frozen=True)
+class RemuxTask:
+    """Copy one segment of ``source`` into the MPEG-TS file ``target``."""
+
+    source: Path
+    segment: Segment
+    next_start: int | None  #: the next segment's first pts (None: the last segment)
+    time_base: Fraction
+    target: Path
+
+    @classmethod
+    def of(cls, source: Path, plan: SegmentPlan, index: int, target: Path) -> RemuxTask:
+        following = plan.segments[index + 1].start_pts if index + 1 < len(plan.segments) else None
+        return cls(source, plan.segments[index], following, plan.time_base, target)
+
+
+def remux_segment(task: RemuxTask) -> int:
+    """Write the segment; returns its size in bytes."""
+    part = task.target.with_name(f".{task.target.name}.part")
+    try:
+        with open_input(task.source) as video_in, open_input(task.source) as audio_in:
+            _write(task, video_in, audio_in, part)
+        part.replace(task.target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return task.target.stat().st_size
+
+
+def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
+    stream = video_in.streams.video[0]
+    if stream.codec_context.name not in REMUXABLE_VIDEO:
+        raise InputError(f"{stream.codec_context.name} video cannot be remuxed into MPEG-TS")
+    segment = task.segment
+    copyable = SEGMENT_AUDIO
+    audio = [s for s in audio_in.streams.audio if s.codec_context.name in copyable]
+    kept = {s.index for s in audio}
+    packets: list[tuple[Fraction, av.Packet]] = []
+    try:
+        for packet in _video_packets(video_in, stream, segment, task.next_start):
+            at = packet.dts if packet.dts is not None else packet.pts
+            packets.append((at * packet.time_base, packet))
+        last = task.next_start is None
+        for item in segment_audio(audio_in, segment, task.time_base, last):
+            packet = item.packet
+            if packet is None or packet.stream.index not in kept:
+                continue
+            at = packet.dts if packet.dts is not None else packet.pts
+            packets.append((at * packet.time_base, packet))
+    except av.FFmpegError as exc:
+        raise InputError(f"reading {segment.describe()} failed: {exc}") from exc
+    if not any(p.stream.type == "video" for _, p in packets):
+        raise InputError(f"{segment.describe()}: no video packet to remux")
+    with av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out:
+        streams = {stream.index: out.add_stream_from_template(stream)}
+        for a in audio:
+            streams[a.index] = out.add_stream_from_template(a)
+        for _, packet in sorted(packets, key=lambda item: item[0]):
+            shift = round(SEGMENT_OFFSET_SECONDS / packet.time_base)
+            packet.pts = None if packet.pts is None else packet.pts + shift
+            packet.dts = None if packet.dts is None else packet.dts + shift
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+
+
+def _video_packets(container, stream, segment: Segment, next_start: int | None):
+    """Packets in decode order from the segment's keyframe to the next segment's keyframe."""
+    if segment.index > 0:
+        container.seek(segment.start_pts, stream=stream, backward=True, any_frame=False)
+    started = segment.index == 0
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.dts is None and packet.pts is None:
+            continue
+        key = packet.is_keyframe
+        if not started:
+            if not (key and packet.pts == segment.start_pts):
+                continue
+            started = True
+        elif next_start is not None and key and packet.pts == next_start:
+            return
+        yield packet

@@ -1,0 +1,365 @@
+"""Segments, the unit of work: a video planned as keyframe-aligned time ranges.
+
+The plan comes from the input's packet index alone (demux, no decoding), so it is fast for any
+length. Every segment starts at a keyframe and records its exact presentation range in the
+video stream's time base, its frame count and its first frame's index; across the plan every
+input frame belongs to exactly one segment. Decoding a segment starts at the keyframe at or
+before its start, drops frames before the start and stops at its end, which keeps open-GOP and
+B-frame inputs exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from carn_stream.pipeline.errors import InputError, LimitError, ffmpeg_reason
+from carn_stream.pipeline.frames import SourceFrame
+from carn_stream.pipeline.media.decode import (
+    AudioItem,
+    VideoInfo,
+    describe,
+    frame_planes,
+    open_input,
+)
+
+#: Segments are never shorter than this unless the input has no closer keyframe.
+MIN_SEGMENT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One keyframe-aligned range of the video: ``start_pts <= pts < end_pts``."""
+
+    index: int
+    start_pts: int  #: first frame's presentation timestamp (a keyframe, or the first frame)
+    end_pts: int  #: the next segment's start, or the end of the last frame
+    frames: int
+    first_frame: int  #: index of the segment's first frame in the whole video
+    start: float  #: seconds, from the time base
+    duration: float  #: seconds
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+    def describe(self) -> str:
+        """How a user reads it: ``segment 3 (12.00-16.00 s)``."""
+        return f"segment {self.index} ({self.start:.2f}-{self.end:.2f} s)"
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """The whole video as segments, in order, with what the probe learnt of the input."""
+
+    time_base: Fraction  #: the video stream's time base (segment timestamps are in it)
+    segments: tuple[Segment, ...]
+    width: int
+    height: int
+    frame_rate: Fraction | None
+    codec: str
+    has_audio: bool
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.segments)
+
+    @property
+    def duration(self) -> float:
+        return sum(s.duration for s in self.segments)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "time_base": [self.time_base.numerator, self.time_base.denominator],
+            "segments": [asdict(s) for s in self.segments],
+            "width": self.width,
+            "height": self.height,
+            "frame_rate": None
+            if self.frame_rate is None
+            else [self.frame_rate.numerator, self.frame_rate.denominator],
+            "codec": self.codec,
+            "has_audio": self.has_audio,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentPlan:
+        """Read a stored plan back, checking that it is whole and consistent."""
+        try:
+            rate = data["frame_rate"]
+            plan = cls(
+                time_base=Fraction(*map(int, data["time_base"])),
+                segments=tuple(
+                    Segment(
+                        index=int(s["index"]),
+                        start_pts=int(s["start_pts"]),
+                        end_pts=int(s["end_pts"]),
+                        frames=int(s["frames"]),
+                        first_frame=int(s["first_frame"]),
+                        start=float(s["start"]),
+                        duration=float(s["duration"]),
+                    )
+                    for s in data["segments"]
+                ),
+                width=int(data["width"]),
+                height=int(data["height"]),
+                frame_rate=None if rate is None else Fraction(*map(int, rate)),
+                codec=str(data["codec"]),
+                has_audio=bool(data["has_audio"]),
+            )
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"not a segment plan: {exc}") from exc
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        """Raise ValueError unless the segments tile the video in order."""
+        if not self.segments:
+            raise ValueError("a plan needs at least one segment")
+        first = 0
+        for i, s in enumerate(self.segments):
+            if s.index != i or s.first_frame != first or s.frames < 1 or s.end_pts <= s.start_pts:
+                raise ValueError(f"segment {i} of the plan is inconsistent")
+            if i and s.start_pts != self.segments[i - 1].end_pts:
+                raise ValueError(f"segment {i} does not start where segment {i - 1} ends")
+            first += s.frames
+
+    @property
+    def max_duration(self) -> float:
+        return max(s.duration for s in self.segments)
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What an input may be, checked from its header before anything is decoded."""
+
+    scale: int
+    max_output_pixels: int
+    max_duration: float  #: seconds
+
+    def check(self, width: int, height: int, duration: float | None) -> None:
+        if width * height * self.scale**2 > self.max_output_pixels:
+            raise LimitError(
+                f"output would be {width * self.scale}x{height * self.scale}, over the limit of "
+                f"{self.max_output_pixels} pixels per frame"
+            )
+        if duration is not None and duration > self.max_duration:
+            raise LimitError(
+                f"input is {duration:.0f} s long, over the limit of {self.max_duration:g} s"
+            )
+
+
+@dataclass(frozen=True)
+class _Packet:
+    pts: int
+    duration: int
+    key: bool
+
+
+def _video_packets(container: av.container.InputContainer) -> list[_Packet]:
+    video = container.streams.video[0]
+    packets: list[_Packet] = []
+    try:
+        for packet in container.demux(video):
+            if packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            pts = packet.pts if packet.pts is not None else packet.dts
+            if pts is None:
+                raise InputError(
+                    "the video stream has packets without timestamps; it cannot be segmented"
+                )
+            packets.append(_Packet(pts, packet.duration or 0, packet.is_keyframe))
+    except av.FFmpegError as exc:
+        raise InputError(f"the input could not be read to the end ({ffmpeg_reason(exc)})") from exc
+    if not packets:
+        raise InputError("the input's video stream holds no frames")
+    return sorted(packets, key=lambda p: p.pts)
+
+
+def _cut_points(
+    pts: list[int], end: int, keys: list[int], tb: Fraction, target: float, minimum: float
+) -> list[int]:
+    """Segment starts: keyframes near ``target`` seconds apart, none closer than ``minimum``."""
+    starts = [pts[0]]
+    candidates = [k for k in keys if k > pts[0]]
+    i = 0
+    while i < len(candidates):
+        base = starts[-1]
+        # The first keyframe at or past the target, or the one just before it if that is nearer.
+        j = i
+        while j < len(candidates) and (candidates[j] - base) * tb < target:
+            j += 1
+        options = [c for c in candidates[max(i, j - 1) : j + 1] if (c - base) * tb >= minimum]
+        if j == len(candidates):
+            options.append(end)  # no keyframe reaches the target: not cutting is an option
+        if not options:
+            break
+        best = min(options, key=lambda c: abs(float((c - base) * tb) - target))
+        if best == end:
+            break
+        starts.append(best)
+        i = candidates.index(best) + 1
+    if len(starts) > 1 and (end - starts[-1]) * tb < minimum:
+        starts.pop()  # a short tail joins the segment before it
+    return starts
+
+
+def plan_segments(
+    source: str | Path,
+    target_seconds: float = 4.0,
+    minimum_seconds: float = MIN_SEGMENT_SECONDS,
+    input_options: dict[str, str] | None = None,
+    limits: InputLimits | None = None,
+) -> tuple[SegmentPlan, VideoInfo]:
+    """Plan ``source`` as keyframe-aligned segments of about ``target_seconds``; ``limits``
+    are checked on the stream's header first, and on the plan's duration."""
+    if target_seconds < minimum_seconds:
+        raise ValueError(f"segment duration must be at least {minimum_seconds:g} s")
+    with open_input(source, input_options) as container:
+        info = describe(container)
+        if limits is not None:
+            limits.check(info.width, info.height, info.duration)
+        tb = container.streams.video[0].time_base
+        packets = _video_packets(container)
+        has_audio = bool(container.streams.audio)
+    pts = [p.pts for p in packets]
+    if len(set(pts)) != len(pts):
+        raise InputError("the video stream has frames with the same timestamp")
+    keys = [p.pts for p in packets if p.key]
+    last = packets[-1]
+    step = last.duration or (round(1 / (info.frame_rate * tb)) if info.frame_rate else 1)
+    end = last.pts + max(step, 1)
+    starts = _cut_points(pts, end, keys, tb, target_seconds, minimum_seconds)
+    ends = [*starts[1:], end]
+    segments = []
+    first = 0
+    position = 0
+    for index, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        count = 0
+        while position < len(pts) and pts[position] < end:
+            count += 1
+            position += 1
+        segments.append(
+            Segment(
+                index=index,
+                start_pts=start,
+                end_pts=end,
+                frames=count,
+                first_frame=first,
+                start=float((start - pts[0]) * tb),
+                duration=float((end - start) * tb),
+            )
+        )
+        first += count
+    plan = SegmentPlan(
+        time_base=tb,
+        segments=tuple(segments),
+        width=info.width,
+        height=info.height,
+        frame_rate=info.frame_rate,
+        codec=info.codec,
+        has_audio=has_audio,
+    )
+    plan.check()
+    if limits is not None:
+        limits.check(plan.width, plan.height, plan.duration)
+    return plan, info
+
+
+def segment_frames(
+    container: av.container.InputContainer, segment: Segment, threads: int = 0
+) -> Iterator[SourceFrame]:
+    """The segment's frames, decoded from the keyframe at or before its start, in order."""
+    video = container.streams.video[0]
+    video.thread_type = "AUTO"
+    video.codec_context.thread_count = threads
+    if segment.index > 0:  # the first segment reads from the top, whatever precedes a keyframe
+        container.seek(segment.start_pts, stream=video, backward=True, any_frame=False)
+    index = segment.first_frame
+    last = segment.first_frame + segment.frames
+    try:
+        for packet in container.demux(video):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                if packet.pts is None or packet.pts < segment.end_pts:
+                    raise
+                # Damage past the segment's end is the next segment's business: flush what
+                # the decoder still holds of this one.
+                frames = video.codec_context.decode(None)
+            for frame in frames:
+                if frame.pts is None or frame.pts < segment.start_pts:
+                    continue  # before the segment (or a leading picture of an open GOP)
+                if frame.pts >= segment.end_pts:
+                    continue
+                planes, spec = frame_planes(frame)
+                tb = frame.time_base or video.time_base
+                yield SourceFrame(index, frame.pts, tb, planes, spec, rotation=int(frame.rotation))
+                index += 1
+                if index == last:
+                    return
+    except av.FFmpegError as exc:
+        raise InputError(f"decoding {segment.describe()} failed: {ffmpeg_reason(exc)}") from exc
+    if index != last:
+        raise InputError(
+            f"{segment.describe()}: decoded {index - segment.first_frame} of "
+            f"{segment.frames} frames"
+        )
+
+
+#: Audio interleaves loosely with video: reading starts this much before the audio wanted and
+#: goes this much past it (seconds).
+AUDIO_READ_AHEAD = 2
+
+
+def audio_packets(
+    container: av.container.InputContainer,
+    segment: Segment,
+    time_base: Fraction,
+    last: bool,
+    margin: float = 0,
+) -> Iterator[av.Packet]:
+    """The audio packets whose time falls in the segment, widened by ``margin`` seconds each
+    side; the first segment also takes what lies before its first frame, the last what follows
+    its last one."""
+    streams = list(container.streams.audio)
+    if not streams:
+        return
+    start = segment.start_pts * time_base - margin
+    end = segment.end_pts * time_base + margin
+    if segment.index > 0:
+        seek_to = max(0, math.floor((start - AUDIO_READ_AHEAD) * 1_000_000))
+        container.seek(seek_to, backward=True)
+    for packet in container.demux(streams):
+        if packet.dts is None or packet.size == 0:
+            continue
+        at = (packet.pts if packet.pts is not None else packet.dts) * packet.stream.time_base
+        if segment.index > 0 and at < start:
+            continue
+        if not last and at >= end:
+            if at >= end + AUDIO_READ_AHEAD:
+                return
+            continue
+        yield packet
+
+
+def segment_audio(
+    container: av.container.InputContainer,
+    segment: Segment,
+    time_base: Fraction,
+    last: bool,
+    decode_streams: frozenset[int] = frozenset(),
+) -> Iterator[AudioItem]:
+    """The segment's audio (:func:`audio_packets`): packets to copy, or decoded frames for the
+    stream indexes in ``decode_streams``."""
+    for packet in audio_packets(container, segment, time_base, last):
+        sid = packet.stream.index
+        if sid in decode_streams:
+            yield AudioItem(sid, frames=tuple(packet.decode()))
+        else:
+            yield AudioItem(sid, packet=packet)

@@ -1,0 +1,1 @@
+"""The HTTP routers and their schemas."""

@@ -1,0 +1,59 @@
+"""Liveness and readiness for orchestrators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from carn_stream.server.admission import data_dir_writable
+from carn_stream.server.deps import get_executors, get_settings, get_store, get_worker_holder
+from carn_stream.server.jobs.store import JobStore
+from carn_stream.server.workers import ExecutorHolder, WorkerHolder
+from carn_stream.settings import Settings
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up and serving."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(
+    settings: Annotated[Settings, Depends(get_settings)],
+    store: Annotated[JobStore, Depends(get_store)],
+    holder: Annotated[WorkerHolder, Depends(get_worker_holder)],
+    executors: Annotated[ExecutorHolder, Depends(get_executors)],
+) -> JSONResponse:
+    """Ready to run jobs: the model is loaded, segments can run, the job store is writable and
+    the data folder takes a real write (create, fsync, delete)."""
+    checks = {
+        "model_loaded": holder.worker is not None,
+        "executor": "ray" if settings.ray_address else settings.executor,
+        "executor_ready": executors.get() is not None,
+        "store_writable": store.writable(),
+        "data_dir_writable": data_dir_writable(settings.data_dir),
+    }
+    if holder.error:
+        checks["model_error"] = holder.error
+    if executors.error:
+        checks["executor_error"] = executors.error
+    actors = getattr(executors.get(), "actors", None)
+    if actors is not None:  # on a cluster: ready engines per node
+        checks["cluster_actors"] = actors
+    worker = holder.worker
+    if worker is not None:
+        model = worker.engine.model
+        checks["precision"] = worker.engine.describe_precision()
+        weights = getattr(model, "weights_file", None)
+        checks["weights"] = Path(weights).name if weights else None  # public: no server path
+        if getattr(model, "weights_warning", None):
+            checks["weights_warning"] = model.weights_warning
+    required = ("model_loaded", "executor_ready", "store_writable", "data_dir_writable")
+    ready = all(checks[name] for name in required)
+    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

@@ -1,0 +1,248 @@
+"""``/jobs``: submit, inspect, list, cancel, and fetch outputs (HLS while running, files)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from carn_stream.model import WeightsError
+from carn_stream.model.named_weights import weights_file
+from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.media.codecs import check_codec
+from carn_stream.pipeline.media.formats import FORMATS
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
+from carn_stream.server.admission import check_admission
+from carn_stream.server.deps import (
+    Limit,
+    Offset,
+    Signer,
+    get_runner,
+    get_store,
+    require_token,
+)
+from carn_stream.server.inputs.exposure import public_url
+from carn_stream.server.inputs.fetch import FetchError, validate_url
+from carn_stream.server.jobs.params import JobParams
+from carn_stream.server.jobs.runner import JobRunner
+from carn_stream.server.jobs.store import (
+    ENDED_WITHOUT_OUTPUT,
+    SEGMENT_STATES,
+    STATES,
+    Job,
+    JobStore,
+)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class JobCreate(JobParams):
+    """A request to upscale the video at ``url``."""
+
+    url: str = Field(min_length=1, max_length=4096, examples=["https://example.com/clip.mp4"])
+
+
+class JobProgress(BaseModel):
+    frames_done: int
+    frames_total: int
+    fps: float = Field(description="frames per second over the last few seconds")
+    eta_seconds: float | None
+
+
+class SegmentCounts(BaseModel):
+    total: int
+    done: int
+    running: int
+    failed: int
+
+
+class SegmentOut(BaseModel):
+    index: int
+    state: Literal[SEGMENT_STATES]  # type: ignore[valid-type]
+    start: float = Field(description="seconds from the start of the video")
+    duration: float
+    frames: int
+    attempts: int
+    seconds: float | None = Field(description="time the segment took to make")
+    bytes: int | None
+    node: str | None = Field(description="where it was made")
+    error: str | None
+
+
+class JobOut(JobParams):
+    """A job: its parameters, state, progress and links."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    state: Literal[STATES]  # type: ignore[valid-type]
+    url: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    progress: JobProgress
+    segments: SegmentCounts
+    error: str | None
+    links: dict[str, str]
+
+    @classmethod
+    def of(
+        cls, job: Job, counts: dict[str, int] | None = None, sign: Callable[[str], str] = str
+    ) -> JobOut:
+        """The job as the API shows it: its URL without secrets, media links signed by
+        ``sign`` (when the server has a token)."""
+        counts = counts or dict.fromkeys(SEGMENT_STATES, 0)
+        links = {"self": f"/jobs/{job.id}", "segments": f"/jobs/{job.id}/segments"}
+        fmt = FORMATS[job.params.format]
+        if job.state not in ENDED_WITHOUT_OUTPUT:
+            if fmt.is_folder:  # playable while it runs
+                links["playlist"] = sign(f"/jobs/{job.id}/{fmt.output_name()}/{PLAYLIST_NAME}")
+                links["preview"] = sign(f"/jobs/{job.id}/preview.m3u8")
+            elif job.state == "succeeded":  # e.g. links["mkv"]: /jobs/{id}/output.mkv
+                links[fmt.name] = sign(f"/jobs/{job.id}/{fmt.output_name()}")
+        return cls(
+            **job.params.model_dump(),
+            id=job.id,
+            state=job.state,
+            url=public_url(job.url),
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            attempts=job.attempts,
+            progress=JobProgress(
+                frames_done=job.frames_done,
+                frames_total=job.frames_total,
+                fps=round(job.fps, 3),
+                eta_seconds=job.eta_seconds,
+            ),
+            segments=SegmentCounts(
+                total=sum(counts.values()),
+                done=counts["done"],
+                running=counts["running"],
+                failed=counts["failed"],
+            ),
+            error=job.error,
+            links=links,
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    offset: int
+    limit: int
+
+
+Store = Annotated[JobStore, Depends(get_store)]
+Runner = Annotated[JobRunner, Depends(get_runner)]
+
+
+def _job_or_404(store: JobStore, job_id: str) -> Job:
+    job = store.get(job_id) if JOB_ID_RE.match(job_id) else None
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
+    return job
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=JobOut,
+    dependencies=[Depends(require_token)],
+)  # fmt: skip
+async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer) -> JobOut:
+    """Queue a job. The URL's scheme and host addresses are checked now; the rest when it runs."""
+    check_admission(runner.settings, store)
+    try:
+        await runner.offload(validate_url, body.url, runner.policy)  # DNS: off the default pool
+    except FetchError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    if body.weights is not None:
+        try:
+            weights_file(body.weights, runner.settings.models_dir, runner.settings.data_dir)
+        except WeightsError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    params = JobParams(**body.model_dump(exclude={"url"}))
+    try:
+        check_codec(params.codec, params.preset)
+    except OutputError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    job = store.create(body.url, params)
+    runner.wake()
+    return JobOut.of(job, sign=sign)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    store: Store,
+    sign: Signer,
+    offset: Offset = 0,
+    limit: Limit = 50,
+    state: Literal[STATES] | None = None,  # type: ignore[valid-type]
+) -> JobPage:
+    """Jobs, newest first."""
+    jobs, total = store.list(offset, limit, state)
+    counts = store.segment_counts([j.id for j in jobs])
+    items = [JobOut.of(j, counts[j.id], sign) for j in jobs]
+    return JobPage(items=items, total=total, offset=offset, limit=limit)
+
+
+def _job_out(store: JobStore, job: Job, sign: Callable[[str], str]) -> JobOut:
+    return JobOut.of(job, store.segment_counts([job.id])[job.id], sign)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, store: Store, sign: Signer) -> JobOut:
+    return _job_out(store, _job_or_404(store, job_id), sign)
+
+
+@router.get("/{job_id}/segments", response_model=list[SegmentOut])
+def get_segments(job_id: str, store: Store) -> list[SegmentOut]:
+    """The job's segments in order: state, attempts, time taken and where each was made."""
+    job = _job_or_404(store, job_id)
+    return [SegmentOut(**vars(s)) for s in store.segments(job.id)]
+
+
+@router.delete("/{job_id}", response_model=JobOut, dependencies=[Depends(require_token)])
+async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) -> JobOut:
+    """Cancel a queued or running job (its outputs are removed). 409 if it already ended."""
+    job = _job_or_404(store, job_id)
+    if not await runner.cancel(job.id):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.state}")
+    return _job_out(store, _job_or_404(store, job_id), sign)
+
+
+@router.get("/{job_id}/hls/{name}", response_class=FileResponse)
+def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileResponse:
+    """The playlist and its segments; available while the job runs."""
+    job = _job_or_404(store, job_id)
+    if job.state in ENDED_WITHOUT_OUTPUT:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
+    if name != PLAYLIST_NAME and not SEGMENT_NAME_RE.match(name):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no HLS file {name!r}")
+    path = runner.job_dir(job.id) / FORMATS["hls"].output_name() / name
+    if not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is not available (yet)")
+    if name == PLAYLIST_NAME:
+        return FileResponse(
+            path, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"}
+        )
+    return FileResponse(path, media_type="video/mp2t")
+
+
+@router.get("/{job_id}/output.{ext}", response_class=FileResponse)
+@router.head("/{job_id}/output.{ext}", response_class=FileResponse, include_in_schema=False)
+def output_file(job_id: str, ext: str, store: Store, runner: Runner) -> FileResponse:
+    """The finished file of a job's own format (output.mp4, output.mkv, output.mov); HTTP Range
+    requests and HEAD supported."""
+    job = _job_or_404(store, job_id)
+    fmt = FORMATS[job.params.format]
+    path = runner.job_dir(job.id) / fmt.output_name()
+    if fmt.is_folder or fmt.suffix != f".{ext}" or job.state != "succeeded" or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no .{ext} output")
+    return FileResponse(path, media_type=fmt.media_type, filename=f"{job.id}{fmt.suffix}")

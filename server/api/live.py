@@ -1,0 +1,117 @@
+"""``/webrtc``: the SDP offer/answer exchange of live sessions, and their stats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.sampling import VIDEO_SUFFIXES
+from carn_stream.server.deps import get_settings, get_worker_holder
+from carn_stream.server.jobs.params import Scale
+from carn_stream.server.live import LiveSessions, SdpError
+from carn_stream.server.workers import WorkerHolder
+from carn_stream.settings import Settings
+
+router = APIRouter(prefix="/webrtc", tags=["live"])
+
+
+def get_live(request: Request) -> LiveSessions:
+    return request.app.state.live
+
+
+Live = Annotated[LiveSessions, Depends(get_live)]
+Config = Annotated[Settings, Depends(get_settings)]
+
+
+class Offer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sdp: str = Field(min_length=1, max_length=60_000)  # the body is capped at 64 KiB
+    type: Literal["offer"]
+    scale: Scale = 2
+    #: ``camera``: upscale the peer's own video track; ``sample``: play a server-side file.
+    source: Literal["camera", "sample"] = "camera"
+    sample: str | None = Field(None, max_length=255)
+
+
+class Answer(BaseModel):
+    sdp: str
+    type: str
+    session_id: str
+
+
+@router.post("/offer", response_model=Answer)
+async def offer(
+    body: Offer,
+    live: Live,
+    settings: Config,
+    holder: Annotated[WorkerHolder, Depends(get_worker_holder)],
+) -> Answer:
+    """Send the browser's offer (with a video track); the answer's track returns it upscaled."""
+    worker = holder.worker
+    if worker is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the model is still loading")
+    if live.full():
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"all {live.limit} live sessions are in use"
+        )
+    sample = _sample_path(settings, body.sample) if body.source == "sample" else None
+    try:
+        session, answer = await live.open(body.sdp, body.type, body.scale, worker, sample)
+    except SdpError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    except (ValueError, PipelineError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return Answer(sdp=answer.sdp, type=answer.type, session_id=session.id)
+
+
+def _samples(settings: Settings) -> dict[str, Path]:
+    folder = settings.live_samples_dir
+    if folder is None or not folder.is_dir():
+        return {}
+    return {
+        p.name: p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+    }
+
+
+def _sample_path(settings: Settings, name: str | None) -> Path:
+    samples = _samples(settings)
+    if name not in samples:  # names only: never a path the client chose
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"no sample {name!r}; available: {', '.join(samples) or 'none'}",
+        )
+    return samples[name]
+
+
+@router.get("/samples")
+def list_samples(settings: Config) -> list[str]:
+    """Server-side clips the live page can play as a live source."""
+    return list(_samples(settings))
+
+
+@router.get("/sessions")
+def list_sessions(live: Live) -> list[dict]:
+    """Open sessions with their live stats."""
+    return [s.describe() for s in live.sessions.values()]
+
+
+@router.get("/sessions/{session_id}")
+def session_stats(session_id: str, live: Live) -> dict:
+    session = live.sessions.get(session_id)
+    if session is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no live session {session_id!r}")
+    return session.describe()
+
+
+@router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def close_session(session_id: str, live: Live) -> None:
+    if session_id not in live.sessions:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no live session {session_id!r}")
+    await live.close(session_id)

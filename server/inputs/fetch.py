@@ -1,0 +1,355 @@
+"""Fetch job inputs safely: size cap, deadlines, bounded redirects, no requests to private hosts.
+
+Every hop's host is resolved once, every resolved address is checked, and the connection goes
+to the checked address (no second lookup a DNS answer could change in between). Loopback,
+private, link-local, site-local, shared, multicast, reserved and unspecified addresses are
+refused unless allow-listed, and so are IPv6 addresses that embed such an IPv4 address. The
+body streams to a file, never whole into memory. A watchdog closes the connection when the
+download passes its total deadline, falls below the minimum rate or is cancelled, so a
+blocked read ends within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from carn_stream.server.inputs.exposure import public_url
+from carn_stream.settings import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class FetchError(Exception):
+    """The input cannot be fetched; the message says why."""
+
+
+class FetchCancelled(FetchError):
+    pass
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    allowed_hosts: frozenset[str] = frozenset()  #: non-public IPs that are allowed anyway
+    allow_local_files: bool = False
+    max_bytes: int = 2 * 1024**3
+    timeout: float = 20.0  #: seconds to connect, and seconds without data
+    max_redirects: int = 5
+    max_seconds: float = 900.0  #: the whole download, redirects included
+    min_rate: int = 10_000  #: bytes per second on average, from ``timeout`` seconds on
+
+
+#: 6to4 relays (192.88.99.0/24) forward to whatever 6to4 address they are given.
+_SIX_TO_FOUR_RELAY = ipaddress.ip_network("192.88.99.0/24")
+#: Prefixes whose last 32 bits are an IPv4 address: NAT64 (64:ff9b::/96), IPv4-translated
+#: (::ffff:0:0:0/96) and IPv4-compatible (::/96).
+_LOW_32_EMBEDDING = tuple(
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96")
+)
+#: Local-use NAT64 (RFC 8215): never global, whatever it embeds.
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries and may be routed to (mapped, NAT64, 6to4,
+    Teredo server and client, IPv4-compatible, IPv4-translated)."""
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if any(address in net for net in _LOW_32_EMBEDDING) and int(address) > 1:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
+def is_public(address: IPAddress) -> bool:
+    """Globally routable unicast, judged by every IPv4 address an IPv6 address embeds too."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address.is_global and not address.is_multicast and address not in _SIX_TO_FOUR_RELAY
+    if address.is_site_local or address in _LOCAL_NAT64:
+        return False
+    embedded = embedded_ipv4(address)
+    if embedded:
+        return all(is_public(a) for a in embedded)
+    return address.is_global and not address.is_multicast
+
+
+def check_address(address: str, policy: FetchPolicy) -> IPAddress:
+    """The parsed address if a fetch may connect to it; otherwise :class:`FetchError`."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if is_public(ip) or str(ip) in policy.allowed_hosts:
+        return ip
+    raise FetchError(f"address {ip} is not public and not allow-listed; refused")
+
+
+def resolve(host: str, port: int, policy: FetchPolicy) -> list[IPAddress]:
+    """Resolve ``host`` and check every address it has (one bad address refuses the host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise FetchError(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+    except UnicodeError as exc:  # a label over 63 characters, or one IDNA cannot encode
+        raise FetchError(f"host {host!r} is not a valid host name") from exc
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    return [check_address(a, policy) for a in addresses]
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises for a bad port
+        except ValueError as exc:  # "[::1", characters NFKC turns into separators, bad port
+            raise FetchError(f"malformed URL: {exc}") from exc
+        if not parts.scheme and url.startswith(("/", ".", "~")):
+            raise FetchError(
+                "local paths are not accepted as inputs; give an http(s) URL "
+                "(the server accepts paths only with CARN_STREAM_ALLOW_LOCAL_FILES=1)"
+            )
+        if parts.scheme == "file":
+            raise FetchError(
+                "unsupported URL scheme 'file': use http or https "
+                "(file:// needs CARN_STREAM_ALLOW_LOCAL_FILES=1 on the server)"
+            )
+        if parts.scheme not in ("http", "https"):
+            raise FetchError(f"unsupported URL scheme {parts.scheme!r}: use http or https")
+        if not parts.hostname:
+            raise FetchError(f"URL {url!r} has no host")
+        if parts.username or parts.password:
+            raise FetchError("URLs with credentials are not accepted")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return cls(parts.scheme, parts.hostname, port, path)
+
+
+def validate_url(url: str, policy: FetchPolicy) -> str:
+    """Checks that can be made at submission: scheme, host and its addresses (or local file)."""
+    if policy.allow_local_files and (url.startswith("file://") or url.startswith("/")):
+        path = Path(urllib.parse.urlsplit(url).path if url.startswith("file://") else url)
+        if not path.is_file():
+            raise FetchError(f"local file {path} does not exist")
+        return url
+    target = Target.parse(url)
+    resolve(target.host, target.port, policy)
+    return url
+
+
+class _Watchdog:
+    """Ends a download that is cancelled, past its deadline or too slow, by shutting down its
+    socket: a read blocked in the kernel returns at once."""
+
+    POLL = 0.1
+
+    def __init__(self, policy: FetchPolicy, cancelled: threading.Event | None) -> None:
+        self.policy, self.cancelled = policy, cancelled or threading.Event()
+        self.started = time.monotonic()
+        self.received = 0
+        self.reason: FetchError | None = None
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="carn-fetch-watchdog", daemon=True)
+        self._thread.start()
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+        if self.reason is not None:
+            self._abort()
+
+    def check(self) -> None:
+        """Raise the reason the download was stopped, if it was."""
+        if self.reason is not None:
+            raise self.reason
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=1)
+
+    def _verdict(self) -> FetchError | None:
+        if self.cancelled.is_set():
+            return FetchCancelled("cancelled")
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.policy.max_seconds:
+            return FetchError(
+                f"download took longer than {self.policy.max_seconds:g} s "
+                f"({self.received} bytes received); timed out"
+            )
+        if elapsed > self.policy.timeout and self.received < self.policy.min_rate * elapsed:
+            return FetchError(
+                f"download too slow: {self.received / elapsed:.0f} bytes/s on average, below "
+                f"the minimum of {self.policy.min_rate} bytes/s; timed out"
+            )
+        return None
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.POLL):
+            verdict = self._verdict()
+            if verdict is not None:
+                self.reason = verdict
+                self._abort()
+                return
+
+    def _abort(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, address: IPAddress, watchdog: _Watchdog, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._address, self._watchdog = str(address), watchdog
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self._watchdog.attach(self.sock)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, address: IPAddress, watchdog: _Watchdog, *args, **kwargs) -> None:
+        super().__init__(*args, context=ssl.create_default_context(), **kwargs)
+        self._address, self._watchdog = str(address), watchdog
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._address, self.port), self.timeout)
+        self._watchdog.attach(raw)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+        self._watchdog.attach(self.sock)
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    policy: FetchPolicy,
+    cancelled: threading.Event | None = None,
+) -> Path:
+    """Download ``url`` (or copy a permitted local file) to ``dest``."""
+    if policy.allow_local_files and (url.startswith("file://") or url.startswith("/")):
+        return Path(validate_url(url, policy).removeprefix("file://"))
+    watchdog = _Watchdog(policy, cancelled)
+    try:
+        return _fetch(url, dest, policy, watchdog)
+    except FetchError:
+        watchdog.check()  # the watchdog's reason explains a closed connection best
+        raise
+    finally:
+        watchdog.close()
+
+
+def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> Path:
+    current = url
+    for _hop in range(policy.max_redirects + 1):
+        watchdog.check()
+        target = Target.parse(current)
+        addresses = resolve(target.host, target.port, policy)
+        response, conn = _request(target, addresses, policy, watchdog)
+        try:
+            if response.status in (301, 302, 303, 307, 308):
+                location = response.getheader("Location")
+                if not location:
+                    raise FetchError(f"redirect without a Location from {public_url(current)}")
+                current = urllib.parse.urljoin(current, location)
+                continue
+            if response.status != 200:
+                raise FetchError(
+                    f"{public_url(current)} answered HTTP {response.status} {response.reason}"
+                )
+            length = response.getheader("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if total is not None and total > policy.max_bytes:
+                raise FetchError(f"input is {total} bytes, over the limit of {policy.max_bytes}")
+            _stream_body(response, dest, policy, total, watchdog)
+            return dest
+        finally:
+            conn.close()
+    raise FetchError(f"more than {policy.max_redirects} redirects")
+
+
+def _request(target: Target, addresses: Iterable[IPAddress], policy: FetchPolicy, watchdog):
+    errors = []
+    for address in addresses:
+        cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+        conn = cls(address, watchdog, target.host, target.port, timeout=policy.timeout)
+        try:
+            conn.request("GET", target.path, headers={"User-Agent": "carn-stream"})
+            return conn.getresponse(), conn
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            watchdog.check()
+            errors.append((str(address), _describe(exc)))
+    where = f"{target.host}:{target.port}"
+    if len(errors) == 1 and errors[0][0] == target.host.strip("[]"):
+        raise FetchError(f"cannot connect to {where}: {errors[0][1]}")
+    tried = "; ".join(f"{address}: {reason}" for address, reason in errors)
+    raise FetchError(f"cannot connect to {where} (tried {tried})")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return str(exc) or type(exc).__name__
+
+
+def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog) -> None:
+    done = 0
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with open(tmp, "wb") as out:
+            while True:
+                watchdog.check()
+                try:
+                    chunk = response.read1(1 << 16)
+                except TimeoutError as exc:
+                    raise FetchError(
+                        f"input server sent nothing for {policy.timeout:g} s; timed out"
+                    ) from exc
+                except (OSError, http.client.HTTPException) as exc:
+                    raise FetchError(f"download interrupted: {_describe(exc)}") from exc
+                watchdog.check()
+                if not chunk:
+                    break
+                done += len(chunk)
+                watchdog.received = done
+                if done > policy.max_bytes:
+                    raise FetchError(f"input is over the limit of {policy.max_bytes} bytes")
+                out.write(chunk)
+        if total is not None and done < total:
+            raise FetchError(f"download ended early: {done} of {total} bytes")
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """The fetching rules the settings ask for."""
+    allowed = frozenset(str(ipaddress.ip_address(h)) for h in settings.allowed_private_hosts)
+    return FetchPolicy(
+        allowed_hosts=allowed,
+        allow_local_files=settings.allow_local_files,
+        max_bytes=settings.max_input_bytes,
+        timeout=settings.fetch_timeout_seconds,
+        max_redirects=settings.max_redirects,
+        max_seconds=settings.fetch_max_seconds,
+        min_rate=settings.fetch_min_bytes_per_second,
+    )

@@ -1,0 +1,1 @@
+"""Batch jobs: parameters, the SQLite store, the runner, comparison frames."""

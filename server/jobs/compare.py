@@ -1,0 +1,101 @@
+"""Frames to judge a finished job by: CARN-M against plain bicubic on the same frame.
+
+The job's input is deleted when the job ends, so a few source frames are kept then (spread
+over the video, at most :data:`SAMPLES`, as PNG), with the output's frames at the same
+indices. The bicubic counterpart is made from the kept source frame on first request (FFmpeg's
+bicubic scaler, to the output's size) and cached beside it. Both PNGs come from the same
+RGB conversion, so only the upscaling differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME
+from carn_stream.pipeline.media.images import read_rgb, write_png
+
+SAMPLES = 4
+FOLDER = "compare"
+KINDS = ("carn", "bicubic")
+log = logging.getLogger(__name__)
+
+
+def sample_indices(total: int, count: int = SAMPLES) -> list[int]:
+    """``count`` frame indices spread over ``total`` frames, away from the very ends."""
+    if total <= 0:
+        return []
+    count = min(count, total)
+    return sorted({int((k + 0.5) * total / count) for k in range(count)})
+
+
+def _video_files(output: Path) -> list[Path]:
+    """An MP4, or an HLS folder's segments in playlist order."""
+    if not output.is_dir():
+        return [output]
+    lines = (output / PLAYLIST_NAME).read_text().splitlines()
+    return [output / line for line in lines if line and not line.startswith("#")]
+
+
+def _frames_at(files: list[Path], wanted: set[int]) -> Iterator[tuple[int, np.ndarray]]:
+    index = 0
+    for path in files:
+        with open_input(path) as container:  # the job's input, then its segments
+            for frame in container.decode(video=0):
+                if index in wanted:
+                    yield index, frame.to_ndarray(format="rgb24")
+                index += 1
+                if index > max(wanted):
+                    return
+
+
+def save_comparison(source: Path, output: Path, job_folder: Path, total: int) -> list[int]:
+    """Keep source and output frames at a few indices of a finished job; returns them.
+
+    A failure here costs the comparison only, never the finished job: it is logged.
+    """
+    wanted = set(sample_indices(total))
+    if not wanted:
+        return []
+    folder = job_folder / FOLDER
+    try:
+        folder.mkdir(exist_ok=True)
+        for index, rgb in _frames_at([source], wanted):
+            write_png(folder / f"{index}-source.png", rgb)
+        for index, rgb in _frames_at(_video_files(output), wanted):
+            write_png(folder / f"{index}-carn.png", rgb)
+    except (av.FFmpegError, OSError, ValueError, PipelineError) as exc:
+        log.warning("keeping comparison frames of %s failed: %s", job_folder.name, exc)
+    return compared_frames(job_folder)
+
+
+def compared_frames(job_folder: Path) -> list[int]:
+    """Indices with both a source and an output frame kept."""
+    folder = job_folder / FOLDER
+    if not folder.is_dir():
+        return []
+    found = [int(p.name.split("-")[0]) for p in folder.glob("*-carn.png")]
+    return sorted(n for n in found if (folder / f"{n}-source.png").is_file())
+
+
+def comparison_png(job_folder: Path, index: int, kind: str) -> Path | None:
+    """The PNG of frame ``index`` as CARN-M made it, or its bicubic counterpart (made once)."""
+    if kind not in KINDS or index not in compared_frames(job_folder):
+        return None
+    folder = job_folder / FOLDER
+    carn = folder / f"{index}-carn.png"
+    if kind == "carn":
+        return carn
+    bicubic = folder / f"{index}-bicubic.png"
+    if not bicubic.is_file():
+        height, width = read_rgb(carn).shape[:2]
+        frame = av.VideoFrame.from_ndarray(read_rgb(folder / f"{index}-source.png"), "rgb24")
+        big = frame.reformat(width=width, height=height, interpolation="BICUBIC")
+        write_png(bicubic, big.to_ndarray(format="rgb24"))
+    return bicubic

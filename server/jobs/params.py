@@ -1,0 +1,81 @@
+"""A job's parameters: one typed model for the API's request and response, the store and the
+runner. Stored rows are read back through it, so rows written by older versions get today's
+defaults (and their old field names) without any caller reading a dict by string keys.
+
+Adding a job field means adding it here (and using it where it takes effect).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from carn_stream.model.named_weights import MODELS_NAME
+from carn_stream.model.scales import SUPPORTED_SCALES
+from carn_stream.pipeline.media.codecs import CODEC_NAMES, PRESETS, preset_problem
+from carn_stream.pipeline.media.formats import FORMAT_NAMES, FORMATS
+
+
+def _supported_scale(value: int) -> int:
+    if value not in SUPPORTED_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(map(str, SUPPORTED_SCALES))}")
+    return value
+
+
+Scale = Annotated[
+    int,
+    AfterValidator(_supported_scale),
+    Field(json_schema_extra={"enum": list(SUPPORTED_SCALES)}),
+]
+
+
+class JobParams(BaseModel):
+    """What to make of the input video."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    scale: Scale = Field(2, description="upscaling factor")
+    format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
+        "hls",
+        validation_alias=AliasChoices("format", "output"),
+        description="; ".join(f"{f.name}: {f.summary}" for f in FORMATS.values())
+        + " (`output` is accepted as the field's older name)",
+    )
+    codec: Literal[CODEC_NAMES] = "h264"  # type: ignore[valid-type]
+    crf: int = Field(18, ge=0, le=51, description="quality, 0 (lossless) to 51")
+    preset: Literal[PRESETS] | None = Field(  # type: ignore[valid-type]
+        None, description="encoder preset; default: the codec's own (veryfast, p4 for NVENC)"
+    )
+    weights: str | None = Field(
+        None,
+        pattern=f"^{MODELS_NAME.pattern}$",
+        description="a weights file in the service's models folder (CARN_STREAM_MODELS_DIR), "
+        "e.g. a per-video model from `carn-stream tune`; default: the service's model",
+        examples=["clip-x4.pth"],
+    )
+
+    @model_validator(mode="after")
+    def _preset_fits_codec(self) -> JobParams:
+        if problem := preset_problem(self.codec, self.preset):
+            raise ValueError(problem)
+        return self
+
+    @classmethod
+    def from_stored(cls, text: str) -> JobParams:
+        """A stored row's parameters: older rows' missing fields take their defaults, and
+        fields no longer known are dropped (the API refuses unknown fields, the store not)."""
+        stored = json.loads(text)
+        known = {"output"} | set(cls.model_fields)
+        return cls.model_validate({k: v for k, v in stored.items() if k in known})
+
+    def to_stored(self) -> str:
+        return self.model_dump_json()

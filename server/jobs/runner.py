@@ -1,0 +1,312 @@
+"""Run queued jobs: fetch the input, plan it as segments, make the segments, finish the output.
+
+Jobs are claimed first in, first out, at most ``max_concurrent_jobs`` at a time. Their segments go
+to one :class:`~carn_stream.pipeline.execution.executors.SegmentExecutor` (by default a supervised
+worker process, so a hostile input can crash only that process) and take turns at its slots. Every
+published segment is recorded in the store, so a job interrupted by a crash or a restart continues
+from the segments that are not done; a graceful stop does not count as an attempt. A cancelled or
+failed job keeps no output: nothing half-made is served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentResult
+from carn_stream.pipeline.execution.segmented import SegmentedRun
+from carn_stream.pipeline.execution.slots import Slots
+from carn_stream.pipeline.media.encode import EncoderOptions
+from carn_stream.pipeline.media.formats import FORMATS
+from carn_stream.pipeline.media.hls import segment_name
+from carn_stream.pipeline.media.segments import InputLimits, SegmentPlan
+from carn_stream.pipeline.run import FrameReport, PipelineOptions
+from carn_stream.progress_rate import RateMeter
+from carn_stream.server.inputs.exposure import redact_paths
+from carn_stream.server.inputs.fetch import FetchError, fetch, fetch_policy
+from carn_stream.server.jobs.compare import save_comparison
+from carn_stream.server.jobs.store import Job, JobStore
+from carn_stream.server.metrics import Metrics
+from carn_stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME, WORK_NAME = "input", "work"
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        metrics: Metrics,
+        executor: Callable[[], SegmentExecutor | None],
+        offload: Callable[..., Awaitable] | None = None,
+        slots: Slots | None = None,
+    ) -> None:
+        """``executor()`` gives the segment executor once it is ready (None until then);
+        ``offload`` runs downloads (default: asyncio's thread pool); ``slots``, the executor's
+        slots when shared with other users (else the runner's own)."""
+        self.store, self.settings, self.metrics = store, settings, metrics
+        self.data_dir = settings.data_dir
+        self.policy = fetch_policy(settings)
+        self._executor = executor
+        self._slots: Slots | None = slots
+        self.offload = offload or asyncio.to_thread
+        self._running: dict[str, asyncio.Task] = {}
+        self._cancel_flags: dict[str, threading.Event] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.data_dir / "jobs" / job_id
+
+    def output_path(self, job: Job) -> Path:
+        return self.job_dir(job.id) / FORMATS[job.params.format].output_name()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def discard_files(self, job_ids: list[str]) -> None:
+        """Remove what jobs that ended without success left (output, work files, our copy of
+        the input): jobs failed at start-up after too many interrupted runs."""
+        for job_id in job_ids:
+            job = self.store.get(job_id)
+            if job is None:
+                continue
+            _discard(FORMATS[job.params.format], self.output_path(job), self.job_dir(job_id))
+            (self.job_dir(job_id) / INPUT_NAME).unlink(missing_ok=True)
+
+    def refresh_gauges(self) -> None:
+        counts = self.store.count_by_state()
+        for state, n in counts.items():
+            self.metrics.jobs.labels(state).set(n)
+        self.metrics.queue_depth.set(counts["queued"])
+
+    # ------------------------------------------------------------------ scheduling
+
+    async def run_forever(self) -> None:
+        last_cleanup = 0.0
+        while not self._stopping:
+            executor = self._executor()
+            if time.monotonic() - last_cleanup > 600:
+                last_cleanup = time.monotonic()
+                await asyncio.to_thread(self.remove_expired)
+            if executor is not None:
+                if self._slots is None:
+                    self._slots = Slots(lambda ex=executor: ex.slots)  # a cluster grows, shrinks
+                while len(self._running) < self.settings.max_concurrent_jobs:
+                    job = self.store.claim_next()
+                    if job is None:
+                        break
+                    flag = self._cancel_flags[job.id] = threading.Event()
+                    task = asyncio.create_task(self._run(job, executor, flag), name=f"job-{job.id}")
+                    self._running[job.id] = task
+            self.refresh_gauges()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; False when it had already finished."""
+        task = self._running.get(job_id)
+        if task is None:
+            ok = self.store.finish(job_id, "cancelled", "cancelled by request")
+            self.wake()
+            return ok
+        self._cancel_flags[job_id].set()
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        return True
+
+    async def shutdown(self, timeout: float = 10) -> None:
+        """Stop the scheduler; running jobs go back to the queue, their finished segments kept."""
+        self._stopping = True
+        self.wake()
+        tasks = list(self._running.values())
+        for flag in self._cancel_flags.values():
+            flag.set()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    # ------------------------------------------------------------------ one job
+
+    async def _run(self, job: Job, executor: SegmentExecutor, cancelled: threading.Event) -> None:
+        folder = self.job_dir(job.id)
+        fmt = FORMATS[job.params.format]
+        output = self.output_path(job)
+        download = folder / INPUT_NAME
+        finished = False
+        try:
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            source = download
+            if not download.is_file():
+                source = await self.offload(fetch, job.url, download, self.policy, cancelled)
+            plan = job.plan
+            if plan is None:
+                limits = input_limits(self.settings, job.params.scale)
+                request = PlanRequest(source, self.settings.segment_seconds, limits)
+                plan, _ = await executor.plan(request)
+                self.store.save_plan(job.id, plan)
+            else:
+                self.store.reset_unfinished_segments(job.id)
+            await self._make(job, plan, source, output, folder / WORK_NAME, executor)
+            # a few frames kept for comparing CARN-M with bicubic (the input goes next)
+            await self.offload(save_comparison, source, output, folder, plan.frames)
+            self.store.finish(job.id, "succeeded")
+            finished = True
+            log.info("job %s succeeded", job.id)
+        except asyncio.CancelledError:
+            if self._stopping:
+                self.store.requeue(job.id)  # finished segments stay for the next start
+            else:
+                await asyncio.to_thread(_discard, fmt, output, folder)
+                self.store.finish(job.id, "cancelled", "cancelled by request")
+                finished = True
+        except (FetchError, PipelineError, ValueError) as exc:
+            await asyncio.to_thread(_discard, fmt, output, folder)
+            self.store.finish(job.id, "failed", redact_paths(str(exc), folder, job.url))
+            finished = True
+            log.info("job %s failed: %s", job.id, exc)
+        except Exception as exc:
+            log.exception("job %s failed unexpectedly", job.id)
+            await asyncio.to_thread(_discard, fmt, output, folder)
+            reason = redact_paths(f"internal error: {type(exc).__name__}: {exc}", folder, job.url)
+            self.store.finish(job.id, "failed", reason)
+            finished = True
+        finally:
+            if finished:  # our copy of the input only, never a local input file
+                download.unlink(missing_ok=True)
+                shutil.rmtree(folder / WORK_NAME, ignore_errors=True)
+            self._running.pop(job.id, None)
+            self._cancel_flags.pop(job.id, None)
+            self.refresh_gauges()
+            self.wake()
+
+    def _options(self, job: Job, executor: SegmentExecutor) -> PipelineOptions:
+        params = job.params
+        batch = batch_size(self.settings, executor)
+        return PipelineOptions(
+            scale=params.scale,
+            encoder=EncoderOptions(params.codec, params.crf, params.preset),
+            batch_size=batch,
+            weights=params.weights,
+        )
+
+    async def _make(
+        self,
+        job: Job,
+        plan: SegmentPlan,
+        source: Path,
+        output: Path,
+        work_dir: Path,
+        executor: SegmentExecutor,
+    ) -> None:
+        fmt = FORMATS[job.params.format]
+        done: dict[int, SegmentResult] = {}
+        for record in self.store.segments(job.id):
+            result = record.result()
+            path = fmt.segment_dir(output, work_dir) / segment_name(record.index)
+            if result is not None and path.is_file() and path.stat().st_size == result.bytes:
+                done[record.index] = result
+        frames_done = sum(r.frames for r in done.values())
+        in_flight: dict[int, int] = {}
+        rate = RateMeter()  # recent fps: the average since the start misled the ETA
+        last_write = 0.0
+
+        def write_progress(force: bool = False) -> None:
+            nonlocal last_write
+            now = time.monotonic()
+            if force or now - last_write >= 0.5:
+                last_write = now
+                frames = frames_done + sum(in_flight.values())
+                self.store.progress(job.id, frames, plan.frames, rate.rate() or 0.0)
+
+        def on_frame(report: FrameReport) -> None:
+            self.metrics.observe_frame(report, "job")
+            index = _segment_of(plan, report.index)
+            in_flight[index] = in_flight.get(index, 0) + 1
+            rate.add()
+            write_progress()
+
+        def on_start(index: int, attempt: int) -> None:
+            in_flight[index] = 0
+            self.store.segment_started(job.id, index)
+
+        def on_done(result: SegmentResult) -> None:
+            nonlocal frames_done
+            in_flight.pop(result.index, None)
+            frames_done += result.frames
+            self.store.segment_done(job.id, result)
+            write_progress(force=True)
+
+        def on_retry(index: int, reason: str) -> None:
+            in_flight.pop(index, None)
+            self.metrics.segment_retries.inc()
+
+        run = SegmentedRun(
+            source=source,
+            plan=plan,
+            fmt=fmt,
+            output=output,
+            work_dir=work_dir,
+            options=self._options(job, executor),
+            executor=executor,
+            done=done,
+            max_attempts=self.settings.segment_attempts,
+            in_flight=lambda: executor.slots,
+            slots=self._slots,
+            on_frame=on_frame,
+            on_start=on_start,
+            on_done=on_done,
+            on_retry=on_retry,
+        )
+        try:
+            await run.execute()
+        except PipelineError as exc:
+            failed = getattr(exc, "segment", None)
+            if failed is not None:
+                reason = redact_paths(str(exc), self.job_dir(job.id), job.url)
+                self.store.segment_failed(job.id, failed.index, reason)
+            raise
+        self.store.progress(job.id, plan.frames, plan.frames, rate.average() or rate.rate() or 0.0)
+
+    def remove_expired(self) -> None:
+        hours = self.settings.retention_hours
+        if hours <= 0:
+            return
+        for job_id in self.store.expired(time.time() - hours * 3600):
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            self.store.delete(job_id)
+
+
+def input_limits(settings: Settings, scale: int) -> InputLimits:
+    """The service's limits on an input to be upscaled ``scale`` times."""
+    return InputLimits(scale, settings.max_output_pixels, settings.max_duration_seconds)
+
+
+def batch_size(settings: Settings, executor: SegmentExecutor) -> int:
+    """Frames per inference batch: the setting, else 8 on CUDA and 1 on a CPU."""
+    device = getattr(executor, "device", None) or ""
+    return settings.batch_size or (8 if str(device).startswith("cuda") else 1)
+
+
+def _segment_of(plan: SegmentPlan, frame_index: int) -> int:
+    for segment in plan.segments:
+        if frame_index < segment.first_frame + segment.frames:
+            return segment.index
+    return plan.segments[-1].index
+
+
+def _discard(fmt, output: Path, folder: Path) -> None:
+    """A job that did not succeed keeps no output and no work files."""
+    fmt.discard(output)
+    shutil.rmtree(folder / WORK_NAME, ignore_errors=True)

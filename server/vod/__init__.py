@@ -1,0 +1,1 @@
+"""Videos served on request: the manager, its store and the segment cache."""

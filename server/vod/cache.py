@@ -1,0 +1,104 @@
+"""The segment cache of videos served on request: files on disk, a byte budget, LRU eviction.
+
+Layout: ``<root>/<video id>/<rendition>/segment_NNNNN.ts``. A segment is cached once its file
+is published (by rename); the index of what is cached, with its sizes and recency, is rebuilt
+from the folder at start (recency from the files' modification times, which a cache hit
+updates). Used from the event loop only; file reads and removals are plain calls that the
+caller may move to a thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import NamedTuple
+
+from carn_stream.pipeline.media.hls import SEGMENT_NAME_RE, segment_name
+
+
+class Key(NamedTuple):
+    video: str
+    rendition: str
+    index: int
+
+
+class SegmentCache:
+    def __init__(self, root: Path, budget: int) -> None:
+        self.root, self.budget = root, budget
+        self._entries: OrderedDict[Key, int] = OrderedDict()  #: least recently used first
+        self.bytes = 0
+        self._scan()
+
+    def _scan(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        found: list[tuple[float, Key, int]] = []
+        for path in self.root.glob("*/*/*"):
+            if path.name.startswith(".") and path.name.endswith(".part"):
+                path.unlink(missing_ok=True)  # an unfinished segment of an earlier run
+            elif SEGMENT_NAME_RE.match(path.name):
+                stat = path.stat()
+                index = int(path.name.split("_")[1].split(".")[0])
+                found.append((stat.st_mtime, Key(path.parts[-3], path.parts[-2], index),
+                              stat.st_size))  # fmt: skip
+        for _, key, size in sorted(found):
+            self._entries[key] = size
+            self.bytes += size
+
+    def folder(self, video: str) -> Path:
+        return self.root / video
+
+    def path(self, key: Key) -> Path:
+        return self.root / key.video / key.rendition / segment_name(key.index)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._entries
+
+    def touch(self, key: Key) -> bool:
+        """Mark a cached segment as just used; False when it is not cached."""
+        if key not in self._entries:
+            return False
+        self._entries.move_to_end(key)
+        try:
+            os.utime(self.path(key))
+        except FileNotFoundError:  # removed behind our back
+            self.bytes -= self._entries.pop(key)
+            return False
+        return True
+
+    def add(self, key: Key, size: int) -> list[Key]:
+        """Record a published segment and evict the least recently used ones beyond the budget
+        (never the new one); returns the keys evicted."""
+        if key in self._entries:
+            self.bytes -= self._entries.pop(key)
+        self._entries[key] = size
+        self.bytes += size
+        evicted = []
+        while self.bytes > self.budget and len(self._entries) > 1:
+            old, old_size = next(iter(self._entries.items()))
+            del self._entries[old]
+            self.bytes -= old_size
+            self.path(old).unlink(missing_ok=True)
+            evicted.append(old)
+        return evicted
+
+    def cached(self, video: str) -> dict[str, dict[int, int]]:
+        """Per rendition of ``video``: segment index -> bytes."""
+        out: dict[str, dict[int, int]] = {}
+        for key, size in self._entries.items():
+            if key.video == video:
+                out.setdefault(key.rendition, {})[key.index] = size
+        return out
+
+    def drop(self, video: str, rendition: str) -> int:
+        """Remove every cached segment of one rendition of ``video``; returns how many."""
+        keys = [k for k in self._entries if (k.video, k.rendition) == (video, rendition)]
+        for key in keys:
+            self.bytes -= self._entries.pop(key)
+            self.path(key).unlink(missing_ok=True)
+        return len(keys)
+
+    def forget(self, video: str) -> None:
+        """Forget every segment of ``video`` (the caller removes its folder)."""
+        for key in [k for k in self._entries if k.video == video]:
+            self.bytes -= self._entries.pop(key)

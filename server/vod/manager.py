@@ -1,0 +1,440 @@
+"""Videos served on request: ingested once, each rendition's segments made when players ask.
+
+Ingest fetches the input with the jobs' safety rules and limits, plans it as segments (no
+decoding) and describes its renditions: the original (segments remuxed, nothing upscaled) and
+one per scale. A segment request is served from the cache when it is there; otherwise it is
+made now through the segment executor, and every request for the same segment meanwhile waits
+on that one computation. After each request the next few segments of the same rendition are
+made ahead (prefetch); a request elsewhere (a seek) drops prefetch work that has not started
+and starts there. Segments a player waits for take the executor's slots and the inference
+worker before prefetch work, and both before batch jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from carn_stream.model.named_weights import tuned_name
+from carn_stream.pipeline.engine.infer import InferenceWorker
+from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentTask
+from carn_stream.pipeline.execution.slots import Slots, Ticket
+from carn_stream.pipeline.media.encode import EncoderOptions
+from carn_stream.pipeline.media.hls import Variant, master_playlist_text, playlist_text
+from carn_stream.pipeline.media.remux import RemuxTask
+from carn_stream.pipeline.media.renditions import (
+    encoder_tag,
+    source_codecs,
+    upscaled_audio_tag,
+)
+from carn_stream.pipeline.media.segments import SegmentPlan
+from carn_stream.pipeline.run import PipelineOptions
+from carn_stream.server.inputs.exposure import redact_paths
+from carn_stream.server.inputs.fetch import fetch, fetch_policy, validate_url
+from carn_stream.server.jobs.runner import INPUT_NAME, batch_size, input_limits
+from carn_stream.server.metrics import Metrics
+from carn_stream.server.vod.cache import Key, SegmentCache
+from carn_stream.server.vod.store import Rendition, Video, VideoStore, rendition_name
+from carn_stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ORIGINAL = rendition_name(1)
+
+
+class NotReady(Exception):
+    """The segment executor is not ready yet (the model is loading)."""
+
+
+class SegmentError(Exception):
+    """A segment could not be made; the message names it and the reason."""
+
+
+class VideoGone(Exception):
+    """The video was deleted while a request waited for one of its segments."""
+
+
+@dataclass(eq=False)
+class _Work:
+    key: Key
+    ticket: Ticket
+    prefetch: bool  #: no player waits for it (yet)
+    task: asyncio.Task | None = None
+    started: bool = False  #: it holds an executor slot
+
+
+class VideoManager:
+    def __init__(
+        self,
+        store: VideoStore,
+        settings: Settings,
+        metrics: Metrics,
+        executor: Callable[[], SegmentExecutor | None],
+        slots: Slots,
+        offload: Callable[..., Awaitable] | None = None,
+    ) -> None:
+        """``offload`` runs downloads and probes (default: asyncio's thread pool)."""
+        self.store, self.settings, self.metrics = store, settings, metrics
+        self.offload = offload or asyncio.to_thread
+        self.policy = fetch_policy(settings)
+        self.encoder = EncoderOptions()
+        self.slots = slots
+        self._executor = executor
+        root = settings.data_dir / "videos"
+        _remove_unknown(root, set(store.ids()))
+        self.cache = SegmentCache(root, settings.vod_cache_bytes)
+        self._work: dict[Key, _Work] = {}
+        self._playheads: dict[tuple[str, str], int] = {}  #: last segment each rendition served
+        self._videos: dict[str, Video] = {}
+        self._tunes: dict[str, asyncio.Task] = {}
+        metrics.vod_cache_bytes.set(self.cache.bytes)
+        for video_id in store.unfinished_tunes():  # cut short by a stop: not resumed
+            store.set_tune(video_id, "failed", tune_error="interrupted by a server restart")
+
+    # ------------------------------------------------------------------ videos
+
+    def get(self, video_id: str) -> Video | None:
+        video = self._videos.get(video_id)
+        if video is None:
+            video = self.store.get(video_id)
+            if video is not None:
+                self._videos[video_id] = video
+        return video
+
+    def cached(self, video_id: str) -> dict[str, dict[int, int]]:
+        """Per rendition: cached segment index -> bytes."""
+        return self.cache.cached(video_id)
+
+    async def ingest(self, url: str, scales: list[int], tune: bool = False) -> Video:
+        """Fetch, check and plan ``url``; raises FetchError, LimitError, InputError, NotReady."""
+        executor = self._executor()
+        if executor is None:
+            raise NotReady("the model is still loading; try again in a moment")
+        await self.offload(validate_url, url, self.policy)
+        video_id = uuid.uuid4().hex
+        folder = self.cache.folder(video_id)
+        await asyncio.to_thread(folder.mkdir, parents=True)
+        cancelled = threading.Event()  # a request cut short stops its download
+        try:
+            source = await self.offload(fetch, url, folder / INPUT_NAME, self.policy, cancelled)
+            limits = input_limits(self.settings, max(scales))
+            plan, _ = await executor.plan(
+                PlanRequest(source, self.settings.segment_seconds, limits)
+            )
+            renditions = await self.offload(
+                describe_renditions, source, plan, scales, self.encoder
+            )
+            video = self.store.create(url, source, plan, renditions, tune, video_id)
+        except BaseException as exc:
+            cancelled.set()
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            if isinstance(exc, Exception) and exc.args:  # the user's URL, never our paths
+                exc.args = (redact_paths(str(exc), folder, url), *exc.args[1:])
+            raise
+        self._videos[video.id] = video
+        log.info("video %s ingested: %d segments, %.1f s", video.id, len(plan.segments),
+                 plan.duration)  # fmt: skip
+        if tune:
+            task = asyncio.create_task(self._tune(video), name=f"tune-{video.id}")
+            self._tunes[video.id] = task
+            task.add_done_callback(lambda _: self._tunes.pop(video.id, None))
+        return video
+
+    async def delete(self, video_id: str) -> bool:
+        """Remove a video, its work in flight (its fine-tune too) and its cached segments."""
+        tasks = [w.task for k, w in self._work.items() if k.video == video_id and w.task]
+        if video_id in self._tunes:
+            tasks.append(self._tunes[video_id])
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        self._videos.pop(video_id, None)
+        for playhead in [p for p in self._playheads if p[0] == video_id]:
+            del self._playheads[playhead]
+        existed = self.store.delete(video_id)
+        self.cache.forget(video_id)
+        await asyncio.to_thread(shutil.rmtree, self.cache.folder(video_id), True)
+        self.metrics.vod_cache_bytes.set(self.cache.bytes)
+        return existed
+
+    async def close(self) -> None:
+        tasks = [w.task for w in self._work.values() if w.task is not None]
+        tasks += self._tunes.values()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+
+    # ------------------------------------------------------------------ fine-tune
+
+    async def _tune(self, video: Video) -> None:
+        """Fine-tune a model on the video's own frames in a child process (``carn-stream
+        tune``, at a lower CPU priority than playback), then serve the video with it."""
+        name = tuned_name(video.id)
+        weights = self.settings.data_dir / name
+        scales = [str(r.scale) for r in video.renditions if r.scale > 1]
+        command = [
+            sys.executable, "-m", "carn_stream.cli", "tune", str(video.source), str(weights),
+            "--scale", *scales, "--frames", str(self.settings.vod_tune_frames),
+            "--steps", str(self.settings.vod_tune_steps), "--device", self.settings.device,
+        ]  # fmt: skip
+        if self.settings.weights is not None:
+            command += ["--weights", str(self.settings.weights)]
+        self._record_tune(video, "running")
+        log_path = weights.with_name("tune.log")
+        try:
+            with open(log_path, "wb") as log_file:
+                child = await asyncio.create_subprocess_exec(
+                    *command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
+                    stderr=log_file, preexec_fn=_lower_priority,
+                )  # fmt: skip
+                try:
+                    code = await child.wait()
+                finally:
+                    if child.returncode is None:  # cancelled: the video was deleted
+                        child.kill()
+                        await child.wait()
+            if code != 0:
+                raise RuntimeError(_last_line(log_path) or f"exit status {code}")
+            report = json.loads(weights.with_suffix(".json").read_text())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = redact_paths(str(exc), self.cache.folder(video.id), video.url)
+            log.warning("video %s: fine-tune failed: %s", video.id, reason)
+            self._record_tune(video, "failed", tune_error=reason)
+            return
+        psnr = {"psnr_generic": report["generic_psnr"], "psnr_tuned": report["tuned_psnr"]}
+        self._record_tune(video, "done", weights=name, **psnr)
+        # Segments made with the service's model make way for the video's own.
+        for rendition in video.renditions:
+            if rendition.scale > 1:
+                self.cache.drop(video.id, rendition.name)
+        self.metrics.vod_cache_bytes.set(self.cache.bytes)
+        log.info("video %s tuned: %.2f -> %.2f dB on held-out frames", video.id,
+                 report["generic_psnr"], report["tuned_psnr"])  # fmt: skip
+
+    def _record_tune(self, video: Video, state: str, **values: object) -> None:
+        """Store the fine-tune's state; the video is read afresh from the store next time."""
+        self.store.set_tune(video.id, state, **values)
+        self._videos.pop(video.id, None)
+
+    # ------------------------------------------------------------------ playlists
+
+    def master_playlist(self, video: Video) -> str:
+        variants = []
+        cached = self.cache.cached(video.id)
+        rate = float(video.plan.frame_rate) if video.plan.frame_rate else None
+        for r in video.renditions:
+            sizes = cached.get(r.name, {})
+            measured = max(
+                (8 * size / video.plan.segments[i].duration for i, size in sizes.items()),
+                default=0,
+            )
+            variants.append(Variant(f"{r.name}/index.m3u8", round(max(measured, r.bandwidth)),
+                                    r.width, r.height, r.codecs, rate))  # fmt: skip
+        return master_playlist_text(variants)
+
+    @staticmethod
+    def media_playlist(video: Video) -> str:
+        plan = video.plan
+        durations = [s.duration for s in plan.segments]
+        return playlist_text(durations, plan.max_duration, complete=True, kind="VOD")
+
+    # ------------------------------------------------------------------ segments
+
+    async def segment(self, video: Video, rendition: str, index: int) -> bytes:
+        """The segment's bytes, from the cache or made now (a player waits for it)."""
+        key = Key(video.id, rendition, index)
+        began = time.monotonic()
+        previous = self._playheads.get((video.id, rendition))
+        self._playheads[(video.id, rendition)] = index
+        data = _read_cached(self.cache, key)
+        if data is not None:
+            self.metrics.vod_cache_hits.labels(rendition).inc()
+            self._prefetch(video, rendition, index)
+        else:
+            self.metrics.vod_cache_misses.labels(rendition).inc()
+            work = self._work.get(key)
+            if work is None:
+                work = self._start(video, key, prefetch=False)
+            else:
+                self.metrics.vod_shared_requests.labels(rendition).inc()
+                if work.prefetch:  # a player waits for it now
+                    work.prefetch = False
+                    self.slots.raise_priority(work.ticket, InferenceWorker.WAITED_PRIORITY)
+            self._prefetch(video, rendition, index)
+            assert work.task is not None
+            try:
+                data = await asyncio.shield(work.task)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if work.task.cancelled() and not (task and task.cancelling()):
+                    raise VideoGone(f"video {video.id} was deleted") from None
+                raise
+        if previous is None or index not in (previous, previous + 1):
+            # the start of a playback, or a seek
+            self.metrics.vod_first_segment_seconds.labels(rendition).observe(
+                time.monotonic() - began
+            )
+        return data
+
+    def _start(self, video: Video, key: Key, prefetch: bool) -> _Work:
+        priority = (
+            InferenceWorker.PREFETCH_PRIORITY if prefetch else InferenceWorker.WAITED_PRIORITY
+        )
+        work = _Work(key, self.slots.ticket(priority), prefetch)
+        work.task = asyncio.create_task(self._make(video, work), name=f"segment-{key}")
+        self._work[key] = work
+        work.task.add_done_callback(lambda task: self._finished(work, task))
+        return work
+
+    def _finished(self, work: _Work, task: asyncio.Task) -> None:
+        if self._work.get(work.key) is work:
+            del self._work[work.key]
+        if not task.cancelled() and task.exception() is not None and work.prefetch:
+            log.warning("prefetching %s failed: %s", work.key, task.exception())
+        self._gauge()
+
+    def _gauge(self) -> None:
+        self.metrics.vod_prefetch_depth.set(sum(w.prefetch for w in self._work.values()))
+
+    def _prefetch(self, video: Video, rendition: str, index: int) -> None:
+        """Make the next segments ahead; drop waiting prefetch work elsewhere (a seek)."""
+        last = len(video.plan.segments)
+        ahead = range(index + 1, min(last, index + 1 + self.settings.vod_prefetch_segments))
+        for key, work in list(self._work.items()):
+            if (key.video, key.rendition) == (video.id, rendition) and work.prefetch \
+                    and not work.started and key.index not in ahead:  # fmt: skip
+                assert work.task is not None
+                work.task.cancel()
+        for i in ahead:
+            key = Key(video.id, rendition, i)
+            if key not in self.cache and key not in self._work:
+                self._start(video, key, prefetch=True)
+        self._gauge()
+
+    async def _make(self, video: Video, work: _Work) -> bytes:
+        key = work.key
+        segment = video.plan.segments[key.index]
+        target = self.cache.path(key)
+        # The slot first: work takes slots in the order of its tickets, not of a thread's
+        # finishing the folder.
+        await self.slots.acquire(work.ticket)
+        try:
+            work.started = True
+            await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+            executor = self._executor()
+            if executor is None:
+                raise NotReady("the model is still loading; try again in a moment")
+            began = time.monotonic()
+            try:
+                await self._run(executor, video, work, target)
+            except (NotReady, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                log.warning("video %s: %s (%s) failed: %s", video.id, segment.describe(),
+                            key.rendition, exc)  # fmt: skip
+                reason = redact_paths(str(exc), self.cache.folder(video.id), video.url)
+                raise SegmentError(f"{segment.describe()} of {key.rendition} could not be "
+                                   f"made: {reason}") from exc  # fmt: skip
+            seconds = time.monotonic() - began
+        finally:
+            self.slots.release()
+        self.metrics.vod_realtime_factor.labels(key.rendition).observe(seconds / segment.duration)
+        reason = "prefetch" if work.prefetch else "request"
+        self.metrics.vod_segments_made.labels(key.rendition, reason).inc()
+        data = target.read_bytes()
+        current = self.get(video.id)
+        if current is not None and current.weights != video.weights:
+            target.unlink(missing_ok=True)  # made with weights the video no longer uses
+            return data
+        evicted = self.cache.add(key, len(data))
+        if evicted:
+            self.metrics.vod_cache_evictions.inc(len(evicted))
+        self.metrics.vod_cache_bytes.set(self.cache.bytes)
+        return data
+
+    async def _run(self, executor: SegmentExecutor, video: Video, work: _Work, target: Path):
+        index = work.key.index
+        if work.key.rendition == ORIGINAL:
+            return await executor.remux(RemuxTask.of(video.source, video.plan, index, target))
+        rendition = video.rendition(work.key.rendition)
+        assert rendition is not None
+        options = PipelineOptions(
+            scale=rendition.scale,
+            encoder=self.encoder,
+            batch_size=batch_size(self.settings, executor),
+            priority=work.ticket.priority,
+            weights=video.weights,
+        )
+        task = SegmentTask.of(video.source, video.plan, index, target, options)
+        return await executor.run(task, None)
+
+
+def _lower_priority() -> None:
+    """In a fine-tune's child process: yield the CPU to playback and live sessions."""
+    os.nice(10)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("carn-stream tune: error: ") if lines else ""
+
+
+def _read_cached(cache: SegmentCache, key: Key) -> bytes | None:
+    if not cache.touch(key):
+        return None
+    try:
+        return cache.path(key).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def describe_renditions(
+    source: Path, plan: SegmentPlan, scales: list[int], encoder: EncoderOptions
+) -> list[Rendition]:
+    """The original (when its codec can be remuxed into MPEG-TS) and one rendition per scale.
+
+    Bandwidth: the source's bit rate, times scale squared for the upscaled ones (an estimate
+    until segments are made; the master playlist then gives the measured peak)."""
+    video_tag, audio, _ = source_codecs(source)
+    bitrate = round(8 * source.stat().st_size / max(plan.duration, 1e-3))
+    out = []
+    if video_tag is not None:
+        codecs = ",".join(t for t in (video_tag, audio) if t)
+        out.append(Rendition(name=ORIGINAL, scale=1, width=plan.width, height=plan.height,
+                             codecs=codecs, bandwidth=bitrate))  # fmt: skip
+    upscaled_audio = upscaled_audio_tag(source)
+    for scale in sorted(set(scales)):
+        w, h = plan.width * scale, plan.height * scale
+        tag = encoder_tag(w, h, plan.frame_rate, encoder)
+        codecs = ",".join(t for t in (tag, upscaled_audio) if t)
+        out.append(Rendition(name=rendition_name(scale), scale=scale, width=w, height=h,
+                             codecs=codecs, bandwidth=bitrate * scale * scale))  # fmt: skip
+    return out
+
+
+def _remove_unknown(root: Path, known: set[str]) -> None:
+    """Folders of videos the store does not know (an ingest cut short) are removed."""
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.name not in known:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(folder)

@@ -1,0 +1,155 @@
+"""Videos served on request, in the service's SQLite file: the source, its plan and renditions.
+
+What is cached of each rendition is not recorded here: the cache folder is the record (a
+segment exists once its file is published), so the store holds only what ingest decided and
+the state of the video's fine-tune.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from carn_stream.pipeline.media.segments import SegmentPlan
+
+TUNE_STATES = ("off", "queued", "running", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS videos (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    url TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    plan TEXT NOT NULL,
+    renditions TEXT NOT NULL,
+    tune_state TEXT NOT NULL DEFAULT 'off',
+    weights TEXT,
+    psnr_generic REAL,
+    psnr_tuned REAL,
+    tune_error TEXT
+);
+"""
+
+
+class Rendition(BaseModel):
+    """One variant of a video's master playlist."""
+
+    name: str = Field(description="`original`, or `x2`, `x4`... for the upscaled ones")
+    scale: int = Field(description="1 for the original")
+    width: int
+    height: int
+    codecs: str = Field(description="RFC 6381 codec strings, as the master playlist gives them")
+    bandwidth: int = Field(description="bits per second estimated at ingest")
+
+
+def rendition_name(scale: int) -> str:
+    return "original" if scale == 1 else f"x{scale}"
+
+
+@dataclass
+class Video:
+    id: str
+    url: str
+    source: Path  #: the input file the segments are made from
+    created_at: float
+    plan: SegmentPlan
+    renditions: list[Rendition]
+    tune_state: str = "off"
+    weights: str | None = None  #: the video's own weights once tuned (a models-folder name)
+    psnr_generic: float | None = None
+    psnr_tuned: float | None = None
+    tune_error: str | None = None
+
+    def rendition(self, name: str) -> Rendition | None:
+        return next((r for r in self.renditions if r.name == name), None)
+
+
+class VideoStore:
+    """Videos in ``path`` (the job store's file); safe to use from several threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @staticmethod
+    def _video(row: sqlite3.Row) -> Video:
+        data = dict(row)
+        data.pop("seq")
+        data["source"] = Path(data["source"])
+        data["plan"] = SegmentPlan.from_dict(json.loads(data["plan"]))
+        data["renditions"] = [Rendition.model_validate(r) for r in json.loads(data["renditions"])]
+        return Video(**data)
+
+    def create(self, url: str, source: Path, plan: SegmentPlan, renditions: list[Rendition],
+               tune: bool, video_id: str | None = None) -> Video:  # fmt: skip
+        video = Video(
+            id=video_id or uuid.uuid4().hex, url=url, source=source, created_at=time.time(),
+            plan=plan, renditions=renditions, tune_state="queued" if tune else "off",
+        )  # fmt: skip
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO videos (id, url, source, created_at, plan, renditions, tune_state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (video.id, url, str(source), video.created_at, json.dumps(plan.to_dict()),
+                 json.dumps([r.model_dump() for r in renditions]), video.tune_state),
+            )  # fmt: skip
+        return video
+
+    def get(self, video_id: str) -> Video | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM videos WHERE id = ?", (video_id,)).fetchone()
+        return self._video(row) if row else None
+
+    def list(self, offset: int = 0, limit: int = 50) -> tuple[list[Video], int]:
+        """Newest first; returns (page, total)."""
+        with self._lock:
+            total = self._db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
+            rows = self._db.execute(
+                "SELECT * FROM videos ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+        return [self._video(r) for r in rows], total
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT id FROM videos")]
+
+    def delete(self, video_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM videos WHERE id = ?", (video_id,)).rowcount > 0
+
+    def unfinished_tunes(self) -> list[str]:
+        """Videos whose fine-tune was queued or running (when the service stopped)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM videos WHERE tune_state IN ('queued', 'running')"
+            ).fetchall()
+        return [r["id"] for r in rows]
+
+    def set_tune(self, video_id: str, state: str, **values: object) -> None:
+        """Record the fine-tune's state and any of weights, psnr_generic, psnr_tuned, tune_error."""
+        allowed = {"weights", "psnr_generic", "psnr_tuned", "tune_error"}
+        if state not in TUNE_STATES or not set(values) <= allowed:
+            raise ValueError(f"bad tune update {state!r} {sorted(values)}")
+        columns = ["tune_state = ?", *(f"{k} = ?" for k in values)]
+        with self._lock:
+            self._db.execute(
+                f"UPDATE videos SET {', '.join(columns)} WHERE id = ?",
+                (state, *values.values(), video_id),
+            )
