@@ -27,7 +27,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, cpu_name, emit_table, official_model
 
-from carn_stream.pipeline.colour import BT709, ColourSpec, rgb_to_yuv420
+from carn_stream.pipeline.colour import BT709, ColourSpec
+from carn_stream.pipeline.engine.convert import rgb_to_yuv420
 from carn_stream.pipeline.engine.infer import Engine, EngineConfig
 from carn_stream.pipeline.frames import yuv420_video_frame
 

@@ -79,7 +79,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def gather_images(folders: Sequence[Path], frames_per_video: int) -> list[tuple[str, np.ndarray]]:
     """Every image in the folders, plus evenly spaced frames of every video in them."""
     from carn_stream.pipeline.media.images import IMAGE_SUFFIXES, read_rgb
-    from carn_stream.pipeline.sampling import VIDEO_SUFFIXES, sample_frames
+    from carn_stream.pipeline.media.input_formats import VIDEO_SUFFIXES
+    from carn_stream.pipeline.sampling import sample_frames
 
     items: list[tuple[str, np.ndarray]] = []
     for folder in folders:

@@ -93,7 +93,7 @@ def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
     """Every video in ``folder`` (by suffix, not recursive) -> one output each in ``out_dir``:
     the format asked for, else the input's own container where it is one we write, else MP4."""
     from carn_stream.pipeline.media.formats import FORMATS, SUFFIXES
-    from carn_stream.pipeline.sampling import VIDEO_SUFFIXES
+    from carn_stream.pipeline.media.input_formats import VIDEO_SUFFIXES
 
     if out_dir.exists() and not out_dir.is_dir():
         raise UpscaleError(f"{out_dir} is not a folder (a folder of inputs needs one for outputs)")

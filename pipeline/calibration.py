@@ -10,7 +10,8 @@ import numpy as np
 from carn_stream.model.evaluation import crop_to_multiple, degrade
 from carn_stream.pipeline.engine.infer import Engine
 from carn_stream.pipeline.media.images import IMAGE_SUFFIXES, ImageError, read_rgb
-from carn_stream.pipeline.sampling import VIDEO_SUFFIXES, sample_frames
+from carn_stream.pipeline.media.input_formats import VIDEO_SUFFIXES
+from carn_stream.pipeline.sampling import sample_frames
 
 MAX_IMAGES = 16
 FRAMES_PER_VIDEO = 8

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from carn_stream.pipeline.engine.infer import BatchResult, InferenceWorker
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
 from carn_stream.pipeline.media.decode import (
@@ -31,6 +31,10 @@ from carn_stream.pipeline.media.decode import (
 )
 from carn_stream.pipeline.media.encode import EncoderOptions, VideoSink
 from carn_stream.pipeline.media.segments import Segment, segment_audio, segment_frames
+from carn_stream.pipeline.priorities import Priority
+
+if TYPE_CHECKING:  # the engine (torch) is the caller's; planning and remuxing need none
+    from carn_stream.pipeline.engine.infer import BatchResult, InferenceWorker
 
 STAGES = ("decode", "wait", "inference", "encode")  #: defined in docs/SERVICE.md, Metrics
 _END = object()
@@ -47,7 +51,7 @@ class PipelineOptions:
     max_wait: float = 0.05  #: seconds a partial batch waits for more frames
     queue_frames: int = 16  #: decoded frames buffered ahead of batching
     in_flight_batches: int = 2  #: batches queued at the worker or awaiting encode
-    priority: int = InferenceWorker.JOB_PRIORITY
+    priority: int = Priority.JOB
     weights: str | None = None  #: named weights the worker loads (None: its own model)
     #: Decoder and encoder threads. None: 1 when the model runs on the CPU (the model needs
     #: every core, and spinning OpenMP threads suffer badly from oversubscription), else

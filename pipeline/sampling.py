@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carn_stream.pipeline.colour import plane_tensor, planes_to_rgb
+from carn_stream.pipeline.engine.convert import plane_tensor, planes_to_rgb
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import SourceFrame
 from carn_stream.pipeline.media.decode import demux_frames, describe, open_input
-
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".y4m", ".mpg"}
 
 
 def frame_to_rgb(frame: SourceFrame) -> np.ndarray:

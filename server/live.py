@@ -29,6 +29,7 @@ from aiortc.mediastreams import MediaStreamError
 from carn_stream.pipeline.engine.infer import InferenceWorker
 from carn_stream.pipeline.frames import yuv420_video_frame
 from carn_stream.pipeline.media.decode import frame_planes, open_input
+from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import FrameReport
 from carn_stream.server.metrics import Metrics
 from carn_stream.settings import Settings
@@ -259,7 +260,7 @@ class UpscaleTrack(MediaStreamTrack):
         frame = self._shrink(frame)
         planes, spec = frame_planes(frame)
         result = await self.worker.submit(
-            [p[None] for p in planes], spec, self.scale, InferenceWorker.LIVE_PRIORITY
+            [p[None] for p in planes], spec, self.scale, Priority.LIVE
         )
         y, u, v = result.y[0], result.u[0], result.v[0]
         upscaled = yuv420_video_frame(y, u, v)

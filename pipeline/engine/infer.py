@@ -24,18 +24,18 @@ import torch
 from torch import Tensor, nn
 
 from carn_stream.model.inference import pick_device
-from carn_stream.pipeline.colour import (
-    ColourSpec,
-    output_spec,
+from carn_stream.pipeline.colour import ColourSpec, output_spec
+from carn_stream.pipeline.engine.autoselect import Backend, Decision, DecisionCache, measure
+from carn_stream.pipeline.engine.backends import CudaGraphBackend, TorchBackend
+from carn_stream.pipeline.engine.convert import (
     plane_tensor,
     planes_to_rgb,
     rgb8_to_float,
     rgb_to_yuv420,
 )
-from carn_stream.pipeline.engine.autoselect import Backend, Decision, DecisionCache, measure
-from carn_stream.pipeline.engine.backends import CudaGraphBackend, TorchBackend
 from carn_stream.pipeline.engine.cpu import cpu_has_native_bf16, cpu_name
 from carn_stream.pipeline.engine.tiling import tiled_forward
+from carn_stream.pipeline.priorities import Priority
 from carn_stream.precisions import CPU_AUTO_CANDIDATES, NAMES, precision
 from carn_stream.settings import default_cache_dir
 
@@ -393,9 +393,6 @@ class InferenceWorker:
     submission order.
     """
 
-    JOB_PRIORITY, LIVE_PRIORITY = 10, 0
-    WAITED_PRIORITY, PREFETCH_PRIORITY = 3, 6
-
     def __init__(
         self,
         engine: Engine,
@@ -425,7 +422,7 @@ class InferenceWorker:
         planes: list[np.ndarray],
         spec: ColourSpec,
         scale: int,
-        priority: int = JOB_PRIORITY,
+        priority: int = Priority.JOB,
         weights: str | None = None,
     ) -> asyncio.Future[BatchResult]:
         """Queue stacked planes for upscaling; the result carries the output planes and their

@@ -16,13 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from carn_stream.pipeline.engine.infer import InferenceWorker
 from carn_stream.pipeline.media.decode import VideoInfo
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import InputLimits, Segment, SegmentPlan, plan_segments
 from carn_stream.pipeline.run import FrameReport, PipelineOptions, SegmentSource, run_pipeline
+
+if TYPE_CHECKING:  # the engine (torch) is the caller's; planning and remuxing need none
+    from carn_stream.pipeline.engine.infer import InferenceWorker
 
 FrameCallback = Callable[[FrameReport], None]
 

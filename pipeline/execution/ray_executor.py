@@ -27,13 +27,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 import ray.exceptions
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from carn_stream.pipeline.engine.infer import InferenceWorker
 from carn_stream.pipeline.execution.executors import (
     FrameCallback,
     PlanRequest,
@@ -47,6 +46,9 @@ from carn_stream.pipeline.execution.segment_transport import cut_segment, locali
 from carn_stream.pipeline.media.decode import VideoInfo
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import SegmentPlan
+
+if TYPE_CHECKING:  # the engine (torch) is the caller's; planning and remuxing need none
+    from carn_stream.pipeline.engine.infer import InferenceWorker
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from carn_stream.pipeline.execution.executors import (
 from carn_stream.pipeline.execution.slots import Slots
 from carn_stream.pipeline.media.formats import OutputFormat
 from carn_stream.pipeline.media.hls import segment_name
+from carn_stream.pipeline.media.join import finish_output
 from carn_stream.pipeline.media.segments import Segment, SegmentPlan
 from carn_stream.pipeline.run import PipelineOptions, first_error
 
@@ -86,7 +87,7 @@ class SegmentedRun:
             raise first_error(errors) from None
         rotation = self.done[0].rotation if 0 in self.done else 0
         return await asyncio.to_thread(
-            self.fmt.finish, self.output, self.work_dir, self.plan, self.source, rotation
+            finish_output, self.fmt, self.output, self.work_dir, self.plan, self.source, rotation
         )
 
     async def _one(self, segment: Segment, own: Slots) -> None:

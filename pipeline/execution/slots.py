@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from carn_stream.pipeline.engine.infer import InferenceWorker
+from carn_stream.pipeline.priorities import Priority
 
 
 @dataclass(eq=False)
@@ -32,7 +32,7 @@ class Slots:
         capacity: int | Callable[[], int],
         recheck: float = 1.0,
         urgent_extra: int = 0,
-        urgent_below: int = InferenceWorker.PREFETCH_PRIORITY,
+        urgent_below: int = Priority.PREFETCH,
     ) -> None:
         self._capacity = capacity if callable(capacity) else (lambda: capacity)
         self.recheck, self.urgent_extra, self.urgent_below = recheck, urgent_extra, urgent_below
@@ -48,7 +48,7 @@ class Slots:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def ticket(self, priority: int = InferenceWorker.JOB_PRIORITY) -> Ticket:
+    def ticket(self, priority: int = Priority.JOB) -> Ticket:
         return Ticket(priority, next(self._seq))
 
     async def acquire(self, ticket: Ticket | None = None) -> None:

@@ -21,9 +21,8 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from carn_stream.pipeline.engine.infer import InferenceWorker
 from carn_stream.pipeline.execution.executors import (
     FrameCallback,
     PlanRequest,
@@ -36,6 +35,9 @@ from carn_stream.pipeline.execution.executors import (
 from carn_stream.pipeline.media.decode import VideoInfo
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import SegmentPlan
+
+if TYPE_CHECKING:  # the engine (torch) is the caller's; planning and remuxing need none
+    from carn_stream.pipeline.engine.infer import InferenceWorker
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Output formats, one registry: what each writes, where, with which audio, how it is finished.
+"""Output formats, one registry: what each writes, where, with which audio.
 
 A segmented run publishes MPEG-TS segments one by one (see
 :mod:`carn_stream.pipeline.media.encode`); the format decides where they go and what the user
@@ -13,32 +13,25 @@ finally gets:
 
 One rule for every format: an existing output is refused unless overwriting is asked for, and
 missing parent folders are created. Adding a format means adding one entry here; the API, the
-command line and the job backend read their choices from :data:`FORMATS`.
+command line and the job backend read their choices from :data:`FORMATS`. The final output is
+made by :func:`carn_stream.pipeline.media.join.finish_output`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.hls import (
     PLAYLIST_NAME,
     SEGMENT_AUDIO,
     SEGMENT_NAME_RE,
-    segment_name,
     write_playlist,
 )
-
-if TYPE_CHECKING:  # the command line reads FORMAT_NAMES without loading the pipeline
-    from carn_stream.pipeline.media.segments import SegmentPlan
+from carn_stream.pipeline.media.segments import SegmentPlan
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +121,6 @@ class OutputFormat:
                     break
                 durations.append(segment.duration)
             write_playlist(output, durations, plan.max_duration, complete=False)
-
-    def finish(
-        self, output: Path, work_dir: Path, plan: SegmentPlan, source: Path, rotation: int
-    ) -> Path:
-        """Make the final output from all the published segments."""
-        folder = self.segment_dir(output, work_dir)
-        if self.is_folder:
-            durations = [s.duration for s in plan.segments]
-            write_playlist(output, durations, plan.max_duration, complete=True)
-            return output
-        paths = [folder / segment_name(s.index) for s in plan.segments]
-        join_segments(paths, plan.time_base, source, output, self, rotation)
-        shutil.rmtree(folder, ignore_errors=True)
-        return output
 
     def discard(self, output: Path) -> None:
         """Remove a (partial) output: nothing half-made is ever served."""
@@ -237,117 +216,3 @@ def format_for_path(path: Path, name: str | None = None) -> OutputFormat:
     if not suffix:
         return FORMATS["hls"]
     raise OutputError(f"output {path}: unsupported suffix {path.suffix!r}; use {allowed}")
-
-
-# --------------------------------------------------------------------------- joining
-
-
-def join_segments(
-    paths: list[Path],
-    time_base: Fraction,
-    source: Path,
-    target: Path,
-    fmt: OutputFormat,
-    rotation: int = 0,
-) -> Path:
-    """Remux segments (in order) into one file of ``fmt`` at ``target``: no re-encoding, the
-    input's timestamps and time base back, its audio copied where the container takes it (else
-    the segments' AAC), and what else of the input the container can hold: subtitles, chapters,
-    metadata, dispositions, attachments, the sample aspect ratio. Written under a temporary
-    name, then renamed."""
-    import av
-
-    from carn_stream.pipeline.media import keep
-    from carn_stream.pipeline.media.decode import open_input
-    from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
-
-    part = target.with_name(f".{target.name}.part")
-    offset = Fraction(SEGMENT_OFFSET_SECONDS)
-    options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
-    try:
-        with (
-            av.open(str(paths[0])) as first,
-            open_input(source) as src,  # the user's file: the allow-lists apply
-            av.open(str(part), "w", format=fmt.muxer, options=options) as out,
-        ):
-            src_video = src.streams.video[0]
-            video_out = out.add_stream_from_template(first.streams.video[0])
-            video_out.time_base = time_base
-            if rotation:
-                video_out.set_display_rotation(rotation)
-            keep.copy_stream_facts(src_video, video_out)
-            keep.copy_sample_aspect_ratio(src_video, video_out)
-            src_audio = list(src.streams.audio)
-            from_source = all(a.codec_context.name in fmt.copyable_audio for a in src_audio)
-            audio_map: dict[int, object] = {}
-            if from_source:
-                for stream in src_audio:
-                    audio_map[stream.index] = out.add_stream_from_template(stream)
-                    keep.copy_stream_facts(stream, audio_map[stream.index])
-            else:
-                for stream, original in zip(first.streams.audio, src_audio, strict=False):
-                    audio_map[stream.index] = out.add_stream_from_template(stream)
-                    keep.copy_stream_facts(original, audio_map[stream.index])
-            subtitles = keep.subtitle_streams(src, out, fmt)
-            keep.copy_container_facts(src, out, fmt)
-
-            def video_packets() -> Iterator[tuple[Fraction, int, object]]:
-                for n, path in enumerate(paths):
-                    with av.open(str(path)) as seg:
-                        for packet in seg.demux(seg.streams.video[0]):
-                            if packet.dts is None or packet.size == 0:
-                                continue
-                            tb = packet.time_base
-                            packet.pts = round((packet.pts * tb - offset) / time_base)
-                            packet.dts = round((packet.dts * tb - offset) / time_base)
-                            packet.time_base = time_base
-                            packet.stream = video_out
-                            yield packet.dts * time_base, n, packet
-
-            def source_packets() -> Iterator[tuple[Fraction, int, object]]:
-                """The input's audio (when copied) and subtitles, in the input's order."""
-                wanted = [*(src_audio if from_source else []), *subtitles.streams]
-                if not wanted:
-                    return
-                for packet in src.demux(wanted):
-                    if packet.dts is None and packet.pts is None:
-                        continue
-                    if packet.stream.type == "subtitle":
-                        converted = subtitles.convert(packet)
-                        if converted is not None:
-                            at = converted.pts * converted.time_base
-                            yield at, -1, converted
-                        continue
-                    if packet.size == 0:
-                        continue
-                    packet.stream = audio_map[packet.stream.index]
-                    yield packet.dts * packet.time_base, -1, packet
-
-            def segment_audio() -> Iterator[tuple[Fraction, int, object]]:
-                if from_source:
-                    return
-                for path in paths:
-                    with av.open(str(path)) as seg:
-                        streams = list(seg.streams.audio)
-                        if not streams:
-                            continue
-                        for packet in seg.demux(streams):
-                            if packet.dts is None or packet.size == 0:
-                                continue
-                            tb = packet.time_base
-                            at = packet.dts * tb - offset
-                            packet.pts = round((packet.pts * tb - offset) / tb)
-                            packet.dts = round(at / tb)
-                            packet.stream = audio_map[packet.stream.index]
-                            yield at, -1, packet
-
-            merged = heapq.merge(
-                video_packets(), source_packets(), segment_audio(), key=lambda e: (e[0], e[1])
-            )
-            for _, _, packet in merged:
-                out.mux(packet)
-    except (av.FFmpegError, OSError) as exc:
-        part.unlink(missing_ok=True)
-        raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
-    part.replace(target)
-    return target

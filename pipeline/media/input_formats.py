@@ -31,6 +31,8 @@ IMAGE_OPEN_OPTIONS = {
     "protocol_whitelist": "file",
     "pattern_type": "none",  # a name with % or * is one file, not a sequence
 }
+#: File suffixes taken for videos where a folder is read (the CLI, live samples, calibration).
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".y4m", ".mpg"})
 LOCAL_PROTOCOLS = "file"
 URL_PROTOCOLS = "http,https,tcp,tls"
 URL_SCHEMES = ("http", "https")

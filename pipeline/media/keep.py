@@ -1,6 +1,6 @@
 """Keep the whole file: what an input holds besides video and audio, carried into an output.
 
-When segments are joined into one file (:func:`carn_stream.pipeline.media.formats.join_segments`)
+When segments are joined into one file (:func:`carn_stream.pipeline.media.join.join_segments`)
 the input is at hand; from it the output gets, as far as its container can hold them:
 
 - subtitle streams: copied where the container takes the codec; other text subtitles converted
@@ -21,14 +21,11 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import av
 
 from carn_stream.pipeline.media.decode import stream_sample_aspect_ratio
-
-if TYPE_CHECKING:
-    from carn_stream.pipeline.media.formats import OutputFormat
+from carn_stream.pipeline.media.formats import OutputFormat
 
 log = logging.getLogger(__name__)
 

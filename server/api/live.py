@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from carn_stream.pipeline.errors import PipelineError
-from carn_stream.pipeline.sampling import VIDEO_SUFFIXES
+from carn_stream.pipeline.media.input_formats import VIDEO_SUFFIXES
 from carn_stream.server.deps import get_settings, get_worker_holder
 from carn_stream.server.jobs.params import Scale
 from carn_stream.server.live import LiveSessions, SdpError

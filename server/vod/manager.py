@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carn_stream.model.named_weights import tuned_name
-from carn_stream.pipeline.engine.infer import InferenceWorker
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentTask
 from carn_stream.pipeline.execution.slots import Slots, Ticket
 from carn_stream.pipeline.media.encode import EncoderOptions
@@ -39,6 +38,7 @@ from carn_stream.pipeline.media.renditions import (
     upscaled_audio_tag,
 )
 from carn_stream.pipeline.media.segments import SegmentPlan
+from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import PipelineOptions
 from carn_stream.server.inputs.exposure import redact_paths
 from carn_stream.server.inputs.fetch import fetch, fetch_policy, validate_url
@@ -274,7 +274,7 @@ class VideoManager:
                 self.metrics.vod_shared_requests.labels(rendition).inc()
                 if work.prefetch:  # a player waits for it now
                     work.prefetch = False
-                    self.slots.raise_priority(work.ticket, InferenceWorker.WAITED_PRIORITY)
+                    self.slots.raise_priority(work.ticket, Priority.WAITED)
             self._prefetch(video, rendition, index)
             assert work.task is not None
             try:
@@ -293,7 +293,7 @@ class VideoManager:
 
     def _start(self, video: Video, key: Key, prefetch: bool) -> _Work:
         priority = (
-            InferenceWorker.PREFETCH_PRIORITY if prefetch else InferenceWorker.WAITED_PRIORITY
+            Priority.PREFETCH if prefetch else Priority.WAITED
         )
         work = _Work(key, self.slots.ticket(priority), prefetch)
         work.task = asyncio.create_task(self._make(video, work), name=f"segment-{key}")

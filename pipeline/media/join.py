@@ -1,0 +1,173 @@
+"""The end of a segmented run: a format's final output made from its published segments.
+
+An HLS folder gets its playlist closed; a file format gets the segments joined by remuxing (no
+re-encoding) into one file, with the input's timestamps and time base back, its audio copied
+where the container takes it (else the segments' AAC), and what else of the input the container
+can hold: subtitles, chapters, metadata, dispositions, attachments, the sample aspect ratio
+(:mod:`carn_stream.pipeline.media.keep`). The file is written under a temporary name, then
+renamed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.media import keep
+from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
+from carn_stream.pipeline.media.formats import OutputFormat
+from carn_stream.pipeline.media.hls import segment_name, write_playlist
+from carn_stream.pipeline.media.segments import SegmentPlan
+
+#: (time in seconds, source order, packet): the merge order of the joined file's packets.
+#: Packets of the input (audio, subtitles) sort before segment packets at the same time.
+Timed = tuple[Fraction, int, av.Packet]
+
+
+def finish_output(
+    fmt: OutputFormat, output: Path, work_dir: Path, plan: SegmentPlan, source: Path,
+    rotation: int,
+) -> Path:  # fmt: skip
+    """Make ``fmt``'s final output from all of the plan's published segments."""
+    folder = fmt.segment_dir(output, work_dir)
+    if fmt.is_folder:
+        durations = [s.duration for s in plan.segments]
+        write_playlist(output, durations, plan.max_duration, complete=True)
+        return output
+    paths = [folder / segment_name(s.index) for s in plan.segments]
+    join_segments(paths, plan.time_base, source, output, fmt, rotation)
+    shutil.rmtree(folder, ignore_errors=True)
+    return output
+
+
+def join_segments(
+    paths: list[Path],
+    time_base: Fraction,
+    source: Path,
+    target: Path,
+    fmt: OutputFormat,
+    rotation: int = 0,
+) -> Path:
+    """Remux segments (in order) into one file of ``fmt`` at ``target`` (see the module)."""
+    part = target.with_name(f".{target.name}.part")
+    options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
+    try:
+        with (
+            av.open(str(paths[0])) as first,
+            open_input(source) as src,  # the user's file: the allow-lists apply
+            av.open(str(part), "w", format=fmt.muxer, options=options) as out,
+        ):
+            streams = _add_streams(first, src, out, fmt, time_base, rotation)
+            merged = heapq.merge(
+                _segment_video(paths, streams.video, time_base),
+                _input_packets(src, streams),
+                _segment_audio(paths, streams),
+                key=lambda timed: (timed[0], timed[1]),
+            )
+            for _, _, packet in merged:
+                out.mux(packet)
+    except (av.FFmpegError, OSError) as exc:
+        part.unlink(missing_ok=True)
+        raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
+    part.replace(target)
+    return target
+
+
+@dataclass
+class _Streams:
+    """The joined file's streams and where their packets come from."""
+
+    video: av.stream.Stream
+    audio: dict[int, av.stream.Stream]  #: input (or segment) audio stream index -> output
+    audio_from_input: bool  #: the input's audio is copied (else the segments' AAC)
+    input_audio: list[av.stream.Stream]
+    subtitles: keep.Subtitles
+
+
+def _add_streams(first, src, out, fmt: OutputFormat, time_base: Fraction, rotation: int):
+    src_video = src.streams.video[0]
+    video = out.add_stream_from_template(first.streams.video[0])
+    video.time_base = time_base
+    if rotation:
+        video.set_display_rotation(rotation)
+    keep.copy_stream_facts(src_video, video)
+    keep.copy_sample_aspect_ratio(src_video, video)
+    input_audio = list(src.streams.audio)
+    from_input = all(a.codec_context.name in fmt.copyable_audio for a in input_audio)
+    audio: dict[int, av.stream.Stream] = {}
+    if from_input:
+        for stream in input_audio:
+            audio[stream.index] = out.add_stream_from_template(stream)
+            keep.copy_stream_facts(stream, audio[stream.index])
+    else:
+        for stream, original in zip(first.streams.audio, input_audio, strict=False):
+            audio[stream.index] = out.add_stream_from_template(stream)
+            keep.copy_stream_facts(original, audio[stream.index])
+    subtitles = keep.subtitle_streams(src, out, fmt)
+    keep.copy_container_facts(src, out, fmt)
+    return _Streams(video, audio, from_input, input_audio, subtitles)
+
+
+def _segment_video(paths: list[Path], video, time_base: Fraction) -> Iterator[Timed]:
+    """The segments' video packets, the segment offset taken off, in the input's time base."""
+    offset = Fraction(SEGMENT_OFFSET_SECONDS)
+    for n, path in enumerate(paths):
+        with av.open(str(path)) as segment:
+            for packet in segment.demux(segment.streams.video[0]):
+                if packet.dts is None or packet.size == 0:
+                    continue
+                tb = packet.time_base
+                packet.pts = round((packet.pts * tb - offset) / time_base)
+                packet.dts = round((packet.dts * tb - offset) / time_base)
+                packet.time_base = time_base
+                packet.stream = video
+                yield packet.dts * time_base, n, packet
+
+
+def _input_packets(src, streams: _Streams) -> Iterator[Timed]:
+    """The input's audio (when copied) and subtitles, in the input's order."""
+    wanted = [*(streams.input_audio if streams.audio_from_input else []),
+              *streams.subtitles.streams]  # fmt: skip
+    if not wanted:
+        return
+    for packet in src.demux(wanted):
+        if packet.dts is None and packet.pts is None:
+            continue
+        if packet.stream.type == "subtitle":
+            converted = streams.subtitles.convert(packet)
+            if converted is not None:
+                yield converted.pts * converted.time_base, -1, converted
+            continue
+        if packet.size == 0:
+            continue
+        packet.stream = streams.audio[packet.stream.index]
+        yield packet.dts * packet.time_base, -1, packet
+
+
+def _segment_audio(paths: list[Path], streams: _Streams) -> Iterator[Timed]:
+    """The segments' audio (AAC made from audio the container cannot copy), offset taken off."""
+    if streams.audio_from_input:
+        return
+    offset = Fraction(SEGMENT_OFFSET_SECONDS)
+    for path in paths:
+        with av.open(str(path)) as segment:
+            audio = list(segment.streams.audio)
+            if not audio:
+                continue
+            for packet in segment.demux(audio):
+                if packet.dts is None or packet.size == 0:
+                    continue
+                tb = packet.time_base
+                at = packet.dts * tb - offset
+                packet.pts = round((packet.pts * tb - offset) / tb)
+                packet.dts = round(at / tb)
+                packet.stream = streams.audio[packet.stream.index]
+                yield at, -1, packet
