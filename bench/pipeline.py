@@ -92,7 +92,7 @@ SEGMENT_SECONDS = 1.0  #: --segment-seconds
 async def _segmented_fps(executor, clip: Path, scale: int, batch: int, tmp: Path):
     """Frames per second of a segmented run (plan, segments, join), and its segment count."""
     start = time.perf_counter()
-    plan, _ = await executor.plan(PlanRequest(clip, SEGMENT_SECONDS))
+    plan = await executor.plan(PlanRequest(clip, SEGMENT_SECONDS))
     run = SegmentedRun(
         source=clip, plan=plan, fmt=FORMATS["mp4"], output=tmp / "segmented.mp4",
         work_dir=tmp / "work",

@@ -53,6 +53,17 @@ class Timed:
     def slots(self) -> int:
         return self.inner.slots
 
+    @property
+    def device(self) -> str:
+        return self.inner.device
+
+    @property
+    def engines(self) -> dict[str, int]:
+        return self.inner.engines
+
+    async def start(self) -> None:
+        await self.inner.start()
+
     async def plan(self, request):
         return await self.inner.plan(request)
 
@@ -64,7 +75,7 @@ class Timed:
 
 
 async def segmented(executor, clip: Path, out: Path, in_flight: int) -> float:
-    plan, _ = await executor.plan(PlanRequest(clip, 1.0))
+    plan = await executor.plan(PlanRequest(clip, 1.0))
     started = time.monotonic()
     run = SegmentedRun(
         source=clip, plan=plan, fmt=FORMATS["mp4"], output=out / "out.mp4", work_dir=out / "w",
@@ -102,7 +113,8 @@ def main() -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from carn_stream.pipeline.execution.ray_executor import RayExecutor, RayOptions
+    from carn_stream.pipeline.execution.choice import RayOptions
+    from carn_stream.pipeline.execution.ray_executor import RayExecutor
 
     width, height = map(int, args.size.split("x"))
     settings = Settings(device="cpu", precision="fp32", allow_download=False,
@@ -133,7 +145,7 @@ def main() -> int:
                 executor = RayExecutor(factory, RayOptions(address=cluster.address))
                 await executor.start()
                 try:
-                    while len(executor.actors) < nodes:
+                    while len(executor.engines) < nodes:
                         await asyncio.sleep(0.2)
                     return await measure(executor, clip, tmp)
                 finally:
@@ -173,7 +185,7 @@ def _segment_bytes(clip: Path) -> tuple[float, float]:
     """Mean seconds and bytes of the head's remux of one segment."""
     from carn_stream.pipeline.media.segments import plan_segments
 
-    plan, _ = plan_segments(clip, 1.0)
+    plan = plan_segments(clip, 1.0)
     times, sizes = [], []
     for segment in plan.segments:
         started = time.monotonic()

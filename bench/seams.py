@@ -75,7 +75,7 @@ def run_all(worker: InferenceWorker, clip: Path, crf: int, tmp: Path):
 
     async def segmented():
         executor = InProcessExecutor(worker)
-        plan, _ = await executor.plan(PlanRequest(clip, 1.0))
+        plan = await executor.plan(PlanRequest(clip, 1.0))
         run = SegmentedRun(source=clip, plan=plan, fmt=FORMATS["mp4"], output=tmp / "seg.mp4",
                            work_dir=tmp / "work", options=options, executor=executor)  # fmt: skip
         await run.execute()

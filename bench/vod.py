@@ -46,8 +46,7 @@ CLIP = "bigbuckbunny.mp4"  # 132 frames at 25 fps: five 1 s segments
 
 async def measure(worker: InferenceWorker, clip: Path, scale: int, tmp: Path) -> dict[str, float]:
     settings = Settings(data_dir=tmp / f"data-{time.monotonic_ns()}", allow_local_files=True,
-                        segment_seconds=1, vod_prefetch_segments=0,
-                        batch_size=8 if worker.device.type == "cuda" else 1)  # fmt: skip
+                        segment_seconds=1, vod_prefetch_segments=0)  # fmt: skip
     store = VideoStore(settings.data_dir / "videos.sqlite3")
     executor = InProcessExecutor(worker, settings.worker_slots)
     manager = VideoManager(store, settings, Metrics(), lambda: executor,

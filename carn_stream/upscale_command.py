@@ -9,6 +9,8 @@ earlier, interrupted run of the same command is not "existing": it is resumed.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,8 +47,9 @@ class Item:
 
 def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.loading import start_worker
-    from carn_stream.pipeline.execution.executors import InProcessExecutor
+    from carn_stream.pipeline.execution.choice import open_executor
     from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
+    from carn_stream.server.workers import executor_choice
     from carn_stream.stopping import run_stoppable
 
     source = Path(args.input)
@@ -65,17 +68,16 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     for item in items:
         _identify(item, args, settings, encoder, seconds)
         _claim(item, args.overwrite, skip_existing=folder_run)
-    worker = start_worker(settings, tile=args.tile)
-    executor = InProcessExecutor(worker)
+    args.batch = args.batch or settings.batch_size  # 0: the executor's device decides
+    # The service's executor, as the same settings choose it (a worker process by default).
+    factory = functools.partial(start_worker, settings, args.tile)
+    executor = open_executor(executor_choice(settings), factory)
     where = items[0].work if not folder_run else "each output's work folder"
-    try:
-        return run_stoppable(
-            _upscale(args, items, encoder, seconds, executor, folder_run),
-            f"abandoning the segments in progress; finished ones stay in {where} "
-            "(run the same command again to resume)",
-        )
-    finally:
-        worker.close()
+    return run_stoppable(
+        _upscale(args, items, encoder, seconds, executor, folder_run),
+        f"abandoning the segments in progress; finished ones stay in {where} "
+        "(run the same command again to resume)",
+    )
 
 
 # --------------------------------------------------------------------------- what to make
@@ -166,6 +168,16 @@ def _claim(item: Item, overwrite: bool, skip_existing: bool) -> None:
 
 
 async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_run) -> int:
+    await executor.start()
+    try:
+        return await _upscale_items(args, items, seconds, encoder, executor, folder_run)
+    finally:
+        task = asyncio.current_task()
+        if not (task and task.cancelling()):  # stopped by a signal: the process ends now, and
+            await executor.close()  # a worker process ends with it, without being waited for
+
+
+async def _upscale_items(args, items: list[Item], seconds, encoder, executor, folder_run) -> int:
     from carn_stream.pipeline.errors import PipelineError
     from carn_stream.pipeline.execution.executors import PlanRequest
     from carn_stream.pipeline.execution.workdir import WorkDir
@@ -183,7 +195,7 @@ async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_r
             )
             continue
         try:
-            item.plan, _ = await executor.plan(PlanRequest(item.source, seconds))
+            item.plan = await executor.plan(PlanRequest(item.source, seconds))
         except (PipelineError, ValueError) as exc:
             if not folder_run:
                 raise
@@ -215,28 +227,29 @@ async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_r
     print(
         f"{item.source} {item.plan.width}x{item.plan.height} -> {item.output} x{args.scale}: "
         f"{item.plan.frames} frames in {len(item.plan.segments)} segments "
-        f"({executor.worker.device}, {item.seconds:.1f} s)",
+        f"({executor.device}, {item.seconds:.1f} s)",
         file=sys.stderr,
     )
     return 0
 
 
 async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: bool) -> None:
+    from carn_stream.pipeline.execution.executors import batch_size
     from carn_stream.pipeline.execution.segmented import SegmentedRun
     from carn_stream.pipeline.execution.workdir import WorkDir
     from carn_stream.pipeline.run import PipelineOptions
 
     folder = WorkDir(item.work)
     done = dict(item.resumed[1]) if item.resumed else {}
-    batch = args.batch or (8 if executor.worker.device.type == "cuda" else 1)
+    batch = batch_size(args.batch, executor)
     options = PipelineOptions(scale=args.scale, encoder=encoder, batch_size=batch)
     said: list[bool] = []
     note = item.source.name if folder_run else ""
 
     def on_frame(report) -> None:
-        if not said and not folder_run:  # auto decides on the first frame
+        if not said and not folder_run and report.precision:  # auto decides on the first frame
             said.append(True)
-            print(f"precision {executor.worker.engine.describe_precision()}", file=sys.stderr)
+            print(f"precision {report.precision}", file=sys.stderr)
         bar.update(note=note)
 
     run = SegmentedRun(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import Enum
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -208,10 +209,16 @@ class CARN(nn.Module):
         return self.exit(out.to(x.dtype)) + mean
 
 
-def carn(weights: object = None, *, scales: Sequence[int] = SUPPORTED_SCALES, **kwargs) -> CARN:
+def carn(
+    weights: object = None,
+    *,
+    scales: Sequence[int] = SUPPORTED_SCALES,
+    cache_dir: Path | None = None,
+    **kwargs,
+) -> CARN:
     """CARN: plain residual blocks, local and global cascading, 1.59M parameters."""
     model = CARN(scales, **kwargs)
-    return _with_weights(model, weights)
+    return _with_weights(model, weights, cache_dir)
 
 
 def carn_m(
@@ -220,18 +227,20 @@ def carn_m(
     scales: Sequence[int] = SUPPORTED_SCALES,
     group: int = 4,
     recursive: bool = True,
+    cache_dir: Path | None = None,
     **kwargs,
 ) -> CARN:
     """CARN-M: residual-E blocks with group convs, recursive blocks, group-conv upsampler.
 
-    ``weights`` takes a :class:`carn_stream.model.weights.CARNMWeights` entry or a path.
+    ``weights`` takes a :class:`carn_stream.model.weights.CARNMWeights` entry (found in, or
+    downloaded into, ``cache_dir``) or a path.
     """
     if weights is not None:
         entry = weights.value if isinstance(weights, Enum) else weights  # a registry member
         scales = tuple((getattr(entry, "meta", None) or {}).get("scales", scales))
     kwargs.setdefault("upsample_group", group)
     model = CARN(scales, efficient=True, group=group, recursive=recursive, **kwargs)
-    return _with_weights(model, weights)
+    return _with_weights(model, weights, cache_dir)
 
 
 def carn_nl(**kwargs) -> CARN:
@@ -249,10 +258,10 @@ def resnet_baseline(**kwargs) -> CARN:
     return CARN(local_cascade=False, global_cascade=False, **kwargs)
 
 
-def _with_weights(model: CARN, weights: object) -> CARN:
+def _with_weights(model: CARN, weights: object, cache_dir: Path | None) -> CARN:
     if weights is None:
         return model
     from carn_stream.model.weights import load_weights  # local import: weights imports this module
 
-    load_weights(model, weights)
+    load_weights(model, weights, **({} if cache_dir is None else {"cache_dir": cache_dir}))
     return model

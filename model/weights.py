@@ -23,8 +23,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from carn_stream.settings import default_cache_dir
-
 ProgressCallback = Callable[[int, int | None], None]
 log = logging.getLogger(__name__)
 
@@ -322,15 +320,20 @@ def _official_key(key: str, scales: tuple[int, ...]) -> str:
 def load_weights(model: nn.Module, weights: CARNMWeights | Weights | Path | str, **resolve) -> Path:
     """Load a registry entry or a file into ``model``; any key or shape mismatch raises.
 
-    ``resolve`` is passed to :func:`resolve_weights_file` for registry entries
-    (``cache_dir`` defaults to the settings' default cache folder). Returns the file loaded.
+    ``resolve`` is passed to :func:`resolve_weights_file` for registry entries (``cache_dir``,
+    the folder they are found in or downloaded into, is needed for all but bundled weights).
+    Returns the file loaded.
     """
     if isinstance(weights, Enum):  # a registry member
         weights = weights.value
     if isinstance(weights, Weights):
-        resolve.setdefault("cache_dir", default_cache_dir())
         if weights.bundled_path is not None and not weights.url:
             path = bundled_file(weights)
+        elif "cache_dir" not in resolve:
+            raise WeightsError(
+                f"{weights.filename} is found in (or downloaded into) a cache folder: "
+                "pass cache_dir"
+            )
         else:
             path = resolve_weights_file(weights, **resolve)
     else:

@@ -69,6 +69,8 @@ class FrameReport:
     timings: dict[str, float]
     batch_frames: int = 1  #: size of the inference batch the frame travelled in
     batch_start: bool = True  #: the first frame of its batch (count each batch once)
+    #: the engine's precision as the run's first frame found it (auto decides then); "" after
+    precision: str = ""
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,8 @@ class _PipelineRun:
                 }  # read-ahead (decoded, not yet batched) is backpressure, not latency
                 timings["total"] = timings["decode"] + muxed - item.formed_at
                 if self.on_frame:
+                    first = self.done == 1
+                    precision = self.worker.engine.describe_precision() if first else ""
                     self.on_frame(
                         FrameReport(
                             frame.index,
@@ -296,6 +300,7 @@ class _PipelineRun:
                             timings,
                             len(frames),
                             position == 0,
+                            precision,
                         )
                     )
         await self.encoder.call(_write, sink, [], None, list(self.audio), 0)

@@ -28,6 +28,7 @@ from carn_stream.server.api import watch as watch_api
 from carn_stream.server.blocking import BlockingPool
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
+from carn_stream.server.limits import Intake
 from carn_stream.server.live import LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.middleware import Gate, RequestMetrics
@@ -69,10 +70,13 @@ async def start_services(
     executors = ExecutorHolder(settings, worker_factory, holder, metrics)
     # Jobs and videos share the executor's slots, which follow it (a cluster grows).
     slots = Slots(lambda: executors.slots(settings.worker_slots), urgent_extra=1)
-    runner = JobRunner(store, settings, metrics, executors.get, offload=blocking.run, slots=slots)
+    intake = Intake.from_settings(settings)
+    runner = JobRunner(store, settings, metrics, executors.get, blocking.run, slots, intake)
     await asyncio.to_thread(runner.discard_files, failed)  # failed jobs serve nothing
     video_store = VideoStore(settings.data_dir / "jobs.sqlite3")
-    videos = VideoManager(video_store, settings, metrics, executors.get, slots, blocking.run)
+    videos = VideoManager(
+        video_store, settings, metrics, executors.get, slots, blocking.run, intake
+    )
     restrict_ice_hosts(settings.live_ice_hosts)
     live = LiveSessions.from_settings(metrics, settings)
     return Services(store, video_store, blocking, holder, executors, runner, videos, live)

@@ -1,5 +1,6 @@
 """The model workers the service holds: its own inference worker (live sessions; loaded in
-the background so health checks answer meanwhile) and the job runner's segment executor."""
+the background so health checks answer meanwhile) and the segment executor of jobs and videos,
+as the settings choose it (:func:`executor_choice`, also what the command line runs)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,30 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from carn_stream.pipeline.engine.infer import InferenceWorker
-from carn_stream.pipeline.execution.executors import InProcessExecutor, SegmentExecutor
-from carn_stream.pipeline.execution.worker_process import ProcessExecutor, ProcessLimits
-
-if TYPE_CHECKING:
-    from carn_stream.pipeline.execution.ray_executor import RayExecutor
+from carn_stream.pipeline.execution.choice import (
+    ExecutorChoice,
+    RayOptions,
+    open_executor,
+)
+from carn_stream.pipeline.execution.executors import SegmentExecutor
 from carn_stream.server.metrics import Metrics
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def executor_choice(settings: Settings) -> ExecutorChoice:
+    """The executor the settings ask for: a Ray cluster when an address is set, else
+    ``CARN_STREAM_EXECUTOR``'s kind."""
+    ray = RayOptions(
+        address=settings.ray_address or "auto",
+        segments_per_actor=settings.ray_segments_per_actor,
+        cpu_resource=settings.ray_cpu_resource,
+    )
+    kind = "ray" if settings.ray_address else settings.executor
+    return ExecutorChoice(kind, settings.worker_slots, settings.worker_max_open_files, ray)
 
 
 class WorkerHolder:
@@ -44,9 +57,9 @@ class WorkerHolder:
 
 
 class ExecutorHolder:
-    """The job runner's segment executor, as the settings ask: actors on a Ray cluster, a
-    supervised worker process (both started in the background) or this process's own inference
-    worker."""
+    """The segment executor, as :func:`executor_choice` picks it: actors on a Ray cluster or a
+    supervised worker process (both started in the background), or this process's own
+    inference worker (once it has loaded)."""
 
     def __init__(
         self,
@@ -55,28 +68,18 @@ class ExecutorHolder:
         local: WorkerHolder,
         metrics: Metrics | None = None,
     ) -> None:
-        self.settings, self.local = settings, local
+        self.choice = executor_choice(settings)
+        self.local, self._factory = local, worker_factory
         self.error: str | None = None
         self._executor: SegmentExecutor | None = None
-        self._process: ProcessExecutor | RayExecutor | None = None
         self._starting: asyncio.Task | None = None
-        if settings.ray_address:
-            from carn_stream.pipeline.execution.ray_executor import RayExecutor, RayOptions
-
-            options = RayOptions(
-                address=settings.ray_address,
-                segments_per_actor=settings.ray_segments_per_actor,
-                cpu_resource=settings.ray_cpu_resource,
-            )
+        self._own: SegmentExecutor | None = None  #: started here (not the local worker's)
+        if self.choice.kind != "inprocess":
             observer = metrics.cluster if metrics is not None else None
-            self._process = RayExecutor(worker_factory, options, observer)
-            self._starting = asyncio.create_task(self._start(self._process))
-        elif settings.executor == "process":
-            limits = ProcessLimits(max_open_files=settings.worker_max_open_files)
-            self._process = ProcessExecutor(worker_factory, settings.worker_slots, limits)
-            self._starting = asyncio.create_task(self._start(self._process))
+            self._own = open_executor(self.choice, worker_factory, observer=observer)
+            self._starting = asyncio.create_task(self._start(self._own))
 
-    async def _start(self, executor: ProcessExecutor | RayExecutor) -> None:
+    async def _start(self, executor: SegmentExecutor) -> None:
         try:
             await executor.start()
             self._executor = executor
@@ -91,8 +94,8 @@ class ExecutorHolder:
 
     def get(self) -> SegmentExecutor | None:
         """The executor once it can take work."""
-        if self._executor is None and self._process is None and self.local.worker is not None:
-            self._executor = InProcessExecutor(self.local.worker, self.settings.worker_slots)
+        if self._executor is None and self._own is None and self.local.worker is not None:
+            self._executor = open_executor(self.choice, self._factory, self.local.worker)
         return self._executor
 
     async def close(self) -> None:
@@ -101,5 +104,5 @@ class ExecutorHolder:
             await asyncio.gather(self._starting, return_exceptions=True)
         if self._executor is not None:
             await self._executor.close()
-        elif self._process is not None:
-            await self._process.close()
+        elif self._own is not None:
+            await self._own.close()

@@ -33,7 +33,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 def run_both(clips, tmp_path, executor):
     async def one(name: str):
-        plan, _ = await executor.plan(PlanRequest(clips[name], 1.0))
+        plan = await executor.plan(PlanRequest(clips[name], 1.0))
         task = SegmentTask.of(clips[name], plan, 0, tmp_path / f"{name}.ts",
                               PipelineOptions(scale=2))  # fmt: skip
         return await executor.run(task, None)
@@ -63,7 +63,7 @@ def test_a_crashing_segment_is_retried_a_bounded_number_of_times(clips, tmp_path
 
     async def go():
         executor = ProcessExecutor(crashing_worker, slots=1)
-        plan, _ = await executor.plan(PlanRequest(clips["hostile"], 1.0))
+        plan = await executor.plan(PlanRequest(clips["hostile"], 1.0))
         run = SegmentedRun(source=clips["hostile"], plan=plan, fmt=FORMATS["mp4"],
                            output=tmp_path / "out.mp4", work_dir=tmp_path / "work",
                            options=PipelineOptions(scale=2), executor=executor,
@@ -85,7 +85,7 @@ def test_the_worker_process_makes_the_same_segments_as_this_process(clips, tmp_p
     executor = ProcessExecutor(crashing_worker, slots=2)
 
     async def go():
-        plan, _ = await executor.plan(PlanRequest(clips["innocent"], 1.0))
+        plan = await executor.plan(PlanRequest(clips["innocent"], 1.0))
         run = SegmentedRun(source=clips["innocent"], plan=plan, fmt=FORMATS["mp4"],
                            output=tmp_path / "out.mp4", work_dir=tmp_path / "work",
                            options=PipelineOptions(scale=2), executor=executor)  # fmt: skip

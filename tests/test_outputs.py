@@ -88,7 +88,7 @@ def make(source: Path, output: Path, worker, fmt: str | None = None, codec: str 
 
     async def go() -> Path:
         executor = InProcessExecutor(worker)
-        plan, _ = await executor.plan(PlanRequest(source, 1.0))
+        plan = await executor.plan(PlanRequest(source, 1.0))
         options = PipelineOptions(scale=2, batch_size=2, encoder=EncoderOptions(codec, crf))
         run = SegmentedRun(source=source, plan=plan, fmt=chosen, output=output,
                            work_dir=output.parent / f".{output.name}.work", options=options,

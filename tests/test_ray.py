@@ -32,7 +32,8 @@ from tests.slow_worker import slow_worker
 ray = pytest.importorskip("ray", reason="Ray is the optional extra '.[ray]' (in the test extra)")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from carn_stream.pipeline.execution.ray_executor import RayExecutor, RayOptions, node_name  # noqa: E402
+from carn_stream.pipeline.execution.choice import RayOptions  # noqa: E402
+from carn_stream.pipeline.execution.ray_executor import RayExecutor, node_name  # noqa: E402
 
 pytestmark = pytest.mark.slow
 RESOURCE = {"carn_worker": 1}
@@ -121,7 +122,7 @@ class Observer:
 
 
 async def segmented(executor, clip: Path, out: Path, record: Record) -> Path:
-    plan, _ = await executor.plan(PlanRequest(clip, 1.0))
+    plan = await executor.plan(PlanRequest(clip, 1.0))
     run = SegmentedRun(
         source=clip, plan=plan, fmt=FORMATS["mp4"], output=out / "out.mp4",
         work_dir=out / "work", options=PipelineOptions(scale=2), executor=executor,
@@ -172,7 +173,7 @@ def test_segments_spread_over_both_nodes_and_match_the_in_process_output(
         executor = ray_executor(cluster, factory)
         await executor.start()
         try:
-            while len(executor.actors) < 2:  # both nodes' engines warm, so both get work
+            while len(executor.engines) < 2:  # both nodes' engines warm, so both get work
                 await asyncio.sleep(0.2)
             return await segmented(executor, clip, tmp_path / "ray", record)
         finally:
@@ -206,7 +207,7 @@ def test_the_service_runs_a_job_on_the_cluster_and_records_each_segments_node(
     server = ServerProcess(tmp_path / "data", CARN_STREAM_RAY_ADDRESS=cluster.address)
     try:
         server.start(timeout=240)
-        wait_for(lambda: len(server.call("GET", "/readyz").json()["cluster_actors"]) == 2, 120,
+        wait_for(lambda: len(server.call("GET", "/readyz").json()["engines"]) == 2, 120,
                  "an engine on each worker node")  # fmt: skip
         with media_server(clip.parent) as base:
             job = server.call(
@@ -244,7 +245,7 @@ def test_a_node_killed_mid_run_loses_no_frame(cluster, clip, tmp_path):
         executor = ray_executor(cluster, slow_worker, observer)
         await executor.start()
         try:
-            while len(executor.actors) < 2:
+            while len(executor.engines) < 2:
                 await asyncio.sleep(0.2)
             out = await segmented(executor, clip, tmp_path, observer.record)
             return out, observer.record

@@ -81,6 +81,8 @@ def test_health_and_readiness(server):
     assert server.call("GET", "/healthz").json() == {"status": "ok"}
     ready = server.call("GET", "/readyz").json()
     assert ready.pop("precision") == "fp32"  # the mode the tests' servers are given
+    engines = ready.pop("engines")
+    assert list(engines.values()) == [1] and next(iter(engines)).startswith("process:")
     assert ready == {"ready": True, "model_loaded": True, "store_writable": True,
                      "executor": "process", "executor_ready": True,
                      "data_dir_writable": True,

@@ -245,7 +245,6 @@ def test_a_registry_member_builds_the_scales_its_weights_hold(tmp_path, monkeypa
     from enum import Enum
 
     from carn_stream.model.weights import Weights
-    from carn_stream.settings import default_cache_dir
 
     only_x2 = carn_m(scales=(2,))
     path = tmp_path / "x2.pth"
@@ -256,10 +255,10 @@ def test_a_registry_member_builds_the_scales_its_weights_hold(tmp_path, monkeypa
     class X2Weights(Enum):
         ONLY_X2 = entry
 
-    cache = default_cache_dir()  # the test's own (conftest points XDG_CACHE_HOME at tmp)
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = tmp_path / "cache"
+    cache.mkdir()
     shutil.copy(path, cache / entry.filename)
-    model = carn_m(weights=X2Weights.ONLY_X2)
+    model = carn_m(weights=X2Weights.ONLY_X2, cache_dir=cache)
     assert model.scales == (2,) and set(model.upsamplers) == {"x2"}
     with pytest.raises(WeightsError):  # the default three-scale network cannot take it
         load_weights(carn_m(), path)

@@ -8,9 +8,13 @@ frame is never dropped.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import itertools
 import logging
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -37,7 +41,6 @@ from carn_stream.pipeline.engine.cpu import cpu_has_native_bf16, cpu_name
 from carn_stream.pipeline.engine.tiling import tiled_forward
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.precisions import CPU_AUTO_CANDIDATES, NAMES, precision
-from carn_stream.settings import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +57,20 @@ class EngineConfig:
     min_tile: int = 32
     cuda_graphs: bool = True  #: replay one CUDA graph per input shape (CUDA only)
     int8_backend: str = "auto"  #: openvino (when installed) or onnxruntime
-    #: where ONNX exports, int8 models and auto's decisions are cached
+    #: where ONNX exports, int8 models and auto's decisions are kept (None: a temporary folder
+    #: of this process, so nothing is remembered across runs)
     cache_dir: Path | None = None
 
     @property
     def cache(self) -> Path:
-        return self.cache_dir or default_cache_dir()
+        return self.cache_dir or _process_cache()
+
+
+@functools.cache
+def _process_cache() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="carn-stream-cache-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 @dataclass

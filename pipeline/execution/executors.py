@@ -18,7 +18,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from carn_stream.pipeline.media.decode import VideoInfo
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import InputLimits, Segment, SegmentPlan, plan_segments
 from carn_stream.pipeline.run import FrameReport, PipelineOptions, SegmentSource, run_pipeline
@@ -76,11 +75,28 @@ class SegmentResult:
 
 
 class SegmentExecutor(Protocol):
-    """Plans inputs and upscales segments, ``slots`` segments at a time."""
+    """Plans inputs and upscales segments, ``slots`` segments at a time, on ``device``."""
 
-    slots: int
+    @property
+    def device(self) -> str:
+        """Where the model runs (``cpu``, ``cuda:0``); known once started ("" before)."""
+        ...
 
-    async def plan(self, request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]: ...
+    @property
+    def slots(self) -> int:
+        """Segments it works on at once (a cluster's grow and shrink with it)."""
+        ...
+
+    @property
+    def engines(self) -> dict[str, int]:
+        """Ready engines per node (a process, a cluster node) now."""
+        ...
+
+    async def start(self) -> None:
+        """Get ready for work (load the model, start processes or actors)."""
+        ...
+
+    async def plan(self, request: PlanRequest) -> SegmentPlan: ...
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult: ...
 
@@ -91,7 +107,18 @@ class SegmentExecutor(Protocol):
     async def close(self) -> None: ...
 
 
-def plan_for(request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
+def default_batch_size(device: str) -> int:
+    """Frames per inference batch when none is configured: 8 on CUDA (the GPU stays busy while
+    frames are decoded), 1 on a CPU (batching gains nothing there and adds latency)."""
+    return 8 if device.startswith("cuda") else 1
+
+
+def batch_size(configured: int, executor: SegmentExecutor) -> int:
+    """The configured batch size, or the default for the executor's device (``configured`` 0)."""
+    return configured or default_batch_size(executor.device)
+
+
+def plan_for(request: PlanRequest) -> SegmentPlan:
     """The plan a request asks for (what every executor runs, wherever it runs)."""
     return plan_segments(request.source, request.target_seconds, limits=request.limits)
 
@@ -115,12 +142,21 @@ async def upscale_segment(
 class InProcessExecutor:
     """Segments run in this process on ``worker`` (shared with other pipelines)."""
 
-    def __init__(self, worker: InferenceWorker, slots: int = 2) -> None:
-        self.worker, self.slots = worker, slots
+    def __init__(self, worker: InferenceWorker, slots: int = 2, owns_worker: bool = False) -> None:
+        """``owns_worker``: close the worker with the executor (else it is shared)."""
+        self.worker, self.slots, self.owns_worker = worker, slots, owns_worker
+        self.device = str(worker.device)
         self._threads = ThreadPoolExecutor(2, thread_name_prefix="carn-plan")
         self.node = f"local:{os.getpid()}"
 
-    async def plan(self, request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
+    @property
+    def engines(self) -> dict[str, int]:
+        return {self.node: 1}
+
+    async def start(self) -> None:
+        """Nothing to start: the worker is running."""
+
+    async def plan(self, request: PlanRequest) -> SegmentPlan:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, plan_for, request)
 
@@ -133,3 +169,5 @@ class InProcessExecutor:
 
     async def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+        if self.owns_worker:
+            await asyncio.to_thread(self.worker.close)

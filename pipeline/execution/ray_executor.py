@@ -33,6 +33,7 @@ import ray
 import ray.exceptions
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from carn_stream.pipeline.execution.choice import RayOptions
 from carn_stream.pipeline.execution.executors import (
     FrameCallback,
     PlanRequest,
@@ -43,7 +44,6 @@ from carn_stream.pipeline.execution.executors import (
     upscale_segment,
 )
 from carn_stream.pipeline.execution.segment_transport import cut_segment, localize, write_copy
-from carn_stream.pipeline.media.decode import VideoInfo
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import SegmentPlan
 
@@ -75,16 +75,6 @@ class SegmentObserver(Protocol):
     def started(self, node: str) -> None: ...
 
     def finished(self, node: str, seconds: float | None, lost: bool) -> None: ...
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: str = "auto"  #: the cluster to join (``auto``: a cluster started on this machine)
-    segments_per_actor: int = 2  #: segments one actor works on at once
-    cpu_resource: str = "carn_worker"  #: the custom resource CPU worker nodes advertise
-    poll_seconds: float = 2.0  #: how often the node table is read
-    start_timeout: float = 300.0  #: seconds to wait for the first actor
-    wait_timeout: float = 600.0  #: seconds a segment waits for a free actor before failing
 
 
 # --------------------------------------------------------------------------- the actor side
@@ -149,10 +139,10 @@ class RayExecutor:
     def __init__(
         self,
         worker_factory: Callable[[], InferenceWorker],
-        options: RayOptions = RayOptions(),
+        options: RayOptions | None = None,
         observer: SegmentObserver | None = None,
     ) -> None:
-        self.options, self.observer = options, observer
+        self.options, self.observer = options or RayOptions(), observer
         self._factory = worker_factory
         self._actors: list[_Actor] = []
         self._changed: asyncio.Condition | None = None
@@ -161,7 +151,7 @@ class RayExecutor:
         self._failed_nodes: dict[str, float] = {}  #: node id -> when an actor failed to start
         self._connected = False
         self._closed = False
-        self.device: str | None = None
+        self.device = ""  #: the first ready actor's
         self.error: str | None = None  #: why the last actor could not start
         self.replaced = 0  #: actors lost with their node or process
 
@@ -174,7 +164,7 @@ class RayExecutor:
         return max(1, ready * self.options.segments_per_actor)
 
     @property
-    def actors(self) -> dict[str, int]:
+    def engines(self) -> dict[str, int]:
         """Ready actors per node."""
         counts: dict[str, int] = {}
         for actor in self._actors:
@@ -206,7 +196,7 @@ class RayExecutor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
 
-    async def plan(self, request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
+    async def plan(self, request: PlanRequest) -> SegmentPlan:
         return await asyncio.to_thread(plan_for, request)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:

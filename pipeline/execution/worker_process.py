@@ -18,7 +18,9 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,7 +34,6 @@ from carn_stream.pipeline.execution.executors import (
     plan_for,
     upscale_segment,
 )
-from carn_stream.pipeline.media.decode import VideoInfo
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import SegmentPlan
 
@@ -70,14 +71,23 @@ def _worker_main(conn, factory: Callable[[], InferenceWorker], limits: ProcessLi
     try:
         _apply_limits(limits)
         worker = factory()
-    except BaseException as exc:  # report why the worker could not start, then stop
-        conn.send(("failed", None, f"{type(exc).__name__}: {exc}"))
+    except Exception as exc:  # report why the worker could not start, then stop
+        conn.send(("failed", None, _portable(exc)))
         return
     conn.send(("ready", None, str(worker.device)))
+    code = 0
     try:
         asyncio.run(_serve(conn, worker))
+    except BaseException:
+        code = 1
+        traceback.print_exc()
     finally:
         worker.close(timeout=limits.stop_timeout)
+        # A batch still computing holds PyTorch's threads; the interpreter's shutdown would
+        # abort under it. Nothing is left to clean up here, so end without it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 async def _serve(conn, worker: InferenceWorker) -> None:
@@ -191,16 +201,23 @@ class ProcessExecutor:
         self._solo_waiting = 0
         self._turn: asyncio.Condition | None = None
         self._closed = False
-        self.device: str | None = None
+        self.device = ""  #: the worker process's, once it has started
         self.restarts = 0
 
     # ------------------------------------------------------------------ interface
+
+    @property
+    def engines(self) -> dict[str, int]:
+        child = self._child
+        if child is None or child.dead:
+            return {}
+        return {f"process:{child.process.pid}": 1}
 
     async def start(self) -> None:
         """Start the worker process now (else it starts with the first call)."""
         await self._ensure_child()
 
-    async def plan(self, request: PlanRequest) -> tuple[SegmentPlan, VideoInfo]:
+    async def plan(self, request: PlanRequest) -> SegmentPlan:
         return await self._call("plan", request, None)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
@@ -314,20 +331,25 @@ class ProcessExecutor:
             ) from None
         if kind != "ready":
             process.join(self.limits.stop_timeout)
+            if isinstance(detail, Exception):
+                raise detail  # what stopped it (missing weights, a device that is not there)
             raise RuntimeError(f"the worker process could not start: {detail}")
         self.device = detail
         log.info("worker process %d ready on %s", process.pid, detail)
         return _Child(process, parent_end)
 
     def _read(self, child: _Child, loop: asyncio.AbstractEventLoop) -> None:
-        while True:
-            try:
-                message = child.conn.recv()
-            except (EOFError, OSError):
-                break
-            loop.call_soon_threadsafe(self._deliver, child, message)
-        child.process.join(self.limits.stop_timeout)
-        loop.call_soon_threadsafe(self._died, child, _how_it_ended(child.process.exitcode))
+        try:
+            while True:
+                try:
+                    message = child.conn.recv()
+                except (EOFError, OSError):
+                    break
+                loop.call_soon_threadsafe(self._deliver, child, message)
+            child.process.join(self.limits.stop_timeout)
+            loop.call_soon_threadsafe(self._died, child, _how_it_ended(child.process.exitcode))
+        except RuntimeError:  # the event loop has closed: nobody waits for this process
+            pass
 
     def _deliver(self, child: _Child, message: tuple) -> None:
         kind, call_id, payload = message

@@ -23,7 +23,6 @@ from carn_stream.pipeline.errors import InputError, LimitError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame
 from carn_stream.pipeline.media.decode import (
     AudioItem,
-    VideoInfo,
     describe,
     frame_planes,
     open_input,
@@ -215,7 +214,7 @@ def plan_segments(
     minimum_seconds: float = MIN_SEGMENT_SECONDS,
     input_options: dict[str, str] | None = None,
     limits: InputLimits | None = None,
-) -> tuple[SegmentPlan, VideoInfo]:
+) -> SegmentPlan:
     """Plan ``source`` as keyframe-aligned segments of about ``target_seconds``; ``limits``
     are checked on the stream's header first, and on the plan's duration."""
     if target_seconds < minimum_seconds:
@@ -268,7 +267,7 @@ def plan_segments(
     plan.check()
     if limits is not None:
         limits.check(plan.width, plan.height, plan.duration)
-    return plan, info
+    return plan
 
 
 def segment_frames(

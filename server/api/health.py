@@ -34,7 +34,7 @@ def readyz(
     the data folder takes a real write (create, fsync, delete)."""
     checks = {
         "model_loaded": holder.worker is not None,
-        "executor": "ray" if settings.ray_address else settings.executor,
+        "executor": executors.choice.kind,
         "executor_ready": executors.get() is not None,
         "store_writable": store.writable(),
         "data_dir_writable": data_dir_writable(settings.data_dir),
@@ -43,9 +43,9 @@ def readyz(
         checks["model_error"] = holder.error
     if executors.error:
         checks["executor_error"] = executors.error
-    actors = getattr(executors.get(), "actors", None)
-    if actors is not None:  # on a cluster: ready engines per node
-        checks["cluster_actors"] = actors
+    executor = executors.get()
+    if executor is not None:  # ready engines per node (a worker process, a cluster's nodes)
+        checks["engines"] = executor.engines
     worker = holder.worker
     if worker is not None:
         model = worker.engine.model

@@ -159,7 +159,8 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
     """Queue a job. The URL's scheme and host addresses are checked now; the rest when it runs."""
     check_admission(runner.settings, store)
     try:
-        await runner.offload(validate_url, body.url, runner.policy)  # DNS: off the default pool
+        # DNS: off the default pool
+        await runner.offload(validate_url, body.url, runner.intake.policy)
     except FetchError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     if body.weights is not None:

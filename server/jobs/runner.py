@@ -25,19 +25,20 @@ from carn_stream.pipeline.execution.slots import Slots
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import segment_name
-from carn_stream.pipeline.media.segments import InputLimits, SegmentPlan
+from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.progress_rate import RateMeter
 from carn_stream.server.inputs.exposure import redact_paths
-from carn_stream.server.inputs.fetch import FetchError, fetch, fetch_policy
+from carn_stream.server.inputs.fetch import FetchError, fetch
 from carn_stream.server.jobs.compare import save_comparison
 from carn_stream.server.jobs.store import Job, JobStore
+from carn_stream.server.limits import INPUT_NAME, Intake
 from carn_stream.server.metrics import Metrics
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME, WORK_NAME = "input", "work"
+WORK_NAME = "work"
 
 
 class JobRunner:
@@ -49,13 +50,15 @@ class JobRunner:
         executor: Callable[[], SegmentExecutor | None],
         offload: Callable[..., Awaitable] | None = None,
         slots: Slots | None = None,
+        intake: Intake | None = None,
     ) -> None:
         """``executor()`` gives the segment executor once it is ready (None until then);
         ``offload`` runs downloads (default: asyncio's thread pool); ``slots``, the executor's
-        slots when shared with other users (else the runner's own)."""
+        slots when shared with other users (else the runner's own); ``intake``, the service's
+        rules for inputs (else made from ``settings``)."""
         self.store, self.settings, self.metrics = store, settings, metrics
         self.data_dir = settings.data_dir
-        self.policy = fetch_policy(settings)
+        self.intake = intake or Intake.from_settings(settings)
         self._executor = executor
         self._slots: Slots | None = slots
         self.offload = offload or asyncio.to_thread
@@ -149,12 +152,14 @@ class JobRunner:
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             source = download
             if not download.is_file():
-                source = await self.offload(fetch, job.url, download, self.policy, cancelled)
+                source = await self.offload(
+                    fetch, job.url, download, self.intake.policy, cancelled
+                )
             plan = job.plan
             if plan is None:
-                limits = input_limits(self.settings, job.params.scale)
-                request = PlanRequest(source, self.settings.segment_seconds, limits)
-                plan, _ = await executor.plan(request)
+                limits = self.intake.limits(job.params.scale)
+                request = PlanRequest(source, self.intake.segment_seconds, limits)
+                plan = await executor.plan(request)
                 self.store.save_plan(job.id, plan)
             else:
                 self.store.reset_unfinished_segments(job.id)
@@ -193,7 +198,7 @@ class JobRunner:
 
     def _options(self, job: Job, executor: SegmentExecutor) -> PipelineOptions:
         params = job.params
-        batch = batch_size(self.settings, executor)
+        batch = self.intake.batch(executor)
         return PipelineOptions(
             scale=params.scale,
             encoder=EncoderOptions(params.codec, params.crf, params.preset),
@@ -286,17 +291,6 @@ class JobRunner:
         for job_id in self.store.expired(time.time() - hours * 3600):
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             self.store.delete(job_id)
-
-
-def input_limits(settings: Settings, scale: int) -> InputLimits:
-    """The service's limits on an input to be upscaled ``scale`` times."""
-    return InputLimits(scale, settings.max_output_pixels, settings.max_duration_seconds)
-
-
-def batch_size(settings: Settings, executor: SegmentExecutor) -> int:
-    """Frames per inference batch: the setting, else 8 on CUDA and 1 on a CPU."""
-    device = getattr(executor, "device", None) or ""
-    return settings.batch_size or (8 if str(device).startswith("cuda") else 1)
 
 
 def _segment_of(plan: SegmentPlan, frame_index: int) -> int:

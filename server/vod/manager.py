@@ -41,8 +41,8 @@ from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import PipelineOptions
 from carn_stream.server.inputs.exposure import redact_paths
-from carn_stream.server.inputs.fetch import fetch, fetch_policy, validate_url
-from carn_stream.server.jobs.runner import INPUT_NAME, batch_size, input_limits
+from carn_stream.server.inputs.fetch import fetch, validate_url
+from carn_stream.server.limits import INPUT_NAME, Intake
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.vod.cache import Key, SegmentCache
 from carn_stream.server.vod.store import Rendition, Video, VideoStore, rendition_name
@@ -83,11 +83,13 @@ class VideoManager:
         executor: Callable[[], SegmentExecutor | None],
         slots: Slots,
         offload: Callable[..., Awaitable] | None = None,
+        intake: Intake | None = None,
     ) -> None:
-        """``offload`` runs downloads and probes (default: asyncio's thread pool)."""
+        """``offload`` runs downloads and probes (default: asyncio's thread pool); ``intake``,
+        the service's rules for inputs (else made from ``settings``)."""
         self.store, self.settings, self.metrics = store, settings, metrics
         self.offload = offload or asyncio.to_thread
-        self.policy = fetch_policy(settings)
+        self.intake = intake or Intake.from_settings(settings)
         self.encoder = EncoderOptions()
         self.slots = slots
         self._executor = executor
@@ -121,17 +123,17 @@ class VideoManager:
         executor = self._executor()
         if executor is None:
             raise NotReady("the model is still loading; try again in a moment")
-        await self.offload(validate_url, url, self.policy)
+        await self.offload(validate_url, url, self.intake.policy)
         video_id = uuid.uuid4().hex
         folder = self.cache.folder(video_id)
         await asyncio.to_thread(folder.mkdir, parents=True)
         cancelled = threading.Event()  # a request cut short stops its download
         try:
-            source = await self.offload(fetch, url, folder / INPUT_NAME, self.policy, cancelled)
-            limits = input_limits(self.settings, max(scales))
-            plan, _ = await executor.plan(
-                PlanRequest(source, self.settings.segment_seconds, limits)
+            source = await self.offload(
+                fetch, url, folder / INPUT_NAME, self.intake.policy, cancelled
             )
+            limits = self.intake.limits(max(scales))
+            plan = await executor.plan(PlanRequest(source, self.intake.segment_seconds, limits))
             renditions = await self.offload(
                 describe_renditions, source, plan, scales, self.encoder
             )
@@ -376,7 +378,7 @@ class VideoManager:
         options = PipelineOptions(
             scale=rendition.scale,
             encoder=self.encoder,
-            batch_size=batch_size(self.settings, executor),
+            batch_size=self.intake.batch(executor),
             priority=work.ticket.priority,
             weights=video.weights,
         )

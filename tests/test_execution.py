@@ -1,0 +1,63 @@
+"""The executor interface: what callers read of any executor, and the batch size it implies."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from carn_stream.pipeline.execution.choice import ExecutorChoice, open_executor
+from carn_stream.pipeline.execution.executors import (
+    InProcessExecutor,
+    SegmentExecutor,
+    batch_size,
+)
+from carn_stream.pipeline.execution.worker_process import ProcessExecutor
+from carn_stream.server.workers import executor_choice
+from carn_stream.settings import Settings
+
+
+class _StandInWorker:
+    """No GPU here: a worker that reports a CUDA device (all the executor reads of it)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = torch.device(device)
+
+
+def test_an_in_process_executor_on_cuda_batches_as_every_executor_does():
+    # Before the interface declared ``device``, the in-process executor had none, and jobs on
+    # CUDA with CARN_STREAM_EXECUTOR=inprocess ran at batch size 1.
+    executor = InProcessExecutor(_StandInWorker("cuda:0"))  # type: ignore[arg-type]
+    assert executor.device == "cuda:0"
+    assert batch_size(0, executor) == 8  # the default on CUDA
+    assert batch_size(3, executor) == 3  # a configured size wins
+    cpu = InProcessExecutor(_StandInWorker("cpu"))  # type: ignore[arg-type]
+    assert batch_size(0, cpu) == 1
+
+
+def _members(cls) -> set[str]:
+    return {name for name, _ in inspect.getmembers(cls)} | set(
+        inspect.signature(cls.__init__).parameters
+    )
+
+
+@pytest.mark.parametrize("name", ["device", "slots", "engines", "start", "plan", "run", "remux",
+                                  "close"])  # fmt: skip
+def test_every_executor_has_what_the_interface_declares(name):
+    declared = {n for n, _ in inspect.getmembers(SegmentExecutor) if not n.startswith("_")}
+    assert name in declared
+    ray = pytest.importorskip("carn_stream.pipeline.execution.ray_executor")
+    for cls in (InProcessExecutor, ProcessExecutor, ray.RayExecutor):
+        instance_attrs = inspect.getsource(cls.__init__)
+        assert name in _members(cls) or f"self.{name}" in instance_attrs, (cls, name)
+
+
+def test_the_service_and_the_command_line_choose_the_executor_in_one_place():
+    assert executor_choice(Settings()).kind == "process"
+    assert executor_choice(Settings(executor="inprocess")).kind == "inprocess"
+    ray = executor_choice(Settings(ray_address="127.0.0.1:6379", ray_segments_per_actor=3))
+    assert ray.kind == "ray" and ray.ray.address == "127.0.0.1:6379"
+    assert ray.ray.segments_per_actor == 3
+    process = open_executor(ExecutorChoice("process", slots=3), lambda: None)  # not started
+    assert isinstance(process, ProcessExecutor) and process.slots == 3 and process.device == ""
