@@ -8,8 +8,8 @@ Each case decodes a real clip cut to the case's LR size (a keyframe each second)
 measures in one run:
 - model only: the inference engine (upload, colour conversion, CARN-M, download) on frames
   decoded beforehand;
-- end to end: ``run_pipeline`` from the file to an MP4 (decode, batch, infer, encode, mux),
-  the whole input as one run (monolithic);
+- end to end: from the file to an MP4 (decode, batch, infer, encode, mux), the whole input as
+  one segment (monolithic: ``run_whole``);
 - segmented: the same input planned as segments (1 s by default: the worst case, as the
   clips are short; the service's default is 4 s), each its own pipeline run (two in
   flight, so one's decode overlaps another's encode), joined into an MP4 by remuxing; once on
@@ -43,12 +43,12 @@ from carn_stream.model.inference import upscale_rgb
 from carn_stream.pipeline.colour import ColourSpec
 from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest
-from carn_stream.pipeline.execution.segmented import SegmentedRun
+from carn_stream.pipeline.execution.segmented import SegmentedRun, run_whole
 from carn_stream.pipeline.execution.worker_process import ProcessExecutor
 from carn_stream.pipeline.media.decode import frame_planes, probe
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.formats import FORMATS
-from carn_stream.pipeline.run import PipelineOptions, run_pipeline
+from carn_stream.pipeline.run import PipelineOptions
 
 CASES = [  # (label, source clip, LR width, LR height, scale)
     ("176x144 x2", "carphone_pristine.mp4", 176, 144, 2),
@@ -75,8 +75,10 @@ def model_only(engine: Engine, clip: Path, scale: int, batch: int) -> float:
 
 def end_to_end(worker: InferenceWorker, clip: Path, scale: int, batch: int, tmp: Path) -> float:
     options = PipelineOptions(scale=scale, batch_size=batch, encoder=EncoderOptions())
-    result = asyncio.run(run_pipeline(clip, tmp / "e2e.mp4", options, worker))
-    return result.fps
+    executor = InProcessExecutor(worker, slots=1)
+    start = time.perf_counter()
+    frames = asyncio.run(run_whole(clip, tmp / "e2e.mp4", options, executor))
+    return frames / (time.perf_counter() - start)
 
 
 def bench_worker(device: str, precision: str) -> InferenceWorker:

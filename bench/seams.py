@@ -31,10 +31,10 @@ from common import DATA, cpu_name, emit_table, make_clip, official_model
 from carn_stream.allocator import tune_allocator
 from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest
-from carn_stream.pipeline.execution.segmented import SegmentedRun
+from carn_stream.pipeline.execution.segmented import SegmentedRun, run_whole
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.formats import FORMATS
-from carn_stream.pipeline.run import PipelineOptions, run_pipeline
+from carn_stream.pipeline.run import PipelineOptions
 
 CLIPS = [("carphone 176x144", "carphone_pristine.mp4", 176, 144, 120),
          ("bigbuckbunny 320x180", "bigbuckbunny.mp4", 320, 180, 132)]  # fmt: skip
@@ -68,13 +68,13 @@ def size(path: Path) -> int:
 
 
 def run_all(worker: InferenceWorker, clip: Path, crf: int, tmp: Path):
+    executor = InProcessExecutor(worker)
     options = PipelineOptions(scale=2, encoder=EncoderOptions(crf=0))
-    asyncio.run(run_pipeline(clip, tmp / "ref.mp4", options, worker))
+    asyncio.run(run_whole(clip, tmp / "ref.mp4", options, executor))  # one segment
     options = PipelineOptions(scale=2, encoder=EncoderOptions(crf=crf))
-    asyncio.run(run_pipeline(clip, tmp / "mono.mp4", options, worker))
+    asyncio.run(run_whole(clip, tmp / "mono.mp4", options, executor))
 
     async def segmented():
-        executor = InProcessExecutor(worker)
         plan = await executor.plan(PlanRequest(clip, 1.0))
         run = SegmentedRun(source=clip, plan=plan, fmt=FORMATS["mp4"], output=tmp / "seg.mp4",
                            work_dir=tmp / "work", options=options, executor=executor)  # fmt: skip

@@ -25,7 +25,6 @@ from carn_stream.pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
 from carn_stream.pipeline.media.decode import (
     AudioItem,
     VideoInfo,
-    demux_frames,
     describe,
     open_input,
 )
@@ -43,9 +42,6 @@ _END = object()
 @dataclass(frozen=True)
 class PipelineOptions:
     scale: int
-    #: "mp4" (a file), "hls" (a folder with index.m3u8, FFmpeg's HLS muxer) or "segment"
-    #: (one MPEG-TS piece of a segmented run)
-    container: str = "mp4"
     encoder: EncoderOptions = field(default_factory=EncoderOptions)
     batch_size: int = 4
     max_wait: float = 0.05  #: seconds a partial batch waits for more frames
@@ -116,7 +112,7 @@ def _next_frame(items: Iterator) -> tuple[list[AudioItem], SourceFrame | None, f
 
 @dataclass(frozen=True)
 class SegmentSource:
-    """Which part of the input a run covers: one segment of a plan (None: the whole input)."""
+    """Which part of the input a run covers: one segment of a plan."""
 
     segment: Segment
     time_base: Fraction  #: the plan's video time base
@@ -125,19 +121,19 @@ class SegmentSource:
 
 async def run_pipeline(
     source: str | Path,
+    part: SegmentSource,
     target: Path,
     options: PipelineOptions,
     worker: InferenceWorker,
     on_frame: Callable[[FrameReport], None] | None = None,
     input_options: dict[str, str] | None = None,
-    part: SegmentSource | None = None,
 ) -> RunResult:
-    """Upscale ``source`` (or one segment of it) into ``target``; returns when the output is
+    """Upscale one segment of ``source`` into the MPEG-TS file ``target``; returns when it is
     complete and published."""
     scales = getattr(worker.engine.model, "scales", (options.scale,))
     if options.scale not in scales:
         raise ValueError(f"scale {options.scale} not supported by the model ({scales})")
-    run = _PipelineRun(source, target, options, worker, on_frame, input_options, part)
+    run = _PipelineRun(source, part, target, options, worker, on_frame, input_options)
     return await run.execute()
 
 
@@ -147,12 +143,12 @@ class _PipelineRun:
     def __init__(
         self,
         source: str | Path,
+        part: SegmentSource,
         target: Path,
         options: PipelineOptions,
         worker: InferenceWorker,
         on_frame: Callable[[FrameReport], None] | None,
         input_options: dict[str, str] | None,
-        part: SegmentSource | None,
     ) -> None:
         self.source, self.target, self.options, self.worker = source, target, options, worker
         self.on_frame, self.input_options, self.part = on_frame, input_options, part
@@ -177,17 +173,16 @@ class _PipelineRun:
         try:
             container = await self.decoder.call(open_input, self.source, self.input_options)
             info = describe(container)
-            self.expected = self.part.segment.frames if self.part else info.frames
+            self.expected = self.part.segment.frames
             self.sink = await self.encoder.call(
                 VideoSink,
                 self.target,
-                self.options.container,
                 self.options.encoder,
                 info.frame_rate,
                 list(container.streams.audio),
                 self.threads,
                 info.sample_aspect_ratio,
-                self.part.segment.frames if self.part else None,
+                self.part.segment.frames,
             )
             self.items = await self.decoder.call(self._items, container)
             async with asyncio.TaskGroup() as tg:
@@ -207,12 +202,10 @@ class _PipelineRun:
             await self.encoder.finish(sink.abort if sink is not None else None)
 
     def _items(self, container) -> Iterator[SourceFrame | AudioItem]:
-        """What the decode stage reads: the whole input's frames and audio, or one segment's
-        frames after its audio (read from a second handle on the input)."""
+        """What the decode stage reads: the segment's audio (read from a second handle on the
+        input), then its frames."""
         assert self.sink is not None
         transcoded = frozenset(self.sink.transcoded_audio)
-        if self.part is None:
-            return demux_frames(container, transcoded, self.threads)
         part = self.part
         audio: list[AudioItem] = []
         if container.streams.audio:

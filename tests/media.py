@@ -213,3 +213,23 @@ def write_rich_mkv(
             packet.stream = audio
             out.mux(packet)
     return path
+
+
+def with_pcm_audio(source: Path, path: Path) -> Path:
+    """``source``'s video packets and its audio as 16-bit PCM (a codec MPEG-TS segments and MP4
+    cannot carry, so the pipeline transcodes it) in a Matroska file."""
+    with av.open(str(source)) as c, av.open(str(path), "w") as out:
+        v_out = out.add_stream_from_template(c.streams.video[0])
+        a_out = out.add_stream("pcm_s16le", rate=48000)
+        a_out.layout = "stereo"
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+        for packet in c.demux():
+            if packet.stream.type == "video" and packet.dts is not None:
+                packet.stream = v_out
+                out.mux(packet)
+            elif packet.stream.type == "audio":
+                for frame in packet.decode():
+                    for chunk in resampler.resample(frame):
+                        out.mux(a_out.encode(chunk))
+        out.mux(a_out.encode(None))
+    return path

@@ -26,7 +26,14 @@ from carn_stream.pipeline.media.formats import FORMATS, format_for_path
 from carn_stream.pipeline.media.keep import subtitle_payload, subtitle_text
 from carn_stream.pipeline.run import PipelineOptions
 from tests.helpers import REPO_ROOT, official_weights_path
-from tests.media import decode_rgb, downscale_frames, facts, write_clip, write_rich_mkv
+from tests.media import (
+    decode_rgb,
+    downscale_frames,
+    facts,
+    with_pcm_audio,
+    write_clip,
+    write_rich_mkv,
+)
 from tests.service import wait_for
 
 X264 = {"crf": "12", "preset": "veryfast", "g": "25"}
@@ -133,6 +140,41 @@ def test_the_suffix_picks_the_container(clips, worker, tmp_path, suffix, demuxer
     # own time base)
     assert [p * got.time_base for p in got.pts] == [p * src.time_base for p in src.pts]
     assert got.audio_packets == src.audio_packets and got.audio_codec == "aac"
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov"])
+def test_files_last_as_long_as_the_input_at_its_frame_rate(clips, worker, tmp_path, suffix):
+    # Joined from segments, the files once ended a frame early (MPEG-TS keeps no durations)
+    # and reported odd rates: 640000/25089 (MP4, MOV) or 12800/1 (MKV) for this 25 fps
+    # input; the frames themselves were right.
+    out = make(clips["bunny"], tmp_path / f"out{suffix}", worker)
+    with av.open(str(clips["bunny"])) as c:
+        rate, seconds = c.streams.video[0].average_rate, c.duration / av.time_base
+    with av.open(str(out)) as c:
+        video = c.streams.video[0]
+        assert video.average_rate == rate == 25
+        assert c.duration / av.time_base == pytest.approx(seconds, abs=1e-3)
+        if video.duration is not None:  # MKV gives only the container's duration
+            assert float(video.duration * video.time_base) == pytest.approx(2.0, abs=1e-3)
+    assert len(facts(out).pts) == 50
+
+
+def test_transcoded_audio_keeps_its_time_in_every_segment(clips, worker, tmp_path):
+    # Audio the segments cannot carry (PCM here) is transcoded to AAC; it was once timed from
+    # zero in every segment instead of from the segment's start (the encoder counted samples
+    # from 0), so segments after the first played silence or the wrong audio.
+    source = with_pcm_audio(clips["bunny"], tmp_path / "pcm.mkv")
+    out = make(source, tmp_path / "hls", worker)
+    segments = sorted(out.glob("segment_*.ts"))
+    assert len(segments) == 2
+    for path in segments:
+        with av.open(str(path)) as c:
+            video = next(p for p in c.demux(video=0) if p.pts is not None)
+            v_at = video.pts * video.time_base
+        with av.open(str(path)) as c:
+            audio = next(p for p in c.demux(audio=0) if p.pts is not None)
+            a_at = audio.pts * audio.time_base
+        assert abs(a_at - v_at) < 0.05, (path.name, float(a_at), float(v_at))
 
 
 def test_an_unknown_suffix_is_refused_with_the_allowed_ones():

@@ -22,14 +22,18 @@ from carn_stream.pipeline.engine.infer import (
     unavailable_reason,
 )
 from carn_stream.pipeline.errors import InputError, OutputError
+from carn_stream.pipeline.execution.executors import InProcessExecutor
+from carn_stream.pipeline.execution.segmented import run_whole
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.hls import is_complete
-from carn_stream.pipeline.run import PipelineOptions, run_pipeline
+from carn_stream.pipeline.media.segments import WHOLE, plan_segments
+from carn_stream.pipeline.run import PipelineOptions, SegmentSource, run_pipeline
 from tests.media import (
     decode_rgb,
     decode_y,
     downscale_frames,
     facts,
+    with_pcm_audio,
     write_audio_only,
     write_clip,
 )
@@ -94,9 +98,16 @@ def bicubic_worker():
     worker.close()
 
 
-def upscale(source, target, worker, scale=2, **kwargs):
+def upscale(source, target, worker, scale=2, on_frame=None, **kwargs) -> int:
+    """The whole input as one segment into ``target`` (its suffix names the format)."""
     options = PipelineOptions(scale=scale, **kwargs)
-    return asyncio.run(run_pipeline(source, target, options, worker))
+    executor = InProcessExecutor(worker, slots=1)
+    return asyncio.run(run_whole(Path(source), Path(target), options, executor, on_frame))
+
+
+def one_segment(source: Path) -> SegmentSource:
+    plan = plan_segments(source, WHOLE)
+    return SegmentSource(plan.segments[0], plan.time_base, last=True)
 
 
 # --------------------------------------------------------------------------- correctness
@@ -106,17 +117,16 @@ def test_mp4_has_scaled_frames_with_the_same_timestamps(clips, carn_worker, tmp_
     src = facts(clips["carphone"])
     reports = []
     out = tmp_path / "out.mp4"
-    options = PipelineOptions(scale=2, batch_size=3)
-    result = asyncio.run(run_pipeline(clips["carphone"], out, options, carn_worker, reports.append))
+    frames = upscale(clips["carphone"], out, carn_worker, batch_size=3, on_frame=reports.append)
     got = facts(out)
     assert (got.width, got.height) == (2 * src.width, 2 * src.height) == (352, 288)
-    assert got.pts == src.pts and len(got.pts) == 10 == result.frames
+    assert got.pts == src.pts and len(got.pts) == 10 == frames
     assert got.time_base == src.time_base
     assert abs(got.duration - src.duration) <= 1001 / 30000
     assert [r.index for r in reports] == list(range(10))  # in order, none dropped
     assert set(reports[0].timings) == {"decode", "wait", "inference", "encode", "total"}
     assert all(r.timings["inference"] > 0 for r in reports)
-    assert list(tmp_path.iterdir()) == [out]  # the temporary file was renamed
+    assert list(tmp_path.iterdir()) == [out]  # the segment and the work folder are gone
 
 
 def test_audio_packets_are_copied_bit_identical(clips, bicubic_worker, tmp_path):
@@ -130,21 +140,7 @@ def test_audio_packets_are_copied_bit_identical(clips, bicubic_worker, tmp_path)
 
 
 def test_audio_the_container_cannot_hold_is_transcoded_to_aac(clips, bicubic_worker, tmp_path):
-    src = tmp_path / "pcm.mkv"
-    with av.open(str(clips["bunny_audio"])) as c, av.open(str(src), "w") as out:
-        v_out = out.add_stream_from_template(c.streams.video[0])
-        a_out = out.add_stream("pcm_s16le", rate=48000)
-        a_out.layout = "stereo"
-        resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
-        for packet in c.demux():
-            if packet.stream.type == "video" and packet.dts is not None:
-                packet.stream = v_out
-                out.mux(packet)
-            elif packet.stream.type == "audio":
-                for frame in packet.decode():
-                    for chunk in resampler.resample(frame):
-                        out.mux(a_out.encode(chunk))
-        out.mux(a_out.encode(None))
+    src = with_pcm_audio(clips["bunny_audio"], tmp_path / "pcm.mkv")
     dst = tmp_path / "out.mp4"
     upscale(src, dst, bicubic_worker)
     with av.open(str(dst)) as c:
@@ -156,19 +152,13 @@ def test_audio_the_container_cannot_hold_is_transcoded_to_aac(clips, bicubic_wor
 
 def test_hls_playlist_is_valid_and_every_segment_decodes(clips, carn_worker, tmp_path):
     out = tmp_path / "hls"
-    upscale(
-        clips["bunny_audio"],
-        out,
-        carn_worker,
-        container="hls",
-        encoder=EncoderOptions(segment_seconds=1),
-    )
+    upscale(clips["bunny_audio"], out, carn_worker)
     playlist = (out / "index.m3u8").read_text()
     assert playlist.startswith("#EXTM3U") and playlist.rstrip().endswith("#EXT-X-ENDLIST")
     assert "#EXT-X-PLAYLIST-TYPE:EVENT" in playlist
     durations = [float(d) for d in re.findall(r"#EXTINF:([\d.]+)", playlist)]
     segments = [line for line in playlist.splitlines() if line and not line.startswith("#")]
-    assert len(segments) == len(durations) >= 2
+    assert len(segments) == len(durations) == 1  # one segment: the whole input
     assert sum(durations) == pytest.approx(2.0, abs=0.05)
     frames = 0
     for name in segments:
@@ -180,7 +170,7 @@ def test_hls_playlist_is_valid_and_every_segment_decodes(clips, carn_worker, tmp
             frames += len(decoded)
     assert frames == 50
     assert is_complete(out)
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob(".*"))  # no temporary file left
 
 
 def test_variable_frame_rate_stays_variable(clips, bicubic_worker, tmp_path):
@@ -332,11 +322,13 @@ def test_memory_stays_bounded_when_a_stage_is_slow(clips, tmp_path, monkeypatch)
     ahead = []
     worker = InferenceWorker(Engine(Slow(), EngineConfig(device="cpu", precision="fp32")))
     options = PipelineOptions(scale=2, batch_size=2, queue_frames=3, in_flight_batches=1)
+    source = clips["bunny_audio"]
     try:
         asyncio.run(
             run_pipeline(
-                clips["bunny_audio"],
-                tmp_path / "o.mp4",
+                source,
+                one_segment(source),
+                tmp_path / "o.ts",
                 options,
                 worker,
                 lambda r: ahead.append(decoded - r.done),
@@ -363,12 +355,12 @@ def test_cancelling_a_run_leaves_no_output(clips, tmp_path):
             return super().forward(x, scale)
 
     worker = InferenceWorker(Engine(Slow(), EngineConfig(device="cpu", precision="fp32")))
-    out = tmp_path / "cancelled.mp4"
+    out = tmp_path / "cancelled.ts"
+    source = clips["bunny_audio"]
+    options = PipelineOptions(scale=2, batch_size=1)
 
     async def main():
-        task = asyncio.create_task(
-            run_pipeline(clips["bunny_audio"], out, PipelineOptions(scale=2, batch_size=1), worker)
-        )
+        task = asyncio.create_task(run_pipeline(source, one_segment(source), out, options, worker))
         await asyncio.sleep(0.8)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -417,9 +409,9 @@ def test_inputs_that_are_not_videos_fail_clearly(tmp_path, bicubic_worker, data_
 def test_a_non_empty_hls_folder_is_never_overwritten(clips, bicubic_worker, tmp_path):
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(OutputError, match="not an empty folder"):
-        upscale(clips["carphone"], tmp_path, bicubic_worker, container="hls")
+        upscale(clips["carphone"], tmp_path, bicubic_worker)  # no suffix: an HLS folder
     assert (tmp_path / "keep.txt").read_text() == "user data"
-    upscale(clips["carphone"], tmp_path / "no" / "o.mp4", bicubic_worker)  # as HLS: created
+    upscale(clips["carphone"], tmp_path / "no" / "o.mp4", bicubic_worker)  # parents created
     assert (tmp_path / "no" / "o.mp4").is_file()
 
 

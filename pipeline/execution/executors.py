@@ -13,7 +13,7 @@ import asyncio
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -60,7 +60,7 @@ class SegmentTask:
             time_base=plan.time_base,
             last=index == len(plan.segments) - 1,
             target=target,
-            options=replace(options, container="segment"),
+            options=options,
         )
 
 
@@ -128,7 +128,7 @@ async def upscale_segment(
 ) -> SegmentResult:
     """Run the decode -> batch -> infer -> encode pipeline over one segment."""
     part = SegmentSource(task.segment, task.time_base, task.last)
-    result = await run_pipeline(task.source, task.target, task.options, worker, on_frame, part=part)
+    result = await run_pipeline(task.source, part, task.target, task.options, worker, on_frame)
     return SegmentResult(
         index=task.segment.index,
         frames=result.frames,

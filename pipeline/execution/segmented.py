@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +21,17 @@ from pathlib import Path
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.execution.executors import (
     FrameCallback,
+    PlanRequest,
     SegmentExecutor,
     SegmentResult,
     SegmentTask,
     WorkerCrashed,
 )
 from carn_stream.pipeline.execution.slots import Slots
-from carn_stream.pipeline.media.formats import OutputFormat
+from carn_stream.pipeline.media.formats import OutputFormat, format_for_path
 from carn_stream.pipeline.media.hls import segment_name
 from carn_stream.pipeline.media.join import finish_output
-from carn_stream.pipeline.media.segments import Segment, SegmentPlan
+from carn_stream.pipeline.media.segments import WHOLE, Segment, SegmentPlan
 from carn_stream.pipeline.run import PipelineOptions, first_error
 
 log = logging.getLogger(__name__)
@@ -124,3 +126,29 @@ class SegmentedRun:
                             reason)  # fmt: skip
                 if self.on_retry is not None:
                     self.on_retry(segment.index, reason)
+
+
+async def run_whole(
+    source: Path,
+    output: Path,
+    options: PipelineOptions,
+    executor: SegmentExecutor,
+    on_frame: FrameCallback | None = None,
+    overwrite: bool = False,
+) -> int:
+    """Upscale all of ``source`` as one segment into ``output`` (the format its suffix names;
+    no suffix: an HLS folder); returns the frames made. For benchmarks and checks of the
+    pipeline itself: the service and the command line cut inputs into many segments. Nothing
+    is left behind on failure."""
+    fmt = format_for_path(output)
+    fmt.claim(output, overwrite)
+    plan = await executor.plan(PlanRequest(source, WHOLE))
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work:
+        run = SegmentedRun(source, plan, fmt, output, Path(work), options, executor,
+                           max_attempts=1, on_frame=on_frame)  # fmt: skip
+        try:
+            await run.execute()
+        except BaseException:
+            await asyncio.to_thread(fmt.discard, output)
+            raise
+    return plan.frames

@@ -1,4 +1,6 @@
-"""Encode upscaled frames and mux them with the input's audio into MP4, HLS or a segment.
+"""Encode upscaled frames and mux them with the input's audio into a segment, the one unit of
+output: every output (an HLS folder, an MP4, MKV or MOV file) is made of segments
+(:mod:`carn_stream.pipeline.media.join`).
 
 Video keeps the source's timestamps and time base (variable frame rate stays variable),
 display rotation, sample aspect ratio, bit depth (8 or 10, as the engine's output planes) and
@@ -6,7 +8,7 @@ colour tags (matrix, primaries, transfer: PQ and HLG included). Audio packets ar
 untouched where the output container can hold the codec, otherwise transcoded to AAC. A sink
 starts with the first video frame (rotation is known then) and keeps earlier audio until then.
 
-A *segment* is one piece of a segmented run: MPEG-TS (self-contained: parameter sets travel
+A segment is MPEG-TS (self-contained: parameter sets travel
 in-band, so segments made by separate encoders, processes or machines play back to back and
 concatenate by remuxing), timestamps kept as in the input plus :data:`SEGMENT_OFFSET_SECONDS`
 (so that the decode delay of B-frames never makes a timestamp negative).
@@ -26,14 +28,10 @@ from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.frames import UpscaledFrame
 from carn_stream.pipeline.media.codecs import check_codec, pixel_format
 from carn_stream.pipeline.media.decode import AudioItem
-from carn_stream.pipeline.media.formats import MP4_AUDIO
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME, SEGMENT_AUDIO, hls_muxer_options
+from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
-#: The containers a sink writes (a whole run's MP4 or HLS, or one segment of a segmented run)
-#: and the audio codecs each takes as they are (the output formats' own lists).
-COPYABLE_AUDIO = {"mp4": MP4_AUDIO, "hls": SEGMENT_AUDIO, "segment": SEGMENT_AUDIO}
 #: Added to every timestamp written into a segment, and taken off again when segments are
-#: joined into an MP4.
+#: joined into one file.
 SEGMENT_OFFSET_SECONDS = 10
 
 
@@ -42,7 +40,6 @@ class EncoderOptions:
     codec: str = "h264"
     crf: int = 18
     preset: str | None = None  #: None = the codec's choice below
-    segment_seconds: float = 2.0  #: HLS target segment duration
 
 
 #: Rate-control zones that keep a segment's ends level with its middle (x264 and x265): an
@@ -79,32 +76,27 @@ def codec_settings(options: EncoderOptions) -> tuple[str, dict[str, str]]:
 
 
 class VideoSink:
-    """One output (an MP4 file or an HLS folder); used from one thread."""
+    """One segment's MPEG-TS file, published by rename when closed; used from one thread."""
 
     def __init__(
         self,
         target: Path,
-        fmt: str,
         options: EncoderOptions,
         frame_rate: Fraction | None,
         audio_streams: list[av.audio.stream.AudioStream],
         threads: int = 0,
         sample_aspect_ratio: Fraction | None = None,
-        segment_frames: int | None = None,
+        frames: int | None = None,
     ) -> None:
-        """``segment_frames``: the frames of the segment a ``segment`` sink writes (its ends
-        are given rate-control zones, see :func:`segment_zones`)."""
-        if fmt not in COPYABLE_AUDIO:
-            raise OutputError(
-                f"unknown container {fmt!r}; choose one of {', '.join(COPYABLE_AUDIO)}"
-            )
+        """``frames``: the segment's frame count (its ends are given rate-control zones, see
+        :func:`segment_zones`)."""
         self.codec_name, self.codec_options = codec_settings(options)
-        zones = segment_zones(segment_frames) if fmt == "segment" and segment_frames else None
+        zones = segment_zones(frames) if frames else None
         if zones and self.codec_name in ("libx264", "libx265"):
             key = "x264-params" if self.codec_name == "libx264" else "x265-params"
             given = self.codec_options.get(key)
             self.codec_options[key] = f"{given}:zones={zones}" if given else f"zones={zones}"
-        self.target, self.fmt, self.options = target, fmt, options
+        self.target, self.options = target, options
         self.frame_rate = frame_rate or Fraction(25)
         self.threads = threads  #: encoder threads, 0 = FFmpeg's choice
         self.sample_aspect_ratio = sample_aspect_ratio
@@ -115,40 +107,19 @@ class VideoSink:
         self._audio_out: dict[int, av.stream.Stream] = {}
         self._transcoders: dict[int, _AudioTranscoder] = {}
         self._pending_audio: list[AudioItem] = []
-        self._created_dir = False
         self._offset = Fraction(SEGMENT_OFFSET_SECONDS)
-        if fmt in ("mp4", "segment"):
-            target.parent.mkdir(parents=True, exist_ok=True)  # as for HLS folders
-            self._path = target.with_name(f".{target.name}.part")
-        else:
-            if target.exists() and (not target.is_dir() or any(target.iterdir())):
-                raise OutputError(f"HLS output {target} exists and is not an empty folder")
-            self._created_dir = not target.exists()
-            target.mkdir(parents=True, exist_ok=True)
-            self._path = target / PLAYLIST_NAME
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._path = target.with_name(f".{target.name}.part")
 
     # ------------------------------------------------------------------ set-up
 
     @property
     def transcoded_audio(self) -> set[int]:
         """Input audio stream indexes that need decoding (their codec cannot be copied)."""
-        copyable = COPYABLE_AUDIO[self.fmt]
-        return {s.index for s in self._audio_in if s.codec_context.name not in copyable}
+        return {s.index for s in self._audio_in if s.codec_context.name not in SEGMENT_AUDIO}
 
     def _start(self, first: UpscaledFrame, out: ColourSpec, rotation: int) -> None:
-        if self.fmt == "mp4":
-            container = av.open(
-                str(self._path), "w", format="mp4", options={"movflags": "+faststart"}
-            )
-        elif self.fmt == "segment":
-            container = av.open(str(self._path), "w", format="mpegts", options=SEGMENT_MUXER)
-        else:
-            container = av.open(
-                str(self._path),
-                "w",
-                format="hls",
-                options=hls_muxer_options(self.target, self.options.segment_seconds),
-            )
+        container = av.open(str(self._path), "w", format=SEGMENT_FORMAT, options=SEGMENT_MUXER)
         self._container = container
         video = container.add_stream(self.codec_name, rate=self.frame_rate)
         h, w = first.y.shape
@@ -164,8 +135,6 @@ class VideoSink:
         ctx.color_trc = out.transfer
         if self.sample_aspect_ratio:
             ctx.sample_aspect_ratio = self.sample_aspect_ratio
-        if self.fmt == "hls":
-            ctx.gop_size = max(1, round(float(self.frame_rate) * self.options.segment_seconds))
         ctx.options = dict(self.codec_options)
         ctx.thread_count = self.threads
         if rotation:
@@ -173,9 +142,7 @@ class VideoSink:
         self._video = video
         for stream in self._audio_in:
             if stream.index in self.transcoded_audio:
-                self._transcoders[stream.index] = _AudioTranscoder(
-                    container, stream, self._offset if self.fmt == "segment" else None
-                )
+                self._transcoders[stream.index] = _AudioTranscoder(container, stream, self._offset)
                 self._audio_out[stream.index] = self._transcoders[stream.index].stream
             else:
                 self._audio_out[stream.index] = container.add_stream_from_template(stream)
@@ -196,8 +163,7 @@ class VideoSink:
         if vf.format.name != self._pix_fmt:  # NVENC's p010le, or an encoder without 10 bits
             vf = vf.reformat(format=self._pix_fmt)
         vf.pts = frame.pts if frame.pts is not None else frame.index
-        if self.fmt == "segment":
-            vf.pts += round(self._offset / frame.time_base)
+        vf.pts += round(self._offset / frame.time_base)
         vf.time_base = frame.time_base
         vf.colorspace = self._out_spec.matrix
         vf.color_range = RANGE_LIMITED
@@ -214,10 +180,9 @@ class VideoSink:
         assert self._container is not None
         if item.packet is not None:
             packet = item.packet
-            if self.fmt == "segment":
-                shift = round(self._offset / packet.time_base)
-                packet.pts = None if packet.pts is None else packet.pts + shift
-                packet.dts = None if packet.dts is None else packet.dts + shift
+            shift = round(self._offset / packet.time_base)
+            packet.pts = None if packet.pts is None else packet.pts + shift
+            packet.dts = None if packet.dts is None else packet.dts + shift
             packet.stream = self._audio_out[item.stream_index]
             self._container.mux(packet)
         elif item.frames:
@@ -233,8 +198,7 @@ class VideoSink:
             self._container.mux(transcoder.encode(None))
         self._container.close()
         self._container = None
-        if self.fmt != "hls":
-            self._path.replace(self.target)
+        self._path.replace(self.target)
         return self.target
 
     def abort(self) -> None:
@@ -243,27 +207,14 @@ class VideoSink:
             with contextlib.suppress(av.FFmpegError):
                 self._container.close()
             self._container = None
-        if self.fmt != "hls":
-            self._path.unlink(missing_ok=True)
-            return
-        for path in self.target.iterdir():
-            if path.name.startswith((PLAYLIST_NAME, "segment_")):
-                path.unlink(missing_ok=True)
-        if self._created_dir:
-            with contextlib.suppress(OSError):
-                self.target.rmdir()
+        self._path.unlink(missing_ok=True)
 
 
 class _AudioTranscoder:
-    """Decoded audio frames -> AAC at the source's rate and layout.
+    """Decoded audio frames -> AAC at the source's rate and layout, timed from the first frame's
+    own time plus ``offset`` seconds (a segment starts where its audio starts)."""
 
-    ``offset``: None times the output from zero by sample count (a whole file); seconds to
-    add to the first frame's own time otherwise (a segment starts where its audio starts).
-    """
-
-    def __init__(
-        self, container: av.container.OutputContainer, source, offset: Fraction | None = None
-    ) -> None:
+    def __init__(self, container: av.container.OutputContainer, source, offset: Fraction) -> None:
         ctx = source.codec_context
         rate = ctx.sample_rate if ctx.sample_rate in _AAC_RATES else 48000
         self.stream = container.add_stream("aac", rate=rate)
@@ -273,28 +224,31 @@ class _AudioTranscoder:
             format="fltp", layout=self.stream.layout, rate=rate, frame_size=1024
         )
         self.rate, self.offset = rate, offset
-        self._shift: int | None = None if offset is not None else 0
+        self._next: int | None = None  #: the next sample's time, in 1/rate
+        self._time_base = Fraction(1, rate)
 
     def encode(self, frames) -> list[av.Packet]:
+        """AAC packets for ``frames`` (None: flush), timed by sample count from the first
+        frame's time (the encoder would otherwise count from zero)."""
         packets: list[av.Packet] = []
-        if self._shift is None and frames:
-            first = frames[0]
-            start = (first.pts or 0) * first.time_base + (self.offset or 0)
-            self._shift = round(start * self.rate)
         for frame in [None] if frames is None else frames:
             if frame is not None:
-                frame.pts = None  # the resampler times its output by sample count
+                if self._next is None:
+                    start = (frame.pts or 0) * frame.time_base + self.offset
+                    self._next = round(start * self.rate)
+                frame.pts = None  # the resampler counts samples itself
             for chunk in self.resampler.resample(frame):
+                chunk.pts, chunk.time_base = self._next or 0, self._time_base
+                self._next = (self._next or 0) + chunk.samples
                 packets += self.stream.encode(chunk)
         if frames is None:
             packets += self.stream.encode(None)
-        for packet in packets:
-            if self._shift and packet.pts is not None:
-                packet.pts += self._shift
-                packet.dts = None if packet.dts is None else packet.dts + self._shift
         return packets
 
 
+#: Segments are MPEG-TS; they are opened as such (a segment of a few small frames is too short
+#: for FFmpeg to recognise by probing).
+SEGMENT_FORMAT = "mpegts"
 SEGMENT_MUXER = {
     "mpegts_copyts": "1",  # timestamps as given (the offset is ours, and known)
     "mpegts_flags": "resend_headers",

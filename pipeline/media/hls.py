@@ -1,4 +1,4 @@
-"""HLS output: playlists written from a segment plan, and FFmpeg's HLS muxer for whole runs.
+"""HLS output: playlists written from a segment plan.
 
 A segmented run publishes ``segment_NNNNN.ts`` files by rename; its playlist is generated
 from the plan and the segments done so far, in order and without gaps: an EVENT playlist
@@ -57,21 +57,6 @@ def write_playlist(folder: Path, durations: list[float], target: float, complete
     part.write_text(playlist_text(durations, target, complete))
     os.replace(part, path)
     return path
-
-
-def hls_muxer_options(folder: Path, segment_seconds: float) -> dict[str, str]:
-    if segment_seconds < 1:
-        # HLS target durations are whole seconds and FFmpeg rounds them: shorter segments
-        # would announce a target duration of 0, which players refuse for a growing playlist.
-        raise ValueError("HLS segment duration must be at least 1 second")
-    return {
-        "hls_time": f"{segment_seconds:g}",
-        "hls_list_size": "0",
-        "hls_playlist_type": "event",
-        "hls_segment_type": "mpegts",
-        "hls_segment_filename": str(folder / SEGMENT_PATTERN),
-        "hls_flags": "independent_segments+temp_file",
-    }
 
 
 def is_complete(folder: Path) -> bool:

@@ -22,7 +22,7 @@ import av
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media import keep
 from carn_stream.pipeline.media.decode import open_input
-from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
+from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.formats import OutputFormat
 from carn_stream.pipeline.media.hls import segment_name, write_playlist
 from carn_stream.pipeline.media.segments import SegmentPlan
@@ -43,14 +43,31 @@ def finish_output(
         write_playlist(output, durations, plan.max_duration, complete=True)
         return output
     paths = [folder / segment_name(s.index) for s in plan.segments]
-    join_segments(paths, plan.time_base, source, output, fmt, rotation)
+    timing = VideoTiming(plan.time_base, plan.segments[-1].end_pts, plan.frame_rate)
+    join_segments(paths, timing, source, output, fmt, rotation)
     shutil.rmtree(folder, ignore_errors=True)
     return output
 
 
+@dataclass(frozen=True)
+class VideoTiming:
+    """The input's video timing, which the joined file gets back."""
+
+    time_base: Fraction
+    end_pts: int  #: where the last frame ends (so the file lasts as long as the input)
+    frame_rate: Fraction | None = None
+
+    @property
+    def step(self) -> int:
+        """One frame's duration in the time base (0 when the rate is unknown)."""
+        if not self.frame_rate:
+            return 0
+        return max(1, round(1 / (self.frame_rate * self.time_base)))
+
+
 def join_segments(
     paths: list[Path],
-    time_base: Fraction,
+    timing: VideoTiming,
     source: Path,
     target: Path,
     fmt: OutputFormat,
@@ -61,13 +78,13 @@ def join_segments(
     options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
     try:
         with (
-            av.open(str(paths[0])) as first,
+            av.open(str(paths[0]), format=SEGMENT_FORMAT) as first,
             open_input(source) as src,  # the user's file: the allow-lists apply
             av.open(str(part), "w", format=fmt.muxer, options=options) as out,
         ):
-            streams = _add_streams(first, src, out, fmt, time_base, rotation)
+            streams = _add_streams(first, src, out, fmt, timing, rotation)
             merged = heapq.merge(
-                _segment_video(paths, streams.video, time_base),
+                _segment_video(paths, streams.video, timing),
                 _input_packets(src, streams),
                 _segment_audio(paths, streams),
                 key=lambda timed: (timed[0], timed[1]),
@@ -92,10 +109,12 @@ class _Streams:
     subtitles: keep.Subtitles
 
 
-def _add_streams(first, src, out, fmt: OutputFormat, time_base: Fraction, rotation: int):
+def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotation: int):
     src_video = src.streams.video[0]
     video = out.add_stream_from_template(first.streams.video[0])
-    video.time_base = time_base
+    video.time_base = timing.time_base
+    if timing.frame_rate:  # the container's frame rate is the input's, not a guess
+        video.codec_context.framerate = timing.frame_rate
     if rotation:
         video.set_display_rotation(rotation)
     keep.copy_stream_facts(src_video, video)
@@ -116,11 +135,14 @@ def _add_streams(first, src, out, fmt: OutputFormat, time_base: Fraction, rotati
     return _Streams(video, audio, from_input, input_audio, subtitles)
 
 
-def _segment_video(paths: list[Path], video, time_base: Fraction) -> Iterator[Timed]:
-    """The segments' video packets, the segment offset taken off, in the input's time base."""
+def _segment_video(paths: list[Path], video, timing: VideoTiming) -> Iterator[Timed]:
+    """The segments' video packets, the segment offset taken off, in the input's time base,
+    each lasting one frame (the last one up to the input's end: MPEG-TS keeps no durations,
+    and without them the file would end a frame early)."""
     offset = Fraction(SEGMENT_OFFSET_SECONDS)
+    time_base = timing.time_base
     for n, path in enumerate(paths):
-        with av.open(str(path)) as segment:
+        with av.open(str(path), format=SEGMENT_FORMAT) as segment:
             for packet in segment.demux(segment.streams.video[0]):
                 if packet.dts is None or packet.size == 0:
                     continue
@@ -128,6 +150,8 @@ def _segment_video(paths: list[Path], video, time_base: Fraction) -> Iterator[Ti
                 packet.pts = round((packet.pts * tb - offset) / time_base)
                 packet.dts = round((packet.dts * tb - offset) / time_base)
                 packet.time_base = time_base
+                left = timing.end_pts - packet.pts
+                packet.duration = max(1, min(timing.step or left, left))
                 packet.stream = video
                 yield packet.dts * time_base, n, packet
 
@@ -158,7 +182,7 @@ def _segment_audio(paths: list[Path], streams: _Streams) -> Iterator[Timed]:
         return
     offset = Fraction(SEGMENT_OFFSET_SECONDS)
     for path in paths:
-        with av.open(str(path)) as segment:
+        with av.open(str(path), format=SEGMENT_FORMAT) as segment:
             audio = list(segment.streams.audio)
             if not audio:
                 continue

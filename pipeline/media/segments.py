@@ -30,6 +30,8 @@ from carn_stream.pipeline.media.decode import (
 
 #: Segments are never shorter than this unless the input has no closer keyframe.
 MIN_SEGMENT_SECONDS = 1.0
+#: A plan's target duration that makes the whole input one segment.
+WHOLE = math.inf
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,9 @@ def plan_segments(
     input_options: dict[str, str] | None = None,
     limits: InputLimits | None = None,
 ) -> SegmentPlan:
-    """Plan ``source`` as keyframe-aligned segments of about ``target_seconds``; ``limits``
-    are checked on the stream's header first, and on the plan's duration."""
+    """Plan ``source`` as keyframe-aligned segments of about ``target_seconds`` (``WHOLE``: one
+    segment); ``limits`` are checked on the stream's header first, and on the plan's
+    duration."""
     if target_seconds < minimum_seconds:
         raise ValueError(f"segment duration must be at least {minimum_seconds:g} s")
     with open_input(source, input_options) as container:
@@ -233,7 +236,10 @@ def plan_segments(
     last = packets[-1]
     step = last.duration or (round(1 / (info.frame_rate * tb)) if info.frame_rate else 1)
     end = last.pts + max(step, 1)
-    starts = _cut_points(pts, end, keys, tb, target_seconds, minimum_seconds)
+    if math.isinf(target_seconds):
+        starts = [pts[0]]
+    else:
+        starts = _cut_points(pts, end, keys, tb, target_seconds, minimum_seconds)
     ends = [*starts[1:], end]
     segments = []
     first = 0

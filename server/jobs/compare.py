@@ -18,6 +18,7 @@ import numpy as np
 
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.encode import SEGMENT_FORMAT
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME
 from carn_stream.pipeline.media.images import read_rgb, write_png
 
@@ -43,10 +44,22 @@ def _video_files(output: Path) -> list[Path]:
     return [output / line for line in lines if line and not line.startswith("#")]
 
 
-def _frames_at(files: list[Path], wanted: set[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _open_output(path: Path):
+    """One of the job's own files: an MPEG-TS segment is opened as such (a short one is too
+    small to be recognised by probing)."""
+    if path.suffix == ".ts":
+        return av.open(str(path), format=SEGMENT_FORMAT)
+    return av.open(str(path))
+
+
+def _frames_at(
+    files: list[Path], wanted: set[int], opener=open_input
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Frames at the ``wanted`` indices of ``files`` played one after the other (by default
+    a user's files, opened under the allow-lists)."""
     index = 0
     for path in files:
-        with open_input(path) as container:  # the job's input, then its segments
+        with opener(path) as container:
             for frame in container.decode(video=0):
                 if index in wanted:
                     yield index, frame.to_ndarray(format="rgb24")
@@ -68,7 +81,7 @@ def save_comparison(source: Path, output: Path, job_folder: Path, total: int) ->
         folder.mkdir(exist_ok=True)
         for index, rgb in _frames_at([source], wanted):
             write_png(folder / f"{index}-source.png", rgb)
-        for index, rgb in _frames_at(_video_files(output), wanted):
+        for index, rgb in _frames_at(_video_files(output), wanted, _open_output):
             write_png(folder / f"{index}-carn.png", rgb)
     except (av.FFmpegError, OSError, ValueError, PipelineError) as exc:
         log.warning("keeping comparison frames of %s failed: %s", job_folder.name, exc)
