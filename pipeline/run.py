@@ -56,17 +56,38 @@ class PipelineOptions:
 
 
 @dataclass(frozen=True)
-class FrameReport:
-    """Sent once per frame when it has been muxed; timings in seconds, per stage."""
+class StageTimings:
+    """Seconds one frame spent in each stage (:data:`STAGES`), and from decoded to muxed.
 
-    index: int
-    done: int
-    total: int  #: expected frame count (0 when unknown)
-    timings: dict[str, float]
+    Read-ahead (decoded, not yet batched) is backpressure, not latency: it is in no stage.
+    ``decode`` is None for live frames (the WebRTC stack decodes before a frame arrives).
+    """
+
+    wait: float
+    inference: float
+    encode: float
+    total: float
+    decode: float | None = None
+
+    def stages(self) -> dict[str, float]:
+        """The stages the frame went through, by name."""
+        found = {name: getattr(self, name) for name in STAGES}
+        return {name: seconds for name, seconds in found.items() if seconds is not None}
+
+
+@dataclass(frozen=True)
+class FrameReport:
+    """Sent once per frame when it has been muxed."""
+
+    index: int  #: in the whole video
+    done: int  #: frames of this run muxed so far, this one included
+    total: int  #: expected frame count of the run (0 when unknown)
+    timings: StageTimings
     batch_frames: int = 1  #: size of the inference batch the frame travelled in
     batch_start: bool = True  #: the first frame of its batch (count each batch once)
     #: the engine's precision as the run's first frame found it (auto decides then); "" after
     precision: str = ""
+    segment: int = 0  #: the index of the segment the frame belongs to
 
 
 @dataclass(frozen=True)
@@ -275,25 +296,26 @@ class _PipelineRun:
             muxed = time.monotonic()
             for position, frame in enumerate(frames):
                 self.done += 1
-                timings = {
-                    "decode": self.decode_seconds.pop(frame.index, 0.0),
-                    "wait": max(0.0, result.started - item.formed_at),
-                    "inference": result.finished - result.started,
-                    "encode": muxed - result.finished,
-                }  # read-ahead (decoded, not yet batched) is backpressure, not latency
-                timings["total"] = timings["decode"] + muxed - item.formed_at
+                decode = self.decode_seconds.pop(frame.index, 0.0)
+                timings = StageTimings(
+                    wait=max(0.0, result.started - item.formed_at),
+                    inference=result.finished - result.started,
+                    encode=muxed - result.finished,
+                    total=decode + muxed - item.formed_at,
+                    decode=decode,
+                )
                 if self.on_frame:
                     first = self.done == 1
-                    precision = self.worker.engine.describe_precision() if first else ""
                     self.on_frame(
                         FrameReport(
                             frame.index,
                             self.done,
                             self.expected,
                             timings,
-                            len(frames),
-                            position == 0,
-                            precision,
+                            batch_frames=len(frames),
+                            batch_start=position == 0,
+                            precision=self.worker.engine.describe_precision() if first else "",
+                            segment=self.part.segment.index,
                         )
                     )
         await self.encoder.call(_write, sink, [], None, list(self.audio), 0)

@@ -26,12 +26,14 @@ from carn_stream.server.api import live as live_api
 from carn_stream.server.api import videos as videos_api
 from carn_stream.server.api import watch as watch_api
 from carn_stream.server.blocking import BlockingPool
+from carn_stream.server.jobs import media as job_media
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.limits import Intake
 from carn_stream.server.live import LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.middleware import Gate, RequestMetrics
+from carn_stream.server.vod import media as video_media
 from carn_stream.server.vod.manager import VideoManager
 from carn_stream.server.vod.store import VideoStore
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
@@ -39,6 +41,8 @@ from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+#: What a signed media link may open: one job's media, or one video's.
+MEDIA_SCOPES = (job_media.SCOPE, video_media.SCOPE)
 
 
 @dataclass
@@ -154,6 +158,8 @@ def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]
         """Prometheus exposition of every metric of this process's service."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(Gate, token=lambda: settings.api_token)  # type: ignore[arg-type]
+    app.state.media_scopes = MEDIA_SCOPES
+    gate = {"token": lambda: settings.api_token, "scopes": MEDIA_SCOPES}
+    app.add_middleware(Gate, **gate)  # type: ignore[arg-type]
     app.add_middleware(RequestMetrics, metrics=metrics)  # type: ignore[arg-type]  # outermost
     return app

@@ -46,7 +46,9 @@ def link_signer(request: Request) -> Callable[[str], str]:
     settings = get_settings(request)
     if not settings.api_token:
         return lambda path: path
-    return lambda path: media_links.sign(path, settings.api_token, settings.media_link_seconds)
+    token, lifetime = settings.api_token, settings.media_link_seconds
+    scopes = request.app.state.media_scopes
+    return lambda path: media_links.sign(path, token, lifetime, scopes)
 
 
 #: A route's link signer (see :func:`link_signer`).

@@ -30,7 +30,7 @@ from carn_stream.pipeline.engine.infer import InferenceWorker
 from carn_stream.pipeline.frames import yuv420_video_frame
 from carn_stream.pipeline.media.decode import frame_planes, open_input
 from carn_stream.pipeline.priorities import Priority
-from carn_stream.pipeline.run import FrameReport
+from carn_stream.pipeline.run import FrameReport, StageTimings
 from carn_stream.server.metrics import Metrics
 from carn_stream.settings import Settings
 
@@ -286,12 +286,12 @@ class UpscaleTrack(MediaStreamTrack):
         s.latency = done - arrived
         s.mark(done)
         inference = result.finished - result.started
-        timings = {  # no "decode": the WebRTC stack decodes before the frame arrives
-            "wait": max(0.0, result.started - arrived),
-            "inference": inference,
-            "encode": max(0.0, done - result.finished),
-            "total": done - arrived,
-        }
+        timings = StageTimings(  # no decode: the WebRTC stack decodes before the frame arrives
+            wait=max(0.0, result.started - arrived),
+            inference=inference,
+            encode=max(0.0, done - result.finished),
+            total=done - arrived,
+        )
         self.metrics.observe_frame(FrameReport(s.frames - 1, s.frames, 0, timings), "live")
         if self._on_size is not None:
             self._on_size(*out_size)

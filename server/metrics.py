@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-from carn_stream.pipeline.run import STAGES, FrameReport
+from carn_stream.pipeline.run import FrameReport
 from carn_stream.progress_rate import RateMeter
 
 # One `_created` series per labelled child doubled the exposition for no use (process-wide).
@@ -136,10 +136,9 @@ class Metrics:
         )
 
     def observe_frame(self, report: FrameReport, mode: str = "job") -> None:
-        for stage in STAGES:
-            if stage in report.timings:  # live frames have no decode stage of ours
-                self.stage_seconds.labels(stage, mode).observe(report.timings[stage])
-        self.frame_seconds.labels(mode).observe(report.timings["total"])
+        for stage, seconds in report.timings.stages().items():  # live frames: no decode
+            self.stage_seconds.labels(stage, mode).observe(seconds)
+        self.frame_seconds.labels(mode).observe(report.timings.total)
         self.frames.labels(mode).inc()
         if report.batch_start:
             self.batch_frames.observe(report.batch_frames)

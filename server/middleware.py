@@ -48,8 +48,15 @@ class Gate:
     media link), and the body's declared size; a body that grows past its limit while being
     read ends with 413 too. Nothing behind it parses a body it has not let through."""
 
-    def __init__(self, app: ASGIApp, token: Callable[[], str | None], now=time.time) -> None:
-        self.app, self._token, self._now = app, token, now
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: Callable[[], str | None],
+        scopes: media_links.Scopes = (),
+        now=time.time,
+    ) -> None:
+        """``scopes``: the media a signed link may open (see :mod:`media_links`)."""
+        self.app, self._token, self._scopes, self._now = app, token, scopes, now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +65,7 @@ class Gate:
         token = self._token()
         path: str = scope["path"]
         if token and path.startswith(media_links.PREFIX):
-            opened = media_links.verify(path, token, self._now())
+            opened = media_links.verify(path, token, self._scopes, self._now())
             if opened is None or scope["method"] not in ("GET", "HEAD"):
                 await _send_error(send, 401, "this media link is invalid or has expired; "
                                   "get fresh links from GET /jobs/{id}")  # fmt: skip

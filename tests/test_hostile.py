@@ -18,6 +18,7 @@ from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.media.decode import probe
 from carn_stream.server import media_links
 from carn_stream.server.admission import check_admission, data_dir_writable
+from carn_stream.server.app import MEDIA_SCOPES as SCOPES
 from carn_stream.server.inputs.exposure import public_url, redact_paths
 from carn_stream.server.inputs.fetch import (
     FetchError,
@@ -177,30 +178,33 @@ def test_urls_are_shown_without_secrets_and_errors_without_server_paths(tmp_path
 
 def test_media_links_are_signed_scoped_and_expire():
     job = "0123456789abcdef0123456789abcdef"
-    link = media_links.sign(f"/jobs/{job}/hls/index.m3u8", TOKEN, 60, now=1000)
-    assert media_links.verify(link, TOKEN, now=1030) == f"/jobs/{job}/hls/index.m3u8"
+    link = media_links.sign(f"/jobs/{job}/hls/index.m3u8", TOKEN, 60, SCOPES, now=1000)
+    assert media_links.verify(link, TOKEN, SCOPES, now=1030) == f"/jobs/{job}/hls/index.m3u8"
     segment = link.replace("index.m3u8", "segment_00001.ts")  # resolved relative to it
-    assert media_links.verify(segment, TOKEN, now=1030) == f"/jobs/{job}/hls/segment_00001.ts"
-    assert media_links.verify(link, TOKEN, now=1061) is None  # expired
-    assert media_links.verify(link, "other-token", now=1030) is None
+    opened = media_links.verify(segment, TOKEN, SCOPES, now=1030)
+    assert opened == f"/jobs/{job}/hls/segment_00001.ts"
+    assert media_links.verify(link, TOKEN, SCOPES, now=1061) is None  # expired
+    assert media_links.verify(link, "other-token", SCOPES, now=1030) is None
     other = link.replace(job, "f" * 32)
-    assert media_links.verify(other, TOKEN, now=1030) is None  # another job's files
+    assert media_links.verify(other, TOKEN, SCOPES, now=1030) is None  # another job's files
     # One signature covers one job's media (its HLS folder, preview, file and comparison
     # frames), nothing outside them.
-    mp4 = media_links.sign(f"/jobs/{job}/output.mp4", TOKEN, 60, now=1000)
-    assert media_links.verify(mp4.replace("output.mp4", "hls/index.m3u8"), TOKEN, 1030)
-    assert media_links.verify(mp4.replace("output.mp4", "input"), TOKEN, 1030) is None
-    assert media_links.verify(mp4.replace("output.mp4", "jobs.sqlite3"), TOKEN, 1030) is None
+    mp4 = media_links.sign(f"/jobs/{job}/output.mp4", TOKEN, 60, SCOPES, now=1000)
+    assert media_links.verify(mp4.replace("output.mp4", "hls/index.m3u8"), TOKEN, SCOPES, 1030)
+    assert media_links.verify(mp4.replace("output.mp4", "input"), TOKEN, SCOPES, 1030) is None
+    database = mp4.replace("output.mp4", "jobs.sqlite3")
+    assert media_links.verify(database, TOKEN, SCOPES, 1030) is None
     with pytest.raises(ValueError):
-        media_links.sign("/jobs", TOKEN, 60)
+        media_links.sign("/jobs", TOKEN, 60, SCOPES)
     # A video's signature covers its playlists and segments, resolved relative to the master.
     video = "fedcba9876543210fedcba9876543210"
-    master = media_links.sign(f"/videos/{video}/master.m3u8", TOKEN, 60, now=1000)
+    master = media_links.sign(f"/videos/{video}/master.m3u8", TOKEN, 60, SCOPES, now=1000)
     for inside in ("x2/index.m3u8", "original/segment_00003.ts"):
-        opened = media_links.verify(master.replace("master.m3u8", inside), TOKEN, 1030)
+        opened = media_links.verify(master.replace("master.m3u8", inside), TOKEN, SCOPES, 1030)
         assert opened == f"/videos/{video}/{inside}"
-    assert media_links.verify(master.replace(video, job), TOKEN, 1030) is None
-    assert media_links.verify(master.replace("master.m3u8", "x2/../../x"), TOKEN, 1030) is None
+    assert media_links.verify(master.replace(video, job), TOKEN, SCOPES, 1030) is None
+    escape = master.replace("master.m3u8", "x2/../../x")
+    assert media_links.verify(escape, TOKEN, SCOPES, 1030) is None
 
 
 def test_new_jobs_are_refused_below_the_disk_floor_and_with_a_full_queue(tmp_path):

@@ -142,6 +142,10 @@ def test_hls_job_plays_before_it_finishes_and_keeps_everything(server, media, tm
         decoded = list(c.decode(video=0))
     frames = len(decoded)
     assert (decoded[0].width, decoded[0].height) == (320, 180) and frames == 125
+    # An HLS job has no MP4: the 404 says what the job is and where its output is.
+    wrong = server.call("GET", f"/jobs/{job['id']}/output.mp4")
+    assert wrong.status == 404
+    assert wrong.json()["detail"].endswith(f"it is a hls job; its output is {playlist_url}")
 
 
 def test_mp4_job_serves_range_requests(server, media, tmp_path):
@@ -476,11 +480,11 @@ def test_retention_removes_old_jobs_and_their_files(tmp_path):
     runner = JobRunner(store, settings, Metrics(), lambda: None)
     old, fresh = store.create("http://x/a", JobParams()), store.create("http://x/b", JobParams())
     for job, age in ((old, 3700), (fresh, 60)):
-        runner.job_dir(job.id).mkdir(parents=True)
+        runner.media(job).folder.mkdir(parents=True)
         store.finish(job.id, "succeeded", at=time.time() - age)
     runner.remove_expired()
-    assert store.get(old.id) is None and not runner.job_dir(old.id).exists()
-    assert store.get(fresh.id) is not None and runner.job_dir(fresh.id).exists()
+    assert store.get(old.id) is None and not runner.media(old).folder.exists()
+    assert store.get(fresh.id) is not None and runner.media(fresh).folder.exists()
     store.close()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -15,7 +14,7 @@ from carn_stream.model.named_weights import weights_file
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.codecs import check_codec
 from carn_stream.pipeline.media.formats import FORMATS
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME
 from carn_stream.server.admission import check_admission
 from carn_stream.server.deps import (
     Limit,
@@ -27,6 +26,7 @@ from carn_stream.server.deps import (
 )
 from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.fetch import FetchError, validate_url
+from carn_stream.server.jobs.media import JOB_ID, JobMedia
 from carn_stream.server.jobs.params import JobParams
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import (
@@ -39,7 +39,6 @@ from carn_stream.server.jobs.store import (
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 class JobCreate(JobParams):
@@ -99,14 +98,11 @@ class JobOut(JobParams):
         """The job as the API shows it: its URL without secrets, media links signed by
         ``sign`` (when the server has a token)."""
         counts = counts or dict.fromkeys(SEGMENT_STATES, 0)
-        links = {"self": f"/jobs/{job.id}", "segments": f"/jobs/{job.id}/segments"}
-        fmt = FORMATS[job.params.format]
-        if job.state not in ENDED_WITHOUT_OUTPUT:
-            if fmt.is_folder:  # playable while it runs
-                links["playlist"] = sign(f"/jobs/{job.id}/{fmt.output_name()}/{PLAYLIST_NAME}")
-                links["preview"] = sign(f"/jobs/{job.id}/preview.m3u8")
-            elif job.state == "succeeded":  # e.g. links["mkv"]: /jobs/{id}/output.mkv
-                links[fmt.name] = sign(f"/jobs/{job.id}/{fmt.output_name()}")
+        media = JobMedia(job.id, FORMATS[job.params.format])
+        links = {"self": media.url, "segments": f"{media.url}/segments"}
+        if job.state not in ENDED_WITHOUT_OUTPUT:  # HLS: playable while it runs
+            urls = media.media_urls(succeeded=job.state == "succeeded")
+            links.update({name: sign(url) for name, url in urls.items()})
         return cls(
             **job.params.model_dump(),
             id=job.id,
@@ -145,7 +141,7 @@ Runner = Annotated[JobRunner, Depends(get_runner)]
 
 
 def _job_or_404(store: JobStore, job_id: str) -> Job:
-    job = store.get(job_id) if JOB_ID_RE.match(job_id) else None
+    job = store.get(job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
     return job
@@ -224,9 +220,11 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileRespon
     job = _job_or_404(store, job_id)
     if job.state in ENDED_WITHOUT_OUTPUT:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
-    if name != PLAYLIST_NAME and not SEGMENT_NAME_RE.match(name):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no HLS file {name!r}")
-    path = runner.job_dir(job.id) / FORMATS["hls"].output_name() / name
+    media = runner.media(job)
+    path = media.hls_file(name)
+    if path is None:
+        reason = _not_this_output(media, f"no HLS file {name!r}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, reason)
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is not available (yet)")
     if name == PLAYLIST_NAME:
@@ -242,8 +240,20 @@ def output_file(job_id: str, ext: str, store: Store, runner: Runner) -> FileResp
     """The finished file of a job's own format (output.mp4, output.mkv, output.mov); HTTP Range
     requests and HEAD supported."""
     job = _job_or_404(store, job_id)
-    fmt = FORMATS[job.params.format]
-    path = runner.job_dir(job.id) / fmt.output_name()
-    if fmt.is_folder or fmt.suffix != f".{ext}" or job.state != "succeeded" or not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no .{ext} output")
-    return FileResponse(path, media_type=fmt.media_type, filename=f"{job.id}{fmt.suffix}")
+    media = runner.media(job)
+    if media.fmt.is_folder or media.fmt.suffix != f".{ext}":
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, _not_this_output(media, f"job {job_id} has no .{ext} output")
+        )
+    if job.state != "succeeded" or not media.output.is_file():
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"job {job_id} is {job.state}: its output is not ready"
+        )
+    fmt = media.fmt
+    return FileResponse(media.output, media_type=fmt.media_type, filename=f"{job.id}{fmt.suffix}")
+
+
+def _not_this_output(media: JobMedia, what: str) -> str:
+    """A 404's message for a link of another format: the job's own format and its link."""
+    own = media.playlist_url if media.fmt.is_folder else media.output_url
+    return f"{what}: it is a {media.fmt.name} job; its output is {own}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Annotated
 
@@ -18,12 +17,17 @@ from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.fetch import FetchError
 from carn_stream.server.jobs.params import Scale
 from carn_stream.server.vod.manager import NotReady, SegmentError, VideoGone, VideoManager
+from carn_stream.server.vod.media import (
+    MASTER_NAME,
+    VIDEO_ID,
+    master_url,
+    playlist_url,
+    video_url,
+)
 from carn_stream.server.vod.store import TUNE_STATES, Rendition, Video
 
 router = APIRouter(prefix="/videos", tags=["videos"])
 
-VIDEO_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-MASTER_NAME = "master.m3u8"
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 
 
@@ -94,12 +98,12 @@ class VideoOut(BaseModel):
         """The video as the API shows it: its URL without secrets, playlist links signed by
         ``sign`` (when the server has a token)."""
         plan = video.plan
-        base = f"/videos/{video.id}"
+        base = video_url(video.id)
         renditions = []
         for r in video.renditions:
             made = cached.get(r.name, {})
             renditions.append(RenditionOut(
-                **r.model_dump(), playlist=sign(f"{base}/{r.name}/{PLAYLIST_NAME}"),
+                **r.model_dump(), playlist=sign(playlist_url(video.id, r.name)),
                 segments_cached=len(made), bytes_cached=sum(made.values()), cached=sorted(made),
             ))  # fmt: skip
         return cls(
@@ -123,7 +127,7 @@ class VideoOut(BaseModel):
                 psnr_tuned=video.psnr_tuned,
                 error=video.tune_error,
             ),
-            links={"self": base, "master": sign(f"{base}/{MASTER_NAME}")},
+            links={"self": base, "master": sign(master_url(video.id))},
         )
 
 
@@ -142,7 +146,7 @@ Videos = Annotated[VideoManager, Depends(get_videos)]
 
 
 def _video_or_404(videos: VideoManager, video_id: str) -> Video:
-    video = videos.get(video_id) if VIDEO_ID_RE.match(video_id) else None
+    video = videos.get(video_id) if VIDEO_ID.fullmatch(video_id) else None
     if video is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no video {video_id!r}")
     return video

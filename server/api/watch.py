@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
@@ -13,11 +12,11 @@ from pydantic import BaseModel
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME
 from carn_stream.server.deps import Signer, get_runner, get_store
 from carn_stream.server.jobs.compare import compared_frames, comparison_png
+from carn_stream.server.jobs.media import HLS, JOB_ID, JobMedia
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import ENDED_WITHOUT_OUTPUT, JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class Comparison(BaseModel):
@@ -25,13 +24,13 @@ class Comparison(BaseModel):
     links: dict[str, str]  #: frame index -> URL of its PNG (add ``?kind=bicubic``)
 
 
-def _folder(job_id: str, store: JobStore, runner: JobRunner):
-    job = store.get(job_id) if _JOB_ID.match(job_id) else None
+def _media(job_id: str, store: JobStore, runner: JobRunner) -> JobMedia:
+    job = store.get(job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
     if job.state in ENDED_WITHOUT_OUTPUT:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
-    return runner.job_dir(job.id)
+    return runner.media(job)
 
 
 @router.get("/{job_id}/compare", response_model=Comparison)
@@ -43,10 +42,9 @@ def list_comparison(
 ) -> Comparison:
     """Frames of a finished job kept for comparison (none before it has succeeded); links
     signed like the job's other media when the server has a token."""
-    frames = compared_frames(_folder(job_id, store, runner))
-    return Comparison(
-        frames=frames, links={str(n): sign(f"/jobs/{job_id}/compare/{n}.png") for n in frames}
-    )
+    media = _media(job_id, store, runner)
+    frames = compared_frames(media.folder)
+    return Comparison(frames=frames, links={str(n): sign(media.compare_url(n)) for n in frames})
 
 
 @router.get("/{job_id}/compare/{index}.png", response_class=FileResponse)
@@ -58,7 +56,7 @@ def comparison_frame(
     kind: Annotated[Literal["carn", "bicubic"], Query()] = "carn",
 ) -> FileResponse:
     """Frame ``index`` as CARN-M made it, or plain bicubic of the same source frame."""
-    path = comparison_png(_folder(job_id, store, runner), index, kind)
+    path = comparison_png(_media(job_id, store, runner).folder, index, kind)
     if path is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"job {job_id} kept no frame {index} for comparison"
@@ -74,8 +72,11 @@ def preview_playlist(
 ) -> Response:
     """The segments written so far as a finished (VOD) playlist: a player starts on the first
     segment instead of waiting for three of a growing one; the page reloads it for more."""
-    path = _folder(job_id, store, runner) / "hls" / PLAYLIST_NAME
+    media = _media(job_id, store, runner)
+    path = media.hls_file(PLAYLIST_NAME)
     try:
+        if path is None:
+            raise FileNotFoundError(f"job {job_id} is a {media.fmt.name} job")
         lines = path.read_text().splitlines()
     except FileNotFoundError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no segment yet") from None
@@ -83,7 +84,7 @@ def preview_playlist(
     for line in lines:
         if line.startswith("#EXT-X-PLAYLIST-TYPE") or line == "#EXT-X-ENDLIST":
             continue
-        out.append(line if not line or line.startswith("#") else f"hls/{line}")
+        out.append(line if not line or line.startswith("#") else f"{HLS}/{line}")
         if line.startswith("#EXT-X-VERSION"):
             out.append("#EXT-X-PLAYLIST-TYPE:VOD")
     out.append("#EXT-X-ENDLIST")

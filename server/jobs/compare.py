@@ -21,9 +21,9 @@ from carn_stream.pipeline.media.decode import open_input
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME
 from carn_stream.pipeline.media.images import read_rgb, write_png
+from carn_stream.server.jobs.media import COMPARE_NAME
 
 SAMPLES = 4
-FOLDER = "compare"
 KINDS = ("carn", "bicubic")
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def save_comparison(source: Path, output: Path, job_folder: Path, total: int) ->
     wanted = set(sample_indices(total))
     if not wanted:
         return []
-    folder = job_folder / FOLDER
+    folder = job_folder / COMPARE_NAME
     try:
         folder.mkdir(exist_ok=True)
         for index, rgb in _frames_at([source], wanted):
@@ -90,7 +90,7 @@ def save_comparison(source: Path, output: Path, job_folder: Path, total: int) ->
 
 def compared_frames(job_folder: Path) -> list[int]:
     """Indices with both a source and an output frame kept."""
-    folder = job_folder / FOLDER
+    folder = job_folder / COMPARE_NAME
     if not folder.is_dir():
         return []
     found = [int(p.name.split("-")[0]) for p in folder.glob("*-carn.png")]
@@ -101,7 +101,7 @@ def comparison_png(job_folder: Path, index: int, kind: str) -> Path | None:
     """The PNG of frame ``index`` as CARN-M made it, or its bicubic counterpart (made once)."""
     if kind not in KINDS or index not in compared_frames(job_folder):
         return None
-    folder = job_folder / FOLDER
+    folder = job_folder / COMPARE_NAME
     carn = folder / f"{index}-carn.png"
     if kind == "carn":
         return carn

@@ -31,14 +31,14 @@ from carn_stream.progress_rate import RateMeter
 from carn_stream.server.inputs.exposure import redact_paths
 from carn_stream.server.inputs.fetch import FetchError, fetch
 from carn_stream.server.jobs.compare import save_comparison
+from carn_stream.server.jobs.media import JobMedia
 from carn_stream.server.jobs.store import Job, JobStore
-from carn_stream.server.limits import INPUT_NAME, Intake
+from carn_stream.server.limits import Intake
 from carn_stream.server.metrics import Metrics
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WORK_NAME = "work"
 
 
 class JobRunner:
@@ -67,11 +67,9 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._stopping = False
 
-    def job_dir(self, job_id: str) -> Path:
-        return self.data_dir / "jobs" / job_id
-
-    def output_path(self, job: Job) -> Path:
-        return self.job_dir(job.id) / FORMATS[job.params.format].output_name()
+    def media(self, job: Job) -> JobMedia:
+        """Where the job's files are, and their URLs."""
+        return JobMedia(job.id, FORMATS[job.params.format], self.data_dir / "jobs")
 
     def wake(self) -> None:
         self._wake.set()
@@ -83,8 +81,9 @@ class JobRunner:
             job = self.store.get(job_id)
             if job is None:
                 continue
-            _discard(FORMATS[job.params.format], self.output_path(job), self.job_dir(job_id))
-            (self.job_dir(job_id) / INPUT_NAME).unlink(missing_ok=True)
+            media = self.media(job)
+            _discard(media)
+            media.input.unlink(missing_ok=True)
 
     def refresh_gauges(self) -> None:
         counts = self.store.count_by_state()
@@ -143,29 +142,24 @@ class JobRunner:
     # ------------------------------------------------------------------ one job
 
     async def _run(self, job: Job, executor: SegmentExecutor, cancelled: threading.Event) -> None:
-        folder = self.job_dir(job.id)
-        fmt = FORMATS[job.params.format]
-        output = self.output_path(job)
-        download = folder / INPUT_NAME
+        media = self.media(job)
         finished = False
         try:
-            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-            source = download
-            if not download.is_file():
-                source = await self.offload(
-                    fetch, job.url, download, self.intake.policy, cancelled
-                )
+            await asyncio.to_thread(media.folder.mkdir, parents=True, exist_ok=True)
+            source = media.input
+            if not source.is_file():
+                policy = self.intake.policy
+                source = await self.offload(fetch, job.url, media.input, policy, cancelled)
             plan = job.plan
             if plan is None:
                 limits = self.intake.limits(job.params.scale)
-                request = PlanRequest(source, self.intake.segment_seconds, limits)
-                plan = await executor.plan(request)
+                plan = await executor.plan(PlanRequest(source, self.intake.segment_seconds, limits))
                 self.store.save_plan(job.id, plan)
             else:
                 self.store.reset_unfinished_segments(job.id)
-            await self._make(job, plan, source, output, folder / WORK_NAME, executor)
+            await self._make(job, plan, source, media, executor)
             # a few frames kept for comparing CARN-M with bicubic (the input goes next)
-            await self.offload(save_comparison, source, output, folder, plan.frames)
+            await self.offload(save_comparison, source, media.output, media.folder, plan.frames)
             self.store.finish(job.id, "succeeded")
             finished = True
             log.info("job %s succeeded", job.id)
@@ -173,24 +167,24 @@ class JobRunner:
             if self._stopping:
                 self.store.requeue(job.id)  # finished segments stay for the next start
             else:
-                await asyncio.to_thread(_discard, fmt, output, folder)
+                await asyncio.to_thread(_discard, media)
                 self.store.finish(job.id, "cancelled", "cancelled by request")
                 finished = True
         except (FetchError, PipelineError, ValueError) as exc:
-            await asyncio.to_thread(_discard, fmt, output, folder)
-            self.store.finish(job.id, "failed", redact_paths(str(exc), folder, job.url))
+            await asyncio.to_thread(_discard, media)
+            self.store.finish(job.id, "failed", redact_paths(str(exc), media.folder, job.url))
             finished = True
             log.info("job %s failed: %s", job.id, exc)
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job.id)
-            await asyncio.to_thread(_discard, fmt, output, folder)
-            reason = redact_paths(f"internal error: {type(exc).__name__}: {exc}", folder, job.url)
-            self.store.finish(job.id, "failed", reason)
+            await asyncio.to_thread(_discard, media)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            self.store.finish(job.id, "failed", redact_paths(reason, media.folder, job.url))
             finished = True
         finally:
             if finished:  # our copy of the input only, never a local input file
-                download.unlink(missing_ok=True)
-                shutil.rmtree(folder / WORK_NAME, ignore_errors=True)
+                media.input.unlink(missing_ok=True)
+                shutil.rmtree(media.work, ignore_errors=True)
             self._running.pop(job.id, None)
             self._cancel_flags.pop(job.id, None)
             self.refresh_gauges()
@@ -207,100 +201,104 @@ class JobRunner:
         )
 
     async def _make(
-        self,
-        job: Job,
-        plan: SegmentPlan,
-        source: Path,
-        output: Path,
-        work_dir: Path,
+        self, job: Job, plan: SegmentPlan, source: Path, media: JobMedia,
         executor: SegmentExecutor,
-    ) -> None:
-        fmt = FORMATS[job.params.format]
-        done: dict[int, SegmentResult] = {}
-        for record in self.store.segments(job.id):
-            result = record.result()
-            path = fmt.segment_dir(output, work_dir) / segment_name(record.index)
-            if result is not None and path.is_file() and path.stat().st_size == result.bytes:
-                done[record.index] = result
-        frames_done = sum(r.frames for r in done.values())
-        in_flight: dict[int, int] = {}
-        rate = RateMeter()  # recent fps: the average since the start misled the ETA
-        last_write = 0.0
-
-        def write_progress(force: bool = False) -> None:
-            nonlocal last_write
-            now = time.monotonic()
-            if force or now - last_write >= 0.5:
-                last_write = now
-                frames = frames_done + sum(in_flight.values())
-                self.store.progress(job.id, frames, plan.frames, rate.rate() or 0.0)
-
-        def on_frame(report: FrameReport) -> None:
-            self.metrics.observe_frame(report, "job")
-            index = _segment_of(plan, report.index)
-            in_flight[index] = in_flight.get(index, 0) + 1
-            rate.add()
-            write_progress()
-
-        def on_start(index: int, attempt: int) -> None:
-            in_flight[index] = 0
-            self.store.segment_started(job.id, index)
-
-        def on_done(result: SegmentResult) -> None:
-            nonlocal frames_done
-            in_flight.pop(result.index, None)
-            frames_done += result.frames
-            self.store.segment_done(job.id, result)
-            write_progress(force=True)
-
-        def on_retry(index: int, reason: str) -> None:
-            in_flight.pop(index, None)
-            self.metrics.segment_retries.inc()
-
+    ) -> None:  # fmt: skip
+        """Make the segments not done yet, then the output; progress goes to the store."""
+        done = self._segments_done(job, media)
+        progress = _Progress(self, job.id, plan.frames, sum(r.frames for r in done.values()))
         run = SegmentedRun(
             source=source,
             plan=plan,
-            fmt=fmt,
-            output=output,
-            work_dir=work_dir,
+            fmt=media.fmt,
+            output=media.output,
+            work_dir=media.work,
             options=self._options(job, executor),
             executor=executor,
             done=done,
             max_attempts=self.settings.segment_attempts,
             in_flight=lambda: executor.slots,
             slots=self._slots,
-            on_frame=on_frame,
-            on_start=on_start,
-            on_done=on_done,
-            on_retry=on_retry,
+            on_frame=progress.frame,
+            on_start=progress.started,
+            on_done=progress.done,
+            on_retry=progress.retried,
         )
         try:
             await run.execute()
         except PipelineError as exc:
             failed = getattr(exc, "segment", None)
             if failed is not None:
-                reason = redact_paths(str(exc), self.job_dir(job.id), job.url)
+                reason = redact_paths(str(exc), media.folder, job.url)
                 self.store.segment_failed(job.id, failed.index, reason)
             raise
-        self.store.progress(job.id, plan.frames, plan.frames, rate.average() or rate.rate() or 0.0)
+        progress.finished()
+
+    def _segments_done(self, job: Job, media: JobMedia) -> dict[int, SegmentResult]:
+        """The segments recorded as done whose files are there, whole (a resumed job)."""
+        done: dict[int, SegmentResult] = {}
+        folder = media.fmt.segment_dir(media.output, media.work)
+        for record in self.store.segments(job.id):
+            result = record.result()
+            path = folder / segment_name(record.index)
+            if result is not None and path.is_file() and path.stat().st_size == result.bytes:
+                done[record.index] = result
+        return done
 
     def remove_expired(self) -> None:
         hours = self.settings.retention_hours
         if hours <= 0:
             return
         for job_id in self.store.expired(time.time() - hours * 3600):
-            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            shutil.rmtree(self.data_dir / "jobs" / job_id, ignore_errors=True)
             self.store.delete(job_id)
 
 
-def _segment_of(plan: SegmentPlan, frame_index: int) -> int:
-    for segment in plan.segments:
-        if frame_index < segment.first_frame + segment.frames:
-            return segment.index
-    return plan.segments[-1].index
+class _Progress:
+    """A running job's progress: frames done (segments done, and frames of the segments in
+    flight), the recent rate, each segment's state; written to the store at most twice a
+    second, and at every segment's end."""
+
+    def __init__(self, runner: JobRunner, job_id: str, total: int, frames_done: int) -> None:
+        self.store, self.metrics, self.job_id = runner.store, runner.metrics, job_id
+        self.total, self.frames_done = total, frames_done
+        self.in_flight: dict[int, int] = {}  #: segment index -> frames made so far
+        self.rate = RateMeter()  # recent fps: the average since the start misled the ETA
+        self._written = 0.0
+
+    def frame(self, report: FrameReport) -> None:
+        self.metrics.observe_frame(report, "job")
+        self.in_flight[report.segment] = self.in_flight.get(report.segment, 0) + 1
+        self.rate.add()
+        self._write()
+
+    def started(self, index: int, attempt: int) -> None:
+        self.in_flight[index] = 0
+        self.store.segment_started(self.job_id, index)
+
+    def done(self, result: SegmentResult) -> None:
+        self.in_flight.pop(result.index, None)
+        self.frames_done += result.frames
+        self.store.segment_done(self.job_id, result)
+        self._write(force=True)
+
+    def retried(self, index: int, reason: str) -> None:
+        self.in_flight.pop(index, None)
+        self.metrics.segment_retries.inc()
+
+    def finished(self) -> None:
+        fps = self.rate.average() or self.rate.rate() or 0.0
+        self.store.progress(self.job_id, self.total, self.total, fps)
+
+    def _write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._written >= 0.5:
+            self._written = now
+            frames = self.frames_done + sum(self.in_flight.values())
+            self.store.progress(self.job_id, frames, self.total, self.rate.rate() or 0.0)
 
 
-def _discard(fmt, output: Path, folder: Path) -> None:
+def _discard(media: JobMedia) -> None:
     """A job that did not succeed keeps no output and no work files."""
-    fmt.discard(output)
-    shutil.rmtree(folder / WORK_NAME, ignore_errors=True)
+    media.fmt.discard(media.output)
+    shutil.rmtree(media.work, ignore_errors=True)

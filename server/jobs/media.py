@@ -1,0 +1,98 @@
+"""A job's media, in one place: where its files are on disk and the URLs that serve them.
+
+A job's folder is ``<data>/jobs/<id>/``: the service's copy of the input, the work folder of a
+file output's segments, the output (an HLS folder, or ``output.mp4``/``.mkv``/``.mov``) and the
+frames kept for comparison. Its media are served under ``/jobs/<id>/``, and a signed link to
+one of them covers them all (:data:`SCOPE`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from carn_stream.pipeline.media.formats import FORMATS, OutputFormat
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
+from carn_stream.server.limits import INPUT_NAME
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+HLS = FORMATS["hls"].output_name()  #: the HLS output's folder, and its URL path
+PREVIEW_NAME = "preview.m3u8"
+COMPARE_NAME = "compare"
+WORK_NAME = "work"
+#: The media of one job a signed link covers: (scope, file).
+SCOPE = re.compile(
+    rf"^(/jobs/{JOB_ID.pattern}/)"
+    rf"({HLS}/[^/]+|output\.[a-z0-9]{{2,4}}|{re.escape(PREVIEW_NAME)}|{COMPARE_NAME}/\d{{1,9}}\.png)$"
+)
+
+
+@dataclass(frozen=True)
+class JobMedia:
+    """The URLs of job ``job_id``'s media (of format ``fmt``) and, given the jobs folder
+    ``root``, where its files are."""
+
+    job_id: str
+    fmt: OutputFormat
+    root: Path | None = None
+
+    # ------------------------------------------------------------------ on disk
+
+    @property
+    def folder(self) -> Path:
+        if self.root is None:
+            raise ValueError("this job's media were described without the jobs folder")
+        return self.root / self.job_id
+
+    @property
+    def input(self) -> Path:
+        """The service's copy of the input (never a local input file)."""
+        return self.folder / INPUT_NAME
+
+    @property
+    def work(self) -> Path:
+        return self.folder / WORK_NAME
+
+    @property
+    def output(self) -> Path:
+        return self.folder / self.fmt.output_name()
+
+    @property
+    def compare(self) -> Path:
+        return self.folder / COMPARE_NAME
+
+    def hls_file(self, name: str) -> Path | None:
+        """The HLS output's playlist or one of its segments; None for any other name."""
+        if not self.fmt.is_folder or (name != PLAYLIST_NAME and not SEGMENT_NAME_RE.match(name)):
+            return None
+        return self.output / name
+
+    # ------------------------------------------------------------------ URLs
+
+    @property
+    def url(self) -> str:
+        return f"/jobs/{self.job_id}"
+
+    @property
+    def playlist_url(self) -> str:
+        return f"{self.url}/{HLS}/{PLAYLIST_NAME}"
+
+    @property
+    def preview_url(self) -> str:
+        return f"{self.url}/{PREVIEW_NAME}"
+
+    @property
+    def output_url(self) -> str:
+        """A file output's URL (``/jobs/<id>/output.mp4``)."""
+        return f"{self.url}/{self.fmt.output_name()}"
+
+    def compare_url(self, index: int) -> str:
+        return f"{self.url}/{COMPARE_NAME}/{index}.png"
+
+    def media_urls(self, succeeded: bool) -> dict[str, str]:
+        """The links a job offers: an HLS job's playlist and preview while it runs and after;
+        a file job's output once it has succeeded (``mp4``: ``/jobs/<id>/output.mp4``)."""
+        if self.fmt.is_folder:
+            return {"playlist": self.playlist_url, "preview": self.preview_url}
+        return {self.fmt.name: self.output_url} if succeeded else {}
