@@ -146,12 +146,14 @@ def quantize(
 
 @contextlib.contextmanager
 def _quiet_nncf() -> Iterator[None]:
-    """NNCF logs its progress bars and per-step chatter at INFO; keep warnings."""
+    """NNCF logs per-step chatter at INFO and draws progress bars on stdout (where
+    ``carn-stream eval --json`` writes its result): keep its warnings, drop the rest."""
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logger.setLevel(level)
 
