@@ -131,7 +131,6 @@ def main() -> int:
     )
     parser.add_argument("--repeats", type=int, default=0, help="default 3 on CPU, 50 on CUDA")
     parser.add_argument("--batch", type=int, default=8, help="batched fps on CUDA")
-    parser.add_argument("--int8-backend", default="auto", help="openvino or onnxruntime")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
     tune_allocator()  # what `carn-stream` does (unless jemalloc is preloaded)
@@ -167,8 +166,7 @@ def main() -> int:
                 config = EngineConfig(
                     device=str(device),
                     precision=mode,
-                    int8_backend=args.int8_backend,
-                    cache_dir=cache_dir,  # auto measures afresh, int8 calibrates on these frames
+                    cache_dir=cache_dir,  # auto measures afresh, int8 is quantized afresh
                 )
                 engine = Engine(model, config)
             except (ValueError, RuntimeError) as exc:  # e.g. ov-fp16 without FP16 arithmetic

@@ -27,13 +27,12 @@ PRECISIONS: tuple[Precision, ...] = (
     Precision("ov-fp32", ("cpu",), "openvino", "OpenVINO float32"),
     Precision("ov-bf16", ("cpu",), "openvino", "OpenVINO bfloat16 (CPUs with AVX-512 BF16/AMX)"),
     Precision("ov-fp16", ("cpu",), "openvino", "OpenVINO float16 (CPUs with FP16 arithmetic)"),
-    Precision("int8", ("cpu",), "int8", "OpenVINO int8, calibrated on real frames"),
+    Precision("int8", ("cpu",), "int8", "OpenVINO int8 (NNCF), a few layers in fp32"),
 )
 NAMES: tuple[str, ...] = tuple(p.name for p in PRECISIONS)
 #: The modes ``auto`` may pick on a CPU, the likely fastest first (measuring stops early on
-#: the slower ones). int8 is left to an explicit choice: it must be calibrated first (a
-#: minute on first use) and loses more than the 0.05 dB bound at x2.
-CPU_AUTO_CANDIDATES: tuple[str, ...] = ("ov-bf16", "bf16", "ov-fp32", "fp32", "ov-fp16")
+#: the slower ones).
+CPU_AUTO_CANDIDATES: tuple[str, ...] = ("int8", "ov-bf16", "bf16", "ov-fp32", "fp32", "ov-fp16")
 
 
 def precision(name: str) -> Precision:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch is pinned so that pip takes the CPU build where one is provided locally.
-python3 -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[test,int8,ray]'
+python3 -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[test,cpu,ray]'
 # The page tests drive Debian's Chromium (Playwright's own browser download is never used).
 if ! command -v chromium >/dev/null 2>&1; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)

@@ -7,7 +7,15 @@ from functools import cache
 from pathlib import Path
 
 #: The features that decide which precision modes are fast here.
-FEATURES = ("avx2", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8")
+FEATURES = (
+    "avx2",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 @cache
@@ -38,3 +46,9 @@ def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is
     emulated and slower than fp32."""
     return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
+
+
+def cpu_has_vnni() -> bool:
+    """True where the CPU has int8 dot-product instructions (AVX-VNNI, AVX-512 VNNI or AMX);
+    without them int8 multiply-adds go through 16-bit sums that can saturate."""
+    return bool({"avx_vnni", "avx512_vnni", "amx_int8"} & set(cpu_features()))

@@ -38,6 +38,13 @@ from carn_stream.pipeline.engine.convert import (
     rgb_to_yuv420,
 )
 from carn_stream.pipeline.engine.cpu import cpu_has_native_bf16, cpu_name
+from carn_stream.pipeline.engine.onnx_models import (
+    EXTRA,
+    INT8_PACKAGES,
+    missing_packages,
+    openvino_capabilities,
+    package_versions,
+)
 from carn_stream.pipeline.engine.tiling import tiled_forward
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.precisions import CPU_AUTO_CANDIDATES, NAMES, precision
@@ -56,7 +63,6 @@ class EngineConfig:
     tile_overlap: int = 24  #: LR pixels; above CARN-M's receptive field radius
     min_tile: int = 32
     cuda_graphs: bool = True  #: replay one CUDA graph per input shape (CUDA only)
-    int8_backend: str = "auto"  #: openvino (when installed) or onnxruntime
     #: where ONNX exports, int8 models and auto's decisions are kept (None: a temporary folder
     #: of this process, so nothing is remembered across runs)
     cache_dir: Path | None = None
@@ -104,7 +110,41 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
         if name == "ov-bf16" and not cpu_has_native_bf16():
             return "this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX)"
         return ov_reason(name)
+    if mode.backend == "int8":
+        missing = missing_packages(INT8_PACKAGES)
+        if missing:
+            return f"{', '.join(missing)} not installed (pip install 'carn-stream[{EXTRA}]')"
+        if "INT8" not in openvino_capabilities():
+            return "OpenVINO offers no int8 arithmetic on this CPU"
     return None
+
+
+#: What the ``cpu`` extra was measured to give over the fp32 mode at 320x180 x4
+#: (docs/PERFORMANCE.md), by CPU kind: named when it is missing.
+EXTRA_GAIN = {
+    "bf16": "ov-bf16 ran 2.0x and int8 2.6x the fp32 mode on an AVX-512 BF16 CPU",
+    "other": "int8 ran 2.2x and ov-fp32 1.25x the fp32 mode on an AVX2 CPU",
+}
+
+
+def missing_extra_note() -> str | None:
+    """One line naming the missing extra and what it gives on this kind of CPU, or None when
+    every backend package is installed."""
+    missing = missing_packages(INT8_PACKAGES)
+    if not missing:
+        return None
+    gain = EXTRA_GAIN["bf16" if cpu_has_native_bf16() else "other"]
+    return (
+        f"{', '.join(missing)} not installed: pip install 'carn-stream[{EXTRA}]' for the "
+        f"OpenVINO and int8 modes ({gain})"
+    )
+
+
+def backends_identity() -> str:
+    """The installed backend packages and their versions: part of auto's cache key, so that
+    installing or upgrading one measures again."""
+    versions = package_versions(INT8_PACKAGES)
+    return ", ".join(f"{name} {version or 'missing'}" for name, version in versions.items())
 
 
 def output_geometry(spec: ColourSpec, height: int, width: int, scale: int) -> ColourSpec:
@@ -156,7 +196,7 @@ class Engine:
             raise ValueError("fp16 needs a CUDA device; use fp32, bf16, ov-* or int8 on CPU")
         elif name == "int8" and self.device.type != "cpu":
             raise ValueError("int8 runs on the CPU; use fp16 or bf16 on CUDA")
-        elif precision(name).backend == "openvino":
+        elif precision(name).backend in ("openvino", "int8"):
             reason = unavailable_reason(name, self.device)
             if reason:
                 raise ValueError(f"precision {name}: {reason}")
@@ -183,7 +223,7 @@ class Engine:
         if precision == "int8":
             from carn_stream.pipeline.engine.int8 import Int8Backend
 
-            return Int8Backend(model, self.config.cache, self.config.int8_backend)
+            return Int8Backend(model, self.config.cache)
         if precision.startswith("ov-"):
             from carn_stream.pipeline.engine.openvino_float import OpenVinoBackend
 
@@ -215,7 +255,7 @@ class Engine:
             self._digest = state_digest(self.model)
         return (
             f"{cpu_name()} | {torch.get_num_threads()} threads | weights {self._digest[:16]} "
-            f"| x{scale} {width}x{height}"
+            f"| {backends_identity()} | x{scale} {width}x{height}"
         )
 
     def _choose(self, x: Tensor, scale: int) -> Backend:
@@ -248,14 +288,17 @@ class Engine:
         return decision
 
     def describe_precision(self) -> str:
-        """The configured mode and, for auto, what it chose per size so far."""
-        if not self.choices:
-            return self.precision
-        picks = ", ".join(
-            f"{d.mode} at x{s} {w}x{h}" + (" (cached)" if d.cached else " (measured)")
-            for (s, h, w), d in self.choices.items()
-        )
-        return f"{self.precision}: {picks}"
+        """The configured mode and, for auto, what it chose per size so far; on a CPU, also
+        the missing extra and what it would give (:func:`missing_extra_note`)."""
+        text = self.precision
+        if self.choices:
+            picks = ", ".join(
+                f"{d.mode} at x{s} {w}x{h}" + (" (cached)" if d.cached else " (measured)")
+                for (s, h, w), d in self.choices.items()
+            )
+            text = f"{self.precision}: {picks}"
+        note = missing_extra_note() if self.device.type == "cpu" else None
+        return f"{text}; {note}" if note else text
 
     # ------------------------------------------------------------------ transfers
 
@@ -335,12 +378,12 @@ class Engine:
 
     def calibrate(self, scale: int, frames: list[np.ndarray], calibration_id: str) -> None:
         """int8 only: set the activation ranges for ``scale`` from these LR frames
-        (HxWx3 uint8) instead of the first frames upscaled."""
+        (HxWx3 uint8) instead of the shipped calibration set."""
         if self.precision == "int8":
-            from carn_stream.pipeline.engine.int8 import Int8Backend
+            from carn_stream.pipeline.engine.int8 import Calibration, Int8Backend
 
             assert isinstance(self.backend, Int8Backend)
-            self.backend.prepare(scale, frames, calibration_id)
+            self.backend.prepare(scale, Calibration(calibration_id, frames))
 
     def finish(self, pending: Pending) -> list[np.ndarray]:
         """Wait for a launched batch and hand its planes over as arrays."""

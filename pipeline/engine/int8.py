@@ -1,233 +1,221 @@
-"""int8 inference on the CPU: a statically quantized ONNX model run by OpenVINO (or ONNX Runtime).
+"""int8 inference on the CPU: CARN-M quantized by NNCF, run by OpenVINO.
 
-Per scale, the network is exported to ONNX with dynamic sizes, then quantized (QDQ, per-channel
-int8 weights, uint8 activations) with activation ranges calibrated on real frames. Two kinds of
-convolution stay in float because per-tensor activation scales ruin them (measured, see
-docs/PERFORMANCE.md): the entry conv, and the 1x1 convs that fuse a cascade's concatenated
-features (the concatenated tensors mix very different ranges).
+Per scale, the network's ONNX export is quantized by NNCF's post-training quantization (ONNX
+backend: QDQ, per-channel int8 weights, per-tensor activations with min/max ranges, bias
+correction), calibrated on a set of frames that ships with the package (Big Buck Bunny crops,
+``int8_calibration.npz``), so every machine makes the same model; a user's own source can
+replace it (``carn-stream eval --calibration``). What stays in float, measured layer by layer
+(docs/PERFORMANCE.md): the entry and exit convolutions (they touch 8-bit pixels), the last
+global fusion (the 1x1 conv that feeds the upsampler) and, at x2 and x3, the upsampler's
+first conv. Concatenated features are quantized per input, not with one shared scale.
 
-Quantized models are cached on disk, keyed by the weights' digest, the scale and the
-calibration source; compiled models are kept per input shape. Needs the ``int8`` extra
-(``pip install 'carn-stream[int8]'``).
+OpenVINO runs the quantized model with float parts in fp32 (its bf16 default loses on the
+image-facing convs). On CPUs without VNNI, whose int8 multiply-adds can saturate, weights are
+quantized to 7 bits (NNCF's overflow fix); that model is cached under its own name.
+
+Quantized models are cached on disk, keyed by the weights' digest, the scale, the
+calibration set and the recipe; compiled models are kept per input shape. Needs the ``cpu``
+extra (``pip install 'carn-stream[cpu]'``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import io
 import logging
 import os
 import tempfile
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from carn_stream.pipeline.engine.cpu import cpu_has_vnni
 from carn_stream.pipeline.engine.onnx_models import (
-    MAX_COMPILED,
     BackendUnavailable,
     OpenVinoCompiler,
     cached_onnx,
+    missing_packages,
     state_digest,
     to_array,
 )
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "openvino", "onnxruntime")
-#: Bump when the export or quantization recipe changes: old cache entries are then ignored.
-RECIPE_VERSION = 1
-CALIBRATION_CROP = 96  #: LR side of calibration crops
-CALIBRATION_CROPS = 16
+#: Bump when the quantization recipe changes: old cache entries are then ignored.
+RECIPE_VERSION = 2
+#: Scales whose upsampler's first conv stays in float (measured: at x4 it costs 0.003 dB on
+#: the validation photos, and 7% of the network's multiply-adds).
+FLOAT_UPSAMPLER_SCALES = (2, 3)
+CALIBRATION_FILE = "int8_calibration.npz"
 
 
 class Int8Unavailable(BackendUnavailable):
-    """The int8 extra (ONNX, ONNX Runtime, OpenVINO) is not installed."""
+    """The packages int8 needs (NNCF, ONNX, ONNX Runtime, OpenVINO) are not installed."""
 
 
-def calibration_crops(
-    frames: Sequence[np.ndarray], count: int = CALIBRATION_CROPS, side: int = CALIBRATION_CROP
-) -> list[np.ndarray]:
-    """``count`` LR crops (1, 3, side, side) float32 in [0, 1] spread over ``frames`` (HxWx3)."""
-    rng = np.random.default_rng(0)
-    crops = []
-    for i in range(count):
-        frame = frames[i % len(frames)]
-        h, w = frame.shape[:2]
-        ch, cw = min(side, h), min(side, w)
-        y, x = rng.integers(h - ch + 1), rng.integers(w - cw + 1)
-        crop = frame[y : y + ch, x : x + cw].transpose(2, 0, 1)[None]
-        crops.append(np.ascontiguousarray(crop, dtype=np.float32) / 255.0)
-    return crops
+@dataclass(frozen=True)
+class Calibration:
+    """LR frames (HxWx3 uint8) to calibrate on, known by ``name`` (part of the cache key)."""
+
+    name: str
+    frames: Sequence[np.ndarray]
 
 
-def float_conv_nodes(onnx_path: Path) -> list[str]:
-    """The convs kept in float: the entry conv and every conv fed by a Concat."""
+@cache
+def shipped_calibration() -> Calibration:
+    """The calibration set in the package: 32 crops of 64x64 LR pixels of Big Buck Bunny
+    frames (CC BY 3.0, Blender Foundation), made by ``scripts/make_calibration_set.py``."""
+    data = resources.files("carn_stream.pipeline.engine").joinpath(CALIBRATION_FILE).read_bytes()
+    with np.load(io.BytesIO(data)) as archive:
+        rows = archive["rows"]
+    crops = np.cumsum(rows, axis=2, dtype=np.uint8)  # stored as differences along rows
+    return Calibration(f"bbb-{hashlib.sha256(data).hexdigest()[:8]}", list(crops))
+
+
+def calibration_inputs(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The network's inputs for ``frames``: (1, 3, H, W) float32 in [0, 1]."""
+    return [
+        np.ascontiguousarray(f.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0 for f in frames
+    ]
+
+
+def conv_names(onnx_path: Path) -> list[str]:
+    """The export's convolutions, in graph order."""
     import onnx
 
     graph = onnx.load(str(onnx_path)).graph
-    produced_by = {out: node for node in graph.node for out in node.output}
-    convs = [node for node in graph.node if node.op_type == "Conv"]
-    keep = [convs[0].name]
-    for node in convs:
-        source = produced_by.get(node.input[0])
-        if source is not None and source.op_type == "Concat":
-            keep.append(node.name)
+    return [node.name for node in graph.node if node.op_type == "Conv"]
+
+
+def float_convs(onnx_path: Path, scale: int) -> list[str]:
+    """The convolutions kept in float (see the module docstring)."""
+    convs = conv_names(onnx_path)
+    upsampler = next(i for i, name in enumerate(convs) if f"/x{scale}/" in name)
+    keep = [convs[0], convs[upsampler - 1], convs[-1]]
+    if scale in FLOAT_UPSAMPLER_SCALES:
+        keep.append(convs[upsampler])
     return keep
 
 
-def quantize(onnx_path: Path, out_path: Path, crops: Sequence[np.ndarray]) -> None:
-    """Static QDQ quantization: per-channel int8 weights, uint8 activations (min/max)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
+def quantize(
+    onnx_path: Path,
+    out_path: Path,
+    frames: Sequence[np.ndarray],
+    keep_float: Sequence[str],
+    seven_bit_weights: bool = False,
+) -> None:
+    """NNCF post-training quantization of ``onnx_path`` into ``out_path`` (QDQ ONNX), calibrated
+    on ``frames``; the convolutions named in ``keep_float`` stay in float."""
+    import nncf
+    import onnx
+    from nncf.common.quantization.quantizer_propagation.structs import QuantizerPropagationRule
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
     )
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._items = iter(crops)
-
-        def get_next(self):
-            item = next(self._items, None)
-            return None if item is None else {"lr": item}
-
-    with _quiet_onnxruntime():
-        quantize_static(
-            str(onnx_path),
-            str(out_path),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=float_conv_nodes(onnx_path),
+    inputs = calibration_inputs(frames)
+    advanced = AdvancedQuantizationParameters(
+        # Per-sample extremes averaged (NNCF's default) clip the brightest edges: measured
+        # worse on every scale.
+        activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+        overflow_fix=OverflowFix.ENABLE if seven_bit_weights else OverflowFix.DISABLE,
+        # One scale per Concat input rather than one shared by all: the concatenated features
+        # (the entry conv's signed output beside ReLU outputs) have very different ranges.
+        quantizer_propagation_rule=QuantizerPropagationRule.DO_NOT_MERGE_BRANCHES,
+    )
+    with _quiet_nncf():
+        quantized = nncf.quantize(
+            onnx.load(str(onnx_path)),
+            nncf.Dataset([{"lr": x} for x in inputs]),
+            subset_size=len(inputs),
+            ignored_scope=nncf.IgnoredScope(names=list(keep_float)),
+            advanced_parameters=advanced,
         )
+    onnx.save(quantized, str(out_path))
 
 
 @contextlib.contextmanager
-def _quiet_onnxruntime() -> Iterator[None]:
-    """Drop the per-tensor chatter ONNX Runtime's quantizer logs through the root logger (and
-    its own loggers) while it runs; everyone else's records pass."""
-    import onnxruntime
-
-    package = os.path.dirname(onnxruntime.__file__)
-    ours = logging.getLogger("onnxruntime")
-
-    def not_onnxruntime(record: logging.LogRecord) -> bool:
-        return not record.pathname.startswith(package)
-
-    root = logging.getLogger()
-    root.addFilter(not_onnxruntime)
-    level = ours.level
-    ours.setLevel(logging.ERROR)
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF logs per-step chatter at INFO and draws progress bars on stdout (where
+    ``carn-stream eval --json`` writes its result): keep its warnings, drop the rest."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
-        root.removeFilter(not_onnxruntime)
-        ours.setLevel(level)
+        logger.setLevel(level)
 
 
-def pick_backend(name: str = "auto") -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"int8 backend must be one of {BACKENDS}, got {name!r}")
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise Int8Unavailable(
-            "int8 needs the int8 extra: pip install 'carn-stream[int8]' "
-            f"(onnx, onnxruntime, openvino): {exc}"
-        ) from exc
-    if name in ("auto", "openvino"):
-        try:
-            import openvino  # noqa: F401
-
-            return "openvino"
-        except ImportError:
-            if name == "openvino":
-                raise Int8Unavailable("the openvino backend is not installed") from None
-    return "onnxruntime"
+def require_int8() -> None:
+    """Raise :class:`Int8Unavailable`, naming the extra, when a package int8 needs is missing."""
+    missing = missing_packages()
+    if missing:
+        raise Int8Unavailable(f"int8 needs {', '.join(missing)}: pip install 'carn-stream[cpu]'")
 
 
 class Int8Backend:
     """Runs a quantized CARN on the CPU; see the module docstring.
 
-    Scales are prepared on first use, calibrated on that call's own frames, unless
-    :meth:`prepare` was called with other calibration frames first.
+    A scale is quantized on first use with the shipped calibration set, unless
+    :meth:`prepare` was called with other frames first.
     """
 
     def __init__(
         self,
         model: nn.Module,
         cache_dir: Path,
-        backend: str = "auto",
         threads: int | None = None,
+        seven_bit_weights: bool | None = None,
     ) -> None:
-        self.backend = pick_backend(backend)
+        require_int8()
         self.model = copy.deepcopy(model).float().eval().cpu()
         self.digest = state_digest(self.model)
         self.cache_dir = cache_dir / "int8"
-        self.threads = threads or torch.get_num_threads()
+        self.seven_bit_weights = (
+            not cpu_has_vnni() if seven_bit_weights is None else seven_bit_weights
+        )
         self._models: dict[int, Path] = {}
-        self._compiled: OrderedDict[tuple, object] = OrderedDict()
-        self._openvino = OpenVinoCompiler(self.threads) if self.backend == "openvino" else None
+        # The float parts in fp32: OpenVINO's bf16 default loses on the image-facing convs.
+        self._openvino = OpenVinoCompiler(
+            threads or torch.get_num_threads(), {"INFERENCE_PRECISION_HINT": "f32"}
+        )
 
-    # ------------------------------------------------------------------ preparation
-
-    def model_path(self, scale: int, calibration_id: str) -> Path:
-        name = f"carn-{self.digest[:16]}-x{scale}-{calibration_id}-r{RECIPE_VERSION}.onnx"
+    def model_path(self, scale: int, calibration: str) -> Path:
+        weights = "w7" if self.seven_bit_weights else "w8"
+        name = f"carn-{self.digest[:16]}-x{scale}-{calibration}-{weights}-r{RECIPE_VERSION}.onnx"
         return self.cache_dir / name
 
-    def prepare(self, scale: int, frames: Sequence[np.ndarray], calibration_id: str) -> Path:
-        """Quantize (or load from the cache) the model for ``scale``, calibrated on ``frames``
-        (HxWx3 uint8 LR) known by ``calibration_id``."""
-        path = self.model_path(scale, calibration_id)
+    def prepare(self, scale: int, calibration: Calibration | None = None) -> Path:
+        """Quantize (or load from the cache) the model for ``scale``, calibrated on
+        ``calibration`` (default: the shipped set)."""
+        calibration = calibration or shipped_calibration()
+        path = self.model_path(scale, calibration.name)
         if not path.is_file():
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            log.info("quantizing CARN-M x%d to int8 (calibration: %s)", scale, calibration_id)
+            log.info("quantizing CARN-M x%d to int8 (calibration: %s)", scale, calibration.name)
             float_path = cached_onnx(self.model, self.digest, scale, self.cache_dir.parent)
             with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
                 quantized = Path(tmp) / "int8.onnx"
-                quantize(float_path, quantized, calibration_crops(frames))
+                keep = float_convs(float_path, scale)
+                quantize(float_path, quantized, calibration.frames, keep, self.seven_bit_weights)
                 os.replace(quantized, path)
         self._models[scale] = path
         return path
 
-    # ------------------------------------------------------------------ inference
-
     def __call__(self, x: Tensor, scale: int) -> Tensor:
         if scale not in self._models:
-            frames = [
-                (f.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-                for f in x.detach().float().cpu()
-            ]
-            h, w = x.shape[-2:]
-            self.prepare(scale, frames, f"first-frames-{h}x{w}")
+            self.prepare(scale)
         array = to_array(x)
-        if self._openvino is not None:
-            return torch.from_numpy(self._openvino.get(self._models[scale], array.shape)(array))
-        run = self._compiled_for(scale, array.shape)
-        return torch.from_numpy(run(array))
-
-    def _compiled_for(self, scale: int, shape: tuple[int, ...]):
-        key = (scale, shape)
-        run = self._compiled.get(key)
-        if run is None:
-            run = self._compiled[key] = self._compile(self._models[scale], shape)
-            while len(self._compiled) > MAX_COMPILED:
-                self._compiled.popitem(last=False)
-        self._compiled.move_to_end(key)
-        return run
-
-    def _compile(self, path: Path, shape: tuple[int, ...]):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda a: session.run(None, {"lr": a})[0]
+        return torch.from_numpy(self._openvino.get(self._models[scale], array.shape)(array))

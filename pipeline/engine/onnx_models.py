@@ -1,12 +1,15 @@
-"""What the OpenVINO backends (float and int8) share: the network exported to ONNX and cached
-on disk by the weights' digest and scale, and compiled models kept per input shape.
+"""What the OpenVINO backends (float and int8) share: the packages they need, the network
+exported to ONNX and cached on disk by the weights' digest and scale, and compiled models kept
+per input shape.
 
-Needs the ``int8`` extra (``pip install 'carn-stream[int8]'``: onnx, onnxruntime, openvino).
+Needs the ``cpu`` extra (``pip install 'carn-stream[cpu]'``: openvino; for int8 also nncf, onnx
+and onnxruntime).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import tempfile
 import warnings
@@ -23,11 +26,33 @@ EXPORT_VERSION = 1
 MAX_COMPILED = 8  #: compiled models kept per backend, one per (scale, input shape)
 
 Compiled = Callable[[np.ndarray], np.ndarray]
+#: The extra that installs every package below.
+EXTRA = "cpu"
+#: The distributions the OpenVINO modes need (openvino) and int8 needs (all of them).
+OPENVINO_PACKAGES = ("openvino",)
+INT8_PACKAGES = ("openvino", "nncf", "onnx", "onnxruntime")
+
+
+def package_versions(names: tuple[str, ...] = INT8_PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution in ``names`` (None when missing), read from the
+    package metadata without importing anything."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def missing_packages(names: tuple[str, ...] = INT8_PACKAGES) -> list[str]:
+    """The distributions in ``names`` that are not installed."""
+    return [name for name, version in package_versions(names).items() if version is None]
 
 
 class BackendUnavailable(RuntimeError):
-    """The ONNX/OpenVINO packages (the ``int8`` extra) are not installed, or the CPU lacks what
-    a mode needs."""
+    """The OpenVINO packages (the ``cpu`` extra) are not installed, or the CPU lacks what a mode
+    needs."""
 
 
 def state_digest(model: nn.Module) -> str:
@@ -89,7 +114,7 @@ def require_openvino():
         return openvino
     except ImportError as exc:
         raise BackendUnavailable(
-            f"OpenVINO modes need the int8 extra: pip install 'carn-stream[int8]' ({exc})"
+            f"OpenVINO modes need the {EXTRA} extra: pip install 'carn-stream[{EXTRA}]' ({exc})"
         ) from exc
 
 

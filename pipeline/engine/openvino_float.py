@@ -31,7 +31,7 @@ def unavailable_reason(precision: str) -> str | None:
     """Why ``precision`` cannot run here, or None when it can."""
     capabilities = openvino_capabilities()
     if not capabilities:
-        return "OpenVINO is not installed (pip install 'carn-stream[int8]')"
+        return "OpenVINO is not installed (pip install 'carn-stream[cpu]')"
     need = HINTS[precision][1]
     if need not in capabilities:
         return f"this CPU has no {need} arithmetic for OpenVINO ({', '.join(capabilities)})"
