@@ -27,7 +27,7 @@ from aiortc.codecs import h264, vpx
 from aiortc.mediastreams import MediaStreamError
 
 from carn_stream.pipeline.engine.infer import InferenceWorker
-from carn_stream.pipeline.frames import yuv420_video_frame
+from carn_stream.pipeline.frames import upscaled_size, yuv420_video_frame
 from carn_stream.pipeline.media.decode import frame_planes, open_input
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import FrameReport, StageTimings
@@ -195,7 +195,8 @@ class LatestFrameTrack(MediaStreamTrack):
 def size_cap(width: int, height: int, scale: int, max_output_pixels: int) -> float:
     """The largest input fraction whose upscaled frame stays within ``max_output_pixels``
     (0: no limit). Inputs are shrunk to even sizes by rounding down, so the cap holds."""
-    pixels = width * height * scale * scale
+    out_w, out_h = upscaled_size(width, height, scale)
+    pixels = out_w * out_h
     if not max_output_pixels or pixels <= max_output_pixels:
         return 1.0
     return math.sqrt(max_output_pixels / pixels)

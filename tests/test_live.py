@@ -324,7 +324,7 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
 # --------------------------------------------------------------------------- in process
 
 
-async def _in_process_session(model, frames, seconds: float, latency_policy):
+async def _in_process_session(model, frames, seconds: float, latency_policy, scale: int = 2):
     """A server-side session and an aiortc client in this event loop; returns stats and leaks."""
     from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
     from carn_stream.server.live import BitratePolicy, LiveSessions
@@ -350,7 +350,7 @@ async def _in_process_session(model, frames, seconds: float, latency_policy):
 
     pullers: list[asyncio.Future] = []
     await client.setLocalDescription(await client.createOffer())
-    session, answer = await live.open(client.localDescription.sdp, "offer", 2, worker)
+    session, answer = await live.open(client.localDescription.sdp, "offer", scale, worker)
     await client.setRemoteDescription(answer)
     await asyncio.sleep(seconds)
     stats = session.track.stats
@@ -386,6 +386,18 @@ def test_teardown_leaves_no_tasks_and_no_threads(camera_frames):
     assert not any(
         t.name.startswith("carn-") for t in threading.enumerate() if t.ident in new_threads
     )
+
+
+def test_an_odd_sized_camera_at_x3_gets_frames_of_the_size_the_session_reports(camera_frames):
+    from carn_stream.model.baselines import Bicubic
+    from carn_stream.server.live import LatencyPolicy
+
+    odd = [f[:27, :35] for f in camera_frames]  # x3: 105x81, encoded at even sides
+    stats, sizes, *_ = asyncio.run(
+        _in_process_session(Bicubic(), odd, 2.0, LatencyPolicy(), scale=3)
+    )
+    assert stats.frames > 5 and set(sizes) == {(104, 80)}
+    assert stats.output_size == (104, 80)
 
 
 def test_slow_inference_drops_stale_frames_and_shrinks_the_input(camera_frames):

@@ -36,6 +36,9 @@ def media(data_dir, tmp_path_factory):
                audio_seconds=5.0, options=gop)  # fmt: skip
     carphone = decode_rgb(video / "carphone_pristine.mp4", 90)
     write_clip(root / "carphone.mp4", [f[:72, :88] for f in carphone], rate=Fraction(30000, 1001))
+    # Odd sides (35x27, lossless 4:4:4): x3 is 105x81, encoded as 104x80 (4:2:0 needs even).
+    write_clip(root / "odd.mkv", [f[:27, :35] for f in carphone[:8]], codec="ffv1",
+               pix_fmt="yuv444p")  # fmt: skip
     (root / "notes.mp4").write_text("this is not a video")
     with media_server(root) as base:
         yield base, root
@@ -146,6 +149,17 @@ def test_hls_job_plays_before_it_finishes_and_keeps_everything(server, media, tm
     wrong = server.call("GET", f"/jobs/{job['id']}/output.mp4")
     assert wrong.status == 404
     assert wrong.json()["detail"].endswith(f"it is a hls job; its output is {playlist_url}")
+
+
+def test_an_odd_sized_input_at_x3_is_encoded_at_even_sides(server, media, tmp_path):
+    base, _ = media
+    job = submit(server, f"{base}/odd.mkv", scale=3, format="mp4")
+    done = server.wait_job(job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done["error"]
+    out = tmp_path / "odd.mp4"
+    out.write_bytes(server.call("GET", done["links"]["mp4"]).body)
+    got = facts(out)
+    assert (got.width, got.height) == (104, 80) and len(got.pts) == 8
 
 
 def test_mp4_job_serves_range_requests(server, media, tmp_path):

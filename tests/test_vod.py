@@ -29,6 +29,10 @@ def media(data_dir, tmp_path_factory) -> Path:
     frames = downscale_frames(decode_rgb(video, FRAMES), (96, 54))
     write_clip(folder / "clip.mp4", frames, options={"crf": "20", "preset": "veryfast", "g": "25"},
                audio_from=video, audio_seconds=5.0)  # fmt: skip
+    # Odd sides (35x27, lossless 4:4:4, all keyframes): x3 is 105x81, encoded as 104x80.
+    carphone = decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 30)
+    write_clip(folder / "odd.mkv", [f[:27, :35] for f in carphone], codec="ffv1",
+               pix_fmt="yuv444p")  # fmt: skip
     (folder / "notes.txt").write_text("not a video")
     return folder
 
@@ -147,6 +151,20 @@ def test_an_ingested_video_has_complete_playlists_before_any_segment_is_made(ser
 
 
 # --------------------------------------------------------------------------- segments
+
+
+def test_an_odd_sized_video_is_advertised_at_the_size_it_is_encoded(server, base, tmp_path):
+    # Once advertised as 105x81 (3 x 35x27) while every frame was encoded at 104x80.
+    response = server.call("POST", "/videos", {"url": f"{base}/odd.mkv", "scales": [3]})
+    assert response.status == 201, response.body
+    video = response.json()
+    x3 = next(r for r in video["renditions"] if r["name"] == "x3")
+    assert (x3["width"], x3["height"]) == (104, 80)
+    master = server.call("GET", video["links"]["master"]).body.decode()
+    assert "RESOLUTION=104x80" in master
+    size, _ = segment_frames(get_segment(server, video["id"], "x3", 0), tmp_path)
+    assert size == (104, 80)
+    assert server.call("DELETE", f"/videos/{video['id']}").status == 204
 
 
 def test_a_cold_segment_is_made_then_served_from_the_cache(server, base, tmp_path):

@@ -46,6 +46,7 @@ from carn_stream.pipeline.engine.onnx_models import (
     package_versions,
 )
 from carn_stream.pipeline.engine.tiling import tiled_forward
+from carn_stream.pipeline.frames import upscaled_size
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.precisions import CPU_AUTO_CANDIDATES, NAMES, precision
 
@@ -150,7 +151,7 @@ def backends_identity() -> str:
 def output_geometry(spec: ColourSpec, height: int, width: int, scale: int) -> ColourSpec:
     """The output colour for an input of ``spec`` and size: 4:2:0, the source's matrix (RGB
     sources get the usual one for the output height), 10 bits for inputs deeper than 8."""
-    return output_spec(spec, output_size(height, width, scale)[0])
+    return output_spec(spec, upscaled_size(width, height, scale)[1])
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -160,11 +161,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "out of memory" in text or "can't allocate memory" in text
     )
-
-
-def output_size(height: int, width: int, scale: int) -> tuple[int, int]:
-    """Output frame size: scale x input, rounded down to even sides for 4:2:0 encoding."""
-    return (height * scale) // 2 * 2, (width * scale) // 2 * 2
 
 
 @dataclass
@@ -351,7 +347,7 @@ class Engine:
         if out is None:
             out = output_geometry(spec, rgb.shape[-2], rgb.shape[-1], scale)
         sr = self._forward(rgb, scale, self.config.tile).float().clamp_(0, 1)
-        h, w = output_size(rgb.shape[-2], rgb.shape[-1], scale)
+        w, h = upscaled_size(rgb.shape[-1], rgb.shape[-2], scale)
         yuv = list(rgb_to_yuv420(sr[..., :h, :w], out))
         if not self.cuda:
             return Pending(yuv, started, out)

@@ -20,7 +20,7 @@ from typing import Any
 import av
 
 from carn_stream.pipeline.errors import InputError, LimitError, ffmpeg_reason
-from carn_stream.pipeline.frames import SourceFrame
+from carn_stream.pipeline.frames import SourceFrame, upscaled_size
 from carn_stream.pipeline.media.decode import (
     AudioItem,
     describe,
@@ -144,9 +144,10 @@ class InputLimits:
     max_duration: float  #: seconds
 
     def check(self, width: int, height: int, duration: float | None) -> None:
-        if width * height * self.scale**2 > self.max_output_pixels:
+        out_w, out_h = upscaled_size(width, height, self.scale)
+        if out_w * out_h > self.max_output_pixels:
             raise LimitError(
-                f"output would be {width * self.scale}x{height * self.scale}, over the limit of "
+                f"output would be {out_w}x{out_h}, over the limit of "
                 f"{self.max_output_pixels} pixels per frame"
             )
         if duration is not None and duration > self.max_duration:

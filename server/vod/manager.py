@@ -29,6 +29,7 @@ from pathlib import Path
 from carn_stream.model.named_weights import tuned_name
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentTask
 from carn_stream.pipeline.execution.slots import Slots, Ticket
+from carn_stream.pipeline.frames import upscaled_size
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.hls import Variant, master_playlist_text, playlist_text
 from carn_stream.pipeline.media.remux import RemuxTask
@@ -424,7 +425,7 @@ def describe_renditions(
                              codecs=codecs, bandwidth=bitrate))  # fmt: skip
     upscaled_audio = upscaled_audio_tag(source)
     for scale in sorted(set(scales)):
-        w, h = plan.width * scale, plan.height * scale
+        w, h = upscaled_size(plan.width, plan.height, scale)
         tag = encoder_tag(w, h, plan.frame_rate, encoder)
         codecs = ",".join(t for t in (tag, upscaled_audio) if t)
         out.append(Rendition(name=rendition_name(scale), scale=scale, width=w, height=h,
