@@ -320,7 +320,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"--precision {args.precision}: choose from {', '.join(PRECISIONS)}")
     count = sum(1 for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     settings = _settings(args, precision=False)
-    model = load_model(settings)
+    model, _ = load_model(settings)
     reports = []
     for mode in modes:
         engine = Engine(
@@ -399,7 +399,7 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
         tile=args.tile,
         cache_dir=settings.cache_dir,
     )
-    engine = Engine(load_model(settings.with_overrides(device="cpu")), config)
+    engine = Engine(load_model(settings.with_overrides(device="cpu"))[0], config)
     out = engine.upscale_rgb(image, args.scale)
     write_png(args.output, out)
     h, w = image.shape[:2]

@@ -9,6 +9,7 @@ import time
 from carn_stream.model import CARN, CARNMWeights, carn_m, load_weights
 from carn_stream.model.inference import pick_device
 from carn_stream.model.named_weights import weights_file
+from carn_stream.model.weights import WeightsSource
 from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.settings import Settings
 
@@ -50,12 +51,9 @@ def _warn(message: str) -> None:
         print(f"carn-stream: warning: {message}", file=sys.stderr)
 
 
-def load_model(settings: Settings) -> CARN:
-    """Multi-scale CARN-M (group 4) in eval mode on the settings' device.
-
-    ``model.weights_file`` tells which file was loaded and ``model.weights_warning`` why, when
-    the bundled weights stand in for the official ones.
-    """
+def load_model(settings: Settings) -> tuple[CARN, WeightsSource]:
+    """Multi-scale CARN-M (group 4) in eval mode on the settings' device, and which weights it
+    holds (with the reason when the bundled weights stand in for the official ones)."""
     model = carn_m()
     notes: list[str] = []
 
@@ -64,7 +62,7 @@ def load_model(settings: Settings) -> CARN:
         _warn(message)
 
     fallback = CARNMWeights.BUNDLED.value if settings.allow_bundled_weights else None
-    model.weights_file = load_weights(
+    path = load_weights(
         model,
         settings.weights if settings.weights is not None else CARNMWeights.DEFAULT,
         cache_dir=settings.cache_dir,
@@ -74,8 +72,8 @@ def load_model(settings: Settings) -> CARN:
         fallback=fallback,
         on_fallback=on_fallback,
     )
-    model.weights_warning = notes[0] if notes else None
-    return model.eval().to(pick_device(settings.device))
+    source = WeightsSource(path, notes[0] if notes else None)
+    return model.eval().to(pick_device(settings.device)), source
 
 
 def named_weights_loader(settings: Settings):
@@ -85,7 +83,6 @@ def named_weights_loader(settings: Settings):
         path = weights_file(name, settings.models_dir, settings.data_dir)
         model = carn_m()
         load_weights(model, path)
-        model.weights_file = path
         return model.eval()
 
     return load
@@ -97,11 +94,11 @@ def start_worker(settings: Settings, tile: int | None = None) -> InferenceWorker
     from carn_stream.allocator import tune_allocator
 
     tune_allocator()
-    model = load_model(settings.with_overrides(device="cpu"))
+    model, source = load_model(settings.with_overrides(device="cpu"))
     config = EngineConfig(
         device=settings.device,
         precision=settings.precision,
         tile=tile,
         cache_dir=settings.cache_dir,
     )
-    return InferenceWorker(Engine(model, config), named_weights_loader(settings))
+    return InferenceWorker(Engine(model, config, source), named_weights_loader(settings))

@@ -120,7 +120,7 @@ def _start_model(settings: Settings, init: str | None, seed: int):
         init_uniform(model)
         return model
     weights = None if init == "official" else Path(init)
-    return load_model(settings.with_overrides(weights=weights, device="cpu"))
+    return load_model(settings.with_overrides(weights=weights, device="cpu"))[0]
 
 
 class _TrainProgress:
@@ -181,6 +181,7 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.model.inference import pick_device, upscale_rgb
     from carn_stream.model.recipe import TUNE_DEFAULTS
     from carn_stream.model.training import WEIGHTS_FILE, Trainer
+    from carn_stream.model.tune_report import ScaleFigures, TuneReport
 
     if args.output.suffix != ".pth":
         raise TrainingError(f"output {args.output} must end in .pth")
@@ -216,34 +217,24 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     after = score()
     state = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     torch.save(state, args.output)
-    per_scale = {
-        str(s): {
-            "generic_psnr": round(before[s]["psnr"], 3),
-            "tuned_psnr": round(after[s]["psnr"], 3),
-            "bicubic_psnr": round(after[s]["bicubic_psnr"], 3),
-        }
-        for s in scales
-    }
-
-    def mean(key: str) -> float:
-        return round(float(np.mean([v[key] for v in per_scale.values()])), 3)
-
-    report = {
-        "video": str(args.video),
-        "scales": list(scales),
-        "train_frames": len(train),
-        "heldout_frames": len(held),
-        "steps": config.steps,
-        # over the scales (each one's figures in per_scale)
-        "generic_psnr": mean("generic_psnr"),
-        "tuned_psnr": mean("tuned_psnr"),
-        "bicubic_psnr": mean("bicubic_psnr"),
-        "gain_db": round(mean("tuned_psnr") - mean("generic_psnr"), 3),
-        "per_scale": per_scale,
-        "weights": str(args.output),
-        "weights_bytes": args.output.stat().st_size,
-        "config": config.to_dict(),
-    }
-    args.output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "config"}))
+    report = TuneReport(
+        video=str(args.video),
+        scales=scales,
+        train_frames=len(train),
+        heldout_frames=len(held),
+        steps=config.steps,
+        per_scale={
+            s: ScaleFigures(
+                generic_psnr=round(before[s]["psnr"], 3),
+                tuned_psnr=round(after[s]["psnr"], 3),
+                bicubic_psnr=round(after[s]["bicubic_psnr"], 3),
+            )
+            for s in scales
+        },
+        weights=str(args.output),
+        weights_bytes=args.output.stat().st_size,
+        config=config.to_dict(),
+    )
+    report.write(args.output.with_suffix(".json"))
+    print(json.dumps(report.to_dict(with_config=False)))
     return 0

@@ -317,6 +317,19 @@ def _official_key(key: str, scales: tuple[int, ...]) -> str:
     return key  # entry.*, exit.*: same names; anything else is reported by the strict load
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """Which weights file a model holds, and why when it stands in for the official ones."""
+
+    file: Path
+    warning: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The file's name (what may be shown publicly: no server path)."""
+        return self.file.name
+
+
 def load_weights(model: nn.Module, weights: CARNMWeights | Weights | Path | str, **resolve) -> Path:
     """Load a registry entry or a file into ``model``; any key or shape mismatch raises.
 

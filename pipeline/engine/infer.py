@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from carn_stream.model.inference import pick_device
+from carn_stream.model.weights import WeightsSource
 from carn_stream.pipeline.colour import ColourSpec, output_spec
 from carn_stream.pipeline.engine.autoselect import Backend, Decision, DecisionCache, measure
 from carn_stream.pipeline.engine.backends import CudaGraphBackend, TorchBackend
@@ -180,8 +181,14 @@ class Engine:
     own, so :meth:`launch` of the next batch overlaps the compute of the previous one.
     """
 
-    def __init__(self, model: nn.Module, config: EngineConfig = EngineConfig()) -> None:
-        self.config = config
+    def __init__(
+        self,
+        model: nn.Module,
+        config: EngineConfig = EngineConfig(),
+        weights: WeightsSource | None = None,
+    ) -> None:
+        """``weights``: which weights ``model`` holds (what the service reports)."""
+        self.config, self.weights = config, weights
         self.device = pick_device(config.device)
         name = config.precision
         if name not in PRECISIONS:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -48,12 +47,11 @@ def readyz(
         checks["engines"] = executor.engines
     worker = holder.worker
     if worker is not None:
-        model = worker.engine.model
         checks["precision"] = worker.engine.describe_precision()
-        weights = getattr(model, "weights_file", None)
-        checks["weights"] = Path(weights).name if weights else None  # public: no server path
-        if getattr(model, "weights_warning", None):
-            checks["weights_warning"] = model.weights_warning
+        weights = worker.engine.weights
+        checks["weights"] = weights.name if weights else None  # public: no server path
+        if weights is not None and weights.warning:
+            checks["weights_warning"] = weights.warning
     required = ("model_loaded", "executor_ready", "store_writable", "data_dir_writable")
     ready = all(checks[name] for name in required)
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carn_stream.model.named_weights import tuned_name
+from carn_stream.model.tune_report import TuneReport
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentTask
 from carn_stream.pipeline.execution.slots import Slots, Ticket
 from carn_stream.pipeline.frames import upscaled_size
@@ -211,7 +211,7 @@ class VideoManager:
                         await child.wait()
             if code != 0:
                 raise RuntimeError(_last_line(log_path) or f"exit status {code}")
-            report = json.loads(weights.with_suffix(".json").read_text())
+            report = TuneReport.read(weights.with_suffix(".json"))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -219,7 +219,7 @@ class VideoManager:
             log.warning("video %s: fine-tune failed: %s", video.id, reason)
             self._record_tune(video, "failed", tune_error=reason)
             return
-        psnr = {"psnr_generic": report["generic_psnr"], "psnr_tuned": report["tuned_psnr"]}
+        psnr = {"psnr_generic": report.generic_psnr, "psnr_tuned": report.tuned_psnr}
         self._record_tune(video, "done", weights=name, **psnr)
         # Segments made with the service's model make way for the video's own.
         for rendition in video.renditions:
@@ -227,7 +227,7 @@ class VideoManager:
                 self.cache.drop(video.id, rendition.name)
         self.metrics.vod_cache_bytes.set(self.cache.bytes)
         log.info("video %s tuned: %.2f -> %.2f dB on held-out frames", video.id,
-                 report["generic_psnr"], report["tuned_psnr"])  # fmt: skip
+                 report.generic_psnr, report.tuned_psnr)  # fmt: skip
 
     def _record_tune(self, video: Video, state: str, **values: object) -> None:
         """Store the fine-tune's state; the video is read afresh from the store next time."""
