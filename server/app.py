@@ -26,6 +26,7 @@ from carn_stream.server.api import live as live_api
 from carn_stream.server.api import videos as videos_api
 from carn_stream.server.api import watch as watch_api
 from carn_stream.server.blocking import BlockingPool
+from carn_stream.server.database import Database
 from carn_stream.server.jobs import media as job_media
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
@@ -41,6 +42,7 @@ from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+DATABASE_NAME = "jobs.sqlite3"  #: in the data folder: jobs and videos
 #: What a signed media link may open: one job's media, or one video's.
 MEDIA_SCOPES = (job_media.SCOPE, video_media.SCOPE)
 
@@ -65,7 +67,8 @@ async def start_services(
     """Open the store (interrupted jobs re-queued, or failed and cleaned up once out of
     attempts), and build the workers, the executor, the job runner, videos and live sessions."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = JobStore(settings.data_dir / "jobs.sqlite3")
+    database = Database(settings.data_dir / DATABASE_NAME)
+    store = JobStore(database)
     requeued, failed = store.recover(settings.max_attempts)
     if requeued or failed:
         log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
@@ -77,7 +80,7 @@ async def start_services(
     intake = Intake.from_settings(settings)
     runner = JobRunner(store, settings, metrics, executors.get, blocking.run, slots, intake)
     await asyncio.to_thread(runner.discard_files, failed)  # failed jobs serve nothing
-    video_store = VideoStore(settings.data_dir / "jobs.sqlite3")
+    video_store = VideoStore(database)
     videos = VideoManager(
         video_store, settings, metrics, executors.get, slots, blocking.run, intake
     )

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from carn_stream.pipeline.execution.executors import SegmentResult
 from carn_stream.pipeline.media.segments import SegmentPlan
+from carn_stream.server.database import Database
 from carn_stream.server.jobs.params import JobParams
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -94,35 +92,16 @@ def new_job_id() -> str:
 class JobStore:
     """All job state; safe to use from several threads."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-            have = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
-            for column, kind in _ADDED_COLUMNS.items():
-                if column not in have:
-                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def __init__(self, database: Path | Database) -> None:
+        """``database``: the service's database, or the path of a file to open."""
+        self.database = Database.of(database)
+        self.database.use(_SCHEMA, {"jobs": _ADDED_COLUMNS})
+        self._db = self.database.connection
+        self._lock = self.database.lock
+        self._tx = self.database.transaction
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.release()
 
     def writable(self) -> bool:
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from carn_stream.pipeline.media.segments import SegmentPlan
+from carn_stream.server.database import Database
 
 TUNE_STATES = ("off", "queued", "running", "done", "failed")
 
@@ -73,20 +73,17 @@ class Video:
 
 
 class VideoStore:
-    """Videos in ``path`` (the job store's file); safe to use from several threads."""
+    """Videos, in the service's database beside the jobs; safe to use from several threads."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+    def __init__(self, database: Path | Database) -> None:
+        """``database``: the service's database, or the path of a file to open."""
+        self.database = Database.of(database)
+        self.database.use(_SCHEMA)
+        self._db = self.database.connection
+        self._lock = self.database.lock
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.release()
 
     @staticmethod
     def _video(row: sqlite3.Row) -> Video:
