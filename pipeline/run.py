@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,10 +50,18 @@ class PipelineOptions:
     in_flight_batches: int = 2  #: batches queued at the worker or awaiting encode
     priority: int = Priority.JOB
     weights: str | None = None  #: named weights the worker loads (None: its own model)
-    #: Decoder and encoder threads. None: 1 when the model runs on the CPU (the model needs
-    #: every core, and spinning OpenMP threads suffer badly from oversubscription), else
-    #: FFmpeg's choice.
+    #: Decoder and encoder threads. None: :func:`codec_threads` for the model's device.
     codec_threads: int | None = None
+
+
+def codec_threads(device_type: str, cpus: int | None = None, in_flight: int = 2) -> int:
+    """Decoder and encoder threads of one segment run: 1 when the model runs on the CPU (it
+    needs every core, and spinning OpenMP threads suffer badly from oversubscription); on a GPU
+    the cores are the encoders' (there may be no hardware encoder), shared by the segments in
+    flight (two by default)."""
+    if device_type == "cpu":
+        return 1
+    return max(1, (cpus or os.cpu_count() or 2) // in_flight)
 
 
 @dataclass(frozen=True)
@@ -174,9 +183,7 @@ class _PipelineRun:
         self.source, self.target, self.options, self.worker = source, target, options, worker
         self.on_frame, self.input_options, self.part = on_frame, input_options, part
         threads = options.codec_threads
-        if threads is None:
-            threads = 1 if worker.device.type == "cpu" else 0
-        self.threads = threads
+        self.threads = codec_threads(worker.device.type) if threads is None else threads
         self.decoder, self.encoder = _StageThread("decode"), _StageThread("encode")
         self.frames_q: asyncio.Queue = asyncio.Queue(options.queue_frames)
         self.batches_q: asyncio.Queue = asyncio.Queue(1)
