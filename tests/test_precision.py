@@ -355,20 +355,26 @@ def test_upscale_image_goes_through_the_engine(tmp_path, frames, weights_path, c
     assert np.abs(read_rgb(target).astype(int) - whole.astype(int)).max() <= 1
 
 
-@pytest.mark.skipif(unavailable_reason("ov-fp32", CPU) is not None, reason="no OpenVINO")
-def test_eval_reports_each_precision(tmp_path, data_dir, weights_path, capsys, monkeypatch):
+def _eval_bird_crop(tmp_path, data_dir, weights_path, capsys, modes: str) -> list[dict]:
+    """``carn-stream eval --json`` at x2 on a 96x96 crop of Set5's bird, one row per mode."""
     from carn_stream.cli import main
 
-    monkeypatch.setenv("CARN_STREAM_CACHE_DIR", str(tmp_path / "cache"))
     folder = tmp_path / "hr"
     folder.mkdir()
     write_png(
         folder / "bird.png", read_rgb(data_dir / "images" / "Set5" / "bird.png")[80:176, 80:176]
     )
     code = main(["eval", "--weights", str(weights_path), "--data", str(folder), "--scale", "2",
-                 "--precision", "fp32,ov-fp32", "--json"])  # fmt: skip
+                 "--precision", modes, "--json"])  # fmt: skip
     assert code == 0
-    fp32, other = json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.skipif(unavailable_reason("ov-fp32", CPU) is not None, reason="no OpenVINO")
+def test_eval_reports_each_precision(tmp_path, data_dir, weights_path, capsys, monkeypatch):
+
+    monkeypatch.setenv("CARN_STREAM_CACHE_DIR", str(tmp_path / "cache"))
+    fp32, other = _eval_bird_crop(tmp_path, data_dir, weights_path, capsys, "fp32,ov-fp32")
     assert (fp32["precision"], other["precision"]) == ("fp32", "ov-fp32")
     assert abs(fp32["psnr"] - other["psnr"]) < 0.05
     assert fp32["psnr"] > fp32["bicubic_psnr"] + 1
@@ -378,19 +384,10 @@ def test_eval_reports_each_precision(tmp_path, data_dir, weights_path, capsys, m
 def test_eval_runs_int8_on_the_shipped_calibration_set(
     tmp_path, data_dir, weights_path, capsys, monkeypatch, int8_cache
 ):
-    from carn_stream.cli import main
 
     share_int8_models(tmp_path, int8_cache)
     monkeypatch.setenv("CARN_STREAM_CACHE_DIR", str(tmp_path))
-    folder = tmp_path / "hr"
-    folder.mkdir()
-    write_png(
-        folder / "bird.png", read_rgb(data_dir / "images" / "Set5" / "bird.png")[80:176, 80:176]
-    )
-    code = main(["eval", "--weights", str(weights_path), "--data", str(folder), "--scale", "2",
-                 "--precision", "fp32,int8", "--json"])  # fmt: skip
-    assert code == 0
-    fp32, int8 = json.loads(capsys.readouterr().out)
+    fp32, int8 = _eval_bird_crop(tmp_path, data_dir, weights_path, capsys, "fp32,int8")
     assert int8["precision"] == "int8"
     # Measured 0.090 dB on this 96x96 crop (one small image; Set5 whole: 0.013 dB at x2).
     assert 0 < fp32["psnr"] - int8["psnr"] < 0.15
