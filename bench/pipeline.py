@@ -77,7 +77,7 @@ def end_to_end(worker: InferenceWorker, clip: Path, scale: int, batch: int, tmp:
     options = PipelineOptions(scale=scale, batch_size=batch, encoder=EncoderOptions())
     executor = InProcessExecutor(worker, slots=1)
     start = time.perf_counter()
-    frames = asyncio.run(run_whole(clip, tmp / "e2e.mp4", options, executor))
+    frames = asyncio.run(run_whole(clip, tmp / "e2e.mp4", options, executor, overwrite=True))
     return frames / (time.perf_counter() - start)
 
 

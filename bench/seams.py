@@ -70,9 +70,9 @@ def size(path: Path) -> int:
 def run_all(worker: InferenceWorker, clip: Path, crf: int, tmp: Path):
     executor = InProcessExecutor(worker)
     options = PipelineOptions(scale=2, encoder=EncoderOptions(crf=0))
-    asyncio.run(run_whole(clip, tmp / "ref.mp4", options, executor))  # one segment
+    asyncio.run(run_whole(clip, tmp / "ref.mp4", options, executor, overwrite=True))
     options = PipelineOptions(scale=2, encoder=EncoderOptions(crf=crf))
-    asyncio.run(run_whole(clip, tmp / "mono.mp4", options, executor))
+    asyncio.run(run_whole(clip, tmp / "mono.mp4", options, executor, overwrite=True))
 
     async def segmented():
         plan = await executor.plan(PlanRequest(clip, 1.0))
