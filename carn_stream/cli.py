@@ -1,4 +1,5 @@
-"""``carn-stream`` command line: serve, stats, eval, upscale, upscale-image, train, tune."""
+"""``carn-stream`` command line: serve, stats, eval, upscale, upscale-image, train, tune,
+assess."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         _upscale_image_command,
         _train_command,
         _tune_command,
+        _assess_command,
     ):
         add(sub)
     return parser
@@ -246,9 +248,30 @@ def _tune_command(sub) -> None:
     )
     p.add_argument("--init", default="official", help="'official' (default) or a weights file")
     p.add_argument("--run-dir", type=Path, help="keep the run folder here")
+    p.add_argument(
+        "--degradation", choices=("bicubic", "encoded"), default="bicubic",
+        help="LR frames: bicubic downscales (default; for sources already low-resolution) or "
+        "the video's own copy encoded at 1/scale size (--codec, --crf): compression-aware",
+    )  # fmt: skip
+    from carn_stream.assess_command import add_storage_options
+
+    add_storage_options(p)
     _add_model_options(p)
     add_config_options(p, TUNE_DEFAULTS)
     p.set_defaults(run=cmd_tune)
+
+
+def _assess_command(sub) -> None:
+    from carn_stream.assess_command import add_assess_command
+
+    add_assess_command(sub, _scale, _add_model_options)
+    sub.choices["assess"].set_defaults(run=cmd_assess)
+
+
+def cmd_assess(args: argparse.Namespace) -> int:
+    from carn_stream.assess_command import cmd_assess as run
+
+    return run(args, _settings(args))
 
 
 def _settings(args: argparse.Namespace, precision: bool = True) -> Settings:

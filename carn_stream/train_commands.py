@@ -175,6 +175,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     """Fine-tune on one video's frames; report held-out PSNR against the starting weights."""
+    if getattr(args, "degradation", "bicubic") == "encoded":
+        from carn_stream.assess_command import cmd_tune_encoded
+
+        return cmd_tune_encoded(args, settings)
     import torch
 
     from carn_stream.model.evaluation import evaluate

@@ -94,3 +94,15 @@ TUNE_DEFAULTS = {
     "val_every": 0,
     "checkpoint_every": 100,
 }
+
+#: The CRF at which a title's low-resolution copy is stored by default.
+TITLE_STORE_CRF = 30
+
+#: Fine-tuning a title's compression-aware model on its encoded copy (``carn-stream assess``,
+#: ``carn-stream tune --degradation encoded``); sized for a 10 s 720p title on two CPU cores.
+TITLE_DEFAULTS = {
+    **TUNE_DEFAULTS,
+    "steps": 150,
+    "lr": 2e-4,
+    "checkpoint_every": 25,
+}

@@ -27,7 +27,7 @@ from carn_stream.model.evaluation import evaluate
 from carn_stream.model.inference import upscale_rgb
 from carn_stream.model.networks import CARN
 from carn_stream.model.recipe import TrainConfig
-from carn_stream.model.training_data import PatchBatches, make_pairs
+from carn_stream.model.training_data import Pair, PatchBatches, make_pairs
 
 CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE, WEIGHTS_FILE = (
     "config.json",
@@ -79,7 +79,10 @@ class Trainer:
         val_images: Sequence[tuple[str, np.ndarray]] = (),
         device: torch.device | str = "cpu",
         on_progress: Callable[[Progress], None] | None = None,
+        pairs: dict[int, list[Pair]] | None = None,
     ) -> None:
+        """``pairs``: LR/HR pairs made elsewhere (e.g. by an encoder) instead of the bicubic
+        LR of ``train_images``."""
         missing = sorted(set(config.scales) - set(model.scales))
         if missing:
             raise ValueError(f"the network has no upsampler for scale(s) {missing}")
@@ -88,7 +91,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.on_progress = on_progress
         self.val_images = [(n, _centre_crop(im, config.val_max_side)) for n, im in val_images]
-        self.pairs = make_pairs(train_images, config.scales, config.patch_size)
+        self.pairs = pairs or make_pairs(train_images, config.scales, config.patch_size)
         self.optimizer = torch.optim.Adam(
             model.parameters(),
             lr=config.lr,

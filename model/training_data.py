@@ -48,6 +48,22 @@ def make_pairs(
     return pairs
 
 
+def given_pairs(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], scale: int, patch_size: int
+) -> dict[int, list[Pair]]:
+    """Pairs made elsewhere (an encoder's low-resolution frames and the originals), as
+    :func:`make_pairs` returns them; each HR is ``scale`` times its LR."""
+    out = []
+    for lr, hr in pairs:
+        if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
+            raise ValueError(f"HR {hr.shape[:2]} is not x{scale} of LR {lr.shape[:2]}")
+        if min(lr.shape[:2]) >= patch_size:
+            out.append(Pair(np.ascontiguousarray(hr), np.ascontiguousarray(lr)))
+    if not out:
+        raise ValueError(f"no training pair is large enough for {patch_size}px LR patches")
+    return {scale: out}
+
+
 def augment(lr: np.ndarray, hr: np.ndarray, flip: bool, turns: int) -> tuple[np.ndarray, ...]:
     """The paper's augmentation: horizontal flip, then ``turns`` 90-degree rotations."""
     if flip:

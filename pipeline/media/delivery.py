@@ -1,0 +1,132 @@
+"""Encode a title at a delivery size and rate: the stored low-resolution copy, or the original
+size at a CRF for rate-quality curves.
+
+Frames are scaled in YUV with FFmpeg's bicubic scaler (the ``scale`` filter's default), to
+even sides of ``floor(side / scale)``, and keep the source's timestamps. The copy is tagged
+with the matrix the source is read with (an untagged 720p source is BT.709; the 360p copy would
+otherwise be read as BT.601), so both decode to the same RGB. Audio is copied as it is when the
+whole title is encoded. PyAV only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from carn_stream.pipeline.colour import RANGE_LIMITED, effective_matrix
+from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
+
+
+@dataclass(frozen=True)
+class EncodedCopy:
+    """What an encode wrote: where, its size, and the video stream's rate."""
+
+    path: Path
+    width: int
+    height: int
+    frames: int
+    seconds: float  #: frames / frame rate
+    video_bytes: int  #: video packets only (audio excluded)
+    codec: str
+    crf: int
+
+    @property
+    def bitrate(self) -> float:
+        """Video bits per second."""
+        return 8 * self.video_bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+def delivery_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """The size stored for ``scale`` (1: the original): each side divided by ``scale`` and
+    rounded down to even."""
+    w, h = width // scale, height // scale
+    w, h = w - w % 2, h - h % 2  # 4:2:0
+    if w < 16 or h < 16:
+        raise OutputError(f"{width}x{height} is too small to store at 1/{scale} size")
+    return w, h
+
+
+def encode_copy(
+    source: str | Path,
+    dest: Path,
+    *,
+    scale: int = 1,
+    codec: str = "h264",
+    crf: int = 30,
+    preset: str | None = None,
+    start: int = 0,
+    frames: int | None = None,
+    threads: int = 0,
+) -> EncodedCopy:
+    """Encode frames ``start`` .. ``start + frames`` of ``source`` (all by default) at
+    1/``scale`` size into the MP4 ``dest`` (written under a temporary name, then renamed).
+    Audio is copied when the whole title is encoded."""
+    encoder, options = codec_settings(EncoderOptions(codec=codec, crf=crf, preset=preset))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.part")
+    whole = start == 0 and frames is None
+    written = video_bytes = 0
+    size: tuple[int, int] = (0, 0)
+    rate = Fraction(25)
+    try:
+        with open_input(source) as src, av.open(str(part), "w", format="mp4") as out:
+            vin = src.streams.video[0]
+            vin.thread_type = "AUTO"
+            rate = Fraction(vin.average_rate or vin.guessed_rate or 25)
+            ctx_in = vin.codec_context
+            size = delivery_size(ctx_in.width, ctx_in.height, scale)
+            matrix = effective_matrix(int(ctx_in.colorspace or 2), ctx_in.height)
+            vout = out.add_stream(encoder, rate=rate)
+            vout.width, vout.height, vout.pix_fmt = size[0], size[1], "yuv420p"
+            vout.time_base = vin.time_base
+            ctx = vout.codec_context
+            ctx.time_base = vin.time_base
+            ctx.colorspace, ctx.color_range = matrix, RANGE_LIMITED
+            ctx.options = options
+            ctx.thread_count = threads
+            audio = {}
+            if whole:
+                for a in src.streams.audio:
+                    audio[a.index] = out.add_stream_from_template(a)
+            decoded, first_pts = 0, None
+            for packet in src.demux([vin, *src.streams.audio]):
+                if packet.stream.type == "audio":
+                    if packet.dts is not None and packet.stream.index in audio:
+                        packet.stream = audio[packet.stream.index]
+                        out.mux(packet)
+                    continue
+                for frame in packet.decode():
+                    decoded += 1
+                    if decoded <= start or (frames is not None and written >= frames):
+                        continue
+                    if first_pts is None:
+                        first_pts = 0 if whole else frame.pts or 0
+                    scaled = frame.reformat(
+                        width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC"
+                    )
+                    scaled.pts = None if frame.pts is None else frame.pts - first_pts
+                    scaled.time_base = vin.time_base
+                    scaled.colorspace, scaled.color_range = matrix, RANGE_LIMITED
+                    for p in vout.encode(scaled):
+                        video_bytes += p.size
+                        out.mux(p)
+                    written += 1
+                if frames is not None and written >= frames and not audio:
+                    break
+            for p in vout.encode(None):
+                video_bytes += p.size
+                out.mux(p)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if written == 0:
+        part.unlink(missing_ok=True)
+        raise OutputError(f"{source}: no frame in the range {start}..{start + (frames or 0)}")
+    part.replace(dest)
+    return EncodedCopy(dest, size[0], size[1], written, float(written / rate), video_bytes,
+                       codec, crf)  # fmt: skip

@@ -1,0 +1,189 @@
+"""Per-title compression-aware models and their report: the encoded copy, its training pairs,
+VMAF, BD-rate, the temporal measure, the plot and the ``assess`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from carn_stream.model.bdrate import bd_rate, quality_at, winning_ranges
+from carn_stream.model.evaluation import degrade
+from carn_stream.model.metrics import psnr
+
+
+@pytest.fixture(scope="module")
+def small_clip(data_dir: Path, tmp_path_factory) -> Path:
+    """12 frames of Big Buck Bunny at 320x180, encoded almost losslessly (CRF 12)."""
+    from tests.media import decode_rgb, downscale_frames, write_clip
+
+    frames = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 12), (320, 180))
+    return write_clip(tmp_path_factory.mktemp("title") / "bbb.mp4", frames, rate=Fraction(25))
+
+
+def test_training_pairs_come_from_the_encoded_copy(small_clip, tmp_path):
+    from carn_stream.model.training_data import given_pairs
+    from carn_stream.pipeline.media.delivery import encode_copy
+    from carn_stream.pipeline.title_frames import read_pairs
+
+    copy = encode_copy(small_clip, tmp_path / "copy.mp4", scale=2, crf=34)
+    assert (copy.width, copy.height, copy.frames) == (160, 90, 12)
+    assert copy.bitrate > 0 and copy.path.is_file()
+    pairs = read_pairs(small_clip, copy.path, [1, 6, 11], 2)
+    assert [p.index for p in pairs] == [1, 6, 11]
+    gaps = []
+    for p in pairs:
+        assert p.lr.shape == (90, 160, 3) and p.hr.shape == (180, 320, 3)
+        bicubic = degrade(p.hr, 2)
+        # The same picture (measured 28.9-30.0 dB against the bicubic downscale) ...
+        gaps.append(psnr(p.lr, bicubic))
+        assert 25 < gaps[-1] < 36, gaps
+    # ... with the encoder's losses in it: a CRF 12 copy of the same frames is much closer
+    # (measured 30.6-31.7 dB; the scalers differ: FFmpeg's bicubic against MATLAB's).
+    close = encode_copy(small_clip, tmp_path / "close.mp4", scale=2, crf=12)
+    near = [psnr(q.lr, degrade(q.hr, 2)) for q in read_pairs(small_clip, close.path, [1, 6, 11], 2)]
+    assert min(n - g for n, g in zip(near, gaps, strict=True)) > 1.0, (near, gaps)
+    built = given_pairs([(p.lr, p.hr) for p in pairs], 2, 32)
+    assert len(built[2]) == 3 and built[2][0].lr is not None
+
+
+def test_bd_rate_of_curves_with_a_known_answer():
+    rates = [100.0, 200.0, 400.0, 800.0, 1600.0]
+    anchor = [(r, 30 + 5 * math.log2(r / 100)) for r in rates]
+    # The same qualities at 80% of the bits: -20% exactly, whatever the fit.
+    assert bd_rate(anchor, [(0.8 * r, q) for r, q in anchor]) == pytest.approx(-20.0, abs=1e-6)
+    assert bd_rate(anchor, [(1.5 * r, q) for r, q in anchor]) == pytest.approx(50.0, abs=1e-6)
+    # Over the common quality range only: a test curve reaching half the qualities.
+    assert bd_rate(anchor, [(0.5 * r, q) for r, q in anchor[:3]]) == pytest.approx(-50, abs=1e-6)
+    assert math.isnan(bd_rate(anchor, [(r, q + 100) for r, q in anchor]))
+
+
+def test_winning_range_ends_where_the_curves_cross():
+    rates = np.geomspace(2, 50, 6)
+    anchor = [(r, 20 * math.log10(r)) for r in rates]  # steeper: wins at high rates
+    test = [(r, 10 * math.log10(r) + 10) for r in rates]  # equal at r = 10
+    ranges = winning_ranges(anchor, test)
+    assert len(ranges) == 1
+    low, high = ranges[0]
+    assert low == pytest.approx(2) and high == pytest.approx(10, rel=0.02)
+    assert quality_at(test, 5) > quality_at(anchor, 5)
+    assert math.isnan(quality_at(test, 100))
+
+
+def test_vmaf_of_identical_frames_is_the_maximum_and_blur_ranks_below(small_clip):
+    from carn_stream.model.imresize import bicubic_uint8
+    from carn_stream.model.vmaf import Vmaf, luma
+    from carn_stream.pipeline.title_frames import read_frames
+
+    frames = list(read_frames(small_clip, range(6)).values())
+    blurred = [bicubic_uint8(bicubic_uint8(f, scale=0.5), scale=2.0) for f in frames]
+    ref = [luma(f) for f in frames]
+    vmaf = Vmaf(chunk=4)  # two chunks: the motion feature spans them
+    same = vmaf.scores(ref, ref)
+    # vmaf_v0.6.1 gives identical frames 97.43 without motion (the first frame) and up to 100
+    # with it (measured 97.43, 98.20, 98.89, 98.89, 98.94, 99.31), as libvmaf does.
+    assert same.shape == (6,) and same[0] == pytest.approx(97.43, abs=0.01), same
+    assert np.all(same >= 97.4) and np.all(same <= 100)
+    noise = np.random.default_rng(1).integers(-2, 3, ref[0].shape)
+    grain = vmaf.scores(ref, [np.clip(r + noise, 0, 255).astype(np.uint8) for r in ref])
+    soft = vmaf.scores(ref, [luma(f) for f in blurred])
+    # Measured: +-2 codes of grain 96.3-98.2; a x2 bicubic down-and-up copy 81.0-83.0 (and
+    # 29.5-29.6 dB PSNR).
+    assert np.all(same > grain) and np.all(grain > soft), (same, grain, soft)
+    assert np.all(soft < 86), soft
+    assert max(psnr(b, f) for b, f in zip(blurred, frames, strict=True)) < 31
+
+
+def test_temporal_error_sees_flicker_not_motion(small_clip):
+    from carn_stream.model.temporal import block_motion, motions, warping_error
+    from carn_stream.model.vmaf import luma
+    from carn_stream.pipeline.title_frames import read_frames
+
+    still = luma(read_frames(small_clip, [0])[0]).astype(np.float32)
+    # A pan of 3 px to the left per frame over a real picture.
+    ref = [np.ascontiguousarray(still[:, 3 * t : 3 * t + 256]) for t in range(5)]
+    motion = motions(ref)
+    inner = motion[0][1:-1, 1:-1].reshape(-1, 2)
+    assert (inner == torch.tensor([0, 3])).all(1).float().mean() > 0.8  # measured 1.0
+    rng = np.random.default_rng(0)
+    pattern = rng.normal(0, 4, still.shape).astype(np.float32)
+    moving = [r + pattern[:, 3 * t : 3 * t + 256] for t, r in enumerate(ref)]
+    flicker = [r + rng.normal(0, 4, r.shape).astype(np.float32) for r in ref]
+    steady, unsteady = warping_error(moving, ref, motion), warping_error(flicker, ref, motion)
+    # Measured: 0.02 (errors that follow the picture) against 4.5 (new errors every frame).
+    assert steady < 0.5 and unsteady > 3.5, (steady, unsteady)
+    assert warping_error(ref, ref) == 0.0
+    assert block_motion(torch.from_numpy(ref[0]), torch.from_numpy(ref[0])).abs().sum() == 0
+
+
+def test_report_plot_is_an_svg_with_one_line_per_curve_and_panel():
+    from carn_stream.model.rd_svg import Panel, rate_quality_svg
+
+    curves = {"original size": [(300, 80), (900, 92)], "title": [(150, 82), (400, 88)]}
+    svg = rate_quality_svg("clip", [Panel("VMAF", curves, [(150, 500)]),
+                                    Panel("PSNR", curves)])  # fmt: skip
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f"{ns}polyline")) == 4
+    assert len(root.findall(f"{ns}circle")) == 8
+    assert "upscaling wins" in svg and "title" in svg
+
+
+@pytest.mark.slow
+def test_assess_prints_the_report_and_writes_plot_and_weights(small_clip, weights_path, tmp_path,
+                                                               capsys):  # fmt: skip
+    from carn_stream.cli import main
+
+    out = tmp_path / "assess"
+    code = main(["assess", str(small_clip), "--scale", "2", "--frames", "4", "--crfs", "26,34",
+                 "--train-frames", "8", "--steps", "2", "--batch-size", "2", "--patch-size",
+                 "24", "--weights", str(weights_path), "--out", str(out),
+                 "--json"])  # fmt: skip
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [v["name"] for v in doc["variants"]] == ["bicubic", "generic CARN-M", "title CARN-M"]
+    assert doc["window"] == [4, 4] and doc["size"] == [320, 180]
+    assert [p["crf"] for p in doc["curves"]["original size"]] == [26, 34]
+    assert set(doc["bd_rate"]["title CARN-M"]) >= {"vmaf", "psnr"}
+    assert set(doc["timings"]) == {"copy", "training", "report", "total"}
+    assert doc["training"]["train_frames"] + doc["training"]["heldout_frames"] == 8
+    bicubic, generic, _ = doc["variants"]
+    # Measured on this 160x90 copy at CRF 30: bicubic 28.08 dB / VMAF 48.3, the generic model
+    # 27.90 dB / VMAF 52.9 (sharper, but its sharpening of the encoder's blocks costs PSNR).
+    assert generic["vmaf"] > bicubic["vmaf"] + 3 and abs(generic["psnr"] - bicubic["psnr"]) < 1
+    assert all(v["temporal"] > 0 for v in doc["variants"])
+    assert (out / "title-x2.pth").is_file() and (out / "report.json").is_file()
+    ET.fromstring((out / "report.svg").read_text())
+    # The text form names every part.
+    assert main(["assess", str(small_clip), "--frames", "3", "--crfs", "26,34", "--title-weights",
+                 str(out / "title-x2.pth"), "--weights", str(weights_path), "--out",
+                 str(tmp_path / "again")]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "BD-rate of title CARN-M vs original size" in text and "time: copy" in text
+
+
+@pytest.mark.slow
+def test_tune_encoded_trains_on_the_copy_and_writes_tunes_report(small_clip, weights_path,
+                                                                  tmp_path, capsys):  # fmt: skip
+    from carn_stream.cli import main
+    from carn_stream.model import carn_m, load_weights
+
+    out = tmp_path / "bbb.pth"
+    code = main(["tune", str(small_clip), str(out), "--scale", "2", "--degradation", "encoded",
+                 "--crf", "32", "--frames", "8", "--holdout-every", "4", "--steps", "2",
+                 "--batch-size", "2", "--patch-size", "24", "--weights", str(weights_path),
+                 "--run-dir", str(tmp_path / "run")])  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["degradation"] == "encoded" and report["crf"] == 32
+    assert (report["train_frames"], report["heldout_frames"]) == (6, 2)
+    # The keys the service reads from a tune report.
+    assert {"generic_psnr", "tuned_psnr", "gain_db"} <= set(report)
+    load_weights(carn_m(), out)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()  # resumable
