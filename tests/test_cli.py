@@ -261,7 +261,9 @@ def test_upscale_bad_input_exits_1_with_one_line(kind, data_dir, weights_path, t
         ("CARN_STREAM_PRECISION", "fp8", "auto, fp32"),
         ("CARN_STREAM_EXECUTOR", "threads", "process, inprocess"),
         ("CARN_STREAM_SEGMENT_SECONDS", "0.5", "at least 1"),
-        ("CARN_STREAM_MAX_CONCURRENT_JOBS", "many", "invalid literal"),
+        ("CARN_STREAM_MAX_CONCURRENT_JOBS", "many", "must be a whole number, 1 or more"),
+        ("CARN_STREAM_PORT", "eighty", "must be a port number (1-65535"),
+        ("CARN_STREAM_PORT", "70000", "must be a port number (1-65535"),
     ],
 )
 def test_serve_refuses_a_bad_setting_at_once_naming_it(variable, value, allowed, tmp_path):
@@ -270,6 +272,22 @@ def test_serve_refuses_a_bad_setting_at_once_naming_it(variable, value, allowed,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0] and allowed in lines[0], result.stderr
     assert not (tmp_path / "jobs.sqlite3").exists()  # nothing started
+
+
+def test_every_numeric_setting_names_itself_and_what_it_takes():
+    from dataclasses import fields
+
+    from carn_stream.settings import Settings, SettingsError
+
+    numeric = [f.name for f in fields(Settings) if f.type in ("int", "float")]
+    assert len(numeric) >= 29  # 29 today, each one checked
+    for name in numeric:
+        variable = f"CARN_STREAM_{name.upper()}"
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({variable: "eighty"})
+        message = str(caught.value)  # was: invalid literal for int() with base 10: 'eighty'
+        assert message.startswith(f"{variable} must be ") and message.endswith("; got 'eighty'")
+        assert "number" in message and "literal" not in message, message
 
 
 @pytest.fixture()
