@@ -126,7 +126,9 @@ def _upscale_command(sub) -> None:
     p = sub.add_parser("upscale", help="upscale a video file (or a folder of them)")
     _add_model_options(p)
     p.add_argument(
-        "input", help="video file (any container/codec FFmpeg reads), or a folder of them"
+        "input",
+        help="a local video file (any container/codec FFmpeg reads), or a folder of them; "
+        "URLs are for the service (POST /jobs)",
     )
     p.add_argument(
         "output", type=Path,

@@ -255,6 +255,21 @@ def test_upscale_bad_input_exits_1_with_one_line(kind, data_dir, weights_path, t
 
 
 @pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/clip.mp4", "https://127.0.0.1:9/a/clip.mp4?x=1", "file:///c.mp4"]
+)
+def test_upscale_refuses_a_url_as_typed(url, tmp_path):
+    out = tmp_path / "out.mp4"
+    result = run_cli("upscale", url, str(out), "--scale", "2")
+    # Was "http:/127.0.0.1:9/clip.mp4: no such file" (a path with one slash lost).
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"carn-stream upscale: error: {url}: upscale reads local files, not URLs; download it "
+        "first, or give the URL to the service (carn-stream serve, POST /jobs)"
+    )
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
     "variable,value,allowed",
     [
         ("CARN_STREAM_DEVICE", "gpu", "auto, cpu, cuda or cuda:N"),
