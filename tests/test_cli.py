@@ -305,6 +305,64 @@ def test_every_numeric_setting_names_itself_and_what_it_takes():
         assert "number" in message and "literal" not in message, message
 
 
+def _listener(host: str, port: int = 0):
+    """A socket listening as a server would (uvicorn sets SO_REUSEADDR)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    sock.listen()
+    return sock
+
+
+def test_serve_says_a_busy_port_at_once_before_loading_anything(tmp_path):
+    with _listener("127.0.0.1") as busy:
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli("serve", "--port", str(port), "--data-dir", str(tmp_path / "data"))
+        took = time.monotonic() - started
+    # Was: the model loaded (6 s), then uvicorn's "[Errno 98]" line, exit 3 and a stray
+    # "worker process ... ready" line.
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"carn-stream serve: error: port {port} is in use on 127.0.0.1; pass --port "
+        "(or set CARN_STREAM_PORT)\n"
+    )
+    assert took < 3, took  # measured 0.3 s: no torch, no model
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_port_check_binds_as_uvicorn_will():
+    import socket
+
+    from carn_stream.listening import ListenError, check_listen
+
+    with _listener("127.0.0.1") as busy:
+        port = busy.getsockname()[1]
+        for host in ("127.0.0.1", "0.0.0.0", ""):  # the wildcard takes 127.0.0.1 too
+            with pytest.raises(ListenError, match=f"port {port} is in use"):
+                check_listen(host, port)
+        check_listen("::1", port)  # IPv6 sockets are IPv6-only, as asyncio makes them
+        check_listen("127.0.0.1", 0)  # any free port: nothing to check
+    with _listener("::1") as busy6, pytest.raises(ListenError, match="is in use on ::1"):
+        check_listen("::1", busy6.getsockname()[1])
+    # A port whose last connection is in TIME_WAIT can be listened on again (SO_REUSEADDR):
+    # the check must not refuse a server restarted at once.
+    with _listener("127.0.0.1") as server:
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
+        client.close()
+    check_listen("127.0.0.1", port)
+    with pytest.raises(ListenError, match="not an address of this machine"):
+        check_listen("192.0.2.1", 8000)  # TEST-NET-1: bound locally or not at all
+
+
 @pytest.fixture()
 def slow_clip(data_dir, tmp_path) -> Path:
     """12 frames of Big Buck Bunny at 640x360: at x4 one frame takes seconds on a CPU."""
