@@ -285,7 +285,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings, functools.partial(start_worker, settings))
+    # The service's own worker says how the weights were found (a download, the bundled
+    # weights standing in); the worker process loads the same ones without saying it again.
+    quiet = functools.partial(start_worker, settings, quiet=True)
+    app = create_app(settings, functools.partial(start_worker, settings), quiet)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return EXIT_OK
 

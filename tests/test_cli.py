@@ -414,23 +414,29 @@ def test_upscale_stops_promptly_on_a_signal(signum, slow_clip, weights_path, tmp
     assert not out.exists() and not list(tmp_path.rglob("*.part"))  # nothing half-written
 
 
-def test_bundled_weights_fallback_is_one_warning_with_the_fix(tiny_clip, tmp_path):
+@pytest.mark.parametrize("download", ["disabled", "refused"])
+def test_bundled_weights_fallback_is_one_warning_with_the_fix(download, tiny_clip, tmp_path):
+    from tests.service import free_port
+
     cache = tmp_path / "cache"
-    result = run_cli(
-        "upscale",
-        str(tiny_clip),
-        str(tmp_path / "up.mp4"),
-        "--scale",
-        "2",
-        env={"CARN_WEIGHTS": "", "CARN_STREAM_ALLOW_DOWNLOAD": "0", "XDG_CACHE_HOME": str(cache)},
-    )
+    env = {"CARN_WEIGHTS": "", "XDG_CACHE_HOME": str(cache), "CARN_STREAM_ALLOW_DOWNLOAD": "0"}
+    if download == "refused":  # the first start offline: a download tried, and refused
+        url = f"http://127.0.0.1:{free_port()}/carn_m.pth"
+        env.update(CARN_STREAM_ALLOW_DOWNLOAD="1", CARN_STREAM_WEIGHTS_URL=url)
+    result = run_cli("upscale", str(tiny_clip), str(tmp_path / "up.mp4"), "--scale", "2", env=env)
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "CARN-M weights" in line]
-    # Was printed twice (once bare by logging's last-resort handler, once prefixed).
+    lines = result.stderr.splitlines()  # "\r" ends a line here too
+    warnings = [line for line in lines if "using the bundled" in line]
+    # Was printed twice (once bare by logging's last-resort handler, once prefixed), and
+    # glued to the download's progress ("... 0.0 MBcarn-stream: warning: ...").
     assert len(warnings) == 1, result.stderr
     (warning,) = warnings
     assert warning.startswith("carn-stream: warning: using the bundled CARN-M weights")
-    assert "downloading is disabled" in warning and "37.62 dB" in warning
+    reason = "downloading is disabled" if download == "disabled" else "Connection refused"
+    assert reason in warning and "37.62 dB" in warning
+    progress = [line for line in lines if line.startswith("downloading the official")]
+    assert progress == ([] if download == "disabled" else ["downloading the official CARN-M "
+                                                          "weights: 0.0 MB"])  # fmt: skip
     for fix in (
         "https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn_m.pth",
         "sha256 d48a759a84509351facb6b7c6d5bd6edec98b98519b8c464ee4ab44d2ba964ff",

@@ -427,6 +427,65 @@ def test_token_limits_and_local_files(tmp_path, media, data_dir):
         proc.stop()
 
 
+def test_a_device_that_is_not_there_is_one_line_each_and_the_reason_in_readyz(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    server = ServerProcess(tmp_path / "data", CARN_STREAM_DEVICE="cuda").launch()
+
+    def both_failed():
+        try:
+            response = server.call("GET", "/readyz", timeout=2)
+        except OSError:
+            return None
+        body = response.json()
+        return {"model_error", "executor_error"} <= set(body) and (response.status, body)
+
+    try:
+        status, body = wait_for(both_failed, 60, "the model and the worker process to fail")
+    finally:
+        server.stop()
+    assert status == 503 and body["ready"] is False
+    for check in ("model_error", "executor_error"):
+        assert body[check] == "RuntimeError: CUDA was asked for but no CUDA device is available"
+    log = server.log.read_text()
+    # Was two full tracebacks; now one line for the service's worker, one for the worker
+    # process, each with the reason.
+    assert "Traceback" not in log, log
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert [e.split(" ERROR ", 1)[1] for e in errors] == [
+        "carn_stream.server.workers: loading the model failed: RuntimeError: CUDA was asked "
+        "for but no CUDA device is available; not ready (GET /readyz says why)",
+        "carn_stream.server.workers: starting the segment executor failed: RuntimeError: CUDA "
+        "was asked for but no CUDA device is available; not ready (GET /readyz says why)",
+    ], log
+
+
+def test_the_first_start_offline_says_the_bundled_weights_once(tmp_path):
+    refused = f"http://127.0.0.1:{free_port()}/carn_m.pth"  # nothing listens: offline
+    server = ServerProcess(tmp_path / "data", CARN_WEIGHTS="", CARN_STREAM_ALLOW_DOWNLOAD="1",
+                           CARN_STREAM_WEIGHTS_URL=refused).start()  # fmt: skip
+    try:
+        ready = server.call("GET", "/readyz").json()
+        engines = ready["engines"]
+    finally:
+        server.stop()
+    assert ready["weights"] == "carn_m_sunhays80.pth" and len(engines) == 1  # both loaded
+    assert "Connection refused" in ready["weights_warning"]
+    log = server.log.read_text()
+    # Was said twice (by the service's worker and by the worker process, whose copy was
+    # glued to its progress line: "... 0.0 MBcarn-stream: warning: ...").
+    warnings = [line for line in log.splitlines() if "using the bundled CARN-M" in line]
+    assert len(warnings) == 1, log
+    assert " WARNING carn_stream.loading: using the bundled CARN-M weights" in warnings[0]
+    assert "\r" not in log and "carn-stream: warning" not in log, log
+    progress = [line for line in log.splitlines() if "downloading the official" in line]
+    assert len(progress) == 1 and progress[0].endswith(
+        "INFO carn_stream.loading: downloading the official CARN-M weights: 0.0 MB"
+    ), log
+
+
 def test_a_killed_server_resumes_its_jobs_after_restart(tmp_path, media):
     base, _ = media
     data = tmp_path / "data"
