@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.parse
 from fractions import Fraction
 from pathlib import Path
 
@@ -659,6 +660,35 @@ def test_jobs_page_in_chromium_submits_plays_and_compares(server, media, tmp_pat
         finally:
             browser.close()
     assert request(server.port, "GET", "/jobs?limit=1").json()["items"][0]["state"] == "succeeded"
+
+
+def test_jobs_page_reports_a_job_that_failed_before_its_first_segment(server, media):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _ = media
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            asked: list[tuple[float, str]] = []  # every request the page makes, and when
+            page.on("request", lambda r: asked.append((time.monotonic(), r.url)))
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            page.fill("#url", f"{base}/missing.mp4")  # HTTP 404: fails while fetching
+            page.select_option("#output", "hls")
+            page.click("#submit")
+            status = page.locator("#player-status")
+            expect(status).to_contain_text("Cannot play missing.mp4 x2: the job failed: ",
+                                           timeout=60_000)  # fmt: skip
+            expect(status).to_contain_text("HTTP 404")
+            reported = time.monotonic()
+            page.wait_for_timeout(3_000)  # three refreshes of the job list
+        finally:
+            browser.close()
+    paths = [urllib.parse.urlsplit(url).path for _, url in asked]
+    # Was "Waiting for the first segment…" forever, and a request for /undefined every second.
+    assert "/undefined" not in paths
+    later = [url for at, url in asked if at > reported]
+    assert later and all(urllib.parse.urlsplit(u).path == "/jobs" for u in later), later
 
 
 def _first_job_id(server: ServerProcess) -> str:
