@@ -45,7 +45,9 @@ def _positive(text: str) -> int:
 
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a port number (1-65535; 0 picks a free one), got {text!r}"
+        )
     return int(text)
 
 

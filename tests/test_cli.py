@@ -336,6 +336,15 @@ def test_serve_says_a_busy_port_at_once_before_loading_anything(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("port", ["eighty", "-1", "70000"])
+def test_serve_port_flag_takes_port_numbers_only(port):
+    result = run_cli("serve", "--port", port)
+    assert result.returncode == 2  # a usage error, before anything starts
+    assert result.stderr.strip().endswith(
+        f"argument --port: expected a port number (1-65535; 0 picks a free one), got '{port}'"
+    )
+
+
 def test_the_port_check_binds_as_uvicorn_will():
     import socket
 
