@@ -44,6 +44,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number (1-65535; 0 picks a free one), got {text!r}"
+        )
+    return int(text)
+
+
 def _precision_option(p: argparse.ArgumentParser) -> None:
     from carn_stream.precisions import NAMES, describe
 
@@ -81,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve_command(sub) -> None:
     p = sub.add_parser("serve", help="run the HTTP service (jobs API, pages, metrics)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port (default 8000)")
+    p.add_argument("--port", type=_port, help="listen port (default 8000; 0: any free one)")
     p.add_argument("--data-dir", type=Path, help="job database and outputs")
     p.add_argument(
         "--weights", type=Path, help="weights file (default: CARN_WEIGHTS, cache, download)"
@@ -128,7 +136,9 @@ def _upscale_command(sub) -> None:
     p = sub.add_parser("upscale", help="upscale a video file (or a folder of them)")
     _add_model_options(p)
     p.add_argument(
-        "input", help="video file (any container/codec FFmpeg reads), or a folder of them"
+        "input",
+        help="a local video file (any container/codec FFmpeg reads), or a folder of them; "
+        "URLs are for the service (POST /jobs)",
     )
     p.add_argument(
         "output", type=Path,
@@ -287,20 +297,34 @@ def _settings(args: argparse.Namespace, precision: bool = True) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
+    settings = _settings(args).with_overrides(
+        host=args.host, port=args.port, data_dir=args.data_dir, ray_address=args.ray
+    )
+    _check_listen(settings)  # a busy port is said at once, before torch and the model load
+
     import uvicorn
 
     from carn_stream.loading import start_worker
     from carn_stream.server.app import create_app
 
-    settings = _settings(args).with_overrides(
-        host=args.host, port=args.port, data_dir=args.data_dir, ray_address=args.ray
-    )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings, functools.partial(start_worker, settings))
+    # The service's own worker says how the weights were found (a download, the bundled
+    # weights standing in); the worker process loads the same ones without saying it again.
+    quiet = functools.partial(start_worker, settings, quiet=True)
+    app = create_app(settings, functools.partial(start_worker, settings), quiet)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return EXIT_OK
+
+
+def _check_listen(settings: Settings) -> None:
+    from carn_stream.listening import ListenError, check_listen
+
+    try:
+        check_listen(settings.host, settings.port)
+    except ListenError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -476,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("carn-stream: interrupted", file=sys.stderr)
         return 130
+    except CLIError as exc:  # said without importing what the other errors come from (torch)
+        print(f"carn-stream {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except _user_errors() as exc:
         print(f"carn-stream {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -23,20 +23,29 @@ class DownloadReport:
     def __init__(self, interval: float = 5.0) -> None:
         self.interval = interval
         self._last: float | None = None
+        self._open = False  #: a console line is drawn and not yet ended
 
     def __call__(self, done: int, total: int | None) -> None:
         size = f"{done / 1e6:.1f}" + (f"/{total / 1e6:.1f}" if total else "") + " MB"
         if not _logging_configured():
             sys.stderr.write(f"\rdownloading the official CARN-M weights: {size}")
-            if total and done >= total:
-                sys.stderr.write("\n")
             sys.stderr.flush()
+            self._open = True
+            if total and done >= total:
+                self.end()
             return
         now = time.monotonic()
         finished = bool(total and done >= total)
         if self._last is None or finished or now - self._last >= self.interval:
             self._last = now
             log.info("downloading the official CARN-M weights: %s", size)
+
+    def end(self) -> None:
+        """End the console line, however the download went (what follows starts afresh)."""
+        if self._open:
+            self._open = False
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 def _logging_configured() -> bool:
@@ -51,27 +60,37 @@ def _warn(message: str) -> None:
         print(f"carn-stream: warning: {message}", file=sys.stderr)
 
 
-def load_model(settings: Settings) -> tuple[CARN, WeightsSource]:
+def load_model(settings: Settings, quiet: bool = False) -> tuple[CARN, WeightsSource]:
     """Multi-scale CARN-M (group 4) in eval mode on the settings' device, and which weights it
-    holds (with the reason when the bundled weights stand in for the official ones)."""
+    holds (with the reason when the bundled weights stand in for the official ones).
+
+    ``quiet``: neither the download's progress nor the bundled weights' warning is said here,
+    because another loader of the same weights says them (the service's own worker, for the
+    worker process beside it)."""
     model = carn_m()
     notes: list[str] = []
+    report = DownloadReport()
 
     def on_fallback(message: str) -> None:
         notes.append(message)
-        _warn(message)
+        if not quiet:
+            report.end()
+            _warn(message)
 
     fallback = CARNMWeights.BUNDLED.value if settings.allow_bundled_weights else None
-    path = load_weights(
-        model,
-        settings.weights if settings.weights is not None else CARNMWeights.DEFAULT,
-        cache_dir=settings.cache_dir,
-        url=settings.weights_url,
-        allow_download=settings.allow_download,
-        progress=DownloadReport(),
-        fallback=fallback,
-        on_fallback=on_fallback,
-    )
+    try:
+        path = load_weights(
+            model,
+            settings.weights if settings.weights is not None else CARNMWeights.DEFAULT,
+            cache_dir=settings.cache_dir,
+            url=settings.weights_url,
+            allow_download=settings.allow_download,
+            progress=None if quiet else report,
+            fallback=fallback,
+            on_fallback=on_fallback,
+        )
+    finally:
+        report.end()  # an error line starts on a line of its own
     source = WeightsSource(path, notes[0] if notes else None)
     return model.eval().to(pick_device(settings.device)), source
 
@@ -88,13 +107,16 @@ def named_weights_loader(settings: Settings):
     return load
 
 
-def start_worker(settings: Settings, tile: int | None = None) -> InferenceWorker:
+def start_worker(
+    settings: Settings, tile: int | None = None, quiet: bool = False
+) -> InferenceWorker:
     """Load the model and start the inference worker thread that owns it (also the factory a
-    worker process calls, so it sets up the allocator as the command line does)."""
+    worker process calls, so it sets up the allocator as the command line does); ``quiet`` as
+    for :func:`load_model`."""
     from carn_stream.allocator import tune_allocator
 
     tune_allocator()
-    model, source = load_model(settings.with_overrides(device="cpu"))
+    model, source = load_model(settings.with_overrides(device="cpu"), quiet)
     config = EngineConfig(
         device=settings.device,
         precision=settings.precision,

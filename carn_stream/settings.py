@@ -161,6 +161,8 @@ class Settings:
             try:
                 values[f.name] = _parse(f.name, raw)
             except ValueError as exc:
+                if f.type in ("int", "float"):  # int("eighty"): say what the setting takes
+                    raise SettingsError(_refusal(f.name, raw)) from None
                 raise SettingsError(f"{PREFIX}{f.name.upper()}: {exc}") from exc
         return cls(**values)
 
@@ -168,51 +170,99 @@ class Settings:
         """Refuse values that cannot work, naming the variable and what it accepts."""
         from carn_stream.precisions import NAMES as PRECISIONS
 
-        checks: dict[str, tuple[bool, str]] = {
-            "precision": (self.precision in PRECISIONS, ", ".join(PRECISIONS)),
-            "device": (bool(_DEVICE.fullmatch(self.device)), "auto, cpu, cuda or cuda:N"),
-            "allocator": (self.allocator in ALLOCATORS, ", ".join(ALLOCATORS)),
-            "executor": (self.executor in EXECUTORS, ", ".join(EXECUTORS)),
-            "port": (0 <= self.port <= 65535, "a port number, 0 to 65535"),
-            "max_concurrent_jobs": (self.max_concurrent_jobs >= 1, "1 or more"),
-            "max_attempts": (self.max_attempts >= 1, "1 or more"),
-            "segment_attempts": (self.segment_attempts >= 1, "1 or more"),
-            "ray_segments_per_actor": (self.ray_segments_per_actor >= 1, "1 or more"),
-            "ray_cpu_resource": (bool(self.ray_cpu_resource), "a resource name"),
-            "worker_slots": (self.worker_slots >= 1, "1 or more"),
-            "worker_max_open_files": (self.worker_max_open_files >= 64, "64 or more"),
-            "batch_size": (self.batch_size >= 0, "0 (automatic) or more"),
-            "segment_seconds": (self.segment_seconds >= 1, "at least 1 (seconds)"),
-            "max_input_bytes": (self.max_input_bytes > 0, "a positive number of bytes"),
-            "max_output_pixels": (self.max_output_pixels > 0, "a positive number of pixels"),
-            "live_max_sessions": (self.live_max_sessions >= 0, "0 or more"),
-            "vod_cache_bytes": (self.vod_cache_bytes > 0, "a positive number of bytes"),
-            "vod_prefetch_segments": (self.vod_prefetch_segments >= 0, "0 or more"),
-            "vod_tune_frames": (self.vod_tune_frames >= 4, "4 or more"),
-            "vod_tune_steps": (self.vod_tune_steps >= 1, "1 or more"),
-            "media_link_seconds": (self.media_link_seconds > 0, "a positive number of seconds"),
-            "max_duration_seconds": (self.max_duration_seconds > 0, "a positive number"),
-            "fetch_timeout_seconds": (self.fetch_timeout_seconds > 0, "a positive number"),
-            "fetch_max_seconds": (self.fetch_max_seconds > 0, "a positive number"),
-            "fetch_min_bytes_per_second": (self.fetch_min_bytes_per_second >= 0, "0 or more"),
-            "max_redirects": (self.max_redirects >= 0, "0 or more"),
-            "min_free_disk_bytes": (self.min_free_disk_bytes >= 0, "0 or more bytes"),
-            "max_queued_jobs": (self.max_queued_jobs >= 1, "1 or more"),
-            "retention_hours": (self.retention_hours >= 0, "0 (keep) or more hours"),
-            "live_connect_seconds": (self.live_connect_seconds > 0, "a positive number"),
-            "live_max_latency": (self.live_max_latency > 0, "a positive number of seconds"),
-            "live_bits_per_pixel": (self.live_bits_per_pixel > 0, "a positive number"),
-            "live_max_bitrate": (self.live_max_bitrate > 0, "a positive number of bits/s"),
+        valid: dict[str, bool] = {
+            "precision": self.precision in PRECISIONS,
+            "device": bool(_DEVICE.fullmatch(self.device)),
+            "allocator": self.allocator in ALLOCATORS,
+            "executor": self.executor in EXECUTORS,
+            "port": 0 <= self.port <= 65535,
+            "max_concurrent_jobs": self.max_concurrent_jobs >= 1,
+            "max_attempts": self.max_attempts >= 1,
+            "segment_attempts": self.segment_attempts >= 1,
+            "ray_segments_per_actor": self.ray_segments_per_actor >= 1,
+            "ray_cpu_resource": bool(self.ray_cpu_resource),
+            "worker_slots": self.worker_slots >= 1,
+            "worker_max_open_files": self.worker_max_open_files >= 64,
+            "batch_size": self.batch_size >= 0,
+            "segment_seconds": self.segment_seconds >= 1,
+            "max_input_bytes": self.max_input_bytes > 0,
+            "max_output_pixels": self.max_output_pixels > 0,
+            "live_max_sessions": self.live_max_sessions >= 0,
+            "vod_cache_bytes": self.vod_cache_bytes > 0,
+            "vod_prefetch_segments": self.vod_prefetch_segments >= 0,
+            "vod_tune_frames": self.vod_tune_frames >= 4,
+            "vod_tune_steps": self.vod_tune_steps >= 1,
+            "media_link_seconds": self.media_link_seconds > 0,
+            "max_duration_seconds": self.max_duration_seconds > 0,
+            "fetch_timeout_seconds": self.fetch_timeout_seconds > 0,
+            "fetch_max_seconds": self.fetch_max_seconds > 0,
+            "fetch_min_bytes_per_second": self.fetch_min_bytes_per_second >= 0,
+            "max_redirects": self.max_redirects >= 0,
+            "min_free_disk_bytes": self.min_free_disk_bytes >= 0,
+            "max_queued_jobs": self.max_queued_jobs >= 1,
+            "retention_hours": self.retention_hours >= 0,
+            "live_connect_seconds": self.live_connect_seconds > 0,
+            "live_max_latency": self.live_max_latency > 0,
+            "live_bits_per_pixel": self.live_bits_per_pixel > 0,
+            "live_max_bitrate": self.live_max_bitrate > 0,
         }
-        for name, (ok, allowed) in checks.items():
+        for name, ok in valid.items():
             if not ok:
-                raise SettingsError(
-                    f"{PREFIX}{name.upper()}={getattr(self, name)!r} is not valid: use {allowed}"
-                )
+                raise SettingsError(_refusal(name, getattr(self, name)))
 
     def with_overrides(self, **overrides: object) -> Settings:
         """A copy with the given fields replaced; ``None`` leaves a field as it is."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+#: What each checked setting takes, as its refusal says it.
+_TAKES: dict[str, str] = {
+    "device": "auto, cpu, cuda or cuda:N",
+    "allocator": "one of " + ", ".join(ALLOCATORS),
+    "executor": "one of " + ", ".join(EXECUTORS),
+    "port": "a port number (1-65535; 0 picks a free one)",
+    "max_concurrent_jobs": "a whole number, 1 or more",
+    "max_attempts": "a whole number, 1 or more",
+    "segment_attempts": "a whole number, 1 or more",
+    "ray_segments_per_actor": "a whole number, 1 or more",
+    "ray_cpu_resource": "a resource name",
+    "worker_slots": "a whole number, 1 or more",
+    "worker_max_open_files": "a whole number, 64 or more",
+    "batch_size": "a whole number, 0 (automatic) or more",
+    "segment_seconds": "a number of seconds, at least 1",
+    "max_input_bytes": "a positive whole number of bytes",
+    "max_output_pixels": "a positive whole number of pixels",
+    "live_max_sessions": "a whole number, 0 or more",
+    "vod_cache_bytes": "a positive whole number of bytes",
+    "vod_prefetch_segments": "a whole number, 0 or more",
+    "vod_tune_frames": "a whole number, 4 or more",
+    "vod_tune_steps": "a whole number, 1 or more",
+    "media_link_seconds": "a positive number of seconds",
+    "max_duration_seconds": "a positive number of seconds",
+    "fetch_timeout_seconds": "a positive number of seconds",
+    "fetch_max_seconds": "a positive number of seconds",
+    "fetch_min_bytes_per_second": "a whole number of bytes per second, 0 or more",
+    "max_redirects": "a whole number, 0 or more",
+    "min_free_disk_bytes": "a whole number of bytes, 0 or more",
+    "max_queued_jobs": "a whole number, 1 or more",
+    "retention_hours": "a number of hours, 0 (keep) or more",
+    "live_connect_seconds": "a positive number of seconds",
+    "live_max_latency": "a positive number of seconds",
+    "live_bits_per_pixel": "a positive number",
+    "live_max_bitrate": "a positive whole number of bits per second",
+}
+
+
+def _refusal(name: str, value: object) -> str:
+    """``CARN_STREAM_PORT must be a port number (...); got 'eighty'``."""
+    if name == "precision":
+        from carn_stream.precisions import NAMES
+
+        takes = "one of " + ", ".join(NAMES)
+    else:
+        kind = next(f.type for f in fields(Settings) if f.name == name)
+        takes = _TAKES.get(name, "a whole number" if kind == "int" else "a number")
+    return f"{PREFIX}{name.upper()} must be {takes}; got {value!r}"
 
 
 def _parse(name: str, raw: str) -> object:

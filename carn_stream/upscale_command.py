@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.server.workers import executor_choice
     from carn_stream.stopping import run_stoppable
 
-    source = Path(args.input)
+    source = local_input(args.input)
     seconds = args.segment_seconds or settings.segment_seconds
     encoder = EncoderOptions(args.codec, args.crf, args.preset)
     folder_run = source.is_dir()
@@ -81,6 +82,16 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # --------------------------------------------------------------------------- what to make
+
+
+def local_input(text: str) -> Path:
+    """INPUT as a local path; a URL is refused as typed (the command reads files only)."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text):
+        raise UpscaleError(
+            f"{text}: upscale reads local files, not URLs; download it first, or give the URL "
+            "to the service (carn-stream serve, POST /jobs)"
+        )
+    return Path(text)
 
 
 def _item(source: Path, output: Path, format_name: str | None, args) -> Item:

@@ -62,10 +62,15 @@ class Services:
 
 
 async def start_services(
-    settings: Settings, worker_factory: Callable[[], InferenceWorker], metrics: Metrics
+    settings: Settings,
+    worker_factory: Callable[[], InferenceWorker],
+    metrics: Metrics,
+    executor_factory: Callable[[], InferenceWorker] | None = None,
 ) -> Services:
     """Open the store (interrupted jobs re-queued, or failed and cleaned up once out of
-    attempts), and build the workers, the executor, the job runner, videos and live sessions."""
+    attempts), and build the workers, the executor, the job runner, videos and live sessions.
+    ``executor_factory`` is what the executor's worker processes or actors call (default:
+    ``worker_factory``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.data_dir / DATABASE_NAME)
     store = JobStore(database)
@@ -74,7 +79,7 @@ async def start_services(
         log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
     blocking = BlockingPool(settings.max_concurrent_jobs + 2)
     holder = WorkerHolder(worker_factory)
-    executors = ExecutorHolder(settings, worker_factory, holder, metrics)
+    executors = ExecutorHolder(settings, executor_factory or worker_factory, holder, metrics)
     # Jobs and videos share the executor's slots, which follow it (a cluster grows).
     slots = Slots(lambda: executors.slots(settings.worker_slots), urgent_extra=1)
     intake = Intake.from_settings(settings)
@@ -121,14 +126,20 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def create_app(settings: Settings, worker_factory: Callable[[], InferenceWorker]) -> FastAPI:
+def create_app(
+    settings: Settings,
+    worker_factory: Callable[[], InferenceWorker],
+    executor_factory: Callable[[], InferenceWorker] | None = None,
+) -> FastAPI:
     """The service. ``worker_factory`` loads the model and starts an inference worker; with the
-    ``process`` executor it runs in the worker process too, so it must be picklable."""
+    ``process`` executor it (or ``executor_factory``, when given: the same model, loaded without
+    saying again what the service's own worker says) runs in the worker process too, so it
+    must be picklable."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        services = await start_services(settings, worker_factory, metrics)
+        services = await start_services(settings, worker_factory, metrics, executor_factory)
         state = app.state  # what the routes' dependencies read (server/deps.py)
         state.settings, state.metrics = settings, metrics
         state.store, state.runner, state.videos = services.store, services.runner, services.videos

@@ -96,6 +96,8 @@ class LiveStats:
     overloaded: bool = False  #: inference too slow even at the smallest useful input
     started: float = field(default_factory=time.monotonic)
     recent: list[float] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  #: source frames, the last 3 s
+    first_arrival: float | None = None
 
     def mark(self, at: float) -> None:
         """Record a frame delivered at ``at``; keep only the last 3 s."""
@@ -103,9 +105,32 @@ class LiveStats:
         while self.recent and self.recent[0] < at - 3.0:
             self.recent.pop(0)
 
+    def arrive(self, at: float) -> None:
+        """Record a source frame arriving at ``at`` (upscaled or dropped later)."""
+        if self.first_arrival is None:
+            self.first_arrival = at
+        self.arrivals.append(at)
+        while self.arrivals and self.arrivals[0] < at - 3.0:
+            self.arrivals.pop(0)
+
     @property
     def fps(self) -> float:
         return sum(t > time.monotonic() - 3.0 for t in self.recent) / 3.0
+
+    @property
+    def source_fps(self) -> float:
+        return sum(t > time.monotonic() - 3.0 for t in self.arrivals) / 3.0
+
+    @property
+    def keeping_up(self) -> bool:
+        """Fast enough at the smallest useful input, and upscaling at least half the source's
+        frames (judged over the last 3 s, once the source has sent frames for that long)."""
+        if self.overloaded:
+            return False
+        now = time.monotonic()
+        if self.first_arrival is None or now - self.first_arrival < 3.0:
+            return True
+        return self.fps >= self.source_fps / 2
 
 
 class FileTrack(MediaStreamTrack):
@@ -233,6 +258,7 @@ class UpscaleTrack(MediaStreamTrack):
         try:
             while True:
                 frame = await self.source.recv()
+                self.stats.arrive(time.monotonic())
                 if self.mirror is not None:
                     self.mirror.offer(frame)
                 if self._latest is not None:
@@ -347,7 +373,8 @@ class Session:
             "input": list(stats.input_size),
             "output": list(stats.output_size),
             "input_fraction": round(stats.input_fraction, 3),
-            "keeping_up": not stats.overloaded,
+            "keeping_up": stats.keeping_up,
+            "source_fps": round(stats.source_fps, 2),
             "target_bitrate": self.bitrate,
             "encoder_bitrate": encoder_bitrate,
         }

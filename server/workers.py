@@ -34,6 +34,12 @@ def executor_choice(settings: Settings) -> ExecutorChoice:
     return ExecutorChoice(kind, settings.worker_slots, settings.worker_max_open_files, ray)
 
 
+def _say_failure(what: str, reason: str) -> None:
+    """One console line (the reason is in ``/readyz`` too); the traceback at debug level."""
+    log.error("%s failed: %s; not ready (GET /readyz says why)", what, reason)
+    log.debug("%s failed", what, exc_info=True)
+
+
 class WorkerHolder:
     """Loads the model in the background so the server answers health checks meanwhile."""
 
@@ -47,8 +53,8 @@ class WorkerHolder:
         try:
             self.worker = factory()
         except Exception as exc:
-            log.exception("loading the model failed")
             self.error = f"{type(exc).__name__}: {exc}"
+            _say_failure("loading the model", self.error)
 
     def close(self) -> None:
         self._thread.join(timeout=60)
@@ -84,8 +90,8 @@ class ExecutorHolder:
             await executor.start()
             self._executor = executor
         except Exception as exc:
-            log.exception("starting the segment executor failed")
             self.error = f"{type(exc).__name__}: {exc}"
+            _say_failure("starting the segment executor", self.error)
 
     def slots(self, default: int) -> int:
         """Segments the executor takes at once (a cluster's grow with it)."""

@@ -85,6 +85,12 @@ class ServerProcess:
         self.headers: dict[str, str] = {}  #: sent with every call (e.g. the API token)
 
     def start(self, timeout: float = 90) -> ServerProcess:
+        self.launch()
+        wait_for(self._ready, timeout, f"the server on port {self.port} to be ready")
+        return self
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for it to be ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
@@ -92,7 +98,6 @@ class ServerProcess:
              "--data-dir", str(self.data_dir)],
             cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        wait_for(self._ready, timeout, f"the server on port {self.port} to be ready")
         return self
 
     def _ready(self) -> bool:

@@ -1,6 +1,7 @@
-"""A worker for the cluster tests: bicubic upscaling that takes a fixed time per batch, so that a
-segment is still running when a test removes or adds a node. Module-level, so that a Ray actor
-on another node can build it."""
+"""Workers for the cluster and executor tests: bicubic upscaling that takes a fixed time per
+batch, so that a segment is still running when a test removes or adds a node, and one that
+takes a while to start. Module-level, so that a Ray actor on another node (or a spawned worker
+process) can build them."""
 
 from __future__ import annotations
 
@@ -22,3 +23,9 @@ class SlowBicubic(Bicubic):
 
 def slow_worker() -> InferenceWorker:
     return InferenceWorker(Engine(SlowBicubic(), EngineConfig(device="cpu", precision="fp32")))
+
+
+def slow_to_start_worker() -> InferenceWorker:
+    """Bicubic, after two seconds of "loading"."""
+    time.sleep(2.0)
+    return InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))

@@ -255,13 +255,30 @@ def test_upscale_bad_input_exits_1_with_one_line(kind, data_dir, weights_path, t
 
 
 @pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/clip.mp4", "https://127.0.0.1:9/a/clip.mp4?x=1", "file:///c.mp4"]
+)
+def test_upscale_refuses_a_url_as_typed(url, tmp_path):
+    out = tmp_path / "out.mp4"
+    result = run_cli("upscale", url, str(out), "--scale", "2")
+    # Was "http:/127.0.0.1:9/clip.mp4: no such file" (a path with one slash lost).
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"carn-stream upscale: error: {url}: upscale reads local files, not URLs; download it "
+        "first, or give the URL to the service (carn-stream serve, POST /jobs)"
+    )
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
     "variable,value,allowed",
     [
         ("CARN_STREAM_DEVICE", "gpu", "auto, cpu, cuda or cuda:N"),
         ("CARN_STREAM_PRECISION", "fp8", "auto, fp32"),
         ("CARN_STREAM_EXECUTOR", "threads", "process, inprocess"),
         ("CARN_STREAM_SEGMENT_SECONDS", "0.5", "at least 1"),
-        ("CARN_STREAM_MAX_CONCURRENT_JOBS", "many", "invalid literal"),
+        ("CARN_STREAM_MAX_CONCURRENT_JOBS", "many", "must be a whole number, 1 or more"),
+        ("CARN_STREAM_PORT", "eighty", "must be a port number (1-65535"),
+        ("CARN_STREAM_PORT", "70000", "must be a port number (1-65535"),
     ],
 )
 def test_serve_refuses_a_bad_setting_at_once_naming_it(variable, value, allowed, tmp_path):
@@ -270,6 +287,89 @@ def test_serve_refuses_a_bad_setting_at_once_naming_it(variable, value, allowed,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0] and allowed in lines[0], result.stderr
     assert not (tmp_path / "jobs.sqlite3").exists()  # nothing started
+
+
+def test_every_numeric_setting_names_itself_and_what_it_takes():
+    from dataclasses import fields
+
+    from carn_stream.settings import Settings, SettingsError
+
+    numeric = [f.name for f in fields(Settings) if f.type in ("int", "float")]
+    assert len(numeric) >= 29  # 29 today, each one checked
+    for name in numeric:
+        variable = f"CARN_STREAM_{name.upper()}"
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({variable: "eighty"})
+        message = str(caught.value)  # was: invalid literal for int() with base 10: 'eighty'
+        assert message.startswith(f"{variable} must be ") and message.endswith("; got 'eighty'")
+        assert "number" in message and "literal" not in message, message
+
+
+def _listener(host: str, port: int = 0):
+    """A socket listening as a server would (uvicorn sets SO_REUSEADDR)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    sock.listen()
+    return sock
+
+
+def test_serve_says_a_busy_port_at_once_before_loading_anything(tmp_path):
+    with _listener("127.0.0.1") as busy:
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli("serve", "--port", str(port), "--data-dir", str(tmp_path / "data"))
+        took = time.monotonic() - started
+    # Was: the model loaded (6 s), then uvicorn's "[Errno 98]" line, exit 3 and a stray
+    # "worker process ... ready" line.
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"carn-stream serve: error: port {port} is in use on 127.0.0.1; pass --port "
+        "(or set CARN_STREAM_PORT)\n"
+    )
+    assert took < 3, took  # measured 0.3 s: no torch, no model
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("port", ["eighty", "-1", "70000"])
+def test_serve_port_flag_takes_port_numbers_only(port):
+    result = run_cli("serve", "--port", port)
+    assert result.returncode == 2  # a usage error, before anything starts
+    assert result.stderr.strip().endswith(
+        f"argument --port: expected a port number (1-65535; 0 picks a free one), got '{port}'"
+    )
+
+
+def test_the_port_check_binds_as_uvicorn_will():
+    import socket
+
+    from carn_stream.listening import ListenError, check_listen
+
+    with _listener("127.0.0.1") as busy:
+        port = busy.getsockname()[1]
+        for host in ("127.0.0.1", "0.0.0.0", ""):  # the wildcard takes 127.0.0.1 too
+            with pytest.raises(ListenError, match=f"port {port} is in use"):
+                check_listen(host, port)
+        check_listen("::1", port)  # IPv6 sockets are IPv6-only, as asyncio makes them
+        check_listen("127.0.0.1", 0)  # any free port: nothing to check
+    with _listener("::1") as busy6, pytest.raises(ListenError, match="is in use on ::1"):
+        check_listen("::1", busy6.getsockname()[1])
+    # A port whose last connection is in TIME_WAIT can be listened on again (SO_REUSEADDR):
+    # the check must not refuse a server restarted at once.
+    with _listener("127.0.0.1") as server:
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
+        client.close()
+    check_listen("127.0.0.1", port)
+    with pytest.raises(ListenError, match="not an address of this machine"):
+        check_listen("192.0.2.1", 8000)  # TEST-NET-1: bound locally or not at all
 
 
 @pytest.fixture()
@@ -323,23 +423,29 @@ def test_upscale_stops_promptly_on_a_signal(signum, slow_clip, weights_path, tmp
     assert not out.exists() and not list(tmp_path.rglob("*.part"))  # nothing half-written
 
 
-def test_bundled_weights_fallback_is_one_warning_with_the_fix(tiny_clip, tmp_path):
+@pytest.mark.parametrize("download", ["disabled", "refused"])
+def test_bundled_weights_fallback_is_one_warning_with_the_fix(download, tiny_clip, tmp_path):
+    from tests.service import free_port
+
     cache = tmp_path / "cache"
-    result = run_cli(
-        "upscale",
-        str(tiny_clip),
-        str(tmp_path / "up.mp4"),
-        "--scale",
-        "2",
-        env={"CARN_WEIGHTS": "", "CARN_STREAM_ALLOW_DOWNLOAD": "0", "XDG_CACHE_HOME": str(cache)},
-    )
+    env = {"CARN_WEIGHTS": "", "XDG_CACHE_HOME": str(cache), "CARN_STREAM_ALLOW_DOWNLOAD": "0"}
+    if download == "refused":  # the first start offline: a download tried, and refused
+        url = f"http://127.0.0.1:{free_port()}/carn_m.pth"
+        env.update(CARN_STREAM_ALLOW_DOWNLOAD="1", CARN_STREAM_WEIGHTS_URL=url)
+    result = run_cli("upscale", str(tiny_clip), str(tmp_path / "up.mp4"), "--scale", "2", env=env)
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "CARN-M weights" in line]
-    # Was printed twice (once bare by logging's last-resort handler, once prefixed).
+    lines = result.stderr.splitlines()  # "\r" ends a line here too
+    warnings = [line for line in lines if "using the bundled" in line]
+    # Was printed twice (once bare by logging's last-resort handler, once prefixed), and
+    # glued to the download's progress ("... 0.0 MBcarn-stream: warning: ...").
     assert len(warnings) == 1, result.stderr
     (warning,) = warnings
     assert warning.startswith("carn-stream: warning: using the bundled CARN-M weights")
-    assert "downloading is disabled" in warning and "37.62 dB" in warning
+    reason = "downloading is disabled" if download == "disabled" else "Connection refused"
+    assert reason in warning and "37.62 dB" in warning
+    progress = [line for line in lines if line.startswith("downloading the official")]
+    assert progress == ([] if download == "disabled" else ["downloading the official CARN-M "
+                                                          "weights: 0.0 MB"])  # fmt: skip
     for fix in (
         "https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn_m.pth",
         "sha256 d48a759a84509351facb6b7c6d5bd6edec98b98519b8c464ee4ab44d2ba964ff",

@@ -78,6 +78,60 @@ def test_compose_files_validate_against_the_compose_specification(
     assert list(validator.iter_errors(broken)), "the schema really checks"
 
 
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}`` and ``${VAR:-default}`` (a default also for an empty value)."""
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(3) or ""
+        return env.get(name) or default
+
+    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", value, text)
+
+
+def published(document: dict, env: dict[str, str]) -> dict[str, list[str]]:
+    """Each service's published ports as ``HOST_IP:PUBLISHED:TARGET`` under ``env``."""
+    return {
+        name: [interpolate(str(port), env) for port in service.get("ports", [])]
+        for name, service in document["services"].items()
+    }
+
+
+def test_ports_are_published_on_loopback_unless_asked(compose, compose_cpu, compose_ray):
+    cases = [
+        (compose, {"8000", "9090", "3000"}),
+        (compose_cpu, {"8000", "9090", "3000"}),
+        (compose_ray, {"8000", "9090", "3000", "6379", "8265"}),
+    ]
+    for document, expected in cases:
+        default = published(document, {})
+        ports = [entry.split(":") for entries in default.values() for entry in entries]
+        # Was "8000:8000", "9090:9090", "3000:3000": every interface, the API without a token
+        # and Grafana anonymous.
+        assert ports and all(len(p) == 3 and p[0] == "127.0.0.1" for p in ports), default
+        assert {p[1] for p in ports} == expected
+        opened = published(document, {"CARN_PUBLISH_ADDRESS": "0.0.0.0"})
+        assert all(e.startswith("0.0.0.0:") for entries in opened.values() for e in entries)
+    text = (DOCKER / "compose.yaml").read_text() + (REPO_ROOT / "README.md").read_text()
+    assert "CARN_PUBLISH_ADDRESS=0.0.0.0" in text  # the way to open them is written down
+
+
+#: The minimum Linux driver NVIDIA's CUDA Toolkit release notes give for the base image's CUDA.
+MIN_DRIVER = {"12.8.1": "570.124.06"}
+
+
+def test_gpu_docs_name_the_driver_and_how_to_bring_the_weights_offline():
+    from carn_stream.model import CARNMWeights
+
+    base = re.search(r"^FROM nvidia/cuda:(\d+\.\d+\.\d+)-", (DOCKER / "Dockerfile").read_text(),
+                     re.M).group(1)  # fmt: skip
+    assert base in MIN_DRIVER, f"CUDA {base}: look up its minimum driver for the docs"
+    weights = CARNMWeights.DEFAULT.value
+    for doc in (REPO_ROOT / "README.md", DOCKER / "README.md"):
+        text = doc.read_text()
+        assert f"driver {MIN_DRIVER[base]}" in text and f"CUDA {base}" in text, doc
+        assert f"/cache/{weights.filename}" in text and weights.sha256 in text, doc
+
+
 def test_service_reserves_a_gpu_keeps_data_on_volumes_and_checks_health(compose, compose_cpu):
     app = compose["services"]["carn-stream"]
     devices = app["deploy"]["resources"]["reservations"]["devices"]

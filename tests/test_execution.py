@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
+import multiprocessing
+import time
 
 import pytest
 import torch
@@ -61,3 +65,25 @@ def test_the_service_and_the_command_line_choose_the_executor_in_one_place():
     assert ray.ray.segments_per_actor == 3
     process = open_executor(ExecutorChoice("process", slots=3), lambda: None)  # not started
     assert isinstance(process, ProcessExecutor) and process.slots == 3 and process.device == ""
+
+
+def test_a_worker_process_closed_while_it_starts_stops_without_a_word(caplog):
+    from tests.slow_worker import slow_to_start_worker
+
+    caplog.set_level(logging.INFO, logger="carn_stream.pipeline.execution.worker_process")
+
+    async def start_then_close() -> None:
+        executor = ProcessExecutor(slow_to_start_worker)
+        starting = asyncio.create_task(executor.start())
+        await asyncio.sleep(0.5)  # the process is loading its model
+        starting.cancel()  # as the service's shutdown after a failed start-up does
+        await executor.close()
+
+    asyncio.run(start_then_close())  # returns once the start has finished, in its thread
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Was: the process went on to load, said "worker process ... ready" after the service's
+    # error, and lived until the service exited.
+    assert multiprocessing.active_children() == []
+    assert not [r for r in caplog.records if "ready" in r.getMessage()]

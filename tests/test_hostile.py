@@ -141,6 +141,16 @@ def test_ipv6_forms_embedding_ipv4_are_judged_by_the_embedded_address(address):
         check_address(address, FetchPolicy())
 
 
+def test_a_private_address_refusal_names_the_setting_that_admits_it():
+    with pytest.raises(FetchError) as caught:
+        check_address("10.1.2.3", FetchPolicy())
+    assert str(caught.value) == (
+        "address 10.1.2.3 is not public; refused (the server admits it when "
+        "CARN_STREAM_ALLOWED_PRIVATE_HOSTS lists 10.1.2.3)"
+    )
+    check_address("10.1.2.3", FetchPolicy(allowed_hosts=frozenset({"10.1.2.3"})))  # as it says
+
+
 def test_embedded_public_addresses_still_pass():
     for address in ("64:ff9b::808:808", "2002:808:808::1", "2001:4860:4860::8888"):
         check_address(address, FetchPolicy())  # no exception; nothing connects
@@ -155,6 +165,8 @@ def test_embedded_public_addresses_still_pass():
         ("http://127.0.0.1:99999/x.mp4", "malformed URL"),
         ("/srv/videos/clip.mp4", "CARN_STREAM_ALLOW_LOCAL_FILES"),
         ("file:///srv/videos/clip.mp4", "CARN_STREAM_ALLOW_LOCAL_FILES"),
+        ("http://127.0.0.1:1/x.mp4", "CARN_STREAM_ALLOWED_PRIVATE_HOSTS lists 127.0.0.1"),
+        ("http://[fd00::5]:1/x.mp4", "CARN_STREAM_ALLOWED_PRIVATE_HOSTS lists fd00::5"),
     ],
 )
 def test_malformed_urls_and_local_paths_are_refused_with_a_reason(url, message):

@@ -236,6 +236,8 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
         browser = launch_chromium(p, *LIVE_FLAGS)
         try:
             page = browser.new_page()
+            deletes: list[int] = []  # what Stop's DELETE /webrtc/sessions/{id} gets
+            page.on("response", lambda r: r.request.method == "DELETE" and deletes.append(r.status))
             page.goto(f"http://127.0.0.1:{server.port}/live")
             page.select_option("#size", "160x120")
             page.select_option("#scale", "2")
@@ -286,6 +288,18 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
                 expect(page.locator("#overload")).to_contain_text(remedy)
             page.screenshot(path=str(artifacts / "live-overloaded.png"), full_page=True)
             page.unroute("**/webrtc/sessions/*")
+
+            # It also says so when most frames are skipped, with the figures.
+            def skipping(route):
+                answer = route.fetch().json()
+                route.fulfill(json={**answer, "keeping_up": False, "fps": 3.3, "source_fps": 30.0})
+
+            page.route("**/webrtc/sessions/*", skipping)
+            expect(page.locator("#overload")).to_contain_text(
+                "it upscales 3.3 of the 30.0 frames per second that arrive", timeout=5_000
+            )
+            expect(page.locator("#overload")).to_contain_text("lower scale")
+            page.unroute("**/webrtc/sessions/*")
             wait_for(
                 lambda: (
                     [s["input"] for s in request(server.port, "GET", "/webrtc/sessions").json()]
@@ -316,16 +330,86 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
             page.screenshot(path=str(artifacts / "live-sample.png"), full_page=True)
             page.click("#stop")
             expect(page.locator("#status")).to_have_text("Stopped")
+            page.wait_for_timeout(500)
+            # Stop closes the session on the server, then the peer connection (it was the
+            # other way round, and the DELETE got 404).
+            assert deletes == [204, 204], deletes
         finally:
             browser.close()
     wait_for(lambda: request(server.port, "GET", "/webrtc/sessions").json() == [], 15, "teardown")
 
 
+#: Painted into the live page's two videos in place of WebRTC streams: a red "original" and a
+#: green "upscaled" picture of the size the issue measured (224x184 in a 670x432 box).
+PAINTED_STREAMS = """() => {
+  const paint = (w, h, colour) => {
+    const c = document.createElement("canvas");
+    c.width = w; c.height = h;
+    const ctx = c.getContext("2d");
+    const fill = () => { ctx.fillStyle = colour; ctx.fillRect(0, 0, w, h); };
+    fill();
+    setInterval(fill, 40);
+    return c.captureStream(25);
+  };
+  document.getElementById("original").srcObject = paint(112, 92, "rgb(255, 0, 0)");
+  document.getElementById("upscaled").srcObject = paint(224, 184, "rgb(0, 255, 0)");
+  drawBicubic();
+}"""
+
+
+def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Top, bottom, left, right (inclusive) of the true pixels."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+@pytest.mark.parametrize("viewport", [(1280, 720), (800, 1000), (1920, 1080), (640, 420)])
+def test_live_wipe_layers_scale_alike_at_every_window_size(server, viewport, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from carn_stream.pipeline.media.images import read_rgb
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            page.goto(f"http://127.0.0.1:{server.port}/live")
+            page.evaluate(PAINTED_STREAMS)
+            page.wait_for_function(
+                "document.getElementById('upscaled').videoWidth === 224 && "
+                "document.getElementById('bicubic').width === 224",
+                timeout=10_000,
+            )
+            page.wait_for_timeout(300)  # a few painted frames on both layers
+            shot = tmp_path / "wipe.png"
+            page.locator("#wipe").screenshot(path=str(shot))
+        finally:
+            browser.close()
+    rgb = read_rgb(shot).astype(int)
+    r, g = rgb[..., 0], rgb[..., 1]
+    red, green = (r > 150) & (g < 100), (g > 150) & (r < 100)
+    half = rgb.shape[1] // 2
+    # The slider is at 50 %: bicubic (the canvas, red) on the left, CARN-M (the video,
+    # green) on the right. Before, at 1280x720 the video was letterboxed in its 60vh box and
+    # the canvas stretched over the whole box: red filled the bars where green did not.
+    assert not green[:, : half - 1].any() and not red[:, half + 1 :].any()
+    top_r, bottom_r, left_r, _ = _extent(red)
+    top_g, bottom_g, _, right_g = _extent(green)
+    assert abs(top_r - top_g) <= 1 and abs(bottom_r - bottom_g) <= 1, (viewport, rgb.shape)
+    width = rgb.shape[1]
+    assert abs(left_r - (width - 1 - right_g)) <= 1, (viewport, left_r, right_g, width)
+    picture_h, picture_w = bottom_g - top_g + 1, 2 * (right_g - half) + 1
+    assert abs(picture_w / picture_h - 224 / 184) < 0.03  # neither layer is stretched
+
+
+# --------------------------------------------------------------------------- in process
 # --------------------------------------------------------------------------- in process
 
 
 async def _in_process_session(model, frames, seconds: float, latency_policy, scale: int = 2):
-    """A server-side session and an aiortc client in this event loop; returns stats and leaks."""
+    """A server-side session and an aiortc client in this event loop; returns stats, sizes
+    received, the sessions, leaks and the session as ``GET /webrtc/sessions/{id}`` described it
+    at the end of ``seconds``."""
     from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
     from carn_stream.server.live import BitratePolicy, LiveSessions
     from carn_stream.server.metrics import Metrics
@@ -353,7 +437,7 @@ async def _in_process_session(model, frames, seconds: float, latency_policy, sca
     session, answer = await live.open(client.localDescription.sdp, "offer", scale, worker)
     await client.setRemoteDescription(answer)
     await asyncio.sleep(seconds)
-    stats = session.track.stats
+    stats, described = session.track.stats, session.describe()
     await client.close()
     await asyncio.sleep(0.5)
     for p in pullers:
@@ -364,7 +448,7 @@ async def _in_process_session(model, frames, seconds: float, latency_policy, sca
     leaked = [t for t in leaked if t is not asyncio.current_task()]
     worker.close()
     threads_after = {t.ident for t in threading.enumerate() if t.is_alive()}
-    return stats, sizes, live, leaked, threads_after - threads_before
+    return stats, sizes, live, leaked, threads_after - threads_before, described
 
 
 async def _closed(live) -> None:
@@ -376,7 +460,7 @@ def test_teardown_leaves_no_tasks_and_no_threads(camera_frames):
     from carn_stream.model.baselines import Bicubic
     from carn_stream.server.live import LatencyPolicy
 
-    stats, sizes, live, leaked, new_threads = asyncio.run(
+    stats, sizes, live, leaked, new_threads, _ = asyncio.run(
         _in_process_session(Bicubic(), camera_frames, 3.0, LatencyPolicy())
     )
     assert stats.frames > 10 and set(sizes) == {(320, 240)}
@@ -418,3 +502,41 @@ def test_slow_inference_drops_stale_frames_and_shrinks_the_input(camera_frames):
     assert stats.input_fraction == pytest.approx(0.64)
     assert sizes[0] == (320, 240) and sizes[-1] == (204, 152)  # 102x76 input, x2
     assert stats.overloaded  # still too slow: the page says the machine cannot keep up
+
+
+def test_a_session_that_skips_most_frames_is_not_keeping_up(camera_frames):
+    from carn_stream.model.baselines import Bicubic
+    from carn_stream.server.live import LatencyPolicy
+
+    class Paced(Bicubic):
+        def forward(self, x, scale=None):
+            time.sleep(0.2)  # within the 10 s budget, but at most 5 of the camera's 15 fps
+            return super().forward(x, scale)
+
+    stats, *_, seen = asyncio.run(
+        _in_process_session(Paced(), camera_frames, 5.0, LatencyPolicy(max_latency=10.0))
+    )
+    print(f"source {seen['source_fps']} fps, upscaled {seen['fps']} fps")
+    assert 10 <= seen["source_fps"] <= 16  # the 15 fps camera
+    assert not stats.overloaded  # every frame is within the latency budget
+    # Was "keeping up" (latency only) while two frames in three were skipped.
+    assert seen["fps"] < seen["source_fps"] / 2 and seen["keeping_up"] is False
+
+
+@pytest.mark.parametrize(
+    "source_fps,upscaled_fps,for_seconds,keeping_up",
+    [(15, 12, 3.5, True), (15, 9, 3.5, True), (15, 5, 3.5, False), (30, 3.3, 3.5, False),
+     (30, 3.3, 2.0, True)],  # the last: too early to judge
+)  # fmt: skip
+def test_keeping_up_needs_half_the_source_frames(source_fps, upscaled_fps, for_seconds,
+                                                 keeping_up):  # fmt: skip
+    from carn_stream.server.live import LiveStats
+
+    stats, now = LiveStats(), time.monotonic()
+    start = now - for_seconds
+    for i in range(int(for_seconds * source_fps)):
+        stats.arrive(start + i / source_fps)
+    for i in range(int(for_seconds * upscaled_fps)):
+        stats.mark(start + (i + 1) / upscaled_fps)
+    assert stats.source_fps == pytest.approx(min(3, for_seconds) * source_fps / 3, abs=0.5)
+    assert stats.keeping_up is keeping_up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.parse
 from fractions import Fraction
 from pathlib import Path
 
@@ -427,6 +428,65 @@ def test_token_limits_and_local_files(tmp_path, media, data_dir):
         proc.stop()
 
 
+def test_a_device_that_is_not_there_is_one_line_each_and_the_reason_in_readyz(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    server = ServerProcess(tmp_path / "data", CARN_STREAM_DEVICE="cuda").launch()
+
+    def both_failed():
+        try:
+            response = server.call("GET", "/readyz", timeout=2)
+        except OSError:
+            return None
+        body = response.json()
+        return {"model_error", "executor_error"} <= set(body) and (response.status, body)
+
+    try:
+        status, body = wait_for(both_failed, 60, "the model and the worker process to fail")
+    finally:
+        server.stop()
+    assert status == 503 and body["ready"] is False
+    for check in ("model_error", "executor_error"):
+        assert body[check] == "RuntimeError: CUDA was asked for but no CUDA device is available"
+    log = server.log.read_text()
+    # Was two full tracebacks; now one line for the service's worker, one for the worker
+    # process, each with the reason.
+    assert "Traceback" not in log, log
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert [e.split(" ERROR ", 1)[1] for e in errors] == [
+        "carn_stream.server.workers: loading the model failed: RuntimeError: CUDA was asked "
+        "for but no CUDA device is available; not ready (GET /readyz says why)",
+        "carn_stream.server.workers: starting the segment executor failed: RuntimeError: CUDA "
+        "was asked for but no CUDA device is available; not ready (GET /readyz says why)",
+    ], log
+
+
+def test_the_first_start_offline_says_the_bundled_weights_once(tmp_path):
+    refused = f"http://127.0.0.1:{free_port()}/carn_m.pth"  # nothing listens: offline
+    server = ServerProcess(tmp_path / "data", CARN_WEIGHTS="", CARN_STREAM_ALLOW_DOWNLOAD="1",
+                           CARN_STREAM_WEIGHTS_URL=refused).start()  # fmt: skip
+    try:
+        ready = server.call("GET", "/readyz").json()
+        engines = ready["engines"]
+    finally:
+        server.stop()
+    assert ready["weights"] == "carn_m_sunhays80.pth" and len(engines) == 1  # both loaded
+    assert "Connection refused" in ready["weights_warning"]
+    log = server.log.read_text()
+    # Was said twice (by the service's worker and by the worker process, whose copy was
+    # glued to its progress line: "... 0.0 MBcarn-stream: warning: ...").
+    warnings = [line for line in log.splitlines() if "using the bundled CARN-M" in line]
+    assert len(warnings) == 1, log
+    assert " WARNING carn_stream.loading: using the bundled CARN-M weights" in warnings[0]
+    assert "\r" not in log and "carn-stream: warning" not in log, log
+    progress = [line for line in log.splitlines() if "downloading the official" in line]
+    assert len(progress) == 1 and progress[0].endswith(
+        "INFO carn_stream.loading: downloading the official CARN-M weights: 0.0 MB"
+    ), log
+
+
 def test_a_killed_server_resumes_its_jobs_after_restart(tmp_path, media):
     base, _ = media
     data = tmp_path / "data"
@@ -600,6 +660,35 @@ def test_jobs_page_in_chromium_submits_plays_and_compares(server, media, tmp_pat
         finally:
             browser.close()
     assert request(server.port, "GET", "/jobs?limit=1").json()["items"][0]["state"] == "succeeded"
+
+
+def test_jobs_page_reports_a_job_that_failed_before_its_first_segment(server, media):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _ = media
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            asked: list[tuple[float, str]] = []  # every request the page makes, and when
+            page.on("request", lambda r: asked.append((time.monotonic(), r.url)))
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            page.fill("#url", f"{base}/missing.mp4")  # HTTP 404: fails while fetching
+            page.select_option("#output", "hls")
+            page.click("#submit")
+            status = page.locator("#player-status")
+            expect(status).to_contain_text("Cannot play missing.mp4 x2: the job failed: ",
+                                           timeout=60_000)  # fmt: skip
+            expect(status).to_contain_text("HTTP 404")
+            reported = time.monotonic()
+            page.wait_for_timeout(3_000)  # three refreshes of the job list
+        finally:
+            browser.close()
+    paths = [urllib.parse.urlsplit(url).path for _, url in asked]
+    # Was "Waiting for the first segment…" forever, and a request for /undefined every second.
+    assert "/undefined" not in paths
+    later = [url for at, url in asked if at > reported]
+    assert later and all(urllib.parse.urlsplit(u).path == "/jobs" for u in later), later
 
 
 def _first_job_id(server: ServerProcess) -> str:

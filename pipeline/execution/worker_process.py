@@ -334,6 +334,9 @@ class ProcessExecutor:
             if isinstance(detail, Exception):
                 raise detail  # what stopped it (missing weights, a device that is not there)
             raise RuntimeError(f"the worker process could not start: {detail}")
+        if self._closed:  # closed while it started (the service's start-up failed): quietly
+            self._stop(_Child(process, parent_end))
+            raise RuntimeError("the worker process pool is closed")
         self.device = detail
         log.info("worker process %d ready on %s", process.pid, detail)
         return _Child(process, parent_end)

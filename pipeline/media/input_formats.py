@@ -4,7 +4,7 @@ Only real video containers and raw video streams are read. Formats that open fur
 URLs named inside the input (HLS and DASH playlists, concat/ffconcat lists, image sequences,
 ``tee``, ``subfile``, SDP/RTP descriptions, lavfi graphs, ...) are refused before FFmpeg reads
 their header, so an input cannot make FFmpeg open anything else. Local inputs may use the
-``file`` protocol only, URLs given to the CLI ``http``/``https`` only.
+``file`` protocol only, URLs ``http``/``https`` only.
 """
 
 from __future__ import annotations

@@ -87,7 +87,10 @@ def check_address(address: str, policy: FetchPolicy) -> IPAddress:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if is_public(ip) or str(ip) in policy.allowed_hosts:
         return ip
-    raise FetchError(f"address {ip} is not public and not allow-listed; refused")
+    raise FetchError(
+        f"address {ip} is not public; refused (the server admits it when "
+        f"CARN_STREAM_ALLOWED_PRIVATE_HOSTS lists {ip})"
+    )
 
 
 def resolve(host: str, port: int, policy: FetchPolicy) -> list[IPAddress]:

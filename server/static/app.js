@@ -34,6 +34,7 @@ function label(job) {
 }
 
 async function readPlaylist(job) {
+  if (!job.links.playlist) return null;  // a failed or cancelled job serves none
   const r = await fetch(job.links.playlist, { cache: "no-store" });
   if (!r.ok) return null;
   const text = await r.text();
@@ -56,6 +57,12 @@ function load(job, list, at) {
 async function play(job) {
   if (!canPlayHls()) {
     playerStatus.textContent = "This browser cannot play HLS; choose MP4 output and download it instead.";
+    return;
+  }
+  if (job.state === "failed" || job.state === "cancelled") {  // ended before a segment to play
+    wanted = null;
+    playerStatus.textContent = "Cannot play " + label(job) + ": the job " + job.state +
+      (job.error ? ": " + job.error : "");
     return;
   }
   const list = await readPlaylist(job);

@@ -125,23 +125,30 @@ async function showStats() {
     sent + " → " + out + (s.input_fraction < 1 ? " (input reduced to " + Math.round(100 * s.input_fraction) + "%)" : "");
   overload.hidden = s.keeping_up !== false;
   if (!overload.hidden) {
-    overload.textContent = "This machine cannot keep up at this size: upscaling one frame takes longer " +
-      "than the latency budget even with the input reduced as far as still makes sense (" + sent +
-      " sent, " + out + " out), so frames are being skipped. A smaller input size, a lower scale " +
-      "or a server with a GPU would keep up.";
+    const skipping = s.source_fps > 0 && s.fps < s.source_fps / 2;  // else: over the latency budget
+    overload.textContent = "This machine cannot keep up at this size: " + (skipping
+      ? "it upscales " + s.fps.toFixed(1) + " of the " + s.source_fps.toFixed(1) + " frames per second " +
+        "that arrive (" + sent + " sent, " + out + " out), so most frames are skipped."
+      : "upscaling one frame takes longer than the latency budget even with the input reduced as far " +
+        "as still makes sense (" + sent + " sent, " + out + " out), so frames are being skipped.") +
+      " A smaller input size, a lower scale or a server with a GPU would keep up.";
   }
 }
 
 function stop() {
   const wasRunning = pc !== null;
+  const connection = pc, id = sessionId;
   clearInterval(statsTimer);
   if (drawing !== null) cancelAnimationFrame(drawing);
   drawing = null;
-  if (pc) pc.close();
   if (original.srcObject) original.srcObject.getTracks().forEach((t) => t.stop());
   original.srcObject = null;
   upscaled.srcObject = null;
-  if (sessionId) fetch("/webrtc/sessions/" + sessionId, { method: "DELETE", headers: apiHeaders(false) });
+  // The server closes the session first, then this side: closed here first, the server would
+  // tear it down on its own and the DELETE would find nothing.
+  const closed = id ? fetch("/webrtc/sessions/" + id, { method: "DELETE", headers: apiHeaders(false), keepalive: true })
+    : Promise.resolve();
+  if (connection) closed.catch(() => {}).finally(() => connection.close());
   pc = null;
   sessionId = null;
   document.getElementById("start").disabled = false;
