@@ -40,7 +40,7 @@ RANKS: list[list[str]] = [
     ["top"],
 ]
 PIPELINE_BASE = {"errors", "frames", "colour", "priorities", "__init__"}
-PIPELINE_RUN = {"run", "sampling", "calibration"}
+PIPELINE_RUN = {"run", "sampling", "calibration", "title_frames", "title_model", "title_report"}
 SERVER_BASE = {"limits", "metrics", "pages", "media_links", "database", "blocking", "__init__"}
 SERVER_SERVICES = {"live": "server.live", "workers": "server.workers"}
 SERVER_DEPS = {"deps", "admission"}
