@@ -102,7 +102,7 @@ def _train(args, settings: Settings, source: Path, copy: Path, scale: int, weigh
     from carn_stream.progress import ProgressBar
 
     config = _title_config(args, scale)
-    model = load_model(settings.with_overrides(device="cpu"))
+    model, _ = load_model(settings.with_overrides(device="cpu"))
     bar = ProgressBar(config.steps, f"title model x{scale}", unit="steps")
 
     def on_progress(p) -> None:
@@ -191,7 +191,7 @@ def cmd_assess(args: argparse.Namespace, settings: Settings) -> int:
     training: dict[str, Any] | None = None
     t = time.monotonic()
     if args.title_weights:
-        title = load_model(settings.with_overrides(device="cpu"))
+        title, _ = load_model(settings.with_overrides(device="cpu"))
         load_weights(title, args.title_weights)
         title_path = args.title_weights
     else:
@@ -202,7 +202,7 @@ def cmd_assess(args: argparse.Namespace, settings: Settings) -> int:
         say(f"title model: held-out PSNR {result.generic_psnr:.2f} -> {result.tuned_psnr:.2f} dB"
             f" (bicubic {result.bicubic_psnr:.2f})")  # fmt: skip
     timings["training"] = round(time.monotonic() - t, 1)
-    generic = load_model(settings.with_overrides(device="cpu"))
+    generic, _ = load_model(settings.with_overrides(device="cpu"))
     upscalers = {
         "bicubic": lambda im, s: bicubic_uint8(im, scale=float(s)),
         "generic CARN-M": _engine_upscaler(generic, settings, args.precision),
