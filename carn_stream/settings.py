@@ -122,6 +122,8 @@ class Settings:
     #: this many steps (in a child process), then served with its own weights.
     vod_tune_frames: int = 77
     vod_tune_steps: int = 200
+    #: A video stored small (``"store"``) gets a report measured on this many of its frames.
+    vod_report_frames: int = 12
     #: A Ray cluster to run segments on (``auto``: the cluster started on this machine with
     #: ``ray start``); when set, it replaces ``executor``.
     ray_address: str | None = None
@@ -192,6 +194,7 @@ class Settings:
             "vod_prefetch_segments": self.vod_prefetch_segments >= 0,
             "vod_tune_frames": self.vod_tune_frames >= 4,
             "vod_tune_steps": self.vod_tune_steps >= 1,
+            "vod_report_frames": self.vod_report_frames >= 2,
             "media_link_seconds": self.media_link_seconds > 0,
             "max_duration_seconds": self.max_duration_seconds > 0,
             "fetch_timeout_seconds": self.fetch_timeout_seconds > 0,
@@ -237,6 +240,7 @@ _TAKES: dict[str, str] = {
     "vod_prefetch_segments": "a whole number, 0 or more",
     "vod_tune_frames": "a whole number, 4 or more",
     "vod_tune_steps": "a whole number, 1 or more",
+    "vod_report_frames": "a whole number, 2 or more",
     "media_link_seconds": "a positive number of seconds",
     "max_duration_seconds": "a positive number of seconds",
     "fetch_timeout_seconds": "a positive number of seconds",

@@ -33,6 +33,10 @@ def media(data_dir, tmp_path_factory) -> Path:
     carphone = decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 30)
     write_clip(folder / "odd.mkv", [f[:27, :35] for f in carphone], codec="ffv1",
                pix_fmt="yuv444p")  # fmt: skip
+    # A 192x108 source (2 s, its audio) to store at 96x54.
+    write_clip(folder / "big.mp4", downscale_frames(decode_rgb(video, 50), (192, 108)),
+               options={"crf": "16", "preset": "veryfast", "g": "25"}, audio_from=video,
+               audio_seconds=2.0)  # fmt: skip
     (folder / "notes.txt").write_text("not a video")
     return folder
 
@@ -51,6 +55,7 @@ def server(tmp_path_factory, base):
     process = ServerProcess(data, CARN_STREAM_WORKER_SLOTS="1",
                             CARN_STREAM_VOD_PREFETCH_SEGMENTS="2",
                             CARN_STREAM_VOD_TUNE_FRAMES="16", CARN_STREAM_VOD_TUNE_STEPS="4",
+                            CARN_STREAM_VOD_REPORT_FRAMES="3",
                             CARN_STREAM_MAX_OUTPUT_PIXELS=str(192 * 108 * 2)).start()  # fmt: skip
     try:
         yield process
@@ -363,6 +368,54 @@ def test_a_video_ingested_with_tune_switches_to_its_own_weights(server, base, tm
     for video in (generic, tuned):
         assert server.call("DELETE", f"/videos/{video['id']}").status == 204
     assert not (server.data_dir / tune["weights"]).exists()
+
+
+def test_a_video_stored_small_is_served_at_its_size_by_its_own_model(server, base, media,
+                                                                      tmp_path):  # fmt: skip
+    settle(server)
+    body = {"url": f"{base}/big.mp4", "store": {"scale": 2, "crf": 30}}
+    response = server.call("POST", "/videos", body)
+    assert response.status == 201, response.body
+    video = response.json()
+    store = video["store"]
+    assert (store["scale"], store["crf"], store["codec"]) == (2, 30, "h264")
+    assert store["source_kept"] and "source_file" not in store
+    # 96x54 at CRF 30 against a 192x108 source at CRF 16, 2 s with the same audio in both
+    # (most of the bytes at this size): measured 101029 against 195339 bytes.
+    assert store["stored_bytes"] < 0.6 * store["source_bytes"]
+    assert [(r["name"], r["width"], r["height"]) for r in video["renditions"]] == [
+        ("original", 96, 54), ("x2", 192, 108)]  # fmt: skip
+    # The source's size, from the copy: every frame, at the source's times.
+    times = []
+    for index in range(len(video["segments"])):
+        size, seconds = segment_frames(get_segment(server, video["id"], "x2", index), tmp_path)
+        assert size == (192, 108)
+        times += seconds
+    source = facts(media / "big.mp4")
+    expected = [float(p * source.time_base) for p in source.pts]
+    assert len(times) == len(expected) == 50
+    assert np.allclose(np.array(times) - times[0], np.array(expected) - expected[0], atol=1e-3)
+    done = wait_for(
+        lambda: (v := server.call("GET", f"/videos/{video['id']}").json())["tune"]["state"]
+        in ("done", "failed") and v,
+        300, "the title's model and report",
+    )  # fmt: skip
+    assert done["tune"]["state"] == "done", done["tune"]["error"]
+    assert done["tune"]["progress"] == 1.0 and not done["store"]["source_kept"]
+    report = server.call("GET", f"/videos/{video['id']}/report")
+    assert report.status == 200, report.body
+    doc = report.json()
+    assert [v["name"] for v in doc["variants"]] == ["bicubic", "generic CARN-M", "title CARN-M"]
+    assert doc["source"] == f"{base}/big.mp4" and "title_weights" not in doc
+    page = server.call("GET", done["links"]["report_page"])
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+    plot = server.call("GET", f"/videos/{video['id']}/report/plot.svg")
+    assert plot.status == 200 and plot.body.startswith(b"<svg")
+    folder = server.data_dir / "videos" / video["id"]
+    assert (folder / "stored.mp4").is_file() and (folder / "tuned.pth").is_file()
+    assert not (folder / "input").exists()  # the source went once the model was made
+    assert server.call("DELETE", f"/videos/{video['id']}").status == 204
+    assert not folder.exists()  # the copy and the weights with it
 
 
 def _decoded(data: bytes, tmp_path: Path) -> np.ndarray:

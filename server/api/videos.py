@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from carn_stream.model.recipe import TITLE_STORE_CRF
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
@@ -16,19 +18,34 @@ from carn_stream.server.deps import Limit, Offset, Signer, require_token
 from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.fetch import FetchError
 from carn_stream.server.jobs.params import Scale
+from carn_stream.server.pages import STATIC_DIR
 from carn_stream.server.vod.manager import NotReady, SegmentError, VideoGone, VideoManager
 from carn_stream.server.vod.media import (
     MASTER_NAME,
+    REPORT_FOLDER,
+    REPORT_PAGE,
     VIDEO_ID,
     master_url,
     playlist_url,
     video_url,
 )
-from carn_stream.server.vod.store import TUNE_STATES, Rendition, Video
+from carn_stream.server.vod.store import TUNE_STATES, Rendition, Storage, Video
+from carn_stream.server.vod.title import StoreRequest
 
 router = APIRouter(prefix="/videos", tags=["videos"])
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+
+
+class StoreIn(BaseModel):
+    """How a video is stored small."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: Scale = Field(description="the copy is 1/scale of the source's size")
+    crf: int = Field(TITLE_STORE_CRF, ge=0, le=51, description="the copy's CRF")
+    codec: Literal["h264", "hevc"] = Field("h264", description="the copy's codec")
+    keep_source: bool = Field(False, description="keep the source once the model is made")
 
 
 class VideoCreate(BaseModel):
@@ -45,6 +62,14 @@ class VideoCreate(BaseModel):
         description="also fine-tune a model on this video's own frames in the background "
         "(`carn-stream tune`, every requested scale) and serve its upscaled segments with it "
         "once done; `tune` in the response follows it",
+    )
+
+    store: StoreIn | None = Field(
+        None,
+        description="keep a low-resolution copy instead of the source (1/scale of its size, "
+        "the codec and CRF given), train the title's own compression-aware model on it in the "
+        "background and serve the source's size by upscaling the copy with that model; "
+        "`GET /videos/{id}/report` then measures what that saves",
     )
 
     @field_validator("scales")
@@ -75,6 +100,9 @@ class TuneOut(BaseModel):
     )
     psnr_tuned: float | None = Field(description="Y-PSNR (dB) of the video's own model on them")
     error: str | None
+    progress: float | None = Field(
+        None, description="the video's own model: fraction of its training done (stored small)"
+    )
 
 
 class VideoOut(BaseModel):
@@ -88,17 +116,26 @@ class VideoOut(BaseModel):
     frame_rate: float | None
     segments: list[SegmentInfo]
     renditions: list[RenditionOut]
+    store: Storage | None = Field(
+        None, description="how the video is stored when stored small: bytes kept against the "
+        "source's, and whether the source is still kept"
+    )
     tune: TuneOut
     links: dict[str, str]
 
     @classmethod
     def of(
-        cls, video: Video, cached: dict[str, dict[int, int]], sign: Callable[[str], str] = str
+        cls, video: Video, cached: dict[str, dict[int, int]], sign: Callable[[str], str] = str,
+        progress: float | None = None,
     ) -> VideoOut:
         """The video as the API shows it: its URL without secrets, playlist links signed by
         ``sign`` (when the server has a token)."""
         plan = video.plan
         base = video_url(video.id)
+        links = {"self": base, "master": sign(master_url(video.id))}
+        if video.storage is not None:  # the per-title report: JSON, and a page with its plot
+            links["report"] = f"{base}/report"
+            links["report_page"] = sign(f"{base}/{REPORT_FOLDER}/{REPORT_PAGE}")
         renditions = []
         for r in video.renditions:
             made = cached.get(r.name, {})
@@ -126,8 +163,10 @@ class VideoOut(BaseModel):
                 psnr_generic=video.psnr_generic,
                 psnr_tuned=video.psnr_tuned,
                 error=video.tune_error,
+                progress=progress,
             ),
-            links={"self": base, "master": sign(master_url(video.id))},
+            store=video.storage,
+            links=links,
         )
 
 
@@ -160,7 +199,8 @@ async def create_video(body: VideoCreate, videos: Videos, sign: Signer) -> Video
     """Fetch and plan a video (no upscaling yet); it can be played as soon as this returns."""
     check_disk(videos.settings)
     try:
-        video = await videos.ingest(body.url, body.scales, body.tune)
+        store = StoreRequest(**body.store.model_dump()) if body.store else None
+        video = await videos.ingest(body.url, body.scales, body.tune, store)
     except NotReady as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     except (FetchError, PipelineError, ValueError) as exc:
@@ -177,7 +217,7 @@ def list_videos(
 ) -> VideoPage:
     """Videos, newest first."""
     items, total = videos.store.list(offset, limit)
-    out = [VideoOut.of(v, videos.cached(v.id), sign) for v in items]
+    out = [VideoOut.of(v, videos.cached(v.id), sign, videos.tune_progress(v)) for v in items]
     return VideoPage(items=out, total=total, offset=offset, limit=limit)
 
 
@@ -185,7 +225,7 @@ def list_videos(
 def get_video(video_id: str, videos: Videos, sign: Signer) -> VideoOut:
     """Duration, segments, renditions with what of each is cached, and the fine-tune's state."""
     video = _video_or_404(videos, video_id)
-    return VideoOut.of(video, videos.cached(video.id), sign)
+    return VideoOut.of(video, videos.cached(video.id), sign, videos.tune_progress(video))
 
 
 @router.delete(
@@ -196,6 +236,38 @@ async def delete_video(video_id: str, videos: Videos) -> Response:
     video = _video_or_404(videos, video_id)
     await videos.delete(video.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{video_id}/report")
+def title_report(video_id: str, videos: Videos) -> dict:
+    """A video stored small: bicubic, the generic model and the title's own model measured on
+    its frames against the source (PSNR, SSIM, VMAF, temporal error), the rate-quality curves
+    of storing the source's size directly against the copy plus upscaling, BD-rates and where
+    upscaling wins, and how long each part took. 404 until the title's model is made."""
+    video = _video_or_404(videos, video_id)
+    if video.storage is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"video {video_id} is not stored small")
+    report = videos.report(video)
+    if report is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"video {video_id}: the report comes with its own model "
+            f"(now {video.tune_state})",
+        )  # fmt: skip
+    return report
+
+
+@router.get(f"/{{video_id}}/{REPORT_FOLDER}/{{name}}", include_in_schema=False)
+def title_report_files(video_id: str, name: str, videos: Videos) -> Response:
+    """The report's page, its plot and its JSON, under one folder (so one signed link opens
+    them all)."""
+    video = _video_or_404(videos, video_id)
+    if name == REPORT_PAGE:
+        return FileResponse(STATIC_DIR / "report.html", media_type="text/html")
+    if name == "plot.svg" and (path := videos.report_plot(video)) is not None:
+        return FileResponse(path, media_type="image/svg+xml")
+    if name == "report.json" and (report := videos.report(video)) is not None:
+        return JSONResponse(report)
+    raise HTTPException(status.HTTP_404_NOT_FOUND, f"no report file {name!r} (yet)")
 
 
 @router.get(f"/{{video_id}}/{MASTER_NAME}", response_class=Response)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -41,12 +42,22 @@ from carn_stream.pipeline.media.renditions import (
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import PipelineOptions
-from carn_stream.server.inputs.exposure import redact_paths
+from carn_stream.server.inputs.exposure import public_url, redact_paths
 from carn_stream.server.inputs.fetch import fetch, validate_url
 from carn_stream.server.limits import INPUT_NAME, Intake
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.vod.cache import Key, SegmentCache
-from carn_stream.server.vod.store import Rendition, Video, VideoStore, rendition_name
+from carn_stream.server.vod.store import Rendition, Storage, Video, VideoStore, rendition_name
+from carn_stream.server.vod.title import (
+    COPY_NAME,
+    StoreRequest,
+    make_copy,
+    plot,
+    public_report,
+    title_command,
+    title_weights,
+    training_progress,
+)
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -119,8 +130,12 @@ class VideoManager:
         """Per rendition: cached segment index -> bytes."""
         return self.cache.cached(video_id)
 
-    async def ingest(self, url: str, scales: list[int], tune: bool = False) -> Video:
-        """Fetch, check and plan ``url``; raises FetchError, LimitError, InputError, NotReady."""
+    async def ingest(
+        self, url: str, scales: list[int], tune: bool = False, store: StoreRequest | None = None
+    ) -> Video:
+        """Fetch, check and plan ``url``; raises FetchError, LimitError, InputError, NotReady.
+        ``store``: keep a low-resolution copy instead (its upscaled rendition at ``store.scale``
+        is the source's size) and make the title's own model for it."""
         executor = self._executor()
         if executor is None:
             raise NotReady("the model is still loading; try again in a moment")
@@ -133,12 +148,17 @@ class VideoManager:
             source = await self.offload(
                 fetch, url, folder / INPUT_NAME, self.intake.policy, cancelled
             )
+            storage = None
+            if store is not None:
+                source, storage = await self._store_small(executor, source, store, folder)
+                scales = sorted({store.scale, *scales})
+                tune = True  # the title's own model serves the copy
             limits = self.intake.limits(max(scales))
             plan = await executor.plan(PlanRequest(source, self.intake.segment_seconds, limits))
             renditions = await self.offload(
                 describe_renditions, source, plan, scales, self.encoder
             )
-            video = self.store.create(url, source, plan, renditions, tune, video_id)
+            video = self.store.create(url, source, plan, renditions, tune, video_id, storage)
         except BaseException as exc:
             cancelled.set()
             await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -153,6 +173,21 @@ class VideoManager:
             self._tunes[video.id] = task
             task.add_done_callback(lambda _: self._tunes.pop(video.id, None))
         return video
+
+    async def _store_small(
+        self, executor: SegmentExecutor, source: Path, store: StoreRequest, folder: Path
+    ) -> tuple[Path, Storage]:
+        """The low-resolution copy the video keeps (the source checked first, in the executor,
+        against the limits of its own size)."""
+        request = PlanRequest(source, self.intake.segment_seconds, self.intake.limits(1))
+        await executor.plan(request)
+        copy = await make_copy(source, folder / COPY_NAME, store.scale, store.codec, store.crf)
+        storage = Storage(
+            scale=store.scale, codec=store.codec, crf=store.crf, keep_source=store.keep_source,
+            source_bytes=source.stat().st_size, stored_bytes=copy.path.stat().st_size,
+            source_kept=True, source_file=str(source),
+        )  # fmt: skip
+        return copy.path, storage
 
     async def delete(self, video_id: str) -> bool:
         """Remove a video, its work in flight (its fine-tune too) and its cached segments."""
@@ -183,10 +218,35 @@ class VideoManager:
     # ------------------------------------------------------------------ fine-tune
 
     async def _tune(self, video: Video) -> None:
-        """Fine-tune a model on the video's own frames in a child process (``carn-stream
-        tune``, at a lower CPU priority than playback), then serve the video with it."""
+        """Make the video's own model in a child process at a lower CPU priority than
+        playback (``carn-stream tune`` on its frames; for a video stored small, ``carn-stream
+        assess``: compression-aware, with the title's report), then serve the video with it."""
         name = tuned_name(video.id)
         weights = self.settings.data_dir / name
+        folder = self.cache.folder(video.id)
+        self._record_tune(video, "running")
+        try:
+            if video.storage is None:
+                generic, tuned = await self._tune_bicubic(video, weights)
+            else:
+                generic, tuned = await self._tune_title(video, video.storage, weights, folder)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = redact_paths(str(exc), folder, video.url)
+            log.warning("video %s: fine-tune failed: %s", video.id, reason)
+            self._record_tune(video, "failed", tune_error=reason)
+            return
+        self._record_tune(video, "done", weights=name, psnr_generic=generic, psnr_tuned=tuned)
+        # Segments made with the service's model make way for the video's own.
+        for rendition in video.renditions:
+            if rendition.scale > 1:
+                self.cache.drop(video.id, rendition.name)
+        self.metrics.vod_cache_bytes.set(self.cache.bytes)
+        log.info("video %s tuned: %.2f -> %.2f dB on held-out frames", video.id, generic, tuned)
+
+    async def _tune_bicubic(self, video: Video, weights: Path) -> tuple[float, float]:
+        """``carn-stream tune`` on the video's frames; (generic, tuned) held-out PSNR."""
         scales = [str(r.scale) for r in video.renditions if r.scale > 1]
         command = [
             sys.executable, "-m", "carn_stream.cli", "tune", str(video.source), str(weights),
@@ -195,39 +255,51 @@ class VideoManager:
         ]  # fmt: skip
         if self.settings.weights is not None:
             command += ["--weights", str(self.settings.weights)]
-        self._record_tune(video, "running")
-        log_path = weights.with_name("tune.log")
-        try:
-            with open(log_path, "wb") as log_file:
-                child = await asyncio.create_subprocess_exec(
-                    *command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
-                    stderr=log_file, preexec_fn=_lower_priority,
-                )  # fmt: skip
-                try:
-                    code = await child.wait()
-                finally:
-                    if child.returncode is None:  # cancelled: the video was deleted
-                        child.kill()
-                        await child.wait()
-            if code != 0:
-                raise RuntimeError(_last_line(log_path) or f"exit status {code}")
-            report = TuneReport.read(weights.with_suffix(".json"))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            reason = redact_paths(str(exc), self.cache.folder(video.id), video.url)
-            log.warning("video %s: fine-tune failed: %s", video.id, reason)
-            self._record_tune(video, "failed", tune_error=reason)
-            return
-        psnr = {"psnr_generic": report.generic_psnr, "psnr_tuned": report.tuned_psnr}
-        self._record_tune(video, "done", weights=name, **psnr)
-        # Segments made with the service's model make way for the video's own.
-        for rendition in video.renditions:
-            if rendition.scale > 1:
-                self.cache.drop(video.id, rendition.name)
-        self.metrics.vod_cache_bytes.set(self.cache.bytes)
-        log.info("video %s tuned: %.2f -> %.2f dB on held-out frames", video.id,
-                 report.generic_psnr, report.tuned_psnr)  # fmt: skip
+        await _run_child(command, weights.with_name("tune.log"))
+        report = TuneReport.read(weights.with_suffix(".json"))
+        return report.generic_psnr, report.tuned_psnr
+
+    async def _tune_title(
+        self, video: Video, storage: Storage, weights: Path, folder: Path
+    ) -> tuple[float, float]:
+        """``carn-stream assess`` on the source and the stored copy's encoding: the title's
+        compression-aware model and its report; the source goes unless it is to be kept."""
+        source = Path(storage.source_file)
+        precision = "fp32" if self.settings.precision == "auto" else self.settings.precision
+        command = title_command(
+            source, folder, storage.scale, storage.codec, storage.crf,
+            frames=self.settings.vod_tune_frames, steps=self.settings.vod_tune_steps,
+            report_frames=self.settings.vod_report_frames, device=self.settings.device,
+            precision=precision, weights=self.settings.weights,
+        )  # fmt: skip
+        await _run_child(command, folder / "title.log")
+        report = await asyncio.to_thread(public_report, folder, public_url(video.url))
+        if report is None or not report.get("training"):
+            raise RuntimeError("the title's report is missing")
+        await asyncio.to_thread(title_weights(folder, storage.scale).replace, weights)
+        if not storage.keep_source:
+            await asyncio.to_thread(source.unlink, True)
+            self.store.set_storage(video.id, storage.model_copy(update={"source_kept": False}))
+        training = report["training"]
+        return float(training["generic_psnr"]), float(training["tuned_psnr"])
+
+    def tune_progress(self, video: Video) -> float | None:
+        """How far the video's own model is (training steps done; 1 once it serves)."""
+        if video.tune_state == "done":
+            return 1.0
+        if video.tune_state != "running" or video.storage is None:
+            return None
+        return training_progress(self.cache.folder(video.id), self.settings.vod_tune_steps)
+
+    def report(self, video: Video) -> dict | None:
+        """The per-title report of a video stored small (None until it exists)."""
+        if video.storage is None:
+            return None
+        return public_report(self.cache.folder(video.id), public_url(video.url))
+
+    def report_plot(self, video: Video) -> Path | None:
+        path = plot(self.cache.folder(video.id))
+        return path if video.storage is not None and path.is_file() else None
 
     def _record_tune(self, video: Video, state: str, **values: object) -> None:
         """Store the fine-tune's state; the video is read afresh from the store next time."""
@@ -387,6 +459,24 @@ class VideoManager:
         return await executor.run(task, None)
 
 
+async def _run_child(command: list[str], log_path: Path) -> None:
+    """Run ``command`` at a lower CPU priority, its output in ``log_path``; killed when the
+    caller is cancelled (the video was deleted); its last line is the error when it fails."""
+    with open(log_path, "wb") as log_file:
+        child = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            preexec_fn=_lower_priority,
+        )  # fmt: skip
+        try:
+            code = await child.wait()
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    if code != 0:
+        raise RuntimeError(_last_line(log_path) or f"exit status {code}")
+
+
 def _lower_priority() -> None:
     """In a fine-tune's child process: yield the CPU to playback and live sessions."""
     os.nice(10)
@@ -397,7 +487,7 @@ def _last_line(path: Path) -> str:
         lines = path.read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
-    return lines[-1].removeprefix("carn-stream tune: error: ") if lines else ""
+    return re.sub(r"^carn-stream [a-z-]+: error: ", "", lines[-1]) if lines else ""
 
 
 def _read_cached(cache: SegmentCache, key: Key) -> bytes | None:

@@ -10,6 +10,7 @@ from carn_stream.pipeline.media.hls import PLAYLIST_NAME
 
 VIDEO_ID = re.compile(r"[0-9a-f]{32}")
 MASTER_NAME = "master.m3u8"
+REPORT_FOLDER, REPORT_PAGE = "report", "index.html"  #: a video stored small: its report's page
 #: The media of one video a signed link covers: (scope, file).
 SCOPE = re.compile(
     rf"^(/videos/{VIDEO_ID.pattern}/)({re.escape(MASTER_NAME)}|[a-z0-9]{{1,12}}/[^/]+)$"

@@ -50,6 +50,25 @@ class Rendition(BaseModel):
     bandwidth: int = Field(description="bits per second estimated at ingest")
 
 
+class Storage(BaseModel):
+    """How a video is stored: at 1/``scale`` of the source's size, encoded with ``codec`` at
+    ``crf``, served at the source's size by upscaling with the title's own model."""
+
+    scale: int
+    codec: str
+    crf: int
+    keep_source: bool = Field(description="the source is kept after the title's model is made")
+    source_bytes: int = Field(description="bytes of the source as fetched")
+    stored_bytes: int = Field(description="bytes of the stored low-resolution copy")
+    source_kept: bool = Field(description="the source is still on disk")
+    source_file: str = Field("", exclude=True)  #: server path: never shown
+
+    @property
+    def saving(self) -> float:
+        """The fraction of the source's bytes the stored copy saves."""
+        return 1 - self.stored_bytes / self.source_bytes if self.source_bytes else 0.0
+
+
 def rendition_name(scale: int) -> str:
     return "original" if scale == 1 else f"x{scale}"
 
@@ -67,6 +86,7 @@ class Video:
     psnr_generic: float | None = None
     psnr_tuned: float | None = None
     tune_error: str | None = None
+    storage: Storage | None = None  #: stored as a low-resolution copy (else as fetched)
 
     def rendition(self, name: str) -> Rendition | None:
         return next((r for r in self.renditions if r.name == name), None)
@@ -78,7 +98,7 @@ class VideoStore:
     def __init__(self, database: Path | Database) -> None:
         """``database``: the service's database, or the path of a file to open."""
         self.database = Database.of(database)
-        self.database.use(_SCHEMA)
+        self.database.use(_SCHEMA, {"videos": {"storage": "TEXT"}})
         self._db = self.database.connection
         self._lock = self.database.lock
 
@@ -92,22 +112,32 @@ class VideoStore:
         data["source"] = Path(data["source"])
         data["plan"] = SegmentPlan.from_dict(json.loads(data["plan"]))
         data["renditions"] = [Rendition.model_validate(r) for r in json.loads(data["renditions"])]
+        storage = data.pop("storage", None)
+        data["storage"] = Storage.model_validate_json(storage) if storage else None
         return Video(**data)
 
     def create(self, url: str, source: Path, plan: SegmentPlan, renditions: list[Rendition],
-               tune: bool, video_id: str | None = None) -> Video:  # fmt: skip
+               tune: bool, video_id: str | None = None,
+               storage: Storage | None = None) -> Video:  # fmt: skip
         video = Video(
             id=video_id or uuid.uuid4().hex, url=url, source=source, created_at=time.time(),
             plan=plan, renditions=renditions, tune_state="queued" if tune else "off",
+            storage=storage,
         )  # fmt: skip
         with self._lock:
             self._db.execute(
-                "INSERT INTO videos (id, url, source, created_at, plan, renditions, tune_state) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO videos (id, url, source, created_at, plan, renditions, tune_state, "
+                "storage) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (video.id, url, str(source), video.created_at, json.dumps(plan.to_dict()),
-                 json.dumps([r.model_dump() for r in renditions]), video.tune_state),
+                 json.dumps([r.model_dump() for r in renditions]), video.tune_state,
+                 _storage_json(storage)),
             )  # fmt: skip
         return video
+
+    def set_storage(self, video_id: str, storage: Storage) -> None:
+        with self._lock:
+            self._db.execute("UPDATE videos SET storage = ? WHERE id = ?",
+                             (_storage_json(storage), video_id))  # fmt: skip
 
     def get(self, video_id: str) -> Video | None:
         with self._lock:
@@ -150,3 +180,9 @@ class VideoStore:
                 f"UPDATE videos SET {', '.join(columns)} WHERE id = ?",
                 (state, *values.values(), video_id),
             )
+
+
+def _storage_json(storage: Storage | None) -> str | None:
+    """The record as stored: the server-side path included (the API leaves it out)."""
+    return None if storage is None else json.dumps(storage.model_dump() | {
+        "source_file": storage.source_file})
