@@ -81,10 +81,12 @@ class Settings:
     allow_local_files: bool = False
     #: Jobs running at the same time (they share one model).
     max_concurrent_jobs: int = 2
-    #: Input limits: bytes downloaded, seconds of video, output pixels per frame.
+    #: Input limits: bytes downloaded, seconds of video, output pixels per frame (judged on
+    #: every decoded frame), frames (1 h at 120 fps).
     max_input_bytes: int = 2 * 1024**3
     max_duration_seconds: float = 3600.0
     max_output_pixels: int = 3840 * 2160
+    max_frames: int = 432_000
     #: Input fetching: seconds without progress before giving up; redirects followed.
     fetch_timeout_seconds: float = 20.0
     max_redirects: int = 5
@@ -185,6 +187,7 @@ class Settings:
             "segment_seconds": (self.segment_seconds >= 1, "at least 1 (seconds)"),
             "max_input_bytes": (self.max_input_bytes > 0, "a positive number of bytes"),
             "max_output_pixels": (self.max_output_pixels > 0, "a positive number of pixels"),
+            "max_frames": (self.max_frames > 0, "a positive number of frames"),
             "live_max_sessions": (self.live_max_sessions >= 0, "0 or more"),
             "vod_cache_bytes": (self.vod_cache_bytes > 0, "a positive number of bytes"),
             "vod_prefetch_segments": (self.vod_prefetch_segments >= 0, "0 or more"),

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from carn_stream.pipeline.execution.executors import (
+    PLANS_AT_ONCE,
     FrameCallback,
     PlanRequest,
     SegmentResult,
@@ -201,6 +202,7 @@ class ProcessExecutor:
         self._solo_waiting = 0
         self._turn: asyncio.Condition | None = None
         self._closed = False
+        self._plans = asyncio.Semaphore(PLANS_AT_ONCE)
         self.device = ""  #: the worker process's, once it has started
         self.restarts = 0
 
@@ -218,7 +220,8 @@ class ProcessExecutor:
         await self._ensure_child()
 
     async def plan(self, request: PlanRequest) -> SegmentPlan:
-        return await self._call("plan", request, None)
+        async with self._plans:
+            return await self._call("plan", request, None)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await self._call("run", task, on_frame)

@@ -198,6 +198,7 @@ class JobRunner:
             encoder=EncoderOptions(params.codec, params.crf, params.preset),
             batch_size=batch,
             weights=params.weights,
+            max_output_pixels=self.intake.max_output_pixels,
         )
 
     async def _make(

@@ -382,6 +382,7 @@ class VideoManager:
             batch_size=self.intake.batch(executor),
             priority=work.ticket.priority,
             weights=video.weights,
+            max_output_pixels=self.intake.max_output_pixels,
         )
         task = SegmentTask.of(video.source, video.plan, index, target, options)
         return await executor.run(task, None)
