@@ -16,6 +16,8 @@ from fastapi import HTTPException
 
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.media.decode import probe
+from carn_stream.pipeline.media.formats import FORMATS
+from carn_stream.pipeline.media.hls import segment_index, segment_name
 from carn_stream.server import media_links
 from carn_stream.server.admission import check_admission, data_dir_writable
 from carn_stream.server.app import MEDIA_SCOPES as SCOPES
@@ -27,6 +29,7 @@ from carn_stream.server.inputs.fetch import (
     check_address,
     validate_url,
 )
+from carn_stream.server.jobs.media import JobMedia
 from carn_stream.server.jobs.params import JobParams
 from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.live import size_cap
@@ -62,6 +65,8 @@ OPEN_IN_SUBPROCESS = """
 import sys
 from pathlib import Path
 from carn_stream.pipeline.media.decode import probe
+from carn_stream.pipeline.media.formats import FORMATS
+from carn_stream.pipeline.media.hls import segment_index, segment_name
 from carn_stream.pipeline.errors import InputError
 try:
     probe(Path(sys.argv[1]))
@@ -171,6 +176,27 @@ def test_urls_are_shown_without_secrets_and_errors_without_server_paths(tmp_path
     message = redact_paths(f"{folder}/input: not a video file", folder, "https://h/c.mp4?x=1")
     assert message == "https://h/c.mp4: not a video file"
     assert Target.parse("https://h/c.mp4?x=1").path == "/c.mp4?x=1"  # the fetch keeps it
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "segment_00000.ts\n",  # a trailing newline ($ took it: a path with a newline)
+        "segment_" + "0" * 5000 + ".ts",  # int() of 5000 digits raised: 500
+        "segment_\u0660\u0660\u0660\u0660\u0660.ts",  # Arabic-Indic digits were segment 0
+        "segment_\uff10\uff10\uff10\uff10\uff11.ts",  # full-width digits
+        "segment_000001.ts",  # another spelling of segment 1
+        "segment_0001.ts", "segment_00001.ts.part", "segment_00001.TS", "xsegment_00001.ts",
+    ],
+)  # fmt: skip
+def test_segment_names_are_matched_exactly(name):
+    assert segment_index(name) is None
+    assert JobMedia("0" * 32, FORMATS["hls"], Path("/srv")).hls_file(name) is None
+
+
+def test_segment_names_read_back_as_written():
+    for index in (0, 7, 99_999, 100_000, 123_456_789):
+        assert segment_index(segment_name(index)) == index
 
 
 # --------------------------------------------------------------------------- links, admission

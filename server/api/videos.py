@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.errors import PipelineError
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_index
 from carn_stream.server.admission import check_disk
 from carn_stream.server.deps import Limit, Offset, Signer, require_token
 from carn_stream.server.inputs.exposure import public_url
@@ -218,8 +218,8 @@ def media_playlist(video_id: str, rendition: str, videos: Videos) -> Response:
 async def segment(video_id: str, rendition: str, name: str, videos: Videos) -> Response:
     """One MPEG-TS segment: from the cache, or made now."""
     video = _video_or_404(videos, video_id)
-    index = int(name[8:-3]) if SEGMENT_NAME_RE.match(name) else -1
-    if video.rendition(rendition) is None or not 0 <= index < len(video.plan.segments):
+    index = segment_index(name)
+    if video.rendition(rendition) is None or index is None or index >= len(video.plan.segments):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {rendition}/{name}")
     try:
         data = await videos.segment(video, rendition, index)
