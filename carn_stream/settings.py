@@ -98,6 +98,18 @@ class Settings:
     min_free_disk_bytes: int = 1024**3
     #: New jobs are refused (503) while this many jobs wait in the queue.
     max_queued_jobs: int = 100
+    #: ``POST /videos`` ingests (download, plan) at once; more get 503.
+    max_concurrent_ingests: int = 2
+    #: Video segment responses sent at once (each streams a file); more get 503.
+    max_segment_responses: int = 64
+    #: Video segments that players wait for and that have not started; more get 503.
+    vod_max_waiting_segments: int = 16
+    #: HTTP: seconds a client has to send a whole request (headers and body), counted from
+    #: its connection or its previous response; then the connection is closed.
+    http_read_timeout_seconds: float = 10.0
+    #: HTTP: open connections at most; one more closes the oldest connection still sending
+    #: its request (503 when every connection is busy with a request).
+    http_max_connections: int = 1000
     #: A job interrupted by a crash is run again this many times, then marked failed.
     max_attempts: int = 2
     #: Finished jobs and their outputs are deleted after this many hours (0 = never).
@@ -188,6 +200,11 @@ class Settings:
             "max_input_bytes": (self.max_input_bytes > 0, "a positive number of bytes"),
             "max_output_pixels": (self.max_output_pixels > 0, "a positive number of pixels"),
             "max_frames": (self.max_frames > 0, "a positive number of frames"),
+            "max_concurrent_ingests": (self.max_concurrent_ingests >= 1, "1 or more"),
+            "max_segment_responses": (self.max_segment_responses >= 1, "1 or more"),
+            "vod_max_waiting_segments": (self.vod_max_waiting_segments >= 1, "1 or more"),
+            "http_read_timeout_seconds": (self.http_read_timeout_seconds > 0, "a positive number"),
+            "http_max_connections": (self.http_max_connections >= 16, "16 or more"),
             "live_max_sessions": (self.live_max_sessions >= 0, "0 or more"),
             "vod_cache_bytes": (self.vod_cache_bytes > 0, "a positive number of bytes"),
             "vod_prefetch_segments": (self.vod_prefetch_segments >= 0, "0 or more"),
