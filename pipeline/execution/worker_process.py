@@ -190,8 +190,10 @@ class ProcessExecutor:
         worker_factory: Callable[[], InferenceWorker],
         slots: int = 2,
         limits: ProcessLimits = ProcessLimits(),
+        on_rerun: Callable[[], None] | None = None,
     ) -> None:
-        self.slots, self.limits = slots, limits
+        """``on_rerun`` hears of every call run again after a crash of the process."""
+        self.slots, self.limits, self.on_rerun = slots, limits, on_rerun
         self._factory = worker_factory
         self._context = multiprocessing.get_context("spawn")
         self._child: _Child | None = None
@@ -249,6 +251,8 @@ class ProcessExecutor:
                     raise WorkerCrashed(f"the worker process {crash.how}") from None
                 log.warning("worker process %s; re-running its work one at a time", crash.how)
                 alone = True
+                if self.on_rerun is not None:
+                    self.on_rerun()
             finally:
                 await self._leave(mode)
 
