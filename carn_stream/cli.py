@@ -268,6 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from carn_stream.loading import start_worker
     from carn_stream.server.app import create_app
+    from carn_stream.server.connections import http_options
 
     settings = _settings(args).with_overrides(
         host=args.host, port=args.port, data_dir=args.data_dir, ray_address=args.ray
@@ -276,7 +277,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings, functools.partial(start_worker, settings))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    http = http_options(settings.http_read_timeout_seconds, settings.http_max_connections)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", **http)
     return EXIT_OK
 
 

@@ -42,7 +42,7 @@ RANKS: list[list[str]] = [
 PIPELINE_BASE = {"errors", "frames", "colour", "priorities", "__init__"}
 PIPELINE_RUN = {"run", "sampling", "calibration"}
 SERVER_BASE = {"limits", "metrics", "pages", "media_links", "database", "blocking", "disconnect",
-               "streaming", "__init__"}  # fmt: skip
+               "streaming", "connections", "__init__"}  # fmt: skip
 SERVER_SERVICES = {"live": "server.live", "workers": "server.workers"}
 SERVER_DEPS = {"deps", "admission"}
 SERVER_APP = {"app", "middleware"}
