@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import json
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi import HTTPException
 
@@ -272,6 +274,11 @@ def media(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile-media")
     frames = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 30), (96, 54))
     write_clip(root / "bunny.mp4", frames)
+    # One 22 s GOP of lossless noise: a 14 MB original-rendition segment.
+    rng = np.random.default_rng(2)
+    noise = [rng.integers(0, 255, (96, 144, 3), dtype=np.uint8) for _ in range(560)]
+    write_clip(root / "noise.mp4", noise, options={"crf": "0", "preset": "ultrafast",
+                                                   "g": "1000"})  # fmt: skip
     hostile_files(root)
     with media_server(root) as base:
         yield base, root
@@ -638,3 +645,103 @@ def test_half_sent_requests_are_timed_out_and_cannot_crowd_out_health_checks(ser
     lines = [line for line in log.splitlines() if "connections" in line]
     assert len(lines) <= 4, lines  # measured: 2 (one per reason), not one per connection
     assert "Traceback" not in log
+
+
+def raw_request(port: int, method: str, path: str, body: dict | None = None) -> socket.socket:
+    """Send a request on a connection of its own and return the socket, answer unread."""
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")  # fmt: skip
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+def status_of(sock: socket.socket, wait: float) -> int | None:
+    """The status of the answer on ``sock`` if one comes within ``wait`` seconds."""
+    sock.settimeout(wait)
+    try:
+        head = sock.recv(64)
+    except TimeoutError:
+        return None
+    return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else None
+
+
+@pytest.mark.slow
+def test_abandoned_ingests_stop_their_downloads_and_never_slow_job_submissions(server, media):
+    # Eight POST /videos of a source that sends 80 KB/s for ever (fast enough for the rate
+    # floor), whose clients hang up. They once held the pool that POST /jobs checks its URL
+    # on, until the download deadline (6 s here, 900 s by default): 78.6 s for a submission.
+    from tests.service import _MediaHandler
+
+    base, _ = media
+    paths = [f"/drip?ingest={i}" for i in range(8)]
+    for path in paths:
+        _MediaHandler.closed_at.pop(path, None)
+    sockets = [raw_request(server.port, "POST", "/videos", {"url": f"{base}{p}"}) for p in paths]
+    try:
+        answers = [status_of(sock, 0.5) for sock in sockets]
+        # Two ingests at once (CARN_STREAM_MAX_CONCURRENT_INGESTS): the rest get 503 at once.
+        assert sorted(answers, key=str) == [503] * 6 + [None] * 2, answers
+        t0 = time.monotonic()
+        created = submit(server, f"{base}/bunny.mp4", output="mp4")
+        took = time.monotonic() - t0
+    finally:
+        hung_up = time.monotonic()
+        for sock in sockets:
+            sock.close()
+    assert took < 1.0, took  # measured: 9 ms
+    closed = wait_for(lambda: len(_MediaHandler.closed_at.keys() & set(paths)) == 2 and
+                      [_MediaHandler.closed_at[p] for p in paths if p in _MediaHandler.closed_at],
+                      10, "the two downloads to be dropped")  # fmt: skip
+    assert max(closed) - hung_up < 1.5, max(closed) - hung_up  # measured: 0.2 s, not 6 s
+    assert not list((server.data_dir / "videos").glob("*/input*"))  # nothing left behind
+    assert wait_done(server, created["id"])["state"] == "succeeded"
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def slow_reader(port: int, path: str) -> socket.socket:
+    """A GET whose client reads nothing: a small receive buffer, soon full."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+                 .encode())  # fmt: skip
+    return sock
+
+
+@pytest.mark.slow
+def test_slow_readers_of_a_large_segment_cost_no_memory_and_are_bounded(server, media):
+    base, _ = media
+    created = server.call("POST", "/videos", {"url": f"{base}/noise.mp4", "scales": [2]},
+                          headers=AUTH)  # fmt: skip
+    assert created.status == 201, created.body
+    video = created.json()
+    path = f"/videos/{video['id']}/original/segment_00000.ts"
+    first = server.call("GET", path, headers=AUTH)  # made (remuxed) and cached
+    assert first.status == 200 and len(first.body) > 14_000_000
+    pid = server.process.pid
+    before = rss_mb(pid)
+    readers = [slow_reader(server.port, path) for _ in range(40)]
+    try:
+        time.sleep(2)
+        during = rss_mb(pid)
+        answers = [status_of(sock, 0.2) for sock in readers]
+    finally:
+        for sock in readers:
+            sock.close()
+    time.sleep(1)
+    after = rss_mb(pid)
+    # CARN_STREAM_MAX_SEGMENT_RESPONSES=32: 32 are being sent, 8 are refused at once.
+    assert answers.count(200) == 32 and answers.count(503) == 8, answers
+    # Measured: read whole per request, these readers added 358 MB, still held after they
+    # closed; streamed from the file, 6.5 MB, the same after.
+    assert during - before < 40, (before, during)
+    assert after - before < 40, (before, after)
+    assert server.call("GET", path, headers=AUTH).body == first.body  # the turns came back
+    assert server.call("DELETE", f"/videos/{video['id']}", headers=AUTH).status == 204
