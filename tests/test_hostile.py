@@ -40,7 +40,7 @@ from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.live import size_cap
 from carn_stream.server.middleware import METHODS
 from carn_stream.settings import Settings
-from tests.media import decode_rgb, downscale_frames, write_clip
+from tests.media import concat_h264, decode_rgb, downscale_frames, write_clip
 from tests.service import ServerProcess, media_server, wait_for
 
 TOKEN = "s3cret"
@@ -279,6 +279,12 @@ def media(data_dir, tmp_path_factory):
     noise = [rng.integers(0, 255, (96, 144, 3), dtype=np.uint8) for _ in range(560)]
     write_clip(root / "noise.mp4", noise, options={"crf": "0", "preset": "ultrafast",
                                                    "g": "1000"})  # fmt: skip
+    # 1 s at 64x48, then 1 s at 640x360: the header says 64x48 (ffprobe reports the same).
+    gop = {"crf": "30", "preset": "ultrafast", "g": "25"}
+    parts = [write_clip(root / "small.mp4", downscale_frames(frames[:25], (64, 48)), options=gop),
+             write_clip(root / "large.mp4", downscale_frames(frames[:25], (640, 360)),
+                        options=gop)]  # fmt: skip
+    concat_h264(root / "switch.ts", parts)
     hostile_files(root)
     with media_server(root) as base:
         yield base, root
@@ -745,3 +751,47 @@ def test_slow_readers_of_a_large_segment_cost_no_memory_and_are_bounded(server, 
     assert after - before < 40, (before, after)
     assert server.call("GET", path, headers=AUTH).body == first.body  # the turns came back
     assert server.call("DELETE", f"/videos/{video['id']}", headers=AUTH).status == 204
+
+
+@pytest.mark.slow
+def test_a_stream_that_grows_past_the_limit_after_its_header_is_refused_where_it_grows(
+    server, media
+):
+    # x2 with a limit of 100,000 output pixels: the header's 64x48 passes; the 640x360
+    # pictures from frame 25 on (1280x720 out, 9.2 times the limit) were upscaled before.
+    base, _ = media
+    failed = wait_done(server, submit(server, f"{base}/switch.ts", output="mp4")["id"])
+    assert failed["state"] == "failed", failed
+    assert "segment 1 (1.00-2.00 s) failed: frame 25 is 640x360: its output would be " \
+        "1280x720, over the limit of 100000 pixels per frame" in failed["error"]  # fmt: skip
+    segments = server.call("GET", f"/jobs/{failed['id']}/segments", headers=AUTH).json()
+    assert [s["attempts"] for s in segments if s["state"] == "failed"] == [1]  # no retry
+    created = server.call("POST", "/videos", {"url": f"{base}/switch.ts", "scales": [2]},
+                          headers=AUTH)  # fmt: skip
+    assert created.status == 201, created.body  # the header is within the limit
+    video = created.json()["id"]
+    small = server.call("GET", f"/videos/{video}/x2/segment_00000.ts", headers=AUTH, timeout=60)
+    assert small.status == 200
+    large = server.call("GET", f"/videos/{video}/x2/segment_00001.ts", headers=AUTH, timeout=60)
+    assert large.status == 422 and "frame 25 is 640x360" in large.json()["detail"], large.body
+    original = server.call("GET", f"/videos/{video}/original/segment_00001.ts", headers=AUTH)
+    assert original.status == 200  # copied, never upscaled
+    assert server.call("DELETE", f"/videos/{video}", headers=AUTH).status == 204
+
+
+@pytest.mark.slow
+def test_segment_names_that_are_not_exactly_a_segment_get_404(server, media):
+    base, _ = media
+    created = server.call("POST", "/videos", {"url": f"{base}/bunny.mp4"}, headers=AUTH)
+    assert created.status == 201, created.body
+    video = created.json()["id"]
+    job = wait_done(server, submit(server, f"{base}/bunny.mp4")["id"])
+    assert job["state"] == "succeeded", job
+    for name in ("segment_00000.ts%0A", "segment_" + "0" * 5000 + ".ts",
+                 "segment_%D9%A0%D9%A0%D9%A0%D9%A0%D9%A0.ts", "segment_000000.ts"):  # fmt: skip
+        for path in (f"/videos/{video}/original/{name}", f"/jobs/{job['id']}/hls/{name}"):
+            response = server.call("GET", path, headers=AUTH)
+            assert response.status == 404, (path[:80], response.status)  # 500 or segment 0
+    assert server.call("GET", f"/videos/{video}/original/segment_00000.ts",
+                       headers=AUTH).status == 200  # fmt: skip
+    assert server.call("DELETE", f"/videos/{video}", headers=AUTH).status == 204

@@ -20,7 +20,14 @@ from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.fetch import DiskFull, FetchError
 from carn_stream.server.jobs.params import Scale
 from carn_stream.server.streaming import FileStream
-from carn_stream.server.vod.manager import Busy, NotReady, SegmentError, VideoGone, VideoManager
+from carn_stream.server.vod.manager import (
+    Busy,
+    NotReady,
+    SegmentError,
+    SegmentRefused,
+    VideoGone,
+    VideoManager,
+)
 from carn_stream.server.vod.media import (
     MASTER_NAME,
     VIDEO_ID,
@@ -261,6 +268,8 @@ async def segment(
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
         if isinstance(exc, NotReady | Busy):
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), RETRY) from exc
+        if isinstance(exc, SegmentRefused):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         if isinstance(exc, SegmentError):
             raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
         raise

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from carn_stream.model.named_weights import tuned_name
 from carn_stream.model.tune_report import TuneReport
+from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentTask
 from carn_stream.pipeline.execution.slots import Slots, Ticket
 from carn_stream.pipeline.frames import upscaled_size
@@ -61,6 +62,10 @@ class NotReady(Exception):
 
 class SegmentError(Exception):
     """A segment could not be made; the message names it and the reason."""
+
+
+class SegmentRefused(SegmentError):
+    """The input is at fault (over a limit, undecodable): making it again will not help."""
 
 
 class Busy(Exception):
@@ -343,6 +348,7 @@ class VideoManager:
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
+                    self._player_gone(key)
                     raise  # this request was cancelled: its player has gone
                 if self.get(video.id) is None:
                     raise VideoGone(f"video {video.id} was deleted") from None
@@ -368,6 +374,17 @@ class VideoManager:
             return
         log.info("segment %s: nobody waits for it any more; dropped", work.key)
         self._drop(work)
+
+    def _player_gone(self, key: Key) -> None:
+        """A player hung up waiting for ``key``: what was made ahead for it and has not
+        started is dropped too (a player that comes back asks again)."""
+        ahead = range(key.index + 1, key.index + 1 + self.settings.vod_prefetch_segments)
+        for other in list(self._work.values()):
+            same = (other.key.video, other.key.rendition) == (key.video, key.rendition)
+            if same and other.key.index in ahead and other.prefetch and not other.started \
+                    and not other.gone:  # fmt: skip
+                self._drop(other)
+        self._gauge()
 
     def _drop(self, work: _Work) -> None:
         work.dropped = True
@@ -433,8 +450,9 @@ class VideoManager:
                 log.warning("video %s: %s (%s) failed: %s", video.id, segment.describe(),
                             key.rendition, exc)  # fmt: skip
                 reason = redact_paths(str(exc), self.cache.folder(video.id), video.url)
-                raise SegmentError(f"{segment.describe()} of {key.rendition} could not be "
-                                   f"made: {reason}") from exc  # fmt: skip
+                kind = SegmentRefused if isinstance(exc, PipelineError) else SegmentError
+                raise kind(f"{segment.describe()} of {key.rendition} could not be "
+                           f"made: {reason}") from exc  # fmt: skip
             seconds = time.monotonic() - began
         finally:
             self.slots.release()
