@@ -309,3 +309,36 @@ def test_a_running_job_is_failed_with_the_reason_when_the_disk_passes_its_floor(
     assert done.state == "failed" and done.error.startswith("the server ran low on disk space")
     assert counts["running"] == 0  # they stayed "running: 2" after such a failure
     assert took < 1.5, took  # measured: 0.46 s (the floor is looked at every half second)
+
+
+def _bicubic_worker():
+    from carn_stream.model.baselines import Bicubic
+    from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
+
+    return InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
+
+
+def test_a_video_larger_than_the_free_space_gets_507(tmp_path):
+    # It got 500 (OSError: [Errno 28] No space left on device) once the disk filled.
+    floor = shutil.disk_usage(tmp_path).free - 50 * 2**20
+    settings = Settings(data_dir=tmp_path / "data", executor="inprocess", min_free_disk_bytes=floor,
+                        allowed_private_hosts=("127.0.0.1",))  # fmt: skip
+
+    async def ingest(app):
+        for _ in range(100):  # until the (bicubic) model has loaded
+            status, body = await call(app, "POST", "/videos", {"url": f"{base}/known"})
+            if status != 503:
+                return status, body
+            await asyncio.sleep(0.05)
+        return status, body
+
+    with serve_directory(tmp_path, _Zeros) as base:
+        app = create_app(settings, _bicubic_worker)
+
+        async def run():
+            async with app.router.lifespan_context(app):
+                return await ingest(app)
+
+        status, body = asyncio.run(run())
+    assert status == 507 and "low on disk space for this input" in body["detail"], body
+    assert not list((tmp_path / "data" / "videos").glob("*/input*"))
