@@ -131,6 +131,8 @@ class VideoManager:
         self._playheads: dict[tuple[str, str], int] = {}  #: last segment each rendition served
         self._videos: dict[str, Video] = {}
         self._tunes: dict[str, asyncio.Task] = {}
+        self._deleting: set[str] = set()  #: videos being deleted now
+        self._closing = False
         metrics.vod_cache_bytes.set(self.cache.bytes)
         for video_id in store.unfinished_tunes():  # cut short by a stop: not resumed
             store.set_tune(video_id, "failed", tune_error="interrupted by a server restart")
@@ -199,6 +201,13 @@ class VideoManager:
 
     async def delete(self, video_id: str) -> bool:
         """Remove a video, its work in flight (its fine-tune too) and its cached segments."""
+        self._deleting.add(video_id)
+        try:
+            return await self._delete(video_id)
+        finally:
+            self._deleting.discard(video_id)
+
+    async def _delete(self, video_id: str) -> bool:
         tasks = [w.task for k, w in self._work.items() if k.video == video_id and w.task]
         if video_id in self._tunes:
             tasks.append(self._tunes[video_id])
@@ -216,6 +225,7 @@ class VideoManager:
         return existed
 
     async def close(self) -> None:
+        self._closing = True
         tasks = [w.task for w in self._work.values() if w.task is not None]
         tasks += self._tunes.values()
         for task in tasks:
@@ -350,7 +360,9 @@ class VideoManager:
                 if task is not None and task.cancelling():
                     self._player_gone(key)
                     raise  # this request was cancelled: its player has gone
-                if self.get(video.id) is None:
+                if self._closing:
+                    raise
+                if video.id in self._deleting or self.get(video.id) is None:
                     raise VideoGone(f"video {video.id} was deleted") from None
                 continue  # dropped by a seek elsewhere, but wanted here: make it again
             finally:
