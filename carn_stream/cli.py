@@ -306,6 +306,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from carn_stream.loading import start_worker
     from carn_stream.server.app import create_app
+    from carn_stream.server.connections import http_options
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -314,7 +315,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # weights standing in); the worker process loads the same ones without saying it again.
     quiet = functools.partial(start_worker, settings, quiet=True)
     app = create_app(settings, functools.partial(start_worker, settings), quiet)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    http = http_options(settings.http_read_timeout_seconds, settings.http_max_connections)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", **http)
     return EXIT_OK
 
 

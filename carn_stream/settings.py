@@ -81,10 +81,12 @@ class Settings:
     allow_local_files: bool = False
     #: Jobs running at the same time (they share one model).
     max_concurrent_jobs: int = 2
-    #: Input limits: bytes downloaded, seconds of video, output pixels per frame.
+    #: Input limits: bytes downloaded, seconds of video, output pixels per frame (judged on
+    #: every decoded frame), frames (1 h at 120 fps).
     max_input_bytes: int = 2 * 1024**3
     max_duration_seconds: float = 3600.0
     max_output_pixels: int = 3840 * 2160
+    max_frames: int = 432_000
     #: Input fetching: seconds without progress before giving up; redirects followed.
     fetch_timeout_seconds: float = 20.0
     max_redirects: int = 5
@@ -96,6 +98,18 @@ class Settings:
     min_free_disk_bytes: int = 1024**3
     #: New jobs are refused (503) while this many jobs wait in the queue.
     max_queued_jobs: int = 100
+    #: ``POST /videos`` ingests (download, plan) at once; more get 503.
+    max_concurrent_ingests: int = 2
+    #: Video segment responses sent at once (each streams a file); more get 503.
+    max_segment_responses: int = 64
+    #: Video segments that players wait for and that have not started; more get 503.
+    vod_max_waiting_segments: int = 16
+    #: HTTP: seconds a client has to send a whole request (headers and body), counted from
+    #: its connection or its previous response; then the connection is closed.
+    http_read_timeout_seconds: float = 10.0
+    #: HTTP: open connections at most; one more closes the oldest connection still sending
+    #: its request (503 when every connection is busy with a request).
+    http_max_connections: int = 1000
     #: A job interrupted by a crash is run again this many times, then marked failed.
     max_attempts: int = 2
     #: Finished jobs and their outputs are deleted after this many hours (0 = never).
@@ -189,6 +203,12 @@ class Settings:
             "segment_seconds": self.segment_seconds >= 1,
             "max_input_bytes": self.max_input_bytes > 0,
             "max_output_pixels": self.max_output_pixels > 0,
+            "max_frames": self.max_frames > 0,
+            "max_concurrent_ingests": self.max_concurrent_ingests >= 1,
+            "max_segment_responses": self.max_segment_responses >= 1,
+            "vod_max_waiting_segments": self.vod_max_waiting_segments >= 1,
+            "http_read_timeout_seconds": self.http_read_timeout_seconds > 0,
+            "http_max_connections": self.http_max_connections >= 16,
             "live_max_sessions": self.live_max_sessions >= 0,
             "vod_cache_bytes": self.vod_cache_bytes > 0,
             "vod_prefetch_segments": self.vod_prefetch_segments >= 0,
@@ -235,6 +255,12 @@ _TAKES: dict[str, str] = {
     "segment_seconds": "a number of seconds, at least 1",
     "max_input_bytes": "a positive whole number of bytes",
     "max_output_pixels": "a positive whole number of pixels",
+    "max_frames": "a positive whole number of frames",
+    "max_concurrent_ingests": "a whole number, 1 or more",
+    "max_segment_responses": "a whole number, 1 or more",
+    "vod_max_waiting_segments": "a whole number, 1 or more",
+    "http_read_timeout_seconds": "a positive number of seconds",
+    "http_max_connections": "a whole number, 16 or more",
     "live_max_sessions": "a whole number, 0 or more",
     "vod_cache_bytes": "a positive whole number of bytes",
     "vod_prefetch_segments": "a whole number, 0 or more",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,12 @@ from carn_stream.pipeline.media.decode import (
     open_input,
 )
 from carn_stream.pipeline.media.encode import EncoderOptions, VideoSink
-from carn_stream.pipeline.media.segments import Segment, segment_audio, segment_frames
+from carn_stream.pipeline.media.segments import (
+    InputLimits,
+    Segment,
+    segment_audio,
+    segment_frames,
+)
 from carn_stream.pipeline.priorities import Priority
 
 if TYPE_CHECKING:  # the engine (torch) is the caller's; planning and remuxing need none
@@ -50,6 +56,9 @@ class PipelineOptions:
     in_flight_batches: int = 2  #: batches queued at the worker or awaiting encode
     priority: int = Priority.JOB
     weights: str | None = None  #: named weights the worker loads (None: its own model)
+    #: Largest upscaled frame, judged on every decoded frame before it reaches the model
+    #: (0: no limit). A stream may change size after its header.
+    max_output_pixels: int = 0
     #: Decoder and encoder threads. None: :func:`codec_threads` for the model's device.
     codec_threads: int | None = None
 
@@ -244,11 +253,15 @@ class _PipelineRun:
         return itertools.chain(audio, segment_frames(container, part.segment, self.threads))
 
     async def decode(self) -> None:
+        options = self.options
+        limits = InputLimits(options.scale, options.max_output_pixels, math.inf)
         while True:
             new_audio, frame, seconds = await self.decoder.call(_next_frame, self.items)
             self.audio.extend(new_audio)
             if frame is None:
                 break
+            height, width = frame.size
+            limits.check_size(width, height, frame.index)
             self.decode_seconds[frame.index] = seconds
             await self.frames_q.put(frame)
         await self.frames_q.put(_END)

@@ -32,11 +32,16 @@ def check_admission(settings: Settings, store: JobStore) -> None:
     check_disk(settings)
     queued = store.count_by_state()["queued"]
     if queued >= settings.max_queued_jobs:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"the job queue is full ({queued} jobs waiting); try again later",
-            headers={"Retry-After": "30"},
-        )
+        raise queue_full(queued)
+
+
+def queue_full(queued: int) -> HTTPException:
+    """The 503 of a full queue (checked first, and again as the job is stored)."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        f"the job queue is full ({queued} jobs waiting); try again later",
+        headers={"Retry-After": "30"},
+    )
 
 
 def data_dir_writable(folder: Path) -> bool:

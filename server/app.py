@@ -53,7 +53,7 @@ class Services:
 
     store: JobStore
     video_store: VideoStore
-    blocking: BlockingPool
+    pools: tuple[BlockingPool, ...]
     holder: WorkerHolder
     executors: ExecutorHolder
     runner: JobRunner
@@ -77,21 +77,27 @@ async def start_services(
     requeued, failed = store.recover(settings.max_attempts)
     if requeued or failed:
         log.warning("after restart: %d jobs re-queued, %d failed", len(requeued), len(failed))
-    blocking = BlockingPool(settings.max_concurrent_jobs + 2)
+    # Each kind of blocking work on threads of its own: a stuck source slows only its kind.
+    blocking = BlockingPool(settings.max_concurrent_jobs + 2, "carn-jobs")
+    checks = BlockingPool(8, "carn-checks", max_waiting=64)  #: DNS lookups of submissions
+    ingests = BlockingPool(settings.max_concurrent_ingests, "carn-ingests")
     holder = WorkerHolder(worker_factory)
     executors = ExecutorHolder(settings, executor_factory or worker_factory, holder, metrics)
     # Jobs and videos share the executor's slots, which follow it (a cluster grows).
     slots = Slots(lambda: executors.slots(settings.worker_slots), urgent_extra=1)
     intake = Intake.from_settings(settings)
-    runner = JobRunner(store, settings, metrics, executors.get, blocking.run, slots, intake)
+    runner = JobRunner(
+        store, settings, metrics, executors.get, blocking.run, slots, intake, checks.run
+    )
     await asyncio.to_thread(runner.discard_files, failed)  # failed jobs serve nothing
     video_store = VideoStore(database)
     videos = VideoManager(
-        video_store, settings, metrics, executors.get, slots, blocking.run, intake
+        video_store, settings, metrics, executors.get, slots, ingests.run, intake, checks.run
     )
     restrict_ice_hosts(settings.live_ice_hosts)
     live = LiveSessions.from_settings(metrics, settings)
-    return Services(store, video_store, blocking, holder, executors, runner, videos, live)
+    pools = (blocking, checks, ingests)
+    return Services(store, video_store, pools, holder, executors, runner, videos, live)
 
 
 async def stop_services(services: Services, scheduler: asyncio.Task) -> None:
@@ -103,7 +109,8 @@ async def stop_services(services: Services, scheduler: asyncio.Task) -> None:
     await asyncio.gather(scheduler, return_exceptions=True)
     await services.executors.close()
     await asyncio.to_thread(services.holder.close)
-    services.blocking.close()
+    for pool in services.pools:
+        pool.close()
     services.store.close()
     services.video_store.close()
 
@@ -145,7 +152,7 @@ def create_app(
         state.store, state.runner, state.videos = services.store, services.runner, services.videos
         state.live, state.worker_holder = services.live, services.holder
         state.executors = services.executors
-        scheduler = asyncio.create_task(services.runner.run_forever())
+        scheduler = services.runner.start()
         try:
             yield
         finally:

@@ -21,6 +21,7 @@ class Intake:
     policy: FetchPolicy
     max_output_pixels: int
     max_duration: float  #: seconds
+    max_frames: int
     segment_seconds: float  #: the plans' target segment duration
     batch_size: int  #: frames per inference batch (0: the executor's device decides)
 
@@ -30,13 +31,14 @@ class Intake:
             policy=fetch_policy(settings),
             max_output_pixels=settings.max_output_pixels,
             max_duration=settings.max_duration_seconds,
+            max_frames=settings.max_frames,
             segment_seconds=settings.segment_seconds,
             batch_size=settings.batch_size,
         )
 
     def limits(self, scale: int) -> InputLimits:
         """The limits on an input to be upscaled ``scale`` times."""
-        return InputLimits(scale, self.max_output_pixels, self.max_duration)
+        return InputLimits(scale, self.max_output_pixels, self.max_duration, self.max_frames)
 
     def batch(self, executor: SegmentExecutor) -> int:
         """Frames per inference batch on ``executor``."""

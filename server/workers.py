@@ -82,7 +82,10 @@ class ExecutorHolder:
         self._own: SegmentExecutor | None = None  #: started here (not the local worker's)
         if self.choice.kind != "inprocess":
             observer = metrics.cluster if metrics is not None else None
-            self._own = open_executor(self.choice, worker_factory, observer=observer)
+            retried = metrics.segment_retries.inc if metrics is not None else None
+            self._own = open_executor(
+                self.choice, worker_factory, observer=observer, on_retry=retried
+            )
             self._starting = asyncio.create_task(self._start(self._own))
 
     async def _start(self, executor: SegmentExecutor) -> None:

@@ -233,3 +233,53 @@ def with_pcm_audio(source: Path, path: Path) -> Path:
                         out.mux(a_out.encode(chunk))
         out.mux(a_out.encode(None))
     return path
+
+
+def concat_h264(path: Path, parts: Sequence[Path], container_format: str = "mpegts") -> Path:
+    """The H.264 video of ``parts`` one after the other in one stream, packets copied (each part
+    with its own parameter sets, in-band): a stream whose header gives the first part's size
+    and whose pictures change size where the next part starts."""
+    from av.bitstream import BitStreamFilterContext
+
+    with av.open(str(path), "w", format=container_format) as out:
+        stream = None
+        offset = 0
+        for part in parts:
+            with av.open(str(part)) as c:
+                video = c.streams.video[0]
+                if stream is None:
+                    stream = out.add_stream_from_template(video)
+                annexb = BitStreamFilterContext("h264_mp4toannexb", video)
+                packets = [p for p in c.demux(video) if p.dts is not None]
+                end = offset
+                for packet in [*(q for p in packets for q in annexb.filter(p)),
+                               *annexb.filter(None)]:  # fmt: skip
+                    packet.pts += offset
+                    packet.dts += offset
+                    end = max(end, packet.pts + (packet.duration or 0))
+                    packet.stream = stream
+                    out.mux(packet)
+                offset = end
+    return path
+
+
+def write_endless_mkv(path: Path, packets: int, step_ms: int = 40) -> Path:
+    """A Matroska file of ``packets`` tiny H.264 packets ``step_ms`` apart, written as a live
+    stream: its header gives no duration (nothing says how long it is until it is read)."""
+    tiny = write_clip(path.with_suffix(".seed.mp4"), [np.zeros((16, 16, 3), np.uint8)] * 2,
+                      options={"preset": "ultrafast", "g": "250"})  # fmt: skip
+    with av.open(str(tiny)) as seed, av.open(str(path), "w", format="matroska",
+                                             options={"live": "1"}) as out:  # fmt: skip
+        video = seed.streams.video[0]
+        key, delta = (bytes(p) for p in list(seed.demux(video))[:2])
+        stream = out.add_stream_from_template(video)
+        stream.time_base = Fraction(1, 1000)
+        for i in range(packets):
+            packet = av.Packet(key if i % 250 == 0 else delta)
+            packet.pts = packet.dts = i * step_ms
+            packet.time_base = Fraction(1, 1000)
+            packet.is_keyframe = i % 250 == 0
+            packet.stream = stream
+            out.mux(packet)
+    tiny.unlink()
+    return path

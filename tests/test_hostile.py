@@ -4,18 +4,25 @@ bounded cost, while a normal job beside it succeeds. Everything runs on 127.0.0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
+import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi import HTTPException
 
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.media.decode import probe
+from carn_stream.pipeline.media.formats import FORMATS
+from carn_stream.pipeline.media.hls import segment_index, segment_name
 from carn_stream.server import media_links
 from carn_stream.server.admission import check_admission, data_dir_writable
 from carn_stream.server.app import MEDIA_SCOPES as SCOPES
@@ -27,12 +34,19 @@ from carn_stream.server.inputs.fetch import (
     check_address,
     validate_url,
 )
+from carn_stream.server.jobs.media import JobMedia
 from carn_stream.server.jobs.params import JobParams
 from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.live import size_cap
 from carn_stream.server.middleware import METHODS
 from carn_stream.settings import Settings
-from tests.media import decode_rgb, downscale_frames, write_clip
+from tests.media import (
+    concat_h264,
+    decode_rgb,
+    downscale_frames,
+    write_clip,
+    write_endless_mkv,
+)
 from tests.service import ServerProcess, media_server, wait_for
 
 TOKEN = "s3cret"
@@ -62,6 +76,8 @@ OPEN_IN_SUBPROCESS = """
 import sys
 from pathlib import Path
 from carn_stream.pipeline.media.decode import probe
+from carn_stream.pipeline.media.formats import FORMATS
+from carn_stream.pipeline.media.hls import segment_index, segment_name
 from carn_stream.pipeline.errors import InputError
 try:
     probe(Path(sys.argv[1]))
@@ -185,6 +201,27 @@ def test_urls_are_shown_without_secrets_and_errors_without_server_paths(tmp_path
     assert Target.parse("https://h/c.mp4?x=1").path == "/c.mp4?x=1"  # the fetch keeps it
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "segment_00000.ts\n",  # a trailing newline ($ took it: a path with a newline)
+        "segment_" + "0" * 5000 + ".ts",  # int() of 5000 digits raised: 500
+        "segment_\u0660\u0660\u0660\u0660\u0660.ts",  # Arabic-Indic digits were segment 0
+        "segment_\uff10\uff10\uff10\uff10\uff11.ts",  # full-width digits
+        "segment_000001.ts",  # another spelling of segment 1
+        "segment_0001.ts", "segment_00001.ts.part", "segment_00001.TS", "xsegment_00001.ts",
+    ],
+)  # fmt: skip
+def test_segment_names_are_matched_exactly(name):
+    assert segment_index(name) is None
+    assert JobMedia("0" * 32, FORMATS["hls"], Path("/srv")).hls_file(name) is None
+
+
+def test_segment_names_read_back_as_written():
+    for index in (0, 7, 99_999, 100_000, 123_456_789):
+        assert segment_index(segment_name(index)) == index
+
+
 # --------------------------------------------------------------------------- links, admission
 
 
@@ -255,6 +292,18 @@ def media(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile-media")
     frames = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 30), (96, 54))
     write_clip(root / "bunny.mp4", frames)
+    # One 22 s GOP of lossless noise: a 14 MB original-rendition segment.
+    rng = np.random.default_rng(2)
+    noise = [rng.integers(0, 255, (96, 144, 3), dtype=np.uint8) for _ in range(560)]
+    write_clip(root / "noise.mp4", noise, options={"crf": "0", "preset": "ultrafast",
+                                                   "g": "1000"})  # fmt: skip
+    # 1 s at 64x48, then 1 s at 640x360: the header says 64x48 (ffprobe reports the same).
+    gop = {"crf": "30", "preset": "ultrafast", "g": "25"}
+    parts = [write_clip(root / "small.mp4", downscale_frames(frames[:25], (64, 48)), options=gop),
+             write_clip(root / "large.mp4", downscale_frames(frames[:25], (640, 360)),
+                        options=gop)]  # fmt: skip
+    concat_h264(root / "switch.ts", parts)
+    write_endless_mkv(root / "endless.mkv", 1_000_000)  # 11 h of tiny frames, no duration
     hostile_files(root)
     with media_server(root) as base:
         yield base, root
@@ -273,6 +322,9 @@ def server(tmp_path_factory):
         CARN_STREAM_LIVE_CONNECT_SECONDS="2",
         CARN_STREAM_LIVE_ICE_HOSTS="127.0.0.1",
         CARN_STREAM_PRECISION="fp32",
+        CARN_STREAM_HTTP_READ_TIMEOUT_SECONDS="2",
+        CARN_STREAM_HTTP_MAX_CONNECTIONS="200",
+        CARN_STREAM_MAX_SEGMENT_RESPONSES="32",
     )
     proc.start()
     yield proc
@@ -572,3 +624,212 @@ def test_readiness_performs_a_real_write(server):
     ready = server.call("GET", "/readyz").json()
     assert ready["ready"] and ready["data_dir_writable"] and ready["store_writable"]
     assert not list(server.data_dir.glob(".ready-*"))
+
+
+# --------------------------------------------------------------------------- round two
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.slow
+def test_half_sent_requests_are_timed_out_and_cannot_crowd_out_health_checks(server):
+    # 600 connections that never finish their headers, against a cap of 200 and a 2 s
+    # deadline for a whole request. (Without them, 20,150 such connections took all 20,000
+    # descriptors: health checks timed out, and the log grew by a traceback per accept.)
+    pid = server.process.pid
+    baseline = open_descriptors(pid)
+    log_size = server.log.stat().st_size
+    sockets = []
+    latencies = []
+    try:
+        for i in range(600):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+            sockets.append(sock)
+            if i % 100 == 99:  # a health check among them, on a connection of its own
+                t0 = time.monotonic()
+                assert server.call("GET", "/healthz", timeout=5).status == 200
+                latencies.append(time.monotonic() - t0)
+        held = open_descriptors(pid)
+        assert held - baseline <= 200 + 10, (baseline, held)  # measured: 198 more, not 600
+        time.sleep(2.5)  # past the deadline
+        closed = 0
+        for sock in sockets:
+            sock.settimeout(0.5)
+            with contextlib.suppress(OSError):
+                closed += sock.recv(1) == b""
+        assert closed == 600
+        assert open_descriptors(pid) - baseline <= 5
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert max(latencies) < 1.0, latencies  # measured: 2-12 ms each
+    log = server.log.read_bytes()[log_size:].decode(errors="replace")
+    lines = [line for line in log.splitlines() if "connections" in line]
+    assert len(lines) <= 4, lines  # measured: 2 (one per reason), not one per connection
+    assert "Traceback" not in log
+
+
+def raw_request(port: int, method: str, path: str, body: dict | None = None) -> socket.socket:
+    """Send a request on a connection of its own and return the socket, answer unread."""
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")  # fmt: skip
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+def status_of(sock: socket.socket, wait: float) -> int | None:
+    """The status of the answer on ``sock`` if one comes within ``wait`` seconds."""
+    sock.settimeout(wait)
+    try:
+        head = sock.recv(64)
+    except TimeoutError:
+        return None
+    return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else None
+
+
+@pytest.mark.slow
+def test_abandoned_ingests_stop_their_downloads_and_never_slow_job_submissions(server, media):
+    # Eight POST /videos of a source that sends 80 KB/s for ever (fast enough for the rate
+    # floor), whose clients hang up. They once held the pool that POST /jobs checks its URL
+    # on, until the download deadline (6 s here, 900 s by default): 78.6 s for a submission.
+    from tests.service import _MediaHandler
+
+    base, _ = media
+    paths = [f"/drip?ingest={i}" for i in range(8)]
+    for path in paths:
+        _MediaHandler.closed_at.pop(path, None)
+    sockets = [raw_request(server.port, "POST", "/videos", {"url": f"{base}{p}"}) for p in paths]
+    try:
+        answers = [status_of(sock, 0.5) for sock in sockets]
+        # Two ingests at once (CARN_STREAM_MAX_CONCURRENT_INGESTS): the rest get 503 at once.
+        assert sorted(answers, key=str) == [503] * 6 + [None] * 2, answers
+        t0 = time.monotonic()
+        created = submit(server, f"{base}/bunny.mp4", output="mp4")
+        took = time.monotonic() - t0
+    finally:
+        hung_up = time.monotonic()
+        for sock in sockets:
+            sock.close()
+    assert took < 1.0, took  # measured: 9 ms
+    closed = wait_for(lambda: len(_MediaHandler.closed_at.keys() & set(paths)) == 2 and
+                      [_MediaHandler.closed_at[p] for p in paths if p in _MediaHandler.closed_at],
+                      10, "the two downloads to be dropped")  # fmt: skip
+    assert max(closed) - hung_up < 1.5, max(closed) - hung_up  # measured: 0.2 s, not 6 s
+    assert not list((server.data_dir / "videos").glob("*/input*"))  # nothing left behind
+    assert wait_done(server, created["id"])["state"] == "succeeded"
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def slow_reader(port: int, path: str) -> socket.socket:
+    """A GET whose client reads nothing: a small receive buffer, soon full."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+                 .encode())  # fmt: skip
+    return sock
+
+
+@pytest.mark.slow
+def test_slow_readers_of_a_large_segment_cost_no_memory_and_are_bounded(server, media):
+    base, _ = media
+    created = server.call("POST", "/videos", {"url": f"{base}/noise.mp4", "scales": [2]},
+                          headers=AUTH)  # fmt: skip
+    assert created.status == 201, created.body
+    video = created.json()
+    path = f"/videos/{video['id']}/original/segment_00000.ts"
+    first = server.call("GET", path, headers=AUTH)  # made (remuxed) and cached
+    assert first.status == 200 and len(first.body) > 14_000_000
+    pid = server.process.pid
+    before = rss_mb(pid)
+    readers = [slow_reader(server.port, path) for _ in range(40)]
+    try:
+        time.sleep(2)
+        during = rss_mb(pid)
+        answers = [status_of(sock, 0.2) for sock in readers]
+    finally:
+        for sock in readers:
+            sock.close()
+    time.sleep(1)
+    after = rss_mb(pid)
+    # CARN_STREAM_MAX_SEGMENT_RESPONSES=32: 32 are being sent, 8 are refused at once.
+    assert answers.count(200) == 32 and answers.count(503) == 8, answers
+    # Measured: read whole per request, these readers added 358 MB, still held after they
+    # closed; streamed from the file, 6.5 MB, the same after.
+    assert during - before < 40, (before, during)
+    assert after - before < 40, (before, after)
+    assert server.call("GET", path, headers=AUTH).body == first.body  # the turns came back
+    assert server.call("DELETE", f"/videos/{video['id']}", headers=AUTH).status == 204
+
+
+@pytest.mark.slow
+def test_a_stream_that_grows_past_the_limit_after_its_header_is_refused_where_it_grows(
+    server, media
+):
+    # x2 with a limit of 100,000 output pixels: the header's 64x48 passes; the 640x360
+    # pictures from frame 25 on (1280x720 out, 9.2 times the limit) were upscaled before.
+    base, _ = media
+    failed = wait_done(server, submit(server, f"{base}/switch.ts", output="mp4")["id"])
+    assert failed["state"] == "failed", failed
+    assert "segment 1 (1.00-2.00 s) failed: frame 25 is 640x360: its output would be " \
+        "1280x720, over the limit of 100000 pixels per frame" in failed["error"]  # fmt: skip
+    segments = server.call("GET", f"/jobs/{failed['id']}/segments", headers=AUTH).json()
+    assert [s["attempts"] for s in segments if s["state"] == "failed"] == [1]  # no retry
+    created = server.call("POST", "/videos", {"url": f"{base}/switch.ts", "scales": [2]},
+                          headers=AUTH)  # fmt: skip
+    assert created.status == 201, created.body  # the header is within the limit
+    video = created.json()["id"]
+    small = server.call("GET", f"/videos/{video}/x2/segment_00000.ts", headers=AUTH, timeout=60)
+    assert small.status == 200
+    large = server.call("GET", f"/videos/{video}/x2/segment_00001.ts", headers=AUTH, timeout=60)
+    assert large.status == 422 and "frame 25 is 640x360" in large.json()["detail"], large.body
+    original = server.call("GET", f"/videos/{video}/original/segment_00001.ts", headers=AUTH)
+    assert original.status == 200  # copied, never upscaled
+    assert server.call("DELETE", f"/videos/{video}", headers=AUTH).status == 204
+
+
+@pytest.mark.slow
+def test_segment_names_that_are_not_exactly_a_segment_get_404(server, media):
+    base, _ = media
+    created = server.call("POST", "/videos", {"url": f"{base}/bunny.mp4"}, headers=AUTH)
+    assert created.status == 201, created.body
+    video = created.json()["id"]
+    job = wait_done(server, submit(server, f"{base}/bunny.mp4")["id"])
+    assert job["state"] == "succeeded", job
+    for name in ("segment_00000.ts%0A", "segment_" + "0" * 5000 + ".ts",
+                 "segment_%D9%A0%D9%A0%D9%A0%D9%A0%D9%A0.ts", "segment_000000.ts"):  # fmt: skip
+        for path in (f"/videos/{video}/original/{name}", f"/jobs/{job['id']}/hls/{name}"):
+            response = server.call("GET", path, headers=AUTH)
+            assert response.status == 404, (path[:80], response.status)  # 500 or segment 0
+    assert server.call("GET", f"/videos/{video}/original/segment_00000.ts",
+                       headers=AUTH).status == 200  # fmt: skip
+    assert server.call("DELETE", f"/videos/{video}", headers=AUTH).status == 204
+
+
+@pytest.mark.slow
+def test_planning_an_input_without_a_duration_stops_at_the_limit(server, media):
+    # 1,000,000 tiny frames 40 ms apart (18 MB, 11 h) and no duration in the header: the
+    # worker once indexed every packet before the duration limit applied (1 GB for 29 s
+    # with 3 M frames, and kept). Now reading stops at 3600 s (90,001 packets).
+    base, _ = media
+    engines = server.call("GET", "/readyz").json()["engines"]
+    worker = int(next(iter(engines)).split(":")[1])
+    before = rss_mb(worker)
+    t0 = time.monotonic()
+    refused = server.call("POST", "/videos", {"url": f"{base}/endless.mkv"}, headers=AUTH)
+    took = time.monotonic() - t0
+    assert refused.status == 422, refused.body
+    assert "longer than the limit of 3600 s" in refused.json()["detail"]
+    # Measured: 0.35 s and 7 MB more in the worker; indexing all of it took 3.9 s and 115 MB.
+    assert took < 3, took
+    assert rss_mb(worker) - before < 50, (before, rss_mb(worker))

@@ -49,13 +49,17 @@ def run_both(clips, tmp_path, executor):
 
 
 def test_a_crash_fails_only_the_segment_that_caused_it(clips, tmp_path):
-    executor = ProcessExecutor(crashing_worker, slots=2)
+    reruns: list[int] = []
+    executor = ProcessExecutor(crashing_worker, slots=2, on_rerun=lambda: reruns.append(1))
     innocent, hostile = run_both(clips, tmp_path, executor)
     assert isinstance(hostile, WorkerCrashed) and "SIGSEGV" in str(hostile)
     assert not isinstance(innocent, BaseException), innocent
     assert innocent.frames == 25 and innocent.node.startswith("process:")
     assert (tmp_path / "innocent.ts").is_file() and not (tmp_path / "hostile.ts").exists()
     assert executor.restarts >= 1  # a fresh worker process took over after each crash
+    # Both segments in flight were run again alone, and the metric hears of each
+    # (carn_stream_segment_retries_total stayed 0 after such re-runs).
+    assert len(reruns) == 2
 
 
 def test_a_crashing_segment_is_retried_a_bounded_number_of_times(clips, tmp_path):

@@ -88,7 +88,7 @@ def test_health_and_readiness(server):
     engines = ready.pop("engines")
     assert list(engines.values()) == [1] and next(iter(engines)).startswith("process:")
     assert ready == {"ready": True, "model_loaded": True, "store_writable": True,
-                     "executor": "process", "executor_ready": True,
+                     "executor": "process", "executor_ready": True, "job_runner": True,
                      "data_dir_writable": True,
                      "weights": official_weights_path().name}  # fmt: skip
     assert server.call("GET", "/openapi.json").json()["paths"]["/jobs"]

@@ -47,11 +47,13 @@ def open_executor(
     worker_factory: Callable[[], InferenceWorker],
     local_worker: InferenceWorker | None = None,
     observer: object | None = None,
+    on_retry: Callable[[], None] | None = None,
 ) -> SegmentExecutor:
     """The executor ``choice`` names, not started yet (call ``start()``). ``worker_factory``
     builds an inference worker where the executor needs its own (a worker process, each Ray
     actor; it must be picklable); ``inprocess`` runs on ``local_worker`` (made by the factory
-    when not given). ``observer`` hears of a cluster's segments per node."""
+    when not given). ``observer`` hears of a cluster's segments per node; ``on_retry``, of a
+    segment the executor runs again by itself (a worker process's crash)."""
     if choice.kind == "ray":
         from carn_stream.pipeline.execution.ray_executor import RayExecutor
 
@@ -60,7 +62,7 @@ def open_executor(
         from carn_stream.pipeline.execution.worker_process import ProcessExecutor, ProcessLimits
 
         limits = ProcessLimits(max_open_files=choice.max_open_files)
-        return ProcessExecutor(worker_factory, choice.slots, limits)
+        return ProcessExecutor(worker_factory, choice.slots, limits, on_retry)
     if local_worker is not None:
         return InProcessExecutor(local_worker, choice.slots)
     return InProcessExecutor(worker_factory(), choice.slots, owns_worker=True)

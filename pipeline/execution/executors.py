@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # the engine (torch) is the caller's; planning and remuxing n
     from carn_stream.pipeline.engine.infer import InferenceWorker
 
 FrameCallback = Callable[[FrameReport], None]
+#: Inputs an executor plans at once (each holds an input's packet index while it reads it).
+PLANS_AT_ONCE = 2
 
 
 class WorkerCrashed(Exception):
@@ -147,6 +149,7 @@ class InProcessExecutor:
         self.worker, self.slots, self.owns_worker = worker, slots, owns_worker
         self.device = str(worker.device)
         self._threads = ThreadPoolExecutor(2, thread_name_prefix="carn-plan")
+        self._plans = asyncio.Semaphore(PLANS_AT_ONCE)
         self.node = f"local:{os.getpid()}"
 
     @property
@@ -158,7 +161,8 @@ class InProcessExecutor:
 
     async def plan(self, request: PlanRequest) -> SegmentPlan:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, plan_for, request)
+        async with self._plans:
+            return await loop.run_in_executor(self._threads, plan_for, request)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await upscale_segment(task, self.worker, on_frame, self.node)

@@ -35,6 +35,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from carn_stream.pipeline.execution.choice import RayOptions
 from carn_stream.pipeline.execution.executors import (
+    PLANS_AT_ONCE,
     FrameCallback,
     PlanRequest,
     SegmentResult,
@@ -151,6 +152,7 @@ class RayExecutor:
         self._failed_nodes: dict[str, float] = {}  #: node id -> when an actor failed to start
         self._connected = False
         self._closed = False
+        self._plans = asyncio.Semaphore(PLANS_AT_ONCE)
         self.device = ""  #: the first ready actor's
         self.error: str | None = None  #: why the last actor could not start
         self.replaced = 0  #: actors lost with their node or process
@@ -197,7 +199,8 @@ class RayExecutor:
                     await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
 
     async def plan(self, request: PlanRequest) -> SegmentPlan:
-        return await asyncio.to_thread(plan_for, request)
+        async with self._plans:
+            return await asyncio.to_thread(plan_for, request)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         segment = task.segment

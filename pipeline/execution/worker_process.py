@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from carn_stream.pipeline.execution.executors import (
+    PLANS_AT_ONCE,
     FrameCallback,
     PlanRequest,
     SegmentResult,
@@ -189,8 +190,10 @@ class ProcessExecutor:
         worker_factory: Callable[[], InferenceWorker],
         slots: int = 2,
         limits: ProcessLimits = ProcessLimits(),
+        on_rerun: Callable[[], None] | None = None,
     ) -> None:
-        self.slots, self.limits = slots, limits
+        """``on_rerun`` hears of every call run again after a crash of the process."""
+        self.slots, self.limits, self.on_rerun = slots, limits, on_rerun
         self._factory = worker_factory
         self._context = multiprocessing.get_context("spawn")
         self._child: _Child | None = None
@@ -201,6 +204,7 @@ class ProcessExecutor:
         self._solo_waiting = 0
         self._turn: asyncio.Condition | None = None
         self._closed = False
+        self._plans = asyncio.Semaphore(PLANS_AT_ONCE)
         self.device = ""  #: the worker process's, once it has started
         self.restarts = 0
 
@@ -218,7 +222,8 @@ class ProcessExecutor:
         await self._ensure_child()
 
     async def plan(self, request: PlanRequest) -> SegmentPlan:
-        return await self._call("plan", request, None)
+        async with self._plans:
+            return await self._call("plan", request, None)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await self._call("run", task, on_frame)
@@ -246,6 +251,8 @@ class ProcessExecutor:
                     raise WorkerCrashed(f"the worker process {crash.how}") from None
                 log.warning("worker process %s; re-running its work one at a time", crash.how)
                 alone = True
+                if self.on_rerun is not None:
+                    self.on_rerun()
             finally:
                 await self._leave(mode)
 

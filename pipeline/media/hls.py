@@ -17,13 +17,24 @@ from pathlib import Path
 
 PLAYLIST_NAME = "index.m3u8"
 SEGMENT_PATTERN = "segment_%05d.ts"
-SEGMENT_NAME_RE = re.compile(r"^segment_\d{5,}\.ts$")
+#: A segment's file name: ASCII digits only, the whole name (``\Z``: no trailing newline).
+SEGMENT_NAME_RE = re.compile(r"segment_([0-9]{5,9})\.ts\Z")
 #: Audio codecs MPEG-TS segments carry as they are (the rest is transcoded to AAC).
 SEGMENT_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3"})
 
 
 def segment_name(index: int) -> str:
     return SEGMENT_PATTERN % index
+
+
+def segment_index(name: str) -> int | None:
+    """The index a segment's file name stands for, or None unless ``name`` is exactly what
+    :func:`segment_name` writes (``segment_00007.ts``; no other digits, width or ending)."""
+    match = SEGMENT_NAME_RE.match(name)
+    if match is None:
+        return None
+    index = int(match[1])
+    return index if segment_name(index) == name else None
 
 
 def playlist_text(

@@ -137,35 +137,53 @@ class SegmentPlan:
 
 @dataclass(frozen=True)
 class InputLimits:
-    """What an input may be, checked from its header before anything is decoded."""
+    """What an input may be: checked from its header before anything is decoded, on its packet
+    index while it is planned, and on every decoded frame (a stream may change size after its
+    header)."""
 
     scale: int
     max_output_pixels: int
     max_duration: float  #: seconds
+    max_frames: int = 0  #: frames of the whole input (0: no limit)
 
     def check(self, width: int, height: int, duration: float | None) -> None:
-        out_w, out_h = upscaled_size(width, height, self.scale)
-        if out_w * out_h > self.max_output_pixels:
-            raise LimitError(
-                f"output would be {out_w}x{out_h}, over the limit of "
-                f"{self.max_output_pixels} pixels per frame"
-            )
+        self.check_size(width, height)
         if duration is not None and duration > self.max_duration:
             raise LimitError(
                 f"input is {duration:.0f} s long, over the limit of {self.max_duration:g} s"
             )
 
+    def check_size(self, width: int, height: int, frame: int | None = None) -> None:
+        """Refuse a picture (the header's, or decoded frame ``frame``'s) whose upscaled size is
+        over the pixel limit."""
+        out_w, out_h = upscaled_size(width, height, self.scale)
+        if self.max_output_pixels and out_w * out_h > self.max_output_pixels:
+            what = "output" if frame is None else f"frame {frame} is {width}x{height}: its output"
+            raise LimitError(
+                f"{what} would be {out_w}x{out_h}, over the limit of "
+                f"{self.max_output_pixels} pixels per frame"
+            )
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class _Packet:
     pts: int
     duration: int
     key: bool
 
 
-def _video_packets(container: av.container.InputContainer) -> list[_Packet]:
+def _video_packets(
+    container: av.container.InputContainer, limits: InputLimits | None = None
+) -> list[_Packet]:
+    """The video stream's packets in presentation order. With ``limits``, reading stops as
+    soon as the packets span more than the duration limit or outnumber the frame limit, so a
+    header without a duration cannot make the index grow without bound."""
     video = container.streams.video[0]
+    tb = video.time_base
+    max_span = math.floor(limits.max_duration / tb) if limits is not None and tb else None
+    max_count = limits.max_frames if limits is not None else 0
     packets: list[_Packet] = []
+    low = high = None
     try:
         for packet in container.demux(video):
             if packet.size == 0:
@@ -176,6 +194,15 @@ def _video_packets(container: av.container.InputContainer) -> list[_Packet]:
                     "the video stream has packets without timestamps; it cannot be segmented"
                 )
             packets.append(_Packet(pts, packet.duration or 0, packet.is_keyframe))
+            low = pts if low is None else min(low, pts)
+            high = pts if high is None else max(high, pts)
+            if max_span is not None and high - low > max_span:
+                raise LimitError(
+                    f"input is longer than the limit of {limits.max_duration:g} s "
+                    "(its packets were read up to that point)"
+                )
+            if max_count and len(packets) > max_count:
+                raise LimitError(f"input has more than {max_count} frames, over the limit")
     except av.FFmpegError as exc:
         raise InputError(f"the input could not be read to the end ({ffmpeg_reason(exc)})") from exc
     if not packets:
@@ -228,7 +255,7 @@ def plan_segments(
         if limits is not None:
             limits.check(info.width, info.height, info.duration)
         tb = container.streams.video[0].time_base
-        packets = _video_packets(container)
+        packets = _video_packets(container, limits)
         has_audio = bool(container.streams.audio)
     pts = [p.pts for p in packets]
     if len(set(pts)) != len(pts):

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from carn_stream.server.admission import data_dir_writable
-from carn_stream.server.deps import get_executors, get_settings, get_store, get_worker_holder
+from carn_stream.server.deps import (
+    get_executors,
+    get_runner,
+    get_settings,
+    get_store,
+    get_worker_holder,
+)
+from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
@@ -28,13 +35,15 @@ def readyz(
     store: Annotated[JobStore, Depends(get_store)],
     holder: Annotated[WorkerHolder, Depends(get_worker_holder)],
     executors: Annotated[ExecutorHolder, Depends(get_executors)],
+    runner: Annotated[JobRunner, Depends(get_runner)],
 ) -> JSONResponse:
-    """Ready to run jobs: the model is loaded, segments can run, the job store is writable and
-    the data folder takes a real write (create, fsync, delete)."""
+    """Ready to run jobs: the model is loaded, segments can run, the job scheduler runs, the
+    job store is writable and the data folder takes a real write (create, fsync, delete)."""
     checks = {
         "model_loaded": holder.worker is not None,
         "executor": executors.choice.kind,
         "executor_ready": executors.get() is not None,
+        "job_runner": runner.alive,
         "store_writable": store.writable(),
         "data_dir_writable": data_dir_writable(settings.data_dir),
     }
@@ -42,6 +51,8 @@ def readyz(
         checks["model_error"] = holder.error
     if executors.error:
         checks["executor_error"] = executors.error
+    if runner.failure:
+        checks["job_runner_error"] = runner.failure
     executor = executors.get()
     if executor is not None:  # ready engines per node (a worker process, a cluster's nodes)
         checks["engines"] = executor.engines
@@ -52,6 +63,7 @@ def readyz(
         checks["weights"] = weights.name if weights else None  # public: no server path
         if weights is not None and weights.warning:
             checks["weights_warning"] = weights.warning
-    required = ("model_loaded", "executor_ready", "store_writable", "data_dir_writable")
+    required = ("model_loaded", "executor_ready", "job_runner", "store_writable",
+                "data_dir_writable")  # fmt: skip
     ready = all(checks[name] for name in required)
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

@@ -15,7 +15,8 @@ from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.codecs import check_codec
 from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME
-from carn_stream.server.admission import check_admission
+from carn_stream.server.admission import check_admission, queue_full
+from carn_stream.server.blocking import PoolBusy
 from carn_stream.server.deps import (
     Limit,
     Offset,
@@ -35,6 +36,7 @@ from carn_stream.server.jobs.store import (
     STATES,
     Job,
     JobStore,
+    QueueFull,
 )
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -124,7 +126,7 @@ class JobOut(JobParams):
                 running=counts["running"],
                 failed=counts["failed"],
             ),
-            error=job.error,
+            error=job.error or job.damage,
             links=links,
         )
 
@@ -155,10 +157,14 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
     """Queue a job. The URL's scheme and host addresses are checked now; the rest when it runs."""
     check_admission(runner.settings, store)
     try:
-        # DNS: off the default pool
-        await runner.offload(validate_url, body.url, runner.intake.policy)
+        # DNS: on the address checks' own pool, never behind downloads
+        await runner.checks(validate_url, body.url, runner.intake.policy)
     except FetchError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    except PoolBusy as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}
+        ) from exc
     if body.weights is not None:
         try:
             weights_file(body.weights, runner.settings.models_dir, runner.settings.data_dir)
@@ -169,7 +175,10 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
         check_codec(params.codec, params.preset)
     except OutputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    job = store.create(body.url, params)
+    try:  # the queue again: other submissions were checked while this one awaited
+        job = store.create(body.url, params, runner.settings.max_queued_jobs)
+    except QueueFull as exc:
+        raise queue_full(exc.args[0]) from exc
     runner.wake()
     return JobOut.of(job, sign=sign)
 

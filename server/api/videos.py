@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -12,14 +13,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from carn_stream.model.recipe import TITLE_STORE_CRF
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.errors import PipelineError
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_index
 from carn_stream.server.admission import check_disk
+from carn_stream.server.blocking import PoolBusy
 from carn_stream.server.deps import Limit, Offset, Signer, require_token
+from carn_stream.server.disconnect import ClientGone, unless_disconnected
 from carn_stream.server.inputs.exposure import public_url
-from carn_stream.server.inputs.fetch import FetchError
+from carn_stream.server.inputs.fetch import DiskFull, FetchError
 from carn_stream.server.jobs.params import Scale
 from carn_stream.server.pages import STATIC_DIR
-from carn_stream.server.vod.manager import NotReady, SegmentError, VideoGone, VideoManager
+from carn_stream.server.streaming import FileStream
+from carn_stream.server.vod.manager import (
+    Busy,
+    NotReady,
+    SegmentError,
+    SegmentRefused,
+    VideoGone,
+    VideoManager,
+)
 from carn_stream.server.vod.media import (
     MASTER_NAME,
     REPORT_FOLDER,
@@ -35,6 +46,9 @@ from carn_stream.server.vod.title import StoreRequest
 router = APIRouter(prefix="/videos", tags=["videos"])
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+#: Answered (to nobody) when the client hung up before its answer was ready.
+CLIENT_GONE = 499
+RETRY = {"Retry-After": "5"}
 
 
 class StoreIn(BaseModel):
@@ -195,16 +209,29 @@ def _video_or_404(videos: VideoManager, video_id: str) -> Video:
     "", status_code=status.HTTP_201_CREATED, response_model=VideoOut,
     dependencies=[Depends(require_token)],
 )  # fmt: skip
-async def create_video(body: VideoCreate, videos: Videos, sign: Signer) -> VideoOut:
-    """Fetch and plan a video (no upscaling yet); it can be played as soon as this returns."""
+async def create_video(
+    body: VideoCreate, request: Request, videos: Videos, sign: Signer
+) -> VideoOut | Response:
+    """Fetch and plan a video (no upscaling yet); it can be played as soon as this returns.
+    A client that hangs up stops its download."""
     check_disk(videos.settings)
     try:
         store = StoreRequest(**body.store.model_dump()) if body.store else None
-        video = await videos.ingest(body.url, body.scales, body.tune, store)
-    except NotReady as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        ingest = videos.ingest(body.url, body.scales, body.tune, store)
+        video = await unless_disconnected(request.receive, ingest)
+    except ClientGone:
+        return Response(status_code=CLIENT_GONE)
+    except (NotReady, Busy, PoolBusy) as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), RETRY) from exc
+    except DiskFull as exc:
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, str(exc)) from exc
     except (FetchError, PipelineError, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "the server's disk is full; "
+                            "try again later") from exc  # fmt: skip
     return VideoOut.of(video, {}, sign)
 
 
@@ -287,18 +314,35 @@ def media_playlist(video_id: str, rendition: str, videos: Videos) -> Response:
 
 
 @router.get("/{video_id}/{rendition}/{name}", response_class=Response)
-async def segment(video_id: str, rendition: str, name: str, videos: Videos) -> Response:
-    """One MPEG-TS segment: from the cache, or made now."""
+async def segment(
+    video_id: str, rendition: str, name: str, request: Request, videos: Videos
+) -> Response:
+    """One MPEG-TS segment: from the cache, or made now. Sent from its file on disk; the work
+    for a client that hangs up is dropped (unless it is nearly done)."""
     video = _video_or_404(videos, video_id)
-    index = int(name[8:-3]) if SEGMENT_NAME_RE.match(name) else -1
-    if video.rendition(rendition) is None or not 0 <= index < len(video.plan.segments):
+    index = segment_index(name)
+    if video.rendition(rendition) is None or index is None or index >= len(video.plan.segments):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {rendition}/{name}")
+    turns = videos.responses
+    if not turns.take():
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            f"{turns.held} segment requests are under way; try again in a moment",
+                            RETRY)  # fmt: skip
     try:
-        data = await videos.segment(video, rendition, index)
-    except VideoGone as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except NotReady as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-    except SegmentError as exc:
-        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
-    return Response(data, media_type="video/mp2t")
+        opened = await unless_disconnected(
+            request.receive, videos.segment(video, rendition, index)
+        )
+    except BaseException as exc:
+        turns.give()
+        if isinstance(exc, ClientGone):
+            return Response(status_code=CLIENT_GONE)
+        if isinstance(exc, VideoGone):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        if isinstance(exc, NotReady | Busy):
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), RETRY) from exc
+        if isinstance(exc, SegmentRefused):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+        if isinstance(exc, SegmentError):
+            raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
+        raise
+    return FileStream(opened, "video/mp2t", on_close=turns.give)

@@ -12,8 +12,10 @@ blocked read ends within a fraction of a second.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import ipaddress
+import shutil
 import socket
 import ssl
 import threading
@@ -37,6 +39,10 @@ class FetchCancelled(FetchError):
     pass
 
 
+class DiskFull(FetchError):
+    """The input does not fit on the server's disk above its free-space floor."""
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
     allowed_hosts: frozenset[str] = frozenset()  #: non-public IPs that are allowed anyway
@@ -46,6 +52,7 @@ class FetchPolicy:
     max_redirects: int = 5
     max_seconds: float = 900.0  #: the whole download, redirects included
     min_rate: int = 10_000  #: bytes per second on average, from ``timeout`` seconds on
+    min_free_bytes: int = 0  #: free space the download must leave on the disk
 
 
 #: 6to4 relays (192.88.99.0/24) forward to whatever 6to4 address they are given.
@@ -280,6 +287,7 @@ def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> Pa
             total = int(length) if length and length.isdigit() else None
             if total is not None and total > policy.max_bytes:
                 raise FetchError(f"input is {total} bytes, over the limit of {policy.max_bytes}")
+            _check_space(dest.parent, policy, total or 0)
             _stream_body(response, dest, policy, total, watchdog)
             return dest
         finally:
@@ -336,12 +344,37 @@ def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog) -> 
                 watchdog.received = done
                 if done > policy.max_bytes:
                     raise FetchError(f"input is over the limit of {policy.max_bytes} bytes")
-                out.write(chunk)
+                if done % SPACE_CHECK_BYTES < len(chunk):  # every few MB written
+                    _check_space(dest.parent, policy, 0)
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise DiskFull("the server's disk is full; the input was not kept") \
+                            from exc  # fmt: skip
+                    raise
         if total is not None and done < total:
             raise FetchError(f"download ended early: {done} of {total} bytes")
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: How often a download checks the disk's free space (bytes written between checks).
+SPACE_CHECK_BYTES = 8 * 1024 * 1024
+
+
+def _check_space(folder: Path, policy: FetchPolicy, needed: int) -> None:
+    """:class:`DiskFull` unless ``needed`` more bytes leave the disk above its floor."""
+    if not policy.min_free_bytes:
+        return
+    free = shutil.disk_usage(folder).free
+    if free - needed < policy.min_free_bytes:
+        mib = 2**20
+        raise DiskFull(
+            f"the server is low on disk space for this input ({free // mib} MiB free, "
+            f"{needed // mib} MiB needed, {policy.min_free_bytes // mib} MiB kept free)"
+        )
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:
@@ -355,4 +388,5 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
         max_redirects=settings.max_redirects,
         max_seconds=settings.fetch_max_seconds,
         min_rate=settings.fetch_min_bytes_per_second,
+        min_free_bytes=settings.min_free_disk_bytes,
     )

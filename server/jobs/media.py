@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carn_stream.pipeline.media.formats import FORMATS, OutputFormat
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME, SEGMENT_NAME_RE
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_index
 from carn_stream.server.limits import INPUT_NAME
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -64,7 +64,7 @@ class JobMedia:
 
     def hls_file(self, name: str) -> Path | None:
         """The HLS output's playlist or one of its segments; None for any other name."""
-        if not self.fmt.is_folder or (name != PLAYLIST_NAME and not SEGMENT_NAME_RE.match(name)):
+        if not self.fmt.is_folder or (name != PLAYLIST_NAME and segment_index(name) is None):
             return None
         return self.output / name
 

@@ -51,21 +51,27 @@ class JobRunner:
         offload: Callable[..., Awaitable] | None = None,
         slots: Slots | None = None,
         intake: Intake | None = None,
+        checks: Callable[..., Awaitable] | None = None,
     ) -> None:
         """``executor()`` gives the segment executor once it is ready (None until then);
         ``offload`` runs downloads (default: asyncio's thread pool); ``slots``, the executor's
         slots when shared with other users (else the runner's own); ``intake``, the service's
-        rules for inputs (else made from ``settings``)."""
+        rules for inputs (else made from ``settings``); ``checks`` runs a submission's address
+        checks (default: ``offload``)."""
         self.store, self.settings, self.metrics = store, settings, metrics
         self.data_dir = settings.data_dir
         self.intake = intake or Intake.from_settings(settings)
         self._executor = executor
         self._slots: Slots | None = slots
         self.offload = offload or asyncio.to_thread
+        self.checks = checks or self.offload
         self._running: dict[str, asyncio.Task] = {}
         self._cancel_flags: dict[str, threading.Event] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._scheduler: asyncio.Task | None = None
+        self._failing: dict[str, str] = {}  #: running jobs being stopped -> why they fail
+        self.failure: str | None = None  #: why the scheduler ended, when it did
 
     def media(self, job: Job) -> JobMedia:
         """Where the job's files are, and their URLs."""
@@ -93,27 +99,85 @@ class JobRunner:
 
     # ------------------------------------------------------------------ scheduling
 
+    def start(self) -> asyncio.Task:
+        """Start the scheduler (:meth:`run_forever`); its end, whatever the cause, is logged
+        and makes :attr:`alive` False (readiness says so)."""
+        self._scheduler = asyncio.create_task(self.run_forever(), name="job-scheduler")
+        self._scheduler.add_done_callback(self._scheduler_ended)
+        return self._scheduler
+
+    @property
+    def alive(self) -> bool:
+        """The scheduler runs (False before :meth:`start` and once it has ended)."""
+        return self._scheduler is not None and not self._scheduler.done()
+
+    def _scheduler_ended(self, task: asyncio.Task) -> None:
+        if self._stopping:
+            return
+        if task.cancelled():
+            self.failure = "the job scheduler was cancelled"
+        else:
+            exc = task.exception()
+            self.failure = f"the job scheduler stopped: {type(exc).__name__}: {exc}" if exc \
+                else "the job scheduler stopped"  # fmt: skip
+        log.error("%s; no job will start until the service restarts", self.failure,
+                  exc_info=None if task.cancelled() else task.exception())  # fmt: skip
+
     async def run_forever(self) -> None:
+        """Claim queued jobs while there is room, until :meth:`shutdown`. A round that fails
+        (the store cannot be read or written) is logged, and the next one tries again."""
         last_cleanup = 0.0
+        failing = False
         while not self._stopping:
-            executor = self._executor()
-            if time.monotonic() - last_cleanup > 600:
-                last_cleanup = time.monotonic()
-                await asyncio.to_thread(self.remove_expired)
-            if executor is not None:
-                if self._slots is None:
-                    self._slots = Slots(lambda ex=executor: ex.slots)  # a cluster grows, shrinks
-                while len(self._running) < self.settings.max_concurrent_jobs:
-                    job = self.store.claim_next()
-                    if job is None:
-                        break
-                    flag = self._cancel_flags[job.id] = threading.Event()
-                    task = asyncio.create_task(self._run(job, executor, flag), name=f"job-{job.id}")
-                    self._running[job.id] = task
-            self.refresh_gauges()
+            try:
+                if time.monotonic() - last_cleanup > 600:
+                    last_cleanup = time.monotonic()
+                    await asyncio.to_thread(self.remove_expired)
+                self._schedule()
+                self.refresh_gauges()
+                failing = False
+            except Exception:
+                if not failing:  # one line per stretch of failures, not one per round
+                    log.exception("the job scheduler failed a round; it keeps trying")
+                failing = True
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+
+    def _schedule(self) -> None:
+        if self._below_floor():
+            return  # queued jobs wait for space
+        executor = self._executor()
+        if executor is None:
+            return
+        if self._slots is None:
+            self._slots = Slots(lambda ex=executor: ex.slots)  # a cluster grows, shrinks
+        while len(self._running) < self.settings.max_concurrent_jobs:
+            job = self.store.claim_next()
+            if job is None:
+                break
+            flag = self._cancel_flags[job.id] = threading.Event()
+            task = asyncio.create_task(self._run(job, executor, flag), name=f"job-{job.id}")
+            self._running[job.id] = task
+
+    def _below_floor(self) -> bool:
+        """Whether the data folder's disk is below its floor; running jobs are then stopped
+        and failed with the reason (before the disk fills up and the store cannot write)."""
+        floor = self.settings.min_free_disk_bytes
+        if not floor:
+            return False
+        free = shutil.disk_usage(self.data_dir).free
+        if free >= floor:
+            return False
+        reason = (f"the server ran low on disk space ({free // 2**20} MiB free, "
+                  f"{floor // 2**20} MiB kept free); the job was stopped")  # fmt: skip
+        for job_id, task in self._running.items():
+            if job_id not in self._failing:
+                log.warning("job %s: %s", job_id, reason)
+                self._failing[job_id] = reason
+                self._cancel_flags[job_id].set()
+                task.cancel()
+        return True
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when it had already finished."""
@@ -164,7 +228,12 @@ class JobRunner:
             finished = True
             log.info("job %s succeeded", job.id)
         except asyncio.CancelledError:
-            if self._stopping:
+            reason = self._failing.pop(job.id, None)
+            if reason is not None:
+                await asyncio.to_thread(_discard, media)
+                self.store.finish(job.id, "failed", reason)
+                finished = True
+            elif self._stopping:
                 self.store.requeue(job.id)  # finished segments stay for the next start
             else:
                 await asyncio.to_thread(_discard, media)
@@ -187,6 +256,7 @@ class JobRunner:
                 shutil.rmtree(media.work, ignore_errors=True)
             self._running.pop(job.id, None)
             self._cancel_flags.pop(job.id, None)
+            self._failing.pop(job.id, None)
             self.refresh_gauges()
             self.wake()
 
@@ -198,6 +268,7 @@ class JobRunner:
             encoder=EncoderOptions(params.codec, params.crf, params.preset),
             batch_size=batch,
             weights=params.weights,
+            max_output_pixels=self.intake.max_output_pixels,
         )
 
     async def _make(

@@ -62,6 +62,10 @@ _ADDED_COLUMNS = {"plan": "TEXT"}
 SEGMENT_STATES = ("pending", "running", "done", "failed")
 
 
+class QueueFull(Exception):
+    """As many jobs as allowed wait in the queue already (``args[0]``: how many)."""
+
+
 @dataclass
 class Job:
     id: str
@@ -77,6 +81,9 @@ class Job:
     attempts: int = 0
     error: str | None = None
     plan: SegmentPlan | None = None
+    #: Why the stored row cannot be read (its parameters or plan are damaged); such a job is
+    #: shown with defaults and never runs.
+    damage: str | None = None
 
     @property
     def eta_seconds(self) -> float | None:
@@ -115,12 +122,26 @@ class JobStore:
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
+        """A row as a job; a row that does not read back (damaged parameters or plan) becomes
+        a job with default parameters, no plan and its ``damage`` said, never an exception."""
         data = dict(row)
         data.pop("seq")
-        data["params"] = JobParams.from_stored(data["params"])
+        problems = []
+        try:
+            data["params"] = JobParams.from_stored(data["params"])
+        except Exception as exc:  # whatever the row holds
+            data["params"] = JobParams()
+            problems.append(f"its parameters ({_first_line(exc)})")
         plan = data.pop("plan", None)
-        data["plan"] = SegmentPlan.from_dict(json.loads(plan)) if plan else None
-        return Job(**data)
+        try:
+            data["plan"] = SegmentPlan.from_dict(json.loads(plan)) if plan else None
+        except Exception as exc:
+            data["plan"] = None
+            problems.append(f"its plan ({_first_line(exc)})")
+        job = Job(**data)
+        if problems:
+            job.damage = f"the stored job cannot be read: {'; '.join(problems)}"
+        return job
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -149,9 +170,15 @@ class JobStore:
 
     # ------------------------------------------------------------------ writes
 
-    def create(self, url: str, params: JobParams) -> Job:
+    def create(self, url: str, params: JobParams, max_queued: int | None = None) -> Job:
+        """Queue a job; with ``max_queued``, :class:`QueueFull` when that many wait already
+        (counted in the same transaction, so submissions at once cannot overshoot it)."""
         job = Job(new_job_id(), "queued", url, params, time.time())
         with self._tx() as db:
+            if max_queued is not None:
+                queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()
+                if queued[0] >= max_queued:
+                    raise QueueFull(queued[0])
             db.execute(
                 "INSERT INTO jobs (id, state, url, params, created_at) VALUES (?, ?, ?, ?, ?)",
                 (job.id, job.state, url, params.to_stored(), job.created_at),
@@ -159,13 +186,22 @@ class JobStore:
         return job
 
     def claim_next(self) -> Job | None:
-        """The oldest queued job, now running (first in, first out)."""
+        """The oldest queued job, now running (first in, first out). Queued jobs whose rows
+        cannot be read are failed with the reason on the way."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
+            while True:
+                row = db.execute(
+                    "SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return None
+                damage = self._job(row).damage
+                if damage is None:
+                    break
+                db.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                    (damage, time.time(), row["id"]),
+                )
             db.execute(
                 "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?), "
                 "attempts = attempts + 1, fps = 0 WHERE id = ?",
@@ -184,7 +220,8 @@ class JobStore:
     def finish(
         self, job_id: str, state: str, error: str | None = None, at: float | None = None
     ) -> bool:
-        """Move a running or queued job to a final state; False if it had already ended."""
+        """Move a running or queued job to a final state (its running segments back to
+        pending); False if it had already ended."""
         assert state in FINISHED
         with self._tx() as db:
             cur = db.execute(
@@ -192,6 +229,11 @@ class JobStore:
                 "frames_done = CASE WHEN ? = 'succeeded' THEN frames_total ELSE frames_done END "
                 "WHERE id = ? AND state IN ('queued', 'running')",
                 (state, error, time.time() if at is None else at, state, job_id),
+            )
+            # Segments the job was making when it ended are not being made any more.
+            db.execute(
+                "UPDATE segments SET state = 'pending' WHERE job_id = ? AND state = 'running'",
+                (job_id,),
             )
         return cur.rowcount == 1
 
@@ -346,3 +388,9 @@ class SegmentRecord:
             rotation=self.rotation,
             node=self.node or "",
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception in a few words (pydantic's messages run over many lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
-from carn_stream.pipeline.media.hls import SEGMENT_NAME_RE, segment_name
+from carn_stream.pipeline.media.hls import segment_index, segment_name
 
 
 class Key(NamedTuple):
@@ -36,9 +36,8 @@ class SegmentCache:
         for path in self.root.glob("*/*/*"):
             if path.name.startswith(".") and path.name.endswith(".part"):
                 path.unlink(missing_ok=True)  # an unfinished segment of an earlier run
-            elif SEGMENT_NAME_RE.match(path.name):
+            elif (index := segment_index(path.name)) is not None:
                 stat = path.stat()
-                index = int(path.name.split("_")[1].split(".")[0])
                 found.append((stat.st_mtime, Key(path.parts[-3], path.parts[-2], index),
                               stat.st_size))  # fmt: skip
         for _, key, size in sorted(found):

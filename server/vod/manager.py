@@ -28,6 +28,7 @@ from pathlib import Path
 
 from carn_stream.model.named_weights import tuned_name
 from carn_stream.model.tune_report import TuneReport
+from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentTask
 from carn_stream.pipeline.execution.slots import Slots, Ticket
 from carn_stream.pipeline.frames import upscaled_size
@@ -41,11 +42,12 @@ from carn_stream.pipeline.media.renditions import (
 )
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.priorities import Priority
-from carn_stream.pipeline.run import PipelineOptions
+from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.server.inputs.exposure import public_url, redact_paths
 from carn_stream.server.inputs.fetch import fetch, validate_url
 from carn_stream.server.limits import INPUT_NAME, Intake
 from carn_stream.server.metrics import Metrics
+from carn_stream.server.streaming import OpenFile, Turns
 from carn_stream.server.vod.cache import Key, SegmentCache
 from carn_stream.server.vod.store import Rendition, Storage, Video, VideoStore, rendition_name
 from carn_stream.server.vod.title import (
@@ -73,6 +75,14 @@ class SegmentError(Exception):
     """A segment could not be made; the message names it and the reason."""
 
 
+class SegmentRefused(SegmentError):
+    """The input is at fault (over a limit, undecodable): making it again will not help."""
+
+
+class Busy(Exception):
+    """Too much is waiting already; the request may be sent again shortly."""
+
+
 class VideoGone(Exception):
     """The video was deleted while a request waited for one of its segments."""
 
@@ -84,6 +94,21 @@ class _Work:
     prefetch: bool  #: no player waits for it (yet)
     task: asyncio.Task | None = None
     started: bool = False  #: it holds an executor slot
+    waiters: int = 0  #: requests waiting for it now
+    dropped: bool = False  #: cancelled (a seek, or its players have gone)
+    frames: int = 0  #: the segment's frames
+    frames_done: int = 0
+
+    @property
+    def gone(self) -> bool:
+        """Cancelled or ended: a request cannot join it."""
+        task = self.task
+        return self.dropped or task is None or task.done() or task.cancelling() > 0
+
+    @property
+    def nearly_done(self) -> bool:
+        """Half made or more: worth finishing for the cache when its player has gone."""
+        return self.started and self.frames_done * 2 >= max(self.frames, 1)
 
 
 class VideoManager:
@@ -96,11 +121,16 @@ class VideoManager:
         slots: Slots,
         offload: Callable[..., Awaitable] | None = None,
         intake: Intake | None = None,
+        checks: Callable[..., Awaitable] | None = None,
     ) -> None:
         """``offload`` runs downloads and probes (default: asyncio's thread pool); ``intake``,
-        the service's rules for inputs (else made from ``settings``)."""
+        the service's rules for inputs (else made from ``settings``); ``checks`` runs address
+        checks (default: ``offload``)."""
         self.store, self.settings, self.metrics = store, settings, metrics
         self.offload = offload or asyncio.to_thread
+        self.checks = checks or self.offload
+        self.ingests = Turns(settings.max_concurrent_ingests)  #: ingests under way
+        self.responses = Turns(settings.max_segment_responses)  #: segment requests under way
         self.intake = intake or Intake.from_settings(settings)
         self.encoder = EncoderOptions()
         self.slots = slots
@@ -112,6 +142,8 @@ class VideoManager:
         self._playheads: dict[tuple[str, str], int] = {}  #: last segment each rendition served
         self._videos: dict[str, Video] = {}
         self._tunes: dict[str, asyncio.Task] = {}
+        self._deleting: set[str] = set()  #: videos being deleted now
+        self._closing = False
         metrics.vod_cache_bytes.set(self.cache.bytes)
         for video_id in store.unfinished_tunes():  # cut short by a stop: not resumed
             store.set_tune(video_id, "failed", tune_error="interrupted by a server restart")
@@ -133,13 +165,27 @@ class VideoManager:
     async def ingest(
         self, url: str, scales: list[int], tune: bool = False, store: StoreRequest | None = None
     ) -> Video:
-        """Fetch, check and plan ``url``; raises FetchError, LimitError, InputError, NotReady.
-        ``store``: keep a low-resolution copy instead (its upscaled rendition at ``store.scale``
-        is the source's size) and make the title's own model for it."""
+        """Fetch, check and plan ``url``; raises FetchError, LimitError, InputError, NotReady,
+        Busy (as many ingests as allowed are under way). Cancelling it (its client has gone)
+        stops the download at once. ``store``: keep a low-resolution copy instead (its
+        upscaled rendition at ``store.scale`` is the source's size) and make the title's own
+        model for it."""
         executor = self._executor()
         if executor is None:
             raise NotReady("the model is still loading; try again in a moment")
-        await self.offload(validate_url, url, self.intake.policy)
+        if not self.ingests.take():
+            raise Busy(f"{self.ingests.held} videos are being ingested already; "
+                       "try again in a moment")  # fmt: skip
+        try:
+            return await self._ingest(executor, url, scales, tune, store)
+        finally:
+            self.ingests.give()
+
+    async def _ingest(
+        self, executor: SegmentExecutor, url: str, scales: list[int], tune: bool,
+        store: StoreRequest | None,
+    ) -> Video:  # fmt: skip
+        await self.checks(validate_url, url, self.intake.policy)
         video_id = uuid.uuid4().hex
         folder = self.cache.folder(video_id)
         await asyncio.to_thread(folder.mkdir, parents=True)
@@ -191,6 +237,13 @@ class VideoManager:
 
     async def delete(self, video_id: str) -> bool:
         """Remove a video, its work in flight (its fine-tune too) and its cached segments."""
+        self._deleting.add(video_id)
+        try:
+            return await self._delete(video_id)
+        finally:
+            self._deleting.discard(video_id)
+
+    async def _delete(self, video_id: str) -> bool:
         tasks = [w.task for k, w in self._work.items() if k.video == video_id and w.task]
         if video_id in self._tunes:
             tasks.append(self._tunes[video_id])
@@ -208,6 +261,7 @@ class VideoManager:
         return existed
 
     async def close(self) -> None:
+        self._closing = True
         tasks = [w.task for w in self._work.values() if w.task is not None]
         tasks += self._tunes.values()
         for task in tasks:
@@ -330,41 +384,97 @@ class VideoManager:
 
     # ------------------------------------------------------------------ segments
 
-    async def segment(self, video: Video, rendition: str, index: int) -> bytes:
-        """The segment's bytes, from the cache or made now (a player waits for it)."""
+    async def segment(self, video: Video, rendition: str, index: int) -> OpenFile:
+        """The segment's file, opened, from the cache or made now (a player waits for it).
+        Cancelling the call (the player has gone) drops the work unless it is nearly done."""
         key = Key(video.id, rendition, index)
         began = time.monotonic()
         previous = self._playheads.get((video.id, rendition))
         self._playheads[(video.id, rendition)] = index
-        data = _read_cached(self.cache, key)
-        if data is not None:
+        opened = _open_cached(self.cache, key)
+        if opened is not None:
             self.metrics.vod_cache_hits.labels(rendition).inc()
             self._prefetch(video, rendition, index)
         else:
             self.metrics.vod_cache_misses.labels(rendition).inc()
-            work = self._work.get(key)
-            if work is None:
-                work = self._start(video, key, prefetch=False)
-            else:
-                self.metrics.vod_shared_requests.labels(rendition).inc()
-                if work.prefetch:  # a player waits for it now
-                    work.prefetch = False
-                    self.slots.raise_priority(work.ticket, Priority.WAITED)
-            self._prefetch(video, rendition, index)
-            assert work.task is not None
-            try:
-                data = await asyncio.shield(work.task)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if work.task.cancelled() and not (task and task.cancelling()):
-                    raise VideoGone(f"video {video.id} was deleted") from None
-                raise
+            opened = await self._wait_for(video, key)
         if previous is None or index not in (previous, previous + 1):
             # the start of a playback, or a seek
             self.metrics.vod_first_segment_seconds.labels(rendition).observe(
                 time.monotonic() - began
             )
-        return data
+        return opened
+
+    async def _wait_for(self, video: Video, key: Key) -> OpenFile:
+        """Join the work making ``key`` (or start it) and open what it made. Work a seek
+        dropped before it started is started again; a file evicted before it was opened is
+        made again."""
+        joined = False
+        for _ in range(3):
+            work = self._work.get(key)
+            if work is None or work.gone:
+                if self._waiting() >= self.settings.vod_max_waiting_segments:
+                    raise Busy(f"{self._waiting()} segments are already waiting to be made; "
+                               "try again in a moment")  # fmt: skip
+                work = self._start(video, key, prefetch=False)
+            elif not joined:
+                joined = True
+                self.metrics.vod_shared_requests.labels(key.rendition).inc()
+            if work.prefetch:  # a player waits for it now
+                work.prefetch = False
+                self.slots.raise_priority(work.ticket, Priority.WAITED)
+            self._prefetch(video, key.rendition, key.index)
+            assert work.task is not None
+            work.waiters += 1
+            try:
+                path = await asyncio.shield(work.task)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    self._player_gone(key)
+                    raise  # this request was cancelled: its player has gone
+                if self._closing:
+                    raise
+                if video.id in self._deleting or self.get(video.id) is None:
+                    raise VideoGone(f"video {video.id} was deleted") from None
+                continue  # dropped by a seek elsewhere, but wanted here: make it again
+            finally:
+                work.waiters -= 1
+                self._abandon(work)
+            try:
+                return await asyncio.to_thread(OpenFile.of, path)
+            except FileNotFoundError:
+                continue
+        raise SegmentError(f"segment {key.index} of {key.rendition} could not be kept long "
+                           "enough to be sent; try again")  # fmt: skip
+
+    def _waiting(self) -> int:
+        """Segments players wait for that have not started."""
+        return sum(not (w.prefetch or w.started or w.gone) for w in self._work.values())
+
+    def _abandon(self, work: _Work) -> None:
+        """Cancel work nobody waits for any more, unless it is prefetch work or half made
+        (then it is finished for the cache)."""
+        if work.waiters or work.prefetch or work.gone or work.nearly_done:
+            return
+        log.info("segment %s: nobody waits for it any more; dropped", work.key)
+        self._drop(work)
+
+    def _player_gone(self, key: Key) -> None:
+        """A player hung up waiting for ``key``: what was made ahead for it and has not
+        started is dropped too (a player that comes back asks again)."""
+        ahead = range(key.index + 1, key.index + 1 + self.settings.vod_prefetch_segments)
+        for other in list(self._work.values()):
+            same = (other.key.video, other.key.rendition) == (key.video, key.rendition)
+            if same and other.key.index in ahead and other.prefetch and not other.started \
+                    and not other.gone:  # fmt: skip
+                self._drop(other)
+        self._gauge()
+
+    def _drop(self, work: _Work) -> None:
+        work.dropped = True
+        assert work.task is not None
+        work.task.cancel()
 
     def _start(self, video: Video, key: Key, prefetch: bool) -> _Work:
         priority = (
@@ -401,9 +511,11 @@ class VideoManager:
                 self._start(video, key, prefetch=True)
         self._gauge()
 
-    async def _make(self, video: Video, work: _Work) -> bytes:
+    async def _make(self, video: Video, work: _Work) -> Path:
+        """Make the segment; returns where to read it (its place in the cache)."""
         key = work.key
         segment = video.plan.segments[key.index]
+        work.frames = segment.frames
         target = self.cache.path(key)
         # The slot first: work takes slots in the order of its tickets, not of a thread's
         # finishing the folder.
@@ -423,24 +535,29 @@ class VideoManager:
                 log.warning("video %s: %s (%s) failed: %s", video.id, segment.describe(),
                             key.rendition, exc)  # fmt: skip
                 reason = redact_paths(str(exc), self.cache.folder(video.id), video.url)
-                raise SegmentError(f"{segment.describe()} of {key.rendition} could not be "
-                                   f"made: {reason}") from exc  # fmt: skip
+                kind = SegmentRefused if isinstance(exc, PipelineError) else SegmentError
+                raise kind(f"{segment.describe()} of {key.rendition} could not be "
+                           f"made: {reason}") from exc  # fmt: skip
             seconds = time.monotonic() - began
         finally:
             self.slots.release()
         self.metrics.vod_realtime_factor.labels(key.rendition).observe(seconds / segment.duration)
         reason = "prefetch" if work.prefetch else "request"
         self.metrics.vod_segments_made.labels(key.rendition, reason).inc()
-        data = target.read_bytes()
+        size = (await asyncio.to_thread(target.stat)).st_size
         current = self.get(video.id)
         if current is not None and current.weights != video.weights:
-            target.unlink(missing_ok=True)  # made with weights the video no longer uses
-            return data
-        evicted = self.cache.add(key, len(data))
+            # Made with weights the video no longer uses: sent to those who wait, not kept
+            # (a name the cache removes at start, and removed once they have opened it).
+            stale = target.with_name(f".stale-{uuid.uuid4().hex}.part")
+            target.replace(stale)
+            asyncio.get_running_loop().call_later(60, stale.unlink, True)
+            return stale
+        evicted = self.cache.add(key, size)
         if evicted:
             self.metrics.vod_cache_evictions.inc(len(evicted))
         self.metrics.vod_cache_bytes.set(self.cache.bytes)
-        return data
+        return target
 
     async def _run(self, executor: SegmentExecutor, video: Video, work: _Work, target: Path):
         index = work.key.index
@@ -454,9 +571,14 @@ class VideoManager:
             batch_size=self.intake.batch(executor),
             priority=work.ticket.priority,
             weights=video.weights,
+            max_output_pixels=self.intake.max_output_pixels,
         )
         task = SegmentTask.of(video.source, video.plan, index, target, options)
-        return await executor.run(task, None)
+
+        def frame_done(_report: FrameReport) -> None:
+            work.frames_done += 1
+
+        return await executor.run(task, frame_done)
 
 
 async def _run_child(command: list[str], log_path: Path) -> None:
@@ -490,11 +612,12 @@ def _last_line(path: Path) -> str:
     return re.sub(r"^carn-stream [a-z-]+: error: ", "", lines[-1]) if lines else ""
 
 
-def _read_cached(cache: SegmentCache, key: Key) -> bytes | None:
+def _open_cached(cache: SegmentCache, key: Key) -> OpenFile | None:
+    """The cached segment opened (its recency refreshed), or None when it is not cached."""
     if not cache.touch(key):
         return None
     try:
-        return cache.path(key).read_bytes()
+        return OpenFile.of(cache.path(key))
     except FileNotFoundError:
         return None
 
