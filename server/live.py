@@ -96,6 +96,18 @@ class LiveStats:
     overloaded: bool = False  #: inference too slow even at the smallest useful input
     started: float = field(default_factory=time.monotonic)
     recent: list[float] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  #: source frames, the last 3 s
+
+    def arrived(self, at: float) -> None:
+        self.arrivals.append(at)
+        while self.arrivals and self.arrivals[0] < at - 3.0:
+            self.arrivals.pop(0)
+
+    @property
+    def source_fps(self) -> float | None:
+        """The rate the source sends frames at (None until two have arrived)."""
+        span = self.arrivals[-1] - self.arrivals[0] if len(self.arrivals) > 1 else 0.0
+        return round((len(self.arrivals) - 1) / span, 1) if span > 0 else None
 
     def mark(self, at: float) -> None:
         """Record a frame delivered at ``at``; keep only the last 3 s."""
@@ -239,6 +251,7 @@ class UpscaleTrack(MediaStreamTrack):
                     self.stats.dropped += 1
                     self.metrics.dropped_frames.labels("live").inc()
                 self._latest = (frame, time.monotonic())
+                self.stats.arrived(self._latest[1])
                 self._arrived.set()
         except MediaStreamError:
             pass
@@ -267,7 +280,8 @@ class UpscaleTrack(MediaStreamTrack):
         upscaled = yuv420_video_frame(y, u, v)
         upscaled.pts, upscaled.time_base = frame.pts, frame.time_base or Fraction(1, 90000)
         done = time.monotonic()
-        self._record(source_size, (y.shape[1], y.shape[0]), arrived, result, done)
+        sent = (frame.width, frame.height)  # as the model took it (shrunk or not)
+        self._record(source_size, sent, (y.shape[1], y.shape[0]), arrived, result, done)
         return upscaled
 
     def _shrink(self, frame: av.VideoFrame) -> av.VideoFrame:
@@ -280,7 +294,7 @@ class UpscaleTrack(MediaStreamTrack):
         small.pts, small.time_base = frame.pts, frame.time_base
         return small
 
-    def _record(self, source_size, out_size, arrived: float, result, done: float) -> None:
+    def _record(self, source_size, sent, out_size, arrived: float, result, done: float) -> None:
         s = self.stats
         s.frames += 1
         s.input_size, s.output_size = source_size, out_size
@@ -293,7 +307,9 @@ class UpscaleTrack(MediaStreamTrack):
             encode=max(0.0, done - result.finished),
             total=done - arrived,
         )
-        self.metrics.observe_frame(FrameReport(s.frames - 1, s.frames, 0, timings), "live")
+        report = FrameReport(s.frames - 1, s.frames, 0, timings, scale=self.scale, size=sent,
+                             frame_rate=s.source_fps)  # fmt: skip
+        self.metrics.observe_frame(report, "live")
         if self._on_size is not None:
             self._on_size(*out_size)
         slow = inference > self.policy.max_latency

@@ -41,7 +41,9 @@ RANKS: list[list[str]] = [
 ]
 PIPELINE_BASE = {"errors", "frames", "colour", "priorities", "__init__"}
 PIPELINE_RUN = {"run", "sampling", "calibration"}
-SERVER_BASE = {"limits", "metrics", "pages", "media_links", "database", "blocking", "__init__"}
+SERVER_BASE = {
+    "limits", "metrics", "speed", "pages", "media_links", "database", "blocking", "__init__",
+}  # fmt: skip
 SERVER_SERVICES = {"live": "server.live", "workers": "server.workers"}
 SERVER_DEPS = {"deps", "admission"}
 SERVER_APP = {"app", "middleware"}

@@ -16,6 +16,7 @@ from carn_stream.server.deps import Limit, Offset, Signer, require_token
 from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.fetch import FetchError
 from carn_stream.server.jobs.params import Scale
+from carn_stream.server.speed import SpeedBook
 from carn_stream.server.vod.manager import NotReady, SegmentError, VideoGone, VideoManager
 from carn_stream.server.vod.media import (
     MASTER_NAME,
@@ -60,11 +61,26 @@ class SegmentInfo(BaseModel):
     frames: int
 
 
+class PaceOut(BaseModel):
+    """Whether this machine makes a rendition as fast as it plays."""
+
+    fps: float | None = Field(description="frames per second the model makes at the video's size")
+    source_fps: float | None = Field(description="the video's frame rate")
+    keeps_up: bool | None = Field(description="fps >= source_fps (null: not measured yet)")
+    measured: bool = Field(description="measured at this size (else estimated from another)")
+    basis: str
+    text: str
+
+
 class RenditionOut(Rendition):
     playlist: str
     segments_cached: int
     bytes_cached: int
     cached: list[int] = Field(description="indexes of the segments in the cache")
+    pace: PaceOut | None = Field(
+        None, description="upscaled renditions: this machine's speed at the video's size "
+        "against its frame rate (the original is copied, not upscaled)",
+    )  # fmt: skip
 
 
 class TuneOut(BaseModel):
@@ -93,18 +109,26 @@ class VideoOut(BaseModel):
 
     @classmethod
     def of(
-        cls, video: Video, cached: dict[str, dict[int, int]], sign: Callable[[str], str] = str
-    ) -> VideoOut:
+        cls, video: Video, cached: dict[str, dict[int, int]], sign: Callable[[str], str] = str,
+        speed: SpeedBook | None = None,
+    ) -> VideoOut:  # fmt: skip
         """The video as the API shows it: its URL without secrets, playlist links signed by
-        ``sign`` (when the server has a token)."""
+        ``sign`` (when the server has a token), each upscaled rendition's pace from ``speed``."""
         plan = video.plan
         base = video_url(video.id)
+        rate = float(plan.frame_rate) if plan.frame_rate else None
         renditions = []
         for r in video.renditions:
             made = cached.get(r.name, {})
+            pace = None
+            if speed is not None and r.scale > 1:
+                found = speed.pace(r.scale, plan.width, plan.height, rate)
+                pace = PaceOut(**{k: v for k, v in found.as_dict().items()
+                                  if k in PaceOut.model_fields})  # fmt: skip
             renditions.append(RenditionOut(
                 **r.model_dump(), playlist=sign(playlist_url(video.id, r.name)),
                 segments_cached=len(made), bytes_cached=sum(made.values()), cached=sorted(made),
+                pace=pace,
             ))  # fmt: skip
         return cls(
             id=video.id,
@@ -165,7 +189,7 @@ async def create_video(body: VideoCreate, videos: Videos, sign: Signer) -> Video
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     except (FetchError, PipelineError, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    return VideoOut.of(video, {}, sign)
+    return VideoOut.of(video, {}, sign, videos.metrics.speed)
 
 
 @router.get("", response_model=VideoPage)
@@ -177,7 +201,7 @@ def list_videos(
 ) -> VideoPage:
     """Videos, newest first."""
     items, total = videos.store.list(offset, limit)
-    out = [VideoOut.of(v, videos.cached(v.id), sign) for v in items]
+    out = [VideoOut.of(v, videos.cached(v.id), sign, videos.metrics.speed) for v in items]
     return VideoPage(items=out, total=total, offset=offset, limit=limit)
 
 
@@ -185,7 +209,7 @@ def list_videos(
 def get_video(video_id: str, videos: Videos, sign: Signer) -> VideoOut:
     """Duration, segments, renditions with what of each is cached, and the fine-tune's state."""
     video = _video_or_404(videos, video_id)
-    return VideoOut.of(video, videos.cached(video.id), sign)
+    return VideoOut.of(video, videos.cached(video.id), sign, videos.metrics.speed)
 
 
 @router.delete(
