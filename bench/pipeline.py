@@ -171,8 +171,9 @@ def main() -> int:
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp_name:
-            tmp = Path(tmp_name)
             for label, name, w, h, scale in CASES + (GPU_CASES if cuda else []):
+                tmp = Path(tmp_name) / label.replace(" ", "-")  # each case's outputs apart
+                tmp.mkdir()
                 frames = args.frames or (240 if cuda else (72 if w * h < 40000 else 48))
                 clip = make_clip(DATA / "video" / name, w, h, frames, tmp / f"{w}x{h}.mp4")
                 frames = probe(clip).frames  # a clip shorter than asked gives what it has

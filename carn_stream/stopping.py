@@ -16,7 +16,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -38,9 +38,10 @@ def exit_now(code: int = EXIT_INTERRUPTED) -> None:
     os._exit(code)
 
 
-def run_stoppable(main: Coroutine[Any, Any, T], doing: str) -> T:
-    """``asyncio.run(main)``; on SIGINT/SIGTERM say ``stopping: <doing>``, cancel ``main``,
-    let its cleanup finish, then exit with 130. A second signal exits at once."""
+def run_stoppable(main: Coroutine[Any, Any, T], doing: str | Callable[[], str]) -> T:
+    """``asyncio.run(main)``; on SIGINT/SIGTERM say ``stopping: <doing>`` (a callable: what it
+    returns then), cancel ``main``, let its cleanup finish, then exit with 130. A second signal
+    exits at once."""
     stopped = False
 
     async def runner() -> T:
@@ -54,7 +55,7 @@ def run_stoppable(main: Coroutine[Any, Any, T], doing: str) -> T:
                 _say(f"{signal.Signals(signum).name} again: exiting without cleaning up")
                 exit_now()
             stopped = True
-            _say(f"stopping: {doing}")
+            _say(f"stopping: {doing() if callable(doing) else doing}")
             task.cancel()
 
         for signum in STOP_SIGNALS:

@@ -44,6 +44,29 @@ class Item:
     frames: int = 0
     seconds: float = 0.0
     result: str = "pending"
+    done: set[int] = field(default_factory=set)  #: segments finished (resumed ones included)
+    made: dict[int, int] = field(default_factory=dict)  #: unfinished segment -> frames made
+
+
+def stop_note(items: list[Item], where: Path | str) -> str:
+    """What a stop now leaves: the segments done (kept in ``where``) and the frames a rerun
+    makes again (those of the segments in progress)."""
+    running = [item for item in items if item.plan is not None and item.result == "pending"]
+    if not running:
+        return "no segment was started; nothing to keep"
+    total = sum(len(item.plan.segments) for item in running)
+    done = sum(len(item.done) for item in running)
+    redo = sum(sum(item.made.values()) for item in running)
+    lost = f"makes again the {redo} frame{'s' * (redo != 1)} of the segments in progress"
+    if done == 0:
+        return (
+            f"abandoning the segments in progress; no segment is done yet (0 of {total}), so "
+            f"running the same command again starts from the first frame and {lost}"
+        )
+    return (
+        f"abandoning the segments in progress; {done} of {total} segments are done and stay in "
+        f"{where}: running the same command again resumes from them and {lost}"
+    )
 
 
 def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,8 +99,7 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     where = items[0].work if not folder_run else "each output's work folder"
     return run_stoppable(
         _upscale(args, items, encoder, seconds, executor, folder_run),
-        f"abandoning the segments in progress; finished ones stay in {where} "
-        "(run the same command again to resume)",
+        lambda: stop_note(items, where),
     )
 
 
@@ -140,9 +162,11 @@ def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
 def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> None:
     """What makes the run resumable, and an interrupted run of it if there is one."""
     from carn_stream.pipeline.execution.workdir import WorkDir, run_identity
+    from carn_stream.pipeline.media.segments import PLAN_RULE
 
     item.identity = run_identity(
         item.source,
+        plan_rule=PLAN_RULE,  # a run planned by another rule starts afresh
         scale=args.scale,
         format=item.fmt.name,
         codec=encoder.codec,
@@ -198,6 +222,7 @@ async def _upscale_items(args, items: list[Item], seconds, encoder, executor, fo
     for item in todo:
         if item.resumed is not None:
             item.plan, done = item.resumed
+            item.done = set(done)
             frames_done = sum(r.frames for r in done.values())
             print(
                 f"carn-stream: resuming {item.output} from {item.work}: {len(done)} of "
@@ -261,7 +286,13 @@ async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: boo
         if not said and not folder_run and report.precision:  # auto decides on the first frame
             said.append(True)
             print(f"precision {report.precision}", file=sys.stderr)
+        item.made[report.segment] = item.made.get(report.segment, 0) + 1
         bar.update(note=note)
+
+    def on_done(result) -> None:
+        folder.record(result, run.segment_path(result.index))
+        item.done.add(result.index)
+        item.made.pop(result.index, None)
 
     run = SegmentedRun(
         source=item.source,
@@ -274,7 +305,8 @@ async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: boo
         done=done,
         in_flight=executor.slots,
         on_frame=on_frame,
-        on_done=lambda result: folder.record(result, run.segment_path(result.index)),
+        on_start=lambda index, attempt: item.made.pop(index, None),  # a retry starts over
+        on_done=on_done,
     )
     await run.execute()
     folder.remove()

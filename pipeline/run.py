@@ -106,6 +106,9 @@ class FrameReport:
     #: the engine's precision as the run's first frame found it (auto decides then); "" after
     precision: str = ""
     segment: int = 0  #: the index of the segment the frame belongs to
+    scale: int = 0
+    size: tuple[int, int] = (0, 0)  #: the frame's width and height as the model took it
+    frame_rate: float | None = None  #: the source's frames per second (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ class _PipelineRun:
         self.done = 0
         self.expected = 0
         self.rotation = 0
+        self.frame_rate: float | None = None
 
     async def execute(self) -> RunResult:
         started = time.monotonic()
@@ -210,6 +214,7 @@ class _PipelineRun:
         try:
             container = await self.decoder.call(open_input, self.source, self.input_options)
             info = describe(container)
+            self.frame_rate = float(info.frame_rate) if info.frame_rate else None
             self.expected = self.part.segment.frames
             self.sink = await self.encoder.call(
                 VideoSink,
@@ -307,6 +312,7 @@ class _PipelineRun:
         while (entry := await self.results_q.get()) is not _END:
             item, future = entry
             result: BatchResult = await future
+            height, width = item.frames[0].size
             frames = _upscaled(item, result)
             self.rotation = item.frames[0].rotation
             backlog = [self.audio.popleft() for _ in range(len(self.audio))]
@@ -336,6 +342,9 @@ class _PipelineRun:
                             batch_start=position == 0,
                             precision=self.worker.engine.describe_precision() if first else "",
                             segment=self.part.segment.index,
+                            scale=self.options.scale,
+                            size=(width, height),
+                            frame_rate=self.frame_rate,
                         )
                     )
         await self.encoder.call(_write, sink, [], None, list(self.audio), 0)

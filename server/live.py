@@ -119,7 +119,11 @@ class LiveStats:
 
     @property
     def source_fps(self) -> float:
-        return sum(t > time.monotonic() - 3.0 for t in self.arrivals) / 3.0
+        """The rate the source sends frames at, over its frames of the last 3 s (0 until two
+        have arrived): right from a session's first frames, not diluted by a 3 s window."""
+        recent = [t for t in self.arrivals if t > time.monotonic() - 3.0]
+        span = recent[-1] - recent[0] if len(recent) > 1 else 0.0
+        return (len(recent) - 1) / span if span > 0 else 0.0
 
     @property
     def keeping_up(self) -> bool:
@@ -293,7 +297,8 @@ class UpscaleTrack(MediaStreamTrack):
         upscaled = yuv420_video_frame(y, u, v)
         upscaled.pts, upscaled.time_base = frame.pts, frame.time_base or Fraction(1, 90000)
         done = time.monotonic()
-        self._record(source_size, (y.shape[1], y.shape[0]), arrived, result, done)
+        sent = (frame.width, frame.height)  # as the model took it (shrunk or not)
+        self._record(source_size, sent, (y.shape[1], y.shape[0]), arrived, result, done)
         return upscaled
 
     def _shrink(self, frame: av.VideoFrame) -> av.VideoFrame:
@@ -306,7 +311,7 @@ class UpscaleTrack(MediaStreamTrack):
         small.pts, small.time_base = frame.pts, frame.time_base
         return small
 
-    def _record(self, source_size, out_size, arrived: float, result, done: float) -> None:
+    def _record(self, source_size, sent, out_size, arrived: float, result, done: float) -> None:
         s = self.stats
         s.frames += 1
         s.input_size, s.output_size = source_size, out_size
@@ -319,7 +324,9 @@ class UpscaleTrack(MediaStreamTrack):
             encode=max(0.0, done - result.finished),
             total=done - arrived,
         )
-        self.metrics.observe_frame(FrameReport(s.frames - 1, s.frames, 0, timings), "live")
+        report = FrameReport(s.frames - 1, s.frames, 0, timings, scale=self.scale, size=sent,
+                             frame_rate=s.source_fps or None)  # fmt: skip
+        self.metrics.observe_frame(report, "live")
         if self._on_size is not None:
             self._on_size(*out_size)
         slow = inference > self.policy.max_latency

@@ -21,12 +21,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from carn_stream.pipeline.run import FrameReport
 from carn_stream.progress_rate import RateMeter
+from carn_stream.server.speed import SpeedBook
 
 # One `_created` series per labelled child doubled the exposition for no use (process-wide).
 disable_created_metrics()
 
 #: Frame latencies run from milliseconds (GPU) to many seconds (large frames on a CPU).
 FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Time to make a video's segment over its duration: well below 1 on a GPU; on 2 CPU cores
+#: measured from 0.65 (160x90 x2) through 2.6 (320x180 x2) and 14-48 (loaded, bf16 and fp32)
+#: to 28 (x2 on an AVX2-only CPU); larger inputs on a CPU run into the hundreds
+#: (docs/PERFORMANCE.md).
+REALTIME_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 12, 20, 30, 50, 80, 120, 250,
+)  # fmt: skip
 
 
 class Metrics:
@@ -80,6 +88,8 @@ class Metrics:
             registry=r,
         )
         self._rate: dict[str, RateMeter] = {}
+        #: the model's speed per input size, from the same frame reports (``/readyz``)
+        self.speed = SpeedBook()
         self.segment_retries = Counter(
             "carn_stream_segment_retries",
             "Segment attempts that failed and were run again (a worker or node was lost)",
@@ -95,7 +105,7 @@ class Metrics:
             "carn_stream_vod_realtime_factor",
             "Time to make a segment over its duration (below 1 keeps up with playback)",
             ["rendition"],
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 4, 8, 16),
+            buckets=REALTIME_BUCKETS,
             registry=r,
         )
         self.vod_first_segment_seconds = Histogram(
@@ -142,6 +152,7 @@ class Metrics:
         self.frames.labels(mode).inc()
         if report.batch_start:
             self.batch_frames.observe(report.batch_frames)
+        self.speed.observe(report, "live" if mode == "live" else "segments")
         if mode not in self._rate:
             meter = self._rate[mode] = RateMeter()
             self.fps.labels(mode).set_function(lambda: meter.rate() or 0.0)

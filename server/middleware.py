@@ -17,7 +17,7 @@ from carn_stream.server.metrics import Metrics
 #: Paths anyone may open, token or not: health, readiness, metrics and the page shell (pages,
 #: their scripts and styles, the API docs and their assets).
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/", "/live", "/docs", "/docs/oauth2-redirect",
+    {"/healthz", "/readyz", "/metrics", "/", "/live", "/watch", "/docs", "/docs/oauth2-redirect",
      "/redoc", "/openapi.json"}
 )  # fmt: skip
 PUBLIC_PREFIXES = ("/static/", "/docs-assets/")

@@ -1,4 +1,5 @@
-"""Web pages: the jobs page at ``/``, the live page, and the API docs served without a CDN."""
+"""Web pages: the jobs page at ``/``, the live page, the videos page, and the API docs served
+without a CDN."""
 
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ def jobs_page() -> FileResponse:
 def live_page() -> FileResponse:
     """Live upscaling of the camera, original and upscaled side by side."""
     return FileResponse(STATIC_DIR / "live.html", media_type="text/html")
+
+
+@router.get("/watch")
+def videos_page() -> FileResponse:
+    """Videos served on request: add one, see whether this machine keeps up, play it."""
+    return FileResponse(STATIC_DIR / "videos.html", media_type="text/html")
 
 
 def _asset(request: Request, name: str) -> str:

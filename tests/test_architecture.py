@@ -41,8 +41,8 @@ RANKS: list[list[str]] = [
 ]
 PIPELINE_BASE = {"errors", "frames", "colour", "priorities", "__init__"}
 PIPELINE_RUN = {"run", "sampling", "calibration", "title_frames", "title_model", "title_report"}
-SERVER_BASE = {"limits", "metrics", "pages", "media_links", "database", "blocking", "disconnect",
-               "streaming", "connections", "__init__"}  # fmt: skip
+SERVER_BASE = {"limits", "metrics", "speed", "pages", "media_links", "database", "blocking",
+               "disconnect", "streaming", "connections", "__init__"}  # fmt: skip
 SERVER_SERVICES = {"live": "server.live", "workers": "server.workers"}
 SERVER_DEPS = {"deps", "admission"}
 SERVER_APP = {"app", "middleware"}

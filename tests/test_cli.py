@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -418,7 +419,11 @@ def test_upscale_stops_promptly_on_a_signal(signum, slow_clip, weights_path, tmp
     text = "".join(lines)
     assert code == 130, text
     assert took < 2.5, f"took {took:.1f} s to stop"
-    assert "stopping: abandoning the segments in progress; finished ones stay in" in text
+    # One segment (12 frames), not done: nothing is kept, and a rerun makes again what was made.
+    said = re.search(r"stopping: abandoning the segments in progress; no segment is done yet "
+                     r"\(0 of 1\), so running the same command again starts from the first "
+                     r"frame and makes again the (\d+) frames? of the segments in progress", text)
+    assert said and 1 <= int(said[1]) < 12, text
     assert "terminate called" not in text and "Traceback" not in text
     assert not out.exists() and not list(tmp_path.rglob("*.part"))  # nothing half-written
 
@@ -500,3 +505,27 @@ def test_a_weights_download_is_announced_before_the_host_answers(tmp_path, caplo
     (record,) = [r for r in caplog.records if "downloading" in r.getMessage()]
     assert url in record.getMessage() and record.created - (time.time() - 5) > 0
     assert list(tmp_path.iterdir()) == []  # no partial file left
+
+
+def test_a_stop_says_how_many_segments_are_done_and_what_a_rerun_redoes(tmp_path, data_dir):
+    from carn_stream.pipeline.media.segments import plan_segments
+    from carn_stream.upscale_command import Item, stop_note
+    from tests.media import decode_rgb, downscale_frames, write_clip
+
+    # Big Buck Bunny's own GOP: one keyframe; 132 frames in 4 s segments (100 + 32 frames).
+    frames = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 132), (64, 36))
+    clip = write_clip(tmp_path / "one.mp4", frames, options={"g": "1000", "crf": "20"})
+    plan = plan_segments(clip, 4.0)
+    item = Item(clip, tmp_path / "out.mp4", None, tmp_path / "work", plan=plan)
+    item.made = {0: 55}  # stopped at 55 of 132 frames, none of them in a finished segment
+    assert stop_note([item], item.work) == (
+        "abandoning the segments in progress; no segment is done yet (0 of 2), so running the "
+        "same command again starts from the first frame and makes again the 55 frames of the "
+        "segments in progress"
+    )
+    item.done, item.made = {0}, {1: 1}
+    assert stop_note([item], item.work) == (
+        f"abandoning the segments in progress; 1 of 2 segments are done and stay in {item.work}: "
+        "running the same command again resumes from them and makes again the 1 frame of the "
+        "segments in progress"
+    )

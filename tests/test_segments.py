@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from carn_stream.model.baselines import Bicubic
@@ -23,7 +25,12 @@ from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequ
 from carn_stream.pipeline.execution.segmented import SegmentedRun, SegmentFailed
 from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_name
-from carn_stream.pipeline.media.segments import SegmentPlan, plan_segments, segment_frames
+from carn_stream.pipeline.media.segments import (
+    WHOLE,
+    SegmentPlan,
+    plan_segments,
+    segment_frames,
+)
 from carn_stream.pipeline.run import PipelineOptions
 from carn_stream.server.jobs.store import JobStore
 from tests.helpers import REPO_ROOT, launch_chromium, official_weights_path
@@ -106,8 +113,42 @@ def test_plans_cut_on_keyframes_near_the_target(clips):
     assert [round(s.duration, 6) for s in plan.segments] == [2.0, 2.0]
     plan = plan_segments(clips["bframes"], target_seconds=1.0)
     assert len(plan.segments) == 4
-    one = plan_segments(clips["one_keyframe"], target_seconds=1.0)
-    assert len(one.segments) == 1 and one.segments[0].frames == 60
+    assert plan.keyframe_aligned and all(s.key for s in plan.segments)
+
+
+def test_an_input_with_one_keyframe_is_cut_into_segments_of_the_target_length(clips):
+    # Once one segment of 60 frames: no resume, no spread over a cluster, one HLS segment.
+    plan = plan_segments(clips["one_keyframe"], target_seconds=1.0)
+    assert [s.frames for s in plan.segments] == [25, 35]  # the 0.4 s tail joins the last
+    assert [s.key for s in plan.segments] == [True, False] and not plan.keyframe_aligned
+    # The segment that starts between keyframes decodes to exactly the frames a decode of
+    # the whole input gives there, pixel for pixel (decoded from the keyframe, then dropped).
+    with av.open(str(clips["one_keyframe"])) as container:
+        whole = [f.planes for f in segment_frames(container, plan_segments(
+            clips["one_keyframe"], WHOLE).segments[0])]  # fmt: skip
+    with av.open(str(clips["one_keyframe"])) as container:
+        second = list(segment_frames(container, plan.segments[1]))
+    assert [f.index for f in second] == list(range(25, 60))
+    assert all(
+        all(np.array_equal(a, b) for a, b in zip(f.planes, whole[f.index], strict=True))
+        for f in second
+    )
+
+
+def test_cuts_stay_on_keyframes_where_they_come_often_enough(tmp_path, clips):
+    frames = decode_rgb(clips["bframes"], 100)
+    # A keyframe every 2 s against 1 s segments: each keyframe is taken where one lies within
+    # half a target of the cut (2 s, 4 s); the cuts between them fall on plain frames.
+    sparse = write_clip(tmp_path / "sparse.mp4", frames,
+                        options={**X264, "x264-params": "keyint=50:min-keyint=50:scenecut=0"})
+    plan = plan_segments(sparse, target_seconds=1.0)
+    assert [s.frames for s in plan.segments] == [25, 25, 25, 25]
+    assert [s.key for s in plan.segments] == [True, False, True, False]
+    # A keyframe every 1.2 s: near enough to the 1 s target, so every cut is on one.
+    near = write_clip(tmp_path / "near.mp4", frames,
+                      options={**X264, "x264-params": "keyint=30:min-keyint=30:scenecut=0"})
+    plan = plan_segments(near, target_seconds=1.0)
+    assert [s.frames for s in plan.segments] == [30, 30, 40] and plan.keyframe_aligned
 
 
 def test_a_plan_survives_the_store_and_refuses_damage(clips):
@@ -198,6 +239,55 @@ def test_segmented_hls_lists_exact_durations_and_decodes_to_the_input_frames(
     assert payloads == src.audio_packets
 
 
+def test_a_one_keyframe_input_is_made_in_segments_that_keep_every_frame(
+    clips, bicubic_worker, tmp_path
+):
+    out = tmp_path / "one.mp4"
+    run = make(clips["one_keyframe"], out, "mp4", bicubic_worker)
+    assert len(run.done) == 2  # two segments, each made (and resumable) on its own
+    assert facts(out).pts == facts(clips["one_keyframe"]).pts
+
+
+def test_a_segment_between_keyframes_travels_to_a_cluster_worker_with_its_preroll(
+    clips, tmp_path
+):
+    from carn_stream.pipeline.execution.segment_transport import (
+        cut_segment,
+        localize,
+        write_copy,
+    )
+
+    source = clips["one_keyframe"]
+    plan = plan_segments(source, 1.0)
+    segment = plan.segments[1]
+    copy = write_copy(cut_segment(source, segment, plan.time_base, last=True), tmp_path)
+    local, _ = localize(segment, plan.time_base, copy)
+    with av.open(str(copy)) as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+    # The packets from the keyframe on: the 25 frames before the segment travel with it.
+    assert packets[0].is_keyframe and len(packets) == 60
+    with av.open(str(copy)) as c:
+        got = list(segment_frames(c, local))
+    with av.open(str(source)) as c:
+        want = list(segment_frames(c, segment))
+    assert [f.pts * f.time_base for f in got] == [f.pts * f.time_base for f in want]
+    assert all(
+        all(np.array_equal(a, b) for a, b in zip(g.planes, w.planes, strict=True))
+        for g, w in zip(got, want, strict=True)
+    )
+
+
+def test_a_segment_between_keyframes_is_not_remuxed_as_it_is(clips, tmp_path):
+    from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
+
+    plan = plan_segments(clips["one_keyframe"], 1.0)
+    target = tmp_path / "segment_00001.ts"
+    with pytest.raises(InputError, match=r"segment 1 \(1\.00-2\.40 s\) does not start on a "
+                                         "keyframe"):  # fmt: skip
+        remux_segment(RemuxTask.of(clips["one_keyframe"], plan, 1, target))
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_segmented_hls_plays_to_the_end_in_chromium(clips, bicubic_worker, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -258,6 +348,31 @@ def segment_files(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("segment_*.ts")}
 
 
+def test_a_work_folder_planned_by_the_earlier_rule_is_not_resumed(clips, tmp_path):
+    from argparse import Namespace
+
+    from carn_stream.pipeline.execution.workdir import WorkDir
+    from carn_stream.pipeline.media.encode import EncoderOptions
+    from carn_stream.settings import Settings
+    from carn_stream.upscale_command import Item, _identify
+
+    source, work = clips["one_keyframe"], tmp_path / "work"
+    item = Item(source, tmp_path / "out.mp4", FORMATS["mp4"], work)
+
+    def identify() -> None:
+        _identify(item, Namespace(scale=2), Settings(), EncoderOptions(), 1.0)
+
+    identify()
+    # The earlier rule planned this input as one segment, under an identity without the rule.
+    earlier = {k: v for k, v in item.identity.items() if k != "plan_rule"}
+    WorkDir(work).start(earlier, plan_segments(source, WHOLE))
+    identify()
+    assert item.resumed is None  # started afresh, with today's plan
+    WorkDir(work).start(item.identity, plan_segments(source, 1.0))
+    identify()
+    assert item.resumed is not None and len(item.resumed[0].segments) == 2
+
+
 @pytest.mark.slow
 def test_the_cli_resumes_after_being_killed(clips, tmp_path):
     out = tmp_path / "out.mp4"
@@ -295,6 +410,39 @@ def test_the_cli_resumes_after_being_killed(clips, tmp_path):
     assert "resuming" in stderr and f"{len(kept)} of 4 segments" in stderr
     assert facts(out).pts == facts(clips["bframes"]).pts
     assert not work.exists()  # removed once the output is complete
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_one_keyframe_input_says_what_is_kept_and_the_rerun_resumes(clips, tmp_path):
+    # Once one segment: stopped at 55 of 132 frames, "finished ones stay" though none had,
+    # and the rerun started over from frame 0.
+    source = write_clip(tmp_path / "one.mp4", decode_rgb(clips["bframes"], 100),
+                        options={**X264, "g": "1000"})  # fmt: skip
+    out, work = tmp_path / "out.mp4", tmp_path / "work"
+    args = ("upscale", str(source), str(out), "--scale", "4", "--precision", "fp32",
+            "--segment-seconds", "1", "--work-dir", str(work))  # fmt: skip
+    manifest = work / "segments.jsonl"
+    first = cli(*args)
+    try:
+        wait_for(lambda: manifest.is_file() and manifest.read_text().count("\n") >= 1, 120,
+                 "a finished segment")  # fmt: skip
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=30)
+    finally:
+        first.kill()
+    assert first.returncode == 130, stderr
+    kept = manifest.read_text().count("\n")
+    said = re.search(r"stopping: abandoning the segments in progress; (\d+) of 4 segments are "
+                     r"done and stay in (\S+): running the same command again resumes from them "
+                     r"and makes again the (\d+) frames? of the segments in progress", stderr)
+    assert said, stderr
+    assert int(said[1]) == kept and said[2] == str(work)
+    assert 0 < int(said[3]) < 100 - 25 * kept  # the other segment in flight had made some
+    second = cli(*args)
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    assert f"{kept} of 4 segments ({25 * kept} frames) already done" in stderr
+    assert facts(out).pts == facts(source).pts
 
 
 @pytest.mark.slow

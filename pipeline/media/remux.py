@@ -5,7 +5,9 @@ segment's keyframe (decode order) and the audio of its time range, with every ti
 by :data:`~carn_stream.pipeline.media.encode.SEGMENT_OFFSET_SECONDS` exactly as upscaled segments
 are, so a player can switch between the original and an upscaled rendition at any segment.
 Audio that MPEG-TS cannot carry as it is is left out. Written under a temporary name and
-published by rename.
+published by rename. Only a segment that starts on a keyframe can be copied so (a plan cut
+between the keyframes of a long-GOP input has segments that need a decode pre-roll): see
+:attr:`~carn_stream.pipeline.media.segments.SegmentPlan.keyframe_aligned`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
     if stream.codec_context.name not in REMUXABLE_VIDEO:
         raise InputError(f"{stream.codec_context.name} video cannot be remuxed into MPEG-TS")
     segment = task.segment
+    if not segment.key:
+        raise InputError(
+            f"{segment.describe()} does not start on a keyframe: its packets cannot be copied "
+            "as they are"
+        )
     copyable = SEGMENT_AUDIO
     audio = [s for s in audio_in.streams.audio if s.codec_context.name in copyable]
     kept = {s.index for s in audio}

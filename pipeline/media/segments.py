@@ -1,15 +1,19 @@
-"""Segments, the unit of work: a video planned as keyframe-aligned time ranges.
+"""Segments, the unit of work: a video planned as time ranges of about the target duration.
 
 The plan comes from the input's packet index alone (demux, no decoding), so it is fast for any
-length. Every segment starts at a keyframe and records its exact presentation range in the
-video stream's time base, its frame count and its first frame's index; across the plan every
-input frame belongs to exactly one segment. Decoding a segment starts at the keyframe at or
-before its start, drops frames before the start and stops at its end, which keeps open-GOP and
-B-frame inputs exact.
+length. Segments start on a keyframe where the input has one near the target (within
+:data:`KEYFRAME_REACH` of it), and between keyframes otherwise, so a long-GOP input (one
+keyframe, a screen recording) is cut like any other. Each segment records its exact
+presentation range in the video stream's time base, its frame count, its first frame's index
+and whether it starts on a keyframe; across the plan every input frame belongs to exactly one
+segment. Decoding a segment starts at the keyframe at or before its start, drops the frames
+before the start (the pre-roll) and stops at its end, which keeps open-GOP and B-frame inputs
+exact.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -28,23 +32,33 @@ from carn_stream.pipeline.media.decode import (
     open_input,
 )
 
-#: Segments are never shorter than this unless the input has no closer keyframe.
+#: Segments are never shorter than this (a shorter tail joins the segment before it).
 MIN_SEGMENT_SECONDS = 1.0
+#: A segment ends on a keyframe when one lies within this fraction of the target duration
+#: either side of it (0.5: between 0.5 and 1.5 targets); otherwise between keyframes, at the
+#: frame nearest the target.
+KEYFRAME_REACH = 0.5
+#: The planning rule's version: part of what identifies a resumable run, so that a run
+#: planned by another rule is not resumed with this one's segments.
+PLAN_RULE = 2
 #: A plan's target duration that makes the whole input one segment.
 WHOLE = math.inf
 
 
 @dataclass(frozen=True)
 class Segment:
-    """One keyframe-aligned range of the video: ``start_pts <= pts < end_pts``."""
+    """One range of the video: ``start_pts <= pts < end_pts``."""
 
     index: int
-    start_pts: int  #: first frame's presentation timestamp (a keyframe, or the first frame)
+    start_pts: int  #: first frame's presentation timestamp
     end_pts: int  #: the next segment's start, or the end of the last frame
     frames: int
     first_frame: int  #: index of the segment's first frame in the whole video
     start: float  #: seconds, from the time base
     duration: float  #: seconds
+    #: it starts on a keyframe (or is the first): decoded without pre-roll, and its packets
+    #: can be copied as they are (the original rendition of a video)
+    key: bool = True
 
     @property
     def end(self) -> float:
@@ -104,6 +118,7 @@ class SegmentPlan:
                         first_frame=int(s["first_frame"]),
                         start=float(s["start"]),
                         duration=float(s["duration"]),
+                        key=bool(s.get("key", True)),  # plans before the key field: all keyed
                     )
                     for s in data["segments"]
                 ),
@@ -133,6 +148,11 @@ class SegmentPlan:
     @property
     def max_duration(self) -> float:
         return max(s.duration for s in self.segments)
+
+    @property
+    def keyframe_aligned(self) -> bool:
+        """Every segment starts on a keyframe (its packets can be remuxed as they are)."""
+        return all(s.key for s in self.segments)
 
 
 @dataclass(frozen=True)
@@ -213,29 +233,40 @@ def _video_packets(
 def _cut_points(
     pts: list[int], end: int, keys: list[int], tb: Fraction, target: float, minimum: float
 ) -> list[int]:
-    """Segment starts: keyframes near ``target`` seconds apart, none closer than ``minimum``."""
+    """Segment starts about ``target`` seconds apart, none closer than ``minimum``: the keyframe
+    nearest the target within :data:`KEYFRAME_REACH` of it, else the frame nearest it."""
     starts = [pts[0]]
-    candidates = [k for k in keys if k > pts[0]]
-    i = 0
-    while i < len(candidates):
+    near = max(minimum, target * (1 - KEYFRAME_REACH))
+    far = target * (1 + KEYFRAME_REACH)
+    while True:
         base = starts[-1]
-        # The first keyframe at or past the target, or the one just before it if that is nearer.
-        j = i
-        while j < len(candidates) and (candidates[j] - base) * tb < target:
-            j += 1
-        options = [c for c in candidates[max(i, j - 1) : j + 1] if (c - base) * tb >= minimum]
-        if j == len(candidates):
-            options.append(end)  # no keyframe reaches the target: not cutting is an option
+        lo = bisect.bisect_left(keys, base + near / tb)
+        hi = bisect.bisect_right(keys, base + far / tb)
+        options = [k for k in keys[lo:hi] if base < k < end]
+        if not options:  # no keyframe near the target: cut between keyframes
+            frame = _frame_near(pts, base, base + target / tb, base + minimum / tb)
+            options = [frame] if frame is not None and frame < end else []
+        if (end - base) * tb <= far:
+            options.append(end)  # the rest fits in one segment: not cutting is an option
         if not options:
             break
         best = min(options, key=lambda c: abs(float((c - base) * tb) - target))
-        if best == end:
+        if best >= end:
             break
         starts.append(best)
-        i = candidates.index(best) + 1
     if len(starts) > 1 and (end - starts[-1]) * tb < minimum:
         starts.pop()  # a short tail joins the segment before it
     return starts
+
+
+def _frame_near(pts: list[int], base: int, wanted: Fraction, earliest: Fraction) -> int | None:
+    """The frame timestamp nearest ``wanted`` and not before ``earliest`` (None: no frame is)."""
+    i = bisect.bisect_left(pts, wanted)
+    options = [p for p in pts[max(i - 1, 0) : i + 1] if p > base and p >= earliest]
+    if not options:
+        j = bisect.bisect_left(pts, earliest)
+        options = pts[j : j + 1]
+    return min(options, key=lambda p: abs(p - wanted)) if options else None
 
 
 def plan_segments(
@@ -245,9 +276,9 @@ def plan_segments(
     input_options: dict[str, str] | None = None,
     limits: InputLimits | None = None,
 ) -> SegmentPlan:
-    """Plan ``source`` as keyframe-aligned segments of about ``target_seconds`` (``WHOLE``: one
-    segment); ``limits`` are checked on the stream's header first, and on the plan's
-    duration."""
+    """Plan ``source`` as segments of about ``target_seconds`` (``WHOLE``: one segment), cut on
+    keyframes near the target and between them where there are none; ``limits`` are checked
+    on the stream's header first, and on the plan's duration."""
     if target_seconds < minimum_seconds:
         raise ValueError(f"segment duration must be at least {minimum_seconds:g} s")
     with open_input(source, input_options) as container:
@@ -269,6 +300,7 @@ def plan_segments(
     else:
         starts = _cut_points(pts, end, keys, tb, target_seconds, minimum_seconds)
     ends = [*starts[1:], end]
+    key_set = set(keys)
     segments = []
     first = 0
     position = 0
@@ -286,6 +318,7 @@ def plan_segments(
                 first_frame=first,
                 start=float((start - pts[0]) * tb),
                 duration=float((end - start) * tb),
+                key=index == 0 or start in key_set,
             )
         )
         first += count

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from carn_stream.server.admission import data_dir_writable
@@ -31,6 +31,7 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(
+    request: Request,
     settings: Annotated[Settings, Depends(get_settings)],
     store: Annotated[JobStore, Depends(get_store)],
     holder: Annotated[WorkerHolder, Depends(get_worker_holder)],
@@ -38,7 +39,9 @@ def readyz(
     runner: Annotated[JobRunner, Depends(get_runner)],
 ) -> JSONResponse:
     """Ready to run jobs: the model is loaded, segments can run, the job scheduler runs, the
-    job store is writable and the data folder takes a real write (create, fsync, delete)."""
+    job store is writable and the data folder takes a real write (create, fsync, delete).
+    ``speed``: the model's measured frames per second at each input size it has upscaled, on
+    the live path and in segments, and whether that keeps up with the source's frame rate."""
     checks = {
         "model_loaded": holder.worker is not None,
         "executor": executors.choice.kind,
@@ -63,6 +66,7 @@ def readyz(
         checks["weights"] = weights.name if weights else None  # public: no server path
         if weights is not None and weights.warning:
             checks["weights_warning"] = weights.warning
+    checks["speed"] = request.app.state.metrics.speed.seen()
     required = ("model_loaded", "executor_ready", "job_runner", "store_writable",
                 "data_dir_writable")  # fmt: skip
     ready = all(checks[name] for name in required)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.media.decode import describe, open_input
 from carn_stream.pipeline.media.input_formats import VIDEO_SUFFIXES
 from carn_stream.server.deps import get_settings, get_worker_holder
 from carn_stream.server.jobs.params import Scale
@@ -94,6 +95,28 @@ def _sample_path(settings: Settings, name: str | None) -> Path:
 def list_samples(settings: Config) -> list[str]:
     """Server-side clips the live page can play as a live source."""
     return list(_samples(settings))
+
+
+@router.get("/pace")
+def pace(
+    request: Request,
+    settings: Config,
+    scale: Scale = 2,
+    width: Annotated[int, Query(ge=2, le=8192)] = 320,
+    height: Annotated[int, Query(ge=2, le=8192)] = 240,
+    fps: Annotated[float, Query(gt=0, le=240)] = 30,
+    sample: Annotated[str | None, Query(max_length=255)] = None,
+) -> dict:
+    """Whether this machine keeps up with a live source of this size and frame rate (a
+    sample: its own): the model's frames per second there, measured on live sessions (else
+    on segments, else estimated from the nearest size measured at this scale)."""
+    if sample is not None:
+        with open_input(_sample_path(settings, sample)) as container:
+            info = describe(container)
+        width, height = info.width, info.height
+        fps = float(info.frame_rate) if info.frame_rate else fps
+    speed = request.app.state.metrics.speed
+    return speed.pace(scale, width, height, fps, prefer=("live", "segments")).as_dict()
 
 
 @router.get("/sessions")

@@ -22,6 +22,7 @@ from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.fetch import DiskFull, FetchError
 from carn_stream.server.jobs.params import Scale
 from carn_stream.server.pages import STATIC_DIR
+from carn_stream.server.speed import SpeedBook
 from carn_stream.server.streaming import FileStream
 from carn_stream.server.vod.manager import (
     Busy,
@@ -99,11 +100,26 @@ class SegmentInfo(BaseModel):
     frames: int
 
 
+class PaceOut(BaseModel):
+    """Whether this machine makes a rendition as fast as it plays."""
+
+    fps: float | None = Field(description="frames per second the model makes at the video's size")
+    source_fps: float | None = Field(description="the video's frame rate")
+    keeps_up: bool | None = Field(description="fps >= source_fps (null: not measured yet)")
+    measured: bool = Field(description="measured at this size (else estimated from another)")
+    basis: str
+    text: str
+
+
 class RenditionOut(Rendition):
     playlist: str
     segments_cached: int
     bytes_cached: int
     cached: list[int] = Field(description="indexes of the segments in the cache")
+    pace: PaceOut | None = Field(
+        None, description="upscaled renditions: this machine's speed at the video's size "
+        "against its frame rate (the original is copied, not upscaled)",
+    )  # fmt: skip
 
 
 class TuneOut(BaseModel):
@@ -141,21 +157,29 @@ class VideoOut(BaseModel):
     def of(
         cls, video: Video, cached: dict[str, dict[int, int]], sign: Callable[[str], str] = str,
         progress: float | None = None,
+        speed: SpeedBook | None = None,
     ) -> VideoOut:
         """The video as the API shows it: its URL without secrets, playlist links signed by
-        ``sign`` (when the server has a token)."""
+        ``sign`` (when the server has a token), each upscaled rendition's pace from ``speed``."""
         plan = video.plan
         base = video_url(video.id)
         links = {"self": base, "master": sign(master_url(video.id))}
         if video.storage is not None:  # the per-title report: JSON, and a page with its plot
             links["report"] = f"{base}/report"
             links["report_page"] = sign(f"{base}/{REPORT_FOLDER}/{REPORT_PAGE}")
+        rate = float(plan.frame_rate) if plan.frame_rate else None
         renditions = []
         for r in video.renditions:
             made = cached.get(r.name, {})
+            pace = None
+            if speed is not None and r.scale > 1:
+                found = speed.pace(r.scale, plan.width, plan.height, rate)
+                pace = PaceOut(**{k: v for k, v in found.as_dict().items()
+                                  if k in PaceOut.model_fields})  # fmt: skip
             renditions.append(RenditionOut(
                 **r.model_dump(), playlist=sign(playlist_url(video.id, r.name)),
                 segments_cached=len(made), bytes_cached=sum(made.values()), cached=sorted(made),
+                pace=pace,
             ))  # fmt: skip
         return cls(
             id=video.id,
@@ -232,7 +256,7 @@ async def create_video(
             raise
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "the server's disk is full; "
                             "try again later") from exc  # fmt: skip
-    return VideoOut.of(video, {}, sign)
+    return VideoOut.of(video, {}, sign, speed=videos.metrics.speed)
 
 
 @router.get("", response_model=VideoPage)
@@ -244,7 +268,10 @@ def list_videos(
 ) -> VideoPage:
     """Videos, newest first."""
     items, total = videos.store.list(offset, limit)
-    out = [VideoOut.of(v, videos.cached(v.id), sign, videos.tune_progress(v)) for v in items]
+    out = [
+        VideoOut.of(v, videos.cached(v.id), sign, videos.tune_progress(v), videos.metrics.speed)
+        for v in items
+    ]
     return VideoPage(items=out, total=total, offset=offset, limit=limit)
 
 
@@ -252,7 +279,9 @@ def list_videos(
 def get_video(video_id: str, videos: Videos, sign: Signer) -> VideoOut:
     """Duration, segments, renditions with what of each is cached, and the fine-tune's state."""
     video = _video_or_404(videos, video_id)
-    return VideoOut.of(video, videos.cached(video.id), sign, videos.tune_progress(video))
+    return VideoOut.of(
+        video, videos.cached(video.id), sign, videos.tune_progress(video), videos.metrics.speed
+    )
 
 
 @router.delete(

@@ -18,17 +18,6 @@ function canPlayHls() {
   return player.canPlayType("application/vnd.apple.mpegurl") !== "";
 }
 
-// The input as a person knows it: its file name; never the query string (it may hold keys).
-function inputName(url) {
-  try {
-    const u = new URL(url);
-    const name = decodeURIComponent(u.pathname.split("/").filter(Boolean).pop() || "");
-    return { name: name || u.host, title: u.origin + u.pathname };
-  } catch (e) {
-    return { name: url.split(/[?#]/)[0].split("/").pop(), title: url.split(/[?#]/)[0] };
-  }
-}
-
 function label(job) {
   return inputName(job.url).name + " x" + job.scale;
 }

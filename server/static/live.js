@@ -32,6 +32,22 @@ function showSizeChoice() {
   document.getElementById("size-field").hidden = sample;  // a sample has its own size
 }
 
+// Up front: how fast this machine upscales the chosen size, and whether it keeps up.
+async function showPace() {
+  const choice = document.getElementById("source").value;
+  const query = new URLSearchParams({ scale: document.getElementById("scale").value });
+  if (choice.startsWith("sample:")) {
+    query.set("sample", choice.slice("sample:".length));
+  } else {
+    const [width, height] = document.getElementById("size").value.split("x");
+    query.set("width", width);
+    query.set("height", height);
+    query.set("fps", "30");  // what cameras send unless asked otherwise
+  }
+  const r = await fetch("/webrtc/pace?" + query, { headers: apiHeaders(false) });
+  if (r.ok) document.getElementById("pace").textContent = "This machine: " + (await r.json()).text;
+}
+
 function clearStats() {
   for (const id of STAT_IDS) document.getElementById(id).textContent = "-";
   overload.hidden = true;
@@ -154,6 +170,7 @@ function stop() {
   document.getElementById("start").disabled = false;
   document.getElementById("stop").disabled = true;
   clearStats();
+  showPace();
   bicubic.getContext("2d").clearRect(0, 0, bicubic.width, bicubic.height);
   if (wasRunning && !statusLine.textContent.startsWith("Refused")) statusLine.textContent = "Stopped";
 }
@@ -163,6 +180,10 @@ document.getElementById("live-form").addEventListener("submit", (e) => start(e).
 }));
 document.getElementById("stop").addEventListener("click", stop);
 document.getElementById("source").addEventListener("change", showSizeChoice);
+for (const id of ["source", "size", "scale"]) {
+  document.getElementById(id).addEventListener("change", showPace);
+}
 setupWipe(document.getElementById("wipe"), document.getElementById("wipe-position"), bicubic, "left");
 loadSamples();
+showPace();
 window.addEventListener("pagehide", stop);

@@ -5,9 +5,9 @@ decoding) and describes its renditions: the original (segments remuxed, nothing 
 one per scale. A segment request is served from the cache when it is there; otherwise it is
 made now through the segment executor, and every request for the same segment meanwhile waits
 on that one computation. After each request the next few segments of the same rendition are
-made ahead (prefetch); a request elsewhere (a seek) drops prefetch work that has not started
-and starts there. Segments a player waits for take the executor's slots and the inference
-worker before prefetch work, and both before batch jobs.
+made ahead (prefetch), one after the other; a request elsewhere (a seek) drops prefetch work
+that has not started and starts there. Segments a player waits for take the executor's slots
+and the inference worker before prefetch work, and both before batch jobs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from carn_stream.model.named_weights import tuned_name
@@ -98,6 +98,11 @@ class _Work:
     dropped: bool = False  #: cancelled (a seek, or its players have gone)
     frames: int = 0  #: the segment's frames
     frames_done: int = 0
+    ahead: bool = False  #: started as prefetch (``prefetch`` turns False when a player asks)
+    #: the rendition's previous segment's work: a prefetch starts once it is done, so the
+    #: segment a player catches up with never shares the worker with the one after it
+    after: _Work | None = None
+    asked: asyncio.Event = field(default_factory=asyncio.Event)  #: a player waits for it now
 
     @property
     def gone(self) -> bool:
@@ -422,6 +427,7 @@ class VideoManager:
                 self.metrics.vod_shared_requests.labels(key.rendition).inc()
             if work.prefetch:  # a player waits for it now
                 work.prefetch = False
+                work.asked.set()
                 self.slots.raise_priority(work.ticket, Priority.WAITED)
             self._prefetch(video, key.rendition, key.index)
             assert work.task is not None
@@ -480,7 +486,9 @@ class VideoManager:
         priority = (
             Priority.PREFETCH if prefetch else Priority.WAITED
         )
-        work = _Work(key, self.slots.ticket(priority), prefetch)
+        work = _Work(key, self.slots.ticket(priority), prefetch, ahead=prefetch)
+        if prefetch:
+            work.after = self._work.get(Key(key.video, key.rendition, key.index - 1))
         work.task = asyncio.create_task(self._make(video, work), name=f"segment-{key}")
         self._work[key] = work
         work.task.add_done_callback(lambda task: self._finished(work, task))
@@ -517,6 +525,7 @@ class VideoManager:
         segment = video.plan.segments[key.index]
         work.frames = segment.frames
         target = self.cache.path(key)
+        await _behind(work)
         # The slot first: work takes slots in the order of its tickets, not of a thread's
         # finishing the folder.
         await self.slots.acquire(work.ticket)
@@ -542,8 +551,7 @@ class VideoManager:
         finally:
             self.slots.release()
         self.metrics.vod_realtime_factor.labels(key.rendition).observe(seconds / segment.duration)
-        reason = "prefetch" if work.prefetch else "request"
-        self.metrics.vod_segments_made.labels(key.rendition, reason).inc()
+        self.metrics.vod_segments_made.labels(key.rendition, _reason(work)).inc()
         size = (await asyncio.to_thread(target.stat)).st_size
         current = self.get(video.id)
         if current is not None and current.weights != video.weights:
@@ -575,10 +583,34 @@ class VideoManager:
         )
         task = SegmentTask.of(video.source, video.plan, index, target, options)
 
-        def frame_done(_report: FrameReport) -> None:
+        speed = self.metrics.speed
+
+        def frame_done(report: FrameReport) -> None:
             work.frames_done += 1
+            speed.observe(report, "segments")
 
         return await executor.run(task, frame_done)
+
+
+async def _behind(work: _Work) -> None:
+    """A prefetch waits for the rendition's segment before it, unless a player asks for it."""
+    before, work.after = work.after, None
+    if before is None or before.task is None or before.task.done() or work.asked.is_set():
+        return
+    asked = asyncio.ensure_future(work.asked.wait())
+    try:
+        await asyncio.wait({before.task, asked}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        asked.cancel()
+
+
+def _reason(work: _Work) -> str:
+    """Why a segment was made: a player asked (``request``), made ahead and ready before any
+    player asked (``prefetch``), or made ahead but a player asked before it was done
+    (``prefetch_late``: making is slower than playback, or the player skipped ahead)."""
+    if not work.ahead:
+        return "request"
+    return "prefetch" if work.prefetch else "prefetch_late"
 
 
 async def _run_child(command: list[str], log_path: Path) -> None:
@@ -625,14 +657,16 @@ def _open_cached(cache: SegmentCache, key: Key) -> OpenFile | None:
 def describe_renditions(
     source: Path, plan: SegmentPlan, scales: list[int], encoder: EncoderOptions
 ) -> list[Rendition]:
-    """The original (when its codec can be remuxed into MPEG-TS) and one rendition per scale.
+    """The original (when its codec can be remuxed into MPEG-TS and every segment starts on a
+    keyframe: segments cut between the keyframes of a long-GOP input cannot be copied as they
+    are) and one rendition per scale.
 
     Bandwidth: the source's bit rate, times scale squared for the upscaled ones (an estimate
     until segments are made; the master playlist then gives the measured peak)."""
     video_tag, audio, _ = source_codecs(source)
     bitrate = round(8 * source.stat().st_size / max(plan.duration, 1e-3))
     out = []
-    if video_tag is not None:
+    if video_tag is not None and plan.keyframe_aligned:
         codecs = ",".join(t for t in (video_tag, audio) if t)
         out.append(Rendition(name=ORIGINAL, scale=1, width=plan.width, height=plan.height,
                              codecs=codecs, bandwidth=bitrate))  # fmt: skip

@@ -1,0 +1,143 @@
+// The videos page: add a video by URL, see up front whether this machine makes each upscaled
+// rendition as fast as it plays (the model's measured speed at the video's size), and play a
+// rendition or all of them (the master playlist) natively.
+"use strict";
+
+const videosBody = document.getElementById("videos");
+const player = document.getElementById("player");
+const playerStatus = document.getElementById("player-status");
+const paceNotice = document.getElementById("pace");
+const listStatus = document.getElementById("list-status");
+const formStatus = document.getElementById("form-status");
+const REFRESH_MS = 5000;  // the speed is measured as segments are made: shown as it changes
+let playing = null;  // { videoId, rendition } in the player
+
+function cell(text, title) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (title) td.title = title;
+  return td;
+}
+
+function button(text, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+// What a player of this rendition meets: played as fast as it is made, or waiting for each
+// segment (how long, from the measured speed).
+function paceWarning(rendition) {
+  const pace = rendition.pace;
+  if (!pace || pace.keeps_up !== false) return null;
+  const factor = pace.source_fps / pace.fps;
+  return pace.text + ". Each " + rendition.name + " segment takes about " + factor.toFixed(1) +
+    " times its duration to make, so playback pauses for it until it is cached.";
+}
+
+function paceLine(rendition) {
+  const line = document.createElement("div");
+  line.className = "pace";
+  if (!rendition.pace) {
+    line.textContent = rendition.name + ": copied as it is, no upscaling";
+    return line;
+  }
+  line.textContent = rendition.pace.text;
+  if (rendition.pace.keeps_up !== null) {
+    line.dataset.keepsUp = String(rendition.pace.keeps_up);
+  }
+  return line;
+}
+
+function play(video, rendition) {
+  const name = inputName(video.url).name;
+  const warning = rendition ? paceWarning(rendition) : null;
+  paceNotice.hidden = warning === null;
+  paceNotice.textContent = warning || "";
+  playing = { videoId: video.id, rendition: rendition ? rendition.name : null };
+  player.src = rendition ? rendition.playlist : video.links.master;
+  playerStatus.textContent = "Loading " + name + " " + (rendition ? rendition.name : "(all renditions)") + "…";
+  player.play().catch(() => { playerStatus.textContent = "Ready: press play"; });
+}
+
+function row(video) {
+  const tr = document.createElement("tr");
+  tr.dataset.id = video.id;
+  const input = inputName(video.url);
+  tr.appendChild(cell(input.name, input.title));
+  tr.appendChild(cell(video.duration.toFixed(1) + " s"));
+  const rate = video.frame_rate ? " at " + video.frame_rate.toFixed(2) + " fps" : "";
+  tr.appendChild(cell(video.width + "x" + video.height + rate));
+  const renditions = document.createElement("td");
+  renditions.appendChild(button("Play all", () => play(video, null)));
+  for (const rendition of video.renditions) {
+    const line = paceLine(rendition);
+    line.dataset.rendition = rendition.name;
+    line.prepend(button("Play " + rendition.name, () => play(video, rendition)), " ");
+    renditions.appendChild(line);
+  }
+  tr.appendChild(renditions);
+  const tune = video.tune;
+  const progress = tune.progress !== null && tune.progress !== undefined && tune.state === "running"
+    ? " (" + Math.round(100 * tune.progress) + "%)" : "";
+  tr.appendChild(cell(tune.state + progress, tune.error || ""));
+  return tr;
+}
+
+async function refresh() {
+  try {
+    const r = await fetch("/videos?limit=50", { headers: apiHeaders(false) });
+    if (!r.ok) {
+      const detail = (await r.json().catch(() => ({}))).detail;
+      listStatus.textContent = "Cannot list videos: " + (detail || "HTTP " + r.status) +
+        (r.status === 401 ? " (enter the API token above)" : "");
+      return;
+    }
+    const page = await r.json();
+    videosBody.replaceChildren(...page.items.map(row));
+    listStatus.textContent = page.total === 0 ? "No videos yet." :
+      page.items.length + " of " + page.total + " videos";
+  } catch (e) {
+    listStatus.textContent = "Cannot reach the server";
+  }
+}
+
+async function add(event) {
+  event.preventDefault();
+  const scales = [...document.querySelectorAll("input[name=scale]:checked")].map((b) => Number(b.value));
+  if (scales.length === 0) {
+    formStatus.textContent = "Choose at least one scale";
+    return;
+  }
+  const url = document.getElementById("url").value.trim();
+  formStatus.textContent = "Fetching and planning…";
+  const r = await fetch("/videos", {
+    method: "POST", headers: apiHeaders(true), body: JSON.stringify({ url, scales }),
+  });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const detail = Array.isArray(data.detail) ? data.detail.map((d) => d.msg).join("; ") : data.detail;
+    formStatus.textContent = "Refused: " + (detail || "HTTP " + r.status);
+    return;
+  }
+  formStatus.textContent = "Added " + inputName(data.url).name;
+  await refresh();
+}
+
+player.addEventListener("playing", () => {
+  if (playing) playerStatus.textContent = "Playing " + (playing.rendition || "all renditions");
+});
+player.addEventListener("waiting", () => {
+  if (playing) playerStatus.textContent = "Waiting for the next segment of " + (playing.rendition || "the video") + "…";
+});
+player.addEventListener("error", () => {
+  playerStatus.textContent = "Cannot play this video (media error " + (player.error ? player.error.code : "?") + ")";
+});
+
+document.getElementById("video-form").addEventListener("submit", (e) => add(e).catch((err) => {
+  formStatus.textContent = "Error: " + err;
+}));
+refresh();
+setInterval(refresh, REFRESH_MS);
