@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Query, Request, status
 from carn_stream.server import media_links
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
+from carn_stream.server.speed import SpeedBook
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
 
@@ -39,6 +40,11 @@ def get_worker_holder(request: Request) -> WorkerHolder:
 def get_executors(request: Request) -> ExecutorHolder:
     """The job runner's segment executor, once it is ready."""
     return request.app.state.executors
+
+
+def get_speed(request: Request) -> SpeedBook:
+    """The model's measured speed per input size (fed by every upscaled frame's report)."""
+    return request.app.state.metrics.speed
 
 
 def link_signer(request: Request) -> Callable[[str], str]:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -292,11 +293,15 @@ def media(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile-media")
     frames = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 30), (96, 54))
     write_clip(root / "bunny.mp4", frames)
-    # One 22 s GOP of lossless noise: a 14 MB original-rendition segment.
+    # A 1.5 s GOP of lossless 4:4:4 noise at 120 fps, then 2 s of grey: a 16 MB
+    # original-rendition segment (with 1 s segments the planner cuts on the keyframe at 1.5 s,
+    # so the segment is copied as it is).
     rng = np.random.default_rng(2)
-    noise = [rng.integers(0, 255, (96, 144, 3), dtype=np.uint8) for _ in range(560)]
-    write_clip(root / "noise.mp4", noise, options={"crf": "0", "preset": "ultrafast",
-                                                   "g": "1000"})  # fmt: skip
+    noise = [rng.integers(0, 255, (160, 144, 3), dtype=np.uint8) for _ in range(180)]
+    noise += [np.full((160, 144, 3), 128, np.uint8)] * 240
+    write_clip(root / "noise.mp4", noise, rate=Fraction(120), pix_fmt="yuv444p",
+               options={"crf": "0", "preset": "ultrafast", "g": "180",
+                        "x264-params": "scenecut=0"})  # fmt: skip
     # 1 s at 64x48, then 1 s at 640x360: the header says 64x48 (ffprobe reports the same).
     gop = {"crf": "30", "preset": "ultrafast", "g": "25"}
     parts = [write_clip(root / "small.mp4", downscale_frames(frames[:25], (64, 48)), options=gop),

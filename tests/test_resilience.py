@@ -28,6 +28,7 @@ from carn_stream.server.jobs.params import JobParams
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.metrics import Metrics
+from carn_stream.server.speed import SpeedBook
 from carn_stream.settings import Settings
 from tests.helpers import QuietHandler, serve_directory
 from tests.media import write_clip
@@ -89,7 +90,7 @@ def _ready(runner: JobRunner, tmp_path: Path) -> tuple[int, dict]:
     holder = SimpleNamespace(worker=SimpleNamespace(engine=engine), error=None)
     executors = SimpleNamespace(choice=SimpleNamespace(kind="inprocess"), error=None,
                                 get=lambda: SimpleNamespace(engines={"local": 1}))  # fmt: skip
-    response = readyz(runner.settings, runner.store, holder, executors, runner)
+    response = readyz(runner.settings, runner.store, holder, executors, runner, SpeedBook())
     return response.status_code, json.loads(response.body)
 
 

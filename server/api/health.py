@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from carn_stream.server.admission import data_dir_writable
@@ -12,11 +12,13 @@ from carn_stream.server.deps import (
     get_executors,
     get_runner,
     get_settings,
+    get_speed,
     get_store,
     get_worker_holder,
 )
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
+from carn_stream.server.speed import SpeedBook
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
 
@@ -31,12 +33,12 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(
-    request: Request,
     settings: Annotated[Settings, Depends(get_settings)],
     store: Annotated[JobStore, Depends(get_store)],
     holder: Annotated[WorkerHolder, Depends(get_worker_holder)],
     executors: Annotated[ExecutorHolder, Depends(get_executors)],
     runner: Annotated[JobRunner, Depends(get_runner)],
+    speed: Annotated[SpeedBook, Depends(get_speed)],
 ) -> JSONResponse:
     """Ready to run jobs: the model is loaded, segments can run, the job scheduler runs, the
     job store is writable and the data folder takes a real write (create, fsync, delete).
@@ -66,7 +68,7 @@ def readyz(
         checks["weights"] = weights.name if weights else None  # public: no server path
         if weights is not None and weights.warning:
             checks["weights_warning"] = weights.warning
-    checks["speed"] = request.app.state.metrics.speed.seen()
+    checks["speed"] = speed.seen()
     required = ("model_loaded", "executor_ready", "job_runner", "store_writable",
                 "data_dir_writable")  # fmt: skip
     ready = all(checks[name] for name in required)

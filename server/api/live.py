@@ -11,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.decode import describe, open_input
 from carn_stream.pipeline.media.input_formats import VIDEO_SUFFIXES
-from carn_stream.server.deps import get_settings, get_worker_holder
+from carn_stream.server.deps import get_settings, get_speed, get_worker_holder
 from carn_stream.server.jobs.params import Scale
 from carn_stream.server.live import LiveSessions, SdpError
+from carn_stream.server.speed import SpeedBook
 from carn_stream.server.workers import WorkerHolder
 from carn_stream.settings import Settings
 
@@ -99,8 +100,8 @@ def list_samples(settings: Config) -> list[str]:
 
 @router.get("/pace")
 def pace(
-    request: Request,
     settings: Config,
+    speed: Annotated[SpeedBook, Depends(get_speed)],
     scale: Scale = 2,
     width: Annotated[int, Query(ge=2, le=8192)] = 320,
     height: Annotated[int, Query(ge=2, le=8192)] = 240,
@@ -115,7 +116,6 @@ def pace(
             info = describe(container)
         width, height = info.width, info.height
         fps = float(info.frame_rate) if info.frame_rate else fps
-    speed = request.app.state.metrics.speed
     return speed.pace(scale, width, height, fps, prefer=("live", "segments")).as_dict()
 
 
