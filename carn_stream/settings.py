@@ -116,8 +116,9 @@ class Settings:
     retention_hours: float = 168.0
     #: Frames per inference batch (0 = 1 on CPU, 8 on CUDA).
     batch_size: int = 0
-    #: Target duration of a segment, the unit of work (cut on a keyframe within half of it,
-    #: else between keyframes; at least 1).
+    #: Target duration of a segment, the unit of work (on keyframes when the input has one at
+    #: least every 3 targets; a longer GOP is cut on a keyframe near it, else between
+    #: keyframes; at least 1).
     segment_seconds: float = 4.0
     #: Where segments run: ``process`` (a supervised worker process that owns its own model:
     #: a crash on a hostile input ends that process, not the service) or ``inprocess``.

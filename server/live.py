@@ -36,6 +36,9 @@ from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: A source's frame rate is judged over frames at least this many seconds apart.
+MIN_RATE_SPAN = 0.2
+
 
 class SdpError(ValueError):
     """The offer's SDP cannot be parsed."""
@@ -119,11 +122,12 @@ class LiveStats:
 
     @property
     def source_fps(self) -> float:
-        """The rate the source sends frames at, over its frames of the last 3 s (0 until two
-        have arrived): right from a session's first frames, not diluted by a 3 s window."""
+        """The rate the source sends frames at, over its frames of the last 3 s (0 until they
+        span :data:`MIN_RATE_SPAN`): right from a session's first frames, not diluted by
+        a 3 s window, and not thrown by two frames that arrive together."""
         recent = [t for t in self.arrivals if t > time.monotonic() - 3.0]
         span = recent[-1] - recent[0] if len(recent) > 1 else 0.0
-        return (len(recent) - 1) / span if span > 0 else 0.0
+        return (len(recent) - 1) / span if span >= MIN_RATE_SPAN else 0.0
 
     @property
     def keeping_up(self) -> bool:

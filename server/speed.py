@@ -12,6 +12,7 @@ is so known after its first frame at a size, as ``auto`` decides then.
 from __future__ import annotations
 
 import statistics
+import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Literal
@@ -68,8 +69,11 @@ class _Size:
 
 
 class SpeedBook:
+    """Written by the event loop (frame reports), read by request threads: one lock."""
+
     def __init__(self) -> None:
         self._sizes: OrderedDict[tuple[str, int, int, int], _Size] = OrderedDict()
+        self._lock = threading.Lock()
 
     def observe(self, report: FrameReport, where: Where) -> None:
         """Record a frame's model time (its batch's, shared by the batch's frames)."""
@@ -82,22 +86,24 @@ class SpeedBook:
         source_fps: float | None = None,
     ) -> None:  # fmt: skip
         key = (where, scale, width, height)
-        size = self._sizes.get(key)
-        if size is None:
-            size = self._sizes[key] = _Size(deque(maxlen=WINDOW))
-            while len(self._sizes) > MAX_SIZES:
-                self._sizes.popitem(last=False)
-        self._sizes.move_to_end(key)
-        size.seconds.append(seconds)
-        if source_fps:
-            size.source_fps = source_fps
+        with self._lock:
+            size = self._sizes.get(key)
+            if size is None:
+                size = self._sizes[key] = _Size(deque(maxlen=WINDOW))
+                while len(self._sizes) > MAX_SIZES:
+                    self._sizes.popitem(last=False)
+            self._sizes.move_to_end(key)
+            size.seconds.append(seconds)
+            if source_fps:
+                size.source_fps = source_fps
 
     def seen(self) -> list[dict]:
         """Every size measured so far, per path (what ``/readyz`` reports)."""
         out = []
-        for (where, scale, width, height), size in self._sizes.items():
-            pace = Pace(scale, width, height, _fps(size), size.source_fps, True, _over(size))
-            out.append({"where": where, "frames": len(size.seconds), **pace.as_dict()})
+        with self._lock:
+            for (where, scale, width, height), size in self._sizes.items():
+                pace = Pace(scale, width, height, _fps(size), size.source_fps, True, _over(size))
+                out.append({"where": where, "frames": len(size.seconds), **pace.as_dict()})
         return out
 
     def pace(
@@ -106,6 +112,13 @@ class SpeedBook:
     ) -> Pace:  # fmt: skip
         """The speed at this size: measured there (on the first path of ``prefer`` that did),
         else estimated from the nearest size measured at this scale."""
+        with self._lock:
+            return self._pace(scale, width, height, source_fps, prefer)
+
+    def _pace(
+        self, scale: int, width: int, height: int, source_fps: float | None,
+        prefer: tuple[Where, ...],
+    ) -> Pace:  # fmt: skip
         for where in prefer:
             size = self._sizes.get((where, scale, width, height))
             if size is not None:

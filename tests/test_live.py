@@ -431,7 +431,9 @@ def test_the_live_page_says_up_front_whether_this_machine_keeps_up(server):
 
             # (Polled gently: under load the input is soon shrunk, but its first frames are
             # upscaled at the camera's size.)
-            wait_for(measured, 60, "an x3 frame of the 160x120 camera", interval=1.0)
+            wait_for(lambda: (m := measured()) and m["source_fps"], 60,
+                     "an x3 frame of the 160x120 camera, with the camera's rate",
+                     interval=1.0)  # fmt: skip
             page.click("#stop")
             expect(page.locator("#status")).to_have_text("Stopped")
             wait_for(lambda: request(server.port, "GET", "/webrtc/sessions").json() == [], 15,

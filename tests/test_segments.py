@@ -137,13 +137,20 @@ def test_an_input_with_one_keyframe_is_cut_into_segments_of_the_target_length(cl
 
 def test_cuts_stay_on_keyframes_where_they_come_often_enough(tmp_path, clips):
     frames = decode_rgb(clips["bframes"], 100)
-    # A keyframe every 2 s against 1 s segments: each keyframe is taken where one lies within
-    # half a target of the cut (2 s, 4 s); the cuts between them fall on plain frames.
+    # A keyframe every 2 s against 1 s segments: within 3 targets, so the input is cut on its
+    # keyframes only (x264's default, a keyframe every 10 s at 25 fps, against the service's
+    # 4 s segments is the same case): every segment can be copied as it is.
     sparse = write_clip(tmp_path / "sparse.mp4", frames,
                         options={**X264, "x264-params": "keyint=50:min-keyint=50:scenecut=0"})
     plan = plan_segments(sparse, target_seconds=1.0)
+    assert [s.frames for s in plan.segments] == [50, 50] and plan.keyframe_aligned
+    assert plan_segments(sparse, target_seconds=4.0).keyframe_aligned
+    # A GOP of 3.6 s: a long GOP against 1 s segments, cut between its keyframes.
+    long_gop = write_clip(tmp_path / "long-gop.mp4", frames,
+                          options={**X264, "x264-params": "keyint=90:min-keyint=90:scenecut=0"})
+    plan = plan_segments(long_gop, target_seconds=1.0)
     assert [s.frames for s in plan.segments] == [25, 25, 25, 25]
-    assert [s.key for s in plan.segments] == [True, False, True, False]
+    assert [s.key for s in plan.segments] == [True, False, False, False]
     # A keyframe every 1.2 s: near enough to the 1 s target, so every cut is on one.
     near = write_clip(tmp_path / "near.mp4", frames,
                       options={**X264, "x264-params": "keyint=30:min-keyint=30:scenecut=0"})

@@ -1,9 +1,12 @@
 """Segments, the unit of work: a video planned as time ranges of about the target duration.
 
 The plan comes from the input's packet index alone (demux, no decoding), so it is fast for any
-length. Segments start on a keyframe where the input has one near the target (within
-:data:`KEYFRAME_REACH` of it), and between keyframes otherwise, so a long-GOP input (one
-keyframe, a screen recording) is cut like any other. Each segment records its exact
+length. An input whose keyframes come at least every :data:`MAX_GOP_TARGETS` targets (most
+encodes: x264's default is a keyframe every 10 s at 25 fps) is cut on keyframes only, the one
+nearest each target, so every segment's packets can be copied as they are. A long-GOP input
+(one keyframe, a screen recording) is cut on a keyframe where one lies within
+:data:`KEYFRAME_REACH` of the target and between keyframes otherwise, so it is segmented like
+any other. Each segment records its exact
 presentation range in the video stream's time base, its frame count, its first frame's index
 and whether it starts on a keyframe; across the plan every input frame belongs to exactly one
 segment. Decoding a segment starts at the keyframe at or before its start, drops the frames
@@ -38,9 +41,11 @@ MIN_SEGMENT_SECONDS = 1.0
 #: either side of it (0.5: between 0.5 and 1.5 targets); otherwise between keyframes, at the
 #: frame nearest the target.
 KEYFRAME_REACH = 0.5
+#: Keyframes this many targets apart or closer (every GOP of the input): cut on keyframes only.
+MAX_GOP_TARGETS = 3.0
 #: The planning rule's version: part of what identifies a resumable run, so that a run
 #: planned by another rule is not resumed with this one's segments.
-PLAN_RULE = 2
+PLAN_RULE = 3
 #: A plan's target duration that makes the whole input one segment.
 WHOLE = math.inf
 
@@ -233,17 +238,24 @@ def _video_packets(
 def _cut_points(
     pts: list[int], end: int, keys: list[int], tb: Fraction, target: float, minimum: float
 ) -> list[int]:
-    """Segment starts about ``target`` seconds apart, none closer than ``minimum``: the keyframe
+    """Segment starts about ``target`` seconds apart, none closer than ``minimum``: on keyframes
+    only when every GOP is at most :data:`MAX_GOP_TARGETS` targets long; otherwise the keyframe
     nearest the target within :data:`KEYFRAME_REACH` of it, else the frame nearest it."""
     starts = [pts[0]]
+    gops = [b - a for a, b in zip([pts[0], *keys], [*keys, end], strict=True)]
+    # (one keyframe is a long GOP, however short the input)
+    keyframes_only = len(keys) > 1 and max(gops) * tb <= MAX_GOP_TARGETS * target
     near = max(minimum, target * (1 - KEYFRAME_REACH))
     far = target * (1 + KEYFRAME_REACH)
     while True:
         base = starts[-1]
         lo = bisect.bisect_left(keys, base + near / tb)
-        hi = bisect.bisect_right(keys, base + far / tb)
+        hi = len(keys) if keyframes_only else bisect.bisect_right(keys, base + far / tb)
+        if keyframes_only:  # the keyframes either side of the target
+            at = bisect.bisect_left(keys, base + target / tb)
+            lo, hi = max(lo, at - 1), max(lo, at + 1)
         options = [k for k in keys[lo:hi] if base < k < end]
-        if not options:  # no keyframe near the target: cut between keyframes
+        if not options and not keyframes_only:  # no keyframe near the target: between them
             frame = _frame_near(pts, base, base + target / tb, base + minimum / tb)
             options = [frame] if frame is not None and frame < end else []
         if (end - base) * tb <= far:

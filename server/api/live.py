@@ -112,8 +112,12 @@ def pace(
     sample: its own): the model's frames per second there, measured on live sessions (else
     on segments, else estimated from the nearest size measured at this scale)."""
     if sample is not None:
-        with open_input(_sample_path(settings, sample)) as container:
-            info = describe(container)
+        try:
+            with open_input(_sample_path(settings, sample)) as container:
+                info = describe(container)
+        except PipelineError as exc:  # (its message may name the server's path: not sent)
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"sample {sample!r} cannot be read") from exc  # fmt: skip
         width, height = info.width, info.height
         fps = float(info.frame_rate) if info.frame_rate else fps
     return speed.pace(scale, width, height, fps, prefer=("live", "segments")).as_dict()

@@ -11,6 +11,11 @@ const listStatus = document.getElementById("list-status");
 const formStatus = document.getElementById("form-status");
 const REFRESH_MS = 5000;  // the speed is measured as segments are made: shown as it changes
 let playing = null;  // { videoId, rendition } in the player
+let listing = null;  // the listing under way (a tick while it runs joins it)
+
+function canPlayHls() {
+  return player.canPlayType("application/vnd.apple.mpegurl") !== "";
+}
 
 function cell(text, title) {
   const td = document.createElement("td");
@@ -53,6 +58,11 @@ function paceLine(rendition) {
 
 function play(video, rendition) {
   const name = inputName(video.url).name;
+  if (!canPlayHls()) {
+    playerStatus.textContent = "This browser cannot play HLS; open " + name +
+      "'s playlist in a player that can (Safari, VLC, hls.js).";
+    return;
+  }
   const warning = rendition ? paceWarning(rendition) : null;
   paceNotice.hidden = warning === null;
   paceNotice.textContent = warning || "";
@@ -86,7 +96,20 @@ function row(video) {
   return tr;
 }
 
-async function refresh() {
+// The list, at most one request at a time; none while the page is hidden.
+function refresh() {
+  if (document.hidden) return Promise.resolve();
+  if (!listing) listing = list().finally(() => { listing = null; });
+  return listing;
+}
+
+// A fresh list (after a change): once the one under way, if any, has ended.
+async function refreshNow() {
+  if (listing) await listing;
+  return refresh();
+}
+
+async function list() {
   try {
     const r = await fetch("/videos?limit=50", { headers: apiHeaders(false) });
     if (!r.ok) {
@@ -123,7 +146,7 @@ async function add(event) {
     return;
   }
   formStatus.textContent = "Added " + inputName(data.url).name;
-  await refresh();
+  await refreshNow();
 }
 
 player.addEventListener("playing", () => {

@@ -84,7 +84,7 @@ class SegmentCache:
     def cached(self, video: str) -> dict[str, dict[int, int]]:
         """Per rendition of ``video``: segment index -> bytes."""
         out: dict[str, dict[int, int]] = {}
-        for key, size in self._entries.items():
+        for key, size in list(self._entries.items()):  # read from request threads too
             if key.video == video:
                 out.setdefault(key.rendition, {})[key.index] = size
         return out

@@ -487,12 +487,19 @@ class VideoManager:
             Priority.PREFETCH if prefetch else Priority.WAITED
         )
         work = _Work(key, self.slots.ticket(priority), prefetch, ahead=prefetch)
-        if prefetch:
+        if prefetch and self._one_engine():
             work.after = self._work.get(Key(key.video, key.rendition, key.index - 1))
         work.task = asyncio.create_task(self._make(video, work), name=f"segment-{key}")
         self._work[key] = work
         work.task.add_done_callback(lambda task: self._finished(work, task))
         return work
+
+    def _one_engine(self) -> bool:
+        """Segments share one model (a worker process, one node): prefetch goes one segment
+        after the other, so the one a player catches up with has the model to itself. With
+        more engines (a cluster) prefetched segments run side by side."""
+        executor = self._executor()
+        return executor is None or sum(executor.engines.values()) <= 1
 
     def _finished(self, work: _Work, task: asyncio.Task) -> None:
         if self._work.get(work.key) is work:
