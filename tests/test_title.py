@@ -143,8 +143,8 @@ def test_assess_prints_the_report_and_writes_plot_and_weights(small_clip, weight
     out = tmp_path / "assess"
     code = main(["assess", str(small_clip), "--scale", "2", "--frames", "4", "--crfs", "26,34",
                  "--train-frames", "8", "--steps", "2", "--batch-size", "2", "--patch-size",
-                 "24", "--weights", str(weights_path), "--out", str(out),
-                 "--json"])  # fmt: skip
+                 "24", "--weights", str(weights_path), "--out", str(out), "--precision",
+                 "fp32", "--json"])  # fmt: skip
     assert code == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [v["name"] for v in doc["variants"]] == ["bicubic", "generic CARN-M", "title CARN-M"]
@@ -163,15 +163,19 @@ def test_assess_prints_the_report_and_writes_plot_and_weights(small_clip, weight
     # The text form names every part.
     assert main(["assess", str(small_clip), "--frames", "3", "--crfs", "26,34", "--title-weights",
                  str(out / "title-x2.pth"), "--weights", str(weights_path), "--out",
-                 str(tmp_path / "again")]) == 0  # fmt: skip
+                 str(tmp_path / "again"), "--precision", "fp32"]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "BD-rate of title CARN-M vs original size" in text and "time: copy" in text
 
 
 @pytest.mark.slow
 def test_tune_encoded_trains_on_the_copy_and_writes_tunes_report(small_clip, weights_path,
-                                                                  tmp_path, capsys):  # fmt: skip
+                                                                  tmp_path, capsys,
+                                                                  monkeypatch):  # fmt: skip
     from carn_stream.cli import main
+
+    # The held-out frames are upscaled in the settings' precision: fp32, not this CPU's auto.
+    monkeypatch.setenv("CARN_STREAM_PRECISION", "fp32")
     from carn_stream.model import carn_m, load_weights
 
     out = tmp_path / "bbb.pth"

@@ -250,10 +250,11 @@ def _cut_points(
     while True:
         base = starts[-1]
         lo = bisect.bisect_left(keys, base + near / tb)
-        hi = len(keys) if keyframes_only else bisect.bisect_right(keys, base + far / tb)
         if keyframes_only:  # the keyframes either side of the target
             at = bisect.bisect_left(keys, base + target / tb)
-            lo, hi = max(lo, at - 1), max(lo, at + 1)
+            lo, hi = max(lo, at - 1), at + 1
+        else:
+            hi = bisect.bisect_right(keys, base + far / tb)
         options = [k for k in keys[lo:hi] if base < k < end]
         if not options and not keyframes_only:  # no keyframe near the target: between them
             frame = _frame_near(pts, base, base + target / tb, base + minimum / tb)

@@ -14,10 +14,6 @@ function headers() {
   return apiHeaders(true);
 }
 
-function canPlayHls() {
-  return player.canPlayType("application/vnd.apple.mpegurl") !== "";
-}
-
 function label(job) {
   return inputName(job.url).name + " x" + job.scale;
 }
@@ -44,7 +40,7 @@ function load(job, list, at) {
 }
 
 async function play(job) {
-  if (!canPlayHls()) {
+  if (!canPlayHls(player)) {
     playerStatus.textContent = "This browser cannot play HLS; choose MP4 output and download it instead.";
     return;
   }

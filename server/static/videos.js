@@ -13,10 +13,6 @@ const REFRESH_MS = 5000;  // the speed is measured as segments are made: shown a
 let playing = null;  // { videoId, rendition } in the player
 let listing = null;  // the listing under way (a tick while it runs joins it)
 
-function canPlayHls() {
-  return player.canPlayType("application/vnd.apple.mpegurl") !== "";
-}
-
 function cell(text, title) {
   const td = document.createElement("td");
   td.textContent = text;
@@ -58,7 +54,7 @@ function paceLine(rendition) {
 
 function play(video, rendition) {
   const name = inputName(video.url).name;
-  if (!canPlayHls()) {
+  if (!canPlayHls(player)) {
     playerStatus.textContent = "This browser cannot play HLS; open " + name +
       "'s playlist in a player that can (Safari, VLC, hls.js).";
     return;
