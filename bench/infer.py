@@ -12,6 +12,9 @@ For each size, real frames (a clip area-downscaled to the LR size) go through:
 Printed per row: median and p99 latency per frame, fps, ratio reference / mode, and PSNR of
 the mode's luma against the engine's fp32 luma; ``auto`` also names the mode it chose (its
 measurement counts as warm-up, not in the times). The header names the CPU features found.
+To measure the choices and speed of an older CPU on a newer one, cap the instruction sets for
+both the reference and the engine: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python
+bench/infer.py ...`` (the header says so; the engine's CPU features follow the cap).
 On CUDA also batched fps, peak GPU memory and the fraction of the measured fp16 matmul peak
 reached (CARN-M Mult-Adds x 2 / time).
 """
@@ -40,7 +43,7 @@ from carn_stream.allocator import tune_allocator
 from carn_stream.model.complexity import mult_adds
 from carn_stream.model.inference import pick_device
 from carn_stream.pipeline.colour import ColourSpec
-from carn_stream.pipeline.engine.cpu import cpu_features
+from carn_stream.pipeline.engine.cpu import cpu_features, isa_cap
 from carn_stream.pipeline.engine.infer import Engine, EngineConfig
 
 SIZES = ["176x144x2", "320x180x4", "640x360x2", "480x270x4", "960x540x2"]
@@ -149,6 +152,9 @@ def main() -> int:
     )
     if not cuda:
         header += f"; CPU features: {', '.join(cpu_features()) or 'none of note'}"
+        if isa_cap():
+            aten = os.environ.get("ATEN_CPU_CAPABILITY", "default")
+            header += f" (capped: ONEDNN_MAX_CPU_ISA={isa_cap()}, ATEN_CPU_CAPABILITY={aten})"
     if peak:
         header += f", measured fp16 matmul peak {peak / 1e12:.0f} TFLOP/s"
     print(header, file=sys.stderr)

@@ -227,8 +227,8 @@ def test_int8_agrees_with_fp32_on_set5_at_every_scale(official_carn_m, data_dir,
     int8 = Engine(official_carn_m, config)
     base = evaluate(iter(images), fp32.upscale_rgb, scale).summary()["psnr"]
     ours = evaluate(iter(images), int8.upscale_rgb, scale).summary()["psnr"]
-    # Measured on the AMX Xeon (VNNI), shipped calibration set: 0.013 dB at x2, -0.005 dB at
-    # x3, 0.000 dB at x4 (docs/PERFORMANCE.md); the target is 0.03 dB at every scale.
+    # Measured on the AMX Xeon (VNNI), shipped calibration set: 0.010 dB at x2, 0.019 dB at
+    # x3, 0.014 dB at x4 (docs/PERFORMANCE.md); the target is 0.03 dB at every scale.
     assert base - ours <= 0.03
     assert base != ours  # really another arithmetic
 
@@ -389,6 +389,7 @@ def test_eval_runs_int8_on_the_shipped_calibration_set(
     monkeypatch.setenv("CARN_STREAM_CACHE_DIR", str(tmp_path))
     fp32, int8 = _eval_bird_crop(tmp_path, data_dir, weights_path, capsys, "fp32,int8")
     assert int8["precision"] == "int8"
-    # Measured 0.090 dB on this 96x96 crop (one small image; Set5 whole: 0.013 dB at x2).
-    assert 0 < fp32["psnr"] - int8["psnr"] < 0.15
+    # Measured -0.104 dB on this 96x96 crop, int8 the better (one small image, either sign;
+    # Set5 whole: 0.010 dB lost at x2).
+    assert 0 < abs(fp32["psnr"] - int8["psnr"]) < 0.15
     assert list((tmp_path / "int8").glob(f"*-x2-{shipped_calibration().name}-*.onnx"))

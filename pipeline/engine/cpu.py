@@ -1,7 +1,13 @@
-"""What this CPU is: its name and the matrix/vector features the precision modes depend on."""
+"""What this CPU is: its name and the matrix/vector features the precision modes depend on.
+
+The features are those the math libraries will use: oneDNN's ``ONEDNN_MAX_CPU_ISA`` (honoured
+by torch and OpenVINO alike) caps them, so that a capped run (e.g. an AVX2-only CPU measured on
+a newer one, docs/PERFORMANCE.md) makes the choices that CPU would make.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import cache
 from pathlib import Path
@@ -33,12 +39,37 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+_AVX512 = ("avx2", "avx512_vnni", "avx512_bf16", "avx512_fp16")
+#: oneDNN's ISA caps -> the :data:`FEATURES` they leave usable (a cap not listed leaves all).
+ISA_CAPS = {
+    "SSE41": (),
+    "AVX": (),
+    "AVX2": ("avx2",),
+    "AVX2_VNNI": ("avx2", "avx_vnni"),
+    "AVX2_VNNI_2": ("avx2", "avx_vnni"),
+    "AVX512_CORE": _AVX512[:1],
+    "AVX512_CORE_VNNI": _AVX512[:2],
+    "AVX512_CORE_BF16": _AVX512[:3],
+    "AVX512_CORE_FP16": _AVX512,
+    "AVX10_1_512": _AVX512,
+}
+
+
+def isa_cap(env: dict[str, str] | None = None) -> str | None:
+    """The ISA cap set for oneDNN (``ONEDNN_MAX_CPU_ISA``, or its older ``DNNL_`` name), upper
+    case, or None."""
+    env = os.environ if env is None else env
+    value = env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA")
+    return value.strip().upper() if value else None
+
+
 def cpu_features() -> tuple[str, ...]:
-    """The :data:`FEATURES` this CPU reports, in that order."""
+    """The :data:`FEATURES` this CPU reports, in that order, less those an ISA cap excludes."""
     for line in _cpuinfo().splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
-            return tuple(f for f in FEATURES if f in flags)
+            allowed = ISA_CAPS.get(isa_cap() or "", FEATURES)
+            return tuple(f for f in FEATURES if f in flags and f in allowed)
     return ()
 
 
@@ -46,9 +77,3 @@ def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is
     emulated and slower than fp32."""
     return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
-
-
-def cpu_has_vnni() -> bool:
-    """True where the CPU has int8 dot-product instructions (AVX-VNNI, AVX-512 VNNI or AMX);
-    without them int8 multiply-adds go through 16-bit sums that can saturate."""
-    return bool({"avx_vnni", "avx512_vnni", "amx_int8"} & set(cpu_features()))

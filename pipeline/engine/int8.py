@@ -4,14 +4,16 @@ Per scale, the network's ONNX export is quantized by NNCF's post-training quanti
 backend: QDQ, per-channel int8 weights, per-tensor activations with min/max ranges, bias
 correction), calibrated on a set of frames that ships with the package (Big Buck Bunny crops,
 ``int8_calibration.npz``), so every machine makes the same model; a user's own source can
-replace it (``carn-stream eval --calibration``). What stays in float, measured layer by layer
-(docs/PERFORMANCE.md): the entry and exit convolutions (they touch 8-bit pixels), the last
-global fusion (the 1x1 conv that feeds the upsampler) and, at x2 and x3, the upsampler's
-first conv. Concatenated features are quantized per input, not with one shared scale.
+replace it (``carn-stream eval --calibration``). The export is the deployed form
+(:mod:`carn_stream.model.deployed`): the exit conv runs before the last shuffle, in int8, and
+the cascades' concatenations are sums of per-part convs. What stays in float, measured layer by
+layer (docs/PERFORMANCE.md): the entry conv (it reads 8-bit pixels), the last global fusion
+(the 1x1 convs that feed the upsampler), at x2 and x3 the upsampler's first conv, the sums of
+each fusion's parts, and the final shuffle (the picture itself is never quantized).
 
-OpenVINO runs the quantized model with float parts in fp32 (its bf16 default loses on the
-image-facing convs). On CPUs without VNNI, whose int8 multiply-adds can saturate, weights are
-quantized to 7 bits (NNCF's overflow fix); that model is cached under its own name.
+OpenVINO runs the quantized model with float parts in fp32 (a bf16 hint loses up to 0.03 dB
+on the image-facing parts). Weights are 8-bit on every CPU, also those without VNNI (measured
+on AVX2 arithmetic, docs/PERFORMANCE.md).
 
 Quantized models are cached on disk, keyed by the weights' digest, the scale, the
 calibration set and the recipe; compiled models are kept per input shape. Needs the ``cpu``
@@ -37,7 +39,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from carn_stream.pipeline.engine.cpu import cpu_has_vnni
 from carn_stream.pipeline.engine.onnx_models import (
     BackendUnavailable,
     OpenVinoCompiler,
@@ -50,7 +51,7 @@ from carn_stream.pipeline.engine.onnx_models import (
 log = logging.getLogger(__name__)
 
 #: Bump when the quantization recipe changes: old cache entries are then ignored.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 #: Scales whose upsampler's first conv stays in float (measured: at x4 it costs 0.003 dB on
 #: the validation photos, and 7% of the network's multiply-adds).
 FLOAT_UPSAMPLER_SCALES = (2, 3)
@@ -87,22 +88,31 @@ def calibration_inputs(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     ]
 
 
-def conv_names(onnx_path: Path) -> list[str]:
-    """The export's convolutions, in graph order."""
+def _nodes(onnx_path: Path) -> list[tuple[str, str]]:
+    """(op type, name) of the export's nodes, in graph order."""
     import onnx
 
-    graph = onnx.load(str(onnx_path)).graph
-    return [node.name for node in graph.node if node.op_type == "Conv"]
+    return [(node.op_type, node.name) for node in onnx.load(str(onnx_path)).graph.node]
 
 
-def float_convs(onnx_path: Path, scale: int) -> list[str]:
-    """The convolutions kept in float (see the module docstring)."""
-    convs = conv_names(onnx_path)
-    upsampler = next(i for i, name in enumerate(convs) if f"/x{scale}/" in name)
-    keep = [convs[0], convs[upsampler - 1], convs[-1]]
+def float_nodes(onnx_path: Path, scale: int) -> list[str]:
+    """The nodes kept in float (see the module docstring), named as the deployed form
+    (:mod:`carn_stream.model.deployed`) exports them.
+
+    Convolutions: the entry, every part of the last global fusion and, at
+    :data:`FLOAT_UPSAMPLER_SCALES`, the upsampler's first. Also the sums of each fusion's
+    parts (a quantized partial sum costs 0.1 dB at x2) and the final shuffle (the picture
+    itself would otherwise be quantized on its way out).
+    """
+    nodes = _nodes(onnx_path)
+    convs = [name for kind, name in nodes if kind == "Conv"]
+    global_fusions = {name.split("/")[2] for name in convs if name.startswith("/body/fusions.")}
+    last = max(global_fusions, key=lambda fusion: int(fusion.split(".")[1]))
+    keep = [convs[0], *(name for name in convs if name.startswith(f"/body/{last}/"))]
     if scale in FLOAT_UPSAMPLER_SCALES:
-        keep.append(convs[upsampler])
-    return keep
+        keep.append(next(name for name in convs if name.startswith("/upsampler/")))
+    keep += [name for kind, name in nodes if kind == "Add" and "/fusions." in name]
+    return keep + [name for _, name in nodes if name.startswith("/shuffle/")]
 
 
 def quantize(
@@ -110,10 +120,9 @@ def quantize(
     out_path: Path,
     frames: Sequence[np.ndarray],
     keep_float: Sequence[str],
-    seven_bit_weights: bool = False,
 ) -> None:
     """NNCF post-training quantization of ``onnx_path`` into ``out_path`` (QDQ ONNX), calibrated
-    on ``frames``; the convolutions named in ``keep_float`` stay in float."""
+    on ``frames``; the nodes named in ``keep_float`` stay in float."""
     import nncf
     import onnx
     from nncf.common.quantization.quantizer_propagation.structs import QuantizerPropagationRule
@@ -128,9 +137,12 @@ def quantize(
         # Per-sample extremes averaged (NNCF's default) clip the brightest edges: measured
         # worse on every scale.
         activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
-        overflow_fix=OverflowFix.ENABLE if seven_bit_weights else OverflowFix.DISABLE,
-        # One scale per Concat input rather than one shared by all: the concatenated features
-        # (the entry conv's signed output beside ReLU outputs) have very different ranges.
+        # 8-bit weights on every CPU: without VNNI, int8 products are summed in pairs into 16
+        # bits that can saturate, but measured on AVX2 arithmetic this recipe loses no more
+        # (docs/PERFORMANCE.md); 7-bit weights lost up to 0.05 dB.
+        overflow_fix=OverflowFix.DISABLE,
+        # One scale per branch rather than one shared where branches meet: the features a
+        # cascade gathers (the entry conv's signed output beside ReLU outputs) differ in range.
         quantizer_propagation_rule=QuantizerPropagationRule.DO_NOT_MERGE_BRANCHES,
     )
     with _quiet_nncf():
@@ -177,15 +189,11 @@ class Int8Backend:
         model: nn.Module,
         cache_dir: Path,
         threads: int | None = None,
-        seven_bit_weights: bool | None = None,
     ) -> None:
         require_int8()
         self.model = copy.deepcopy(model).float().eval().cpu()
         self.digest = state_digest(self.model)
         self.cache_dir = cache_dir / "int8"
-        self.seven_bit_weights = (
-            not cpu_has_vnni() if seven_bit_weights is None else seven_bit_weights
-        )
         self._models: dict[int, Path] = {}
         # The float parts in fp32: OpenVINO's bf16 default loses on the image-facing convs.
         self._openvino = OpenVinoCompiler(
@@ -193,8 +201,7 @@ class Int8Backend:
         )
 
     def model_path(self, scale: int, calibration: str) -> Path:
-        weights = "w7" if self.seven_bit_weights else "w8"
-        name = f"carn-{self.digest[:16]}-x{scale}-{calibration}-{weights}-r{RECIPE_VERSION}.onnx"
+        name = f"carn-{self.digest[:16]}-x{scale}-{calibration}-r{RECIPE_VERSION}.onnx"
         return self.cache_dir / name
 
     def prepare(self, scale: int, calibration: Calibration | None = None) -> Path:
@@ -208,8 +215,8 @@ class Int8Backend:
             float_path = cached_onnx(self.model, self.digest, scale, self.cache_dir.parent)
             with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
                 quantized = Path(tmp) / "int8.onnx"
-                keep = float_convs(float_path, scale)
-                quantize(float_path, quantized, calibration.frames, keep, self.seven_bit_weights)
+                keep = float_nodes(float_path, scale)
+                quantize(float_path, quantized, calibration.frames, keep)
                 os.replace(quantized, path)
         self._models[scale] = path
         return path

@@ -21,8 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from carn_stream.model.deployed import deployed
+from carn_stream.model.networks import CARN
+
 #: Bump when the export recipe changes: old cache entries are then ignored.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 MAX_COMPILED = 8  #: compiled models kept per backend, one per (scale, input shape)
 
 Compiled = Callable[[np.ndarray], np.ndarray]
@@ -75,8 +78,10 @@ class _AtScale(nn.Module):
 
 
 def export_onnx(model: nn.Module, scale: int, path: Path) -> None:
-    """The float network at ``scale`` as ONNX, batch and spatial sizes dynamic."""
-    wrapper = _AtScale(model.float().eval(), scale)
+    """The float network at ``scale`` as ONNX, batch and spatial sizes dynamic; a CARN in its
+    deployed form (:mod:`carn_stream.model.deployed`)."""
+    model = model.float().eval()
+    wrapper = deployed(model, scale) if isinstance(model, CARN) else _AtScale(model, scale)
     example = torch.rand(1, 3, 64, 64)
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
@@ -133,8 +138,8 @@ class OpenVinoCompiler:
     :data:`MAX_COMPILED` most recently used."""
 
     def __init__(self, threads: int, properties: dict[str, object] | None = None) -> None:
-        ov = require_openvino()
-        self._core = ov.Core()
+        self._ov = require_openvino()
+        self._core = self._ov.Core()
         self._core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
         self.properties = dict(properties or {})
         self._compiled: OrderedDict[tuple, Compiled] = OrderedDict()
@@ -150,8 +155,9 @@ class OpenVinoCompiler:
         return run
 
     def _compile(self, path: Path, shape: tuple[int, ...]) -> Compiled:
-        model = self._core.read_model(str(path))
-        model.reshape({model.inputs[0].any_name: list(shape)})
+        # Converted for this one shape rather than read and reshaped: the static conversion
+        # folds the group convs' biases into them (measured 7-10% faster, docs/PERFORMANCE.md).
+        model = self._ov.convert_model(str(path), input=[list(shape)])
         request = self._core.compile_model(model, "CPU", self.properties).create_infer_request()
         return lambda a: np.array(request.infer({0: a})[0], copy=True)
 

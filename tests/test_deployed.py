@@ -1,0 +1,109 @@
+"""The deployed form of CARN (exit before the last shuffle, cascades without concatenation):
+the same function, and what the int8 recipe keeps in float of it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from carn_stream.model.deployed import deployed, exit_before_shuffle
+from carn_stream.model.networks import carn, carn_m, resnet_baseline
+from carn_stream.pipeline.engine import cpu
+from carn_stream.pipeline.engine.infer import unavailable_reason
+from carn_stream.pipeline.engine.onnx_models import export_onnx
+
+
+def _random(model: nn.Module) -> nn.Module:
+    """``model`` with weights far from zero, so a misplaced tap shows."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_deployed_official_carn_m_computes_the_network(official_carn_m, scale):
+    x = torch.rand(2, 3, 23, 37, generator=torch.Generator().manual_seed(1))  # odd sizes
+    with torch.no_grad():
+        want = official_carn_m(x, scale)
+        got = deployed(official_carn_m, scale)(x)
+    assert got.shape == want.shape == (2, 3, 23 * scale, 37 * scale)
+    assert torch.allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("make", [carn, carn_m, resnet_baseline], ids=lambda f: f.__name__)
+def test_deployed_form_holds_for_every_variant(make):
+    model = _random(make(scales=(2, 3, 4), channels=16))
+    x = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for scale in (2, 3, 4):
+            want = model(x, scale)
+            error = (deployed(model, scale)(x) - want).abs().max()
+            assert error <= 1e-5 * want.abs().max()  # float rounding, at any magnitude
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_exit_moved_before_the_shuffle_gives_the_same_image(r):
+    conv = _random(nn.Conv2d(8, 3, 3, padding=1))
+    x = torch.rand(1, 8 * r * r, 5, 7, generator=torch.Generator().manual_seed(3))
+    moved = exit_before_shuffle(conv, r)
+    assert (moved.in_channels, moved.out_channels) == (8 * r * r, 3 * r * r)
+    with torch.no_grad():
+        want = conv(nn.functional.pixel_shuffle(x, r))
+        got = nn.functional.pixel_shuffle(moved(x), r)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_only_a_plain_3x3_exit_moves():
+    with pytest.raises(ValueError, match="3x3"):
+        exit_before_shuffle(nn.Conv2d(8, 3, 1), 2)
+    with pytest.raises(ValueError, match="scale 3 not supported"):
+        deployed(carn_m(scales=(2,)), 3)
+
+
+def test_export_has_no_concatenation_and_shuffles_only_the_picture(official_carn_m, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    path = tmp_path / "x4.onnx"
+    export_onnx(official_carn_m, 4, path)
+    nodes = onnx.load(str(path)).graph.node
+    assert not [n for n in nodes if n.op_type == "Concat"]
+    shuffles = [n.name for n in nodes if n.op_type == "DepthToSpace"]
+    # x4: the upsampler's first shuffle (64 channels), then the picture's (12 -> 3 channels)
+    assert shuffles == ["/upsampler/upsampler.2/DepthToSpace", "/shuffle/DepthToSpace"]
+
+
+@pytest.mark.skipif(unavailable_reason("int8", torch.device("cpu")) is not None, reason="no int8")
+@pytest.mark.parametrize("scale", [2, 4])
+def test_int8_keeps_the_picture_and_the_sensitive_parts_in_float(official_carn_m, scale, tmp_path):
+    from carn_stream.pipeline.engine.int8 import _nodes, float_nodes
+
+    path = tmp_path / "float.onnx"
+    export_onnx(official_carn_m, scale, path)
+    keep = float_nodes(path, scale)
+    names = {name for _, name in _nodes(path)}
+    assert set(keep) <= names
+    assert keep[0] == "/entry/Conv" and "/shuffle/DepthToSpace" in keep
+    last_fusion = [n for n in keep if n.startswith("/body/fusions.2/parts.")]
+    assert len(last_fusion) == 4  # the global cascade's last fusion reads four parts
+    assert any(n.startswith("/body/stages.0/fusions.0/Add") for n in keep)  # partial sums
+    assert "/exit/Conv" not in keep  # int8: as cheap in quality as the body's convs
+    assert any(n.startswith("/upsampler/") for n in keep) == (scale == 2)
+
+
+def test_an_isa_cap_limits_the_features_the_modes_rely_on(monkeypatch):
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: "flags\t: fpu avx2 avx512_vnni amx_bf16\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert cpu.cpu_features() == ("avx2", "avx512_vnni", "amx_bf16")
+    assert cpu.cpu_has_native_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert cpu.isa_cap() == "AVX2"
+    assert cpu.cpu_features() == ("avx2",)
+    assert not cpu.cpu_has_native_bf16()
+    assert "no bf16" in unavailable_reason("ov-bf16", torch.device("cpu"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    assert cpu.cpu_features() == ("avx2", "avx512_vnni")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert cpu.cpu_features() == ("avx2", "avx512_vnni", "amx_bf16")
