@@ -8,7 +8,8 @@ next one runs):
 - correctness: the device against the CPU's fp32 per precision, CUDA graphs off and on (and a
   replay), tiles against whole frames, the out-of-memory fallback (split, then tiles), input
   sizes changing from batch to batch;
-- model: model-only frames per second per precision, size, batch and graphs, with memory;
+- model: model-only frames per second per precision, size, batch and graphs, with memory; the
+  network against its deployed form (``model/deployed.py``), eager, in the first precision;
 - pipeline: end to end from a file to an MP4 at 1080p out (decode, infer, encode), with the
   encoder threads the pipeline chooses and a sweep of other counts;
 - service: ``carn-stream serve`` on the device: HLS jobs at x2 and x4 on a real clip (every
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -37,6 +39,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +313,33 @@ def section_model(report: Report, device: torch.device, sizes: Sizes) -> None:
                     report.add(Row("model", what, value, target, ok))
 
 
+def section_deployed(report: Report, device: torch.device, sizes: Sizes) -> None:
+    """The network as trained against its deployed form (``model/deployed.py``: what the
+    OpenVINO modes run on a CPU, 10-20% faster there), both whole in the first precision, one
+    batch: whether the PyTorch/CUDA path should run the deployed form too."""
+    from carn_stream.model.deployed import deployed
+
+    model = official_model().to(device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(sizes.precisions[0], torch.float32)
+    batch = sizes.batches[-1]
+    for width, height, scale in sizes.models:
+        network = copy.deepcopy(model).to(dtype)
+        form = deployed(copy.deepcopy(model), scale).to(dtype)
+        x = torch.rand(batch, 3, height, width, device=device, dtype=dtype)
+        with torch.inference_mode():
+            error = (form(x) - network(x, scale)).abs().max().item()
+            runs = {"network": partial(network, x, scale), "deployed": partial(form, x)}
+            fps = {
+                name: batch / statistics.median(_time(run, sizes.repeats, device))
+                for name, run in runs.items()
+            }
+        what = f"deployed form {width}x{height} x{scale} {sizes.precisions[0]} batch {batch}"
+        value = f"{fps['network']:.1f} / {fps['deployed']:.1f}"
+        report.add(Row("model", f"{what}: fps network / deployed", value, "", None))
+        report.add(Row("model", f"{what}: largest difference", f"{error:.2g}", "at most 0.02",
+                       error <= 0.02))  # fmt: skip
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -542,7 +572,10 @@ def section_live(report: Report, device: torch.device, sizes: Sizes, tmp: Path) 
 SECTIONS: dict[str, Callable[[Report, torch.device, Sizes, Path], None]] = {
     "env": lambda report, device, sizes, tmp: section_env(report, device, sizes),
     "correctness": lambda report, device, sizes, tmp: section_correctness(report, device, sizes),
-    "model": lambda report, device, sizes, tmp: section_model(report, device, sizes),
+    "model": lambda report, device, sizes, tmp: (
+        section_model(report, device, sizes),
+        section_deployed(report, device, sizes),
+    ),
     "pipeline": section_pipeline,
     "service": section_service,
     "live": section_live,
