@@ -13,7 +13,7 @@ import torch
 from carn_stream.model.evaluation import evaluate
 from carn_stream.model.mixed import MixedPrecisionCARN
 from carn_stream.pipeline.colour import ColourSpec
-from carn_stream.pipeline.engine import autoselect, infer
+from carn_stream.pipeline.engine import autoselect, cpu, infer
 from carn_stream.pipeline.engine.infer import (
     Engine,
     EngineConfig,
@@ -325,6 +325,14 @@ def test_auto_measures_again_when_the_installed_backends_change(
     again = engine().describe_precision()
     assert again.endswith("(measured)")  # another key: measured afresh, no note
     assert len(json.loads((tmp_path / "precision-choices.json").read_text())) == 2
+    # An instruction-set cap is another CPU to auto: what it chose uncapped may not run there.
+    flags = "flags\t: fpu avx2 avx512_fp16\n"  # no real CPU: another key on any machine
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: flags)
+    assert engine().describe_precision().endswith("(measured)")  # these flags: another CPU
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert engine().describe_precision().endswith("(measured)")
+    keys = list(json.loads((tmp_path / "precision-choices.json").read_text()))
+    assert len(keys) == 4 and "(avx2) |" in keys[-1] and "int8 r" in keys[-1]
 
 
 def test_engine_rgb_path_matches_the_evaluation_upscaler(official_carn_m, frames):

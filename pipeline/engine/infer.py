@@ -40,6 +40,7 @@ from carn_stream.pipeline.engine.convert import (
 )
 from carn_stream.pipeline.engine.cpu import cpu_features, cpu_has_native_bf16, cpu_name
 from carn_stream.pipeline.engine.onnx_models import (
+    EXPORT_VERSION,
     EXTRA,
     INT8_PACKAGES,
     missing_packages,
@@ -145,10 +146,14 @@ def missing_extra_note() -> str | None:
 
 
 def backends_identity() -> str:
-    """The installed backend packages and their versions: part of auto's cache key, so that
-    installing or upgrading one measures again."""
+    """The installed backend packages and their versions, and the versions of this package's
+    export and int8 recipe: part of auto's cache key, so that installing or upgrading either
+    measures again."""
+    from carn_stream.pipeline.engine.int8 import RECIPE_VERSION
+
     versions = package_versions(INT8_PACKAGES)
-    return ", ".join(f"{name} {version or 'missing'}" for name, version in versions.items())
+    packages = ", ".join(f"{name} {version or 'missing'}" for name, version in versions.items())
+    return f"{packages}, export e{EXPORT_VERSION}, int8 r{RECIPE_VERSION}"
 
 
 def output_geometry(spec: ColourSpec, height: int, width: int, scale: int) -> ColourSpec:
@@ -259,7 +264,8 @@ class Engine:
 
             self._digest = state_digest(self.model)
         return (
-            f"{cpu_name()} | {torch.get_num_threads()} threads | weights {self._digest[:16]} "
+            f"{cpu_name()} ({', '.join(cpu_features()) or 'no features of note'}) | "
+            f"{torch.get_num_threads()} threads | weights {self._digest[:16]} "
             f"| {backends_identity()} | x{scale} {width}x{height}"
         )
 
