@@ -324,7 +324,7 @@ def section_deployed(report: Report, device: torch.device, sizes: Sizes) -> None
     batch = sizes.batches[-1]
     for width, height, scale in sizes.models:
         network = copy.deepcopy(model).to(dtype)
-        form = deployed(copy.deepcopy(model), scale).to(dtype)
+        form = deployed(model, scale).to(dtype)
         x = torch.rand(batch, 3, height, width, device=device, dtype=dtype)
         with torch.inference_mode():
             error = (form(x) - network(x, scale)).abs().max().item()

@@ -18,8 +18,11 @@ frame, int8 from 290 to 146 ms.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from carn_stream.model.networks import CARN, Cascade
 
@@ -28,13 +31,22 @@ def exit_before_shuffle(exit_conv: nn.Conv2d, r: int) -> nn.Conv2d:
     """The 3x3 ``exit_conv`` (C -> O channels) that follows a pixel shuffle by ``r``, as a 3x3
     conv on the unshuffled tensor (r*r*C -> r*r*O channels) whose output shuffles to the same
     image."""
-    if exit_conv.kernel_size != (3, 3) or exit_conv.padding != (1, 1) or exit_conv.groups != 1:
-        raise ValueError("only a 3x3 conv with padding 1 and no groups moves before a shuffle")
+    plain = (
+        exit_conv.kernel_size == (3, 3)
+        and exit_conv.padding == (1, 1)
+        and exit_conv.stride == (1, 1)
+        and exit_conv.dilation == (1, 1)
+        and exit_conv.groups == 1
+        and exit_conv.padding_mode == "zeros"
+    )
+    if not plain:
+        raise ValueError("only a plain 3x3 conv (zero padding 1, stride 1) moves before a shuffle")
     weight = exit_conv.weight.detach()
     outs, ins = weight.shape[:2]
     phases = r * r
-    moved = nn.Conv2d(ins * phases, outs * phases, 3, padding=1)
-    folded = torch.zeros_like(moved.weight)
+    like = {"device": weight.device, "dtype": weight.dtype}
+    moved = skip_init(nn.Conv2d, ins * phases, outs * phases, 3, padding=1, **like)
+    folded = torch.zeros(moved.weight.shape, **like)
     for a in range(r):
         for b in range(r):
             for dy in (-1, 0, 1):
@@ -47,7 +59,7 @@ def exit_before_shuffle(exit_conv: nn.Conv2d, r: int) -> nn.Conv2d:
                     )
     with torch.no_grad():
         moved.weight.copy_(folded)
-        bias = exit_conv.bias if exit_conv.bias is not None else torch.zeros(outs)
+        bias = exit_conv.bias if exit_conv.bias is not None else torch.zeros(outs, **like)
         moved.bias.copy_(bias.detach().repeat_interleave(phases))
     return moved
 
@@ -60,7 +72,8 @@ class SplitFusion(nn.Module):
         parts = fusion.in_channels // part_channels
         self.parts = nn.ModuleList()
         for i in range(parts):
-            conv = nn.Conv2d(part_channels, fusion.out_channels, 1, bias=i == 0)
+            like = {"device": fusion.weight.device, "dtype": fusion.weight.dtype}
+            conv = skip_init(nn.Conv2d, part_channels, fusion.out_channels, 1, bias=i == 0, **like)
             with torch.no_grad():
                 conv.weight.copy_(fusion.weight[:, i * part_channels : (i + 1) * part_channels])
                 if i == 0:
@@ -129,6 +142,6 @@ class DeployedCARN(nn.Module):
 
 
 def deployed(model: CARN, scale: int) -> DeployedCARN:
-    """``model`` at ``scale`` rearranged for an inference engine, in eval mode (shares the
-    entry, body and upsampler weights with ``model``)."""
-    return DeployedCARN(model, scale).eval()
+    """``model`` at ``scale`` rearranged for an inference engine, in eval mode, on ``model``'s
+    device and in its dtype; a copy: ``model`` itself is left as it was."""
+    return DeployedCARN(copy.deepcopy(model), scale).eval()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from carn_stream.model.deployed import deployed, exit_before_shuffle
-from carn_stream.model.networks import carn, carn_m, resnet_baseline
+from carn_stream.model.networks import carn, carn_m, carn_ng, resnet_baseline
 from carn_stream.pipeline.engine import cpu
 from carn_stream.pipeline.engine.infer import unavailable_reason
 from carn_stream.pipeline.engine.onnx_models import export_onnx
@@ -56,9 +56,23 @@ def test_exit_moved_before_the_shuffle_gives_the_same_image(r):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_deployed_form_is_a_copy_in_the_networks_dtype():
+    model = _random(carn_m(scales=(2,), channels=16)).double().train()
+    form = deployed(model, 2)
+    assert {p.dtype for p in form.parameters()} == {torch.float64}
+    assert model.training and model.entry.training  # the caller's network left as it was
+    form.float()
+    assert model.entry.weight.dtype == torch.float64
+    x = torch.rand(1, 3, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(form.double()(x), model.eval()(x), atol=1e-9)
+
+
 def test_only_a_plain_3x3_exit_moves():
     with pytest.raises(ValueError, match="3x3"):
         exit_before_shuffle(nn.Conv2d(8, 3, 1), 2)
+    with pytest.raises(ValueError, match="stride 1"):
+        exit_before_shuffle(nn.Conv2d(8, 3, 3, padding=1, padding_mode="reflect"), 2)
     with pytest.raises(ValueError, match="scale 3 not supported"):
         deployed(carn_m(scales=(2,)), 3)
 
@@ -92,6 +106,18 @@ def test_int8_keeps_the_picture_and_the_sensitive_parts_in_float(official_carn_m
     assert any(n.startswith("/upsampler/") for n in keep) == (scale == 2)
 
 
+@pytest.mark.skipif(unavailable_reason("int8", torch.device("cpu")) is not None, reason="no int8")
+def test_int8_float_parts_of_a_network_without_global_cascade(tmp_path):
+    from carn_stream.pipeline.engine.int8 import float_nodes
+
+    path = tmp_path / "ng.onnx"
+    export_onnx(_random(carn_ng(scales=(4,), channels=16, efficient=True, group=4)), 4, path)
+    keep = float_nodes(path, 4)
+    # the entry, the conv that feeds the upsampler (the last block's last fusion part)
+    assert keep[0] == "/entry/Conv" and keep[1].startswith("/body/stages.2/fusions.2/parts.")
+    assert keep[-1] == "/shuffle/DepthToSpace"
+
+
 def test_an_isa_cap_limits_the_features_the_modes_rely_on(monkeypatch):
     monkeypatch.setattr(cpu, "_cpuinfo", lambda: "flags\t: fpu avx2 avx512_vnni amx_bf16\n")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
@@ -103,6 +129,8 @@ def test_an_isa_cap_limits_the_features_the_modes_rely_on(monkeypatch):
     assert cpu.cpu_features() == ("avx2",)
     assert not cpu.cpu_has_native_bf16()
     assert "no bf16" in unavailable_reason("ov-bf16", torch.device("cpu"))
+    # ov-fp16's own check applies under a cap only (elsewhere OpenVINO's capabilities decide)
+    assert "no fp16" in unavailable_reason("ov-fp16", torch.device("cpu"))
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
     assert cpu.cpu_features() == ("avx2", "avx512_vnni")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")

@@ -49,7 +49,7 @@ needs_int8 = pytest.mark.skipif(INT8_REASON is not None, reason=INT8_REASON or "
 @pytest.fixture(scope="session")
 def int8_cache(tmp_path_factory):
     """One cache folder of ONNX exports and int8 models for the session: each scale is
-    quantized once (10-30 s) and reused by every test that runs int8."""
+    quantized once (5-10 s) and reused by every test that runs int8."""
     return tmp_path_factory.mktemp("int8-cache")
 
 

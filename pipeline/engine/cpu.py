@@ -55,11 +55,10 @@ ISA_CAPS = {
 }
 
 
-def isa_cap(env: dict[str, str] | None = None) -> str | None:
+def isa_cap() -> str | None:
     """The ISA cap set for oneDNN (``ONEDNN_MAX_CPU_ISA``, or its older ``DNNL_`` name), upper
     case, or None."""
-    env = os.environ if env is None else env
-    value = env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA")
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
     return value.strip().upper() if value else None
 
 

@@ -38,7 +38,7 @@ from carn_stream.pipeline.engine.convert import (
     rgb8_to_float,
     rgb_to_yuv420,
 )
-from carn_stream.pipeline.engine.cpu import cpu_features, cpu_has_native_bf16, cpu_name
+from carn_stream.pipeline.engine.cpu import cpu_features, cpu_has_native_bf16, cpu_name, isa_cap
 from carn_stream.pipeline.engine.onnx_models import (
     EXPORT_VERSION,
     EXTRA,
@@ -112,8 +112,8 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
 
         if name == "ov-bf16" and not cpu_has_native_bf16():
             return "this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX)"
-        if name == "ov-fp16" and "avx512_fp16" not in cpu_features():
-            return "this CPU has no fp16 arithmetic (AVX-512 FP16)"
+        if name == "ov-fp16" and isa_cap() and "avx512_fp16" not in cpu_features():
+            return f"no fp16 arithmetic (AVX-512 FP16) under ONEDNN_MAX_CPU_ISA={isa_cap()}"
         return ov_reason(name)
     if mode.backend == "int8":
         missing = missing_packages(INT8_PACKAGES)

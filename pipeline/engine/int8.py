@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from carn_stream.pipeline.engine.onnx_models import (
+    EXPORT_VERSION,
     BackendUnavailable,
     OpenVinoCompiler,
     cached_onnx,
@@ -106,11 +107,16 @@ def float_nodes(onnx_path: Path, scale: int) -> list[str]:
     """
     nodes = _nodes(onnx_path)
     convs = [name for kind, name in nodes if kind == "Conv"]
+    upsampler = next(i for i, name in enumerate(convs) if name.startswith("/upsampler/"))
     global_fusions = {name.split("/")[2] for name in convs if name.startswith("/body/fusions.")}
-    last = max(global_fusions, key=lambda fusion: int(fusion.split(".")[1]))
-    keep = [convs[0], *(name for name in convs if name.startswith(f"/body/{last}/"))]
+    if global_fusions:
+        last = max(global_fusions, key=lambda fusion: int(fusion.split(".")[1]))
+        feeding = [name for name in convs if name.startswith(f"/body/{last}/")]
+    else:  # no global cascade (CARN-NG, the plain baseline): the body's last conv
+        feeding = [convs[upsampler - 1]]
+    keep = [convs[0], *feeding]
     if scale in FLOAT_UPSAMPLER_SCALES:
-        keep.append(next(name for name in convs if name.startswith("/upsampler/")))
+        keep.append(convs[upsampler])
     keep += [name for kind, name in nodes if kind == "Add" and "/fusions." in name]
     return keep + [name for _, name in nodes if name.startswith("/shuffle/")]
 
@@ -139,7 +145,7 @@ def quantize(
         activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
         # 8-bit weights on every CPU: without VNNI, int8 products are summed in pairs into 16
         # bits that can saturate, but measured on AVX2 arithmetic this recipe loses no more
-        # (docs/PERFORMANCE.md); 7-bit weights lost up to 0.05 dB.
+        # (docs/PERFORMANCE.md); 7-bit weights lost 0.054 dB at Set5 x2.
         overflow_fix=OverflowFix.DISABLE,
         # One scale per branch rather than one shared where branches meet: the features a
         # cascade gathers (the entry conv's signed output beside ReLU outputs) differ in range.
@@ -201,7 +207,8 @@ class Int8Backend:
         )
 
     def model_path(self, scale: int, calibration: str) -> Path:
-        name = f"carn-{self.digest[:16]}-x{scale}-{calibration}-r{RECIPE_VERSION}.onnx"
+        recipe = f"e{EXPORT_VERSION}-r{RECIPE_VERSION}"
+        name = f"carn-{self.digest[:16]}-x{scale}-{calibration}-{recipe}.onnx"
         return self.cache_dir / name
 
     def prepare(self, scale: int, calibration: Calibration | None = None) -> Path:
