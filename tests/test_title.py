@@ -170,12 +170,9 @@ def test_assess_prints_the_report_and_writes_plot_and_weights(small_clip, weight
 
 @pytest.mark.slow
 def test_tune_encoded_trains_on_the_copy_and_writes_tunes_report(small_clip, weights_path,
-                                                                  tmp_path, capsys,
-                                                                  monkeypatch):  # fmt: skip
+                                                                  tmp_path, capsys):  # fmt: skip
+    # (The held-out frames are upscaled in the settings' precision: fp32, as conftest sets it.)
     from carn_stream.cli import main
-
-    # The held-out frames are upscaled in the settings' precision: fp32, not this CPU's auto.
-    monkeypatch.setenv("CARN_STREAM_PRECISION", "fp32")
     from carn_stream.model import carn_m, load_weights
 
     out = tmp_path / "bbb.pth"

@@ -39,7 +39,6 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-_AVX512 = ("avx2", "avx512_vnni", "avx512_bf16", "avx512_fp16")
 #: oneDNN's ISA caps -> the :data:`FEATURES` they leave usable (a cap not listed leaves all).
 ISA_CAPS = {
     "SSE41": (),
@@ -47,11 +46,11 @@ ISA_CAPS = {
     "AVX2": ("avx2",),
     "AVX2_VNNI": ("avx2", "avx_vnni"),
     "AVX2_VNNI_2": ("avx2", "avx_vnni"),
-    "AVX512_CORE": _AVX512[:1],
-    "AVX512_CORE_VNNI": _AVX512[:2],
-    "AVX512_CORE_BF16": _AVX512[:3],
-    "AVX512_CORE_FP16": _AVX512,
-    "AVX10_1_512": _AVX512,
+    "AVX512_CORE": ("avx2",),
+    "AVX512_CORE_VNNI": ("avx2", "avx512_vnni"),
+    "AVX512_CORE_BF16": ("avx2", "avx512_vnni", "avx512_bf16"),
+    "AVX512_CORE_FP16": ("avx2", "avx512_vnni", "avx512_bf16", "avx512_fp16"),
+    "AVX10_1_512": ("avx2", "avx512_vnni", "avx512_bf16", "avx512_fp16"),
 }
 
 
