@@ -134,6 +134,8 @@ class Settings:
     #: (least recently used segments are evicted), and segments made ahead of a player.
     vod_cache_bytes: int = 10 * 1024**3
     vod_prefetch_segments: int = 2
+    #: A player that has asked for no segment for this long keeps no prefetch work ahead of it.
+    vod_viewer_idle_seconds: float = 60.0
     #: A video ingested with ``"tune": true`` is fine-tuned on this many of its frames for
     #: this many steps (in a child process), then served with its own weights.
     vod_tune_frames: int = 77
@@ -214,6 +216,7 @@ class Settings:
             "live_max_sessions": self.live_max_sessions >= 0,
             "vod_cache_bytes": self.vod_cache_bytes > 0,
             "vod_prefetch_segments": self.vod_prefetch_segments >= 0,
+            "vod_viewer_idle_seconds": self.vod_viewer_idle_seconds > 0,
             "vod_tune_frames": self.vod_tune_frames >= 4,
             "vod_tune_steps": self.vod_tune_steps >= 1,
             "vod_report_frames": self.vod_report_frames >= 2,
@@ -266,6 +269,7 @@ _TAKES: dict[str, str] = {
     "live_max_sessions": "a whole number, 0 or more",
     "vod_cache_bytes": "a positive whole number of bytes",
     "vod_prefetch_segments": "a whole number, 0 or more",
+    "vod_viewer_idle_seconds": "a positive number of seconds",
     "vod_tune_frames": "a whole number, 4 or more",
     "vod_tune_steps": "a whole number, 1 or more",
     "vod_report_frames": "a whole number, 2 or more",

@@ -136,7 +136,12 @@ def test_an_ingested_video_has_complete_playlists_before_any_segment_is_made(ser
     attributes = re.compile(r'([A-Z-]+)=("[^"]*"|[^,]*)')
     variants = [(dict(attributes.findall(line.split(":", 1)[1])), lines[i + 1])
                 for i, line in enumerate(lines) if line.startswith("#EXT-X-STREAM")]  # fmt: skip
-    assert [uri for _, uri in variants] == ["original/index.m3u8", "x2/index.m3u8"]
+    # Each request gives out a new player id, and every URI it names carries it.
+    viewer = re.fullmatch(r"original/index\.m3u8\?viewer=([0-9a-f]{16})", variants[0][1])[1]
+    assert [uri for _, uri in variants] == [f"{r}/index.m3u8?viewer={viewer}"
+                                            for r in ("original", "x2")]  # fmt: skip
+    again = server.call("GET", video["links"]["master"]).body.decode()
+    assert f"?viewer={viewer}" not in again and "?viewer=" in again
     (original, _), (x2, _) = variants
     assert original["RESOLUTION"] == "96x54" and x2["RESOLUTION"] == "192x108"
     with av.open(str(media / "clip.mp4")) as c:  # the source's own profile and level (avcC)
@@ -151,7 +156,12 @@ def test_an_ingested_video_has_complete_playlists_before_any_segment_is_made(ser
         text = server.call("GET", f"/videos/{video['id']}/{rendition}/index.m3u8").body.decode()
         assert "#EXT-X-PLAYLIST-TYPE:VOD" in text and text.rstrip().endswith("#EXT-X-ENDLIST")
         entries = playlist_entries(text)
-        assert [name for _, name in entries] == [f"segment_{i:05d}.ts" for i in range(SEGMENTS)]
+        fresh = re.fullmatch(r"segment_00000\.ts\?viewer=([0-9a-f]{16})", entries[0][1])[1]
+        assert [name for _, name in entries] == [f"segment_{i:05d}.ts?viewer={fresh}"
+                                                 for i in range(SEGMENTS)]  # fmt: skip
+        mine = server.call("GET", f"/videos/{video['id']}/{rendition}/index.m3u8?viewer={viewer}")
+        assert all(name.endswith(f"?viewer={viewer}")
+                   for _, name in playlist_entries(mine.body.decode()))  # fmt: skip
         assert abs(sum(d for d, _ in entries) - duration) < 1 / 25
         target = int(re.search(r"#EXT-X-TARGETDURATION:(\d+)", text)[1])
         assert all(round(d) <= target for d, _ in entries)
@@ -268,6 +278,35 @@ def test_a_seek_starts_work_at_the_seek_point_and_drops_prefetch_behind_it(serve
     assert metric(server, "carn_stream_vod_first_segment_seconds_count", rendition="x2") == (
         starts + 2  # the start of the playback, and the seek
     )
+
+
+def test_two_players_at_different_places_keep_each_others_prefetch(server, base):
+    settle(server)
+    video = ingest(server, base)
+
+    def player() -> str:
+        """A player's x2 playlist, as the master playlist names it: its segments' URIs."""
+        master = server.call("GET", video["links"]["master"]).body.decode()
+        uri = next(line for line in master.splitlines() if line.startswith("x2/"))
+        playlist = server.call("GET", f"/videos/{video['id']}/{uri}").body.decode()
+        return [name for _, name in playlist_entries(playlist)]
+
+    first, second = player(), player()
+    assert first[0] != second[0]  # two player ids
+
+    def get(uris: list[str], index: int) -> None:
+        response = server.call("GET", f"/videos/{video['id']}/x2/{uris[index]}", timeout=120)
+        assert response.status == 200, response.body
+
+    get(first, 0)
+    # Segment 0 made; prefetch for the first player: 1 holds the one slot, 2 waits for it. The
+    # second player starts at 3: 2 is still ahead of the first player, so it is kept (one
+    # player seeking from 0 to 3 drops it: the test above).
+    get(second, 3)
+    settle(server)
+    assert cached(server, video["id"])["x2"] == [0, 1, 2, 3, 4]
+    bad = server.call("GET", f"/videos/{video['id']}/x2/segment_00000.ts?viewer=a%20b")
+    assert bad.status == 422 and "viewer" in bad.body.decode()
 
 
 @pytest.mark.slow

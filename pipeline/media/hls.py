@@ -38,13 +38,18 @@ def segment_index(name: str) -> int | None:
 
 
 def playlist_text(
-    durations: Iterable[float], target: float, complete: bool, kind: str = "EVENT"
+    durations: Iterable[float],
+    target: float,
+    complete: bool,
+    kind: str = "EVENT",
+    query: str = "",
 ) -> str:
     """An HLS media playlist for consecutive segments of the given durations (seconds).
 
     ``target`` is the longest segment of the whole plan, so the announced target duration
     never changes while the playlist grows. ``kind``: ``EVENT`` (a playlist that grows) or
-    ``VOD`` (complete from the start).
+    ``VOD`` (complete from the start). ``query`` (e.g. ``?viewer=...``) follows each segment's
+    name.
     """
     lines = [
         "#EXTM3U",
@@ -55,7 +60,7 @@ def playlist_text(
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
     for index, seconds in enumerate(durations):
-        lines += [f"#EXTINF:{seconds:.6f},", segment_name(index)]
+        lines += [f"#EXTINF:{seconds:.6f},", segment_name(index) + query]
     if complete:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"

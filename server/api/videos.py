@@ -6,7 +6,7 @@ import errno
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,7 +37,9 @@ from carn_stream.server.vod.media import (
     REPORT_FOLDER,
     REPORT_PAGE,
     VIDEO_ID,
+    VIEWER,
     master_url,
+    new_viewer,
     playlist_url,
     video_url,
 )
@@ -326,25 +328,44 @@ def title_report_files(video_id: str, name: str, videos: Videos) -> Response:
     raise HTTPException(status.HTTP_404_NOT_FOUND, f"no report file {name!r} (yet)")
 
 
+#: A player's id (given out with the master playlist; the URIs of its playlists carry it), so
+#: that segments are made ahead of each player of a rendition, not only of the last one to ask.
+Viewer = Annotated[
+    str | None,
+    Query(pattern=f"^{VIEWER.pattern}$",
+          description="the player's id, as the master playlist's URIs carry it"),
+]  # fmt: skip
+
+
 @router.get(f"/{{video_id}}/{MASTER_NAME}", response_class=Response)
 def master_playlist(video_id: str, videos: Videos) -> Response:
-    """The master playlist: the original rendition first, then each upscaled one."""
+    """The master playlist: the original rendition first, then each upscaled one. Each
+    request gives a new player id to the URIs it names."""
     video = _video_or_404(videos, video_id)
-    return Response(videos.master_playlist(video), media_type=PLAYLIST_TYPE)
+    return Response(videos.master_playlist(video, new_viewer()), media_type=PLAYLIST_TYPE)
 
 
 @router.get(f"/{{video_id}}/{{rendition}}/{PLAYLIST_NAME}", response_class=Response)
-def media_playlist(video_id: str, rendition: str, videos: Videos) -> Response:
-    """A rendition's complete VOD playlist (every segment, whether made yet or not)."""
+def media_playlist(
+    video_id: str, rendition: str, videos: Videos, viewer: Viewer = None
+) -> Response:
+    """A rendition's complete VOD playlist (every segment, whether made yet or not), its
+    segments' URIs carrying the player's id (a new one when the request has none)."""
     video = _video_or_404(videos, video_id)
     if video.rendition(rendition) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"video has no rendition {rendition!r}")
-    return Response(videos.media_playlist(video), media_type=PLAYLIST_TYPE)
+    return Response(videos.media_playlist(video, viewer or new_viewer()),
+                    media_type=PLAYLIST_TYPE)  # fmt: skip
 
 
 @router.get("/{video_id}/{rendition}/{name}", response_class=Response)
 async def segment(
-    video_id: str, rendition: str, name: str, request: Request, videos: Videos
+    video_id: str,
+    rendition: str,
+    name: str,
+    request: Request,
+    videos: Videos,
+    viewer: Viewer = None,
 ) -> Response:
     """One MPEG-TS segment: from the cache, or made now. Sent from its file on disk; the work
     for a client that hangs up is dropped (unless it is nearly done)."""
@@ -359,7 +380,7 @@ async def segment(
                             RETRY)  # fmt: skip
     try:
         opened = await unless_disconnected(
-            request.receive, videos.segment(video, rendition, index)
+            request.receive, videos.segment(video, rendition, index, viewer or "")
         )
     except BaseException as exc:
         turns.give()

@@ -33,7 +33,12 @@ from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecuto
 from carn_stream.pipeline.execution.slots import Slots, Ticket
 from carn_stream.pipeline.frames import upscaled_size
 from carn_stream.pipeline.media.encode import EncoderOptions
-from carn_stream.pipeline.media.hls import Variant, master_playlist_text, playlist_text
+from carn_stream.pipeline.media.hls import (
+    PLAYLIST_NAME,
+    Variant,
+    master_playlist_text,
+    playlist_text,
+)
 from carn_stream.pipeline.media.remux import RemuxTask
 from carn_stream.pipeline.media.renditions import (
     encoder_tag,
@@ -49,6 +54,8 @@ from carn_stream.server.limits import INPUT_NAME, Intake
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.streaming import OpenFile, Turns
 from carn_stream.server.vod.cache import Key, SegmentCache
+from carn_stream.server.vod.media import viewer_query
+from carn_stream.server.vod.playheads import Playheads
 from carn_stream.server.vod.store import Rendition, Storage, Video, VideoStore, rendition_name
 from carn_stream.server.vod.title import (
     COPY_NAME,
@@ -144,7 +151,7 @@ class VideoManager:
         _remove_unknown(root, set(store.ids()))
         self.cache = SegmentCache(root, settings.vod_cache_bytes)
         self._work: dict[Key, _Work] = {}
-        self._playheads: dict[tuple[str, str], int] = {}  #: last segment each rendition served
+        self._playheads = Playheads(settings.vod_viewer_idle_seconds)
         self._videos: dict[str, Video] = {}
         self._tunes: dict[str, asyncio.Task] = {}
         self._deleting: set[str] = set()  #: videos being deleted now
@@ -257,8 +264,7 @@ class VideoManager:
         if tasks:
             await asyncio.wait(tasks, timeout=10)
         self._videos.pop(video_id, None)
-        for playhead in [p for p in self._playheads if p[0] == video_id]:
-            del self._playheads[playhead]
+        self._playheads.forget(video_id)
         existed = self.store.delete(video_id)
         self.cache.forget(video_id)
         await asyncio.to_thread(shutil.rmtree, self.cache.folder(video_id), True)
@@ -367,7 +373,8 @@ class VideoManager:
 
     # ------------------------------------------------------------------ playlists
 
-    def master_playlist(self, video: Video) -> str:
+    def master_playlist(self, video: Video, viewer: str) -> str:
+        """The master playlist of one player: ``viewer`` goes into every URI it names."""
         variants = []
         cached = self.cache.cached(video.id)
         rate = float(video.plan.frame_rate) if video.plan.frame_rate else None
@@ -377,40 +384,44 @@ class VideoManager:
                 (8 * size / video.plan.segments[i].duration for i, size in sizes.items()),
                 default=0,
             )
-            variants.append(Variant(f"{r.name}/index.m3u8", round(max(measured, r.bandwidth)),
+            variants.append(Variant(f"{r.name}/{PLAYLIST_NAME}{viewer_query(viewer)}",
+                                    round(max(measured, r.bandwidth)),
                                     r.width, r.height, r.codecs, rate))  # fmt: skip
         return master_playlist_text(variants)
 
     @staticmethod
-    def media_playlist(video: Video) -> str:
+    def media_playlist(video: Video, viewer: str) -> str:
+        """A rendition's playlist for one player: ``viewer`` goes into its segments' URIs."""
         plan = video.plan
         durations = [s.duration for s in plan.segments]
-        return playlist_text(durations, plan.max_duration, complete=True, kind="VOD")
+        return playlist_text(durations, plan.max_duration, complete=True, kind="VOD",
+                             query=viewer_query(viewer))  # fmt: skip
 
     # ------------------------------------------------------------------ segments
 
-    async def segment(self, video: Video, rendition: str, index: int) -> OpenFile:
+    async def segment(
+        self, video: Video, rendition: str, index: int, viewer: str = ""
+    ) -> OpenFile:
         """The segment's file, opened, from the cache or made now (a player waits for it).
-        Cancelling the call (the player has gone) drops the work unless it is nearly done."""
+        Cancelling the call (the player has gone) drops the work unless it is nearly done.
+        ``viewer``: the player's id from its playlist ("" for none)."""
         key = Key(video.id, rendition, index)
         began = time.monotonic()
-        previous = self._playheads.get((video.id, rendition))
-        self._playheads[(video.id, rendition)] = index
+        starts = self._playheads.move((video.id, rendition, viewer), index)
         opened = _open_cached(self.cache, key)
         if opened is not None:
             self.metrics.vod_cache_hits.labels(rendition).inc()
             self._prefetch(video, rendition, index)
         else:
             self.metrics.vod_cache_misses.labels(rendition).inc()
-            opened = await self._wait_for(video, key)
-        if previous is None or index not in (previous, previous + 1):
-            # the start of a playback, or a seek
+            opened = await self._wait_for(video, key, viewer)
+        if starts:  # the start of a playback, or a seek
             self.metrics.vod_first_segment_seconds.labels(rendition).observe(
                 time.monotonic() - began
             )
         return opened
 
-    async def _wait_for(self, video: Video, key: Key) -> OpenFile:
+    async def _wait_for(self, video: Video, key: Key, viewer: str) -> OpenFile:
         """Join the work making ``key`` (or start it) and open what it made. Work a seek
         dropped before it started is started again; a file evicted before it was opened is
         made again."""
@@ -437,7 +448,7 @@ class VideoManager:
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
-                    self._player_gone(key)
+                    self._player_gone(key, viewer)
                     raise  # this request was cancelled: its player has gone
                 if self._closing:
                     raise
@@ -466,16 +477,32 @@ class VideoManager:
         log.info("segment %s: nobody waits for it any more; dropped", work.key)
         self._drop(work)
 
-    def _player_gone(self, key: Key) -> None:
+    def _player_gone(self, key: Key, viewer: str) -> None:
         """A player hung up waiting for ``key``: what was made ahead for it and has not
-        started is dropped too (a player that comes back asks again)."""
-        ahead = range(key.index + 1, key.index + 1 + self.settings.vod_prefetch_segments)
+        started is dropped too, unless it lies ahead of another player (a player that comes
+        back asks again)."""
+        self._playheads.forget(key.video, key.rendition, viewer)
+        ahead = self._ahead(key.index, None)
+        wanted = self._wanted(key.video, key.rendition, None)
         for other in list(self._work.values()):
             same = (other.key.video, other.key.rendition) == (key.video, key.rendition)
-            if same and other.key.index in ahead and other.prefetch and not other.started \
-                    and not other.gone:  # fmt: skip
+            if same and other.key.index in ahead and other.key.index not in wanted \
+                    and other.prefetch and not other.started and not other.gone:  # fmt: skip
                 self._drop(other)
         self._gauge()
+
+    def _ahead(self, index: int, last: int | None) -> range:
+        """The segments prefetched for a player at ``index`` (up to segment ``last - 1``)."""
+        end = index + 1 + self.settings.vod_prefetch_segments
+        return range(index + 1, end if last is None else min(last, end))
+
+    def _wanted(self, video_id: str, rendition: str, last: int | None) -> set[int]:
+        """The segments ahead of any of the rendition's players."""
+        return {
+            i
+            for position in self._playheads.positions(video_id, rendition)
+            for i in self._ahead(position, last)
+        }
 
     def _drop(self, work: _Work) -> None:
         work.dropped = True
@@ -512,12 +539,14 @@ class VideoManager:
         self.metrics.vod_prefetch_depth.set(sum(w.prefetch for w in self._work.values()))
 
     def _prefetch(self, video: Video, rendition: str, index: int) -> None:
-        """Make the next segments ahead; drop waiting prefetch work elsewhere (a seek)."""
+        """Make the next segments ahead; drop waiting prefetch work no player is ahead of
+        any more (a seek)."""
         last = len(video.plan.segments)
-        ahead = range(index + 1, min(last, index + 1 + self.settings.vod_prefetch_segments))
+        ahead = self._ahead(index, last)
+        wanted = self._wanted(video.id, rendition, last) | set(ahead)
         for key, work in list(self._work.items()):
             if (key.video, key.rendition) == (video.id, rendition) and work.prefetch \
-                    and not work.started and key.index not in ahead:  # fmt: skip
+                    and not work.started and key.index not in wanted:  # fmt: skip
                 assert work.task is not None
                 work.task.cancel()
         for i in ahead:

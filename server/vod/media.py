@@ -5,6 +5,7 @@ them all (:data:`SCOPE`)."""
 from __future__ import annotations
 
 import re
+import secrets
 
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME
 
@@ -15,6 +16,20 @@ REPORT_FOLDER, REPORT_PAGE = "report", "index.html"  #: a video stored small: it
 SCOPE = re.compile(
     rf"^(/videos/{VIDEO_ID.pattern}/)({re.escape(MASTER_NAME)}|[a-z0-9]{{1,12}}/[^/]+)$"
 )
+
+
+#: A player's id in its playlists' URIs (``?viewer=``): its playhead's name (prefetch per player).
+VIEWER = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def new_viewer() -> str:
+    """A fresh player id, given out with each master playlist."""
+    return secrets.token_hex(8)
+
+
+def viewer_query(viewer: str) -> str:
+    """The query string that carries ``viewer`` in a playlist's URIs ("" for none)."""
+    return f"?viewer={viewer}" if viewer else ""
 
 
 def video_url(video_id: str) -> str:
