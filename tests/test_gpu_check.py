@@ -25,7 +25,7 @@ def test_the_gpu_check_runs_every_section_on_a_cpu(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     sections = {row["section"] for row in rows}
-    assert sections == {"env", "correctness", "model", "pipeline", "service", "live"}
+    assert sections == {"env", "correctness", "model", "pipeline", "service", "live", "title"}
     assert not [row for row in rows if row["ok"] is False], rows
     measured = {row["what"]: row["value"] for row in rows}
     assert measured["HLS job 64x36 x4: every frame, audio kept"] == "True, True"
@@ -36,5 +36,7 @@ def test_the_gpu_check_runs_every_section_on_a_cpu(tmp_path):
     )
     assert float(network) > 0 and float(form) > 0
     # the summary is the last output, so a run cut short still ends with what it measured
-    assert result.stdout.rstrip().splitlines()[-1].startswith("| live | seconds |")
+    gains = [value for what, value in measured.items() if "held-out gain" in what]
+    assert len(gains) == 2 and all(abs(float(g)) < 5 for g in gains), measured
+    assert result.stdout.rstrip().splitlines()[-1].startswith("| title | seconds |")
     assert (tmp_path / "summary.md").read_text().count("\n") == len(rows) + 2
