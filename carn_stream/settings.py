@@ -102,7 +102,8 @@ class Settings:
     max_concurrent_ingests: int = 2
     #: Video segment responses sent at once (each streams a file); more get 503.
     max_segment_responses: int = 64
-    #: Video segments that players wait for and that have not started; more get 503.
+    #: Video segments that players wait for and that have not started (more get 503); also the
+    #: most prefetch work waiting to start.
     vod_max_waiting_segments: int = 16
     #: HTTP: seconds a client has to send a whole request (headers and body), counted from
     #: its connection or its previous response; then the connection is closed.
@@ -134,7 +135,8 @@ class Settings:
     #: (least recently used segments are evicted), and segments made ahead of a player.
     vod_cache_bytes: int = 10 * 1024**3
     vod_prefetch_segments: int = 2
-    #: A player that has asked for no segment for this long keeps no prefetch work ahead of it.
+    #: A player none of whose requests has come, ended or still waits for this long keeps no
+    #: prefetch work ahead of it.
     vod_viewer_idle_seconds: float = 60.0
     #: A video ingested with ``"tune": true`` is fine-tuned on this many of its frames for
     #: this many steps (in a child process), then served with its own weights.

@@ -140,6 +140,7 @@ def test_an_ingested_video_has_complete_playlists_before_any_segment_is_made(ser
     viewer = re.fullmatch(r"original/index\.m3u8\?viewer=([0-9a-f]{16})", variants[0][1])[1]
     assert [uri for _, uri in variants] == [f"{r}/index.m3u8?viewer={viewer}"
                                             for r in ("original", "x2")]  # fmt: skip
+    assert master.headers["cache-control"] == "no-store"  # it names one player
     again = server.call("GET", video["links"]["master"]).body.decode()
     assert f"?viewer={viewer}" not in again and "?viewer=" in again
     (original, _), (x2, _) = variants
@@ -673,6 +674,50 @@ def test_a_prefetch_a_player_catches_up_with_is_not_slowed_by_the_next_one(media
     assert took[1] < 1.5 * took[0] and took[2] < 1.5 * took[0], took
     # Segments 1 and 2 were prefetched, but the player asked before they were done.
     assert made.get("prefetch_late") == 2 and made.get("request") == 1, made
+
+
+def test_made_up_player_ids_cannot_queue_more_prefetch_than_the_cap(media, tmp_path):
+    """Each new player id keeps the prefetch ahead of it; what waits to start stays capped."""
+    import asyncio
+
+    from carn_stream.pipeline.execution.executors import InProcessExecutor
+    from carn_stream.pipeline.execution.slots import Slots
+    from carn_stream.server.metrics import Metrics
+    from carn_stream.server.vod.manager import VideoManager
+    from carn_stream.server.vod.store import VideoStore
+    from carn_stream.settings import Settings
+    from tests.slow_worker import slow_worker
+
+    settings = Settings(data_dir=tmp_path / "data", allow_local_files=True, segment_seconds=1,
+                        vod_prefetch_segments=2, vod_max_waiting_segments=2)  # fmt: skip
+    worker = slow_worker()
+
+    async def players() -> list[int]:
+        executor = InProcessExecutor(worker, 1)
+        store = VideoStore(settings.data_dir / "videos.sqlite3")
+        manager = VideoManager(store, settings, Metrics(), lambda: executor,
+                               Slots(1, urgent_extra=1))  # fmt: skip
+        try:
+            video = await manager.ingest(str(media / "clip.mp4"), [2])
+            queued = []
+            asks = [asyncio.create_task(manager.segment(video, "x2", i, f"p{i}"))
+                    for i in (0, 3)]  # fmt: skip
+            for _ in range(20):  # while they wait: 1 and 2 ahead of one, 4 ahead of the other
+                await asyncio.sleep(0.05)
+                queued.append(manager._queued_prefetch())
+            for ask in asks:
+                ask.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
+            return queued
+        finally:
+            await manager.close()
+            store.close()
+
+    try:
+        queued = asyncio.run(players())
+    finally:
+        worker.close()
+    assert max(queued) == 2, queued  # 1 and 2 queued, 4 not: the cap
 
 
 def test_the_realtime_factor_buckets_cover_the_cpus_the_service_runs_on():

@@ -335,6 +335,8 @@ Viewer = Annotated[
     Query(pattern=f"^{VIEWER.pattern}$",
           description="the player's id, as the master playlist's URIs carry it"),
 ]  # fmt: skip
+#: Playlists name one player: a shared cache must not hand them to another.
+PER_PLAYER = {"Cache-Control": "no-store"}
 
 
 @router.get(f"/{{video_id}}/{MASTER_NAME}", response_class=Response)
@@ -342,7 +344,8 @@ def master_playlist(video_id: str, videos: Videos) -> Response:
     """The master playlist: the original rendition first, then each upscaled one. Each
     request gives a new player id to the URIs it names."""
     video = _video_or_404(videos, video_id)
-    return Response(videos.master_playlist(video, new_viewer()), media_type=PLAYLIST_TYPE)
+    return Response(videos.master_playlist(video, new_viewer()), media_type=PLAYLIST_TYPE,
+                    headers=PER_PLAYER)  # fmt: skip
 
 
 @router.get(f"/{{video_id}}/{{rendition}}/{PLAYLIST_NAME}", response_class=Response)
@@ -355,7 +358,7 @@ def media_playlist(
     if video.rendition(rendition) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"video has no rendition {rendition!r}")
     return Response(videos.media_playlist(video, viewer or new_viewer()),
-                    media_type=PLAYLIST_TYPE)  # fmt: skip
+                    media_type=PLAYLIST_TYPE, headers=PER_PLAYER)  # fmt: skip
 
 
 @router.get("/{video_id}/{rendition}/{name}", response_class=Response)

@@ -55,7 +55,7 @@ from carn_stream.server.metrics import Metrics
 from carn_stream.server.streaming import OpenFile, Turns
 from carn_stream.server.vod.cache import Key, SegmentCache
 from carn_stream.server.vod.media import viewer_query
-from carn_stream.server.vod.playheads import Playheads
+from carn_stream.server.vod.playheads import Head, Playheads
 from carn_stream.server.vod.store import Rendition, Storage, Video, VideoStore, rendition_name
 from carn_stream.server.vod.title import (
     COPY_NAME,
@@ -407,14 +407,16 @@ class VideoManager:
         ``viewer``: the player's id from its playlist ("" for none)."""
         key = Key(video.id, rendition, index)
         began = time.monotonic()
-        starts = self._playheads.move((video.id, rendition, viewer), index)
+        head = (video.id, rendition, viewer)
+        starts = self._playheads.move(head, index)
         opened = _open_cached(self.cache, key)
         if opened is not None:
             self.metrics.vod_cache_hits.labels(rendition).inc()
             self._prefetch(video, rendition, index)
         else:
             self.metrics.vod_cache_misses.labels(rendition).inc()
-            opened = await self._wait_for(video, key, viewer)
+            with self._playheads.waiting(head):
+                opened = await self._wait_for(video, key, viewer)
         if starts:  # the start of a playback, or a seek
             self.metrics.vod_first_segment_seconds.labels(rendition).observe(
                 time.monotonic() - began
@@ -479,11 +481,15 @@ class VideoManager:
 
     def _player_gone(self, key: Key, viewer: str) -> None:
         """A player hung up waiting for ``key``: what was made ahead for it and has not
-        started is dropped too, unless it lies ahead of another player (a player that comes
-        back asks again)."""
-        self._playheads.forget(key.video, key.rendition, viewer)
+        started is dropped too, unless it lies ahead of another live player (a player that
+        comes back asks again). A named player is forgotten, unless it has asked for another
+        segment since (a seek aborts the request it leaves)."""
+        head = (key.video, key.rendition, viewer)
+        still_here = self._playheads.at(head) == key.index
+        if viewer and still_here:
+            self._playheads.forget(key.video, key.rendition, viewer)
         ahead = self._ahead(key.index, None)
-        wanted = self._wanted(key.video, key.rendition, None)
+        wanted = self._wanted(key.video, key.rendition, None, exclude=head if still_here else None)
         for other in list(self._work.values()):
             same = (other.key.video, other.key.rendition) == (key.video, key.rendition)
             if same and other.key.index in ahead and other.key.index not in wanted \
@@ -496,13 +502,19 @@ class VideoManager:
         end = index + 1 + self.settings.vod_prefetch_segments
         return range(index + 1, end if last is None else min(last, end))
 
-    def _wanted(self, video_id: str, rendition: str, last: int | None) -> set[int]:
-        """The segments ahead of any of the rendition's players."""
+    def _wanted(
+        self, video_id: str, rendition: str, last: int | None, exclude: Head | None = None
+    ) -> set[int]:
+        """The segments ahead of any of the rendition's live players (but ``exclude``)."""
         return {
             i
-            for position in self._playheads.positions(video_id, rendition)
+            for position in self._playheads.positions(video_id, rendition, exclude)
             for i in self._ahead(position, last)
         }
+
+    def _queued_prefetch(self) -> int:
+        """Prefetch work that has not started, over every video."""
+        return sum(w.prefetch and not w.started and not w.gone for w in self._work.values())
 
     def _drop(self, work: _Work) -> None:
         work.dropped = True
@@ -551,6 +563,8 @@ class VideoManager:
                 work.task.cancel()
         for i in ahead:
             key = Key(video.id, rendition, i)
+            if self._queued_prefetch() >= self.settings.vod_max_waiting_segments:
+                break  # as many as players may wait for: more would only wait longer
             if key not in self.cache and key not in self._work:
                 self._start(video, key, prefetch=True)
         self._gauge()
