@@ -623,9 +623,10 @@ def test_segment_work_for_players_that_have_gone_is_dropped_and_jobs_go_on(serve
 # --------------------------------------------------------------------------- prefetch
 
 
-def test_a_prefetch_a_player_catches_up_with_is_not_slowed_by_the_next_one(media, tmp_path):
-    """Making slower than playback (a CPU): the player asks for each next segment before its
-    prefetch is done. That segment must then have the worker to itself."""
+def run_with_manager(media: Path, tmp_path: Path, slots: int, use, **settings) -> tuple:
+    """``await use(manager, video)`` with an in-process manager on a slow worker (0.08 s a
+    frame: 2 s for a 1 s segment of 25 frames), ``slots`` executor slots and one more for a
+    waiting player, the clip ingested at x2; returns (its result, the manager's metrics)."""
     import asyncio
 
     from carn_stream.pipeline.execution.executors import InProcessExecutor
@@ -636,32 +637,40 @@ def test_a_prefetch_a_player_catches_up_with_is_not_slowed_by_the_next_one(media
     from carn_stream.settings import Settings
     from tests.slow_worker import slow_worker
 
-    settings = Settings(data_dir=tmp_path / "data", allow_local_files=True, segment_seconds=1,
-                        vod_prefetch_segments=2)  # fmt: skip
-    metrics = Metrics()
-    worker = slow_worker()  # 0.08 s a frame: 2 s for a 1 s segment of 25 frames
+    config = Settings(data_dir=tmp_path / "data", allow_local_files=True, segment_seconds=1,
+                      **settings)  # fmt: skip
+    metrics, worker = Metrics(), slow_worker()
 
-    async def play() -> list[float]:
-        executor = InProcessExecutor(worker, 2)
-        store = VideoStore(settings.data_dir / "videos.sqlite3")
-        manager = VideoManager(store, settings, metrics, lambda: executor,
-                               Slots(2, urgent_extra=1))  # fmt: skip
+    async def run():
+        executor = InProcessExecutor(worker, slots)
+        store = VideoStore(config.data_dir / "videos.sqlite3")
+        manager = VideoManager(store, config, metrics, lambda: executor,
+                               Slots(slots, urgent_extra=1))  # fmt: skip
         try:
-            video = await manager.ingest(str(media / "clip.mp4"), [2])
-            took = []
-            for index in range(3):  # each next segment asked for as soon as one arrives
-                began = time.monotonic()
-                await manager.segment(video, "x2", index)
-                took.append(time.monotonic() - began)
-            return took
+            return await use(manager, await manager.ingest(str(media / "clip.mp4"), [2]))
         finally:
             await manager.close()
             store.close()
 
     try:
-        took = asyncio.run(play())
+        return asyncio.run(run()), metrics
     finally:
         worker.close()
+
+
+def test_a_prefetch_a_player_catches_up_with_is_not_slowed_by_the_next_one(media, tmp_path):
+    """Making slower than playback (a CPU): the player asks for each next segment before its
+    prefetch is done. That segment must then have the worker to itself."""
+
+    async def play(manager, video) -> list[float]:
+        took = []
+        for index in range(3):  # each next segment asked for as soon as one arrives
+            began = time.monotonic()
+            await manager.segment(video, "x2", index)
+            took.append(time.monotonic() - began)
+        return took
+
+    took, metrics = run_with_manager(media, tmp_path, 2, play, vod_prefetch_segments=2)
     made = {
         s.labels["reason"]: s.value
         for family in metrics.registry.collect()
@@ -680,43 +689,19 @@ def test_made_up_player_ids_cannot_queue_more_prefetch_than_the_cap(media, tmp_p
     """Each new player id keeps the prefetch ahead of it; what waits to start stays capped."""
     import asyncio
 
-    from carn_stream.pipeline.execution.executors import InProcessExecutor
-    from carn_stream.pipeline.execution.slots import Slots
-    from carn_stream.server.metrics import Metrics
-    from carn_stream.server.vod.manager import VideoManager
-    from carn_stream.server.vod.store import VideoStore
-    from carn_stream.settings import Settings
-    from tests.slow_worker import slow_worker
+    async def players(manager, video) -> list[int]:
+        queued = []
+        asks = [asyncio.create_task(manager.segment(video, "x2", i, f"p{i}")) for i in (0, 3)]
+        for _ in range(20):  # while they wait: 1 and 2 ahead of one, 4 ahead of the other
+            await asyncio.sleep(0.05)
+            queued.append(manager._queued_prefetch())
+        for ask in asks:
+            ask.cancel()
+        await asyncio.gather(*asks, return_exceptions=True)
+        return queued
 
-    settings = Settings(data_dir=tmp_path / "data", allow_local_files=True, segment_seconds=1,
-                        vod_prefetch_segments=2, vod_max_waiting_segments=2)  # fmt: skip
-    worker = slow_worker()
-
-    async def players() -> list[int]:
-        executor = InProcessExecutor(worker, 1)
-        store = VideoStore(settings.data_dir / "videos.sqlite3")
-        manager = VideoManager(store, settings, Metrics(), lambda: executor,
-                               Slots(1, urgent_extra=1))  # fmt: skip
-        try:
-            video = await manager.ingest(str(media / "clip.mp4"), [2])
-            queued = []
-            asks = [asyncio.create_task(manager.segment(video, "x2", i, f"p{i}"))
-                    for i in (0, 3)]  # fmt: skip
-            for _ in range(20):  # while they wait: 1 and 2 ahead of one, 4 ahead of the other
-                await asyncio.sleep(0.05)
-                queued.append(manager._queued_prefetch())
-            for ask in asks:
-                ask.cancel()
-            await asyncio.gather(*asks, return_exceptions=True)
-            return queued
-        finally:
-            await manager.close()
-            store.close()
-
-    try:
-        queued = asyncio.run(players())
-    finally:
-        worker.close()
+    queued, _ = run_with_manager(media, tmp_path, 1, players, vod_prefetch_segments=2,
+                                 vod_max_waiting_segments=2)  # fmt: skip
     assert max(queued) == 2, queued  # 1 and 2 queued, 4 not: the cap
 
 
