@@ -38,6 +38,7 @@ from carn_stream.pipeline.media.segments import (
     segment_frames,
 )
 from carn_stream.pipeline.priorities import Priority
+from carn_stream.pipeline.waiting import wait_at_most
 
 if TYPE_CHECKING:  # the engine (torch) is the caller's; planning and remuxing need none
     from carn_stream.pipeline.engine.infer import BatchResult, InferenceWorker
@@ -135,9 +136,11 @@ class _StageThread:
 
     async def finish(self, fn: Callable | None = None) -> None:
         """Run ``fn`` after whatever is in flight, even while being cancelled; then stop."""
-        if fn is not None:
-            await asyncio.shield(asyncio.wrap_future(self._pool.submit(fn)))
-        self._pool.shutdown(wait=False)
+        try:
+            if fn is not None:
+                await asyncio.shield(asyncio.wrap_future(self._pool.submit(fn)))
+        finally:
+            self._pool.shutdown(wait=False)
 
 
 def _next_frame(items: Iterator) -> tuple[list[AudioItem], SourceFrame | None, float]:
@@ -239,9 +242,11 @@ class _PipelineRun:
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         finally:
-            await self.decoder.finish(container.close if container is not None else None)
-            sink = self.sink
-            await self.encoder.finish(sink.abort if sink is not None else None)
+            try:
+                await self.decoder.finish(container.close if container is not None else None)
+            finally:  # a cancellation while the input closes still removes the output
+                sink = self.sink
+                await self.encoder.finish(sink.abort if sink is not None else None)
 
     def _items(self, container) -> Iterator[SourceFrame | AudioItem]:
         """What the decode stage reads: the segment's audio (read from a second handle on the
@@ -282,11 +287,8 @@ class _PipelineRun:
             group = [first]
             deadline = time.monotonic() + options.max_wait
             while len(group) < options.batch_size:
-                try:
-                    nxt = await asyncio.wait_for(
-                        self.frames_q.get(), max(0.0, deadline - time.monotonic())
-                    )
-                except TimeoutError:
+                nxt = await wait_at_most(deadline - time.monotonic(), self.frames_q.get())
+                if nxt is None:
                     break
                 if nxt is _END or nxt.shape_key != first.shape_key:
                     pending = nxt

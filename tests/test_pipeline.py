@@ -15,6 +15,7 @@ import torch
 
 from carn_stream.model import carn_m, load_weights
 from carn_stream.model.baselines import Bicubic
+from carn_stream.pipeline.colour import ColourSpec
 from carn_stream.pipeline.engine.infer import (
     Engine,
     EngineConfig,
@@ -24,10 +25,11 @@ from carn_stream.pipeline.engine.infer import (
 from carn_stream.pipeline.errors import InputError, OutputError
 from carn_stream.pipeline.execution.executors import InProcessExecutor
 from carn_stream.pipeline.execution.segmented import run_whole
+from carn_stream.pipeline.frames import SourceFrame
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.hls import is_complete
 from carn_stream.pipeline.media.segments import WHOLE, plan_segments
-from carn_stream.pipeline.run import PipelineOptions, SegmentSource, run_pipeline
+from carn_stream.pipeline.run import PipelineOptions, SegmentSource, _PipelineRun, run_pipeline
 from tests.media import (
     decode_rgb,
     decode_y,
@@ -443,3 +445,37 @@ def test_carn_m_beats_bicubic_on_real_video(data_dir, carn_worker, bicubic_worke
     assert scores["carn"] >= 36.4
     assert scores["bicubic"] <= 30.6
     assert scores["carn"] - scores["bicubic"] >= 6.0
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def _gray_frame(index: int) -> SourceFrame:
+    plane = np.zeros((8, 8), np.uint8)
+    return SourceFrame(index, index, Fraction(1, 25), (plane,), ColourSpec("gray"))
+
+
+@pytest.mark.parametrize("turns", range(6))
+def test_the_batch_stage_stops_when_cancelled_as_a_frame_arrives(turns):
+    """A stage cancelled by its TaskGroup in the very moment a frame reaches it must stop (on
+    Python 3.11, asyncio.wait_for let such a cancellation pass: the stage carried on, waited
+    for frames from a decode stage that had failed, and the run never ended)."""
+
+    async def go() -> bool:
+        run = object.__new__(_PipelineRun)  # the batch stage needs only its queues
+        run.options = PipelineOptions(scale=2, batch_size=2, max_wait=30.0)
+        run.frames_q, run.batches_q = asyncio.Queue(4), asyncio.Queue(4)
+        stage = asyncio.create_task(run.batch())
+        await run.frames_q.put(_gray_frame(0))
+        for _ in range(3):  # the stage now waits (30 s at most) for a second frame
+            await asyncio.sleep(0)
+        await run.frames_q.put(_gray_frame(1))
+        for _ in range(turns):  # the frame on its way at one step or another
+            await asyncio.sleep(0)
+        stage.cancel()
+        await asyncio.wait({stage}, timeout=2.0)
+        stopped = stage.done()
+        stage.cancel()
+        return stopped
+
+    assert asyncio.run(go()), "the batch stage ignored its cancellation"

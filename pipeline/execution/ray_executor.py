@@ -47,6 +47,7 @@ from carn_stream.pipeline.execution.executors import (
 from carn_stream.pipeline.execution.segment_transport import cut_segment, localize, write_copy
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import SegmentPlan
+from carn_stream.pipeline.waiting import wait_at_most
 
 if TYPE_CHECKING:  # the engine (torch) is the caller's; planning and remuxing need none
     from carn_stream.pipeline.engine.infer import InferenceWorker
@@ -195,8 +196,7 @@ class RayExecutor:
                         f"no node offers a GPU or the {self.options.cpu_resource!r} resource"
                     )
                     raise RuntimeError(f"the Ray cluster has no ready worker: {reason}")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
+                await wait_at_most(min(left, 1.0), self._changed.wait())
 
     async def plan(self, request: PlanRequest) -> SegmentPlan:
         async with self._plans:
@@ -267,8 +267,7 @@ class RayExecutor:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise RuntimeError("no Ray worker became free in time")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
+                await wait_at_most(min(left, 1.0), self._changed.wait())
 
     def _pick(self) -> _Actor | None:
         """The least busy ready actor with room, preferring nodes with less work."""

@@ -10,7 +10,6 @@ failed job keeps no output: nothing half-made is served."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import threading
@@ -27,6 +26,7 @@ from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import segment_name
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
+from carn_stream.pipeline.waiting import wait_at_most
 from carn_stream.progress_rate import RateMeter
 from carn_stream.server.inputs.exposure import redact_paths
 from carn_stream.server.inputs.fetch import FetchError, fetch
@@ -141,8 +141,7 @@ class JobRunner:
                     log.exception("the job scheduler failed a round; it keeps trying")
                 failing = True
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+            await wait_at_most(0.5, self._wake.wait())
 
     def _schedule(self) -> None:
         if self._below_floor():
