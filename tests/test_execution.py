@@ -87,3 +87,28 @@ def test_a_worker_process_closed_while_it_starts_stops_without_a_word(caplog):
     # error, and lived until the service exited.
     assert multiprocessing.active_children() == []
     assert not [r for r in caplog.records if "ready" in r.getMessage()]
+
+
+def test_a_call_cancelled_while_it_waits_to_run_alone_lets_the_others_in():
+    # After a crash of the worker process, a call waits to run alone; new calls wait behind
+    # it. Before, a cancellation there (a player's seek, a cancelled job) left it counted as
+    # waiting for ever, and no call entered the worker process again.
+    from tests.slow_worker import slow_to_start_worker
+
+    async def go() -> tuple[bool, bool]:
+        executor = ProcessExecutor(slow_to_start_worker)  # nothing is started
+        await executor._enter(False)  # a call runs in the shared way
+        solo = asyncio.create_task(executor._enter(True))  # a re-run waits to run alone
+        await asyncio.sleep(0.05)
+        behind = asyncio.create_task(executor._enter(False))  # a new call waits behind it
+        await asyncio.sleep(0.05)
+        held_back = not behind.done()
+        solo.cancel()
+        await asyncio.wait({solo, behind}, timeout=2.0)
+        let_in = behind.done() and not behind.cancelled()
+        behind.cancel()
+        return held_back, let_in
+
+    held_back, let_in = asyncio.run(go())
+    assert held_back  # a call waiting to run alone goes first
+    assert let_in, "the cancelled call kept the worker process closed to others"

@@ -281,8 +281,13 @@ class ProcessExecutor:
         async with self._turn:
             if alone:
                 self._solo_waiting += 1
-                await self._turn.wait_for(lambda: not self._solo and self._active == 0)
-                self._solo_waiting -= 1
+                try:
+                    await self._turn.wait_for(lambda: not self._solo and self._active == 0)
+                except BaseException:  # cancelled while waiting: shared calls may go on
+                    self._turn.notify_all()
+                    raise
+                finally:
+                    self._solo_waiting -= 1
                 self._solo = True
             else:
                 await self._turn.wait_for(lambda: not self._solo and not self._solo_waiting)

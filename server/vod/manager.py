@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -488,13 +488,8 @@ class VideoManager:
         still_here = self._playheads.at(head) == key.index
         if viewer and still_here:
             self._playheads.forget(key.video, key.rendition, viewer)
-        ahead = self._ahead(key.index, None)
         wanted = self._wanted(key.video, key.rendition, None, exclude=head if still_here else None)
-        for other in list(self._work.values()):
-            same = (other.key.video, other.key.rendition) == (key.video, key.rendition)
-            if same and other.key.index in ahead and other.key.index not in wanted \
-                    and other.prefetch and not other.started and not other.gone:  # fmt: skip
-                self._drop(other)
+        self._drop_prefetch(key.video, key.rendition, wanted, among=self._ahead(key.index, None))
         self._gauge()
 
     def _ahead(self, index: int, last: int | None) -> range:
@@ -515,6 +510,22 @@ class VideoManager:
     def _queued_prefetch(self) -> int:
         """Prefetch work that has not started, over every video."""
         return sum(w.prefetch and not w.started and not w.gone for w in self._work.values())
+
+    def _drop_prefetch(
+        self,
+        video_id: str,
+        rendition: str,
+        keep: Container[int],
+        among: Container[int] | None = None,
+    ) -> None:
+        """Drop the rendition's prefetch work that has not started, but the segments in
+        ``keep`` (only segments in ``among``, when given)."""
+        for work in list(self._work.values()):
+            index = work.key.index
+            if (work.key.video, work.key.rendition) == (video_id, rendition) and work.prefetch \
+                    and not work.started and not work.gone and index not in keep \
+                    and (among is None or index in among):  # fmt: skip
+                self._drop(work)
 
     def _drop(self, work: _Work) -> None:
         work.dropped = True
@@ -556,11 +567,7 @@ class VideoManager:
         last = len(video.plan.segments)
         ahead = self._ahead(index, last)
         wanted = self._wanted(video.id, rendition, last) | set(ahead)
-        for key, work in list(self._work.items()):
-            if (key.video, key.rendition) == (video.id, rendition) and work.prefetch \
-                    and not work.started and key.index not in wanted:  # fmt: skip
-                assert work.task is not None
-                work.task.cancel()
+        self._drop_prefetch(video.id, rendition, wanted)
         for i in ahead:
             key = Key(video.id, rendition, i)
             if self._queued_prefetch() >= self.settings.vod_max_waiting_segments:
