@@ -39,7 +39,7 @@ RANKS: list[list[str]] = [
     ["server.app"],
     ["top"],
 ]
-PIPELINE_BASE = {"errors", "frames", "colour", "priorities", "__init__"}
+PIPELINE_BASE = {"errors", "frames", "colour", "priorities", "waiting", "__init__"}
 PIPELINE_RUN = {"run", "sampling", "calibration", "title_frames", "title_model", "title_report"}
 SERVER_BASE = {"limits", "metrics", "speed", "pages", "media_links", "database", "blocking",
                "disconnect", "streaming", "connections", "__init__"}  # fmt: skip
