@@ -1,6 +1,7 @@
 """Does a start that already knows the encoder's losses bring a title's model further?
 
-    python bench/title_base.py WEIGHTS_OUT [--steps 600] [--every 300] [--crfs 26,30,34]
+    python bench/title_base.py WEIGHTS_OUT [--steps 600] [--every 300] [--lr 2e-4]
+                                         [--crfs 26,30,34]
     python bench/title_gain.py --init WEIGHTS_OUT --schedule constant --lr 2e-4 --steps 300
 
 Trains CARN-M from the official weights on SunHays80 photos as a streaming service would
@@ -30,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DATA, device_name, official_model
 from title_gain import SCALE, held_out, score, score_table, title_pairs, train
-from title_pan import SECONDS, SPEED, pan_photos, write_clip
+from title_pan import RATE, SECONDS, SPEED, pan_photos, write_clip
 
 from carn_stream.pipeline.media.delivery import encode_copy
 from carn_stream.pipeline.media.images import iter_images
-from carn_stream.pipeline.title_frames import frame_count, read_pairs
+from carn_stream.pipeline.title_frames import read_pairs
 
 WIDTH, HEIGHT, PER_PHOTO, STEP_PX = 640, 480, 8, 4
 TAKEN = (3, 6)  #: frames of each photo's eight that become training pairs
@@ -63,23 +64,23 @@ def main() -> int:
     args = p.parse_args()
     torch.manual_seed(0)
     began = time.monotonic()
-    pan = {name for name, _ in pan_photos(round(SECONDS * 25), SPEED)}
+    pan = {name for name, _ in pan_photos(round(SECONDS * RATE), SPEED)}
     with tempfile.TemporaryDirectory(prefix="title-base-") as folder:
         source = Path(folder) / "photos.mp4"
-        write_clip(source, photo_views(pan), WIDTH, HEIGHT)
-        photos = frame_count(source) // PER_PHOTO
+        photos = write_clip(source, photo_views(pan), WIDTH, HEIGHT) // PER_PHOTO
         indices = [k * PER_PHOTO + t for k in range(photos) for t in TAKEN]
         pairs = []
         for crf in (int(c) for c in args.crfs.split(",")):
             copy = Path(folder) / f"copy-crf{crf}.mp4"
             encode_copy(source, copy, scale=SCALE, crf=crf, preset="veryfast")
             pairs += [(q.lr, q.hr) for q in read_pairs(source, copy, indices, SCALE)]
+    made = time.monotonic() - began
     title = title_pairs(DATA / "video" / "bigbuckbunny.mp4", 30, 48)
     held = [q for q, h in zip(title, held_out(title), strict=True) if h]
     model = official_model()
     generic = score(model, held)
     print(f"# {photos} photos (the pan's {len(pan)} left out), x{SCALE} copies at CRF "
-          f"{args.crfs}: {len(pairs)} pairs, made in {time.monotonic() - began:.0f} s; "
+          f"{args.crfs}: {len(pairs)} pairs, made in {made:.0f} s; "
           f"{device_name(torch.device('cpu'))}")  # fmt: skip
     print(f"# official CARN-M on Big Buck Bunny's held-out frames: {generic:.3f} dB\n")
     report = score_table(model, held, generic, "over the official dB", save=args.output)

@@ -2,6 +2,7 @@
 
     python bench/title_gain.py [CLIP] [--crf 30] [--steps 900] [--every 150] [--lr 5e-4]
                                [--schedule cosine|constant] [--oracle] [--frames 48]
+                               [--init WEIGHTS]
 
 The title's copy (x2, x264 at ``--crf``, preset veryfast) and its training pairs are made as
 ``carn-stream assess`` makes them (48 frames spread over the clip outside frames 60-71, every
