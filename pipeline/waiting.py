@@ -18,7 +18,8 @@ T = TypeVar("T")
 
 async def wait_at_most(seconds: float, awaitable: Awaitable[T]) -> T | None:
     """``awaitable``'s result, or None when ``seconds`` pass first (its work is then
-    cancelled). A cancellation of the caller always propagates."""
+    cancelled; so ``awaitable`` itself should never give None). A cancellation of the caller
+    always propagates."""
     try:
         async with asyncio.timeout(max(0.0, seconds)):
             return await awaitable

@@ -92,7 +92,7 @@ def test_a_worker_process_closed_while_it_starts_stops_without_a_word(caplog):
 def test_a_call_cancelled_while_it_waits_to_run_alone_lets_the_others_in():
     # After a crash of the worker process, a call waits to run alone; new calls wait behind
     # it. Before, a cancellation there (a player's seek, a cancelled job) left it counted as
-    # waiting for ever, and no call entered the worker process again.
+    # waiting forever, and no call entered the worker process again.
     from tests.slow_worker import slow_to_start_worker
 
     async def go() -> tuple[bool, bool]:

@@ -458,7 +458,7 @@ def _gray_frame(index: int) -> SourceFrame:
 @pytest.mark.parametrize("turns", range(6))
 def test_the_batch_stage_stops_when_cancelled_as_a_frame_arrives(turns):
     """A stage cancelled by its TaskGroup in the very moment a frame reaches it must stop (on
-    Python 3.11, asyncio.wait_for let such a cancellation pass: the stage carried on, waited
+    Python 3.11, asyncio.wait_for swallowed such a cancellation: the stage carried on, waited
     for frames from a decode stage that had failed, and the run never ended)."""
 
     async def go() -> bool:
