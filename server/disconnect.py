@@ -9,7 +9,7 @@ upscaling for nobody. Use it once the request's body has been read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from starlette.types import Receive
@@ -26,17 +26,25 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+async def unless_disconnected(
+    receive: Receive, work: Awaitable[T], discard: Callable[[T], object] | None = None
+) -> T:
     """``work``'s result; :class:`ClientGone` (``work`` cancelled) if the client hangs up
-    first."""
+    first. ``discard`` releases a result that ``work`` made but nobody will get: the client
+    hung up, or the request was cancelled, just as ``work`` finished (an opened file, say)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(receive))
+    handed = False
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
+            handed = True
             return task.result()
         raise ClientGone("the client closed its connection")
     finally:
         for pending in (watcher, task):
             pending.cancel()
         await asyncio.gather(watcher, task, return_exceptions=True)
+        made = task.done() and not task.cancelled() and task.exception() is None
+        if discard is not None and made and not handed:
+            discard(task.result())

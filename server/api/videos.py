@@ -383,7 +383,8 @@ async def segment(
                             RETRY)  # fmt: skip
     try:
         opened = await unless_disconnected(
-            request.receive, videos.segment(video, rendition, index, viewer or "")
+            request.receive, videos.segment(video, rendition, index, viewer or ""),
+            discard=lambda file: file.handle.close(),
         )
     except BaseException as exc:
         turns.give()
