@@ -2,15 +2,19 @@
 
     python bench/title_gain.py [CLIP] [--crf 30] [--steps 900] [--every 150] [--lr 5e-4]
                                [--schedule cosine|constant] [--oracle] [--frames 48]
-                               [--init WEIGHTS]
+                               [--init WEIGHTS] [--loss l1|l2] [--amp off|bf16]
+                               [--batch 16] [--channels-last]
 
 The title's copy (x2, x264 at ``--crf``, preset veryfast) and its training pairs are made as
 ``carn-stream assess`` makes them (48 frames spread over the clip outside frames 60-71, every
-7th held out); CARN-M starts from the official weights and trains on 16 x 48 px LR patches
-with L1 and Adam, the learning rate constant or on a cosine from ``--lr`` to 0 over
-``--steps``. Every ``--every`` steps the held-out frames are scored (PSNR on BT.601 luma;
-the seconds column counts from the first step, scoring included).
+7th held out); CARN-M starts from the official weights and trains on ``--batch`` (16) x 48 px
+LR patches with L1 (or ``--loss``) and Adam, the learning rate constant or on a cosine from
+``--lr`` to 0 over ``--steps``. Every ``--every`` steps the held-out frames are scored (PSNR on
+BT.601 luma; the seconds column counts from the first step, scoring included).
 ``--init`` starts from other weights (the gain stays measured over the official ones).
+``--loss l2`` trains on the squared error (what PSNR measures) instead of L1; ``--amp bf16``
+runs the training steps under bfloat16 autocast (scoring stays fp32); ``--channels-last``
+trains in the channels-last memory layout (oneDNN's own on CPUs).
 ``--oracle`` also trains on the held-out frames: the gain a model of this size reaches on
 frames it has seen, i.e. what more frames or a better choice of them could give at most.
 """
@@ -73,20 +77,30 @@ def train(
     schedule: str,
     every: int,
     on_score: Callable[[int], None],
+    loss: str = "l1",
+    amp: str = "off",
+    batch: int = BATCH,
+    channels_last: bool = False,
 ) -> None:
-    """Train ``model`` on LR patches of ``pairs`` (L1, Adam, the rate constant or on a cosine
-    to 0 over ``steps``), calling ``on_score(step)`` every ``every`` steps and at the end."""
-    batches = PatchBatches(given_pairs(pairs, SCALE, PATCH), BATCH, PATCH, seed=0)
+    """Train ``model`` on LR patches of ``pairs`` (``loss``, Adam, the rate constant or on a
+    cosine to 0 over ``steps``, under bf16 autocast if ``amp`` says so), calling
+    ``on_score(step)`` every ``every`` steps and at the end."""
+    batches = PatchBatches(given_pairs(pairs, SCALE, PATCH), batch, PATCH, seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr)
+    criterion = {"l1": torch.nn.functional.l1_loss, "l2": torch.nn.functional.mse_loss}[loss]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     for step in range(steps):
         if schedule == "cosine":
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         model.train()
         _, low, high = batches[step]
-        loss = torch.nn.functional.l1_loss(model(low.float() / 255, SCALE), high.float() / 255)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            out = model(low.float().div(255).contiguous(memory_format=layout), SCALE)
+        error = criterion(out.float(), high.float() / 255)
         optimizer.zero_grad()
-        loss.backward()
+        error.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         if (step + 1) % every == 0 or step + 1 == steps:
@@ -127,6 +141,10 @@ def main() -> int:
     p.add_argument("--oracle", action="store_true", help="train on the held-out frames too")
     p.add_argument("--frames", type=int, default=48)
     p.add_argument("--init", type=Path, help="start from these weights (default: the official)")
+    p.add_argument("--loss", choices=("l1", "l2"), default="l1")
+    p.add_argument("--amp", choices=("off", "bf16"), default="off")
+    p.add_argument("--batch", type=int, default=BATCH, help="LR patches a step")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
     args = p.parse_args()
     torch.manual_seed(0)
     pairs = title_pairs(args.clip, args.crf, args.frames)
@@ -142,11 +160,16 @@ def main() -> int:
     print(f"# {args.clip.name}, x{SCALE} x264 CRF {args.crf} copy; {machine}")
     print(
         f"# {len(trained_on)} training frames, {len(held)} held out"
-        f"{' (also trained on: oracle)' if args.oracle else ''}; lr {args.lr:g} {args.schedule}"
+        f"{' (also trained on: oracle)' if args.oracle else ''}; lr {args.lr:g} {args.schedule}; "
+        f"{args.loss}, amp {args.amp}, batch {args.batch}"
+        f"{', channels-last' if args.channels_last else ''}"
     )
     print(f"# generic CARN-M on the held-out frames: {generic:.3f} dB\n")
     report = score_table(model, held, generic, "gain over generic dB")
-    train(model, trained_on, args.steps, args.lr, args.schedule, args.every, report)
+    train(
+        model, trained_on, args.steps, args.lr, args.schedule, args.every, report,
+        args.loss, args.amp, args.batch, args.channels_last,
+    )
     return 0
 
 

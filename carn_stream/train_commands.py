@@ -138,6 +138,7 @@ class _TrainProgress:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.model.inference import pick_device
     from carn_stream.model.training import CHECKPOINT_FILE, Trainer
+    from carn_stream.pipeline.engine.cpu import cpu_has_native_bf16
 
     run_dir: Path = args.run_dir
     if args.resume:
@@ -164,7 +165,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     )
     model = _start_model(settings, args.init, config.seed)
     device = pick_device(settings.device)
-    trainer = Trainer(model, config, run_dir, [im for _, im in train_items], val_items, device)
+    trainer = Trainer(model, config, run_dir, [im for _, im in train_items], val_items, device,
+                      cpu_bf16=cpu_has_native_bf16())  # fmt: skip
+    print(f"training in {trainer.precision} on {device}", file=sys.stderr)
     trainer.load_checkpoint()
     trainer.on_progress = _TrainProgress("train", config.steps, trainer.step)
     summary = trainer.run()
@@ -186,6 +189,7 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.model.recipe import TUNE_DEFAULTS
     from carn_stream.model.training import WEIGHTS_FILE, Trainer
     from carn_stream.model.tune_report import ScaleFigures, TuneReport
+    from carn_stream.pipeline.engine.cpu import cpu_has_native_bf16
 
     if args.output.suffix != ".pth":
         raise TrainingError(f"output {args.output} must end in .pth")
@@ -214,7 +218,8 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 
     before = score()
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="carn-tune-"))
-    trainer = Trainer(model, config, run_dir, [f for _, f in train], (), device)
+    trainer = Trainer(model, config, run_dir, [f for _, f in train], (), device,
+                      cpu_bf16=cpu_has_native_bf16())  # fmt: skip
     trainer.on_progress = _TrainProgress(f"tune x{'/x'.join(map(str, scales))}", config.steps, 0)
     trainer.run()
     trainer.on_progress.bar.close()

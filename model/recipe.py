@@ -32,7 +32,7 @@ class TrainConfig:
     augment: bool = True  #: random horizontal flips and 90-degree rotations
     init: str = "uniform"  #: U(-k, k), k = 1/sqrt(fan_in); ignored when starting from weights
     seed: int = 0
-    amp: str = "auto"  #: auto (bf16 on CUDA, off on CPU), off, bf16, fp16
+    amp: str = "auto"  #: auto (bf16 on CUDA and on CPUs with bf16 in hardware), off, bf16, fp16
     workers: int = -1  #: data-loader processes; -1 = 4 on CUDA, 0 on CPU
     log_every: int = 100
     val_every: int = 5_000  #: 0 = only at the end

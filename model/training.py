@@ -80,9 +80,12 @@ class Trainer:
         device: torch.device | str = "cpu",
         on_progress: Callable[[Progress], None] | None = None,
         pairs: dict[int, list[Pair]] | None = None,
+        *,
+        cpu_bf16: bool = False,
     ) -> None:
         """``pairs``: LR/HR pairs made elsewhere (e.g. by an encoder) instead of the bicubic
-        LR of ``train_images``."""
+        LR of ``train_images``. ``cpu_bf16``: this CPU computes bf16 in hardware (AMX, AVX-512
+        BF16), so ``amp="auto"`` trains in bf16 on it as on CUDA."""
         missing = sorted(set(config.scales) - set(model.scales))
         if missing:
             raise ValueError(f"the network has no upsampler for scale(s) {missing}")
@@ -103,11 +106,17 @@ class Trainer:
         )
         self.step = 0
         self._restored = False
-        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.amp_dtype = _amp_dtype(config.amp, self.device, cpu_bf16)
+        self.layout = _training_layout(self.device)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.loss_fn = nn.L1Loss() if config.loss == "l1" else nn.MSELoss()
+
+    @property
+    def precision(self) -> str:
+        """What the forward passes compute in: ``fp32``, ``bf16`` or ``fp16``."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
     # ------------------------------------------------------------------ run folder
 
@@ -179,6 +188,16 @@ class Trainer:
             persistent_workers=False,
         )
         self.model.train()
+        self.model.to(memory_format=self.layout)
+        try:
+            self._steps(loader)
+        finally:
+            self.model.to(memory_format=torch.contiguous_format)
+        return self._finish()
+
+    def _steps(self, loader: DataLoader) -> None:
+        """The loader's steps, with their log lines, checkpoints and progress calls."""
+        cfg = self.config
         started, first_step = time.monotonic(), self.step
         window: list[float] = []
         for scale, low, high in loader:
@@ -212,12 +231,12 @@ class Trainer:
                 self.save_checkpoint()
             if self.on_progress:
                 self.on_progress(progress)
-        return self._finish()
 
     def _train_step(self, scale: int, low: torch.Tensor, high: torch.Tensor) -> float:
         """One optimiser step on a batch of low-resolution inputs and their HR targets."""
         cfg = self.config
         x = low.to(self.device, non_blocking=True).float().div_(255)
+        x = x.contiguous(memory_format=self.layout)
         y = high.to(self.device, non_blocking=True).float().div_(255)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
@@ -276,10 +295,19 @@ def _without_steps(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "steps"}
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def _amp_dtype(amp: str, device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
+    """The autocast type: ``auto`` is bf16 on CUDA and on a CPU with bf16 in hardware (emulated
+    bf16 is several times slower than fp32)."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_bf16)
+        return torch.bfloat16 if native else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _training_layout(device: torch.device) -> torch.memory_format:
+    """Channels-last on CPUs, oneDNN's own layout: 15-35% faster steps than the default one
+    (docs/TRAINING.md); the model is handed back in its usual layout."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def _centre_crop(image: np.ndarray, side: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from carn_stream.model.networks import CARN
 from carn_stream.model.recipe import TrainConfig
 from carn_stream.model.training import WEIGHTS_FILE, Progress, Trainer
 from carn_stream.model.training_data import given_pairs
+from carn_stream.pipeline.engine.cpu import cpu_has_native_bf16
 from carn_stream.pipeline.title_frames import FramePair, frame_count, read_pairs, spread
 
 
@@ -41,6 +42,7 @@ class TitleModelReport:
     bicubic_psnr: float
     read_seconds: float
     train_seconds: float
+    train_precision: str = "fp32"  #: what the training steps computed in (bf16 where fast)
 
     @property
     def gain_db(self) -> float:
@@ -98,7 +100,8 @@ def train_title_model(
     bicubic = heldout_psnr(held, lambda im, s: bicubic_uint8(im, scale=float(s)), scale)
     started = time.monotonic()
     trainer = Trainer(model, config, run_dir, [], (), device, on_progress,
-                      pairs=given_pairs([(p.lr, p.hr) for p in train], scale, config.patch_size))
+                      pairs=given_pairs([(p.lr, p.hr) for p in train], scale, config.patch_size),
+                      cpu_bf16=cpu_has_native_bf16())  # fmt: skip
     trainer.run()
     trained = time.monotonic() - started
     tuned = score()
@@ -109,4 +112,4 @@ def train_title_model(
     part.replace(weights_out)
     return TitleModelReport(str(weights_out), scale, len(train), len(held), config.steps,
                             round(generic, 3), round(tuned, 3), round(bicubic, 3),
-                            round(read, 1), round(trained, 1))  # fmt: skip
+                            round(read, 1), round(trained, 1), trainer.precision)  # fmt: skip

@@ -179,10 +179,11 @@ def test_tune_encoded_trains_on_the_copy_and_writes_tunes_report(small_clip, wei
     code = main(["tune", str(small_clip), str(out), "--scale", "2", "--degradation", "encoded",
                  "--crf", "32", "--frames", "8", "--holdout-every", "4", "--steps", "2",
                  "--batch-size", "2", "--patch-size", "24", "--weights", str(weights_path),
-                 "--run-dir", str(tmp_path / "run")])  # fmt: skip
+                 "--run-dir", str(tmp_path / "run"), "--amp", "bf16"])  # fmt: skip
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["degradation"] == "encoded" and report["crf"] == 32
+    assert report["train_precision"] == "bf16"  # as asked, on any CPU
     assert (report["train_frames"], report["heldout_frames"]) == (6, 2)
     # The keys the service reads from a tune report.
     assert {"generic_psnr", "tuned_psnr", "gain_db"} <= set(report)

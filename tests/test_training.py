@@ -138,6 +138,41 @@ def test_resumed_run_continues_the_same_curve(train_images, tmp_path):
     assert config["steps"] == 8 and config["batch_size"] == 2
 
 
+def test_a_cpu_run_trains_channels_last_and_hands_the_model_back_as_it_came(train_images,
+                                                                          tmp_path):
+    model = _fresh_model()
+    seen: list[bool] = []
+    model.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    Trainer(model, _tiny_config(steps=2, amp="off"), tmp_path, train_images).run()
+    assert seen == [True, True]
+    assert all(p.is_contiguous() for p in model.parameters())
+    saved = torch.load(tmp_path / "weights.pth", weights_only=True)
+    assert all(t.is_contiguous() for t in saved.values())
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_auto_trains_in_bf16_only_on_a_cpu_that_computes_it(train_images, tmp_path):
+    def precision(amp: str, cpu_bf16: bool) -> str:
+        config = _tiny_config(steps=1, amp=amp)
+        return Trainer(_fresh_model(), config, tmp_path, train_images, cpu_bf16=cpu_bf16).precision
+
+    assert precision("auto", cpu_bf16=True) == "bf16"
+    assert precision("auto", cpu_bf16=False) == "fp32"
+    assert precision("off", cpu_bf16=True) == "fp32"
+    assert precision("bf16", cpu_bf16=False) == "bf16"  # asked for: given, however slow
+    # A bf16 run learns and keeps its weights in fp32.
+    model = _fresh_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, _tiny_config(steps=3, amp="bf16"), tmp_path / "bf16", train_images)
+    trainer.run()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(p.dtype == torch.float32 for p in model.parameters())
+    losses = [r["loss"] for r in read_log(tmp_path / "bf16") if "loss" in r]
+    assert len(losses) == 3 and all(0 < x < 1 for x in losses)
+
+
 def test_checkpoint_refuses_another_configuration(train_images, tmp_path):
     Trainer(_fresh_model(), _tiny_config(steps=4), tmp_path, train_images).run()
     other = Trainer(_fresh_model(), _tiny_config(lr=1e-3), tmp_path, train_images)
@@ -231,7 +266,7 @@ def test_tune_improves_heldout_psnr_and_its_weights_work_in_the_pipeline(
     code = main(["tune", str(data_dir / "video" / "carphone_pristine.mp4"), str(out),
                  "--weights", str(weights_path), "--scale", "2", "--frames", "24",
                  "--holdout-every", "4", "--steps", "12", "--batch-size", "4",
-                 "--patch-size", "24"])  # fmt: skip
+                 "--patch-size", "24", "--amp", "off"])  # fmt: skip
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (report["train_frames"], report["heldout_frames"]) == (18, 6)
