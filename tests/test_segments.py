@@ -333,6 +333,56 @@ def test_a_corrupt_stretch_fails_its_segment_by_time_range(clips, bicubic_worker
     assert not out.exists()
 
 
+class _StageFailsAsCancelled(InProcessExecutor):
+    """A segment's pipeline whose stage fails at the moment its run is cancelled: the first
+    attempts wait for ``fail`` inside a TaskGroup, as ``run_pipeline``'s stages run; a retry
+    fails at once."""
+
+    def __init__(self, worker) -> None:
+        super().__init__(worker)
+        self.attempts, self.entered = 0, asyncio.Event()
+        self.fail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def run(self, task, on_frame):
+        self.attempts += 1
+        self.entered.set()
+        try:
+            async with asyncio.TaskGroup() as stages:
+                stages.create_task(self._stage())
+        except BaseExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+
+    async def _stage(self) -> None:
+        await self.fail
+        raise RuntimeError("the stage failed")
+
+
+def test_a_run_cancelled_as_a_segment_fails_ends_cancelled_without_retrying(
+    clips, bicubic_worker, tmp_path
+):
+    """The cancellation and the stage's error arrive in the same loop turn: the pipeline's
+    TaskGroup reports the error, and before the fix the segment was retried (3 attempts) and
+    the run ended as a failure."""
+    plan = plan_segments(clips["bframes"], 60.0)
+    assert len(plan.segments) == 1
+
+    async def go() -> int:
+        executor = _StageFailsAsCancelled(bicubic_worker)
+        out = tmp_path / "out.mp4"
+        run = SegmentedRun(source=clips["bframes"], plan=plan, fmt=FORMATS["mp4"], output=out,
+                           work_dir=tmp_path / ".work", options=PipelineOptions(scale=2),
+                           executor=executor)  # fmt: skip
+        owner = asyncio.ensure_future(run.execute())
+        await asyncio.wait_for(executor.entered.wait(), 10)
+        owner.cancel()
+        executor.fail.set_result(None)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(owner, 10)
+        return executor.attempts
+
+    assert asyncio.run(go()) == 1
+
+
 def test_a_plan_of_a_file_without_video_frames_is_refused(tmp_path):
     (tmp_path / "text.mp4").write_text("not a video")
     with pytest.raises(InputError):

@@ -78,13 +78,15 @@ class SegmentedRun:
         self.fmt.progress(self.output, self.plan, set(self.done))
         in_flight = self.in_flight
         own = Slots(in_flight if callable(in_flight) else lambda: in_flight)
+        stopping = _cancel_watch()
         try:
             async with asyncio.TaskGroup() as group:
                 for segment in self.plan.segments:
                     if segment.index in self.done:
                         continue
                     await own.acquire()  # start segments in order, a few at a time
-                    group.create_task(self._one(segment, own), name=f"segment-{segment.index}")
+                    group.create_task(self._one(segment, own, stopping),
+                                      name=f"segment-{segment.index}")  # fmt: skip
         except BaseExceptionGroup as errors:
             raise first_error(errors) from None
         rotation = self.done[0].rotation if 0 in self.done else 0
@@ -92,13 +94,13 @@ class SegmentedRun:
             finish_output, self.fmt, self.output, self.work_dir, self.plan, self.source, rotation
         )
 
-    async def _one(self, segment: Segment, own: Slots) -> None:
+    async def _one(self, segment: Segment, own: Slots, stopping: Callable[[], bool]) -> None:
         try:
             task = SegmentTask.of(
                 self.source, self.plan, segment.index, self.segment_path(segment.index),
                 self.options,
             )  # fmt: skip
-            result = await self._attempts(task)
+            result = await self._attempts(task, stopping)
             self.done[segment.index] = result
             if self.on_done is not None:
                 self.on_done(result)
@@ -106,7 +108,10 @@ class SegmentedRun:
         finally:
             own.release()
 
-    async def _attempts(self, task: SegmentTask) -> SegmentResult:
+    async def _attempts(self, task: SegmentTask, stopping: Callable[[], bool]) -> SegmentResult:
+        """Run ``task`` until it succeeds, fails for good or runs out of attempts; never again
+        once the run is ``stopping`` (an attempt that failed as the run was cancelled ends as
+        cancelled, not as that failure)."""
         segment = task.segment
         attempt = 0
         while True:
@@ -119,6 +124,8 @@ class SegmentedRun:
             except PipelineError as exc:  # the input or the output is at fault: no retry
                 raise SegmentFailed(segment, str(exc)) from exc
             except (WorkerCrashed, RuntimeError, OSError) as exc:
+                if stopping():
+                    raise asyncio.CancelledError from exc
                 reason = str(exc) or type(exc).__name__
                 if attempt >= self.max_attempts:
                     raise SegmentFailed(segment, f"{reason} (after {attempt} attempts)") from exc
@@ -126,6 +133,21 @@ class SegmentedRun:
                             reason)  # fmt: skip
                 if self.on_retry is not None:
                     self.on_retry(segment.index, reason)
+
+
+def _cancel_watch() -> Callable[[], bool]:
+    """Whether the current task has been asked to stop since this call: cancelled by its owner,
+    or by its own TaskGroup when a segment failed for good.
+
+    A cancellation that arrives as a segment's stage fails can surface as that stage's error (the
+    pipeline's TaskGroup reports its errors over a cancellation), so the segment cannot tell from
+    what it catches; the run's own task still counts the request. Counted from this call on: on
+    Python 3.11 a TaskGroup whose child failed may leave its parent's count raised for good."""
+    task = asyncio.current_task()
+    if task is None:
+        return lambda: False
+    before = task.cancelling()
+    return lambda: task.cancelling() > before
 
 
 async def run_whole(
