@@ -305,8 +305,8 @@ def _amp_dtype(amp: str, device: torch.device, cpu_bf16: bool = False) -> torch.
 
 
 def _training_layout(device: torch.device) -> torch.memory_format:
-    """Channels-last on CPUs, oneDNN's own layout: 15-35% faster steps than the default one
-    (docs/TRAINING.md); the model is handed back in its usual layout."""
+    """Channels-last on CPUs, oneDNN's own layout: steps 1.1-1.5x as fast as in the default
+    one (``bench/train_step.py``); the model is handed back in its usual layout."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
