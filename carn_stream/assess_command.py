@@ -86,11 +86,11 @@ def add_assess_command(sub, scale_type, model_options) -> None:
     add_config_options(p, TITLE_DEFAULTS)
 
 
-def _title_config(args: argparse.Namespace, scale: int):
+def _title_config(args: argparse.Namespace, scale: int, settings: Settings):
     from carn_stream.model.recipe import TITLE_DEFAULTS
     from carn_stream.train_commands import build_config
 
-    return build_config(args, {**TITLE_DEFAULTS, "scales": (scale,)})
+    return build_config(args, {**TITLE_DEFAULTS, "scales": (scale,), "amp": settings.train_amp})
 
 
 def _train(args, settings: Settings, source: Path, copy: Path, scale: int, weights: Path,
@@ -101,7 +101,7 @@ def _train(args, settings: Settings, source: Path, copy: Path, scale: int, weigh
     from carn_stream.pipeline.title_model import train_title_model
     from carn_stream.progress import ProgressBar
 
-    config = _title_config(args, scale)
+    config = _title_config(args, scale, settings)
     model, _ = load_model(settings.with_overrides(device="cpu"))
     bar = ProgressBar(config.steps, f"title model x{scale}", unit="steps")
 
@@ -142,7 +142,7 @@ def cmd_tune_encoded(args: argparse.Namespace, settings: Settings) -> int:
         "codec": args.codec, "crf": args.store_crf, "copy_kbps": round(copy.bitrate / 1000, 1),
         **report.to_dict(), "copy_seconds": round(copy_seconds, 1),
         "weights_bytes": args.output.stat().st_size,
-        "config": _title_config(args, scale).to_dict(),
+        "config": _title_config(args, scale, settings).to_dict(),
     }  # fmt: skip
     args.output.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "config"}))

@@ -50,3 +50,7 @@ def describe() -> str:
         only = "" if len(p.devices) > 1 else f" ({p.devices[0].upper()})"
         parts.append(p.name + only)
     return ", ".join(parts)
+
+
+#: Training precisions (``TrainConfig.amp``, ``CARN_STREAM_TRAIN_AMP``): ``off`` is fp32.
+TRAIN_AMPS = ("auto", "off", "bf16", "fp16")

@@ -59,6 +59,10 @@ class Settings:
     #: Inference precision, one of :data:`carn_stream.precisions.NAMES`: ``auto`` (fp16 on
     #: CUDA; on a CPU the fastest mode within 0.05 dB of fp32, measured on first use).
     precision: str = "auto"
+    #: Training precision (``train``, ``tune``, a title's model at ingest): ``auto`` (bf16 on
+    #: CUDA and on CPUs that compute bf16 in hardware, fp32 elsewhere), ``off`` (fp32),
+    #: ``bf16`` or ``fp16``; ``--amp`` overrides it on the command line.
+    train_amp: str = "auto"
 
     #: Memory allocator for ``serve`` and ``upscale``: ``glibc`` (tuned for large buffers) or
     #: ``jemalloc`` (preloaded by relaunching; not with int8).
@@ -191,9 +195,11 @@ class Settings:
     def __post_init__(self) -> None:
         """Refuse values that cannot work, naming the variable and what it accepts."""
         from carn_stream.precisions import NAMES as PRECISIONS
+        from carn_stream.precisions import TRAIN_AMPS
 
         valid: dict[str, bool] = {
             "precision": self.precision in PRECISIONS,
+            "train_amp": self.train_amp in TRAIN_AMPS,
             "device": bool(_DEVICE.fullmatch(self.device)),
             "allocator": self.allocator in ALLOCATORS,
             "executor": self.executor in EXECUTORS,
@@ -273,6 +279,7 @@ _TAKES: dict[str, str] = {
     "vod_prefetch_segments": "a whole number, 0 or more",
     "vod_viewer_idle_seconds": "a positive number of seconds",
     "vod_tune_frames": "a whole number, 4 or more",
+    "train_amp": "one of auto, off, bf16, fp16",
     "vod_tune_steps": "a whole number, 1 or more",
     "vod_report_frames": "a whole number, 2 or more",
     "media_link_seconds": "a positive number of seconds",

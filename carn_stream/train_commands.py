@@ -151,7 +151,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                 f"{run_dir} already holds a run; pass --resume to continue it or pick a new "
                 "--run-dir"
             )
-        config = build_config(args)
+        config = build_config(args, {"amp": settings.train_amp})
     items = gather_images(args.data, args.frames_per_video)
     if args.val:
         train_items, val_items = items, gather_images([args.val], args.frames_per_video)
@@ -196,7 +196,7 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     if not args.output.parent.is_dir():
         raise TrainingError(f"output folder {args.output.parent} does not exist")
     scales = tuple(sorted(set(args.scale)))
-    config = build_config(args, {**TUNE_DEFAULTS, "scales": scales})
+    config = build_config(args, {**TUNE_DEFAULTS, "scales": scales, "amp": settings.train_amp})
     from carn_stream.pipeline.sampling import sample_frames
 
     frames = sample_frames(args.video, args.frames)

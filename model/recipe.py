@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from carn_stream.model.scales import SUPPORTED_SCALES
+from carn_stream.precisions import TRAIN_AMPS
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class TrainConfig:
             "lr_decay_steps": self.lr_decay_steps >= 1,
             "loss": self.loss in ("l1", "l2"),
             "init": self.init == "uniform",
-            "amp": self.amp in ("auto", "off", "bf16", "fp16"),
+            "amp": self.amp in TRAIN_AMPS,
             "log_every": self.log_every >= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
         }

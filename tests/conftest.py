@@ -37,7 +37,9 @@ def official_carn_m(weights_path: Path):
 def _no_user_cache(tmp_path_factory, monkeypatch):
     """Keep tests off the user's cache and off the network, and on one precision: ``auto``
     means bf16, an OpenVINO mode or fp32 depending on the CPU, so a test that means another
-    mode (or auto itself) says so explicitly."""
+    mode (or auto itself) says so explicitly. Training likewise runs in fp32 (its ``auto`` is
+    bf16 on CPUs with bf16 in hardware) unless a test asks for another."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("CARN_STREAM_ALLOW_DOWNLOAD", "0")
     monkeypatch.setenv("CARN_STREAM_PRECISION", "fp32")
+    monkeypatch.setenv("CARN_STREAM_TRAIN_AMP", "off")

@@ -153,6 +153,7 @@ def test_assess_prints_the_report_and_writes_plot_and_weights(small_clip, weight
     assert set(doc["bd_rate"]["title CARN-M"]) >= {"vmaf", "psnr"}
     assert set(doc["timings"]) == {"copy", "training", "report", "total"}
     assert doc["training"]["train_frames"] + doc["training"]["heldout_frames"] == 8
+    assert doc["training"]["train_precision"] == "fp32"  # CARN_STREAM_TRAIN_AMP=off (conftest)
     bicubic, generic, _ = doc["variants"]
     # Measured on this 160x90 copy at CRF 30: bicubic 28.08 dB / VMAF 48.3, the generic model
     # 27.90 dB / VMAF 52.9 (sharper, but its sharpening of the encoder's blocks costs PSNR).
@@ -170,8 +171,11 @@ def test_assess_prints_the_report_and_writes_plot_and_weights(small_clip, weight
 
 @pytest.mark.slow
 def test_tune_encoded_trains_on_the_copy_and_writes_tunes_report(small_clip, weights_path,
-                                                                  tmp_path, capsys):  # fmt: skip
-    # (The held-out frames are upscaled in the settings' precision: fp32, as conftest sets it.)
+                                                                  tmp_path, capsys,
+                                                                  monkeypatch):  # fmt: skip
+    # (The held-out frames are upscaled in the settings' precision: fp32, as conftest sets it;
+    # the training runs in bf16, the setting's, emulated where the CPU lacks it.)
+    monkeypatch.setenv("CARN_STREAM_TRAIN_AMP", "bf16")
     from carn_stream.cli import main
     from carn_stream.model import carn_m, load_weights
 
@@ -179,11 +183,11 @@ def test_tune_encoded_trains_on_the_copy_and_writes_tunes_report(small_clip, wei
     code = main(["tune", str(small_clip), str(out), "--scale", "2", "--degradation", "encoded",
                  "--crf", "32", "--frames", "8", "--holdout-every", "4", "--steps", "2",
                  "--batch-size", "2", "--patch-size", "24", "--weights", str(weights_path),
-                 "--run-dir", str(tmp_path / "run"), "--amp", "bf16"])  # fmt: skip
+                 "--run-dir", str(tmp_path / "run")])  # fmt: skip
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["degradation"] == "encoded" and report["crf"] == 32
-    assert report["train_precision"] == "bf16"  # as asked, on any CPU
+    assert report["train_precision"] == "bf16"  # as the setting asks, on any CPU
     assert (report["train_frames"], report["heldout_frames"]) == (6, 2)
     # The keys the service reads from a tune report.
     assert {"generic_psnr", "tuned_psnr", "gain_db"} <= set(report)

@@ -266,7 +266,7 @@ def test_tune_improves_heldout_psnr_and_its_weights_work_in_the_pipeline(
     code = main(["tune", str(data_dir / "video" / "carphone_pristine.mp4"), str(out),
                  "--weights", str(weights_path), "--scale", "2", "--frames", "24",
                  "--holdout-every", "4", "--steps", "12", "--batch-size", "4",
-                 "--patch-size", "24", "--amp", "off"])  # fmt: skip
+                 "--patch-size", "24"])  # fmt: skip
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (report["train_frames"], report["heldout_frames"]) == (18, 6)
