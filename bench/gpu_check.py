@@ -9,7 +9,8 @@ next one runs):
   replay), tiles against whole frames, the out-of-memory fallback (split, then tiles), input
   sizes changing from batch to batch;
 - model: model-only frames per second per precision, size, batch and graphs, with memory; the
-  network against its deployed form (``model/deployed.py``), eager, in the first precision;
+  eager backend's forms (the network as trained, its deployed form from ``model/deployed.py``
+  with and without the cascades' concatenations), in the first precision;
 - pipeline: end to end from a file to an MP4 at 1080p out (decode, infer, encode), with the
   encoder threads the pipeline chooses and a sweep of other counts;
 - service: ``carn-stream serve`` on the device: HLS jobs at x2 and x4 on a real clip (every
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import json
 import os
 import platform
@@ -323,28 +323,30 @@ def section_model(report: Report, device: torch.device, sizes: Sizes) -> None:
 
 
 def section_deployed(report: Report, device: torch.device, sizes: Sizes) -> None:
-    """The network as trained against its deployed form (``model/deployed.py``, what the
-    OpenVINO modes run on a CPU: ov-bf16 160 -> 128 ms at 320x180 x4 on the AMX Xeon), both
-    whole in the first precision, one batch: whether the PyTorch/CUDA path should run it too."""
-    from carn_stream.model.deployed import deployed
+    """The engine's eager backend in each form (``pipeline/engine/backends.py``: the network
+    as trained, the deployed form of ``model/deployed.py``, the deployed form with the
+    cascades' concatenations kept), channels-last as the engine runs CUDA, in the first
+    precision, one batch: which form the CUDA path should take (on the AMX Xeon's CPU the
+    deployed form ran fp32 ... and the concatenating one bf16 ..., docs/PERFORMANCE.md)."""
+    from carn_stream.pipeline.engine.backends import FORMS, TorchBackend
 
-    model = official_model().to(device)
+    model = official_model()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(sizes.precisions[0], torch.float32)
     batch = sizes.batches[-1]
     for width, height, scale in sizes.models:
-        network = copy.deepcopy(model).to(dtype)
-        form = deployed(model, scale).to(dtype)
-        x = torch.rand(batch, 3, height, width, device=device, dtype=dtype)
+        forms = {form: TorchBackend(model, device, dtype, True, form) for form in FORMS}
+        x = torch.rand(batch, 3, height, width, device=device)
         with torch.inference_mode():
-            error = (form(x) - network(x, scale)).abs().max().item()
-            runs = {"network": partial(network, x, scale), "deployed": partial(form, x)}
-            fps = {
-                name: batch / statistics.median(_time(run, sizes.repeats, device))
-                for name, run in runs.items()
-            }
-        what = f"deployed form {width}x{height} x{scale} {sizes.precisions[0]} batch {batch}"
-        value = f"{fps['network']:.1f} / {fps['deployed']:.1f}"
-        report.add(Row("model", f"{what}: fps network / deployed", value, "", None))
+            want = forms["network"](x, scale).float()
+            errors = {f: (run(x, scale).float() - want).abs().max().item()
+                      for f, run in forms.items()}  # fmt: skip
+            times = {f: _time(partial(run, x, scale), sizes.repeats, device)
+                     for f, run in forms.items()}  # fmt: skip
+        fps = {form: batch / statistics.median(runs) for form, runs in times.items()}
+        what = f"eager forms {width}x{height} x{scale} {sizes.precisions[0]} batch {batch}"
+        value = " / ".join(f"{fps[form]:.1f}" for form in FORMS)
+        report.add(Row("model", f"{what}: fps {' / '.join(FORMS)}", value, "", None))
+        error = max(errors.values())
         report.add(Row("model", f"{what}: largest difference", f"{error:.2g}", "at most 0.02",
                        error <= 0.02))  # fmt: skip
 

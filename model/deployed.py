@@ -120,7 +120,14 @@ class DeployedCARN(nn.Module):
     """``model`` at ``scale`` in the rearranged form (see the module docstring); takes and
     returns what ``model(x, scale)`` does."""
 
-    def __init__(self, model: CARN, scale: int) -> None:
+    def __init__(
+        self,
+        model: CARN,
+        scale: int,
+        *,
+        split_cascades: bool = True,
+        body_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         if scale not in model.scales:
             raise ValueError(f"scale {scale} not supported by this network ({model.scales})")
@@ -131,17 +138,41 @@ class DeployedCARN(nn.Module):
         channels = model.entry.out_channels
         self.register_buffer("rgb_mean", model.rgb_mean.detach().clone())
         self.entry = model.entry
-        self.body = _split(model.body, channels)
+        self.body = _split(model.body, channels) if split_cascades else model.body
         self.upsampler = nn.Sequential(*upsampler[:-1])
         self.exit = exit_before_shuffle(model.exit, shuffle.upscale_factor)
         self.shuffle = nn.PixelShuffle(shuffle.upscale_factor)
+        self.body_dtype = body_dtype
+        if body_dtype is not None:
+            self.body.to(body_dtype)
+            self.upsampler.to(body_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.upsampler(self.body(self.entry(x - self.rgb_mean)))
+        out = self.entry(x - self.rgb_mean)
+        if self.body_dtype is not None:
+            out = out.to(self.body_dtype)
+        out = self.upsampler(self.body(out))
+        if self.body_dtype is not None:
+            out = out.to(x.dtype)
         return self.shuffle(self.exit(out)) + self.rgb_mean
 
 
-def deployed(model: CARN, scale: int) -> DeployedCARN:
+def deployed(
+    model: CARN,
+    scale: int,
+    *,
+    split_cascades: bool = True,
+    body_dtype: torch.dtype | None = None,
+) -> DeployedCARN:
     """``model`` at ``scale`` rearranged for an inference engine, in eval mode, on ``model``'s
-    device and in its dtype; a copy: ``model`` itself is left as it was."""
-    return DeployedCARN(copy.deepcopy(model), scale).eval()
+    device and in its dtype; a copy: ``model`` itself is left as it was.
+
+    ``split_cascades=False`` keeps the cascades' concatenations (an engine that does not fuse
+    the sums, such as eager PyTorch, can run them faster as they are). With ``body_dtype`` the
+    body and upsampler hold and compute in that dtype while the mean shift and the
+    image-facing entry and exit convs stay in ``model``'s (as
+    :class:`~carn_stream.model.mixed.MixedPrecisionCARN`)."""
+    form = DeployedCARN(
+        copy.deepcopy(model), scale, split_cascades=split_cascades, body_dtype=body_dtype
+    )
+    return form.eval()

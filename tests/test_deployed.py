@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from carn_stream.model.deployed import deployed, exit_before_shuffle
+from carn_stream.model.deployed import SplitCascade, deployed, exit_before_shuffle
 from carn_stream.model.networks import carn, carn_m, carn_ng, resnet_baseline
 from carn_stream.pipeline.engine import cpu
-from carn_stream.pipeline.engine.infer import unavailable_reason
+from carn_stream.pipeline.engine.backends import TorchBackend, eager_layout
+from carn_stream.pipeline.engine.infer import Engine, EngineConfig, unavailable_reason
 from carn_stream.pipeline.engine.onnx_models import export_onnx
 
 
@@ -42,6 +43,47 @@ def test_deployed_form_holds_for_every_variant(make):
             want = model(x, scale)
             error = (deployed(model, scale)(x) - want).abs().max()
             assert error <= 1e-5 * want.abs().max()  # float rounding, at any magnitude
+
+
+@pytest.mark.parametrize("form", ["deployed", "deployed-concat"])
+def test_eager_backend_in_each_form_computes_the_network(official_carn_m, form):
+    x = torch.rand(1, 3, 23, 37, generator=torch.Generator().manual_seed(5))
+    cpu_ = torch.device("cpu")
+    network = TorchBackend(official_carn_m, cpu_, torch.float32, False)
+    made = TorchBackend(official_carn_m, cpu_, torch.float32, True, form)
+    with torch.inference_mode():
+        for scale in (2, 3, 4):
+            assert torch.allclose(made(x, scale), network(x, scale), atol=2e-5)
+        with pytest.raises(ValueError, match="scale 5 not supported"):
+            made(x, 5)
+    with pytest.raises(ValueError, match="form must be one of"):
+        TorchBackend(official_carn_m, cpu_, torch.float32, True, "fused")
+
+
+def test_bf16_form_keeps_the_image_facing_parts_fp32_and_sums_each_cascade_in_one_conv(
+    official_carn_m,
+):
+    """In bf16 the engine's form keeps the concatenations: the sums that replace them would
+    each be rounded to bf16 (measured 1.5e-2 off the network on carphone-sized input)."""
+    x = torch.rand(1, 3, 36, 44, generator=torch.Generator().manual_seed(6))
+    cpu_ = torch.device("cpu")
+    layout = eager_layout(cpu_, "bf16")
+    assert layout == (True, "deployed-concat")
+    backend = TorchBackend(official_carn_m, cpu_, torch.bfloat16, *layout)
+    made = backend.forms[2]
+    assert made.body.fusions[0][0].weight.dtype == made.upsampler[0].weight.dtype == torch.bfloat16
+    assert made.entry.weight.dtype == made.exit.weight.dtype == torch.float32
+    mixed = TorchBackend(official_carn_m, cpu_, torch.bfloat16, True)  # CARN's own forward
+    with torch.inference_mode():
+        assert (backend(x, 2) - mixed(x, 2)).abs().max() < 1e-3
+    assert next(official_carn_m.parameters()).dtype == torch.float32  # the shared one untouched
+
+
+def test_fp32_engine_on_a_cpu_runs_the_deployed_form_at_every_scale(official_carn_m):
+    backend = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32")).backend
+    assert (backend.form, backend.model) == ("deployed", None)
+    assert sorted(backend.forms) == [2, 3, 4]
+    assert all(isinstance(made.body, SplitCascade) for made in backend.forms.values())
 
 
 @pytest.mark.parametrize("r", [2, 3])

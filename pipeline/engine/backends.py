@@ -13,24 +13,53 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from carn_stream.model.deployed import deployed
 from carn_stream.model.mixed import MixedPrecisionCARN
 from carn_stream.model.networks import CARN
 
 log = logging.getLogger(__name__)
+
+#: how :class:`TorchBackend` lays out a CARN
+FORMS = ("network", "deployed", "deployed-concat")
 
 
 class TorchBackend:
     """Eager PyTorch with the weights in ``dtype`` and, optionally, channels-last layout.
 
     Converts a copy of ``model`` (never the caller's), so engines of different precisions and
-    devices can share one; an fp32 CPU model is used as it is."""
+    devices can share one; an fp32 CPU model is used as it is. With ``form`` other than
+    ``"network"`` a CARN runs in its deployed form (:mod:`carn_stream.model.deployed`), one per
+    scale it has: ``"deployed"`` as the inference engines take it, ``"deployed-concat"`` with
+    the cascades' concatenations kept (eager PyTorch does not fuse the sums that replace
+    them)."""
 
     def __init__(
-        self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool
+        self,
+        model: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        channels_last: bool,
+        form: str = "network",
     ) -> None:
-        if dtype != torch.float32 and isinstance(model, CARN):
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model: nn.Module | None = None
+        self.forms: dict[int, nn.Module] = {}
+        if form != "network" and isinstance(model, CARN):
+            for scale in model.scales:
+                made = deployed(
+                    model,
+                    scale,
+                    split_cascades=form == "deployed",
+                    body_dtype=None if dtype == torch.float32 else dtype,
+                )
+                self.forms[scale] = made.to(device).to(memory_format=layout)
+            self.scales = model.scales
+            dtype = torch.float32  # the mean shift, entry and exit stay fp32
+        elif dtype != torch.float32 and isinstance(model, CARN):
             # CARN's own forward with its body in ``dtype`` (a converted copy).
-            self.model: nn.Module = MixedPrecisionCARN(model, dtype).eval().to(device)
+            self.model = MixedPrecisionCARN(model, dtype).eval().to(device)
             dtype = torch.float32  # the wrapper takes fp32 input
         else:
             param = next(model.parameters(), None)
@@ -38,15 +67,37 @@ class TorchBackend:
             if not same or channels_last:
                 model = copy.deepcopy(model)
             self.model = model.eval().to(device).to(dtype)
-        self.dtype, self.channels_last = dtype, channels_last
-        if channels_last:
+        self.dtype, self.channels_last, self.form = dtype, channels_last, form
+        if self.model is not None and channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def __call__(self, x: Tensor, scale: int) -> Tensor:
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x, scale)
+        if self.model is not None:
+            return self.model(x, scale)
+        made = self.forms.get(scale)
+        if made is None:
+            raise ValueError(f"scale {scale} not supported by this network ({self.scales})")
+        return made(x)
+
+
+def eager_layout(device: torch.device, precision: str) -> tuple[bool, str]:
+    """(channels-last, form) for the engine's eager ``precision`` on ``device``.
+
+    On a CPU the deployed form skips the exit conv's pass over the full-resolution features;
+    in fp32 the cascades' sums also beat the concatenations, in bf16 they do not (each partial
+    sum is rounded to bf16: 1.5e-2 off the network's output, where the concatenation is
+    summed in one conv). Measured with ``bench/torch_forms.py`` at 320x180 x4 on an AMX Xeon's
+    2 cores, against the network as trained: fp32 884 -> 604 ms (channels-last alone 676 ms;
+    1.18x under an AVX2 cap), bf16 435 -> 369 ms (docs/PERFORMANCE.md). On CUDA the network as trained, channels-last, until a GPU measures the forms
+    (``bench/gpu_check.py``, section ``model``)."""
+    if device.type == "cuda":
+        return True, "network"
+    if precision == "bf16":
+        return True, "deployed-concat"
+    return True, "deployed"
 
 
 @dataclass

@@ -31,7 +31,7 @@ from carn_stream.model.inference import pick_device
 from carn_stream.model.weights import WeightsSource
 from carn_stream.pipeline.colour import ColourSpec, output_spec
 from carn_stream.pipeline.engine.autoselect import Backend, Decision, DecisionCache, measure
-from carn_stream.pipeline.engine.backends import CudaGraphBackend, TorchBackend
+from carn_stream.pipeline.engine.backends import CudaGraphBackend, TorchBackend, eager_layout
 from carn_stream.pipeline.engine.convert import (
     plane_tensor,
     planes_to_rgb,
@@ -238,9 +238,8 @@ class Engine:
             from carn_stream.pipeline.engine.openvino_float import OpenVinoBackend
 
             return OpenVinoBackend(model, precision, self.config.cache)
-        # channels_last pays off on CUDA and for bf16 on CPU; fp32 on CPU measured no gain.
-        channels_last = self.device.type == "cuda" or precision == "bf16"
-        eager = TorchBackend(model, self.device, _DTYPES[precision], channels_last)
+        channels_last, form = eager_layout(self.device, precision)
+        eager = TorchBackend(model, self.device, _DTYPES[precision], channels_last, form)
         if self.device.type == "cuda" and self.config.cuda_graphs:
             return CudaGraphBackend(eager)
         return eager
