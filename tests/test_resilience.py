@@ -24,6 +24,7 @@ from carn_stream.server.api.health import readyz
 from carn_stream.server.api.jobs import JobOut
 from carn_stream.server.app import create_app
 from carn_stream.server.inputs.fetch import DiskFull, FetchPolicy, fetch
+from carn_stream.server.jobs import runner as runner_module
 from carn_stream.server.jobs.params import JobParams
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
@@ -310,6 +311,53 @@ def test_a_running_job_is_failed_with_the_reason_when_the_disk_passes_its_floor(
     assert done.state == "failed" and done.error.startswith("the server ran low on disk space")
     assert counts["running"] == 0  # they stayed "running: 2" after such a failure
     assert took < 1.5, took  # measured: 0.46 s (the floor is looked at every half second)
+
+
+@pytest.mark.parametrize("second", ["cancel", "shutdown"])
+def test_a_job_stopped_again_while_its_files_go_still_ends_cancelled(
+    tmp_path, clip, monkeypatch, second
+):
+    """A second DELETE, or a shutdown, while a cancelled job's files are being removed (a slow
+    disk): the job stayed "running" with nothing running it, and the next start-up ran it
+    again."""
+    settings = Settings(data_dir=tmp_path / "data", min_free_disk_bytes=0, allow_local_files=True)
+    settings.data_dir.mkdir()
+    store = JobStore(settings.data_dir / "jobs.sqlite3")
+    runner = JobRunner(store, settings, Metrics(), lambda: _Stuck())
+    job = store.create(f"file://{clip}", JobParams(format="mp4"))
+    removing = threading.Event()
+
+    def slow_discard(media, real=runner_module._discard):
+        removing.set()
+        time.sleep(0.5)
+        real(media)
+
+    monkeypatch.setattr(runner_module, "_discard", slow_discard)
+
+    async def go():
+        runner.start()
+        for _ in range(100):  # until its first segment is being made
+            if store.segment_counts([job.id])[job.id]["running"]:
+                break
+            await asyncio.sleep(0.05)
+        first = asyncio.create_task(runner.cancel(job.id))
+        while not removing.is_set():
+            await asyncio.sleep(0.01)
+        again = await runner.cancel(job.id) if second == "cancel" else await runner.shutdown()
+        answers = (await first, again)
+        await runner.shutdown()
+        return answers
+
+    try:
+        answers = asyncio.run(go())
+        done = store.get(job.id)
+        counts = store.segment_counts([job.id])[job.id]
+        requeued, _ = store.recover(max_attempts=3)  # what the next start-up does
+    finally:
+        store.close()
+    assert answers[0] is True and answers[1] in (True, None)
+    assert (done.state, done.error) == ("cancelled", "cancelled by request")
+    assert counts["running"] == 0 and requeued == []
 
 
 def _bicubic_worker():

@@ -71,6 +71,7 @@ class JobRunner:
         self._stopping = False
         self._scheduler: asyncio.Task | None = None
         self._failing: dict[str, str] = {}  #: running jobs being stopped -> why they fail
+        self._cancelled: set[str] = set()  #: running jobs being stopped at a user's request
         self.failure: str | None = None  #: why the scheduler ended, when it did
 
     def media(self, job: Job) -> JobMedia:
@@ -185,8 +186,11 @@ class JobRunner:
             ok = self.store.finish(job_id, "cancelled", "cancelled by request")
             self.wake()
             return ok
-        self._cancel_flags[job_id].set()
-        task.cancel()
+        flag = self._cancel_flags[job_id]
+        if not flag.is_set():  # a job already being stopped is not interrupted again
+            self._cancelled.add(job_id)
+            flag.set()
+            task.cancel()
         await asyncio.wait({task}, timeout=5)
         return True
 
@@ -228,27 +232,21 @@ class JobRunner:
             log.info("job %s succeeded", job.id)
         except asyncio.CancelledError:
             reason = self._failing.pop(job.id, None)
-            if reason is not None:
-                await asyncio.to_thread(_discard, media)
-                self.store.finish(job.id, "failed", reason)
-                finished = True
-            elif self._stopping:
+            if reason is None and self._stopping and job.id not in self._cancelled:
                 self.store.requeue(job.id)  # finished segments stay for the next start
             else:
-                await asyncio.to_thread(_discard, media)
-                self.store.finish(job.id, "cancelled", "cancelled by request")
                 finished = True
+                ending = ("failed", reason) if reason else ("cancelled", "cancelled by request")
+                await self._end(job.id, media, *ending)
         except (FetchError, PipelineError, ValueError) as exc:
-            await asyncio.to_thread(_discard, media)
-            self.store.finish(job.id, "failed", redact_paths(str(exc), media.folder, job.url))
             finished = True
             log.info("job %s failed: %s", job.id, exc)
+            await self._end(job.id, media, "failed", redact_paths(str(exc), media.folder, job.url))
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job.id)
-            await asyncio.to_thread(_discard, media)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-            self.store.finish(job.id, "failed", redact_paths(reason, media.folder, job.url))
             finished = True
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            await self._end(job.id, media, "failed", redact_paths(reason, media.folder, job.url))
         finally:
             if finished:  # our copy of the input only, never a local input file
                 media.input.unlink(missing_ok=True)
@@ -256,8 +254,19 @@ class JobRunner:
             self._running.pop(job.id, None)
             self._cancel_flags.pop(job.id, None)
             self._failing.pop(job.id, None)
+            self._cancelled.discard(job.id)
             self.refresh_gauges()
             self.wake()
+
+    async def _end(self, job_id: str, media: JobMedia, state: str, reason: str) -> None:
+        """Remove what the job leaves (output, work files), then record how it ended. The record
+        is written whatever happens to the removal: a second cancellation arriving while the
+        files go (a cancel racing a shutdown or a full disk) cannot leave the job "running"
+        with nothing running it, to be started again at the next start-up."""
+        try:
+            await asyncio.to_thread(_discard, media)
+        finally:
+            self.store.finish(job_id, state, reason)
 
     def _options(self, job: Job, executor: SegmentExecutor) -> PipelineOptions:
         params = job.params
