@@ -301,6 +301,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, data_dir=args.data_dir, ray_address=args.ray
     )
     _check_listen(settings)  # a busy port is said at once, before torch and the model load
+    _check_data_dir(settings.data_dir)
 
     import uvicorn
 
@@ -327,6 +328,21 @@ def _check_listen(settings: Settings) -> None:
         check_listen(settings.host, settings.port)
     except ListenError as exc:
         raise CLIError(str(exc)) from None
+
+
+def _check_data_dir(folder: Path) -> None:
+    """The data folder is made if missing and must take writes; said in one line, before the
+    model loads."""
+    from carn_stream.server.admission import data_dir_writable
+
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"data folder {folder} is not a folder; pass --data-dir")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot make the data folder {folder}: {exc.strerror or exc}") from None
+    if not data_dir_writable(folder):
+        raise CLIError(f"the data folder {folder} does not take writes (read-only or full)")
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -337,6 +337,30 @@ def test_serve_says_a_busy_port_at_once_before_loading_anything(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_serve_says_an_unusable_data_folder_in_one_line(tmp_path):
+    a_file = tmp_path / "data"
+    a_file.write_text("not a folder")
+    port = str(_free_port())
+    # Was: uvicorn's start-up traceback (FileExistsError) and exit 3.
+    result = run_cli("serve", "--port", port, "--data-dir", str(a_file))
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"carn-stream serve: error: data folder {a_file} is not a folder; pass --data-dir\n",
+    )
+    result = run_cli("serve", "--port", port, "--data-dir", str(a_file / "below"))
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"carn-stream serve: error: cannot make the data folder {a_file / 'below'}: "
+        "Not a directory\n",
+    )
+    assert a_file.read_text() == "not a folder"
+
+
+def _free_port() -> int:
+    with _listener("127.0.0.1") as sock:
+        return sock.getsockname()[1]
+
+
 @pytest.mark.parametrize("port", ["eighty", "-1", "70000"])
 def test_serve_port_flag_takes_port_numbers_only(port):
     result = run_cli("serve", "--port", port)
