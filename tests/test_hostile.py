@@ -33,6 +33,7 @@ from carn_stream.server.inputs.fetch import (
     FetchPolicy,
     Target,
     check_address,
+    fetch,
     validate_url,
 )
 from carn_stream.server.jobs.media import JobMedia
@@ -180,6 +181,9 @@ def test_embedded_public_addresses_still_pass():
         ("http://\u2100.invalid/x.mp4", "malformed URL"),
         (f"http://{'a' * 64}.example/x.mp4", "not a valid host name"),
         ("http://127.0.0.1:99999/x.mp4", "malformed URL"),
+        ("http://127.0.0.1:0/x.mp4", "port 0"),  # was fetched from port 80
+        ("http://127.0.0.1:1/my clip.mp4", "a space is %20"),  # was "cannot connect"
+        ("http://127.0.0.1:1/x\x00.mp4", "control character"),
         ("/srv/videos/clip.mp4", "CARN_STREAM_ALLOW_LOCAL_FILES"),
         ("file:///srv/videos/clip.mp4", "CARN_STREAM_ALLOW_LOCAL_FILES"),
         ("http://127.0.0.1:1/x.mp4", "CARN_STREAM_ALLOWED_PRIVATE_HOSTS lists 127.0.0.1"),
@@ -191,11 +195,25 @@ def test_malformed_urls_and_local_paths_are_refused_with_a_reason(url, message):
         validate_url(url, FetchPolicy())
 
 
+def test_a_server_that_takes_the_connection_but_never_answers_is_said_so(tmp_path):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        policy = FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"}), timeout=0.5, min_rate=0)
+        with pytest.raises(FetchError) as caught:
+            fetch(f"http://127.0.0.1:{port}/x.mp4", tmp_path / "input", policy)
+    # Was: "cannot connect to 127.0.0.1:PORT: timed out", where the connection was made.
+    said = f"127.0.0.1:{port} took the connection but did not answer: timed out"
+    assert str(caught.value) == said
+
+
 def test_urls_are_shown_without_secrets_and_errors_without_server_paths(tmp_path):
     assert public_url("https://u:p@host.example:8443/a/b.mp4?sig=SECRET#t") == (
         "https://host.example:8443/a/b.mp4"
     )
     assert public_url("/srv/private/clip.mp4") == "clip.mp4"
+    assert public_url("http://host.example:0/c.mp4") == "http://host.example:0/c.mp4"
     folder = tmp_path / "jobs" / ("a" * 32)
     message = redact_paths(f"{folder}/input: not a video file", folder, "https://h/c.mp4?x=1")
     assert message == "https://h/c.mp4: not a video file"

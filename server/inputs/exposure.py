@@ -11,7 +11,7 @@ def public_url(url: str) -> str:
     by its name only."""
     try:
         parts = urllib.parse.urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
+        port = f":{parts.port}" if parts.port is not None else ""
     except ValueError:
         return "(malformed URL)"
     if parts.scheme not in ("http", "https"):

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import http.client
 import ipaddress
+import re
 import shutil
 import socket
 import ssl
@@ -112,6 +113,10 @@ def resolve(host: str, port: int, policy: FetchPolicy) -> list[IPAddress]:
     return [check_address(a, policy) for a in addresses]
 
 
+#: What an HTTP request line cannot carry (http.client refuses it only when sending).
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+
+
 @dataclass(frozen=True)
 class Target:
     scheme: str
@@ -142,10 +147,17 @@ class Target:
             raise FetchError(f"URL {url!r} has no host")
         if parts.username or parts.password:
             raise FetchError("URLs with credentials are not accepted")
+        if parts.port == 0:
+            raise FetchError("malformed URL: port 0 is not a port to fetch from")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        if _UNSENDABLE.search(path):
+            raise FetchError(
+                "malformed URL: its path has a space or a control character; "
+                "percent-encode it (a space is %20)"
+            )
         return cls(parts.scheme, parts.hostname, port, path)
 
 
@@ -301,12 +313,21 @@ def _request(target: Target, addresses: Iterable[IPAddress], policy: FetchPolicy
         cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
         conn = cls(address, watchdog, target.host, target.port, timeout=policy.timeout)
         try:
+            conn.connect()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            watchdog.check()
+            errors.append((str(address), _describe(exc)))
+            continue
+        try:
             conn.request("GET", target.path, headers={"User-Agent": "carn-stream"})
             return conn.getresponse(), conn
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             watchdog.check()
-            errors.append((str(address), _describe(exc)))
+            where = f"{target.host}:{target.port}"
+            reason = _describe(exc)
+            raise FetchError(f"{where} took the connection but did not answer: {reason}") from None
     where = f"{target.host}:{target.port}"
     if len(errors) == 1 and errors[0][0] == target.host.strip("[]"):
         raise FetchError(f"cannot connect to {where}: {errors[0][1]}")
