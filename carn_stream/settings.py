@@ -6,6 +6,7 @@ environment itself.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -323,7 +324,10 @@ def _parse(name: str, raw: str) -> object:
     if kind == "int":
         return int(raw)
     if kind == "float":
-        return float(raw)
+        value = float(raw)
+        if not math.isfinite(value):  # "inf" and "nan" parse, and mean nothing here
+            raise ValueError(raw)
+        return value
     if kind.startswith("tuple"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw or None if "None" in kind else raw

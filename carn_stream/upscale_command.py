@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import math
 import re
 import sys
 import time
@@ -77,7 +78,7 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.stopping import run_stoppable
 
     source = local_input(args.input)
-    seconds = args.segment_seconds or settings.segment_seconds
+    seconds = settings.segment_seconds if args.segment_seconds is None else args.segment_seconds
     encoder = EncoderOptions(args.codec, args.crf, args.preset)
     folder_run = source.is_dir()
     if folder_run:
@@ -87,8 +88,8 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     else:
         items = [_item(source, args.output, args.format, args)]
     codec_settings(encoder)  # refuse a bad codec or crf before loading anything
-    if seconds < 1:
-        raise UpscaleError("--segment-seconds must be at least 1 second")
+    if not (math.isfinite(seconds) and seconds >= 1):  # nan passed a "< 1" check, 0 was 4
+        raise UpscaleError(f"--segment-seconds must be at least 1 second, got {seconds:g}")
     for item in items:
         _identify(item, args, settings, encoder, seconds)
         _claim(item, args.overwrite, skip_existing=folder_run)

@@ -220,6 +220,9 @@ def test_upscale_to_hls_folder(tiny_clip, weights_path, tmp_path):
         (["--crf", "70"], "crf must be between 0 and 51"),
         (["--device", "cuda"], "CUDA"),
         (["--format", "hls", "--segment-seconds", "0.5"], "at least 1 second"),
+        (["--format", "hls", "--segment-seconds", "0"], "at least 1 second, got 0"),  # was 4 s
+        (["--format", "hls", "--segment-seconds", "nan"], "got nan"),  # was cut every 30 frames
+        (["--format", "hls", "--segment-seconds", "inf"], "got inf"),
     ],
 )
 def test_upscale_refuses_bad_options_without_output(
@@ -304,6 +307,10 @@ def test_every_numeric_setting_names_itself_and_what_it_takes():
         message = str(caught.value)  # was: invalid literal for int() with base 10: 'eighty'
         assert message.startswith(f"{variable} must be ") and message.endswith("; got 'eighty'")
         assert "number" in message and "literal" not in message, message
+    for name in (f.name for f in fields(Settings) if f.type == "float"):
+        for value in ("nan", "inf"):  # "inf" seconds of segment made one segment of a film
+            with pytest.raises(SettingsError, match=f"got '{value}'"):
+                Settings.from_env({f"CARN_STREAM_{name.upper()}": value})
 
 
 def _listener(host: str, port: int = 0):
