@@ -17,6 +17,8 @@ PREFIX = "CARN_STREAM_"
 ALLOCATORS = ("glibc", "jemalloc")
 EXECUTORS = ("process", "inprocess")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+#: ``stun:HOST[:PORT]``: a host name or an IPv4 address (STUN is asked over IPv4).
+_STUN = re.compile(r"stun:[A-Za-z0-9.-]+(:\d{1,5})?")
 
 
 class SettingsError(ValueError):
@@ -171,6 +173,9 @@ class Settings:
     live_max_bitrate: int = 20_000_000
     #: Gather WebRTC ICE candidates only on these addresses (comma-separated; empty = all).
     live_ice_hosts: tuple[str, ...] = ()
+    #: A STUN server (``stun:HOST[:PORT]``) the service asks for its public address, for a
+    #: service behind NAT; unset, it offers its own addresses and contacts no outside server.
+    live_stun_server: str | None = None
     #: Folder of video files the live page can play as a live source (unset = camera only).
     live_samples_dir: Path | None = None
 
@@ -242,6 +247,8 @@ class Settings:
             "live_max_latency": self.live_max_latency > 0,
             "live_bits_per_pixel": self.live_bits_per_pixel > 0,
             "live_max_bitrate": self.live_max_bitrate > 0,
+            "live_stun_server": self.live_stun_server is None
+            or bool(_STUN.fullmatch(self.live_stun_server)),
         }
         for name, ok in valid.items():
             if not ok:
@@ -296,6 +303,7 @@ _TAKES: dict[str, str] = {
     "live_max_latency": "a positive number of seconds",
     "live_bits_per_pixel": "a positive number",
     "live_max_bitrate": "a positive whole number of bits per second",
+    "live_stun_server": "a STUN URL, stun:HOST or stun:HOST:PORT (unset: none)",
 }
 
 

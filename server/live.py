@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aioice.ice
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.codecs import h264, vpx
 from aiortc.mediastreams import MediaStreamError
 
@@ -403,9 +403,11 @@ class LiveSessions:
         *,
         connect_seconds: float = 30.0,
         max_output_pixels: int = 0,
+        stun_server: str | None = None,
     ) -> None:
         self.metrics, self.limit, self.bitrate, self.latency = metrics, limit, bitrate, latency
         self.connect_seconds, self.max_output_pixels = connect_seconds, max_output_pixels
+        self.stun_server = stun_server
         self.sessions: dict[str, Session] = {}
         self._reaping: set[asyncio.Task] = set()
 
@@ -422,6 +424,7 @@ class LiveSessions:
             LatencyPolicy(settings.live_max_latency, settings.live_adaptive),
             connect_seconds=settings.live_connect_seconds,
             max_output_pixels=settings.max_output_pixels,
+            stun_server=settings.live_stun_server,
         )
 
     def full(self) -> bool:
@@ -433,7 +436,9 @@ class LiveSessions:
         """Answer an offer. Without ``sample`` the peer's video track is the source; with it,
         the file plays as a live source and the peer receives the original and the upscaled
         track (in that order)."""
-        pc = RTCPeerConnection()
+        # No ICE servers unless configured: aiortc's default asks a public STUN server.
+        servers = [RTCIceServer(self.stun_server)] if self.stun_server else []
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         session = Session(uuid.uuid4().hex, pc, scale)
         self.sessions[session.id] = session
         self.metrics.live_sessions.set(len(self.sessions))

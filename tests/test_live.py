@@ -516,6 +516,51 @@ async def _closed(live) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("configured", [False, True], ids=["unset", "configured"])
+def test_the_service_asks_a_stun_server_only_when_one_is_configured(
+    camera_frames, monkeypatch, configured
+):
+    """aiortc's default configuration sends every session's STUN requests to a public server
+    (stun.l.google.com); here its default is a loopback socket that counts them."""
+    import socket
+
+    from aiortc import RTCConfiguration, RTCIceServer
+    from aiortc.rtcicetransport import RTCIceGatherer
+
+    from carn_stream.model.baselines import Bicubic
+    from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
+    from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions
+    from carn_stream.server.metrics import Metrics
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stun:
+        stun.bind(("127.0.0.1", 0))
+        url = f"stun:127.0.0.1:{stun.getsockname()[1]}"
+        monkeypatch.setattr(RTCIceGatherer, "getDefaultIceServers", lambda: [RTCIceServer(url)])
+        worker = InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
+
+        async def offer_and_answer() -> None:
+            live = LiveSessions(Metrics(), 2, BitratePolicy(), LatencyPolicy(),
+                                stun_server=url if configured else None)  # fmt: skip
+            client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            client.addTransceiver(ClipTrack(camera_frames), direction="sendrecv")
+            await client.setLocalDescription(await client.createOffer())
+            await live.open(client.localDescription.sdp, "offer", 2, worker)  # gathers
+            await live.close_all()
+            await client.close()
+
+        try:
+            asyncio.run(offer_and_answer())
+        finally:
+            worker.close()
+        stun.setblocking(False)
+        requests = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                requests.append(stun.recv(2048))
+    binding = [r for r in requests if r[:2] == b"\x00\x01"]  # STUN Binding Request
+    assert bool(binding) == configured, requests
+
+
 def test_teardown_leaves_no_tasks_and_no_threads(camera_frames):
     from carn_stream.model.baselines import Bicubic
     from carn_stream.server.live import LatencyPolicy
