@@ -465,7 +465,11 @@ def test_ingest_refuses_unsupported_scales_and_unknown_fields(server, base):
     for body in ({"url": f"{base}/clip.mp4", "scales": [5]},
                  {"url": f"{base}/clip.mp4", "scales": []},
                  {"url": f"{base}/clip.mp4", "colour": "red"},
-                 {"url": f"{base}/clip.mp4", "tune": "maybe"}):  # fmt: skip
+                 {"url": f"{base}/clip.mp4", "tune": "maybe"},
+                 {"url": f"{base}/clip.mp4", "tune": "yes"},  # was true: a fine-tune begun
+                 {"url": f"{base}/clip.mp4", "tune": 1},
+                 {"url": f"{base}/clip.mp4",
+                  "store": {"scale": 2, "keep_source": "on"}}):  # fmt: skip
         response = server.call("POST", "/videos", body)
         assert response.status == 422, body
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from carn_stream.model.recipe import TITLE_STORE_CRF
 from carn_stream.model.scales import SUPPORTED_SCALES
@@ -62,7 +62,7 @@ class StoreIn(BaseModel):
     scale: Scale = Field(description="the copy is 1/scale of the source's size")
     crf: int = Field(TITLE_STORE_CRF, ge=0, le=51, description="the copy's CRF")
     codec: Literal["h264", "hevc"] = Field("h264", description="the copy's codec")
-    keep_source: bool = Field(False, description="keep the source once the model is made")
+    keep_source: StrictBool = Field(False, description="keep the source once the model is made")
 
 
 class VideoCreate(BaseModel):
@@ -74,7 +74,7 @@ class VideoCreate(BaseModel):
     scales: list[Scale] = Field(
         [2], min_length=1, max_length=len(SUPPORTED_SCALES), description="upscaled renditions"
     )
-    tune: bool = Field(
+    tune: StrictBool = Field(  # "yes" or 1 would begin a CPU-heavy fine-tune unasked
         False,
         description="also fine-tune a model on this video's own frames in the background "
         "(`carn-stream tune`, every requested scale) and serve its upscaled segments with it "
