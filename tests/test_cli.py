@@ -237,6 +237,22 @@ def test_upscale_refuses_bad_options_without_output(
     assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
 
 
+def test_upscale_says_an_output_folder_it_cannot_write_into(tiny_clip, weights_path, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("kept")
+    cases = {
+        a_file / "o.mp4": f"cannot write {a_file / 'o.mp4'}: {a_file} is a file, not a folder",
+        # was "[Errno 2] No such file or directory: '/proc/.o.mp4.carn-stream'", the work folder
+        Path("/proc/o.mp4"): "cannot write into the output folder /proc: ",
+    }
+    for out, message in cases.items():
+        result = run_cli("upscale", str(tiny_clip), str(out), "--scale", "2",
+                         "--weights", str(weights_path))  # fmt: skip
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert a_file.read_text() == "kept"
+
+
 @pytest.mark.parametrize("kind", ["missing", "text", "audio_only"])
 def test_upscale_bad_input_exits_1_with_one_line(kind, data_dir, weights_path, tmp_path):
     from tests.media import write_audio_only

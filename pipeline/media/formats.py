@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,10 +102,15 @@ class OutputFormat:
                         f"HLS output {output} holds other files than an earlier HLS output; "
                         "choose an empty or new folder"
                     )
+        folder = output.parent
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"cannot write {output}: {folder} is a file, not a folder")
         try:
-            output.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()  # the run's work files go beside it
         except OSError as exc:
-            raise OutputError(f"cannot create the output folder {output.parent}: {exc}") from exc
+            reason = exc.strerror or str(exc)
+            raise OutputError(f"cannot write into the output folder {folder}: {reason}") from None
 
     def prepare(self, output: Path, work_dir: Path) -> Path:
         """Create the segment folder; returns it."""
