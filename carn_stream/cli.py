@@ -191,6 +191,7 @@ def _upscale_image_command(sub) -> None:
     p.add_argument("output", type=Path)
     p.add_argument("--scale", type=_scale, required=True, help="2, 3 or 4")
     p.add_argument("--tile", type=_positive, help="LR tile side for images too large for memory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _precision_option(p)
     p.set_defaults(run=cmd_upscale_image)
 
@@ -456,6 +457,8 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
         raise CLIError(f"output {args.output} must be a .png file")
     if not args.output.parent.is_dir():
         raise CLIError(f"output folder {args.output.parent} does not exist")
+    if args.output.exists() and not args.overwrite:  # the rule `upscale` keeps
+        raise CLIError(f"output {args.output} exists; use --overwrite to replace it")
     image = read_rgb(args.input)
     settings = _settings(args)
     config = EngineConfig(

@@ -76,6 +76,11 @@ def test_upscale_image_writes_a_png_of_scale_times_the_input(data_dir, weights_p
         == 0
     )
     assert read_rgb(out).shape == (148, 204, 3)
+    again = ["upscale-image", str(src), str(out), "--scale", "2", "--weights", str(weights_path)]
+    assert main(again) == 1  # was replaced without a word; `upscale` refuses alike
+    assert read_rgb(out).shape == (148, 204, 3)
+    assert main([*again, "--overwrite"]) == 0
+    assert read_rgb(out).shape == (74, 102, 3)
 
 
 def test_weights_come_from_carn_weights_when_no_flag(data_dir, weights_path, tmp_path, monkeypatch):
