@@ -334,6 +334,7 @@ def test_auto_measures_again_when_the_installed_backends_change(
     assert engine().describe_precision().endswith("(measured)")
     keys = list(json.loads((tmp_path / "precision-choices.json").read_text()))
     assert len(keys) == 4 and "(avx2) |" in keys[-1] and "int8 r" in keys[-1]
+    assert f"torch {torch.__version__}" in keys[-1] and "eager f" in keys[-1]
 
 
 def test_engine_rgb_path_matches_the_evaluation_upscaler(official_carn_m, frames):

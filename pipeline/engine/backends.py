@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: how :class:`TorchBackend` lays out a CARN
 FORMS = ("network", "deployed", "deployed-concat")
+#: raised when :func:`eager_layout` changes what the eager modes run (auto measures again)
+EAGER_VERSION = 2
 
 
 class TorchBackend:
@@ -91,7 +93,8 @@ def eager_layout(device: torch.device, precision: str) -> tuple[bool, str]:
     sum is rounded to bf16: 1.5e-2 off the network's output, where the concatenation is
     summed in one conv). Measured with ``bench/torch_forms.py`` at 320x180 x4 on an AMX Xeon's
     2 cores, against the network as trained: fp32 884 -> 604 ms (channels-last alone 676 ms;
-    1.18x under an AVX2 cap), bf16 435 -> 369 ms (docs/PERFORMANCE.md). On CUDA the network as trained, channels-last, until a GPU measures the forms
+    1.18x under an AVX2 cap), bf16 435 -> 369 ms (docs/PERFORMANCE.md).
+    On CUDA the network as trained, channels-last, until a GPU measures the forms
     (``bench/gpu_check.py``, section ``model``)."""
     if device.type == "cuda":
         return True, "network"

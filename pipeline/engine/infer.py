@@ -31,7 +31,12 @@ from carn_stream.model.inference import pick_device
 from carn_stream.model.weights import WeightsSource
 from carn_stream.pipeline.colour import ColourSpec, output_spec
 from carn_stream.pipeline.engine.autoselect import Backend, Decision, DecisionCache, measure
-from carn_stream.pipeline.engine.backends import CudaGraphBackend, TorchBackend, eager_layout
+from carn_stream.pipeline.engine.backends import (
+    EAGER_VERSION,
+    CudaGraphBackend,
+    TorchBackend,
+    eager_layout,
+)
 from carn_stream.pipeline.engine.convert import (
     plane_tensor,
     planes_to_rgb,
@@ -146,14 +151,15 @@ def missing_extra_note() -> str | None:
 
 
 def backends_identity() -> str:
-    """The installed backend packages and their versions, and the versions of this package's
-    export and int8 recipe: part of auto's cache key, so that installing or upgrading either
-    measures again."""
+    """The installed backend packages and their versions (torch's too), and the versions of
+    this package's eager forms, export and int8 recipe: part of auto's cache key, so that
+    installing or upgrading either measures again."""
     from carn_stream.pipeline.engine.int8 import RECIPE_VERSION
 
-    versions = package_versions(INT8_PACKAGES)
+    versions = {"torch": torch.__version__, **package_versions(INT8_PACKAGES)}
     packages = ", ".join(f"{name} {version or 'missing'}" for name, version in versions.items())
-    return f"{packages}, export e{EXPORT_VERSION}, int8 r{RECIPE_VERSION}"
+    return (f"{packages}, eager f{EAGER_VERSION}, export e{EXPORT_VERSION}, "
+            f"int8 r{RECIPE_VERSION}")  # fmt: skip
 
 
 def output_geometry(spec: ColourSpec, height: int, width: int, scale: int) -> ColourSpec:
