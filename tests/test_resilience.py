@@ -313,24 +313,25 @@ def test_a_running_job_is_failed_with_the_reason_when_the_disk_passes_its_floor(
     assert took < 1.5, took  # measured: 0.46 s (the floor is looked at every half second)
 
 
-@pytest.mark.parametrize("second", ["cancel", "shutdown"])
+@pytest.mark.parametrize("second", ["cancel", "shutdown", "shutdown at once"])
 def test_a_job_stopped_again_while_its_files_go_still_ends_cancelled(
     tmp_path, clip, monkeypatch, second
 ):
-    """A second DELETE, or a shutdown, while a cancelled job's files are being removed (a slow
+    """A second DELETE or a shutdown while a cancelled job's files are being removed (a slow
     disk): the job stayed "running" with nothing running it, and the next start-up ran it
-    again."""
+    again. A shutdown just after the DELETE, before the job had stopped, requeued it."""
     settings = Settings(data_dir=tmp_path / "data", min_free_disk_bytes=0, allow_local_files=True)
     settings.data_dir.mkdir()
     store = JobStore(settings.data_dir / "jobs.sqlite3")
     runner = JobRunner(store, settings, Metrics(), lambda: _Stuck())
     job = store.create(f"file://{clip}", JobParams(format="mp4"))
-    removing = threading.Event()
+    removing, removed = threading.Event(), threading.Event()
 
     def slow_discard(media, real=runner_module._discard):
         removing.set()
         time.sleep(0.5)
         real(media)
+        removed.set()
 
     monkeypatch.setattr(runner_module, "_discard", slow_discard)
 
@@ -341,21 +342,29 @@ def test_a_job_stopped_again_while_its_files_go_still_ends_cancelled(
                 break
             await asyncio.sleep(0.05)
         first = asyncio.create_task(runner.cancel(job.id))
-        while not removing.is_set():
+        if second == "shutdown at once":
+            await asyncio.sleep(0)  # the cancel is asked; the job has not seen it yet
+            await runner.shutdown()
+            return await first, None, removed.is_set()
+        for _ in range(500):
+            if removing.is_set():
+                break
             await asyncio.sleep(0.01)
         again = await runner.cancel(job.id) if second == "cancel" else await runner.shutdown()
-        answers = (await first, again)
+        answer = await first
+        gone = removed.is_set()  # the first DELETE answered once the files were gone
         await runner.shutdown()
-        return answers
+        return answer, again, gone
 
     try:
-        answers = asyncio.run(go())
+        answer, again, gone = asyncio.run(go())
         done = store.get(job.id)
         counts = store.segment_counts([job.id])[job.id]
         requeued, _ = store.recover(max_attempts=3)  # what the next start-up does
     finally:
         store.close()
-    assert answers[0] is True and answers[1] in (True, None)
+    assert answer is True and again in (True, None)
+    assert gone or second != "cancel"  # a shutdown does not wait for the removal
     assert (done.state, done.error) == ("cancelled", "cancelled by request")
     assert counts["running"] == 0 and requeued == []
 

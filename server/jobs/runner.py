@@ -172,7 +172,7 @@ class JobRunner:
         reason = (f"the server ran low on disk space ({free // 2**20} MiB free, "
                   f"{floor // 2**20} MiB kept free); the job was stopped")  # fmt: skip
         for job_id, task in self._running.items():
-            if job_id not in self._failing:
+            if job_id not in self._failing and not self._cancel_flags[job_id].is_set():
                 log.warning("job %s: %s", job_id, reason)
                 self._failing[job_id] = reason
                 self._cancel_flags[job_id].set()
@@ -186,9 +186,9 @@ class JobRunner:
             ok = self.store.finish(job_id, "cancelled", "cancelled by request")
             self.wake()
             return ok
+        self._cancelled.add(job_id)  # even when a shutdown is stopping it already
         flag = self._cancel_flags[job_id]
         if not flag.is_set():  # a job already being stopped is not interrupted again
-            self._cancelled.add(job_id)
             flag.set()
             task.cancel()
         await asyncio.wait({task}, timeout=5)
