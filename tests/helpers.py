@@ -62,3 +62,10 @@ def launch_chromium(playwright, *extra: str):
         headless=True,
         args=[*CHROMIUM_FLAGS, *extra],
     )
+
+
+def client_peer():
+    """A test's WebRTC peer that asks no STUN server (aiortc's default asks a public one)."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))

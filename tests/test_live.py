@@ -20,10 +20,10 @@ import av
 import ifaddr
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import RTCSessionDescription, VideoStreamTrack
 
 from carn_stream.server.live import restrict_ice_hosts
-from tests.helpers import LIVE_FLAGS, launch_chromium
+from tests.helpers import LIVE_FLAGS, client_peer, launch_chromium
 from tests.media import decode_rgb, downscale_frames, write_clip
 from tests.service import ServerProcess, request, wait_for
 
@@ -85,7 +85,7 @@ class ClipTrack(VideoStreamTrack):
 
 
 async def connect(port: int, track: VideoStreamTrack, scale: int = 2):
-    pc = RTCPeerConnection()
+    pc = client_peer()
     pc.addTransceiver(track, direction="sendrecv")
     received: asyncio.Queue = asyncio.Queue()
     pullers: list[asyncio.Future] = []
@@ -150,7 +150,7 @@ def test_session_limit_and_clean_teardown(server, camera_frames):
         peers = [await connect(server.port, ClipTrack(camera_frames)) for _ in range(2)]
         for _, _, received in peers:
             await asyncio.wait_for(received.get(), 30)  # both flow
-        pc = RTCPeerConnection()
+        pc = client_peer()
         pc.addTransceiver(ClipTrack(camera_frames), direction="sendrecv")
         await pc.setLocalDescription(await pc.createOffer())
         body = {"sdp": pc.localDescription.sdp, "type": "offer"}
@@ -174,7 +174,7 @@ def test_a_server_side_sample_plays_as_a_live_source(server):
     assert request(server.port, "GET", "/webrtc/samples").json() == ["carphone.mp4"]
 
     async def run():
-        pc = RTCPeerConnection()
+        pc = client_peer()
         pc.addTransceiver("video", direction="recvonly")
         pc.addTransceiver("video", direction="recvonly")
         sizes: dict[str, set] = {}
@@ -213,7 +213,7 @@ def test_a_server_side_sample_plays_as_a_live_source(server):
 
 def test_offer_without_video_is_refused(server):
     async def run():
-        pc = RTCPeerConnection()
+        pc = client_peer()
         pc.createDataChannel("x")
         await pc.setLocalDescription(await pc.createOffer())
         body = {"sdp": pc.localDescription.sdp, "type": "offer"}
@@ -478,7 +478,7 @@ async def _in_process_session(model, frames, seconds: float, latency_policy, sca
     threads_before = {t.ident for t in threading.enumerate()}
     tasks_before = asyncio.all_tasks()
     live = LiveSessions(Metrics(), 2, BitratePolicy(), latency_policy)
-    client = RTCPeerConnection()
+    client = client_peer()
     client.addTransceiver(ClipTrack(frames), direction="sendrecv")
     sizes: list[tuple[int, int]] = []
 
@@ -524,7 +524,7 @@ def test_the_service_asks_a_stun_server_only_when_one_is_configured(
     (stun.l.google.com); here its default is a loopback socket that counts them."""
     import socket
 
-    from aiortc import RTCConfiguration, RTCIceServer
+    from aiortc import RTCIceServer
     from aiortc.rtcicetransport import RTCIceGatherer
 
     from carn_stream.model.baselines import Bicubic
@@ -535,13 +535,14 @@ def test_the_service_asks_a_stun_server_only_when_one_is_configured(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stun:
         stun.bind(("127.0.0.1", 0))
         url = f"stun:127.0.0.1:{stun.getsockname()[1]}"
-        monkeypatch.setattr(RTCIceGatherer, "getDefaultIceServers", lambda: [RTCIceServer(url)])
+        default = staticmethod(lambda: [RTCIceServer(url)])
+        monkeypatch.setattr(RTCIceGatherer, "getDefaultIceServers", default)
         worker = InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
 
         async def offer_and_answer() -> None:
             live = LiveSessions(Metrics(), 2, BitratePolicy(), LatencyPolicy(),
                                 stun_server=url if configured else None)  # fmt: skip
-            client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            client = client_peer()
             client.addTransceiver(ClipTrack(camera_frames), direction="sendrecv")
             await client.setLocalDescription(await client.createOffer())
             await live.open(client.localDescription.sdp, "offer", 2, worker)  # gathers
