@@ -113,8 +113,10 @@ def resolve(host: str, port: int, policy: FetchPolicy) -> list[IPAddress]:
     return [check_address(a, policy) for a in addresses]
 
 
-#: What an HTTP request line cannot carry (http.client refuses it only when sending).
-_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+#: Control characters: no URL carries them (http.client refuses them only when sending).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Spaces and non-ASCII characters: sent percent-encoded, as browsers send them.
+_TO_ENCODE = re.compile(r"[^\x21-\x7e]")
 
 
 @dataclass(frozen=True)
@@ -153,11 +155,9 @@ class Target:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        if _UNSENDABLE.search(path):
-            raise FetchError(
-                "malformed URL: its path has a space or a control character; "
-                "percent-encode it (a space is %20)"
-            )
+        if _CONTROL.search(path):
+            raise FetchError("malformed URL: its path has a control character")
+        path = _TO_ENCODE.sub(lambda m: urllib.parse.quote(m.group()), path)
         return cls(parts.scheme, parts.hostname, port, path)
 
 
@@ -308,31 +308,30 @@ def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> Pa
 
 
 def _request(target: Target, addresses: Iterable[IPAddress], policy: FetchPolicy, watchdog):
-    errors = []
+    errors = []  # (address, what went wrong, whether it took the connection)
     for address in addresses:
         cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
         conn = cls(address, watchdog, target.host, target.port, timeout=policy.timeout)
+        connected = False
         try:
             conn.connect()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            watchdog.check()
-            errors.append((str(address), _describe(exc)))
-            continue
-        try:
+            connected = True
             conn.request("GET", target.path, headers={"User-Agent": "carn-stream"})
             return conn.getresponse(), conn
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             watchdog.check()
-            where = f"{target.host}:{target.port}"
-            reason = _describe(exc)
-            raise FetchError(f"{where} took the connection but did not answer: {reason}") from None
+            errors.append((str(address), _describe(exc), connected))
     where = f"{target.host}:{target.port}"
     if len(errors) == 1 and errors[0][0] == target.host.strip("[]"):
-        raise FetchError(f"cannot connect to {where}: {errors[0][1]}")
-    tried = "; ".join(f"{address}: {reason}" for address, reason in errors)
-    raise FetchError(f"cannot connect to {where} (tried {tried})")
+        _, reason, connected = errors[0]
+        if connected:
+            raise FetchError(f"{where} took the connection but did not answer: {reason}")
+        raise FetchError(f"cannot connect to {where}: {reason}")
+    tried = "; ".join(f"{address}: {'no answer, ' if connected else ''}{reason}"
+                      for address, reason, connected in errors)  # fmt: skip
+    failed = "no answer from" if any(c for _, _, c in errors) else "cannot connect to"
+    raise FetchError(f"{failed} {where} (tried {tried})")
 
 
 def _describe(exc: BaseException) -> str:
