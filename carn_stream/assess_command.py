@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -170,6 +171,8 @@ def cmd_assess(args: argparse.Namespace, settings: Settings) -> int:
         raise AssessError(f"{source}: no such file")
     if args.frames < 2:
         raise AssessError("--frames must be 2 or more (the temporal measure compares neighbours)")
+    if not (math.isfinite(args.copy_cap_kbps) and args.copy_cap_kbps > 0):
+        raise AssessError(f"--copy-cap-kbps must be a positive number, got {args.copy_cap_kbps:g}")
     scale = args.scale
     out: Path = args.out or source.with_name(f"{source.stem}.assess")
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ ALLOCATORS = ("glibc", "jemalloc")
 EXECUTORS = ("process", "inprocess")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 #: ``stun:HOST[:PORT]``: a host name or an IPv4 address (STUN is asked over IPv4).
-_STUN = re.compile(r"stun:[A-Za-z0-9.-]+(:\d{1,5})?")
+_STUN = re.compile(r"stun:[A-Za-z0-9.-]+(?::(\d{1,5}))?")
 
 
 class SettingsError(ValueError):
@@ -248,7 +248,7 @@ class Settings:
             "live_bits_per_pixel": self.live_bits_per_pixel > 0,
             "live_max_bitrate": self.live_max_bitrate > 0,
             "live_stun_server": self.live_stun_server is None
-            or bool(_STUN.fullmatch(self.live_stun_server)),
+            or _is_stun_url(self.live_stun_server),
         }
         for name, ok in valid.items():
             if not ok:
@@ -305,6 +305,11 @@ _TAKES: dict[str, str] = {
     "live_max_bitrate": "a positive whole number of bits per second",
     "live_stun_server": "a STUN URL, stun:HOST or stun:HOST:PORT (unset: none)",
 }
+
+
+def _is_stun_url(url: str) -> bool:
+    match = _STUN.fullmatch(url)
+    return match is not None and 1 <= int(match.group(1) or 3478) <= 65535
 
 
 def _refusal(name: str, value: object) -> str:

@@ -169,6 +169,23 @@ def test_assess_prints_the_report_and_writes_plot_and_weights(small_clip, weight
     assert "BD-rate of title CARN-M vs original size" in text and "time: copy" in text
 
 
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--frames", "1"], "--frames must be 2 or more"),
+        (["--copy-cap-kbps", "nan"], "--copy-cap-kbps must be a positive number, got nan"),
+        (["--copy-cap-kbps", "0"], "--copy-cap-kbps must be a positive number, got 0"),
+    ],
+)
+def test_assess_refuses_bad_options_before_any_work(small_clip, tmp_path, capsys, extra, message):
+    from carn_stream.cli import main
+
+    out = tmp_path / "assess"
+    assert main(["assess", str(small_clip), "--out", str(out), *extra]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_tune_encoded_trains_on_the_copy_and_writes_tunes_report(small_clip, weights_path,
                                                                   tmp_path, capsys,
