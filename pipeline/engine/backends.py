@@ -29,7 +29,8 @@ class TorchBackend:
     """Eager PyTorch with the weights in ``dtype`` and, optionally, channels-last layout.
 
     Converts a copy of ``model`` (never the caller's), so engines of different precisions and
-    devices can share one; an fp32 CPU model is used as it is. With ``form`` other than
+    devices can share one; an fp32 CPU model in the network form and the default layout is
+    used as it is. With ``form`` other than
     ``"network"`` a CARN runs in its deployed form (:mod:`carn_stream.model.deployed`), one per
     scale it has: ``"deployed"`` as the inference engines take it, ``"deployed-concat"`` with
     the cascades' concatenations kept (eager PyTorch does not fuse the sums that replace
@@ -48,10 +49,14 @@ class TorchBackend:
         layout = torch.channels_last if channels_last else torch.contiguous_format
         self.model: nn.Module | None = None
         self.forms: dict[int, nn.Module] = {}
-        if form != "network" and isinstance(model, CARN):
+        if not isinstance(model, CARN):
+            form = "network"  # the forms are CARN's
+        if form != "network":
+            fp32 = all(p.dtype == torch.float32 for p in model.parameters())
+            source = model if fp32 else copy.deepcopy(model).float()  # deployed() copies it
             for scale in model.scales:
                 made = deployed(
-                    model,
+                    source,
                     scale,
                     split_cascades=form == "deployed",
                     body_dtype=None if dtype == torch.float32 else dtype,
@@ -90,7 +95,7 @@ def eager_layout(device: torch.device, precision: str) -> tuple[bool, str]:
 
     On a CPU the deployed form skips the exit conv's pass over the full-resolution features;
     in fp32 the cascades' sums also beat the concatenations, in bf16 they do not (each partial
-    sum is rounded to bf16: 1.5e-2 off the network's output, where the concatenation is
+    sum is rounded to bf16: 1.5e-2 to 2.2e-2 off the network's output, where the concatenation is
     summed in one conv). Measured with ``bench/torch_forms.py`` at 320x180 x4 on an AMX Xeon's
     2 cores, against the network as trained: fp32 884 -> 604 ms (channels-last alone 676 ms;
     1.18x under an AVX2 cap), bf16 435 -> 369 ms (docs/PERFORMANCE.md).

@@ -89,6 +89,15 @@ class OutputFormat:
         replaced when the new one is complete), and create missing parent folders.
         ``resuming``: the output is this run's own, partly made (an HLS folder of its segments).
         """
+        folder = output.parent
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"cannot write {output}: {folder} is a file, not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()  # the run's work files go beside it
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OutputError(f"cannot write into the output folder {folder}: {reason}") from None
         reason = None if resuming else self.existing(output)
         if reason is not None:
             clash = output.is_dir() != self.is_folder
@@ -102,15 +111,6 @@ class OutputFormat:
                         f"HLS output {output} holds other files than an earlier HLS output; "
                         "choose an empty or new folder"
                     )
-        folder = output.parent
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(f"cannot write {output}: {folder} is a file, not a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()  # the run's work files go beside it
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise OutputError(f"cannot write into the output folder {folder}: {reason}") from None
 
     def prepare(self, output: Path, work_dir: Path) -> Path:
         """Create the segment folder; returns it."""
