@@ -183,7 +183,7 @@ def test_embedded_public_addresses_still_pass():
         ("http://127.0.0.1:99999/x.mp4", "malformed URL"),
         ("http://127.0.0.1:0/x.mp4", "port 0"),  # was fetched from port 80
         ("http://127.0.0.1:1/x\x00.mp4", "control character"),  # was "cannot connect"
-        ("http://127.0.0.1:1/x\n.mp4", "control character"),
+        ("http://127.0.0.1:1/x\x1b.mp4", "control character"),
         ("/srv/videos/clip.mp4", "CARN_STREAM_ALLOW_LOCAL_FILES"),
         ("file:///srv/videos/clip.mp4", "CARN_STREAM_ALLOW_LOCAL_FILES"),
         ("http://127.0.0.1:1/x.mp4", "CARN_STREAM_ALLOWED_PRIVATE_HOSTS lists 127.0.0.1"),
