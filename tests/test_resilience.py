@@ -313,13 +313,16 @@ def test_a_running_job_is_failed_with_the_reason_when_the_disk_passes_its_floor(
     assert took < 1.5, took  # measured: 0.46 s (the floor is looked at every half second)
 
 
-@pytest.mark.parametrize("second", ["cancel", "shutdown", "shutdown at once"])
+@pytest.mark.parametrize(
+    "second", ["cancel", "shutdown", "shutdown at once", "delete during a shutdown"]
+)
 def test_a_job_stopped_again_while_its_files_go_still_ends_cancelled(
     tmp_path, clip, monkeypatch, second
 ):
     """A second DELETE or a shutdown while a cancelled job's files are being removed (a slow
     disk): the job stayed "running" with nothing running it, and the next start-up ran it
-    again. A shutdown just after the DELETE, before the job had stopped, requeued it."""
+    again. A shutdown just after the DELETE, before the job had stopped, requeued it, as did a
+    DELETE while a shutdown was stopping it."""
     settings = Settings(data_dir=tmp_path / "data", min_free_disk_bytes=0, allow_local_files=True)
     settings.data_dir.mkdir()
     store = JobStore(settings.data_dir / "jobs.sqlite3")
@@ -341,6 +344,12 @@ def test_a_job_stopped_again_while_its_files_go_still_ends_cancelled(
             if store.segment_counts([job.id])[job.id]["running"]:
                 break
             await asyncio.sleep(0.05)
+        if second == "delete during a shutdown":
+            stopping = asyncio.create_task(runner.shutdown())
+            await asyncio.sleep(0)  # the job is told to stop; it has not seen it yet
+            answer = await runner.cancel(job.id)
+            await stopping
+            return answer, None, removed.is_set()
         first = asyncio.create_task(runner.cancel(job.id))
         if second == "shutdown at once":
             await asyncio.sleep(0)  # the cancel is asked; the job has not seen it yet
