@@ -6,9 +6,11 @@
 The forms (``pipeline/engine/backends.py``): the network as trained; its deployed form
 (``model/deployed.py``: the exit conv before the last pixel shuffle, cascades as sums of 1x1
 convs); the deployed form with the cascades' concatenations kept. Each in the default layout
-and channels-last. The baseline is the network as trained in the default layout, in the same
-precision: what the fp32 mode ran before the engine chose a form. The C library's allocator
-is tuned as ``carn-stream`` tunes it. Rows take turns, each timed
+and channels-last (the weights; the input is laid out as the engine lays it out, a tensor
+over HWC pixels, whose convolutions then run channels-last whatever the weights). The
+baseline is the network as trained in the default layout, in the same precision: what the
+fp32 mode ran before the engine chose a form. The C library's allocator is tuned as
+``carn-stream`` tunes it. Rows take turns, each timed
 ``--repeats`` times (one frame, after one unmeasured run); the table prints each row's best,
 its ratio to the baseline and its largest difference from the baseline's output.
 To time another CPU's instruction set on this one, set ``ONEDNN_MAX_CPU_ISA`` (and
@@ -69,8 +71,8 @@ def main() -> int:
     with torch.inference_mode():
         for size in args.sizes.split(","):
             width, height, scale = parse_size(size)
-            x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-            x = x.to(device)
+            x = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(0))
+            x = x.to(device).permute(0, 3, 1, 2)  # as the engine makes it from HWC frames
             for name in args.precisions.split(","):
                 backends = {
                     row: TorchBackend(model, device, DTYPES[name], row[1], row[0]) for row in rows

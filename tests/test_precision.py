@@ -109,9 +109,8 @@ def test_bf16_stays_close_to_fp32(official_carn_m, frames):
     # Measured 60.9 dB on carphone at x2 (54.6 dB with the image-facing convs in bf16 too).
     assert luma_psnr(a, b) > 55
     assert bf16.backend.channels_last
-    made = bf16.backend.forms[2]  # the deployed form (tests/test_deployed.py)
-    assert made.body.fusions[0][0].weight.dtype == torch.bfloat16
-    assert made.exit.weight.dtype == torch.float32
+    assert bf16.backend.model.body.fusions[0][0].weight.dtype == torch.bfloat16
+    assert bf16.backend.model.exit.weight.dtype == torch.float32
     assert next(official_carn_m.parameters()).dtype == torch.float32  # the shared one untouched
 
 

@@ -93,19 +93,17 @@ class TorchBackend:
 def eager_layout(device: torch.device, precision: str) -> tuple[bool, str]:
     """(channels-last, form) for the engine's eager ``precision`` on ``device``.
 
-    On a CPU the deployed form skips the exit conv's pass over the full-resolution features;
-    in fp32 the cascades' sums also beat the concatenations, in bf16 they do not (each partial
-    sum is rounded to bf16: 1.5e-2 to 2.2e-2 off the network's output, where the concatenation is
-    summed in one conv). Measured with ``bench/torch_forms.py`` at 320x180 x4 on an AMX Xeon's
-    2 cores, against the network as trained: fp32 884 -> 604 ms (channels-last alone 676 ms;
-    1.18x under an AVX2 cap), bf16 435 -> 369 ms (docs/PERFORMANCE.md).
-    On CUDA the network as trained, channels-last, until a GPU measures the forms
+    On a CPU, fp32 runs the deployed form: it skips the exit conv's pass over the
+    full-resolution features, and its cascades' sums beat the concatenations. bf16 runs the
+    network as trained: the deployed form's sums are each rounded to bf16 (1.5e-2 to 2.2e-2
+    off the network's output) and the form that keeps the concatenations ran no faster.
+    Measured with ``bench/torch_forms.py`` on an AMX Xeon's 2 cores, input laid out as the
+    engine lays it out: fp32 1.05x (320x180 x4) and 1.15x (176x144 x2), bf16 0.87-0.94x
+    (docs/PERFORMANCE.md). On CUDA the network as trained until a GPU measures the forms
     (``bench/gpu_check.py``, section ``model``)."""
-    if device.type == "cuda":
-        return True, "network"
-    if precision == "bf16":
-        return True, "deployed-concat"
-    return True, "deployed"
+    if device.type == "cpu" and precision == "fp32":
+        return True, "deployed"
+    return True, "network"
 
 
 @dataclass
