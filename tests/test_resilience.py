@@ -259,6 +259,14 @@ def _largest(path: Path, sizes: list[int]) -> None:
         time.sleep(0.001)
 
 
+async def _until_making_segments(store: JobStore, job_id: str) -> None:
+    """Wait (5 s at most) until the job's first segment is being made."""
+    for _ in range(100):
+        if store.segment_counts([job_id])[job_id]["running"]:
+            return
+        await asyncio.sleep(0.05)
+
+
 class _Stuck:
     """An executor whose segments never end: a job stays running until it is stopped."""
 
@@ -286,10 +294,7 @@ def test_a_running_job_is_failed_with_the_reason_when_the_disk_passes_its_floor(
 
     async def go():
         runner.start()
-        for _ in range(100):  # until its first segment is being made
-            if store.segment_counts([job.id])[job.id]["running"]:
-                break
-            await asyncio.sleep(0.05)
+        await _until_making_segments(store, job.id)
         with open(filler, "wb") as f:  # the disk falls 256 MiB below the floor at once
             os.posix_fallocate(f.fileno(), 0, 512 * 2**20)
         filled = time.monotonic()
@@ -340,10 +345,7 @@ def test_a_job_stopped_again_while_its_files_go_still_ends_cancelled(
 
     async def go():
         runner.start()
-        for _ in range(100):  # until its first segment is being made
-            if store.segment_counts([job.id])[job.id]["running"]:
-                break
-            await asyncio.sleep(0.05)
+        await _until_making_segments(store, job.id)
         if second == "delete during a shutdown":
             stopping = asyncio.create_task(runner.shutdown())
             await asyncio.sleep(0)  # the job is told to stop; it has not seen it yet
