@@ -167,8 +167,9 @@ def deployed(
     """``model`` at ``scale`` rearranged for an inference engine, in eval mode, on ``model``'s
     device and in its dtype; a copy: ``model`` itself is left as it was.
 
-    ``split_cascades=False`` keeps the cascades' concatenations (an engine that does not fuse
-    the sums, such as eager PyTorch, can run them faster as they are). With ``body_dtype`` the
+    ``split_cascades=False`` keeps the cascades' concatenations (eager PyTorch in bf16 rounds
+    each of the sums that replace them; one conv over a concatenation sums in fp32). With
+    ``body_dtype`` the
     body and upsampler hold and compute in that dtype while the mean shift and the
     image-facing entry and exit convs stay in ``model``'s (as
     :class:`~carn_stream.model.mixed.MixedPrecisionCARN`)."""

@@ -30,11 +30,10 @@ class TorchBackend:
 
     Converts a copy of ``model`` (never the caller's), so engines of different precisions and
     devices can share one; an fp32 CPU model in the network form and the default layout is
-    used as it is. With ``form`` other than
-    ``"network"`` a CARN runs in its deployed form (:mod:`carn_stream.model.deployed`), one per
-    scale it has: ``"deployed"`` as the inference engines take it, ``"deployed-concat"`` with
-    the cascades' concatenations kept (eager PyTorch does not fuse the sums that replace
-    them)."""
+    used as it is. With ``form`` other than ``"network"`` a CARN runs in its deployed form
+    (:mod:`carn_stream.model.deployed`), one per scale it has: ``"deployed"`` as the inference
+    engines take it, ``"deployed-concat"`` with the cascades' concatenations kept (their sums
+    are not rounded to a 16-bit dtype); see :func:`eager_layout` for which the engine runs."""
 
     def __init__(
         self,
