@@ -168,7 +168,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     trainer = Trainer(model, config, run_dir, [im for _, im in train_items], val_items, device,
                       cpu_bf16=cpu_has_native_bf16())  # fmt: skip
     print(f"training in {trainer.precision} on {device}", file=sys.stderr)
-    trainer.load_checkpoint()
+    if trainer.load_checkpoint():
+        if trainer.step > config.steps:
+            raise TrainingError(
+                f"--steps {config.steps}: {run_dir} is already at step {trainer.step}; "
+                "a resumed run may only raise --steps"
+            )
+        print(f"resuming at step {trainer.step} with the run's own settings "
+              f"({run_dir / 'config.json'}); of this command's, only --steps applies",
+              file=sys.stderr)  # fmt: skip
     trainer.on_progress = _TrainProgress("train", config.steps, trainer.step)
     summary = trainer.run()
     trainer.on_progress.bar.close()
@@ -195,6 +203,8 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
         raise TrainingError(f"output {args.output} must end in .pth")
     if not args.output.parent.is_dir():
         raise TrainingError(f"output folder {args.output.parent} does not exist")
+    if args.output.is_dir():  # was found out after the training, by torch.save
+        raise TrainingError(f"output {args.output} is a folder")
     scales = tuple(sorted(set(args.scale)))
     config = build_config(args, {**TUNE_DEFAULTS, "scales": scales, "amp": settings.train_amp})
     from carn_stream.pipeline.sampling import sample_frames
@@ -220,12 +230,17 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="carn-tune-"))
     trainer = Trainer(model, config, run_dir, [f for _, f in train], (), device,
                       cpu_bf16=cpu_has_native_bf16())  # fmt: skip
-    trainer.on_progress = _TrainProgress(f"tune x{'/x'.join(map(str, scales))}", config.steps, 0)
+    if trainer.load_checkpoint():  # the run folder of an interrupted tune
+        print(f"resuming at step {trainer.step} from {run_dir}", file=sys.stderr)
+    label = f"tune x{'/x'.join(map(str, scales))}"
+    trainer.on_progress = _TrainProgress(label, config.steps, trainer.step)
     trainer.run()
     trainer.on_progress.bar.close()
     after = score()
     state = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    torch.save(state, args.output)
+    part = args.output.with_name(f".{args.output.name}.part")
+    torch.save(state, part)
+    part.replace(args.output)  # a reader never sees half a weights file
     report = TuneReport(
         video=str(args.video),
         scales=scales,

@@ -6,6 +6,7 @@ Torch-free, so that the command line can build its options without loading PyTor
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -41,18 +42,31 @@ class TrainConfig:
     val_max_side: int = 512  #: validation images are centre-cropped to this HR side
 
     def __post_init__(self) -> None:
+        finite = math.isfinite
         checks = {
             "steps": self.steps >= 1,
             "batch_size": self.batch_size >= 1,
             "patch_size": self.patch_size >= 8,
             "scales": bool(self.scales) and set(self.scales) <= set(SUPPORTED_SCALES),
-            "lr": self.lr > 0,
+            # inf and nan trained to nan weights and ended as a success
+            "lr": finite(self.lr) and self.lr > 0,
             "lr_decay_steps": self.lr_decay_steps >= 1,
+            "lr_decay_factor": finite(self.lr_decay_factor) and 0 < self.lr_decay_factor <= 1,
+            "adam_beta1": 0 <= self.adam_beta1 < 1,
+            "adam_beta2": 0 <= self.adam_beta2 < 1,
+            "adam_eps": finite(self.adam_eps) and self.adam_eps > 0,
             "loss": self.loss in ("l1", "l2"),
+            "clip_grad_norm": finite(self.clip_grad_norm) and self.clip_grad_norm >= 0,
             "init": self.init == "uniform",
+            "seed": self.seed >= 0,
             "amp": self.amp in TRAIN_AMPS,
+            "workers": self.workers >= -1,
             "log_every": self.log_every >= 1,
+            "val_every": self.val_every >= 0,
             "checkpoint_every": self.checkpoint_every >= 1,
+            # 0 failed the run at its end, after every step, before the checkpoint was kept;
+            # SSIM's 11 px window must fit once the border is shaved
+            "val_max_side": self.val_max_side >= 32,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

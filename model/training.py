@@ -173,8 +173,11 @@ class Trainer:
         """Train to ``config.steps`` (from the checkpoint when there is one)."""
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # A checkpoint of another configuration is refused before the folder changes (its
+        # config.json was rewritten first, and the run could not be resumed any more).
+        if not self.load_checkpoint():
+            _truncate_log(self.run_dir / LOG_FILE, 0)  # a run stopped before its checkpoint
         (self.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        self.load_checkpoint()
         if self.step >= cfg.steps:
             return {"step": self.step, "weights": str(self.run_dir / WEIGHTS_FILE), "val": {}}
         batches = PatchBatches(self.pairs, cfg.batch_size, cfg.patch_size, cfg.seed, cfg.augment)

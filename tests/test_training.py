@@ -43,6 +43,13 @@ def test_config_rejects_bad_and_unknown_values():
         TrainConfig(scales=(5,))
     with pytest.raises(ValueError, match="unknown training setting"):
         TrainConfig.from_dict({"stepz": 3})
+    # inf and nan trained to nan weights and ended as a success; a validation side of 0 failed
+    # the run after its last step, before its checkpoint was kept
+    for name, value in [("lr", math.inf), ("lr", math.nan), ("lr_decay_factor", math.nan),
+                        ("lr_decay_factor", 0.0), ("clip_grad_norm", math.nan),
+                        ("val_max_side", 0), ("val_every", -1), ("seed", -1)]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"invalid training setting: {name}="):
+            TrainConfig(**{name: value})
 
 
 def test_init_is_uniform_within_one_over_sqrt_fan_in():
@@ -175,9 +182,24 @@ def test_auto_trains_in_bf16_only_on_a_cpu_that_computes_it(train_images, tmp_pa
 
 def test_checkpoint_refuses_another_configuration(train_images, tmp_path):
     Trainer(_fresh_model(), _tiny_config(steps=4), tmp_path, train_images).run()
+    config = (tmp_path / "config.json").read_text()
     other = Trainer(_fresh_model(), _tiny_config(lr=1e-3), tmp_path, train_images)
     with pytest.raises(ValueError, match="another configuration"):
-        other.load_checkpoint()
+        other.run()
+    # The refused run left the folder as it was (its config.json was rewritten: the run could
+    # not be resumed any more).
+    assert (tmp_path / "config.json").read_text() == config
+    assert Trainer(_fresh_model(), _tiny_config(steps=4), tmp_path, train_images).load_checkpoint()
+
+
+def test_a_run_started_afresh_drops_the_log_of_one_stopped_before_its_checkpoint(
+    train_images, tmp_path
+):
+    (tmp_path / "log.jsonl").write_text("".join(
+        json.dumps({"step": k, "loss": 1.0, "lr": 1e-4}) + "\n" for k in range(1, 9)
+    ))  # fmt: skip
+    Trainer(_fresh_model(), _tiny_config(steps=3), tmp_path, train_images).run()
+    assert [r["step"] for r in read_log(tmp_path)] == [1, 2, 3]  # was 1..8, then 1, 2, 3
 
 
 def test_learning_rate_halves_on_schedule(train_images, tmp_path):
@@ -240,6 +262,11 @@ def test_train_cli_runs_resumes_and_guards_its_run_folder(small_data, tmp_path, 
     assert main(resume) == 0
     assert [r["step"] for r in read_log(run)] == [1, 2, 3, 4, 5]
     assert json.loads((run / "config.json").read_text())["batch_size"] == 2  # kept from the run
+    assert "only --steps applies" in capsys.readouterr().err
+    # Fewer steps than the run has made: was taken, and config.json said 4 of a 5-step run.
+    assert main([*resume[:6], "--steps", "4", *resume[8:]]) == 1
+    assert "a resumed run may only raise --steps" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["steps"] == 5
 
 
 def test_train_cli_bad_input_is_one_clear_line(tmp_path, capsys):
