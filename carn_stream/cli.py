@@ -403,13 +403,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             on_image=lambda score, bar=bar: bar.update(note=f"{score.name} {score.psnr:.2f} dB"),
         )
         bar.close()
-        reports.append((engine.precision, report))
-    summaries = [{**report.summary(), "precision": mode} for mode, report in reports]
+        chosen = sorted({decision.mode for decision in engine.choices.values()})  # auto's
+        reports.append((engine.precision, report, chosen))
+    summaries = [
+        {**report.summary(), "precision": mode, **({"chosen": chosen} if chosen else {})}
+        for mode, report, chosen in reports
+    ]
     if args.json:
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries))
         return EXIT_OK
-    for (mode, report), summary in zip(reports, summaries, strict=True):
-        print(f"{'image':<16}{'PSNR':>8}{'SSIM':>8}{'bicubic PSNR':>14}{'SSIM':>8}   [{mode}]")
+    for (mode, report, chosen), summary in zip(reports, summaries, strict=True):
+        label = f"{mode}: {', '.join(chosen)}" if chosen else mode  # what auto chose
+        print(f"{'image':<16}{'PSNR':>8}{'SSIM':>8}{'bicubic PSNR':>14}{'SSIM':>8}   [{label}]")
         for s in report.scores:
             print(
                 f"{s.name:<16}{s.psnr:>8.2f}{s.ssim:>8.4f}"
@@ -457,6 +462,8 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
         raise CLIError(f"output {args.output} must be a .png file")
     if not args.output.parent.is_dir():
         raise CLIError(f"output folder {args.output.parent} does not exist")
+    if args.output.is_dir():
+        raise CLIError(f"output {args.output} is a folder")
     if args.output.exists() and not args.overwrite:  # the rule `upscale` keeps
         raise CLIError(f"output {args.output} exists; use --overwrite to replace it")
     image = read_rgb(args.input)

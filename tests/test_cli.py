@@ -242,6 +242,23 @@ def test_upscale_refuses_bad_options_without_output(
     assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
 
 
+def test_outputs_that_are_folders_are_refused_before_any_work(tiny_clip, weights_path, tmp_path):
+    image = tmp_path / "in.png"
+    write_png(image, np.zeros((8, 8, 3), np.uint8))
+    folder_png, folder_pth = tmp_path / "dir.png", tmp_path / "dir.pth"
+    folder_png.mkdir()
+    folder_pth.mkdir()
+    weights = ["--weights", str(weights_path)]
+    # Was "[Errno 21] Is a directory: '.dir.png.part' -> 'dir.png'", the .part file left behind.
+    result = run_cli("upscale-image", str(image), str(folder_png), "--scale", "2", "--overwrite",
+                     *weights)  # fmt: skip
+    assert result.returncode == 1 and f"output {folder_png} is a folder" in result.stderr
+    # Was found out by torch.save once the training had run.
+    result = run_cli("tune", str(tiny_clip), str(folder_pth), "--scale", "2", *weights)
+    assert result.returncode == 1 and f"output {folder_pth} is a folder" in result.stderr
+    assert not list(tmp_path.glob(".*")) and not any(folder_png.iterdir())
+
+
 def test_upscale_says_an_output_folder_it_cannot_write_into(tiny_clip, weights_path, tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("kept")

@@ -387,6 +387,17 @@ def test_eval_reports_each_precision(tmp_path, data_dir, weights_path, capsys, m
     assert (fp32["precision"], other["precision"]) == ("fp32", "ov-fp32")
     assert abs(fp32["psnr"] - other["psnr"]) < 0.05
     assert fp32["psnr"] > fp32["bicubic_psnr"] + 1
+    assert "chosen" not in fp32
+
+
+def test_eval_says_what_auto_chose(tmp_path, data_dir, weights_path, capsys, monkeypatch):
+    from carn_stream.precisions import NAMES
+
+    monkeypatch.setenv("CARN_STREAM_CACHE_DIR", str(tmp_path / "cache"))
+    auto = _eval_bird_crop(tmp_path, data_dir, weights_path, capsys, "auto")  # one mode: a dict
+    # Was "precision": "auto" alone, whatever mode made the figures.
+    assert auto["precision"] == "auto"
+    assert len(auto["chosen"]) == 1 and auto["chosen"][0] in set(NAMES) - {"auto"}
 
 
 @needs_int8

@@ -39,8 +39,11 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
     data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
     tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left behind when the rename failed
 
 
 def iter_images(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
