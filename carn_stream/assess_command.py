@@ -84,14 +84,15 @@ def add_assess_command(sub, scale_type, model_options) -> None:
     p.add_argument("--precision", choices=NAMES, metavar="MODE", default="bf16",
                    help="inference precision of the upscalers (default bf16: 60 dB from fp32, "
                    "about twice its speed on a CPU)")
-    add_config_options(p, TITLE_DEFAULTS)
+    add_config_options(p, TITLE_DEFAULTS, scales=False)
 
 
 def _title_config(args: argparse.Namespace, scale: int, settings: Settings):
     from carn_stream.model.recipe import TITLE_DEFAULTS
     from carn_stream.train_commands import build_config
 
-    return build_config(args, {**TITLE_DEFAULTS, "scales": (scale,), "amp": settings.train_amp})
+    config = build_config(args, {**TITLE_DEFAULTS, "amp": settings.train_amp})
+    return config.with_overrides(scales=(scale,))  # --scale decides, a --config file's too
 
 
 def _train(args, settings: Settings, source: Path, copy: Path, scale: int, weights: Path,
@@ -119,6 +120,24 @@ def _train(args, settings: Settings, source: Path, copy: Path, scale: int, weigh
     return report, model.eval()
 
 
+def _refuse_before_work(args: argparse.Namespace, scale: int, settings: Settings) -> None:
+    """What can be refused before the copy is encoded or a folder made: the copy's codec, CRF
+    and preset, the training settings and frame counts, the title's weights."""
+    from carn_stream.pipeline.errors import OutputError
+    from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
+
+    try:
+        codec_settings(EncoderOptions(args.codec, args.store_crf, args.preset))
+    except OutputError as exc:
+        raise AssessError(f"the stored copy: {exc}") from None
+    _title_config(args, scale, settings)  # its refusal names the setting
+    if getattr(args, "train_frames", 2) < 2:
+        raise AssessError("--train-frames must be 2 or more")
+    weights = getattr(args, "title_weights", None)
+    if weights is not None and not weights.is_file():
+        raise AssessError(f"--title-weights {weights}: no such file")
+
+
 def cmd_tune_encoded(args: argparse.Namespace, settings: Settings) -> int:
     """``tune --degradation encoded``: train on the title's own encoded copy."""
     from carn_stream.pipeline.media.delivery import encode_copy
@@ -129,6 +148,9 @@ def cmd_tune_encoded(args: argparse.Namespace, settings: Settings) -> int:
     if args.output.suffix != ".pth":
         raise AssessError(f"output {args.output} must end in .pth")
     scale, video = scales[0], Path(args.video)
+    if not video.is_file():
+        raise AssessError(f"{video}: no such file")
+    _refuse_before_work(args, scale, settings)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="carn-tune-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
@@ -174,11 +196,12 @@ def cmd_assess(args: argparse.Namespace, settings: Settings) -> int:
     if not (math.isfinite(args.copy_cap_kbps) and args.copy_cap_kbps > 0):
         raise AssessError(f"--copy-cap-kbps must be a positive number, got {args.copy_cap_kbps:g}")
     scale = args.scale
+    _refuse_before_work(args, scale, settings)
     out: Path = args.out or source.with_name(f"{source.stem}.assess")
+    total = frame_count(source)  # a file that is no video is refused before the folder is made
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     began = time.monotonic()
-    total = frame_count(source)
     frames = min(args.frames, total)
     first = max(0, total // 2 - frames // 2)
     window = range(first, first + frames)

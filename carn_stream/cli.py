@@ -268,7 +268,7 @@ def _tune_command(sub) -> None:
 
     add_storage_options(p)
     _add_model_options(p)
-    add_config_options(p, TUNE_DEFAULTS)
+    add_config_options(p, TUNE_DEFAULTS, scales=False)
     p.set_defaults(run=cmd_tune)
 
 

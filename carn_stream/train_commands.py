@@ -27,8 +27,11 @@ class TrainingError(Exception):
 # --------------------------------------------------------------------------- options
 
 
-def add_config_options(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
-    """One flag per :class:`carn_stream.model.training.TrainConfig` field (``--batch-size`` ...)."""
+def add_config_options(
+    p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None, scales: bool = True
+) -> None:
+    """One flag per :class:`carn_stream.model.training.TrainConfig` field (``--batch-size`` ...);
+    ``scales=False`` for a command whose ``--scale`` says what it trains."""
     from carn_stream.model.recipe import TrainConfig
 
     p.add_argument("--config", type=Path, help="JSON file of training settings")
@@ -37,7 +40,7 @@ def add_config_options(p: argparse.ArgumentParser, defaults: dict[str, Any] | No
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = (defaults or {}).get(f.name, getattr(base, f.name))
-        if f.name == "init":
+        if f.name == "init" or (f.name == "scales" and not scales):
             continue  # the weights to start from are --init
         if f.type == "bool":
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
@@ -206,7 +209,9 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     if args.output.is_dir():  # was found out after the training, by torch.save
         raise TrainingError(f"output {args.output} is a folder")
     scales = tuple(sorted(set(args.scale)))
-    config = build_config(args, {**TUNE_DEFAULTS, "scales": scales, "amp": settings.train_amp})
+    # --scale decides, a --config file's scales too (it trained at x3 and reported x2)
+    config = build_config(args, {**TUNE_DEFAULTS, "amp": settings.train_amp})
+    config = config.with_overrides(scales=scales)
     from carn_stream.pipeline.sampling import sample_frames
 
     frames = sample_frames(args.video, args.frames)

@@ -175,6 +175,11 @@ def test_assess_prints_the_report_and_writes_plot_and_weights(small_clip, weight
         (["--frames", "1"], "--frames must be 2 or more"),
         (["--copy-cap-kbps", "nan"], "--copy-cap-kbps must be a positive number, got nan"),
         (["--copy-cap-kbps", "0"], "--copy-cap-kbps must be a positive number, got 0"),
+        # these were found out after the copy was encoded, its folder made
+        (["--store-crf", "99"], "the stored copy: crf must be between 0 and 51, got 99"),
+        (["--train-frames", "0"], "--train-frames must be 2 or more"),
+        (["--title-weights", "nope.pth"], "--title-weights nope.pth: no such file"),
+        (["--lr", "nan"], "invalid training setting: lr=nan"),
     ],
 )
 def test_assess_refuses_bad_options_before_any_work(small_clip, tmp_path, capsys, extra, message):
@@ -184,6 +189,19 @@ def test_assess_refuses_bad_options_before_any_work(small_clip, tmp_path, capsys
     assert main(["assess", str(small_clip), "--out", str(out), *extra]) == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_assess_and_encoded_tune_refuse_what_is_no_video_before_making_folders(tmp_path, capsys):
+    from carn_stream.cli import main
+
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    out, run = tmp_path / "assess", tmp_path / "run"
+    assert main(["assess", str(text), "--out", str(out)]) == 1  # left an empty folder
+    assert main(["tune", str(text), str(tmp_path / "t.pth"), "--scale", "2", "--degradation",
+                 "encoded", "--crf", "99", "--run-dir", str(run)]) == 1  # fmt: skip
+    assert "the stored copy: crf must be between 0 and 51" in capsys.readouterr().err
+    assert not out.exists() and not run.exists()
 
 
 @pytest.mark.slow
