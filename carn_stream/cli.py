@@ -44,6 +44,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_least(least: int):
+    """An argparse type: a whole number of at least ``least``."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+        return value
+
+    return whole
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(
@@ -223,9 +238,9 @@ def _train_command(sub) -> None:
     p.add_argument("--val", type=Path, help="validation folder (default: hold out images)")
     p.add_argument(
         "--holdout-every",
-        type=int,
+        type=_at_least(0),
         default=20,
-        help="without --val, every Nth image validates instead of training",
+        help="without --val, every Nth image validates instead of training (0 or 1: none)",
     )
     p.add_argument("--frames-per-video", type=_positive, default=FRAMES_PER_VIDEO)
     p.add_argument("--weights", type=Path, help="weights file for --init official")
@@ -253,9 +268,9 @@ def _tune_command(sub) -> None:
     p.add_argument("--frames", type=_positive, default=77, help="frames sampled (default 77)")
     p.add_argument(
         "--holdout-every",
-        type=int,
+        type=_at_least(2),
         default=7,
-        help="every Nth sampled frame is held out for validation (default 7)",
+        help="every Nth sampled frame is held out for validation (default 7; at least 2)",
     )
     p.add_argument("--init", default="official", help="'official' (default) or a weights file")
     p.add_argument("--run-dir", type=Path, help="keep the run folder here")

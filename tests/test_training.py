@@ -280,6 +280,14 @@ def test_train_cli_bad_input_is_one_clear_line(tmp_path, capsys):
                  "--config", str(tmp_path / "cfg.json")])  # fmt: skip
     assert code == 1
     assert "unknown training setting(s): batch_sise" in capsys.readouterr().err
+    # tune said "too few frames (8) to hold some out" for 0; train took -1
+    tune = ["tune", "clip.mp4", "o.pth", "--scale", "2", "--holdout-every", "1"]
+    train = ["train", "--data", "d", "--run-dir", "r", "--holdout-every", "-1"]
+    for command in (tune, train):
+        with pytest.raises(SystemExit) as usage:
+            main(command)
+        assert usage.value.code == 2
+        assert "--holdout-every: expected a whole number >=" in capsys.readouterr().err
 
 
 @pytest.mark.slow
