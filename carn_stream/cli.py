@@ -34,18 +34,9 @@ def _scale(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
 def _at_least(least: int):
     """An argparse type: a whole number of at least ``least``."""
+    takes = "a positive whole number" if least == 1 else f"a whole number >= {least}"
 
     def whole(text: str) -> int:
         try:
@@ -53,10 +44,13 @@ def _at_least(least: int):
         except ValueError:
             value = least - 1
         if value < least:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {takes}, got {text!r}")
         return value
 
     return whole
+
+
+_positive = _at_least(1)
 
 
 def _port(text: str) -> int:
