@@ -32,16 +32,13 @@ from carn_stream.pipeline.media.decode import frame_planes, open_input
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import FrameReport, StageTimings
 from carn_stream.server.metrics import Metrics
+from carn_stream.server.offers import SdpError, answer_only_what_is_used, check_offer
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: A source's frame rate is judged over frames at least this many seconds apart.
 MIN_RATE_SPAN = 0.2
-
-
-class SdpError(ValueError):
-    """The offer's SDP cannot be parsed."""
 
 
 def restrict_ice_hosts(addresses: tuple[str, ...]) -> None:
@@ -260,7 +257,8 @@ class UpscaleTrack(MediaStreamTrack):
         self._latest: tuple[av.VideoFrame, float] | None = None
         self._arrived = asyncio.Event()
         self._ended = False
-        self._pump = asyncio.ensure_future(self._read_source())
+        #: reads the source from the first :meth:`recv` on, when the peer has connected
+        self._pump: asyncio.Future | None = None
 
     async def _read_source(self) -> None:
         try:
@@ -283,6 +281,10 @@ class UpscaleTrack(MediaStreamTrack):
                 self.mirror.stop()
 
     async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._pump is None:  # a sample is not decoded for a peer that never connects
+            self._pump = asyncio.ensure_future(self._read_source())
         while self._latest is None:
             if self._ended:
                 self.stop()
@@ -347,7 +349,10 @@ class UpscaleTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
-        self._pump.cancel()
+        if self._pump is not None:
+            self._pump.cancel()
+        if self.mirror is not None:
+            self.mirror.stop()
 
 
 def _shrunk(width: int, height: int, fraction: float) -> tuple[int, int]:
@@ -492,7 +497,7 @@ class LiveSessions:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video":
+            if track.kind == "video" and session.track is None:  # one (check_offer)
                 pc.addTrack(upscaled(track))
 
     async def _answer(self, session: Session, sdp: str, kind: str, sample: bool) -> None:
@@ -500,22 +505,18 @@ class LiveSessions:
         from aiortc import RTCSessionDescription
 
         pc = session.pc
+        check_offer(sdp, sample)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         except Exception as exc:
             raise SdpError(f"malformed SDP offer: {type(exc).__name__}: {exc}") from exc
-        if session.track is None:
-            raise ValueError("the offer carries no video track to upscale")
-        receiving = sum(
-            t.kind == "video" and t.direction in ("recvonly", "sendrecv")
-            for t in pc.getTransceivers()
-        )
-        if sample and receiving < 2:
-            raise ValueError("a sample source needs an offer that receives two video tracks")
+        answer_only_what_is_used(pc, sample)
         # Size the bitrate for the source the offer negotiated before any frame flows.
         self.bitrate.apply(self.bitrate.floor)
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # an offer the checks let through that aiortc cannot answer
+            raise SdpError(f"the offer cannot be answered: {type(exc).__name__}: {exc}") from exc
 
     def _reap_later(self, session_id: str) -> None:
         task = asyncio.ensure_future(self.reap_unconnected(session_id))

@@ -647,3 +647,114 @@ def test_keeping_up_needs_half_the_source_frames(source_fps, upscaled_fps, for_s
     # The source's own rate, from its first frames on (not diluted by the 3 s window).
     assert stats.source_fps == pytest.approx(source_fps, abs=0.5)
     assert stats.keeping_up is keeping_up
+
+
+async def _answered(live, worker, client, sample: Path | None = None):
+    """The client's offer (gathered on 127.0.0.1) opened as a session; the answer applied."""
+    await client.setLocalDescription(await client.createOffer())
+    session, answer = await live.open(client.localDescription.sdp, "offer", 2, worker, sample)
+    await client.setRemoteDescription(answer)
+    return session, answer.sdp
+
+
+def _queued(transceiver) -> int:
+    """Frames the server's receiver holds unread (aiortc queues every received frame)."""
+    track = transceiver.receiver.track
+    return 0 if track is None else track._queue.qsize()
+
+
+def _sections(sdp: str) -> list[str]:
+    return sdp.split("m=")[1:]
+
+
+def _bicubic_sessions():
+    from carn_stream.model.baselines import Bicubic
+    from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
+    from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions
+    from carn_stream.server.metrics import Metrics
+
+    worker = InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
+    return LiveSessions(Metrics(), 2, BitratePolicy(), LatencyPolicy()), worker
+
+
+def test_audio_beside_the_camera_is_answered_inactive_and_never_flows(camera_frames):
+    """Before, the audio section was answered sendrecv and its frames queued on the server,
+    unread, for as long as the session lasted (memory without bound)."""
+    from aiortc.mediastreams import AudioStreamTrack
+
+    live, worker = _bicubic_sessions()
+
+    async def run():
+        client = client_peer()
+        client.addTransceiver(ClipTrack(camera_frames), direction="sendrecv")
+        client.addTransceiver(AudioStreamTrack(), direction="sendrecv")
+        got, pullers = [], []
+
+        @client.on("track")
+        def on_track(remote) -> None:
+            async def pull() -> None:
+                with contextlib.suppress(Exception):
+                    while True:
+                        got.append(await remote.recv())
+
+            if remote.kind == "video":
+                pullers.append(asyncio.ensure_future(pull()))
+
+        try:
+            session, answer = await _answered(live, worker, client)
+            await asyncio.sleep(3.0)
+            audio = next(t for t in session.pc.getTransceivers() if t.kind == "audio")
+            return answer, _queued(audio), len(got)
+        finally:
+            for puller in pullers:
+                puller.cancel()
+            await client.close()
+            await live.close_all()
+
+    try:
+        answer, audio_queued, video_frames = asyncio.run(run())
+    finally:
+        worker.close()
+    video, audio = _sections(answer)
+    assert video.startswith("video") and "a=sendrecv" in video
+    assert audio.startswith("audio") and "a=inactive" in audio
+    assert audio_queued == 0
+    assert video_frames > 10  # the camera still comes back upscaled
+
+
+def test_a_sample_session_decodes_only_once_connected_and_receives_nothing(
+    camera_frames, tmp_path
+):
+    """Before, the clip was decoded from the offer on, for a peer that might never connect,
+    and an offer whose videos also sent had their frames queued on the server, unread."""
+    write_clip(tmp_path / "clip.mp4", camera_frames[:30], rate=Fraction(15))
+    live, worker = _bicubic_sessions()
+
+    async def run():
+        idle = client_peer()  # offers, and never takes the answer
+        idle.addTransceiver("video", direction="recvonly")
+        idle.addTransceiver("video", direction="recvonly")
+        await idle.setLocalDescription(await idle.createOffer())
+        waiting, _ = await live.open(idle.localDescription.sdp, "offer", 2, worker,
+                                     tmp_path / "clip.mp4")  # fmt: skip
+        client = client_peer()  # sends video on both sections, as a careless client might
+        client.addTransceiver(ClipTrack(camera_frames), direction="sendrecv")
+        client.addTransceiver(ClipTrack(camera_frames), direction="sendrecv")
+        try:
+            session, answer = await _answered(live, worker, client, tmp_path / "clip.mp4")
+            await asyncio.sleep(3.0)
+            queued = [_queued(t) for t in session.pc.getTransceivers()]
+            return waiting.source._index, session.track.stats.frames, answer, queued
+        finally:
+            await idle.close()
+            await client.close()
+            await live.close_all()
+
+    try:
+        idle_decoded, upscaled, answer, queued = asyncio.run(run())
+    finally:
+        worker.close()
+    assert idle_decoded == 0  # 3 s at 15 fps: 45 frames before
+    assert upscaled > 10
+    assert [s.startswith("video") and "a=sendonly" in s for s in _sections(answer)] == [True] * 2
+    assert queued == [0, 0]

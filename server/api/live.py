@@ -13,7 +13,8 @@ from carn_stream.pipeline.media.decode import describe, open_input
 from carn_stream.pipeline.media.input_formats import VIDEO_SUFFIXES
 from carn_stream.server.deps import get_settings, get_speed, get_worker_holder
 from carn_stream.server.jobs.params import Scale
-from carn_stream.server.live import LiveSessions, SdpError
+from carn_stream.server.live import LiveSessions
+from carn_stream.server.offers import SdpError
 from carn_stream.server.speed import SpeedBook
 from carn_stream.server.workers import WorkerHolder
 from carn_stream.settings import Settings
