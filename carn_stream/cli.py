@@ -326,7 +326,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # weights standing in); the worker process loads the same ones without saying it again.
     quiet = functools.partial(start_worker, settings, quiet=True)
     app = create_app(settings, functools.partial(start_worker, settings), quiet)
-    http = http_options(settings.http_read_timeout_seconds, settings.http_max_connections)
+    http = http_options(settings.http_read_timeout_seconds, settings.http_max_connections,
+                        settings.http_send_timeout_seconds)  # fmt: skip
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", **http)
     return EXIT_OK
 

@@ -115,6 +115,9 @@ class Settings:
     #: HTTP: seconds a client has to send a whole request (headers and body), counted from
     #: its connection or its previous response; then the connection is closed.
     http_read_timeout_seconds: float = 10.0
+    #: HTTP: seconds a response may wait for a client that takes none of it (its socket's
+    #: buffers full); then the connection is dropped and the response's file and turn freed.
+    http_send_timeout_seconds: float = 30.0
     #: HTTP: open connections at most; one more closes the oldest connection still sending
     #: its request (503 when every connection is busy with a request).
     http_max_connections: int = 1000
@@ -226,6 +229,7 @@ class Settings:
             "max_segment_responses": self.max_segment_responses >= 1,
             "vod_max_waiting_segments": self.vod_max_waiting_segments >= 1,
             "http_read_timeout_seconds": self.http_read_timeout_seconds > 0,
+            "http_send_timeout_seconds": self.http_send_timeout_seconds > 0,
             "http_max_connections": self.http_max_connections >= 16,
             "live_max_sessions": self.live_max_sessions >= 0,
             "vod_cache_bytes": self.vod_cache_bytes > 0,
@@ -281,6 +285,7 @@ _TAKES: dict[str, str] = {
     "max_segment_responses": "a whole number, 1 or more",
     "vod_max_waiting_segments": "a whole number, 1 or more",
     "http_read_timeout_seconds": "a positive number of seconds",
+    "http_send_timeout_seconds": "a positive number of seconds",
     "http_max_connections": "a whole number, 16 or more",
     "live_max_sessions": "a whole number, 0 or more",
     "vod_cache_bytes": "a positive whole number of bytes",

@@ -6,6 +6,9 @@ forever. :func:`http_options` gives uvicorn a protocol that
 
 - closes a connection whose request (headers and body) is not all there
   ``read_timeout`` seconds after the connection opened or its previous response ended;
+- closes a connection whose client stops taking its response: the socket's buffers stay full
+  (asyncio pauses writing) for ``send_timeout`` seconds, so a client that never reads cannot
+  hold a response, its open file or its turn at the segment responses forever;
 - keeps at most ``max_connections`` open: one more pushes out the oldest connection that is
   still sending its request (a client that sends its request at once is never the oldest),
   and is refused with 503 only when every connection is busy with a request;
@@ -77,16 +80,21 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-def guarded_protocol(read_timeout: float, max_connections: int) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a whole-request deadline and a connection cap."""
+def guarded_protocol(
+    read_timeout: float, max_connections: int, send_timeout: float = 30.0
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a whole-request deadline, a deadline for a stalled
+    response, and a connection cap."""
     waiting: dict[H11Protocol, None] = {}  #: connections sending a request, oldest first
     timed_out = Tally(f"closed connections that did not send a whole request in {read_timeout:g} s")
+    stalled = Tally(f"closed connections that took none of their response in {send_timeout:g} s")
     pushed_out = Tally(f"over {max_connections} connections: closed the oldest one still "
                        "sending its request")  # fmt: skip
     refused = Tally(f"over {max_connections} connections, all busy: refused one with 503")
 
     class GuardedProtocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
+        _stall: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -111,7 +119,29 @@ def guarded_protocol(read_timeout: float, max_connections: int) -> type[H11Proto
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_clock()
+            self._stall_over()
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._stall is None:
+                self._stall = self.loop.call_later(send_timeout, self._stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._stall_over()
+
+        def _stall_over(self) -> None:
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
+
+        def _stalled(self) -> None:
+            """The client has taken nothing for ``send_timeout`` s: drop the connection (a
+            close would wait for the buffered bytes it will never read)."""
+            self._stall = None
+            stalled.add()
+            self.transport.abort()
 
         def _follow(self) -> None:
             """Start the clock when the connection starts waiting for a request, stop it once
@@ -156,10 +186,13 @@ def connection_cap(wanted: int) -> int:
     return allowed
 
 
-def http_options(read_timeout: float, max_connections: int) -> dict[str, Any]:
+def http_options(
+    read_timeout: float, max_connections: int, send_timeout: float = 30.0
+) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run``: the guarded protocol, and repeated log lines of
     uvicorn and asyncio collapsed."""
     repeats = RepeatFilter()
     for name in ("uvicorn.error", "asyncio"):
         logging.getLogger(name).addFilter(repeats)
-    return {"http": guarded_protocol(read_timeout, connection_cap(max_connections))}
+    protocol = guarded_protocol(read_timeout, connection_cap(max_connections), send_timeout)
+    return {"http": protocol}
