@@ -539,6 +539,10 @@ def test_a_video_stored_small_is_served_at_its_size_by_its_own_model(server, bas
     doc = report.json()
     assert [v["name"] for v in doc["variants"]] == ["bicubic", "generic CARN-M", "title CARN-M"]
     assert doc["source"] == f"{base}/big.mp4" and "title_weights" not in doc
+    # No path of the server's (the training's weights file named one, in the JSON and in the
+    # report.json the page's link opens).
+    assert str(server.data_dir.resolve()) not in report.body.decode()
+    assert doc["training"]["steps"] > 0  # what the training did is still there
     page = server.call("GET", done["links"]["report_page"])
     assert page.status == 200 and page.headers["content-type"].startswith("text/html")
     plot = server.call("GET", f"/videos/{video['id']}/report/plot.svg")

@@ -103,10 +103,21 @@ def public_report(folder: Path, url: str) -> dict[str, Any] | None:
         report = json.loads((folder / TITLE_FOLDER / REPORT_NAME).read_text())
     except (OSError, ValueError):
         return None
-    for key in ("title_weights", "plot"):
-        report.pop(key, None)
+    roots = (str(folder.parent), str(folder.resolve().parent))  # as written, and resolved
+    report = _without_paths(report, roots)
     report["source"] = url
     return report
+
+
+def _without_paths(value: Any, roots: tuple[str, ...]) -> Any:
+    """``value`` without the entries that name a file under one of ``roots`` (the weights,
+    the plot, the input: where the service keeps its files is not the client's business)."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v, roots) for k, v in value.items()
+                if not (isinstance(v, str) and v.startswith(roots))}  # fmt: skip
+    if isinstance(value, list):
+        return [_without_paths(v, roots) for v in value]
+    return value
 
 
 def plot(folder: Path) -> Path:
