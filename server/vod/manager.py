@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import re
 import shutil
 import sys
 import threading
@@ -54,6 +52,7 @@ from carn_stream.server.limits import INPUT_NAME, Intake
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.streaming import OpenFile, Turns
 from carn_stream.server.vod.cache import Key, SegmentCache
+from carn_stream.server.vod.children import run_child
 from carn_stream.server.vod.media import viewer_query
 from carn_stream.server.vod.playheads import Head, Playheads
 from carn_stream.server.vod.store import Rendition, Storage, Video, VideoStore, rendition_name
@@ -320,7 +319,7 @@ class VideoManager:
         ]  # fmt: skip
         if self.settings.weights is not None:
             command += ["--weights", str(self.settings.weights)]
-        await _run_child(command, weights.with_name("tune.log"))
+        await run_child(command, weights.with_name("tune.log"))
         report = TuneReport.read(weights.with_suffix(".json"))
         return report.generic_psnr, report.tuned_psnr
 
@@ -337,7 +336,7 @@ class VideoManager:
             report_frames=self.settings.vod_report_frames, device=self.settings.device,
             precision=precision, weights=self.settings.weights,
         )  # fmt: skip
-        await _run_child(command, folder / "title.log")
+        await run_child(command, folder / "title.log")
         report = await asyncio.to_thread(public_report, folder, public_url(video.url))
         if report is None or not report.get("training"):
             raise RuntimeError("the title's report is missing")
@@ -668,37 +667,6 @@ def _reason(work: _Work) -> str:
     if not work.ahead:
         return "request"
     return "prefetch" if work.prefetch else "prefetch_late"
-
-
-async def _run_child(command: list[str], log_path: Path) -> None:
-    """Run ``command`` at a lower CPU priority, its output in ``log_path``; killed when the
-    caller is cancelled (the video was deleted); its last line is the error when it fails."""
-    with open(log_path, "wb") as log_file:
-        child = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            preexec_fn=_lower_priority,
-        )  # fmt: skip
-        try:
-            code = await child.wait()
-        finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
-    if code != 0:
-        raise RuntimeError(_last_line(log_path) or f"exit status {code}")
-
-
-def _lower_priority() -> None:
-    """In a fine-tune's child process: yield the CPU to playback and live sessions."""
-    os.nice(10)
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return re.sub(r"^carn-stream [a-z-]+: error: ", "", lines[-1]) if lines else ""
 
 
 def _open_cached(cache: SegmentCache, key: Key) -> OpenFile | None:
