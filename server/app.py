@@ -33,7 +33,7 @@ from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.limits import Intake
 from carn_stream.server.live import LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
-from carn_stream.server.middleware import Gate, RequestMetrics
+from carn_stream.server.middleware import Gate, HeadAsGet, RequestMetrics
 from carn_stream.server.vod import media as video_media
 from carn_stream.server.vod.manager import VideoManager
 from carn_stream.server.vod.store import VideoStore
@@ -181,6 +181,7 @@ def create_app(
 
     app.state.media_scopes = MEDIA_SCOPES
     gate = {"token": lambda: settings.api_token, "scopes": MEDIA_SCOPES}
+    app.add_middleware(HeadAsGet, routes=lambda: app.routes)  # type: ignore[arg-type]
     app.add_middleware(Gate, **gate)  # type: ignore[arg-type]
     app.add_middleware(RequestMetrics, metrics=metrics)  # type: ignore[arg-type]  # outermost
     return app

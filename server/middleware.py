@@ -1,5 +1,5 @@
 """Pure ASGI middleware: the gate every request passes first (token, body size, signed media
-links), and the HTTP metrics, whose labels come from closed sets."""
+links), the HTTP metrics, whose labels come from closed sets, and HEAD wherever GET is."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from fastapi import HTTPException  # re-raised as such by FastAPI while it reads a body
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carn_stream.server import media_links
@@ -154,3 +155,29 @@ def _route_template(scope: Scope) -> str:
     if template:
         return template
     return "/static" if scope["path"].startswith("/static/") else "unmatched"
+
+
+class HeadAsGet:
+    """HEAD answered wherever GET is (RFC 9110: what GET would send, without the body), for
+    uptime checks and players that ask before they fetch. A HEAD that no route takes itself
+    (``output.mp4``'s does, and static files') runs the GET route; its body is dropped."""
+
+    def __init__(self, app: ASGIApp, routes: Callable[[], list[BaseRoute]]) -> None:
+        self.app, self._routes = app, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or self._taken(scope):
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app(dict(scope, method="GET"), receive, without_body)
+
+    def _taken(self, scope: Scope) -> bool:
+        return any(route.matches(scope)[0] == Match.FULL for route in self._routes())

@@ -99,6 +99,24 @@ def test_health_and_readiness(server):
     assert server.call("GET", "/openapi.json").json()["paths"]["/jobs"]
 
 
+def test_head_is_answered_wherever_get_is(server):
+    """Uptime checkers and some players ask with HEAD first: it was 405 on the pages, health,
+    metrics and the API's GET routes."""
+    for path in ("/", "/live", "/watch", "/healthz", "/readyz", "/jobs", "/docs",
+                 "/static/app.js"):  # fmt: skip
+        got, head = server.call("GET", path), server.call("HEAD", path)
+        assert head.status == got.status == 200, (path, head.status)
+        assert head.body == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        if path in ("/", "/live", "/watch", "/docs", "/static/app.js"):  # the same bytes
+            assert head.headers["content-length"] == got.headers["content-length"], path
+    metrics = server.call("HEAD", "/metrics")
+    assert metrics.status == 200 and metrics.body == b""
+    assert server.call("HEAD", "/webrtc/offer").status == 405  # POST only: still not allowed
+    assert server.call("HEAD", "/no/such/page").status == 404
+    assert server.call("HEAD", f"/jobs/{'0' * 32}").status == 404
+
+
 def test_the_api_schema_builds_without_warnings():
     import warnings
 
