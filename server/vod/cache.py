@@ -43,6 +43,7 @@ class SegmentCache:
         for _, key, size in sorted(found):
             self._entries[key] = size
             self.bytes += size
+        self._evict(keep=0)  # the budget may have been lowered since
 
     def folder(self, video: str) -> Path:
         return self.root / video
@@ -72,8 +73,13 @@ class SegmentCache:
             self.bytes -= self._entries.pop(key)
         self._entries[key] = size
         self.bytes += size
+        return self._evict(keep=1)
+
+    def _evict(self, keep: int) -> list[Key]:
+        """Remove the least recently used segments while over the budget, never the ``keep``
+        most recent; returns the keys evicted."""
         evicted = []
-        while self.bytes > self.budget and len(self._entries) > 1:
+        while self.bytes > self.budget and len(self._entries) > keep:
             old, old_size = next(iter(self._entries.items()))
             del self._entries[old]
             self.bytes -= old_size

@@ -1,0 +1,39 @@
+"""The segment cache's budget, across restarts."""
+
+from __future__ import annotations
+
+import os
+
+from carn_stream.server.vod.cache import Key, SegmentCache
+
+
+def _publish(cache: SegmentCache, key: Key, size: int, at: float) -> None:
+    path = cache.path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(size))
+    os.utime(path, (at, at))
+    cache.add(key, size)
+
+
+def test_a_lowered_budget_is_kept_from_the_start(tmp_path):
+    """Before, a restart with a lower budget kept every cached byte until the next segment
+    was made (3.37 MB held under a 400 KB budget)."""
+    root = tmp_path / "videos"
+    roomy = SegmentCache(root, budget=10_000)
+    keys = [Key("a" * 32, "x2", i) for i in range(5)]
+    for age, key in enumerate(keys):
+        _publish(roomy, key, 1_000, at=1_000_000 + age)  # keys[0] least recently used
+    assert roomy.bytes == 5_000
+    tight = SegmentCache(root, budget=2_500)
+    assert tight.bytes == 2_000 and [k in tight for k in keys] == [False] * 3 + [True] * 2
+    assert sorted(p.name for p in (root / keys[0].video / "x2").iterdir()) == [
+        "segment_00003.ts", "segment_00004.ts"]  # fmt: skip
+    nothing = SegmentCache(root, budget=0)  # at start even the newest may go
+    assert nothing.bytes == 0 and not any((root / keys[0].video / "x2").iterdir())
+
+
+def test_the_newest_segment_is_kept_even_over_the_budget(tmp_path):
+    cache = SegmentCache(tmp_path, budget=500)
+    key = Key("b" * 32, "x2", 0)
+    _publish(cache, key, 1_000, at=1_000_000)
+    assert key in cache and cache.bytes == 1_000  # a player is about to read it
