@@ -283,3 +283,28 @@ def write_endless_mkv(path: Path, packets: int, step_ms: int = 40) -> Path:
             out.mux(packet)
     tiny.unlink()
     return path
+
+
+def remux_across_the_wrap(source: Path, path: Path, seconds_before: float) -> Path:
+    """``source`` (H.264 and AAC) remuxed to MPEG-TS with its timestamps moved so that the
+    33-bit clock wraps ``seconds_before`` in: FFmpeg reads the part before the wrap as
+    negative times, as it does for a broadcast recording cut there."""
+    from av.bitstream import BitStreamFilterContext
+
+    shift = 2**33 - round(seconds_before * 90000)
+    with av.open(str(source)) as c, av.open(str(path), "w", format="mpegts") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in (*c.streams.video,
+                                                                       *c.streams.audio)}
+        annexb = BitStreamFilterContext("h264_mp4toannexb", c.streams.video[0])
+        for packet in c.demux(list(c.streams.video) + list(c.streams.audio)):
+            if packet.dts is None:
+                continue
+            stream = packet.stream
+            moved = annexb.filter(packet) if stream.type == "video" else [packet]
+            for p in moved:
+                p.pts = round(p.pts * stream.time_base * 90000) + shift
+                p.dts = round(p.dts * stream.time_base * 90000) + shift
+                p.time_base = Fraction(1, 90000)
+                p.stream = streams[stream.index]
+                out.mux(p)
+    return path

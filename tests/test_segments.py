@@ -25,16 +25,24 @@ from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequ
 from carn_stream.pipeline.execution.segmented import SegmentedRun, SegmentFailed
 from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_name
+from carn_stream.pipeline.media.seeking import from_first_keyframe, seek_to_keyframe
 from carn_stream.pipeline.media.segments import (
     WHOLE,
     SegmentPlan,
+    audio_packets,
     plan_segments,
     segment_frames,
 )
 from carn_stream.pipeline.run import PipelineOptions
 from carn_stream.server.jobs.store import JobStore
 from tests.helpers import REPO_ROOT, launch_chromium, official_weights_path
-from tests.media import decode_rgb, downscale_frames, facts, write_clip
+from tests.media import (
+    decode_rgb,
+    downscale_frames,
+    facts,
+    remux_across_the_wrap,
+    write_clip,
+)
 from tests.service import ServerProcess, media_server, wait_for
 
 X264 = {"crf": "20", "preset": "veryfast"}
@@ -63,6 +71,12 @@ def clips(data_dir, tmp_path_factory) -> dict[str, Path]:
                           options={**X264, "g": "10"}),
         "one_keyframe": write_clip(d / "one.mp4", small[:60], options={**X264, "g": "1000"}),
     }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def wrapped(clips, tmp_path_factory) -> Path:
+    """The B-frames clip in MPEG-TS, its 33-bit clock wrapping 2 s in (times from -2 s)."""
+    return remux_across_the_wrap(clips["bframes"], tmp_path_factory.mktemp("wrap") / "w.ts", 2.0)
 
 
 def all_pts(path: Path) -> list[int]:
@@ -244,6 +258,51 @@ def test_segmented_hls_lists_exact_durations_and_decodes_to_the_input_frames(
     # (7 bytes, 9 with a CRC), the payload is the input's packet.
     payloads = [p[7 if p[1] & 1 else 9 :] for p in packets]
     assert payloads == src.audio_packets
+
+
+@pytest.mark.parametrize("name", ["bframes", "wrapped"])
+def test_a_seek_lands_where_the_keyframe_is_read_first(clips, wrapped, name):
+    """MPEG-TS has no keyframe index: FFmpeg's seek to a keyframe's time landed on the packet
+    after it when there are B-frames, and the segment's frames were missing."""
+    path = wrapped if name == "wrapped" else clips[name]
+    with av.open(str(path)) as c:
+        keys = sorted(p.pts for p in c.demux(video=0) if p.is_keyframe and p.size)
+    assert len(keys) == 4
+    for key in keys:
+        for wanted, expected in ((key, key), (key + 3600 if name == "wrapped" else key + 1024,
+                                              key)):  # fmt: skip
+            with av.open(str(path)) as c:
+                video = c.streams.video[0]
+                seek_to_keyframe(c, video, wanted)
+                first = next(from_first_keyframe(c.demux(video)))
+            assert (first.pts, first.is_keyframe) == (expected, True), (name, key, wanted)
+
+
+def test_mpeg_ts_with_b_frames_across_a_timestamp_wrap_keeps_every_frame_and_its_audio(
+    wrapped, clips, bicubic_worker, tmp_path
+):
+    """Two faults, both fixed. A segment of MPEG-TS with B-frames failed ('decoded 0 of 25
+    frames': the seek landed past its keyframe). A segment at negative times, before a wrap of
+    the 33-bit clock, sought its audio from time 0 and came out silent."""
+    plan = plan_segments(wrapped, 1.0)
+    assert plan.segments[0].start_pts * plan.time_base == -2  # FFmpeg's reading of the wrap
+    counts = []
+    for segment in plan.segments:
+        with av.open(str(wrapped)) as c:
+            last = segment.index == len(plan.segments) - 1
+            counts.append(sum(1 for _ in audio_packets(c, segment, plan.time_base, last)))
+    assert len(counts) == 4 and min(counts) >= 40, counts  # 48 kHz AAC: 47 a second
+    out = tmp_path / "hls"
+    make(wrapped, out, "hls", bicubic_worker)
+    names = [n for n in (out / PLAYLIST_NAME).read_text().splitlines() if n.startswith("seg")]
+    joined = tmp_path / "all.ts"
+    joined.write_bytes(b"".join((out / name).read_bytes() for name in names))
+    with av.open(str(joined)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 100  # every frame
+    with av.open(str(joined)) as c:
+        packets = [bytes(p) for p in c.demux(audio=0) if p.size]
+    payloads = [p[7 if p[1] & 1 else 9 :] for p in packets]  # without the ADTS header
+    assert payloads == facts(clips["bframes"]).audio_packets  # every packet, once, in order
 
 
 def test_a_one_keyframe_input_is_made_in_segments_that_keep_every_frame(

@@ -24,6 +24,7 @@ import av
 
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.seeking import from_first_keyframe, seek_to_keyframe
 from carn_stream.pipeline.media.segments import Segment, audio_packets
 
 FORMAT = "mov"
@@ -74,10 +75,12 @@ def cut_segment(source: Path, segment: Segment, time_base: Fraction, last: bool)
 
 def _video_packets(container: av.container.InputContainer, segment: Segment):
     video = container.streams.video[0]
+    packets = container.demux(video)
     if segment.index > 0:
-        container.seek(segment.start_pts, stream=video, backward=True, any_frame=False)
+        seek_to_keyframe(container, video, segment.start_pts)
+        packets = from_first_keyframe(container.demux(video))
     covered = 0
-    for packet in container.demux(video):
+    for packet in packets:
         if packet.size == 0 or (packet.dts is None and packet.pts is None):
             continue
         yield packet

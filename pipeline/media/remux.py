@@ -22,6 +22,7 @@ from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.media.decode import open_input
 from carn_stream.pipeline.media.encode import SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
+from carn_stream.pipeline.media.seeking import seek_to_keyframe
 from carn_stream.pipeline.media.segments import Segment, SegmentPlan, segment_audio
 
 #: Video codecs whose packets MPEG-TS segments carry as they are.
@@ -101,7 +102,7 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
 def _video_packets(container, stream, segment: Segment, next_start: int | None):
     """Packets in decode order from the segment's keyframe to the next segment's keyframe."""
     if segment.index > 0:
-        container.seek(segment.start_pts, stream=stream, backward=True, any_frame=False)
+        seek_to_keyframe(container, stream, segment.start_pts)
     started = segment.index == 0
     for packet in container.demux(stream):
         if packet.size == 0:

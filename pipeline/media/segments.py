@@ -34,6 +34,7 @@ from carn_stream.pipeline.media.decode import (
     frame_planes,
     open_input,
 )
+from carn_stream.pipeline.media.seeking import from_first_keyframe, seek_to_keyframe
 
 #: Segments are never shorter than this (a shorter tail joins the segment before it).
 MIN_SEGMENT_SECONDS = 1.0
@@ -357,12 +358,14 @@ def segment_frames(
     video = container.streams.video[0]
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
+    packets = container.demux(video)
     if segment.index > 0:  # the first segment reads from the top, whatever precedes a keyframe
-        container.seek(segment.start_pts, stream=video, backward=True, any_frame=False)
+        seek_to_keyframe(container, video, segment.start_pts)
+        packets = from_first_keyframe(container.demux(video))
     index = segment.first_frame
     last = segment.first_frame + segment.frames
     try:
-        for packet in container.demux(video):
+        for packet in packets:
             try:
                 frames = packet.decode()
             except av.FFmpegError:
@@ -412,7 +415,9 @@ def audio_packets(
     start = segment.start_pts * time_base - margin
     end = segment.end_pts * time_base + margin
     if segment.index > 0:
-        seek_to = max(0, math.floor((start - AUDIO_READ_AHEAD) * 1_000_000))
+        # Not before the input's start, which may be negative (MPEG-TS after a timestamp wrap).
+        earliest = min(0, container.start_time or 0)
+        seek_to = max(earliest, math.floor((start - AUDIO_READ_AHEAD) * 1_000_000))
         container.seek(seek_to, backward=True)
     for packet in container.demux(streams):
         if packet.dts is None or packet.size == 0:

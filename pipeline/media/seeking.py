@@ -1,0 +1,55 @@
+"""Seeking to the keyframe a segment is decoded from, in every container.
+
+A demuxer with a keyframe index (MP4, Matroska) lands on the keyframe at or before the target.
+MPEG-TS has none: FFmpeg seeks by the timestamps it reads there, decode timestamps, and takes
+every packet for a keyframe, so with B-frames (a keyframe's decode timestamp comes before its
+presentation) it lands on a packet after the keyframe, and the segment's frames are missing.
+:func:`seek_to_keyframe` checks where it landed and moves back until the first keyframe read
+from there is the one wanted or an earlier one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import av
+
+#: How far back the first retry moves the target (seconds); each further retry doubles it.
+FIRST_STEP_SECONDS = 0.5
+RETRIES = 8
+#: A target before any stream's start: FFmpeg then reads from the top.
+TOP = -(2**40)
+
+
+def seek_to_keyframe(
+    container: av.container.InputContainer, stream: av.stream.Stream, pts: int
+) -> None:
+    """Place ``container`` so that the first keyframe of ``stream`` read from it is shown at
+    or before ``pts`` (in the stream's time base). Read on with :func:`from_first_keyframe`."""
+    step = max(1, round(FIRST_STEP_SECONDS / stream.time_base))
+    target = pts
+    for _ in range(RETRIES):
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+        if _first_keyframe_at_or_before(container.demux(stream), pts):
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            return
+        target -= step
+        step *= 2
+    container.seek(TOP, stream=stream, backward=True, any_frame=False)
+
+
+def _first_keyframe_at_or_before(packets: Iterable[av.Packet], pts: int) -> bool:
+    for packet in packets:
+        if packet.size and packet.is_keyframe:
+            shown = packet.pts if packet.pts is not None else packet.dts
+            return shown is not None and shown <= pts
+    return False  # no keyframe up to the end
+
+
+def from_first_keyframe(packets: Iterable[av.Packet]) -> Iterator[av.Packet]:
+    """``packets`` from the first keyframe on (after a seek that landed before it)."""
+    started = False
+    for packet in packets:
+        started = started or (packet.is_keyframe and packet.size > 0)
+        if started:
+            yield packet
