@@ -2,10 +2,12 @@
 size at a CRF for rate-quality curves.
 
 Frames are scaled in YUV with FFmpeg's bicubic scaler (the ``scale`` filter's default), to
-even sides of ``floor(side / scale)``, and keep the source's timestamps. The copy is tagged
-with the matrix the source is read with (an untagged 720p source is BT.709; the 360p copy would
-otherwise be read as BT.601), so both decode to the same RGB. Audio is copied as it is when the
-whole title is encoded. PyAV only.
+even sides of ``floor(side / scale)``, and keep the source's timestamps. A source whose sides
+are not multiples of that size times ``scale`` is first cut to its top-left part that is, so
+the copy is an exact 1/``scale`` of the region the report and training pairs compare with.
+The copy is tagged with the matrix the source is read with (an untagged 720p source is BT.709;
+the 360p copy would otherwise be read as BT.601), so both decode to the same RGB. Audio is
+copied as it is when the whole title is encoded. PyAV only.
 """
 
 from __future__ import annotations
@@ -39,6 +41,24 @@ class EncodedCopy:
     def bitrate(self) -> float:
         """Video bits per second."""
         return 8 * self.video_bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+class TopLeftCrop:
+    """Cuts a stream's frames to their top-left ``width`` x ``height`` (FFmpeg's crop filter:
+    any pixel format, odd sides included)."""
+
+    def __init__(self, stream: av.video.stream.VideoStream, width: int, height: int) -> None:
+        self._graph = av.filter.Graph()
+        source = self._graph.add_buffer(template=stream)
+        crop = self._graph.add("crop", f"{width}:{height}:0:0")
+        sink = self._graph.add("buffersink")
+        source.link_to(crop)
+        crop.link_to(sink)
+        self._graph.configure()
+
+    def __call__(self, frame: av.VideoFrame) -> av.VideoFrame:
+        self._graph.push(frame)
+        return self._graph.pull()
 
 
 def delivery_size(width: int, height: int, scale: int) -> tuple[int, int]:
@@ -80,6 +100,8 @@ def encode_copy(
             rate = Fraction(vin.average_rate or vin.guessed_rate or 25)
             ctx_in = vin.codec_context
             size = delivery_size(ctx_in.width, ctx_in.height, scale)
+            region = (size[0] * scale, size[1] * scale)
+            crop = None if region == (ctx_in.width, ctx_in.height) else TopLeftCrop(vin, *region)
             matrix = effective_matrix(int(ctx_in.colorspace or 2), ctx_in.height)
             vout = out.add_stream(encoder, rate=rate)
             vout.width, vout.height, vout.pix_fmt = size[0], size[1], "yuv420p"
@@ -106,7 +128,8 @@ def encode_copy(
                         continue
                     if first_pts is None:
                         first_pts = 0 if whole else frame.pts or 0
-                    scaled = frame.reformat(
+                    cut = crop(frame) if crop is not None else frame
+                    scaled = cut.reformat(
                         width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC"
                     )
                     scaled.pts = None if frame.pts is None else frame.pts - first_pts
