@@ -279,7 +279,8 @@ async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: boo
     folder = WorkDir(item.work)
     done = dict(item.resumed[1]) if item.resumed else {}
     batch = batch_size(args.batch, executor)
-    options = PipelineOptions(scale=args.scale, encoder=encoder, batch_size=batch)
+    options = PipelineOptions(scale=args.scale, encoder=encoder, batch_size=batch,
+                              upright=item.fmt.segments_served)  # fmt: skip
     said: list[bool] = []
     note = item.source.name if folder_run else ""
 

@@ -57,6 +57,25 @@ class UpscaledFrame:
     def to_video_frame(self) -> av.VideoFrame:
         return yuv420_video_frame(self.y, self.u, self.v)
 
+    def upright(self, rotation: int) -> UpscaledFrame:
+        """The frame turned as a player shows it (``rotation``: the display rotation,
+        counterclockwise degrees, as :attr:`av.VideoFrame.rotation` reads it)."""
+        if not quarter_turns(rotation):
+            return self
+        y, u, v = (upright(p, rotation) for p in (self.y, self.u, self.v))
+        return UpscaledFrame(self.index, self.pts, self.time_base, y, u, v)
+
+
+def quarter_turns(rotation: int) -> int:
+    """Counterclockwise quarter turns (0-3) of a display rotation in degrees."""
+    return round(rotation / 90) % 4
+
+
+def upright(picture: np.ndarray, rotation: int) -> np.ndarray:
+    """A plane or an RGB picture (rows first) turned by its display ``rotation``."""
+    turns = quarter_turns(rotation)
+    return np.ascontiguousarray(np.rot90(picture, turns)) if turns else picture
+
 
 def yuv420_video_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFrame:
     """A PyAV frame from Y (H x W) and U, V (H/2 x W/2) planes: ``yuv420p`` from uint8 planes,

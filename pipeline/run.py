@@ -62,6 +62,9 @@ class PipelineOptions:
     max_output_pixels: int = 0
     #: Decoder and encoder threads. None: :func:`codec_threads` for the model's device.
     codec_threads: int | None = None
+    #: Turn frames by their display rotation instead of tagging the output with it: for
+    #: segments served as they are (HLS), since MPEG-TS carries no rotation.
+    upright: bool = False
 
 
 def codec_threads(device_type: str, cpus: int | None = None, in_flight: int = 2) -> int:
@@ -228,6 +231,7 @@ class _PipelineRun:
                 self.threads,
                 info.sample_aspect_ratio,
                 self.part.segment.frames,
+                self.options.upright,
             )
             self.items = await self.decoder.call(self._items, container)
             async with asyncio.TaskGroup() as tg:
@@ -316,7 +320,7 @@ class _PipelineRun:
             result: BatchResult = await future
             height, width = item.frames[0].size
             frames = _upscaled(item, result)
-            self.rotation = item.frames[0].rotation
+            self.rotation = 0 if self.options.upright else item.frames[0].rotation
             backlog = [self.audio.popleft() for _ in range(len(self.audio))]
             await self.encoder.call(
                 _write, sink, frames, result.out, backlog, item.frames[0].rotation

@@ -200,6 +200,45 @@ def test_rotation_metadata_is_kept(clips, bicubic_worker, tmp_path):
     assert facts(clips["rotated"]).rotation == facts(out).rotation == 90
 
 
+def test_segments_served_as_they_are_hold_their_frames_upright(clips, bicubic_worker, tmp_path):
+    """MPEG-TS carries no display rotation: an HLS output of a phone's portrait video played
+    turned on its side. Such segments now hold the frames turned as players show them."""
+    from carn_stream.model.metrics import psnr
+    from carn_stream.pipeline.media.formats import FORMATS
+
+    assert FORMATS["hls"].segments_served and not FORMATS["mp4"].segments_served
+    tagged, turned = tmp_path / "tagged.mp4", tmp_path / "upright.mp4"
+    upscale(clips["rotated"], tagged, bicubic_worker, encoder=EncoderOptions(crf=0))
+    upscale(clips["rotated"], turned, bicubic_worker, encoder=EncoderOptions(crf=0), upright=True)
+    a, b = facts(tagged), facts(turned)
+    assert (a.width, a.height, a.rotation) == (320, 180, 90)
+    assert (b.width, b.height, b.rotation) == (180, 320, 0)
+    assert b.pts == a.pts
+    # What a player shows of the tagged file: its frames turned 90 degrees counterclockwise.
+    for shown, held in zip(decode_rgb(tagged), decode_rgb(turned), strict=True):
+        assert psnr(np.rot90(shown), held) > 40
+
+
+def test_a_rotated_jobs_compared_frames_are_upright(clips, bicubic_worker, tmp_path):
+    """The jobs page's wipe showed a rotated video's frames on their side (and, once HLS
+    segments held upright frames, would have set them against sideways source frames)."""
+    from carn_stream.model.metrics import psnr
+    from carn_stream.pipeline.media.images import read_rgb
+    from carn_stream.server.jobs.compare import comparison_png, save_comparison
+
+    for name, upright in (("tagged.mp4", False), ("upright.mp4", True)):
+        output, job = tmp_path / name, tmp_path / f"job-{name}"
+        upscale(clips["rotated"], output, bicubic_worker, upright=upright)
+        job.mkdir()
+        indices = save_comparison(clips["rotated"], output, job, 4)
+        assert indices
+        for index in indices:
+            carn, bicubic = (read_rgb(comparison_png(job, index, kind))
+                             for kind in ("carn", "bicubic"))  # fmt: skip
+            assert carn.shape == bicubic.shape == (320, 180, 3), name
+            assert psnr(carn, bicubic) > 30, name  # the same picture, the same way up
+
+
 def test_ten_bit_input_matches_eight_bit_input(clips, bicubic_worker, tmp_path):
     a, b = tmp_path / "ten.mp4", tmp_path / "eight.mp4"
     upscale(clips["ten_bit"], a, bicubic_worker, encoder=EncoderOptions(crf=0))

@@ -130,6 +130,16 @@ def probe(source: str | Path, check: Callable[[VideoInfo], None] | None = None) 
         return info
 
 
+def display_rotation(source: str | Path) -> int:
+    """The display rotation of ``source``'s first frame (counterclockwise degrees; 0 when
+    it has none or no frame decodes)."""
+    with open_input(source) as container:
+        try:
+            return int(next(container.decode(video=0)).rotation)
+        except (StopIteration, av.FFmpegError):
+            return 0
+
+
 def _plane_array(plane, dtype: np.dtype) -> np.ndarray:
     itemsize = np.dtype(dtype).itemsize
     rows = np.frombuffer(plane, dtype=dtype).reshape(plane.height, plane.line_size // itemsize)

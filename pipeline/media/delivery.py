@@ -128,6 +128,8 @@ def encode_copy(
                         continue
                     if first_pts is None:
                         first_pts = 0 if whole else frame.pts or 0
+                        if frame.rotation:  # kept as the source's is: a tag, frames as decoded
+                            vout.set_display_rotation(int(frame.rotation))
                     cut = crop(frame) if crop is not None else frame
                     scaled = cut.reformat(
                         width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC"

@@ -3,7 +3,8 @@ output: every output (an HLS folder, an MP4, MKV or MOV file) is made of segment
 (:mod:`carn_stream.pipeline.media.join`).
 
 Video keeps the source's timestamps and time base (variable frame rate stays variable),
-display rotation, sample aspect ratio, bit depth (8 or 10, as the engine's output planes) and
+display rotation (or frames turned by it, for segments served as they are), sample aspect
+ratio, bit depth (8 or 10, as the engine's output planes) and
 colour tags (matrix, primaries, transfer: PQ and HLG included). Audio packets are copied
 untouched where the output container can hold the codec, otherwise transcoded to AAC. A sink
 starts with the first video frame (rotation is known then) and keeps earlier audio until then.
@@ -25,7 +26,7 @@ import av
 
 from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec
 from carn_stream.pipeline.errors import OutputError
-from carn_stream.pipeline.frames import UpscaledFrame
+from carn_stream.pipeline.frames import UpscaledFrame, quarter_turns
 from carn_stream.pipeline.media.codecs import check_codec, pixel_format
 from carn_stream.pipeline.media.decode import AudioItem
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
@@ -87,9 +88,13 @@ class VideoSink:
         threads: int = 0,
         sample_aspect_ratio: Fraction | None = None,
         frames: int | None = None,
+        upright: bool = False,
     ) -> None:
         """``frames``: the segment's frame count (its ends are given rate-control zones, see
-        :func:`segment_zones`)."""
+        :func:`segment_zones`). ``upright``: frames are turned by their display rotation
+        rather than tagged with it (MPEG-TS carries no display matrix: a segment served as it
+        is, HLS, would play turned)."""
+        self.upright = upright
         self.codec_name, self.codec_options = codec_settings(options)
         zones = segment_zones(frames) if frames else None
         if zones and self.codec_name in ("libx264", "libx265"):
@@ -153,6 +158,11 @@ class VideoSink:
     # ------------------------------------------------------------------ writing
 
     def write_frame(self, frame: UpscaledFrame, out: ColourSpec, rotation: int = 0) -> None:
+        if self.upright and quarter_turns(rotation):
+            frame, turned = frame.upright(rotation), quarter_turns(rotation) % 2 == 1
+            if turned and self.sample_aspect_ratio and self._container is None:
+                self.sample_aspect_ratio = 1 / self.sample_aspect_ratio
+            rotation = 0
         if self._container is None:
             self._start(frame, out, rotation)
             for item in self._pending_audio:

@@ -61,6 +61,12 @@ class OutputFormat:
         """The output's name inside a job folder."""
         return "hls" if self.is_folder else f"output{self.suffix}"
 
+    @property
+    def segments_served(self) -> bool:
+        """Its segments are the output, served as they are: frames are turned upright in them
+        (MPEG-TS carries no display rotation; a file output is tagged with it when joined)."""
+        return self.is_folder
+
     def segment_dir(self, output: Path, work_dir: Path) -> Path:
         """Where segments are published: the output folder itself, or the work folder."""
         return output if self.is_folder else work_dir / "segments"

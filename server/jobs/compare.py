@@ -17,6 +17,7 @@ import av
 import numpy as np
 
 from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.frames import upright
 from carn_stream.pipeline.media.decode import open_input
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME
@@ -61,8 +62,8 @@ def _frames_at(
     for path in files:
         with opener(path) as container:
             for frame in container.decode(video=0):
-                if index in wanted:
-                    yield index, frame.to_ndarray(format="rgb24")
+                if index in wanted:  # as players show it: turned by its display rotation
+                    yield index, upright(frame.to_ndarray(format="rgb24"), int(frame.rotation))
                 index += 1
                 if index > max(wanted):
                     return

@@ -277,6 +277,7 @@ class JobRunner:
             batch_size=batch,
             weights=params.weights,
             max_output_pixels=self.intake.max_output_pixels,
+            upright=FORMATS[params.format].segments_served,
         )
 
     async def _make(

@@ -29,7 +29,8 @@ from carn_stream.model.tune_report import TuneReport
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentTask
 from carn_stream.pipeline.execution.slots import Slots, Ticket
-from carn_stream.pipeline.frames import upscaled_size
+from carn_stream.pipeline.frames import quarter_turns, upscaled_size
+from carn_stream.pipeline.media.decode import display_rotation
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.hls import (
     PLAYLIST_NAME,
@@ -636,6 +637,7 @@ class VideoManager:
             priority=work.ticket.priority,
             weights=video.weights,
             max_output_pixels=self.intake.max_output_pixels,
+            upright=True,  # its segments are served as they are
         )
         task = SegmentTask.of(video.source, video.plan, index, target, options)
 
@@ -682,22 +684,26 @@ def _open_cached(cache: SegmentCache, key: Key) -> OpenFile | None:
 def describe_renditions(
     source: Path, plan: SegmentPlan, scales: list[int], encoder: EncoderOptions
 ) -> list[Rendition]:
-    """The original (when its codec can be remuxed into MPEG-TS and every segment starts on a
+    """The original (when its codec can be remuxed into MPEG-TS, every segment starts on a
     keyframe: segments cut between the keyframes of a long-GOP input cannot be copied as they
-    are) and one rendition per scale.
+    are, and it is not shown turned: MPEG-TS cannot say so) and one rendition per scale, its
+    frames turned upright.
 
     Bandwidth: the source's bit rate, times scale squared for the upscaled ones (an estimate
     until segments are made; the master playlist then gives the measured peak)."""
     video_tag, audio, _ = source_codecs(source)
     bitrate = round(8 * source.stat().st_size / max(plan.duration, 1e-3))
+    rotation = display_rotation(source)
     out = []
-    if video_tag is not None and plan.keyframe_aligned:
+    if video_tag is not None and plan.keyframe_aligned and not quarter_turns(rotation):
         codecs = ",".join(t for t in (video_tag, audio) if t)
         out.append(Rendition(name=ORIGINAL, scale=1, width=plan.width, height=plan.height,
                              codecs=codecs, bandwidth=bitrate))  # fmt: skip
     upscaled_audio = upscaled_audio_tag(source)
     for scale in sorted(set(scales)):
         w, h = upscaled_size(plan.width, plan.height, scale)
+        if quarter_turns(rotation) % 2:
+            w, h = h, w
         tag = encoder_tag(w, h, plan.frame_rate, encoder)
         codecs = ",".join(t for t in (tag, upscaled_audio) if t)
         out.append(Rendition(name=rendition_name(scale), scale=scale, width=w, height=h,
