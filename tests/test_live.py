@@ -239,10 +239,15 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
             page = browser.new_page()
             deletes: list[int] = []  # what Stop's DELETE /webrtc/sessions/{id} gets
             page.on("response", lambda r: r.request.method == "DELETE" and deletes.append(r.status))
+            offers: list[str] = []
+            page.on("request", lambda r: r.url.endswith("/webrtc/offer") and offers.append(r.url))
             page.goto(f"http://127.0.0.1:{server.port}/live")
             page.select_option("#size", "160x120")
             page.select_option("#scale", "2")
-            page.click("#start")
+            # A double click starts one session (it once sent two offers: two sessions).
+            page.evaluate("() => { const f = document.getElementById('live-form');"
+                          " f.requestSubmit(); f.requestSubmit(); }")  # fmt: skip
+            expect(page.locator("#start")).to_be_disabled()
             # The camera sends 160x120 (the page asks the sender to keep its resolution);
             # early frames may come smaller while the connection ramps up.
             page.wait_for_function(
@@ -269,6 +274,7 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
                 " return sum > 0; })()",
                 timeout=20_000,
             )
+            assert len(offers) == 1, offers
             boxes = [page.locator(f"#{i}").bounding_box() for i in ("bicubic", "upscaled")]
             assert boxes[0] == boxes[1] and boxes[0]["width"] > 300
             page.fill("#wipe-position", "40")

@@ -117,6 +117,16 @@ def test_head_is_answered_wherever_get_is(server):
     assert server.call("HEAD", f"/jobs/{'0' * 32}").status == 404
 
 
+def test_every_page_names_an_icon_that_is_served(server):
+    """Browsers asked for /favicon.ico (404, a console error on every page load)."""
+    for path in ("/", "/live", "/watch"):
+        page = server.call("GET", path).body.decode()
+        icon = re.search(r'<link rel="icon" href="([^"]+)"', page)
+        assert icon, path
+        served = server.call("GET", icon[1])
+        assert served.status == 200 and served.headers["content-type"].startswith("image/svg")
+
+
 def test_the_api_schema_builds_without_warnings():
     import warnings
 

@@ -76,6 +76,8 @@ async function loadSamples() {
 
 async function start(event) {
   event.preventDefault();
+  if (pc !== null) return;  // starting or running already (a double click)
+  document.getElementById("start").disabled = true;
   const [width, height] = document.getElementById("size").value.split("x").map(Number);
   const scale = Number(document.getElementById("scale").value);
   const choice = document.getElementById("source").value;
@@ -172,11 +174,15 @@ function stop() {
   clearStats();
   showPace();
   bicubic.getContext("2d").clearRect(0, 0, bicubic.width, bicubic.height);
-  if (wasRunning && !statusLine.textContent.startsWith("Refused")) statusLine.textContent = "Stopped";
+  const said = statusLine.textContent;
+  if (wasRunning && !said.startsWith("Refused") && !said.startsWith("Error")) {
+    statusLine.textContent = "Stopped";
+  }
 }
 
 document.getElementById("live-form").addEventListener("submit", (e) => start(e).catch((err) => {
   statusLine.textContent = "Error: " + err;
+  stop();  // the peer connection made so far is closed, and Start works again
 }));
 document.getElementById("stop").addEventListener("click", stop);
 document.getElementById("source").addEventListener("change", showSizeChoice);
