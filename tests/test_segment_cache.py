@@ -37,3 +37,17 @@ def test_the_newest_segment_is_kept_even_over_the_budget(tmp_path):
     key = Key("b" * 32, "x2", 0)
     _publish(cache, key, 1_000, at=1_000_000)
     assert key in cache and cache.bytes == 1_000  # a player is about to read it
+
+
+def test_room_is_made_on_the_disk_from_the_least_recently_used(tmp_path):
+    cache = SegmentCache(tmp_path, budget=10_000)
+    keys = [Key("c" * 32, "x2", i) for i in range(4)]
+    for age, key in enumerate(keys):
+        _publish(cache, key, 1_000, at=1_000_000 + age)
+    assert cache.make_room(1_500) == keys[:2]  # whole segments, oldest first
+    assert cache.bytes == 2_000 and not cache.path(keys[0]).exists()
+    # A new segment below the floor evicts for it too, never itself.
+    new = Key("c" * 32, "x2", 9)
+    assert cache.add(new, 1_000, shortfall=5_000) == keys[2:]
+    assert new in cache and cache.bytes == 1_000
+    assert cache.make_room(5_000) == [new] and cache.bytes == 0

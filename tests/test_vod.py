@@ -214,6 +214,31 @@ def test_a_rotated_video_plays_upright(server, base, media, tmp_path):
     assert server.call("DELETE", f"/videos/{video['id']}").status == 204
 
 
+def test_below_the_disk_floor_cached_segments_make_room_then_segments_get_507(base, tmp_path):
+    """Before, segments were made and written whatever the disk's free space (only new videos
+    and jobs were refused below CARN_STREAM_MIN_FREE_DISK_BYTES)."""
+    data = tmp_path / "data"
+    first = ServerProcess(data).start()
+    try:
+        video = ingest(first, base)["id"]
+        get_segment(first, video, "x2", 0)
+        wait_for(lambda: (data / "videos" / video / "x2" / "segment_00000.ts").is_file(), 30,
+                 "the segment to be cached")  # fmt: skip
+    finally:
+        first.stop()
+    low = ServerProcess(data, CARN_STREAM_MIN_FREE_DISK_BYTES=str(2**60)).start()  # never met
+    try:
+        response = low.call("GET", f"/videos/{video}/x2/segment_00001.ts", timeout=60)
+        assert response.status == 507 and "low on disk space" in response.json()["detail"]
+        # The cached segment went first, to make room.
+        assert not (data / "videos" / video / "x2" / "segment_00000.ts").exists()
+        assert low.call("GET", f"/videos/{video}/x2/segment_00000.ts").status == 507
+        assert metric(low, "carn_stream_vod_prefetch_depth") == 0  # nothing made ahead either
+        assert low.call("GET", "/healthz").status == 200
+    finally:
+        low.stop()
+
+
 def test_a_cold_segment_is_made_then_served_from_the_cache(server, base, tmp_path):
     video = ingest(server, base)
     hits, misses = (metric(server, f"carn_stream_vod_cache_{n}_total", rendition="x2")

@@ -26,6 +26,7 @@ from carn_stream.server.speed import SpeedBook
 from carn_stream.server.streaming import FileStream
 from carn_stream.server.vod.manager import (
     Busy,
+    LowOnDisk,
     NotReady,
     SegmentError,
     SegmentRefused,
@@ -394,6 +395,8 @@ async def segment(
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
         if isinstance(exc, NotReady | Busy):
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), RETRY) from exc
+        if isinstance(exc, LowOnDisk):
+            raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, str(exc)) from exc
         if isinstance(exc, SegmentRefused):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         if isinstance(exc, SegmentError):

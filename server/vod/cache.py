@@ -66,23 +66,30 @@ class SegmentCache:
             return False
         return True
 
-    def add(self, key: Key, size: int) -> list[Key]:
-        """Record a published segment and evict the least recently used ones beyond the budget
-        (never the new one); returns the keys evicted."""
+    def add(self, key: Key, size: int, shortfall: int = 0) -> list[Key]:
+        """Record a published segment and evict the least recently used ones beyond the budget,
+        and enough for ``shortfall`` bytes more room on the disk (never the new one); returns
+        the keys evicted."""
         if key in self._entries:
             self.bytes -= self._entries.pop(key)
         self._entries[key] = size
         self.bytes += size
-        return self._evict(keep=1)
+        return self._evict(keep=1, shortfall=shortfall)
 
-    def _evict(self, keep: int) -> list[Key]:
-        """Remove the least recently used segments while over the budget, never the ``keep``
-        most recent; returns the keys evicted."""
-        evicted = []
-        while self.bytes > self.budget and len(self._entries) > keep:
+    def make_room(self, shortfall: int) -> list[Key]:
+        """Evict the least recently used segments until ``shortfall`` bytes are freed (or the
+        cache is empty); returns the keys evicted."""
+        return self._evict(keep=0, shortfall=shortfall)
+
+    def _evict(self, keep: int, shortfall: int = 0) -> list[Key]:
+        """Remove the least recently used segments while over the budget or short of
+        ``shortfall`` bytes freed, never the ``keep`` most recent; returns the keys evicted."""
+        evicted, freed = [], 0
+        while (self.bytes > self.budget or freed < shortfall) and len(self._entries) > keep:
             old, old_size = next(iter(self._entries.items()))
             del self._entries[old]
             self.bytes -= old_size
+            freed += old_size
             self.path(old).unlink(missing_ok=True)
             evicted.append(old)
         return evicted

@@ -90,6 +90,10 @@ class Busy(Exception):
     """Too much is waiting already; the request may be sent again shortly."""
 
 
+class LowOnDisk(Exception):
+    """The data folder's disk is below its floor and no cached segment is left to evict."""
+
+
 class VideoGone(Exception):
     """The video was deleted while a request waited for one of its segments."""
 
@@ -434,6 +438,12 @@ class VideoManager:
                 if self._waiting() >= self.settings.vod_max_waiting_segments:
                     raise Busy(f"{self._waiting()} segments are already waiting to be made; "
                                "try again in a moment")  # fmt: skip
+                if not self._room_on_disk():
+                    raise LowOnDisk(
+                        "the server is low on disk space and no cached segment is left to "
+                        f"make room ({self.settings.min_free_disk_bytes // 2**20} MiB are kept "
+                        "free); try again later"
+                    )
                 work = self._start(video, key, prefetch=False)
             elif not joined:
                 joined = True
@@ -568,6 +578,8 @@ class VideoManager:
         ahead = self._ahead(index, last)
         wanted = self._wanted(video.id, rendition, last) | set(ahead)
         self._drop_prefetch(video.id, rendition, wanted)
+        if self._disk_shortfall():
+            return  # below the disk floor: only what a player waits for is made
         for i in ahead:
             key = Key(video.id, rendition, i)
             if self._queued_prefetch() >= self.settings.vod_max_waiting_segments:
@@ -618,11 +630,28 @@ class VideoManager:
             target.replace(stale)
             asyncio.get_running_loop().call_later(60, stale.unlink, True)
             return stale
-        evicted = self.cache.add(key, size)
-        if evicted:
-            self.metrics.vod_cache_evictions.inc(len(evicted))
-        self.metrics.vod_cache_bytes.set(self.cache.bytes)
+        evicted = self.cache.add(key, size, self._disk_shortfall())
+        self._evicted(evicted)
         return target
+
+    def _disk_shortfall(self) -> int:
+        """Bytes missing to the data folder's disk floor (``CARN_STREAM_MIN_FREE_DISK_BYTES``)."""
+        floor = self.settings.min_free_disk_bytes
+        return max(0, floor - shutil.disk_usage(self.cache.root).free) if floor else 0
+
+    def _room_on_disk(self) -> bool:
+        """Whether a segment may be made: the disk is above its floor, once the least recently
+        used segments have been evicted to get it there if need be."""
+        shortfall = self._disk_shortfall()
+        if shortfall:
+            self._evicted(self.cache.make_room(shortfall))
+            shortfall = self._disk_shortfall()
+        return shortfall == 0
+
+    def _evicted(self, keys: list[Key]) -> None:
+        if keys:
+            self.metrics.vod_cache_evictions.inc(len(keys))
+        self.metrics.vod_cache_bytes.set(self.cache.bytes)
 
     async def _run(self, executor: SegmentExecutor, video: Video, work: _Work, target: Path):
         index = work.key.index
