@@ -305,6 +305,19 @@ def test_mpeg_ts_with_b_frames_across_a_timestamp_wrap_keeps_every_frame_and_its
     assert payloads == facts(clips["bframes"]).audio_packets  # every packet, once, in order
 
 
+def test_a_one_keyframe_mpeg_ts_is_made_in_segments_that_keep_every_frame(
+    clips, bicubic_worker, tmp_path
+):
+    """No keyframe index and one keyframe: each segment's seek lands past it, and the search
+    back stops as soon as it reads past the segment's start (not at the end of the file)."""
+    ts = remux_across_the_wrap(clips["one_keyframe"], tmp_path / "one.ts", -10.0)  # no wrap
+    out = tmp_path / "one.mp4"
+    run = make(ts, out, "mp4", bicubic_worker)
+    assert len(run.done) == 2
+    src, got = facts(ts), facts(out)
+    assert [p - got.pts[0] for p in got.pts] == [p - src.pts[0] for p in src.pts]
+
+
 def test_a_one_keyframe_input_is_made_in_segments_that_keep_every_frame(
     clips, bicubic_worker, tmp_path
 ):

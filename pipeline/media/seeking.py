@@ -40,9 +40,13 @@ def seek_to_keyframe(
 
 def _first_keyframe_at_or_before(packets: Iterable[av.Packet], pts: int) -> bool:
     for packet in packets:
-        if packet.size and packet.is_keyframe:
+        if not packet.size:
+            continue
+        if packet.is_keyframe:
             shown = packet.pts if packet.pts is not None else packet.dts
             return shown is not None and shown <= pts
+        if packet.dts is not None and packet.dts > pts:
+            return False  # past the target: a keyframe from here on is shown after it
     return False  # no keyframe up to the end
 
 
