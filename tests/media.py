@@ -308,3 +308,44 @@ def remux_across_the_wrap(source: Path, path: Path, seconds_before: float) -> Pa
                 p.stream = streams[stream.index]
                 out.mux(p)
     return path
+
+
+def remux_cut(source: Path, path: Path, *, start: float = 0.0, drop_video: int = 0) -> Path:
+    """``source``'s packets copied into ``path``: timestamps moved ``start`` seconds earlier
+    (an MP4 then gets an edit list that starts mid-GOP, as ``ffmpeg -ss START -c copy``
+    makes), and the first ``drop_video`` video packets left out (a recording cut mid-GOP)."""
+    with av.open(str(source)) as c, av.open(str(path), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in (*c.streams.video,
+                                                                       *c.streams.audio)}
+        video = 0
+        for packet in c.demux(list(c.streams.video) + list(c.streams.audio)):
+            if packet.dts is None:
+                continue
+            if packet.stream.type == "video":
+                video += 1
+                if video <= drop_video:
+                    continue
+            shift = round(start / packet.time_base)
+            packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return path
+
+
+def with_mp3_audio(source: Path, path: Path) -> Path:
+    """``source``'s video packets and its audio encoded as MP3, in an MP4 file."""
+    with av.open(str(source)) as c, av.open(str(path), "w") as out:
+        v_out = out.add_stream_from_template(c.streams.video[0])
+        a_out = out.add_stream("libmp3lame", rate=48000)
+        a_out.layout = "stereo"
+        resampler = av.AudioResampler(format="s16p", layout="stereo", rate=48000)
+        for packet in c.demux():
+            if packet.stream.type == "video" and packet.dts is not None:
+                packet.stream = v_out
+                out.mux(packet)
+            elif packet.stream.type == "audio":
+                for frame in packet.decode():
+                    for chunk in resampler.resample(frame):
+                        out.mux(a_out.encode(chunk))
+        out.mux(a_out.encode(None))
+    return path

@@ -30,6 +30,7 @@ from tests.media import (
     decode_rgb,
     downscale_frames,
     facts,
+    with_mp3_audio,
     with_pcm_audio,
     write_clip,
     write_rich_mkv,
@@ -175,6 +176,38 @@ def test_transcoded_audio_keeps_its_time_in_every_segment(clips, worker, tmp_pat
             audio = next(p for p in c.demux(audio=0) if p.pts is not None)
             a_at = audio.pts * audio.time_base
         assert abs(a_at - v_at) < 0.05, (path.name, float(a_at), float(v_at))
+
+
+def test_transcoded_audio_joins_into_one_file(data_dir, worker, tmp_path):
+    """Each segment's AAC encoder starts with a priming frame timed before the segment: an MP4
+    of PCM audio (a camera's MOV, a broadcast's MP2 alike) failed to join ('non monotonically
+    increasing dts') once a segment's priming frame fell on the previous one's last."""
+    video = data_dir / "video" / "bigbuckbunny.mp4"
+    frames = downscale_frames(decode_rgb(video, 100), (96, 54))
+    clip = write_clip(tmp_path / "clip.mp4", frames, options=X264, audio_from=video,
+                      audio_seconds=4.0)  # fmt: skip
+    source = with_pcm_audio(clip, tmp_path / "pcm.mkv")
+    out = make(source, tmp_path / "out.mp4", worker)
+    got = facts(out)
+    assert got.audio_codec == "aac" and len(got.pts) == 100
+    with av.open(str(out)) as c:
+        stream = c.streams.audio[0]
+        times = [p.pts * p.time_base for p in c.demux(stream) if p.size]
+    assert times == sorted(times) and len(set(times)) == len(times)  # no frame twice
+    assert 3.9 < float(times[-1]) < 4.1  # the whole 4 s, no more
+
+
+def test_mp3_audio_is_copied_bit_for_bit(clips, worker, tmp_path):
+    """MP3's decoder is called 'mp3float', which is on no list of what a container can hold
+    ('mp3' is): it was transcoded to AAC, and then failed to join as above."""
+    source = with_mp3_audio(clips["bunny"], tmp_path / "mp3.mp4")
+    for name in ("out.mp4", "out.mkv", "hls"):
+        out = make(source, tmp_path / name, worker)
+        if name == "hls":
+            with av.open(str(sorted(out.glob("segment_*.ts"))[0])) as c:
+                assert c.streams.audio[0].codec_context.codec.canonical_name == "mp3"
+            continue
+        assert facts(out).audio_packets == facts(source).audio_packets, name
 
 
 def test_an_unknown_suffix_is_refused_with_the_allowed_ones():

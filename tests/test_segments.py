@@ -41,6 +41,7 @@ from tests.media import (
     downscale_frames,
     facts,
     remux_across_the_wrap,
+    remux_cut,
     write_clip,
 )
 from tests.service import ServerProcess, media_server, wait_for
@@ -316,6 +317,24 @@ def test_a_one_keyframe_mpeg_ts_is_made_in_segments_that_keep_every_frame(
     assert len(run.done) == 2
     src, got = facts(ts), facts(out)
     assert [p - got.pts[0] for p in got.pts] == [p - src.pts[0] for p in src.pts]
+
+
+@pytest.mark.parametrize("cut", ["edit_list", "mid_gop"])
+def test_frames_a_decoder_never_shows_are_not_planned(clips, bicubic_worker, tmp_path, cut):
+    """An MP4 trimmed by stream copy starts with an edit list that hides the GOP's first
+    frames; a recording cut mid-GOP starts with frames that cannot be decoded. Both were
+    planned as frames, and the first segment failed: 'decoded 12 of 25 frames'."""
+    kind = {"start": 0.52} if cut == "edit_list" else {"drop_video": 7}
+    source = remux_cut(clips["bframes"], tmp_path / f"{cut}.mp4", **kind)
+    with av.open(str(source)) as c:
+        shown = [f.pts for f in c.decode(video=0)]  # what the decoder shows
+    assert len(shown) == (87 if cut == "edit_list" else 75)
+    plan = plan_segments(source, 1.0)
+    assert plan.frames == len(shown) and plan.segments[0].start_pts == shown[0]
+    out = tmp_path / "out.mp4"
+    make(source, out, "mp4", bicubic_worker)
+    got = facts(out)
+    assert [p - got.pts[0] for p in got.pts] == [p - shown[0] for p in shown]
 
 
 def test_a_one_keyframe_input_is_made_in_segments_that_keep_every_frame(

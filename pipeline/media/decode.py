@@ -103,7 +103,7 @@ def describe(container: av.container.InputContainer) -> VideoInfo:
         duration=duration,
         codec=ctx.name,
         pix_fmt=ctx.pix_fmt or "",
-        audio_codecs=tuple(a.codec_context.name for a in container.streams.audio),
+        audio_codecs=tuple(codec_name(a) for a in container.streams.audio),
         sample_aspect_ratio=stream_sample_aspect_ratio(stream),
     )
 
@@ -128,6 +128,12 @@ def probe(source: str | Path, check: Callable[[VideoInfo], None] | None = None) 
         except (StopIteration, av.FFmpegError) as exc:
             raise InputError(f"{source}: its video stream holds no decodable frame") from exc
         return info
+
+
+def codec_name(stream: av.stream.Stream) -> str:
+    """The stream's codec as FFmpeg names the format (``mp3``, ``dvd_subtitle``), not as its
+    decoder is called (``mp3float``, ``dvdsub``): what the output formats' lists name."""
+    return stream.codec_context.codec.canonical_name
 
 
 def display_rotation(source: str | Path) -> int:

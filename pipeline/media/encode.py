@@ -28,7 +28,7 @@ from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.frames import UpscaledFrame, quarter_turns
 from carn_stream.pipeline.media.codecs import check_codec, pixel_format
-from carn_stream.pipeline.media.decode import AudioItem
+from carn_stream.pipeline.media.decode import AudioItem, codec_name
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
 #: Added to every timestamp written into a segment, and taken off again when segments are
@@ -121,7 +121,7 @@ class VideoSink:
     @property
     def transcoded_audio(self) -> set[int]:
         """Input audio stream indexes that need decoding (their codec cannot be copied)."""
-        return {s.index for s in self._audio_in if s.codec_context.name not in SEGMENT_AUDIO}
+        return {s.index for s in self._audio_in if codec_name(s) not in SEGMENT_AUDIO}
 
     def _start(self, first: UpscaledFrame, out: ColourSpec, rotation: int) -> None:
         container = av.open(str(self._path), "w", format=SEGMENT_FORMAT, options=SEGMENT_MUXER)

@@ -21,7 +21,7 @@ import av
 
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media import keep
-from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.decode import codec_name, open_input
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.formats import OutputFormat
 from carn_stream.pipeline.media.hls import segment_name, write_playlist
@@ -120,7 +120,7 @@ def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotati
     keep.copy_stream_facts(src_video, video)
     keep.copy_sample_aspect_ratio(src_video, video)
     input_audio = list(src.streams.audio)
-    from_input = all(a.codec_context.name in fmt.copyable_audio for a in input_audio)
+    from_input = all(codec_name(a) in fmt.copyable_audio for a in input_audio)
     audio: dict[int, av.stream.Stream] = {}
     if from_input:
         for stream in input_audio:
@@ -177,10 +177,16 @@ def _input_packets(src, streams: _Streams) -> Iterator[Timed]:
 
 
 def _segment_audio(paths: list[Path], streams: _Streams) -> Iterator[Timed]:
-    """The segments' audio (AAC made from audio the container cannot copy), offset taken off."""
+    """The segments' audio (AAC made from audio the container cannot copy), offset taken off.
+
+    Each segment's encoder starts with a priming frame, timed before the segment's start:
+    packets that do not come after the last one taken from the segment before are left out
+    (a muxer refuses decode times that do not increase; the boundary keeps one AAC frame of
+    the previous segment's encoder instead of the priming one)."""
     if streams.audio_from_input:
         return
     offset = Fraction(SEGMENT_OFFSET_SECONDS)
+    last: dict[int, Fraction] = {}  #: per stream, the decode time of the last packet taken
     for path in paths:
         with av.open(str(path), format=SEGMENT_FORMAT) as segment:
             audio = list(segment.streams.audio)
@@ -191,6 +197,10 @@ def _segment_audio(paths: list[Path], streams: _Streams) -> Iterator[Timed]:
                     continue
                 tb = packet.time_base
                 at = packet.dts * tb - offset
+                index = packet.stream.index
+                if index in last and at <= last[index]:
+                    continue  # overlaps the previous segment's audio
+                last[index] = at
                 packet.pts = round((packet.pts * tb - offset) / tb)
                 packet.dts = round(at / tb)
                 packet.stream = streams.audio[packet.stream.index]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import av
 
-from carn_stream.pipeline.media.decode import stream_sample_aspect_ratio
+from carn_stream.pipeline.media.decode import codec_name, stream_sample_aspect_ratio
 from carn_stream.pipeline.media.formats import OutputFormat
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def subtitle_streams(source, target, fmt: OutputFormat) -> Subtitles:
     """Add an output stream for each of the input's subtitle streams ``fmt`` can hold."""
     kept = Subtitles()
     for stream in source.streams.subtitles:
-        codec = stream.codec_context.name
+        codec = codec_name(stream)
         if codec in fmt.copyable_subtitles:
             out = target.add_stream_from_template(stream)
             route = _copy

@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 
 from carn_stream.pipeline.errors import InputError
-from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.decode import codec_name, open_input
 from carn_stream.pipeline.media.encode import SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 from carn_stream.pipeline.media.seeking import seek_to_keyframe
@@ -60,8 +60,8 @@ def remux_segment(task: RemuxTask) -> int:
 
 def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
     stream = video_in.streams.video[0]
-    if stream.codec_context.name not in REMUXABLE_VIDEO:
-        raise InputError(f"{stream.codec_context.name} video cannot be remuxed into MPEG-TS")
+    if codec_name(stream) not in REMUXABLE_VIDEO:
+        raise InputError(f"{codec_name(stream)} video cannot be remuxed into MPEG-TS")
     segment = task.segment
     if not segment.key:
         raise InputError(
@@ -69,7 +69,7 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
             "as they are"
         )
     copyable = SEGMENT_AUDIO
-    audio = [s for s in audio_in.streams.audio if s.codec_context.name in copyable]
+    audio = [s for s in audio_in.streams.audio if codec_name(s) in copyable]
     kept = {s.index for s in audio}
     packets: list[tuple[Fraction, av.Packet]] = []
     try:

@@ -13,7 +13,7 @@ import av
 import numpy as np
 
 from carn_stream.pipeline.errors import InputError
-from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.decode import codec_name, open_input
 from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
@@ -52,7 +52,7 @@ def source_codecs(source) -> tuple[str | None, str | None, int]:
             tag = avc_tag(bytes(video.extradata))
         audio = None
         for stream in container.streams.audio:
-            audio = audio_tag(stream.codec_context.name, stream.codec_context.profile)
+            audio = audio_tag(codec_name(stream), stream.codec_context.profile)
             if audio:
                 break
         rate = container.bit_rate or 0

@@ -46,7 +46,7 @@ KEYFRAME_REACH = 0.5
 MAX_GOP_TARGETS = 3.0
 #: The planning rule's version: part of what identifies a resumable run, so that a run
 #: planned by another rule is not resumed with this one's segments.
-PLAN_RULE = 3
+PLAN_RULE = 4  # 4: frames a decoder never shows (before the first keyframe, discarded) left out
 #: A plan's target duration that makes the whole input one segment.
 WHOLE = math.inf
 
@@ -210,10 +210,16 @@ def _video_packets(
     max_count = limits.max_frames if limits is not None else 0
     packets: list[_Packet] = []
     low = high = None
+    keyed = False  #: a keyframe has been read: what comes before it cannot be decoded
     try:
         for packet in container.demux(video):
             if packet.size == 0:
                 continue  # the demuxer's end-of-stream marker
+            keyed = keyed or packet.is_keyframe
+            if not keyed or packet.is_discard:
+                # A recording cut mid-GOP, or frames an MP4 edit list hides (`-ss ... -c copy`):
+                # the decoder uses or drops them, it never shows them.
+                continue
             pts = packet.pts if packet.pts is not None else packet.dts
             if pts is None:
                 raise InputError(
