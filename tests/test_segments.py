@@ -319,6 +319,21 @@ def test_a_one_keyframe_mpeg_ts_is_made_in_segments_that_keep_every_frame(
     assert [p - got.pts[0] for p in got.pts] == [p - src.pts[0] for p in src.pts]
 
 
+@pytest.mark.parametrize("fmt", ["mp4", "mov", "mkv"])
+def test_a_file_made_from_an_input_that_starts_before_zero_shows_every_frame(
+    wrapped, bicubic_worker, tmp_path, fmt
+):
+    """The wrapped MPEG-TS starts at -2 s: an MP4 or MOV made from it hid the frames before
+    0 behind an edit list (the CLI said 100 frames, players showed 50)."""
+    out = tmp_path / f"out.{fmt}"
+    make(wrapped, out, fmt, bicubic_worker)
+    with av.open(str(out)) as c:
+        shown = [f.pts * f.time_base for f in c.decode(video=0)]
+    src = facts(wrapped)
+    assert len(shown) == 100 and shown[0] >= 0
+    assert [t - shown[0] for t in shown] == [(p - src.pts[0]) * src.time_base for p in src.pts]
+
+
 @pytest.mark.parametrize("cut", ["edit_list", "mid_gop"])
 def test_frames_a_decoder_never_shows_are_not_planned(clips, bicubic_worker, tmp_path, cut):
     """An MP4 trimmed by stream copy starts with an edit list that hides the GOP's first

@@ -1,7 +1,8 @@
 """The end of a segmented run: a format's final output made from its published segments.
 
 An HLS folder gets its playlist closed; a file format gets the segments joined by remuxing (no
-re-encoding) into one file, with the input's timestamps and time base back, its audio copied
+re-encoding) into one file, with the input's timestamps and time base back (all moved later
+when the input starts before 0), its audio copied
 where the container takes it (else the segments' AAC), and what else of the input the container
 can hold: subtitles, chapters, metadata, dispositions, attachments, the sample aspect ratio
 (:mod:`carn_stream.pipeline.media.keep`). The file is written under a temporary name, then
@@ -43,7 +44,8 @@ def finish_output(
         write_playlist(output, durations, plan.max_duration, complete=True)
         return output
     paths = [folder / segment_name(s.index) for s in plan.segments]
-    timing = VideoTiming(plan.time_base, plan.segments[-1].end_pts, plan.frame_rate)
+    timing = VideoTiming(plan.time_base, plan.segments[-1].end_pts, plan.frame_rate,
+                         plan.segments[0].start_pts)  # fmt: skip
     join_segments(paths, timing, source, output, fmt, rotation)
     shutil.rmtree(folder, ignore_errors=True)
     return output
@@ -56,6 +58,7 @@ class VideoTiming:
     time_base: Fraction
     end_pts: int  #: where the last frame ends (so the file lasts as long as the input)
     frame_rate: Fraction | None = None
+    start_pts: int = 0  #: the first frame's time
 
     @property
     def step(self) -> int:
@@ -89,13 +92,27 @@ def join_segments(
                 _segment_audio(paths, streams),
                 key=lambda timed: (timed[0], timed[1]),
             )
+            later = _later_by(timing, src)
             for _, _, packet in merged:
+                if later:
+                    moved = round(later / packet.time_base)
+                    packet.pts = None if packet.pts is None else packet.pts + moved
+                    packet.dts = None if packet.dts is None else packet.dts + moved
                 out.mux(packet)
     except (av.FFmpegError, OSError) as exc:
         part.unlink(missing_ok=True)
         raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
     part.replace(target)
     return target
+
+
+def _later_by(timing: VideoTiming, src: av.container.InputContainer) -> Fraction:
+    """Seconds every packet is moved later: an input that starts before 0 (MPEG-TS after a
+    33-bit clock wrap) would otherwise have its first frames hidden by an MP4 edit list."""
+    first = timing.start_pts * timing.time_base
+    if src.start_time is not None:
+        first = min(first, Fraction(src.start_time, 1_000_000))
+    return max(Fraction(0), -first)
 
 
 @dataclass
