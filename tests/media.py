@@ -218,11 +218,22 @@ def write_rich_mkv(
 def with_pcm_audio(source: Path, path: Path) -> Path:
     """``source``'s video packets and its audio as 16-bit PCM (a codec MPEG-TS segments and MP4
     cannot carry, so the pipeline transcodes it) in a Matroska file."""
+    return with_audio_encoded(source, path, "pcm_s16le", "s16")
+
+
+def with_mp3_audio(source: Path, path: Path) -> Path:
+    """``source``'s video packets and its audio encoded as MP3, in an MP4 file."""
+    return with_audio_encoded(source, path, "libmp3lame", "s16p")
+
+
+def with_audio_encoded(source: Path, path: Path, encoder: str, sample_format: str) -> Path:
+    """``source``'s video packets, and its audio decoded and encoded with ``encoder`` (48 kHz
+    stereo), in ``path`` (its suffix names the container)."""
     with av.open(str(source)) as c, av.open(str(path), "w") as out:
         v_out = out.add_stream_from_template(c.streams.video[0])
-        a_out = out.add_stream("pcm_s16le", rate=48000)
+        a_out = out.add_stream(encoder, rate=48000)
         a_out.layout = "stereo"
-        resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+        resampler = av.AudioResampler(format=sample_format, layout="stereo", rate=48000)
         for packet in c.demux():
             if packet.stream.type == "video" and packet.dts is not None:
                 packet.stream = v_out
@@ -331,21 +342,3 @@ def remux_cut(source: Path, path: Path, *, start: float = 0.0, drop_video: int =
             out.mux(packet)
     return path
 
-
-def with_mp3_audio(source: Path, path: Path) -> Path:
-    """``source``'s video packets and its audio encoded as MP3, in an MP4 file."""
-    with av.open(str(source)) as c, av.open(str(path), "w") as out:
-        v_out = out.add_stream_from_template(c.streams.video[0])
-        a_out = out.add_stream("libmp3lame", rate=48000)
-        a_out.layout = "stereo"
-        resampler = av.AudioResampler(format="s16p", layout="stereo", rate=48000)
-        for packet in c.demux():
-            if packet.stream.type == "video" and packet.dts is not None:
-                packet.stream = v_out
-                out.mux(packet)
-            elif packet.stream.type == "audio":
-                for frame in packet.decode():
-                    for chunk in resampler.resample(frame):
-                        out.mux(a_out.encode(chunk))
-        out.mux(a_out.encode(None))
-    return path
