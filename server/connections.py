@@ -81,7 +81,7 @@ class RepeatFilter(logging.Filter):
 
 
 def guarded_protocol(
-    read_timeout: float, max_connections: int, send_timeout: float = 30.0
+    read_timeout: float, max_connections: int, send_timeout: float
 ) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a whole-request deadline, a deadline for a stalled
     response, and a connection cap."""
@@ -187,7 +187,7 @@ def connection_cap(wanted: int) -> int:
 
 
 def http_options(
-    read_timeout: float, max_connections: int, send_timeout: float = 30.0
+    read_timeout: float, max_connections: int, send_timeout: float
 ) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run``: the guarded protocol, and repeated log lines of
     uvicorn and asyncio collapsed."""

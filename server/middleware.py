@@ -177,7 +177,12 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b""}
             await send(message)
 
-        await self.app(dict(scope, method="GET"), receive, without_body)
+        as_get = dict(scope, method="GET")
+        try:
+            await self.app(as_get, receive, without_body)
+        finally:
+            if "route" in as_get:  # the metrics label HEAD by the route GET took
+                scope["route"] = as_get["route"]
 
     def _taken(self, scope: Scope) -> bool:
         return any(route.matches(scope)[0] == Match.FULL for route in self._routes())

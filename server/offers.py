@@ -63,7 +63,7 @@ def _check_sections(media: list[MediaDescription]) -> None:
             raise SdpError(f"{where} repeats a=mid:{m.rtp.muxId}")
         if m.kind in ("audio", "video") and m.direction not in DIRECTIONS:
             raise SdpError(f"{where} states no direction (a=sendrecv, a=recvonly, ...)")
-        if not m.dtls.fingerprints:
+        if m.dtls is None or not m.dtls.fingerprints:  # no a=setup: no DTLS at all
             raise SdpError(f"{where} has no DTLS fingerprint (a=fingerprint)")
 
 

@@ -219,6 +219,26 @@ def test_segments_served_as_they_are_hold_their_frames_upright(clips, bicubic_wo
         assert psnr(np.rot90(shown), held) > 40
 
 
+def test_a_segment_keeps_its_first_frames_rotation(tmp_path):
+    """Turned by each batch's own rotation, a frame whose side data said otherwise changed the
+    frame size in the middle of an encoder."""
+    from carn_stream.pipeline.colour import ColourSpec
+    from carn_stream.pipeline.frames import UpscaledFrame
+    from carn_stream.pipeline.media.encode import VideoSink
+
+    sink = VideoSink(tmp_path / "s.ts", EncoderOptions(), Fraction(25), [], upright=True)
+    out = ColourSpec("yuv", bits=8, matrix=1)
+    y = np.tile(np.linspace(16, 235, 64).astype(np.uint8), (36, 1))  # dark left, light right
+    u = v = np.full((18, 32), 128, np.uint8)
+    for index, rotation in enumerate((90, 0, 90)):
+        sink.write_frame(UpscaledFrame(index, index, Fraction(1, 25), y, u, v), out, rotation)
+    with av.open(str(sink.close()), format="mpegts") as c:  # too short to be probed
+        shown = [f.to_ndarray()[:64].astype(int) for f in c.decode(video=0)]  # luma
+    assert [s.shape for s in shown] == [(64, 36)] * 3
+    turned = np.rot90(y).astype(int)  # light at the top
+    assert all(np.abs(s - turned).mean() < 8 for s in shown)  # the middle one was not turned
+
+
 def test_a_rotated_jobs_compared_frames_are_upright(clips, bicubic_worker, tmp_path):
     """The jobs page's wipe showed a rotated video's frames on their side (and, once HLS
     segments held upright frames, would have set them against sideways source frames)."""

@@ -115,6 +115,8 @@ def test_head_is_answered_wherever_get_is(server):
     assert server.call("HEAD", "/webrtc/offer").status == 405  # POST only: still not allowed
     assert server.call("HEAD", "/no/such/page").status == 404
     assert server.call("HEAD", f"/jobs/{'0' * 32}").status == 404
+    metrics = server.call("GET", "/metrics").body.decode()
+    assert 'carn_stream_http_requests_total{method="HEAD",route="/jobs",status="2xx"}' in metrics
 
 
 def test_every_page_names_an_icon_that_is_served(server):

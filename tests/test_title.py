@@ -59,7 +59,8 @@ def test_a_copy_of_an_odd_sized_title_is_an_exact_fraction_of_what_it_is_compare
 ):
     """Before, a 175x143 title stored at x2 was resized whole to 86x70 (1/2.03) and then
     compared with its top-left 172x140: the report and the training pairs were misaligned
-    (26.4 dB for the original size at CRF 22 and 30 alike, where an even clip gave 39.6)."""
+    (the report's original-size curve read 26.4 dB at CRF 22 and 30 alike, where the same
+    frames at an even size gave 39.6)."""
     from carn_stream.pipeline.media.delivery import encode_copy
     from carn_stream.pipeline.title_frames import read_pairs
     from tests.media import decode_rgb, downscale_frames, write_clip
@@ -75,6 +76,21 @@ def test_a_copy_of_an_odd_sized_title_is_an_exact_fraction_of_what_it_is_compare
         # The same picture: measured 34.6-35.0 dB at x2, 33.3-33.5 at x3 (before: 24.8 at
         # x2, the copy shifted against the original by up to 3 pixels).
         assert psnr(pair.lr, degrade(pair.hr, scale)) > 29
+
+
+def test_a_rotated_titles_copy_keeps_its_rotation_tag(data_dir, tmp_path):
+    """The tag was set at the first video frame, after the audio had started the file: the
+    muxer had written its header without it, and a portrait title's copy played on its side."""
+    from carn_stream.pipeline.media.decode import display_rotation
+    from carn_stream.pipeline.media.delivery import encode_copy
+    from tests.media import decode_rgb, downscale_frames, write_clip
+
+    video = data_dir / "video" / "bigbuckbunny.mp4"
+    frames = downscale_frames(decode_rgb(video, 12), (128, 72))
+    portrait = write_clip(tmp_path / "portrait.mp4", frames, rotation=-90, audio_from=video,
+                          audio_seconds=0.5)  # fmt: skip
+    copy = encode_copy(portrait, tmp_path / "copy.mp4", scale=2, crf=30)
+    assert display_rotation(portrait) == display_rotation(copy.path) == -90
 
 
 def test_bd_rate_of_curves_with_a_known_answer():

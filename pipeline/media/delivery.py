@@ -20,7 +20,7 @@ import av
 
 from carn_stream.pipeline.colour import RANGE_LIMITED, effective_matrix
 from carn_stream.pipeline.errors import OutputError
-from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.decode import display_rotation, open_input
 from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
 
 
@@ -104,6 +104,8 @@ def encode_copy(
             crop = None if region == (ctx_in.width, ctx_in.height) else TopLeftCrop(vin, *region)
             matrix = effective_matrix(int(ctx_in.colorspace or 2), ctx_in.height)
             vout = out.add_stream(encoder, rate=rate)
+            if rotation := display_rotation(source):  # tagged before anything is muxed
+                vout.set_display_rotation(rotation)
             vout.width, vout.height, vout.pix_fmt = size[0], size[1], "yuv420p"
             vout.time_base = vin.time_base
             ctx = vout.codec_context
@@ -128,8 +130,6 @@ def encode_copy(
                         continue
                     if first_pts is None:
                         first_pts = 0 if whole else frame.pts or 0
-                        if frame.rotation:  # kept as the source's is: a tag, frames as decoded
-                            vout.set_display_rotation(int(frame.rotation))
                     cut = crop(frame) if crop is not None else frame
                     scaled = cut.reformat(
                         width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC"

@@ -95,6 +95,7 @@ class VideoSink:
         rather than tagged with it (MPEG-TS carries no display matrix: a segment served as it
         is, HLS, would play turned)."""
         self.upright = upright
+        self._rotation: int | None = None
         self.codec_name, self.codec_options = codec_settings(options)
         zones = segment_zones(frames) if frames else None
         if zones and self.codec_name in ("libx264", "libx265"):
@@ -158,6 +159,9 @@ class VideoSink:
     # ------------------------------------------------------------------ writing
 
     def write_frame(self, frame: UpscaledFrame, out: ColourSpec, rotation: int = 0) -> None:
+        if self._rotation is None:  # the first frame's holds for the segment (one frame size)
+            self._rotation = rotation
+        rotation = self._rotation
         if self.upright and quarter_turns(rotation):
             frame, turned = frame.upright(rotation), quarter_turns(rotation) % 2 == 1
             if turned and self.sample_aspect_ratio and self._container is None:

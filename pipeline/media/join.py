@@ -92,7 +92,9 @@ def join_segments(
                 _segment_audio(paths, streams),
                 key=lambda timed: (timed[0], timed[1]),
             )
-            later = _later_by(timing, src)
+            # Video shown before 0 (MPEG-TS after a 33-bit clock wrap) would be hidden by an
+            # MP4 edit list: every packet is moved later by that much.
+            later = max(Fraction(0), -timing.start_pts * timing.time_base)
             for _, _, packet in merged:
                 if later:
                     moved = round(later / packet.time_base)
@@ -104,15 +106,6 @@ def join_segments(
         raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
     part.replace(target)
     return target
-
-
-def _later_by(timing: VideoTiming, src: av.container.InputContainer) -> Fraction:
-    """Seconds every packet is moved later: an input that starts before 0 (MPEG-TS after a
-    33-bit clock wrap) would otherwise have its first frames hidden by an MP4 edit list."""
-    first = timing.start_pts * timing.time_base
-    if src.start_time is not None:
-        first = min(first, Fraction(src.start_time, 1_000_000))
-    return max(Fraction(0), -first)
 
 
 @dataclass

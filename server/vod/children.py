@@ -44,8 +44,8 @@ def _prepare_child(parent: int) -> None:
     and be killed when the service's process ends (Linux; elsewhere deletion still kills)."""
     os.nice(10)
     if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the service died before the line above
+        refused = _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0
+        if refused or os.getppid() != parent:  # (or the service died before the call)
             os._exit(1)
 
 
