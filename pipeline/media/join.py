@@ -2,7 +2,7 @@
 
 An HLS folder gets its playlist closed; a file format gets the segments joined by remuxing (no
 re-encoding) into one file, with the input's timestamps and time base back (all moved later
-when the input starts before 0), its audio copied
+when its video starts before 0), its audio copied
 where the container takes it (else the segments' AAC), and what else of the input the container
 can hold: subtitles, chapters, metadata, dispositions, attachments, the sample aspect ratio
 (:mod:`carn_stream.pipeline.media.keep`). The file is written under a temporary name, then
