@@ -161,12 +161,12 @@ class VideoSink:
     def write_frame(self, frame: UpscaledFrame, out: ColourSpec, rotation: int = 0) -> None:
         if self._rotation is None:  # the first frame's holds for the segment (one frame size)
             self._rotation = rotation
-        rotation = self._rotation
-        if self.upright and quarter_turns(rotation):
-            frame, turned = frame.upright(rotation), quarter_turns(rotation) % 2 == 1
-            if turned and self.sample_aspect_ratio and self._container is None:
-                self.sample_aspect_ratio = 1 / self.sample_aspect_ratio
-            rotation = 0
+            if self.upright and quarter_turns(rotation) % 2 and self.sample_aspect_ratio:
+                self.sample_aspect_ratio = 1 / self.sample_aspect_ratio  # turned a quarter
+        if self.upright:
+            frame, rotation = frame.upright(self._rotation), 0
+        else:
+            rotation = self._rotation
         if self._container is None:
             self._start(frame, out, rotation)
             for item in self._pending_audio:
