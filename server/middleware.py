@@ -68,8 +68,8 @@ class Gate:
         if token and path.startswith(media_links.PREFIX):
             opened = media_links.verify(path, token, self._scopes, self._now())
             if opened is None or scope["method"] not in ("GET", "HEAD"):
-                await _send_error(send, 401, "this media link is invalid or has expired; "
-                                  "get fresh links from GET /jobs/{id}")  # fmt: skip
+                await _send_error(send, 401, "this media link is invalid or has expired; get "
+                                  "fresh links from GET /jobs/{id} or /videos/{id}")  # fmt: skip
                 return
             scope["path"], scope["raw_path"] = opened, opened.encode()
         elif token and not self._public(path) and not self._bearer_ok(scope, token):

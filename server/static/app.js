@@ -33,10 +33,16 @@ async function readPlaylist(job) {
 // that the server makes on request): Chromium starts a growing one only from 3 segments on.
 function load(job, list, at) {
   playing = { job, finished: list.finished, segments: list.segments };
-  const url = list.finished ? job.links.playlist : job.links.preview + "?n=" + list.segments;
-  player.src = url;
-  if (at > 0) player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
-  player.play().catch(() => { playerStatus.textContent = "Ready: press play"; });
+  playFrom(player, link(job, playing), at, true).catch(() => { playerStatus.textContent = "Ready: press play"; });
+}
+
+function link(job, shown) {
+  return shown.finished ? job.links.playlist : job.links.preview + "?n=" + shown.segments;
+}
+
+// The job's record of the last refresh: its media links are the freshest signed.
+function latest(job) {
+  return jobsById.get(job.id) || job;
 }
 
 async function play(job) {
@@ -78,7 +84,7 @@ player.addEventListener("ended", () => { continueOrFinish(); });
 
 async function continueOrFinish() {
   if (!playing) return;
-  const { job } = playing;
+  const job = latest(playing.job);
   if (playing.finished) {
     playerStatus.textContent = "Finished playing " + label(job);
     return;
@@ -89,7 +95,7 @@ async function continueOrFinish() {
     load(job, list, player.currentTime);
     return;
   }
-  const state = (jobsById.get(job.id) || job).state;
+  const state = job.state;
   if (state === "failed" || state === "cancelled") {
     playerStatus.textContent = "Stopped: job " + label(job) + " " + state;
     return;
@@ -218,5 +224,6 @@ document.getElementById("job-form").addEventListener("submit", async (event) => 
 
 setupWipe(document.getElementById("wipe"), document.getElementById("wipe-position"),
           document.getElementById("wipe-carn"), "right");
+keepLinkFresh(player, () => (playing ? link(latest(playing.job), playing) : null));
 refresh();
 setInterval(refresh, 1000);

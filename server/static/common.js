@@ -16,3 +16,58 @@ function inputName(url) {
 function canPlayHls(video) {
   return video.canPlayType("application/vnd.apple.mpegurl") !== "";
 }
+
+// Plays `url` in the player from `at` seconds, playing or paused as asked.
+function playFrom(player, url, at, play) {
+  player.src = url;
+  if (at > 0) player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
+  return play ? player.play() : Promise.resolve();
+}
+
+// When a signed media link stops opening (seconds since the epoch): links read
+// /media/<expiry>/<signature>/…; null for an unsigned link (a server without a token).
+function linkExpiry(url) {
+  const match = /^\/media\/(\d+)\//.exec(new URL(url, location.href).pathname);
+  return match ? Number(match[1]) : null;
+}
+
+// Whether the player holds what it plays from here to its last second (it asks for no more).
+function bufferedToEnd(player) {
+  const t = player.currentTime, ranges = player.buffered, end = player.duration - 1;
+  for (let i = 0; i < ranges.length; i++) {
+    if (ranges.start(i) <= t + 0.1 && t <= ranges.end(i)) return ranges.end(i) >= end;
+  }
+  return false;
+}
+
+// A signed link opens for a limited time, so a long video or a long pause would end in refused
+// segments. Once the player's link is past half its life, `freshLink()` (the same media, asked
+// of the API again) takes its place where the player is: at once when it is paused or has
+// failed; while it plays, only if it still has segments to fetch (a swap costs a rebuffer), and
+// never in its last second (Chromium may not play on from a seek there).
+function keepLinkFresh(player, freshLink) {
+  let lifetime = null;  // of the server's links (on the page's clock), learnt from a fresh one
+  let asking = false;
+  const src = () => player.currentSrc || player.src;
+  async function check() {
+    const expiry = src() ? linkExpiry(src()) : null;
+    if (expiry === null || asking || player.ended) return;
+    const due = () => expiry - Date.now() / 1000 <= lifetime / 2 && (player.error !== null ||
+      (player.currentTime < player.duration - 1 && (player.paused || !bufferedToEnd(player))));
+    if (lifetime !== null && !due()) return;
+    asking = true;
+    try {
+      const url = await freshLink();
+      const fresh = url ? linkExpiry(url) : null;
+      if (fresh === null) return;
+      lifetime = fresh - Date.now() / 1000;
+      if (linkExpiry(src()) === expiry && fresh > expiry && due()) {
+        playFrom(player, url, player.currentTime, !player.paused || player.error !== null).catch(() => {});
+      }
+    } catch (e) { /* the next check asks again */ } finally {
+      asking = false;
+    }
+  }
+  setInterval(check, 1000);
+  player.addEventListener("error", check);
+}

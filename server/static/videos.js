@@ -63,9 +63,20 @@ function play(video, rendition) {
   paceNotice.hidden = warning === null;
   paceNotice.textContent = warning || "";
   playing = { videoId: video.id, rendition: rendition ? rendition.name : null };
-  player.src = rendition ? rendition.playlist : video.links.master;
   playerStatus.textContent = "Loading " + name + " " + (rendition ? rendition.name : "(all renditions)") + "…";
-  player.play().catch(() => { playerStatus.textContent = "Ready: press play"; });
+  const url = rendition ? rendition.playlist : video.links.master;
+  playFrom(player, url, 0, true).catch(() => { playerStatus.textContent = "Ready: press play"; });
+}
+
+// The link of what the player plays, freshly signed.
+async function freshLink() {
+  if (!playing) return null;
+  const r = await fetch("/videos/" + playing.videoId, { headers: apiHeaders(false) });
+  if (!r.ok) return null;
+  const video = await r.json();
+  if (playing.rendition === null) return video.links.master;
+  const rendition = video.renditions.find((r) => r.name === playing.rendition);
+  return rendition ? rendition.playlist : null;
 }
 
 function row(video) {
@@ -158,5 +169,6 @@ player.addEventListener("error", () => {
 document.getElementById("video-form").addEventListener("submit", (e) => add(e).catch((err) => {
   formStatus.textContent = "Error: " + err;
 }));
+keepLinkFresh(player, freshLink);
 refresh();
 setInterval(refresh, REFRESH_MS);
