@@ -4,12 +4,12 @@ folder."""
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 
 from fastapi import HTTPException, status
 
+from carn_stream.server.disk import disk_space
 from carn_stream.server.jobs.store import JobStore
 from carn_stream.settings import Settings
 
@@ -17,12 +17,11 @@ from carn_stream.settings import Settings
 def check_disk(settings: Settings) -> None:
     """Refuse new work (a job, a video) with 507 when the data folder's disk is below its
     floor."""
-    free = shutil.disk_usage(settings.data_dir).free
-    if free < settings.min_free_disk_bytes:
+    space = disk_space(settings.data_dir, settings.min_free_disk_bytes)
+    if space.shortfall():
         raise HTTPException(
             status.HTTP_507_INSUFFICIENT_STORAGE,
-            f"the server is low on disk space ({free // 2**20} MiB free, needs "
-            f"{settings.min_free_disk_bytes // 2**20} MiB); try again later",
+            f"the server is low on disk space ({space.describe()}); try again later",
         )
 
 

@@ -42,7 +42,7 @@ RANKS: list[list[str]] = [
 PIPELINE_BASE = {"errors", "frames", "colour", "priorities", "waiting", "__init__"}
 PIPELINE_RUN = {"run", "sampling", "calibration", "title_frames", "title_model", "title_report"}
 SERVER_BASE = {"limits", "metrics", "speed", "pages", "media_links", "database", "blocking",
-               "disconnect", "streaming", "connections", "__init__"}  # fmt: skip
+               "disconnect", "streaming", "connections", "disk", "__init__"}  # fmt: skip
 SERVER_SERVICES = {"live": "server.live", "offers": "server.live", "workers": "server.workers"}
 SERVER_DEPS = {"deps", "admission"}
 SERVER_APP = {"app", "middleware"}

@@ -16,7 +16,6 @@ import errno
 import http.client
 import ipaddress
 import re
-import shutil
 import socket
 import ssl
 import threading
@@ -26,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from carn_stream.server.disk import disk_space
 from carn_stream.server.inputs.exposure import public_url
 from carn_stream.settings import Settings
 
@@ -386,15 +386,9 @@ SPACE_CHECK_BYTES = 8 * 1024 * 1024
 
 def _check_space(folder: Path, policy: FetchPolicy, needed: int) -> None:
     """:class:`DiskFull` unless ``needed`` more bytes leave the disk above its floor."""
-    if not policy.min_free_bytes:
-        return
-    free = shutil.disk_usage(folder).free
-    if free - needed < policy.min_free_bytes:
-        mib = 2**20
-        raise DiskFull(
-            f"the server is low on disk space for this input ({free // mib} MiB free, "
-            f"{needed // mib} MiB needed, {policy.min_free_bytes // mib} MiB kept free)"
-        )
+    space = disk_space(folder, policy.min_free_bytes)
+    if space.shortfall(needed):
+        raise DiskFull(f"the server is low on disk space for this input ({space.describe(needed)})")
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:

@@ -28,6 +28,7 @@ from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.pipeline.waiting import wait_at_most
 from carn_stream.progress_rate import RateMeter
+from carn_stream.server.disk import disk_space
 from carn_stream.server.inputs.exposure import redact_paths
 from carn_stream.server.inputs.fetch import FetchError, fetch
 from carn_stream.server.jobs.compare import save_comparison
@@ -163,14 +164,10 @@ class JobRunner:
     def _below_floor(self) -> bool:
         """Whether the data folder's disk is below its floor; running jobs are then stopped
         and failed with the reason (before the disk fills up and the store cannot write)."""
-        floor = self.settings.min_free_disk_bytes
-        if not floor:
+        space = disk_space(self.data_dir, self.settings.min_free_disk_bytes)
+        if not space.shortfall():
             return False
-        free = shutil.disk_usage(self.data_dir).free
-        if free >= floor:
-            return False
-        reason = (f"the server ran low on disk space ({free // 2**20} MiB free, "
-                  f"{floor // 2**20} MiB kept free); the job was stopped")  # fmt: skip
+        reason = f"the server ran low on disk space ({space.describe()}); the job was stopped"
         for job_id, task in self._running.items():
             if job_id not in self._failing and not self._cancel_flags[job_id].is_set():
                 log.warning("job %s: %s", job_id, reason)

@@ -47,6 +47,7 @@ from carn_stream.pipeline.media.renditions import (
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
+from carn_stream.server.disk import MIB, disk_space
 from carn_stream.server.inputs.exposure import public_url, redact_paths
 from carn_stream.server.inputs.fetch import fetch, validate_url
 from carn_stream.server.limits import INPUT_NAME, Intake
@@ -441,7 +442,7 @@ class VideoManager:
                 if not self._room_on_disk():
                     raise LowOnDisk(
                         "the server is low on disk space and no cached segment is left to "
-                        f"make room ({self.settings.min_free_disk_bytes // 2**20} MiB are kept "
+                        f"make room ({self.settings.min_free_disk_bytes // MIB} MiB are kept "
                         "free); try again later"
                     )
                 work = self._start(video, key, prefetch=False)
@@ -636,8 +637,7 @@ class VideoManager:
 
     def _disk_shortfall(self) -> int:
         """Bytes missing to the data folder's disk floor (``CARN_STREAM_MIN_FREE_DISK_BYTES``)."""
-        floor = self.settings.min_free_disk_bytes
-        return max(0, floor - shutil.disk_usage(self.cache.root).free) if floor else 0
+        return disk_space(self.cache.root, self.settings.min_free_disk_bytes).shortfall()
 
     def _room_on_disk(self) -> bool:
         """Whether a segment may be made: the disk is above its floor, once the least recently
