@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import os
 import re
 import signal
@@ -15,8 +14,9 @@ from pathlib import Path
 
 #: prctl(2) option: the signal a process gets when its parent dies
 PR_SET_PDEATHSIG = 1
-# Loaded here, in the parent: a child between fork and exec only calls it.
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None
+# The process's own symbols (libc among them), looked up here in the parent: a child between
+# fork and exec only calls it. (find_library would run ldconfig as the module is imported.)
+_LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None
 
 
 async def run_child(command: list[str], log_path: Path) -> None:
