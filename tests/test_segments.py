@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from carn_stream.model.baselines import Bicubic
+from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest
@@ -317,6 +318,26 @@ def test_a_one_keyframe_mpeg_ts_is_made_in_segments_that_keep_every_frame(
     assert len(run.done) == 2
     src, got = facts(ts), facts(out)
     assert [p - got.pts[0] for p in got.pts] == [p - src.pts[0] for p in src.pts]
+
+
+def test_h264_with_b_frames_in_avi_keeps_its_frames_in_display_order(clips, bicubic_worker,
+                                                                      tmp_path):  # fmt: skip
+    """AVI stores decode times only: FFmpeg numbers H.264 packets in decode order, so the
+    frames the decoder reorders came out with their times swapped, and encoding the first
+    segment failed (EINVAL). Each frame now takes the next time in order."""
+    gop = {**X264, "x264-params": "keyint=25:min-keyint=25:scenecut=0"}
+    shown = decode_rgb(clips["bframes"])
+    avi = write_clip(tmp_path / "b.avi", shown, options=gop)
+    assert all_pts(avi) != sorted(all_pts(avi))  # the decoder's own times: out of order
+    out = tmp_path / "out.mp4"
+    run = make(avi, out, "mp4", bicubic_worker)
+    assert len(run.done) == 4
+    src, got = decode_rgb(avi), facts(out)
+    assert len(got.pts) == 100 and np.diff(got.pts).tolist() == [got.pts[1] - got.pts[0]] * 99
+    assert got.time_base * (got.pts[1] - got.pts[0]) == Fraction(1, 25)
+    made = downscale_frames(decode_rgb(out), (96, 54))
+    # each frame at its place: a swap would put a neighbour's picture there
+    assert min(psnr(a, b) for a, b in zip(made, src, strict=True)) > 30
 
 
 @pytest.mark.parametrize("fmt", ["mp4", "mov", "mkv"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -15,6 +16,7 @@ from carn_stream.pipeline.errors import InputError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame
 from carn_stream.pipeline.media.input_formats import (
     ALLOWED_DEMUXERS,
+    DECODE_ORDER_DEMUXERS,
     check_scheme,
     detect_format,
     is_allowed,
@@ -188,6 +190,39 @@ class AudioItem:
     frames: tuple[av.AudioFrame, ...] = ()
 
 
+class FrameTimes:
+    """Each decoded frame's presentation time. Most containers store it with the frame's packet.
+    A container of :data:`DECODE_ORDER_DEMUXERS` may number packets in decode order (H.264 in
+    AVI); while the times fed rise in decode order, the n-th frame out of the decoder (display
+    order) takes the smallest time fed and not yet taken: the times fed so far are the first
+    ones of the stream, whatever the reordering. A time lower than the one before shows that
+    the packets do carry the display order (FFmpeg's parser finds it for MPEG-4 part 2), and
+    the frames' own times are kept from then on. Make one per decode (a seek starts afresh)."""
+
+    def __init__(self, container: av.container.InputContainer) -> None:
+        self.reorder = container.format.name in DECODE_ORDER_DEMUXERS
+        self._fed: list[int] = []
+        self._last: int | None = None
+
+    def fed(self, packet: av.Packet) -> None:
+        """Note a video packet given to the decoder."""
+        time = packet.pts if packet.pts is not None else packet.dts
+        if not self.reorder or time is None:
+            return
+        if self._last is not None and time < self._last:
+            self.reorder = False
+            self._fed.clear()
+            return
+        self._last = time
+        heapq.heappush(self._fed, time)
+
+    def of(self, frame: av.VideoFrame) -> int | None:
+        """The presentation time of the next frame out of the decoder."""
+        if self.reorder and self._fed:
+            return heapq.heappop(self._fed)
+        return frame.pts
+
+
 def demux_frames(
     container: av.container.InputContainer,
     decode_audio: frozenset[int] = frozenset(),
@@ -200,6 +235,7 @@ def demux_frames(
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
     streams = [video, *container.streams.audio]
+    times = FrameTimes(container)
     index = 0
     for packet in container.demux(streams):
         if packet.stream.type == "audio":
@@ -209,12 +245,14 @@ def demux_frames(
             elif packet.dts is not None:
                 yield AudioItem(sid, packet=packet)
             continue
+        times.fed(packet)
         try:
             frames = packet.decode()
         except av.FFmpegError as exc:
             raise InputError(f"decoding frame {index} failed: {exc}") from exc
         for frame in frames:
+            pts = times.of(frame)
             planes, spec = frame_planes(frame)
             tb = frame.time_base or video.time_base
-            yield SourceFrame(index, frame.pts, tb, planes, spec, rotation=int(frame.rotation))
+            yield SourceFrame(index, pts, tb, planes, spec, rotation=int(frame.rotation))
             index += 1

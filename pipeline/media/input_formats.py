@@ -21,6 +21,9 @@ ALLOWED_DEMUXERS: tuple[str, ...] = (
     "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "mpegts", "mpeg", "avi",
     "flv", "ogg", "yuv4mpegpipe", "h264", "hevc", "obu", "m4v",
 )  # fmt: skip
+#: Containers that store a video packet's decode time only (AVI): FFmpeg numbers packets in
+#: decode order, so frames a decoder reorders (B-frames) come out with their times out of order.
+DECODE_ORDER_DEMUXERS = frozenset({"avi"})
 #: Still images (``upscale-image``, evaluation sets): single files, never sequences.
 IMAGE_DEMUXERS: tuple[str, ...] = (
     "image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe", "tiff_pipe", "ppm_pipe",

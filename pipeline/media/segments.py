@@ -30,6 +30,7 @@ from carn_stream.pipeline.errors import InputError, LimitError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame, upscaled_size
 from carn_stream.pipeline.media.decode import (
     AudioItem,
+    FrameTimes,
     describe,
     frame_planes,
     open_input,
@@ -368,10 +369,12 @@ def segment_frames(
     if segment.index > 0:  # the first segment reads from the top, whatever precedes a keyframe
         seek_to_keyframe(container, video, segment.start_pts)
         packets = from_first_keyframe(container.demux(video))
+    times = FrameTimes(container)
     index = segment.first_frame
     last = segment.first_frame + segment.frames
     try:
         for packet in packets:
+            times.fed(packet)
             try:
                 frames = packet.decode()
             except av.FFmpegError:
@@ -381,13 +384,14 @@ def segment_frames(
                 # the decoder still holds of this one.
                 frames = video.codec_context.decode(None)
             for frame in frames:
-                if frame.pts is None or frame.pts < segment.start_pts:
+                pts = times.of(frame)
+                if pts is None or pts < segment.start_pts:
                     continue  # before the segment (or a leading picture of an open GOP)
-                if frame.pts >= segment.end_pts:
+                if pts >= segment.end_pts:
                     continue
                 planes, spec = frame_planes(frame)
                 tb = frame.time_base or video.time_base
-                yield SourceFrame(index, frame.pts, tb, planes, spec, rotation=int(frame.rotation))
+                yield SourceFrame(index, pts, tb, planes, spec, rotation=int(frame.rotation))
                 index += 1
                 if index == last:
                     return
