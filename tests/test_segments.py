@@ -235,6 +235,22 @@ def test_segmented_vfr_stays_vfr(clips, bicubic_worker, tmp_path):
     assert facts(out).pts == facts(clips["vfr"]).pts
 
 
+def test_vfr_with_long_frames_after_each_keyframe_joins(clips, bicubic_worker, tmp_path):
+    """Each segment's encoder starts its decode times before its first frame by its reorder
+    delay, counted in that segment's first frame durations: four frames long here, so they
+    reached back past the previous segment's last frame and the join failed (EINVAL)."""
+    steps = [4 if i % 25 in (0, 1) else 1 for i in range(75)]
+    pts = [sum(steps[:i]) for i in range(75)]
+    frames = decode_rgb(clips["bframes"], 75)
+    gop = {**X264, "x264-params": "keyint=25:min-keyint=25:scenecut=0"}
+    source = write_clip(tmp_path / "slow.mp4", frames, pts=pts, time_base=Fraction(1, 25),
+                        options=gop)  # fmt: skip
+    out = tmp_path / "out.mp4"
+    run = make(source, out, "mp4", bicubic_worker)
+    assert len(run.done) >= 2
+    assert facts(out).pts == facts(source).pts
+
+
 def test_segmented_hls_lists_exact_durations_and_decodes_to_the_input_frames(
     clips, bicubic_worker, tmp_path
 ):

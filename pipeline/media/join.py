@@ -148,9 +148,13 @@ def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotati
 def _segment_video(paths: list[Path], video, timing: VideoTiming) -> Iterator[Timed]:
     """The segments' video packets, the segment offset taken off, in the input's time base,
     each lasting one frame (the last one up to the input's end: MPEG-TS keeps no durations,
-    and without them the file would end a frame early)."""
+    and without them the file would end a frame early). Each segment's encoder starts its
+    decode times before its first frame by its reorder delay, counted in that segment's first
+    frame durations: where those are long (variable frame rate), they would reach back past
+    the previous segment's last, so a decode time never falls below the one before."""
     offset = Fraction(SEGMENT_OFFSET_SECONDS)
     time_base = timing.time_base
+    last: int | None = None
     for n, path in enumerate(paths):
         with av.open(str(path), format=SEGMENT_FORMAT) as segment:
             for packet in segment.demux(segment.streams.video[0]):
@@ -158,7 +162,8 @@ def _segment_video(paths: list[Path], video, timing: VideoTiming) -> Iterator[Ti
                     continue
                 tb = packet.time_base
                 packet.pts = round((packet.pts * tb - offset) / time_base)
-                packet.dts = round((packet.dts * tb - offset) / time_base)
+                dts = round((packet.dts * tb - offset) / time_base)
+                packet.dts = last = dts if last is None else min(max(dts, last + 1), packet.pts)
                 packet.time_base = time_base
                 left = timing.end_pts - packet.pts
                 packet.duration = max(1, min(timing.step or left, left))
