@@ -163,11 +163,9 @@ def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
 def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> None:
     """What makes the run resumable, and an interrupted run of it if there is one."""
     from carn_stream.pipeline.execution.workdir import WorkDir, run_identity
-    from carn_stream.pipeline.media.segments import PLAN_RULE
 
     item.identity = run_identity(
         item.source,
-        plan_rule=PLAN_RULE,  # a run planned by another rule starts afresh
         scale=args.scale,
         format=item.fmt.name,
         codec=encoder.codec,

@@ -153,6 +153,7 @@ def create_app(
         state.live, state.worker_holder = services.live, services.holder
         state.executors = services.executors
         scheduler = services.runner.start()
+        services.videos.start()
         try:
             yield
         finally:

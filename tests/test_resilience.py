@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from carn_stream.pipeline.execution.executors import plan_for
-from carn_stream.pipeline.media.segments import plan_segments
+from carn_stream.pipeline.media.segments import WHOLE, plan_segments
 from carn_stream.server.api.health import readyz
 from carn_stream.server.api.jobs import JobOut
 from carn_stream.server.app import create_app
@@ -33,6 +33,7 @@ from carn_stream.server.speed import SpeedBook
 from carn_stream.settings import Settings
 from tests.helpers import QuietHandler, serve_directory
 from tests.media import write_clip
+from tests.service import ServerProcess
 
 
 @pytest.fixture
@@ -53,6 +54,30 @@ def damaged_store(tmp_path: Path, clip: Path) -> tuple[JobStore, dict[str, str]]
         db.execute("UPDATE jobs SET plan = '{\"segments\": 3}', state = 'running' WHERE id = ?",
                    (ids["plan"],))  # fmt: skip
     return store, ids
+
+
+def test_a_job_planned_by_an_older_rule_is_planned_again_when_it_runs(tmp_path):
+    """A job queued (or cut short) before an upgrade to a new planning rule ran on its stored
+    plan, whose segments could miss frames or fail: it is planned again when it runs."""
+    frames = [np.full((48, 64, 3), i * 4, np.uint8) for i in range(50)]
+    clip = write_clip(tmp_path / "two.mp4", frames, options={"preset": "ultrafast", "g": "25"})
+    data = tmp_path / "data"
+    data.mkdir()
+    with contextlib.closing(JobStore(data / "jobs.sqlite3")) as store:
+        job = store.create(f"file://{clip}", JobParams(format="mp4"))
+        store.save_plan(job.id, plan_segments(clip, WHOLE))  # one segment
+        with store.database.transaction() as db:
+            row = db.execute("SELECT plan FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            older = json.loads(row[0])
+            del older["rule"]
+            db.execute("UPDATE jobs SET plan = ? WHERE id = ?", (json.dumps(older), job.id))
+    server = ServerProcess(data, CARN_STREAM_ALLOW_LOCAL_FILES="1").start()
+    try:
+        done = server.wait_job(job.id, ("succeeded", "failed"))
+    finally:
+        server.stop()
+    assert done["state"] == "succeeded", done["error"]
+    assert done["segments"]["total"] == 2  # today's plan: 1 s segments
 
 
 def test_rows_that_cannot_be_read_are_listed_failed_and_skipped(tmp_path, clip):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_name
 from carn_stream.pipeline.media.seeking import from_first_keyframe, seek_to_keyframe
 from carn_stream.pipeline.media.segments import (
+    PLAN_RULE,
     WHOLE,
     SegmentPlan,
     audio_packets,
@@ -563,9 +565,9 @@ def test_a_work_folder_planned_by_the_earlier_rule_is_not_resumed(clips, tmp_pat
         _identify(item, Namespace(scale=2), Settings(), EncoderOptions(), 1.0)
 
     identify()
-    # The earlier rule planned this input as one segment, under an identity without the rule.
-    earlier = {k: v for k, v in item.identity.items() if k != "plan_rule"}
-    WorkDir(work).start(earlier, plan_segments(source, WHOLE))
+    # The earlier rule planned this input as one segment.
+    earlier = dataclasses.replace(plan_segments(source, WHOLE), rule=PLAN_RULE - 1)
+    WorkDir(work).start(item.identity, earlier)
     identify()
     assert item.resumed is None  # started afresh, with today's plan
     WorkDir(work).start(item.identity, plan_segments(source, 1.0))

@@ -4,9 +4,12 @@ deletion, and ingest errors that match the jobs'."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from carn_stream.model.metrics import psnr
+from carn_stream.pipeline.media.segments import PLAN_RULE
 from tests.helpers import launch_chromium
 from tests.media import decode_rgb, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, media_server, request, wait_for
@@ -487,6 +491,38 @@ def test_the_videos_page_renews_a_signed_link_before_it_expires(base, tmp_path):
                 browser.close()
     finally:
         signed.stop()
+
+
+def test_a_video_planned_by_an_older_rule_is_planned_again_at_start(base, tmp_path):
+    """A service upgraded to a new planning rule kept the plans it had stored: segments that
+    miss frames or fail. At start it plans such videos again and drops their cached segments."""
+    data = tmp_path / "data"
+    first = ServerProcess(data, CARN_STREAM_VOD_PREFETCH_SEGMENTS="0").start()
+    try:
+        video = ingest(first, base)
+        get_segment(first, video["id"], "original", 0)
+    finally:
+        first.stop()
+    with contextlib.closing(sqlite3.connect(data / "jobs.sqlite3")) as db:
+        row = db.execute("SELECT plan FROM videos WHERE id = ?", (video["id"],)).fetchone()
+        plan = json.loads(row[0])
+        assert plan.pop("rule") == PLAN_RULE and len(plan["segments"]) == SEGMENTS
+        first_segment, last_segment = plan["segments"][0], plan["segments"][-1]
+        plan["segments"] = [{**first_segment, "end_pts": last_segment["end_pts"],
+                             "frames": FRAMES, "duration": 5.0}]  # fmt: skip
+        db.execute("UPDATE videos SET plan = ? WHERE id = ?", (json.dumps(plan), video["id"]))
+        db.commit()
+    second = ServerProcess(data, CARN_STREAM_VOD_PREFETCH_SEGMENTS="0").start()
+    try:
+        def listed() -> int:
+            text = second.call("GET", f"/videos/{video['id']}/x2/index.m3u8").body.decode()
+            return len(playlist_entries(text))
+
+        wait_for(lambda: listed() == SEGMENTS, 60, "the video to be planned again")
+        assert cached(second, video["id"]) == {"original": [], "x2": []}
+        assert len(get_segment(second, video["id"], "x2", 1)) > 0
+    finally:
+        second.stop()
 
 
 # --------------------------------------------------------------------------- cache, deletion

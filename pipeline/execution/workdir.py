@@ -3,7 +3,7 @@
 It holds the run's plan with what identifies the run (the input file's size and modification
 time, and the options that shape the output), and a manifest with one line per published
 segment. Running the same command again finds the finished segments there and skips them;
-a different input or different options start afresh.
+a different input, different options or a plan made by an earlier planning rule start afresh.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class WorkDir:
             if stored["identity"] != identity:
                 raise LookupError("the work folder belongs to another run")
             plan = SegmentPlan.from_dict(stored["plan"])
+            if not plan.current:
+                raise LookupError(f"the work folder was planned by rule {plan.rule}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LookupError(f"no resumable run ({exc})") from exc
         return plan, self._finished()

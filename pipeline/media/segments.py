@@ -45,8 +45,8 @@ MIN_SEGMENT_SECONDS = 1.0
 KEYFRAME_REACH = 0.5
 #: Keyframes this many targets apart or closer (every GOP of the input): cut on keyframes only.
 MAX_GOP_TARGETS = 3.0
-#: The planning rule's version: part of what identifies a resumable run, so that a run
-#: planned by another rule is not resumed with this one's segments.
+#: The planning rule's version, stored with each plan: a plan made by an earlier rule (a
+#: command's work folder, a job's or a video's stored plan) is made again, never resumed.
 PLAN_RULE = 4  # 4: frames a decoder never shows (before the first keyframe, discarded) left out
 #: A plan's target duration that makes the whole input one segment.
 WHOLE = math.inf
@@ -87,6 +87,12 @@ class SegmentPlan:
     frame_rate: Fraction | None
     codec: str
     has_audio: bool
+    rule: int = PLAN_RULE  #: the planning rule that made it (0: before rules were recorded)
+
+    @property
+    def current(self) -> bool:
+        """Made by today's planning rule (a stored plan of an older one is made again)."""
+        return self.rule == PLAN_RULE
 
     @property
     def frames(self) -> int:
@@ -107,6 +113,7 @@ class SegmentPlan:
             else [self.frame_rate.numerator, self.frame_rate.denominator],
             "codec": self.codec,
             "has_audio": self.has_audio,
+            "rule": self.rule,
         }
 
     @classmethod
@@ -134,6 +141,7 @@ class SegmentPlan:
                 frame_rate=None if rate is None else Fraction(*map(int, rate)),
                 codec=str(data["codec"]),
                 has_audio=bool(data["has_audio"]),
+                rule=int(data.get("rule", 0)),
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise ValueError(f"not a segment plan: {exc}") from exc

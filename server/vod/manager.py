@@ -160,6 +160,8 @@ class VideoManager:
         self._videos: dict[str, Video] = {}
         self._tunes: dict[str, asyncio.Task] = {}
         self._deleting: set[str] = set()  #: videos being deleted now
+        self._replanning: set[str] = set()  #: videos being planned again now
+        self._replan: asyncio.Task | None = None
         self._closing = False
         metrics.vod_cache_bytes.set(self.cache.bytes)
         for video_id in store.unfinished_tunes():  # cut short by a stop: not resumed
@@ -276,10 +278,63 @@ class VideoManager:
         self.metrics.vod_cache_bytes.set(self.cache.bytes)
         return existed
 
+    def start(self) -> None:
+        """Plan again, in the background, the videos planned by an older rule than today's
+        (their segments could miss frames or fail): see :meth:`_replan_stale`."""
+        stale = [v for v in map(self.store.get, self.store.ids()) if v and not v.plan.current]
+        if stale:
+            self._replan = asyncio.create_task(self._replan_stale(stale), name="replan-videos")
+
+    async def _replan_stale(self, videos: list[Video], wait_seconds: float = 600) -> None:
+        """Once the executor is up, plan each video again and describe its renditions anew
+        (the same scales); its cached segments go. While that happens its segments get 503;
+        a video that no longer plans keeps its old plan (logged)."""
+        deadline = time.monotonic() + wait_seconds
+        while (executor := self._executor()) is None:
+            if time.monotonic() > deadline:
+                log.warning("the executor did not start: %d videos keep older plans", len(videos))
+                return
+            await asyncio.sleep(0.5)
+        for video in videos:
+            if video.id in self._deleting or self.store.get(video.id) is None:
+                continue
+            self._replanning.add(video.id)
+            try:
+                await self._replan_one(executor, video)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("video %s keeps its older plan: %s", video.id, exc)
+            finally:
+                self._replanning.discard(video.id)
+
+    async def _replan_one(self, executor: SegmentExecutor, video: Video) -> None:
+        tasks = [w.task for k, w in self._work.items() if k.video == video.id and w.task]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        scales = [r.scale for r in video.renditions if r.name != ORIGINAL]
+        limits = self.intake.limits(max(scales, default=1))
+        request = PlanRequest(video.source, self.intake.segment_seconds, limits)
+        plan = await executor.plan(request)
+        renditions = await self.offload(
+            describe_renditions, video.source, plan, scales, self.encoder
+        )
+        for rendition in video.renditions:
+            self.cache.drop(video.id, rendition.name)
+        self.store.set_plan(video.id, plan, renditions)
+        self._videos.pop(video.id, None)
+        self._playheads.forget(video.id)
+        self.metrics.vod_cache_bytes.set(self.cache.bytes)
+        log.info("video %s planned again: %d segments", video.id, len(plan.segments))
+
     async def close(self) -> None:
         self._closing = True
         tasks = [w.task for w in self._work.values() if w.task is not None]
         tasks += self._tunes.values()
+        if self._replan is not None:
+            tasks.append(self._replan)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -410,6 +465,9 @@ class VideoManager:
         """The segment's file, opened, from the cache or made now (a player waits for it).
         Cancelling the call (the player has gone) drops the work unless it is nearly done.
         ``viewer``: the player's id from its playlist ("" for none)."""
+        if video.id in self._replanning:
+            raise Busy("this video is being planned again after an upgrade; try again in a "
+                       "moment")  # fmt: skip
         key = Key(video.id, rendition, index)
         began = time.monotonic()
         head = (video.id, rendition, viewer)

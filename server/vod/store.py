@@ -134,6 +134,15 @@ class VideoStore:
             )  # fmt: skip
         return video
 
+    def set_plan(self, video_id: str, plan: SegmentPlan, renditions: list[Rendition]) -> None:
+        """Replace a video's plan and renditions (planned again after an upgrade)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE videos SET plan = ?, renditions = ? WHERE id = ?",
+                (json.dumps(plan.to_dict()), json.dumps([r.model_dump() for r in renditions]),
+                 video_id),
+            )  # fmt: skip
+
     def set_storage(self, video_id: str, storage: Storage) -> None:
         with self._lock:
             self._db.execute("UPDATE videos SET storage = ? WHERE id = ?",
