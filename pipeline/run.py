@@ -165,6 +165,7 @@ class SegmentSource:
     segment: Segment
     time_base: Fraction  #: the plan's video time base
     last: bool  #: the plan's last segment (takes the audio after the last frame)
+    decode_order: bool = False  #: the plan's: packets numbered in decode order (AVI)
 
 
 async def run_pipeline(
@@ -264,7 +265,9 @@ class _PipelineRun:
                 audio = list(
                     segment_audio(second, part.segment, part.time_base, part.last, transcoded)
                 )
-        return itertools.chain(audio, segment_frames(container, part.segment, self.threads))
+        return itertools.chain(
+            audio, segment_frames(container, part.segment, self.threads, part.decode_order)
+        )
 
     async def decode(self) -> None:
         options = self.options

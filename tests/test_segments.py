@@ -338,24 +338,61 @@ def test_a_one_keyframe_mpeg_ts_is_made_in_segments_that_keep_every_frame(
     assert [p - got.pts[0] for p in got.pts] == [p - src.pts[0] for p in src.pts]
 
 
-def test_h264_with_b_frames_in_avi_keeps_its_frames_in_display_order(clips, bicubic_worker,
-                                                                      tmp_path):  # fmt: skip
-    """AVI stores decode times only: FFmpeg numbers H.264 packets in decode order, so the
-    frames the decoder reorders came out with their times swapped, and encoding the first
-    segment failed (EINVAL). Each frame now takes the next time in order."""
+@pytest.fixture(scope="module")
+def avi(clips, tmp_path_factory) -> Path:
+    """The B-frames clip's pictures as H.264 with B-frames in AVI (which stores decode times
+    only: FFmpeg numbers its packets in decode order)."""
     gop = {**X264, "x264-params": "keyint=25:min-keyint=25:scenecut=0"}
-    shown = decode_rgb(clips["bframes"])
-    avi = write_clip(tmp_path / "b.avi", shown, options=gop)
-    assert all_pts(avi) != sorted(all_pts(avi))  # the decoder's own times: out of order
+    path = tmp_path_factory.mktemp("avi") / "b.avi"
+    write_clip(path, decode_rgb(clips["bframes"]), options=gop)
+    assert all_pts(path) != sorted(all_pts(path))  # the decoder's own times: out of order
+    return path
+
+
+@pytest.mark.parametrize("cut", [0, 10])
+def test_h264_with_b_frames_in_avi_keeps_its_frames_in_display_order(avi, bicubic_worker,
+                                                                      tmp_path, cut):  # fmt: skip
+    """The frames a decoder reorders came out of an AVI with their times swapped, and
+    encoding the first segment failed (EINVAL). Each frame now takes the next time in
+    order; a recording cut mid-GOP (10 packets left out) loses no picture and repeats none."""
+    source = remux_cut(avi, tmp_path / "cut.avi", drop_video=cut) if cut else avi
+    src = decode_rgb(source)  # the pictures a decoder shows, in display order
+    assert len(src) == 100 - (25 if cut else 0)
     out = tmp_path / "out.mp4"
-    run = make(avi, out, "mp4", bicubic_worker)
-    assert len(run.done) == 4
-    src, got = decode_rgb(avi), facts(out)
-    assert len(got.pts) == 100 and np.diff(got.pts).tolist() == [got.pts[1] - got.pts[0]] * 99
-    assert got.time_base * (got.pts[1] - got.pts[0]) == Fraction(1, 25)
+    make(source, out, "mp4", bicubic_worker)
+    got = facts(out)
+    steps = set(np.diff(got.pts).tolist())
+    assert len(got.pts) == len(src) and len(steps) == 1  # every frame, evenly spaced
+    assert got.time_base * steps.pop() == Fraction(1, 25)
     made = downscale_frames(decode_rgb(out), (96, 54))
-    # each frame at its place: a swap would put a neighbour's picture there
+    # each picture at its place: a swap would put a neighbour's picture there
     assert min(psnr(a, b) for a, b in zip(made, src, strict=True)) > 30
+
+
+def test_avi_segments_keep_display_order_on_a_cluster_worker_and_in_a_stored_copy(avi, tmp_path):
+    """A cluster worker decodes a MOV copy of a segment's packets, and a video stored small is
+    re-encoded from the whole file: both took the decoder's swapped times. AVI has no
+    ``original`` rendition (a copy into MPEG-TS would show the frames out of order)."""
+    from carn_stream.pipeline.execution.segment_transport import cut_segment, localize, write_copy
+    from carn_stream.pipeline.media.delivery import encode_copy
+    from carn_stream.pipeline.media.encode import EncoderOptions
+    from carn_stream.server.vod.manager import describe_renditions
+
+    plan = plan_segments(avi, 1.0)
+    assert plan.decode_order
+    times = []
+    for segment in plan.segments:
+        last = segment.index == len(plan.segments) - 1
+        copy = write_copy(cut_segment(avi, segment, plan.time_base, last), tmp_path)
+        local, time_base = localize(segment, plan.time_base, copy)
+        with av.open(str(copy)) as c:
+            times += [f.pts * time_base for f in segment_frames(c, local, 0, plan.decode_order)]
+    assert times == sorted(times) and len(times) == 100
+    stored = encode_copy(avi, tmp_path / "small.mp4", scale=2, crf=20)
+    got = facts(stored.path)
+    assert len(got.pts) == 100 and got.pts == sorted(got.pts)
+    names = [r.name for r in describe_renditions(avi, plan, [2], EncoderOptions())]
+    assert names == ["x2"]
 
 
 @pytest.mark.parametrize("fmt", ["mp4", "mov", "mkv"])

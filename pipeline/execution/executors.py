@@ -51,6 +51,7 @@ class SegmentTask:
     last: bool  #: the plan's last segment
     target: Path
     options: PipelineOptions
+    decode_order: bool = False  #: the plan's: packets numbered in decode order (AVI)
 
     @classmethod
     def of(
@@ -63,6 +64,7 @@ class SegmentTask:
             last=index == len(plan.segments) - 1,
             target=target,
             options=options,
+            decode_order=plan.decode_order,
         )
 
 
@@ -129,7 +131,7 @@ async def upscale_segment(
     task: SegmentTask, worker: InferenceWorker, on_frame: FrameCallback | None, node: str
 ) -> SegmentResult:
     """Run the decode -> batch -> infer -> encode pipeline over one segment."""
-    part = SegmentSource(task.segment, task.time_base, task.last)
+    part = SegmentSource(task.segment, task.time_base, task.last, task.decode_order)
     result = await run_pipeline(task.source, part, task.target, task.options, worker, on_frame)
     return SegmentResult(
         index=task.segment.index,

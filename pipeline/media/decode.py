@@ -190,24 +190,46 @@ class AudioItem:
     frames: tuple[av.AudioFrame, ...] = ()
 
 
+class ShownPackets:
+    """Which video packets, in decode order, a decoder shows a frame for: none before the first
+    keyframe (a recording cut mid-GOP), none an MP4 edit list discards (``-ss ... -c copy``),
+    and not the demuxer's end-of-stream marker. Make one per read from the top or a keyframe."""
+
+    def __init__(self) -> None:
+        self.keyed = False
+
+    def __call__(self, packet: av.Packet) -> bool:
+        if packet.size == 0:
+            return False
+        self.keyed = self.keyed or packet.is_keyframe
+        return self.keyed and not packet.is_discard
+
+
+def decode_order_times(container: av.container.InputContainer) -> bool:
+    """Whether ``container`` may number its video packets in decode order (see FrameTimes)."""
+    return container.format.name in DECODE_ORDER_DEMUXERS
+
+
 class FrameTimes:
     """Each decoded frame's presentation time. Most containers store it with the frame's packet.
     A container of :data:`DECODE_ORDER_DEMUXERS` may number packets in decode order (H.264 in
-    AVI); while the times fed rise in decode order, the n-th frame out of the decoder (display
-    order) takes the smallest time fed and not yet taken: the times fed so far are the first
-    ones of the stream, whatever the reordering. A time lower than the one before shows that
-    the packets do carry the display order (FFmpeg's parser finds it for MPEG-4 part 2), and
-    the frames' own times are kept from then on. Make one per decode (a seek starts afresh)."""
+    AVI, and a copy of its packets made elsewhere: ``decode_order`` says so); while the times
+    fed rise in decode order, the n-th frame out of the decoder (display order) takes the
+    smallest time fed and not yet taken: the times fed so far are the first ones of the stream,
+    whatever the reordering. A time lower than the one before shows that the packets do carry
+    the display order (FFmpeg's parser finds it for MPEG-4 part 2), and the frames' own times
+    are kept from then on. Make one per decode from the top or a keyframe."""
 
-    def __init__(self, container: av.container.InputContainer) -> None:
-        self.reorder = container.format.name in DECODE_ORDER_DEMUXERS
+    def __init__(self, decode_order: bool) -> None:
+        self.reorder = decode_order
+        self._shown = ShownPackets()
         self._fed: list[int] = []
         self._last: int | None = None
 
     def fed(self, packet: av.Packet) -> None:
         """Note a video packet given to the decoder."""
         time = packet.pts if packet.pts is not None else packet.dts
-        if not self.reorder or time is None:
+        if not self.reorder or time is None or not self._shown(packet):
             return
         if self._last is not None and time < self._last:
             self.reorder = False
@@ -235,7 +257,7 @@ def demux_frames(
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
     streams = [video, *container.streams.audio]
-    times = FrameTimes(container)
+    times = FrameTimes(decode_order_times(container))
     index = 0
     for packet in container.demux(streams):
         if packet.stream.type == "audio":

@@ -20,7 +20,12 @@ import av
 
 from carn_stream.pipeline.colour import RANGE_LIMITED, effective_matrix
 from carn_stream.pipeline.errors import OutputError
-from carn_stream.pipeline.media.decode import display_rotation, open_input
+from carn_stream.pipeline.media.decode import (
+    FrameTimes,
+    decode_order_times,
+    display_rotation,
+    open_input,
+)
 from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
 
 
@@ -118,23 +123,26 @@ def encode_copy(
                 for a in src.streams.audio:
                     audio[a.index] = out.add_stream_from_template(a)
             decoded, first_pts = 0, None
+            times = FrameTimes(decode_order_times(src))
             for packet in src.demux([vin, *src.streams.audio]):
                 if packet.stream.type == "audio":
                     if packet.dts is not None and packet.stream.index in audio:
                         packet.stream = audio[packet.stream.index]
                         out.mux(packet)
                     continue
+                times.fed(packet)
                 for frame in packet.decode():
+                    pts = times.of(frame)
                     decoded += 1
                     if decoded <= start or (frames is not None and written >= frames):
                         continue
                     if first_pts is None:
-                        first_pts = 0 if whole else frame.pts or 0
+                        first_pts = 0 if whole else pts or 0
                     cut = crop(frame) if crop is not None else frame
                     scaled = cut.reformat(
                         width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC"
                     )
-                    scaled.pts = None if frame.pts is None else frame.pts - first_pts
+                    scaled.pts = None if pts is None else pts - first_pts
                     scaled.time_base = vin.time_base
                     scaled.colorspace, scaled.color_range = matrix, RANGE_LIMITED
                     for p in vout.encode(scaled):

@@ -31,6 +31,8 @@ from carn_stream.pipeline.frames import SourceFrame, upscaled_size
 from carn_stream.pipeline.media.decode import (
     AudioItem,
     FrameTimes,
+    ShownPackets,
+    decode_order_times,
     describe,
     frame_planes,
     open_input,
@@ -87,6 +89,8 @@ class SegmentPlan:
     frame_rate: Fraction | None
     codec: str
     has_audio: bool
+    #: the container numbers video packets in decode order (AVI): see ``decode.FrameTimes``
+    decode_order: bool = False
     rule: int = PLAN_RULE  #: the planning rule that made it (0: before rules were recorded)
 
     @property
@@ -113,6 +117,7 @@ class SegmentPlan:
             else [self.frame_rate.numerator, self.frame_rate.denominator],
             "codec": self.codec,
             "has_audio": self.has_audio,
+            "decode_order": self.decode_order,
             "rule": self.rule,
         }
 
@@ -141,6 +146,7 @@ class SegmentPlan:
                 frame_rate=None if rate is None else Fraction(*map(int, rate)),
                 codec=str(data["codec"]),
                 has_audio=bool(data["has_audio"]),
+                decode_order=bool(data.get("decode_order", False)),
                 rule=int(data.get("rule", 0)),
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
@@ -219,15 +225,10 @@ def _video_packets(
     max_count = limits.max_frames if limits is not None else 0
     packets: list[_Packet] = []
     low = high = None
-    keyed = False  #: a keyframe has been read: what comes before it cannot be decoded
+    shown = ShownPackets()
     try:
         for packet in container.demux(video):
-            if packet.size == 0:
-                continue  # the demuxer's end-of-stream marker
-            keyed = keyed or packet.is_keyframe
-            if not keyed or packet.is_discard:
-                # A recording cut mid-GOP, or frames an MP4 edit list hides (`-ss ... -c copy`):
-                # the decoder uses or drops them, it never shows them.
+            if not shown(packet):
                 continue
             pts = packet.pts if packet.pts is not None else packet.dts
             if pts is None:
@@ -317,6 +318,7 @@ def plan_segments(
         tb = container.streams.video[0].time_base
         packets = _video_packets(container, limits)
         has_audio = bool(container.streams.audio)
+        decode_order = decode_order_times(container)
     pts = [p.pts for p in packets]
     if len(set(pts)) != len(pts):
         raise InputError("the video stream has frames with the same timestamp")
@@ -359,6 +361,7 @@ def plan_segments(
         frame_rate=info.frame_rate,
         codec=info.codec,
         has_audio=has_audio,
+        decode_order=decode_order,
     )
     plan.check()
     if limits is not None:
@@ -367,9 +370,13 @@ def plan_segments(
 
 
 def segment_frames(
-    container: av.container.InputContainer, segment: Segment, threads: int = 0
+    container: av.container.InputContainer,
+    segment: Segment,
+    threads: int = 0,
+    decode_order: bool = False,
 ) -> Iterator[SourceFrame]:
-    """The segment's frames, decoded from the keyframe at or before its start, in order."""
+    """The segment's frames, decoded from the keyframe at or before its start, in order.
+    ``decode_order``: the plan's (the input's packets are numbered in decode order)."""
     video = container.streams.video[0]
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
@@ -377,7 +384,7 @@ def segment_frames(
     if segment.index > 0:  # the first segment reads from the top, whatever precedes a keyframe
         seek_to_keyframe(container, video, segment.start_pts)
         packets = from_first_keyframe(container.demux(video))
-    times = FrameTimes(container)
+    times = FrameTimes(decode_order)
     index = segment.first_frame
     last = segment.first_frame + segment.frames
     try:

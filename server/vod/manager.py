@@ -773,8 +773,8 @@ def describe_renditions(
 ) -> list[Rendition]:
     """The original (when its codec can be remuxed into MPEG-TS, every segment starts on a
     keyframe: segments cut between the keyframes of a long-GOP input cannot be copied as they
-    are, and it is not shown turned: MPEG-TS cannot say so) and one rendition per scale, its
-    frames turned upright.
+    are, it is not shown turned: MPEG-TS cannot say so, and its packets carry presentation
+    times: AVI's are in decode order) and one rendition per scale, its frames turned upright.
 
     Bandwidth: the source's bit rate, times scale squared for the upscaled ones (an estimate
     until segments are made; the master playlist then gives the measured peak)."""
@@ -782,7 +782,8 @@ def describe_renditions(
     bitrate = round(8 * source.stat().st_size / max(plan.duration, 1e-3))
     rotation = display_rotation(source)
     out = []
-    if video_tag is not None and plan.keyframe_aligned and not quarter_turns(rotation):
+    copyable = not quarter_turns(rotation) and not plan.decode_order
+    if video_tag is not None and plan.keyframe_aligned and copyable:
         codecs = ",".join(t for t in (video_tag, audio) if t)
         out.append(Rendition(name=ORIGINAL, scale=1, width=plan.width, height=plan.height,
                              codecs=codecs, bandwidth=bitrate))  # fmt: skip
