@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -340,13 +341,23 @@ Viewer = Annotated[
 PER_PLAYER = {"Cache-Control": "no-store"}
 
 
+@contextlib.contextmanager
+def _busy_as_503() -> Iterator[None]:
+    """A video being planned again: 503, try again in a moment."""
+    try:
+        yield
+    except Busy as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), RETRY) from exc
+
+
 @router.get(f"/{{video_id}}/{MASTER_NAME}", response_class=Response)
 def master_playlist(video_id: str, videos: Videos) -> Response:
     """The master playlist: the original rendition first, then each upscaled one. Each
     request gives a new player id to the URIs it names."""
     video = _video_or_404(videos, video_id)
-    return Response(videos.master_playlist(video, new_viewer()), media_type=PLAYLIST_TYPE,
-                    headers=PER_PLAYER)  # fmt: skip
+    with _busy_as_503():
+        text = videos.master_playlist(video, new_viewer())
+    return Response(text, media_type=PLAYLIST_TYPE, headers=PER_PLAYER)
 
 
 @router.get(f"/{{video_id}}/{{rendition}}/{PLAYLIST_NAME}", response_class=Response)
@@ -358,8 +369,9 @@ def media_playlist(
     video = _video_or_404(videos, video_id)
     if video.rendition(rendition) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"video has no rendition {rendition!r}")
-    return Response(videos.media_playlist(video, viewer or new_viewer()),
-                    media_type=PLAYLIST_TYPE, headers=PER_PLAYER)  # fmt: skip
+    with _busy_as_503():
+        text = videos.media_playlist(video, viewer or new_viewer())
+    return Response(text, media_type=PLAYLIST_TYPE, headers=PER_PLAYER)
 
 
 @router.get("/{video_id}/{rendition}/{name}", response_class=Response)

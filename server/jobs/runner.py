@@ -215,7 +215,10 @@ class JobRunner:
                 policy = self.intake.policy
                 source = await self.offload(fetch, job.url, media.input, policy, cancelled)
             plan = job.plan
-            if plan is None or not plan.current:  # (planned before an upgrade: made again)
+            if plan is not None and not plan.current:  # planned before an upgrade
+                await asyncio.to_thread(_discard, media)  # its segments follow the old plan
+                plan = None
+            if plan is None:
                 limits = self.intake.limits(job.params.scale)
                 plan = await executor.plan(PlanRequest(source, self.intake.segment_seconds, limits))
                 self.store.save_plan(job.id, plan)

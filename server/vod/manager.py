@@ -280,33 +280,45 @@ class VideoManager:
 
     def start(self) -> None:
         """Plan again, in the background, the videos planned by an older rule than today's
-        (their segments could miss frames or fail): see :meth:`_replan_stale`."""
-        stale = [v for v in map(self.store.get, self.store.ids()) if v and not v.plan.current]
+        (their segments could miss frames or fail): see :meth:`_replan_stale`. Their
+        playlists and segments get 503 until then."""
+        stale = []
+        for video_id in self.store.ids():
+            try:
+                video = self.store.get(video_id)
+            except Exception as exc:  # a row this version cannot read: listed, never served
+                log.warning("video %s cannot be read: %s", video_id, exc)
+                continue
+            if video is not None and not video.plan.current:
+                stale.append(video)
+        self._replanning.update(v.id for v in stale)
         if stale:
             self._replan = asyncio.create_task(self._replan_stale(stale), name="replan-videos")
 
     async def _replan_stale(self, videos: list[Video], wait_seconds: float = 600) -> None:
         """Once the executor is up, plan each video again and describe its renditions anew
-        (the same scales); its cached segments go. While that happens its segments get 503;
-        a video that no longer plans keeps its old plan (logged)."""
+        (the same scales); its cached segments go. Until then its playlists and segments get
+        503; a video that no longer plans keeps its old plan (logged)."""
         deadline = time.monotonic() + wait_seconds
-        while (executor := self._executor()) is None:
-            if time.monotonic() > deadline:
-                log.warning("the executor did not start: %d videos keep older plans", len(videos))
-                return
-            await asyncio.sleep(0.5)
-        for video in videos:
-            if video.id in self._deleting or self.store.get(video.id) is None:
-                continue
-            self._replanning.add(video.id)
-            try:
-                await self._replan_one(executor, video)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("video %s keeps its older plan: %s", video.id, exc)
-            finally:
-                self._replanning.discard(video.id)
+        try:
+            while (executor := self._executor()) is None:
+                if time.monotonic() > deadline:
+                    log.warning("the executor did not start: %d videos keep older plans",
+                                len(videos))  # fmt: skip
+                    return
+                await asyncio.sleep(0.5)
+            for video in videos:
+                try:
+                    if video.id not in self._deleting:
+                        await self._replan_one(executor, video)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("video %s keeps its older plan: %s", video.id, exc)
+                finally:
+                    self._replanning.discard(video.id)
+        finally:
+            self._replanning.difference_update(v.id for v in videos)
 
     async def _replan_one(self, executor: SegmentExecutor, video: Video) -> None:
         tasks = [w.task for k, w in self._work.items() if k.video == video.id and w.task]
@@ -435,6 +447,7 @@ class VideoManager:
 
     def master_playlist(self, video: Video, viewer: str) -> str:
         """The master playlist of one player: ``viewer`` goes into every URI it names."""
+        self._check_planned(video)
         variants = []
         cached = self.cache.cached(video.id)
         rate = float(video.plan.frame_rate) if video.plan.frame_rate else None
@@ -449,13 +462,20 @@ class VideoManager:
                                     r.width, r.height, r.codecs, rate))  # fmt: skip
         return master_playlist_text(variants)
 
-    @staticmethod
-    def media_playlist(video: Video, viewer: str) -> str:
+    def media_playlist(self, video: Video, viewer: str) -> str:
         """A rendition's playlist for one player: ``viewer`` goes into its segments' URIs."""
+        self._check_planned(video)
         plan = video.plan
         durations = [s.duration for s in plan.segments]
         return playlist_text(durations, plan.max_duration, complete=True, kind="VOD",
                              query=viewer_query(viewer))  # fmt: skip
+
+    def _check_planned(self, video: Video) -> None:
+        """Busy while ``video`` waits to be planned again (after an upgrade): its playlists
+        and segments would not match the plan it is about to have."""
+        if video.id in self._replanning:
+            raise Busy("this video is being planned again after an upgrade; try again in a "
+                       "moment")  # fmt: skip
 
     # ------------------------------------------------------------------ segments
 
@@ -465,9 +485,7 @@ class VideoManager:
         """The segment's file, opened, from the cache or made now (a player waits for it).
         Cancelling the call (the player has gone) drops the work unless it is nearly done.
         ``viewer``: the player's id from its playlist ("" for none)."""
-        if video.id in self._replanning:
-            raise Busy("this video is being planned again after an upgrade; try again in a "
-                       "moment")  # fmt: skip
+        self._check_planned(video)
         key = Key(video.id, rendition, index)
         began = time.monotonic()
         head = (video.id, rendition, viewer)
@@ -525,6 +543,7 @@ class VideoManager:
                     raise
                 if video.id in self._deleting or self.get(video.id) is None:
                     raise VideoGone(f"video {video.id} was deleted") from None
+                self._check_planned(video)  # its work was cancelled for that
                 continue  # dropped by a seek elsewhere, but wanted here: make it again
             finally:
                 work.waiters -= 1
@@ -633,6 +652,8 @@ class VideoManager:
     def _prefetch(self, video: Video, rendition: str, index: int) -> None:
         """Make the next segments ahead; drop waiting prefetch work no player is ahead of
         any more (a seek)."""
+        if video.id in self._replanning:
+            return
         last = len(video.plan.segments)
         ahead = self._ahead(index, last)
         wanted = self._wanted(video.id, rendition, last) | set(ahead)
@@ -682,9 +703,10 @@ class VideoManager:
         self.metrics.vod_segments_made.labels(key.rendition, _reason(work)).inc()
         size = (await asyncio.to_thread(target.stat)).st_size
         current = self.get(video.id)
-        if current is not None and current.weights != video.weights:
-            # Made with weights the video no longer uses: sent to those who wait, not kept
-            # (a name the cache removes at start, and removed once they have opened it).
+        if current is not None and (current.weights, current.plan) != (video.weights, video.plan):
+            # Made with weights (or by a plan) the video no longer uses: sent to those who
+            # wait, not kept (a name the cache removes at start, and removed once they have
+            # opened it).
             stale = target.with_name(f".stale-{uuid.uuid4().hex}.part")
             target.replace(stale)
             asyncio.get_running_loop().call_later(60, stale.unlink, True)
