@@ -29,5 +29,5 @@ class DiskSpace:
 
 
 def disk_space(path: Path, floor: int) -> DiskSpace:
-    """The disk holding ``path``, against ``floor``."""
-    return DiskSpace(shutil.disk_usage(path).free, floor)
+    """The disk holding ``path``, against ``floor`` (not looked at without a floor)."""
+    return DiskSpace(shutil.disk_usage(path).free if floor else 0, floor)

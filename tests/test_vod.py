@@ -475,10 +475,11 @@ def test_the_videos_page_renews_a_signed_link_before_it_expires(base, tmp_path):
                 page.evaluate(f"{player}.pause()")
                 at, first = page.evaluate(f"[{player}.currentTime, {player}.src]")
                 page.wait_for_function(f"{player}.src !== {first!r}", timeout=15_000)
-                page.wait_for_function(f"{player}.readyState >= 1", timeout=15_000)
-                renewed, now, paused = page.evaluate(
-                    f"[{player}.src, {player}.currentTime, {player}.paused]")
-                assert expiry(renewed) > expiry(first) and paused and abs(now - at) < 0.1
+                # where it was (set once the new source's metadata is in), and still paused
+                near = f"Math.abs({player}.currentTime - {at}) < 0.1"
+                page.wait_for_function(f"{player}.readyState >= 1 && {near}", timeout=15_000)
+                renewed, paused = page.evaluate(f"[{player}.src, {player}.paused]")
+                assert expiry(renewed) > expiry(first) and paused
                 while time.time() <= expiry(first) + 1:
                     time.sleep(0.5)
                 old = request(signed.port, "GET", first.split(str(signed.port), 1)[1], None)

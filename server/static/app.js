@@ -224,6 +224,14 @@ document.getElementById("job-form").addEventListener("submit", async (event) => 
 
 setupWipe(document.getElementById("wipe"), document.getElementById("wipe-position"),
           document.getElementById("wipe-carn"), "right");
-keepLinkFresh(player, () => (playing ? link(latest(playing.job), playing) : null));
+// The link of what the player plays, freshly signed (the job may be past the listed 50).
+async function freshLink() {
+  if (!playing) return null;
+  const shown = playing;
+  const r = await fetch("/jobs/" + shown.job.id, { headers: apiHeaders(false) });
+  return r.ok ? { url: link(await r.json(), shown), response: r } : null;
+}
+
+keepLinkFresh(player, freshLink);
 refresh();
 setInterval(refresh, 1000);

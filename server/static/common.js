@@ -40,29 +40,39 @@ function bufferedToEnd(player) {
   return false;
 }
 
+// The server's clock less the page's (seconds), from a response's Date header (0 without one).
+function clockOffset(response) {
+  const date = Date.parse(response.headers.get("Date") || "");
+  return Number.isNaN(date) ? 0 : (date - Date.now()) / 1000;
+}
+
 // A signed link opens for a limited time, so a long video or a long pause would end in refused
 // segments. Once the player's link is past half its life, `freshLink()` (the same media, asked
-// of the API again) takes its place where the player is: at once when it is paused or has
-// failed; while it plays, only if it still has segments to fetch (a swap costs a rebuffer), and
-// never in its last second (Chromium may not play on from a seek there).
+// of the API again: { url, response }) takes its place where the player is: at once when it is
+// paused or has failed; while it plays, only if it still has segments to fetch (a swap costs a
+// rebuffer), and never in its last second (Chromium may not play on from a seek there). Times
+// are the server's (its Date header), whatever the page's clock says.
 function keepLinkFresh(player, freshLink) {
-  let lifetime = null;  // of the server's links (on the page's clock), learnt from a fresh one
+  let lifetime = null;  // of the server's links, learnt from a fresh one
+  let offset = 0;  // the server's clock less the page's
   let asking = false;
   const src = () => player.currentSrc || player.src;
   async function check() {
     const expiry = src() ? linkExpiry(src()) : null;
     if (expiry === null || asking || player.ended) return;
-    const due = () => expiry - Date.now() / 1000 <= lifetime / 2 && (player.error !== null ||
+    const left = () => expiry - (Date.now() / 1000 + offset);
+    const due = () => left() <= lifetime / 2 && (player.error !== null ||
       (player.currentTime < player.duration - 1 && (player.paused || !bufferedToEnd(player))));
     if (lifetime !== null && !due()) return;
     asking = true;
     try {
-      const url = await freshLink();
-      const fresh = url ? linkExpiry(url) : null;
+      const got = await freshLink();
+      const fresh = got && got.url ? linkExpiry(got.url) : null;
       if (fresh === null) return;
-      lifetime = fresh - Date.now() / 1000;
+      offset = clockOffset(got.response);
+      lifetime = fresh - (Date.now() / 1000 + offset);
       if (linkExpiry(src()) === expiry && fresh > expiry && due()) {
-        playFrom(player, url, player.currentTime, !player.paused || player.error !== null).catch(() => {});
+        playFrom(player, got.url, player.currentTime, !player.paused).catch(() => {});
       }
     } catch (e) { /* the next check asks again */ } finally {
       asking = false;

@@ -74,9 +74,9 @@ async function freshLink() {
   const r = await fetch("/videos/" + playing.videoId, { headers: apiHeaders(false) });
   if (!r.ok) return null;
   const video = await r.json();
-  if (playing.rendition === null) return video.links.master;
-  const rendition = video.renditions.find((r) => r.name === playing.rendition);
-  return rendition ? rendition.playlist : null;
+  if (playing.rendition === null) return { url: video.links.master, response: r };
+  const rendition = video.renditions.find((item) => item.name === playing.rendition);
+  return rendition ? { url: rendition.playlist, response: r } : null;
 }
 
 function row(video) {

@@ -14,9 +14,9 @@ from pathlib import Path
 
 #: prctl(2) option: the signal a process gets when its parent dies
 PR_SET_PDEATHSIG = 1
-# The process's own symbols (libc among them), looked up here in the parent: a child between
-# fork and exec only calls it. (find_library would run ldconfig as the module is imported.)
-_LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None
+# prctl from the process's own symbols (libc among them), looked up here in the parent: a
+# child between fork and exec only calls it. (find_library would run ldconfig at import.)
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 
 async def run_child(command: list[str], log_path: Path) -> None:
@@ -43,8 +43,8 @@ def _prepare_child(parent: int) -> None:
     """In the child, before it runs the command: yield the CPU to playback and live sessions,
     and be killed when the service's process ends (Linux; elsewhere deletion still kills)."""
     os.nice(10)
-    if _LIBC is not None:
-        refused = _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0
+    if _PRCTL is not None:
+        refused = _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL) != 0
         if refused or os.getppid() != parent:  # (or the service died before the call)
             os._exit(1)
 
