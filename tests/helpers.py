@@ -6,9 +6,12 @@ import contextlib
 import functools
 import http.server
 import os
+import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("CARN_STREAM_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -62,6 +65,45 @@ def launch_chromium(playwright, *extra: str):
         headless=True,
         args=[*CHROMIUM_FLAGS, *extra],
     )
+
+
+def link_expiry(link: str) -> int:
+    """When a signed media link (``/media/<expiry>/<signature>/...``) stops opening."""
+    return int(re.search(r"/media/(\d+)/", link)[1])
+
+
+def play_past_a_signed_link(url: str, token: str, start: Callable[[Any], None]) -> str:
+    """Open the page at ``url`` in Chromium with the API ``token`` entered, ``start(page)``
+    playing a signed link in its ``#player``; pause it, wait until the page has swapped in a
+    fresh link (where the player was, still paused) and the first one has expired, then play to
+    the end without an error. Returns the first link."""
+    from playwright.sync_api import sync_playwright
+
+    player = "document.getElementById('player')"
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.fill("#token", token)
+            start(page)
+            page.wait_for_function(f"{player}.currentTime > 0.5", timeout=60_000)
+            page.evaluate(f"{player}.pause()")
+            at, first = page.evaluate(f"[{player}.currentTime, {player}.src]")
+            page.wait_for_function(f"{player}.src !== {first!r}", timeout=15_000)
+            # where it was (set once the new source's metadata is in), and still paused
+            near = f"Math.abs({player}.currentTime - {at}) < 0.1"
+            page.wait_for_function(f"{player}.readyState >= 1 && {near}", timeout=15_000)
+            renewed, paused = page.evaluate(f"[{player}.src, {player}.paused]")
+            assert paused and link_expiry(renewed) > link_expiry(first), (first, renewed)
+            while time.time() <= link_expiry(first) + 1:
+                time.sleep(0.5)
+            page.evaluate(f"{player}.play()")
+            page.wait_for_function(f"{player}.ended", timeout=60_000)
+            assert page.evaluate(f"{player}.error") is None
+        finally:
+            browser.close()
+    return first
 
 
 def client_peer():

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from carn_stream.pipeline.media.images import read_rgb
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, check_address, validate_url
-from tests.helpers import launch_chromium, official_weights_path
+from tests.helpers import launch_chromium, official_weights_path, play_past_a_signed_link
 from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
 
@@ -628,40 +628,17 @@ def test_store_recovery_after_a_crash(tmp_path):
 def test_jobs_page_renews_a_signed_link_while_paused(media, tmp_path):
     """With a token, a job's playlist link expires after CARN_STREAM_MEDIA_LINK_SECONDS: the
     page swaps in a fresh one past half its life, where the paused player is, and plays on."""
-    from playwright.sync_api import sync_playwright
-
     base, _ = media
     token = "s3cret"
     proc = ServerProcess(tmp_path / "data", CARN_STREAM_API_TOKEN=token,
                          CARN_STREAM_MEDIA_LINK_SECONDS="8").start()  # fmt: skip
     proc.headers = {"Authorization": f"Bearer {token}"}
-    player = "document.getElementById('player')"
     try:
         job = proc.call("POST", "/jobs", {"url": f"{base}/long.mp4", "scale": 2}).json()
         assert proc.wait_job(job["id"], ("succeeded", "failed"))["state"] == "succeeded"
-        with sync_playwright() as p:
-            browser = launch_chromium(p)
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{proc.port}/")
-                page.fill("#token", token)
-                page.locator(f"#jobs tr[data-id='{job['id']}'] button.play").click(timeout=15_000)
-                page.wait_for_function(f"{player}.currentTime > 0.5", timeout=60_000)
-                page.evaluate(f"{player}.pause()")
-                at, first = page.evaluate(f"[{player}.currentTime, {player}.src]")
-                page.wait_for_function(f"{player}.src !== {first!r}", timeout=15_000)
-                # where it was (set once the new source's metadata is in), and still paused
-                near = f"Math.abs({player}.currentTime - {at}) < 0.1"
-                page.wait_for_function(f"{player}.readyState >= 1 && {near}", timeout=15_000)
-                assert page.evaluate(f"{player}.paused")
-                expires = int(re.search(r"/media/(\d+)/", first)[1])
-                while time.time() <= expires + 1:
-                    time.sleep(0.5)
-                page.evaluate(f"{player}.play()")
-                page.wait_for_function(f"{player}.ended", timeout=60_000)
-                assert page.evaluate(f"{player}.error") is None
-            finally:
-                browser.close()
+        play = f"#jobs tr[data-id='{job['id']}'] button.play"
+        play_past_a_signed_link(f"http://127.0.0.1:{proc.port}/", token,
+                                lambda page: page.locator(play).click(timeout=15_000))  # fmt: skip
     finally:
         proc.stop()
 

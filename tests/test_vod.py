@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.segments import PLAN_RULE
-from tests.helpers import launch_chromium
+from tests.helpers import launch_chromium, play_past_a_signed_link
 from tests.media import decode_rgb, downscale_frames, facts, write_clip
 from tests.service import ServerProcess, media_server, request, wait_for
 
@@ -449,47 +449,22 @@ def test_the_videos_page_renews_a_signed_link_before_it_expires(base, tmp_path):
     """With a token, the player's links are signed for CARN_STREAM_MEDIA_LINK_SECONDS: a pause
     longer than that ended in refused segments. The page swaps in a fresh link past half the
     old one's life, where the player is and still paused, and playing on reaches the end."""
-    from playwright.sync_api import sync_playwright
-
     token = "s3cret"
     signed = ServerProcess(tmp_path / "data", CARN_STREAM_API_TOKEN=token,
                            CARN_STREAM_MEDIA_LINK_SECONDS="8",
                            CARN_STREAM_VOD_PREFETCH_SEGMENTS="0").start()  # fmt: skip
     signed.headers = {"Authorization": f"Bearer {token}"}
-    player = "document.getElementById('player')"
-
-    def expiry(link: str) -> int:
-        return int(re.search(r"/media/(\d+)/", link)[1])
-
     try:
         video = ingest(signed, base)
-        with sync_playwright() as p:
-            browser = launch_chromium(p)
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{signed.port}/watch")
-                page.fill("#token", token)
-                row = page.locator(f"tr[data-id='{video['id']}']")
-                row.get_by_role("button", name="Play original").click(timeout=15_000)
-                page.wait_for_function(f"{player}.currentTime > 0.5", timeout=60_000)
-                page.evaluate(f"{player}.pause()")
-                at, first = page.evaluate(f"[{player}.currentTime, {player}.src]")
-                page.wait_for_function(f"{player}.src !== {first!r}", timeout=15_000)
-                # where it was (set once the new source's metadata is in), and still paused
-                near = f"Math.abs({player}.currentTime - {at}) < 0.1"
-                page.wait_for_function(f"{player}.readyState >= 1 && {near}", timeout=15_000)
-                renewed, paused = page.evaluate(f"[{player}.src, {player}.paused]")
-                assert expiry(renewed) > expiry(first) and paused
-                while time.time() <= expiry(first) + 1:
-                    time.sleep(0.5)
-                old = request(signed.port, "GET", first.split(str(signed.port), 1)[1], None)
-                # The first link alone would have stopped the player here.
-                assert old.status == 401 and b"/videos/{id}" in old.body
-                page.evaluate(f"{player}.play()")
-                page.wait_for_function(f"{player}.ended", timeout=60_000)
-                assert page.evaluate(f"{player}.error") is None
-            finally:
-                browser.close()
+
+        def start(page) -> None:
+            row = page.locator(f"tr[data-id='{video['id']}']")
+            row.get_by_role("button", name="Play original").click(timeout=15_000)
+
+        first = play_past_a_signed_link(f"http://127.0.0.1:{signed.port}/watch", token, start)
+        old = request(signed.port, "GET", first.split(str(signed.port), 1)[1], None)
+        # The first link alone would have stopped the player.
+        assert old.status == 401 and b"/videos/{id}" in old.body
     finally:
         signed.stop()
 
