@@ -263,6 +263,23 @@ def test_a_cold_segment_is_made_then_served_from_the_cache(server, base, tmp_pat
     assert metric(server, "carn_stream_vod_realtime_factor_count", rendition="x2") >= 1
 
 
+def test_a_head_on_a_segment_does_not_make_it(server, base):
+    """A HEAD (an uptime check, a crawler) ran the GET route and made the segment: upscaling
+    for nobody. It is answered without making it, with its length once it is cached."""
+    settle(server)
+    video = ingest(server, base)
+    path = f"/videos/{video['id']}/x2/segment_00002.ts"
+    head = server.call("HEAD", path)
+    assert head.status == 200 and head.headers["content-type"] == "video/mp2t"
+    assert "content-length" not in head.headers and head.body == b""
+    assert server.call("HEAD", f"/videos/{video['id']}/x2/segment_00099.ts").status == 404
+    settle(server)
+    assert cached(server, video["id"])["x2"] == []  # nothing was made
+    body = get_segment(server, video["id"], "x2", 2)
+    assert server.call("HEAD", path).headers["content-length"] == str(len(body))
+    assert server.call("DELETE", f"/videos/{video['id']}").status == 204
+
+
 def test_a_one_keyframe_video_is_served_in_segments_without_an_original_rendition(
     server, base, tmp_path
 ):

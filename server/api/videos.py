@@ -374,6 +374,31 @@ def media_playlist(
     return Response(text, media_type=PLAYLIST_TYPE, headers=PER_PLAYER)
 
 
+def _segment_or_404(
+    videos: VideoManager, video_id: str, rendition: str, name: str
+) -> tuple[Video, int]:
+    video = _video_or_404(videos, video_id)
+    index = segment_index(name)
+    if video.rendition(rendition) is None or index is None or index >= len(video.plan.segments):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {rendition}/{name}")
+    return video, index
+
+
+@router.head("/{video_id}/{rendition}/{name}", response_class=Response, include_in_schema=False)
+def segment_head(video_id: str, rendition: str, name: str, videos: Videos) -> Response:
+    """What GET would answer, without making the segment: its length once it is cached (a
+    HEAD from an uptime check or a crawler costs no upscaling)."""
+    video, index = _segment_or_404(videos, video_id, rendition, name)
+    with _busy_as_503():
+        size = videos.cached_size(video, rendition, index)
+    response = Response(media_type="video/mp2t")
+    if size is None:
+        del response.headers["content-length"]  # not known before it is made (not 0)
+    else:
+        response.headers["content-length"] = str(size)
+    return response
+
+
 @router.get("/{video_id}/{rendition}/{name}", response_class=Response)
 async def segment(
     video_id: str,
@@ -385,10 +410,7 @@ async def segment(
 ) -> Response:
     """One MPEG-TS segment: from the cache, or made now. Sent from its file on disk; the work
     for a client that hangs up is dropped (unless it is nearly done)."""
-    video = _video_or_404(videos, video_id)
-    index = segment_index(name)
-    if video.rendition(rendition) is None or index is None or index >= len(video.plan.segments):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {rendition}/{name}")
+    video, index = _segment_or_404(videos, video_id, rendition, name)
     turns = videos.responses
     if not turns.take():
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -470,6 +470,11 @@ class VideoManager:
         return playlist_text(durations, plan.max_duration, complete=True, kind="VOD",
                              query=viewer_query(viewer))  # fmt: skip
 
+    def cached_size(self, video: Video, rendition: str, index: int) -> int | None:
+        """The bytes of a cached segment; None when it is not made yet."""
+        self._check_planned(video)
+        return self.cache.cached(video.id).get(rendition, {}).get(index)
+
     def _check_planned(self, video: Video) -> None:
         """Busy while ``video`` waits to be planned again (after an upgrade): its playlists
         and segments would not match the plan it is about to have."""
