@@ -388,6 +388,9 @@ def test_avi_segments_keep_display_order_on_a_cluster_worker_and_in_a_stored_cop
         with av.open(str(copy)) as c:
             times += [f.pts * time_base for f in segment_frames(c, local, 0, plan.decode_order)]
     assert times == sorted(times) and len(times) == 100
+    # A plan stored without the flag: the AVI itself still says so.
+    with av.open(str(avi)) as c:
+        assert [f.pts * plan.time_base for f in segment_frames(c, plan.segments[0])] == times[:25]
     stored = encode_copy(avi, tmp_path / "small.mp4", scale=2, crf=20)
     got = facts(stored.path)
     assert len(got.pts) == 100 and got.pts == sorted(got.pts)

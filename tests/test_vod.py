@@ -273,6 +273,8 @@ def test_a_head_on_a_segment_does_not_make_it(server, base):
     assert head.status == 200 and head.headers["content-type"] == "video/mp2t"
     assert "content-length" not in head.headers and head.body == b""
     assert server.call("HEAD", f"/videos/{video['id']}/x2/segment_00099.ts").status == 404
+    for other in ("x2/index.m3u8", "master.m3u8"):  # their GET routes answer these
+        assert server.call("HEAD", f"/videos/{video['id']}/{other}").status == 200, other
     settle(server)
     assert cached(server, video["id"])["x2"] == []  # nothing was made
     body = get_segment(server, video["id"], "x2", 2)

@@ -228,8 +228,9 @@ class FrameTimes:
 
     def fed(self, packet: av.Packet) -> None:
         """Note a video packet given to the decoder."""
+        shown = self._shown(packet)
         time = packet.pts if packet.pts is not None else packet.dts
-        if not self.reorder or time is None or not self._shown(packet):
+        if not self.reorder or time is None or not shown:
             return
         if self._last is not None and time < self._last:
             self.reorder = False

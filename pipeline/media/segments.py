@@ -376,7 +376,8 @@ def segment_frames(
     decode_order: bool = False,
 ) -> Iterator[SourceFrame]:
     """The segment's frames, decoded from the keyframe at or before its start, in order.
-    ``decode_order``: the plan's (the input's packets are numbered in decode order)."""
+    ``decode_order``: the plan's (the input's packets are numbered in decode order; a copy of
+    them in another container says so only through it)."""
     video = container.streams.video[0]
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
@@ -384,7 +385,7 @@ def segment_frames(
     if segment.index > 0:  # the first segment reads from the top, whatever precedes a keyframe
         seek_to_keyframe(container, video, segment.start_pts)
         packets = from_first_keyframe(container.demux(video))
-    times = FrameTimes(decode_order)
+    times = FrameTimes(decode_order or decode_order_times(container))
     index = segment.first_frame
     last = segment.first_frame + segment.frames
     try:

@@ -367,6 +367,8 @@ def media_playlist(
     """A rendition's complete VOD playlist (every segment, whether made yet or not), its
     segments' URIs carrying the player's id (a new one when the request has none)."""
     video = _video_or_404(videos, video_id)
+    with _busy_as_503():  # (a rendition of the plan it is about to have is no 404)
+        videos.check_planned(video)
     if video.rendition(rendition) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"video has no rendition {rendition!r}")
     with _busy_as_503():
@@ -378,17 +380,21 @@ def _segment_or_404(
     videos: VideoManager, video_id: str, rendition: str, name: str
 ) -> tuple[Video, int]:
     video = _video_or_404(videos, video_id)
+    with _busy_as_503():  # (a segment of the plan it is about to have is no 404)
+        videos.check_planned(video)
     index = segment_index(name)
     if video.rendition(rendition) is None or index is None or index >= len(video.plan.segments):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {rendition}/{name}")
     return video, index
 
 
-@router.head("/{video_id}/{rendition}/{name}", response_class=Response, include_in_schema=False)
-def segment_head(video_id: str, rendition: str, name: str, videos: Videos) -> Response:
+@router.head("/{video_id}/{rendition}/segment_{number}.ts", response_class=Response,
+             include_in_schema=False)  # fmt: skip
+def segment_head(video_id: str, rendition: str, number: str, videos: Videos) -> Response:
     """What GET would answer, without making the segment: its length once it is cached (a
-    HEAD from an uptime check or a crawler costs no upscaling)."""
-    video, index = _segment_or_404(videos, video_id, rendition, name)
+    HEAD from an uptime check or a crawler costs no upscaling). Segments only: a HEAD on a
+    playlist or a report runs its GET route."""
+    video, index = _segment_or_404(videos, video_id, rendition, f"segment_{number}.ts")
     with _busy_as_503():
         size = videos.cached_size(video, rendition, index)
     response = Response(media_type="video/mp2t")

@@ -229,7 +229,10 @@ async function freshLink() {
   if (!playing) return null;
   const shown = playing;
   const r = await fetch("/jobs/" + shown.job.id, { headers: apiHeaders(false) });
-  return r.ok ? { url: link(await r.json(), shown), response: r } : null;
+  if (!r.ok) return null;
+  const job = await r.json();
+  if (playing === shown) shown.job = job;  // its growing playlist is read with fresh links too
+  return { url: link(job, shown), response: r };
 }
 
 keepLinkFresh(player, freshLink);

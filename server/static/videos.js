@@ -70,12 +70,13 @@ function play(video, rendition) {
 
 // The link of what the player plays, freshly signed.
 async function freshLink() {
-  if (!playing) return null;
-  const r = await fetch("/videos/" + playing.videoId, { headers: apiHeaders(false) });
+  const shown = playing;
+  if (!shown) return null;
+  const r = await fetch("/videos/" + shown.videoId, { headers: apiHeaders(false) });
   if (!r.ok) return null;
   const video = await r.json();
-  if (playing.rendition === null) return { url: video.links.master, response: r };
-  const rendition = video.renditions.find((item) => item.name === playing.rendition);
+  if (shown.rendition === null) return { url: video.links.master, response: r };
+  const rendition = video.renditions.find((item) => item.name === shown.rendition);
   return rendition ? { url: rendition.playlist, response: r } : null;
 }
 

@@ -286,7 +286,7 @@ class VideoManager:
         for video_id in self.store.ids():
             try:
                 video = self.store.get(video_id)
-            except Exception as exc:  # a row this version cannot read: listed, never served
+            except Exception as exc:  # a row this version cannot read: not planned again
                 log.warning("video %s cannot be read: %s", video_id, exc)
                 continue
             if video is not None and not video.plan.current:
@@ -309,7 +309,7 @@ class VideoManager:
                 await asyncio.sleep(0.5)
             for video in videos:
                 try:
-                    if video.id not in self._deleting:
+                    if video.id not in self._deleting and self.store.get(video.id) is not None:
                         await self._replan_one(executor, video)
                 except asyncio.CancelledError:
                     raise
@@ -447,7 +447,7 @@ class VideoManager:
 
     def master_playlist(self, video: Video, viewer: str) -> str:
         """The master playlist of one player: ``viewer`` goes into every URI it names."""
-        self._check_planned(video)
+        self.check_planned(video)
         variants = []
         cached = self.cache.cached(video.id)
         rate = float(video.plan.frame_rate) if video.plan.frame_rate else None
@@ -464,7 +464,7 @@ class VideoManager:
 
     def media_playlist(self, video: Video, viewer: str) -> str:
         """A rendition's playlist for one player: ``viewer`` goes into its segments' URIs."""
-        self._check_planned(video)
+        self.check_planned(video)
         plan = video.plan
         durations = [s.duration for s in plan.segments]
         return playlist_text(durations, plan.max_duration, complete=True, kind="VOD",
@@ -472,10 +472,10 @@ class VideoManager:
 
     def cached_size(self, video: Video, rendition: str, index: int) -> int | None:
         """The bytes of a cached segment; None when it is not made yet."""
-        self._check_planned(video)
+        self.check_planned(video)
         return self.cache.cached(video.id).get(rendition, {}).get(index)
 
-    def _check_planned(self, video: Video) -> None:
+    def check_planned(self, video: Video) -> None:
         """Busy while ``video`` waits to be planned again (after an upgrade): its playlists
         and segments would not match the plan it is about to have."""
         if video.id in self._replanning:
@@ -490,7 +490,7 @@ class VideoManager:
         """The segment's file, opened, from the cache or made now (a player waits for it).
         Cancelling the call (the player has gone) drops the work unless it is nearly done.
         ``viewer``: the player's id from its playlist ("" for none)."""
-        self._check_planned(video)
+        self.check_planned(video)
         key = Key(video.id, rendition, index)
         began = time.monotonic()
         head = (video.id, rendition, viewer)
@@ -548,7 +548,7 @@ class VideoManager:
                     raise
                 if video.id in self._deleting or self.get(video.id) is None:
                     raise VideoGone(f"video {video.id} was deleted") from None
-                self._check_planned(video)  # its work was cancelled for that
+                self.check_planned(video)  # its work was cancelled for that
                 continue  # dropped by a seek elsewhere, but wanted here: make it again
             finally:
                 work.waiters -= 1
