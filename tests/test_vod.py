@@ -488,13 +488,17 @@ def test_the_videos_page_renews_a_signed_link_before_it_expires(base, tmp_path):
         signed.stop()
 
 
-def test_a_video_planned_by_an_older_rule_is_planned_again_at_start(base, tmp_path):
+def test_after_an_upgrade_older_plans_are_made_again_and_unreadable_videos_deleted(base,
+                                                                                   tmp_path):
     """A service upgraded to a new planning rule kept the plans it had stored: segments that
-    miss frames or fail. At start it plans such videos again and drops their cached segments."""
+    miss frames or fail. At start it plans such videos again and drops their cached segments.
+    A row the new version cannot read made the listing a 500 and could not be deleted: it is
+    left out of the listing, 404 on its own, and deleted."""
     data = tmp_path / "data"
     first = ServerProcess(data, CARN_STREAM_VOD_PREFETCH_SEGMENTS="0").start()
     try:
         video = ingest(first, base)
+        unreadable = ingest(first, base)
         get_segment(first, video["id"], "original", 0)
     finally:
         first.stop()
@@ -506,6 +510,8 @@ def test_a_video_planned_by_an_older_rule_is_planned_again_at_start(base, tmp_pa
         plan["segments"] = [{**first_segment, "end_pts": last_segment["end_pts"],
                              "frames": FRAMES, "duration": 5.0}]  # fmt: skip
         db.execute("UPDATE videos SET plan = ? WHERE id = ?", (json.dumps(plan), video["id"]))
+        db.execute("UPDATE videos SET plan = '{\"segments\": 3}' WHERE id = ?",
+                   (unreadable["id"],))  # fmt: skip
         db.commit()
     second = ServerProcess(data, CARN_STREAM_VOD_PREFETCH_SEGMENTS="0").start()
     try:
@@ -517,6 +523,12 @@ def test_a_video_planned_by_an_older_rule_is_planned_again_at_start(base, tmp_pa
         wait_for(lambda: listed() == SEGMENTS, 60, "the video to be planned again")
         assert cached(second, video["id"]) == {"original": [], "x2": []}
         assert len(get_segment(second, video["id"], "x2", 1)) > 0
+        listing = second.call("GET", "/videos")
+        assert listing.status == 200 and [v["id"] for v in listing.json()["items"]] == [video["id"]]
+        assert second.call("GET", f"/videos/{unreadable['id']}").status == 404
+        assert second.call("DELETE", f"/videos/{unreadable['id']}").status == 204
+        assert not (data / "videos" / unreadable["id"]).exists()
+        assert second.call("DELETE", f"/videos/{unreadable['id']}").status == 404
     finally:
         second.stop()
 

@@ -292,9 +292,10 @@ def get_video(video_id: str, videos: Videos, sign: Signer) -> VideoOut:
     "/{video_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Depends(require_token)]
 )
 async def delete_video(video_id: str, videos: Videos) -> Response:
-    """Remove the video, its source copy and its cached segments."""
-    video = _video_or_404(videos, video_id)
-    await videos.delete(video.id)
+    """Remove the video, its source copy and its cached segments (a video this version cannot
+    read too)."""
+    if not VIDEO_ID.fullmatch(video_id) or not await videos.delete(video_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no video {video_id!r}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -284,11 +284,7 @@ class VideoManager:
         playlists and segments get 503 until then."""
         stale = []
         for video_id in self.store.ids():
-            try:
-                video = self.store.get(video_id)
-            except Exception as exc:  # a row this version cannot read: not planned again
-                log.warning("video %s cannot be read: %s", video_id, exc)
-                continue
+            video = self.store.get(video_id)  # (None for a row this version cannot read)
             if video is not None and not video.plan.current:
                 stale.append(video)
         self._replanning.update(v.id for v in stale)

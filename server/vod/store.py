@@ -8,6 +8,7 @@ the state of the video's fine-tune.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -18,6 +19,8 @@ from pydantic import BaseModel, Field
 
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.server.database import Database
+
+log = logging.getLogger(__name__)
 
 TUNE_STATES = ("off", "queued", "running", "done", "failed")
 
@@ -148,10 +151,20 @@ class VideoStore:
             self._db.execute("UPDATE videos SET storage = ? WHERE id = ?",
                              (_storage_json(storage), video_id))  # fmt: skip
 
+    @classmethod
+    def _readable(cls, row: sqlite3.Row) -> Video | None:
+        """The video a row holds; None (logged) for a row this version cannot read: it is
+        neither listed nor served, and can still be deleted."""
+        try:
+            return cls._video(row)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("video %s cannot be read: %s: %s", row["id"], type(exc).__name__, exc)
+            return None
+
     def get(self, video_id: str) -> Video | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM videos WHERE id = ?", (video_id,)).fetchone()
-        return self._video(row) if row else None
+        return self._readable(row) if row else None
 
     def list(self, offset: int = 0, limit: int = 50) -> tuple[list[Video], int]:
         """Newest first; returns (page, total)."""
@@ -160,7 +173,8 @@ class VideoStore:
             rows = self._db.execute(
                 "SELECT * FROM videos ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)
             ).fetchall()
-        return [self._video(r) for r in rows], total
+        videos = [self._readable(r) for r in rows]
+        return [v for v in videos if v is not None], total
 
     def ids(self) -> list[str]:
         with self._lock:
