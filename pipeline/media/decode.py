@@ -213,15 +213,15 @@ def decode_order_times(container: av.container.InputContainer) -> bool:
 class FrameTimes:
     """Each decoded frame's presentation time. Most containers store it with the frame's packet.
     A container of :data:`DECODE_ORDER_DEMUXERS` may number packets in decode order (H.264 in
-    AVI, and a copy of its packets made elsewhere: ``decode_order`` says so); while the times
+    AVI; a copy of its packets in another container says so by ``decode_order``); while the times
     fed rise in decode order, the n-th frame out of the decoder (display order) takes the
     smallest time fed and not yet taken: the times fed so far are the first ones of the stream,
     whatever the reordering. A time lower than the one before shows that the packets do carry
     the display order (FFmpeg's parser finds it for MPEG-4 part 2), and the frames' own times
     are kept from then on. Make one per decode from the top or a keyframe."""
 
-    def __init__(self, decode_order: bool) -> None:
-        self.reorder = decode_order
+    def __init__(self, container: av.container.InputContainer, decode_order: bool = False) -> None:
+        self.reorder = decode_order or decode_order_times(container)
         self._shown = ShownPackets()
         self._fed: list[int] = []
         self._last: int | None = None
@@ -258,7 +258,7 @@ def demux_frames(
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
     streams = [video, *container.streams.audio]
-    times = FrameTimes(decode_order_times(container))
+    times = FrameTimes(container)
     index = 0
     for packet in container.demux(streams):
         if packet.stream.type == "audio":

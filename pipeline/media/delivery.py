@@ -22,7 +22,6 @@ from carn_stream.pipeline.colour import RANGE_LIMITED, effective_matrix
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.decode import (
     FrameTimes,
-    decode_order_times,
     display_rotation,
     open_input,
 )
@@ -123,7 +122,7 @@ def encode_copy(
                 for a in src.streams.audio:
                     audio[a.index] = out.add_stream_from_template(a)
             decoded, first_pts = 0, None
-            times = FrameTimes(decode_order_times(src))
+            times = FrameTimes(src)
             for packet in src.demux([vin, *src.streams.audio]):
                 if packet.stream.type == "audio":
                     if packet.dts is not None and packet.stream.index in audio:

@@ -385,7 +385,7 @@ def segment_frames(
     if segment.index > 0:  # the first segment reads from the top, whatever precedes a keyframe
         seek_to_keyframe(container, video, segment.start_pts)
         packets = from_first_keyframe(container.demux(video))
-    times = FrameTimes(decode_order or decode_order_times(container))
+    times = FrameTimes(container, decode_order)
     index = segment.first_frame
     last = segment.first_frame + segment.frames
     try:

@@ -317,11 +317,7 @@ class VideoManager:
             self._replanning.difference_update(v.id for v in videos)
 
     async def _replan_one(self, executor: SegmentExecutor, video: Video) -> None:
-        tasks = [w.task for k, w in self._work.items() if k.video == video.id and w.task]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
+        """(No work runs for it: it has been refused since start, see :meth:`check_planned`.)"""
         scales = [r.scale for r in video.renditions if r.name != ORIGINAL]
         limits = self.intake.limits(max(scales, default=1))
         request = PlanRequest(video.source, self.intake.segment_seconds, limits)
