@@ -53,6 +53,15 @@ def _at_least(least: int):
 _positive = _at_least(1)
 
 
+def _frame_rate(text: str):
+    from carn_stream.pipeline.media.elementary import frame_rate
+
+    try:
+        return frame_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(
@@ -190,6 +199,11 @@ def _upscale_command(sub) -> None:
         help="keeps finished segments so that running the command again resumes "
         "(default: .OUTPUT.carn-stream beside OUTPUT)",
     )
+    p.add_argument(
+        "--input-fps", type=_frame_rate, metavar="FPS",
+        help="frame rate of a raw H.264/HEVC input (.h264, .hevc: no container, no "
+        "timestamps), e.g. 30, 29.97 or 30000/1001; default: the rate its header gives, else 25",
+    )  # fmt: skip
     p.set_defaults(run=cmd_upscale)
 
 

@@ -39,6 +39,7 @@ class Item:
     output: Path
     fmt: Any  #: OutputFormat
     work: Path
+    timed: bool = False  #: a raw stream, read from its copy with timestamps in ``work``
     identity: dict[str, Any] = field(default_factory=dict)
     resumed: tuple | None = None  #: (plan, done segments) of an interrupted run
     plan: Any = None  #: SegmentPlan
@@ -47,6 +48,13 @@ class Item:
     result: str = "pending"
     done: set[int] = field(default_factory=set)  #: segments finished (resumed ones included)
     made: dict[int, int] = field(default_factory=dict)  #: unfinished segment -> frames made
+
+    @property
+    def input(self) -> Path:
+        """What the run reads: the source, or a raw stream's copy with timestamps."""
+        from carn_stream.pipeline.execution.workdir import WorkDir
+
+        return WorkDir(self.work).timed_input if self.timed else self.source
 
 
 def stop_note(items: list[Item], where: Path | str) -> str:
@@ -128,16 +136,16 @@ def _item(source: Path, output: Path, format_name: str | None, args) -> Item:
 def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
     """Every video in ``folder`` (by suffix, not recursive) -> one output each in ``out_dir``:
     the format asked for, else the input's own container where it is one we write, else MP4."""
+    from carn_stream.pipeline.media.elementary import RAW_STREAM_SUFFIXES
     from carn_stream.pipeline.media.formats import FORMATS, SUFFIXES
     from carn_stream.pipeline.media.input_formats import VIDEO_SUFFIXES
 
     if out_dir.exists() and not out_dir.is_dir():
         raise UpscaleError(f"{out_dir} is not a folder (a folder of inputs needs one for outputs)")
-    sources = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-    )
+    suffixes = VIDEO_SUFFIXES | RAW_STREAM_SUFFIXES
+    sources = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
     if not sources:
-        raise UpscaleError(f"{folder}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
+        raise UpscaleError(f"{folder}: no video files ({', '.join(sorted(suffixes))})")
     items: list[Item] = []
     taken: dict[Path, Path] = {}
     for source in sources:
@@ -174,6 +182,7 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
         segment_seconds=seconds,
         weights=str(settings.weights) if settings.weights else None,
         precision=settings.precision,
+        **({"input_fps": str(args.input_fps)} if args.input_fps else {}),
     )
     try:
         item.resumed = WorkDir(item.work).resume(item.identity)
@@ -213,30 +222,16 @@ async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_r
 
 async def _upscale_items(args, items: list[Item], seconds, encoder, executor, folder_run) -> int:
     from carn_stream.pipeline.errors import PipelineError
-    from carn_stream.pipeline.execution.executors import PlanRequest
-    from carn_stream.pipeline.execution.workdir import WorkDir
     from carn_stream.progress import ProgressBar
 
     todo = [item for item in items if item.result == "pending"]
     for item in todo:
-        if item.resumed is not None:
-            item.plan, done = item.resumed
-            item.done = set(done)
-            frames_done = sum(r.frames for r in done.values())
-            print(
-                f"carn-stream: resuming {item.output} from {item.work}: {len(done)} of "
-                f"{len(item.plan.segments)} segments ({frames_done} frames) already done",
-                file=sys.stderr,
-            )
-            continue
         try:
-            item.plan = await executor.plan(PlanRequest(item.source, seconds))
+            await _plan(args, item, seconds, executor)
         except (PipelineError, ValueError) as exc:
             if not folder_run:
                 raise
             item.result = f"failed: {exc}"
-            continue
-        WorkDir(item.work).start(item.identity, item.plan)
     todo = [item for item in todo if item.result == "pending"]
     total = sum(item.plan.frames for item in todo)
     label = f"upscale x{args.scale}" + (f" {len(todo)} files" if folder_run else "")
@@ -268,6 +263,44 @@ async def _upscale_items(args, items: list[Item], seconds, encoder, executor, fo
     return 0
 
 
+async def _plan(args, item: Item, seconds: float, executor) -> None:
+    """Plan ``item``, or take up its interrupted run. A raw H.264/HEVC stream is first copied
+    into the work folder with timestamps (again on a resume that finds no copy there)."""
+    from carn_stream.pipeline.execution.executors import PlanRequest
+    from carn_stream.pipeline.execution.workdir import WorkDir
+    from carn_stream.pipeline.media.elementary import copy_with_times, is_raw_stream
+
+    folder = WorkDir(item.work)
+    item.timed = await asyncio.to_thread(is_raw_stream, item.source)
+    if item.resumed is not None:
+        item.plan, done = item.resumed
+        item.done = set(done)
+        if item.timed and not folder.timed_input.is_file():
+            await asyncio.to_thread(
+                copy_with_times, item.source, folder.timed_input, None, args.input_fps
+            )
+        frames_done = sum(r.frames for r in done.values())
+        print(
+            f"carn-stream: resuming {item.output} from {item.work}: {len(done)} of "
+            f"{len(item.plan.segments)} segments ({frames_done} frames) already done",
+            file=sys.stderr,
+        )
+        return
+    await asyncio.to_thread(folder.timed_input.unlink, True)  # an earlier run's
+    if item.timed:
+        await asyncio.to_thread(folder.path.mkdir, parents=True, exist_ok=True)
+        print(f"carn-stream: {item.source.name} is a raw stream without timestamps: copying "
+              f"it with timestamps into {folder.timed_input}", file=sys.stderr)  # fmt: skip
+    request = PlanRequest(item.source, seconds, timed_copy=folder.timed_input if item.timed
+                          else None, raw_rate=args.input_fps)  # fmt: skip
+    item.plan = await executor.plan(request)
+    folder.start(item.identity, item.plan)
+    if item.timed:
+        rate = float(item.plan.frame_rate or 0)
+        said = "--input-fps" if args.input_fps else "its header's, else 25; --input-fps sets it"
+        print(f"carn-stream: {item.source.name} timed at {rate:g} fps ({said})", file=sys.stderr)
+
+
 async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: bool) -> None:
     from carn_stream.pipeline.execution.executors import batch_size
     from carn_stream.pipeline.execution.segmented import SegmentedRun
@@ -295,7 +328,7 @@ async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: boo
         item.made.pop(result.index, None)
 
     run = SegmentedRun(
-        source=item.source,
+        source=item.input,
         plan=item.plan,
         fmt=item.fmt,
         output=item.output,

@@ -342,3 +342,19 @@ def remux_cut(source: Path, path: Path, *, start: float = 0.0, drop_video: int =
             out.mux(packet)
     return path
 
+
+
+def raw_stream(source: Path, path: Path) -> Path:
+    """The video packets of ``source`` (H.264 or HEVC in MP4/MKV) copied as they are into a raw
+    Annex B stream, as cameras write them: no container, no timestamps."""
+    with av.open(str(source)) as src:
+        video = src.streams.video[0]
+        codec = video.codec_context.name
+        with av.open(str(path), "w", format=codec) as out:
+            stream = out.add_stream_from_template(video)
+            annexb = av.bitstream.BitStreamFilterContext(f"{codec}_mp4toannexb", video, stream)
+            for packet in src.demux(video):
+                for filtered in annexb.filter(packet if packet.size else None):
+                    filtered.stream = stream
+                    out.mux(filtered)
+    return path

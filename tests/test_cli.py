@@ -199,6 +199,39 @@ def test_upscale_writes_mp4_and_shows_progress(tiny_clip, weights_path, tmp_path
     assert (got.width, got.height) == (192, 144) and len(got.pts) == 6
 
 
+def test_upscale_takes_raw_h264_streams_at_their_own_rate_or_the_one_given(
+    data_dir, weights_path, tmp_path
+):
+    """A raw H.264 stream (.h264: no container, no timestamps, as cameras write) was refused.
+    Its frames are timed at its header's rate, or at --input-fps; a folder run takes .h264."""
+    from fractions import Fraction
+
+    from tests.media import decode_rgb, facts, raw_stream, write_clip
+
+    frames = [f[:48, :64] for f in decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 8)]
+    clip = write_clip(tmp_path / "clip.mp4", frames, rate=Fraction(30000, 1001),
+                      options={"crf": "20", "preset": "veryfast", "bf": "2"})  # fmt: skip
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    raw = raw_stream(clip, inputs / "cam.h264")
+    common = ("--scale", "2", "--weights", str(weights_path), "--preset", "ultrafast")
+    out = tmp_path / "cam.mp4"
+    result = run_cli("upscale", str(raw), str(out), *common)
+    assert result.returncode == 0, result.stderr
+    assert "cam.h264 timed at 29.97 fps (its header's" in result.stderr
+    got = facts(out)
+    assert (got.width, got.height) == (128, 96)
+    assert [p * got.time_base for p in got.pts] == [Fraction(1001 * n, 30000) for n in range(8)]
+    assert not (tmp_path / ".cam.mp4.carn-stream").exists()  # the timed copy went with the work
+    folder = tmp_path / "outs"
+    result = run_cli("upscale", str(inputs), str(folder), "--input-fps", "25", *common)
+    assert result.returncode == 0, result.stderr
+    got = facts(folder / "cam.mp4")
+    assert [p * got.time_base for p in got.pts] == [Fraction(n, 25) for n in range(8)]
+    bad = run_cli("upscale", str(raw), str(out), "--input-fps", "0", *common)
+    assert bad.returncode == 2 and "out of range" in bad.stderr
+
+
 def test_upscale_to_hls_folder(tiny_clip, weights_path, tmp_path):
     out = tmp_path / "hls"
     result = run_cli(

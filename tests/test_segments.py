@@ -43,6 +43,7 @@ from tests.media import (
     decode_rgb,
     downscale_frames,
     facts,
+    raw_stream,
     remux_across_the_wrap,
     remux_cut,
     write_clip,
@@ -398,6 +399,66 @@ def test_avi_segments_keep_display_order_on_a_cluster_worker_and_in_a_stored_cop
     assert names == ["x2"]
 
 
+def test_a_raw_h264_stream_gets_back_the_pictures_and_times_of_the_file_it_came_from(
+    data_dir, bicubic_worker, tmp_path
+):
+    """A raw stream (Annex B, no container: what cameras write) has no timestamps, and its plan
+    failed ("packets without timestamps"). The clip's own H.264 packets, B-frames and all,
+    copied out of their MP4: planned through a timed copy, they come back as the MP4 had them,
+    at the rate the stream's header gives (29.97 fps); nothing is re-encoded."""
+    from carn_stream.pipeline.execution.executors import plan_for
+
+    original = data_dir / "video" / "carphone_pristine.mp4"
+    raw = raw_stream(original, tmp_path / "carphone.h264")
+    with pytest.raises(InputError, match=r"raw H\.264/HEVC"):
+        plan_for(PlanRequest(raw, 1.0))  # no place for a copy: refused, as before
+    copy = tmp_path / "timed.mp4"
+    plan = plan_for(PlanRequest(raw, 1.0, timed_copy=copy))
+    assert plan.frames == 120 and plan.frame_rate == Fraction(30000, 1001)
+    want, got = facts(original), facts(copy)
+    assert [p * got.time_base for p in got.pts] == [p * want.time_base for p in want.pts]
+    assert all(np.array_equal(a, b) for a, b in
+               zip(decode_rgb(copy), decode_rgb(original), strict=True))  # fmt: skip
+    out = tmp_path / "out.mp4"
+    make(copy, out, "mp4", bicubic_worker)
+    made = facts(out)
+    assert [p * made.time_base for p in made.pts] == [p * want.time_base for p in want.pts]
+
+
+def test_a_raw_hevc_stream_with_b_frames_is_timed_at_the_rate_given(clips, tmp_path):
+    """Frames a decoder reorders take their display places; a rate given (the header's may be
+    missing or wrong) sets the times; the source, given as the copy's place, is replaced."""
+    from carn_stream.pipeline.media.elementary import copy_with_times
+
+    pictures = decode_rgb(clips["bframes"], 30)
+    raw = write_clip(tmp_path / "b.hevc", pictures, codec="libx265", container_format="hevc",
+                     options={"crf": "20", "preset": "ultrafast",
+                              "x265-params": "bframes=3:log-level=error"})  # fmt: skip
+    shown = decode_rgb(raw)  # the pictures in display order
+    with av.open(str(raw)) as c:
+        assert c.format.name == "hevc" and c.streams.video[0].codec_context.has_b_frames
+    kept = tmp_path / "kept.hevc"
+    shutil.copy(raw, kept)
+    assert copy_with_times(raw, raw, rate=Fraction(30)) == 30  # replaced in place
+    got = facts(raw)
+    assert [p * got.time_base for p in got.pts] == [Fraction(n, 30) for n in range(30)]
+    assert all(np.array_equal(a, b) for a, b in zip(decode_rgb(raw), shown, strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.hevc", "kept.hevc"]  # no .part
+    # The limits stop the decode pass: a duration, a frame count, a size.
+    from carn_stream.pipeline.errors import LimitError
+    from carn_stream.pipeline.media.segments import InputLimits
+
+    for limits, message in [
+        (InputLimits(2, 0, max_duration=0.5), "more than 13 frames at 25 fps"),
+        (InputLimits(2, 0, max_duration=60, max_frames=20), "more than 20 frames"),
+        (InputLimits(2, 10_000, max_duration=60), "over the limit of 10000 pixels"),
+    ]:
+        with pytest.raises(LimitError, match=message):
+            copy_with_times(kept, tmp_path / "out.mp4", limits)
+        assert not (tmp_path / "out.mp4").exists()
+        assert not (tmp_path / ".out.mp4.part").exists()
+
+
 @pytest.mark.parametrize("fmt", ["mp4", "mov", "mkv"])
 def test_a_file_made_from_an_input_that_starts_before_zero_shows_every_frame(
     wrapped, bicubic_worker, tmp_path, fmt
@@ -602,7 +663,7 @@ def test_a_work_folder_planned_by_the_earlier_rule_is_not_resumed(clips, tmp_pat
     item = Item(source, tmp_path / "out.mp4", FORMATS["mp4"], work)
 
     def identify() -> None:
-        _identify(item, Namespace(scale=2), Settings(), EncoderOptions(), 1.0)
+        _identify(item, Namespace(scale=2, input_fps=None), Settings(), EncoderOptions(), 1.0)
 
     identify()
     # The earlier rule planned this input as one segment.
@@ -616,10 +677,14 @@ def test_a_work_folder_planned_by_the_earlier_rule_is_not_resumed(clips, tmp_pat
 
 
 @pytest.mark.slow
-def test_the_cli_resumes_after_being_killed(clips, tmp_path):
+@pytest.mark.parametrize("raw", [False, True], ids=["mp4", "raw-h264"])
+def test_the_cli_resumes_after_being_killed(clips, tmp_path, raw):
+    """A raw stream's run reads its timed copy in the work folder; a resume that finds the copy
+    gone makes it again, and the segments kept still fit."""
     out = tmp_path / "out.mp4"
     work = tmp_path / "work"
-    args = ("upscale", str(clips["bframes"]), str(out), "--scale", "2", "--precision", "fp32",
+    source = raw_stream(clips["bframes"], tmp_path / "b.h264") if raw else clips["bframes"]
+    args = ("upscale", str(source), str(out), "--scale", "2", "--precision", "fp32",
             "--segment-seconds", "1", "--work-dir", str(work))  # fmt: skip
     first = cli(*args)
     manifest = work / "segments.jsonl"
@@ -634,6 +699,9 @@ def test_the_cli_resumes_after_being_killed(clips, tmp_path):
     recorded = {Path(json.loads(line)["file"]).name for line in manifest.read_text().splitlines()}
     kept = {n: v for n, v in segment_files(work / "segments").items() if n in recorded}
     assert kept and not out.exists()
+    assert (work / "input.mp4").is_file() == raw
+    if raw:
+        (work / "input.mp4").unlink()
     log = tmp_path / "second.log"
     second = cli(*args, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     # While it runs: once it has published a segment of its own, the kept ones are still the
@@ -650,7 +718,8 @@ def test_the_cli_resumes_after_being_killed(clips, tmp_path):
     assert second.returncode == 0, stderr
     assert seen_after_new  # the check above ran after the resumed run had made a segment
     assert "resuming" in stderr and f"{len(kept)} of 4 segments" in stderr
-    assert facts(out).pts == facts(clips["bframes"]).pts
+    got, want = facts(out), facts(clips["bframes"])
+    assert [p * got.time_base for p in got.pts] == [p * want.time_base for p in want.pts]
     assert not work.exists()  # removed once the output is complete
 
 

@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.images import read_rgb
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, check_address, validate_url
 from tests.helpers import launch_chromium, official_weights_path, play_past_a_signed_link
-from tests.media import decode_rgb, decode_y, downscale_frames, facts, write_clip
+from tests.media import (
+    decode_rgb,
+    decode_y,
+    downscale_frames,
+    facts,
+    raw_stream,
+    write_clip,
+)
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
 
 pytestmark = pytest.mark.slow
@@ -40,6 +48,7 @@ def media(data_dir, tmp_path_factory):
     # Odd sides (35x27, lossless 4:4:4): x3 is 105x81, encoded as 104x80 (4:2:0 needs even).
     write_clip(root / "odd.mkv", [f[:27, :35] for f in carphone[:8]], codec="ffv1",
                pix_fmt="yuv444p")  # fmt: skip
+    raw_stream(root / "carphone.mp4", root / "carphone.h264")  # as a camera writes it
     (root / "notes.mp4").write_text("this is not a video")
     with media_server(root) as base:
         yield base, root
@@ -196,6 +205,27 @@ def test_an_odd_sized_input_at_x3_is_encoded_at_even_sides(server, media, tmp_pa
     out.write_bytes(server.call("GET", done["links"]["mp4"]).body)
     got = facts(out)
     assert (got.width, got.height) == (104, 80) and len(got.pts) == 8
+
+
+def test_a_raw_h264_stream_is_upscaled_at_the_rate_asked_for(server, media, tmp_path):
+    """A raw stream (.h264: no container, no timestamps, as cameras write) failed its job
+    ("packets without timestamps"). It is timed at ``input_fps``: every picture, in order."""
+    base, root = media
+    job = submit(server, f"{base}/carphone.h264", scale=2, format="mp4", input_fps=25)
+    assert job["input_fps"] == 25
+    done = server.wait_job(job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done["error"]
+    out = tmp_path / "out.mp4"
+    out.write_bytes(server.call("GET", done["links"]["mp4"]).body)
+    got = facts(out)
+    assert (got.width, got.height) == (176, 144)
+    assert [p * got.time_base for p in got.pts] == [Fraction(n, 25) for n in range(90)]
+    made = downscale_frames(decode_rgb(out), (88, 72))
+    src = decode_rgb(root / "carphone.mp4")
+    assert min(psnr(a, b) for a, b in zip(made, src, strict=True)) > 30  # each at its place
+    for fps in (0, -1, 5000, "fast"):
+        response = server.call("POST", "/jobs", {"url": f"{base}/carphone.h264", "input_fps": fps})
+        assert response.status == 422 and "input_fps" in response.body.decode(), fps
 
 
 def test_mp4_job_serves_range_requests(server, media, tmp_path):

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.segments import PLAN_RULE
 from tests.helpers import launch_chromium, play_past_a_signed_link
-from tests.media import decode_rgb, downscale_frames, facts, write_clip
+from tests.media import decode_rgb, downscale_frames, facts, raw_stream, write_clip
 from tests.service import ServerProcess, media_server, request, wait_for
 
 # 5 s of the real clip at 96x54, a keyframe each second (so five 1 s segments), with its audio.
@@ -50,6 +50,7 @@ def media(data_dir, tmp_path_factory) -> Path:
     # A phone's portrait video: stored landscape, with a display rotation.
     write_clip(folder / "portrait.mp4", frames[:25], rotation=-90,
                options={"crf": "20", "preset": "veryfast", "g": "25"})  # fmt: skip
+    raw_stream(folder / "clip.mp4", folder / "clip.h264")  # as a camera writes it
     (folder / "notes.txt").write_text("not a video")
     return folder
 
@@ -297,6 +298,26 @@ def test_a_one_keyframe_video_is_served_in_segments_without_an_original_renditio
     size, times = segment_frames(get_segment(server, video["id"], "x2", 2), tmp_path)
     assert size == (192, 108) and len(times) == 25 and times[0] == pytest.approx(12.0)
     assert server.call("DELETE", f"/videos/{video['id']}").status == 204
+
+
+def test_a_raw_h264_stream_is_kept_with_timestamps_at_the_rate_given(server, base, tmp_path):
+    """A raw stream (no container, no timestamps) was refused at ingest. It is kept as an MP4
+    copy timed at ``input_fps``, whose packets the original rendition remuxes."""
+    body = {"url": f"{base}/clip.h264", "scales": [2], "input_fps": 50}
+    response = server.call("POST", "/videos", body)
+    assert response.status == 201, response.body
+    video = response.json()
+    assert sum(s["frames"] for s in video["segments"]) == FRAMES
+    assert sum(s["duration"] for s in video["segments"]) == pytest.approx(FRAMES / 50)
+    assert [r["name"] for r in video["renditions"]] == ["original", "x2"]
+    for rendition, size in (("original", (96, 54)), ("x2", (192, 108))):
+        got, times = segment_frames(get_segment(server, video["id"], rendition, 1), tmp_path)
+        first = video["segments"][1]
+        assert got == size and len(times) == first["frames"]
+        assert np.diff(times) == pytest.approx([0.02] * (len(times) - 1))
+    assert server.call("DELETE", f"/videos/{video['id']}").status == 204
+    refused = server.call("POST", "/videos", {**body, "input_fps": 0})
+    assert refused.status == 422 and "input_fps" in refused.body.decode()
 
 
 def test_readyz_and_the_video_say_whether_this_machine_keeps_up_at_its_size(server, base):

@@ -18,6 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from carn_stream.pipeline.media.elementary import copy_with_times, is_raw_stream
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import InputLimits, Segment, SegmentPlan, plan_segments
 from carn_stream.pipeline.run import FrameReport, PipelineOptions, SegmentSource, run_pipeline
@@ -39,6 +40,11 @@ class PlanRequest:
     source: Path
     target_seconds: float
     limits: InputLimits | None = None  #: checked from the header before the plan is made
+    #: Where a raw H.264/HEVC stream's copy with timestamps goes, to be planned and read in its
+    #: place (it may be ``source`` itself, replaced); None: raw streams are refused.
+    timed_copy: Path | None = None
+    #: A raw stream's frame rate (None: the one its header gives, else 25 fps).
+    raw_rate: Fraction | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,11 @@ def batch_size(configured: int, executor: SegmentExecutor) -> int:
 
 def plan_for(request: PlanRequest) -> SegmentPlan:
     """The plan a request asks for (what every executor runs, wherever it runs)."""
-    return plan_segments(request.source, request.target_seconds, limits=request.limits)
+    source = request.source
+    if request.timed_copy is not None and is_raw_stream(source):
+        copy_with_times(source, request.timed_copy, request.limits, request.raw_rate)
+        source = request.timed_copy
+    return plan_segments(source, request.target_seconds, limits=request.limits)
 
 
 async def upscale_segment(

@@ -18,6 +18,8 @@ from carn_stream.pipeline.execution.executors import SegmentResult
 from carn_stream.pipeline.media.segments import SegmentPlan
 
 PLAN_FILE, MANIFEST_FILE = "plan.json", "segments.jsonl"
+#: A raw H.264/HEVC input's copy with timestamps, which the run reads instead of the input.
+TIMED_INPUT = "input.mp4"
 
 
 def run_identity(source: Path, **options: Any) -> dict[str, Any]:
@@ -45,10 +47,22 @@ class WorkDir:
             raise LookupError(f"no resumable run ({exc})") from exc
         return plan, self._finished()
 
+    @property
+    def timed_input(self) -> Path:
+        return self.path / TIMED_INPUT
+
     def start(self, identity: dict[str, Any], plan: SegmentPlan) -> None:
-        """Begin a new run here (whatever was in the folder is removed)."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True)
+        """Begin a new run here: whatever was in the folder is removed, apart from the input's
+        timed copy (the plan was just made from it)."""
+        if self.path.is_dir():
+            for entry in self.path.iterdir():
+                if entry.name == TIMED_INPUT:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.path / PLAN_FILE, json.dumps({"identity": identity,
                                                          "plan": plan.to_dict()}))  # fmt: skip
 

@@ -233,7 +233,8 @@ def _video_packets(
             pts = packet.pts if packet.pts is not None else packet.dts
             if pts is None:
                 raise InputError(
-                    "the video stream has packets without timestamps; it cannot be segmented"
+                    "the video stream has packets without timestamps (a raw H.264/HEVC "
+                    "stream has none); it cannot be segmented"
                 )
             packets.append(_Packet(pts, packet.duration or 0, packet.is_keyframe))
             low = pts if low is None else min(low, pts)

@@ -21,7 +21,7 @@ from carn_stream.server.deps import Limit, Offset, Signer, require_token
 from carn_stream.server.disconnect import ClientGone, unless_disconnected
 from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.fetch import DiskFull, FetchError
-from carn_stream.server.jobs.params import Scale
+from carn_stream.server.jobs.params import InputFps, Scale, raw_rate
 from carn_stream.server.pages import STATIC_DIR
 from carn_stream.server.speed import SpeedBook
 from carn_stream.server.streaming import FileStream
@@ -90,6 +90,7 @@ class VideoCreate(BaseModel):
         "background and serve the source's size by upscaling the copy with that model; "
         "`GET /videos/{id}/report` then measures what that saves",
     )
+    input_fps: InputFps
 
     @field_validator("scales")
     @classmethod
@@ -245,7 +246,7 @@ async def create_video(
     check_disk(videos.settings)
     try:
         store = StoreRequest(**body.store.model_dump()) if body.store else None
-        ingest = videos.ingest(body.url, body.scales, body.tune, store)
+        ingest = videos.ingest(body.url, body.scales, body.tune, store, raw_rate(body.input_fps))
         video = await unless_disconnected(request.receive, ingest)
     except ClientGone:
         return Response(status_code=CLIENT_GONE)

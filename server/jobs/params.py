@@ -8,6 +8,7 @@ Adding a job field means adding it here (and using it where it takes effect).
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -22,6 +23,7 @@ from pydantic import (
 from carn_stream.model.named_weights import MODELS_NAME
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.media.codecs import CODEC_NAMES, PRESETS, preset_problem
+from carn_stream.pipeline.media.elementary import MAX_RATE, frame_rate
 from carn_stream.pipeline.media.formats import FORMAT_NAMES, FORMATS
 
 
@@ -36,6 +38,26 @@ Scale = Annotated[
     AfterValidator(_supported_scale),
     Field(json_schema_extra={"enum": list(SUPPORTED_SCALES)}),
 ]
+
+
+#: The frame rate of a raw H.264/HEVC input, which carries no timestamps.
+InputFps = Annotated[
+    float | None,
+    Field(
+        None,
+        gt=0,
+        le=MAX_RATE,
+        description="frame rate of a raw H.264/HEVC input (a stream without a container, "
+        "which carries no timestamps); default: the rate the stream's header gives, else 25. "
+        "29.97, 59.94 and 23.976 mean the exact NTSC rates. Other inputs keep their own times",
+        examples=[30],
+    ),
+]
+
+
+def raw_rate(input_fps: float | None) -> Fraction | None:
+    """``input_fps`` as an exact rate (None: a raw input's own)."""
+    return frame_rate(input_fps) if input_fps else None
 
 
 class JobParams(BaseModel):
@@ -62,12 +84,17 @@ class JobParams(BaseModel):
         "e.g. a per-video model from `carn-stream tune`; default: the service's model",
         examples=["clip-x4.pth"],
     )
+    input_fps: InputFps
 
     @model_validator(mode="after")
     def _preset_fits_codec(self) -> JobParams:
         if problem := preset_problem(self.codec, self.preset):
             raise ValueError(problem)
         return self
+
+    @property
+    def raw_rate(self) -> Fraction | None:
+        return raw_rate(self.input_fps)
 
     @classmethod
     def from_stored(cls, text: str) -> JobParams:

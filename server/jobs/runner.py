@@ -220,7 +220,9 @@ class JobRunner:
                 plan = None
             if plan is None:
                 limits = self.intake.limits(job.params.scale)
-                plan = await executor.plan(PlanRequest(source, self.intake.segment_seconds, limits))
+                request = PlanRequest(source, self.intake.segment_seconds, limits,
+                                      timed_copy=source, raw_rate=job.params.raw_rate)  # fmt: skip
+                plan = await executor.plan(request)
                 self.store.save_plan(job.id, plan)
             else:
                 self.store.reset_unfinished_segments(job.id)

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 from carn_stream.model.named_weights import tuned_name
@@ -182,13 +183,15 @@ class VideoManager:
         return self.cache.cached(video_id)
 
     async def ingest(
-        self, url: str, scales: list[int], tune: bool = False, store: StoreRequest | None = None
-    ) -> Video:
+        self, url: str, scales: list[int], tune: bool = False, store: StoreRequest | None = None,
+        raw_rate: Fraction | None = None,
+    ) -> Video:  # fmt: skip
         """Fetch, check and plan ``url``; raises FetchError, LimitError, InputError, NotReady,
         Busy (as many ingests as allowed are under way). Cancelling it (its client has gone)
         stops the download at once. ``store``: keep a low-resolution copy instead (its
         upscaled rendition at ``store.scale`` is the source's size) and make the title's own
-        model for it."""
+        model for it. A raw H.264/HEVC stream is kept as an MP4 copy with timestamps, at
+        ``raw_rate`` (None: its header's)."""
         executor = self._executor()
         if executor is None:
             raise NotReady("the model is still loading; try again in a moment")
@@ -196,13 +199,13 @@ class VideoManager:
             raise Busy(f"{self.ingests.held} videos are being ingested already; "
                        "try again in a moment")  # fmt: skip
         try:
-            return await self._ingest(executor, url, scales, tune, store)
+            return await self._ingest(executor, url, scales, tune, store, raw_rate)
         finally:
             self.ingests.give()
 
     async def _ingest(
         self, executor: SegmentExecutor, url: str, scales: list[int], tune: bool,
-        store: StoreRequest | None,
+        store: StoreRequest | None, raw_rate: Fraction | None,
     ) -> Video:  # fmt: skip
         await self.checks(validate_url, url, self.intake.policy)
         video_id = uuid.uuid4().hex
@@ -215,11 +218,15 @@ class VideoManager:
             )
             storage = None
             if store is not None:
-                source, storage = await self._store_small(executor, source, store, folder)
+                source, storage = await self._store_small(
+                    executor, source, store, folder, raw_rate
+                )
                 scales = sorted({store.scale, *scales})
                 tune = True  # the title's own model serves the copy
             limits = self.intake.limits(max(scales))
-            plan = await executor.plan(PlanRequest(source, self.intake.segment_seconds, limits))
+            request = PlanRequest(source, self.intake.segment_seconds, limits,
+                                  timed_copy=source, raw_rate=raw_rate)  # fmt: skip
+            plan = await executor.plan(request)
             renditions = await self.offload(
                 describe_renditions, source, plan, scales, self.encoder
             )
@@ -240,11 +247,13 @@ class VideoManager:
         return video
 
     async def _store_small(
-        self, executor: SegmentExecutor, source: Path, store: StoreRequest, folder: Path
-    ) -> tuple[Path, Storage]:
+        self, executor: SegmentExecutor, source: Path, store: StoreRequest, folder: Path,
+        raw_rate: Fraction | None,
+    ) -> tuple[Path, Storage]:  # fmt: skip
         """The low-resolution copy the video keeps (the source checked first, in the executor,
-        against the limits of its own size)."""
-        request = PlanRequest(source, self.intake.segment_seconds, self.intake.limits(1))
+        against the limits of its own size; a raw stream given timestamps there)."""
+        request = PlanRequest(source, self.intake.segment_seconds, self.intake.limits(1),
+                              timed_copy=source, raw_rate=raw_rate)  # fmt: skip
         await executor.plan(request)
         copy = await make_copy(source, folder / COPY_NAME, store.scale, store.codec, store.crf)
         storage = Storage(
