@@ -170,7 +170,15 @@ def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
 
 def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> None:
     """What makes the run resumable, and an interrupted run of it if there is one."""
+    from carn_stream.pipeline.errors import PipelineError
     from carn_stream.pipeline.execution.workdir import WorkDir, run_identity
+    from carn_stream.pipeline.media.elementary import is_raw_stream
+
+    try:
+        item.timed = is_raw_stream(item.source)
+    except PipelineError:
+        item.timed = False  # its plan says why
+    rate = args.input_fps if item.timed else None
 
     item.identity = run_identity(
         item.source,
@@ -182,7 +190,7 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
         segment_seconds=seconds,
         weights=str(settings.weights) if settings.weights else None,
         precision=settings.precision,
-        **({"input_fps": str(args.input_fps)} if args.input_fps else {}),
+        **({"input_fps": str(rate)} if rate is not None else {}),
     )
     try:
         item.resumed = WorkDir(item.work).resume(item.identity)
@@ -268,10 +276,9 @@ async def _plan(args, item: Item, seconds: float, executor) -> None:
     into the work folder with timestamps (again on a resume that finds no copy there)."""
     from carn_stream.pipeline.execution.executors import PlanRequest
     from carn_stream.pipeline.execution.workdir import WorkDir
-    from carn_stream.pipeline.media.elementary import copy_with_times, is_raw_stream
+    from carn_stream.pipeline.media.elementary import copy_with_times
 
     folder = WorkDir(item.work)
-    item.timed = await asyncio.to_thread(is_raw_stream, item.source)
     if item.resumed is not None:
         item.plan, done = item.resumed
         item.done = set(done)
@@ -286,18 +293,25 @@ async def _plan(args, item: Item, seconds: float, executor) -> None:
             file=sys.stderr,
         )
         return
-    await asyncio.to_thread(folder.timed_input.unlink, True)  # an earlier run's
+    await asyncio.to_thread(folder.forget)
+    timed_copy = None
     if item.timed:
+        timed_copy = folder.timed_input
         await asyncio.to_thread(folder.path.mkdir, parents=True, exist_ok=True)
         print(f"carn-stream: {item.source.name} is a raw stream without timestamps: copying "
-              f"it with timestamps into {folder.timed_input}", file=sys.stderr)  # fmt: skip
-    request = PlanRequest(item.source, seconds, timed_copy=folder.timed_input if item.timed
-                          else None, raw_rate=args.input_fps)  # fmt: skip
-    item.plan = await executor.plan(request)
+              f"it with timestamps into {timed_copy}", file=sys.stderr)  # fmt: skip
+    request = PlanRequest(item.source, seconds, timed_copy=timed_copy, raw_rate=args.input_fps)
+    try:
+        item.plan = await executor.plan(request)
+    except BaseException:
+        if item.timed:  # nothing to resume in it
+            folder.remove()
+        raise
     folder.start(item.identity, item.plan)
     if item.timed:
         rate = float(item.plan.frame_rate or 0)
-        said = "--input-fps" if args.input_fps else "its header's, else 25; --input-fps sets it"
+        said = "--input-fps" if args.input_fps is not None else "its header's, else 25; " \
+            "--input-fps sets it"
         print(f"carn-stream: {item.source.name} timed at {rate:g} fps ({said})", file=sys.stderr)
 
 

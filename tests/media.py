@@ -358,3 +358,14 @@ def raw_stream(source: Path, path: Path) -> Path:
                     filtered.stream = stream
                     out.mux(filtered)
     return path
+
+
+def raw_stream_from(raw: Path, path: Path, packet: int) -> Path:
+    """A raw Annex B stream cut at its ``packet``-th packet, its parameter sets first: a
+    recording joined mid-stream."""
+    with av.open(str(raw)) as src:
+        video = src.streams.video[0]
+        head = bytes(video.codec_context.extradata or b"")
+        packets = [bytes(p) for p in src.demux(video) if p.size]
+    path.write_bytes(head + b"".join(packets[packet:]))
+    return path

@@ -44,6 +44,7 @@ from tests.media import (
     downscale_frames,
     facts,
     raw_stream,
+    raw_stream_from,
     remux_across_the_wrap,
     remux_cut,
     write_clip,
@@ -423,6 +424,74 @@ def test_a_raw_h264_stream_gets_back_the_pictures_and_times_of_the_file_it_came_
     make(copy, out, "mp4", bicubic_worker)
     made = facts(out)
     assert [p * made.time_base for p in made.pts] == [p * want.time_base for p in want.pts]
+
+
+@pytest.mark.parametrize("kind", ["hevc-open-gop", "h264-intra-refresh"])
+def test_a_raw_stream_joined_at_a_recovery_point_keeps_the_frames_a_decoder_shows(
+    clips, tmp_path, kind
+):
+    """A recording joined mid-stream starts at a CRA (its leading pictures refer to what came
+    before: a decoder skips them) or at a recovery point (the pictures until the picture is
+    whole are decoded, never shown). Both were refused ("31 pictures decode to 30 frames").
+    The copy leaves the first out and keeps the second before its start, hidden by its edit
+    list: it shows exactly what a decoder shows of the raw stream, and plans those frames."""
+    from carn_stream.pipeline.media.elementary import copy_with_times
+
+    pictures = decode_rgb(clips["bframes"], 40)
+    if kind == "hevc-open-gop":
+        params = "keyint=10:min-keyint=10:open-gop=1:bframes=3:scenecut=0:log-level=error"
+        options = {"crf": "25", "preset": "ultrafast", "x265-params": params}
+        whole = write_clip(tmp_path / "whole.hevc", pictures, codec="libx265",
+                           container_format="hevc", options=options)  # fmt: skip
+    else:
+        options = {"crf": "25", "preset": "veryfast",
+                   "x264-params": "intra-refresh=1:keyint=10:bframes=0"}  # fmt: skip
+        whole = write_clip(tmp_path / "whole.h264", pictures, container_format="h264",
+                           options=options)  # fmt: skip
+    with av.open(str(whole)) as c:
+        keys = [i for i, p in enumerate(p for p in c.demux(video=0) if p.size) if p.is_keyframe]
+    joined = raw_stream_from(whole, tmp_path / f"joined{whole.suffix}", keys[1])
+    shown = decode_rgb(joined)
+    assert len(shown) < 40 - keys[1]  # pictures decoded and not shown: the case at hand
+    copy = tmp_path / "copy.mp4"
+    copy_with_times(joined, copy)
+    got = facts(copy)
+    assert [p * got.time_base for p in got.pts] == [Fraction(n, 25) for n in range(len(shown))]
+    assert all(np.array_equal(a, b) for a, b in zip(decode_rgb(copy), shown, strict=True))
+    assert plan_segments(copy, WHOLE).frames == len(shown)
+
+
+def test_a_cancelled_plan_stops_its_raw_streams_copy(clips, tmp_path):
+    """Cancelling a plan (a job cancelled, a client gone) only stopped the wait: the decode
+    pass of a long raw stream ran on, and a job's copy could reappear after its folder was
+    cleaned. The copy now stops, leaving nothing."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from carn_stream.pipeline.execution.executors import plan_in_thread
+    from carn_stream.pipeline.media.elementary import copy_with_times
+
+    pictures = decode_rgb(clips["bframes"])
+    raw = write_clip(tmp_path / "long.h264", [pictures[i % 100] for i in range(1500)],
+                     container_format="h264", options={"preset": "ultrafast"})  # fmt: skip
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(InputError, match="stopped"):
+        copy_with_times(raw, tmp_path / "copy.mp4", stop=stop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.h264"]
+    threads = ThreadPoolExecutor(1)
+
+    async def cancel_soon() -> None:
+        request = PlanRequest(raw, 1.0, timed_copy=tmp_path / "copy.mp4")
+        task = asyncio.create_task(plan_in_thread(request, threads))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_soon())
+    threads.shutdown(wait=True)  # the thread's work is over, whatever it had reached
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.h264"]
 
 
 def test_a_raw_hevc_stream_with_b_frames_is_timed_at_the_rate_given(clips, tmp_path):

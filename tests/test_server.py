@@ -489,6 +489,16 @@ def test_token_limits_and_local_files(tmp_path, media, data_dir):
         assert done["state"] == "succeeded", done["error"]
         assert (root / "carphone.mp4").exists()  # a local input is read, never removed
         assert done["url"] == "carphone.mp4"  # a local path is shown by its name only
+        # A local raw stream is copied with timestamps into the job's folder: it was
+        # rewritten in place, as an MP4.
+        raw = root / "carphone.h264"
+        before = raw.read_bytes()
+        local = proc.call("POST", "/jobs", {"url": f"file://{raw}", "output": "mp4"},
+                          headers=auth).json()  # fmt: skip
+        done = proc.wait_job(local["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded", done["error"]
+        assert raw.read_bytes() == before
+        assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
     finally:
         proc.stop()
 

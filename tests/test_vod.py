@@ -719,6 +719,36 @@ def test_a_video_stored_small_is_served_at_its_size_by_its_own_model(server, bas
     assert not folder.exists()  # the copy and the weights with it
 
 
+def test_local_input_files_are_never_written_or_removed(media, tmp_path):
+    """With local files allowed, a video stored small deleted its local source file once its
+    model was made, and a local raw stream would have been replaced by its timed copy."""
+    originals = {name: (media / name).read_bytes() for name in ("clip.h264", "big.mp4")}
+    server = ServerProcess(tmp_path / "data", CARN_STREAM_ALLOW_LOCAL_FILES="1",
+                           CARN_STREAM_VOD_TUNE_FRAMES="8", CARN_STREAM_VOD_TUNE_STEPS="2",
+                           CARN_STREAM_VOD_REPORT_FRAMES="2").start()  # fmt: skip
+    try:
+        raw = server.call("POST", "/videos", {"url": str(media / "clip.h264")})
+        assert raw.status == 201, raw.body
+        video = raw.json()
+        assert [r["name"] for r in video["renditions"]] == ["original", "x2"]
+        assert (server.data_dir / "videos" / video["id"] / "input").is_file()  # its own copy
+        body = {"url": f"file://{media / 'big.mp4'}", "store": {"scale": 2, "crf": 30}}
+        small = server.call("POST", "/videos", body)
+        assert small.status == 201, small.body
+        done = wait_for(
+            lambda: (v := server.call("GET", f"/videos/{small.json()['id']}").json())["tune"][
+                "state"] in ("done", "failed") and v,
+            300, "the title's model",
+        )  # fmt: skip
+        assert done["tune"]["state"] == "done", done["tune"]["error"]
+        assert done["store"]["source_kept"]  # not the service's to remove
+    finally:
+        server.stop()
+    for name, data in originals.items():
+        assert (media / name).read_bytes() == data, name
+    assert not [p.name for p in media.iterdir() if p.name.startswith(".")]
+
+
 def _decoded(data: bytes, tmp_path: Path) -> np.ndarray:
     path = tmp_path / f"segment-{time.monotonic_ns()}.ts"
     path.write_bytes(data)

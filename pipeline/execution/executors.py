@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -128,13 +129,25 @@ def batch_size(configured: int, executor: SegmentExecutor) -> int:
     return configured or default_batch_size(executor.device)
 
 
-def plan_for(request: PlanRequest) -> SegmentPlan:
-    """The plan a request asks for (what every executor runs, wherever it runs)."""
+def plan_for(request: PlanRequest, stop: threading.Event | None = None) -> SegmentPlan:
+    """The plan a request asks for (what every executor runs, wherever it runs); ``stop``
+    ends a raw stream's copy early (its caller has given up)."""
     source = request.source
     if request.timed_copy is not None and is_raw_stream(source):
-        copy_with_times(source, request.timed_copy, request.limits, request.raw_rate)
+        copy_with_times(source, request.timed_copy, request.limits, request.raw_rate, stop)
         source = request.timed_copy
     return plan_segments(source, request.target_seconds, limits=request.limits)
+
+
+async def plan_in_thread(request: PlanRequest, threads: Executor | None = None) -> SegmentPlan:
+    """:func:`plan_for` on a thread of ``threads`` (None: asyncio's own); cancelling the call
+    stops the plan's work soon after, not only the wait for it."""
+    stop = threading.Event()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(threads, plan_for, request, stop)
+    except asyncio.CancelledError:
+        stop.set()
+        raise
 
 
 async def upscale_segment(
@@ -172,9 +185,8 @@ class InProcessExecutor:
         """Nothing to start: the worker is running."""
 
     async def plan(self, request: PlanRequest) -> SegmentPlan:
-        loop = asyncio.get_running_loop()
         async with self._plans:
-            return await loop.run_in_executor(self._threads, plan_for, request)
+            return await plan_in_thread(request, self._threads)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await upscale_segment(task, self.worker, on_frame, self.node)

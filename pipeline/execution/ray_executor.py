@@ -41,7 +41,7 @@ from carn_stream.pipeline.execution.executors import (
     SegmentResult,
     SegmentTask,
     WorkerCrashed,
-    plan_for,
+    plan_in_thread,
     upscale_segment,
 )
 from carn_stream.pipeline.execution.segment_transport import cut_segment, localize, write_copy
@@ -200,7 +200,7 @@ class RayExecutor:
 
     async def plan(self, request: PlanRequest) -> SegmentPlan:
         async with self._plans:
-            return await asyncio.to_thread(plan_for, request)
+            return await plan_in_thread(request)
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         segment = task.segment

@@ -51,6 +51,12 @@ class WorkDir:
     def timed_input(self) -> Path:
         return self.path / TIMED_INPUT
 
+    def forget(self) -> None:
+        """Before a new run is planned: its plan and the input's timed copy go, so that a run
+        stopped before :meth:`start` leaves nothing another run could take up."""
+        for name in (PLAN_FILE, TIMED_INPUT):
+            (self.path / name).unlink(missing_ok=True)
+
     def start(self, identity: dict[str, Any], plan: SegmentPlan) -> None:
         """Begin a new run here: whatever was in the folder is removed, apart from the input's
         timed copy (the plan was just made from it)."""

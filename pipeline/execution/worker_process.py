@@ -32,7 +32,7 @@ from carn_stream.pipeline.execution.executors import (
     SegmentResult,
     SegmentTask,
     WorkerCrashed,
-    plan_for,
+    plan_in_thread,
     upscale_segment,
 )
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
@@ -116,7 +116,7 @@ async def _serve(conn, worker: InferenceWorker) -> None:
     async def handle(call_id: int, kind: str, payload: Any) -> None:
         try:
             if kind == "plan":
-                result = await asyncio.to_thread(plan_for, payload)
+                result = await plan_in_thread(payload)
             elif kind == "remux":
                 result = await asyncio.to_thread(remux_segment, payload)
             else:

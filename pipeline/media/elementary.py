@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,7 +28,7 @@ RAW_STREAM_DEMUXERS = frozenset({"h264", "hevc"})
 RAW_STREAM_SUFFIXES = frozenset({".h264", ".264", ".avc", ".hevc", ".h265", ".265"})
 #: The rate FFmpeg gives a raw stream whose header names none.
 DEFAULT_RATE = Fraction(25)
-MAX_RATE = 1000  #: frames per second a raw stream may be given
+MIN_RATE, MAX_RATE = Fraction(1, 1001), 1000  #: frames per second a raw stream may be given
 _NTSC = Fraction(1000, 1001)
 
 
@@ -41,23 +42,26 @@ def frame_rate(value: float | str | Fraction) -> Fraction:
     """A frame rate as given by a user (``25``, ``29.97``, ``"30000/1001"``): the NTSC rates
     (29.97, 59.94, 23.976) are taken as the exact N*1000/1001 they stand for."""
     try:
-        rate = Fraction(value) if not isinstance(value, float) else Fraction(str(value))
+        given = Fraction(value) if not isinstance(value, float) else Fraction(str(value))
     except (ValueError, ZeroDivisionError) as exc:
         raise ValueError(f"frame rate {value!r} is not a number") from exc
-    if not 0 < rate <= MAX_RATE:
-        raise ValueError(f"frame rate {value} is out of range (above 0, at most {MAX_RATE})")
-    if rate.denominator != 1:
-        ntsc = round(rate / _NTSC) * _NTSC
-        if ntsc.denominator == 1001 and abs(ntsc - rate) < Fraction(1, 200):
-            return ntsc
-    return rate.limit_denominator(1001)
+    rate = given.limit_denominator(1001)
+    if given.denominator != 1:
+        ntsc = round(given / _NTSC) * _NTSC
+        if ntsc.denominator == 1001 and abs(ntsc - given) < Fraction(1, 200):
+            rate = ntsc
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(
+            f"frame rate {value} is out of range (at least {MIN_RATE}, at most {MAX_RATE})"
+        )
+    return rate
 
 
 def stream_rate(stream: av.video.stream.VideoStream) -> Fraction:
     """The frame rate a raw stream's own header gives (its timing information), else FFmpeg's
     default."""
     for rate in (stream.codec_context.framerate, stream.guessed_rate):
-        if rate and 0 < rate <= MAX_RATE:
+        if rate and MIN_RATE <= rate <= MAX_RATE:
             return Fraction(rate)
     return DEFAULT_RATE
 
@@ -67,21 +71,24 @@ def copy_with_times(
     target: Path,
     limits: InputLimits | None = None,
     rate: Fraction | None = None,
+    stop: threading.Event | None = None,
 ) -> Fraction:
     """Copy the raw stream ``source`` into the MP4 ``target`` with timestamps, at ``rate``
     (None: the stream's own); returns the rate used. ``target`` may be ``source`` itself, which
-    is then replaced; it is written under a temporary name and renamed when whole. ``limits``
-    stop the decode pass as soon as the stream is longer or has more frames than allowed."""
+    is then replaced; it is written under :func:`partial_name` and renamed when whole.
+    ``limits`` stop the decode pass as soon as the stream is longer or has more frames than
+    allowed; ``stop`` (set by a caller that has given up) ends either pass early."""
     with open_input(source) as container:
         stream = container.streams.video[0]
-        rate = rate or stream_rate(stream)
+        rate = rate if rate is not None else stream_rate(stream)
         if limits is not None:
             limits.check_size(stream.codec_context.width, stream.codec_context.height)
-        shown = _display_order(container, rate, limits)
-    part = target.with_name(f".{target.name}.part")
+        places = _display_places(container, rate, limits, stop)
+    part = partial_name(target)
     try:
         with open_input(source) as container:
-            _write(container, part, rate, shown)
+            _write(container, part, rate, places, stop)
+        _check_stop(stop)
         os.replace(part, target)
     except BaseException:
         part.unlink(missing_ok=True)
@@ -89,10 +96,30 @@ def copy_with_times(
     return rate
 
 
-def _display_order(
-    container: av.container.InputContainer, rate: Fraction, limits: InputLimits | None
-) -> list[int]:
-    """For each packet shown (decode order), its place in display order."""
+def partial_name(target: Path) -> Path:
+    """Where :func:`copy_with_times` writes ``target`` until it is whole."""
+    return target.with_name(f".{target.name}.part")
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise InputError("the raw stream's copy was stopped: its request was cancelled")
+
+
+def _display_places(
+    container: av.container.InputContainer,
+    rate: Fraction,
+    limits: InputLimits | None,
+    stop: threading.Event | None,
+) -> dict[int, int]:
+    """Each packet's place in display order, by its number in decode order (from the first
+    keyframe). A stream that starts at a recovery point rather than an IDR picture may hold
+    pictures a decoder decodes but never shows: those before the first one shown build the
+    picture up (kept, placed before 0: the MP4's edit list has a decoder drop them again), and
+    the leading pictures of the first keyframe, which refer to pictures before the stream's
+    start (RASL in HEVC, an open GOP's B-frames in H.264), are left out: nothing shown refers
+    to them. Any other picture without a frame (fields coded as separate pictures, damage)
+    refuses the stream."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     stream.codec_context.options = {"skip_loop_filter": "all"}
@@ -101,10 +128,12 @@ def _display_order(
         by_duration = math.floor(limits.max_duration * rate) + 1
         max_frames = min(max_frames, by_duration) if max_frames else by_duration
     shown = ShownPackets()
-    order: list[int] = []  #: decode numbers, in the order the decoder shows them
+    order: list[int | None] = []  #: decode numbers, in the order the decoder shows them
+    keys: list[int] = []
     count = 0
     try:
         for packet in container.demux(stream):
+            _check_stop(stop)
             if packet.size == 0:
                 order += [frame.pts for frame in stream.decode(None)]
                 continue
@@ -115,48 +144,66 @@ def _display_order(
                     f"input has more than {max_frames} frames at {float(rate):g} fps, over "
                     "the limit (a raw stream is read up to that point)"
                 )
+            if packet.is_keyframe:
+                keys.append(count)
             packet.pts = packet.dts = count
             count += 1
             order += [frame.pts for frame in stream.decode(packet)]
     except av.FFmpegError as exc:
         raise InputError(f"the raw stream could not be decoded ({ffmpeg_reason(exc)})") from exc
-    if not count:
-        raise InputError("the raw stream holds no frames")
-    if None in order or sorted(order) != list(range(count)):
+    numbers = [n for n in order if n is not None]
+    if not numbers:
+        raise InputError("the raw stream holds no frames a decoder shows")
+    first = min(numbers)  #: the first picture shown, in decode order
+    next_key = next((k for k in keys if k > first), count)
+    unshown = sorted(set(range(count)) - set(numbers))
+    build_up = [n for n in unshown if n < first]
+    astray = [n for n in unshown if n >= next_key]
+    if len(numbers) != len(order) or len(set(numbers)) != len(numbers) or astray:
         raise InputError(
-            f"the raw stream's {count} pictures decode to {len(order)} frames (fields coded "
-            "as separate pictures, or damage): put it in a container (MP4, MKV, MPEG-TS) first"
+            f"the raw stream's {count} pictures decode to {len(numbers)} frames, some of them "
+            "mid-stream (fields coded as separate pictures, or damage): put it in a container "
+            "(MP4, MKV, MPEG-TS) first"
         )
-    place = [0] * count
-    for shown_at, number in enumerate(order):
-        place[number] = shown_at
-    return place
+    places = {n: i - len(build_up) for i, n in enumerate(build_up)}
+    places.update({n: i for i, n in enumerate(numbers)})
+    return places
 
 
 def _write(
-    container: av.container.InputContainer, part: Path, rate: Fraction, place: list[int]
+    container: av.container.InputContainer,
+    part: Path,
+    rate: Fraction,
+    places: dict[int, int],
+    stop: threading.Event | None,
 ) -> None:
     stream = container.streams.video[0]
     time_base = 1 / rate
+    kept = sorted(places)
     #: decode times start this many frames before the first display time (B-frame reorder)
-    delay = max(number - shown_at for number, shown_at in enumerate(place))
+    delay = max(i - places[n] for i, n in enumerate(kept))
     options = {"movie_timescale": str(time_base.denominator)}
     shown = ShownPackets()
-    number = 0
+    number = written = 0
     try:
         with av.open(str(part), "w", format="mp4", options=options) as out:
             video = out.add_stream_from_template(stream)
             video.time_base = time_base
             for packet in container.demux(stream):
-                if not shown(packet) or number >= len(place):
+                _check_stop(stop)
+                if not shown(packet):
+                    continue
+                number += 1
+                place = places.get(number - 1)
+                if place is None:
                     continue
                 packet.time_base = time_base
-                packet.pts = place[number]
-                packet.dts = number - delay
+                packet.pts = place
+                packet.dts = written - delay
                 packet.duration = 1
                 packet.stream = video
                 out.mux(packet)
-                number += 1
+                written += 1
     except (av.FFmpegError, ValueError) as exc:
         raise InputError(
             f"the raw stream could not be copied into MP4 ({ffmpeg_reason(exc)})"

@@ -40,13 +40,17 @@ Scale = Annotated[
 ]
 
 
+def _frame_rate(value: float) -> float:
+    frame_rate(value)  # raises ValueError with the reason
+    return value
+
+
+FrameRate = Annotated[float, Field(gt=0, le=MAX_RATE), AfterValidator(_frame_rate)]
 #: The frame rate of a raw H.264/HEVC input, which carries no timestamps.
 InputFps = Annotated[
-    float | None,
+    FrameRate | None,
     Field(
         None,
-        gt=0,
-        le=MAX_RATE,
         description="frame rate of a raw H.264/HEVC input (a stream without a container, "
         "which carries no timestamps); default: the rate the stream's header gives, else 25. "
         "29.97, 59.94 and 23.976 mean the exact NTSC rates. Other inputs keep their own times",
@@ -57,7 +61,7 @@ InputFps = Annotated[
 
 def raw_rate(input_fps: float | None) -> Fraction | None:
     """``input_fps`` as an exact rate (None: a raw input's own)."""
-    return frame_rate(input_fps) if input_fps else None
+    return frame_rate(input_fps) if input_fps is not None else None
 
 
 class JobParams(BaseModel):

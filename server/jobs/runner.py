@@ -21,6 +21,7 @@ from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentResult
 from carn_stream.pipeline.execution.segmented import SegmentedRun
 from carn_stream.pipeline.execution.slots import Slots
+from carn_stream.pipeline.media.elementary import partial_name
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import segment_name
@@ -220,9 +221,14 @@ class JobRunner:
                 plan = None
             if plan is None:
                 limits = self.intake.limits(job.params.scale)
+                # a raw stream is copied with timestamps to our copy of the input (a local
+                # input file is never written)
                 request = PlanRequest(source, self.intake.segment_seconds, limits,
-                                      timed_copy=source, raw_rate=job.params.raw_rate)  # fmt: skip
+                                      timed_copy=media.input,
+                                      raw_rate=job.params.raw_rate)  # fmt: skip
                 plan = await executor.plan(request)
+                if media.input.is_file():
+                    source = media.input
                 self.store.save_plan(job.id, plan)
             else:
                 self.store.reset_unfinished_segments(job.id)
@@ -252,6 +258,7 @@ class JobRunner:
         finally:
             if finished:  # our copy of the input only, never a local input file
                 media.input.unlink(missing_ok=True)
+                partial_name(media.input).unlink(missing_ok=True)  # a copy cut short
                 shutil.rmtree(media.work, ignore_errors=True)
             self._running.pop(job.id, None)
             self._cancel_flags.pop(job.id, None)

@@ -224,9 +224,12 @@ class VideoManager:
                 scales = sorted({store.scale, *scales})
                 tune = True  # the title's own model serves the copy
             limits = self.intake.limits(max(scales))
+            timed = folder / INPUT_NAME if store is None else None  # the stored copy is MP4
             request = PlanRequest(source, self.intake.segment_seconds, limits,
-                                  timed_copy=source, raw_rate=raw_rate)  # fmt: skip
+                                  timed_copy=timed, raw_rate=raw_rate)  # fmt: skip
             plan = await executor.plan(request)
+            if store is None:
+                source = _own_copy(source, folder)
             renditions = await self.offload(
                 describe_renditions, source, plan, scales, self.encoder
             )
@@ -253,8 +256,9 @@ class VideoManager:
         """The low-resolution copy the video keeps (the source checked first, in the executor,
         against the limits of its own size; a raw stream given timestamps there)."""
         request = PlanRequest(source, self.intake.segment_seconds, self.intake.limits(1),
-                              timed_copy=source, raw_rate=raw_rate)  # fmt: skip
+                              timed_copy=folder / INPUT_NAME, raw_rate=raw_rate)  # fmt: skip
         await executor.plan(request)
+        source = _own_copy(source, folder)
         copy = await make_copy(source, folder / COPY_NAME, store.scale, store.codec, store.crf)
         storage = Storage(
             scale=store.scale, codec=store.codec, crf=store.crf, keep_source=store.keep_source,
@@ -415,7 +419,7 @@ class VideoManager:
         if report is None or not report.get("training"):
             raise RuntimeError("the title's report is missing")
         await asyncio.to_thread(title_weights(folder, storage.scale).replace, weights)
-        if not storage.keep_source:
+        if not storage.keep_source and source.is_relative_to(folder):  # never a local input
             await asyncio.to_thread(source.unlink, True)
             self.store.set_storage(video.id, storage.model_copy(update={"source_kept": False}))
         training = report["training"]
@@ -763,6 +767,13 @@ class VideoManager:
             speed.observe(report, "segments")
 
         return await executor.run(task, frame_done)
+
+
+def _own_copy(source: Path, folder: Path) -> Path:
+    """The input a video keeps: the service's copy in its folder (a download, or a raw stream's
+    copy with timestamps), else ``source`` (a local input file, never written)."""
+    copy = folder / INPUT_NAME
+    return copy if copy.is_file() else source
 
 
 async def _behind(work: _Work) -> None:
