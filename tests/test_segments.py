@@ -426,6 +426,34 @@ def test_a_raw_h264_stream_gets_back_the_pictures_and_times_of_the_file_it_came_
     assert [p * made.time_base for p in made.pts] == [p * want.time_base for p in want.pts]
 
 
+def test_segments_of_an_intra_refresh_stream_start_where_the_picture_is_whole(clips, tmp_path):
+    """Intra refresh (low-latency encoders): one IDR picture, then recovery points marked as
+    keyframes, after which a decoder shows nothing until the picture is whole. Every segment
+    after the first lost its first frames ("decoded 26 of 30 frames"), here and on a cluster
+    worker. Their decode now starts from an earlier keyframe, and shows exactly the pictures
+    of a decode from the top."""
+    from carn_stream.pipeline.execution.segment_transport import cut_segment, localize, write_copy
+
+    pictures = decode_rgb(clips["bframes"], 60)
+    source = write_clip(tmp_path / "refresh.mp4", pictures, options={
+        "crf": "25", "preset": "veryfast", "x264-params": "intra-refresh=1:keyint=10:bframes=0",
+    })  # fmt: skip
+    with av.open(str(source)) as c:
+        whole = [f.to_ndarray()[: 54] for f in c.decode(video=0)]  # Y rows of yuv420p
+    plan = plan_segments(source, 1.0)
+    assert len(plan.segments) > 1 and all(s.key for s in plan.segments)
+    for segment in plan.segments:
+        last = segment.index == len(plan.segments) - 1
+        copy = write_copy(cut_segment(source, segment, plan.time_base, last), tmp_path)
+        local, _ = localize(segment, plan.time_base, copy)
+        for path, part in ((source, segment), (copy, local)):  # here, and on a cluster worker
+            with av.open(str(path)) as c:
+                frames = list(segment_frames(c, part))
+            assert len(frames) == segment.frames, (path.name, segment.index)
+            for frame in frames:
+                assert np.array_equal(frame.planes[0], whole[frame.index]), frame.index
+
+
 @pytest.mark.parametrize("kind", ["hevc-open-gop", "h264-intra-refresh"])
 def test_a_raw_stream_joined_at_a_recovery_point_keeps_the_frames_a_decoder_shows(
     clips, tmp_path, kind

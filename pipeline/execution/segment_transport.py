@@ -24,8 +24,8 @@ import av
 
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.media.decode import open_input
-from carn_stream.pipeline.media.seeking import from_first_keyframe, seek_to_keyframe
-from carn_stream.pipeline.media.segments import Segment, audio_packets
+from carn_stream.pipeline.media.seeking import from_first_keyframe
+from carn_stream.pipeline.media.segments import Segment, audio_packets, seek_to_show
 
 FORMAT = "mov"
 SUFFIX = ".mov"
@@ -77,7 +77,7 @@ def _video_packets(container: av.container.InputContainer, segment: Segment):
     video = container.streams.video[0]
     packets = container.demux(video)
     if segment.index > 0:
-        seek_to_keyframe(container, video, segment.start_pts)
+        seek_to_show(container, segment)
         packets = from_first_keyframe(container.demux(video))
     covered = 0
     for packet in packets:

@@ -17,6 +17,7 @@ exact.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -370,48 +371,120 @@ def plan_segments(
     return plan
 
 
+#: Keyframes before its own a segment's decode may start from, where a decoder withholds the
+#: frames after a keyframe until their picture is whole (a recovery point rather than an IDR
+#: picture: intra refresh).
+RECOVERY_KEYFRAMES = 3
+
+
+def seek_to_show(container: av.container.InputContainer, segment: Segment) -> None:
+    """Place ``container`` so that decoding its video from the first keyframe read shows the
+    segment's first frame: from the keyframe at or before the segment's start, or an earlier
+    one (:data:`RECOVERY_KEYFRAMES`), as a trial decode finds. Read on with
+    :func:`from_first_keyframe`. A segment that starts between keyframes is decoded from the
+    one before anyway, and not tried (the trial would decode its pre-roll)."""
+    video = container.streams.video[0]
+    target = segment.start_pts
+    for tries_left in range(RECOVERY_KEYFRAMES, -1, -1):
+        seek_to_keyframe(container, video, target)
+        if not segment.key or not tries_left:
+            return
+        key: list[int | None] = []
+        try:
+            first = next(_frames_in(container, segment, key), None)
+        except av.FFmpegError:
+            first = None  # the decode proper says what went wrong
+        earlier = _earlier_start(first, key, segment, target)
+        if earlier is None:
+            seek_to_keyframe(container, video, target)
+            return
+        target = earlier
+
+
+def _earlier_start(
+    first: tuple[int, av.VideoFrame] | None, key: list[int | None], segment: Segment, target: int
+) -> int | None:
+    """Where to seek to next when the first frame shown (``first``) of a decode from keyframe
+    ``key[0]`` is not the segment's first: just before that keyframe (None: it is, or there is
+    no earlier keyframe to try)."""
+    if first is None or first[0] <= segment.start_pts or not key or key[0] is None:
+        return None
+    return key[0] - 1 if key[0] <= target else None
+
+
+def _frames_in(
+    container: av.container.InputContainer,
+    segment: Segment,
+    key: list[int | None],
+    decode_order: bool = False,
+    from_top: bool = False,
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(time, frame) of each frame in the segment a decode shows, from where the container is
+    (after a seek: from the first keyframe read, whose time goes into ``key``)."""
+    video = container.streams.video[0]
+    packets = container.demux(video)
+    if not from_top:
+        packets = from_first_keyframe(packets)
+    times = FrameTimes(container, decode_order)
+    for packet in packets:
+        if not key:
+            key.append(packet.pts if packet.pts is not None else packet.dts)
+        times.fed(packet)
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            if packet.pts is None or packet.pts < segment.end_pts:
+                raise
+            # Damage past the segment's end is the next segment's business: flush what the
+            # decoder still holds of this one.
+            frames = video.codec_context.decode(None)
+        for frame in frames:
+            pts = times.of(frame)
+            if pts is None or pts < segment.start_pts:
+                continue  # before the segment (or a leading picture of an open GOP)
+            if pts < segment.end_pts:
+                yield pts, frame
+
+
 def segment_frames(
     container: av.container.InputContainer,
     segment: Segment,
     threads: int = 0,
     decode_order: bool = False,
 ) -> Iterator[SourceFrame]:
-    """The segment's frames, decoded from the keyframe at or before its start, in order.
-    ``decode_order``: the plan's (the input's packets are numbered in decode order; a copy of
-    them in another container says so only through it)."""
+    """The segment's frames, decoded from the keyframe at or before its start, in order; where
+    the segment's first frame does not come out of that decode (a recovery point: see
+    :data:`RECOVERY_KEYFRAMES`), from an earlier keyframe. ``decode_order``: the plan's (the
+    input's packets are numbered in decode order; a copy of them in another container says so
+    only through it)."""
     video = container.streams.video[0]
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
-    packets = container.demux(video)
-    if segment.index > 0:  # the first segment reads from the top, whatever precedes a keyframe
-        seek_to_keyframe(container, video, segment.start_pts)
-        packets = from_first_keyframe(container.demux(video))
-    times = FrameTimes(container, decode_order)
     index = segment.first_frame
     last = segment.first_frame + segment.frames
+    target = segment.start_pts
+    tries_left = RECOVERY_KEYFRAMES if segment.index > 0 and segment.key else 0
     try:
-        for packet in packets:
-            times.fed(packet)
-            try:
-                frames = packet.decode()
-            except av.FFmpegError:
-                if packet.pts is None or packet.pts < segment.end_pts:
-                    raise
-                # Damage past the segment's end is the next segment's business: flush what
-                # the decoder still holds of this one.
-                frames = video.codec_context.decode(None)
-            for frame in frames:
-                pts = times.of(frame)
-                if pts is None or pts < segment.start_pts:
-                    continue  # before the segment (or a leading picture of an open GOP)
-                if pts >= segment.end_pts:
-                    continue
+        while True:
+            if segment.index > 0:  # the first segment reads from the top, whatever precedes
+                seek_to_keyframe(container, video, target)  # its first keyframe
+            key: list[int | None] = []
+            shown = _frames_in(container, segment, key, decode_order, segment.index == 0)
+            first = next(shown, None)
+            earlier = _earlier_start(first, key, segment, target) if tries_left else None
+            if earlier is not None:
+                shown.close()
+                tries_left -= 1
+                target = earlier
+                continue
+            for pts, frame in itertools.chain([first] if first else [], shown):
                 planes, spec = frame_planes(frame)
                 tb = frame.time_base or video.time_base
                 yield SourceFrame(index, pts, tb, planes, spec, rotation=int(frame.rotation))
                 index += 1
                 if index == last:
                     return
+            break
     except av.FFmpegError as exc:
         raise InputError(f"decoding {segment.describe()} failed: {ffmpeg_reason(exc)}") from exc
     if index != last:
