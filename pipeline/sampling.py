@@ -32,7 +32,10 @@ def sample_frames(source: str | Path, count: int) -> list[np.ndarray]:
         total = describe(container).frames
         if total <= 0:  # unknown length: count the frames first
             total = sum(1 for _ in container.decode(video=0))
-            container.seek(0)
+    if total <= 0:
+        raise InputError(f"{source}: no frame could be decoded")
+    # Opened again rather than sought back: a raw H.264/HEVC stream cannot seek (EPERM).
+    with open_input(source) as container:
         wanted = set(np.linspace(0, max(total - 1, 0), min(count, total)).round().astype(int))
         frames: list[np.ndarray] = []
         for item in demux_frames(container):

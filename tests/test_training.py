@@ -226,6 +226,19 @@ def test_sample_frames_spreads_over_the_whole_clip(data_dir):
     assert all(np.abs(a.astype(int) - b).mean() > 2 for a, b in itertools.pairwise(frames))
 
 
+def test_sample_frames_reads_a_raw_stream_which_cannot_seek(data_dir, tmp_path):
+    """``carn-stream tune cam.h264`` failed with "[Errno 1] Operation not permitted": the
+    frames were counted, then the stream sought back to its start. The same frames as the MP4
+    the packets came from."""
+    from carn_stream.pipeline.sampling import sample_frames
+    from tests.media import raw_stream
+
+    clip = data_dir / "video" / "carphone_pristine.mp4"
+    raw = raw_stream(clip, tmp_path / "carphone.h264")
+    got, want = sample_frames(raw, 4), sample_frames(clip, 4)
+    assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
 @pytest.fixture()
 def small_data(train_images, data_dir, tmp_path) -> Path:
     """Two small photos and a short real clip: a training folder of both kinds."""
