@@ -153,6 +153,7 @@ def cmd_tune_encoded(args: argparse.Namespace, settings: Settings) -> int:
     _refuse_before_work(args, scale, settings)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="carn-tune-"))
     run_dir.mkdir(parents=True, exist_ok=True)
+    video = timed_input(video, run_dir)
     began = time.monotonic()
     copy_path = run_dir / f"copy-x{scale}-{args.codec}-crf{args.store_crf}.mp4"
     copy = encode_copy(video, copy_path, scale=scale, codec=args.codec, crf=args.store_crf,
@@ -200,6 +201,7 @@ def cmd_assess(args: argparse.Namespace, settings: Settings) -> int:
     out: Path = args.out or source.with_name(f"{source.stem}.assess")
     total = frame_count(source)  # a file that is no video is refused before the folder is made
     out.mkdir(parents=True, exist_ok=True)
+    source = timed_input(source, out, _say(args))
     timings: dict[str, float] = {}
     began = time.monotonic()
     frames = min(args.frames, total)
@@ -260,6 +262,20 @@ def _device(settings: Settings):
     from carn_stream.model.inference import pick_device
 
     return pick_device(settings.device)
+
+
+def timed_input(source: Path, folder: Path, say=None) -> Path:
+    """``source``, or for a raw H.264/HEVC stream its copy with timestamps in ``folder`` (at
+    the rate its header gives, else 25 fps): bit rates and times follow that rate."""
+    from carn_stream.pipeline.media.elementary import copy_with_times, is_raw_stream
+
+    if not is_raw_stream(source):
+        return source
+    copy = folder / "input.mp4"
+    rate = copy_with_times(source, copy)
+    if say is not None:
+        say(f"{source.name}: a raw stream without timestamps, timed at {float(rate):g} fps")
+    return copy
 
 
 def _say(args: argparse.Namespace):

@@ -207,6 +207,22 @@ def test_assess_prints_the_report_and_writes_plot_and_weights(small_clip, weight
                  str(tmp_path / "again"), "--precision", "fp32"]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "BD-rate of title CARN-M vs original size" in text and "time: copy" in text
+    # A raw stream of an MP4's packets at 30 fps: timed at its header's rate first (FFmpeg's
+    # own reading gave it 25 fps whatever the header said), so its bit rates are the MP4's.
+    from tests.media import decode_rgb, raw_stream, write_clip
+
+    clip = write_clip(tmp_path / "bbb30.mp4", decode_rgb(small_clip), rate=Fraction(30))
+    raw = raw_stream(clip, tmp_path / "bbb30.h264")
+    args = ["assess", str(raw), "--frames", "3", "--crfs", "26,34", "--title-weights",
+            str(out / "title-x2.pth"), "--weights", str(weights_path), "--precision", "fp32"]
+    assert main([*args, "--out", str(tmp_path / "raw"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "bbb30.h264: a raw stream without timestamps, timed at 30 fps" in captured.err
+    raw_doc = json.loads(captured.out.strip().splitlines()[-1])
+    assert main([*args[:1], str(clip), *args[2:], "--out", str(tmp_path / "mp4"),
+                 "--json"]) == 0  # fmt: skip
+    mp4_doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert raw_doc["curves"] == mp4_doc["curves"]
 
 
 @pytest.mark.parametrize(
