@@ -153,7 +153,7 @@ def cmd_tune_encoded(args: argparse.Namespace, settings: Settings) -> int:
     _refuse_before_work(args, scale, settings)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="carn-tune-"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    video = timed_input(video, run_dir)
+    given, video = video, timed_input(video, run_dir)
     began = time.monotonic()
     copy_path = run_dir / f"copy-x{scale}-{args.codec}-crf{args.store_crf}.mp4"
     copy = encode_copy(video, copy_path, scale=scale, codec=args.codec, crf=args.store_crf,
@@ -162,7 +162,7 @@ def cmd_tune_encoded(args: argparse.Namespace, settings: Settings) -> int:
     report, _ = _train(args, settings, video, copy.path, scale, args.output, run_dir,
                        args.frames, range(0), args.holdout_every)  # fmt: skip
     out = {
-        "video": str(video), "scales": [scale], "degradation": "encoded",
+        "video": str(given), "scales": [scale], "degradation": "encoded",
         "codec": args.codec, "crf": args.store_crf, "copy_kbps": round(copy.bitrate / 1000, 1),
         **report.to_dict(), "copy_seconds": round(copy_seconds, 1),
         "weights_bytes": args.output.stat().st_size,

@@ -80,11 +80,18 @@ def _video_packets(container: av.container.InputContainer, segment: Segment):
         seek_to_show(container, segment)
         packets = from_first_keyframe(container.demux(video))
     covered = 0
+    first = True
     for packet in packets:
         if packet.size == 0 or (packet.dts is None and packet.pts is None):
             continue
-        yield packet
         pts = packet.pts if packet.pts is not None else packet.dts
+        if not first and (packet.is_discard or pts <= segment.start_pts):
+            # Only the first packet starts the copy: a reader of its edit list would start at
+            # a later keyframe shown no later than the segment's start, and skip the pictures
+            # the first one builds up (a recovery point's; see elementary._write).
+            packet.is_keyframe = False
+        first = False
+        yield packet
         if segment.start_pts <= pts < segment.end_pts:
             covered += 1
             if covered == segment.frames:

@@ -113,13 +113,13 @@ def _display_places(
     stop: threading.Event | None,
 ) -> dict[int, int]:
     """Each packet's place in display order, by its number in decode order (from the first
-    keyframe). A stream that starts at a recovery point rather than an IDR picture may hold
-    pictures a decoder decodes but never shows: those before the first one shown build the
-    picture up (kept, placed before 0: the MP4's edit list has a decoder drop them again), and
-    the leading pictures of the first keyframe, which refer to pictures before the stream's
-    start (RASL in HEVC, an open GOP's B-frames in H.264), are left out: nothing shown refers
-    to them. Any other picture without a frame (fields coded as separate pictures, damage)
-    refuses the stream."""
+    keyframe). A stream that starts at a recovery point rather than an IDR picture holds
+    pictures a decoder decodes but never shows before its next keyframe: those that build the
+    picture up (intra refresh), and the leading pictures of the first keyframe, which refer to
+    pictures before the stream's start (RASL in HEVC, an open GOP's B-frames in H.264). They
+    are kept, as later pictures may refer to them, placed before 0: the MP4's edit list has a
+    decoder drop them again. Any other picture without a frame (fields coded as separate
+    pictures, damage) refuses the stream."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     stream.codec_context.options = {"skip_loop_filter": "all"}
@@ -157,7 +157,7 @@ def _display_places(
     first = min(numbers)  #: the first picture shown, in decode order
     next_key = next((k for k in keys if k > first), count)
     unshown = sorted(set(range(count)) - set(numbers))
-    build_up = [n for n in unshown if n < first]
+    hidden = [n for n in unshown if n < next_key]
     astray = [n for n in unshown if n >= next_key]
     if len(numbers) != len(order) or len(set(numbers)) != len(numbers) or astray:
         raise InputError(
@@ -165,7 +165,7 @@ def _display_places(
             "mid-stream (fields coded as separate pictures, or damage): put it in a container "
             "(MP4, MKV, MPEG-TS) first"
         )
-    places = {n: i - len(build_up) for i, n in enumerate(build_up)}
+    places = {n: i - len(hidden) for i, n in enumerate(hidden)}
     places.update({n: i for i, n in enumerate(numbers)})
     return places
 
@@ -197,9 +197,15 @@ def _write(
                 place = places.get(number - 1)
                 if place is None:
                     continue
+                dts = written - delay
+                if written and (place <= 0 or dts <= 0):
+                    # A recovery point among the hidden pictures (or the first shown) is no
+                    # place to start: an MP4 reader starts its edit list at the last keyframe
+                    # at or before it, and would skip the pictures the first one builds up.
+                    packet.is_keyframe = False
                 packet.time_base = time_base
                 packet.pts = place
-                packet.dts = written - delay
+                packet.dts = dts
                 packet.duration = 1
                 packet.stream = video
                 out.mux(packet)

@@ -380,14 +380,13 @@ RECOVERY_KEYFRAMES = 3
 def seek_to_show(container: av.container.InputContainer, segment: Segment) -> None:
     """Place ``container`` so that decoding its video from the first keyframe read shows the
     segment's first frame: from the keyframe at or before the segment's start, or an earlier
-    one (:data:`RECOVERY_KEYFRAMES`), as a trial decode finds. Read on with
-    :func:`from_first_keyframe`. A segment that starts between keyframes is decoded from the
-    one before anyway, and not tried (the trial would decode its pre-roll)."""
+    one (:data:`RECOVERY_KEYFRAMES`), as a trial decode up to that frame finds. Read on with
+    :func:`from_first_keyframe`."""
     video = container.streams.video[0]
     target = segment.start_pts
     for tries_left in range(RECOVERY_KEYFRAMES, -1, -1):
         seek_to_keyframe(container, video, target)
-        if not segment.key or not tries_left:
+        if not tries_left:
             return
         key: list[int | None] = []
         try:
@@ -401,13 +400,31 @@ def seek_to_show(container: av.container.InputContainer, segment: Segment) -> No
         target = earlier
 
 
+def segments_show_their_start(source: Path, plan: SegmentPlan, checked: int = 3) -> bool:
+    """Whether a decode from each segment's own keyframe shows the segment's first frame, as
+    the first ``checked`` segments after the first say. Not so with intra refresh, whose
+    keyframes are recovery points: such segments cannot be played on their own (copied from
+    the input, as an HLS rendition)."""
+    with open_input(source) as container:
+        video = container.streams.video[0]
+        for segment in plan.segments[1 : 1 + checked]:
+            seek_to_keyframe(container, video, segment.start_pts)
+            try:
+                first = next(_frames_in(container, segment, [], plan.decode_order), None)
+            except av.FFmpegError:
+                return False
+            if first is None or first[0] != segment.start_pts:
+                return False
+    return True
+
+
 def _earlier_start(
     first: tuple[int, av.VideoFrame] | None, key: list[int | None], segment: Segment, target: int
 ) -> int | None:
-    """Where to seek to next when the first frame shown (``first``) of a decode from keyframe
-    ``key[0]`` is not the segment's first: just before that keyframe (None: it is, or there is
-    no earlier keyframe to try)."""
-    if first is None or first[0] <= segment.start_pts or not key or key[0] is None:
+    """Where to seek to next when the first frame shown (``first``; None: none) of a decode
+    from keyframe ``key[0]`` is not the segment's first: just before that keyframe (None: it
+    is, or there is no earlier keyframe to try)."""
+    if (first is not None and first[0] <= segment.start_pts) or not key or key[0] is None:
         return None
     return key[0] - 1 if key[0] <= target else None
 
@@ -463,7 +480,7 @@ def segment_frames(
     index = segment.first_frame
     last = segment.first_frame + segment.frames
     target = segment.start_pts
-    tries_left = RECOVERY_KEYFRAMES if segment.index > 0 and segment.key else 0
+    tries_left = RECOVERY_KEYFRAMES if segment.index > 0 else 0
     try:
         while True:
             if segment.index > 0:  # the first segment reads from the top, whatever precedes

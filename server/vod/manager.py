@@ -45,7 +45,7 @@ from carn_stream.pipeline.media.renditions import (
     source_codecs,
     upscaled_audio_tag,
 )
-from carn_stream.pipeline.media.segments import SegmentPlan
+from carn_stream.pipeline.media.segments import SegmentPlan, segments_show_their_start
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.server.disk import MIB, disk_space
@@ -812,8 +812,9 @@ def describe_renditions(
 ) -> list[Rendition]:
     """The original (when its codec can be remuxed into MPEG-TS, every segment starts on a
     keyframe: segments cut between the keyframes of a long-GOP input cannot be copied as they
-    are, it is not shown turned: MPEG-TS cannot say so, and its packets carry presentation
-    times: AVI's are in decode order) and one rendition per scale, its frames turned upright.
+    are, a decode from that keyframe shows the segment's start: not so for intra refresh, it
+    is not shown turned: MPEG-TS cannot say so, and its packets carry presentation times:
+    AVI's are in decode order) and one rendition per scale, its frames turned upright.
 
     Bandwidth: the source's bit rate, times scale squared for the upscaled ones (an estimate
     until segments are made; the master playlist then gives the measured peak)."""
@@ -822,7 +823,8 @@ def describe_renditions(
     rotation = display_rotation(source)
     out = []
     copyable = not quarter_turns(rotation) and not plan.decode_order
-    if video_tag is not None and plan.keyframe_aligned and copyable:
+    if (video_tag is not None and plan.keyframe_aligned and copyable
+            and segments_show_their_start(source, plan)):  # fmt: skip
         codecs = ",".join(t for t in (video_tag, audio) if t)
         out.append(Rendition(name=ORIGINAL, scale=1, width=plan.width, height=plan.height,
                              codecs=codecs, bandwidth=bitrate))  # fmt: skip
