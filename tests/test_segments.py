@@ -454,6 +454,20 @@ def check_every_segment(source: Path, shown: list[np.ndarray], exact: bool = Tru
     return plan
 
 
+def test_a_cluster_worker_gets_decode_times_for_matroska_packets_read_after_a_seek(
+    data_dir, tmp_path
+):
+    """Matroska stores no decode times, and FFmpeg's guess needs the packets before a seek: the
+    first packets a cluster's head read after one had none, and the MOV muxer refused them
+    (EINVAL: "its packets cannot be copied for a cluster worker"), here for an open GOP with a
+    B-frame pyramid."""
+    carphone = decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 100)
+    params = "open-gop=1:keyint=25:min-keyint=25:scenecut=0:bframes=3:b-pyramid=normal"
+    source = write_clip(tmp_path / "open.mkv", [f[:72, :88] for f in carphone],
+                        options={"crf": "12", "preset": "veryfast", "x264-params": params})
+    check_every_segment(source, luma(source))
+
+
 def back_and_forth(pictures: list[np.ndarray], count: int) -> list[np.ndarray]:
     cycle = pictures + pictures[::-1]
     return [cycle[i % len(cycle)] for i in range(count)]
