@@ -214,7 +214,8 @@ def test_upscale_takes_raw_h264_streams_at_their_own_rate_or_the_one_given(
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     raw = raw_stream(clip, inputs / "cam.h264")
-    common = ("--scale", "2", "--weights", str(weights_path), "--preset", "ultrafast")
+    common = ("--scale", "2", "--weights", str(weights_path), "--preset", "ultrafast",
+              "--precision", "fp32")
     out = tmp_path / "cam.mp4"
     result = run_cli("upscale", str(raw), str(out), *common)
     assert result.returncode == 0, result.stderr

@@ -111,14 +111,14 @@ def _display_places(
     rate: Fraction,
     limits: InputLimits | None,
     stop: threading.Event | None,
-) -> dict[int, int]:
-    """Each packet's place in display order, by its number in decode order (from the first
-    keyframe). A stream that starts at a recovery point rather than an IDR picture holds
-    pictures a decoder decodes but never shows before its next keyframe: those that build the
-    picture up (intra refresh), and the leading pictures of the first keyframe, which refer to
-    pictures before the stream's start (RASL in HEVC, an open GOP's B-frames in H.264). They
-    are kept, as later pictures may refer to them, placed before 0: the MP4's edit list has a
-    decoder drop them again. Any other picture without a frame (fields coded as separate
+) -> list[int]:
+    """Each packet's place in display order, in decode order (from the first keyframe). A
+    stream that starts at a recovery point rather than an IDR picture holds pictures a decoder
+    decodes but never shows before its next keyframe: those that build the picture up (intra
+    refresh), and the leading pictures of the first keyframe, which refer to pictures before
+    the stream's start (RASL in HEVC, an open GOP's B-frames in H.264). They are kept, as later
+    pictures may refer to them, placed before 0: the MP4's edit list has a decoder drop them
+    again. Any other picture without a frame (fields coded as separate
     pictures, damage) refuses the stream."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -165,8 +165,11 @@ def _display_places(
             "mid-stream (fields coded as separate pictures, or damage): put it in a container "
             "(MP4, MKV, MPEG-TS) first"
         )
-    places = {n: i - len(hidden) for i, n in enumerate(hidden)}
-    places.update({n: i for i, n in enumerate(numbers)})
+    places = [0] * count
+    for i, n in enumerate(hidden):
+        places[n] = i - len(hidden)
+    for i, n in enumerate(numbers):
+        places[n] = i
     return places
 
 
@@ -174,29 +177,25 @@ def _write(
     container: av.container.InputContainer,
     part: Path,
     rate: Fraction,
-    places: dict[int, int],
+    places: list[int],
     stop: threading.Event | None,
 ) -> None:
     stream = container.streams.video[0]
     time_base = 1 / rate
-    kept = sorted(places)
     #: decode times start this many frames before the first display time (B-frame reorder)
-    delay = max(i - places[n] for i, n in enumerate(kept))
+    delay = max(number - place for number, place in enumerate(places))
     options = {"movie_timescale": str(time_base.denominator)}
     shown = ShownPackets()
-    number = written = 0
+    written = 0
     try:
         with av.open(str(part), "w", format="mp4", options=options) as out:
             video = out.add_stream_from_template(stream)
             video.time_base = time_base
             for packet in container.demux(stream):
                 _check_stop(stop)
-                if not shown(packet):
+                if not shown(packet) or written == len(places):
                     continue
-                number += 1
-                place = places.get(number - 1)
-                if place is None:
-                    continue
+                place = places[written]
                 dts = written - delay
                 if written and (place <= 0 or dts <= 0):
                     # A recovery point among the hidden pictures (or the first shown) is no
