@@ -35,6 +35,7 @@ from carn_stream.pipeline.media.segments import (
     audio_packets,
     plan_segments,
     segment_frames,
+    segments_show_their_start,
 )
 from carn_stream.pipeline.run import PipelineOptions
 from carn_stream.server.jobs.store import JobStore
@@ -498,6 +499,42 @@ def test_segments_of_an_intra_refresh_stream_start_where_the_picture_is_whole(
     assert [r.name for r in describe_renditions(source, plan, [2], EncoderOptions())] == ["x2"]
 
 
+@pytest.mark.parametrize("suffix", [".ts", ".mkv", ".mp4"])
+@pytest.mark.parametrize("params", ["intra-refresh=1:keyint=10:bframes=0",
+                                    "intra-refresh=1:keyint=10:bframes=3:b-pyramid=normal"],
+                         ids=["intra-refresh", "intra-refresh-b-frames"])  # fmt: skip
+def test_a_recording_joined_at_a_recovery_point_plans_the_frames_a_decoder_shows(
+    data_dir, tmp_path, suffix, params
+):
+    """A recording joined at a recovery point (intra refresh, as low-latency encoders and
+    broadcast send it) starts with pictures a decoder decodes and never shows until the
+    picture is whole. The plan counted them as frames, and the first segment failed ("decoded
+    26 of 30 frames"), here and on a cluster worker. The plan now starts at the first frame a
+    decode from the top shows, and every segment shows the frames a plain decode does. The
+    first segment does not start on a keyframe: its packets are not offered as they are."""
+    from carn_stream.pipeline.media.encode import EncoderOptions
+    from carn_stream.server.vod.manager import describe_renditions
+
+    bunny = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 100), (96, 54))
+    whole = write_clip(tmp_path / "whole.ts", bunny, container_format="mpegts",
+                       options={"crf": "25", "preset": "veryfast", "x264-params": params})
+    with av.open(str(whole)) as c:
+        keys = [i for i, p in enumerate(p for p in c.demux(video=0) if p.size) if p.is_keyframe]
+    joined = remux_cut(whole, tmp_path / f"joined{suffix}", drop_video=keys[2])
+    shown = luma(joined)
+    assert len(shown) < len(bunny) - keys[2]  # pictures decoded and never shown: the case
+    # (x264's intra refresh with B-frames: a decode from a later recovery point is inexact for
+    # a few frames, as after any seek there; see the raw-stream test below)
+    plan = check_every_segment(joined, shown, exact="bframes=0" in params)
+    assert len(plan.segments) > 1
+    # Without B-frames the first frame shown is no keyframe; with them it is a later recovery
+    # point, which a decode from there does not show.
+    first = dataclasses.replace(plan, segments=plan.segments[:1])
+    assert first.keyframe_aligned == ("bframes=0" not in params)
+    assert not (first.keyframe_aligned and segments_show_their_start(joined, first))
+    assert [r.name for r in describe_renditions(joined, plan, [2], EncoderOptions())] == ["x2"]
+
+
 @pytest.mark.parametrize(
     "codec,params,clip",
     [
@@ -651,6 +688,9 @@ def test_frames_a_decoder_never_shows_are_not_planned(clips, bicubic_worker, tmp
     assert len(shown) == (87 if cut == "edit_list" else 75)
     plan = plan_segments(source, 1.0)
     assert plan.frames == len(shown) and plan.segments[0].start_pts == shown[0]
+    # The first frame shown after an edit list is no keyframe: the first segment's packets
+    # cannot be copied as they are (its remux for the original rendition found no start).
+    assert plan.segments[0].key == (cut == "mid_gop")
     out = tmp_path / "out.mp4"
     make(source, out, "mp4", bicubic_worker)
     got = facts(out)

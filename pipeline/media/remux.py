@@ -22,7 +22,7 @@ from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.media.decode import codec_name, open_input
 from carn_stream.pipeline.media.encode import SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
-from carn_stream.pipeline.media.seeking import seek_to_keyframe
+from carn_stream.pipeline.media.seeking import from_keyframe_at, seek_to_keyframe
 from carn_stream.pipeline.media.segments import Segment, SegmentPlan, segment_audio
 
 #: Video codecs whose packets MPEG-TS segments carry as they are.
@@ -103,17 +103,11 @@ def _video_packets(container, stream, segment: Segment, next_start: int | None):
     """Packets in decode order from the segment's keyframe to the next segment's keyframe."""
     if segment.index > 0:
         seek_to_keyframe(container, stream, segment.start_pts)
-    started = segment.index == 0
-    for packet in container.demux(stream):
+    for packet in from_keyframe_at(container.demux(stream), segment.start_pts):
         if packet.size == 0:
             continue
         if packet.dts is None and packet.pts is None:
             continue
-        key = packet.is_keyframe
-        if not started:
-            if not (key and packet.pts == segment.start_pts):
-                continue
-            started = True
-        elif next_start is not None and key and packet.pts == next_start:
+        if next_start is not None and packet.is_keyframe and packet.pts == next_start:
             return
         yield packet

@@ -57,3 +57,13 @@ def from_first_keyframe(packets: Iterable[av.Packet]) -> Iterator[av.Packet]:
         started = started or (packet.is_keyframe and packet.size > 0)
         if started:
             yield packet
+
+
+def from_keyframe_at(packets: Iterable[av.Packet], pts: int) -> Iterator[av.Packet]:
+    """``packets`` from the keyframe shown at ``pts`` on: where a copy of a segment's packets
+    starts (a seek may land on an earlier keyframe)."""
+    started = False
+    for packet in packets:
+        started = started or (packet.is_keyframe and packet.size > 0 and packet.pts == pts)
+        if started:
+            yield packet

@@ -1,7 +1,8 @@
 """Segments, the unit of work: a video planned as time ranges of about the target duration.
 
-The plan comes from the input's packet index alone (demux, no decoding), so it is fast for any
-length. An input whose keyframes come at least every :data:`MAX_GOP_TARGETS` targets (most
+The plan comes from the input's packet index (demux, and a decode up to the first frame shown:
+see :data:`FIRST_SHOWN_PACKETS`), so it is fast for any length. An input whose keyframes
+come at least every :data:`MAX_GOP_TARGETS` targets (most
 encodes: x264's default is a keyframe every 10 s at 25 fps) is cut on keyframes only, the one
 nearest each target, so every segment's packets can be copied as they are. A long-GOP input
 (one keyframe, a screen recording) is cut on a keyframe where one lies within
@@ -38,7 +39,11 @@ from carn_stream.pipeline.media.decode import (
     frame_planes,
     open_input,
 )
-from carn_stream.pipeline.media.seeking import from_first_keyframe, seek_to_keyframe
+from carn_stream.pipeline.media.seeking import (
+    from_first_keyframe,
+    from_keyframe_at,
+    seek_to_keyframe,
+)
 
 #: Segments are never shorter than this (a shorter tail joins the segment before it).
 MIN_SEGMENT_SECONDS = 1.0
@@ -50,7 +55,12 @@ KEYFRAME_REACH = 0.5
 MAX_GOP_TARGETS = 3.0
 #: The planning rule's version, stored with each plan: a plan made by an earlier rule (a
 #: command's work folder, a job's or a video's stored plan) is made again, never resumed.
-PLAN_RULE = 4  # 4: frames a decoder never shows (before the first keyframe, discarded) left out
+PLAN_RULE = 5  # 4: frames a decoder never shows (before the first keyframe, discarded) left out;
+#                5: and those before the first frame a decode from the top shows
+#: Packets a plan decodes at most to find the first frame a decoder shows. A recording joined
+#: at a recovery point (intra refresh) shows nothing until its picture is whole, a refresh
+#: period later (x264's is its keyframe interval, 250 frames by default).
+FIRST_SHOWN_PACKETS = 600
 #: A plan's target duration that makes the whole input one segment.
 WHOLE = math.inf
 
@@ -66,8 +76,9 @@ class Segment:
     first_frame: int  #: index of the segment's first frame in the whole video
     start: float  #: seconds, from the time base
     duration: float  #: seconds
-    #: it starts on a keyframe (or is the first): decoded without pre-roll, and its packets
-    #: can be copied as they are (the original rendition of a video)
+    #: it starts on a keyframe: decoded without pre-roll, and its packets can be copied as they
+    #: are (the original rendition of a video). The first segment may not: an MP4 trimmed by
+    #: stream copy, a recording joined at a recovery point (it is decoded from the top).
     key: bool = True
 
     @property
@@ -217,9 +228,10 @@ class _Packet:
 def _video_packets(
     container: av.container.InputContainer, limits: InputLimits | None = None
 ) -> list[_Packet]:
-    """The video stream's packets in presentation order. With ``limits``, reading stops as
-    soon as the packets span more than the duration limit or outnumber the frame limit, so a
-    header without a duration cannot make the index grow without bound."""
+    """The video stream's packets in presentation order, from the first frame a decoder shows.
+    With ``limits``, reading stops as soon as the packets span more than the duration limit or
+    outnumber the frame limit, so a header without a duration cannot make the index grow
+    without bound."""
     video = container.streams.video[0]
     tb = video.time_base
     max_span = math.floor(limits.max_duration / tb) if limits is not None and tb else None
@@ -227,8 +239,10 @@ def _video_packets(
     packets: list[_Packet] = []
     low = high = None
     shown = ShownPackets()
+    first = _FirstShown(container)
     try:
         for packet in container.demux(video):
+            first.fed(packet)
             if not shown(packet):
                 continue
             pts = packet.pts if packet.pts is not None else packet.dts
@@ -249,9 +263,41 @@ def _video_packets(
                 raise LimitError(f"input has more than {max_count} frames, over the limit")
     except av.FFmpegError as exc:
         raise InputError(f"the input could not be read to the end ({ffmpeg_reason(exc)})") from exc
+    if first.time is not None:
+        packets = [p for p in packets if p.pts >= first.time]
     if not packets:
         raise InputError("the input's video stream holds no frames")
     return sorted(packets, key=lambda p: p.pts)
+
+
+class _FirstShown:
+    """The time of the first frame a decode from the top shows, as the packets are read (None:
+    none within :data:`FIRST_SHOWN_PACKETS`, or the decode failed: the decode proper says
+    why). The pictures before it are decoded and never shown: the build-up of a recording
+    joined at a recovery point (intra refresh), an open GOP's leading pictures. They are no
+    frames of the video."""
+
+    def __init__(self, container: av.container.InputContainer) -> None:
+        self.time: int | None = None
+        self._video = container.streams.video[0]
+        self._times = FrameTimes(container)
+        self._left = FIRST_SHOWN_PACKETS
+        self._video.codec_context.options = {"skip_loop_filter": "all"}  # timing only
+
+    def fed(self, packet: av.Packet) -> None:
+        """Decode ``packet`` while no frame has come out."""
+        if not self._left:
+            return
+        self._left -= 1
+        self._times.fed(packet)
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            self._left = 0
+            return
+        if frames:
+            self.time = self._times.of(frames[0])
+            self._left = 0
 
 
 def _cut_points(
@@ -351,7 +397,7 @@ def plan_segments(
                 first_frame=first,
                 start=float((start - pts[0]) * tb),
                 duration=float((end - start) * tb),
-                key=index == 0 or start in key_set,
+                key=start in key_set,
             )
         )
         first += count
@@ -401,16 +447,18 @@ def seek_to_show(container: av.container.InputContainer, segment: Segment) -> No
 
 
 def segments_show_their_start(source: Path, plan: SegmentPlan, checked: int = 3) -> bool:
-    """Whether a decode from each segment's own keyframe shows the segment's first frame, as
-    the first ``checked`` segments after the first say. Not so with intra refresh, whose
-    keyframes are recovery points: such segments cannot be played on their own (copied from
-    the input, as an HLS rendition)."""
+    """Whether a decode from each segment's own keyframe (where a copy of its packets starts)
+    shows the segment's first frame, as the first segment and the ``checked`` after it say.
+    Not so with intra refresh, whose keyframes are recovery points: such segments cannot be
+    played on their own (copied from the input, as an HLS rendition), nor can the first of a
+    recording joined at one."""
     with open_input(source) as container:
         video = container.streams.video[0]
-        for segment in plan.segments[1 : 1 + checked]:
+        for segment in plan.segments[: 1 + checked]:
             seek_to_keyframe(container, video, segment.start_pts)
             try:
-                first = next(_frames_in(container, segment, [], plan.decode_order), None)
+                shown = _frames_in(container, segment, [], plan.decode_order, own_keyframe=True)
+                first = next(shown, None)
             except av.FFmpegError:
                 return False
             if first is None or first[0] != segment.start_pts:
@@ -435,12 +483,16 @@ def _frames_in(
     key: list[int | None],
     decode_order: bool = False,
     from_top: bool = False,
+    own_keyframe: bool = False,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """(time, frame) of each frame in the segment a decode shows, from where the container is
-    (after a seek: from the first keyframe read, whose time goes into ``key``)."""
+    (after a seek: from the first keyframe read, whose time goes into ``key``; with
+    ``own_keyframe``, from the one shown at the segment's start)."""
     video = container.streams.video[0]
     packets = container.demux(video)
-    if not from_top:
+    if own_keyframe:
+        packets = from_keyframe_at(packets, segment.start_pts)
+    elif not from_top:
         packets = from_first_keyframe(packets)
     times = FrameTimes(container, decode_order)
     for packet in packets:
