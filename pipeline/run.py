@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -158,6 +158,32 @@ def _next_frame(items: Iterator) -> tuple[list[AudioItem], SourceFrame | None, f
     return audio, None, time.monotonic() - started
 
 
+def _moved_back(item: SourceFrame | AudioItem, seconds: int) -> SourceFrame | AudioItem:
+    """``item`` with its times ``seconds`` earlier."""
+    if isinstance(item, SourceFrame):
+        if item.pts is None:
+            return item
+        return replace(item, pts=item.pts - _ticks(seconds, item.time_base))
+    if item.packet is not None:
+        packet = item.packet
+        ticks = _ticks(seconds, packet.time_base)
+        if packet.pts is not None:
+            packet.pts -= ticks
+        if packet.dts is not None:
+            packet.dts -= ticks
+    for frame in item.frames:
+        if frame.pts is not None:
+            frame.pts -= _ticks(seconds, frame.time_base)
+    return item
+
+
+def _ticks(seconds: int, time_base: Fraction) -> int:
+    ticks = seconds / time_base
+    if ticks.denominator != 1:
+        raise InputError(f"a time shift of {seconds} s is no whole number of ticks of {time_base}")
+    return int(ticks)
+
+
 @dataclass(frozen=True)
 class SegmentSource:
     """Which part of the input a run covers: one segment of a plan."""
@@ -166,6 +192,9 @@ class SegmentSource:
     time_base: Fraction  #: the plan's video time base
     last: bool  #: the plan's last segment (takes the audio after the last frame)
     decode_order: bool = False  #: the plan's: packets numbered in decode order (AVI)
+    #: seconds the source's times are later than the plan's: taken off every frame and audio
+    #: packet decoded (see ``SegmentTask.time_shift``)
+    time_shift: int = 0
 
 
 async def run_pipeline(
@@ -265,9 +294,12 @@ class _PipelineRun:
                 audio = list(
                     segment_audio(second, part.segment, part.time_base, part.last, transcoded)
                 )
-        return itertools.chain(
+        items = itertools.chain(
             audio, segment_frames(container, part.segment, self.threads, part.decode_order)
         )
+        if not part.time_shift:
+            return items
+        return (_moved_back(item, part.time_shift) for item in items)
 
     async def decode(self) -> None:
         options = self.options

@@ -283,6 +283,61 @@ def test_segmented_hls_lists_exact_durations_and_decodes_to_the_input_frames(
     assert payloads == src.audio_packets
 
 
+class CopyingExecutor(InProcessExecutor):
+    """Runs each segment as a cluster worker does: from a copy of the packets it needs, never
+    the input itself (``segment_transport``), on this process's engine."""
+
+    async def run(self, task, on_frame):
+        from carn_stream.pipeline.execution.segment_transport import cut_segment, upscale_copy
+
+        data = cut_segment(task.source, task.segment, task.time_base, task.last)
+        result, encoded = await upscale_copy(data, task, self.worker, on_frame, "copy")
+        task.target.write_bytes(encoded)
+        return result
+
+
+def hls_video_and_audio(folder: Path) -> tuple[list[Fraction], list[bytes]]:
+    """The presentation times of every frame of an HLS output's segments played back to back,
+    and its audio payloads (without their ADTS headers)."""
+    names = [n for n in (folder / PLAYLIST_NAME).read_text().splitlines() if n.startswith("seg")]
+    joined = folder.parent / f"{folder.name}.ts"
+    joined.write_bytes(b"".join((folder / name).read_bytes() for name in names))
+    with av.open(str(joined)) as c:
+        times = [f.pts * f.time_base for f in c.decode(video=0)]
+    with av.open(str(joined)) as c:
+        packets = [bytes(p) for p in c.demux(audio=0) if p.size]
+    return times, [p[7 if p[1] & 1 else 9 :] for p in packets]
+
+
+def test_a_cluster_worker_makes_mpeg_ts_segments_before_a_timestamp_wrap(
+    wrapped, clips, bicubic_worker, tmp_path
+):
+    """The segments at negative times (before the 33-bit clock wrap the input starts ahead of)
+    failed on a cluster worker: 'decoded 0 of 25 frames', as MOV, the copy's container, cannot
+    start a track before 0. The copy's times are moved later by whole seconds, which it
+    records and the worker takes off: its segments are those made from the input itself."""
+    from carn_stream.pipeline.execution.segment_transport import cut_segment, localize, write_copy
+
+    plan = plan_segments(wrapped, 1.0)
+    copy = write_copy(cut_segment(wrapped, plan.segments[0], plan.time_base, False), tmp_path)
+    assert localize(plan.segments[0], plan.time_base, copy).time_shift > 0
+    here = tmp_path / "here"
+    make(wrapped, here, "hls", bicubic_worker)
+
+    async def on_a_worker() -> None:
+        executor = CopyingExecutor(bicubic_worker)
+        run = SegmentedRun(source=wrapped, plan=plan, fmt=FORMATS["hls"], output=tmp_path / "w",
+                           work_dir=tmp_path / ".w.work",
+                           options=PipelineOptions(scale=2, batch_size=2), executor=executor)
+        await run.execute()
+        await executor.close()
+
+    asyncio.run(on_a_worker())
+    times, audio = hls_video_and_audio(tmp_path / "w")
+    assert len(times) == 100 and (times, audio) == hls_video_and_audio(here)
+    assert audio == facts(clips["bframes"]).audio_packets  # every packet, once, in order
+
+
 @pytest.mark.parametrize("name", ["bframes", "wrapped"])
 def test_a_seek_lands_where_the_keyframe_is_read_first(clips, wrapped, name):
     """MPEG-TS has no keyframe index: FFmpeg's seek to a keyframe's time landed on the packet
@@ -387,7 +442,7 @@ def test_avi_segments_keep_display_order_on_a_cluster_worker_and_in_a_stored_cop
     for segment in plan.segments:
         last = segment.index == len(plan.segments) - 1
         copy = write_copy(cut_segment(avi, segment, plan.time_base, last), tmp_path)
-        local, time_base = localize(segment, plan.time_base, copy)
+        local, time_base, _ = localize(segment, plan.time_base, copy)
         with av.open(str(copy)) as c:
             times += [f.pts * time_base for f in segment_frames(c, local, 0, plan.decode_order)]
     assert times == sorted(times) and len(times) == 100
@@ -444,7 +499,7 @@ def check_every_segment(source: Path, shown: list[np.ndarray], exact: bool = Tru
     for segment in plan.segments:
         last = segment.index == len(plan.segments) - 1
         copy = write_copy(cut_segment(source, segment, plan.time_base, last), source.parent)
-        local, _ = localize(segment, plan.time_base, copy)
+        local, _, _ = localize(segment, plan.time_base, copy)
         for path, part in ((source, segment), (copy, local)):  # here, and on a cluster worker
             with av.open(str(path)) as c:
                 frames = list(segment_frames(c, part))
@@ -719,7 +774,7 @@ def test_a_segment_between_keyframes_travels_to_a_cluster_worker_with_its_prerol
     plan = plan_segments(source, 1.0)
     segment = plan.segments[1]
     copy = write_copy(cut_segment(source, segment, plan.time_base, last=True), tmp_path)
-    local, _ = localize(segment, plan.time_base, copy)
+    local, _, _ = localize(segment, plan.time_base, copy)
     with av.open(str(copy)) as c:
         packets = [p for p in c.demux(video=0) if p.size]
     # The packets from the keyframe on: the 25 frames before the segment travel with it.

@@ -59,6 +59,9 @@ class SegmentTask:
     target: Path
     options: PipelineOptions
     decode_order: bool = False  #: the plan's: packets numbered in decode order (AVI)
+    #: seconds the source's times are later than the plan's (a cluster worker's copy of a
+    #: segment that starts before 0: ``segment_transport``); taken off as it is decoded
+    time_shift: int = 0
 
     @classmethod
     def of(
@@ -154,7 +157,9 @@ async def upscale_segment(
     task: SegmentTask, worker: InferenceWorker, on_frame: FrameCallback | None, node: str
 ) -> SegmentResult:
     """Run the decode -> batch -> infer -> encode pipeline over one segment."""
-    part = SegmentSource(task.segment, task.time_base, task.last, task.decode_order)
+    part = SegmentSource(
+        task.segment, task.time_base, task.last, task.decode_order, task.time_shift
+    )
     result = await run_pipeline(task.source, part, task.target, task.options, worker, on_frame)
     return SegmentResult(
         index=task.segment.index,

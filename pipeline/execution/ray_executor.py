@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -42,9 +41,8 @@ from carn_stream.pipeline.execution.executors import (
     SegmentTask,
     WorkerCrashed,
     plan_in_thread,
-    upscale_segment,
 )
-from carn_stream.pipeline.execution.segment_transport import cut_segment, localize, write_copy
+from carn_stream.pipeline.execution.segment_transport import cut_segment, upscale_copy
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.waiting import wait_at_most
@@ -102,17 +100,7 @@ class SegmentActor:
         """Upscale the segment in ``data`` (from :func:`cut_segment`); returns the result, the
         encoded segment and its per-frame reports."""
         reports: list[Any] = []
-        with tempfile.TemporaryDirectory(prefix="carn-segment-") as folder:
-            copy = await asyncio.to_thread(write_copy, data, Path(folder))
-            segment, time_base = await asyncio.to_thread(
-                localize, task.segment, task.time_base, copy
-            )
-            local = replace(
-                task, source=copy, segment=segment, time_base=time_base,
-                target=Path(folder) / f"segment-{task.segment.index}.ts",
-            )  # fmt: skip
-            result = await upscale_segment(local, self.worker, reports.append, self.node)
-            encoded = await asyncio.to_thread(local.target.read_bytes)
+        result, encoded = await upscale_copy(data, task, self.worker, reports.append, self.node)
         return result, encoded, reports
 
     def close(self) -> None:

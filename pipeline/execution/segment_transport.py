@@ -8,11 +8,15 @@ The container is QuickTime/MOV: it keeps each stream's time base, B-frame timest
 lists) and the display rotation. Its movie time scale is a common multiple of the streams'
 clocks, so edit lists do not round a stream's start, and timestamps read back exactly as they
 were. Where the muxer stores a coarser clock as a finer one, the timestamps are scaled by a
-whole factor: :func:`localize` adapts a task to the copy it reads.
+whole factor: :func:`localize` adapts a task to the copy it reads. A MOV track cannot start
+before 0: where the segment's video does (MPEG-TS before a 33-bit clock wrap that the input
+starts ahead of), every time in the copy is moved later by whole seconds, which the copy
+records (:data:`TIME_SHIFT_KEY`) and the worker takes off again as it decodes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import tempfile
@@ -20,18 +24,38 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import av
 
 from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.execution.executors import (
+    FrameCallback,
+    SegmentResult,
+    SegmentTask,
+    upscale_segment,
+)
 from carn_stream.pipeline.media.decode import open_input
 from carn_stream.pipeline.media.seeking import from_first_keyframe
 from carn_stream.pipeline.media.segments import Segment, audio_packets, seek_to_show
+
+if TYPE_CHECKING:  # the engine (torch) is the caller's
+    from carn_stream.pipeline.engine.infer import InferenceWorker
 
 FORMAT = "mov"
 SUFFIX = ".mov"
 AUDIO_MARGIN_SECONDS = 2  #: audio read either side of a segment (as the segment decoder does)
 _MAX_TIMESCALE = 2**31 - 1
+#: The copy's metadata entry for the seconds its times were moved later (absent: none).
+TIME_SHIFT_KEY = "carn_stream_time_shift"
+
+
+class LocalSegment(NamedTuple):
+    """A segment as a copy made by :func:`cut_segment` stores it."""
+
+    segment: Segment
+    time_base: Fraction
+    time_shift: int  #: seconds the copy's times are later than the input's
 
 
 def _movie_timescale(streams: list[av.stream.Stream]) -> int | None:
@@ -52,26 +76,57 @@ def cut_segment(source: Path, segment: Segment, time_base: Fraction, last: bool)
             options["movie_timescale"] = str(timescale)
         buffer = io.BytesIO()
         try:
+            video_packets = list(_video_packets(video_in, segment))
+            audio_packets_ = list(
+                audio_packets(audio_in, segment, time_base, last, AUDIO_MARGIN_SECONDS)
+            )
+            shift = _time_shift(video_packets, audio_packets_)
+            if shift:
+                options["movflags"] = "use_metadata_tags"
             with av.open(buffer, "w", format=FORMAT, options=options) as out:
+                if shift:
+                    out.metadata[TIME_SHIFT_KEY] = str(shift)
                 out_video = out.add_stream_from_template(video)
                 out_video.time_base = video.time_base
                 out_audio = {}
                 for stream in audio:
                     out_audio[stream.index] = out.add_stream_from_template(stream)
                     out_audio[stream.index].time_base = stream.time_base
-                for packet in _video_packets(video_in, segment):
+                for packet in video_packets:
                     packet.stream = out_video
-                    out.mux(packet)
-                for packet in audio_packets(
-                    audio_in, segment, time_base, last, AUDIO_MARGIN_SECONDS
-                ):
+                    out.mux(_moved(packet, shift))
+                for packet in audio_packets_:
                     packet.stream = out_audio[packet.stream.index]
-                    out.mux(packet)
+                    out.mux(_moved(packet, shift))
         except (av.FFmpegError, ValueError) as exc:
             raise InputError(
                 f"{segment.describe()}: its packets cannot be copied for a cluster worker ({exc})"
             ) from exc
     return buffer.getvalue()
+
+
+def _time_shift(video: list[av.Packet], audio: list[av.Packet]) -> int:
+    """Whole seconds to move every time later by, so that none is negative, where the video
+    starts before 0 (0: none needed). A multiple of each time base's numerator, so that it is
+    a whole number of ticks in every stream."""
+    starts = [p.pts for p in video if p.pts is not None]
+    if not starts or min(starts) >= 0:
+        return 0
+    times = [t * p.time_base for p in (*video, *audio) for t in (p.pts, p.dts) if t is not None]
+    unit = math.lcm(*(p.time_base.numerator for p in (*video, *audio)))
+    return unit * math.ceil(-min(times) / unit)
+
+
+def _moved(packet: av.Packet, seconds: int) -> av.Packet:
+    if seconds:
+        ticks = seconds / packet.time_base
+        if ticks.denominator != 1:  # not with a multiple of the numerator (see _time_shift)
+            raise ValueError(f"{seconds} s is no whole number of ticks of {packet.time_base}")
+        if packet.pts is not None:
+            packet.pts += int(ticks)
+        if packet.dts is not None:
+            packet.dts += int(ticks)
+    return packet
 
 
 def _video_packets(container: av.container.InputContainer, segment: Segment):
@@ -134,17 +189,45 @@ def write_copy(data: bytes, folder: Path) -> Path:
     return Path(handle.name)
 
 
-def localize(segment: Segment, time_base: Fraction, copy: Path) -> tuple[Segment, Fraction]:
-    """The segment and time base as ``copy`` (made by :func:`cut_segment`) stores them."""
+def localize(segment: Segment, time_base: Fraction, copy: Path) -> LocalSegment:
+    """The segment and time base as ``copy`` (made by :func:`cut_segment`) stores them, and the
+    seconds its times were moved later."""
     with open_input(copy) as container:
         stored = container.streams.video[0].time_base
-    if stored == time_base:
-        return segment, time_base
+        shift = int(container.metadata.get(TIME_SHIFT_KEY, 0))
     factor = time_base / stored
     if factor.denominator != 1:
         raise InputError(
             f"{segment.describe()}: the copied video clock {stored} is not a whole multiple "
             f"of the input's {time_base}"
         )
-    k = factor.numerator
-    return replace(segment, start_pts=segment.start_pts * k, end_pts=segment.end_pts * k), stored
+    k, ticks = factor.numerator, shift / stored
+    if ticks.denominator != 1:
+        raise InputError(f"{segment.describe()}: the copy's times moved by {shift} s are not "
+                         f"whole ticks of its video clock {stored}")  # fmt: skip
+    start, end = segment.start_pts * k + int(ticks), segment.end_pts * k + int(ticks)
+    return LocalSegment(replace(segment, start_pts=start, end_pts=end), stored, shift)
+
+
+async def upscale_copy(
+    data: bytes,
+    task: SegmentTask,
+    worker: InferenceWorker,
+    on_frame: FrameCallback | None,
+    node: str,
+) -> tuple[SegmentResult, bytes]:
+    """Upscale the segment in ``data`` (from :func:`cut_segment`) as a worker that never sees
+    the input does: from the copy, written into a folder of its own, with the task adapted to
+    it (:func:`localize`). Returns the result and the encoded segment."""
+    with tempfile.TemporaryDirectory(prefix="carn-segment-") as folder:
+        copy = await asyncio.to_thread(write_copy, data, Path(folder))
+        segment, time_base, shift = await asyncio.to_thread(
+            localize, task.segment, task.time_base, copy
+        )
+        local = replace(
+            task, source=copy, segment=segment, time_base=time_base, time_shift=shift,
+            target=Path(folder) / f"segment-{task.segment.index}.ts",
+        )  # fmt: skip
+        result = await upscale_segment(local, worker, on_frame, node)
+        encoded = await asyncio.to_thread(local.target.read_bytes)
+    return result, encoded
