@@ -204,6 +204,11 @@ def _upscale_command(sub) -> None:
         help="frame rate of a raw H.264/HEVC input (.h264, .hevc: no container, no "
         "timestamps), e.g. 30, 29.97 or 30000/1001; default: the rate its header gives, else 25",
     )  # fmt: skip
+    p.add_argument(
+        "--no-deinterlace", dest="deinterlace", action="store_false", default=None,
+        help="upscale frames flagged interlaced as they are (default: made progressive first, "
+        "unless CARN_STREAM_DEINTERLACE=0); for progressive video flagged interlaced",
+    )  # fmt: skip
     p.set_defaults(run=cmd_upscale)
 
 

@@ -131,6 +131,10 @@ class Settings:
     #: least every 3 targets; a longer GOP is cut on a keyframe near it, else between
     #: keyframes; at least 1).
     segment_seconds: float = 4.0
+    #: Make frames the decoder flags interlaced (480i/576i/1080i) progressive before they are
+    #: upscaled (FFmpeg's ``bwdif``, one frame per frame); off for progressive video that is
+    #: flagged interlaced.
+    deinterlace: bool = True
     #: Where segments run: ``process`` (a supervised worker process that owns its own model:
     #: a crash on a hostile input ends that process, not the service) or ``inprocess``.
     executor: str = "process"

@@ -87,6 +87,8 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
 
     source = local_input(args.input)
     seconds = settings.segment_seconds if args.segment_seconds is None else args.segment_seconds
+    if args.deinterlace is None:  # no --no-deinterlace: the setting
+        args.deinterlace = settings.deinterlace
     encoder = EncoderOptions(args.codec, args.crf, args.preset)
     folder_run = source.is_dir()
     if folder_run:
@@ -191,6 +193,7 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
         weights=str(settings.weights) if settings.weights else None,
         precision=settings.precision,
         **({"input_fps": str(rate)} if rate is not None else {}),
+        **({} if args.deinterlace else {"deinterlace": False}),
     )
     try:
         item.resumed = WorkDir(item.work).resume(item.identity)
@@ -325,7 +328,8 @@ async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: boo
     done = dict(item.resumed[1]) if item.resumed else {}
     batch = batch_size(args.batch, executor)
     options = PipelineOptions(scale=args.scale, encoder=encoder, batch_size=batch,
-                              upright=item.fmt.segments_served)  # fmt: skip
+                              upright=item.fmt.segments_served,
+                              deinterlace=args.deinterlace)  # fmt: skip
     said: list[bool] = []
     note = item.source.name if folder_run else ""
 

@@ -65,6 +65,8 @@ class PipelineOptions:
     #: Turn frames by their display rotation instead of tagging the output with it: for
     #: segments served as they are (HLS), since MPEG-TS carries no rotation.
     upright: bool = False
+    #: Make frames flagged interlaced progressive before they are upscaled (``bwdif``).
+    deinterlace: bool = True
 
 
 def codec_threads(device_type: str, cpus: int | None = None, in_flight: int = 2) -> int:
@@ -295,7 +297,10 @@ class _PipelineRun:
                     segment_audio(second, part.segment, part.time_base, part.last, transcoded)
                 )
         items = itertools.chain(
-            audio, segment_frames(container, part.segment, self.threads, part.decode_order)
+            audio,
+            segment_frames(
+                container, part.segment, self.threads, part.decode_order, self.options.deinterlace
+            ),
         )
         if not part.time_shift:
             return items

@@ -24,6 +24,7 @@ class Intake:
     max_frames: int
     segment_seconds: float  #: the plans' target segment duration
     batch_size: int  #: frames per inference batch (0: the executor's device decides)
+    deinterlace: bool = True  #: frames flagged interlaced are made progressive
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
@@ -34,6 +35,7 @@ class Intake:
             max_frames=settings.max_frames,
             segment_seconds=settings.segment_seconds,
             batch_size=settings.batch_size,
+            deinterlace=settings.deinterlace,
         )
 
     def limits(self, scale: int) -> InputLimits:

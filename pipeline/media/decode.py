@@ -14,6 +14,7 @@ import numpy as np
 from carn_stream.pipeline.colour import ColourSpec, effective_matrix, is_full_range
 from carn_stream.pipeline.errors import InputError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame
+from carn_stream.pipeline.media.deinterlace import Deinterlacer
 from carn_stream.pipeline.media.input_formats import (
     ALLOWED_DEMUXERS,
     DECODE_ORDER_DEMUXERS,
@@ -250,15 +251,18 @@ def demux_frames(
     container: av.container.InputContainer,
     decode_audio: frozenset[int] = frozenset(),
     threads: int = 0,
+    deinterlace: bool = True,
 ) -> Iterator[SourceFrame | AudioItem]:
     """Decode the first video stream in presentation order; audio passes through as packets,
     or as decoded frames for the stream indexes in ``decode_audio``. ``threads``: decoder
-    threads, 0 = FFmpeg's choice."""
+    threads, 0 = FFmpeg's choice. ``deinterlace``: frames flagged interlaced are made
+    progressive (:mod:`~carn_stream.pipeline.media.deinterlace`)."""
     video = container.streams.video[0]
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
     streams = [video, *container.streams.audio]
     times = FrameTimes(container)
+    deinterlacer = Deinterlacer() if deinterlace else None
     index = 0
     for packet in container.demux(streams):
         if packet.stream.type == "audio":
@@ -271,11 +275,24 @@ def demux_frames(
         times.fed(packet)
         try:
             frames = packet.decode()
+            timed = [(times.of(frame), frame) for frame in frames]
+            if deinterlacer is not None:
+                timed = [out for pts, frame in timed for out in deinterlacer.push(pts, frame)]
         except av.FFmpegError as exc:
             raise InputError(f"decoding frame {index} failed: {exc}") from exc
-        for frame in frames:
-            pts = times.of(frame)
-            planes, spec = frame_planes(frame)
-            tb = frame.time_base or video.time_base
-            yield SourceFrame(index, pts, tb, planes, spec, rotation=int(frame.rotation))
+        for pts, frame in timed:
+            yield source_frame(index, pts, frame, video)
             index += 1
+    if deinterlacer is not None:
+        for pts, frame in deinterlacer.flush():
+            yield source_frame(index, pts, frame, video)
+            index += 1
+
+
+def source_frame(
+    index: int, pts: int | None, frame: av.VideoFrame, video: av.video.stream.VideoStream
+) -> SourceFrame:
+    """Decoded ``frame``, shown at ``pts``, as the pipeline carries it."""
+    planes, spec = frame_planes(frame)
+    tb = frame.time_base or video.time_base
+    return SourceFrame(index, pts, tb, planes, spec, rotation=int(frame.rotation))

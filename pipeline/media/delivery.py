@@ -12,6 +12,7 @@ copied as it is when the whole title is encoded. PyAV only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +26,7 @@ from carn_stream.pipeline.media.decode import (
     display_rotation,
     open_input,
 )
+from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
 
 
@@ -75,6 +77,26 @@ def delivery_size(width: int, height: int, scale: int) -> tuple[int, int]:
     return w, h
 
 
+def _video_frames(
+    src: av.container.InputContainer,
+    out: av.container.OutputContainer,
+    audio: dict[int, av.stream.Stream],
+) -> Iterator[tuple[int | None, av.VideoFrame]]:
+    """The input's video frames with their times, in display order; on the way, its audio
+    packets for the streams in ``audio`` (input index: output stream) are copied into ``out``."""
+    vin = src.streams.video[0]
+    times = FrameTimes(src)
+    for packet in src.demux([vin, *src.streams.audio]):
+        if packet.stream.type == "audio":
+            if packet.dts is not None and packet.stream.index in audio:
+                packet.stream = audio[packet.stream.index]
+                out.mux(packet)
+            continue
+        times.fed(packet)
+        for frame in packet.decode():
+            yield times.of(frame), frame
+
+
 def encode_copy(
     source: str | Path,
     dest: Path,
@@ -122,34 +144,27 @@ def encode_copy(
                 for a in src.streams.audio:
                     audio[a.index] = out.add_stream_from_template(a)
             decoded, first_pts = 0, None
-            times = FrameTimes(src)
-            for packet in src.demux([vin, *src.streams.audio]):
-                if packet.stream.type == "audio":
-                    if packet.dts is not None and packet.stream.index in audio:
-                        packet.stream = audio[packet.stream.index]
-                        out.mux(packet)
+            for pts, frame in progressive(_video_frames(src, out, audio)):
+                if frames is not None and written >= frames:
+                    if not audio:  # (the audio is copied to the end)
+                        break
                     continue
-                times.fed(packet)
-                for frame in packet.decode():
-                    pts = times.of(frame)
-                    decoded += 1
-                    if decoded <= start or (frames is not None and written >= frames):
-                        continue
-                    if first_pts is None:
-                        first_pts = 0 if whole else pts or 0
-                    cut = crop(frame) if crop is not None else frame
-                    scaled = cut.reformat(
-                        width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC"
-                    )
-                    scaled.pts = None if pts is None else pts - first_pts
-                    scaled.time_base = vin.time_base
-                    scaled.colorspace, scaled.color_range = matrix, RANGE_LIMITED
-                    for p in vout.encode(scaled):
-                        video_bytes += p.size
-                        out.mux(p)
-                    written += 1
-                if frames is not None and written >= frames and not audio:
-                    break
+                decoded += 1
+                if decoded <= start:
+                    continue
+                if first_pts is None:
+                    first_pts = 0 if whole else pts or 0
+                cut = crop(frame) if crop is not None else frame
+                scaled = cut.reformat(
+                    width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC"
+                )
+                scaled.pts = None if pts is None else pts - first_pts
+                scaled.time_base = vin.time_base
+                scaled.colorspace, scaled.color_range = matrix, RANGE_LIMITED
+                for p in vout.encode(scaled):
+                    video_bytes += p.size
+                    out.mux(p)
+                written += 1
             for p in vout.encode(None):
                 video_bytes += p.size
                 out.mux(p)

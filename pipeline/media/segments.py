@@ -36,9 +36,10 @@ from carn_stream.pipeline.media.decode import (
     ShownPackets,
     decode_order_times,
     describe,
-    frame_planes,
     open_input,
+    source_frame,
 )
+from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.media.seeking import (
     from_first_keyframe,
     from_keyframe_at,
@@ -520,12 +521,14 @@ def segment_frames(
     segment: Segment,
     threads: int = 0,
     decode_order: bool = False,
+    deinterlace: bool = True,
 ) -> Iterator[SourceFrame]:
     """The segment's frames, decoded from the keyframe at or before its start, in order; where
     the segment's first frame does not come out of that decode (a recovery point: see
     :data:`RECOVERY_KEYFRAMES`), from an earlier keyframe. ``decode_order``: the plan's (the
     input's packets are numbered in decode order; a copy of them in another container says so
-    only through it)."""
+    only through it). ``deinterlace``: frames flagged interlaced are made progressive
+    (:mod:`~carn_stream.pipeline.media.deinterlace`)."""
     video = container.streams.video[0]
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
@@ -546,10 +549,11 @@ def segment_frames(
                 tries_left -= 1
                 target = earlier
                 continue
-            for pts, frame in itertools.chain([first] if first else [], shown):
-                planes, spec = frame_planes(frame)
-                tb = frame.time_base or video.time_base
-                yield SourceFrame(index, pts, tb, planes, spec, rotation=int(frame.rotation))
+            timed = itertools.chain([first] if first else [], shown)
+            if deinterlace:
+                timed = progressive(timed, segment.frames)
+            for pts, frame in timed:
+                yield source_frame(index, pts, frame, video)
                 index += 1
                 if index == last:
                     return

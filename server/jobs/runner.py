@@ -287,6 +287,7 @@ class JobRunner:
             weights=params.weights,
             max_output_pixels=self.intake.max_output_pixels,
             upright=FORMATS[params.format].segments_served,
+            deinterlace=self.intake.deinterlace,
         )
 
     async def _make(

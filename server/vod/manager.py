@@ -757,6 +757,7 @@ class VideoManager:
             weights=video.weights,
             max_output_pixels=self.intake.max_output_pixels,
             upright=True,  # its segments are served as they are
+            deinterlace=self.intake.deinterlace,
         )
         task = SegmentTask.of(video.source, video.plan, index, target, options)
 
