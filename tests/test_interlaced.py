@@ -233,3 +233,17 @@ def test_the_command_deinterlaces_unless_told_not_to(interlaced_h264, weights_pa
              for name, path in outputs.items()}  # fmt: skip
     assert combs["on"] < 0.6 * combs["flag"], combs
     assert abs(combs["flag"] - combs["setting"]) < 0.02 * combs["flag"], combs
+
+
+def test_a_folder_of_camcorder_and_dvd_files_is_taken(tmp_path):
+    """Interlaced video mostly comes as camcorder AVCHD (.MTS, .m2ts) and DVD (.VOB) files: a
+    folder of them gave "no video files"."""
+    from argparse import Namespace
+
+    from carn_stream.upscale_command import _folder_items
+
+    for name in ("a.MTS", "b.m2ts", "c.VOB", "d.mpeg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    items = _folder_items(tmp_path, tmp_path / "out", Namespace(format=None, work_dir=None))
+    assert [i.source.name for i in items] == ["a.MTS", "b.m2ts", "c.VOB", "d.mpeg"]
+    assert [i.output.name for i in items] == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]

@@ -35,7 +35,11 @@ IMAGE_OPEN_OPTIONS = {
     "pattern_type": "none",  # a name with % or * is one file, not a sequence
 }
 #: File suffixes taken for videos where a folder is read (the CLI, live samples, calibration).
-VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".y4m", ".mpg"})
+#: (.mts/.m2ts: camcorders' AVCHD; .vob: DVD video)
+VIDEO_SUFFIXES = frozenset({
+    ".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".y4m", ".mpg",
+    ".mpeg", ".vob", ".3gp", ".flv", ".ogv",
+})  # fmt: skip
 LOCAL_PROTOCOLS = "file"
 URL_PROTOCOLS = "http,https,tcp,tls"
 URL_SCHEMES = ("http", "https")
