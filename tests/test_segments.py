@@ -590,6 +590,42 @@ def test_a_recording_joined_at_a_recovery_point_plans_the_frames_a_decoder_shows
     assert [r.name for r in describe_renditions(joined, plan, [2], EncoderOptions())] == ["x2"]
 
 
+def test_recordings_joined_end_to_end_keep_every_frame_when_their_times_start_again(
+    clips, tmp_path
+):
+    """Two MPEG-TS recordings joined with ``cat``, the second's times starting again below
+    the first's: the plan's first-frame rule (pictures shown before the first frame are none
+    of the video) left the second recording out of the plan, and nothing said so."""
+    from av.bitstream import BitStreamFilterContext
+
+    def recording(base_seconds: int) -> bytes:
+        path = tmp_path / f"at{base_seconds}.ts"
+        with av.open(str(clips["bframes"])) as c, av.open(str(path), "w", format="mpegts") as out:
+            video = c.streams.video[0]
+            stream = out.add_stream_from_template(video)
+            annexb = BitStreamFilterContext("h264_mp4toannexb", video)
+            for packet in c.demux(video):
+                if packet.dts is None:
+                    continue
+                for p in annexb.filter(packet):
+                    p.pts = base_seconds * 90000 + round(p.pts * video.time_base * 90000)
+                    p.dts = base_seconds * 90000 + round(p.dts * video.time_base * 90000)
+                    p.time_base, p.stream = Fraction(1, 90000), stream
+                    out.mux(p)
+        return path.read_bytes()
+
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(recording(30) + recording(0))
+    assert len(all_pts(joined)) == 200
+    plan = plan_segments(joined, 1.0)
+    assert plan.frames == 200
+    decoded = 0
+    for segment in plan.segments:
+        with av.open(str(joined)) as c:
+            decoded += sum(1 for _ in segment_frames(c, segment))
+    assert decoded == 200
+
+
 @pytest.mark.parametrize(
     "codec,params,clip",
     [

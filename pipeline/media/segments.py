@@ -241,9 +241,11 @@ def _video_packets(
     low = high = None
     shown = ShownPackets()
     first = _FirstShown(container)
+    read_first = 0  #: packets kept when the first frame came out
     try:
         for packet in container.demux(video):
-            first.fed(packet)
+            if first.fed(packet):
+                read_first = len(packets)
             if not shown(packet):
                 continue
             pts = packet.pts if packet.pts is not None else packet.dts
@@ -265,7 +267,7 @@ def _video_packets(
     except av.FFmpegError as exc:
         raise InputError(f"the input could not be read to the end ({ffmpeg_reason(exc)})") from exc
     if first.time is not None:
-        packets = [p for p in packets if p.pts >= first.time]
+        packets = _from_first_shown(packets, first.time, read_first)
     if not packets:
         raise InputError("the input's video stream holds no frames")
     return sorted(packets, key=lambda p: p.pts)
@@ -285,20 +287,30 @@ class _FirstShown:
         self._left = FIRST_SHOWN_PACKETS
         self._video.codec_context.options = {"skip_loop_filter": "all"}  # timing only
 
-    def fed(self, packet: av.Packet) -> None:
-        """Decode ``packet`` while no frame has come out."""
+    def fed(self, packet: av.Packet) -> bool:
+        """Decode ``packet`` while no frame has come out; whether the first one came out."""
         if not self._left:
-            return
+            return False
         self._left -= 1
         self._times.fed(packet)
         try:
             frames = packet.decode()
         except av.FFmpegError:
             self._left = 0
-            return
+            return False
         if frames:
             self.time = self._times.of(frames[0])
             self._left = 0
+        return bool(frames)
+
+
+def _from_first_shown(packets: list[_Packet], time: int, read: int) -> list[_Packet]:
+    """``packets`` (in decode order) without the pictures shown before ``time``, the first
+    frame's, that the decoder never showed: those read before it came out (the first ``read``)
+    and those after, up to the next keyframe (leading pictures). A later picture with an
+    earlier time stays: recordings joined end to end, whose times start again."""
+    limit = next((i for i in range(read + 1, len(packets)) if packets[i].key), len(packets))
+    return [p for i, p in enumerate(packets) if i >= limit or p.pts >= time]
 
 
 def _cut_points(
