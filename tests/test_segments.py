@@ -767,6 +767,29 @@ def test_a_file_made_from_an_input_that_starts_before_zero_shows_every_frame(
     assert [t - shown[0] for t in shown] == [(p - src.pts[0]) * src.time_base for p in src.pts]
 
 
+@pytest.mark.parametrize("fmt", ["mp4", "hls"])
+def test_an_input_that_starts_a_minute_before_a_timestamp_wrap_is_made_whole(
+    clips, bicubic_worker, tmp_path, fmt
+):
+    """FFmpeg reads an MPEG-TS whose 33-bit clock wraps up to a minute in from as far as -60 s.
+    Segments carried their times plus 10 s: still negative, so the muxer moved each segment
+    to start near 0, the MP4 join failed ("Invalid argument") and the HLS segments all
+    started at the same time."""
+    source = remux_across_the_wrap(clips["bframes"], tmp_path / "w.ts", 55.0)
+    src = facts(source)
+    assert src.pts[0] * src.time_base == -55  # FFmpeg's reading of the wrap
+    out = tmp_path / ("out" if fmt == "hls" else "out.mp4")
+    make(source, out, fmt, bicubic_worker)
+    if fmt == "hls":
+        names = [n for n in (out / PLAYLIST_NAME).read_text().splitlines() if n.startswith("seg")]
+        joined = tmp_path / "all.ts"
+        joined.write_bytes(b"".join((out / name).read_bytes() for name in names))
+        out = joined
+    with av.open(str(out)) as c:
+        shown = [f.pts * f.time_base for f in c.decode(video=0)]
+    assert [t - shown[0] for t in shown] == [(p - src.pts[0]) * src.time_base for p in src.pts]
+
+
 @pytest.mark.parametrize("cut", ["edit_list", "mid_gop"])
 def test_frames_a_decoder_never_shows_are_not_planned(clips, bicubic_worker, tmp_path, cut):
     """An MP4 trimmed by stream copy starts with an edit list that hides the GOP's first
@@ -795,6 +818,26 @@ def test_a_one_keyframe_input_is_made_in_segments_that_keep_every_frame(
     run = make(clips["one_keyframe"], out, "mp4", bicubic_worker)
     assert len(run.done) == 2  # two segments, each made (and resumable) on its own
     assert facts(out).pts == facts(clips["one_keyframe"]).pts
+
+
+@pytest.mark.parametrize("cut", range(1, 9))
+def test_a_cluster_worker_gets_the_first_segment_of_a_recording_cut_mid_gop(clips, tmp_path, cut):
+    """The copy of the first segment began at the top, with the packets before the first
+    keyframe: where the first of them is shown after the B-frames that follow it, the MOV
+    copy read back every time a frame early, and the worker decoded 24 of 25 frames."""
+    from av.bitstream import BitStreamFilterContext
+
+    source = tmp_path / f"cut{cut}.ts"
+    with av.open(str(clips["bframes"])) as c, av.open(str(source), "w", format="mpegts") as out:
+        video = c.streams.video[0]
+        stream = out.add_stream_from_template(video)
+        annexb = BitStreamFilterContext("h264_mp4toannexb", video)
+        packets = [p for packet in c.demux(video) if packet.dts is not None
+                   for p in annexb.filter(packet)]  # fmt: skip
+        for p in packets[cut:]:
+            p.stream = stream
+            out.mux(p)
+    check_every_segment(source, luma(source))
 
 
 def test_a_segment_between_keyframes_travels_to_a_cluster_worker_with_its_preroll(
@@ -835,6 +878,40 @@ def test_a_segment_between_keyframes_is_not_remuxed_as_it_is(clips, tmp_path):
                                          "keyframe"):  # fmt: skip
         remux_segment(RemuxTask.of(clips["one_keyframe"], plan, 1, target))
     assert not list(tmp_path.iterdir())
+
+
+def test_matroska_with_b_frames_is_remuxed_into_its_original_segments(clips, tmp_path):
+    """Matroska stores no decode times, and with B-frames FFmpeg gives its packets none: the
+    MPEG-TS muxer refused every segment of the ``original`` rendition a video offered
+    (a bare "Invalid argument"). They get decode times, and each segment shows the input's
+    frames at the input's times (plus the segments' offset)."""
+    from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
+    from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
+
+    source = tmp_path / "b.mkv"
+    with av.open(str(clips["bframes"])) as c, av.open(str(source), "w") as out:
+        stream = out.add_stream_from_template(c.streams.video[0])
+        for packet in c.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    with av.open(str(source)) as c:
+        assert any(p.dts is None for p in c.demux(video=0) if p.size)  # the case at hand
+    want = [(f.pts * f.time_base, f.to_ndarray()) for f in decode_frames(source)]
+    plan = plan_segments(source, 1.0)
+    got = []
+    for segment in plan.segments:
+        target = tmp_path / f"original{segment.index}.ts"
+        remux_segment(RemuxTask.of(source, plan, segment.index, target))
+        got += [(f.pts * f.time_base - SEGMENT_OFFSET_SECONDS, f.to_ndarray())
+                for f in decode_frames(target)]  # fmt: skip
+    assert [t for t, _ in got] == [t for t, _ in want]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True))
+
+
+def decode_frames(path: Path) -> list[av.VideoFrame]:
+    with av.open(str(path)) as c:
+        return list(c.decode(video=0))
 
 
 @pytest.mark.slow

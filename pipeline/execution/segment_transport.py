@@ -20,7 +20,6 @@ import asyncio
 import io
 import math
 import tempfile
-from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +34,7 @@ from carn_stream.pipeline.execution.executors import (
     SegmentTask,
     upscale_segment,
 )
-from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.decode import open_input, with_decode_times
 from carn_stream.pipeline.media.seeking import from_first_keyframe
 from carn_stream.pipeline.media.segments import Segment, audio_packets, seek_to_show
 
@@ -131,13 +130,15 @@ def _moved(packet: av.Packet, seconds: int) -> av.Packet:
 
 def _video_packets(container: av.container.InputContainer, segment: Segment):
     video = container.streams.video[0]
-    packets = container.demux(video)
     if segment.index > 0:
         seek_to_show(container, segment)
-        packets = from_first_keyframe(container.demux(video))
+    # From the first keyframe, the first segment's too: the packets of a recording cut mid-GOP
+    # before it show nothing, and a MOV that starts with one shown after the B-frames that
+    # follow it read back a frame early ("decoded 24 of 25 frames").
+    packets = from_first_keyframe(container.demux(video))
     covered = 0
     first = True
-    for packet in _with_decode_times(packets):
+    for packet in with_decode_times(packets):
         if packet.size == 0 or (packet.dts is None and packet.pts is None):
             continue
         pts = packet.pts if packet.pts is not None else packet.dts
@@ -152,34 +153,6 @@ def _video_packets(container: av.container.InputContainer, segment: Segment):
             covered += 1
             if covered == segment.frames:
                 return
-
-
-def _with_decode_times(packets: Iterable[av.Packet]) -> Iterator[av.Packet]:
-    """``packets`` with a decode time each, as the MOV muxer wants. Matroska stores none, and
-    FFmpeg's guess needs the packets before a seek: those read first after one get times just
-    below the first one known and below their own presentation times, rising one tick each."""
-    waiting: list[av.Packet] = []
-    for packet in packets:
-        if packet.dts is None and packet.pts is not None and packet.size:
-            waiting.append(packet)
-            continue
-        if waiting:
-            yield from _below(waiting, packet.dts)
-            waiting = []
-        yield packet
-    yield from _below(waiting, None)
-
-
-def _below(waiting: list[av.Packet], known: int | None) -> Iterator[av.Packet]:
-    floors: list[int] = []  #: the lowest time of each packet's and those after it
-    floor = known
-    for packet in reversed(waiting):
-        floor = packet.pts if floor is None else min(floor, packet.pts)
-        floors.append(floor)
-    floors.reverse()
-    for i, packet in enumerate(waiting):
-        packet.dts = floors[i] - (len(waiting) - i)
-        yield packet
 
 
 def write_copy(data: bytes, folder: Path) -> Path:

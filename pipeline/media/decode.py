@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -204,6 +204,35 @@ class ShownPackets:
             return False
         self.keyed = self.keyed or packet.is_keyframe
         return self.keyed and not packet.is_discard
+
+
+def with_decode_times(packets: Iterable[av.Packet]) -> Iterator[av.Packet]:
+    """``packets`` with a decode time each, as the MOV and MPEG-TS muxers want. Matroska
+    stores none, and FFmpeg's guess needs the packets before a seek (with B-frames it may have
+    none): those without one get times just below the next one known and below their own
+    presentation times, rising one tick each."""
+    waiting: list[av.Packet] = []
+    for packet in packets:
+        if packet.dts is None and packet.pts is not None and packet.size:
+            waiting.append(packet)
+            continue
+        if waiting:
+            yield from _below(waiting, packet.dts)
+            waiting = []
+        yield packet
+    yield from _below(waiting, None)
+
+
+def _below(waiting: list[av.Packet], known: int | None) -> Iterator[av.Packet]:
+    floors: list[int] = []  #: the lowest time of each packet's and those after it
+    floor = known
+    for packet in reversed(waiting):
+        floor = packet.pts if floor is None else min(floor, packet.pts)
+        floors.append(floor)
+    floors.reverse()
+    for i, packet in enumerate(waiting):
+        packet.dts = floors[i] - (len(waiting) - i)
+        yield packet
 
 
 def decode_order_times(container: av.container.InputContainer) -> bool:

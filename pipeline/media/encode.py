@@ -12,7 +12,8 @@ starts with the first video frame (rotation is known then) and keeps earlier aud
 A segment is MPEG-TS (self-contained: parameter sets travel
 in-band, so segments made by separate encoders, processes or machines play back to back and
 concatenate by remuxing), timestamps kept as in the input plus :data:`SEGMENT_OFFSET_SECONDS`
-(so that the decode delay of B-frames never makes a timestamp negative).
+(so that neither the decode delay of B-frames nor an input read at negative times makes a
+timestamp negative).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from carn_stream.pipeline.media.decode import AudioItem, codec_name
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
 #: Added to every timestamp written into a segment, and taken off again when segments are
-#: joined into one file.
-SEGMENT_OFFSET_SECONDS = 10
+#: joined into one file: the decode delay of B-frames, and an MPEG-TS input whose 33-bit clock
+#: wraps up to a minute in, which FFmpeg reads from as far as -60 s, keep positive times. (It
+#: was 10 s until plan rule 5: the segments of older plans are made again.)
+SEGMENT_OFFSET_SECONDS = 70
 
 
 @dataclass(frozen=True)

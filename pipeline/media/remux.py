@@ -18,8 +18,8 @@ from pathlib import Path
 
 import av
 
-from carn_stream.pipeline.errors import InputError
-from carn_stream.pipeline.media.decode import codec_name, open_input
+from carn_stream.pipeline.errors import InputError, ffmpeg_reason
+from carn_stream.pipeline.media.decode import codec_name, open_input, with_decode_times
 from carn_stream.pipeline.media.encode import SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 from carn_stream.pipeline.media.seeking import from_keyframe_at, seek_to_keyframe
@@ -87,23 +87,29 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
         raise InputError(f"reading {segment.describe()} failed: {exc}") from exc
     if not any(p.stream.type == "video" for _, p in packets):
         raise InputError(f"{segment.describe()}: no video packet to remux")
-    with av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out:
-        streams = {stream.index: out.add_stream_from_template(stream)}
-        for a in audio:
-            streams[a.index] = out.add_stream_from_template(a)
-        for _, packet in sorted(packets, key=lambda item: item[0]):
-            shift = round(SEGMENT_OFFSET_SECONDS / packet.time_base)
-            packet.pts = None if packet.pts is None else packet.pts + shift
-            packet.dts = None if packet.dts is None else packet.dts + shift
-            packet.stream = streams[packet.stream.index]
-            out.mux(packet)
+    try:
+        with av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out:
+            streams = {stream.index: out.add_stream_from_template(stream)}
+            for a in audio:
+                streams[a.index] = out.add_stream_from_template(a)
+            for _, packet in sorted(packets, key=lambda item: item[0]):
+                shift = round(SEGMENT_OFFSET_SECONDS / packet.time_base)
+                packet.pts = None if packet.pts is None else packet.pts + shift
+                packet.dts = None if packet.dts is None else packet.dts + shift
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    except (av.FFmpegError, ValueError) as exc:
+        raise InputError(
+            f"{segment.describe()}: its packets cannot be copied into MPEG-TS "
+            f"({ffmpeg_reason(exc)})"
+        ) from exc
 
 
 def _video_packets(container, stream, segment: Segment, next_start: int | None):
     """Packets in decode order from the segment's keyframe to the next segment's keyframe."""
     if segment.index > 0:
         seek_to_keyframe(container, stream, segment.start_pts)
-    for packet in from_keyframe_at(container.demux(stream), segment.start_pts):
+    for packet in with_decode_times(from_keyframe_at(container.demux(stream), segment.start_pts)):
         if packet.size == 0:
             continue
         if packet.dts is None and packet.pts is None:

@@ -57,7 +57,8 @@ MAX_GOP_TARGETS = 3.0
 #: The planning rule's version, stored with each plan: a plan made by an earlier rule (a
 #: command's work folder, a job's or a video's stored plan) is made again, never resumed.
 PLAN_RULE = 5  # 4: frames a decoder never shows (before the first keyframe, discarded) left out;
-#                5: and those before the first frame a decode from the top shows
+#                5: and those before the first frame a decode from the top shows (segments
+#                   made since carry encode.SEGMENT_OFFSET_SECONDS of 70 s, not 10 s)
 #: Packets a plan decodes at most to find the first frame a decoder shows. A recording joined
 #: at a recovery point (intra refresh) shows nothing until its picture is whole, a refresh
 #: period later (x264's is its keyframe interval, 250 frames by default).
