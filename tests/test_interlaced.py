@@ -247,3 +247,21 @@ def test_a_folder_of_camcorder_and_dvd_files_is_taken(tmp_path):
     items = _folder_items(tmp_path, tmp_path / "out", Namespace(format=None, work_dir=None))
     assert [i.source.name for i in items] == ["a.MTS", "b.m2ts", "c.VOB", "d.mpeg"]
     assert [i.output.name for i in items] == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+
+
+@pytest.mark.parametrize("pix_fmt", ["uyvy422", "nv12", "rgb24", "yuv420p10le"])
+def test_the_filter_gives_back_the_format_it_was_given(pix_fmt, pan):
+    """``bwdif`` takes planar formats only; FFmpeg converts packed ones (UYVY from capture
+    cards, NV12 from hardware decoders) on the way in, and the frames came out in another
+    format than the decoder's. They are converted back, without loss."""
+    from carn_stream.pipeline.media.deinterlace import _graph
+
+    frame = av.VideoFrame.from_ndarray(pan[0], format="rgb24").reformat(format=pix_fmt)
+    frame.pts, frame.time_base = 0, Fraction(1, 25)
+    graph = _graph(frame)
+    graph.push(frame)
+    graph.push(None)
+    out = graph.vpull()
+    assert out.format.name == pix_fmt
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(out.planes, frame.planes, strict=True))  # fmt: skip

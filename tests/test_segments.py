@@ -1036,7 +1036,8 @@ def test_a_work_folder_planned_by_the_earlier_rule_is_not_resumed(clips, tmp_pat
     item = Item(source, tmp_path / "out.mp4", FORMATS["mp4"], work)
 
     def identify() -> None:
-        _identify(item, Namespace(scale=2, input_fps=None), Settings(), EncoderOptions(), 1.0)
+        _identify(item, Namespace(scale=2, input_fps=None, deinterlace=True), Settings(),
+                  EncoderOptions(), 1.0)
 
     identify()
     # The earlier rule planned this input as one segment.

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from carn_stream.model.metrics import psnr
+from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.segments import PLAN_RULE
 from tests.helpers import launch_chromium, play_past_a_signed_link
 from tests.media import decode_rgb, downscale_frames, facts, raw_stream, write_clip
@@ -255,12 +256,13 @@ def test_a_cold_segment_is_made_then_served_from_the_cache(server, base, tmp_pat
     assert metric(server, "carn_stream_vod_cache_hits_total", rendition="x2") == hits + 1
     assert metric(server, "carn_stream_vod_cache_misses_total", rendition="x2") == misses + 1
     # The upscaled and the original segment hold the same frames at the same times (the
-    # segments' +10 s offset), so a player can switch between them.
+    # segments' offset), so a player can switch between them.
     size, times = segment_frames(first, tmp_path)
     original_size, original_times = segment_frames(get_segment(server, video["id"], "original", 1),
                                                    tmp_path)  # fmt: skip
     assert size == (192, 108) and original_size == (96, 54)
-    assert times == original_times and len(times) == 25 and times[0] == pytest.approx(11.0)
+    assert times == original_times and len(times) == 25
+    assert times[0] == pytest.approx(SEGMENT_OFFSET_SECONDS + 1.0)
     assert metric(server, "carn_stream_vod_realtime_factor_count", rendition="x2") >= 1
 
 
@@ -296,7 +298,8 @@ def test_a_one_keyframe_video_is_served_in_segments_without_an_original_renditio
     assert "original/" not in server.call("GET", video["links"]["master"]).body.decode()
     assert server.call("GET", f"/videos/{video['id']}/original/segment_00002.ts").status == 404
     size, times = segment_frames(get_segment(server, video["id"], "x2", 2), tmp_path)
-    assert size == (192, 108) and len(times) == 25 and times[0] == pytest.approx(12.0)
+    assert size == (192, 108) and len(times) == 25
+    assert times[0] == pytest.approx(SEGMENT_OFFSET_SECONDS + 2.0)
     assert server.call("DELETE", f"/videos/{video['id']}").status == 204
 
 

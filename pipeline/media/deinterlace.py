@@ -13,6 +13,7 @@ segment's frames: the first and the last are made from one neighbour.
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 
@@ -22,6 +23,8 @@ import av
 #: frame's flags, only the frames flagged interlaced.
 FILTER = "bwdif"
 FILTER_OPTIONS = "mode=send_frame:parity=auto:deint=interlaced"
+
+log = logging.getLogger(__name__)
 
 Timed = tuple[int | None, av.VideoFrame]  #: (presentation time, frame) in decode output order
 
@@ -35,6 +38,8 @@ class Deinterlacer:
         self._graph: av.filter.Graph | None = None
         self._shape: tuple[int, int, str, Fraction | None] | None = None
         self._times: collections.deque[tuple[int | None, Fraction | None]] = collections.deque()
+        #: a shape no filter could be made for: its frames pass as they are
+        self._refused: tuple[int, int, str, Fraction | None] | None = None
 
     def push(self, pts: int | None, frame: av.VideoFrame) -> Iterator[Timed]:
         """Feed one frame; the frames ready."""
@@ -42,10 +47,18 @@ class Deinterlacer:
         if self._graph is not None and shape != self._shape:
             yield from self.flush()  # a new size or format: a new filter
         if self._graph is None:
-            if not frame.interlaced_frame:
+            if not frame.interlaced_frame or shape == self._refused:
                 yield pts, frame
                 return
-            self._graph, self._shape = _graph(frame), shape
+            try:
+                self._graph = _graph(frame)
+            except (av.FFmpegError, ValueError) as exc:
+                log.warning("frames of %s %dx%d are upscaled as coded: %s", frame.format.name,
+                            frame.width, frame.height, exc)  # fmt: skip
+                self._refused = shape
+                yield pts, frame
+                return
+            self._shape = shape
         self._times.append((pts, frame.time_base))
         self._graph.push(frame)
         yield from self._pulled()
@@ -79,9 +92,13 @@ def _graph(frame: av.VideoFrame) -> av.filter.Graph:
         time_base=frame.time_base or Fraction(1, 90000),
     )
     deinterlace = graph.add(FILTER, FILTER_OPTIONS)
+    # The filter takes planar formats: FFmpeg converts others (UYVY, NV12) to one, losslessly,
+    # and this converts them back, so frames come out as they went in.
+    same = graph.add("format", frame.format.name)
     sink = graph.add("buffersink")
     source.link_to(deinterlace)
-    deinterlace.link_to(sink)
+    deinterlace.link_to(same)
+    same.link_to(sink)
     graph.configure()
     return graph
 
