@@ -174,7 +174,7 @@ def _moved_back(item: SourceFrame | AudioItem, seconds: int) -> SourceFrame | Au
         if packet.dts is not None:
             packet.dts -= ticks
     for frame in item.frames:
-        if frame.pts is not None:
+        if frame.pts is not None and frame.time_base is not None:
             frame.pts -= _ticks(seconds, frame.time_base)
     return item
 
@@ -194,8 +194,7 @@ class SegmentSource:
     time_base: Fraction  #: the plan's video time base
     last: bool  #: the plan's last segment (takes the audio after the last frame)
     decode_order: bool = False  #: the plan's: packets numbered in decode order (AVI)
-    #: seconds the source's times are later than the plan's: taken off every frame and audio
-    #: packet decoded (see ``SegmentTask.time_shift``)
+    #: seconds taken off every frame and audio packet decoded (``SegmentTask.time_shift``)
     time_shift: int = 0
 
 

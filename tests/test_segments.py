@@ -768,16 +768,16 @@ def test_a_file_made_from_an_input_that_starts_before_zero_shows_every_frame(
 
 
 @pytest.mark.parametrize("fmt", ["mp4", "hls"])
-def test_an_input_that_starts_a_minute_before_a_timestamp_wrap_is_made_whole(
-    clips, bicubic_worker, tmp_path, fmt
-):
-    """FFmpeg reads an MPEG-TS whose 33-bit clock wraps up to a minute in from as far as -60 s.
-    Segments carried their times plus 10 s: still negative, so the muxer moved each segment
-    to start near 0, the MP4 join failed ("Invalid argument") and the HLS segments all
-    started at the same time."""
-    source = remux_across_the_wrap(clips["bframes"], tmp_path / "w.ts", 55.0)
+@pytest.mark.parametrize("before", [55, 65, 100])
+def test_an_input_near_a_timestamp_wrap_is_made_whole(clips, bicubic_worker, tmp_path, fmt, before):
+    """The 33-bit MPEG-TS clock wraps every 26.5 h; FFmpeg reads an input that starts up to a
+    minute before its wrap from negative times, and one that starts earlier at times near 26.5
+    h. Segments carried the input's times plus a fixed offset: those read before 0 stayed
+    negative (at 55 s: the MP4 join failed, "Invalid argument"), those near 26.5 h crossed the
+    wrap inside the segment file (at 65 and 100 s: an MP4 with no decodable frame, without an
+    error). Their times now count from the plan's first second."""
+    source = remux_across_the_wrap(clips["bframes"], tmp_path / "w.ts", float(before))
     src = facts(source)
-    assert src.pts[0] * src.time_base == -55  # FFmpeg's reading of the wrap
     out = tmp_path / ("out" if fmt == "hls" else "out.mp4")
     make(source, out, fmt, bicubic_worker)
     if fmt == "hls":
@@ -785,6 +785,28 @@ def test_an_input_that_starts_a_minute_before_a_timestamp_wrap_is_made_whole(
         joined = tmp_path / "all.ts"
         joined.write_bytes(b"".join((out / name).read_bytes() for name in names))
         out = joined
+    with av.open(str(out)) as c:
+        shown = [f.pts * f.time_base for f in c.decode(video=0)]
+    assert [t - shown[0] for t in shown] == [(p - src.pts[0]) * src.time_base for p in src.pts]
+    if fmt == "mp4":  # its audio is the input's, at the same times as its video
+        with av.open(str(out)) as c:
+            audio = [p.pts * p.time_base for p in c.demux(audio=0) if p.size]
+        assert abs(audio[0] - shown[0]) < 1, (audio[0], shown[0])
+
+
+def test_a_recording_whose_clock_wraps_inside_it_is_made_whole(data_dir, bicubic_worker, tmp_path):
+    """A 90 s recording whose 33-bit clock wraps 75 s in: FFmpeg reads it from 26.5 h on,
+    across the wrap. Its segments near and after the wrap came out of a joined MP4 undecodable
+    (150 of 900 frames)."""
+    small = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 100), (64, 36))
+    clip = write_clip(tmp_path / "long.mp4", [small[i % 100] for i in range(900)],
+                      rate=Fraction(10), options={"crf": "30", "preset": "ultrafast", "g": "40"},
+                      audio_from=data_dir / "video" / "bigbuckbunny.mp4", audio_seconds=90.0)
+    source = remux_across_the_wrap(clip, tmp_path / "wraps.ts", 75.0)
+    src = facts(source)
+    assert src.pts[0] * src.time_base > 95000  # read at 26.5 h, not before 0
+    out = tmp_path / "out.mp4"
+    make(source, out, "mp4", bicubic_worker, seconds=8.0)
     with av.open(str(out)) as c:
         shown = [f.pts * f.time_base for f in c.decode(video=0)]
     assert [t - shown[0] for t in shown] == [(p - src.pts[0]) * src.time_base for p in src.pts]

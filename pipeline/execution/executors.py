@@ -59,8 +59,9 @@ class SegmentTask:
     target: Path
     options: PipelineOptions
     decode_order: bool = False  #: the plan's: packets numbered in decode order (AVI)
-    #: seconds the source's times are later than the plan's (a cluster worker's copy of a
-    #: segment that starts before 0: ``segment_transport``); taken off as it is decoded
+    #: seconds taken off every time as it is decoded: the plan's origin (see
+    #: ``SegmentPlan.origin``), and on a cluster worker what its copy of the segment's packets
+    #: added (``segment_transport``)
     time_shift: int = 0
 
     @classmethod
@@ -75,6 +76,7 @@ class SegmentTask:
             target=target,
             options=options,
             decode_order=plan.decode_order,
+            time_shift=plan.origin,
         )
 
 

@@ -198,7 +198,8 @@ async def upscale_copy(
             localize, task.segment, task.time_base, copy
         )
         local = replace(
-            task, source=copy, segment=segment, time_base=time_base, time_shift=shift,
+            task, source=copy, segment=segment, time_base=time_base,
+            time_shift=task.time_shift + shift,
             target=Path(folder) / f"segment-{task.segment.index}.ts",
         )  # fmt: skip
         result = await upscale_segment(local, worker, on_frame, node)

@@ -11,9 +11,9 @@ starts with the first video frame (rotation is known then) and keeps earlier aud
 
 A segment is MPEG-TS (self-contained: parameter sets travel
 in-band, so segments made by separate encoders, processes or machines play back to back and
-concatenate by remuxing), timestamps kept as in the input plus :data:`SEGMENT_OFFSET_SECONDS`
-(so that neither the decode delay of B-frames nor an input read at negative times makes a
-timestamp negative).
+concatenate by remuxing), timestamps kept as in the input, counted from the plan's origin (its
+first second), plus :data:`SEGMENT_OFFSET_SECONDS`: small and positive however the input's
+times lie (before 0, or near the 33-bit MPEG-TS clock's wrap at 26.5 h).
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from carn_stream.pipeline.media.codecs import check_codec, pixel_format
 from carn_stream.pipeline.media.decode import AudioItem, codec_name
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
-#: Added to every timestamp written into a segment, and taken off again when segments are
-#: joined into one file: the decode delay of B-frames, and an MPEG-TS input whose 33-bit clock
-#: wraps up to a minute in, which FFmpeg reads from as far as -60 s, keep positive times. (It
-#: was 10 s until plan rule 5: the segments of older plans are made again.)
+#: Added to every timestamp written into a segment (counted from the plan's origin,
+#: ``SegmentPlan.origin``), and taken off again when segments are joined into one file: the
+#: decode delay of B-frames and audio that starts before the first frame (the first segment
+#: carries it) keep positive times. (It was 10 s, from the input's own times, until plan rule
+#: 5: the segments of older plans are made again.)
 SEGMENT_OFFSET_SECONDS = 70
 
 

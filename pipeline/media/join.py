@@ -45,7 +45,7 @@ def finish_output(
         return output
     paths = [folder / segment_name(s.index) for s in plan.segments]
     timing = VideoTiming(plan.time_base, plan.segments[-1].end_pts, plan.frame_rate,
-                         plan.segments[0].start_pts)  # fmt: skip
+                         plan.segments[0].start_pts, plan.origin)  # fmt: skip
     join_segments(paths, timing, source, output, fmt, rotation)
     shutil.rmtree(folder, ignore_errors=True)
     return output
@@ -59,6 +59,7 @@ class VideoTiming:
     end_pts: int  #: where the last frame ends (so the file lasts as long as the input)
     frame_rate: Fraction | None = None
     start_pts: int = 0  #: the first frame's time
+    origin: int = 0  #: seconds the segments' times are counted from (``SegmentPlan.origin``)
 
     @property
     def step(self) -> int:
@@ -89,7 +90,7 @@ def join_segments(
             merged = heapq.merge(
                 _segment_video(paths, streams.video, timing),
                 _input_packets(src, streams),
-                _segment_audio(paths, streams),
+                _segment_audio(paths, streams, timing.origin),
                 key=lambda timed: (timed[0], timed[1]),
             )
             # Video shown before 0 (MPEG-TS after a 33-bit clock wrap) would be hidden by an
@@ -146,13 +147,14 @@ def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotati
 
 
 def _segment_video(paths: list[Path], video, timing: VideoTiming) -> Iterator[Timed]:
-    """The segments' video packets, the segment offset taken off, in the input's time base,
+    """The segments' video packets, the segment offset taken off and the plan's origin given
+    back, in the input's time base,
     each lasting one frame (the last one up to the input's end: MPEG-TS keeps no durations,
     and without them the file would end a frame early). Each segment's encoder starts its
     decode times before its first frame by its reorder delay, counted in that segment's first
     frame durations: where those are long (variable frame rate), they would reach back past
     the previous segment's last, so a decode time never falls below the one before."""
-    offset = Fraction(SEGMENT_OFFSET_SECONDS)
+    offset = Fraction(SEGMENT_OFFSET_SECONDS) - timing.origin
     time_base = timing.time_base
     last: int | None = None
     for n, path in enumerate(paths):
@@ -191,7 +193,7 @@ def _input_packets(src, streams: _Streams) -> Iterator[Timed]:
         yield packet.dts * packet.time_base, -1, packet
 
 
-def _segment_audio(paths: list[Path], streams: _Streams) -> Iterator[Timed]:
+def _segment_audio(paths: list[Path], streams: _Streams, origin: int) -> Iterator[Timed]:
     """The segments' audio (AAC made from audio the container cannot copy), offset taken off.
 
     Each segment's encoder starts with a priming frame, timed before the segment's start:
@@ -200,7 +202,7 @@ def _segment_audio(paths: list[Path], streams: _Streams) -> Iterator[Timed]:
     the previous segment's encoder instead of the priming one)."""
     if streams.audio_from_input:
         return
-    offset = Fraction(SEGMENT_OFFSET_SECONDS)
+    offset = Fraction(SEGMENT_OFFSET_SECONDS) - origin
     last: dict[int, Fraction] = {}  #: per stream, the decode time of the last packet taken
     for path in paths:
         with av.open(str(path), format=SEGMENT_FORMAT) as segment:

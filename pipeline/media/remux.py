@@ -38,11 +38,12 @@ class RemuxTask:
     next_start: int | None  #: the next segment's first pts (None: the last segment)
     time_base: Fraction
     target: Path
+    origin: int = 0  #: the plan's (``SegmentPlan.origin``): seconds taken off every time
 
     @classmethod
     def of(cls, source: Path, plan: SegmentPlan, index: int, target: Path) -> RemuxTask:
         following = plan.segments[index + 1].start_pts if index + 1 < len(plan.segments) else None
-        return cls(source, plan.segments[index], following, plan.time_base, target)
+        return cls(source, plan.segments[index], following, plan.time_base, target, plan.origin)
 
 
 def remux_segment(task: RemuxTask) -> int:
@@ -93,7 +94,7 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
             for a in audio:
                 streams[a.index] = out.add_stream_from_template(a)
             for _, packet in sorted(packets, key=lambda item: item[0]):
-                shift = round(SEGMENT_OFFSET_SECONDS / packet.time_base)
+                shift = round((SEGMENT_OFFSET_SECONDS - task.origin) / packet.time_base)
                 packet.pts = None if packet.pts is None else packet.pts + shift
                 packet.dts = None if packet.dts is None else packet.dts + shift
                 packet.stream = streams[packet.stream.index]

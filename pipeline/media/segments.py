@@ -57,8 +57,8 @@ MAX_GOP_TARGETS = 3.0
 #: The planning rule's version, stored with each plan: a plan made by an earlier rule (a
 #: command's work folder, a job's or a video's stored plan) is made again, never resumed.
 PLAN_RULE = 5  # 4: frames a decoder never shows (before the first keyframe, discarded) left out;
-#                5: and those before the first frame a decode from the top shows (segments
-#                   made since carry encode.SEGMENT_OFFSET_SECONDS of 70 s, not 10 s)
+#                5: and those before the first frame a decode from the top shows (and the
+#                   segments made since count their times from SegmentPlan.origin, plus 70 s)
 #: Packets a plan decodes at most to find the first frame a decoder shows. A recording joined
 #: at a recovery point (intra refresh) shows nothing until its picture is whole, a refresh
 #: period later (x264's is its keyframe interval, 250 frames by default).
@@ -179,6 +179,15 @@ class SegmentPlan:
             if i and s.start_pts != self.segments[i - 1].end_pts:
                 raise ValueError(f"segment {i} does not start where segment {i - 1} ends")
             first += s.frames
+
+    @property
+    def origin(self) -> int:
+        """Whole seconds the segments' times are counted from: the second of the input's first
+        frame. Segments carry ``time - origin + encode.SEGMENT_OFFSET_SECONDS``, so however
+        late (near the 33-bit MPEG-TS clock's wrap, 26.5 h) or early (before 0, after it) an
+        input's times lie, theirs stay small and positive; a joined file gets them back."""
+        unit = self.time_base.numerator  # a whole number of ticks of the video clock
+        return math.floor(self.segments[0].start_pts * self.time_base / unit) * unit
 
     @property
     def max_duration(self) -> float:
