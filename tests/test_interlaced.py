@@ -265,3 +265,16 @@ def test_the_filter_gives_back_the_format_it_was_given(pix_fmt, pan):
     assert out.format.name == pix_fmt
     assert all(np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(out.planes, frame.planes, strict=True))  # fmt: skip
+
+
+def test_a_jobs_comparison_shows_the_source_as_the_job_upscaled_it(interlaced_h264):
+    """The frames kept to compare CARN-M with bicubic were the source as coded (combed) beside
+    an output made from progressive frames: more than the upscaling differed."""
+    from carn_stream.server.jobs.compare import _frames_at
+
+    wanted = {3, 17}
+    made = dict(_frames_at([interlaced_h264], wanted, deinterlace=True))
+    coded = dict(_frames_at([interlaced_h264], wanted, deinterlace=False))
+    assert sorted(made) == sorted(coded) == sorted(wanted)
+    for index in wanted:
+        assert comb(luma(made[index])) < 0.5 * comb(luma(coded[index]))

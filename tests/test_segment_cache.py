@@ -51,3 +51,24 @@ def test_room_is_made_on_the_disk_from_the_least_recently_used(tmp_path):
     assert cache.add(new, 1_000, shortfall=5_000) == keys[2:]
     assert new in cache and cache.bytes == 1_000
     assert cache.make_room(5_000) == [new] and cache.bytes == 0
+
+
+def test_segments_made_with_another_deinterlace_setting_go_at_start(tmp_path):
+    """A restart with CARN_STREAM_DEINTERLACE changed served the segments made before (combed,
+    or not) beside new ones (the other way) in one playlist. Upscaled segments made with other
+    settings go at start; those of the original rendition, copied as they are, stay."""
+    root = tmp_path / "videos"
+    first = SegmentCache(root, budget=10_000)
+    assert first.keep_made_with({"deinterlace": True}, {"original"}) == 0  # nothing recorded yet
+    keys = [Key("c" * 32, rendition, 0) for rendition in ("x2", "x4", "original")]
+    for key in keys:
+        _publish(first, key, 100, at=1_000_000)
+    same = SegmentCache(root, budget=10_000)
+    assert same.keep_made_with({"deinterlace": True}, {"original"}) == 0
+    assert all(key in same for key in keys)
+    other = SegmentCache(root, budget=10_000)
+    assert other.keep_made_with({"deinterlace": False}, {"original"}) == 2
+    assert [key in other for key in keys] == [False, False, True] and other.bytes == 100
+    assert not other.path(keys[0]).exists() and other.path(keys[2]).exists()
+    again = SegmentCache(root, budget=10_000)
+    assert again.keep_made_with({"deinterlace": False}, {"original"}) == 0  # recorded

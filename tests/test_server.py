@@ -228,6 +228,33 @@ def test_a_raw_h264_stream_is_upscaled_at_the_rate_asked_for(server, media, tmp_
         assert response.status == 422 and "input_fps" in response.body.decode(), fps
 
 
+def test_a_job_deinterlaces_an_interlaced_input_unless_asked_not_to(
+    server, media, data_dir, tmp_path
+):
+    """Each job records whether it deinterlaces (the service's setting when the request does
+    not say), so that a restart with another setting cannot mix its segments; false upscales
+    the frames as coded, combed."""
+    from tests.test_interlaced import FRAMES, comb, luma, woven, write_interlaced
+
+    base, root = media
+    still = decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 1)[0]
+    pan = [np.ascontiguousarray(still[200:344, 300 + 5 * i : 492 + 5 * i]) for i in range(60)]
+    write_interlaced(root / "interlaced.ts", woven(pan), "libx264")
+    combs = {}
+    for asked in (None, False):
+        fields = {} if asked is None else {"deinterlace": asked}
+        job = submit(server, f"{base}/interlaced.ts", scale=2, format="mp4", **fields)
+        assert job["deinterlace"] is (asked is None)  # the service's default: on
+        done = server.wait_job(job["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded", done["error"]
+        out = tmp_path / f"{asked}.mp4"
+        out.write_bytes(server.call("GET", done["links"]["mp4"]).body)
+        frames = decode_rgb(out)
+        assert len(frames) == FRAMES
+        combs[asked] = np.mean([comb(luma(f)) for f in frames])
+    assert combs[None] < 0.6 * combs[False], combs
+
+
 def test_mp4_job_serves_range_requests(server, media, tmp_path):
     base, root = media
     job = submit(server, f"{base}/bunny.mp4", scale=3, output="mp4")

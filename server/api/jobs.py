@@ -171,6 +171,8 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
         except WeightsError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     params = JobParams(**body.model_dump(exclude={"url"}))
+    if params.deinterlace is None:  # fixed now: a restart with another setting keeps it
+        params = params.model_copy(update={"deinterlace": runner.intake.deinterlace})
     try:
         check_codec(params.codec, params.preset)
     except OutputError as exc:

@@ -10,7 +10,7 @@ RGB conversion, so only the upscaling differs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -19,6 +19,7 @@ import numpy as np
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.frames import upright
 from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME
 from carn_stream.pipeline.media.images import read_rgb, write_png
@@ -54,14 +55,20 @@ def _open_output(path: Path):
 
 
 def _frames_at(
-    files: list[Path], wanted: set[int], opener=open_input
+    files: list[Path], wanted: set[int], opener=open_input, deinterlace: bool = False
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Frames at the ``wanted`` indices of ``files`` played one after the other (by default
-    a user's files, opened under the allow-lists)."""
+    a user's files, opened under the allow-lists); with ``deinterlace``, made progressive as
+    the job made them before upscaling."""
     index = 0
     for path in files:
         with opener(path) as container:
-            for frame in container.decode(video=0):
+            frames: Iterable[tuple[int | None, av.VideoFrame]] = (
+                (frame.pts, frame) for frame in container.decode(video=0)
+            )
+            if deinterlace:
+                frames = progressive(frames)
+            for _, frame in frames:
                 if index in wanted:  # as players show it: turned by its display rotation
                     yield index, upright(frame.to_ndarray(format="rgb24"), int(frame.rotation))
                 index += 1
@@ -69,8 +76,12 @@ def _frames_at(
                     return
 
 
-def save_comparison(source: Path, output: Path, job_folder: Path, total: int) -> list[int]:
-    """Keep source and output frames at a few indices of a finished job; returns them.
+def save_comparison(
+    source: Path, output: Path, job_folder: Path, total: int, deinterlace: bool = True
+) -> list[int]:
+    """Keep source and output frames at a few indices of a finished job; returns them. The
+    source's frames are made progressive where the job's were (``deinterlace``), so that only
+    the upscaling differs.
 
     A failure here costs the comparison only, never the finished job: it is logged.
     """
@@ -80,7 +91,7 @@ def save_comparison(source: Path, output: Path, job_folder: Path, total: int) ->
     folder = job_folder / COMPARE_NAME
     try:
         folder.mkdir(exist_ok=True)
-        for index, rgb in _frames_at([source], wanted):
+        for index, rgb in _frames_at([source], wanted, deinterlace=deinterlace):
             write_png(folder / f"{index}-source.png", rgb)
         for index, rgb in _frames_at(_video_files(output), wanted, _open_output):
             write_png(folder / f"{index}-carn.png", rgb)

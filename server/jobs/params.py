@@ -89,6 +89,13 @@ class JobParams(BaseModel):
         examples=["clip-x4.pth"],
     )
     input_fps: InputFps
+    deinterlace: bool | None = Field(
+        None,
+        description="make frames the input's decoder flags interlaced (480i/576i/1080i) "
+        "progressive before they are upscaled (FFmpeg's bwdif, one frame per frame); false "
+        "upscales them as coded. Default: the service's CARN_STREAM_DEINTERLACE, recorded "
+        "with the job when it is created",
+    )
 
     @model_validator(mode="after")
     def _preset_fits_codec(self) -> JobParams:

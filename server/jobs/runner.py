@@ -234,7 +234,8 @@ class JobRunner:
                 self.store.reset_unfinished_segments(job.id)
             await self._make(job, plan, source, media, executor)
             # a few frames kept for comparing CARN-M with bicubic (the input goes next)
-            await self.offload(save_comparison, source, media.output, media.folder, plan.frames)
+            await self.offload(save_comparison, source, media.output, media.folder, plan.frames,
+                               self._deinterlace(job))  # fmt: skip
             self.store.finish(job.id, "succeeded")
             finished = True
             log.info("job %s succeeded", job.id)
@@ -277,6 +278,11 @@ class JobRunner:
         finally:
             self.store.finish(job_id, state, reason)
 
+    def _deinterlace(self, job: Job) -> bool:
+        """The job's choice (fixed when it was created), else the service's setting."""
+        chosen = job.params.deinterlace
+        return self.intake.deinterlace if chosen is None else chosen
+
     def _options(self, job: Job, executor: SegmentExecutor) -> PipelineOptions:
         params = job.params
         batch = self.intake.batch(executor)
@@ -287,7 +293,7 @@ class JobRunner:
             weights=params.weights,
             max_output_pixels=self.intake.max_output_pixels,
             upright=FORMATS[params.format].segments_served,
-            deinterlace=self.intake.deinterlace,
+            deinterlace=self._deinterlace(job),
         )
 
     async def _make(

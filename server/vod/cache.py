@@ -9,12 +9,18 @@ caller may move to a thread.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict
+from collections.abc import Container
 from pathlib import Path
 from typing import NamedTuple
 
 from carn_stream.pipeline.media.hls import segment_index, segment_name
+
+#: What the cached segments were made with (the settings that change their pictures), beside
+#: the videos' folders.
+MADE_WITH_NAME = "made-with.json"
 
 
 class Key(NamedTuple):
@@ -109,6 +115,25 @@ class SegmentCache:
             self.bytes -= self._entries.pop(key)
             self.path(key).unlink(missing_ok=True)
         return len(keys)
+
+    def keep_made_with(self, made_with: dict[str, object], unchanged: Container[str]) -> int:
+        """Remove the segments made with other settings than ``made_with`` (as the record of
+        the last start says), but those of the renditions in ``unchanged`` (copied as they
+        are); record ``made_with``. Returns how many went."""
+        record = self.root / MADE_WITH_NAME
+        try:
+            before = json.loads(record.read_text())
+        except (OSError, ValueError):
+            before = made_with  # the first start that records it
+        gone = 0
+        if before != made_with:
+            for video, rendition in {(k.video, k.rendition) for k in self._entries}:
+                if rendition not in unchanged:
+                    gone += self.drop(video, rendition)
+        part = record.with_name(f".{record.name}.part")
+        part.write_text(json.dumps(made_with, sort_keys=True))
+        part.replace(record)
+        return gone
 
     def forget(self, video: str) -> None:
         """Forget every segment of ``video`` (the caller removes its folder)."""

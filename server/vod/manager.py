@@ -164,6 +164,9 @@ class VideoManager:
         self._replanning: set[str] = set()  #: videos being planned again now
         self._replan: asyncio.Task | None = None
         self._closing = False
+        made_with = {"deinterlace": self.intake.deinterlace}
+        if gone := self.cache.keep_made_with(made_with, {ORIGINAL}):
+            log.info("%d cached segments were made with other settings: removed", gone)
         metrics.vod_cache_bytes.set(self.cache.bytes)
         for video_id in store.unfinished_tunes():  # cut short by a stop: not resumed
             store.set_tune(video_id, "failed", tune_error="interrupted by a server restart")
