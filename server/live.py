@@ -29,6 +29,7 @@ from aiortc.mediastreams import MediaStreamError
 from carn_stream.pipeline.engine.infer import InferenceWorker
 from carn_stream.pipeline.frames import upscaled_size, yuv420_video_frame
 from carn_stream.pipeline.media.decode import frame_planes, open_input
+from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import FrameReport, StageTimings
 from carn_stream.server.metrics import Metrics
@@ -139,7 +140,8 @@ class LiveStats:
 
 
 class FileTrack(MediaStreamTrack):
-    """A video file played in a loop at its own frame rate, as a live source.
+    """A video file played in a loop at its own frame rate, as a live source (interlaced
+    frames made progressive, as a camera's are).
 
     Decoding runs on one thread of its own, which also closes the file: the container is never
     touched by two threads. Timestamps keep increasing across loops.
@@ -162,7 +164,8 @@ class FileTrack(MediaStreamTrack):
         for _ in range(2):  # at the end of the file, start again once
             if self._frames is None:
                 self._container = open_input(self.path)
-                self._frames = self._container.decode(video=0)
+                decoded = ((frame.pts, frame) for frame in self._container.decode(video=0))
+                self._frames = (frame for _, frame in progressive(decoded))
             try:
                 return next(self._frames)
             except StopIteration:

@@ -278,3 +278,19 @@ def test_a_jobs_comparison_shows_the_source_as_the_job_upscaled_it(interlaced_h2
     assert sorted(made) == sorted(coded) == sorted(wanted)
     for index in wanted:
         assert comb(luma(made[index])) < 0.5 * comb(luma(coded[index]))
+
+
+def test_a_live_sample_file_is_played_progressive(interlaced_h264, pan):
+    """A file on the live page's list of samples is a live source like a camera: its frames
+    reached the model combed."""
+    from carn_stream.server.live import FileTrack
+
+    track = FileTrack(interlaced_h264)
+    try:
+        frames = [track._decode_next() for _ in range(5)]
+    finally:
+        track._close()
+    coded = woven(pan)
+    for i, frame in enumerate(frames):
+        y = frame.to_ndarray()[:HEIGHT]
+        assert comb(y) < 0.5 * comb(luma(coded[i])), i
