@@ -931,6 +931,39 @@ def test_matroska_with_b_frames_is_remuxed_into_its_original_segments(clips, tmp
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True))
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_an_open_gop_h264_original_segment_plays_on_its_own(clips, tmp_path, suffix):
+    """MP4 and Matroska keep H.264's parameter sets in their header, and FFmpeg's conversion
+    to MPEG-TS put them before IDR pictures only: a segment of the ``original`` rendition that
+    starts at an open GOP's I-frame held none, and a player starting there decoded nothing
+    ("Invalid data"). Each segment now carries them; played on, they show every frame."""
+    from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
+
+    source = tmp_path / f"open{suffix}"
+    with av.open(str(clips["open_gop"])) as c, av.open(str(source), "w") as out:
+        stream = out.add_stream_from_template(c.streams.video[0])
+        for packet in c.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    assert is_open_gop(source)
+    plan = plan_segments(source, 1.0)
+    assert len(plan.segments) == 4 and plan.keyframe_aligned
+    joined = b""
+    for segment in plan.segments:
+        target = tmp_path / f"original{segment.index}.ts"
+        remux_segment(RemuxTask.of(source, plan, segment.index, target))
+        alone = decode_frames(target)  # a player that starts here
+        assert len(alone) >= segment.frames - 3, (segment.index, len(alone))
+        joined += target.read_bytes()
+    (tmp_path / "all.ts").write_bytes(joined)
+    played = decode_frames(tmp_path / "all.ts")
+    want = decode_frames(source)
+    assert len(played) == len(want) == plan.frames
+    assert all(np.array_equal(a.to_ndarray(), b.to_ndarray())
+               for a, b in zip(played, want, strict=True))  # fmt: skip
+
+
 def decode_frames(path: Path) -> list[av.VideoFrame]:
     with av.open(str(path)) as c:
         return list(c.decode(video=0))

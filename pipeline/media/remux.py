@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.bitstream
 
 from carn_stream.pipeline.errors import InputError, ffmpeg_reason
 from carn_stream.pipeline.media.decode import codec_name, open_input, with_decode_times
@@ -93,17 +94,36 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
             streams = {stream.index: out.add_stream_from_template(stream)}
             for a in audio:
                 streams[a.index] = out.add_stream_from_template(a)
+            annexb = _annex_b(stream, streams[stream.index])
             for _, packet in sorted(packets, key=lambda item: item[0]):
                 shift = round((SEGMENT_OFFSET_SECONDS - task.origin) / packet.time_base)
                 packet.pts = None if packet.pts is None else packet.pts + shift
                 packet.dts = None if packet.dts is None else packet.dts + shift
-                packet.stream = streams[packet.stream.index]
-                out.mux(packet)
+                target = streams[packet.stream.index]
+                ready = [packet]
+                if annexb is not None and packet.stream.index == stream.index:
+                    ready = annexb.filter(packet)
+                for item in ready:
+                    item.stream = target
+                    out.mux(item)
     except (av.FFmpegError, ValueError) as exc:
         raise InputError(
             f"{segment.describe()}: its packets cannot be copied into MPEG-TS "
             f"({ffmpeg_reason(exc)})"
         ) from exc
+
+
+def _annex_b(stream, out_stream) -> av.bitstream.BitStreamFilterContext | None:
+    """For H.264 stored as in MP4 and Matroska (length-prefixed, its parameter sets in the
+    header): the filter that makes its packets MPEG-TS's start-code form with the parameter
+    sets before every keyframe. FFmpeg's own conversion puts them before IDR pictures only, so
+    a segment that starts at an open GOP's I-frame could not be decoded on its own."""
+    extradata = bytes(stream.codec_context.extradata or b"")
+    if codec_name(stream) != "h264" or not extradata or extradata[0] != 1:
+        return None
+    return av.bitstream.BitStreamFilterContext(
+        "h264_mp4toannexb,dump_extra=freq=keyframe", stream, out_stream
+    )
 
 
 def _video_packets(container, stream, segment: Segment, next_start: int | None):
