@@ -910,13 +910,7 @@ def test_matroska_with_b_frames_is_remuxed_into_its_original_segments(clips, tmp
     from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
     from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 
-    source = tmp_path / "b.mkv"
-    with av.open(str(clips["bframes"])) as c, av.open(str(source), "w") as out:
-        stream = out.add_stream_from_template(c.streams.video[0])
-        for packet in c.demux(video=0):
-            if packet.dts is not None:
-                packet.stream = stream
-                out.mux(packet)
+    source = video_copied(clips["bframes"], tmp_path / "b.mkv")
     with av.open(str(source)) as c:
         assert any(p.dts is None for p in c.demux(video=0) if p.size)  # the case at hand
     want = [(f.pts * f.time_base, f.to_ndarray()) for f in decode_frames(source)]
@@ -939,13 +933,7 @@ def test_an_open_gop_h264_original_segment_plays_on_its_own(clips, tmp_path, suf
     ("Invalid data"). Each segment now carries them; played on, they show every frame."""
     from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 
-    source = tmp_path / f"open{suffix}"
-    with av.open(str(clips["open_gop"])) as c, av.open(str(source), "w") as out:
-        stream = out.add_stream_from_template(c.streams.video[0])
-        for packet in c.demux(video=0):
-            if packet.dts is not None:
-                packet.stream = stream
-                out.mux(packet)
+    source = video_copied(clips["open_gop"], tmp_path / f"open{suffix}")
     assert is_open_gop(source)
     plan = plan_segments(source, 1.0)
     assert len(plan.segments) == 4 and plan.keyframe_aligned
@@ -962,6 +950,18 @@ def test_an_open_gop_h264_original_segment_plays_on_its_own(clips, tmp_path, suf
     assert len(played) == len(want) == plan.frames
     assert all(np.array_equal(a.to_ndarray(), b.to_ndarray())
                for a, b in zip(played, want, strict=True))  # fmt: skip
+
+
+def video_copied(source: Path, path: Path) -> Path:
+    """``source``'s video packets copied as they are into ``path`` (its suffix names the
+    container)."""
+    with av.open(str(source)) as c, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(c.streams.video[0])
+        for packet in c.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return path
 
 
 def decode_frames(path: Path) -> list[av.VideoFrame]:

@@ -1,10 +1,10 @@
 """Segments, the unit of work: a video planned as time ranges of about the target duration.
 
 The plan comes from the input's packet index (demux, and a decode up to the first frame shown:
-see :data:`FIRST_SHOWN_PACKETS`), so it is fast for any length. An input whose keyframes
-come at least every :data:`MAX_GOP_TARGETS` targets (most
-encodes: x264's default is a keyframe every 10 s at 25 fps) is cut on keyframes only, the one
-nearest each target, so every segment's packets can be copied as they are. A long-GOP input
+see :data:`FIRST_SHOWN_PACKETS`), so it is fast for any length. An input whose keyframes come
+at least every :data:`MAX_GOP_TARGETS` targets (most encodes: x264's default is a keyframe
+every 10 s at 25 fps) is cut on keyframes only, the one nearest each target, so every
+segment's packets can be copied as they are. A long-GOP input
 (one keyframe, a screen recording) is cut on a keyframe where one lies within
 :data:`KEYFRAME_REACH` of the target and between keyframes otherwise, so it is segmented like
 any other. Each segment records its exact
