@@ -72,3 +72,15 @@ def test_segments_made_with_another_deinterlace_setting_go_at_start(tmp_path):
     assert not other.path(keys[0]).exists() and other.path(keys[2]).exists()
     again = SegmentCache(root, budget=10_000)
     assert again.keep_made_with({"deinterlace": False}, {"original"}) == 0  # recorded
+
+
+def test_a_record_that_cannot_be_written_does_not_stop_the_start(tmp_path, caplog):
+    """The record is written at every start with new settings: a data folder where it cannot
+    be (here a folder stands in its place) failed the service's start."""
+    from carn_stream.server.vod.cache import MADE_WITH_NAME
+
+    root = tmp_path / "videos"
+    cache = SegmentCache(root, budget=10_000)
+    (root / MADE_WITH_NAME).mkdir()
+    assert cache.keep_made_with({"deinterlace": True}, {"original"}) == 0
+    assert "could not record" in caplog.text

@@ -952,6 +952,56 @@ def test_an_open_gop_h264_original_segment_plays_on_its_own(clips, tmp_path, suf
                for a, b in zip(played, want, strict=True))  # fmt: skip
 
 
+def test_original_segments_of_a_stream_whose_parameter_sets_change_play_on(clips, tmp_path):
+    """Two open-GOP recordings of different sizes joined in one Matroska stream, each with its
+    parameter sets in-band: the header's (the first recording's) put before every segment's
+    I-frame replaced the second's, and half its frames came out wrong. They are put there only
+    where the stream carries none of its own; played on, the segments show every frame."""
+    from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
+    from tests.media import concat_h264
+
+    opts = {**X264, "x264-params": "open-gop=1:keyint=25:min-keyint=25:scenecut=0"}
+    car = [f[:72, :88] for f in decode_rgb(clips["open_gop"])][:50]
+    bunny = decode_rgb(clips["bframes"])[:50]
+    parts = [write_clip(tmp_path / f"{name}.ts", pictures, options=opts, container_format="mpegts")
+             for name, pictures in (("a", car), ("b", bunny))]  # fmt: skip
+    source = concat_h264(tmp_path / "joined.mkv", parts, container_format="matroska")
+    plan = plan_segments(source, 1.0)
+    assert plan.in_band_parameter_sets and len(plan.segments) == 4
+    joined = b""
+    for segment in plan.segments:
+        target = tmp_path / f"original{segment.index}.ts"
+        remux_segment(RemuxTask.of(source, plan, segment.index, target))
+        joined += target.read_bytes()
+    (tmp_path / "all.ts").write_bytes(joined)
+    played, want = decode_frames(tmp_path / "all.ts"), decode_frames(source)
+    assert [(f.width, f.height) for f in played] == [(f.width, f.height) for f in want]
+    assert all(np.array_equal(a.to_ndarray(), b.to_ndarray())
+               for a, b in zip(played, want, strict=True))  # fmt: skip
+
+
+def test_the_plans_origin_is_whole_ticks_of_every_stream_and_before_early_audio(tmp_path, clips):
+    """Segments count their times from the plan's origin, taken off every frame and audio
+    packet: an AVI whose MP3 audio counts in 24 ms frames (3/125 s) and starts at 1 s failed
+    every segment ("1 s is no whole number of ticks of 3/125"); and audio that starts long
+    before the first frame must not fall before it."""
+    from tests.media import with_mp3_audio
+
+    gop = {**X264, "x264-params": "keyint=25:min-keyint=25:scenecut=0"}
+    mp3 = with_mp3_audio(clips["bframes"], tmp_path / "mp3.mp4")
+    avi = write_clip(tmp_path / "b.avi", decode_rgb(clips["bframes"]), options=gop,
+                     audio_from=mp3)  # fmt: skip
+    cut = remux_cut(avi, tmp_path / "cut.avi", drop_video=25)
+    with av.open(str(cut)) as c:
+        assert c.streams.audio[0].time_base == Fraction(3, 125)
+    plan = plan_segments(cut, 1.0)
+    assert plan.origin % 3 == 0
+    early = remux_cut(clips["bframes"], tmp_path / "early.mkv", drop_video=0)
+    with av.open(str(early)) as c:
+        first_audio = min(p.pts * p.time_base for p in c.demux(audio=0) if p.pts is not None)
+    assert plan_segments(early, 1.0).origin <= first_audio
+
+
 def video_copied(source: Path, path: Path) -> Path:
     """``source``'s video packets copied as they are into ``path`` (its suffix names the
     container)."""

@@ -40,11 +40,14 @@ class RemuxTask:
     time_base: Fraction
     target: Path
     origin: int = 0  #: the plan's (``SegmentPlan.origin``): seconds taken off every time
+    #: the plan's: the H.264 header's parameter sets may not be the ones in force mid-way
+    in_band_parameter_sets: bool = False
 
     @classmethod
     def of(cls, source: Path, plan: SegmentPlan, index: int, target: Path) -> RemuxTask:
         following = plan.segments[index + 1].start_pts if index + 1 < len(plan.segments) else None
-        return cls(source, plan.segments[index], following, plan.time_base, target, plan.origin)
+        return cls(source, plan.segments[index], following, plan.time_base, target, plan.origin,
+                   plan.in_band_parameter_sets)  # fmt: skip
 
 
 def remux_segment(task: RemuxTask) -> int:
@@ -95,6 +98,10 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
             for a in audio:
                 streams[a.index] = out.add_stream_from_template(a)
             annexb = _annex_b(stream, streams[stream.index])
+            parameter_sets = b""
+            if annexb is not None and not task.in_band_parameter_sets:
+                parameter_sets = bytes(streams[stream.index].codec_context.extradata or b"")
+            first = True
             for _, packet in sorted(packets, key=lambda item: item[0]):
                 shift = round((SEGMENT_OFFSET_SECONDS - task.origin) / packet.time_base)
                 packet.pts = None if packet.pts is None else packet.pts + shift
@@ -103,6 +110,8 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
                 ready = [packet]
                 if annexb is not None and packet.stream.index == stream.index:
                     ready = annexb.filter(packet)
+                    if first and ready:
+                        ready[0], first = _starting(ready[0], parameter_sets), False
                 for item in ready:
                     item.stream = target
                     out.mux(item)
@@ -115,15 +124,38 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
 
 def _annex_b(stream, out_stream) -> av.bitstream.BitStreamFilterContext | None:
     """For H.264 stored as in MP4 and Matroska (length-prefixed, its parameter sets in the
-    header): the filter that makes its packets MPEG-TS's start-code form with the parameter
-    sets before every keyframe. FFmpeg's own conversion puts them before IDR pictures only, so
-    a segment that starts at an open GOP's I-frame could not be decoded on its own."""
+    header): the filter to MPEG-TS's start-code form, which puts the header's parameter sets
+    before IDR pictures (``out_stream`` gets them in that form too)."""
     extradata = bytes(stream.codec_context.extradata or b"")
     if codec_name(stream) != "h264" or not extradata or extradata[0] != 1:
         return None
-    return av.bitstream.BitStreamFilterContext(
-        "h264_mp4toannexb,dump_extra=freq=keyframe", stream, out_stream
-    )
+    return av.bitstream.BitStreamFilterContext("h264_mp4toannexb", stream, out_stream)
+
+
+#: H.264 NAL unit types: an IDR picture's slice, a sequence parameter set.
+_IDR, _SPS = 5, 7
+
+
+def _nal_types(data: bytes) -> set[int]:
+    """The NAL unit types in start-code-form H.264 ``data``."""
+    types, at = set(), data.find(b"\x00\x00\x01")
+    while at != -1 and at + 3 < len(data):
+        types.add(data[at + 3] & 0x1F)
+        at = data.find(b"\x00\x00\x01", at + 3)
+    return types
+
+
+def _starting(packet: av.Packet, parameter_sets: bytes) -> av.Packet:
+    """A segment's first packet, with the header's parameter sets before it when it has none
+    and is no IDR picture (an open GOP's I-frame): a player that starts at this segment could
+    not decode it. Only where the stream carries no parameter sets of its own (the plan's
+    ``in_band_parameter_sets``): those in force there may differ from the header's."""
+    if not parameter_sets or _nal_types(bytes(packet)) & {_IDR, _SPS}:
+        return packet
+    started = av.Packet(parameter_sets + bytes(packet))
+    started.pts, started.dts, started.time_base = packet.pts, packet.dts, packet.time_base
+    started.is_keyframe = packet.is_keyframe
+    return started
 
 
 def _video_packets(container, stream, segment: Segment, next_start: int | None):

@@ -56,9 +56,9 @@ KEYFRAME_REACH = 0.5
 MAX_GOP_TARGETS = 3.0
 #: The planning rule's version, stored with each plan: a plan made by an earlier rule (a
 #: command's work folder, a job's or a video's stored plan) is made again, never resumed.
-PLAN_RULE = 5  # 4: frames a decoder never shows (before the first keyframe, discarded) left out;
-#                5: and those before the first frame a decode from the top shows (and the
-#                   segments made since count their times from SegmentPlan.origin, plus 70 s)
+PLAN_RULE = 6  # 4: frames a decoder never shows (before the first keyframe, discarded) left out;
+#                5: and those before the first frame a decode from the top shows;
+#                6: segments count their times from the plan's origin, plus 70 s
 #: Packets a plan decodes at most to find the first frame a decoder shows. A recording joined
 #: at a recovery point (intra refresh) shows nothing until its picture is whole, a refresh
 #: period later (x264's is its keyframe interval, 250 frames by default).
@@ -105,6 +105,15 @@ class SegmentPlan:
     has_audio: bool
     #: the container numbers video packets in decode order (AVI): see ``decode.FrameTimes``
     decode_order: bool = False
+    #: whole seconds the segments' times are counted from: the second of the input's earliest
+    #: time (its first frame, or audio before it), a multiple of every stream's clock tick.
+    #: Segments carry ``time - origin + encode.SEGMENT_OFFSET_SECONDS``, so however late (near
+    #: the 33-bit MPEG-TS clock's wrap, 26.5 h) or early (before 0, after it) an input's times
+    #: lie, theirs stay small and positive; a joined file gets them back.
+    origin: int = 0
+    #: H.264 stored with its parameter sets in the header (MP4, Matroska) that also carries
+    #: some in its packets (at a keyframe): they may change mid-way (recordings joined)
+    in_band_parameter_sets: bool = False
     rule: int = PLAN_RULE  #: the planning rule that made it (0: before rules were recorded)
 
     @property
@@ -132,6 +141,8 @@ class SegmentPlan:
             "codec": self.codec,
             "has_audio": self.has_audio,
             "decode_order": self.decode_order,
+            "origin": self.origin,
+            "in_band_parameter_sets": self.in_band_parameter_sets,
             "rule": self.rule,
         }
 
@@ -161,6 +172,8 @@ class SegmentPlan:
                 codec=str(data["codec"]),
                 has_audio=bool(data["has_audio"]),
                 decode_order=bool(data.get("decode_order", False)),
+                origin=int(data.get("origin", 0)),
+                in_band_parameter_sets=bool(data.get("in_band_parameter_sets", False)),
                 rule=int(data.get("rule", 0)),
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
@@ -179,15 +192,6 @@ class SegmentPlan:
             if i and s.start_pts != self.segments[i - 1].end_pts:
                 raise ValueError(f"segment {i} does not start where segment {i - 1} ends")
             first += s.frames
-
-    @property
-    def origin(self) -> int:
-        """Whole seconds the segments' times are counted from: the second of the input's first
-        frame. Segments carry ``time - origin + encode.SEGMENT_OFFSET_SECONDS``, so however
-        late (near the 33-bit MPEG-TS clock's wrap, 26.5 h) or early (before 0, after it) an
-        input's times lie, theirs stay small and positive; a joined file gets them back."""
-        unit = self.time_base.numerator  # a whole number of ticks of the video clock
-        return math.floor(self.segments[0].start_pts * self.time_base / unit) * unit
 
     @property
     def max_duration(self) -> float:
@@ -234,6 +238,7 @@ class _Packet:
     pts: int
     duration: int
     key: bool
+    parameter_sets: bool = False  #: a keyframe carrying an H.264 SPS in-band (see the plan's)
 
 
 def _video_packets(
@@ -252,6 +257,7 @@ def _video_packets(
     shown = ShownPackets()
     first = _FirstShown(container)
     read_first = 0  #: packets kept when the first frame came out
+    length_size = _avcc_length_size(video)
     try:
         for packet in container.demux(video):
             if first.fed(packet):
@@ -264,7 +270,8 @@ def _video_packets(
                     "the video stream has packets without timestamps (a raw H.264/HEVC "
                     "stream has none); it cannot be segmented"
                 )
-            packets.append(_Packet(pts, packet.duration or 0, packet.is_keyframe))
+            sets = length_size is not None and packet.is_keyframe and _has_sps(packet, length_size)
+            packets.append(_Packet(pts, packet.duration or 0, packet.is_keyframe, sets))
             low = pts if low is None else min(low, pts)
             high = pts if high is None else max(high, pts)
             if max_span is not None and high - low > max_span:
@@ -281,6 +288,27 @@ def _video_packets(
     if not packets:
         raise InputError("the input's video stream holds no frames")
     return sorted(packets, key=lambda p: p.pts)
+
+
+def _avcc_length_size(video: av.video.stream.VideoStream) -> int | None:
+    """The byte length of each NAL unit's size of H.264 stored as in MP4 and Matroska (its
+    header an ``avcC`` record); None for other video."""
+    extradata = bytes(video.codec_context.extradata or b"")
+    if video.codec_context.name != "h264" or len(extradata) < 7 or extradata[0] != 1:
+        return None
+    return (extradata[4] & 3) + 1
+
+
+def _has_sps(packet: av.Packet, length_size: int) -> bool:
+    """Whether a length-prefixed H.264 ``packet`` holds a sequence parameter set."""
+    data = memoryview(packet)
+    at = 0
+    while at + length_size < len(data):
+        size = int.from_bytes(data[at : at + length_size], "big")
+        if data[at + length_size] & 0x1F == 7:
+            return True
+        at += length_size + size
+    return False
 
 
 class _FirstShown:
@@ -390,6 +418,7 @@ def plan_segments(
         packets = _video_packets(container, limits)
         has_audio = bool(container.streams.audio)
         decode_order = decode_order_times(container)
+        origin = _origin(container, packets[0].pts * tb)
     pts = [p.pts for p in packets]
     if len(set(pts)) != len(pts):
         raise InputError("the video stream has frames with the same timestamp")
@@ -433,11 +462,24 @@ def plan_segments(
         codec=info.codec,
         has_audio=has_audio,
         decode_order=decode_order,
+        origin=origin,
+        in_band_parameter_sets=any(p.parameter_sets for p in packets),
     )
     plan.check()
     if limits is not None:
         limits.check(plan.width, plan.height, plan.duration)
     return plan
+
+
+def _origin(container: av.container.InputContainer, first_frame: Fraction) -> int:
+    """The plan's origin (see ``SegmentPlan.origin``) for an input whose first frame is shown at
+    ``first_frame`` seconds."""
+    streams = [container.streams.video[0], *container.streams.audio]
+    unit = math.lcm(*(s.time_base.numerator for s in streams if s.time_base))
+    earliest = first_frame
+    if container.start_time is not None:
+        earliest = min(earliest, Fraction(container.start_time, av.time_base))
+    return math.floor(earliest / unit) * unit
 
 
 #: Keyframes before its own a segment's decode may start from, where a decoder withholds the

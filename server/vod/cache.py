@@ -10,13 +10,17 @@ caller may move to a thread.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Container
 from pathlib import Path
 from typing import NamedTuple
 
 from carn_stream.pipeline.media.hls import segment_index, segment_name
+
+log = logging.getLogger(__name__)
 
 #: What the cached segments were made with (the settings that change their pictures), beside
 #: the videos' folders.
@@ -118,21 +122,28 @@ class SegmentCache:
 
     def keep_made_with(self, made_with: dict[str, object], unchanged: Container[str]) -> int:
         """Remove the segments made with other settings than ``made_with`` (as the record of
-        the last start says), but those of the renditions in ``unchanged`` (copied as they
-        are); record ``made_with``. Returns how many went."""
+        the last start says; none recorded: nothing to compare), but those of the renditions
+        in ``unchanged`` (copied as they are); record ``made_with``. Returns how many went. A
+        record that cannot be written is logged: the service starts all the same."""
         record = self.root / MADE_WITH_NAME
         try:
             before = json.loads(record.read_text())
         except (OSError, ValueError):
-            before = made_with  # the first start that records it
+            before = None
+        if before == made_with:
+            return 0
         gone = 0
-        if before != made_with:
+        if before is not None:
             for video, rendition in {(k.video, k.rendition) for k in self._entries}:
                 if rendition not in unchanged:
                     gone += self.drop(video, rendition)
-        part = record.with_name(f".{record.name}.part")
-        part.write_text(json.dumps(made_with, sort_keys=True))
-        part.replace(record)
+        try:
+            with tempfile.NamedTemporaryFile("w", dir=self.root, prefix=".made-with.",
+                                             delete=False) as part:  # fmt: skip
+                part.write(json.dumps(made_with, sort_keys=True))
+            Path(part.name).replace(record)
+        except OSError as exc:
+            log.warning("could not record the settings the cached segments follow: %s", exc)
         return gone
 
     def forget(self, video: str) -> None:
