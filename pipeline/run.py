@@ -28,7 +28,9 @@ from carn_stream.pipeline.media.decode import (
     AudioItem,
     VideoInfo,
     describe,
+    moved,
     open_input,
+    whole_ticks,
 )
 from carn_stream.pipeline.media.encode import EncoderOptions, VideoSink
 from carn_stream.pipeline.media.segments import (
@@ -165,25 +167,13 @@ def _moved_back(item: SourceFrame | AudioItem, seconds: int) -> SourceFrame | Au
     if isinstance(item, SourceFrame):
         if item.pts is None:
             return item
-        return replace(item, pts=item.pts - _ticks(seconds, item.time_base))
+        return replace(item, pts=item.pts - whole_ticks(seconds, item.time_base))
     if item.packet is not None:
-        packet = item.packet
-        ticks = _ticks(seconds, packet.time_base)
-        if packet.pts is not None:
-            packet.pts -= ticks
-        if packet.dts is not None:
-            packet.dts -= ticks
+        moved(item.packet, -seconds)
     for frame in item.frames:
         if frame.pts is not None and frame.time_base is not None:
-            frame.pts -= _ticks(seconds, frame.time_base)
+            frame.pts -= whole_ticks(seconds, frame.time_base)
     return item
-
-
-def _ticks(seconds: int, time_base: Fraction) -> int:
-    ticks = seconds / time_base
-    if ticks.denominator != 1:
-        raise InputError(f"a time shift of {seconds} s is no whole number of ticks of {time_base}")
-    return int(ticks)
 
 
 @dataclass(frozen=True)

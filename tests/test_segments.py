@@ -290,7 +290,7 @@ class CopyingExecutor(InProcessExecutor):
     async def run(self, task, on_frame):
         from carn_stream.pipeline.execution.segment_transport import cut_segment, upscale_copy
 
-        data = cut_segment(task.source, task.segment, task.time_base, task.last)
+        data = cut_segment(task.source, task.segment, task.time_base, task.last, task.time_shift)
         result, encoded = await upscale_copy(data, task, self.worker, on_frame, "copy")
         task.target.write_bytes(encoded)
         return result
@@ -319,8 +319,10 @@ def test_a_cluster_worker_makes_mpeg_ts_segments_before_a_timestamp_wrap(
     from carn_stream.pipeline.execution.segment_transport import cut_segment, localize, write_copy
 
     plan = plan_segments(wrapped, 1.0)
-    copy = write_copy(cut_segment(wrapped, plan.segments[0], plan.time_base, False), tmp_path)
-    assert localize(plan.segments[0], plan.time_base, copy).time_shift > 0
+    first = plan.segments[0]
+    copy = write_copy(cut_segment(wrapped, first, plan.time_base, False, plan.origin), tmp_path)
+    local, _ = localize(first, plan.time_base, copy, plan.origin)
+    assert first.start_pts < 0 <= local.start_pts  # the copy counts from the plan's origin
     here = tmp_path / "here"
     make(wrapped, here, "hls", bicubic_worker)
 
@@ -441,8 +443,8 @@ def test_avi_segments_keep_display_order_on_a_cluster_worker_and_in_a_stored_cop
     times = []
     for segment in plan.segments:
         last = segment.index == len(plan.segments) - 1
-        copy = write_copy(cut_segment(avi, segment, plan.time_base, last), tmp_path)
-        local, time_base, _ = localize(segment, plan.time_base, copy)
+        copy = write_copy(cut_segment(avi, segment, plan.time_base, last, plan.origin), tmp_path)
+        local, time_base = localize(segment, plan.time_base, copy, plan.origin)
         with av.open(str(copy)) as c:
             times += [f.pts * time_base for f in segment_frames(c, local, 0, plan.decode_order)]
     assert times == sorted(times) and len(times) == 100
@@ -498,8 +500,9 @@ def check_every_segment(source: Path, shown: list[np.ndarray], exact: bool = Tru
     assert plan.frames == len(shown)
     for segment in plan.segments:
         last = segment.index == len(plan.segments) - 1
-        copy = write_copy(cut_segment(source, segment, plan.time_base, last), source.parent)
-        local, _, _ = localize(segment, plan.time_base, copy)
+        copy = write_copy(cut_segment(source, segment, plan.time_base, last, plan.origin),
+                          source.parent)  # fmt: skip
+        local, _ = localize(segment, plan.time_base, copy, plan.origin)
         for path, part in ((source, segment), (copy, local)):  # here, and on a cluster worker
             with av.open(str(path)) as c:
                 frames = list(segment_frames(c, part))
@@ -875,7 +878,7 @@ def test_a_segment_between_keyframes_travels_to_a_cluster_worker_with_its_prerol
     plan = plan_segments(source, 1.0)
     segment = plan.segments[1]
     copy = write_copy(cut_segment(source, segment, plan.time_base, last=True), tmp_path)
-    local, _, _ = localize(segment, plan.time_base, copy)
+    local, _ = localize(segment, plan.time_base, copy)
     with av.open(str(copy)) as c:
         packets = [p for p in c.demux(video=0) if p.size]
     # The packets from the keyframe on: the 25 frames before the segment travel with it.

@@ -60,8 +60,7 @@ class SegmentTask:
     options: PipelineOptions
     decode_order: bool = False  #: the plan's: packets numbered in decode order (AVI)
     #: seconds taken off every time as it is decoded: the plan's origin (see
-    #: ``SegmentPlan.origin``), and on a cluster worker what its copy of the segment's packets
-    #: added (``segment_transport``)
+    #: ``SegmentPlan.origin``; 0 on a cluster worker, whose copy counts from it already)
     time_shift: int = 0
 
     @classmethod

@@ -192,7 +192,9 @@ class RayExecutor:
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         segment = task.segment
-        data = await asyncio.to_thread(cut_segment, task.source, segment, task.time_base, task.last)
+        data = await asyncio.to_thread(
+            cut_segment, task.source, segment, task.time_base, task.last, task.time_shift
+        )
         actor = await self._acquire()
         started = time.monotonic()
         if self.observer is not None:

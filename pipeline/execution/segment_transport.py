@@ -8,10 +8,9 @@ The container is QuickTime/MOV: it keeps each stream's time base, B-frame timest
 lists) and the display rotation. Its movie time scale is a common multiple of the streams'
 clocks, so edit lists do not round a stream's start, and timestamps read back exactly as they
 were. Where the muxer stores a coarser clock as a finer one, the timestamps are scaled by a
-whole factor: :func:`localize` adapts a task to the copy it reads. A MOV track cannot start
-before 0: where the segment's video does (MPEG-TS before a 33-bit clock wrap that the input
-starts ahead of), every time in the copy is moved later by whole seconds, which the copy
-records (:data:`TIME_SHIFT_KEY`) and the worker takes off again as it decodes.
+whole factor: :func:`localize` adapts a task to the copy it reads. The copy counts its times
+from the plan's origin (``SegmentPlan.origin``), as segments do: a MOV track cannot start
+before 0, where an MPEG-TS input read before its 33-bit clock's wrap does.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import tempfile
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import av
 
@@ -34,7 +33,7 @@ from carn_stream.pipeline.execution.executors import (
     SegmentTask,
     upscale_segment,
 )
-from carn_stream.pipeline.media.decode import open_input, with_decode_times
+from carn_stream.pipeline.media.decode import moved, open_input, whole_ticks, with_decode_times
 from carn_stream.pipeline.media.seeking import from_first_keyframe
 from carn_stream.pipeline.media.segments import Segment, audio_packets, seek_to_show
 
@@ -45,16 +44,6 @@ FORMAT = "mov"
 SUFFIX = ".mov"
 AUDIO_MARGIN_SECONDS = 2  #: audio read either side of a segment (as the segment decoder does)
 _MAX_TIMESCALE = 2**31 - 1
-#: The copy's metadata entry for the seconds its times were moved later (absent: none).
-TIME_SHIFT_KEY = "carn_stream_time_shift"
-
-
-class LocalSegment(NamedTuple):
-    """A segment as a copy made by :func:`cut_segment` stores it."""
-
-    segment: Segment
-    time_base: Fraction
-    time_shift: int  #: seconds the copy's times are later than the input's
 
 
 def _movie_timescale(streams: list[av.stream.Stream]) -> int | None:
@@ -64,8 +53,11 @@ def _movie_timescale(streams: list[av.stream.Stream]) -> int | None:
     return scale if scale <= _MAX_TIMESCALE else None
 
 
-def cut_segment(source: Path, segment: Segment, time_base: Fraction, last: bool) -> bytes:
-    """The packets ``segment`` of ``source`` needs, remuxed into one MOV file in memory."""
+def cut_segment(
+    source: Path, segment: Segment, time_base: Fraction, last: bool, origin: int = 0
+) -> bytes:
+    """The packets ``segment`` of ``source`` needs, remuxed into one MOV file in memory, their
+    times counted from ``origin`` (the plan's)."""
     with open_input(source) as video_in, open_input(source) as audio_in:
         video = video_in.streams.video[0]
         audio = list(audio_in.streams.audio)
@@ -75,57 +67,26 @@ def cut_segment(source: Path, segment: Segment, time_base: Fraction, last: bool)
             options["movie_timescale"] = str(timescale)
         buffer = io.BytesIO()
         try:
-            video_packets = list(_video_packets(video_in, segment))
-            audio_packets_ = list(
-                audio_packets(audio_in, segment, time_base, last, AUDIO_MARGIN_SECONDS)
-            )
-            shift = _time_shift(video_packets, audio_packets_)
-            if shift:
-                options["movflags"] = "use_metadata_tags"
             with av.open(buffer, "w", format=FORMAT, options=options) as out:
-                if shift:
-                    out.metadata[TIME_SHIFT_KEY] = str(shift)
                 out_video = out.add_stream_from_template(video)
                 out_video.time_base = video.time_base
                 out_audio = {}
                 for stream in audio:
                     out_audio[stream.index] = out.add_stream_from_template(stream)
                     out_audio[stream.index].time_base = stream.time_base
-                for packet in video_packets:
+                for packet in _video_packets(video_in, segment):
                     packet.stream = out_video
-                    out.mux(_moved(packet, shift))
-                for packet in audio_packets_:
+                    out.mux(moved(packet, -origin))
+                for packet in audio_packets(
+                    audio_in, segment, time_base, last, AUDIO_MARGIN_SECONDS
+                ):
                     packet.stream = out_audio[packet.stream.index]
-                    out.mux(_moved(packet, shift))
+                    out.mux(moved(packet, -origin))
         except (av.FFmpegError, ValueError) as exc:
             raise InputError(
                 f"{segment.describe()}: its packets cannot be copied for a cluster worker ({exc})"
             ) from exc
     return buffer.getvalue()
-
-
-def _time_shift(video: list[av.Packet], audio: list[av.Packet]) -> int:
-    """Whole seconds to move every time later by, so that none is negative, where the video
-    starts before 0 (0: none needed). A multiple of each time base's numerator, so that it is
-    a whole number of ticks in every stream."""
-    starts = [p.pts for p in video if p.pts is not None]
-    if not starts or min(starts) >= 0:
-        return 0
-    times = [t * p.time_base for p in (*video, *audio) for t in (p.pts, p.dts) if t is not None]
-    unit = math.lcm(*(p.time_base.numerator for p in (*video, *audio)))
-    return unit * math.ceil(-min(times) / unit)
-
-
-def _moved(packet: av.Packet, seconds: int) -> av.Packet:
-    if seconds:
-        ticks = seconds / packet.time_base
-        if ticks.denominator != 1:  # not with a multiple of the numerator (see _time_shift)
-            raise ValueError(f"{seconds} s is no whole number of ticks of {packet.time_base}")
-        if packet.pts is not None:
-            packet.pts += int(ticks)
-        if packet.dts is not None:
-            packet.dts += int(ticks)
-    return packet
 
 
 def _video_packets(container: av.container.InputContainer, segment: Segment):
@@ -162,24 +123,22 @@ def write_copy(data: bytes, folder: Path) -> Path:
     return Path(handle.name)
 
 
-def localize(segment: Segment, time_base: Fraction, copy: Path) -> LocalSegment:
-    """The segment and time base as ``copy`` (made by :func:`cut_segment`) stores them, and the
-    seconds its times were moved later."""
+def localize(
+    segment: Segment, time_base: Fraction, copy: Path, origin: int = 0
+) -> tuple[Segment, Fraction]:
+    """The segment and time base as ``copy`` (made by :func:`cut_segment` from ``origin``)
+    stores them."""
     with open_input(copy) as container:
         stored = container.streams.video[0].time_base
-        shift = int(container.metadata.get(TIME_SHIFT_KEY, 0))
     factor = time_base / stored
     if factor.denominator != 1:
         raise InputError(
             f"{segment.describe()}: the copied video clock {stored} is not a whole multiple "
             f"of the input's {time_base}"
         )
-    k, ticks = factor.numerator, shift / stored
-    if ticks.denominator != 1:
-        raise InputError(f"{segment.describe()}: the copy's times moved by {shift} s are not "
-                         f"whole ticks of its video clock {stored}")  # fmt: skip
-    start, end = segment.start_pts * k + int(ticks), segment.end_pts * k + int(ticks)
-    return LocalSegment(replace(segment, start_pts=start, end_pts=end), stored, shift)
+    k, ticks = factor.numerator, whole_ticks(origin, stored)
+    start, end = segment.start_pts * k - ticks, segment.end_pts * k - ticks
+    return replace(segment, start_pts=start, end_pts=end), stored
 
 
 async def upscale_copy(
@@ -194,12 +153,11 @@ async def upscale_copy(
     it (:func:`localize`). Returns the result and the encoded segment."""
     with tempfile.TemporaryDirectory(prefix="carn-segment-") as folder:
         copy = await asyncio.to_thread(write_copy, data, Path(folder))
-        segment, time_base, shift = await asyncio.to_thread(
-            localize, task.segment, task.time_base, copy
+        segment, time_base = await asyncio.to_thread(
+            localize, task.segment, task.time_base, copy, task.time_shift
         )
-        local = replace(
-            task, source=copy, segment=segment, time_base=time_base,
-            time_shift=task.time_shift + shift,
+        local = replace(  # the copy's times count from the origin already
+            task, source=copy, segment=segment, time_base=time_base, time_shift=0,
             target=Path(folder) / f"segment-{task.segment.index}.ts",
         )  # fmt: skip
         result = await upscale_segment(local, worker, on_frame, node)

@@ -206,6 +206,25 @@ class ShownPackets:
         return self.keyed and not packet.is_discard
 
 
+def whole_ticks(seconds: int, time_base: Fraction) -> int:
+    """``seconds`` as ticks of ``time_base``; InputError where that is no whole number."""
+    ticks = seconds / time_base
+    if ticks.denominator != 1:
+        raise InputError(f"{seconds} s is no whole number of ticks of {time_base}")
+    return int(ticks)
+
+
+def moved(packet: av.Packet, seconds: int) -> av.Packet:
+    """``packet`` with its times ``seconds`` later (earlier where negative)."""
+    if seconds:
+        ticks = whole_ticks(seconds, packet.time_base)
+        if packet.pts is not None:
+            packet.pts += ticks
+        if packet.dts is not None:
+            packet.dts += ticks
+    return packet
+
+
 def with_decode_times(packets: Iterable[av.Packet]) -> Iterator[av.Packet]:
     """``packets`` with a decode time each, as the MOV and MPEG-TS muxers want. Matroska
     stores none, and FFmpeg's guess needs the packets before a seek (with B-frames it may have
