@@ -33,10 +33,10 @@ from carn_stream.pipeline.media.decode import AudioItem, codec_name
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
 #: Added to every timestamp written into a segment (counted from the plan's origin,
-#: ``SegmentPlan.origin``), and taken off again when segments are joined into one file: the
-#: decode delay of B-frames and audio that starts before the first frame (the first segment
-#: carries it) keep positive times. (It was 10 s, from the input's own times, until plan rule
-#: 5: the segments of older plans are made again.)
+#: ``SegmentPlan.origin``, which no frame or audio packet of the input comes before), and
+#: taken off again when segments are joined into one file: decode times, which B-frames put
+#: before the first frame, and an encoder's audio priming stay positive. (It was 10 s, from
+#: the input's own times, until plan rule 6: the segments of older plans are made again.)
 SEGMENT_OFFSET_SECONDS = 70
 
 
