@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from carn_stream.model import WeightsError
@@ -226,7 +226,7 @@ async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) ->
 
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse)
-def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileResponse:
+def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
     """The playlist and its segments; available while the job runs."""
     job = _job_or_404(store, job_id)
     if job.state in ENDED_WITHOUT_OUTPUT:
@@ -239,8 +239,15 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> FileRespon
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is not available (yet)")
     if name == PLAYLIST_NAME:
-        return FileResponse(
-            path, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"}
+        # Read whole at once: the running job replaces it (by rename) as segments finish, and a
+        # file response sent the length of one version and the bytes of the next (a client
+        # read 0 of 128 bytes).
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is not available") from None
+        return Response(
+            text, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"}
         )
     return FileResponse(path, media_type="video/mp2t")
 
