@@ -458,6 +458,35 @@ def test_avi_segments_keep_display_order_on_a_cluster_worker_and_in_a_stored_cop
     assert names == ["x2"]
 
 
+def test_an_avi_with_mp3_audio_that_starts_mid_gop_keeps_its_audio_in_every_segment(
+    clips, bicubic_worker, tmp_path
+):
+    """An AVI indexes its video from the first keyframe, and FFmpeg refuses a seek before it
+    ("Operation not permitted"): a recording cut mid-GOP (10 packets left out) failed segment
+    1, whose audio is read from 2 s before it. The audio's own index places the read now, in
+    the process and on a cluster worker; every frame and every MP3 packet comes out."""
+    from carn_stream.pipeline.execution.segment_transport import cut_segment, write_copy
+    from tests.media import with_mp3_audio
+
+    gop = {**X264, "x264-params": "keyint=25:min-keyint=25:scenecut=0"}
+    mp3 = with_mp3_audio(clips["bframes"], tmp_path / "mp3.mp4")
+    avi = write_clip(tmp_path / "b.avi", decode_rgb(clips["bframes"]), options=gop,
+                     audio_from=mp3)  # fmt: skip
+    cut = remux_cut(avi, tmp_path / "cut.avi", drop_video=10)
+    plan = plan_segments(cut, 1.0)
+    assert len(plan.segments) == 3
+    out = tmp_path / "out.mp4"
+    make(cut, out, "mp4", bicubic_worker)
+    src, got = facts(cut), facts(out)
+    assert len(got.pts) == len(src.pts) == 75
+    assert got.audio_packets == src.audio_packets and len(src.audio_packets) > 100
+    for segment in plan.segments:
+        last = segment.index == len(plan.segments) - 1
+        copy = write_copy(cut_segment(cut, segment, plan.time_base, last, plan.origin), tmp_path)
+        with av.open(str(copy)) as c:
+            assert sum(1 for p in c.demux(audio=0) if p.size) > 30
+
+
 def test_a_raw_h264_stream_gets_back_the_pictures_and_times_of_the_file_it_came_from(
     data_dir, bicubic_worker, tmp_path
 ):

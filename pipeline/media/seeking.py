@@ -10,7 +10,9 @@ from there is the one wanted or an earlier one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
+from fractions import Fraction
 
 import av
 
@@ -36,6 +38,30 @@ def seek_to_keyframe(
         target -= step
         step *= 2
     container.seek(TOP, stream=stream, backward=True, any_frame=False)
+
+
+def seek_for_audio(
+    container: av.container.InputContainer, audio: av.stream.Stream, seconds: Fraction | float
+) -> None:
+    """Place ``container`` at or before ``seconds`` to read audio from there. FFmpeg seeks by
+    the default stream (the video's keyframe index); where that index holds nothing so early
+    (an AVI that starts with pictures depending on missing ones indexes from its first
+    keyframe, and FFmpeg refuses the seek) ``audio``'s own index, every packet of which is a
+    point to start from, places it instead, at ``seconds`` or else at the audio's start."""
+    try:
+        container.seek(math.floor(seconds * 1_000_000), backward=True)
+        return
+    except av.FFmpegError:
+        pass
+    start = audio.start_time or 0
+    target = max(start, math.floor(seconds / audio.time_base))
+    for at in (target, start):
+        try:
+            container.seek(at, stream=audio, backward=True)
+            return
+        except av.FFmpegError as exc:
+            failed = exc
+    raise failed
 
 
 def _first_keyframe_at_or_before(packets: Iterable[av.Packet], pts: int) -> bool:

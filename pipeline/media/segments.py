@@ -43,6 +43,7 @@ from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.media.seeking import (
     from_first_keyframe,
     from_keyframe_at,
+    seek_for_audio,
     seek_to_keyframe,
 )
 
@@ -653,9 +654,8 @@ def audio_packets(
     end = segment.end_pts * time_base + margin
     if segment.index > 0:
         # Not before the input's start, which may be negative (MPEG-TS after a timestamp wrap).
-        earliest = min(0, container.start_time or 0)
-        seek_to = max(earliest, math.floor((start - AUDIO_READ_AHEAD) * 1_000_000))
-        container.seek(seek_to, backward=True)
+        earliest = Fraction(min(0, container.start_time or 0), 1_000_000)
+        seek_for_audio(container, streams[0], max(earliest, start - AUDIO_READ_AHEAD))
     for packet in container.demux(streams):
         if packet.dts is None or packet.size == 0:
             continue
