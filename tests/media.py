@@ -246,6 +246,30 @@ def with_audio_encoded(source: Path, path: Path, encoder: str, sample_format: st
     return path
 
 
+def with_audio_lead(source: Path, path: Path, lead: float, tail: float = 5.0) -> Path:
+    """``source``'s video packets moved ``lead`` seconds later, and an AAC tone (48 kHz stereo)
+    from 0 to ``lead + tail`` s: a recording whose audio starts long before its picture."""
+    rate, step = 48000, 1024
+    with av.open(str(source)) as c, av.open(str(path), "w") as out:
+        video = out.add_stream_from_template(c.streams.video[0])
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "stereo"
+        for start in range(0, round((lead + tail) * rate), step):
+            tone = np.sin(np.arange(start, start + step) * 2 * np.pi * 440 / rate)
+            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]).astype(np.float32),
+                                               format="fltp", layout="stereo")  # fmt: skip
+            frame.sample_rate, frame.pts = rate, start
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+        for packet in c.demux(video=0):
+            if packet.dts is not None:
+                later = round(lead / packet.time_base)
+                packet.pts, packet.dts = packet.pts + later, packet.dts + later
+                packet.stream = video
+                out.mux(packet)
+    return path
+
+
 def concat_h264(path: Path, parts: Sequence[Path], container_format: str = "mpegts") -> Path:
     """The H.264 video of ``parts`` one after the other in one stream, packets copied (each part
     with its own parameter sets, in-band): a stream whose header gives the first part's size

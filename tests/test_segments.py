@@ -1045,6 +1045,27 @@ def test_the_plans_origin_is_whole_ticks_of_every_stream_and_before_early_audio(
     assert plan.segments[0].start_pts * plan.time_base >= 3 and plan.origin <= first_audio
 
 
+@pytest.mark.parametrize(("container", "fmt"), [("mp4", "mp4"), ("mkv", "mkv"), ("mkv", "mp4")])
+def test_audio_long_before_the_first_frame_joins_with_every_frame_and_packet(
+    clips, bicubic_worker, tmp_path, container, fmt
+):
+    """The first segment holds all the audio before the first frame. With 12 s of it, FFmpeg's
+    probe of that segment ended before its video, and the join failed ("dimensions not set").
+    Now the joined file has every frame at its time and every audio packet. (An MKV made from
+    an MP4 starts 21 ms later, as ``ffmpeg -c copy`` makes it: Matroska holds no time before
+    0, where the AAC priming frame lies.)"""
+    from tests.media import with_audio_lead
+
+    source = with_audio_lead(clips["bframes"], tmp_path / f"early.{container}", 12.0)
+    out = tmp_path / f"out.{fmt}"
+    make(source, out, fmt, bicubic_worker)
+    src, got = facts(source), facts(out)
+    assert len(got.pts) == 100
+    assert [t * got.time_base for t in got.pts] == [t * src.time_base for t in src.pts]
+    assert got.pts[0] * got.time_base == 12
+    assert got.audio_packets == src.audio_packets and len(src.audio_packets) > 700
+
+
 def video_copied(source: Path, path: Path) -> Path:
     """``source``'s video packets copied as they are into ``path`` (its suffix names the
     container)."""

@@ -80,9 +80,10 @@ def join_segments(
     """Remux segments (in order) into one file of ``fmt`` at ``target`` (see the module)."""
     part = target.with_name(f".{target.name}.part")
     options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
+    probe = _probe_to_video(paths[0])
     try:
         with (
-            av.open(str(paths[0]), format=SEGMENT_FORMAT) as first,
+            av.open(str(paths[0]), format=SEGMENT_FORMAT, options=probe) as first,
             open_input(source) as src,  # the user's file: the allow-lists apply
             av.open(str(part), "w", format=fmt.muxer, options=options) as out,
         ):
@@ -107,6 +108,14 @@ def join_segments(
         raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
     part.replace(target)
     return target
+
+
+def _probe_to_video(path: Path) -> dict[str, str]:
+    """Probe options that read a segment as far as its video. The first segment holds all of
+    the input's audio before its first frame: past FFmpeg's default (5 s, 5 MB), its video
+    stream had no dimensions yet, and the joined file could not be started."""
+    size = max(5_000_000, path.stat().st_size)
+    return {"probesize": str(size), "analyzeduration": str(2**62)}
 
 
 @dataclass
