@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import FrameBatch, SourceFrame, UpscaledFrame
+from carn_stream.pipeline.media.audio_transcode import AudioWindow
 from carn_stream.pipeline.media.decode import (
     AudioItem,
     VideoInfo,
@@ -187,6 +188,13 @@ class SegmentSource:
     #: seconds taken off every frame and audio packet decoded (``SegmentTask.time_shift``)
     time_shift: int = 0
 
+    def audio_window(self) -> AudioWindow:
+        """The segment's part of the clock its frames are written on, for transcoded audio."""
+        segment = self.segment
+        start = segment.start_pts * self.time_base - self.time_shift
+        end = segment.end_pts * self.time_base - self.time_shift
+        return AudioWindow(None if segment.index == 0 else start, None if self.last else end)
+
 
 async def run_pipeline(
     source: str | Path,
@@ -253,6 +261,7 @@ class _PipelineRun:
                 info.sample_aspect_ratio,
                 self.part.segment.frames,
                 self.options.upright,
+                self.part.audio_window(),
             )
             self.items = await self.decoder.call(self._items, container)
             async with asyncio.TaskGroup() as tg:

@@ -246,18 +246,25 @@ def with_audio_encoded(source: Path, path: Path, encoder: str, sample_format: st
     return path
 
 
-def with_audio_lead(source: Path, path: Path, lead: float, tail: float = 5.0) -> Path:
-    """``source``'s video packets moved ``lead`` seconds later, and an AAC tone (48 kHz stereo)
-    from 0 to ``lead + tail`` s: a recording whose audio starts long before its picture."""
+def with_tone(
+    source: Path, path: Path, lead: float = 0.0, tail: float = 5.0, codec: str = "aac"
+) -> Path:
+    """``source``'s video packets moved ``lead`` seconds later, and a 440 Hz tone (48 kHz
+    stereo, encoded with ``codec``) from 0 to ``lead + tail`` s: with a lead, a recording
+    whose audio starts long before its picture."""
     rate, step = 48000, 1024
     with av.open(str(source)) as c, av.open(str(path), "w") as out:
         video = out.add_stream_from_template(c.streams.video[0])
-        audio = out.add_stream("aac", rate=rate)
+        audio = out.add_stream(codec, rate=rate)
         audio.layout = "stereo"
+        planar = codec == "aac"
         for start in range(0, round((lead + tail) * rate), step):
-            tone = np.sin(np.arange(start, start + step) * 2 * np.pi * 440 / rate)
-            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]).astype(np.float32),
-                                               format="fltp", layout="stereo")  # fmt: skip
+            tone = 0.5 * np.sin(np.arange(start, start + step) * 2 * np.pi * 440 / rate)
+            if planar:
+                samples, fmt = np.stack([tone, tone]).astype(np.float32), "fltp"
+            else:
+                samples, fmt = (np.repeat(tone, 2)[None] * 32767).astype(np.int16), "s16"
+            frame = av.AudioFrame.from_ndarray(samples, format=fmt, layout="stereo")
             frame.sample_rate, frame.pts = rate, start
             out.mux(audio.encode(frame))
         out.mux(audio.encode(None))

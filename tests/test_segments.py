@@ -340,6 +340,73 @@ def test_a_cluster_worker_makes_mpeg_ts_segments_before_a_timestamp_wrap(
     assert audio == facts(clips["bframes"]).audio_packets  # every packet, once, in order
 
 
+def tone_offsets(path: Path, container_format: str | None = None) -> np.ndarray:
+    """How far (samples at 48 kHz) each 1024-sample block of a 440 Hz tone's decoded left
+    channel lies from where the first whole block puts the tone (modulo its 109-sample
+    period): 0 all along for audio that plays without a jump."""
+    blocks = []
+    with av.open(str(path), format=container_format) as c:
+        for frame in c.decode(audio=0):
+            samples = frame.to_ndarray()
+            blocks.append(samples[0] if frame.format.is_planar else samples[0, ::2])
+    left = np.concatenate(blocks).astype(np.float64)
+    phases = []
+    for at in range(0, len(left) - 1024, 1024):
+        t = np.arange(at, at + 1024) * 2 * np.pi * 440 / 48000
+        (a, b), *_ = np.linalg.lstsq(np.stack([np.sin(t), np.cos(t)], 1), left[at:at + 1024],
+                                     rcond=None)  # fmt: skip
+        phases.append(np.arctan2(b, a))
+    turned = np.unwrap(np.array(phases[2:]))  # past the priming frame and the lead-in
+    return (turned - turned[0]) * 48000 / (2 * np.pi * 440)
+
+
+@pytest.mark.parametrize("container", ["mkv", "mov"])
+def test_transcoded_audio_plays_across_segment_boundaries_as_one_stream(
+    clips, bicubic_worker, tmp_path, container
+):
+    """Audio a segment cannot carry (PCM here) is made AAC in each segment. Every segment's
+    encoder started with a priming frame over the previous segment's end: played back to back,
+    the audio jumped back 1024 samples at each boundary (21 ms), and a joined MP4 kept some of
+    those jumps. Segments now lay their frames on one grid and keep their own part of it: the
+    frames follow one another exactly and the tone never jumps, with Matroska's times rounded
+    to milliseconds too. A cluster worker, from its copy of the packets, makes the same audio
+    bit for bit (MOV; PCM from Matroska is dated by its first packet there: see
+    docs/PIPELINE.md)."""
+    from tests.media import with_tone
+
+    source = with_tone(clips["bframes"], tmp_path / f"pcm.{container}", tail=4.0,
+                       codec="pcm_s16le")  # fmt: skip
+    here = tmp_path / "here"
+    make(source, here, "hls", bicubic_worker)
+    starts, ends = [], []
+    for path in sorted(here.glob("segment_*.ts")):
+        with av.open(str(path)) as c:
+            times = [round(p.pts * p.time_base * 48000) for p in c.demux(audio=0) if p.size]
+        assert set(np.diff(times).tolist()) == {1024}
+        starts.append(times[0])
+        ends.append(times[-1] + 1024)
+    assert len(starts) == 4 and starts[1:] == ends[:-1]  # back to back, no overlap, no gap
+    _, audio = hls_video_and_audio(here)
+    assert np.abs(tone_offsets(here.parent / "here.ts", "mpegts")).max() < 1
+    joined = tmp_path / "joined.mp4"
+    make(source, joined, "mp4", bicubic_worker)
+    assert np.abs(tone_offsets(joined)).max() < 1
+    if container != "mov":
+        return
+
+    async def on_a_worker() -> None:
+        executor = CopyingExecutor(bicubic_worker)
+        plan = await executor.plan(PlanRequest(source, 1.0))
+        run = SegmentedRun(source=source, plan=plan, fmt=FORMATS["hls"], output=tmp_path / "w",
+                           work_dir=tmp_path / ".w.work",
+                           options=PipelineOptions(scale=2, batch_size=2), executor=executor)
+        await run.execute()
+        await executor.close()
+
+    asyncio.run(on_a_worker())
+    assert hls_video_and_audio(tmp_path / "w")[1] == audio
+
+
 @pytest.mark.parametrize("name", ["bframes", "wrapped"])
 def test_a_seek_lands_where_the_keyframe_is_read_first(clips, wrapped, name):
     """MPEG-TS has no keyframe index: FFmpeg's seek to a keyframe's time landed on the packet
@@ -1054,9 +1121,9 @@ def test_audio_long_before_the_first_frame_joins_with_every_frame_and_packet(
     Now the joined file has every frame at its time and every audio packet. (An MKV made from
     an MP4 starts 21 ms later, as ``ffmpeg -c copy`` makes it: Matroska holds no time before
     0, where the AAC priming frame lies.)"""
-    from tests.media import with_audio_lead
+    from tests.media import with_tone
 
-    source = with_audio_lead(clips["bframes"], tmp_path / f"early.{container}", 12.0)
+    source = with_tone(clips["bframes"], tmp_path / f"early.{container}", lead=12.0)
     out = tmp_path / f"out.{fmt}"
     make(source, out, fmt, bicubic_worker)
     src, got = facts(source), facts(out)

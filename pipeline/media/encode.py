@@ -28,6 +28,7 @@ import av
 from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.frames import UpscaledFrame, quarter_turns
+from carn_stream.pipeline.media.audio_transcode import WHOLE, AudioTranscoder, AudioWindow
 from carn_stream.pipeline.media.codecs import check_codec, pixel_format
 from carn_stream.pipeline.media.decode import AudioItem, codec_name
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
@@ -93,11 +94,13 @@ class VideoSink:
         sample_aspect_ratio: Fraction | None = None,
         frames: int | None = None,
         upright: bool = False,
+        audio_window: AudioWindow = WHOLE,
     ) -> None:
         """``frames``: the segment's frame count (its ends are given rate-control zones, see
         :func:`segment_zones`). ``upright``: frames are turned by their display rotation
         rather than tagged with it (MPEG-TS carries no display matrix: a segment served as it
-        is, HLS, would play turned)."""
+        is, HLS, would play turned). ``audio_window``: the part of the input's clock whose
+        transcoded audio the segment holds (:mod:`~carn_stream.pipeline.media.audio_transcode`)."""
         self.upright = upright
         self._rotation: int | None = None
         self.codec_name, self.codec_options = codec_settings(options)
@@ -115,9 +118,10 @@ class VideoSink:
         self._container: av.container.OutputContainer | None = None
         self._video: av.video.stream.VideoStream | None = None
         self._audio_out: dict[int, av.stream.Stream] = {}
-        self._transcoders: dict[int, _AudioTranscoder] = {}
+        self._transcoders: dict[int, AudioTranscoder] = {}
         self._pending_audio: list[AudioItem] = []
         self._offset = Fraction(SEGMENT_OFFSET_SECONDS)
+        self._audio_window = audio_window.later(self._offset)
         target.parent.mkdir(parents=True, exist_ok=True)
         self._path = target.with_name(f".{target.name}.part")
 
@@ -152,7 +156,9 @@ class VideoSink:
         self._video = video
         for stream in self._audio_in:
             if stream.index in self.transcoded_audio:
-                self._transcoders[stream.index] = _AudioTranscoder(container, stream, self._offset)
+                self._transcoders[stream.index] = AudioTranscoder(
+                    container, stream, self._offset, self._audio_window
+                )
                 self._audio_out[stream.index] = self._transcoders[stream.index].stream
             else:
                 self._audio_out[stream.index] = container.add_stream_from_template(stream)
@@ -173,6 +179,9 @@ class VideoSink:
             rotation = self._rotation
         if self._container is None:
             self._start(frame, out, rotation)
+            for index, transcoder in self._transcoders.items():
+                transcoder.anchor([f for i in self._pending_audio if i.stream_index == index
+                                   for f in i.frames])  # fmt: skip
             for item in self._pending_audio:
                 self._mux_audio(item)
             self._pending_audio.clear()
@@ -228,42 +237,6 @@ class VideoSink:
         self._path.unlink(missing_ok=True)
 
 
-class _AudioTranscoder:
-    """Decoded audio frames -> AAC at the source's rate and layout, timed from the first frame's
-    own time plus ``offset`` seconds (a segment starts where its audio starts)."""
-
-    def __init__(self, container: av.container.OutputContainer, source, offset: Fraction) -> None:
-        ctx = source.codec_context
-        rate = ctx.sample_rate if ctx.sample_rate in _AAC_RATES else 48000
-        self.stream = container.add_stream("aac", rate=rate)
-        # A named layout (AAC refuses "2 channels" of unspecified order); more than two: downmix.
-        self.stream.layout = "mono" if ctx.layout.nb_channels == 1 else "stereo"
-        self.resampler = av.AudioResampler(
-            format="fltp", layout=self.stream.layout, rate=rate, frame_size=1024
-        )
-        self.rate, self.offset = rate, offset
-        self._next: int | None = None  #: the next sample's time, in 1/rate
-        self._time_base = Fraction(1, rate)
-
-    def encode(self, frames) -> list[av.Packet]:
-        """AAC packets for ``frames`` (None: flush), timed by sample count from the first
-        frame's time (the encoder would otherwise count from zero)."""
-        packets: list[av.Packet] = []
-        for frame in [None] if frames is None else frames:
-            if frame is not None:
-                if self._next is None:
-                    start = (frame.pts or 0) * frame.time_base + self.offset
-                    self._next = round(start * self.rate)
-                frame.pts = None  # the resampler counts samples itself
-            for chunk in self.resampler.resample(frame):
-                chunk.pts, chunk.time_base = self._next or 0, self._time_base
-                self._next = (self._next or 0) + chunk.samples
-                packets += self.stream.encode(chunk)
-        if frames is None:
-            packets += self.stream.encode(None)
-        return packets
-
-
 #: Segments are MPEG-TS; they are opened as such (a segment of a few small frames is too short
 #: for FFmpeg to recognise by probing).
 SEGMENT_FORMAT = "mpegts"
@@ -271,4 +244,3 @@ SEGMENT_MUXER = {
     "mpegts_copyts": "1",  # timestamps as given (the offset is ours, and known)
     "mpegts_flags": "resend_headers",
 }
-_AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}

@@ -10,6 +10,7 @@ from there is the one wanted or an earlier one.
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -43,25 +44,32 @@ def seek_to_keyframe(
 def seek_for_audio(
     container: av.container.InputContainer, audio: av.stream.Stream, seconds: Fraction | float
 ) -> None:
-    """Place ``container`` at or before ``seconds`` to read audio from there. FFmpeg seeks by
-    the default stream (the video's keyframe index); where that index holds nothing so early
-    (an AVI that starts with pictures depending on missing ones indexes from its first
-    keyframe, and FFmpeg refuses the seek) ``audio``'s own index, every packet of which is a
-    point to start from, places it instead, at ``seconds`` or else at the audio's start."""
-    try:
-        container.seek(math.floor(seconds * 1_000_000), backward=True)
-        return
-    except av.FFmpegError:
-        pass
-    start = audio.start_time or 0
-    target = max(start, math.floor(seconds / audio.time_base))
-    for at in (target, start):
+    """Place ``container`` so that ``audio`` is read from ``seconds`` (or its start, if later)
+    or before. FFmpeg seeks by the default stream, the video's keyframes, and where none lies
+    so early it refuses (an AVI that starts mid-GOP indexes from its first keyframe) or lands
+    later (Matroska, a MOV whose video starts after its audio); ``audio``'s own index, every
+    packet of which is a point to start from, is tried next, then the audio's start. Each
+    placement is checked by reading the first packet, as :func:`seek_to_keyframe` does."""
+    begins = audio.start_time
+    wanted = Fraction(seconds)
+    if begins is not None:
+        wanted = max(wanted, begins * audio.time_base)
+    ticks = math.floor(wanted / audio.time_base)
+    placements = (
+        lambda: container.seek(math.floor(wanted * 1_000_000), backward=True),
+        lambda: container.seek(ticks, stream=audio, backward=True),
+        lambda: container.seek(begins or 0, stream=audio, backward=True),
+    )
+    for place in placements:
         try:
-            container.seek(at, stream=audio, backward=True)
-            return
-        except av.FFmpegError as exc:
-            failed = exc
-    raise failed
+            place()
+            first = next((p for p in container.demux(audio) if p.size and p.dts is not None), None)
+            if first is None or (first.pts if first.pts is not None else first.dts) <= ticks:
+                place()
+                return
+        except av.FFmpegError:
+            continue
+    raise av.FFmpegError(errno.ESPIPE, f"no seek places {audio} at {float(wanted):.3f} s")
 
 
 def _first_keyframe_at_or_before(packets: Iterable[av.Packet], pts: int) -> bool:

@@ -30,6 +30,7 @@ import av
 
 from carn_stream.pipeline.errors import InputError, LimitError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame, upscaled_size
+from carn_stream.pipeline.media.audio_transcode import TRANSCODE_MARGIN_SECONDS
 from carn_stream.pipeline.media.decode import (
     AudioItem,
     FrameTimes,
@@ -642,11 +643,12 @@ def audio_packets(
     segment: Segment,
     time_base: Fraction,
     last: bool,
-    margin: float = 0,
+    margin: float | Fraction = 0,
 ) -> Iterator[av.Packet]:
     """The audio packets whose time falls in the segment, widened by ``margin`` seconds each
     side; the first segment also takes what lies before its first frame, the last what follows
-    its last one."""
+    its last one. Widened, a packet that reaches into the margin counts too (a MOV copy's PCM
+    comes in chunks of most of a second)."""
     streams = list(container.streams.audio)
     if not streams:
         return
@@ -659,14 +661,22 @@ def audio_packets(
     for packet in container.demux(streams):
         if packet.dts is None or packet.size == 0:
             continue
-        at = (packet.pts if packet.pts is not None else packet.dts) * packet.stream.time_base
-        if segment.index > 0 and at < start:
-            continue
-        if not last and at >= end:
-            if at >= end + AUDIO_READ_AHEAD:
-                return
-            continue
-        yield packet
+        at = _audio_time(packet)
+        if not last and at >= end + AUDIO_READ_AHEAD:
+            return
+        if margin and packet.duration and at < start < at + packet.duration * packet.time_base:
+            at = start
+        if _in_segment(at, segment, start, end, last):
+            yield packet
+
+
+def _audio_time(packet: av.Packet) -> Fraction:
+    return (packet.pts if packet.pts is not None else packet.dts) * packet.time_base
+
+
+def _in_segment(at: Fraction, segment: Segment, start: Fraction, end: Fraction, last: bool) -> bool:
+    """Whether audio at ``at`` belongs to a segment spanning ``start`` to ``end``."""
+    return (segment.index == 0 or at >= start) and (last or at < end)
 
 
 def segment_audio(
@@ -677,10 +687,13 @@ def segment_audio(
     decode_streams: frozenset[int] = frozenset(),
 ) -> Iterator[AudioItem]:
     """The segment's audio (:func:`audio_packets`): packets to copy, or decoded frames for the
-    stream indexes in ``decode_streams``."""
-    for packet in audio_packets(container, segment, time_base, last):
+    stream indexes in ``decode_streams``, read :data:`TRANSCODE_MARGIN_SECONDS` beyond the
+    segment's ends (the transcoder keeps what falls in its window)."""
+    margin = TRANSCODE_MARGIN_SECONDS if decode_streams else 0
+    start, end = segment.start_pts * time_base, segment.end_pts * time_base
+    for packet in audio_packets(container, segment, time_base, last, margin):
         sid = packet.stream.index
         if sid in decode_streams:
             yield AudioItem(sid, frames=tuple(packet.decode()))
-        else:
+        elif _in_segment(_audio_time(packet), segment, start, end, last):
             yield AudioItem(sid, packet=packet)
