@@ -407,6 +407,34 @@ def test_transcoded_audio_plays_across_segment_boundaries_as_one_stream(
     assert hls_video_and_audio(tmp_path / "w")[1] == audio
 
 
+@pytest.mark.parametrize("codec", ["libopus", "flac"])
+def test_a_cluster_worker_takes_opus_and_flac_audio(clips, bicubic_worker, tmp_path, codec):
+    """A cluster worker's copy of a segment was always MOV, which refuses Opus and FLAC: every
+    segment of a WebM or Matroska file with such audio failed on a cluster ("its packets
+    cannot be copied"). Such a copy is MP4 now; the segments play their audio (transcoded to
+    AAC for HLS) without a jump."""
+    from carn_stream.pipeline.execution.segment_transport import cut_segment
+    from tests.media import with_tone
+
+    source = with_tone(clips["bframes"], tmp_path / "a.mkv", tail=4.0, codec=codec)
+    plan = plan_segments(source, 1.0)
+    copy = cut_segment(source, plan.segments[1], plan.time_base, False, plan.origin)
+    assert copy[4:8] == b"ftyp" and copy[8:12] != b"qt  "  # MP4, not QuickTime
+
+    async def on_a_worker() -> None:
+        executor = CopyingExecutor(bicubic_worker)
+        run = SegmentedRun(source=source, plan=plan, fmt=FORMATS["hls"], output=tmp_path / "w",
+                           work_dir=tmp_path / ".w.work",
+                           options=PipelineOptions(scale=2, batch_size=2), executor=executor)
+        await run.execute()
+        await executor.close()
+
+    asyncio.run(on_a_worker())
+    times, audio = hls_video_and_audio(tmp_path / "w")
+    assert len(times) == 100 and len(audio) > 180  # 4 s of 1024-sample frames at 48 kHz
+    assert np.abs(tone_offsets(tmp_path / "w.ts", "mpegts")).max() < 1
+
+
 @pytest.mark.parametrize("name", ["bframes", "wrapped"])
 def test_a_seek_lands_where_the_keyframe_is_read_first(clips, wrapped, name):
     """MPEG-TS has no keyframe index: FFmpeg's seek to a keyframe's time landed on the packet

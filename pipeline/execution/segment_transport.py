@@ -40,7 +40,9 @@ from carn_stream.pipeline.media.segments import Segment, audio_packets, seek_to_
 if TYPE_CHECKING:  # the engine (torch) is the caller's
     from carn_stream.pipeline.engine.infer import InferenceWorker
 
-FORMAT = "mov"
+#: The copy's containers, in the order tried: MOV holds the most video codecs, MP4 also Opus
+#: and FLAC (which MOV refuses). One demuxer reads both, whatever the file's suffix.
+FORMATS = ("mov", "mp4")
 SUFFIX = ".mov"
 AUDIO_MARGIN_SECONDS = 2  #: audio read either side of a segment (as the segment decoder does)
 _MAX_TIMESCALE = 2**31 - 1
@@ -56,8 +58,29 @@ def _movie_timescale(streams: list[av.stream.Stream]) -> int | None:
 def cut_segment(
     source: Path, segment: Segment, time_base: Fraction, last: bool, origin: int = 0
 ) -> bytes:
-    """The packets ``segment`` of ``source`` needs, remuxed into one MOV file in memory, their
+    """The packets ``segment`` of ``source`` needs, remuxed into one MOV file in memory (MP4
+    where MOV cannot hold a stream: Opus and FLAC audio, as WebM and Matroska carry), their
     times counted from ``origin`` (the plan's)."""
+    failures = []
+    for container_format in FORMATS:
+        try:
+            return _copy(source, segment, time_base, last, origin, container_format)
+        except (av.FFmpegError, ValueError) as exc:
+            failures.append(f"{container_format}: {exc}")
+    raise InputError(
+        f"{segment.describe()}: its packets cannot be copied for a cluster worker "
+        f"({'; '.join(failures)})"
+    )
+
+
+def _copy(
+    source: Path,
+    segment: Segment,
+    time_base: Fraction,
+    last: bool,
+    origin: int,
+    container_format: str,
+) -> bytes:
     with open_input(source) as video_in, open_input(source) as audio_in:
         video = video_in.streams.video[0]
         audio = list(audio_in.streams.audio)
@@ -66,26 +89,19 @@ def cut_segment(
         if timescale is not None:
             options["movie_timescale"] = str(timescale)
         buffer = io.BytesIO()
-        try:
-            with av.open(buffer, "w", format=FORMAT, options=options) as out:
-                out_video = out.add_stream_from_template(video)
-                out_video.time_base = video.time_base
-                out_audio = {}
-                for stream in audio:
-                    out_audio[stream.index] = out.add_stream_from_template(stream)
-                    out_audio[stream.index].time_base = stream.time_base
-                for packet in _video_packets(video_in, segment):
-                    packet.stream = out_video
-                    out.mux(moved(packet, -origin))
-                for packet in audio_packets(
-                    audio_in, segment, time_base, last, AUDIO_MARGIN_SECONDS
-                ):
-                    packet.stream = out_audio[packet.stream.index]
-                    out.mux(moved(packet, -origin))
-        except (av.FFmpegError, ValueError) as exc:
-            raise InputError(
-                f"{segment.describe()}: its packets cannot be copied for a cluster worker ({exc})"
-            ) from exc
+        with av.open(buffer, "w", format=container_format, options=options) as out:
+            out_video = out.add_stream_from_template(video)
+            out_video.time_base = video.time_base
+            out_audio = {}
+            for stream in audio:
+                out_audio[stream.index] = out.add_stream_from_template(stream)
+                out_audio[stream.index].time_base = stream.time_base
+            for packet in _video_packets(video_in, segment):
+                packet.stream = out_video
+                out.mux(moved(packet, -origin))
+            for packet in audio_packets(audio_in, segment, time_base, last, AUDIO_MARGIN_SECONDS):
+                packet.stream = out_audio[packet.stream.index]
+                out.mux(moved(packet, -origin))
     return buffer.getvalue()
 
 
