@@ -62,7 +62,8 @@ def write_interlaced(path: Path, frames: list[np.ndarray], codec: str) -> Path:
     """Interlaced H.264 (x264's MBAFF) or MPEG-2 (interlaced DCT and motion) in MPEG-TS."""
     with av.open(str(path), "w", format="mpegts") as out:
         stream = out.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             stream.codec_context.options = {"crf": "14", "preset": "veryfast",
                                             "x264-params": "interlaced=1:keyint=10"}  # fmt: skip

@@ -266,6 +266,35 @@ def test_a_cold_segment_is_made_then_served_from_the_cache(server, base, tmp_pat
     assert metric(server, "carn_stream_vod_realtime_factor_count", rendition="x2") >= 1
 
 
+def test_a_video_deinterlaces_an_interlaced_input_unless_asked_not_to(
+    server, base, media, data_dir, tmp_path
+):
+    """Each video records whether it deinterlaces (the service's setting when the request does
+    not say; videos followed the setting alone): false upscales its frames as coded, combed."""
+    from tests.test_interlaced import comb, luma, woven, write_interlaced
+
+    still = decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 1)[0]
+    pan = [np.ascontiguousarray(still[200:272, 300 + 5 * i : 396 + 5 * i]) for i in range(60)]
+    write_interlaced(media / "interlaced.ts", woven(pan), "libx264")
+    combs = {}
+    for asked in (None, False):
+        fields = {} if asked is None else {"deinterlace": asked}
+        response = server.call("POST", "/videos", {"url": f"{base}/interlaced.ts", **fields})
+        assert response.status == 201, response.body
+        video = response.json()
+        assert video["deinterlace"] is (asked is None)  # the service's default: on
+        got = server.call("GET", f"/videos/{video['id']}").json()
+        assert got["deinterlace"] is video["deinterlace"]
+        path = tmp_path / f"{asked}.ts"
+        path.write_bytes(get_segment(server, video["id"], "x2", 0))
+        frames = decode_rgb(path)
+        assert frames[0].shape == (144, 192, 3)
+        combs[asked] = np.mean([comb(luma(f)) for f in frames])
+    assert combs[None] < 0.6 * combs[False], combs
+    assert server.call("POST", "/videos", {"url": f"{base}/interlaced.ts",
+                                           "deinterlace": "no"}).status == 422  # fmt: skip
+
+
 def test_a_head_on_a_segment_does_not_make_it(server, base):
     """A HEAD (an uptime check, a crawler) ran the GET route and made the segment: upscaling
     for nobody. It is answered without making it, with its length once it is cached."""

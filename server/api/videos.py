@@ -91,6 +91,13 @@ class VideoCreate(BaseModel):
         "`GET /videos/{id}/report` then measures what that saves",
     )
     input_fps: InputFps
+    deinterlace: StrictBool | None = Field(
+        None,
+        description="make frames the input's decoder flags interlaced (480i/576i/1080i) "
+        "progressive before they are upscaled (FFmpeg's bwdif, one frame per frame); false "
+        "upscales them as coded. Default: the service's CARN_STREAM_DEINTERLACE, recorded "
+        "with the video when it is added",
+    )
 
     @field_validator("scales")
     @classmethod
@@ -156,6 +163,7 @@ class VideoOut(BaseModel):
         "source's, and whether the source is still kept"
     )
     tune: TuneOut
+    deinterlace: bool = Field(description="frames flagged interlaced are made progressive")
     links: dict[str, str]
 
     @classmethod
@@ -163,9 +171,11 @@ class VideoOut(BaseModel):
         cls, video: Video, cached: dict[str, dict[int, int]], sign: Callable[[str], str] = str,
         progress: float | None = None,
         speed: SpeedBook | None = None,
+        deinterlace: bool = True,
     ) -> VideoOut:
         """The video as the API shows it: its URL without secrets, playlist links signed by
-        ``sign`` (when the server has a token), each upscaled rendition's pace from ``speed``."""
+        ``sign`` (when the server has a token), each upscaled rendition's pace from ``speed``;
+        ``deinterlace``: whether its frames are made progressive (``VideoManager.deinterlaces``)."""
         plan = video.plan
         base = video_url(video.id)
         links = {"self": base, "master": sign(master_url(video.id))}
@@ -209,6 +219,7 @@ class VideoOut(BaseModel):
                 progress=progress,
             ),
             store=video.storage,
+            deinterlace=deinterlace,
             links=links,
         )
 
@@ -246,7 +257,8 @@ async def create_video(
     check_disk(videos.settings)
     try:
         store = StoreRequest(**body.store.model_dump()) if body.store else None
-        ingest = videos.ingest(body.url, body.scales, body.tune, store, raw_rate(body.input_fps))
+        ingest = videos.ingest(body.url, body.scales, body.tune, store, raw_rate(body.input_fps),
+                               body.deinterlace)  # fmt: skip
         video = await unless_disconnected(request.receive, ingest)
     except ClientGone:
         return Response(status_code=CLIENT_GONE)
@@ -261,7 +273,8 @@ async def create_video(
             raise
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "the server's disk is full; "
                             "try again later") from exc  # fmt: skip
-    return VideoOut.of(video, {}, sign, speed=videos.metrics.speed)
+    return VideoOut.of(video, {}, sign, speed=videos.metrics.speed,
+                       deinterlace=videos.deinterlaces(video))  # fmt: skip
 
 
 @router.get("", response_model=VideoPage)
@@ -274,7 +287,10 @@ def list_videos(
     """Videos, newest first."""
     items, total = videos.store.list(offset, limit)
     out = [
-        VideoOut.of(v, videos.cached(v.id), sign, videos.tune_progress(v), videos.metrics.speed)
+        VideoOut.of(
+            v, videos.cached(v.id), sign, videos.tune_progress(v), videos.metrics.speed,
+            videos.deinterlaces(v),
+        )
         for v in items
     ]
     return VideoPage(items=out, total=total, offset=offset, limit=limit)
@@ -285,7 +301,8 @@ def get_video(video_id: str, videos: Videos, sign: Signer) -> VideoOut:
     """Duration, segments, renditions with what of each is cached, and the fine-tune's state."""
     video = _video_or_404(videos, video_id)
     return VideoOut.of(
-        video, videos.cached(video.id), sign, videos.tune_progress(video), videos.metrics.speed
+        video, videos.cached(video.id), sign, videos.tune_progress(video), videos.metrics.speed,
+        videos.deinterlaces(video),
     )
 
 

@@ -164,6 +164,8 @@ class VideoManager:
         self._replanning: set[str] = set()  #: videos being planned again now
         self._replan: asyncio.Task | None = None
         self._closing = False
+        # Videos added before each recorded its own choice follow the setting (the cache
+        # cannot tell whose segments are whose, so all upscaled ones go when it changes).
         made_with = {"deinterlace": self.intake.deinterlace}
         if gone := self.cache.keep_made_with(made_with, {ORIGINAL}):
             log.info("%d cached segments were made with other settings: removed", gone)
@@ -181,20 +183,26 @@ class VideoManager:
                 self._videos[video_id] = video
         return video
 
+    def deinterlaces(self, video: Video) -> bool:
+        """Whether ``video``'s interlaced frames are made progressive: its own choice, or, for a
+        video from before the choice, the service's setting."""
+        return self.intake.deinterlace if video.deinterlace is None else video.deinterlace
+
     def cached(self, video_id: str) -> dict[str, dict[int, int]]:
         """Per rendition: cached segment index -> bytes."""
         return self.cache.cached(video_id)
 
     async def ingest(
         self, url: str, scales: list[int], tune: bool = False, store: StoreRequest | None = None,
-        raw_rate: Fraction | None = None,
+        raw_rate: Fraction | None = None, deinterlace: bool | None = None,
     ) -> Video:  # fmt: skip
         """Fetch, check and plan ``url``; raises FetchError, LimitError, InputError, NotReady,
         Busy (as many ingests as allowed are under way). Cancelling it (its client has gone)
         stops the download at once. ``store``: keep a low-resolution copy instead (its
         upscaled rendition at ``store.scale`` is the source's size) and make the title's own
         model for it. A raw H.264/HEVC stream is kept as an MP4 copy with timestamps, at
-        ``raw_rate`` (None: its header's)."""
+        ``raw_rate`` (None: its header's). ``deinterlace`` (None: the service's setting) is
+        recorded with the video: a restart with another setting keeps its segments alike."""
         executor = self._executor()
         if executor is None:
             raise NotReady("the model is still loading; try again in a moment")
@@ -202,13 +210,14 @@ class VideoManager:
             raise Busy(f"{self.ingests.held} videos are being ingested already; "
                        "try again in a moment")  # fmt: skip
         try:
-            return await self._ingest(executor, url, scales, tune, store, raw_rate)
+            chosen = self.intake.deinterlace if deinterlace is None else deinterlace
+            return await self._ingest(executor, url, scales, tune, store, raw_rate, chosen)
         finally:
             self.ingests.give()
 
     async def _ingest(
         self, executor: SegmentExecutor, url: str, scales: list[int], tune: bool,
-        store: StoreRequest | None, raw_rate: Fraction | None,
+        store: StoreRequest | None, raw_rate: Fraction | None, deinterlace: bool,
     ) -> Video:  # fmt: skip
         await self.checks(validate_url, url, self.intake.policy)
         video_id = uuid.uuid4().hex
@@ -236,7 +245,8 @@ class VideoManager:
             renditions = await self.offload(
                 describe_renditions, source, plan, scales, self.encoder
             )
-            video = self.store.create(url, source, plan, renditions, tune, video_id, storage)
+            video = self.store.create(url, source, plan, renditions, tune, video_id, storage,
+                                      deinterlace)  # fmt: skip
         except BaseException as exc:
             cancelled.set()
             await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -760,7 +770,7 @@ class VideoManager:
             weights=video.weights,
             max_output_pixels=self.intake.max_output_pixels,
             upright=True,  # its segments are served as they are
-            deinterlace=self.intake.deinterlace,
+            deinterlace=self.deinterlaces(video),
         )
         task = SegmentTask.of(video.source, video.plan, index, target, options)
 

@@ -90,6 +90,9 @@ class Video:
     psnr_tuned: float | None = None
     tune_error: str | None = None
     storage: Storage | None = None  #: stored as a low-resolution copy (else as fetched)
+    #: frames flagged interlaced are made progressive (None: a video from before the choice,
+    #: which follows the service's setting)
+    deinterlace: bool | None = None
 
     def rendition(self, name: str) -> Rendition | None:
         return next((r for r in self.renditions if r.name == name), None)
@@ -101,7 +104,7 @@ class VideoStore:
     def __init__(self, database: Path | Database) -> None:
         """``database``: the service's database, or the path of a file to open."""
         self.database = Database.of(database)
-        self.database.use(_SCHEMA, {"videos": {"storage": "TEXT"}})
+        self.database.use(_SCHEMA, {"videos": {"storage": "TEXT", "deinterlace": "INTEGER"}})
         self._db = self.database.connection
         self._lock = self.database.lock
 
@@ -117,23 +120,25 @@ class VideoStore:
         data["renditions"] = [Rendition.model_validate(r) for r in json.loads(data["renditions"])]
         storage = data.pop("storage", None)
         data["storage"] = Storage.model_validate_json(storage) if storage else None
+        if data.get("deinterlace") is not None:
+            data["deinterlace"] = bool(data["deinterlace"])
         return Video(**data)
 
     def create(self, url: str, source: Path, plan: SegmentPlan, renditions: list[Rendition],
                tune: bool, video_id: str | None = None,
-               storage: Storage | None = None) -> Video:  # fmt: skip
+               storage: Storage | None = None, deinterlace: bool = True) -> Video:  # fmt: skip
         video = Video(
             id=video_id or uuid.uuid4().hex, url=url, source=source, created_at=time.time(),
             plan=plan, renditions=renditions, tune_state="queued" if tune else "off",
-            storage=storage,
+            storage=storage, deinterlace=deinterlace,
         )  # fmt: skip
         with self._lock:
             self._db.execute(
                 "INSERT INTO videos (id, url, source, created_at, plan, renditions, tune_state, "
-                "storage) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "storage, deinterlace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (video.id, url, str(source), video.created_at, json.dumps(plan.to_dict()),
                  json.dumps([r.model_dump() for r in renditions]), video.tune_state,
-                 _storage_json(storage)),
+                 _storage_json(storage), int(deinterlace)),
             )  # fmt: skip
         return video
 
