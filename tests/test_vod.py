@@ -295,6 +295,83 @@ def test_a_video_deinterlaces_an_interlaced_input_unless_asked_not_to(
                                            "deinterlace": "no"}).status == 422  # fmt: skip
 
 
+def ingest_with_subtitles(server: ServerProcess, base: str, media: Path, data_dir: Path) -> dict:
+    """A 2 s MKV with an English SubRip stream (cues at 0.1 s and 1 s), ingested."""
+    from tests.media import write_rich_mkv
+
+    video_file = data_dir / "video" / "bigbuckbunny.mp4"
+    frames = downscale_frames(decode_rgb(video_file, 50), (96, 54))
+    write_rich_mkv(media / "rich.mkv", frames, audio_from=video_file, audio_seconds=2.0)
+    response = server.call("POST", "/videos", {"url": f"{base}/rich.mkv"})
+    assert response.status == 201, response.body
+    return response.json()
+
+
+def test_a_videos_text_subtitles_are_subtitle_renditions_in_webvtt(
+    server, base, media, data_dir
+):
+    """Subtitles were dropped from HLS: a video's text subtitle streams are now subtitle
+    renditions of its master playlist (every variant names the group), each one WebVTT file
+    for the whole video whose clock is tied to the segments' (the segment offset), its cues
+    at the input's times as plain text."""
+    from carn_stream.pipeline.media.webvtt import MPEG_TS_CLOCK
+
+    video = ingest_with_subtitles(server, base, media, data_dir)
+    master = server.call("GET", video["links"]["master"]).body.decode()
+    media_lines = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:")]
+    assert media_lines == ['#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs",NAME="English",'
+                           'LANGUAGE="eng",DEFAULT=YES,AUTOSELECT=YES,FORCED=YES,'
+                           'URI="subtitles/0.m3u8"']  # fmt: skip
+    variants = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF:")]
+    assert len(variants) == 2 and all('SUBTITLES="subs"' in v for v in variants)
+    folder = f"/videos/{video['id']}/subtitles"
+    playlist = server.call("GET", f"{folder}/0.m3u8")
+    assert playlist.status == 200
+    assert playlist.body.decode().splitlines()[-3:] == ["#EXTINF:2.000000,", "0.vtt",
+                                                        "#EXT-X-ENDLIST"]  # fmt: skip
+    vtt = server.call("GET", f"{folder}/0.vtt")
+    assert vtt.status == 200 and vtt.headers["content-type"].startswith("text/vtt")
+    assert vtt.body.decode() == (
+        "WEBVTT\n"
+        f"X-TIMESTAMP-MAP=MPEGTS:{SEGMENT_OFFSET_SECONDS * MPEG_TS_CLOCK},LOCAL:00:00:00.000\n"
+        "\n00:00:00.100 --> 00:00:00.500\nHello there\n"
+        "\n00:00:01.000 --> 00:00:01.400\nSecond cue\n"
+    )
+    for name in ("1.m3u8", "0.srt", "x.vtt"):
+        assert server.call("GET", f"{folder}/{name}").status == 404, name
+    assert video["subtitles"] == [{"name": "English", "language": "eng", "default": True,
+                                   "forced": True, "playlist": f"{folder}/0.m3u8",
+                                   "webvtt": f"{folder}/0.vtt"}]  # fmt: skip
+    plain = ingest(server, base)  # no subtitles: no subtitle group
+    assert "SUBTITLES" not in server.call("GET", plain["links"]["master"]).body.decode()
+    assert plain["subtitles"] == []
+
+
+@pytest.mark.slow
+def test_the_videos_page_shows_a_videos_subtitles(server, base, media, data_dir):
+    """Chromium's own HLS player shows no subtitle rendition: the videos page gives the player
+    the video's WebVTT files as tracks, their cues at the times the input has them."""
+    from playwright.sync_api import sync_playwright
+
+    video = ingest_with_subtitles(server, base, media, data_dir)
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/watch")
+            page.locator(f"tr[data-id='{video['id']}']").get_by_role("button",
+                                                                       name="Play all").click()
+            tracks = "document.getElementById('player').textTracks"
+            page.wait_for_function(f"{tracks}.length === 1 && {tracks}[0].cues "
+                                   f"&& {tracks}[0].cues.length === 2", timeout=60_000)
+            cues = page.evaluate(f"Array.from({tracks}[0].cues).map(c => [c.startTime, c.text])")
+            label = page.evaluate(f"[{tracks}[0].label, {tracks}[0].mode]")
+        finally:
+            browser.close()
+    assert cues == [[0.1, "Hello there"], [1.0, "Second cue"]]
+    assert label == ["English", "showing"]  # the stream's default disposition
+
+
 def test_a_head_on_a_segment_does_not_make_it(server, base):
     """A HEAD (an uptime check, a crawler) ran the GET route and made the segment: upscaling
     for nobody. It is answered without making it, with its length once it is cached."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,9 +93,46 @@ class Variant:
     frame_rate: float | None = None
 
 
-def master_playlist_text(variants: Iterable[Variant]) -> str:
-    """An HLS master playlist; players start with the first variant."""
+@dataclass(frozen=True)
+class SubtitleMedia:
+    """A subtitle rendition in a master playlist (WebVTT, one playlist per language)."""
+
+    uri: str  #: its media playlist, relative to the master
+    name: str
+    language: str | None = None
+    default: bool = False
+    forced: bool = False
+
+
+SUBTITLE_GROUP = "subs"
+
+
+def _quoted(text: str) -> str:
+    """A quoted-string attribute value (no double quote, no line break inside)."""
+    return '"' + text.replace('"', "'").replace("\n", " ").replace("\r", " ") + '"'
+
+
+def master_playlist_text(
+    variants: Iterable[Variant], subtitles: Sequence[SubtitleMedia] = ()
+) -> str:
+    """An HLS master playlist; players start with the first variant. Subtitle renditions,
+    when there are any, are one group every variant names."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    for media in subtitles:
+        attributes = [
+            "TYPE=SUBTITLES",
+            f"GROUP-ID={_quoted(SUBTITLE_GROUP)}",
+            f"NAME={_quoted(media.name)}",
+        ]
+        if media.language:
+            attributes.append(f"LANGUAGE={_quoted(media.language)}")
+        attributes += [
+            f"DEFAULT={'YES' if media.default else 'NO'}",
+            "AUTOSELECT=YES",
+            f"FORCED={'YES' if media.forced else 'NO'}",
+            f"URI={_quoted(media.uri)}",
+        ]
+        lines.append("#EXT-X-MEDIA:" + ",".join(attributes))
     for v in variants:
         attributes = [
             f"BANDWIDTH={max(1, v.bandwidth)}",
@@ -104,5 +141,21 @@ def master_playlist_text(variants: Iterable[Variant]) -> str:
         ]
         if v.frame_rate:
             attributes.append(f"FRAME-RATE={v.frame_rate:.3f}")
+        if subtitles:
+            attributes.append(f"SUBTITLES={_quoted(SUBTITLE_GROUP)}")
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]
     return "\n".join(lines) + "\n"
+
+
+def subtitle_playlist_text(duration: float, uri: str) -> str:
+    """A subtitle rendition's playlist: one WebVTT file for the whole video."""
+    return "\n".join([
+        "#EXTM3U",
+        "#EXT-X-VERSION:3",
+        f"#EXT-X-TARGETDURATION:{max(1, math.ceil(duration))}",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+        f"#EXTINF:{duration:.6f},",
+        uri,
+        "#EXT-X-ENDLIST",
+    ]) + "\n"  # fmt: skip

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Literal
 
+import av
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
@@ -15,6 +17,7 @@ from carn_stream.model.recipe import TITLE_STORE_CRF
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_index
+from carn_stream.pipeline.media.webvtt import SubtitleTrack
 from carn_stream.server.admission import check_disk
 from carn_stream.server.blocking import PoolBusy
 from carn_stream.server.deps import Limit, Offset, Signer, require_token
@@ -46,6 +49,7 @@ from carn_stream.server.vod.media import (
     video_url,
 )
 from carn_stream.server.vod.store import TUNE_STATES, Rendition, Storage, Video
+from carn_stream.server.vod.subtitles import SUBTITLES
 from carn_stream.server.vod.title import StoreRequest
 
 router = APIRouter(prefix="/videos", tags=["videos"])
@@ -147,6 +151,16 @@ class TuneOut(BaseModel):
     )
 
 
+class SubtitleOut(BaseModel):
+    name: str = Field(description="the stream's title, else its language")
+    language: str | None = Field(description="its language tag, as the input gives it")
+    default: bool
+    forced: bool
+    playlist: str = Field(description="its HLS subtitle playlist (the master playlist names it)")
+    webvtt: str = Field(description="its WebVTT file, timed as the player's timeline (a "
+                        "`<track>` element can show it)")
+
+
 class VideoOut(BaseModel):
     id: str
     url: str
@@ -164,6 +178,9 @@ class VideoOut(BaseModel):
     )
     tune: TuneOut
     deinterlace: bool = Field(description="frames flagged interlaced are made progressive")
+    subtitles: list[SubtitleOut] = Field(
+        [], description="the input's text subtitle streams, as WebVTT subtitle renditions"
+    )
     links: dict[str, str]
 
     @classmethod
@@ -172,10 +189,12 @@ class VideoOut(BaseModel):
         progress: float | None = None,
         speed: SpeedBook | None = None,
         deinterlace: bool = True,
+        subtitles: Sequence[SubtitleTrack] = (),
     ) -> VideoOut:
         """The video as the API shows it: its URL without secrets, playlist links signed by
         ``sign`` (when the server has a token), each upscaled rendition's pace from ``speed``;
-        ``deinterlace``: whether its frames are made progressive (``VideoManager.deinterlaces``)."""
+        ``deinterlace``: whether its frames are made progressive (``VideoManager.deinterlaces``);
+        ``subtitles``: its text subtitle tracks."""
         plan = video.plan
         base = video_url(video.id)
         links = {"self": base, "master": sign(master_url(video.id))}
@@ -220,6 +239,14 @@ class VideoOut(BaseModel):
             ),
             store=video.storage,
             deinterlace=deinterlace,
+            subtitles=[
+                SubtitleOut(
+                    name=t.name, language=t.language, default=t.default, forced=t.forced,
+                    playlist=sign(f"{base}/{SUBTITLES}/{t.number}.m3u8"),
+                    webvtt=sign(f"{base}/{SUBTITLES}/{t.number}.vtt"),
+                )
+                for t in subtitles
+            ],
             links=links,
         )
 
@@ -273,8 +300,9 @@ async def create_video(
             raise
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "the server's disk is full; "
                             "try again later") from exc  # fmt: skip
+    tracks = await asyncio.to_thread(videos.subtitles.tracks, video)
     return VideoOut.of(video, {}, sign, speed=videos.metrics.speed,
-                       deinterlace=videos.deinterlaces(video))  # fmt: skip
+                       deinterlace=videos.deinterlaces(video), subtitles=tracks)  # fmt: skip
 
 
 @router.get("", response_model=VideoPage)
@@ -289,7 +317,7 @@ def list_videos(
     out = [
         VideoOut.of(
             v, videos.cached(v.id), sign, videos.tune_progress(v), videos.metrics.speed,
-            videos.deinterlaces(v),
+            videos.deinterlaces(v), videos.subtitles.tracks(v),
         )
         for v in items
     ]
@@ -302,7 +330,7 @@ def get_video(video_id: str, videos: Videos, sign: Signer) -> VideoOut:
     video = _video_or_404(videos, video_id)
     return VideoOut.of(
         video, videos.cached(video.id), sign, videos.tune_progress(video), videos.metrics.speed,
-        videos.deinterlaces(video),
+        videos.deinterlaces(video), videos.subtitles.tracks(video),
     )
 
 
@@ -377,6 +405,25 @@ def master_playlist(video_id: str, videos: Videos) -> Response:
     with _busy_as_503():
         text = videos.master_playlist(video, new_viewer())
     return Response(text, media_type=PLAYLIST_TYPE, headers=PER_PLAYER)
+
+
+@router.get(f"/{{video_id}}/{SUBTITLES}/{{name}}", response_class=Response)
+async def subtitles(video_id: str, name: str, videos: Videos) -> Response:
+    """A subtitle rendition: ``<n>.m3u8``, its playlist (one WebVTT file for the whole video),
+    and ``<n>.vtt``, made from the input's text subtitle stream n when first asked for."""
+    video = _video_or_404(videos, video_id)
+    found = await asyncio.to_thread(videos.subtitles.track, video, name)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no subtitle file {name!r}")
+    track, kind = found
+    if kind == "m3u8":
+        return Response(videos.subtitles.playlist(video, track), media_type=PLAYLIST_TYPE)
+    try:
+        path = await videos.subtitles.file(video, track)
+    except (PipelineError, av.FFmpegError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"the subtitles cannot be read: {exc}") from exc  # fmt: skip
+    return FileResponse(path, media_type="text/vtt; charset=utf-8")
 
 
 @router.get(f"/{{video_id}}/{{rendition}}/{PLAYLIST_NAME}", response_class=Response)

@@ -65,7 +65,25 @@ function play(video, rendition) {
   playing = { videoId: video.id, rendition: rendition ? rendition.name : null };
   playerStatus.textContent = "Loading " + name + " " + (rendition ? rendition.name : "(all renditions)") + "…";
   const url = rendition ? rendition.playlist : video.links.master;
+  for (const old of player.querySelectorAll("track")) old.remove();
+  player.addEventListener("loadedmetadata", () => showSubtitles(video), { once: true });
   playFrom(player, url, 0, true).catch(() => { playerStatus.textContent = "Ready: press play"; });
+}
+
+// The video's subtitles as <track> elements (their WebVTT files are timed as the player's
+// timeline), unless the player shows the master playlist's subtitle renditions itself.
+function showSubtitles(video) {
+  const own = Array.from(player.textTracks).some((t) => t.kind === "subtitles" || t.kind === "captions");
+  if (own) return;
+  for (const subtitle of video.subtitles || []) {
+    const track = document.createElement("track");
+    track.kind = "subtitles";
+    track.label = subtitle.name;
+    if (subtitle.language) track.srclang = subtitle.language;
+    track.src = subtitle.webvtt;
+    track.default = subtitle.default;
+    player.appendChild(track);
+  }
 }
 
 // The link of what the player plays, freshly signed.

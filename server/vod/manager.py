@@ -59,6 +59,7 @@ from carn_stream.server.vod.children import run_child
 from carn_stream.server.vod.media import viewer_query
 from carn_stream.server.vod.playheads import Head, Playheads
 from carn_stream.server.vod.store import Rendition, Storage, Video, VideoStore, rendition_name
+from carn_stream.server.vod.subtitles import VideoSubtitles
 from carn_stream.server.vod.title import (
     COPY_NAME,
     StoreRequest,
@@ -156,6 +157,7 @@ class VideoManager:
         root = settings.data_dir / "videos"
         _remove_unknown(root, set(store.ids()))
         self.cache = SegmentCache(root, settings.vod_cache_bytes)
+        self.subtitles = VideoSubtitles(self.cache.folder, self.offload)
         self._work: dict[Key, _Work] = {}
         self._playheads = Playheads(settings.vod_viewer_idle_seconds)
         self._videos: dict[str, Video] = {}
@@ -298,6 +300,7 @@ class VideoManager:
             await asyncio.wait(tasks, timeout=10)
         self._videos.pop(video_id, None)
         self._playheads.forget(video_id)
+        self.subtitles.forget(video_id)
         existed = self.store.delete(video_id)
         self.cache.forget(video_id)
         await asyncio.to_thread(shutil.rmtree, self.cache.folder(video_id), True)
@@ -478,7 +481,7 @@ class VideoManager:
             variants.append(Variant(f"{r.name}/{PLAYLIST_NAME}{viewer_query(viewer)}",
                                     round(max(measured, r.bandwidth)),
                                     r.width, r.height, r.codecs, rate))  # fmt: skip
-        return master_playlist_text(variants)
+        return master_playlist_text(variants, self.subtitles.media(video))
 
     def media_playlist(self, video: Video, viewer: str) -> str:
         """A rendition's playlist for one player: ``viewer`` goes into its segments' URIs."""
