@@ -478,3 +478,20 @@ def test_a_job_serves_its_own_container_to_get_and_head(clips, tmp_path):
     with av.open(str(tmp_path / "out.mkv")) as c:
         assert c.format.name == "matroska,webm" and c.metadata["title"] == "A rich test clip"
         assert len(c.streams.subtitles) == 1 and len(c.streams.attachments) == 1
+
+
+def test_webvtt_cues_are_plain_text_timed_from_the_first_segment(tmp_path):
+    """Cue text that WebVTT reads as markup (``<``, ``&``, an arrow, a blank line: the end of a
+    cue) is escaped; a cue before the first segment's start is left out; the clock map names
+    the segments' MPEG-TS time of that start (the plan's origin plus the segment offset)."""
+    from carn_stream.pipeline.media.webvtt import MPEG_TS_CLOCK, Clock, Cue, webvtt_lines
+
+    clock = Clock(zero=Fraction(3, 2), mpeg_ts=round((Fraction(3, 2) + 70) * MPEG_TS_CLOCK))
+    found = [Cue(Fraction(-2), Fraction(-1), "before the start"),
+             Cue(Fraction(1, 4), Fraction(2), "a < b && c --> d\n\nsecond line"),
+             Cue(Fraction(3661), Fraction(3662), "an hour on")]  # fmt: skip
+    assert "\n".join(webvtt_lines(found, clock)) == (
+        "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:6435000,LOCAL:00:00:00.000\n"
+        "\n00:00:00.250 --> 00:00:02.000\na &lt; b &amp;&amp; c --&gt; d\nsecond line\n"
+        "\n01:01:01.000 --> 01:01:02.000\nan hour on"
+    )
