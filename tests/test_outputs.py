@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -363,12 +364,37 @@ def test_mp4_and_mov_take_text_subtitles_as_mov_text(clips, worker, tmp_path, su
                          (Fraction(4, 5), b"\x00\x0aSecond cue")]  # fmt: skip
 
 
-def test_hls_segments_keep_the_aspect_ratio_and_audio_language(clips, worker, tmp_path):
+def test_an_hls_folder_keeps_the_aspect_ratio_audio_language_and_subtitles(
+    clips, worker, tmp_path
+):
+    """Segments keep the aspect ratio and the audio's language; the finished folder gets a
+    master playlist (its rendition's size, codecs and peak rate) with the input's text
+    subtitles as a WebVTT subtitle rendition (subtitles were dropped from HLS before)."""
     out = make(clips["rich"], tmp_path / "hls", worker)
     for segment in sorted(out.glob("segment_*.ts")):
         with av.open(str(segment)) as c:
             assert c.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
             assert c.streams.audio[0].metadata["language"] == "fra"
+    master = (out / "master.m3u8").read_text().splitlines()
+    assert master[3] == ('#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs",NAME="English",'
+                         'LANGUAGE="eng",DEFAULT=YES,AUTOSELECT=YES,FORCED=YES,'
+                         'URI="subtitles_0.m3u8"')  # fmt: skip
+    variant = re.fullmatch(r'#EXT-X-STREAM-INF:BANDWIDTH=(\d+),RESOLUTION=640x360,'
+                           r'CODECS="avc1\.[0-9a-f]{6},mp4a\.40\.2",FRAME-RATE=25\.000,'
+                           r'SUBTITLES="subs"', master[4])  # fmt: skip
+    assert variant is not None, master[4]
+    durations = [float(line[8:-1]) for line in (out / "index.m3u8").read_text().splitlines()
+                 if line.startswith("#EXTINF:")]  # fmt: skip
+    sizes = [p.stat().st_size for p in sorted(out.glob("segment_*.ts"))]
+    peak = max(8 * size / seconds for size, seconds in zip(sizes, durations, strict=True))
+    assert abs(int(variant[1]) - peak) <= 1 and master[5:] == ["index.m3u8"]
+    assert "#EXTINF:1.600000," in (out / "subtitles_0.m3u8").read_text()
+    vtt = (out / "subtitles_0.vtt").read_text().split("\n\n")
+    assert vtt[1:] == ["00:00:00.100 --> 00:00:00.500\nHello there",
+                       "00:00:00.800 --> 00:00:01.200\nSecond cue\n"]  # fmt: skip
+    plain = make(clips["bunny"], tmp_path / "plain", worker)
+    assert "SUBTITLES" not in (plain / "master.m3u8").read_text()
+    assert not list(plain.glob("subtitles_*"))
 
 
 @pytest.mark.parametrize(

@@ -255,6 +255,35 @@ def test_a_job_deinterlaces_an_interlaced_input_unless_asked_not_to(
     assert combs[None] < 0.6 * combs[False], combs
 
 
+def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
+    server, media, data_dir
+):
+    """Subtitles were dropped from HLS jobs: a finished one links its master playlist, which
+    names the input's text subtitles as a WebVTT subtitle rendition served beside the
+    segments (``text/vtt``); no other names are served."""
+    from tests.media import write_rich_mkv
+
+    base, root = media
+    video = data_dir / "video" / "bigbuckbunny.mp4"
+    frames = downscale_frames(decode_rgb(video, 25), (96, 54))
+    write_rich_mkv(root / "rich.mkv", frames, audio_from=video, audio_seconds=1.0)
+    job = submit(server, f"{base}/rich.mkv", scale=2, format="hls")
+    assert "master" not in job["links"]  # written when the job ends
+    done = server.wait_job(job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done["error"]
+    master = server.call("GET", done["links"]["master"])
+    assert master.status == 200
+    assert master.headers["content-type"] == "application/vnd.apple.mpegurl"
+    assert 'URI="subtitles_0.m3u8"' in master.body.decode()
+    folder = f"/jobs/{job['id']}/hls"
+    assert server.call("GET", f"{folder}/subtitles_0.m3u8").status == 200
+    vtt = server.call("GET", f"{folder}/subtitles_0.vtt")
+    assert vtt.status == 200 and vtt.headers["content-type"].startswith("text/vtt")
+    assert vtt.body.decode().split("\n\n")[1] == "00:00:00.100 --> 00:00:00.500\nHello there"
+    for name in ("subtitles_1.vtt", "subtitles_0.srt", "input.mkv", "..%2Finput.mkv"):
+        assert server.call("GET", f"{folder}/{name}").status == 404, name
+
+
 def test_mp4_job_serves_range_requests(server, media, tmp_path):
     base, root = media
     job = submit(server, f"{base}/bunny.mp4", scale=3, output="mp4")

@@ -27,9 +27,11 @@ from pathlib import Path
 
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.hls import (
+    MASTER_NAME,
     PLAYLIST_NAME,
     SEGMENT_AUDIO,
     SEGMENT_NAME_RE,
+    SUBTITLE_PREFIX,
     write_playlist,
 )
 from carn_stream.pipeline.media.segments import SegmentPlan
@@ -149,7 +151,8 @@ class OutputFormat:
     def _remove_hls_files(folder: Path) -> None:
         for path in folder.iterdir():
             name = path.name.lstrip(".")
-            if SEGMENT_NAME_RE.match(name.removesuffix(".part")) or name.startswith(PLAYLIST_NAME):
+            ours = (PLAYLIST_NAME, MASTER_NAME, SUBTITLE_PREFIX)
+            if SEGMENT_NAME_RE.match(name.removesuffix(".part")) or name.startswith(ours):
                 path.unlink(missing_ok=True)
 
 

@@ -11,16 +11,24 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 PLAYLIST_NAME = "index.m3u8"
+MASTER_NAME = "master.m3u8"  #: a finished folder's master playlist (its subtitles beside it)
+SUBTITLE_PREFIX = "subtitles_"
 SEGMENT_PATTERN = "segment_%05d.ts"
 #: A segment's file name: ASCII digits only, the whole name (``\Z``: no trailing newline).
 SEGMENT_NAME_RE = re.compile(r"segment_([0-9]{5,9})\.ts\Z")
 #: Audio codecs MPEG-TS segments carry as they are (the rest is transcoded to AAC).
 SEGMENT_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3"})
+
+
+def subtitle_file(number: int, kind: str) -> str:
+    """``subtitles_N.m3u8`` (a subtitle rendition's playlist) or ``subtitles_N.vtt``."""
+    return f"{SUBTITLE_PREFIX}{number}.{kind}"
 
 
 def segment_name(index: int) -> str:
@@ -68,10 +76,20 @@ def playlist_text(
 
 def write_playlist(folder: Path, durations: list[float], target: float, complete: bool) -> Path:
     """Replace ``folder/index.m3u8`` atomically (a reader never sees half a playlist)."""
-    path = folder / PLAYLIST_NAME
-    part = folder / f".{PLAYLIST_NAME}.part"
-    part.write_text(playlist_text(durations, target, complete))
-    os.replace(part, path)
+    return publish_text(folder / PLAYLIST_NAME, playlist_text(durations, target, complete))
+
+
+def publish_text(path: Path, text: str) -> Path:
+    """Write ``text`` at ``path`` by rename from a temporary name beside it
+    (``.NAME.*.part``): a reader never sees half of it, and writers at once do not collide."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -26,6 +26,7 @@ from carn_stream.pipeline.media.decode import codec_name, open_input
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.formats import OutputFormat
 from carn_stream.pipeline.media.hls import segment_name, write_playlist
+from carn_stream.pipeline.media.hls_master import write_folder_master
 from carn_stream.pipeline.media.segments import SegmentPlan
 
 #: (time in seconds, source order, packet): the merge order of the joined file's packets.
@@ -42,6 +43,7 @@ def finish_output(
     if fmt.is_folder:
         durations = [s.duration for s in plan.segments]
         write_playlist(output, durations, plan.max_duration, complete=True)
+        write_folder_master(output, plan, source)
         return output
     paths = [folder / segment_name(s.index) for s in plan.segments]
     timing = VideoTiming(plan.time_base, plan.segments[-1].end_pts, plan.frame_rate,

@@ -10,8 +10,6 @@ subtitles (DVD, PGS, DVB) have no text and are left out.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +19,7 @@ import av
 
 from carn_stream.pipeline.media.decode import codec_name, open_input
 from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
+from carn_stream.pipeline.media.hls import publish_text
 from carn_stream.pipeline.media.keep import TEXT_SUBTITLES, subtitle_text
 from carn_stream.pipeline.media.segments import SegmentPlan
 
@@ -138,12 +137,4 @@ def write_webvtt(source: Path, track: SubtitleTrack, plan: SegmentPlan, target: 
     clock = Clock.of(plan)
     text = "\n".join(webvtt_lines(cues(source, track, clock.zero), clock)) + "\n"
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(name, target)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return target
+    return publish_text(target, text)

@@ -227,7 +227,8 @@ async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) ->
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse)
 def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
-    """The playlist and its segments; available while the job runs."""
+    """The playlist and its segments, available while the job runs; once it has succeeded,
+    its master playlist and the input's text subtitles (``subtitles_N.m3u8``, ``.vtt``)."""
     job = _job_or_404(store, job_id)
     if job.state in ENDED_WITHOUT_OUTPUT:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
@@ -238,6 +239,10 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
         raise HTTPException(status.HTTP_404_NOT_FOUND, reason)
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is not available (yet)")
+    if name.endswith(".vtt"):
+        return FileResponse(path, media_type="text/vtt; charset=utf-8")
+    if name != PLAYLIST_NAME and name.endswith(".m3u8"):  # written once, when the job ends
+        return FileResponse(path, media_type="application/vnd.apple.mpegurl")
     if name == PLAYLIST_NAME:
         # Read whole at once: the running job replaces it (by rename) as segments finish, and a
         # file response sent the length of one version and the bytes of the next (a client

@@ -13,12 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carn_stream.pipeline.media.formats import FORMATS, OutputFormat
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_index
+from carn_stream.pipeline.media.hls import (
+    MASTER_NAME,
+    PLAYLIST_NAME,
+    SUBTITLE_PREFIX,
+    segment_index,
+)
 from carn_stream.server.limits import INPUT_NAME
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 HLS = FORMATS["hls"].output_name()  #: the HLS output's folder, and its URL path
 PREVIEW_NAME = "preview.m3u8"
+SUBTITLE_FILE = re.compile(rf"{SUBTITLE_PREFIX}[0-9]{{1,3}}\.(m3u8|vtt)")
 COMPARE_NAME = "compare"
 WORK_NAME = "work"
 #: The media of one job a signed link covers: (scope, file).
@@ -63,8 +69,10 @@ class JobMedia:
         return self.folder / COMPARE_NAME
 
     def hls_file(self, name: str) -> Path | None:
-        """The HLS output's playlist or one of its segments; None for any other name."""
-        if not self.fmt.is_folder or (name != PLAYLIST_NAME and segment_index(name) is None):
+        """The HLS output's playlist, one of its segments, or (once finished) its master
+        playlist and subtitle renditions; None for any other name."""
+        ours = name in (PLAYLIST_NAME, MASTER_NAME) or SUBTITLE_FILE.fullmatch(name) is not None
+        if not self.fmt.is_folder or (not ours and segment_index(name) is None):
             return None
         return self.output / name
 
@@ -94,5 +102,8 @@ class JobMedia:
         """The links a job offers: an HLS job's playlist and preview while it runs and after;
         a file job's output once it has succeeded (``mp4``: ``/jobs/<id>/output.mp4``)."""
         if self.fmt.is_folder:
-            return {"playlist": self.playlist_url, "preview": self.preview_url}
+            urls = {"playlist": self.playlist_url, "preview": self.preview_url}
+            if succeeded:  # with the input's subtitles, where it has text ones
+                urls["master"] = f"{self.url}/{HLS}/{MASTER_NAME}"
+            return urls
         return {self.fmt.name: self.output_url} if succeeded else {}

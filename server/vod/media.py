@@ -7,10 +7,9 @@ from __future__ import annotations
 import re
 import secrets
 
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME
+from carn_stream.pipeline.media.hls import MASTER_NAME, PLAYLIST_NAME
 
 VIDEO_ID = re.compile(r"[0-9a-f]{32}")
-MASTER_NAME = "master.m3u8"
 REPORT_FOLDER, REPORT_PAGE = "report", "index.html"  #: a video stored small: its report's page
 #: The media of one video a signed link covers: (scope, file).
 SCOPE = re.compile(

@@ -1,0 +1,69 @@
+"""The master playlist of a finished HLS folder: its one rendition, described from its own
+segments (size, codecs, peak bit rate), and the input's text subtitles as WebVTT subtitle
+renditions beside it (``subtitles_N.m3u8``, ``subtitles_N.vtt``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import av
+
+from carn_stream.pipeline.errors import InputError, PipelineError
+from carn_stream.pipeline.media.encode import SEGMENT_FORMAT
+from carn_stream.pipeline.media.hls import (
+    MASTER_NAME,
+    PLAYLIST_NAME,
+    SubtitleMedia,
+    Variant,
+    master_playlist_text,
+    publish_text,
+    segment_name,
+    subtitle_file,
+    subtitle_playlist_text,
+)
+from carn_stream.pipeline.media.renditions import audio_tag, avc_tag
+from carn_stream.pipeline.media.segments import SegmentPlan
+from carn_stream.pipeline.media.webvtt import text_subtitle_tracks, write_webvtt
+
+log = logging.getLogger(__name__)
+
+def write_folder_master(folder: Path, plan: SegmentPlan, source: Path) -> Path:
+    """Write ``folder``'s master playlist, and its subtitle renditions, once every segment of
+    ``plan`` is there. Subtitles that cannot be read are left out, with a warning."""
+    subtitles: list[SubtitleMedia] = []
+    try:
+        for track in text_subtitle_tracks(source):
+            write_webvtt(source, track, plan, folder / subtitle_file(track.number, "vtt"))
+            playlist = subtitle_file(track.number, "m3u8")
+            text = subtitle_playlist_text(float(plan.duration), subtitle_file(track.number, "vtt"))
+            publish_text(folder / playlist, text)
+            subtitles.append(SubtitleMedia(playlist, track.name, track.language, track.default,
+                                           track.forced))  # fmt: skip
+    except (PipelineError, av.FFmpegError, OSError) as exc:
+        log.warning("the subtitles of %s cannot be read; left out: %s", source.name, exc)
+        subtitles = []
+    text = master_playlist_text([_variant(folder, plan)], subtitles)
+    return publish_text(folder / MASTER_NAME, text)
+
+
+def _variant(folder: Path, plan: SegmentPlan) -> Variant:
+    """The folder's rendition: its first segment's picture size and codecs, its peak rate."""
+    peak = max(8 * (folder / segment_name(s.index)).stat().st_size / s.duration
+               for s in plan.segments)  # fmt: skip
+    with av.open(str(folder / segment_name(0)), format=SEGMENT_FORMAT) as segment:
+        video = segment.streams.video[0]
+        width, height = video.codec_context.width, video.codec_context.height
+        codecs = []
+        if video.codec_context.name == "h264":
+            first = next((p for p in segment.demux(video) if p.size), None)
+            try:
+                codecs.append(avc_tag(bytes(first)) if first is not None else "")
+            except InputError:
+                codecs.append("")
+        for stream in segment.streams.audio[:1]:
+            codecs.append(audio_tag(stream.codec_context.name, stream.codec_context.profile) or "")
+    rate = float(plan.frame_rate) if plan.frame_rate else None
+    # Codec strings only when all are known (a list that leaves one out misleads a player).
+    known = ",".join(codecs) if codecs and all(codecs) else ""
+    return Variant(PLAYLIST_NAME, round(peak), width, height, known, rate)
