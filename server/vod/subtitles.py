@@ -4,6 +4,7 @@ asked for and kept in its folder (:mod:`carn_stream.pipeline.media.webvtt`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,9 @@ class VideoSubtitles:
     ) -> None:
         self._folder, self._offload = folder, offload
         self._tracks: dict[str, list[SubtitleTrack]] = {}
+        #: one reading of the input per file at a time (a long input takes a while to read,
+        #: and players ask at once)
+        self._making: dict[Path, asyncio.Lock] = {}
 
     def tracks(self, video: Video) -> list[SubtitleTrack]:
         """The video's text subtitle streams (none when its input cannot be read)."""
@@ -65,9 +69,14 @@ class VideoSubtitles:
     async def file(self, video: Video, track: SubtitleTrack) -> Path:
         """The track's WebVTT file, made now when it is not yet."""
         path = self._folder(video.id) / SUBTITLES / f"{track.number}.vtt"
-        if not path.is_file():
-            await self._offload(write_webvtt, video.source, track, video.plan, path)
+        lock = self._making.setdefault(path, asyncio.Lock())
+        async with lock:
+            if not path.is_file():
+                await self._offload(write_webvtt, video.source, track, video.plan, path)
         return path
 
     def forget(self, video_id: str) -> None:
         self._tracks.pop(video_id, None)
+        folder = self._folder(video_id)
+        for path in [p for p in self._making if p.is_relative_to(folder)]:
+            del self._making[path]
