@@ -255,6 +255,7 @@ def test_a_job_deinterlaces_an_interlaced_input_unless_asked_not_to(
     assert combs[None] < 0.6 * combs[False], combs
 
 
+@pytest.mark.slow
 def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
     server, media, data_dir
 ):
@@ -282,6 +283,25 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
     assert vtt.body.decode().split("\n\n")[1] == "00:00:00.100 --> 00:00:00.500\nHello there"
     for name in ("subtitles_1.vtt", "subtitles_0.srt", "input.mkv", "..%2Finput.mkv"):
         assert server.call("GET", f"{folder}/{name}").status == 404, name
+    # The jobs page gives the player the subtitles as a track (Chromium's own HLS player
+    # shows no subtitle rendition).
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            page.locator(f"#jobs tr[data-id='{job['id']}'] button.play").click()
+            tracks = "document.getElementById('player').textTracks"
+            page.wait_for_function(f"{tracks}.length === 1 && {tracks}[0].cues "
+                                   f"&& {tracks}[0].cues.length === 2", timeout=60_000)
+            cues = page.evaluate(f"Array.from({tracks}[0].cues).map(c => [c.startTime, c.text])")
+            label = page.evaluate(f"[{tracks}[0].label, {tracks}[0].language, {tracks}[0].mode]")
+        finally:
+            browser.close()
+    assert cues == [[0.1, "Hello there"], [0.5, "Second cue"]]
+    assert label == ["English", "eng", "showing"]
 
 
 def test_mp4_job_serves_range_requests(server, media, tmp_path):

@@ -32,8 +32,37 @@ async function readPlaylist(job) {
 // A growing playlist is played as a snapshot of its segments so far (a finished playlist
 // that the server makes on request): Chromium starts a growing one only from 3 segments on.
 function load(job, list, at) {
+  const same = playing && playing.job.id === job.id;
   playing = { job, finished: list.finished, segments: list.segments };
+  if (!same) for (const old of player.querySelectorAll("track")) old.remove();
+  if (list.finished && !player.querySelector("track")) showSubtitles(job);
   playFrom(player, link(job, playing), at, true).catch(() => { playerStatus.textContent = "Ready: press play"; });
+}
+
+// A finished HLS job's text subtitles, as <track> elements: its master playlist names them
+// (subtitles_N.m3u8, each with its WebVTT file subtitles_N.vtt beside it), and Chromium's
+// own HLS player shows no subtitle rendition.
+async function showSubtitles(job) {
+  if (!job.links.master) return;
+  const master = new URL(job.links.master, location.href);
+  const r = await fetch(master, { headers: apiHeaders(false) });
+  if (!r.ok || !playing || playing.job.id !== job.id) return;
+  for (const line of (await r.text()).split("\n")) {
+    if (!line.startsWith("#EXT-X-MEDIA:") || !line.includes("TYPE=SUBTITLES")) continue;
+    const value = (name) => {
+      const match = new RegExp("[:,]" + name + '=(?:"([^"]*)"|([^,]*))').exec(line);
+      return match ? (match[1] !== undefined ? match[1] : match[2]) : null;
+    };
+    const uri = value("URI");
+    if (!uri || !/^subtitles_\d+\.m3u8$/.test(uri)) continue;
+    const track = document.createElement("track");
+    track.kind = "subtitles";
+    track.label = value("NAME") || uri;
+    if (value("LANGUAGE")) track.srclang = value("LANGUAGE");
+    track.src = new URL(uri.replace(/\.m3u8$/, ".vtt"), master).href;
+    track.default = value("DEFAULT") === "YES";
+    player.appendChild(track);
+  }
 }
 
 function link(job, shown) {
