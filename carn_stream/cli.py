@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         _train_command,
         _tune_command,
         _assess_command,
+        _speed_command,
     ):
         add(sub)
     return parser
@@ -305,6 +306,12 @@ def _assess_command(sub) -> None:
 
     add_assess_command(sub, _scale, _add_model_options)
     sub.choices["assess"].set_defaults(run=cmd_assess)
+
+
+def _speed_command(sub) -> None:
+    from carn_stream.speed_command import add_speed_command
+
+    add_speed_command(sub, _scale, _add_model_options)
 
 
 def cmd_assess(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -634,3 +635,56 @@ def test_a_stop_says_how_many_segments_are_done_and_what_a_rerun_redoes(tmp_path
         "running the same command again resumes from them and makes again the 1 frame of the "
         "segments in progress"
     )
+
+
+def test_speed_measures_each_size_and_precision_and_says_what_keeps_up(
+    weights_path, data_dir, monkeypatch, capsys
+):
+    """``carn-stream speed``: frames per second of the engine per input size and precision
+    mode, and whether that keeps up with 25 and 30 fps; frames from a video when given one
+    (else the pictures the package ships); ``auto`` names the mode it chose."""
+    from carn_stream.precisions import NAMES
+    from carn_stream.speed_command import Row, table
+
+    monkeypatch.setenv("CARN_WEIGHTS", str(weights_path))
+    clip = data_dir / "video" / "carphone_pristine.mp4"
+    args = ["speed", str(clip), "--sizes", "48x32,32x24", "--precision", "fp32,auto",
+            "--seconds", "0.1", "--json"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["content"] == "carphone_pristine.mp4" and report["device"] == "cpu"
+    rows = report["rows"]
+    assert [(r["input"], r["output"], r["precision"]) for r in rows] == [
+        ("48x32", "96x64", "fp32"), ("48x32", "96x64", "auto"),
+        ("32x24", "64x48", "fp32"), ("32x24", "64x48", "auto"),
+    ]  # fmt: skip
+    assert all(r["fps"] > 0 and r["runs"] >= 3 and r["ms"] * r["fps"] == pytest.approx(1000)
+               for r in rows)  # fmt: skip
+    assert rows[0]["chosen"] == "fp32" and rows[1]["chosen"] in NAMES
+    assert main(["speed", "--sizes", "24x16", "--precision", "fp32", "--seconds", "0.1"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].split() == ["input", "output", "precision", "ms/frame", "fps", "25", "fps",
+                               "30", "fps"]  # fmt: skip
+    assert text[1].split()[:3] == ["24x16", "48x32", "fp32"]
+    shown = table([Row("176x144", "352x288", 2, "auto", "ov-bf16", 34.6, 28.9, 10)])
+    assert shown.splitlines()[1].split()[2:] == ["auto", "(ov-bf16)", "34.6", "28.9", "yes",
+                                                 "no", "(0.96x)"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [(["--sizes", "10"], 2, "expected sizes like"),
+     (["--sizes", "4x4"], 2, "expected sizes like"),
+     (["--seconds", "0"], 2, "expected seconds"),
+     (["--precision", "fast"], 1, "choose from"),
+     (["/nowhere/clip.mp4"], 1, "no such file")],
+)  # fmt: skip
+def test_speed_refuses_bad_requests_in_one_line(args, code, message, weights_path, monkeypatch,
+                                                capsys):  # fmt: skip
+    monkeypatch.setenv("CARN_WEIGHTS", str(weights_path))
+    with pytest.raises(SystemExit) if code == 2 else contextlib.nullcontext() as exited:
+        result = main(["speed", *args])
+    err = capsys.readouterr().err
+    assert (exited.value.code if code == 2 else result) == code
+    last = err.strip().splitlines()[-1]  # a usage error (2) follows argparse's usage lines
+    assert message in last and (code == 2 or len(err.strip().splitlines()) == 1), err
