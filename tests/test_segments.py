@@ -407,6 +407,52 @@ def test_transcoded_audio_plays_across_segment_boundaries_as_one_stream(
     assert hls_video_and_audio(tmp_path / "w")[1] == audio
 
 
+@pytest.mark.parametrize("container", ["mkv", "ts"])
+def test_audio_that_starts_after_the_picture_is_read_for_every_segment(
+    clips, bicubic_worker, tmp_path, container
+):
+    """Audio that starts 5.5 s into the picture (a recording whose sound came on late; past
+    FFmpeg's probe, so the stream's start reads as the file's): the segments before it hold
+    none, and no seek can place a read at an audio packet that early. Every segment is made,
+    in the process and as a cluster worker's copy, and the joined file has every audio
+    packet."""
+    from carn_stream.pipeline.execution.segment_transport import cut_segment
+    from tests.media import with_tone
+
+    gop = {**X264, "x264-params": "keyint=25:min-keyint=25:scenecut=0"}
+    pictures = decode_rgb(clips["bframes"])
+    long = write_clip(tmp_path / "long.mp4", pictures + pictures[::-1], options=gop)  # 8 s
+    tone = with_tone(long, tmp_path / "tone.mkv", lead=1.0, tail=8.0)  # picture from 1 s
+    source = tmp_path / f"late.{container}"
+    with av.open(str(tone)) as c, av.open(str(source), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in c.streams}
+        for packet in c.demux():
+            if packet.pts is None:  # (Matroska gives its first packets no decode time)
+                continue
+            if packet.stream.type == "audio" and packet.pts * packet.time_base < Fraction(13, 2):
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    if container == "mkv":  # its audio's start reads as the file's, not where it starts
+        with av.open(str(source)) as c:
+            audio = c.streams.audio[0]
+            assert (audio.start_time or 0) * audio.time_base < 2
+    plan = plan_segments(source, 1.0)
+    assert len(plan.segments) == 8
+    for segment in plan.segments:
+        last = segment.index == len(plan.segments) - 1
+        assert cut_segment(source, segment, plan.time_base, last, plan.origin)
+    out = tmp_path / "out.mkv"
+    make(source, out, "mkv", bicubic_worker)
+    src, got = facts(source), facts(out)
+
+    def payloads(packets: list[bytes]) -> list[bytes]:  # without MPEG-TS's ADTS headers
+        return [p[7 if p[1] & 1 else 9 :] if p[:2] == b"\xff\xf1" else p for p in packets]
+
+    assert len(got.pts) == 200 and payloads(got.audio_packets) == payloads(src.audio_packets)
+    assert len(src.audio_packets) > 100
+
+
 @pytest.mark.parametrize("codec", ["libopus", "flac"])
 def test_a_cluster_worker_takes_opus_and_flac_audio(clips, bicubic_worker, tmp_path, codec):
     """A cluster worker's copy of a segment was always MOV, which refuses Opus and FLAC: every

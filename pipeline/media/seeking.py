@@ -44,32 +44,34 @@ def seek_to_keyframe(
 def seek_for_audio(
     container: av.container.InputContainer, audio: av.stream.Stream, seconds: Fraction | float
 ) -> None:
-    """Place ``container`` so that ``audio`` is read from ``seconds`` (or its start, if later)
-    or before. FFmpeg seeks by the default stream, the video's keyframes, and where none lies
-    so early it refuses (an AVI that starts mid-GOP indexes from its first keyframe) or lands
-    later (Matroska, a MOV whose video starts after its audio); ``audio``'s own index, every
-    packet of which is a point to start from, is tried next, then the audio's start. Each
-    placement is checked by reading the first packet, as :func:`seek_to_keyframe` does."""
-    begins = audio.start_time
+    """Place ``container`` so that ``audio`` is read from ``seconds`` or before. FFmpeg seeks
+    by the default stream, the video's keyframes, and where none lies so early it refuses (an
+    AVI that starts mid-GOP indexes from its first keyframe) or lands later (a MOV whose video
+    starts after its audio); ``audio``'s own index, every packet of which is a point to start
+    from, is tried next, then the audio's start. A placement holds when the first packet read
+    from it, of any stream, lies at or before ``seconds`` (audio that starts later is then
+    still ahead); where none does, reading starts where the last one that worked put it."""
     wanted = Fraction(seconds)
-    if begins is not None:
-        wanted = max(wanted, begins * audio.time_base)
-    ticks = math.floor(wanted / audio.time_base)
+    begins = audio.start_time or 0
+    ticks = max(begins, math.floor(wanted / audio.time_base))
     placements = (
         lambda: container.seek(math.floor(wanted * 1_000_000), backward=True),
         lambda: container.seek(ticks, stream=audio, backward=True),
-        lambda: container.seek(begins or 0, stream=audio, backward=True),
+        lambda: container.seek(begins, stream=audio, backward=True),
     )
+    worked = None
     for place in placements:
         try:
             place()
-            first = next((p for p in container.demux(audio) if p.size and p.dts is not None), None)
-            if first is None or (first.pts if first.pts is not None else first.dts) <= ticks:
-                place()
-                return
         except av.FFmpegError:
             continue
-    raise av.FFmpegError(errno.ESPIPE, f"no seek places {audio} at {float(wanted):.3f} s")
+        worked = place
+        first = next((p for p in container.demux() if p.size and p.dts is not None), None)
+        if first is None or first.dts * first.time_base <= wanted:
+            break
+    if worked is None:
+        raise av.FFmpegError(errno.ESPIPE, f"no seek places {audio} at {float(wanted):.3f} s")
+    worked()
 
 
 def _first_keyframe_at_or_before(packets: Iterable[av.Packet], pts: int) -> bool:
