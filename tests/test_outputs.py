@@ -377,7 +377,7 @@ def test_an_hls_folder_keeps_the_aspect_ratio_audio_language_and_subtitles(
             assert c.streams.audio[0].metadata["language"] == "fra"
     master = (out / "master.m3u8").read_text().splitlines()
     assert master[3] == ('#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs",NAME="English",'
-                         'LANGUAGE="eng",DEFAULT=YES,AUTOSELECT=YES,FORCED=YES,'
+                         'LANGUAGE="en",DEFAULT=YES,AUTOSELECT=YES,FORCED=YES,'
                          'URI="subtitles_0.m3u8"')  # fmt: skip
     variant = re.fullmatch(r'#EXT-X-STREAM-INF:BANDWIDTH=(\d+),RESOLUTION=640x360,'
                            r'CODECS="avc1\.[0-9a-f]{6},mp4a\.40\.2",FRAME-RATE=25\.000,'
@@ -395,6 +395,39 @@ def test_an_hls_folder_keeps_the_aspect_ratio_audio_language_and_subtitles(
     plain = make(clips["bunny"], tmp_path / "plain", worker)
     assert "SUBTITLES" not in (plain / "master.m3u8").read_text()
     assert not list(plain.glob("subtitles_*"))
+    # Playlists are readable as the segments are (a web server serves the folder as it is).
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_subtitle_renditions_have_names_of_their_own_and_one_default(tmp_path):
+    """Two untitled English streams, both flagged default (Matroska's default when unset):
+    a master playlist's renditions need names of their own and at most one default; codec
+    strings that are not known (HEVC) are left out rather than listed without the video."""
+    from carn_stream.pipeline.media.hls import SubtitleMedia, Variant, master_playlist_text
+    from carn_stream.pipeline.media.webvtt import text_subtitle_tracks
+
+    path = tmp_path / "two.mkv"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(2):
+            subs = out.add_mux_stream("subrip")
+            subs.metadata["language"] = "eng"
+            subs.disposition = av.stream.Disposition.default
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    tracks = text_subtitle_tracks(path)
+    assert [(t.name, t.language, t.default) for t in tracks] == [("eng", "eng", True),
+                                                                 ("eng (2)", "eng", False)]
+    media = [SubtitleMedia(f"subtitles_{t.number}.m3u8", t.name, t.language, t.default)
+             for t in tracks]  # fmt: skip
+    text = master_playlist_text([Variant("index.m3u8", 1000, 64, 48, "")], media)
+    assert 'NAME="eng (2)",LANGUAGE="en",DEFAULT=NO' in text
+    assert "#EXT-X-STREAM-INF:BANDWIDTH=1000,RESOLUTION=64x48,SUBTITLES=" in text
 
 
 @pytest.mark.parametrize(

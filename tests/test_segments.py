@@ -1207,6 +1207,21 @@ def test_audio_long_before_the_first_frame_joins_with_every_frame_and_packet(
     assert got.audio_packets == src.audio_packets and len(src.audio_packets) > 700
 
 
+def test_an_hls_folder_whose_first_segment_opens_with_long_audio_names_its_picture_size(
+    clips, bicubic_worker, tmp_path
+):
+    """The master playlist describes the folder from its first segment, which holds the 12 s
+    of audio before the first frame: read as far as its video, it has the picture's size
+    (it said 0x0) and the codecs of both streams."""
+    from tests.media import with_tone
+
+    source = with_tone(clips["bframes"], tmp_path / "early.mp4", lead=12.0)
+    out = tmp_path / "hls"
+    make(source, out, "hls", bicubic_worker)
+    variant = (out / "master.m3u8").read_text().splitlines()[3]
+    assert ",RESOLUTION=192x108,CODECS=\"avc1." in variant and ",mp4a.40.2\"" in variant
+
+
 def video_copied(source: Path, path: Path) -> Path:
     """``source``'s video packets copied as they are into ``path`` (its suffix names the
     container)."""

@@ -301,7 +301,7 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
         finally:
             browser.close()
     assert cues == [[0.1, "Hello there"], [0.5, "Second cue"]]
-    assert label == ["English", "eng", "showing"]
+    assert label == ["English", "en", "showing"]
 
 
 def test_mp4_job_serves_range_requests(server, media, tmp_path):

@@ -320,7 +320,7 @@ def test_a_videos_text_subtitles_are_subtitle_renditions_in_webvtt(
     master = server.call("GET", video["links"]["master"]).body.decode()
     media_lines = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:")]
     assert media_lines == ['#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs",NAME="English",'
-                           'LANGUAGE="eng",DEFAULT=YES,AUTOSELECT=YES,FORCED=YES,'
+                           'LANGUAGE="en",DEFAULT=YES,AUTOSELECT=YES,FORCED=YES,'
                            'URI="subtitles/0.m3u8"']  # fmt: skip
     variants = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF:")]
     assert len(variants) == 2 and all('SUBTITLES="subs"' in v for v in variants)
@@ -339,7 +339,7 @@ def test_a_videos_text_subtitles_are_subtitle_renditions_in_webvtt(
     )
     for name in ("1.m3u8", "0.srt", "x.vtt"):
         assert server.call("GET", f"{folder}/{name}").status == 404, name
-    assert video["subtitles"] == [{"name": "English", "language": "eng", "default": True,
+    assert video["subtitles"] == [{"name": "English", "language": "en", "default": True,
                                    "forced": True, "playlist": f"{folder}/0.m3u8",
                                    "webvtt": f"{folder}/0.vtt"}]  # fmt: skip
     plain = ingest(server, base)  # no subtitles: no subtitle group

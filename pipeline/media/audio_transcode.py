@@ -114,22 +114,24 @@ class AudioTranscoder:
         return packets
 
     def _start_grid(self, seconds: Fraction) -> None:
-        """Align the first sample with the grid: the first segment is led in with silence to
-        the grid point before its audio; a later one starts :data:`PRIMING_FRAMES` before its
-        window (or, read too late for that, at the next grid point)."""
+        """Align the first sample with the grid. A later segment starts :data:`PRIMING_FRAMES`
+        before its window, wherever its read began (the encoder's state, and so its bytes,
+        then depend on the audio alone). The first segment, and audio that starts too late
+        for that (it comes on inside the segment), is led in with silence from the grid point
+        before it: none of it is left out."""
         first = round(seconds * self.rate)
-        if self.window.start is None:
+        primed = None
+        if self.window.start is not None:
+            primed = self.window.grid_sample(self.window.start, self.rate)
+            primed -= PRIMING_FRAMES * AAC_FRAME
+        if primed is None or first > primed:
             lead = first % AAC_FRAME
             self._next = first - lead
             if lead:
                 self._fifo.write(self._silence(lead))
         else:
-            # From a set number of frames before the window, wherever the read began: the
-            # encoder's state, and so its bytes, then depend on the audio alone.
-            primed = self.window.grid_sample(self.window.start, self.rate)
-            primed -= PRIMING_FRAMES * AAC_FRAME
-            self._skip = primed - first if first <= primed else -first % AAC_FRAME
-            self._next = first + self._skip
+            self._skip = primed - first
+            self._next = primed
 
     def _silence(self, samples: int) -> av.AudioFrame:
         channels = 1 if self.stream.layout.name == "mono" else 2

@@ -244,3 +244,11 @@ SEGMENT_MUXER = {
     "mpegts_copyts": "1",  # timestamps as given (the offset is ours, and known)
     "mpegts_flags": "resend_headers",
 }
+
+
+def probe_to_video(path: Path) -> dict[str, str]:
+    """Probe options that read a segment as far as its video. The first segment holds all of
+    the input's audio before its first frame: past FFmpeg's default (5 s, 5 MB), its video
+    stream had no dimensions yet, and the joined file could not be started."""
+    size = max(5_000_000, path.stat().st_size)
+    return {"probesize": str(size), "analyzeduration": str(2**62)}

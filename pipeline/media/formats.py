@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,10 +152,16 @@ class OutputFormat:
     def _remove_hls_files(folder: Path) -> None:
         for path in folder.iterdir():
             name = path.name.lstrip(".")
-            ours = (PLAYLIST_NAME, MASTER_NAME, SUBTITLE_PREFIX)
-            if SEGMENT_NAME_RE.match(name.removesuffix(".part")) or name.startswith(ours):
+            if SEGMENT_NAME_RE.match(name.removesuffix(".part")) or OURS.match(name):
                 path.unlink(missing_ok=True)
 
+
+#: The other files of an HLS folder (and their temporary ``NAME.*.part`` names, less the dot):
+#: a user's own files beside them stay.
+OURS = re.compile(
+    rf"({re.escape(PLAYLIST_NAME)}|{re.escape(MASTER_NAME)}|{SUBTITLE_PREFIX}[0-9]+\.(m3u8|vtt))"
+    r"(\.[0-9a-f]+\.part|\.part)?\Z"
+)
 
 FORMATS: dict[str, OutputFormat] = {
     f.name: f

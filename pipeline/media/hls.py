@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,14 +81,15 @@ def write_playlist(folder: Path, durations: list[float], target: float, complete
 
 def publish_text(path: Path, text: str) -> Path:
     """Write ``text`` at ``path`` by rename from a temporary name beside it
-    (``.NAME.*.part``): a reader never sees half of it, and writers at once do not collide."""
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    (``.NAME.*.part``): a reader never sees half of it, and writers at once do not collide.
+    The file gets the usual permissions (the umask's), readable by a web server."""
+    part = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
+        with open(part, "x", encoding="utf-8") as out:
             out.write(text)
-        os.replace(name, path)
+        os.replace(part, path)
     except BaseException:
-        Path(name).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise
     return path
 
@@ -123,6 +124,20 @@ class SubtitleMedia:
 
 
 SUBTITLE_GROUP = "subs"
+#: ISO 639-2 codes (as Matroska and MP4 tag streams) of common languages -> their two-letter
+#: ISO 639-1 codes, the form a language tag takes where one exists (RFC 5646).
+_TWO_LETTER = {
+    "ara": "ar", "chi": "zh", "zho": "zh", "cze": "cs", "ces": "cs", "dan": "da", "dut": "nl",
+    "nld": "nl", "eng": "en", "fin": "fi", "fra": "fr", "fre": "fr", "ger": "de", "deu": "de",
+    "gre": "el", "ell": "el", "heb": "he", "hin": "hi", "hun": "hu", "ind": "id", "ita": "it",
+    "jpn": "ja", "kor": "ko", "nor": "no", "pol": "pl", "por": "pt", "rum": "ro", "ron": "ro",
+    "rus": "ru", "spa": "es", "swe": "sv", "tha": "th", "tur": "tr", "ukr": "uk", "vie": "vi",
+}  # fmt: skip
+
+
+def language_tag(language: str) -> str:
+    """A stream's language as a language tag: ``eng`` -> ``en``; others as given."""
+    return _TWO_LETTER.get(language.lower(), language)
 
 
 def _quoted(text: str) -> str:
@@ -143,7 +158,7 @@ def master_playlist_text(
             f"NAME={_quoted(media.name)}",
         ]
         if media.language:
-            attributes.append(f"LANGUAGE={_quoted(media.language)}")
+            attributes.append(f"LANGUAGE={_quoted(language_tag(media.language))}")
         attributes += [
             f"DEFAULT={'YES' if media.default else 'NO'}",
             "AUTOSELECT=YES",
@@ -152,11 +167,9 @@ def master_playlist_text(
         ]
         lines.append("#EXT-X-MEDIA:" + ",".join(attributes))
     for v in variants:
-        attributes = [
-            f"BANDWIDTH={max(1, v.bandwidth)}",
-            f"RESOLUTION={v.width}x{v.height}",
-            f'CODECS="{v.codecs}"',
-        ]
+        attributes = [f"BANDWIDTH={max(1, v.bandwidth)}", f"RESOLUTION={v.width}x{v.height}"]
+        if v.codecs:  # (unknown: left out rather than incomplete)
+            attributes.append(f'CODECS="{v.codecs}"')
         if v.frame_rate:
             attributes.append(f"FRAME-RATE={v.frame_rate:.3f}")
         if subtitles:

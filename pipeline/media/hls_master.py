@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 
 from carn_stream.pipeline.errors import InputError, PipelineError
-from carn_stream.pipeline.media.encode import SEGMENT_FORMAT
+from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hls import (
     MASTER_NAME,
     PLAYLIST_NAME,
@@ -48,22 +48,31 @@ def write_folder_master(folder: Path, plan: SegmentPlan, source: Path) -> Path:
 
 
 def _variant(folder: Path, plan: SegmentPlan) -> Variant:
-    """The folder's rendition: its first segment's picture size and codecs, its peak rate."""
+    """The folder's rendition: its first segment's picture size and codecs, its peak rate.
+    The first segment is read as far as its video (it may open with a long stretch of audio)."""
     peak = max(8 * (folder / segment_name(s.index)).stat().st_size / s.duration
                for s in plan.segments)  # fmt: skip
-    with av.open(str(folder / segment_name(0)), format=SEGMENT_FORMAT) as segment:
+    first = folder / segment_name(0)
+    with av.open(str(first), format=SEGMENT_FORMAT, options=probe_to_video(first)) as segment:
         video = segment.streams.video[0]
         width, height = video.codec_context.width, video.codec_context.height
-        codecs = []
-        if video.codec_context.name == "h264":
-            first = next((p for p in segment.demux(video) if p.size), None)
-            try:
-                codecs.append(avc_tag(bytes(first)) if first is not None else "")
-            except InputError:
-                codecs.append("")
-        for stream in segment.streams.audio[:1]:
-            codecs.append(audio_tag(stream.codec_context.name, stream.codec_context.profile) or "")
+        codecs = [_video_tag(segment, video)]
+        for stream in segment.streams.audio:
+            tag = audio_tag(stream.codec_context.name, stream.codec_context.profile) or ""
+            if tag not in codecs:
+                codecs.append(tag)
     rate = float(plan.frame_rate) if plan.frame_rate else None
     # Codec strings only when all are known (a list that leaves one out misleads a player).
-    known = ",".join(codecs) if codecs and all(codecs) else ""
+    known = ",".join(codecs) if all(codecs) else ""
     return Variant(PLAYLIST_NAME, round(peak), width, height, known, rate)
+
+
+def _video_tag(segment: av.container.InputContainer, video: av.stream.Stream) -> str:
+    """H.264's codec string from the segment's parameter sets ("" for other codecs)."""
+    if video.codec_context.name != "h264":
+        return ""
+    first = next((p for p in segment.demux(video) if p.size), None)
+    try:
+        return avc_tag(bytes(first)) if first is not None else ""
+    except InputError:
+        return ""

@@ -23,7 +23,11 @@ import av
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media import keep
 from carn_stream.pipeline.media.decode import codec_name, open_input
-from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, SEGMENT_OFFSET_SECONDS
+from carn_stream.pipeline.media.encode import (
+    SEGMENT_FORMAT,
+    SEGMENT_OFFSET_SECONDS,
+    probe_to_video,
+)
 from carn_stream.pipeline.media.formats import OutputFormat
 from carn_stream.pipeline.media.hls import segment_name, write_playlist
 from carn_stream.pipeline.media.hls_master import write_folder_master
@@ -82,7 +86,7 @@ def join_segments(
     """Remux segments (in order) into one file of ``fmt`` at ``target`` (see the module)."""
     part = target.with_name(f".{target.name}.part")
     options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
-    probe = _probe_to_video(paths[0])
+    probe = probe_to_video(paths[0])
     try:
         with (
             av.open(str(paths[0]), format=SEGMENT_FORMAT, options=probe) as first,
@@ -110,14 +114,6 @@ def join_segments(
         raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
     part.replace(target)
     return target
-
-
-def _probe_to_video(path: Path) -> dict[str, str]:
-    """Probe options that read a segment as far as its video. The first segment holds all of
-    the input's audio before its first frame: past FFmpeg's default (5 s, 5 MB), its video
-    stream had no dimensions yet, and the joined file could not be started."""
-    size = max(5_000_000, path.stat().st_size)
-    return {"probesize": str(size), "analyzeduration": str(2**62)}
 
 
 @dataclass

@@ -49,12 +49,17 @@ def text_subtitle_tracks(source: Path) -> list[SubtitleTrack]:
                 continue
             language = stream.metadata.get("language")
             language = None if language in (None, "", "und") else language
+            name = stream.metadata.get("title") or language or f"Subtitles {len(tracks) + 1}"
+            taken = {t.name for t in tracks}
+            unique, n = name, 1
+            while unique in taken:  # a playlist's renditions have names of their own
+                n += 1
+                unique = f"{name} ({n})"
             disposition = stream.disposition
+            default = bool(disposition & av.stream.Disposition.default)
             tracks.append(SubtitleTrack(
-                number=len(tracks), stream_index=stream.index,
-                name=stream.metadata.get("title") or language or f"Subtitles {len(tracks) + 1}",
-                language=language,
-                default=bool(disposition & av.stream.Disposition.default),
+                number=len(tracks), stream_index=stream.index, name=unique, language=language,
+                default=default and not any(t.default for t in tracks),  # one at most
                 forced=bool(disposition & av.stream.Disposition.forced),
             ))  # fmt: skip
     return tracks

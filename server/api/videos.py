@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from carn_stream.model.recipe import TITLE_STORE_CRF
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.errors import PipelineError
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_index
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME, language_tag, segment_index
 from carn_stream.pipeline.media.webvtt import SubtitleTrack
 from carn_stream.server.admission import check_disk
 from carn_stream.server.blocking import PoolBusy
@@ -153,7 +153,7 @@ class TuneOut(BaseModel):
 
 class SubtitleOut(BaseModel):
     name: str = Field(description="the stream's title, else its language")
-    language: str | None = Field(description="its language tag, as the input gives it")
+    language: str | None = Field(description="its language tag (`en` for the input's `eng`)")
     default: bool
     forced: bool
     playlist: str = Field(description="its HLS subtitle playlist (the master playlist names it)")
@@ -241,7 +241,8 @@ class VideoOut(BaseModel):
             deinterlace=deinterlace,
             subtitles=[
                 SubtitleOut(
-                    name=t.name, language=t.language, default=t.default, forced=t.forced,
+                    name=t.name, language=t.language and language_tag(t.language),
+                    default=t.default, forced=t.forced,
                     playlist=sign(f"{base}/{SUBTITLES}/{t.number}.m3u8"),
                     webvtt=sign(f"{base}/{SUBTITLES}/{t.number}.vtt"),
                 )
@@ -412,6 +413,8 @@ async def subtitles(video_id: str, name: str, videos: Videos) -> Response:
     """A subtitle rendition: ``<n>.m3u8``, its playlist (one WebVTT file for the whole video),
     and ``<n>.vtt``, made from the input's text subtitle stream n when first asked for."""
     video = _video_or_404(videos, video_id)
+    with _busy_as_503():  # (timed by the plan it is about to have)
+        videos.check_planned(video)
     found = await asyncio.to_thread(videos.subtitles.track, video, name)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no subtitle file {name!r}")

@@ -66,9 +66,13 @@ function play(video, rendition) {
   playerStatus.textContent = "Loading " + name + " " + (rendition ? rendition.name : "(all renditions)") + "…";
   const url = rendition ? rendition.playlist : video.links.master;
   for (const old of player.querySelectorAll("track")) old.remove();
-  player.addEventListener("loadedmetadata", () => showSubtitles(video), { once: true });
+  if (subtitlesFor) player.removeEventListener("loadedmetadata", subtitlesFor);
+  subtitlesFor = () => { subtitlesFor = null; showSubtitles(video); };
+  player.addEventListener("loadedmetadata", subtitlesFor, { once: true });
   playFrom(player, url, 0, true).catch(() => { playerStatus.textContent = "Ready: press play"; });
 }
+
+let subtitlesFor = null;  // the pending loadedmetadata listener that adds a video's subtitles
 
 // The video's subtitles as <track> elements (their WebVTT files are timed as the player's
 // timeline), unless the player shows the master playlist's subtitle renditions itself.

@@ -157,7 +157,7 @@ class VideoManager:
         root = settings.data_dir / "videos"
         _remove_unknown(root, set(store.ids()))
         self.cache = SegmentCache(root, settings.vod_cache_bytes)
-        self.subtitles = VideoSubtitles(self.cache.folder, self.offload)
+        self.subtitles = VideoSubtitles(self.cache.folder)
         self._work: dict[Key, _Work] = {}
         self._playheads = Playheads(settings.vod_viewer_idle_seconds)
         self._videos: dict[str, Video] = {}
@@ -356,6 +356,7 @@ class VideoManager:
         )
         for rendition in video.renditions:
             self.cache.drop(video.id, rendition.name)
+        await asyncio.to_thread(self.subtitles.drop, video.id)  # timed by the old plan
         self.store.set_plan(video.id, plan, renditions)
         self._videos.pop(video.id, None)
         self._playheads.forget(video.id)

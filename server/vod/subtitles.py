@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -27,10 +28,8 @@ FILE_NAME = re.compile(r"([0-9]{1,3})\.(m3u8|vtt)\Z")
 class VideoSubtitles:
     """The text subtitle tracks of each video (read once from its input) and their files."""
 
-    def __init__(
-        self, folder: Callable[[str], Path], offload: Callable[..., Awaitable[Path]]
-    ) -> None:
-        self._folder, self._offload = folder, offload
+    def __init__(self, folder: Callable[[str], Path]) -> None:
+        self._folder = folder
         self._tracks: dict[str, list[SubtitleTrack]] = {}
         #: one reading of the input per file at a time (a long input takes a while to read,
         #: and players ask at once)
@@ -71,9 +70,13 @@ class VideoSubtitles:
         path = self._folder(video.id) / SUBTITLES / f"{track.number}.vtt"
         lock = self._making.setdefault(path, asyncio.Lock())
         async with lock:
-            if not path.is_file():
-                await self._offload(write_webvtt, video.source, track, video.plan, path)
+            if not path.is_file():  # (threads of its own: ingests and segments go on)
+                await asyncio.to_thread(write_webvtt, video.source, track, video.plan, path)
         return path
+
+    def drop(self, video_id: str) -> None:
+        """Remove the video's WebVTT files (timed by a plan it no longer has)."""
+        shutil.rmtree(self._folder(video_id) / SUBTITLES, ignore_errors=True)
 
     def forget(self, video_id: str) -> None:
         self._tracks.pop(video_id, None)
