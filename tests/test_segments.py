@@ -1447,7 +1447,9 @@ def test_ctrl_c_on_a_one_keyframe_input_says_what_is_kept_and_the_rerun_resumes(
                      r"and makes again the (\d+) frames? of the segments in progress", stderr)
     assert said, stderr
     assert int(said[1]) == kept and said[2] == str(work)
-    assert 0 < int(said[3]) < 100 - 25 * kept  # the other segment in flight had made some
+    # The other segment in flight has made some of its frames, or (on a busy machine, when
+    # its pre-roll decode is still under way) none yet: never all of them.
+    assert 0 <= int(said[3]) < 100 - 25 * kept
     second = cli(*args)
     _, stderr = second.communicate(timeout=300)
     assert second.returncode == 0, stderr
