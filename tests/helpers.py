@@ -67,6 +67,16 @@ def launch_chromium(playwright, *extra: str):
     )
 
 
+def player_subtitles(page, cues: int, timeout_ms: int = 60_000) -> tuple[list, list]:
+    """Once the page's ``#player`` holds one text track with ``cues`` cues loaded: its cues
+    as [start, text] and its [label, language, mode]."""
+    tracks = "document.getElementById('player').textTracks"
+    loaded = f"{tracks}.length === 1 && {tracks}[0].cues && {tracks}[0].cues.length === {cues}"
+    page.wait_for_function(loaded, timeout=timeout_ms)
+    found = page.evaluate(f"Array.from({tracks}[0].cues).map(c => [c.startTime, c.text])")
+    return found, page.evaluate(f"[{tracks}[0].label, {tracks}[0].language, {tracks}[0].mode]")
+
+
 def link_expiry(link: str) -> int:
     """When a signed media link (``/media/<expiry>/<signature>/...``) stops opening."""
     return int(re.search(r"/media/(\d+)/", link)[1])

@@ -39,12 +39,16 @@ def comb(y: np.ndarray) -> float:
     return float(np.mean(np.abs(2 * y[1:-1] - y[:-2] - y[2:])))
 
 
-@pytest.fixture(scope="module")
-def pan(data_dir) -> list[np.ndarray]:
+def panned(data_dir: Path, width: int = WIDTH, height: int = HEIGHT) -> list[np.ndarray]:
     """A horizontal pan across a Big Buck Bunny frame, one picture per field instant."""
     still = decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 1)[0]
-    return [np.ascontiguousarray(still[200 : 200 + HEIGHT, 300 + STEP * i : 300 + STEP * i + WIDTH])
+    return [np.ascontiguousarray(still[200 : 200 + height, 300 + STEP * i : 300 + STEP * i + width])
             for i in range(2 * FRAMES)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pan(data_dir) -> list[np.ndarray]:
+    return panned(data_dir)
 
 
 def woven(pan: list[np.ndarray]) -> list[np.ndarray]:

@@ -296,6 +296,22 @@ class CopyingExecutor(InProcessExecutor):
         return result
 
 
+def make_on_a_worker(source: Path, output: Path, worker, plan: SegmentPlan | None = None) -> None:
+    """``source`` made into the HLS folder ``output`` (1 s segments, x2) as cluster workers
+    make it: each segment from a copy of its packets (:class:`CopyingExecutor`)."""
+
+    async def go() -> None:
+        executor = CopyingExecutor(worker)
+        chosen = plan or await executor.plan(PlanRequest(source, 1.0))
+        run = SegmentedRun(source=source, plan=chosen, fmt=FORMATS["hls"], output=output,
+                           work_dir=output.parent / f".{output.name}.work",
+                           options=PipelineOptions(scale=2, batch_size=2), executor=executor)
+        await run.execute()
+        await executor.close()
+
+    asyncio.run(go())
+
+
 def hls_video_and_audio(folder: Path) -> tuple[list[Fraction], list[bytes]]:
     """The presentation times of every frame of an HLS output's segments played back to back,
     and its audio payloads (without their ADTS headers)."""
@@ -326,15 +342,7 @@ def test_a_cluster_worker_makes_mpeg_ts_segments_before_a_timestamp_wrap(
     here = tmp_path / "here"
     make(wrapped, here, "hls", bicubic_worker)
 
-    async def on_a_worker() -> None:
-        executor = CopyingExecutor(bicubic_worker)
-        run = SegmentedRun(source=wrapped, plan=plan, fmt=FORMATS["hls"], output=tmp_path / "w",
-                           work_dir=tmp_path / ".w.work",
-                           options=PipelineOptions(scale=2, batch_size=2), executor=executor)
-        await run.execute()
-        await executor.close()
-
-    asyncio.run(on_a_worker())
+    make_on_a_worker(wrapped, tmp_path / "w", bicubic_worker, plan)
     times, audio = hls_video_and_audio(tmp_path / "w")
     assert len(times) == 100 and (times, audio) == hls_video_and_audio(here)
     assert audio == facts(clips["bframes"]).audio_packets  # every packet, once, in order
@@ -394,16 +402,7 @@ def test_transcoded_audio_plays_across_segment_boundaries_as_one_stream(
     if container != "mov":
         return
 
-    async def on_a_worker() -> None:
-        executor = CopyingExecutor(bicubic_worker)
-        plan = await executor.plan(PlanRequest(source, 1.0))
-        run = SegmentedRun(source=source, plan=plan, fmt=FORMATS["hls"], output=tmp_path / "w",
-                           work_dir=tmp_path / ".w.work",
-                           options=PipelineOptions(scale=2, batch_size=2), executor=executor)
-        await run.execute()
-        await executor.close()
-
-    asyncio.run(on_a_worker())
+    make_on_a_worker(source, tmp_path / "w", bicubic_worker)
     assert hls_video_and_audio(tmp_path / "w")[1] == audio
 
 
@@ -467,15 +466,7 @@ def test_a_cluster_worker_takes_opus_and_flac_audio(clips, bicubic_worker, tmp_p
     copy = cut_segment(source, plan.segments[1], plan.time_base, False, plan.origin)
     assert copy[4:8] == b"ftyp" and copy[8:12] != b"qt  "  # MP4, not QuickTime
 
-    async def on_a_worker() -> None:
-        executor = CopyingExecutor(bicubic_worker)
-        run = SegmentedRun(source=source, plan=plan, fmt=FORMATS["hls"], output=tmp_path / "w",
-                           work_dir=tmp_path / ".w.work",
-                           options=PipelineOptions(scale=2, batch_size=2), executor=executor)
-        await run.execute()
-        await executor.close()
-
-    asyncio.run(on_a_worker())
+    make_on_a_worker(source, tmp_path / "w", bicubic_worker, plan)
     times, audio = hls_video_and_audio(tmp_path / "w")
     assert len(times) == 100 and len(audio) > 180  # 4 s of 1024-sample frames at 48 kHz
     assert np.abs(tone_offsets(tmp_path / "w.ts", "mpegts")).max() < 1

@@ -16,7 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.images import read_rgb
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, check_address, validate_url
-from tests.helpers import launch_chromium, official_weights_path, play_past_a_signed_link
+from tests.helpers import (
+    launch_chromium,
+    official_weights_path,
+    play_past_a_signed_link,
+    player_subtitles,
+)
 from tests.media import (
     decode_rgb,
     decode_y,
@@ -234,12 +239,10 @@ def test_a_job_deinterlaces_an_interlaced_input_unless_asked_not_to(
     """Each job records whether it deinterlaces (the service's setting when the request does
     not say), so that a restart with another setting cannot mix its segments; false upscales
     the frames as coded, combed."""
-    from tests.test_interlaced import FRAMES, comb, luma, woven, write_interlaced
+    from tests.test_interlaced import FRAMES, comb, luma, panned, woven, write_interlaced
 
     base, root = media
-    still = decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 1)[0]
-    pan = [np.ascontiguousarray(still[200:344, 300 + 5 * i : 492 + 5 * i]) for i in range(60)]
-    write_interlaced(root / "interlaced.ts", woven(pan), "libx264")
+    write_interlaced(root / "interlaced.ts", woven(panned(data_dir)), "libx264")
     combs = {}
     for asked in (None, False):
         fields = {} if asked is None else {"deinterlace": asked}
@@ -293,11 +296,7 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{server.port}/")
             page.locator(f"#jobs tr[data-id='{job['id']}'] button.play").click()
-            tracks = "document.getElementById('player').textTracks"
-            page.wait_for_function(f"{tracks}.length === 1 && {tracks}[0].cues "
-                                   f"&& {tracks}[0].cues.length === 2", timeout=60_000)
-            cues = page.evaluate(f"Array.from({tracks}[0].cues).map(c => [c.startTime, c.text])")
-            label = page.evaluate(f"[{tracks}[0].label, {tracks}[0].language, {tracks}[0].mode]")
+            cues, label = player_subtitles(page, 2)
         finally:
             browser.close()
     assert cues == [[0.1, "Hello there"], [0.5, "Second cue"]]

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.segments import PLAN_RULE
-from tests.helpers import launch_chromium, play_past_a_signed_link
+from tests.helpers import launch_chromium, play_past_a_signed_link, player_subtitles
 from tests.media import decode_rgb, downscale_frames, facts, raw_stream, write_clip
 from tests.service import ServerProcess, media_server, request, wait_for
 
@@ -271,11 +271,9 @@ def test_a_video_deinterlaces_an_interlaced_input_unless_asked_not_to(
 ):
     """Each video records whether it deinterlaces (the service's setting when the request does
     not say; videos followed the setting alone): false upscales its frames as coded, combed."""
-    from tests.test_interlaced import comb, luma, woven, write_interlaced
+    from tests.test_interlaced import comb, luma, panned, woven, write_interlaced
 
-    still = decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 1)[0]
-    pan = [np.ascontiguousarray(still[200:272, 300 + 5 * i : 396 + 5 * i]) for i in range(60)]
-    write_interlaced(media / "interlaced.ts", woven(pan), "libx264")
+    write_interlaced(media / "interlaced.ts", woven(panned(data_dir, 96, 72)), "libx264")
     combs = {}
     for asked in (None, False):
         fields = {} if asked is None else {"deinterlace": asked}
@@ -361,15 +359,11 @@ def test_the_videos_page_shows_a_videos_subtitles(server, base, media, data_dir)
             page.goto(f"http://127.0.0.1:{server.port}/watch")
             page.locator(f"tr[data-id='{video['id']}']").get_by_role("button",
                                                                        name="Play all").click()
-            tracks = "document.getElementById('player').textTracks"
-            page.wait_for_function(f"{tracks}.length === 1 && {tracks}[0].cues "
-                                   f"&& {tracks}[0].cues.length === 2", timeout=60_000)
-            cues = page.evaluate(f"Array.from({tracks}[0].cues).map(c => [c.startTime, c.text])")
-            label = page.evaluate(f"[{tracks}[0].label, {tracks}[0].mode]")
+            cues, label = player_subtitles(page, 2)
         finally:
             browser.close()
     assert cues == [[0.1, "Hello there"], [1.0, "Second cue"]]
-    assert label == ["English", "showing"]  # the stream's default disposition
+    assert label == ["English", "en", "showing"]  # the stream's default disposition
 
 
 def test_a_head_on_a_segment_does_not_make_it(server, base):
