@@ -32,7 +32,7 @@ from carn_stream.pipeline.media.hls import (
     PLAYLIST_NAME,
     SEGMENT_AUDIO,
     SEGMENT_NAME_RE,
-    SUBTITLE_PREFIX,
+    SUBTITLE_NAME_RE,
     write_playlist,
 )
 from carn_stream.pipeline.media.segments import SegmentPlan
@@ -159,7 +159,7 @@ class OutputFormat:
 #: The other files of an HLS folder (and their temporary ``NAME.*.part`` names, less the dot):
 #: a user's own files beside them stay.
 OURS = re.compile(
-    rf"({re.escape(PLAYLIST_NAME)}|{re.escape(MASTER_NAME)}|{SUBTITLE_PREFIX}[0-9]+\.(m3u8|vtt))"
+    rf"({re.escape(PLAYLIST_NAME)}|{re.escape(MASTER_NAME)}|{SUBTITLE_NAME_RE.pattern})"
     r"(\.[0-9a-f]+\.part|\.part)?\Z"
 )
 

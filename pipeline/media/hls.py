@@ -19,6 +19,8 @@ from pathlib import Path
 PLAYLIST_NAME = "index.m3u8"
 MASTER_NAME = "master.m3u8"  #: a finished folder's master playlist (its subtitles beside it)
 SUBTITLE_PREFIX = "subtitles_"
+#: A folder's subtitle rendition files, as :func:`subtitle_file` names them (number, kind).
+SUBTITLE_NAME_RE = re.compile(rf"{SUBTITLE_PREFIX}([0-9]{{1,3}})\.(m3u8|vtt)")
 SEGMENT_PATTERN = "segment_%05d.ts"
 #: A segment's file name: ASCII digits only, the whole name (``\Z``: no trailing newline).
 SEGMENT_NAME_RE = re.compile(r"segment_([0-9]{5,9})\.ts\Z")

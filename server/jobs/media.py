@@ -16,7 +16,7 @@ from carn_stream.pipeline.media.formats import FORMATS, OutputFormat
 from carn_stream.pipeline.media.hls import (
     MASTER_NAME,
     PLAYLIST_NAME,
-    SUBTITLE_PREFIX,
+    SUBTITLE_NAME_RE,
     segment_index,
 )
 from carn_stream.server.limits import INPUT_NAME
@@ -24,7 +24,6 @@ from carn_stream.server.limits import INPUT_NAME
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 HLS = FORMATS["hls"].output_name()  #: the HLS output's folder, and its URL path
 PREVIEW_NAME = "preview.m3u8"
-SUBTITLE_FILE = re.compile(rf"{SUBTITLE_PREFIX}[0-9]{{1,3}}\.(m3u8|vtt)")
 COMPARE_NAME = "compare"
 WORK_NAME = "work"
 #: The media of one job a signed link covers: (scope, file).
@@ -71,7 +70,7 @@ class JobMedia:
     def hls_file(self, name: str) -> Path | None:
         """The HLS output's playlist, one of its segments, or (once finished) its master
         playlist and subtitle renditions; None for any other name."""
-        ours = name in (PLAYLIST_NAME, MASTER_NAME) or SUBTITLE_FILE.fullmatch(name) is not None
+        ours = name in (PLAYLIST_NAME, MASTER_NAME) or SUBTITLE_NAME_RE.fullmatch(name) is not None
         if not self.fmt.is_folder or (not ours and segment_index(name) is None):
             return None
         return self.output / name
