@@ -162,10 +162,12 @@ def write_rich_mkv(
     audio_seconds: float,
     sample_aspect_ratio: Fraction = Fraction(4, 3),
     rate: Fraction = Fraction(25),
+    audio_encoder: str | None = None,
 ) -> Path:
     """An MKV holding more than video and audio: a title, a SubRip subtitle stream (English,
     default and forced) with two cues, two chapters, a font attachment, language tags (video
-    ``jpn``, audio ``fra``) and an anamorphic sample aspect ratio."""
+    ``jpn``, audio ``fra``) and an anamorphic sample aspect ratio. The audio is
+    ``audio_from``'s, copied, or encoded with ``audio_encoder`` (48 kHz stereo, 16 bits)."""
     h, w = frames[0].shape[:2]
     seconds = Fraction(len(frames)) / rate
     with av.open(str(audio_from)) as src, av.open(str(path), "w", format="matroska") as out:
@@ -176,7 +178,12 @@ def write_rich_mkv(
         video.codec_context.options = {"crf": "12", "preset": "veryfast", "g": "10"}
         video.metadata["language"] = "jpn"
         a_in = src.streams.audio[0]
-        audio = out.add_stream_from_template(a_in)
+        if audio_encoder is None:
+            audio = out.add_stream_from_template(a_in)
+        else:
+            audio = out.add_stream(audio_encoder, rate=48000)
+            audio.layout = "stereo"
+            resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
         audio.metadata["language"] = "fra"
         subs = out.add_mux_stream("subrip")
         subs.metadata.update({"language": "eng", "title": "English"})
@@ -210,8 +217,15 @@ def write_rich_mkv(
                 continue
             if packet.pts * a_in.time_base > audio_seconds:
                 break
-            packet.stream = audio
-            out.mux(packet)
+            if audio_encoder is None:
+                packet.stream = audio
+                out.mux(packet)
+                continue
+            for frame in packet.decode():
+                for chunk in resampler.resample(frame):
+                    out.mux(audio.encode(chunk))
+        if audio_encoder is not None:
+            out.mux(audio.encode(None))
     return path
 
 

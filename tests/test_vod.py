@@ -293,16 +293,27 @@ def test_a_video_deinterlaces_an_interlaced_input_unless_asked_not_to(
                                            "deinterlace": "no"}).status == 422  # fmt: skip
 
 
-def ingest_with_subtitles(server: ServerProcess, base: str, media: Path, data_dir: Path) -> dict:
-    """A 2 s MKV with an English SubRip stream (cues at 0.1 s and 1 s), ingested."""
+def ingest_with_subtitles(server: ServerProcess, base: str, media: Path, data_dir: Path,
+                          **fields: object) -> dict:  # fmt: skip
+    """A 2 s MKV with an English SubRip stream (cues at 0.1 s and 1 s), ingested (with the
+    request's other ``fields``)."""
     from tests.media import write_rich_mkv
 
     video_file = data_dir / "video" / "bigbuckbunny.mp4"
     frames = downscale_frames(decode_rgb(video_file, 50), (96, 54))
     write_rich_mkv(media / "rich.mkv", frames, audio_from=video_file, audio_seconds=2.0)
-    response = server.call("POST", "/videos", {"url": f"{base}/rich.mkv"})
+    response = server.call("POST", "/videos", {"url": f"{base}/rich.mkv", **fields})
     assert response.status == 201, response.body
     return response.json()
+
+
+#: The WebVTT file of the rich clip's subtitles, as a video serves it.
+RICH_WEBVTT = (
+    "WEBVTT\n"
+    f"X-TIMESTAMP-MAP=MPEGTS:{SEGMENT_OFFSET_SECONDS * 90_000},LOCAL:00:00:00.000\n"
+    "\n00:00:00.100 --> 00:00:00.500\nHello there\n"
+    "\n00:00:01.000 --> 00:00:01.400\nSecond cue\n"
+)
 
 
 def test_a_videos_text_subtitles_are_subtitle_renditions_in_webvtt(
@@ -329,12 +340,7 @@ def test_a_videos_text_subtitles_are_subtitle_renditions_in_webvtt(
                                                         "#EXT-X-ENDLIST"]  # fmt: skip
     vtt = server.call("GET", f"{folder}/0.vtt")
     assert vtt.status == 200 and vtt.headers["content-type"].startswith("text/vtt")
-    assert vtt.body.decode() == (
-        "WEBVTT\n"
-        f"X-TIMESTAMP-MAP=MPEGTS:{SEGMENT_OFFSET_SECONDS * MPEG_TS_CLOCK},LOCAL:00:00:00.000\n"
-        "\n00:00:00.100 --> 00:00:00.500\nHello there\n"
-        "\n00:00:01.000 --> 00:00:01.400\nSecond cue\n"
-    )
+    assert MPEG_TS_CLOCK == 90_000 and vtt.body.decode() == RICH_WEBVTT
     for name in ("1.m3u8", "0.srt", "x.vtt"):
         assert server.call("GET", f"{folder}/{name}").status == 404, name
     assert video["subtitles"] == [{"name": "English", "language": "en", "default": True,
@@ -344,6 +350,23 @@ def test_a_videos_text_subtitles_are_subtitle_renditions_in_webvtt(
     assert "SUBTITLES" not in server.call("GET", plain["links"]["master"]).body.decode()
     assert plain["subtitles"] == []
 
+
+
+def test_a_video_stored_small_keeps_its_subtitles(server, base, media, data_dir):
+    """A video stored small is served from its low-resolution copy, which had no subtitles:
+    the video offered none. The copy keeps them (as mov_text), at the input's times."""
+    settle(server)
+    video = ingest_with_subtitles(server, base, media, data_dir, store={"scale": 2, "crf": 30})
+    try:
+        assert video["store"]["scale"] == 2
+        folder = f"/videos/{video['id']}/subtitles"
+        assert [(s["name"], s["language"], s["webvtt"]) for s in video["subtitles"]] == [
+            ("English", "en", f"{folder}/0.vtt")]  # fmt: skip
+        master = server.call("GET", video["links"]["master"]).body.decode()
+        assert 'URI="subtitles/0.m3u8"' in master
+        assert server.call("GET", f"{folder}/0.vtt").body.decode() == RICH_WEBVTT
+    finally:
+        assert server.call("DELETE", f"/videos/{video['id']}").status == 204
 
 @pytest.mark.slow
 def test_the_videos_page_shows_a_videos_subtitles(server, base, media, data_dir):

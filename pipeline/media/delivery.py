@@ -6,8 +6,12 @@ even sides of ``floor(side / scale)``, and keep the source's timestamps. A sourc
 are not multiples of that size times ``scale`` is first cut to its top-left part that is, so
 the copy is an exact 1/``scale`` of the region the report and training pairs compare with.
 The copy is tagged with the matrix the source is read with (an untagged 720p source is BT.709;
-the 360p copy would otherwise be read as BT.601), so both decode to the same RGB. Audio is
-copied as it is when the whole title is encoded. PyAV only.
+the 360p copy would otherwise be read as BT.601), so both decode to the same RGB.
+
+A copy of the whole title keeps the rest of it, as an MP4 output of the title would: audio
+copied where MP4 holds the codec and made AAC where it does not (PCM, Vorbis, MP2, ...), text
+subtitles (as mov_text), languages, dispositions, chapters and the title's metadata. A copy of
+a part (training pairs, rate-quality curves) is video only. PyAV only.
 """
 
 from __future__ import annotations
@@ -21,13 +25,20 @@ import av
 
 from carn_stream.pipeline.colour import RANGE_LIMITED, effective_matrix
 from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.media import keep
+from carn_stream.pipeline.media.audio_transcode import WHOLE, AudioTranscoder
 from carn_stream.pipeline.media.decode import (
     FrameTimes,
+    codec_name,
     display_rotation,
     open_input,
 )
 from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
+from carn_stream.pipeline.media.formats import FORMATS
+
+#: What the copy is: an MP4 file, with that output's rules for audio and subtitles.
+_COPY_FORMAT = FORMATS["mp4"]
 
 
 @dataclass(frozen=True)
@@ -77,20 +88,53 @@ def delivery_size(width: int, height: int, scale: int) -> tuple[int, int]:
     return w, h
 
 
+class _Rest:
+    """What a copy of the whole title keeps besides its video: each audio stream copied or made
+    AAC, and the subtitle streams MP4 can hold; their packets are written as they are read."""
+
+    def __init__(self, src: av.container.InputContainer, out: av.container.OutputContainer):
+        self.out = out
+        self.copied: dict[int, av.stream.Stream] = {}  #: input index -> output stream
+        self.transcoded: dict[int, AudioTranscoder] = {}
+        for stream in src.streams.audio:
+            if codec_name(stream) in _COPY_FORMAT.copyable_audio:
+                target = self.copied[stream.index] = out.add_stream_from_template(stream)
+            else:
+                transcoder = AudioTranscoder(out, stream, Fraction(0), WHOLE)
+                self.transcoded[stream.index], target = transcoder, transcoder.stream
+            keep.copy_stream_facts(stream, target)
+        self.subtitles = keep.subtitle_streams(src, out, _COPY_FORMAT)
+        keep.copy_container_facts(src, out, _COPY_FORMAT)
+        self.streams = [*src.streams.audio, *self.subtitles.streams]  #: what to demux
+
+    def write(self, packet: av.Packet) -> None:
+        index = packet.stream.index
+        if packet.stream.type == "subtitle":
+            if (packet.pts is not None or packet.dts is not None) and (
+                converted := self.subtitles.convert(packet)
+            ):
+                self.out.mux(converted)
+        elif index in self.transcoded:
+            self.out.mux(self.transcoded[index].encode(packet.decode()))
+        elif packet.dts is not None and packet.size:
+            packet.stream = self.copied[index]
+            self.out.mux(packet)
+
+    def close(self) -> None:
+        for transcoder in self.transcoded.values():
+            self.out.mux(transcoder.encode(None))
+
+
 def _video_frames(
-    src: av.container.InputContainer,
-    out: av.container.OutputContainer,
-    audio: dict[int, av.stream.Stream],
+    src: av.container.InputContainer, rest: _Rest | None
 ) -> Iterator[tuple[int | None, av.VideoFrame]]:
-    """The input's video frames with their times, in display order; on the way, its audio
-    packets for the streams in ``audio`` (input index: output stream) are copied into ``out``."""
+    """The input's video frames with their times, in display order; on the way, the packets of
+    the other streams ``rest`` keeps are written."""
     vin = src.streams.video[0]
     times = FrameTimes(src)
-    for packet in src.demux([vin, *src.streams.audio]):
-        if packet.stream.type == "audio":
-            if packet.dts is not None and packet.stream.index in audio:
-                packet.stream = audio[packet.stream.index]
-                out.mux(packet)
+    for packet in src.demux([vin, *(rest.streams if rest else ())]):
+        if packet.stream.type != "video":
+            rest.write(packet)
             continue
         times.fed(packet)
         for frame in packet.decode():
@@ -111,7 +155,7 @@ def encode_copy(
 ) -> EncodedCopy:
     """Encode frames ``start`` .. ``start + frames`` of ``source`` (all by default) at
     1/``scale`` size into the MP4 ``dest`` (written under a temporary name, then renamed).
-    Audio is copied when the whole title is encoded."""
+    The whole title keeps its audio, subtitles and metadata (see the module's note)."""
     encoder, options = codec_settings(EncoderOptions(codec=codec, crf=crf, preset=preset))
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.part")
@@ -139,14 +183,15 @@ def encode_copy(
             ctx.colorspace, ctx.color_range = matrix, RANGE_LIMITED
             ctx.options = options
             ctx.thread_count = threads
-            audio = {}
+            rest = None
             if whole:
-                for a in src.streams.audio:
-                    audio[a.index] = out.add_stream_from_template(a)
+                keep.copy_stream_facts(vin, vout)
+                keep.copy_sample_aspect_ratio(vin, vout)
+                rest = _Rest(src, out)
             decoded, first_pts = 0, None
-            for pts, frame in progressive(_video_frames(src, out, audio)):
+            for pts, frame in progressive(_video_frames(src, rest)):
                 if frames is not None and written >= frames:
-                    if not audio:  # (the audio is copied to the end)
+                    if rest is None:  # (the rest of a whole title is written to the end)
                         break
                     continue
                 decoded += 1
@@ -168,6 +213,8 @@ def encode_copy(
             for p in vout.encode(None):
                 video_bytes += p.size
                 out.mux(p)
+            if rest is not None:
+                rest.close()
     except BaseException:
         part.unlink(missing_ok=True)
         raise

@@ -34,7 +34,7 @@ class SubtitleTrack:
 
     number: int  #: its place among the input's text subtitle streams (0, 1, ...)
     stream_index: int
-    name: str  #: its title, else its language, else "Subtitles N"
+    name: str  #: its title (an MP4 track's name), else its language, else "Subtitles N"
     language: str | None
     default: bool
     forced: bool
@@ -49,7 +49,8 @@ def text_subtitle_tracks(source: Path) -> list[SubtitleTrack]:
                 continue
             language = stream.metadata.get("language")
             language = None if language in (None, "", "und") else language
-            name = stream.metadata.get("title") or language or f"Subtitles {len(tracks) + 1}"
+            title = stream.metadata.get("title") or stream.metadata.get("name")  # MP4: "name"
+            name = title or language or f"Subtitles {len(tracks) + 1}"
             taken = {t.name for t in tracks}
             unique, n = name, 1
             while unique in taken:  # a playlist's renditions have names of their own
