@@ -74,6 +74,24 @@ def test_segments_made_with_another_deinterlace_setting_go_at_start(tmp_path):
     assert again.keep_made_with({"deinterlace": False}, {"original"}) == 0  # recorded
 
 
+
+def test_a_setting_change_keeps_the_segments_of_videos_with_their_own_choice(tmp_path):
+    """Every video's upscaled segments went when CARN_STREAM_DEINTERLACE changed, those of
+    videos that record their own choice too (they do not change with it): only the segments
+    of videos that follow the setting go."""
+    root = tmp_path / "videos"
+    first = SegmentCache(root, budget=10_000)
+    first.keep_made_with({"deinterlace": True}, {"original"})
+    follows, own = "d" * 32, "e" * 32
+    keys = {video: Key(video, "x2", 0) for video in (follows, own)}
+    for key in keys.values():
+        _publish(first, key, 100, at=1_000_000)
+    other = SegmentCache(root, budget=10_000)
+    assert other.keep_made_with({"deinterlace": False}, {"original"},
+                                lambda video: video == follows) == 1  # fmt: skip
+    assert keys[follows] not in other and keys[own] in other
+    assert other.path(keys[own]).exists() and other.bytes == 100
+
 def test_a_record_that_cannot_be_written_does_not_stop_the_start(tmp_path, caplog):
     """The record is written at every start with new settings: a data folder where it cannot
     be (here a folder stands in its place) failed the service's start."""

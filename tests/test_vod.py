@@ -680,6 +680,34 @@ def test_after_an_upgrade_older_plans_are_made_again_and_unreadable_videos_delet
         second.stop()
 
 
+
+def test_a_deinterlace_setting_change_drops_only_the_segments_of_videos_that_follow_it(
+    base, tmp_path
+):
+    """A restart with CARN_STREAM_DEINTERLACE changed dropped every video's upscaled segments,
+    also those of videos that record their own choice: only videos added before that choice
+    existed (no choice recorded: they follow the setting) lose theirs."""
+    data = tmp_path / "data"
+    first = ServerProcess(data, CARN_STREAM_VOD_PREFETCH_SEGMENTS="0").start()
+    try:
+        own, older = ingest(first, base), ingest(first, base)
+        for video in (own, older):
+            get_segment(first, video["id"], "x2", 0)
+    finally:
+        first.stop()
+    with contextlib.closing(sqlite3.connect(data / "jobs.sqlite3")) as db:
+        db.execute("UPDATE videos SET deinterlace = NULL WHERE id = ?", (older["id"],))
+        db.commit()
+    second = ServerProcess(data, CARN_STREAM_VOD_PREFETCH_SEGMENTS="0",
+                           CARN_STREAM_DEINTERLACE="0").start()  # fmt: skip
+    try:
+        assert cached(second, own["id"])["x2"] == [0]
+        assert cached(second, older["id"])["x2"] == []
+        assert second.call("GET", f"/videos/{older['id']}").json()["deinterlace"] is False
+    finally:
+        second.stop()
+
+
 # --------------------------------------------------------------------------- cache, deletion
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import NamedTuple
 
@@ -120,11 +120,15 @@ class SegmentCache:
             self.path(key).unlink(missing_ok=True)
         return len(keys)
 
-    def keep_made_with(self, made_with: dict[str, object], unchanged: Container[str]) -> int:
+    def keep_made_with(
+        self, made_with: dict[str, object], unchanged: Container[str],
+        follows: Callable[[str], bool] = lambda video: True,
+    ) -> int:  # fmt: skip
         """Remove the segments made with other settings than ``made_with`` (as the record of
         the last start says; none recorded: nothing to compare), but those of the renditions
-        in ``unchanged`` (copied as they are); record ``made_with``. Returns how many went. A
-        record that cannot be written is logged: the service starts all the same."""
+        in ``unchanged`` (copied as they are) and of the videos that do not ``follow`` the
+        settings (they record their own choice); record ``made_with``. Returns how many went.
+        A record that cannot be written is logged: the service starts all the same."""
         record = self.root / MADE_WITH_NAME
         try:
             before = json.loads(record.read_text())
@@ -135,7 +139,7 @@ class SegmentCache:
         gone = 0
         if before is not None:
             for video, rendition in {(k.video, k.rendition) for k in self._entries}:
-                if rendition not in unchanged:
+                if rendition not in unchanged and follows(video):
                     gone += self.drop(video, rendition)
         try:
             with tempfile.NamedTemporaryFile("w", dir=self.root, prefix=".made-with.",

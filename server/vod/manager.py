@@ -166,10 +166,10 @@ class VideoManager:
         self._replanning: set[str] = set()  #: videos being planned again now
         self._replan: asyncio.Task | None = None
         self._closing = False
-        # Videos added before each recorded its own choice follow the setting (the cache
-        # cannot tell whose segments are whose, so all upscaled ones go when it changes).
+        # Videos added before each recorded its own choice follow the setting: their upscaled
+        # segments go when it changes; those of videos with a choice of their own stay.
         made_with = {"deinterlace": self.intake.deinterlace}
-        if gone := self.cache.keep_made_with(made_with, {ORIGINAL}):
+        if gone := self.cache.keep_made_with(made_with, {ORIGINAL}, self._follows_settings):
             log.info("%d cached segments were made with other settings: removed", gone)
         metrics.vod_cache_bytes.set(self.cache.bytes)
         for video_id in store.unfinished_tunes():  # cut short by a stop: not resumed
@@ -184,6 +184,12 @@ class VideoManager:
             if video is not None:
                 self._videos[video_id] = video
         return video
+
+    def _follows_settings(self, video_id: str) -> bool:
+        """Whether the video's segments are made as the service's settings say (it records
+        no deinterlace choice of its own)."""
+        video = self.store.get(video_id)
+        return video is None or video.deinterlace is None
 
     def deinterlaces(self, video: Video) -> bool:
         """Whether ``video``'s interlaced frames are made progressive: its own choice, or, for a
