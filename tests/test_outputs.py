@@ -400,10 +400,54 @@ def test_an_hls_folder_keeps_the_aspect_ratio_audio_language_and_subtitles(
     assert len(set(modes.values())) == 1, modes
 
 
+def test_hevc_codec_strings_follow_the_profile_tier_and_level():
+    """HEVC's codec string (hvc1.<profile>.<compatibility>.<tier><level>.<constraints>) from
+    an hvcC record and from an Annex B SPS, whose zeros carry emulation prevention bytes."""
+    from carn_stream.pipeline.media.renditions import hevc_tag, video_tag
+
+    # Main profile (1), compatible with Main and Main 10 (flags 1 and 2), Main tier, level 3.1
+    # (93), progressive and frame-only: the string ISO/IEC 14496-15 gives as its example.
+    ptl = bytes([0x01, 0x60, 0, 0, 0, 0xB0, 0, 0, 0, 0, 0, 93])
+    hvcc = bytes([1]) + ptl + bytes(10)
+    assert hevc_tag(hvcc) == "hvc1.1.6.L93.B0"
+    # The same in an SPS: NAL header (type 33), sub-layer byte, then the PTL with ``00 00 03``
+    # wherever two zeros come before a byte below 4.
+    escaped = ptl.replace(b"\x00\x00\x00\x00", b"\x00\x00\x03\x00\x00\x03")
+    assert b"\x03" in escaped
+    sps = b"\x00\x00\x00\x01" + bytes([33 << 1, 1, 0x01]) + escaped + b"\xa0\x01"
+    assert hevc_tag(b"\x00\x00\x01\x40\x01\x0c" + sps) == "hvc1.1.6.L93.B0"  # after a VPS
+    # Main 10, High tier, level 5.1, profile space 1 (A), no constraint flag set.
+    high = bytes([0x40 | 0x20 | 0x02, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 153])
+    assert hevc_tag(bytes([1]) + high + bytes(10)) == "hvc1.A2.4.H153"
+    assert video_tag("hevc", b"\x00\x00\x01\x40\x01") is None  # no SPS
+    assert video_tag("vp9", hvcc) is None
+
+
+@pytest.mark.parametrize("container_format", ["mp4", "mpegts", "matroska"])
+def test_hevc_from_x265_has_the_same_codec_string_in_every_container(tmp_path,
+                                                                     container_format):  # fmt: skip
+    from carn_stream.pipeline.media.renditions import source_codecs
+    from tests.media import write_clip
+
+    frames = [np.full((64, 64, 3), 16 * i, np.uint8) for i in range(5)]
+    clip = write_clip(tmp_path / "clip", frames, codec="libx265",
+                      container_format=container_format)  # fmt: skip
+    # x265: Main, Main tier, level 1 (30) for 64x64, progressive and frame-only (0x90)
+    assert source_codecs(clip)[0] == "hvc1.1.6.L30.90"
+
+
+def test_an_hevc_hls_folder_names_its_codecs(clips, worker, tmp_path):
+    """A finished HEVC folder's master playlist listed no codec at all: its string was known
+    for H.264 only."""
+    out = make(clips["bunny"], tmp_path / "hls", worker, codec="hevc")
+    master = (out / "master.m3u8").read_text()
+    # x265 at 320x180, 25 fps: Main profile, level 2 (60)
+    assert 'RESOLUTION=320x180,CODECS="hvc1.1.6.L60.90,mp4a.40.2"' in master, master
+
 def test_subtitle_renditions_have_names_of_their_own_and_one_default(tmp_path):
     """Two untitled English streams, both flagged default (Matroska's default when unset):
     a master playlist's renditions need names of their own and at most one default; codec
-    strings that are not known (HEVC) are left out rather than listed without the video."""
+    strings that are not known are left out rather than listed without the video."""
     from carn_stream.pipeline.media.hls import SubtitleMedia, Variant, master_playlist_text
     from carn_stream.pipeline.media.webvtt import text_subtitle_tracks
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import av
 
-from carn_stream.pipeline.errors import InputError, PipelineError
+from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hls import (
     MASTER_NAME,
@@ -22,7 +22,7 @@ from carn_stream.pipeline.media.hls import (
     subtitle_file,
     subtitle_playlist_text,
 )
-from carn_stream.pipeline.media.renditions import audio_tag, avc_tag
+from carn_stream.pipeline.media.renditions import audio_tag, video_tag
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.media.webvtt import text_subtitle_tracks, write_webvtt
 
@@ -68,11 +68,10 @@ def _variant(folder: Path, plan: SegmentPlan) -> Variant:
 
 
 def _video_tag(segment: av.container.InputContainer, video: av.stream.Stream) -> str:
-    """H.264's codec string from the segment's parameter sets ("" for other codecs)."""
-    if video.codec_context.name != "h264":
-        return ""
+    """H.264's or HEVC's codec string from the segment's parameter sets: its extradata, else
+    its first packet ("" for other codecs)."""
+    extradata = bytes(video.codec_context.extradata or b"")
+    if tag := video_tag(video.codec_context.name, extradata):
+        return tag
     first = next((p for p in segment.demux(video) if p.size), None)
-    try:
-        return avc_tag(bytes(first)) if first is not None else ""
-    except InputError:
-        return ""
+    return video_tag(video.codec_context.name, bytes(first) if first else b"") or ""

@@ -7,6 +7,7 @@ rendition's from one frame encoded at its size with the encoder and settings its
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import av
@@ -36,6 +37,54 @@ def avc_tag(parameters: bytes) -> str:
     raise InputError("no H.264 sequence parameter set found")
 
 
+def hevc_tag(parameters: bytes) -> str:
+    """``hvc1.<profile>.<compatibility>.<tier><level>.<constraints>`` (ISO/IEC 14496-15,
+    annex E) from HEVC extradata (an hvcC record, or Annex B with an SPS) or a packet."""
+    if len(parameters) >= 23 and parameters[0] == 1:  # hvcC: version, then the PTL fields
+        return _hevc_ptl_tag(parameters[1:13])
+    for unit in _annex_b_units(parameters):
+        if len(unit) >= 2 and (unit[0] >> 1) & 0x3F == 33:  # a sequence parameter set
+            payload = _unescaped(unit[2:])  # after the two-byte NAL header
+            if len(payload) >= 13:  # ids and sub-layer count, then profile_tier_level
+                return _hevc_ptl_tag(payload[1:13])
+    raise InputError("no HEVC sequence parameter set found")
+
+
+def _hevc_ptl_tag(ptl: bytes) -> str:
+    """The codec string of a general profile_tier_level: profile space and idc, the 32
+    compatibility flags (bit-reversed, in hex), tier and level, the 6 constraint bytes
+    (trailing zero bytes left out)."""
+    space, tier, profile = ptl[0] >> 6, (ptl[0] >> 5) & 1, ptl[0] & 0x1F
+    compatibility = int(f"{int.from_bytes(ptl[1:5], 'big'):032b}"[::-1], 2)
+    constraints = ptl[5:11].rstrip(b"\x00")
+    tag = f"hvc1.{'' if space == 0 else 'ABC'[space - 1]}{profile}.{compatibility:X}"
+    tag += f".{'LH'[tier]}{ptl[11]}"
+    return tag + "".join(f".{b:02X}" for b in constraints)
+
+
+def _annex_b_units(data: bytes) -> list[bytes]:
+    """The NAL units of an Annex B byte stream, after each start code (a unit may keep the
+    first zero of the next four-byte start code)."""
+    return data.split(b"\x00\x00\x01")[1:]
+
+
+def _unescaped(rbsp: bytes) -> bytes:
+    """A NAL unit's payload without its emulation prevention bytes (``00 00 03`` -> ``00 00``)."""
+    return re.sub(b"\x00\x00\x03", b"\x00\x00", rbsp)
+
+
+def video_tag(codec: str, parameters: bytes) -> str | None:
+    """The codec string of H.264 or HEVC from its extradata or a packet (None: other codecs,
+    or no parameter set in ``parameters``)."""
+    make = {"h264": avc_tag, "hevc": hevc_tag}.get(codec)
+    if make is None or not parameters:
+        return None
+    try:
+        return make(parameters)
+    except InputError:
+        return None
+
+
 def audio_tag(codec: str, profile: str | None) -> str | None:
     """The codec string of audio as segments carry it (None: it is not carried)."""
     if codec == "aac":
@@ -47,9 +96,7 @@ def source_codecs(source) -> tuple[str | None, str | None, int]:
     """(video codec string or None, audio codec string or None, bits per second) of an input."""
     with open_input(source) as container:
         video = container.streams.video[0].codec_context
-        tag = None
-        if video.name == "h264" and video.extradata:
-            tag = avc_tag(bytes(video.extradata))
+        tag = video_tag(video.name, bytes(video.extradata or b""))
         audio = None
         for stream in container.streams.audio:
             audio = audio_tag(codec_name(stream), stream.codec_context.profile)
@@ -73,8 +120,9 @@ def upscaled_audio_tag(source) -> str | None:
 def encoder_tag(width: int, height: int, rate: Fraction | None, options: EncoderOptions) -> str:
     """The codec string of what ``options`` makes at ``width`` x ``height``: one frame encoded."""
     name, private = codec_settings(options)
-    if name not in ("libx264", "h264_nvenc"):
-        raise ValueError(f"codec strings are known for H.264 only, not {name}")
+    codec = {"libx264": "h264", "h264_nvenc": "h264", "libx265": "hevc", "hevc_nvenc": "hevc"}
+    if name not in codec:
+        raise ValueError(f"codec strings are known for H.264 and HEVC only, not {name}")
     context = av.CodecContext.create(name, "w")
     context.width, context.height, context.pix_fmt = width, height, "yuv420p"
     context.time_base = 1 / (rate or Fraction(25))
@@ -85,4 +133,7 @@ def encoder_tag(width: int, height: int, rate: Fraction | None, options: Encoder
     )
     frame.pts = 0
     data = b"".join(bytes(p) for p in context.encode(frame) + context.encode(None))
-    return avc_tag(data)
+    tag = video_tag(codec[name], data)
+    if tag is None:
+        raise ValueError(f"{name} wrote no parameter set")
+    return tag
