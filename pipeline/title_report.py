@@ -174,7 +174,7 @@ def assess_title(
         say(f"CRF {crf}: encoding")
         low = (copies or {}).get(crf) or encode_copy(
             source, work_dir / f"x{scale}-{codec}-crf{crf}.mp4", scale=scale, codec=codec,
-            crf=crf, preset=preset)  # fmt: skip
+            crf=crf, preset=preset, video_only=True)  # fmt: skip
         clock.add("encode", t)
         t = time.monotonic()
         lr = read_frames(low.path, window)
@@ -203,7 +203,7 @@ def assess_title(
         say(f"CRF {crf}: original size")
         t = time.monotonic()
         direct = encode_copy(source, work_dir / f"x1-{codec}-crf{crf}.mp4", scale=1, codec=codec,
-                             crf=crf, preset=preset)  # fmt: skip
+                             crf=crf, preset=preset, video_only=True)  # fmt: skip
         clock.add("encode", t)
         t = time.monotonic()
         decoded = read_frames(direct.path, window)

@@ -163,11 +163,13 @@ def write_rich_mkv(
     sample_aspect_ratio: Fraction = Fraction(4, 3),
     rate: Fraction = Fraction(25),
     audio_encoder: str | None = None,
+    audio_layout: str = "stereo",
 ) -> Path:
     """An MKV holding more than video and audio: a title, a SubRip subtitle stream (English,
     default and forced) with two cues, two chapters, a font attachment, language tags (video
     ``jpn``, audio ``fra``) and an anamorphic sample aspect ratio. The audio is
-    ``audio_from``'s, copied, or encoded with ``audio_encoder`` (48 kHz stereo, 16 bits)."""
+    ``audio_from``'s, copied, or encoded with ``audio_encoder`` (48 kHz, 16 bits, in
+    ``audio_layout``)."""
     h, w = frames[0].shape[:2]
     seconds = Fraction(len(frames)) / rate
     with av.open(str(audio_from)) as src, av.open(str(path), "w", format="matroska") as out:
@@ -182,8 +184,8 @@ def write_rich_mkv(
             audio = out.add_stream_from_template(a_in)
         else:
             audio = out.add_stream(audio_encoder, rate=48000)
-            audio.layout = "stereo"
-            resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+            audio.layout = audio_layout
+            resampler = av.AudioResampler(format="s16", layout=audio_layout, rate=48000)
         audio.metadata["language"] = "fra"
         subs = out.add_mux_stream("subrip")
         subs.metadata.update({"language": "eng", "title": "English"})

@@ -410,12 +410,19 @@ def test_hevc_codec_strings_follow_the_profile_tier_and_level():
     ptl = bytes([0x01, 0x60, 0, 0, 0, 0xB0, 0, 0, 0, 0, 0, 93])
     hvcc = bytes([1]) + ptl + bytes(10)
     assert hevc_tag(hvcc) == "hvc1.1.6.L93.B0"
-    # The same in an SPS: NAL header (type 33), sub-layer byte, then the PTL with ``00 00 03``
-    # wherever two zeros come before a byte below 4.
-    escaped = ptl.replace(b"\x00\x00\x00\x00", b"\x00\x00\x03\x00\x00\x03")
-    assert b"\x03" in escaped
-    sps = b"\x00\x00\x00\x01" + bytes([33 << 1, 1, 0x01]) + escaped + b"\xa0\x01"
+    # The same in an SPS: NAL header (type 33), sub-layer byte, then the PTL with ``03``
+    # after every two zeros that come before a byte below 4 (emulation prevention).
+    escaped, zeros = bytearray(), 0
+    for byte in ptl:
+        if zeros == 2 and byte < 4:
+            escaped.append(3)
+            zeros = 0
+        escaped.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    assert escaped.count(3) == 3 and len(escaped) == len(ptl) + 3
+    sps = b"\x00\x00\x00\x01" + bytes([33 << 1, 1, 0x01]) + bytes(escaped) + b"\xa0\x01"
     assert hevc_tag(b"\x00\x00\x01\x40\x01\x0c" + sps) == "hvc1.1.6.L93.B0"  # after a VPS
+    assert hevc_tag(bytes([0]) + ptl + bytes(10)) == "hvc1.1.6.L93.B0"  # an hvcC of version 0
     # Main 10, High tier, level 5.1, profile space 1 (A), no constraint flag set.
     high = bytes([0x40 | 0x20 | 0x02, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 153])
     assert hevc_tag(bytes([1]) + high + bytes(10)) == "hvc1.A2.4.H153"

@@ -74,7 +74,6 @@ def test_segments_made_with_another_deinterlace_setting_go_at_start(tmp_path):
     assert again.keep_made_with({"deinterlace": False}, {"original"}) == 0  # recorded
 
 
-
 def test_a_setting_change_keeps_the_segments_of_videos_with_their_own_choice(tmp_path):
     """Every video's upscaled segments went when CARN_STREAM_DEINTERLACE changed, those of
     videos that record their own choice too (they do not change with it): only the segments
@@ -91,6 +90,7 @@ def test_a_setting_change_keeps_the_segments_of_videos_with_their_own_choice(tmp
                                 lambda video: video == follows) == 1  # fmt: skip
     assert keys[follows] not in other and keys[own] in other
     assert other.path(keys[own]).exists() and other.bytes == 100
+
 
 def test_a_record_that_cannot_be_written_does_not_stop_the_start(tmp_path, caplog):
     """The record is written at every start with new settings: a data folder where it cannot

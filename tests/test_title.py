@@ -108,12 +108,20 @@ def first_channel(path: Path) -> tuple[float, int, np.ndarray]:
     return float(frames[0].pts * frames[0].time_base), frames[0].sample_rate, samples
 
 
-@pytest.mark.parametrize("audio", ["aac", "pcm_s16le"])
-def test_a_whole_titles_copy_keeps_its_audio_subtitles_and_tags(data_dir, tmp_path, audio):
+@pytest.mark.parametrize(
+    "audio,layout,stored",
+    [("aac", "5.1", "aac"), ("mp2", "stereo", "aac"), ("pcm_s16le", "stereo", "aac"),
+     ("pcm_s16le", "5.1", "aac")],
+)  # fmt: skip
+def test_a_whole_titles_copy_keeps_its_audio_subtitles_and_tags(data_dir, tmp_path, audio,
+                                                                layout, stored):  # fmt: skip
     """A video stored small is served from its copy, which kept the video and its audio only:
     its subtitles, languages and chapters were lost, and a title whose audio MP4 cannot hold
     (PCM from Matroska) could not be stored at all ("Invalid argument"). The copy now keeps
-    what an MP4 output keeps, and makes such audio AAC, sample for sample in place."""
+    what an MP4 output keeps, copies audio MP4 holds, and makes other audio AAC, sample for
+    sample in place, its channels kept (the Matroska PCM names no layout: 6 channels are 5.1).
+    The rate-quality curves' copies (video only) have no other stream. (The AAC case copies
+    the source's 5.1 AAC.)"""
     import av
 
     from carn_stream.pipeline.media.delivery import encode_copy
@@ -123,7 +131,10 @@ def test_a_whole_titles_copy_keeps_its_audio_subtitles_and_tags(data_dir, tmp_pa
     frames = downscale_frames(decode_rgb(video, 25), (96, 54))
     encoder = None if audio == "aac" else audio
     rich = write_rich_mkv(tmp_path / "rich.mkv", frames, audio_from=video, audio_seconds=1.0,
-                          audio_encoder=encoder)  # fmt: skip
+                          audio_encoder=encoder, audio_layout=layout)  # fmt: skip
+    bare = encode_copy(rich, tmp_path / "bare.mp4", scale=2, crf=30, video_only=True)
+    with av.open(str(bare.path)) as c:
+        assert [s.type for s in c.streams] == ["video"]
     copy = encode_copy(rich, tmp_path / "copy.mp4", scale=2, crf=30)
     assert (copy.width, copy.height, copy.frames) == (48, 26, 25)
     with av.open(str(copy.path)) as c:
@@ -132,7 +143,8 @@ def test_a_whole_titles_copy_keeps_its_audio_subtitles_and_tags(data_dir, tmp_pa
         assert c.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
         assert c.streams.video[0].metadata["language"] == "jpn"
         (sound,) = c.streams.audio
-        assert sound.codec_context.name == "aac" and sound.metadata["language"] == "fra"
+        assert sound.codec_context.name == stored and sound.metadata["language"] == "fra"
+        assert sound.codec_context.layout.name == layout
         (subtitles,) = c.streams.subtitles
         assert subtitles.codec_context.name == "mov_text"
         assert subtitles.metadata["language"] == "eng"
@@ -143,7 +155,7 @@ def test_a_whole_titles_copy_keeps_its_audio_subtitles_and_tags(data_dir, tmp_pa
     start, rate, got = first_channel(copy.path)
     want_start, want_rate, want = first_channel(rich)
     assert (start, rate) == (want_start, want_rate)
-    if audio == "aac":  # copied: the same packets
+    if stored == audio:  # copied: the same packets
         assert np.array_equal(got, want)
         return
     # Made AAC in place: as many samples, at the same times (measured 23.5 dB; a shift of one

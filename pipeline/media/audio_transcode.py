@@ -29,6 +29,12 @@ AAC_FRAME = 1024  #: samples in an AAC frame: the grid's step
 TRANSCODE_MARGIN_SECONDS = Fraction(3, 4)
 PRIMING_FRAMES = 4  #: frames encoded, and left out, before a later segment's window
 _AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}
+#: Channel layouts FFmpeg's AAC encoder takes as they are (up to 6.1).
+_AAC_LAYOUTS = frozenset({"mono", "stereo", "2.1", "3.0", "4.0", "quad", "5.0", "5.1",
+                          "5.0(side)", "5.1(side)", "6.0", "6.1"})  # fmt: skip
+#: FFmpeg's default layout for a channel count, for audio that names none (PCM in Matroska:
+#: "6 channels" is 5.1 in WAVE's channel order).
+_DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,9 @@ WHOLE = AudioWindow()  #: all of the audio: a run that is one segment
 
 class AudioTranscoder:
     """Decoded audio frames -> AAC at the source's rate and layout, in frames on the segment
-    clock's grid, keeping those in ``window``. A frame's time is its own plus ``offset``."""
+    clock's grid, keeping those in ``window``. A frame's time is its own plus ``offset``.
+    More than two channels are mixed down to stereo, unless ``keep_layout`` (where AAC takes
+    the source's layout as it is)."""
 
     def __init__(
         self,
@@ -72,12 +80,19 @@ class AudioTranscoder:
         source: av.audio.stream.AudioStream,
         offset: Fraction,
         window: AudioWindow,
+        keep_layout: bool = False,
     ) -> None:
         ctx = source.codec_context
         rate = ctx.sample_rate if ctx.sample_rate in _AAC_RATES else 48000
         self.stream = container.add_stream("aac", rate=rate)
-        # A named layout (AAC refuses "2 channels" of unspecified order); more than two: downmix.
-        self.stream.layout = "mono" if ctx.layout.nb_channels == 1 else "stereo"
+        # A named layout (AAC refuses "2 channels" of unspecified order).
+        layout = ctx.layout.name
+        if layout.endswith(" channels"):  # unnamed
+            layout = _DEFAULT_LAYOUTS.get(ctx.layout.nb_channels, layout)
+        if keep_layout and layout in _AAC_LAYOUTS:
+            self.stream.layout = layout
+        else:
+            self.stream.layout = "mono" if ctx.layout.nb_channels == 1 else "stereo"
         self._resampler = av.AudioResampler(format="fltp", layout=self.stream.layout, rate=rate)
         self._fifo = av.AudioFifo()
         self.rate, self.offset, self.window = rate, offset, window
@@ -134,7 +149,7 @@ class AudioTranscoder:
             self._next = primed
 
     def _silence(self, samples: int) -> av.AudioFrame:
-        channels = 1 if self.stream.layout.name == "mono" else 2
+        channels = self.stream.layout.nb_channels
         frame = av.AudioFrame.from_ndarray(
             np.zeros((channels, samples), np.float32), format="fltp", layout=self.stream.layout
         )

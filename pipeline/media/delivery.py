@@ -9,9 +9,10 @@ The copy is tagged with the matrix the source is read with (an untagged 720p sou
 the 360p copy would otherwise be read as BT.601), so both decode to the same RGB.
 
 A copy of the whole title keeps the rest of it, as an MP4 output of the title would: audio
-copied where MP4 holds the codec and made AAC where it does not (PCM, Vorbis, MP2, ...), text
-subtitles (as mov_text), languages, dispositions, chapters and the title's metadata. A copy of
-a part (training pairs, rate-quality curves) is video only. PyAV only.
+copied where MP4 holds the codec and made AAC, its channels kept, where it does not (PCM,
+Vorbis, MP2, ...), text subtitles (as mov_text), languages, dispositions, chapters and the
+title's metadata. A copy of a part (training pairs), or one asked to be video only (the
+rate-quality curves, which count the video's bytes), has no other stream. PyAV only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import av
 
 from carn_stream.pipeline.colour import RANGE_LIMITED, effective_matrix
-from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.errors import InputError, OutputError, ffmpeg_reason
 from carn_stream.pipeline.media import keep
 from carn_stream.pipeline.media.audio_transcode import WHOLE, AudioTranscoder
 from carn_stream.pipeline.media.decode import (
@@ -37,7 +38,8 @@ from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
 from carn_stream.pipeline.media.formats import FORMATS
 
-#: What the copy is: an MP4 file, with that output's rules for audio and subtitles.
+#: What the copy is: an MP4 file, with that output's rules for audio and subtitles (MP2, which
+#: the MP4 muxer takes, is read back as MP3 and decodes wrongly: it is made AAC).
 _COPY_FORMAT = FORMATS["mp4"]
 
 
@@ -90,18 +92,19 @@ def delivery_size(width: int, height: int, scale: int) -> tuple[int, int]:
 
 class _Rest:
     """What a copy of the whole title keeps besides its video: each audio stream copied or made
-    AAC, and the subtitle streams MP4 can hold; their packets are written as they are read."""
+    AAC (its channels kept), and the subtitle streams MP4 can hold; their packets are written
+    as they are read."""
 
     def __init__(self, src: av.container.InputContainer, out: av.container.OutputContainer):
         self.out = out
         self.copied: dict[int, av.stream.Stream] = {}  #: input index -> output stream
-        self.transcoded: dict[int, AudioTranscoder] = {}
+        self.transcoded: dict[int, tuple[av.stream.Stream, AudioTranscoder]] = {}
         for stream in src.streams.audio:
             if codec_name(stream) in _COPY_FORMAT.copyable_audio:
                 target = self.copied[stream.index] = out.add_stream_from_template(stream)
             else:
-                transcoder = AudioTranscoder(out, stream, Fraction(0), WHOLE)
-                self.transcoded[stream.index], target = transcoder, transcoder.stream
+                transcoder = AudioTranscoder(out, stream, Fraction(0), WHOLE, keep_layout=True)
+                self.transcoded[stream.index], target = (stream, transcoder), transcoder.stream
             keep.copy_stream_facts(stream, target)
         self.subtitles = keep.subtitle_streams(src, out, _COPY_FORMAT)
         keep.copy_container_facts(src, out, _COPY_FORMAT)
@@ -114,14 +117,17 @@ class _Rest:
                 converted := self.subtitles.convert(packet)
             ):
                 self.out.mux(converted)
+        elif not packet.size:  # the end of a stream (its decoder is flushed at the close)
+            return
         elif index in self.transcoded:
-            self.out.mux(self.transcoded[index].encode(packet.decode()))
-        elif packet.dts is not None and packet.size:
+            self.out.mux(self.transcoded[index][1].encode(packet.decode()))
+        elif packet.dts is not None:
             packet.stream = self.copied[index]
             self.out.mux(packet)
 
     def close(self) -> None:
-        for transcoder in self.transcoded.values():
+        for source, transcoder in self.transcoded.values():
+            self.out.mux(transcoder.encode(source.decode(None)))
             self.out.mux(transcoder.encode(None))
 
 
@@ -152,14 +158,17 @@ def encode_copy(
     start: int = 0,
     frames: int | None = None,
     threads: int = 0,
+    video_only: bool = False,
 ) -> EncodedCopy:
     """Encode frames ``start`` .. ``start + frames`` of ``source`` (all by default) at
     1/``scale`` size into the MP4 ``dest`` (written under a temporary name, then renamed).
-    The whole title keeps its audio, subtitles and metadata (see the module's note)."""
+    The whole title keeps its audio, subtitles and metadata (see the module's note) unless
+    ``video_only``. A source that cannot be read or written so is an :class:`InputError`."""
     encoder, options = codec_settings(EncoderOptions(codec=codec, crf=crf, preset=preset))
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.part")
     whole = start == 0 and frames is None
+    keeps_rest = whole and not video_only
     written = video_bytes = 0
     size: tuple[int, int] = (0, 0)
     rate = Fraction(25)
@@ -184,7 +193,7 @@ def encode_copy(
             ctx.options = options
             ctx.thread_count = threads
             rest = None
-            if whole:
+            if keeps_rest:
                 keep.copy_stream_facts(vin, vout)
                 keep.copy_sample_aspect_ratio(vin, vout)
                 rest = _Rest(src, out)
@@ -215,6 +224,11 @@ def encode_copy(
                 out.mux(p)
             if rest is not None:
                 rest.close()
+    except av.FFmpegError as exc:
+        part.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # the disk's (no space, ...): not the source's fault
+            raise
+        raise InputError(f"{Path(source).name} cannot be encoded: {ffmpeg_reason(exc)}") from exc
     except BaseException:
         part.unlink(missing_ok=True)
         raise

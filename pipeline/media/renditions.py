@@ -40,7 +40,8 @@ def avc_tag(parameters: bytes) -> str:
 def hevc_tag(parameters: bytes) -> str:
     """``hvc1.<profile>.<compatibility>.<tier><level>.<constraints>`` (ISO/IEC 14496-15,
     annex E) from HEVC extradata (an hvcC record, or Annex B with an SPS) or a packet."""
-    if len(parameters) >= 23 and parameters[0] == 1:  # hvcC: version, then the PTL fields
+    annex_b = parameters.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01"))
+    if len(parameters) >= 23 and not annex_b:  # hvcC: version (1, some muxers 0), PTL fields
         return _hevc_ptl_tag(parameters[1:13])
     for unit in _annex_b_units(parameters):
         if len(unit) >= 2 and (unit[0] >> 1) & 0x3F == 33:  # a sequence parameter set

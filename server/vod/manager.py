@@ -834,7 +834,7 @@ def _open_cached(cache: SegmentCache, key: Key) -> OpenFile | None:
 def describe_renditions(
     source: Path, plan: SegmentPlan, scales: list[int], encoder: EncoderOptions
 ) -> list[Rendition]:
-    """The original (when its codec can be remuxed into MPEG-TS, every segment starts on a
+    """The original (when it is H.264, every segment starts on a
     keyframe: segments cut between the keyframes of a long-GOP input cannot be copied as they
     are, a decode from that keyframe shows the segment's start: not so for intra refresh, it
     is not shown turned: MPEG-TS cannot say so, and its packets carry presentation times:
@@ -846,8 +846,11 @@ def describe_renditions(
     bitrate = round(8 * source.stat().st_size / max(plan.duration, 1e-3))
     rotation = display_rotation(source)
     out = []
+    # HEVC is not offered as it is: its segments would be MPEG-TS, and HLS players that decode
+    # HEVC (Apple's) take it in fragmented MP4 only; they get the upscaled H.264 renditions.
     copyable = not quarter_turns(rotation) and not plan.decode_order
-    if (video_tag is not None and plan.keyframe_aligned and copyable
+    h264 = video_tag is not None and video_tag.startswith("avc1.")
+    if (h264 and plan.keyframe_aligned and copyable
             and segments_show_their_start(source, plan)):  # fmt: skip
         codecs = ",".join(t for t in (video_tag, audio) if t)
         out.append(Rendition(name=ORIGINAL, scale=1, width=plan.width, height=plan.height,
