@@ -23,7 +23,6 @@ from pathlib import Path
 import aioice.ice
 import av
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
-from aiortc.codecs import h264, vpx
 from aiortc.mediastreams import MediaStreamError
 
 from carn_stream.pipeline.engine.infer import InferenceWorker
@@ -32,6 +31,7 @@ from carn_stream.pipeline.media.decode import frame_planes, open_input
 from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import FrameReport, StageTimings
+from carn_stream.server.live_bitrate import BitratePolicy
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.offers import SdpError, answer_only_what_is_used, check_offer
 from carn_stream.settings import Settings
@@ -52,31 +52,6 @@ def restrict_ice_hosts(addresses: tuple[str, ...]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = only_configured
-
-
-@dataclass(frozen=True)
-class BitratePolicy:
-    """Encoder bitrate for a live output: ``bits_per_pixel`` x pixels x frame rate."""
-
-    bits_per_pixel: float = 0.1
-    frame_rate: float = 30.0
-    floor: int = 300_000
-    ceiling: int = 20_000_000
-
-    def target(self, width: int, height: int) -> int:
-        wanted = int(self.bits_per_pixel * width * height * self.frame_rate)
-        return max(self.floor, min(self.ceiling, wanted))
-
-    def apply(self, target: int) -> None:
-        """Lift aiortc's encoder limits (H.264 3 Mbps, VP8 1.5 Mbps by default) to ``target``.
-
-        The minimum is raised too, so receiver estimates (REMB) cannot pull the stream below
-        the target. aiortc reads these per call, process-wide: the newest session sets them.
-        """
-        for codec in (vpx, h264):
-            codec.MAX_BITRATE = max(self.ceiling, target)
-            codec.DEFAULT_BITRATE = target
-            codec.MIN_BITRATE = target
 
 
 @dataclass(frozen=True)
@@ -371,6 +346,7 @@ class Session:
     track: UpscaleTrack | None = None
     source: FileTrack | None = None
     bitrate: int = 0
+    bounded: bool = False  #: its encoder keeps to ``bitrate`` (it exists once frames flow)
     created: float = field(default_factory=time.monotonic)
     reaper: asyncio.TimerHandle | None = None
 
@@ -414,6 +390,7 @@ class LiveSessions:
         stun_server: str | None = None,
     ) -> None:
         self.metrics, self.limit, self.bitrate, self.latency = metrics, limit, bitrate, latency
+        bitrate.widen_aiortc_limits()  # each session bounds its own encoders
         self.connect_seconds, self.max_output_pixels = connect_seconds, max_output_pixels
         self.stun_server = stun_server
         self.sessions: dict[str, Session] = {}
@@ -476,13 +453,13 @@ class LiveSessions:
 
         def on_size(width: int, height: int) -> None:
             target = self.bitrate.target(width, height)
-            if target != session.bitrate:
-                session.bitrate = target
-                self.bitrate.apply(target)
-                for sender in pc.getSenders():
-                    encoder = getattr(sender, "_RTCRtpSender__encoder", None)
-                    if encoder is not None and hasattr(encoder, "target_bitrate"):
-                        encoder.target_bitrate = target
+            if target == session.bitrate and session.bounded:
+                return
+            session.bitrate, session.bounded = target, False
+            for sender in pc.getSenders():
+                encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+                if encoder is not None and self.bitrate.bound(encoder, target):
+                    session.bounded = True
 
         def upscaled(source: MediaStreamTrack, mirror=None) -> UpscaleTrack:
             session.track = UpscaleTrack(
@@ -514,8 +491,6 @@ class LiveSessions:
         except Exception as exc:
             raise SdpError(f"malformed SDP offer: {type(exc).__name__}: {exc}") from exc
         answer_only_what_is_used(pc, sample)
-        # Size the bitrate for the source the offer negotiated before any frame flows.
-        self.bitrate.apply(self.bitrate.floor)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # an offer the checks let through that aiortc cannot answer

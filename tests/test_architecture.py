@@ -43,7 +43,8 @@ PIPELINE_BASE = {"errors", "frames", "colour", "priorities", "waiting", "__init_
 PIPELINE_RUN = {"run", "sampling", "calibration", "title_frames", "title_model", "title_report"}
 SERVER_BASE = {"limits", "metrics", "speed", "pages", "media_links", "database", "blocking",
                "disconnect", "streaming", "connections", "disk", "__init__"}  # fmt: skip
-SERVER_SERVICES = {"live": "server.live", "offers": "server.live", "workers": "server.workers"}
+SERVER_SERVICES = {"live": "server.live", "offers": "server.live", "live_bitrate": "server.live",
+                   "workers": "server.workers"}  # fmt: skip
 SERVER_DEPS = {"deps", "admission"}
 SERVER_APP = {"app", "middleware"}
 

@@ -145,6 +145,42 @@ def test_aiortc_client_gets_upscaled_frames_with_bounded_latency(server, camera_
     )
 
 
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+def test_each_session_keeps_its_own_bitrate_bounds(codec):
+    """aiortc clamps every encoder to limits it reads from module constants, which each new
+    session set to its own picture's rate: with a large session open, a small one's receiver
+    estimates were clamped up to the large one's floor. Each session's encoders now have
+    bounds of their own; aiortc's constants only widen once, to the service's range."""
+    from aiortc.codecs import h264, vpx
+
+    from carn_stream.server.live_bitrate import BitratePolicy
+
+    module, make = {"h264": (h264, h264.H264Encoder), "vp8": (vpx, vpx.Vp8Encoder)}[codec]
+    policy = BitratePolicy(bits_per_pixel=1.0, ceiling=20_000_000)
+    policy.widen_aiortc_limits()
+    small_target, large_target = policy.target(320, 240), policy.target(640, 480)
+    assert (small_target, large_target) == (2_304_000, 9_216_000)
+    small, large = make(), make()
+    assert policy.bound(small, small_target) and policy.bound(large, large_target)
+    assert (small.target_bitrate, large.target_bitrate) == (small_target, large_target)
+    for estimate in (100_000, 5_000_000, 12_000_000, 50_000_000):  # what REMB may say
+        small.target_bitrate = large.target_bitrate = estimate
+        assert small.target_bitrate == min(max(estimate, small_target), 20_000_000)
+        assert large.target_bitrate == min(max(estimate, large_target), 20_000_000)
+    assert policy.floor >= module.MIN_BITRATE and module.MAX_BITRATE == 20_000_000
+    # A session whose picture changes size is bounded anew (its class is wrapped once).
+    kind = type(small)
+    assert policy.bound(small, large_target) and type(small) is kind
+    small.target_bitrate = 1_000_000
+    assert small.target_bitrate == large_target
+    # The bounded encoder still encodes, at its bound.
+    frame = av.VideoFrame.from_ndarray(np.zeros((240, 320, 3), np.uint8), format="rgb24")
+    frame.pts, frame.time_base = 0, Fraction(1, 90000)
+    payloads, _ = small.encode(frame)
+    assert payloads and small.codec.bit_rate == large_target
+    assert not policy.bound(object(), small_target)  # nothing to bound
+
+
 def test_session_limit_and_clean_teardown(server, camera_frames):
     async def run():
         peers = [await connect(server.port, ClipTrack(camera_frames)) for _ in range(2)]
