@@ -231,6 +231,37 @@ def write_rich_mkv(
     return path
 
 
+def with_cover_art(source: Path, path: Path, codec: str = "png") -> tuple[Path, bytes]:
+    """``source``'s streams and a 32x32 picture (``codec``: png or mjpeg) as cover art in
+    ``path`` (its suffix names the container): an attached picture, or in Matroska a
+    ``cover.*`` attachment (which FFmpeg reads back as one); returns the picture too."""
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[:, :16] = (200, 40, 40)
+    encoder = av.CodecContext.create(codec, "w")
+    encoder.width, encoder.height, encoder.time_base = 32, 32, Fraction(1, 25)
+    encoder.pix_fmt = "rgb24" if codec == "png" else "yuvj420p"
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=encoder.pix_fmt)
+    picture = b"".join(bytes(p) for p in [*encoder.encode(frame), *encoder.encode(None)])
+    with av.open(str(source)) as src, av.open(str(path), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+        if path.suffix == ".mkv":
+            name, kind = ("cover.png", "image/png") if codec == "png" else ("cover.jpg",
+                                                                          "image/jpeg")
+            out.add_attachment(name, kind, picture)
+        else:
+            cover = out.add_stream(codec)
+            cover.width, cover.height, cover.pix_fmt = 32, 32, encoder.pix_fmt
+            cover.disposition = av.stream.Disposition.attached_pic
+            packet = av.Packet(picture)
+            packet.stream = cover
+            out.mux(packet)
+        for packet in src.demux():
+            if packet.dts is not None and packet.size:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    return path, picture
+
+
 def with_pcm_audio(source: Path, path: Path) -> Path:
     """``source``'s video packets and its audio as 16-bit PCM (a codec MPEG-TS segments and MP4
     cannot carry, so the pipeline transcodes it) in a Matroska file."""

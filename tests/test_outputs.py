@@ -348,6 +348,34 @@ def test_mkv_keeps_subtitles_chapters_metadata_attachments_and_aspect(clips, wor
                                      (Fraction(4, 5), b"Second cue")]  # fmt: skip
 
 
+def cover_of(path: Path) -> bytes | None:
+    """The picture of ``path``'s attached picture stream (None: it has none)."""
+    with av.open(str(path)) as c:
+        covers = [s for s in c.streams.video if s.disposition & av.stream.Disposition.attached_pic]
+        if not covers:
+            return None
+        return next(bytes(p) for p in c.demux(covers[0]) if p.size)
+
+
+@pytest.mark.parametrize("given,codec", [(".mp4", "png"), (".mkv", "mjpeg")])
+def test_cover_art_is_kept_where_the_container_holds_it(clips, worker, tmp_path, given, codec):
+    """A thumbnail a downloader embedded (an MP4's attached picture, a Matroska cover
+    attachment) was dropped from every output. MP4 keeps it as an attached picture, Matroska
+    as a cover attachment, MOV cannot hold it; the picture's bytes are unchanged, the main
+    video stays the video. A video stored small keeps it in its copy (MP4)."""
+    from carn_stream.pipeline.media.delivery import encode_copy
+    from tests.media import with_cover_art
+
+    source, picture = with_cover_art(clips["bunny"], tmp_path / f"cover{given}", codec)
+    assert cover_of(source) == picture
+    for suffix, kept in ((".mp4", True), (".mkv", True), (".mov", False)):
+        out = make(source, tmp_path / f"out{suffix}", worker)
+        assert cover_of(out) == (picture if kept else None), suffix
+        with av.open(str(out)) as c:
+            assert (c.streams.video[0].width, c.streams.video[0].height) == (320, 180)
+    assert cover_of(encode_copy(source, tmp_path / "stored.mp4", scale=2).path) == picture
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".mov"])
 def test_mp4_and_mov_take_text_subtitles_as_mov_text(clips, worker, tmp_path, suffix):
     out = make(clips["rich"], tmp_path / f"out{suffix}", worker)

@@ -10,9 +10,10 @@ the 360p copy would otherwise be read as BT.601), so both decode to the same RGB
 
 A copy of the whole title keeps the rest of it, as an MP4 output of the title would: audio
 copied where MP4 holds the codec and made AAC, its channels kept, where it does not (PCM,
-Vorbis, MP2, ...), text subtitles (as mov_text), languages, dispositions, chapters and the
-title's metadata. A copy of a part (training pairs), or one asked to be video only (the
-rate-quality curves, which count the video's bytes), has no other stream. PyAV only.
+Vorbis, MP2, ...), text subtitles (as mov_text), languages, dispositions, chapters, the
+title's metadata and its cover art. A copy of a part (training pairs), or one asked to be
+video only (the rate-quality curves, which count the video's bytes), has no other stream.
+PyAV only.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class _Rest:
     AAC (its channels kept), and the subtitle streams MP4 can hold; their packets are written
     as they are read."""
 
-    def __init__(self, src: av.container.InputContainer, out: av.container.OutputContainer):
+    def __init__(self, source: Path, src: av.container.InputContainer,
+                 out: av.container.OutputContainer):  # fmt: skip
         self.out = out
         self.copied: dict[int, av.stream.Stream] = {}  #: input index -> output stream
         self.transcoded: dict[int, tuple[av.stream.Stream, AudioTranscoder]] = {}
@@ -108,6 +110,7 @@ class _Rest:
             keep.copy_stream_facts(stream, target)
         self.subtitles = keep.subtitle_streams(src, out, _COPY_FORMAT)
         keep.copy_container_facts(src, out, _COPY_FORMAT)
+        keep.copy_cover_art(source, out, _COPY_FORMAT)
         self.streams = [*src.streams.audio, *self.subtitles.streams]  #: what to demux
 
     def write(self, packet: av.Packet) -> None:
@@ -196,7 +199,7 @@ def encode_copy(
             if keeps_rest:
                 keep.copy_stream_facts(vin, vout)
                 keep.copy_sample_aspect_ratio(vin, vout)
-                rest = _Rest(src, out)
+                rest = _Rest(Path(source), src, out)
             decoded, first_pts = 0, None
             for pts, frame in progressive(_video_frames(src, rest)):
                 if frames is not None and written >= frames:

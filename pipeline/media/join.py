@@ -4,9 +4,9 @@ An HLS folder gets its playlist closed; a file format gets the segments joined b
 re-encoding) into one file, with the input's timestamps and time base back (all moved later
 when its video starts before 0), its audio copied
 where the container takes it (else the segments' AAC), and what else of the input the container
-can hold: subtitles, chapters, metadata, dispositions, attachments, the sample aspect ratio
-(:mod:`carn_stream.pipeline.media.keep`). The file is written under a temporary name, then
-renamed.
+can hold: subtitles, chapters, metadata, dispositions, attachments, cover art, the sample
+aspect ratio (:mod:`carn_stream.pipeline.media.keep`). The file is written under a temporary
+name, then renamed.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def join_segments(
             av.open(str(part), "w", format=fmt.muxer, options=options) as out,
         ):
             streams = _add_streams(first, src, out, fmt, timing, rotation)
+            keep.copy_cover_art(source, out, fmt)
             merged = heapq.merge(
                 _segment_video(paths, streams.video, timing),
                 _input_packets(src, streams),

@@ -9,6 +9,8 @@ the input is at hand; from it the output gets, as far as its container can hold 
 - chapters, the container's metadata (title, ...), each stream's metadata (language, title)
   and dispositions (default, forced, ...);
 - attached files (fonts of ASS subtitles) where the container keeps them (Matroska);
+- cover art (an attached picture: a thumbnail a downloader embedded, an album cover) as MP4
+  keeps it (an attached picture) and Matroska (a ``cover.*`` attachment); MOV drops it;
 - the video's sample aspect ratio (anamorphic stays anamorphic).
 
 Tags that describe the old file rather than its content (encoder, statistics, brands) are not
@@ -21,10 +23,11 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import av
 
-from carn_stream.pipeline.media.decode import codec_name, stream_sample_aspect_ratio
+from carn_stream.pipeline.media.decode import codec_name, open_input, stream_sample_aspect_ratio
 from carn_stream.pipeline.media.formats import OutputFormat
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,50 @@ def copy_container_facts(source, target, fmt: OutputFormat) -> None:
         name = stream.name or stream.metadata.get("filename") or f"attachment{stream.index}"
         mimetype = stream.mimetype or stream.metadata.get("mimetype", "application/octet-stream")
         target.add_attachment(name, mimetype, bytes(stream.data))
+
+
+#: Cover art a Matroska file keeps, by codec: the attachment's usual name and type.
+_COVER_FILES = {"mjpeg": ("cover.jpg", "image/jpeg"), "png": ("cover.png", "image/png")}
+
+
+def copy_cover_art(source: Path, target, fmt: OutputFormat) -> int:
+    """The input's attached pictures into ``target``, before anything is written to it:
+    attached pictures in MP4, attachments in Matroska (the name and type they came with, else
+    ``cover.jpg``/``cover.png``); dropped with a warning where the container keeps neither.
+    Read from an opening of the input of their own (each is one packet, read first). Returns
+    how many were kept."""
+    kept = 0
+    with open_input(source) as container:
+        covers = [s for s in container.streams.video
+                  if s.disposition & av.stream.Disposition.attached_pic]  # fmt: skip
+        pictures: dict[int, av.Packet] = {}
+        if covers:
+            for packet in container.demux(covers):
+                if packet.size and packet.stream.index not in pictures:
+                    pictures[packet.stream.index] = packet
+                if len(pictures) == len(covers):
+                    break
+        for stream in covers:
+            packet, codec = pictures.get(stream.index), codec_name(stream)
+            if packet is None:
+                continue
+            if fmt.muxer == "mp4" and codec in _COVER_FILES:
+                out = target.add_stream_from_template(stream)
+                out.disposition = stream.disposition
+                copy_stream_facts(stream, out)
+                packet.stream = out
+                target.mux(packet)
+            elif fmt.attachments and codec in _COVER_FILES:
+                name, mimetype = _COVER_FILES[codec]
+                target.add_attachment(stream.metadata.get("filename") or name,
+                                      stream.metadata.get("mimetype") or mimetype,
+                                      bytes(packet))  # fmt: skip
+            else:
+                log.warning("cover art (%s) cannot be kept in %s output; dropped", codec,
+                            fmt.name)  # fmt: skip
+                continue
+            kept += 1
+    return kept
 
 
 # --------------------------------------------------------------------------- subtitles
