@@ -14,7 +14,7 @@ import torch
 from carn_stream.pipeline.engine.convert import plane_tensor, planes_to_rgb
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import SourceFrame
-from carn_stream.pipeline.media.decode import demux_frames, describe, open_input
+from carn_stream.pipeline.media.decode import demux_frames, describe, main_video, open_input
 
 
 def frame_to_rgb(frame: SourceFrame) -> np.ndarray:
@@ -31,7 +31,7 @@ def sample_frames(source: str | Path, count: int) -> list[np.ndarray]:
     with open_input(source) as container:
         total = describe(container).frames
         if total <= 0:  # unknown length: count the frames first
-            total = sum(1 for _ in container.decode(video=0))
+            total = sum(1 for _ in container.decode(main_video(container)))
     if total <= 0:
         raise InputError(f"{source}: no frame could be decoded")
     # Opened again rather than sought back: a raw H.264/HEVC stream cannot seek (EPERM).

@@ -15,7 +15,7 @@ import numpy as np
 
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.frames import SourceFrame
-from carn_stream.pipeline.media.decode import demux_frames, describe, open_input
+from carn_stream.pipeline.media.decode import demux_frames, describe, main_video, open_input
 from carn_stream.pipeline.sampling import frame_to_rgb
 
 
@@ -31,7 +31,7 @@ def frame_count(source: str | Path) -> int:
     with open_input(source) as container:
         total = describe(container).frames
         if total <= 0:
-            total = sum(1 for _ in container.decode(video=0))
+            total = sum(1 for _ in container.decode(main_video(container)))
     return total
 
 

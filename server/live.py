@@ -27,7 +27,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from carn_stream.pipeline.engine.infer import InferenceWorker
 from carn_stream.pipeline.frames import upscaled_size, yuv420_video_frame
-from carn_stream.pipeline.media.decode import frame_planes, open_input
+from carn_stream.pipeline.media.decode import frame_planes, main_video, open_input
 from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.priorities import Priority
 from carn_stream.pipeline.run import FrameReport, StageTimings
@@ -127,7 +127,7 @@ class FileTrack(MediaStreamTrack):
     def __init__(self, path: Path) -> None:
         super().__init__()
         with open_input(path) as probe_container:
-            rate = probe_container.streams.video[0].average_rate or 25
+            rate = main_video(probe_container).average_rate or 25
         self.path, self._period = path, 1.0 / float(rate)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="carn-live-file")
         self._container: av.container.InputContainer | None = None
@@ -139,7 +139,8 @@ class FileTrack(MediaStreamTrack):
         for _ in range(2):  # at the end of the file, start again once
             if self._frames is None:
                 self._container = open_input(self.path)
-                decoded = ((frame.pts, frame) for frame in self._container.decode(video=0))
+                video = main_video(self._container)
+                decoded = ((frame.pts, frame) for frame in self._container.decode(video))
                 self._frames = (frame for _, frame in progressive(decoded))
             try:
                 return next(self._frames)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -231,10 +232,14 @@ def write_rich_mkv(
     return path
 
 
-def with_cover_art(source: Path, path: Path, codec: str = "png") -> tuple[Path, bytes]:
+def with_cover_art(
+    source: Path, path: Path, codec: str = "png", first: bool = False
+) -> tuple[Path, bytes]:
     """``source``'s streams and a 32x32 picture (``codec``: png or mjpeg) as cover art in
     ``path`` (its suffix names the container): an attached picture, or in Matroska a
-    ``cover.*`` attachment (which FFmpeg reads back as one); returns the picture too."""
+    ``cover.*`` attachment (which FFmpeg reads back as one); returns the picture too. ``first``
+    (MP4): the metadata that holds it comes before the tracks, as some writers put it, and
+    FFmpeg then lists the picture as the first stream."""
     rgb = np.zeros((32, 32, 3), np.uint8)
     rgb[:, :16] = (200, 40, 40)
     encoder = av.CodecContext.create(codec, "w")
@@ -259,7 +264,29 @@ def with_cover_art(source: Path, path: Path, codec: str = "png") -> tuple[Path, 
             if packet.dts is not None and packet.size:
                 packet.stream = streams[packet.stream.index]
                 out.mux(packet)
+    if first:
+        _metadata_first(path)
     return path, picture
+
+
+def _atoms(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    """(type, offset, size) of the MP4 boxes between ``start`` and ``end``."""
+    found, at = [], start
+    while at < end:
+        size, kind = struct.unpack(">I4s", data[at : at + 8])
+        found.append((kind, at, size))
+        at += size
+    return found
+
+
+def _metadata_first(path: Path) -> None:
+    """Move the ``udta`` box before the tracks inside ``moov`` (same size: no offset moves)."""
+    data = path.read_bytes()
+    moov = next(a for a in _atoms(data, 0, len(data)) if a[0] == b"moov")
+    boxes = _atoms(data, moov[1] + 8, moov[1] + moov[2])
+    boxes.sort(key=lambda box: box[0] != b"udta")
+    inner = b"".join(data[at : at + size] for _, at, size in boxes)
+    path.write_bytes(data[: moov[1] + 8] + inner + data[moov[1] + moov[2] :])
 
 
 def with_pcm_audio(source: Path, path: Path) -> Path:

@@ -376,6 +376,23 @@ def test_cover_art_is_kept_where_the_container_holds_it(clips, worker, tmp_path,
     assert cover_of(encode_copy(source, tmp_path / "stored.mp4", scale=2).path) == picture
 
 
+def test_a_file_that_lists_its_cover_art_first_is_read_by_its_video(clips, worker, tmp_path):
+    """An MP4 whose metadata comes before its tracks has its cover art as stream 0: the
+    picture was taken for the video ("packets without timestamps: it cannot be segmented").
+    The video is the first video stream that is not an attached picture, everywhere."""
+    from carn_stream.pipeline.media.decode import main_video, open_input
+    from tests.media import with_cover_art
+
+    source, picture = with_cover_art(clips["bunny"], tmp_path / "cover.mp4", first=True)
+    with open_input(source) as c:
+        assert c.streams[0].disposition & av.stream.Disposition.attached_pic
+        assert main_video(c).index == 1
+    out = make(source, tmp_path / "out.mp4", worker)
+    assert cover_of(out) == picture
+    got = facts(out)
+    assert (got.width, got.height, len(got.pts)) == (320, 180, len(facts(clips["bunny"]).pts))
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".mov"])
 def test_mp4_and_mov_take_text_subtitles_as_mov_text(clips, worker, tmp_path, suffix):
     out = make(clips["rich"], tmp_path / f"out{suffix}", worker)

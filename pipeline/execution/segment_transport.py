@@ -33,7 +33,13 @@ from carn_stream.pipeline.execution.executors import (
     SegmentTask,
     upscale_segment,
 )
-from carn_stream.pipeline.media.decode import moved, open_input, whole_ticks, with_decode_times
+from carn_stream.pipeline.media.decode import (
+    main_video,
+    moved,
+    open_input,
+    whole_ticks,
+    with_decode_times,
+)
 from carn_stream.pipeline.media.seeking import from_first_keyframe
 from carn_stream.pipeline.media.segments import Segment, audio_packets, seek_to_show
 
@@ -82,7 +88,7 @@ def _copy(
     container_format: str,
 ) -> bytes:
     with open_input(source) as video_in, open_input(source) as audio_in:
-        video = video_in.streams.video[0]
+        video = main_video(video_in)
         audio = list(audio_in.streams.audio)
         options = {}
         timescale = _movie_timescale([video, *audio])
@@ -106,7 +112,7 @@ def _copy(
 
 
 def _video_packets(container: av.container.InputContainer, segment: Segment):
-    video = container.streams.video[0]
+    video = main_video(container)
     if segment.index > 0:
         seek_to_show(container, segment)
     # From the first keyframe, the first segment's too: the packets of a recording cut mid-GOP
@@ -145,7 +151,7 @@ def localize(
     """The segment and time base as ``copy`` (made by :func:`cut_segment` from ``origin``)
     stores them."""
     with open_input(copy) as container:
-        stored = container.streams.video[0].time_base
+        stored = main_video(container).time_base
     factor = time_base / stored
     if factor.denominator != 1:
         raise InputError(

@@ -64,10 +64,23 @@ def open_input(
     if not is_allowed(container.format.name):  # what FFmpeg enforced, checked once more
         container.close()
         raise InputError(_refusal(source, container.format.name))
-    if not container.streams.video:
+    if not any(not _is_cover(s) for s in container.streams.video):
         container.close()
         raise InputError(f"{source}: has no video stream")
     return container
+
+
+def _is_cover(stream: av.stream.Stream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def main_video(container: av.container.Container) -> av.video.stream.VideoStream:
+    """The container's video: its first video stream that is not an attached picture (cover
+    art, which a file may list before its video)."""
+    for stream in container.streams.video:
+        if not _is_cover(stream):
+            return stream
+    raise InputError("the input has no video stream, only cover art")
 
 
 def _refused_format(source: str | Path) -> str | None:
@@ -88,7 +101,7 @@ def _refusal(source: str | Path, detected: str) -> str:
 
 
 def describe(container: av.container.InputContainer) -> VideoInfo:
-    stream = container.streams.video[0]
+    stream = main_video(container)
     ctx = stream.codec_context
     rate = stream.average_rate or stream.guessed_rate
     duration = None
@@ -127,7 +140,7 @@ def probe(source: str | Path, check: Callable[[VideoInfo], None] | None = None) 
         if check is not None:
             check(info)
         try:
-            next(container.decode(video=0))
+            next(container.decode(main_video(container)))
         except (StopIteration, av.FFmpegError) as exc:
             raise InputError(f"{source}: its video stream holds no decodable frame") from exc
         return info
@@ -144,7 +157,7 @@ def display_rotation(source: str | Path) -> int:
     it has none or no frame decodes)."""
     with open_input(source) as container:
         try:
-            return int(next(container.decode(video=0)).rotation)
+            return int(next(container.decode(main_video(container))).rotation)
         except (StopIteration, av.FFmpegError):
             return 0
 
@@ -305,7 +318,7 @@ def demux_frames(
     or as decoded frames for the stream indexes in ``decode_audio``. ``threads``: decoder
     threads, 0 = FFmpeg's choice. ``deinterlace``: frames flagged interlaced are made
     progressive (:mod:`~carn_stream.pipeline.media.deinterlace`)."""
-    video = container.streams.video[0]
+    video = main_video(container)
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
     streams = [video, *container.streams.audio]

@@ -33,6 +33,7 @@ from carn_stream.pipeline.media.decode import (
     FrameTimes,
     codec_name,
     display_rotation,
+    main_video,
     open_input,
 )
 from carn_stream.pipeline.media.deinterlace import progressive
@@ -139,7 +140,7 @@ def _video_frames(
 ) -> Iterator[tuple[int | None, av.VideoFrame]]:
     """The input's video frames with their times, in display order; on the way, the packets of
     the other streams ``rest`` keeps are written."""
-    vin = src.streams.video[0]
+    vin = main_video(src)
     times = FrameTimes(src)
     for packet in src.demux([vin, *(rest.streams if rest else ())]):
         if packet.stream.type != "video":
@@ -177,7 +178,7 @@ def encode_copy(
     rate = Fraction(25)
     try:
         with open_input(source) as src, av.open(str(part), "w", format="mp4") as out:
-            vin = src.streams.video[0]
+            vin = main_video(src)
             vin.thread_type = "AUTO"
             rate = Fraction(vin.average_rate or vin.guessed_rate or 25)
             ctx_in = vin.codec_context

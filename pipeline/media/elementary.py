@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 
 from carn_stream.pipeline.errors import InputError, LimitError, ffmpeg_reason
-from carn_stream.pipeline.media.decode import ShownPackets, open_input
+from carn_stream.pipeline.media.decode import ShownPackets, main_video, open_input
 from carn_stream.pipeline.media.segments import InputLimits
 
 #: FFmpeg demuxers of raw streams that carry no timestamps.
@@ -79,7 +79,7 @@ def copy_with_times(
     ``limits`` stop the decode pass as soon as the stream is longer or has more frames than
     allowed; ``stop`` (set by a caller that has given up) ends either pass early."""
     with open_input(source) as container:
-        stream = container.streams.video[0]
+        stream = main_video(container)
         rate = rate if rate is not None else stream_rate(stream)
         if limits is not None:
             limits.check_size(stream.codec_context.width, stream.codec_context.height)
@@ -120,7 +120,7 @@ def _display_places(
     pictures may refer to them, placed before 0: the MP4's edit list has a decoder drop them
     again. Any other picture without a frame (fields coded as separate
     pictures, damage) refuses the stream."""
-    stream = container.streams.video[0]
+    stream = main_video(container)
     stream.thread_type = "AUTO"
     stream.codec_context.options = {"skip_loop_filter": "all"}
     max_frames = limits.max_frames if limits is not None else 0
@@ -180,7 +180,7 @@ def _write(
     places: list[int],
     stop: threading.Event | None,
 ) -> None:
-    stream = container.streams.video[0]
+    stream = main_video(container)
     time_base = 1 / rate
     #: decode times start this many frames before the first display time (B-frame reorder)
     delay = max(number - place for number, place in enumerate(places))

@@ -22,7 +22,7 @@ import av
 
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media import keep
-from carn_stream.pipeline.media.decode import codec_name, open_input
+from carn_stream.pipeline.media.decode import codec_name, main_video, open_input
 from carn_stream.pipeline.media.encode import (
     SEGMENT_FORMAT,
     SEGMENT_OFFSET_SECONDS,
@@ -129,7 +129,7 @@ class _Streams:
 
 
 def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotation: int):
-    src_video = src.streams.video[0]
+    src_video = main_video(src)
     video = out.add_stream_from_template(first.streams.video[0])
     video.time_base = timing.time_base
     if timing.frame_rate:  # the container's frame rate is the input's, not a guess

@@ -20,7 +20,7 @@ import av
 import av.bitstream
 
 from carn_stream.pipeline.errors import InputError, ffmpeg_reason
-from carn_stream.pipeline.media.decode import codec_name, open_input, with_decode_times
+from carn_stream.pipeline.media.decode import codec_name, main_video, open_input, with_decode_times
 from carn_stream.pipeline.media.encode import SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 from carn_stream.pipeline.media.seeking import from_keyframe_at, seek_to_keyframe
@@ -64,7 +64,7 @@ def remux_segment(task: RemuxTask) -> int:
 
 
 def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
-    stream = video_in.streams.video[0]
+    stream = main_video(video_in)
     if codec_name(stream) not in REMUXABLE_VIDEO:
         raise InputError(f"{codec_name(stream)} video cannot be remuxed into MPEG-TS")
     segment = task.segment

@@ -14,7 +14,7 @@ import av
 import numpy as np
 
 from carn_stream.pipeline.errors import InputError
-from carn_stream.pipeline.media.decode import codec_name, open_input
+from carn_stream.pipeline.media.decode import codec_name, main_video, open_input
 from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
@@ -96,7 +96,7 @@ def audio_tag(codec: str, profile: str | None) -> str | None:
 def source_codecs(source) -> tuple[str | None, str | None, int]:
     """(video codec string or None, audio codec string or None, bits per second) of an input."""
     with open_input(source) as container:
-        video = container.streams.video[0].codec_context
+        video = main_video(container).codec_context
         tag = video_tag(video.name, bytes(video.extradata or b""))
         audio = None
         for stream in container.streams.audio:

@@ -37,6 +37,7 @@ from carn_stream.pipeline.media.decode import (
     ShownPackets,
     decode_order_times,
     describe,
+    main_video,
     open_input,
     source_frame,
 )
@@ -250,7 +251,7 @@ def _video_packets(
     With ``limits``, reading stops as soon as the packets span more than the duration limit or
     outnumber the frame limit, so a header without a duration cannot make the index grow
     without bound."""
-    video = container.streams.video[0]
+    video = main_video(container)
     tb = video.time_base
     max_span = math.floor(limits.max_duration / tb) if limits is not None and tb else None
     max_count = limits.max_frames if limits is not None else 0
@@ -322,7 +323,7 @@ class _FirstShown:
 
     def __init__(self, container: av.container.InputContainer) -> None:
         self.time: int | None = None
-        self._video = container.streams.video[0]
+        self._video = main_video(container)
         self._times = FrameTimes(container)
         self._left = FIRST_SHOWN_PACKETS
         self._video.codec_context.options = {"skip_loop_filter": "all"}  # timing only
@@ -416,7 +417,7 @@ def plan_segments(
         info = describe(container)
         if limits is not None:
             limits.check(info.width, info.height, info.duration)
-        tb = container.streams.video[0].time_base
+        tb = main_video(container).time_base
         packets = _video_packets(container, limits)
         has_audio = bool(container.streams.audio)
         decode_order = decode_order_times(container)
@@ -476,7 +477,7 @@ def plan_segments(
 def _origin(container: av.container.InputContainer, first_frame: Fraction) -> int:
     """The plan's origin (see ``SegmentPlan.origin``) for an input whose first frame is shown at
     ``first_frame`` seconds."""
-    streams = [container.streams.video[0], *container.streams.audio]
+    streams = [main_video(container), *container.streams.audio]
     unit = math.lcm(*(s.time_base.numerator for s in streams if s.time_base))
     earliest = first_frame
     if container.start_time is not None:
@@ -495,7 +496,7 @@ def seek_to_show(container: av.container.InputContainer, segment: Segment) -> No
     segment's first frame: from the keyframe at or before the segment's start, or an earlier
     one (:data:`RECOVERY_KEYFRAMES`), as a trial decode up to that frame finds. Read on with
     :func:`from_first_keyframe`."""
-    video = container.streams.video[0]
+    video = main_video(container)
     target = segment.start_pts
     for tries_left in range(RECOVERY_KEYFRAMES, -1, -1):
         seek_to_keyframe(container, video, target)
@@ -520,7 +521,7 @@ def segments_show_their_start(source: Path, plan: SegmentPlan, checked: int = 3)
     played on their own (copied from the input, as an HLS rendition), nor can the first of a
     recording joined at one."""
     with open_input(source) as container:
-        video = container.streams.video[0]
+        video = main_video(container)
         for segment in plan.segments[: 1 + checked]:
             seek_to_keyframe(container, video, segment.start_pts)
             try:
@@ -555,7 +556,7 @@ def _frames_in(
     """(time, frame) of each frame in the segment a decode shows, from where the container is
     (after a seek: from the first keyframe read, whose time goes into ``key``; with
     ``own_keyframe``, from the one shown at the segment's start)."""
-    video = container.streams.video[0]
+    video = main_video(container)
     packets = container.demux(video)
     if own_keyframe:
         packets = from_keyframe_at(packets, segment.start_pts)
@@ -595,7 +596,7 @@ def segment_frames(
     input's packets are numbered in decode order; a copy of them in another container says so
     only through it). ``deinterlace``: frames flagged interlaced are made progressive
     (:mod:`~carn_stream.pipeline.media.deinterlace`)."""
-    video = container.streams.video[0]
+    video = main_video(container)
     video.thread_type = "AUTO"
     video.codec_context.thread_count = threads
     index = segment.first_frame

@@ -18,7 +18,7 @@ import numpy as np
 
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.frames import upright
-from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.decode import main_video, open_input
 from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME
@@ -64,7 +64,7 @@ def _frames_at(
     for path in files:
         with opener(path) as container:
             frames: Iterable[tuple[int | None, av.VideoFrame]] = (
-                (frame.pts, frame) for frame in container.decode(video=0)
+                (frame.pts, frame) for frame in container.decode(main_video(container))
             )
             if deinterlace:
                 frames = progressive(frames)
