@@ -347,7 +347,6 @@ class Session:
     track: UpscaleTrack | None = None
     source: FileTrack | None = None
     bitrate: int = 0
-    bounded: bool = False  #: its encoder keeps to ``bitrate`` (it exists once frames flow)
     created: float = field(default_factory=time.monotonic)
     reaper: asyncio.TimerHandle | None = None
 
@@ -453,14 +452,11 @@ class LiveSessions:
         pc, scale = session.pc, session.scale
 
         def on_size(width: int, height: int) -> None:
-            target = self.bitrate.target(width, height)
-            if target == session.bitrate and session.bounded:
-                return
-            session.bitrate, session.bounded = target, False
+            """Each upscaled frame, before its sender encodes it: the rate its size needs."""
+            session.bitrate = self.bitrate.target(width, height)
             for sender in pc.getSenders():
-                encoder = getattr(sender, "_RTCRtpSender__encoder", None)
-                if encoder is not None and self.bitrate.bound(encoder, target):
-                    session.bounded = True
+                if sender.track is session.track:
+                    self.bitrate.keep(pc, sender, session.bitrate)
 
         def upscaled(source: MediaStreamTrack, mirror=None) -> UpscaleTrack:
             session.track = UpscaleTrack(

@@ -4,8 +4,11 @@ aiortc clamps an encoder's target bitrate (its start, and every receiver estimat
 limits it reads from module constants: one set for the whole process. A session's floor is
 its picture's (bits per pixel x pixels x frame rate), so with those constants one session's
 floor became every session's: a small session was sent at a large one's rate. Here the
-constants are widened once to the service's own range, and each encoder of a session is given
-bounds of its own (:func:`bound_encoder`), which its receiver's estimates are clamped to.
+constants are widened once to the service's own range, and the encoder of a session's
+upscaled track is given bounds of its own (:func:`bound_encoder`), which its receiver's
+estimates are clamped to. aiortc makes an encoder after the first frame is read, at its default
+rate (and would make it anew, with a second keyframe, once bounded): the session makes it
+itself as that frame is read (:meth:`BitratePolicy.keep`), bounded from the start.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from aiortc.codecs import h264, vpx
+from aiortc.codecs import get_encoder, h264, vpx
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,21 @@ class BitratePolicy:
         for codec in (vpx, h264):
             codec.MIN_BITRATE = min(codec.MIN_BITRATE, self.floor)
             codec.MAX_BITRATE = max(codec.MAX_BITRATE, self.ceiling)
+
+    def keep(self, pc, sender, target: int) -> bool:
+        """Hold ``sender``'s encoder (of peer connection ``pc``) to ``target``: bound it, made
+        now when aiortc has not made it yet. False when there is none to bound (a codec
+        without a target bitrate, or aiortc's internals not as expected)."""
+        encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+        if encoder is None:
+            codecs = next((t._codecs for t in pc.getTransceivers() if t.sender is sender), None)
+            if not codecs:
+                return False
+            encoder = get_encoder(codecs[0])  # the codec aiortc sends with: the first one
+            sender._RTCRtpSender__encoder = encoder
+        if getattr(encoder, "_bounds", None) == (target, max(self.ceiling, target)):
+            return True
+        return self.bound(encoder, target)
 
     def bound(self, encoder: object, target: int) -> bool:
         """Give ``encoder`` this session's bounds: ``target`` at least (receiver estimates

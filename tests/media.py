@@ -235,7 +235,7 @@ def write_rich_mkv(
 def with_cover_art(
     source: Path, path: Path, codec: str = "png", first: bool = False
 ) -> tuple[Path, bytes]:
-    """``source``'s streams and a 32x32 picture (``codec``: png or mjpeg) as cover art in
+    """``source``'s streams and a 32x32 picture (``codec``: png, mjpeg, gif) as cover art in
     ``path`` (its suffix names the container): an attached picture, or in Matroska a
     ``cover.*`` attachment (which FFmpeg reads back as one); returns the picture too. ``first``
     (MP4): the metadata that holds it comes before the tracks, as some writers put it, and
@@ -244,15 +244,14 @@ def with_cover_art(
     rgb[:, :16] = (200, 40, 40)
     encoder = av.CodecContext.create(codec, "w")
     encoder.width, encoder.height, encoder.time_base = 32, 32, Fraction(1, 25)
-    encoder.pix_fmt = "rgb24" if codec == "png" else "yuvj420p"
+    encoder.pix_fmt = {"png": "rgb24", "gif": "rgb8"}.get(codec, "yuvj420p")
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=encoder.pix_fmt)
     picture = b"".join(bytes(p) for p in [*encoder.encode(frame), *encoder.encode(None)])
     with av.open(str(source)) as src, av.open(str(path), "w") as out:
         streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
         if path.suffix == ".mkv":
-            name, kind = ("cover.png", "image/png") if codec == "png" else ("cover.jpg",
-                                                                          "image/jpeg")
-            out.add_attachment(name, kind, picture)
+            kind = {"png": "image/png", "gif": "image/gif"}.get(codec, "image/jpeg")
+            out.add_attachment(f"cover.{kind.split('/')[1]}", kind, picture)
         else:
             cover = out.add_stream(codec)
             cover.width, cover.height, cover.pix_fmt = 32, 32, encoder.pix_fmt

@@ -167,7 +167,7 @@ def test_each_session_keeps_its_own_bitrate_bounds(codec):
         small.target_bitrate = large.target_bitrate = estimate
         assert small.target_bitrate == min(max(estimate, small_target), 20_000_000)
         assert large.target_bitrate == min(max(estimate, large_target), 20_000_000)
-    assert policy.floor >= module.MIN_BITRATE and module.MAX_BITRATE == 20_000_000
+    assert policy.floor >= module.MIN_BITRATE and policy.ceiling <= module.MAX_BITRATE
     # A session whose picture changes size is bounded anew (its class is wrapped once).
     kind = type(small)
     assert policy.bound(small, large_target) and type(small) is kind
@@ -765,6 +765,59 @@ def test_audio_beside_the_camera_is_answered_inactive_and_never_flows(camera_fra
     assert audio.startswith("audio") and "a=inactive" in audio
     assert audio_queued == 0
     assert video_frames > 10  # the camera still comes back upscaled
+
+
+@pytest.mark.parametrize("source", ["camera", "sample"])
+def test_the_upscaled_track_keeps_its_own_rate_from_its_first_frame(
+    camera_frames, tmp_path, monkeypatch, source
+):
+    """The session's bounds reached an encoder only once aiortc had made it, after the first
+    frame was read: that frame went out at aiortc's default rate and the encoder was made anew
+    (a second keyframe); a sample session bounded the original's encoder, not the upscaled
+    one's. The upscaled track's encoder is now made bounded as its first frame is read, and
+    it is the only one bounded."""
+    from carn_stream.server import live_bitrate
+
+    bound: list[tuple[object, bool, int]] = []
+    original = live_bitrate.BitratePolicy.bound
+
+    def spy(self, encoder, target: int) -> bool:
+        bound.append((encoder, getattr(encoder, "codec", None) is None, target))
+        return original(self, encoder, target)
+
+    monkeypatch.setattr(live_bitrate.BitratePolicy, "bound", spy)
+    write_clip(tmp_path / "clip.mp4", camera_frames[:30], rate=Fraction(15))
+    live, worker = _bicubic_sessions()
+
+    async def run():
+        client = client_peer()
+        if source == "sample":
+            for _ in range(2):
+                client.addTransceiver("video", direction="recvonly")
+        else:
+            client.addTransceiver(ClipTrack(camera_frames), direction="sendrecv")
+        try:
+            session, _ = await _answered(live, worker, client,
+                                         tmp_path / "clip.mp4" if source == "sample" else None)
+            await asyncio.sleep(3.0)
+            encoders = {s.track is session.track: getattr(s, "_RTCRtpSender__encoder", None)
+                        for s in session.pc.getSenders()}  # fmt: skip
+            return session.describe(), encoders
+        finally:
+            await client.close()
+            await live.close_all()
+
+    try:
+        described, encoders = asyncio.run(run())
+    finally:
+        worker.close()
+    # 320x240 at 0.1 bit per pixel x 30 fps is below the floor: 300 kbps
+    assert described["output"] == [320, 240] and described["target_bitrate"] == 300_000
+    assert bound, "no encoder was bounded"
+    upscaled = encoders[True]
+    assert all(encoder is upscaled for encoder, _, _ in bound)
+    assert bound[0][1], "bounded after it had encoded a frame"
+    assert described["encoder_bitrate"] >= 300_000 and upscaled._bounds[0] == 300_000
 
 
 def test_a_sample_session_decodes_only_once_connected_and_receives_nothing(

@@ -357,23 +357,29 @@ def cover_of(path: Path) -> bytes | None:
         return next(bytes(p) for p in c.demux(covers[0]) if p.size)
 
 
-@pytest.mark.parametrize("given,codec", [(".mp4", "png"), (".mkv", "mjpeg")])
+@pytest.mark.parametrize("given,codec", [(".mp4", "png"), (".mkv", "mjpeg"), (".mkv", "gif")])
 def test_cover_art_is_kept_where_the_container_holds_it(clips, worker, tmp_path, given, codec):
     """A thumbnail a downloader embedded (an MP4's attached picture, a Matroska cover
     attachment) was dropped from every output. MP4 keeps it as an attached picture, Matroska
     as a cover attachment, MOV cannot hold it; the picture's bytes are unchanged, the main
-    video stays the video. A video stored small keeps it in its copy (MP4)."""
+    video stays the video. A video stored small keeps it in its copy (MP4). Matroska keeps
+    any picture (a GIF too, which MP4 cannot hold), under its own name."""
     from carn_stream.pipeline.media.delivery import encode_copy
     from tests.media import with_cover_art
 
     source, picture = with_cover_art(clips["bunny"], tmp_path / f"cover{given}", codec)
     assert cover_of(source) == picture
-    for suffix, kept in ((".mp4", True), (".mkv", True), (".mov", False)):
+    mp4 = codec != "gif"
+    for suffix, kept in ((".mp4", mp4), (".mkv", True), (".mov", False)):
         out = make(source, tmp_path / f"out{suffix}", worker)
         assert cover_of(out) == (picture if kept else None), suffix
         with av.open(str(out)) as c:
             assert (c.streams.video[0].width, c.streams.video[0].height) == (320, 180)
-    assert cover_of(encode_copy(source, tmp_path / "stored.mp4", scale=2).path) == picture
+            if suffix == ".mkv" and given == ".mkv":
+                (cover,) = [s for s in c.streams.video if s.index]
+                assert cover.metadata["filename"] == f"cover.{'jpeg' if mp4 else 'gif'}"
+    stored = encode_copy(source, tmp_path / "stored.mp4", scale=2).path
+    assert cover_of(stored) == (picture if mp4 else None)
 
 
 def test_a_file_that_lists_its_cover_art_first_is_read_by_its_video(clips, worker, tmp_path):

@@ -77,14 +77,17 @@ def copy_container_facts(source, target, fmt: OutputFormat) -> None:
         target.add_attachment(name, mimetype, bytes(stream.data))
 
 
-#: Cover art a Matroska file keeps, by codec: the attachment's usual name and type.
-_COVER_FILES = {"mjpeg": ("cover.jpg", "image/jpeg"), "png": ("cover.png", "image/png")}
+#: Cover art MP4 holds, by codec, with the name and type a Matroska attachment of it gets.
+_COVER_FILES = {"mjpeg": ("cover.jpg", "image/jpeg"), "png": ("cover.png", "image/png"),
+                "bmp": ("cover.bmp", "image/bmp")}  # fmt: skip
+#: Attached pictures come first in a read (FFmpeg queues them as it opens the file).
+_COVER_PACKETS_READ = 64
 
 
 def copy_cover_art(source: Path, target, fmt: OutputFormat) -> int:
     """The input's attached pictures into ``target``, before anything is written to it:
-    attached pictures in MP4, attachments in Matroska (the name and type they came with, else
-    ``cover.jpg``/``cover.png``); dropped with a warning where the container keeps neither.
+    attached pictures in MP4 (JPEG, PNG, BMP), attachments in Matroska (any picture, under the
+    name and type it came with, else ``cover.jpg``, ...); dropped with a warning elsewhere.
     Read from an opening of the input of their own (each is one packet, read first). Returns
     how many were kept."""
     kept = 0
@@ -93,10 +96,10 @@ def copy_cover_art(source: Path, target, fmt: OutputFormat) -> int:
                   if s.disposition & av.stream.Disposition.attached_pic]  # fmt: skip
         pictures: dict[int, av.Packet] = {}
         if covers:
-            for packet in container.demux(covers):
+            for read, packet in enumerate(container.demux(covers)):
                 if packet.size and packet.stream.index not in pictures:
                     pictures[packet.stream.index] = packet
-                if len(pictures) == len(covers):
+                if len(pictures) == len(covers) or read >= _COVER_PACKETS_READ:
                     break
         for stream in covers:
             packet, codec = pictures.get(stream.index), codec_name(stream)
@@ -108,8 +111,9 @@ def copy_cover_art(source: Path, target, fmt: OutputFormat) -> int:
                 copy_stream_facts(stream, out)
                 packet.stream = out
                 target.mux(packet)
-            elif fmt.attachments and codec in _COVER_FILES:
-                name, mimetype = _COVER_FILES[codec]
+            elif fmt.attachments:  # any picture, under the name and type it came with
+                name, mimetype = _COVER_FILES.get(codec, (f"cover.{codec}",
+                                                          "application/octet-stream"))
                 target.add_attachment(stream.metadata.get("filename") or name,
                                       stream.metadata.get("mimetype") or mimetype,
                                       bytes(packet))  # fmt: skip
