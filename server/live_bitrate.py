@@ -50,15 +50,19 @@ class BitratePolicy:
                 return False
             encoder = get_encoder(codecs[0])  # the codec aiortc sends with: the first one
             sender._RTCRtpSender__encoder = encoder
-        if getattr(encoder, "_bounds", None) == (target, max(self.ceiling, target)):
+        if getattr(encoder, "_bounds", None) == self.limits(target):
             return True
         return self.bound(encoder, target)
 
+    def limits(self, target: int) -> tuple[int, int]:
+        """A session's bounds: ``target`` at least (receiver estimates cannot pull the stream
+        below what its picture needs), the ceiling at most."""
+        return target, max(self.ceiling, target)
+
     def bound(self, encoder: object, target: int) -> bool:
-        """Give ``encoder`` this session's bounds: ``target`` at least (receiver estimates
-        cannot pull the stream below what its picture needs), the ceiling at most; it starts
-        at ``target``. False for an encoder without a target bitrate (nothing to bound)."""
-        return bound_encoder(encoder, target, max(self.ceiling, target))
+        """Give ``encoder`` this session's :meth:`limits`; it starts at ``target``. False for
+        an encoder without a target bitrate (nothing to bound)."""
+        return bound_encoder(encoder, *self.limits(target))
 
 
 def bound_encoder(encoder: object, floor: int, ceiling: int) -> bool:

@@ -64,13 +64,14 @@ def open_input(
     if not is_allowed(container.format.name):  # what FFmpeg enforced, checked once more
         container.close()
         raise InputError(_refusal(source, container.format.name))
-    if not any(not _is_cover(s) for s in container.streams.video):
+    if not any(not is_cover_art(s) for s in container.streams.video):
         container.close()
         raise InputError(f"{source}: has no video stream")
     return container
 
 
-def _is_cover(stream: av.stream.Stream) -> bool:
+def is_cover_art(stream: av.stream.Stream) -> bool:
+    """Whether a video stream is an attached picture (cover art), not the video."""
     return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
@@ -78,7 +79,7 @@ def main_video(container: av.container.Container) -> av.video.stream.VideoStream
     """The container's video: its first video stream that is not an attached picture (cover
     art, which a file may list before its video)."""
     for stream in container.streams.video:
-        if not _is_cover(stream):
+        if not is_cover_art(stream):
             return stream
     raise InputError("the input has no video stream, only cover art")
 

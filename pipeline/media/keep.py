@@ -27,7 +27,12 @@ from pathlib import Path
 
 import av
 
-from carn_stream.pipeline.media.decode import codec_name, open_input, stream_sample_aspect_ratio
+from carn_stream.pipeline.media.decode import (
+    codec_name,
+    is_cover_art,
+    open_input,
+    stream_sample_aspect_ratio,
+)
 from carn_stream.pipeline.media.formats import OutputFormat
 
 log = logging.getLogger(__name__)
@@ -92,8 +97,7 @@ def copy_cover_art(source: Path, target, fmt: OutputFormat) -> int:
     how many were kept."""
     kept = 0
     with open_input(source) as container:
-        covers = [s for s in container.streams.video
-                  if s.disposition & av.stream.Disposition.attached_pic]  # fmt: skip
+        covers = [s for s in container.streams.video if is_cover_art(s)]
         pictures: dict[int, av.Packet] = {}
         if covers:
             for read, packet in enumerate(container.demux(covers)):

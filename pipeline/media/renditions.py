@@ -28,12 +28,9 @@ def avc_tag(parameters: bytes) -> str:
     if len(parameters) >= 4 and parameters[0] == 1:  # avcC: version, profile, flags, level
         profile, flags, level = parameters[1:4]
         return f"avc1.{profile:02x}{flags:02x}{level:02x}"
-    at = 0
-    while (at := parameters.find(b"\x00\x00\x01", at)) >= 0:
-        header = parameters[at + 3 : at + 7]
-        if len(header) == 4 and header[0] & 0x1F == 7:  # a sequence parameter set
-            return f"avc1.{header[1]:02x}{header[2]:02x}{header[3]:02x}"
-        at += 3
+    for unit in _annex_b_units(parameters):
+        if len(unit) >= 4 and unit[0] & 0x1F == 7:  # a sequence parameter set
+            return f"avc1.{unit[1]:02x}{unit[2]:02x}{unit[3]:02x}"
     raise InputError("no H.264 sequence parameter set found")
 
 

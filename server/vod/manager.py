@@ -846,8 +846,8 @@ def describe_renditions(
     bitrate = round(8 * source.stat().st_size / max(plan.duration, 1e-3))
     rotation = display_rotation(source)
     out = []
-    # HEVC is not offered as it is: its segments would be MPEG-TS, and HLS players that decode
-    # HEVC (Apple's) take it in fragmented MP4 only; they get the upscaled H.264 renditions.
+    # HEVC is not offered as it is: its segments would be MPEG-TS, and Apple's HLS authoring
+    # specification asks for HEVC in fragmented MP4; players get the upscaled H.264 ones.
     copyable = not quarter_turns(rotation) and not plan.decode_order
     h264 = video_tag is not None and video_tag.startswith("avc1.")
     if (h264 and plan.keyframe_aligned and copyable
