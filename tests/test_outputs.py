@@ -5,6 +5,7 @@ folders of videos at once."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -501,6 +502,61 @@ def test_an_hevc_hls_folder_names_its_codecs(clips, worker, tmp_path):
     master = (out / "master.m3u8").read_text()
     # x265 at 320x180, 25 fps: Main profile, level 2 (60)
     assert 'RESOLUTION=320x180,CODECS="hvc1.1.6.L60.90,mp4a.40.2"' in master, master
+
+def test_an_hevc_hls_folder_is_fragmented_mp4_that_plays_through(clips, worker, tmp_path):
+    """Apple's HLS authoring specification asks for HEVC in fragmented MP4; the folder was of
+    MPEG-TS segments. Now it is init.mp4 and .m4s media segments, and FFmpeg's HLS reader plays
+    every frame and all the audio through the playlist, without gaps."""
+    from carn_stream.pipeline.media.fragment import _boxes
+
+    out = make(clips["bunny"], tmp_path / "hls", worker, codec="hevc")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "index.m3u8", "init.mp4", "master.m3u8", "segment_00000.m4s", "segment_00001.m4s",
+    ]  # fmt: skip
+    assert not (tmp_path / ".hls.work" / "segments").exists()  # the MPEG-TS ones are gone
+    playlist = (out / "index.m3u8").read_text()
+    assert "#EXT-X-VERSION:6" in playlist and '#EXT-X-MAP:URI="init.mp4"' in playlist
+    assert playlist.rstrip().endswith("segment_00001.m4s\n#EXT-X-ENDLIST")
+    init = (out / "init.mp4").read_bytes()
+    assert [kind for kind, *_ in _boxes(init, 0, len(init))] == [b"ftyp", b"moov"]
+    assert b"hvc1" in init and b"hvcC" in init  # the parameter sets in the sample entry
+    for number, name in enumerate(["segment_00000.m4s", "segment_00001.m4s"], 1):
+        data = (out / name).read_bytes()
+        boxes = list(_boxes(data, 0, len(data)))
+        assert [kind for kind, *_ in boxes] == [b"moof", b"mdat"]
+        assert int.from_bytes(data[20:24], "big") == number  # moof/mfhd's sequence number
+    with av.open(str(out / "index.m3u8")) as c:
+        video = [f.pts * f.time_base for f in c.decode(video=0)]
+    with av.open(str(out / "index.m3u8")) as c:
+        audio = [(f.pts * f.time_base, f.samples, f.sample_rate) for f in c.decode(audio=0)]
+    assert len(video) == 50  # every frame, in order, one 25 fps step apart
+    assert {b - a for a, b in itertools.pairwise(video)} == {Fraction(1, 25)}
+    rate = audio[0][2]
+    gaps = {round((b[0] - a[0]) * rate) - a[1] for a, b in itertools.pairwise(audio)}
+    assert gaps == {0}, gaps  # sample after sample across the segments
+    assert audio[0][0] == video[0]  # the audio starts with the picture
+    assert abs(sum(n for _, n, _ in audio) / rate - 2.0) < 0.03  # all of the input's 2 s
+
+
+def test_a_segment_whose_header_differs_from_init_mp4_is_refused(tmp_path):
+    """A folder has one init.mp4: a media segment encoded otherwise (here, another size) would
+    be decoded with the wrong parameter sets, so it is refused and not published."""
+    from carn_stream.pipeline.media.fragment import publish_fragment
+
+    def ts(name: str, width: int) -> Path:
+        frames = [np.full((64, width, 3), 40 * i, np.uint8) for i in range(3)]
+        return write_clip(tmp_path / name, frames, codec="libx265", container_format="mpegts")
+
+    folder = tmp_path / "hls"
+    folder.mkdir()
+    publish_fragment(ts("a.ts", 64), folder, 0)
+    publish_fragment(ts("b.ts", 64), folder, 1)  # encoded the same way: accepted
+    with pytest.raises(OutputError, match="configures its decoders differently"):
+        publish_fragment(ts("c.ts", 96), folder, 2)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "init.mp4", "segment_00000.m4s", "segment_00001.m4s",
+    ]  # fmt: skip
+
 
 def test_subtitle_renditions_have_names_of_their_own_and_one_default(tmp_path):
     """Two untitled English streams, both flagged default (Matroska's default when unset):

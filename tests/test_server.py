@@ -201,6 +201,37 @@ def test_hls_job_plays_before_it_finishes_and_keeps_everything(server, media, tm
     assert wrong.json()["detail"].endswith(f"it is a hls job; its output is {playlist_url}")
 
 
+def test_an_hevc_hls_job_serves_fragmented_mp4(server, media, tmp_path):
+    """An HEVC job's HLS folder is init.mp4 and .m4s segments (the form Apple's players take
+    HEVC in), each served with its media type; the preview names init.mp4 under hls/."""
+    base, _ = media
+    job = submit(server, f"{base}/bunny.mp4", scale=2, output="hls", codec="hevc")
+    done = server.wait_job(job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done["error"]
+    folder = f"/jobs/{job['id']}/hls"
+    playlist = server.call("GET", done["links"]["playlist"]).body.decode()
+    assert '#EXT-X-MAP:URI="init.mp4"' in playlist
+    preview = server.call("GET", f"/jobs/{job['id']}/preview.m3u8").body.decode()
+    assert '#EXT-X-MAP:URI="hls/init.mp4"' in preview
+    init = server.call("GET", f"{folder}/init.mp4")
+    assert init.status == 200 and init.headers["content-type"] == "video/mp4"
+    data = init.body
+    names = [line for line in playlist.splitlines() if line and not line.startswith("#")]
+    assert names == ["segment_00000.m4s", "segment_00001.m4s"]
+    for name in names:
+        response = server.call("GET", f"{folder}/{name}")
+        assert response.status == 200
+        assert response.headers["content-type"] == "video/iso.segment"
+        data += response.body
+    joined = tmp_path / "joined.mp4"
+    joined.write_bytes(data)
+    with av.open(str(joined)) as c:
+        assert c.streams.audio, "audio kept"
+        frames = list(c.decode(video=0))
+    assert len(frames) == 50 and (frames[0].width, frames[0].height) == (320, 180)
+    assert server.call("GET", f"{folder}/segment_00000.ts").status == 404  # no MPEG-TS form
+
+
 def test_an_odd_sized_input_at_x3_is_encoded_at_even_sides(server, media, tmp_path):
     base, _ = media
     job = submit(server, f"{base}/odd.mkv", scale=3, format="mp4")

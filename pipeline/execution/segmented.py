@@ -65,6 +65,9 @@ class SegmentedRun:
     on_done: Callable[[SegmentResult], None] | None = None
     on_retry: Callable[[int, str], None] | None = None  #: (segment index, reason)
 
+    def __post_init__(self) -> None:
+        self.fmt = self.fmt.for_codec(self.options.encoder.codec)
+
     @property
     def segment_dir(self) -> Path:
         return self.fmt.segment_dir(self.output, self.work_dir)
@@ -75,6 +78,9 @@ class SegmentedRun:
     async def execute(self) -> Path:
         """Make every missing segment, then the output; returns the output's path."""
         self.fmt.prepare(self.output, self.work_dir)
+        for index in sorted(self.done):  # a resumed run stopped before publishing them
+            if not self.fmt.published(self.output, index):
+                await asyncio.to_thread(self.fmt.publish, self.output, self.work_dir, index)
         self.fmt.progress(self.output, self.plan, set(self.done))
         in_flight = self.in_flight
         own = Slots(in_flight if callable(in_flight) else lambda: in_flight)
@@ -101,6 +107,11 @@ class SegmentedRun:
                 self.options,
             )  # fmt: skip
             result = await self._attempts(task, stopping)
+            try:
+                await asyncio.to_thread(self.fmt.publish, self.output, self.work_dir,
+                                        segment.index)  # fmt: skip
+            except PipelineError as exc:
+                raise SegmentFailed(segment, str(exc)) from exc
             self.done[segment.index] = result
             if self.on_done is not None:
                 self.on_done(result)

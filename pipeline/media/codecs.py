@@ -21,14 +21,17 @@ class VideoCodec:
     encoder: str  #: FFmpeg's encoder
     presets: tuple[str, ...]
     default_preset: str
+    #: HLS segments are fragmented MP4, not MPEG-TS (Apple's HLS authoring specification asks
+    #: for HEVC in fragmented MP4)
+    fragmented_hls: bool = False
 
 
 #: Video codecs by the name users give; the API's and the command line's choices.
 CODECS: dict[str, VideoCodec] = {
     "h264": VideoCodec("libx264", _X26X_PRESETS, "veryfast"),
-    "hevc": VideoCodec("libx265", _X26X_PRESETS, "veryfast"),
+    "hevc": VideoCodec("libx265", _X26X_PRESETS, "veryfast", fragmented_hls=True),
     "h264_nvenc": VideoCodec("h264_nvenc", _NVENC_PRESETS, "p4"),
-    "hevc_nvenc": VideoCodec("hevc_nvenc", _NVENC_PRESETS, "p4"),
+    "hevc_nvenc": VideoCodec("hevc_nvenc", _NVENC_PRESETS, "p4", fragmented_hls=True),
 }
 CODEC_NAMES: tuple[str, ...] = tuple(CODECS)
 PRESETS: tuple[str, ...] = (*_X26X_PRESETS, *_NVENC_PRESETS)

@@ -5,7 +5,10 @@ A segmented run publishes MPEG-TS segments one by one (see
 finally gets:
 
 - ``hls``: a folder; the segments *are* the output, beside a playlist generated from the plan
-  that grows while segments are done and is closed when all are.
+  that grows while segments are done and is closed when all are. For a codec whose HLS
+  segments are fragmented MP4 (HEVC: ``VideoCodec.fragmented_hls``) each MPEG-TS segment is
+  kept in a work folder and published as ``segment_NNNNN.m4s`` beside ``init.mp4`` (see
+  :mod:`carn_stream.pipeline.media.fragment`); :meth:`OutputFormat.for_codec` gives that form.
 - ``mp4``, ``mkv``, ``mov``: one file of that container; the segments are kept in a work folder
   and joined by remuxing (no re-encoding) when all are done, with the input's audio copied bit
   for bit where the container takes it, and the rest of the input kept where it can be:
@@ -23,16 +26,19 @@ import contextlib
 import logging
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.media.codecs import CODECS
 from carn_stream.pipeline.media.hls import (
+    INIT_NAME,
     MASTER_NAME,
     PLAYLIST_NAME,
     SEGMENT_AUDIO,
     SEGMENT_NAME_RE,
     SUBTITLE_NAME_RE,
+    segment_name,
     write_playlist,
 )
 from carn_stream.pipeline.media.segments import SegmentPlan
@@ -59,6 +65,15 @@ class OutputFormat:
     copyable_subtitles: frozenset[str] = frozenset()
     text_subtitle: str | None = None  #: what other text subtitles become (None: dropped)
     attachments: bool = False  #: keeps attached files (fonts)
+    #: an HLS folder of fragmented-MP4 segments (made from MPEG-TS ones kept in the work folder)
+    fragmented: bool = False
+
+    def for_codec(self, codec: str) -> OutputFormat:
+        """This format as it holds ``codec``'s video: an HLS folder of fragmented-MP4 segments
+        for a codec that asks for them (HEVC), of MPEG-TS ones otherwise."""
+        known = CODECS.get(codec)
+        fragmented = self.is_folder and known is not None and known.fragmented_hls
+        return self if fragmented == self.fragmented else replace(self, fragmented=fragmented)
 
     def output_name(self) -> str:
         """The output's name inside a job folder."""
@@ -71,8 +86,9 @@ class OutputFormat:
         return self.is_folder
 
     def segment_dir(self, output: Path, work_dir: Path) -> Path:
-        """Where segments are published: the output folder itself, or the work folder."""
-        return output if self.is_folder else work_dir / "segments"
+        """Where MPEG-TS segments are published: the output folder itself (HLS of MPEG-TS),
+        or the work folder."""
+        return output if self.is_folder and not self.fragmented else work_dir / "segments"
 
     def existing(self, output: Path) -> str | None:
         """Why ``output`` counts as an existing output (None when it is free to write).
@@ -127,6 +143,22 @@ class OutputFormat:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    def publish(self, output: Path, work_dir: Path, index: int) -> None:
+        """Called as segment ``index`` is done: a fragmented HLS folder gets its media segment
+        (and ``init.mp4``, with the first)."""
+        if self.fragmented:
+            from carn_stream.pipeline.media.fragment import publish_fragment
+
+            segment = self.segment_dir(output, work_dir) / segment_name(index)
+            publish_fragment(segment, output, index)
+
+    def published(self, output: Path, index: int) -> bool:
+        """Whether segment ``index`` is in the output (always, where segments are published
+        in the work folder: the final output is made of them at the end)."""
+        if not self.fragmented:
+            return True
+        return (output / segment_name(index, True)).is_file() and (output / INIT_NAME).is_file()
+
     def progress(self, output: Path, plan: SegmentPlan, done: set[int]) -> None:
         """Called after each published segment (HLS: the playlist grows)."""
         if self.is_folder:
@@ -135,7 +167,8 @@ class OutputFormat:
                 if segment.index not in done:
                     break
                 durations.append(segment.duration)
-            write_playlist(output, durations, plan.max_duration, complete=False)
+            write_playlist(output, durations, plan.max_duration, complete=False,
+                           fragmented=self.fragmented)  # fmt: skip
 
     def discard(self, output: Path) -> None:
         """Remove a (partial) output: nothing half-made is ever served."""
@@ -159,7 +192,8 @@ class OutputFormat:
 #: The other files of an HLS folder (and their temporary ``NAME.*.part`` names, less the dot):
 #: a user's own files beside them stay.
 OURS = re.compile(
-    rf"({re.escape(PLAYLIST_NAME)}|{re.escape(MASTER_NAME)}|{SUBTITLE_NAME_RE.pattern})"
+    rf"({re.escape(PLAYLIST_NAME)}|{re.escape(MASTER_NAME)}|{re.escape(INIT_NAME)}"
+    rf"|{SUBTITLE_NAME_RE.pattern})"
     r"(\.[0-9a-f]+\.part|\.part)?\Z"
 )
 
@@ -168,7 +202,8 @@ FORMATS: dict[str, OutputFormat] = {
     for f in (
         OutputFormat(
             name="hls",
-            summary="a folder with index.m3u8 and MPEG-TS segments, playable while it grows",
+            summary="a folder with index.m3u8 and its segments (MPEG-TS; HEVC: fragmented "
+            "MP4), playable while it grows",
             is_folder=True,
             suffix="",
             copyable_audio=SEGMENT_AUDIO,

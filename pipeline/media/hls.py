@@ -1,9 +1,10 @@
 """HLS output: playlists written from a segment plan.
 
-A segmented run publishes ``segment_NNNNN.ts`` files by rename; its playlist is generated
-from the plan and the segments done so far, in order and without gaps: an EVENT playlist
-while segments are missing (a player can start early), ``#EXT-X-ENDLIST`` once all are done.
-Durations are the plan's exact ones.
+A segmented run publishes ``segment_NNNNN.ts`` files by rename (``segment_NNNNN.m4s`` after an
+``init.mp4`` for fragmented MP4: see :mod:`carn_stream.pipeline.media.fragment`); its playlist
+is generated from the plan and the segments done so far, in order and without gaps: an EVENT
+playlist while segments are missing (a player can start early), ``#EXT-X-ENDLIST`` once all
+are done. Durations are the plan's exact ones.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ SUBTITLE_PREFIX = "subtitles_"
 #: A folder's subtitle rendition files, as :func:`subtitle_file` names them (number, kind).
 SUBTITLE_NAME_RE = re.compile(rf"{SUBTITLE_PREFIX}([0-9]{{1,3}})\.(m3u8|vtt)")
 SEGMENT_PATTERN = "segment_%05d.ts"
-#: A segment's file name: ASCII digits only, the whole name (``\Z``: no trailing newline).
-SEGMENT_NAME_RE = re.compile(r"segment_([0-9]{5,9})\.ts\Z")
+FRAGMENT_PATTERN = "segment_%05d.m4s"  #: a fragmented-MP4 media segment's
+INIT_NAME = "init.mp4"  #: a fragmented-MP4 folder's initialisation segment
+#: A segment's file name, of either kind: ASCII digits only, the whole name (``\Z``: no trailing
+#: newline).
+SEGMENT_NAME_RE = re.compile(r"segment_([0-9]{5,9})\.(ts|m4s)\Z")
 #: Audio codecs MPEG-TS segments carry as they are (the rest is transcoded to AAC).
 SEGMENT_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3"})
 
@@ -33,18 +37,20 @@ def subtitle_file(number: int, kind: str) -> str:
     return f"{SUBTITLE_PREFIX}{number}.{kind}"
 
 
-def segment_name(index: int) -> str:
-    return SEGMENT_PATTERN % index
+def segment_name(index: int, fragmented: bool = False) -> str:
+    """``segment_00007.ts``, or for fragmented MP4 ``segment_00007.m4s``."""
+    return (FRAGMENT_PATTERN if fragmented else SEGMENT_PATTERN) % index
 
 
-def segment_index(name: str) -> int | None:
+def segment_index(name: str, fragmented: bool = False) -> int | None:
     """The index a segment's file name stands for, or None unless ``name`` is exactly what
-    :func:`segment_name` writes (``segment_00007.ts``; no other digits, width or ending)."""
+    :func:`segment_name` writes for this kind (``segment_00007.ts``; no other digits, width
+    or ending)."""
     match = SEGMENT_NAME_RE.match(name)
     if match is None:
         return None
     index = int(match[1])
-    return index if segment_name(index) == name else None
+    return index if segment_name(index, fragmented) == name else None
 
 
 def playlist_text(
@@ -53,32 +59,39 @@ def playlist_text(
     complete: bool,
     kind: str = "EVENT",
     query: str = "",
+    fragmented: bool = False,
 ) -> str:
     """An HLS media playlist for consecutive segments of the given durations (seconds).
 
     ``target`` is the longest segment of the whole plan, so the announced target duration
     never changes while the playlist grows. ``kind``: ``EVENT`` (a playlist that grows) or
     ``VOD`` (complete from the start). ``query`` (e.g. ``?viewer=...``) follows each segment's
-    name.
+    name. ``fragmented``: fragmented-MP4 segments after the folder's ``init.mp4``
+    (``#EXT-X-MAP``, which needs version 6: RFC 8216, section 7).
     """
     lines = [
         "#EXTM3U",
-        "#EXT-X-VERSION:3",
+        f"#EXT-X-VERSION:{6 if fragmented else 3}",
         f"#EXT-X-TARGETDURATION:{max(1, math.ceil(target))}",
         "#EXT-X-MEDIA-SEQUENCE:0",
         f"#EXT-X-PLAYLIST-TYPE:{kind}",  # a type never changes; ENDLIST closes it
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
+    if fragmented:
+        lines.append(f'#EXT-X-MAP:URI="{INIT_NAME}{query}"')
     for index, seconds in enumerate(durations):
-        lines += [f"#EXTINF:{seconds:.6f},", segment_name(index) + query]
+        lines += [f"#EXTINF:{seconds:.6f},", segment_name(index, fragmented) + query]
     if complete:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
 
 
-def write_playlist(folder: Path, durations: list[float], target: float, complete: bool) -> Path:
+def write_playlist(
+    folder: Path, durations: list[float], target: float, complete: bool, fragmented: bool = False
+) -> Path:
     """Replace ``folder/index.m3u8`` atomically (a reader never sees half a playlist)."""
-    return publish_text(folder / PLAYLIST_NAME, playlist_text(durations, target, complete))
+    text = playlist_text(durations, target, complete, fragmented=fragmented)
+    return publish_text(folder / PLAYLIST_NAME, text)
 
 
 def publish_text(path: Path, text: str) -> Path:

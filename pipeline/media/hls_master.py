@@ -28,9 +28,13 @@ from carn_stream.pipeline.media.webvtt import text_subtitle_tracks, write_webvtt
 
 log = logging.getLogger(__name__)
 
-def write_folder_master(folder: Path, plan: SegmentPlan, source: Path) -> Path:
+def write_folder_master(
+    folder: Path, plan: SegmentPlan, source: Path, segments: Path, fragmented: bool = False
+) -> Path:
     """Write ``folder``'s master playlist, and its subtitle renditions, once every segment of
-    ``plan`` is there. Subtitles that cannot be read are left out, with a warning."""
+    ``plan`` is there (``segments``: the folder of its MPEG-TS segments; ``fragmented``: the
+    folder's are fragmented MP4, made from those). Subtitles that cannot be read are left out,
+    with a warning."""
     subtitles: list[SubtitleMedia] = []
     try:
         for track in text_subtitle_tracks(source):
@@ -43,16 +47,17 @@ def write_folder_master(folder: Path, plan: SegmentPlan, source: Path) -> Path:
     except (PipelineError, av.FFmpegError, OSError) as exc:
         log.warning("the subtitles of %s cannot be read; left out: %s", source.name, exc)
         subtitles = []
-    text = master_playlist_text([_variant(folder, plan)], subtitles)
+    text = master_playlist_text([_variant(folder, plan, segments, fragmented)], subtitles)
     return publish_text(folder / MASTER_NAME, text)
 
 
-def _variant(folder: Path, plan: SegmentPlan) -> Variant:
-    """The folder's rendition: its first segment's picture size and codecs, its peak rate.
-    The first segment is read as far as its video (it may open with a long stretch of audio)."""
-    peak = max(8 * (folder / segment_name(s.index)).stat().st_size / s.duration
+def _variant(folder: Path, plan: SegmentPlan, segments: Path, fragmented: bool) -> Variant:
+    """The folder's rendition: its first segment's picture size and codecs, the peak rate of
+    the segments a player fetches. The first segment is read as far as its video (it may open
+    with a long stretch of audio)."""
+    peak = max(8 * (folder / segment_name(s.index, fragmented)).stat().st_size / s.duration
                for s in plan.segments)  # fmt: skip
-    first = folder / segment_name(0)
+    first = segments / segment_name(0)
     with av.open(str(first), format=SEGMENT_FORMAT, options=probe_to_video(first)) as segment:
         video = segment.streams.video[0]
         width, height = video.codec_context.width, video.codec_context.height

@@ -46,8 +46,11 @@ def finish_output(
     folder = fmt.segment_dir(output, work_dir)
     if fmt.is_folder:
         durations = [s.duration for s in plan.segments]
-        write_playlist(output, durations, plan.max_duration, complete=True)
-        write_folder_master(output, plan, source)
+        write_playlist(output, durations, plan.max_duration, complete=True,
+                       fragmented=fmt.fragmented)  # fmt: skip
+        write_folder_master(output, plan, source, folder, fmt.fragmented)
+        if fmt.fragmented:  # (the MPEG-TS segments they were made from)
+            shutil.rmtree(folder, ignore_errors=True)
         return output
     paths = [folder / segment_name(s.index) for s in plan.segments]
     timing = VideoTiming(plan.time_base, plan.segments[-1].end_pts, plan.frame_rate,

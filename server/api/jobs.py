@@ -13,7 +13,6 @@ from carn_stream.model import WeightsError
 from carn_stream.model.named_weights import weights_file
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.codecs import check_codec
-from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME
 from carn_stream.server.admission import check_admission, queue_full
 from carn_stream.server.blocking import PoolBusy
@@ -100,7 +99,7 @@ class JobOut(JobParams):
         """The job as the API shows it: its URL without secrets, media links signed by
         ``sign`` (when the server has a token)."""
         counts = counts or dict.fromkeys(SEGMENT_STATES, 0)
-        media = JobMedia(job.id, FORMATS[job.params.format])
+        media = JobMedia.of(job)
         links = {"self": media.url, "segments": f"{media.url}/segments"}
         if job.state not in ENDED_WITHOUT_OUTPUT:  # HLS: playable while it runs
             urls = media.media_urls(succeeded=job.state == "succeeded")
@@ -227,8 +226,9 @@ async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) ->
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse)
 def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
-    """The playlist and its segments, available while the job runs; once it has succeeded,
-    its master playlist and the input's text subtitles (``subtitles_N.m3u8``, ``.vtt``)."""
+    """The playlist and its segments (MPEG-TS; HEVC: fragmented MP4, after ``init.mp4``),
+    available while the job runs; once it has succeeded, its master playlist and the input's
+    text subtitles (``subtitles_N.m3u8``, ``.vtt``)."""
     job = _job_or_404(store, job_id)
     if job.state in ENDED_WITHOUT_OUTPUT:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
@@ -254,6 +254,10 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
         return Response(
             text, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"}
         )
+    if name.endswith(".m4s"):
+        return FileResponse(path, media_type="video/iso.segment")  # an ISO BMFF media segment
+    if name.endswith(".mp4"):
+        return FileResponse(path, media_type="video/mp4")
     return FileResponse(path, media_type="video/mp2t")
 
 

@@ -84,6 +84,8 @@ def preview_playlist(
     for line in lines:
         if line.startswith("#EXT-X-PLAYLIST-TYPE") or line == "#EXT-X-ENDLIST":
             continue
+        if line.startswith('#EXT-X-MAP:URI="'):  # a fragmented-MP4 folder's init.mp4
+            line = line.replace('URI="', f'URI="{HLS}/', 1)
         out.append(line if not line or line.startswith("#") else f"{HLS}/{line}")
         if line.startswith("#EXT-X-VERSION"):
             out.append("#EXT-X-PLAYLIST-TYPE:VOD")

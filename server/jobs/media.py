@@ -11,15 +11,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carn_stream.pipeline.media.formats import FORMATS, OutputFormat
 from carn_stream.pipeline.media.hls import (
+    INIT_NAME,
     MASTER_NAME,
     PLAYLIST_NAME,
     SUBTITLE_NAME_RE,
     segment_index,
 )
 from carn_stream.server.limits import INPUT_NAME
+
+if TYPE_CHECKING:
+    from carn_stream.server.jobs.store import Job
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 HLS = FORMATS["hls"].output_name()  #: the HLS output's folder, and its URL path
@@ -41,6 +46,12 @@ class JobMedia:
     job_id: str
     fmt: OutputFormat
     root: Path | None = None
+
+    @classmethod
+    def of(cls, job: Job, root: Path | None = None) -> JobMedia:
+        """Job ``job``'s media: its format as it holds the job's codec (an HEVC job's HLS
+        folder is of fragmented-MP4 segments)."""
+        return cls(job.id, FORMATS[job.params.format].for_codec(job.params.codec), root)
 
     # ------------------------------------------------------------------ on disk
 
@@ -71,7 +82,9 @@ class JobMedia:
         """The HLS output's playlist, one of its segments, or (once finished) its master
         playlist and subtitle renditions; None for any other name."""
         ours = name in (PLAYLIST_NAME, MASTER_NAME) or SUBTITLE_NAME_RE.fullmatch(name) is not None
-        if not self.fmt.is_folder or (not ours and segment_index(name) is None):
+        ours = ours or (self.fmt.fragmented and name == INIT_NAME)
+        segment = segment_index(name, self.fmt.fragmented)
+        if not self.fmt.is_folder or (not ours and segment is None):
             return None
         return self.output / name
 

@@ -78,7 +78,7 @@ class JobRunner:
 
     def media(self, job: Job) -> JobMedia:
         """Where the job's files are, and their URLs."""
-        return JobMedia(job.id, FORMATS[job.params.format], self.data_dir / "jobs")
+        return JobMedia.of(job, self.data_dir / "jobs")
 
     def wake(self) -> None:
         self._wake.set()
