@@ -185,17 +185,39 @@ def test_an_ingested_video_has_complete_playlists_before_any_segment_is_made(ser
     assert video["id"] in [v["id"] for v in listed["items"]]
 
 
-def test_an_hevc_video_is_offered_in_its_h264_renditions(server, base, media, tmp_path):
-    """HEVC segments would be MPEG-TS, which the HLS players that decode HEVC (Apple's) refuse
-    (they take it in fragmented MP4): an HEVC video has no original rendition, and every
-    player gets the upscaled H.264 one, with its codec string."""
+def test_an_hevc_video_has_its_original_rendition_in_fragmented_mp4(server, base, tmp_path):
+    """HEVC segments would have been MPEG-TS, which the HLS players that decode HEVC (Apple's)
+    refuse: an HEVC video had no original rendition. Now its original is init.mp4 and .m4s
+    media segments, the input's packets as they are, at the times of the upscaled H.264
+    rendition's segments (a player switches at any segment)."""
     response = server.call("POST", "/videos", {"url": f"{base}/hevc.mp4"})
     assert response.status == 201, response.body
     video = response.json()
-    assert [(r["name"], r["codecs"]) for r in video["renditions"]] == [
-        ("x2", "avc1.64000b,mp4a.40.2")]  # fmt: skip
-    size, seconds = segment_frames(get_segment(server, video["id"], "x2", 0), tmp_path)
-    assert size == (192, 108) and len(seconds) == FRAMES // SEGMENTS
+    (original, x2) = [(r["name"], r["codecs"]) for r in video["renditions"]]
+    assert original[0] == "original" and re.fullmatch(r"hvc1\.1\.6\.L\d+\.90,mp4a\.40\.2",
+                                                      original[1]), original  # fmt: skip
+    assert x2 == ("x2", "avc1.64000b,mp4a.40.2")
+    folder = f"/videos/{video['id']}/original"
+    playlist = server.call("GET", f"{folder}/index.m3u8").body.decode()
+    viewer = re.search(r'#EXT-X-MAP:URI="init\.mp4\?viewer=([0-9a-f]{16})"', playlist)[1]
+    assert [uri for _, uri in playlist_entries(playlist)] == [
+        f"segment_{i:05d}.m4s?viewer={viewer}" for i in range(SEGMENTS)]  # fmt: skip
+    init = server.call("GET", f"{folder}/init.mp4", timeout=120)  # made with segment 0
+    assert init.status == 200 and init.headers["content-type"] == "video/mp4"
+    one = server.call("GET", f"{folder}/segment_00001.m4s", timeout=120)
+    assert one.status == 200 and one.headers["content-type"] == "video/iso.segment"
+    head = server.call("HEAD", f"{folder}/segment_00001.m4s")
+    assert head.headers["content-length"] == str(len(one.body))
+    assert server.call("GET", f"{folder}/segment_00001.ts").status == 404  # no MPEG-TS form
+    path = tmp_path / "original.mp4"
+    path.write_bytes(init.body + one.body)  # a player that starts at segment 1
+    with av.open(str(path)) as c:
+        assert c.streams.audio, "audio kept"
+        frames = list(c.decode(video=0))
+    times = [float(f.pts * f.time_base) for f in frames]
+    size, upscaled_times = segment_frames(get_segment(server, video["id"], "x2", 1), tmp_path)
+    assert (frames[0].width, frames[0].height) == (96, 54) and size == (192, 108)
+    assert times == pytest.approx(upscaled_times, abs=1e-6) and len(times) == FRAMES // SEGMENTS
     assert server.call("DELETE", f"/videos/{video['id']}").status == 204
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from carn_stream.model.recipe import TITLE_STORE_CRF
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.errors import PipelineError
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME, language_tag, segment_index
+from carn_stream.pipeline.media.hls import INIT_NAME, PLAYLIST_NAME, language_tag, segment_index
 from carn_stream.pipeline.media.webvtt import SubtitleTrack
 from carn_stream.server.admission import check_disk
 from carn_stream.server.blocking import PoolBusy
@@ -438,35 +438,45 @@ def media_playlist(
     video = _video_or_404(videos, video_id)
     with _busy_as_503():  # (a rendition of the plan it is about to have is no 404)
         videos.check_planned(video)
-    if video.rendition(rendition) is None:
+    described = video.rendition(rendition)
+    if described is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"video has no rendition {rendition!r}")
     with _busy_as_503():
-        text = videos.media_playlist(video, viewer or new_viewer())
+        text = videos.media_playlist(video, described, viewer or new_viewer())
     return Response(text, media_type=PLAYLIST_TYPE, headers=PER_PLAYER)
 
 
 def _segment_or_404(
     videos: VideoManager, video_id: str, rendition: str, name: str
-) -> tuple[Video, int]:
+) -> tuple[Video, int, Rendition]:
     video = _video_or_404(videos, video_id)
     with _busy_as_503():  # (a segment of the plan it is about to have is no 404)
         videos.check_planned(video)
-    index = segment_index(name)
-    if video.rendition(rendition) is None or index is None or index >= len(video.plan.segments):
+    described = video.rendition(rendition)
+    index = None if described is None else segment_index(name, described.fragmented)
+    if described is None or index is None or index >= len(video.plan.segments):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment {rendition}/{name}")
-    return video, index
+    return video, index, described
 
 
-@router.head("/{video_id}/{rendition}/segment_{number}.ts", response_class=Response,
+def _segment_type(rendition: Rendition) -> str:
+    """What HTTP calls a rendition's media segments: MPEG-TS, or ISO BMFF media segments."""
+    return "video/iso.segment" if rendition.fragmented else "video/mp2t"
+
+
+@router.head("/{video_id}/{rendition}/segment_{number}.{kind}", response_class=Response,
              include_in_schema=False)  # fmt: skip
-def segment_head(video_id: str, rendition: str, number: str, videos: Videos) -> Response:
+def segment_head(
+    video_id: str, rendition: str, number: str, kind: str, videos: Videos
+) -> Response:
     """What GET would answer, without making the segment: its length once it is cached (a
     HEAD from an uptime check or a crawler costs no upscaling). Segments only: a HEAD on a
     playlist or a report runs its GET route."""
-    video, index = _segment_or_404(videos, video_id, rendition, f"segment_{number}.ts")
+    name = f"segment_{number}.{kind}"
+    video, index, described = _segment_or_404(videos, video_id, rendition, name)
     with _busy_as_503():
         size = videos.cached_size(video, rendition, index)
-    response = Response(media_type="video/mp2t")
+    response = Response(media_type=_segment_type(described))
     if size is None:
         del response.headers["content-length"]  # not known before it is made (not 0)
     else:
@@ -483,9 +493,12 @@ async def segment(
     videos: Videos,
     viewer: Viewer = None,
 ) -> Response:
-    """One MPEG-TS segment: from the cache, or made now. Sent from its file on disk; the work
-    for a client that hangs up is dropped (unless it is nearly done)."""
-    video, index = _segment_or_404(videos, video_id, rendition, name)
+    """One segment (MPEG-TS, or fragmented MP4 after the rendition's ``init.mp4``): from the
+    cache, or made now. Sent from its file on disk; the work for a client that hangs up is
+    dropped (unless it is nearly done)."""
+    if name == INIT_NAME:
+        return await _init_segment(video_id, rendition, request, videos, viewer)
+    video, index, described = _segment_or_404(videos, video_id, rendition, name)
     turns = videos.responses
     if not turns.take():
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -498,17 +511,42 @@ async def segment(
         )
     except BaseException as exc:
         turns.give()
-        if isinstance(exc, ClientGone):
-            return Response(status_code=CLIENT_GONE)
-        if isinstance(exc, VideoGone):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-        if isinstance(exc, NotReady | Busy):
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), RETRY) from exc
-        if isinstance(exc, LowOnDisk):
-            raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, str(exc)) from exc
-        if isinstance(exc, SegmentRefused):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-        if isinstance(exc, SegmentError):
-            raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
-        raise
-    return FileStream(opened, "video/mp2t", on_close=turns.give)
+        return _not_made(exc)
+    return FileStream(opened, _segment_type(described), on_close=turns.give)
+
+
+def _not_made(exc: BaseException) -> Response:
+    """The answer when a segment (or an ``init.mp4``) was not made: nothing for a client that
+    has gone, else the HTTP error that says why (other exceptions are raised again)."""
+    if isinstance(exc, ClientGone):
+        return Response(status_code=CLIENT_GONE)
+    if isinstance(exc, VideoGone):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    if isinstance(exc, NotReady | Busy):
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), RETRY) from exc
+    if isinstance(exc, LowOnDisk):
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, str(exc)) from exc
+    if isinstance(exc, SegmentRefused):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    if isinstance(exc, SegmentError):
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
+    raise exc
+
+
+async def _init_segment(
+    video_id: str, rendition: str, request: Request, videos: VideoManager, viewer: str | None
+) -> Response:
+    """A fragmented-MP4 rendition's ``init.mp4`` (made with its first segment)."""
+    video = _video_or_404(videos, video_id)
+    with _busy_as_503():
+        videos.check_planned(video)
+    described = video.rendition(rendition)
+    if described is None or not described.fragmented:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {rendition}/{INIT_NAME}")
+    try:
+        path = await unless_disconnected(
+            request.receive, videos.init_segment(video, described, viewer or "")
+        )
+    except BaseException as exc:
+        return _not_made(exc)
+    return FileResponse(path, media_type="video/mp4")

@@ -1,6 +1,7 @@
 """The segment cache of videos served on request: files on disk, a byte budget, LRU eviction.
 
-Layout: ``<root>/<video id>/<rendition>/segment_NNNNN.ts``. A segment is cached once its file
+Layout: ``<root>/<video id>/<rendition>/segment_NNNNN.ts`` (a fragmented-MP4 rendition's:
+``segment_NNNNN.m4s``, beside its ``init.mp4``, which is kept). A segment is cached once its file
 is published (by rename); the index of what is cached, with its sizes and recency, is rebuilt
 from the folder at start (recency from the files' modification times, which a cache hit
 updates). Used from the event loop only; file reads and removals are plain calls that the
@@ -37,6 +38,7 @@ class SegmentCache:
     def __init__(self, root: Path, budget: int) -> None:
         self.root, self.budget = root, budget
         self._entries: OrderedDict[Key, int] = OrderedDict()  #: least recently used first
+        self._fragments: set[Key] = set()  #: segments cached as fragmented MP4 (``.m4s``)
         self.bytes = 0
         self._scan()
 
@@ -46,20 +48,26 @@ class SegmentCache:
         for path in self.root.glob("*/*/*"):
             if path.name.startswith(".") and path.name.endswith(".part"):
                 path.unlink(missing_ok=True)  # an unfinished segment of an earlier run
-            elif (index := segment_index(path.name)) is not None:
+            elif (index := _index(path.name)) is not None:
                 stat = path.stat()
                 found.append((stat.st_mtime, Key(path.parts[-3], path.parts[-2], index),
-                              stat.st_size))  # fmt: skip
-        for _, key, size in sorted(found):
+                              stat.st_size, path.suffix == ".m4s"))  # fmt: skip
+        for _, key, size, fragment in sorted(found):
             self._entries[key] = size
             self.bytes += size
+            if fragment:
+                self._fragments.add(key)
         self._evict(keep=0)  # the budget may have been lowered since
 
     def folder(self, video: str) -> Path:
         return self.root / video
 
-    def path(self, key: Key) -> Path:
-        return self.root / key.video / key.rendition / segment_name(key.index)
+    def path(self, key: Key, fragment: bool | None = None) -> Path:
+        """The segment's file: as cached, or (not cached) where it goes, a fragmented-MP4
+        media segment if ``fragment``."""
+        if fragment is None:
+            fragment = key in self._fragments
+        return self.root / key.video / key.rendition / segment_name(key.index, fragment)
 
     def __contains__(self, key: Key) -> bool:
         return key in self._entries
@@ -76,14 +84,17 @@ class SegmentCache:
             return False
         return True
 
-    def add(self, key: Key, size: int, shortfall: int = 0) -> list[Key]:
-        """Record a published segment and evict the least recently used ones beyond the budget,
-        and enough for ``shortfall`` bytes more room on the disk (never the new one); returns
-        the keys evicted."""
+    def add(self, key: Key, size: int, shortfall: int = 0, fragment: bool = False) -> list[Key]:
+        """Record a published segment (``fragment``: a fragmented-MP4 one) and evict the least
+        recently used ones beyond the budget, and enough for ``shortfall`` bytes more room on
+        the disk (never the new one); returns the keys evicted."""
         if key in self._entries:
             self.bytes -= self._entries.pop(key)
         self._entries[key] = size
         self.bytes += size
+        self._fragments.discard(key)
+        if fragment:
+            self._fragments.add(key)
         return self._evict(keep=1, shortfall=shortfall)
 
     def make_room(self, shortfall: int) -> list[Key]:
@@ -101,6 +112,7 @@ class SegmentCache:
             self.bytes -= old_size
             freed += old_size
             self.path(old).unlink(missing_ok=True)
+            self._fragments.discard(old)
             evicted.append(old)
         return evicted
 
@@ -118,6 +130,7 @@ class SegmentCache:
         for key in keys:
             self.bytes -= self._entries.pop(key)
             self.path(key).unlink(missing_ok=True)
+            self._fragments.discard(key)
         return len(keys)
 
     def keep_made_with(
@@ -154,3 +167,10 @@ class SegmentCache:
         """Forget every segment of ``video`` (the caller removes its folder)."""
         for key in [k for k in self._entries if k.video == video]:
             self.bytes -= self._entries.pop(key)
+            self._fragments.discard(key)
+
+
+def _index(name: str) -> int | None:
+    """The index of a segment file of either kind (MPEG-TS, fragmented MP4)."""
+    index = segment_index(name)
+    return index if index is not None else segment_index(name, fragmented=True)

@@ -33,11 +33,14 @@ from carn_stream.pipeline.execution.slots import Slots, Ticket
 from carn_stream.pipeline.frames import quarter_turns, upscaled_size
 from carn_stream.pipeline.media.decode import display_rotation
 from carn_stream.pipeline.media.encode import EncoderOptions
+from carn_stream.pipeline.media.fragment import publish_fragment
 from carn_stream.pipeline.media.hls import (
+    INIT_NAME,
     PLAYLIST_NAME,
     Variant,
     master_playlist_text,
     playlist_text,
+    segment_name,
 )
 from carn_stream.pipeline.media.remux import RemuxTask
 from carn_stream.pipeline.media.renditions import (
@@ -490,13 +493,14 @@ class VideoManager:
                                     r.width, r.height, r.codecs, rate))  # fmt: skip
         return master_playlist_text(variants, self.subtitles.media(video))
 
-    def media_playlist(self, video: Video, viewer: str) -> str:
+    def media_playlist(self, video: Video, rendition: Rendition, viewer: str) -> str:
         """A rendition's playlist for one player: ``viewer`` goes into its segments' URIs."""
         self.check_planned(video)
         plan = video.plan
         durations = [s.duration for s in plan.segments]
         return playlist_text(durations, plan.max_duration, complete=True, kind="VOD",
-                             query=viewer_query(viewer))  # fmt: skip
+                             query=viewer_query(viewer),
+                             fragmented=rendition.fragmented)  # fmt: skip
 
     def cached_size(self, video: Video, rendition: str, index: int) -> int | None:
         """The bytes of a cached segment; None when it is not made yet."""
@@ -536,6 +540,20 @@ class VideoManager:
                 time.monotonic() - began
             )
         return opened
+
+    async def init_segment(self, video: Video, rendition: Rendition, viewer: str = "") -> Path:
+        """A fragmented-MP4 rendition's ``init.mp4``: written with the first of its segments
+        made, the first segment made now if none is (made again if it outlived its
+        ``init.mp4``)."""
+        path = self.cache.folder(video.id) / rendition.name / INIT_NAME
+        for _ in range(2):
+            if path.is_file():
+                return path
+            opened = await self.segment(video, rendition.name, 0, viewer)
+            opened.handle.close()
+            if not path.is_file():
+                self.cache.drop(video.id, rendition.name)
+        raise SegmentError(f"{INIT_NAME} of {rendition.name} could not be made")
 
     async def _wait_for(self, video: Video, key: Key, viewer: str) -> OpenFile:
         """Join the work making ``key`` (or start it) and open what it made. Work a seek
@@ -706,7 +724,9 @@ class VideoManager:
         key = work.key
         segment = video.plan.segments[key.index]
         work.frames = segment.frames
-        target = self.cache.path(key)
+        rendition = video.rendition(key.rendition)
+        fragment = rendition is not None and rendition.fragmented
+        target = self.cache.path(key, fragment)
         await _behind(work)
         # The slot first: work takes slots in the order of its tickets, not of a thread's
         # finishing the folder.
@@ -719,7 +739,10 @@ class VideoManager:
                 raise NotReady("the model is still loading; try again in a moment")
             began = time.monotonic()
             try:
-                await self._run(executor, video, work, target)
+                if fragment:
+                    await self._run_fragment(executor, video, work, target)
+                else:
+                    await self._run(executor, video, work, target)
             except (NotReady, asyncio.CancelledError):
                 raise
             except Exception as exc:
@@ -744,7 +767,7 @@ class VideoManager:
             target.replace(stale)
             asyncio.get_running_loop().call_later(60, stale.unlink, True)
             return stale
-        evicted = self.cache.add(key, size, self._disk_shortfall())
+        evicted = self.cache.add(key, size, self._disk_shortfall(), fragment)
         self._evicted(evicted)
         return target
 
@@ -765,6 +788,19 @@ class VideoManager:
         if keys:
             self.metrics.vod_cache_evictions.inc(len(keys))
         self.metrics.vod_cache_bytes.set(self.cache.bytes)
+
+    async def _run_fragment(
+        self, executor: SegmentExecutor, video: Video, work: _Work, target: Path
+    ) -> None:
+        """Make the segment as MPEG-TS beside ``target`` (a name the cache clears at start),
+        then publish it as a fragmented-MP4 media segment at ``target`` (and the rendition's
+        ``init.mp4`` with the first)."""
+        made = target.with_name(f".{segment_name(work.key.index)}.fragment.part")
+        try:
+            await self._run(executor, video, work, made)
+            await asyncio.to_thread(publish_fragment, made, target.parent, work.key.index)
+        finally:
+            made.unlink(missing_ok=True)
 
     async def _run(self, executor: SegmentExecutor, video: Video, work: _Work, target: Path):
         index = work.key.index
@@ -834,7 +870,7 @@ def _open_cached(cache: SegmentCache, key: Key) -> OpenFile | None:
 def describe_renditions(
     source: Path, plan: SegmentPlan, scales: list[int], encoder: EncoderOptions
 ) -> list[Rendition]:
-    """The original (when it is H.264, every segment starts on a
+    """The original (when it is H.264 or HEVC, every segment starts on a
     keyframe: segments cut between the keyframes of a long-GOP input cannot be copied as they
     are, a decode from that keyframe shows the segment's start: not so for intra refresh, it
     is not shown turned: MPEG-TS cannot say so, and its packets carry presentation times:
@@ -846,11 +882,11 @@ def describe_renditions(
     bitrate = round(8 * source.stat().st_size / max(plan.duration, 1e-3))
     rotation = display_rotation(source)
     out = []
-    # HEVC is not offered as it is: its segments would be MPEG-TS, and Apple's HLS authoring
-    # specification asks for HEVC in fragmented MP4; players get the upscaled H.264 ones.
+    # H.264 is copied into MPEG-TS, HEVC into fragmented MP4 (Apple's HLS authoring
+    # specification asks for HEVC in it; ``Rendition.fragmented``).
     copyable = not quarter_turns(rotation) and not plan.decode_order
-    h264 = video_tag is not None and video_tag.startswith("avc1.")
-    if (h264 and plan.keyframe_aligned and copyable
+    remuxable = video_tag is not None and video_tag.startswith(("avc1.", "hvc1."))
+    if (remuxable and plan.keyframe_aligned and copyable
             and segments_show_their_start(source, plan)):  # fmt: skip
         codecs = ",".join(t for t in (video_tag, audio) if t)
         out.append(Rendition(name=ORIGINAL, scale=1, width=plan.width, height=plan.height,

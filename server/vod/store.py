@@ -52,6 +52,12 @@ class Rendition(BaseModel):
     codecs: str = Field(description="RFC 6381 codec strings, as the master playlist gives them")
     bandwidth: int = Field(description="bits per second estimated at ingest")
 
+    @property
+    def fragmented(self) -> bool:
+        """Its segments are fragmented MP4 after an ``init.mp4`` (HEVC, as Apple's HLS
+        authoring specification asks), not MPEG-TS."""
+        return self.codecs.startswith(("hvc1.", "hev1."))
+
 
 class Storage(BaseModel):
     """How a video is stored: at 1/``scale`` of the source's size, encoded with ``codec`` at
