@@ -204,20 +204,33 @@ def test_an_hevc_video_has_its_original_rendition_in_fragmented_mp4(server, base
         f"segment_{i:05d}.m4s?viewer={viewer}" for i in range(SEGMENTS)]  # fmt: skip
     init = server.call("GET", f"{folder}/init.mp4", timeout=120)  # made with segment 0
     assert init.status == 200 and init.headers["content-type"] == "video/mp4"
-    one = server.call("GET", f"{folder}/segment_00001.m4s", timeout=120)
-    assert one.status == 200 and one.headers["content-type"] == "video/iso.segment"
+    media = []
+    for index in range(SEGMENTS):
+        response = server.call("GET", f"{folder}/segment_{index:05d}.m4s", timeout=120)
+        assert response.status == 200 and response.headers["content-type"] == "video/iso.segment"
+        media.append(response.body)
     head = server.call("HEAD", f"{folder}/segment_00001.m4s")
-    assert head.headers["content-length"] == str(len(one.body))
+    assert head.headers["content-length"] == str(len(media[1]))
     assert server.call("GET", f"{folder}/segment_00001.ts").status == 404  # no MPEG-TS form
-    path = tmp_path / "original.mp4"
-    path.write_bytes(init.body + one.body)  # a player that starts at segment 1
-    with av.open(str(path)) as c:
-        assert c.streams.audio, "audio kept"
-        frames = list(c.decode(video=0))
-    times = [float(f.pts * f.time_base) for f in frames]
-    size, upscaled_times = segment_frames(get_segment(server, video["id"], "x2", 1), tmp_path)
-    assert (frames[0].width, frames[0].height) == (96, 54) and size == (192, 108)
-    assert times == pytest.approx(upscaled_times, abs=1e-6) and len(times) == FRAMES // SEGMENTS
+
+    def shown(name: str, data: bytes) -> list[float]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        with av.open(str(path)) as c:
+            assert c.streams.audio, "audio kept"
+            frames = list(c.decode(video=0))
+        assert (frames[0].width, frames[0].height) == (96, 54)
+        return [float(f.pts * f.time_base) for f in frames]
+
+    # Played through: every frame once, on the upscaled rendition's clock.
+    _, first_upscaled = segment_frames(get_segment(server, video["id"], "x2", 0), tmp_path)
+    start = first_upscaled[0]
+    assert shown("all.mp4", init.body + b"".join(media)) == pytest.approx(
+        [start + k / 25 for k in range(FRAMES)], abs=1e-6)  # fmt: skip
+    # A player that switches to the original at segment 1 shows it from that segment's start.
+    size, upscaled = segment_frames(get_segment(server, video["id"], "x2", 1), tmp_path)
+    assert size == (192, 108)
+    assert shown("one.mp4", init.body + media[1])[0] == pytest.approx(upscaled[0], abs=1e-6)
     assert server.call("DELETE", f"/videos/{video['id']}").status == 204
 
 

@@ -138,9 +138,11 @@ class OutputFormat:
                     )
 
     def prepare(self, output: Path, work_dir: Path) -> Path:
-        """Create the segment folder; returns it."""
+        """Create the segment folder (and an HLS output's own); returns the segment folder."""
         folder = self.segment_dir(output, work_dir)
         folder.mkdir(parents=True, exist_ok=True)
+        if self.is_folder:
+            output.mkdir(parents=True, exist_ok=True)
         return folder
 
     def publish(self, output: Path, work_dir: Path, index: int) -> None:

@@ -7,11 +7,16 @@ configuration, time scale and edit list), and one media segment per segment,
 ``#EXT-X-MAP``.
 
 Segments are made independently, in any order and on any worker, so each is remuxed on its own.
-Its timestamps are kept: each fragment's base decode time (``tfdt``) is its own first sample's,
-video in a 90 kHz time scale as in MPEG-TS, so the fragments of a folder follow one another
-without gaps. The first segment published writes ``init.mp4``; every other segment's header
-must configure the decoders the same way (the bit rates MP4 records for audio aside), or it is
-refused rather than played with the wrong configuration.
+Its timestamps are kept exactly: there is no edit list, each fragment's base decode time
+(``tfdt``) is set to its first sample's decode time, and each sample's presentation time is its
+decode time plus its composition offset, as in MPEG-TS (video in MPEG-TS's 90 kHz). So the
+fragments of a folder follow one another without gaps, however far each segment's first
+picture is shown after its first decode time (it differs between the segments copied from an
+input with B-frames; an edit list in ``init.mp4`` could hold one such delay only).
+
+The first segment published writes ``init.mp4``; every other segment's header must configure
+the decoders the same way (the bit rates MP4 records aside), or it is refused rather than
+played with the wrong configuration.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import secrets
 import struct
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -32,10 +38,13 @@ from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hls import INIT_NAME, segment_name
 
 #: Each segment on its own: one fragment (written as the segment ends), the moov delayed until
-#: the codecs' configuration is known (MPEG-TS carries it in the stream), the fragment's base
-#: decode time its first sample's, and offsets counted from its own moof (CMAF).
-_MOVFLAGS = "frag_custom+delay_moov+default_base_moof+frag_discont"
-_VIDEO_TIMESCALE = "90000"
+#: the codecs' configuration is known (MPEG-TS carries it in the stream), offsets counted from
+#: the fragment's own moof (CMAF), no edit list (the times are the segment's own).
+_MUXER = {
+    "movflags": "frag_custom+delay_moov+default_base_moof",
+    "use_editlist": "0",
+    "video_track_timescale": "90000",
+}
 #: Sample entries MP4 names the codecs by (hvc1: parameter sets in the sample entry, the form
 #: Apple's players take); others get the muxer's choice.
 _VIDEO_TAGS = {"hevc": "hvc1", "h264": "avc1"}
@@ -51,11 +60,9 @@ def fragment(segment: Path, sequence: int) -> tuple[bytes, bytes]:
     try:
         with (
             av.open(str(segment), format=SEGMENT_FORMAT, options=probe_to_video(segment)) as src,
-            av.open(data, "w", format="mp4", options={
-                "movflags": _MOVFLAGS, "video_track_timescale": _VIDEO_TIMESCALE,
-            }) as out,
-        ):  # fmt: skip
-            _remux(src, out)
+            av.open(data, "w", format="mp4", options=_MUXER) as out,
+        ):
+            firsts = _remux(src, out)
     except (av.FFmpegError, ValueError) as exc:
         raise OutputError(
             f"segment {segment.name} cannot be written as fragmented MP4 ({ffmpeg_reason(exc)})"
@@ -69,10 +76,21 @@ def fragment(segment: Path, sequence: int) -> tuple[bytes, bytes]:
             media += whole[start:end]  # (the trailing mfra indexes this file only)
     if not init or not media:
         raise OutputError(f"segment {segment.name}: no fragment was written")
-    return init, _numbered(media, sequence)
+    starts = {
+        track: round(first * timescale)
+        for (track, timescale), first in zip(_tracks(init), firsts, strict=True)
+        if first is not None
+    }
+    return init, _stamped(media, sequence, starts)
 
 
-def _remux(src: av.container.InputContainer, out: av.container.OutputContainer) -> None:
+def _remux(
+    src: av.container.InputContainer, out: av.container.OutputContainer
+) -> list[Fraction | None]:
+    """Copy the segment's video and audio; returns each output stream's first decode time
+    (seconds; None for a stream without packets). Each stream is written from decode time 0:
+    without an edit list, MP4 would stretch the first sample of a stream that starts after
+    another to the other's start."""
     streams = [s for s in src.streams if s.type in ("video", "audio")]
     targets = {s.index: out.add_stream_from_template(s) for s in streams}
     filters = {
@@ -82,6 +100,8 @@ def _remux(src: av.container.InputContainer, out: av.container.OutputContainer) 
     }
     for s in streams:  # MPEG-TS's stream types are no MP4 sample entries
         targets[s.index].codec_tag = _VIDEO_TAGS.get(s.codec_context.name, "\0\0\0\0")
+    firsts: list[Fraction | None] = [None] * len(streams)
+    shifts: dict[int, int] = {}  #: input stream index -> its first decode time
     packets = [p for p in src.demux(streams) if p.dts is not None and p.size]
     start = min((p.pts * p.time_base for p in packets if p.stream.type == "video"), default=0)
     for packet in packets:
@@ -90,6 +110,11 @@ def _remux(src: av.container.InputContainer, out: av.container.OutputContainer) 
         if packet.stream.type == "audio" and ends <= start:
             continue
         index = packet.stream.index
+        if index not in shifts:
+            shifts[index] = packet.dts
+            firsts[targets[index].index] = packet.dts * packet.time_base
+        packet.dts -= shifts[index]
+        packet.pts -= shifts[index]
         for ready in filters[index].filter(packet) if index in filters else [packet]:
             ready.stream = targets[index]
             out.mux(ready)
@@ -97,6 +122,7 @@ def _remux(src: av.container.InputContainer, out: av.container.OutputContainer) 
         for ready in bsf.filter(None):
             ready.stream = targets[index]
             out.mux(ready)
+    return firsts
 
 
 def publish_fragment(segment: Path, folder: Path, index: int) -> Path:
@@ -150,14 +176,55 @@ def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int,
         at += size
 
 
-def _numbered(media: bytes, sequence: int) -> bytes:
-    """``media`` with each fragment's sequence number (``mfhd``) set to ``sequence``."""
+def _tracks(init: bytes) -> list[tuple[int, int]]:
+    """Each track's ID and time scale, in the order of the streams (``trak`` boxes)."""
+    tracks = []
+    for kind, start, end, header in _boxes(init, 0, len(init)):
+        if kind != b"moov":
+            continue
+        for trak, at, trak_end, trak_header in _boxes(init, start + header, end):
+            if trak != b"trak":
+                continue
+            track = timescale = 0
+            for inner, box, box_end, box_header in _boxes(init, at + trak_header, trak_end):
+                body = box + box_header
+                wide = init[body] == 1  # version 1: 64-bit times
+                if inner == b"tkhd":  # version, flags, two times, then the track's ID
+                    (track,) = struct.unpack_from(">I", init, body + (20 if wide else 12))
+                elif inner == b"mdia":
+                    for leaf, leaf_at, _, leaf_header in _boxes(init, body, box_end):
+                        if leaf == b"mdhd":  # version, flags, two times, then the time scale
+                            leaf_body = leaf_at + leaf_header
+                            offset = 20 if init[leaf_body] == 1 else 12
+                            (timescale,) = struct.unpack_from(">I", init, leaf_body + offset)
+            tracks.append((track, timescale))
+    return tracks
+
+
+def _stamped(media: bytes, sequence: int, starts: dict[int, int]) -> bytes:
+    """``media`` with each fragment's sequence number (``mfhd``) set to ``sequence`` and each
+    track's base decode time (``tfdt``) to ``starts[track ID]`` (its time scale's ticks)."""
     data = bytearray(media)
     for kind, start, end, header in _boxes(media, 0, len(media)):
-        if kind == b"moof":
-            for inner, at, _, inner_header in _boxes(media, start + header, end):
-                if inner == b"mfhd":  # full box: version and flags, then the number
-                    struct.pack_into(">I", data, at + inner_header + 4, sequence)
+        if kind != b"moof":
+            continue
+        for inner, at, inner_end, inner_header in _boxes(media, start + header, end):
+            body = at + inner_header  # (full boxes: version and flags first)
+            if inner == b"mfhd":
+                struct.pack_into(">I", data, body + 4, sequence)
+            elif inner == b"traf":
+                track = None
+                for leaf, leaf_at, _, leaf_header in _boxes(media, body, inner_end):
+                    leaf_body = leaf_at + leaf_header
+                    if leaf == b"tfhd":
+                        (track,) = struct.unpack_from(">I", media, leaf_body + 4)
+                    elif leaf == b"tfdt" and track in starts:
+                        if media[leaf_body] == 1:
+                            struct.pack_into(">Q", data, leaf_body + 4, starts[track])
+                        elif starts[track] < 2**32:
+                            struct.pack_into(">I", data, leaf_body + 4, starts[track])
+                        else:
+                            raise OutputError("a decode time too large for a version 0 tfdt")
     return bytes(data)
 
 
