@@ -538,6 +538,38 @@ def test_an_hevc_hls_folder_is_fragmented_mp4_that_plays_through(clips, worker, 
     assert abs(sum(n for _, n, _ in audio) / rate - 2.0) < 0.03  # all of the input's 2 s
 
 
+def test_a_resumed_hevc_hls_run_publishes_the_segments_it_had_made(clips, worker, tmp_path):
+    """A run stopped after a segment was made (MPEG-TS, in the work folder) and before it was
+    published as fragmented MP4: the resumed run publishes it without making it again."""
+    from carn_stream.pipeline.execution.executors import SegmentTask
+
+    source, out, work = clips["bunny"], tmp_path / "hls", tmp_path / ".hls.work"
+    fmt = FORMATS["hls"].for_codec("hevc")
+    assert fmt.fragmented and fmt.segment_dir(out, work) == work / "segments"
+    options = PipelineOptions(scale=2, batch_size=2, encoder=EncoderOptions("hevc", 18))
+    started: list[int] = []
+
+    async def go() -> None:
+        executor = InProcessExecutor(worker)
+        try:
+            plan = await executor.plan(PlanRequest(source, 1.0))
+            made = fmt.prepare(out, work) / "segment_00000.ts"
+            task = SegmentTask.of(source, plan, 0, made, options)
+            done = {0: await executor.run(task, None)}
+            run = SegmentedRun(source=source, plan=plan, fmt=fmt, output=out, work_dir=work,
+                               options=options, executor=executor, done=done,
+                               on_start=lambda index, attempt: started.append(index))  # fmt: skip
+            await run.execute()
+        finally:
+            await executor.close()
+
+    asyncio.run(go())
+    assert started == [1]  # segment 0 was not made again
+    assert {"init.mp4", "segment_00000.m4s", "segment_00001.m4s"} <= {p.name for p in out.iterdir()}
+    with av.open(str(out / "index.m3u8")) as c:
+        assert len(list(c.decode(video=0))) == 50
+
+
 def test_a_segment_whose_header_differs_from_init_mp4_is_refused(tmp_path):
     """A folder has one init.mp4: a media segment encoded otherwise (here, another size) would
     be decoded with the wrong parameter sets, so it is refused and not published."""

@@ -102,3 +102,28 @@ def test_a_record_that_cannot_be_written_does_not_stop_the_start(tmp_path, caplo
     (root / MADE_WITH_NAME).mkdir()
     assert cache.keep_made_with({"deinterlace": True}, {"original"}) == 0
     assert "could not record" in caplog.text
+
+
+def test_fragmented_mp4_segments_are_counted_across_a_restart_and_evicted(tmp_path):
+    """An HEVC original's segments are .m4s files beside its init.mp4: found again at start
+    (the cache counted .ts files only, so they were never evicted), evicted like any other;
+    init.mp4 stays."""
+    root = tmp_path / "videos"
+    cache = SegmentCache(root, budget=10_000)
+    keys = [Key("c" * 32, "original", i) for i in range(3)]
+    for age, key in enumerate(keys):
+        path = cache.path(key, fragment=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes(1_000))
+        os.utime(path, (1_000_000 + age, 1_000_000 + age))
+        cache.add(key, 1_000, fragment=True)
+    folder = root / keys[0].video / "original"
+    (folder / "init.mp4").write_bytes(bytes(700))
+    assert cache.path(keys[0]).name == "segment_00000.m4s"
+    again = SegmentCache(root, budget=2_000)
+    assert again.bytes == 2_000 and [k in again for k in keys] == [False, True, True]
+    assert again.path(keys[1]) == folder / "segment_00001.m4s"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "init.mp4", "segment_00001.m4s", "segment_00002.m4s"]  # fmt: skip
+    assert again.drop(keys[0].video, "original") == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["init.mp4"]
