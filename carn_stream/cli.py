@@ -180,6 +180,11 @@ def _upscale_command(sub) -> None:
     )  # fmt: skip
     p.add_argument("--crf", type=int, default=18, help="quality, 0 (lossless) to 51; default 18")
     p.add_argument(
+        "--fmp4", action="store_true",
+        help="HLS segments in fragmented MP4 (init.mp4, .m4s) for H.264 too; HEVC's always are "
+        "(default: MPEG-TS for H.264)",
+    )  # fmt: skip
+    p.add_argument(
         "--preset", choices=PRESETS, metavar="PRESET",
         help="encoder preset: ultrafast ... veryslow for h264/hevc (default veryfast), "
         "p1 ... p7 for NVENC (default p4)",

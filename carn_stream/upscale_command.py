@@ -98,6 +98,8 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     else:
         items = [_item(source, args.output, args.format, args)]
     codec_settings(encoder)  # refuse a bad codec or crf before loading anything
+    if args.fmp4 and not any(item.fmt.is_folder for item in items):
+        raise UpscaleError("--fmp4 is for HLS outputs (a folder); files are MP4, MKV or MOV")
     if not (math.isfinite(seconds) and seconds >= 1):  # nan passed a "< 1" check, 0 was 4
         raise UpscaleError(f"--segment-seconds must be at least 1 second, got {seconds:g}")
     for item in items:
@@ -130,7 +132,7 @@ def local_input(text: str) -> Path:
 def _item(source: Path, output: Path, format_name: str | None, args) -> Item:
     from carn_stream.pipeline.media.formats import format_for_path
 
-    fmt = format_for_path(output, format_name)
+    fmt = format_for_path(output, format_name).for_codec(args.codec, args.fmp4)
     work = args.work_dir if args.work_dir is not None else default_work_dir(output)
     return Item(source, output, fmt, work)
 
@@ -152,7 +154,7 @@ def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
     taken: dict[Path, Path] = {}
     for source in sources:
         if args.format is not None:
-            fmt = FORMATS[args.format]
+            fmt = FORMATS[args.format].for_codec(args.codec, args.fmp4)
         else:
             fmt = SUFFIXES.get(source.suffix.lower(), FORMATS["mp4"])
         output = out_dir / (source.stem + fmt.suffix)
@@ -194,6 +196,7 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
         precision=settings.precision,
         **({"input_fps": str(rate)} if rate is not None else {}),
         **({} if args.deinterlace else {"deinterlace": False}),
+        **({"fmp4": True} if item.fmt.fragmented else {}),
     )
     try:
         item.resumed = WorkDir(item.work).resume(item.identity)

@@ -570,6 +570,29 @@ def test_a_resumed_hevc_hls_run_publishes_the_segments_it_had_made(clips, worker
         assert len(list(c.decode(video=0))) == 50
 
 
+def test_fmp4_hls_from_the_command_line_and_refused_for_files(clips, tmp_path):
+    """``--fmp4`` (and a job's ``fmp4``) asks for fragmented MP4 for H.264 too; a file output
+    cannot have it, and says so before any work."""
+    from pydantic import ValidationError
+
+    from carn_stream.server.jobs.params import JobParams
+
+    out = tmp_path / "hls"
+    made = cli("upscale", str(clips["bunny"]), str(out), "--scale", "2", "--precision", "fp32",
+               "--segment-seconds", "1", "--fmp4")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    playlist = (out / "index.m3u8").read_text()
+    assert '#EXT-X-MAP:URI="init.mp4"' in playlist and "segment_00001.m4s" in playlist
+    assert b"avc1" in (out / "init.mp4").read_bytes()
+    refused = cli("upscale", str(clips["bunny"]), str(tmp_path / "out.mp4"), "--scale", "2",
+                  "--fmp4")  # fmt: skip
+    assert refused.returncode == 1 and "--fmp4 is for HLS outputs" in refused.stderr
+    assert not (tmp_path / "out.mp4").exists()
+    assert JobParams(format="hls", fmp4=True).fmp4
+    with pytest.raises(ValidationError, match="fmp4 is for HLS outputs"):
+        JobParams(format="mp4", fmp4=True)
+
+
 def test_a_segment_whose_header_differs_from_init_mp4_is_refused(tmp_path):
     """A folder has one init.mp4: a media segment encoded otherwise (here, another size) would
     be decoded with the wrong parameter sets, so it is refused and not published."""

@@ -25,7 +25,7 @@ from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWor
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest
 from carn_stream.pipeline.execution.segmented import SegmentedRun, SegmentFailed
-from carn_stream.pipeline.media.formats import FORMATS
+from carn_stream.pipeline.media.formats import FORMATS, OutputFormat
 from carn_stream.pipeline.media.hls import PLAYLIST_NAME, segment_name
 from carn_stream.pipeline.media.seeking import from_first_keyframe, seek_to_keyframe
 from carn_stream.pipeline.media.segments import (
@@ -207,11 +207,14 @@ def bicubic_worker():
     worker.close()
 
 
-def make(source: Path, output: Path, fmt: str, worker, seconds=1.0, **kwargs) -> SegmentedRun:
+def make(
+    source: Path, output: Path, fmt: str | OutputFormat, worker, seconds=1.0, **kwargs
+) -> SegmentedRun:
     async def go() -> SegmentedRun:
         executor = InProcessExecutor(worker)
         plan = await executor.plan(PlanRequest(source, seconds))
-        run = SegmentedRun(source=source, plan=plan, fmt=FORMATS[fmt], output=output,
+        chosen = FORMATS[fmt] if isinstance(fmt, str) else fmt
+        run = SegmentedRun(source=source, plan=plan, fmt=chosen, output=output,
                            work_dir=output.parent / f".{output.name}.work",
                            options=PipelineOptions(scale=2, batch_size=2), executor=executor,
                            **kwargs)  # fmt: skip
@@ -283,6 +286,39 @@ def test_segmented_hls_lists_exact_durations_and_decodes_to_the_input_frames(
     assert payloads == src.audio_packets
 
 
+FMP4_HLS = FORMATS["hls"].for_codec("h264", fmp4=True)
+
+
+def fmp4_video_and_audio(folder: Path) -> tuple[list[Fraction], list[bytes]]:
+    """A fragmented-MP4 HLS folder's counterpart of :func:`hls_video_and_audio` (its init.mp4,
+    then its media segments in the playlist's order)."""
+    names = [n for n in (folder / PLAYLIST_NAME).read_text().splitlines() if n.startswith("seg")]
+    assert names and all(n.endswith(".m4s") for n in names)
+    joined = folder.parent / f"{folder.name}.mp4"
+    joined.write_bytes(b"".join((folder / n).read_bytes() for n in ["init.mp4", *names]))
+    with av.open(str(joined)) as c:
+        times = [f.pts * f.time_base for f in c.decode(video=0)]
+    with av.open(str(joined)) as c:
+        packets = [bytes(p) for s in c.streams.audio[:1] for p in c.demux(s) if p.size]
+    return times, packets
+
+
+@pytest.mark.parametrize("name", ["bframes", "open_gop", "vfr"])
+def test_fragmented_mp4_hls_has_every_frame_time_and_audio_packet_of_mpeg_ts(
+    clips, bicubic_worker, tmp_path, name
+):
+    """H.264 asked for in fragmented MP4 (``fmp4``): the same frames at the same times, B-frames,
+    open GOPs and variable frame rates included, and every audio packet bit for bit."""
+    ts, fmp4 = tmp_path / "ts", tmp_path / "fmp4"
+    make(clips[name], ts, "hls", bicubic_worker)
+    make(clips[name], fmp4, FMP4_HLS, bicubic_worker)
+    times, audio = fmp4_video_and_audio(fmp4)
+    expected_times, expected_audio = hls_video_and_audio(ts)
+    assert times == expected_times and len(times) == len(all_pts(clips[name]))
+    assert audio == expected_audio and (name != "bframes" or audio)  # (only it has audio)
+    assert not (tmp_path / ".fmp4.work" / "segments").exists()
+
+
 class CopyingExecutor(InProcessExecutor):
     """Runs each segment as a cluster worker does: from a copy of the packets it needs, never
     the input itself (``segment_transport``), on this process's engine."""
@@ -321,7 +357,7 @@ def hls_video_and_audio(folder: Path) -> tuple[list[Fraction], list[bytes]]:
     with av.open(str(joined)) as c:
         times = [f.pts * f.time_base for f in c.decode(video=0)]
     with av.open(str(joined)) as c:
-        packets = [bytes(p) for p in c.demux(audio=0) if p.size]
+        packets = [bytes(p) for s in c.streams.audio[:1] for p in c.demux(s) if p.size]
     return times, [p[7 if p[1] & 1 else 9 :] for p in packets]
 
 
@@ -1231,11 +1267,12 @@ def decode_frames(path: Path) -> list[av.VideoFrame]:
 
 
 @pytest.mark.slow
-def test_segmented_hls_plays_to_the_end_in_chromium(clips, bicubic_worker, tmp_path):
+@pytest.mark.parametrize("fmt", ["hls", FMP4_HLS], ids=["mpeg-ts", "fmp4"])
+def test_segmented_hls_plays_to_the_end_in_chromium(clips, bicubic_worker, tmp_path, fmt):
     from playwright.sync_api import sync_playwright
 
     out = tmp_path / "hls"
-    make(clips["bframes"], out, "hls", bicubic_worker)
+    make(clips["bframes"], out, fmt, bicubic_worker)
     (out / "page.html").write_text('<video id="v" src="index.m3u8" muted autoplay></video>')
     with media_server(out) as base, sync_playwright() as p:
         browser = launch_chromium(p)

@@ -8,7 +8,8 @@ finally gets:
   that grows while segments are done and is closed when all are. For a codec whose HLS
   segments are fragmented MP4 (HEVC: ``VideoCodec.fragmented_hls``) each MPEG-TS segment is
   kept in a work folder and published as ``segment_NNNNN.m4s`` beside ``init.mp4`` (see
-  :mod:`carn_stream.pipeline.media.fragment`); :meth:`OutputFormat.for_codec` gives that form.
+  :mod:`carn_stream.pipeline.media.fragment`), as for any codec where fragmented MP4 is asked
+  for; :meth:`OutputFormat.for_codec` gives that form.
 - ``mp4``, ``mkv``, ``mov``: one file of that container; the segments are kept in a work folder
   and joined by remuxing (no re-encoding) when all are done, with the input's audio copied bit
   for bit where the container takes it, and the rest of the input kept where it can be:
@@ -68,11 +69,13 @@ class OutputFormat:
     #: an HLS folder of fragmented-MP4 segments (made from MPEG-TS ones kept in the work folder)
     fragmented: bool = False
 
-    def for_codec(self, codec: str) -> OutputFormat:
+    def for_codec(self, codec: str, fmp4: bool = False) -> OutputFormat:
         """This format as it holds ``codec``'s video: an HLS folder of fragmented-MP4 segments
-        for a codec that asks for them (HEVC), of MPEG-TS ones otherwise."""
+        where they are asked for (``fmp4``, or already) or the codec needs them (HEVC), of
+        MPEG-TS ones otherwise."""
         known = CODECS.get(codec)
-        fragmented = self.is_folder and known is not None and known.fragmented_hls
+        needs = known is not None and known.fragmented_hls
+        fragmented = self.is_folder and (fmp4 or self.fragmented or needs)
         return self if fragmented == self.fragmented else replace(self, fragmented=fragmented)
 
     def output_name(self) -> str:

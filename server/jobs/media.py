@@ -51,7 +51,8 @@ class JobMedia:
     def of(cls, job: Job, root: Path | None = None) -> JobMedia:
         """Job ``job``'s media: its format as it holds the job's codec (an HEVC job's HLS
         folder is of fragmented-MP4 segments)."""
-        return cls(job.id, FORMATS[job.params.format].for_codec(job.params.codec), root)
+        fmt = FORMATS[job.params.format].for_codec(job.params.codec, job.params.fmp4)
+        return cls(job.id, fmt, root)
 
     # ------------------------------------------------------------------ on disk
 

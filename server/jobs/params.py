@@ -78,6 +78,11 @@ class JobParams(BaseModel):
     )
     codec: Literal[CODEC_NAMES] = "h264"  # type: ignore[valid-type]
     crf: int = Field(18, ge=0, le=51, description="quality, 0 (lossless) to 51")
+    fmp4: bool = Field(
+        False,
+        description="HLS segments in fragmented MP4 (init.mp4, .m4s) for H.264 too; HEVC's "
+        "always are (default: MPEG-TS for H.264)",
+    )
     preset: Literal[PRESETS] | None = Field(  # type: ignore[valid-type]
         None, description="encoder preset; default: the codec's own (veryfast, p4 for NVENC)"
     )
@@ -101,6 +106,8 @@ class JobParams(BaseModel):
     def _preset_fits_codec(self) -> JobParams:
         if problem := preset_problem(self.codec, self.preset):
             raise ValueError(problem)
+        if self.fmp4 and not FORMATS[self.format].is_folder:
+            raise ValueError(f"fmp4 is for HLS outputs; a {self.format} job makes one file")
         return self
 
     @property
