@@ -230,6 +230,9 @@ def test_an_hevc_hls_job_serves_fragmented_mp4(server, media, tmp_path):
         frames = list(c.decode(video=0))
     assert len(frames) == 50 and (frames[0].width, frames[0].height) == (320, 180)
     assert server.call("GET", f"{folder}/segment_00000.ts").status == 404  # no MPEG-TS form
+    # Frames kept to compare with bicubic: read from the media segments after init.mp4
+    compared = server.call("GET", f"/jobs/{job['id']}/compare").json()
+    assert len(compared["frames"]) == 4, compared
 
 
 def test_an_odd_sized_input_at_x3_is_encoded_at_even_sides(server, media, tmp_path):

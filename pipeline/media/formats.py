@@ -169,8 +169,8 @@ class OutputFormat:
         if self.is_folder:
             durations = []
             for segment in plan.segments:
-                if segment.index not in done:
-                    break
+                if segment.index not in done or not self.published(output, segment.index):
+                    break  # (fragmented MP4: nothing plays before init.mp4 is there)
                 durations.append(segment.duration)
             write_playlist(output, durations, plan.max_duration, complete=False,
                            fragmented=self.fragmented)  # fmt: skip
@@ -207,8 +207,8 @@ FORMATS: dict[str, OutputFormat] = {
     for f in (
         OutputFormat(
             name="hls",
-            summary="a folder with index.m3u8 and its segments (MPEG-TS; HEVC: fragmented "
-            "MP4), playable while it grows",
+            summary="a folder with index.m3u8 and its segments (MPEG-TS; for HEVC, or with "
+            "fmp4, fragmented MP4), playable while it grows",
             is_folder=True,
             suffix="",
             copyable_audio=SEGMENT_AUDIO,

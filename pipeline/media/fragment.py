@@ -21,12 +21,12 @@ played with the wrong configuration.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import secrets
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -53,16 +53,28 @@ _CONTAINERS = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl"})
 _VISUAL_ENTRIES = frozenset({b"hvc1", b"hev1", b"avc1", b"avc3"})
 
 
-def fragment(segment: Path, sequence: int) -> tuple[bytes, bytes]:
-    """``segment`` (MPEG-TS) as fragmented MP4: its initialisation segment and its media
-    segment (the fragment's sequence number ``sequence``)."""
+@dataclass(frozen=True)
+class Fragment:
+    """One segment as fragmented MP4. Its tracks are numbered by their stream's place among the
+    MPEG-TS segment's video and audio streams (from 1), whichever of them it has packets of."""
+
+    init: bytes  #: its initialisation segment: the tracks it has
+    media: bytes  #: its media segment
+    complete: bool  #: it has every stream (its init.mp4 describes a whole folder's)
+
+
+def fragment(segment: Path, sequence: int, lead_in: bool = False) -> Fragment:
+    """``segment`` (MPEG-TS) as fragmented MP4, the fragment's sequence number ``sequence``.
+    Audio that ends before the segment's first picture is an encoder's priming frame (the
+    segment before has that stretch) and left out, unless ``lead_in`` (the first segment: the
+    audio before the first picture is the input's)."""
     data = io.BytesIO()
     try:
         with (
             av.open(str(segment), format=SEGMENT_FORMAT, options=probe_to_video(segment)) as src,
             av.open(data, "w", format="mp4", options=_MUXER) as out,
         ):
-            firsts = _remux(src, out)
+            places, firsts, total = _remux(src, out, lead_in)
     except (av.FFmpegError, ValueError) as exc:
         raise OutputError(
             f"segment {segment.name} cannot be written as fragmented MP4 ({ffmpeg_reason(exc)})"
@@ -76,43 +88,52 @@ def fragment(segment: Path, sequence: int) -> tuple[bytes, bytes]:
             media += whole[start:end]  # (the trailing mfra indexes this file only)
     if not init or not media:
         raise OutputError(f"segment {segment.name}: no fragment was written")
+    # The muxer numbers the tracks it has 1, 2, ...: each takes its stream's place instead.
+    tracks = _tracks(init)
+    numbers = {track: place + 1 for (track, _), place in zip(tracks, places, strict=True)}
     starts = {
-        track: round(first * timescale)
-        for (track, timescale), first in zip(_tracks(init), firsts, strict=True)
-        if first is not None
+        numbers[track]: round(first * timescale)
+        for (track, timescale), first in zip(tracks, firsts, strict=True)
     }
-    return init, _stamped(media, sequence, starts)
+    init = _renumbered(init, numbers, total + 1)
+    return Fragment(init, _stamped(media, sequence, numbers, starts), len(places) == total)
 
 
 def _remux(
-    src: av.container.InputContainer, out: av.container.OutputContainer
-) -> list[Fraction | None]:
-    """Copy the segment's video and audio; returns each output stream's first decode time
-    (seconds; None for a stream without packets). Each stream is written from decode time 0:
-    without an edit list, MP4 would stretch the first sample of a stream that starts after
-    another to the other's start."""
+    src: av.container.InputContainer, out: av.container.OutputContainer, lead_in: bool
+) -> tuple[list[int], list[Fraction], int]:
+    """Copy the segment's video and audio streams that have packets here (a segment may hold
+    none of an audio stream that ends early or starts late). Returns their places among the
+    video and audio streams, their first decode times (seconds), and how many streams there
+    are. Each stream is written from decode time 0: without an edit list, MP4 would stretch
+    the first sample of a stream that starts after another to the other's start."""
     streams = [s for s in src.streams if s.type in ("video", "audio")]
-    targets = {s.index: out.add_stream_from_template(s) for s in streams}
-    filters = {
-        s.index: av.bitstream.BitStreamFilterContext("aac_adtstoasc", s, targets[s.index])
-        for s in streams
-        if s.type == "audio" and s.codec_context.name == "aac"  # ADTS -> MP4's raw frames
-    }
-    for s in streams:  # MPEG-TS's stream types are no MP4 sample entries
-        targets[s.index].codec_tag = _VIDEO_TAGS.get(s.codec_context.name, "\0\0\0\0")
-    firsts: list[Fraction | None] = [None] * len(streams)
-    shifts: dict[int, int] = {}  #: input stream index -> its first decode time
     packets = [p for p in src.demux(streams) if p.dts is not None and p.size]
     start = min((p.pts * p.time_base for p in packets if p.stream.type == "video"), default=0)
+    if not lead_in:
+        packets = [
+            p for p in packets
+            if p.stream.type != "audio" or (p.pts + p.duration) * p.time_base > start
+        ]  # fmt: skip
+    having = {p.stream.index for p in packets}
+    kept = [s for s in streams if s.index in having]
+    targets = {s.index: out.add_stream_from_template(s) for s in kept}
+    filters = {
+        s.index: av.bitstream.BitStreamFilterContext("aac_adtstoasc", s, targets[s.index])
+        for s in kept
+        if s.type == "audio" and s.codec_context.name == "aac"  # ADTS -> MP4's raw frames
+    }
+    for s in kept:  # MPEG-TS's stream types are no MP4 sample entries
+        targets[s.index].codec_tag = _VIDEO_TAGS.get(s.codec_context.name, "\0\0\0\0")
+        if language := s.metadata.get("language"):
+            targets[s.index].metadata["language"] = language
+    firsts: dict[int, Fraction] = {}
+    shifts: dict[int, int] = {}  #: input stream index -> its first decode time
     for packet in packets:
-        # An audio encoder's priming frame, before the segment (the last one's audio ends there)
-        ends = (packet.pts + packet.duration) * packet.time_base
-        if packet.stream.type == "audio" and ends <= start:
-            continue
         index = packet.stream.index
         if index not in shifts:
             shifts[index] = packet.dts
-            firsts[targets[index].index] = packet.dts * packet.time_base
+            firsts[index] = packet.dts * packet.time_base
         packet.dts -= shifts[index]
         packet.pts -= shifts[index]
         for ready in filters[index].filter(packet) if index in filters else [packet]:
@@ -122,23 +143,49 @@ def _remux(
         for ready in bsf.filter(None):
             ready.stream = targets[index]
             out.mux(ready)
-    return firsts
+    places = [streams.index(s) for s in kept]
+    return places, [firsts[s.index] for s in kept], len(streams)
 
 
 def publish_fragment(segment: Path, folder: Path, index: int) -> Path:
     """Write ``segment`` (MPEG-TS) into ``folder`` as media segment ``index``, and
-    ``init.mp4`` if it is not there yet; returns the media segment's path. Raises OutputError
-    when the segment's header differs from ``init.mp4``'s."""
-    init, media = fragment(segment, index + 1)
+    ``init.mp4`` if it is not there yet and the segment has every stream (see
+    :func:`publish_init`); returns the media segment's path. Raises OutputError when the
+    segment's tracks are configured otherwise than in ``init.mp4``."""
+    made = fragment(segment, index + 1, lead_in=index == 0)
     init_path = folder / INIT_NAME
-    if not init_path.is_file():
-        _publish(init_path, init, replace=False)
-    if _configuration(init_path.read_bytes()) != _configuration(init):
+    if made.complete and not init_path.is_file():
+        _publish(init_path, made.init, replace=False)
+    if init_path.is_file():
+        check_tracks(init_path.read_bytes(), made.init, f"segment {index}")
+    return _publish(folder / segment_name(index, fragmented=True), made.media)
+
+
+def publish_init(segments: list[Path], folder: Path) -> Path:
+    """Make sure ``folder`` has ``init.mp4`` once all of its media segments are published
+    (``segments``: their MPEG-TS files): none of them had every stream (an audio stream
+    without a packet anywhere), so it is the one of the most tracks; the others are checked
+    against it."""
+    path = folder / INIT_NAME
+    if path.is_file():
+        return path
+    made = [fragment(segment, 1, lead_in=True).init for segment in segments]
+    widest = max(made, key=lambda init: len(_tracks(init)))
+    _publish(path, widest, replace=False)
+    for number, init in enumerate(made):
+        check_tracks(path.read_bytes(), init, f"segment {number}")
+    return path
+
+
+def check_tracks(folder_init: bytes, own_init: bytes, what: str) -> None:
+    """Raise OutputError unless each of ``own_init``'s tracks is configured as the track of the
+    same number in ``folder_init`` (the bit rates MP4 records aside)."""
+    folder, own = _configuration(folder_init), _configuration(own_init)
+    if any(folder.get(track) != config for track, config in own.items()):
         raise OutputError(
-            f"segment {index} configures its decoders differently from the folder's "
-            f"{INIT_NAME} (its encoder's settings changed)"
+            f"{what} configures its decoders differently from the folder's {INIT_NAME} "
+            "(its encoder's settings changed)"
         )
-    return _publish(folder / segment_name(index, fragmented=True), media)
 
 
 def _publish(path: Path, data: bytes, replace: bool = True) -> Path:
@@ -152,8 +199,13 @@ def _publish(path: Path, data: bytes, replace: bool = True) -> Path:
         if replace:
             os.replace(part, path)
         else:
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.link(part, path)
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links
+                if not path.exists():
+                    os.replace(part, path)
     finally:
         part.unlink(missing_ok=True)
     return path
@@ -201,9 +253,12 @@ def _tracks(init: bytes) -> list[tuple[int, int]]:
     return tracks
 
 
-def _stamped(media: bytes, sequence: int, starts: dict[int, int]) -> bytes:
-    """``media`` with each fragment's sequence number (``mfhd``) set to ``sequence`` and each
-    track's base decode time (``tfdt``) to ``starts[track ID]`` (its time scale's ticks)."""
+def _stamped(
+    media: bytes, sequence: int, numbers: dict[int, int], starts: dict[int, int]
+) -> bytes:
+    """``media`` with each fragment's sequence number (``mfhd``) set to ``sequence``, each
+    track fragment's track (``tfhd``) renumbered by ``numbers`` and its base decode time
+    (``tfdt``) set to ``starts[its new number]`` (its time scale's ticks)."""
     data = bytearray(media)
     for kind, start, end, header in _boxes(media, 0, len(media)):
         if kind != b"moof":
@@ -217,7 +272,9 @@ def _stamped(media: bytes, sequence: int, starts: dict[int, int]) -> bytes:
                 for leaf, leaf_at, _, leaf_header in _boxes(media, body, inner_end):
                     leaf_body = leaf_at + leaf_header
                     if leaf == b"tfhd":
-                        (track,) = struct.unpack_from(">I", media, leaf_body + 4)
+                        (own,) = struct.unpack_from(">I", media, leaf_body + 4)
+                        track = numbers[own]
+                        struct.pack_into(">I", data, leaf_body + 4, track)
                     elif leaf == b"tfdt" and track in starts:
                         if media[leaf_body] == 1:
                             struct.pack_into(">Q", data, leaf_body + 4, starts[track])
@@ -228,14 +285,53 @@ def _stamped(media: bytes, sequence: int, starts: dict[int, int]) -> bytes:
     return bytes(data)
 
 
-def _configuration(init: bytes) -> bytes:
-    """What of an initialisation segment configures a player: all of it but the bit rates an
-    sample entry records (MP4 computes them from the segment's own packets)."""
+def _renumbered(init: bytes, numbers: dict[int, int], next_track: int) -> bytes:
+    """``init`` with its tracks renumbered by ``numbers`` (``tkhd``, ``trex``) and the next
+    free number ``next_track`` (``mvhd``)."""
     data = bytearray(init)
     for kind, start, end, header in _boxes(init, 0, len(init)):
-        if kind == b"moov":
-            _normalise(init, data, start + header, end)
+        if kind != b"moov":
+            continue
+        for inner, at, inner_end, inner_header in _boxes(init, start + header, end):
+            body = at + inner_header
+            if inner == b"mvhd":  # its last field
+                struct.pack_into(">I", data, inner_end - 4, next_track)
+            elif inner == b"trak":
+                for leaf, leaf_at, _, leaf_header in _boxes(init, body, inner_end):
+                    if leaf == b"tkhd":  # version, flags, two times, then the track's number
+                        leaf_body = leaf_at + leaf_header
+                        offset = leaf_body + (20 if init[leaf_body] == 1 else 12)
+                        struct.pack_into(">I", data, offset, numbers[_u32(init, offset)])
+            elif inner == b"mvex":
+                for leaf, leaf_at, _, leaf_header in _boxes(init, body, inner_end):
+                    if leaf == b"trex":  # version, flags, then the track's number
+                        offset = leaf_at + leaf_header + 4
+                        struct.pack_into(">I", data, offset, numbers[_u32(init, offset)])
     return bytes(data)
+
+
+def _u32(data: bytes, at: int) -> int:
+    return struct.unpack_from(">I", data, at)[0]
+
+
+def _configuration(init: bytes) -> dict[int, bytes]:
+    """What of an initialisation segment configures a player, track by track (by number): each
+    track's box, but for the bit rates its sample entry records (MP4 computes them from the
+    segment's own packets)."""
+    data = bytearray(init)
+    tracks: dict[int, tuple[int, int]] = {}
+    for kind, start, end, header in _boxes(init, 0, len(init)):
+        if kind != b"moov":
+            continue
+        _normalise(init, data, start + header, end)
+        for inner, at, inner_end, inner_header in _boxes(init, start + header, end):
+            if inner == b"trak":
+                for leaf, leaf_at, _, leaf_header in _boxes(init, at + inner_header, inner_end):
+                    if leaf == b"tkhd":
+                        leaf_body = leaf_at + leaf_header
+                        offset = leaf_body + (20 if init[leaf_body] == 1 else 12)
+                        tracks[_u32(init, offset)] = (at, inner_end)
+    return {track: bytes(data[at:end]) for track, (at, end) in tracks.items()}
 
 
 def _normalise(init: bytes, data: bytearray, start: int, end: int) -> None:

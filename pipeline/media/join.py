@@ -29,6 +29,7 @@ from carn_stream.pipeline.media.encode import (
     probe_to_video,
 )
 from carn_stream.pipeline.media.formats import OutputFormat
+from carn_stream.pipeline.media.fragment import publish_init
 from carn_stream.pipeline.media.hls import segment_name, write_playlist
 from carn_stream.pipeline.media.hls_master import write_folder_master
 from carn_stream.pipeline.media.segments import SegmentPlan
@@ -45,12 +46,12 @@ def finish_output(
     """Make ``fmt``'s final output from all of the plan's published segments."""
     folder = fmt.segment_dir(output, work_dir)
     if fmt.is_folder:
+        if fmt.fragmented:  # (no segment had every stream: init.mp4 is made now)
+            publish_init([folder / segment_name(s.index) for s in plan.segments], output)
         durations = [s.duration for s in plan.segments]
         write_playlist(output, durations, plan.max_duration, complete=True,
                        fragmented=fmt.fragmented)  # fmt: skip
         write_folder_master(output, plan, source, folder, fmt.fragmented)
-        if fmt.fragmented:  # (the MPEG-TS segments they were made from)
-            shutil.rmtree(folder, ignore_errors=True)
         return output
     paths = [folder / segment_name(s.index) for s in plan.segments]
     timing = VideoTiming(plan.time_base, plan.segments[-1].end_pts, plan.frame_rate,

@@ -226,9 +226,9 @@ async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) ->
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse)
 def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
-    """The playlist and its segments (MPEG-TS; HEVC: fragmented MP4, after ``init.mp4``),
-    available while the job runs; once it has succeeded, its master playlist and the input's
-    text subtitles (``subtitles_N.m3u8``, ``.vtt``)."""
+    """The playlist and its segments (MPEG-TS; HEVC and ``fmp4`` jobs: fragmented MP4, after
+    ``init.mp4``), available while the job runs; once it has succeeded, its master playlist
+    and the input's text subtitles (``subtitles_N.m3u8``, ``.vtt``)."""
     job = _job_or_404(store, job_id)
     if job.state in ENDED_WITHOUT_OUTPUT:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")

@@ -9,6 +9,7 @@ RGB conversion, so only the upscaling differs.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from carn_stream.pipeline.frames import upright
 from carn_stream.pipeline.media.decode import main_video, open_input
 from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME
+from carn_stream.pipeline.media.hls import INIT_NAME, PLAYLIST_NAME
 from carn_stream.pipeline.media.images import read_rgb, write_png
 from carn_stream.server.jobs.media import COMPARE_NAME
 
@@ -48,9 +49,11 @@ def _video_files(output: Path) -> list[Path]:
 
 def _open_output(path: Path):
     """One of the job's own files: an MPEG-TS segment is opened as such (a short one is too
-    small to be recognised by probing)."""
+    small to be recognised by probing), a fragmented-MP4 one after its folder's init.mp4."""
     if path.suffix == ".ts":
         return av.open(str(path), format=SEGMENT_FORMAT)
+    if path.suffix == ".m4s":
+        return av.open(io.BytesIO((path.parent / INIT_NAME).read_bytes() + path.read_bytes()))
     return av.open(str(path))
 
 

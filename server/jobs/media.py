@@ -83,8 +83,11 @@ class JobMedia:
         """The HLS output's playlist, one of its segments, or (once finished) its master
         playlist and subtitle renditions; None for any other name."""
         ours = name in (PLAYLIST_NAME, MASTER_NAME) or SUBTITLE_NAME_RE.fullmatch(name) is not None
-        ours = ours or (self.fmt.fragmented and name == INIT_NAME)
-        segment = segment_index(name, self.fmt.fragmented)
+        ours = ours or name == INIT_NAME
+        # either kind: a job of a codec whose segments were MPEG-TS before an upgrade has them
+        segment = segment_index(name, fragmented=True) if name.endswith(".m4s") else None
+        if segment is None:
+            segment = segment_index(name)
         if not self.fmt.is_folder or (not ours and segment is None):
             return None
         return self.output / name

@@ -81,6 +81,7 @@ class SegmentCache:
             os.utime(self.path(key))
         except FileNotFoundError:  # removed behind our back
             self.bytes -= self._entries.pop(key)
+            self._fragments.discard(key)
             return False
         return True
 

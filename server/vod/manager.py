@@ -543,17 +543,23 @@ class VideoManager:
 
     async def init_segment(self, video: Video, rendition: Rendition, viewer: str = "") -> Path:
         """A fragmented-MP4 rendition's ``init.mp4``: written with the first of its segments
-        made, the first segment made now if none is (made again if it outlived its
-        ``init.mp4``)."""
+        made that has every track, segments made now from the first on until one is (a
+        segment may have no audio; cached ones that outlived their ``init.mp4`` are made
+        again). The player's position is not moved: it asks for its segment next."""
         path = self.cache.folder(video.id) / rendition.name / INIT_NAME
-        for _ in range(2):
+        for attempt in range(2):
+            for index in range(len(video.plan.segments)):
+                if path.is_file():
+                    return path
+                key = Key(video.id, rendition.name, index)
+                opened = _open_cached(self.cache, key) or await self._wait_for(video, key, viewer)
+                opened.handle.close()
             if path.is_file():
                 return path
-            opened = await self.segment(video, rendition.name, 0, viewer)
-            opened.handle.close()
-            if not path.is_file():
+            if attempt == 0:
                 self.cache.drop(video.id, rendition.name)
-        raise SegmentError(f"{INIT_NAME} of {rendition.name} could not be made")
+        raise SegmentError(f"{INIT_NAME} of {rendition.name} could not be made: no segment "
+                           "has every track")  # fmt: skip
 
     async def _wait_for(self, video: Video, key: Key, viewer: str) -> OpenFile:
         """Join the work making ``key`` (or start it) and open what it made. Work a seek
