@@ -569,6 +569,42 @@ def test_a_resumed_hevc_hls_run_publishes_the_segments_it_had_made(clips, worker
         assert len(list(c.decode(video=0))) == 50
 
 
+def test_a_segment_published_before_init_mp4_is_checked_once_it_is_there(tmp_path):
+    """A segment without every stream (here, no packet of its audio stream) is published
+    before init.mp4 exists; its header waits beside it and is checked when a segment with
+    every stream writes init.mp4: one encoded otherwise is found then, not played."""
+    from carn_stream.pipeline.media.fragment import publish_fragment, publish_init
+
+    def ts(name: str, width: int, audio_packets: int) -> Path:
+        path = tmp_path / name
+        with av.open(str(path), "w", format="mpegts") as out:
+            video = out.add_stream("libx265", rate=25, options={"x265-params": "log-level=none"})
+            video.width, video.height, video.pix_fmt = width, 64, "yuv420p"
+            audio = out.add_stream("aac", rate=48000)
+            for i in range(3):
+                frame = av.VideoFrame.from_ndarray(np.full((64, width, 3), 40 * i, np.uint8),
+                                                   format="rgb24")  # fmt: skip
+                frame.pts = i
+                out.mux(video.encode(frame))
+            out.mux(video.encode(None))
+            for i in range(audio_packets):
+                sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp")
+                sound.sample_rate, sound.pts = 48000, i * 1024
+                out.mux(audio.encode(sound))
+            if audio_packets:
+                out.mux(audio.encode(None))
+        return path
+
+    folder = tmp_path / "hls"
+    folder.mkdir()
+    publish_fragment(ts("a.ts", 96, audio_packets=0), folder, 0)  # no audio: waits
+    assert not (folder / "init.mp4").exists() and (folder / ".segment_00000.m4s.init").is_file()
+    assert publish_init(tmp_path) is None  # (a folder with neither)
+    with pytest.raises(OutputError, match="segment 0 configures its decoders differently"):
+        publish_fragment(ts("b.ts", 64, audio_packets=3), folder, 1)  # writes init.mp4
+    assert (folder / "init.mp4").is_file()
+
+
 def test_fmp4_hls_from_the_command_line_and_refused_for_files(clips, tmp_path):
     """``--fmp4`` (and a job's ``fmp4``) asks for fragmented MP4 for H.264 too; a file output
     cannot have it, and says so before any work."""

@@ -321,21 +321,29 @@ def test_fragmented_mp4_hls_has_every_frame_time_and_audio_packet_of_mpeg_ts(
 def audio_variant(source: Path, path: Path, kind: str) -> Path:
     """``source`` (video and French audio) remuxed into Matroska with its audio moved or cut:
     ``late`` (from 1.2 s), ``early`` (the video from 0.5 s, after a lead-in of audio),
-    ``short`` (none after 1.0 s), ``silent`` (a second audio stream without a packet)."""
+    ``short`` (none after 1.0 s), ``silent`` (a second audio stream without a packet),
+    ``two`` (a second audio stream, whole, the first from 1.2 s), ``apart`` (a second audio
+    stream from 2.0 s, the first until 1.0 s: no segment has both)."""
     with av.open(str(source)) as src, av.open(str(path), "w") as out:
         video_in, audio_in = src.streams.video[0], src.streams.audio[0]
         video = out.add_stream_from_template(video_in)
         audio = out.add_stream_from_template(audio_in)
         audio.metadata["language"] = "fra"
-        if kind == "silent":
-            out.add_stream_from_template(audio_in)
+        second = out.add_stream_from_template(audio_in) if kind in SECOND_AUDIO else None
         for packet in src.demux(video_in, audio_in):
             if packet.dts is None:
                 continue
             is_audio = packet.stream.type == "audio"
-            if kind == "short" and is_audio and packet.pts * packet.time_base >= 1:
+            at = packet.pts * packet.time_base
+            if is_audio and kind in ("two", "apart") and (kind == "two" or at >= 2):
+                copy = av.Packet(bytes(packet))
+                copy.pts, copy.dts, copy.time_base = packet.pts, packet.dts, packet.time_base
+                copy.stream = second
+                out.mux(copy)
+            if is_audio and kind in ("short", "apart") and at >= 1:
                 continue
-            shift = {"late": 1.2 if is_audio else 0, "early": 0 if is_audio else 0.5}.get(kind, 0)
+            late = kind in ("late", "two") and is_audio
+            shift = 1.2 if late else 0.5 if kind == "early" and not is_audio else 0
             ticks = round(Fraction(shift) / packet.time_base)
             packet.pts += ticks
             packet.dts += ticks
@@ -344,15 +352,19 @@ def audio_variant(source: Path, path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["late", "early", "short", "silent"])
+SECOND_AUDIO = ("silent", "two", "apart")
+
+
+@pytest.mark.parametrize("kind", ["late", "early", "short", "silent", "two", "apart"])
 def test_fragmented_mp4_hls_keeps_audio_that_starts_late_early_or_stops(
     clips, bicubic_worker, tmp_path, kind
 ):
     """Segments without audio packets (audio that starts late or stops early, a stream without
     any) failed as fragmented MP4, and the audio before the first picture was left out: each
     segment is written with the tracks it has, numbered as in init.mp4, which the first
-    segment with every track writes (the widest one at the end, if none has). The audio and the
-    frames are those of the MPEG-TS form, and the audio keeps its language."""
+    segment with every track writes (made of every segment's tracks at the end, if none has
+    them all). The audio and the frames are those of the MPEG-TS form, and the audio keeps its
+    language."""
     source = audio_variant(clips["bframes"], tmp_path / f"{kind}.mkv", kind)
     ts, fmp4 = tmp_path / "ts", tmp_path / "fmp4"
     make(source, ts, "hls", bicubic_worker)
@@ -362,7 +374,9 @@ def test_fragmented_mp4_hls_keeps_audio_that_starts_late_early_or_stops(
     assert len(times) == 100 and len(audio) > 40
     with av.open(str(tmp_path / "fmp4.mp4")) as joined:  # (fmp4_video_and_audio's)
         assert joined.streams.audio[0].metadata.get("language") == "fra"
-        assert len(joined.streams.audio) == 1  # (a stream without packets has no track)
+        # (a stream without packets has no track)
+        assert len(joined.streams.audio) == (2 if kind in ("two", "apart") else 1)
+    assert not list(fmp4.glob(".*"))  # no segment's header left waiting
 
 
 class CopyingExecutor(InProcessExecutor):

@@ -198,6 +198,7 @@ class OutputFormat:
 #: a user's own files beside them stay.
 OURS = re.compile(
     rf"({re.escape(PLAYLIST_NAME)}|{re.escape(MASTER_NAME)}|{re.escape(INIT_NAME)}"
+    r"|segment_[0-9]{5,9}\.m4s\.init"  # (a segment's header waiting for init.mp4, fragment.py)
     rf"|{SUBTITLE_NAME_RE.pattern})"
     r"(\.[0-9a-f]+\.part|\.part)?\Z"
 )

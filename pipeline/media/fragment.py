@@ -90,6 +90,8 @@ def fragment(segment: Path, sequence: int, lead_in: bool = False) -> Fragment:
         raise OutputError(f"segment {segment.name}: no fragment was written")
     # The muxer numbers the tracks it has 1, 2, ...: each takes its stream's place instead.
     tracks = _tracks(init)
+    if len(tracks) != len(places):
+        raise OutputError(f"segment {segment.name}: {len(tracks)} tracks for {len(places)} streams")
     numbers = {track: place + 1 for (track, _), place in zip(tracks, places, strict=True)}
     starts = {
         numbers[track]: round(first * timescale)
@@ -148,32 +150,41 @@ def _remux(
 
 
 def publish_fragment(segment: Path, folder: Path, index: int) -> Path:
-    """Write ``segment`` (MPEG-TS) into ``folder`` as media segment ``index``, and
-    ``init.mp4`` if it is not there yet and the segment has every stream (see
-    :func:`publish_init`); returns the media segment's path. Raises OutputError when the
-    segment's tracks are configured otherwise than in ``init.mp4``."""
+    """Write ``segment`` (MPEG-TS) into ``folder`` as media segment ``index``; returns its path.
+
+    A segment with every stream writes ``init.mp4`` if it is not there yet. One without (no
+    packet of some stream here) waits for it: its own header is kept beside it
+    (``.segment_NNNNN.m4s.init``) and checked once ``init.mp4`` is written (here, or by
+    :func:`publish_init`). Raises OutputError when a segment's tracks are configured otherwise
+    than in ``init.mp4``."""
     made = fragment(segment, index + 1, lead_in=index == 0)
     init_path = folder / INIT_NAME
-    if made.complete and not init_path.is_file():
-        _publish(init_path, made.init, replace=False)
+    what = f"segment {index}"
     if init_path.is_file():
-        check_tracks(init_path.read_bytes(), made.init, f"segment {index}")
+        check_tracks(init_path.read_bytes(), made.init, what)
+    elif made.complete:
+        _publish(init_path, made.init, replace=False)
+        check_tracks(init_path.read_bytes(), made.init, what)  # (one written meanwhile)
+        _check_waiting(folder)
+    else:
+        _publish(_waiting_name(folder, index), made.init)
+        if init_path.is_file():  # written meanwhile, perhaps after its writer looked for us
+            _check_waiting(folder)
     return _publish(folder / segment_name(index, fragmented=True), made.media)
 
 
-def publish_init(segments: list[Path], folder: Path) -> Path:
-    """Make sure ``folder`` has ``init.mp4`` once all of its media segments are published
-    (``segments``: their MPEG-TS files): none of them had every stream (an audio stream
-    without a packet anywhere), so it is the one of the most tracks; the others are checked
-    against it."""
+def publish_init(folder: Path) -> Path | None:
+    """Make sure ``folder`` has ``init.mp4`` once its media segments are published; returns its
+    path. Where none had every stream (an audio stream without a packet anywhere, or two that
+    never overlap), it is made of the waiting segments' headers: every track any of them has.
+    None when there is neither."""
     path = folder / INIT_NAME
-    if path.is_file():
-        return path
-    made = [fragment(segment, 1, lead_in=True).init for segment in segments]
-    widest = max(made, key=lambda init: len(_tracks(init)))
-    _publish(path, widest, replace=False)
-    for number, init in enumerate(made):
-        check_tracks(path.read_bytes(), init, f"segment {number}")
+    if not path.is_file():
+        waiting = sorted(folder.glob(_WAITING_GLOB))
+        if not waiting:
+            return None
+        _publish(path, _merged([w.read_bytes() for w in waiting]), replace=False)
+    _check_waiting(folder)
     return path
 
 
@@ -186,6 +197,84 @@ def check_tracks(folder_init: bytes, own_init: bytes, what: str) -> None:
             f"{what} configures its decoders differently from the folder's {INIT_NAME} "
             "(its encoder's settings changed)"
         )
+
+
+#: The header a segment without every stream keeps beside its media segment until init.mp4 is
+#: there (:func:`publish_fragment`).
+_WAITING_GLOB = ".segment_*.m4s.init"
+
+
+def _waiting_name(folder: Path, index: int) -> Path:
+    return folder / f".{segment_name(index, fragmented=True)}.init"
+
+
+def _check_waiting(folder: Path) -> None:
+    """Check the headers of the segments published before ``init.mp4`` against it; each goes
+    once checked (a mismatch is raised, and its header stays for the next look)."""
+    init = (folder / INIT_NAME).read_bytes()
+    for waiting in sorted(folder.glob(_WAITING_GLOB)):
+        try:
+            own = waiting.read_bytes()
+        except FileNotFoundError:  # checked by another segment meanwhile
+            continue
+        number = int(waiting.name.removeprefix(".segment_").split(".")[0])
+        check_tracks(init, own, f"segment {number}")
+        waiting.unlink(missing_ok=True)
+
+
+def _merged(inits: list[bytes]) -> bytes:
+    """One initialisation segment with every track of ``inits`` (each track's ``trak`` and
+    ``trex`` from the first that has it), on the one of the most tracks."""
+    widest = max(inits, key=lambda init: len(_tracks(init)))
+    traks: dict[int, bytes] = {}
+    trexes: dict[int, bytes] = {}
+    for init in [widest, *inits]:
+        for kind, start, end, header in _boxes(init, 0, len(init)):
+            if kind != b"moov":
+                continue
+            for inner, at, inner_end, inner_header in _boxes(init, start + header, end):
+                if inner == b"trak":
+                    track = _track_number(init, at + inner_header, inner_end)
+                    traks.setdefault(track, init[at:inner_end])
+                elif inner == b"mvex":
+                    for leaf, leaf_at, leaf_end, leaf_header in _boxes(init, at + inner_header,
+                                                                       inner_end):  # fmt: skip
+                        if leaf == b"trex":
+                            trexes.setdefault(_u32(init, leaf_at + leaf_header + 4),
+                                              init[leaf_at:leaf_end])  # fmt: skip
+    out = b""
+    for kind, start, end, header in _boxes(widest, 0, len(widest)):
+        if kind != b"moov":
+            out += widest[start:end]
+            continue
+        body = b""
+        for inner, at, inner_end, inner_header in _boxes(widest, start + header, end):
+            if inner == b"trak":
+                continue
+            if inner == b"mvex":
+                extends = b"".join(
+                    widest[leaf_at:leaf_end]
+                    for leaf, leaf_at, leaf_end, _ in _boxes(widest, at + inner_header, inner_end)
+                    if leaf != b"trex"
+                ) + b"".join(trexes[t] for t in sorted(trexes))
+                body += b"".join(traks[t] for t in sorted(traks)) + _box(b"mvex", extends)
+            else:
+                body += widest[at:inner_end]
+        out += _box(b"moov", body)
+    return out
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+def _track_number(init: bytes, start: int, end: int) -> int:
+    """The number in a ``trak``'s ``tkhd`` (``start``, ``end``: the trak's contents)."""
+    for kind, at, _, header in _boxes(init, start, end):
+        if kind == b"tkhd":  # version, flags, two times, then the track's number
+            body = at + header
+            return _u32(init, body + (20 if init[body] == 1 else 12))
+    raise OutputError("a track without a header in a fragmented MP4 segment")
 
 
 def _publish(path: Path, data: bytes, replace: bool = True) -> Path:
@@ -316,8 +405,8 @@ def _u32(data: bytes, at: int) -> int:
 
 def _configuration(init: bytes) -> dict[int, bytes]:
     """What of an initialisation segment configures a player, track by track (by number): each
-    track's box, but for the bit rates its sample entry records (MP4 computes them from the
-    segment's own packets)."""
+    track's box, but for what the muxer sets from the segment's own packets and tracks (the
+    bit rates a sample entry records, the ES descriptor's ID, which track is enabled)."""
     data = bytearray(init)
     tracks: dict[int, tuple[int, int]] = {}
     for kind, start, end, header in _boxes(init, 0, len(init)):
@@ -339,6 +428,8 @@ def _normalise(init: bytes, data: bytearray, start: int, end: int) -> None:
         body = at + header
         if kind in _CONTAINERS:
             _normalise(init, data, body, box_end)
+        elif kind == b"tkhd":  # its flags: the muxer enables the first track of each kind
+            data[body + 1:body + 4] = bytes(3)
         elif kind == b"stsd":
             for entry_kind, entry, entry_end, entry_header in _boxes(init, body + 8, box_end):
                 # a sample entry: its fields (a visual one's 78 bytes, an audio one's 28), then
@@ -353,7 +444,8 @@ def _normalise(init: bytes, data: bytearray, start: int, end: int) -> None:
 
 
 def _zero_bit_rates(data: bytearray, at: int, end: int) -> None:
-    """Zero the buffer size and bit rates of an ES descriptor's decoder configuration."""
+    """Zero an ES descriptor's ID (the muxer's own number of the track) and the buffer size and
+    bit rates of its decoder configuration."""
 
     def descriptor(at: int) -> tuple[int, int]:  # (tag, where its payload starts)
         tag, at = data[at], at + 1
@@ -367,6 +459,7 @@ def _zero_bit_rates(data: bytearray, at: int, end: int) -> None:
     if tag != 0x03 or at + 3 > end:
         return
     flags = data[at + 2]
+    data[at:at + 2] = bytes(2)
     at += 3 + (2 if flags & 0x80 else 0)  # ES_ID and flags; a stream it depends on
     if flags & 0x40:
         at += 1 + data[at]  # a URL

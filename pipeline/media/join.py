@@ -30,7 +30,7 @@ from carn_stream.pipeline.media.encode import (
 )
 from carn_stream.pipeline.media.formats import OutputFormat
 from carn_stream.pipeline.media.fragment import publish_init
-from carn_stream.pipeline.media.hls import segment_name, write_playlist
+from carn_stream.pipeline.media.hls import INIT_NAME, segment_name, write_playlist
 from carn_stream.pipeline.media.hls_master import write_folder_master
 from carn_stream.pipeline.media.segments import SegmentPlan
 
@@ -46,8 +46,8 @@ def finish_output(
     """Make ``fmt``'s final output from all of the plan's published segments."""
     folder = fmt.segment_dir(output, work_dir)
     if fmt.is_folder:
-        if fmt.fragmented:  # (no segment had every stream: init.mp4 is made now)
-            publish_init([folder / segment_name(s.index) for s in plan.segments], output)
+        if fmt.fragmented and publish_init(output) is None:  # (made now if no segment had
+            raise OutputError(f"{output}: no segment to make {INIT_NAME} of")  # every stream)
         durations = [s.duration for s in plan.segments]
         write_playlist(output, durations, plan.max_duration, complete=True,
                        fragmented=fmt.fragmented)  # fmt: skip

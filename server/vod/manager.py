@@ -27,13 +27,13 @@ from pathlib import Path
 
 from carn_stream.model.named_weights import tuned_name
 from carn_stream.model.tune_report import TuneReport
-from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.errors import OutputError, PipelineError
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentTask
 from carn_stream.pipeline.execution.slots import Slots, Ticket
 from carn_stream.pipeline.frames import quarter_turns, upscaled_size
 from carn_stream.pipeline.media.decode import display_rotation
 from carn_stream.pipeline.media.encode import EncoderOptions
-from carn_stream.pipeline.media.fragment import publish_fragment
+from carn_stream.pipeline.media.fragment import publish_fragment, publish_init
 from carn_stream.pipeline.media.hls import (
     INIT_NAME,
     PLAYLIST_NAME,
@@ -544,22 +544,27 @@ class VideoManager:
     async def init_segment(self, video: Video, rendition: Rendition, viewer: str = "") -> Path:
         """A fragmented-MP4 rendition's ``init.mp4``: written with the first of its segments
         made that has every track, segments made now from the first on until one is (a
-        segment may have no audio; cached ones that outlived their ``init.mp4`` are made
-        again). The player's position is not moved: it asks for its segment next."""
-        path = self.cache.folder(video.id) / rendition.name / INIT_NAME
-        for attempt in range(2):
+        segment may have no audio); where none has, made of their own headers
+        (:func:`publish_init`). Cached segments that outlived their ``init.mp4`` are made
+        again. The player's position is not moved: it asks for its segment next."""
+        folder = self.cache.folder(video.id) / rendition.name
+        path = folder / INIT_NAME
+        for _ in range(2):
             for index in range(len(video.plan.segments)):
                 if path.is_file():
                     return path
                 key = Key(video.id, rendition.name, index)
                 opened = _open_cached(self.cache, key) or await self._wait_for(video, key, viewer)
                 opened.handle.close()
-            if path.is_file():
-                return path
-            if attempt == 0:
-                self.cache.drop(video.id, rendition.name)
-        raise SegmentError(f"{INIT_NAME} of {rendition.name} could not be made: no segment "
-                           "has every track")  # fmt: skip
+            try:  # no segment has every track: made of their own headers
+                made = await asyncio.to_thread(publish_init, folder)
+            except OutputError as exc:
+                raise SegmentRefused(f"{INIT_NAME} of {rendition.name}: {exc}") from exc
+            if made is not None:
+                return made
+            # its segments outlived their init.mp4 (removed behind our back): made again
+            self.cache.drop(video.id, rendition.name)
+        raise SegmentError(f"{INIT_NAME} of {rendition.name} could not be made")
 
     async def _wait_for(self, video: Video, key: Key, viewer: str) -> OpenFile:
         """Join the work making ``key`` (or start it) and open what it made. Work a seek
