@@ -588,7 +588,8 @@ def test_a_segment_published_before_init_mp4_is_checked_once_it_is_there(tmp_pat
                 out.mux(video.encode(frame))
             out.mux(video.encode(None))
             for i in range(audio_packets):
-                sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp")
+                silence = np.zeros((2, 1024), np.float32)
+                sound = av.AudioFrame.from_ndarray(silence, format="fltp", layout="stereo")
                 sound.sample_rate, sound.pts = 48000, i * 1024
                 out.mux(audio.encode(sound))
             if audio_packets:
