@@ -150,7 +150,7 @@ class OutputFormat:
 
     def publish(self, output: Path, work_dir: Path, index: int) -> None:
         """Called as segment ``index`` is done: a fragmented HLS folder gets its media segment
-        (and ``init.mp4``, with the first)."""
+        (and ``init.mp4``, with the first that has every stream)."""
         if self.fragmented:
             from carn_stream.pipeline.media.fragment import publish_fragment
 
@@ -168,8 +168,9 @@ class OutputFormat:
         """Called after each published segment (HLS: the playlist grows)."""
         if self.is_folder:
             durations = []
+            playable = not self.fragmented or (output / INIT_NAME).is_file()
             for segment in plan.segments:
-                if segment.index not in done or not self.published(output, segment.index):
+                if not playable or segment.index not in done:
                     break  # (fragmented MP4: nothing plays before init.mp4 is there)
                 durations.append(segment.duration)
             write_playlist(output, durations, plan.max_duration, complete=False,

@@ -46,8 +46,9 @@ def finish_output(
     """Make ``fmt``'s final output from all of the plan's published segments."""
     folder = fmt.segment_dir(output, work_dir)
     if fmt.is_folder:
-        if fmt.fragmented and publish_init(output) is None:  # (made now if no segment had
-            raise OutputError(f"{output}: no segment to make {INIT_NAME} of")  # every stream)
+        # init.mp4 is made now where no segment had every stream
+        if fmt.fragmented and publish_init(output) is None:
+            raise OutputError(f"{output}: no segment to make {INIT_NAME} of")
         durations = [s.duration for s in plan.segments]
         write_playlist(output, durations, plan.max_duration, complete=True,
                        fragmented=fmt.fragmented)  # fmt: skip

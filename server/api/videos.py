@@ -536,7 +536,8 @@ def _not_made(exc: BaseException) -> Response:
 async def _init_segment(
     video_id: str, rendition: str, request: Request, videos: VideoManager, viewer: str | None
 ) -> Response:
-    """A fragmented-MP4 rendition's ``init.mp4`` (made with its first segment)."""
+    """A fragmented-MP4 rendition's ``init.mp4`` (made with its segments: see
+    ``VideoManager.init_segment``)."""
     video = _video_or_404(videos, video_id)
     with _busy_as_503():
         videos.check_planned(video)

@@ -85,9 +85,7 @@ class JobMedia:
         ours = name in (PLAYLIST_NAME, MASTER_NAME) or SUBTITLE_NAME_RE.fullmatch(name) is not None
         ours = ours or name == INIT_NAME
         # either kind: a job of a codec whose segments were MPEG-TS before an upgrade has them
-        segment = segment_index(name, fragmented=True) if name.endswith(".m4s") else None
-        if segment is None:
-            segment = segment_index(name)
+        segment = segment_index(name, fragmented=name.endswith(".m4s"))
         if not self.fmt.is_folder or (not ours and segment is None):
             return None
         return self.output / name
