@@ -174,16 +174,22 @@ class FileTrack(MediaStreamTrack):
 
 
 class LatestFrameTrack(MediaStreamTrack):
-    """Passes on the newest frame it is offered (the original beside the upscaled track)."""
+    """Passes on the newest frame it is offered (the original beside the upscaled track).
+    ``on_size`` hears each new picture size before a frame of it is passed on (its sender's
+    rate)."""
 
     kind = "video"
 
-    def __init__(self) -> None:
+    def __init__(self, on_size: Callable[[int, int], None] | None = None) -> None:
         super().__init__()
         self._frame: av.VideoFrame | None = None
         self._offered = asyncio.Event()
+        self._on_size, self._size = on_size, (0, 0)
 
     def offer(self, frame: av.VideoFrame) -> None:
+        if self._on_size is not None and (frame.width, frame.height) != self._size:
+            self._size = (frame.width, frame.height)
+            self._on_size(*self._size)
         self._frame = frame
         self._offered.set()
 
@@ -467,8 +473,13 @@ class LiveSessions:
 
         if sample is not None:
             session.source = FileTrack(sample)
-            original = LatestFrameTrack()
-            pc.addTrack(original)
+
+            def on_original_size(width: int, height: int) -> None:
+                """The original picture's sender: the rate of its own size."""
+                self.bitrate.keep(pc, original_sender, self.bitrate.target(width, height))
+
+            original = LatestFrameTrack(on_original_size)
+            original_sender = pc.addTrack(original)
             pc.addTrack(upscaled(session.source, original))
             return
 

@@ -4,11 +4,12 @@ aiortc clamps an encoder's target bitrate (its start, and every receiver estimat
 limits it reads from module constants: one set for the whole process. A session's floor is
 its picture's (bits per pixel x pixels x frame rate), so with those constants one session's
 floor became every session's: a small session was sent at a large one's rate. Here the
-constants are widened once to the service's own range, and the encoder of a session's
-upscaled track is given bounds of its own (:func:`bound_encoder`), which its receiver's
-estimates are clamped to. aiortc makes an encoder after the first frame is read, at its default
-rate (and would make it anew, with a second keyframe, once bounded): the session makes it
-itself as that frame is read (:meth:`BitratePolicy.keep`), bounded from the start.
+constants are widened once to the service's own range, and each encoder a session sends with
+(its upscaled track's, and a sample session's original picture's) is given bounds of its own,
+from its own picture (:func:`bound_encoder`), which its receiver's estimates are clamped to.
+aiortc makes an encoder after the first frame is read, at its default rate (and would make it
+anew, with a second keyframe, once bounded): the session makes it itself as that frame is read
+(:meth:`BitratePolicy.keep`), bounded from the start.
 """
 
 from __future__ import annotations

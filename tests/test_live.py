@@ -774,8 +774,9 @@ def test_the_upscaled_track_keeps_its_own_rate_from_its_first_frame(
     """The session's bounds reached an encoder only once aiortc had made it, after the first
     frame was read: that frame went out at aiortc's default rate and the encoder was made anew
     (a second keyframe); a sample session bounded the original's encoder, not the upscaled
-    one's. The upscaled track's encoder is now made bounded as its first frame is read, and
-    it is the only one bounded."""
+    one's, and then the original's not at all (sent at aiortc's default rate). Each encoder
+    is now made bounded as its first frame is read, at its own picture's rate: the upscaled
+    track's, and a sample session's original picture's."""
     from carn_stream.server import live_bitrate
 
     bound: list[tuple[object, bool, int]] = []
@@ -815,9 +816,13 @@ def test_the_upscaled_track_keeps_its_own_rate_from_its_first_frame(
     assert described["output"] == [320, 240] and described["target_bitrate"] == 300_000
     assert bound, "no encoder was bounded"
     upscaled = encoders[True]
-    assert all(encoder is upscaled for encoder, _, _ in bound)
-    assert bound[0][1], "bounded after it had encoded a frame"
-    assert described["encoder_bitrate"] >= 300_000 and upscaled._bounds[0] == 300_000
+    senders = {upscaled} if source == "camera" else {upscaled, encoders[False]}
+    assert {id(encoder) for encoder, _, _ in bound} == {id(e) for e in senders}
+    for encoder in senders:  # each bounded before it encoded anything, at its picture's rate
+        first = next(fresh for bounded, fresh, _ in bound if bounded is encoder)
+        assert first, "bounded after it had encoded a frame"
+        assert encoder._bounds[0] == 300_000  # (320x240 and 160x120: both at the floor)
+    assert described["encoder_bitrate"] >= 300_000
 
 
 def test_a_sample_session_decodes_only_once_connected_and_receives_nothing(
