@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -268,24 +267,15 @@ def with_cover_art(
     return path, picture
 
 
-def _atoms(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
-    """(type, offset, size) of the MP4 boxes between ``start`` and ``end``."""
-    found, at = [], start
-    while at < end:
-        size, kind = struct.unpack(">I4s", data[at : at + 8])
-        found.append((kind, at, size))
-        at += size
-    return found
-
-
 def _metadata_first(path: Path) -> None:
     """Move the ``udta`` box before the tracks inside ``moov`` (same size: no offset moves)."""
+    from carn_stream.pipeline.media.fragment import boxes
+
     data = path.read_bytes()
-    moov = next(a for a in _atoms(data, 0, len(data)) if a[0] == b"moov")
-    boxes = _atoms(data, moov[1] + 8, moov[1] + moov[2])
-    boxes.sort(key=lambda box: box[0] != b"udta")
-    inner = b"".join(data[at : at + size] for _, at, size in boxes)
-    path.write_bytes(data[: moov[1] + 8] + inner + data[moov[1] + moov[2] :])
+    _, start, end, header = next(b for b in boxes(data, 0, len(data)) if b[0] == b"moov")
+    inner = sorted(boxes(data, start + header, end), key=lambda box: box[0] != b"udta")
+    path.write_bytes(data[: start + header] + b"".join(data[a:z] for _, a, z, _ in inner)
+                     + data[end:])  # fmt: skip
 
 
 def with_pcm_audio(source: Path, path: Path) -> Path:

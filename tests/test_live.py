@@ -712,14 +712,15 @@ def _sections(sdp: str) -> list[str]:
     return sdp.split("m=")[1:]
 
 
-def _bicubic_sessions():
+def _bicubic_sessions(bits_per_pixel: float = 0.1):
     from carn_stream.model.baselines import Bicubic
     from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
     from carn_stream.server.live import BitratePolicy, LatencyPolicy, LiveSessions
     from carn_stream.server.metrics import Metrics
 
     worker = InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
-    return LiveSessions(Metrics(), 2, BitratePolicy(), LatencyPolicy()), worker
+    policy = BitratePolicy(bits_per_pixel=bits_per_pixel)
+    return LiveSessions(Metrics(), 2, policy, LatencyPolicy()), worker
 
 
 def test_audio_beside_the_camera_is_answered_inactive_and_never_flows(camera_frames):
@@ -788,7 +789,7 @@ def test_the_upscaled_track_keeps_its_own_rate_from_its_first_frame(
 
     monkeypatch.setattr(live_bitrate.BitratePolicy, "bound", spy)
     write_clip(tmp_path / "clip.mp4", camera_frames[:30], rate=Fraction(15))
-    live, worker = _bicubic_sessions()
+    live, worker = _bicubic_sessions(bits_per_pixel=1.0)  # rates above the floor
 
     async def run():
         client = client_peer()
@@ -812,17 +813,18 @@ def test_the_upscaled_track_keeps_its_own_rate_from_its_first_frame(
         described, encoders = asyncio.run(run())
     finally:
         worker.close()
-    # 320x240 at 0.1 bit per pixel x 30 fps is below the floor: 300 kbps
-    assert described["output"] == [320, 240] and described["target_bitrate"] == 300_000
+    # 320x240 at 1 bit per pixel x 30 fps: 2.304 Mbps (the original, 160x120: 576 kbps)
+    assert described["output"] == [320, 240] and described["target_bitrate"] == 2_304_000
     assert bound, "no encoder was bounded"
     upscaled = encoders[True]
-    senders = {upscaled} if source == "camera" else {upscaled, encoders[False]}
-    assert {id(encoder) for encoder, _, _ in bound} == {id(e) for e in senders}
-    for encoder in senders:  # each bounded before it encoded anything, at its picture's rate
-        first = next(fresh for bounded, fresh, _ in bound if bounded is encoder)
-        assert first, "bounded after it had encoded a frame"
-        assert encoder._bounds[0] == 300_000  # (320x240 and 160x120: both at the floor)
-    assert described["encoder_bitrate"] >= 300_000
+    rates = {id(upscaled): 2_304_000}
+    if source == "sample":
+        rates[id(encoders[False])] = 576_000
+    assert {id(encoder) for encoder, _, _ in bound} == set(rates)
+    for encoder, fresh, target in bound:  # each before it encoded anything, at its own rate
+        assert fresh, "bounded after it had encoded a frame"
+        assert target == rates[id(encoder)] == encoder._bounds[0]
+    assert described["encoder_bitrate"] >= 2_304_000
 
 
 def test_a_sample_session_decodes_only_once_connected_and_receives_nothing(

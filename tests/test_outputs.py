@@ -507,7 +507,7 @@ def test_an_hevc_hls_folder_is_fragmented_mp4_that_plays_through(clips, worker, 
     """Apple's HLS authoring specification asks for HEVC in fragmented MP4; the folder was of
     MPEG-TS segments. Now it is init.mp4 and .m4s media segments, and FFmpeg's HLS reader plays
     every frame and all the audio through the playlist, without gaps."""
-    from carn_stream.pipeline.media.fragment import _boxes
+    from carn_stream.pipeline.media.fragment import boxes
 
     out = make(clips["bunny"], tmp_path / "hls", worker, codec="hevc")
     assert sorted(p.name for p in out.iterdir()) == [
@@ -517,12 +517,11 @@ def test_an_hevc_hls_folder_is_fragmented_mp4_that_plays_through(clips, worker, 
     assert "#EXT-X-VERSION:6" in playlist and '#EXT-X-MAP:URI="init.mp4"' in playlist
     assert playlist.rstrip().endswith("segment_00001.m4s\n#EXT-X-ENDLIST")
     init = (out / "init.mp4").read_bytes()
-    assert [kind for kind, *_ in _boxes(init, 0, len(init))] == [b"ftyp", b"moov"]
+    assert [kind for kind, *_ in boxes(init, 0, len(init))] == [b"ftyp", b"moov"]
     assert b"hvc1" in init and b"hvcC" in init  # the parameter sets in the sample entry
     for number, name in enumerate(["segment_00000.m4s", "segment_00001.m4s"], 1):
         data = (out / name).read_bytes()
-        boxes = list(_boxes(data, 0, len(data)))
-        assert [kind for kind, *_ in boxes] == [b"moof", b"mdat"]
+        assert [kind for kind, *_ in boxes(data, 0, len(data))] == [b"moof", b"mdat"]
         assert int.from_bytes(data[20:24], "big") == number  # moof/mfhd's sequence number
     with av.open(str(out / "index.m3u8")) as c:
         video = [f.pts * f.time_base for f in c.decode(video=0)]

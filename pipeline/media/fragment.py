@@ -1,8 +1,8 @@
 """Fragmented-MP4 HLS segments, made from a run's MPEG-TS segments by remuxing.
 
-Apple's HLS authoring specification asks for HEVC in fragmented MP4, not MPEG-TS. Such a folder
-holds one initialisation segment, ``init.mp4`` (``ftyp`` and ``moov``: each track's decoder
-configuration, time scale and edit list), and one media segment per segment,
+Apple's HLS authoring specification requires fragmented MP4 for HEVC, not MPEG-TS. Such a
+folder holds one initialisation segment, ``init.mp4`` (``ftyp`` and ``moov``: each track's
+decoder configuration and time scale), and one media segment per segment,
 ``segment_NNNNN.m4s`` (``moof`` and ``mdat``), which the media playlist names after its
 ``#EXT-X-MAP``.
 
@@ -14,9 +14,12 @@ fragments of a folder follow one another without gaps, however far each segment'
 picture is shown after its first decode time (it differs between the segments copied from an
 input with B-frames; an edit list in ``init.mp4`` could hold one such delay only).
 
-The first segment published writes ``init.mp4``; every other segment's header must configure
-the decoders the same way (the bit rates MP4 records aside), or it is refused rather than
-played with the wrong configuration.
+A segment may lack packets of a stream (audio that starts late or stops early): it is written
+with the tracks it has, each numbered by its stream's place, so that every segment's numbers
+are ``init.mp4``'s. The first segment with every track writes ``init.mp4`` (see
+:func:`publish_fragment` and :func:`publish_init`); every segment's tracks must configure the
+decoders as ``init.mp4``'s do (what the muxer takes from the segment's own packets aside), or
+it is refused rather than played with the wrong configuration.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def fragment(segment: Path, sequence: int, lead_in: bool = False) -> Fragment:
         ) from exc
     init, media = b"", b""
     whole = data.getvalue()
-    for kind, start, end, _ in _boxes(whole, 0, len(whole)):
+    for kind, start, end, _ in boxes(whole, 0, len(whole)):
         if kind in (b"ftyp", b"moov"):
             init += whole[start:end]
         elif kind in (b"moof", b"mdat"):
@@ -129,13 +132,10 @@ def _remux(
         targets[s.index].codec_tag = _VIDEO_TAGS.get(s.codec_context.name, "\0\0\0\0")
         if language := s.metadata.get("language"):
             targets[s.index].metadata["language"] = language
-    firsts: dict[int, Fraction] = {}
     shifts: dict[int, int] = {}  #: input stream index -> its first decode time
     for packet in packets:
         index = packet.stream.index
-        if index not in shifts:
-            shifts[index] = packet.dts
-            firsts[index] = packet.dts * packet.time_base
+        shifts.setdefault(index, packet.dts)
         packet.dts -= shifts[index]
         packet.pts -= shifts[index]
         for ready in filters[index].filter(packet) if index in filters else [packet]:
@@ -146,7 +146,7 @@ def _remux(
             ready.stream = targets[index]
             out.mux(ready)
     places = [streams.index(s) for s in kept]
-    return places, [firsts[s.index] for s in kept], len(streams)
+    return places, [shifts[s.index] * s.time_base for s in kept], len(streams)
 
 
 def publish_fragment(segment: Path, folder: Path, index: int) -> Path:
@@ -229,32 +229,27 @@ def _merged(inits: list[bytes]) -> bytes:
     traks: dict[int, bytes] = {}
     trexes: dict[int, bytes] = {}
     for init in [widest, *inits]:
-        for kind, start, end, header in _boxes(init, 0, len(init)):
-            if kind != b"moov":
-                continue
-            for inner, at, inner_end, inner_header in _boxes(init, start + header, end):
-                if inner == b"trak":
-                    track = _track_number(init, at + inner_header, inner_end)
-                    traks.setdefault(track, init[at:inner_end])
-                elif inner == b"mvex":
-                    for leaf, leaf_at, leaf_end, leaf_header in _boxes(init, at + inner_header,
-                                                                       inner_end):  # fmt: skip
-                        if leaf == b"trex":
-                            trexes.setdefault(_u32(init, leaf_at + leaf_header + 4),
-                                              init[leaf_at:leaf_end])  # fmt: skip
+        for kind, at, end, header in _moov(init):
+            if kind == b"trak":
+                traks.setdefault(_u32(init, _number_at(init, at + header, end)), init[at:end])
+            elif kind == b"mvex":
+                for leaf, leaf_at, leaf_end, leaf_header in boxes(init, at + header, end):
+                    if leaf == b"trex":
+                        trexes.setdefault(_u32(init, leaf_at + leaf_header + 4),
+                                          init[leaf_at:leaf_end])  # fmt: skip
     out = b""
-    for kind, start, end, header in _boxes(widest, 0, len(widest)):
+    for kind, start, end, header in boxes(widest, 0, len(widest)):
         if kind != b"moov":
             out += widest[start:end]
             continue
         body = b""
-        for inner, at, inner_end, inner_header in _boxes(widest, start + header, end):
+        for inner, at, inner_end, inner_header in boxes(widest, start + header, end):
             if inner == b"trak":
                 continue
             if inner == b"mvex":
                 extends = b"".join(
                     widest[leaf_at:leaf_end]
-                    for leaf, leaf_at, leaf_end, _ in _boxes(widest, at + inner_header, inner_end)
+                    for leaf, leaf_at, leaf_end, _ in boxes(widest, at + inner_header, inner_end)
                     if leaf != b"trex"
                 ) + b"".join(trexes[t] for t in sorted(trexes))
                 body += b"".join(traks[t] for t in sorted(traks)) + _box(b"mvex", extends)
@@ -268,12 +263,20 @@ def _box(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I4s", 8 + len(payload), kind) + payload
 
 
-def _track_number(init: bytes, start: int, end: int) -> int:
-    """The number in a ``trak``'s ``tkhd`` (``start``, ``end``: the trak's contents)."""
-    for kind, at, _, header in _boxes(init, start, end):
-        if kind == b"tkhd":  # version, flags, two times, then the track's number
+def _moov(init: bytes) -> Iterator[tuple[bytes, int, int, int]]:
+    """The boxes in an initialisation segment's ``moov``."""
+    for kind, start, end, header in boxes(init, 0, len(init)):
+        if kind == b"moov":
+            yield from boxes(init, start + header, end)
+
+
+def _number_at(init: bytes, start: int, end: int) -> int:
+    """Where the track's number lies in a ``trak``'s ``tkhd`` (``start``, ``end``: the trak's
+    contents): after the version, flags and two times (64-bit in version 1)."""
+    for kind, at, _, header in boxes(init, start, end):
+        if kind == b"tkhd":
             body = at + header
-            return _u32(init, body + (20 if init[body] == 1 else 12))
+            return body + (20 if init[body] == 1 else 12)
     raise OutputError("a track without a header in a fragmented MP4 segment")
 
 
@@ -300,8 +303,8 @@ def _publish(path: Path, data: bytes, replace: bool = True) -> Path:
     return path
 
 
-def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int, int]]:
-    """The boxes in ``data[start:end]``: (type, start, end, header length)."""
+def boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int, int]]:
+    """The ISO BMFF boxes in ``data[start:end]``: (type, start, end, header length)."""
     at = start
     while at + 8 <= end:
         size, kind = struct.unpack_from(">I4s", data, at)
@@ -318,27 +321,19 @@ def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int,
 
 
 def _tracks(init: bytes) -> list[tuple[int, int]]:
-    """Each track's ID and time scale, in the order of the streams (``trak`` boxes)."""
+    """Each track's number and time scale, in the order of the streams (``trak`` boxes)."""
     tracks = []
-    for kind, start, end, header in _boxes(init, 0, len(init)):
-        if kind != b"moov":
+    for kind, at, end, header in _moov(init):
+        if kind != b"trak":
             continue
-        for trak, at, trak_end, trak_header in _boxes(init, start + header, end):
-            if trak != b"trak":
-                continue
-            track = timescale = 0
-            for inner, box, box_end, box_header in _boxes(init, at + trak_header, trak_end):
-                body = box + box_header
-                wide = init[body] == 1  # version 1: 64-bit times
-                if inner == b"tkhd":  # version, flags, two times, then the track's ID
-                    (track,) = struct.unpack_from(">I", init, body + (20 if wide else 12))
-                elif inner == b"mdia":
-                    for leaf, leaf_at, _, leaf_header in _boxes(init, body, box_end):
-                        if leaf == b"mdhd":  # version, flags, two times, then the time scale
-                            leaf_body = leaf_at + leaf_header
-                            offset = 20 if init[leaf_body] == 1 else 12
-                            (timescale,) = struct.unpack_from(">I", init, leaf_body + offset)
-            tracks.append((track, timescale))
+        timescale = 0
+        for inner, box, box_end, box_header in boxes(init, at + header, end):
+            if inner == b"mdia":
+                for leaf, leaf_at, _, leaf_header in boxes(init, box + box_header, box_end):
+                    if leaf == b"mdhd":  # version, flags, two times, then the time scale
+                        body = leaf_at + leaf_header
+                        timescale = _u32(init, body + (20 if init[body] == 1 else 12))
+        tracks.append((_u32(init, _number_at(init, at + header, end)), timescale))
     return tracks
 
 
@@ -349,16 +344,16 @@ def _stamped(
     track fragment's track (``tfhd``) renumbered by ``numbers`` and its base decode time
     (``tfdt``) set to ``starts[its new number]`` (its time scale's ticks)."""
     data = bytearray(media)
-    for kind, start, end, header in _boxes(media, 0, len(media)):
+    for kind, start, end, header in boxes(media, 0, len(media)):
         if kind != b"moof":
             continue
-        for inner, at, inner_end, inner_header in _boxes(media, start + header, end):
+        for inner, at, inner_end, inner_header in boxes(media, start + header, end):
             body = at + inner_header  # (full boxes: version and flags first)
             if inner == b"mfhd":
                 struct.pack_into(">I", data, body + 4, sequence)
             elif inner == b"traf":
                 track = None
-                for leaf, leaf_at, _, leaf_header in _boxes(media, body, inner_end):
+                for leaf, leaf_at, _, leaf_header in boxes(media, body, inner_end):
                     leaf_body = leaf_at + leaf_header
                     if leaf == b"tfhd":
                         (own,) = struct.unpack_from(">I", media, leaf_body + 4)
@@ -378,24 +373,17 @@ def _renumbered(init: bytes, numbers: dict[int, int], next_track: int) -> bytes:
     """``init`` with its tracks renumbered by ``numbers`` (``tkhd``, ``trex``) and the next
     free number ``next_track`` (``mvhd``)."""
     data = bytearray(init)
-    for kind, start, end, header in _boxes(init, 0, len(init)):
-        if kind != b"moov":
-            continue
-        for inner, at, inner_end, inner_header in _boxes(init, start + header, end):
-            body = at + inner_header
-            if inner == b"mvhd":  # its last field
-                struct.pack_into(">I", data, inner_end - 4, next_track)
-            elif inner == b"trak":
-                for leaf, leaf_at, _, leaf_header in _boxes(init, body, inner_end):
-                    if leaf == b"tkhd":  # version, flags, two times, then the track's number
-                        leaf_body = leaf_at + leaf_header
-                        offset = leaf_body + (20 if init[leaf_body] == 1 else 12)
-                        struct.pack_into(">I", data, offset, numbers[_u32(init, offset)])
-            elif inner == b"mvex":
-                for leaf, leaf_at, _, leaf_header in _boxes(init, body, inner_end):
-                    if leaf == b"trex":  # version, flags, then the track's number
-                        offset = leaf_at + leaf_header + 4
-                        struct.pack_into(">I", data, offset, numbers[_u32(init, offset)])
+    for kind, at, end, header in _moov(init):
+        if kind == b"mvhd":  # its last field
+            struct.pack_into(">I", data, end - 4, next_track)
+        elif kind == b"trak":
+            offset = _number_at(init, at + header, end)
+            struct.pack_into(">I", data, offset, numbers[_u32(init, offset)])
+        elif kind == b"mvex":
+            for leaf, leaf_at, _, leaf_header in boxes(init, at + header, end):
+                if leaf == b"trex":  # version, flags, then the track's number
+                    offset = leaf_at + leaf_header + 4
+                    struct.pack_into(">I", data, offset, numbers[_u32(init, offset)])
     return bytes(data)
 
 
@@ -408,34 +396,29 @@ def _configuration(init: bytes) -> dict[int, bytes]:
     track's box, but for what the muxer sets from the segment's own packets and tracks (the
     bit rates a sample entry records, the ES descriptor's ID, which track is enabled)."""
     data = bytearray(init)
-    tracks: dict[int, tuple[int, int]] = {}
-    for kind, start, end, header in _boxes(init, 0, len(init)):
-        if kind != b"moov":
-            continue
-        _normalise(init, data, start + header, end)
-        for inner, at, inner_end, inner_header in _boxes(init, start + header, end):
-            if inner == b"trak":
-                for leaf, leaf_at, _, leaf_header in _boxes(init, at + inner_header, inner_end):
-                    if leaf == b"tkhd":
-                        leaf_body = leaf_at + leaf_header
-                        offset = leaf_body + (20 if init[leaf_body] == 1 else 12)
-                        tracks[_u32(init, offset)] = (at, inner_end)
-    return {track: bytes(data[at:end]) for track, (at, end) in tracks.items()}
+    for kind, start, end, header in boxes(init, 0, len(init)):
+        if kind == b"moov":
+            _normalise(init, data, start + header, end)
+    return {
+        _u32(init, _number_at(init, at + header, end)): bytes(data[at:end])
+        for kind, at, end, header in _moov(init)
+        if kind == b"trak"
+    }
 
 
 def _normalise(init: bytes, data: bytearray, start: int, end: int) -> None:
-    for kind, at, box_end, header in _boxes(init, start, end):
+    for kind, at, box_end, header in boxes(init, start, end):
         body = at + header
         if kind in _CONTAINERS:
             _normalise(init, data, body, box_end)
         elif kind == b"tkhd":  # its flags: the muxer enables the first track of each kind
             data[body + 1:body + 4] = bytes(3)
         elif kind == b"stsd":
-            for entry_kind, entry, entry_end, entry_header in _boxes(init, body + 8, box_end):
+            for entry_kind, entry, entry_end, entry_header in boxes(init, body + 8, box_end):
                 # a sample entry: its fields (a visual one's 78 bytes, an audio one's 28), then
                 # its boxes; bit rates are recorded in btrt, and for AAC and MP3 in esds too
                 fields = entry + entry_header + (78 if entry_kind in _VISUAL_ENTRIES else 28)
-                for inner, inner_at, inner_end, inner_header in _boxes(init, fields, entry_end):
+                for inner, inner_at, inner_end, inner_header in boxes(init, fields, entry_end):
                     if inner == b"btrt":  # buffer size, maximum and average rates
                         rates = inner_at + inner_header
                         data[rates:inner_end] = bytes(inner_end - rates)

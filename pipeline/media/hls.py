@@ -42,6 +42,16 @@ def segment_name(index: int, fragmented: bool = False) -> str:
     return (FRAGMENT_PATTERN if fragmented else SEGMENT_PATTERN) % index
 
 
+def either_segment_index(name: str) -> int | None:
+    """:func:`segment_index` of a segment file of either kind (MPEG-TS, fragmented MP4)."""
+    return segment_index(name, fragmented=name.endswith(".m4s"))
+
+
+def segment_media_type(fragmented: bool) -> str:
+    """What HTTP calls a segment: MPEG-TS, or an ISO BMFF media segment (fragmented MP4)."""
+    return "video/iso.segment" if fragmented else "video/mp2t"
+
+
 def segment_index(name: str, fragmented: bool = False) -> int | None:
     """The index a segment's file name stands for, or None unless ``name`` is exactly what
     :func:`segment_name` writes for this kind (``segment_00007.ts``; no other digits, width

@@ -13,7 +13,7 @@ from carn_stream.model import WeightsError
 from carn_stream.model.named_weights import weights_file
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.codecs import check_codec
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME
+from carn_stream.pipeline.media.hls import INIT_NAME, PLAYLIST_NAME, segment_media_type
 from carn_stream.server.admission import check_admission, queue_full
 from carn_stream.server.blocking import PoolBusy
 from carn_stream.server.deps import (
@@ -254,11 +254,9 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
         return Response(
             text, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"}
         )
-    if name.endswith(".m4s"):
-        return FileResponse(path, media_type="video/iso.segment")  # an ISO BMFF media segment
-    if name.endswith(".mp4"):
+    if name == INIT_NAME:
         return FileResponse(path, media_type="video/mp4")
-    return FileResponse(path, media_type="video/mp2t")
+    return FileResponse(path, media_type=segment_media_type(name.endswith(".m4s")))
 
 
 @router.get("/{job_id}/output.{ext}", response_class=FileResponse)

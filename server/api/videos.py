@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from carn_stream.model.recipe import TITLE_STORE_CRF
 from carn_stream.model.scales import SUPPORTED_SCALES
 from carn_stream.pipeline.errors import PipelineError
-from carn_stream.pipeline.media.hls import INIT_NAME, PLAYLIST_NAME, language_tag, segment_index
+from carn_stream.pipeline.media.hls import (
+    INIT_NAME,
+    PLAYLIST_NAME,
+    language_tag,
+    segment_index,
+    segment_media_type,
+)
 from carn_stream.pipeline.media.webvtt import SubtitleTrack
 from carn_stream.server.admission import check_disk
 from carn_stream.server.blocking import PoolBusy
@@ -459,11 +465,6 @@ def _segment_or_404(
     return video, index, described
 
 
-def _segment_type(rendition: Rendition) -> str:
-    """What HTTP calls a rendition's media segments: MPEG-TS, or ISO BMFF media segments."""
-    return "video/iso.segment" if rendition.fragmented else "video/mp2t"
-
-
 @router.head("/{video_id}/{rendition}/segment_{number}.{kind}", response_class=Response,
              include_in_schema=False)  # fmt: skip
 def segment_head(
@@ -476,7 +477,7 @@ def segment_head(
     video, index, described = _segment_or_404(videos, video_id, rendition, name)
     with _busy_as_503():
         size = videos.cached_size(video, rendition, index)
-    response = Response(media_type=_segment_type(described))
+    response = Response(media_type=segment_media_type(described.fragmented))
     if size is None:
         del response.headers["content-length"]  # not known before it is made (not 0)
     else:
@@ -512,7 +513,7 @@ async def segment(
     except BaseException as exc:
         turns.give()
         return _not_made(exc)
-    return FileStream(opened, _segment_type(described), on_close=turns.give)
+    return FileStream(opened, segment_media_type(described.fragmented), on_close=turns.give)
 
 
 def _not_made(exc: BaseException) -> Response:

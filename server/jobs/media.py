@@ -19,7 +19,7 @@ from carn_stream.pipeline.media.hls import (
     MASTER_NAME,
     PLAYLIST_NAME,
     SUBTITLE_NAME_RE,
-    segment_index,
+    either_segment_index,
 )
 from carn_stream.server.limits import INPUT_NAME
 
@@ -85,7 +85,7 @@ class JobMedia:
         ours = name in (PLAYLIST_NAME, MASTER_NAME) or SUBTITLE_NAME_RE.fullmatch(name) is not None
         ours = ours or name == INIT_NAME
         # either kind: a job of a codec whose segments were MPEG-TS before an upgrade has them
-        segment = segment_index(name, fragmented=name.endswith(".m4s"))
+        segment = either_segment_index(name)
         if not self.fmt.is_folder or (not ours and segment is None):
             return None
         return self.output / name

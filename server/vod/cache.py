@@ -19,7 +19,7 @@ from collections.abc import Callable, Container
 from pathlib import Path
 from typing import NamedTuple
 
-from carn_stream.pipeline.media.hls import segment_index, segment_name
+from carn_stream.pipeline.media.hls import either_segment_index, segment_name
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class SegmentCache:
         for path in self.root.glob("*/*/*"):
             if path.name.startswith(".") and path.name.endswith(".part"):
                 path.unlink(missing_ok=True)  # an unfinished segment of an earlier run
-            elif (index := _index(path.name)) is not None:
+            elif (index := either_segment_index(path.name)) is not None:
                 stat = path.stat()
                 found.append((stat.st_mtime, Key(path.parts[-3], path.parts[-2], index),
                               stat.st_size, path.suffix == ".m4s"))  # fmt: skip
@@ -169,9 +169,3 @@ class SegmentCache:
         for key in [k for k in self._entries if k.video == video]:
             self.bytes -= self._entries.pop(key)
             self._fragments.discard(key)
-
-
-def _index(name: str) -> int | None:
-    """The index of a segment file of either kind (MPEG-TS, fragmented MP4)."""
-    index = segment_index(name)
-    return index if index is not None else segment_index(name, fragmented=True)
