@@ -10,6 +10,7 @@ inputs, 10-bit (16-bit samples in [64, 940]) for inputs of more than 8 bits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # FFmpeg AVColorSpace codes -> (Kr, Kb)
 MATRICES = {
@@ -22,6 +23,9 @@ MATRICES = {
     10: (0.2627, 0.0593),  # BT.2020 constant luminance (treated as NCL)
 }
 BT601, BT709 = 6, 1
+#: Transfer characteristics (H.273) of HDR video: SMPTE ST 2084 (PQ), ARIB STD-B67 (HLG).
+PQ, HLG = 16, 18
+UNSPECIFIED_TRANSFER = 2
 RANGE_UNSPECIFIED, RANGE_LIMITED, RANGE_FULL = 0, 1, 2
 
 
@@ -73,3 +77,59 @@ def output_spec(source: ColourSpec, out_height: int) -> ColourSpec:
     matrix = guessed if source.layout == "rgb" else source.matrix
     bits = output_bits(source)
     return ColourSpec("yuv", bits, matrix, False, source.primaries, source.transfer)
+
+
+def video_range(transfer: int) -> str:
+    """HLS's name for the dynamic range of video with ``transfer``: PQ, HLG or SDR."""
+    return {PQ: "PQ", HLG: "HLG"}.get(transfer, "SDR")
+
+
+@dataclass(frozen=True)
+class StaticHdr:
+    """A title's static HDR metadata (HDR10), in the units its SEI messages and MP4 boxes use.
+
+    ``mastering``: the mastering display's colour volume (SMPTE ST 2086): the x, y chromaticity
+    of its green, blue and red primaries and of its white point in steps of 0.00002, then its
+    largest and smallest luminance in steps of 0.0001 cd/m2. ``light_level``: the content's
+    light levels (CTA-861.3): MaxCLL and MaxFALL in cd/m2. Either may be absent.
+    """
+
+    mastering: tuple[int, ...] | None = None
+    light_level: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mastering is not None and len(self.mastering) != 10:
+            raise ValueError("mastering display metadata has 10 values")
+        if self.mastering is None and self.light_level is None:
+            raise ValueError("static HDR metadata needs mastering display or light levels")
+
+    def encoder_params(self, encoder: str) -> str:
+        """The metadata as ``libx265``'s ``x265-params`` or ``libx264``'s ``x264-params`` give
+        it ("" for other encoders): their SEI messages then carry it in every keyframe."""
+        names = {"libx265": ("master-display", "max-cll"), "libx264": ("mastering-display", "cll")}
+        if encoder not in names:
+            return ""
+        display, light = names[encoder]
+        params = []
+        if self.mastering is not None:
+            gx, gy, bx, by, rx, ry, wx, wy, high, low = self.mastering
+            params.append(
+                f"{display}=G({gx},{gy})B({bx},{by})R({rx},{ry})WP({wx},{wy})L({high},{low})"
+            )
+        if self.light_level is not None:
+            params.append(f"{light}={self.light_level[0]},{self.light_level[1]}")
+        return ":".join(params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mastering": None if self.mastering is None else list(self.mastering),
+            "light_level": None if self.light_level is None else list(self.light_level),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StaticHdr:
+        mastering, light = data.get("mastering"), data.get("light_level")
+        return cls(
+            None if mastering is None else tuple(int(v) for v in mastering),
+            None if light is None else (int(light[0]), int(light[1])),
+        )

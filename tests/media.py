@@ -87,6 +87,8 @@ def write_clip(
     options: dict[str, str] | None = None,
     rotation: int = 0,
     colorspace: int | None = None,
+    primaries: int | None = None,
+    transfer: int | None = None,
     audio_from: Path | None = None,
     audio_seconds: float | None = None,
     container_format: str | None = None,
@@ -103,6 +105,10 @@ def write_clip(
         stream.codec_context.time_base = tb
         if colorspace is not None:
             stream.codec_context.colorspace = colorspace
+        if primaries is not None:
+            stream.codec_context.color_primaries = primaries
+        if transfer is not None:
+            stream.codec_context.color_trc = transfer
         stream.codec_context.options = options or {"crf": "12", "preset": "veryfast"}
         if codec in ("ffv1", "libx264rgb", "png"):
             stream.codec_context.options = options or {}
@@ -141,6 +147,28 @@ def downscale_frames(frames: list[np.ndarray], size: tuple[int, int]) -> list[np
         vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         out.append(vf.reformat(width=size[0], height=size[1], interpolation="AREA").to_ndarray())
     return out
+
+
+#: The HDR10 metadata of :func:`write_hdr10_clip`'s clips: a P3 (D65) mastering display of
+#: 1000 to 0.005 cd/m2, MaxCLL 1000 and MaxFALL 400 cd/m2; as libx265 takes it, and as
+#: ``StaticHdr`` holds it (green, blue, red, white point, then luminance, high and low).
+HDR10_X265 = "master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)" \
+    "L(10000000,50):max-cll=1000,400"
+HDR10_MASTERING = (13250, 34500, 7500, 3000, 34000, 16000, 15635, 16450, 10000000, 50)
+HDR10_LIGHT_LEVEL = (1000, 400)
+
+
+def write_hdr10_clip(path: Path, frames: list[np.ndarray], keyint: int = 25,
+                     audio_from: Path | None = None, audio_seconds: float | None = None) -> Path:
+    """An HDR10 clip as a camera or a studio delivers one: HEVC Main 10, BT.2020 primaries and
+    matrix, PQ transfer, with mastering display and light level SEI messages at every
+    keyframe (:data:`HDR10_X265`), from RGB frames (their picture, not an HDR grade)."""
+    options = {"crf": "20", "preset": "ultrafast",
+               "x265-params": f"log-level=error:keyint={keyint}:min-keyint={keyint}:{HDR10_X265}"}
+    write_clip(path, frames, codec="libx265", pix_fmt="yuv420p10le", colorspace=9,
+               primaries=9, transfer=16, options=options, audio_from=audio_from,
+               audio_seconds=audio_seconds)  # fmt: skip
+    return path
 
 
 def write_audio_only(source: Path, dest: Path) -> Path:

@@ -29,12 +29,15 @@ from carn_stream.pipeline.media.keep import subtitle_payload, subtitle_text
 from carn_stream.pipeline.run import PipelineOptions
 from tests.helpers import REPO_ROOT, official_weights_path
 from tests.media import (
+    HDR10_LIGHT_LEVEL,
+    HDR10_MASTERING,
     decode_rgb,
     downscale_frames,
     facts,
     with_mp3_audio,
     with_pcm_audio,
     write_clip,
+    write_hdr10_clip,
     write_rich_mkv,
 )
 from tests.service import wait_for
@@ -63,6 +66,8 @@ def clips(data_dir, tmp_path_factory) -> dict[str, Path]:
         "ten_pq": _deep_clip(d / "ten_pq.mkv", bunny[:4], transfer=16),
         "ten_hlg": _deep_clip(d / "ten_hlg.mkv", bunny[:4], transfer=18),
         "eight": write_clip(d / "eight.mkv", bunny[:4], codec="ffv1", pix_fmt="yuv420p"),
+        # HDR10 with its metadata, a keyframe each second: two segments of 1 s
+        "hdr10": write_hdr10_clip(d / "hdr10.mp4", bunny),
     }
 
 
@@ -722,6 +727,114 @@ def test_ten_bit_stays_ten_bit_with_its_colour(clips, worker, tmp_path, clip, co
     assert pix8 == "yuv420p"  # 8-bit stays 8-bit
     # The same picture (the 8-bit clip came from the same RGB through BT.601): close in level.
     assert abs(y.mean() / 4 - y8.mean()) < 3
+
+
+# --------------------------------------------------------------------------- HDR10
+
+
+def hdr_at_keyframes(path: Path) -> list[tuple[float, object, int]]:
+    """(time, HDR10 metadata, transfer) of each keyframe ``path`` (a file or a playlist) shows."""
+    from carn_stream.pipeline.media.decode import static_hdr
+
+    with av.open(str(path)) as c:
+        return [(float(f.pts * f.time_base), static_hdr(f), int(f.color_trc))
+                for f in c.decode(video=0) if f.key_frame]  # fmt: skip
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_hdr10_metadata_is_written_by_every_segments_encoder(clips, worker, tmp_path, codec):
+    """An HDR10 title's mastering display and light levels were dropped: its output was tagged
+    PQ but carried no metadata, so a display tone-mapped it for a mastering display it never
+    had. Now the plan reads them from the first frame and each segment's encoder writes them
+    (SEI messages at every keyframe), whichever encoder makes that segment."""
+    from carn_stream.pipeline.colour import StaticHdr
+
+    hdr = StaticHdr(HDR10_MASTERING, HDR10_LIGHT_LEVEL)
+    out = make(clips["hdr10"], tmp_path / "out.mkv", worker, codec=codec)
+    keyframes = hdr_at_keyframes(out)
+    assert [t for t, *_ in keyframes] == [0.0, 1.0]  # one per segment: two encoders
+    assert {(meta, trc) for _, meta, trc in keyframes} == {(hdr, 16)}
+
+
+def test_hdr10_plans_keep_the_titles_metadata_and_sdr_plans_none(clips):
+    from carn_stream.pipeline.colour import StaticHdr
+    from carn_stream.pipeline.media.segments import SegmentPlan, plan_segments
+
+    plan = plan_segments(clips["hdr10"], 1.0)
+    assert (plan.transfer, plan.hdr) == (16, StaticHdr(HDR10_MASTERING, HDR10_LIGHT_LEVEL))
+    stored = SegmentPlan.from_dict(plan.to_dict())
+    assert (stored.transfer, stored.hdr) == (16, plan.hdr)
+    sdr = plan_segments(clips["bunny"], 1.0)
+    assert (sdr.transfer, sdr.hdr) == (2, None)  # untagged, no metadata
+    older = {k: v for k, v in sdr.to_dict().items() if k not in ("transfer", "hdr")}
+    assert (SegmentPlan.from_dict(older).transfer, SegmentPlan.from_dict(older).hdr) == (2, None)
+
+
+def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, worker, tmp_path):
+    """Apple's players take HDR10's static metadata from the HEVC decoder configuration, and
+    choose a variant by its VIDEO-RANGE: init.mp4 had neither the metadata nor the master
+    playlist the range. Now hvcC holds a prefix SEI with both messages, the sample entry
+    mdcv and clli boxes, and every variant says PQ."""
+    from carn_stream.pipeline.colour import StaticHdr
+    from carn_stream.pipeline.media.fragment import (
+        LIGHT_LEVEL,
+        MASTERING_DISPLAY,
+        _with_hdr,
+        boxes,
+        check_tracks,
+        hdr_messages,
+    )
+
+    out = make(clips["hdr10"], tmp_path / "hls", worker, codec="hevc")
+    master = (out / "master.m3u8").read_text()
+    assert re.search(r"#EXT-X-STREAM-INF:.*,VIDEO-RANGE=PQ\n", master), master
+    init = (out / "init.mp4").read_bytes()
+    entry = init.index(b"hvc1") - 4  # the sample entry: its fields, then its boxes
+    size = int.from_bytes(init[entry:entry + 4], "big")
+    inner = {kind: init[at + header:end]
+             for kind, at, end, header in boxes(init, entry + 8 + 78, entry + size)}  # fmt: skip
+    gx, gy, bx, by, rx, ry, wx, wy, high, low = HDR10_MASTERING
+    mastering = np.array([gx, gy, bx, by, rx, ry, wx, wy], ">u2").tobytes() + np.array(
+        [high, low], ">u4").tobytes()  # fmt: skip
+    light = np.array(HDR10_LIGHT_LEVEL, ">u2").tobytes()
+    assert (inner[b"mdcv"], inner[b"clli"]) == (mastering, light)
+    config = inner[b"hvcC"]
+    arrays, at = {}, 23
+    for _ in range(config[22]):
+        count = int.from_bytes(config[at + 1:at + 3], "big")
+        nal_at, nals = at + 3, []
+        for _ in range(count):
+            length = int.from_bytes(config[nal_at:nal_at + 2], "big")
+            nals.append(config[nal_at + 2:nal_at + 2 + length])
+            nal_at += 2 + length
+        arrays[config[at] & 0x3F] = nals
+        at = nal_at
+    assert sorted(arrays) == [32, 33, 34, 39]  # VPS, SPS, PPS and the prefix SEI
+    (sei,) = arrays[39]
+    assert hdr_messages(b"\0\0\1" + sei, "hevc") == {MASTERING_DISPLAY: mastering,
+                                                       LIGHT_LEVEL: light}  # fmt: skip
+    # A segment whose first picture has no such SEI (a source that sends it once) is no
+    # other configuration: it is not refused.
+    check_tracks(init, _with_hdr(init, {}), "a segment without the SEI")
+    # Played through the playlist, each segment's keyframe has the metadata and PQ.
+    hdr = StaticHdr(HDR10_MASTERING, HDR10_LIGHT_LEVEL)
+    assert [(m, t) for _, m, t in hdr_at_keyframes(out / "index.m3u8")] == [(hdr, 16)] * 2
+    # An SDR folder says no range and has no HDR boxes.
+    sdr = make(clips["bunny"], tmp_path / "sdr", worker, codec="hevc")
+    assert "VIDEO-RANGE" not in (sdr / "master.m3u8").read_text()
+    sdr_init = (sdr / "init.mp4").read_bytes()
+    assert b"mdcv" not in sdr_init and b"clli" not in sdr_init
+
+
+def test_a_master_playlist_says_every_variants_range_once_one_is_hdr():
+    from carn_stream.pipeline.media.hls import Variant, master_playlist_text
+
+    sdr = Variant("sdr/index.m3u8", 1000, 64, 48, "")
+    hlg = Variant("hlg/index.m3u8", 2000, 128, 96, "", video_range="HLG")
+    both = master_playlist_text([hlg, sdr])
+    assert re.findall(r"VIDEO-RANGE=(\w+)\n(\S+)", both) == [("HLG", "hlg/index.m3u8"),
+                                                             ("SDR", "sdr/index.m3u8")]
+    assert "VIDEO-RANGE" not in master_playlist_text([sdr])
 
 
 # --------------------------------------------------------------------------- folders

@@ -23,7 +23,16 @@ from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.segments import PLAN_RULE
 from tests.helpers import launch_chromium, play_past_a_signed_link, player_subtitles
-from tests.media import decode_rgb, downscale_frames, facts, raw_stream, write_clip
+from tests.media import (
+    HDR10_LIGHT_LEVEL,
+    HDR10_MASTERING,
+    decode_rgb,
+    downscale_frames,
+    facts,
+    raw_stream,
+    write_clip,
+    write_hdr10_clip,
+)
 from tests.service import ServerProcess, media_server, request, wait_for
 
 # 5 s of the real clip at 96x54, a keyframe each second (so five 1 s segments), with its audio.
@@ -56,6 +65,8 @@ def media(data_dir, tmp_path_factory) -> Path:
     write_clip(folder / "hevc.mp4", frames, codec="libx265", audio_from=video,
                audio_seconds=5.0, options={"crf": "24", "preset": "veryfast",
                                            "x265-params": "keyint=25:log-level=none"})
+    # One second of it as HDR10 (HEVC Main 10, PQ, with its mastering display and light levels).
+    write_hdr10_clip(folder / "hdr10.mp4", frames[:25])
     (folder / "notes.txt").write_text("not a video")
     return folder
 
@@ -231,6 +242,30 @@ def test_an_hevc_video_has_its_original_rendition_in_fragmented_mp4(server, base
     size, upscaled = segment_frames(get_segment(server, video["id"], "x2", 1), tmp_path)
     assert size == (192, 108)
     assert shown("one.mp4", init.body + media[1])[0] == pytest.approx(upscaled[0], abs=1e-6)
+    assert server.call("DELETE", f"/videos/{video['id']}").status == 204
+
+
+def test_an_hdr10_video_says_pq_and_keeps_its_metadata_in_every_rendition(server, base,
+                                                                          tmp_path):  # fmt: skip
+    """An HDR10 video's master playlist gave no VIDEO-RANGE (Apple's players need it to pick
+    HDR variants) and its upscaled rendition dropped the mastering display and light levels."""
+    from carn_stream.pipeline.colour import StaticHdr
+    from carn_stream.pipeline.media.decode import static_hdr
+
+    response = server.call("POST", "/videos", {"url": f"{base}/hdr10.mp4"})
+    assert response.status == 201, response.body
+    video = response.json()
+    master = server.call("GET", f"/videos/{video['id']}/master.m3u8").body.decode()
+    ranges = re.findall(r"#EXT-X-STREAM-INF:.*VIDEO-RANGE=(\w+)\n(original|x2)/", master)
+    assert ranges == [("PQ", "original"), ("PQ", "x2")], master
+    init = server.call("GET", f"/videos/{video['id']}/original/init.mp4", timeout=120)
+    assert init.status == 200 and b"mdcv" in init.body and b"clli" in init.body
+    path = tmp_path / "x2.ts"
+    path.write_bytes(get_segment(server, video["id"], "x2", 0))
+    with av.open(str(path)) as c:
+        first = next(c.decode(video=0))
+    assert (first.width, first.height, int(first.color_trc)) == (192, 108, 16)
+    assert static_hdr(first) == StaticHdr(HDR10_MASTERING, HDR10_LIGHT_LEVEL)
     assert server.call("DELETE", f"/videos/{video['id']}").status == 204
 
 

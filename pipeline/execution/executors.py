@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -67,13 +67,15 @@ class SegmentTask:
     def of(
         cls, source: Path, plan: SegmentPlan, index: int, target: Path, options: PipelineOptions
     ) -> SegmentTask:
+        """Segment ``index`` of ``plan``, encoded with ``options`` and the title's HDR10
+        metadata (each segment writes it, however the run was asked for)."""
         return cls(
             source=source,
             segment=plan.segments[index],
             time_base=plan.time_base,
             last=index == len(plan.segments) - 1,
             target=target,
-            options=options,
+            options=replace(options, encoder=replace(options.encoder, hdr=plan.hdr)),
             decode_order=plan.decode_order,
             time_shift=plan.origin,
         )

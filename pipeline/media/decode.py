@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -11,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from carn_stream.pipeline.colour import ColourSpec, effective_matrix, is_full_range
+from carn_stream.pipeline.colour import ColourSpec, StaticHdr, effective_matrix, is_full_range
 from carn_stream.pipeline.errors import InputError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame
 from carn_stream.pipeline.media.deinterlace import Deinterlacer
@@ -161,6 +162,29 @@ def display_rotation(source: str | Path) -> int:
             return int(next(container.decode(main_video(container))).rotation)
         except (StopIteration, av.FFmpegError):
             return 0
+
+
+def static_hdr(frame: av.VideoFrame) -> StaticHdr | None:
+    """The HDR10 metadata a decoded frame carries (FFmpeg's decoders attach a stream's mastering
+    display and light level SEI messages, or its container's boxes, to its frames); None when
+    it has none. A mastering display without both its primaries and its luminance is left out
+    (an encoder takes the whole or nothing)."""
+    found = {str(item.type).rsplit(".", 1)[-1]: bytes(item) for item in frame.side_data}
+    mastering = light = None
+    if len(data := found.get("MASTERING_DISPLAY_METADATA", b"")) >= 88:
+        # AVMasteringDisplayMetadata: rationals for R, G, B, white point, min and max luminance
+        *rationals, has_primaries, has_luminance = struct.unpack_from("<22i", data)
+        pairs = zip(rationals[::2], rationals[1::2], strict=True)
+        ratios = [(n / d if d else 0.0) for n, d in pairs]
+        (rx, ry, gx, gy, bx, by, wx, wy), (low, high) = ratios[:8], ratios[8:]
+        if has_primaries and has_luminance:
+            mastering = (*(round(v * 50000) for v in (gx, gy, bx, by, rx, ry, wx, wy)),
+                         round(high * 10000), round(low * 10000))  # fmt: skip
+    if len(data := found.get("CONTENT_LIGHT_LEVEL", b"")) >= 8:
+        light = struct.unpack_from("<2I", data)
+    if mastering is None and light is None:
+        return None
+    return StaticHdr(mastering, light)
 
 
 def _plane_array(plane, dtype: np.dtype) -> np.ndarray:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import av
 
-from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec
+from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec, StaticHdr
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.frames import UpscaledFrame, quarter_turns
 from carn_stream.pipeline.media.audio_transcode import WHOLE, AudioTranscoder, AudioWindow
@@ -46,6 +46,9 @@ class EncoderOptions:
     codec: str = "h264"
     crf: int = 18
     preset: str | None = None  #: None = the codec's choice below
+    #: HDR10 metadata to write (the source's: ``SegmentPlan.hdr``); libx264 and libx265 put
+    #: it in SEI messages at every keyframe, and NVENC cannot be given it
+    hdr: StaticHdr | None = None
 
 
 #: Rate-control zones that keep a segment's ends level with its middle (x264 and x265): an
@@ -76,8 +79,11 @@ def codec_settings(options: EncoderOptions) -> tuple[str, dict[str, str]]:
         opts = {"preset": preset, "rc": "vbr", "cq": str(options.crf), "b": "0"}
     else:
         opts = {"crf": str(options.crf), "preset": preset}
-        if name == "libx265":
-            opts["x265-params"] = "log-level=error"
+        params = ["log-level=error"] if name == "libx265" else []
+        if options.hdr is not None and (hdr := options.hdr.encoder_params(name)):
+            params.append(hdr)
+        if params:
+            opts["x265-params" if name == "libx265" else "x264-params"] = ":".join(params)
     return name, opts
 
 

@@ -20,6 +20,12 @@ are ``init.mp4``'s. The first segment with every track writes ``init.mp4`` (see
 :func:`publish_fragment` and :func:`publish_init`); every segment's tracks must configure the
 decoders as ``init.mp4``'s do (what the muxer takes from the segment's own packets aside), or
 it is refused rather than played with the wrong configuration.
+
+HDR10 metadata is static, for the whole title: ``init.mp4`` carries it, as Apple's players
+look for it, in the HEVC decoder configuration (``hvcC``: a prefix SEI with the mastering
+display colour volume and content light level messages) and, for every player, in the sample
+entry's ``mdcv`` and ``clli`` boxes. It is taken from the SEI messages of the segment's first
+picture (each keyframe carries them in the stream too).
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ def fragment(segment: Path, sequence: int, lead_in: bool = False) -> Fragment:
             av.open(str(segment), format=SEGMENT_FORMAT, options=probe_to_video(segment)) as src,
             av.open(data, "w", format="mp4", options=_MUXER) as out,
         ):
-            places, firsts, total = _remux(src, out, lead_in)
+            places, firsts, total, hdr = _remux(src, out, lead_in)
     except (av.FFmpegError, ValueError) as exc:
         raise OutputError(
             f"segment {segment.name} cannot be written as fragmented MP4 ({ffmpeg_reason(exc)})"
@@ -100,18 +106,19 @@ def fragment(segment: Path, sequence: int, lead_in: bool = False) -> Fragment:
         numbers[track]: round(first * timescale)
         for (track, timescale), first in zip(tracks, firsts, strict=True)
     }
-    init = _renumbered(init, numbers, total + 1)
+    init = _with_hdr(_renumbered(init, numbers, total + 1), hdr)
     return Fragment(init, _stamped(media, sequence, numbers, starts), len(places) == total)
 
 
 def _remux(
     src: av.container.InputContainer, out: av.container.OutputContainer, lead_in: bool
-) -> tuple[list[int], list[Fraction], int]:
+) -> tuple[list[int], list[Fraction], int, dict[int, bytes]]:
     """Copy the segment's video and audio streams that have packets here (a segment may hold
     none of an audio stream that ends early or starts late). Returns their places among the
-    video and audio streams, their first decode times (seconds), and how many streams there
-    are. Each stream is written from decode time 0: without an edit list, MP4 would stretch
-    the first sample of a stream that starts after another to the other's start."""
+    video and audio streams, their first decode times (seconds), how many streams there
+    are, and the HDR10 SEI messages of the first video packet (:func:`hdr_messages`). Each
+    stream is written from decode time 0: without an edit list, MP4 would stretch the first
+    sample of a stream that starts after another to the other's start."""
     streams = [s for s in src.streams if s.type in ("video", "audio")]
     packets = [p for p in src.demux(streams) if p.dts is not None and p.size]
     start = min((p.pts * p.time_base for p in packets if p.stream.type == "video"), default=0)
@@ -121,6 +128,8 @@ def _remux(
             if p.stream.type != "audio" or (p.pts + p.duration) * p.time_base > start
         ]  # fmt: skip
     having = {p.stream.index for p in packets}
+    video = next((p for p in packets if p.stream.type == "video"), None)  # (before it is muxed)
+    hdr = {} if video is None else hdr_messages(bytes(video), video.stream.codec_context.name)
     kept = [s for s in streams if s.index in having]
     targets = {s.index: out.add_stream_from_template(s) for s in kept}
     filters = {
@@ -146,7 +155,7 @@ def _remux(
             ready.stream = targets[index]
             out.mux(ready)
     places = [streams.index(s) for s in kept]
-    return places, [shifts[s.index] * s.time_base for s in kept], len(streams)
+    return places, [shifts[s.index] * s.time_base for s in kept], len(streams), hdr
 
 
 def publish_fragment(segment: Path, folder: Path, index: int) -> Path:
@@ -256,6 +265,129 @@ def _merged(inits: list[bytes]) -> bytes:
             else:
                 body += widest[at:inner_end]
         out += _box(b"moov", body)
+    return out
+
+
+#: SEI payload types of HDR10's static metadata in H.264 and HEVC, and the sample entry boxes
+#: that carry the same payloads in MP4 (ISO/IEC 14496-12).
+MASTERING_DISPLAY, LIGHT_LEVEL = 137, 144
+_HDR_BOXES = {MASTERING_DISPLAY: b"mdcv", LIGHT_LEVEL: b"clli"}
+_HDR_SIZES = {MASTERING_DISPLAY: 24, LIGHT_LEVEL: 4}
+_PREFIX_SEI = 39  #: HEVC's prefix SEI NAL unit type (H.264's SEI: 6)
+
+
+def hdr_messages(packet: bytes, codec: str) -> dict[int, bytes]:
+    """The HDR10 SEI messages of an H.264 or HEVC access unit in Annex B form (as MPEG-TS
+    holds it): payload type -> payload ({} for other codecs, or none there)."""
+    sei = {"hevc": _PREFIX_SEI, "h264": 6}.get(codec)
+    found: dict[int, bytes] = {}
+    if sei is None:
+        return found
+    header = 2 if codec == "hevc" else 1
+    for nal in _annex_b_units(packet):
+        kind = (nal[0] >> 1) & 0x3F if codec == "hevc" else nal[0] & 0x1F
+        if kind != sei:
+            continue
+        rbsp, at = _unescaped(nal[header:]), 0
+        while at < len(rbsp) and rbsp[at:] != b"\x80":  # up to the RBSP trailing bits
+            payload_type, at = _sei_number(rbsp, at)
+            size, at = _sei_number(rbsp, at)
+            if at + size > len(rbsp):
+                break
+            if _HDR_SIZES.get(payload_type) == size:
+                found.setdefault(payload_type, rbsp[at:at + size])
+            at += size
+    return found
+
+
+def _annex_b_units(data: bytes) -> list[bytes]:
+    """The NAL units of an Annex B byte stream (start codes and trailing zero bytes dropped)."""
+    units = [unit.rstrip(b"\0") for unit in data.split(b"\0\0\1")[1:]]
+    return [unit for unit in units if unit]
+
+
+def _unescaped(ebsp: bytes) -> bytes:
+    """A NAL unit's payload without its emulation prevention bytes (00 00 03 -> 00 00)."""
+    return ebsp.replace(b"\0\0\3", b"\0\0")
+
+
+def _escaped(rbsp: bytes) -> bytes:
+    """``rbsp`` with emulation prevention bytes, as a NAL unit holds it."""
+    out, zeros = bytearray(), 0
+    for byte in rbsp:
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def _sei_number(rbsp: bytes, at: int) -> tuple[int, int]:
+    """An SEI message's payload type or size (runs of 0xFF, then the rest); where it ends."""
+    value = 0
+    while at < len(rbsp) and rbsp[at] == 0xFF:
+        value, at = value + 255, at + 1
+    return (value + rbsp[at], at + 1) if at < len(rbsp) else (value, at)
+
+
+def _hevc_sei(messages: dict[int, bytes]) -> bytes:
+    """One HEVC prefix SEI NAL unit holding ``messages`` (their payloads are < 255 bytes)."""
+    rbsp = b"".join(bytes([kind, len(payload)]) + payload
+                    for kind, payload in sorted(messages.items()))  # fmt: skip
+    return bytes([_PREFIX_SEI << 1, 1]) + _escaped(rbsp + b"\x80")
+
+
+def _with_hdr(init: bytes, messages: dict[int, bytes]) -> bytes:
+    """``init`` with its video sample entry's HDR10 metadata replaced by ``messages`` (none:
+    removed): ``mdcv`` and ``clli`` boxes, and for HEVC a prefix SEI array in ``hvcC``."""
+
+    def entry(kind: bytes, data: bytes, header: int) -> bytes:
+        if kind not in _VISUAL_ENTRIES:
+            return data
+        fields = header + 78  # a visual sample entry's fields, then its boxes
+        inner = b""
+        for box, at, end, box_header in boxes(data, fields, len(data)):
+            if box == b"hvcC":
+                inner += _box(box, _hvcc_with_sei(data[at + box_header:end], messages))
+            elif box not in _HDR_BOXES.values():
+                inner += data[at:end]
+        inner += b"".join(_box(_HDR_BOXES[k], messages[k]) for k in sorted(messages))
+        return _box(kind, data[header:fields] + inner)
+
+    return _rebuilt(init, 0, len(init), entry)
+
+
+def _hvcc_with_sei(config: bytes, messages: dict[int, bytes]) -> bytes:
+    """An ``hvcC`` payload without its prefix SEI arrays, plus one of ``messages`` if any."""
+    arrays, at = [], 23  # 22 bytes of fields, then the number of arrays
+    for _ in range(config[22]):
+        count = struct.unpack_from(">H", config, at + 1)[0]
+        end = at + 3
+        for _ in range(count):
+            end += 2 + struct.unpack_from(">H", config, end)[0]
+        if config[at] & 0x3F != _PREFIX_SEI:
+            arrays.append(config[at:end])
+        at = end
+    if messages:
+        nal = _hevc_sei(messages)
+        arrays.append(struct.pack(">BHH", _PREFIX_SEI, 1, len(nal)) + nal)
+    return config[:22] + bytes([len(arrays)]) + b"".join(arrays) + config[at:]
+
+
+def _rebuilt(data: bytes, start: int, end: int, entry) -> bytes:
+    """``data[start:end]`` with each sample entry ``entry(type, its bytes, header length)``
+    returns, the boxes around them resized."""
+    out = b""
+    for kind, at, box_end, header in boxes(data, start, end):
+        body = at + header
+        if kind in _CONTAINERS:
+            out += _box(kind, _rebuilt(data, body, box_end, entry))
+        elif kind == b"stsd":  # version, flags and the entry count, then the entries
+            entries = [entry(k, data[a:e], h) for k, a, e, h in boxes(data, body + 8, box_end)]
+            out += _box(kind, data[body:body + 8] + b"".join(entries))
+        else:
+            out += data[at:box_end]
     return out
 
 
@@ -394,7 +526,9 @@ def _u32(data: bytes, at: int) -> int:
 def _configuration(init: bytes) -> dict[int, bytes]:
     """What of an initialisation segment configures a player, track by track (by number): each
     track's box, but for what the muxer sets from the segment's own packets and tracks (the
-    bit rates a sample entry records, the ES descriptor's ID, which track is enabled)."""
+    bit rates a sample entry records, the ES descriptor's ID, which track is enabled, and the
+    HDR10 metadata, which its first picture may lack)."""
+    init = _with_hdr(init, {})
     data = bytearray(init)
     for kind, start, end, header in boxes(init, 0, len(init)):
         if kind == b"moov":

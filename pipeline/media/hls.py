@@ -135,6 +135,7 @@ class Variant:
     height: int
     codecs: str  #: RFC 6381 codec strings, comma-separated
     frame_rate: float | None = None
+    video_range: str = "SDR"  #: SDR, PQ or HLG (:func:`~carn_stream.pipeline.colour.video_range`)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,11 @@ def master_playlist_text(
     variants: Iterable[Variant], subtitles: Sequence[SubtitleMedia] = ()
 ) -> str:
     """An HLS master playlist; players start with the first variant. Subtitle renditions,
-    when there are any, are one group every variant names."""
+    when there are any, are one group every variant names. Where any variant is HDR, every
+    variant says its dynamic range (``VIDEO-RANGE``), as Apple's players require; an SDR-only
+    playlist leaves it out (SDR is what its absence means)."""
+    variants = list(variants)
+    ranges = any(v.video_range != "SDR" for v in variants)
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
     for media in subtitles:
         attributes = [
@@ -197,6 +202,8 @@ def master_playlist_text(
             attributes.append(f'CODECS="{v.codecs}"')
         if v.frame_rate:
             attributes.append(f"FRAME-RATE={v.frame_rate:.3f}")
+        if ranges:
+            attributes.append(f"VIDEO-RANGE={v.video_range}")
         if subtitles:
             attributes.append(f"SUBTITLES={_quoted(SUBTITLE_GROUP)}")
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import av
 
+from carn_stream.pipeline.colour import video_range
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hls import (
@@ -69,7 +70,8 @@ def _variant(folder: Path, plan: SegmentPlan, segments: Path, fragmented: bool) 
     rate = float(plan.frame_rate) if plan.frame_rate else None
     # Codec strings only when all are known (a list that leaves one out misleads a player).
     known = ",".join(codecs) if all(codecs) else ""
-    return Variant(PLAYLIST_NAME, round(peak), width, height, known, rate)
+    return Variant(PLAYLIST_NAME, round(peak), width, height, known, rate,
+                   video_range(plan.transfer))
 
 
 def _video_tag(segment: av.container.InputContainer, video: av.stream.Stream) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 import av
 
+from carn_stream.pipeline.colour import UNSPECIFIED_TRANSFER, StaticHdr
 from carn_stream.pipeline.errors import InputError, LimitError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame, upscaled_size
 from carn_stream.pipeline.media.audio_transcode import TRANSCODE_MARGIN_SECONDS
@@ -40,6 +41,7 @@ from carn_stream.pipeline.media.decode import (
     main_video,
     open_input,
     source_frame,
+    static_hdr,
 )
 from carn_stream.pipeline.media.deinterlace import progressive
 from carn_stream.pipeline.media.seeking import (
@@ -117,6 +119,11 @@ class SegmentPlan:
     #: H.264 stored with its parameter sets in the header (MP4, Matroska) that also carries
     #: some in its packets (at a keyframe): they may change mid-way (recordings joined)
     in_band_parameter_sets: bool = False
+    #: the first frame's transfer characteristics (H.273: 16 PQ, 18 HLG), for players to
+    #: choose by (HLS's VIDEO-RANGE)
+    transfer: int = UNSPECIFIED_TRANSFER
+    #: the title's HDR10 metadata, from its first frame: every segment's encoder writes it
+    hdr: StaticHdr | None = None
     rule: int = PLAN_RULE  #: the planning rule that made it (0: before rules were recorded)
 
     @property
@@ -146,6 +153,8 @@ class SegmentPlan:
             "decode_order": self.decode_order,
             "origin": self.origin,
             "in_band_parameter_sets": self.in_band_parameter_sets,
+            "transfer": self.transfer,
+            "hdr": None if self.hdr is None else self.hdr.to_dict(),
             "rule": self.rule,
         }
 
@@ -177,6 +186,8 @@ class SegmentPlan:
                 decode_order=bool(data.get("decode_order", False)),
                 origin=int(data.get("origin", 0)),
                 in_band_parameter_sets=bool(data.get("in_band_parameter_sets", False)),
+                transfer=int(data.get("transfer", UNSPECIFIED_TRANSFER)),
+                hdr=None if data.get("hdr") is None else StaticHdr.from_dict(data["hdr"]),
                 rule=int(data.get("rule", 0)),
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
@@ -245,12 +256,14 @@ class _Packet:
 
 
 def _video_packets(
-    container: av.container.InputContainer, limits: InputLimits | None = None
+    container: av.container.InputContainer,
+    first: _FirstShown,
+    limits: InputLimits | None = None,
 ) -> list[_Packet]:
-    """The video stream's packets in presentation order, from the first frame a decoder shows.
-    With ``limits``, reading stops as soon as the packets span more than the duration limit or
-    outnumber the frame limit, so a header without a duration cannot make the index grow
-    without bound."""
+    """The video stream's packets in presentation order, from the first frame a decoder shows
+    (``first`` learns which, and what it carries, as they are read). With ``limits``, reading
+    stops as soon as the packets span more than the duration limit or outnumber the frame
+    limit, so a header without a duration cannot make the index grow without bound."""
     video = main_video(container)
     tb = video.time_base
     max_span = math.floor(limits.max_duration / tb) if limits is not None and tb else None
@@ -258,7 +271,6 @@ def _video_packets(
     packets: list[_Packet] = []
     low = high = None
     shown = ShownPackets()
-    first = _FirstShown(container)
     read_first = 0  #: packets kept when the first frame came out
     length_size = _avcc_length_size(video)
     try:
@@ -319,10 +331,13 @@ class _FirstShown:
     none within :data:`FIRST_SHOWN_PACKETS`, or the decode failed: the decode proper says
     why). The pictures before it are decoded and never shown: the build-up of a recording
     joined at a recovery point (intra refresh), an open GOP's leading pictures. They are no
-    frames of the video."""
+    frames of the video. What the first frame says of the whole title is kept: its transfer
+    characteristics and its HDR10 metadata."""
 
     def __init__(self, container: av.container.InputContainer) -> None:
         self.time: int | None = None
+        self.transfer = UNSPECIFIED_TRANSFER
+        self.hdr: StaticHdr | None = None
         self._video = main_video(container)
         self._times = FrameTimes(container)
         self._left = FIRST_SHOWN_PACKETS
@@ -341,6 +356,7 @@ class _FirstShown:
             return False
         if frames:
             self.time = self._times.of(frames[0])
+            self.transfer, self.hdr = int(frames[0].color_trc), static_hdr(frames[0])
             self._left = 0
         return bool(frames)
 
@@ -418,7 +434,8 @@ def plan_segments(
         if limits is not None:
             limits.check(info.width, info.height, info.duration)
         tb = main_video(container).time_base
-        packets = _video_packets(container, limits)
+        first_shown = _FirstShown(container)
+        packets = _video_packets(container, first_shown, limits)
         has_audio = bool(container.streams.audio)
         decode_order = decode_order_times(container)
         origin = _origin(container, packets[0].pts * tb)
@@ -467,6 +484,8 @@ def plan_segments(
         decode_order=decode_order,
         origin=origin,
         in_band_parameter_sets=any(p.parameter_sets for p in packets),
+        transfer=first_shown.transfer,
+        hdr=first_shown.hdr,
     )
     plan.check()
     if limits is not None:

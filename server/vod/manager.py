@@ -27,6 +27,7 @@ from pathlib import Path
 
 from carn_stream.model.named_weights import tuned_name
 from carn_stream.model.tune_report import TuneReport
+from carn_stream.pipeline.colour import video_range
 from carn_stream.pipeline.errors import OutputError, PipelineError
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentExecutor, SegmentTask
 from carn_stream.pipeline.execution.slots import Slots, Ticket
@@ -490,7 +491,8 @@ class VideoManager:
             )
             variants.append(Variant(f"{r.name}/{PLAYLIST_NAME}{viewer_query(viewer)}",
                                     round(max(measured, r.bandwidth)),
-                                    r.width, r.height, r.codecs, rate))  # fmt: skip
+                                    r.width, r.height, r.codecs, rate,
+                                    video_range(video.plan.transfer)))  # fmt: skip
         return master_playlist_text(variants, self.subtitles.media(video))
 
     def media_playlist(self, video: Video, rendition: Rendition, viewer: str) -> str:
