@@ -47,7 +47,7 @@ class EncoderOptions:
     crf: int = 18
     preset: str | None = None  #: None = the codec's choice below
     #: HDR10 metadata to write (the source's: ``SegmentPlan.hdr``); libx264 and libx265 put
-    #: it in SEI messages at every keyframe, and NVENC cannot be given it
+    #: it in SEI messages at every keyframe (NVENC has no option for it)
     hdr: StaticHdr | None = None
 
 
