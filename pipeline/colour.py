@@ -98,10 +98,26 @@ class StaticHdr:
     light_level: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.mastering is not None and len(self.mastering) != 10:
-            raise ValueError("mastering display metadata has 10 values")
+        if self.mastering is not None and not self.mastering_in_range(self.mastering):
+            raise ValueError(f"mastering display metadata out of range: {self.mastering}")
+        if self.light_level is not None and not self.light_level_in_range(self.light_level):
+            raise ValueError(f"content light levels out of range: {self.light_level}")
         if self.mastering is None and self.light_level is None:
             raise ValueError("static HDR metadata needs mastering display or light levels")
+
+    @staticmethod
+    def mastering_in_range(values: tuple[int, ...]) -> bool:
+        """Chromaticities within [0, 1] (50000 steps), the smallest luminance below the largest,
+        and both 32-bit (the SEI's fields; libx264 refuses the encoder otherwise)."""
+        if len(values) != 10:
+            return False
+        *chromaticities, high, low = values
+        return all(0 <= v <= 50000 for v in chromaticities) and 0 <= low < high < 2**32
+
+    @staticmethod
+    def light_level_in_range(values: tuple[int, ...]) -> bool:
+        """MaxCLL and MaxFALL within the SEI's 16 bits."""
+        return len(values) == 2 and all(0 <= v < 2**16 for v in values)
 
     def encoder_params(self, encoder: str) -> str:
         """The metadata as ``libx265``'s ``x265-params`` or ``libx264``'s ``x264-params`` give

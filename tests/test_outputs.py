@@ -756,7 +756,7 @@ def test_hdr10_metadata_is_written_by_every_segments_encoder(clips, worker, tmp_
     assert {(meta, trc) for _, meta, trc in keyframes} == {(hdr, 16)}
 
 
-def test_hdr10_plans_keep_the_titles_metadata_and_sdr_plans_none(clips):
+def test_hdr10_plans_keep_the_titles_metadata_and_sdr_plans_none(clips, tmp_path):
     from carn_stream.pipeline.colour import StaticHdr
     from carn_stream.pipeline.media.segments import SegmentPlan, plan_segments
 
@@ -768,6 +768,16 @@ def test_hdr10_plans_keep_the_titles_metadata_and_sdr_plans_none(clips):
     assert (sdr.transfer, sdr.hdr) == (2, None)  # untagged, no metadata
     older = {k: v for k, v in sdr.to_dict().items() if k not in ("transfer", "hdr")}
     assert (SegmentPlan.from_dict(older).transfer, SegmentPlan.from_dict(older).hdr) == (2, None)
+    # A mastering display outside CIE xy's [0, 1] (x = 1.2) is no metadata to write: left out,
+    # the light levels kept.
+    frames = decode_rgb(clips["bunny"], 2)
+    params = ("log-level=error:master-display=G(60000,34500)B(7500,3000)R(34000,16000)"
+              "WP(15635,16450)L(10000000,50):max-cll=1000,400")  # fmt: skip
+    odd = write_clip(tmp_path / "odd.mp4", frames, codec="libx265", pix_fmt="yuv420p10le",
+                     colorspace=9, primaries=9, transfer=16, options={"x265-params": params})
+    assert plan_segments(odd, 1.0).hdr == StaticHdr(None, HDR10_LIGHT_LEVEL)
+    with pytest.raises(ValueError, match="out of range"):
+        SegmentPlan.from_dict({**plan.to_dict(), "hdr": {"mastering": [60000] * 10}})
 
 
 def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, worker, tmp_path):

@@ -168,7 +168,8 @@ def static_hdr(frame: av.VideoFrame) -> StaticHdr | None:
     """The HDR10 metadata a decoded frame carries (FFmpeg's decoders attach a stream's mastering
     display and light level SEI messages, or its container's boxes, to its frames); None when
     it has none. A mastering display without both its primaries and its luminance is left out
-    (an encoder takes the whole or nothing)."""
+    (an encoder takes the whole or nothing), as is either part out of its range (metadata
+    that would make the encoder refuse to start)."""
     found = {str(item.type).rsplit(".", 1)[-1]: bytes(item) for item in frame.side_data}
     mastering = light = None
     if len(data := found.get("MASTERING_DISPLAY_METADATA", b"")) >= 88:
@@ -177,11 +178,13 @@ def static_hdr(frame: av.VideoFrame) -> StaticHdr | None:
         pairs = zip(rationals[::2], rationals[1::2], strict=True)
         ratios = [(n / d if d else 0.0) for n, d in pairs]
         (rx, ry, gx, gy, bx, by, wx, wy), (low, high) = ratios[:8], ratios[8:]
-        if has_primaries and has_luminance:
-            mastering = (*(round(v * 50000) for v in (gx, gy, bx, by, rx, ry, wx, wy)),
-                         round(high * 10000), round(low * 10000))  # fmt: skip
+        values = (*(round(v * 50000) for v in (gx, gy, bx, by, rx, ry, wx, wy)),
+                  round(high * 10000), round(low * 10000))  # fmt: skip
+        if has_primaries and has_luminance and StaticHdr.mastering_in_range(values):
+            mastering = values
     if len(data := found.get("CONTENT_LIGHT_LEVEL", b"")) >= 8:
         light = struct.unpack_from("<2I", data)
+        light = light if StaticHdr.light_level_in_range(light) else None
     if mastering is None and light is None:
         return None
     return StaticHdr(mastering, light)
