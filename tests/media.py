@@ -171,6 +171,31 @@ def write_hdr10_clip(path: Path, frames: list[np.ndarray], keyint: int = 25,
     return path
 
 
+def write_exif_mjpeg(path: Path, frames: list[np.ndarray]) -> Path:
+    """An MJPEG AVI as some cameras write it: each JPEG with an EXIF block (orientation 1),
+    which FFmpeg hands on as side data of a kind PyAV's list may not know."""
+    import struct
+
+    entry = struct.pack("<HHIHH", 0x0112, 3, 1, 1, 0)  # Orientation (SHORT, 1 value): 1
+    tiff = b"II*\0\x08\0\0\0" + struct.pack("<H", 1) + entry + b"\0\0\0\0"
+    app1 = b"\xff\xe1" + struct.pack(">H", 8 + len(tiff)) + b"Exif\0\0" + tiff
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuvj420p"
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                data = bytes(packet)
+                with_exif = av.Packet(data[:2] + app1 + data[2:])  # after the JPEG's SOI
+                with_exif.pts, with_exif.dts = packet.pts, packet.dts
+                with_exif.time_base, with_exif.is_keyframe = packet.time_base, True
+                with_exif.stream = stream
+                out.mux(with_exif)
+    return path
+
+
 def write_audio_only(source: Path, dest: Path) -> Path:
     """Copy the first audio stream of ``source`` into ``dest`` (a file with no video)."""
     with av.open(str(source)) as src, av.open(str(dest), "w") as out:

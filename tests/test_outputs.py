@@ -37,6 +37,7 @@ from tests.media import (
     with_mp3_audio,
     with_pcm_audio,
     write_clip,
+    write_exif_mjpeg,
     write_hdr10_clip,
     write_rich_mkv,
 )
@@ -780,6 +781,17 @@ def test_hdr10_plans_keep_the_titles_metadata_and_sdr_plans_none(clips, tmp_path
         SegmentPlan.from_dict({**plan.to_dict(), "hdr": {"mastering": [60000] * 10}})
 
 
+def test_a_frame_with_side_data_pyav_does_not_know_is_planned(clips, tmp_path):
+    """Reading a first frame's HDR10 metadata reads all its side data, and PyAV raises on a
+    kind newer than its list (EXIF, from a camera's MJPEG): such an input must plan as
+    before, without HDR10 metadata."""
+    from carn_stream.pipeline.media.segments import plan_segments
+
+    frames = [f[:48, :64] for f in decode_rgb(clips["bunny"], 3)]
+    plan = plan_segments(write_exif_mjpeg(tmp_path / "camera.avi", frames), 1.0)
+    assert (plan.frames, plan.hdr) == (3, None)
+
+
 def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, worker, tmp_path):
     """Apple's players take HDR10's static metadata from the HEVC decoder configuration, and
     choose a variant by its VIDEO-RANGE: init.mp4 had neither the metadata nor the master
@@ -792,7 +804,6 @@ def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, wor
         _with_hdr,
         boxes,
         check_tracks,
-        hdr_messages,
     )
 
     out = make(clips["hdr10"], tmp_path / "hls", worker, codec="hevc")
@@ -820,11 +831,12 @@ def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, wor
         arrays[config[at] & 0x3F] = nals
         at = nal_at
     assert sorted(arrays) == [32, 33, 34, 39]  # VPS, SPS, PPS and the prefix SEI
-    (sei,) = arrays[39]
-    assert hdr_messages(b"\0\0\1" + sei, "hevc") == {MASTERING_DISPLAY: mastering,
-                                                       LIGHT_LEVEL: light}  # fmt: skip
-    # A segment whose first picture has no such SEI (a source that sends it once) is no
-    # other configuration: it is not refused.
+    (sei,) = arrays[39]  # one NAL unit: its header, then both messages (type, size, payload)
+    messages = bytes([MASTERING_DISPLAY, 24]) + mastering + bytes([LIGHT_LEVEL, 4]) + light
+    assert sei.replace(b"\0\0\3", b"\0\0") == b"\x4e\x01" + messages + b"\x80"
+    assert b"\0\0\3" in sei  # (emulation prevention where the payload has 00 00 00)
+    # HDR10 metadata configures no decoder: a header without it is not refused against one
+    # with it (the header check compares decoder configurations).
     check_tracks(init, _with_hdr(init, {}), "a segment without the SEI")
     # Played through the playlist, each segment's keyframe has the metadata and PQ.
     hdr = StaticHdr(HDR10_MASTERING, HDR10_LIGHT_LEVEL)

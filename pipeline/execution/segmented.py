@@ -80,7 +80,8 @@ class SegmentedRun:
         self.fmt.prepare(self.output, self.work_dir)
         for index in sorted(self.done):  # a resumed run stopped before publishing them
             if not self.fmt.published(self.output, index):
-                await asyncio.to_thread(self.fmt.publish, self.output, self.work_dir, index)
+                await asyncio.to_thread(self.fmt.publish, self.output, self.work_dir, index,
+                                        self.plan.hdr)  # fmt: skip
         self.fmt.progress(self.output, self.plan, set(self.done))
         in_flight = self.in_flight
         own = Slots(in_flight if callable(in_flight) else lambda: in_flight)
@@ -109,7 +110,7 @@ class SegmentedRun:
             result = await self._attempts(task, stopping)
             try:
                 await asyncio.to_thread(self.fmt.publish, self.output, self.work_dir,
-                                        segment.index)  # fmt: skip
+                                        segment.index, self.plan.hdr)  # fmt: skip
             except PipelineError as exc:
                 raise SegmentFailed(segment, str(exc)) from exc
             self.done[segment.index] = result

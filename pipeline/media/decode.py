@@ -170,11 +170,15 @@ def static_hdr(frame: av.VideoFrame) -> StaticHdr | None:
     it has none. A mastering display without both its primaries and its luminance is left out
     (an encoder takes the whole or nothing), as is either part out of its range (metadata
     that would make the encoder refuse to start)."""
-    found = {str(item.type).rsplit(".", 1)[-1]: bytes(item) for item in frame.side_data}
+    try:
+        items = list(frame.side_data)
+    except ValueError:  # a kind of side data newer than PyAV's list (EXIF, LCEVC, views)
+        return None
+    found = {item.type.name: bytes(item) for item in items}
     mastering = light = None
     if len(data := found.get("MASTERING_DISPLAY_METADATA", b"")) >= 88:
         # AVMasteringDisplayMetadata: rationals for R, G, B, white point, min and max luminance
-        *rationals, has_primaries, has_luminance = struct.unpack_from("<22i", data)
+        *rationals, has_primaries, has_luminance = struct.unpack_from("=22i", data)
         pairs = zip(rationals[::2], rationals[1::2], strict=True)
         ratios = [(n / d if d else 0.0) for n, d in pairs]
         (rx, ry, gx, gy, bx, by, wx, wy), (low, high) = ratios[:8], ratios[8:]
@@ -183,7 +187,7 @@ def static_hdr(frame: av.VideoFrame) -> StaticHdr | None:
         if has_primaries and has_luminance and StaticHdr.mastering_in_range(values):
             mastering = values
     if len(data := found.get("CONTENT_LIGHT_LEVEL", b"")) >= 8:
-        light = struct.unpack_from("<2I", data)
+        light = struct.unpack_from("=2I", data)
         light = light if StaticHdr.light_level_in_range(light) else None
     if mastering is None and light is None:
         return None

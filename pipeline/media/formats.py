@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from carn_stream.pipeline.colour import StaticHdr
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.codecs import CODECS
 from carn_stream.pipeline.media.hls import (
@@ -148,14 +149,17 @@ class OutputFormat:
             output.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def publish(self, output: Path, work_dir: Path, index: int) -> None:
+    def publish(
+        self, output: Path, work_dir: Path, index: int, hdr: StaticHdr | None = None
+    ) -> None:
         """Called as segment ``index`` is done: a fragmented HLS folder gets its media segment
-        (and ``init.mp4``, with the first that has every stream)."""
+        (and ``init.mp4``, with the first that has every stream, and the title's HDR10
+        metadata ``hdr``)."""
         if self.fragmented:
             from carn_stream.pipeline.media.fragment import publish_fragment
 
             segment = self.segment_dir(output, work_dir) / segment_name(index)
-            publish_fragment(segment, output, index)
+            publish_fragment(segment, output, index, hdr)
 
     def published(self, output: Path, index: int) -> bool:
         """Whether segment ``index`` is in the output (always, where segments are published

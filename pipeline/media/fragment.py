@@ -21,11 +21,11 @@ are ``init.mp4``'s. The first segment with every track writes ``init.mp4`` (see
 decoders as ``init.mp4``'s do (what the muxer takes from the segment's own packets aside), or
 it is refused rather than played with the wrong configuration.
 
-HDR10 metadata is static, for the whole title: ``init.mp4`` carries it, as Apple's players
-look for it, in the HEVC decoder configuration (``hvcC``: a prefix SEI with the mastering
-display colour volume and content light level messages) and, for every player, in the sample
-entry's ``mdcv`` and ``clli`` boxes. It is taken from the SEI messages of the segment's first
-picture (each keyframe carries them in the stream too).
+HDR10 metadata is static, for the whole title (the plan's, ``SegmentPlan.hdr``): ``init.mp4``
+carries it, as Apple's players look for it, in the HEVC decoder configuration (``hvcC``: a
+prefix SEI with the mastering display colour volume and content light level messages it has)
+and, for every player, in the sample entry's ``mdcv`` and ``clli`` boxes. The stream carries it
+too, in SEI messages at each keyframe (the encoders write them; a copied stream has its own).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from pathlib import Path
 import av
 import av.bitstream
 
+from carn_stream.pipeline.colour import StaticHdr
 from carn_stream.pipeline.errors import OutputError, ffmpeg_reason
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hls import INIT_NAME, segment_name
@@ -72,18 +73,21 @@ class Fragment:
     complete: bool  #: it has every stream (its init.mp4 describes a whole folder's)
 
 
-def fragment(segment: Path, sequence: int, lead_in: bool = False) -> Fragment:
-    """``segment`` (MPEG-TS) as fragmented MP4, the fragment's sequence number ``sequence``.
-    Audio that ends before the segment's first picture is an encoder's priming frame (the
-    segment before has that stretch) and left out, unless ``lead_in`` (the first segment: the
-    audio before the first picture is the input's)."""
+def fragment(
+    segment: Path, sequence: int, lead_in: bool = False, hdr: StaticHdr | None = None
+) -> Fragment:
+    """``segment`` (MPEG-TS) as fragmented MP4, the fragment's sequence number ``sequence``,
+    its header with the title's HDR10 metadata ``hdr``. Audio that ends before the segment's
+    first picture is an encoder's priming frame (the segment before has that stretch) and left
+    out, unless ``lead_in`` (the first segment: the audio before the first picture is the
+    input's)."""
     data = io.BytesIO()
     try:
         with (
             av.open(str(segment), format=SEGMENT_FORMAT, options=probe_to_video(segment)) as src,
             av.open(data, "w", format="mp4", options=_MUXER) as out,
         ):
-            places, firsts, total, hdr = _remux(src, out, lead_in)
+            places, firsts, total = _remux(src, out, lead_in)
     except (av.FFmpegError, ValueError) as exc:
         raise OutputError(
             f"segment {segment.name} cannot be written as fragmented MP4 ({ffmpeg_reason(exc)})"
@@ -106,19 +110,18 @@ def fragment(segment: Path, sequence: int, lead_in: bool = False) -> Fragment:
         numbers[track]: round(first * timescale)
         for (track, timescale), first in zip(tracks, firsts, strict=True)
     }
-    init = _with_hdr(_renumbered(init, numbers, total + 1), hdr)
+    init = _with_hdr(_renumbered(init, numbers, total + 1), _sei_payloads(hdr))
     return Fragment(init, _stamped(media, sequence, numbers, starts), len(places) == total)
 
 
 def _remux(
     src: av.container.InputContainer, out: av.container.OutputContainer, lead_in: bool
-) -> tuple[list[int], list[Fraction], int, dict[int, bytes]]:
+) -> tuple[list[int], list[Fraction], int]:
     """Copy the segment's video and audio streams that have packets here (a segment may hold
     none of an audio stream that ends early or starts late). Returns their places among the
-    video and audio streams, their first decode times (seconds), how many streams there
-    are, and the HDR10 SEI messages of the first video packet (:func:`hdr_messages`). Each
-    stream is written from decode time 0: without an edit list, MP4 would stretch the first
-    sample of a stream that starts after another to the other's start."""
+    video and audio streams, their first decode times (seconds), and how many streams there
+    are. Each stream is written from decode time 0: without an edit list, MP4 would stretch
+    the first sample of a stream that starts after another to the other's start."""
     streams = [s for s in src.streams if s.type in ("video", "audio")]
     packets = [p for p in src.demux(streams) if p.dts is not None and p.size]
     start = min((p.pts * p.time_base for p in packets if p.stream.type == "video"), default=0)
@@ -128,8 +131,6 @@ def _remux(
             if p.stream.type != "audio" or (p.pts + p.duration) * p.time_base > start
         ]  # fmt: skip
     having = {p.stream.index for p in packets}
-    video = next((p for p in packets if p.stream.type == "video"), None)  # (before it is muxed)
-    hdr = {} if video is None else hdr_messages(bytes(video), video.stream.codec_context.name)
     kept = [s for s in streams if s.index in having]
     targets = {s.index: out.add_stream_from_template(s) for s in kept}
     filters = {
@@ -155,18 +156,21 @@ def _remux(
             ready.stream = targets[index]
             out.mux(ready)
     places = [streams.index(s) for s in kept]
-    return places, [shifts[s.index] * s.time_base for s in kept], len(streams), hdr
+    return places, [shifts[s.index] * s.time_base for s in kept], len(streams)
 
 
-def publish_fragment(segment: Path, folder: Path, index: int) -> Path:
+def publish_fragment(
+    segment: Path, folder: Path, index: int, hdr: StaticHdr | None = None
+) -> Path:
     """Write ``segment`` (MPEG-TS) into ``folder`` as media segment ``index``; returns its path.
+    ``hdr``: the title's HDR10 metadata, for ``init.mp4``.
 
     A segment with every stream writes ``init.mp4`` if it is not there yet. One without (no
     packet of some stream here) waits for it: its own header is kept beside it
     (``.segment_NNNNN.m4s.init``) and checked once ``init.mp4`` is written (here, or by
     :func:`publish_init`). Raises OutputError when a segment's tracks are configured otherwise
     than in ``init.mp4``."""
-    made = fragment(segment, index + 1, lead_in=index == 0)
+    made = fragment(segment, index + 1, lead_in=index == 0, hdr=hdr)
     init_path = folder / INIT_NAME
     what = f"segment {index}"
     if init_path.is_file():
@@ -272,47 +276,22 @@ def _merged(inits: list[bytes]) -> bytes:
 #: that carry the same payloads in MP4 (ISO/IEC 14496-12).
 MASTERING_DISPLAY, LIGHT_LEVEL = 137, 144
 _HDR_BOXES = {MASTERING_DISPLAY: b"mdcv", LIGHT_LEVEL: b"clli"}
-_HDR_SIZES = {MASTERING_DISPLAY: 24, LIGHT_LEVEL: 4}
-_PREFIX_SEI = 39  #: HEVC's prefix SEI NAL unit type (H.264's SEI: 6)
+_PREFIX_SEI = 39  #: HEVC's prefix SEI NAL unit type
 
 
-def hdr_messages(packet: bytes, codec: str) -> dict[int, bytes]:
-    """The HDR10 SEI messages of an H.264 or HEVC access unit in Annex B form (as MPEG-TS
-    holds it): payload type -> payload ({} for other codecs, or none there)."""
-    sei = {"hevc": _PREFIX_SEI, "h264": 6}.get(codec)
-    found: dict[int, bytes] = {}
-    if sei is None:
-        return found
-    header = 2 if codec == "hevc" else 1
-    for nal in _annex_b_units(packet):
-        kind = (nal[0] >> 1) & 0x3F if codec == "hevc" else nal[0] & 0x1F
-        if kind != sei:
-            continue
-        rbsp, at = _unescaped(nal[header:]), 0
-        while at < len(rbsp) and rbsp[at:] != b"\x80":  # up to the RBSP trailing bits
-            payload_type, at = _sei_number(rbsp, at)
-            size, at = _sei_number(rbsp, at)
-            if at + size > len(rbsp):
-                break
-            if _HDR_SIZES.get(payload_type) == size:
-                found.setdefault(payload_type, rbsp[at:at + size])
-            at += size
-    return found
-
-
-def _annex_b_units(data: bytes) -> list[bytes]:
-    """The NAL units of an Annex B byte stream (start codes and trailing zero bytes dropped)."""
-    units = [unit.rstrip(b"\0") for unit in data.split(b"\0\0\1")[1:]]
-    return [unit for unit in units if unit]
-
-
-def _unescaped(ebsp: bytes) -> bytes:
-    """A NAL unit's payload without its emulation prevention bytes (00 00 03 -> 00 00)."""
-    return ebsp.replace(b"\0\0\3", b"\0\0")
+def _sei_payloads(hdr: StaticHdr | None) -> dict[int, bytes]:
+    """The SEI payloads of ``hdr`` (payload type -> bytes; those of the boxes too)."""
+    payloads: dict[int, bytes] = {}
+    if hdr is not None and hdr.mastering is not None:
+        payloads[MASTERING_DISPLAY] = struct.pack(">8H2I", *hdr.mastering)
+    if hdr is not None and hdr.light_level is not None:
+        payloads[LIGHT_LEVEL] = struct.pack(">2H", *hdr.light_level)
+    return payloads
 
 
 def _escaped(rbsp: bytes) -> bytes:
-    """``rbsp`` with emulation prevention bytes, as a NAL unit holds it."""
+    """``rbsp`` with emulation prevention bytes (00 00 0x -> 00 00 03 0x), as a NAL unit holds
+    it."""
     out, zeros = bytearray(), 0
     for byte in rbsp:
         if zeros >= 2 and byte <= 3:
@@ -321,14 +300,6 @@ def _escaped(rbsp: bytes) -> bytes:
         out.append(byte)
         zeros = zeros + 1 if byte == 0 else 0
     return bytes(out)
-
-
-def _sei_number(rbsp: bytes, at: int) -> tuple[int, int]:
-    """An SEI message's payload type or size (runs of 0xFF, then the rest); where it ends."""
-    value = 0
-    while at < len(rbsp) and rbsp[at] == 0xFF:
-        value, at = value + 255, at + 1
-    return (value + rbsp[at], at + 1) if at < len(rbsp) else (value, at)
 
 
 def _hevc_sei(messages: dict[int, bytes]) -> bytes:

@@ -811,7 +811,8 @@ class VideoManager:
         made = target.with_name(f".{segment_name(work.key.index)}.fragment.part")
         try:
             await self._run(executor, video, work, made)
-            await asyncio.to_thread(publish_fragment, made, target.parent, work.key.index)
+            await asyncio.to_thread(publish_fragment, made, target.parent, work.key.index,
+                                    video.plan.hdr)  # fmt: skip
         finally:
             made.unlink(missing_ok=True)
 
