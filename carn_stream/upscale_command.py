@@ -270,11 +270,25 @@ async def _upscale_items(args, items: list[Item], seconds, encoder, executor, fo
     item = items[0]
     print(
         f"{item.source} {item.plan.width}x{item.plan.height} -> {item.output} x{args.scale}: "
-        f"{item.plan.frames} frames in {len(item.plan.segments)} segments "
-        f"({executor.device}, {item.seconds:.1f} s)",
+        f"{item.plan.frames} frames in {len(item.plan.segments)} segments"
+        f"{_dynamic_range(item.plan, args.codec)} ({executor.device}, {item.seconds:.1f} s)",
         file=sys.stderr,
     )
     return 0
+
+
+def _dynamic_range(plan, codec: str) -> str:
+    """What the summary says of an HDR title ("" for SDR): its transfer, and whether its
+    HDR10 metadata went with it (NVENC cannot write it)."""
+    from carn_stream.pipeline.colour import video_range
+
+    name = video_range(plan.transfer)
+    if name == "SDR":
+        return ""
+    if plan.hdr is None:
+        return f", {name}"
+    kept = "not written by NVENC" if codec.endswith("nvenc") else "kept"
+    return f", {name} with HDR10 metadata {kept}"
 
 
 async def _plan(args, item: Item, seconds: float, executor) -> None:

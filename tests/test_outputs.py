@@ -848,6 +848,13 @@ def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, wor
     assert b"mdcv" not in sdr_init and b"clli" not in sdr_init
 
 
+def test_the_command_line_says_an_hdr_titles_range_and_metadata(clips, tmp_path):
+    run = cli("upscale", str(clips["hdr10"]), str(tmp_path / "out.mp4"), "--scale", "2",
+              "--codec", "hevc", "--precision", "fp32", "--segment-seconds", "1")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "50 frames in 2 segments, PQ with HDR10 metadata kept (" in run.stderr, run.stderr
+
+
 def test_a_master_playlist_says_every_variants_range_once_one_is_hdr():
     from carn_stream.pipeline.media.hls import Variant, master_playlist_text
 
