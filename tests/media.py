@@ -322,7 +322,7 @@ def with_cover_art(
 
 def _metadata_first(path: Path) -> None:
     """Move the ``udta`` box before the tracks inside ``moov`` (same size: no offset moves)."""
-    from carn_stream.pipeline.media.fragment import boxes
+    from carn_stream.pipeline.media.isobmff import boxes
 
     data = path.read_bytes()
     _, start, end, header = next(b for b in boxes(data, 0, len(data)) if b[0] == b"moov")

@@ -501,6 +501,16 @@ def test_hevc_from_x265_has_the_same_codec_string_in_every_container(tmp_path,
     assert source_codecs(clip)[0] == "hvc1.1.6.L30.90"
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_hevc_files_name_their_sample_entry_hvc1(clips, worker, tmp_path, suffix):
+    """FFmpeg names HEVC in MP4 and QuickTime files hev1 unless told, and Apple's players do
+    not play hev1: the joined file's sample entry is hvc1 (parameter sets in hvcC)."""
+    out = make(clips["bunny"], tmp_path / f"out{suffix}", worker, codec="hevc")
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.codec_tag == "hvc1"
+        assert len(list(c.decode(video=0))) == 50
+
+
 def test_an_hevc_hls_folder_names_its_codecs(clips, worker, tmp_path):
     """A finished HEVC folder's master playlist listed no codec at all: its string was known
     for H.264 only."""
@@ -513,7 +523,7 @@ def test_an_hevc_hls_folder_is_fragmented_mp4_that_plays_through(clips, worker, 
     """Apple's HLS authoring specification asks for HEVC in fragmented MP4; the folder was of
     MPEG-TS segments. Now it is init.mp4 and .m4s media segments, and FFmpeg's HLS reader plays
     every frame and all the audio through the playlist, without gaps."""
-    from carn_stream.pipeline.media.fragment import boxes
+    from carn_stream.pipeline.media.isobmff import boxes
 
     out = make(clips["bunny"], tmp_path / "hls", worker, codec="hevc")
     assert sorted(p.name for p in out.iterdir()) == [
@@ -792,34 +802,27 @@ def test_a_frame_with_side_data_pyav_does_not_know_is_planned(clips, tmp_path):
     assert (plan.frames, plan.hdr) == (3, None)
 
 
-def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, worker, tmp_path):
-    """Apple's players take HDR10's static metadata from the HEVC decoder configuration, and
-    choose a variant by its VIDEO-RANGE: init.mp4 had neither the metadata nor the master
-    playlist the range. Now hvcC holds a prefix SEI with both messages, the sample entry
-    mdcv and clli boxes, and every variant says PQ."""
-    from carn_stream.pipeline.colour import StaticHdr
-    from carn_stream.pipeline.media.fragment import (
-        LIGHT_LEVEL,
-        MASTERING_DISPLAY,
-        _with_hdr,
-        boxes,
-        check_tracks,
-    )
-
-    out = make(clips["hdr10"], tmp_path / "hls", worker, codec="hevc")
-    master = (out / "master.m3u8").read_text()
-    assert re.search(r"#EXT-X-STREAM-INF:.*,VIDEO-RANGE=PQ\n", master), master
-    init = (out / "init.mp4").read_bytes()
-    entry = init.index(b"hvc1") - 4  # the sample entry: its fields, then its boxes
-    size = int.from_bytes(init[entry:entry + 4], "big")
-    inner = {kind: init[at + header:end]
-             for kind, at, end, header in boxes(init, entry + 8 + 78, entry + size)}  # fmt: skip
+def hdr_payloads() -> tuple[bytes, bytes]:
+    """The mastering display and light level payloads (SEI and MP4 boxes alike) of the HDR10
+    clips: big-endian 16-bit chromaticities, 32-bit luminances, 16-bit light levels."""
     gx, gy, bx, by, rx, ry, wx, wy, high, low = HDR10_MASTERING
     mastering = np.array([gx, gy, bx, by, rx, ry, wx, wy], ">u2").tobytes() + np.array(
         [high, low], ">u4").tobytes()  # fmt: skip
-    light = np.array(HDR10_LIGHT_LEVEL, ">u2").tobytes()
-    assert (inner[b"mdcv"], inner[b"clli"]) == (mastering, light)
-    config = inner[b"hvcC"]
+    return mastering, np.array(HDR10_LIGHT_LEVEL, ">u2").tobytes()
+
+
+def sample_entry_boxes(header: bytes, entry_type: bytes = b"hvc1") -> dict[bytes, bytes]:
+    """The boxes of the (first) video sample entry in ``header``, by type: their payloads."""
+    from carn_stream.pipeline.media.isobmff import boxes
+
+    entry = header.index(entry_type) - 4  # the sample entry: its 78 bytes of fields, its boxes
+    size = int.from_bytes(header[entry:entry + 4], "big")
+    return {kind: header[at + head:end]
+            for kind, at, end, head in boxes(header, entry + 8 + 78, entry + size)}  # fmt: skip
+
+
+def hvcc_arrays(config: bytes) -> dict[int, list[bytes]]:
+    """An hvcC's NAL unit arrays: NAL unit type -> its NAL units."""
     arrays, at = {}, 23
     for _ in range(config[22]):
         count = int.from_bytes(config[at + 1:at + 3], "big")
@@ -830,14 +833,42 @@ def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, wor
             nal_at += 2 + length
         arrays[config[at] & 0x3F] = nals
         at = nal_at
+    return arrays
+
+
+def assert_hdr10_header(header: bytes) -> None:
+    """``header``'s HEVC sample entry carries the HDR10 clips' metadata: mdcv and clli boxes,
+    and a prefix SEI with both messages in hvcC (beside the VPS, SPS and PPS)."""
+    from carn_stream.pipeline.media.hdr_boxes import LIGHT_LEVEL, MASTERING_DISPLAY
+
+    mastering, light = hdr_payloads()
+    inner = sample_entry_boxes(header)
+    assert (inner[b"mdcv"], inner[b"clli"]) == (mastering, light)
+    arrays = hvcc_arrays(inner[b"hvcC"])
     assert sorted(arrays) == [32, 33, 34, 39]  # VPS, SPS, PPS and the prefix SEI
     (sei,) = arrays[39]  # one NAL unit: its header, then both messages (type, size, payload)
     messages = bytes([MASTERING_DISPLAY, 24]) + mastering + bytes([LIGHT_LEVEL, 4]) + light
     assert sei.replace(b"\0\0\3", b"\0\0") == b"\x4e\x01" + messages + b"\x80"
     assert b"\0\0\3" in sei  # (emulation prevention where the payload has 00 00 00)
+
+
+def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, worker, tmp_path):
+    """Apple's players take HDR10's static metadata from the HEVC decoder configuration, and
+    choose a variant by its VIDEO-RANGE: init.mp4 had neither the metadata nor the master
+    playlist the range. Now hvcC holds a prefix SEI with both messages, the sample entry
+    mdcv and clli boxes, and every variant says PQ."""
+    from carn_stream.pipeline.colour import StaticHdr
+    from carn_stream.pipeline.media.fragment import check_tracks
+    from carn_stream.pipeline.media.hdr_boxes import with_hdr
+
+    out = make(clips["hdr10"], tmp_path / "hls", worker, codec="hevc")
+    master = (out / "master.m3u8").read_text()
+    assert re.search(r"#EXT-X-STREAM-INF:.*,VIDEO-RANGE=PQ\n", master), master
+    init = (out / "init.mp4").read_bytes()
+    assert_hdr10_header(init)
     # HDR10 metadata configures no decoder: a header without it is not refused against one
     # with it (the header check compares decoder configurations).
-    check_tracks(init, _with_hdr(init, {}), "a segment without the SEI")
+    check_tracks(init, with_hdr(init, {}), "a segment without the SEI")
     # Played through the playlist, each segment's keyframe has the metadata and PQ.
     hdr = StaticHdr(HDR10_MASTERING, HDR10_LIGHT_LEVEL)
     assert [(m, t) for _, m, t in hdr_at_keyframes(out / "index.m3u8")] == [(hdr, 16)] * 2
@@ -846,6 +877,58 @@ def test_an_hdr10_hls_folder_has_its_metadata_in_init_mp4_and_says_pq(clips, wor
     assert "VIDEO-RANGE" not in (sdr / "master.m3u8").read_text()
     sdr_init = (sdr / "init.mp4").read_bytes()
     assert b"mdcv" not in sdr_init and b"clli" not in sdr_init
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_an_hdr10_mp4_or_mov_file_has_its_metadata_in_its_header(clips, worker, tmp_path,
+                                                                 suffix):  # fmt: skip
+    """The joined file had the metadata in its stream only (SEI at each keyframe); a player
+    that reads the header first (Apple's) found none."""
+    out = make(clips["hdr10"], tmp_path / f"out{suffix}", worker, codec="hevc")
+    data = out.read_bytes()
+    moov = data.index(b"moov") - 4
+    assert moov < data.index(b"mdat") - 4  # still moov first (faststart)
+    assert_hdr10_header(data[moov:moov + int.from_bytes(data[moov:moov + 4], "big")])
+    with av.open(str(out)) as c:
+        times = [f.pts * f.time_base for f in c.decode(video=0)]
+    assert times == [Fraction(k, 25) for k in range(50)]  # every frame, where it was
+
+
+@pytest.mark.parametrize("faststart", [True, False])
+def test_hdr10_metadata_added_to_a_file_header_moves_no_sample(clips, tmp_path, faststart):
+    """The moov grows: with it first, everything after it moves and every chunk offset must
+    follow; with it last, nothing moves. The packets read back the same, byte for byte."""
+    from carn_stream.pipeline.colour import StaticHdr
+    from carn_stream.pipeline.media.hdr_boxes import add_to_file
+
+    frames = decode_rgb(clips["bunny"], 30)
+    original = write_clip(tmp_path / "a.mp4", frames, codec="libx265", audio_from=clips["bunny"],
+                          options={"x265-params": "log-level=error:keyint=10"})  # fmt: skip
+    if faststart:  # the same packets, the moov moved first
+        moved = tmp_path / "fast.mp4"
+        with (av.open(str(original)) as src,
+              av.open(str(moved), "w", options={"movflags": "+faststart"}) as out):  # fmt: skip
+            streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+            for packet in src.demux():
+                if packet.dts is not None:
+                    packet.stream = streams[packet.stream.index]
+                    out.mux(packet)
+        original = moved
+    data = original.read_bytes()
+    assert (data.index(b"moov") < data.index(b"mdat")) == faststart
+    copy = tmp_path / "b.mp4"
+    copy.write_bytes(data)
+    assert add_to_file(copy, StaticHdr(HDR10_MASTERING, HDR10_LIGHT_LEVEL))
+    assert copy.stat().st_size > original.stat().st_size
+
+    def packets(path: Path) -> list[tuple[int, int | None, int | None, bytes]]:
+        with av.open(str(path)) as c:
+            return [(p.stream.index, p.pts, p.dts, bytes(p)) for p in c.demux() if p.size]
+
+    assert packets(copy) == packets(original) and len(packets(original)) > 30
+    entry = sample_entry_boxes(copy.read_bytes(), b"hev1")
+    assert entry[b"clli"] == hdr_payloads()[1]
+    assert len(hvcc_arrays(entry[b"hvcC"])[39]) == 2  # x265's own SEI stays, beside ours
 
 
 def test_the_command_line_says_an_hdr_titles_range_and_metadata(clips, tmp_path):

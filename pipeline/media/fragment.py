@@ -22,10 +22,7 @@ decoders as ``init.mp4``'s do (what the muxer takes from the segment's own packe
 it is refused rather than played with the wrong configuration.
 
 HDR10 metadata is static, for the whole title (the plan's, ``SegmentPlan.hdr``): ``init.mp4``
-carries it, as Apple's players look for it, in the HEVC decoder configuration (``hvcC``: a
-prefix SEI with the mastering display colour volume and content light level messages it has)
-and, for every player, in the sample entry's ``mdcv`` and ``clli`` boxes. The stream carries it
-too, in SEI messages at each keyframe (the encoders write them; a copied stream has its own).
+carries it (:mod:`~carn_stream.pipeline.media.hdr_boxes`), whichever segment writes it.
 """
 
 from __future__ import annotations
@@ -45,7 +42,16 @@ import av.bitstream
 from carn_stream.pipeline.colour import StaticHdr
 from carn_stream.pipeline.errors import OutputError, ffmpeg_reason
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
+from carn_stream.pipeline.media.hdr_boxes import sei_payloads, with_hdr
 from carn_stream.pipeline.media.hls import INIT_NAME, segment_name
+from carn_stream.pipeline.media.isobmff import (
+    CONTAINERS,
+    SAMPLE_ENTRIES,
+    VISUAL_ENTRIES,
+    VISUAL_FIELDS,
+    box,
+    boxes,
+)
 
 #: Each segment on its own: one fragment (written as the segment ends), the moov delayed until
 #: the codecs' configuration is known (MPEG-TS carries it in the stream), offsets counted from
@@ -55,12 +61,6 @@ _MUXER = {
     "use_editlist": "0",
     "video_track_timescale": "90000",
 }
-#: Sample entries MP4 names the codecs by (hvc1: parameter sets in the sample entry, the form
-#: Apple's players take); others get the muxer's choice.
-_VIDEO_TAGS = {"hevc": "hvc1", "h264": "avc1"}
-#: Boxes inside which the decoder configuration lies, down to the sample descriptions.
-_CONTAINERS = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl"})
-_VISUAL_ENTRIES = frozenset({b"hvc1", b"hev1", b"avc1", b"avc3"})
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def fragment(
         numbers[track]: round(first * timescale)
         for (track, timescale), first in zip(tracks, firsts, strict=True)
     }
-    init = _with_hdr(_renumbered(init, numbers, total + 1), _sei_payloads(hdr))
+    init = with_hdr(_renumbered(init, numbers, total + 1), sei_payloads(hdr))
     return Fragment(init, _stamped(media, sequence, numbers, starts), len(places) == total)
 
 
@@ -139,7 +139,7 @@ def _remux(
         if s.type == "audio" and s.codec_context.name == "aac"  # ADTS -> MP4's raw frames
     }
     for s in kept:  # MPEG-TS's stream types are no MP4 sample entries
-        targets[s.index].codec_tag = _VIDEO_TAGS.get(s.codec_context.name, "\0\0\0\0")
+        targets[s.index].codec_tag = SAMPLE_ENTRIES.get(s.codec_context.name, "\0\0\0\0")
         if language := s.metadata.get("language"):
             targets[s.index].metadata["language"] = language
     shifts: dict[int, int] = {}  #: input stream index -> its first decode time
@@ -265,105 +265,11 @@ def _merged(inits: list[bytes]) -> bytes:
                     for leaf, leaf_at, leaf_end, _ in boxes(widest, at + inner_header, inner_end)
                     if leaf != b"trex"
                 ) + b"".join(trexes[t] for t in sorted(trexes))
-                body += b"".join(traks[t] for t in sorted(traks)) + _box(b"mvex", extends)
+                body += b"".join(traks[t] for t in sorted(traks)) + box(b"mvex", extends)
             else:
                 body += widest[at:inner_end]
-        out += _box(b"moov", body)
+        out += box(b"moov", body)
     return out
-
-
-#: SEI payload types of HDR10's static metadata in H.264 and HEVC, and the sample entry boxes
-#: that carry the same payloads in MP4 (ISO/IEC 14496-12).
-MASTERING_DISPLAY, LIGHT_LEVEL = 137, 144
-_HDR_BOXES = {MASTERING_DISPLAY: b"mdcv", LIGHT_LEVEL: b"clli"}
-_PREFIX_SEI = 39  #: HEVC's prefix SEI NAL unit type
-
-
-def _sei_payloads(hdr: StaticHdr | None) -> dict[int, bytes]:
-    """The SEI payloads of ``hdr`` (payload type -> bytes; those of the boxes too)."""
-    payloads: dict[int, bytes] = {}
-    if hdr is not None and hdr.mastering is not None:
-        payloads[MASTERING_DISPLAY] = struct.pack(">8H2I", *hdr.mastering)
-    if hdr is not None and hdr.light_level is not None:
-        payloads[LIGHT_LEVEL] = struct.pack(">2H", *hdr.light_level)
-    return payloads
-
-
-def _escaped(rbsp: bytes) -> bytes:
-    """``rbsp`` with emulation prevention bytes (00 00 0x -> 00 00 03 0x), as a NAL unit holds
-    it."""
-    out, zeros = bytearray(), 0
-    for byte in rbsp:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)
-
-
-def _hevc_sei(messages: dict[int, bytes]) -> bytes:
-    """One HEVC prefix SEI NAL unit holding ``messages`` (their payloads are < 255 bytes)."""
-    rbsp = b"".join(bytes([kind, len(payload)]) + payload
-                    for kind, payload in sorted(messages.items()))  # fmt: skip
-    return bytes([_PREFIX_SEI << 1, 1]) + _escaped(rbsp + b"\x80")
-
-
-def _with_hdr(init: bytes, messages: dict[int, bytes]) -> bytes:
-    """``init`` with its video sample entry's HDR10 metadata replaced by ``messages`` (none:
-    removed): ``mdcv`` and ``clli`` boxes, and for HEVC a prefix SEI array in ``hvcC``."""
-
-    def entry(kind: bytes, data: bytes, header: int) -> bytes:
-        if kind not in _VISUAL_ENTRIES:
-            return data
-        fields = header + 78  # a visual sample entry's fields, then its boxes
-        inner = b""
-        for box, at, end, box_header in boxes(data, fields, len(data)):
-            if box == b"hvcC":
-                inner += _box(box, _hvcc_with_sei(data[at + box_header:end], messages))
-            elif box not in _HDR_BOXES.values():
-                inner += data[at:end]
-        inner += b"".join(_box(_HDR_BOXES[k], messages[k]) for k in sorted(messages))
-        return _box(kind, data[header:fields] + inner)
-
-    return _rebuilt(init, 0, len(init), entry)
-
-
-def _hvcc_with_sei(config: bytes, messages: dict[int, bytes]) -> bytes:
-    """An ``hvcC`` payload without its prefix SEI arrays, plus one of ``messages`` if any."""
-    arrays, at = [], 23  # 22 bytes of fields, then the number of arrays
-    for _ in range(config[22]):
-        count = struct.unpack_from(">H", config, at + 1)[0]
-        end = at + 3
-        for _ in range(count):
-            end += 2 + struct.unpack_from(">H", config, end)[0]
-        if config[at] & 0x3F != _PREFIX_SEI:
-            arrays.append(config[at:end])
-        at = end
-    if messages:
-        nal = _hevc_sei(messages)
-        arrays.append(struct.pack(">BHH", _PREFIX_SEI, 1, len(nal)) + nal)
-    return config[:22] + bytes([len(arrays)]) + b"".join(arrays) + config[at:]
-
-
-def _rebuilt(data: bytes, start: int, end: int, entry) -> bytes:
-    """``data[start:end]`` with each sample entry ``entry(type, its bytes, header length)``
-    returns, the boxes around them resized."""
-    out = b""
-    for kind, at, box_end, header in boxes(data, start, end):
-        body = at + header
-        if kind in _CONTAINERS:
-            out += _box(kind, _rebuilt(data, body, box_end, entry))
-        elif kind == b"stsd":  # version, flags and the entry count, then the entries
-            entries = [entry(k, data[a:e], h) for k, a, e, h in boxes(data, body + 8, box_end)]
-            out += _box(kind, data[body:body + 8] + b"".join(entries))
-        else:
-            out += data[at:box_end]
-    return out
-
-
-def _box(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I4s", 8 + len(payload), kind) + payload
 
 
 def _moov(init: bytes) -> Iterator[tuple[bytes, int, int, int]]:
@@ -406,23 +312,6 @@ def _publish(path: Path, data: bytes, replace: bool = True) -> Path:
     return path
 
 
-def boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int, int]]:
-    """The ISO BMFF boxes in ``data[start:end]``: (type, start, end, header length)."""
-    at = start
-    while at + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, at)
-        header = 8
-        if size == 1:
-            (size,) = struct.unpack_from(">Q", data, at + 8)
-            header = 16
-        elif size == 0:
-            size = end - at
-        if size < header or at + size > end:
-            raise OutputError(f"a malformed {kind!r} box in a fragmented MP4 segment")
-        yield kind, at, at + size, header
-        at += size
-
-
 def _tracks(init: bytes) -> list[tuple[int, int]]:
     """Each track's number and time scale, in the order of the streams (``trak`` boxes)."""
     tracks = []
@@ -430,9 +319,10 @@ def _tracks(init: bytes) -> list[tuple[int, int]]:
         if kind != b"trak":
             continue
         timescale = 0
-        for inner, box, box_end, box_header in boxes(init, at + header, end):
+        for inner, inner_at, inner_end, inner_header in boxes(init, at + header, end):
             if inner == b"mdia":
-                for leaf, leaf_at, _, leaf_header in boxes(init, box + box_header, box_end):
+                for leaf, leaf_at, _, leaf_header in boxes(init, inner_at + inner_header,
+                                                           inner_end):  # fmt: skip
                     if leaf == b"mdhd":  # version, flags, two times, then the time scale
                         body = leaf_at + leaf_header
                         timescale = _u32(init, body + (20 if init[body] == 1 else 12))
@@ -497,9 +387,9 @@ def _u32(data: bytes, at: int) -> int:
 def _configuration(init: bytes) -> dict[int, bytes]:
     """What of an initialisation segment configures a player, track by track (by number): each
     track's box, but for what the muxer sets from the segment's own packets and tracks (the
-    bit rates a sample entry records, the ES descriptor's ID, which track is enabled, and the
-    HDR10 metadata, which its first picture may lack)."""
-    init = _with_hdr(init, {})
+    bit rates a sample entry records, the ES descriptor's ID, which track is enabled), and
+    without its HDR10 metadata, which configures no decoder."""
+    init = with_hdr(init, {})
     data = bytearray(init)
     for kind, start, end, header in boxes(init, 0, len(init)):
         if kind == b"moov":
@@ -514,7 +404,7 @@ def _configuration(init: bytes) -> dict[int, bytes]:
 def _normalise(init: bytes, data: bytearray, start: int, end: int) -> None:
     for kind, at, box_end, header in boxes(init, start, end):
         body = at + header
-        if kind in _CONTAINERS:
+        if kind in CONTAINERS:
             _normalise(init, data, body, box_end)
         elif kind == b"tkhd":  # its flags: the muxer enables the first track of each kind
             data[body + 1:body + 4] = bytes(3)
@@ -522,7 +412,8 @@ def _normalise(init: bytes, data: bytearray, start: int, end: int) -> None:
             for entry_kind, entry, entry_end, entry_header in boxes(init, body + 8, box_end):
                 # a sample entry: its fields (a visual one's 78 bytes, an audio one's 28), then
                 # its boxes; bit rates are recorded in btrt, and for AAC and MP3 in esds too
-                fields = entry + entry_header + (78 if entry_kind in _VISUAL_ENTRIES else 28)
+                visual = entry_kind in VISUAL_ENTRIES
+                fields = entry + entry_header + (VISUAL_FIELDS if visual else 28)
                 for inner, inner_at, inner_end, inner_header in boxes(init, fields, entry_end):
                     if inner == b"btrt":  # buffer size, maximum and average rates
                         rates = inner_at + inner_header

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import av
 
+from carn_stream.pipeline.colour import StaticHdr
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media import keep
 from carn_stream.pipeline.media.decode import codec_name, main_video, open_input
@@ -30,8 +31,10 @@ from carn_stream.pipeline.media.encode import (
 )
 from carn_stream.pipeline.media.formats import OutputFormat
 from carn_stream.pipeline.media.fragment import publish_init
+from carn_stream.pipeline.media.hdr_boxes import add_to_file
 from carn_stream.pipeline.media.hls import INIT_NAME, segment_name, write_playlist
 from carn_stream.pipeline.media.hls_master import write_folder_master
+from carn_stream.pipeline.media.isobmff import SAMPLE_ENTRIES
 from carn_stream.pipeline.media.segments import SegmentPlan
 
 #: (time in seconds, source order, packet): the merge order of the joined file's packets.
@@ -57,7 +60,7 @@ def finish_output(
     paths = [folder / segment_name(s.index) for s in plan.segments]
     timing = VideoTiming(plan.time_base, plan.segments[-1].end_pts, plan.frame_rate,
                          plan.segments[0].start_pts, plan.origin)  # fmt: skip
-    join_segments(paths, timing, source, output, fmt, rotation)
+    join_segments(paths, timing, source, output, fmt, rotation, plan.hdr)
     shutil.rmtree(folder, ignore_errors=True)
     return output
 
@@ -87,8 +90,11 @@ def join_segments(
     target: Path,
     fmt: OutputFormat,
     rotation: int = 0,
+    hdr: StaticHdr | None = None,
 ) -> Path:
-    """Remux segments (in order) into one file of ``fmt`` at ``target`` (see the module)."""
+    """Remux segments (in order) into one file of ``fmt`` at ``target`` (see the module). An
+    MP4 or QuickTime file gets the title's HDR10 metadata ``hdr`` in its header too (the
+    stream has it at each keyframe)."""
     part = target.with_name(f".{target.name}.part")
     options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
     probe = probe_to_video(paths[0])
@@ -115,6 +121,8 @@ def join_segments(
                     packet.pts = None if packet.pts is None else packet.pts + moved
                     packet.dts = None if packet.dts is None else packet.dts + moved
                 out.mux(packet)
+        if hdr is not None and fmt.muxer in ("mp4", "mov"):
+            add_to_file(part, hdr)
     except (av.FFmpegError, OSError) as exc:
         part.unlink(missing_ok=True)
         raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
@@ -136,6 +144,9 @@ class _Streams:
 def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotation: int):
     src_video = main_video(src)
     video = out.add_stream_from_template(first.streams.video[0])
+    entry = SAMPLE_ENTRIES.get(first.streams.video[0].codec_context.name)
+    if fmt.muxer in ("mp4", "mov") and entry:  # (MPEG-TS's stream type is no sample entry)
+        video.codec_tag = entry
     video.time_base = timing.time_base
     if timing.frame_rate:  # the container's frame rate is the input's, not a guess
         video.codec_context.framerate = timing.frame_rate

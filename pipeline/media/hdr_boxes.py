@@ -1,0 +1,208 @@
+"""HDR10's static metadata in MP4 and QuickTime headers: the sample entry's ``mdcv`` and
+``clli`` boxes (ISO/IEC 14496-12), and for HEVC a prefix SEI NAL unit with the same messages in
+its decoder configuration (``hvcC``), where Apple's players look for it. The stream itself
+carries the messages at each keyframe (the encoders write them); these are what a player reads
+before it decodes anything."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+from carn_stream.pipeline.colour import StaticHdr
+from carn_stream.pipeline.errors import OutputError
+from carn_stream.pipeline.media.isobmff import (
+    CONTAINERS,
+    VISUAL_ENTRIES,
+    VISUAL_FIELDS,
+    box,
+    boxes,
+    rebuilt,
+)
+
+#: SEI payload types of HDR10's static metadata in H.264 and HEVC; the boxes that carry the
+#: same payloads.
+MASTERING_DISPLAY, LIGHT_LEVEL = 137, 144
+_BOXES = {MASTERING_DISPLAY: b"mdcv", LIGHT_LEVEL: b"clli"}
+_PREFIX_SEI = 39  #: HEVC's prefix SEI NAL unit type
+
+
+def sei_payloads(hdr: StaticHdr | None) -> dict[int, bytes]:
+    """The SEI payloads of ``hdr``, by payload type (the boxes' payloads too; {} for None)."""
+    payloads: dict[int, bytes] = {}
+    if hdr is not None and hdr.mastering is not None:
+        payloads[MASTERING_DISPLAY] = struct.pack(">8H2I", *hdr.mastering)
+    if hdr is not None and hdr.light_level is not None:
+        payloads[LIGHT_LEVEL] = struct.pack(">2H", *hdr.light_level)
+    return payloads
+
+
+def with_hdr(header: bytes, payloads: dict[int, bytes]) -> bytes:
+    """``header`` (boxes holding a ``moov``) with its video sample entries' HDR10 metadata
+    replaced by ``payloads`` (none: removed)."""
+
+    def entry(kind: bytes, data: bytes, head: int) -> bytes:
+        if kind not in VISUAL_ENTRIES:
+            return data
+        fields = head + VISUAL_FIELDS
+        inner = b""
+        for inner_kind, at, end, inner_head in boxes(data, fields, len(data)):
+            if inner_kind == b"hvcC":
+                inner += box(inner_kind, _hvcc_with_sei(data[at + inner_head:end], payloads))
+            elif inner_kind not in _BOXES.values():
+                inner += data[at:end]
+        inner += b"".join(box(_BOXES[k], payloads[k]) for k in sorted(payloads))
+        return box(kind, data[head:fields] + inner)
+
+    return rebuilt(header, 0, len(header), entry)
+
+
+def add_to_file(path: Path, hdr: StaticHdr) -> bool:
+    """Give the MP4 or QuickTime file ``path`` ``hdr`` in its video sample entry. The ``moov``
+    grows: media after it moves (a faststart file's: the file is written again) and its chunk
+    offsets follow. False, the file untouched, where it has no ``moov`` or an offset would
+    outgrow its 32 bits."""
+    payloads = sei_payloads(hdr)
+    with open(path, "rb") as file:
+        top = list(_top_level(file))
+        found = [(start, end) for kind, start, end in top if kind == b"moov"]
+        if not payloads or len(found) != 1:
+            return False
+        start, end = found[0]
+        file.seek(start)
+        moov = file.read(end - start)
+    new = with_hdr(moov, payloads)
+    shifted = _offsets_moved(new, after=end, by=len(new) - len(moov))
+    if shifted is None:
+        return False
+    if end == top[-1][2]:  # the moov is last: nothing after it moves
+        with open(path, "r+b") as file:
+            file.truncate(start)
+            file.seek(start)
+            file.write(shifted)
+        return True
+    part = path.with_name(f".{path.name}.hdr.part")
+    try:
+        with open(path, "rb") as source, open(part, "wb") as out:
+            shutil.copyfileobj(_Range(source, 0, start), out)
+            out.write(shifted)
+            source.seek(end)
+            shutil.copyfileobj(source, out)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return True
+
+
+def _hvcc_with_sei(config: bytes, payloads: dict[int, bytes]) -> bytes:
+    """An ``hvcC`` payload whose HDR10 SEI NAL units are replaced by one of ``payloads`` (none:
+    removed); its other NAL units stay (an encoder's own SEI, x265's version string)."""
+    arrays: dict[int, tuple[int, list[bytes]]] = {}  #: NAL type -> (its byte, NAL units)
+    at = 23  # 22 bytes of fields, then the number of arrays
+    for _ in range(config[22]):
+        kind, count = config[at], struct.unpack_from(">H", config, at + 1)[0]
+        nals, at = [], at + 3
+        for _ in range(count):
+            length = struct.unpack_from(">H", config, at)[0]
+            nals.append(config[at + 2:at + 2 + length])
+            at += 2 + length
+        arrays[kind & 0x3F] = (kind, nals)
+    kind, seis = arrays.get(_PREFIX_SEI, (_PREFIX_SEI, []))
+    seis = [nal for nal in seis if not _is_hdr_sei(nal)]
+    if payloads:
+        seis.append(_hevc_sei(payloads))
+    arrays[_PREFIX_SEI] = (kind, seis)
+    kept = [(kind, nals) for kind, nals in arrays.values() if nals]
+    out = config[:22] + bytes([len(kept)])
+    for kind, nals in kept:
+        out += struct.pack(">BH", kind, len(nals))
+        out += b"".join(struct.pack(">H", len(nal)) + nal for nal in nals)
+    return out + config[at:]
+
+
+def _is_hdr_sei(nal: bytes) -> bool:
+    """Whether a prefix SEI NAL unit opens with an HDR10 message (as :func:`_hevc_sei` makes
+    them: such a unit is this module's, or a source's own to be replaced)."""
+    return len(nal) > 2 and nal[2] in (MASTERING_DISPLAY, LIGHT_LEVEL)
+
+
+def _hevc_sei(payloads: dict[int, bytes]) -> bytes:
+    """One HEVC prefix SEI NAL unit holding ``payloads`` (each under 255 bytes)."""
+    rbsp = b"".join(bytes([kind, len(payload)]) + payload
+                    for kind, payload in sorted(payloads.items()))  # fmt: skip
+    return bytes([_PREFIX_SEI << 1, 1]) + _escaped(rbsp + b"\x80")
+
+
+def _escaped(rbsp: bytes) -> bytes:
+    """``rbsp`` with emulation prevention bytes (00 00 0x -> 00 00 03 0x), as a NAL unit holds
+    it."""
+    out, zeros = bytearray(), 0
+    for byte in rbsp:
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def _offsets_moved(moov: bytes, after: int, by: int) -> bytes | None:
+    """``moov`` with its chunk offsets (``stco``, ``co64``) at or past ``after`` moved by
+    ``by``; None where a 32-bit one would overflow."""
+    data = bytearray(moov)
+
+    def walk(start: int, end: int) -> bool:
+        for kind, at, box_end, header in boxes(moov, start, end):
+            body = at + header
+            if kind in CONTAINERS and not walk(body, box_end):
+                return False
+            if kind in (b"stco", b"co64"):  # version and flags, the count, the offsets
+                wide = kind == b"co64"
+                form, size = (">Q", 8) if wide else (">I", 4)
+                (count,) = struct.unpack_from(">I", moov, body + 4)
+                for i in range(count):
+                    where = body + 8 + i * size
+                    (offset,) = struct.unpack_from(form, moov, where)
+                    if offset >= after:
+                        offset += by
+                        if not wide and offset >= 2**32:
+                            return False
+                        struct.pack_into(form, data, where, offset)
+        return True
+
+    return bytes(data) if walk(0, len(moov)) else None
+
+
+def _top_level(file: BinaryIO):
+    """The top-level boxes of an open file, from their headers: (type, start, end)."""
+    total = os.fstat(file.fileno()).st_size
+    at = 0
+    while at + 8 <= total:
+        file.seek(at)
+        head = file.read(16)
+        size, kind = struct.unpack_from(">I4s", head)
+        if size == 1 and len(head) == 16:
+            (size,) = struct.unpack_from(">Q", head, 8)
+        elif size == 0:
+            size = total - at
+        if size < 8 or at + size > total:
+            raise OutputError(f"{file.name}: a malformed {kind!r} box")
+        yield kind, at, at + size
+        at += size
+
+
+class _Range:
+    """The first ``length`` bytes from ``start`` of an open file, for copying."""
+
+    def __init__(self, file: BinaryIO, start: int, length: int) -> None:
+        self.file, self.left = file, length
+        file.seek(start)
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        data = self.file.read(size)
+        self.left -= len(data)
+        return data
