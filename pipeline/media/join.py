@@ -123,7 +123,7 @@ def join_segments(
                 out.mux(packet)
         if hdr is not None and fmt.muxer in ("mp4", "mov"):
             add_to_file(part, hdr)
-    except (av.FFmpegError, OSError) as exc:
+    except (av.FFmpegError, OSError, OutputError) as exc:
         part.unlink(missing_ok=True)
         raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
     part.replace(target)
