@@ -279,7 +279,7 @@ async def _upscale_items(args, items: list[Item], seconds, encoder, executor, fo
 
 def _dynamic_range(plan, codec: str) -> str:
     """What the summary says of an HDR title ("" for SDR): its transfer, and whether its
-    HDR10 metadata went with it (NVENC cannot write it)."""
+    HDR10 metadata went with it (NVENC writes none in the stream; headers still have it)."""
     from carn_stream.pipeline.colour import video_range
 
     name = video_range(plan.transfer)
@@ -287,8 +287,9 @@ def _dynamic_range(plan, codec: str) -> str:
         return ""
     if plan.hdr is None:
         return f", {name}"
-    kept = "not written by NVENC" if codec.endswith("nvenc") else "kept"
-    return f", {name} with HDR10 metadata {kept}"
+    if codec.endswith("nvenc"):
+        return f", {name} with HDR10 metadata in MP4 headers only (NVENC writes none)"
+    return f", {name} with HDR10 metadata kept"
 
 
 async def _plan(args, item: Item, seconds: float, executor) -> None:

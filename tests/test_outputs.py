@@ -931,6 +931,63 @@ def test_hdr10_metadata_added_to_a_file_header_moves_no_sample(clips, tmp_path, 
     assert len(hvcc_arrays(entry[b"hvcC"])[39]) == 2  # x265's own SEI stays, beside ours
 
 
+def test_hdr10_in_hvcc_replaces_only_hdr10_messages():
+    """An hvcC's other NAL units and SEI messages stay as they were, in their order; HDR10
+    messages, alone in a NAL unit or beside others, give way to the title's."""
+    from carn_stream.pipeline.colour import StaticHdr
+    from carn_stream.pipeline.media.hdr_boxes import (
+        LIGHT_LEVEL,
+        MASTERING_DISPLAY,
+        sei_payloads,
+        with_hdr,
+    )
+    from carn_stream.pipeline.media.isobmff import box
+
+    def sei(*messages: tuple[int, bytes]) -> bytes:
+        return b"\x4e\x01" + b"".join(bytes([k, len(p)]) + p for k, p in messages) + b"\x80"
+
+    user = (5, b"u" * 20)
+    old = (MASTERING_DISPLAY, bytes(range(1, 25)))
+    arrays = [(0xA0, [b"\x40\x01vps"]), (0xA1, [b"\x42\x01sps-a"]), (0xA1, [b"\x42\x01sps-b"]),
+              (0x27, [sei(user, old), sei(old)]), (0x28, [b"\x50\x01suffix"])]  # fmt: skip
+    config = bytes(22) + bytes([len(arrays)]) + b"".join(
+        bytes([kind]) + len(nals).to_bytes(2, "big")
+        + b"".join(len(n).to_bytes(2, "big") + n for n in nals) for kind, nals in arrays)
+    entry = box(b"hvc1", bytes(78) + box(b"hvcC", config))
+    stsd = box(b"stsd", bytes(4) + (1).to_bytes(4, "big") + entry)
+    moov = box(b"moov", box(b"trak", box(b"mdia", box(b"minf", box(b"stbl", stsd)))))
+    hdr = StaticHdr(HDR10_MASTERING, HDR10_LIGHT_LEVEL)
+    got = hvcc_arrays(sample_entry_boxes(with_hdr(moov, sei_payloads(hdr)))[b"hvcC"])
+    assert list(got) == [32, 33, 39, 40]  # (by type: the two SPS arrays below)
+    ours = sei((MASTERING_DISPLAY, hdr_payloads()[0]), (LIGHT_LEVEL, hdr_payloads()[1]))
+    assert [n.replace(b"\0\0\3", b"\0\0") for n in got[39]] == [sei(user), ours]
+    rebuilt = with_hdr(moov, sei_payloads(hdr))
+    assert b"sps-a" in rebuilt and b"sps-b" in rebuilt and b"suffix" in rebuilt
+    assert with_hdr(rebuilt, {}).count(b"\x4e\x01") == 1  # removed again: the user data stays
+
+
+def test_an_hevc_file_whose_segments_differ_in_parameter_sets_is_hev1(clips, worker, tmp_path,
+                                                                      monkeypatch, caplog):
+    """hvc1 keeps one set of parameter sets (the muxer takes them out of the stream): a
+    segment encoded otherwise (another x265 build or settings) would not decode. Such a file
+    is made as hev1, every segment with its own."""
+    from carn_stream.pipeline.media import encode
+
+    made = encode.VideoSink.__init__
+
+    def otherwise(self, target, *args, **kwargs) -> None:
+        made(self, target, *args, **kwargs)
+        if target.name == "segment_00001.ts":  # another PPS: no wavefront rows
+            self.codec_options["x265-params"] += ":no-wpp=1"
+
+    monkeypatch.setattr(encode.VideoSink, "__init__", otherwise)
+    out = make(clips["bunny"], tmp_path / "out.mp4", worker, codec="hevc")
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.codec_tag == "hev1"
+        assert len(list(c.decode(video=0))) == 50
+    assert "segment 1 has other parameter sets; written as hev1" in caplog.text
+
+
 def test_the_command_line_says_an_hdr_titles_range_and_metadata(clips, tmp_path):
     run = cli("upscale", str(clips["hdr10"]), str(tmp_path / "out.mp4"), "--scale", "2",
               "--codec", "hevc", "--precision", "fp32", "--segment-seconds", "1")  # fmt: skip

@@ -189,7 +189,8 @@ class OutputFormat:
                     output.rmdir()
             return
         output.unlink(missing_ok=True)
-        output.with_name(f".{output.name}.part").unlink(missing_ok=True)
+        for part in (f".{output.name}.part", f".{output.name}.hdr.part"):  # (join's)
+            output.with_name(part).unlink(missing_ok=True)
 
     @staticmethod
     def _remove_hls_files(folder: Path) -> None:

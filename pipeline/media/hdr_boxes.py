@@ -60,73 +60,113 @@ def with_hdr(header: bytes, payloads: dict[int, bytes]) -> bytes:
     return rebuilt(header, 0, len(header), entry)
 
 
-def add_to_file(path: Path, hdr: StaticHdr) -> bool:
+def add_to_file(path: Path, hdr: StaticHdr, scratch: Path | None = None) -> bool:
     """Give the MP4 or QuickTime file ``path`` ``hdr`` in its video sample entry. The ``moov``
-    grows: media after it moves (a faststart file's: the file is written again) and its chunk
-    offsets follow. False, the file untouched, where it has no ``moov`` or an offset would
-    outgrow its 32 bits."""
+    grows: media after it moves (a faststart file is written again, through ``scratch``,
+    by default ``.NAME.hdr.part`` beside it) and its chunk offsets follow. False, the file
+    untouched, where it has no ``moov`` or one, is fragmented (its fragments' offsets would
+    not follow), or an offset would outgrow its 32 bits."""
     payloads = sei_payloads(hdr)
     with open(path, "rb") as file:
         top = list(_top_level(file))
         found = [(start, end) for kind, start, end in top if kind == b"moov"]
-        if not payloads or len(found) != 1:
+        fragmented = any(kind in (b"moof", b"sidx", b"mfra") for kind, _, _ in top)
+        if not payloads or len(found) != 1 or fragmented:
             return False
         start, end = found[0]
         file.seek(start)
         moov = file.read(end - start)
+    if any(kind == b"mvex" for kind, *_ in boxes(moov, 8, len(moov))):
+        return False
     new = with_hdr(moov, payloads)
+    if new == moov:
+        return True
     shifted = _offsets_moved(new, after=end, by=len(new) - len(moov))
     if shifted is None:
         return False
-    if end == top[-1][2]:  # the moov is last: nothing after it moves
+    last = end == top[-1][2]
+    if last or len(new) == len(moov):  # nothing after the moov moves
         with open(path, "r+b") as file:
-            file.truncate(start)
             file.seek(start)
             file.write(shifted)
+            if last:
+                file.truncate()
         return True
-    part = path.with_name(f".{path.name}.hdr.part")
+    scratch = scratch or path.with_name(f".{path.name}.hdr.part")
     try:
-        with open(path, "rb") as source, open(part, "wb") as out:
+        with open(path, "rb") as source, open(scratch, "wb") as out:
             shutil.copyfileobj(_Range(source, 0, start), out)
             out.write(shifted)
             source.seek(end)
             shutil.copyfileobj(source, out)
-        os.replace(part, path)
+        os.replace(scratch, path)
     finally:
-        part.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
     return True
 
 
 def _hvcc_with_sei(config: bytes, payloads: dict[int, bytes]) -> bytes:
-    """An ``hvcC`` payload whose HDR10 SEI NAL units are replaced by one of ``payloads`` (none:
-    removed); its other NAL units stay (an encoder's own SEI, x265's version string)."""
-    arrays: dict[int, tuple[int, list[bytes]]] = {}  #: NAL type -> (its byte, NAL units)
+    """An ``hvcC`` payload whose HDR10 SEI messages are replaced by one NAL unit of
+    ``payloads`` (none: removed); its other NAL units and SEI messages stay (an encoder's own,
+    x265's version string), in their order."""
+    arrays: list[tuple[int, list[bytes]]] = []  #: (its first byte, its NAL units), in order
     at = 23  # 22 bytes of fields, then the number of arrays
-    for _ in range(config[22]):
-        kind, count = config[at], struct.unpack_from(">H", config, at + 1)[0]
-        nals, at = [], at + 3
-        for _ in range(count):
-            length = struct.unpack_from(">H", config, at)[0]
-            nals.append(config[at + 2:at + 2 + length])
-            at += 2 + length
-        arrays[kind & 0x3F] = (kind, nals)
-    kind, seis = arrays.get(_PREFIX_SEI, (_PREFIX_SEI, []))
-    seis = [nal for nal in seis if not _is_hdr_sei(nal)]
+    try:
+        for _ in range(config[22]):
+            kind, count = config[at], struct.unpack_from(">H", config, at + 1)[0]
+            nals, at = [], at + 3
+            for _ in range(count):
+                length = struct.unpack_from(">H", config, at)[0]
+                nals.append(config[at + 2:at + 2 + length])
+                at += 2 + length
+            arrays.append((kind, nals))
+    except (IndexError, struct.error) as exc:
+        raise OutputError("a malformed HEVC decoder configuration (hvcC)") from exc
+    arrays = [(kind, [kept for nal in nals if (kept := _without_hdr(nal)) is not None]
+               if kind & 0x3F == _PREFIX_SEI else nals) for kind, nals in arrays]  # fmt: skip
     if payloads:
-        seis.append(_hevc_sei(payloads))
-    arrays[_PREFIX_SEI] = (kind, seis)
-    kept = [(kind, nals) for kind, nals in arrays.values() if nals]
-    out = config[:22] + bytes([len(kept)])
-    for kind, nals in kept:
+        ours = _hevc_sei(payloads)
+        seis = [i for i, (kind, _) in enumerate(arrays) if kind & 0x3F == _PREFIX_SEI]
+        if seis:
+            arrays[seis[0]][1].append(ours)
+        else:  # after the parameter sets and any prefix SEI, before suffix SEI
+            where = next((i for i, (kind, _) in enumerate(arrays) if kind & 0x3F > _PREFIX_SEI),
+                         len(arrays))  # fmt: skip
+            arrays.insert(where, (_PREFIX_SEI, [ours]))
+    arrays = [(kind, nals) for kind, nals in arrays if nals]
+    out = config[:22] + bytes([len(arrays)])
+    for kind, nals in arrays:
         out += struct.pack(">BH", kind, len(nals))
         out += b"".join(struct.pack(">H", len(nal)) + nal for nal in nals)
     return out + config[at:]
 
 
-def _is_hdr_sei(nal: bytes) -> bool:
-    """Whether a prefix SEI NAL unit opens with an HDR10 message (as :func:`_hevc_sei` makes
-    them: such a unit is this module's, or a source's own to be replaced)."""
-    return len(nal) > 2 and nal[2] in (MASTERING_DISPLAY, LIGHT_LEVEL)
+def _without_hdr(nal: bytes) -> bytes | None:
+    """A prefix SEI NAL unit without its HDR10 messages (None: it had nothing else; as it is
+    where it has none, or cannot be read)."""
+    rbsp, at, kept, dropped = nal[2:].replace(b"\0\0\3", b"\0\0"), 0, b"", False
+    while at < len(rbsp) and rbsp[at:] != b"\x80":  # up to the RBSP trailing bits
+        start = at
+        kind, at = _sei_number(rbsp, at)
+        size, at = _sei_number(rbsp, at)
+        if at + size > len(rbsp):
+            return nal
+        if kind in _BOXES:
+            dropped = True
+        else:
+            kept += rbsp[start:at + size]
+        at += size
+    if not dropped:
+        return nal
+    return nal[:2] + _escaped(kept + b"\x80") if kept else None
+
+
+def _sei_number(rbsp: bytes, at: int) -> tuple[int, int]:
+    """An SEI message's payload type or size (0xFF bytes, then the rest); where it ends."""
+    value = 0
+    while at < len(rbsp) and rbsp[at] == 0xFF:
+        value, at = value + 255, at + 1
+    return (value + rbsp[at], at + 1) if at < len(rbsp) else (value, at)
 
 
 def _hevc_sei(payloads: dict[int, bytes]) -> bytes:
@@ -163,6 +203,8 @@ def _offsets_moved(moov: bytes, after: int, by: int) -> bytes | None:
                 wide = kind == b"co64"
                 form, size = (">Q", 8) if wide else (">I", 4)
                 (count,) = struct.unpack_from(">I", moov, body + 4)
+                if body + 8 + count * size > box_end:
+                    raise OutputError(f"a {kind.decode()} box longer than its entries")
                 for i in range(count):
                     where = body + 8 + i * size
                     (offset,) = struct.unpack_from(form, moov, where)

@@ -12,6 +12,7 @@ name, then renamed.
 from __future__ import annotations
 
 import heapq
+import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from carn_stream.pipeline.media.segments import SegmentPlan
 #: (time in seconds, source order, packet): the merge order of the joined file's packets.
 #: Packets of the input (audio, subtitles) sort before segment packets at the same time.
 Timed = tuple[Fraction, int, av.Packet]
+
+log = logging.getLogger(__name__)
 
 
 def finish_output(
@@ -94,40 +97,68 @@ def join_segments(
 ) -> Path:
     """Remux segments (in order) into one file of ``fmt`` at ``target`` (see the module). An
     MP4 or QuickTime file gets the title's HDR10 metadata ``hdr`` in its header too (the
-    stream has it at each keyframe)."""
+    stream has it at each keyframe). HEVC there is ``hvc1`` (Apple's players refuse ``hev1``),
+    whose one set of parameter sets is the first segment's (the muxer takes them out of the
+    stream): where a segment's differ (made by another encoder build), the file is made again
+    as ``hev1``, which keeps each segment's own."""
     part = target.with_name(f".{target.name}.part")
-    options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
-    probe = probe_to_video(paths[0])
     try:
-        with (
-            av.open(str(paths[0]), format=SEGMENT_FORMAT, options=probe) as first,
-            open_input(source) as src,  # the user's file: the allow-lists apply
-            av.open(str(part), "w", format=fmt.muxer, options=options) as out,
-        ):
-            streams = _add_streams(first, src, out, fmt, timing, rotation)
-            keep.copy_cover_art(source, out, fmt)
-            merged = heapq.merge(
-                _segment_video(paths, streams.video, timing),
-                _input_packets(src, streams),
-                _segment_audio(paths, streams, timing.origin),
-                key=lambda timed: (timed[0], timed[1]),
-            )
-            # Video shown before 0 (MPEG-TS after a 33-bit clock wrap) would be hidden by an
-            # MP4 edit list: every packet is moved later by that much.
-            later = max(Fraction(0), -timing.start_pts * timing.time_base)
-            for _, _, packet in merged:
-                if later:
-                    moved = round(later / packet.time_base)
-                    packet.pts = None if packet.pts is None else packet.pts + moved
-                    packet.dts = None if packet.dts is None else packet.dts + moved
-                out.mux(packet)
-        if hdr is not None and fmt.muxer in ("mp4", "mov"):
-            add_to_file(part, hdr)
+        try:
+            _join(paths, timing, source, part, fmt, rotation, hvc1=True)
+        except _ParameterSetsDiffer as differ:
+            log.warning("%s: %s; written as hev1", target.name, differ)
+            _join(paths, timing, source, part, fmt, rotation, hvc1=False)
     except (av.FFmpegError, OSError, OutputError) as exc:
         part.unlink(missing_ok=True)
         raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
+    if hdr is not None and fmt.muxer in ("mp4", "mov"):
+        try:
+            add_to_file(part, hdr, scratch=target.with_name(f".{target.name}.hdr.part"))
+        except (OSError, OutputError) as exc:  # (the stream has it at each keyframe)
+            log.warning("%s: HDR10 metadata left out of the header: %s", target.name, exc)
     part.replace(target)
     return target
+
+
+class _ParameterSetsDiffer(Exception):
+    """A segment's HEVC parameter sets are not the first segment's."""
+
+
+def _join(paths: list[Path], timing: VideoTiming, source: Path, part: Path, fmt: OutputFormat,
+          rotation: int, hvc1: bool) -> None:  # fmt: skip
+    options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
+    probe = probe_to_video(paths[0])
+    with (
+        av.open(str(paths[0]), format=SEGMENT_FORMAT, options=probe) as first,
+        open_input(source) as src,  # the user's file: the allow-lists apply
+        av.open(str(part), "w", format=fmt.muxer, options=options) as out,
+    ):
+        name = first.streams.video[0].codec_context.name
+        entry = SAMPLE_ENTRIES.get(name) if fmt.muxer in ("mp4", "mov") else None
+        entry = None if entry == "hvc1" and not hvc1 else entry
+        streams = _add_streams(first, src, out, fmt, timing, rotation, entry)
+        keep.copy_cover_art(source, out, fmt)
+        merged = heapq.merge(
+            _segment_video(paths, streams.video, timing, same_sets=entry == "hvc1"),
+            _input_packets(src, streams),
+            _segment_audio(paths, streams, timing.origin),
+            key=lambda timed: (timed[0], timed[1]),
+        )
+        # Video shown before 0 (MPEG-TS after a 33-bit clock wrap) would be hidden by an
+        # MP4 edit list: every packet is moved later by that much.
+        later = max(Fraction(0), -timing.start_pts * timing.time_base)
+        for _, _, packet in merged:
+            if later:
+                moved = round(later / packet.time_base)
+                packet.pts = None if packet.pts is None else packet.pts + moved
+                packet.dts = None if packet.dts is None else packet.dts + moved
+            out.mux(packet)
+
+
+def _hevc_parameter_sets(access_unit: bytes) -> tuple[bytes, ...]:
+    """The VPS, SPS and PPS NAL units of an HEVC access unit in Annex B form (MPEG-TS's)."""
+    units = (unit.rstrip(b"\0") for unit in access_unit.split(b"\0\0\1")[1:])
+    return tuple(unit for unit in units if unit and (unit[0] >> 1) & 0x3F in (32, 33, 34))
 
 
 @dataclass
@@ -141,12 +172,13 @@ class _Streams:
     subtitles: keep.Subtitles
 
 
-def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotation: int):
+def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotation: int,
+                 entry: str | None):  # fmt: skip
+    """``entry``: the video's sample entry (MPEG-TS's stream type is none; None: the muxer's
+    choice)."""
     src_video = main_video(src)
     video = out.add_stream_from_template(first.streams.video[0])
-    entry = SAMPLE_ENTRIES.get(first.streams.video[0].codec_context.name)
-    if fmt.muxer in ("mp4", "mov") and entry:  # (MPEG-TS's stream type is no sample entry)
-        video.codec_tag = entry
+    video.codec_tag = entry or "\0\0\0\0"
     video.time_base = timing.time_base
     if timing.frame_rate:  # the container's frame rate is the input's, not a guess
         video.codec_context.framerate = timing.frame_rate
@@ -170,22 +202,33 @@ def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotati
     return _Streams(video, audio, from_input, input_audio, subtitles)
 
 
-def _segment_video(paths: list[Path], video, timing: VideoTiming) -> Iterator[Timed]:
+def _segment_video(
+    paths: list[Path], video, timing: VideoTiming, same_sets: bool = False
+) -> Iterator[Timed]:
     """The segments' video packets, the segment offset taken off and the plan's origin given
     back, in the input's time base,
     each lasting one frame (the last one up to the input's end: MPEG-TS keeps no durations,
     and without them the file would end a frame early). Each segment's encoder starts its
     decode times before its first frame by its reorder delay, counted in that segment's first
     frame durations: where those are long (variable frame rate), they would reach back past
-    the previous segment's last, so a decode time never falls below the one before."""
+    the previous segment's last, so a decode time never falls below the one before. With
+    ``same_sets``, :class:`_ParameterSetsDiffer` is raised where a segment's first packet has
+    other HEVC parameter sets than the first segment's."""
     offset = Fraction(SEGMENT_OFFSET_SECONDS) - timing.origin
     time_base = timing.time_base
     last: int | None = None
+    sets: tuple[bytes, ...] | None = None
     for n, path in enumerate(paths):
         with av.open(str(path), format=SEGMENT_FORMAT) as segment:
+            opened = True
             for packet in segment.demux(segment.streams.video[0]):
                 if packet.dts is None or packet.size == 0:
                     continue
+                if same_sets and opened:
+                    own = _hevc_parameter_sets(bytes(packet))
+                    if sets is not None and own != sets:
+                        raise _ParameterSetsDiffer(f"segment {n} has other parameter sets")
+                    sets, opened = own, False
                 tb = packet.time_base
                 packet.pts = round((packet.pts * tb - offset) / time_base)
                 dts = round((packet.dts * tb - offset) / time_base)
