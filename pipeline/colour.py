@@ -147,5 +147,5 @@ class StaticHdr:
         mastering, light = data.get("mastering"), data.get("light_level")
         return cls(
             None if mastering is None else tuple(int(v) for v in mastering),
-            None if light is None else (int(light[0]), int(light[1])),
+            None if light is None else tuple(int(v) for v in light),  # (checked: two)
         )

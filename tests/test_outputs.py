@@ -787,8 +787,9 @@ def test_hdr10_plans_keep_the_titles_metadata_and_sdr_plans_none(clips, tmp_path
     odd = write_clip(tmp_path / "odd.mp4", frames, codec="libx265", pix_fmt="yuv420p10le",
                      colorspace=9, primaries=9, transfer=16, options={"x265-params": params})
     assert plan_segments(odd, 1.0).hdr == StaticHdr(None, HDR10_LIGHT_LEVEL)
-    with pytest.raises(ValueError, match="out of range"):
-        SegmentPlan.from_dict({**plan.to_dict(), "hdr": {"mastering": [60000] * 10}})
+    for damaged in ({"mastering": [60000] * 10}, {"light_level": [1000]}):
+        with pytest.raises(ValueError, match="out of range"):
+            SegmentPlan.from_dict({**plan.to_dict(), "hdr": damaged})
 
 
 def test_a_frame_with_side_data_pyav_does_not_know_is_planned(clips, tmp_path):
