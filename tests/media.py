@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -174,8 +175,6 @@ def write_hdr10_clip(path: Path, frames: list[np.ndarray], keyint: int = 25,
 def write_exif_mjpeg(path: Path, frames: list[np.ndarray]) -> Path:
     """An MJPEG AVI as some cameras write it: each JPEG with an EXIF block (orientation 1),
     which FFmpeg hands on as side data of a kind PyAV's list may not know."""
-    import struct
-
     entry = struct.pack("<HHIHH", 0x0112, 3, 1, 1, 0)  # Orientation (SHORT, 1 value): 1
     tiff = b"II*\0\x08\0\0\0" + struct.pack("<H", 1) + entry + b"\0\0\0\0"
     app1 = b"\xff\xe1" + struct.pack(">H", 8 + len(tiff)) + b"Exif\0\0" + tiff

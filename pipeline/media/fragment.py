@@ -45,12 +45,12 @@ from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hdr_boxes import sei_payloads, with_hdr
 from carn_stream.pipeline.media.hls import INIT_NAME, segment_name
 from carn_stream.pipeline.media.isobmff import (
-    CONTAINERS,
     SAMPLE_ENTRIES,
     VISUAL_ENTRIES,
     VISUAL_FIELDS,
     box,
     boxes,
+    nested,
 )
 
 #: Each segment on its own: one fragment (written as the segment ends), the moov delayed until
@@ -402,11 +402,9 @@ def _configuration(init: bytes) -> dict[int, bytes]:
 
 
 def _normalise(init: bytes, data: bytearray, start: int, end: int) -> None:
-    for kind, at, box_end, header in boxes(init, start, end):
+    for kind, at, box_end, header in nested(init, start, end):
         body = at + header
-        if kind in CONTAINERS:
-            _normalise(init, data, body, box_end)
-        elif kind == b"tkhd":  # its flags: the muxer enables the first track of each kind
+        if kind == b"tkhd":  # its flags: the muxer enables the first track of each kind
             data[body + 1:body + 4] = bytes(3)
         elif kind == b"stsd":
             for entry_kind, entry, entry_end, entry_header in boxes(init, body + 8, box_end):

@@ -9,17 +9,19 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from carn_stream.pipeline.colour import StaticHdr
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.isobmff import (
-    CONTAINERS,
     VISUAL_ENTRIES,
     VISUAL_FIELDS,
     box,
+    box_header,
     boxes,
+    nested,
     rebuilt,
 )
 
@@ -193,45 +195,30 @@ def _offsets_moved(moov: bytes, after: int, by: int) -> bytes | None:
     """``moov`` with its chunk offsets (``stco``, ``co64``) at or past ``after`` moved by
     ``by``; None where a 32-bit one would overflow."""
     data = bytearray(moov)
-
-    def walk(start: int, end: int) -> bool:
-        for kind, at, box_end, header in boxes(moov, start, end):
-            body = at + header
-            if kind in CONTAINERS and not walk(body, box_end):
-                return False
-            if kind in (b"stco", b"co64"):  # version and flags, the count, the offsets
-                wide = kind == b"co64"
-                form, size = (">Q", 8) if wide else (">I", 4)
-                (count,) = struct.unpack_from(">I", moov, body + 4)
-                if body + 8 + count * size > box_end:
-                    raise OutputError(f"a {kind.decode()} box longer than its entries")
-                for i in range(count):
-                    where = body + 8 + i * size
-                    (offset,) = struct.unpack_from(form, moov, where)
-                    if offset >= after:
-                        offset += by
-                        if not wide and offset >= 2**32:
-                            return False
-                        struct.pack_into(form, data, where, offset)
-        return True
-
-    return bytes(data) if walk(0, len(moov)) else None
+    for kind, at, end, header in nested(moov, 0, len(moov)):
+        if kind not in (b"stco", b"co64"):
+            continue
+        body = at + header  # version and flags, the count, the offsets
+        form, size = (">Q", 8) if kind == b"co64" else (">I", 4)
+        (count,) = struct.unpack_from(">I", moov, body + 4)
+        if body + 8 + count * size > end:
+            raise OutputError(f"a {kind.decode()} box longer than its entries")
+        for where in range(body + 8, body + 8 + count * size, size):
+            (offset,) = struct.unpack_from(form, moov, where)
+            if offset >= after:
+                if size == 4 and offset + by >= 2**32:
+                    return None
+                struct.pack_into(form, data, where, offset + by)
+    return bytes(data)
 
 
-def _top_level(file: BinaryIO):
+def _top_level(file: BinaryIO) -> Iterator[tuple[bytes, int, int]]:
     """The top-level boxes of an open file, from their headers: (type, start, end)."""
     total = os.fstat(file.fileno()).st_size
     at = 0
     while at + 8 <= total:
         file.seek(at)
-        head = file.read(16)
-        size, kind = struct.unpack_from(">I4s", head)
-        if size == 1 and len(head) == 16:
-            (size,) = struct.unpack_from(">Q", head, 8)
-        elif size == 0:
-            size = total - at
-        if size < 8 or at + size > total:
-            raise OutputError(f"{file.name}: a malformed {kind!r} box")
+        kind, size, _ = box_header(file.read(16), total - at)
         yield kind, at, at + size
         at += size
 

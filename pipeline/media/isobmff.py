@@ -22,21 +22,36 @@ VISUAL_FIELDS = 78
 EntryEdit = Callable[[bytes, bytes, int], bytes]
 
 
+def box_header(head: bytes, room: int) -> tuple[bytes, int, int]:
+    """A box's type, size and header length from its first bytes (16 where it has them);
+    ``room``: the bytes from its start to where it must end (a size of 0: all of them)."""
+    size, kind = struct.unpack_from(">I4s", head)
+    length = 8
+    if size == 1 and len(head) >= 16:
+        (size,) = struct.unpack_from(">Q", head, 8)
+        length = 16
+    elif size == 0:
+        size = room
+    if size < length or size > room:
+        raise OutputError(f"a malformed {kind!r} box in an MP4 header")
+    return kind, size, length
+
+
 def boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int, int]]:
     """The boxes in ``data[start:end]``: (type, start, end, header length)."""
     at = start
     while at + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, at)
-        header = 8
-        if size == 1:
-            (size,) = struct.unpack_from(">Q", data, at + 8)
-            header = 16
-        elif size == 0:
-            size = end - at
-        if size < header or at + size > end:
-            raise OutputError(f"a malformed {kind!r} box in an MP4 header")
+        kind, size, header = box_header(data[at:at + 16], end - at)
         yield kind, at, at + size, header
         at += size
+
+
+def nested(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int, int]]:
+    """:func:`boxes`, and those inside each of :data:`CONTAINERS` (after it), at any depth."""
+    for kind, at, box_end, header in boxes(data, start, end):
+        yield kind, at, box_end, header
+        if kind in CONTAINERS:
+            yield from nested(data, at + header, box_end)
 
 
 def box(kind: bytes, payload: bytes) -> bytes:

@@ -112,10 +112,13 @@ def join_segments(
         part.unlink(missing_ok=True)
         raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
     if hdr is not None and fmt.muxer in ("mp4", "mov"):
-        try:
-            add_to_file(part, hdr, scratch=target.with_name(f".{target.name}.hdr.part"))
-        except (OSError, OutputError) as exc:  # (the stream has it at each keyframe)
-            log.warning("%s: HDR10 metadata left out of the header: %s", target.name, exc)
+        scratch = target.with_name(f".{target.name}.hdr.part")
+        try:  # (the stream has it at each keyframe whatever happens here)
+            added, why = add_to_file(part, hdr, scratch=scratch), "its header cannot take it"
+        except (OSError, OutputError) as exc:
+            added, why = False, str(exc)
+        if not added:
+            log.warning("%s: HDR10 metadata left out of the header: %s", target.name, why)
     part.replace(target)
     return target
 
