@@ -392,6 +392,45 @@ def with_tone(
     return path
 
 
+def with_second_audio(
+    source: Path, path: Path, seconds: float, *, codec: str = "aac", language: str = "eng",
+    title: str | None = "Commentary", start: float = 0.0,
+) -> Path:
+    """``source``'s video, audio and subtitle streams copied (with their tags), and one more
+    audio stream after them: a 660 Hz tone (48 kHz stereo, encoded with ``codec``) from
+    ``start`` to ``seconds``, tagged ``language`` and ``title`` (``path``'s suffix names the
+    container)."""
+    rate, step = 48000, 1024
+    with av.open(str(source)) as c, av.open(str(path), "w") as out:
+        copies = {}
+        for stream in c.streams:
+            if stream.type in ("video", "audio", "subtitle"):
+                copies[stream.index] = out.add_stream_from_template(stream)
+                copies[stream.index].metadata.update(
+                    {k: v for k, v in stream.metadata.items() if k in ("language", "title")})
+                copies[stream.index].disposition = stream.disposition
+        tone = out.add_stream(codec, rate=rate)
+        tone.layout = "stereo"
+        tone.metadata["language"] = language
+        if title:
+            tone.metadata["title"] = title
+        for packet in c.demux(list(c.streams)):
+            if packet.size and packet.stream.index in copies:  # (no flush packets)
+                packet.stream = copies[packet.stream.index]
+                out.mux(packet)
+        resampler = av.AudioResampler(format=tone.codec_context.format.name, layout="stereo",
+                                      rate=rate)  # fmt: skip
+        for at in range(round(start * rate), round(seconds * rate), step):
+            wave = 0.4 * np.sin(np.arange(at, at + step) * 2 * np.pi * 660 / rate)
+            frame = av.AudioFrame.from_ndarray(np.stack([wave, wave]).astype(np.float32),
+                                               format="fltp", layout="stereo")  # fmt: skip
+            frame.sample_rate, frame.pts = rate, at
+            for chunk in resampler.resample(frame):
+                out.mux(tone.encode(chunk))
+        out.mux(tone.encode(None))
+    return path
+
+
 def concat_h264(path: Path, parts: Sequence[Path], container_format: str = "mpegts") -> Path:
     """The H.264 video of ``parts`` one after the other in one stream, packets copied (each part
     with its own parameter sets, in-band): a stream whose header gives the first part's size

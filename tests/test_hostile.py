@@ -240,6 +240,24 @@ def test_segment_names_are_matched_exactly(name):
     assert JobMedia("0" * 32, FORMATS["hls"], Path("/srv")).hls_file(name) is None
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "audio_1.m3u8\n", "audio_1000.m3u8", "audio_\u0661.m3u8", "audio_1_segment_0001.ts",
+        "audio_1_init.mp4.part", "audio_1_segment_00001.mp4", "xaudio_1.m3u8", "audio_.m3u8",
+    ],
+)  # fmt: skip
+def test_audio_rendition_names_are_matched_exactly(name):
+    assert JobMedia("0" * 32, FORMATS["hls"], Path("/srv")).hls_file(name) is None
+
+
+def test_audio_rendition_names_are_served_from_the_output_folder():
+    media = JobMedia("0" * 32, FORMATS["hls"], Path("/srv"))
+    for name in ("audio_0.m3u8", "audio_12_init.mp4", "audio_1_segment_00007.m4s",
+                 "audio_1_segment_00007.ts"):  # fmt: skip
+        assert media.hls_file(name) == media.output / name
+
+
 def test_segment_names_read_back_as_written():
     for index in (0, 7, 99_999, 100_000, 123_456_789):
         assert segment_index(segment_name(index)) == index

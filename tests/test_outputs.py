@@ -5,12 +5,14 @@ folders of videos at once."""
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,7 +29,13 @@ from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.formats import FORMATS, format_for_path
 from carn_stream.pipeline.media.keep import subtitle_payload, subtitle_text
 from carn_stream.pipeline.run import PipelineOptions
-from tests.helpers import REPO_ROOT, official_weights_path
+from tests.helpers import (
+    REPO_ROOT,
+    QuietHandler,
+    launch_chromium,
+    official_weights_path,
+    serve_directory,
+)
 from tests.media import (
     HDR10_LIGHT_LEVEL,
     HDR10_MASTERING,
@@ -36,6 +44,7 @@ from tests.media import (
     facts,
     with_mp3_audio,
     with_pcm_audio,
+    with_second_audio,
     write_clip,
     write_exif_mjpeg,
     write_hdr10_clip,
@@ -52,7 +61,7 @@ def clips(data_dir, tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("clips")
     bunny = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 50), (160, 90))
     rich = downscale_frames(decode_rgb(video / "bigbuckbunny.mp4", 40), (320, 180))
-    return {
+    found = {
         # a keyframe each second: two segments of 1 s
         "bunny": write_clip(
             d / "bunny.mp4",
@@ -70,6 +79,9 @@ def clips(data_dir, tmp_path_factory) -> dict[str, Path]:
         # HDR10 with its metadata, a keyframe each second: two segments of 1 s
         "hdr10": write_hdr10_clip(d / "hdr10.mp4", bunny),
     }
+    # bunny's audio (5.1 AAC, untagged) and a stereo commentary in English
+    found["two_audio"] = with_second_audio(found["bunny"], d / "two_audio.mkv", 2.0)
+    return found
 
 
 def _deep_clip(path: Path, frames: list[np.ndarray], transfer: int) -> Path:
@@ -98,9 +110,9 @@ def worker():
 
 
 def make(source: Path, output: Path, worker, fmt: str | None = None, codec: str = "h264",
-         crf: int = 18) -> Path:  # fmt: skip
+         crf: int = 18, fmp4: bool = False) -> Path:  # fmt: skip
     """A segmented run (segments of 1 s) of ``source`` into ``output``, as the CLI makes it."""
-    chosen = format_for_path(output, fmt)
+    chosen = format_for_path(output, fmt).for_codec(codec, fmp4)
 
     async def go() -> Path:
         executor = InProcessExecutor(worker)
@@ -452,10 +464,150 @@ def test_an_hls_folder_keeps_the_aspect_ratio_audio_language_and_subtitles(
                        "00:00:00.800 --> 00:00:01.200\nSecond cue\n"]  # fmt: skip
     plain = make(clips["bunny"], tmp_path / "plain", worker)
     assert "SUBTITLES" not in (plain / "master.m3u8").read_text()
-    assert not list(plain.glob("subtitles_*"))
+    assert "TYPE=AUDIO" not in (plain / "master.m3u8").read_text()  # one audio stream
+    assert not list(plain.glob("subtitles_*")) and not list(plain.glob("audio_*"))
     # Playlists are readable as the segments are (a web server serves the folder as it is).
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert len(set(modes.values())) == 1, modes
+
+
+def audio_packets(media: Path | bytes, number: int) -> list[tuple[int, int, bytes]]:
+    """Audio stream ``number``'s packets in a file (or in fragmented MP4's bytes): time and
+    duration (in its time base), and bytes."""
+    source = str(media) if isinstance(media, Path) else io.BytesIO(media)
+    with av.open(source) as c:
+        stream = c.streams.audio[number]
+        return [(p.pts, p.duration, bytes(p)) for p in c.demux(stream) if p.size]
+
+
+def fragmented(folder: Path, prefix: str = "") -> bytes:
+    """A fragmented-MP4 folder's (or its audio rendition's) init.mp4 and media segments, in
+    order: one file a demuxer reads."""
+    parts = sorted(folder.glob(f"{prefix}segment_*.m4s"))
+    return b"".join(p.read_bytes() for p in [folder / f"{prefix}init.mp4", *parts])
+
+
+def media_lines(playlist: str) -> list[str]:
+    return [line for line in playlist.splitlines() if line and not line.startswith("#")]
+
+
+def extinf(playlist: str) -> list[str]:
+    return [line for line in playlist.splitlines() if line.startswith("#EXTINF:")]
+
+
+@pytest.mark.parametrize("fmp4", [False, True], ids=["mpeg-ts", "fmp4"])
+def test_each_audio_stream_of_an_hls_folder_is_a_rendition_of_its_own(
+    clips, worker, tmp_path, fmp4
+):
+    """A second audio stream (a language, a commentary) travelled in the segments, where a
+    player plays the first only: no viewer could choose it. Now each audio stream is an audio
+    rendition of the master playlist, its packets those of the segments bit for bit, at their
+    times, with the folder's durations."""
+    out = make(clips["two_audio"], tmp_path / "hls", worker, fmp4=fmp4)
+    master = (out / "master.m3u8").read_text().splitlines()
+    assert master[3:5] == [
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="Audio 1",DEFAULT=YES,AUTOSELECT=YES,'
+        'CHANNELS="6",URI="audio_0.m3u8"',
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="Commentary",LANGUAGE="en",DEFAULT=NO,'
+        'AUTOSELECT=YES,CHANNELS="2",URI="audio_1.m3u8"',
+    ]  # fmt: skip
+    assert master[5].endswith(',AUDIO="audio"') and master[6:] == ["index.m3u8"]
+    index = (out / "index.m3u8").read_text()
+    kind = "m4s" if fmp4 else "ts"
+    for number in (0, 1):
+        prefix = f"audio_{number}_"
+        playlist = (out / f"audio_{number}.m3u8").read_text()
+        assert extinf(playlist) == extinf(index) and len(extinf(index)) == 2
+        assert media_lines(playlist) == [f"{prefix}segment_0000{i}.{kind}" for i in (0, 1)]
+        if fmp4:
+            assert f'#EXT-X-MAP:URI="{prefix}init.mp4"' in playlist
+            with av.open(io.BytesIO(fragmented(out, prefix))) as c:
+                assert [s.type for s in c.streams] == ["audio"]
+            main = audio_packets(fragmented(out), number)
+            own = audio_packets(fragmented(out, prefix), 0)
+        else:
+            main, own = [], []
+            for i in (0, 1):
+                main += audio_packets(out / f"segment_0000{i}.ts", number)
+                with av.open(str(out / f"{prefix}segment_0000{i}.ts")) as c:
+                    assert [s.type for s in c.streams] == ["audio"]
+                own += audio_packets(out / f"{prefix}segment_0000{i}.ts", 0)
+        assert len(own) > 80 and own == main, number
+
+
+def test_an_audio_stream_with_a_hole_is_not_offered_on_its_own(clips, worker, tmp_path,
+                                                               caplog):  # fmt: skip
+    """A stream without a packet in some segment (here: from 1.2 s, none in the first) would
+    stall a player in its rendition: it is left out with a warning, and with one stream left
+    there is nothing to choose from: no group, the segments' audio plays."""
+    late = with_second_audio(clips["bunny"], tmp_path / "late.mkv", 2.0, start=1.2)
+    out = make(late, tmp_path / "hls", worker)
+    assert "TYPE=AUDIO" not in (out / "master.m3u8").read_text()
+    assert not list(out.glob("audio_*"))
+    assert ("audio stream 1 (Commentary) of late.mkv is not offered on its own: segment 0 has "
+            "none of its packets") in caplog.text  # fmt: skip
+
+
+def test_a_transcoded_audio_rendition_plays_sample_after_sample(clips, worker, tmp_path):
+    """Audio MPEG-TS cannot carry (FLAC) is transcoded to AAC segment by segment; its rendition
+    has the segments' AAC frames, one after another across the segments, without a gap or an
+    overlap."""
+    flac = with_second_audio(clips["bunny"], tmp_path / "flac.mkv", 2.0, codec="flac")
+    out = make(flac, tmp_path / "hls", worker)
+    main = [p for i in (0, 1) for p in audio_packets(out / f"segment_0000{i}.ts", 1)]
+    own = [p for i in (0, 1) for p in audio_packets(out / f"audio_1_segment_0000{i}.ts", 0)]
+    steps = {b[0] - (a[0] + a[1]) for a, b in itertools.pairwise(own)}
+    assert steps == {0}, steps  # (90 kHz: 1024 samples at 48 kHz are 1920 ticks)
+    assert len(own) > 80 and own == main
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmp4", [False, True], ids=["mpeg-ts", "fmp4"])
+def test_chromium_switches_to_the_second_audio_rendition_and_plays_on(
+    data_dir, worker, tmp_path, fmp4
+):
+    """Chromium's own HLS player lists the master playlist's audio renditions by name and
+    language; switched to the commentary, it fetches the rest of the audio from that rendition
+    and plays to the end. (The default rendition's later segments come slowly, so that the
+    player has not buffered them all before it is switched.)"""
+    from playwright.sync_api import sync_playwright
+
+    bunny = data_dir / "video" / "bigbuckbunny.mp4"
+    frames = downscale_frames(decode_rgb(bunny, 100), (96, 54))
+    clip = write_clip(tmp_path / "four.mp4", frames, audio_from=bunny, audio_seconds=4.0,
+                      options=X264)  # fmt: skip
+    source = with_second_audio(clip, tmp_path / "four.mkv", 4.0)
+    out = make(source, tmp_path / "hls", worker, fmp4=fmp4)
+    (out / "page.html").write_text('<video id="v" src="master.m3u8" muted autoplay></video>')
+    asked: list[str] = []
+
+    class SlowFirstAudio(QuietHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            if self.path.startswith("/audio_0_segment_") and "00000" not in self.path:
+                time.sleep(1.5)
+            super().do_GET()
+
+    video = "document.getElementById('v')"
+    tracks = f"Array.from({video}.audioTracks)"
+    with serve_directory(out, SlowFirstAudio) as base, sync_playwright() as p:
+        browser = launch_chromium(p, "--enable-blink-features=AudioVideoTracks")
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/page.html")
+            page.wait_for_function(f"{video}.currentTime > 0", timeout=30_000)
+            listed = page.evaluate(f"{tracks}.map(t => [t.label, t.language])")
+            page.evaluate(f"{tracks}[1].enabled = true")
+            page.wait_for_function(f"{video}.ended", timeout=60_000)
+            state = page.evaluate(f"[{video}.currentTime, {video}.error, "
+                                  f"{tracks}.map(t => t.enabled)]")  # fmt: skip
+        finally:
+            browser.close()
+    assert listed == [["Audio 1", ""], ["Commentary", "en"]]
+    played, error, enabled = state
+    assert error is None and abs(played - 4.0) < 0.1 and enabled == [False, True]
+    kind = "m4s" if fmp4 else "ts"
+    assert f"/audio_1_segment_00003.{kind}" in asked, " ".join(asked)
 
 
 def test_hevc_codec_strings_follow_the_profile_tier_and_level():

@@ -298,13 +298,15 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
 ):
     """Subtitles were dropped from HLS jobs: a finished one links its master playlist, which
     names the input's text subtitles as a WebVTT subtitle rendition served beside the
-    segments (``text/vtt``); no other names are served."""
-    from tests.media import write_rich_mkv
+    segments (``text/vtt``), and its two audio streams as audio renditions; no other names
+    are served."""
+    from tests.media import with_second_audio, write_rich_mkv
 
     base, root = media
     video = data_dir / "video" / "bigbuckbunny.mp4"
     frames = downscale_frames(decode_rgb(video, 25), (96, 54))
-    write_rich_mkv(root / "rich.mkv", frames, audio_from=video, audio_seconds=1.0)
+    rich = write_rich_mkv(root / "one.mkv", frames, audio_from=video, audio_seconds=1.0)
+    with_second_audio(rich, root / "rich.mkv", 1.0)
     job = submit(server, f"{base}/rich.mkv", scale=2, format="hls")
     assert "master" not in job["links"]  # written when the job ends
     done = server.wait_job(job["id"], ("succeeded", "failed"))
@@ -318,7 +320,14 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
     vtt = server.call("GET", f"{folder}/subtitles_0.vtt")
     assert vtt.status == 200 and vtt.headers["content-type"].startswith("text/vtt")
     assert vtt.body.decode().split("\n\n")[1] == "00:00:00.100 --> 00:00:00.500\nHello there"
-    for name in ("subtitles_1.vtt", "subtitles_0.srt", "input.mkv", "..%2Finput.mkv"):
+    assert 'NAME="Commentary",LANGUAGE="en"' in master.body.decode()
+    for name, kind in (("audio_1.m3u8", "application/vnd.apple.mpegurl"),
+                       ("audio_1_segment_00000.ts", "video/mp2t")):  # fmt: skip
+        served = server.call("GET", f"{folder}/{name}")
+        assert served.status == 200 and served.headers["content-type"] == kind, name
+    names = ("subtitles_1.vtt", "subtitles_0.srt", "input.mkv", "..%2Finput.mkv",
+             "audio_2.m3u8", "audio_1_segment_0.ts", "audio_1.ts")  # fmt: skip
+    for name in names:
         assert server.call("GET", f"{folder}/{name}").status == 404, name
     # The jobs page gives the player the subtitles as a track (Chromium's own HLS player
     # shows no subtitle rendition).

@@ -40,6 +40,14 @@ class VideoInfo:
     sample_aspect_ratio: Fraction | None = None  #: None when unset (square pixels)
 
 
+def stream_label(stream: av.stream.Stream) -> tuple[str | None, str | None]:
+    """A stream's language (None where untagged or ``und``) and its title (an MP4 track's
+    name), as a rendition names it."""
+    language = stream.metadata.get("language")
+    title = stream.metadata.get("title") or stream.metadata.get("name")  # MP4: "name"
+    return (None if language in (None, "", "und") else language), (title or None)
+
+
 def open_input(
     source: str | Path, options: dict[str, str] | None = None
 ) -> av.container.InputContainer:

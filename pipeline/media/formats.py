@@ -34,6 +34,7 @@ from carn_stream.pipeline.colour import StaticHdr
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.codecs import CODECS
 from carn_stream.pipeline.media.hls import (
+    AUDIO_NAME_RE,
     INIT_NAME,
     MASTER_NAME,
     PLAYLIST_NAME,
@@ -205,7 +206,7 @@ class OutputFormat:
 OURS = re.compile(
     rf"({re.escape(PLAYLIST_NAME)}|{re.escape(MASTER_NAME)}|{re.escape(INIT_NAME)}"
     r"|segment_[0-9]{5,9}\.m4s\.init"  # (a segment's header waiting for init.mp4, fragment.py)
-    rf"|{SUBTITLE_NAME_RE.pattern})"
+    rf"|{SUBTITLE_NAME_RE.pattern}|{AUDIO_NAME_RE.pattern})"
     r"(\.[0-9a-f]+\.part|\.part)?\Z"
 )
 

@@ -176,14 +176,14 @@ def publish_fragment(
     if init_path.is_file():
         check_tracks(init_path.read_bytes(), made.init, what)
     elif made.complete:
-        _publish(init_path, made.init, replace=False)
+        publish_bytes(init_path, made.init, replace=False)
         check_tracks(init_path.read_bytes(), made.init, what)  # (one written meanwhile)
         _check_waiting(folder)
     else:
-        _publish(_waiting_name(folder, index), made.init)
+        publish_bytes(_waiting_name(folder, index), made.init)
         if init_path.is_file():  # written meanwhile, perhaps after its writer looked for us
             _check_waiting(folder)
-    return _publish(folder / segment_name(index, fragmented=True), made.media)
+    return publish_bytes(folder / segment_name(index, fragmented=True), made.media)
 
 
 def publish_init(folder: Path) -> Path | None:
@@ -196,7 +196,7 @@ def publish_init(folder: Path) -> Path | None:
         waiting = sorted(folder.glob(_WAITING_GLOB))
         if not waiting:
             return None
-        _publish(path, _merged([w.read_bytes() for w in waiting]), replace=False)
+        publish_bytes(path, _merged([w.read_bytes() for w in waiting]), replace=False)
     _check_waiting(folder)
     return path
 
@@ -289,7 +289,7 @@ def _number_at(init: bytes, start: int, end: int) -> int:
     raise OutputError("a track without a header in a fragmented MP4 segment")
 
 
-def _publish(path: Path, data: bytes, replace: bool = True) -> Path:
+def publish_bytes(path: Path, data: bytes, replace: bool = True) -> Path:
     """Write ``data`` at ``path`` by rename from ``.NAME.part`` (``replace=False``: from a name
     of its own, ``.NAME.*.part``, and a file already there, written by another segment at the
     same moment, is kept)."""

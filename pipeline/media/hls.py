@@ -22,6 +22,12 @@ MASTER_NAME = "master.m3u8"  #: a finished folder's master playlist (its subtitl
 SUBTITLE_PREFIX = "subtitles_"
 #: A folder's subtitle rendition files, as :func:`subtitle_file` names them (number, kind).
 SUBTITLE_NAME_RE = re.compile(rf"{SUBTITLE_PREFIX}([0-9]{{1,3}})\.(m3u8|vtt)")
+AUDIO_PREFIX = "audio_"
+#: A folder's audio rendition files (:func:`audio_playlist`, :func:`audio_prefix`):
+#: its playlist, and its segments and ``init.mp4`` under the rendition's prefix.
+AUDIO_NAME_RE = re.compile(
+    rf"{AUDIO_PREFIX}([0-9]{{1,3}})(\.m3u8|_init\.mp4|_segment_[0-9]{{5,9}}\.(ts|m4s))"
+)
 SEGMENT_PATTERN = "segment_%05d.ts"
 FRAGMENT_PATTERN = "segment_%05d.m4s"  #: a fragmented-MP4 media segment's
 INIT_NAME = "init.mp4"  #: a fragmented-MP4 folder's initialisation segment
@@ -35,6 +41,28 @@ SEGMENT_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3"})
 def subtitle_file(number: int, kind: str) -> str:
     """``subtitles_N.m3u8`` (a subtitle rendition's playlist) or ``subtitles_N.vtt``."""
     return f"{SUBTITLE_PREFIX}{number}.{kind}"
+
+
+def audio_playlist(number: int) -> str:
+    """``audio_N.m3u8``: the playlist of the audio rendition of the input's audio stream
+    ``number`` (its place among the audio streams)."""
+    return f"{AUDIO_PREFIX}{number}.m3u8"
+
+
+def audio_prefix(number: int) -> str:
+    """``audio_N_``: what the names of that rendition's segments and ``init.mp4`` start with."""
+    return f"{AUDIO_PREFIX}{number}_"
+
+
+def unique_name(name: str, taken: Iterable[str]) -> str:
+    """``name``, or ``name (2)``, ``name (3)``, ... where it is taken: the renditions of one
+    group in a master playlist have names of their own."""
+    taken = set(taken)
+    unique, n = name, 1
+    while unique in taken:
+        n += 1
+        unique = f"{name} ({n})"
+    return unique
 
 
 def segment_name(index: int, fragmented: bool = False) -> str:
@@ -70,6 +98,7 @@ def playlist_text(
     kind: str = "EVENT",
     query: str = "",
     fragmented: bool = False,
+    prefix: str = "",
 ) -> str:
     """An HLS media playlist for consecutive segments of the given durations (seconds).
 
@@ -77,7 +106,9 @@ def playlist_text(
     never changes while the playlist grows. ``kind``: ``EVENT`` (a playlist that grows) or
     ``VOD`` (complete from the start). ``query`` (e.g. ``?viewer=...``) follows each segment's
     name. ``fragmented``: fragmented-MP4 segments after the folder's ``init.mp4``
-    (``#EXT-X-MAP``, which needs version 6: RFC 8216, section 7).
+    (``#EXT-X-MAP``, which needs version 6: RFC 8216, section 7). ``prefix``: what the names
+    of the segments and ``init.mp4`` start with (an audio rendition's,
+    :func:`audio_prefix`).
     """
     lines = [
         "#EXTM3U",
@@ -88,9 +119,9 @@ def playlist_text(
         "#EXT-X-INDEPENDENT-SEGMENTS",
     ]
     if fragmented:
-        lines.append(f'#EXT-X-MAP:URI="{INIT_NAME}{query}"')
+        lines.append(f'#EXT-X-MAP:URI="{prefix}{INIT_NAME}{query}"')
     for index, seconds in enumerate(durations):
-        lines += [f"#EXTINF:{seconds:.6f},", segment_name(index, fragmented) + query]
+        lines += [f"#EXTINF:{seconds:.6f},", prefix + segment_name(index, fragmented) + query]
     if complete:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
@@ -149,7 +180,19 @@ class SubtitleMedia:
     forced: bool = False
 
 
+@dataclass(frozen=True)
+class AudioMedia:
+    """An audio rendition in a master playlist: one of the input's audio streams."""
+
+    uri: str  #: its media playlist
+    name: str
+    language: str | None = None
+    default: bool = False
+    channels: int | None = None
+
+
 SUBTITLE_GROUP = "subs"
+AUDIO_GROUP = "audio"
 #: ISO 639-2 codes (as Matroska and MP4 tag streams) of common languages -> their two-letter
 #: ISO 639-1 codes, the form a language tag takes where one exists (RFC 5646).
 _TWO_LETTER = {
@@ -172,15 +215,28 @@ def _quoted(text: str) -> str:
 
 
 def master_playlist_text(
-    variants: Iterable[Variant], subtitles: Sequence[SubtitleMedia] = ()
+    variants: Iterable[Variant],
+    subtitles: Sequence[SubtitleMedia] = (),
+    audio: Sequence[AudioMedia] = (),
 ) -> str:
     """An HLS master playlist; players start with the first variant. Subtitle renditions,
-    when there are any, are one group every variant names. Where any variant is HDR, every
+    when there are any, are one group every variant names; so are audio renditions (the first
+    is the default). Where any variant is HDR, every
     variant says its dynamic range (``VIDEO-RANGE``), as Apple's players require; an SDR-only
     playlist leaves it out (SDR is what its absence means)."""
     variants = list(variants)
     ranges = any(v.video_range != "SDR" for v in variants)
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    for track in audio:
+        attributes = ["TYPE=AUDIO", f"GROUP-ID={_quoted(AUDIO_GROUP)}",
+                      f"NAME={_quoted(track.name)}"]  # fmt: skip
+        if track.language:
+            attributes.append(f"LANGUAGE={_quoted(language_tag(track.language))}")
+        attributes += [f"DEFAULT={'YES' if track.default else 'NO'}", "AUTOSELECT=YES"]
+        if track.channels:
+            attributes.append(f'CHANNELS="{track.channels}"')
+        attributes.append(f"URI={_quoted(track.uri)}")
+        lines.append("#EXT-X-MEDIA:" + ",".join(attributes))
     for media in subtitles:
         attributes = [
             "TYPE=SUBTITLES",
@@ -204,6 +260,8 @@ def master_playlist_text(
             attributes.append(f"FRAME-RATE={v.frame_rate:.3f}")
         if ranges:
             attributes.append(f"VIDEO-RANGE={v.video_range}")
+        if audio:
+            attributes.append(f"AUDIO={_quoted(AUDIO_GROUP)}")
         if subtitles:
             attributes.append(f"SUBTITLES={_quoted(SUBTITLE_GROUP)}")
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]

@@ -1,5 +1,6 @@
 """The master playlist of a finished HLS folder: its one rendition, described from its own
-segments (size, codecs, peak bit rate), and the input's text subtitles as WebVTT subtitle
+segments (size, codecs, peak bit rate), the input's further audio streams as audio renditions
+(:mod:`~carn_stream.pipeline.media.hls_audio`), and its text subtitles as WebVTT subtitle
 renditions beside it (``subtitles_N.m3u8``, ``subtitles_N.vtt``)."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from carn_stream.pipeline.media.hls import (
     subtitle_file,
     subtitle_playlist_text,
 )
+from carn_stream.pipeline.media.hls_audio import write_audio_renditions
 from carn_stream.pipeline.media.renditions import audio_tag, video_tag
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.media.webvtt import text_subtitle_tracks, write_webvtt
@@ -32,10 +34,10 @@ log = logging.getLogger(__name__)
 def write_folder_master(
     folder: Path, plan: SegmentPlan, source: Path, segments: Path, fragmented: bool = False
 ) -> Path:
-    """Write ``folder``'s master playlist, and its subtitle renditions, once every segment of
-    ``plan`` is there (``segments``: the folder of its MPEG-TS segments; ``fragmented``: the
-    folder's are fragmented MP4, made from those). Subtitles that cannot be read are left out,
-    with a warning."""
+    """Write ``folder``'s master playlist, and its audio and subtitle renditions, once every
+    segment of ``plan`` is there (``segments``: the folder of its MPEG-TS segments;
+    ``fragmented``: the folder's are fragmented MP4, made from those). Subtitles or audio
+    streams that cannot be read are left out, with a warning."""
     subtitles: list[SubtitleMedia] = []
     try:
         for track in text_subtitle_tracks(source):
@@ -48,7 +50,9 @@ def write_folder_master(
     except (PipelineError, av.FFmpegError, OSError) as exc:
         log.warning("the subtitles of %s cannot be read; left out: %s", source.name, exc)
         subtitles = []
-    text = master_playlist_text([_variant(folder, plan, segments, fragmented)], subtitles)
+    audio = write_audio_renditions(folder, plan, source, segments, fragmented)
+    variant = _variant(folder, plan, segments, fragmented)
+    text = master_playlist_text([variant], subtitles, audio)
     return publish_text(folder / MASTER_NAME, text)
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import av
 
-from carn_stream.pipeline.media.decode import codec_name, open_input
+from carn_stream.pipeline.media.decode import codec_name, open_input, stream_label
 from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
-from carn_stream.pipeline.media.hls import publish_text
+from carn_stream.pipeline.media.hls import publish_text, unique_name
 from carn_stream.pipeline.media.keep import TEXT_SUBTITLES, subtitle_text
 from carn_stream.pipeline.media.segments import SegmentPlan
 
@@ -47,15 +47,9 @@ def text_subtitle_tracks(source: Path) -> list[SubtitleTrack]:
         for stream in container.streams.subtitles:
             if codec_name(stream) not in TEXT_SUBTITLES:
                 continue
-            language = stream.metadata.get("language")
-            language = None if language in (None, "", "und") else language
-            title = stream.metadata.get("title") or stream.metadata.get("name")  # MP4: "name"
+            language, title = stream_label(stream)
             name = title or language or f"Subtitles {len(tracks) + 1}"
-            taken = {t.name for t in tracks}
-            unique, n = name, 1
-            while unique in taken:  # a playlist's renditions have names of their own
-                n += 1
-                unique = f"{name} ({n})"
+            unique = unique_name(name, (t.name for t in tracks))
             disposition = stream.disposition
             default = bool(disposition & av.stream.Disposition.default)
             tracks.append(SubtitleTrack(

@@ -227,8 +227,9 @@ async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) ->
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse)
 def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
     """The playlist and its segments (MPEG-TS; HEVC and ``fmp4`` jobs: fragmented MP4, after
-    ``init.mp4``), available while the job runs; once it has succeeded, its master playlist
-    and the input's text subtitles (``subtitles_N.m3u8``, ``.vtt``)."""
+    ``init.mp4``), available while the job runs; once it has succeeded, its master playlist,
+    the input's further audio streams (``audio_N.m3u8`` and its segments) and text subtitles
+    (``subtitles_N.m3u8``, ``.vtt``)."""
     job = _job_or_404(store, job_id)
     if job.state in ENDED_WITHOUT_OUTPUT:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
@@ -254,7 +255,7 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
         return Response(
             text, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"}
         )
-    if name == INIT_NAME:
+    if name.endswith(INIT_NAME):  # (the folder's, or an audio rendition's)
         return FileResponse(path, media_type="video/mp4")
     return FileResponse(path, media_type=segment_media_type(name.endswith(".m4s")))
 

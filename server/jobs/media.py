@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from carn_stream.pipeline.media.formats import FORMATS, OutputFormat
 from carn_stream.pipeline.media.hls import (
+    AUDIO_NAME_RE,
     INIT_NAME,
     MASTER_NAME,
     PLAYLIST_NAME,
@@ -81,9 +82,9 @@ class JobMedia:
 
     def hls_file(self, name: str) -> Path | None:
         """The HLS output's playlist, one of its segments, or (once finished) its master
-        playlist and subtitle renditions; None for any other name."""
-        ours = name in (PLAYLIST_NAME, MASTER_NAME) or SUBTITLE_NAME_RE.fullmatch(name) is not None
-        ours = ours or name == INIT_NAME
+        playlist and audio and subtitle renditions; None for any other name."""
+        ours = name in (PLAYLIST_NAME, MASTER_NAME, INIT_NAME)
+        ours = ours or any(r.fullmatch(name) for r in (SUBTITLE_NAME_RE, AUDIO_NAME_RE))
         # either kind: a job of a codec whose segments were MPEG-TS before an upgrade has them
         segment = either_segment_index(name)
         if not self.fmt.is_folder or (not ours and segment is None):
