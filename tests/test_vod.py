@@ -440,6 +440,61 @@ def test_a_videos_text_subtitles_are_subtitle_renditions_in_webvtt(
 
 
 
+def ts_audio(data: bytes, number: int, tmp_path: Path) -> tuple[list[str], list]:
+    """An MPEG-TS segment's stream types, and audio stream ``number``'s packets (time, bytes)."""
+    path = tmp_path / f"segment-{time.monotonic_ns()}.ts"
+    path.write_bytes(data)
+    with av.open(str(path)) as c:
+        types = [s.type for s in c.streams]
+        packets = [(p.pts, bytes(p)) for p in c.demux(c.streams.audio[number]) if p.size]
+    return types, packets
+
+
+def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
+    server, base, media, tmp_path
+):
+    """A second audio stream (a language, a commentary) travelled in every segment, where a
+    player plays the first only. A video whose input has several offers each as an audio
+    rendition of its master playlist (every variant names the group, whose codecs it lists),
+    made when asked for from the input, nothing upscaled: the packets and times its segments
+    carry."""
+    from tests.media import with_second_audio
+
+    with_second_audio(media / "clip.mp4", media / "two_audio.mkv", FRAMES / 25)
+    response = server.call("POST", "/videos", {"url": f"{base}/two_audio.mkv"})
+    assert response.status == 201, response.body
+    video = response.json()
+    master = server.call("GET", video["links"]["master"]).body.decode().splitlines()
+    assert [line for line in master if line.startswith("#EXT-X-MEDIA:")] == [
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="Audio 1",DEFAULT=YES,AUTOSELECT=YES,'
+        'CHANNELS="6",URI="audio_0/index.m3u8"',
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="Commentary",LANGUAGE="en",DEFAULT=NO,'
+        'AUTOSELECT=YES,CHANNELS="2",URI="audio_1/index.m3u8"',
+    ]  # fmt: skip
+    variants = [line for line in master if line.startswith("#EXT-X-STREAM-INF:")]
+    assert len(variants) == 2, master
+    assert all('AUDIO="audio"' in v and re.search(r'CODECS="avc1\.[0-9a-f]{6},mp4a\.40\.2"', v)
+               for v in variants), variants  # fmt: skip
+    folder = f"/videos/{video['id']}"
+    playlist = server.call("GET", f"{folder}/audio_1/index.m3u8")
+    assert playlist.status == 200
+    original = server.call("GET", f"{folder}/original/index.m3u8").body.decode()
+    assert playlist_entries(playlist.body.decode()) == [
+        (seconds, name.split("?")[0]) for seconds, name in playlist_entries(original)
+    ]  # the video's segments, their durations
+    for index in (0, SEGMENTS - 1):
+        own = server.call("GET", f"{folder}/audio_1/segment_{index:05d}.ts")
+        assert own.status == 200 and own.headers["content-type"] == "video/mp2t"
+        types, packets = ts_audio(own.body, 0, tmp_path)
+        _, carried = ts_audio(get_segment(server, video["id"], "original", index), 1, tmp_path)
+        assert types == ["audio"] and len(packets) > 30 and packets == carried, index
+    for name in ("audio_2/index.m3u8", "audio_1/segment_99999.ts", "audio_1/segment_0.ts",
+                 "audio_x/index.m3u8", "audio_1/init.mp4"):  # fmt: skip
+        assert server.call("GET", f"{folder}/{name}").status == 404, name
+    plain = ingest(server, base)  # one audio stream: no group
+    assert "TYPE=AUDIO" not in server.call("GET", plain["links"]["master"]).body.decode()
+
+
 def test_a_video_stored_small_keeps_its_subtitles(server, base, media, data_dir):
     """A video stored small is served from its low-resolution copy, which had no subtitles:
     the video offered none. The copy keeps them (as mov_text), at the input's times."""

@@ -214,6 +214,16 @@ def _quoted(text: str) -> str:
     return '"' + text.replace('"', "'").replace("\n", " ").replace("\r", " ") + '"'
 
 
+def with_codecs(codecs: str, group: Iterable[str | None]) -> str:
+    """A variant's codec strings with those of an audio group it names that it lacks; "" where
+    any is unknown (a list that leaves one out misleads a player)."""
+    group = list(group)
+    if not codecs or None in group:
+        return "" if group else codecs
+    tags = codecs.split(",")
+    return ",".join(tags + [t for t in dict.fromkeys(group) if t not in tags])
+
+
 def master_playlist_text(
     variants: Iterable[Variant],
     subtitles: Sequence[SubtitleMedia] = (),

@@ -34,7 +34,7 @@ from pathlib import Path
 import av
 
 from carn_stream.pipeline.errors import OutputError, PipelineError, ffmpeg_reason
-from carn_stream.pipeline.media.decode import open_input, stream_label
+from carn_stream.pipeline.media.decode import codec_name, open_input, stream_label
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.fragment import check_tracks, fragment, publish_bytes
 from carn_stream.pipeline.media.hls import (
@@ -48,6 +48,7 @@ from carn_stream.pipeline.media.hls import (
     segment_name,
     unique_name,
 )
+from carn_stream.pipeline.media.renditions import audio_tag
 from carn_stream.pipeline.media.segments import SegmentPlan
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class AudioStream:
     name: str  #: its title, else its language, else "Audio N"
     language: str | None
     channels: int | None
+    codec: str | None  #: its codec string (RFC 6381), where one is known
 
 
 def audio_streams(source: Path) -> list[AudioStream]:
@@ -72,7 +74,8 @@ def audio_streams(source: Path) -> list[AudioStream]:
             name = unique_name(title or language or f"Audio {number + 1}",
                                (s.name for s in streams))  # fmt: skip
             channels = stream.codec_context.channels or None
-            streams.append(AudioStream(number, name, language, channels))
+            codec = audio_tag(codec_name(stream), stream.codec_context.profile)
+            streams.append(AudioStream(number, name, language, channels, codec))
     return streams
 
 

@@ -12,6 +12,7 @@ between the keyframes of a long-GOP input has segments that need a decode pre-ro
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -61,6 +62,73 @@ def remux_segment(task: RemuxTask) -> int:
         part.unlink(missing_ok=True)
         raise
     return task.target.stat().st_size
+
+
+def remux_audio(task: RemuxTask, number: int) -> int:
+    """Write the input's audio stream ``number`` (its place among the audio streams) of the
+    segment alone: its packets copied, timed as the segments are (an audio rendition's
+    segment). Returns its size in bytes. Raises InputError where MPEG-TS cannot carry the
+    stream as it is, or the segment has no packet of it."""
+    part = task.target.with_name(f".{task.target.name}.part")
+    segment = task.segment
+    try:
+        with open_input(task.source) as container:
+            streams = list(container.streams.audio)
+            if number >= len(streams) or codec_name(streams[number]) not in SEGMENT_AUDIO:
+                raise InputError(f"audio stream {number} cannot be copied into MPEG-TS")
+            stream = streams[number]
+            try:
+                items = segment_audio(container, segment, task.time_base, task.next_start is None)
+                packets = [
+                    i.packet
+                    for i in items
+                    if i.packet is not None and i.packet.stream.index == stream.index
+                ]
+            except av.FFmpegError as exc:
+                raise InputError(f"reading {segment.describe()} failed: {exc}") from exc
+            if not packets:
+                raise InputError(f"{segment.describe()} has no packet of audio stream {number}")
+            try:
+                with av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out:
+                    target = out.add_stream_from_template(stream)
+                    if language := stream.metadata.get("language"):
+                        target.metadata["language"] = language
+                    shift = round((SEGMENT_OFFSET_SECONDS - task.origin) / stream.time_base)
+                    for packet in packets:
+                        packet.pts = None if packet.pts is None else packet.pts + shift
+                        packet.dts = None if packet.dts is None else packet.dts + shift
+                        packet.stream = target
+                        out.mux(packet)
+            except (av.FFmpegError, ValueError) as exc:
+                raise InputError(
+                    f"{segment.describe()}: audio stream {number} cannot be copied into MPEG-TS "
+                    f"({ffmpeg_reason(exc)})"
+                ) from exc
+        part.replace(task.target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return task.target.stat().st_size
+
+
+def audio_in_every_segment(source: Path, plan: SegmentPlan) -> list[int]:
+    """The input's audio streams (their places among its audio streams) that MPEG-TS carries as
+    they are and that have a packet in every segment of ``plan`` (one reading of the input's
+    audio). A packet belongs to the segment its time falls in, as :func:`segment_audio` counts:
+    the first segment takes what comes before it, the last what follows it."""
+    starts = [s.start_pts * plan.time_base for s in plan.segments]
+    with open_input(source) as container:
+        streams = list(container.streams.audio)
+        indexes = [s.index for s in streams]  # (read while the input is open)
+        seen = {s.index: set() for s in streams if codec_name(s) in SEGMENT_AUDIO}
+        if seen:
+            for packet in container.demux([s for s in streams if s.index in seen]):
+                if packet.dts is None or not packet.size:
+                    continue
+                at = (packet.pts if packet.pts is not None else packet.dts) * packet.time_base
+                seen[packet.stream.index].add(max(0, bisect.bisect_right(starts, at) - 1))
+    return [place for place, index in enumerate(indexes)
+            if len(seen.get(index, ())) == len(plan.segments)]  # fmt: skip
 
 
 def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:

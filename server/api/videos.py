@@ -435,6 +435,31 @@ async def subtitles(video_id: str, name: str, videos: Videos) -> Response:
     return FileResponse(path, media_type="text/vtt; charset=utf-8")
 
 
+@router.get("/{video_id}/audio_{number}/{name}", response_class=Response)
+async def audio_rendition(video_id: str, number: str, name: str, videos: Videos) -> Response:
+    """An audio rendition of a video whose input has several audio streams: ``index.m3u8``
+    and its MPEG-TS segments, the input's audio stream ``number`` alone, each made when first
+    asked for (nothing upscaled)."""
+    video = _video_or_404(videos, video_id)
+    with _busy_as_503():  # (timed by the plan it is about to have)
+        videos.check_planned(video)
+    stream = await asyncio.to_thread(videos.audio.stream, video, f"audio_{number}")
+    if stream is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"video has no audio rendition audio_{number}")  # fmt: skip
+    if name == PLAYLIST_NAME:
+        return Response(videos.audio.playlist(video), media_type=PLAYLIST_TYPE)
+    index = videos.audio.index(video, name)
+    if index is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment audio_{number}/{name}")
+    try:
+        path = await videos.audio.segment(video, stream, index)
+    except (PipelineError, av.FFmpegError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"the audio cannot be copied: {exc}") from exc  # fmt: skip
+    return FileResponse(path, media_type=segment_media_type(False))
+
+
 @router.get(f"/{{video_id}}/{{rendition}}/{PLAYLIST_NAME}", response_class=Response)
 def media_playlist(
     video_id: str, rendition: str, videos: Videos, viewer: Viewer = None

@@ -42,6 +42,7 @@ from carn_stream.pipeline.media.hls import (
     master_playlist_text,
     playlist_text,
     segment_name,
+    with_codecs,
 )
 from carn_stream.pipeline.media.remux import RemuxTask
 from carn_stream.pipeline.media.renditions import (
@@ -58,6 +59,7 @@ from carn_stream.server.inputs.fetch import fetch, validate_url
 from carn_stream.server.limits import INPUT_NAME, Intake
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.streaming import OpenFile, Turns
+from carn_stream.server.vod.audio import VideoAudio
 from carn_stream.server.vod.cache import Key, SegmentCache
 from carn_stream.server.vod.children import run_child
 from carn_stream.server.vod.media import viewer_query
@@ -162,6 +164,7 @@ class VideoManager:
         _remove_unknown(root, set(store.ids()))
         self.cache = SegmentCache(root, settings.vod_cache_bytes)
         self.subtitles = VideoSubtitles(self.cache.folder)
+        self.audio = VideoAudio(self.cache.folder)
         self._work: dict[Key, _Work] = {}
         self._playheads = Playheads(settings.vod_viewer_idle_seconds)
         self._videos: dict[str, Video] = {}
@@ -311,6 +314,7 @@ class VideoManager:
         self._videos.pop(video_id, None)
         self._playheads.forget(video_id)
         self.subtitles.forget(video_id)
+        self.audio.forget(video_id)
         existed = self.store.delete(video_id)
         self.cache.forget(video_id)
         await asyncio.to_thread(shutil.rmtree, self.cache.folder(video_id), True)
@@ -367,6 +371,7 @@ class VideoManager:
         for rendition in video.renditions:
             self.cache.drop(video.id, rendition.name)
         await asyncio.to_thread(self.subtitles.drop, video.id)  # timed by the old plan
+        await asyncio.to_thread(self.audio.drop, video.id)
         self.store.set_plan(video.id, plan, renditions)
         self._videos.pop(video.id, None)
         self._playheads.forget(video.id)
@@ -483,6 +488,8 @@ class VideoManager:
         variants = []
         cached = self.cache.cached(video.id)
         rate = float(video.plan.frame_rate) if video.plan.frame_rate else None
+        audio = self.audio.media(video)
+        group = [s.codec for s in self.audio.streams(video)]
         for r in video.renditions:
             sizes = cached.get(r.name, {})
             measured = max(
@@ -491,9 +498,9 @@ class VideoManager:
             )
             variants.append(Variant(f"{r.name}/{PLAYLIST_NAME}{viewer_query(viewer)}",
                                     round(max(measured, r.bandwidth)),
-                                    r.width, r.height, r.codecs, rate,
+                                    r.width, r.height, with_codecs(r.codecs, group), rate,
                                     video_range(video.plan.transfer)))  # fmt: skip
-        return master_playlist_text(variants, self.subtitles.media(video))
+        return master_playlist_text(variants, self.subtitles.media(video), audio)
 
     def media_playlist(self, video: Video, rendition: Rendition, viewer: str) -> str:
         """A rendition's playlist for one player: ``viewer`` goes into its segments' URIs."""

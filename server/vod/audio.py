@@ -1,0 +1,121 @@
+"""A video's audio streams as HLS audio renditions, where its input has more than one:
+``/videos/<id>/audio_<n>/index.m3u8`` and its MPEG-TS segments, each stream's packets of one
+segment copied from the input and timed as the video's segments are
+(:func:`~carn_stream.pipeline.media.remux.remux_audio`), made when first asked for and kept in
+the video's folder. The segments of every rendition carry all of the input's audio, but a
+player plays the first of it only; the group lets a viewer choose (docs/PIPELINE.md, "Audio
+renditions").
+
+A stream is offered where MPEG-TS carries it as it is (AAC, MP3, AC-3, E-AC-3) and it has a
+packet in every segment (a rendition with a hole stalls a player); with fewer than two such
+streams the master playlist has no audio group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+
+from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.media.hls import (
+    PLAYLIST_NAME,
+    AudioMedia,
+    playlist_text,
+    segment_index,
+)
+from carn_stream.pipeline.media.hls_audio import AudioStream, audio_streams
+from carn_stream.pipeline.media.remux import RemuxTask, audio_in_every_segment, remux_audio
+from carn_stream.server.vod.store import Video
+
+log = logging.getLogger(__name__)
+
+#: A video's audio rendition folder, in its URLs and cache (``audio_<n>``).
+FOLDER = re.compile(r"audio_([0-9]{1,3})\Z")
+
+
+def folder_name(number: int) -> str:
+    return f"audio_{number}"
+
+
+class VideoAudio:
+    """The audio renditions of each video (which streams, read once per plan from its input)
+    and their segments."""
+
+    def __init__(self, folder: Callable[[str], Path]) -> None:
+        self._folder = folder
+        self._streams: dict[str, list[AudioStream]] = {}
+        #: one making of a segment at a time (players ask at once)
+        self._making: dict[Path, asyncio.Lock] = {}
+
+    def streams(self, video: Video) -> list[AudioStream]:
+        """The video's offered audio streams: none where fewer than two can be."""
+        found = self._streams.get(video.id)
+        if found is None:
+            try:
+                every = audio_streams(video.source)
+                whole = set(audio_in_every_segment(video.source, video.plan)) if every else set()
+                found = [s for s in every if s.number in whole]
+            except (PipelineError, av.FFmpegError, OSError) as exc:
+                log.warning("video %s: its audio streams cannot be read: %s", video.id, exc)
+                found = []
+            if len(found) < 2:
+                found = []
+            self._streams[video.id] = found
+        return found
+
+    def media(self, video: Video) -> list[AudioMedia]:
+        """The master playlist's audio renditions."""
+        streams = self.streams(video)
+        return [AudioMedia(f"{folder_name(s.number)}/{PLAYLIST_NAME}", s.name, s.language,
+                           s is streams[0], s.channels) for s in streams]  # fmt: skip
+
+    def stream(self, video: Video, folder: str) -> AudioStream | None:
+        """The offered stream an ``audio_<n>`` folder stands for."""
+        match = FOLDER.match(folder)
+        if match is None:
+            return None
+        number = int(match[1])
+        return next((s for s in self.streams(video) if s.number == number), None)
+
+    @staticmethod
+    def playlist(video: Video) -> str:
+        """A rendition's playlist: the video's segment durations."""
+        plan = video.plan
+        return playlist_text([s.duration for s in plan.segments], plan.max_duration,
+                             complete=True, kind="VOD")  # fmt: skip
+
+    @staticmethod
+    def index(video: Video, name: str) -> int | None:
+        """The segment a file name stands for (MPEG-TS), None for any other name."""
+        index = segment_index(name)
+        return index if index is not None and index < len(video.plan.segments) else None
+
+    async def segment(self, video: Video, stream: AudioStream, index: int) -> Path:
+        """Segment ``index`` of the stream's rendition, made now when it is not yet."""
+        path = self._folder(video.id) / folder_name(stream.number) / f"{index}.ts"
+        lock = self._making.setdefault(path, asyncio.Lock())
+        async with lock:
+            if not path.is_file():  # (a thread of its own: segments and ingests go on)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                task = RemuxTask.of(video.source, video.plan, index, path)
+                await asyncio.to_thread(remux_audio, task, stream.number)
+        return path
+
+    def drop(self, video_id: str) -> None:
+        """Forget the video's streams and remove their segments (made for a plan it no longer
+        has)."""
+        self._streams.pop(video_id, None)
+        for path in self._folder(video_id).glob("audio_*"):
+            if FOLDER.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def forget(self, video_id: str) -> None:
+        self._streams.pop(video_id, None)
+        folder = self._folder(video_id)
+        for path in [p for p in self._making if p.is_relative_to(folder)]:
+            del self._making[path]
