@@ -394,12 +394,12 @@ def with_tone(
 
 def with_second_audio(
     source: Path, path: Path, seconds: float, *, codec: str = "aac", language: str = "eng",
-    title: str | None = "Commentary", start: float = 0.0,
+    title: str | None = "Commentary", start: float = 0.0, layout: str = "stereo",
 ) -> Path:
     """``source``'s video, audio and subtitle streams copied (with their tags), and one more
-    audio stream after them: a 660 Hz tone (48 kHz stereo, encoded with ``codec``) from
-    ``start`` to ``seconds``, tagged ``language`` and ``title`` (``path``'s suffix names the
-    container)."""
+    audio stream after them: a 660 Hz tone (48 kHz, in ``layout``, encoded with ``codec``)
+    from ``start`` to ``seconds``, tagged ``language`` and ``title`` (``path``'s suffix names
+    the container)."""
     rate, step = 48000, 1024
     with av.open(str(source)) as c, av.open(str(path), "w") as out:
         copies = {}
@@ -410,7 +410,7 @@ def with_second_audio(
                     {k: v for k, v in stream.metadata.items() if k in ("language", "title")})
                 copies[stream.index].disposition = stream.disposition
         tone = out.add_stream(codec, rate=rate)
-        tone.layout = "stereo"
+        tone.layout = layout
         tone.metadata["language"] = language
         if title:
             tone.metadata["title"] = title
@@ -418,7 +418,7 @@ def with_second_audio(
             if packet.size and packet.stream.index in copies:  # (no flush packets)
                 packet.stream = copies[packet.stream.index]
                 out.mux(packet)
-        resampler = av.AudioResampler(format=tone.codec_context.format.name, layout="stereo",
+        resampler = av.AudioResampler(format=tone.codec_context.format.name, layout=layout,
                                       rate=rate)  # fmt: skip
         for at in range(round(start * rate), round(seconds * rate), step):
             wave = 0.4 * np.sin(np.arange(at, at + step) * 2 * np.pi * 660 / rate)

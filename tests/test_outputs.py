@@ -514,6 +514,12 @@ def test_each_audio_stream_of_an_hls_folder_is_a_rendition_of_its_own(
     assert master[5].endswith(',AUDIO="audio"') and master[6:] == ["index.m3u8"]
     index = (out / "index.m3u8").read_text()
     kind = "m4s" if fmp4 else "ts"
+    # BANDWIDTH: the peak of what a player fetches, each segment with its rendition's
+    fetched = [8 * ((out / f"segment_0000{i}.{kind}").stat().st_size
+                    + max((out / f"audio_{n}_segment_0000{i}.{kind}").stat().st_size
+                          for n in (0, 1))) / float(line[8:-1])
+               for i, line in enumerate(extinf(index))]  # fmt: skip
+    assert f"BANDWIDTH={round(max(fetched))}," in master[5], (master[5], fetched)
     for number in (0, 1):
         prefix = f"audio_{number}_"
         playlist = (out / f"audio_{number}.m3u8").read_text()
@@ -549,16 +555,77 @@ def test_an_audio_stream_with_a_hole_is_not_offered_on_its_own(clips, worker, tm
 
 
 def test_a_transcoded_audio_rendition_plays_sample_after_sample(clips, worker, tmp_path):
-    """Audio MPEG-TS cannot carry (FLAC) is transcoded to AAC segment by segment; its rendition
-    has the segments' AAC frames, one after another across the segments, without a gap or an
-    overlap."""
-    flac = with_second_audio(clips["bunny"], tmp_path / "flac.mkv", 2.0, codec="flac")
+    """Audio MPEG-TS cannot carry (5.1 FLAC) is transcoded to AAC segment by segment; its
+    rendition has the segments' AAC frames, one after another across the segments, without a
+    gap or an overlap, and the master playlist gives the channels the segments hold (the
+    transcode mixes down to stereo), not the input's six."""
+    flac = with_second_audio(clips["bunny"], tmp_path / "flac.mkv", 2.0, codec="flac",
+                             layout="5.1")  # fmt: skip
     out = make(flac, tmp_path / "hls", worker)
     main = [p for i in (0, 1) for p in audio_packets(out / f"segment_0000{i}.ts", 1)]
     own = [p for i in (0, 1) for p in audio_packets(out / f"audio_1_segment_0000{i}.ts", 0)]
     steps = {b[0] - (a[0] + a[1]) for a, b in itertools.pairwise(own)}
     assert steps == {0}, steps  # (90 kHz: 1024 samples at 48 kHz are 1920 ticks)
     assert len(own) > 80 and own == main
+    with av.open(str(out / "audio_1_segment_00000.ts")) as c:
+        held = c.streams.audio[0].codec_context.channels
+    master = (out / "master.m3u8").read_text()
+    assert held == 2 and 'NAME="Commentary",LANGUAGE="en",DEFAULT=NO,AUTOSELECT=YES,CHANNELS="2"' \
+        in master, master  # fmt: skip
+
+
+def test_no_audio_group_where_the_first_stream_cannot_be_offered(data_dir, worker, tmp_path,
+                                                                 caplog):  # fmt: skip
+    """The first audio stream is what a player of the segments hears: where it has a hole (it
+    starts at 1.2 s), a group of the other two would leave a player of the master playlist
+    without it. So there is no group."""
+    bunny = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 50), (96, 54))
+    silent = write_clip(tmp_path / "silent.mp4", bunny, options=X264)
+    late = with_second_audio(silent, tmp_path / "late.mkv", 2.0, start=1.2, title="Late")
+    two = with_second_audio(late, tmp_path / "two.mkv", 2.0)
+    source = with_second_audio(two, tmp_path / "three.mkv", 2.0, language="fra", title=None)
+    out = make(source, tmp_path / "hls", worker)
+    assert "TYPE=AUDIO" not in (out / "master.m3u8").read_text()
+    assert not list(out.glob("audio_*"))
+    assert "audio stream 0 (Late) of three.mkv is not offered on its own" in caplog.text
+
+
+def test_the_peak_audio_rates_of_a_video_on_request_count_every_packet(clips, tmp_path):
+    """A video on request offers the audio streams with a packet in every segment, and adds the
+    busiest one's peak rate to its variants' BANDWIDTH: each stream's bytes per segment (1 s
+    segments from 0 here), counted independently."""
+    from carn_stream.pipeline.media.remux import audio_peak_rates
+    from carn_stream.pipeline.media.segments import plan_segments
+
+    late = with_second_audio(clips["two_audio"], tmp_path / "late.mkv", 2.0, start=1.2)
+    plan = plan_segments(late, 1.0)
+    assert [float(s.duration) for s in plan.segments] == [1.0, 1.0]
+    expected = {}
+    with av.open(str(late)) as c:
+        for number, stream in enumerate(c.streams.audio):
+            sizes = [0, 0]
+            for packet in c.demux(stream):
+                if packet.size:
+                    sizes[min(1, max(0, int(packet.pts * packet.time_base)))] += packet.size
+            expected[number] = 8 * max(sizes)
+            c.seek(0)
+    rates = audio_peak_rates(late, plan)
+    assert sorted(rates) == [0, 1]  # the third starts in the second segment
+    assert rates == {n: expected[n] for n in (0, 1)} and min(rates.values()) > 10_000
+
+
+def test_a_player_chooses_on_its_own_among_the_first_stream_of_each_language():
+    """Two English streams (the main one, a commentary) would be alike to a player choosing by
+    language: only the first is AUTOSELECT."""
+    from carn_stream.pipeline.media.hls import AudioMedia, Variant, master_playlist_text
+
+    audio = [AudioMedia("audio_0.m3u8", "English", "eng", True, 2),
+             AudioMedia("audio_1.m3u8", "Commentary", "eng", False, 2),
+             AudioMedia("audio_2.m3u8", "Français", "fra", False, 6)]  # fmt: skip
+    text = master_playlist_text([Variant("index.m3u8", 1000, 320, 180, "")], audio=audio)
+    chosen = re.findall(r'NAME="([^"]+)",LANGUAGE="(\w+)",DEFAULT=(\w+),AUTOSELECT=(\w+)', text)
+    assert chosen == [("English", "en", "YES", "YES"), ("Commentary", "en", "NO", "NO"),
+                      ("Français", "fr", "NO", "YES")]  # fmt: skip
 
 
 @pytest.mark.slow

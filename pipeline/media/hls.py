@@ -237,12 +237,18 @@ def master_playlist_text(
     variants = list(variants)
     ranges = any(v.video_range != "SDR" for v in variants)
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    languages: set[str | None] = set()
     for track in audio:
         attributes = ["TYPE=AUDIO", f"GROUP-ID={_quoted(AUDIO_GROUP)}",
                       f"NAME={_quoted(track.name)}"]  # fmt: skip
         if track.language:
             attributes.append(f"LANGUAGE={_quoted(language_tag(track.language))}")
-        attributes += [f"DEFAULT={'YES' if track.default else 'NO'}", "AUTOSELECT=YES"]
+        # A player chooses by language on its own among the first of each (a second stream
+        # in one language, a commentary, is chosen by name).
+        chosen = track.default or track.language not in languages
+        languages.add(track.language)
+        attributes += [f"DEFAULT={'YES' if track.default else 'NO'}",
+                       f"AUTOSELECT={'YES' if chosen else 'NO'}"]  # fmt: skip
         if track.channels:
             attributes.append(f'CHANNELS="{track.channels}"')
         attributes.append(f"URI={_quoted(track.uri)}")

@@ -8,9 +8,10 @@ group (``#EXT-X-MEDIA:TYPE=AUDIO``; the first stream is the default):
 - ``audio_N.m3u8``, with the folder's segment durations, and its segments
   ``audio_N_segment_NNNNN.ts`` (MPEG-TS) or ``audio_N_segment_NNNNN.m4s`` after
   ``audio_N_init.mp4`` (fragmented MP4), ``N`` the stream's place among the audio streams;
-- each holds the stream's packets of that segment, copied bit for bit with their times, so it
-  plays in step with the picture. An encoder's priming frame, which ends before a segment's
-  first picture (the segment before has that stretch), is left out, as in a fragmented folder.
+- each holds the stream's packets of that segment, copied with their times (bit for bit in
+  MPEG-TS), so it plays in step with the picture. An encoder's priming frame, which ends
+  before a segment's first picture (the segment before has that stretch), is left out, as in a
+  fragmented folder. Each of the folder's segments is read once, for all of its streams.
 
 The first stream has a rendition of its own too, although the segments carry it: a player
 (Chromium's) that plays the audio in the segments does not switch from it to a rendition,
@@ -19,10 +20,10 @@ plays as before; a player of the master playlist fetches the audio of the segmen
 its rendition (audio is a small part of an upscaled video's bytes).
 
 A stream that has no packet in some segment (one that starts late or stops early) is not
-offered: a rendition with a hole would stall a player. Nor is one whose segments configure the
-decoder differently. Either is left out with a warning; with fewer than two streams left, the
-master playlist offers no group, and players play the segments' first audio stream as before.
-"""
+offered: a rendition with a hole would stall a player. Nor, in fragmented MP4, is one whose
+segments configure its decoder differently. Either is left out with a warning; where that is
+the first stream, or fewer than two are left, the master playlist offers no group, and players
+play the segments' first audio stream as before."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class AudioStream:
     number: int  #: its place among the audio streams
     name: str  #: its title, else its language, else "Audio N"
     language: str | None
-    channels: int | None
+    channels: int | None  #: as the input has it
     codec: str | None  #: its codec string (RFC 6381), where one is known
 
 
@@ -83,100 +84,131 @@ def write_audio_renditions(
     folder: Path, plan: SegmentPlan, source: Path, segments: Path, fragmented: bool
 ) -> list[AudioMedia]:
     """Write ``folder``'s audio renditions from its MPEG-TS ``segments`` (every one of
-    ``plan``'s there); returns the audio group of its master playlist, empty where the input
-    has one audio stream or none. A stream that cannot be offered is left out, with a
-    warning."""
+    ``plan``'s there; each read once); returns the audio group of its master playlist, empty
+    where the input has one audio stream or none. A stream that cannot be offered is left out,
+    with a warning; where that is the first (the audio a player of the segments hears), no
+    group is offered."""
     _remove_renditions(folder)  # (an earlier, interrupted finish's)
     try:
         streams = audio_streams(source)
-    except (PipelineError, av.FFmpegError, OSError) as exc:
+    except (PipelineError, av.FFmpegError, OSError, ValueError) as exc:
         log.warning("the audio streams of %s cannot be read; one audio rendition: %s",
                     source.name, exc)  # fmt: skip
         return []
     if len(streams) < 2:
         return []
-    group: list[AudioMedia] = []
-    for stream in streams:
+    renditions = {s.number: _Rendition(folder, s.number, fragmented) for s in streams}
+    for segment in plan.segments:
+        index = segment.index
         try:
-            _write_rendition(folder, plan, segments, stream.number, fragmented)
-        except (OutputError, av.FFmpegError, OSError) as exc:
-            log.warning("audio stream %d (%s) of %s is not offered on its own: %s",
-                        stream.number, stream.name, source.name, exc)  # fmt: skip
-            _remove_renditions(folder, stream.number)
-            continue
-        group.append(AudioMedia(audio_playlist(stream.number), stream.name, stream.language,
-                                not group, stream.channels))  # fmt: skip
-    if len(group) < 2:  # nothing to choose from: the segments' first audio stream plays
-        _remove_renditions(folder)
+            made = audio_segments(segments / segment_name(index), len(streams), index == 0)
+        except OutputError as exc:
+            log.warning("the audio of %s is not offered as renditions: %s", source.name, exc)
+            _remove_renditions(folder)
+            return []
+        for number, rendition in list(renditions.items()):
+            try:
+                rendition.add(index, made.get(number), segments)
+            except (OutputError, av.FFmpegError, OSError, ValueError) as exc:
+                stream = streams[number]
+                log.warning("audio stream %d (%s) of %s is not offered on its own: %s",
+                            number, stream.name, source.name, exc)  # fmt: skip
+                _remove_renditions(folder, number)
+                del renditions[number]
+    if 0 not in renditions or len(renditions) < 2:
+        _remove_renditions(folder)  # the segments' first audio stream plays
         return []
+    durations = [s.duration for s in plan.segments]
+    group = []
+    for number, rendition in renditions.items():
+        rendition.finish(durations, plan.max_duration)
+        stream = streams[number]
+        group.append(AudioMedia(audio_playlist(number), stream.name, stream.language,
+                                number == 0, rendition.channels))  # fmt: skip
     return group
 
 
-def _write_rendition(
-    folder: Path, plan: SegmentPlan, segments: Path, number: int, fragmented: bool
-) -> None:
-    """Audio stream ``number``'s segments and playlist (raises OutputError where a segment has
-    no packet of it, or configures its decoder otherwise than the first)."""
-    prefix = audio_prefix(number)
-    init: bytes | None = None
-    for segment in plan.segments:
-        index = segment.index
-        data = audio_segment(segments / segment_name(index), number, lead_in=index == 0)
+class _Rendition:
+    """One audio stream's rendition, written segment by segment."""
+
+    def __init__(self, folder: Path, number: int, fragmented: bool) -> None:
+        self.folder, self.number, self.fragmented = folder, number, fragmented
+        self.prefix = audio_prefix(number)
+        self.init: bytes | None = None
+        self.channels: int | None = None  #: as the segments hold it (a transcode may mix down)
+
+    def add(self, index: int, data: tuple[bytes, int] | None, segments: Path) -> None:
+        """Publish segment ``index`` (MPEG-TS ``data`` and its channels; None: the segment has
+        no packet of the stream, which raises OutputError)."""
         if data is None:
             raise OutputError(f"segment {index} has none of its packets")
-        if fragmented:
-            scratch = segments / f".{prefix}{segment_name(index)}.part"
+        media, channels = data
+        if self.channels is None:
+            self.channels = channels or None
+        if self.fragmented:
+            scratch = segments / f".{self.prefix}{segment_name(index)}.part"
             try:
-                scratch.write_bytes(data)
+                scratch.write_bytes(media)
                 made = fragment(scratch, index + 1, lead_in=True)
             finally:
                 scratch.unlink(missing_ok=True)
-            if init is None:
-                init = made.init
-                publish_bytes(folder / f"{prefix}{INIT_NAME}", init)
-            check_tracks(init, made.init, f"its segment {index}")
-            data = made.media
-        publish_bytes(folder / f"{prefix}{segment_name(index, fragmented)}", data)
-    text = playlist_text([s.duration for s in plan.segments], plan.max_duration, complete=True,
-                         kind="VOD", fragmented=fragmented, prefix=prefix)  # fmt: skip
-    publish_text(folder / audio_playlist(number), text)
+            if self.init is None:
+                self.init = made.init
+                publish_bytes(self.folder / f"{self.prefix}{INIT_NAME}", self.init)
+            check_tracks(self.init, made.init, f"its segment {index}")
+            media = made.media
+        publish_bytes(self.folder / f"{self.prefix}{segment_name(index, self.fragmented)}", media)
+
+    def finish(self, durations: list[float], target: float) -> None:
+        """Publish its playlist: the folder's segment durations."""
+        text = playlist_text(durations, target, complete=True, kind="VOD",
+                             fragmented=self.fragmented, prefix=self.prefix)  # fmt: skip
+        publish_text(self.folder / audio_playlist(self.number), text)
 
 
-def audio_segment(segment: Path, number: int, lead_in: bool) -> bytes | None:
-    """Audio stream ``number`` of an MPEG-TS ``segment`` alone, as MPEG-TS: its packets copied
-    with their times; None where the segment has none. Audio that ends before the segment's
-    first picture is an encoder's priming frame and left out, unless ``lead_in`` (the first
-    segment: the audio before the first picture is the input's)."""
-    data = io.BytesIO()
+def audio_segments(segment: Path, count: int, lead_in: bool) -> dict[int, tuple[bytes, int]]:
+    """Each of the first ``count`` audio streams of an MPEG-TS ``segment`` alone, as MPEG-TS:
+    its packets copied with their times, and its channel count (a stream without a packet
+    here is missing). Audio that ends before the segment's first picture is an encoder's
+    priming frame and left out, unless ``lead_in`` (the first segment: the audio before the
+    first picture is the input's)."""
+    made: dict[int, tuple[bytes, int]] = {}
     try:
         with av.open(str(segment), format=SEGMENT_FORMAT, options=probe_to_video(segment)) as src:
-            if number >= len(src.streams.audio):
-                return None
-            audio = src.streams.audio[number]
-            packets, start = [], None
-            for packet in src.demux([*src.streams.video[:1], audio]):
+            audio = list(src.streams.audio)[:count]
+            packets: dict[int, list[av.Packet]] = {s.index: [] for s in audio}
+            start = None
+            for packet in src.demux([*src.streams.video[:1], *audio]):
                 if packet.dts is None or not packet.size:
                     continue
                 if packet.stream.type == "video":
                     first = packet.pts * packet.time_base
                     start = first if start is None else min(start, first)
                 else:
-                    packets.append(packet)
-            if not lead_in and start is not None:
-                packets = [p for p in packets if (p.pts + p.duration) * p.time_base > start]
-            if not packets:
-                return None
-            with av.open(data, "w", format=SEGMENT_FORMAT) as out:
-                target = out.add_stream_from_template(audio)
-                if language := audio.metadata.get("language"):
-                    target.metadata["language"] = language
-                for packet in packets:
-                    packet.stream = target
-                    out.mux(packet)
+                    packets[packet.stream.index].append(packet)
+            for number, stream in enumerate(audio):
+                kept = packets[stream.index]
+                if not lead_in and start is not None:
+                    kept = [p for p in kept if (p.pts + p.duration) * p.time_base > start]
+                if kept:
+                    made[number] = (_alone(stream, kept), stream.codec_context.channels)
     except (av.FFmpegError, ValueError) as exc:
         raise OutputError(
-            f"audio of segment {segment.name} cannot be written alone ({ffmpeg_reason(exc)})"
+            f"the audio of segment {segment.name} cannot be read ({ffmpeg_reason(exc)})"
         ) from exc
+    return made
+
+
+def _alone(stream: av.stream.Stream, packets: list[av.Packet]) -> bytes:
+    """``packets`` of ``stream`` as an MPEG-TS file of that stream alone (its language kept)."""
+    data = io.BytesIO()
+    with av.open(data, "w", format=SEGMENT_FORMAT) as out:
+        target = out.add_stream_from_template(stream)
+        if language := stream.metadata.get("language"):
+            target.metadata["language"] = language
+        for packet in packets:
+            packet.stream = target
+            out.mux(packet)
     return data.getvalue()
 
 

@@ -14,10 +14,12 @@ from carn_stream.pipeline.colour import video_range
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hls import (
+    AUDIO_NAME_RE,
     MASTER_NAME,
     PLAYLIST_NAME,
     SubtitleMedia,
     Variant,
+    audio_prefix,
     master_playlist_text,
     publish_text,
     segment_name,
@@ -51,17 +53,29 @@ def write_folder_master(
         log.warning("the subtitles of %s cannot be read; left out: %s", source.name, exc)
         subtitles = []
     audio = write_audio_renditions(folder, plan, source, segments, fragmented)
-    variant = _variant(folder, plan, segments, fragmented)
+    numbers = [int(AUDIO_NAME_RE.fullmatch(a.uri)[1]) for a in audio]
+    variant = _variant(folder, plan, segments, fragmented, numbers)
     text = master_playlist_text([variant], subtitles, audio)
     return publish_text(folder / MASTER_NAME, text)
 
 
-def _variant(folder: Path, plan: SegmentPlan, segments: Path, fragmented: bool) -> Variant:
+def _variant(
+    folder: Path, plan: SegmentPlan, segments: Path, fragmented: bool, audio: list[int]
+) -> Variant:
     """The folder's rendition: its first segment's picture size and codecs, the peak rate of
-    the segments a player fetches. The first segment is read as far as its video (it may open
-    with a long stretch of audio)."""
-    peak = max(8 * (folder / segment_name(s.index, fragmented)).stat().st_size / s.duration
-               for s in plan.segments)  # fmt: skip
+    what a player fetches (each segment, and the largest of its audio renditions' segments
+    ``audio``). The first segment is read as far as its video (it may open with a long
+    stretch of audio)."""
+
+    def size(name: str) -> int:
+        return (folder / name).stat().st_size
+
+    peak = max(
+        8 * (size(segment_name(s.index, fragmented))
+             + max((size(audio_prefix(n) + segment_name(s.index, fragmented)) for n in audio),
+                   default=0)) / s.duration
+        for s in plan.segments
+    )  # fmt: skip
     first = segments / segment_name(0)
     with av.open(str(first), format=SEGMENT_FORMAT, options=probe_to_video(first)) as segment:
         video = segment.streams.video[0]

@@ -111,24 +111,31 @@ def remux_audio(task: RemuxTask, number: int) -> int:
     return task.target.stat().st_size
 
 
-def audio_in_every_segment(source: Path, plan: SegmentPlan) -> list[int]:
-    """The input's audio streams (their places among its audio streams) that MPEG-TS carries as
-    they are and that have a packet in every segment of ``plan`` (one reading of the input's
-    audio). A packet belongs to the segment its time falls in, as :func:`segment_audio` counts:
-    the first segment takes what comes before it, the last what follows it."""
+def audio_peak_rates(source: Path, plan: SegmentPlan) -> dict[int, float]:
+    """The input's audio streams (their places among its audio streams) that MPEG-TS carries
+    as they are and that have a packet in every segment of ``plan``, each with its peak rate
+    over the segments (bits per second of its packets; one reading of the input's audio). A
+    packet belongs to the segment its time falls in, as :func:`segment_audio` counts: the first
+    segment takes what comes before it, the last what follows it."""
     starts = [s.start_pts * plan.time_base for s in plan.segments]
     with open_input(source) as container:
         streams = list(container.streams.audio)
         indexes = [s.index for s in streams]  # (read while the input is open)
-        seen = {s.index: set() for s in streams if codec_name(s) in SEGMENT_AUDIO}
-        if seen:
-            for packet in container.demux([s for s in streams if s.index in seen]):
+        sizes = {s.index: {} for s in streams if codec_name(s) in SEGMENT_AUDIO}
+        if sizes:
+            for packet in container.demux([s for s in streams if s.index in sizes]):
                 if packet.dts is None or not packet.size:
                     continue
                 at = (packet.pts if packet.pts is not None else packet.dts) * packet.time_base
-                seen[packet.stream.index].add(max(0, bisect.bisect_right(starts, at) - 1))
-    return [place for place, index in enumerate(indexes)
-            if len(seen.get(index, ())) == len(plan.segments)]  # fmt: skip
+                segment = max(0, bisect.bisect_right(starts, at) - 1)
+                counted = sizes[packet.stream.index]
+                counted[segment] = counted.get(segment, 0) + packet.size
+    durations = [s.duration for s in plan.segments]
+    return {
+        place: max(8 * counted[i] / seconds for i, seconds in enumerate(durations))
+        for place, index in enumerate(indexes)
+        if len(counted := sizes.get(index, {})) == len(plan.segments)
+    }
 
 
 def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:

@@ -228,8 +228,8 @@ async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) ->
 def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
     """The playlist and its segments (MPEG-TS; HEVC and ``fmp4`` jobs: fragmented MP4, after
     ``init.mp4``), available while the job runs; once it has succeeded, its master playlist,
-    the input's further audio streams (``audio_N.m3u8`` and its segments) and text subtitles
-    (``subtitles_N.m3u8``, ``.vtt``)."""
+    the input's audio streams as renditions (``audio_N.m3u8`` and its segments, where it has
+    several) and its text subtitles (``subtitles_N.m3u8``, ``.vtt``)."""
     job = _job_or_404(store, job_id)
     if job.state in ENDED_WITHOUT_OUTPUT:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")

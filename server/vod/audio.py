@@ -7,8 +7,9 @@ player plays the first of it only; the group lets a viewer choose (docs/PIPELINE
 renditions").
 
 A stream is offered where MPEG-TS carries it as it is (AAC, MP3, AC-3, E-AC-3) and it has a
-packet in every segment (a rendition with a hole stalls a player); with fewer than two such
-streams the master playlist has no audio group."""
+packet in every segment (a rendition with a hole stalls a player); where the first stream
+(the one a player of the segments hears) cannot be, or fewer than two can, the master
+playlist has no audio group."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from carn_stream.pipeline.media.hls import (
     segment_index,
 )
 from carn_stream.pipeline.media.hls_audio import AudioStream, audio_streams
-from carn_stream.pipeline.media.remux import RemuxTask, audio_in_every_segment, remux_audio
+from carn_stream.pipeline.media.remux import RemuxTask, audio_peak_rates, remux_audio
 from carn_stream.server.vod.store import Video
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class VideoAudio:
     def __init__(self, folder: Callable[[str], Path]) -> None:
         self._folder = folder
         self._streams: dict[str, list[AudioStream]] = {}
+        self._peak: dict[str, float] = {}
         #: one making of a segment at a time (players ask at once)
         self._making: dict[Path, asyncio.Lock] = {}
 
@@ -56,17 +58,25 @@ class VideoAudio:
         """The video's offered audio streams: none where fewer than two can be."""
         found = self._streams.get(video.id)
         if found is None:
+            found, rates = [], {}
             try:
                 every = audio_streams(video.source)
-                whole = set(audio_in_every_segment(video.source, video.plan)) if every else set()
-                found = [s for s in every if s.number in whole]
-            except (PipelineError, av.FFmpegError, OSError) as exc:
+                if len(every) > 1:
+                    rates = audio_peak_rates(video.source, video.plan)
+                    found = [s for s in every if s.number in rates]
+            except (PipelineError, av.FFmpegError, OSError, ValueError) as exc:
                 log.warning("video %s: its audio streams cannot be read: %s", video.id, exc)
-                found = []
-            if len(found) < 2:
-                found = []
+            if len(found) < 2 or found[0].number != 0:  # (0: what the segments' players hear)
+                found, rates = [], {}
             self._streams[video.id] = found
+            self._peak[video.id] = max(rates.values(), default=0.0)
         return found
+
+    def peak_rate(self, video: Video) -> float:
+        """The peak rate of the busiest offered stream (bits per second): what a player of a
+        rendition fetches on top of its segments."""
+        self.streams(video)
+        return self._peak.get(video.id, 0.0)
 
     def media(self, video: Video) -> list[AudioMedia]:
         """The master playlist's audio renditions."""
@@ -110,12 +120,14 @@ class VideoAudio:
         """Forget the video's streams and remove their segments (made for a plan it no longer
         has)."""
         self._streams.pop(video_id, None)
+        self._peak.pop(video_id, None)
         for path in self._folder(video_id).glob("audio_*"):
             if FOLDER.match(path.name):
                 shutil.rmtree(path, ignore_errors=True)
 
     def forget(self, video_id: str) -> None:
         self._streams.pop(video_id, None)
+        self._peak.pop(video_id, None)
         folder = self._folder(video_id)
         for path in [p for p in self._making if p.is_relative_to(folder)]:
             del self._making[path]

@@ -490,6 +490,7 @@ class VideoManager:
         rate = float(video.plan.frame_rate) if video.plan.frame_rate else None
         audio = self.audio.media(video)
         group = [s.codec for s in self.audio.streams(video)]
+        extra = self.audio.peak_rate(video)  # a player of a rendition fetches it too
         for r in video.renditions:
             sizes = cached.get(r.name, {})
             measured = max(
@@ -497,7 +498,7 @@ class VideoManager:
                 default=0,
             )
             variants.append(Variant(f"{r.name}/{PLAYLIST_NAME}{viewer_query(viewer)}",
-                                    round(max(measured, r.bandwidth)),
+                                    round(max(measured, r.bandwidth) + extra),
                                     r.width, r.height, with_codecs(r.codecs, group), rate,
                                     video_range(video.plan.transfer)))  # fmt: skip
         return master_playlist_text(variants, self.subtitles.media(video), audio)
