@@ -13,6 +13,8 @@ between the keyframes of a long-GOP input has segments that need a decode pre-ro
 from __future__ import annotations
 
 import bisect
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -53,15 +55,42 @@ class RemuxTask:
 
 def remux_segment(task: RemuxTask) -> int:
     """Write the segment; returns its size in bytes."""
-    part = task.target.with_name(f".{task.target.name}.part")
-    try:
+
+    def write(part: Path) -> None:
         with open_input(task.source) as video_in, open_input(task.source) as audio_in:
             _write(task, video_in, audio_in, part)
-        part.replace(task.target)
+
+    return _published(task.target, write)
+
+
+def _published(target: Path, write: Callable[[Path], None]) -> int:
+    """Have ``write`` make ``target`` under a temporary name, then publish it by rename (or
+    remove what it left); returns its size in bytes."""
+    part = target.with_name(f".{target.name}.part")
+    try:
+        write(part)
+        part.replace(target)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    return task.target.stat().st_size
+    return target.stat().st_size
+
+
+@contextlib.contextmanager
+def _copying(what: str) -> Iterator[None]:
+    """FFmpeg's refusal to copy ``what`` into MPEG-TS, as an InputError."""
+    try:
+        yield
+    except (av.FFmpegError, ValueError) as exc:
+        raise InputError(f"{what} cannot be copied into MPEG-TS ({ffmpeg_reason(exc)})") from exc
+
+
+def _move(packet: av.Packet, task: RemuxTask) -> None:
+    """Move a packet's times as every segment's are (by the segment offset, less the plan's
+    origin)."""
+    shift = round((SEGMENT_OFFSET_SECONDS - task.origin) / packet.time_base)
+    packet.pts = None if packet.pts is None else packet.pts + shift
+    packet.dts = None if packet.dts is None else packet.dts + shift
 
 
 def remux_audio(task: RemuxTask, number: int) -> int:
@@ -69,9 +98,9 @@ def remux_audio(task: RemuxTask, number: int) -> int:
     segment alone: its packets copied, timed as the segments are (an audio rendition's
     segment). Returns its size in bytes. Raises InputError where MPEG-TS cannot carry the
     stream as it is, or the segment has no packet of it."""
-    part = task.target.with_name(f".{task.target.name}.part")
     segment = task.segment
-    try:
+
+    def write(part: Path) -> None:
         with open_input(task.source) as container:
             streams = list(container.streams.audio)
             if number >= len(streams) or codec_name(streams[number]) not in SEGMENT_AUDIO:
@@ -88,27 +117,19 @@ def remux_audio(task: RemuxTask, number: int) -> int:
                 raise InputError(f"reading {segment.describe()} failed: {exc}") from exc
             if not packets:
                 raise InputError(f"{segment.describe()} has no packet of audio stream {number}")
-            try:
-                with av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out:
-                    target = out.add_stream_from_template(stream)
-                    if language := stream.metadata.get("language"):
-                        target.metadata["language"] = language
-                    shift = round((SEGMENT_OFFSET_SECONDS - task.origin) / stream.time_base)
-                    for packet in packets:
-                        packet.pts = None if packet.pts is None else packet.pts + shift
-                        packet.dts = None if packet.dts is None else packet.dts + shift
-                        packet.stream = target
-                        out.mux(packet)
-            except (av.FFmpegError, ValueError) as exc:
-                raise InputError(
-                    f"{segment.describe()}: audio stream {number} cannot be copied into MPEG-TS "
-                    f"({ffmpeg_reason(exc)})"
-                ) from exc
-        part.replace(task.target)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    return task.target.stat().st_size
+            with (
+                _copying(f"{segment.describe()}: audio stream {number}"),
+                av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out,
+            ):
+                target = out.add_stream_from_template(stream)
+                if language := stream.metadata.get("language"):
+                    target.metadata["language"] = language
+                for packet in packets:
+                    _move(packet, task)
+                    packet.stream = target
+                    out.mux(packet)
+
+    return _published(task.target, write)
 
 
 def audio_peak_rates(source: Path, plan: SegmentPlan) -> dict[int, float]:
@@ -167,34 +188,29 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
         raise InputError(f"reading {segment.describe()} failed: {exc}") from exc
     if not any(p.stream.type == "video" for _, p in packets):
         raise InputError(f"{segment.describe()}: no video packet to remux")
-    try:
-        with av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out:
-            streams = {stream.index: out.add_stream_from_template(stream)}
-            for a in audio:
-                streams[a.index] = out.add_stream_from_template(a)
-            annexb = _annex_b(stream, streams[stream.index])
-            parameter_sets = b""
-            if annexb is not None and not task.in_band_parameter_sets:
-                parameter_sets = bytes(streams[stream.index].codec_context.extradata or b"")
-            first = True
-            for _, packet in sorted(packets, key=lambda item: item[0]):
-                shift = round((SEGMENT_OFFSET_SECONDS - task.origin) / packet.time_base)
-                packet.pts = None if packet.pts is None else packet.pts + shift
-                packet.dts = None if packet.dts is None else packet.dts + shift
-                target = streams[packet.stream.index]
-                ready = [packet]
-                if annexb is not None and packet.stream.index == stream.index:
-                    ready = annexb.filter(packet)
-                    if first and ready:
-                        ready[0], first = _starting(ready[0], parameter_sets), False
-                for item in ready:
-                    item.stream = target
-                    out.mux(item)
-    except (av.FFmpegError, ValueError) as exc:
-        raise InputError(
-            f"{segment.describe()}: its packets cannot be copied into MPEG-TS "
-            f"({ffmpeg_reason(exc)})"
-        ) from exc
+    with (
+        _copying(f"{segment.describe()}: its packets"),
+        av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out,
+    ):
+        streams = {stream.index: out.add_stream_from_template(stream)}
+        for a in audio:
+            streams[a.index] = out.add_stream_from_template(a)
+        annexb = _annex_b(stream, streams[stream.index])
+        parameter_sets = b""
+        if annexb is not None and not task.in_band_parameter_sets:
+            parameter_sets = bytes(streams[stream.index].codec_context.extradata or b"")
+        first = True
+        for _, packet in sorted(packets, key=lambda item: item[0]):
+            _move(packet, task)
+            target = streams[packet.stream.index]
+            ready = [packet]
+            if annexb is not None and packet.stream.index == stream.index:
+                ready = annexb.filter(packet)
+                if first and ready:
+                    ready[0], first = _starting(ready[0], parameter_sets), False
+            for item in ready:
+                item.stream = target
+                out.mux(item)
 
 
 def _annex_b(stream, out_stream) -> av.bitstream.BitStreamFilterContext | None:
