@@ -289,7 +289,8 @@ def test_media_links_are_signed_scoped_and_expire():
     # A video's signature covers its playlists and segments, resolved relative to the master.
     video = "fedcba9876543210fedcba9876543210"
     master = media_links.sign(f"/videos/{video}/master.m3u8", TOKEN, 60, SCOPES, now=1000)
-    for inside in ("x2/index.m3u8", "original/segment_00003.ts"):
+    for inside in ("x2/index.m3u8", "original/segment_00003.ts", "audio_1/index.m3u8",
+                   "audio_1/segment_00003.ts", "subtitles/0.vtt"):  # fmt: skip
         opened = media_links.verify(master.replace("master.m3u8", inside), TOKEN, SCOPES, 1030)
         assert opened == f"/videos/{video}/{inside}"
     assert media_links.verify(master.replace(video, job), TOKEN, SCOPES, 1030) is None

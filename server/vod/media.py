@@ -1,6 +1,6 @@
 """A video's media URLs, in one place: ``/videos/<id>/master.m3u8``, each rendition's
-``/videos/<id>/<rendition>/index.m3u8`` and its segments; a signed link to one of them covers
-them all (:data:`SCOPE`)."""
+``/videos/<id>/<rendition>/index.m3u8`` and its segments (and those of its audio and subtitle
+renditions); a signed link to one of them covers them all (:data:`SCOPE`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ VIDEO_ID = re.compile(r"[0-9a-f]{32}")
 REPORT_FOLDER, REPORT_PAGE = "report", "index.html"  #: a video stored small: its report's page
 #: The media of one video a signed link covers: (scope, file).
 SCOPE = re.compile(
-    rf"^(/videos/{VIDEO_ID.pattern}/)({re.escape(MASTER_NAME)}|[a-z0-9]{{1,12}}/[^/]+)$"
-)
+    rf"^(/videos/{VIDEO_ID.pattern}/)({re.escape(MASTER_NAME)}|[a-z0-9_]{{1,12}}/[^/]+)$"
+)  # (a folder: a rendition, ``audio_<n>``, ``subtitles``)
 
 
 #: A player's id in its playlists' URIs (``?viewer=``): its playhead's name (prefetch per player).
