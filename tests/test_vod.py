@@ -450,6 +450,13 @@ def ts_audio(data: bytes, number: int, tmp_path: Path) -> tuple[list[str], list]
     return types, packets
 
 
+def packets_of(server: ServerProcess, url: str, tmp_path: Path) -> list:
+    """The packets (time, bytes) of an audio rendition's segment."""
+    response = server.call("GET", url)
+    assert response.status == 200, response.body
+    return ts_audio(response.body, 0, tmp_path)[1]
+
+
 def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     server, base, media, tmp_path
 ):
@@ -457,7 +464,7 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     player plays the first only. A video whose input has several offers each as an audio
     rendition of its master playlist (every variant names the group, whose codecs it lists),
     made when asked for from the input, nothing upscaled: the packets and times its segments
-    carry."""
+    carry, original and upscaled alike."""
     from tests.media import with_second_audio
 
     with_second_audio(media / "clip.mp4", media / "two_audio.mkv", FRAMES / 25)
@@ -482,15 +489,22 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     assert playlist_entries(playlist.body.decode()) == [
         (seconds, name.split("?")[0]) for seconds, name in playlist_entries(original)
     ]  # the video's segments, their durations
-    for index in (0, SEGMENTS - 1):
+    head = server.call("HEAD", f"{folder}/audio_1/segment_00002.ts")  # (makes nothing)
+    assert head.status == 200 and "content-length" not in head.headers
+    for index in range(SEGMENTS):
         own = server.call("GET", f"{folder}/audio_1/segment_{index:05d}.ts")
         assert own.status == 200 and own.headers["content-type"] == "video/mp2t"
         types, packets = ts_audio(own.body, 0, tmp_path)
         _, carried = ts_audio(get_segment(server, video["id"], "original", index), 1, tmp_path)
         assert types == ["audio"] and len(packets) > 30 and packets == carried, index
+    _, upscaled = ts_audio(get_segment(server, video["id"], "x2", 2), 1, tmp_path)
+    assert packets_of(server, f"{folder}/audio_1/segment_00002.ts", tmp_path) == upscaled
+    head = server.call("HEAD", f"{folder}/audio_1/segment_00002.ts")
+    assert head.status == 200 and int(head.headers["content-length"]) > 0
     for name in ("audio_2/index.m3u8", "audio_1/segment_99999.ts", "audio_1/segment_0.ts",
-                 "audio_x/index.m3u8", "audio_1/init.mp4"):  # fmt: skip
+                 "audio_x/index.m3u8", "audio_1/init.mp4", "audio_01/index.m3u8"):  # fmt: skip
         assert server.call("GET", f"{folder}/{name}").status == 404, name
+    assert server.call("HEAD", f"{folder}/audio_2/segment_00000.ts").status == 404
     plain = ingest(server, base)  # one audio stream: no group
     assert "TYPE=AUDIO" not in server.call("GET", plain["links"]["master"]).body.decode()
 

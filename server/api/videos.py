@@ -23,6 +23,7 @@ from carn_stream.pipeline.media.hls import (
     segment_index,
     segment_media_type,
 )
+from carn_stream.pipeline.media.hls_audio import AudioStream
 from carn_stream.pipeline.media.webvtt import SubtitleTrack
 from carn_stream.server.admission import check_disk
 from carn_stream.server.blocking import PoolBusy
@@ -435,29 +436,62 @@ async def subtitles(video_id: str, name: str, videos: Videos) -> Response:
     return FileResponse(path, media_type="text/vtt; charset=utf-8")
 
 
+def _audio_or_404(
+    videos: VideoManager, video_id: str, number: str
+) -> tuple[Video, AudioStream]:
+    video = _video_or_404(videos, video_id)
+    with _busy_as_503():  # (timed by the plan it is about to have)
+        videos.check_planned(video)
+    stream = videos.audio.stream(video, f"audio_{number}")
+    if stream is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"video has no audio rendition audio_{number}")  # fmt: skip
+    return video, stream
+
+
 @router.get("/{video_id}/audio_{number}/{name}", response_class=Response)
 async def audio_rendition(video_id: str, number: str, name: str, videos: Videos) -> Response:
     """An audio rendition of a video whose input has several audio streams: ``index.m3u8``
     and its MPEG-TS segments, the input's audio stream ``number`` alone, each made when first
     asked for (nothing upscaled)."""
-    video = _video_or_404(videos, video_id)
-    with _busy_as_503():  # (timed by the plan it is about to have)
-        videos.check_planned(video)
-    stream = await asyncio.to_thread(videos.audio.stream, video, f"audio_{number}")
-    if stream is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            f"video has no audio rendition audio_{number}")  # fmt: skip
+    video, stream = await asyncio.to_thread(_audio_or_404, videos, video_id, number)
     if name == PLAYLIST_NAME:
         return Response(videos.audio.playlist(video), media_type=PLAYLIST_TYPE)
     index = videos.audio.index(video, name)
     if index is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment audio_{number}/{name}")
+    turns = videos.responses
+    if not turns.take():
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            f"{turns.held} segment requests are under way; try again in a moment",
+                            RETRY)  # fmt: skip
     try:
         path = await videos.audio.segment(video, stream, index)
     except (PipelineError, av.FFmpegError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"the audio cannot be copied: {exc}") from exc  # fmt: skip
+    except OSError as exc:  # (its folder went with the video)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"video {video_id} was deleted") from exc
+    finally:
+        turns.give()
     return FileResponse(path, media_type=segment_media_type(False))
+
+
+@router.head("/{video_id}/audio_{number}/segment_{index}.ts", response_class=Response,
+             include_in_schema=False)  # fmt: skip
+def audio_segment_head(video_id: str, number: str, index: str, videos: Videos) -> Response:
+    """What GET would answer, without making the segment: its length once it is made."""
+    video, stream = _audio_or_404(videos, video_id, number)
+    found = videos.audio.index(video, f"segment_{index}.ts")
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment audio_{number}/{index}")
+    response = Response(media_type=segment_media_type(False))
+    size = videos.audio.made_size(video, stream, found)
+    if size is None:
+        del response.headers["content-length"]  # not known before it is made (not 0)
+    else:
+        response.headers["content-length"] = str(size)
+    return response
 
 
 @router.get(f"/{{video_id}}/{{rendition}}/{PLAYLIST_NAME}", response_class=Response)

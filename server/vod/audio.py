@@ -17,6 +17,7 @@ import asyncio
 import logging
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,11 +52,19 @@ class VideoAudio:
         self._folder = folder
         self._streams: dict[str, list[AudioStream]] = {}
         self._peak: dict[str, float] = {}
+        self._reading: dict[str, threading.Lock] = {}  #: (called from threads)
         #: one making of a segment at a time (players ask at once)
         self._making: dict[Path, asyncio.Lock] = {}
 
     def streams(self, video: Video) -> list[AudioStream]:
         """The video's offered audio streams: none where fewer than two can be."""
+        found = self._streams.get(video.id)
+        if found is not None:
+            return found
+        with self._reading.setdefault(video.id, threading.Lock()):  # one reading of the input
+            return self._read(video)
+
+    def _read(self, video: Video) -> list[AudioStream]:
         found = self._streams.get(video.id)
         if found is None:
             found, rates = [], {}
@@ -85,12 +94,23 @@ class VideoAudio:
                            s is streams[0], s.channels) for s in streams]  # fmt: skip
 
     def stream(self, video: Video, folder: str) -> AudioStream | None:
-        """The offered stream an ``audio_<n>`` folder stands for."""
+        """The offered stream an ``audio_<n>`` folder stands for (spelt as :func:`folder_name`
+        spells it: ``audio_01`` is no other name for it)."""
         match = FOLDER.match(folder)
-        if match is None:
+        if match is None or folder_name(int(match[1])) != folder:
             return None
         number = int(match[1])
         return next((s for s in self.streams(video) if s.number == number), None)
+
+    def made_size(self, video: Video, stream: AudioStream, index: int) -> int | None:
+        """The bytes of a made segment; None when it is not made yet."""
+        try:
+            return self._path(video, stream, index).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def _path(self, video: Video, stream: AudioStream, index: int) -> Path:
+        return self._folder(video.id) / folder_name(stream.number) / f"{index}.ts"
 
     @staticmethod
     def playlist(video: Video) -> str:
@@ -107,11 +127,11 @@ class VideoAudio:
 
     async def segment(self, video: Video, stream: AudioStream, index: int) -> Path:
         """Segment ``index`` of the stream's rendition, made now when it is not yet."""
-        path = self._folder(video.id) / folder_name(stream.number) / f"{index}.ts"
+        path = self._path(video, stream, index)
         lock = self._making.setdefault(path, asyncio.Lock())
         async with lock:
             if not path.is_file():  # (a thread of its own: segments and ingests go on)
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(exist_ok=True)  # (not the video's: it may have gone)
                 task = RemuxTask.of(video.source, video.plan, index, path)
                 await asyncio.to_thread(remux_audio, task, stream.number)
         return path
@@ -128,6 +148,7 @@ class VideoAudio:
     def forget(self, video_id: str) -> None:
         self._streams.pop(video_id, None)
         self._peak.pop(video_id, None)
+        self._reading.pop(video_id, None)
         folder = self._folder(video_id)
         for path in [p for p in self._making if p.is_relative_to(folder)]:
             del self._making[path]
