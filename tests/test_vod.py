@@ -491,6 +491,11 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     ]  # the video's segments, their durations
     head = server.call("HEAD", f"{folder}/audio_1/segment_00002.ts")  # (makes nothing)
     assert head.status == 200 and "content-length" not in head.headers
+    settle(server)
+    before = metric(server, "carn_stream_vod_cache_bytes")
+    first = server.call("GET", f"{folder}/audio_1/segment_00000.ts")
+    assert first.status == 200  # kept in the segment cache, within its budget
+    assert metric(server, "carn_stream_vod_cache_bytes") - before == len(first.body)
     for index in range(SEGMENTS):
         own = server.call("GET", f"{folder}/audio_1/segment_{index:05d}.ts")
         assert own.status == 200 and own.headers["content-type"] == "video/mp2t"

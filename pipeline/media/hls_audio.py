@@ -115,9 +115,9 @@ def write_audio_renditions(
                             number, stream.name, source.name, exc)  # fmt: skip
                 _remove_renditions(folder, number)
                 del renditions[number]
-    if 0 not in renditions or len(renditions) < 2:
-        _remove_renditions(folder)  # the segments' first audio stream plays
-        return []
+        if 0 not in renditions or len(renditions) < 2:
+            _remove_renditions(folder)  # the segments' first audio stream plays
+            return []
     durations = [s.duration for s in plan.segments]
     group = []
     for number, rendition in renditions.items():

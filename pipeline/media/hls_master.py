@@ -1,7 +1,7 @@
 """The master playlist of a finished HLS folder: its one rendition, described from its own
-segments (size, codecs, peak bit rate), the input's further audio streams as audio renditions
-(:mod:`~carn_stream.pipeline.media.hls_audio`), and its text subtitles as WebVTT subtitle
-renditions beside it (``subtitles_N.m3u8``, ``subtitles_N.vtt``)."""
+segments (size, codecs, peak bit rate), the input's audio streams as audio renditions where
+it has several (:mod:`~carn_stream.pipeline.media.hls_audio`), and its text subtitles as WebVTT
+subtitle renditions beside it (``subtitles_N.m3u8``, ``subtitles_N.vtt``)."""
 
 from __future__ import annotations
 

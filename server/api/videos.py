@@ -466,15 +466,17 @@ async def audio_rendition(video_id: str, number: str, name: str, videos: Videos)
                             f"{turns.held} segment requests are under way; try again in a moment",
                             RETRY)  # fmt: skip
     try:
-        path = await videos.audio.segment(video, stream, index)
-    except (PipelineError, av.FFmpegError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"the audio cannot be copied: {exc}") from exc  # fmt: skip
-    except OSError as exc:  # (its folder went with the video)
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"video {video_id} was deleted") from exc
-    finally:
+        opened = await videos.audio.segment(video, stream, index)
+    except BaseException as exc:
         turns.give()
-    return FileResponse(path, media_type=segment_media_type(False))
+        if isinstance(exc, PipelineError | av.FFmpegError):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"the audio cannot be copied: {exc}") from exc  # fmt: skip
+        if isinstance(exc, OSError):  # (its folder went with the video)
+            raise HTTPException(status.HTTP_404_NOT_FOUND,
+                                f"video {video_id} was deleted") from exc  # fmt: skip
+        raise
+    return FileStream(opened, segment_media_type(False), on_close=turns.give)
 
 
 @router.head("/{video_id}/audio_{number}/segment_{index}.ts", response_class=Response,

@@ -2,9 +2,9 @@
 ``/videos/<id>/audio_<n>/index.m3u8`` and its MPEG-TS segments, each stream's packets of one
 segment copied from the input and timed as the video's segments are
 (:func:`~carn_stream.pipeline.media.remux.remux_audio`), made when first asked for and kept in
-the video's folder. The segments of every rendition carry all of the input's audio, but a
-player plays the first of it only; the group lets a viewer choose (docs/PIPELINE.md, "Audio
-renditions").
+the segment cache (as rendition ``audio_<n>``: within its budget, evicted as its segments
+are). The segments of every rendition carry all of the input's audio, but a player plays the
+first of it only; the group lets a viewer choose (docs/PIPELINE.md, "Audio renditions").
 
 A stream is offered where MPEG-TS carries it as it is (AAC, MP3, AC-3, E-AC-3) and it has a
 packet in every segment (a rendition with a hole stalls a player); where the first stream
@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import shutil
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import av
 
@@ -32,6 +30,8 @@ from carn_stream.pipeline.media.hls import (
 )
 from carn_stream.pipeline.media.hls_audio import AudioStream, audio_streams
 from carn_stream.pipeline.media.remux import RemuxTask, audio_peak_rates, remux_audio
+from carn_stream.server.streaming import OpenFile
+from carn_stream.server.vod.cache import Key, SegmentCache
 from carn_stream.server.vod.store import Video
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,21 @@ def folder_name(number: int) -> str:
 
 class VideoAudio:
     """The audio renditions of each video (which streams, read once per plan from its input)
-    and their segments."""
+    and their segments, in the segment ``cache`` (``shortfall``: the bytes missing to the
+    disk's floor, which making a segment frees; ``evicted``: told what that evicted)."""
 
-    def __init__(self, folder: Callable[[str], Path]) -> None:
-        self._folder = folder
+    def __init__(
+        self,
+        cache: SegmentCache,
+        shortfall: Callable[[], int],
+        evicted: Callable[[list[Key]], None],
+    ) -> None:
+        self._cache, self._shortfall, self._evicted = cache, shortfall, evicted
         self._streams: dict[str, list[AudioStream]] = {}
         self._peak: dict[str, float] = {}
         self._reading: dict[str, threading.Lock] = {}  #: (called from threads)
         #: one making of a segment at a time (players ask at once)
-        self._making: dict[Path, asyncio.Lock] = {}
+        self._making: dict[Key, asyncio.Lock] = {}
 
     def streams(self, video: Video) -> list[AudioStream]:
         """The video's offered audio streams: none where fewer than two can be."""
@@ -103,14 +109,8 @@ class VideoAudio:
         return next((s for s in self.streams(video) if s.number == number), None)
 
     def made_size(self, video: Video, stream: AudioStream, index: int) -> int | None:
-        """The bytes of a made segment; None when it is not made yet."""
-        try:
-            return self._path(video, stream, index).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def _path(self, video: Video, stream: AudioStream, index: int) -> Path:
-        return self._folder(video.id) / folder_name(stream.number) / f"{index}.ts"
+        """The bytes of a cached segment; None when it is not made yet."""
+        return self._cache.cached(video.id).get(folder_name(stream.number), {}).get(index)
 
     @staticmethod
     def playlist(video: Video) -> str:
@@ -125,30 +125,36 @@ class VideoAudio:
         index = segment_index(name)
         return index if index is not None and index < len(video.plan.segments) else None
 
-    async def segment(self, video: Video, stream: AudioStream, index: int) -> Path:
-        """Segment ``index`` of the stream's rendition, made now when it is not yet."""
-        path = self._path(video, stream, index)
-        lock = self._making.setdefault(path, asyncio.Lock())
-        async with lock:
-            if not path.is_file():  # (a thread of its own: segments and ingests go on)
-                path.parent.mkdir(exist_ok=True)  # (not the video's: it may have gone)
-                task = RemuxTask.of(video.source, video.plan, index, path)
-                await asyncio.to_thread(remux_audio, task, stream.number)
-        return path
+    async def segment(self, video: Video, stream: AudioStream, index: int) -> OpenFile:
+        """Segment ``index`` of the stream's rendition, opened: from the cache, or made now."""
+        key = Key(video.id, folder_name(stream.number), index)
+        async with self._making.setdefault(key, asyncio.Lock()):
+            if self._cache.touch(key):
+                try:
+                    return await asyncio.to_thread(OpenFile.of, self._cache.path(key))
+                except FileNotFoundError:  # evicted meanwhile: made again
+                    pass
+            target = self._cache.path(key, fragment=False)
+            target.parent.mkdir(exist_ok=True)  # (not the video's folder: it may have gone)
+            task = RemuxTask.of(video.source, video.plan, index, target)
+            size = await asyncio.to_thread(remux_audio, task, stream.number)  # (a thread)
+            opened = await asyncio.to_thread(OpenFile.of, target)  # (before any eviction)
+            self._evicted(self._cache.add(key, size, self._shortfall()))
+            return opened
 
     def drop(self, video_id: str) -> None:
         """Forget the video's streams and remove their segments (made for a plan it no longer
         has)."""
         self._streams.pop(video_id, None)
         self._peak.pop(video_id, None)
-        for path in self._folder(video_id).glob("audio_*"):
-            if FOLDER.match(path.name):
-                shutil.rmtree(path, ignore_errors=True)
+        for rendition in self._cache.cached(video_id):
+            if FOLDER.match(rendition):
+                self._cache.drop(video_id, rendition)
 
     def forget(self, video_id: str) -> None:
+        """Forget a deleted video (the cache forgets its segments)."""
         self._streams.pop(video_id, None)
         self._peak.pop(video_id, None)
         self._reading.pop(video_id, None)
-        folder = self._folder(video_id)
-        for path in [p for p in self._making if p.is_relative_to(folder)]:
-            del self._making[path]
+        for key in [k for k in self._making if k.video == video_id]:
+            del self._making[key]

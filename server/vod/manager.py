@@ -164,7 +164,7 @@ class VideoManager:
         _remove_unknown(root, set(store.ids()))
         self.cache = SegmentCache(root, settings.vod_cache_bytes)
         self.subtitles = VideoSubtitles(self.cache.folder)
-        self.audio = VideoAudio(self.cache.folder)
+        self.audio = VideoAudio(self.cache, self._disk_shortfall, self._evicted)
         self._work: dict[Key, _Work] = {}
         self._playheads = Playheads(settings.vod_viewer_idle_seconds)
         self._videos: dict[str, Video] = {}
@@ -371,7 +371,7 @@ class VideoManager:
         for rendition in video.renditions:
             self.cache.drop(video.id, rendition.name)
         await asyncio.to_thread(self.subtitles.drop, video.id)  # timed by the old plan
-        await asyncio.to_thread(self.audio.drop, video.id)
+        self.audio.drop(video.id)  # (the cache's: from the event loop)
         self.store.set_plan(video.id, plan, renditions)
         self._videos.pop(video.id, None)
         self._playheads.forget(video.id)
