@@ -514,6 +514,44 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     assert "TYPE=AUDIO" not in server.call("GET", plain["links"]["master"]).body.decode()
 
 
+@pytest.mark.slow
+def test_chromium_plays_a_video_on_request_switched_to_its_second_audio_rendition(
+    server, base, media
+):
+    """Chromium's own HLS player lists a video's audio renditions, plays on switched to the
+    commentary, and fetches the rest of the audio from it (segments upscaled on request come
+    slowly enough that it has not fetched all of the first rendition's before)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.media import with_second_audio
+
+    with_second_audio(media / "clip.mp4", media / "commentary.mkv", FRAMES / 25)
+    response = server.call("POST", "/videos", {"url": f"{base}/commentary.mkv"})
+    assert response.status == 201, response.body
+    video = response.json()
+    url = f"http://127.0.0.1:{server.port}{video['links']['master']}"
+    player = "document.getElementById('v')"
+    tracks = f"Array.from({player}.audioTracks)"
+    with sync_playwright() as p:
+        browser = launch_chromium(p, "--enable-blink-features=AudioVideoTracks")
+        try:
+            page = browser.new_page()
+            page.set_content(f'<video id="v" src="{url}" muted autoplay></video>')
+            page.wait_for_function(f"{player}.currentTime > 0", timeout=60_000)
+            listed = page.evaluate(f"{tracks}.map(t => [t.label, t.language])")
+            page.evaluate(f"{tracks}[1].enabled = true")
+            page.wait_for_function(f"{player}.ended", timeout=120_000)
+            state = page.evaluate(f"[{player}.currentTime, {player}.error, "
+                                  f"{tracks}.map(t => t.enabled)]")  # fmt: skip
+        finally:
+            browser.close()
+    assert listed == [["Audio 1", ""], ["Commentary", "en"]]
+    played, error, enabled = state
+    assert error is None and abs(played - FRAMES / 25) < 0.1 and enabled == [False, True]
+    made = server.data_dir / "videos" / video["id"]
+    assert list((made / "audio_1").glob("segment_*.ts")), sorted(made.rglob("*"))
+
+
 def test_a_video_stored_small_keeps_its_subtitles(server, base, media, data_dir):
     """A video stored small is served from its low-resolution copy, which had no subtitles:
     the video offered none. The copy keeps them (as mov_text), at the input's times."""
