@@ -67,6 +67,31 @@ def launch_chromium(playwright, *extra: str):
     )
 
 
+def play_switched_to_second_audio(url: str) -> tuple[list, list]:
+    """Play the HLS master playlist at ``url`` in Chromium's own player (its audio tracks
+    shown: a flag), switch to the second audio rendition once it plays, and play to the end.
+    Returns the tracks it listed ([label, language]) and [time played, error, which tracks
+    are enabled] at the end."""
+    from playwright.sync_api import sync_playwright
+
+    player = "document.getElementById('v')"
+    tracks = f"Array.from({player}.audioTracks)"
+    with sync_playwright() as p:
+        browser = launch_chromium(p, "--enable-blink-features=AudioVideoTracks")
+        try:
+            page = browser.new_page()
+            page.set_content(f'<video id="v" src="{url}" muted autoplay></video>')
+            page.wait_for_function(f"{player}.currentTime > 0", timeout=60_000)
+            listed = page.evaluate(f"{tracks}.map(t => [t.label, t.language])")
+            page.evaluate(f"{tracks}[1].enabled = true")
+            page.wait_for_function(f"{player}.ended", timeout=120_000)
+            state = page.evaluate(f"[{player}.currentTime, {player}.error, "
+                                  f"{tracks}.map(t => t.enabled)]")  # fmt: skip
+        finally:
+            browser.close()
+    return listed, state
+
+
 def player_subtitles(page, cues: int, timeout_ms: int = 60_000) -> tuple[list, list]:
     """Once the page's ``#player`` holds one text track with ``cues`` cues loaded: its cues
     as [start, text] and its [label, language, mode]."""

@@ -32,8 +32,8 @@ from carn_stream.pipeline.run import PipelineOptions
 from tests.helpers import (
     REPO_ROOT,
     QuietHandler,
-    launch_chromium,
     official_weights_path,
+    play_switched_to_second_audio,
     serve_directory,
 )
 from tests.media import (
@@ -637,15 +637,12 @@ def test_chromium_switches_to_the_second_audio_rendition_and_plays_on(
     language; switched to the commentary, it fetches the rest of the audio from that rendition
     and plays to the end. (The default rendition's later segments come slowly, so that the
     player has not buffered them all before it is switched.)"""
-    from playwright.sync_api import sync_playwright
-
     bunny = data_dir / "video" / "bigbuckbunny.mp4"
     frames = downscale_frames(decode_rgb(bunny, 100), (96, 54))
     clip = write_clip(tmp_path / "four.mp4", frames, audio_from=bunny, audio_seconds=4.0,
                       options=X264)  # fmt: skip
     source = with_second_audio(clip, tmp_path / "four.mkv", 4.0)
     out = make(source, tmp_path / "hls", worker, fmp4=fmp4)
-    (out / "page.html").write_text('<video id="v" src="master.m3u8" muted autoplay></video>')
     asked: list[str] = []
 
     class SlowFirstAudio(QuietHandler):
@@ -655,21 +652,8 @@ def test_chromium_switches_to_the_second_audio_rendition_and_plays_on(
                 time.sleep(1.5)
             super().do_GET()
 
-    video = "document.getElementById('v')"
-    tracks = f"Array.from({video}.audioTracks)"
-    with serve_directory(out, SlowFirstAudio) as base, sync_playwright() as p:
-        browser = launch_chromium(p, "--enable-blink-features=AudioVideoTracks")
-        try:
-            page = browser.new_page()
-            page.goto(f"{base}/page.html")
-            page.wait_for_function(f"{video}.currentTime > 0", timeout=30_000)
-            listed = page.evaluate(f"{tracks}.map(t => [t.label, t.language])")
-            page.evaluate(f"{tracks}[1].enabled = true")
-            page.wait_for_function(f"{video}.ended", timeout=60_000)
-            state = page.evaluate(f"[{video}.currentTime, {video}.error, "
-                                  f"{tracks}.map(t => t.enabled)]")  # fmt: skip
-        finally:
-            browser.close()
+    with serve_directory(out, SlowFirstAudio) as base:
+        listed, state = play_switched_to_second_audio(f"{base}/master.m3u8")
     assert listed == [["Audio 1", ""], ["Commentary", "en"]]
     played, error, enabled = state
     assert error is None and abs(played - 4.0) < 0.1 and enabled == [False, True]

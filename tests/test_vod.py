@@ -22,7 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.segments import PLAN_RULE
-from tests.helpers import launch_chromium, play_past_a_signed_link, player_subtitles
+from tests.helpers import (
+    launch_chromium,
+    play_past_a_signed_link,
+    play_switched_to_second_audio,
+    player_subtitles,
+)
 from tests.media import (
     HDR10_LIGHT_LEVEL,
     HDR10_MASTERING,
@@ -521,8 +526,6 @@ def test_chromium_plays_a_video_on_request_switched_to_its_second_audio_renditio
     """Chromium's own HLS player lists a video's audio renditions, plays on switched to the
     commentary, and fetches the rest of the audio from it (segments upscaled on request come
     slowly enough that it has not fetched all of the first rendition's before)."""
-    from playwright.sync_api import sync_playwright
-
     from tests.media import with_second_audio
 
     with_second_audio(media / "clip.mp4", media / "commentary.mkv", FRAMES / 25)
@@ -530,21 +533,7 @@ def test_chromium_plays_a_video_on_request_switched_to_its_second_audio_renditio
     assert response.status == 201, response.body
     video = response.json()
     url = f"http://127.0.0.1:{server.port}{video['links']['master']}"
-    player = "document.getElementById('v')"
-    tracks = f"Array.from({player}.audioTracks)"
-    with sync_playwright() as p:
-        browser = launch_chromium(p, "--enable-blink-features=AudioVideoTracks")
-        try:
-            page = browser.new_page()
-            page.set_content(f'<video id="v" src="{url}" muted autoplay></video>')
-            page.wait_for_function(f"{player}.currentTime > 0", timeout=60_000)
-            listed = page.evaluate(f"{tracks}.map(t => [t.label, t.language])")
-            page.evaluate(f"{tracks}[1].enabled = true")
-            page.wait_for_function(f"{player}.ended", timeout=120_000)
-            state = page.evaluate(f"[{player}.currentTime, {player}.error, "
-                                  f"{tracks}.map(t => t.enabled)]")  # fmt: skip
-        finally:
-            browser.close()
+    listed, state = play_switched_to_second_audio(url)
     assert listed == [["Audio 1", ""], ["Commentary", "en"]]
     played, error, enabled = state
     assert error is None and abs(played - FRAMES / 25) < 0.1 and enabled == [False, True]

@@ -34,7 +34,7 @@ from carn_stream.server.inputs.fetch import DiskFull, FetchError
 from carn_stream.server.jobs.params import InputFps, Scale, raw_rate
 from carn_stream.server.pages import STATIC_DIR
 from carn_stream.server.speed import SpeedBook
-from carn_stream.server.streaming import FileStream
+from carn_stream.server.streaming import FileStream, Turns
 from carn_stream.server.vod.manager import (
     Busy,
     LowOnDisk,
@@ -460,11 +460,7 @@ async def audio_rendition(video_id: str, number: str, name: str, videos: Videos)
     index = videos.audio.index(video, name)
     if index is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no segment audio_{number}/{name}")
-    turns = videos.responses
-    if not turns.take():
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"{turns.held} segment requests are under way; try again in a moment",
-                            RETRY)  # fmt: skip
+    turns = _turn(videos)
     try:
         opened = await videos.audio.segment(video, stream, index)
     except BaseException as exc:
@@ -561,11 +557,7 @@ async def segment(
     if name == INIT_NAME:
         return await _init_segment(video_id, rendition, request, videos, viewer)
     video, index, described = _segment_or_404(videos, video_id, rendition, name)
-    turns = videos.responses
-    if not turns.take():
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"{turns.held} segment requests are under way; try again in a moment",
-                            RETRY)  # fmt: skip
+    turns = _turn(videos)
     try:
         opened = await unless_disconnected(
             request.receive, videos.segment(video, rendition, index, viewer or ""),
@@ -575,6 +567,16 @@ async def segment(
         turns.give()
         return _not_made(exc)
     return FileStream(opened, segment_media_type(described.fragmented), on_close=turns.give)
+
+
+def _turn(videos: VideoManager) -> Turns:
+    """Take one of the segment turns (503 when every one is taken); the caller gives it back."""
+    turns = videos.responses
+    if not turns.take():
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            f"{turns.held} segment requests are under way; try again in a moment",
+                            RETRY)  # fmt: skip
+    return turns
 
 
 def _not_made(exc: BaseException) -> Response:
