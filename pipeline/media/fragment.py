@@ -123,13 +123,7 @@ def _remux(
     are. Each stream is written from decode time 0: without an edit list, MP4 would stretch
     the first sample of a stream that starts after another to the other's start."""
     streams = [s for s in src.streams if s.type in ("video", "audio")]
-    packets = [p for p in src.demux(streams) if p.dts is not None and p.size]
-    start = min((p.pts * p.time_base for p in packets if p.stream.type == "video"), default=0)
-    if not lead_in:
-        packets = [
-            p for p in packets
-            if p.stream.type != "audio" or (p.pts + p.duration) * p.time_base > start
-        ]  # fmt: skip
+    packets = played([p for p in src.demux(streams) if p.dts is not None and p.size], lead_in)
     having = {p.stream.index for p in packets}
     kept = [s for s in streams if s.index in having]
     targets = {s.index: out.add_stream_from_template(s) for s in kept}
@@ -157,6 +151,17 @@ def _remux(
             out.mux(ready)
     places = [streams.index(s) for s in kept]
     return places, [shifts[s.index] * s.time_base for s in kept], len(streams)
+
+
+def played(packets: list[av.Packet], lead_in: bool) -> list[av.Packet]:
+    """A segment's video and audio ``packets`` but the audio that ends before its first
+    picture: an encoder's priming frame (the segment before has that stretch), unless
+    ``lead_in`` (the first segment: the audio before the first picture is the input's)."""
+    if lead_in:
+        return packets
+    start = min((p.pts * p.time_base for p in packets if p.stream.type == "video"), default=0)
+    return [p for p in packets
+            if p.stream.type != "audio" or (p.pts + p.duration) * p.time_base > start]  # fmt: skip
 
 
 def publish_fragment(

@@ -37,7 +37,7 @@ import av
 from carn_stream.pipeline.errors import OutputError, PipelineError, ffmpeg_reason
 from carn_stream.pipeline.media.decode import codec_name, open_input, stream_label
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
-from carn_stream.pipeline.media.fragment import check_tracks, fragment, publish_bytes
+from carn_stream.pipeline.media.fragment import check_tracks, fragment, played, publish_bytes
 from carn_stream.pipeline.media.hls import (
     AUDIO_NAME_RE,
     INIT_NAME,
@@ -169,27 +169,16 @@ class _Rendition:
 def audio_segments(segment: Path, count: int, lead_in: bool) -> dict[int, tuple[bytes, int]]:
     """Each of the first ``count`` audio streams of an MPEG-TS ``segment`` alone, as MPEG-TS:
     its packets copied with their times, and its channel count (a stream without a packet
-    here is missing). Audio that ends before the segment's first picture is an encoder's
-    priming frame and left out, unless ``lead_in`` (the first segment: the audio before the
-    first picture is the input's)."""
+    here is missing). An encoder's priming frame is left out as in a fragmented folder
+    (:func:`~carn_stream.pipeline.media.fragment.played`; ``lead_in``: the first segment)."""
     made: dict[int, tuple[bytes, int]] = {}
     try:
         with av.open(str(segment), format=SEGMENT_FORMAT, options=probe_to_video(segment)) as src:
             audio = list(src.streams.audio)[:count]
-            packets: dict[int, list[av.Packet]] = {s.index: [] for s in audio}
-            start = None
-            for packet in src.demux([*src.streams.video[:1], *audio]):
-                if packet.dts is None or not packet.size:
-                    continue
-                if packet.stream.type == "video":
-                    first = packet.pts * packet.time_base
-                    start = first if start is None else min(start, first)
-                else:
-                    packets[packet.stream.index].append(packet)
+            demuxed = src.demux([*src.streams.video[:1], *audio])
+            packets = played([p for p in demuxed if p.dts is not None and p.size], lead_in)
             for number, stream in enumerate(audio):
-                kept = packets[stream.index]
-                if not lead_in and start is not None:
-                    kept = [p for p in kept if (p.pts + p.duration) * p.time_base > start]
+                kept = [p for p in packets if p.stream.index == stream.index]
                 if kept:
                     made[number] = (_alone(stream, kept), stream.codec_context.channels)
     except (av.FFmpegError, ValueError) as exc:

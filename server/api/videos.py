@@ -280,6 +280,15 @@ def _video_or_404(videos: VideoManager, video_id: str) -> Video:
     return video
 
 
+def _planned_or_404(videos: VideoManager, video_id: str) -> Video:
+    """The video, to serve media of: 404 where there is none, 503 while it waits to be planned
+    again (its media are timed by the plan it is about to have)."""
+    video = _video_or_404(videos, video_id)
+    with _busy_as_503():
+        videos.check_planned(video)
+    return video
+
+
 @router.post(
     "", status_code=status.HTTP_201_CREATED, response_model=VideoOut,
     dependencies=[Depends(require_token)],
@@ -419,9 +428,7 @@ def master_playlist(video_id: str, videos: Videos) -> Response:
 async def subtitles(video_id: str, name: str, videos: Videos) -> Response:
     """A subtitle rendition: ``<n>.m3u8``, its playlist (one WebVTT file for the whole video),
     and ``<n>.vtt``, made from the input's text subtitle stream n when first asked for."""
-    video = _video_or_404(videos, video_id)
-    with _busy_as_503():  # (timed by the plan it is about to have)
-        videos.check_planned(video)
+    video = _planned_or_404(videos, video_id)
     found = await asyncio.to_thread(videos.subtitles.track, video, name)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no subtitle file {name!r}")
@@ -439,9 +446,7 @@ async def subtitles(video_id: str, name: str, videos: Videos) -> Response:
 def _audio_or_404(
     videos: VideoManager, video_id: str, number: str
 ) -> tuple[Video, AudioStream]:
-    video = _video_or_404(videos, video_id)
-    with _busy_as_503():  # (timed by the plan it is about to have)
-        videos.check_planned(video)
+    video = _planned_or_404(videos, video_id)
     stream = videos.audio.stream(video, f"audio_{number}")
     if stream is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
@@ -498,9 +503,7 @@ def media_playlist(
 ) -> Response:
     """A rendition's complete VOD playlist (every segment, whether made yet or not), its
     segments' URIs carrying the player's id (a new one when the request has none)."""
-    video = _video_or_404(videos, video_id)
-    with _busy_as_503():  # (a rendition of the plan it is about to have is no 404)
-        videos.check_planned(video)
+    video = _planned_or_404(videos, video_id)
     described = video.rendition(rendition)
     if described is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"video has no rendition {rendition!r}")
@@ -512,9 +515,7 @@ def media_playlist(
 def _segment_or_404(
     videos: VideoManager, video_id: str, rendition: str, name: str
 ) -> tuple[Video, int, Rendition]:
-    video = _video_or_404(videos, video_id)
-    with _busy_as_503():  # (a segment of the plan it is about to have is no 404)
-        videos.check_planned(video)
+    video = _planned_or_404(videos, video_id)
     described = video.rendition(rendition)
     index = None if described is None else segment_index(name, described.fragmented)
     if described is None or index is None or index >= len(video.plan.segments):
@@ -602,9 +603,7 @@ async def _init_segment(
 ) -> Response:
     """A fragmented-MP4 rendition's ``init.mp4`` (made with its segments: see
     ``VideoManager.init_segment``)."""
-    video = _video_or_404(videos, video_id)
-    with _busy_as_503():
-        videos.check_planned(video)
+    video = _planned_or_404(videos, video_id)
     described = video.rendition(rendition)
     if described is None or not described.fragmented:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {rendition}/{INIT_NAME}")

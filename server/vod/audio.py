@@ -56,42 +56,43 @@ class VideoAudio:
         evicted: Callable[[list[Key]], None],
     ) -> None:
         self._cache, self._shortfall, self._evicted = cache, shortfall, evicted
-        self._streams: dict[str, list[AudioStream]] = {}
-        self._peak: dict[str, float] = {}
+        #: per video: its offered streams, and the busiest one's peak rate (bits per second)
+        self._offered: dict[str, tuple[list[AudioStream], float]] = {}
         self._reading: dict[str, threading.Lock] = {}  #: (called from threads)
         #: one making of a segment at a time (players ask at once)
         self._making: dict[Key, asyncio.Lock] = {}
 
     def streams(self, video: Video) -> list[AudioStream]:
         """The video's offered audio streams: none where fewer than two can be."""
-        found = self._streams.get(video.id)
-        if found is not None:
-            return found
-        with self._reading.setdefault(video.id, threading.Lock()):  # one reading of the input
-            return self._read(video)
-
-    def _read(self, video: Video) -> list[AudioStream]:
-        found = self._streams.get(video.id)
-        if found is None:
-            found, rates = [], {}
-            try:
-                every = audio_streams(video.source)
-                if len(every) > 1:
-                    rates = audio_peak_rates(video.source, video.plan)
-                    found = [s for s in every if s.number in rates]
-            except (PipelineError, av.FFmpegError, OSError, ValueError) as exc:
-                log.warning("video %s: its audio streams cannot be read: %s", video.id, exc)
-            if len(found) < 2 or found[0].number != 0:  # (0: what the segments' players hear)
-                found, rates = [], {}
-            self._streams[video.id] = found
-            self._peak[video.id] = max(rates.values(), default=0.0)
-        return found
+        return self._found(video)[0]
 
     def peak_rate(self, video: Video) -> float:
         """The peak rate of the busiest offered stream (bits per second): what a player of a
         rendition fetches on top of its segments."""
-        self.streams(video)
-        return self._peak.get(video.id, 0.0)
+        return self._found(video)[1]
+
+    def _found(self, video: Video) -> tuple[list[AudioStream], float]:
+        """The offered streams and their peak rate, read once per plan from the input."""
+        found = self._offered.get(video.id)
+        if found is None:
+            with self._reading.setdefault(video.id, threading.Lock()):  # one reading at a time
+                found = self._offered.get(video.id) or self._read(video)
+                self._offered[video.id] = found
+        return found
+
+    @staticmethod
+    def _read(video: Video) -> tuple[list[AudioStream], float]:
+        offered, rates = [], {}
+        try:
+            every = audio_streams(video.source)
+            if len(every) > 1:
+                rates = audio_peak_rates(video.source, video.plan)
+                offered = [s for s in every if s.number in rates]
+        except (PipelineError, av.FFmpegError, OSError, ValueError) as exc:
+            log.warning("video %s: its audio streams cannot be read: %s", video.id, exc)
+        if len(offered) < 2 or offered[0].number != 0:  # (0: what the segments' players hear)
+            return [], 0.0
+        return offered, max(rates[s.number] for s in offered)
 
     def media(self, video: Video) -> list[AudioMedia]:
         """The master playlist's audio renditions."""
@@ -129,11 +130,8 @@ class VideoAudio:
         """Segment ``index`` of the stream's rendition, opened: from the cache, or made now."""
         key = Key(video.id, folder_name(stream.number), index)
         async with self._making.setdefault(key, asyncio.Lock()):
-            if self._cache.touch(key):
-                try:
-                    return await asyncio.to_thread(OpenFile.of, self._cache.path(key))
-                except FileNotFoundError:  # evicted meanwhile: made again
-                    pass
+            if (cached := self._cache.open(key)) is not None:
+                return cached
             target = self._cache.path(key, fragment=False)
             target.parent.mkdir(exist_ok=True)  # (not the video's folder: it may have gone)
             task = RemuxTask.of(video.source, video.plan, index, target)
@@ -145,16 +143,14 @@ class VideoAudio:
     def drop(self, video_id: str) -> None:
         """Forget the video's streams and remove their segments (made for a plan it no longer
         has)."""
-        self._streams.pop(video_id, None)
-        self._peak.pop(video_id, None)
+        self._offered.pop(video_id, None)
         for rendition in self._cache.cached(video_id):
             if FOLDER.match(rendition):
                 self._cache.drop(video_id, rendition)
 
     def forget(self, video_id: str) -> None:
         """Forget a deleted video (the cache forgets its segments)."""
-        self._streams.pop(video_id, None)
-        self._peak.pop(video_id, None)
+        self._offered.pop(video_id, None)
         self._reading.pop(video_id, None)
         for key in [k for k in self._making if k.video == video_id]:
             del self._making[key]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from carn_stream.pipeline.media.hls import either_segment_index, segment_name
+from carn_stream.server.streaming import OpenFile
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,15 @@ class SegmentCache:
             self._fragments.discard(key)
             return False
         return True
+
+    def open(self, key: Key) -> OpenFile | None:
+        """The cached segment opened (its recency refreshed), or None when it is not cached."""
+        if not self.touch(key):
+            return None
+        try:
+            return OpenFile.of(self.path(key))
+        except FileNotFoundError:
+            return None
 
     def add(self, key: Key, size: int, shortfall: int = 0, fragment: bool = False) -> list[Key]:
         """Record a published segment (``fragment``: a fragmented-MP4 one) and evict the least

@@ -537,7 +537,7 @@ class VideoManager:
         began = time.monotonic()
         head = (video.id, rendition, viewer)
         starts = self._playheads.move(head, index)
-        opened = _open_cached(self.cache, key)
+        opened = self.cache.open(key)
         if opened is not None:
             self.metrics.vod_cache_hits.labels(rendition).inc()
             self._prefetch(video, rendition, index)
@@ -564,7 +564,7 @@ class VideoManager:
                 if path.is_file():
                     return path
                 key = Key(video.id, rendition.name, index)
-                opened = _open_cached(self.cache, key) or await self._wait_for(video, key, viewer)
+                opened = self.cache.open(key) or await self._wait_for(video, key, viewer)
                 opened.handle.close()
             try:  # no segment has every track: made of their own headers
                 made = await asyncio.to_thread(publish_init, folder)
@@ -877,16 +877,6 @@ def _reason(work: _Work) -> str:
     if not work.ahead:
         return "request"
     return "prefetch" if work.prefetch else "prefetch_late"
-
-
-def _open_cached(cache: SegmentCache, key: Key) -> OpenFile | None:
-    """The cached segment opened (its recency refreshed), or None when it is not cached."""
-    if not cache.touch(key):
-        return None
-    try:
-        return OpenFile.of(cache.path(key))
-    except FileNotFoundError:
-        return None
 
 
 def describe_renditions(
