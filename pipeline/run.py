@@ -37,6 +37,7 @@ from carn_stream.pipeline.media.encode import EncoderOptions, VideoSink
 from carn_stream.pipeline.media.segments import (
     InputLimits,
     Segment,
+    audio_window,
     segment_audio,
     segment_frames,
 )
@@ -190,10 +191,7 @@ class SegmentSource:
 
     def audio_window(self) -> AudioWindow:
         """The segment's part of the clock its frames are written on, for transcoded audio."""
-        segment = self.segment
-        start = segment.start_pts * self.time_base - self.time_shift
-        end = segment.end_pts * self.time_base - self.time_shift
-        return AudioWindow(None if segment.index == 0 else start, None if self.last else end)
+        return audio_window(self.segment, self.time_base, self.last, self.time_shift)
 
 
 async def run_pipeline(

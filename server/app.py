@@ -8,7 +8,6 @@ import math
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -41,7 +40,6 @@ from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
-STATIC_DIR = Path(__file__).parent / "static"
 DATABASE_NAME = "jobs.sqlite3"  #: in the data folder: jobs and videos
 #: What a signed media link may open: one job's media, or one video's.
 MEDIA_SCOPES = (job_media.SCOPE, video_media.SCOPE)
@@ -173,7 +171,7 @@ def create_app(
     app.include_router(live_api.router)
     app.include_router(videos_api.router)
     app.include_router(pages.router)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
 
     @app.get("/metrics", include_in_schema=False)
     def scrape() -> Response:

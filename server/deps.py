@@ -18,6 +18,13 @@ from carn_stream.settings import Settings
 #: Paging of listings: an offset past the end gives an empty page (SQLite takes 64-bit offsets).
 Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
 Limit = Annotated[int, Query(ge=1, le=200)]
+#: The audio rendition a player of a master playlist starts with (``audio_<n>``'s n).
+AudioChoice = Annotated[
+    int | None,
+    Query(ge=0, le=999, description="the audio stream players start with (its number among "
+          "the input's audio streams, from 0): that audio rendition is the group's default, "
+          "which a player offering no choice of its own plays"),
+]  # fmt: skip
 
 
 def get_settings(request: Request) -> Settings:

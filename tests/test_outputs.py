@@ -219,13 +219,20 @@ def test_transcoded_audio_joins_into_one_file(data_dir, worker, tmp_path):
 
 def test_mp3_audio_is_copied_bit_for_bit(clips, worker, tmp_path):
     """MP3's decoder is called 'mp3float', which is on no list of what a container can hold
-    ('mp3' is): it was transcoded to AAC, and then failed to join as above."""
+    ('mp3' is): it was transcoded to AAC, and then failed to join as above. Its codec string
+    too: a folder's master playlist left CODECS out, and a video on request's upscaled
+    renditions claimed AAC."""
+    from carn_stream.pipeline.media.renditions import upscaled_audio_tag
+
     source = with_mp3_audio(clips["bunny"], tmp_path / "mp3.mp4")
+    assert upscaled_audio_tag(source) == "mp4a.40.34"
     for name in ("out.mp4", "out.mkv", "hls"):
         out = make(source, tmp_path / name, worker)
         if name == "hls":
             with av.open(str(sorted(out.glob("segment_*.ts"))[0])) as c:
                 assert c.streams.audio[0].codec_context.codec.canonical_name == "mp3"
+            master = (out / "master.m3u8").read_text()
+            assert re.search(r'CODECS="avc1\.[0-9a-f]{6},mp4a\.40\.34"', master), master
             continue
         assert facts(out).audio_packets == facts(source).audio_packets, name
 
@@ -614,10 +621,35 @@ def test_the_peak_audio_rates_of_a_video_on_request_count_every_packet(clips, tm
     assert rates == {n: expected[n] for n in (0, 1)} and min(rates.values()) > 10_000
 
 
+def test_audio_segments_transcode_is_described_and_reckoned_as_the_aac_they_hold(clips, tmp_path):
+    """A stream MPEG-TS cannot carry (FLAC 5.1 here) is made stereo AAC in segments: its
+    rendition says so (channels, codec string), and its rate is reckoned at AAC's (80 kbit/s a
+    channel, on top of the encoder's 64), not at its own packets' 5.1 FLAC rate."""
+    from carn_stream.pipeline.media.hls_audio import audio_streams
+    from carn_stream.pipeline.media.remux import audio_peak_rates
+    from carn_stream.pipeline.media.segments import plan_segments
+
+    source = with_second_audio(clips["two_audio"], tmp_path / "flac.mkv", 2.0, codec="flac",
+                               layout="5.1", title="Lossless")  # fmt: skip
+    streams = audio_streams(source)
+    assert [(s.name, s.channels, s.codec, s.copied) for s in streams] == [
+        ("Audio 1", 6, "mp4a.40.2", True),  # 5.1 AAC, copied as it is
+        ("Commentary", 2, "mp4a.40.2", True),
+        ("Lossless", 2, "mp4a.40.2", False),  # 5.1 FLAC, made stereo AAC
+    ]
+    rates = audio_peak_rates(source, plan_segments(source, 1.0))
+    assert sorted(rates) == [0, 1, 2] and rates[2] == 160_000
+
+
 def test_a_player_chooses_on_its_own_among_the_first_stream_of_each_language():
     """Two English streams (the main one, a commentary) would be alike to a player choosing by
     language: only the first is AUTOSELECT."""
-    from carn_stream.pipeline.media.hls import AudioMedia, Variant, master_playlist_text
+    from carn_stream.pipeline.media.hls import (
+        AudioMedia,
+        Variant,
+        master_playlist_text,
+        with_default_audio,
+    )
 
     audio = [AudioMedia("audio_0.m3u8", "English", "eng", True, 2),
              AudioMedia("audio_1.m3u8", "Commentary", "eng", False, 2),
@@ -626,6 +658,15 @@ def test_a_player_chooses_on_its_own_among_the_first_stream_of_each_language():
     chosen = re.findall(r'NAME="([^"]+)",LANGUAGE="(\w+)",DEFAULT=(\w+),AUTOSELECT=(\w+)', text)
     assert chosen == [("English", "en", "YES", "YES"), ("Commentary", "en", "NO", "NO"),
                       ("Français", "fr", "NO", "YES")]  # fmt: skip
+    # A viewer's choice made the default (what a player offering no choice plays), which a
+    # player must also be free to choose on its own.
+    commentary = with_default_audio(text, "audio_1.m3u8")
+    assert re.findall(r'NAME="([^"]+)",LANGUAGE="(\w+)",DEFAULT=(\w+),AUTOSELECT=(\w+)',
+                      commentary) == [("English", "en", "NO", "YES"),
+                                      ("Commentary", "en", "YES", "YES"),
+                                      ("Français", "fr", "NO", "YES")]  # fmt: skip
+    with pytest.raises(LookupError):
+        with_default_audio(text, "audio_3.m3u8")
 
 
 @pytest.mark.slow
@@ -888,12 +929,13 @@ def test_subtitle_renditions_have_names_of_their_own_and_one_default(tmp_path):
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
     tracks = text_subtitle_tracks(path)
-    assert [(t.name, t.language, t.default) for t in tracks] == [("eng", "eng", True),
-                                                                 ("eng (2)", "eng", False)]
+    # (untitled: named by their language, in itself)
+    assert [(t.name, t.language, t.default) for t in tracks] == [("English", "eng", True),
+                                                                 ("English (2)", "eng", False)]
     media = [SubtitleMedia(f"subtitles_{t.number}.m3u8", t.name, t.language, t.default)
              for t in tracks]  # fmt: skip
     text = master_playlist_text([Variant("index.m3u8", 1000, 64, 48, "")], media)
-    assert 'NAME="eng (2)",LANGUAGE="en",DEFAULT=NO' in text
+    assert 'NAME="English (2)",LANGUAGE="en",DEFAULT=NO' in text
     assert "#EXT-X-STREAM-INF:BANDWIDTH=1000,RESOLUTION=64x48,SUBTITLES=" in text
 
 

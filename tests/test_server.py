@@ -299,7 +299,9 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
     """Subtitles were dropped from HLS jobs: a finished one links its master playlist, which
     names the input's text subtitles as a WebVTT subtitle rendition served beside the
     segments (``text/vtt``), and its two audio streams as audio renditions; no other names
-    are served."""
+    are served. The jobs page shows the subtitles and offers the audio renditions (Chromium's
+    own player does neither): a choice plays the master playlist with that one as its
+    default (``?audio=``)."""
     from tests.media import with_second_audio, write_rich_mkv
 
     base, root = media
@@ -329,10 +331,14 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
              "audio_2.m3u8", "audio_1_segment_0.ts", "audio_1.ts")  # fmt: skip
     for name in names:
         assert server.call("GET", f"{folder}/{name}").status == 404, name
-    # The jobs page gives the player the subtitles as a track (Chromium's own HLS player
-    # shows no subtitle rendition).
+    chosen = server.call("GET", f"{folder}/master.m3u8?audio=1").body.decode()
+    assert re.findall(r'NAME="([^"]+)".*?DEFAULT=(\w+),AUTOSELECT=(\w+)', chosen) == [
+        ("Français", "NO", "YES"), ("Commentary", "YES", "YES"), ("English", "YES", "YES")]
+    refused = server.call("GET", f"{folder}/master.m3u8?audio=2")
+    assert refused.status == 422 and refused.json()["detail"] == "the job has no audio rendition 2"
     from playwright.sync_api import sync_playwright
 
+    player = "document.getElementById('player')"
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
@@ -340,10 +346,19 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
             page.goto(f"http://127.0.0.1:{server.port}/")
             page.locator(f"#jobs tr[data-id='{job['id']}'] button.play").click()
             cues, label = player_subtitles(page, 2)
+            page.wait_for_selector("#audio-choice:not([hidden])")
+            offered = page.evaluate("Array.from(document.querySelectorAll('#audio option'))"
+                                    ".map(o => [o.value, o.textContent, o.selected])")
+            page.select_option("#audio", "1")
+            page.wait_for_function(f"{player}.src.includes('master.m3u8?audio=1') && "
+                                   f"{player}.currentTime > 0.5", timeout=60_000)  # fmt: skip
+            error = page.evaluate(f"{player}.error")
         finally:
             browser.close()
     assert cues == [[0.1, "Hello there"], [0.5, "Second cue"]]
     assert label == ["English", "en", "showing"]
+    assert offered == [["0", "Français (fr)", True], ["1", "Commentary (en)", False]]
+    assert error is None
 
 
 def test_mp4_job_serves_range_requests(server, media, tmp_path):

@@ -476,6 +476,23 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     response = server.call("POST", "/videos", {"url": f"{base}/two_audio.mkv"})
     assert response.status == 201, response.body
     video = response.json()
+    folder = f"/videos/{video['id']}"
+    assert video["audio"] == [
+        {"number": 0, "name": "Audio 1", "language": None, "channels": 6,
+         "codec": "mp4a.40.2", "default": True, "playlist": f"{folder}/audio_0/index.m3u8"},
+        {"number": 1, "name": "Commentary", "language": "en", "channels": 2,
+         "codec": "mp4a.40.2", "default": False, "playlist": f"{folder}/audio_1/index.m3u8"},
+    ]  # fmt: skip
+    assert server.call("GET", folder).json()["audio"] == video["audio"]
+    # A player that offers no choice of its own plays the default: ?audio= names it.
+    chosen = server.call("GET", f"{folder}/master.m3u8?audio=1").body.decode()
+    assert re.findall(r'NAME="([^"]+)".*?DEFAULT=(\w+)', chosen) == [
+        ("Audio 1", "NO"), ("Commentary", "YES")]  # fmt: skip
+    for wrong in ("2", "-1", "x"):
+        refused = server.call("GET", f"{folder}/master.m3u8?audio={wrong}")
+        assert refused.status == 422, (wrong, refused.body)
+    assert "offers no audio stream 2 as a rendition (it offers [0, 1])" in server.call(
+        "GET", f"{folder}/master.m3u8?audio=2").json()["detail"]
     master = server.call("GET", video["links"]["master"]).body.decode().splitlines()
     assert [line for line in master if line.startswith("#EXT-X-MEDIA:")] == [
         '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="Audio 1",DEFAULT=YES,AUTOSELECT=YES,'
@@ -487,7 +504,6 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     assert len(variants) == 2, master
     assert all('AUDIO="audio"' in v and re.search(r'CODECS="avc1\.[0-9a-f]{6},mp4a\.40\.2"', v)
                for v in variants), variants  # fmt: skip
-    folder = f"/videos/{video['id']}"
     playlist = server.call("GET", f"{folder}/audio_1/index.m3u8")
     assert playlist.status == 200
     original = server.call("GET", f"{folder}/original/index.m3u8").body.decode()
@@ -517,6 +533,98 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     assert server.call("HEAD", f"{folder}/audio_2/segment_00000.ts").status == 404
     plain = ingest(server, base)  # one audio stream: no group
     assert "TYPE=AUDIO" not in server.call("GET", plain["links"]["master"]).body.decode()
+    assert plain["audio"] == []
+
+
+def test_a_videos_audio_renditions_are_recorded_with_it(media, tmp_path):
+    """Deciding them reads all of the input's audio. They are decided at ingest, or for a video
+    from before they were recorded when first needed, and kept with the video: a restart does
+    not read the input again."""
+    from carn_stream.pipeline.media.segments import plan_segments
+    from carn_stream.server.vod.audio import VideoAudio
+    from carn_stream.server.vod.cache import SegmentCache
+    from carn_stream.server.vod.store import ORIGINAL, Rendition, VideoStore
+    from tests.media import with_second_audio
+
+    source = with_second_audio(media / "clip.mp4", tmp_path / "two.mkv", FRAMES / 25)
+    store = VideoStore(tmp_path / "videos.sqlite3")
+    original = Rendition(name=ORIGINAL, scale=1, width=96, height=54, codecs="", bandwidth=1)
+    video = store.create("http://127.0.0.1/two.mkv", source, plan_segments(source, 1.0),
+                         [original], tune=False)  # (as a video from before: none recorded)
+    assert video.audio is None
+    cache = SegmentCache(tmp_path / "cache", 10**9)
+    decided = VideoAudio(cache, lambda: 0, lambda keys: None, store.set_audio).offered(video)
+    assert [s.name for s in decided.streams] == ["Audio 1", "Commentary"]
+    assert decided.peak_rate > 10_000
+    stored = store.get(video.id)
+    assert stored is not None and stored.audio == decided
+    source.unlink()  # read no more
+    restarted = VideoAudio(cache, lambda: 0, lambda keys: None, store.set_audio)
+    assert restarted.offered(stored) == decided
+    store.close()
+
+
+def test_audio_segments_cannot_copy_is_a_rendition_made_aac_so_the_original_has_sound(
+    server, base, media, tmp_path
+):
+    """MPEG-TS does not carry Opus, so the original rendition (packets copied) had no sound,
+    while the upscaled ones made it AAC. Such a stream is now a rendition of its own, made AAC
+    from the input as the upscaled segments make it (the same frames, bit for bit), and the
+    master playlist offers it even where it is the input's only audio stream."""
+    from tests.media import with_audio_encoded
+
+    with_audio_encoded(media / "clip.mp4", media / "opus.mkv", "libopus", "flt")
+    response = server.call("POST", "/videos", {"url": f"{base}/opus.mkv"})
+    assert response.status == 201, response.body
+    video = response.json()
+    master = server.call("GET", video["links"]["master"]).body.decode().splitlines()
+    assert [line for line in master if line.startswith("#EXT-X-MEDIA:")] == [
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="Audio 1",DEFAULT=YES,AUTOSELECT=YES,'
+        'CHANNELS="2",URI="audio_0/index.m3u8"'
+    ]  # fmt: skip
+    variants = [line for line in master if line.startswith("#EXT-X-STREAM-INF:")]
+    assert [re.search(r'CODECS="avc1\.[0-9a-f]{6},mp4a\.40\.2"', v) is not None
+            and 'AUDIO="audio"' in v for v in variants] == [True, True], variants  # fmt: skip
+    bandwidth = int(re.search(r"BANDWIDTH=(\d+)", variants[0])[1])  # nothing made yet
+    assert bandwidth == video["renditions"][0]["bandwidth"] + 160_000  # AAC stereo, reckoned
+    folder = f"/videos/{video['id']}"
+    path = tmp_path / "original.ts"
+    path.write_bytes(get_segment(server, video["id"], "original", 1))
+    with av.open(str(path)) as c:
+        assert [s.type for s in c.streams] == ["video"]  # the reason for the rendition
+    for index in (0, 2, SEGMENTS - 1):
+        own = server.call("GET", f"{folder}/audio_0/segment_{index:05d}.ts")
+        assert own.status == 200, own.body
+        types, packets = ts_audio(own.body, 0, tmp_path)
+        _, upscaled = ts_audio(get_segment(server, video["id"], "x2", index), 0, tmp_path)
+        assert types == ["audio"] and len(packets) > 30 and packets == upscaled, index
+    plain = ingest(server, base)  # one AAC stream, which the original copies: no group
+    assert "TYPE=AUDIO" not in server.call("GET", plain["links"]["master"]).body.decode()
+
+
+def test_a_second_audio_stream_segments_cannot_copy_is_a_rendition_made_aac(
+    server, base, media, tmp_path
+):
+    """Opus first and a 5.1 FLAC commentary: both are offered, made AAC, the FLAC mixed down
+    to stereo as the upscaled segments hold it."""
+    from tests.media import with_audio_encoded, with_second_audio
+
+    opus = with_audio_encoded(media / "clip.mp4", media / "opus2.mkv", "libopus", "flt")
+    with_second_audio(opus, media / "opus_flac.mkv", FRAMES / 25, codec="flac", layout="5.1")
+    response = server.call("POST", "/videos", {"url": f"{base}/opus_flac.mkv"})
+    assert response.status == 201, response.body
+    video = response.json()
+    master = server.call("GET", video["links"]["master"]).body.decode()
+    assert re.findall(r"#EXT-X-MEDIA:TYPE=AUDIO.*", master) == [
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="Audio 1",DEFAULT=YES,AUTOSELECT=YES,'
+        'CHANNELS="2",URI="audio_0/index.m3u8"',
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="Commentary",LANGUAGE="en",DEFAULT=NO,'
+        'AUTOSELECT=YES,CHANNELS="2",URI="audio_1/index.m3u8"',
+    ]  # fmt: skip
+    url = f"/videos/{video['id']}/audio_1/segment_00003.ts"
+    packets = packets_of(server, url, tmp_path)
+    _, upscaled = ts_audio(get_segment(server, video["id"], "x2", 3), 1, tmp_path)
+    assert len(packets) > 30 and packets == upscaled
 
 
 @pytest.mark.slow
@@ -556,6 +664,46 @@ def test_a_video_stored_small_keeps_its_subtitles(server, base, media, data_dir)
         assert server.call("GET", f"{folder}/0.vtt").body.decode() == RICH_WEBVTT
     finally:
         assert server.call("DELETE", f"/videos/{video['id']}").status == 204
+
+@pytest.mark.slow
+def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base, media):
+    """Chromium's own player offers no choice of audio renditions: it plays the group's
+    default, and only that one is fetched. The videos page offers the video's audio streams and
+    plays the one chosen: the master playlist again with it as the default (``?audio=``), from
+    where the player was."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.media import with_second_audio
+
+    with_second_audio(media / "clip.mp4", media / "choice.mkv", FRAMES / 25)
+    response = server.call("POST", "/videos", {"url": f"{base}/choice.mkv"})
+    assert response.status == 201, response.body
+    video = response.json()
+    made = server.data_dir / "videos" / video["id"]
+    player = "document.getElementById('player')"
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.port}/watch")
+            page.locator(f"tr[data-id='{video['id']}']").get_by_role("button",
+                                                                       name="Play all").click()
+            page.wait_for_function(f"{player}.currentTime > 1", timeout=60_000)
+            offered = page.evaluate("[document.getElementById('audio-choice').hidden, Array.from("
+                                    "document.querySelectorAll('#audio option')).map("
+                                    "o => [o.value, o.textContent, o.selected])]")  # fmt: skip
+            first = sorted(p.name for p in made.glob("audio_*"))
+            at = page.evaluate(f"{player}.currentTime")
+            page.select_option("#audio", "1")
+            page.wait_for_function(f"{player}.src.includes('audio=1') && "
+                                   f"{player}.currentTime > {at} + 1", timeout=60_000)  # fmt: skip
+            state = page.evaluate(f"[{player}.error, {player}.paused]")
+        finally:
+            browser.close()
+    assert offered == [False, [["0", "Audio 1", True], ["1", "Commentary (en)", False]]]
+    assert first == ["audio_0"]  # the default's segments only
+    assert list((made / "audio_1").glob("segment_*.ts")) and state == [None, False]
+
 
 @pytest.mark.slow
 def test_the_videos_page_shows_a_videos_subtitles(server, base, media, data_dir):

@@ -34,6 +34,7 @@ INIT_NAME = "init.mp4"  #: a fragmented-MP4 folder's initialisation segment
 #: A segment's file name, of either kind: ASCII digits only, the whole name (``\Z``: no trailing
 #: newline).
 SEGMENT_NAME_RE = re.compile(r"segment_([0-9]{5,9})\.(ts|m4s)\Z")
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"  #: an HLS playlist's media type
 #: Audio codecs MPEG-TS segments carry as they are (the rest is transcoded to AAC).
 SEGMENT_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3"})
 
@@ -194,19 +195,39 @@ class AudioMedia:
 SUBTITLE_GROUP = "subs"
 AUDIO_GROUP = "audio"
 #: ISO 639-2 codes (as Matroska and MP4 tag streams) of common languages -> their two-letter
-#: ISO 639-1 codes, the form a language tag takes where one exists (RFC 5646).
-_TWO_LETTER = {
-    "ara": "ar", "chi": "zh", "zho": "zh", "cze": "cs", "ces": "cs", "dan": "da", "dut": "nl",
-    "nld": "nl", "eng": "en", "fin": "fi", "fra": "fr", "fre": "fr", "ger": "de", "deu": "de",
-    "gre": "el", "ell": "el", "heb": "he", "hin": "hi", "hun": "hu", "ind": "id", "ita": "it",
-    "jpn": "ja", "kor": "ko", "nor": "no", "pol": "pl", "por": "pt", "rum": "ro", "ron": "ro",
-    "rus": "ru", "spa": "es", "swe": "sv", "tha": "th", "tur": "tr", "ukr": "uk", "vie": "vi",
+#: ISO 639-1 codes, the form a language tag takes where one exists (RFC 5646), and their names
+#: in themselves, as a player's menu of languages shows them.
+_LANGUAGES = {
+    "ara": ("ar", "العربية"), "chi": ("zh", "中文"), "zho": ("zh", "中文"),
+    "cze": ("cs", "Čeština"), "ces": ("cs", "Čeština"), "dan": ("da", "Dansk"),
+    "dut": ("nl", "Nederlands"), "nld": ("nl", "Nederlands"), "eng": ("en", "English"),
+    "fin": ("fi", "Suomi"), "fra": ("fr", "Français"), "fre": ("fr", "Français"),
+    "ger": ("de", "Deutsch"), "deu": ("de", "Deutsch"), "gre": ("el", "Ελληνικά"),
+    "ell": ("el", "Ελληνικά"), "heb": ("he", "עברית"), "hin": ("hi", "हिन्दी"),
+    "hun": ("hu", "Magyar"), "ind": ("id", "Bahasa Indonesia"), "ita": ("it", "Italiano"),
+    "jpn": ("ja", "日本語"), "kor": ("ko", "한국어"), "nor": ("no", "Norsk"),
+    "pol": ("pl", "Polski"), "por": ("pt", "Português"), "rum": ("ro", "Română"),
+    "ron": ("ro", "Română"), "rus": ("ru", "Русский"), "spa": ("es", "Español"),
+    "swe": ("sv", "Svenska"), "tha": ("th", "ไทย"), "tur": ("tr", "Türkçe"),
+    "ukr": ("uk", "Українська"), "vie": ("vi", "Tiếng Việt"),
 }  # fmt: skip
 
 
 def language_tag(language: str) -> str:
     """A stream's language as a language tag: ``eng`` -> ``en``; others as given."""
-    return _TWO_LETTER.get(language.lower(), language)
+    return _LANGUAGES.get(language.lower(), (language,))[0]
+
+
+def track_name(title: str | None, language: str | None, fallback: str) -> str:
+    """What a rendition is called in a player's menu: the stream's title, else its language's
+    name in itself (``fra`` -> ``Français``; a language not known here by its code), else
+    ``fallback``."""
+    if title:
+        return title
+    if language:
+        known = _LANGUAGES.get(language.lower())
+        return known[1] if known else language
+    return fallback
 
 
 def _quoted(text: str) -> str:
@@ -222,6 +243,24 @@ def with_codecs(codecs: str, group: Iterable[str | None]) -> str:
         return "" if group else codecs
     tags = codecs.split(",")
     return ",".join(tags + [t for t in dict.fromkeys(group) if t not in tags])
+
+
+_AUDIO_MEDIA = "#EXT-X-MEDIA:TYPE=AUDIO,"  #: the start of an audio rendition's line
+
+
+def with_default_audio(text: str, uri: str) -> str:
+    """The master playlist ``text`` with its audio rendition at ``uri`` as the group's default
+    (``DEFAULT=YES``; the others ``NO``): what a player that offers no choice of its own
+    plays. Raises LookupError where it names no such audio rendition."""
+    lines = text.split("\n")
+    audio = [i for i, line in enumerate(lines) if line.startswith(_AUDIO_MEDIA)]
+    named = f",URI={_quoted(uri)}"
+    if not any(named in lines[i] for i in audio):
+        raise LookupError(f"no audio rendition {uri!r}")
+    for i in audio:  # (the default is also chosen on its own: AUTOSELECT must say so)
+        flags = ",DEFAULT=YES,AUTOSELECT=YES," if named in lines[i] else r",DEFAULT=NO,\1,"
+        lines[i] = re.sub(r",DEFAULT=(?:YES|NO),(AUTOSELECT=(?:YES|NO)),", flags, lines[i], count=1)
+    return "\n".join(lines)
 
 
 def master_playlist_text(

@@ -35,21 +35,24 @@ from pathlib import Path
 import av
 
 from carn_stream.pipeline.errors import OutputError, PipelineError, ffmpeg_reason
+from carn_stream.pipeline.media.audio_transcode import transcoded_channels
 from carn_stream.pipeline.media.decode import codec_name, open_input, stream_label
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.fragment import check_tracks, fragment, played, publish_bytes
 from carn_stream.pipeline.media.hls import (
     AUDIO_NAME_RE,
     INIT_NAME,
+    SEGMENT_AUDIO,
     AudioMedia,
     audio_playlist,
     audio_prefix,
     playlist_text,
     publish_text,
     segment_name,
+    track_name,
     unique_name,
 )
-from carn_stream.pipeline.media.renditions import audio_tag
+from carn_stream.pipeline.media.renditions import carried_audio_tag
 from carn_stream.pipeline.media.segments import SegmentPlan
 
 log = logging.getLogger(__name__)
@@ -60,23 +63,28 @@ class AudioStream:
     """One of the input's audio streams, as its rendition names it."""
 
     number: int  #: its place among the audio streams
-    name: str  #: its title, else its language, else "Audio N"
+    name: str  #: its title, else its language's name, else "Audio N"
     language: str | None
-    channels: int | None  #: as the input has it
-    codec: str | None  #: its codec string (RFC 6381), where one is known
+    channels: int | None  #: as the segments carry it
+    codec: str | None  #: its codec string (RFC 6381) as the segments carry it, where known
+    copied: bool  #: MPEG-TS carries it as it is (else segments transcode it to AAC)
 
 
 def audio_streams(source: Path) -> list[AudioStream]:
-    """The input's audio streams, in order (the order the segments carry them in)."""
+    """The input's audio streams, in order (the order the segments carry them in), as the
+    segments carry them: copied where MPEG-TS takes them, else AAC (mono or stereo)."""
     streams: list[AudioStream] = []
     with open_input(source) as container:
         for number, stream in enumerate(container.streams.audio):
             language, title = stream_label(stream)
-            name = unique_name(title or language or f"Audio {number + 1}",
+            name = unique_name(track_name(title, language, f"Audio {number + 1}"),
                                (s.name for s in streams))  # fmt: skip
+            copied = codec_name(stream) in SEGMENT_AUDIO
             channels = stream.codec_context.channels or None
-            codec = audio_tag(codec_name(stream), stream.codec_context.profile)
-            streams.append(AudioStream(number, name, language, channels, codec))
+            if channels and not copied:
+                channels = transcoded_channels(channels)
+            streams.append(AudioStream(number, name, language, channels,
+                                       carried_audio_tag(stream), copied))  # fmt: skip
     return streams
 
 

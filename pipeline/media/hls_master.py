@@ -12,6 +12,7 @@ import av
 
 from carn_stream.pipeline.colour import video_range
 from carn_stream.pipeline.errors import PipelineError
+from carn_stream.pipeline.media.decode import codec_name
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hls import (
     AUDIO_NAME_RE,
@@ -82,7 +83,7 @@ def _variant(
         width, height = video.codec_context.width, video.codec_context.height
         codecs = [_video_tag(segment, video)]
         for stream in segment.streams.audio:
-            tag = audio_tag(stream.codec_context.name, stream.codec_context.profile) or ""
+            tag = audio_tag(codec_name(stream), stream.codec_context.profile) or ""
             if tag not in codecs:
                 codecs.append(tag)
     rate = float(plan.frame_rate) if plan.frame_rate else None

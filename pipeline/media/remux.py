@@ -4,9 +4,11 @@ A remuxed segment holds the video packets from the segment's keyframe up to the 
 segment's keyframe (decode order) and the audio of its time range, with every timestamp moved
 by :data:`~carn_stream.pipeline.media.encode.SEGMENT_OFFSET_SECONDS` exactly as upscaled segments
 are, so a player can switch between the original and an upscaled rendition at any segment.
-Audio that MPEG-TS cannot carry as it is is left out. Written under a temporary name and
-published by rename. Only a segment that starts on a keyframe can be copied so (a plan cut
-between the keyframes of a long-GOP input has segments that need a decode pre-roll): see
+Audio that MPEG-TS cannot carry as it is is left out; an audio rendition's segment
+(:func:`remux_audio`) holds one stream, copied or made AAC as upscaled segments make it.
+Written under a temporary name and published by rename. Only a segment that starts on a
+keyframe can be copied so (a plan cut between the keyframes of a long-GOP input has segments
+that need a decode pre-roll): see
 :attr:`~carn_stream.pipeline.media.segments.SegmentPlan.keyframe_aligned`.
 """
 
@@ -23,11 +25,12 @@ import av
 import av.bitstream
 
 from carn_stream.pipeline.errors import InputError, ffmpeg_reason
+from carn_stream.pipeline.media.audio_transcode import AudioTranscoder, transcoded_peak_rate
 from carn_stream.pipeline.media.decode import codec_name, main_video, open_input, with_decode_times
 from carn_stream.pipeline.media.encode import SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 from carn_stream.pipeline.media.seeking import from_keyframe_at, seek_to_keyframe
-from carn_stream.pipeline.media.segments import Segment, SegmentPlan, segment_audio
+from carn_stream.pipeline.media.segments import Segment, SegmentPlan, audio_window, segment_audio
 
 #: Video codecs whose packets MPEG-TS segments carry as they are.
 REMUXABLE_VIDEO = frozenset({"h264", "hevc"})
@@ -85,6 +88,15 @@ def _copying(what: str) -> Iterator[None]:
         raise InputError(f"{what} cannot be copied into MPEG-TS ({ffmpeg_reason(exc)})") from exc
 
 
+@contextlib.contextmanager
+def _transcoding(what: str) -> Iterator[None]:
+    """FFmpeg's failure to make ``what`` AAC, as an InputError."""
+    try:
+        yield
+    except (av.FFmpegError, ValueError) as exc:
+        raise InputError(f"{what} cannot be made AAC ({ffmpeg_reason(exc)})") from exc
+
+
 def _move(packet: av.Packet, task: RemuxTask) -> None:
     """Move a packet's times as every segment's are (by the segment offset, less the plan's
     origin)."""
@@ -95,67 +107,98 @@ def _move(packet: av.Packet, task: RemuxTask) -> None:
 
 def remux_audio(task: RemuxTask, number: int) -> int:
     """Write the input's audio stream ``number`` (its place among the audio streams) of the
-    segment alone: its packets copied, timed as the segments are (an audio rendition's
-    segment). Returns its size in bytes. Raises InputError where MPEG-TS cannot carry the
-    stream as it is, or the segment has no packet of it."""
-    segment = task.segment
+    segment alone, as the segments carry it (an audio rendition's segment): its packets copied
+    where MPEG-TS takes them as they are, else transcoded to AAC on the segments' grid (the
+    frames an upscaled segment holds, bit for bit); timed as the segments are. Returns its size
+    in bytes. Raises InputError where the segment has no packet of the stream, or its audio
+    cannot be read or written."""
+    segment, last = task.segment, task.next_start is None
 
     def write(part: Path) -> None:
         with open_input(task.source) as container:
             streams = list(container.streams.audio)
-            if number >= len(streams) or codec_name(streams[number]) not in SEGMENT_AUDIO:
-                raise InputError(f"audio stream {number} cannot be copied into MPEG-TS")
+            if number >= len(streams):
+                raise InputError(f"the input has no audio stream {number}")
             stream = streams[number]
+            copied = codec_name(stream) in SEGMENT_AUDIO
+            decoded = frozenset() if copied else frozenset({stream.index})
             try:
-                items = segment_audio(container, segment, task.time_base, task.next_start is None)
-                packets = [
-                    i.packet
-                    for i in items
-                    if i.packet is not None and i.packet.stream.index == stream.index
-                ]
+                items = [i for i in segment_audio(container, segment, task.time_base, last, decoded)
+                         if i.stream_index == stream.index]  # fmt: skip
             except av.FFmpegError as exc:
                 raise InputError(f"reading {segment.describe()} failed: {exc}") from exc
-            if not packets:
+            if not items:
                 raise InputError(f"{segment.describe()} has no packet of audio stream {number}")
+            what = f"{segment.describe()}: audio stream {number}"
             with (
-                _copying(f"{segment.describe()}: audio stream {number}"),
+                _copying(what) if copied else _transcoding(what),
                 av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out,
             ):
-                target = out.add_stream_from_template(stream)
-                if language := stream.metadata.get("language"):
-                    target.metadata["language"] = language
-                for packet in packets:
-                    _move(packet, task)
-                    packet.stream = target
-                    out.mux(packet)
+                if copied:
+                    _copy_audio(out, stream, [i.packet for i in items if i.packet], task)
+                else:
+                    _transcode_audio(out, stream, [f for i in items for f in i.frames], task)
 
     return _published(task.target, write)
 
 
+def _copy_audio(
+    out: av.container.OutputContainer, stream: av.stream.Stream, packets: list, task: RemuxTask
+) -> None:
+    target = out.add_stream_from_template(stream)
+    _label(target, stream)
+    for packet in packets:
+        _move(packet, task)
+        packet.stream = target
+        out.mux(packet)
+
+
+def _transcode_audio(
+    out: av.container.OutputContainer, stream: av.stream.Stream, frames: list, task: RemuxTask
+) -> None:
+    """``frames`` made AAC as an upscaled segment's sink makes them (``encode.VideoSink``):
+    on its clock, keeping the frames of the segment's window."""
+    offset = Fraction(SEGMENT_OFFSET_SECONDS - task.origin)
+    last = task.next_start is None
+    window = audio_window(task.segment, task.time_base, last, task.origin).later(offset)
+    transcoder = AudioTranscoder(out, stream, offset, window)
+    _label(transcoder.stream, stream)
+    transcoder.anchor(frames)
+    out.mux(transcoder.encode(frames) + transcoder.encode(None))
+
+
+def _label(target: av.stream.Stream, stream: av.stream.Stream) -> None:
+    """Give ``target`` the language of the input's ``stream``."""
+    if language := stream.metadata.get("language"):
+        target.metadata["language"] = language
+
+
 def audio_peak_rates(source: Path, plan: SegmentPlan) -> dict[int, float]:
-    """The input's audio streams (their places among its audio streams) that MPEG-TS carries
-    as they are and that have a packet in every segment of ``plan``, each with its peak rate
-    over the segments (bits per second of its packets; one reading of the input's audio). A
-    packet belongs to the segment its time falls in, as :func:`segment_audio` counts: the first
-    segment takes what comes before it, the last what follows it."""
+    """The input's audio streams (their places among its audio streams) that have a packet in
+    every segment of ``plan``, each with its peak rate over the segments in bits per second:
+    of its packets where MPEG-TS carries them as they are, else of the AAC it is transcoded to
+    (reckoned: :func:`~carn_stream.pipeline.media.audio_transcode.transcoded_peak_rate`). One
+    reading of the input's audio. A packet belongs to the segment its time falls in, as
+    :func:`segment_audio` counts: the first segment takes what comes before it, the last what
+    follows it."""
     starts = [s.start_pts * plan.time_base for s in plan.segments]
     with open_input(source) as container:
         streams = list(container.streams.audio)
-        indexes = [s.index for s in streams]  # (read while the input is open)
-        sizes = {s.index: {} for s in streams if codec_name(s) in SEGMENT_AUDIO}
-        if sizes:
-            for packet in container.demux([s for s in streams if s.index in sizes]):
-                if packet.dts is None or not packet.size:
-                    continue
-                at = (packet.pts if packet.pts is not None else packet.dts) * packet.time_base
-                segment = max(0, bisect.bisect_right(starts, at) - 1)
-                counted = sizes[packet.stream.index]
-                counted[segment] = counted.get(segment, 0) + packet.size
+        sizes: dict[int, dict[int, int]] = {s.index: {} for s in streams}
+        reckoned = {s.index: transcoded_peak_rate(s.codec_context.channels or 2)
+                    for s in streams if codec_name(s) not in SEGMENT_AUDIO}  # fmt: skip
+        for packet in container.demux(streams) if streams else ():
+            if packet.dts is None or not packet.size:
+                continue
+            at = (packet.pts if packet.pts is not None else packet.dts) * packet.time_base
+            segment = max(0, bisect.bisect_right(starts, at) - 1)
+            counted = sizes[packet.stream.index]
+            counted[segment] = counted.get(segment, 0) + packet.size
     durations = [s.duration for s in plan.segments]
     return {
-        place: max(8 * counted[i] / seconds for i, seconds in enumerate(durations))
-        for place, index in enumerate(indexes)
-        if len(counted := sizes.get(index, {})) == len(plan.segments)
+        place: reckoned.get(index) or max(8 * counted[i] / s for i, s in enumerate(durations))
+        for place, (index, counted) in enumerate(sizes.items())
+        if len(counted) == len(plan.segments)
     }
 
 
@@ -195,6 +238,7 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
         streams = {stream.index: out.add_stream_from_template(stream)}
         for a in audio:
             streams[a.index] = out.add_stream_from_template(a)
+            _label(streams[a.index], a)
         annexb = _annex_b(stream, streams[stream.index])
         parameter_sets = b""
         if annexb is not None and not task.in_band_parameter_sets:

@@ -20,6 +20,7 @@ from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
 #: AAC profiles as FFmpeg names them -> MPEG-4 audio object types.
 _AAC_OBJECT_TYPES = {"LC": 2, "HE-AAC": 5, "HE-AACv2": 29, "Main": 1, "LTP": 4}
+TRANSCODED_AUDIO_TAG = "mp4a.40.2"  #: AAC-LC: what segments transcode other audio to
 _AUDIO_TAGS = {"mp3": "mp4a.40.34", "ac3": "ac-3", "eac3": "ec-3"}
 
 
@@ -104,15 +105,20 @@ def source_codecs(source) -> tuple[str | None, str | None, int]:
     return tag, audio, int(rate)
 
 
+def carried_audio_tag(stream: av.stream.Stream) -> str | None:
+    """The codec string of an input audio stream as segments carry it: its own where MPEG-TS
+    takes it as it is, else AAC-LC's (it is transcoded)."""
+    name = codec_name(stream)
+    if name in SEGMENT_AUDIO:
+        return audio_tag(name, stream.codec_context.profile)
+    return TRANSCODED_AUDIO_TAG
+
+
 def upscaled_audio_tag(source) -> str | None:
-    """Upscaled segments copy audio MPEG-TS takes as it is and transcode the rest to AAC-LC."""
+    """The codec string of the audio a player of upscaled segments hears (their first audio
+    stream's)."""
     with open_input(source) as container:
-        for stream in container.streams.audio:
-            ctx = stream.codec_context
-            if ctx.name in SEGMENT_AUDIO:
-                return audio_tag(ctx.name, ctx.profile)
-            return "mp4a.40.2"
-    return None
+        return next((carried_audio_tag(s) for s in container.streams.audio), None)
 
 
 def encoder_tag(width: int, height: int, rate: Fraction | None, options: EncoderOptions) -> str:

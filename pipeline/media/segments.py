@@ -31,7 +31,7 @@ import av
 from carn_stream.pipeline.colour import UNSPECIFIED_TRANSFER, StaticHdr
 from carn_stream.pipeline.errors import InputError, LimitError, ffmpeg_reason
 from carn_stream.pipeline.frames import SourceFrame, upscaled_size
-from carn_stream.pipeline.media.audio_transcode import TRANSCODE_MARGIN_SECONDS
+from carn_stream.pipeline.media.audio_transcode import TRANSCODE_MARGIN_SECONDS, AudioWindow
 from carn_stream.pipeline.media.decode import (
     AudioItem,
     FrameTimes,
@@ -697,6 +697,15 @@ def _audio_time(packet: av.Packet) -> Fraction:
 def _in_segment(at: Fraction, segment: Segment, start: Fraction, end: Fraction, last: bool) -> bool:
     """Whether audio at ``at`` belongs to a segment spanning ``start`` to ``end``."""
     return (segment.index == 0 or at >= start) and (last or at < end)
+
+
+def audio_window(segment: Segment, time_base: Fraction, last: bool, shift: int = 0) -> AudioWindow:
+    """The segment's part of the clock its frames are written on (less ``shift`` seconds),
+    for transcoded audio: from its first frame (the first segment: from the start) to the next
+    segment's (the last: to the end)."""
+    start = segment.start_pts * time_base - shift
+    end = segment.end_pts * time_base - shift
+    return AudioWindow(None if segment.index == 0 else start, None if last else end)
 
 
 def segment_audio(

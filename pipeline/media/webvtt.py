@@ -19,7 +19,7 @@ import av
 
 from carn_stream.pipeline.media.decode import codec_name, open_input, stream_label
 from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
-from carn_stream.pipeline.media.hls import publish_text, unique_name
+from carn_stream.pipeline.media.hls import publish_text, track_name, unique_name
 from carn_stream.pipeline.media.keep import TEXT_SUBTITLES, subtitle_text
 from carn_stream.pipeline.media.segments import SegmentPlan
 
@@ -34,7 +34,7 @@ class SubtitleTrack:
 
     number: int  #: its place among the input's text subtitle streams (0, 1, ...)
     stream_index: int
-    name: str  #: its title (an MP4 track's name), else its language, else "Subtitles N"
+    name: str  #: its title (an MP4 track's name), else its language's name, else "Subtitles N"
     language: str | None
     default: bool
     forced: bool
@@ -48,7 +48,7 @@ def text_subtitle_tracks(source: Path) -> list[SubtitleTrack]:
             if codec_name(stream) not in TEXT_SUBTITLES:
                 continue
             language, title = stream_label(stream)
-            name = title or language or f"Subtitles {len(tracks) + 1}"
+            name = track_name(title, language, f"Subtitles {len(tracks) + 1}")
             unique = unique_name(name, (t.name for t in tracks))
             disposition = stream.disposition
             default = bool(disposition & av.stream.Disposition.default)

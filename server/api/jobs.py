@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, status
@@ -13,10 +14,19 @@ from carn_stream.model import WeightsError
 from carn_stream.model.named_weights import weights_file
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.codecs import check_codec
-from carn_stream.pipeline.media.hls import INIT_NAME, PLAYLIST_NAME, segment_media_type
+from carn_stream.pipeline.media.hls import (
+    INIT_NAME,
+    MASTER_NAME,
+    PLAYLIST_NAME,
+    PLAYLIST_TYPE,
+    audio_playlist,
+    segment_media_type,
+    with_default_audio,
+)
 from carn_stream.server.admission import check_admission, queue_full
 from carn_stream.server.blocking import PoolBusy
 from carn_stream.server.deps import (
+    AudioChoice,
     Limit,
     Offset,
     Signer,
@@ -225,11 +235,14 @@ async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) ->
 
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse)
-def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
+def hls_file(
+    job_id: str, name: str, store: Store, runner: Runner, audio: AudioChoice = None
+) -> Response:
     """The playlist and its segments (MPEG-TS; HEVC and ``fmp4`` jobs: fragmented MP4, after
     ``init.mp4``), available while the job runs; once it has succeeded, its master playlist,
     the input's audio streams as renditions (``audio_N.m3u8`` and its segments, where it has
-    several) and its text subtitles (``subtitles_N.m3u8``, ``.vtt``)."""
+    several) and its text subtitles (``subtitles_N.m3u8``, ``.vtt``). ``audio`` (the master
+    playlist): the audio rendition players start with."""
     job = _job_or_404(store, job_id)
     if job.state in ENDED_WITHOUT_OUTPUT:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} {job.state}: no output")
@@ -242,8 +255,10 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is not available (yet)")
     if name.endswith(".vtt"):
         return FileResponse(path, media_type="text/vtt; charset=utf-8")
+    if name == MASTER_NAME and audio is not None:
+        return _master_with_audio(path, audio)
     if name != PLAYLIST_NAME and name.endswith(".m3u8"):  # written once, when the job ends
-        return FileResponse(path, media_type="application/vnd.apple.mpegurl")
+        return FileResponse(path, media_type=PLAYLIST_TYPE)
     if name == PLAYLIST_NAME:
         # Read whole at once: the running job replaces it (by rename) as segments finish, and a
         # file response sent the length of one version and the bytes of the next (a client
@@ -253,11 +268,21 @@ def hls_file(job_id: str, name: str, store: Store, runner: Runner) -> Response:
         except FileNotFoundError:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is not available") from None
         return Response(
-            text, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"}
+            text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": "no-cache"}
         )
     if name.endswith(INIT_NAME):  # (the folder's, or an audio rendition's)
         return FileResponse(path, media_type="video/mp4")
     return FileResponse(path, media_type=segment_media_type(name.endswith(".m4s")))
+
+
+def _master_with_audio(path: Path, number: int) -> Response:
+    """A finished job's master playlist with audio rendition ``number`` as the default."""
+    try:
+        text = with_default_audio(path.read_text(), audio_playlist(number))
+    except LookupError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"the job has no audio rendition {number}") from None  # fmt: skip
+    return Response(text, media_type=PLAYLIST_TYPE)
 
 
 @router.get("/{job_id}/output.{ext}", response_class=FileResponse)

@@ -19,15 +19,17 @@ from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.hls import (
     INIT_NAME,
     PLAYLIST_NAME,
+    PLAYLIST_TYPE,
     language_tag,
     segment_index,
     segment_media_type,
+    with_default_audio,
 )
 from carn_stream.pipeline.media.hls_audio import AudioStream
 from carn_stream.pipeline.media.webvtt import SubtitleTrack
 from carn_stream.server.admission import check_disk
 from carn_stream.server.blocking import PoolBusy
-from carn_stream.server.deps import Limit, Offset, Signer, require_token
+from carn_stream.server.deps import AudioChoice, Limit, Offset, Signer, require_token
 from carn_stream.server.disconnect import ClientGone, unless_disconnected
 from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.fetch import DiskFull, FetchError
@@ -35,6 +37,7 @@ from carn_stream.server.jobs.params import InputFps, Scale, raw_rate
 from carn_stream.server.pages import STATIC_DIR
 from carn_stream.server.speed import SpeedBook
 from carn_stream.server.streaming import FileStream, Turns
+from carn_stream.server.vod.audio import folder_name, media_uri
 from carn_stream.server.vod.manager import (
     Busy,
     LowOnDisk,
@@ -61,7 +64,6 @@ from carn_stream.server.vod.title import StoreRequest
 
 router = APIRouter(prefix="/videos", tags=["videos"])
 
-PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 #: Answered (to nobody) when the client hung up before its answer was ready.
 CLIENT_GONE = 499
 RETRY = {"Retry-After": "5"}
@@ -159,13 +161,25 @@ class TuneOut(BaseModel):
 
 
 class SubtitleOut(BaseModel):
-    name: str = Field(description="the stream's title, else its language")
+    name: str = Field(description="the stream's title, else its language's name (`Français`)")
     language: str | None = Field(description="its language tag (`en` for the input's `eng`)")
     default: bool
     forced: bool
     playlist: str = Field(description="its HLS subtitle playlist (the master playlist names it)")
     webvtt: str = Field(description="its WebVTT file, timed as the player's timeline (a "
                         "`<track>` element can show it)")
+
+
+class AudioOut(BaseModel):
+    number: int = Field(description="its place among the input's audio streams, from 0: "
+                        "`audio_<number>`, and the master playlist's `?audio=`")
+    name: str = Field(description="the stream's title, else its language's name "
+                      "(`Français`), else `Audio N`")
+    language: str | None = Field(description="its language tag (`en` for the input's `eng`)")
+    channels: int | None = Field(description="as the segments carry it (made AAC: 1 or 2)")
+    codec: str | None = Field(description="its RFC 6381 codec string as the segments carry it")
+    default: bool = Field(description="the rendition players start with (the first stream)")
+    playlist: str = Field(description="its HLS audio playlist (the master playlist names it)")
 
 
 class VideoOut(BaseModel):
@@ -188,6 +202,10 @@ class VideoOut(BaseModel):
     subtitles: list[SubtitleOut] = Field(
         [], description="the input's text subtitle streams, as WebVTT subtitle renditions"
     )
+    audio: list[AudioOut] = Field(
+        [], description="the input's audio streams offered as audio renditions (none: the "
+        "master playlist has no audio group, and players hear the segments' first stream)"
+    )
     links: dict[str, str]
 
     @classmethod
@@ -197,11 +215,12 @@ class VideoOut(BaseModel):
         speed: SpeedBook | None = None,
         deinterlace: bool = True,
         subtitles: Sequence[SubtitleTrack] = (),
+        audio: Sequence[AudioStream] = (),
     ) -> VideoOut:
         """The video as the API shows it: its URL without secrets, playlist links signed by
         ``sign`` (when the server has a token), each upscaled rendition's pace from ``speed``;
         ``deinterlace``: whether its frames are made progressive (``VideoManager.deinterlaces``);
-        ``subtitles``: its text subtitle tracks."""
+        ``subtitles``: its text subtitle tracks; ``audio``: its offered audio streams."""
         plan = video.plan
         base = video_url(video.id)
         links = {"self": base, "master": sign(master_url(video.id))}
@@ -255,8 +274,25 @@ class VideoOut(BaseModel):
                 )
                 for t in subtitles
             ],
+            audio=[
+                AudioOut(
+                    number=a.number, name=a.name, language=a.language and language_tag(a.language),
+                    channels=a.channels, codec=a.codec, default=i == 0,
+                    playlist=sign(playlist_url(video.id, folder_name(a.number))),
+                )
+                for i, a in enumerate(audio)
+            ],
             links=links,
         )
+
+
+def _shown(video: Video, videos: VideoManager, sign: Callable[[str], str]) -> VideoOut:
+    """The video as the API shows it, with what is cached of it and its tracks (which may read
+    its input: called from a thread)."""
+    return VideoOut.of(
+        video, videos.cached(video.id), sign, videos.tune_progress(video), videos.metrics.speed,
+        videos.deinterlaces(video), videos.subtitles.tracks(video), videos.audio.streams(video),
+    )
 
 
 class VideoPage(BaseModel):
@@ -317,9 +353,7 @@ async def create_video(
             raise
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "the server's disk is full; "
                             "try again later") from exc  # fmt: skip
-    tracks = await asyncio.to_thread(videos.subtitles.tracks, video)
-    return VideoOut.of(video, {}, sign, speed=videos.metrics.speed,
-                       deinterlace=videos.deinterlaces(video), subtitles=tracks)  # fmt: skip
+    return await asyncio.to_thread(_shown, video, videos, sign)
 
 
 @router.get("", response_model=VideoPage)
@@ -331,24 +365,14 @@ def list_videos(
 ) -> VideoPage:
     """Videos, newest first."""
     items, total = videos.store.list(offset, limit)
-    out = [
-        VideoOut.of(
-            v, videos.cached(v.id), sign, videos.tune_progress(v), videos.metrics.speed,
-            videos.deinterlaces(v), videos.subtitles.tracks(v),
-        )
-        for v in items
-    ]
+    out = [_shown(v, videos, sign) for v in items]
     return VideoPage(items=out, total=total, offset=offset, limit=limit)
 
 
 @router.get("/{video_id}", response_model=VideoOut)
 def get_video(video_id: str, videos: Videos, sign: Signer) -> VideoOut:
     """Duration, segments, renditions with what of each is cached, and the fine-tune's state."""
-    video = _video_or_404(videos, video_id)
-    return VideoOut.of(
-        video, videos.cached(video.id), sign, videos.tune_progress(video), videos.metrics.speed,
-        videos.deinterlaces(video), videos.subtitles.tracks(video),
-    )
+    return _shown(_video_or_404(videos, video_id), videos, sign)
 
 
 @router.delete(
@@ -415,12 +439,21 @@ def _busy_as_503() -> Iterator[None]:
 
 
 @router.get(f"/{{video_id}}/{MASTER_NAME}", response_class=Response)
-def master_playlist(video_id: str, videos: Videos) -> Response:
+def master_playlist(video_id: str, videos: Videos, audio: AudioChoice = None) -> Response:
     """The master playlist: the original rendition first, then each upscaled one. Each
-    request gives a new player id to the URIs it names."""
+    request gives a new player id to the URIs it names. ``audio``: the audio rendition players
+    start with (a browser that offers no choice of its own plays that one)."""
     video = _video_or_404(videos, video_id)
     with _busy_as_503():
         text = videos.master_playlist(video, new_viewer())
+    if audio is not None:
+        try:
+            text = with_default_audio(text, media_uri(audio))
+        except LookupError:
+            offered = [s.number for s in videos.audio.streams(video)] or "none"
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"the video has no audio rendition {audio} (its audio "
+                                f"renditions: {offered})") from None  # fmt: skip
     return Response(text, media_type=PLAYLIST_TYPE, headers=PER_PLAYER)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 
-from carn_stream.pipeline.media.hls import PLAYLIST_NAME
+from carn_stream.pipeline.media.hls import PLAYLIST_NAME, PLAYLIST_TYPE
 from carn_stream.server.deps import Signer, get_runner, get_store
 from carn_stream.server.jobs.compare import compared_frames, comparison_png
 from carn_stream.server.jobs.media import HLS, JOB_ID, JobMedia
@@ -92,6 +92,6 @@ def preview_playlist(
     out.append("#EXT-X-ENDLIST")
     return Response(
         "\n".join(out) + "\n",
-        media_type="application/vnd.apple.mpegurl",
+        media_type=PLAYLIST_TYPE,
         headers={"Cache-Control": "no-store"},
     )

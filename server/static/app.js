@@ -6,8 +6,11 @@ const jobsBody = document.getElementById("jobs");
 const player = document.getElementById("player");
 const playerStatus = document.getElementById("player-status");
 const formStatus = document.getElementById("form-status");
+const audioChoice = document.getElementById("audio-choice");
+const audioSelect = document.getElementById("audio");
 let wanted = null;    // id of a job to play as soon as its first segment exists
-let playing = null;   // { job, finished, segments } of the job in the player
+let playing = null;   // { job, finished, segments, audio } of the job in the player (audio:
+                      // the audio rendition chosen, a stream's number; null: none chosen)
 let jobsById = new Map();
 
 function headers() {
@@ -33,26 +36,26 @@ async function readPlaylist(job) {
 // that the server makes on request): Chromium starts a growing one only from 3 segments on.
 function load(job, list, at) {
   const same = playing && playing.job.id === job.id;
-  playing = { job, finished: list.finished, segments: list.segments };
-  if (!same) for (const old of player.querySelectorAll("track")) old.remove();
-  if (list.finished && !player.querySelector("track")) showSubtitles(job);
+  playing = { job, finished: list.finished, segments: list.segments, audio: same ? playing.audio : null };
+  if (!same) {
+    for (const old of player.querySelectorAll("track")) old.remove();
+    showAudioChoice(audioChoice, audioSelect, []);
+  }
+  if (list.finished && !player.querySelector("track")) showRenditions(job);
   playFrom(player, link(job, playing), at, true).catch(() => { playerStatus.textContent = "Ready: press play"; });
 }
 
-// A finished HLS job's text subtitles, as <track> elements: its master playlist names them
-// (subtitles_N.m3u8, each with its WebVTT file subtitles_N.vtt beside it), and Chromium's
-// own HLS player shows no subtitle rendition.
-async function showSubtitles(job) {
+// A finished HLS job's master playlist names its text subtitles (subtitles_N.m3u8, each with
+// its WebVTT file subtitles_N.vtt beside it) and its audio renditions (audio_N.m3u8), and
+// Chromium's own HLS player offers neither: the subtitles become <track> elements, and the
+// audio renditions a choice.
+async function showRenditions(job) {
   if (!job.links.master) return;
   const master = new URL(job.links.master, location.href);
   const r = await fetch(master, { headers: apiHeaders(false) });
   if (!r.ok || !playing || playing.job.id !== job.id) return;
-  for (const line of (await r.text()).split("\n")) {
-    if (!line.startsWith("#EXT-X-MEDIA:") || !line.includes("TYPE=SUBTITLES")) continue;
-    const value = (name) => {
-      const match = new RegExp("[:,]" + name + '=(?:"([^"]*)"|([^,]*))').exec(line);
-      return match ? (match[1] !== undefined ? match[1] : match[2]) : null;
-    };
+  const text = await r.text();
+  for (const value of masterMedia(text, "SUBTITLES")) {
     const uri = value("URI");
     if (!uri || !/^subtitles_\d+\.m3u8$/.test(uri)) continue;
     const track = document.createElement("track");
@@ -63,10 +66,40 @@ async function showSubtitles(job) {
     track.default = value("DEFAULT") === "YES";
     player.appendChild(track);
   }
+  const audio = [];
+  for (const value of masterMedia(text, "AUDIO")) {
+    const number = /^audio_(\d+)\.m3u8$/.exec(value("URI") || "");
+    if (!number) continue;
+    audio.push({ number: Number(number[1]), name: value("NAME"), language: value("LANGUAGE"),
+                 default: playing.audio === null ? value("DEFAULT") === "YES" : playing.audio === Number(number[1]) });
+  }
+  showAudioChoice(audioChoice, audioSelect, audio);
 }
 
+// The master playlist's renditions of one TYPE (AUDIO, SUBTITLES): for each, a reader of its
+// attributes (null where it has none of that name).
+function masterMedia(text, type) {
+  return text.split("\n").filter((line) => line.startsWith("#EXT-X-MEDIA:TYPE=" + type + ",")).map(
+    (line) => (name) => {
+      const match = new RegExp("[:,]" + name + '=(?:"([^"]*)"|([^,]*))').exec(line);
+      return match ? (match[1] !== undefined ? match[1] : match[2]) : null;
+    });
+}
+
+// Another audio rendition: the master playlist with it as the default, where the player was.
+audioSelect.addEventListener("change", () => {
+  if (!playing || !playing.finished) return;
+  playing.audio = Number(audioSelect.value);
+  playFrom(player, link(latest(playing.job), playing), player.currentTime, !player.paused).catch(() => {
+    playerStatus.textContent = "Ready: press play";
+  });
+});
+
+// A growing playlist's snapshot; a finished job's playlist, or its master playlist with the
+// audio rendition chosen.
 function link(job, shown) {
-  return shown.finished ? job.links.playlist : job.links.preview + "?n=" + shown.segments;
+  if (!shown.finished) return job.links.preview + "?n=" + shown.segments;
+  return shown.audio === null ? job.links.playlist : withAudio(job.links.master, shown.audio);
 }
 
 // The job's record of the last refresh: its media links are the freshest signed.

@@ -81,3 +81,25 @@ function keepLinkFresh(player, freshLink) {
   setInterval(check, 1000);
   player.addEventListener("error", check);
 }
+
+// The master playlist's link with audio rendition `number` as its default (null: as it is).
+// Chromium's own player offers no choice of audio renditions: it plays the group's default.
+function withAudio(link, number) {
+  if (number === null) return link;
+  const url = new URL(link, location.href);
+  url.searchParams.set("audio", String(number));
+  return url.pathname + url.search;
+}
+
+// Offer audio renditions ({ number, name, language, default }) in `select`; `choice` (its
+// label) is shown where there are several to choose from.
+function showAudioChoice(choice, select, offered) {
+  choice.hidden = offered.length < 2;
+  select.replaceChildren(...offered.map((stream) => {
+    const option = document.createElement("option");
+    option.value = String(stream.number);
+    option.textContent = stream.name + (stream.language ? " (" + stream.language + ")" : "");
+    option.selected = stream.default;
+    return option;
+  }));
+}

@@ -9,8 +9,10 @@ const playerStatus = document.getElementById("player-status");
 const paceNotice = document.getElementById("pace");
 const listStatus = document.getElementById("list-status");
 const formStatus = document.getElementById("form-status");
+const audioChoice = document.getElementById("audio-choice");
+const audioSelect = document.getElementById("audio");
 const REFRESH_MS = 5000;  // the speed is measured as segments are made: shown as it changes
-let playing = null;  // { videoId, rendition } in the player
+let playing = null;  // { videoId, rendition, audio } in the player (audio: a stream's number)
 let listing = null;  // the listing under way (a tick while it runs joins it)
 
 function cell(text, title) {
@@ -62,7 +64,8 @@ function play(video, rendition) {
   const warning = rendition ? paceWarning(rendition) : null;
   paceNotice.hidden = warning === null;
   paceNotice.textContent = warning || "";
-  playing = { videoId: video.id, rendition: rendition ? rendition.name : null };
+  playing = { videoId: video.id, rendition: rendition ? rendition.name : null, audio: null };
+  offerAudio(rendition ? [] : video.audio || []);
   playerStatus.textContent = "Loading " + name + " " + (rendition ? rendition.name : "(all renditions)") + "…";
   const url = rendition ? rendition.playlist : video.links.master;
   for (const old of player.querySelectorAll("track")) old.remove();
@@ -90,6 +93,23 @@ function showSubtitles(video) {
   }
 }
 
+// A choice among the video's audio renditions, where the master playlist offers several.
+function offerAudio(offered) {
+  showAudioChoice(audioChoice, audioSelect, offered);
+}
+
+// Another audio rendition: the master playlist again with it as the default, where the
+// player was (playing on if it played).
+audioSelect.addEventListener("change", async () => {
+  if (!playing || playing.rendition !== null) return;
+  playing.audio = Number(audioSelect.value);
+  const fresh = await freshLink();
+  if (!fresh) return;
+  playFrom(player, fresh.url, player.currentTime, !player.paused).catch(() => {
+    playerStatus.textContent = "Ready: press play";
+  });
+});
+
 // The link of what the player plays, freshly signed.
 async function freshLink() {
   const shown = playing;
@@ -97,7 +117,7 @@ async function freshLink() {
   const r = await fetch("/videos/" + shown.videoId, { headers: apiHeaders(false) });
   if (!r.ok) return null;
   const video = await r.json();
-  if (shown.rendition === null) return { url: video.links.master, response: r };
+  if (shown.rendition === null) return { url: withAudio(video.links.master, shown.audio), response: r };
   const rendition = video.renditions.find((item) => item.name === shown.rendition);
   return rendition ? { url: rendition.playlist, response: r } : null;
 }

@@ -1,15 +1,18 @@
 """A video's audio streams as HLS audio renditions, where its input has more than one:
-``/videos/<id>/audio_<n>/index.m3u8`` and its MPEG-TS segments, each stream's packets of one
-segment copied from the input and timed as the video's segments are
+``/videos/<id>/audio_<n>/index.m3u8`` and its MPEG-TS segments, each holding one stream's
+audio of one of the video's segments, as the video's segments carry it and at their times
 (:func:`~carn_stream.pipeline.media.remux.remux_audio`), made when first asked for and kept in
 the segment cache (as rendition ``audio_<n>``: within its budget, evicted as its segments
-are). The segments of every rendition carry all of the input's audio, but a player plays the
-first of it only; the group lets a viewer choose (docs/PIPELINE.md, "Audio renditions").
+are). The upscaled segments carry all of the input's audio, but a player plays the first of it
+only; the group lets a viewer choose (docs/PIPELINE.md, "Audio renditions").
 
-A stream is offered where MPEG-TS carries it as it is (AAC, MP3, AC-3, E-AC-3) and it has a
-packet in every segment (a rendition with a hole stalls a player); where the first stream
-(the one a player of the segments hears) cannot be, or fewer than two can, the master
-playlist has no audio group."""
+A stream is offered where it has a packet in every segment (a rendition with a hole stalls a
+player): copied where MPEG-TS carries it as it is (AAC, MP3, AC-3, E-AC-3), else made AAC as
+the upscaled segments make it (Opus, FLAC, Vorbis, PCM, DTS...: the same frames, bit for bit).
+Where the first stream (the one a player of the segments hears) cannot be, or fewer than two
+can, the master playlist has no audio group; except that a first stream the original
+rendition leaves out (it copies packets only) is a group of its own, so that the original
+plays with sound."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import av
 
@@ -30,9 +34,10 @@ from carn_stream.pipeline.media.hls import (
 )
 from carn_stream.pipeline.media.hls_audio import AudioStream, audio_streams
 from carn_stream.pipeline.media.remux import RemuxTask, audio_peak_rates, remux_audio
+from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.server.streaming import OpenFile
 from carn_stream.server.vod.cache import Key, SegmentCache
-from carn_stream.server.vod.store import Video
+from carn_stream.server.vod.store import ORIGINAL, OfferedAudio, Video
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,37 @@ FOLDER = re.compile(r"audio_([0-9]{1,3})\Z")
 
 def folder_name(number: int) -> str:
     return f"audio_{number}"
+
+
+def media_uri(number: int) -> str:
+    """Audio rendition ``number``'s playlist, as the master playlist names it."""
+    return f"{folder_name(number)}/{PLAYLIST_NAME}"
+
+
+def offered_audio(source: Path, plan: SegmentPlan, original: bool) -> OfferedAudio:
+    """Which of ``source``'s audio streams the video offers as renditions, and their peak rate
+    (one reading of its audio; ``original``: the video has an original rendition). Where they
+    cannot be read, none (logged)."""
+    offered, rates = [], {}
+    try:
+        every = audio_streams(source)
+        if len(every) > 1 or _unheard_in_original(every, original):
+            rates = audio_peak_rates(source, plan)
+            offered = [s for s in every if s.number in rates]
+    except (PipelineError, av.FFmpegError, OSError, ValueError) as exc:
+        log.warning("the audio streams of %s cannot be read: %s", source.name, exc)
+    if not offered or offered[0].number != 0:  # (0: what the segments' players hear)
+        return OfferedAudio()
+    if len(offered) < 2 and not _unheard_in_original(offered, original):
+        return OfferedAudio()
+    return OfferedAudio(tuple(offered), max(rates[s.number] for s in offered))
+
+
+def _unheard_in_original(streams: list[AudioStream], original: bool) -> bool:
+    """Whether an original rendition, whose segments copy what MPEG-TS carries as it is, leaves
+    out the first audio stream (which the upscaled segments make AAC): then one stream is a
+    group of its own, so that the original plays with sound too."""
+    return original and bool(streams) and not streams[0].copied
 
 
 class VideoAudio:
@@ -54,51 +90,45 @@ class VideoAudio:
         cache: SegmentCache,
         shortfall: Callable[[], int],
         evicted: Callable[[list[Key]], None],
+        record: Callable[[str, OfferedAudio], None],
     ) -> None:
+        """``record``: stores what is decided for a video from before audio renditions were
+        recorded with it (decided at ingest since)."""
         self._cache, self._shortfall, self._evicted = cache, shortfall, evicted
-        #: per video: its offered streams, and the busiest one's peak rate (bits per second)
-        self._offered: dict[str, tuple[list[AudioStream], float]] = {}
+        self._record = record
+        self._offered: dict[str, OfferedAudio] = {}  #: per video, once decided
         self._reading: dict[str, threading.Lock] = {}  #: (called from threads)
         #: one making of a segment at a time (players ask at once)
         self._making: dict[Key, asyncio.Lock] = {}
 
-    def streams(self, video: Video) -> list[AudioStream]:
-        """The video's offered audio streams: none where fewer than two can be."""
-        return self._found(video)[0]
+    def streams(self, video: Video) -> tuple[AudioStream, ...]:
+        """The video's offered audio streams (none: no audio group)."""
+        return self.offered(video).streams
 
     def peak_rate(self, video: Video) -> float:
         """The peak rate of the busiest offered stream (bits per second): what a player of a
         rendition fetches on top of its segments."""
-        return self._found(video)[1]
+        return self.offered(video).peak_rate
 
-    def _found(self, video: Video) -> tuple[list[AudioStream], float]:
-        """The offered streams and their peak rate, read once per plan from the input."""
-        found = self._offered.get(video.id)
+    def offered(self, video: Video) -> OfferedAudio:
+        """The video's audio renditions: as recorded with it, else decided now (one reading of
+        its input, one at a time) and recorded."""
+        found = self._offered.get(video.id) or video.audio
         if found is None:
-            with self._reading.setdefault(video.id, threading.Lock()):  # one reading at a time
-                found = self._offered.get(video.id) or self._read(video)
-                self._offered[video.id] = found
+            with self._reading.setdefault(video.id, threading.Lock()):
+                found = self._offered.get(video.id)
+                if found is None:
+                    found = offered_audio(video.source, video.plan,
+                                          video.rendition(ORIGINAL) is not None)  # fmt: skip
+                    self._record(video.id, found)
+        self._offered[video.id] = found
         return found
-
-    @staticmethod
-    def _read(video: Video) -> tuple[list[AudioStream], float]:
-        offered, rates = [], {}
-        try:
-            every = audio_streams(video.source)
-            if len(every) > 1:
-                rates = audio_peak_rates(video.source, video.plan)
-                offered = [s for s in every if s.number in rates]
-        except (PipelineError, av.FFmpegError, OSError, ValueError) as exc:
-            log.warning("video %s: its audio streams cannot be read: %s", video.id, exc)
-        if len(offered) < 2 or offered[0].number != 0:  # (0: what the segments' players hear)
-            return [], 0.0
-        return offered, max(rates[s.number] for s in offered)
 
     def media(self, video: Video) -> list[AudioMedia]:
         """The master playlist's audio renditions."""
         streams = self.streams(video)
-        return [AudioMedia(f"{folder_name(s.number)}/{PLAYLIST_NAME}", s.name, s.language,
-                           s is streams[0], s.channels) for s in streams]  # fmt: skip
+        return [AudioMedia(media_uri(s.number), s.name, s.language, s is streams[0],
+                           s.channels) for s in streams]  # fmt: skip
 
     def stream(self, video: Video, folder: str) -> AudioStream | None:
         """The offered stream an ``audio_<n>`` folder stands for (spelt as :func:`folder_name`

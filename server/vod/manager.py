@@ -59,12 +59,20 @@ from carn_stream.server.inputs.fetch import fetch, validate_url
 from carn_stream.server.limits import INPUT_NAME, Intake
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.streaming import OpenFile, Turns
-from carn_stream.server.vod.audio import VideoAudio
+from carn_stream.server.vod.audio import VideoAudio, offered_audio
 from carn_stream.server.vod.cache import Key, SegmentCache
 from carn_stream.server.vod.children import run_child
 from carn_stream.server.vod.media import viewer_query
 from carn_stream.server.vod.playheads import Head, Playheads
-from carn_stream.server.vod.store import Rendition, Storage, Video, VideoStore, rendition_name
+from carn_stream.server.vod.store import (
+    ORIGINAL,
+    OfferedAudio,
+    Rendition,
+    Storage,
+    Video,
+    VideoStore,
+    rendition_name,
+)
 from carn_stream.server.vod.subtitles import VideoSubtitles
 from carn_stream.server.vod.title import (
     COPY_NAME,
@@ -79,8 +87,6 @@ from carn_stream.server.vod.title import (
 from carn_stream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-ORIGINAL = rendition_name(1)
 
 
 class NotReady(Exception):
@@ -164,7 +170,8 @@ class VideoManager:
         _remove_unknown(root, set(store.ids()))
         self.cache = SegmentCache(root, settings.vod_cache_bytes)
         self.subtitles = VideoSubtitles(self.cache.folder)
-        self.audio = VideoAudio(self.cache, self._disk_shortfall, self._evicted)
+        self.audio = VideoAudio(self.cache, self._disk_shortfall, self._evicted,
+                                store.set_audio)  # fmt: skip
         self._work: dict[Key, _Work] = {}
         self._playheads = Playheads(settings.vod_viewer_idle_seconds)
         self._videos: dict[str, Video] = {}
@@ -257,11 +264,9 @@ class VideoManager:
             plan = await executor.plan(request)
             if store is None:
                 source = _own_copy(source, folder)
-            renditions = await self.offload(
-                describe_renditions, source, plan, scales, self.encoder
-            )
+            renditions, audio = await self._describe(source, plan, scales)
             video = self.store.create(url, source, plan, renditions, tune, video_id, storage,
-                                      deinterlace)  # fmt: skip
+                                      deinterlace, audio)  # fmt: skip
         except BaseException as exc:
             cancelled.set()
             await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -276,6 +281,15 @@ class VideoManager:
             self._tunes[video.id] = task
             task.add_done_callback(lambda _: self._tunes.pop(video.id, None))
         return video
+
+    async def _describe(
+        self, source: Path, plan: SegmentPlan, scales: list[int]
+    ) -> tuple[list[Rendition], OfferedAudio]:
+        """A plan's renditions (the original where it can be copied, one per scale) and its
+        audio renditions (one reading of the input's audio)."""
+        renditions = await self.offload(describe_renditions, source, plan, scales, self.encoder)
+        original = any(r.name == ORIGINAL for r in renditions)
+        return renditions, await self.offload(offered_audio, source, plan, original)
 
     async def _store_small(
         self, executor: SegmentExecutor, source: Path, store: StoreRequest, folder: Path,
@@ -365,14 +379,12 @@ class VideoManager:
         limits = self.intake.limits(max(scales, default=1))
         request = PlanRequest(video.source, self.intake.segment_seconds, limits)
         plan = await executor.plan(request)
-        renditions = await self.offload(
-            describe_renditions, video.source, plan, scales, self.encoder
-        )
+        renditions, audio = await self._describe(video.source, plan, scales)
+        self.store.set_plan(video.id, plan, renditions, audio)
         for rendition in video.renditions:
             self.cache.drop(video.id, rendition.name)
         await asyncio.to_thread(self.subtitles.drop, video.id)  # timed by the old plan
         self.audio.drop(video.id)  # (the cache's: from the event loop)
-        self.store.set_plan(video.id, plan, renditions)
         self._videos.pop(video.id, None)
         self._playheads.forget(video.id)
         self.metrics.vod_cache_bytes.set(self.cache.bytes)

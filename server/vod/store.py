@@ -15,8 +15,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from carn_stream.pipeline.media.hls_audio import AudioStream
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.server.database import Database
 
@@ -82,6 +83,22 @@ def rendition_name(scale: int) -> str:
     return "original" if scale == 1 else f"x{scale}"
 
 
+ORIGINAL = rendition_name(1)  #: the rendition whose segments are the input's packets copied
+
+
+@dataclass(frozen=True)
+class OfferedAudio:
+    """A video's audio renditions, decided once per plan: the input's audio streams offered,
+    in order (none: the master playlist has no audio group), and the busiest one's peak rate
+    (bits per second: what a player of a rendition fetches on top of the video's segments)."""
+
+    streams: tuple[AudioStream, ...] = ()
+    peak_rate: float = 0.0
+
+
+_OFFERED_AUDIO = TypeAdapter(OfferedAudio)
+
+
 @dataclass
 class Video:
     id: str
@@ -99,6 +116,8 @@ class Video:
     #: frames flagged interlaced are made progressive (None: a video from before the choice,
     #: which follows the service's setting)
     deinterlace: bool | None = None
+    #: its audio renditions (None: not decided yet, a video from before they were recorded)
+    audio: OfferedAudio | None = None
 
     def rendition(self, name: str) -> Rendition | None:
         return next((r for r in self.renditions if r.name == name), None)
@@ -110,7 +129,8 @@ class VideoStore:
     def __init__(self, database: Path | Database) -> None:
         """``database``: the service's database, or the path of a file to open."""
         self.database = Database.of(database)
-        self.database.use(_SCHEMA, {"videos": {"storage": "TEXT", "deinterlace": "INTEGER"}})
+        self.database.use(_SCHEMA, {"videos": {"storage": "TEXT", "deinterlace": "INTEGER",
+                                                "audio": "TEXT"}})
         self._db = self.database.connection
         self._lock = self.database.lock
 
@@ -128,34 +148,46 @@ class VideoStore:
         data["storage"] = Storage.model_validate_json(storage) if storage else None
         if data.get("deinterlace") is not None:
             data["deinterlace"] = bool(data["deinterlace"])
+        data["audio"] = _offered_audio(data["id"], data.get("audio"))
         return Video(**data)
 
     def create(self, url: str, source: Path, plan: SegmentPlan, renditions: list[Rendition],
                tune: bool, video_id: str | None = None,
-               storage: Storage | None = None, deinterlace: bool = True) -> Video:  # fmt: skip
+               storage: Storage | None = None, deinterlace: bool = True,
+               audio: OfferedAudio | None = None) -> Video:  # fmt: skip
         video = Video(
             id=video_id or uuid.uuid4().hex, url=url, source=source, created_at=time.time(),
             plan=plan, renditions=renditions, tune_state="queued" if tune else "off",
-            storage=storage, deinterlace=deinterlace,
+            storage=storage, deinterlace=deinterlace, audio=audio,
         )  # fmt: skip
         with self._lock:
             self._db.execute(
                 "INSERT INTO videos (id, url, source, created_at, plan, renditions, tune_state, "
-                "storage, deinterlace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "storage, deinterlace, audio) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (video.id, url, str(source), video.created_at, json.dumps(plan.to_dict()),
                  json.dumps([r.model_dump() for r in renditions]), video.tune_state,
-                 _storage_json(storage), int(deinterlace)),
+                 _storage_json(storage), int(deinterlace), _audio_json(audio)),
             )  # fmt: skip
         return video
 
-    def set_plan(self, video_id: str, plan: SegmentPlan, renditions: list[Rendition]) -> None:
-        """Replace a video's plan and renditions (planned again after an upgrade)."""
+    def set_plan(
+        self, video_id: str, plan: SegmentPlan, renditions: list[Rendition],
+        audio: OfferedAudio | None = None,
+    ) -> None:  # fmt: skip
+        """Replace a video's plan, renditions and audio renditions (planned again after an
+        upgrade)."""
         with self._lock:
             self._db.execute(
-                "UPDATE videos SET plan = ?, renditions = ? WHERE id = ?",
+                "UPDATE videos SET plan = ?, renditions = ?, audio = ? WHERE id = ?",
                 (json.dumps(plan.to_dict()), json.dumps([r.model_dump() for r in renditions]),
-                 video_id),
+                 _audio_json(audio), video_id),
             )  # fmt: skip
+
+    def set_audio(self, video_id: str, audio: OfferedAudio) -> None:
+        """Record a video's audio renditions (decided for a video from before they were)."""
+        with self._lock:
+            self._db.execute("UPDATE videos SET audio = ? WHERE id = ?",
+                             (_audio_json(audio), video_id))  # fmt: skip
 
     def set_storage(self, video_id: str, storage: Storage) -> None:
         with self._lock:
@@ -220,3 +252,19 @@ def _storage_json(storage: Storage | None) -> str | None:
     """The record as stored: the server-side path included (the API leaves it out)."""
     return None if storage is None else json.dumps(storage.model_dump() | {
         "source_file": storage.source_file})
+
+
+def _audio_json(audio: OfferedAudio | None) -> str | None:
+    return None if audio is None else _OFFERED_AUDIO.dump_json(audio).decode()
+
+
+def _offered_audio(video_id: str, stored: str | None) -> OfferedAudio | None:
+    """The audio renditions a row records; None where it records none, or none this version
+    can read (logged: they are decided again)."""
+    if not stored:
+        return None
+    try:
+        return _OFFERED_AUDIO.validate_json(stored)
+    except ValidationError as exc:
+        log.warning("video %s: its audio renditions are decided again: %s", video_id, exc)
+        return None
