@@ -16,6 +16,10 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from carn_stream.pipeline.media.segments import SegmentPlan
 
 PLAYLIST_NAME = "index.m3u8"
 MASTER_NAME = "master.m3u8"  #: a finished folder's master playlist (its subtitles beside it)
@@ -126,6 +130,16 @@ def playlist_text(
     if complete:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
+
+
+def plan_playlist_text(
+    plan: SegmentPlan, query: str = "", fragmented: bool = False, prefix: str = ""
+) -> str:
+    """The complete (``VOD``) media playlist of all of a plan's segments, whether made yet or
+    not (:func:`playlist_text` for the rest)."""
+    durations = [s.duration for s in plan.segments]
+    return playlist_text(durations, plan.max_duration, complete=True, kind="VOD", query=query,
+                         fragmented=fragmented, prefix=prefix)  # fmt: skip
 
 
 def write_playlist(

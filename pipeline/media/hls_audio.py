@@ -46,7 +46,7 @@ from carn_stream.pipeline.media.hls import (
     AudioMedia,
     audio_playlist,
     audio_prefix,
-    playlist_text,
+    plan_playlist_text,
     publish_text,
     segment_name,
     track_name,
@@ -126,10 +126,9 @@ def write_audio_renditions(
         if 0 not in renditions or len(renditions) < 2:
             _remove_renditions(folder)  # the segments' first audio stream plays
             return []
-    durations = [s.duration for s in plan.segments]
     group = []
     for number, rendition in renditions.items():
-        rendition.finish(durations, plan.max_duration)
+        rendition.finish(plan)
         stream = streams[number]
         group.append(AudioMedia(audio_playlist(number), stream.name, stream.language,
                                 number == 0, rendition.channels))  # fmt: skip
@@ -167,10 +166,9 @@ class _Rendition:
             media = made.media
         publish_bytes(self.folder / f"{self.prefix}{segment_name(index, self.fragmented)}", media)
 
-    def finish(self, durations: list[float], target: float) -> None:
+    def finish(self, plan: SegmentPlan) -> None:
         """Publish its playlist: the folder's segment durations."""
-        text = playlist_text(durations, target, complete=True, kind="VOD",
-                             fragmented=self.fragmented, prefix=self.prefix)  # fmt: skip
+        text = plan_playlist_text(plan, fragmented=self.fragmented, prefix=self.prefix)
         publish_text(self.folder / audio_playlist(self.number), text)
 
 

@@ -29,7 +29,7 @@ from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.hls import (
     PLAYLIST_NAME,
     AudioMedia,
-    playlist_text,
+    plan_playlist_text,
     segment_index,
 )
 from carn_stream.pipeline.media.hls_audio import AudioStream, audio_streams
@@ -146,9 +146,7 @@ class VideoAudio:
     @staticmethod
     def playlist(video: Video) -> str:
         """A rendition's playlist: the video's segment durations."""
-        plan = video.plan
-        return playlist_text([s.duration for s in plan.segments], plan.max_duration,
-                             complete=True, kind="VOD")  # fmt: skip
+        return plan_playlist_text(video.plan)
 
     @staticmethod
     def index(video: Video, name: str) -> int | None:

@@ -40,7 +40,7 @@ from carn_stream.pipeline.media.hls import (
     PLAYLIST_NAME,
     Variant,
     master_playlist_text,
-    playlist_text,
+    plan_playlist_text,
     segment_name,
     with_codecs,
 )
@@ -518,11 +518,7 @@ class VideoManager:
     def media_playlist(self, video: Video, rendition: Rendition, viewer: str) -> str:
         """A rendition's playlist for one player: ``viewer`` goes into its segments' URIs."""
         self.check_planned(video)
-        plan = video.plan
-        durations = [s.duration for s in plan.segments]
-        return playlist_text(durations, plan.max_duration, complete=True, kind="VOD",
-                             query=viewer_query(viewer),
-                             fragmented=rendition.fragmented)  # fmt: skip
+        return plan_playlist_text(video.plan, viewer_query(viewer), rendition.fragmented)
 
     def cached_size(self, video: Video, rendition: str, index: int) -> int | None:
         """The bytes of a cached segment; None when it is not made yet."""
