@@ -67,6 +67,24 @@ def launch_chromium(playwright, *extra: str):
     )
 
 
+@contextlib.contextmanager
+def pressed_play(url: str, item_id: str, button: str) -> Iterator[Any]:
+    """Chromium with our page at ``url`` open and ``button`` pressed in the row of ``item_id``
+    (a job on the jobs page, a video on the videos page): the page (closed after)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            row = page.locator(f"tr[data-id='{item_id}']")
+            row.get_by_role("button", name=button, exact=True).click()
+            yield page
+        finally:
+            browser.close()
+
+
 def play_switched_to_second_audio(url: str) -> tuple[list, list]:
     """Play the HLS master playlist at ``url`` in Chromium's own player (its audio tracks
     shown: a flag), switch to the second audio rendition once it plays, and play to the end.

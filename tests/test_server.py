@@ -21,6 +21,7 @@ from tests.helpers import (
     official_weights_path,
     play_past_a_signed_link,
     player_subtitles,
+    pressed_play,
 )
 from tests.media import (
     decode_rgb,
@@ -336,25 +337,16 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
         ("Français", "NO", "YES"), ("Commentary", "YES", "YES"), ("English", "YES", "YES")]
     refused = server.call("GET", f"{folder}/master.m3u8?audio=2")
     assert refused.status == 422 and refused.json()["detail"] == "the job has no audio rendition 2"
-    from playwright.sync_api import sync_playwright
-
     player = "document.getElementById('player')"
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{server.port}/")
-            page.locator(f"#jobs tr[data-id='{job['id']}'] button.play").click()
-            cues, label = player_subtitles(page, 2)
-            page.wait_for_selector("#audio-choice:not([hidden])")
-            offered = page.evaluate("Array.from(document.querySelectorAll('#audio option'))"
-                                    ".map(o => [o.value, o.textContent, o.selected])")
-            page.select_option("#audio", "1")
-            page.wait_for_function(f"{player}.src.includes('master.m3u8?audio=1') && "
-                                   f"{player}.currentTime > 0.5", timeout=60_000)  # fmt: skip
-            error = page.evaluate(f"{player}.error")
-        finally:
-            browser.close()
+    with pressed_play(f"http://127.0.0.1:{server.port}/", job["id"], "Play") as page:
+        cues, label = player_subtitles(page, 2)
+        page.wait_for_selector("#audio-choice:not([hidden])")
+        offered = page.evaluate("Array.from(document.querySelectorAll('#audio option'))"
+                                ".map(o => [o.value, o.textContent, o.selected])")
+        page.select_option("#audio", "1")
+        page.wait_for_function(f"{player}.src.includes('master.m3u8?audio=1') && "
+                               f"{player}.currentTime > 0.5", timeout=60_000)  # fmt: skip
+        error = page.evaluate(f"{player}.error")
     assert cues == [[0.1, "Hello there"], [0.5, "Second cue"]]
     assert label == ["English", "en", "showing"]
     assert offered == [["0", "Français (fr)", True], ["1", "Commentary (en)", False]]

@@ -27,6 +27,7 @@ from tests.helpers import (
     play_past_a_signed_link,
     play_switched_to_second_audio,
     player_subtitles,
+    pressed_play,
 )
 from tests.media import (
     HDR10_LIGHT_LEVEL,
@@ -671,8 +672,6 @@ def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base
     default, and only that one is fetched. The videos page offers the video's audio streams and
     plays the one chosen: the master playlist again with it as the default (``?audio=``), from
     where the player was."""
-    from playwright.sync_api import sync_playwright
-
     from tests.media import with_second_audio
 
     with_second_audio(media / "clip.mp4", media / "choice.mkv", FRAMES / 25)
@@ -681,25 +680,17 @@ def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base
     video = response.json()
     made = server.data_dir / "videos" / video["id"]
     player = "document.getElementById('player')"
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{server.port}/watch")
-            page.locator(f"tr[data-id='{video['id']}']").get_by_role("button",
-                                                                       name="Play all").click()
-            page.wait_for_function(f"{player}.currentTime > 1", timeout=60_000)
-            offered = page.evaluate("[document.getElementById('audio-choice').hidden, Array.from("
-                                    "document.querySelectorAll('#audio option')).map("
-                                    "o => [o.value, o.textContent, o.selected])]")  # fmt: skip
-            first = sorted(p.name for p in made.glob("audio_*"))
-            at = page.evaluate(f"{player}.currentTime")
-            page.select_option("#audio", "1")
-            page.wait_for_function(f"{player}.src.includes('audio=1') && "
-                                   f"{player}.currentTime > {at} + 1", timeout=60_000)  # fmt: skip
-            state = page.evaluate(f"[{player}.error, {player}.paused]")
-        finally:
-            browser.close()
+    with pressed_play(f"http://127.0.0.1:{server.port}/watch", video["id"], "Play all") as page:
+        page.wait_for_function(f"{player}.currentTime > 1", timeout=60_000)
+        offered = page.evaluate("[document.getElementById('audio-choice').hidden, Array.from("
+                                "document.querySelectorAll('#audio option')).map("
+                                "o => [o.value, o.textContent, o.selected])]")  # fmt: skip
+        first = sorted(p.name for p in made.glob("audio_*"))
+        at = page.evaluate(f"{player}.currentTime")
+        page.select_option("#audio", "1")
+        page.wait_for_function(f"{player}.src.includes('audio=1') && "
+                               f"{player}.currentTime > {at} + 1", timeout=60_000)  # fmt: skip
+        state = page.evaluate(f"[{player}.error, {player}.paused]")
     assert offered == [False, [["0", "Audio 1", True], ["1", "Commentary (en)", False]]]
     assert first == ["audio_0"]  # the default's segments only
     assert list((made / "audio_1").glob("segment_*.ts")) and state == [None, False]
@@ -709,19 +700,9 @@ def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base
 def test_the_videos_page_shows_a_videos_subtitles(server, base, media, data_dir):
     """Chromium's own HLS player shows no subtitle rendition: the videos page gives the player
     the video's WebVTT files as tracks, their cues at the times the input has them."""
-    from playwright.sync_api import sync_playwright
-
     video = ingest_with_subtitles(server, base, media, data_dir)
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{server.port}/watch")
-            page.locator(f"tr[data-id='{video['id']}']").get_by_role("button",
-                                                                       name="Play all").click()
-            cues, label = player_subtitles(page, 2)
-        finally:
-            browser.close()
+    with pressed_play(f"http://127.0.0.1:{server.port}/watch", video["id"], "Play all") as page:
+        cues, label = player_subtitles(page, 2)
     assert cues == [[0.1, "Hello there"], [1.0, "Second cue"]]
     assert label == ["English", "en", "showing"]  # the stream's default disposition
 

@@ -80,21 +80,13 @@ def _published(target: Path, write: Callable[[Path], None]) -> int:
 
 
 @contextlib.contextmanager
-def _copying(what: str) -> Iterator[None]:
-    """FFmpeg's refusal to copy ``what`` into MPEG-TS, as an InputError."""
+def _refusing(failure: str) -> Iterator[None]:
+    """FFmpeg's refusal, as an InputError that says what ``failure`` could not be done and
+    FFmpeg's reason."""
     try:
         yield
     except (av.FFmpegError, ValueError) as exc:
-        raise InputError(f"{what} cannot be copied into MPEG-TS ({ffmpeg_reason(exc)})") from exc
-
-
-@contextlib.contextmanager
-def _transcoding(what: str) -> Iterator[None]:
-    """FFmpeg's failure to make ``what`` AAC, as an InputError."""
-    try:
-        yield
-    except (av.FFmpegError, ValueError) as exc:
-        raise InputError(f"{what} cannot be made AAC ({ffmpeg_reason(exc)})") from exc
+        raise InputError(f"{failure} ({ffmpeg_reason(exc)})") from exc
 
 
 def _move(packet: av.Packet, task: RemuxTask) -> None:
@@ -129,9 +121,9 @@ def remux_audio(task: RemuxTask, number: int) -> int:
                 raise InputError(f"reading {segment.describe()} failed: {exc}") from exc
             if not items:
                 raise InputError(f"{segment.describe()} has no packet of audio stream {number}")
-            what = f"{segment.describe()}: audio stream {number}"
+            done = "copied into MPEG-TS" if copied else "made AAC"
             with (
-                _copying(what) if copied else _transcoding(what),
+                _refusing(f"{segment.describe()}: audio stream {number} cannot be {done}"),
                 av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out,
             ):
                 if copied:
@@ -232,7 +224,7 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
     if not any(p.stream.type == "video" for _, p in packets):
         raise InputError(f"{segment.describe()}: no video packet to remux")
     with (
-        _copying(f"{segment.describe()}: its packets"),
+        _refusing(f"{segment.describe()}: its packets cannot be copied into MPEG-TS"),
         av.open(str(part), "w", format="mpegts", options=SEGMENT_MUXER) as out,
     ):
         streams = {stream.index: out.add_stream_from_template(stream)}
