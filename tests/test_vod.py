@@ -182,6 +182,15 @@ def test_an_ingested_video_has_complete_playlists_before_any_segment_is_made(ser
     # libx264 picks High profile (0x64) and, for 192x108 at 25 fps, level 1.1 (0x0b)
     assert x2["CODECS"] == '"avc1.64000b,mp4a.40.2"'
     assert 0 < int(original["BANDWIDTH"]) < int(x2["BANDWIDTH"])
+    # One rendition alone (a page's "Play x2": with the video's audio and subtitle renditions).
+    alone = server.call("GET", f"{video['links']['master']}?rendition=x2").body.decode()
+    assert [line.split("?")[0] for line in alone.splitlines() if not line.startswith("#")] == [
+        "x2/index.m3u8"]  # fmt: skip
+    for wrong in ("x3", "X2", "x2/../original"):
+        refused = server.call("GET", f"{video['links']['master']}?rendition={wrong}")
+        assert refused.status == 422, (wrong, refused.body)
+    assert server.call("GET", f"{video['links']['master']}?rendition=x3").json()["detail"] == (
+        "the video has no rendition 'x3' (its renditions: original, x2)")
 
     duration = facts(media / "clip.mp4").duration
     for rendition in ("original", "x2"):
@@ -593,6 +602,8 @@ def test_audio_segments_cannot_copy_is_a_rendition_made_aac_so_the_original_has_
     path.write_bytes(get_segment(server, video["id"], "original", 1))
     with av.open(str(path)) as c:
         assert [s.type for s in c.streams] == ["video"]  # the reason for the rendition
+    alone = server.call("GET", f"{video['links']['master']}?rendition=original").body.decode()
+    assert 'URI="audio_0/index.m3u8"' in alone and 'AUDIO="audio"' in alone  # with sound
     for index in (0, 2, SEGMENTS - 1):
         own = server.call("GET", f"{folder}/audio_0/segment_{index:05d}.ts")
         assert own.status == 200, own.body
@@ -922,7 +933,8 @@ def test_the_videos_page_says_up_front_whether_this_machine_keeps_up(server, bas
                 expect(notice).to_contain_text("cannot keep up with 25 fps")
                 expect(notice).to_contain_text("times its duration to make")
             source = page.evaluate("document.getElementById('player').src")
-            assert source.endswith(x2["playlist"]), (source, x2["playlist"])
+            master = f"{video['links']['master']}?rendition=x2"  # (with its audio renditions)
+            assert source.endswith(master), (source, master)
         finally:
             browser.close()
     assert server.call("DELETE", f"/videos/{video['id']}").status == 204

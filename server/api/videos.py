@@ -438,14 +438,30 @@ def _busy_as_503() -> Iterator[None]:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), RETRY) from exc
 
 
+#: One rendition of a video's master playlist (``original``, ``x2``...), for a player that is to
+#: play that one alone with the video's audio and subtitle renditions.
+OnlyRendition = Annotated[
+    str | None,
+    Query(pattern=r"^[a-z0-9]{1,12}$", description="that rendition alone (`original`, `x2`...), "
+          "with the video's audio and subtitle renditions"),
+]  # fmt: skip
+
+
 @router.get(f"/{{video_id}}/{MASTER_NAME}", response_class=Response)
-def master_playlist(video_id: str, videos: Videos, audio: AudioChoice = None) -> Response:
+def master_playlist(
+    video_id: str, videos: Videos, audio: AudioChoice = None, rendition: OnlyRendition = None
+) -> Response:
     """The master playlist: the original rendition first, then each upscaled one. Each
     request gives a new player id to the URIs it names. ``audio``: the audio rendition players
-    start with (a browser that offers no choice of its own plays that one)."""
+    start with (a browser that offers no choice of its own plays that one); ``rendition``: that
+    one alone (its media playlist has no audio renditions: an original that cannot carry the
+    input's audio plays silent)."""
     video = _video_or_404(videos, video_id)
     with _busy_as_503():
-        text = videos.master_playlist(video, new_viewer())
+        try:
+            text = videos.master_playlist(video, new_viewer(), rendition)
+        except LookupError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if audio is not None:
         try:
             text = with_default_audio(text, media_uri(audio))

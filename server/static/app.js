@@ -99,7 +99,7 @@ audioSelect.addEventListener("change", () => {
 // audio rendition chosen.
 function link(job, shown) {
   if (!shown.finished) return job.links.preview + "?n=" + shown.segments;
-  return shown.audio === null ? job.links.playlist : withAudio(job.links.master, shown.audio);
+  return shown.audio === null ? job.links.playlist : withQuery(job.links.master, { audio: shown.audio });
 }
 
 // The job's record of the last refresh: its media links are the freshest signed.

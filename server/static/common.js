@@ -82,12 +82,14 @@ function keepLinkFresh(player, freshLink) {
   player.addEventListener("error", check);
 }
 
-// The master playlist's link with audio rendition `number` as its default (null: as it is).
-// Chromium's own player offers no choice of audio renditions: it plays the group's default.
-function withAudio(link, number) {
-  if (number === null) return link;
+// `link` with the query parameters in `values` that are not null (a master playlist's `audio`:
+// its audio rendition players start with; Chromium's own player offers no choice of its own
+// and plays the group's default).
+function withQuery(link, values) {
   const url = new URL(link, location.href);
-  url.searchParams.set("audio", String(number));
+  for (const [name, value] of Object.entries(values)) {
+    if (value !== null) url.searchParams.set(name, String(value));
+  }
   return url.pathname + url.search;
 }
 

@@ -1,6 +1,7 @@
 // The videos page: add a video by URL, see up front whether this machine makes each upscaled
 // rendition as fast as it plays (the model's measured speed at the video's size), and play a
-// rendition or all of them (the master playlist) natively.
+// rendition or all of them natively, through the master playlist (with the video's audio and
+// subtitle renditions).
 "use strict";
 
 const videosBody = document.getElementById("videos");
@@ -65,9 +66,9 @@ function play(video, rendition) {
   paceNotice.hidden = warning === null;
   paceNotice.textContent = warning || "";
   playing = { videoId: video.id, rendition: rendition ? rendition.name : null, audio: null };
-  offerAudio(rendition ? [] : video.audio || []);
+  offerAudio(video.audio || []);
   playerStatus.textContent = "Loading " + name + " " + (rendition ? rendition.name : "(all renditions)") + "…";
-  const url = rendition ? rendition.playlist : video.links.master;
+  const url = masterLink(video, playing);
   for (const old of player.querySelectorAll("track")) old.remove();
   if (subtitlesFor) player.removeEventListener("loadedmetadata", subtitlesFor);
   subtitlesFor = () => { subtitlesFor = null; showSubtitles(video); };
@@ -98,10 +99,16 @@ function offerAudio(offered) {
   showAudioChoice(audioChoice, audioSelect, offered);
 }
 
+// The master playlist of what `shown` plays: one rendition (null: all) and the audio rendition
+// chosen (null: the first).
+function masterLink(video, shown) {
+  return withQuery(video.links.master, { rendition: shown.rendition, audio: shown.audio });
+}
+
 // Another audio rendition: the master playlist again with it as the default, where the
 // player was (playing on if it played).
 audioSelect.addEventListener("change", async () => {
-  if (!playing || playing.rendition !== null) return;
+  if (!playing) return;
   playing.audio = Number(audioSelect.value);
   const fresh = await freshLink();
   if (!fresh) return;
@@ -117,9 +124,8 @@ async function freshLink() {
   const r = await fetch("/videos/" + shown.videoId, { headers: apiHeaders(false) });
   if (!r.ok) return null;
   const video = await r.json();
-  if (shown.rendition === null) return { url: withAudio(video.links.master, shown.audio), response: r };
-  const rendition = video.renditions.find((item) => item.name === shown.rendition);
-  return rendition ? { url: rendition.playlist, response: r } : null;
+  const gone = shown.rendition !== null && !video.renditions.some((item) => item.name === shown.rendition);
+  return gone ? null : { url: masterLink(video, shown), response: r };
 }
 
 function row(video) {

@@ -494,9 +494,14 @@ class VideoManager:
 
     # ------------------------------------------------------------------ playlists
 
-    def master_playlist(self, video: Video, viewer: str) -> str:
-        """The master playlist of one player: ``viewer`` goes into every URI it names."""
+    def master_playlist(self, video: Video, viewer: str, only: str | None = None) -> str:
+        """The master playlist of one player: ``viewer`` goes into every URI it names. ``only``:
+        that rendition alone, with the audio and subtitle renditions (LookupError where the
+        video has no such rendition)."""
         self.check_planned(video)
+        if only is not None and video.rendition(only) is None:
+            raise LookupError(f"the video has no rendition {only!r} (its renditions: "
+                              f"{', '.join(r.name for r in video.renditions)})")  # fmt: skip
         variants = []
         cached = self.cache.cached(video.id)
         rate = float(video.plan.frame_rate) if video.plan.frame_rate else None
@@ -504,6 +509,8 @@ class VideoManager:
         group = [s.codec for s in self.audio.streams(video)]
         extra = self.audio.peak_rate(video)  # a player of a rendition fetches it too
         for r in video.renditions:
+            if only is not None and r.name != only:
+                continue
             sizes = cached.get(r.name, {})
             measured = max(
                 (8 * size / video.plan.segments[i].duration for i, size in sizes.items()),
