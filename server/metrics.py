@@ -100,7 +100,7 @@ class Metrics:
 
     def _add_vod(self, r: CollectorRegistry) -> None:
         """Videos served on request: segments made when players ask (``rendition`` label:
-        ``original``, ``x2``, ``x3``, ``x4``)."""
+        ``original``, ``x2``, ``x3``, ``x4``; ``audio`` for any audio rendition)."""
         self.vod_realtime_factor = Histogram(
             "carn_stream_vod_realtime_factor",
             "Time to make a segment over its duration (below 1 keeps up with playback)",

@@ -523,10 +523,18 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     head = server.call("HEAD", f"{folder}/audio_1/segment_00002.ts")  # (makes nothing)
     assert head.status == 200 and "content-length" not in head.headers
     settle(server)
-    before = metric(server, "carn_stream_vod_cache_bytes")
+
+    def counts() -> list[float]:  # cache bytes; misses, hits and segments made of audio
+        return [metric(server, "carn_stream_vod_cache_bytes")] + [
+            metric(server, f"carn_stream_vod_{name}_total", rendition="audio")
+            for name in ("cache_misses", "cache_hits", "segments_made")]  # fmt: skip
+
+    before = counts()
     first = server.call("GET", f"{folder}/audio_1/segment_00000.ts")
     assert first.status == 200  # kept in the segment cache, within its budget
-    assert metric(server, "carn_stream_vod_cache_bytes") - before == len(first.body)
+    again = server.call("GET", f"{folder}/audio_1/segment_00000.ts")
+    assert again.status == 200 and again.body == first.body
+    assert [a - b for a, b in zip(counts(), before, strict=True)] == [len(first.body), 1, 1, 1]
     for index in range(SEGMENTS):
         own = server.call("GET", f"{folder}/audio_1/segment_{index:05d}.ts")
         assert own.status == 200 and own.headers["content-type"] == "video/mp2t"
@@ -551,6 +559,7 @@ def test_a_videos_audio_renditions_are_recorded_with_it(media, tmp_path):
     from before they were recorded when first needed, and kept with the video: a restart does
     not read the input again."""
     from carn_stream.pipeline.media.segments import plan_segments
+    from carn_stream.server.metrics import Metrics
     from carn_stream.server.vod.audio import VideoAudio
     from carn_stream.server.vod.cache import SegmentCache
     from carn_stream.server.vod.store import ORIGINAL, Rendition, VideoStore
@@ -563,13 +572,14 @@ def test_a_videos_audio_renditions_are_recorded_with_it(media, tmp_path):
                          [original], tune=False)  # (as a video from before: none recorded)
     assert video.audio is None
     cache = SegmentCache(tmp_path / "cache", 10**9)
-    decided = VideoAudio(cache, lambda: 0, lambda keys: None, store.set_audio).offered(video)
+    decided = VideoAudio(cache, lambda: 0, lambda keys: None, store.set_audio,
+                         Metrics()).offered(video)  # fmt: skip
     assert [s.name for s in decided.streams] == ["Audio 1", "Commentary"]
     assert decided.peak_rate > 10_000
     stored = store.get(video.id)
     assert stored is not None and stored.audio == decided
     source.unlink()  # read no more
-    restarted = VideoAudio(cache, lambda: 0, lambda keys: None, store.set_audio)
+    restarted = VideoAudio(cache, lambda: 0, lambda keys: None, store.set_audio, Metrics())
     assert restarted.offered(stored) == decided
     store.close()
 

@@ -35,6 +35,7 @@ from carn_stream.pipeline.media.hls import (
 from carn_stream.pipeline.media.hls_audio import AudioStream, audio_streams
 from carn_stream.pipeline.media.remux import RemuxTask, audio_peak_rates, remux_audio
 from carn_stream.pipeline.media.segments import SegmentPlan
+from carn_stream.server.metrics import Metrics
 from carn_stream.server.streaming import OpenFile
 from carn_stream.server.vod.cache import Key, SegmentCache
 from carn_stream.server.vod.store import ORIGINAL, OfferedAudio, Video
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 #: A video's audio rendition folder, in its URLs and cache (``audio_<n>``).
 FOLDER = re.compile(r"audio_([0-9]{1,3})\Z")
+METRIC_LABEL = "audio"  #: every audio rendition's ``rendition`` in the metrics (few values)
 
 
 def folder_name(number: int) -> str:
@@ -91,11 +93,13 @@ class VideoAudio:
         shortfall: Callable[[], int],
         evicted: Callable[[list[Key]], None],
         record: Callable[[str, OfferedAudio], None],
+        metrics: Metrics,
     ) -> None:
         """``record``: stores what is decided for a video from before audio renditions were
-        recorded with it (decided at ingest since)."""
+        recorded with it (decided at ingest since); ``metrics``: where segment requests and
+        segments made are counted (as rendition ``audio``, whichever stream)."""
         self._cache, self._shortfall, self._evicted = cache, shortfall, evicted
-        self._record = record
+        self._record, self._metrics = record, metrics
         self._offered: dict[str, OfferedAudio] = {}  #: per video, once decided
         self._reading: dict[str, threading.Lock] = {}  #: (called from threads)
         #: one making of a segment at a time (players ask at once)
@@ -159,13 +163,16 @@ class VideoAudio:
         key = Key(video.id, folder_name(stream.number), index)
         async with self._making.setdefault(key, asyncio.Lock()):
             if (cached := self._cache.open(key)) is not None:
+                self._metrics.vod_cache_hits.labels(METRIC_LABEL).inc()
                 return cached
+            self._metrics.vod_cache_misses.labels(METRIC_LABEL).inc()
             target = self._cache.path(key, fragment=False)
             target.parent.mkdir(exist_ok=True)  # (not the video's folder: it may have gone)
             task = RemuxTask.of(video.source, video.plan, index, target)
             size = await asyncio.to_thread(remux_audio, task, stream.number)  # (a thread)
             opened = await asyncio.to_thread(OpenFile.of, target)  # (before any eviction)
             self._evicted(self._cache.add(key, size, self._shortfall()))
+            self._metrics.vod_segments_made.labels(METRIC_LABEL, "request").inc()
             return opened
 
     def drop(self, video_id: str) -> None:

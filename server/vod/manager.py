@@ -171,7 +171,7 @@ class VideoManager:
         self.cache = SegmentCache(root, settings.vod_cache_bytes)
         self.subtitles = VideoSubtitles(self.cache.folder)
         self.audio = VideoAudio(self.cache, self._disk_shortfall, self._evicted,
-                                store.set_audio)  # fmt: skip
+                                store.set_audio, metrics)  # fmt: skip
         self._work: dict[Key, _Work] = {}
         self._playheads = Playheads(settings.vod_viewer_idle_seconds)
         self._videos: dict[str, Video] = {}
