@@ -557,7 +557,7 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
 def test_a_videos_audio_renditions_are_recorded_with_it(media, tmp_path):
     """Deciding them reads all of the input's audio. They are decided at ingest, or for a video
     from before they were recorded when first needed, and kept with the video: a restart does
-    not read the input again."""
+    not read the input again. An input that cannot be read decides nothing."""
     from carn_stream.pipeline.media.segments import plan_segments
     from carn_stream.server.metrics import Metrics
     from carn_stream.server.vod.audio import VideoAudio
@@ -572,15 +572,24 @@ def test_a_videos_audio_renditions_are_recorded_with_it(media, tmp_path):
                          [original], tune=False)  # (as a video from before: none recorded)
     assert video.audio is None
     cache = SegmentCache(tmp_path / "cache", 10**9)
-    decided = VideoAudio(cache, lambda: 0, lambda keys: None, store.set_audio,
-                         Metrics()).offered(video)  # fmt: skip
+
+    def started() -> VideoAudio:  # (as a service start makes it)
+        return VideoAudio(cache, lambda: 0, lambda keys: None, store.set_audio, Metrics())
+
+    decided = started().offered(video)
     assert [s.name for s in decided.streams] == ["Audio 1", "Commentary"]
     assert decided.peak_rate > 10_000
     stored = store.get(video.id)
     assert stored is not None and stored.audio == decided
-    source.unlink()  # read no more
-    restarted = VideoAudio(cache, lambda: 0, lambda keys: None, store.set_audio, Metrics())
-    assert restarted.offered(stored) == decided
+    kept = source.rename(tmp_path / "kept.mkv")  # read no more after a restart
+    assert started().offered(stored) == decided
+    # An input that cannot be read (gone, here) decides nothing: none offered, none recorded.
+    store.set_plan(video.id, stored.plan, stored.renditions)
+    unread = store.get(video.id)
+    assert unread is not None and unread.audio is None
+    assert started().offered(unread).streams == () and store.get(video.id).audio is None
+    kept.rename(source)  # read again after a restart
+    assert started().offered(unread) == decided and store.get(video.id).audio == decided
     store.close()
 
 

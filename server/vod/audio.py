@@ -56,18 +56,19 @@ def media_uri(number: int) -> str:
     return f"{folder_name(number)}/{PLAYLIST_NAME}"
 
 
-def offered_audio(source: Path, plan: SegmentPlan, original: bool) -> OfferedAudio:
+def offered_audio(source: Path, plan: SegmentPlan, original: bool) -> OfferedAudio | None:
     """Which of ``source``'s audio streams the video offers as renditions, and their peak rate
-    (one reading of its audio; ``original``: the video has an original rendition). Where they
-    cannot be read, none (logged)."""
-    offered, rates = [], {}
+    (one reading of its audio; ``original``: the video has an original rendition). None where
+    they cannot be read (logged): nothing is decided."""
     try:
         every = audio_streams(source)
+        offered, rates = [], {}
         if len(every) > 1 or _unheard_in_original(every, original):
             rates = audio_peak_rates(source, plan)
             offered = [s for s in every if s.number in rates]
     except (PipelineError, av.FFmpegError, OSError, ValueError) as exc:
         log.warning("the audio streams of %s cannot be read: %s", source.name, exc)
+        return None
     if not offered or offered[0].number != 0:  # (0: what the segments' players hear)
         return OfferedAudio()
     if len(offered) < 2 and not _unheard_in_original(offered, original):
@@ -116,7 +117,8 @@ class VideoAudio:
 
     def offered(self, video: Video) -> OfferedAudio:
         """The video's audio renditions: as recorded with it, else decided now (one reading of
-        its input, one at a time) and recorded."""
+        its input, one at a time) and recorded. An input that cannot be read offers none until
+        a restart, and nothing is recorded."""
         found = self._offered.get(video.id) or video.audio
         if found is None:
             with self._reading.setdefault(video.id, threading.Lock()):
@@ -124,7 +126,9 @@ class VideoAudio:
                 if found is None:
                     found = offered_audio(video.source, video.plan,
                                           video.rendition(ORIGINAL) is not None)  # fmt: skip
-                    self._record(video.id, found)
+                    if found is not None:
+                        self._record(video.id, found)
+        found = found or OfferedAudio()
         self._offered[video.id] = found
         return found
 

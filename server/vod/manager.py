@@ -284,9 +284,9 @@ class VideoManager:
 
     async def _describe(
         self, source: Path, plan: SegmentPlan, scales: list[int]
-    ) -> tuple[list[Rendition], OfferedAudio]:
+    ) -> tuple[list[Rendition], OfferedAudio | None]:
         """A plan's renditions (the original where it can be copied, one per scale) and its
-        audio renditions (one reading of the input's audio)."""
+        audio renditions (one reading of the input's audio; None where it cannot be read)."""
         renditions = await self.offload(describe_renditions, source, plan, scales, self.encoder)
         original = any(r.name == ORIGINAL for r in renditions)
         return renditions, await self.offload(offered_audio, source, plan, original)
