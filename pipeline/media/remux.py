@@ -186,9 +186,8 @@ def audio_peak_rates(source: Path, plan: SegmentPlan) -> dict[int, float]:
             segment = max(0, bisect.bisect_right(starts, at) - 1)
             counted = sizes[packet.stream.index]
             counted[segment] = counted.get(segment, 0) + packet.size
-    durations = [s.duration for s in plan.segments]
     return {
-        place: reckoned.get(index) or max(8 * counted[i] / s for i, s in enumerate(durations))
+        place: reckoned.get(index) or plan.peak_rate(counted)
         for place, (index, counted) in enumerate(sizes.items())
         if len(counted) == len(plan.segments)
     }

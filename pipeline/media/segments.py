@@ -211,6 +211,11 @@ class SegmentPlan:
     def max_duration(self) -> float:
         return max(s.duration for s in self.segments)
 
+    def peak_rate(self, sizes: dict[int, int]) -> float:
+        """The peak bit rate (bits per second) of segments of ``sizes`` bytes (segment index ->
+        bytes); 0 for none."""
+        return max((8 * size / self.segments[i].duration for i, size in sizes.items()), default=0)
+
     @property
     def keyframe_aligned(self) -> bool:
         """Every segment starts on a keyframe (its packets can be remuxed as they are)."""

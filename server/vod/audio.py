@@ -112,8 +112,14 @@ class VideoAudio:
 
     def peak_rate(self, video: Video) -> float:
         """The peak rate of the busiest offered stream (bits per second): what a player of a
-        rendition fetches on top of its segments."""
-        return self.offered(video).peak_rate
+        rendition fetches on top of its segments. From the input's packets (a transcoded
+        stream's: reckoned), and once segments are made from their bytes too (MPEG-TS's own
+        overhead with them)."""
+        offered = self.offered(video)
+        cached = self._cache.cached(video.id)
+        made = (video.plan.peak_rate(cached.get(folder_name(s.number), {}))
+                for s in offered.streams)  # fmt: skip
+        return max(offered.peak_rate, *made, 0.0)
 
     def offered(self, video: Video) -> OfferedAudio:
         """The video's audio renditions: as recorded with it, else decided now (one reading of

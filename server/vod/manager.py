@@ -511,11 +511,7 @@ class VideoManager:
         for r in video.renditions:
             if only is not None and r.name != only:
                 continue
-            sizes = cached.get(r.name, {})
-            measured = max(
-                (8 * size / video.plan.segments[i].duration for i, size in sizes.items()),
-                default=0,
-            )
+            measured = video.plan.peak_rate(cached.get(r.name, {}))
             variants.append(Variant(f"{r.name}/{PLAYLIST_NAME}{viewer_query(viewer)}",
                                     round(max(measured, r.bandwidth) + extra),
                                     r.width, r.height, with_codecs(r.codecs, group), rate,
