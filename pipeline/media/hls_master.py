@@ -71,12 +71,11 @@ def _variant(
     def size(name: str) -> int:
         return (folder / name).stat().st_size
 
-    peak = max(
-        8 * (size(segment_name(s.index, fragmented))
-             + max((size(audio_prefix(n) + segment_name(s.index, fragmented)) for n in audio),
-                   default=0)) / s.duration
+    peak = plan.peak_rate({
+        s.index: size(segment_name(s.index, fragmented))
+        + max((size(audio_prefix(n) + segment_name(s.index, fragmented)) for n in audio), default=0)
         for s in plan.segments
-    )  # fmt: skip
+    })  # fmt: skip
     first = segments / segment_name(0)
     with av.open(str(first), format=SEGMENT_FORMAT, options=probe_to_video(first)) as segment:
         video = segment.streams.video[0]
