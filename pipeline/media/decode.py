@@ -48,6 +48,13 @@ def stream_label(stream: av.stream.Stream) -> tuple[str | None, str | None]:
     return (None if language in (None, "", "und") else language), (title or None)
 
 
+def keep_language(target: av.stream.Stream, source: av.stream.Stream) -> None:
+    """Tag output stream ``target`` with the language of input stream ``source`` (where it has
+    one)."""
+    if language := source.metadata.get("language"):
+        target.metadata["language"] = language
+
+
 def open_input(
     source: str | Path, options: dict[str, str] | None = None
 ) -> av.container.InputContainer:

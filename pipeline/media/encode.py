@@ -30,7 +30,7 @@ from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.frames import UpscaledFrame, quarter_turns
 from carn_stream.pipeline.media.audio_transcode import WHOLE, AudioTranscoder, AudioWindow
 from carn_stream.pipeline.media.codecs import check_codec, pixel_format
-from carn_stream.pipeline.media.decode import AudioItem, codec_name
+from carn_stream.pipeline.media.decode import AudioItem, codec_name, keep_language
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
 #: Added to every timestamp written into a segment (counted from the plan's origin,
@@ -168,8 +168,7 @@ class VideoSink:
                 self._audio_out[stream.index] = self._transcoders[stream.index].stream
             else:
                 self._audio_out[stream.index] = container.add_stream_from_template(stream)
-            if language := stream.metadata.get("language"):
-                self._audio_out[stream.index].metadata["language"] = language
+            keep_language(self._audio_out[stream.index], stream)
         self._out_spec = out
 
     # ------------------------------------------------------------------ writing
@@ -212,10 +211,7 @@ class VideoSink:
     def _mux_audio(self, item: AudioItem) -> None:
         assert self._container is not None
         if item.packet is not None:
-            packet = item.packet
-            shift = round(self._offset / packet.time_base)
-            packet.pts = None if packet.pts is None else packet.pts + shift
-            packet.dts = None if packet.dts is None else packet.dts + shift
+            packet = on_segment_clock(item.packet)
             packet.stream = self._audio_out[item.stream_index]
             self._container.mux(packet)
         elif item.frames:
@@ -250,6 +246,16 @@ SEGMENT_MUXER = {
     "mpegts_copyts": "1",  # timestamps as given (the offset is ours, and known)
     "mpegts_flags": "resend_headers",
 }
+
+
+def on_segment_clock(packet: av.Packet, origin: int = 0) -> av.Packet:
+    """``packet`` with its times on the segments' clock: :data:`SEGMENT_OFFSET_SECONDS` later,
+    less the plan's ``origin`` (whole seconds), to the nearest of its ticks (MP3 in AVI counts
+    in 24 ms frames)."""
+    shift = round((SEGMENT_OFFSET_SECONDS - origin) / packet.time_base)
+    packet.pts = None if packet.pts is None else packet.pts + shift
+    packet.dts = None if packet.dts is None else packet.dts + shift
+    return packet
 
 
 def probe_to_video(path: Path) -> dict[str, str]:

@@ -41,6 +41,7 @@ import av.bitstream
 
 from carn_stream.pipeline.colour import StaticHdr
 from carn_stream.pipeline.errors import OutputError, ffmpeg_reason
+from carn_stream.pipeline.media.decode import keep_language
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hdr_boxes import sei_payloads, with_hdr
 from carn_stream.pipeline.media.hls import INIT_NAME, segment_name
@@ -134,8 +135,7 @@ def _remux(
     }
     for s in kept:  # MPEG-TS's stream types are no MP4 sample entries
         targets[s.index].codec_tag = SAMPLE_ENTRIES.get(s.codec_context.name, "\0\0\0\0")
-        if language := s.metadata.get("language"):
-            targets[s.index].metadata["language"] = language
+        keep_language(targets[s.index], s)
     shifts: dict[int, int] = {}  #: input stream index -> its first decode time
     for packet in packets:
         index = packet.stream.index

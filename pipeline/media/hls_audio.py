@@ -36,7 +36,7 @@ import av
 
 from carn_stream.pipeline.errors import OutputError, PipelineError, ffmpeg_reason
 from carn_stream.pipeline.media.audio_transcode import transcoded_channels
-from carn_stream.pipeline.media.decode import codec_name, open_input, stream_label
+from carn_stream.pipeline.media.decode import codec_name, keep_language, open_input, stream_label
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.fragment import check_tracks, fragment, played, publish_bytes
 from carn_stream.pipeline.media.hls import (
@@ -199,8 +199,7 @@ def _alone(stream: av.stream.Stream, packets: list[av.Packet]) -> bytes:
     data = io.BytesIO()
     with av.open(data, "w", format=SEGMENT_FORMAT) as out:
         target = out.add_stream_from_template(stream)
-        if language := stream.metadata.get("language"):
-            target.metadata["language"] = language
+        keep_language(target, stream)
         for packet in packets:
             packet.stream = target
             out.mux(packet)

@@ -26,8 +26,18 @@ import av.bitstream
 
 from carn_stream.pipeline.errors import InputError, ffmpeg_reason
 from carn_stream.pipeline.media.audio_transcode import AudioTranscoder, transcoded_peak_rate
-from carn_stream.pipeline.media.decode import codec_name, main_video, open_input, with_decode_times
-from carn_stream.pipeline.media.encode import SEGMENT_MUXER, SEGMENT_OFFSET_SECONDS
+from carn_stream.pipeline.media.decode import (
+    codec_name,
+    keep_language,
+    main_video,
+    open_input,
+    with_decode_times,
+)
+from carn_stream.pipeline.media.encode import (
+    SEGMENT_MUXER,
+    SEGMENT_OFFSET_SECONDS,
+    on_segment_clock,
+)
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 from carn_stream.pipeline.media.seeking import from_keyframe_at, seek_to_keyframe
 from carn_stream.pipeline.media.segments import Segment, SegmentPlan, audio_window, segment_audio
@@ -89,14 +99,6 @@ def _refusing(failure: str) -> Iterator[None]:
         raise InputError(f"{failure} ({ffmpeg_reason(exc)})") from exc
 
 
-def _move(packet: av.Packet, task: RemuxTask) -> None:
-    """Move a packet's times as every segment's are (by the segment offset, less the plan's
-    origin)."""
-    shift = round((SEGMENT_OFFSET_SECONDS - task.origin) / packet.time_base)
-    packet.pts = None if packet.pts is None else packet.pts + shift
-    packet.dts = None if packet.dts is None else packet.dts + shift
-
-
 def remux_audio(task: RemuxTask, number: int) -> int:
     """Write the input's audio stream ``number`` (its place among the audio streams) of the
     segment alone, as the segments carry it (an audio rendition's segment): its packets copied
@@ -138,9 +140,9 @@ def _copy_audio(
     out: av.container.OutputContainer, stream: av.stream.Stream, packets: list, task: RemuxTask
 ) -> None:
     target = out.add_stream_from_template(stream)
-    _label(target, stream)
+    keep_language(target, stream)
     for packet in packets:
-        _move(packet, task)
+        on_segment_clock(packet, task.origin)
         packet.stream = target
         out.mux(packet)
 
@@ -154,15 +156,9 @@ def _transcode_audio(
     last = task.next_start is None
     window = audio_window(task.segment, task.time_base, last, task.origin).later(offset)
     transcoder = AudioTranscoder(out, stream, offset, window)
-    _label(transcoder.stream, stream)
+    keep_language(transcoder.stream, stream)
     transcoder.anchor(frames)
     out.mux(transcoder.encode(frames) + transcoder.encode(None))
-
-
-def _label(target: av.stream.Stream, stream: av.stream.Stream) -> None:
-    """Give ``target`` the language of the input's ``stream``."""
-    if language := stream.metadata.get("language"):
-        target.metadata["language"] = language
 
 
 def audio_peak_rates(source: Path, plan: SegmentPlan) -> dict[int, float]:
@@ -229,14 +225,14 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
         streams = {stream.index: out.add_stream_from_template(stream)}
         for a in audio:
             streams[a.index] = out.add_stream_from_template(a)
-            _label(streams[a.index], a)
+            keep_language(streams[a.index], a)
         annexb = _annex_b(stream, streams[stream.index])
         parameter_sets = b""
         if annexb is not None and not task.in_band_parameter_sets:
             parameter_sets = bytes(streams[stream.index].codec_context.extradata or b"")
         first = True
         for _, packet in sorted(packets, key=lambda item: item[0]):
-            _move(packet, task)
+            on_segment_clock(packet, task.origin)
             target = streams[packet.stream.index]
             ready = [packet]
             if annexb is not None and packet.stream.index == stream.index:

@@ -521,7 +521,7 @@ async def audio_rendition(video_id: str, number: str, name: str, videos: Videos)
         turns.give()
         if isinstance(exc, PipelineError | av.FFmpegError):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                f"the audio cannot be copied: {exc}") from exc  # fmt: skip
+                                f"the audio cannot be made: {exc}") from exc  # fmt: skip
         if isinstance(exc, OSError):  # (its folder went with the video)
             raise HTTPException(status.HTTP_404_NOT_FOUND,
                                 f"video {video_id} was deleted") from exc  # fmt: skip

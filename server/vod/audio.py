@@ -84,9 +84,10 @@ def _unheard_in_original(streams: list[AudioStream], original: bool) -> bool:
 
 
 class VideoAudio:
-    """The audio renditions of each video (which streams, read once per plan from its input)
-    and their segments, in the segment ``cache`` (``shortfall``: the bytes missing to the
-    disk's floor, which making a segment frees; ``evicted``: told what that evicted)."""
+    """The audio renditions of each video (which streams: decided once per plan, see
+    :meth:`offered`) and their segments, in the segment ``cache`` (``shortfall``: the bytes
+    missing to the disk's floor, which making a segment frees; ``evicted``: told what that
+    evicted)."""
 
     def __init__(
         self,
