@@ -53,8 +53,11 @@ class Settings:
     cache_dir: Path = field(default_factory=default_cache_dir)
     #: Mirror for the official weights (the registry's checksum still applies).
     weights_url: str | None = None
-    #: Allow downloading weights when they are not cached.
+    #: Allow downloading weights (and hls.js, for browsers without HLS) when not cached.
     allow_download: bool = True
+    #: Mirror of hls.js's npm tarball (``https://`` or ``file://``; its pinned checksum still
+    #: applies), which the pages load in browsers that cannot play HLS themselves.
+    hls_js_url: str | None = None
     #: Without the official weights, use the bundled ones (lower quality; a warning says so).
     allow_bundled_weights: bool = True
     #: Inference device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
@@ -257,6 +260,8 @@ class Settings:
             "live_max_bitrate": self.live_max_bitrate > 0,
             "live_stun_server": self.live_stun_server is None
             or _is_stun_url(self.live_stun_server),
+            "hls_js_url": self.hls_js_url is None
+            or self.hls_js_url.startswith(("http://", "https://", "file://")),
         }
         for name, ok in valid.items():
             if not ok:
@@ -313,6 +318,8 @@ _TAKES: dict[str, str] = {
     "live_bits_per_pixel": "a positive number",
     "live_max_bitrate": "a positive whole number of bits per second",
     "live_stun_server": "a STUN URL, stun:HOST or stun:HOST:PORT (unset: none)",
+    "hls_js_url": "an http://, https:// or file:// URL of hls.js's npm tarball (unset: the "
+    "npm registry's)",
 }
 
 

@@ -20,6 +20,16 @@ if [ ! -f "$schema" ]; then
   cp "$tmp/package/lib/compose-spec/schema/compose-spec.json" "$schema"
   rm -rf "$tmp"
 fi
+# hls.js's npm tarball, which the page tests serve on loopback as the service's mirror of it
+# (the pages load hls.js in browsers without HLS of their own).
+hls_js=.cache/test-tools/hls.js-1.7.4.tgz
+if [ ! -f "$hls_js" ]; then
+  tmp=$(mktemp -d)
+  tarball=$(cd "$tmp" && npm pack --silent hls.js@1.7.4 | tail -n 1)
+  mkdir -p "$(dirname "$hls_js")"
+  mv "$tmp/$tarball" "$hls_js"
+  rm -rf "$tmp"
+fi
 python3 -m ruff check .
 # Every test talks to 127.0.0.1 only; run them in a network namespace that has nothing but
 # lo, so nothing can leave the machine (the WebRTC tests insist on it).

@@ -33,6 +33,7 @@ from carn_stream.server.limits import Intake
 from carn_stream.server.live import LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
 from carn_stream.server.middleware import Gate, HeadAsGet, RequestMetrics
+from carn_stream.server.player_library import PlayerLibraryFiles
 from carn_stream.server.vod import media as video_media
 from carn_stream.server.vod.manager import VideoManager
 from carn_stream.server.vod.store import VideoStore
@@ -170,6 +171,9 @@ def create_app(
     app.include_router(health_api.router)
     app.include_router(live_api.router)
     app.include_router(videos_api.router)
+    app.state.player_library = PlayerLibraryFiles(
+        settings.cache_dir, url=settings.hls_js_url, allow_download=settings.allow_download
+    )
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
 

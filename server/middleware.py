@@ -16,12 +16,12 @@ from carn_stream.server import media_links
 from carn_stream.server.metrics import Metrics
 
 #: Paths anyone may open, token or not: health, readiness, metrics and the page shell (pages,
-#: their scripts and styles, the API docs and their assets).
+#: their scripts, styles and player library, the API docs and their assets).
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/", "/live", "/watch", "/docs", "/docs/oauth2-redirect",
      "/redoc", "/openapi.json"}
 )  # fmt: skip
-PUBLIC_PREFIXES = ("/static/", "/docs-assets/")
+PUBLIC_PREFIXES = ("/static/", "/docs-assets/", "/player/")
 #: Request body limits in bytes: an SDP offer (a browser's is 3-10 KB), and every other body
 #: (a job request is a URL of at most 4096 characters and a few fields).
 OFFER_BODY_LIMIT = 64 * 1024

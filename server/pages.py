@@ -1,14 +1,17 @@
-"""Web pages: the jobs page at ``/``, the live page, the videos page, and the API docs served
-without a CDN."""
+"""Web pages: the jobs page at ``/``, the live page, the videos page, the API docs served
+without a CDN, and hls.js for the pages in browsers that cannot play HLS themselves."""
 
 from __future__ import annotations
 
+import asyncio
 from importlib.resources import files
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
+
+from carn_stream.server.player_library import PlayerLibraryFiles, PlayerLibraryUnavailable
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -79,3 +82,27 @@ def docs_asset(name: str) -> FileResponse:
     if name not in DOCS_ASSETS:
         raise HTTPException(404, f"no docs asset {name!r}")
     return FileResponse(docs_assets_dir() / name, media_type=DOCS_ASSETS[name])
+
+
+async def _player_files(request: Request) -> tuple[Path, Path]:
+    """hls.js's script and license (fetched on first need; 503 saying why where it cannot be)."""
+    library: PlayerLibraryFiles = request.app.state.player_library
+    try:
+        return await asyncio.to_thread(library.files)
+    except PlayerLibraryUnavailable as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "60"}) from None
+
+
+@router.get("/player/hls.js")
+async def hls_js(request: Request) -> FileResponse:
+    """hls.js, which the pages load where the browser cannot play HLS itself."""
+    script, _ = await _player_files(request)
+    return FileResponse(script, media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
+
+
+@router.get("/player/hls.js.LICENSE.txt")
+async def hls_js_license(request: Request) -> FileResponse:
+    """hls.js's license (Apache-2.0)."""
+    _, license_file = await _player_files(request)
+    return FileResponse(license_file, media_type="text/plain")

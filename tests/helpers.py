@@ -67,16 +67,52 @@ def launch_chromium(playwright, *extra: str):
     )
 
 
+#: hls.js's npm tarball (scripts/test.sh fetches it), which tests serve on loopback as the
+#: service's mirror of it: ``CARN_STREAM_HLS_JS_URL``.
+HLS_JS_TARBALL = REPO_ROOT / ".cache" / "test-tools" / "hls.js-1.7.4.tgz"
+
+#: Run before a page's own scripts: the browser says it cannot play HLS in a ``<video>``, as
+#: Firefox says, so the page plays through hls.js over Media Source Extensions.
+WITHOUT_NATIVE_HLS = """
+const canPlayType = HTMLMediaElement.prototype.canPlayType;
+HTMLMediaElement.prototype.canPlayType = function (type) {
+  return /mpegurl/i.test(type) ? "" : canPlayType.call(this, type);
+};
+"""
+
+
+def hls_js_tarball() -> Path:
+    """:data:`HLS_JS_TARBALL`, which must be there."""
+    import pytest
+
+    if not HLS_JS_TARBALL.is_file():
+        pytest.fail(f"hls.js's tarball missing at {HLS_JS_TARBALL}: run scripts/test.sh")
+    return HLS_JS_TARBALL
+
+
+def tarball_member(tarball: Path, name: str) -> bytes:
+    """The bytes of the file ``name`` in a gzipped tarball."""
+    import tarfile
+
+    with tarfile.open(tarball, "r:gz") as archive:
+        member = archive.extractfile(name)
+        assert member is not None, name
+        return member.read()
+
+
 @contextlib.contextmanager
-def pressed_play(url: str, item_id: str, button: str) -> Iterator[Any]:
+def pressed_play(url: str, item_id: str, button: str, native_hls: bool = True) -> Iterator[Any]:
     """Chromium with our page at ``url`` open and ``button`` pressed in the row of ``item_id``
-    (a job on the jobs page, a video on the videos page): the page (closed after)."""
+    (a job on the jobs page, a video on the videos page): the page (closed after). Without
+    ``native_hls``, the browser says it cannot play HLS itself."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
             page = browser.new_page()
+            if not native_hls:
+                page.add_init_script(WITHOUT_NATIVE_HLS)
             page.goto(url)
             row = page.locator(f"tr[data-id='{item_id}']")
             row.get_by_role("button", name=button, exact=True).click()

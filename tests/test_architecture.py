@@ -42,7 +42,8 @@ RANKS: list[list[str]] = [
 PIPELINE_BASE = {"errors", "frames", "colour", "priorities", "waiting", "__init__"}
 PIPELINE_RUN = {"run", "sampling", "calibration", "title_frames", "title_model", "title_report"}
 SERVER_BASE = {"limits", "metrics", "speed", "pages", "media_links", "database", "blocking",
-               "disconnect", "streaming", "connections", "disk", "__init__"}  # fmt: skip
+               "disconnect", "streaming", "connections", "disk", "player_library",
+               "__init__"}  # fmt: skip
 SERVER_SERVICES = {"live": "server.live", "offers": "server.live", "live_bitrate": "server.live",
                    "workers": "server.workers"}  # fmt: skip
 SERVER_DEPS = {"deps", "admission"}

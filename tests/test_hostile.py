@@ -411,6 +411,11 @@ def test_the_token_guards_everything_but_health_metrics_and_the_page_shell(serve
     for path in ("/healthz", "/readyz", "/metrics", "/", "/live", "/static/app.js",
                  "/static/token.js", "/openapi.json"):  # fmt: skip
         assert server.call("GET", path).status == 200, path
+    # hls.js, for pages in browsers without HLS, is part of the shell too; this service has no
+    # way to fetch it (no network here), and says how to provide it.
+    player = server.call("GET", "/player/hls.js")
+    assert player.status == 503 and player.headers["retry-after"] == "60"
+    assert "CARN_STREAM_HLS_JS_URL" in player.json()["detail"]
     for bad in ("Bearer \u00e9t\u00e9".encode(), b"Bearer \xff\xfe", b"Basic s3cret"):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         conn.putrequest("GET", "/jobs")

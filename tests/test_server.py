@@ -17,6 +17,8 @@ from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.images import read_rgb
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, check_address, validate_url
 from tests.helpers import (
+    WITHOUT_NATIVE_HLS,
+    hls_js_tarball,
     launch_chromium,
     official_weights_path,
     play_past_a_signed_link,
@@ -56,6 +58,7 @@ def media(data_dir, tmp_path_factory):
                pix_fmt="yuv444p")  # fmt: skip
     raw_stream(root / "carphone.mp4", root / "carphone.h264")  # as a camera writes it
     (root / "notes.mp4").write_text("this is not a video")
+    (root / "hls.js.tgz").symlink_to(hls_js_tarball())  # the service's mirror of hls.js
     with media_server(root) as base:
         yield base, root
 
@@ -77,8 +80,9 @@ def models_dir(tmp_path_factory, weights_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, models_dir):
+def server(tmp_path_factory, models_dir, media):
     proc = ServerProcess(tmp_path_factory.mktemp("service") / "data",
+                         CARN_STREAM_HLS_JS_URL=f"{media[0]}/hls.js.tgz",
                          CARN_STREAM_MAX_CONCURRENT_JOBS="3",
                          CARN_STREAM_MODELS_DIR=str(models_dir),
                          CARN_STREAM_MAX_INPUT_BYTES=str(20 * 1024**2))  # fmt: skip
@@ -879,6 +883,47 @@ def test_jobs_page_in_chromium_submits_plays_and_compares(server, media, tmp_pat
         finally:
             browser.close()
     assert request(server.port, "GET", "/jobs?limit=1").json()["items"][0]["state"] == "succeeded"
+
+
+def test_jobs_page_plays_through_hls_js_where_the_browser_cannot_play_hls(server, media):
+    """A browser without HLS of its own (Firefox) was told to download MP4 output instead. The
+    page plays through hls.js, loaded from the service: from the first segment of a job still
+    running (its growing playlist's snapshots) to the end. Where the service cannot give
+    hls.js, the page says why."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _ = media
+    player = "document.getElementById('player')"
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            page.add_init_script(WITHOUT_NATIVE_HLS)
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            page.fill("#url", f"{base}/bunny.mp4")
+            page.select_option("#scale", "2")
+            page.click("#submit")
+            page.wait_for_function(f"{player}.currentTime > 0.5", timeout=90_000)
+            through = page.evaluate(f"[typeof Hls, {player}.currentSrc.startsWith('blob:'), "
+                                    f"{player}.videoWidth]")  # fmt: skip
+            page.wait_for_function(f"{player}.ended", timeout=90_000)
+            expect(page.locator("#player-status")).to_have_text(
+                "Finished playing bunny.mp4 x2", timeout=20_000)  # fmt: skip
+            assert through == ["function", True, 320]
+            played = page.evaluate(f"{player}.currentTime")
+            assert played == pytest.approx(2.0, abs=0.1)  # both segments
+            # A service that cannot give hls.js: the page says so, with the service's reason.
+            fresh = browser.new_page()
+            fresh.add_init_script(WITHOUT_NATIVE_HLS)
+            fresh.route("**/player/hls.js", lambda route: route.fulfill(
+                status=503, json={"detail": "hls.js 1.7.4 is not cached"}))  # fmt: skip
+            fresh.goto(f"http://127.0.0.1:{server.port}/")
+            fresh.locator("#jobs tr:first-child button.play").click(timeout=15_000)
+            expect(fresh.locator("#player-status")).to_have_text(
+                "This browser cannot play HLS itself, and its player library is unavailable: "
+                "hls.js 1.7.4 is not cached; choose MP4 output and download it instead.")
+        finally:
+            browser.close()
 
 
 def test_jobs_page_reports_a_job_that_failed_before_its_first_segment(server, media):

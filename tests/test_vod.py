@@ -23,11 +23,13 @@ from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.segments import PLAN_RULE
 from tests.helpers import (
+    hls_js_tarball,
     launch_chromium,
     play_past_a_signed_link,
     play_switched_to_second_audio,
     player_subtitles,
     pressed_play,
+    tarball_member,
 )
 from tests.media import (
     HDR10_LIGHT_LEVEL,
@@ -43,6 +45,8 @@ from tests.service import ServerProcess, media_server, request, wait_for
 
 # 5 s of the real clip at 96x54, a keyframe each second (so five 1 s segments), with its audio.
 FRAMES, SEGMENTS = 125, 5
+#: Where the media server serves hls.js's tarball, once a test has put it there.
+HLS_JS_MIRRORED = "hls.js.tgz"
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +87,20 @@ def base(media):
         yield url
 
 
+@pytest.fixture
+def hls_js(media) -> None:
+    """hls.js's tarball on the media server, where the module's server takes it from."""
+    if not (media / HLS_JS_MIRRORED).exists():
+        (media / HLS_JS_MIRRORED).symlink_to(hls_js_tarball())
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, base):
     """One executor slot (so prefetch work queues behind a player's segment), 2 ahead, and an
     output limit that x2 of the clip fits and x4 does not."""
     data = tmp_path_factory.mktemp("vod-server") / "data"
     process = ServerProcess(data, CARN_STREAM_WORKER_SLOTS="1",
+                            CARN_STREAM_HLS_JS_URL=f"{base}/{HLS_JS_MIRRORED}",
                             CARN_STREAM_VOD_PREFETCH_SEGMENTS="2",
                             CARN_STREAM_VOD_TUNE_FRAMES="16", CARN_STREAM_VOD_TUNE_STEPS="4",
                             CARN_STREAM_VOD_REPORT_FRAMES="3",
@@ -738,18 +750,59 @@ def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base
         page.select_option("#audio", "1")
         page.wait_for_function(f"{player}.src.includes('audio=1') && "
                                f"{player}.currentTime > {at} + 1", timeout=60_000)  # fmt: skip
-        state = page.evaluate(f"[{player}.error, {player}.paused]")
+        state = page.evaluate(f"[{player}.error, {player}.paused, typeof Hls]")
     assert offered == [False, [["0", "Audio 1", True], ["1", "Commentary (en)", False]]]
     assert first == ["audio_0"]  # the default's segments only
-    assert list((made / "audio_1").glob("segment_*.ts")) and state == [None, False]
+    # Chromium plays HLS itself: the page loads no player library.
+    assert list((made / "audio_1").glob("segment_*.ts")) and state == [None, False, "undefined"]
 
 
 @pytest.mark.slow
-def test_the_videos_page_shows_a_videos_subtitles(server, base, media, data_dir):
+def test_the_videos_page_plays_through_hls_js_where_the_browser_cannot_play_hls(
+    server, base, media, hls_js
+):
+    """A browser without HLS of its own (Firefox) was told to open the playlist elsewhere. The
+    page loads hls.js from the service (which fetched it once, checksum verified, from its
+    mirror here) and plays through it over Media Source Extensions: the master playlist, and
+    the audio rendition chosen, whose segments alone hls.js fetches."""
+    from tests.media import with_second_audio
+
+    with_second_audio(media / "clip.mp4", media / "choice.mkv", FRAMES / 25)
+    response = server.call("POST", "/videos", {"url": f"{base}/choice.mkv"})
+    assert response.status == 201, response.body
+    video = response.json()
+    made = server.data_dir / "videos" / video["id"]
+    player = "document.getElementById('player')"
+    page_url = f"http://127.0.0.1:{server.port}/watch"
+    with pressed_play(page_url, video["id"], "Play all", native_hls=False) as page:
+        page.wait_for_function(f"{player}.currentTime > 1", timeout=60_000)
+        first = page.evaluate(f"[typeof Hls, {player}.currentSrc.startsWith('blob:'), "
+                              f"{player}.dataset.source]")  # fmt: skip
+        first_audio = sorted(p.name for p in made.glob("audio_*"))
+        at = page.evaluate(f"{player}.currentTime")
+        page.select_option("#audio", "1")
+        page.wait_for_function(f"{player}.dataset.source.includes('audio=1') && "
+                               f"{player}.currentTime > {at} + 1", timeout=60_000)  # fmt: skip
+        state = page.evaluate(f"[{player}.error, {player}.paused, {player}.hlsFailure]")
+    assert first[:2] == ["function", True] and "master.m3u8" in first[2]
+    assert first_audio == ["audio_0"]  # the default's segments only
+    assert list((made / "audio_1").glob("segment_*.ts")) and state == [None, False, None]
+    served = server.call("GET", "/player/hls.js")
+    assert served.status == 200 and served.headers["content-type"].startswith("text/javascript")
+    assert served.body == tarball_member(hls_js_tarball(), "package/dist/hls.min.js")
+    assert server.call("DELETE", f"/videos/{video['id']}").status == 204
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("native_hls", [True, False], ids=["native", "hls.js"])
+def test_the_videos_page_shows_a_videos_subtitles(server, base, media, data_dir, hls_js,
+                                                  native_hls):  # fmt: skip
     """Chromium's own HLS player shows no subtitle rendition: the videos page gives the player
-    the video's WebVTT files as tracks, their cues at the times the input has them."""
+    the video's WebVTT files as tracks, their cues at the times the input has them. Through
+    hls.js too, which adds no tracks of its own beside them."""
     video = ingest_with_subtitles(server, base, media, data_dir)
-    with pressed_play(f"http://127.0.0.1:{server.port}/watch", video["id"], "Play all") as page:
+    page_url = f"http://127.0.0.1:{server.port}/watch"
+    with pressed_play(page_url, video["id"], "Play all", native_hls) as page:
         cues, label = player_subtitles(page, 2)
     assert cues == [[0.1, "Hello there"], [1.0, "Second cue"]]
     assert label == ["English", "en", "showing"]  # the stream's default disposition

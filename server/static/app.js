@@ -1,5 +1,5 @@
-// The jobs page: submit a URL, follow progress, play HLS natively where the browser can
-// (from the first segment on), and compare CARN-M with bicubic on frames of a finished job.
+// The jobs page: submit a URL, follow progress, play HLS (natively where the browser can, else
+// with hls.js) from the first segment on, and compare CARN-M with bicubic on frames of a finished job.
 "use strict";
 
 const jobsBody = document.getElementById("jobs");
@@ -108,8 +108,9 @@ function latest(job) {
 }
 
 async function play(job) {
-  if (!canPlayHls(player)) {
-    playerStatus.textContent = "This browser cannot play HLS; choose MP4 output and download it instead.";
+  const unavailable = await hlsUnavailable(player);
+  if (unavailable) {
+    playerStatus.textContent = unavailable + "; choose MP4 output and download it instead.";
     return;
   }
   if (job.state === "failed" || job.state === "cancelled") {  // ended before a segment to play
@@ -140,7 +141,7 @@ player.addEventListener("waiting", () => {
   if (playing) playerStatus.textContent = "Buffering " + label(playing.job) + "…";
 });
 player.addEventListener("error", () => {
-  playerStatus.textContent = "Cannot play this output (media error " + (player.error ? player.error.code : "?") + ")";
+  playerStatus.textContent = "Cannot play this output (" + playerFailure(player) + ")";
 });
 player.addEventListener("ended", () => { continueOrFinish(); });
 

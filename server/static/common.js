@@ -1,4 +1,4 @@
-// What the pages share: the names they show for inputs, and whether a player plays HLS.
+// What the pages share: the names they show for inputs, and playing HLS (natively or with hls.js).
 "use strict";
 
 // The input as a person knows it: its file name; never the query string (it may hold keys).
@@ -12,16 +12,98 @@ function inputName(url) {
   }
 }
 
-// The browser plays HLS in a <video> itself (Chromium, Safari); no player library is loaded.
-function canPlayHls(video) {
-  return video.canPlayType("application/vnd.apple.mpegurl") !== "";
+// How a <video> plays HLS here: "native" where the browser plays it itself (Chromium 141 on,
+// Safari), "library" through hls.js over Media Source Extensions (Firefox, older Chromium),
+// which the service serves at /player/hls.js and the page loads only then; null: neither.
+function hlsPlayback(video) {
+  if (video.canPlayType("application/vnd.apple.mpegurl") !== "") return "native";
+  return window.MediaSource || window.ManagedMediaSource ? "library" : null;
 }
 
-// Plays `url` in the player from `at` seconds, playing or paused as asked.
-function playFrom(player, url, at, play) {
-  player.src = url;
-  if (at > 0) player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
-  return play ? player.play() : Promise.resolve();
+let hlsLibrary = null;  // hls.js loading or loaded: a promise of its Hls class
+
+function loadHlsLibrary() {
+  if (hlsLibrary) return hlsLibrary;
+  hlsLibrary = new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = "/player/hls.js";
+    script.onload = () => {
+      if (window.Hls && window.Hls.isSupported()) resolve(window.Hls);
+      else reject(new Error("hls.js cannot play in this browser"));
+    };
+    script.onerror = async () => {
+      hlsLibrary = null;  // asked again next time
+      script.remove();
+      let why = "the service did not serve it";
+      try {
+        const r = await fetch(script.src);
+        why = (await r.json()).detail || why;
+      } catch (e) { /* the generic reason */ }
+      reject(new Error(why));
+    };
+    document.head.appendChild(script);
+  });
+  return hlsLibrary;
+}
+
+// Why this page cannot play HLS in `video` (null: it can; hls.js is loaded first where the
+// browser needs it).
+async function hlsUnavailable(video) {
+  const way = hlsPlayback(video);
+  if (way === "native") return null;
+  if (way === null) return "This browser cannot play HLS (it has neither HLS nor Media Source Extensions)";
+  try {
+    await loadHlsLibrary();
+    return null;
+  } catch (e) {
+    return "This browser cannot play HLS itself, and its player library is unavailable: " + e.message;
+  }
+}
+
+// What the player plays: the playlist's link (hls.js gives the <video> a blob: URL of its own).
+function playerSource(player) {
+  return player.dataset.source || player.currentSrc || player.src;
+}
+
+// Whether playback has failed: a media error, or hls.js gave up (a refused link, say).
+function playerFailed(player) {
+  return player.error !== null || player.hlsFailure !== undefined;
+}
+
+// What went wrong, for the page to say: the media error's code, or hls.js's details.
+function playerFailure(player) {
+  if (player.error) return "media error " + player.error.code;
+  return player.hlsFailure || "media error ?";
+}
+
+// Plays `url` in the player from `at` seconds, playing or paused as asked. Through hls.js
+// (where hlsUnavailable found it needed), subtitles stay the page's <track> elements and the
+// audio rendition is the master playlist's default, as with the browser's own player; a fatal
+// error of hls.js is an "error" event of the player.
+async function playFrom(player, url, at, play) {
+  player.dataset.source = url;
+  if (player.hls) {
+    player.hls.destroy();
+    player.hls = undefined;
+  }
+  player.hlsFailure = undefined;
+  if (hlsPlayback(player) === "native") {
+    player.src = url;
+    if (at > 0) player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
+  } else {
+    const Hls = await loadHlsLibrary();
+    const hls = new Hls({ enableWebVTT: false, enableIMSC1: false, startPosition: at > 0 ? at : -1 });
+    hls.on(Hls.Events.ERROR, (event, data) => {
+      if (!data.fatal || player.hls !== hls) return;
+      const status = data.response && data.response.code ? " " + data.response.code : "";
+      player.hlsFailure = "hls.js: " + data.details + status;
+      player.dispatchEvent(new Event("error"));
+    });
+    player.hls = hls;
+    hls.loadSource(url);
+    hls.attachMedia(player);
+  }
+  return play ? player.play() : undefined;
 }
 
 // When a signed media link stops opening (seconds since the epoch): links read
@@ -56,12 +138,12 @@ function keepLinkFresh(player, freshLink) {
   let lifetime = null;  // of the server's links, learnt from a fresh one
   let offset = 0;  // the server's clock less the page's
   let asking = false;
-  const src = () => player.currentSrc || player.src;
+  const src = () => playerSource(player);
   async function check() {
     const expiry = src() ? linkExpiry(src()) : null;
     if (expiry === null || asking || player.ended) return;
     const left = () => expiry - (Date.now() / 1000 + offset);
-    const due = () => left() <= lifetime / 2 && (player.error !== null ||
+    const due = () => left() <= lifetime / 2 && (playerFailed(player) ||
       (player.currentTime < player.duration - 1 && (player.paused || !bufferedToEnd(player))));
     if (lifetime !== null && !due()) return;
     asking = true;

@@ -1,7 +1,7 @@
 // The videos page: add a video by URL, see up front whether this machine makes each upscaled
 // rendition as fast as it plays (the model's measured speed at the video's size), and play a
-// rendition or all of them natively, through the master playlist (with the video's audio and
-// subtitle renditions).
+// rendition or all of them (natively where the browser can, else with hls.js), through the
+// master playlist (with the video's audio and subtitle renditions).
 "use strict";
 
 const videosBody = document.getElementById("videos");
@@ -55,11 +55,12 @@ function paceLine(rendition) {
   return line;
 }
 
-function play(video, rendition) {
+async function play(video, rendition) {
   const name = inputName(video.url).name;
-  if (!canPlayHls(player)) {
-    playerStatus.textContent = "This browser cannot play HLS; open " + name +
-      "'s playlist in a player that can (Safari, VLC, hls.js).";
+  const unavailable = await hlsUnavailable(player);
+  if (unavailable) {
+    playerStatus.textContent = unavailable + "; open " + name +
+      "'s playlist in a player that can (Safari, VLC).";
     return;
   }
   const warning = rendition ? paceWarning(rendition) : null;
@@ -212,7 +213,7 @@ player.addEventListener("waiting", () => {
   if (playing) playerStatus.textContent = "Waiting for the next segment of " + (playing.rendition || "the video") + "…";
 });
 player.addEventListener("error", () => {
-  playerStatus.textContent = "Cannot play this video (media error " + (player.error ? player.error.code : "?") + ")";
+  playerStatus.textContent = "Cannot play this video (" + playerFailure(player) + ")";
 });
 
 document.getElementById("video-form").addEventListener("submit", (e) => add(e).catch((err) => {
