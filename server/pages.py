@@ -3,7 +3,6 @@ without a CDN, and hls.js for the pages in browsers that cannot play HLS themsel
 
 from __future__ import annotations
 
-import asyncio
 from importlib.resources import files
 from pathlib import Path
 
@@ -11,10 +10,16 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
-from carn_stream.server.player_library import PlayerLibraryFiles, PlayerLibraryUnavailable
+from carn_stream.server.player_library import (
+    RETRY_SECONDS,
+    PlayerLibraryFiles,
+    PlayerLibraryUnavailable,
+)
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 STATIC_DIR = Path(__file__).parent / "static"
+#: How long a request for hls.js waits on its first fetch (which goes on after).
+PLAYER_WAIT_SECONDS = 45.0
 
 #: Swagger UI and ReDoc as shipped by the ``fastapi-offline`` package (a dependency), so the
 #: docs work on a machine without internet access.
@@ -88,17 +93,19 @@ async def _player_files(request: Request) -> tuple[Path, Path]:
     """hls.js's script and license (fetched on first need; 503 saying why where it cannot be)."""
     library: PlayerLibraryFiles = request.app.state.player_library
     try:
-        return await asyncio.to_thread(library.files)
+        return await library.files_within(PLAYER_WAIT_SECONDS)
     except PlayerLibraryUnavailable as exc:
-        raise HTTPException(503, str(exc), headers={"Retry-After": "60"}) from None
+        retry = {} if exc.lasting else {"Retry-After": str(int(RETRY_SECONDS))}
+        raise HTTPException(503, str(exc), headers=retry) from None
 
 
 @router.get("/player/hls.js")
 async def hls_js(request: Request) -> FileResponse:
     """hls.js, which the pages load where the browser cannot play HLS itself."""
     script, _ = await _player_files(request)
-    return FileResponse(script, media_type="text/javascript",
-                        headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
+    # Checked against its ETag at each use: a service upgraded to another release serves it.
+    no_cache = {"Cache-Control": "no-cache"}
+    return FileResponse(script, media_type="text/javascript", headers=no_cache)
 
 
 @router.get("/player/hls.js.LICENSE.txt")

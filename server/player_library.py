@@ -5,12 +5,14 @@ kept in the cache folder beside the weights; nothing of it is in the package."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tarfile
 import tempfile
 import threading
 import time
 import urllib.error
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,17 +53,25 @@ HLS_JS = PlayerLibrary(
 )
 
 #: A failed fetch is not tried again for this long: every page load of a browser without HLS
-#: would otherwise wait on the registry again.
+#: would otherwise wait on the source again.
 RETRY_SECONDS = 60.0
 
 
 class PlayerLibraryUnavailable(RuntimeError):
-    """The library is not cached and cannot be fetched; the message says how to provide it."""
+    """The library is not cached and cannot be fetched. Its message is for anyone (the route
+    is public): no addresses or paths; ``detail`` (for the log) has them and what to do.
+    ``lasting``: it stays so until the settings change (no use asking again soon)."""
+
+    def __init__(self, message: str, detail: str = "", lasting: bool = False) -> None:
+        super().__init__(message)
+        self.detail = detail or message
+        self.lasting = lasting
 
 
 class PlayerLibraryFiles:
     """The cached files of ``library``, fetched on first need from ``url`` (default: the
-    registry's) when downloading is allowed. Thread-safe: concurrent callers fetch once."""
+    registry's) when downloading is allowed (a ``file://`` copy is read either way). One fetch
+    at a time: concurrent callers share it."""
 
     def __init__(
         self,
@@ -75,10 +85,11 @@ class PlayerLibraryFiles:
         self.library = library
         self.folder = cache_dir
         self.url = url or library.url
-        self.allow_download = allow_download
+        self.allow_download = allow_download or self.url.startswith("file:")
         self.timeout = timeout
         self._lock = threading.Lock()
-        self._failed: tuple[float, str] | None = None  #: monotonic time, reason
+        self._failed: tuple[float, PlayerLibraryUnavailable] | None = None  #: monotonic time
+        self._fetching: asyncio.Future | None = None
 
     @property
     def script(self) -> Path:
@@ -88,24 +99,46 @@ class PlayerLibraryFiles:
     def license(self) -> Path:
         return self.folder / self.library.license_filename
 
+    def _cached(self) -> tuple[Path, Path] | None:
+        return (self.script, self.license) if self.script.is_file() and self.license.is_file() \
+            else None  # fmt: skip
+
+    async def files_within(self, seconds: float) -> tuple[Path, Path]:
+        """:meth:`files` from the event loop: a fetch runs on one thread, and every caller
+        meanwhile awaits that same fetch, for at most ``seconds`` (then unavailable for now;
+        the fetch goes on)."""
+        if cached := self._cached():
+            return cached
+        if self._fetching is None or self._fetching.done():
+            self._fetching = asyncio.get_running_loop().run_in_executor(None, self.files)
+            self._fetching.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._fetching), seconds)
+        except TimeoutError:
+            raise self._unavailable("it is still being fetched") from None
+
     def files(self) -> tuple[Path, Path]:
         """The script and its license, fetched first where they are not cached (blocking);
         :class:`PlayerLibraryUnavailable` when they cannot be."""
         with self._lock:
-            if self.script.is_file() and self.license.is_file():
-                return self.script, self.license
+            if cached := self._cached():
+                return cached
             if not self.allow_download:
-                raise self._unavailable("downloading is disabled (CARN_STREAM_ALLOW_DOWNLOAD)")
+                raise self._unavailable("downloading is disabled on this service",
+                                        "downloading is disabled (CARN_STREAM_ALLOW_DOWNLOAD)",
+                                        lasting=True)  # fmt: skip
             if self._failed and time.monotonic() - self._failed[0] < RETRY_SECONDS:
-                raise self._unavailable(self._failed[1])
+                raise self._failed[1]
             try:
                 self._fetch()
-            except (urllib.error.URLError, OSError, ValueError, WeightsError,
-                    tarfile.TarError) as exc:  # fmt: skip
-                reason = f"fetching {self.url} failed ({exc})"
-                self._failed = (time.monotonic(), reason)
-                log.warning("%s %s: %s", self.library.name, self.library.version, reason)
-                raise self._unavailable(reason) from exc
+            except (urllib.error.URLError, OSError, ValueError, KeyError, EOFError, zlib.error,
+                    WeightsError, tarfile.TarError) as exc:  # fmt: skip
+                why = "it was not the release pinned" if isinstance(exc, WeightsError) \
+                    else "fetching it failed"  # fmt: skip
+                failure = self._unavailable(why, f"fetching {self.url} failed ({exc})")
+                log.warning("%s", failure.detail)
+                self._failed = (time.monotonic(), failure)
+                raise failure from exc
             self._failed = None
             return self.script, self.license
 
@@ -128,11 +161,17 @@ class PlayerLibraryFiles:
         log.info("%s %s (%s) cached in %s", self.library.name, self.library.version,
                  self.library.license, self.folder)  # fmt: skip
 
-    def _unavailable(self, reason: str) -> PlayerLibraryUnavailable:
+    def _unavailable(self, why: str, detail: str = "", lasting: bool = False
+                     ) -> PlayerLibraryUnavailable:  # fmt: skip
+        """Public: what and why, in short. The detail adds where and what to do."""
         library = self.library
+        what = (f"{library.name} {library.version}, the HLS player of browsers without HLS of "
+                f"their own, is not available on this service")  # fmt: skip
         return PlayerLibraryUnavailable(
-            f"{library.name} {library.version}, the HLS player of browsers without HLS of their "
-            f"own, is not cached in {self.folder} and {reason}. Put {library.url} (sha256 "
-            f"{library.sha256}) where CARN_STREAM_HLS_JS_URL names it (https:// or file://), "
-            f"or play the playlist in a browser or player that plays HLS (Safari, Chromium)"
+            f"{what}: {why}",
+            f"{what}: {detail or why}. It is kept in {self.folder} once fetched: put "
+            f"{library.url} (sha256 {library.sha256}) where CARN_STREAM_HLS_JS_URL names it "
+            f"(https:// or file://), or place {library.filename} and {library.license_filename} "
+            f"from it ({library.script}, {library.license_file}) in that folder",
+            lasting,
         )

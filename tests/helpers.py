@@ -161,35 +161,42 @@ def link_expiry(link: str) -> int:
     return int(re.search(r"/media/(\d+)/", link)[1])
 
 
-def play_past_a_signed_link(url: str, token: str, start: Callable[[Any], None]) -> str:
+def play_past_a_signed_link(
+    url: str, token: str, start: Callable[[Any], None], native_hls: bool = True
+) -> str:
     """Open the page at ``url`` in Chromium with the API ``token`` entered, ``start(page)``
     playing a signed link in its ``#player``; pause it, wait until the page has swapped in a
     fresh link (where the player was, still paused) and the first one has expired, then play to
-    the end without an error. Returns the first link."""
+    the end without an error. Returns the first link. Without ``native_hls``, the browser says
+    it cannot play HLS itself (the page plays through hls.js)."""
     from playwright.sync_api import sync_playwright
 
     player = "document.getElementById('player')"
+    source = f"{player}.dataset.source"  # the playlist's link (the page's record of it)
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
             page = browser.new_page()
+            if not native_hls:
+                page.add_init_script(WITHOUT_NATIVE_HLS)
             page.goto(url)
             page.fill("#token", token)
             start(page)
             page.wait_for_function(f"{player}.currentTime > 0.5", timeout=60_000)
             page.evaluate(f"{player}.pause()")
-            at, first = page.evaluate(f"[{player}.currentTime, {player}.src]")
-            page.wait_for_function(f"{player}.src !== {first!r}", timeout=15_000)
+            at, first = page.evaluate(f"[{player}.currentTime, {source}]")
+            page.wait_for_function(f"{source} !== {first!r}", timeout=15_000)
             # where it was (set once the new source's metadata is in), and still paused
             near = f"Math.abs({player}.currentTime - {at}) < 0.1"
             page.wait_for_function(f"{player}.readyState >= 1 && {near}", timeout=15_000)
-            renewed, paused = page.evaluate(f"[{player}.src, {player}.paused]")
+            renewed, paused = page.evaluate(f"[{source}, {player}.paused]")
             assert paused and link_expiry(renewed) > link_expiry(first), (first, renewed)
             while time.time() <= link_expiry(first) + 1:
                 time.sleep(0.5)
             page.evaluate(f"{player}.play()")
             page.wait_for_function(f"{player}.ended", timeout=60_000)
-            assert page.evaluate(f"{player}.error") is None
+            failed = page.evaluate(f"[{player}.error, {player}.hlsFailure, typeof Hls]")
+            assert failed == [None, None, "undefined" if native_hls else "function"]
         finally:
             browser.close()
     return first

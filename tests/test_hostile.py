@@ -49,7 +49,7 @@ from tests.media import (
     write_clip,
     write_endless_mkv,
 )
-from tests.service import ServerProcess, media_server, wait_for
+from tests.service import ServerProcess, free_port, media_server, wait_for
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -367,6 +367,8 @@ def server(tmp_path_factory):
         CARN_STREAM_MAX_OUTPUT_PIXELS="100000",
         CARN_STREAM_LIVE_CONNECT_SECONDS="2",
         CARN_STREAM_LIVE_ICE_HOSTS="127.0.0.1",
+        CARN_STREAM_HLS_JS_URL=f"http://127.0.0.1:{free_port()}/hls.js.tgz",  # (nothing there)
+        CARN_STREAM_ALLOW_DOWNLOAD="1",
         CARN_STREAM_PRECISION="fp32",
         CARN_STREAM_HTTP_READ_TIMEOUT_SECONDS="2",
         CARN_STREAM_HTTP_MAX_CONNECTIONS="200",
@@ -411,11 +413,11 @@ def test_the_token_guards_everything_but_health_metrics_and_the_page_shell(serve
     for path in ("/healthz", "/readyz", "/metrics", "/", "/live", "/static/app.js",
                  "/static/token.js", "/openapi.json"):  # fmt: skip
         assert server.call("GET", path).status == 200, path
-    # hls.js, for pages in browsers without HLS, is part of the shell too; this service has no
-    # way to fetch it (no network here), and says how to provide it.
+    # hls.js, for pages in browsers without HLS, is part of the shell too. This service cannot
+    # fetch it (its source refuses connections): it says so, without the source's address.
     player = server.call("GET", "/player/hls.js")
     assert player.status == 503 and player.headers["retry-after"] == "60"
-    assert "CARN_STREAM_HLS_JS_URL" in player.json()["detail"]
+    assert player.json()["detail"].endswith("not available on this service: fetching it failed")
     for bad in ("Bearer \u00e9t\u00e9".encode(), b"Bearer \xff\xfe", b"Basic s3cret"):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         conn.putrequest("GET", "/jobs")

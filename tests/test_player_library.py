@@ -3,9 +3,9 @@ checked against its pinned checksum, cached whole or not at all."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -45,10 +45,13 @@ def test_the_script_and_its_license_are_fetched_once_and_served_from_the_cache(m
     url, folder, asked = mirror
     cache = tmp_path / "cache"
     library = PlayerLibraryFiles(cache, url=url)
-    with ThreadPoolExecutor(4) as pool:  # pages asking at once fetch it once
-        results = list(pool.map(lambda _: library.files(), range(4)))
+
+    async def pages_asking_at_once() -> list[tuple[Path, Path]]:
+        return await asyncio.gather(*(library.files_within(30) for _ in range(4)))
+
+    results = asyncio.run(pages_asking_at_once())
     script, license_file = results[0]
-    assert all(r == results[0] for r in results) and asked == ["/hls.js.tgz"]
+    assert all(r == results[0] for r in results) and asked == ["/hls.js.tgz"]  # one fetch
     assert script.read_bytes() == tarball_member(hls_js_tarball(), HLS_JS.script)
     assert "Apache License" in license_file.read_text()
     assert sorted(p.name for p in cache.iterdir()) == sorted([HLS_JS.filename,
@@ -66,13 +69,17 @@ def test_a_tarball_with_another_checksum_is_refused_and_nothing_is_kept(
     (folder / "hls.js.tgz").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     cache = tmp_path / "cache"
     library = PlayerLibraryFiles(cache, url=url)
-    with pytest.raises(PlayerLibraryUnavailable, match="checksum mismatch") as refused:
+    with pytest.raises(PlayerLibraryUnavailable, match="not the release pinned") as refused:
         library.files()
-    assert HLS_JS.sha256 in str(refused.value) and "CARN_STREAM_HLS_JS_URL" in str(refused.value)
-    assert list(cache.iterdir()) == []
+    # Anyone may read the message (the route is public): where from and where to, only the log.
+    public, detail = str(refused.value), refused.value.detail
+    assert url not in public and "127.0.0.1" not in public and str(cache) not in public
+    assert "checksum mismatch" in detail and url in detail and HLS_JS.sha256 in detail
+    assert "CARN_STREAM_HLS_JS_URL" in detail and str(cache) in detail
+    assert list(cache.iterdir()) == [] and not refused.value.lasting
     # A failure is remembered for a while: page loads do not wait on the source again ...
     (folder / "hls.js.tgz").write_bytes(good)
-    with pytest.raises(PlayerLibraryUnavailable, match="checksum mismatch"):
+    with pytest.raises(PlayerLibraryUnavailable, match="not the release pinned"):
         library.files()
     assert len(asked) == 1
     # ... and then it is tried again.
@@ -81,18 +88,21 @@ def test_a_tarball_with_another_checksum_is_refused_and_nothing_is_kept(
 
 
 def test_a_file_url_serves_a_machine_without_internet_access(tmp_path):
+    """Read with downloads disabled too: it is no download."""
     tarball = tmp_path / "hls.js.tgz"
     shutil.copy(hls_js_tarball(), tarball)
-    script, _ = PlayerLibraryFiles(tmp_path / "cache", url=tarball.as_uri()).files()
+    library = PlayerLibraryFiles(tmp_path / "cache", url=tarball.as_uri(), allow_download=False)
+    script, _ = library.files()
     assert script.read_bytes() == tarball_member(tarball, HLS_JS.script)
 
 
 def test_with_downloads_disabled_the_refusal_says_how_to_provide_it(tmp_path):
     library = PlayerLibraryFiles(tmp_path / "cache", allow_download=False)
-    with pytest.raises(PlayerLibraryUnavailable) as refused:
+    with pytest.raises(PlayerLibraryUnavailable, match="downloading is disabled") as refused:
         library.files()
-    message = str(refused.value)
-    assert "CARN_STREAM_ALLOW_DOWNLOAD" in message and HLS_JS.url in message
+    detail = refused.value.detail
+    assert "CARN_STREAM_ALLOW_DOWNLOAD" in detail and HLS_JS.url in detail
+    assert HLS_JS.filename in detail and refused.value.lasting  # asking again will not help
     assert not (tmp_path / "cache").exists()
 
 

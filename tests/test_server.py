@@ -36,6 +36,8 @@ from tests.media import (
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
 
 pytestmark = pytest.mark.slow
+#: Where the media server serves hls.js's tarball, once a test has put it there.
+HLS_JS_MIRRORED = "hls.js.tgz"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,6 @@ def media(data_dir, tmp_path_factory):
                pix_fmt="yuv444p")  # fmt: skip
     raw_stream(root / "carphone.mp4", root / "carphone.h264")  # as a camera writes it
     (root / "notes.mp4").write_text("this is not a video")
-    (root / "hls.js.tgz").symlink_to(hls_js_tarball())  # the service's mirror of hls.js
     with media_server(root) as base:
         yield base, root
 
@@ -82,7 +83,8 @@ def models_dir(tmp_path_factory, weights_path) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir, media):
     proc = ServerProcess(tmp_path_factory.mktemp("service") / "data",
-                         CARN_STREAM_HLS_JS_URL=f"{media[0]}/hls.js.tgz",
+                         CARN_STREAM_HLS_JS_URL=f"{media[0]}/{HLS_JS_MIRRORED}",
+                         CARN_STREAM_ALLOW_DOWNLOAD="1",  # (from there only)
                          CARN_STREAM_MAX_CONCURRENT_JOBS="3",
                          CARN_STREAM_MODELS_DIR=str(models_dir),
                          CARN_STREAM_MAX_INPUT_BYTES=str(20 * 1024**2))  # fmt: skip
@@ -793,21 +795,34 @@ def test_store_recovery_after_a_crash(tmp_path):
 # --------------------------------------------------------------------------- the page
 
 
+@pytest.fixture
+def hls_js(media) -> None:
+    """hls.js's tarball on the media server, where this module's services take it from."""
+    _, root = media
+    if not (root / HLS_JS_MIRRORED).exists():
+        (root / HLS_JS_MIRRORED).symlink_to(hls_js_tarball())
+
+
 @pytest.mark.slow
-def test_jobs_page_renews_a_signed_link_while_paused(media, tmp_path):
+@pytest.mark.parametrize("native_hls", [True, False], ids=["native", "hls.js"])
+def test_jobs_page_renews_a_signed_link_while_paused(media, tmp_path, hls_js, native_hls):
     """With a token, a job's playlist link expires after CARN_STREAM_MEDIA_LINK_SECONDS: the
-    page swaps in a fresh one past half its life, where the paused player is, and plays on."""
+    page swaps in a fresh one past half its life, where the paused player is, and plays on;
+    through hls.js too."""
     base, _ = media
     token = "s3cret"
     proc = ServerProcess(tmp_path / "data", CARN_STREAM_API_TOKEN=token,
-                         CARN_STREAM_MEDIA_LINK_SECONDS="8").start()  # fmt: skip
+                         CARN_STREAM_MEDIA_LINK_SECONDS="8",
+                         CARN_STREAM_HLS_JS_URL=f"{base}/{HLS_JS_MIRRORED}",
+                         CARN_STREAM_ALLOW_DOWNLOAD="1").start()  # fmt: skip
     proc.headers = {"Authorization": f"Bearer {token}"}
     try:
         job = proc.call("POST", "/jobs", {"url": f"{base}/long.mp4", "scale": 2}).json()
         assert proc.wait_job(job["id"], ("succeeded", "failed"))["state"] == "succeeded"
         play = f"#jobs tr[data-id='{job['id']}'] button.play"
         play_past_a_signed_link(f"http://127.0.0.1:{proc.port}/", token,
-                                lambda page: page.locator(play).click(timeout=15_000))  # fmt: skip
+                                lambda page: page.locator(play).click(timeout=15_000),
+                                native_hls)  # fmt: skip
     finally:
         proc.stop()
 
@@ -885,20 +900,29 @@ def test_jobs_page_in_chromium_submits_plays_and_compares(server, media, tmp_pat
     assert request(server.port, "GET", "/jobs?limit=1").json()["items"][0]["state"] == "succeeded"
 
 
-def test_jobs_page_plays_through_hls_js_where_the_browser_cannot_play_hls(server, media):
+def test_jobs_page_plays_through_hls_js_where_the_browser_cannot_play_hls(server, media, hls_js):
     """A browser without HLS of its own (Firefox) was told to download MP4 output instead. The
     page plays through hls.js, loaded from the service: from the first segment of a job still
-    running (its growing playlist's snapshots) to the end. Where the service cannot give
-    hls.js, the page says why."""
+    running (its growing playlist's snapshots) to the end, waiting for a segment that comes
+    late (hls.js gives up after 10 s of its own accord, and a video on request's segment may
+    take minutes to make). Where the service cannot give hls.js, the page says why."""
     from playwright.sync_api import expect, sync_playwright
 
     base, _ = media
     player = "document.getElementById('player')"
+    late: list[str] = []
+
+    def answer_late(route) -> None:  # the second segment: its first byte after 12 s
+        late.append(route.request.url)
+        time.sleep(12)
+        route.continue_()
+
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
             page = browser.new_page()
             page.add_init_script(WITHOUT_NATIVE_HLS)
+            page.route("**/hls/segment_00001.ts*", answer_late)
             page.goto(f"http://127.0.0.1:{server.port}/")
             page.fill("#url", f"{base}/bunny.mp4")
             page.select_option("#scale", "2")
@@ -910,8 +934,9 @@ def test_jobs_page_plays_through_hls_js_where_the_browser_cannot_play_hls(server
             expect(page.locator("#player-status")).to_have_text(
                 "Finished playing bunny.mp4 x2", timeout=20_000)  # fmt: skip
             assert through == ["function", True, 320]
-            played = page.evaluate(f"{player}.currentTime")
-            assert played == pytest.approx(2.0, abs=0.1)  # both segments
+            played = page.evaluate(f"[{player}.currentTime, {player}.hlsFailure]")
+            assert played[0] == pytest.approx(2.0, abs=0.1) and played[1] is None  # both
+            assert len(late) == 1  # asked once, and waited for
             # A service that cannot give hls.js: the page says so, with the service's reason.
             fresh = browser.new_page()
             fresh.add_init_script(WITHOUT_NATIVE_HLS)

@@ -108,13 +108,13 @@ function latest(job) {
 }
 
 async function play(job) {
+  wanted = null;  // wanted again below while the job has no segment yet (not asked twice meanwhile)
   const unavailable = await hlsUnavailable(player);
   if (unavailable) {
     playerStatus.textContent = unavailable + "; choose MP4 output and download it instead.";
     return;
   }
   if (job.state === "failed" || job.state === "cancelled") {  // ended before a segment to play
-    wanted = null;
     playerStatus.textContent = "Cannot play " + label(job) + ": the job " + job.state +
       (job.error ? ": " + job.error : "");
     return;
@@ -125,7 +125,6 @@ async function play(job) {
     playerStatus.textContent = "Waiting for the first segment of " + label(job) + "…";
     return;
   }
-  wanted = null;
   playerStatus.textContent = "Loading " + label(job) + "…";
   load(job, list, 0);
 }

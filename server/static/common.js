@@ -76,23 +76,48 @@ function playerFailure(player) {
   return player.hlsFailure || "media error ?";
 }
 
+// How long a player waits for one segment (ms): making one on a slow machine takes minutes.
+const SEGMENT_WAIT_MS = 10 * 60 * 1000;
+
+// Stops the player's hls.js, if any (its events are ignored from here on).
+function dropHls(player) {
+  const hls = player.hls;
+  player.hls = undefined;
+  if (hls) hls.destroy();
+}
+
 // Plays `url` in the player from `at` seconds, playing or paused as asked. Through hls.js
 // (where hlsUnavailable found it needed), subtitles stay the page's <track> elements and the
 // audio rendition is the master playlist's default, as with the browser's own player; a fatal
 // error of hls.js is an "error" event of the player.
 async function playFrom(player, url, at, play) {
   player.dataset.source = url;
-  if (player.hls) {
-    player.hls.destroy();
-    player.hls = undefined;
-  }
+  const turn = (player.hlsTurn = (player.hlsTurn || 0) + 1);  // the latest call wins
+  dropHls(player);
   player.hlsFailure = undefined;
   if (hlsPlayback(player) === "native") {
     player.src = url;
     if (at > 0) player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
   } else {
     const Hls = await loadHlsLibrary();
-    const hls = new Hls({ enableWebVTT: false, enableIMSC1: false, startPosition: at > 0 ? at : -1 });
+    if (turn !== player.hlsTurn) return undefined;  // a later call took the player meanwhile
+    dropHls(player);
+    const hls = new Hls({
+      enableWebVTT: false,
+      enableIMSC1: false,
+      startPosition: at > 0 ? at : -1,
+      // A segment of a video on request is made when asked for and sent whole: its first byte
+      // may come minutes later. hls.js's own limits (10 s, then retries) would abandon it, and
+      // the service drops work its player abandons: it would never be made.
+      fragLoadPolicy: {
+        default: {
+          maxTimeToFirstByteMs: Infinity,
+          maxLoadTimeMs: SEGMENT_WAIT_MS,
+          timeoutRetry: null,
+          errorRetry: { maxNumRetry: 6, retryDelayMs: 1000, maxRetryDelayMs: 8000 },
+        },
+      },
+    });
     hls.on(Hls.Events.ERROR, (event, data) => {
       if (!data.fatal || player.hls !== hls) return;
       const status = data.response && data.response.code ? " " + data.response.code : "";
