@@ -597,36 +597,43 @@ def test_no_audio_group_where_the_first_stream_cannot_be_offered(data_dir, worke
     assert "audio stream 0 (Late) of three.mkv is not offered on its own" in caplog.text
 
 
-def test_the_peak_audio_rates_of_a_video_on_request_count_every_packet(clips, tmp_path):
+def test_the_peak_audio_rates_of_a_video_on_request_are_those_of_its_audio_segments(
+    clips, tmp_path
+):
     """A video on request offers the audio streams with a packet in every segment, and adds the
-    busiest one's peak rate to its variants' BANDWIDTH: each stream's bytes per segment (1 s
-    segments from 0 here), counted independently."""
-    from carn_stream.pipeline.media.remux import audio_peak_rates
+    busiest one's peak rate to its variants' BANDWIDTH, decided at ingest before any segment is
+    made: each stream's peak as its rendition's segments will have it, MPEG-TS's overhead
+    included, which the packets alone left out. Counted for each stream on its own."""
+    from carn_stream.pipeline.media.remux import RemuxTask, audio_peak_rates, remux_audio
     from carn_stream.pipeline.media.segments import plan_segments
 
     late = with_second_audio(clips["two_audio"], tmp_path / "late.mkv", 2.0, start=1.2)
     plan = plan_segments(late, 1.0)
     assert [float(s.duration) for s in plan.segments] == [1.0, 1.0]
-    expected = {}
+    from_packets = {}
     with av.open(str(late)) as c:
         for number, stream in enumerate(c.streams.audio):
             sizes = [0, 0]
             for packet in c.demux(stream):
                 if packet.size:
                     sizes[min(1, max(0, int(packet.pts * packet.time_base)))] += packet.size
-            expected[number] = 8 * max(sizes)
+            from_packets[number] = 8 * max(sizes)
             c.seek(0)
     rates = audio_peak_rates(late, plan)
     assert sorted(rates) == [0, 1]  # the third starts in the second segment
-    assert rates == {n: expected[n] for n in (0, 1)} and min(rates.values()) > 10_000
+    for number in (0, 1):
+        made = {i: remux_audio(RemuxTask.of(late, plan, i, tmp_path / f"{number}_{i}.ts"), number)
+                for i in (0, 1)}  # fmt: skip
+        assert rates[number] == plan.peak_rate(made), number
+        assert rates[number] > from_packets[number] + 10_000, number  # the muxer's share
 
 
-def test_audio_segments_transcode_is_described_and_reckoned_as_the_aac_they_hold(clips, tmp_path):
+def test_audio_segments_transcode_is_described_and_rated_as_the_aac_they_hold(clips, tmp_path):
     """A stream MPEG-TS cannot carry (FLAC 5.1 here) is made stereo AAC in segments: its
-    rendition says so (channels, codec string), and its rate is reckoned at AAC's (80 kbit/s a
-    channel, on top of the encoder's 64), not at its own packets' 5.1 FLAC rate."""
+    rendition says so (channels, codec string), and its rate is that of the AAC segments made
+    of it, not its own packets' 5.1 FLAC rate."""
     from carn_stream.pipeline.media.hls_audio import audio_streams
-    from carn_stream.pipeline.media.remux import audio_peak_rates
+    from carn_stream.pipeline.media.remux import RemuxTask, audio_peak_rates, remux_audio
     from carn_stream.pipeline.media.segments import plan_segments
 
     source = with_second_audio(clips["two_audio"], tmp_path / "flac.mkv", 2.0, codec="flac",
@@ -637,8 +644,12 @@ def test_audio_segments_transcode_is_described_and_reckoned_as_the_aac_they_hold
         ("Commentary", 2, "mp4a.40.2", True),
         ("Lossless", 2, "mp4a.40.2", False),  # 5.1 FLAC, made stereo AAC
     ]
-    rates = audio_peak_rates(source, plan_segments(source, 1.0))
-    assert sorted(rates) == [0, 1, 2] and rates[2] == 160_000
+    plan = plan_segments(source, 1.0)
+    rates = audio_peak_rates(source, plan)
+    made = {i: remux_audio(RemuxTask.of(source, plan, i, tmp_path / f"{i}.ts"), 2)
+            for i in range(len(plan.segments))}  # fmt: skip
+    assert sorted(rates) == [0, 1, 2] and rates[2] == plan.peak_rate(made)
+    assert 100_000 < rates[2] < 300_000  # stereo AAC (5.1 FLAC is some 2 Mbit/s)
 
 
 def test_a_player_chooses_on_its_own_among_the_first_stream_of_each_language():

@@ -32,10 +32,6 @@ _AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 6400
 #: Channel layouts FFmpeg's AAC encoder takes as they are (up to 6.1).
 _AAC_LAYOUTS = frozenset({"mono", "stereo", "2.1", "3.0", "4.0", "quad", "5.0", "5.1",
                           "5.0(side)", "5.1(side)", "6.0", "6.1"})  # fmt: skip
-#: The bit rate FFmpeg's AAC encoder keeps to without a target, per channel: 64 kbit/s
-#: (measured on white noise, the hardest audio: 128 kbit/s in stereo), with a quarter more for
-#: a segment above the average. What a transcoded stream is reckoned at before it is made.
-AAC_PEAK_RATE_PER_CHANNEL = 80_000
 #: FFmpeg's default layout for a channel count, for audio that names none (PCM in Matroska:
 #: "6 channels" is 5.1 in WAVE's channel order).
 _DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1"}
@@ -44,11 +40,6 @@ _DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.
 def transcoded_channels(channels: int) -> int:
     """The channels of a transcoded stream in segments: mono stays mono, the rest is stereo."""
     return 1 if channels == 1 else 2
-
-
-def transcoded_peak_rate(channels: int) -> int:
-    """The bits per second reckoned for a stream of ``channels`` transcoded for segments."""
-    return AAC_PEAK_RATE_PER_CHANNEL * transcoded_channels(channels)
 
 
 @dataclass(frozen=True)

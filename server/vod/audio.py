@@ -113,9 +113,8 @@ class VideoAudio:
 
     def peak_rate(self, video: Video) -> float:
         """The peak rate of the busiest offered stream (bits per second): what a player of a
-        rendition fetches on top of its segments. From the input's packets (a transcoded
-        stream's: reckoned), and once segments are made from their bytes too (MPEG-TS's own
-        overhead with them)."""
+        rendition fetches on top of its segments. As decided at ingest (its likeliest busiest
+        segments made in memory), and once segments are made from their bytes too."""
         offered = self.offered(video)
         cached = self._cache.cached(video.id)
         made = (video.plan.peak_rate(cached.get(folder_name(s.number), {}))
