@@ -739,44 +739,15 @@ def test_a_video_stored_small_keeps_its_subtitles(server, base, media, data_dir)
         assert server.call("DELETE", f"/videos/{video['id']}").status == 204
 
 @pytest.mark.slow
-def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base, media):
+@pytest.mark.parametrize("native_hls", [True, False], ids=["native", "hls.js"])
+def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base, media, hls_js,
+                                                                   native_hls):  # fmt: skip
     """Chromium's own player offers no choice of audio renditions: it plays the group's
     default, and only that one is fetched. The videos page offers the video's audio streams and
     plays the one chosen: the master playlist again with it as the default (``?audio=``), from
-    where the player was."""
-    from tests.media import with_second_audio
-
-    with_second_audio(media / "clip.mp4", media / "choice.mkv", FRAMES / 25)
-    response = server.call("POST", "/videos", {"url": f"{base}/choice.mkv"})
-    assert response.status == 201, response.body
-    video = response.json()
-    made = server.data_dir / "videos" / video["id"]
-    player = "document.getElementById('player')"
-    with pressed_play(f"http://127.0.0.1:{server.port}/watch", video["id"], "Play all") as page:
-        page.wait_for_function(f"{player}.currentTime > 1", timeout=60_000)
-        offered = page.evaluate("[document.getElementById('audio-choice').hidden, Array.from("
-                                "document.querySelectorAll('#audio option')).map("
-                                "o => [o.value, o.textContent, o.selected])]")  # fmt: skip
-        first = sorted(p.name for p in made.glob("audio_*"))
-        at = page.evaluate(f"{player}.currentTime")
-        page.select_option("#audio", "1")
-        page.wait_for_function(f"{player}.src.includes('audio=1') && "
-                               f"{player}.currentTime > {at} + 1", timeout=60_000)  # fmt: skip
-        state = page.evaluate(f"[{player}.error, {player}.paused, typeof Hls]")
-    assert offered == [False, [["0", "Audio 1", True], ["1", "Commentary (en)", False]]]
-    assert first == ["audio_0"]  # the default's segments only
-    # Chromium plays HLS itself: the page loads no player library.
-    assert list((made / "audio_1").glob("segment_*.ts")) and state == [None, False, "undefined"]
-
-
-@pytest.mark.slow
-def test_the_videos_page_plays_through_hls_js_where_the_browser_cannot_play_hls(
-    server, base, media, hls_js
-):
-    """A browser without HLS of its own (Firefox) was told to open the playlist elsewhere. The
-    page loads hls.js from the service (which fetched it once, checksum verified, from its
-    mirror here) and plays through it over Media Source Extensions: the master playlist, and
-    the audio rendition chosen, whose segments alone hls.js fetches."""
+    where the player was. A browser without HLS of its own (Firefox) was told to open the
+    playlist elsewhere: the page loads hls.js from the service (which fetched it once, checksum
+    verified, from its mirror here) and plays through it, over Media Source Extensions, alike."""
     from tests.media import with_second_audio
 
     with_second_audio(media / "clip.mp4", media / "choice.mkv", FRAMES / 25)
@@ -786,19 +757,24 @@ def test_the_videos_page_plays_through_hls_js_where_the_browser_cannot_play_hls(
     made = server.data_dir / "videos" / video["id"]
     player = "document.getElementById('player')"
     page_url = f"http://127.0.0.1:{server.port}/watch"
-    with pressed_play(page_url, video["id"], "Play all", native_hls=False) as page:
+    with pressed_play(page_url, video["id"], "Play all", native_hls) as page:
         page.wait_for_function(f"{player}.currentTime > 1", timeout=60_000)
-        first = page.evaluate(f"[typeof Hls, {player}.currentSrc.startsWith('blob:'), "
-                              f"{player}.dataset.source]")  # fmt: skip
-        first_audio = sorted(p.name for p in made.glob("audio_*"))
+        offered = page.evaluate("[document.getElementById('audio-choice').hidden, Array.from("
+                                "document.querySelectorAll('#audio option')).map("
+                                "o => [o.value, o.textContent, o.selected])]")  # fmt: skip
+        first = sorted(p.name for p in made.glob("audio_*"))
+        way = page.evaluate(f"[typeof Hls, {player}.currentSrc.startsWith('blob:'), "
+                            f"{player}.dataset.source.includes('master.m3u8')]")  # fmt: skip
         at = page.evaluate(f"{player}.currentTime")
         page.select_option("#audio", "1")
         page.wait_for_function(f"{player}.dataset.source.includes('audio=1') && "
                                f"{player}.currentTime > {at} + 1", timeout=60_000)  # fmt: skip
         state = page.evaluate(f"[{player}.error, {player}.paused, {player}.hlsFailure]")
-    assert first[:2] == ["function", True] and "master.m3u8" in first[2]
-    assert first_audio == ["audio_0"]  # the default's segments only
+    assert offered == [False, [["0", "Audio 1", True], ["1", "Commentary (en)", False]]]
+    assert first == ["audio_0"]  # the default's segments only
     assert list((made / "audio_1").glob("segment_*.ts")) and state == [None, False, None]
+    # Where Chromium plays HLS itself the page loads no player library.
+    assert way == (["undefined", False, True] if native_hls else ["function", True, True])
     served = server.call("GET", "/player/hls.js")
     assert served.status == 200 and served.headers["content-type"].startswith("text/javascript")
     assert served.body == tarball_member(hls_js_tarball(), "package/dist/hls.min.js")
