@@ -628,6 +628,27 @@ def test_the_peak_audio_rates_of_a_video_on_request_are_those_of_its_audio_segme
         assert rates[number] > from_packets[number] + 10_000, number  # the muxer's share
 
 
+def test_an_audio_stream_whose_segments_cannot_be_made_is_left_out(clips, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    """Its rate comes from segments made at ingest: where they cannot be made, that stream is
+    not offered, and the others still are (a failure took every audio rendition away)."""
+    from carn_stream.pipeline.errors import InputError
+    from carn_stream.pipeline.media import remux
+    from carn_stream.pipeline.media.segments import plan_segments
+
+    source = with_second_audio(clips["two_audio"], tmp_path / "two.mkv", 2.0)
+    made = remux.audio_segment_size
+
+    def failing_second(task, number: int) -> int:
+        if number == 1:
+            raise InputError("audio stream 1 cannot be made AAC (decoder missing)")
+        return made(task, number)
+
+    monkeypatch.setattr(remux, "audio_segment_size", failing_second)
+    rates = remux.audio_peak_rates(source, plan_segments(source, 1.0))
+    assert sorted(rates) == [0, 2] and min(rates.values()) > 10_000
+
+
 def test_audio_segments_transcode_is_described_and_rated_as_the_aac_they_hold(clips, tmp_path):
     """A stream MPEG-TS cannot carry (FLAC 5.1 here) is made stereo AAC in segments: its
     rendition says so (channels, codec string), and its rate is that of the AAC segments made

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import io
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from carn_stream.pipeline.media.encode import (
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 from carn_stream.pipeline.media.seeking import from_keyframe_at, seek_to_keyframe
 from carn_stream.pipeline.media.segments import Segment, SegmentPlan, audio_window, segment_audio
+
+log = logging.getLogger(__name__)
 
 #: Video codecs whose packets MPEG-TS segments carry as they are.
 REMUXABLE_VIDEO = frozenset({"h264", "hevc"})
@@ -178,8 +181,9 @@ def audio_peak_rates(source: Path, plan: SegmentPlan) -> dict[int, float]:
     Those are the two with the most of the stream's packet bytes per second (the muxer's share
     follows the packets' count and sizes, so the busiest in packets may come second in bytes
     made), and the shortest, where the muxer's fixed cost weighs most. One reading of the
-    input's audio, then at most three segments made per stream: the rate is that of the busiest
-    segment made or a little under it (with the busiest in packets alone: 0.7% under, measured
+    input's audio, then at most three segments made per stream (a stream whose segments cannot
+    be made is left out, logged): the rate is that of the busiest segment made or a little
+    under it (with the busiest in packets alone: 0.7% under, measured
     on a stereo AAC stream). A packet belongs to the segment its time falls in, as
     :func:`segment_audio` counts: the first segment takes what comes before it, the last what
     follows it."""
@@ -201,8 +205,12 @@ def audio_peak_rates(source: Path, plan: SegmentPlan) -> dict[int, float]:
         if len(counted) < len(plan.segments):
             continue
         busiest = sorted(counted, key=lambda i: counted[i] / durations[i])[-2:]
-        made = {i: audio_segment_size(RemuxTask.of(source, plan, i, Path(os.devnull)), place)
-                for i in {*busiest, shortest}}  # fmt: skip
+        try:
+            made = {i: audio_segment_size(RemuxTask.of(source, plan, i, Path(os.devnull)), place)
+                    for i in {*busiest, shortest}}  # fmt: skip
+        except InputError as exc:  # its segments could not be made: not offered
+            log.warning("audio stream %d of %s is not offered: %s", place, source.name, exc)
+            continue
         rates[place] = plan.peak_rate(made)
     return rates
 
