@@ -1498,8 +1498,11 @@ def test_the_cli_resumes_after_being_killed(clips, tmp_path, raw):
     # very same files (same inode and modification time), not made again.
     seen_after_new = False
     while second.poll() is None:
-        lines = manifest.read_text().count("\n") if manifest.is_file() else 0
-        now = segment_files(work / "segments") if (work / "segments").is_dir() else {}
+        try:  # (the run removes its work folder once the output is complete: at any moment)
+            lines = manifest.read_text().count("\n") if manifest.is_file() else 0
+            now = segment_files(work / "segments") if (work / "segments").is_dir() else {}
+        except FileNotFoundError:
+            lines, now = 0, {}
         assert all(now[name] == kept[name] for name in kept if name in now)
         seen_after_new |= lines > len(kept) and set(kept) <= set(now)
         time.sleep(0.05)
