@@ -81,6 +81,16 @@ HTMLMediaElement.prototype.canPlayType = function (type) {
 """
 
 
+#: Where a test's media server serves hls.js's tarball (:func:`mirror_hls_js`).
+HLS_JS_MIRRORED = "hls.js.tgz"
+
+
+def mirror_hls_js(folder: Path) -> None:
+    """Put hls.js's tarball in a media server's ``folder``, as :data:`HLS_JS_MIRRORED`."""
+    if not (folder / HLS_JS_MIRRORED).exists():
+        (folder / HLS_JS_MIRRORED).symlink_to(hls_js_tarball())
+
+
 def hls_js_tarball() -> Path:
     """:data:`HLS_JS_TARBALL`, which must be there."""
     import pytest
@@ -101,24 +111,33 @@ def tarball_member(tarball: Path, name: str) -> bytes:
 
 
 @contextlib.contextmanager
-def pressed_play(url: str, item_id: str, button: str, native_hls: bool = True) -> Iterator[Any]:
-    """Chromium with our page at ``url`` open and ``button`` pressed in the row of ``item_id``
-    (a job on the jobs page, a video on the videos page): the page (closed after). Without
-    ``native_hls``, the browser says it cannot play HLS itself."""
+def chromium_page(url: str, native_hls: bool = True, **context_options: Any) -> Iterator[Any]:
+    """Chromium with a page at ``url`` open (closed after). Without ``native_hls``, the browser
+    says it cannot play HLS itself, in this page and any other opened in its context."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            page = browser.new_page()
+            context = browser.new_context(**context_options)
             if not native_hls:
-                page.add_init_script(WITHOUT_NATIVE_HLS)
+                context.add_init_script(WITHOUT_NATIVE_HLS)
+            page = context.new_page()
             page.goto(url)
-            row = page.locator(f"tr[data-id='{item_id}']")
-            row.get_by_role("button", name=button, exact=True).click()
             yield page
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def pressed_play(url: str, item_id: str, button: str, native_hls: bool = True) -> Iterator[Any]:
+    """Chromium with our page at ``url`` open and ``button`` pressed in the row of ``item_id``
+    (a job on the jobs page, a video on the videos page): the page (closed after). Without
+    ``native_hls``, the browser says it cannot play HLS itself."""
+    with chromium_page(url, native_hls) as page:
+        row = page.locator(f"tr[data-id='{item_id}']")
+        row.get_by_role("button", name=button, exact=True).click()
+        yield page
 
 
 def play_switched_to_second_audio(url: str) -> tuple[list, list]:
@@ -169,36 +188,26 @@ def play_past_a_signed_link(
     fresh link (where the player was, still paused) and the first one has expired, then play to
     the end without an error. Returns the first link. Without ``native_hls``, the browser says
     it cannot play HLS itself (the page plays through hls.js)."""
-    from playwright.sync_api import sync_playwright
-
     player = "document.getElementById('player')"
     source = f"{player}.dataset.source"  # the playlist's link (the page's record of it)
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page()
-            if not native_hls:
-                page.add_init_script(WITHOUT_NATIVE_HLS)
-            page.goto(url)
-            page.fill("#token", token)
-            start(page)
-            page.wait_for_function(f"{player}.currentTime > 0.5", timeout=60_000)
-            page.evaluate(f"{player}.pause()")
-            at, first = page.evaluate(f"[{player}.currentTime, {source}]")
-            page.wait_for_function(f"{source} !== {first!r}", timeout=15_000)
-            # where it was (set once the new source's metadata is in), and still paused
-            near = f"Math.abs({player}.currentTime - {at}) < 0.1"
-            page.wait_for_function(f"{player}.readyState >= 1 && {near}", timeout=15_000)
-            renewed, paused = page.evaluate(f"[{source}, {player}.paused]")
-            assert paused and link_expiry(renewed) > link_expiry(first), (first, renewed)
-            while time.time() <= link_expiry(first) + 1:
-                time.sleep(0.5)
-            page.evaluate(f"{player}.play()")
-            page.wait_for_function(f"{player}.ended", timeout=60_000)
-            failed = page.evaluate(f"[{player}.error, {player}.hlsFailure, typeof Hls]")
-            assert failed == [None, None, "undefined" if native_hls else "function"]
-        finally:
-            browser.close()
+    with chromium_page(url, native_hls) as page:
+        page.fill("#token", token)
+        start(page)
+        page.wait_for_function(f"{player}.currentTime > 0.5", timeout=60_000)
+        page.evaluate(f"{player}.pause()")
+        at, first = page.evaluate(f"[{player}.currentTime, {source}]")
+        page.wait_for_function(f"{source} !== {first!r}", timeout=15_000)
+        # where it was (set once the new source's metadata is in), and still paused
+        near = f"Math.abs({player}.currentTime - {at}) < 0.1"
+        page.wait_for_function(f"{player}.readyState >= 1 && {near}", timeout=15_000)
+        renewed, paused = page.evaluate(f"[{source}, {player}.paused]")
+        assert paused and link_expiry(renewed) > link_expiry(first), (first, renewed)
+        while time.time() <= link_expiry(first) + 1:
+            time.sleep(0.5)
+        page.evaluate(f"{player}.play()")
+        page.wait_for_function(f"{player}.ended", timeout=60_000)
+        failed = page.evaluate(f"[{player}.error, {player}.hlsFailure, typeof Hls]")
+        assert failed == [None, None, "undefined" if native_hls else "function"]
     return first
 
 

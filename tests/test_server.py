@@ -17,9 +17,10 @@ from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.images import read_rgb
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, check_address, validate_url
 from tests.helpers import (
-    WITHOUT_NATIVE_HLS,
-    hls_js_tarball,
+    HLS_JS_MIRRORED,
+    chromium_page,
     launch_chromium,
+    mirror_hls_js,
     official_weights_path,
     play_past_a_signed_link,
     player_subtitles,
@@ -36,8 +37,6 @@ from tests.media import (
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
 
 pytestmark = pytest.mark.slow
-#: Where the media server serves hls.js's tarball, once a test has put it there.
-HLS_JS_MIRRORED = "hls.js.tgz"
 
 
 @pytest.fixture(scope="module")
@@ -798,9 +797,7 @@ def test_store_recovery_after_a_crash(tmp_path):
 @pytest.fixture
 def hls_js(media) -> None:
     """hls.js's tarball on the media server, where this module's services take it from."""
-    _, root = media
-    if not (root / HLS_JS_MIRRORED).exists():
-        (root / HLS_JS_MIRRORED).symlink_to(hls_js_tarball())
+    mirror_hls_js(media[1])
 
 
 @pytest.mark.slow
@@ -906,7 +903,7 @@ def test_jobs_page_plays_through_hls_js_where_the_browser_cannot_play_hls(server
     running (its growing playlist's snapshots) to the end, waiting for a segment that comes
     late (hls.js gives up after 10 s of its own accord, and a video on request's segment may
     take minutes to make). Where the service cannot give hls.js, the page says why."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     base, _ = media
     player = "document.getElementById('player')"
@@ -917,38 +914,30 @@ def test_jobs_page_plays_through_hls_js_where_the_browser_cannot_play_hls(server
         time.sleep(12)
         route.continue_()
 
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page()
-            page.add_init_script(WITHOUT_NATIVE_HLS)
-            page.route("**/hls/segment_00001.ts*", answer_late)
-            page.goto(f"http://127.0.0.1:{server.port}/")
-            page.fill("#url", f"{base}/bunny.mp4")
-            page.select_option("#scale", "2")
-            page.click("#submit")
-            page.wait_for_function(f"{player}.currentTime > 0.5", timeout=90_000)
-            through = page.evaluate(f"[typeof Hls, {player}.currentSrc.startsWith('blob:'), "
-                                    f"{player}.videoWidth]")  # fmt: skip
-            page.wait_for_function(f"{player}.ended", timeout=90_000)
-            expect(page.locator("#player-status")).to_have_text(
-                "Finished playing bunny.mp4 x2", timeout=20_000)  # fmt: skip
-            assert through == ["function", True, 320]
-            played = page.evaluate(f"[{player}.currentTime, {player}.hlsFailure]")
-            assert played[0] == pytest.approx(2.0, abs=0.1) and played[1] is None  # both
-            assert len(late) == 1  # asked once, and waited for
-            # A service that cannot give hls.js: the page says so, with the service's reason.
-            fresh = browser.new_page()
-            fresh.add_init_script(WITHOUT_NATIVE_HLS)
-            fresh.route("**/player/hls.js", lambda route: route.fulfill(
-                status=503, json={"detail": "hls.js 1.7.4 is not cached"}))  # fmt: skip
-            fresh.goto(f"http://127.0.0.1:{server.port}/")
-            fresh.locator("#jobs tr:first-child button.play").click(timeout=15_000)
-            expect(fresh.locator("#player-status")).to_have_text(
-                "This browser cannot play HLS itself, and its player library is unavailable: "
-                "hls.js 1.7.4 is not cached; choose MP4 output and download it instead.")
-        finally:
-            browser.close()
+    with chromium_page(f"http://127.0.0.1:{server.port}/", native_hls=False) as page:
+        page.route("**/hls/segment_00001.ts*", answer_late)
+        page.fill("#url", f"{base}/bunny.mp4")
+        page.select_option("#scale", "2")
+        page.click("#submit")
+        page.wait_for_function(f"{player}.currentTime > 0.5", timeout=90_000)
+        through = page.evaluate(f"[typeof Hls, {player}.currentSrc.startsWith('blob:'), "
+                                f"{player}.videoWidth]")  # fmt: skip
+        page.wait_for_function(f"{player}.ended", timeout=90_000)
+        expect(page.locator("#player-status")).to_have_text(
+            "Finished playing bunny.mp4 x2", timeout=20_000)  # fmt: skip
+        assert through == ["function", True, 320]
+        played = page.evaluate(f"[{player}.currentTime, {player}.hlsFailure]")
+        assert played[0] == pytest.approx(2.0, abs=0.1) and played[1] is None  # both
+        assert len(late) == 1  # asked once, and waited for
+        # A service that cannot give hls.js: the page says so, with the service's reason.
+        fresh = page.context.new_page()  # (no HLS of its own either)
+        fresh.route("**/player/hls.js", lambda route: route.fulfill(
+            status=503, json={"detail": "hls.js 1.7.4 is not cached"}))  # fmt: skip
+        fresh.goto(f"http://127.0.0.1:{server.port}/")
+        fresh.locator("#jobs tr:first-child button.play").click(timeout=15_000)
+        expect(fresh.locator("#player-status")).to_have_text(
+            "This browser cannot play HLS itself, and its player library is unavailable: "
+            "hls.js 1.7.4 is not cached; choose MP4 output and download it instead.")
 
 
 def test_jobs_page_reports_a_job_that_failed_before_its_first_segment(server, media):

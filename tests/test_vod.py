@@ -23,8 +23,10 @@ from carn_stream.model.metrics import psnr
 from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
 from carn_stream.pipeline.media.segments import PLAN_RULE
 from tests.helpers import (
+    HLS_JS_MIRRORED,
     hls_js_tarball,
     launch_chromium,
+    mirror_hls_js,
     play_past_a_signed_link,
     play_switched_to_second_audio,
     player_subtitles,
@@ -45,8 +47,6 @@ from tests.service import ServerProcess, media_server, request, wait_for
 
 # 5 s of the real clip at 96x54, a keyframe each second (so five 1 s segments), with its audio.
 FRAMES, SEGMENTS = 125, 5
-#: Where the media server serves hls.js's tarball, once a test has put it there.
-HLS_JS_MIRRORED = "hls.js.tgz"
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,7 @@ def base(media):
 @pytest.fixture
 def hls_js(media) -> None:
     """hls.js's tarball on the media server, where the module's server takes it from."""
-    if not (media / HLS_JS_MIRRORED).exists():
-        (media / HLS_JS_MIRRORED).symlink_to(hls_js_tarball())
+    mirror_hls_js(media)
 
 
 @pytest.fixture(scope="module")

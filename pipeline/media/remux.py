@@ -183,8 +183,8 @@ def audio_peak_rates(source: Path, plan: SegmentPlan) -> dict[int, float]:
     made), and the shortest, where the muxer's fixed cost weighs most. One reading of the
     input's audio, then at most three segments made per stream (a stream whose segments cannot
     be made is left out, logged): the rate is that of the busiest segment made or a little
-    under it (with the busiest in packets alone: 0.7% under, measured
-    on a stereo AAC stream). A packet belongs to the segment its time falls in, as
+    under it (with the busiest in packets alone: 0.7% under, measured on a stereo AAC stream).
+    A packet belongs to the segment its time falls in, as
     :func:`segment_audio` counts: the first segment takes what comes before it, the last what
     follows it."""
     starts = [s.start_pts * plan.time_base for s in plan.segments]
