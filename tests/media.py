@@ -11,6 +11,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from carn_stream.pipeline.media.encode import CheckedEncoder
+
 
 def decode_rgb(path: Path, limit: int | None = None) -> list[np.ndarray]:
     with av.open(str(path)) as c:
@@ -115,6 +117,7 @@ def write_clip(
             stream.codec_context.options = options or {}
         if rotation:
             stream.set_display_rotation(rotation)
+        video = CheckedEncoder(stream)  # (libx265's times for two frames)
         a_in = a_out = None
         if src is not None and src.streams.audio:
             a_in = src.streams.audio[0]
@@ -126,8 +129,8 @@ def write_clip(
                 vf = vf.reformat(format=pix_fmt, dst_colorspace=colorspace)
             vf.pts = pts[i] if pts is not None else i * step
             vf.time_base = tb
-            out.mux(stream.encode(vf))
-        out.mux(stream.encode(None))
+            out.mux(video.encode(vf))
+        out.mux(video.encode(None))
         if a_in is not None:
             for packet in src.demux(a_in):
                 if packet.dts is None:

@@ -37,7 +37,7 @@ from carn_stream.pipeline.media.decode import (
     open_input,
 )
 from carn_stream.pipeline.media.deinterlace import progressive
-from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
+from carn_stream.pipeline.media.encode import CheckedEncoder, EncoderOptions, codec_settings
 from carn_stream.pipeline.media.formats import FORMATS
 
 #: What the copy is: an MP4 file, with that output's rules for audio and subtitles (MP2, which
@@ -196,6 +196,7 @@ def encode_copy(
             ctx.colorspace, ctx.color_range = matrix, RANGE_LIMITED
             ctx.options = options
             ctx.thread_count = threads
+            video = CheckedEncoder(vout)
             rest = None
             if keeps_rest:
                 keep.copy_stream_facts(vin, vout)
@@ -219,11 +220,11 @@ def encode_copy(
                 scaled.pts = None if pts is None else pts - first_pts
                 scaled.time_base = vin.time_base
                 scaled.colorspace, scaled.color_range = matrix, RANGE_LIMITED
-                for p in vout.encode(scaled):
+                for p in video.encode(scaled):
                     video_bytes += p.size
                     out.mux(p)
                 written += 1
-            for p in vout.encode(None):
+            for p in video.encode():
                 video_bytes += p.size
                 out.mux(p)
             if rest is not None:

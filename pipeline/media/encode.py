@@ -87,6 +87,40 @@ def codec_settings(options: EncoderOptions) -> tuple[str, dict[str, str]]:
     return name, opts
 
 
+class CheckedEncoder:
+    """A video stream's encoder whose packets' decode times can be trusted.
+
+    libx265 (as FFmpeg drives it) makes up the decode times of a stream of fewer than three
+    frames: it derives them from the third frame's time, which such a stream lacks, and
+    reads what lies past its table (seen: about one run in three of two frames, some 10^12
+    to 10^18 ticks off). MP4 refused them ("pts/dts pair unsupported"); MPEG-TS wrote them,
+    and now and then moved the segment's frames by minutes. A decode time outside what the
+    encoder can give (after its frame's time, or before the first frame's by more than the
+    frames fed so far span) is put right: frames of so short a stream are not reordered, so
+    it is the frame's time. Other encoders' times are passed on as they are."""
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self.stream = stream
+        self._checked = stream.codec_context.name == "libx265"
+        self._first: int | None = None  #: the first frame's time
+        self._latest: int | None = None  #: the latest frame's time
+
+    def encode(self, frame: av.VideoFrame | None = None) -> list[av.Packet]:
+        """``frame`` encoded (None: the encoder flushed)."""
+        if frame is not None and frame.pts is not None:
+            self._first = frame.pts if self._first is None else self._first
+            self._latest = frame.pts
+        packets = self.stream.encode(frame)
+        if self._checked and self._first is not None and self._latest is not None:
+            earliest = self._first - (self._latest - self._first) - 1
+            for packet in packets:
+                if packet.pts is not None and not (
+                    packet.dts is not None and earliest <= packet.dts <= packet.pts
+                ):
+                    packet.dts = packet.pts
+        return packets
+
+
 class VideoSink:
     """One segment's MPEG-TS file, published by rename when closed; used from one thread."""
 
@@ -122,7 +156,7 @@ class VideoSink:
         self._pix_fmt = "yuv420p"
         self._audio_in = audio_streams
         self._container: av.container.OutputContainer | None = None
-        self._video: av.video.stream.VideoStream | None = None
+        self._video: CheckedEncoder | None = None
         self._audio_out: dict[int, av.stream.Stream] = {}
         self._transcoders: dict[int, AudioTranscoder] = {}
         self._pending_audio: list[AudioItem] = []
@@ -159,7 +193,7 @@ class VideoSink:
         ctx.thread_count = self.threads
         if rotation:
             video.set_display_rotation(rotation)
-        self._video = video
+        self._video = CheckedEncoder(video)
         for stream in self._audio_in:
             if stream.index in self.transcoded_audio:
                 self._transcoders[stream.index] = AudioTranscoder(
