@@ -24,7 +24,7 @@ from carn_stream.model.baselines import Bicubic
 from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.execution.executors import InProcessExecutor, PlanRequest
-from carn_stream.pipeline.execution.segmented import SegmentedRun
+from carn_stream.pipeline.execution.segmented import SegmentedRun, SegmentFailed
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.formats import FORMATS, format_for_path
 from carn_stream.pipeline.media.keep import subtitle_payload, subtitle_text
@@ -840,6 +840,24 @@ def test_two_frames_of_hevc_make_a_copy_every_time(data_dir, tmp_path):
             assert (video.width, video.height) == (640, 360)
         step = round(1 / (rate * video.time_base))
         assert times == [(0, 0), (step, step)], (n, times)
+
+
+def test_hevc_refuses_pictures_below_its_least_size_in_words(worker, tmp_path):
+    """x265 refuses pictures below 16 pixels a side: a job or command that upscaled a 4x4
+    clip to HEVC failed with FFmpeg's "Invalid argument: avcodec_open2(...)". It says why
+    and what to use instead; H.264 makes the same output."""
+    from tests.media import write_clip
+
+    frames = [np.full((4, 4, 3), 40 * i, np.uint8) for i in range(3)]
+    clip = write_clip(tmp_path / "tiny.mkv", frames, codec="ffv1")
+    with pytest.raises(SegmentFailed, match=r"hevc \(libx265\) encodes pictures of at least 16 "
+                       r"pixels a side, and the output is 8x8; use h264"):  # fmt: skip
+        make(clip, tmp_path / "tiny_hevc.mp4", worker, codec="hevc")
+    assert not (tmp_path / "tiny_hevc.mp4").exists()
+    out = make(clip, tmp_path / "tiny.mp4", worker)
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (8, 8)
+        assert len(list(c.decode(video=0))) == 3
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mov"])

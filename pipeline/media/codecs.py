@@ -24,12 +24,14 @@ class VideoCodec:
     #: HLS segments are fragmented MP4, not MPEG-TS (Apple's HLS authoring specification asks
     #: for HEVC in fragmented MP4)
     fragmented_hls: bool = False
+    #: the shortest side it encodes (x265 refuses pictures below 16 pixels a side)
+    min_side: int = 2
 
 
 #: Video codecs by the name users give; the API's and the command line's choices.
 CODECS: dict[str, VideoCodec] = {
     "h264": VideoCodec("libx264", _X26X_PRESETS, "veryfast"),
-    "hevc": VideoCodec("libx265", _X26X_PRESETS, "veryfast", fragmented_hls=True),
+    "hevc": VideoCodec("libx265", _X26X_PRESETS, "veryfast", fragmented_hls=True, min_side=16),
     "h264_nvenc": VideoCodec("h264_nvenc", _NVENC_PRESETS, "p4"),
     "hevc_nvenc": VideoCodec("hevc_nvenc", _NVENC_PRESETS, "p4", fragmented_hls=True),
 }
@@ -80,6 +82,15 @@ def preset_problem(codec: str, preset: str | None) -> str | None:
     if preset is None or preset in presets:
         return None
     return f"preset {preset!r} does not apply to {codec}; use one of {', '.join(presets)}"
+
+
+def size_problem(codec: str, width: int, height: int) -> str | None:
+    """Why ``codec`` cannot encode pictures of ``width`` x ``height`` (None when it can)."""
+    spec = CODECS[codec]
+    if min(width, height) >= spec.min_side:
+        return None
+    return (f"{codec} ({spec.encoder}) encodes pictures of at least {spec.min_side} pixels a "
+            f"side, and the output is {width}x{height}; use h264")
 
 
 def check_codec(codec: str, preset: str | None) -> VideoCodec:

@@ -29,7 +29,7 @@ from carn_stream.pipeline.colour import RANGE_LIMITED, ColourSpec, StaticHdr
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.frames import UpscaledFrame, quarter_turns
 from carn_stream.pipeline.media.audio_transcode import WHOLE, AudioTranscoder, AudioWindow
-from carn_stream.pipeline.media.codecs import check_codec, pixel_format
+from carn_stream.pipeline.media.codecs import check_codec, pixel_format, size_problem
 from carn_stream.pipeline.media.decode import AudioItem, codec_name, keep_language
 from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
 
@@ -173,10 +173,12 @@ class VideoSink:
         return {s.index for s in self._audio_in if codec_name(s) not in SEGMENT_AUDIO}
 
     def _start(self, first: UpscaledFrame, out: ColourSpec, rotation: int) -> None:
+        h, w = first.y.shape
+        if problem := size_problem(self.options.codec, w, h):
+            raise OutputError(problem)
         container = av.open(str(self._path), "w", format=SEGMENT_FORMAT, options=SEGMENT_MUXER)
         self._container = container
         video = container.add_stream(self.codec_name, rate=self.frame_rate)
-        h, w = first.y.shape
         video.width, video.height = w, h
         self._pix_fmt = pixel_format(self.codec_name, 8 if first.y.dtype == "uint8" else 10)
         video.pix_fmt = self._pix_fmt
