@@ -180,6 +180,27 @@ def test_files_last_as_long_as_the_input_at_its_frame_rate(clips, worker, tmp_pa
     assert len(facts(out).pts) == 50
 
 
+def test_an_animated_gif_is_upscaled_at_its_own_frame_times(data_dir, worker, tmp_path):
+    """Animated GIFs were refused as "not a video container"; GIF's demuxer opens nothing
+    else, so they are read like any video: every frame, at the times its delays give."""
+    gif = tmp_path / "carphone.gif"
+    with av.open(str(data_dir / "video" / "carphone_pristine.mp4")) as src, \
+            av.open(str(gif), "w") as out:  # fmt: skip
+        stream = out.add_stream("gif", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 176, 144, "rgb8"
+        for n, frame in enumerate(itertools.islice(src.decode(video=0), 0, 24, 3)):
+            frame = frame.reformat(format="rgb8")
+            frame.pts, frame.time_base = n, Fraction(1, 10)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    out = make(gif, tmp_path / "carphone.mp4", worker)
+    with av.open(str(out)) as c:
+        video = c.streams.video[0]
+        assert (video.width, video.height) == (352, 288)
+        times = [float(f.time) for f in c.decode(video=0)]
+    assert times == pytest.approx([n / 10 for n in range(8)])
+
+
 def test_transcoded_audio_keeps_its_time_in_every_segment(clips, worker, tmp_path):
     # Audio the segments cannot carry (PCM here) is transcoded to AAC; it was once timed from
     # zero in every segment instead of from the segment's start (the encoder counted samples

@@ -16,10 +16,11 @@ from pathlib import Path
 import av
 
 #: FFmpeg demuxer names accepted for inputs: MP4/MOV/3GP, Matroska/WebM, MPEG-TS and MPEG-PS,
-#: AVI, FLV, Ogg, Y4M, and raw H.264/HEVC/AV1 (OBU) and MPEG-4 part 2 elementary streams.
+#: AVI, FLV, Ogg, Y4M, animated GIF, and raw H.264/HEVC/AV1 (OBU) and MPEG-4 part 2
+#: elementary streams.
 ALLOWED_DEMUXERS: tuple[str, ...] = (
     "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "mpegts", "mpeg", "avi",
-    "flv", "ogg", "yuv4mpegpipe", "h264", "hevc", "obu", "m4v",
+    "flv", "ogg", "yuv4mpegpipe", "h264", "hevc", "obu", "m4v", "gif",
 )  # fmt: skip
 #: Containers that store a video packet's decode time only (AVI): FFmpeg numbers packets in
 #: decode order, so frames a decoder reorders (B-frames) come out with their times out of order.
