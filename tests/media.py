@@ -339,19 +339,22 @@ def with_pcm_audio(source: Path, path: Path) -> Path:
     return with_audio_encoded(source, path, "pcm_s16le", "s16")
 
 
-def with_mp3_audio(source: Path, path: Path) -> Path:
-    """``source``'s video packets and its audio encoded as MP3, in an MP4 file."""
-    return with_audio_encoded(source, path, "libmp3lame", "s16p")
+def with_mp3_audio(source: Path, path: Path, rate: int = 48000) -> Path:
+    """``source``'s video packets and its audio encoded as MP3 (stereo at ``rate``), in
+    ``path`` (its suffix names the container)."""
+    return with_audio_encoded(source, path, "libmp3lame", "s16p", rate)
 
 
-def with_audio_encoded(source: Path, path: Path, encoder: str, sample_format: str) -> Path:
-    """``source``'s video packets, and its audio decoded and encoded with ``encoder`` (48 kHz
-    stereo), in ``path`` (its suffix names the container)."""
+def with_audio_encoded(
+    source: Path, path: Path, encoder: str, sample_format: str, rate: int = 48000
+) -> Path:
+    """``source``'s video packets, and its audio decoded and encoded with ``encoder`` (stereo
+    at ``rate``), in ``path`` (its suffix names the container)."""
     with av.open(str(source)) as c, av.open(str(path), "w") as out:
         v_out = out.add_stream_from_template(c.streams.video[0])
-        a_out = out.add_stream(encoder, rate=48000)
+        a_out = out.add_stream(encoder, rate=rate)
         a_out.layout = "stereo"
-        resampler = av.AudioResampler(format=sample_format, layout="stereo", rate=48000)
+        resampler = av.AudioResampler(format=sample_format, layout="stereo", rate=rate)
         for packet in c.demux():
             if packet.stream.type == "video" and packet.dts is not None:
                 packet.stream = v_out

@@ -258,6 +258,33 @@ def test_mp3_audio_is_copied_bit_for_bit(clips, worker, tmp_path):
         assert facts(out).audio_packets == facts(source).audio_packets, name
 
 
+def test_mp3_below_16_khz_is_aac_where_mp4_holds_it_and_copied_elsewhere(clips, worker, tmp_path):
+    """MPEG-2.5's MP3 (8 to 12 kHz) has no MP4 sample entry: an MP4 output failed to join
+    ("Invalid argument"). Segments, which MP4 files and fragmented-MP4 folders are made of,
+    now carry it as AAC at its own rate; Matroska and QuickTime keep it bit for bit."""
+    from carn_stream.pipeline.media.renditions import upscaled_audio_tag
+
+    source = with_mp3_audio(clips["bunny"], tmp_path / "mp3.mkv", rate=11025)
+    with av.open(str(source)) as c:
+        assert (c.streams.audio[0].codec_context.codec.canonical_name,
+                c.streams.audio[0].sample_rate) == ("mp3", 11025)  # fmt: skip
+        heard = sum(frame.samples for frame in c.decode(audio=0)) / 11025
+    assert upscaled_audio_tag(source) == "mp4a.40.2"
+    for name in ("out.mp4", "hls", "out.mkv", "out.mov"):
+        out = make(source, tmp_path / name, worker, fmp4=name == "hls")
+        played = out / "index.m3u8" if name == "hls" else out
+        with av.open(str(played)) as c:
+            audio = c.streams.audio[0]
+            codec = audio.codec_context.codec.canonical_name
+            assert (codec, audio.sample_rate) == ("mp3" if name in ("out.mkv", "out.mov")
+                                                  else "aac", 11025), name  # fmt: skip
+            samples = sum(frame.samples for frame in c.decode(audio=0))
+        # (within three AAC frames: a segment's whole frames overlap its neighbours')
+        assert abs(samples - heard * 11025) < 3 * 1024, (name, samples / 11025, heard)
+        if codec == "mp3":
+            assert facts(out).audio_packets == facts(source).audio_packets, name
+
+
 def test_an_unknown_suffix_is_refused_with_the_allowed_ones():
     with pytest.raises(OutputError, match=r"'\.avi'; use \.mp4, \.mkv, \.mov, or a folder"):
         format_for_path(Path("out.avi"))

@@ -31,7 +31,6 @@ from carn_stream.pipeline.media import keep
 from carn_stream.pipeline.media.audio_transcode import WHOLE, AudioTranscoder
 from carn_stream.pipeline.media.decode import (
     FrameTimes,
-    codec_name,
     display_rotation,
     main_video,
     open_input,
@@ -103,7 +102,7 @@ class _Rest:
         self.copied: dict[int, av.stream.Stream] = {}  #: input index -> output stream
         self.transcoded: dict[int, tuple[av.stream.Stream, AudioTranscoder]] = {}
         for stream in src.streams.audio:
-            if codec_name(stream) in _COPY_FORMAT.copyable_audio:
+            if _COPY_FORMAT.keeps_audio(stream):
                 target = self.copied[stream.index] = out.add_stream_from_template(stream)
             else:
                 transcoder = AudioTranscoder(out, stream, Fraction(0), WHOLE, keep_layout=True)

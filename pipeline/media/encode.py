@@ -30,8 +30,8 @@ from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.frames import UpscaledFrame, quarter_turns
 from carn_stream.pipeline.media.audio_transcode import WHOLE, AudioTranscoder, AudioWindow
 from carn_stream.pipeline.media.codecs import check_codec, pixel_format, size_problem
-from carn_stream.pipeline.media.decode import AudioItem, codec_name, keep_language
-from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
+from carn_stream.pipeline.media.decode import AudioItem, keep_language
+from carn_stream.pipeline.media.hls import carried_as_is
 
 #: Added to every timestamp written into a segment (counted from the plan's origin,
 #: ``SegmentPlan.origin``, which no frame or audio packet of the input comes before), and
@@ -170,7 +170,7 @@ class VideoSink:
     @property
     def transcoded_audio(self) -> set[int]:
         """Input audio stream indexes that need decoding (their codec cannot be copied)."""
-        return {s.index for s in self._audio_in if codec_name(s) not in SEGMENT_AUDIO}
+        return {s.index for s in self._audio_in if not carried_as_is(s)}
 
     def _start(self, first: UpscaledFrame, out: ColourSpec, rotation: int) -> None:
         h, w = first.y.shape

@@ -29,10 +29,12 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carn_stream.pipeline.colour import StaticHdr
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media.codecs import CODECS
+from carn_stream.pipeline.media.decode import codec_name
 from carn_stream.pipeline.media.hls import (
     AUDIO_NAME_RE,
     INIT_NAME,
@@ -41,10 +43,15 @@ from carn_stream.pipeline.media.hls import (
     SEGMENT_AUDIO,
     SEGMENT_NAME_RE,
     SUBTITLE_NAME_RE,
+    carried_as_is,
+    mp3_below_mp4_rates,
     segment_name,
     write_playlist,
 )
 from carn_stream.pipeline.media.segments import SegmentPlan
+
+if TYPE_CHECKING:
+    import av
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,15 @@ class OutputFormat:
         needs = known is not None and known.fragmented_hls
         fragmented = self.is_folder and (fmp4 or self.fragmented or needs)
         return self if fragmented == self.fragmented else replace(self, fragmented=fragmented)
+
+    def keeps_audio(self, stream: av.stream.Stream) -> bool:
+        """Whether the output holds an input audio stream as it is: a folder as its segments
+        carry it, a file where its container takes the codec (MP4 no MP3 below 16 kHz)."""
+        if self.is_folder:
+            return carried_as_is(stream)
+        if self.muxer == "mp4" and mp3_below_mp4_rates(stream):
+            return False
+        return codec_name(stream) in self.copyable_audio
 
     def output_name(self) -> str:
         """The output's name inside a job folder."""

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import av
+
+from carn_stream.pipeline.media.decode import codec_name
+
 if TYPE_CHECKING:
     from carn_stream.pipeline.media.segments import SegmentPlan
 
@@ -39,8 +43,23 @@ INIT_NAME = "init.mp4"  #: a fragmented-MP4 folder's initialisation segment
 #: newline).
 SEGMENT_NAME_RE = re.compile(r"segment_([0-9]{5,9})\.(ts|m4s)\Z")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"  #: an HLS playlist's media type
-#: Audio codecs MPEG-TS segments carry as they are (the rest is transcoded to AAC).
+#: Audio codecs MPEG-TS segments carry as they are (the rest is transcoded to AAC), MP3 at
+#: :data:`MP3_LEAST_MP4_RATE` and up only.
 SEGMENT_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3"})
+#: MP3 below this rate (MPEG-2.5's 8, 11.025 and 12 kHz) has no MP4 sample entry: FFmpeg's MP4
+#: muxer refuses it. Segments carry it as AAC, so that MP4 files and fragmented-MP4 folders
+#: made of them can hold it.
+MP3_LEAST_MP4_RATE = 16_000
+
+
+def mp3_below_mp4_rates(stream: av.stream.Stream) -> bool:
+    """Whether ``stream`` is MP3 at a rate MP4 cannot hold (:data:`MP3_LEAST_MP4_RATE`)."""
+    return codec_name(stream) == "mp3" and stream.codec_context.sample_rate < MP3_LEAST_MP4_RATE
+
+
+def carried_as_is(stream: av.stream.Stream) -> bool:
+    """Whether segments carry an input audio stream as it is (else transcoded to AAC)."""
+    return codec_name(stream) in SEGMENT_AUDIO and not mp3_below_mp4_rates(stream)
 
 
 def subtitle_file(number: int, kind: str) -> str:

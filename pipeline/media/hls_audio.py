@@ -36,16 +36,16 @@ import av
 
 from carn_stream.pipeline.errors import OutputError, PipelineError, ffmpeg_reason
 from carn_stream.pipeline.media.audio_transcode import transcoded_channels
-from carn_stream.pipeline.media.decode import codec_name, keep_language, open_input, stream_label
+from carn_stream.pipeline.media.decode import keep_language, open_input, stream_label
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.fragment import check_tracks, fragment, played, publish_bytes
 from carn_stream.pipeline.media.hls import (
     AUDIO_NAME_RE,
     INIT_NAME,
-    SEGMENT_AUDIO,
     AudioMedia,
     audio_playlist,
     audio_prefix,
+    carried_as_is,
     plan_playlist_text,
     publish_text,
     segment_name,
@@ -79,7 +79,7 @@ def audio_streams(source: Path) -> list[AudioStream]:
             language, title = stream_label(stream)
             name = unique_name(track_name(title, language, f"Audio {number + 1}"),
                                (s.name for s in streams))  # fmt: skip
-            copied = codec_name(stream) in SEGMENT_AUDIO
+            copied = carried_as_is(stream)
             channels = stream.codec_context.channels or None
             if channels and not copied:
                 channels = transcoded_channels(channels)

@@ -24,7 +24,7 @@ import av
 from carn_stream.pipeline.colour import StaticHdr
 from carn_stream.pipeline.errors import OutputError
 from carn_stream.pipeline.media import keep
-from carn_stream.pipeline.media.decode import codec_name, main_video, open_input
+from carn_stream.pipeline.media.decode import main_video, open_input
 from carn_stream.pipeline.media.encode import (
     SEGMENT_FORMAT,
     SEGMENT_OFFSET_SECONDS,
@@ -190,7 +190,7 @@ def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotati
     keep.copy_stream_facts(src_video, video)
     keep.copy_sample_aspect_ratio(src_video, video)
     input_audio = list(src.streams.audio)
-    from_input = all(codec_name(a) in fmt.copyable_audio for a in input_audio)
+    from_input = all(fmt.keeps_audio(a) for a in input_audio)
     audio: dict[int, av.stream.Stream] = {}
     if from_input:
         for stream in input_audio:

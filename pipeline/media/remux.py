@@ -41,7 +41,7 @@ from carn_stream.pipeline.media.encode import (
     SEGMENT_OFFSET_SECONDS,
     on_segment_clock,
 )
-from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
+from carn_stream.pipeline.media.hls import carried_as_is
 from carn_stream.pipeline.media.seeking import from_keyframe_at, seek_to_keyframe
 from carn_stream.pipeline.media.segments import Segment, SegmentPlan, audio_window, segment_audio
 
@@ -128,7 +128,7 @@ def _write_audio(task: RemuxTask, number: int, target: str | io.BytesIO) -> None
         if number >= len(streams):
             raise InputError(f"the input has no audio stream {number}")
         stream = streams[number]
-        copied = codec_name(stream) in SEGMENT_AUDIO
+        copied = carried_as_is(stream)
         decoded = frozenset() if copied else frozenset({stream.index})
         try:
             items = [i for i in segment_audio(container, segment, task.time_base, last, decoded)
@@ -225,8 +225,7 @@ def _write(task: RemuxTask, video_in, audio_in, part: Path) -> None:
             f"{segment.describe()} does not start on a keyframe: its packets cannot be copied "
             "as they are"
         )
-    copyable = SEGMENT_AUDIO
-    audio = [s for s in audio_in.streams.audio if codec_name(s) in copyable]
+    audio = [s for s in audio_in.streams.audio if carried_as_is(s)]
     kept = {s.index for s in audio}
     packets: list[tuple[Fraction, av.Packet]] = []
     try:

@@ -16,7 +16,7 @@ import numpy as np
 from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.media.decode import codec_name, main_video, open_input
 from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
-from carn_stream.pipeline.media.hls import SEGMENT_AUDIO
+from carn_stream.pipeline.media.hls import carried_as_is
 
 #: AAC profiles as FFmpeg names them -> MPEG-4 audio object types.
 _AAC_OBJECT_TYPES = {"LC": 2, "HE-AAC": 5, "HE-AACv2": 29, "Main": 1, "LTP": 4}
@@ -108,9 +108,8 @@ def source_codecs(source) -> tuple[str | None, str | None, int]:
 def carried_audio_tag(stream: av.stream.Stream) -> str | None:
     """The codec string of an input audio stream as segments carry it: its own where MPEG-TS
     takes it as it is, else AAC-LC's (it is transcoded)."""
-    name = codec_name(stream)
-    if name in SEGMENT_AUDIO:
-        return audio_tag(name, stream.codec_context.profile)
+    if carried_as_is(stream):
+        return audio_tag(codec_name(stream), stream.codec_context.profile)
     return TRANSCODED_AUDIO_TAG
 
 
