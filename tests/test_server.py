@@ -300,14 +300,15 @@ def test_a_job_deinterlaces_an_interlaced_input_unless_asked_not_to(
 
 @pytest.mark.slow
 def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
-    server, media, data_dir
+    server, media, data_dir, hls_js
 ):
     """Subtitles were dropped from HLS jobs: a finished one links its master playlist, which
     names the input's text subtitles as a WebVTT subtitle rendition served beside the
     segments (``text/vtt``), and its two audio streams as audio renditions; no other names
     are served. The jobs page shows the subtitles and offers the audio renditions (Chromium's
     own player does neither): a choice plays the master playlist with that one as its
-    default (``?audio=``)."""
+    default (``?audio=``); through hls.js (a browser without HLS of its own), hls.js's audio
+    track of that rendition, switched in place."""
     from tests.media import with_second_audio, write_rich_mkv
 
     base, root = media
@@ -356,6 +357,26 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
     assert label == ["English", "en", "showing"]
     assert offered == [["0", "Français (fr)", True], ["1", "Commentary (en)", False]]
     assert error is None
+    # Through hls.js: the first choice plays the master playlist (the job played its
+    # index.m3u8, which has no audio group); a choice after that switches hls.js's track.
+    with pressed_play(f"http://127.0.0.1:{server.port}/", job["id"], "Play", False) as page:
+        page.wait_for_function(f"{player}.currentTime > 0", timeout=60_000)
+        page.select_option("#audio", "1")
+        page.wait_for_function(f"{player}.hls && {player}.hls.audioTracks.length == 2 && "
+                               f"{player}.dataset.source.endsWith('?audio=1')",
+                               timeout=60_000)  # fmt: skip
+        page.evaluate(f"{player}.pause(); {player}.currentTime = 0.2")
+        asked: list[str] = []
+        page.on("request", lambda request: asked.append(urllib.parse.urlsplit(request.url).path))
+        first = "/audio_0_segment_00000.ts"
+        with page.expect_request(lambda r: urllib.parse.urlsplit(r.url).path.endswith(first),
+                                 timeout=60_000):  # fmt: skip
+            page.select_option("#audio", "0")
+        page.wait_for_function(f"{player}.hls.audioTracks[{player}.hls.audioTrack].url"
+                               ".includes('/audio_0.m3u8')", timeout=60_000)  # fmt: skip
+        state = page.evaluate(f"[{player}.error, {player}.hlsFailure, {player}.dataset.source]")
+    assert not any(p.endswith("master.m3u8") for p in asked), asked  # in place
+    assert state[:2] == [None, None] and state[2].endswith("master.m3u8?audio=0"), state
 
 
 def test_mp4_job_serves_range_requests(server, media, tmp_path):

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
@@ -746,7 +747,9 @@ def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base
     plays the one chosen: the master playlist again with it as the default (``?audio=``), from
     where the player was. A browser without HLS of its own (Firefox) was told to open the
     playlist elsewhere: the page loads hls.js from the service (which fetched it once, checksum
-    verified, from its mirror here) and plays through it, over Media Source Extensions, alike."""
+    verified, from its mirror here) and plays through it, over Media Source Extensions; there
+    the choice is hls.js's audio track, switched in place (the master playlist and the video
+    segments are not fetched again)."""
     from tests.media import with_second_audio
 
     with_second_audio(media / "clip.mp4", media / "choice.mkv", FRAMES / 25)
@@ -764,16 +767,28 @@ def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base
         first = sorted(p.name for p in made.glob("audio_*"))
         way = page.evaluate(f"[typeof Hls, {player}.currentSrc.startsWith('blob:'), "
                             f"{player}.dataset.source.includes('master.m3u8')]")  # fmt: skip
-        at = page.evaluate(f"{player}.currentTime")
+        at, source = page.evaluate(f"[{player}.currentTime, {player}.currentSrc]")
+        asked: list[str] = []
+        page.on("request", lambda request: asked.append(urlsplit(request.url).path))
         page.select_option("#audio", "1")
         page.wait_for_function(f"{player}.dataset.source.includes('audio=1') && "
                                f"{player}.currentTime > {at} + 1", timeout=60_000)  # fmt: skip
         state = page.evaluate(f"[{player}.error, {player}.paused, {player}.hlsFailure]")
+        track = page.evaluate(f"{player}.hls ? {player}.hls.audioTracks[{player}.hls.audioTrack]"
+                              ".url : null")  # fmt: skip
+        kept = page.evaluate(f"{player}.currentSrc") == source
     assert offered == [False, [["0", "Audio 1", True], ["1", "Commentary (en)", False]]]
     assert first == ["audio_0"]  # the default's segments only
     assert list((made / "audio_1").glob("segment_*.ts")) and state == [None, False, None]
     # Where Chromium plays HLS itself the page loads no player library.
     assert way == (["undefined", False, True] if native_hls else ["function", True, True])
+    fetched_again = any(path.endswith("master.m3u8") for path in asked)
+    assert any("/audio_1/" in path for path in asked), asked
+    if native_hls:  # the master playlist again, with the choice as its default
+        assert fetched_again and not kept and track is None
+    else:  # hls.js's track, switched in place
+        assert not fetched_again and kept and urlsplit(track).path.endswith(
+            "/audio_1/index.m3u8"), (asked, track)  # fmt: skip
     served = server.call("GET", "/player/hls.js")
     assert served.status == 200 and served.headers["content-type"].startswith("text/javascript")
     assert served.body == tarball_member(hls_js_tarball(), "package/dist/hls.min.js")

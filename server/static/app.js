@@ -86,11 +86,11 @@ function masterMedia(text, type) {
     });
 }
 
-// Another audio rendition: the master playlist with it as the default, where the player was.
+// Another audio rendition, where the player was (chooseAudio).
 audioSelect.addEventListener("change", () => {
   if (!playing || !playing.finished) return;
   playing.audio = Number(audioSelect.value);
-  playFrom(player, link(latest(playing.job), playing), player.currentTime, !player.paused).catch(() => {
+  chooseAudio(player, link(latest(playing.job), playing), playing.audio).catch(() => {
     playerStatus.textContent = "Ready: press play";
   });
 });

@@ -131,6 +131,27 @@ async function playFrom(player, url, at, play) {
   return play ? player.play() : undefined;
 }
 
+// Plays audio rendition `number` where the player is. Through hls.js, its audio track of that
+// rendition's playlist, switched in place (nothing else is fetched again); with the browser's
+// own player, which offers no choice, `url` (the master playlist with that rendition the
+// default) from the player's position, playing on if it played.
+function chooseAudio(player, url, number) {
+  const hls = player.hls;
+  const track = hls ? hls.audioTracks.findIndex((t) => audioRendition(t.url) === number) : -1;
+  if (track < 0) return playFrom(player, url, player.currentTime, !player.paused);
+  player.dataset.source = url;  // (what a renewed link replaces)
+  hls.audioTrack = track;
+  return Promise.resolve();
+}
+
+// The audio rendition whose playlist `uri` is (a job folder's audio_N.m3u8, a video's
+// audio_N/index.m3u8): its number; null for another playlist.
+function audioRendition(uri) {
+  const path = new URL(uri, location.href).pathname;
+  const match = /\/audio_(\d+)(?:\.m3u8|\/index\.m3u8)$/.exec(path);
+  return match ? Number(match[1]) : null;
+}
+
 // When a signed media link stops opening (seconds since the epoch): links read
 // /media/<expiry>/<signature>/…; null for an unsigned link (a server without a token).
 function linkExpiry(url) {

@@ -106,14 +106,13 @@ function masterLink(video, shown) {
   return withQuery(video.links.master, { rendition: shown.rendition, audio: shown.audio });
 }
 
-// Another audio rendition: the master playlist again with it as the default, where the
-// player was (playing on if it played).
+// Another audio rendition, where the player was (chooseAudio).
 audioSelect.addEventListener("change", async () => {
   if (!playing) return;
   playing.audio = Number(audioSelect.value);
   const fresh = await freshLink();
   if (!fresh) return;
-  playFrom(player, fresh.url, player.currentTime, !player.paused).catch(() => {
+  chooseAudio(player, fresh.url, playing.audio).catch(() => {
     playerStatus.textContent = "Ready: press play";
   });
 });
