@@ -1054,6 +1054,63 @@ def test_an_input_near_a_timestamp_wrap_is_made_whole(clips, bicubic_worker, tmp
         assert abs(audio[0] - shown[0]) < 1, (audio[0], shown[0])
 
 
+@pytest.mark.parametrize("fmt", ["mp4", "mkv"])
+def test_a_recording_that_starts_late_makes_a_file_that_starts_at_0(
+    clips, bicubic_worker, tmp_path, fmt
+):
+    """A broadcast recording's clock starts anywhere. One at 5000 s made an MP4 with an empty
+    edit that long (Chromium: 5001 s long, ended at once) and a Matroska file that played
+    5000 s of nothing first. A file now counts from the input's start, as FFmpeg's own tools
+    make it: every frame and audio packet at its time less that start."""
+    source = remux_across_the_wrap(clips["bframes"], tmp_path / "late.ts", -5000.0)
+    src = facts(source)
+    with av.open(str(source)) as c:
+        start = min(s.start_time * s.time_base for s in c.streams)
+        heard = [p.pts * p.time_base - start for p in c.demux(audio=0) if p.size]
+    assert start >= 5000
+    out = tmp_path / f"out.{fmt}"
+    make(source, out, fmt, bicubic_worker)
+    with av.open(str(out)) as c:
+        assert c.start_time == 0 and c.duration < 5_000_000, (c.start_time, c.duration)  # µs
+        shown = [f.pts * f.time_base for f in c.decode(video=0)]
+    with av.open(str(out)) as c:
+        audio = [p.pts * p.time_base for p in c.demux(audio=0) if p.size]
+    expected = [p * src.time_base - start for p in src.pts]
+    assert len(shown) == len(expected) == 100 and len(audio) == len(heard)
+    tick = Fraction(1, 1000)  # (Matroska counts in milliseconds)
+    assert all(abs(a - b) <= tick for a, b in zip(shown, expected, strict=True))
+    assert all(abs(a - b) <= tick for a, b in zip(audio, heard, strict=True))
+
+
+def test_chapters_move_with_the_file_that_starts_at_0(clips, bicubic_worker, tmp_path):
+    """An input whose streams start 30 s in, with chapters from there: the file counts from
+    its start, and so do its chapters."""
+    source = tmp_path / "late.mkv"
+    with av.open(str(clips["bframes"])) as c, av.open(str(source), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in (*c.streams.video,
+                                                                       *c.streams.audio)}
+        out.set_chapters([{"id": n + 1, "start": 30_000 + 1000 * n, "end": 31_000 + 1000 * n,
+                           "time_base": Fraction(1, 1000), "metadata": {"title": f"Part {n}"}}
+                          for n in range(2)])  # fmt: skip
+        for packet in c.demux(list(streams)):
+            if packet.dts is None:
+                continue
+            later = round(30 / packet.time_base)
+            packet.pts, packet.dts = packet.pts + later, packet.dts + later
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    out = tmp_path / "out.mkv"
+    make(source, out, "mkv", bicubic_worker)
+    with av.open(str(out)) as c:
+        chapters = [(ch["start"] * ch["time_base"], ch["end"] * ch["time_base"],
+                     ch["metadata"]["title"]) for ch in c.chapters()]  # fmt: skip
+        first = next(c.decode(video=0)).time
+    with av.open(str(source)) as c:
+        start = min(s.start_time * s.time_base for s in c.streams)
+    assert 30 <= start < 31 and first < 1
+    assert chapters == [(30 - start, 31 - start, "Part 0"), (31 - start, 32 - start, "Part 1")]
+
+
 def test_a_recording_whose_clock_wraps_inside_it_is_made_whole(data_dir, bicubic_worker, tmp_path):
     """A 90 s recording whose 33-bit clock wraps 75 s in: FFmpeg reads it from 26.5 h on,
     across the wrap. Its segments near and after the wrap came out of a joined MP4 undecodable

@@ -1,8 +1,9 @@
 """The end of a segmented run: a format's final output made from its published segments.
 
 An HLS folder gets its playlist closed; a file format gets the segments joined by remuxing (no
-re-encoding) into one file, with the input's timestamps and time base back (all moved later
-when its video starts before 0), its audio copied
+re-encoding) into one file, with the input's timestamps and time base back, counted from the
+input's start as FFmpeg's own tools count them (all moved later when its video starts before
+0; earlier when the input starts after 0, as a recording from a broadcast does), its audio copied
 where the container takes it (else the segments' AAC), and what else of the input the container
 can hold: subtitles, chapters, metadata, dispositions, attachments, cover art, the sample
 aspect ratio (:mod:`carn_stream.pipeline.media.keep`). The file is written under a temporary
@@ -140,6 +141,8 @@ def _join(paths: list[Path], timing: VideoTiming, source: Path, part: Path, fmt:
         entry = SAMPLE_ENTRIES.get(name) if fmt.muxer in ("mp4", "mov") else None
         entry = None if entry == "hvc1" and not hvc1 else entry
         streams = _add_streams(first, src, out, fmt, timing, rotation, entry)
+        shift = _start_shift(timing, streams)
+        keep.copy_container_facts(src, out, fmt, shift)
         keep.copy_cover_art(source, out, fmt)
         merged = heapq.merge(
             _segment_video(paths, streams.video, timing, same_sets=entry == "hvc1"),
@@ -147,15 +150,27 @@ def _join(paths: list[Path], timing: VideoTiming, source: Path, part: Path, fmt:
             _segment_audio(paths, streams, timing.origin),
             key=lambda timed: (timed[0], timed[1]),
         )
-        # Video shown before 0 (MPEG-TS after a 33-bit clock wrap) would be hidden by an
-        # MP4 edit list: every packet is moved later by that much.
-        later = max(Fraction(0), -timing.start_pts * timing.time_base)
         for _, _, packet in merged:
-            if later:
-                moved = round(later / packet.time_base)
+            if shift:
+                moved = round(shift / packet.time_base)
                 packet.pts = None if packet.pts is None else packet.pts + moved
                 packet.dts = None if packet.dts is None else packet.dts + moved
             out.mux(packet)
+
+
+def _start_shift(timing: VideoTiming, streams: _Streams) -> Fraction:
+    """Seconds every time of the joined file (and its chapters) is moved by. Video shown
+    before 0 (MPEG-TS after a 33-bit clock wrap) would be hidden by an MP4 edit list: it is
+    moved later by that much. An input whose streams all start after 0 (a recording from a
+    broadcast, at 5000 s say) is moved earlier, to start at 0 as FFmpeg's own tools make it: it
+    made an MP4 with an empty edit that long, and a Matroska file that players showed blank
+    for 5000 s before its first frame."""
+    video_start = timing.start_pts * timing.time_base
+    if video_start < 0:
+        return -video_start
+    kept = [*streams.input_audio, *streams.subtitles.streams]
+    starts = [s.start_time * s.time_base for s in kept if s.start_time is not None]
+    return -max(Fraction(0), min([video_start, *starts]))
 
 
 def _hevc_parameter_sets(access_unit: bytes) -> tuple[bytes, ...]:
@@ -201,7 +216,6 @@ def _add_streams(first, src, out, fmt: OutputFormat, timing: VideoTiming, rotati
             audio[stream.index] = out.add_stream_from_template(stream)
             keep.copy_stream_facts(original, audio[stream.index])
     subtitles = keep.subtitle_streams(src, out, fmt)
-    keep.copy_container_facts(src, out, fmt)
     return _Streams(video, audio, from_input, input_audio, subtitles)
 
 

@@ -23,6 +23,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -66,10 +67,14 @@ def copy_sample_aspect_ratio(source, target) -> None:
         target.codec_context.sample_aspect_ratio = sar
 
 
-def copy_container_facts(source, target, fmt: OutputFormat) -> None:
-    """Container metadata, chapters and (where the format keeps them) attachments."""
+def copy_container_facts(source, target, fmt: OutputFormat, shift: Fraction = Fraction(0)) -> None:
+    """Container metadata, chapters (moved by ``shift`` seconds, as the file's packets are:
+    none before 0) and (where the format keeps them) attachments."""
     target.metadata.update(_content_tags(dict(source.metadata)))
     chapters = source.chapters()
+    for chapter in chapters:
+        moved = round(shift / chapter["time_base"])
+        chapter["start"], chapter["end"] = (max(0, chapter[t] + moved) for t in ("start", "end"))
     if chapters:
         target.set_chapters(chapters)
     attached = list(source.streams.attachments)
