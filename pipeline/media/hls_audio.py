@@ -90,21 +90,21 @@ def audio_streams(source: Path) -> list[AudioStream]:
 
 def write_audio_renditions(
     folder: Path, plan: SegmentPlan, source: Path, segments: Path, fragmented: bool
-) -> list[AudioMedia]:
+) -> dict[int, AudioMedia]:
     """Write ``folder``'s audio renditions from its MPEG-TS ``segments`` (every one of
-    ``plan``'s there; each read once); returns the audio group of its master playlist, empty
-    where the input has one audio stream or none. A stream that cannot be offered is left out,
-    with a warning; where that is the first (the audio a player of the segments hears), no
-    group is offered."""
+    ``plan``'s there; each read once); returns the audio group of its master playlist (by
+    the stream's place among the audio streams), empty where the input has one audio stream
+    or none. A stream that cannot be offered is left out, with a warning; where that is the
+    first (the audio a player of the segments hears), no group is offered."""
     _remove_renditions(folder)  # (an earlier, interrupted finish's)
     try:
         streams = audio_streams(source)
     except (PipelineError, av.FFmpegError, OSError, ValueError) as exc:
         log.warning("the audio streams of %s cannot be read; one audio rendition: %s",
                     source.name, exc)  # fmt: skip
-        return []
+        return {}
     if len(streams) < 2:
-        return []
+        return {}
     renditions = {s.number: _Rendition(folder, s.number, fragmented) for s in streams}
     for segment in plan.segments:
         index = segment.index
@@ -113,7 +113,7 @@ def write_audio_renditions(
         except OutputError as exc:
             log.warning("the audio of %s is not offered as renditions: %s", source.name, exc)
             _remove_renditions(folder)
-            return []
+            return {}
         for number, rendition in list(renditions.items()):
             try:
                 rendition.add(index, made.get(number), segments)
@@ -125,13 +125,13 @@ def write_audio_renditions(
                 del renditions[number]
         if 0 not in renditions or len(renditions) < 2:
             _remove_renditions(folder)  # the segments' first audio stream plays
-            return []
-    group = []
+            return {}
+    group: dict[int, AudioMedia] = {}
     for number, rendition in renditions.items():
         rendition.finish(plan)
         stream = streams[number]
-        group.append(AudioMedia(audio_playlist(number), stream.name, stream.language,
-                                number == 0, rendition.channels))  # fmt: skip
+        group[number] = AudioMedia(audio_playlist(number), stream.name, stream.language,
+                                   number == 0, rendition.channels)  # fmt: skip
     return group
 
 

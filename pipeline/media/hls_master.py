@@ -15,7 +15,6 @@ from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.decode import codec_name
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
 from carn_stream.pipeline.media.hls import (
-    AUDIO_NAME_RE,
     MASTER_NAME,
     PLAYLIST_NAME,
     SubtitleMedia,
@@ -54,9 +53,8 @@ def write_folder_master(
         log.warning("the subtitles of %s cannot be read; left out: %s", source.name, exc)
         subtitles = []
     audio = write_audio_renditions(folder, plan, source, segments, fragmented)
-    numbers = [int(AUDIO_NAME_RE.fullmatch(a.uri)[1]) for a in audio]
-    variant = _variant(folder, plan, segments, fragmented, numbers)
-    text = master_playlist_text([variant], subtitles, audio)
+    variant = _variant(folder, plan, segments, fragmented, list(audio))
+    text = master_playlist_text([variant], subtitles, list(audio.values()))
     return publish_text(folder / MASTER_NAME, text)
 
 
