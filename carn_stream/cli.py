@@ -219,7 +219,9 @@ def _upscale_command(sub) -> None:
 
 
 def _upscale_image_command(sub) -> None:
-    p = sub.add_parser("upscale-image", help="upscale one image file (written as PNG)")
+    p = sub.add_parser(
+        "upscale-image", help="upscale one image file (written as PNG, its transparency kept)"
+    )
     _add_model_options(p)
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
@@ -495,9 +497,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale_image(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from carn_stream.loading import load_model
     from carn_stream.pipeline.engine.infer import Engine, EngineConfig
-    from carn_stream.pipeline.media.images import read_rgb, write_png
+    from carn_stream.pipeline.media.images import read_image, write_png
 
     if args.output.suffix.lower() != ".png":
         raise CLIError(f"output {args.output} must be a .png file")
@@ -507,7 +511,7 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
         raise CLIError(f"output {args.output} is a folder")
     if args.output.exists() and not args.overwrite:  # the rule `upscale` keeps
         raise CLIError(f"output {args.output} exists; use --overwrite to replace it")
-    image = read_rgb(args.input)
+    image, alpha = read_image(args.input)
     settings = _settings(args)
     config = EngineConfig(
         device=settings.device,
@@ -517,10 +521,14 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
     )
     engine = Engine(load_model(settings.with_overrides(device="cpu"))[0], config)
     out = engine.upscale_rgb(image, args.scale)
-    write_png(args.output, out)
+    if alpha is not None:  # upscaled by the model too, as a grey picture: edges stay sharp
+        grey = engine.upscale_rgb(np.repeat(alpha[..., None], 3, axis=2), args.scale)
+        alpha = np.round(grey.mean(axis=2)).astype(np.uint8)
+    write_png(args.output, out, alpha)
     h, w = image.shape[:2]
     print(
-        f"{args.input} {w}x{h} -> {args.output} {out.shape[1]}x{out.shape[0]} "
+        f"{args.input} {w}x{h} -> {args.output} {out.shape[1]}x{out.shape[0]}"
+        f"{' with its transparency' if alpha is not None else ''} "
         f"(precision {engine.describe_precision()}, {engine.device})",
         file=sys.stderr,
     )

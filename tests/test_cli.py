@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -82,6 +83,32 @@ def test_upscale_image_writes_a_png_of_scale_times_the_input(data_dir, weights_p
     assert read_rgb(out).shape == (148, 204, 3)
     assert main([*again, "--overwrite"]) == 0
     assert read_rgb(out).shape == (74, 102, 3)
+
+
+def test_upscale_image_keeps_the_transparency(data_dir, weights_path, tmp_path):
+    """A PNG with an alpha plane (a logo, a sprite) came out opaque: the colours under its
+    transparent part showed. Its alpha is upscaled too (by the model, as a grey picture) and
+    the output is RGBA; the colours are those of the same picture without alpha."""
+    from carn_stream.pipeline.media.images import read_image
+
+    with av.open(str(data_dir / "video" / "carphone_pristine.mp4")) as c:
+        rgb = next(c.decode(video=0)).to_ndarray(format="rgb24")[:48, :64]
+    alpha = np.full((48, 64), 255, np.uint8)
+    alpha[:, :24] = 0  # transparent on the left, a soft edge, opaque on the right
+    alpha[:, 24:32] = np.linspace(0, 255, 8).astype(np.uint8)
+    write_png(tmp_path / "logo.png", rgb, alpha)
+    write_png(tmp_path / "opaque.png", rgb)
+    for name in ("logo", "opaque"):
+        args = ["upscale-image", str(tmp_path / f"{name}.png"), str(tmp_path / f"{name}_x2.png"),
+                "--scale", "2", "--weights", str(weights_path), "--precision", "fp32"]
+        assert main(args) == 0
+    out, out_alpha = read_image(tmp_path / "logo_x2.png")
+    opaque, no_alpha = read_image(tmp_path / "opaque_x2.png")
+    assert no_alpha is None and out_alpha is not None and out_alpha.shape == (96, 128)
+    assert np.array_equal(out, opaque)
+    assert out_alpha[:, :44].max() <= 2 and out_alpha[:, 68:].min() >= 253
+    ramp = out_alpha[:, 44:68].mean(axis=0)
+    assert np.all(np.diff(ramp) >= -2) and ramp[-1] - ramp[0] > 200  # the soft edge, rising
 
 
 def test_weights_come_from_carn_weights_when_no_flag(data_dir, weights_path, tmp_path, monkeypatch):

@@ -19,6 +19,13 @@ class ImageError(ValueError):
 
 def read_rgb(path: Path) -> np.ndarray:
     """Decode the first frame of an image file to HxWx3 uint8 RGB."""
+    return read_image(path)[0]
+
+
+def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode the first frame of an image file to HxWx3 uint8 RGB and, where it is
+    transparent somewhere (an alpha plane, or a palette with one: PNG's tRNS, GIF's), its HxW
+    uint8 alpha (None where it is opaque throughout)."""
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
@@ -26,17 +33,23 @@ def read_rgb(path: Path) -> np.ndarray:
             if not container.streams.video:
                 raise ImageError(f"{path}: holds no image")
             frame = next(container.decode(video=0))
-            return frame.to_ndarray(format="rgb24")
+            rgb = frame.to_ndarray(format="rgb24")
+            if not (frame.format.has_palette or any(c.is_alpha for c in frame.format.components)):
+                return rgb, None
+            alpha = np.ascontiguousarray(frame.to_ndarray(format="rgba")[..., 3])
+            return rgb, (alpha if alpha.min() < 255 else None)
     except (av.FFmpegError, StopIteration, UnicodeDecodeError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Encode HxWx3 uint8 RGB as PNG; the file appears only when fully written."""
+def write_png(path: Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> None:
+    """Encode HxWx3 uint8 RGB (with an HxW uint8 ``alpha``: RGBA) as PNG; the file appears
+    only when fully written."""
     codec = av.CodecContext.create("png", "w")
     codec.width, codec.height = rgb.shape[1], rgb.shape[0]
-    codec.pix_fmt = "rgb24"
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    codec.pix_fmt = "rgb24" if alpha is None else "rgba"
+    pixels = rgb if alpha is None else np.dstack([rgb, alpha])
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format=codec.pix_fmt)
     data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
     tmp = path.with_name(f".{path.name}.part")
     try:
