@@ -748,8 +748,8 @@ def test_the_videos_page_plays_the_audio_rendition_a_viewer_chooses(server, base
     where the player was. A browser without HLS of its own (Firefox) was told to open the
     playlist elsewhere: the page loads hls.js from the service (which fetched it once, checksum
     verified, from its mirror here) and plays through it, over Media Source Extensions; there
-    the choice is hls.js's audio track, switched in place (the master playlist and the video
-    segments are not fetched again)."""
+    the choice is hls.js's audio track, switched in place (the master playlist is not fetched
+    again)."""
     from tests.media import with_second_audio
 
     with_second_audio(media / "clip.mp4", media / "choice.mkv", FRAMES / 25)

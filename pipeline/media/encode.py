@@ -92,31 +92,27 @@ class CheckedEncoder:
 
     libx265 (as FFmpeg drives it) makes up the decode times of a stream of fewer than three
     frames: it derives them from the third frame's time, which such a stream lacks, and
-    reads what lies past its table (seen: about one run in three of two frames, some 10^12
-    to 10^18 ticks off). MP4 refused them ("pts/dts pair unsupported"); MPEG-TS wrote them,
-    and now and then moved the segment's frames by minutes. A decode time outside what the
-    encoder can give (after its frame's time, or before the first frame's by more than the
-    frames fed so far span) is put right: frames of so short a stream are not reordered, so
-    it is the frame's time. Other encoders' times are passed on as they are."""
+    reads what lies past its table (seen: about one run in three of two frames; 10^12 to
+    10^18 ticks off, or left over from an earlier encoder in the process, a few frames off).
+    MP4 refused them ("pts/dts pair unsupported"); MPEG-TS wrote them, and now and then moved
+    the segment's frames by minutes. The frames of so short a stream are not reordered, so a
+    packet that comes out while fewer than three frames have gone in (at the flush, for a
+    stream that short) gets its frame's time as its decode time. Every other packet, and
+    every other encoder's, is passed on as it is."""
 
     def __init__(self, stream: av.video.stream.VideoStream) -> None:
         self.stream = stream
         self._checked = stream.codec_context.name == "libx265"
-        self._first: int | None = None  #: the first frame's time
-        self._latest: int | None = None  #: the latest frame's time
+        self._fed = 0  #: frames given so far
 
     def encode(self, frame: av.VideoFrame | None = None) -> list[av.Packet]:
         """``frame`` encoded (None: the encoder flushed)."""
-        if frame is not None and frame.pts is not None:
-            self._first = frame.pts if self._first is None else self._first
-            self._latest = frame.pts
+        if frame is not None:
+            self._fed += 1
         packets = self.stream.encode(frame)
-        if self._checked and self._first is not None and self._latest is not None:
-            earliest = self._first - (self._latest - self._first) - 1
+        if self._checked and self._fed < 3:
             for packet in packets:
-                if packet.pts is not None and not (
-                    packet.dts is not None and earliest <= packet.dts <= packet.pts
-                ):
+                if packet.pts is not None:
                     packet.dts = packet.pts
         return packets
 

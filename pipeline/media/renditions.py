@@ -92,12 +92,15 @@ def audio_tag(codec: str, profile: str | None) -> str | None:
 
 
 def source_codecs(source) -> tuple[str | None, str | None, int]:
-    """(video codec string or None, audio codec string or None, bits per second) of an input."""
+    """(video codec string or None, audio codec string or None, bits per second) of an input;
+    its audio's as a copy of it carries it (the first stream MPEG-TS takes as it is)."""
     with open_input(source) as container:
         video = main_video(container).codec_context
         tag = video_tag(video.name, bytes(video.extradata or b""))
         audio = None
         for stream in container.streams.audio:
+            if not carried_as_is(stream):
+                continue
             audio = audio_tag(codec_name(stream), stream.codec_context.profile)
             if audio:
                 break

@@ -132,14 +132,15 @@ async function playFrom(player, url, at, play) {
 }
 
 // Plays audio rendition `number` where the player is. Through hls.js, its audio track of that
-// rendition's playlist, switched in place (nothing else is fetched again); with the browser's
+// rendition's playlist, switched in place (nothing else is fetched again; the link it plays
+// keeps its signature, so a renewal still comes when that one runs out); with the browser's
 // own player, which offers no choice, `url` (the master playlist with that rendition the
 // default) from the player's position, playing on if it played.
 function chooseAudio(player, url, number) {
   const hls = player.hls;
   const track = hls ? hls.audioTracks.findIndex((t) => audioRendition(t.url) === number) : -1;
   if (track < 0) return playFrom(player, url, player.currentTime, !player.paused);
-  player.dataset.source = url;  // (what a renewed link replaces)
+  player.dataset.source = withQuery(player.dataset.source, { audio: number });
   hls.audioTrack = track;
   return Promise.resolve();
 }

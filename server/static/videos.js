@@ -109,10 +109,11 @@ function masterLink(video, shown) {
 // Another audio rendition, where the player was (chooseAudio).
 audioSelect.addEventListener("change", async () => {
   if (!playing) return;
-  playing.audio = Number(audioSelect.value);
+  const shown = playing;
+  shown.audio = Number(audioSelect.value);
   const fresh = await freshLink();
-  if (!fresh) return;
-  chooseAudio(player, fresh.url, playing.audio).catch(() => {
+  if (!fresh || playing !== shown) return;  // (another video was chosen meanwhile)
+  chooseAudio(player, fresh.url, shown.audio).catch(() => {
     playerStatus.textContent = "Ready: press play";
   });
 });
