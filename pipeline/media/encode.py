@@ -91,9 +91,9 @@ class CheckedEncoder:
     """A video stream's encoder whose packets' decode times can be trusted.
 
     libx265 (as FFmpeg drives it) makes up the decode times of a stream of fewer than three
-    frames: it derives them from the third frame's time, which such a stream lacks, and
-    reads what lies past its table (seen: about one run in three of two frames; 10^12 to
-    10^18 ticks off, or left over from an earlier encoder in the process, a few frames off).
+    frames, apparently from the third frame's time, which such a stream lacks (seen: in a
+    third to a half of such runs; 10^12 to 10^18 ticks off, or a few frames off, left over
+    from an earlier encoder in the process).
     MP4 refused them ("pts/dts pair unsupported"); MPEG-TS wrote them, and now and then moved
     the segment's frames by minutes. The frames of so short a stream are not reordered, so a
     packet that comes out while fewer than three frames have gone in (at the flush, for a

@@ -53,8 +53,10 @@ MP3_LEAST_MP4_RATE = 16_000
 
 
 def mp3_below_mp4_rates(stream: av.stream.Stream) -> bool:
-    """Whether ``stream`` is MP3 at a rate MP4 cannot hold (:data:`MP3_LEAST_MP4_RATE`)."""
-    return codec_name(stream) == "mp3" and stream.codec_context.sample_rate < MP3_LEAST_MP4_RATE
+    """Whether ``stream`` is MP3 at a rate MP4 cannot hold (:data:`MP3_LEAST_MP4_RATE`; an
+    unknown rate is not judged)."""
+    rate = stream.codec_context.sample_rate or 0
+    return codec_name(stream) == "mp3" and 0 < rate < MP3_LEAST_MP4_RATE
 
 
 def carried_as_is(stream: av.stream.Stream) -> bool:
