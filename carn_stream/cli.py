@@ -521,7 +521,7 @@ def cmd_upscale_image(args: argparse.Namespace) -> int:
     )
     engine = Engine(load_model(settings.with_overrides(device="cpu"))[0], config)
     out = engine.upscale_rgb(image, args.scale)
-    if alpha is not None:  # upscaled by the model too, as a grey picture: edges stay sharp
+    if alpha is not None:  # upscaled by the model too, as a grey picture
         grey = engine.upscale_rgb(np.repeat(alpha[..., None], 3, axis=2), args.scale)
         alpha = np.round(grey.mean(axis=2)).astype(np.uint8)
     write_png(args.output, out, alpha)

@@ -512,13 +512,19 @@ def remux_across_the_wrap(source: Path, path: Path, seconds_before: float) -> Pa
     return path
 
 
-def remux_cut(source: Path, path: Path, *, start: float = 0.0, drop_video: int = 0) -> Path:
+def remux_cut(
+    source: Path, path: Path, *, start: float = 0.0, drop_video: int = 0,
+    chapters: list[dict] | None = None,
+) -> Path:  # fmt: skip
     """``source``'s packets copied into ``path``: timestamps moved ``start`` seconds earlier
     (an MP4 then gets an edit list that starts mid-GOP, as ``ffmpeg -ss START -c copy``
-    makes), and the first ``drop_video`` video packets left out (a recording cut mid-GOP)."""
+    makes), and the first ``drop_video`` video packets left out (a recording cut mid-GOP);
+    with ``chapters`` (PyAV's chapter dicts)."""
     with av.open(str(source)) as c, av.open(str(path), "w") as out:
         streams = {s.index: out.add_stream_from_template(s) for s in (*c.streams.video,
                                                                        *c.streams.audio)}
+        if chapters:
+            out.set_chapters(chapters)
         video = 0
         for packet in c.demux(list(c.streams.video) + list(c.streams.audio)):
             if packet.dts is None:

@@ -1085,20 +1085,10 @@ def test_a_recording_that_starts_late_makes_a_file_that_starts_at_0(
 def test_chapters_move_with_the_file_that_starts_at_0(clips, bicubic_worker, tmp_path):
     """An input whose streams start 30 s in, with chapters from there: the file counts from
     its start, and so do its chapters."""
-    source = tmp_path / "late.mkv"
-    with av.open(str(clips["bframes"])) as c, av.open(str(source), "w") as out:
-        streams = {s.index: out.add_stream_from_template(s) for s in (*c.streams.video,
-                                                                       *c.streams.audio)}
-        out.set_chapters([{"id": n + 1, "start": 30_000 + 1000 * n, "end": 31_000 + 1000 * n,
-                           "time_base": Fraction(1, 1000), "metadata": {"title": f"Part {n}"}}
-                          for n in range(2)])  # fmt: skip
-        for packet in c.demux(list(streams)):
-            if packet.dts is None:
-                continue
-            later = round(30 / packet.time_base)
-            packet.pts, packet.dts = packet.pts + later, packet.dts + later
-            packet.stream = streams[packet.stream.index]
-            out.mux(packet)
+    chapters = [{"id": n + 1, "start": 30_000 + 1000 * n, "end": 31_000 + 1000 * n,
+                 "time_base": Fraction(1, 1000), "metadata": {"title": f"Part {n}"}}
+                for n in range(2)]  # fmt: skip
+    source = remux_cut(clips["bframes"], tmp_path / "late.mkv", start=-30.0, chapters=chapters)
     out = tmp_path / "out.mkv"
     make(source, out, "mkv", bicubic_worker)
     with av.open(str(out)) as c:

@@ -43,7 +43,6 @@ from carn_stream.pipeline.media.hls import (
     SEGMENT_AUDIO,
     SEGMENT_NAME_RE,
     SUBTITLE_NAME_RE,
-    carried_as_is,
     mp3_below_mp4_rates,
     segment_name,
     write_playlist,
@@ -88,11 +87,10 @@ class OutputFormat:
         return self if fragmented == self.fragmented else replace(self, fragmented=fragmented)
 
     def keeps_audio(self, stream: av.stream.Stream) -> bool:
-        """Whether the output holds an input audio stream as it is: a folder as its segments
-        carry it, a file where its container takes the codec (MP4 no MP3 below 16 kHz)."""
-        if self.is_folder:
-            return carried_as_is(stream)
-        if self.muxer == "mp4" and mp3_below_mp4_rates(stream):
+        """Whether the output holds an input audio stream as it is: where its container takes
+        the codec, save MP3 below 16 kHz in MP4 files and in folders (whose segments may be
+        fragmented MP4): for a folder, :func:`~carn_stream.pipeline.media.hls.carried_as_is`."""
+        if (self.is_folder or self.muxer == "mp4") and mp3_below_mp4_rates(stream):
             return False
         return codec_name(stream) in self.copyable_audio
 

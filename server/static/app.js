@@ -68,10 +68,10 @@ async function showRenditions(job) {
   }
   const audio = [];
   for (const value of masterMedia(text, "AUDIO")) {
-    const number = /^audio_(\d+)\.m3u8$/.exec(value("URI") || "");
-    if (!number) continue;
-    audio.push({ number: Number(number[1]), name: value("NAME"), language: value("LANGUAGE"),
-                 default: playing.audio === null ? value("DEFAULT") === "YES" : playing.audio === Number(number[1]) });
+    const number = audioRendition(value("URI") || "");
+    if (number === null) continue;
+    audio.push({ number, name: value("NAME"), language: value("LANGUAGE"),
+                 default: playing.audio === null ? value("DEFAULT") === "YES" : playing.audio === number });
   }
   showAudioChoice(audioChoice, audioSelect, audio);
 }
