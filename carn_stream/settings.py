@@ -19,6 +19,8 @@ EXECUTORS = ("process", "inprocess")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 #: ``stun:HOST[:PORT]``: a host name or an IPv4 address (STUN is asked over IPv4).
 _STUN = re.compile(r"stun:[A-Za-z0-9.-]+(?::(\d{1,5}))?")
+#: An origin as browsers send it: ``scheme://host[:port]``, lower case, no path.
+_ORIGIN = re.compile(r"https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?")
 
 
 class SettingsError(ValueError):
@@ -85,6 +87,9 @@ class Settings:
     api_token: str | None = None
     #: Lifetime of the signed media links (HLS, MP4) a job hands out when a token is set.
     media_link_seconds: float = 3600.0
+    #: Origins (``https://example.com``, or ``*``) whose pages may call the API from a browser
+    #: (CORS); a signed media link is readable from any origin without it.
+    cors_origins: tuple[str, ...] = ()
     #: Non-public addresses that input URLs may still reach (comma-separated IPs).
     allowed_private_hosts: tuple[str, ...] = ()
     #: Accept ``file://`` URLs and plain paths as job inputs.
@@ -260,6 +265,7 @@ class Settings:
             "live_max_bitrate": self.live_max_bitrate > 0,
             "live_stun_server": self.live_stun_server is None
             or _is_stun_url(self.live_stun_server),
+            "cors_origins": all(map(_is_origin, self.cors_origins)),
             "hls_js_url": self.hls_js_url is None
             or self.hls_js_url.startswith(("http://", "https://", "file://")),
         }
@@ -318,9 +324,15 @@ _TAKES: dict[str, str] = {
     "live_bits_per_pixel": "a positive number",
     "live_max_bitrate": "a positive whole number of bits per second",
     "live_stun_server": "a STUN URL, stun:HOST or stun:HOST:PORT (unset: none)",
+    "cors_origins": "comma-separated origins, each scheme://host[:port] in lower case and "
+    "without a path, or '*' (any)",
     "hls_js_url": "an http://, https:// or file:// URL of hls.js's npm tarball (unset: the "
     "npm registry's)",
 }
+
+
+def _is_origin(origin: str) -> bool:
+    return origin == "*" or bool(_ORIGIN.fullmatch(origin))
 
 
 def _is_stun_url(url: str) -> bool:
@@ -337,6 +349,8 @@ def _refusal(name: str, value: object) -> str:
     else:
         kind = next(f.type for f in fields(Settings) if f.name == name)
         takes = _TAKES.get(name, "a whole number" if kind == "int" else "a number")
+    if isinstance(value, tuple):  # as it was written
+        value = ",".join(value)
     return f"{PREFIX}{name.upper()} must be {takes}; got {value!r}"
 
 

@@ -32,7 +32,7 @@ from carn_stream.server.jobs.store import JobStore
 from carn_stream.server.limits import Intake
 from carn_stream.server.live import LiveSessions, restrict_ice_hosts
 from carn_stream.server.metrics import Metrics
-from carn_stream.server.middleware import Gate, HeadAsGet, RequestMetrics
+from carn_stream.server.middleware import CrossOrigin, Gate, HeadAsGet, RequestMetrics
 from carn_stream.server.player_library import PlayerLibraryFiles
 from carn_stream.server.vod import media as video_media
 from carn_stream.server.vod.manager import VideoManager
@@ -186,5 +186,7 @@ def create_app(
     gate = {"token": lambda: settings.api_token, "scopes": MEDIA_SCOPES}
     app.add_middleware(HeadAsGet, routes=lambda: app.routes)  # type: ignore[arg-type]
     app.add_middleware(Gate, **gate)  # type: ignore[arg-type]
+    app.add_middleware(CrossOrigin, origins=settings.cors_origins,  # type: ignore[arg-type]
+                       signed_links=lambda: bool(settings.api_token))  # fmt: skip
     app.add_middleware(RequestMetrics, metrics=metrics)  # type: ignore[arg-type]  # outermost
     return app

@@ -1,5 +1,6 @@
 """Pure ASGI middleware: the gate every request passes first (token, body size, signed media
-links), the HTTP metrics, whose labels come from closed sets, and HEAD wherever GET is."""
+links), cross-origin reads (CORS), the HTTP metrics, whose labels come from closed sets, and HEAD
+wherever GET is."""
 
 from __future__ import annotations
 
@@ -96,6 +97,73 @@ class Gate:
         return scheme.lower() == b"bearer" and hmac.compare_digest(
             given.strip(), token.encode("utf-8")
         )
+
+
+#: What a page on another origin may send (its token, a JSON body, a byte range) and read.
+CORS_REQUEST_HEADERS = b"Authorization, Content-Type, Range"
+CORS_EXPOSED_HEADERS = b"Content-Length, Content-Range, Accept-Ranges, Retry-After"
+#: How long a browser may keep a preflight's answer.
+CORS_PREFLIGHT_SECONDS = b"600"
+
+
+class CrossOrigin:
+    """Cross-origin reads (CORS), so that pages on other sites can use the service: a signed
+    media link from any origin (the link is its own credential, and the service sets no
+    cookie), so that a player embedded anywhere plays a link its site got from the API; the
+    rest (and every media path on a service without a token) from ``origins`` only
+    (``CARN_STREAM_CORS_ORIGINS``; ``*``: any). Preflights are answered here, before the gate."""
+
+    def __init__(self, app: ASGIApp, origins: tuple[str, ...], signed_links: Callable[[], bool]):
+        """``signed_links``: whether media links are signed (a token is set)."""
+        self.app, self._signed = app, signed_links
+        self._any = "*" in origins
+        self._origins = frozenset(o.encode("latin-1") for o in origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = _header(scope, b"origin") if scope["type"] == "http" else None
+        if origin is None:
+            await self.app(scope, receive, send)
+            return
+        media = self._signed() and scope["path"].startswith(media_links.PREFIX)
+        allowed = b"*" if media or self._any else origin if origin in self._origins else None
+        if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
+            await self._preflight(send, origin, allowed, b"GET, HEAD" if media else
+                                  b"GET, HEAD, POST, DELETE")  # fmt: skip
+            return
+        if allowed is None:  # the browser keeps the answer from the page
+            await self.app(scope, receive, send)
+            return
+        headers = [*_cors_headers(allowed), (b"access-control-expose-headers",
+                                             CORS_EXPOSED_HEADERS)]  # fmt: skip
+
+        async def with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message, headers=[*message.get("headers", []), *headers])
+            await send(message)
+
+        await self.app(scope, receive, with_cors)
+
+    @staticmethod
+    async def _preflight(send: Send, origin: bytes, allowed: bytes | None, methods: bytes):
+        if allowed is None:
+            shown = origin.decode("latin-1")
+            await _send_error(send, 403, f"pages from {shown} may not call this service; its "
+                              "operator lists the origins that may in CARN_STREAM_CORS_ORIGINS")
+            return
+        await send({
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [*_cors_headers(allowed), (b"access-control-allow-methods", methods),
+                        (b"access-control-allow-headers", CORS_REQUEST_HEADERS),
+                        (b"access-control-max-age", CORS_PREFLIGHT_SECONDS)],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _cors_headers(allowed: bytes) -> list[tuple[bytes, bytes]]:
+    """The allowed origin, and (when it is one origin, not ``*``) that the answer depends on it."""
+    vary = [] if allowed == b"*" else [(b"vary", b"Origin")]
+    return [(b"access-control-allow-origin", allowed), *vary]
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

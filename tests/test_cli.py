@@ -385,6 +385,8 @@ def test_upscale_refuses_a_url_as_typed(url, tmp_path):
         ("CARN_STREAM_PORT", "70000", "must be a port number (1-65535"),
         ("CARN_STREAM_LIVE_STUN_SERVER", "turn:relay.example", "stun:HOST or stun:HOST:PORT"),
         ("CARN_STREAM_LIVE_STUN_SERVER", "stun:relay.example:0", "stun:HOST or stun:HOST:PORT"),
+        ("CARN_STREAM_CORS_ORIGINS", "https://app.example/", "without a path, or '*'"),
+        ("CARN_STREAM_CORS_ORIGINS", "*,app.example", "each scheme://host[:port]"),
     ],
 )
 def test_serve_refuses_a_bad_setting_at_once_naming_it(variable, value, allowed, tmp_path):

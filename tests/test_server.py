@@ -25,6 +25,7 @@ from tests.helpers import (
     play_past_a_signed_link,
     player_subtitles,
     pressed_play,
+    serve_directory,
 )
 from tests.media import (
     decode_rgb,
@@ -841,6 +842,76 @@ def test_jobs_page_renews_a_signed_link_while_paused(media, tmp_path, hls_js, na
         play_past_a_signed_link(f"http://127.0.0.1:{proc.port}/", token,
                                 lambda page: page.locator(play).click(timeout=15_000),
                                 native_hls)  # fmt: skip
+    finally:
+        proc.stop()
+
+
+#: A page of another site: hls.js (from the service) plays ``source`` in ``#v``; ``window.failed``
+#: holds hls.js's fatal error, if any.
+EMBEDDING_PAGE = """<!doctype html><video id="v" muted autoplay></video>
+<script src="{service}/player/hls.js"></script>
+<script>
+const hls = new Hls();
+hls.on(Hls.Events.ERROR, (_, data) => {{ if (data.fatal) window.failed = data.details; }});
+hls.loadSource({source!r});
+hls.attachMedia(document.getElementById("v"));
+</script>"""
+
+#: ``[status, state]`` of a job read with the token from the page's origin, or the error
+#: that stopped the read.
+READ_JOB = """async ([url, token]) => {
+  try {
+    const response = await fetch(url, {headers: {Authorization: `Bearer ${token}`}});
+    return [response.status, (await response.json()).state];
+  } catch (error) { return String(error); }
+}"""
+
+
+def test_another_site_plays_a_signed_link_and_listed_origins_call_the_api(media, tmp_path,
+                                                                          hls_js):
+    """A site that embeds a player gets a job's signed HLS link from the API (server side) and
+    plays it in its page through hls.js: a cross-origin read, which a signed link allows from
+    any origin. The API itself answers pages of the origins CARN_STREAM_CORS_ORIGINS lists,
+    and no other."""
+    base, _ = media
+    token = "s3cret"
+    proc = ServerProcess(tmp_path / "data", CARN_STREAM_API_TOKEN=token,
+                         CARN_STREAM_CORS_ORIGINS=base,
+                         CARN_STREAM_HLS_JS_URL=f"{base}/{HLS_JS_MIRRORED}",
+                         CARN_STREAM_ALLOW_DOWNLOAD="1").start()  # fmt: skip
+    proc.headers = {"Authorization": f"Bearer {token}"}
+    site = tmp_path / "site"
+    site.mkdir()
+    try:
+        job = proc.call("POST", "/jobs", {"url": f"{base}/bunny.mp4", "scale": 2}).json()
+        done = proc.wait_job(job["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded", done["error"]
+        service = f"http://127.0.0.1:{proc.port}"
+        (site / "embed.html").write_text(
+            EMBEDDING_PAGE.format(service=service, source=service + done["links"]["master"])
+        )
+        api = [f"{service}/jobs/{job['id']}", token]
+        with (
+            serve_directory(site) as other,  # an origin the service does not list
+            chromium_page(f"{other}/embed.html", native_hls=False) as page,
+        ):
+            player = "document.getElementById('v')"
+            page.wait_for_function(f"window.failed || {player}.currentTime > 0.5",
+                                   timeout=60_000)  # fmt: skip
+            assert page.evaluate("window.failed") is None  # was manifestLoadError
+            assert page.evaluate(READ_JOB, api) == "TypeError: Failed to fetch"
+            page.goto(f"{base}/")  # a page of the listed origin (the folder's listing)
+            assert page.evaluate(READ_JOB, api) == [200, "succeeded"]
+        # What a browser's preflight from an unlisted origin is told, and a listed one's.
+        asked = {"Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "authorization"}  # fmt: skip
+        refused = proc.call("OPTIONS", "/jobs", headers={"Origin": other, **asked})
+        assert refused.status == 403 and other in refused.json()["detail"]
+        assert "CARN_STREAM_CORS_ORIGINS" in refused.json()["detail"]
+        allowed = proc.call("OPTIONS", "/jobs", headers={"Origin": base, **asked})
+        assert allowed.status == 204
+        assert allowed.headers["access-control-allow-origin"] == base
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
     finally:
         proc.stop()
 
