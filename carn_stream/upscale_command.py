@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import functools
 import math
+import os
 import re
 import sys
 import time
@@ -133,8 +134,16 @@ def _item(source: Path, output: Path, format_name: str | None, args) -> Item:
     from carn_stream.pipeline.media.formats import format_for_path
 
     fmt = format_for_path(output, format_name).for_codec(args.codec, args.fmp4)
+    _refuse_replacing(source, output, "choose another output")
     work = args.work_dir if args.work_dir is not None else default_work_dir(output)
     return Item(source, output, fmt, work)
+
+
+def _refuse_replacing(source: Path, output: Path, instead: str) -> None:
+    """An output that is its own input (the same path, a link to it) is refused, even with
+    ``--overwrite``: the input would be lost."""
+    if output.exists() and os.path.samefile(source, output):
+        raise UpscaleError(f"{source} would be replaced by its own output; {instead}")
 
 
 def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
@@ -162,8 +171,7 @@ def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
             raise UpscaleError(
                 f"{taken[output].name} and {source.name} would both be written to {output}"
             )
-        if output.resolve() == source.resolve():
-            raise UpscaleError(f"{source} would be replaced by its own output; use another folder")
+        _refuse_replacing(source, output, "use another folder")
         taken[output] = source
         work = default_work_dir(output)
         if args.work_dir is not None:
