@@ -566,3 +566,37 @@ def raw_stream_from(raw: Path, path: Path, packet: int) -> Path:
         packets = [bytes(p) for p in src.demux(video) if p.size]
     path.write_bytes(head + b"".join(packets[packet:]))
     return path
+
+
+def write_hls(
+    source: Path, folder: Path, *, kinds: str = "va", fmp4: bool = False,
+    single_file: bool = False, renditions: bool = False, segment_seconds: float = 1.0,
+) -> Path:  # fmt: skip
+    """``source``'s video (``v`` in ``kinds``) and first audio stream (``a``) copied by FFmpeg's
+    own HLS muxer into ``folder`` as a finished (VOD) media playlist, ``index.m3u8``, which it
+    returns: MPEG-TS segments, or fragmented MP4 ones after an initialization section
+    (``fmp4``); with ``single_file``, byte ranges of one file. With ``renditions``, the video
+    and the audio as two media playlists on one clock, as packagers make them:
+    ``video.m3u8`` and ``audio.m3u8`` (returns the folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = {"hls_time": f"{segment_seconds:g}", "hls_playlist_type": "vod",
+               "hls_segment_type": "fmp4" if fmp4 else "mpegts"}  # fmt: skip
+    if single_file:
+        options["hls_flags"] = "single_file"
+    playlist = folder / "index.m3u8"
+    if renditions:
+        suffix = "m4s" if fmp4 else "ts"
+        options.update({"var_stream_map": "v:0,name:video a:0,name:audio",
+                        "hls_segment_filename": f"{folder}/%v_%03d.{suffix}",
+                        "hls_fmp4_init_filename": "%v_init.mp4"})  # fmt: skip
+        playlist = folder / "%v.m3u8"
+    with av.open(str(source)) as c, av.open(str(playlist), "w", format="hls",
+                                            options=options) as out:  # fmt: skip
+        taken = [*c.streams.video[:1]] * ("v" in kinds) + [*c.streams.audio[:1]] * ("a" in kinds)
+        streams = {s.index: out.add_stream_from_template(s) for s in taken}
+        for packet in c.demux(taken):
+            if packet.dts is None:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return folder if renditions else playlist

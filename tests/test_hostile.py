@@ -496,10 +496,9 @@ def test_hostile_files_fail_their_own_job_and_a_normal_job_beside_them_succeeds(
         "huge": submit(server, f"{base}/huge.y4m"),
     }
     reasons = {
-        # The job's copy is named "input": FFmpeg 8 takes HLS only from a playlist's name or
-        # MIME type, so the content alone is not a format it reads. The ffconcat header is
-        # recognised from content, and refused by name.
-        "hls": "not a video file FFmpeg can read",
+        # A playlist is read as HLS input (not by FFmpeg): one naming itself, without an end,
+        # is a live one. The ffconcat header is recognised from content, and refused by name.
+        "hls": "the media playlist is live (it has no #EXT-X-ENDLIST yet)",
         "concat": "input format 'concat' is not accepted",
         "huge": "output would be 16000x16000, over the limit of 100000 pixels",
     }

@@ -34,6 +34,7 @@ from tests.media import (
     facts,
     raw_stream,
     write_clip,
+    write_hls,
 )
 from tests.service import ServerProcess, free_port, media_server, request, wait_for
 
@@ -378,6 +379,33 @@ def test_a_finished_hls_job_has_a_master_playlist_with_the_inputs_subtitles(
         state = page.evaluate(f"[{player}.error, {player}.hlsFailure, {player}.dataset.source]")
     assert not any(p.endswith("master.m3u8") for p in asked), asked  # in place
     assert state[:2] == [None, None] and state[2].endswith("master.m3u8?audio=0"), state
+
+
+def test_a_job_from_an_hls_master_playlist_upscales_its_best_variant_with_its_audio(
+    server, media, tmp_path
+):
+    """A video URL is often an HLS playlist: the job fetches the variant with the most pixels
+    and its audio renditions, and upscales them as one input (tests/test_hls_input.py has the
+    forms and refusals)."""
+    base, root = media
+    write_hls(root / "bunny.mp4", root / "bunny_hls", renditions=True)
+    (root / "bunny_master.m3u8").write_text(
+        "#EXTM3U\n"
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="English",LANGUAGE="eng",DEFAULT=YES,'
+        'URI="bunny_hls/audio.m3u8"\n'
+        '#EXT-X-STREAM-INF:BANDWIDTH=1000,RESOLUTION=160x90,AUDIO="a"\nbunny_hls/video.m3u8\n'
+    )  # fmt: skip
+    job = submit(server, f"{base}/bunny_master.m3u8", output="mp4")
+    done = server.wait_job(job["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done["error"]  # was: not a video file FFmpeg can read
+    (tmp_path / "out.mp4").write_bytes(server.call("GET", done["links"]["mp4"]).body)
+    got, src = facts(tmp_path / "out.mp4"), facts(root / "bunny.mp4")
+    assert (got.width, got.height) == (320, 180)
+    seconds = [round(float(p * got.time_base), 3) for p in got.pts]
+    assert seconds == [round(float(p * src.time_base), 3) for p in src.pts]  # every frame
+    assert got.audio_packets == src.audio_packets  # the audio, bit for bit
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert container.streams.audio[0].metadata.get("language") == "eng"
 
 
 def test_mp4_job_serves_range_requests(server, media, tmp_path):

@@ -6,7 +6,8 @@ private, link-local, site-local, shared, multicast, reserved and unspecified add
 refused unless allow-listed, and so are IPv6 addresses that embed such an IPv4 address. The
 body streams to a file, never whole into memory. A watchdog closes the connection when the
 download passes its total deadline, falls below the minimum rate or is cancelled, so a
-blocked read ends within a fraction of a second.
+blocked read ends within a fraction of a second. An HLS playlist is replaced by the stream it
+lists (:mod:`.hls_fetch`), every part fetched under the same rules and limits.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+
+from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.media.hls_input import is_playlist
 from carn_stream.server.disk import disk_space
 from carn_stream.server.inputs.exposure import public_url
+from carn_stream.server.inputs.hls_fetch import fetch_listed
 from carn_stream.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -264,12 +270,20 @@ def fetch(
     policy: FetchPolicy,
     cancelled: threading.Event | None = None,
 ) -> Path:
-    """Download ``url`` (or copy a permitted local file) to ``dest``."""
+    """Download ``url`` (or copy a permitted local file) to ``dest``. An HLS playlist is
+    replaced by the stream it lists (:mod:`.hls_fetch`), fetched under the same rules and
+    limits, counted over the whole input."""
     if policy.allow_local_files and (url.startswith("file://") or url.startswith("/")):
-        return Path(validate_url(url, policy).removeprefix("file://"))
+        local = Path(validate_url(url, policy).removeprefix("file://"))
+        if _is_playlist(local):
+            raise FetchError("an HLS playlist is read from an http(s) URL, not a local file")
+        return local
     watchdog = _Watchdog(policy, cancelled)
     try:
-        return _fetch(url, dest, policy, watchdog)
+        final = _fetch(url, dest, policy, watchdog)
+        if _is_playlist(dest):
+            _fetch_listed(url, dest, final, policy, watchdog)
+        return dest
     except FetchError:
         watchdog.check()  # the watchdog's reason explains a closed connection best
         raise
@@ -277,7 +291,29 @@ def fetch(
         watchdog.close()
 
 
-def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> Path:
+def _fetch_listed(url: str, dest: Path, final: str, policy: FetchPolicy, watchdog) -> None:
+    """Replace the playlist fetched from ``url`` (``final`` after redirects) in ``dest`` by the
+    stream it lists; refusals name the input."""
+    try:
+        fetch_listed(dest, final, lambda u, d: _fetch(u, d, policy, watchdog))
+    except (InputError, av.FFmpegError, FetchError) as exc:
+        dest.unlink(missing_ok=True)
+        watchdog.check()
+        if isinstance(exc, FetchError) and type(exc) is not FetchError:
+            raise  # cancelled, or the disk is full: as they are
+        if isinstance(exc, av.FFmpegError):
+            exc = f"its HLS segments could not be joined ({exc})"
+        raise FetchError(f"{public_url(url)}: {exc}") from exc
+
+
+def _is_playlist(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return is_playlist(file.read(16))
+
+
+def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> str:
+    """Download ``url`` to ``dest``; returns the URL it came from in the end (redirects
+    followed)."""
     current = url
     for _hop in range(policy.max_redirects + 1):
         watchdog.check()
@@ -297,11 +333,12 @@ def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> Pa
                 )
             length = response.getheader("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            if total is not None and total > policy.max_bytes:
-                raise FetchError(f"input is {total} bytes, over the limit of {policy.max_bytes}")
+            if total is not None and watchdog.received + total > policy.max_bytes:
+                raise FetchError(f"input is {watchdog.received + total} bytes, over the limit "
+                                 f"of {policy.max_bytes}")  # fmt: skip
             _check_space(dest.parent, policy, total or 0)
             _stream_body(response, dest, policy, total, watchdog)
-            return dest
+            return current
         finally:
             conn.close()
     raise FetchError(f"more than {policy.max_redirects} redirects")
@@ -343,6 +380,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog) -> None:
+    """The body into ``dest``; the watchdog counts the bytes of every body of the input, and
+    the size cap applies to them all."""
+    before = watchdog.received
     done = 0
     tmp = dest.with_name(dest.name + ".part")
     try:
@@ -361,8 +401,8 @@ def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog) -> 
                 if not chunk:
                     break
                 done += len(chunk)
-                watchdog.received = done
-                if done > policy.max_bytes:
+                watchdog.received = before + done
+                if before + done > policy.max_bytes:
                     raise FetchError(f"input is over the limit of {policy.max_bytes} bytes")
                 if done % SPACE_CHECK_BYTES < len(chunk):  # every few MB written
                     _check_space(dest.parent, policy, 0)

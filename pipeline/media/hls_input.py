@@ -1,0 +1,345 @@
+"""HLS as an input: reading a playlist someone else wrote (RFC 8216), choosing what of it to
+fetch, and joining a separately delivered video and its audio renditions into one file.
+
+A master playlist offers variants; the input is the one with the most pixels (then the highest
+bandwidth), since upscaling starts from the best picture there is, with every audio rendition
+of its group. A media playlist lists the segments, which join by concatenation: MPEG-TS
+segments as they are, fragmented MP4 ones after their initialization section. What cannot be
+joined that way is refused, saying why: live playlists (no end yet), encryption, splices
+(discontinuities), more than one initialization section, byte ranges of several files, audio
+in packed (raw ADTS/AC-3) segments.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.media.decode import open_input
+from carn_stream.pipeline.media.input_formats import is_allowed, open_options
+
+#: What every playlist starts with; a downloaded input that does is one.
+SIGNATURE = b"#EXTM3U"
+#: The largest playlist read (a few hours of 2 s segments is a few hundred KB).
+MAX_PLAYLIST_BYTES = 4 * 1024 * 1024
+#: The most segments one media playlist may list.
+MAX_SEGMENTS = 20_000
+#: Suffixes of packed audio segments (raw ADTS, AC-3, MP3 with an ID3 timestamp), which carry
+#: their time only in the ID3 tag and cannot be joined to a video by concatenation.
+PACKED_AUDIO_SUFFIXES = frozenset({".aac", ".ac3", ".ec3", ".mp3"})
+
+_ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
+
+
+class PlaylistError(InputError):
+    """A playlist that cannot be read or cannot be joined into one input; says why."""
+
+
+def is_playlist(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is an HLS playlist (a UTF-8 BOM is allowed)."""
+    return head.removeprefix(b"\xef\xbb\xbf").startswith(SIGNATURE)
+
+
+def attributes(text: str) -> dict[str, str]:
+    """A tag's attribute list (``BANDWIDTH=1280000,CODECS="avc1.4d401f,mp4a.40.2"``), with
+    quoted values unquoted."""
+    return {key: value.strip('"') for key, value in _ATTRIBUTE.findall(text)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ``#EXT-X-STREAM-INF`` of a master playlist."""
+
+    uri: str
+    bandwidth: int = 0
+    width: int = 0
+    height: int = 0
+    codecs: str = ""
+    audio_group: str | None = None
+
+    @property
+    def audio_only(self) -> bool:
+        """It names codecs, and none of them is a video codec."""
+        names = [c.strip().split(".")[0] for c in self.codecs.split(",") if c.strip()]
+        return bool(names) and all(n in {"mp4a", "ac-3", "ec-3", "opus", "flac", "mp3"}
+                                   for n in names)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AudioRendition:
+    """One ``#EXT-X-MEDIA:TYPE=AUDIO`` of a master playlist (``uri`` None: in the variant)."""
+
+    group: str
+    uri: str | None
+    name: str = ""
+    language: str | None = None
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class MasterPlaylist:
+    variants: tuple[Variant, ...]
+    audio: tuple[AudioRendition, ...] = ()
+
+    def best(self) -> Variant:
+        """The variant to upscale: the most pixels, then the highest bandwidth; audio-only
+        variants only where there is nothing else."""
+        pictures = [v for v in self.variants if not v.audio_only] or list(self.variants)
+        return max(pictures, key=lambda v: (v.width * v.height, v.bandwidth))
+
+    def audio_of(self, variant: Variant) -> list[AudioRendition]:
+        """The audio renditions of ``variant``'s group that have playlists of their own, the
+        default first (none: its audio, if any, is in its own segments)."""
+        group = [a for a in self.audio if a.group == variant.audio_group and a.uri]
+        return sorted(group, key=lambda a: not a.default)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A file to fetch: a segment, or an initialization section."""
+
+    uri: str
+    byte_range: tuple[int, int] | None = None  #: (length, offset)
+
+
+@dataclass(frozen=True)
+class MediaPlaylist:
+    segments: tuple[Part, ...]
+    maps: tuple[Part, ...] = ()  #: the initialization sections named, in order
+    ended: bool = False  #: ``#EXT-X-ENDLIST`` (or a VOD playlist type): nothing more comes
+    encryption: str | None = None  #: the first ``#EXT-X-KEY`` method other than NONE
+    discontinuities: int = 0
+    duration: float = 0.0
+    key_uris: tuple[str, ...] = field(default=(), repr=False)
+
+    def parts(self, what: str) -> list[Part]:
+        """The files whose bytes, in order, are the whole stream: the initialization section
+        (if any) then every segment, or the one file all of them are byte ranges of.
+        ``what`` names the stream in refusals."""
+        self.check(what)
+        ranged = [p for p in (*self.maps, *self.segments) if p.byte_range is not None]
+        if ranged:
+            files = {p.uri for p in (*self.maps, *self.segments)}
+            if len(files) > 1:
+                raise PlaylistError(f"the {what} playlist lists byte ranges of several files; "
+                                    "only byte ranges of one file are read")  # fmt: skip
+            return [Part(next(iter(files)))]  # the file holds every range: read it whole
+        return [*self.maps[:1], *self.segments]
+
+    def check(self, what: str) -> None:
+        """Refuse what cannot be joined by concatenation, saying why."""
+        if not self.ended:
+            raise PlaylistError(
+                f"the {what} playlist is live (it has no #EXT-X-ENDLIST yet); only finished "
+                "(video on demand) HLS playlists are read"
+            )
+        if self.encryption is not None:
+            raise PlaylistError(f"the {what} playlist is encrypted (METHOD={self.encryption}); "
+                                "encrypted HLS is not read")  # fmt: skip
+        if self.discontinuities:
+            raise PlaylistError(
+                f"the {what} playlist splices separate streams ({self.discontinuities} "
+                "#EXT-X-DISCONTINUITY); such playlists are not read"
+            )
+        if len(set(self.maps)) > 1:
+            raise PlaylistError(f"the {what} playlist changes its initialization section "
+                                "(#EXT-X-MAP); such playlists are not read")  # fmt: skip
+        if not self.segments:
+            raise PlaylistError(f"the {what} playlist lists no segments")
+        if len(self.segments) > MAX_SEGMENTS:
+            raise PlaylistError(f"the {what} playlist lists {len(self.segments)} segments, over "
+                                f"the limit of {MAX_SEGMENTS}")  # fmt: skip
+
+
+def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
+    """The playlist ``text`` fetched from ``url`` (its URIs made absolute against it)."""
+    lines = [line.strip() for line in text.lstrip("\ufeff").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines or lines[0] != "#EXTM3U":
+        raise PlaylistError("not an HLS playlist (it does not start with #EXTM3U)")
+    if any(line.startswith("#EXT-X-STREAM-INF") for line in lines):
+        return _master(lines, url)
+    return _media(lines, url)
+
+
+def _absolute(uri: str, url: str) -> str:
+    return urllib.parse.urljoin(url, uri)
+
+
+def _master(lines: list[str], url: str) -> MasterPlaylist:
+    variants: list[Variant] = []
+    audio: list[AudioRendition] = []
+    pending: dict[str, str] | None = None
+    for line in lines[1:]:
+        if line.startswith("#EXT-X-STREAM-INF:"):
+            pending = attributes(line.partition(":")[2])
+        elif line.startswith("#EXT-X-MEDIA:"):
+            tag = attributes(line.partition(":")[2])
+            if tag.get("TYPE") == "AUDIO":
+                uri = tag.get("URI")
+                audio.append(AudioRendition(
+                    group=tag.get("GROUP-ID", ""), uri=_absolute(uri, url) if uri else None,
+                    name=tag.get("NAME", ""), language=tag.get("LANGUAGE"),
+                    default=tag.get("DEFAULT") == "YES",
+                ))  # fmt: skip
+        elif not line.startswith("#") and pending is not None:
+            width, _, height = pending.get("RESOLUTION", "0x0").partition("x")
+            variants.append(Variant(
+                uri=_absolute(line, url), bandwidth=_whole(pending.get("BANDWIDTH")),
+                width=_whole(width), height=_whole(height), codecs=pending.get("CODECS", ""),
+                audio_group=pending.get("AUDIO"),
+            ))  # fmt: skip
+            pending = None
+    if not variants:
+        raise PlaylistError("the master playlist lists no variant")
+    return MasterPlaylist(tuple(variants), tuple(audio))
+
+
+def _media(lines: list[str], url: str) -> MediaPlaylist:
+    segments: list[Part] = []
+    maps: list[Part] = []
+    ended, encryption, discontinuities, duration = False, None, 0, 0.0
+    byte_range: tuple[int, int] | None = None
+    next_offset: dict[str, int] = {}  # where a range without an offset starts, per file
+    for line in lines[1:]:
+        tag, _, value = line.partition(":")
+        if tag == "#EXT-X-ENDLIST" or (tag == "#EXT-X-PLAYLIST-TYPE" and value == "VOD"):
+            ended = True
+        elif tag == "#EXT-X-DISCONTINUITY":
+            discontinuities += 1
+        elif tag == "#EXT-X-KEY":
+            method = attributes(value).get("METHOD", "NONE")
+            if method != "NONE" and encryption is None:
+                encryption = method
+        elif tag == "#EXT-X-MAP":
+            tag_attributes = attributes(value)
+            uri = _absolute(tag_attributes.get("URI", ""), url)
+            ranged = tag_attributes.get("BYTERANGE")
+            maps.append(Part(uri, _byte_range(ranged, uri, next_offset) if ranged else None))
+        elif tag == "#EXTINF":
+            duration += _seconds(value.partition(",")[0])
+        elif tag == "#EXT-X-BYTERANGE":
+            byte_range = (_whole(value.partition("@")[0]), -1 if "@" not in value else
+                          _whole(value.partition("@")[2]))  # fmt: skip
+        elif not line.startswith("#"):
+            uri = _absolute(line, url)
+            if byte_range is not None:
+                length, offset = byte_range
+                offset = next_offset.get(uri, 0) if offset < 0 else offset
+                next_offset[uri] = offset + length
+                byte_range = (length, offset)
+            segments.append(Part(uri, byte_range))
+            byte_range = None
+    return MediaPlaylist(tuple(segments), tuple(maps), ended, encryption, discontinuities,
+                         duration)  # fmt: skip
+
+
+def _byte_range(text: str, uri: str, next_offset: dict[str, int]) -> tuple[int, int]:
+    length_text, at, offset_text = text.partition("@")
+    length = _whole(length_text)
+    offset = _whole(offset_text) if at else next_offset.get(uri, 0)
+    next_offset[uri] = offset + length
+    return length, offset
+
+
+def _whole(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        raise PlaylistError(f"the playlist has a malformed number: {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise PlaylistError(f"the playlist has a malformed duration: {text!r}") from None
+
+
+def packed_audio(part: Part) -> bool:
+    """Whether a segment is packed audio (by its name's suffix, as players tell them apart)."""
+    path = urllib.parse.urlsplit(part.uri).path
+    return Path(path).suffix.lower() in PACKED_AUDIO_SUFFIXES
+
+
+# --------------------------------------------------------------------------- joining
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """An audio rendition's joined segments, and what its playlist calls it."""
+
+    path: Path
+    name: str = ""
+    language: str | None = None
+
+
+def join_renditions(video: Path, audio: list[AudioFile], target: Path) -> None:
+    """One Matroska file of ``video``'s first video stream and each audio file's first audio
+    stream (named and tagged with its language as the playlist says), every packet copied,
+    interleaved by time. Both sides of an HLS rendition group count time on one clock, so
+    they stay in sync as they are."""
+    inputs = [open_input(video)]
+    try:
+        inputs.extend(_open_audio(a) for a in audio)
+        with av.open(str(target), "w", format="matroska") as out:
+            pictures = list(inputs[0].streams.video)
+            if not pictures:
+                raise PlaylistError("the chosen variant's segments hold no video")
+            sources = [pictures[0]]
+            outputs = [out.add_stream_from_template(pictures[0])]
+            for container, rendition in zip(inputs[1:], audio, strict=True):
+                if not container.streams.audio:
+                    raise PlaylistError(f"the audio rendition {rendition.name!r} holds no audio")
+                source = container.streams.audio[0]
+                stream = out.add_stream_from_template(source)
+                if rendition.language:
+                    stream.metadata["language"] = rendition.language
+                if rendition.name:
+                    stream.metadata["title"] = rendition.name
+                sources.append(source)
+                outputs.append(stream)
+            for _, index, _, packet in heapq.merge(*(
+                _timed(container, source, n) for n, (container, source)
+                in enumerate(zip(inputs, sources, strict=True))
+            )):  # fmt: skip
+                packet.stream = outputs[index]
+                out.mux(packet)
+    finally:
+        for container in inputs:
+            container.close()
+
+
+def _open_audio(rendition: AudioFile) -> av.container.InputContainer:
+    """An audio rendition's joined segments, opened as inputs are (the same allowed formats)."""
+    try:
+        container = av.open(str(rendition.path), options=open_options(rendition.path))
+    except av.FFmpegError as exc:
+        raise PlaylistError(f"the audio rendition {rendition.name!r} cannot be read: {exc}") \
+            from exc  # fmt: skip
+    if not is_allowed(container.format.name):
+        container.close()
+        raise PlaylistError(f"the audio rendition {rendition.name!r} is in a format not read "
+                            f"({container.format.name})")  # fmt: skip
+    return container
+
+
+def _timed(
+    container: av.container.InputContainer, stream: av.stream.Stream, index: int
+) -> Iterator[tuple[Fraction, int, int, av.Packet]]:
+    """The stream's packets with the time to interleave them by (their decode time), in order."""
+    last = Fraction(-(10**12))
+    for number, packet in enumerate(container.demux(stream)):
+        if packet.size == 0:
+            continue
+        if packet.dts is not None and packet.time_base is not None:
+            last = max(last, packet.dts * packet.time_base)
+        yield last, index, number, packet

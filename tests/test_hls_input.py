@@ -1,0 +1,196 @@
+"""HLS playlists as input URLs: what of them is chosen, fetched and joined into one input, and
+what is refused, with the reason. The playlists and segments are FFmpeg's own HLS muxer's,
+served on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+
+from carn_stream.pipeline.media.hls_input import (
+    MasterPlaylist,
+    MediaPlaylist,
+    Part,
+    PlaylistError,
+    parse_playlist,
+)
+from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, fetch
+from tests.media import decode_rgb, downscale_frames, write_clip, write_hls
+from tests.service import media_server
+
+POLICY = FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"}))
+FRAMES = 50  #: of the clip: 2 s at 25 fps, a keyframe each second
+
+MASTER = """#EXTM3U
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aac",NAME="English",LANGUAGE="eng",URI="{form}/audio.m3u8"
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aac",NAME="Deutsch",LANGUAGE="deu",DEFAULT=YES,URI="{form}/audio.m3u8"
+#EXT-X-STREAM-INF:BANDWIDTH=200000,RESOLUTION=80x46,CODECS="avc1.64000c,mp4a.40.2",AUDIO="aac"
+low/index.m3u8
+#EXT-X-STREAM-INF:BANDWIDTH=90000,CODECS="mp4a.40.2",AUDIO="aac"
+{form}/audio.m3u8
+#EXT-X-STREAM-INF:BANDWIDTH=600000,RESOLUTION=160x90,CODECS="avc1.64000c,mp4a.40.2",AUDIO="aac"
+{form}/video.m3u8
+"""
+
+
+@pytest.fixture(scope="module")
+def site(data_dir, tmp_path_factory):
+    """Loopback: ``clip.mp4`` (160x90, audio) as HLS in every form read, and master playlists
+    of a lower variant, an audio-only one and the clip's, with two audio renditions."""
+    root = tmp_path_factory.mktemp("hls")
+    video = data_dir / "video" / "bigbuckbunny.mp4"
+    frames = decode_rgb(video, FRAMES)
+    gop = {"g": "25", "preset": "veryfast"}
+    clip = write_clip(root / "clip.mp4", downscale_frames(frames, (160, 90)), options=gop,
+                      audio_from=video, audio_seconds=2.0)  # fmt: skip
+    low = write_clip(root / "low.mp4", downscale_frames(frames, (80, 46)), options=gop)
+    write_hls(clip, root / "ts")
+    write_hls(clip, root / "ts_single", single_file=True)
+    write_hls(clip, root / "fmp4", fmp4=True)
+    write_hls(clip, root / "fmp4_single", fmp4=True, single_file=True)
+    write_hls(low, root / "low", kinds="v")
+    for fmp4, name in ((False, "ts"), (True, "fmp4")):
+        write_hls(clip, root / f"{name}_renditions", fmp4=fmp4, renditions=True)
+        (root / f"master_{name}.m3u8").write_text(MASTER.format(form=f"{name}_renditions"))
+    with media_server(root) as base:
+        yield base, root
+
+
+def times(path: Path) -> dict[str, list[float]]:
+    """Each stream's packet times (pts, seconds from the video's first), by kind and number."""
+    with av.open(str(path)) as container:
+        packets = [(p.stream.type, p.stream.index, float(p.pts * p.time_base))
+                   for p in container.demux() if p.size and p.pts is not None]  # fmt: skip
+    start = min(t for kind, _, t in packets if kind == "video")
+    found: dict[str, list[float]] = {}
+    for kind, index, t in packets:
+        found.setdefault(f"{kind}{index}", []).append(round(t - start, 3))
+    return {key: sorted(values) for key, values in found.items()}
+
+
+def audio_tags(path: Path) -> list[tuple[str | None, str | None]]:
+    with av.open(str(path)) as container:
+        return [(s.metadata.get("language"), s.metadata.get("title"))
+                for s in container.streams.audio]  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["ts", "ts_single", "fmp4", "fmp4_single"])
+def test_a_media_playlist_becomes_its_whole_stream(site, form, tmp_path):
+    base, root = site
+    dest = fetch(f"{base}/{form}/index.m3u8", tmp_path / "input", POLICY)
+    got = times(dest)
+    want = times(root / "clip.mp4")
+    assert len(got["video0"]) == FRAMES and got["video0"] == want["video0"]
+    assert got["audio1"] == want["audio1"]  # every audio packet, in step with the video
+    with av.open(str(dest)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == FRAMES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]  # no work files left
+
+
+@pytest.mark.parametrize("form", ["ts", "fmp4"])
+def test_a_master_playlist_gives_its_best_variant_with_every_audio_rendition(site, form, tmp_path):
+    base, root = site
+    dest = fetch(f"{base}/master_{form}.m3u8", tmp_path / "input", POLICY)
+    with av.open(str(dest)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (160, 90)  # not 80x46
+        assert container.format.name.startswith("matroska")
+    assert audio_tags(dest) == [("deu", "Deutsch"), ("eng", "English")]  # the default first
+    got, want = times(dest), times(root / "clip.mp4")
+    assert got["video0"] == want["video0"]
+    assert got["audio1"] == got["audio2"] == want["audio1"]  # in step with the video
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
+
+
+def _playlist(root: Path, name: str, text: str) -> str:
+    (root / name).write_text(text)
+    return name
+
+
+SEGMENT = "#EXTINF:1.0,\nts/index0.ts\n"
+
+
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        (f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n{SEGMENT}",
+         "is live (it has no #EXT-X-ENDLIST yet)"),
+        (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.bin\"\n{SEGMENT}#EXT-X-ENDLIST\n",
+         "is encrypted (METHOD=AES-128)"),
+        (f"#EXTM3U\n{SEGMENT}#EXT-X-DISCONTINUITY\n{SEGMENT}#EXT-X-ENDLIST\n",
+         "splices separate streams (1 #EXT-X-DISCONTINUITY)"),
+        ("#EXTM3U\n#EXT-X-MAP:URI=\"a.mp4\"\n#EXTINF:1,\nx.m4s\n#EXT-X-MAP:URI=\"b.mp4\"\n"
+         "#EXTINF:1,\ny.m4s\n#EXT-X-ENDLIST\n", "changes its initialization section"),
+        ("#EXTM3U\n#EXT-X-ENDLIST\n", "lists no segments"),
+        ("#EXTM3U\n#EXT-X-BYTERANGE:10@0\n#EXTINF:1,\na.ts\n#EXT-X-BYTERANGE:10@0\n"
+         "#EXTINF:1,\nb.ts\n#EXT-X-ENDLIST\n", "byte ranges of several files"),
+        ("#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n",
+         "the playlist names a file: URI; only http(s) segments are fetched"),
+        ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nnested.m3u8\n",
+         "a variant's playlist is itself a master playlist"),
+        ("#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"Packed\",URI=\"packed.m3u8\"\n"
+         "#EXT-X-STREAM-INF:BANDWIDTH=1,AUDIO=\"a\"\nts_renditions/video.m3u8\n",
+         "audio rendition Packed's segments are packed audio"),
+    ],
+    ids=["live", "encrypted", "discontinuity", "two-maps", "empty", "ranges-of-two-files",
+         "file-uri", "nested-master", "packed-audio"],
+)  # fmt: skip
+def test_what_cannot_be_joined_is_refused_with_the_reason(site, text, reason, tmp_path):
+    base, root = site
+    _playlist(root, "nested.m3u8", "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nts/index.m3u8\n")
+    _playlist(root, "packed.m3u8", "#EXTM3U\n#EXTINF:1,\na.aac\n#EXT-X-ENDLIST\n")
+    name = _playlist(root, f"refused-{abs(hash(text))}.m3u8", text)
+    with pytest.raises(FetchError) as caught:
+        fetch(f"{base}/{name}", tmp_path / "input", POLICY)
+    assert str(caught.value).startswith(f"{base}/{name}: ")
+    assert reason in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # neither the playlist nor work files are left
+
+
+def test_the_size_cap_counts_every_segment_of_the_input(site, tmp_path):
+    base, root = site
+    segments = sorted((root / "ts").glob("*.ts"))
+    largest = max(p.stat().st_size for p in segments)
+    total = sum(p.stat().st_size for p in segments)
+    assert len(segments) == 2 and largest < total - 1000
+    capped = FetchPolicy(allowed_hosts=POLICY.allowed_hosts, max_bytes=largest + 1000)
+    with pytest.raises(FetchError, match=f"over the limit of {largest + 1000}"):
+        fetch(f"{base}/ts/index.m3u8", tmp_path / "input", capped)  # each fits; not all
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_segment_on_a_private_address_is_refused_before_it_is_asked_for(site, tmp_path):
+    base, root = site
+    port = base.rsplit(":", 1)[1]
+    # 127.0.0.2 is loopback (nothing leaves the machine), and not among the allowed hosts.
+    name = _playlist(root, "elsewhere.m3u8", "#EXTM3U\n#EXTINF:1,\n"
+                     f"http://127.0.0.2:{port}/ts/index0.ts\n#EXT-X-ENDLIST\n")  # fmt: skip
+    with pytest.raises(FetchError, match=r"127\.0\.0\.2 is not public"):
+        fetch(f"{base}/{name}", tmp_path / "input", POLICY)
+
+
+def test_playlists_parse_as_the_rfc_writes_them():
+    master = parse_playlist(
+        '#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=5,CODECS="avc1.4d401f,mp4a.40.2",'
+        'RESOLUTION=640x360\nhttps://cdn.example/a/v.m3u8?t=1\n'
+        "#EXT-X-STREAM-INF:BANDWIDTH=9,RESOLUTION=640x360\nv2.m3u8\n",
+        "https://site.example/p/master.m3u8",
+    )  # fmt: skip
+    assert isinstance(master, MasterPlaylist)
+    best = master.best()  # equal pictures: the higher bandwidth
+    assert best.uri == "https://site.example/p/v2.m3u8" and best.bandwidth == 9
+    assert master.variants[0].codecs == "avc1.4d401f,mp4a.40.2"  # a quoted comma kept
+    media = parse_playlist(
+        "\ufeff#EXTM3U\n#EXT-X-MAP:URI=\"f.mp4\",BYTERANGE=\"100@0\"\n#EXTINF:2.5,\n"
+        "#EXT-X-BYTERANGE:400\nf.mp4\n#EXTINF:2.5,\n#EXT-X-BYTERANGE:300\nf.mp4\n"
+        "#EXT-X-ENDLIST\n", "http://h.example/x/index.m3u8",
+    )  # fmt: skip
+    assert isinstance(media, MediaPlaylist) and media.ended and media.duration == 5.0
+    url = "http://h.example/x/f.mp4"
+    assert media.maps == (Part(url, (100, 0)),)
+    assert media.segments == (Part(url, (400, 100)), Part(url, (300, 500)))
+    assert media.parts("media") == [Part(url)]  # one file holds every range: read whole
+    with pytest.raises(PlaylistError, match="does not start with #EXTM3U"):
+        parse_playlist("<html>", "http://h.example/")
