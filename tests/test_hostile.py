@@ -133,6 +133,8 @@ def test_the_cli_refuses_a_playlist_with_one_line(tmp_path, weights_path):
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "input format 'hls' is not accepted" in result.stderr
+    assert result.stderr.rstrip().endswith("the service reads an HLS playlist from its http(s) "
+                                           "URL (POST /jobs, POST /videos)")  # fmt: skip
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists()
 

@@ -280,9 +280,16 @@ def fetch(
         return local
     watchdog = _Watchdog(policy, cancelled)
     try:
-        final = _fetch(url, dest, policy, watchdog)
-        if _is_playlist(dest):
-            _fetch_listed(url, dest, final, policy, watchdog)
+        # (under another name until it is known to be the input: a playlist never is)
+        first = dest.with_name(f".{dest.name}.first")
+        try:
+            final = _fetch(url, first, policy, watchdog)
+            if _is_playlist(first):
+                _fetch_listed(url, first, final, dest, policy, watchdog)
+            else:
+                first.replace(dest)
+        finally:
+            first.unlink(missing_ok=True)
         return dest
     except FetchError:
         watchdog.check()  # the watchdog's reason explains a closed connection best
@@ -291,13 +298,14 @@ def fetch(
         watchdog.close()
 
 
-def _fetch_listed(url: str, dest: Path, final: str, policy: FetchPolicy, watchdog) -> None:
-    """Replace the playlist fetched from ``url`` (``final`` after redirects) in ``dest`` by the
-    stream it lists; refusals name the input."""
+def _fetch_listed(
+    url: str, playlist: Path, final: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog
+) -> None:
+    """The stream the ``playlist`` fetched from ``url`` (``final`` after redirects) lists, in
+    ``dest``; refusals name the input."""
     try:
-        fetch_listed(dest, final, lambda u, d: _fetch(u, d, policy, watchdog))
+        fetch_listed(playlist, final, lambda u, d: _fetch(u, d, policy, watchdog), dest)
     except (InputError, av.FFmpegError, FetchError) as exc:
-        dest.unlink(missing_ok=True)
         watchdog.check()
         if isinstance(exc, FetchError) and type(exc) is not FetchError:
             raise  # cancelled, or the disk is full: as they are

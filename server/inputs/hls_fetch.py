@@ -29,12 +29,12 @@ from carn_stream.pipeline.media.hls_input import (
 Download = Callable[[str, Path], str]
 
 
-def fetch_listed(playlist: Path, url: str, download: Download) -> None:
-    """Replace ``playlist`` (fetched from ``url``) by the stream it lists: the variant with the
-    most pixels of a master playlist, with its audio renditions, or a media playlist's
-    segments. Raises :class:`PlaylistError` for what cannot be joined."""
+def fetch_listed(playlist: Path, url: str, download: Download, dest: Path) -> None:
+    """The stream ``playlist`` (fetched from ``url``) lists, in ``dest`` once whole: the
+    variant with the most pixels of a master playlist, with its audio renditions, or a media
+    playlist's segments. Raises :class:`PlaylistError` for what cannot be joined."""
     parsed = parse_playlist(_text(playlist), url)
-    work = playlist.with_name(f".{playlist.name}.hls")
+    work = dest.with_name(f".{dest.name}.hls")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
@@ -59,9 +59,9 @@ def fetch_listed(playlist: Path, url: str, download: Download) -> None:
         if audio:
             joined = work / "joined"
             join_renditions(video, audio, joined)
-            joined.replace(playlist)
+            joined.replace(dest)
         else:
-            video.replace(playlist)
+            video.replace(dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
