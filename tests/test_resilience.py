@@ -23,7 +23,7 @@ from carn_stream.pipeline.media.segments import WHOLE, plan_segments
 from carn_stream.server.api.health import readyz
 from carn_stream.server.api.jobs import JobOut
 from carn_stream.server.app import create_app
-from carn_stream.server.inputs.fetch import DiskFull, FetchPolicy, fetch
+from carn_stream.server.inputs.fetch import DiskFull, FetchError, FetchPolicy, fetch
 from carn_stream.server.jobs import runner as runner_module
 from carn_stream.server.jobs.params import JobParams
 from carn_stream.server.jobs.runner import JobRunner
@@ -263,7 +263,9 @@ def test_a_download_that_would_pass_the_disk_floor_is_refused(tmp_path):
         # streams.
         policy = FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"}),
                              min_free_bytes=free - 40 * 2**20)  # fmt: skip
-        watch = threading.Thread(target=_largest, args=(tmp_path / "input.part", written))
+        # (fetched under another name until it is known not to be a playlist)
+        partial = tmp_path / ".input.first.part"
+        watch = threading.Thread(target=_largest, args=(partial, written))
         watch.start()
         try:
             with pytest.raises(DiskFull, match=r"low on disk space .* 0 MiB needed"):
@@ -271,9 +273,24 @@ def test_a_download_that_would_pass_the_disk_floor_is_refused(tmp_path):
         finally:
             written.append(-1)
             watch.join()
-    assert not dest.exists() and not (tmp_path / "input.part").exists()
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left
     # 47 MiB written when it stopped (measured; checked every 8 MiB); all 96 without the check.
     assert 32 * 2**20 <= max(written) < 64 * 2**20, max(written)
+
+
+@pytest.mark.parametrize("page", [b"<!DOCTYPE html>\n<html lang=en>", b"\xef\xbb\xbf  <HTML>"])
+def test_a_web_page_instead_of_a_video_is_said_so(page, tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "watch").write_bytes(page + b"<video src=clip.mp4></video>")
+    policy = FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"}))
+    with serve_directory(tmp_path / "site") as base, pytest.raises(FetchError) as caught:
+        fetch(f"{base}/watch?v=1", tmp_path / "input", policy)
+    # Was: not a video file FFmpeg can read (Invalid data found when processing input).
+    assert str(caught.value) == (
+        f"{base}/watch answered with a web page (HTML), not a video; give the URL of the video "
+        "file itself (or of its HLS playlist)"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["site"]
 
 
 def _largest(path: Path, sizes: list[int]) -> None:

@@ -36,6 +36,8 @@ from carn_stream.server.inputs.hls_fetch import fetch_listed
 from carn_stream.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: How an HTML page starts (after a BOM and white space): a video's page rather than its file.
+_WEB_PAGE = re.compile(rb"(?:\xef\xbb\xbf)?\s*<(?:!doctype\s+html|html|head)\b", re.IGNORECASE)
 
 
 class FetchError(Exception):
@@ -275,7 +277,9 @@ def fetch(
     limits, counted over the whole input."""
     if policy.allow_local_files and (url.startswith("file://") or url.startswith("/")):
         local = Path(validate_url(url, policy).removeprefix("file://"))
-        if _is_playlist(local):
+        with open(local, "rb") as file:
+            listed = is_playlist(file.read(16))
+        if listed:
             raise FetchError("an HLS playlist is read from an http(s) URL, not a local file")
         return local
     watchdog = _Watchdog(policy, cancelled)
@@ -284,8 +288,14 @@ def fetch(
         first = dest.with_name(f".{dest.name}.first")
         try:
             final = _fetch(url, first, policy, watchdog)
-            if _is_playlist(first):
+            with open(first, "rb") as file:
+                head = file.read(64)
+            if is_playlist(head):
                 _fetch_listed(url, first, final, dest, policy, watchdog)
+            elif _WEB_PAGE.match(head):
+                raise FetchError(f"{public_url(url)} answered with a web page (HTML), not a "
+                                 "video; give the URL of the video file itself (or of its "
+                                 "HLS playlist)")  # fmt: skip
             else:
                 first.replace(dest)
         finally:
@@ -314,9 +324,6 @@ def _fetch_listed(
         raise FetchError(f"{public_url(url)}: {exc}") from exc
 
 
-def _is_playlist(path: Path) -> bool:
-    with open(path, "rb") as file:
-        return is_playlist(file.read(16))
 
 
 def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> str:
