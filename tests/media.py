@@ -600,3 +600,30 @@ def write_hls(
             packet.stream = streams[packet.stream.index]
             out.mux(packet)
     return folder if renditions else playlist
+
+
+def write_dash(
+    source: Path, folder: Path, *, timeline: bool = True, single_file: bool = False,
+    language: str | None = None, segment_seconds: float = 1.0,
+) -> Path:  # fmt: skip
+    """``source``'s video and first audio stream (tagged ``language``) copied by FFmpeg's own
+    DASH muxer into ``folder`` as a static manifest, ``manifest.mpd``, which it returns:
+    segments named by a template, timed by a ``SegmentTimeline`` or numbered (``timeline``
+    False), or each stream in one file (``single_file``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = {"seg_duration": f"{segment_seconds:g}", "use_timeline": str(int(timeline)),
+               "single_file": str(int(single_file))}  # fmt: skip
+    manifest = folder / "manifest.mpd"
+    with av.open(str(source)) as c, av.open(str(manifest), "w", format="dash",
+                                            options=options) as out:  # fmt: skip
+        taken = [c.streams.video[0], *c.streams.audio[:1]]
+        streams = {s.index: out.add_stream_from_template(s) for s in taken}
+        for stream in streams.values():
+            if stream.type == "audio" and language:
+                stream.metadata["language"] = language
+        for packet in c.demux(taken):
+            if packet.dts is None:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return manifest

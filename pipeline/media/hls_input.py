@@ -1,5 +1,5 @@
-"""HLS as an input: reading a playlist someone else wrote (RFC 8216), choosing what of it to
-fetch, and joining a separately delivered video and its audio renditions into one file.
+"""HLS as an input: reading a playlist someone else wrote (RFC 8216) into a
+:class:`~carn_stream.pipeline.media.listing.Listing` of what to fetch.
 
 A master playlist offers variants; the input is the one with the most pixels (then the highest
 bandwidth), since upscaling starts from the best picture there is, with every audio rendition
@@ -12,35 +12,28 @@ in packed (raw ADTS/AC-3) segments.
 
 from __future__ import annotations
 
-import heapq
 import re
 import urllib.parse
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from fractions import Fraction
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import av
-
-from carn_stream.pipeline.errors import InputError
-from carn_stream.pipeline.media.decode import open_input
-from carn_stream.pipeline.media.input_formats import is_allowed, open_options
+from carn_stream.pipeline.media.listing import (
+    MAX_SEGMENTS,
+    ListedAudio,
+    Listing,
+    ListingError,
+    absolute,
+    whole_number,
+)
 
 #: What every playlist starts with; a downloaded input that does is one.
 SIGNATURE = b"#EXTM3U"
-#: The largest playlist read (a few hours of 2 s segments is a few hundred KB).
-MAX_PLAYLIST_BYTES = 4 * 1024 * 1024
-#: The most segments one media playlist may list.
-MAX_SEGMENTS = 20_000
 #: Suffixes of packed audio segments (raw ADTS, AC-3, MP3 with an ID3 timestamp), which carry
 #: their time only in the ID3 tag and cannot be joined to a video by concatenation.
 PACKED_AUDIO_SUFFIXES = frozenset({".aac", ".ac3", ".ec3", ".mp3"})
 
 _ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
-
-
-class PlaylistError(InputError):
-    """A playlist that cannot be read or cannot be joined into one input; says why."""
 
 
 def is_playlist(head: bytes) -> bool:
@@ -118,9 +111,8 @@ class MediaPlaylist:
     encryption: str | None = None  #: the first ``#EXT-X-KEY`` method other than NONE
     discontinuities: int = 0
     duration: float = 0.0
-    key_uris: tuple[str, ...] = field(default=(), repr=False)
 
-    def parts(self, what: str) -> list[Part]:
+    def parts(self, what: str) -> tuple[str, ...]:
         """The files whose bytes, in order, are the whole stream: the initialization section
         (if any) then every segment, or the one file all of them are byte ranges of.
         ``what`` names the stream in refusals."""
@@ -129,33 +121,33 @@ class MediaPlaylist:
         if ranged:
             files = {p.uri for p in (*self.maps, *self.segments)}
             if len(files) > 1:
-                raise PlaylistError(f"the {what} playlist lists byte ranges of several files; "
-                                    "only byte ranges of one file are read")  # fmt: skip
-            return [Part(next(iter(files)))]  # the file holds every range: read it whole
-        return [*self.maps[:1], *self.segments]
+                raise ListingError(f"the {what} playlist lists byte ranges of several files; "
+                                   "only byte ranges of one file are read")  # fmt: skip
+            return (next(iter(files)),)  # the file holds every range: read it whole
+        return tuple(p.uri for p in (*self.maps[:1], *self.segments))
 
     def check(self, what: str) -> None:
         """Refuse what cannot be joined by concatenation, saying why."""
         if not self.ended:
-            raise PlaylistError(
+            raise ListingError(
                 f"the {what} playlist is live (it has no #EXT-X-ENDLIST yet); only finished "
                 "(video on demand) HLS playlists are read"
             )
         if self.encryption is not None:
-            raise PlaylistError(f"the {what} playlist is encrypted (METHOD={self.encryption}); "
-                                "encrypted HLS is not read")  # fmt: skip
+            raise ListingError(f"the {what} playlist is encrypted (METHOD={self.encryption}); "
+                               "encrypted HLS is not read")  # fmt: skip
         if self.discontinuities:
-            raise PlaylistError(
+            raise ListingError(
                 f"the {what} playlist splices separate streams ({self.discontinuities} "
                 "#EXT-X-DISCONTINUITY); such playlists are not read"
             )
         if len(set(self.maps)) > 1:
-            raise PlaylistError(f"the {what} playlist changes its initialization section "
-                                "(#EXT-X-MAP); such playlists are not read")  # fmt: skip
+            raise ListingError(f"the {what} playlist changes its initialization section "
+                               "(#EXT-X-MAP); such playlists are not read")  # fmt: skip
         if not self.segments:
-            raise PlaylistError(f"the {what} playlist lists no segments")
+            raise ListingError(f"the {what} playlist lists no segments")
         if len(self.segments) > MAX_SEGMENTS:
-            raise PlaylistError(f"the {what} playlist lists {len(self.segments)} segments, over "
+            raise ListingError(f"the {what} playlist lists {len(self.segments)} segments, over "
                                 f"the limit of {MAX_SEGMENTS}")  # fmt: skip
 
 
@@ -164,14 +156,10 @@ def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
     lines = [line.strip() for line in text.lstrip("\ufeff").splitlines()]
     lines = [line for line in lines if line]
     if not lines or lines[0] != "#EXTM3U":
-        raise PlaylistError("not an HLS playlist (it does not start with #EXTM3U)")
+        raise ListingError("not an HLS playlist (it does not start with #EXTM3U)")
     if any(line.startswith("#EXT-X-STREAM-INF") for line in lines):
         return _master(lines, url)
     return _media(lines, url)
-
-
-def _absolute(uri: str, url: str) -> str:
-    return urllib.parse.urljoin(url, uri)
 
 
 def _master(lines: list[str], url: str) -> MasterPlaylist:
@@ -186,20 +174,20 @@ def _master(lines: list[str], url: str) -> MasterPlaylist:
             if tag.get("TYPE") == "AUDIO":
                 uri = tag.get("URI")
                 audio.append(AudioRendition(
-                    group=tag.get("GROUP-ID", ""), uri=_absolute(uri, url) if uri else None,
+                    group=tag.get("GROUP-ID", ""), uri=absolute(uri, url) if uri else None,
                     name=tag.get("NAME", ""), language=tag.get("LANGUAGE"),
                     default=tag.get("DEFAULT") == "YES",
                 ))  # fmt: skip
         elif not line.startswith("#") and pending is not None:
             width, _, height = pending.get("RESOLUTION", "0x0").partition("x")
             variants.append(Variant(
-                uri=_absolute(line, url), bandwidth=_whole(pending.get("BANDWIDTH")),
-                width=_whole(width), height=_whole(height), codecs=pending.get("CODECS", ""),
-                audio_group=pending.get("AUDIO"),
+                uri=absolute(line, url), bandwidth=whole_number(pending.get("BANDWIDTH")),
+                width=whole_number(width), height=whole_number(height),
+                codecs=pending.get("CODECS", ""), audio_group=pending.get("AUDIO"),
             ))  # fmt: skip
             pending = None
     if not variants:
-        raise PlaylistError("the master playlist lists no variant")
+        raise ListingError("the master playlist lists no variant")
     return MasterPlaylist(tuple(variants), tuple(audio))
 
 
@@ -221,16 +209,16 @@ def _media(lines: list[str], url: str) -> MediaPlaylist:
                 encryption = method
         elif tag == "#EXT-X-MAP":
             tag_attributes = attributes(value)
-            uri = _absolute(tag_attributes.get("URI", ""), url)
+            uri = absolute(tag_attributes.get("URI", ""), url)
             ranged = tag_attributes.get("BYTERANGE")
             maps.append(Part(uri, _byte_range(ranged, uri, next_offset) if ranged else None))
         elif tag == "#EXTINF":
             duration += _seconds(value.partition(",")[0])
         elif tag == "#EXT-X-BYTERANGE":
-            byte_range = (_whole(value.partition("@")[0]), -1 if "@" not in value else
-                          _whole(value.partition("@")[2]))  # fmt: skip
+            byte_range = (whole_number(value.partition("@")[0]), -1 if "@" not in value else
+                          whole_number(value.partition("@")[2]))  # fmt: skip
         elif not line.startswith("#"):
-            uri = _absolute(line, url)
+            uri = absolute(line, url)
             if byte_range is not None:
                 length, offset = byte_range
                 offset = next_offset.get(uri, 0) if offset < 0 else offset
@@ -244,102 +232,52 @@ def _media(lines: list[str], url: str) -> MediaPlaylist:
 
 def _byte_range(text: str, uri: str, next_offset: dict[str, int]) -> tuple[int, int]:
     length_text, at, offset_text = text.partition("@")
-    length = _whole(length_text)
-    offset = _whole(offset_text) if at else next_offset.get(uri, 0)
+    length = whole_number(length_text)
+    offset = whole_number(offset_text) if at else next_offset.get(uri, 0)
     next_offset[uri] = offset + length
     return length, offset
-
-
-def _whole(text: str | None) -> int:
-    try:
-        return int(text or 0)
-    except ValueError:
-        raise PlaylistError(f"the playlist has a malformed number: {text!r}") from None
 
 
 def _seconds(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise PlaylistError(f"the playlist has a malformed duration: {text!r}") from None
+        raise ListingError(f"the playlist has a malformed duration: {text!r}") from None
 
 
-def packed_audio(part: Part) -> bool:
+def packed_audio(uri: str) -> bool:
     """Whether a segment is packed audio (by its name's suffix, as players tell them apart)."""
-    path = urllib.parse.urlsplit(part.uri).path
-    return Path(path).suffix.lower() in PACKED_AUDIO_SUFFIXES
+    return Path(urllib.parse.urlsplit(uri).path).suffix.lower() in PACKED_AUDIO_SUFFIXES
 
 
-# --------------------------------------------------------------------------- joining
+#: Reads the text at a URL; returns it and the URL it came from in the end (after redirects).
+ReadText = Callable[[str], tuple[str, str]]
 
 
-@dataclass(frozen=True)
-class AudioFile:
-    """An audio rendition's joined segments, and what its playlist calls it."""
-
-    path: Path
-    name: str = ""
-    language: str | None = None
-
-
-def join_renditions(video: Path, audio: list[AudioFile], target: Path) -> None:
-    """One Matroska file of ``video``'s first video stream and each audio file's first audio
-    stream (named and tagged with its language as the playlist says), every packet copied,
-    interleaved by time. Both sides of an HLS rendition group count time on one clock, so
-    they stay in sync as they are."""
-    inputs = [open_input(video)]
-    try:
-        inputs.extend(_open_audio(a) for a in audio)
-        with av.open(str(target), "w", format="matroska") as out:
-            pictures = list(inputs[0].streams.video)
-            if not pictures:
-                raise PlaylistError("the chosen variant's segments hold no video")
-            sources = [pictures[0]]
-            outputs = [out.add_stream_from_template(pictures[0])]
-            for container, rendition in zip(inputs[1:], audio, strict=True):
-                if not container.streams.audio:
-                    raise PlaylistError(f"the audio rendition {rendition.name!r} holds no audio")
-                source = container.streams.audio[0]
-                stream = out.add_stream_from_template(source)
-                if rendition.language:
-                    stream.metadata["language"] = rendition.language
-                if rendition.name:
-                    stream.metadata["title"] = rendition.name
-                sources.append(source)
-                outputs.append(stream)
-            for _, index, _, packet in heapq.merge(*(
-                _timed(container, source, n) for n, (container, source)
-                in enumerate(zip(inputs, sources, strict=True))
-            )):  # fmt: skip
-                packet.stream = outputs[index]
-                out.mux(packet)
-    finally:
-        for container in inputs:
-            container.close()
+def hls_listing(text: str, url: str, read: ReadText) -> Listing:
+    """What the playlist ``text`` (from ``url``) lists to fetch: a media playlist's segments,
+    or a master playlist's variant with the most pixels and its audio renditions (their media
+    playlists read with ``read``)."""
+    parsed = parse_playlist(text, url)
+    if isinstance(parsed, MediaPlaylist):
+        return Listing(parsed.parts("media"))
+    variant = parsed.best()
+    video = _read_media(variant.uri, read).parts("variant's")
+    audio = []
+    for number, rendition in enumerate(parsed.audio_of(variant)):
+        assert rendition.uri is not None  # (audio_of: those with playlists)
+        what = f"audio rendition {rendition.name or number}'s"
+        parts = _read_media(rendition.uri, read).parts(what)
+        if any(packed_audio(p) for p in parts):
+            raise ListingError(f"the {what} segments are packed audio (raw ADTS, AC-3 or MP3), "
+                               "which is not read")  # fmt: skip
+        audio.append(ListedAudio(parts, rendition.name, rendition.language))
+    return Listing(video, tuple(audio))
 
 
-def _open_audio(rendition: AudioFile) -> av.container.InputContainer:
-    """An audio rendition's joined segments, opened as inputs are (the same allowed formats)."""
-    try:
-        container = av.open(str(rendition.path), options=open_options(rendition.path))
-    except av.FFmpegError as exc:
-        raise PlaylistError(f"the audio rendition {rendition.name!r} cannot be read: {exc}") \
-            from exc  # fmt: skip
-    if not is_allowed(container.format.name):
-        container.close()
-        raise PlaylistError(f"the audio rendition {rendition.name!r} is in a format not read "
-                            f"({container.format.name})")  # fmt: skip
-    return container
-
-
-def _timed(
-    container: av.container.InputContainer, stream: av.stream.Stream, index: int
-) -> Iterator[tuple[Fraction, int, int, av.Packet]]:
-    """The stream's packets with the time to interleave them by (their decode time), in order."""
-    last = Fraction(-(10**12))
-    for number, packet in enumerate(container.demux(stream)):
-        if packet.size == 0:
-            continue
-        if packet.dts is not None and packet.time_base is not None:
-            last = max(last, packet.dts * packet.time_base)
-        yield last, index, number, packet
+def _read_media(uri: str, read: ReadText) -> MediaPlaylist:
+    """The media playlist at ``uri``."""
+    parsed = parse_playlist(*read(uri))
+    if not isinstance(parsed, MediaPlaylist):
+        raise ListingError("a variant's playlist is itself a master playlist")
+    return parsed

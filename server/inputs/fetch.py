@@ -6,8 +6,9 @@ private, link-local, site-local, shared, multicast, reserved and unspecified add
 refused unless allow-listed, and so are IPv6 addresses that embed such an IPv4 address. The
 body streams to a file, never whole into memory. A watchdog closes the connection when the
 download passes its total deadline, falls below the minimum rate or is cancelled, so a
-blocked read ends within a fraction of a second. An HLS playlist is replaced by the stream it
-lists (:mod:`.hls_fetch`), every part fetched under the same rules and limits.
+blocked read ends within a fraction of a second. An HLS playlist or a DASH manifest is replaced
+by the stream it lists (:mod:`.listed_fetch`), every part fetched under the same rules and
+limits.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ from pathlib import Path
 import av
 
 from carn_stream.pipeline.errors import InputError
-from carn_stream.pipeline.media.hls_input import is_playlist
 from carn_stream.server.disk import disk_space
 from carn_stream.server.inputs.exposure import public_url
-from carn_stream.server.inputs.hls_fetch import fetch_listed
+from carn_stream.server.inputs.listed_fetch import HEAD_BYTES, fetch_listed, listing_kind
 from carn_stream.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -272,15 +272,15 @@ def fetch(
     policy: FetchPolicy,
     cancelled: threading.Event | None = None,
 ) -> Path:
-    """Download ``url`` (or copy a permitted local file) to ``dest``. An HLS playlist is
-    replaced by the stream it lists (:mod:`.hls_fetch`), fetched under the same rules and
-    limits, counted over the whole input."""
+    """Download ``url`` (or copy a permitted local file) to ``dest``. An HLS playlist or a
+    DASH manifest is replaced by the stream it lists (:mod:`.listed_fetch`), fetched under the
+    same rules and limits, counted over the whole input."""
     if policy.allow_local_files and (url.startswith("file://") or url.startswith("/")):
         local = Path(validate_url(url, policy).removeprefix("file://"))
         with open(local, "rb") as file:
-            listed = is_playlist(file.read(16))
-        if listed:
-            raise FetchError("an HLS playlist is read from an http(s) URL, not a local file")
+            kind = listing_kind(file.read(HEAD_BYTES))
+        if kind is not None:
+            raise FetchError(f"an {kind} listing is read from an http(s) URL, not a local file")
         return local
     watchdog = _Watchdog(policy, cancelled)
     try:
@@ -289,13 +289,13 @@ def fetch(
         try:
             final = _fetch(url, first, policy, watchdog)
             with open(first, "rb") as file:
-                head = file.read(64)
-            if is_playlist(head):
+                head = file.read(HEAD_BYTES)
+            if listing_kind(head) is not None:
                 _fetch_listed(url, first, final, dest, policy, watchdog)
             elif _WEB_PAGE.match(head):
                 raise FetchError(f"{public_url(url)} answered with a web page (HTML), not a "
                                  "video; give the URL of the video file itself (or of its "
-                                 "HLS playlist)")  # fmt: skip
+                                 "HLS playlist or DASH manifest)")  # fmt: skip
             else:
                 first.replace(dest)
         finally:
@@ -320,7 +320,7 @@ def _fetch_listed(
         if isinstance(exc, FetchError) and type(exc) is not FetchError:
             raise  # cancelled, or the disk is full: as they are
         if isinstance(exc, av.FFmpegError):
-            exc = f"its HLS segments could not be joined ({exc})"
+            exc = f"the parts it lists could not be joined ({exc})"
         raise FetchError(f"{public_url(url)}: {exc}") from exc
 
 

@@ -1,6 +1,6 @@
-"""HLS playlists as input URLs: what of them is chosen, fetched and joined into one input, and
-what is refused, with the reason. The playlists and segments are FFmpeg's own HLS muxer's,
-served on loopback."""
+"""HLS playlists and DASH manifests as input URLs: what of them is chosen, fetched and joined
+into one input, and what is refused, with the reason. The playlists, manifests and segments are
+FFmpeg's own HLS and DASH muxers', served on loopback."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from pathlib import Path
 import av
 import pytest
 
+from carn_stream.pipeline.media.dash_input import dash_listing
 from carn_stream.pipeline.media.hls_input import (
     MasterPlaylist,
     MediaPlaylist,
     Part,
-    PlaylistError,
     parse_playlist,
 )
+from carn_stream.pipeline.media.listing import ListedAudio, Listing, ListingError
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, fetch
-from tests.media import decode_rgb, downscale_frames, write_clip, write_hls
+from tests.media import decode_rgb, downscale_frames, write_clip, write_dash, write_hls
 from tests.service import media_server
 
 POLICY = FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"}))
@@ -51,6 +52,9 @@ def site(data_dir, tmp_path_factory):
     write_hls(clip, root / "fmp4", fmp4=True)
     write_hls(clip, root / "fmp4_single", fmp4=True, single_file=True)
     write_hls(low, root / "low", kinds="v")
+    write_dash(clip, root / "dash_timeline", language="deu")
+    write_dash(clip, root / "dash_numbered", timeline=False, language="deu")
+    write_dash(clip, root / "dash_single", single_file=True, language="deu")
     for fmp4, name in ((False, "ts"), (True, "fmp4")):
         write_hls(clip, root / f"{name}_renditions", fmp4=fmp4, renditions=True)
         (root / f"master_{name}.m3u8").write_text(MASTER.format(form=f"{name}_renditions"))
@@ -104,6 +108,17 @@ def test_a_master_playlist_gives_its_best_variant_with_every_audio_rendition(sit
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
 
 
+@pytest.mark.parametrize("form", ["timeline", "numbered", "single"])
+def test_a_dash_manifest_gives_its_video_with_its_audio(site, form, tmp_path):
+    base, root = site
+    dest = fetch(f"{base}/dash_{form}/manifest.mpd", tmp_path / "input", POLICY)
+    got, want = times(dest), times(root / "clip.mp4")
+    assert len(got["video0"]) == FRAMES and got["video0"] == want["video0"]
+    assert got["audio1"] == want["audio1"]  # in step with the video
+    assert audio_tags(dest) == [("deu", "deu")]  # (named by its language: it has no label)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
+
+
 def _playlist(root: Path, name: str, text: str) -> str:
     (root / name).write_text(text)
     return name
@@ -127,7 +142,7 @@ SEGMENT = "#EXTINF:1.0,\nts/index0.ts\n"
         ("#EXTM3U\n#EXT-X-BYTERANGE:10@0\n#EXTINF:1,\na.ts\n#EXT-X-BYTERANGE:10@0\n"
          "#EXTINF:1,\nb.ts\n#EXT-X-ENDLIST\n", "byte ranges of several files"),
         ("#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n",
-         "the playlist names a file: URI; only http(s) segments are fetched"),
+         "it names a file: URI; only http(s) parts are fetched"),
         ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nnested.m3u8\n",
          "a variant's playlist is itself a master playlist"),
         ("#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"Packed\",URI=\"packed.m3u8\"\n"
@@ -191,6 +206,83 @@ def test_playlists_parse_as_the_rfc_writes_them():
     url = "http://h.example/x/f.mp4"
     assert media.maps == (Part(url, (100, 0)),)
     assert media.segments == (Part(url, (400, 100)), Part(url, (300, 500)))
-    assert media.parts("media") == [Part(url)]  # one file holds every range: read whole
-    with pytest.raises(PlaylistError, match="does not start with #EXTM3U"):
+    assert media.parts("media") == (url,)  # one file holds every range: read whole
+    with pytest.raises(ListingError, match="does not start with #EXTM3U"):
         parse_playlist("<html>", "http://h.example/")
+
+
+MPD = """<?xml version="1.0"?>
+<!-- a packager's comment -->
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT9.5S">
+ <BaseURL>https://cdn.example/title/</BaseURL>
+ <Period>
+  <AdaptationSet contentType="video" mimeType="video/mp4">
+   <SegmentTemplate timescale="1000" duration="4000" startNumber="0"
+      initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/$Number%03d$.m4s"/>
+   <Representation id="v360" bandwidth="800000" width="640" height="360"/>
+   <Representation id="v720" bandwidth="2400000" width="1280" height="720"/>
+   <Representation id="v720lo" bandwidth="1200000" width="1280" height="720"/>
+  </AdaptationSet>
+  <AdaptationSet contentType="audio" lang="en">
+   <Representation id="a64" bandwidth="64000" codecs="mp4a.40.2">
+    <BaseURL>en-64.mp4</BaseURL>
+   </Representation>
+   <Representation id="a128" bandwidth="128000" codecs="mp4a.40.2">
+    <BaseURL>en-128.mp4</BaseURL>
+   </Representation>
+  </AdaptationSet>
+  <AdaptationSet mimeType="audio/mp4" lang="fr">
+   <Role schemeIdUri="urn:mpeg:dash:role:2011" value="main"/>
+   <Label>Français</Label>
+   <Representation id="fr" bandwidth="96000">
+    <SegmentTemplate timescale="10" initialization="fr/i.mp4" media="fr/$Time$.m4s">
+     <SegmentTimeline><S t="5" d="40" r="1"/><S d="15"/></SegmentTimeline>
+    </SegmentTemplate>
+   </Representation>
+  </AdaptationSet>
+  <AdaptationSet contentType="text" lang="en">
+   <Representation id="subs" bandwidth="1000"><BaseURL>en.vtt</BaseURL></Representation>
+  </AdaptationSet>
+ </Period>
+</MPD>"""
+
+
+def test_a_dash_manifest_is_read_as_the_standard_writes_it():
+    listing = dash_listing(MPD, "https://site.example/watch/manifest.mpd")
+    cdn = "https://cdn.example/title/"
+    # The most pixels, then the highest bandwidth; 9.5 s in segments of 4 s: 3, from 0.
+    assert listing.video == (f"{cdn}v720/init.mp4", f"{cdn}v720/000.m4s", f"{cdn}v720/001.m4s",
+                             f"{cdn}v720/002.m4s")  # fmt: skip
+    # Each audio adaptation set's best representation, the main one first; text left out.
+    assert listing.audio == (
+        ListedAudio((f"{cdn}fr/i.mp4", f"{cdn}fr/5.m4s", f"{cdn}fr/45.m4s", f"{cdn}fr/85.m4s"),
+                    "Français", "fr"),
+        ListedAudio((f"{cdn}en-128.mp4",), "en", "en"),
+    )  # fmt: skip
+    assert isinstance(listing, Listing)
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        (('type="static"', 'type="dynamic"'), 'is live (type="dynamic")'),
+        (("</Period>", "</Period><Period/>"), "has 2 periods"),
+        (('<Representation id="v720" ', '<ContentProtection/><Representation id="v720" '),
+         "representation 'v720' is protected (DRM)"),
+        (('contentType="video" mimeType="video/mp4"', 'contentType="image"'),
+         "lists no video"),
+        (('duration="4000"', ""), "neither a SegmentTimeline nor a segment duration"),
+        (('timescale="1000" duration="4000"', 'timescale="10000" duration="1"'),
+         "95000 segments, over the limit of 20000"),
+        (("$Number%03d$", "$SubNumber$"), "names $SubNumber$, which is not read"),
+        (("</MPD>", ""), "not well-formed XML"),
+        (('mediaPresentationDuration="PT9.5S"', 'mediaPresentationDuration="9.5s"'),
+         "malformed duration: '9.5s'"),
+    ],
+    ids=["live", "two-periods", "drm", "no-video", "no-count", "too-many", "unknown-name",
+         "not-xml", "bad-duration"],
+)  # fmt: skip
+def test_what_a_manifest_cannot_give_is_refused_with_the_reason(change, reason):
+    with pytest.raises(ListingError) as caught:
+        dash_listing(MPD.replace(*change), "https://site.example/manifest.mpd")
+    assert reason in str(caught.value)
