@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import functools
 import math
-import os
 import re
 import sys
 import time
@@ -41,6 +40,7 @@ class Item:
     fmt: Any  #: OutputFormat
     work: Path
     timed: bool = False  #: a raw stream, read from its copy with timestamps in ``work``
+    listed: str | None = None  #: "HLS" or "DASH": read from what it lists, joined in ``work``
     identity: dict[str, Any] = field(default_factory=dict)
     resumed: tuple | None = None  #: (plan, done segments) of an interrupted run
     plan: Any = None  #: SegmentPlan
@@ -52,9 +52,12 @@ class Item:
 
     @property
     def input(self) -> Path:
-        """What the run reads: the source, or a raw stream's copy with timestamps."""
+        """What the run reads: the source, a raw stream's copy with timestamps, or what a
+        playlist or manifest lists, joined."""
         from carn_stream.pipeline.execution.workdir import WorkDir
 
+        if self.listed:
+            return WorkDir(self.work).joined_input
         return WorkDir(self.work).timed_input if self.timed else self.source
 
 
@@ -140,9 +143,10 @@ def _item(source: Path, output: Path, format_name: str | None, args) -> Item:
 
 
 def _refuse_replacing(source: Path, output: Path, instead: str) -> None:
-    """An output that is its own input (the same path, a link to it) is refused, even with
-    ``--overwrite``: the input would be lost."""
-    if output.exists() and os.path.samefile(source, output):
+    """An output whose name is the input's (by any path to its folder) is refused, even with
+    ``--overwrite``: the finished output is renamed over that name, and the input would be
+    lost. (A link to the input is replaced by the output; the input stays.)"""
+    if output.parent.resolve() / output.name == source.parent.resolve() / source.name:
         raise UpscaleError(f"{source} would be replaced by its own output; {instead}")
 
 
@@ -185,9 +189,12 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
     from carn_stream.pipeline.errors import PipelineError
     from carn_stream.pipeline.execution.workdir import WorkDir, run_identity
     from carn_stream.pipeline.media.elementary import is_raw_stream
+    from carn_stream.server.inputs.listed_fetch import HEAD_BYTES, listing_kind
 
+    with open(item.source, "rb") as file:
+        item.listed = listing_kind(file.read(HEAD_BYTES))
     try:
-        item.timed = is_raw_stream(item.source)
+        item.timed = not item.listed and is_raw_stream(item.source)
     except PipelineError:
         item.timed = False  # its plan says why
     rate = args.input_fps if item.timed else None
@@ -302,7 +309,8 @@ def _dynamic_range(plan, codec: str) -> str:
 
 async def _plan(args, item: Item, seconds: float, executor) -> None:
     """Plan ``item``, or take up its interrupted run. A raw H.264/HEVC stream is first copied
-    into the work folder with timestamps (again on a resume that finds no copy there)."""
+    into the work folder with timestamps, and what a playlist or manifest lists is joined
+    there (again on a resume that finds no copy there)."""
     from carn_stream.pipeline.execution.executors import PlanRequest
     from carn_stream.pipeline.execution.workdir import WorkDir
     from carn_stream.pipeline.media.elementary import copy_with_times
@@ -315,6 +323,8 @@ async def _plan(args, item: Item, seconds: float, executor) -> None:
             await asyncio.to_thread(
                 copy_with_times, item.source, folder.timed_input, None, args.input_fps
             )
+        if item.listed and not folder.joined_input.is_file():
+            await asyncio.to_thread(_join_listed, item, folder.joined_input)
         frames_done = sum(r.frames for r in done.values())
         print(
             f"carn-stream: resuming {item.output} from {item.work}: {len(done)} of "
@@ -329,11 +339,19 @@ async def _plan(args, item: Item, seconds: float, executor) -> None:
         await asyncio.to_thread(folder.path.mkdir, parents=True, exist_ok=True)
         print(f"carn-stream: {item.source.name} is a raw stream without timestamps: copying "
               f"it with timestamps into {timed_copy}", file=sys.stderr)  # fmt: skip
-    request = PlanRequest(item.source, seconds, timed_copy=timed_copy, raw_rate=args.input_fps)
+    source = item.source
     try:
+        if item.listed:
+            await asyncio.to_thread(folder.path.mkdir, parents=True, exist_ok=True)
+            what = "an HLS playlist" if item.listed == "HLS" else "a DASH manifest"
+            print(f"carn-stream: {item.source.name} is {what}: joining what it lists into "
+                  f"{folder.joined_input}", file=sys.stderr)  # fmt: skip
+            await asyncio.to_thread(_join_listed, item, folder.joined_input)
+            source = folder.joined_input
+        request = PlanRequest(source, seconds, timed_copy=timed_copy, raw_rate=args.input_fps)
         item.plan = await executor.plan(request)
     except BaseException:
-        if item.timed:  # nothing to resume in it
+        if item.timed or item.listed:  # nothing to resume in it
             folder.remove()
         raise
     folder.start(item.identity, item.plan)
@@ -342,6 +360,22 @@ async def _plan(args, item: Item, seconds: float, executor) -> None:
         said = "--input-fps" if args.input_fps is not None else "its header's, else 25; " \
             "--input-fps sets it"
         print(f"carn-stream: {item.source.name} timed at {rate:g} fps ({said})", file=sys.stderr)
+
+
+def _join_listed(item: Item, dest: Path) -> None:
+    """What the local playlist or manifest ``item.source`` lists, joined into ``dest``."""
+    import av
+
+    from carn_stream.pipeline.errors import InputError
+    from carn_stream.server.inputs.listed_fetch import join_local_listing
+
+    try:
+        join_local_listing(item.source, dest)
+    except InputError as exc:
+        raise InputError(f"{item.source}: {exc}") from exc
+    except av.FFmpegError as exc:
+        raise InputError(f"{item.source}: the parts it lists could not be joined ({exc})") \
+            from exc  # fmt: skip
 
 
 async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: bool) -> None:

@@ -117,24 +117,31 @@ class CrossOrigin:
         """``signed_links``: whether media links are signed (a token is set)."""
         self.app, self._signed = app, signed_links
         self._any = "*" in origins
-        self._origins = frozenset(o.encode("latin-1") for o in origins)
+        self._origins = frozenset(_as_sent(o).encode("latin-1") for o in origins)
+        #: whether an answer depends on the request's origin (caches must keep them apart)
+        self._varies = bool(self._origins) and not self._any
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origin = _header(scope, b"origin") if scope["type"] == "http" else None
-        if origin is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        origin = _header(scope, b"origin")
         media = self._signed() and scope["path"].startswith(media_links.PREFIX)
-        allowed = b"*" if media or self._any else origin if origin in self._origins else None
-        if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
-            await self._preflight(send, origin, allowed, b"GET, HEAD" if media else
+        allowed = self._allowed(origin, media)
+        vary = [(b"vary", b"Origin")] if self._varies and not media else []
+        if origin is not None and scope["method"] == "OPTIONS" and _header(
+            scope, b"access-control-request-method"
+        ):
+            await self._preflight(send, origin, allowed, vary, b"GET, HEAD" if media else
                                   b"GET, HEAD, POST, DELETE")  # fmt: skip
             return
-        if allowed is None:  # the browser keeps the answer from the page
+        headers = [*vary]
+        if allowed is not None:  # (else the browser keeps the answer from the page)
+            headers += [(b"access-control-allow-origin", allowed),
+                        (b"access-control-expose-headers", CORS_EXPOSED_HEADERS)]  # fmt: skip
+        if not headers:
             await self.app(scope, receive, send)
             return
-        headers = [*_cors_headers(allowed), (b"access-control-expose-headers",
-                                             CORS_EXPOSED_HEADERS)]  # fmt: skip
 
         async def with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -143,27 +150,38 @@ class CrossOrigin:
 
         await self.app(scope, receive, with_cors)
 
+    def _allowed(self, origin: bytes | None, media: bool) -> bytes | None:
+        """What ``Access-Control-Allow-Origin`` says, if anything: ``*`` for a signed link
+        whoever asks (so that a cached answer serves every origin alike)."""
+        if media or self._any:
+            return b"*"
+        return origin if origin in self._origins else None
+
     @staticmethod
-    async def _preflight(send: Send, origin: bytes, allowed: bytes | None, methods: bytes):
+    async def _preflight(send: Send, origin: bytes, allowed: bytes | None, vary, methods: bytes):
         if allowed is None:
             shown = origin.decode("latin-1")
             await _send_error(send, 403, f"pages from {shown} may not call this service; its "
-                              "operator lists the origins that may in CARN_STREAM_CORS_ORIGINS")
+                              "operator lists the origins that may in CARN_STREAM_CORS_ORIGINS",
+                              vary)  # fmt: skip
             return
         await send({
             "type": "http.response.start",
             "status": 204,
-            "headers": [*_cors_headers(allowed), (b"access-control-allow-methods", methods),
+            "headers": [(b"access-control-allow-origin", allowed), *vary,
+                        (b"access-control-allow-methods", methods),
                         (b"access-control-allow-headers", CORS_REQUEST_HEADERS),
                         (b"access-control-max-age", CORS_PREFLIGHT_SECONDS)],
         })  # fmt: skip
         await send({"type": "http.response.body", "body": b""})
 
 
-def _cors_headers(allowed: bytes) -> list[tuple[bytes, bytes]]:
-    """The allowed origin, and (when it is one origin, not ``*``) that the answer depends on it."""
-    vary = [] if allowed == b"*" else [(b"vary", b"Origin")]
-    return [(b"access-control-allow-origin", allowed), *vary]
+def _as_sent(origin: str) -> str:
+    """An origin as a browser sends it: without its scheme's default port."""
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if origin.startswith(scheme) and origin.endswith(port):
+            return origin.removesuffix(port)
+    return origin
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

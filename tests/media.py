@@ -576,23 +576,27 @@ def write_hls(
     own HLS muxer into ``folder`` as a finished (VOD) media playlist, ``index.m3u8``, which it
     returns: MPEG-TS segments, or fragmented MP4 ones after an initialization section
     (``fmp4``); with ``single_file``, byte ranges of one file. With ``renditions``, the video
-    and the audio as two media playlists on one clock, as packagers make them:
-    ``video.m3u8`` and ``audio.m3u8`` (returns the folder)."""
+    and each audio stream as media playlists of their own on one clock, as packagers make
+    them: ``video.m3u8``, ``audio0.m3u8``, ... (returns the folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     options = {"hls_time": f"{segment_seconds:g}", "hls_playlist_type": "vod",
                "hls_segment_type": "fmp4" if fmp4 else "mpegts"}  # fmt: skip
     if single_file:
         options["hls_flags"] = "single_file"
     playlist = folder / "index.m3u8"
+    with av.open(str(source)) as c:
+        audio = len(c.streams.audio) if renditions else 1
     if renditions:
         suffix = "m4s" if fmp4 else "ts"
-        options.update({"var_stream_map": "v:0,name:video a:0,name:audio",
+        names = " ".join(f"a:{n},name:audio{n}" for n in range(audio))
+        options.update({"var_stream_map": f"v:0,name:video {names}",
                         "hls_segment_filename": f"{folder}/%v_%03d.{suffix}",
                         "hls_fmp4_init_filename": "%v_init.mp4"})  # fmt: skip
         playlist = folder / "%v.m3u8"
     with av.open(str(source)) as c, av.open(str(playlist), "w", format="hls",
                                             options=options) as out:  # fmt: skip
-        taken = [*c.streams.video[:1]] * ("v" in kinds) + [*c.streams.audio[:1]] * ("a" in kinds)
+        taken = [*c.streams.video[:1]] * ("v" in kinds) + [*c.streams.audio[:audio]] * (
+            "a" in kinds)
         streams = {s.index: out.add_stream_from_template(s) for s in taken}
         for packet in c.demux(taken):
             if packet.dts is None:

@@ -202,19 +202,20 @@ def tiny_clip(data_dir, tmp_path) -> Path:
     return write_clip(tmp_path / "tiny.mp4", frames, rate=Fraction(30000, 1001))
 
 
-@pytest.mark.parametrize("output", ["itself", "a link to it", "a folder run into its folder"])
+@pytest.mark.parametrize("output", ["itself", "itself through a linked folder",
+                                    "a folder run into its folder"])
 def test_upscale_refuses_to_replace_its_input_even_with_overwrite(output, tiny_clip, tmp_path):
     before = tiny_clip.read_bytes()
     if output == "itself":
         args, named = [str(tiny_clip), str(tiny_clip)], tiny_clip
-    elif output == "a link to it":
-        (tmp_path / "link.mp4").symlink_to(tiny_clip)
-        args, named = [str(tiny_clip), str(tmp_path / "link.mp4")], tiny_clip
+    elif output == "itself through a linked folder":
+        (tmp_path / "alias").symlink_to(tmp_path, target_is_directory=True)
+        args, named = [str(tiny_clip), str(tmp_path / "alias" / "tiny.mp4")], tiny_clip
     else:
         args, named = [str(tmp_path), str(tmp_path)], tmp_path / "tiny.mp4"
     result = run_cli("upscale", *args, "--scale", "2", "--overwrite", "--precision", "fp32")
-    assert result.returncode == 1  # was: the input replaced by its upscaled copy
-    instead = "use another folder" if "folder" in output else "choose another output"
+    assert result.returncode == 1  # was: the input's name given to its upscaled copy
+    instead = "use another folder" if output.startswith("a folder run") else "choose another output"
     assert result.stderr.strip() == (
         f"carn-stream upscale: error: {named} would be replaced by its own output; {instead}"
     )

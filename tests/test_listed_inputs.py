@@ -4,11 +4,14 @@ FFmpeg's own HLS and DASH muxers', served on loopback."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import av
 import pytest
 
+from carn_stream.pipeline.execution.executors import PlanRequest, plan_for
 from carn_stream.pipeline.media.dash_input import dash_listing
 from carn_stream.pipeline.media.hls_input import (
     MasterPlaylist,
@@ -18,34 +21,51 @@ from carn_stream.pipeline.media.hls_input import (
 )
 from carn_stream.pipeline.media.listing import ListedAudio, Listing, ListingError
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, fetch
-from tests.media import decode_rgb, downscale_frames, write_clip, write_dash, write_hls
+from tests.media import (
+    decode_rgb,
+    downscale_frames,
+    with_second_audio,
+    write_clip,
+    write_dash,
+    write_hls,
+)
 from tests.service import media_server
 
 POLICY = FetchPolicy(allowed_hosts=frozenset({"127.0.0.1"}))
 FRAMES = 50  #: of the clip: 2 s at 25 fps, a keyframe each second
 
 MASTER = """#EXTM3U
-#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aac",NAME="English",LANGUAGE="eng",URI="{form}/audio.m3u8"
-#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aac",NAME="Deutsch",LANGUAGE="deu",DEFAULT=YES,URI="{form}/audio.m3u8"
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aac",NAME="English",LANGUAGE="eng",URI="{form}/audio0.m3u8"
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aac",NAME="Deutsch",LANGUAGE="deu",DEFAULT=YES,URI="{form}/audio1.m3u8"
 #EXT-X-STREAM-INF:BANDWIDTH=200000,RESOLUTION=80x46,CODECS="avc1.64000c,mp4a.40.2",AUDIO="aac"
 low/index.m3u8
 #EXT-X-STREAM-INF:BANDWIDTH=90000,CODECS="mp4a.40.2",AUDIO="aac"
-{form}/audio.m3u8
+{form}/audio0.m3u8
 #EXT-X-STREAM-INF:BANDWIDTH=600000,RESOLUTION=160x90,CODECS="avc1.64000c,mp4a.40.2",AUDIO="aac"
 {form}/video.m3u8
+"""
+#: A group whose default rendition is the audio in the variant's own segments (no URI), and
+#: one more with a playlist of its own.
+MASTER_INSIDE = """#EXTM3U
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="Commentary",LANGUAGE="fra",URI="ts_renditions/audio1.m3u8"
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="Main",LANGUAGE="eng",DEFAULT=YES
+#EXT-X-STREAM-INF:BANDWIDTH=600000,RESOLUTION=160x90,AUDIO="a"
+ts/index.m3u8
 """
 
 
 @pytest.fixture(scope="module")
 def site(data_dir, tmp_path_factory):
-    """Loopback: ``clip.mp4`` (160x90, audio) as HLS in every form read, and master playlists
-    of a lower variant, an audio-only one and the clip's, with two audio renditions."""
+    """Loopback: ``clip.mp4`` (160x90, its audio) as HLS and DASH in every form read, and
+    master playlists of a lower variant, an audio-only one and the clip's, with two audio
+    renditions: the clip's audio and a tone (``two.mp4`` has both)."""
     root = tmp_path_factory.mktemp("hls")
     video = data_dir / "video" / "bigbuckbunny.mp4"
     frames = decode_rgb(video, FRAMES)
     gop = {"g": "25", "preset": "veryfast"}
     clip = write_clip(root / "clip.mp4", downscale_frames(frames, (160, 90)), options=gop,
                       audio_from=video, audio_seconds=2.0)  # fmt: skip
+    two = with_second_audio(clip, root / "two.mp4", 2.0)
     low = write_clip(root / "low.mp4", downscale_frames(frames, (80, 46)), options=gop)
     write_hls(clip, root / "ts")
     write_hls(clip, root / "ts_single", single_file=True)
@@ -56,10 +76,26 @@ def site(data_dir, tmp_path_factory):
     write_dash(clip, root / "dash_numbered", timeline=False, language="deu")
     write_dash(clip, root / "dash_single", single_file=True, language="deu")
     for fmp4, name in ((False, "ts"), (True, "fmp4")):
-        write_hls(clip, root / f"{name}_renditions", fmp4=fmp4, renditions=True)
+        write_hls(two, root / f"{name}_renditions", fmp4=fmp4, renditions=True)
         (root / f"master_{name}.m3u8").write_text(MASTER.format(form=f"{name}_renditions"))
+    (root / "master_inside.m3u8").write_text(MASTER_INSIDE)
     with media_server(root) as base:
         yield base, root
+
+
+def fetched(url: str, dest: Path, policy: FetchPolicy = POLICY) -> Path:
+    """``url`` fetched into ``dest`` and planned as a job's input is (its audio delivered apart
+    joined with it there, in the planning worker's place)."""
+    fetch(url, dest, policy)
+    plan_for(PlanRequest(dest, 1.0, timed_copy=dest))
+    return dest
+
+
+def audio_packets(path: Path) -> list[list[bytes]]:
+    """Each audio stream's packets, in order."""
+    with av.open(str(path)) as container:
+        return [[bytes(p) for p in container.demux(s) if p.size]
+                for s in container.streams.audio if not container.seek(0)]  # fmt: skip
 
 
 def times(path: Path) -> dict[str, list[float]]:
@@ -97,21 +133,39 @@ def test_a_media_playlist_becomes_its_whole_stream(site, form, tmp_path):
 def test_a_master_playlist_gives_its_best_variant_with_every_audio_rendition(site, form, tmp_path):
     base, root = site
     dest = fetch(f"{base}/master_{form}.m3u8", tmp_path / "input", POLICY)
+    # Fetched: the video, and beside it the audio to join with it where it is first planned.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".input.apart.json", ".input.audio0", ".input.audio1", "input"]
+    with av.open(str(dest)) as container:
+        assert not container.streams.audio
+    plan_for(PlanRequest(dest, 1.0, timed_copy=dest))
     with av.open(str(dest)) as container:
         video = container.streams.video[0]
         assert (video.codec_context.width, video.codec_context.height) == (160, 90)  # not 80x46
         assert container.format.name.startswith("matroska")
     assert audio_tags(dest) == [("deu", "Deutsch"), ("eng", "English")]  # the default first
-    got, want = times(dest), times(root / "clip.mp4")
+    clip, tone = audio_packets(root / "two.mp4")
+    assert audio_packets(dest) == [tone, clip]  # each rendition's own audio, bit for bit
+    got, want = times(dest), times(root / "two.mp4")
     assert got["video0"] == want["video0"]
-    assert got["audio1"] == got["audio2"] == want["audio1"]  # in step with the video
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
+    for joined, source in (("audio1", "audio2"), ("audio2", "audio1")):  # in step (to 1 ms)
+        assert got[joined] == pytest.approx(want[source], abs=0.0015)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]  # the audio's files went
+
+
+def test_the_audio_in_the_variants_own_segments_is_kept_first(site, tmp_path):
+    base, root = site
+    dest = fetched(f"{base}/master_inside.m3u8", tmp_path / "input")
+    # Was: the variant's own audio ("Main", no URI) dropped, only the Commentary kept.
+    assert audio_tags(dest) == [("eng", "Main"), ("fra", "Commentary")]
+    clip, tone = audio_packets(root / "two.mp4")
+    assert audio_packets(dest) == [clip, tone]
 
 
 @pytest.mark.parametrize("form", ["timeline", "numbered", "single"])
 def test_a_dash_manifest_gives_its_video_with_its_audio(site, form, tmp_path):
     base, root = site
-    dest = fetch(f"{base}/dash_{form}/manifest.mpd", tmp_path / "input", POLICY)
+    dest = fetched(f"{base}/dash_{form}/manifest.mpd", tmp_path / "input")
     got, want = times(dest), times(root / "clip.mp4")
     assert len(got["video0"]) == FRAMES and got["video0"] == want["video0"]
     assert got["audio1"] == want["audio1"]  # in step with the video
@@ -142,20 +196,32 @@ SEGMENT = "#EXTINF:1.0,\nts/index0.ts\n"
         ("#EXTM3U\n#EXT-X-BYTERANGE:10@0\n#EXTINF:1,\na.ts\n#EXT-X-BYTERANGE:10@0\n"
          "#EXTINF:1,\nb.ts\n#EXT-X-ENDLIST\n", "byte ranges of several files"),
         ("#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n",
-         "it names a file: URI; only http(s) parts are fetched"),
+         "it names a file: URI; only http(s) URIs are followed"),
         ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nnested.m3u8\n",
          "a variant's playlist is itself a master playlist"),
         ("#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"Packed\",URI=\"packed.m3u8\"\n"
          "#EXT-X-STREAM-INF:BANDWIDTH=1,AUDIO=\"a\"\nts_renditions/video.m3u8\n",
          "audio rendition Packed's segments are packed audio"),
+        ("#EXTM3U\n" + "".join(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="{n}",URI="no{n}.m3u8"\n'
+                               for n in range(17))
+         + '#EXT-X-STREAM-INF:BANDWIDTH=1,AUDIO="a"\nts/index.m3u8\n',
+         "the variant's group has 17 audio renditions, over the limit of 16"),
+        ("#EXTM3U\n#EXT-X-BYTERANGE:100@50\n#EXTINF:1,\nts/index0.ts\n#EXT-X-ENDLIST\n",
+         "lists byte ranges that skip part of their file"),
+        ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nfile:///etc/hosts\n",
+         "it names a file: URI; only http(s) URIs are followed"),
+        ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhuge.m3u8\n",
+         "huge.m3u8 is 5242880 bytes, over the limit of 4194304 for a playlist or manifest"),
     ],
     ids=["live", "encrypted", "discontinuity", "two-maps", "empty", "ranges-of-two-files",
-         "file-uri", "nested-master", "packed-audio"],
+         "file-uri", "nested-master", "packed-audio", "too-many-renditions",
+         "ranges-that-skip", "file-variant", "huge-playlist"],
 )  # fmt: skip
 def test_what_cannot_be_joined_is_refused_with_the_reason(site, text, reason, tmp_path):
     base, root = site
     _playlist(root, "nested.m3u8", "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nts/index.m3u8\n")
     _playlist(root, "packed.m3u8", "#EXTM3U\n#EXTINF:1,\na.aac\n#EXT-X-ENDLIST\n")
+    _playlist(root, "huge.m3u8", "#EXTM3U\n" + "#" * (5 * 2**20 - 9) + "\n")
     name = _playlist(root, f"refused-{abs(hash(text))}.m3u8", text)
     with pytest.raises(FetchError) as caught:
         fetch(f"{base}/{name}", tmp_path / "input", POLICY)
@@ -278,11 +344,42 @@ def test_a_dash_manifest_is_read_as_the_standard_writes_it():
         (("</MPD>", ""), "not well-formed XML"),
         (('mediaPresentationDuration="PT9.5S"', 'mediaPresentationDuration="9.5s"'),
          "malformed duration: '9.5s'"),
+        (("<BaseURL>en-128.mp4</BaseURL>", '<BaseURL>en-128.mp4</BaseURL><SegmentList>'
+          '<Initialization range="0-99"/><SegmentURL mediaRange="200-299"/></SegmentList>'),
+         "lists byte ranges that skip part of their file"),
     ],
     ids=["live", "two-periods", "drm", "no-video", "no-count", "too-many", "unknown-name",
-         "not-xml", "bad-duration"],
+         "not-xml", "bad-duration", "ranges-that-skip"],
 )  # fmt: skip
 def test_what_a_manifest_cannot_give_is_refused_with_the_reason(change, reason):
     with pytest.raises(ListingError) as caught:
         dash_listing(MPD.replace(*change), "https://site.example/manifest.mpd")
     assert reason in str(caught.value)
+
+
+def test_the_cli_upscales_a_local_master_playlist_with_its_audio(site, weights_path, tmp_path):
+    _, root = site
+    out = tmp_path / "up.mkv"
+    result = subprocess.run(
+        [sys.executable, "-m", "carn_stream.cli", "upscale", str(root / "master_ts.m3u8"),
+         str(out), "--scale", "2", "--precision", "fp32", "--weights", str(weights_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "master_ts.m3u8 is an HLS playlist: joining what it lists into" in result.stderr
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (320, 180)
+        assert sum(1 for _ in container.decode(video=0)) == FRAMES
+    assert audio_tags(out) == [("deu", "Deutsch"), ("eng", "English")]
+    clip, tone = audio_packets(root / "two.mp4")
+    assert audio_packets(out) == [tone, clip]
+
+
+def test_the_service_reads_a_listing_from_a_url_only(site, tmp_path):
+    _, root = site
+    local = FetchPolicy(allow_local_files=True)
+    with pytest.raises(FetchError, match="an HLS playlist is read from an http"):
+        fetch(f"file://{root / 'master_ts.m3u8'}", tmp_path / "input", local)
+    with pytest.raises(FetchError, match="a DASH manifest is read from an http"):
+        fetch(str(root / "dash_single" / "manifest.mpd"), tmp_path / "input", local)

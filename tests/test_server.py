@@ -392,7 +392,7 @@ def test_a_job_from_an_hls_master_playlist_upscales_its_best_variant_with_its_au
     (root / "bunny_master.m3u8").write_text(
         "#EXTM3U\n"
         '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="English",LANGUAGE="eng",DEFAULT=YES,'
-        'URI="bunny_hls/audio.m3u8"\n'
+        'URI="bunny_hls/audio0.m3u8"\n'
         '#EXT-X-STREAM-INF:BANDWIDTH=1000,RESOLUTION=160x90,AUDIO="a"\nbunny_hls/video.m3u8\n'
     )  # fmt: skip
     job = submit(server, f"{base}/bunny_master.m3u8", output="mp4")
@@ -940,8 +940,24 @@ def test_another_site_plays_a_signed_link_and_listed_origins_call_the_api(media,
         assert allowed.status == 204
         assert allowed.headers["access-control-allow-origin"] == base
         assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        # Caches keep the answers of different origins apart (they depend on the origin); a
+        # signed link's answer is the same for every origin, asked with one or not.
+        assert proc.call("GET", "/healthz").headers["vary"] == "Origin"
+        assert proc.call("GET", "/healthz", headers={"Origin": other}).headers["vary"] == "Origin"
+        link = proc.call("GET", done["links"]["master"], headers={})
+        assert link.status == 200 and link.headers["access-control-allow-origin"] == "*"
+        assert "vary" not in link.headers
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("listed,sent", [("https://app.example:443", "https://app.example"),
+                                         ("http://app.example:80", "http://app.example"),
+                                         ("http://app.example:8080", "http://app.example:8080")])
+def test_a_listed_origin_matches_as_browsers_send_it(listed, sent):
+    from carn_stream.server.middleware import _as_sent
+
+    assert _as_sent(listed) == sent  # browsers leave a scheme's own port out
 
 
 def test_jobs_page_in_chromium_submits_plays_and_compares(server, media, tmp_path):

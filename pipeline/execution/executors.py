@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from carn_stream.pipeline.media.elementary import copy_with_times, is_raw_stream
+from carn_stream.pipeline.media.listing import has_audio_apart, join_apart
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
 from carn_stream.pipeline.media.segments import InputLimits, Segment, SegmentPlan, plan_segments
 from carn_stream.pipeline.run import FrameReport, PipelineOptions, SegmentSource, run_pipeline
@@ -41,8 +42,9 @@ class PlanRequest:
     source: Path
     target_seconds: float
     limits: InputLimits | None = None  #: checked from the header before the plan is made
-    #: Where a raw H.264/HEVC stream's copy with timestamps goes, to be planned and read in its
-    #: place (it may be ``source`` itself, replaced); None: raw streams are refused.
+    #: Where a raw H.264/HEVC stream's copy with timestamps, or a listed input's video joined
+    #: with its audio delivered apart, goes, to be planned and read in its place (it may be
+    #: ``source`` itself, replaced); None: raw streams are refused.
     timed_copy: Path | None = None
     #: A raw stream's frame rate (None: the one its header gives, else 25 fps).
     raw_rate: Fraction | None = None
@@ -139,7 +141,12 @@ def plan_for(request: PlanRequest, stop: threading.Event | None = None) -> Segme
     """The plan a request asks for (what every executor runs, wherever it runs); ``stop``
     ends a raw stream's copy early (its caller has given up)."""
     source = request.source
-    if request.timed_copy is not None and is_raw_stream(source):
+    if request.timed_copy is not None and has_audio_apart(source):
+        # (an HLS or DASH input's video and its audio delivered apart: joined here first,
+        # in the worker, as the first reading of what was fetched)
+        join_apart(source, request.timed_copy, stop)
+        source = request.timed_copy
+    elif request.timed_copy is not None and is_raw_stream(source):
         copy_with_times(source, request.timed_copy, request.limits, request.raw_rate, stop)
         source = request.timed_copy
     return plan_segments(source, request.target_seconds, limits=request.limits)

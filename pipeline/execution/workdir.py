@@ -20,6 +20,10 @@ from carn_stream.pipeline.media.segments import SegmentPlan
 PLAN_FILE, MANIFEST_FILE = "plan.json", "segments.jsonl"
 #: A raw H.264/HEVC input's copy with timestamps, which the run reads instead of the input.
 TIMED_INPUT = "input.mp4"
+#: What an HLS playlist or DASH manifest input lists, joined: the run reads it instead.
+JOINED_INPUT = "input.joined"
+#: The input's copies a run reads instead of the input (kept when a run starts).
+INPUT_COPIES = (TIMED_INPUT, JOINED_INPUT)
 
 
 def run_identity(source: Path, **options: Any) -> dict[str, Any]:
@@ -51,18 +55,22 @@ class WorkDir:
     def timed_input(self) -> Path:
         return self.path / TIMED_INPUT
 
+    @property
+    def joined_input(self) -> Path:
+        return self.path / JOINED_INPUT
+
     def forget(self) -> None:
-        """Before a new run is planned: its plan and the input's timed copy go, so that a run
+        """Before a new run is planned: its plan and the input's copies go, so that a run
         stopped before :meth:`start` leaves nothing another run could take up."""
-        for name in (PLAN_FILE, TIMED_INPUT):
+        for name in (PLAN_FILE, *INPUT_COPIES):
             (self.path / name).unlink(missing_ok=True)
 
     def start(self, identity: dict[str, Any], plan: SegmentPlan) -> None:
         """Begin a new run here: whatever was in the folder is removed, apart from the input's
-        timed copy (the plan was just made from it)."""
+        copies (the plan was just made from one)."""
         if self.path.is_dir():
             for entry in self.path.iterdir():
-                if entry.name == TIMED_INPUT:
+                if entry.name in INPUT_COPIES:
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)

@@ -24,6 +24,7 @@ from carn_stream.pipeline.media.listing import (
     Listing,
     ListingError,
     absolute,
+    check_contiguous,
     whole_number,
 )
 
@@ -256,15 +257,23 @@ def _fill(template: str, values: dict[str, str]) -> str:
 def _segment_list(segment_list: ElementTree.Element, base: str) -> tuple[str, ...]:
     initialization = _children(segment_list, "Initialization")
     urls = _children(segment_list, "SegmentURL")
-    ranged = any(u.get("mediaRange") for u in urls) or any(
-        i.get("range") for i in initialization
-    )
     files = [u.get("media") or "" for u in urls]
+    ranges = [u.get("mediaRange") for u in urls]
     if initialization:
         files.insert(0, initialization[0].get("sourceURL") or "")
-    if ranged:
+        ranges.insert(0, initialization[0].get("range"))
+    if any(ranges):
         if len(set(files)) > 1:
             raise ListingError("the manifest lists byte ranges of several files; only byte "
                                "ranges of one file are read")  # fmt: skip
-        return (absolute(files[0], base),)  # one file holds every range: read it whole
+        check_contiguous([_span(r) for r in ranges], "the manifest")
+        return (absolute(files[0], base),)  # the ranges are the file from its start: read it
     return tuple(absolute(f, base) for f in files)
+
+
+def _span(byte_range: str | None) -> tuple[int, int]:
+    """``first-last`` (inclusive) as (offset, length); none: the whole file (-1)."""
+    if not byte_range:
+        return 0, -1
+    first, _, last = byte_range.partition("-")
+    return whole_number(first), whole_number(last) - whole_number(first) + 1

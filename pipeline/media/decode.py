@@ -111,11 +111,9 @@ def _refused_format(source: str | Path) -> str | None:
 
 
 def _refusal(source: str | Path, detected: str) -> str:
-    hint = ("; the service reads an HLS playlist from its http(s) URL (POST /jobs, "
-            "POST /videos)") if detected == "hls" else ""  # fmt: skip
     return (
         f"{source}: input format {detected!r} is not accepted (it can name other files or "
-        f"URLs, or is not a video container); accepted: {', '.join(ALLOWED_DEMUXERS)}{hint}"
+        f"URLs, or is not a video container); accepted: {', '.join(ALLOWED_DEMUXERS)}"
     )
 
 

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carn_stream.pipeline.media.listing import (
+    MAX_AUDIO_APART,
     MAX_SEGMENTS,
     ListedAudio,
     Listing,
     ListingError,
     absolute,
+    check_contiguous,
     whole_number,
 )
 
@@ -94,6 +96,12 @@ class MasterPlaylist:
         group = [a for a in self.audio if a.group == variant.audio_group and a.uri]
         return sorted(group, key=lambda a: not a.default)
 
+    def inside_of(self, variant: Variant) -> AudioRendition | None:
+        """The rendition of ``variant``'s group without a playlist: the audio its own
+        segments carry (RFC 8216, 4.3.4.2.1), the default if several say so."""
+        group = [a for a in self.audio if a.group == variant.audio_group and not a.uri]
+        return min(group, key=lambda a: not a.default, default=None)
+
 
 @dataclass(frozen=True)
 class Part:
@@ -123,7 +131,10 @@ class MediaPlaylist:
             if len(files) > 1:
                 raise ListingError(f"the {what} playlist lists byte ranges of several files; "
                                    "only byte ranges of one file are read")  # fmt: skip
-            return (next(iter(files)),)  # the file holds every range: read it whole
+            spans = [(p.byte_range[1], p.byte_range[0]) if p.byte_range else (0, -1)
+                     for p in (*self.maps[:1], *self.segments)]  # fmt: skip
+            check_contiguous(spans, f"the {what} playlist")
+            return (next(iter(files)),)  # the ranges are the file from its start: read it
         return tuple(p.uri for p in (*self.maps[:1], *self.segments))
 
     def check(self, what: str) -> None:
@@ -262,9 +273,13 @@ def hls_listing(text: str, url: str, read: ReadText) -> Listing:
     if isinstance(parsed, MediaPlaylist):
         return Listing(parsed.parts("media"))
     variant = parsed.best()
+    renditions = parsed.audio_of(variant)
+    if len(renditions) > MAX_AUDIO_APART:  # (before any of them is read)
+        raise ListingError(f"the variant's group has {len(renditions)} audio renditions, over "
+                           f"the limit of {MAX_AUDIO_APART}")  # fmt: skip
     video = _read_media(variant.uri, read).parts("variant's")
     audio = []
-    for number, rendition in enumerate(parsed.audio_of(variant)):
+    for number, rendition in enumerate(renditions):
         assert rendition.uri is not None  # (audio_of: those with playlists)
         what = f"audio rendition {rendition.name or number}'s"
         parts = _read_media(rendition.uri, read).parts(what)
@@ -272,7 +287,8 @@ def hls_listing(text: str, url: str, read: ReadText) -> Listing:
             raise ListingError(f"the {what} segments are packed audio (raw ADTS, AC-3 or MP3), "
                                "which is not read")  # fmt: skip
         audio.append(ListedAudio(parts, rendition.name, rendition.language))
-    return Listing(video, tuple(audio))
+    inside = parsed.inside_of(variant)
+    return Listing(video, tuple(audio), (inside.name, inside.language) if inside else None)
 
 
 def _read_media(uri: str, read: ReadText) -> MediaPlaylist:

@@ -27,8 +27,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-
 from carn_stream.pipeline.errors import InputError
 from carn_stream.server.disk import disk_space
 from carn_stream.server.inputs.exposure import public_url
@@ -280,7 +278,8 @@ def fetch(
         with open(local, "rb") as file:
             kind = listing_kind(file.read(HEAD_BYTES))
         if kind is not None:
-            raise FetchError(f"an {kind} listing is read from an http(s) URL, not a local file")
+            what = "an HLS playlist" if kind == "HLS" else "a DASH manifest"
+            raise FetchError(f"{what} is read from an http(s) URL, not a local file")
         return local
     watchdog = _Watchdog(policy, cancelled)
     try:
@@ -313,22 +312,28 @@ def _fetch_listed(
 ) -> None:
     """The stream the ``playlist`` fetched from ``url`` (``final`` after redirects) lists, in
     ``dest``; refusals name the input."""
+
+    def download(part: str, into: Path, limit: int | None = None) -> str:
+        return _fetch(part, into, policy, watchdog, limit)
+
     try:
-        fetch_listed(playlist, final, lambda u, d: _fetch(u, d, policy, watchdog), dest)
-    except (InputError, av.FFmpegError, FetchError) as exc:
+        fetch_listed(playlist, final, download, dest)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull("the server's disk is full; the input was not kept") from exc
+        raise
+    except (InputError, FetchError) as exc:
         watchdog.check()
         if isinstance(exc, FetchError) and type(exc) is not FetchError:
             raise  # cancelled, or the disk is full: as they are
-        if isinstance(exc, av.FFmpegError):
-            exc = f"the parts it lists could not be joined ({exc})"
         raise FetchError(f"{public_url(url)}: {exc}") from exc
 
 
-
-
-def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> str:
+def _fetch(
+    url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog, limit: int | None = None
+) -> str:
     """Download ``url`` to ``dest``; returns the URL it came from in the end (redirects
-    followed)."""
+    followed). ``limit``: at most so many bytes of it (a playlist or manifest)."""
     current = url
     for _hop in range(policy.max_redirects + 1):
         watchdog.check()
@@ -348,11 +353,14 @@ def _fetch(url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog) -> st
                 )
             length = response.getheader("Content-Length")
             total = int(length) if length and length.isdigit() else None
+            if total is not None and limit is not None and total > limit:
+                raise FetchError(f"{public_url(current)} is {total} bytes, over the limit of "
+                                 f"{limit} for a playlist or manifest")  # fmt: skip
             if total is not None and watchdog.received + total > policy.max_bytes:
                 raise FetchError(f"input is {watchdog.received + total} bytes, over the limit "
                                  f"of {policy.max_bytes}")  # fmt: skip
             _check_space(dest.parent, policy, total or 0)
-            _stream_body(response, dest, policy, total, watchdog)
+            _stream_body(response, dest, policy, total, watchdog, limit)
             return current
         finally:
             conn.close()
@@ -394,9 +402,9 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog) -> None:
+def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog, limit=None) -> None:
     """The body into ``dest``; the watchdog counts the bytes of every body of the input, and
-    the size cap applies to them all."""
+    the size cap applies to them all (``limit``: to this body alone, too)."""
     before = watchdog.received
     done = 0
     tmp = dest.with_name(dest.name + ".part")
@@ -417,6 +425,9 @@ def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog) -> 
                     break
                 done += len(chunk)
                 watchdog.received = before + done
+                if limit is not None and done > limit:
+                    raise FetchError(f"a playlist or manifest is over the limit of {limit} "
+                                     "bytes")  # fmt: skip
                 if before + done > policy.max_bytes:
                     raise FetchError(f"input is over the limit of {policy.max_bytes} bytes")
                 if done % SPACE_CHECK_BYTES < len(chunk):  # every few MB written

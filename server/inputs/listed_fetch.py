@@ -3,16 +3,20 @@ what it lists and leave one file in the input's place.
 
 Every playlist, manifest and part is fetched as any input is (the caller's ``download``:
 address checks, redirects, the size cap and deadlines counted over the whole input), one
-after the other, and appended to the stream it belongs to; a video with audio delivered apart
-is then joined with it into one Matroska file (:mod:`~carn_stream.pipeline.media.listing`).
+after the other, and appended to the stream it belongs to. Nothing here reads media: audio
+delivered apart from the video is kept beside the input
+(:func:`~carn_stream.pipeline.media.listing.save_apart`), and joined with it where inputs are
+first opened, in the worker that plans them
+(:func:`~carn_stream.pipeline.media.listing.join_apart`).
 """
 
 from __future__ import annotations
 
 import shutil
 import urllib.parse
-from collections.abc import Callable
+import urllib.request
 from pathlib import Path
+from typing import Protocol
 
 from carn_stream.pipeline.media.dash_input import dash_listing, is_manifest
 from carn_stream.pipeline.media.hls_input import hls_listing, is_playlist
@@ -21,13 +25,22 @@ from carn_stream.pipeline.media.listing import (
     AudioFile,
     Listing,
     ListingError,
-    join_renditions,
+    has_audio_apart,
+    join_apart,
+    save_apart,
 )
 
-#: Fetches a URL into a file; returns the URL it came from in the end (after redirects).
-Download = Callable[[str, Path], str]
 #: How much of a download is read to tell a listing (a manifest may start with comments).
 HEAD_BYTES = 1024
+#: The URL schemes a listing's parts may have when it came from the web.
+WEB = ("http", "https")
+
+
+class Download(Protocol):
+    """Fetches ``url`` into ``dest`` (at most ``limit`` bytes where given: a playlist or
+    manifest); returns the URL it came from in the end (after redirects)."""
+
+    def __call__(self, url: str, dest: Path, limit: int | None = None) -> str: ...
 
 
 def listing_kind(head: bytes) -> str | None:
@@ -37,11 +50,14 @@ def listing_kind(head: bytes) -> str | None:
     return "DASH" if is_manifest(head) else None
 
 
-def fetch_listed(listing: Path, url: str, download: Download, dest: Path) -> None:
-    """The stream the ``listing`` (fetched from ``url``) names, in ``dest`` once whole: see
+def fetch_listed(
+    listing: Path, url: str, download: Download, dest: Path, schemes: tuple[str, ...] = WEB
+) -> None:
+    """The stream the ``listing`` (fetched from ``url``) names, in ``dest`` once whole (its
+    audio delivered apart kept beside it, to be joined when it is planned): see
     :func:`~carn_stream.pipeline.media.hls_input.hls_listing` and
-    :func:`~carn_stream.pipeline.media.dash_input.dash_listing` for what is chosen. Raises
-    :class:`ListingError` for what cannot be joined."""
+    :func:`~carn_stream.pipeline.media.dash_input.dash_listing` for what is chosen. Only URIs
+    of ``schemes`` are followed. Raises :class:`ListingError` for what cannot be joined."""
     work = dest.with_name(f".{dest.name}.listed")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -52,31 +68,31 @@ def fetch_listed(listing: Path, url: str, download: Download, dest: Path) -> Non
         if kind == "HLS":
 
             def read(uri: str) -> tuple[str, str]:
-                final = download(uri, work / "playlist")
+                _check_scheme(uri, schemes)
+                final = download(uri, work / "playlist", MAX_LISTING_BYTES)
                 return _text(work / "playlist"), final
 
             listed = hls_listing(text, url, read)
         else:
             listed = dash_listing(text, url)
-        _join(listed, work, download, dest)
+        _fetch_parts(listed, work, download, dest, schemes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _join(listed: Listing, work: Path, download: Download, dest: Path) -> None:
+def _fetch_parts(
+    listed: Listing, work: Path, download: Download, dest: Path, schemes: tuple[str, ...]
+) -> None:
     audio = []
     for number, stream in enumerate(listed.audio):
         path = work / f"audio{number}"
-        _concatenate(stream.parts, path, work, download)
+        _concatenate(stream.parts, path, work, download, schemes)
         audio.append(AudioFile(path, stream.name, stream.language))
     video = work / "video"
-    _concatenate(listed.video, video, work, download)
-    if audio:
-        joined = work / "joined"
-        join_renditions(video, audio, joined)
-        joined.replace(dest)
-    else:
-        video.replace(dest)
+    _concatenate(listed.video, video, work, download, schemes)
+    if audio:  # beside the input before the input is there: a crash between leaves no input
+        save_apart(dest, audio, listed.inside)
+    video.replace(dest)
 
 
 def _text(path: Path) -> str:
@@ -89,16 +105,42 @@ def _text(path: Path) -> str:
         raise ListingError("the playlist or manifest is not UTF-8 text") from None
 
 
-def _concatenate(parts: tuple[str, ...], target: Path, work: Path, download: Download) -> None:
+def _check_scheme(uri: str, schemes: tuple[str, ...]) -> None:
+    scheme = urllib.parse.urlsplit(uri).scheme
+    if scheme not in schemes:
+        taken = "http(s)" if schemes == WEB else "/".join(schemes) + ":"
+        raise ListingError(f"it names a {scheme or 'schemeless'}: URI; only {taken} URIs are "
+                           "followed")  # fmt: skip
+
+
+def _concatenate(
+    parts: tuple[str, ...], target: Path, work: Path, download: Download, schemes: tuple[str, ...]
+) -> None:
     """The parts' bytes, one after the other, in ``target``."""
+    for part in parts:  # (all checked before any is fetched)
+        _check_scheme(part, schemes)
     part_file = work / "part"
     with open(target, "wb") as out:
         for part in parts:
-            scheme = urllib.parse.urlsplit(part).scheme
-            if scheme not in ("http", "https"):
-                raise ListingError(f"it names a {scheme or 'schemeless'}: URI; only http(s) "
-                                   "parts are fetched")  # fmt: skip
             download(part, part_file)
             with open(part_file, "rb") as data:
                 shutil.copyfileobj(data, out, 1 << 20)
             part_file.unlink()
+
+
+def join_local_listing(listing: Path, dest: Path) -> None:
+    """What a local playlist or manifest lists (``file:`` URIs only: files beside it, or
+    anywhere its reader may read), joined into ``dest``."""
+
+    def copy(uri: str, target: Path, limit: int | None = None) -> str:
+        source = Path(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path))
+        if not source.is_file():
+            raise ListingError(f"it names {source}, which is not a file")
+        if limit is not None and source.stat().st_size > limit:
+            raise ListingError(f"{source} is over the limit of {limit} bytes for a playlist")
+        shutil.copyfile(source, target)
+        return uri
+
+    fetch_listed(listing, listing.resolve().as_uri(), copy, dest, schemes=("file",))
+    if has_audio_apart(dest):
+        join_apart(dest, dest)

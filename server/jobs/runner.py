@@ -25,6 +25,7 @@ from carn_stream.pipeline.media.elementary import partial_name
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import segment_name
+from carn_stream.pipeline.media.listing import remove_apart
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.pipeline.waiting import wait_at_most
@@ -93,6 +94,7 @@ class JobRunner:
             media = self.media(job)
             _discard(media)
             media.input.unlink(missing_ok=True)
+            remove_apart(media.input)
 
     def refresh_gauges(self) -> None:
         counts = self.store.count_by_state()
@@ -260,6 +262,7 @@ class JobRunner:
             if finished:  # our copy of the input only, never a local input file
                 media.input.unlink(missing_ok=True)
                 partial_name(media.input).unlink(missing_ok=True)  # a copy cut short
+                remove_apart(media.input)  # audio fetched apart, not joined
                 shutil.rmtree(media.work, ignore_errors=True)
             self._running.pop(job.id, None)
             self._cancel_flags.pop(job.id, None)
