@@ -288,7 +288,7 @@ def test_a_web_page_instead_of_a_video_is_said_so(page, tmp_path):
     # Was: not a video file FFmpeg can read (Invalid data found when processing input).
     assert str(caught.value) == (
         f"{base}/watch answered with a web page (HTML), not a video; give the URL of the video "
-        "file itself (or of its HLS playlist)"
+        "file itself (or of its HLS playlist or DASH manifest)"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["site"]
 

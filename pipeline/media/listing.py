@@ -118,6 +118,15 @@ def remove_apart(source: Path) -> None:
     _apart_record(source).unlink(missing_ok=True)
 
 
+def joined_bytes(source: Path) -> int:
+    """About what joining ``source`` with the audio kept beside it writes: all their bytes."""
+    total = source.stat().st_size
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        for stream in json.loads(_apart_record(source).read_text())["audio"]:
+            total += source.with_name(stream["file"]).stat().st_size
+    return total
+
+
 def has_audio_apart(source: Path) -> bool:
     """Whether audio delivered apart waits beside ``source`` to be joined with it."""
     return _apart_record(source).is_file()

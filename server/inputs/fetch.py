@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carn_stream.pipeline.errors import InputError
+from carn_stream.pipeline.media.listing import has_audio_apart, joined_bytes, remove_apart
 from carn_stream.server.disk import disk_space
 from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.listed_fetch import HEAD_BYTES, fetch_listed, listing_kind
@@ -318,6 +319,13 @@ def _fetch_listed(
 
     try:
         fetch_listed(playlist, final, download, dest)
+        if has_audio_apart(dest):  # to be joined into a second copy of it all: room for that
+            try:
+                _check_space(dest.parent, policy, joined_bytes(dest))
+            except DiskFull:
+                dest.unlink(missing_ok=True)
+                remove_apart(dest)
+                raise
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DiskFull("the server's disk is full; the input was not kept") from exc
