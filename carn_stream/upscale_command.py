@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import functools
 import math
+import os
 import re
 import sys
 import time
@@ -143,10 +144,11 @@ def _item(source: Path, output: Path, format_name: str | None, args) -> Item:
 
 
 def _refuse_replacing(source: Path, output: Path, instead: str) -> None:
-    """An output whose name is the input's (by any path to its folder) is refused, even with
-    ``--overwrite``: the finished output is renamed over that name, and the input would be
-    lost. (A link to the input is replaced by the output; the input stays.)"""
-    if output.parent.resolve() / output.name == source.parent.resolve() / source.name:
+    """An output that is the input's file (by any name or path but a link of its own) is
+    refused, even with ``--overwrite``: the finished output is renamed over that name, and the
+    input would be lost. (An output that is a link to the input is replaced by the output; the
+    input stays.)"""
+    if output.is_file() and not output.is_symlink() and os.path.samefile(source, output):
         raise UpscaleError(f"{source} would be replaced by its own output; {instead}")
 
 
@@ -191,8 +193,11 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
     from carn_stream.pipeline.media.elementary import is_raw_stream
     from carn_stream.server.inputs.listed_fetch import HEAD_BYTES, listing_kind
 
-    with open(item.source, "rb") as file:
-        item.listed = listing_kind(file.read(HEAD_BYTES))
+    try:
+        with open(item.source, "rb") as file:
+            item.listed = listing_kind(file.read(HEAD_BYTES))
+    except OSError:
+        item.listed = None  # its plan says why
     try:
         item.timed = not item.listed and is_raw_stream(item.source)
     except PipelineError:
@@ -364,18 +369,13 @@ async def _plan(args, item: Item, seconds: float, executor) -> None:
 
 def _join_listed(item: Item, dest: Path) -> None:
     """What the local playlist or manifest ``item.source`` lists, joined into ``dest``."""
-    import av
-
     from carn_stream.pipeline.errors import InputError
     from carn_stream.server.inputs.listed_fetch import join_local_listing
 
     try:
-        join_local_listing(item.source, dest)
+        join_local_listing(item.source, dest, keep=item.output)
     except InputError as exc:
         raise InputError(f"{item.source}: {exc}") from exc
-    except av.FFmpegError as exc:
-        raise InputError(f"{item.source}: the parts it lists could not be joined ({exc})") \
-            from exc  # fmt: skip
 
 
 async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: bool) -> None:

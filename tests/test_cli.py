@@ -203,7 +203,7 @@ def tiny_clip(data_dir, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("output", ["itself", "itself through a linked folder",
-                                    "a folder run into its folder"])
+                                    "the file its input links to", "a folder run into its folder"])
 def test_upscale_refuses_to_replace_its_input_even_with_overwrite(output, tiny_clip, tmp_path):
     before = tiny_clip.read_bytes()
     if output == "itself":
@@ -211,15 +211,32 @@ def test_upscale_refuses_to_replace_its_input_even_with_overwrite(output, tiny_c
     elif output == "itself through a linked folder":
         (tmp_path / "alias").symlink_to(tmp_path, target_is_directory=True)
         args, named = [str(tiny_clip), str(tmp_path / "alias" / "tiny.mp4")], tiny_clip
+    elif output == "the file its input links to":
+        (tmp_path / "in.mp4").symlink_to(tiny_clip)
+        args, named = [str(tmp_path / "in.mp4"), str(tiny_clip)], tmp_path / "in.mp4"
     else:
         args, named = [str(tmp_path), str(tmp_path)], tmp_path / "tiny.mp4"
     result = run_cli("upscale", *args, "--scale", "2", "--overwrite", "--precision", "fp32")
-    assert result.returncode == 1  # was: the input's name given to its upscaled copy
+    assert result.returncode == 1  # was: the input's file given to its upscaled copy
     instead = "use another folder" if output.startswith("a folder run") else "choose another output"
     assert result.stderr.strip() == (
         f"carn-stream upscale: error: {named} would be replaced by its own output; {instead}"
     )
     assert tiny_clip.read_bytes() == before
+
+
+def test_an_output_that_links_to_the_input_is_replaced_and_the_input_kept(
+    tiny_clip, weights_path, tmp_path
+):
+    before = tiny_clip.read_bytes()
+    (tmp_path / "link.mp4").symlink_to(tiny_clip)
+    result = run_cli("upscale", str(tiny_clip), str(tmp_path / "link.mp4"), "--scale", "2",
+                     "--overwrite", "--precision", "fp32", "--weights", str(weights_path))
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "link.mp4").is_symlink()  # the link replaced by the output
+    assert tiny_clip.read_bytes() == before
+    with av.open(str(tmp_path / "link.mp4")) as container:
+        assert container.streams.video[0].codec_context.width == 128
 
 
 def test_upscale_writes_mp4_and_shows_progress(tiny_clip, weights_path, tmp_path):

@@ -4,8 +4,10 @@ FFmpeg's own HLS and DASH muxers', served on loopback."""
 
 from __future__ import annotations
 
+import http.server
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import av
@@ -19,8 +21,16 @@ from carn_stream.pipeline.media.hls_input import (
     Part,
     parse_playlist,
 )
-from carn_stream.pipeline.media.listing import ListedAudio, Listing, ListingError
+from carn_stream.pipeline.media.listing import (
+    Listed,
+    ListedAudio,
+    Listing,
+    ListingError,
+    has_audio_apart,
+    join_apart,
+)
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, fetch
+from tests.helpers import serve_directory
 from tests.media import (
     decode_rgb,
     downscale_frames,
@@ -52,6 +62,13 @@ MASTER_INSIDE = """#EXTM3U
 #EXT-X-STREAM-INF:BANDWIDTH=600000,RESOLUTION=160x90,AUDIO="a"
 ts/index.m3u8
 """
+#: The same variant (its segments carry audio), but every rendition has a playlist of its own:
+#: players play those, not the segments' own audio.
+MASTER_UNNAMED = """#EXTM3U
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="Tone",LANGUAGE="zxx",URI="ts_renditions/audio1.m3u8"
+#EXT-X-STREAM-INF:BANDWIDTH=600000,RESOLUTION=160x90,AUDIO="a"
+ts/index.m3u8
+"""
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +96,12 @@ def site(data_dir, tmp_path_factory):
         write_hls(two, root / f"{name}_renditions", fmp4=fmp4, renditions=True)
         (root / f"master_{name}.m3u8").write_text(MASTER.format(form=f"{name}_renditions"))
     (root / "master_inside.m3u8").write_text(MASTER_INSIDE)
+    (root / "master_unnamed.m3u8").write_text(MASTER_UNNAMED)
+    # A single file with bytes after its last listed range (a trailer the playlist leaves out).
+    (root / "ts_tail").mkdir()
+    (root / "ts_tail" / "index.m3u8").write_text((root / "ts_single" / "index.m3u8").read_text())
+    (root / "ts_tail" / "index.ts").write_bytes((root / "ts_single" / "index.ts").read_bytes()
+                                                + b"\x47" + bytes(187) * 3)  # fmt: skip
     with media_server(root) as base:
         yield base, root
 
@@ -151,6 +174,45 @@ def test_a_master_playlist_gives_its_best_variant_with_every_audio_rendition(sit
     for joined, source in (("audio1", "audio2"), ("audio2", "audio1")):  # in step (to 1 ms)
         assert got[joined] == pytest.approx(want[source], abs=0.0015)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]  # the audio's files went
+
+
+def test_audio_in_the_variants_segments_that_no_rendition_names_is_left_out(site, tmp_path):
+    base, root = site
+    dest = fetched(f"{base}/master_unnamed.m3u8", tmp_path / "input")
+    assert audio_tags(dest) == [("zxx", "Tone")]  # as a player plays it
+    _, tone = audio_packets(root / "two.mp4")
+    assert audio_packets(dest) == [tone]
+
+
+def test_byte_ranges_are_read_up_to_the_end_of_the_last(site, tmp_path):
+    base, root = site
+    dest = fetch(f"{base}/ts_tail/index.m3u8", tmp_path / "input", POLICY)
+    assert dest.read_bytes() == (root / "ts_single" / "index.ts").read_bytes()  # no trailer
+
+
+def test_a_stopped_join_leaves_the_input_as_it_was(site, tmp_path):
+    base, _ = site
+    dest = fetch(f"{base}/master_ts.m3u8", tmp_path / "input", POLICY)
+    before = dest.read_bytes()
+    stop = threading.Event()
+    stop.set()  # (its job was cancelled)
+    with pytest.raises(ListingError, match="the join was stopped"):
+        join_apart(dest, dest, stop)
+    assert dest.read_bytes() == before and has_audio_apart(dest)
+    assert ".input.joining" not in [p.name for p in tmp_path.iterdir()]
+    # Not a fetched input (a local file beside which such files lie): never joined.
+    local = tmp_path / "local"
+    local.mkdir()
+    for path in tmp_path.glob("*input*"):
+        (local / path.name).write_bytes(path.read_bytes())
+    plan_for(PlanRequest(local / "input", 1.0, timed_copy=tmp_path / "copy"))
+    assert has_audio_apart(local / "input") and not (tmp_path / "copy").exists()
+    # A join cut short after its result was in place is not made again.
+    plan_for(PlanRequest(dest, 1.0, timed_copy=dest))
+    joined = dest.read_bytes()
+    (tmp_path / ".input.apart.json").write_text((local / ".input.apart.json").read_text())
+    plan_for(PlanRequest(dest, 1.0, timed_copy=dest))
+    assert dest.read_bytes() == joined and not has_audio_apart(dest)
 
 
 def test_the_audio_in_the_variants_own_segments_is_kept_first(site, tmp_path):
@@ -272,7 +334,7 @@ def test_playlists_parse_as_the_rfc_writes_them():
     url = "http://h.example/x/f.mp4"
     assert media.maps == (Part(url, (100, 0)),)
     assert media.segments == (Part(url, (400, 100)), Part(url, (300, 500)))
-    assert media.parts("media") == (url,)  # one file holds every range: read whole
+    assert media.parts("media") == Listed((url,), end=800)  # the file, up to the last range
     with pytest.raises(ListingError, match="does not start with #EXTM3U"):
         parse_playlist("<html>", "http://h.example/")
 
@@ -317,14 +379,12 @@ def test_a_dash_manifest_is_read_as_the_standard_writes_it():
     listing = dash_listing(MPD, "https://site.example/watch/manifest.mpd")
     cdn = "https://cdn.example/title/"
     # The most pixels, then the highest bandwidth; 9.5 s in segments of 4 s: 3, from 0.
-    assert listing.video == (f"{cdn}v720/init.mp4", f"{cdn}v720/000.m4s", f"{cdn}v720/001.m4s",
-                             f"{cdn}v720/002.m4s")  # fmt: skip
+    assert listing.video == Listed((f"{cdn}v720/init.mp4", f"{cdn}v720/000.m4s",
+                                    f"{cdn}v720/001.m4s", f"{cdn}v720/002.m4s"))  # fmt: skip
     # Each audio adaptation set's best representation, the main one first; text left out.
-    assert listing.audio == (
-        ListedAudio((f"{cdn}fr/i.mp4", f"{cdn}fr/5.m4s", f"{cdn}fr/45.m4s", f"{cdn}fr/85.m4s"),
-                    "Français", "fr"),
-        ListedAudio((f"{cdn}en-128.mp4",), "en", "en"),
-    )  # fmt: skip
+    french = (f"{cdn}fr/i.mp4", f"{cdn}fr/5.m4s", f"{cdn}fr/45.m4s", f"{cdn}fr/85.m4s")
+    assert listing.audio == (ListedAudio(Listed(french), "Français", "fr"),
+                             ListedAudio(Listed((f"{cdn}en-128.mp4",)), "en", "en"))  # fmt: skip
     assert isinstance(listing, Listing)
 
 
@@ -383,3 +443,60 @@ def test_the_service_reads_a_listing_from_a_url_only(site, tmp_path):
         fetch(f"file://{root / 'master_ts.m3u8'}", tmp_path / "input", local)
     with pytest.raises(FetchError, match="a DASH manifest is read from an http"):
         fetch(str(root / "dash_single" / "manifest.mpd"), tmp_path / "input", local)
+
+
+class _Unsized(http.server.SimpleHTTPRequestHandler):
+    """``/master.m3u8`` names ``/endless.m3u8``: a playlist sent without a length, past 4 MiB
+    (``sent`` counts its bytes)."""
+
+    sent = 0
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()  # no length: the body ends when the connection does
+        if self.path == "/master.m3u8":
+            self.wfile.write(b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nendless.m3u8\n")
+            return
+        try:
+            self.wfile.write(b"#EXTM3U\n")
+            for _ in range(64):  # 8 MiB at most
+                self.wfile.write(b"#" * (1 << 17) + b"\n")
+                type(self).sent += (1 << 17) + 1
+        except OSError:
+            pass  # the client stopped reading
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_playlist_without_a_length_is_cut_off_as_it_passes_the_limit(tmp_path):
+    with serve_directory(tmp_path, _Unsized) as base, pytest.raises(FetchError) as caught:
+        fetch(f"{base}/master.m3u8", tmp_path / "input", POLICY)
+    assert "a playlist or manifest is over the limit of 4194304 bytes" in str(caught.value)
+    assert _Unsized.sent < 6 * 2**20  # not read to its end (8 MiB)
+
+
+def test_the_cli_refuses_a_local_listing_that_names_its_output(site, weights_path, tmp_path):
+    _, root = site
+    folder = tmp_path / "title"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes((root / "clip.mp4").read_bytes())
+    manifest = folder / "manifest.mpd"
+    manifest.write_text(
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static"><Period><AdaptationSet '
+        'contentType="video"><Representation id="v" bandwidth="1"><BaseURL>clip.mp4</BaseURL>'
+        "</Representation></AdaptationSet></Period></MPD>"
+    )
+    before = (folder / "clip.mp4").read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "carn_stream.cli", "upscale", str(manifest),
+         str(folder / "clip.mp4"), "--scale", "2", "--overwrite", "--precision", "fp32",
+         "--weights", str(weights_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        f"{manifest}: it names {folder / 'clip.mp4'}, which its output would replace; choose "
+        "another output"
+    ), result.stderr
+    assert (folder / "clip.mp4").read_bytes() == before

@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from carn_stream.pipeline.media.decode import describe, open_input
 from carn_stream.pipeline.media.elementary import copy_with_times, is_raw_stream
 from carn_stream.pipeline.media.listing import has_audio_apart, join_apart
 from carn_stream.pipeline.media.remux import RemuxTask, remux_segment
@@ -141,11 +142,14 @@ def plan_for(request: PlanRequest, stop: threading.Event | None = None) -> Segme
     """The plan a request asks for (what every executor runs, wherever it runs); ``stop``
     ends a raw stream's copy early (its caller has given up)."""
     source = request.source
-    if request.timed_copy is not None and has_audio_apart(source):
-        # (an HLS or DASH input's video and its audio delivered apart: joined here first,
-        # in the worker, as the first reading of what was fetched)
+    if source == request.timed_copy and has_audio_apart(source):
+        # (an HLS or DASH input's video and its audio delivered apart, as fetched: joined here,
+        # where inputs are first read, once the video's header is within the limits)
+        if request.limits is not None:
+            with open_input(source) as container:
+                info = describe(container)
+            request.limits.check(info.width, info.height, info.duration)
         join_apart(source, request.timed_copy, stop)
-        source = request.timed_copy
     elif request.timed_copy is not None and is_raw_stream(source):
         copy_with_times(source, request.timed_copy, request.limits, request.raw_rate, stop)
         source = request.timed_copy

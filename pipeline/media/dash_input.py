@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from carn_stream.pipeline.media.listing import (
     MAX_SEGMENTS,
+    Listed,
     ListedAudio,
     Listing,
     ListingError,
@@ -62,7 +63,7 @@ class Representation:
     bandwidth: int
     width: int
     height: int
-    parts: tuple[str, ...]
+    parts: Listed
     language: str | None = None
     name: str = ""
     main: bool = False  #: its adaptation set has the role "main"
@@ -87,7 +88,7 @@ def dash_listing(text: str, url: str) -> Listing:
         if r.protected:
             raise ListingError(f"the manifest's representation {r.id!r} is protected (DRM); "
                                "protected content is not read")  # fmt: skip
-    listed = tuple(ListedAudio(r.parts, r.name or r.language or r.id, r.language) for r in chosen)
+    listed = tuple(ListedAudio(r.parts, r.name or r.language or "", r.language) for r in chosen)
     return Listing(video.parts, listed)
 
 
@@ -123,7 +124,7 @@ def parse_manifest(text: str, url: str) -> Iterator[Representation]:
                 width=whole_number(rep.get("width") or adaptation.get("width")),
                 height=whole_number(rep.get("height") or adaptation.get("height")),
                 parts=_parts(adaptation, rep, _base(set_base, rep), duration)
-                if kind in ("video", "audio") else (),
+                if kind in ("video", "audio") else Listed(()),
                 language=adaptation.get("lang") or rep.get("lang"),
                 name=labels[0].strip() if labels else "",
                 main="main" in roles,
@@ -163,7 +164,7 @@ def _parts(
     rep: ElementTree.Element,
     base: str,
     duration: float | None,
-) -> tuple[str, ...]:
+) -> Listed:
     """The representation's files in order (see the module's docstring)."""
     templates = [*_children(adaptation, "SegmentTemplate"), *_children(rep, "SegmentTemplate")]
     if templates:
@@ -173,10 +174,11 @@ def _parts(
     elif lists := _children(rep, "SegmentList") or _children(adaptation, "SegmentList"):
         parts = _segment_list(lists[0], base)
     else:
-        return (base,)  # SegmentBase or none: the file at its BaseURL is the whole stream
-    if len(parts) > MAX_SEGMENTS + 1:
-        raise ListingError(f"the manifest lists {len(parts) - 1} segments for representation "
-                           f"{rep.get('id')!r}, over the limit of {MAX_SEGMENTS}")  # fmt: skip
+        return Listed((base,))  # SegmentBase or none: the file at its BaseURL is the stream
+    if len(parts.parts) > MAX_SEGMENTS + 1:
+        raise ListingError(f"the manifest lists {len(parts.parts) - 1} segments for "
+                           f"representation {rep.get('id')!r}, over the limit of "
+                           f"{MAX_SEGMENTS}")  # fmt: skip
     return parts
 
 
@@ -186,7 +188,7 @@ def _template(
     rep: ElementTree.Element,
     base: str,
     duration: float | None,
-) -> tuple[str, ...]:
+) -> Listed:
     media = attributes.get("media")
     if not media:
         raise ListingError("the manifest has a SegmentTemplate without media")
@@ -211,7 +213,7 @@ def _template(
     for number, time in enumerate(times, start):
         filled = _fill(media, {**values, "Number": str(number), "Time": str(time)})
         parts.append(absolute(filled, base))
-    return tuple(parts)
+    return Listed(tuple(parts))
 
 
 def _timeline(timeline: ElementTree.Element, timescale: int, duration: float | None):
@@ -254,7 +256,7 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return _IDENTIFIER.sub(one, template)
 
 
-def _segment_list(segment_list: ElementTree.Element, base: str) -> tuple[str, ...]:
+def _segment_list(segment_list: ElementTree.Element, base: str) -> Listed:
     initialization = _children(segment_list, "Initialization")
     urls = _children(segment_list, "SegmentURL")
     files = [u.get("media") or "" for u in urls]
@@ -266,9 +268,10 @@ def _segment_list(segment_list: ElementTree.Element, base: str) -> tuple[str, ..
         if len(set(files)) > 1:
             raise ListingError("the manifest lists byte ranges of several files; only byte "
                                "ranges of one file are read")  # fmt: skip
-        check_contiguous([_span(r) for r in ranges], "the manifest")
-        return (absolute(files[0], base),)  # the ranges are the file from its start: read it
-    return tuple(absolute(f, base) for f in files)
+        spans = [_span(r) for r in ranges]
+        check_contiguous(spans, "the manifest")
+        return Listed((absolute(files[0], base),), end=sum(spans[-1]))  # (read up to there)
+    return Listed(tuple(absolute(f, base) for f in files))
 
 
 def _span(byte_range: str | None) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from carn_stream.pipeline.media.listing import (
     MAX_AUDIO_APART,
     MAX_SEGMENTS,
+    Listed,
     ListedAudio,
     Listing,
     ListingError,
@@ -91,16 +92,14 @@ class MasterPlaylist:
         return max(pictures, key=lambda v: (v.width * v.height, v.bandwidth))
 
     def audio_of(self, variant: Variant) -> list[AudioRendition]:
-        """The audio renditions of ``variant``'s group that have playlists of their own, the
-        default first (none: its audio, if any, is in its own segments)."""
-        group = [a for a in self.audio if a.group == variant.audio_group and a.uri]
-        return sorted(group, key=lambda a: not a.default)
-
-    def inside_of(self, variant: Variant) -> AudioRendition | None:
-        """The rendition of ``variant``'s group without a playlist: the audio its own
-        segments carry (RFC 8216, 4.3.4.2.1), the default if several say so."""
-        group = [a for a in self.audio if a.group == variant.audio_group and not a.uri]
-        return min(group, key=lambda a: not a.default, default=None)
+        """The audio renditions of ``variant``'s group, the default first: those with playlists
+        of their own, and the one without (the audio its own segments carry, RFC 8216
+        4.3.4.2.1; the default if several are). None with a playlist: its audio, if any, is in
+        its own segments, as it is."""
+        group = [a for a in self.audio if a.group == variant.audio_group]
+        inside = min((a for a in group if not a.uri), key=lambda a: not a.default, default=None)
+        chosen = [a for a in group if a.uri or a is inside]
+        return sorted(chosen, key=lambda a: not a.default)
 
 
 @dataclass(frozen=True)
@@ -120,10 +119,10 @@ class MediaPlaylist:
     discontinuities: int = 0
     duration: float = 0.0
 
-    def parts(self, what: str) -> tuple[str, ...]:
+    def parts(self, what: str) -> Listed:
         """The files whose bytes, in order, are the whole stream: the initialization section
-        (if any) then every segment, or the one file all of them are byte ranges of.
-        ``what`` names the stream in refusals."""
+        (if any) then every segment, or the one file all of them are byte ranges of, up to the
+        end of the last. ``what`` names the stream in refusals."""
         self.check(what)
         ranged = [p for p in (*self.maps, *self.segments) if p.byte_range is not None]
         if ranged:
@@ -134,8 +133,8 @@ class MediaPlaylist:
             spans = [(p.byte_range[1], p.byte_range[0]) if p.byte_range else (0, -1)
                      for p in (*self.maps[:1], *self.segments)]  # fmt: skip
             check_contiguous(spans, f"the {what} playlist")
-            return (next(iter(files)),)  # the ranges are the file from its start: read it
-        return tuple(p.uri for p in (*self.maps[:1], *self.segments))
+            return Listed((next(iter(files)),), end=sum(spans[-1]))
+        return Listed(tuple(p.uri for p in (*self.maps[:1], *self.segments)))
 
     def check(self, what: str) -> None:
         """Refuse what cannot be joined by concatenation, saying why."""
@@ -274,21 +273,23 @@ def hls_listing(text: str, url: str, read: ReadText) -> Listing:
         return Listing(parsed.parts("media"))
     variant = parsed.best()
     renditions = parsed.audio_of(variant)
-    if len(renditions) > MAX_AUDIO_APART:  # (before any of them is read)
-        raise ListingError(f"the variant's group has {len(renditions)} audio renditions, over "
-                           f"the limit of {MAX_AUDIO_APART}")  # fmt: skip
+    apart = sum(1 for r in renditions if r.uri)
+    if apart > MAX_AUDIO_APART:  # (before any of them is read)
+        raise ListingError(f"the variant's group has {apart} audio renditions, over the limit "
+                           f"of {MAX_AUDIO_APART}")  # fmt: skip
     video = _read_media(variant.uri, read).parts("variant's")
     audio = []
     for number, rendition in enumerate(renditions):
-        assert rendition.uri is not None  # (audio_of: those with playlists)
+        if rendition.uri is None:  # in the variant's own segments
+            audio.append(ListedAudio(None, rendition.name, rendition.language))
+            continue
         what = f"audio rendition {rendition.name or number}'s"
-        parts = _read_media(rendition.uri, read).parts(what)
-        if any(packed_audio(p) for p in parts):
+        listed = _read_media(rendition.uri, read).parts(what)
+        if any(packed_audio(p) for p in listed.parts):
             raise ListingError(f"the {what} segments are packed audio (raw ADTS, AC-3 or MP3), "
                                "which is not read")  # fmt: skip
-        audio.append(ListedAudio(parts, rendition.name, rendition.language))
-    inside = parsed.inside_of(variant)
-    return Listing(video, tuple(audio), (inside.name, inside.language) if inside else None)
+        audio.append(ListedAudio(listed, rendition.name, rendition.language))
+    return Listing(video, tuple(audio))
 
 
 def _read_media(uri: str, read: ReadText) -> MediaPlaylist:

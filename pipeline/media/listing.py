@@ -5,7 +5,6 @@ and its fragments; one whole file)."""
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import threading
@@ -35,28 +34,43 @@ class ListingError(InputError):
 
 
 @dataclass(frozen=True)
-class ListedAudio:
-    """An audio stream delivered apart from the video: its parts, and what it is called."""
+class Listed:
+    """One stream's parts (URLs, in order), and where its bytes end when the parts are byte
+    ranges of one file read whole (None: its parts end where they end)."""
 
     parts: tuple[str, ...]
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class ListedAudio:
+    """An audio stream of a listing: delivered apart (``stream``), or carried in the video's
+    own parts (``stream`` None); and what the listing calls it."""
+
+    stream: Listed | None
     name: str = ""
     language: str | None = None
 
 
 @dataclass(frozen=True)
 class Listing:
-    """What to fetch: the video's parts (URLs, in order), and each audio stream delivered apart
-    (the default first); none: the video's parts carry the audio, if any. ``inside``: what
-    the listing calls the audio the video's own parts carry (name, language), if it names it."""
+    """What to fetch: the video, and its audio streams as the listing orders them (the default
+    first). Where none is delivered apart, the video's own parts carry the audio, if any, as
+    they are; else the audio is what ``audio`` lists (the video's own audio only where an entry
+    says so)."""
 
-    video: tuple[str, ...]
+    video: Listed
     audio: tuple[ListedAudio, ...] = ()
-    inside: tuple[str, str | None] | None = None
 
     def __post_init__(self) -> None:
-        if len(self.audio) > MAX_AUDIO_APART:
-            raise ListingError(f"it delivers {len(self.audio)} audio streams apart from the "
+        if len(self.apart) > MAX_AUDIO_APART:
+            raise ListingError(f"it delivers {len(self.apart)} audio streams apart from the "
                                f"video, over the limit of {MAX_AUDIO_APART}")  # fmt: skip
+
+    @property
+    def apart(self) -> list[ListedAudio]:
+        """The audio streams delivered apart from the video."""
+        return [a for a in self.audio if a.stream is not None]
 
 
 def absolute(uri: str, url: str) -> str:
@@ -85,46 +99,55 @@ def whole_number(text: str | None) -> int:
 
 @dataclass(frozen=True)
 class AudioFile:
-    """An audio stream's joined parts, and what its listing calls it."""
+    """An audio stream to join: its file (None: the video file's own first audio stream), and
+    what its listing calls it."""
 
-    path: Path
+    path: Path | None
     name: str = ""
     language: str | None = None
 
 
-#: Where the audio delivered apart from ``source``'s video waits to be joined with it, and
-#: what it is called: beside it, until :func:`join_apart` (in the worker that plans the input).
 def _apart_record(source: Path) -> Path:
+    """Where what is kept beside ``source`` to be joined with it is described."""
     return source.with_name(f".{source.name}.apart.json")
 
 
-def save_apart(source: Path, audio: list[AudioFile], inside: tuple[str, str | None] | None):
-    """Keep ``audio`` beside ``source`` (moved there) to be joined with it by
-    :func:`join_apart`; ``inside``: what the listing calls the audio in the video's own parts."""
-    kept = []
+def _apart_file(source: Path, number: int) -> Path:
+    return source.with_name(f".{source.name}.audio{number}")
+
+
+def joining_name(target: Path) -> Path:
+    """Where :func:`join_apart` writes ``target`` until it is whole."""
+    return target.with_name(f".{target.name}.joining")
+
+
+def save_apart(source: Path, audio: list[AudioFile], video_bytes: int) -> None:
+    """Keep ``audio`` (its files moved there) beside ``source``, the video of ``video_bytes``
+    bytes, to be joined with it by :func:`join_apart`, in this order. Call before ``source``
+    itself is in place."""
+    remove_apart(source)
+    entries = [{"file": None if a.path is None else _apart_file(source, n).name,
+                "name": a.name, "language": a.language} for n, a in enumerate(audio)]  # fmt: skip
+    record = _apart_record(source)
+    partial = record.with_name(record.name + ".part")
+    partial.write_text(json.dumps({"audio": entries, "video_bytes": video_bytes}))
+    partial.replace(record)
     for number, stream in enumerate(audio):
-        path = source.with_name(f".{source.name}.audio{number}")
-        stream.path.replace(path)
-        kept.append({"file": path.name, "name": stream.name, "language": stream.language})
-    record = {"inside": list(inside) if inside else None, "audio": kept}
-    _apart_record(source).write_text(json.dumps(record))
+        if stream.path is not None:
+            stream.path.replace(_apart_file(source, number))
 
 
 def remove_apart(source: Path) -> None:
-    """Remove the audio kept beside ``source`` to be joined with it, if any."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        for stream in json.loads(_apart_record(source).read_text())["audio"]:
-            source.with_name(stream["file"]).unlink(missing_ok=True)
+    """Remove what is kept beside ``source`` to be joined with it, if anything."""
+    for path in source.parent.glob(f".{source.name}.audio*"):
+        path.unlink(missing_ok=True)
     _apart_record(source).unlink(missing_ok=True)
 
 
 def joined_bytes(source: Path) -> int:
     """About what joining ``source`` with the audio kept beside it writes: all their bytes."""
-    total = source.stat().st_size
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        for stream in json.loads(_apart_record(source).read_text())["audio"]:
-            total += source.with_name(stream["file"]).stat().st_size
-    return total
+    files = [source, *source.parent.glob(f".{source.name}.audio*")]
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 def has_audio_apart(source: Path) -> bool:
@@ -134,19 +157,29 @@ def has_audio_apart(source: Path) -> bool:
 
 def join_apart(source: Path, target: Path, stop: threading.Event | None = None) -> None:
     """``source``'s video joined with the audio kept beside it (:func:`save_apart`) into
-    ``target`` (which may be ``source``; replaced once whole); the audio's files go."""
-    record_path = _apart_record(source)
+    ``target`` (which may be ``source``; replaced once whole); what was kept beside it goes.
+    ``stop`` (set by a caller that has given up) ends it early, ``target`` untouched. A full
+    disk is an ``OSError`` (ENOSPC); anything FFmpeg cannot read or write, a
+    :class:`ListingError`."""
     try:
-        record = json.loads(record_path.read_text())
-        audio = [AudioFile(source.with_name(a["file"]), a["name"], a["language"])
-                 for a in record["audio"]]  # fmt: skip
-        inside = tuple(record["inside"]) if record["inside"] else None
+        record = json.loads(_apart_record(source).read_text())
+        audio = [AudioFile(None if e["file"] is None else source.with_name(e["file"]),
+                           e["name"], e["language"]) for e in record["audio"]]  # fmt: skip
+        video_bytes = int(record["video_bytes"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ListingError(f"the audio delivered apart cannot be found ({exc})") from exc
-    partial = target.with_name(f".{target.name}.joining")
+    if source.stat().st_size != video_bytes:  # joined already (stopped before it tidied up)
+        remove_apart(source)
+        return
+    if any(a.path is not None and not a.path.is_file() for a in audio):
+        raise ListingError("the audio delivered apart is gone (the input was fetched again?)")
+    partial = joining_name(target)
     try:
-        join_renditions(source, audio, partial, inside, stop)
+        join_renditions(source, audio, partial, stop)
+        _check_stop(stop)
         partial.replace(target)
+    except av.FFmpegError as exc:
+        raise ListingError(f"its parts could not be joined ({ffmpeg_reason(exc)})") from exc
     finally:
         partial.unlink(missing_ok=True)
     remove_apart(source)
@@ -156,53 +189,57 @@ def join_apart(source: Path, target: Path, stop: threading.Event | None = None) 
 STOP_CHECK_PACKETS = 256
 
 
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise ListingError("the join was stopped: its request was cancelled")
+
+
 def join_renditions(
-    video: Path,
-    audio: list[AudioFile],
-    target: Path,
-    inside: tuple[str, str | None] | None = None,
-    stop: threading.Event | None = None,
+    video: Path, audio: list[AudioFile], target: Path, stop: threading.Event | None = None
 ) -> None:
-    """One Matroska file of ``video``'s first video stream and its own audio streams (the first
-    named and tagged as ``inside`` says), then each audio file's first audio stream (named and
-    tagged with its language as the listing says), every packet copied, interleaved by time.
-    The streams of one listing count time on one clock, so they stay in sync as they are.
-    ``stop`` (set by a caller that has given up) ends the join early."""
+    """One Matroska file of ``video``'s first video stream and ``audio`` in its order: each
+    file's first audio stream, or (path None) the video file's own first audio stream (left
+    out where it has none), named and tagged with its language as the listing says; every
+    packet copied, interleaved by time. The streams of one listing count time on one clock, so
+    they stay in sync as they are. ``stop`` (set by a caller that has given up) ends the join
+    early."""
     try:
         inputs = [open_input(video)]
     except InputError as exc:
         raise ListingError(str(exc).replace(f"{video}: ", "the video it lists: ")) from exc
     try:
-        inputs.extend(_open_audio(a) for a in audio)
+        apart = [a for a in audio if a.path is not None]
+        inputs.extend(_open_audio(a) for a in apart)
+        opened = dict(zip((id(a) for a in apart), inputs[1:], strict=True))
+        own = inputs[0].streams.audio[0] if inputs[0].streams.audio else None
+        sources = [(0, main_video(inputs[0]), None)]  # (input, stream, listed as)
+        for rendition in audio:
+            if rendition.path is None:
+                if own is not None:
+                    sources.append((0, own, rendition))
+                continue
+            container = opened[id(rendition)]
+            if not container.streams.audio:
+                raise ListingError(f"the audio stream {rendition.name!r} holds no audio")
+            sources.append((inputs.index(container), container.streams.audio[0], rendition))
         with av.open(str(target), "w", format="matroska") as out:
-            picture = main_video(inputs[0])
-            sources = [picture, *inputs[0].streams.audio]
-            own = len(inputs[0].streams.audio)
-            tags = [None, *([inside] + [None] * (own - 1) if own else [])]
-            outputs = [out.add_stream_from_template(s) for s in sources]
-            for container, rendition in zip(inputs[1:], audio, strict=True):
-                if not container.streams.audio:
-                    raise ListingError(f"the audio stream {rendition.name!r} holds no audio")
-                sources.append(container.streams.audio[0])
-                outputs.append(out.add_stream_from_template(container.streams.audio[0]))
-                tags.append((rendition.name, rendition.language))
-            for stream, tag in zip(outputs, tags, strict=False):
-                name, language = tag or ("", None)
-                if language:
-                    stream.metadata["language"] = language
-                if name:
-                    stream.metadata["title"] = name
+            outputs = []
+            for _, stream, rendition in sources:
+                made = out.add_stream_from_template(stream)
+                if rendition is not None and rendition.language:
+                    made.metadata["language"] = rendition.language
+                if rendition is not None and rendition.name:
+                    made.metadata["title"] = rendition.name
+                outputs.append(made)
+            places = {(n, stream.index): i for i, (n, stream, _) in enumerate(sources)}
             # One reading of each file (its streams in its own order), merged by time.
-            owners = [0] * (1 + own) + list(range(1, len(inputs)))
-            places = {(owner, source.index): n
-                      for n, (owner, source) in enumerate(zip(owners, sources, strict=True))}
             merged = heapq.merge(*(
-                _timed(container, [s for o, s in zip(owners, sources, strict=True) if o == n], n)
+                _timed(container, [s for m, s, _ in sources if m == n], n)
                 for n, container in enumerate(inputs)
             ))  # fmt: skip
             for count, (_, number, _, packet) in enumerate(merged):
-                if stop is not None and count % STOP_CHECK_PACKETS == 0 and stop.is_set():
-                    raise ListingError("the join was stopped: its request was cancelled")
+                if count % STOP_CHECK_PACKETS == 0:
+                    _check_stop(stop)
                 packet.stream = outputs[places[number, packet.stream.index]]
                 out.mux(packet)
     finally:

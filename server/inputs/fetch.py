@@ -286,6 +286,7 @@ def fetch(
     try:
         # (under another name until it is known to be the input: a playlist never is)
         first = dest.with_name(f".{dest.name}.first")
+        remove_apart(dest)  # (an earlier attempt's audio apart is not this input's)
         try:
             final = _fetch(url, first, policy, watchdog)
             with open(first, "rb") as file:

@@ -12,6 +12,7 @@ first opened, in the worker that plans them
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.parse
 import urllib.request
@@ -23,6 +24,7 @@ from carn_stream.pipeline.media.hls_input import hls_listing, is_playlist
 from carn_stream.pipeline.media.listing import (
     MAX_LISTING_BYTES,
     AudioFile,
+    Listed,
     Listing,
     ListingError,
     has_audio_apart,
@@ -83,15 +85,20 @@ def fetch_listed(
 def _fetch_parts(
     listed: Listing, work: Path, download: Download, dest: Path, schemes: tuple[str, ...]
 ) -> None:
+    for stream in (listed.video, *(a.stream for a in listed.apart)):
+        for part in stream.parts:  # (all checked before any is fetched)
+            _check_scheme(part, schemes)
     audio = []
-    for number, stream in enumerate(listed.audio):
-        path = work / f"audio{number}"
-        _concatenate(stream.parts, path, work, download, schemes)
-        audio.append(AudioFile(path, stream.name, stream.language))
+    for number, entry in enumerate(listed.audio):
+        path = None
+        if entry.stream is not None:
+            path = work / f"audio{number}"
+            _concatenate(entry.stream, path, work, download)
+        audio.append(AudioFile(path, entry.name, entry.language))
     video = work / "video"
-    _concatenate(listed.video, video, work, download, schemes)
-    if audio:  # beside the input before the input is there: a crash between leaves no input
-        save_apart(dest, audio, listed.inside)
+    _concatenate(listed.video, video, work, download)
+    if listed.apart:  # beside the input before the input is there: a crash between leaves none
+        save_apart(dest, audio, video.stat().st_size)
     video.replace(dest)
 
 
@@ -113,34 +120,41 @@ def _check_scheme(uri: str, schemes: tuple[str, ...]) -> None:
                            "followed")  # fmt: skip
 
 
-def _concatenate(
-    parts: tuple[str, ...], target: Path, work: Path, download: Download, schemes: tuple[str, ...]
-) -> None:
-    """The parts' bytes, one after the other, in ``target``."""
-    for part in parts:  # (all checked before any is fetched)
-        _check_scheme(part, schemes)
+def _concatenate(stream: Listed, target: Path, work: Path, download: Download) -> None:
+    """The stream's parts' bytes, one after the other, in ``target`` (up to its end, where the
+    listing gives one)."""
     part_file = work / "part"
     with open(target, "wb") as out:
-        for part in parts:
+        for part in stream.parts:
             download(part, part_file)
             with open(part_file, "rb") as data:
                 shutil.copyfileobj(data, out, 1 << 20)
             part_file.unlink()
+        if stream.end is not None:
+            if out.tell() < stream.end:
+                raise ListingError(f"{stream.parts[0]} is shorter ({out.tell()} bytes) than the "
+                                   f"byte ranges listed in it ({stream.end})")  # fmt: skip
+            out.truncate(stream.end)
 
 
-def join_local_listing(listing: Path, dest: Path) -> None:
+def join_local_listing(listing: Path, dest: Path, keep: Path | None = None) -> None:
     """What a local playlist or manifest lists (``file:`` URIs only: files beside it, or
-    anywhere its reader may read), joined into ``dest``."""
+    anywhere its reader may read), joined into ``dest``. A listing that names ``keep`` (an
+    output that will replace that file) is refused."""
 
     def copy(uri: str, target: Path, limit: int | None = None) -> str:
         source = Path(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path))
         if not source.is_file():
             raise ListingError(f"it names {source}, which is not a file")
+        if keep is not None and keep.is_file() and os.path.samefile(source, keep):
+            raise ListingError(f"it names {keep}, which its output would replace; choose "
+                               "another output")  # fmt: skip
         if limit is not None and source.stat().st_size > limit:
             raise ListingError(f"{source} is over the limit of {limit} bytes for a playlist")
         shutil.copyfile(source, target)
         return uri
 
     fetch_listed(listing, listing.resolve().as_uri(), copy, dest, schemes=("file",))
+    # (the CLI plans in the worker too, but a local listing is its user's own: joined here)
     if has_audio_apart(dest):
         join_apart(dest, dest)
