@@ -587,6 +587,29 @@ def test_a_videos_audio_streams_are_audio_renditions_made_on_request(
     assert plain["audio"] == []
 
 
+def test_a_video_from_an_hls_master_offers_its_audio_renditions(server, base, media):
+    """An HLS input's audio delivered apart is joined with its video when the video is
+    ingested (in the worker, where it is planned): the video offers each as it is named."""
+    from tests.media import with_second_audio, write_hls
+
+    source = with_second_audio(media / "clip.mp4", media / "two_for_hls.mp4", FRAMES / 25)
+    write_hls(source, media / "two_hls", renditions=True)
+    (media / "two_master.m3u8").write_text(
+        "#EXTM3U\n"
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="English",LANGUAGE="eng",URI="two_hls/audio0.m3u8"\n'
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="Deutsch",LANGUAGE="deu",DEFAULT=YES,'
+        'URI="two_hls/audio1.m3u8"\n'
+        '#EXT-X-STREAM-INF:BANDWIDTH=1000,RESOLUTION=96x54,AUDIO="a"\ntwo_hls/video.m3u8\n'
+    )  # fmt: skip
+    response = server.call("POST", "/videos", {"url": f"{base}/two_master.m3u8"})
+    assert response.status == 201, response.body
+    video = response.json()
+    assert [(a["name"], a["language"], a["default"]) for a in video["audio"]] == [
+        ("Deutsch", "de", True), ("English", "en", False)]  # fmt: skip
+    assert video["frames"] == FRAMES
+    assert server.call("DELETE", f"/videos/{video['id']}").status == 204
+
+
 def test_a_videos_audio_renditions_are_recorded_with_it(media, tmp_path):
     """Deciding them reads all of the input's audio. They are decided at ingest, or for a video
     from before they were recorded when first needed, and kept with the video: a restart does
