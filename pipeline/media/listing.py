@@ -5,6 +5,7 @@ and its fragments; one whole file)."""
 
 from __future__ import annotations
 
+import errno
 import heapq
 import json
 import threading
@@ -172,13 +173,15 @@ def join_apart(source: Path, target: Path, stop: threading.Event | None = None) 
         remove_apart(source)
         return
     if any(a.path is not None and not a.path.is_file() for a in audio):
-        raise ListingError("the audio delivered apart is gone (the input was fetched again?)")
+        raise ListingError("the audio delivered apart from the video is missing")
     partial = joining_name(target)
     try:
         join_renditions(source, audio, partial, stop)
         _check_stop(stop)
         partial.replace(target)
     except av.FFmpegError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, "no space left on the disk to join the input") from exc
         raise ListingError(f"its parts could not be joined ({ffmpeg_reason(exc)})") from exc
     finally:
         partial.unlink(missing_ok=True)
