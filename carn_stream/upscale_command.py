@@ -319,6 +319,7 @@ async def _plan(args, item: Item, seconds: float, executor) -> None:
     from carn_stream.pipeline.execution.executors import PlanRequest
     from carn_stream.pipeline.execution.workdir import WorkDir
     from carn_stream.pipeline.media.elementary import copy_with_times
+    from carn_stream.server.inputs.listed_fetch import LISTING_NAMES
 
     folder = WorkDir(item.work)
     if item.resumed is not None:
@@ -348,9 +349,8 @@ async def _plan(args, item: Item, seconds: float, executor) -> None:
     try:
         if item.listed:
             await asyncio.to_thread(folder.path.mkdir, parents=True, exist_ok=True)
-            what = "an HLS playlist" if item.listed == "HLS" else "a DASH manifest"
-            print(f"carn-stream: {item.source.name} is {what}: joining what it lists into "
-                  f"{folder.joined_input}", file=sys.stderr)  # fmt: skip
+            print(f"carn-stream: {item.source.name} is {LISTING_NAMES[item.listed]}: joining "
+                  f"what it lists into {folder.joined_input}", file=sys.stderr)  # fmt: skip
             await asyncio.to_thread(_join_listed, item, folder.joined_input)
             source = folder.joined_input
         request = PlanRequest(source, seconds, timed_copy=timed_copy, raw_rate=args.input_fps)
@@ -373,7 +373,7 @@ def _join_listed(item: Item, dest: Path) -> None:
     from carn_stream.server.inputs.listed_fetch import join_local_listing
 
     try:
-        join_local_listing(item.source, dest, keep=item.output)
+        join_local_listing(item.listed, item.source, dest, keep=item.output)
     except InputError as exc:
         raise InputError(f"{item.source}: {exc}") from exc
 

@@ -128,7 +128,7 @@ def test_the_cli_refuses_a_live_playlist_naming_itself(tmp_path, weights_path):
     out = tmp_path / "out.mp4"
     result = subprocess.run(
         [sys.executable, "-m", "carn_stream.cli", "upscale", str(path), str(out), "--scale",
-         "2", "--weights", str(weights_path)],
+         "2", "--precision", "fp32", "--weights", str(weights_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr

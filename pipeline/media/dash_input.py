@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from carn_stream.pipeline.media.listing import (
+    AUDIO_CODEC_TAGS,
     MAX_SEGMENTS,
     Listed,
     ListedAudio,
@@ -37,7 +38,6 @@ _DURATION = re.compile(
 )
 _IDENTIFIER = re.compile(r"\$\$|\$(\w+)(?:%0(\d+)d)?\$")
 _VIDEO_CODECS = ("avc", "hvc", "hev", "av01", "vp8", "vp08", "vp9", "vp09", "dvh", "mp4v")
-_AUDIO_CODECS = ("mp4a", "ac-3", "ec-3", "ac-4", "opus", "flac", "mp3", "vorbis", "dts")
 
 
 def is_manifest(head: bytes) -> bool:
@@ -156,7 +156,7 @@ def _kind(adaptation: ElementTree.Element, rep: ElementTree.Element) -> str:
             return candidate
     if codecs.startswith(_VIDEO_CODECS):
         return "video"
-    return "audio" if codecs.startswith(_AUDIO_CODECS) else "other"  # (subtitles: other)
+    return "audio" if codecs.startswith(AUDIO_CODEC_TAGS) else "other"  # (subtitles: other)
 
 
 def _parts(

@@ -97,7 +97,8 @@ def copy_with_times(
 
 
 def partial_name(target: Path) -> Path:
-    """Where :func:`copy_with_times` writes ``target`` until it is whole."""
+    """Where :func:`copy_with_times` (and a listed input's join) writes ``target`` until it is
+    whole."""
     return target.with_name(f".{target.name}.part")
 
 

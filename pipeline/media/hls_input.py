@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carn_stream.pipeline.media.listing import (
+    AUDIO_CODEC_TAGS,
     MAX_AUDIO_APART,
     MAX_SEGMENTS,
     Listed,
@@ -64,9 +65,8 @@ class Variant:
     @property
     def audio_only(self) -> bool:
         """It names codecs, and none of them is a video codec."""
-        names = [c.strip().split(".")[0] for c in self.codecs.split(",") if c.strip()]
-        return bool(names) and all(n in {"mp4a", "ac-3", "ec-3", "opus", "flac", "mp3"}
-                                   for n in names)  # fmt: skip
+        names = [c.strip() for c in self.codecs.split(",") if c.strip()]
+        return bool(names) and all(n.lower().startswith(AUDIO_CODEC_TAGS) for n in names)
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,6 @@ class MediaPlaylist:
     ended: bool = False  #: ``#EXT-X-ENDLIST`` (or a VOD playlist type): nothing more comes
     encryption: str | None = None  #: the first ``#EXT-X-KEY`` method other than NONE
     discontinuities: int = 0
-    duration: float = 0.0
 
     def parts(self, what: str) -> Listed:
         """The files whose bytes, in order, are the whole stream: the initialization section
@@ -204,8 +203,8 @@ def _master(lines: list[str], url: str) -> MasterPlaylist:
 def _media(lines: list[str], url: str) -> MediaPlaylist:
     segments: list[Part] = []
     maps: list[Part] = []
-    ended, encryption, discontinuities, duration = False, None, 0, 0.0
-    byte_range: tuple[int, int] | None = None
+    ended, encryption, discontinuities = False, None, 0
+    byte_range: str | None = None  # the next segment's (``LENGTH[@OFFSET]``)
     next_offset: dict[str, int] = {}  # where a range without an offset starts, per file
     for line in lines[1:]:
         tag, _, value = line.partition(":")
@@ -222,37 +221,24 @@ def _media(lines: list[str], url: str) -> MediaPlaylist:
             uri = absolute(tag_attributes.get("URI", ""), url)
             ranged = tag_attributes.get("BYTERANGE")
             maps.append(Part(uri, _byte_range(ranged, uri, next_offset) if ranged else None))
-        elif tag == "#EXTINF":
-            duration += _seconds(value.partition(",")[0])
         elif tag == "#EXT-X-BYTERANGE":
-            byte_range = (whole_number(value.partition("@")[0]), -1 if "@" not in value else
-                          whole_number(value.partition("@")[2]))  # fmt: skip
+            byte_range = value
         elif not line.startswith("#"):
             uri = absolute(line, url)
-            if byte_range is not None:
-                length, offset = byte_range
-                offset = next_offset.get(uri, 0) if offset < 0 else offset
-                next_offset[uri] = offset + length
-                byte_range = (length, offset)
-            segments.append(Part(uri, byte_range))
+            segments.append(Part(uri, _byte_range(byte_range, uri, next_offset)
+                                 if byte_range else None))  # fmt: skip
             byte_range = None
-    return MediaPlaylist(tuple(segments), tuple(maps), ended, encryption, discontinuities,
-                         duration)  # fmt: skip
+    return MediaPlaylist(tuple(segments), tuple(maps), ended, encryption, discontinuities)
 
 
 def _byte_range(text: str, uri: str, next_offset: dict[str, int]) -> tuple[int, int]:
+    """``LENGTH[@OFFSET]`` of ``uri`` as (length, offset); without an offset, the range starts
+    where the file's last one ended."""
     length_text, at, offset_text = text.partition("@")
     length = whole_number(length_text)
     offset = whole_number(offset_text) if at else next_offset.get(uri, 0)
     next_offset[uri] = offset + length
     return length, offset
-
-
-def _seconds(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ListingError(f"the playlist has a malformed duration: {text!r}") from None
 
 
 def packed_audio(uri: str) -> bool:

@@ -19,6 +19,7 @@ import av
 
 from carn_stream.pipeline.errors import InputError, ffmpeg_reason
 from carn_stream.pipeline.media.decode import main_video, open_input
+from carn_stream.pipeline.media.elementary import partial_name
 from carn_stream.pipeline.media.input_formats import is_allowed, open_options
 
 #: The largest playlist or manifest read (a few hours of 2 s segments is a few hundred KB).
@@ -28,6 +29,9 @@ MAX_SEGMENTS = 20_000
 #: The most audio streams a listing may deliver apart from its video (each is fetched, and
 #: all are open at once while they are joined).
 MAX_AUDIO_APART = 16
+#: How listings' codec strings (RFC 6381) begin for audio: the codecs a listed stream is
+#: audio by.
+AUDIO_CODEC_TAGS = ("mp4a", "ac-3", "ec-3", "ac-4", "opus", "flac", "mp3", "vorbis", "dts")
 
 
 class ListingError(InputError):
@@ -117,11 +121,6 @@ def _apart_file(source: Path, number: int) -> Path:
     return source.with_name(f".{source.name}.audio{number}")
 
 
-def joining_name(target: Path) -> Path:
-    """Where :func:`join_apart` writes ``target`` until it is whole."""
-    return target.with_name(f".{target.name}.joining")
-
-
 def save_apart(source: Path, audio: list[AudioFile], video_bytes: int) -> None:
     """Keep ``audio`` (its files moved there) beside ``source``, the video of ``video_bytes``
     bytes, to be joined with it by :func:`join_apart`, in this order. Call before ``source``
@@ -174,7 +173,7 @@ def join_apart(source: Path, target: Path, stop: threading.Event | None = None) 
         return
     if any(a.path is not None and not a.path.is_file() for a in audio):
         raise ListingError("the audio delivered apart from the video is missing")
-    partial = joining_name(target)
+    partial = partial_name(target)  # (as a raw stream's timed copy is written)
     try:
         join_renditions(source, audio, partial, stop)
         _check_stop(stop)
@@ -211,20 +210,16 @@ def join_renditions(
     except InputError as exc:
         raise ListingError(str(exc).replace(f"{video}: ", "the video it lists: ")) from exc
     try:
-        apart = [a for a in audio if a.path is not None]
-        inputs.extend(_open_audio(a) for a in apart)
-        opened = dict(zip((id(a) for a in apart), inputs[1:], strict=True))
-        own = inputs[0].streams.audio[0] if inputs[0].streams.audio else None
+        own = inputs[0].streams.audio[:1]
         sources = [(0, main_video(inputs[0]), None)]  # (input, stream, listed as)
         for rendition in audio:
             if rendition.path is None:
-                if own is not None:
-                    sources.append((0, own, rendition))
+                sources += [(0, stream, rendition) for stream in own]
                 continue
-            container = opened[id(rendition)]
-            if not container.streams.audio:
+            inputs.append(_open_audio(rendition))
+            if not inputs[-1].streams.audio:
                 raise ListingError(f"the audio stream {rendition.name!r} holds no audio")
-            sources.append((inputs.index(container), container.streams.audio[0], rendition))
+            sources.append((len(inputs) - 1, inputs[-1].streams.audio[0], rendition))
         with av.open(str(target), "w", format="matroska") as out:
             outputs = []
             for _, stream, rendition in sources:

@@ -31,7 +31,12 @@ from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.media.listing import has_audio_apart, joined_bytes, remove_apart
 from carn_stream.server.disk import disk_space
 from carn_stream.server.inputs.exposure import public_url
-from carn_stream.server.inputs.listed_fetch import HEAD_BYTES, fetch_listed, listing_kind
+from carn_stream.server.inputs.listed_fetch import (
+    HEAD_BYTES,
+    LISTING_NAMES,
+    fetch_listed,
+    listing_kind,
+)
 from carn_stream.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -279,8 +284,8 @@ def fetch(
         with open(local, "rb") as file:
             kind = listing_kind(file.read(HEAD_BYTES))
         if kind is not None:
-            what = "an HLS playlist" if kind == "HLS" else "a DASH manifest"
-            raise FetchError(f"{what} is read from an http(s) URL, not a local file")
+            raise FetchError(f"{LISTING_NAMES[kind]} is read from an http(s) URL, not a local "
+                             "file")  # fmt: skip
         return local
     watchdog = _Watchdog(policy, cancelled)
     try:
@@ -291,8 +296,8 @@ def fetch(
             final = _fetch(url, first, policy, watchdog)
             with open(first, "rb") as file:
                 head = file.read(HEAD_BYTES)
-            if listing_kind(head) is not None:
-                _fetch_listed(url, first, final, dest, policy, watchdog)
+            if kind := listing_kind(head):
+                _fetch_listed(url, kind, first, final, dest, policy, watchdog)
             elif _WEB_PAGE.match(head):
                 raise FetchError(f"{public_url(url)} answered with a web page (HTML), not a "
                                  "video; give the URL of the video file itself (or of its "
@@ -310,16 +315,17 @@ def fetch(
 
 
 def _fetch_listed(
-    url: str, playlist: Path, final: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog
-) -> None:
-    """The stream the ``playlist`` fetched from ``url`` (``final`` after redirects) lists, in
-    ``dest``; refusals name the input."""
+    url: str, kind: str, listing: Path, final: str, dest: Path, policy: FetchPolicy,
+    watchdog: _Watchdog,
+) -> None:  # fmt: skip
+    """The stream the ``listing`` of ``kind`` fetched from ``url`` (``final`` after redirects)
+    lists, in ``dest``; refusals name the input."""
 
     def download(part: str, into: Path, limit: int | None = None) -> str:
         return _fetch(part, into, policy, watchdog, limit)
 
     try:
-        fetch_listed(playlist, final, download, dest)
+        fetch_listed(kind, listing, final, download, dest)
         if has_audio_apart(dest):  # to be joined into a second copy of it all: room for that
             try:
                 _check_space(dest.parent, policy, joined_bytes(dest))

@@ -45,6 +45,10 @@ class Download(Protocol):
     def __call__(self, url: str, dest: Path, limit: int | None = None) -> str: ...
 
 
+#: What each kind of listing is called in messages.
+LISTING_NAMES = {"HLS": "an HLS playlist", "DASH": "a DASH manifest"}
+
+
 def listing_kind(head: bytes) -> str | None:
     """``"HLS"`` or ``"DASH"`` for a file starting with ``head``; None for anything else."""
     if is_playlist(head):
@@ -53,9 +57,15 @@ def listing_kind(head: bytes) -> str | None:
 
 
 def fetch_listed(
-    listing: Path, url: str, download: Download, dest: Path, schemes: tuple[str, ...] = WEB
+    kind: str,
+    listing: Path,
+    url: str,
+    download: Download,
+    dest: Path,
+    schemes: tuple[str, ...] = WEB,
 ) -> None:
-    """The stream the ``listing`` (fetched from ``url``) names, in ``dest`` once whole (its
+    """The stream the ``listing`` of ``kind`` (:func:`listing_kind`; fetched from ``url``)
+    names, in ``dest`` once whole (its
     audio delivered apart kept beside it, to be joined when it is planned): see
     :func:`~carn_stream.pipeline.media.hls_input.hls_listing` and
     :func:`~carn_stream.pipeline.media.dash_input.dash_listing` for what is chosen. Only URIs
@@ -64,8 +74,6 @@ def fetch_listed(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        with open(listing, "rb") as file:
-            kind = listing_kind(file.read(HEAD_BYTES))
         text = _text(listing)
         if kind == "HLS":
 
@@ -137,10 +145,10 @@ def _concatenate(stream: Listed, target: Path, work: Path, download: Download) -
             out.truncate(stream.end)
 
 
-def join_local_listing(listing: Path, dest: Path, keep: Path | None = None) -> None:
-    """What a local playlist or manifest lists (``file:`` URIs only: files beside it, or
-    anywhere its reader may read), joined into ``dest``. A listing that names ``keep`` (an
-    output that will replace that file) is refused."""
+def join_local_listing(kind: str, listing: Path, dest: Path, keep: Path | None = None) -> None:
+    """What a local playlist or manifest (of ``kind``) lists (``file:`` URIs only: files beside
+    it, or anywhere its reader may read), joined into ``dest``. A listing that names ``keep``
+    (an output that will replace that file) is refused."""
 
     def copy(uri: str, target: Path, limit: int | None = None) -> str:
         source = Path(urllib.request.url2pathname(urllib.parse.urlsplit(uri).path))
@@ -154,7 +162,7 @@ def join_local_listing(listing: Path, dest: Path, keep: Path | None = None) -> N
         shutil.copyfile(source, target)
         return uri
 
-    fetch_listed(listing, listing.resolve().as_uri(), copy, dest, schemes=("file",))
+    fetch_listed(kind, listing, listing.resolve().as_uri(), copy, dest, schemes=("file",))
     # (the CLI plans in the worker too, but a local listing is its user's own: joined here)
     if has_audio_apart(dest):
         join_apart(dest, dest)

@@ -25,7 +25,7 @@ from carn_stream.pipeline.media.elementary import partial_name
 from carn_stream.pipeline.media.encode import EncoderOptions
 from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.media.hls import segment_name
-from carn_stream.pipeline.media.listing import joining_name, remove_apart
+from carn_stream.pipeline.media.listing import remove_apart
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.run import FrameReport, PipelineOptions
 from carn_stream.pipeline.waiting import wait_at_most
@@ -95,7 +95,7 @@ class JobRunner:
             _discard(media)
             media.input.unlink(missing_ok=True)
             remove_apart(media.input)
-            joining_name(media.input).unlink(missing_ok=True)
+            partial_name(media.input).unlink(missing_ok=True)  # a copy or join cut short
 
     def refresh_gauges(self) -> None:
         counts = self.store.count_by_state()
@@ -262,9 +262,8 @@ class JobRunner:
         finally:
             if finished:  # our copy of the input only, never a local input file
                 media.input.unlink(missing_ok=True)
-                partial_name(media.input).unlink(missing_ok=True)  # a copy cut short
+                partial_name(media.input).unlink(missing_ok=True)  # a copy or join cut short
                 remove_apart(media.input)  # audio fetched apart, not joined
-                joining_name(media.input).unlink(missing_ok=True)  # a join cut short
                 shutil.rmtree(media.work, ignore_errors=True)
             self._running.pop(job.id, None)
             self._cancel_flags.pop(job.id, None)
