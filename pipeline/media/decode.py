@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -185,8 +185,9 @@ def static_hdr(frame: av.VideoFrame) -> StaticHdr | None:
     it has none. A mastering display without both its primaries and its luminance is left out
     (an encoder takes the whole or nothing), as is either part out of its range (metadata
     that would make the encoder refuse to start)."""
+    side_data = frame.side_data  # (a mapping by kind since PyAV 18.1.1, a sequence before)
     try:
-        items = list(frame.side_data)
+        items = list(side_data.values() if isinstance(side_data, Mapping) else side_data)
     except ValueError:  # a kind of side data newer than PyAV's list (EXIF, LCEVC, views)
         return None
     found = {item.type.name: bytes(item) for item in items}
