@@ -571,18 +571,26 @@ def raw_stream_from(raw: Path, path: Path, packet: int) -> Path:
 def write_hls(
     source: Path, folder: Path, *, kinds: str = "va", fmp4: bool = False,
     single_file: bool = False, renditions: bool = False, segment_seconds: float = 1.0,
+    encrypt: bool = False,
 ) -> Path:  # fmt: skip
     """``source``'s video (``v`` in ``kinds``) and first audio stream (``a``) copied by FFmpeg's
     own HLS muxer into ``folder`` as a finished (VOD) media playlist, ``index.m3u8``, which it
     returns: MPEG-TS segments, or fragmented MP4 ones after an initialization section
     (``fmp4``); with ``single_file``, byte ranges of one file. With ``renditions``, the video
     and each audio stream as media playlists of their own on one clock, as packagers make
-    them: ``video.m3u8``, ``audio0.m3u8``, ... (returns the folder)."""
+    them: ``video.m3u8``, ``audio0.m3u8``, ... (returns the folder). With ``encrypt``, each
+    segment is encrypted with AES-128 (FFmpeg's muxer does so for MPEG-TS only): the first with
+    the key ``key0.bin`` (16 bytes of 0), the rest with ``key1.bin`` (16 bytes of 1), media
+    sequence numbers counted from 7, each segment's number its IV."""
     folder.mkdir(parents=True, exist_ok=True)
     options = {"hls_time": f"{segment_seconds:g}", "hls_playlist_type": "vod",
                "hls_segment_type": "fmp4" if fmp4 else "mpegts"}  # fmt: skip
     if single_file:
         options["hls_flags"] = "single_file"
+    if encrypt:
+        _key_info(folder, 0)
+        options.update({"hls_key_info_file": str(folder / "keyinfo"), "start_number": "7",
+                        "hls_flags": "periodic_rekey"})  # (reads the key file each segment)
     playlist = folder / "index.m3u8"
     with av.open(str(source)) as c:
         audio = len(c.streams.audio) if renditions else 1
@@ -598,12 +606,26 @@ def write_hls(
         taken = [*c.streams.video[:1]] * ("v" in kinds) + [*c.streams.audio[:audio]] * (
             "a" in kinds)
         streams = {s.index: out.add_stream_from_template(s) for s in taken}
+        rekeyed = False
         for packet in c.demux(taken):
             if packet.dts is None:
                 continue
+            if (encrypt and not rekeyed and packet.stream.type == "video" and packet.is_keyframe
+                    and packet.pts * packet.time_base >= segment_seconds):  # fmt: skip
+                _key_info(folder, 1)  # (for the segment this keyframe starts, and after)
+                rekeyed = True
             packet.stream = streams[packet.stream.index]
             out.mux(packet)
+    if encrypt:
+        (folder / "keyinfo").unlink()
     return folder if renditions else playlist
+
+
+def _key_info(folder: Path, number: int) -> None:
+    """FFmpeg's HLS key info file naming the key ``key{number}.bin`` (16 bytes of ``number``)."""
+    key = folder / f"key{number}.bin"
+    key.write_bytes(bytes([number]) * 16)
+    (folder / "keyinfo").write_text(f"{key.name}\n{key}\n")
 
 
 def write_dash(

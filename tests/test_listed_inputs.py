@@ -5,6 +5,7 @@ FFmpeg's own HLS and DASH muxers', served on loopback."""
 from __future__ import annotations
 
 import http.server
+import re
 import subprocess
 import sys
 import threading
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import av
 import pytest
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from carn_stream.pipeline.execution.executors import PlanRequest, plan_for
 from carn_stream.pipeline.media.dash_input import dash_listing
@@ -25,10 +28,12 @@ from carn_stream.pipeline.media.listing import (
     Listed,
     ListedAudio,
     ListingError,
+    PartKey,
     has_audio_apart,
     join_apart,
 )
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, fetch
+from carn_stream.server.inputs.listed_fetch import join_local_listing
 from tests.helpers import serve_directory
 from tests.media import (
     decode_rgb,
@@ -88,6 +93,8 @@ def site(data_dir, tmp_path_factory):
     write_hls(clip, root / "fmp4", fmp4=True)
     write_hls(clip, root / "fmp4_single", fmp4=True, single_file=True)
     write_hls(low, root / "low", kinds="v")
+    write_hls(clip, root / "ts_aes", encrypt=True)
+    _aes_variants(root)
     write_dash(clip, root / "dash_timeline", language="deu")
     write_dash(clip, root / "dash_numbered", timeline=False, language="deu")
     write_dash(clip, root / "dash_single", single_file=True, language="deu")
@@ -103,6 +110,38 @@ def site(data_dir, tmp_path_factory):
                                                 + b"\x47" + bytes(187) * 3)  # fmt: skip
     with media_server(root) as base:
         yield base, root
+
+
+#: The key and IV the fragmented MP4 form is encrypted with here (FFmpeg's muxer encrypts
+#: only MPEG-TS).
+AES_KEY, AES_IV = bytes(range(16)), bytes(range(100, 116))
+
+
+def _aes_variants(root: Path) -> None:
+    """Beside FFmpeg's encrypted MPEG-TS form (``ts_aes``, two keys, IVs from 7): the same
+    with its IVs left to the media sequence numbers (``ts_aes_iv_unlisted``), and the
+    fragmented MP4 form, its initialization section included, encrypted with one key and IV
+    (``fmp4_aes``), as packagers encrypt it."""
+    listed = (root / "ts_aes" / "index.m3u8").read_text()
+    assert listed.count("#EXT-X-KEY") == 2 and 'URI="key1.bin"' in listed  # two keys
+    (root / "ts_aes_iv_unlisted").mkdir()
+    unlisted = re.sub(r'URI="(key\d\.bin)",IV=0x[0-9a-fA-F]+', r'URI="../ts_aes/\1"', listed)
+    unlisted = re.sub(r"^(index\d+\.ts)$", r"../ts_aes/\1", unlisted, flags=re.M)
+    assert "IV=" not in unlisted and "#EXT-X-MEDIA-SEQUENCE:7" in unlisted
+    (root / "ts_aes_iv_unlisted" / "index.m3u8").write_text(unlisted)
+    (root / "fmp4_aes").mkdir()
+    (root / "fmp4_aes" / "aes.key").write_bytes(AES_KEY)
+    for part in (root / "fmp4").iterdir():
+        if part.suffix in (".mp4", ".m4s"):
+            padder = padding.PKCS7(128).padder()
+            encryptor = Cipher(algorithms.AES(AES_KEY), modes.CBC(AES_IV)).encryptor()
+            plain = padder.update(part.read_bytes()) + padder.finalize()
+            (root / "fmp4_aes" / part.name).write_bytes(encryptor.update(plain)
+                                                        + encryptor.finalize())  # fmt: skip
+    key = f'#EXT-X-KEY:METHOD=AES-128,URI="aes.key",IV=0x{AES_IV.hex()}\n'
+    text = (root / "fmp4" / "index.m3u8").read_text()
+    (root / "fmp4_aes" / "index.m3u8").write_text(text.replace("#EXT-X-MAP", key + "#EXT-X-MAP"))
+    (root / "long.key").write_bytes(bytes(32))
 
 
 def fetched(url: str, dest: Path, policy: FetchPolicy = POLICY) -> Path:
@@ -149,6 +188,35 @@ def test_a_media_playlist_becomes_its_whole_stream(site, form, tmp_path):
     with av.open(str(dest)) as container:
         assert sum(1 for _ in container.decode(video=0)) == FRAMES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]  # no work files left
+
+
+@pytest.mark.parametrize("form", ["ts_aes", "ts_aes_iv_unlisted", "fmp4_aes"])
+def test_an_aes_128_playlist_is_decrypted_as_its_parts_join(site, form, tmp_path):
+    base, root = site
+    dest = fetch(f"{base}/{form}/index.m3u8", tmp_path / "input", POLICY)
+    got = times(dest)
+    want = times(root / "clip.mp4")
+    assert len(got["video0"]) == FRAMES and got["video0"] == want["video0"]
+    assert got["audio1"] == want["audio1"]
+    with av.open(str(dest)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == FRAMES
+    # Byte for byte the unencrypted form's parts (FFmpeg muxes both alike): a wrong IV would
+    # garble only the first 16 bytes of each segment, which a decoder may shrug off.
+    assert dest.read_bytes() == plain_parts(root, "fmp4" if form == "fmp4_aes" else "ts")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]  # no keys or parts left
+
+
+def plain_parts(root: Path, form: str) -> bytes:
+    """The parts of an unencrypted form, joined: its initialization section, its segments."""
+    folder = root / form
+    return b"".join(p.read_bytes() for p in (*folder.glob("init.mp4"),
+                                             *sorted(folder.glob("index*.*s"))))  # fmt: skip
+
+
+def test_a_local_aes_128_playlist_is_decrypted_with_its_local_keys(site, tmp_path):
+    _, root = site
+    join_local_listing("HLS", root / "ts_aes" / "index.m3u8", tmp_path / "joined")
+    assert (tmp_path / "joined").read_bytes() == plain_parts(root, "ts")
 
 
 @pytest.mark.parametrize("form", ["ts", "fmp4"])
@@ -247,8 +315,25 @@ SEGMENT = "#EXTINF:1.0,\nts/index0.ts\n"
     [
         (f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n{SEGMENT}",
          "is live (it has no #EXT-X-ENDLIST yet)"),
-        (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.bin\"\n{SEGMENT}#EXT-X-ENDLIST\n",
-         "is encrypted (METHOD=AES-128)"),
+        (f"#EXTM3U\n#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"k.bin\"\n{SEGMENT}#EXT-X-ENDLIST\n",
+         "is encrypted (METHOD=SAMPLE-AES); of encrypted HLS, only METHOD=AES-128 with its "
+         "key at a URI is read"),
+        ("#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"skd://k\",KEYFORMAT=\"com.apple.streaming"
+         f"keydelivery\"\n{SEGMENT}#EXT-X-ENDLIST\n",
+         "is encrypted (KEYFORMAT=com.apple.streamingkeydelivery)"),
+        (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"file:///etc/hostname\"\n{SEGMENT}"
+         "#EXT-X-ENDLIST\n", "it names a file: URI; only http(s) URIs are followed"),
+        ("#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"ts_aes/key1.bin\",IV=0x7\n#EXTINF:1,\n"
+         "ts_aes/index7.ts\n#EXT-X-ENDLIST\n", "ts_aes/index7.ts does not decrypt with its key"),
+        (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"long.key\"\n{SEGMENT}#EXT-X-ENDLIST\n",
+         "long.key is 32 bytes; an AES-128 key is 16"),
+        (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"two.mp4\"\n{SEGMENT}#EXT-X-ENDLIST\n",
+         "over the limit of 1024 for a playlist, manifest or key"),
+        ("#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.bin\"\n#EXT-X-BYTERANGE:100@0\n"
+         "#EXTINF:1,\nts/index0.ts\n#EXT-X-ENDLIST\n", "lists encrypted byte ranges"),
+        (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.bin\",IV=0xZZ\n{SEGMENT}"
+         "#EXT-X-ENDLIST\n", "malformed IV: '0xZZ'"),
+        (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128\n{SEGMENT}#EXT-X-ENDLIST\n", "names no URI"),
         (f"#EXTM3U\n{SEGMENT}#EXT-X-DISCONTINUITY\n{SEGMENT}#EXT-X-ENDLIST\n",
          "splices separate streams (1 #EXT-X-DISCONTINUITY)"),
         ("#EXTM3U\n#EXT-X-MAP:URI=\"a.mp4\"\n#EXTINF:1,\nx.m4s\n#EXT-X-MAP:URI=\"b.mp4\"\n"
@@ -272,9 +357,11 @@ SEGMENT = "#EXTINF:1.0,\nts/index0.ts\n"
         ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nfile:///etc/hosts\n",
          "it names a file: URI; only http(s) URIs are followed"),
         ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhuge.m3u8\n",
-         "huge.m3u8 is 5242880 bytes, over the limit of 4194304 for a playlist or manifest"),
+         "huge.m3u8 is 5242880 bytes, over the limit of 4194304 for a playlist, manifest or key"),
     ],
-    ids=["live", "encrypted", "discontinuity", "two-maps", "empty", "ranges-of-two-files",
+    ids=["live", "sample-aes", "key-system", "file-key", "wrong-key", "key-not-16-bytes",
+         "huge-key", "encrypted-ranges", "malformed-iv", "key-without-uri", "discontinuity",
+         "two-maps", "empty", "ranges-of-two-files",
          "file-uri", "nested-master", "packed-audio", "too-many-renditions",
          "ranges-that-skip", "file-variant", "huge-playlist"],
 )  # fmt: skip
@@ -336,6 +423,19 @@ def test_playlists_parse_as_the_rfc_writes_them():
     assert media.parts("media") == Listed((url,), end=800)  # the file, up to the last range
     with pytest.raises(ListingError, match="does not start with #EXTM3U"):
         parse_playlist("<html>", "http://h.example/")
+    # A key applies from its tag on; without an IV, a segment's media sequence number is its.
+    encrypted = parse_playlist(
+        "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:41\n#EXT-X-KEY:METHOD=AES-128,URI=\"k1\"\n"
+        "#EXT-X-MAP:URI=\"i.mp4\"\n#EXTINF:2,\na.m4s\n#EXTINF:2,\nb.m4s\n"
+        "#EXT-X-KEY:METHOD=AES-128,URI=\"/k2\",IV=0X00ff\n#EXTINF:2,\nc.m4s\n"
+        "#EXT-X-KEY:METHOD=NONE\n#EXTINF:2,\nd.m4s\n#EXT-X-ENDLIST\n",
+        "http://h.example/x/index.m3u8",
+    )  # fmt: skip
+    k1, k2 = "http://h.example/x/k1", "http://h.example/k2"
+    assert encrypted.parts("media").keys == (
+        PartKey(k1, (41).to_bytes(16, "big")), PartKey(k1, (41).to_bytes(16, "big")),
+        PartKey(k1, (42).to_bytes(16, "big")), PartKey(k2, (255).to_bytes(16, "big")), None,
+    )  # fmt: skip
 
 
 MPD = """<?xml version="1.0"?>
@@ -470,7 +570,7 @@ class _Unsized(http.server.SimpleHTTPRequestHandler):
 def test_a_playlist_without_a_length_is_cut_off_as_it_passes_the_limit(tmp_path):
     with serve_directory(tmp_path, _Unsized) as base, pytest.raises(FetchError) as caught:
         fetch(f"{base}/master.m3u8", tmp_path / "input", POLICY)
-    assert "a playlist or manifest is over the limit of 4194304 bytes" in str(caught.value)
+    assert "a playlist, manifest or key is over the limit of 4194304 bytes" in str(caught.value)
     assert _Unsized.sent < 32 * 2**20  # not read to its end (64 MiB)
 
 

@@ -5,9 +5,11 @@ A master playlist offers variants; the input is the one with the most pixels (th
 bandwidth), since upscaling starts from the best picture there is, with every audio rendition
 of its group. A media playlist lists the segments, which join by concatenation: MPEG-TS
 segments as they are, fragmented MP4 ones after their initialization section. What cannot be
-joined that way is refused, saying why: live playlists (no end yet), encryption, splices
+joined that way is refused, saying why: live playlists (no end yet), splices
 (discontinuities), more than one initialization section, byte ranges of several files, audio
-in packed (raw ADTS/AC-3) segments.
+in packed (raw ADTS/AC-3) segments, and every encryption but whole-segment AES-128 with its key
+at a URI (``METHOD=AES-128``, which is decrypted as the parts join: sample encryption and key
+systems are DRM's).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from carn_stream.pipeline.media.listing import (
     ListedAudio,
     Listing,
     ListingError,
+    PartKey,
     absolute,
     check_contiguous,
     whole_number,
@@ -38,6 +41,8 @@ SIGNATURE = b"#EXTM3U"
 PACKED_AUDIO_SUFFIXES = frozenset({".aac", ".ac3", ".ec3", ".mp3"})
 
 _ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
+#: An initialization vector: a hexadecimal number of up to 128 bits.
+_IV = re.compile(r"0[xX][0-9a-fA-F]{1,32}")
 
 
 def is_playlist(head: bytes) -> bool:
@@ -108,6 +113,20 @@ class Part:
 
     uri: str
     byte_range: tuple[int, int] | None = None  #: (length, offset)
+    key: PartKey | None = None  #: how it is encrypted (None: it is not)
+
+
+@dataclass(frozen=True)
+class Key:
+    """An ``#EXT-X-KEY`` with ``METHOD=AES-128``: the key's URI, and the initialization vector
+    (None: each segment's media sequence number is its IV)."""
+
+    uri: str
+    iv: bytes | None = None
+
+    def of(self, sequence: int) -> PartKey:
+        """The key of the segment with media sequence number ``sequence``."""
+        return PartKey(self.uri, self.iv or sequence.to_bytes(16, "big"))
 
 
 @dataclass(frozen=True)
@@ -115,7 +134,7 @@ class MediaPlaylist:
     segments: tuple[Part, ...]
     maps: tuple[Part, ...] = ()  #: the initialization sections named, in order
     ended: bool = False  #: ``#EXT-X-ENDLIST`` (or a VOD playlist type): nothing more comes
-    encryption: str | None = None  #: the first ``#EXT-X-KEY`` method other than NONE
+    unread_key: str | None = None  #: the first encryption not read (how it is named)
     discontinuities: int = 0
 
     def parts(self, what: str) -> Listed:
@@ -123,17 +142,22 @@ class MediaPlaylist:
         (if any) then every segment, or the one file all of them are byte ranges of, up to the
         end of the last. ``what`` names the stream in refusals."""
         self.check(what)
+        listed = (*self.maps[:1], *self.segments)
         ranged = [p for p in (*self.maps, *self.segments) if p.byte_range is not None]
+        keys = tuple(p.key for p in listed) if any(p.key for p in listed) else ()
+        if ranged and keys:
+            raise ListingError(f"the {what} playlist lists encrypted byte ranges; only whole "
+                               "encrypted segments are read")  # fmt: skip
         if ranged:
             files = {p.uri for p in (*self.maps, *self.segments)}
             if len(files) > 1:
                 raise ListingError(f"the {what} playlist lists byte ranges of several files; "
                                    "only byte ranges of one file are read")  # fmt: skip
             spans = [(p.byte_range[1], p.byte_range[0]) if p.byte_range else (0, -1)
-                     for p in (*self.maps[:1], *self.segments)]  # fmt: skip
+                     for p in listed]  # fmt: skip
             check_contiguous(spans, f"the {what} playlist")
             return Listed((next(iter(files)),), end=sum(spans[-1]))
-        return Listed(tuple(p.uri for p in (*self.maps[:1], *self.segments)))
+        return Listed(tuple(p.uri for p in listed), keys=keys)
 
     def check(self, what: str) -> None:
         """Refuse what cannot be joined by concatenation, saying why."""
@@ -142,9 +166,10 @@ class MediaPlaylist:
                 f"the {what} playlist is live (it has no #EXT-X-ENDLIST yet); only finished "
                 "(video on demand) HLS playlists are read"
             )
-        if self.encryption is not None:
-            raise ListingError(f"the {what} playlist is encrypted (METHOD={self.encryption}); "
-                               "encrypted HLS is not read")  # fmt: skip
+        if self.unread_key is not None:
+            raise ListingError(f"the {what} playlist is encrypted ({self.unread_key}); of "
+                               "encrypted HLS, only METHOD=AES-128 with its key at a URI is "
+                               "read")  # fmt: skip
         if self.discontinuities:
             raise ListingError(
                 f"the {what} playlist splices separate streams ({self.discontinuities} "
@@ -203,7 +228,8 @@ def _master(lines: list[str], url: str) -> MasterPlaylist:
 def _media(lines: list[str], url: str) -> MediaPlaylist:
     segments: list[Part] = []
     maps: list[Part] = []
-    ended, encryption, discontinuities = False, None, 0
+    ended, unread_key, discontinuities, sequence = False, None, 0, 0
+    key: Key | None = None  # what encrypts the segments from here on
     byte_range: str | None = None  # the next segment's (``LENGTH[@OFFSET]``)
     next_offset: dict[str, int] = {}  # where a range without an offset starts, per file
     for line in lines[1:]:
@@ -212,23 +238,50 @@ def _media(lines: list[str], url: str) -> MediaPlaylist:
             ended = True
         elif tag == "#EXT-X-DISCONTINUITY":
             discontinuities += 1
+        elif tag == "#EXT-X-MEDIA-SEQUENCE":
+            sequence = whole_number(value)
         elif tag == "#EXT-X-KEY":
-            method = attributes(value).get("METHOD", "NONE")
-            if method != "NONE" and encryption is None:
-                encryption = method
+            key, unread = _key(attributes(value), url)
+            unread_key = unread_key or unread
         elif tag == "#EXT-X-MAP":
             tag_attributes = attributes(value)
             uri = absolute(tag_attributes.get("URI", ""), url)
             ranged = tag_attributes.get("BYTERANGE")
-            maps.append(Part(uri, _byte_range(ranged, uri, next_offset) if ranged else None))
+            maps.append(Part(uri, _byte_range(ranged, uri, next_offset) if ranged else None,
+                             key.of(sequence) if key else None))  # fmt: skip
         elif tag == "#EXT-X-BYTERANGE":
             byte_range = value
         elif not line.startswith("#"):
             uri = absolute(line, url)
             segments.append(Part(uri, _byte_range(byte_range, uri, next_offset)
-                                 if byte_range else None))  # fmt: skip
+                                 if byte_range else None, key.of(sequence) if key else None))
             byte_range = None
-    return MediaPlaylist(tuple(segments), tuple(maps), ended, encryption, discontinuities)
+            sequence += 1
+    return MediaPlaylist(tuple(segments), tuple(maps), ended, unread_key, discontinuities)
+
+
+#: The key format of a key that is the key itself (RFC 8216 4.3.2.4); others are key systems'.
+IDENTITY = "identity"
+
+
+def _key(tag: dict[str, str], url: str) -> tuple[Key | None, str | None]:
+    """What an ``#EXT-X-KEY`` encrypts the segments after it with (None: nothing), and how it
+    is named if that is not read."""
+    method = tag.get("METHOD", "NONE")
+    if method == "NONE":
+        return None, None
+    if method != "AES-128":
+        return None, f"METHOD={method}"
+    if tag.get("KEYFORMAT", IDENTITY) != IDENTITY:
+        return None, f"KEYFORMAT={tag['KEYFORMAT']}"
+    if not tag.get("URI"):
+        raise ListingError("an #EXT-X-KEY with METHOD=AES-128 names no URI")
+    iv = tag.get("IV")
+    if iv is None:
+        return Key(absolute(tag["URI"], url)), None
+    if not _IV.fullmatch(iv):
+        raise ListingError(f"an #EXT-X-KEY has a malformed IV: {iv!r}")
+    return Key(absolute(tag["URI"], url), int(iv[2:], 16).to_bytes(16, "big")), None
 
 
 def _byte_range(text: str, uri: str, next_offset: dict[str, int]) -> tuple[int, int]:

@@ -39,12 +39,27 @@ class ListingError(InputError):
 
 
 @dataclass(frozen=True)
+class PartKey:
+    """How a part is encrypted: whole, with AES-128 in CBC mode (PKCS#7 padding), the key at
+    ``uri`` and the initialization vector ``iv`` (16 bytes)."""
+
+    uri: str
+    iv: bytes
+
+
+@dataclass(frozen=True)
 class Listed:
     """One stream's parts (URLs, in order), and where its bytes end when the parts are byte
-    ranges of one file read whole (None: its parts end where they end)."""
+    ranges of one file read whole (None: its parts end where they end); ``keys``, where any
+    part is encrypted: each part's key (None: that part is not)."""
 
     parts: tuple[str, ...]
     end: int | None = None
+    keys: tuple[PartKey | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.keys and len(self.keys) != len(self.parts):
+            raise ValueError("a key (or None) for each part, or none at all")
 
 
 @dataclass(frozen=True)

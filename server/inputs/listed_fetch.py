@@ -3,7 +3,8 @@ what it lists and leave one file in the input's place.
 
 Every playlist, manifest and part is fetched as any input is (the caller's ``download``:
 address checks, redirects, the size cap and deadlines counted over the whole input), one
-after the other, and appended to the stream it belongs to. Nothing here reads media: audio
+after the other, and appended to the stream it belongs to (decrypted on the way where the
+listing says it is encrypted, with keys fetched the same way). Nothing here reads media: audio
 delivered apart from the video is kept beside the input
 (:func:`~carn_stream.pipeline.media.listing.save_apart`), and joined with it where inputs are
 first opened, in the worker that plans them
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from carn_stream.pipeline.media.dash_input import dash_listing, is_manifest
+from carn_stream.pipeline.media.decrypt import MAX_KEY_BYTES, check_key, decrypt_part
 from carn_stream.pipeline.media.hls_input import hls_listing, is_playlist
 from carn_stream.pipeline.media.listing import (
     MAX_LISTING_BYTES,
@@ -39,8 +41,8 @@ WEB = ("http", "https")
 
 
 class Download(Protocol):
-    """Fetches ``url`` into ``dest`` (at most ``limit`` bytes where given: a playlist or
-    manifest); returns the URL it came from in the end (after redirects)."""
+    """Fetches ``url`` into ``dest`` (at most ``limit`` bytes where given: a playlist, a
+    manifest or a key); returns the URL it came from in the end (after redirects)."""
 
     def __call__(self, url: str, dest: Path, limit: int | None = None) -> str: ...
 
@@ -94,17 +96,18 @@ def _fetch_parts(
     listed: Listing, work: Path, download: Download, dest: Path, schemes: tuple[str, ...]
 ) -> None:
     for stream in (listed.video, *(a.stream for a in listed.apart)):
-        for part in stream.parts:  # (all checked before any is fetched)
-            _check_scheme(part, schemes)
+        for uri in (*stream.parts, *(k.uri for k in stream.keys if k)):  # (all before any)
+            _check_scheme(uri, schemes)
+    keys = _Keys(work, download)
     audio = []
     for number, entry in enumerate(listed.audio):
         path = None
         if entry.stream is not None:
             path = work / f"audio{number}"
-            _concatenate(entry.stream, path, work, download)
+            _concatenate(entry.stream, path, work, download, keys)
         audio.append(AudioFile(path, entry.name, entry.language))
     video = work / "video"
-    _concatenate(listed.video, video, work, download)
+    _concatenate(listed.video, video, work, download, keys)
     if listed.apart:  # beside the input before the input is there: a crash between leaves none
         save_apart(dest, audio, video.stat().st_size)
     video.replace(dest)
@@ -128,15 +131,39 @@ def _check_scheme(uri: str, schemes: tuple[str, ...]) -> None:
                            "followed")  # fmt: skip
 
 
-def _concatenate(stream: Listed, target: Path, work: Path, download: Download) -> None:
-    """The stream's parts' bytes, one after the other, in ``target`` (up to its end, where the
-    listing gives one)."""
+class _Keys:
+    """The keys of a listing's encrypted parts, each fetched once (a playlist may name one key
+    for all its segments, or change it every few)."""
+
+    def __init__(self, work: Path, download: Download) -> None:
+        self._work = work
+        self._download = download
+        self._known: dict[str, bytes] = {}
+
+    def __getitem__(self, uri: str) -> bytes:
+        if uri not in self._known:
+            path = self._work / "key"
+            self._download(uri, path, MAX_KEY_BYTES)
+            self._known[uri] = check_key(path.read_bytes(), uri)
+            path.unlink()
+        return self._known[uri]
+
+
+def _concatenate(
+    stream: Listed, target: Path, work: Path, download: Download, keys: _Keys
+) -> None:
+    """The stream's parts' bytes (decrypted, where they are encrypted), one after the other,
+    in ``target`` (up to its end, where the listing gives one)."""
     part_file = work / "part"
     with open(target, "wb") as out:
-        for part in stream.parts:
+        for part, key in zip(stream.parts, stream.keys or [None] * len(stream.parts),
+                             strict=True):  # fmt: skip
             download(part, part_file)
-            with open(part_file, "rb") as data:
-                shutil.copyfileobj(data, out, 1 << 20)
+            if key is not None:
+                decrypt_part(part_file, keys[key.uri], key.iv, out, part)
+            else:
+                with open(part_file, "rb") as data:
+                    shutil.copyfileobj(data, out, 1 << 20)
             part_file.unlink()
         if stream.end is not None:
             if out.tell() < stream.end:
@@ -158,7 +185,8 @@ def join_local_listing(kind: str, listing: Path, dest: Path, keep: Path | None =
             raise ListingError(f"it names {keep}, which its output would replace; choose "
                                "another output")  # fmt: skip
         if limit is not None and source.stat().st_size > limit:
-            raise ListingError(f"{source} is over the limit of {limit} bytes for a playlist")
+            raise ListingError(f"{source} is over the limit of {limit} bytes for a playlist "
+                               "or key")  # fmt: skip
         shutil.copyfile(source, target)
         return uri
 
