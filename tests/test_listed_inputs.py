@@ -34,7 +34,7 @@ from carn_stream.pipeline.media.listing import (
 )
 from carn_stream.server.inputs.fetch import FetchError, FetchPolicy, fetch
 from carn_stream.server.inputs.listed_fetch import join_local_listing
-from tests.helpers import serve_directory
+from tests.helpers import QuietHandler, serve_directory
 from tests.media import (
     decode_rgb,
     downscale_frames,
@@ -388,6 +388,38 @@ def test_the_size_cap_counts_every_segment_of_the_input(site, tmp_path):
     with pytest.raises(FetchError, match=f"over the limit of {largest + 1000}"):
         fetch(f"{base}/ts/index.m3u8", tmp_path / "input", capped)  # each fits; not all
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("server_closes", [False, True], ids=["kept", "closed-while-idle"])
+def test_a_listings_parts_come_over_one_kept_connection(site, server_closes, tmp_path):
+    """A master playlist's playlists and parts (11 requests) over one connection where the
+    server keeps it open (HTTP/1.1), as players fetch them; where it closes a connection
+    without saying so, the next request goes over a new one, and nothing is lost."""
+    base, root = site
+    connections, requests = [], []
+
+    class Handler(QuietHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            connections.append(self.client_address)
+            super().setup()
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            super().do_GET()
+            if server_closes:
+                self.close_connection = True  # (no "Connection: close" said)
+
+    dest = fetch(f"{base}/master_ts.m3u8", tmp_path / "plain", POLICY)
+    with serve_directory(root, Handler) as kept_base:
+        fetch(f"{kept_base}/master_ts.m3u8", tmp_path / "input", POLICY)
+    assert len(requests) == 11  # the master, 3 media playlists, 7 segments
+    assert len(connections) == (len(requests) if server_closes else 1)
+    assert (tmp_path / "input").read_bytes() == dest.read_bytes()
+    for number in (0, 1):
+        assert (tmp_path / f".input.audio{number}").read_bytes() == (
+            tmp_path / f".plain.audio{number}").read_bytes()  # fmt: skip
 
 
 def test_a_segment_on_a_private_address_is_refused_before_it_is_asked_for(site, tmp_path):

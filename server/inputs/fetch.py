@@ -8,7 +8,7 @@ body streams to a file, never whole into memory. A watchdog closes the connectio
 download passes its total deadline, falls below the minimum rate or is cancelled, so a
 blocked read ends within a fraction of a second. An HLS playlist or a DASH manifest is replaced
 by the stream it lists (:mod:`.listed_fetch`), every part fetched under the same rules and
-limits.
+limits, over connections kept open between them (HTTP keep-alive), as players fetch them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,23 +247,51 @@ class _Watchdog:
                     self._sock.shutdown(socket.SHUT_RDWR)
 
 
+class _Connections:
+    """The connections one input keeps open between its requests (a listing's playlists,
+    parts and keys), one per scheme, host and port: each to the address it was checked at."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+
+    def take(self, target: Target, addresses: list[IPAddress]) -> http.client.HTTPConnection | None:
+        """The open connection to ``target``, if any, and if it goes to one of ``addresses``
+        (its host's answer now, checked); it is no longer kept."""
+        conn = self._open.pop((target.scheme, target.host, target.port), None)
+        if conn is not None and conn.address not in {str(a) for a in addresses}:
+            conn.close()
+            return None
+        return conn
+
+    def keep(self, target: Target, conn: http.client.HTTPConnection) -> None:
+        old = self._open.pop((target.scheme, target.host, target.port), None)
+        if old is not None:
+            old.close()
+        self._open[(target.scheme, target.host, target.port)] = conn
+
+    def close(self) -> None:
+        for conn in self._open.values():
+            conn.close()
+        self._open.clear()
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     def __init__(self, address: IPAddress, watchdog: _Watchdog, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._address, self._watchdog = str(address), watchdog
+        self.address, self._watchdog = str(address), watchdog
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
         self._watchdog.attach(self.sock)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, address: IPAddress, watchdog: _Watchdog, *args, **kwargs) -> None:
         super().__init__(*args, context=ssl.create_default_context(), **kwargs)
-        self._address, self._watchdog = str(address), watchdog
+        self.address, self._watchdog = str(address), watchdog
 
     def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
+        raw = socket.create_connection((self.address, self.port), self.timeout)
         self._watchdog.attach(raw)
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
         self._watchdog.attach(self.sock)
@@ -288,16 +315,17 @@ def fetch(
                              "file")  # fmt: skip
         return local
     watchdog = _Watchdog(policy, cancelled)
+    connections = _Connections()
     try:
         # (under another name until it is known to be the input: a playlist never is)
         first = dest.with_name(f".{dest.name}.first")
         remove_apart(dest)  # (an earlier attempt's audio apart is not this input's)
         try:
-            final = _fetch(url, first, policy, watchdog)
+            final = _fetch(url, first, policy, watchdog, connections)
             with open(first, "rb") as file:
                 head = file.read(HEAD_BYTES)
             if kind := listing_kind(head):
-                _fetch_listed(url, kind, first, final, dest, policy, watchdog)
+                _fetch_listed(url, kind, first, final, dest, policy, watchdog, connections)
             elif _WEB_PAGE.match(head):
                 raise FetchError(f"{public_url(url)} answered with a web page (HTML), not a "
                                  "video; give the URL of the video file itself (or of its "
@@ -311,18 +339,19 @@ def fetch(
         watchdog.check()  # the watchdog's reason explains a closed connection best
         raise
     finally:
+        connections.close()
         watchdog.close()
 
 
 def _fetch_listed(
     url: str, kind: str, listing: Path, final: str, dest: Path, policy: FetchPolicy,
-    watchdog: _Watchdog,
+    watchdog: _Watchdog, connections: _Connections,
 ) -> None:  # fmt: skip
     """The stream the ``listing`` of ``kind`` fetched from ``url`` (``final`` after redirects)
     lists, in ``dest``; refusals name the input."""
 
     def download(part: str, into: Path, limit: int | None = None) -> str:
-        return _fetch(part, into, policy, watchdog, limit)
+        return _fetch(part, into, policy, watchdog, connections, limit)
 
     try:
         fetch_listed(kind, listing, final, download, dest)
@@ -345,16 +374,18 @@ def _fetch_listed(
 
 
 def _fetch(
-    url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog, limit: int | None = None
-) -> str:
+    url: str, dest: Path, policy: FetchPolicy, watchdog: _Watchdog, connections: _Connections,
+    limit: int | None = None,
+) -> str:  # fmt: skip
     """Download ``url`` to ``dest``; returns the URL it came from in the end (redirects
-    followed). ``limit``: at most so many bytes of it (a playlist, manifest or key)."""
+    followed). ``limit``: at most so many bytes of it (a playlist, manifest or key). A
+    connection whose answer was read whole is kept open in ``connections`` for the next."""
     current = url
     for _hop in range(policy.max_redirects + 1):
         watchdog.check()
         target = Target.parse(current)
         addresses = resolve(target.host, target.port, policy)
-        response, conn = _request(target, addresses, policy, watchdog)
+        response, conn = _request(target, addresses, policy, watchdog, connections)
         try:
             if response.status in (301, 302, 303, 307, 308):
                 location = response.getheader("Location")
@@ -378,11 +409,34 @@ def _fetch(
             _stream_body(response, dest, policy, total, watchdog, limit)
             return current
         finally:
-            conn.close()
+            if _read_whole(response) and not response.will_close:
+                connections.keep(target, conn)
+            else:
+                conn.close()
     raise FetchError(f"more than {policy.max_redirects} redirects")
 
 
-def _request(target: Target, addresses: Iterable[IPAddress], policy: FetchPolicy, watchdog):
+def _read_whole(response: http.client.HTTPResponse) -> bool:
+    """Whether the answer's body was read to its end (then its connection may carry another
+    request: it is closed, as http.client wants it before the next)."""
+    if not response.isclosed() and not response.chunked and response.length == 0:
+        response.close()  # (the body's file only: the connection stays open)
+    return response.isclosed()
+
+
+def _request(
+    target: Target, addresses: list[IPAddress], policy: FetchPolicy, watchdog: _Watchdog,
+    connections: _Connections,
+):  # fmt: skip
+    kept = connections.take(target, addresses)
+    if kept is not None:
+        watchdog.attach(kept.sock)
+        try:
+            kept.request("GET", target.path, headers={"User-Agent": "carn-stream"})
+            return kept.getresponse(), kept
+        except (OSError, http.client.HTTPException):
+            kept.close()  # (closed by the server while it was idle): a new one, as below
+            watchdog.check()
     errors = []  # (address, what went wrong, whether it took the connection)
     for address in addresses:
         cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
