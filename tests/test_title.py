@@ -357,3 +357,49 @@ def test_tune_encoded_trains_on_the_copy_and_writes_tunes_report(small_clip, wei
     assert {"generic_psnr", "tuned_psnr", "gain_db"} <= set(report)
     load_weights(carn_m(), out)
     assert (tmp_path / "run" / "checkpoint.pt").is_file()  # resumable
+
+
+def test_a_cancelled_copy_stops_its_process_at_once_and_never_blocks_the_loop(data_dir,
+                                                                            tmp_path):  # fmt: skip
+    """A "store small" ingest whose client hangs up (or whose video is deleted, or whose
+    service stops) is cancelled while its copy is encoded. The copy's process was in a pool
+    whose shutdown waited, on the event loop, for the whole encode (every request of the
+    service stalled meanwhile), and the copy was finished anyway."""
+    import asyncio
+    import itertools
+    import multiprocessing
+    import time
+
+    from carn_stream.server.vod.title import make_copy
+
+    dest = tmp_path / "stored.mp4"
+
+    async def cancel_once_it_encodes() -> tuple[float, float]:
+        task = asyncio.create_task(make_copy(data_dir / "video" / "bigbuckbunny.mp4", dest, 2,
+                                             "h264", 30))  # fmt: skip
+        for _ in range(600):  # (at most 60 s for the child to start writing)
+            if dest.with_name(f".{dest.name}.part").exists():
+                break
+            await asyncio.sleep(0.1)
+        beats = []
+
+        async def heartbeat() -> None:
+            while True:
+                beats.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        beating = asyncio.create_task(heartbeat())
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        took = time.monotonic() - started
+        await asyncio.sleep(0.05)
+        beating.cancel()
+        return took, max(b - a for a, b in itertools.pairwise(beats))
+
+    took, longest_gap = asyncio.run(cancel_once_it_encodes())
+    assert took < 1.0 and longest_gap < 0.5  # the loop kept serving throughout
+    assert not dest.exists()  # stopped, not finished
+    assert not [p for p in multiprocessing.active_children() if p.name == "carn-stream-copy"]

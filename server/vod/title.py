@@ -17,8 +17,6 @@ import asyncio
 import json
 import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,22 +40,46 @@ TITLE_FOLDER = "title"  #: the title command's outputs, in the video's folder
 REPORT_NAME, PLOT_NAME = "report.json", "report.svg"
 
 
+#: How often the event loop looks for the copy's process to have answered (seconds).
+COPY_POLL = 0.1
+
+
 async def make_copy(source: Path, dest: Path, scale: int, codec: str, crf: int) -> EncodedCopy:
-    """Encode the stored copy in a process of its own; its crash is an input error."""
+    """Encode the stored copy in a process of its own; its crash is an input error. Waiting
+    never blocks the event loop, and a cancel (the client went, the video was deleted, the
+    service stops) kills the process at once."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(
-            pool, _encode, source, dest, scale, codec, crf
-        )
+    receiving, sending = context.Pipe(duplex=False)
+    process = context.Process(target=_encode, args=(sending, source, dest, scale, codec, crf),
+                              name="carn-stream-copy", daemon=True)  # fmt: skip
+    process.start()
+    sending.close()  # (the child's end: once it exits, the pipe reads as ended)
+    try:
+        while not receiving.poll():
+            await asyncio.sleep(COPY_POLL)
         try:
-            return await call
-        except BrokenProcessPool:
+            done, value = receiving.recv()
+        except EOFError:  # exited without a word: crashed
             raise InputError("the source could not be decoded (its decoder crashed)") from None
+        if not done:
+            raise value
+        return value
+    finally:
+        receiving.close()
+        if process.is_alive():
+            process.kill()
+        await asyncio.to_thread(process.join)  # (at once: it has answered, or was killed)
 
 
-def _encode(source: Path, dest: Path, scale: int, codec: str, crf: int) -> EncodedCopy:
-    return encode_copy(source, dest, scale=scale, codec=codec, crf=crf)
+def _encode(sending, source: Path, dest: Path, scale: int, codec: str, crf: int) -> None:
+    """In the copy's process: the copy, or the error, sent back."""
+    try:
+        sending.send((True, encode_copy(source, dest, scale=scale, codec=codec, crf=crf)))
+    except Exception as exc:  # (as a pool would hand it back)
+        try:
+            sending.send((False, exc))
+        except Exception:  # (one that does not pickle)
+            sending.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
 def title_command(
