@@ -164,6 +164,8 @@ class Settings:
     #: this many steps (in a child process), then served with its own weights.
     vod_tune_frames: int = 77
     vod_tune_steps: int = 200
+    #: Fine-tunes (and titles' models) trained at once; the rest wait their turn, queued.
+    vod_max_concurrent_tunes: int = 1
     #: A video stored small (``"store"``) gets a report measured on this many of its frames.
     vod_report_frames: int = 12
     #: A Ray cluster to run segments on (``auto``: the cluster started on this machine with
@@ -249,6 +251,7 @@ class Settings:
             "vod_viewer_idle_seconds": self.vod_viewer_idle_seconds > 0,
             "vod_tune_frames": self.vod_tune_frames >= 4,
             "vod_tune_steps": self.vod_tune_steps >= 1,
+            "vod_max_concurrent_tunes": self.vod_max_concurrent_tunes >= 1,
             "vod_report_frames": self.vod_report_frames >= 2,
             "media_link_seconds": self.media_link_seconds > 0,
             "max_duration_seconds": self.max_duration_seconds > 0,
@@ -309,6 +312,7 @@ _TAKES: dict[str, str] = {
     "vod_tune_frames": "a whole number, 4 or more",
     "train_amp": "one of auto, off, bf16, fp16",
     "vod_tune_steps": "a whole number, 1 or more",
+    "vod_max_concurrent_tunes": "a whole number, 1 or more",
     "vod_report_frames": "a whole number, 2 or more",
     "media_link_seconds": "a positive number of seconds",
     "max_duration_seconds": "a positive number of seconds",

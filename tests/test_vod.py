@@ -1266,6 +1266,29 @@ def test_a_video_ingested_with_tune_switches_to_its_own_weights(server, base, tm
     assert not (server.data_dir / tune["weights"]).exists()
 
 
+def test_fine_tunes_wait_their_turn(server, base):
+    """Each fine-tune is a training process of its own: two videos ingested with a fine-tune
+    trained at once (any number did), where CARN_STREAM_VOD_MAX_CONCURRENT_TUNES (1) allows
+    one; the other stays queued."""
+    settle(server)
+    ids = []
+    for _ in range(2):
+        response = server.call("POST", "/videos", {"url": f"{base}/clip.mp4", "tune": True})
+        assert response.status == 201, response.body
+        ids.append(response.json()["id"])
+
+    def states() -> list[str]:
+        return [server.call("GET", f"/videos/{i}").json()["tune"]["state"] for i in ids]
+
+    seen = wait_for(lambda: "running" in (s := states()) and s, 30, "a fine-tune to start")
+    assert sorted(seen) == ["queued", "running"]
+    for _ in range(10):  # (a fine-tune here takes several seconds)
+        assert states().count("running") <= 1
+        time.sleep(0.2)
+    for video_id in ids:
+        assert server.call("DELETE", f"/videos/{video_id}").status == 204
+
+
 def test_a_video_stored_small_is_served_at_its_size_by_its_own_model(server, base, media,
                                                                       tmp_path):  # fmt: skip
     settle(server)

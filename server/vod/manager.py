@@ -176,6 +176,8 @@ class VideoManager:
         self._playheads = Playheads(settings.vod_viewer_idle_seconds)
         self._videos: dict[str, Video] = {}
         self._tunes: dict[str, asyncio.Task] = {}
+        #: Fine-tunes training now (each a torch process of its own): the rest wait, queued.
+        self._tune_turns = asyncio.Semaphore(settings.vod_max_concurrent_tunes)
         self._deleting: set[str] = set()  #: videos being deleted now
         self._replanning: set[str] = set()  #: videos being planned again now
         self._replan: asyncio.Task | None = None
@@ -407,6 +409,10 @@ class VideoManager:
         """Make the video's own model in a child process at a lower CPU priority than
         playback (``carn-stream tune`` on its frames; for a video stored small, ``carn-stream
         assess``: compression-aware, with the title's report), then serve the video with it."""
+        async with self._tune_turns:  # (queued until then, as ingest recorded it)
+            await self._tune_now(video)
+
+    async def _tune_now(self, video: Video) -> None:
         name = tuned_name(video.id)
         weights = self.settings.data_dir / name
         folder = self.cache.folder(video.id)
