@@ -22,3 +22,19 @@ class CrashOnWhite(Bicubic):
 
 def crashing_worker() -> InferenceWorker:
     return InferenceWorker(Engine(CrashOnWhite(), EngineConfig(device="cpu", precision="fp32")))
+
+
+def crashing_planner() -> InferenceWorker:
+    """:func:`crashing_worker`, in a worker process that also comes down (SIGSEGV) planning
+    an input whose name starts with ``hostile``, as a demuxer bug would."""
+    from carn_stream.pipeline.execution import worker_process
+
+    plan = worker_process.plan_in_thread
+
+    async def planning(request):
+        if request.source.name.startswith("hostile"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return await plan(request)
+
+    worker_process.plan_in_thread = planning
+    return crashing_worker()

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.execution.executors import PlanRequest, SegmentTask, WorkerCrashed
 from carn_stream.pipeline.execution.segmented import SegmentedRun, SegmentFailed
 from carn_stream.pipeline.execution.worker_process import ProcessExecutor
 from carn_stream.pipeline.media.formats import FORMATS
 from carn_stream.pipeline.run import PipelineOptions
-from tests.crashing import crashing_worker
+from tests.crashing import crashing_planner, crashing_worker
 from tests.media import facts, write_clip
 
 X264 = {"crf": "20", "preset": "ultrafast", "g": "25"}  # two segments of 1 s each
@@ -46,6 +47,26 @@ def run_both(clips, tmp_path, executor):
             await executor.close()
 
     return asyncio.run(go())
+
+
+def test_an_input_that_crashes_its_planning_is_an_input_error(clips):
+    """Jobs failed with "internal error: WorkerCrashed", and POST /videos answered 500, where
+    an input's reading crashed the worker process (alone too)."""
+    executor = ProcessExecutor(crashing_planner, slots=1)
+
+    async def go():
+        await executor.start()
+        try:
+            with pytest.raises(InputError) as caught:
+                await executor.plan(PlanRequest(clips["hostile"], 1.0))
+            return caught.value, await executor.plan(PlanRequest(clips["innocent"], 1.0))
+        finally:
+            await executor.close()
+
+    error, plan = asyncio.run(go())
+    assert "reading it crashed the worker process twice" in str(error)
+    assert "SIGSEGV" in str(error)
+    assert plan.frames == 50  # the next input is read by a fresh worker process
 
 
 def test_a_crash_fails_only_the_segment_that_caused_it(clips, tmp_path):

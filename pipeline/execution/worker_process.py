@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from carn_stream.pipeline.errors import InputError
 from carn_stream.pipeline.execution.executors import (
     PLANS_AT_ONCE,
     FrameCallback,
@@ -222,8 +223,14 @@ class ProcessExecutor:
         await self._ensure_child()
 
     async def plan(self, request: PlanRequest) -> SegmentPlan:
+        """The input's plan; an input whose reading brings the worker process down, also when
+        it is read alone, is an :class:`InputError` (as a demuxer's crash on a hostile file)."""
         async with self._plans:
-            return await self._call("plan", request, None)
+            try:
+                return await self._call("plan", request, None)
+            except WorkerCrashed as exc:
+                raise InputError(f"the input could not be read: reading it crashed the worker "
+                                 f"process twice ({exc})") from None  # fmt: skip
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await self._call("run", task, on_frame)
