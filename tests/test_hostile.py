@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from fractions import Fraction
 from pathlib import Path
 
@@ -197,6 +198,26 @@ def test_embedded_public_addresses_still_pass():
 def test_malformed_urls_and_local_paths_are_refused_with_a_reason(url, message):
     with pytest.raises(FetchError, match=message):
         validate_url(url, FetchPolicy())
+
+
+def test_a_local_file_url_names_the_file_its_check_found(tmp_path):
+    """With local files allowed, the check at submission read a file: URL's path, and the
+    fetch its text after "file://": file://localhost/..., a query or a fragment passed the
+    check and failed later (a 500 from POST /videos, "internal error" for a job)."""
+    clip = tmp_path / "a clip.mp4"
+    clip.write_bytes(b"not read here")
+    policy = FetchPolicy(allow_local_files=True)
+    escaped = urllib.parse.quote(str(clip))
+    for url in (f"file://localhost{escaped}", f"file://{escaped}", str(clip)):
+        assert fetch(url, tmp_path / "input", policy) == clip, url
+    for url, message in ((f"file://{escaped}?x=1", "no query or fragment"),
+                         (f"file://{escaped}#t=3", "no query or fragment"),
+                         (f"file://elsewhere{escaped}", "this machine's files only, not "
+                          "elsewhere's")):  # fmt: skip
+        for check in (validate_url, lambda u, p: fetch(u, tmp_path / "input", p)):
+            with pytest.raises(FetchError, match=message):
+                check(url, policy)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a clip.mp4"]
 
 
 def test_a_server_that_takes_the_connection_but_never_answers_is_said_so(tmp_path):

@@ -23,6 +23,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,10 +173,25 @@ class Target:
         return cls(parts.scheme, parts.hostname, port, path)
 
 
+def local_path(url: str) -> Path:
+    """The file a local input names: an absolute path, or a ``file:`` URL of this machine
+    (``file:///path`` or ``file://localhost/path``, percent-escapes decoded; with no query or
+    fragment, which no file's name has)."""
+    if not url.startswith("file://"):
+        return Path(url)
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise FetchError(f"a file: URL names this machine's files only, not {parts.netloc}'s")
+    if parts.query or parts.fragment:
+        raise FetchError("a file: URL has no query or fragment ('?' or '#' in a file's name "
+                         "is written %3F or %23)")  # fmt: skip
+    return Path(urllib.request.url2pathname(parts.path))
+
+
 def validate_url(url: str, policy: FetchPolicy) -> str:
     """Checks that can be made at submission: scheme, host and its addresses (or local file)."""
     if policy.allow_local_files and (url.startswith("file://") or url.startswith("/")):
-        path = Path(urllib.parse.urlsplit(url).path if url.startswith("file://") else url)
+        path = local_path(url)
         if not path.is_file():
             raise FetchError(f"local file {path} does not exist")
         return url
@@ -307,7 +323,7 @@ def fetch(
     DASH manifest is replaced by the stream it lists (:mod:`.listed_fetch`), fetched under the
     same rules and limits, counted over the whole input."""
     if policy.allow_local_files and (url.startswith("file://") or url.startswith("/")):
-        local = Path(validate_url(url, policy).removeprefix("file://"))
+        local = local_path(validate_url(url, policy))
         with open(local, "rb") as file:
             kind = listing_kind(file.read(HEAD_BYTES))
         if kind is not None:
