@@ -80,6 +80,52 @@ def test_a_job_planned_by_an_older_rule_is_planned_again_when_it_runs(tmp_path):
     assert done["segments"]["total"] == 2  # today's plan: 1 s segments
 
 
+def test_a_queued_job_that_ran_before_is_cancelled_with_its_files(tmp_path, clip):
+    """A job back in the queue after a stop (or held there by the disk floor) kept its input
+    and published segments when cancelled, and showed the segments it was making as still
+    running."""
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    runner = _runner(tmp_path, store)
+    try:
+        job = store.create(f"file://{clip}", JobParams())  # HLS
+        store.save_plan(job.id, plan_segments(clip, 1.0))
+        ran = store.claim_next()
+        assert ran is not None and ran.id == job.id
+        store.segment_started(job.id, 0)
+        media = runner.media(ran)
+        media.output.mkdir(parents=True)  # what its run left
+        (media.output / "segment_00000.ts").write_bytes(b"published")
+        media.work.mkdir()
+        (media.work / "part").write_bytes(b"work")
+        media.input.write_bytes(b"our copy of the input")
+        store.requeue(job.id)  # a graceful stop
+        assert store.get(job.id).state == "queued"
+        assert store.segment_counts([job.id])[job.id]["running"] == 0
+        assert asyncio.run(runner.cancel(job.id)) is True
+        assert store.get(job.id).state == "cancelled"
+        assert not media.input.exists() and not media.work.exists()
+        assert not media.output.exists()
+    finally:
+        store.close()
+
+
+def test_jobs_a_restart_finds_running_show_no_running_segments(tmp_path, clip):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    try:
+        ids = [store.create(f"file://{clip}", JobParams()).id for _ in range(2)]
+        for job_id in ids:
+            store.save_plan(job_id, plan_segments(clip, 1.0))
+            assert store.claim_next().id == job_id
+            store.segment_started(job_id, 0)
+        with store.database.transaction() as db:  # the second is out of attempts
+            db.execute("UPDATE jobs SET attempts = 9 WHERE id = ?", (ids[1],))
+        assert store.recover(max_attempts=2) == ([ids[0]], [ids[1]])
+        counts = store.segment_counts(ids)
+        assert [counts[i]["running"] for i in ids] == [0, 0]
+    finally:
+        store.close()
+
+
 def test_rows_that_cannot_be_read_are_listed_failed_and_skipped(tmp_path, clip):
     store, ids = damaged_store(tmp_path, clip)
     try:

@@ -86,7 +86,8 @@ class JobRunner:
 
     def discard_files(self, job_ids: list[str]) -> None:
         """Remove what jobs that ended without success left (output, work files, our copy of
-        the input): jobs failed at start-up after too many interrupted runs."""
+        the input): jobs failed at start-up after too many interrupted runs, queued jobs
+        cancelled."""
         for job_id in job_ids:
             job = self.store.get(job_id)
             if job is None:
@@ -185,6 +186,8 @@ class JobRunner:
         task = self._running.get(job_id)
         if task is None:
             ok = self.store.finish(job_id, "cancelled", "cancelled by request")
+            if ok:  # (queued after an earlier run: what it made and fetched goes now)
+                await asyncio.to_thread(self.discard_files, [job_id])
             self.wake()
             return ok
         self._cancelled.add(job_id)  # even when a shutdown is stopping it already

@@ -230,11 +230,7 @@ class JobStore:
                 "WHERE id = ? AND state IN ('queued', 'running')",
                 (state, error, time.time() if at is None else at, state, job_id),
             )
-            # Segments the job was making when it ended are not being made any more.
-            db.execute(
-                "UPDATE segments SET state = 'pending' WHERE job_id = ? AND state = 'running'",
-                (job_id,),
-            )
+            _no_longer_running(db, job_id)
         return cur.rowcount == 1
 
     def requeue(self, job_id: str) -> None:
@@ -245,6 +241,7 @@ class JobStore:
                 "WHERE id = ? AND state = 'running'",
                 (job_id,),
             )
+            _no_longer_running(db, job_id)
 
     def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
         """After a restart: interrupted jobs run again, or fail once out of attempts.
@@ -257,6 +254,8 @@ class JobStore:
             failed = [r["id"] for r in rows if r["attempts"] >= max_attempts]
             for job_id in again:
                 db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (job_id,))
+            for job_id in (*again, *failed):
+                _no_longer_running(db, job_id)
             for job_id in failed:
                 db.execute(
                     "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
@@ -394,3 +393,10 @@ def _first_line(exc: BaseException) -> str:
     """An exception in a few words (pydantic's messages run over many lines)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+def _no_longer_running(db: sqlite3.Connection, job_id: str) -> None:
+    """The segments a job was making when it stopped (it ended, went back to the queue, or
+    the service stopped) are not being made any more."""
+    db.execute("UPDATE segments SET state = 'pending' WHERE job_id = ? AND state = 'running'",
+               (job_id,))  # fmt: skip
