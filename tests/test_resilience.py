@@ -499,3 +499,19 @@ def test_a_video_larger_than_the_free_space_gets_507(tmp_path):
         status, body = asyncio.run(run())
     assert status == 507 and "low on disk space for this input" in body["detail"], body
     assert not list((tmp_path / "data" / "videos").glob("*/input*"))
+
+
+def test_a_png_written_by_several_at_once_is_whole_and_none_fails(tmp_path):
+    """Two first requests for a job's bicubic comparison frame wrote the same temporary
+    file, and the second rename failed (FileNotFoundError: a 500)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from carn_stream.pipeline.media.images import read_rgb, write_png
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (360, 640, 3), dtype=np.uint8) for _ in range(2)]
+    target = tmp_path / "0-bicubic.png"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda n: write_png(target, images[n % 2]), range(40)))
+    assert any(np.array_equal(read_rgb(target), image) for image in images)
+    assert [p.name for p in tmp_path.iterdir()] == ["0-bicubic.png"]  # no temporary left

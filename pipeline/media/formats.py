@@ -210,18 +210,21 @@ class OutputFormat:
     @staticmethod
     def _remove_hls_files(folder: Path) -> None:
         for path in folder.iterdir():
-            name = path.name.lstrip(".")
-            if SEGMENT_NAME_RE.match(name.removesuffix(".part")) or OURS.match(name):
+            name = _WRITING.sub("", path.name.lstrip("."))
+            if SEGMENT_NAME_RE.match(name) or OURS.match(name):
                 path.unlink(missing_ok=True)
 
 
-#: The other files of an HLS folder (and their temporary ``NAME.*.part`` names, less the dot):
-#: a user's own files beside them stay.
+#: How a file being written is named after its own (``.NAME.part``, ``.NAME.TOKEN.part``).
+_WRITING = re.compile(r"(\.[0-9a-f]+)?\.part\Z")
+
+
+#: The other files of an HLS folder (their names while they are written, too): a user's own
+#: files beside them stay.
 OURS = re.compile(
     rf"({re.escape(PLAYLIST_NAME)}|{re.escape(MASTER_NAME)}|{re.escape(INIT_NAME)}"
     r"|segment_[0-9]{5,9}\.m4s\.init"  # (a segment's header waiting for init.mp4, fragment.py)
-    rf"|{SUBTITLE_NAME_RE.pattern}|{AUDIO_NAME_RE.pattern})"
-    r"(\.[0-9a-f]+\.part|\.part)?\Z"
+    rf"|{SUBTITLE_NAME_RE.pattern}|{AUDIO_NAME_RE.pattern})\Z"
 )
 
 FORMATS: dict[str, OutputFormat] = {

@@ -28,8 +28,6 @@ carries it (:mod:`~carn_stream.pipeline.media.hdr_boxes`), whichever segment wri
 from __future__ import annotations
 
 import io
-import os
-import secrets
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +51,7 @@ from carn_stream.pipeline.media.isobmff import (
     boxes,
     nested,
 )
+from carn_stream.pipeline.media.publish import publish_bytes
 
 #: Each segment on its own: one fragment (written as the segment ends), the moov delayed until
 #: the codecs' configuration is known (MPEG-TS carries it in the stream), offsets counted from
@@ -292,29 +291,6 @@ def _number_at(init: bytes, start: int, end: int) -> int:
             body = at + header
             return body + (20 if init[body] == 1 else 12)
     raise OutputError("a track without a header in a fragmented MP4 segment")
-
-
-def publish_bytes(path: Path, data: bytes, replace: bool = True) -> Path:
-    """Write ``data`` at ``path`` by rename from ``.NAME.part`` (``replace=False``: from a name
-    of its own, ``.NAME.*.part``, and a file already there, written by another segment at the
-    same moment, is kept)."""
-    token = "" if replace else f".{secrets.token_hex(6)}"
-    part = path.with_name(f".{path.name}{token}.part")
-    try:
-        part.write_bytes(data)
-        if replace:
-            os.replace(part, path)
-        else:
-            try:
-                os.link(part, path)
-            except FileExistsError:
-                pass
-            except OSError:  # a file system without hard links
-                if not path.exists():
-                    os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
-    return path
 
 
 def _tracks(init: bytes) -> list[tuple[int, int]]:

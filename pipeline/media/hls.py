@@ -10,9 +10,7 @@ are done. Durations are the plan's exact ones.
 from __future__ import annotations
 
 import math
-import os
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING
 import av
 
 from carn_stream.pipeline.media.decode import codec_name
+from carn_stream.pipeline.media.publish import publish_text
 
 if TYPE_CHECKING:
     from carn_stream.pipeline.media.segments import SegmentPlan
@@ -169,21 +168,6 @@ def write_playlist(
     """Replace ``folder/index.m3u8`` atomically (a reader never sees half a playlist)."""
     text = playlist_text(durations, target, complete, fragmented=fragmented)
     return publish_text(folder / PLAYLIST_NAME, text)
-
-
-def publish_text(path: Path, text: str) -> Path:
-    """Write ``text`` at ``path`` by rename from a temporary name beside it
-    (``.NAME.*.part``): a reader never sees half of it, and writers at once do not collide.
-    The file gets the usual permissions (the umask's), readable by a web server."""
-    part = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
-    try:
-        with open(part, "x", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def is_complete(folder: Path) -> bool:

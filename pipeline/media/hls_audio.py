@@ -38,7 +38,7 @@ from carn_stream.pipeline.errors import OutputError, PipelineError, ffmpeg_reaso
 from carn_stream.pipeline.media.audio_transcode import transcoded_channels
 from carn_stream.pipeline.media.decode import keep_language, open_input, stream_label
 from carn_stream.pipeline.media.encode import SEGMENT_FORMAT, probe_to_video
-from carn_stream.pipeline.media.fragment import check_tracks, fragment, played, publish_bytes
+from carn_stream.pipeline.media.fragment import check_tracks, fragment, played
 from carn_stream.pipeline.media.hls import (
     AUDIO_NAME_RE,
     INIT_NAME,
@@ -47,11 +47,11 @@ from carn_stream.pipeline.media.hls import (
     audio_prefix,
     carried_as_is,
     plan_playlist_text,
-    publish_text,
     segment_name,
     track_name,
     unique_name,
 )
+from carn_stream.pipeline.media.publish import publish_bytes, publish_text
 from carn_stream.pipeline.media.renditions import carried_audio_tag
 from carn_stream.pipeline.media.segments import SegmentPlan
 

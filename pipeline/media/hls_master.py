@@ -21,12 +21,12 @@ from carn_stream.pipeline.media.hls import (
     Variant,
     audio_prefix,
     master_playlist_text,
-    publish_text,
     segment_name,
     subtitle_file,
     subtitle_playlist_text,
 )
 from carn_stream.pipeline.media.hls_audio import write_audio_renditions
+from carn_stream.pipeline.media.publish import publish_text
 from carn_stream.pipeline.media.renditions import audio_tag, video_tag
 from carn_stream.pipeline.media.segments import SegmentPlan
 from carn_stream.pipeline.media.webvtt import text_subtitle_tracks, write_webvtt

@@ -9,6 +9,7 @@ import av
 import numpy as np
 
 from carn_stream.pipeline.media.input_formats import IMAGE_OPEN_OPTIONS
+from carn_stream.pipeline.media.publish import publish_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -44,19 +45,13 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def write_png(path: Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> None:
     """Encode HxWx3 uint8 RGB (with an HxW uint8 ``alpha``: RGBA) as PNG; the file appears
-    only when fully written."""
+    only when fully written (two writers at once: the last one's)."""
     codec = av.CodecContext.create("png", "w")
     codec.width, codec.height = rgb.shape[1], rgb.shape[0]
     codec.pix_fmt = "rgb24" if alpha is None else "rgba"
     pixels = rgb if alpha is None else np.dstack([rgb, alpha])
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format=codec.pix_fmt)
-    data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # left behind when the rename failed
+    publish_bytes(path, b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)]))
 
 
 def iter_images(folder: Path) -> Iterator[tuple[str, np.ndarray]]:

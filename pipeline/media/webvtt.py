@@ -19,8 +19,9 @@ import av
 
 from carn_stream.pipeline.media.decode import codec_name, open_input, stream_label
 from carn_stream.pipeline.media.encode import SEGMENT_OFFSET_SECONDS
-from carn_stream.pipeline.media.hls import publish_text, track_name, unique_name
+from carn_stream.pipeline.media.hls import track_name, unique_name
 from carn_stream.pipeline.media.keep import TEXT_SUBTITLES, subtitle_text
+from carn_stream.pipeline.media.publish import publish_text
 from carn_stream.pipeline.media.segments import SegmentPlan
 
 MPEG_TS_CLOCK = 90_000
