@@ -200,6 +200,18 @@ def test_malformed_urls_and_local_paths_are_refused_with_a_reason(url, message):
         validate_url(url, FetchPolicy())
 
 
+@pytest.mark.parametrize(
+    "field,value", [("fmp4", "yes"), ("fmp4", 1), ("deinterlace", "off"), ("deinterlace", 1)]
+)
+def test_a_jobs_switches_are_true_or_false_as_a_videos_are(field, value):
+    """POST /jobs read "yes", "off" and 1 as booleans where POST /videos refused them (422)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="valid boolean"):
+        JobParams.model_validate({"format": "hls", field: value})
+    assert getattr(JobParams.model_validate({field: True}), field) is True
+
+
 def test_a_local_file_url_names_the_file_its_check_found(tmp_path):
     """With local files allowed, the check at submission read a file: URL's path, and the
     fetch its text after "file://": file://localhost/..., a query or a fragment passed the

@@ -33,7 +33,7 @@ from carn_stream.server.deps import AudioChoice, Limit, Offset, Signer, require_
 from carn_stream.server.disconnect import ClientGone, unless_disconnected
 from carn_stream.server.inputs.exposure import public_url
 from carn_stream.server.inputs.fetch import DiskFull, FetchError
-from carn_stream.server.jobs.params import InputFps, Scale, raw_rate
+from carn_stream.server.jobs.params import Deinterlace, InputFps, Scale, raw_rate
 from carn_stream.server.pages import STATIC_DIR
 from carn_stream.server.speed import SpeedBook
 from carn_stream.server.streaming import FileStream, Turns
@@ -104,13 +104,7 @@ class VideoCreate(BaseModel):
         "`GET /videos/{id}/report` then measures what that saves",
     )
     input_fps: InputFps
-    deinterlace: StrictBool | None = Field(
-        None,
-        description="make frames the input's decoder flags interlaced (480i/576i/1080i) "
-        "progressive before they are upscaled (FFmpeg's bwdif, one frame per frame); false "
-        "upscales them as coded. Default: the service's CARN_STREAM_DEINTERLACE, recorded "
-        "with the video when it is added",
-    )
+    deinterlace: Deinterlace
 
     @field_validator("scales")
     @classmethod

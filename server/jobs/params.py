@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     model_validator,
 )
 
@@ -58,6 +59,19 @@ InputFps = Annotated[
     ),
 ]
 
+#: Whether interlaced frames are made progressive (strictly true or false: "yes" or 1 is a
+#: mistake to say, not a choice to guess).
+Deinterlace = Annotated[
+    StrictBool | None,
+    Field(
+        None,
+        description="make frames the input's decoder flags interlaced (480i/576i/1080i) "
+        "progressive before they are upscaled (FFmpeg's bwdif, one frame per frame); false "
+        "upscales them as coded. Default: the service's CARN_STREAM_DEINTERLACE, recorded "
+        "with the job (or video) when it is added",
+    ),
+]
+
 
 def raw_rate(input_fps: float | None) -> Fraction | None:
     """``input_fps`` as an exact rate (None: a raw input's own)."""
@@ -78,7 +92,7 @@ class JobParams(BaseModel):
     )
     codec: Literal[CODEC_NAMES] = "h264"  # type: ignore[valid-type]
     crf: int = Field(18, ge=0, le=51, description="quality, 0 (lossless) to 51")
-    fmp4: bool = Field(
+    fmp4: StrictBool = Field(
         False,
         description="HLS segments in fragmented MP4 (init.mp4, .m4s) for H.264 too; HEVC's "
         "always are (default: MPEG-TS for H.264)",
@@ -94,13 +108,7 @@ class JobParams(BaseModel):
         examples=["clip-x4.pth"],
     )
     input_fps: InputFps
-    deinterlace: bool | None = Field(
-        None,
-        description="make frames the input's decoder flags interlaced (480i/576i/1080i) "
-        "progressive before they are upscaled (FFmpeg's bwdif, one frame per frame); false "
-        "upscales them as coded. Default: the service's CARN_STREAM_DEINTERLACE, recorded "
-        "with the job when it is created",
-    )
+    deinterlace: Deinterlace
 
     @model_validator(mode="after")
     def _preset_fits_codec(self) -> JobParams:
