@@ -1510,6 +1510,29 @@ def test_a_prefetch_a_player_catches_up_with_is_not_slowed_by_the_next_one(media
     assert made.get("prefetch_late") == 2 and made.get("request") == 1, made
 
 
+def test_a_video_being_deleted_starts_no_new_work(media, tmp_path):
+    """A delete waits for the video's work in flight to stop; a segment asked for meanwhile
+    started work of its own, which wrote into the removed folder afterwards (or failed)."""
+    import asyncio
+
+    from carn_stream.server.vod.manager import VideoGone
+
+    async def delete_while_asked(manager, video):
+        first = asyncio.create_task(manager.segment(video, "x2", 0))
+        await asyncio.sleep(0.3)  # (its work is under way: 2 s on the slow worker)
+        deleting = asyncio.create_task(manager.delete(video.id))
+        await asyncio.sleep(0)  # the delete has begun: it waits for the work in flight
+        late = await asyncio.gather(manager.segment(video, "x2", 2), return_exceptions=True)
+        assert await deleting is True
+        await asyncio.gather(first, return_exceptions=True)
+        await asyncio.sleep(0.3)  # (what a late start would have written by now)
+        return late[0], manager.cache.folder(video.id).exists(), list(manager._work)
+
+    (late, folder_left, work), _ = run_with_manager(media, tmp_path, 1, delete_while_asked)
+    assert isinstance(late, VideoGone), late
+    assert not folder_left and work == []
+
+
 def test_made_up_player_ids_cannot_queue_more_prefetch_than_the_cap(media, tmp_path):
     """Each new player id keeps the prefetch ahead of it; what waits to start stays capped."""
     import asyncio

@@ -710,6 +710,10 @@ class VideoManager:
         work.task.cancel()
 
     def _start(self, video: Video, key: Key, prefetch: bool) -> _Work:
+        """Start making ``key``; none is started for a video being deleted (its folder is
+        about to go: the work would write into it, or fail, after)."""
+        if key.video in self._deleting:
+            raise VideoGone(f"video {key.video} was deleted")
         priority = (
             Priority.PREFETCH if prefetch else Priority.WAITED
         )
@@ -741,7 +745,7 @@ class VideoManager:
     def _prefetch(self, video: Video, rendition: str, index: int) -> None:
         """Make the next segments ahead; drop waiting prefetch work no player is ahead of
         any more (a seek)."""
-        if video.id in self._replanning:
+        if video.id in self._replanning or video.id in self._deleting:
             return
         last = len(video.plan.segments)
         ahead = self._ahead(index, last)
