@@ -456,18 +456,27 @@ def test_playlists_parse_as_the_rfc_writes_them():
     with pytest.raises(ListingError, match="does not start with #EXTM3U"):
         parse_playlist("<html>", "http://h.example/")
     # A key applies from its tag on; without an IV, a segment's media sequence number is its.
-    encrypted = parse_playlist(
-        "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:41\n#EXT-X-KEY:METHOD=AES-128,URI=\"k1\"\n"
-        "#EXT-X-MAP:URI=\"i.mp4\"\n#EXTINF:2,\na.m4s\n#EXTINF:2,\nb.m4s\n"
-        "#EXT-X-KEY:METHOD=AES-128,URI=\"/k2\",IV=0X00ff\n#EXTINF:2,\nc.m4s\n"
-        "#EXT-X-KEY:METHOD=NONE\n#EXTINF:2,\nd.m4s\n#EXT-X-ENDLIST\n",
-        "http://h.example/x/index.m3u8",
-    )  # fmt: skip
-    k1, k2 = "http://h.example/x/k1", "http://h.example/k2"
+    text = ("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:41\n#EXT-X-KEY:METHOD=AES-128,URI=\"k0\",IV=0x1\n"
+            "#EXT-X-MAP:URI=\"i.mp4\"\n#EXT-X-KEY:METHOD=AES-128,URI=\"k1\"\n"
+            "#EXTINF:2,\na.m4s\n#EXTINF:2,\nb.m4s\n"
+            "#EXT-X-KEY:METHOD=AES-128,URI=\"/k2\",IV=0X00ff\n#EXTINF:2,\nc.m4s\n"
+            "#EXT-X-KEY:METHOD=NONE\n#EXTINF:2,\nd.m4s\n#EXT-X-ENDLIST\n")  # fmt: skip
+    encrypted = parse_playlist(text, "http://h.example/x/index.m3u8")
+    k0, k1, k2 = "http://h.example/x/k0", "http://h.example/x/k1", "http://h.example/k2"
     assert encrypted.parts("media").keys == (
-        PartKey(k1, (41).to_bytes(16, "big")), PartKey(k1, (41).to_bytes(16, "big")),
+        PartKey(k0, (1).to_bytes(16, "big")), PartKey(k1, (41).to_bytes(16, "big")),
         PartKey(k1, (42).to_bytes(16, "big")), PartKey(k2, (255).to_bytes(16, "big")), None,
     )  # fmt: skip
+    # The IV an encrypted initialization section needs (RFC 8216 4.3.2.4), and the media
+    # sequence a key without one takes it from: refused where missing; a malformed media
+    # sequence that no key needs is no matter.
+    for changed, reason in ((("k0\",IV=0x1", "k0\""), "encrypted #EXT-X-MAP has no IV"),
+                            (("SEQUENCE:41", "SEQUENCE:-1"), "no valid #EXT-X-MEDIA-SEQUENCE")):
+        with pytest.raises(ListingError, match=reason):
+            parse_playlist(text.replace(*changed), "http://h.example/x/index.m3u8")
+    plain = parse_playlist(f"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:x\n{SEGMENT}#EXT-X-ENDLIST\n",
+                           "http://h.example/")  # fmt: skip
+    assert plain.parts("media").keys == ()
 
 
 MPD = """<?xml version="1.0"?>

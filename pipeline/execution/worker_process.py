@@ -223,14 +223,16 @@ class ProcessExecutor:
         await self._ensure_child()
 
     async def plan(self, request: PlanRequest) -> SegmentPlan:
-        """The input's plan; an input whose reading brings the worker process down, also when
-        it is read alone, is an :class:`InputError` (as a demuxer's crash on a hostile file)."""
+        """The input's plan; an input whose reading alone brings the worker process down is an
+        :class:`InputError` (as a demuxer's crash on a hostile file)."""
         async with self._plans:
             try:
                 return await self._call("plan", request, None)
             except WorkerCrashed as exc:
-                raise InputError(f"the input could not be read: reading it crashed the worker "
-                                 f"process twice ({exc})") from None  # fmt: skip
+                if self._closed:  # (stopped under it: not the input's doing)
+                    raise
+                raise InputError(f"the input could not be read: reading it alone crashed the "
+                                 f"worker process ({exc})") from None  # fmt: skip
 
     async def run(self, task: SegmentTask, on_frame: FrameCallback | None) -> SegmentResult:
         return await self._call("run", task, on_frame)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -185,9 +185,10 @@ def static_hdr(frame: av.VideoFrame) -> StaticHdr | None:
     it has none. A mastering display without both its primaries and its luminance is left out
     (an encoder takes the whole or nothing), as is either part out of its range (metadata
     that would make the encoder refuse to start)."""
-    side_data = frame.side_data  # (a mapping by kind since PyAV 18.1.1, a sequence before)
     try:
-        items = list(side_data.values() if isinstance(side_data, Mapping) else side_data)
+        side_data = frame.side_data
+        # (iterating gives the items themselves before PyAV 18.1.1, their kinds since)
+        items = [i if hasattr(i, "type") else side_data[i] for i in side_data]
     except ValueError:  # a kind of side data newer than PyAV's list (EXIF, LCEVC, views)
         return None
     found = {item.type.name: bytes(item) for item in items}

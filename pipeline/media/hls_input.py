@@ -124,9 +124,15 @@ class Key:
     uri: str
     iv: bytes | None = None
 
-    def of(self, sequence: int) -> PartKey:
-        """The key of the segment with media sequence number ``sequence``."""
-        return PartKey(self.uri, self.iv or sequence.to_bytes(16, "big"))
+    def of(self, sequence: int | None) -> PartKey:
+        """The key of the segment with media sequence number ``sequence`` (None: the
+        playlist's is malformed)."""
+        if self.iv is not None:
+            return PartKey(self.uri, self.iv)
+        if sequence is None or not 0 <= sequence < 1 << 128:
+            raise ListingError("an #EXT-X-KEY without an IV, and no valid "
+                               "#EXT-X-MEDIA-SEQUENCE to take it from")  # fmt: skip
+        return PartKey(self.uri, sequence.to_bytes(16, "big"))
 
 
 @dataclass(frozen=True)
@@ -238,8 +244,8 @@ def _media(lines: list[str], url: str) -> MediaPlaylist:
             ended = True
         elif tag == "#EXT-X-DISCONTINUITY":
             discontinuities += 1
-        elif tag == "#EXT-X-MEDIA-SEQUENCE":
-            sequence = whole_number(value)
+        elif tag == "#EXT-X-MEDIA-SEQUENCE":  # (needed only by a key without an IV)
+            sequence = int(value) if value.isdigit() else None
         elif tag == "#EXT-X-KEY":
             key, unread = _key(attributes(value), url)
             unread_key = unread_key or unread
@@ -247,8 +253,10 @@ def _media(lines: list[str], url: str) -> MediaPlaylist:
             tag_attributes = attributes(value)
             uri = absolute(tag_attributes.get("URI", ""), url)
             ranged = tag_attributes.get("BYTERANGE")
+            if key is not None and key.iv is None:  # (RFC 8216 4.3.2.4: required there)
+                raise ListingError("an encrypted #EXT-X-MAP has no IV in its #EXT-X-KEY")
             maps.append(Part(uri, _byte_range(ranged, uri, next_offset) if ranged else None,
-                             key.of(sequence) if key else None))  # fmt: skip
+                             key.of(None) if key else None))  # fmt: skip
         elif tag == "#EXT-X-BYTERANGE":
             byte_range = value
         elif not line.startswith("#"):
@@ -256,7 +264,7 @@ def _media(lines: list[str], url: str) -> MediaPlaylist:
             segments.append(Part(uri, _byte_range(byte_range, uri, next_offset)
                                  if byte_range else None, key.of(sequence) if key else None))
             byte_range = None
-            sequence += 1
+            sequence = None if sequence is None else sequence + 1
     return MediaPlaylist(tuple(segments), tuple(maps), ended, unread_key, discontinuities)
 
 

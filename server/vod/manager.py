@@ -710,9 +710,9 @@ class VideoManager:
         work.task.cancel()
 
     def _start(self, video: Video, key: Key, prefetch: bool) -> _Work:
-        """Start making ``key``; none is started for a video being deleted (its folder is
-        about to go: the work would write into it, or fail, after)."""
-        if key.video in self._deleting:
+        """Start making ``key``; none is started for a video being deleted or gone (its
+        folder is about to go, or has: the work would write into it, or fail, after)."""
+        if key.video in self._deleting or self.get(key.video) is None:
             raise VideoGone(f"video {key.video} was deleted")
         priority = (
             Priority.PREFETCH if prefetch else Priority.WAITED

@@ -52,9 +52,9 @@ async def make_copy(source: Path, dest: Path, scale: int, codec: str, crf: int) 
     receiving, sending = context.Pipe(duplex=False)
     process = context.Process(target=_encode, args=(sending, source, dest, scale, codec, crf),
                               name="carn-stream-copy", daemon=True)  # fmt: skip
-    process.start()
-    sending.close()  # (the child's end: once it exits, the pipe reads as ended)
     try:
+        process.start()
+        sending.close()  # (the child's end: once it exits, the pipe reads as ended)
         while not receiving.poll():
             await asyncio.sleep(COPY_POLL)
         try:
@@ -65,10 +65,12 @@ async def make_copy(source: Path, dest: Path, scale: int, codec: str, crf: int) 
             raise value
         return value
     finally:
+        sending.close()
         receiving.close()
-        if process.is_alive():
-            process.kill()
-        await asyncio.to_thread(process.join)  # (at once: it has answered, or was killed)
+        if process.pid is not None:  # (started)
+            if process.is_alive():
+                process.kill()
+            await asyncio.to_thread(process.join)  # (at once: it has answered, or was killed)
 
 
 def _encode(sending, source: Path, dest: Path, scale: int, codec: str, crf: int) -> None:
