@@ -890,7 +890,7 @@ def test_two_frames_of_hevc_make_a_copy_every_time(data_dir, tmp_path):
             video = c.streams.video[0]
             times = [(p.pts, p.dts) for p in c.demux(video) if p.size]
             assert (video.width, video.height) == (640, 360)
-        step = round(1 / (rate * video.time_base))
+            step = round(1 / (rate * video.time_base))  # (a closed file's streams are gone)
         assert times == [(0, 0), (step, step)], (n, times)
 
 
