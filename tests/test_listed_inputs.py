@@ -66,6 +66,12 @@ MASTER_INSIDE = """#EXTM3U
 #EXT-X-STREAM-INF:BANDWIDTH=600000,RESOLUTION=160x90,AUDIO="a"
 ts/index.m3u8
 """
+#: A group of one rendition, the audio in the variant's own segments, named.
+MASTER_OWN = """#EXTM3U
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="Main",LANGUAGE="eng",DEFAULT=YES
+#EXT-X-STREAM-INF:BANDWIDTH=600000,RESOLUTION=160x90,AUDIO="a"
+ts/index.m3u8
+"""
 #: The same variant (its segments carry audio), but every rendition has a playlist of its own:
 #: players play those, not the segments' own audio.
 MASTER_UNNAMED = """#EXTM3U
@@ -102,6 +108,7 @@ def site(data_dir, tmp_path_factory):
         write_hls(two, root / f"{name}_renditions", fmp4=fmp4, renditions=True)
         (root / f"master_{name}.m3u8").write_text(MASTER.format(form=f"{name}_renditions"))
     (root / "master_inside.m3u8").write_text(MASTER_INSIDE)
+    (root / "master_own.m3u8").write_text(MASTER_OWN)
     (root / "master_unnamed.m3u8").write_text(MASTER_UNNAMED)
     # A single file with bytes after its last listed range (a trailer the playlist leaves out).
     (root / "ts_tail").mkdir()
@@ -289,6 +296,16 @@ def test_the_audio_in_the_variants_own_segments_is_kept_first(site, tmp_path):
     assert audio_tags(dest) == [("eng", "Main"), ("fra", "Commentary")]
     clip, tone = audio_packets(root / "two.mp4")
     assert audio_packets(dest) == [clip, tone]
+
+
+def test_the_variants_own_audio_alone_is_named_as_its_listing_names_it(site, tmp_path):
+    """Where no audio came apart, the variant's own audio kept no name and language."""
+    base, root = site
+    dest = fetched(f"{base}/master_own.m3u8", tmp_path / "input")
+    assert audio_tags(dest) == [("eng", "Main")]
+    assert audio_packets(dest) == audio_packets(root / "clip.mp4")  # copied as it was
+    assert len(times(dest)["video0"]) == FRAMES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
 
 
 @pytest.mark.parametrize("form", ["timeline", "numbered", "single"])

@@ -108,7 +108,9 @@ def _fetch_parts(
         audio.append(AudioFile(path, entry.name, entry.language))
     video = work / "video"
     _concatenate(listed.video, video, work, download, keys)
-    if listed.apart:  # beside the input before the input is there: a crash between leaves none
+    if listed.apart or any(a.name or a.language for a in listed.audio):
+        # (audio apart to join, or the video's own to name as the listing does: beside the
+        # input before the input is there, so a crash between leaves none)
         save_apart(dest, audio, video.stat().st_size)
     video.replace(dest)
 
