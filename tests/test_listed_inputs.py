@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import http.server
 import re
+import shutil
 import subprocess
 import sys
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -24,6 +26,7 @@ from carn_stream.pipeline.media.hls_input import (
     Part,
     parse_playlist,
 )
+from carn_stream.pipeline.media.keep import TEXT_SUBTITLES
 from carn_stream.pipeline.media.listing import (
     Listed,
     ListedAudio,
@@ -42,6 +45,7 @@ from tests.media import (
     write_clip,
     write_dash,
     write_hls,
+    write_hls_subtitled,
 )
 from tests.service import media_server
 
@@ -100,6 +104,7 @@ def site(data_dir, tmp_path_factory):
     write_hls(clip, root / "fmp4_single", fmp4=True, single_file=True)
     write_hls(low, root / "low", kinds="v")
     write_hls(clip, root / "ts_aes", encrypt=True)
+    _subtitled(clip, root)
     _aes_variants(root)
     write_dash(clip, root / "dash_timeline", language="deu")
     write_dash(clip, root / "dash_numbered", timeline=False, language="deu")
@@ -149,6 +154,27 @@ def _aes_variants(root: Path) -> None:
     text = (root / "fmp4" / "index.m3u8").read_text()
     (root / "fmp4_aes" / "index.m3u8").write_text(text.replace("#EXT-X-MAP", key + "#EXT-X-MAP"))
     (root / "long.key").write_bytes(bytes(32))
+
+
+#: The cues of the subtitled forms: (time on the clip's clock, text as written).
+CUES = [(Fraction(1, 10), "Hello <v Ann>&amp; <i>welcome</i></v>"), (Fraction(3, 2), "Second")]
+
+
+def _subtitled(clip: Path, root: Path) -> None:
+    """``subs/master.m3u8``: the clip with a WebVTT rendition of :data:`CUES` (FFmpeg's own,
+    with no X-TIMESTAMP-MAP: cue time 0 is MPEG-TS time 0), named in the master as a
+    packager names it; ``subs_mapped``: the same cues written 5 s later with an
+    X-TIMESTAMP-MAP that maps them back."""
+    master = write_hls_subtitled(clip, root / "subs", CUES)
+    text = master.read_text().replace('NAME="subtitle_0"', 'NAME="English",LANGUAGE="en"')
+    master.write_text(text)
+    mapped = root / "subs_mapped"
+    shutil.copytree(root / "subs", mapped)
+    for vtt in mapped.glob("*.vtt"):
+        later = re.sub(r"(\d\d):(\d\d)\.(\d{3})",
+                       lambda m: f"{m[1]}:{int(m[2]) + 5:02d}.{m[3]}", vtt.read_text())
+        vtt.write_text(later.replace("WEBVTT\n", "WEBVTT\nX-TIMESTAMP-MAP=LOCAL:00:00:05.000,"
+                                     "MPEGTS:0\n", 1))  # fmt: skip
 
 
 def fetched(url: str, dest: Path, policy: FetchPolicy = POLICY) -> Path:
@@ -298,6 +324,29 @@ def test_the_audio_in_the_variants_own_segments_is_kept_first(site, tmp_path):
     assert audio_packets(dest) == [clip, tone]
 
 
+@pytest.mark.parametrize("form", ["subs", "subs_mapped"])
+def test_a_variants_webvtt_subtitles_are_joined_in_step_with_its_video(site, form, tmp_path):
+    """A master playlist's WebVTT subtitle rendition was left out. Its cues (each once, though
+    a cue shown across segments may be repeated in each) join the video as a SubRip stream,
+    on the video's clock, tagged as the master names them."""
+    base, root = site
+    dest = fetched(f"{base}/{form}/master.m3u8", tmp_path / "input")
+    with av.open(str(dest)) as container:
+        video = container.streams.video[0]
+        first = min(p.pts * p.time_base for p in container.demux(video) if p.pts is not None)
+        container.seek(0)
+        (text,) = container.streams.subtitles
+        assert text.codec_context.name in TEXT_SUBTITLES  # (SubRip: kept by every output)
+        assert (text.metadata.get("language"), text.metadata.get("title")) == ("en", "English")
+        cues = [(p.pts * p.time_base - first, bytes(p).decode())
+                for p in container.demux(text) if p.size]  # fmt: skip
+    assert [t for _, t in cues] == ["Hello & <i>welcome</i>", "Second"]  # (voices dropped)
+    assert [float(at) for at, _ in cues] == pytest.approx([float(at) for at, _ in CUES],
+                                                          abs=0.002)  # fmt: skip
+    assert audio_packets(dest) == audio_packets(root / "clip.mp4")  # its own audio kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
+
+
 def test_the_variants_own_audio_alone_is_named_as_its_listing_names_it(site, tmp_path):
     """Where no audio came apart, the variant's own audio kept no name and language."""
     base, root = site
@@ -345,7 +394,7 @@ SEGMENT = "#EXTINF:1.0,\nts/index0.ts\n"
         (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"long.key\"\n{SEGMENT}#EXT-X-ENDLIST\n",
          "long.key is 32 bytes; an AES-128 key is 16"),
         (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"two.mp4\"\n{SEGMENT}#EXT-X-ENDLIST\n",
-         "over the limit of 1024 for a playlist, manifest or key"),
+         "over the limit of 1024 for a playlist, manifest, key or subtitle segment"),
         ("#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.bin\"\n#EXT-X-BYTERANGE:100@0\n"
          "#EXTINF:1,\nts/index0.ts\n#EXT-X-ENDLIST\n", "lists encrypted byte ranges"),
         (f"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.bin\",IV=0xZZ\n{SEGMENT}"
@@ -374,7 +423,8 @@ SEGMENT = "#EXTINF:1.0,\nts/index0.ts\n"
         ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nfile:///etc/hosts\n",
          "it names a file: URI; only http(s) URIs are followed"),
         ("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhuge.m3u8\n",
-         "huge.m3u8 is 5242880 bytes, over the limit of 4194304 for a playlist, manifest or key"),
+         "huge.m3u8 is 5242880 bytes, over the limit of 4194304 for a playlist, manifest, key "
+         "or subtitle segment"),
     ],
     ids=["live", "sample-aes", "key-system", "file-key", "wrong-key", "key-not-16-bytes",
          "huge-key", "encrypted-ranges", "malformed-iv", "key-without-uri", "discontinuity",
@@ -628,7 +678,8 @@ class _Unsized(http.server.SimpleHTTPRequestHandler):
 def test_a_playlist_without_a_length_is_cut_off_as_it_passes_the_limit(tmp_path):
     with serve_directory(tmp_path, _Unsized) as base, pytest.raises(FetchError) as caught:
         fetch(f"{base}/master.m3u8", tmp_path / "input", POLICY)
-    assert "a playlist, manifest or key is over the limit of 4194304 bytes" in str(caught.value)
+    said = "a playlist, manifest, key or subtitle segment is over the limit of 4194304 bytes"
+    assert said in str(caught.value)
     assert _Unsized.sent < 32 * 2**20  # not read to its end (64 MiB)
 
 

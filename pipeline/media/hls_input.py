@@ -24,8 +24,10 @@ from carn_stream.pipeline.media.listing import (
     AUDIO_CODEC_TAGS,
     MAX_AUDIO_APART,
     MAX_SEGMENTS,
+    MAX_SUBTITLES,
     Listed,
     ListedAudio,
+    ListedText,
     Listing,
     ListingError,
     PartKey,
@@ -66,6 +68,7 @@ class Variant:
     height: int = 0
     codecs: str = ""
     audio_group: str | None = None
+    subtitle_group: str | None = None
 
     @property
     def audio_only(self) -> bool:
@@ -86,9 +89,21 @@ class AudioRendition:
 
 
 @dataclass(frozen=True)
+class SubtitleRendition:
+    """One ``#EXT-X-MEDIA:TYPE=SUBTITLES`` of a master playlist."""
+
+    group: str
+    uri: str
+    name: str = ""
+    language: str | None = None
+    default: bool = False
+
+
+@dataclass(frozen=True)
 class MasterPlaylist:
     variants: tuple[Variant, ...]
     audio: tuple[AudioRendition, ...] = ()
+    subtitles: tuple[SubtitleRendition, ...] = ()
 
     def best(self) -> Variant:
         """The variant to upscale: the most pixels, then the highest bandwidth; audio-only
@@ -105,6 +120,11 @@ class MasterPlaylist:
         inside = min((a for a in group if not a.uri), key=lambda a: not a.default, default=None)
         chosen = [a for a in group if a.uri or a is inside]
         return sorted(chosen, key=lambda a: not a.default)
+
+    def subtitles_of(self, variant: Variant) -> list[SubtitleRendition]:
+        """The subtitle renditions of ``variant``'s group, the default first."""
+        group = [s for s in self.subtitles if s.group == variant.subtitle_group]
+        return sorted(group, key=lambda s: not s.default)
 
 
 @dataclass(frozen=True)
@@ -205,6 +225,7 @@ def parse_playlist(text: str, url: str) -> MasterPlaylist | MediaPlaylist:
 def _master(lines: list[str], url: str) -> MasterPlaylist:
     variants: list[Variant] = []
     audio: list[AudioRendition] = []
+    subtitles: list[SubtitleRendition] = []
     pending: dict[str, str] | None = None
     for line in lines[1:]:
         if line.startswith("#EXT-X-STREAM-INF:"):
@@ -218,17 +239,24 @@ def _master(lines: list[str], url: str) -> MasterPlaylist:
                     name=tag.get("NAME", ""), language=tag.get("LANGUAGE"),
                     default=tag.get("DEFAULT") == "YES",
                 ))  # fmt: skip
+            elif tag.get("TYPE") == "SUBTITLES" and tag.get("URI"):
+                subtitles.append(SubtitleRendition(
+                    group=tag.get("GROUP-ID", ""), uri=absolute(tag["URI"], url),
+                    name=tag.get("NAME", ""), language=tag.get("LANGUAGE"),
+                    default=tag.get("DEFAULT") == "YES",
+                ))  # fmt: skip
         elif not line.startswith("#") and pending is not None:
             width, _, height = pending.get("RESOLUTION", "0x0").partition("x")
             variants.append(Variant(
                 uri=absolute(line, url), bandwidth=whole_number(pending.get("BANDWIDTH")),
                 width=whole_number(width), height=whole_number(height),
                 codecs=pending.get("CODECS", ""), audio_group=pending.get("AUDIO"),
+                subtitle_group=pending.get("SUBTITLES"),
             ))  # fmt: skip
             pending = None
     if not variants:
         raise ListingError("the master playlist lists no variant")
-    return MasterPlaylist(tuple(variants), tuple(audio))
+    return MasterPlaylist(tuple(variants), tuple(audio), tuple(subtitles))
 
 
 def _media(lines: list[str], url: str) -> MediaPlaylist:
@@ -313,8 +341,8 @@ ReadText = Callable[[str], tuple[str, str]]
 
 def hls_listing(text: str, url: str, read: ReadText) -> Listing:
     """What the playlist ``text`` (from ``url``) lists to fetch: a media playlist's segments,
-    or a master playlist's variant with the most pixels and its audio renditions (their media
-    playlists read with ``read``)."""
+    or a master playlist's variant with the most pixels, its audio renditions and its WebVTT
+    subtitle renditions (their media playlists read with ``read``)."""
     parsed = parse_playlist(text, url)
     if isinstance(parsed, MediaPlaylist):
         return Listing(parsed.parts("media"))
@@ -336,7 +364,23 @@ def hls_listing(text: str, url: str, read: ReadText) -> Listing:
             raise ListingError(f"the {what} segments are packed audio (raw ADTS, AC-3 or MP3), "
                                "which is not read")  # fmt: skip
         audio.append(ListedAudio(listed, rendition.name, rendition.language))
-    return Listing(video, tuple(audio))
+    subtitles = []
+    for number, rendition in enumerate(parsed.subtitles_of(variant)[:MAX_SUBTITLES]):
+        what = f"subtitle rendition {rendition.name or number}'s"
+        listed = _read_media(rendition.uri, read).parts(what)
+        if listed.end is None and not listed.keys and all(map(webvtt_segment, listed.parts)):
+            subtitles.append(ListedText(listed, rendition.name, rendition.language))
+        # (else not WebVTT segments, e.g. IMSC in fragmented MP4: left out, as players may)
+    return Listing(video, tuple(audio), tuple(subtitles))
+
+
+#: Suffixes of WebVTT segments.
+WEBVTT_SUFFIXES = frozenset({".vtt", ".webvtt"})
+
+
+def webvtt_segment(uri: str) -> bool:
+    """Whether a subtitle segment is WebVTT (by its name's suffix, as players tell them)."""
+    return Path(urllib.parse.urlsplit(uri).path).suffix.lower() in WEBVTT_SUFFIXES
 
 
 def _read_media(uri: str, read: ReadText) -> MediaPlaylist:

@@ -29,6 +29,8 @@ MAX_SEGMENTS = 20_000
 #: The most audio streams a listing may deliver apart from its video (each is fetched, and
 #: all are open at once while they are joined).
 MAX_AUDIO_APART = 16
+#: The most subtitle streams a listing may deliver (each is fetched and joined).
+MAX_SUBTITLES = 32
 #: How listings' codec strings (RFC 6381) begin for audio: the codecs a listed stream is
 #: audio by.
 AUDIO_CODEC_TAGS = ("mp4a", "ac-3", "ec-3", "ac-4", "opus", "flac", "mp3", "vorbis", "dts")
@@ -73,19 +75,32 @@ class ListedAudio:
 
 
 @dataclass(frozen=True)
+class ListedText:
+    """A subtitle stream of a listing (WebVTT segments), and what the listing calls it."""
+
+    stream: Listed
+    name: str = ""
+    language: str | None = None
+
+
+@dataclass(frozen=True)
 class Listing:
-    """What to fetch: the video, and its audio streams as the listing orders them (the default
-    first). Where none is delivered apart, the video's own parts carry the audio, if any, as
-    they are; else the audio is what ``audio`` lists (the video's own audio only where an entry
-    says so)."""
+    """What to fetch: the video, its audio streams as the listing orders them (the default
+    first) and its subtitles. Where no audio is delivered apart, the video's own parts carry
+    the audio, if any, as they are; else the audio is what ``audio`` lists (the video's own
+    audio only where an entry says so)."""
 
     video: Listed
     audio: tuple[ListedAudio, ...] = ()
+    subtitles: tuple[ListedText, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.apart) > MAX_AUDIO_APART:
             raise ListingError(f"it delivers {len(self.apart)} audio streams apart from the "
                                f"video, over the limit of {MAX_AUDIO_APART}")  # fmt: skip
+        if len(self.subtitles) > MAX_SUBTITLES:
+            raise ListingError(f"it lists {len(self.subtitles)} subtitle streams, over the "
+                               f"limit of {MAX_SUBTITLES}")  # fmt: skip
 
     @property
     def apart(self) -> list[ListedAudio]:
@@ -127,6 +142,16 @@ class AudioFile:
     language: str | None = None
 
 
+@dataclass(frozen=True)
+class TextStream:
+    """A subtitle stream to join: its cues (start and end in milliseconds on the media's
+    clock, SubRip text), and what its listing calls it."""
+
+    cues: tuple[tuple[int, int, str], ...]
+    name: str = ""
+    language: str | None = None
+
+
 def _apart_record(source: Path) -> Path:
     """Where what is kept beside ``source`` to be joined with it is described."""
     return source.with_name(f".{source.name}.apart.json")
@@ -136,16 +161,20 @@ def _apart_file(source: Path, number: int) -> Path:
     return source.with_name(f".{source.name}.audio{number}")
 
 
-def save_apart(source: Path, audio: list[AudioFile], video_bytes: int) -> None:
-    """Keep ``audio`` (its files moved there) beside ``source``, the video of ``video_bytes``
-    bytes, to be joined with it by :func:`join_apart`, in this order. Call before ``source``
-    itself is in place."""
+def save_apart(
+    source: Path, audio: list[AudioFile], video_bytes: int, subtitles: list[TextStream] = ()
+) -> None:
+    """Keep ``audio`` (its files moved there) and ``subtitles`` beside ``source``, the video of
+    ``video_bytes`` bytes, to be joined with it by :func:`join_apart`, in this order. Call
+    before ``source`` itself is in place."""
     remove_apart(source)
     entries = [{"file": None if a.path is None else _apart_file(source, n).name,
                 "name": a.name, "language": a.language} for n, a in enumerate(audio)]  # fmt: skip
+    texts = [{"cues": t.cues, "name": t.name, "language": t.language} for t in subtitles]
     record = _apart_record(source)
     partial = record.with_name(record.name + ".part")
-    partial.write_text(json.dumps({"audio": entries, "video_bytes": video_bytes}))
+    partial.write_text(json.dumps({"audio": entries, "subtitles": texts,
+                                   "video_bytes": video_bytes}))  # fmt: skip
     partial.replace(record)
     for number, stream in enumerate(audio):
         if stream.path is not None:
@@ -180,6 +209,9 @@ def join_apart(source: Path, target: Path, stop: threading.Event | None = None) 
         record = json.loads(_apart_record(source).read_text())
         audio = [AudioFile(None if e["file"] is None else source.with_name(e["file"]),
                            e["name"], e["language"]) for e in record["audio"]]  # fmt: skip
+        subtitles = [TextStream(tuple((int(a), int(b), str(t)) for a, b, t in e["cues"]),
+                                e["name"], e["language"])
+                     for e in record.get("subtitles", [])]  # fmt: skip
         video_bytes = int(record["video_bytes"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ListingError(f"the audio delivered apart cannot be found ({exc})") from exc
@@ -190,7 +222,7 @@ def join_apart(source: Path, target: Path, stop: threading.Event | None = None) 
         raise ListingError("the audio delivered apart from the video is missing")
     partial = partial_name(target)  # (as a raw stream's timed copy is written)
     try:
-        join_renditions(source, audio, partial, stop)
+        join_renditions(source, audio, partial, stop, subtitles)
         _check_stop(stop)
         partial.replace(target)
     except av.FFmpegError as exc:
@@ -212,14 +244,15 @@ def _check_stop(stop: threading.Event | None) -> None:
 
 
 def join_renditions(
-    video: Path, audio: list[AudioFile], target: Path, stop: threading.Event | None = None
-) -> None:
-    """One Matroska file of ``video``'s first video stream and ``audio`` in its order: each
-    file's first audio stream, or (path None) the video file's own first audio stream (left
-    out where it has none), named and tagged with its language as the listing says; every
-    packet copied, interleaved by time. The streams of one listing count time on one clock, so
-    they stay in sync as they are. ``stop`` (set by a caller that has given up) ends the join
-    early."""
+    video: Path, audio: list[AudioFile], target: Path, stop: threading.Event | None = None,
+    subtitles: list[TextStream] = (),
+) -> None:  # fmt: skip
+    """One Matroska file of ``video``'s first video stream, ``audio`` in its order (each
+    file's first audio stream, or, path None, the video file's own first audio stream, left
+    out where it has none) and ``subtitles`` (as SubRip), named and tagged with its language
+    as the listing says; every packet copied, interleaved by time. The streams of one listing
+    count time on one clock, so they stay in sync as they are. ``stop`` (set by a caller that
+    has given up) ends the join early."""
     try:
         inputs = [open_input(video)]
     except InputError as exc:
@@ -249,15 +282,41 @@ def join_renditions(
             merged = heapq.merge(*(
                 _timed(container, [s for m, s, _ in sources if m == n], n)
                 for n, container in enumerate(inputs)
+            ), *(
+                _cue_packets(text, _text_stream(out, text), len(inputs) + k)
+                for k, text in enumerate(subtitles)
             ))  # fmt: skip
             for count, (_, number, _, packet) in enumerate(merged):
                 if count % STOP_CHECK_PACKETS == 0:
                     _check_stop(stop)
-                packet.stream = outputs[places[number, packet.stream.index]]
+                if number < len(inputs):  # (a cue's packet is made with its stream)
+                    packet.stream = outputs[places[number, packet.stream.index]]
                 out.mux(packet)
     finally:
         for container in inputs:
             container.close()
+
+
+def _text_stream(out: av.container.OutputContainer, text: TextStream) -> av.stream.Stream:
+    made = out.add_mux_stream("subrip")
+    if text.language:
+        made.metadata["language"] = text.language
+    if text.name:
+        made.metadata["title"] = text.name
+    return made
+
+
+def _cue_packets(
+    text: TextStream, stream: av.stream.Stream, number: int
+) -> Iterator[tuple[Fraction, int, int, av.Packet]]:
+    """A subtitle stream's cues as packets of ``stream``, keyed as :func:`_timed` keys."""
+    for count, (start, end, cue) in enumerate(text.cues):
+        packet = av.Packet(cue.encode("utf-8"))
+        packet.pts = packet.dts = start
+        packet.duration = max(end - start, 1)
+        packet.time_base = Fraction(1, 1000)
+        packet.stream = stream
+        yield Fraction(start, 1000), number, count, packet
 
 
 def _open_audio(rendition: AudioFile) -> av.container.InputContainer:

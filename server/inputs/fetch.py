@@ -394,8 +394,9 @@ def _fetch(
     limit: int | None = None,
 ) -> str:  # fmt: skip
     """Download ``url`` to ``dest``; returns the URL it came from in the end (redirects
-    followed). ``limit``: at most so many bytes of it (a playlist, manifest or key). A
-    connection whose answer was read whole is kept open in ``connections`` for the next."""
+    followed). ``limit``: at most so many bytes of it (a playlist, manifest, key or subtitle
+    segment). A connection whose answer was read whole is kept open in ``connections`` for the
+    next."""
     current = url
     for _hop in range(policy.max_redirects + 1):
         watchdog.check()
@@ -417,7 +418,8 @@ def _fetch(
             total = int(length) if length and length.isdigit() else None
             if total is not None and limit is not None and total > limit:
                 raise FetchError(f"{public_url(current)} is {total} bytes, over the limit of "
-                                 f"{limit} for a playlist, manifest or key")  # fmt: skip
+                                 f"{limit} for a playlist, manifest, key or subtitle "
+                                 "segment")  # fmt: skip
             if total is not None and watchdog.received + total > policy.max_bytes:
                 raise FetchError(f"input is {watchdog.received + total} bytes, over the limit "
                                  f"of {policy.max_bytes}")  # fmt: skip
@@ -511,8 +513,8 @@ def _stream_body(response, dest: Path, policy: FetchPolicy, total, watchdog, lim
                 done += len(chunk)
                 watchdog.received = before + done
                 if limit is not None and done > limit:
-                    raise FetchError(f"a playlist, manifest or key is over the limit of "
-                                     f"{limit} bytes")  # fmt: skip
+                    raise FetchError("a playlist, manifest, key or subtitle segment is over "
+                                     f"the limit of {limit} bytes")  # fmt: skip
                 if before + done > policy.max_bytes:
                     raise FetchError(f"input is over the limit of {policy.max_bytes} bytes")
                 if done % SPACE_CHECK_BYTES < len(chunk):  # every few MB written

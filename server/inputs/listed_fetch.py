@@ -27,12 +27,15 @@ from carn_stream.pipeline.media.listing import (
     MAX_LISTING_BYTES,
     AudioFile,
     Listed,
+    ListedText,
     Listing,
     ListingError,
+    TextStream,
     has_audio_apart,
     join_apart,
     save_apart,
 )
+from carn_stream.pipeline.media.webvtt_input import MAX_SEGMENT_BYTES, merged, read_segment
 
 #: How much of a download is read to tell a listing (a manifest may start with comments).
 HEAD_BYTES = 1024
@@ -95,7 +98,8 @@ def fetch_listed(
 def _fetch_parts(
     listed: Listing, work: Path, download: Download, dest: Path, schemes: tuple[str, ...]
 ) -> None:
-    for stream in (listed.video, *(a.stream for a in listed.apart)):
+    for stream in (listed.video, *(a.stream for a in listed.apart),
+                   *(t.stream for t in listed.subtitles)):  # fmt: skip
         for uri in (*stream.parts, *(k.uri for k in stream.keys if k)):  # (all before any)
             _check_scheme(uri, schemes)
     keys = _Keys(work, download)
@@ -106,13 +110,31 @@ def _fetch_parts(
             path = work / f"audio{number}"
             _concatenate(entry.stream, path, work, download, keys)
         audio.append(AudioFile(path, entry.name, entry.language))
+    subtitles = [_cues(text, work, download) for text in listed.subtitles]
+    if not listed.audio:  # (none listed: the video's own, if it has any, as it is)
+        audio.append(AudioFile(None))
     video = work / "video"
     _concatenate(listed.video, video, work, download, keys)
-    if listed.apart or any(a.name or a.language for a in listed.audio):
-        # (audio apart to join, or the video's own to name as the listing does: beside the
-        # input before the input is there, so a crash between leaves none)
-        save_apart(dest, audio, video.stat().st_size)
+    if listed.apart or subtitles or any(a.name or a.language for a in listed.audio):
+        # (audio apart and subtitles to join, or the video's own audio to name as the listing
+        # does: beside the input before the input is there, so a crash between leaves none)
+        save_apart(dest, audio, video.stat().st_size, subtitles)
     video.replace(dest)
+
+
+def _cues(text: ListedText, work: Path, download: Download) -> TextStream:
+    """A subtitle stream's WebVTT segments read into one stream of cues."""
+    what = f"the subtitle stream {text.name or text.language or ''!r}"
+    segments = []
+    for part in text.stream.parts:
+        download(part, work / "cues", MAX_SEGMENT_BYTES)
+        try:
+            segments.append(read_segment((work / "cues").read_text("utf-8"), part))
+        except UnicodeDecodeError:
+            raise ListingError(f"{part} is not UTF-8 text (WebVTT)") from None
+    cues = tuple((round(c.start * 1000), round(c.end * 1000), c.text)
+                 for c in merged(segments, what))  # fmt: skip
+    return TextStream(cues, text.name, text.language)
 
 
 def _text(path: Path) -> str:
