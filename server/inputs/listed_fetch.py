@@ -209,8 +209,8 @@ def join_local_listing(kind: str, listing: Path, dest: Path, keep: Path | None =
             raise ListingError(f"it names {keep}, which its output would replace; choose "
                                "another output")  # fmt: skip
         if limit is not None and source.stat().st_size > limit:
-            raise ListingError(f"{source} is over the limit of {limit} bytes for a playlist "
-                               "or key")  # fmt: skip
+            raise ListingError(f"{source} is over the limit of {limit} bytes for a playlist, "
+                               "key or subtitle segment")  # fmt: skip
         shutil.copyfile(source, target)
         return uri
 
