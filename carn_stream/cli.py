@@ -202,8 +202,10 @@ def _upscale_command(sub) -> None:
     p.add_argument(
         "--work-dir",
         type=Path,
-        help="keeps finished segments so that running the command again resumes "
-        "(default: .OUTPUT.carn-stream beside OUTPUT)",
+        help="keeps finished segments so that running the command again resumes: a folder "
+        "of its own, new, empty or an earlier run's; a folder holding other files is refused "
+        "(default: .OUTPUT.carn-stream beside OUTPUT; for a folder of inputs, each output's "
+        ".NAME.carn-stream in DIR)",
     )
     p.add_argument(
         "--input-fps", type=_frame_rate, metavar="FPS",

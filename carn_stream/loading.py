@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 from carn_stream.model import CARN, CARNMWeights, carn_m, load_weights
 from carn_stream.model.inference import pick_device
 from carn_stream.model.named_weights import weights_file
-from carn_stream.model.weights import WeightsSource
+from carn_stream.model.weights import WeightsSource, sha256_of
 from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
 from carn_stream.settings import Settings
 
@@ -93,6 +94,18 @@ def load_model(settings: Settings, quiet: bool = False) -> tuple[CARN, WeightsSo
         report.end()  # an error line starts on a line of its own
     source = WeightsSource(path, notes[0] if notes else None)
     return model.eval().to(pick_device(settings.device)), source
+
+
+def weights_in_use(settings: Settings) -> str:
+    """What identifies the weights a model the settings build holds, once one has been loaded
+    (the official file is in the cache then, where it could be had): the named file's
+    checksum, the official weights, or the bundled ones."""
+    if settings.weights is not None:
+        return f"sha256:{sha256_of(Path(settings.weights))}"
+    official = CARNMWeights.DEFAULT.value
+    if (settings.cache_dir / official.filename).is_file():
+        return f"sha256:{official.sha256}"  # (checked when it came)
+    return f"sha256:{CARNMWeights.BUNDLED.value.sha256}"
 
 
 def named_weights_loader(settings: Settings):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
 import math
 import os
 import re
@@ -27,9 +28,17 @@ class UpscaleError(Exception):
     """A request the command refuses before doing any work."""
 
 
-def default_work_dir(output: Path) -> Path:
-    """Beside the output: ``.NAME.carn-stream``."""
-    return output.parent / f".{output.name}.carn-stream"
+#: The longest file name most file systems take (bytes).
+NAME_MAX = 255
+
+
+def default_work_dir(output: Path, parent: Path | None = None) -> Path:
+    """``.NAME.carn-stream`` beside the output (or in ``parent``); for a name too long to
+    take the suffix, a digest of it instead."""
+    name = f".{output.name}.carn-stream"
+    if len(os.fsencode(name)) > NAME_MAX:
+        name = f".{hashlib.sha256(os.fsencode(output.name)).hexdigest()[:24]}.carn-stream"
+    return (output.parent if parent is None else parent) / name
 
 
 @dataclass
@@ -43,6 +52,7 @@ class Item:
     timed: bool = False  #: a raw stream, read from its copy with timestamps in ``work``
     listed: str | None = None  #: "HLS" or "DASH": read from what it lists, joined in ``work``
     identity: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  #: what identifies the model's weights, once loaded
     resumed: tuple | None = None  #: (plan, done segments) of an interrupted run
     plan: Any = None  #: SegmentPlan
     frames: int = 0
@@ -50,6 +60,7 @@ class Item:
     result: str = "pending"
     done: set[int] = field(default_factory=set)  #: segments finished (resumed ones included)
     made: dict[int, int] = field(default_factory=dict)  #: unfinished segment -> frames made
+    run: Any = None  #: its SegmentedRun, once segments are made
 
     @property
     def input(self) -> Path:
@@ -70,6 +81,9 @@ def stop_note(items: list[Item], where: Path | str) -> str:
         return "no segment was started; nothing to keep"
     total = sum(len(item.plan.segments) for item in running)
     done = sum(len(item.done) for item in running)
+    if done == total and all(item.run is not None for item in running):
+        outputs = ", ".join(str(item.output) for item in running)
+        return f"every segment is done: finishing {outputs} first (its join cannot be cut short)"
     redo = sum(sum(item.made.values()) for item in running)
     lost = f"makes again the {redo} frame{'s' * (redo != 1)} of the segments in progress"
     if done == 0:
@@ -86,6 +100,7 @@ def stop_note(items: list[Item], where: Path | str) -> str:
 def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     from carn_stream.loading import start_worker
     from carn_stream.pipeline.execution.choice import open_executor
+    from carn_stream.pipeline.execution.workdir import ForeignWorkDir, WorkDir
     from carn_stream.pipeline.media.encode import EncoderOptions, codec_settings
     from carn_stream.server.workers import executor_choice
     from carn_stream.stopping import run_stoppable
@@ -108,6 +123,13 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     if not (math.isfinite(seconds) and seconds >= 1):  # nan passed a "< 1" check, 0 was 4
         raise UpscaleError(f"--segment-seconds must be at least 1 second, got {seconds:g}")
     for item in items:
+        try:
+            WorkDir(item.work).check_own()
+        except ForeignWorkDir as exc:
+            if not folder_run:
+                raise UpscaleError(str(exc)) from None
+            item.result = f"failed: {exc}"
+            continue
         _identify(item, args, settings, encoder, seconds)
         _claim(item, args.overwrite, skip_existing=folder_run)
     args.batch = args.batch or settings.batch_size  # 0: the executor's device decides
@@ -116,7 +138,7 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     executor = open_executor(executor_choice(settings), factory)
     where = items[0].work if not folder_run else "each output's work folder"
     return run_stoppable(
-        _upscale(args, items, encoder, seconds, executor, folder_run),
+        _upscale(args, items, encoder, seconds, executor, folder_run, settings),
         lambda: stop_note(items, where),
     )
 
@@ -179,10 +201,7 @@ def _folder_items(folder: Path, out_dir: Path, args) -> list[Item]:
             )
         _refuse_replacing(source, output, "use another folder")
         taken[output] = source
-        work = default_work_dir(output)
-        if args.work_dir is not None:
-            work = args.work_dir / f"{output.name}.carn-stream"
-        items.append(Item(source, output, fmt, work))
+        items.append(Item(source, output, fmt, default_work_dir(output, args.work_dir)))
     return items
 
 
@@ -214,6 +233,7 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
         segment_seconds=seconds,
         weights=str(settings.weights) if settings.weights else None,
         precision=settings.precision,
+        device=settings.device,
         **({"input_fps": str(rate)} if rate is not None else {}),
         **({} if args.deinterlace else {"deinterlace": False}),
         **({"fmp4": True} if item.fmt.fragmented else {}),
@@ -226,12 +246,17 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
 
 def _claim(item: Item, overwrite: bool, skip_existing: bool) -> None:
     """The one output rule (see :meth:`OutputFormat.claim`); a folder run skips outputs that
-    exist instead of refusing them."""
+    exist instead of refusing them (an interrupted one that cannot be resumed fails)."""
     from carn_stream.pipeline.errors import OutputError
+    from carn_stream.pipeline.execution.workdir import PLAN_FILE
 
     resuming = item.resumed is not None
     if skip_existing and not overwrite and not resuming and item.fmt.existing(item.output):
-        item.result = "skipped (exists)"
+        if (item.work / PLAN_FILE).is_file():  # an interrupted run of other options or input
+            item.result = (f"failed: {item.output} is an interrupted run's, with other options "
+                           "or another input; --overwrite makes it again")  # fmt: skip
+        else:
+            item.result = "skipped (exists)"
         return
     try:
         item.fmt.claim(item.output, overwrite, resuming)
@@ -244,8 +269,19 @@ def _claim(item: Item, overwrite: bool, skip_existing: bool) -> None:
 # --------------------------------------------------------------------------- running
 
 
-async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_run) -> int:
+async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_run,
+                   settings: Settings) -> int:  # fmt: skip
+    from carn_stream.loading import weights_in_use
+    from carn_stream.pipeline.execution.workdir import WorkDir
+
     await executor.start()
+    weights = weights_in_use(settings)  # (once loaded: the official file came, or not)
+    for item in items:
+        item.weights = weights
+        if item.resumed is not None and WorkDir(item.work).weights() != weights:
+            item.resumed = None  # its segments are another model's
+            print(f"carn-stream: {item.work} holds segments made with other weights: making "
+                  f"{item.output} afresh", file=sys.stderr)  # fmt: skip
     try:
         return await _upscale_items(args, items, seconds, encoder, executor, folder_run)
     finally:
@@ -262,7 +298,7 @@ async def _upscale_items(args, items: list[Item], seconds, encoder, executor, fo
     for item in todo:
         try:
             await _plan(args, item, seconds, executor)
-        except (PipelineError, ValueError) as exc:
+        except (PipelineError, ValueError, OSError) as exc:
             if not folder_run:
                 raise
             item.result = f"failed: {exc}"
@@ -275,7 +311,7 @@ async def _upscale_items(args, items: list[Item], seconds, encoder, executor, fo
         started = time.monotonic()
         try:
             await _upscale_one(args, item, encoder, executor, bar, folder_run)
-        except PipelineError as exc:
+        except (PipelineError, OSError) as exc:
             if not folder_run:
                 raise
             item.result = f"failed: {exc}"
@@ -359,7 +395,7 @@ async def _plan(args, item: Item, seconds: float, executor) -> None:
         if item.timed or item.listed:  # nothing to resume in it
             folder.remove()
         raise
-    folder.start(item.identity, item.plan)
+    folder.start(item.identity, item.plan, item.weights)
     if item.timed:
         rate = float(item.plan.frame_rate or 0)
         said = "--input-fps" if args.input_fps is not None else "its header's, else 25; " \
@@ -419,8 +455,12 @@ async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: boo
         on_start=lambda index, attempt: item.made.pop(index, None),  # a retry starts over
         on_done=on_done,
     )
-    await run.execute()
-    folder.remove()
+    item.run = run
+    try:
+        await run.execute()
+    finally:
+        if run.finished:  # (a stop during the join waited for it: the output is whole)
+            folder.remove()
 
 
 def summary_table(items: list[Item]) -> str:

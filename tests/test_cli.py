@@ -754,3 +754,74 @@ def test_speed_refuses_bad_requests_in_one_line(args, code, message, weights_pat
     assert (exited.value.code if code == 2 else result) == code
     last = err.strip().splitlines()[-1]  # a usage error (2) follows argparse's usage lines
     assert message in last and (code == 2 or len(err.strip().splitlines()) == 1), err
+
+
+# --------------------------------------------------------------------------- work folders
+
+
+def test_a_work_folder_holding_other_files_is_refused_and_left_as_it_was(data_dir, tmp_path):
+    """`--work-dir` named a folder the run emptied when it began and deleted when it ended:
+    a user's folder given as the work folder lost everything in it (the output too)."""
+    work = tmp_path / "mine"
+    (work / "photos").mkdir(parents=True)
+    (work / "notes.txt").write_text("keep me")
+    clip = data_dir / "video" / "carphone_pristine.mp4"
+    done = run_cli("upscale", str(clip), str(work / "out.mp4"), "--scale", "2", "--precision",
+                   "fp32", "--work-dir", str(work))  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"{work} holds files that are not a run's (notes.txt, photos)" in done.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt", "photos"]
+
+
+def test_a_work_folder_removes_only_what_runs_write(tmp_path):
+    from carn_stream.pipeline.execution.workdir import ForeignWorkDir, WorkDir
+
+    work = WorkDir(tmp_path / "work")
+    written = ["plan.json", "segments.jsonl", "input.joined", ".input.joined.apart.json",
+               ".input.joined.audio0", ".plan.json.part", "input.mp4"]  # fmt: skip
+    work.path.mkdir()
+    (work.path / "segments").mkdir()
+    (work.path / "segments" / "segment_00000.ts").write_bytes(b"x")
+    for name in written:
+        (work.path / name).write_bytes(b"x")
+    work.check_own()  # a run's folder: taken
+    (work.path / "out.mp4").write_bytes(b"an output the user put here")
+    with pytest.raises(ForeignWorkDir, match=r"holds files that are not a run's \(out\.mp4\)"):
+        work.check_own()
+    work.remove()
+    assert [p.name for p in work.path.iterdir()] == ["out.mp4"]
+    (work.path / "out.mp4").unlink()
+    work.remove()
+    assert not work.path.exists()  # emptied: gone
+
+
+def test_an_output_name_too_long_for_a_work_folder_name_gets_a_digest(tmp_path):
+    from carn_stream.upscale_command import NAME_MAX, default_work_dir
+
+    long, other = tmp_path / ("v" * 246 + ".mkv"), tmp_path / ("v" * 245 + ".mkv")
+    works = [default_work_dir(p) for p in (long, other)]
+    assert all(len(os.fsencode(w.name)) <= NAME_MAX for w in works)
+    assert works[0] != works[1] and works[0].parent == tmp_path
+    short = tmp_path / "clip.mp4"
+    assert default_work_dir(short).name == ".clip.mp4.carn-stream"
+    assert default_work_dir(short, tmp_path / "w") == tmp_path / "w" / ".clip.mp4.carn-stream"
+
+
+def test_a_folder_run_fails_an_interrupted_output_it_cannot_resume(tmp_path):
+    """An HLS output a folder run left half made, rerun with other options, was "skipped
+    (exists)": never finished, and said to be fine."""
+    from carn_stream.pipeline.media.formats import FORMATS
+    from carn_stream.upscale_command import Item, _claim, default_work_dir
+
+    output = tmp_path / "out" / "clip"
+    output.mkdir(parents=True)
+    (output / "index.m3u8").write_text("#EXTM3U\n#EXT-X-PLAYLIST-TYPE:EVENT\n")
+    (output / "segment_00000.ts").write_bytes(b"\x47" * 188)
+    item = Item(tmp_path / "clip.mp4", output, FORMATS["hls"], default_work_dir(output))
+    _claim(item, overwrite=False, skip_existing=True)
+    assert item.result == "skipped (exists)"  # no work folder: someone's finished output
+    item.work.mkdir()
+    (item.work / "plan.json").write_text("{}")  # an interrupted run's, of other options
+    item.result = "pending"
+    _claim(item, overwrite=False, skip_existing=True)
+    assert item.result.startswith("failed: ") and "--overwrite makes it again" in item.result

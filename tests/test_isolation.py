@@ -124,3 +124,47 @@ def test_the_worker_process_makes_the_same_segments_as_this_process(clips, tmp_p
     assert len(plan.segments) == 2
     got = facts(tmp_path / "out.mp4")
     assert got.pts == facts(clips["innocent"]).pts and (got.width, got.height) == (128, 96)
+
+
+def test_a_run_stopped_during_its_join_waits_for_it_and_says_the_output_is_whole(
+    clips, tmp_path, monkeypatch
+):
+    """The join runs in a thread no stop can cut short. A stop during it ended the run at
+    once while the thread went on: the output appeared afterwards, its segments gone, and
+    the command said they were kept (its rerun made every segment again)."""
+    import threading
+    import time
+
+    from carn_stream.pipeline.execution import segmented
+
+    joining = threading.Event()
+    real = segmented.finish_output
+
+    def slow_join(*args):
+        joining.set()
+        time.sleep(0.5)
+        return real(*args)
+
+    monkeypatch.setattr(segmented, "finish_output", slow_join)
+    executor = ProcessExecutor(crashing_worker, slots=2)
+    output = tmp_path / "out.mp4"
+
+    async def go():
+        plan = await executor.plan(PlanRequest(clips["innocent"], 1.0))
+        run = SegmentedRun(source=clips["innocent"], plan=plan, fmt=FORMATS["mp4"],
+                           output=output, work_dir=tmp_path / "work",
+                           options=PipelineOptions(scale=2), executor=executor)  # fmt: skip
+        task = asyncio.create_task(run.execute())
+        try:
+            while not joining.is_set():
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return run, output.is_file()  # (at once, as the stop ends)
+        finally:
+            await executor.close()
+
+    run, whole_when_stopped = asyncio.run(go())
+    assert run.finished and whole_when_stopped
+    assert facts(output).pts == facts(clips["innocent"]).pts

@@ -1471,8 +1471,9 @@ def test_a_plan_of_a_file_without_video_frames_is_refused(tmp_path):
 # --------------------------------------------------------------------------- resuming
 
 
-def cli(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "CARN_WEIGHTS": str(official_weights_path())}
+def cli(*args: str, weights: Path | None = None, **kwargs) -> subprocess.Popen:
+    """The command, with the official weights (or ``weights``)."""
+    env = {**os.environ, "CARN_WEIGHTS": str(weights or official_weights_path())}
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
     return subprocess.Popen(
         [sys.executable, "-m", "carn_stream.cli", *args], cwd=REPO_ROOT, env=env, text=True,
@@ -1561,6 +1562,35 @@ def test_the_cli_resumes_after_being_killed(clips, tmp_path, raw):
     got, want = facts(out), facts(clips["bframes"])
     assert [p * got.time_base for p in got.pts] == [p * want.time_base for p in want.pts]
     assert not work.exists()  # removed once the output is complete
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_weights_makes_every_segment_again(clips, tmp_path):
+    """The run's identity named the weights by their path: a file at the same path with other
+    contents (a model tuned again), or the official weights downloaded where the bundled ones
+    stood in, resumed the other model's segments into one output."""
+    from carn_stream.model import CARNMWeights
+
+    out, work = tmp_path / "out.mp4", tmp_path / "work"
+    weights = tmp_path / "model.pth"
+    shutil.copyfile(official_weights_path(), weights)
+    args = ("upscale", str(clips["bframes"]), str(out), "--scale", "2", "--precision", "fp32",
+            "--segment-seconds", "1", "--work-dir", str(work))  # fmt: skip
+    first = cli(*args, weights=weights)
+    manifest = work / "segments.jsonl"
+    try:
+        wait_for(lambda: manifest.is_file() and manifest.read_text().count("\n") >= 1, 120,
+                 "a finished segment")  # fmt: skip
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+    shutil.copyfile(CARNMWeights.BUNDLED.value.bundled_path, weights)  # same path, new model
+    second = cli(*args, weights=weights)
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    assert f"{work} holds segments made with other weights: making {out} afresh" in stderr
+    assert "resuming" not in stderr and not work.exists()
+    assert facts(out).pts == facts(clips["bframes"]).pts
 
 
 @pytest.mark.slow

@@ -64,6 +64,8 @@ class SegmentedRun:
     on_start: Callable[[int, int], None] | None = None  #: (segment index, attempt)
     on_done: Callable[[SegmentResult], None] | None = None
     on_retry: Callable[[int, str], None] | None = None  #: (segment index, reason)
+    #: the output is whole and in place (also when the run was cancelled during its join)
+    finished: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.fmt = self.fmt.for_codec(self.options.encoder.codec)
@@ -97,9 +99,20 @@ class SegmentedRun:
         except BaseExceptionGroup as errors:
             raise first_error(errors) from None
         rotation = self.done[0].rotation if 0 in self.done else 0
-        return await asyncio.to_thread(
+        # The join cannot be stopped once begun (a thread): a cancel waits for it, so that
+        # the output is whole (and said so in ``finished``) or not there, never half made.
+        finishing = asyncio.ensure_future(asyncio.to_thread(
             finish_output, self.fmt, self.output, self.work_dir, self.plan, self.source, rotation
-        )
+        ))  # fmt: skip
+        try:
+            made = await asyncio.shield(finishing)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await finishing
+            self.finished = finishing.done() and finishing.exception() is None
+            raise
+        self.finished = True
+        return made
 
     async def _one(self, segment: Segment, own: Slots, stopping: Callable[[], bool]) -> None:
         try:

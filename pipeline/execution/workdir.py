@@ -8,6 +8,7 @@ a different input, different options or a plan made by an earlier planning rule 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from carn_stream.pipeline.execution.executors import SegmentResult
+from carn_stream.pipeline.media.formats import SEGMENTS_DIR
 from carn_stream.pipeline.media.segments import SegmentPlan
 
 PLAN_FILE, MANIFEST_FILE = "plan.json", "segments.jsonl"
@@ -24,6 +26,19 @@ TIMED_INPUT = "input.mp4"
 JOINED_INPUT = "input.joined"
 #: The input's copies a run reads instead of the input (kept when a run starts).
 INPUT_COPIES = (TIMED_INPUT, JOINED_INPUT)
+#: Every name a run writes in its work folder; each also under ``.NAME...`` while it is
+#: written (or, for a joined input, its audio waiting beside it). Nothing else there is
+#: touched: the folder may be one a user named.
+OWN_NAMES = (PLAN_FILE, MANIFEST_FILE, SEGMENTS_DIR, *INPUT_COPIES)
+
+
+def is_own(name: str, names: tuple[str, ...] = OWN_NAMES) -> bool:
+    """Whether ``name`` in a work folder is one of ``names`` (or written on its way to one)."""
+    return name in names or name.startswith(tuple(f".{n}" for n in names))
+
+
+class ForeignWorkDir(ValueError):
+    """A work folder named for a run that holds other files (a user's): never used."""
 
 
 def run_identity(source: Path, **options: Any) -> dict[str, Any]:
@@ -36,6 +51,19 @@ def run_identity(source: Path, **options: Any) -> dict[str, Any]:
 class WorkDir:
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def check_own(self) -> None:
+        """Refuse a folder that holds anything a run does not write (a folder of the user's
+        named as the work folder: what is in it would be in the way, or lost)."""
+        if self.path.is_file():
+            raise ForeignWorkDir(f"{self.path} is a file, not a work folder")
+        if not self.path.is_dir():
+            return  # not there yet (or where it cannot be: the output's checks say why)
+        foreign = sorted(e.name for e in self.path.iterdir() if not is_own(e.name))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ForeignWorkDir(f"{self.path} holds files that are not a run's ({shown}); "
+                                 "name a new or empty folder as the work folder")  # fmt: skip
 
     def resume(self, identity: dict[str, Any]) -> tuple[SegmentPlan, dict[int, SegmentResult]]:
         """The stored plan and finished segments of the same run; raises LookupError if
@@ -65,20 +93,23 @@ class WorkDir:
         for name in (PLAN_FILE, *INPUT_COPIES):
             (self.path / name).unlink(missing_ok=True)
 
-    def start(self, identity: dict[str, Any], plan: SegmentPlan) -> None:
-        """Begin a new run here: whatever was in the folder is removed, apart from the input's
-        copies (the plan was just made from one)."""
-        if self.path.is_dir():
-            for entry in self.path.iterdir():
-                if entry.name in INPUT_COPIES:
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+    def start(
+        self, identity: dict[str, Any], plan: SegmentPlan, weights: str | None = None
+    ) -> None:
+        """Begin a new run here: what an earlier run wrote is removed, apart from the input's
+        copies (the plan was just made from one). ``weights``: what identifies the model's
+        weights (known once it is loaded)."""
+        self._remove_own(keep=INPUT_COPIES)
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path / PLAN_FILE, json.dumps({"identity": identity,
+        _write_atomic(self.path / PLAN_FILE, json.dumps({"identity": identity, "weights": weights,
                                                          "plan": plan.to_dict()}))  # fmt: skip
+
+    def weights(self) -> str | None:
+        """What identified the weights of the run here (None: unknown)."""
+        try:
+            return json.loads((self.path / PLAN_FILE).read_text()).get("weights")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def record(self, result: SegmentResult, segment_path: Path) -> None:
         """Note a published segment (after its rename), durably."""
@@ -89,7 +120,21 @@ class WorkDir:
             os.fsync(f.fileno())
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Remove what runs wrote here, and the folder once that leaves it empty."""
+        self._remove_own()
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+    def _remove_own(self, keep: tuple[str, ...] = ()) -> None:
+        if not self.path.is_dir():
+            return
+        for entry in self.path.iterdir():
+            if not is_own(entry.name) or is_own(entry.name, keep):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def _finished(self) -> dict[int, SegmentResult]:
         done: dict[int, SegmentResult] = {}

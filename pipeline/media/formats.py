@@ -107,7 +107,7 @@ class OutputFormat:
     def segment_dir(self, output: Path, work_dir: Path) -> Path:
         """Where MPEG-TS segments are published: the output folder itself (HLS of MPEG-TS),
         or the work folder."""
-        return output if self.is_folder and not self.fragmented else work_dir / "segments"
+        return output if self.is_folder and not self.fragmented else work_dir / SEGMENTS_DIR
 
     def existing(self, output: Path) -> str | None:
         """Why ``output`` counts as an existing output (None when it is free to write).
@@ -218,6 +218,10 @@ class OutputFormat:
 #: How a file being written is named after its own (``.NAME.part``, ``.NAME.TOKEN.part``).
 _WRITING = re.compile(r"(\.[0-9a-f]+)?\.part\Z")
 
+
+#: Where a file output's segments (and a fragmented HLS folder's MPEG-TS ones) wait in the
+#: work folder.
+SEGMENTS_DIR = "segments"
 
 #: The other files of an HLS folder (their names while they are written, too): a user's own
 #: files beside them stay.
