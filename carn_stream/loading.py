@@ -98,13 +98,13 @@ def load_model(settings: Settings, quiet: bool = False) -> tuple[CARN, WeightsSo
 
 def weights_in_use(settings: Settings) -> str:
     """What identifies the weights a model the settings build holds, once one has been loaded
-    (the official file is in the cache then, where it could be had): the named file's
-    checksum, the official weights, or the bundled ones."""
+    (the official file is in the cache then, where it could be had): the checksum of the file
+    named, else of the cached official file, else the bundled weights'."""
     if settings.weights is not None:
         return f"sha256:{sha256_of(Path(settings.weights))}"
-    official = CARNMWeights.DEFAULT.value
-    if (settings.cache_dir / official.filename).is_file():
-        return f"sha256:{official.sha256}"  # (checked when it came)
+    cached = settings.cache_dir / CARNMWeights.DEFAULT.value.filename
+    if cached.is_file():
+        return f"sha256:{sha256_of(cached)}"
     return f"sha256:{CARNMWeights.BUNDLED.value.sha256}"
 
 

@@ -74,16 +74,27 @@ class Item:
 
 
 def stop_note(items: list[Item], where: Path | str) -> str:
-    """What a stop now leaves: the segments done (kept in ``where``) and the frames a rerun
-    makes again (those of the segments in progress)."""
+    """What a stop now leaves: an output whose segments are all done is finished first (its
+    join cannot be cut short); of the others, the segments done (kept in ``where``) and the
+    frames a rerun makes again (those of the segments in progress)."""
     running = [item for item in items if item.plan is not None and item.result == "pending"]
     if not running:
         return "no segment was started; nothing to keep"
+    joining = [i for i in running if i.run is not None and len(i.done) == len(i.plan.segments)]
+    said = []
+    if joining:
+        outputs = ", ".join(str(item.output) for item in joining)
+        said.append(f"every segment of {outputs} is done: finishing it first (its join cannot "
+                    "be cut short)")  # fmt: skip
+    rest = [item for item in running if item not in joining]
+    if rest:
+        said.append(_abandoning(rest, where))
+    return "; ".join(said)
+
+
+def _abandoning(running: list[Item], where: Path | str) -> str:
     total = sum(len(item.plan.segments) for item in running)
     done = sum(len(item.done) for item in running)
-    if done == total and all(item.run is not None for item in running):
-        outputs = ", ".join(str(item.output) for item in running)
-        return f"every segment is done: finishing {outputs} first (its join cannot be cut short)"
     redo = sum(sum(item.made.values()) for item in running)
     lost = f"makes again the {redo} frame{'s' * (redo != 1)} of the segments in progress"
     if done == 0:
@@ -124,7 +135,7 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
         raise UpscaleError(f"--segment-seconds must be at least 1 second, got {seconds:g}")
     for item in items:
         try:
-            WorkDir(item.work).check_own()
+            WorkDir(item.work).check_own(item.source, item.output)
         except ForeignWorkDir as exc:
             if not folder_run:
                 raise UpscaleError(str(exc)) from None
@@ -233,7 +244,6 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
         segment_seconds=seconds,
         weights=str(settings.weights) if settings.weights else None,
         precision=settings.precision,
-        device=settings.device,
         **({"input_fps": str(rate)} if rate is not None else {}),
         **({} if args.deinterlace else {"deinterlace": False}),
         **({"fmp4": True} if item.fmt.fragmented else {}),
@@ -275,13 +285,14 @@ async def _upscale(args, items: list[Item], encoder, seconds, executor, folder_r
     from carn_stream.pipeline.execution.workdir import WorkDir
 
     await executor.start()
-    weights = weights_in_use(settings)  # (once loaded: the official file came, or not)
+    # (once loaded: the official file came, or not; and the device "auto" found)
+    weights = f"{weights_in_use(settings)} on {executor.device}"
     for item in items:
         item.weights = weights
         if item.resumed is not None and WorkDir(item.work).weights() != weights:
             item.resumed = None  # its segments are another model's
-            print(f"carn-stream: {item.work} holds segments made with other weights: making "
-                  f"{item.output} afresh", file=sys.stderr)  # fmt: skip
+            print(f"carn-stream: {item.work} holds segments made with other weights or on "
+                  f"another device: making {item.output} afresh", file=sys.stderr)  # fmt: skip
     try:
         return await _upscale_items(args, items, seconds, encoder, executor, folder_run)
     finally:

@@ -629,17 +629,20 @@ def _key_info(folder: Path, number: int) -> None:
 
 
 def write_hls_subtitled(source: Path, folder: Path, cues: list[tuple[Fraction, str]]) -> Path:
-    """``source``'s video and first audio stream with a WebVTT subtitle rendition of ``cues``
-    ((time, text), each shown 0.8 s), by FFmpeg's own HLS muxer, in 1 s segments: returns
-    ``master.m3u8`` in ``folder`` (the media playlists ``0.m3u8`` and ``0_vtt.m3u8``)."""
+    """``source``'s video and every audio stream (in the variant's own segments) with a
+    WebVTT subtitle rendition of ``cues`` ((time, text), each shown 0.8 s), by FFmpeg's own HLS
+    muxer, in 1 s segments: returns ``master.m3u8`` in ``folder`` (the media playlists
+    ``0.m3u8`` and ``0_vtt.m3u8``)."""
     folder.mkdir(parents=True, exist_ok=True)
+    with av.open(str(source)) as c:
+        audio = "".join(f"a:{n}," for n in range(len(c.streams.audio)))
     options = {"hls_time": "1", "hls_playlist_type": "vod", "master_pl_name": "master.m3u8",
-               "var_stream_map": "v:0,a:0,s:0,sgroup:subs",
+               "var_stream_map": f"v:0,{audio}s:0,sgroup:subs",
                "hls_segment_filename": f"{folder}/%v_%03d.ts"}  # fmt: skip
     pending = sorted(cues)
     with av.open(str(source)) as c, av.open(str(folder / "%v.m3u8"), "w", format="hls",
                                             options=options) as out:  # fmt: skip
-        taken = [c.streams.video[0], c.streams.audio[0]]
+        taken = [c.streams.video[0], *c.streams.audio]
         streams = {s.index: out.add_stream_from_template(s) for s in taken}
         text = out.add_mux_stream("webvtt")
         for packet in c.demux(taken):

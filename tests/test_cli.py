@@ -701,6 +701,15 @@ def test_a_stop_says_how_many_segments_are_done_and_what_a_rerun_redoes(tmp_path
         "running the same command again resumes from them and makes again the 1 frame of the "
         "segments in progress"
     )
+    # A folder run: one output in its join (finished first), another with segments to make.
+    joining = Item(clip, tmp_path / "a.mp4", None, tmp_path / "wa", plan=plan, done={0, 1})
+    joining.run = object()
+    assert stop_note([joining, item], "each output's work folder") == (
+        f"every segment of {joining.output} is done: finishing it first (its join cannot be cut "
+        "short); abandoning the segments in progress; 1 of 2 segments are done and stay in each "
+        "output's work folder: running the same command again resumes from them and makes "
+        "again the 1 frame of the segments in progress"
+    )
 
 
 def test_speed_measures_each_size_and_precision_and_says_what_keeps_up(
@@ -766,11 +775,12 @@ def test_a_work_folder_holding_other_files_is_refused_and_left_as_it_was(data_di
     (work / "photos").mkdir(parents=True)
     (work / "notes.txt").write_text("keep me")
     clip = data_dir / "video" / "carphone_pristine.mp4"
-    done = run_cli("upscale", str(clip), str(work / "out.mp4"), "--scale", "2", "--precision",
-                   "fp32", "--work-dir", str(work))  # fmt: skip
-    assert done.returncode == 1, done.stderr
-    assert f"{work} holds files that are not a run's (notes.txt, photos)" in done.stderr
-    assert sorted(p.name for p in work.iterdir()) == ["notes.txt", "photos"]
+    for out, said in ((tmp_path / "out.mp4", "holds files that are not a run's (notes.txt, "
+                       "photos)"), (work / "out.mp4", "holds out.mp4; name a folder of its own")):
+        done = run_cli("upscale", str(clip), str(out), "--scale", "2", "--precision", "fp32",
+                       "--work-dir", str(work))  # fmt: skip
+        assert done.returncode == 1 and f"{work} {said}" in done.stderr, done.stderr
+        assert sorted(p.name for p in work.iterdir()) == ["notes.txt", "photos"]
 
 
 def test_a_work_folder_removes_only_what_runs_write(tmp_path):
@@ -785,12 +795,17 @@ def test_a_work_folder_removes_only_what_runs_write(tmp_path):
     for name in written:
         (work.path / name).write_bytes(b"x")
     work.check_own()  # a run's folder: taken
-    (work.path / "out.mp4").write_bytes(b"an output the user put here")
-    with pytest.raises(ForeignWorkDir, match=r"holds files that are not a run's \(out\.mp4\)"):
+    with pytest.raises(ForeignWorkDir, match=r"holds input\.mp4; name a folder of its own"):
+        work.check_own(work.path / "input.mp4")  # the input itself lies there
+    users = ["out.mp4", ".plan.json.backup", ".input.mp4.swp"]
+    for name in users:
+        (work.path / name).write_bytes(b"the user's")
+    with pytest.raises(ForeignWorkDir, match=r"holds files that are not a run's \(\.input"):
         work.check_own()
     work.remove()
-    assert [p.name for p in work.path.iterdir()] == ["out.mp4"]
-    (work.path / "out.mp4").unlink()
+    assert sorted(p.name for p in work.path.iterdir()) == sorted(users)
+    for name in users:
+        (work.path / name).unlink()
     work.remove()
     assert not work.path.exists()  # emptied: gone
 

@@ -104,7 +104,7 @@ def site(data_dir, tmp_path_factory):
     write_hls(clip, root / "fmp4_single", fmp4=True, single_file=True)
     write_hls(low, root / "low", kinds="v")
     write_hls(clip, root / "ts_aes", encrypt=True)
-    _subtitled(clip, root)
+    _subtitled(two, root)
     _aes_variants(root)
     write_dash(clip, root / "dash_timeline", language="deu")
     write_dash(clip, root / "dash_numbered", timeline=False, language="deu")
@@ -160,21 +160,29 @@ def _aes_variants(root: Path) -> None:
 CUES = [(Fraction(1, 10), "Hello <v Ann>&amp; <i>welcome</i></v>"), (Fraction(3, 2), "Second")]
 
 
-def _subtitled(clip: Path, root: Path) -> None:
-    """``subs/master.m3u8``: the clip with a WebVTT rendition of :data:`CUES` (FFmpeg's own,
-    with no X-TIMESTAMP-MAP: cue time 0 is MPEG-TS time 0), named in the master as a
-    packager names it; ``subs_mapped``: the same cues written 5 s later with an
-    X-TIMESTAMP-MAP that maps them back."""
-    master = write_hls_subtitled(clip, root / "subs", CUES)
+def _subtitled(two: Path, root: Path) -> None:
+    """``subs/master.m3u8``: ``two`` (the clip with two audio streams) in the variant's own
+    segments and a WebVTT rendition of :data:`CUES` (FFmpeg's own, with no X-TIMESTAMP-MAP:
+    cue time 0 is MPEG-TS time 0), named in the master as a packager names it;
+    ``subs_mapped``: the same cues written 4 s later, with X-TIMESTAMP-MAPs that map them back
+    (LOCAL 5 s to MPEGTS 1 s; the two in either order), and the first cue repeated in the next
+    segment, as a cue shown across segments is."""
+    master = write_hls_subtitled(two, root / "subs", CUES)
     text = master.read_text().replace('NAME="subtitle_0"', 'NAME="English",LANGUAGE="en"')
     master.write_text(text)
     mapped = root / "subs_mapped"
     shutil.copytree(root / "subs", mapped)
-    for vtt in mapped.glob("*.vtt"):
+    maps = ["LOCAL:00:00:05.000,MPEGTS:90000", "MPEGTS:90000,LOCAL:00:00:05.000"]
+    first_cue = ""
+    for number, vtt in enumerate(sorted(mapped.glob("*.vtt"))):
         later = re.sub(r"(\d\d):(\d\d)\.(\d{3})",
-                       lambda m: f"{m[1]}:{int(m[2]) + 5:02d}.{m[3]}", vtt.read_text())
-        vtt.write_text(later.replace("WEBVTT\n", "WEBVTT\nX-TIMESTAMP-MAP=LOCAL:00:00:05.000,"
-                                     "MPEGTS:0\n", 1))  # fmt: skip
+                       lambda m: f"{m[1]}:{int(m[2]) + 4:02d}.{m[3]}", vtt.read_text())
+        header = f"WEBVTT\nX-TIMESTAMP-MAP={maps[number % 2]}\n"
+        body = later.removeprefix("WEBVTT\n")
+        if number == 1:
+            body = first_cue + body
+        first_cue = first_cue or body
+        vtt.write_text(header + body)
 
 
 def fetched(url: str, dest: Path, policy: FetchPolicy = POLICY) -> Path:
@@ -343,7 +351,7 @@ def test_a_variants_webvtt_subtitles_are_joined_in_step_with_its_video(site, for
     assert [t for _, t in cues] == ["Hello & <i>welcome</i>", "Second"]  # (voices dropped)
     assert [float(at) for at, _ in cues] == pytest.approx([float(at) for at, _ in CUES],
                                                           abs=0.002)  # fmt: skip
-    assert audio_packets(dest) == audio_packets(root / "clip.mp4")  # its own audio kept
+    assert audio_packets(dest) == audio_packets(root / "two.mp4")  # its own audio, all of it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
 
 
@@ -707,3 +715,27 @@ def test_the_cli_refuses_a_local_listing_that_names_its_output(site, weights_pat
         "another output"
     ), result.stderr
     assert (folder / "clip.mp4").read_bytes() == before
+
+
+def test_webvtt_segments_read_as_the_standard_writes_them():
+    from carn_stream.pipeline.media.webvtt_input import Cue, Cues, read_segment
+
+    text = ("\ufeffWEBVTT - a title\r\nX-TIMESTAMP-MAP=MPEGTS:180000,LOCAL:01:00:00.000\r\n\r\n"
+            "STYLE\r\n::cue { color: yellow }\r\n\r\nNOTE a note --> not a cue\r\n\r\n"
+            "cue-1\r\n01:00:01.500 --> 01:00:02.000 align:start line:0\r\n"
+            "<v.loud Ann>Hi</v> <i.x>there</i> &lt;3\r\n\r\n"
+            "01:00:02.000-->01:00:03.000\r\nno spaces\r\n\r\n"
+            "1:00:03 --> 1:00:04\r\nunreadable timing: skipped\r\n\r\n"
+            "00:59:00.000 --> 00:59:01.000\r\nbefore time 0: dropped\r\n")  # fmt: skip
+    cues = read_segment(text, "s.vtt")
+    assert cues == [Cue(Fraction(7, 2), Fraction(4), "Hi <i>there</i> <3"),
+                    Cue(Fraction(4), Fraction(5), "no spaces")]  # fmt: skip
+    gathered = Cues("the subtitle stream 'en'")
+    gathered.add(cues)
+    gathered.add(cues[1:])  # a cue shown across segments, repeated in the next
+    assert gathered.in_order() == cues
+    # Markup that never closes is read in linear time (a 1 MiB segment of it took minutes).
+    assert read_segment("WEBVTT\n\n00:00.000 --> 00:01.000\n" + "<a" * 200_000, "x") == [
+        Cue(Fraction(0), Fraction(1), "<a" * 200_000)]  # fmt: skip
+    with pytest.raises(ListingError, match="is not WebVTT"):
+        read_segment("<html>", "page.vtt")

@@ -107,9 +107,10 @@ class SegmentedRun:
         try:
             made = await asyncio.shield(finishing)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await finishing
-            self.finished = finishing.done() and finishing.exception() is None
+            while not finishing.done():  # (every further cancel too)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({finishing})
+            self.finished = finishing.exception() is None
             raise
         self.finished = True
         return made

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,23 @@ TIMED_INPUT = "input.mp4"
 JOINED_INPUT = "input.joined"
 #: The input's copies a run reads instead of the input (kept when a run starts).
 INPUT_COPIES = (TIMED_INPUT, JOINED_INPUT)
-#: Every name a run writes in its work folder; each also under ``.NAME...`` while it is
-#: written (or, for a joined input, its audio waiting beside it). Nothing else there is
-#: touched: the folder may be one a user named.
+#: Every name a run writes in its work folder. Nothing else there is touched: the folder may
+#: be one a user named.
 OWN_NAMES = (PLAN_FILE, MANIFEST_FILE, SEGMENTS_DIR, *INPUT_COPIES)
+#: The names of what a run writes on its way to those: the plan and a timed copy while they
+#: are written, and a joined input's partial join, its fetch folder and the audio waiting
+#: beside it.
+_ON_THE_WAY = re.compile(
+    rf"\.(?:{re.escape(PLAN_FILE)}|{re.escape(TIMED_INPUT)})\.part"
+    rf"|\.{re.escape(JOINED_INPUT)}\.(?:part|listed|apart\.json(?:\.part)?|audio\d+)"
+)
 
 
 def is_own(name: str, names: tuple[str, ...] = OWN_NAMES) -> bool:
-    """Whether ``name`` in a work folder is one of ``names`` (or written on its way to one)."""
-    return name in names or name.startswith(tuple(f".{n}" for n in names))
+    """Whether ``name`` in a work folder is one of ``names``, or written on its way to one."""
+    if name in names:
+        return True
+    return bool(_ON_THE_WAY.fullmatch(name)) and name.startswith(tuple(f".{n}." for n in names))
 
 
 class ForeignWorkDir(ValueError):
@@ -52,13 +61,18 @@ class WorkDir:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def check_own(self) -> None:
-        """Refuse a folder that holds anything a run does not write (a folder of the user's
-        named as the work folder: what is in it would be in the way, or lost)."""
+    def check_own(self, *files: Path) -> None:
+        """Refuse a folder that holds anything a run does not write, or any of ``files`` (the
+        input, the output): a folder of the user's named as the work folder, what is in it
+        would be in the way, or lost."""
         if self.path.is_file():
             raise ForeignWorkDir(f"{self.path} is a file, not a work folder")
         if not self.path.is_dir():
             return  # not there yet (or where it cannot be: the output's checks say why)
+        for file in files:
+            if file.parent.is_dir() and os.path.samefile(file.parent, self.path):
+                raise ForeignWorkDir(f"{self.path} holds {file.name}; name a folder of its own "
+                                     "as the work folder")  # fmt: skip
         foreign = sorted(e.name for e in self.path.iterdir() if not is_own(e.name))
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")

@@ -367,7 +367,10 @@ def hls_listing(text: str, url: str, read: ReadText) -> Listing:
     subtitles = []
     for number, rendition in enumerate(parsed.subtitles_of(variant)[:MAX_SUBTITLES]):
         what = f"subtitle rendition {rendition.name or number}'s"
-        listed = _read_media(rendition.uri, read).parts(what)
+        try:
+            listed = _read_media(rendition.uri, read).parts(what)
+        except ListingError:  # (live, spliced...: subtitles are not worth refusing the video)
+            continue
         if listed.end is None and not listed.keys and all(map(webvtt_segment, listed.parts)):
             subtitles.append(ListedText(listed, rendition.name, rendition.language))
         # (else not WebVTT segments, e.g. IMSC in fragmented MP4: left out, as players may)

@@ -134,12 +134,13 @@ def whole_number(text: str | None) -> int:
 
 @dataclass(frozen=True)
 class AudioFile:
-    """An audio stream to join: its file (None: the video file's own first audio stream), and
-    what its listing calls it."""
+    """An audio stream to join: its file (None: the video file's own first audio stream, or
+    with ``every_own`` all of them, as they are), and what its listing calls it."""
 
     path: Path | None
     name: str = ""
     language: str | None = None
+    every_own: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,8 @@ def save_apart(
     before ``source`` itself is in place."""
     remove_apart(source)
     entries = [{"file": None if a.path is None else _apart_file(source, n).name,
-                "name": a.name, "language": a.language} for n, a in enumerate(audio)]  # fmt: skip
+                "name": a.name, "language": a.language, "every_own": a.every_own}
+               for n, a in enumerate(audio)]  # fmt: skip
     texts = [{"cues": t.cues, "name": t.name, "language": t.language} for t in subtitles]
     record = _apart_record(source)
     partial = record.with_name(record.name + ".part")
@@ -208,7 +210,8 @@ def join_apart(source: Path, target: Path, stop: threading.Event | None = None) 
     try:
         record = json.loads(_apart_record(source).read_text())
         audio = [AudioFile(None if e["file"] is None else source.with_name(e["file"]),
-                           e["name"], e["language"]) for e in record["audio"]]  # fmt: skip
+                           e["name"], e["language"], bool(e.get("every_own")))
+                 for e in record["audio"]]  # fmt: skip
         subtitles = [TextStream(tuple((int(a), int(b), str(t)) for a, b, t in e["cues"]),
                                 e["name"], e["language"])
                      for e in record.get("subtitles", [])]  # fmt: skip
@@ -258,11 +261,12 @@ def join_renditions(
     except InputError as exc:
         raise ListingError(str(exc).replace(f"{video}: ", "the video it lists: ")) from exc
     try:
-        own = inputs[0].streams.audio[:1]
+        own = list(inputs[0].streams.audio)
         sources = [(0, main_video(inputs[0]), None)]  # (input, stream, listed as)
         for rendition in audio:
             if rendition.path is None:
-                sources += [(0, stream, rendition) for stream in own]
+                kept = own if rendition.every_own else own[:1]
+                sources += [(0, s, None if rendition.every_own else rendition) for s in kept]
                 continue
             inputs.append(_open_audio(rendition))
             if not inputs[-1].streams.audio:
@@ -272,6 +276,8 @@ def join_renditions(
             outputs = []
             for _, stream, rendition in sources:
                 made = out.add_stream_from_template(stream)
+                made.metadata.update({k: v for k, v in stream.metadata.items()
+                                      if k in ("language", "title")})  # (its own, as it was)
                 if rendition is not None and rendition.language:
                     made.metadata["language"] = rendition.language
                 if rendition is not None and rendition.name:

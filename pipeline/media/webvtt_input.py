@@ -2,7 +2,9 @@
 (RFC 8216 3.5: ``X-TIMESTAMP-MAP`` maps a cue time, ``LOCAL``, to a 90 kHz ``MPEGTS`` time of
 the video's; without it, cue time 0 is MPEGTS time 0). A cue a rendition repeats in the
 segments it spans counts once. Cue text keeps italics, bold and underline (which SubRip has
-too); other markup (voices, classes, ruby, times) goes, and character references are read."""
+too); other markup (voices, classes, ruby, times) goes, and character references are read. A
+cue whose timing cannot be read is skipped, as WebVTT's parser skips it, and so is one that
+ends before the media's time 0 or lies past any time MPEG-TS counts to."""
 
 from __future__ import annotations
 
@@ -15,13 +17,17 @@ from carn_stream.pipeline.media.listing import ListingError
 
 #: The most bytes one WebVTT segment may have (a few minutes of cues are a few KB).
 MAX_SEGMENT_BYTES = 1024 * 1024
-#: The most cues one subtitle rendition may have.
+#: The most cues one subtitle rendition may have, and the most text (bytes) in all of them.
 MAX_CUES = 100_000
+MAX_TEXT_BYTES = 8 * 1024 * 1024
+#: The latest time a cue may have (seconds): MPEG-TS time's whole range (33 bits of 90 kHz),
+#: and a day beyond it for a playlist's local times.
+LATEST = Fraction(2**33, 90_000) + 86_400
 
 _TIME = r"(?:(\d+):)?(\d{2}):(\d{2})\.(\d{3})"
-_TIMING = re.compile(rf"^\s*{_TIME}\s+-->\s+{_TIME}")
+_TIMING = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}")
 _MAP = re.compile(rf"^X-TIMESTAMP-MAP=(?=.*MPEGTS:(\d+))(?=.*LOCAL:{_TIME})")
-_TAG = re.compile(r"</?([a-zA-Z0-9]+)[^>]*>")
+_TAG = re.compile(r"<(/?)([a-zA-Z0-9]+)[^<>]*>")  # (never across a "<": linear time)
 _KEPT_TAGS = frozenset({"i", "b", "u"})
 
 
@@ -40,7 +46,8 @@ def _seconds(hours: str | None, minutes: str, seconds: str, millis: str) -> Frac
 
 def _text(lines: list[str]) -> str:
     def keep(match: re.Match) -> str:
-        return match.group(0) if match.group(1).lower() in _KEPT_TAGS else ""
+        tag = match.group(2).lower()
+        return f"<{match.group(1)}{tag}>" if tag in _KEPT_TAGS else ""  # (classes dropped)
 
     return html.unescape(_TAG.sub(keep, "\n".join(lines))).strip()
 
@@ -69,16 +76,35 @@ def read_segment(text: str, name: str) -> list[Cue]:
             continue  # NOTE, STYLE, REGION, or a stray line
         found = _TIMING.match(block[timing])
         if found is None:
-            raise ListingError(f"{name} has a malformed cue timing: {block[timing]!r}")
-        start, end = _seconds(*found.groups()[:4]), _seconds(*found.groups()[4:])
+            continue  # (a timing that cannot be read: the cue is skipped)
+        start = _seconds(*found.groups()[:4]) + offset
+        end = max(_seconds(*found.groups()[4:]) + offset, start)
+        if end <= 0 or end > LATEST:
+            continue
         if text := _text(block[timing + 1 :]):
-            cues.append(Cue(start + offset, max(end, start) + offset, text))
+            cues.append(Cue(max(start, Fraction(0)), end, text))
     return cues
 
 
-def merged(segments: list[list[Cue]], what: str) -> list[Cue]:
-    """One rendition's cues from its segments, in time order, each once."""
-    cues = sorted({cue for segment in segments for cue in segment})
-    if len(cues) > MAX_CUES:
-        raise ListingError(f"{what} has {len(cues)} cues, over the limit of {MAX_CUES}")
-    return cues
+class Cues:
+    """One rendition's cues, gathered segment by segment, each once; refused as soon as they
+    pass :data:`MAX_CUES` or :data:`MAX_TEXT_BYTES` (``what`` names them)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._cues: set[Cue] = set()
+        self._text_bytes = 0
+
+    def add(self, segment: list[Cue]) -> None:
+        for cue in segment:
+            if cue not in self._cues:
+                self._cues.add(cue)
+                self._text_bytes += len(cue.text.encode("utf-8"))
+        if len(self._cues) > MAX_CUES:
+            raise ListingError(f"{self.what} has over {MAX_CUES} cues, the limit")
+        if self._text_bytes > MAX_TEXT_BYTES:
+            raise ListingError(f"{self.what} has over {MAX_TEXT_BYTES} bytes of cue text, the "
+                               "limit")  # fmt: skip
+
+    def in_order(self) -> list[Cue]:
+        return sorted(self._cues)

@@ -35,7 +35,7 @@ from carn_stream.pipeline.media.listing import (
     join_apart,
     save_apart,
 )
-from carn_stream.pipeline.media.webvtt_input import MAX_SEGMENT_BYTES, merged, read_segment
+from carn_stream.pipeline.media.webvtt_input import MAX_SEGMENT_BYTES, Cues, read_segment
 
 #: How much of a download is read to tell a listing (a manifest may start with comments).
 HEAD_BYTES = 1024
@@ -110,9 +110,9 @@ def _fetch_parts(
             path = work / f"audio{number}"
             _concatenate(entry.stream, path, work, download, keys)
         audio.append(AudioFile(path, entry.name, entry.language))
-    subtitles = [_cues(text, work, download) for text in listed.subtitles]
+    subtitles = [s for s in (_cues(text, work, download) for text in listed.subtitles) if s]
     if not listed.audio:  # (none listed: the video's own, if it has any, as it is)
-        audio.append(AudioFile(None))
+        audio.append(AudioFile(None, every_own=True))
     video = work / "video"
     _concatenate(listed.video, video, work, download, keys)
     if listed.apart or subtitles or any(a.name or a.language for a in listed.audio):
@@ -122,19 +122,18 @@ def _fetch_parts(
     video.replace(dest)
 
 
-def _cues(text: ListedText, work: Path, download: Download) -> TextStream:
-    """A subtitle stream's WebVTT segments read into one stream of cues."""
-    what = f"the subtitle stream {text.name or text.language or ''!r}"
-    segments = []
+def _cues(text: ListedText, work: Path, download: Download) -> TextStream | None:
+    """A subtitle stream's WebVTT segments read into one stream of cues; None where they are
+    not WebVTT or pass the limits (left out: the video is not refused for its subtitles)."""
+    cues = Cues(f"the subtitle stream {text.name or text.language or ''!r}")
     for part in text.stream.parts:
         download(part, work / "cues", MAX_SEGMENT_BYTES)
         try:
-            segments.append(read_segment((work / "cues").read_text("utf-8"), part))
-        except UnicodeDecodeError:
-            raise ListingError(f"{part} is not UTF-8 text (WebVTT)") from None
-    cues = tuple((round(c.start * 1000), round(c.end * 1000), c.text)
-                 for c in merged(segments, what))  # fmt: skip
-    return TextStream(cues, text.name, text.language)
+            cues.add(read_segment((work / "cues").read_text("utf-8"), part))
+        except (UnicodeDecodeError, ListingError):
+            return None
+    timed = tuple((round(c.start * 1000), round(c.end * 1000), c.text) for c in cues.in_order())
+    return TextStream(timed, text.name, text.language)
 
 
 def _text(path: Path) -> str:
