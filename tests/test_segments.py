@@ -1481,6 +1481,20 @@ def cli(*args: str, weights: Path | None = None, **kwargs) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def killed_after_a_segment(args: tuple[str, ...], work: Path, weights: Path | None = None) -> Path:
+    """Run the command until its work folder's manifest records a segment, then kill it
+    (SIGKILL, as a crash); returns the manifest."""
+    first = cli(*args, weights=weights)
+    manifest = work / "segments.jsonl"
+    try:
+        wait_for(lambda: manifest.is_file() and manifest.read_text().count("\n") >= 1, 120,
+                 "a finished segment")  # fmt: skip
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+    return manifest
+
+
 def segment_files(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("segment_*.ts")}
 
@@ -1521,14 +1535,7 @@ def test_the_cli_resumes_after_being_killed(clips, tmp_path, raw):
     source = raw_stream(clips["bframes"], tmp_path / "b.h264") if raw else clips["bframes"]
     args = ("upscale", str(source), str(out), "--scale", "2", "--precision", "fp32",
             "--segment-seconds", "1", "--work-dir", str(work))  # fmt: skip
-    first = cli(*args)
-    manifest = work / "segments.jsonl"
-    try:
-        wait_for(lambda: manifest.is_file() and manifest.read_text().count("\n") >= 1, 120,
-                 "a finished segment")  # fmt: skip
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=10)
+    manifest = killed_after_a_segment(args, work)
     # As if killed right after its first segment (it may have made up to three by the time
     # the signal lands): three are left, so the resumed run is watched while it makes them.
     # Unrecorded segments are made again, whatever files they left.
@@ -1576,14 +1583,7 @@ def test_a_rerun_with_other_weights_makes_every_segment_again(clips, tmp_path):
     shutil.copyfile(official_weights_path(), weights)
     args = ("upscale", str(clips["bframes"]), str(out), "--scale", "2", "--precision", "fp32",
             "--segment-seconds", "1", "--work-dir", str(work))  # fmt: skip
-    first = cli(*args, weights=weights)
-    manifest = work / "segments.jsonl"
-    try:
-        wait_for(lambda: manifest.is_file() and manifest.read_text().count("\n") >= 1, 120,
-                 "a finished segment")  # fmt: skip
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=10)
+    killed_after_a_segment(args, work, weights)
     shutil.copyfile(CARNMWeights.BUNDLED.value.bundled_path, weights)  # same path, new model
     second = cli(*args, weights=weights)
     _, stderr = second.communicate(timeout=300)
