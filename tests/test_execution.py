@@ -82,8 +82,9 @@ def test_a_worker_process_closed_while_it_starts_stops_without_a_word(caplog):
     earlier = set(multiprocessing.active_children())  # (other tests' processes, still ending)
     asyncio.run(start_then_close())  # returns once the start has finished, in its thread
 
-    def its_own() -> list:
-        return [p for p in multiprocessing.active_children() if p not in earlier]
+    def its_own() -> list:  # (processes other tests started may come and go meanwhile)
+        return [p for p in multiprocessing.active_children()
+                if p.name == "carn-stream-worker" and p not in earlier]  # fmt: skip
 
     deadline = time.monotonic() + 10
     while its_own() and time.monotonic() < deadline:
