@@ -739,3 +739,25 @@ def test_webvtt_segments_read_as_the_standard_writes_them():
         Cue(Fraction(0), Fraction(1), "<a" * 200_000)]  # fmt: skip
     with pytest.raises(ListingError, match="is not WebVTT"):
         read_segment("<html>", "page.vtt")
+
+
+def test_a_master_with_more_subtitles_than_the_limit_gives_the_first_of_them():
+    """Subtitles are not worth refusing a video for: past the limit they are left out."""
+    from carn_stream.pipeline.media.hls_input import hls_listing
+    from carn_stream.pipeline.media.listing import MAX_SUBTITLES
+
+    names = [f"t{n}" for n in range(MAX_SUBTITLES + 1)]
+    master = "#EXTM3U\n" + "".join(
+        f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="s",NAME="{n}",URI="{n}.m3u8"\n' for n in names
+    ) + '#EXT-X-STREAM-INF:BANDWIDTH=1,RESOLUTION=8x8,SUBTITLES="s"\nv.m3u8\n'
+    read: list[str] = []
+
+    def reader(uri: str) -> tuple[str, str]:
+        read.append(uri.rsplit("/", 1)[1])
+        segment = "v.ts" if uri.endswith("/v.m3u8") else "a.vtt"
+        return (f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{segment}\n#EXT-X-ENDLIST\n",
+                uri)  # fmt: skip
+
+    listing = hls_listing(master, "http://127.0.0.1/m.m3u8", reader)
+    assert [t.name for t in listing.subtitles] == names[:MAX_SUBTITLES]
+    assert read == ["v.m3u8"] + [f"{n}.m3u8" for n in names[:MAX_SUBTITLES]]  # (the rest unread)

@@ -330,9 +330,14 @@ def _byte_range(text: str, uri: str, next_offset: dict[str, int]) -> tuple[int, 
     return length, offset
 
 
+def _suffix_among(uri: str, suffixes: frozenset[str]) -> bool:
+    """Whether the path of ``uri`` ends in one of ``suffixes`` (as players tell segments apart)."""
+    return Path(urllib.parse.urlsplit(uri).path).suffix.lower() in suffixes
+
+
 def packed_audio(uri: str) -> bool:
-    """Whether a segment is packed audio (by its name's suffix, as players tell them apart)."""
-    return Path(urllib.parse.urlsplit(uri).path).suffix.lower() in PACKED_AUDIO_SUFFIXES
+    """Whether a segment is packed audio (raw ADTS, AC-3 or MP3), by its name's suffix."""
+    return _suffix_among(uri, PACKED_AUDIO_SUFFIXES)
 
 
 #: Reads the text at a URL; returns it and the URL it came from in the end (after redirects).
@@ -382,8 +387,8 @@ WEBVTT_SUFFIXES = frozenset({".vtt", ".webvtt"})
 
 
 def webvtt_segment(uri: str) -> bool:
-    """Whether a subtitle segment is WebVTT (by its name's suffix, as players tell them)."""
-    return Path(urllib.parse.urlsplit(uri).path).suffix.lower() in WEBVTT_SUFFIXES
+    """Whether a subtitle segment is WebVTT, by its name's suffix."""
+    return _suffix_among(uri, WEBVTT_SUFFIXES)
 
 
 def _read_media(uri: str, read: ReadText) -> MediaPlaylist:

@@ -98,9 +98,6 @@ class Listing:
         if len(self.apart) > MAX_AUDIO_APART:
             raise ListingError(f"it delivers {len(self.apart)} audio streams apart from the "
                                f"video, over the limit of {MAX_AUDIO_APART}")  # fmt: skip
-        if len(self.subtitles) > MAX_SUBTITLES:
-            raise ListingError(f"it lists {len(self.subtitles)} subtitle streams, over the "
-                               f"limit of {MAX_SUBTITLES}")  # fmt: skip
 
     @property
     def apart(self) -> list[ListedAudio]:
