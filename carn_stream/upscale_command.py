@@ -74,9 +74,9 @@ class Item:
 
 
 def stop_note(items: list[Item], where: Path | str) -> str:
-    """What a stop now leaves: an output whose segments are all done is finished first (its
-    join cannot be cut short); of the others, the segments done (kept in ``where``) and the
-    frames a rerun makes again (those of the segments in progress)."""
+    """What a stop now leaves: the segments done (kept in ``where``), an output in its join
+    (stopped: a rerun only joins), and the frames a rerun makes again (those of the segments
+    in progress)."""
     running = [item for item in items if item.plan is not None and item.result == "pending"]
     if not running:
         return "no segment was started; nothing to keep"
@@ -84,8 +84,8 @@ def stop_note(items: list[Item], where: Path | str) -> str:
     said = []
     if joining:
         outputs = ", ".join(str(item.output) for item in joining)
-        said.append(f"every segment of {outputs} is done: finishing it first (its join cannot "
-                    "be cut short)")  # fmt: skip
+        said.append(f"stopping the join of {outputs}: every segment is done and stays in "
+                    f"{where}, so running the same command again only joins them")  # fmt: skip
     rest = [item for item in running if item not in joining]
     if rest:
         said.append(_abandoning(rest, where))
@@ -470,7 +470,7 @@ async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: boo
     try:
         await run.execute()
     finally:
-        if run.finished:  # (a stop during the join waited for it: the output is whole)
+        if run.finished:  # (also a stop that came as the join ended: the output is whole)
             folder.remove()
 
 

@@ -705,10 +705,11 @@ def test_a_stop_says_how_many_segments_are_done_and_what_a_rerun_redoes(tmp_path
     joining = Item(clip, tmp_path / "a.mp4", None, tmp_path / "wa", plan=plan, done={0, 1})
     joining.run = object()
     assert stop_note([joining, item], "each output's work folder") == (
-        f"every segment of {joining.output} is done: finishing it first (its join cannot be cut "
-        "short); abandoning the segments in progress; 1 of 2 segments are done and stay in each "
-        "output's work folder: running the same command again resumes from them and makes "
-        "again the 1 frame of the segments in progress"
+        f"stopping the join of {joining.output}: every segment is done and stays in each "
+        "output's work folder, so running the same command again only joins them; abandoning "
+        "the segments in progress; 1 of 2 segments are done and stay in each output's work "
+        "folder: running the same command again resumes from them and makes again the 1 frame "
+        "of the segments in progress"
     )
 
 

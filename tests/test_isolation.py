@@ -126,24 +126,33 @@ def test_the_worker_process_makes_the_same_segments_as_this_process(clips, tmp_p
     assert got.pts == facts(clips["innocent"]).pts and (got.width, got.height) == (128, 96)
 
 
-def test_a_run_stopped_during_its_join_waits_for_it_and_says_the_output_is_whole(
+def test_a_run_stopped_during_its_join_ends_it_at_once_and_keeps_every_segment(
     clips, tmp_path, monkeypatch
 ):
-    """The join runs in a thread no stop can cut short. A stop during it ended the run at
-    once while the thread went on: the output appeared afterwards, its segments gone, and
-    the command said they were kept (its rerun made every segment again)."""
+    """The join runs in a thread. A stop during it ended the run at once while the thread
+    went on (the output appeared afterwards, its segments gone); then a stop waited for the
+    whole join (a DELETE of a long job answered after 5 s, the job still running). Now the
+    join ends at its next packet: no output, nothing half-written, every segment kept."""
     import threading
     import time
 
     from carn_stream.pipeline.execution import segmented
+    from carn_stream.pipeline.media.hls import segment_name
 
     joining = threading.Event()
+    looked = []
     real = segmented.finish_output
 
     def slow_join(*args):
-        joining.set()
-        time.sleep(0.5)
-        return real(*args)
+        *rest, stop = args
+
+        def slowed() -> bool:  # each packet takes 20 ms: the join lasts seconds
+            joining.set()
+            looked.append(time.monotonic())
+            time.sleep(0.02)
+            return stop()
+
+        return real(*rest, slowed)
 
     monkeypatch.setattr(segmented, "finish_output", slow_join)
     executor = ProcessExecutor(crashing_worker, slots=2)
@@ -158,15 +167,23 @@ def test_a_run_stopped_during_its_join_waits_for_it_and_says_the_output_is_whole
         try:
             while not joining.is_set():
                 await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # a few packets in
             task.cancel()
-            await asyncio.sleep(0.05)
+            stopped = time.monotonic()
+            await asyncio.sleep(0.01)
             task.cancel()  # a second stop (a service's shutdown cancels every job it runs)
             with pytest.raises(asyncio.CancelledError):
                 await task
-            return run, output.is_file()  # (at once, as the stop ends)
+            return run, plan, time.monotonic() - stopped
         finally:
             await executor.close()
 
-    run, whole_when_stopped = asyncio.run(go())
-    assert run.finished and whole_when_stopped
+    run, plan, took = asyncio.run(go())
+    assert len(looked) > 3 and took < 0.5, (len(looked), took)
+    assert not run.finished and not output.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no part
+    folder = FORMATS["mp4"].segment_dir(output, tmp_path / "work")
+    assert all((folder / segment_name(s.index)).is_file() for s in plan.segments)
+    # The join alone, as a rerun makes it, gives the whole output.
+    real(FORMATS["mp4"], output, tmp_path / "work", plan, clips["innocent"], 0)
     assert facts(output).pts == facts(clips["innocent"]).pts

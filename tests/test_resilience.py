@@ -370,6 +370,54 @@ class _Stuck:
         pass
 
 
+def test_a_delete_that_outlasts_its_wait_answers_202_and_the_job_says_it_is_cancelling(
+    tmp_path, clip, monkeypatch
+):
+    """A DELETE whose job had not ended after the wait (its files going on a slow disk)
+    answered 200 with the job "running", as if the cancel had not been taken."""
+    from fastapi import Response
+
+    from carn_stream.server.api.jobs import cancel_job, get_job
+
+    settings = Settings(data_dir=tmp_path / "data", min_free_disk_bytes=0, allow_local_files=True)
+    settings.data_dir.mkdir()
+    store = JobStore(settings.data_dir / "jobs.sqlite3")
+    runner = JobRunner(store, settings, Metrics(), lambda: _Stuck())
+    runner.cancel_wait = 0.2
+    job = store.create(f"file://{clip}", JobParams(format="mp4"))
+    release = threading.Event()
+
+    def slow_discard(media, real=runner_module._discard):
+        release.wait(5)
+        real(media)
+
+    monkeypatch.setattr(runner_module, "_discard", slow_discard)
+
+    async def go():
+        runner.start()
+        await _until_making_segments(store, job.id)
+        answer = Response()
+        out = await cancel_job(job.id, store, runner, str, answer)
+        meanwhile = get_job(job.id, store, runner, str)
+        release.set()
+        for _ in range(100):
+            if not runner.cancelling(job.id):
+                break
+            await asyncio.sleep(0.05)
+        after = get_job(job.id, store, runner, str)
+        await runner.shutdown()
+        return answer.status_code, out, meanwhile, after
+
+    try:
+        code, out, meanwhile, after = asyncio.run(go())
+    finally:
+        store.close()
+    assert code == 202 and (out.state, out.cancelling) == ("running", True)
+    assert (meanwhile.state, meanwhile.cancelling) == ("running", True)
+    assert (after.state, after.cancelling, after.error) == ("cancelled", False,
+                                                          "cancelled by request")  # fmt: skip
+
+
 def test_a_running_job_is_failed_with_the_reason_when_the_disk_passes_its_floor(tmp_path, clip):
     floor = shutil.disk_usage(tmp_path).free - 256 * 2**20
     settings = Settings(data_dir=tmp_path / "data", min_free_disk_bytes=floor,

@@ -494,11 +494,15 @@ def test_three_concurrent_jobs_all_succeed(server, media):
 
 
 def test_jobs_are_listed_newest_first_with_pagination(server, media):
+    """(Its own jobs, which fail at once: it passes alone, as after the others.)"""
+    url = f"http://127.0.0.1:{free_port()}/x.mp4"  # (nothing listens: refused)
+    made = [submit(server, url)["id"] for _ in range(5)]
     page = server.call("GET", "/jobs?limit=2").json()
     assert len(page["items"]) == 2 and page["total"] >= 5
+    assert [j["id"] for j in page["items"]] == made[:-3:-1]  # the newest first
     assert page["items"][0]["created_at"] >= page["items"][1]["created_at"]
     second = server.call("GET", "/jobs?limit=2&offset=2").json()
-    assert {j["id"] for j in second["items"]}.isdisjoint({j["id"] for j in page["items"]})
+    assert [j["id"] for j in second["items"]] == made[-3:-5:-1]
     assert server.call("GET", "/jobs?limit=0").status == 422
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,14 +100,18 @@ class SegmentedRun:
         except BaseExceptionGroup as errors:
             raise first_error(errors) from None
         rotation = self.done[0].rotation if 0 in self.done else 0
-        # The join cannot be stopped once begun (a thread): a cancel waits for it, so that
-        # the output is whole (and said so in ``finished``) or not there, never half made.
+        # The join runs in a thread: a cancel asks it to stop (at its next packet) and waits
+        # for it, so that the output is whole (said so in ``finished``: a join past its last
+        # packet ends) or not there with every segment kept, never half made.
+        stop = threading.Event()
         finishing = asyncio.ensure_future(asyncio.to_thread(
-            finish_output, self.fmt, self.output, self.work_dir, self.plan, self.source, rotation
+            finish_output, self.fmt, self.output, self.work_dir, self.plan, self.source, rotation,
+            stop.is_set,
         ))  # fmt: skip
         try:
             made = await asyncio.shield(finishing)
         except asyncio.CancelledError:
+            stop.set()
             while not finishing.done():  # (every further cancel too)
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait({finishing})

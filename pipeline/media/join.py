@@ -7,7 +7,8 @@ input's start as FFmpeg's own tools count them (all moved later when its video s
 where the container takes it (else the segments' AAC), and what else of the input the container
 can hold: subtitles, chapters, metadata, dispositions, attachments, cover art, the sample
 aspect ratio (:mod:`carn_stream.pipeline.media.keep`). The file is written under a temporary
-name, then renamed.
+name, then renamed. A join asked to stop (``stop``) ends at its next packet, leaving no output
+and every segment as it was.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import heapq
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -45,12 +46,24 @@ Timed = tuple[Fraction, int, av.Packet]
 
 log = logging.getLogger(__name__)
 
+#: Whether a join is asked to stop (looked at between packets).
+StopAsked = Callable[[], bool]
+
+
+class JoinStopped(Exception):
+    """The join stopped when asked: no output was made, and the segments are as they were."""
+
+
+def _never() -> bool:
+    return False
+
 
 def finish_output(
     fmt: OutputFormat, output: Path, work_dir: Path, plan: SegmentPlan, source: Path,
-    rotation: int,
+    rotation: int, stop: StopAsked = _never,
 ) -> Path:  # fmt: skip
-    """Make ``fmt``'s final output from all of the plan's published segments."""
+    """Make ``fmt``'s final output from all of the plan's published segments. Raises
+    :class:`JoinStopped` where ``stop`` says so before a file format's join is done."""
     folder = fmt.segment_dir(output, work_dir)
     if fmt.is_folder:
         # init.mp4 is made now where no segment had every stream
@@ -64,7 +77,7 @@ def finish_output(
     paths = [folder / segment_name(s.index) for s in plan.segments]
     timing = VideoTiming(plan.time_base, plan.segments[-1].end_pts, plan.frame_rate,
                          plan.segments[0].start_pts, plan.origin)  # fmt: skip
-    join_segments(paths, timing, source, output, fmt, rotation, plan.hdr)
+    join_segments(paths, timing, source, output, fmt, rotation, plan.hdr, stop)
     shutil.rmtree(folder, ignore_errors=True)
     return output
 
@@ -95,23 +108,29 @@ def join_segments(
     fmt: OutputFormat,
     rotation: int = 0,
     hdr: StaticHdr | None = None,
+    stop: StopAsked = _never,
 ) -> Path:
     """Remux segments (in order) into one file of ``fmt`` at ``target`` (see the module). An
     MP4 or QuickTime file gets the title's HDR10 metadata ``hdr`` in its header too (the
     stream has it at each keyframe). HEVC there is ``hvc1`` (Apple's players refuse ``hev1``),
     whose one set of parameter sets is the first segment's (the muxer takes them out of the
     stream): where a segment's differ (made by another encoder build), the file is made again
-    as ``hev1``, which keeps each segment's own."""
+    as ``hev1``, which keeps each segment's own. ``stop``: see the module."""
     part = target.with_name(f".{target.name}.part")
     try:
         try:
-            _join(paths, timing, source, part, fmt, rotation, hvc1=True)
+            _join(paths, timing, source, part, fmt, rotation, True, stop)
         except _ParameterSetsDiffer as differ:
             log.warning("%s: %s; written as hev1", target.name, differ)
-            _join(paths, timing, source, part, fmt, rotation, hvc1=False)
+            _join(paths, timing, source, part, fmt, rotation, False, stop)
+        if stop():
+            raise JoinStopped
     except (av.FFmpegError, OSError, OutputError) as exc:
         part.unlink(missing_ok=True)
         raise OutputError(f"joining the segments into {target.name} failed: {exc}") from exc
+    except JoinStopped:
+        part.unlink(missing_ok=True)
+        raise
     if hdr is not None and fmt.muxer in ("mp4", "mov"):
         scratch = target.with_name(f".{target.name}.hdr.part")
         try:  # (the stream has it at each keyframe whatever happens here)
@@ -129,7 +148,7 @@ class _ParameterSetsDiffer(Exception):
 
 
 def _join(paths: list[Path], timing: VideoTiming, source: Path, part: Path, fmt: OutputFormat,
-          rotation: int, hvc1: bool) -> None:  # fmt: skip
+          rotation: int, hvc1: bool, stop: StopAsked) -> None:  # fmt: skip
     options = {"movflags": "+faststart"} if fmt.muxer in ("mp4", "mov") else {}
     probe = probe_to_video(paths[0])
     with (
@@ -151,6 +170,8 @@ def _join(paths: list[Path], timing: VideoTiming, source: Path, part: Path, fmt:
             key=lambda timed: (timed[0], timed[1]),
         )
         for _, _, packet in merged:
+            if stop():
+                raise JoinStopped
             if shift:
                 moved = round(shift / packet.time_base)
                 packet.pts = None if packet.pts is None else packet.pts + moved

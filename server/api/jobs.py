@@ -100,12 +100,14 @@ class JobOut(JobParams):
     progress: JobProgress
     segments: SegmentCounts
     error: str | None
+    cancelling: bool = Field(description="cancelled and still stopping: it ends cancelled")
     links: dict[str, str]
 
     @classmethod
     def of(
-        cls, job: Job, counts: dict[str, int] | None = None, sign: Callable[[str], str] = str
-    ) -> JobOut:
+        cls, job: Job, counts: dict[str, int] | None = None, sign: Callable[[str], str] = str,
+        cancelling: bool = False,
+    ) -> JobOut:  # fmt: skip
         """The job as the API shows it: its URL without secrets, media links signed by
         ``sign`` (when the server has a token)."""
         counts = counts or dict.fromkeys(SEGMENT_STATES, 0)
@@ -136,6 +138,7 @@ class JobOut(JobParams):
                 failed=counts["failed"],
             ),
             error=job.error or job.damage,
+            cancelling=cancelling,
             links=links,
         )
 
@@ -197,6 +200,7 @@ async def create_job(body: JobCreate, store: Store, runner: Runner, sign: Signer
 @router.get("", response_model=JobPage)
 def list_jobs(
     store: Store,
+    runner: Runner,
     sign: Signer,
     offset: Offset = 0,
     limit: Limit = 50,
@@ -205,17 +209,18 @@ def list_jobs(
     """Jobs, newest first."""
     jobs, total = store.list(offset, limit, state)
     counts = store.segment_counts([j.id for j in jobs])
-    items = [JobOut.of(j, counts[j.id], sign) for j in jobs]
+    items = [JobOut.of(j, counts[j.id], sign, runner.cancelling(j.id)) for j in jobs]
     return JobPage(items=items, total=total, offset=offset, limit=limit)
 
 
-def _job_out(store: JobStore, job: Job, sign: Callable[[str], str]) -> JobOut:
-    return JobOut.of(job, store.segment_counts([job.id])[job.id], sign)
+def _job_out(store: JobStore, runner: JobRunner, job: Job, sign: Callable[[str], str]) -> JobOut:
+    counts = store.segment_counts([job.id])[job.id]
+    return JobOut.of(job, counts, sign, runner.cancelling(job.id))
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, store: Store, sign: Signer) -> JobOut:
-    return _job_out(store, _job_or_404(store, job_id), sign)
+def get_job(job_id: str, store: Store, runner: Runner, sign: Signer) -> JobOut:
+    return _job_out(store, runner, _job_or_404(store, job_id), sign)
 
 
 @router.get("/{job_id}/segments", response_model=list[SegmentOut])
@@ -225,13 +230,23 @@ def get_segments(job_id: str, store: Store) -> list[SegmentOut]:
     return [SegmentOut(**vars(s)) for s in store.segments(job.id)]
 
 
-@router.delete("/{job_id}", response_model=JobOut, dependencies=[Depends(require_token)])
-async def cancel_job(job_id: str, store: Store, runner: Runner, sign: Signer) -> JobOut:
-    """Cancel a queued or running job (its outputs are removed). 409 if it already ended."""
+@router.delete(
+    "/{job_id}", response_model=JobOut, dependencies=[Depends(require_token)],
+    responses={status.HTTP_202_ACCEPTED: {"model": JobOut, "description": "still stopping"}},
+)  # fmt: skip
+async def cancel_job(
+    job_id: str, store: Store, runner: Runner, sign: Signer, response: Response
+) -> JobOut:
+    """Cancel a queued or running job (its outputs are removed): 200 once it has ended
+    ``cancelled``; 202 while it is still stopping after a few seconds (``cancelling``: its files
+    going). 409 if it already ended."""
     job = _job_or_404(store, job_id)
     if not await runner.cancel(job.id):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.state}")
-    return _job_out(store, _job_or_404(store, job_id), sign)
+    out = _job_out(store, runner, _job_or_404(store, job_id), sign)
+    if out.state in ("queued", "running"):
+        response.status_code = status.HTTP_202_ACCEPTED
+    return out
 
 
 @router.get("/{job_id}/hls/{name}", response_class=FileResponse)

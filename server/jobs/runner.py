@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 
 class JobRunner:
+    #: Seconds a cancel waits for a running job to end before it answers (still stopping).
+    cancel_wait: float = 5.0
+
     def __init__(
         self,
         store: JobStore,
@@ -182,7 +185,8 @@ class JobRunner:
         return True
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel a queued or running job; False when it had already finished."""
+        """Cancel a queued or running job, waiting :attr:`cancel_wait` seconds at most for a
+        running one to end (see :meth:`cancelling`); False when it had already finished."""
         task = self._running.get(job_id)
         if task is None:
             ok = self.store.finish(job_id, "cancelled", "cancelled by request")
@@ -195,8 +199,13 @@ class JobRunner:
         if not flag.is_set():  # a job already being stopped is not interrupted again
             flag.set()
             task.cancel()
-        await asyncio.wait({task}, timeout=5)
+        await asyncio.wait({task}, timeout=self.cancel_wait)
         return True
+
+    def cancelling(self, job_id: str) -> bool:
+        """Whether the job was cancelled and is still stopping (its files going): it ends
+        ``cancelled``."""
+        return job_id in self._cancelled and job_id in self._running
 
     async def shutdown(self, timeout: float = 10) -> None:
         """Stop the scheduler; running jobs go back to the queue, their finished segments kept."""

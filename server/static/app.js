@@ -222,7 +222,7 @@ function render(jobs) {
     const p = job.progress;
     const pct = p.frames_total ? Math.floor(100 * p.frames_done / p.frames_total) + "%" : "";
     const input = inputName(job.url);
-    tr.append(cell(input.name, "input", input.title), cell(job.state, "state state-" + job.state),
+    tr.append(cell(input.name, "input", input.title), cell(job.cancelling ? "cancelling" : job.state, "state state-" + job.state),
               cell("x" + job.scale), cell(job.format.toUpperCase(), "output"),
               cell(new Date(job.created_at * 1000).toLocaleString(), "created"),
               cell(job.state === "queued" ? "" : p.frames_done + (p.frames_total ? " / " + p.frames_total : "") + " " + pct
@@ -240,7 +240,7 @@ function render(jobs) {
       actions.append(a);
     }
     if (job.state === "succeeded") actions.append(button("Compare", "compare", () => showCompare(job)));
-    if (job.state === "queued" || job.state === "running") {
+    if ((job.state === "queued" || job.state === "running") && !job.cancelling) {
       actions.append(button("Cancel", "cancel", async () => {
         await fetch("/jobs/" + job.id, { method: "DELETE", headers: headers() });
         refresh();
