@@ -105,6 +105,7 @@ def site(data_dir, tmp_path_factory):
     write_hls(low, root / "low", kinds="v")
     write_hls(clip, root / "ts_aes", encrypt=True)
     _subtitled(two, root)
+    _wrapped(root)
     _aes_variants(root)
     write_dash(clip, root / "dash_timeline", language="deu")
     write_dash(clip, root / "dash_numbered", timeline=False, language="deu")
@@ -183,6 +184,38 @@ def _subtitled(two: Path, root: Path) -> None:
             body = first_cue + body
         first_cue = first_cue or body
         vtt.write_text(header + body)
+
+
+def _wrapped(root: Path) -> None:
+    """``subs_wrapped``: ``subs`` with every time moved to start 1 s before MPEG-TS time's 33-bit
+    wrap (so its second segment is after it), and each WebVTT segment mapped to its video
+    segment's start, as packagers map them (the second's ``MPEGTS`` is small again)."""
+    wrapped = root / "subs_wrapped"
+    shutil.copytree(root / "subs", wrapped)
+    segments = sorted(wrapped.glob("*.ts"))
+    with av.open(str(segments[0])) as container:
+        shift = 2**33 - 90_000 - min(p.pts for p in container.demux() if p.pts is not None)
+    starts = []
+    for segment in segments:
+        moved = segment.with_name("moved.ts")
+        with (av.open(str(segment)) as source,
+              av.open(str(moved), "w", format="mpegts", options={"mpegts_copyts": "1"}) as out):
+            streams = {s.index: out.add_stream_from_template(s) for s in source.streams}
+            first = None
+            for packet in source.demux():
+                if packet.dts is None:
+                    continue
+                if first is None and packet.stream.type == "video":
+                    first = packet.pts
+                packet.pts, packet.dts = packet.pts + shift, packet.dts + shift  # (33 bits kept)
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+        moved.replace(segment)
+        starts.append(first)
+    for start, vtt in zip(starts, sorted(wrapped.glob("*.vtt")), strict=True):
+        local = f"00:00:{start // 90_000:02d}.{start % 90_000 // 90:03d}"
+        mapping = f"X-TIMESTAMP-MAP=MPEGTS:{(start + shift) % 2**33},LOCAL:{local}"
+        vtt.write_text(vtt.read_text().replace("WEBVTT\n", f"WEBVTT\n{mapping}\n", 1))
 
 
 def fetched(url: str, dest: Path, policy: FetchPolicy = POLICY) -> Path:
@@ -353,6 +386,42 @@ def test_a_variants_webvtt_subtitles_are_joined_in_step_with_its_video(site, for
                                                           abs=0.002)  # fmt: skip
     assert audio_packets(dest) == audio_packets(root / "two.mp4")  # its own audio, all of it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
+
+
+def test_webvtt_cues_stay_with_the_video_across_mpeg_ts_times_wrap(site, tmp_path):
+    """Cues mapped to MPEG-TS times just before the 33-bit wrap (26.5 h) were put a day late,
+    and those just after it, at the video's start: they are counted on past the wrap as the
+    video's times are."""
+    base, root = site
+    dest = fetched(f"{base}/subs_wrapped/master.m3u8", tmp_path / "input")
+    got = times(dest)
+    assert got["video0"] == times(root / "two.mp4")["video0"]
+    with av.open(str(dest)) as container:
+        (text,) = container.streams.subtitles
+        first = min(p.pts * p.time_base for p in container.demux(container.streams.video[0])
+                    if p.pts is not None)  # fmt: skip
+        container.seek(0)
+        cues = [(float(p.pts * p.time_base - first), bytes(p).decode())
+                for p in container.demux(text) if p.size]  # fmt: skip
+    assert [t for _, t in cues] == ["Hello & <i>welcome</i>", "Second"]
+    assert [at for at, _ in cues] == pytest.approx([float(at) for at, _ in CUES], abs=0.002)
+
+
+def test_mpeg_ts_times_are_counted_on_past_the_wrap_as_ffmpeg_counts_them():
+    from carn_stream.pipeline.media.webvtt_input import MPEGTS_WRAP, MpegtsClock
+
+    minute = 60 * 90_000
+    clock = MpegtsClock()  # starting 2 minutes before the wrap: later times move on
+    assert [clock.unwrap(t) for t in (MPEGTS_WRAP - 2 * minute, MPEGTS_WRAP - 1, 5, 0)] == [
+        MPEGTS_WRAP - 2 * minute, MPEGTS_WRAP - 1, MPEGTS_WRAP + 5, MPEGTS_WRAP]  # fmt: skip
+    assert clock.earliest == 0
+    clock = MpegtsClock()  # within a minute of it: earlier times move back, before 0
+    assert [clock.unwrap(t) for t in (MPEGTS_WRAP - 90_000, 5, MPEGTS_WRAP - 2 * 90_000)] == [
+        -90_000, 5, -2 * 90_000]  # fmt: skip
+    assert clock.earliest == Fraction(-minute - 90_000, 90_000)
+    clock = MpegtsClock()  # far from it: as they are
+    assert [clock.unwrap(t) for t in (10 * minute, 10 * minute - 90_000, 30 * minute)] == [
+        10 * minute, 10 * minute - 90_000, 30 * minute]  # fmt: skip
 
 
 def test_the_variants_own_audio_alone_is_named_as_its_listing_names_it(site, tmp_path):

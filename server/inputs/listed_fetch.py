@@ -35,7 +35,12 @@ from carn_stream.pipeline.media.listing import (
     join_apart,
     save_apart,
 )
-from carn_stream.pipeline.media.webvtt_input import MAX_SEGMENT_BYTES, Cues, read_segment
+from carn_stream.pipeline.media.webvtt_input import (
+    MAX_SEGMENT_BYTES,
+    Cues,
+    MpegtsClock,
+    read_segment,
+)
 
 #: How much of a download is read to tell a listing (a manifest may start with comments).
 HEAD_BYTES = 1024
@@ -126,10 +131,11 @@ def _cues(text: ListedText, work: Path, download: Download) -> TextStream | None
     """A subtitle stream's WebVTT segments read into one stream of cues; None where they are
     not WebVTT or pass the limits (left out: the video is not refused for its subtitles)."""
     cues = Cues(f"the subtitle stream {text.name or text.language or ''!r}")
+    clock = MpegtsClock()
     for part in text.stream.parts:
         download(part, work / "cues", MAX_SEGMENT_BYTES)
         try:
-            cues.add(read_segment((work / "cues").read_text("utf-8"), part))
+            cues.add(read_segment((work / "cues").read_text("utf-8"), part, clock))
         except (UnicodeDecodeError, ListingError):
             return None
     timed = tuple((round(c.start * 1000), round(c.end * 1000), c.text) for c in cues.in_order())
