@@ -753,6 +753,7 @@ class _Unsized(http.server.SimpleHTTPRequestHandler):
 
 
 def test_a_playlist_without_a_length_is_cut_off_as_it_passes_the_limit(tmp_path):
+    _Unsized.sent = 0  # (a class's count: this run's only)
     with serve_directory(tmp_path, _Unsized) as base, pytest.raises(FetchError) as caught:
         fetch(f"{base}/master.m3u8", tmp_path / "input", POLICY)
     said = "a playlist, manifest, key or subtitle segment is over the limit of 4194304 bytes"

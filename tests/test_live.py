@@ -16,6 +16,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import aioice.ice
 import av
 import ifaddr
 import numpy as np
@@ -38,7 +39,10 @@ def only_loopback() -> bool:
 def loopback_only_namespace():
     if not only_loopback():
         pytest.fail("live tests must run in a network namespace with only lo: use scripts/test.sh")
+    gather = aioice.ice.get_host_addresses
     restrict_ice_hosts(("127.0.0.1",))  # this process is the client peer
+    yield
+    aioice.ice.get_host_addresses = gather  # (process-wide: later modules get it back)
 
 
 @pytest.fixture(scope="module")

@@ -484,7 +484,8 @@ def test_three_concurrent_jobs_all_succeed(server, media):
     jobs = [submit(server, f"{base}/carphone.mp4", scale=2, output="mp4") for _ in range(3)]
 
     def running_together():
-        return server.call("GET", "/jobs?state=running").json()["total"] >= 3
+        running = server.call("GET", "/jobs?state=running&limit=100").json()["items"]
+        return {j["id"] for j in running} >= {j["id"] for j in jobs}
 
     wait_for(running_together, 60, "three jobs running at once", interval=0.05)
     for job in jobs:
@@ -518,6 +519,11 @@ def sample(families: dict, family: str, name: str, **labels) -> float:
 
 
 def test_metrics_count_every_frame(server, media):
+    def idle() -> bool:  # (no other test's job counted here)
+        return all(server.call("GET", f"/jobs?state={state}").json()["total"] == 0
+                   for state in ("queued", "running"))  # fmt: skip
+
+    wait_for(idle, 120, "earlier jobs to end")
     before = scrape(server)
     base, _ = media
     job = submit(server, f"{base}/bunny.mp4", scale=2, format="mp4")

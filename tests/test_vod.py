@@ -362,6 +362,7 @@ def test_below_the_disk_floor_cached_segments_make_room_then_segments_get_507(ba
 
 
 def test_a_cold_segment_is_made_then_served_from_the_cache(server, base, tmp_path):
+    settle(server)  # (no other test's work counted here)
     video = ingest(server, base)
     hits, misses = (metric(server, f"carn_stream_vod_cache_{n}_total", rendition="x2")
                     for n in ("hits", "misses"))  # fmt: skip
@@ -911,6 +912,7 @@ def test_readyz_and_the_video_say_whether_this_machine_keeps_up_at_its_size(serv
 
 
 def test_two_clients_asking_for_one_segment_share_one_computation(server, base):
+    settle(server)  # (no other test's work counted here)
     video = ingest(server, base)
     shared = metric(server, "carn_stream_vod_shared_requests_total", rendition="x2")
     made = metric(server, "carn_stream_vod_segments_made_total", rendition="x2", reason="request")
