@@ -359,6 +359,31 @@ def test_out_of_memory_splits_then_tiles_and_never_drops_a_frame(clips, tmp_path
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # bicubic's support is 2 px
 
 
+def test_a_batch_split_for_memory_keeps_each_frame_with_a_graphs_reused_output():
+    """A CUDA graph's backend hands back one output tensor per shape, which its next call
+    overwrites: a batch split in equal halves came out as the second half twice."""
+    from carn_stream.pipeline.colour import ColourSpec
+
+    engine = Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32"))
+    eager = engine.backend
+    outputs: dict[tuple, torch.Tensor] = {}
+
+    def graph_like(x, scale):  # (2 frames at most fit)
+        if x.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        made = eager(x, scale)
+        return outputs.setdefault((tuple(x.shape), scale), torch.empty_like(made)).copy_(made)
+
+    engine.backend = graph_like
+    frames = np.random.default_rng(0).integers(0, 256, (4, 24, 32, 3), dtype=np.uint8)
+    spec, out_spec = ColourSpec("rgb"), ColourSpec("yuv")
+    (batch, *_), = [engine.upscale([frames], spec, 2, out_spec)]
+    alone = Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32"))
+    for n, frame in enumerate(frames):
+        assert np.array_equal(batch[n], alone.upscale([frame[None]], spec, 2, out_spec)[0][0]), n
+    assert engine.oom_retries == 1
+
+
 def test_memory_stays_bounded_when_a_stage_is_slow(clips, tmp_path, monkeypatch):
     """Decode runs ahead of encode by at most the queues' capacity."""
     import carn_stream.pipeline.run as run_module

@@ -424,9 +424,10 @@ class Engine:
         if x.shape[0] > 1:
             half = x.shape[0] // 2
             log.warning("out of memory at batch %d; retrying in halves", x.shape[0])
-            return torch.cat(
-                [self._forward(x[:half], scale, tile), self._forward(x[half:], scale, tile)]
-            )
+            # (a copy of the first half's result: a CUDA graph's output is overwritten by
+            # its next replay, the second half's when the halves are of one shape)
+            first = self._forward(x[:half], scale, tile).clone()
+            return torch.cat([first, self._forward(x[half:], scale, tile)])
         side = max(x.shape[-2:]) if tile is None else tile
         smaller = max(side // 2, 1)
         if smaller < self.config.min_tile:
