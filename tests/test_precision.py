@@ -183,6 +183,40 @@ def test_auto_never_picks_a_lossy_mode_however_fast(official_carn_m, frames, tmp
     assert np.array_equal(out, plain.upscale([frames[0][None]], RGB, 2, OUT)[0])
 
 
+def test_auto_waits_for_a_frame_with_detail_and_passes_over_a_mode_that_cannot_write(
+    official_carn_m, frames, tmp_path
+):
+    """A black first frame (a fade-in) let every mode through (each loss NaN), a lossy one
+    too, and the choice was kept for every later video of that size; a mode whose first call
+    failed (a read-only cache) stopped the run."""
+    engine = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
+    fp32 = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32")).backend
+
+    def candidates():
+        def read_only(x, scale):
+            raise OSError(30, "Read-only file system")
+
+        return {
+            "coarse": lambda: lambda x, scale: (fp32(x, scale) * 15).round() / 15,  # (fast)
+            "read-only": lambda: read_only,
+            "fp32": lambda: fp32,
+        }
+
+    engine.auto_candidates = candidates
+    black = np.zeros_like(frames[0][None])
+    plain = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32"))
+    assert np.array_equal(engine.upscale([black], RGB, 2, OUT)[0],
+                          plain.upscale([black], RGB, 2, OUT)[0])  # fmt: skip
+    assert engine.choices == {} and not (tmp_path / "precision-choices.json").exists()
+    engine.upscale([frames[0][None]], RGB, 2, OUT)
+    decision = engine.choices[(2, 80, 96)]
+    trials = {t.mode: t for t in decision.trials}
+    assert decision.mode == "fp32" and trials["coarse"].loss_db > 1
+    assert trials["read-only"].note == "unavailable: [Errno 30] Read-only file system"
+    saved = json.loads((tmp_path / "precision-choices.json").read_text())
+    assert [entry["mode"] for entry in saved.values()] == ["fp32"]
+
+
 def test_auto_picks_the_fastest_mode_within_the_bound_and_caches_it(
     official_carn_m, frames, tmp_path, monkeypatch, int8_cache
 ):

@@ -40,6 +40,10 @@ SLOWER_BY = 1.5
 #: of convolution backends holds across sizes, and a large frame would make first use slow.
 PROBE_PIXELS = 25_000
 MIN_PROBE_SIDE = 8  #: smaller inputs (in LR pixels) run the reference mode unmeasured
+#: A probe whose luma varies less than this (standard deviation, 8-bit levels) cannot tell the
+#: modes' quality apart (a black or flat frame: every mode reproduces it): the reference mode
+#: runs, and the choice waits for a frame with detail.
+MIN_PROBE_DETAIL = 2.0
 #: Modes are timed on (the centre of) the real input, at most this many pixels.
 TIMING_PIXELS = 120_000
 
@@ -57,6 +61,8 @@ class Decision:
     mode: str
     trials: list[Trial] = field(default_factory=list)
     cached: bool = False
+    #: for this frame only (it could not judge quality): not kept, decided again on the next
+    provisional: bool = False
 
     def table(self) -> str:
         lines = [f"{'mode':<10}{'ms':>10}{'loss dB':>10}  note"]
@@ -122,6 +128,9 @@ def measure(
     hr = crop_to_multiple(_to_uint8(centre_crop(frame, PROBE_PIXELS * scale * scale)), scale)
     if min(hr.shape[:2]) < MIN_PROBE_SIDE * scale:
         return Decision(reference, [Trial(reference, note="input too small to measure")])
+    if float(rgb_to_y(hr).std()) < MIN_PROBE_DETAIL:
+        flat = Trial(reference, note="frame too flat to judge quality: decided on a later one")
+        return Decision(reference, [flat], provisional=True)
     lr_array = degrade(hr, scale)
     lr = frame.new_tensor(lr_array).permute(2, 0, 1)[None].float() / 255
     trials: dict[str, Trial] = {}
@@ -134,18 +143,31 @@ def measure(
     if reference not in backends:
         raise RuntimeError(f"auto precision needs the {reference} mode as its reference")
     base = _probe_psnr(backends[reference], lr, hr, scale)
-    fit = []
+    fit = [reference]
+    trials[reference] = Trial(reference, loss_db=0.0)
     for name, backend in backends.items():
-        loss = base - _probe_psnr(backend, lr, hr, scale)
+        if name == reference:
+            continue
+        try:  # (its first call: it may compile and write to its cache)
+            loss = base - _probe_psnr(backend, lr, hr, scale)
+        except (ImportError, OSError, RuntimeError, ValueError) as exc:
+            trials[name] = Trial(name, note=f"unavailable: {exc}")
+            continue
         trials[name] = Trial(name, loss_db=loss)
-        if loss > bound_db:
+        if not loss <= bound_db:  # (also a loss that cannot be told: NaN)
             trials[name].note = f"loses more than {bound_db} dB"
         else:
             fit.append(name)
     timed = centre_crop(frame, TIMING_PIXELS)
     best, chosen = float("inf"), fit[0]
     for name in fit:
-        _seconds(backends[name], timed, scale)  # first use of this size (compiles, warms up)
+        try:  # first use of this size (compiles, warms up)
+            _seconds(backends[name], timed, scale)
+        except (ImportError, OSError, RuntimeError, ValueError) as exc:
+            if name == reference:
+                raise
+            trials[name].note = f"unavailable: {exc}"
+            continue
         first = _seconds(backends[name], timed, scale) * 1000
         if first > SLOWER_BY * best:
             trials[name].ms, trials[name].note = first, "slower (one run)"

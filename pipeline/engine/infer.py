@@ -281,7 +281,9 @@ class Engine:
         size = (scale, x.shape[-2], x.shape[-1])
         decision = self.choices.get(size)
         if decision is None:
-            decision = self.choices[size] = self._decide(x, scale)
+            decision = self._decide(x, scale)
+            if not decision.provisional:
+                self.choices[size] = decision
         return self._backend(decision.mode)
 
     def _decide(self, x: Tensor, scale: int) -> Decision:
@@ -293,14 +295,16 @@ class Engine:
             return decision
         started = time.monotonic()
         decision = measure(self.auto_candidates(), x[:1], scale)
-        log.info(
+        log.log(
+            logging.DEBUG if decision.provisional else logging.INFO,
             "precision auto: %s for %s, measured in %.1f s:\n%s",
             decision.mode,
             key,
             time.monotonic() - started,
             decision.table(),
         )
-        cache.put(key, decision)
+        if not decision.provisional:
+            cache.put(key, decision)
         return decision
 
     def describe_precision(self) -> str:
