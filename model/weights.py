@@ -7,6 +7,7 @@ the network expects and what it measured. Numbers in the docs are generated from
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -166,6 +167,9 @@ def download(
                 done += len(chunk)
                 if progress:
                     progress(done, total_bytes)
+        if total_bytes is not None and done != total_bytes:
+            raise WeightsError(f"incomplete download of {url}: {done} of {total_bytes} bytes; "
+                               "the download was discarded")  # fmt: skip
         if digest.hexdigest() != sha256:
             raise WeightsError(
                 f"checksum mismatch for {url}: expected sha256 {sha256}, "
@@ -196,17 +200,24 @@ def resolve_weights_file(
     address (a mirror) but never its checksum.
     """
     if path is not None:
-        if not path.is_file():
-            raise WeightsError(f"weights file {path} does not exist")
+        _check_file(path)
         return path
     cached = cache_dir / weights.filename
     if cached.is_file():
-        return cached
+        if _matches(cached, weights.sha256):
+            return cached
+        aside = cached.with_name(f"{cached.name}.mismatch")
+        log.warning("the cached weights %s do not match their checksum (a cut-short or other "
+                    "file): moved to %s, and fetched again", cached, aside)  # fmt: skip
+        cached.replace(aside)
     source = url or weights.url
     if allow_download:
         try:
             return download(source, weights.sha256, cached, progress=progress)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except http.client.HTTPException as exc:
+            reason = (f"downloading {source} failed (not a valid HTTP answer: "
+                      f"{type(exc).__name__} {str(exc).strip()!r})")  # fmt: skip
+        except (urllib.error.URLError, OSError, ValueError, WeightsError) as exc:
             reason = f"downloading {source} failed ({exc})"
     else:
         reason = "downloading is disabled"
@@ -223,6 +234,22 @@ def resolve_weights_file(
         f"no weights found: none given, none cached at {cached}, and {reason}. "
         f"{how_to_get(weights, cached)}"
     )
+
+
+def _matches(path: Path, sha256: str) -> bool:
+    """Whether the file's checksum is ``sha256`` (False where it cannot be read)."""
+    try:
+        return sha256_of(path) == sha256
+    except OSError:
+        return False
+
+
+def _check_file(path: Path) -> None:
+    """A clear error where ``path`` names no weights file."""
+    if path.is_dir():
+        raise WeightsError(f"weights file {path} is a folder, not a file")
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
 
 
 def how_to_get(weights: Weights, cached: Path) -> str:
@@ -253,10 +280,11 @@ def bundled_file(weights: Weights) -> Path:
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read a checkpoint file safely (tensors only), with a clear error when it is unusable."""
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
+    _check_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise WeightsError(f"weights file {path} cannot be read ({exc.strerror or exc})") from exc
     except Exception as exc:
         if zipfile.is_zipfile(path):
             what = "a PyTorch checkpoint holding Python objects besides tensors"

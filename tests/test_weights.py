@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -133,6 +137,72 @@ def test_a_download_with_the_wrong_checksum_is_discarded(weights_path, tmp_path)
     with serve_directory(served) as base, pytest.raises(WeightsError, match="checksum mismatch"):
         download(f"{base}/carn_m.pth", OFFICIAL.sha256, cache / OFFICIAL.filename)
     assert list(cache.iterdir()) == []
+
+
+@contextlib.contextmanager
+def answering(reply: bytes, times: int = 1) -> Iterator[str]:
+    """A loopback server that answers each of ``times`` connections with ``reply``, then hangs
+    up; yields a URL on it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for _ in range(times):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/carn_m.pth"
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("reply, reason", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + bytes(10),
+     "incomplete download of http://127.0.0.1:{port}/carn_m.pth: 10 of 1000 bytes"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n",
+     "(not a valid HTTP answer: BadStatusLine 'SSH-2.0-OpenSSH_9.2')"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+     "(not a valid HTTP answer: IncompleteRead"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n<htm", "4 of 5 bytes"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n<html>", "checksum mismatch"),
+])  # fmt: skip
+def test_a_download_that_breaks_lets_the_bundled_weights_stand_in_with_the_reason(
+    tmp_path, reply, reason
+):
+    """A cut-short body, a captive portal's page or a server that does not speak HTTP stopped
+    the service or the command (a traceback for some): the bundled weights stand in."""
+    notes: list[str] = []
+    with answering(reply) as url:
+        found = resolve_weights_file(OFFICIAL, cache_dir=tmp_path, url=url, fallback=BUNDLED,
+                                     on_fallback=notes.append)  # fmt: skip
+        port = url.split(":")[2].split("/")[0]
+    assert found == BUNDLED.bundled_path
+    (note,) = notes
+    assert reason.format(port=port) in note and "bundled" in note
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left
+
+
+def test_a_cached_file_that_does_not_match_is_put_aside_and_fetched_again(weights_path, tmp_path):
+    """A cut-short cached file (or another one saved under its name) failed every run, and was
+    never fetched again."""
+    cache, served = tmp_path / "cache", tmp_path / "www"
+    cache.mkdir()
+    served.mkdir()
+    cached = cache / OFFICIAL.filename
+    cached.write_bytes(weights_path.read_bytes()[:100_000])
+    shutil.copy(weights_path, served / "carn_m.pth")
+    with serve_directory(served) as base:
+        found = resolve_weights_file(OFFICIAL, cache_dir=cache, url=f"{base}/carn_m.pth")
+    assert found == cached and sha256_of(cached) == OFFICIAL.sha256
+    aside = cache / f"{OFFICIAL.filename}.mismatch"
+    assert aside.stat().st_size == 100_000  # kept for a look, never used
+    with pytest.raises(WeightsError, match="is a folder, not a file"):
+        resolve_weights_file(OFFICIAL, path=tmp_path, cache_dir=cache)
 
 
 def test_no_weights_anywhere_tells_the_user_what_to_do(tmp_path):
