@@ -141,8 +141,8 @@ def _eval_command(sub) -> None:
     p.add_argument(
         "--calibration",
         type=Path,
-        help="int8: HR images or a video to calibrate on instead of the shipped set (never "
-        "the evaluation images)",
+        help="int8: HR images (a folder or one file) or a video to calibrate on instead of "
+        "the shipped set (never the evaluation images)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=cmd_eval)
@@ -429,6 +429,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     unknown = [m for m in modes if m not in PRECISIONS]
     if unknown or not modes:
         raise CLIError(f"--precision {args.precision}: choose from {', '.join(PRECISIONS)}")
+    if args.calibration is not None and "int8" not in modes:
+        raise CLIError("--calibration calibrates --precision int8, which is not among "
+                       f"{args.precision} (auto's int8 uses the shipped set)")  # fmt: skip
     count = sum(1 for p in args.data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     settings = _settings(args, precision=False)
     model, _ = load_model(settings)

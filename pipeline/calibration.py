@@ -19,8 +19,10 @@ FRAMES_PER_VIDEO = 8
 
 def source_images(source: Path) -> list[np.ndarray]:
     """HR images of ``source``: the image and video files of a folder (a few frames of each
-    video), or frames of one video file."""
+    video), one image file, or frames of one video file."""
     if not source.is_dir():
+        if source.suffix.lower() in IMAGE_SUFFIXES:
+            return [read_rgb(source)]
         return list(sample_frames(source, FRAMES_PER_VIDEO))
     images: list[np.ndarray] = []
     for path in sorted(source.iterdir()):
@@ -35,8 +37,12 @@ def source_images(source: Path) -> list[np.ndarray]:
 
 def calibrate_from(engine: Engine, source: Path, scale: int) -> None:
     """Set an int8 engine's activation ranges for ``scale`` from LR versions (benchmark
-    bicubic) of ``source``'s images; cached under a name made from the source's path."""
+    bicubic) of ``source``'s images; the int8 model is cached under a name made from what they
+    hold (new images under the same name calibrate again)."""
     images = source_images(source)[:MAX_IMAGES]
     frames = [degrade(crop_to_multiple(image, scale), scale) for image in images]
-    where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
-    engine.calibrate(scale, frames, f"{source.name}-{where}-{len(frames)}")
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(repr(frame.shape).encode())
+        digest.update(np.ascontiguousarray(frame).tobytes())
+    engine.calibrate(scale, frames, f"{source.name}-{digest.hexdigest()[:16]}-{len(frames)}")

@@ -286,6 +286,27 @@ def test_int8_is_quantized_once_per_weights_and_calibration(
     assert luma_psnr(fp32.upscale([frames[1][None, :48, :64]], RGB, 2, OUT)[0], small) > 42
 
 
+def test_a_users_calibration_is_known_by_what_it_holds(frames, tmp_path):
+    """The int8 model calibrated on a folder was cached by the folder's path: new images there
+    reused the model calibrated on the old ones. One image file is a source too."""
+    from types import SimpleNamespace
+
+    from carn_stream.pipeline.calibration import calibrate_from
+
+    asked: list[str] = []
+    engine = SimpleNamespace(calibrate=lambda scale, frames, name: asked.append(name))
+    source = tmp_path / "photos"
+    source.mkdir()
+    write_png(source / "a.png", frames[0])
+    calibrate_from(engine, source, 2)
+    calibrate_from(engine, source, 2)  # the same images
+    write_png(source / "a.png", frames[1])
+    calibrate_from(engine, source, 2)
+    calibrate_from(engine, source / "a.png", 2)
+    assert asked[0] == asked[1] and asked[2] != asked[0]
+    assert asked[3].startswith("a.png-") and asked[3].endswith("-1")
+
+
 def test_the_shipped_calibration_set_is_small_and_fixed():
     shipped = shipped_calibration()
     assert len(shipped.frames) == 32
@@ -411,6 +432,17 @@ def _eval_bird_crop(tmp_path, data_dir, weights_path, capsys, modes: str) -> lis
                  "--precision", modes, "--json"])  # fmt: skip
     assert code == 0
     return json.loads(capsys.readouterr().out)
+
+
+def test_eval_refuses_a_calibration_no_mode_it_runs_takes(tmp_path, capsys):
+    """It was read by int8 only, and ignored without a word otherwise (auto included)."""
+    from carn_stream.cli import main
+
+    code = main(["eval", "--data", str(tmp_path), "--scale", "2", "--precision", "fp32,auto",
+                 "--calibration", str(tmp_path)])  # fmt: skip
+    assert code != 0
+    assert "--calibration calibrates --precision int8, which is not among fp32,auto" in (
+        capsys.readouterr().err)  # fmt: skip
 
 
 @pytest.mark.skipif(unavailable_reason("ov-fp32", CPU) is not None, reason="no OpenVINO")

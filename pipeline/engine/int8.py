@@ -45,11 +45,19 @@ from carn_stream.pipeline.engine.onnx_models import (
     OpenVinoCompiler,
     cached_onnx,
     missing_packages,
+    package_versions,
     state_digest,
     to_array,
 )
 
 log = logging.getLogger(__name__)
+
+
+@cache
+def _tools_digest() -> str:
+    """A short digest of the versions of the packages that make an int8 model."""
+    versions = {"torch": torch.__version__, **package_versions(("nncf", "onnx"))}
+    return hashlib.sha256(repr(sorted(versions.items())).encode()).hexdigest()[:8]
 
 #: Bump when the quantization recipe changes: old cache entries are then ignored.
 RECIPE_VERSION = 3
@@ -207,8 +215,10 @@ class Int8Backend:
         )
 
     def model_path(self, scale: int, calibration: str) -> Path:
+        """Named by the weights, scale, calibration, recipe and the tools that make it (torch
+        exports, NNCF quantizes, onnx writes: an upgrade of one quantizes again)."""
         recipe = f"e{EXPORT_VERSION}-r{RECIPE_VERSION}"
-        name = f"carn-{self.digest[:16]}-x{scale}-{calibration}-{recipe}.onnx"
+        name = f"carn-{self.digest[:16]}-x{scale}-{calibration}-{recipe}-{_tools_digest()}.onnx"
         return self.cache_dir / name
 
     def prepare(self, scale: int, calibration: Calibration | None = None) -> Path:
