@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from carn_stream.model import CARN, CARNMWeights, carn_m, load_weights
+from carn_stream.model import CARN, CARNMWeights, WeightsError, carn_m, load_weights
 from carn_stream.model.inference import pick_device
 from carn_stream.model.named_weights import weights_file
 from carn_stream.model.weights import WeightsSource, sha256_of
@@ -108,16 +108,28 @@ def weights_in_use(settings: Settings) -> str:
     return f"sha256:{CARNMWeights.BUNDLED.value.sha256}"
 
 
-def named_weights_loader(settings: Settings):
-    """``name -> CARN-M`` for the weights jobs and videos name (:mod:`named_weights`)."""
+class NamedWeightsLoader:
+    """``name -> CARN-M`` for the weights jobs and videos name (:mod:`named_weights`), with
+    the stamp that tells a worker the file was written again."""
 
-    def load(name: str) -> CARN:
-        path = weights_file(name, settings.models_dir, settings.data_dir)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _path(self, name: str) -> Path:
+        return weights_file(name, self.settings.models_dir, self.settings.data_dir)
+
+    def __call__(self, name: str) -> CARN:
         model = carn_m()
-        load_weights(model, path)
+        load_weights(model, self._path(name))
         return model.eval()
 
-    return load
+    def stamp(self, name: str) -> tuple[int, int, int] | None:
+        """The file's inode, size and modification time (None: not there; loading says why)."""
+        try:
+            found = self._path(name).stat()
+        except (OSError, WeightsError):
+            return None
+        return found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def start_worker(
@@ -136,4 +148,4 @@ def start_worker(
         tile=tile,
         cache_dir=settings.cache_dir,
     )
-    return InferenceWorker(Engine(model, config, source), named_weights_loader(settings))
+    return InferenceWorker(Engine(model, config, source), NamedWeightsLoader(settings))

@@ -332,3 +332,41 @@ def test_a_registry_member_builds_the_scales_its_weights_hold(tmp_path, monkeypa
     assert model.scales == (2,) and set(model.upsamplers) == {"x2"}
     with pytest.raises(WeightsError):  # the default three-scale network cannot take it
         load_weights(carn_m(), path)
+
+
+def test_a_worker_serves_named_weights_written_again_from_their_new_file(
+    weights_path, tmp_path
+):
+    """A long-running worker kept serving a video's tuned weights by their name after a tune
+    wrote them again, until a restart."""
+    import asyncio
+
+    import numpy as np
+
+    from carn_stream.loading import NamedWeightsLoader
+    from carn_stream.pipeline.colour import ColourSpec
+    from carn_stream.pipeline.engine.infer import Engine, EngineConfig, InferenceWorker
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(weights_path, models / "clip-x2.pth")
+    settings = Settings(models_dir=models, data_dir=tmp_path / "data", precision="fp32")
+    config = EngineConfig(device="cpu", precision="fp32")
+    worker = InferenceWorker(Engine(carn_m(), config), NamedWeightsLoader(settings))
+    frame = np.random.default_rng(0).integers(0, 256, (1, 24, 32, 3), dtype=np.uint8)
+
+    async def upscaled() -> np.ndarray:
+        result = await worker.submit([frame], ColourSpec("rgb"), 2, weights="clip-x2.pth")
+        return result.y
+
+    try:
+        official = asyncio.run(upscaled())
+        shutil.copy(BUNDLED.bundled_path, models / "clip-x2.pth")  # (a tune writes it again)
+        again = asyncio.run(upscaled())
+    finally:
+        worker.close()
+    bundled = carn_m()
+    load_weights(bundled, BUNDLED.bundled_path)
+    expected = Engine(bundled.eval(), config).upscale([frame], ColourSpec("rgb"), 2)[0]
+    assert not np.array_equal(again, official) and np.array_equal(again, expected)
+

@@ -18,10 +18,11 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -460,6 +461,16 @@ class _Stop:
 _STOP = _Stop()
 
 
+class WeightsLoader(Protocol):
+    """Builds the network of named weights (a per-video model), and says when they change."""
+
+    def __call__(self, name: str) -> nn.Module: ...
+
+    def stamp(self, name: str) -> Hashable:
+        """What changes when the named weights do (their file's size and time)."""
+        ...
+
+
 class InferenceWorker:
     """One thread that owns an :class:`Engine`; pipelines submit batches from the event loop.
 
@@ -471,16 +482,17 @@ class InferenceWorker:
     def __init__(
         self,
         engine: Engine,
-        load_weights: Callable[[str], nn.Module] | None = None,
+        load_weights: WeightsLoader | None = None,
         max_engines: int = 4,
     ) -> None:
         """``load_weights(name)`` builds the network for a batch submitted with ``weights=name``
         (e.g. a per-video model); such engines are made on the worker thread, with ``engine``'s
-        settings, and the ``max_engines`` most recently used are kept."""
+        settings, and the ``max_engines`` most recently used are kept, each until its weights
+        change (``load_weights.stamp``: a tune that writes them again)."""
         self.engine = engine
         self._load_weights = load_weights
         self._max_engines = max_engines
-        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._engines: OrderedDict[tuple[str, Hashable], Engine] = OrderedDict()
         #: (priority, submission number, request): lower priorities first, then in order
         self._queue: queue.PriorityQueue[tuple[int, int, _Request | _Stop]] = queue.PriorityQueue()
         self._seq = itertools.count()
@@ -515,14 +527,17 @@ class InferenceWorker:
     def _engine_for(self, weights: str | None) -> Engine:
         if weights is None:
             return self.engine
-        engine = self._engines.get(weights)
+        assert self._load_weights is not None
+        key = (weights, self._load_weights.stamp(weights))
+        engine = self._engines.get(key)
         if engine is None:
-            assert self._load_weights is not None
+            for older in [k for k in self._engines if k[0] == weights]:  # (weights since changed)
+                del self._engines[older]
             engine = Engine(self._load_weights(weights), self.engine.config)
-            self._engines[weights] = engine
+            self._engines[key] = engine
             while len(self._engines) > self._max_engines:
                 self._engines.popitem(last=False)
-        self._engines.move_to_end(weights)
+        self._engines.move_to_end(key)
         return engine
 
     def _run(self) -> None:
