@@ -321,6 +321,25 @@ def test_tiled_output_equals_untiled_output(data_dir, weights_path, mode, tmp_pa
         assert (tiled_forward(model, x, 3, 20, 24) - ref).abs().max() < 1e-4
 
 
+def test_every_tile_of_a_frame_has_one_shape_and_the_stitch_is_exact():
+    """Edge tiles of their own sizes made up to 16 shapes a frame, and a backend compiled per
+    shape (OpenVINO keeps 8) compiled again for every tile of every frame."""
+    from carn_stream.pipeline.engine.tiling import tiled_forward
+
+    shapes: set[tuple[int, ...]] = set()
+
+    def nearest(x, scale):  # (each output pixel depends on its own input pixel alone)
+        shapes.add(tuple(x.shape))
+        return x.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+    x = torch.rand(2, 3, 71, 93)
+    whole = nearest(x, 3)
+    for tile, overlap in ((20, 6), (32, 24), (100, 8), (1, 0)):
+        shapes.clear()
+        assert torch.equal(tiled_forward(nearest, x, 3, tile, overlap), whole)
+        assert shapes == {(2, 3, min(tile + 2 * overlap, 71), min(tile + 2 * overlap, 93))}
+
+
 class _SmallMemory(torch.nn.Module):
     """A network that runs out of memory above a pixel budget, like a small GPU would."""
 
