@@ -217,6 +217,21 @@ def test_auto_waits_for_a_frame_with_detail_and_passes_over_a_mode_that_cannot_w
     assert [entry["mode"] for entry in saved.values()] == ["fp32"]
 
 
+@pytest.mark.parametrize("text", [
+    "[]", "null", '{"k": {"mode": 3}}', '{"k": {"mode": "fp32", "trials": [{"speed": 1}]}}',
+    '{"k": {"mode": "fp32", "trials": 7}}', "{not json",
+])  # fmt: skip
+def test_a_decision_file_that_does_not_read_is_measured_again_and_mended(tmp_path, text):
+    """A file of JSON that is not an object (or of a trial of another shape) stopped every
+    run with a traceback."""
+    path = tmp_path / "precision-choices.json"
+    path.write_text(text)
+    cache = autoselect.DecisionCache(path)
+    assert cache.get("k") is None
+    cache.put("k", autoselect.Decision("fp32", [autoselect.Trial("fp32", ms=1.0)]))
+    assert cache.get("k").mode == "fp32"
+
+
 def test_auto_picks_the_fastest_mode_within_the_bound_and_caches_it(
     official_carn_m, frames, tmp_path, monkeypatch, int8_cache
 ):

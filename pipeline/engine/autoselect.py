@@ -186,16 +186,22 @@ class DecisionCache:
         self.path = path
 
     def _load(self) -> dict:
+        """The file's entries ({} where it is missing, unreadable or not an object)."""
         try:
-            return json.loads(self.path.read_text())
+            entries = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        return entries if isinstance(entries, dict) else {}
 
     def get(self, key: str) -> Decision | None:
+        """The decision kept for ``key`` (None where there is none, or it does not read)."""
         entry = self._load().get(key)
-        if not isinstance(entry, dict) or "mode" not in entry:
+        if not isinstance(entry, dict) or not isinstance(entry.get("mode"), str):
             return None
-        trials = [Trial(**t) for t in entry.get("trials", []) if isinstance(t, dict)]
+        try:
+            trials = [Trial(**t) for t in entry.get("trials", []) if isinstance(t, dict)]
+        except TypeError:  # (a trial of another shape: measured again)
+            return None
         return Decision(entry["mode"], trials, cached=True)
 
     def put(self, key: str, decision: Decision) -> None:
