@@ -332,7 +332,7 @@ def cmd_assess(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace, precision: bool = True) -> Settings:
     """The settings with the command's model options over them (``precision=False``: the
     command's --precision is not the setting, e.g. eval's list of modes)."""
-    return Settings.from_env().with_overrides(
+    return Settings.from_env().with_options(
         weights=getattr(args, "weights", None),
         device=getattr(args, "device", None),
         precision=getattr(args, "precision", None) if precision else None,
@@ -342,7 +342,7 @@ def _settings(args: argparse.Namespace, precision: bool = True) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    settings = _settings(args).with_overrides(
+    settings = _settings(args).with_options(
         host=args.host, port=args.port, data_dir=args.data_dir, ray_address=args.ray
     )
     _check_listen(settings)  # a busy port is said at once, before torch and the model load

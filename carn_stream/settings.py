@@ -280,6 +280,18 @@ class Settings:
         """A copy with the given fields replaced; ``None`` leaves a field as it is."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+    def with_options(self, **options: object) -> Settings:
+        """:meth:`with_overrides` for a command's options: a refusal names the option the
+        user gave (``--device``), not the variable."""
+        try:
+            return self.with_overrides(**options)
+        except SettingsError as exc:
+            text = str(exc)
+            for name, value in options.items():
+                if value is not None:
+                    text = text.replace(f"{PREFIX}{name.upper()} ", f"--{name.replace('_', '-')} ")
+            raise SettingsError(text) from None
+
 
 #: What each checked setting takes, as its refusal says it.
 _TAKES: dict[str, str] = {

@@ -103,7 +103,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from carn_stream.model.inference import pick_device
     from carn_stream.pipeline.engine.infer import PRECISIONS, Engine, EngineConfig
 
-    settings = Settings.from_env().with_overrides(weights=args.weights, device=args.device)
+    settings = Settings.from_env().with_options(weights=args.weights, device=args.device)
     asked = args.precision or settings.precision
     modes = [m.strip() for m in asked.split(",") if m.strip()]
     unknown = [m for m in modes if m not in PRECISIONS]

@@ -434,6 +434,15 @@ def test_serve_refuses_a_bad_setting_at_once_naming_it(variable, value, allowed,
     assert not (tmp_path / "jobs.sqlite3").exists()  # nothing started
 
 
+def test_a_bad_option_is_named_as_the_user_gave_it(tmp_path):
+    """A bad --device was refused as if the variable CARN_STREAM_DEVICE were wrong."""
+    result = run_cli("serve", "--port", "0", "--data-dir", str(tmp_path), "--device", "gpu")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "carn-stream serve: error: --device must be auto, cpu, cuda or cuda:N; got 'gpu'"
+    )
+
+
 def test_every_numeric_setting_names_itself_and_what_it_takes():
     from dataclasses import fields
 
