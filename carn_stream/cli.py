@@ -368,10 +368,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_listen(settings: Settings) -> None:
-    from carn_stream.listening import ListenError, check_listen
+    from carn_stream.listening import ListenError, check_ice_hosts, check_listen
 
     try:
         check_listen(settings.host, settings.port)
+        check_ice_hosts(settings.live_ice_hosts)
     except ListenError as exc:
         raise CLIError(str(exc)) from None
 

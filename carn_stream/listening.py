@@ -53,3 +53,17 @@ def _reason(exc: OSError, host: str, port: int) -> str:
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"cannot listen on {where}: not an address of this machine; pass --host"
     return f"cannot listen on {where} port {port}: {exc.strerror or exc}"
+
+
+def check_ice_hosts(addresses: tuple[str, ...]) -> None:
+    """Each address live sessions gather ICE candidates on must be this machine's (a typo
+    gave answers without a candidate, and every session was reaped unconnected)."""
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.bind((address, 0))
+        except OSError as exc:
+            raise ListenError(f"CARN_STREAM_LIVE_ICE_HOSTS: {address} is not an address of this "
+                              f"machine ({exc.strerror or exc})") from None  # fmt: skip
+

@@ -6,6 +6,7 @@ environment itself.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -266,6 +267,7 @@ class Settings:
             "live_max_latency": self.live_max_latency > 0,
             "live_bits_per_pixel": self.live_bits_per_pixel > 0,
             "live_max_bitrate": self.live_max_bitrate > 0,
+            "live_ice_hosts": all(map(_is_ip_address, self.live_ice_hosts)),
             "live_stun_server": self.live_stun_server is None
             or _is_stun_url(self.live_stun_server),
             "cors_origins": all(map(_is_origin, self.cors_origins)),
@@ -339,6 +341,7 @@ _TAKES: dict[str, str] = {
     "live_max_latency": "a positive number of seconds",
     "live_bits_per_pixel": "a positive number",
     "live_max_bitrate": "a positive whole number of bits per second",
+    "live_ice_hosts": "IP addresses of this machine, comma-separated",
     "live_stun_server": "a STUN URL, stun:HOST or stun:HOST:PORT (unset: none)",
     "cors_origins": "comma-separated origins, each scheme://host[:port] in lower case and "
     "without a path, or '*' (any)",
@@ -349,6 +352,14 @@ _TAKES: dict[str, str] = {
 
 def _is_origin(origin: str) -> bool:
     return origin == "*" or bool(_ORIGIN.fullmatch(origin))
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_stun_url(url: str) -> bool:

@@ -30,8 +30,10 @@ class BitratePolicy:
     ceiling: int = 20_000_000
 
     def target(self, width: int, height: int) -> int:
+        """The rate for a picture of this size: within [floor, ceiling], the ceiling winning
+        where it is set below the floor."""
         wanted = int(self.bits_per_pixel * width * height * self.frame_rate)
-        return max(self.floor, min(self.ceiling, wanted))
+        return min(self.ceiling, max(self.floor, wanted))
 
     def widen_aiortc_limits(self) -> None:
         """Let aiortc's encoders (H.264 3 Mbps, VP8 1.5 Mbps at most by default) take any rate

@@ -424,6 +424,9 @@ def test_upscale_refuses_a_url_as_typed(url, tmp_path):
         ("CARN_STREAM_LIVE_STUN_SERVER", "stun:relay.example:0", "stun:HOST or stun:HOST:PORT"),
         ("CARN_STREAM_CORS_ORIGINS", "https://app.example/", "without a path, or '*'"),
         ("CARN_STREAM_CORS_ORIGINS", "*,app.example", "each scheme://host[:port]"),
+        ("CARN_STREAM_LIVE_ICE_HOSTS", "127.0.0.1,localhost", "IP addresses of this machine"),
+        # (only bound, to learn it is not this machine's: nothing is sent)
+        ("CARN_STREAM_LIVE_ICE_HOSTS", "192.0.2.1", "192.0.2.1 is not an address of this"),
     ],
 )
 def test_serve_refuses_a_bad_setting_at_once_naming_it(variable, value, allowed, tmp_path):

@@ -52,6 +52,7 @@ def server(tmp_path_factory, data_dir):
         decode_rgb(data_dir / "video" / "carphone_pristine.mp4", 60), (160, 120)
     )
     write_clip(samples / "carphone.mp4", frames, rate=Fraction(15))
+    (samples / "broken.mp4").write_text("not a video")
     proc = ServerProcess(
         tmp_path_factory.mktemp("live") / "data",
         CARN_STREAM_LIVE_SAMPLES_DIR=str(samples),
@@ -185,6 +186,32 @@ def test_each_session_keeps_its_own_bitrate_bounds(codec):
     assert not policy.bound(object(), small_target)  # nothing to bound
 
 
+def test_an_unreadable_sample_is_refused_by_its_name_never_the_servers_path(server):
+    async def offer() -> str:
+        pc = client_peer()
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await pc.close()
+        return pc.localDescription.sdp
+
+    body = {"sdp": asyncio.run(offer()), "type": "offer", "source": "sample",
+            "sample": "broken.mp4"}  # fmt: skip
+    response = request(server.port, "POST", "/webrtc/offer", body)
+    detail = response.json()["detail"]
+    assert response.status == 422 and detail.startswith("sample 'broken.mp4': "), detail
+    assert "/" not in detail, detail  # (it named the server's samples folder)
+    assert request(server.port, "GET", "/webrtc/sessions").json() == []
+
+
+def test_a_ceiling_set_below_the_floor_holds():
+    """CARN_STREAM_LIVE_MAX_BITRATE under the 300 kbps floor was ignored: the floor won."""
+    from carn_stream.server.live_bitrate import BitratePolicy
+
+    policy = BitratePolicy(ceiling=200_000)
+    assert policy.target(16, 16) == policy.target(1920, 1080) == 200_000
+    assert policy.limits(policy.target(16, 16)) == (200_000, 200_000)
+
+
 def test_session_limit_and_clean_teardown(server, camera_frames):
     async def run():
         peers = [await connect(server.port, ClipTrack(camera_frames)) for _ in range(2)]
@@ -211,7 +238,7 @@ def test_session_limit_and_clean_teardown(server, camera_frames):
 
 
 def test_a_server_side_sample_plays_as_a_live_source(server):
-    assert request(server.port, "GET", "/webrtc/samples").json() == ["carphone.mp4"]
+    assert request(server.port, "GET", "/webrtc/samples").json() == ["broken.mp4", "carphone.mp4"]
 
     async def run():
         pc = client_peer()

@@ -57,7 +57,9 @@ async def offer(
     """Send the browser's offer (with a video track); the answer's track returns it upscaled."""
     worker = holder.worker
     if worker is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the model is still loading")
+        said = f"the model failed to load: {holder.error}" if holder.error else (
+            "the model is still loading")  # fmt: skip
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, said)
     if live.full():
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"all {live.limit} live sessions are in use"
@@ -68,7 +70,11 @@ async def offer(
     except SdpError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     except (ValueError, PipelineError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+        said = str(exc)
+        if sample is not None:  # (named as the client named it: never the server's path)
+            said = said.replace(f"{sample}: ", f"sample {body.sample!r}: ").replace(
+                str(sample), repr(body.sample))  # fmt: skip
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, said) from exc
     return Answer(sdp=answer.sdp, type=answer.type, session_id=session.id)
 
 
@@ -125,13 +131,14 @@ def pace(
 
 
 @router.get("/sessions")
-def list_sessions(live: Live) -> list[dict]:
-    """Open sessions with their live stats."""
-    return [s.describe() for s in live.sessions.values()]
+async def list_sessions(live: Live) -> list[dict]:
+    """Open sessions with their live stats (read on the event loop that owns them: a worker
+    thread's reading raced their opening and closing)."""
+    return [s.describe() for s in list(live.sessions.values())]
 
 
 @router.get("/sessions/{session_id}")
-def session_stats(session_id: str, live: Live) -> dict:
+async def session_stats(session_id: str, live: Live) -> dict:
     session = live.sessions.get(session_id)
     if session is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no live session {session_id!r}")
