@@ -3,7 +3,8 @@
 The upscaling track keeps latency bounded when inference is slower than the source: only the
 newest source frame is kept (the others are dropped and counted), and an adaptive policy
 shrinks the input while inference takes longer than the latency budget, growing it back when
-there is room. Inference runs on the shared worker with priority over batch jobs.
+there is room. Inference runs on the service's own worker with priority over its other work
+(jobs and videos run in a worker process of their own with the default executor).
 """
 
 from __future__ import annotations
@@ -54,11 +55,21 @@ def restrict_ice_hosts(addresses: tuple[str, ...]) -> None:
     aioice.ice.get_host_addresses = only_configured
 
 
+#: A session ends after this many frames in a row fail to upscale (one failure skips the
+#: frame: the picture froze for good, the session holding its slot, before).
+MAX_FAILURES_IN_A_ROW = 3
+
+
 @dataclass(frozen=True)
 class LatencyPolicy:
     max_latency: float = 0.5  #: inference seconds per frame before the input is shrunk
     adaptive: bool = True
     min_fraction: float = 0.5  #: smallest input size, as a fraction of the source's
+    #: the input size is changed on the inference time averaged over recent frames (this
+    #: weight on the newest), and held at least this long after a change: single frames
+    #: slowed by a neighbour made the picture's size flap every few seconds
+    smoothing: float = 0.3
+    hold_seconds: float = 1.0
 
 
 @dataclass
@@ -70,6 +81,9 @@ class LiveStats:
     latency: float = 0.0  #: seconds from a source frame's arrival to its upscaled frame
     input_fraction: float = 1.0
     overloaded: bool = False  #: inference too slow even at the smallest useful input
+    failed: int = 0  #: frames that failed to upscale (skipped)
+    inference: float | None = None  #: seconds per frame, averaged (at this input size)
+    resized: float = field(default_factory=time.monotonic)  #: when the input size last changed
     started: float = field(default_factory=time.monotonic)
     recent: list[float] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  #: source frames, the last 3 s
@@ -232,13 +246,19 @@ class UpscaleTrack(MediaStreamTrack):
         on_size: Callable[[int, int], None] | None = None,
         mirror: LatestFrameTrack | None = None,
         max_output_pixels: int = 0,
+        on_failed: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_failed(reason)``: :data:`MAX_FAILURES_IN_A_ROW` frames failed; the track has
+        ended (the session should close)."""
         super().__init__()
         self.mirror, self.max_output_pixels = mirror, max_output_pixels
         self.source, self.worker, self.scale, self.metrics = source, worker, scale, metrics
         self.policy = latency
         self.stats = LiveStats()
-        self._on_size = on_size
+        self._on_size, self._on_failed = on_size, on_failed
+        self._failures = 0  #: in a row
+        #: the session's own thread for its frames' pixel work (off the event loop)
+        self._pixels = ThreadPoolExecutor(1, thread_name_prefix="carn-live-pixels")
         self._latest: tuple[av.VideoFrame, float] | None = None
         self._arrived = asyncio.Event()
         self._ended = False
@@ -270,27 +290,58 @@ class UpscaleTrack(MediaStreamTrack):
             raise MediaStreamError
         if self._pump is None:  # a sample is not decoded for a peer that never connects
             self._pump = asyncio.ensure_future(self._read_source())
-        while self._latest is None:
-            if self._ended:
-                self.stop()
-                raise MediaStreamError
-            self._arrived.clear()
-            await self._arrived.wait()
-        frame, arrived = self._latest
-        self._latest = None
+        while True:
+            while self._latest is None:
+                if self._ended:
+                    self.stop()
+                    raise MediaStreamError
+                self._arrived.clear()
+                await self._arrived.wait()
+            frame, arrived = self._latest
+            self._latest = None
+            try:
+                upscaled = await self._upscale(frame, arrived)
+            except (MediaStreamError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # (aiortc would end the track without a word)
+                if self.readyState != "live":  # stopped meanwhile (its thread gone)
+                    raise MediaStreamError from exc
+                self._failed(exc)
+                continue
+            self._failures = 0
+            return upscaled
+
+    def _failed(self, exc: Exception) -> None:
+        """A frame that failed is skipped; :data:`MAX_FAILURES_IN_A_ROW` end the track."""
+        self.stats.failed += 1
+        self._failures += 1
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("a live frame failed to upscale (%d in a row): %s", self._failures, reason)
+        if self._failures >= MAX_FAILURES_IN_A_ROW:
+            self.stop()
+            if self._on_failed is not None:
+                self._on_failed(reason)
+            raise MediaStreamError(reason) from exc
+
+    async def _upscale(self, frame: av.VideoFrame, arrived: float) -> av.VideoFrame:
+        """One frame through the model. Its pixels are shrunk, split and put back together on
+        the session's own thread, never on the event loop that serves everyone."""
+        loop = asyncio.get_running_loop()
         source_size = (frame.width, frame.height)
-        frame = self._shrink(frame)
-        planes, spec = frame_planes(frame)
+        frame, planes, spec = await loop.run_in_executor(self._pixels, self._planes, frame)
         result = await self.worker.submit(
-            [p[None] for p in planes], spec, self.scale, Priority.LIVE
+            [p[None] for p in planes], spec, self.scale, Priority.LIVE, may_measure=False
         )
-        y, u, v = result.y[0], result.u[0], result.v[0]
-        upscaled = yuv420_video_frame(y, u, v)
-        upscaled.pts, upscaled.time_base = frame.pts, frame.time_base or Fraction(1, 90000)
+        upscaled = await loop.run_in_executor(self._pixels, _output_frame, result, frame)
         done = time.monotonic()
         sent = (frame.width, frame.height)  # as the model took it (shrunk or not)
-        self._record(source_size, sent, (y.shape[1], y.shape[0]), arrived, result, done)
+        self._record(source_size, sent, (upscaled.width, upscaled.height), arrived, result, done)
         return upscaled
+
+    def _planes(self, frame: av.VideoFrame) -> tuple[av.VideoFrame, list, object]:
+        frame = self._shrink(frame)
+        planes, spec = frame_planes(frame)
+        return frame, planes, spec
 
     def _shrink(self, frame: av.VideoFrame) -> av.VideoFrame:
         cap = size_cap(frame.width, frame.height, self.scale, self.max_output_pixels)
@@ -320,16 +371,24 @@ class UpscaleTrack(MediaStreamTrack):
         self.metrics.observe_frame(report, "live")
         if self._on_size is not None:
             self._on_size(*out_size)
-        slow = inference > self.policy.max_latency
-        if self.policy.adaptive:
-            smaller = max(self.policy.min_fraction, s.input_fraction * 0.8)
+        if result.first_of_shape:  # (one-off work: a compile, kernels chosen; not its speed)
+            return
+        policy = self.policy
+        s.inference = inference if s.inference is None else (
+            policy.smoothing * inference + (1 - policy.smoothing) * s.inference)  # fmt: skip
+        slow = s.inference > policy.max_latency
+        if policy.adaptive and done - s.resized >= policy.hold_seconds:
+            smaller = max(policy.min_fraction, s.input_fraction * 0.8)
             # Never shrink so far that the "upscaled" picture is no bigger than the source.
             w, h = _shrunk(*source_size, smaller)
             bigger = w * self.scale > source_size[0] and h * self.scale > source_size[1]
+            fraction = s.input_fraction
             if slow and smaller < s.input_fraction and bigger:
                 s.input_fraction, slow = smaller, False
-            elif inference < self.policy.max_latency / 3 and s.input_fraction < 1.0:
+            elif s.inference < policy.max_latency / 3 and s.input_fraction < 1.0:
                 s.input_fraction = min(1.0, s.input_fraction / 0.8)
+            if s.input_fraction != fraction:  # a new size: its own average, held a while
+                s.inference, s.resized = None, done
         s.overloaded = slow  # too slow with no smaller input left to try
 
     def stop(self) -> None:
@@ -338,6 +397,14 @@ class UpscaleTrack(MediaStreamTrack):
             self._pump.cancel()
         if self.mirror is not None:
             self.mirror.stop()
+        self._pixels.shutdown(wait=False)
+
+
+def _output_frame(result, frame: av.VideoFrame) -> av.VideoFrame:
+    """The upscaled frame of a one-frame batch, timed as its source ``frame``."""
+    upscaled = yuv420_video_frame(result.y[0], result.u[0], result.v[0])
+    upscaled.pts, upscaled.time_base = frame.pts, frame.time_base or Fraction(1, 90000)
+    return upscaled
 
 
 def _shrunk(width: int, height: int, fraction: float) -> tuple[int, int]:
@@ -374,6 +441,7 @@ class Session:
             "input": list(stats.input_size),
             "output": list(stats.output_size),
             "input_fraction": round(stats.input_fraction, 3),
+            "failed": stats.failed,
             "keeping_up": stats.keeping_up,
             "source_fps": round(stats.source_fps, 2),
             "target_bitrate": self.bitrate,
@@ -464,10 +532,15 @@ class LiveSessions:
                 if sender.track is session.track:
                     self.bitrate.keep(pc, sender, session.bitrate)
 
+        def on_failed(reason: str) -> None:
+            log.warning("live session %s closed: its frames fail to upscale (%s)", session.id,
+                        reason)  # fmt: skip
+            self._in_background(self.close(session.id))
+
         def upscaled(source: MediaStreamTrack, mirror=None) -> UpscaleTrack:
             session.track = UpscaleTrack(
                 source, worker, scale, self.metrics, self.latency, on_size, mirror,
-                self.max_output_pixels,
+                self.max_output_pixels, on_failed,
             )  # fmt: skip
             return session.track
 
@@ -505,7 +578,11 @@ class LiveSessions:
             raise SdpError(f"the offer cannot be answered: {type(exc).__name__}: {exc}") from exc
 
     def _reap_later(self, session_id: str) -> None:
-        task = asyncio.ensure_future(self.reap_unconnected(session_id))
+        self._in_background(self.reap_unconnected(session_id))
+
+    def _in_background(self, work) -> None:
+        """Run ``work`` (a coroutine) as a task kept until it ends."""
+        task = asyncio.ensure_future(work)
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
 

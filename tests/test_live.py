@@ -666,6 +666,35 @@ def test_an_odd_sized_camera_at_x3_gets_frames_of_the_size_the_session_reports(c
     assert stats.output_size == (104, 80)
 
 
+@pytest.mark.parametrize("failing", ["once", "from the 5th frame on"])
+def test_a_frame_that_fails_is_skipped_and_a_session_whose_frames_keep_failing_ends(
+    camera_frames, failing
+):
+    """One inference error ended the track without a word: the picture froze, and the
+    session stayed "connected", holding its slot, until the client hung up."""
+    from carn_stream.model.baselines import Bicubic
+    from carn_stream.server.live import LatencyPolicy
+
+    class Failing(Bicubic):
+        calls = 0
+
+        def forward(self, x, scale=None):
+            Failing.calls += 1
+            if Failing.calls == 5 or (failing != "once" and Failing.calls >= 5):
+                raise RuntimeError("the device went away")
+            return super().forward(x, scale)
+
+    stats, _, live, leaked, _, seen = asyncio.run(
+        _in_process_session(Failing(), camera_frames, 3.0, LatencyPolicy())
+    )
+    assert live.sessions == {} and leaked == []
+    if failing == "once":
+        assert stats.failed == 1 and stats.frames > 10 and seen["state"] == "connected"
+    else:
+        assert stats.failed == 3 and stats.frames == 4  # then it was closed
+        assert seen["state"] == "closed" and seen["failed"] == 3
+
+
 def test_slow_inference_drops_stale_frames_and_shrinks_the_input(camera_frames):
     from carn_stream.model.baselines import Bicubic
     from carn_stream.server.live import LatencyPolicy

@@ -217,6 +217,42 @@ def test_auto_waits_for_a_frame_with_detail_and_passes_over_a_mode_that_cannot_w
     assert [entry["mode"] for entry in saved.values()] == ["fp32"]
 
 
+def test_a_frame_that_may_not_wait_takes_the_nearest_sizes_decision(
+    official_carn_m, frames, tmp_path, monkeypatch
+):
+    """Live frames measured every new size on the one inference thread (7-18 s each), and a
+    live input shrinks and grows through many sizes: the picture froze again and again."""
+    fp32 = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32")).backend
+    measured: list[tuple[int, ...]] = []
+    real = infer.measure
+
+    def counted(candidates, frame, scale, *args, **kwargs):
+        measured.append(tuple(frame.shape[-2:]))
+        return real(candidates, frame, scale, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "measure", counted)
+
+    def engine() -> Engine:
+        made = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
+        made.auto_candidates = lambda: {"fp32": lambda: fp32, "bf16": lambda: fp32}
+        return made
+
+    first = engine()
+    pending = [first.launch([frames[0][None]], RGB, 2, OUT, may_measure=False) for _ in "ab"]
+    assert [p.first_of_shape for p in pending] == [True, False]
+    assert measured == [(80, 96)]  # nothing measured at x2 yet: measured once
+    first.launch([frames[0][None, :72, :88]], RGB, 2, OUT, may_measure=False)
+    assert measured == [(80, 96)]  # a near size: its decision taken
+    assert "at x2 88x72 (as a near size)" in first.describe_precision()
+    first.launch([frames[0][None, :72, :88]], RGB, 2, OUT)  # a job of that size measures it
+    assert measured == [(80, 96), (72, 88)]
+    # After a restart, the decisions kept for this machine are near sizes too.
+    engine().launch([frames[0][None, :64, :64]], RGB, 2, OUT, may_measure=False)
+    assert len(measured) == 2
+    engine().launch([frames[0][None, :64, :64]], RGB, 3, OUT, may_measure=False)
+    assert len(measured) == 3  # (another scale: nothing near)
+
+
 @pytest.mark.parametrize("text", [
     "[]", "null", '{"k": {"mode": 3}}', '{"k": {"mode": "fp32", "trials": [{"speed": 1}]}}',
     '{"k": {"mode": "fp32", "trials": 7}}', "{not json",

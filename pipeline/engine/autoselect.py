@@ -63,6 +63,9 @@ class Decision:
     cached: bool = False
     #: for this frame only (it could not judge quality): not kept, decided again on the next
     provisional: bool = False
+    #: taken from the nearest size measured at the same scale (a frame that must not wait for
+    #: a measurement: live), not measured at this size
+    borrowed: bool = False
 
     def table(self) -> str:
         lines = [f"{'mode':<10}{'ms':>10}{'loss dB':>10}  note"]
@@ -203,6 +206,15 @@ class DecisionCache:
         except TypeError:  # (a trial of another shape: measured again)
             return None
         return Decision(entry["mode"], trials, cached=True)
+
+    def nearest(self, near: Callable[[str], float | None]) -> tuple[float, Decision] | None:
+        """The kept decision whose key ``near`` scores lowest, with its score (None where it
+        scores none)."""
+        scored = sorted((score, k) for k in self._load() if (score := near(k)) is not None)
+        for score, key in scored:
+            if (decision := self.get(key)) is not None:
+                return score, decision
+        return None
 
     def put(self, key: str, decision: Decision) -> None:
         entries = self._load()

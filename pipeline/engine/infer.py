@@ -12,14 +12,16 @@ import atexit
 import functools
 import itertools
 import logging
+import math
 import queue
+import re
 import shutil
 import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -96,6 +98,9 @@ class BatchResult:
     started: float
     finished: float
     out: ColourSpec  #: the planes' colour (matrix, tags), chosen by the engine
+    #: the engine's first batch of this shape and scale: its time holds one-off work (a mode
+    #: measured, a model compiled, kernels chosen), not the steady speed
+    first_of_shape: bool = False
 
 
 def default_precision(device: torch.device) -> str:
@@ -169,6 +174,12 @@ def output_geometry(spec: ColourSpec, height: int, width: int, scale: int) -> Co
     return output_spec(spec, upscaled_size(width, height, scale)[1])
 
 
+def _how_decided(decision: Decision) -> str:
+    if decision.cached:
+        return "cached"
+    return "as a near size" if decision.borrowed else "measured"
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
@@ -186,6 +197,7 @@ class Pending:
     started: float
     out: ColourSpec
     ready: torch.cuda.Event | None = None
+    first_of_shape: bool = False
 
 
 class Engine:
@@ -229,6 +241,8 @@ class Engine:
         self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.oom_retries = 0
         self._launches = 0
+        #: (scale, input shape) of the batches run so far (cleared past a few hundred)
+        self._shapes_run: set[tuple[int, tuple[int, ...]]] = set()
 
     def _backend(self, name: str) -> Backend:
         backend = self._backends.get(name)
@@ -275,25 +289,35 @@ class Engine:
             f"| {backends_identity()} | x{scale} {width}x{height}"
         )
 
-    def _choose(self, x: Tensor, scale: int) -> Backend:
-        """The backend for this input: the fixed mode, or auto's (measured once per size)."""
+    def _choose(self, x: Tensor, scale: int, may_measure: bool = True) -> Backend:
+        """The backend for this input: the fixed mode, or auto's (measured once per size; with
+        ``may_measure`` False, borrowed from the nearest size measured at the scale if there is
+        one: see :meth:`_decide`)."""
         if self.backend is not None:
             return self.backend
         size = (scale, x.shape[-2], x.shape[-1])
         decision = self.choices.get(size)
-        if decision is None:
-            decision = self._decide(x, scale)
+        if decision is None or (may_measure and decision.borrowed):
+            decision = self._decide(x, scale, may_measure)
             if not decision.provisional:
                 self.choices[size] = decision
         return self._backend(decision.mode)
 
-    def _decide(self, x: Tensor, scale: int) -> Decision:
+    def _decide(self, x: Tensor, scale: int, may_measure: bool = True) -> Decision:
+        """This size's decision: kept from before, else measured now. A frame that must not
+        wait seconds for a measurement (``may_measure`` False: live, whose sizes change as its
+        input shrinks and grows) takes the nearest size's at the same scale, where one was
+        measured (by pixel count; the modes' ranking changes little between near sizes)."""
         cache = DecisionCache(self.config.cache / "precision-choices.json")
-        key = self._decision_key(scale, x.shape[-2], x.shape[-1])
+        height, width = x.shape[-2], x.shape[-1]
+        key = self._decision_key(scale, height, width)
         decision = cache.get(key)
         if decision is not None and unavailable_reason(decision.mode, self.device) is None:
             log.info("precision auto: %s (decided earlier for %s)", decision.mode, key)
             return decision
+        if not may_measure and (near := self._nearest(cache, scale, height, width)) is not None:
+            log.info("precision auto: %s for %s, as at the nearest size measured", near.mode, key)
+            return near
         started = time.monotonic()
         decision = measure(self.auto_candidates(), x[:1], scale)
         log.log(
@@ -308,13 +332,39 @@ class Engine:
             cache.put(key, decision)
         return decision
 
+    def _nearest(
+        self, cache: DecisionCache, scale: int, height: int, width: int
+    ) -> Decision | None:
+        """The decision measured at the size nearest this one (by pixel count) at ``scale``,
+        in this engine or kept in ``cache`` (for this CPU, weights and backends), of a mode
+        available here; marked borrowed. None where none was measured at the scale."""
+        same = self._decision_key(scale, 0, 0).removesuffix("0x0")
+
+        def distance(h: int, w: int) -> float:
+            return abs(math.log(max(h * w, 1) / max(height * width, 1)))
+
+        def near(key: str) -> float | None:
+            found = re.fullmatch(r"(\d+)x(\d+)", key[len(same):]) if key.startswith(same) else None
+            return distance(int(found[2]), int(found[1])) if found else None
+
+        known = [(distance(h, w), d) for (s, h, w), d in self.choices.items()
+                 if s == scale and not d.borrowed and not d.provisional]  # fmt: skip
+        if (kept := cache.nearest(near)) is not None:
+            known.append(kept)
+        usable = [(score, d) for score, d in known
+                  if unavailable_reason(d.mode, self.device) is None]  # fmt: skip
+        if not usable:
+            return None
+        nearest = min(usable, key=lambda scored: scored[0])[1]
+        return replace(nearest, borrowed=True, cached=False)
+
     def describe_precision(self) -> str:
         """The configured mode and, for auto, what it chose per size so far; on a CPU, also
         the missing extra and what it would give (:func:`missing_extra_note`)."""
         text = self.precision
         if self.choices:
             picks = ", ".join(
-                f"{d.mode} at x{s} {w}x{h}" + (" (cached)" if d.cached else " (measured)")
+                f"{d.mode} at x{s} {w}x{h} ({_how_decided(d)})"
                 for (s, h, w), d in self.choices.items()
             )
             text = f"{self.precision}: {picks}"
@@ -364,18 +414,26 @@ class Engine:
         spec: ColourSpec,
         scale: int,
         out: ColourSpec | None = None,
+        may_measure: bool = True,
     ) -> Pending:
-        """Start a batch; on CUDA this returns before the device is done."""
+        """Start a batch; on CUDA this returns before the device is done. ``may_measure``
+        False: ``auto`` takes a near size's decision rather than measure (:meth:`_decide`)."""
         started = time.monotonic()
         self._launches += 1  # alternates the pinned buffers: one batch in flight, one landing
         rgb = planes_to_rgb([self._to_device(p) for p in planes], spec)
         if out is None:
             out = output_geometry(spec, rgb.shape[-2], rgb.shape[-1], scale)
-        sr = self._forward(rgb, scale, self.config.tile).float().clamp_(0, 1)
+        shape = (scale, tuple(rgb.shape))
+        first = shape not in self._shapes_run
+        if first:
+            if len(self._shapes_run) >= 512:  # (sizes came and went)
+                self._shapes_run.clear()
+            self._shapes_run.add(shape)
+        sr = self._forward(rgb, scale, self.config.tile, may_measure).float().clamp_(0, 1)
         w, h = upscaled_size(rgb.shape[-1], rgb.shape[-2], scale)
         yuv = list(rgb_to_yuv420(sr[..., :h, :w], out))
         if not self.cuda:
-            return Pending(yuv, started, out)
+            return Pending(yuv, started, out, first_of_shape=first)
         compute = torch.cuda.current_stream(self.device)
         self._copy_stream.wait_stream(compute)
         host = []
@@ -387,7 +445,7 @@ class Engine:
                 host.append(buf)
             ready = torch.cuda.Event()
             ready.record(self._copy_stream)
-        return Pending(host, started, out, ready)
+        return Pending(host, started, out, ready, first)
 
     @torch.inference_mode()
     def upscale_rgb(self, image: np.ndarray, scale: int) -> np.ndarray:
@@ -413,8 +471,10 @@ class Engine:
             return [t.numpy().copy() for t in pending.planes]  # the pinned buffers get reused
         return [t.numpy() for t in pending.planes]
 
-    def _forward(self, x: Tensor, scale: int, tile: int | None) -> Tensor:
-        backend = self._choose(x, scale)
+    def _forward(
+        self, x: Tensor, scale: int, tile: int | None, may_measure: bool = True
+    ) -> Tensor:
+        backend = self._choose(x, scale, may_measure)
         try:
             if tile is None or (tile >= x.shape[-2] and tile >= x.shape[-1]):
                 return backend(x, scale)
@@ -431,8 +491,8 @@ class Engine:
             log.warning("out of memory at batch %d; retrying in halves", x.shape[0])
             # (a copy of the first half's result: a CUDA graph's output is overwritten by
             # its next replay, the second half's when the halves are of one shape)
-            first = self._forward(x[:half], scale, tile).clone()
-            return torch.cat([first, self._forward(x[half:], scale, tile)])
+            first = self._forward(x[:half], scale, tile, may_measure).clone()
+            return torch.cat([first, self._forward(x[half:], scale, tile, may_measure)])
         side = max(x.shape[-2:]) if tile is None else tile
         smaller = max(side // 2, 1)
         if smaller < self.config.min_tile:
@@ -441,7 +501,7 @@ class Engine:
                 "use a smaller --tile or another device"
             )
         log.warning("out of memory at tile %d; retrying with %d px tiles", side, smaller)
-        return self._forward(x, scale, smaller)
+        return self._forward(x, scale, smaller, may_measure)
 
 
 @dataclass
@@ -452,6 +512,7 @@ class _Request:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     weights: str | None = None
+    may_measure: bool = True
 
 
 class _Stop:
@@ -511,16 +572,17 @@ class InferenceWorker:
         scale: int,
         priority: int = Priority.JOB,
         weights: str | None = None,
+        may_measure: bool = True,
     ) -> asyncio.Future[BatchResult]:
         """Queue stacked planes for upscaling; the result carries the output planes and their
-        colour (:attr:`BatchResult.out`)."""
+        colour (:attr:`BatchResult.out`). ``may_measure``: see :meth:`Engine.launch`."""
         if self._stopping:
             raise RuntimeError("inference worker is closed")
         if weights is not None and self._load_weights is None:
             raise ValueError("this worker runs one model; it cannot load other weights")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[BatchResult] = loop.create_future()
-        request = _Request(planes, spec, scale, future, loop, weights)
+        request = _Request(planes, spec, scale, future, loop, weights, may_measure)
         self._queue.put((priority, next(self._seq), request))
         return future
 
@@ -558,7 +620,8 @@ class InferenceWorker:
             if request is not None and not request.future.cancelled():
                 try:
                     engine = self._engine_for(request.weights)
-                    pending = engine.launch(request.planes, request.spec, request.scale)
+                    pending = engine.launch(request.planes, request.spec, request.scale,
+                                            may_measure=request.may_measure)  # fmt: skip
                     launched = (request, engine, pending)
                 except Exception as exc:
                     _deliver(request, exc)
@@ -574,7 +637,7 @@ class InferenceWorker:
         try:
             y, u, v = engine.finish(pending)
             outcome: BatchResult | BaseException = BatchResult(
-                y, u, v, pending.started, time.monotonic(), pending.out
+                y, u, v, pending.started, time.monotonic(), pending.out, pending.first_of_shape
             )
         except Exception as exc:
             outcome = exc
