@@ -402,11 +402,23 @@ def test_live_page_in_chromium_shows_the_upscaled_camera(server):
                 timeout=60_000,
             )
             page.screenshot(path=str(artifacts / "live-sample.png"), full_page=True)
+            # A session the server ends (its frames kept failing, say): the page stops too,
+            # and says so (it went on polling, 404 each second, Start still disabled).
+            (ended,) = request(server.port, "GET", "/webrtc/sessions").json()
+            assert request(server.port, "DELETE", f"/webrtc/sessions/{ended['id']}").status == 204
+            expect(page.locator("#status")).to_contain_text("ended", timeout=10_000)
+            expect(page.locator("#start")).to_be_enabled()
+            expect(page.locator("#stop")).to_be_disabled()
+            page.click("#start")
+            page.wait_for_function(
+                "document.getElementById('upscaled').videoWidth === 320", timeout=60_000
+            )
             page.click("#stop")
             expect(page.locator("#status")).to_have_text("Stopped")
             page.wait_for_timeout(500)
             # Stop closes the session on the server, then the peer connection (it was the
-            # other way round, and the DELETE got 404).
+            # other way round, and the DELETE got 404); nothing is asked of the one the
+            # server ended.
             assert deletes == [204, 204], deletes
         finally:
             browser.close()

@@ -109,7 +109,15 @@ async function start(event) {
   }
   const connection = pc;
   connection.onconnectionstatechange = () => {
-    if (pc === connection) statusLine.textContent = "Connection " + connection.connectionState;
+    if (pc !== connection) return;  // stopped here: this side closed it
+    const state = connection.connectionState;
+    if (state === "failed" || state === "closed") {  // the camera goes off, the polling stops
+      if (state === "closed") sessionId = null;  // closed by the server: nothing to DELETE
+      stop();
+      statusLine.textContent = "Connection " + state + ": the session has ended";
+      return;
+    }
+    statusLine.textContent = "Connection " + state;
   };
   await pc.setLocalDescription(await pc.createOffer());
   await iceGatheringDone(pc);
@@ -119,8 +127,15 @@ async function start(event) {
     headers: apiHeaders(true),
     body: JSON.stringify(body),
   });
-  const answer = await response.json();
-  if (!response.ok) { statusLine.textContent = "Refused: " + answer.detail; stop(); return; }
+  const text = await response.text();
+  let answer = null;
+  try { answer = JSON.parse(text); } catch (e) { /* a plain-text refusal (a proxy, a guard) */ }
+  if (!response.ok || answer === null) {
+    stop();
+    statusLine.textContent = "Refused: " + (answer && answer.detail ? answer.detail
+      : text.trim() || "HTTP " + response.status);
+    return;
+  }
   sessionId = answer.session_id;
   await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
   document.getElementById("start").disabled = true;
@@ -133,7 +148,14 @@ async function showStats() {
   const id = sessionId;
   if (!id) return;
   const r = await fetch("/webrtc/sessions/" + id, { headers: apiHeaders(false) });
-  if (!r.ok || id !== sessionId) return;  // stopped meanwhile: keep the cleared numbers
+  if (id !== sessionId) return;  // stopped meanwhile: keep the cleared numbers
+  if (r.status === 404) {  // the server ended it (its frames kept failing, say)
+    sessionId = null;  // (nothing left to DELETE)
+    stop();
+    statusLine.textContent = "The server ended the session";
+    return;
+  }
+  if (!r.ok) return;
   const s = await r.json();
   document.getElementById("fps").textContent = s.fps.toFixed(1);
   document.getElementById("latency").textContent = s.latency_ms.toFixed(0) + " ms";
