@@ -363,8 +363,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, functools.partial(start_worker, settings), quiet)
     http = http_options(settings.http_read_timeout_seconds, settings.http_max_connections,
                         settings.http_send_timeout_seconds)  # fmt: skip
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", **http)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
+                log_config=_log_config(), **http)  # fmt: skip
     return EXIT_OK
+
+
+def _log_config() -> dict:
+    """uvicorn's own logging, its access log without signed links' signatures."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["media_links"] = {
+        "()": "carn_stream.server.media_links.LogFilter"
+    }
+    config["handlers"]["access"]["filters"] = ["media_links"]
+    return config
 
 
 def _check_listen(settings: Settings) -> None:

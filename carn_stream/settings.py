@@ -91,6 +91,10 @@ class Settings:
     #: Origins (``https://example.com``, or ``*``) whose pages may call the API from a browser
     #: (CORS); a signed media link is readable from any origin without it.
     cors_origins: tuple[str, ...] = ()
+    #: Without a token, the API answers only requests addressed to an IP address, localhost or
+    #: one of these names (``*``: any): a page whose name is made to point at this machine
+    #: (DNS rebinding) reaches nothing but the page shell.
+    allowed_hosts: tuple[str, ...] = ()
     #: Non-public addresses that input URLs may still reach (comma-separated IPs).
     allowed_private_hosts: tuple[str, ...] = ()
     #: Accept ``file://`` URLs and plain paths as job inputs.
@@ -271,6 +275,7 @@ class Settings:
             "live_stun_server": self.live_stun_server is None
             or _is_stun_url(self.live_stun_server),
             "cors_origins": all(map(_is_origin, self.cors_origins)),
+            "allowed_hosts": all(map(_HOST_NAME.fullmatch, self.allowed_hosts)),
             "hls_js_url": self.hls_js_url is None
             or self.hls_js_url.startswith(("http://", "https://", "file://")),
         }
@@ -343,11 +348,15 @@ _TAKES: dict[str, str] = {
     "live_max_bitrate": "a positive whole number of bits per second",
     "live_ice_hosts": "IP addresses of this machine, comma-separated",
     "live_stun_server": "a STUN URL, stun:HOST or stun:HOST:PORT (unset: none)",
+    "allowed_hosts": "comma-separated host names in lower case (no port), or '*'",
     "cors_origins": "comma-separated origins, each scheme://host[:port] in lower case and "
     "without a path, or '*' (any)",
     "hls_js_url": "an http://, https:// or file:// URL of hls.js's npm tarball (unset: the "
     "npm registry's)",
 }
+
+
+_HOST_NAME = re.compile(r"\*|[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 def _is_origin(origin: str) -> bool:

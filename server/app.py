@@ -115,11 +115,14 @@ async def stop_services(services: Services, scheduler: asyncio.Task) -> None:
 
 
 def _json_safe(value):
-    """``value`` with numbers JSON cannot carry (inf, NaN) written as text."""
+    """``value`` with what JSON in UTF-8 cannot carry written as text: numbers (inf, NaN) and
+    lone surrogates (``"\\udcff"`` in a request's JSON, echoed back in its error: a 500)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
@@ -183,7 +186,8 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.state.media_scopes = MEDIA_SCOPES
-    gate = {"token": lambda: settings.api_token, "scopes": MEDIA_SCOPES}
+    gate = {"token": lambda: settings.api_token, "scopes": MEDIA_SCOPES,
+            "hosts": settings.allowed_hosts}  # fmt: skip
     app.add_middleware(HeadAsGet, routes=lambda: app.routes)  # type: ignore[arg-type]
     app.add_middleware(Gate, **gate)  # type: ignore[arg-type]
     app.add_middleware(CrossOrigin, origins=settings.cors_origins,  # type: ignore[arg-type]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Annotated
 
@@ -11,6 +10,7 @@ from fastapi import Depends, HTTPException, Query, Request, status
 from carn_stream.server import media_links
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
+from carn_stream.server.middleware import bearer_matches
 from carn_stream.server.speed import SpeedBook
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
@@ -74,10 +74,8 @@ def require_token(request: Request) -> None:
     expected = get_settings(request).api_token
     if not expected:
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    given_bytes = given.strip().encode("latin-1", "replace")  # headers arrive as latin-1
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected.encode()):
+    header = request.headers.get("Authorization", "").encode("latin-1")  # (its bytes)
+    if not bearer_matches(header, expected):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "this server needs an API token: send 'Authorization: Bearer <token>'",

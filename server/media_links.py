@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -57,3 +58,22 @@ def verify(link: str, token: str, scopes: Scopes, now: float | None = None) -> s
     if not hmac.compare_digest(signature, _signature(token, scope, expires)):
         return None
     return path
+
+
+def without_signature(path: str) -> str:
+    """A path as logs may show it: a signed link's signature (a credential for the link's
+    life) cut out, ``/media/…/jobs/<id>/hls/index.m3u8``."""
+    match = _LINK_RE.match(path)
+    return f"{PREFIX}…{match[3]}" if match else path
+
+
+class LogFilter(logging.Filter):
+    """Keeps signatures out of uvicorn's access log (its record's third argument is the
+    path with its query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], without_signature(args[2]), *args[3:])
+        return True
+

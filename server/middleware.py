@@ -5,6 +5,7 @@ wherever GET is."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -56,9 +57,13 @@ class Gate:
         token: Callable[[], str | None],
         scopes: media_links.Scopes = (),
         now=time.time,
+        hosts: tuple[str, ...] = (),
     ) -> None:
-        """``scopes``: the media a signed link may open (see :mod:`media_links`)."""
+        """``scopes``: the media a signed link may open (see :mod:`media_links`); ``hosts``:
+        the names a service without a token answers besides IP addresses and localhost
+        (``*``: any)."""
         self.app, self._token, self._scopes, self._now = app, token, scopes, now
+        self._hosts = frozenset(hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,6 +84,12 @@ class Gate:
                 [(b"www-authenticate", b"Bearer")],
             )  # fmt: skip
             return
+        elif not token and not self._public(path) and not self._host_ok(scope):
+            await _send_error(send, 403, (
+                "this service has no API token, so it answers only requests addressed to an IP "
+                "address, localhost or a name in CARN_STREAM_ALLOWED_HOSTS (a page on another "
+                "site could otherwise reach it through its own name); set one of those two"))
+            return
         limit = body_limit(scope["path"])
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -86,17 +97,38 @@ class Gate:
             return
         await self.app(scope, _capped(receive, limit), send)
 
+    def _host_ok(self, scope: Scope) -> bool:
+        """Whether the request is addressed to this service by a name it answers to."""
+        host = _header(scope, b"host")
+        if host is None or "*" in self._hosts:  # (no browser sends a request without one)
+            return True
+        name = host.decode("latin-1").strip().lower()
+        name = name[1 : name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0]
+        if name == "localhost" or name.endswith(".localhost") or name in self._hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
     @staticmethod
     def _public(path: str) -> bool:
         return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
     @staticmethod
     def _bearer_ok(scope: Scope, token: str) -> bool:
-        value = _header(scope, b"authorization") or b""
-        scheme, _, given = value.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(
-            given.strip(), token.encode("utf-8")
-        )
+        return bearer_matches(_header(scope, b"authorization") or b"", token)
+
+
+def bearer_matches(authorization: bytes, token: str) -> bool:
+    """Whether an ``Authorization`` header's bytes carry ``Bearer <token>`` (one reading for
+    the gate and the routes' own check: they disagreed on tokens ending in bytes Python's
+    ``str.strip`` takes for space)."""
+    scheme, _, given = authorization.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(
+        given.strip(b" \t"), token.encode("utf-8")
+    )
 
 
 #: What a page on another origin may send (its token, a JSON body, a byte range) and read.

@@ -434,6 +434,73 @@ def wait_done(server: ServerProcess, job_id: str, timeout: float = 90) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("token", ["pass\u00e0", "\u00c5ngstr\u00f6m", "plain-ascii"])
+def test_the_gate_and_the_routes_read_a_token_alike(token):
+    """A token whose UTF-8 ends in a byte ``str.strip`` takes for space ("à": c3 a0) passed the
+    gate and was refused by the routes' own check: every POST and DELETE got 401."""
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    from carn_stream.server.deps import require_token
+    from carn_stream.server.middleware import bearer_matches
+
+    header = b"Bearer " + token.encode("utf-8")
+    app = SimpleNamespace(state=SimpleNamespace(settings=SimpleNamespace(api_token=token)))
+
+    def routes_take(value: bytes) -> bool:
+        scope = {"type": "http", "headers": [(b"authorization", value)], "app": app}
+        try:
+            require_token(Request(scope))
+        except HTTPException:
+            return False
+        return True
+
+    for value, right in ((header, True), (header + b" \t", True), (header[:-1], False),
+                         (b"Bearer " + token.encode("latin-1", "replace"), token.isascii())):
+        assert bearer_matches(value, token) == routes_take(value) == right, value
+
+
+@pytest.mark.parametrize("host, path, answered", [
+    (b"127.0.0.1:8000", "/jobs", True),
+    (b"[::1]:8000", "/jobs", True),
+    (b"localhost:8000", "/jobs", True),
+    (b"LOCALHOST", "/videos", True),
+    (b"sr.example", "/jobs", True),  # (named in the setting)
+    (b"attacker.example:8000", "/jobs", False),  # DNS rebinding: its name, this machine
+    (b"attacker.example:8000", "/webrtc/offer", False),
+    (b"attacker.example:8000", "/healthz", True),  # (public: the page shell, health, metrics)
+    (b"attacker.example:8000", "/live", True),
+    (None, "/jobs", True),  # (no browser sends no Host)
+])  # fmt: skip
+def test_without_a_token_the_api_answers_only_its_own_names(host, path, answered):
+    """A tokenless service on loopback served any Host: a page whose name was made to point at
+    127.0.0.1 could list, cancel and submit jobs from the user's browser."""
+    from carn_stream.server.middleware import Gate
+
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    gate = Gate(app, token=lambda: None, hosts=("sr.example",))
+    headers = [(b"host", host)] if host is not None else []
+    asyncio.run(gate({"type": "http", "path": path, "method": "GET", "headers": headers},
+                     receive, send))  # fmt: skip
+    assert bool(reached) == answered
+    if not answered:
+        assert sent[0]["status"] == 403 and b"CARN_STREAM_ALLOWED_HOSTS" in sent[-1]["body"]
+
+
 def test_the_token_guards_everything_but_health_metrics_and_the_page_shell(server):
     some = "0" * 32
     guarded = [
@@ -508,6 +575,10 @@ def test_videos_play_through_signed_links_and_hide_their_urls(server, media):
         ("GET", "/jobs?offset=1000000000000000000000000000000", None),
         ("GET", "/videos?offset=99999999999999999999", None),
         ("GET", "/jobs?limit=1e400", None),
+        # Lone surrogates, echoed back in the error (a 500 that could not be encoded):
+        ("POST", "/jobs", '{"url": "http://\\udcff/x"}'),
+        ("POST", "/videos", '{"url": "x", "scales": [2], "\\ud800": 1}'),
+        ("POST", "/webrtc/offer", '{"sdp": "\\udfff", "type": "offer"}'),
     ],
 )
 def test_odd_numbers_get_422_not_500(server, method, path, body):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import urllib.parse
@@ -680,6 +681,9 @@ def test_token_limits_and_local_files(tmp_path, media, data_dir):
         assert done["state"] == "succeeded", done["error"]
         assert (root / "carphone.mp4").exists()  # a local input is read, never removed
         assert done["url"] == "carphone.mp4"  # a local path is shown by its name only
+        signed = next(link for link in done["links"].values() if link.startswith("/media/"))
+        assert proc.call("GET", signed, headers={}).status == 200
+        signature = signed.split("/")[3]
         # A local raw stream is copied with timestamps into the job's folder: it was
         # rewritten in place, as an MP4.
         raw = root / "carphone.h264"
@@ -692,6 +696,33 @@ def test_token_limits_and_local_files(tmp_path, media, data_dir):
         assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
     finally:
         proc.stop()
+    # The access log shows the link without its signature (a credential for its life).
+    log = proc.log.read_text()
+    assert signed.split("/", 4)[4] in log and signature not in log, log
+
+
+def test_readyz_needs_no_token_and_so_names_no_server_path(tmp_path):
+    """A model that failed to load was reported with the weights file's full path to anyone."""
+    secret = tmp_path / "secret-folder"
+    secret.mkdir()
+    (secret / "w.pth").write_text("not a checkpoint")
+    server = ServerProcess(tmp_path / "data", CARN_WEIGHTS=str(secret / "w.pth"),
+                           CARN_STREAM_API_TOKEN="s3cret").launch()  # fmt: skip
+
+    def failed():
+        try:
+            body = server.call("GET", "/readyz", timeout=2).json()
+        except OSError:
+            return None
+        return "model_error" in body and body
+
+    try:
+        body = wait_for(failed, 60, "the model to fail to load")
+    finally:
+        server.stop()
+    assert body["model_error"].startswith("WeightsError: weights file w.pth is not ")
+    assert str(tmp_path) not in json.dumps(body)
+    assert str(secret / "w.pth") in server.log.read_text()  # (the operator's log has it)
 
 
 def test_a_device_that_is_not_there_is_one_line_each_and_the_reason_in_readyz(tmp_path):

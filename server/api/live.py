@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from carn_stream.pipeline.errors import PipelineError
 from carn_stream.pipeline.media.decode import describe, open_input
 from carn_stream.pipeline.media.input_formats import VIDEO_SUFFIXES
-from carn_stream.server.deps import get_settings, get_speed, get_worker_holder
+from carn_stream.server.deps import get_settings, get_speed, get_worker_holder, require_token
 from carn_stream.server.jobs.params import Scale
 from carn_stream.server.live import LiveSessions
 from carn_stream.server.offers import SdpError
@@ -47,7 +47,7 @@ class Answer(BaseModel):
     session_id: str
 
 
-@router.post("/offer", response_model=Answer)
+@router.post("/offer", response_model=Answer, dependencies=[Depends(require_token)])
 async def offer(
     body: Offer,
     live: Live,
@@ -145,7 +145,10 @@ async def session_stats(session_id: str, live: Live) -> dict:
     return session.describe()
 
 
-@router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Depends(require_token)],
+)  # fmt: skip
 async def close_session(session_id: str, live: Live) -> None:
     if session_id not in live.sessions:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no live session {session_id!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -31,3 +32,15 @@ def redact_paths(message: str, job_folder: Path, url: str) -> str:
         message = message.replace(str(folder) + "/", "")
         message = message.replace(str(folder), "the job folder")
     return message
+
+
+#: An absolute path in a message: from a "/" at the start or after a space, quote or "(", up
+#: to the next space, quote, comma or ")".
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s'\"(=])/[^\s'\"),]+")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute path cut to its last part (``w.pth``): for what anyone
+    may read (``/readyz`` needs no token)."""
+    return _ABSOLUTE_PATH.sub(lambda found: Path(found[0]).name or "/", message)
+
