@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -96,8 +97,10 @@ def _title_config(args: argparse.Namespace, scale: int, settings: Settings):
 
 
 def _train(args, settings: Settings, source: Path, copy: Path, scale: int, weights: Path,
-           run_dir: Path, frames: int, exclude: range, holdout_every: int = 7):  # fmt: skip
-    """Fine-tune the generic model on the copy; returns (report, model)."""
+           run_dir: Path, frames: int, exclude: range, holdout_every: int = 7,
+           another_run: str = "refuse"):  # fmt: skip
+    """Fine-tune the generic model on the copy; returns (report, model). ``another_run``:
+    what a checkpoint of another run in ``run_dir`` meets (refused, or replaced)."""
     from carn_stream.loading import load_model
     from carn_stream.model.inference import pick_device
     from carn_stream.pipeline.title_model import train_title_model
@@ -115,7 +118,7 @@ def _train(args, settings: Settings, source: Path, copy: Path, scale: int, weigh
                                frames=frames, exclude=exclude, holdout_every=holdout_every,
                                device=pick_device(settings.device), on_progress=on_progress,
                                upscaler=lambda m: _engine_upscaler(m, settings, precision),
-                               )  # fmt: skip
+                               another_run=another_run)  # fmt: skip
     bar.close()
     return report, model.eval()
 
@@ -151,26 +154,34 @@ def cmd_tune_encoded(args: argparse.Namespace, settings: Settings) -> int:
     if not video.is_file():
         raise AssessError(f"{video}: no such file")
     _refuse_before_work(args, scale, settings)
+    # (a folder of its own when none is given, removed at the end: one was left in the
+    # temporary folder by every tune, the service's too)
+    own = args.run_dir is None
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="carn-tune-"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    given, video = video, timed_input(video, run_dir)
-    began = time.monotonic()
-    copy_path = run_dir / f"copy-x{scale}-{args.codec}-crf{args.store_crf}.mp4"
-    copy = encode_copy(video, copy_path, scale=scale, codec=args.codec, crf=args.store_crf,
-                       preset=args.preset)  # fmt: skip
-    copy_seconds = time.monotonic() - began
-    report, _ = _train(args, settings, video, copy.path, scale, args.output, run_dir,
-                       args.frames, range(0), args.holdout_every)  # fmt: skip
-    out = {
-        "video": str(given), "scales": [scale], "degradation": "encoded",
-        "codec": args.codec, "crf": args.store_crf, "copy_kbps": round(copy.bitrate / 1000, 1),
-        **report.to_dict(), "copy_seconds": round(copy_seconds, 1),
-        "weights_bytes": args.output.stat().st_size,
-        "config": _title_config(args, scale, settings).to_dict(),
-    }  # fmt: skip
-    args.output.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k != "config"}))
-    return 0
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        given, video = video, timed_input(video, run_dir)
+        began = time.monotonic()
+        copy_path = run_dir / f"copy-x{scale}-{args.codec}-crf{args.store_crf}.mp4"
+        copy = encode_copy(video, copy_path, scale=scale, codec=args.codec, crf=args.store_crf,
+                           preset=args.preset)  # fmt: skip
+        copy_seconds = time.monotonic() - began
+        report, _ = _train(args, settings, video, copy.path, scale, args.output, run_dir,
+                           args.frames, range(0), args.holdout_every)  # fmt: skip
+        out = {
+            "video": str(given), "scales": [scale], "degradation": "encoded",
+            "codec": args.codec, "crf": args.store_crf, "copy_kbps": round(copy.bitrate / 1000, 1),
+            **report.to_dict(), "copy_seconds": round(copy_seconds, 1),
+            "weights_bytes": args.output.stat().st_size,
+            "config": _title_config(args, scale, settings).to_dict(),
+        }  # fmt: skip
+        args.output.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in out.items() if k != "config"}))
+        return 0
+    finally:
+        if own:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
 
 
 def _engine_upscaler(model, settings: Settings, precision: str | None):
@@ -224,8 +235,10 @@ def cmd_assess(args: argparse.Namespace, settings: Settings) -> int:
         title_path = args.title_weights
     else:
         title_path = out / f"title-x{scale}.pth"
+        # (the output folder's own run: one of another copy, scale or frames is replaced)
         result, title = _train(args, settings, source, copy.path, scale, title_path,
-                               out / "run", args.train_frames, window)  # fmt: skip
+                               out / "run", args.train_frames, window,
+                               another_run="restart")  # fmt: skip
         training = result.to_dict()
         say(f"title model: held-out PSNR {result.generic_psnr:.2f} -> {result.tuned_psnr:.2f} dB"
             f" (bicubic {result.bicubic_psnr:.2f})")  # fmt: skip

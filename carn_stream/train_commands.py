@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -171,12 +172,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     trainer = Trainer(model, config, run_dir, [im for _, im in train_items], val_items, device,
                       cpu_bf16=cpu_has_native_bf16())  # fmt: skip
     print(f"training in {trainer.precision} on {device}", file=sys.stderr)
-    if trainer.load_checkpoint():
-        if trainer.step > config.steps:
-            raise TrainingError(
-                f"--steps {config.steps}: {run_dir} is already at step {trainer.step}; "
-                "a resumed run may only raise --steps"
-            )
+    if trainer.load_checkpoint():  # (a run of other data, or past --steps, is refused)
         print(f"resuming at step {trainer.step} with the run's own settings "
               f"({run_dir / 'config.json'}); of this command's, only --steps applies",
               file=sys.stderr)  # fmt: skip
@@ -232,38 +228,45 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
         return {s: evaluate(val, upscale, s).summary() for s in scales}
 
     before = score()
+    # (a folder of its own when none is given, removed at the end: one was left in the
+    # temporary folder by every tune, the service's too)
+    own = args.run_dir is None
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="carn-tune-"))
-    trainer = Trainer(model, config, run_dir, [f for _, f in train], (), device,
-                      cpu_bf16=cpu_has_native_bf16())  # fmt: skip
-    if trainer.load_checkpoint():  # the run folder of an interrupted tune
-        print(f"resuming at step {trainer.step} from {run_dir}", file=sys.stderr)
-    label = f"tune x{'/x'.join(map(str, scales))}"
-    trainer.on_progress = _TrainProgress(label, config.steps, trainer.step)
-    trainer.run()
-    trainer.on_progress.bar.close()
-    after = score()
-    state = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    part = args.output.with_name(f".{args.output.name}.part")
-    torch.save(state, part)
-    part.replace(args.output)  # a reader never sees half a weights file
-    report = TuneReport(
-        video=str(args.video),
-        scales=scales,
-        train_frames=len(train),
-        heldout_frames=len(held),
-        steps=config.steps,
-        per_scale={
-            s: ScaleFigures(
-                generic_psnr=round(before[s]["psnr"], 3),
-                tuned_psnr=round(after[s]["psnr"], 3),
-                bicubic_psnr=round(after[s]["bicubic_psnr"], 3),
-            )
-            for s in scales
-        },
-        weights=str(args.output),
-        weights_bytes=args.output.stat().st_size,
-        config=config.to_dict(),
-    )
-    report.write(args.output.with_suffix(".json"))
-    print(json.dumps(report.to_dict(with_config=False)))
-    return 0
+    try:
+        trainer = Trainer(model, config, run_dir, [f for _, f in train], (), device,
+                          cpu_bf16=cpu_has_native_bf16())  # fmt: skip
+        if trainer.load_checkpoint():  # the run folder of an interrupted tune
+            print(f"resuming at step {trainer.step} from {run_dir}", file=sys.stderr)
+        label = f"tune x{'/x'.join(map(str, scales))}"
+        trainer.on_progress = _TrainProgress(label, config.steps, trainer.step)
+        trainer.run()
+        trainer.on_progress.bar.close()
+        after = score()
+        state = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        part = args.output.with_name(f".{args.output.name}.part")
+        torch.save(state, part)
+        part.replace(args.output)  # a reader never sees half a weights file
+        report = TuneReport(
+            video=str(args.video),
+            scales=scales,
+            train_frames=len(train),
+            heldout_frames=len(held),
+            steps=config.steps,
+            per_scale={
+                s: ScaleFigures(
+                    generic_psnr=round(before[s]["psnr"], 3),
+                    tuned_psnr=round(after[s]["psnr"], 3),
+                    bicubic_psnr=round(after[s]["bicubic_psnr"], 3),
+                )
+                for s in scales
+            },
+            weights=str(args.output),
+            weights_bytes=args.output.stat().st_size,
+            config=config.to_dict(),
+        )
+        report.write(args.output.with_suffix(".json"))
+        print(json.dumps(report.to_dict(with_config=False)))
+        return 0
+    finally:
+        if own:
+            shutil.rmtree(run_dir, ignore_errors=True)

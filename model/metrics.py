@@ -20,6 +20,16 @@ def shave(image: np.ndarray, border: int) -> np.ndarray:
     return image[border:-border, border:-border] if border > 0 else image
 
 
+#: What an exact match counts as in a mean of PSNRs (its own PSNR is infinite, which made the
+#: mean infinite: a report no JSON or curve fit could take).
+MAX_PSNR_DB = 100.0
+
+
+def mean_psnr(values: list[float]) -> float:
+    """The mean of frames' PSNRs, an exact frame counted as :data:`MAX_PSNR_DB`."""
+    return float(np.mean([min(v, MAX_PSNR_DB) for v in values]))
+
+
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)

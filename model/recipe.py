@@ -78,13 +78,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        """The settings a JSON object names, each of its field's type (a config file's
+        ``"steps": "5"`` or ``"augment": "no"`` ended in a traceback, or was taken as true)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"training settings must be a JSON object, not {type(data).__name__}")
+        kinds = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(kinds))
         if unknown:
             raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
-        values = dict(data)
-        if "scales" in values:
-            values["scales"] = tuple(int(s) for s in values["scales"])
+        values = {name: _typed(name, kinds[name], value) for name, value in data.items()}
         return cls(**values)
 
     @classmethod
@@ -96,6 +98,26 @@ class TrainConfig:
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _typed(name: str, kind: str, value: Any) -> Any:
+    """``value`` as the field's ``kind`` (its annotation), or a ValueError naming it."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "int" and whole:
+        return value
+    if kind == "float" and (whole or isinstance(value, float)):
+        return float(value)
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind.startswith("tuple[int") and isinstance(value, list | tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return tuple(value)
+    wanted = {"int": "a whole number", "float": "a number", "bool": "true or false",
+              "str": "text"}.get(kind, "a list of whole numbers")  # fmt: skip
+    raise ValueError(f"training setting {name} must be {wanted}, not {value!r}")
 
 
 #: Fine-tuning one video's model from existing weights (``carn-stream tune``).

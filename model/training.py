@@ -8,6 +8,7 @@ anywhere a weights file is accepted).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -82,10 +83,13 @@ class Trainer:
         pairs: dict[int, list[Pair]] | None = None,
         *,
         cpu_bf16: bool = False,
+        another_run: Literal["refuse", "restart"] = "refuse",
     ) -> None:
         """``pairs``: LR/HR pairs made elsewhere (e.g. by an encoder) instead of the bicubic
         LR of ``train_images``. ``cpu_bf16``: this CPU computes bf16 in hardware (AMX, AVX-512
-        BF16), so ``amp="auto"`` trains in bf16 on it as on CUDA."""
+        BF16), so ``amp="auto"`` trains in bf16 on it as on CUDA. ``another_run``: what a
+        checkpoint in ``run_dir`` of another run (another configuration, other training data
+        or other starting weights) meets: refused, or replaced (a folder the caller owns)."""
         missing = sorted(set(config.scales) - set(model.scales))
         if missing:
             raise ValueError(f"the network has no upsampler for scale(s) {missing}")
@@ -95,6 +99,10 @@ class Trainer:
         self.on_progress = on_progress
         self.val_images = [(n, _centre_crop(im, config.val_max_side)) for n, im in val_images]
         self.pairs = pairs or make_pairs(train_images, config.scales, config.patch_size)
+        self.another_run = another_run
+        #: what the run learns from and starts at: a checkpoint of other data or other
+        #: starting weights is not this run's (a rerun took one up and reported it as its own)
+        self.origin = {"data": _pairs_digest(self.pairs), "start": _state_digest(model)}
         self.optimizer = torch.optim.Adam(
             model.parameters(),
             lr=config.lr,
@@ -137,6 +145,7 @@ class Trainer:
                 "python": random.getstate(),
             },
             "config": self.config.to_dict(),
+            "origin": self.origin,
         }
         path = self.run_dir / CHECKPOINT_FILE
         _atomic_save(state, path)
@@ -149,8 +158,23 @@ class Trainer:
         if self._restored or not path.is_file():
             return self._restored
         state = torch.load(path, map_location=self.device, weights_only=False)
+        other = None
         if _without_steps(state["config"]) != _without_steps(self.config.to_dict()):
-            raise ValueError(f"{path} was written with another configuration")
+            other = "with another configuration"
+        elif state.get("origin", self.origin)["data"] != self.origin["data"]:
+            other = "on other training data (another video, copy, codec, CRF or frames)"
+        elif state.get("origin", self.origin)["start"] != self.origin["start"]:
+            other = "from other starting weights"
+        if other is not None and self.another_run == "restart":
+            for name in (CHECKPOINT_FILE, WEIGHTS_FILE, LOG_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
+            return False
+        if other is not None:
+            raise ValueError(f"{path} was written {other}: use another run folder, or remove it")
+        if state["step"] > self.config.steps:
+            raise ValueError(f"{self.run_dir} is already at step {state['step']}, past the "
+                             f"{self.config.steps} asked for: a resumed run may only raise its "
+                             "steps (or use another run folder)")  # fmt: skip
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -177,7 +201,7 @@ class Trainer:
         # config.json was rewritten first, and the run could not be resumed any more).
         if not self.load_checkpoint():
             _truncate_log(self.run_dir / LOG_FILE, 0)  # a run stopped before its checkpoint
-        (self.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        _atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
         if self.step >= cfg.steps:
             return {"step": self.step, "weights": str(self.run_dir / WEIGHTS_FILE), "val": {}}
         batches = PatchBatches(self.pairs, cfg.batch_size, cfg.patch_size, cfg.seed, cfg.augment)
@@ -280,17 +304,60 @@ class Trainer:
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's log records (a line cut short by a crash is left out)."""
     path = run_dir / LOG_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in _log_lines(path)]
+
+
+def _log_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Each whole line of a log and its record; a torn last line (a crash while it was
+    written) does not read and is dropped."""
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            lines.append((line, record))
+    return lines
 
 
 def _truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    kept = [line for line, record in _log_lines(path) if record["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _pairs_digest(pairs: dict[int, list[Pair]]) -> str:
+    """A digest of the training pairs' pixels, per scale, in order."""
+    digest = hashlib.sha256()
+    for scale in sorted(pairs):
+        digest.update(f"x{scale}:{len(pairs[scale])}".encode())
+        for pair in pairs[scale]:
+            for image in (pair.lr, pair.hr):
+                digest.update(repr(image.shape).encode())
+                digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()[:16]
+
+
+def _state_digest(model: nn.Module) -> str:
+    """A digest of a model's parameters and buffers."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """``text`` in ``path``, whole or not at all (renamed into place)."""
+    part = path.with_name(f".{path.name}.part")
+    part.write_text(text)
+    part.replace(path)
 
 
 def _without_steps(config: dict[str, Any]) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 plane it is measured on.
 
 VMAF reads the luma of the video as it would be encoded: :func:`luma` turns 8-bit RGB frames
-into limited-range Y with the title's matrix (BT.709 for HD, as the pipeline reads untagged
-HD). Scores are per frame, clipped to [0, 100] as libvmaf clips them. The motion feature
-compares each reference frame with its neighbours, so frames must be consecutive; it is
-computed over the whole sequence, the rest in chunks of ``chunk`` frames to bound memory.
+into limited-range Y with a matrix (BT.709 by default; the per-title report uses it whatever
+the title's size: its scores compare variants of one title, measured alike). Scores are per
+frame, clipped to [0, 100] as libvmaf clips them. The motion feature compares each reference
+frame with its neighbours, so frames must be consecutive; it is computed over the whole
+sequence, the rest in chunks of ``chunk`` frames to bound memory.
 """
 
 from __future__ import annotations

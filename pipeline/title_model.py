@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from carn_stream.model.evaluation import Upscaler, luma_scores
 from carn_stream.model.imresize import bicubic_uint8
 from carn_stream.model.inference import upscale_rgb
+from carn_stream.model.metrics import mean_psnr
 from carn_stream.model.networks import CARN
 from carn_stream.model.recipe import TrainConfig
 from carn_stream.model.training import WEIGHTS_FILE, Progress, Trainer
@@ -54,7 +54,7 @@ class TitleModelReport:
 
 def heldout_psnr(pairs: list[FramePair], upscale: Upscaler, scale: int) -> float:
     """Mean luma PSNR of ``upscale(lr)`` against the originals."""
-    return float(np.mean([luma_scores(upscale(p.lr, scale), p.hr, scale)[0] for p in pairs]))
+    return mean_psnr([luma_scores(upscale(p.lr, scale), p.hr, scale)[0] for p in pairs])
 
 
 def train_title_model(
@@ -72,11 +72,13 @@ def train_title_model(
     device: str | torch.device = "cpu",
     on_progress: Callable[[Progress], None] | None = None,
     upscaler: Callable[[CARN], Upscaler] | None = None,
+    another_run: Literal["refuse", "restart"] = "refuse",
 ) -> TitleModelReport:
     """Fine-tune ``model`` on pairs of ``copy`` (the title encoded at 1/``scale`` size) and
     ``source``; write the weights to ``weights_out``. ``config.scales`` must be ``(scale,)``.
     ``upscaler`` makes the held-out frames' upscaler from the model (default: fp32 PyTorch;
-    an engine is faster)."""
+    an engine is faster). ``another_run``: what a checkpoint in ``run_dir`` of another run
+    meets (:class:`~carn_stream.model.training.Trainer`)."""
     if tuple(config.scales) != (scale,):
         raise ValueError(f"the training scales {config.scales} must be ({scale},)")
     began = time.monotonic()
@@ -101,7 +103,7 @@ def train_title_model(
     started = time.monotonic()
     trainer = Trainer(model, config, run_dir, [], (), device, on_progress,
                       pairs=given_pairs([(p.lr, p.hr) for p in train], scale, config.patch_size),
-                      cpu_bf16=cpu_has_native_bf16())  # fmt: skip
+                      cpu_bf16=cpu_has_native_bf16(), another_run=another_run)  # fmt: skip
     trainer.run()
     trained = time.monotonic() - started
     tuned = score()

@@ -27,6 +27,7 @@ import numpy as np
 
 from carn_stream.model.bdrate import bd_rate, winning_ranges
 from carn_stream.model.evaluation import Upscaler, luma_scores
+from carn_stream.model.metrics import mean_psnr
 from carn_stream.model.temporal import motions, warping_error
 from carn_stream.model.vmaf import Vmaf, luma
 from carn_stream.pipeline.media.delivery import EncodedCopy, encode_copy
@@ -163,7 +164,7 @@ def assess_title(
             motion = motion if motion is not None else motions(ref_y)
             tempo = warping_error(ys, ref_y, motion)
             clock.add("temporal", t)
-        return (float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores])),
+        return (mean_psnr([s[0] for s in scores]), float(np.mean([s[1] for s in scores])),
                 v, tempo)  # fmt: skip
 
     report.curves[DIRECT] = []

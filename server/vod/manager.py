@@ -432,7 +432,7 @@ class VideoManager:
         self._record_tune(video, "done", weights=name, psnr_generic=generic, psnr_tuned=tuned)
         # Segments made with the service's model make way for the video's own.
         for rendition in video.renditions:
-            if rendition.scale > 1:
+            if rendition.scale > 1 and _weights_for(video, rendition.scale) is not None:
                 self.cache.drop(video.id, rendition.name)
         self.metrics.vod_cache_bytes.set(self.cache.bytes)
         log.info("video %s tuned: %.2f -> %.2f dB on held-out frames", video.id, generic, tuned)
@@ -484,14 +484,16 @@ class VideoManager:
         return training_progress(self.cache.folder(video.id), self.settings.vod_tune_steps)
 
     def report(self, video: Video) -> dict | None:
-        """The per-title report of a video stored small (None until it exists)."""
-        if video.storage is None:
+        """The per-title report of a video stored small (None until its model is made: a
+        report written by a run that failed after it is not the video's)."""
+        if video.storage is None or video.tune_state != "done":
             return None
         return public_report(self.cache.folder(video.id), public_url(video.url))
 
     def report_plot(self, video: Video) -> Path | None:
         path = plot(self.cache.folder(video.id))
-        return path if video.storage is not None and path.is_file() else None
+        ready = video.storage is not None and video.tune_state == "done"
+        return path if ready and path.is_file() else None
 
     def _record_tune(self, video: Video, state: str, **values: object) -> None:
         """Store the fine-tune's state; the video is read afresh from the store next time."""
@@ -856,7 +858,7 @@ class VideoManager:
             encoder=self.encoder,
             batch_size=self.intake.batch(executor),
             priority=work.ticket.priority,
-            weights=video.weights,
+            weights=_weights_for(video, rendition.scale),
             max_output_pixels=self.intake.max_output_pixels,
             upright=True,  # its segments are served as they are
             deinterlace=self.deinterlaces(video),
@@ -944,3 +946,13 @@ def _remove_unknown(root: Path, known: set[str]) -> None:
         if folder.is_dir() and folder.name not in known:
             with contextlib.suppress(OSError):
                 shutil.rmtree(folder)
+
+
+def _weights_for(video: Video, scale: int) -> str | None:
+    """The weights a rendition of ``scale`` is upscaled with: the video's own where they were
+    trained for it (a stored-small video's title model learned its copy's scale alone: at x4
+    it did worse than the service's model), else the service's (None)."""
+    if video.weights is None or (video.storage is not None and scale != video.storage.scale):
+        return None
+    return video.weights
+
