@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,48 @@ def test_checkpoint_refuses_another_configuration(train_images, tmp_path):
     assert Trainer(_fresh_model(), _tiny_config(steps=4), tmp_path, train_images).load_checkpoint()
 
 
+def test_a_run_folder_of_other_data_other_weights_or_more_steps_is_not_taken_up(
+    train_images, tmp_path
+):
+    """A rerun into the same folder with other frames (another copy, CRF or video) or from
+    other weights found the checkpoint "done" and reported the old model as its own; one asking
+    for fewer steps than it holds did too."""
+    Trainer(_fresh_model(), _tiny_config(steps=2), tmp_path, train_images[:3]).run()
+    other_data = Trainer(_fresh_model(), _tiny_config(steps=2), tmp_path, train_images[3:])
+    with pytest.raises(ValueError, match="on other training data"):
+        other_data.run()
+    torch.manual_seed(1)
+    other_start = carn_m()
+    with pytest.raises(ValueError, match="from other starting weights"):
+        Trainer(other_start, _tiny_config(steps=2), tmp_path, train_images[:3]).run()
+    with pytest.raises(ValueError, match="already at step 2, past the 1 asked for"):
+        Trainer(_fresh_model(), _tiny_config(steps=1), tmp_path, train_images[:3]).run()
+    # A folder its caller owns (assess's) starts again instead.
+    again = Trainer(_fresh_model(), _tiny_config(steps=2), tmp_path, train_images[3:],
+                    another_run="restart")  # fmt: skip
+    assert again.run()["step"] == 2
+    assert [r["step"] for r in read_log(tmp_path) if "loss" in r] == [1, 2]
+    # A log line torn by a crash no longer stops the run from resuming.
+    with open(tmp_path / "log.jsonl", "a") as log:
+        log.write('{"step": 3, "lo')
+    assert Trainer(_fresh_model(), _tiny_config(steps=3), tmp_path, train_images[3:]).run()[
+        "step"] == 3  # fmt: skip
+    assert [r["step"] for r in read_log(tmp_path) if "loss" in r] == [1, 2, 3]
+
+
+def test_a_config_files_values_must_be_of_their_settings_type():
+    """``"steps": "5"`` ended in a traceback, ``"augment": "no"`` was taken as true."""
+    for data, said in (({"steps": "5"}, "steps must be a whole number, not '5'"),
+                       ([1], "must be a JSON object, not list"),
+                       ({"scales": 2}, "scales must be a list of whole numbers, not 2"),
+                       ({"steps": 2.5}, "steps must be a whole number, not 2.5"),
+                       ({"augment": "no"}, "augment must be true or false, not 'no'"),
+                       ({"lr": True}, "lr must be a number, not True")):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(said)):
+            TrainConfig.from_dict(data)
+    assert TrainConfig.from_dict({"lr": 1, "scales": [2, 3]}).lr == 1.0
+
+
 def test_a_run_started_afresh_drops_the_log_of_one_stopped_before_its_checkpoint(
     train_images, tmp_path
 ):
@@ -307,17 +350,23 @@ def test_train_cli_bad_input_is_one_clear_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tune_improves_heldout_psnr_and_its_weights_work_in_the_pipeline(
-    data_dir, weights_path, tmp_path, capsys
+    data_dir, weights_path, tmp_path, capsys, monkeypatch
 ):
+    import tempfile
+
     from carn_stream.cli import main
     from carn_stream.model import load_weights
 
     out = tmp_path / "carphone.pth"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     code = main(["tune", str(data_dir / "video" / "carphone_pristine.mp4"), str(out),
                  "--weights", str(weights_path), "--scale", "2", "--frames", "24",
                  "--holdout-every", "4", "--steps", "12", "--batch-size", "4",
                  "--patch-size", "24"])  # fmt: skip
     assert code == 0
+    assert list(scratch.iterdir()) == []  # its run folder (one was left by every tune)
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (report["train_frames"], report["heldout_frames"]) == (18, 6)
     # Measured: 37.40 -> 37.61 dB on the 6 held-out frames (bicubic 30.92).

@@ -1586,3 +1586,17 @@ def test_the_realtime_factor_buckets_cover_the_cpus_the_service_runs_on():
     bucket = [min(b for b in finite if v <= b) for v in values]
     for i in range(len(values) - 1):
         assert values[i + 1] < 1.5 * values[i] or bucket[i] != bucket[i + 1], values[i : i + 2]
+
+
+def test_a_stored_small_videos_own_model_serves_the_scale_it_learned_alone():
+    """The title model learns the copy's scale alone, and served every upscaled rendition:
+    at x4 an x2 title model did worse than the service's."""
+    from types import SimpleNamespace
+
+    from carn_stream.server.vod.manager import _weights_for
+
+    stored = SimpleNamespace(weights="title-x2.pth", storage=SimpleNamespace(scale=2))
+    assert [_weights_for(stored, s) for s in (2, 4)] == ["title-x2.pth", None]
+    tuned = SimpleNamespace(weights="tuned.pth", storage=None)  # (tuned at every scale)
+    assert [_weights_for(tuned, s) for s in (2, 4)] == ["tuned.pth", "tuned.pth"]
+    assert _weights_for(SimpleNamespace(weights=None, storage=None), 2) is None
