@@ -29,3 +29,19 @@ def slow_to_start_worker() -> InferenceWorker:
     """Bicubic, after two seconds of "loading"."""
     time.sleep(2.0)
     return InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
+
+
+def slow_writing_worker() -> InferenceWorker:
+    """Bicubic, in a worker process whose every write of frames to a segment takes a second
+    (a slow disk, a slow encoder): a write, in its thread, is not cut short by a cancel."""
+    from carn_stream.pipeline import run
+
+    write = run._write
+
+    def slow_write(sink, frames, *rest):
+        if frames:
+            time.sleep(1.0)
+        return write(sink, frames, *rest)
+
+    run._write = slow_write
+    return InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))

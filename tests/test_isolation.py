@@ -187,3 +187,86 @@ def test_a_run_stopped_during_its_join_ends_it_at_once_and_keeps_every_segment(
     # The join alone, as a rerun makes it, gives the whole output.
     real(FORMATS["mp4"], output, tmp_path / "work", plan, clips["innocent"], 0)
     assert facts(output).pts == facts(clips["innocent"]).pts
+
+
+@pytest.mark.parametrize("stop_timeout", [3.0, 0.3], ids=["stops", "killed"])
+def test_a_cancelled_segment_returns_once_its_worker_has_let_go_of_it(
+    clips, tmp_path, stop_timeout
+):
+    """A cancel returned at once while the worker went on with the segment (a write in its
+    thread cannot be cut short), and its clean-up later removed the part file of the same
+    segment made again (a player asking again, a retry): that attempt failed. Now the cancel
+    returns once the worker has stopped the call (its part file gone), or, past the stop
+    timeout, with the worker process killed (nothing writes the part file any more)."""
+    import time
+
+    from carn_stream.pipeline.execution.worker_process import ProcessLimits
+    from tests.slow_worker import slow_writing_worker
+
+    executor = ProcessExecutor(slow_writing_worker, limits=ProcessLimits(stop_timeout=stop_timeout))
+    target = tmp_path / "segment_00000.ts"
+    part = target.with_name(f".{target.name}.part")
+
+    async def go():
+        plan = await executor.plan(PlanRequest(clips["innocent"], 1.0))
+        task = SegmentTask.of(clips["innocent"], plan, 0, target, PipelineOptions(scale=2))
+        writing = asyncio.Event()
+
+        def on_frame(report) -> None:
+            if part.exists():  # (the encoder's first packets are out)
+                writing.set()
+
+        running = asyncio.ensure_future(executor.run(task, on_frame))
+        try:
+            await asyncio.wait_for(writing.wait(), 60)
+            await asyncio.sleep(0.1)  # (within its next one-second write)
+            cancelled = time.monotonic()
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            took = time.monotonic() - cancelled
+            left = part.exists()
+            again = await executor.run(task, None)  # the same segment, made again
+        finally:
+            await executor.close()
+        return took, left, again, plan.segments[0].frames
+
+    took, left, again, frames = asyncio.run(go())
+    assert again.frames == frames and len(facts(target).pts) == frames
+    if stop_timeout < 1:  # (its write outlasted the stop timeout: the process was killed)
+        assert 0.3 <= took < 1.5 and executor.restarts == 1, (took, executor.restarts)
+    else:
+        assert not left  # its clean-up was done when the cancel returned
+        assert 0.3 <= took < 2.5 and executor.restarts == 0, (took, executor.restarts)
+
+
+def test_a_segment_that_crashed_the_worker_alone_runs_alone_when_tried_again(clips, tmp_path):
+    """Its later attempts shared the worker again and brought down the segments beside them
+    every time (6 crashes for 3 attempts, each an innocent segment made again)."""
+    reruns: list[int] = []
+    executor = ProcessExecutor(crashing_worker, slots=2, on_rerun=lambda: reruns.append(1))
+
+    async def go():
+        await executor.start()
+        plans = {name: await executor.plan(PlanRequest(clips[name], 1.0)) for name in clips}
+
+        def task(name, attempt):
+            return SegmentTask.of(clips[name], plans[name], 0, tmp_path / f"{name}{attempt}.ts",
+                                  PipelineOptions(scale=2))  # fmt: skip
+
+        outcomes = []
+        try:
+            for attempt in range(3):  # (the hostile segment's target is the same each time)
+                hostile = task("hostile", 0)
+                outcomes.append(await asyncio.gather(
+                    executor.run(task("innocent", attempt), None), executor.run(hostile, None),
+                    return_exceptions=True))  # fmt: skip
+        finally:
+            await executor.close()
+        return outcomes
+
+    outcomes = asyncio.run(go())
+    for innocent, hostile in outcomes:
+        assert not isinstance(innocent, BaseException) and isinstance(hostile, WorkerCrashed)
+    assert len(reruns) == 2  # both of the first attempt's calls, alone; then it was known
+

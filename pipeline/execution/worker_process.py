@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -181,6 +182,8 @@ class _Child:
     conn: Any
     calls: dict[int, _Call] = field(default_factory=dict)
     dead: bool = False
+    #: stopped on purpose (a cancelled call that would not stop): its calls are not to blame
+    killed: bool = False
 
 
 class ProcessExecutor:
@@ -208,6 +211,9 @@ class ProcessExecutor:
         self._plans = asyncio.Semaphore(PLANS_AT_ONCE)
         self.device = ""  #: the worker process's, once it has started
         self.restarts = 0
+        #: work that crashed the worker process running alone: its later attempts run alone
+        #: from the start (they brought down every segment beside them, attempt after attempt)
+        self._crashers: OrderedDict[tuple, None] = OrderedDict()
 
     # ------------------------------------------------------------------ interface
 
@@ -249,7 +255,8 @@ class ProcessExecutor:
     # ------------------------------------------------------------------ calls
 
     async def _call(self, kind: str, payload: Any, on_frame: FrameCallback | None) -> Any:
-        alone = False
+        known = _work_key(kind, payload)
+        alone = known in self._crashers
         while True:
             mode = alone
             await self._enter(mode)
@@ -257,6 +264,9 @@ class ProcessExecutor:
                 return await self._attempt(kind, payload, on_frame)
             except _Crash as crash:
                 if crash.alone:
+                    self._crashers[known] = None
+                    while len(self._crashers) > MAX_CRASHERS_KEPT:
+                        self._crashers.popitem(last=False)
                     raise WorkerCrashed(f"the worker process {crash.how}") from None
                 log.warning("worker process %s; re-running its work one at a time", crash.how)
                 alone = True
@@ -273,13 +283,23 @@ class ProcessExecutor:
         with contextlib.suppress(OSError, ValueError):  # a dead process fails the call anyway
             child.conn.send((kind, call_id, payload))
         try:
-            return await future
+            return await asyncio.shield(future)
         except asyncio.CancelledError:
             with contextlib.suppress(OSError, ValueError):
                 child.conn.send(("cancel", call_id, None))
-            # Return once the worker has stopped (and cleaned up), so that the caller may
-            # remove what the call was writing.
-            await asyncio.wait({future}, timeout=self.limits.stop_timeout)
+            # Return once the worker has stopped the call (and cleaned up), so that the caller
+            # may remove or make again what the call was writing (it returned at once, and the
+            # call's clean-up later removed a new attempt's file). A call that does not stop in
+            # time takes its worker process with it: nothing outlives its caller.
+            await _wait_for_end(future, self.limits.stop_timeout)
+            if not future.done():
+                log.warning("a cancelled call did not stop within %g s; stopping the worker "
+                            "process", self.limits.stop_timeout)  # fmt: skip
+                child.killed = child.dead = True
+                child.process.kill()
+                await _wait_for_end(future, self.limits.stop_timeout)
+            elif not future.cancelled():
+                future.exception()  # (its end, whatever it was: nobody reads it now)
             raise
         finally:
             child.calls.pop(call_id, None)
@@ -394,11 +414,14 @@ class ProcessExecutor:
         child.dead = True
         if self._closed:
             how = "was stopped"
+        elif child.killed:
+            how = "was stopped (a cancelled call in it would not stop)"
         pending = [c for c in child.calls.values() if not c.future.done()]
         if pending:
             log.error("worker process %s with %d call(s) in flight", how, len(pending))
-        for call in pending:
-            call.future.set_exception(_Crash(how, alone=len(pending) == 1))
+        for call in pending:  # (a call counts as alone only where the process died of it)
+            alone = len(pending) == 1 and not child.killed
+            call.future.set_exception(_Crash(how, alone=alone))
 
     def _stop(self, child: _Child) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -407,6 +430,28 @@ class ProcessExecutor:
         if child.process.is_alive():
             child.process.kill()
             child.process.join(1)
+
+
+#: How many pieces of work that crashed the worker process alone are remembered.
+MAX_CRASHERS_KEPT = 256
+
+
+def _work_key(kind: str, payload: Any) -> tuple:
+    """What identifies a call's work across attempts: a segment of an input (else the call's
+    kind and payload's text)."""
+    if isinstance(payload, SegmentTask):
+        return kind, str(payload.source), payload.segment.index, str(payload.target)
+    return kind, repr(payload)
+
+
+async def _wait_for_end(future: asyncio.Future, seconds: float) -> None:
+    """Wait up to ``seconds`` for ``future`` to end, however often the waiter is cancelled
+    meanwhile (a shutdown cancelling again)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not future.done() and loop.time() < deadline:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({future}, timeout=max(deadline - loop.time(), 0))
 
 
 def _how_it_ended(exitcode: int | None) -> str:
