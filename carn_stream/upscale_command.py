@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import hashlib
 import math
@@ -61,6 +62,7 @@ class Item:
     done: set[int] = field(default_factory=set)  #: segments finished (resumed ones included)
     made: dict[int, int] = field(default_factory=dict)  #: unfinished segment -> frames made
     run: Any = None  #: its SegmentedRun, once segments are made
+    lock: Any = None  #: the work folder held for this command (:meth:`WorkDir.hold`)
 
     @property
     def input(self) -> Path:
@@ -134,24 +136,39 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     if not (math.isfinite(seconds) and seconds >= 1):  # nan passed a "< 1" check, 0 was 4
         raise UpscaleError(f"--segment-seconds must be at least 1 second, got {seconds:g}")
     for item in items:
+        made = not item.work.exists()
         try:
             WorkDir(item.work).check_own(item.source, item.output)
+            # Held until the command ends, from before anything of it is read or claimed
+            # (where it cannot be made, the output's checks say why).
+            with contextlib.suppress(OSError):
+                item.lock = WorkDir(item.work).hold()
         except ForeignWorkDir as exc:
             if not folder_run:
                 raise UpscaleError(str(exc)) from None
             item.result = f"failed: {exc}"
             continue
-        _identify(item, args, settings, encoder, seconds)
-        _claim(item, args.overwrite, skip_existing=folder_run)
+        try:
+            _identify(item, args, settings, encoder, seconds)
+            _claim(item, args.overwrite, skip_existing=folder_run)
+        except BaseException:
+            _let_go(item, made)
+            raise
+        if item.result != "pending":  # (skipped, or failed: it will not run)
+            _let_go(item, made)
     args.batch = args.batch or settings.batch_size  # 0: the executor's device decides
     # The service's executor, as the same settings choose it (a worker process by default).
     factory = functools.partial(start_worker, settings, args.tile)
     executor = open_executor(executor_choice(settings), factory)
     where = items[0].work if not folder_run else "each output's work folder"
-    return run_stoppable(
-        _upscale(args, items, encoder, seconds, executor, folder_run, settings),
-        lambda: stop_note(items, where),
-    )
+    try:
+        return run_stoppable(
+            _upscale(args, items, encoder, seconds, executor, folder_run, settings),
+            lambda: stop_note(items, where),
+        )
+    finally:
+        for item in items:
+            _let_go(item, only_if_empty=True)
 
 
 # --------------------------------------------------------------------------- what to make
@@ -242,6 +259,7 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
         crf=encoder.crf,
         preset=encoder.preset,
         segment_seconds=seconds,
+        output=str(item.output.resolve()),  # (an HLS folder's segments are in it)
         weights=str(settings.weights) if settings.weights else None,
         precision=settings.precision,
         **({"input_fps": str(rate)} if rate is not None else {}),
@@ -252,6 +270,21 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
         item.resumed = WorkDir(item.work).resume(item.identity)
     except LookupError:
         item.resumed = None
+
+
+def _let_go(item: Item, made: bool = False, only_if_empty: bool = False) -> None:
+    """Let an item's work folder go: removed where it was ``made`` for an item that will not
+    run, or where nothing but its lock is left in it (``only_if_empty``: a command that failed
+    before its runs wrote anything leaves no folder behind)."""
+    from carn_stream.pipeline.execution.workdir import LOCK_FILE, WorkDir
+
+    if item.lock is None:
+        return
+    with contextlib.suppress(OSError):
+        if made or (only_if_empty and [e.name for e in item.work.iterdir()] == [LOCK_FILE]):
+            WorkDir(item.work).remove()
+    item.lock.close()
+    item.lock = None
 
 
 def _claim(item: Item, overwrite: bool, skip_existing: bool) -> None:
@@ -461,7 +494,7 @@ async def _upscale_one(args, item: Item, encoder, executor, bar, folder_run: boo
         options=options,
         executor=executor,
         done=done,
-        in_flight=executor.slots,
+        in_flight=lambda: executor.slots,  # (a cluster grows as its nodes start)
         on_frame=on_frame,
         on_start=lambda index, attempt: item.made.pop(index, None),  # a retry starts over
         on_done=on_done,

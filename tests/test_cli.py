@@ -691,6 +691,24 @@ def test_a_weights_download_is_announced_before_the_host_answers(tmp_path, caplo
     assert list(tmp_path.iterdir()) == []  # no partial file left
 
 
+def test_a_work_folder_another_run_is_using_is_refused(tiny_clip, weights_path, tmp_path):
+    """The same command started twice "resumed" the first run's live folder, made the same
+    segments into the same files, and failed once the first run removed them."""
+    from carn_stream.pipeline.execution.workdir import WorkDir
+
+    work = tmp_path / "work"
+    held = WorkDir(work).hold()  # (as a run of the command holds it)
+    try:
+        result = run_cli("upscale", str(tiny_clip), str(tmp_path / "o.mp4"), "--scale", "2",
+                         "--weights", str(weights_path), "--work-dir", str(work))  # fmt: skip
+    finally:
+        held.close()
+    assert result.returncode == 1
+    assert f"another run is using the work folder {work} now" in result.stderr, result.stderr
+    assert sorted(p.name for p in work.iterdir()) == [".lock"]  # its folder untouched
+    assert not (tmp_path / "o.mp4").exists()
+
+
 def test_a_stop_says_how_many_segments_are_done_and_what_a_rerun_redoes(tmp_path, data_dir):
     from carn_stream.pipeline.media.segments import plan_segments
     from carn_stream.upscale_command import Item, stop_note

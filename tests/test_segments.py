@@ -1523,6 +1523,11 @@ def test_a_work_folder_planned_by_the_earlier_rule_is_not_resumed(clips, tmp_pat
     WorkDir(work).start(item.identity, plan_segments(source, 1.0))
     identify()
     assert item.resumed is not None and len(item.resumed[0].segments) == 2
+    # Another output (an HLS folder's segments live in it): not resumed. The same work folder
+    # resumed a run into another folder, whose playlist then named segments that were not there.
+    item.output = tmp_path / "elsewhere.mp4"
+    identify()
+    assert item.resumed is None
 
 
 @pytest.mark.slow

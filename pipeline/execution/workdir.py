@@ -9,12 +9,13 @@ a different input, different options or a plan made by an earlier planning rule 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from carn_stream.pipeline.execution.executors import SegmentResult
 from carn_stream.pipeline.media.formats import SEGMENTS_DIR
@@ -27,9 +28,11 @@ TIMED_INPUT = "input.mp4"
 JOINED_INPUT = "input.joined"
 #: The input's copies a run reads instead of the input (kept when a run starts).
 INPUT_COPIES = (TIMED_INPUT, JOINED_INPUT)
+#: The file a run holds locked while it uses the folder (:meth:`WorkDir.hold`).
+LOCK_FILE = ".lock"
 #: Every name a run writes in its work folder. Nothing else there is touched: the folder may
 #: be one a user named.
-OWN_NAMES = (PLAN_FILE, MANIFEST_FILE, SEGMENTS_DIR, *INPUT_COPIES)
+OWN_NAMES = (PLAN_FILE, MANIFEST_FILE, SEGMENTS_DIR, *INPUT_COPIES, LOCK_FILE)
 #: The names of what a run writes on its way to those: the plan and a timed copy while they
 #: are written, and a joined input's partial join, its fetch folder and the audio waiting
 #: beside it.
@@ -48,6 +51,10 @@ def is_own(name: str, names: tuple[str, ...] = OWN_NAMES) -> bool:
 
 class ForeignWorkDir(ValueError):
     """A work folder named for a run that holds other files (a user's): never used."""
+
+
+class WorkDirBusy(ForeignWorkDir):
+    """A work folder another run is using now."""
 
 
 def run_identity(source: Path, **options: Any) -> dict[str, Any]:
@@ -133,9 +140,26 @@ class WorkDir:
             f.flush()
             os.fsync(f.fileno())
 
+    def hold(self) -> IO[bytes]:
+        """Make the folder if need be and hold it for this run until the returned file is
+        closed (or the process ends): two runs of one command at once "resumed" each other's
+        live folder, wrote the same segments, and the first to end removed them under the
+        other. :class:`WorkDirBusy` where another run holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = open(self.path / LOCK_FILE, "ab")  # noqa: SIM115 (held for the whole run)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise WorkDirBusy(f"another run is using the work folder {self.path} now; wait for "
+                              "it to end, or name another work folder") from None  # fmt: skip
+        return lock
+
     def remove(self) -> None:
-        """Remove what runs wrote here, and the folder once that leaves it empty."""
+        """Remove what runs wrote here, and the folder once that leaves it empty (the run is
+        over: its lock goes too)."""
         self._remove_own()
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.path.rmdir()
 
@@ -143,7 +167,8 @@ class WorkDir:
         if not self.path.is_dir():
             return
         for entry in self.path.iterdir():
-            if not is_own(entry.name) or is_own(entry.name, keep):
+            # (the lock goes with the folder only: removed while held, a new one could be taken)
+            if not is_own(entry.name) or is_own(entry.name, (*keep, LOCK_FILE)):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
