@@ -45,3 +45,23 @@ def slow_writing_worker() -> InferenceWorker:
 
     run._write = slow_write
     return InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
+
+
+def stuck_on_hang_worker() -> InferenceWorker:
+    """Bicubic, in a worker process whose decoding of an input named ``hang*`` never ends
+    (a demuxer stuck in a loop on a hostile file)."""
+    from pathlib import Path
+
+    from carn_stream.pipeline import run
+
+    frames_of = run.segment_frames
+
+    def segment_frames(container, *args, **kwargs):
+        if Path(container.name).name.startswith("hang"):
+            while True:
+                time.sleep(0.01)
+        return frames_of(container, *args, **kwargs)
+
+    run.segment_frames = segment_frames
+    return InferenceWorker(Engine(Bicubic(), EngineConfig(device="cpu", precision="fp32")))
+

@@ -270,3 +270,41 @@ def test_a_segment_that_crashed_the_worker_alone_runs_alone_when_tried_again(cli
         assert not isinstance(innocent, BaseException) and isinstance(hostile, WorkerCrashed)
     assert len(reruns) == 2  # both of the first attempt's calls, alone; then it was known
 
+
+def test_a_segment_that_stalls_takes_its_worker_down_and_only_it_is_blamed(clips, tmp_path):
+    """A segment whose decoder never returned held its slot for good, and its worker process
+    went on burning a core for it, cancelled or not."""
+    import shutil
+    import time
+
+    from carn_stream.pipeline.execution.worker_process import ProcessLimits
+    from tests.slow_worker import stuck_on_hang_worker
+
+    hang = shutil.copy(clips["innocent"], tmp_path / "hang.mp4")
+    executor = ProcessExecutor(stuck_on_hang_worker, slots=2,
+                               limits=ProcessLimits(stall_timeout=1.0))  # fmt: skip
+
+    async def go():
+        await executor.start()
+        try:
+            plans = {p: await executor.plan(PlanRequest(p, 1.0)) for p in (hang, clips["innocent"])}
+
+            def task(source, name):
+                return SegmentTask.of(source, plans[source], 0, tmp_path / name,
+                                      PipelineOptions(scale=2))  # fmt: skip
+
+            started = time.monotonic()
+            stuck, innocent = await asyncio.gather(
+                executor.run(task(hang, "hang.ts"), None),
+                executor.run(task(clips["innocent"], "innocent.ts"), None),
+                return_exceptions=True,
+            )
+            return stuck, innocent, time.monotonic() - started
+        finally:
+            await executor.close()
+
+    stuck, innocent, took = asyncio.run(go())
+    assert isinstance(stuck, WorkerCrashed) and "made nothing for 1 s" in str(stuck), stuck
+    assert not isinstance(innocent, BaseException)  # made again, not blamed
+    assert took < 30, took  # (it waited for good)
+

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
@@ -51,6 +52,9 @@ class ProcessLimits:
     max_open_files: int = 1024
     start_timeout: float = 180.0  #: seconds for a new worker process to load its model
     stop_timeout: float = 3.0  #: seconds a stopping worker gets before it is killed
+    #: seconds a segment may go without a frame (a demuxer stuck on a hostile input) before
+    #: its worker process is killed and the segment counted as having crashed it
+    stall_timeout: float = 300.0
 
 
 # --------------------------------------------------------------------------- the worker side
@@ -168,6 +172,7 @@ class _Call:
     future: asyncio.Future
     on_frame: FrameCallback | None
     child: _Child
+    heard: float = field(default_factory=time.monotonic)  #: its last word (a frame)
 
 
 class _Crash(Exception):
@@ -184,6 +189,8 @@ class _Child:
     dead: bool = False
     #: stopped on purpose (a cancelled call that would not stop): its calls are not to blame
     killed: bool = False
+    #: the call it was stopped for, having stalled (to blame alone)
+    stalled: int | None = None
 
 
 class ProcessExecutor:
@@ -211,6 +218,8 @@ class ProcessExecutor:
         self._plans = asyncio.Semaphore(PLANS_AT_ONCE)
         self.device = ""  #: the worker process's, once it has started
         self.restarts = 0
+        #: how often a running call is looked at for a stall (seconds)
+        self._stall_check = min(5.0, limits.stall_timeout / 4)
         #: work that crashed the worker process running alone: its later attempts run alone
         #: from the start (they brought down every segment beside them, attempt after attempt)
         self._crashers: OrderedDict[tuple, None] = OrderedDict()
@@ -283,7 +292,17 @@ class ProcessExecutor:
         with contextlib.suppress(OSError, ValueError):  # a dead process fails the call anyway
             child.conn.send((kind, call_id, payload))
         try:
-            return await asyncio.shield(future)
+            while True:  # (a segment that stalls takes its worker process down with it)
+                await asyncio.wait({future}, timeout=self._stall_check)  # (never cancels it)
+                if future.done():
+                    return future.result()
+                call = child.calls[call_id]
+                silent = time.monotonic() - call.heard
+                if kind == "run" and silent > self.limits.stall_timeout and not child.dead:
+                    log.warning("a segment made nothing for %.0f s; stopping the worker "
+                                "process", silent)  # fmt: skip
+                    child.stalled, child.killed, child.dead = call_id, True, True
+                    child.process.kill()
         except asyncio.CancelledError:
             with contextlib.suppress(OSError, ValueError):
                 child.conn.send(("cancel", call_id, None))
@@ -401,6 +420,7 @@ class ProcessExecutor:
         if call is None or call.future.done():
             return
         if kind == "frame":
+            call.heard = time.monotonic()
             if call.on_frame is not None:
                 call.on_frame(payload)
         elif kind == "done":
@@ -414,13 +434,19 @@ class ProcessExecutor:
         child.dead = True
         if self._closed:
             how = "was stopped"
+        elif child.stalled is not None:
+            how = (f"was stopped: a segment made nothing for {self.limits.stall_timeout:g} s "
+                   "(a stuck decoder)")  # fmt: skip
         elif child.killed:
             how = "was stopped (a cancelled call in it would not stop)"
-        pending = [c for c in child.calls.values() if not c.future.done()]
+        pending = {i: c for i, c in child.calls.items() if not c.future.done()}
         if pending:
             log.error("worker process %s with %d call(s) in flight", how, len(pending))
-        for call in pending:  # (a call counts as alone only where the process died of it)
-            alone = len(pending) == 1 and not child.killed
+        for call_id, call in pending.items():  # (alone: the process died of it)
+            if child.stalled is not None:
+                alone = call_id == child.stalled
+            else:
+                alone = len(pending) == 1 and not child.killed
             call.future.set_exception(_Crash(how, alone=alone))
 
     def _stop(self, child: _Child) -> None:
