@@ -191,6 +191,7 @@ class _Child:
     killed: bool = False
     #: the call it was stopped for, having stalled (to blame alone)
     stalled: int | None = None
+    heard: float = 0.0  #: when any of its calls last made a frame
 
 
 class ProcessExecutor:
@@ -296,8 +297,9 @@ class ProcessExecutor:
                 await asyncio.wait({future}, timeout=self._stall_check)  # (never cancels it)
                 if future.done():
                     return future.result()
-                call = child.calls[call_id]
-                silent = time.monotonic() - call.heard
+                # Silent, and the process too: a segment waiting while others of higher
+                # priority keep the model busy is not stuck.
+                silent = time.monotonic() - max(child.calls[call_id].heard, child.heard)
                 if kind == "run" and silent > self.limits.stall_timeout and not child.dead:
                     log.warning("a segment made nothing for %.0f s; stopping the worker "
                                 "process", silent)  # fmt: skip
@@ -420,7 +422,7 @@ class ProcessExecutor:
         if call is None or call.future.done():
             return
         if kind == "frame":
-            call.heard = time.monotonic()
+            call.heard = child.heard = time.monotonic()
             if call.on_frame is not None:
                 call.on_frame(payload)
         elif kind == "done":
