@@ -1693,3 +1693,18 @@ def test_a_graceful_stop_is_quick_and_costs_no_attempt(clips, tmp_path):
             second.stop()
     assert done["state"] == "succeeded", done["error"]
     assert done["attempts"] == 1  # the stopped run did not count
+
+
+def test_a_segment_whose_copy_for_a_cluster_passes_the_limit_is_refused_saying_why(
+    clips, monkeypatch
+):
+    """A segment's copy starts at the keyframe before it: an input with one keyframe made
+    copies growing to the whole input, each held in memory twice and sent whole."""
+    from carn_stream.pipeline.execution import segment_transport
+
+    plan = plan_segments(clips["one_keyframe"], 1.0)
+    last = plan.segments[-1]
+    size = len(segment_transport.cut_segment(clips["one_keyframe"], last, plan.time_base, True))
+    monkeypatch.setattr(segment_transport, "MAX_COPY_BYTES", size // 2)
+    with pytest.raises(segment_transport.CopyTooLarge, match="upscale this input on one machine"):
+        segment_transport.cut_segment(clips["one_keyframe"], last, plan.time_base, True)

@@ -52,6 +52,14 @@ FORMATS = ("mov", "mp4")
 SUFFIX = ".mov"
 AUDIO_MARGIN_SECONDS = 2  #: audio read either side of a segment (as the segment decoder does)
 _MAX_TIMESCALE = 2**31 - 1
+#: The most bytes one segment's copy for a cluster worker may hold: it is built in memory and
+#: sent whole. A segment starts at the keyframe before it, so an input with few keyframes
+#: (one, in a screen recording) made copies growing to the whole input, segment after segment.
+MAX_COPY_BYTES = 512 * 1024 * 1024
+
+
+class CopyTooLarge(InputError):
+    """A segment's copy for a cluster worker would pass :data:`MAX_COPY_BYTES`."""
 
 
 def _movie_timescale(streams: list[av.stream.Stream]) -> int | None:
@@ -71,6 +79,8 @@ def cut_segment(
     for container_format in FORMATS:
         try:
             return _copy(source, segment, time_base, last, origin, container_format)
+        except CopyTooLarge:
+            raise
         except (av.FFmpegError, ValueError) as exc:
             failures.append(f"{container_format}: {exc}")
     raise InputError(
@@ -105,6 +115,13 @@ def _copy(
             for packet in _video_packets(video_in, segment):
                 packet.stream = out_video
                 out.mux(moved(packet, -origin))
+                if buffer.tell() > MAX_COPY_BYTES:
+                    raise CopyTooLarge(
+                        f"{segment.describe()}: its copy for a cluster worker passes "
+                        f"{MAX_COPY_BYTES // 2**20} MiB (it starts at the keyframe before it, "
+                        "and the input's keyframes are far apart); upscale this input on one "
+                        "machine (CARN_STREAM_EXECUTOR=process)"
+                    )
             for packet in audio_packets(audio_in, segment, time_base, last, AUDIO_MARGIN_SECONDS):
                 packet.stream = out_audio[packet.stream.index]
                 out.mux(moved(packet, -origin))
