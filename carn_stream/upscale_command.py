@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
         raise UpscaleError("--fmp4 is for HLS outputs (a folder); files are MP4, MKV or MOV")
     if not (math.isfinite(seconds) and seconds >= 1):  # nan passed a "< 1" check, 0 was 4
         raise UpscaleError(f"--segment-seconds must be at least 1 second, got {seconds:g}")
+    locks = _lock_budget()
     for item in items:
         made = not item.work.exists()
         try:
@@ -142,7 +144,8 @@ def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
             # Held until the command ends, from before anything of it is read or claimed
             # (where it cannot be made, the output's checks say why).
             with contextlib.suppress(OSError):
-                item.lock = WorkDir(item.work).hold()
+                if next(locks, False):
+                    item.lock = WorkDir(item.work).hold()
         except ForeignWorkDir as exc:
             if not folder_run:
                 raise UpscaleError(str(exc)) from None
@@ -270,6 +273,22 @@ def _identify(item: Item, args, settings: Settings, encoder, seconds: float) -> 
         item.resumed = WorkDir(item.work).resume(item.identity)
     except LookupError:
         item.resumed = None
+
+
+def _lock_budget() -> Iterator[bool]:
+    """Whether each next work folder may be held (an open file each): as many as the open
+    files' limit allows, raised to its hard limit, less room for the run's own files; past
+    that (a folder run of thousands of files) the rest run unheld."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    budget = max(0, (soft if soft != resource.RLIM_INFINITY else 1 << 16) - 256)
+    yield from (True for _ in range(budget))
+    while True:
+        yield False
 
 
 def _let_go(item: Item, made: bool = False, only_if_empty: bool = False) -> None:
