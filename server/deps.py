@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Annotated
 
@@ -10,7 +11,6 @@ from fastapi import Depends, HTTPException, Query, Request, status
 from carn_stream.server import media_links
 from carn_stream.server.jobs.runner import JobRunner
 from carn_stream.server.jobs.store import JobStore
-from carn_stream.server.middleware import bearer_matches
 from carn_stream.server.speed import SpeedBook
 from carn_stream.server.workers import ExecutorHolder, WorkerHolder
 from carn_stream.settings import Settings
@@ -81,3 +81,13 @@ def require_token(request: Request) -> None:
             "this server needs an API token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def bearer_matches(authorization: bytes, token: str) -> bool:
+    """Whether an ``Authorization`` header's bytes carry ``Bearer <token>`` (one reading for
+    the gate and the routes' own check: they disagreed on tokens ending in bytes Python's
+    ``str.strip`` takes for space)."""
+    scheme, _, given = authorization.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(
+        given.strip(b" \t"), token.encode("utf-8")
+    )

@@ -4,7 +4,6 @@ wherever GET is."""
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import time
@@ -15,6 +14,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carn_stream.server import media_links
+from carn_stream.server.deps import bearer_matches
 from carn_stream.server.metrics import Metrics
 
 #: Paths anyone may open, token or not: health, readiness, metrics and the page shell (pages,
@@ -119,16 +119,6 @@ class Gate:
     @staticmethod
     def _bearer_ok(scope: Scope, token: str) -> bool:
         return bearer_matches(_header(scope, b"authorization") or b"", token)
-
-
-def bearer_matches(authorization: bytes, token: str) -> bool:
-    """Whether an ``Authorization`` header's bytes carry ``Bearer <token>`` (one reading for
-    the gate and the routes' own check: they disagreed on tokens ending in bytes Python's
-    ``str.strip`` takes for space)."""
-    scheme, _, given = authorization.partition(b" ")
-    return scheme.lower() == b"bearer" and hmac.compare_digest(
-        given.strip(b" \t"), token.encode("utf-8")
-    )
 
 
 #: What a page on another origin may send (its token, a JSON body, a byte range) and read.
