@@ -603,12 +603,13 @@ def section_title(report: Report, device: torch.device, sizes: Sizes, tmp: Path)
     copy_seconds = time.perf_counter() - began
     report.add(Row("title", f"{what}: seconds, kbps",
                    f"{copy_seconds:.1f}, {copy.bitrate / 1000:.0f}"))  # fmt: skip
-    model, run_dir = official_model(), tmp / "title-run"
+    run_dir = tmp / "title-run"
     cuda, generic = device.type == "cuda", None
     for k, steps in enumerate(sizes.title_steps):  # each run resumes the one before
         config = TrainConfig(**{**TITLE_DEFAULTS, "scales": (2,), "steps": steps})
-        trained = train_title_model(model, source, copy.path, 2, tmp / "title.pth", config,
-                                    run_dir, frames=frames, device=device)  # fmt: skip
+        # (from the official weights, as the run began: its checkpoint holds what it learned)
+        trained = train_title_model(official_model(), source, copy.path, 2, tmp / "title.pth",
+                                    config, run_dir, frames=frames, device=device)  # fmt: skip
         if generic is None:  # later runs start from the model trained so far
             generic = trained.generic_psnr
             total = copy_seconds + trained.read_seconds + trained.train_seconds

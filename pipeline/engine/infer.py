@@ -494,8 +494,8 @@ class Engine:
             first = self._forward(x[:half], scale, tile, may_measure).clone()
             return torch.cat([first, self._forward(x[half:], scale, tile, may_measure)])
         side = max(x.shape[-2:]) if tile is None else tile
-        smaller = max(side // 2, 1)
-        if smaller < self.config.min_tile:
+        smaller = max(side // 2, self.config.min_tile)  # (the smallest tiles are tried too)
+        if side <= self.config.min_tile:
             raise MemoryError(
                 f"out of memory even with {side}px tiles on {self.device}; "
                 "use a smaller --tile or another device"
