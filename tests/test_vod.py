@@ -1600,3 +1600,95 @@ def test_a_stored_small_videos_own_model_serves_the_scale_it_learned_alone():
     tuned = SimpleNamespace(weights="tuned.pth", storage=None)  # (tuned at every scale)
     assert [_weights_for(tuned, s) for s in (2, 4)] == ["tuned.pth", "tuned.pth"]
     assert _weights_for(SimpleNamespace(weights=None, storage=None), 2) is None
+
+
+def _bare_manager(tmp_path):
+    """A video manager over a store of its own, with no executor (a segment not cached
+    cannot be made), and a video of three 1 s segments at x2 (its source a stand-in)."""
+    from fractions import Fraction
+
+    from carn_stream.pipeline.execution.slots import Slots
+    from carn_stream.pipeline.media.segments import Segment, SegmentPlan
+    from carn_stream.server.metrics import Metrics
+    from carn_stream.server.vod.manager import VideoManager
+    from carn_stream.server.vod.store import Rendition, VideoStore
+    from carn_stream.settings import Settings
+
+    config = Settings(data_dir=tmp_path / "data", allow_local_files=True, segment_seconds=1,
+                      min_free_disk_bytes=0)  # fmt: skip
+    store = VideoStore(config.data_dir / "videos.sqlite3")
+    manager = VideoManager(store, config, Metrics(), lambda: None, Slots(1, urgent_extra=1))
+    segments = tuple(Segment(i, i * 25, (i + 1) * 25, 25, i * 25, float(i), 1.0)
+                     for i in range(3))  # fmt: skip
+    plan = SegmentPlan(time_base=Fraction(1, 25), segments=segments, width=64, height=48,
+                       frame_rate=Fraction(25), codec="h264", has_audio=False)  # fmt: skip
+    renditions = [Rendition(name="original", scale=1, width=64, height=48, codecs="avc1.64000a",
+                            bandwidth=1000),
+                  Rendition(name="x2", scale=2, width=128, height=96, codecs="avc1.64000b",
+                            bandwidth=4000)]  # fmt: skip
+    source = tmp_path / "source.mp4"
+    source.write_bytes(b"a stand-in")
+    video = store.create("http://127.0.0.1/clip.mp4", source, plan, renditions, tune=True)
+    return manager, store, video
+
+
+def test_a_finished_tune_drops_the_segments_made_with_the_services_model(tmp_path):
+    """They stayed cached and were served (a mix of both models' segments, for good)."""
+    import asyncio
+
+    from carn_stream.server.vod.cache import Key
+
+    manager, store, video = _bare_manager(tmp_path)
+    key = Key(video.id, "x2", 0)
+    path = manager.cache.path(key, False)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"made with the service's model")
+    manager.cache.add(key, path.stat().st_size)
+
+    async def tuned(video, weights):
+        return 30.0, 31.0
+
+    manager._tune_bicubic = tuned
+
+    async def go():
+        try:
+            await manager._tune(video)
+            return manager.get(video.id), manager.cache.cached(video.id)
+        finally:
+            await manager.close()
+            store.close()
+
+    after, cached = asyncio.run(go())
+    assert after.tune_state == "done" and after.weights is not None
+    assert cached.get("x2", {}) == {} and not path.exists()
+
+
+def test_a_cache_scan_counts_a_segment_found_in_both_kinds_once(tmp_path):
+    """A segment left as both MPEG-TS and fragmented MP4 (its kind changed between versions)
+    was indexed once and counted twice, its other file kept for good."""
+    import os
+
+    from carn_stream.server.vod.cache import Key, SegmentCache
+
+    folder = tmp_path / "cache" / "v1" / "original"
+    folder.mkdir(parents=True)
+    (folder / "segment_00000.ts").write_bytes(bytes(3000))
+    (folder / "segment_00000.m4s").write_bytes(bytes(1000))
+    os.utime(folder / "segment_00000.ts", (1, 1))  # (the older)
+    cache = SegmentCache(tmp_path / "cache", 10**9)
+    assert cache.bytes == 1000 and cache.cached("v1") == {"original": {0: 1000}}
+    assert sorted(p.name for p in folder.iterdir()) == ["segment_00000.m4s"]
+    assert Key("v1", "original", 0) in cache
+
+
+def test_a_plan_rates_only_its_own_segments():
+    """Segments cached under an older plan of more segments made every master playlist fail
+    (an index past the plan: 422 "tuple index out of range")."""
+    from fractions import Fraction
+
+    from carn_stream.pipeline.media.segments import Segment, SegmentPlan
+
+    segments = (Segment(0, 0, 25, 25, 0, 0.0, 1.0),)
+    plan = SegmentPlan(time_base=Fraction(1, 25), segments=segments, width=64, height=48,
+                       frame_rate=Fraction(25), codec="h264", has_audio=False)  # fmt: skip
+    assert plan.peak_rate({0: 1000, 5: 10**9}) == 8000

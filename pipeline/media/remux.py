@@ -19,6 +19,7 @@ import contextlib
 import io
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -84,7 +85,8 @@ def remux_segment(task: RemuxTask) -> int:
 def _published(target: Path, write: Callable[[Path], None]) -> int:
     """Have ``write`` make ``target`` under a temporary name, then publish it by rename (or
     remove what it left); returns its size in bytes."""
-    part = target.with_name(f".{target.name}.part")
+    # (a name of its own: a cancelled remux's thread may still be writing the same segment)
+    part = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part")
     try:
         write(part)
         part.replace(target)

@@ -213,8 +213,9 @@ class SegmentPlan:
 
     def peak_rate(self, sizes: dict[int, int]) -> float:
         """The peak bit rate (bits per second) of segments of ``sizes`` bytes (segment index ->
-        bytes); 0 for none."""
-        return max((8 * size / self.segments[i].duration for i, size in sizes.items()), default=0)
+        bytes; an index past the plan, of another plan's, counts for nothing); 0 for none."""
+        return max((8 * size / self.segments[i].duration for i, size in sizes.items()
+                    if 0 <= i < len(self.segments)), default=0)  # fmt: skip
 
     @property
     def keyframe_aligned(self) -> bool:

@@ -516,9 +516,12 @@ async def audio_rendition(video_id: str, number: str, name: str, videos: Videos)
         if isinstance(exc, PipelineError | av.FFmpegError):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 f"the audio cannot be made: {exc}") from exc  # fmt: skip
-        if isinstance(exc, OSError):  # (its folder went with the video)
+        if isinstance(exc, OSError) and videos.get(video_id) is None:  # (its folder went)
             raise HTTPException(status.HTTP_404_NOT_FOUND,
                                 f"video {video_id} was deleted") from exc  # fmt: skip
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE,
+                                "the server is out of disk space") from exc  # fmt: skip
         raise
     return FileStream(opened, segment_media_type(False), on_close=turns.give)
 

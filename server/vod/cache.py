@@ -54,6 +54,11 @@ class SegmentCache:
                 found.append((stat.st_mtime, Key(path.parts[-3], path.parts[-2], index),
                               stat.st_size, path.suffix == ".m4s"))  # fmt: skip
         for _, key, size, fragment in sorted(found):
+            if key in self._entries:  # (both kinds of one segment: the newer is kept)
+                older = self.path(key, key in self._fragments)
+                self.bytes -= self._entries[key]
+                self._fragments.discard(key)
+                older.unlink(missing_ok=True)
             self._entries[key] = size
             self.bytes += size
             if fragment:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import sys
@@ -382,15 +383,21 @@ class VideoManager:
         request = PlanRequest(video.source, self.intake.segment_seconds, limits)
         plan = await executor.plan(request)
         renditions, audio = await self._describe(video.source, plan, scales)
-        self.store.set_plan(video.id, plan, renditions, audio)
+        # What the old plan timed goes first, and the new plan is recorded last (shielded: a
+        # stop between the two kept old segments under a plan counted current, served at the
+        # new plan's indexes, and every master playlist failed).
+        await asyncio.shield(self._replace_plan(video, plan, renditions, audio))
+        log.info("video %s planned again: %d segments", video.id, len(plan.segments))
+
+    async def _replace_plan(self, video: Video, plan, renditions, audio) -> None:
         for rendition in video.renditions:
             self.cache.drop(video.id, rendition.name)
         await asyncio.to_thread(self.subtitles.drop, video.id)  # timed by the old plan
         self.audio.drop(video.id)  # (the cache's: from the event loop)
+        self.store.set_plan(video.id, plan, renditions, audio)
         self._videos.pop(video.id, None)
         self._playheads.forget(video.id)
         self.metrics.vod_cache_bytes.set(self.cache.bytes)
-        log.info("video %s planned again: %d segments", video.id, len(plan.segments))
 
     async def close(self) -> None:
         self._closing = True
@@ -429,11 +436,14 @@ class VideoManager:
             log.warning("video %s: fine-tune failed: %s", video.id, reason)
             self._record_tune(video, "failed", tune_error=reason)
             return
-        self._record_tune(video, "done", weights=name, psnr_generic=generic, psnr_tuned=tuned)
-        # Segments made with the service's model make way for the video's own.
+        # Segments made with the service's model make way for the video's own (those its
+        # model now serves: judged with its new weights), before it is said to be done.
+        tuned_video = dataclasses.replace(video, weights=name)
         for rendition in video.renditions:
-            if rendition.scale > 1 and _weights_for(video, rendition.scale) is not None:
+            if rendition.scale > 1 and _weights_for(tuned_video, rendition.scale) is not None:
                 self.cache.drop(video.id, rendition.name)
+        self._record_tune(video, "done", weights=name, psnr_generic=generic, psnr_tuned=tuned)
+        await self._let_source_go(video)
         self.metrics.vod_cache_bytes.set(self.cache.bytes)
         log.info("video %s tuned: %.2f -> %.2f dB on held-out frames", video.id, generic, tuned)
 
@@ -469,11 +479,20 @@ class VideoManager:
         if report is None or not report.get("training"):
             raise RuntimeError("the title's report is missing")
         await asyncio.to_thread(title_weights(folder, storage.scale).replace, weights)
-        if not storage.keep_source and source.is_relative_to(folder):  # never a local input
-            await asyncio.to_thread(source.unlink, True)
-            self.store.set_storage(video.id, storage.model_copy(update={"source_kept": False}))
         training = report["training"]
         return float(training["generic_psnr"]), float(training["tuned_psnr"])
+
+    async def _let_source_go(self, video: Video) -> None:
+        """A video stored small whose model is made (and recorded: a crash before would leave
+        it without its source and its model unused) no longer needs its source, unless it is
+        to be kept (a local input file is never removed)."""
+        storage = video.storage
+        if storage is None or storage.keep_source or not storage.source_file:
+            return
+        source = Path(storage.source_file)
+        if source.is_relative_to(self.cache.folder(video.id)):
+            await asyncio.to_thread(source.unlink, True)
+            self.store.set_storage(video.id, storage.model_copy(update={"source_kept": False}))
 
     def tune_progress(self, video: Video) -> float | None:
         """How far the video's own model is (training steps done; 1 once it serves)."""
@@ -803,7 +822,12 @@ class VideoManager:
         self.metrics.vod_segments_made.labels(key.rendition, _reason(work)).inc()
         size = (await asyncio.to_thread(target.stat)).st_size
         current = self.get(video.id)
-        if current is not None and (current.weights, current.plan) != (video.weights, video.plan):
+        if current is None:  # deleted meanwhile: sent to those who wait, never cached
+            gone = target.with_name(f".stale-{uuid.uuid4().hex}.part")
+            target.replace(gone)
+            asyncio.get_running_loop().call_later(60, gone.unlink, True)
+            return gone
+        if (current.weights, current.plan) != (video.weights, video.plan):
             # Made with weights (or by a plan) the video no longer uses: sent to those who
             # wait, not kept (a name the cache removes at start, and removed once they have
             # opened it).
