@@ -1497,3 +1497,38 @@ def test_webvtt_cues_are_plain_text_timed_from_the_first_segment(tmp_path):
         "\n00:00:00.250 --> 00:00:02.000\na &lt; b &amp;&amp; c --&gt; d\nsecond line\n"
         "\n01:01:01.000 --> 01:01:02.000\nan hour on"
     )
+
+
+def test_a_stored_copy_keeps_a_full_range_sources_levels_and_an_hdr_sources_tags(
+    data_dir, tmp_path
+):
+    """A full-range source's codes went into the copy unconverted, tagged limited (crushed
+    blacks, clipped whites in every rendition made from it); a PQ source's copy was tagged
+    SDR (its primaries and transfer dropped)."""
+    from carn_stream.pipeline.media.delivery import encode_copy
+    from tests.media import decode_rgb, downscale_frames
+
+    frames = downscale_frames(decode_rgb(data_dir / "video" / "bigbuckbunny.mp4", 6), (160, 96))
+    source = tmp_path / "full.mkv"
+    with av.open(str(source), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        ctx = stream.codec_context
+        ctx.color_range, ctx.colorspace = 2, 1  # full range, BT.709
+        ctx.color_primaries, ctx.color_trc = 9, 16  # BT.2020, PQ (as tags)
+        ctx.options = {"crf": "8"}
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="ITU709", dst_color_range="JPEG")  # fmt: skip
+            frame.color_range, frame.pts = 2, i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    copy = encode_copy(source, tmp_path / "copy.mp4", scale=2, crf=8)
+    with av.open(str(copy.path)) as container:
+        first = next(container.decode(video=0))
+        ctx = container.streams.video[0].codec_context
+        tags = (int(ctx.color_range), int(ctx.color_primaries), int(ctx.color_trc))
+        shown = first.to_ndarray(format="rgb24").astype(float)
+    assert tags == (1, 9, 16)  # limited, as its levels are; the source's primaries, transfer
+    small = downscale_frames([frames[0]], (80, 48))[0].astype(float)
+    assert abs(shown.mean() - small.mean()) < 2.5, (shown.mean(), small.mean())  # was 7 off

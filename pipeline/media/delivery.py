@@ -25,7 +25,7 @@ from pathlib import Path
 
 import av
 
-from carn_stream.pipeline.colour import RANGE_LIMITED, effective_matrix
+from carn_stream.pipeline.colour import RANGE_LIMITED, effective_matrix, is_full_range
 from carn_stream.pipeline.errors import InputError, OutputError, ffmpeg_reason
 from carn_stream.pipeline.media import keep
 from carn_stream.pipeline.media.audio_transcode import WHOLE, AudioTranscoder
@@ -193,6 +193,8 @@ def encode_copy(
             ctx = vout.codec_context
             ctx.time_base = vin.time_base
             ctx.colorspace, ctx.color_range = matrix, RANGE_LIMITED
+            # (the source's primaries and transfer: a PQ or HLG title's copy was tagged SDR)
+            ctx.color_primaries, ctx.color_trc = ctx_in.color_primaries, ctx_in.color_trc
             ctx.options = options
             ctx.thread_count = threads
             video = CheckedEncoder(vout)
@@ -213,8 +215,12 @@ def encode_copy(
                 if first_pts is None:
                     first_pts = 0 if whole else pts or 0
                 cut = crop(frame) if crop is not None else frame
+                # Full-range sources' levels are brought to the limited range the copy is
+                # tagged with (they went through unconverted: crushed blacks, clipped whites).
+                full = is_full_range(int(frame.color_range), frame.format.name)
                 scaled = cut.reformat(
-                    width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC"
+                    width=size[0], height=size[1], format="yuv420p", interpolation="BICUBIC",
+                    src_color_range="JPEG" if full else "MPEG", dst_color_range="MPEG",
                 )
                 scaled.pts = None if pts is None else pts - first_pts
                 scaled.time_base = vin.time_base
