@@ -70,13 +70,26 @@ def output_bits(source: ColourSpec) -> int:
     return 8 if source.bits <= 8 else 10
 
 
+#: The primaries and transfer that go with a matrix, where a source leaves them unsaid: an
+#: MP4 or MOV muxer writes its ``colr`` box only with all three, and a player that reads the
+#: container, or guesses by size (an SD source upscaled to HD: BT.709), showed shifted colour.
+MATRIX_COMPANIONS = {1: (1, 1), 5: (5, 6), 6: (6, 6), 9: (9, 14), 10: (9, 14)}
+_UNSAID = (0, 2)  #: reserved, unspecified
+
+
 def output_spec(source: ColourSpec, out_height: int) -> ColourSpec:
     """The output's colour: the source's matrix and tags (RGB sources get the usual choice for
-    the output size), limited range, 8 or 10 bits (:func:`output_bits`)."""
+    the output size), primaries and transfer the source leaves unsaid filled in from the
+    matrix (:data:`MATRIX_COMPANIONS`), limited range, 8 or 10 bits (:func:`output_bits`)."""
     guessed = BT709 if out_height >= 720 else BT601
     matrix = guessed if source.layout == "rgb" else source.matrix
     bits = output_bits(source)
-    return ColourSpec("yuv", bits, matrix, False, source.primaries, source.transfer)
+    primaries, transfer = source.primaries, source.transfer
+    companions = MATRIX_COMPANIONS.get(matrix)
+    if companions is not None:
+        primaries = companions[0] if primaries in _UNSAID else primaries
+        transfer = companions[1] if transfer in _UNSAID else transfer
+    return ColourSpec("yuv", bits, matrix, False, primaries, transfer)
 
 
 def video_range(transfer: int) -> str:

@@ -1532,3 +1532,21 @@ def test_a_stored_copy_keeps_a_full_range_sources_levels_and_an_hdr_sources_tags
     assert tags == (1, 9, 16)  # limited, as its levels are; the source's primaries, transfer
     small = downscale_frames([frames[0]], (80, 48))[0].astype(float)
     assert abs(shown.mean() - small.mean()) < 2.5, (shown.mean(), small.mean())  # was 7 off
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_an_untagged_sources_output_says_its_colour_in_the_container(worker, tmp_path, suffix):
+    """An untagged source gave an MP4 or MOV without a ``colr`` box (the muxer writes one only
+    with matrix, primaries and transfer all set): its guessed BT.601 matrix was in the H.264
+    stream alone, and a player guessing by the upscaled size (BT.709) shifted its colours."""
+    frames = [np.full((48, 64, 3), (40 + 8 * i, 120, 200), np.uint8) for i in range(10)]
+    source = write_clip(tmp_path / "untagged.mp4", frames, options={"preset": "ultrafast"})
+    with av.open(str(source)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (int(ctx.colorspace), int(ctx.color_primaries)) == (2, 2)  # (untagged)
+    output = make(source, tmp_path / f"out{suffix}", worker)
+    with av.open(str(output)) as container:
+        ctx = container.streams.video[0].codec_context
+        tags = (int(ctx.colorspace), int(ctx.color_primaries), int(ctx.color_trc))
+    assert tags == (6, 6, 6)  # BT.601 (SMPTE 170M) throughout, as the matrix was guessed
+    assert b"colr" in output.read_bytes()[:200_000]
