@@ -700,7 +700,8 @@ def test_a_work_folder_another_run_is_using_is_refused(tiny_clip, weights_path, 
     held = WorkDir(work).hold()  # (as a run of the command holds it)
     try:
         result = run_cli("upscale", str(tiny_clip), str(tmp_path / "o.mp4"), "--scale", "2",
-                         "--weights", str(weights_path), "--work-dir", str(work))  # fmt: skip
+                         "--weights", str(weights_path), "--work-dir", str(work),
+                         "--precision", "fp32")  # fmt: skip
     finally:
         held.close()
     assert result.returncode == 1

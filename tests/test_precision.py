@@ -53,6 +53,12 @@ def int8_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("int8-cache")
 
 
+def auto_config(cache: Path) -> EngineConfig:
+    """The mode these tests are about, said: ``auto``, its decisions kept in ``cache`` (what
+    they assert holds whatever this CPU picks, or the candidates are stood in)."""
+    return EngineConfig(device="cpu", precision="auto", cache_dir=cache)
+
+
 def share_int8_models(cache: Path, int8_cache: Path) -> None:
     """Let a test's own cache folder (its auto decisions stay its own) use the session's
     exports and int8 models."""
@@ -156,7 +162,7 @@ def _noisy(backend, delay: float, noise: float):
 
 
 def test_auto_never_picks_a_lossy_mode_however_fast(official_carn_m, frames, tmp_path):
-    engine = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
+    engine = Engine(official_carn_m, auto_config(tmp_path))
     fp32 = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32")).backend
 
     def candidates():
@@ -189,7 +195,7 @@ def test_auto_waits_for_a_frame_with_detail_and_passes_over_a_mode_that_cannot_w
     """A black first frame (a fade-in) let every mode through (each loss NaN), a lossy one
     too, and the choice was kept for every later video of that size; a mode whose first call
     failed (a read-only cache) stopped the run."""
-    engine = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
+    engine = Engine(official_carn_m, auto_config(tmp_path))
     fp32 = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32")).backend
 
     def candidates():
@@ -233,7 +239,7 @@ def test_a_frame_that_may_not_wait_takes_the_nearest_sizes_decision(
     monkeypatch.setattr(infer, "measure", counted)
 
     def engine() -> Engine:
-        made = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
+        made = Engine(official_carn_m, auto_config(tmp_path))
         made.auto_candidates = lambda: {"fp32": lambda: fp32, "bf16": lambda: fp32}
         return made
 
@@ -272,7 +278,7 @@ def test_auto_picks_the_fastest_mode_within_the_bound_and_caches_it(
     official_carn_m, frames, tmp_path, monkeypatch, int8_cache
 ):
     share_int8_models(tmp_path, int8_cache)
-    engine = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
+    engine = Engine(official_carn_m, auto_config(tmp_path))
     engine.upscale([frames[0][None]], RGB, 2, OUT)
     decision = engine.choices[(2, 80, 96)]
     assert unavailable_reason(decision.mode, CPU) is None
@@ -291,7 +297,7 @@ def test_auto_picks_the_fastest_mode_within_the_bound_and_caches_it(
         raise AssertionError("measured again")
 
     monkeypatch.setattr("carn_stream.pipeline.engine.infer.measure", no_measuring)
-    again = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
+    again = Engine(official_carn_m, auto_config(tmp_path))
     again.upscale([frames[1][None]], RGB, 2, OUT)
     assert again.choices[(2, 80, 96)].mode == decision.mode
     assert "cached" in again.describe_precision()
@@ -389,7 +395,7 @@ def test_auto_takes_int8_when_fastest_and_within_the_bound_but_not_a_lossy_int8(
     photo = read_rgb(data_dir / "images" / "Set5" / "butterfly.png")[32:224, 32:224]
 
     def decide(candidates) -> autoselect.Decision:
-        engine = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
+        engine = Engine(official_carn_m, auto_config(tmp_path))
         engine.auto_candidates = lambda: candidates
         engine.upscale([photo[None]], RGB, 2, OUT)
         (path,) = tmp_path.glob("precision-choices.json")
@@ -413,7 +419,7 @@ def test_auto_measures_again_when_the_installed_backends_change(
     fp32 = Engine(official_carn_m, EngineConfig(device="cpu", precision="fp32")).backend
 
     def engine():
-        made = Engine(official_carn_m, EngineConfig(device="cpu", cache_dir=tmp_path))
+        made = Engine(official_carn_m, auto_config(tmp_path))
         made.auto_candidates = lambda: {"fp32": lambda: fp32}
         made.upscale([frames[0][None]], RGB, 2, OUT)
         return made

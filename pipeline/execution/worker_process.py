@@ -319,7 +319,7 @@ class ProcessExecutor:
                 child.killed = child.dead = True
                 child.process.kill()
                 await _wait_for_end(future, self.limits.stop_timeout)
-            elif not future.cancelled():
+            if future.done() and not future.cancelled():
                 future.exception()  # (its end, whatever it was: nobody reads it now)
             raise
         finally:

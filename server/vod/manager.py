@@ -822,15 +822,10 @@ class VideoManager:
         self.metrics.vod_segments_made.labels(key.rendition, _reason(work)).inc()
         size = (await asyncio.to_thread(target.stat)).st_size
         current = self.get(video.id)
-        if current is None:  # deleted meanwhile: sent to those who wait, never cached
-            gone = target.with_name(f".stale-{uuid.uuid4().hex}.part")
-            target.replace(gone)
-            asyncio.get_running_loop().call_later(60, gone.unlink, True)
-            return gone
-        if (current.weights, current.plan) != (video.weights, video.plan):
-            # Made with weights (or by a plan) the video no longer uses: sent to those who
-            # wait, not kept (a name the cache removes at start, and removed once they have
-            # opened it).
+        if current is None or (current.weights, current.plan) != (video.weights, video.plan):
+            # Made for a video deleted meanwhile, or with weights (or by a plan) it no longer
+            # uses: sent to those who wait, not kept (a name the cache removes at start, and
+            # removed once they have opened it).
             stale = target.with_name(f".stale-{uuid.uuid4().hex}.part")
             target.replace(stale)
             asyncio.get_running_loop().call_later(60, stale.unlink, True)
